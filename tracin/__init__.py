@@ -1,0 +1,28 @@
+"""tracin: TracIn influence analysis for teacher and student image classifiers.
+
+Public API:
+    TracIn                 the batched per-sample-gradient TracInCP engine (tracin.scores)
+    Checkpoint             a model state and the learning rate that weights it
+    TracinError            base class of the errors a user can fix
+    DataConfig, ModelConfig, TrainConfig, ScoreConfig   typed configuration
+    build_model, load_data
+"""
+
+__version__ = "0.1.0"
+
+from tracin.checkpoints import Checkpoint  # noqa: E402
+from tracin.config import DataConfig, ModelConfig, ScoreConfig, TrainConfig  # noqa: E402
+from tracin.data import load_data  # noqa: E402
+from tracin.errors import TracinError  # noqa: E402
+from tracin.models import build_model  # noqa: E402
+
+__all__ = [
+    "Checkpoint",
+    "DataConfig",
+    "ModelConfig",
+    "ScoreConfig",
+    "TrainConfig",
+    "TracinError",
+    "build_model",
+    "load_data",
+]

@@ -1,0 +1,157 @@
+"""One checkpoint format, atomic writes and checked loads.
+
+A training checkpoint is a dict with fixed keys:
+
+    format        "tracin-checkpoint"
+    version       1
+    role          "teacher" | "student" | "student_baseline"
+    model         model state dict (parameters and BatchNorm buffers)
+    model_config  ModelConfig.to_dict()
+    optimizer, scheduler   their state dicts (resume)
+    epoch, step   epochs and optimizer steps completed
+    lr            the weight TracIn gives this checkpoint: the mean learning rate of the optimizer steps
+                  taken since the previous saved checkpoint (the step size of the interval the checkpoint
+                  closes, as in TracInCP)
+    lr_at_save    the scheduler's learning rate when the checkpoint was written (its next step's)
+    metrics       train_loss, train_acc, test_loss, test_acc of the epoch
+    config        TrainConfig.to_dict();  data_config: DataConfig.to_dict()
+    data_fingerprint   tracin.data.fingerprint(...)
+    rng           random state needed to resume exactly
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from tracin.errors import CheckpointError
+
+FORMAT = "tracin-checkpoint"
+VERSION = 1
+EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt$")
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"epoch_{epoch:03d}.pt"
+
+
+def save_atomic(payload: Any, path: Union[str, Path]) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename: a reader never sees half
+    a file, and a killed writer leaves the previous version in place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_file(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> Any:
+    """torch.load with weights_only=True; a missing, truncated or corrupt file is a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({reason})") from None
+    except Exception as error:  # unpickling of a foreign or damaged file raises many kinds
+        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file ({type(error).__name__})") from None
+
+
+def load_checkpoint(path: Union[str, Path], role: Optional[str] = None) -> dict[str, Any]:
+    """A training checkpoint written by tracin-train, checked for format (and role, if given)."""
+    payload = load_file(path)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a tracin-train checkpoint (no '{FORMAT}' format key)")
+    if role is not None and payload.get("role") != role:
+        raise CheckpointError(f"{path} is a {payload.get('role')} checkpoint, expected {role}")
+    return payload
+
+
+def list_checkpoints(model_dir: Union[str, Path]) -> list[Path]:
+    """The saved epoch checkpoints of one model folder, by epoch."""
+    found = [p for p in Path(model_dir).glob("epoch_*.pt") if EPOCH_FILE.search(p.name)]
+    return sorted(found, key=lambda p: int(EPOCH_FILE.search(p.name).group(1)))
+
+
+def sha256_file(path: Union[str, Path]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A model state TracIn replays, with the learning rate that weights it.
+
+    state: model state dict; lr: float weight of this checkpoint; path/epoch/sha256: provenance ("" / -1
+    when the state came from memory).
+    """
+
+    state: dict[str, Tensor]
+    lr: float
+    path: str = ""
+    epoch: int = -1
+    sha256: str = ""
+
+
+def _from_path(path: Union[str, Path], lr: Optional[float]) -> Checkpoint:
+    payload = load_file(path)
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        state, stored_lr, epoch = payload["model"], float(payload["lr"]), int(payload["epoch"])
+    elif isinstance(payload, dict) and all(isinstance(v, Tensor) for v in payload.values()):
+        state, stored_lr, epoch = payload, None, -1
+    else:
+        raise CheckpointError(f"{path} holds neither a tracin checkpoint nor a state dict")
+    if lr is None and stored_lr is None:
+        raise CheckpointError(f"{path} is a bare state dict: give its learning rate as a (path, lr) pair")
+    return Checkpoint(state, float(lr if lr is not None else stored_lr), str(path), epoch, sha256_file(path))
+
+
+def resolve_checkpoints(items: Iterable[Any]) -> list[Checkpoint]:
+    """Accepts Checkpoint objects, paths written by tracin-train (lr read from the file), (path, lr)
+    pairs and (state_dict, lr) pairs."""
+    resolved = []
+    for item in items:
+        if isinstance(item, Checkpoint):
+            resolved.append(item)
+        elif isinstance(item, (str, Path)):
+            resolved.append(_from_path(item, None))
+        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], (str, Path)):
+            resolved.append(_from_path(item[0], float(item[1])))
+        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], dict):
+            resolved.append(Checkpoint(dict(item[0]), float(item[1])))
+        else:
+            raise CheckpointError(f"cannot use {type(item).__name__} as a checkpoint: give a path or (path, lr)")
+    if not resolved:
+        raise CheckpointError("no checkpoints given: TracIn needs at least one")
+    return resolved
+
+
+def load_state(model: nn.Module, state: dict[str, Tensor], source: str = "checkpoint") -> None:
+    """load_state_dict that reports a checkpoint not fitting the model as one CheckpointError."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = "; ".join(lines[1:3]) if len(lines) > 1 else lines[0]
+        raise CheckpointError(f"{source} does not fit the model: {detail}") from None

@@ -1,0 +1,157 @@
+"""Frozen, typed configuration for data, models, training and scoring.
+
+The same dictionaries (`to_dict`) go into checkpoints, `run.json` and HDF5 attributes, and are compared
+when a run is resumed, so every field is a plain JSON value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from tracin.errors import TracinError
+
+DATASETS = ("cifar10", "fashion-mnist")
+SCHEDULES = ("onecycle", "cosine")
+DISTILL = ("teacher", "self", "none")
+KD_LOSSES = ("kl", "mse")
+STUDENT_INIT = ("scratch", "teacher")
+ROLES = ("teacher", "student", "student_baseline")
+MODES = ("exact", "projected", "last-layer")
+SCORE_LOSSES = ("ce", "kd")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise TracinError(message)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+class _Serializable:
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(values) - names
+        _check(not unknown, f"unknown {cls.__name__} fields: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class DataConfig(_Serializable):
+    """Which examples a run uses.
+
+    `train_subset`/`test_subset`: size of a seeded, class-stratified subset (None = all).
+    `label_noise`: fraction p of training labels flipped to another class, exactly round(p * n_train).
+    `checksum`: verify torchvision's published checksums (turn off for CIFAR-format files you wrote).
+    """
+
+    dataset: str = "cifar10"
+    data_root: str = "data"
+    train_subset: Optional[int] = None
+    test_subset: Optional[int] = None
+    label_noise: float = 0.0
+    seed: int = 0
+    checksum: bool = True
+
+    def __post_init__(self) -> None:
+        _check_choice("dataset", self.dataset, DATASETS)
+        for name in ("train_subset", "test_subset"):
+            value = getattr(self, name)
+            _check(value is None or value > 0, f"{name} must be a positive number of examples, got {value}")
+        _check(0.0 <= self.label_noise < 1.0, f"label_noise must be in [0, 1), got {self.label_noise}")
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Serializable):
+    """A ResNet-34 (CIFAR stem) cut after `stages` stages: 4 is the teacher, fewer is a student.
+
+    `width`: channels of the first stage (64 is the standard network); stage i has width * 2**i.
+    """
+
+    stages: int = 4
+    width: int = 64
+    in_channels: int = 3
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.stages <= 4, f"stages must be between 1 and 4, got {self.stages}")
+        _check(self.width >= 1, f"width must be positive, got {self.width}")
+        _check(self.in_channels >= 1 and self.num_classes >= 2, "in_channels >= 1 and num_classes >= 2 needed")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Serializable):
+    """How one run trains its teacher, distilled student and baseline student.
+
+    lr is the peak learning rate of the schedule; temperature T and alpha weight the distillation loss
+    alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE.
+    """
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    schedule: str = "onecycle"
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    save_every: int = 2
+    seed: int = 0
+    width: int = 64
+    student_stages: int = 2
+    student_init: str = "scratch"
+    distill: str = "teacher"
+    kd_loss: str = "kl"
+    temperature: float = 4.0
+    alpha: float = 0.7
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
+        _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
+        _check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        _check(self.save_every >= 1, f"save_every must be at least 1, got {self.save_every}")
+        _check(1 <= self.student_stages <= 4, f"student stages must be between 1 and 4, got {self.student_stages}")
+        _check(self.width >= 1, f"width must be positive, got {self.width}")
+        _check(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
+        _check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
+        _check(0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check(0.0 <= self.warmup_epochs < self.epochs, "warmup_epochs must be in [0, epochs)")
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("distill", self.distill, DISTILL)
+        _check_choice("kd_loss", self.kd_loss, KD_LOSSES)
+        _check_choice("student_init", self.student_init, STUDENT_INIT)
+
+
+@dataclass(frozen=True)
+class ScoreConfig(_Serializable):
+    """How TracIn scores are computed.
+
+    `layers`: module-name prefixes whose parameters are used (empty = every trainable parameter).
+    `proj_dim`: per-layer projection size in `projected` mode. `loss`: `ce`, or `kd` for a student scored
+    with its own distillation objective (needs the teacher).
+    """
+
+    mode: str = "exact"
+    layers: tuple[str, ...] = ()
+    proj_dim: Optional[int] = None
+    seed: int = 0
+    loss: str = "ce"
+    temperature: float = 4.0
+    alpha: float = 0.7
+    kd_loss: str = "kl"
+
+    def __post_init__(self) -> None:
+        _check_choice("mode", self.mode, MODES)
+        _check_choice("loss", self.loss, SCORE_LOSSES)
+        _check(self.proj_dim is None or self.proj_dim >= 1, f"proj_dim must be positive, got {self.proj_dim}")
+        _check(self.mode != "projected" or self.proj_dim is not None, "projected mode needs proj_dim")
+        object.__setattr__(self, "layers", tuple(self.layers))

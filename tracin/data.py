@@ -1,0 +1,267 @@
+"""Data sets by name through torchvision's own classes, with stable indices, subsets and label noise.
+
+Images are held as uint8 tensors [n, C, H, W] and normalised per batch, so a whole CIFAR-10 training set
+(150 MB) can live on the training device. Every example keeps `index`, its position in the original
+torchvision data set; subsets, label noise and HDF5 rows all refer to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision import datasets
+from torchvision.datasets.utils import extract_archive
+
+from tracin.config import DataConfig
+from tracin.errors import DataError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+class _UncheckedCIFAR10(datasets.CIFAR10):
+    """torchvision's CIFAR10 loader without its checksums, for CIFAR-format files that are not the
+    published ones (a subset you wrote yourself). Reading is torchvision's own code."""
+
+    train_list = [[name, None] for name, _ in datasets.CIFAR10.train_list]
+    test_list = [[name, None] for name, _ in datasets.CIFAR10.test_list]
+    meta = {**datasets.CIFAR10.meta, "md5": None}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the code needs to know about a data set: per-channel mean/std and the augmentation."""
+
+    name: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_padding: int
+    flip: bool
+
+
+SPECS = {
+    "cifar10": DatasetSpec("cifar10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 4, True),
+    "fashion-mnist": DatasetSpec("fashion-mnist", (0.2860,), (0.3530,), 2, True),
+}
+
+
+@dataclass
+class Split(torch.utils.data.Dataset):
+    """One side (train or test) of a run's data.
+
+    images: Tensor[n, C, H, W] uint8; labels: Tensor[n] int64, the labels used for training (after
+    label noise); index: Tensor[n] int64 into the original data set; clean_labels: Tensor[n] int64,
+    the data set's own labels. Items are (normalised float32 image [C, H, W], label), un-augmented.
+    """
+
+    images: Tensor
+    labels: Tensor
+    index: Tensor
+    clean_labels: Tensor
+    spec: DatasetSpec
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return normalize(self.images[i : i + 1], self.spec)[0], self.labels[i]
+
+    @property
+    def noisy(self) -> Tensor:
+        """Tensor[n] bool: True where label noise flipped the label."""
+        return self.labels != self.clean_labels
+
+    def batches(self, batch_size: int, device: torch.device | str = "cpu") -> Iterator[tuple[Tensor, Tensor]]:
+        """Consecutive un-augmented batches (normalised float32 images, labels) on `device`."""
+        for start in range(0, len(self), batch_size):
+            images = self.images[start : start + batch_size].to(device)
+            yield normalize(images, self.spec), self.labels[start : start + batch_size].to(device)
+
+    def tensors(self) -> tuple[Tensor, Tensor]:
+        """All examples as (Tensor[n, C, H, W] float32 normalised, Tensor[n] int64)."""
+        return normalize(self.images, self.spec), self.labels
+
+
+@dataclass
+class RunData:
+    train: Split
+    test: Split
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return self.train.images.shape[1]
+
+
+def normalize(images: Tensor, spec: DatasetSpec) -> Tensor:
+    """uint8 Tensor[n, C, H, W] -> float32 Tensor[n, C, H, W], scaled to [0, 1] and standardised."""
+    mean = torch.tensor(spec.mean, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=images.device).view(1, -1, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+def augment(images: Tensor, spec: DatasetSpec, generator: torch.Generator) -> Tensor:
+    """Random crop after zero padding, and random horizontal flip, for a uint8 batch [n, C, H, W].
+
+    One draw per example from `generator` (which must live on the images' device), so a seeded run
+    sees the same augmentation after a resume.
+    """
+    n, _, height, width = images.shape
+    pad = spec.crop_padding
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=images.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=images.device)
+    rows = (dy[:, None] + torch.arange(height, device=images.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(width, device=images.device))[:, None, None, :]
+    batch = torch.arange(n, device=images.device)[:, None, None, None]
+    channels = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    cropped = padded[batch, channels, rows, cols]
+    if not spec.flip:
+        return cropped
+    flip = torch.rand(n, generator=generator, device=images.device) < 0.5
+    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
+
+
+def _load_torchvision(config: DataConfig, train: bool):
+    root = Path(config.data_root)
+    if config.dataset == "cifar10":
+        loader, folder = (datasets.CIFAR10 if config.checksum else _UncheckedCIFAR10), root / "cifar-10-batches-py"
+    else:
+        _link_debian_fashion_mnist(root)
+        loader, folder = datasets.FashionMNIST, root / "FashionMNIST" / "raw"
+    try:
+        return loader(str(root), train=train, download=False)
+    except RuntimeError as error:
+        if folder.exists():  # present but unreadable: never download over a user's files
+            raise DataError(_missing_message(config, error)) from None
+    try:
+        return loader(str(root), train=train, download=True)
+    except (RuntimeError, OSError) as error:
+        raise DataError(_missing_message(config, error)) from None
+
+
+def _link_debian_fashion_mnist(root: Path) -> None:
+    """Unpack Debian's dataset-fashion-mnist files into torchvision's raw layout under `root`."""
+    raw = root / "FashionMNIST" / "raw"
+    for archive in sorted(DEBIAN_FASHION_MNIST.glob("*-ubyte.gz")):
+        if not (raw / archive.name[: -len(".gz")]).exists():
+            raw.mkdir(parents=True, exist_ok=True)
+            extract_archive(str(archive), str(raw))
+
+
+def _missing_message(config: DataConfig, error: Exception) -> str:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if config.dataset == "cifar10":
+        hint = (
+            f"put cifar-10-batches-py under {config.data_root} (or run once online so torchvision downloads "
+            "it); for CIFAR-format files that are not the published ones, turn checksums off (--no-checksum)"
+        )
+    else:
+        hint = (
+            f"install Debian's dataset-fashion-mnist (files in {DEBIAN_FASHION_MNIST}), put FashionMNIST/raw "
+            f"under {config.data_root}, or run once online"
+        )
+    return f"{config.dataset} could not be loaded from {config.data_root} ({first_line}): {hint}"
+
+
+def _as_tensors(dataset) -> tuple[Tensor, Tensor]:
+    images = torch.as_tensor(np.asarray(dataset.data), dtype=torch.uint8)
+    images = images.permute(0, 3, 1, 2) if images.ndim == 4 else images[:, None]
+    return images.contiguous(), torch.as_tensor(np.asarray(dataset.targets), dtype=torch.int64)
+
+
+def stratified_subset(labels: Tensor, size: Optional[int], seed: int) -> Tensor:
+    """Sorted Tensor[size] int64 of positions, each class represented in proportion (largest remainder).
+
+    `size` None or >= len(labels) returns every position.
+    """
+    n = len(labels)
+    if size is None or size >= n:
+        return torch.arange(n)
+    rng = np.random.default_rng(seed)
+    labels_np = labels.numpy()
+    classes, counts = np.unique(labels_np, return_counts=True)
+    quota = counts * size / n
+    take = np.floor(quota).astype(int)
+    take[np.argsort(-(quota - take), kind="stable")[: size - take.sum()]] += 1
+    chosen = [rng.permutation(np.flatnonzero(labels_np == c))[:k] for c, k in zip(classes, take)]
+    return torch.as_tensor(np.sort(np.concatenate(chosen)), dtype=torch.int64)
+
+
+def flip_labels(labels: Tensor, fraction: float, num_classes: int, seed: int) -> Tensor:
+    """Copy of `labels` with exactly round(fraction * n) entries moved to a different, random class."""
+    rng = np.random.default_rng(seed)
+    count = int(round(fraction * len(labels)))
+    positions = rng.choice(len(labels), size=count, replace=False)
+    shift = rng.integers(1, num_classes, size=count)
+    noisy = labels.clone()
+    noisy[positions] = (labels[positions] + torch.as_tensor(shift)) % num_classes
+    return noisy
+
+
+def _make_split(config: DataConfig, train: bool) -> Split:
+    dataset = _load_torchvision(config, train)
+    images, clean = _as_tensors(dataset)
+    size = config.train_subset if train else config.test_subset
+    if size is not None and size > len(clean):
+        raise DataError(f"{'train' if train else 'test'} subset of {size} asked, the data set has {len(clean)}")
+    chosen = stratified_subset(clean, size, config.seed + (0 if train else 1))
+    labels = clean[chosen]
+    classes = tuple(dataset.classes)
+    if train and config.label_noise > 0:
+        labels = flip_labels(labels, config.label_noise, len(classes), config.seed + 2)
+    return Split(images[chosen], labels, chosen, clean[chosen], SPECS[config.dataset], classes)
+
+
+def load_data(config: DataConfig) -> RunData:
+    """The train and test splits a run uses: subsets picked and label noise applied, all seeded."""
+    return RunData(_make_split(config, train=True), _make_split(config, train=False))
+
+
+def _sha256(tensor: Tensor) -> str:
+    return hashlib.sha256(tensor.to(torch.int64).numpy().tobytes()).hexdigest()
+
+
+def fingerprint(data: RunData, config: DataConfig) -> dict:
+    """What identifies a run's data: data set, sizes, hashes of indices and of the training labels."""
+    values = {
+        "dataset": config.dataset,
+        "n_train": len(data.train),
+        "n_test": len(data.test),
+        "train_index_sha256": _sha256(data.train.index),
+        "test_index_sha256": _sha256(data.test.index),
+        "train_labels_sha256": _sha256(data.train.labels),
+        "label_noise": config.label_noise,
+        "seed": config.seed,
+    }
+    values["digest"] = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+    return values
+
+
+def data_record(data: RunData) -> dict:
+    """The indices and flipped labels of a run, as saved in `checkpoints/<run>/data.json`."""
+    noisy = data.train.noisy
+    return {
+        "train_index": data.train.index.tolist(),
+        "test_index": data.test.index.tolist(),
+        "flipped_index": data.train.index[noisy].tolist(),
+        "flipped_original_labels": data.train.clean_labels[noisy].tolist(),
+        "flipped_new_labels": data.train.labels[noisy].tolist(),
+        "classes": list(data.train.classes),
+    }
+
+
+def default_data_root() -> str:
+    """`$TRACIN_DATA` if set, else `data` in the working directory."""
+    return os.environ.get("TRACIN_DATA", "data")

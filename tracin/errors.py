@@ -1,0 +1,29 @@
+"""One exception family for mistakes a user can make and fix.
+
+The command-line front ends turn a `TracinError` into one line on stderr and exit code 2; anything else
+is a bug and keeps its traceback.
+"""
+
+
+class TracinError(Exception):
+    """A user mistake: bad input, missing data, a file that does not fit. The message says how to fix it."""
+
+
+class DataError(TracinError):
+    """A data set is missing, unknown, or does not match what a run recorded."""
+
+
+class CheckpointError(TracinError):
+    """A checkpoint is missing, corrupt, or does not fit the model or the run."""
+
+
+class ConfigMismatchError(TracinError):
+    """A resumed run or a partial result was made with a different configuration."""
+
+
+class StoreError(TracinError):
+    """An HDF5 result file is missing, corrupt, finished already, or does not match the command."""
+
+
+class NonFiniteError(TracinError):
+    """A loss or gradient became NaN or infinite."""
