@@ -1,0 +1,88 @@
+"""Tiny models with every kind of parameterised layer the engine handles, and checkpoint helpers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tracin.config import ModelConfig
+from tracin.models import build_model
+
+TINY_RESNET = ModelConfig(stages=2, width=4, in_channels=1, num_classes=10)
+
+
+class Scale(nn.Module):
+    """A parameterised module of no standard type: handled through torch.func."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.randn(channels))
+
+    def forward(self, x):
+        return x * self.scale.view(1, -1, 1, 1)
+
+
+class EveryLayer(nn.Module):
+    """Strided, dilated, grouped and reflect-padded convolutions, padding='same', BatchNorm, LayerNorm,
+    a custom module, a Linear called twice and a parameter on the root module."""
+
+    def __init__(self, classes: int = 5):
+        super().__init__()
+        self.conv_strided = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv_grouped = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4, padding_mode="reflect")
+        self.conv_same = nn.Conv2d(8, 6, 3, padding="same", bias=False)
+        self.scale = Scale(6)
+        self.norm = nn.LayerNorm(6)
+        self.shared = nn.Linear(6, 6)
+        self.fc = nn.Linear(6, classes)
+        self.temperature = nn.Parameter(torch.tensor(1.5))
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.conv_strided(x)))
+        x = F.relu(self.conv_grouped(x))
+        x = self.scale(self.conv_same(x)).mean((2, 3))
+        x = self.shared(torch.tanh(self.shared(self.norm(x))))
+        return self.fc(x) * self.temperature
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Running statistics and affine parameters away from their initial 0/1, so BatchNorm matters."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                c = module.num_features
+                module.running_mean.copy_(torch.rand(c, generator=generator) - 0.5)
+                module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(c, generator=generator) + 0.5)
+                module.bias.copy_(torch.rand(c, generator=generator) - 0.5)
+    return model
+
+
+def perturbed_states(model: nn.Module, lrs, scale: float = 0.1) -> list[tuple[dict, float]]:
+    """(state_dict, lr) checkpoints: the model's weights plus seeded noise, running_var kept positive."""
+    checkpoints = []
+    for i, lr in enumerate(lrs):
+        generator = torch.Generator().manual_seed(100 + i)
+        state = {}
+        for key, value in model.state_dict().items():
+            if value.dtype.is_floating_point:
+                value = value + scale * torch.randn(value.shape, generator=generator)
+                if "running_var" in key:
+                    value = value.abs() + 0.5
+            state[key] = value
+        checkpoints.append((state, lr))
+    return checkpoints
+
+
+def tiny_resnet(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return randomize_batchnorm(build_model(TINY_RESNET), seed).eval()
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected|, in float64."""
+    actual, expected = actual.double(), expected.double()
+    return float((actual - expected).abs().max() / expected.abs().max())

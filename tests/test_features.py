@@ -1,0 +1,36 @@
+"""Factored inner products and the per-layer cost model."""
+
+import torch
+from models_for_tests import relative_error
+
+from tracin.features import FACTORED, FLAT, LayerShape, choose_representation, factored_dot, factored_self_dot
+from tracin.grads import Factors
+
+
+def random_factors(n, groups, positions, d_in, d_out, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return Factors(
+        torch.randn(n, groups, positions, d_in, generator=generator, dtype=torch.float64),
+        torch.randn(n, groups, positions, d_out, generator=generator, dtype=torch.float64),
+    )
+
+
+def test_factored_dot_equals_materialized_dot():
+    for groups, positions in ((1, 1), (1, 9), (3, 5)):
+        x, y = random_factors(6, groups, positions, 7, 4, 0), random_factors(5, groups, positions, 7, 4, 1)
+        expected = x.materialize() @ y.materialize().T
+        assert relative_error(factored_dot(x, y), expected) < 1e-12
+        assert relative_error(factored_dot(x, y, max_elements=10), expected) < 1e-12  # column chunks
+
+
+def test_factored_self_dot_equals_squared_norm():
+    x = random_factors(6, 2, 5, 7, 4, 0)
+    assert relative_error(factored_self_dot(x), x.materialize().pow(2).sum(1)) < 1e-12
+
+
+def test_cost_model_factors_linear_layers_and_small_maps_but_not_large_maps():
+    many = dict(n_rows=2048, n_cols=512)
+    assert choose_representation(LayerShape(1, 1, 513, 10), **many) == FACTORED  # a classifier head
+    assert choose_representation(LayerShape(1, 1024, 145, 16), **many) == FLAT  # 32x32 map, 3x3x16 conv
+    assert choose_representation(LayerShape(1, 16, 4608, 512), **many) == FACTORED  # 4x4 map, 512 channels
+    assert choose_representation(LayerShape(flat_dim=32), **many) == FLAT  # BatchNorm

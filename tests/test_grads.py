@@ -1,0 +1,85 @@
+"""Per-sample gradients from hooks against torch.func (vmap of grad), every parameter kind."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import ATOL, RTOL
+from models_for_tests import EveryLayer, randomize_batchnorm, relative_error, tiny_resnet
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from tracin.errors import NonFiniteError, TracinError
+from tracin.grads import last_linear_target, per_sample_grads, select_targets
+
+
+def func_grads(model, x, y):
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+
+    def loss(p, xi, yi):
+        return F.cross_entropy(functional_call(model, (p, buffers), (xi[None],)), yi[None])
+
+    return vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+
+
+@pytest.fixture
+def every_layer():
+    torch.manual_seed(0)
+    return randomize_batchnorm(EveryLayer()).double().eval()
+
+
+def test_every_parameter_kind_matches_torch_func_in_float64(every_layer):
+    x, y = torch.randn(7, 3, 12, 12, dtype=torch.float64), torch.randint(0, 5, (7,))
+    expected = func_grads(every_layer, x, y)
+    actual = per_sample_grads(every_layer, x, y)
+    assert set(actual) == set(expected) == {n for n, _ in every_layer.named_parameters()}
+    for name in expected:
+        assert actual[name].shape == expected[name].shape, name
+        assert relative_error(actual[name], expected[name]) < 1e-12, name
+
+
+def test_float32_resnet_with_batchnorm_matches_float64_reference():
+    model = tiny_resnet()
+    x, y = torch.randn(5, 1, 10, 10), torch.randint(0, 10, (5,))
+    expected = func_grads(model.double(), x.double(), y)
+    actual = per_sample_grads(model.float(), x, y)
+    assert any("bn" in name for name in actual)
+    for name in expected:
+        torch.testing.assert_close(actual[name].double(), expected[name], rtol=RTOL, atol=ATOL)
+
+
+def test_layer_prefixes_select_on_dot_boundaries():
+    model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(11)])
+    names = [n for t in select_targets(model, ["1"]) for n in t.param_names]
+    assert names == ["1.weight", "1.bias"]  # not 10.*
+    names = [n for t in select_targets(model, ["10.bias", "0"]) for n in t.param_names]
+    assert names == ["0.weight", "0.bias", "10.bias"]
+
+
+def test_unknown_layer_is_a_user_error():
+    with pytest.raises(TracinError, match="selects no trainable parameter"):
+        select_targets(tiny_resnet(), ["layer9"])
+
+
+def test_frozen_parameters_are_not_selected():
+    model = tiny_resnet()
+    model.conv1.weight.requires_grad_(False)
+    names = [n for t in select_targets(model) for n in t.param_names]
+    assert "conv1.weight" not in names and "bn1.weight" in names
+
+
+def test_last_linear_target_is_the_final_linear_weight():
+    target = last_linear_target(tiny_resnet())
+    assert target.param_names == ["fc.weight"]
+
+
+def test_batchnorm_in_training_mode_is_refused():
+    model = tiny_resnet().train()
+    with pytest.raises(TracinError, match="eval mode"):
+        per_sample_grads(model, torch.randn(2, 1, 8, 8), torch.tensor([0, 1]))
+
+
+def test_non_finite_loss_is_reported():
+    model = tiny_resnet()
+    with pytest.raises(NonFiniteError):
+        per_sample_grads(model, torch.full((2, 1, 8, 8), float("nan")), torch.tensor([0, 1]))

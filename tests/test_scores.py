@@ -1,0 +1,274 @@
+"""TracIn engine against independent references: torch.func (float64), captum TracInCP/TracInCPFast."""
+
+import copy
+import warnings
+
+import pytest
+import scipy.stats
+import torch
+from conftest import RTOL
+from models_for_tests import TINY_RESNET, perturbed_states, relative_error, tiny_resnet
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from tracin import losses
+from tracin.checkpoints import FORMAT, Checkpoint
+from tracin.config import ModelConfig
+from tracin.errors import CheckpointError, NonFiniteError, TracinError
+from tracin.features import PROJECTED
+from tracin.models import build_model
+from tracin.reference import func_tracin_scores
+from tracin.scores import TracIn
+
+LRS = (0.1, 0.03)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny_resnet()
+    checkpoints = perturbed_states(model, LRS)
+    generator = torch.Generator().manual_seed(1)
+    train = (torch.randn(24, 1, 10, 10, generator=generator), torch.randint(0, 10, (24,), generator=generator))
+    test = (torch.randn(9, 1, 10, 10, generator=generator), torch.randint(0, 10, (9,), generator=generator))
+    reference = func_tracin_scores(model, checkpoints, train, test)
+    return model, checkpoints, train, test, reference
+
+
+@pytest.mark.parametrize("representation", ["flat", "factored", "auto"])
+def test_exact_equals_torch_func_on_every_parameter(setup, representation):
+    model, checkpoints, train, test, reference = setup
+    tracin = TracIn(model, checkpoints, representation=representation)
+    assert len(tracin.parameter_names) == len(list(model.parameters()))  # BatchNorm included
+    assert relative_error(tracin.scores(train, test), reference) < RTOL
+
+
+def test_cost_model_mixes_representations_on_a_resnet(setup):
+    model, checkpoints, train, test, _ = setup
+    tracin = TracIn(model, checkpoints)
+    chosen = {plan.representation for plan in tracin.plans(tracin_source(train), 2048, 512)}
+    assert chosen == {"flat", "factored"}
+
+
+def tracin_source(data):
+    from tracin.scores import _Source
+
+    return _Source(data, "train")
+
+
+def test_invariant_to_batch_chunk_and_test_block_sizes(setup):
+    model, checkpoints, train, test, reference = setup
+    small = TracIn(model, checkpoints, batch_size=2, chunk_size=5, test_block=4).scores(train, test)
+    assert relative_error(small, reference) < RTOL
+    tight = TracIn(model, checkpoints, max_memory=40_000)
+    chunk, block = tight.block_sizes(train, test)
+    assert chunk < len(train[0]) and block < len(test[0])  # the memory bound really splits the work
+    assert relative_error(tight.scores(train, test), reference) < RTOL
+
+
+def test_each_example_gradient_is_computed_once_per_checkpoint(setup):
+    model, checkpoints, train, test, _ = setup
+    tracin = TracIn(model, checkpoints, chunk_size=5, batch_size=4)
+    seen = []
+    tracin.model.register_forward_hook(lambda module, args, out: seen.append(len(args[0])))
+    tracin.scores(train, test)
+    probe = 2
+    assert sum(seen) == probe + len(checkpoints) * (len(train[0]) + len(test[0]))
+
+
+def test_self_influence_is_the_diagonal(setup):
+    model, checkpoints, train, _, _ = setup
+    for representation in ("flat", "factored", "auto"):
+        tracin = TracIn(model, checkpoints, representation=representation)
+        diagonal = func_tracin_scores(model, checkpoints, train, train).diagonal()
+        assert relative_error(tracin.self_influence(train), diagonal) < RTOL
+
+
+def test_last_layer_equals_reference_on_the_head_weight(setup):
+    model, checkpoints, train, test, _ = setup
+    expected = func_tracin_scores(model, checkpoints, train, test, layers=["fc.weight"])
+    tracin = TracIn(model, checkpoints, mode="last-layer")
+    assert tracin.parameter_names == ["fc.weight"]
+    assert relative_error(tracin.scores(train, test), expected) < RTOL
+
+
+def test_layer_selection_equals_reference(setup):
+    model, checkpoints, train, test, _ = setup
+    layers = ["layer2", "bn1"]
+    expected = func_tracin_scores(model, checkpoints, train, test, layers=layers)
+    assert relative_error(TracIn(model, checkpoints, layers=layers).scores(train, test), expected) < RTOL
+
+
+def test_distillation_loss_scores_equal_reference(setup):
+    model, checkpoints, train, test, _ = setup
+    torch.manual_seed(5)
+    teacher = build_model(ModelConfig(stages=4, width=4, in_channels=1, num_classes=10)).eval()
+
+    teacher64 = copy.deepcopy(teacher).double()
+
+    def kd(logits, labels, inputs):
+        teacher_logits = teacher64(inputs)
+        return losses.distillation(logits, teacher_logits, labels, temperature=3.0, alpha=0.6).sum()
+
+    expected = func_tracin_scores(model, checkpoints, train, test, loss=kd)
+    tracin = TracIn(model, checkpoints, loss="kd", teacher=teacher, temperature=3.0, alpha=0.6)
+    assert relative_error(tracin.scores(train, test), expected) < RTOL
+
+
+def test_top_k_equals_full_sort_both_directions(setup):
+    model, checkpoints, train, test, _ = setup
+    tracin = TracIn(model, checkpoints, chunk_size=5, test_block=4)
+    full = tracin.scores(train, test)
+    top = tracin.top_k(train, test, k=3)
+    assert torch.equal(top.test.top_index, full.T.argsort(1, descending=True)[:, :3])
+    assert torch.equal(top.test.bottom_index, full.T.argsort(1)[:, :3])
+    assert torch.equal(top.train.top_index, full.argsort(1, descending=True)[:, :3])
+    assert torch.equal(top.train.bottom_score, full.sort(1).values[:, :3])
+
+
+def test_top_k_larger_than_the_set_is_refused(setup):
+    model, checkpoints, train, test, _ = setup
+    with pytest.raises(TracinError, match="k must be between"):
+        TracIn(model, checkpoints).top_k(train, test, k=10)
+
+
+def test_projected_is_seeded_and_converges_to_exact(setup):
+    model, checkpoints, train, test, reference = setup
+    tracin = TracIn(model, checkpoints, mode="projected", proj_dim=16, seed=0)
+    assert PROJECTED in {p.representation for p in tracin.plans(tracin_source(train), 24, 9)}
+    first = tracin.scores(train, test)
+    assert torch.equal(first, TracIn(model, checkpoints, mode="projected", proj_dim=16, seed=0).scores(train, test))
+    runs = [first] + [
+        TracIn(model, checkpoints, mode="projected", proj_dim=16, seed=s).scores(train, test) for s in range(1, 40)
+    ]
+    single = sum(relative_error(r, reference) for r in runs) / len(runs)
+    mean = relative_error(torch.stack(runs).mean(0), reference)
+    assert single > 0.05  # projection is really active
+    assert mean < single / 3  # ~1/sqrt(40) of a single run's error if unbiased
+
+
+def test_projected_ranks_agree_with_exact_at_a_generous_dimension(setup):
+    model, checkpoints, train, test, reference = setup
+    projected = TracIn(model, checkpoints, mode="projected", proj_dim=256, seed=0).scores(train, test)
+    rhos = [scipy.stats.spearmanr(projected[:, j], reference[:, j]).statistic for j in range(reference.shape[1])]
+    assert min(rhos) >= 0.9
+
+
+def test_inputs_as_dataset_equal_tensor_pair(setup):
+    model, checkpoints, train, test, _ = setup
+    tracin = TracIn(model, checkpoints)
+    assert torch.equal(tracin.scores(TensorDataset(*train), test), tracin.scores(train, test))
+
+
+def test_checkpoint_files_with_learning_rates(setup, tmp_path):
+    model, checkpoints, train, test, reference = setup
+    paths = []
+    for i, (state, lr) in enumerate(checkpoints):
+        paths.append(tmp_path / f"epoch_{i}.pt")
+        torch.save({"format": FORMAT, "model": state, "lr": lr, "epoch": 2 * (i + 1)}, paths[-1])
+    from_files = TracIn(model, paths)
+    assert from_files.lrs == list(LRS) and from_files.checkpoints[1].epoch == 4
+    assert relative_error(from_files.scores(train, test), reference) < RTOL
+    torch.save(checkpoints[0][0], tmp_path / "bare.pt")
+    assert TracIn(model, [(tmp_path / "bare.pt", 0.5)]).lrs == [0.5]
+    with pytest.raises(CheckpointError, match="give its learning rate"):
+        TracIn(model, [tmp_path / "bare.pt"])
+
+
+def test_bad_input_is_a_clear_error(setup, tmp_path):
+    model, checkpoints, train, test, _ = setup
+    with pytest.raises(CheckpointError, match="no checkpoints"):
+        TracIn(model, [])
+    other = build_model(ModelConfig(stages=3, width=4, in_channels=1, num_classes=10)).state_dict()
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        TracIn(model, [(other, 0.1)])
+    (tmp_path / "broken.pt").write_bytes(b"PK\x03\x04 not really a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt|not a readable"):
+        TracIn(model, [tmp_path / "broken.pt"])
+    with pytest.raises(TracinError, match="empty"):
+        TracIn(model, checkpoints).scores((train[0][:0], train[1][:0]), test)
+    with pytest.raises(TracinError, match="proj_dim"):
+        TracIn(model, checkpoints, mode="projected")
+    with pytest.raises(TracinError, match="needs the teacher"):
+        TracIn(model, checkpoints, loss="kd")
+    with pytest.raises(TracinError, match="selects no trainable"):
+        TracIn(model, checkpoints, layers=["nope"])
+
+
+def test_non_finite_gradients_are_an_error_not_nan(setup):
+    model, checkpoints, train, test, _ = setup
+    state = dict(checkpoints[0][0])
+    state["fc.weight"] = torch.full_like(state["fc.weight"], float("inf"))
+    with pytest.raises(NonFiniteError):
+        TracIn(model, [(state, 0.1)]).scores(train, test)
+
+
+def _captum_checkpoints(checkpoints, tmp_path):
+    paths = []
+    for i, (state, lr) in enumerate(checkpoints):
+        paths.append(str(tmp_path / f"captum_{i}.pt"))
+        torch.save({"model": state, "lr": lr}, paths[-1])
+
+    def load(model, path):
+        payload = torch.load(path, weights_only=True)
+        model.load_state_dict(payload["model"])
+        return payload["lr"]
+
+    return paths, load
+
+
+def test_equals_captum_tracincp_on_conv_and_linear_parameters(setup, tmp_path):
+    from captum.influence import TracInCP
+
+    model, checkpoints, train, test, _ = setup
+    paths, load = _captum_checkpoints(checkpoints, tmp_path)
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        captum = TracInCP(
+            tiny_resnet(),
+            TensorDataset(*train),
+            paths,
+            checkpoints_load_func=load,
+            layers=layers,
+            loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+            batch_size=8,
+            sample_wise_grads_per_batch=True,
+        ).influence(test)
+    ours = TracIn(model, checkpoints, layers=layers).scores(train, test)
+    assert relative_error(ours, captum.T) < RTOL
+
+
+def test_last_layer_equals_captum_tracincpfast(setup, tmp_path):
+    from captum.influence import TracInCPFast
+
+    model, checkpoints, train, test, _ = setup
+    paths, load = _captum_checkpoints(checkpoints, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        captum = TracInCPFast(
+            tiny_resnet(),
+            "fc",
+            TensorDataset(*train),
+            paths,
+            checkpoints_load_func=load,
+            loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+            batch_size=8,
+        ).influence(test)
+    ours = TracIn(model, checkpoints, mode="last-layer").scores(train, test)
+    assert relative_error(ours, captum.T) < RTOL
+
+
+def test_checkpoint_objects_keep_provenance(setup):
+    model, checkpoints, train, test, reference = setup
+    objects = [Checkpoint(state, lr, path=f"mem{i}", epoch=i) for i, (state, lr) in enumerate(checkpoints)]
+    tracin = TracIn(model, objects)
+    assert [c.path for c in tracin.checkpoints] == ["mem0", "mem1"]
+    assert relative_error(tracin.scores(train, test), reference) < RTOL
+
+
+def test_teacher_sized_model_runs_through_the_same_code():
+    model = build_model(ModelConfig(stages=4, width=2, in_channels=1, num_classes=10)).eval()
+    assert TINY_RESNET.stages == 2
+    x, y = torch.randn(3, 1, 8, 8), torch.randint(0, 10, (3,))
+    scores = TracIn(model, [(model.state_dict(), 1.0)]).scores((x, y), (x, y))
+    assert torch.allclose(scores, scores.T, rtol=1e-4, atol=1e-6)

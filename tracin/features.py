@@ -1,0 +1,228 @@
+"""Per-sample-gradient features and their inner products, as matrix products.
+
+Each selected layer is represented, per example, in one of two exact forms or a projected one:
+
+    flat       the materialised gradient, Tensor[n, D]; inner products are one matrix product
+    factored   Factors(A, G) of a Linear/Conv2d layer; <dW_n, dW'_m> = sum_g sum_{t,s} (a_t.a'_s)(g_t.g'_s),
+               cheaper than flat when positions^2 * (d_in + d_out) < d_in * d_out (late, small feature maps,
+               and every Linear layer)
+    projected  flat, after a seeded Kronecker projection of A and G (never forming dW) or a dense
+               Gaussian projection of other layers' flat gradients
+
+`choose_representation` is the per-layer cost model (FLOPs of features plus all pairwise products).
+All flat layers of a model are concatenated, so scoring a block is one matrix product plus one
+small product per factored layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from tracin.grads import FACTORABLE, Call, Factors, Target, layer_factors, layer_flat
+from tracin.projection import Projector, kronecker_dims, make_projector
+
+FLAT, FACTORED, PROJECTED = "flat", "factored", "projected"
+REPRESENTATIONS = ("auto", FLAT, FACTORED)
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """Sizes of one layer's per-sample gradient: groups, positions (output positions summed over, all
+    calls), d_in (inputs incl. bias column), d_out; flat_dim for layers that are always flat."""
+
+    groups: int = 1
+    positions: int = 1
+    d_in: int = 0
+    d_out: int = 0
+    flat_dim: int = 0
+
+    @property
+    def factorable(self) -> bool:
+        return self.d_out > 0
+
+
+def probe_shape(target: Target, calls: Sequence[Call]) -> LayerShape:
+    if target.kind in FACTORABLE:
+        factors = layer_factors(target, calls)
+        _, groups, positions, d_in = factors.A.shape
+        return LayerShape(groups, positions, d_in, factors.G.shape[-1])
+    return LayerShape(flat_dim=layer_flat(target, calls).shape[1])
+
+
+def choose_representation(shape: LayerShape, n_rows: int, n_cols: int, self_only: bool = False) -> str:
+    """FLAT or FACTORED for an exact factorable layer, whichever needs fewer multiply-adds to produce
+    all n_rows x n_cols inner products (n_rows self products when self_only)."""
+    if not shape.factorable:
+        return FLAT
+    g, t, d_in, d_out = shape.groups, shape.positions, shape.d_in, shape.d_out
+    pairs = n_rows if self_only else n_rows * n_cols
+    examples = n_rows if self_only else n_rows + n_cols
+    flat = g * d_in * d_out * (t * examples + pairs)
+    factored = g * t * t * (d_in + d_out) * pairs
+    return FACTORED if factored < flat else FLAT
+
+
+@dataclass
+class LayerPlan:
+    """How one target's per-sample gradients become features."""
+
+    target: Target
+    representation: str
+    project_in: Optional[Projector] = None
+    project_out: Optional[Projector] = None
+    project_flat: Optional[Projector] = None
+
+    def flat_features(self, calls: Sequence[Call]) -> Tensor:
+        """Tensor[n, D'] for FLAT and PROJECTED layers."""
+        if self.project_in is not None:
+            factors = layer_factors(self.target, calls)
+            a = self.project_in.project(factors.A)
+            g = self.project_out.project(factors.G)
+            return torch.einsum("ngto,ngti->ngoi", g, a).flatten(1)
+        flat = layer_flat(self.target, calls)
+        return flat if self.project_flat is None else self.project_flat.project(flat)
+
+    def feature_dim(self, shape: LayerShape) -> int:
+        """Floats per example this plan keeps."""
+        if self.representation == FACTORED:
+            return shape.groups * shape.positions * (shape.d_in + shape.d_out)
+        if self.project_in is not None:
+            return shape.groups * self.project_in.out_dim * self.project_out.out_dim
+        if self.project_flat is not None:
+            return self.project_flat.out_dim
+        return shape.flat_dim or shape.groups * shape.d_in * shape.d_out
+
+
+def _layer_seed(seed: int, layer: int, side: int) -> int:
+    return (seed * 1_000_003 + 3 * layer + side) % (2**63)
+
+
+def _projected_plan(target: Target, shape: LayerShape, proj_dim: int, seed: int, layer: int, device) -> LayerPlan:
+    if not shape.factorable:
+        projector = make_projector(shape.flat_dim, proj_dim, _layer_seed(seed, layer, 0), device)
+        return LayerPlan(target, PROJECTED, project_flat=projector)
+    k_in, k_out = kronecker_dims(shape.d_in, shape.d_out, proj_dim)
+    if (k_in, k_out) == (shape.d_in, shape.d_out):
+        return LayerPlan(target, FLAT)
+    project_in = make_projector(shape.d_in, k_in, _layer_seed(seed, layer, 1), device)
+    project_out = make_projector(shape.d_out, k_out, _layer_seed(seed, layer, 2), device)
+    return LayerPlan(target, PROJECTED, project_in=project_in, project_out=project_out)
+
+
+def make_plans(
+    targets: Sequence[Target],
+    shapes: Sequence[LayerShape],
+    n_rows: int,
+    n_cols: int,
+    *,
+    proj_dim: Optional[int] = None,
+    seed: int = 0,
+    representation: str = "auto",
+    self_only: bool = False,
+    device: torch.device | str = "cpu",
+) -> list[LayerPlan]:
+    """One plan per target: projected when proj_dim is given, else exact with the representation
+    forced or chosen by the cost model."""
+    plans = []
+    for i, (target, shape) in enumerate(zip(targets, shapes)):
+        if proj_dim is not None:
+            plans.append(_projected_plan(target, shape, proj_dim, seed, i, device))
+        elif not shape.factorable or representation == FLAT:
+            plans.append(LayerPlan(target, FLAT))
+        elif representation == FACTORED:
+            plans.append(LayerPlan(target, FACTORED))
+        else:
+            plans.append(LayerPlan(target, choose_representation(shape, n_rows, n_cols, self_only)))
+    return plans
+
+
+@dataclass
+class Features:
+    """The per-sample gradients of n examples at one checkpoint.
+
+    flat: Tensor[n, D] all flat and projected layers side by side; factored: Factors per factored layer.
+    """
+
+    flat: Tensor
+    factored: list[Factors]
+
+    def __len__(self) -> int:
+        return self.flat.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.flat] + [t for f in self.factored for t in (f.A, f.G)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def all_finite(self) -> bool:
+        tensors = [self.flat] + [t for f in self.factored for t in (f.A, f.G)]
+        return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+    def dot(self, other: "Features", max_elements: int = 2**26) -> Tensor:
+        """Tensor[n, m]: inner products of every example here with every example of `other`."""
+        out = self.flat @ other.flat.T
+        for mine, theirs in zip(self.factored, other.factored):
+            out += factored_dot(mine, theirs, max_elements)
+        return out
+
+    def self_dot(self) -> Tensor:
+        """Tensor[n]: each example's squared gradient norm."""
+        out = self.flat.pow(2).sum(1)
+        for factors in self.factored:
+            out += factored_self_dot(factors)
+        return out
+
+    @staticmethod
+    def cat(parts: Sequence["Features"]) -> "Features":
+        flat = torch.cat([p.flat for p in parts])
+        factored = [
+            Factors(torch.cat([p.factored[i].A for p in parts]), torch.cat([p.factored[i].G for p in parts]))
+            for i in range(len(parts[0].factored))
+        ]
+        return Features(flat, factored)
+
+
+def compute_features(plans: Sequence[LayerPlan], calls: Sequence[Sequence[Call]], n: int) -> Features:
+    """Features of one batch of n examples from its recorded calls (one list per plan's target)."""
+    flats, factored = [], []
+    for plan, target_calls in zip(plans, calls):
+        if plan.representation == FACTORED:
+            factored.append(layer_factors(plan.target, target_calls))
+        else:
+            flats.append(plan.flat_features(target_calls))
+    if flats:
+        return Features(torch.cat(flats, dim=1), factored)
+    reference = factored[0].A
+    return Features(reference.new_zeros(n, 0), factored)
+
+
+def factored_dot(x: Factors, y: Factors, max_elements: int = 2**26) -> Tensor:
+    """Tensor[n, m] = sum_g sum_{t,s} (A_x[n,g,t] . A_y[m,g,s]) (G_x[n,g,t] . G_y[m,g,s]), computed as
+    batched matrix products over column chunks holding at most ~max_elements intermediates."""
+    n, groups, t, _ = x.A.shape
+    m, _, s, _ = y.A.shape
+    if groups == 1 and t == 1 and s == 1:
+        return (x.A[:, 0, 0] @ y.A[:, 0, 0].T) * (x.G[:, 0, 0] @ y.G[:, 0, 0].T)
+    xa = x.A.transpose(0, 1).reshape(groups, n * t, -1)
+    xg = x.G.transpose(0, 1).reshape(groups, n * t, -1)
+    step = max(1, max_elements // max(1, groups * n * t * s))
+    columns = []
+    for start in range(0, m, step):
+        ya = y.A[start : start + step].transpose(0, 1).reshape(groups, -1, xa.shape[-1])
+        yg = y.G[start : start + step].transpose(0, 1).reshape(groups, -1, xg.shape[-1])
+        product = torch.bmm(xa, ya.transpose(1, 2)) * torch.bmm(xg, yg.transpose(1, 2))
+        columns.append(product.view(groups, n, t, -1, s).sum(dim=(0, 2, 4)))
+    return torch.cat(columns, dim=1)
+
+
+def factored_self_dot(x: Factors) -> Tensor:
+    """Tensor[n]: sum_g sum_{t,s} (a_t.a_s)(g_t.g_s) for each example."""
+    n, groups, t, d_in = x.A.shape
+    a = x.A.reshape(n * groups, t, d_in)
+    g = x.G.reshape(n * groups, t, -1)
+    gram = torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))
+    return gram.view(n, -1).sum(1)

@@ -1,0 +1,328 @@
+"""TracInCP: influence(z_train, z_test) = sum_c lr_c * <grad l(w_c, z_train), grad l(w_c, z_test)>.
+
+The loop is arranged so that every example's gradient is computed once per checkpoint:
+
+    for each block of test examples (one block unless memory forbids):
+        test features at every checkpoint, computed once and kept
+        for each chunk of train rows:
+            for each checkpoint c: train features at c (then dropped); block += lr_c * train . test
+            yield the block                                   (scores, top-k, HDF5 rows consume it)
+
+Checkpoint states live in memory on the device, so switching checkpoint is a copy, not a file read.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, default_collate
+from tqdm.auto import tqdm
+
+from tracin import losses
+from tracin.checkpoints import Checkpoint, load_state, resolve_checkpoints
+from tracin.config import MODES
+from tracin.data import Split, normalize
+from tracin.errors import NonFiniteError, TracinError
+from tracin.features import REPRESENTATIONS, Features, LayerPlan, LayerShape, compute_features, make_plans, probe_shape
+from tracin.grads import LossFn, cross_entropy_loss, last_linear_target, record_output_grads, select_targets
+from tracin.topk import Ranking, StreamingRanking
+
+DEFAULT_MAX_MEMORY = 2 * 2**30  # bytes for kept features and score blocks
+
+
+class _Source:
+    """Uniform slicing of a Split, an (inputs, labels) pair of tensors, or any map-style Dataset."""
+
+    def __init__(self, data: Any, name: str):
+        if isinstance(data, Split):
+            self.n, self._get = len(data), lambda a, b: (normalize(data.images[a:b], data.spec), data.labels[a:b])
+        elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+            inputs, labels = data
+            if len(inputs) != len(labels):
+                raise TracinError(f"{name} data: {len(inputs)} inputs but {len(labels)} labels")
+            self.n, self._get = len(inputs), lambda a, b: (inputs[a:b], labels[a:b])
+        elif isinstance(data, Dataset):
+            self.n, self._get = len(data), lambda a, b: tuple(default_collate([data[i] for i in range(a, b)])[:2])
+        else:
+            raise TracinError(f"{name} data must be a Dataset or an (inputs, labels) pair, got {type(data).__name__}")
+        if self.n == 0:
+            raise TracinError(f"{name} data is empty")
+
+    def get(self, start: int, stop: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        inputs, labels = self._get(start, stop)
+        return inputs.to(device=device, dtype=torch.float32), labels.to(device)
+
+
+@dataclass
+class ScoreBlock:
+    """Scores of train rows [row_start, row_stop) against test columns [col_start, col_stop).
+
+    scores: Tensor[rows, cols] float32, lr-weighted sum over checkpoints; per_checkpoint: Tensor[n_ckpt,
+    rows, cols], each checkpoint's lr-weighted term (when asked for), summing to `scores`.
+    """
+
+    row_start: int
+    row_stop: int
+    col_start: int
+    col_stop: int
+    scores: Tensor
+    per_checkpoint: Optional[Tensor] = None
+
+
+@dataclass
+class TopK:
+    """test: per test example, its k strongest proponents (top) and opponents (bottom) among the
+    train examples; train: per train example, the k test examples it raises most (top) and lowers
+    most (bottom). Indices are positions in the data given."""
+
+    test: Ranking
+    train: Ranking
+
+
+@contextmanager
+def _float32_matmuls(allow_tf32: bool):
+    """cuDNN convolutions default to TF32 on Ampere and later; exact TracIn needs full float32."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow_tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _kd_loss(teacher: nn.Module, temperature: float, alpha: float, kind: str) -> LossFn:
+    def loss_fn(logits: Tensor, labels: Tensor, inputs: Tensor) -> Tensor:
+        with torch.no_grad():
+            teacher_logits = teacher(inputs)
+        return losses.distillation(logits, teacher_logits, labels, temperature, alpha, kind)
+
+    return loss_fn
+
+
+class TracIn:
+    """Batched per-sample-gradient TracInCP.
+
+    model: any nn.Module (copied; the copy is put in eval mode); checkpoints: paths written by
+    tracin-train (lr read from the file), (path, lr) or (state_dict, lr) pairs, or Checkpoint objects.
+    layers: module-name prefixes selecting parameters (None = every trainable parameter).
+    mode: "exact" | "projected" (needs proj_dim: per-layer projection size) | "last-layer" (weight of
+    the final nn.Linear, as captum's TracInCPFast). loss: "ce" (per-example cross-entropy) or "kd"
+    (the distillation loss against `teacher`, an nn.Module). batch_size: examples per forward/backward;
+    max_memory: bytes for kept features and score blocks (sets the chunking unless chunk_size/test_block
+    are given). representation: "auto" (cost model), "flat" or "factored" for exact Linear/Conv2d layers.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        checkpoints: Sequence[Any],
+        layers: Optional[Sequence[str]] = None,
+        mode: str = "exact",
+        proj_dim: Optional[int] = None,
+        device: Optional[torch.device | str] = None,
+        seed: int = 0,
+        loss: str = "ce",
+        teacher: Optional[nn.Module] = None,
+        temperature: float = 4.0,
+        alpha: float = 0.7,
+        kd_loss: str = "kl",
+        batch_size: int = 128,
+        max_memory: int = DEFAULT_MAX_MEMORY,
+        chunk_size: Optional[int] = None,
+        test_block: Optional[int] = None,
+        representation: str = "auto",
+        allow_tf32: bool = False,
+        progress: bool = False,
+    ):
+        _validate(mode, proj_dim, representation, loss, teacher, batch_size)
+        self.mode, self.proj_dim, self.seed, self.representation = mode, proj_dim, seed, representation
+        self.batch_size, self.max_memory, self.allow_tf32, self.progress = batch_size, max_memory, allow_tf32, progress
+        self.chunk_size, self.test_block = chunk_size, test_block
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.checkpoints: list[Checkpoint] = resolve_checkpoints(checkpoints)
+        self.model = copy.deepcopy(model).to(self.device).eval()
+        self._states = [self._checked_state(c) for c in self.checkpoints]
+        self._loaded: Optional[int] = None
+        self.targets = [last_linear_target(self.model)] if mode == "last-layer" else select_targets(self.model, layers)
+        self._freeze_unselected()
+        self.loss_fn: LossFn = cross_entropy_loss
+        if loss == "kd":
+            teacher = copy.deepcopy(teacher).to(self.device).eval()
+            self.loss_fn = _kd_loss(teacher, temperature, alpha, kd_loss)
+        self._shapes: Optional[list[LayerShape]] = None
+
+    # --- set-up ------------------------------------------------------------------------------------
+
+    def _checked_state(self, checkpoint: Checkpoint) -> dict[str, Tensor]:
+        state = {k: v.to(self.device) for k, v in checkpoint.state.items()}
+        load_state(self.model, state, source=f"checkpoint {checkpoint.path or '(in memory)'}")
+        return state
+
+    def _freeze_unselected(self) -> None:
+        """Only selected parameters require grad, so the backward pass stops at the earliest one."""
+        selected = {id(getattr(t.module, p)) for t in self.targets for p in t.params}
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(id(parameter) in selected)
+
+    @property
+    def parameter_names(self) -> list[str]:
+        return [name for target in self.targets for name in target.param_names]
+
+    @property
+    def lrs(self) -> list[float]:
+        return [c.lr for c in self.checkpoints]
+
+    def _load(self, index: int) -> None:
+        if self._loaded != index:
+            self.model.load_state_dict(self._states[index])
+            self._loaded = index
+
+    def _layer_shapes(self, source: _Source) -> list[LayerShape]:
+        if self._shapes is None:
+            self._load(0)
+            inputs, labels = source.get(0, min(2, source.n), self.device)
+            calls = record_output_grads(self.model, self.targets, inputs, labels, self.loss_fn)
+            self._shapes = [probe_shape(t, c) for t, c in zip(self.targets, calls)]
+        return self._shapes
+
+    def plans(self, source: _Source, n_rows: int, n_cols: int, self_only: bool = False) -> list[LayerPlan]:
+        proj_dim = self.proj_dim if self.mode == "projected" else None
+        return make_plans(
+            self.targets,
+            self._layer_shapes(source),
+            n_rows,
+            n_cols,
+            proj_dim=proj_dim,
+            seed=self.seed,
+            representation=self.representation,
+            self_only=self_only,
+            device=self.device,
+        )
+
+    # --- features ----------------------------------------------------------------------------------
+
+    def _features(self, plans: list[LayerPlan], source: _Source, start: int, stop: int, checkpoint: int) -> Features:
+        """Features of examples [start, stop) at one checkpoint, batch by batch."""
+        self._load(checkpoint)
+        parts = []
+        for first in range(start, stop, self.batch_size):
+            inputs, labels = source.get(first, min(first + self.batch_size, stop), self.device)
+            calls = record_output_grads(self.model, self.targets, inputs, labels, self.loss_fn)
+            parts.append(compute_features(plans, calls, len(inputs)))
+        features = Features.cat(parts)
+        if not features.all_finite():
+            path = self.checkpoints[checkpoint].path or f"checkpoint {checkpoint}"
+            raise NonFiniteError(f"non-finite gradients at {path} for examples {start}..{stop - 1}")
+        return features
+
+    def block_sizes(self, train: Any, test: Any, per_checkpoint: bool = False) -> tuple[int, int]:
+        """(train rows per chunk, test examples per block) that keep features and score blocks within
+        max_memory; explicit chunk_size/test_block win."""
+        train_source, test_source = _Source(train, "train"), _Source(test, "test")
+        plans = self.plans(train_source, train_source.n, test_source.n)
+        per_example = 4 * sum(p.feature_dim(s) for p, s in zip(plans, self._layer_shapes(train_source)))
+        n_ckpt = len(self.checkpoints)
+        half = self.max_memory // 2
+        block = self.test_block or min(test_source.n, max(1, half // (per_example * n_ckpt)))
+        score_bytes = 4 * block * (n_ckpt + 1 if per_checkpoint else 2)
+        chunk = self.chunk_size or min(train_source.n, max(1, half // (per_example + score_bytes)))
+        return chunk, block
+
+    # --- scores ------------------------------------------------------------------------------------
+
+    def iter_blocks(
+        self,
+        train: Any,
+        test: Any,
+        per_checkpoint: bool = False,
+        skip: Optional[Callable[[int, int, int, int], bool]] = None,
+    ) -> Iterator[ScoreBlock]:
+        """Score blocks covering the n_train x n_test matrix, in row-chunk order within test blocks.
+        `skip(row_start, row_stop, col_start, col_stop)` True leaves a block out (resume)."""
+        train_source, test_source = _Source(train, "train"), _Source(test, "test")
+        chunk, block = self.block_sizes(train, test, per_checkpoint)
+        plans = self.plans(train_source, train_source.n, test_source.n)
+        grid = [
+            [(r, min(r + chunk, train_source.n)) for r in range(0, train_source.n, chunk)]
+            for _ in range(0, test_source.n, block)
+        ]
+        todo = [
+            [(r0, r1) for r0, r1 in rows if not (skip and skip(r0, r1, b * block, min((b + 1) * block, test_source.n)))]
+            for b, rows in enumerate(grid)
+        ]
+        bar = tqdm(total=sum(map(len, todo)), desc="TracIn", unit="chunk", disable=not self.progress)
+        with _float32_matmuls(self.allow_tf32), bar:
+            for b, rows in enumerate(todo):
+                if not rows:
+                    continue
+                c0, c1 = b * block, min((b + 1) * block, test_source.n)
+                test_features = [self._features(plans, test_source, c0, c1, c) for c in range(len(self.checkpoints))]
+                for r0, r1 in rows:
+                    yield self._score_block(plans, train_source, r0, r1, c0, c1, test_features, per_checkpoint)
+                    bar.update(1)
+
+    def _score_block(self, plans, source, r0, r1, c0, c1, test_features, per_checkpoint) -> ScoreBlock:
+        terms = []
+        total = torch.zeros(r1 - r0, c1 - c0, device=self.device)
+        for c, checkpoint in enumerate(self.checkpoints):
+            term = checkpoint.lr * self._features(plans, source, r0, r1, c).dot(test_features[c])
+            total += term
+            if per_checkpoint:
+                terms.append(term)
+        return ScoreBlock(r0, r1, c0, c1, total, torch.stack(terms) if per_checkpoint else None)
+
+    def scores(self, train: Any, test: Any) -> Tensor:
+        """Tensor[n_train, n_test] float32 on the CPU: lr-weighted sum over checkpoints of gradient
+        inner products."""
+        n_train, n_test = _Source(train, "train").n, _Source(test, "test").n
+        out = torch.empty(n_train, n_test)
+        for block in self.iter_blocks(train, test):
+            out[block.row_start : block.row_stop, block.col_start : block.col_stop] = block.scores.cpu()
+        return out
+
+    def self_influence(self, train: Any) -> Tensor:
+        """Tensor[n_train] float32 on the CPU: sum_c lr_c * |grad l(w_c, z)|^2, the TracIn
+        self-influence used to find mislabelled examples."""
+        source = _Source(train, "train")
+        plans = self.plans(source, source.n, 1, self_only=True)
+        chunk = self.chunk_size or max(self.batch_size, 1)
+        out = torch.zeros(source.n)
+        with _float32_matmuls(self.allow_tf32):
+            for r0 in tqdm(range(0, source.n, chunk), desc="self-influence", disable=not self.progress):
+                r1 = min(r0 + chunk, source.n)
+                for c, checkpoint in enumerate(self.checkpoints):
+                    out[r0:r1] += checkpoint.lr * self._features(plans, source, r0, r1, c).self_dot().cpu()
+        return out
+
+    def top_k(self, train: Any, test: Any, k: int) -> TopK:
+        """Proponents and opponents of each test example and the most-influenced test examples of each
+        train example, streamed from score blocks: the full matrix is never held."""
+        n_train, n_test = _Source(train, "train").n, _Source(test, "test").n
+        if not 1 <= k <= min(n_train, n_test):
+            raise TracinError(f"k must be between 1 and min(n_train, n_test) = {min(n_train, n_test)}, got {k}")
+        per_test = StreamingRanking(n_test, k, self.device)
+        per_train = StreamingRanking(n_train, k, self.device)
+        for block in self.iter_blocks(train, test):
+            per_train.update(block.row_start, block.scores, block.col_start)
+            per_test.update(block.col_start, block.scores.T, block.row_start)
+        return TopK(test=per_test.result(), train=per_train.result())
+
+
+def _validate(mode: str, proj_dim, representation: str, loss: str, teacher, batch_size: int) -> None:
+    if mode not in MODES:
+        raise TracinError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "projected" and (proj_dim is None or proj_dim < 1):
+        raise TracinError("projected mode needs a positive proj_dim")
+    if representation not in REPRESENTATIONS:
+        raise TracinError(f"representation must be one of {', '.join(REPRESENTATIONS)}, got {representation!r}")
+    if loss not in ("ce", "kd"):
+        raise TracinError(f"loss must be 'ce' or 'kd', got {loss!r}")
+    if loss == "kd" and teacher is None:
+        raise TracinError("loss='kd' scores a student with its distillation objective and needs the teacher")
+    if batch_size < 1:
+        raise TracinError(f"batch_size must be positive, got {batch_size}")
