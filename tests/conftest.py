@@ -4,12 +4,17 @@
 per session into torchvision's raw layout by tracin.data itself.
 `cifar10_root`: a small CIFAR-10 in its real on-disk format (cifar-10-batches-py: five pickled training
 batches, a test batch and batches.meta), read by torchvision's CIFAR10 class with checksums off.
+`tiny_run`: the folder of a finished tracin-train run (teacher, student, student_baseline) on
+Fashion-MNIST, made once per session through the console script.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +76,53 @@ def cifar10_root(tmp_path_factory) -> str:
 def _deterministic_threads():
     torch.manual_seed(0)
     yield
+
+
+# ------------------------------------------------------------------------------------ training runs
+
+# The tiny run every later test can read: Fashion-MNIST, three models, width 4, 4 epochs.
+TINY_RUN_ARGS = (
+    "--dataset", "fashion-mnist", "--train-subset", "256", "--test-subset", "64", "--label-noise", "0.1",
+    "--epochs", "4", "--save-every", "2", "--width", "4", "--batch-size", "32", "--lr", "0.05", "--quiet",
+)
+
+
+def tracin_train_script() -> Path:
+    """The `tracin-train` console script of the interpreter running the tests."""
+    script = Path(sys.executable).with_name("tracin-train")
+    assert script.exists(), f"{script} is missing: install the package (pip install -e .)"
+    return script
+
+
+def subprocess_env(**extra: str) -> dict:
+    """Environment of tracin-train subprocesses: one thread unless OMP_NUM_THREADS says otherwise (tiny
+    models gain nothing from more, and threads spinning on shared cores stall). Runs compared bitwise must
+    use the same thread count."""
+    return {"OMP_NUM_THREADS": "1", **os.environ, **extra}
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch on one thread for in-process training of tiny models (see subprocess_env)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_tracin_train(args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`tracin-train ARGS` in a subprocess; stdout and stderr captured as text."""
+    command = [str(tracin_train_script()), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=subprocess_env())
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, fashion_mnist_root) -> Path:
+    """Folder of a finished tiny run (teacher, student, student_baseline) made by tracin-train."""
+    out_root = tmp_path_factory.mktemp("runs")
+    args = ["--run", "tiny", "--out-root", out_root, "--data-root", fashion_mnist_root, *TINY_RUN_ARGS]
+    result = run_tracin_train(args)
+    assert result.returncode == 0, result.stderr
+    return out_root / "tiny"

@@ -13,10 +13,21 @@ A training checkpoint is a dict with fixed keys:
                   taken since the previous saved checkpoint (the step size of the interval the checkpoint
                   closes, as in TracInCP)
     lr_at_save    the scheduler's learning rate when the checkpoint was written (its next step's)
-    metrics       train_loss, train_acc, test_loss, test_acc of the epoch
+    metrics       train_loss (the training objective), train_acc, test_loss (cross-entropy), test_acc of
+                  the epoch
     config        TrainConfig.to_dict();  data_config: DataConfig.to_dict()
     data_fingerprint   tracin.data.fingerprint(...)
-    rng           random state needed to resume exactly
+    param_count   trainable parameters of the model
+    teacher       what a distilled student learned from: {path, sha256, epoch} of the teacher checkpoint,
+                  "self" (self-distillation), or None
+
+Files of one model (`<run>/<role>/`, see tracin.runs): `epoch_NNN.pt` every --save-every epochs and at
+the end; `init.pt`, the initial weights (epoch 0, step 0, lr 0.0, metrics {}); `last.pt`, rewritten
+after every epoch, which adds
+
+    rng           the seeds of the next epoch's data order, augmentation and global RNG
+    resume        interval_lrs (the learning rates of the steps since the last saved checkpoint) and
+                  history (one row per epoch), so a resumed run continues exactly
 """
 
 from __future__ import annotations

@@ -124,7 +124,10 @@ class TrainConfig(_Serializable):
         _check(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
         _check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
         _check(0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        _check(0.0 <= self.warmup_epochs < self.epochs, "warmup_epochs must be in [0, epochs)")
+        _check(
+            0.0 <= self.warmup_epochs < self.epochs,
+            f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} with {self.epochs} epochs",
+        )
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("distill", self.distill, DISTILL)
         _check_choice("kd_loss", self.kd_loss, KD_LOSSES)

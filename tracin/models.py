@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torchvision.models import resnet
 
 from tracin.config import ModelConfig
+from tracin.errors import CheckpointError
 
 RESNET34_BLOCKS = (3, 4, 6, 3)
 
@@ -102,9 +103,17 @@ def count_parameters(model: nn.Module) -> int:
 def copy_shared_stages(student: ResNet, teacher_state: dict[str, Tensor]) -> int:
     """Initialise the student's stem and stages from a teacher state dict; the head stays new.
 
-    Returns the number of tensors copied.
+    Returns the number of tensors copied. A teacher whose shared tensors have other shapes (another width
+    or input channels) is a CheckpointError.
     """
     own = student.state_dict()
     shared = {k: v for k, v in teacher_state.items() if k in own and not k.startswith("fc.")}
+    misfits = [k for k, v in shared.items() if v.shape != own[k].shape]
+    if misfits:
+        name = misfits[0]
+        raise CheckpointError(
+            f"the teacher's stages do not fit the student ({name}: teacher {tuple(shared[name].shape)}, "
+            f"student {tuple(own[name].shape)}); --student-init teacher needs the same width"
+        )
     student.load_state_dict(shared, strict=False)
     return len(shared)

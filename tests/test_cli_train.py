@@ -1,0 +1,192 @@
+"""tracin-train's command line: each user mistake is one line on stderr and exit code 2, resume and
+overwrite rules, help text."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision import datasets
+
+from conftest import one_thread, run_tracin_train
+from tracin.cli import build_train_parser, train_main
+
+OPTIONS = (
+    "--run", "--out-root", "--dataset", "--data-root", "--no-checksum", "--train-subset", "--test-subset",
+    "--label-noise", "--data-seed", "--models", "--epochs", "--batch-size", "--lr", "--schedule",
+    "--warmup-epochs", "--label-smoothing", "--save-every", "--seed", "--width", "--student-stages",
+    "--student-init", "--distill", "--kd-loss", "--temperature", "--alpha", "--no-augment", "--teacher",
+    "--device", "--resume", "--overwrite", "--quiet",
+)
+
+
+def _cli(argv: list, capsys) -> tuple[int, str, str]:
+    """train_main in this process: (exit code, stdout, stderr)."""
+    try:
+        with one_thread():
+            code = train_main([str(a) for a in argv])
+    except SystemExit as exit:  # argparse
+        code = exit.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _assert_one_line_error(code: int, err: str, needle: str) -> None:
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("tracin-train: error: "), err
+    assert "Traceback" not in err and needle in lines[0], err
+
+
+def _cifar(root: str, out_root: Path) -> list[str]:
+    return ["--dataset", "cifar10", "--data-root", root, "--no-checksum", "--out-root", out_root,
+            "--width", "4", "--batch-size", "32", "--epochs", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory, cifar10_root) -> Path:
+    """A finished run that trained only its teacher (2 epochs, CIFAR-format fixture files)."""
+    out_root = tmp_path_factory.mktemp("cli")
+    with one_thread():
+        assert train_main(["--run", "base", "--models", "teacher", *map(str, _cifar(cifar10_root, out_root))]) == 0
+    return out_root / "base"
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    shutil.copytree(run, tmp_path / run.name)
+    return tmp_path / run.name
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--run", "x", "--dataset", "mnist"], "invalid choice: 'mnist'"),
+        (["--run", "x", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["--dataset", "cifar10"], "the following arguments are required: --run"),
+        (["--run", "x", "--epochs", "two"], "invalid int value"),
+        (["--run", "x", "--resume", "--overwrite"], "not allowed with argument"),
+    ],
+)
+def test_usage_errors_are_one_line(argv, needle, capsys):
+    _assert_one_line_error(*_cli(argv, capsys)[::2], needle)
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--student-stages", "5"], "student stages must be between 1 and 4, got 5"),
+        (["--width", "0"], "width must be positive"),
+        (["--label-noise", "1.5"], "label_noise must be in [0, 1)"),
+        (["--models", "student"], "the student needs a teacher"),
+        (["--teacher", "no/such/teacher.pt"], "does not exist"),
+        (["--lr", "1e38", "--train-subset", "64"], "non-finite"),
+        (["--epochs", "1"], "warmup_epochs must be in [0, epochs), got 1.0 with 1 epochs"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(extra, needle, tmp_path, cifar10_root, capsys):
+    _assert_one_line_error(*_cli(["--run", "x", *_cifar(cifar10_root, tmp_path), *extra], capsys)[::2], needle)
+
+
+def test_missing_data_offline_is_one_line(tmp_path, monkeypatch, capsys):
+    def offline(self):
+        raise OSError("network unreachable (test)")
+
+    monkeypatch.setattr(datasets.CIFAR10, "download", offline)
+    code, _, err = _cli(["--run", "x", *_cifar(str(tmp_path / "empty"), tmp_path)], capsys)
+    _assert_one_line_error(code, err, "cifar10 could not be loaded")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_one_line(tmp_path, cifar10_root, capsys):
+    code, _, err = _cli(["--run", "x", *_cifar(cifar10_root, tmp_path), "--device", "cuda"], capsys)
+    _assert_one_line_error(code, err, "no CUDA device")
+
+
+def test_teacher_of_the_wrong_role_or_corrupt_is_one_line(tiny_run, tmp_path, cifar10_root, capsys):
+    base = ["--run", "x", *_cifar(cifar10_root, tmp_path)]
+    code, _, err = _cli([*base, "--teacher", tiny_run / "student" / "epoch_004.pt"], capsys)
+    _assert_one_line_error(code, err, "is a student checkpoint, expected teacher")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes((tiny_run / "teacher" / "epoch_004.pt").read_bytes()[:2000])
+    code, _, err = _cli([*base, "--teacher", corrupt], capsys)
+    _assert_one_line_error(code, err, "truncated or corrupt")
+
+
+def test_a_teacher_for_other_data_is_one_line(tiny_run, tmp_path, cifar10_root, capsys):
+    # The tiny run's teacher reads 1-channel Fashion-MNIST; CIFAR-10 has 3 channels.
+    teacher = tiny_run / "teacher" / "epoch_004.pt"
+    code, _, err = _cli(["--run", "x", *_cifar(cifar10_root, tmp_path), "--teacher", teacher], capsys)
+    _assert_one_line_error(code, err, "takes 1 channels and 10 classes; the data has 3 and 10")
+
+
+def test_a_run_that_exists_needs_resume_or_overwrite(teacher_run, cifar10_root, capsys):
+    code, _, err = _cli(["--run", "base", *_cifar(cifar10_root, teacher_run.parent), "--models", "teacher"], capsys)
+    needle = "already holds a run: continue it with --resume, or replace it with --overwrite"
+    _assert_one_line_error(code, err, needle)
+
+
+def test_resume_with_another_configuration_names_the_fields(teacher_run, cifar10_root, capsys):
+    changes = ["--lr", "0.2", "--label-noise", "0.1"]
+    argv = ["--run", "base", *_cifar(cifar10_root, teacher_run.parent), "--resume", *changes]
+    code, _, err = _cli(argv, capsys)
+    _assert_one_line_error(code, err, "was started with another configuration")
+    assert "config.lr (0.1 -> 0.2)" in err and "data_config.label_noise (0.0 -> 0.1)" in err
+    assert "data_fingerprint.digest" in err and "config.epochs" not in err
+
+
+def test_resume_trains_a_student_from_the_runs_teacher_then_skips_it(teacher_run, tmp_path, cifar10_root, capsys):
+    run = _copy(teacher_run, tmp_path)
+    argv = ["--run", "base", *_cifar(cifar10_root, tmp_path), "--models", "student", "--resume"]
+    assert _cli(argv, capsys)[0] == 0
+    final = run / "student" / "epoch_002.pt"
+    assert torch.load(final, weights_only=True)["teacher"]["path"] == str(run / "teacher" / "epoch_002.pt")
+    written = final.stat().st_mtime_ns
+    code, out, _ = _cli([a for a in argv if a != "--quiet"], capsys)
+    assert code == 0 and "student: done already, skipped" in out and final.stat().st_mtime_ns == written
+    record = json.loads((run / "run.json").read_text())
+    statuses = [record["models"][role]["status"] for role in ("teacher", "student", "student_baseline")]
+    assert statuses == ["done", "done", "pending"]
+    assert len(record["invocations"]) == 3
+
+
+def test_overwrite_starts_the_run_over(teacher_run, tmp_path, cifar10_root, capsys):
+    run = _copy(teacher_run, tmp_path)
+    one_epoch = ["--epochs", "1", "--warmup-epochs", "0.5"]
+    argv = ["--run", "base", *_cifar(cifar10_root, tmp_path), "--models", "teacher", *one_epoch, "--overwrite"]
+    assert _cli(argv, capsys)[0] == 0
+    assert sorted(p.name for p in (run / "teacher").glob("epoch_*.pt")) == ["epoch_001.pt"]
+    assert len(json.loads((run / "run.json").read_text())["invocations"]) == 1
+
+
+def test_one_summary_line_per_epoch_unless_quiet(tmp_path, cifar10_root, capsys):
+    argv = ["--run", "loud", *[a for a in _cifar(cifar10_root, tmp_path) if a != "--quiet"], "--models", "teacher"]
+    code, out, err = _cli(argv, capsys)
+    assert code == 0
+    epochs = [line for line in out.splitlines() if line.startswith("teacher epoch ")]
+    assert len(epochs) == 2 and "test loss" in epochs[0] and "saved epoch_002.pt" in epochs[1]
+    assert "teacher: 84,542 parameters" in out  # printed as well as stored
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--student-stages", "0"], "student stages must be between 1 and 4"),
+        (["--schedule", "step"], "invalid choice"),
+    ],
+)
+def test_the_console_script_exits_2_with_one_line(extra, needle, tmp_path, cifar10_root):
+    result = run_tracin_train(["--run", "x", *_cifar(cifar10_root, tmp_path), *extra])
+    _assert_one_line_error(result.returncode, result.stderr, needle)
+
+
+def test_every_option_has_help():
+    parser = build_train_parser()
+    actions = {option: action for action in parser._actions for option in action.option_strings}
+    assert set(OPTIONS) <= set(actions)
+    assert all(actions[option].help for option in OPTIONS)
+    text = parser.format_help()
+    assert all(option in text for option in OPTIONS)

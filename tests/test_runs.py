@@ -1,0 +1,37 @@
+"""tracin.runs: the run folder's refusals and the resume comparison."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tracin.errors import ConfigMismatchError, TracinError
+from tracin.runs import RunPaths, check_same_run, differing_fields, open_record, write_json_atomic
+
+CONFIGS = {"config": {"lr": 0.1, "epochs": 4}, "data_config": {"data_root": "data", "label_noise": 0.0}}
+
+
+def test_differing_fields_names_nested_fields():
+    current = {"config": {"lr": 0.2, "epochs": 4}, "data_config": {"data_root": "data", "label_noise": 0.0, "new": 1}}
+    assert differing_fields(CONFIGS, current) == ["config.lr (0.1 -> 0.2)", "data_config.new (None -> 1)"]
+
+
+def test_a_moved_data_folder_is_the_same_run(tmp_path):
+    moved = {**CONFIGS, "data_config": {"data_root": "/elsewhere", "label_noise": 0.0}}
+    check_same_run(CONFIGS, moved, tmp_path)
+    with pytest.raises(ConfigMismatchError, match=r"config\.epochs \(4 -> 5\)"):
+        check_same_run(CONFIGS, {**CONFIGS, "config": {"lr": 0.1, "epochs": 5}}, tmp_path)
+
+
+def test_open_record_refuses_to_mix_runs(tmp_path):
+    paths = RunPaths(tmp_path / "run")
+    assert open_record(paths, resume=True, overwrite=False, configs=CONFIGS) is None  # nothing there yet
+    (paths.root / "teacher").mkdir(parents=True)
+    with pytest.raises(TracinError, match="no run.json"):
+        open_record(paths, resume=True, overwrite=False, configs=CONFIGS)
+    write_json_atomic(CONFIGS, paths.run_json)
+    with pytest.raises(TracinError, match="already holds a run"):
+        open_record(paths, resume=False, overwrite=False, configs=CONFIGS)
+    assert open_record(paths, resume=True, overwrite=False, configs=CONFIGS) == json.loads(paths.run_json.read_text())
+    assert open_record(paths, resume=False, overwrite=True, configs=CONFIGS) is None

@@ -1,0 +1,195 @@
+"""Command-line front ends. A `TracinError` (a mistake the user can fix) ends a command with one line on
+stderr and exit code 2; so does a usage error. Anything else is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from tracin.config import (
+    DATASETS,
+    DISTILL,
+    KD_LOSSES,
+    MODES,
+    ROLES,
+    SCHEDULES,
+    SCORE_LOSSES,
+    STUDENT_INIT,
+    DataConfig,
+    ScoreConfig,
+    TrainConfig,
+)
+from tracin.data import default_data_root
+from tracin.errors import TracinError
+from tracin.runtime import DEVICES
+from tracin.train import RunOptions, train_run
+
+TRAIN = TrainConfig()
+DATA = DataConfig()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr and exit code 2, like every other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _arguments(argv: Optional[Sequence[str]]) -> list[str]:
+    """The command's arguments. Under `torchrun ... tracin-train -- --run NAME` they follow a `--` that
+    torchrun passes on: its own parser would take a bare --run for an abbreviation of its --run-path."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return argv[1:] if argv[:1] == ["--"] else argv
+
+
+def _fail(prog: str, error: TracinError) -> int:
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    return 2
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run")
+    group.add_argument("--run", required=True, help="name of the run; its files go to OUT_ROOT/RUN/")
+    group.add_argument("--out-root", default="checkpoints", help="folder holding the runs (default: %(default)s)")
+    group.add_argument(
+        "--models", nargs="+", choices=ROLES, default=None,
+        help="models to train, always in the order teacher, student, student_baseline "
+        "(default: all three; with --teacher: student student_baseline)",
+    )
+    group.add_argument(
+        "--teacher", metavar="PATH",
+        help="a teacher checkpoint (tracin-train's teacher/epoch_NNN.pt) for the students, instead of the "
+        "run's own final teacher",
+    )
+    group.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available (default: auto)")
+    exclusive = group.add_mutually_exclusive_group()
+    exclusive.add_argument(
+        "--resume", action="store_true",
+        help="continue the run from its last state (finished models are skipped); refused if the "
+        "configuration differs",
+    )
+    exclusive.add_argument(
+        "--overwrite", action="store_true", help="delete an existing run of this name and start over"
+    )
+    group.add_argument("--quiet", action="store_true", help="no progress bars and no per-epoch lines")
+
+
+def _config_option(group, flag: str, help: str, defaults=TRAIN, field: Optional[str] = None, **kwargs) -> None:
+    """An option whose default and type come from a configuration field, named like the flag unless
+    `field` says otherwise (--batch-size: TrainConfig.batch_size)."""
+    default = getattr(defaults, field or flag[2:].replace("-", "_"))
+    if "choices" not in kwargs:
+        kwargs["type"] = type(default)
+    group.add_argument(flag, default=default, help=f"{help} (default: %(default)s)", **kwargs)
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    _config_option(group, "--dataset", "data set", DATA, choices=DATASETS)
+    group.add_argument(
+        "--data-root", default=None,
+        help=f"folder of the torchvision data sets (default: $TRACIN_DATA, else data; now {default_data_root()})",
+    )
+    group.add_argument(
+        "--no-checksum", action="store_true",
+        help="do not verify torchvision's checksums (CIFAR-format files that are not the published ones)",
+    )
+    group.add_argument("--train-subset", type=int, help="train on a class-stratified subset of this many examples")
+    group.add_argument("--test-subset", type=int, help="evaluate on a class-stratified subset of this many examples")
+    noise = "fraction of training labels flipped to another class, exactly round(p * n)"
+    _config_option(group, "--label-noise", noise, DATA)
+    _config_option(group, "--data-seed", "seed of subsets and label noise", DATA, field="seed")
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training")
+    _config_option(group, "--epochs", "epochs per model")
+    _config_option(group, "--batch-size", "global batch size, split among processes under torchrun")
+    _config_option(group, "--lr", "peak learning rate")
+    schedule = "OneCycleLR, or linear warm-up then cosine; stepped every optimizer step"
+    _config_option(group, "--schedule", schedule, choices=SCHEDULES)
+    _config_option(group, "--warmup-epochs", "epochs of rising learning rate")
+    _config_option(group, "--label-smoothing", "cross-entropy label smoothing")
+    _config_option(group, "--save-every", "save a checkpoint every N epochs, and at the end")
+    _config_option(group, "--seed", "seed of initial weights, data order and augmentation")
+    group.add_argument("--no-augment", action="store_true", help="train without random crops and flips")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("models and distillation")
+    _config_option(group, "--width", "channels of the first stage; 64 is ResNet-34")
+    _config_option(group, "--student-stages", "stages of the students, 1-4")
+    _config_option(
+        group, "--student-init", "students start from scratch or from the teacher's stem and stages",
+        choices=STUDENT_INIT,
+    )
+    _config_option(
+        group, "--distill", "the student learns from the teacher, from its own previous checkpoint (self; "
+        "cross-entropy until its first save), or from labels only (none)", choices=DISTILL,
+    )
+    _config_option(group, "--kd-loss", "soft-target loss: KL at temperature T, or logit MSE", choices=KD_LOSSES)
+    _config_option(group, "--temperature", "distillation temperature T")
+    _config_option(group, "--alpha", "weight of the soft-target term: alpha * T^2 * KL + (1 - alpha) * CE")
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="tracin-train",
+        description="Train a teacher, a distilled student and a baseline student, with checkpoints for TracIn.",
+        epilog="Several processes (DistributedDataParallel): torchrun --nproc_per_node=N $(which tracin-train) "
+        "-- --run NAME ... (the `--` keeps torchrun from reading --run as its own --run-path).",
+    )
+    for add in (_add_run_options, _add_data_options, _add_training_options, _add_model_options):
+        add(parser)
+    return parser
+
+
+def train_configs(args: argparse.Namespace) -> tuple[TrainConfig, DataConfig]:
+    """The configurations named by parsed arguments (validated: a bad value is a TracinError)."""
+    data_config = DataConfig(
+        dataset=args.dataset,
+        data_root=args.data_root or default_data_root(),
+        train_subset=args.train_subset,
+        test_subset=args.test_subset,
+        label_noise=args.label_noise,
+        seed=args.data_seed,
+        checksum=not args.no_checksum,
+    )
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, save_every=args.save_every,
+        seed=args.seed, width=args.width, student_stages=args.student_stages, student_init=args.student_init,
+        distill=args.distill, kd_loss=args.kd_loss, temperature=args.temperature, alpha=args.alpha,
+        augment=not args.no_augment,
+    )
+    return config, data_config
+
+
+def run_options(args: argparse.Namespace, argv: Sequence[str]) -> RunOptions:
+    default_models = ("student", "student_baseline") if args.teacher else ROLES
+    return RunOptions(
+        run=args.run, out_root=args.out_root, models=tuple(args.models or default_models), teacher=args.teacher,
+        device=args.device, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+        command=("tracin-train", *argv),
+    )
+
+
+def train_main(argv: Optional[Sequence[str]] = None) -> int:
+    """`tracin-train`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
+    argv = _arguments(argv)
+    args = build_train_parser().parse_args(argv)
+    try:
+        train_run(*train_configs(args), run_options(args, argv))
+    except TracinError as error:
+        return _fail("tracin-train", error)
+    except KeyboardInterrupt:
+        print("tracin-train: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def score_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Placeholder for `tracin-score` (the scoring step is being written)."""
+    print("tracin-score: error: not yet implemented", file=sys.stderr)
+    return 2

@@ -1,0 +1,65 @@
+"""Figures written next to the checkpoints, drawn with matplotlib's Agg canvas (no display, no pyplot
+state shared between calls)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from torch import Tensor
+
+
+def _save(figure: Figure, path: Path) -> None:
+    FigureCanvasAgg(figure)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def plot_history(history: Sequence[dict], path: Path, title: str) -> None:
+    """Loss and accuracy per epoch, train and test, from rows with keys epoch, train_loss, test_loss,
+    train_acc, test_acc (accuracies as fractions) and checkpoint (non-empty: a saved epoch, marked)."""
+    figure = Figure(figsize=(9, 3.5))
+    loss_axes, acc_axes = figure.subplots(1, 2)
+    epochs = [row["epoch"] for row in history]
+    saved = [row for row in history if row.get("checkpoint")]
+    loss_label = "loss (train: training objective, test: cross-entropy)"
+    panels = ((loss_axes, "loss", loss_label), (acc_axes, "acc", "accuracy"))
+    for axes, metric, label in panels:
+        for split in ("train", "test"):
+            axes.plot(epochs, [row[f"{split}_{metric}"] for row in history], marker=".", label=split)
+        axes.plot([r["epoch"] for r in saved], [r[f"test_{metric}"] for r in saved], "k|", ms=12, label="saved")
+        axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_ylabel(label)
+        axes.grid(alpha=0.3)
+    loss_axes.legend()
+    figure.suptitle(title)
+    _save(figure, path)
+
+
+def plot_confusion(matrix: Tensor, classes: Sequence[str], path: Path, title: str) -> None:
+    """Confusion matrix Tensor[classes, classes] of counts: rows true labels, columns predictions."""
+    counts = matrix.cpu().numpy()
+    figure = Figure(figsize=(6, 5.5))
+    axes = figure.subplots()
+    image = axes.imshow(counts, cmap="Blues")
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    ticks = range(len(classes))
+    axes.set_xticks(ticks, classes, rotation=60, ha="right", fontsize=8)
+    axes.set_yticks(ticks, classes, fontsize=8)
+    threshold = counts.max() / 2 if counts.size else 0
+    for (row, col), count in _cells(counts):
+        axes.text(col, row, str(count), ha="center", va="center", fontsize=7,
+                  color="white" if count > threshold else "black")
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true label")
+    axes.set_title(title)
+    _save(figure, path)
+
+
+def _cells(counts):
+    rows, cols = counts.shape
+    return (((r, c), int(counts[r, c])) for r in range(rows) for c in range(cols))

@@ -1,0 +1,163 @@
+"""The run folder `<out-root>/<run>/`: where each file lives, `run.json`, and the checks that keep a
+resumed run the same run.
+
+    run.json     format, version, invocations (argv, world_size, device, started: one per command),
+                 config, data_config, model_configs,
+                 param_counts, data_fingerprint, teacher_checkpoint (an outside --teacher, or null),
+                 models: {role: {status: pending|partial|done, epoch, epochs, checkpoints, metrics}}
+    data.json    tracin.data.data_record(...): indices into the data set, flipped labels
+    <role>/      init.pt, epoch_NNN.pt, last.pt, history.csv, curves.png, confusion.png
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from tracin import __version__
+from tracin.checkpoints import checkpoint_name
+from tracin.config import ROLES
+from tracin.errors import ConfigMismatchError, TracinError
+
+RUN_FORMAT = "tracin-run"
+# Where the data files are is not what the data is: the fingerprint guards the content.
+RESUME_IGNORED_FIELDS = ("data_config.data_root",)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """File names of one run, rooted at `<out-root>/<run>`."""
+
+    root: Path
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def data_json(self) -> Path:
+        return self.root / "data.json"
+
+    def model_dir(self, role: str) -> Path:
+        return self.root / role
+
+    def checkpoint(self, role: str, epoch: int) -> Path:
+        return self.model_dir(role) / checkpoint_name(epoch)
+
+    def last(self, role: str) -> Path:
+        return self.model_dir(role) / "last.pt"
+
+    def init(self, role: str) -> Path:
+        return self.model_dir(role) / "init.pt"
+
+    def history(self, role: str) -> Path:
+        return self.model_dir(role) / "history.csv"
+
+    def curves(self, role: str) -> Path:
+        return self.model_dir(role) / "curves.png"
+
+    def confusion(self, role: str) -> Path:
+        return self.model_dir(role) / "confusion.png"
+
+
+def write_json_atomic(values: Any, path: Path) -> None:
+    """JSON to a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(values, handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_record(paths: RunPaths) -> Optional[dict]:
+    """run.json of a run, or None when the run has none."""
+    if not paths.run_json.is_file():
+        return None
+    try:
+        return json.loads(paths.run_json.read_text())
+    except json.JSONDecodeError as error:
+        raise TracinError(f"{paths.run_json} is not valid JSON ({error}); restart the run with --overwrite") from None
+
+
+def holds_work(paths: RunPaths) -> bool:
+    return paths.root.is_dir() and any(paths.root.iterdir())
+
+
+def new_record(invocation: dict, configs: dict[str, Any], model_configs: dict, param_counts: dict) -> dict:
+    """run.json of a new run. `configs`: config, data_config, data_fingerprint, teacher_checkpoint."""
+    models = {
+        role: {"status": "pending", "epoch": 0, "epochs": configs["config"]["epochs"], "checkpoints": []}
+        for role in ROLES
+    }
+    return {
+        "format": RUN_FORMAT,
+        "version": __version__,
+        "invocations": [invocation],
+        **configs,
+        "model_configs": model_configs,
+        "param_counts": param_counts,
+        "models": models,
+    }
+
+
+def _flatten(values: Any, prefix: str) -> dict[str, Any]:
+    if not isinstance(values, dict):
+        return {prefix: values}
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+    return flat
+
+
+def differing_fields(stored: dict, current: dict) -> list[str]:
+    """'name (stored -> current)' for every field whose value differs, by dotted name."""
+    old, new = _flatten(stored, ""), _flatten(current, "")
+    names = sorted(set(old) | set(new))
+    return [f"{n} ({old.get(n)!r} -> {new.get(n)!r})" for n in names if old.get(n) != new.get(n)]
+
+
+def check_same_run(record: dict, configs: dict[str, Any], root: Path) -> None:
+    """Refuse to resume a run with another configuration; the message names each differing field."""
+    stored = {key: record.get(key) for key in configs}
+    differences = [
+        d for d in differing_fields(stored, configs) if not d.startswith(RESUME_IGNORED_FIELDS)
+    ]
+    if differences:
+        raise ConfigMismatchError(
+            f"{root} was started with another configuration: {'; '.join(differences)}. "
+            "Resume with the original options, or start over with --overwrite"
+        )
+
+
+def open_record(paths: RunPaths, resume: bool, overwrite: bool, configs: dict[str, Any]) -> Optional[dict]:
+    """The existing run.json to continue, or None for a new run; refuses what would mix two runs.
+
+    Reads only: the caller removes the folder (overwrite) and writes the record, on rank 0.
+    """
+    if not holds_work(paths) or overwrite:
+        return None
+    if not resume:
+        raise TracinError(
+            f"{paths.root} already holds a run: continue it with --resume, or replace it with --overwrite"
+        )
+    record = read_record(paths)
+    if record is None:
+        raise TracinError(f"{paths.root} holds files but no run.json; replace them with --overwrite")
+    check_same_run(record, configs, paths.root)
+    return record
+
+
+def clear_run(paths: RunPaths) -> None:
+    """Remove a run folder for --overwrite (checkpoints, scores, everything in it)."""
+    if paths.root.exists():
+        shutil.rmtree(paths.root)

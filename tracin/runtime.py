@@ -1,0 +1,123 @@
+"""Where code runs: the device, the process group under torchrun, and determinism.
+
+A `Runtime` is passed down to whatever computes; nothing reads a global device. Under
+`torchrun --nproc_per_node=N` each process gets its own (rank, world size, device): gloo on CPU, nccl on
+CUDA. Rank 0 writes files; the other ranks wait at barriers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from tracin.errors import TracinError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One process's place in a run.
+
+    On CUDA, models run in bf16 autocast with channels_last tensors (tensor cores); on CPU everything is
+    float32 and deterministic, so a resumed run is bitwise equal to an uninterrupted one.
+    """
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    quiet: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.is_cuda else torch.contiguous_format
+
+    @property
+    def progress_disabled(self) -> Optional[bool]:
+        """tqdm's `disable`: True when quiet or not rank 0, else None (tqdm hides itself off a terminal)."""
+        return True if self.quiet or not self.is_main else None
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.is_cuda)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        """The sum of `tensor` over ranks (the tensor itself on one process)."""
+        if self.distributed:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def broadcast_buffers(self, model: nn.Module) -> None:
+        """Give every rank rank 0's BatchNorm statistics, so all ranks evaluate and save the same model
+        (each rank's last training step updated its statistics from its own slice)."""
+        if self.distributed:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
+
+    def log(self, message: str) -> None:
+        """A line on stdout from rank 0, unless quiet."""
+        if self.is_main and not self.quiet:
+            print(message, flush=True)
+
+
+def select_device(name: str, local_rank: int = 0) -> torch.device:
+    """`auto` is CUDA when available, else CPU; asking for CUDA without one is a TracinError."""
+    if name not in DEVICES:
+        raise TracinError(f"device must be one of {', '.join(DEVICES)}, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TracinError("--device cuda asked, but PyTorch sees no CUDA device; use --device cpu")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+def _world_from_environment() -> tuple[int, int, int]:
+    """(rank, world size, local rank) as torchrun sets them; (0, 1, 0) for a plain process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+@contextlib.contextmanager
+def start_runtime(device_name: str = "auto", quiet: bool = False) -> Iterator[Runtime]:
+    """The runtime of this process: joins torchrun's process group if there is one, turns on
+    deterministic algorithms on CPU and cuDNN autotuning on CUDA (both restored on exit)."""
+    rank, world_size, local_rank = _world_from_environment()
+    device = select_device(device_name, local_rank)
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    benchmark_before = torch.backends.cudnn.benchmark
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    else:
+        torch.use_deterministic_algorithms(True)
+    joined = world_size > 1 and not dist.is_initialized()
+    if joined:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield Runtime(device, rank, world_size, quiet)
+    finally:
+        if joined:
+            dist.destroy_process_group()
+        torch.use_deterministic_algorithms(deterministic_before)
+        torch.backends.cudnn.benchmark = benchmark_before

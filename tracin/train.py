@@ -1,0 +1,773 @@
+"""Training: one code path for the teacher, the distilled student and the baseline student.
+
+The spine is `train_one_epoch`, `evaluate` and `fit` (as in torchvision's classification reference);
+`train_run` trains the models a run asks for, in the order teacher -> student -> student_baseline.
+
+What TracIn needs from training, and how this module keeps it:
+- Replayable data. Each epoch's order and augmentation come from generators seeded by (seed, epoch)
+  alone, never by the model, so a resumed run replays the same batches and the baseline student sees
+  exactly the batches and augmentation draws of the distilled student.
+- One start for both students. Their initial weights come from `seed + 1` (and, with --student-init
+  teacher, the trained teacher's stem and stages); each model's initial state is saved as `init.pt`.
+- The step size of each checkpoint. A saved checkpoint's `lr` is the mean learning rate of the optimizer
+  steps since the previous saved checkpoint (TracInCP's eta for the interval the checkpoint closes);
+  `lr_at_save` is the scheduler's rate when it was written, i.e. that of the next step.
+- Exact resume. All randomness of an epoch (order, augmentation, the global RNG) is seeded by (seed,
+  epoch), so `last.pt` (a checkpoint plus the open interval's learning rates, the history and the next
+  epoch's seeds) is all a resume needs; it is rewritten after every epoch and a killed epoch is replayed
+  from its start. On CPU, with deterministic algorithms, a resumed run ends bitwise equal to an
+  uninterrupted one.
+
+Distillation: alpha * T^2 * KL + (1 - alpha) * CE (or the logit MSE) against the teacher's logits,
+computed in eval mode on the same augmented batch. Self-distillation (--distill self): the teacher for the
+epochs after save k is a frozen copy of the student's own checkpoint k; before its first save the student
+trains with cross-entropy only.
+
+Several processes (torchrun): every rank draws the same global batch and augmentation and trains on its
+contiguous slice; DDP averages gradients, and the loss is scaled so each step is the mean over the global
+batch. BatchNorm statistics are per rank during an epoch; rank 0's are broadcast at its end, so all ranks
+evaluate and save one model. Rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import math
+import time
+from datetime import datetime
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, OneCycleLR, SequentialLR
+from tqdm import tqdm
+
+from tracin import losses
+from tracin.checkpoints import FORMAT, VERSION, checkpoint_name, load_checkpoint, load_state, save_atomic, sha256_file
+from tracin.config import ROLES, DataConfig, ModelConfig, TrainConfig
+from tracin.data import RunData, Split, augment, data_record, fingerprint, load_data, normalize
+from tracin.errors import CheckpointError, NonFiniteError, TracinError
+from tracin.models import build_model, copy_shared_stages, count_parameters, student_config, teacher_config
+from tracin.plots import plot_confusion, plot_history
+from tracin.runs import RunPaths, clear_run, new_record, open_record, write_json_atomic
+from tracin.runtime import Runtime, start_runtime
+
+ORDER_STREAM, AUGMENT_STREAM, GLOBAL_STREAM = 0, 1, 2  # the random streams of an epoch
+TEACHER_SEED_OFFSET, STUDENT_SEED_OFFSET = 0, 1  # initial weights: teacher from seed, students from seed + 1
+WARMUP_START_FACTOR = 1 / 25  # the cosine warm-up starts where OneCycleLR (div_factor 25) starts
+EVAL_BATCH_SIZE = 512
+PROGRESS_EVERY = 10  # steps between progress-bar loss readings (each one waits for the device)
+METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
+HISTORY_FIELDS = ("epoch", "step", "lr", *METRICS, "seconds", "checkpoint")
+
+LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""(logits Tensor[b, classes] float32, images Tensor[b, C, H, W] normalised, labels Tensor[b] int64)
+-> per-example loss Tensor[b] float32."""
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """A 64-bit seed for one random stream of one epoch; a function of (seed, epoch, stream) only."""
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1, np.uint64)[0])
+
+
+def epoch_seeds(seed: int, epoch: int) -> dict[str, int]:
+    """The seeds of an epoch's data order, augmentation and global torch RNG (what resuming needs)."""
+    streams = {"order": ORDER_STREAM, "augment": AUGMENT_STREAM, "global": GLOBAL_STREAM}
+    return {name: epoch_seed(seed, epoch, stream) for name, stream in streams.items()}
+
+
+@contextlib.contextmanager
+def epoch_rng(seed: int, epoch: int, runtime: Runtime) -> Iterator[None]:
+    """The global torch RNG seeded from (seed, epoch) during an epoch, restored after: whatever layer draws
+    from it (dropout) replays the same after a resume. The ResNets here draw nothing."""
+    with torch.random.fork_rng(devices=[runtime.device] if runtime.is_cuda else []):
+        torch.manual_seed(epoch_seed(seed, epoch, GLOBAL_STREAM))
+        yield
+
+
+def _generator(device: torch.device | str, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def steps_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
+    """Optimizer steps of one epoch: ceil(n / batch_size), less a last partial batch too small to give
+    every rank an example (only possible with several processes)."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest >= world_size else 0)
+
+
+def rank_slice(size: int, runtime: Runtime) -> slice:
+    """This rank's contiguous part of a global batch of `size` examples (sizes differ by at most one)."""
+    return slice(size * runtime.rank // runtime.world_size, size * (runtime.rank + 1) // runtime.world_size)
+
+
+def training_batches(
+    split: Split, batch_size: int, seed: int, epoch: int, augment_images: bool, runtime: Runtime
+) -> Iterator[tuple[Tensor, Tensor, int]]:
+    """One epoch of this rank's training batches: (images Tensor[b, C, H, W] float32, normalised and, if
+    asked, augmented; labels Tensor[b] int64; size of the global batch), on the runtime's device.
+
+    Every rank draws the whole global batch and its augmentation, so the draws do not depend on the
+    number of processes; `split` must already live on the runtime's device.
+    """
+    order = torch.randperm(len(split), generator=_generator("cpu", epoch_seed(seed, epoch, ORDER_STREAM)))
+    augmenter = _generator(runtime.device, epoch_seed(seed, epoch, AUGMENT_STREAM))
+    steps = steps_per_epoch(len(split), batch_size, runtime.world_size)
+    for index in order.to(runtime.device).split(batch_size)[:steps]:
+        images = split.images[index]
+        if augment_images:
+            images = augment(images, split.spec, augmenter)
+        mine = rank_slice(len(index), runtime)
+        images = normalize(images[mine], split.spec).contiguous(memory_format=runtime.memory_format)
+        yield images, split.labels[index[mine]], len(index)
+
+
+def to_device(data: RunData, device: torch.device) -> RunData:
+    """The images and training labels moved to `device` once (uint8: CIFAR-10 is 150 MB); indices and
+    clean labels stay on the CPU."""
+
+    def move(split: Split) -> Split:
+        return replace(split, images=split.images.to(device), labels=split.labels.to(device))
+
+    return RunData(move(data.train), move(data.test))
+
+
+# ---------------------------------------------------------------------------------------- objectives
+
+
+def cross_entropy_objective(label_smoothing: float = 0.0) -> LossFn:
+    def loss(logits: Tensor, images: Tensor, labels: Tensor) -> Tensor:
+        return losses.cross_entropy(logits, labels, label_smoothing)
+
+    return loss
+
+
+def distillation_objective(teacher: nn.Module, config: TrainConfig, runtime: Runtime) -> LossFn:
+    """`tracin.losses.distillation` against `teacher`'s logits on the same batch. The teacher is put in
+    eval mode: its BatchNorm uses its running statistics and never updates them."""
+    teacher.eval()
+
+    def loss(logits: Tensor, images: Tensor, labels: Tensor) -> Tensor:
+        with torch.no_grad(), runtime.autocast():
+            teacher_logits = teacher(images).float()
+        return losses.distillation(
+            logits, teacher_logits, labels, config.temperature, config.alpha, config.kd_loss, config.label_smoothing
+        )
+
+    return loss
+
+
+def objective_for(teacher: Optional[nn.Module], config: TrainConfig, runtime: Runtime) -> LossFn:
+    if teacher is None:
+        return cross_entropy_objective(config.label_smoothing)
+    return distillation_objective(teacher, config, runtime)
+
+
+def seeded_model(config: ModelConfig, seed: int) -> nn.Module:
+    """A freshly initialised model that depends on `seed` alone (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(config)
+
+
+def blank_model(config: ModelConfig) -> nn.Module:
+    """A model to load weights into. Training never draws from the global RNG, and neither does this,
+    so the RNG state in last.pt is the same whether or not a run was resumed."""
+    return seeded_model(config, 0)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """The model in eval mode without gradients: a distillation teacher."""
+    model.zero_grad(set_to_none=True)
+    return model.eval().requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------- optimizer and schedule
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+    )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps: int) -> LRScheduler:
+    """The learning-rate schedule, stepped once per optimizer step (`steps` per epoch).
+
+    onecycle: OneCycleLR peaking at config.lr after warmup_epochs, with momentum held at config.momentum
+    (cycle_momentum off, so the optimizer stays the SGD the configuration states).
+    cosine: LinearLR from lr/25 up to lr over warmup_epochs, then CosineAnnealingLR down to 0.
+    """
+    total = config.epochs * steps
+    if config.schedule == "onecycle":
+        pct_start = config.warmup_epochs / config.epochs
+        return OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=pct_start, cycle_momentum=False)
+    warmup = min(round(config.warmup_epochs * steps), total - 1)
+    if warmup == 0:
+        return CosineAnnealingLR(optimizer, T_max=total)
+    linear = LinearLR(optimizer, start_factor=WARMUP_START_FACTOR, total_iters=warmup)
+    cosine = CosineAnnealingLR(optimizer, T_max=total - warmup)
+    return SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
+
+
+# ------------------------------------------------------------------------------ one epoch, evaluation
+
+
+@dataclass
+class EpochResult:
+    """loss: mean training objective over the epoch's examples; accuracy: fraction of training examples
+    (augmented, train mode) predicted right; lrs: learning rate of each optimizer step, in order."""
+
+    loss: float
+    accuracy: float
+    lrs: list[float]
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler,
+    batches: Iterator[tuple[Tensor, Tensor, int]],
+    loss_fn: LossFn,
+    runtime: Runtime,
+    progress: Optional[tqdm] = None,
+) -> EpochResult:
+    """One pass over `batches` (from `training_batches`): one optimizer and one scheduler step each."""
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
+    correct = torch.zeros((), dtype=torch.int64, device=runtime.device)
+    count, lrs = 0, []
+    for images, labels, global_size in batches:
+        with runtime.autocast():
+            logits = model(images).float()
+        per_example = loss_fn(logits, images, labels)
+        # DDP averages gradients over ranks: this scale makes the step the mean over the global batch,
+        # also when ranks hold slices of unequal size.
+        loss = per_example.sum() * (runtime.world_size / global_size)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+        loss_sum += per_example.detach().sum()
+        correct += (logits.argmax(dim=1) == labels).sum()
+        count += len(labels)
+        _show_progress(progress, per_example)
+    totals = runtime.all_reduce_sum(torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(count)]))
+    total_loss, total_correct, total_count = totals.tolist()
+    return EpochResult(total_loss / total_count, total_correct / total_count, lrs)
+
+
+def _show_progress(progress: Optional[tqdm], per_example: Tensor) -> None:
+    if progress is None or progress.disable:
+        return
+    progress.update(1)
+    if progress.n % PROGRESS_EVERY == 0:
+        progress.set_postfix(loss=f"{per_example.detach().mean().item():.3f}", refresh=False)
+
+
+@dataclass
+class Evaluation:
+    """loss: mean cross-entropy (nats); accuracy: fraction right; predictions: Tensor[n] int64 on CPU."""
+
+    loss: float
+    accuracy: float
+    predictions: Tensor
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, runtime: Runtime, batch_size: int = EVAL_BATCH_SIZE) -> Evaluation:
+    """Un-augmented evaluation of `model` (put in eval mode) on a whole split."""
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
+    predictions = []
+    for images, labels in split.batches(batch_size, runtime.device):
+        with runtime.autocast():
+            logits = model(images.contiguous(memory_format=runtime.memory_format)).float()
+        loss_sum += losses.cross_entropy(logits, labels).sum()
+        predictions.append(logits.argmax(dim=1))
+    predicted = torch.cat(predictions)
+    accuracy = (predicted == split.labels.to(runtime.device)).double().mean()
+    return Evaluation(loss_sum.item() / len(split), accuracy.item(), predicted.cpu())
+
+
+def confusion_matrix(predictions: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """Tensor[classes, classes] int64 of counts: row = true label, column = prediction."""
+    flat = labels.cpu() * num_classes + predictions.cpu()
+    return torch.bincount(flat, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+# --------------------------------------------------------------------------------------- one model
+
+
+@dataclass
+class RunContext:
+    """What the models of one run share. `data` lives on the runtime's device; `record` is run.json."""
+
+    paths: RunPaths
+    config: TrainConfig
+    data_config: DataConfig
+    data: RunData
+    fingerprint: dict
+    runtime: Runtime
+    record: dict
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(len(self.data.train), self.config.batch_size, self.runtime.world_size)
+
+
+@dataclass
+class ModelJob:
+    """One model of a run: role, architecture, initial weights, and what it distils from.
+
+    teacher: a frozen module for distillation (None: cross-entropy, or self-distillation); teacher_info:
+    its provenance (path, sha256, epoch) or "self", stored in every checkpoint.
+    """
+
+    role: str
+    model_config: ModelConfig
+    initial_state: dict[str, Tensor]
+    teacher: Optional[nn.Module] = None
+    self_distill: bool = False
+    teacher_info: Optional[dict | str] = None
+
+
+@dataclass
+class TrainState:
+    """Where one model's training stands; kept in last.pt.
+
+    interval_lrs: learning rates of the optimizer steps since the previous saved checkpoint (their mean
+    becomes the next checkpoint's `lr`); history: one row per epoch (HISTORY_FIELDS).
+    """
+
+    epoch: int = 0
+    step: int = 0
+    interval_lrs: list[float] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Trainee:
+    """A model being trained: `model` is what is saved and evaluated, `train_model` what the training
+    forward goes through (the model itself, or its DDP wrapper)."""
+
+    model: nn.Module
+    train_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler
+    state: TrainState
+
+
+def saved_epochs(config: TrainConfig) -> list[int]:
+    """Epochs that end with a checkpoint: every `save_every` epochs, and the last one."""
+    return sorted(set(range(config.save_every, config.epochs + 1, config.save_every)) | {config.epochs})
+
+
+def fit(job: ModelJob, run: RunContext) -> list[dict]:
+    """Train one model to `config.epochs`, continuing from its last.pt when there is one; write its
+    checkpoints, history and plots. Returns the history, one row per epoch."""
+    trainee = start_or_resume(job, run)
+    teacher = self_teacher_at(job, run, trainee.state.epoch) if job.self_distill else job.teacher
+    for epoch in range(trainee.state.epoch + 1, run.config.epochs + 1):
+        saved = run_epoch(job, run, trainee, teacher, epoch)
+        if saved and job.self_distill:
+            teacher = freeze(copy.deepcopy(trainee.model))
+    finish_model(job, run, trainee)
+    return trainee.state.history
+
+
+def start_or_resume(job: ModelJob, run: RunContext) -> Trainee:
+    """A model, optimizer and scheduler: restored from last.pt, or fresh from the job's initial state
+    (which is then saved as init.pt)."""
+    runtime, last = run.runtime, run.paths.last(job.role)
+    payload = load_checkpoint(last, role=job.role) if last.is_file() else None
+    model = blank_model(job.model_config)
+    source = str(last) if payload else f"the initial state of the {job.role}"
+    load_state(model, payload["model"] if payload else job.initial_state, source)
+    model.to(runtime.device, memory_format=runtime.memory_format)
+    optimizer = build_optimizer(model, run.config)
+    scheduler = build_scheduler(optimizer, run.config, run.steps_per_epoch)
+    trainee = Trainee(model, _parallel(model, runtime), optimizer, scheduler, TrainState())
+    if payload is None:
+        init_payload = checkpoint_payload(job, run, trainee, lr=0.0, metrics={})
+        _save_on_main(run, lambda: init_payload, run.paths.init(job.role))
+    else:
+        _restore(trainee, payload)
+    return trainee
+
+
+def _restore(trainee: Trainee, payload: dict) -> None:
+    trainee.optimizer.load_state_dict(payload["optimizer"])
+    trainee.scheduler.load_state_dict(payload["scheduler"])
+    resume = payload["resume"]
+    history, interval_lrs = list(resume["history"]), list(resume["interval_lrs"])
+    trainee.state = TrainState(payload["epoch"], payload["step"], interval_lrs, history)
+
+
+def _parallel(model: nn.Module, runtime: Runtime) -> nn.Module:
+    if not runtime.distributed:
+        return model
+    return DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.is_cuda else None)
+
+
+def self_teacher_at(job: ModelJob, run: RunContext, epoch: int) -> Optional[nn.Module]:
+    """For a self-distilled model resumed after `epoch` epochs: its latest saved checkpoint, frozen
+    (None before its first save)."""
+    earlier = [e for e in saved_epochs(run.config) if e <= epoch]
+    if not earlier:
+        return None
+    return load_frozen(run.paths.checkpoint(job.role, earlier[-1]), job.role, run.runtime)
+
+
+def load_frozen(path: Path, role: Optional[str], runtime: Runtime) -> nn.Module:
+    """The model of a tracin checkpoint, frozen and on the runtime's device."""
+    payload = load_checkpoint(path, role=role)
+    model = blank_model(ModelConfig.from_dict(payload["model_config"]))
+    load_state(model, payload["model"], str(path))
+    return freeze(model.to(runtime.device, memory_format=runtime.memory_format))
+
+
+def run_epoch(job: ModelJob, run: RunContext, trainee: Trainee, teacher: Optional[nn.Module], epoch: int) -> bool:
+    """Train, evaluate and save one epoch. Returns whether it ended with a saved checkpoint."""
+    started = time.perf_counter()
+    result = train_epoch(job, run, trainee, teacher, epoch)
+    run.runtime.broadcast_buffers(trainee.model)
+    test = evaluate(trainee.model, run.data.test, run.runtime)
+    row = _close_epoch(trainee.state, epoch, result, test, run.config)
+    row["seconds"] = round(time.perf_counter() - started, 3)
+    save_epoch(job, run, trainee, row)
+    run.runtime.log(summary_line(job.role, row, run.config.epochs))
+    return bool(row["checkpoint"])
+
+
+def train_epoch(
+    job: ModelJob, run: RunContext, trainee: Trainee, teacher: Optional[nn.Module], epoch: int
+) -> EpochResult:
+    """`train_one_epoch` on the epoch's batches, with its progress bar; a non-finite loss ends the run."""
+    config, runtime = run.config, run.runtime
+    batches = training_batches(run.data.train, config.batch_size, config.seed, epoch, config.augment, runtime)
+    description = f"{job.role} {epoch}/{config.epochs}"
+    bar = tqdm(total=run.steps_per_epoch, desc=description, leave=False, disable=runtime.progress_disabled)
+    with bar, epoch_rng(config.seed, epoch, runtime):
+        objective = objective_for(teacher, config, runtime)
+        result = train_one_epoch(
+            trainee.train_model, trainee.optimizer, trainee.scheduler, batches, objective, runtime, bar
+        )
+    if not math.isfinite(result.loss):
+        raise NonFiniteError(
+            f"{job.role}: the training loss became non-finite in epoch {epoch} (peak lr {config.lr}); "
+            "lower --lr, or check the data"
+        )
+    return result
+
+
+def _close_epoch(state: TrainState, epoch: int, result: EpochResult, test: Evaluation, config: TrainConfig) -> dict:
+    state.epoch, state.step = epoch, state.step + len(result.lrs)
+    state.interval_lrs.extend(result.lrs)
+    row = {
+        "epoch": epoch,
+        "step": state.step,
+        "lr": sum(result.lrs) / len(result.lrs),
+        "train_loss": result.loss,
+        "train_acc": result.accuracy,
+        "test_loss": test.loss,
+        "test_acc": test.accuracy,
+        "checkpoint": checkpoint_name(epoch) if epoch in saved_epochs(config) else "",
+    }
+    state.history.append(row)
+    return row
+
+
+def summary_line(role: str, row: dict, epochs: int) -> str:
+    saved = f" | saved {row['checkpoint']}" if row["checkpoint"] else ""
+    return (
+        f"{role} epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.1%}"
+        f" | test loss {row['test_loss']:.4f} acc {row['test_acc']:.1%} | lr {row['lr']:.4g}"
+        f" | {row['seconds']:.1f}s{saved}"
+    )
+
+
+# ------------------------------------------------------------------------------------ saving a model
+
+
+def checkpoint_payload(job: ModelJob, run: RunContext, trainee: Trainee, lr: float, metrics: dict) -> dict:
+    """A checkpoint in the format of tracin.checkpoints, for the trainee's current state."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "role": job.role,
+        "model": {name: value.detach().cpu().contiguous() for name, value in trainee.model.state_dict().items()},
+        "model_config": job.model_config.to_dict(),
+        "optimizer": trainee.optimizer.state_dict(),
+        "scheduler": trainee.scheduler.state_dict(),
+        "epoch": trainee.state.epoch,
+        "step": trainee.state.step,
+        "lr": lr,
+        "lr_at_save": float(trainee.scheduler.get_last_lr()[0]),
+        "metrics": metrics,
+        "config": run.config.to_dict(),
+        "data_config": run.data_config.to_dict(),
+        "data_fingerprint": run.fingerprint,
+        "param_count": count_parameters(trainee.model),
+        "teacher": job.teacher_info,
+    }
+
+
+def resume_payload(job: ModelJob, run: RunContext, trainee: Trainee, lr: float, metrics: dict) -> dict:
+    """last.pt: a checkpoint plus what an exact resume needs: the seeds of the next epoch (all its
+    randomness), the learning rates of the open interval, the history."""
+    state = trainee.state
+    return {
+        **checkpoint_payload(job, run, trainee, lr, metrics),
+        "rng": epoch_seeds(run.config.seed, state.epoch + 1),
+        "resume": {"interval_lrs": list(state.interval_lrs), "history": list(state.history)},
+    }
+
+
+def _save_on_main(run: RunContext, make_payload: Callable[[], dict], path: Path) -> None:
+    if run.runtime.is_main:
+        save_atomic(make_payload(), path)
+    run.runtime.barrier()
+
+
+def save_epoch(job: ModelJob, run: RunContext, trainee: Trainee, row: dict) -> None:
+    """The epoch checkpoint when one is due (its lr closes the interval), then last.pt, history.csv and
+    run.json; rank 0 writes, the others wait."""
+    state, runtime = trainee.state, run.runtime
+    metrics = {name: row[name] for name in METRICS}
+    lr = sum(state.interval_lrs) / len(state.interval_lrs)
+    if row["checkpoint"]:
+        path = run.paths.checkpoint(job.role, state.epoch)
+        _save_on_main(run, lambda: checkpoint_payload(job, run, trainee, lr, metrics), path)
+        state.interval_lrs = []
+    _save_on_main(run, lambda: resume_payload(job, run, trainee, lr, metrics), run.paths.last(job.role))
+    if runtime.is_main:
+        write_history(state.history, run.paths.history(job.role))
+        set_status(run, job.role, "partial", state)
+
+
+def write_history(history: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def set_status(run: RunContext, role: str, status: str, state: TrainState, **extra) -> None:
+    """Record a model's progress in run.json (rank 0 only)."""
+    entry = run.record["models"][role]
+    entry.update(
+        status=status,
+        epoch=state.epoch,
+        epochs=run.config.epochs,
+        checkpoints=[row["checkpoint"] for row in state.history if row["checkpoint"]],
+        metrics={name: state.history[-1][name] for name in METRICS} if state.history else {},
+        **extra,
+    )
+    write_json_atomic(run.record, run.paths.run_json)
+
+
+def best_saved(history: list[dict]) -> dict:
+    """The history row of the saved checkpoint with the highest test accuracy (the earliest on ties)."""
+    return max((row for row in history if row["checkpoint"]), key=lambda row: row["test_acc"])
+
+
+def finish_model(job: ModelJob, run: RunContext, trainee: Trainee) -> None:
+    """Curves, the confusion matrix of the best saved checkpoint, and status `done` in run.json."""
+    if run.runtime.is_main:
+        paths, history, test = run.paths, trainee.state.history, run.data.test
+        best = best_saved(history)
+        plot_history(history, paths.curves(job.role), f"{paths.root.name}: {job.role}")
+        model = load_frozen(paths.checkpoint(job.role, best["epoch"]), job.role, run.runtime)
+        matrix = confusion_matrix(evaluate(model, test, run.runtime).predictions, test.labels, len(test.classes))
+        title = f"{job.role}, epoch {best['epoch']} (best saved: test acc {best['test_acc']:.1%})"
+        plot_confusion(matrix, test.classes, paths.confusion(job.role), title)
+        set_status(run, job.role, "done", trainee.state, best_epoch=best["epoch"])
+    run.runtime.barrier()
+
+
+# ---------------------------------------------------------------------------------------- the models
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run, as opposed to what to train (TrainConfig) and on which data (DataConfig).
+
+    teacher: path of an outside teacher checkpoint for the students (None: the run's own final teacher).
+    command: the command line, recorded in run.json.
+    """
+
+    run: str
+    out_root: str = "checkpoints"
+    models: tuple[str, ...] = ROLES
+    teacher: Optional[str] = None
+    device: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+    command: tuple[str, ...] = ()
+
+
+@dataclass
+class Teacher:
+    """A trained teacher: frozen module on the device, its CPU state dict, and its provenance."""
+
+    module: nn.Module
+    state: dict[str, Tensor]
+    info: dict
+
+
+def needs_teacher(role: str, config: TrainConfig) -> bool:
+    distils = role == "student" and config.distill == "teacher"
+    return role != "teacher" and (distils or config.student_init == "teacher")
+
+
+def model_configs(config: TrainConfig, data: RunData) -> dict[str, ModelConfig]:
+    """Architecture of each role: the teacher has 4 stages, the students `student_stages`, one width."""
+    teacher = teacher_config(config.width, data.in_channels, data.num_classes)
+    student = student_config(config.width, config.student_stages, data.in_channels, data.num_classes)
+    return {"teacher": teacher, "student": student, "student_baseline": student}
+
+
+def teacher_path(options: RunOptions, paths: RunPaths, config: TrainConfig) -> Path:
+    return Path(options.teacher) if options.teacher else paths.checkpoint("teacher", config.epochs)
+
+
+def load_teacher(path: Path, data: RunData, runtime: Runtime) -> Teacher:
+    """A teacher checkpoint (role teacher), checked to fit the data's channels and classes."""
+    payload = load_checkpoint(path, role="teacher")
+    config = ModelConfig.from_dict(payload["model_config"])
+    if (config.in_channels, config.num_classes) != (data.in_channels, data.num_classes):
+        raise CheckpointError(
+            f"teacher {path} takes {config.in_channels} channels and {config.num_classes} classes; "
+            f"the data has {data.in_channels} and {data.num_classes}"
+        )
+    module = blank_model(config)
+    load_state(module, payload["model"], str(path))
+    info = {"path": str(path), "sha256": sha256_file(path), "epoch": int(payload["epoch"])}
+    return Teacher(freeze(module.to(runtime.device, memory_format=runtime.memory_format)), payload["model"], info)
+
+
+def make_job(role: str, run: RunContext, teacher: Optional[Teacher]) -> ModelJob:
+    """What to train for `role`. Both students start from the same weights: seed + 1 and, with
+    --student-init teacher, the teacher's stem and stages."""
+    config = run.config
+    model_config = model_configs(config, run.data)[role]
+    if role == "teacher":
+        initial = seeded_model(model_config, config.seed + TEACHER_SEED_OFFSET).state_dict()
+        return ModelJob(role, model_config, initial)
+    model = seeded_model(model_config, config.seed + STUDENT_SEED_OFFSET)
+    if config.student_init == "teacher":
+        copy_shared_stages(model, teacher.state)
+    distils = role == "student" and config.distill == "teacher"
+    self_distill = role == "student" and config.distill == "self"
+    info = teacher.info if distils else ("self" if self_distill else None)
+    return ModelJob(role, model_config, model.state_dict(), teacher.module if distils else None, self_distill, info)
+
+
+def train_role(role: str, run: RunContext, options: RunOptions) -> None:
+    """Train one role of the run, unless run.json says it is done already."""
+    if run.record["models"][role]["status"] == "done" and run.paths.checkpoint(role, run.config.epochs).is_file():
+        run.runtime.log(f"{role}: done already, skipped")
+        return
+    teacher = None
+    if needs_teacher(role, run.config):
+        teacher = load_teacher(teacher_path(options, run.paths, run.config), run.data, run.runtime)
+    job = make_job(role, run, teacher)
+    stages, width = job.model_config.stages, job.model_config.width
+    run.runtime.log(f"{role}: {run.config.epochs} epochs, ResNet-34 cut after {stages} stage(s), width {width}")
+    fit(job, run)
+
+
+# ------------------------------------------------------------------------------------------- the run
+
+
+def check_teacher_available(options: RunOptions, paths: RunPaths, config: TrainConfig) -> None:
+    """Fail before any work when a student needs a teacher that neither exists nor is trained now."""
+    if options.teacher:
+        load_checkpoint(options.teacher, role="teacher")
+        return
+    if not any(needs_teacher(role, config) for role in options.models):
+        return
+    final = paths.checkpoint("teacher", config.epochs)
+    if "teacher" in options.models or (final.is_file() and not options.overwrite):
+        return
+    raise CheckpointError(
+        f"the student needs a teacher and {final} does not exist: train the teacher in this run "
+        "(--models teacher ...) or give a teacher checkpoint with --teacher PATH"
+    )
+
+
+def run_configs(config: TrainConfig, data_config: DataConfig, options: RunOptions, data_fingerprint: dict) -> dict:
+    """What identifies a run; a resume must match it (run.json keys)."""
+    teacher = None
+    if options.teacher:
+        teacher = {"path": str(options.teacher), "sha256": sha256_file(options.teacher)}
+    return {
+        "config": config.to_dict(),
+        "data_config": data_config.to_dict(),
+        "data_fingerprint": data_fingerprint,
+        "teacher_checkpoint": teacher,
+    }
+
+
+def open_run(
+    config: TrainConfig, data_config: DataConfig, options: RunOptions, data: RunData, runtime: Runtime
+) -> RunContext:
+    """Check the run folder (every rank reads it before rank 0 changes it), then create or continue
+    run.json and data.json."""
+    paths = RunPaths(Path(options.out_root) / options.run)
+    check_teacher_available(options, paths, config)
+    data_fingerprint = fingerprint(data, data_config)
+    configs = run_configs(config, data_config, options, data_fingerprint)
+    record = open_record(paths, options.resume, options.overwrite, configs)
+    runtime.barrier()
+    invocation = {
+        "argv": list(options.command),
+        "world_size": runtime.world_size,
+        "device": str(runtime.device),
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+    if record is None:
+        architectures = model_configs(config, data)
+        counts = {role: count_parameters(blank_model(c)) for role, c in architectures.items()}
+        record = new_record(invocation, configs, {r: c.to_dict() for r, c in architectures.items()}, counts)
+        if runtime.is_main:
+            clear_run(paths)
+            write_json_atomic(data_record(data), paths.data_json)
+    else:
+        record["invocations"].append(invocation)
+    if runtime.is_main:
+        write_json_atomic(record, paths.run_json)
+    runtime.barrier()
+    return RunContext(paths, config, data_config, to_device(data, runtime.device), data_fingerprint, runtime, record)
+
+
+def train_run(config: TrainConfig, data_config: DataConfig, options: RunOptions) -> RunPaths:
+    """Train the models of `options.models`, in the order teacher -> student -> student_baseline."""
+    unknown = set(options.models) - set(ROLES)
+    if unknown:
+        raise TracinError(f"unknown models {', '.join(sorted(unknown))}; choose from {', '.join(ROLES)}")
+    with start_runtime(options.device, options.quiet) as runtime:
+        data = load_data(data_config)
+        run = open_run(config, data_config, options, data, runtime)
+        for role, count in run.record["param_counts"].items():
+            runtime.log(f"{role}: {count:,} parameters")
+        for role in ROLES:
+            if role in options.models:
+                train_role(role, run, options)
+    return run.paths
