@@ -22,8 +22,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from tracin.grads import FACTORABLE, Call, Factors, Target, layer_factors, layer_flat
-from tracin.projection import Projector, kronecker_dims, make_projector
+from tracin.grads import FACTORABLE, Call, Factors, Target, layer_factors, layer_flat, output_grads, projected_inputs
+from tracin.projection import IdentityProjector, Projector, kronecker_dims, make_projector
 
 FLAT, FACTORED, PROJECTED = "flat", "factored", "projected"
 REPRESENTATIONS = ("auto", FLAT, FACTORED)
@@ -49,7 +49,7 @@ def probe_shape(target: Target, calls: Sequence[Call]) -> LayerShape:
     if target.kind in FACTORABLE:
         factors = layer_factors(target, calls)
         _, groups, positions, d_in = factors.A.shape
-        return LayerShape(groups, positions, d_in, factors.G.shape[-1])
+        return LayerShape(groups, positions, d_in + factors.bias, factors.G.shape[-1])
     return LayerShape(flat_dim=layer_flat(target, calls).shape[1])
 
 
@@ -66,32 +66,43 @@ def choose_representation(shape: LayerShape, n_rows: int, n_cols: int, self_only
     return FACTORED if factored < flat else FLAT
 
 
+def _matrix(projector: Projector, device) -> Tensor:
+    if isinstance(projector, IdentityProjector):
+        return torch.eye(projector.in_dim, device=device)
+    return projector.matrix
+
+
 @dataclass
 class LayerPlan:
-    """How one target's per-sample gradients become features."""
+    """How one target's per-sample gradients become features. A PROJECTED factorable layer keeps
+    matrices in_matrix [d_in (+1 bias), k_in] and out_matrix [d_out, k_out]; other projected layers
+    project_flat."""
 
     target: Target
     representation: str
-    project_in: Optional[Projector] = None
-    project_out: Optional[Projector] = None
+    in_matrix: Optional[Tensor] = None
+    out_matrix: Optional[Tensor] = None
     project_flat: Optional[Projector] = None
 
     def flat_features(self, calls: Sequence[Call]) -> Tensor:
         """Tensor[n, D'] for FLAT and PROJECTED layers."""
-        if self.project_in is not None:
-            factors = layer_factors(self.target, calls)
-            a = self.project_in.project(factors.A)
-            g = self.project_out.project(factors.G)
-            return torch.einsum("ngto,ngti->ngoi", g, a).flatten(1)
+        if self.in_matrix is not None:
+            return sum(self._kronecker(call) for call in calls).flatten(1)
         flat = layer_flat(self.target, calls)
         return flat if self.project_flat is None else self.project_flat.project(flat)
+
+    def _kronecker(self, call: Call) -> Tensor:
+        """Tensor[n, groups, k_out, k_in] = sum_t (out_matrix^T g_t)(in_matrix^T a_t)^T."""
+        a = projected_inputs(self.target, call, self.in_matrix)
+        g = output_grads(self.target, call) @ self.out_matrix
+        return torch.einsum("ngto,ngti->ngoi", g, a)
 
     def feature_dim(self, shape: LayerShape) -> int:
         """Floats per example this plan keeps."""
         if self.representation == FACTORED:
             return shape.groups * shape.positions * (shape.d_in + shape.d_out)
-        if self.project_in is not None:
-            return shape.groups * self.project_in.out_dim * self.project_out.out_dim
+        if self.in_matrix is not None:
+            return shape.groups * self.in_matrix.shape[1] * self.out_matrix.shape[1]
         if self.project_flat is not None:
             return self.project_flat.out_dim
         return shape.flat_dim or shape.groups * shape.d_in * shape.d_out
@@ -108,9 +119,9 @@ def _projected_plan(target: Target, shape: LayerShape, proj_dim: int, seed: int,
     k_in, k_out = kronecker_dims(shape.d_in, shape.d_out, proj_dim)
     if (k_in, k_out) == (shape.d_in, shape.d_out):
         return LayerPlan(target, FLAT)
-    project_in = make_projector(shape.d_in, k_in, _layer_seed(seed, layer, 1), device)
-    project_out = make_projector(shape.d_out, k_out, _layer_seed(seed, layer, 2), device)
-    return LayerPlan(target, PROJECTED, project_in=project_in, project_out=project_out)
+    in_matrix = _matrix(make_projector(shape.d_in, k_in, _layer_seed(seed, layer, 1), device), device)
+    out_matrix = _matrix(make_projector(shape.d_out, k_out, _layer_seed(seed, layer, 2), device), device)
+    return LayerPlan(target, PROJECTED, in_matrix=in_matrix, out_matrix=out_matrix)
 
 
 def make_plans(
@@ -158,10 +169,6 @@ class Features:
         tensors = [self.flat] + [t for f in self.factored for t in (f.A, f.G)]
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    def all_finite(self) -> bool:
-        tensors = [self.flat] + [t for f in self.factored for t in (f.A, f.G)]
-        return all(bool(torch.isfinite(t).all()) for t in tensors)
-
     def dot(self, other: "Features", max_elements: int = 2**26) -> Tensor:
         """Tensor[n, m]: inner products of every example here with every example of `other`."""
         out = self.flat @ other.flat.T
@@ -180,7 +187,11 @@ class Features:
     def cat(parts: Sequence["Features"]) -> "Features":
         flat = torch.cat([p.flat for p in parts])
         factored = [
-            Factors(torch.cat([p.factored[i].A for p in parts]), torch.cat([p.factored[i].G for p in parts]))
+            Factors(
+                torch.cat([p.factored[i].A for p in parts]),
+                torch.cat([p.factored[i].G for p in parts]),
+                parts[0].factored[i].bias,
+            )
             for i in range(len(parts[0].factored))
         ]
         return Features(flat, factored)
@@ -200,13 +211,17 @@ def compute_features(plans: Sequence[LayerPlan], calls: Sequence[Sequence[Call]]
     return Features(reference.new_zeros(n, 0), factored)
 
 
+def _gram(x: Tensor, y: Tensor) -> Tensor:
+    return torch.bmm(x, y.transpose(1, 2))
+
+
 def factored_dot(x: Factors, y: Factors, max_elements: int = 2**26) -> Tensor:
-    """Tensor[n, m] = sum_g sum_{t,s} (A_x[n,g,t] . A_y[m,g,s]) (G_x[n,g,t] . G_y[m,g,s]), computed as
-    batched matrix products over column chunks holding at most ~max_elements intermediates."""
+    """Tensor[n, m] = sum_g sum_{t,s} (A_x[n,g,t] . A_y[m,g,s] + bias) (G_x[n,g,t] . G_y[m,g,s]),
+    computed as batched matrix products over column chunks of at most ~max_elements intermediates."""
     n, groups, t, _ = x.A.shape
     m, _, s, _ = y.A.shape
     if groups == 1 and t == 1 and s == 1:
-        return (x.A[:, 0, 0] @ y.A[:, 0, 0].T) * (x.G[:, 0, 0] @ y.G[:, 0, 0].T)
+        return (x.A[:, 0, 0] @ y.A[:, 0, 0].T + x.bias) * (x.G[:, 0, 0] @ y.G[:, 0, 0].T)
     xa = x.A.transpose(0, 1).reshape(groups, n * t, -1)
     xg = x.G.transpose(0, 1).reshape(groups, n * t, -1)
     step = max(1, max_elements // max(1, groups * n * t * s))
@@ -214,15 +229,14 @@ def factored_dot(x: Factors, y: Factors, max_elements: int = 2**26) -> Tensor:
     for start in range(0, m, step):
         ya = y.A[start : start + step].transpose(0, 1).reshape(groups, -1, xa.shape[-1])
         yg = y.G[start : start + step].transpose(0, 1).reshape(groups, -1, xg.shape[-1])
-        product = torch.bmm(xa, ya.transpose(1, 2)) * torch.bmm(xg, yg.transpose(1, 2))
+        product = (_gram(xa, ya) + x.bias) * _gram(xg, yg)
         columns.append(product.view(groups, n, t, -1, s).sum(dim=(0, 2, 4)))
     return torch.cat(columns, dim=1)
 
 
 def factored_self_dot(x: Factors) -> Tensor:
-    """Tensor[n]: sum_g sum_{t,s} (a_t.a_s)(g_t.g_s) for each example."""
+    """Tensor[n]: sum_g sum_{t,s} (a_t.a_s + bias)(g_t.g_s) for each example."""
     n, groups, t, d_in = x.A.shape
     a = x.A.reshape(n * groups, t, d_in)
     g = x.G.reshape(n * groups, t, -1)
-    gram = torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))
-    return gram.view(n, -1).sum(1)
+    return ((_gram(a, a) + x.bias) * _gram(g, g)).view(n, -1).sum(1)

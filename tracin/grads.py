@@ -181,59 +181,91 @@ def record_output_grads(
 
 @dataclass
 class Factors:
-    """Per-sample gradient of one layer in factored form.
+    """Per-sample gradient of one Linear/Conv2d layer in factored form.
 
-    A: Tensor[n, groups, positions, d_in] layer inputs (a trailing 1 column when the bias is selected);
-    G: Tensor[n, groups, positions, d_out] output gradients. dW_n[g] = G[n, g]^T A[n, g].
+    A: Tensor[n, groups, positions, d_in] layer inputs (d_in = 0 when only the bias is selected);
+    G: Tensor[n, groups, positions, d_out] output gradients; bias: the bias is selected, which acts as
+    a constant input 1. dW_n[g] = G[n, g]^T A[n, g], db_n[g] = sum over positions of G[n, g].
     """
 
     A: Tensor
     G: Tensor
+    bias: bool = False
 
     def materialize(self) -> Tensor:
-        """Tensor[n, groups * d_out * d_in], the per-sample gradients flattened."""
-        return torch.einsum("ngto,ngti->ngoi", self.G, self.A).flatten(1)
+        """Tensor[n, groups * d_out * (d_in + bias)]: [weight columns, bias column] per output row."""
+        parts = [torch.einsum("ngto,ngti->ngoi", self.G, self.A)] if self.A.shape[-1] else []
+        if self.bias:
+            parts.append(self.G.sum(2).unsqueeze(-1))
+        return torch.cat(parts, dim=-1).flatten(1) if len(parts) > 1 else parts[0].flatten(1)
 
 
-def _with_bias_column(a: Tensor, params: tuple[str, ...]) -> Tensor:
-    ones = torch.ones(*a.shape[:-1], 1, dtype=a.dtype, device=a.device)
-    if params == ("bias",):
-        return ones
-    return torch.cat([a, ones], dim=-1) if "bias" in params else a
+def _positions_last(t: Tensor, groups: int) -> Tensor:
+    """[n, groups * d, *spatial] -> [n, groups, positions, d]."""
+    return t.reshape(t.shape[0], groups, t.shape[1] // groups, -1).transpose(2, 3)
 
 
-def _linear_factors(target: Target, call: Call) -> Factors:
-    a, g = call.inputs[0], call.grad
-    n = a.shape[0]
-    a = a.reshape(n, 1, -1, a.shape[-1])
-    g = g.reshape(n, 1, -1, g.shape[-1])
-    return Factors(_with_bias_column(a, target.params), g)
+def _linear_inputs(call: Call) -> Tensor:
+    a = call.inputs[0]
+    return a.reshape(a.shape[0], 1, -1, a.shape[-1])
+
+
+def output_grads(target: Target, call: Call) -> Tensor:
+    """Tensor[n, groups, positions, d_out] of a Linear or Conv2d call."""
+    g = call.grad
+    if target.kind == LINEAR:
+        return g.reshape(g.shape[0], 1, -1, g.shape[-1])
+    return _positions_last(g, target.module.groups)
+
+
+def _padded(conv: nn.Conv2d, x: Tensor) -> tuple[Tensor, Any]:
+    """The input with non-zero padding modes and 'same'/'valid' applied, and the padding left to do."""
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+        return F.pad(x, conv._reversed_padding_repeated_twice, mode=mode), 0
+    return x, conv.padding
 
 
 def _unfold(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """Receptive fields Tensor[n, C_in * kh * kw, positions], honouring padding modes and 'same'."""
-    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-        x = F.pad(x, conv._reversed_padding_repeated_twice, mode=mode)
-        padding = 0
-    else:
-        padding = conv.padding
+    """Receptive fields Tensor[n, C_in * kh * kw, positions]."""
+    x, padding = _padded(conv, x)
     return F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=padding, stride=conv.stride)
 
 
-def _conv_factors(target: Target, call: Call) -> Factors:
-    conv, x, g = target.module, call.inputs[0], call.grad
-    n, groups = x.shape[0], conv.groups
-    a = _unfold(conv, x).view(n, groups, -1, g.shape[2] * g.shape[3]).transpose(2, 3)
-    g = g.reshape(n, groups, -1, g.shape[2] * g.shape[3]).transpose(2, 3)
-    return Factors(_with_bias_column(a, target.params), g)
+def layer_inputs(target: Target, call: Call) -> Tensor:
+    """Tensor[n, groups, positions, d_in] of a Linear or Conv2d call (receptive fields for a conv)."""
+    if "weight" not in target.params:
+        g = output_grads(target, call)
+        return g.new_zeros(*g.shape[:3], 0)
+    if target.kind == LINEAR:
+        return _linear_inputs(call)
+    return _positions_last(_unfold(target.module, call.inputs[0]), target.module.groups)
 
 
 def layer_factors(target: Target, calls: Sequence[Call]) -> Factors:
     """Factors of a Linear or Conv2d target; several calls of one module join along positions."""
-    build = _linear_factors if target.kind == LINEAR else _conv_factors
-    parts = [build(target, call) for call in calls]
-    return Factors(torch.cat([p.A for p in parts], dim=2), torch.cat([p.G for p in parts], dim=2))
+    inputs = [layer_inputs(target, call) for call in calls]
+    grads = [output_grads(target, call) for call in calls]
+    return Factors(torch.cat(inputs, dim=2), torch.cat(grads, dim=2), "bias" in target.params)
+
+
+def projected_inputs(target: Target, call: Call, matrix: Tensor) -> Tensor:
+    """Tensor[n, groups, positions, k]: layer inputs (with the bias's constant 1 when selected) times
+    matrix [d_in (+1), k]. An ungrouped conv does this as a convolution with the projected kernel, so
+    the receptive fields are never unfolded."""
+    weight_rows = matrix[:-1] if "bias" in target.params else matrix
+    module = target.module
+    if "weight" not in target.params:
+        g = output_grads(target, call)
+        projected = g.new_zeros(*g.shape[:3], matrix.shape[1])
+    elif target.kind == CONV and module.groups == 1:
+        x, padding = _padded(module, call.inputs[0])
+        kernel = weight_rows.T.reshape(-1, *module.weight.shape[1:])
+        projected = F.conv2d(x, kernel, stride=module.stride, padding=padding, dilation=module.dilation)
+        projected = _positions_last(projected, 1)
+    else:
+        projected = layer_inputs(target, call) @ weight_rows
+    return projected + matrix[-1] if "bias" in target.params else projected
 
 
 # --- flat gradients of every kind ---------------------------------------------------------------------
@@ -266,13 +298,37 @@ def _generic_flat(target: Target, call: Call) -> Tensor:
     return torch.cat([grads[p].reshape(n, -1) for p in target.params], dim=1)
 
 
+def _conv_flat(target: Target, call: Call) -> Tensor:
+    """Per-sample conv gradients as one grouped weight gradient: the batch is folded into the
+    channels (n * groups groups), which is several times faster than unfolding receptive fields."""
+    conv, g = target.module, call.grad
+    n = g.shape[0]
+    parts = []
+    if "weight" in target.params:
+        x, padding = _padded(conv, call.inputs[0])
+        weight = torch.nn.grad.conv2d_weight(
+            x.reshape(1, -1, *x.shape[2:]),
+            (n * conv.out_channels, *conv.weight.shape[1:]),
+            g.reshape(1, -1, *g.shape[2:]),
+            stride=conv.stride,
+            padding=padding,
+            dilation=conv.dilation,
+            groups=n * conv.groups,
+        )
+        parts.append(weight.view(n, conv.out_channels, -1))
+    if "bias" in target.params:
+        parts.append(g.sum((2, 3)).unsqueeze(-1))
+    return torch.cat(parts, dim=-1).flatten(1) if len(parts) > 1 else parts[0].flatten(1)
+
+
 def layer_flat(target: Target, calls: Sequence[Call]) -> Tensor:
     """Tensor[n, D]: the flattened per-sample gradient of the target's selected parameters, summed
-    over its calls. Linear/Conv2d layout: [groups, d_out, d_in (+ bias column)]."""
-    if target.kind in FACTORABLE:
+    over its calls. Linear/Conv2d layout: [d_out, d_in + bias column] (groups in output order)."""
+    if target.kind == LINEAR:
         return layer_factors(target, calls).materialize()
-    build = _batchnorm_flat if target.kind == BATCHNORM else _generic_flat
-    return torch.stack([build(target, call) for call in calls]).sum(0)
+    build = {CONV: _conv_flat, BATCHNORM: _batchnorm_flat, GENERIC: _generic_flat}[target.kind]
+    flats = [build(target, call) for call in calls]
+    return flats[0] if len(flats) == 1 else torch.stack(flats).sum(0)
 
 
 def _unflatten(target: Target, flat: Tensor) -> dict[str, Tensor]:

@@ -63,7 +63,8 @@ class ScoreBlock:
     """Scores of train rows [row_start, row_stop) against test columns [col_start, col_stop).
 
     scores: Tensor[rows, cols] float32, lr-weighted sum over checkpoints; per_checkpoint: Tensor[n_ckpt,
-    rows, cols], each checkpoint's lr-weighted term (when asked for), summing to `scores`.
+    rows, cols], each checkpoint's lr-weighted term (when asked for), summing to `scores`;
+    self_influence: Tensor[rows], sum_c lr_c |g_c|^2 from the same train features (first test block only).
     """
 
     row_start: int
@@ -72,6 +73,7 @@ class ScoreBlock:
     col_stop: int
     scores: Tensor
     per_checkpoint: Optional[Tensor] = None
+    self_influence: Optional[Tensor] = None
 
 
 @dataclass
@@ -214,11 +216,15 @@ class TracIn:
             inputs, labels = source.get(first, min(first + self.batch_size, stop), self.device)
             calls = record_output_grads(self.model, self.targets, inputs, labels, self.loss_fn)
             parts.append(compute_features(plans, calls, len(inputs)))
-        features = Features.cat(parts)
-        if not features.all_finite():
+        return Features.cat(parts) if len(parts) > 1 else parts[0]
+
+    def _check_finite(self, values: Tensor, checkpoint: int, what: str) -> Tensor:
+        """Non-finite gradients make their inner products non-finite (inf * 0 is nan), so checking the
+        small result blocks catches them without a pass over the features."""
+        if not torch.isfinite(values).all():
             path = self.checkpoints[checkpoint].path or f"checkpoint {checkpoint}"
-            raise NonFiniteError(f"non-finite gradients at {path} for examples {start}..{stop - 1}")
-        return features
+            raise NonFiniteError(f"non-finite gradients at {path} ({what})")
+        return values
 
     def block_sizes(self, train: Any, test: Any, per_checkpoint: bool = False) -> tuple[int, int]:
         """(train rows per chunk, test examples per block) that keep features and score blocks within
@@ -269,12 +275,18 @@ class TracIn:
     def _score_block(self, plans, source, r0, r1, c0, c1, test_features, per_checkpoint) -> ScoreBlock:
         terms = []
         total = torch.zeros(r1 - r0, c1 - c0, device=self.device)
+        self_influence = torch.zeros(r1 - r0, device=self.device) if c0 == 0 else None
         for c, checkpoint in enumerate(self.checkpoints):
-            term = checkpoint.lr * self._features(plans, source, r0, r1, c).dot(test_features[c])
+            train_features = self._features(plans, source, r0, r1, c)
+            products = train_features.dot(test_features[c])
+            term = checkpoint.lr * self._check_finite(products, c, f"train {r0}..{r1 - 1}, test {c0}..{c1 - 1}")
             total += term
             if per_checkpoint:
                 terms.append(term)
-        return ScoreBlock(r0, r1, c0, c1, total, torch.stack(terms) if per_checkpoint else None)
+            if self_influence is not None:
+                self_influence += checkpoint.lr * train_features.self_dot()
+        per = torch.stack(terms) if per_checkpoint else None
+        return ScoreBlock(r0, r1, c0, c1, total, per, self_influence)
 
     def scores(self, train: Any, test: Any) -> Tensor:
         """Tensor[n_train, n_test] float32 on the CPU: lr-weighted sum over checkpoints of gradient
@@ -296,7 +308,8 @@ class TracIn:
             for r0 in tqdm(range(0, source.n, chunk), desc="self-influence", disable=not self.progress):
                 r1 = min(r0 + chunk, source.n)
                 for c, checkpoint in enumerate(self.checkpoints):
-                    out[r0:r1] += checkpoint.lr * self._features(plans, source, r0, r1, c).self_dot().cpu()
+                    norms = self._features(plans, source, r0, r1, c).self_dot()
+                    out[r0:r1] += checkpoint.lr * self._check_finite(norms, c, f"train {r0}..{r1 - 1}").cpu()
         return out
 
     def top_k(self, train: Any, test: Any, k: int) -> TopK:
