@@ -23,6 +23,7 @@ from tracin.config import (
 from tracin.data import default_data_root
 from tracin.errors import TracinError
 from tracin.runtime import DEVICES
+from tracin.scoring import ScoreOptions, score_run
 from tracin.train import RunOptions, train_run
 
 TRAIN = TrainConfig()
@@ -189,7 +190,80 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+# --- tracin-score ----------------------------------------------------------------------------------
+
+
+def build_score_parser() -> argparse.ArgumentParser:
+    score = ScoreConfig()
+    parser = _Parser(
+        prog="tracin-score",
+        description="TracIn (TracInCP) scores of a trained run's models into one resumable HDF5 file, and the "
+        "comparison of their rankings (overlap@k, rank correlation, score distributions). Rerunning the same "
+        "command after an interruption continues where it stopped.",
+    )
+    parser.add_argument("--run", required=True, help="the run folder written by tracin-train, e.g. checkpoints/demo")
+    parser.add_argument(
+        "--models", default="teacher,student",
+        help=f"comma-separated models to score and compare, from {', '.join(ROLES)} (default: %(default)s)",
+    )
+    parser.add_argument("--mode", choices=MODES, default=score.mode, help="exact | projected | last-layer (default: %(default)s)")
+    parser.add_argument("--proj-dim", type=int, help="per-layer projection size in projected mode (e.g. 1024)")
+    parser.add_argument("--seed", type=int, default=score.seed, help="projection and sampling seed (default: %(default)s)")
+    parser.add_argument("--layers", default="", help="comma-separated module-name prefixes to use (default: every parameter)")
+    parser.add_argument("--loss", choices=SCORE_LOSSES, default=score.loss,
+                        help="ce, or kd: students scored with their distillation loss against their teacher")
+    parser.add_argument("--checkpoints", default="all", help="all | last | comma-separated epochs (default: %(default)s)")
+    parser.add_argument("--train-subset", type=int, help="score a stratified subset of the run's train examples")
+    parser.add_argument("--test-subset", type=int, help="score a stratified subset of the run's test examples")
+    parser.add_argument("--topk", default="100,500,1000", help="comma-separated k for top-k tables and overlap@k (default: %(default)s)")
+    parser.add_argument("--per-checkpoint", action="store_true",
+                        help="also keep each checkpoint's scores, for the matched-epoch comparison")
+    parser.add_argument("--out", help="HDF5 file (default: RUN/tracin.h5)")
+    parser.add_argument("--data-root", help="where the run's data set is, if not where it was trained")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available (default: auto)")
+    parser.add_argument("--batch-size", type=int, default=128, help="examples per forward/backward (default: %(default)s)")
+    parser.add_argument("--max-memory-gb", type=float, default=2.0,
+                        help="memory for kept gradients and score blocks; sets the chunking (default: %(default)s)")
+    parser.add_argument("--corr-rows", type=int, default=1000,
+                        help="rows sampled for rank correlations (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a finished or mismatched result file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
+    return parser
+
+
+def score_options(args: argparse.Namespace, argv: Sequence[str]) -> ScoreOptions:
+    layers = tuple(p.strip() for p in args.layers.split(",") if p.strip())
+    config = ScoreConfig(mode=args.mode, layers=layers, proj_dim=args.proj_dim, seed=args.seed, loss=args.loss)
+    return ScoreOptions(
+        run=args.run,
+        models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
+        score=config,
+        checkpoints=args.checkpoints,
+        train_subset=args.train_subset,
+        test_subset=args.test_subset,
+        topk=args.topk,
+        out=args.out,
+        device=args.device,
+        batch_size=args.batch_size,
+        max_memory_gb=args.max_memory_gb,
+        per_checkpoint=args.per_checkpoint,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+        data_root=args.data_root,
+        corr_rows=args.corr_rows,
+        command=" ".join(["tracin-score", *argv]),
+    )
+
+
 def score_main(argv: Optional[Sequence[str]] = None) -> int:
-    """Placeholder for `tracin-score` (the scoring step is being written)."""
-    print("tracin-score: error: not yet implemented", file=sys.stderr)
-    return 2
+    """`tracin-score`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
+    argv = _arguments(argv)
+    args = build_score_parser().parse_args(argv)
+    try:
+        score_run(score_options(args, argv))
+    except TracinError as error:
+        return _fail("tracin-score", error)
+    except KeyboardInterrupt:
+        print("tracin-score: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    return 0

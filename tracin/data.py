@@ -85,6 +85,13 @@ class Split(torch.utils.data.Dataset):
             images = self.images[start : start + batch_size].to(device)
             yield normalize(images, self.spec), self.labels[start : start + batch_size].to(device)
 
+    def subset(self, positions: Tensor) -> "Split":
+        """The examples at `positions` (into this split), keeping their original indices."""
+        return Split(
+            self.images[positions], self.labels[positions], self.index[positions], self.clean_labels[positions],
+            self.spec, self.classes,
+        )
+
     def tensors(self) -> tuple[Tensor, Tensor]:
         """All examples as (Tensor[n, C, H, W] float32 normalised, Tensor[n] int64)."""
         return normalize(self.images, self.spec), self.labels

@@ -1,0 +1,88 @@
+"""Comparison statistics against brute-force computations."""
+
+import itertools
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from tracin.compare import (
+    jaccard_at_k,
+    kendall_rows,
+    ks_test,
+    overlap_at_k,
+    overlap_table,
+    parse_topk,
+    sample_rows,
+    spearman_rows,
+)
+from tracin.errors import TracinError
+
+
+@pytest.fixture
+def tables():
+    rng = np.random.default_rng(0)
+    scores_a = rng.normal(size=(30, 50))
+    scores_b = scores_a + rng.normal(scale=1.0, size=scores_a.shape)
+    top_a = np.argsort(-scores_a, axis=1)[:, :20]
+    top_b = np.argsort(-scores_b, axis=1)[:, :20]
+    return scores_a, scores_b, top_a, top_b
+
+
+def test_overlap_and_jaccard_equal_set_arithmetic(tables):
+    _, _, top_a, top_b = tables
+    for k in (1, 5, 20):
+        expected = [len(set(a[:k]) & set(b[:k])) / k for a, b in zip(top_a, top_b)]
+        jaccard = [len(set(a[:k]) & set(b[:k])) / len(set(a[:k]) | set(b[:k])) for a, b in zip(top_a, top_b)]
+        np.testing.assert_allclose(overlap_at_k(top_a, top_b, k), expected)
+        np.testing.assert_allclose(jaccard_at_k(top_a, top_b, k), jaccard)
+
+
+def test_overlap_of_random_sets_is_near_chance():
+    rng = np.random.default_rng(1)
+    n, k = 200, 20
+    a = np.stack([rng.permutation(n)[:k] for _ in range(2000)])
+    b = np.stack([rng.permutation(n)[:k] for _ in range(2000)])
+    table = overlap_table(a, b, [k], n)[0]
+    assert abs(table["mean"] - table["chance"]) < 0.01 and table["chance"] == k / n
+
+
+def test_spearman_rows_equal_scipy_per_row(tables):
+    scores_a, scores_b, _, _ = tables
+    expected = [scipy.stats.spearmanr(x, y).statistic for x, y in zip(scores_a, scores_b)]
+    np.testing.assert_allclose(spearman_rows(scores_a, scores_b), expected, rtol=1e-12)
+
+
+def test_kendall_rows_equal_pair_counting(tables):
+    scores_a, scores_b, _, _ = tables
+    a, b = scores_a[:4, :15], scores_b[:4, :15]
+    expected = []
+    for x, y in zip(a, b):
+        signs = [np.sign(x[i] - x[j]) * np.sign(y[i] - y[j]) for i, j in itertools.combinations(range(15), 2)]
+        expected.append(sum(signs) / len(signs))
+    np.testing.assert_allclose(kendall_rows(a, b), expected, rtol=1e-12)
+
+
+def test_ks_detects_a_shift_and_accepts_equal_distributions():
+    rng = np.random.default_rng(2)
+    same = ks_test(rng.normal(size=3000), rng.normal(size=3000))
+    shifted = ks_test(rng.normal(size=3000), rng.normal(loc=0.5, size=3000))
+    scaled = ks_test(rng.normal(size=3000), 10 * rng.normal(size=3000))
+    assert same["pvalue"] > 1e-3 and shifted["pvalue"] < 1e-10
+    assert scaled["pvalue"] < 1e-10 and scaled["scaled_pvalue"] > 1e-3
+
+
+def test_parse_topk_refuses_bad_lists():
+    assert parse_topk("500, 100,1000") == [100, 500, 1000]
+    for bad, message in (("", "at least one"), ("10,x", "integers"), ("0", "positive"), ("2.5", "integers")):
+        with pytest.raises(TracinError, match=message):
+            parse_topk(bad)
+    with pytest.raises(TracinError, match="larger than the set"):
+        parse_topk("100", limit=50)
+
+
+def test_sample_rows_is_seeded_and_bounded():
+    assert np.array_equal(sample_rows(10, None), np.arange(10))
+    picked = sample_rows(1000, 50, seed=3)
+    assert len(picked) == 50 and np.array_equal(picked, sample_rows(1000, 50, seed=3))
+    assert np.all(np.diff(picked) > 0)

@@ -1,0 +1,314 @@
+"""tracin-score end to end on a tiny trained run: layout, numbers against the engine and brute force,
+resume after SIGKILL, torchrun, and every bad input giving one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from conftest import subprocess_env
+from models_for_tests import relative_error
+
+from tracin.checkpoints import list_checkpoints, load_checkpoint
+from tracin.config import DataConfig, ModelConfig
+from tracin.data import load_data
+from tracin.models import build_model
+from tracin.scores import TracIn
+
+K = (3, 8)
+SMALL = ("--train-subset", "96", "--test-subset", "24", "--topk", ",".join(map(str, K)), "--device", "cpu")
+MANY_BLOCKS = ("--max-memory-gb", "0.01")  # ~10 MB: a few test blocks and row chunks per model
+
+
+def tracin_score(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).with_name("tracin-score")
+    return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=subprocess_env())
+
+
+def score_args(run: Path, out: Path, *extra) -> list:
+    return ["--run", run, "--out", out, "--quiet", "--per-checkpoint", *SMALL, *extra]
+
+
+def assert_user_error(result: subprocess.CompletedProcess, pattern: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tracin-score: error:"), result.stderr
+    assert pattern in lines[0], lines[0]
+
+
+def datasets_of(path: Path) -> dict[str, np.ndarray]:
+    found = {}
+    with h5py.File(path, "r") as h5:
+        h5.visititems(lambda name, item: found.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+    return found
+
+
+def assert_same_results(a: Path, b: Path) -> None:
+    first, second = datasets_of(a), datasets_of(b)
+    assert sorted(first) == sorted(second)
+    for name in first:
+        assert np.array_equal(first[name], second[name]), name
+
+
+@pytest.fixture(scope="module")
+def scored(tiny_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("scored") / "tracin.h5"
+    result = tracin_score(*score_args(tiny_run, out, *MANY_BLOCKS))
+    assert result.returncode == 0, result.stderr
+    assert "teacher vs student" in result.stdout and "overlap" in result.stdout
+    return out
+
+
+def positions_of(indices: np.ndarray, within: torch.Tensor) -> torch.Tensor:
+    lookup = {int(v): i for i, v in enumerate(within)}
+    return torch.tensor([lookup[int(v)] for v in indices])
+
+
+def test_layout_and_attributes(scored, tiny_run):
+    with h5py.File(scored, "r") as h5:
+        assert h5.attrs["format"] == "tracin-scores" and h5.attrs["status"] == "complete"
+        for key in ("tracin_version", "created", "dataset", "mode", "proj_dim", "proj_seed", "layers", "loss", "command"):
+            assert key in h5.attrs, key
+        assert h5.attrs["mode"] == "exact" and h5.attrs["dataset"] == "fashion-mnist"
+        n_train, n_test = len(h5["train_index"]), len(h5["test_index"])
+        assert (n_train, n_test) == (96, 24)
+        assert np.array_equal(h5["noisy"][()], h5["train_labels"][()] != h5["train_clean_labels"][()])
+        run_data = json.loads((tiny_run / "data.json").read_text())
+        assert set(h5["train_index"][()]) <= set(run_data["train_index"])
+        for role in ("teacher", "student"):
+            group = h5[role]
+            epochs = list(group["checkpoints/epoch"][()])
+            assert epochs == [2, 4]
+            paths = list_checkpoints(tiny_run / role)
+            assert list(group["checkpoints/lr"][()]) == [load_checkpoint(p)["lr"] for p in paths]
+            assert group["scores"].shape == (n_train, n_test) and group["scores"].chunks is not None
+            assert group["per_checkpoint"].shape == (2, n_train, n_test)
+            assert group["done"][()].all()
+            assert group["topk/test_top_index"].shape == (n_test, max(K))
+            assert group["topk/train_bottom_score"].shape == (n_train, max(K))
+            assert "topk_epoch/epoch_002/test_top_index" in group
+        assert h5["teacher/done"].size > 4  # the memory bound split the teacher's matrix
+        assert "comparison/teacher__student/overlap" in h5
+
+
+def test_scores_equal_the_engine(scored, tiny_run):
+    with h5py.File(scored, "r") as h5:
+        train_index, test_index = h5["train_index"][()], h5["test_index"][()]
+        stored = {role: (h5[f"{role}/scores"][()], h5[f"{role}/per_checkpoint"][()], h5[f"{role}/self_influence"][()])
+                  for role in ("teacher", "student")}
+    record = json.loads((tiny_run / "run.json").read_text())
+    data = load_data(DataConfig.from_dict(record["data_config"]))
+    train = data.train.subset(positions_of(train_index, data.train.index))
+    test = data.test.subset(positions_of(test_index, data.test.index))
+    for role, (scores, per_checkpoint, self_influence) in stored.items():
+        paths = list_checkpoints(tiny_run / role)
+        model = build_model(ModelConfig.from_dict(load_checkpoint(paths[0])["model_config"]))
+        tracin = TracIn(model, paths, device="cpu")
+        # other chunking than the CLI's, so other float32 summation order: compare at the matrix's scale
+        assert relative_error(torch.from_numpy(scores), tracin.scores(train, test)) < 1e-5
+        assert relative_error(torch.from_numpy(self_influence), tracin.self_influence(train)) < 1e-5
+        assert relative_error(torch.from_numpy(per_checkpoint.sum(0)), torch.from_numpy(scores)) < 1e-5
+
+
+def test_topk_tables_equal_a_full_sort(scored):
+    with h5py.File(scored, "r") as h5:
+        for role in ("teacher", "student"):
+            scores = h5[f"{role}/scores"][()]
+            top = h5[f"{role}/topk"]
+            assert np.array_equal(top["test_top_index"][()], np.argsort(-scores.T, axis=1, kind="stable")[:, : max(K)])
+            assert np.array_equal(top["test_bottom_index"][()], np.argsort(scores.T, axis=1, kind="stable")[:, : max(K)])
+            assert np.array_equal(top["train_top_index"][()], np.argsort(-scores, axis=1, kind="stable")[:, : max(K)])
+            assert np.array_equal(top["train_top_score"][()], -np.sort(-scores, axis=1)[:, : max(K)])
+            epoch = h5[f"{role}/per_checkpoint"][1]
+            assert np.array_equal(
+                h5[f"{role}/topk_epoch/epoch_004/test_top_index"][()], np.argsort(-epoch.T, axis=1, kind="stable")[:, : max(K)]
+            )
+
+
+def brute_force_overlap(a: np.ndarray, b: np.ndarray, k: int, largest: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of a/b [rows, n]: |top-k ∩ top-k| / k and the Jaccard index, by Python sets."""
+    sign = -1 if largest else 1
+    overlap, jaccard = [], []
+    for row_a, row_b in zip(a, b):
+        set_a = set(np.argsort(sign * row_a, kind="stable")[:k].tolist())
+        set_b = set(np.argsort(sign * row_b, kind="stable")[:k].tolist())
+        overlap.append(len(set_a & set_b) / k)
+        jaccard.append(len(set_a & set_b) / len(set_a | set_b))
+    return np.array(overlap), np.array(jaccard)
+
+
+def test_comparison_equals_brute_force(scored):
+    with h5py.File(scored, "r") as h5:
+        group = h5["comparison/teacher__student"]
+        overlap, correlation, ks = group["overlap"][()], group["rank_correlation"][()], group["ks"][()]
+        self_corr = dict(group["self_influence"].attrs)
+        matrices = {
+            "sum": (h5["teacher/scores"][()], h5["student/scores"][()]),
+            "epoch_002": (h5["teacher/per_checkpoint"][0], h5["student/per_checkpoint"][0]),
+        }
+        self_influence = (h5["teacher/self_influence"][()], h5["student/self_influence"][()])
+    for scope, (a, b) in matrices.items():
+        for direction, (rows_a, rows_b), n in (("test", (a.T, b.T), a.shape[0]), ("train", (a, b), a.shape[1])):
+            for side, largest in zip(("proponents", "opponents") if direction == "test" else ("top", "bottom"), (True, False)):
+                for k in K:
+                    pick = overlap[(overlap["scope"] == scope.encode()) & (overlap["direction"] == direction.encode())
+                                   & (overlap["side"] == side.encode()) & (overlap["k"] == k)]
+                    expected, jaccard = brute_force_overlap(rows_a, rows_b, k, largest)
+                    assert len(pick) == 1
+                    assert pick["mean"][0] == pytest.approx(expected.mean())
+                    assert pick["min"][0] == pytest.approx(expected.min()) and pick["max"][0] == pytest.approx(expected.max())
+                    assert pick["median"][0] == pytest.approx(np.median(expected))
+                    assert pick["jaccard"][0] == pytest.approx(jaccard.mean())
+                    assert pick["chance"][0] == pytest.approx(k / n)
+            spearman = [scipy.stats.spearmanr(x, y).statistic for x, y in zip(rows_a, rows_b)]
+            kendall = [scipy.stats.kendalltau(x, y).statistic for x, y in zip(rows_a, rows_b)]
+            for name, values in (("spearman", spearman), ("kendall", kendall)):
+                pick = correlation[(correlation["scope"] == scope.encode()) & (correlation["direction"] == direction.encode())
+                                   & (correlation["statistic"] == name.encode())]
+                assert pick["mean"][0] == pytest.approx(np.mean(values)) and pick["n_rows"][0] == len(values)
+        row = ks[ks["scope"] == scope.encode()][0]
+        assert row["statistic"] == pytest.approx(scipy.stats.ks_2samp(a.ravel(), b.ravel()).statistic)
+    assert self_corr["spearman"] == pytest.approx(scipy.stats.spearmanr(*self_influence).statistic)
+    assert self_corr["pearson"] == pytest.approx(scipy.stats.pearsonr(*self_influence).statistic, rel=1e-5)
+
+
+def read_done(path: Path) -> tuple[int, int]:
+    """(blocks done, blocks) over both models, read without taking the writer's file lock."""
+    try:
+        with h5py.File(path, "r", locking=False) as h5:
+            masks = [h5[f"{role}/done"][()] for role in ("teacher", "student") if f"{role}/done" in h5]
+    except (OSError, KeyError, ValueError):
+        return 0, 0
+    return sum(int(m.sum()) for m in masks), 2 * max((m.size for m in masks), default=1)
+
+
+def kill_midway(args: list, out: Path) -> None:
+    """Start tracin-score and SIGKILL it once some, but not all, blocks are on disk."""
+    script = Path(sys.executable).with_name("tracin-score")
+    process = subprocess.Popen([str(script), *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env=subprocess_env())
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        done, total = read_done(out)
+        if done >= 3:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    done, total = read_done(out)
+    assert 0 < done < total
+
+
+@pytest.fixture(scope="module")
+def killed_copy(tiny_run, tmp_path_factory) -> Path:
+    """A partial result file left by a SIGKILLed run (copied, so each test gets its own)."""
+    out = tmp_path_factory.mktemp("killed") / "tracin.h5"
+    kill_midway(score_args(tiny_run, out, *MANY_BLOCKS), out)
+    return out
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_file(killed_copy, tiny_run, scored, tmp_path):
+    out = tmp_path / "tracin.h5"
+    shutil.copy(killed_copy, out)
+    result = tracin_score(*score_args(tiny_run, out, *MANY_BLOCKS))
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in result.stdout
+    assert_same_results(out, scored)
+
+
+def test_partial_file_with_other_settings_is_refused(killed_copy, tiny_run, tmp_path):
+    out = tmp_path / "tracin.h5"
+    shutil.copy(killed_copy, out)
+    before = datasets_of(out)
+    result = tracin_score(*score_args(tiny_run, out, *MANY_BLOCKS, "--mode", "last-layer"))
+    assert_user_error(result, "score.mode ('exact' in the file, 'last-layer' now)")
+    after = datasets_of(out)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_partial_file_with_changed_checkpoints_is_refused(killed_copy, tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    out = tmp_path / "tracin.h5"
+    shutil.copy(killed_copy, out)
+    path = run / "teacher" / "epoch_002.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["metrics"] = {**payload["metrics"], "note": 1.0}  # same weights, another file
+    torch.save(payload, path)
+    result = tracin_score(*score_args(run, out, *MANY_BLOCKS, "--data-root", json.loads((run / "run.json").read_text())["data_config"]["data_root"]))
+    assert_user_error(result, "sha256 differs")
+
+
+def test_torchrun_two_processes_write_the_same_file(tiny_run, scored, tmp_path):
+    out = tmp_path / "tracin.h5"
+    script = Path(sys.executable).with_name("tracin-score")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               "--", *map(str, score_args(tiny_run, out, *MANY_BLOCKS))]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=subprocess_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_results(out, scored)
+
+
+def test_finished_file_is_kept_without_overwrite(scored, tiny_run, tmp_path):
+    out = tmp_path / "tracin.h5"
+    shutil.copy(scored, out)
+    assert_user_error(tracin_score(*score_args(tiny_run, out)), "finished result")
+    assert tracin_score(*score_args(tiny_run, out, "--overwrite", "--models", "student,student_baseline")).returncode == 0
+    with h5py.File(out, "r") as h5:
+        assert "student_baseline" in h5 and "teacher" not in h5
+
+
+@pytest.mark.parametrize(
+    "topk, message",
+    [("100", "larger than the set"), ("", "at least one k"), ("5,x", "comma-separated positive integers"), ("0", "positive")],
+)
+def test_bad_topk_is_one_clear_error(tiny_run, tmp_path, topk, message):
+    args = [a for a in score_args(tiny_run, tmp_path / "t.h5") if a not in ("--topk", ",".join(map(str, K)))]
+    assert_user_error(tracin_score(*args, "--topk", topk), message)
+    assert not (tmp_path / "t.h5").exists()
+
+
+def test_corrupt_and_truncated_result_files_are_refused(scored, tiny_run, tmp_path):
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"this is not HDF5" * 100)
+    assert_user_error(tracin_score(*score_args(tiny_run, garbage)), "not a readable HDF5 file")
+    assert garbage.read_bytes() == b"this is not HDF5" * 100
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(scored.read_bytes()[: scored.stat().st_size // 3])
+    assert_user_error(tracin_score(*score_args(tiny_run, truncated)), "not a readable HDF5 file")
+
+
+def test_corrupt_and_wrong_checkpoints_are_refused(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    root = json.loads((run / "run.json").read_text())["data_config"]["data_root"]
+    epoch = run / "student" / "epoch_002.pt"
+    shutil.copy(run / "teacher" / "epoch_002.pt", epoch)
+    assert_user_error(tracin_score(*score_args(run, tmp_path / "a.h5", "--data-root", root)), "is a teacher checkpoint, expected student")
+    epoch.write_bytes((tiny_run / "student" / "epoch_002.pt").read_bytes()[:1000])
+    assert_user_error(tracin_score(*score_args(run, tmp_path / "b.h5", "--data-root", root)), "truncated or corrupt")
+    assert_user_error(tracin_score(*score_args(run, tmp_path / "c.h5", "--data-root", root, "--checkpoints", "3")),
+                      "no checkpoint for epoch(s) [3]")
+
+
+def test_mismatched_data_and_missing_run_are_refused(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    record = json.loads((run / "run.json").read_text())
+    record["data_config"]["label_noise"] = 0.3  # other labels than the models were trained on
+    (run / "run.json").write_text(json.dumps(record))
+    assert_user_error(tracin_score(*score_args(run, tmp_path / "a.h5")), "fingerprint mismatch")
+    assert_user_error(tracin_score(*score_args(tmp_path / "nothing", tmp_path / "b.h5")), "no run.json")

@@ -1,0 +1,122 @@
+"""Comparing two models' influence rankings: overlap@k, Jaccard, rank correlation, distributions.
+
+Pure numpy/scipy on arrays; the HDF5 reading and writing lives in tracin.store.
+
+Conventions: a "top table" is an int array [rows, K] of column positions sorted by score (largest
+first for proponents, smallest first for opponents), so the top-k for any k <= K is its first k
+columns. Rows are either test examples (ranking train examples) or train examples (ranking test
+examples).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import scipy.stats
+
+from tracin.errors import TracinError
+
+
+def parse_topk(text: str, limit: Optional[int] = None) -> list[int]:
+    """'100,500,1000' -> [100, 500, 1000]; each k a positive integer, at most `limit` if given."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not parts:
+        raise TracinError("--topk needs at least one k, e.g. --topk 100,500,1000")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise TracinError(f"--topk takes comma-separated positive integers, got {text!r}") from None
+    if any(k < 1 for k in values):
+        raise TracinError(f"--topk values must be positive, got {text!r}")
+    if limit is not None and max(values) > limit:
+        raise TracinError(f"k={max(values)} is larger than the set it ranks ({limit} examples)")
+    return sorted(set(values))
+
+
+def overlap_at_k(top_a: np.ndarray, top_b: np.ndarray, k: int) -> np.ndarray:
+    """float64 [rows]: |top-k of a ∩ top-k of b| / k for each row."""
+    a, b = np.sort(top_a[:, :k], axis=1), np.sort(top_b[:, :k], axis=1)
+    return np.array([np.intersect1d(x, y, assume_unique=True).size for x, y in zip(a, b)], dtype=np.float64) / k
+
+
+def jaccard_at_k(top_a: np.ndarray, top_b: np.ndarray, k: int) -> np.ndarray:
+    """float64 [rows]: |A ∩ B| / |A ∪ B| of the two top-k sets for each row."""
+    shared = overlap_at_k(top_a, top_b, k) * k
+    return shared / (2 * k - shared)
+
+
+def chance_overlap(k: int, n: int) -> float:
+    """Expected overlap@k of two independent uniformly random top-k sets out of n: k / n."""
+    return k / n
+
+
+def summarize(values: np.ndarray) -> dict[str, float]:
+    """mean, median, min and max of a 1-D array."""
+    values = np.asarray(values, dtype=np.float64)
+    return {
+        "mean": float(values.mean()),
+        "median": float(np.median(values)),
+        "min": float(values.min()),
+        "max": float(values.max()),
+    }
+
+
+def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """float64 [rows]: Spearman correlation of each row of a [rows, n] with the same row of b."""
+    ranks_a = scipy.stats.rankdata(a, axis=1)
+    ranks_b = scipy.stats.rankdata(b, axis=1)
+    ranks_a -= ranks_a.mean(axis=1, keepdims=True)
+    ranks_b -= ranks_b.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((ranks_a**2).sum(axis=1) * (ranks_b**2).sum(axis=1))
+    return (ranks_a * ranks_b).sum(axis=1) / denominator
+
+
+def kendall_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """float64 [rows]: Kendall's tau-b of each row of a with the same row of b (scipy)."""
+    return np.array([scipy.stats.kendalltau(x, y).statistic for x, y in zip(a, b)], dtype=np.float64)
+
+
+def ks_test(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Two-sample Kolmogorov–Smirnov test of two score samples, raw and each divided by its standard
+    deviation (the models' gradient scales differ; the scaled test compares shapes)."""
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    raw = scipy.stats.ks_2samp(a, b)
+    scaled = scipy.stats.ks_2samp(a / a.std(), b / b.std())
+    return {
+        "statistic": float(raw.statistic),
+        "pvalue": float(raw.pvalue),
+        "scaled_statistic": float(scaled.statistic),
+        "scaled_pvalue": float(scaled.pvalue),
+    }
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Pearson and Spearman correlation of two 1-D arrays (e.g. the models' self-influence)."""
+    return {
+        "pearson": float(scipy.stats.pearsonr(a, b).statistic),
+        "spearman": float(scipy.stats.spearmanr(a, b).statistic),
+    }
+
+
+def overlap_table(top_a: np.ndarray, top_b: np.ndarray, ks: list[int], n_ranked: int) -> list[dict]:
+    """One row per k: overlap@k summary (mean/median/min/max), chance level k/n and mean Jaccard."""
+    rows = []
+    for k in ks:
+        overlap = overlap_at_k(top_a, top_b, k)
+        rows.append(
+            {
+                "k": k,
+                **summarize(overlap),
+                "chance": chance_overlap(k, n_ranked),
+                "jaccard": float(jaccard_at_k(top_a, top_b, k).mean()),
+            }
+        )
+    return rows
+
+
+def sample_rows(n_rows: int, limit: Optional[int], seed: int = 0) -> np.ndarray:
+    """Sorted row positions: all rows, or a seeded sample of `limit` of them (for costly statistics)."""
+    if limit is None or n_rows <= limit:
+        return np.arange(n_rows)
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=limit, replace=False))

@@ -1,0 +1,321 @@
+"""tracin-score: TracIn of a trained run's models into one resumable HDF5 file, then the comparison.
+
+    open the run (run.json, data.json) and its data, check the data fingerprint
+    for each model: load and check its checkpoints -> TracIn -> score blocks -> HDF5 (skipping done blocks)
+                    -> top-k tables (sum, and per epoch with --per-checkpoint)
+    for each pair of models: comparison tables -> /comparison, printed
+
+Under torchrun the train-row chunks are dealt round-robin to the ranks; rank 0 gathers the blocks and
+alone writes the file, which therefore equals a single-process result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from tracin import __version__
+from tracin.checkpoints import Checkpoint, list_checkpoints, load_checkpoint, sha256_file
+from tracin.comparison import CompareOptions, compare_models, format_tables
+from tracin.compare import parse_topk
+from tracin.config import ROLES, DataConfig, ModelConfig, ScoreConfig
+from tracin.data import RunData, fingerprint, load_data, stratified_subset
+from tracin.errors import CheckpointError, DataError, TracinError
+from tracin.models import build_model
+from tracin.runs import RunPaths, read_record
+from tracin.runtime import Runtime, start_runtime
+from tracin.scores import ScoreBlock, TracIn
+from tracin.store import DataArrays, ModelScores, ScoreFile, rank_matrix, to_numpy
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """What `tracin-score` was asked to do (see `tracin-score --help`)."""
+
+    run: str
+    models: tuple[str, ...] = ("teacher", "student")
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    checkpoints: str = "all"
+    train_subset: Optional[int] = None
+    test_subset: Optional[int] = None
+    topk: str = "100,500,1000"
+    out: Optional[str] = None
+    device: str = "auto"
+    batch_size: int = 128
+    max_memory_gb: float = 2.0
+    per_checkpoint: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+    data_root: Optional[str] = None
+    corr_rows: int = 1000
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.models if m not in ROLES]
+        if unknown or not self.models:
+            raise TracinError(f"--models takes {', '.join(ROLES)}; got {', '.join(self.models) or 'nothing'}")
+        if self.batch_size < 1 or self.max_memory_gb <= 0:
+            raise TracinError("--batch-size and --max-memory-gb must be positive")
+
+
+# --- the trained run -------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainedRun:
+    paths: RunPaths
+    record: dict
+    data_config: DataConfig
+
+
+def open_trained_run(run_dir: str, data_root: Optional[str]) -> TrainedRun:
+    paths = RunPaths(Path(run_dir))
+    record = read_record(paths)
+    if record is None:
+        raise TracinError(f"{run_dir} is not a tracin-train run (no run.json); train one with tracin-train first")
+    data_config = dict(record["data_config"])
+    if data_root is not None:
+        data_config["data_root"] = data_root
+    return TrainedRun(paths, record, DataConfig.from_dict(data_config))
+
+
+def select_checkpoint_paths(run: TrainedRun, role: str, spec: str) -> list[Path]:
+    """`all`, `last`, or comma-separated epochs, among the model's saved epoch_NNN.pt files."""
+    available = list_checkpoints(run.paths.model_dir(role))
+    if not available:
+        raise CheckpointError(f"{run.paths.model_dir(role)} has no checkpoints; train {role} first (tracin-train)")
+    if spec == "all":
+        return available
+    if spec == "last":
+        return available[-1:]
+    by_epoch = {int(p.stem.split("_")[1]): p for p in available}
+    try:
+        wanted = [int(e) for e in spec.split(",") if e.strip()]
+    except ValueError:
+        raise TracinError(f"--checkpoints takes all, last or comma-separated epochs, got {spec!r}") from None
+    missing = [e for e in wanted if e not in by_epoch]
+    if missing or not wanted:
+        raise CheckpointError(f"{role} has no checkpoint for epoch(s) {missing or spec}; saved: {sorted(by_epoch)}")
+    return [by_epoch[e] for e in wanted]
+
+
+def load_role_checkpoints(run: TrainedRun, role: str, spec: str) -> tuple[list[Checkpoint], ModelConfig, dict]:
+    """The model's checkpoints (checked: format, role, same data as the run, same architecture),
+    its ModelConfig, and the last checkpoint's payload (metrics, teacher)."""
+    checkpoints, config, payload = [], None, {}
+    for path in select_checkpoint_paths(run, role, spec):
+        payload = load_checkpoint(path, role=role)
+        if payload.get("data_fingerprint", {}).get("digest") != run.record["data_fingerprint"]["digest"]:
+            raise CheckpointError(f"{path} was trained on other data than the run {run.paths.root}")
+        if config is not None and payload["model_config"] != config.to_dict():
+            raise CheckpointError(f"{path} has another architecture than the other {role} checkpoints")
+        config = ModelConfig.from_dict(payload["model_config"])
+        checkpoints.append(Checkpoint(payload["model"], float(payload["lr"]), str(path), int(payload["epoch"]), sha256_file(path)))
+    return checkpoints, config, payload
+
+
+def scoring_data(run: TrainedRun, options: ScoreOptions) -> RunData:
+    """The run's own train and test examples (fingerprint-checked), or seeded stratified subsets of them."""
+    data = load_data(run.data_config)
+    if fingerprint(data, run.data_config)["digest"] != run.record["data_fingerprint"]["digest"]:
+        raise DataError(
+            f"the data under {run.data_config.data_root} differ from those {run.paths.root} was trained on "
+            "(fingerprint mismatch); point --data-root at the run's data"
+        )
+    for side, size in (("train", options.train_subset), ("test", options.test_subset)):
+        split = getattr(data, side)
+        if size is not None:
+            if size > len(split):
+                raise DataError(f"--{side}-subset {size} is larger than the run's {side} set ({len(split)})")
+            setattr(data, side, split.subset(stratified_subset(split.labels, size, options.score.seed + 7)))
+    return data
+
+
+def data_arrays(data: RunData) -> DataArrays:
+    return DataArrays(
+        data.train.index.numpy(), data.test.index.numpy(), data.train.labels.numpy(), data.test.labels.numpy(),
+        data.train.clean_labels.numpy(),
+    )
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def settings_of(options: ScoreOptions, run: TrainedRun, data: RunData) -> dict:
+    """Everything a partial file's scores depend on: resuming with anything else is refused."""
+    return {
+        "run_data": run.record["data_fingerprint"]["digest"],
+        "train_index": _digest(data.train.index.numpy()),
+        "test_index": _digest(data.test.index.numpy()),
+        "models": list(options.models),
+        "checkpoints": options.checkpoints,
+        "batch_size": options.batch_size,
+        "per_checkpoint": options.per_checkpoint,
+        **{f"score.{k}": (list(v) if isinstance(v, tuple) else v) for k, v in options.score.to_dict().items()},
+    }
+
+
+def file_attrs(options: ScoreOptions, run: TrainedRun, data: RunData) -> dict:
+    score = options.score
+    return {
+        "command": options.command,
+        "run": str(run.paths.root),
+        "dataset": run.data_config.dataset,
+        "mode": score.mode,
+        "proj_dim": score.proj_dim or 0,
+        "proj_seed": score.seed,
+        "layers": json.dumps(list(score.layers)),
+        "loss": score.loss,
+        "label_noise": run.data_config.label_noise,
+        "classes": json.dumps(list(data.train.classes)),
+    }
+
+
+# --- scoring one model --------------------------------------------------------------------------------
+
+
+def kd_teacher(payload: dict, runtime: Runtime) -> torch.nn.Module:
+    """The teacher a distilled student learned from, as recorded in its checkpoint."""
+    teacher = payload.get("teacher")
+    if not isinstance(teacher, dict) or not teacher.get("path"):
+        raise TracinError(f"--loss kd needs the student's teacher; {payload.get('role')} records {teacher!r}")
+    teacher_payload = load_checkpoint(teacher["path"], role="teacher")
+    model = build_model(ModelConfig.from_dict(teacher_payload["model_config"]))
+    model.load_state_dict(teacher_payload["model"])
+    return model.to(runtime.device).eval()
+
+
+def build_engine(role: str, run: TrainedRun, options: ScoreOptions, runtime: Runtime) -> TracIn:
+    checkpoints, config, last = load_role_checkpoints(run, role, options.checkpoints)
+    score = options.score
+    use_kd = score.loss == "kd" and role != "teacher"
+    return TracIn(
+        build_model(config),
+        checkpoints,
+        layers=score.layers or None,
+        mode=score.mode,
+        proj_dim=score.proj_dim,
+        device=runtime.device,
+        seed=score.seed,
+        loss="kd" if use_kd else "ce",
+        teacher=kd_teacher(last, runtime) if use_kd else None,
+        temperature=score.temperature,
+        alpha=score.alpha,
+        kd_loss=score.kd_loss,
+        batch_size=options.batch_size,
+        max_memory=int(options.max_memory_gb * 2**30),
+        progress=not options.quiet and runtime.is_main,
+    )
+
+
+def _payload(block: ScoreBlock) -> tuple:
+    return (block.row_start, block.col_start, to_numpy(block.scores), to_numpy(block.per_checkpoint), to_numpy(block.self_influence))
+
+
+def _broadcast(value: Any, runtime: Runtime) -> Any:
+    if not runtime.distributed:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def _gathered_blocks(blocks, runtime: Runtime, n_steps: int):
+    """Every rank's blocks, on rank 0 (one gather per step; ranks with fewer blocks send None)."""
+    for _ in range(n_steps):
+        mine = next(blocks, None)
+        payload = None if mine is None else _payload(mine)
+        if not runtime.distributed:
+            yield payload
+            continue
+        everyone = [None] * runtime.world_size if runtime.is_main else None
+        dist.gather_object(payload, everyone, dst=0)
+        yield from (everyone or [])
+
+
+def score_model(store: Optional[ScoreFile], role: str, tracin: TracIn, data: RunData, runtime: Runtime,
+                options: ScoreOptions) -> None:
+    """Score one model's missing blocks into the file (rank 0 writes; other ranks compute their share)."""
+    layout = None
+    if runtime.is_main:
+        chunk, block = tracin.block_sizes(data.train, data.test, options.per_checkpoint)
+        scores = store.prepare_model(role, tracin.checkpoints, tracin.parameter_names, chunk, block, options.per_checkpoint)
+        layout = (scores.row_chunk, scores.test_block, scores.group["done"][()])
+    tracin.chunk_size, tracin.test_block, done = _broadcast(layout, runtime)
+
+    def skip(r0: int, r1: int, c0: int, c1: int) -> bool:
+        chunk_index = r0 // tracin.chunk_size
+        return bool(done[chunk_index, c0 // tracin.test_block]) or chunk_index % runtime.world_size != runtime.rank
+
+    todo = torch.tensor([sum(1 for r in range(done.shape[0]) for c in range(done.shape[1])
+                             if not done[r, c] and r % runtime.world_size == runtime.rank)])
+    if runtime.distributed:
+        dist.all_reduce(todo, op=dist.ReduceOp.MAX)
+    n_steps = int(todo.item())
+    blocks = tracin.iter_blocks(data.train, data.test, options.per_checkpoint, skip=skip)
+    for payload in _gathered_blocks(iter(blocks), runtime, n_steps):
+        if payload is not None and runtime.is_main:
+            scores.write_block(*payload)
+    runtime.barrier()
+
+
+def write_rankings(scores: ModelScores, k: int) -> None:
+    """top-k tables of the summed scores and, when kept, of each checkpoint's term."""
+    scores.write_rankings("topk", *rank_matrix(scores.matrix(), k))
+    if "per_checkpoint" in scores.group:
+        for index, epoch in enumerate(scores.epochs):
+            scores.write_rankings(f"topk_epoch/epoch_{epoch:03d}", *rank_matrix(scores.matrix(index), k))
+    scores.mark_complete()
+
+
+# --- the whole command ----------------------------------------------------------------------------------
+
+
+def score_run(options: ScoreOptions) -> Path:
+    """Score the run's models, compare every pair, print the comparison; returns the HDF5 path."""
+    run = open_trained_run(options.run, options.data_root)
+    out = Path(options.out) if options.out else run.paths.root / "tracin.h5"
+    with start_runtime(options.device, options.quiet) as runtime:
+        data = scoring_data(run, options)
+        ks = parse_topk(options.topk, limit=min(len(data.train), len(data.test)))
+        store = None
+        if runtime.is_main:
+            settings = settings_of(options, run, data)
+            store, resumed = ScoreFile.create_or_resume(out, settings, file_attrs(options, run, data), data_arrays(data), options.overwrite)
+            if resumed:
+                print(f"resuming {out}: finished blocks are kept", flush=True)
+        runtime.barrier()
+        try:
+            for role in options.models:
+                started = time.perf_counter()
+                tracin = build_engine(role, run, options, runtime)
+                score_model(store, role, tracin, data, runtime, options)
+                if runtime.is_main:
+                    write_rankings(store.model(role), max(ks))
+                    runtime.log(f"{role}: {len(tracin.checkpoints)} checkpoint(s), {len(data.train)} x {len(data.test)} "
+                                f"scores in {time.perf_counter() - started:.1f} s")
+            if runtime.is_main:
+                report(store, options, ks)
+        finally:
+            if store is not None:
+                store.close()
+    return out
+
+
+def report(store: ScoreFile, options: ScoreOptions, ks: list[int]) -> None:
+    compare_options = CompareOptions(tuple(ks), max_rows=options.corr_rows, seed=options.score.seed)
+    for name_a, name_b in itertools.combinations(options.models, 2):
+        tables = compare_models(store, name_a, name_b, compare_options)
+        print(format_tables(name_a, name_b, tables), flush=True)
+    store.mark_complete()
+    print(f"scores: {store.path}", flush=True)
