@@ -10,8 +10,7 @@ Each selected layer is represented, per example, in one of two exact forms or a 
                Gaussian projection of other layers' flat gradients
 
 `choose_representation` is the per-layer cost model (FLOPs of features plus all pairwise products).
-All flat layers of a model are concatenated, so scoring a block is one matrix product plus one
-small product per factored layer.
+Scoring a block is one matrix product per layer, accumulated in place.
 """
 
 from __future__ import annotations
@@ -155,60 +154,55 @@ def make_plans(
 class Features:
     """The per-sample gradients of n examples at one checkpoint.
 
-    flat: Tensor[n, D] all flat and projected layers side by side; factored: Factors per factored layer.
+    flats: one Tensor[n, D_l] per flat or projected layer (kept apart: joining them would copy every
+    gradient once more); factored: Factors per factored layer.
     """
 
-    flat: Tensor
+    flats: list[Tensor]
     factored: list[Factors]
 
     def __len__(self) -> int:
-        return self.flat.shape[0]
-
-    @property
-    def nbytes(self) -> int:
-        tensors = [self.flat] + [t for f in self.factored for t in (f.A, f.G)]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return (self.flats or [self.factored[0].G])[0].shape[0]
 
     def dot(self, other: "Features", max_elements: int = 2**26) -> Tensor:
-        """Tensor[n, m]: inner products of every example here with every example of `other`."""
-        out = self.flat @ other.flat.T
+        """Tensor[n, m]: inner products of every example here with every example of `other`,
+        accumulated layer by layer (one matrix product each)."""
+        reference = (self.flats or [self.factored[0].G])[0]
+        out = reference.new_zeros(len(self), len(other))
+        for mine, theirs in zip(self.flats, other.flats):
+            out.addmm_(mine, theirs.T)
         for mine, theirs in zip(self.factored, other.factored):
             out += factored_dot(mine, theirs, max_elements)
         return out
 
     def self_dot(self) -> Tensor:
         """Tensor[n]: each example's squared gradient norm."""
-        out = self.flat.pow(2).sum(1)
-        for factors in self.factored:
-            out += factored_self_dot(factors)
-        return out
+        parts = [torch.linalg.vector_norm(flat, dim=1).square() for flat in self.flats]
+        parts += [factored_self_dot(factors) for factors in self.factored]
+        return torch.stack(parts).sum(0)
 
     @staticmethod
     def cat(parts: Sequence["Features"]) -> "Features":
-        flat = torch.cat([p.flat for p in parts])
+        """Features of consecutive batches joined along examples."""
+        if len(parts) == 1:
+            return parts[0]
+        flats = [torch.cat(layer) for layer in zip(*(p.flats for p in parts))]
         factored = [
-            Factors(
-                torch.cat([p.factored[i].A for p in parts]),
-                torch.cat([p.factored[i].G for p in parts]),
-                parts[0].factored[i].bias,
-            )
-            for i in range(len(parts[0].factored))
+            Factors(torch.cat([f.A for f in layer]), torch.cat([f.G for f in layer]), layer[0].bias)
+            for layer in zip(*(p.factored for p in parts))
         ]
-        return Features(flat, factored)
+        return Features(flats, factored)
 
 
-def compute_features(plans: Sequence[LayerPlan], calls: Sequence[Sequence[Call]], n: int) -> Features:
-    """Features of one batch of n examples from its recorded calls (one list per plan's target)."""
+def compute_features(plans: Sequence[LayerPlan], calls: Sequence[Sequence[Call]]) -> Features:
+    """Features of one batch from its recorded calls (one list per plan's target)."""
     flats, factored = [], []
     for plan, target_calls in zip(plans, calls):
         if plan.representation == FACTORED:
             factored.append(layer_factors(plan.target, target_calls))
         else:
             flats.append(plan.flat_features(target_calls))
-    if flats:
-        return Features(torch.cat(flats, dim=1), factored)
-    reference = factored[0].A
-    return Features(reference.new_zeros(n, 0), factored)
+    return Features(flats, factored)
 
 
 def _gram(x: Tensor, y: Tensor) -> Tensor:

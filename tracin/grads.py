@@ -116,6 +116,10 @@ class Call:
 def _record(target: Target, args: tuple, kwargs: dict, output: Any) -> Call:
     if not isinstance(output, Tensor):
         raise TracinError(f"module {target.name!r} returns {type(output).__name__}; per-sample gradients need a tensor")
+    if not output.requires_grad:
+        # Parameters need not require grad (the engine's copy has none that do, so autograd never forms
+        # summed weight gradients nobody uses); the earliest selected layer's output then starts the graph.
+        output.requires_grad_(True)
     detached = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
     if target.kind == BATCHNORM:
         return Call(output, (_normalized_input(target.module, detached[0]),))
@@ -127,14 +131,14 @@ def _record(target: Target, args: tuple, kwargs: dict, output: Any) -> Call:
 
 
 def _normalized_input(bn: nn.Module, x: Tensor) -> Tensor:
-    """xhat = (x - running_mean) / sqrt(running_var + eps), as BatchNorm computes it in eval mode."""
+    """xhat = (x - running_mean) / sqrt(running_var + eps), by BatchNorm's own eval-mode kernel (one
+    fused pass) without its affine part."""
     if bn.training or bn.running_mean is None:
         raise TracinError(
             "BatchNorm without running statistics (or in training mode) mixes examples; "
             "per-sample gradients need eval mode with track_running_stats=True"
         )
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    return (x - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps)
+    return F.batch_norm(x, bn.running_mean, bn.running_var, None, None, False, 0.0, bn.eps)
 
 
 @contextmanager
@@ -273,9 +277,13 @@ def projected_inputs(target: Target, call: Call, matrix: Tensor) -> Tensor:
 
 def _batchnorm_flat(target: Target, call: Call) -> Tensor:
     xhat, g = call.inputs[0], call.grad
-    reduce = tuple(range(2, g.dim()))
-    pieces = {"weight": (g * xhat).sum(reduce), "bias": g.sum(reduce)}
-    return torch.cat([pieces[p] for p in target.params], dim=1)
+    n, c = g.shape[:2]
+    g_rows, xhat_rows = g.reshape(n * c, 1, -1), xhat.reshape(n * c, -1, 1)
+    pieces = {
+        "weight": lambda: torch.bmm(g_rows, xhat_rows).view(n, c),  # sum over positions of g * xhat
+        "bias": lambda: g.reshape(n, c, -1).sum(2),
+    }
+    return torch.cat([pieces[p]() for p in target.params], dim=1)
 
 
 def _generic_flat(target: Target, call: Call) -> Tensor:

@@ -151,7 +151,7 @@ class TracIn:
         self._states = [self._checked_state(c) for c in self.checkpoints]
         self._loaded: Optional[int] = None
         self.targets = [last_linear_target(self.model)] if mode == "last-layer" else select_targets(self.model, layers)
-        self._freeze_unselected()
+        self.model.requires_grad_(False)  # see _record in tracin.grads: only layer outputs need gradients
         self.loss_fn: LossFn = cross_entropy_loss
         if loss == "kd":
             teacher = copy.deepcopy(teacher).to(self.device).eval()
@@ -164,12 +164,6 @@ class TracIn:
         state = {k: v.to(self.device) for k, v in checkpoint.state.items()}
         load_state(self.model, state, source=f"checkpoint {checkpoint.path or '(in memory)'}")
         return state
-
-    def _freeze_unselected(self) -> None:
-        """Only selected parameters require grad, so the backward pass stops at the earliest one."""
-        selected = {id(getattr(t.module, p)) for t in self.targets for p in t.params}
-        for parameter in self.model.parameters():
-            parameter.requires_grad_(id(parameter) in selected)
 
     @property
     def parameter_names(self) -> list[str]:
@@ -208,15 +202,17 @@ class TracIn:
 
     # --- features ----------------------------------------------------------------------------------
 
-    def _features(self, plans: list[LayerPlan], source: _Source, start: int, stop: int, checkpoint: int) -> Features:
-        """Features of examples [start, stop) at one checkpoint, batch by batch."""
+    def _batch_features(self, plans: list[LayerPlan], source: _Source, start: int, stop: int, checkpoint: int):
+        """(first example, Features of one batch) for examples [start, stop) at one checkpoint."""
         self._load(checkpoint)
-        parts = []
         for first in range(start, stop, self.batch_size):
             inputs, labels = source.get(first, min(first + self.batch_size, stop), self.device)
             calls = record_output_grads(self.model, self.targets, inputs, labels, self.loss_fn)
-            parts.append(compute_features(plans, calls, len(inputs)))
-        return Features.cat(parts) if len(parts) > 1 else parts[0]
+            yield first, compute_features(plans, calls)
+
+    def _features(self, plans: list[LayerPlan], source: _Source, start: int, stop: int, checkpoint: int) -> Features:
+        """Features of examples [start, stop) at one checkpoint, kept (the test side)."""
+        return Features.cat([f for _, f in self._batch_features(plans, source, start, stop, checkpoint)])
 
     def _check_finite(self, values: Tensor, checkpoint: int, what: str) -> Tensor:
         """Non-finite gradients make their inner products non-finite (inf * 0 is nan), so checking the
@@ -247,9 +243,11 @@ class TracIn:
         test: Any,
         per_checkpoint: bool = False,
         skip: Optional[Callable[[int, int, int, int], bool]] = None,
+        self_influence: bool = False,
     ) -> Iterator[ScoreBlock]:
         """Score blocks covering the n_train x n_test matrix, in row-chunk order within test blocks.
-        `skip(row_start, row_stop, col_start, col_stop)` True leaves a block out (resume)."""
+        `skip(row_start, row_stop, col_start, col_stop)` True leaves a block out (resume);
+        `self_influence` adds each chunk's self-influence to its blocks of the first test block."""
         train_source, test_source = _Source(train, "train"), _Source(test, "test")
         chunk, block = self.block_sizes(train, test, per_checkpoint)
         plans = self.plans(train_source, train_source.n, test_source.n)
@@ -269,24 +267,25 @@ class TracIn:
                 c0, c1 = b * block, min((b + 1) * block, test_source.n)
                 test_features = [self._features(plans, test_source, c0, c1, c) for c in range(len(self.checkpoints))]
                 for r0, r1 in rows:
-                    yield self._score_block(plans, train_source, r0, r1, c0, c1, test_features, per_checkpoint)
+                    with_self = self_influence and c0 == 0
+                    yield self._score_block(plans, train_source, (r0, r1, c0, c1), test_features, per_checkpoint, with_self)
                     bar.update(1)
 
-    def _score_block(self, plans, source, r0, r1, c0, c1, test_features, per_checkpoint) -> ScoreBlock:
-        terms = []
-        total = torch.zeros(r1 - r0, c1 - c0, device=self.device)
-        self_influence = torch.zeros(r1 - r0, device=self.device) if c0 == 0 else None
+    def _score_block(self, plans, source, bounds, test_features, per_checkpoint, with_self) -> ScoreBlock:
+        """Train rows r0..r1 against kept test features: each train batch's gradients are used for their
+        inner products at once and dropped, so no chunk-sized gradient matrix is ever formed."""
+        r0, r1, c0, c1 = bounds
+        terms = torch.zeros(len(self.checkpoints), r1 - r0, c1 - c0, device=self.device)
+        self_influence = torch.zeros(r1 - r0, device=self.device) if with_self else None
         for c, checkpoint in enumerate(self.checkpoints):
-            train_features = self._features(plans, source, r0, r1, c)
-            products = train_features.dot(test_features[c])
-            term = checkpoint.lr * self._check_finite(products, c, f"train {r0}..{r1 - 1}, test {c0}..{c1 - 1}")
-            total += term
-            if per_checkpoint:
-                terms.append(term)
-            if self_influence is not None:
-                self_influence += checkpoint.lr * train_features.self_dot()
-        per = torch.stack(terms) if per_checkpoint else None
-        return ScoreBlock(r0, r1, c0, c1, total, per, self_influence)
+            for first, features in self._batch_features(plans, source, r0, r1, c):
+                rows = slice(first - r0, first - r0 + len(features))
+                terms[c, rows] = features.dot(test_features[c])
+                if self_influence is not None:
+                    self_influence[rows] += checkpoint.lr * features.self_dot()
+            terms[c] *= checkpoint.lr
+            self._check_finite(terms[c], c, f"train {r0}..{r1 - 1}, test {c0}..{c1 - 1}")
+        return ScoreBlock(r0, r1, c0, c1, terms.sum(0), terms if per_checkpoint else None, self_influence)
 
     def scores(self, train: Any, test: Any) -> Tensor:
         """Tensor[n_train, n_test] float32 on the CPU: lr-weighted sum over checkpoints of gradient
@@ -302,15 +301,25 @@ class TracIn:
         self-influence used to find mislabelled examples."""
         source = _Source(train, "train")
         plans = self.plans(source, source.n, 1, self_only=True)
-        chunk = self.chunk_size or max(self.batch_size, 1)
-        out = torch.zeros(source.n)
+        out = torch.zeros(source.n, device=self.device)
         with _float32_matmuls(self.allow_tf32):
-            for r0 in tqdm(range(0, source.n, chunk), desc="self-influence", disable=not self.progress):
-                r1 = min(r0 + chunk, source.n)
-                for c, checkpoint in enumerate(self.checkpoints):
-                    norms = self._features(plans, source, r0, r1, c).self_dot()
-                    out[r0:r1] += checkpoint.lr * self._check_finite(norms, c, f"train {r0}..{r1 - 1}").cpu()
-        return out
+            for c, checkpoint in enumerate(tqdm(self.checkpoints, desc="self-influence", disable=not self.progress)):
+                for first, features in self._batch_features(plans, source, 0, source.n, c):
+                    norms = self._check_finite(features.self_dot(), c, f"train from {first}")
+                    out[first : first + len(norms)] += checkpoint.lr * norms
+        return out.cpu()
+
+    @torch.no_grad()
+    def losses(self, data: Any, checkpoint: int = -1) -> Tensor:
+        """Tensor[n] float32 on the CPU: each example's loss (the scored loss) at one checkpoint (default:
+        the last), e.g. the training-loss baseline of mislabel detection."""
+        source = _Source(data, "data")
+        self._load(range(len(self.checkpoints))[checkpoint])
+        out = []
+        for first in range(0, source.n, self.batch_size):
+            inputs, labels = source.get(first, min(first + self.batch_size, source.n), self.device)
+            out.append(self.loss_fn(self.model(inputs), labels, inputs).cpu())
+        return torch.cat(out)
 
     def top_k(self, train: Any, test: Any, k: int) -> TopK:
         """Proponents and opponents of each test example and the most-influenced test examples of each
