@@ -1,0 +1,102 @@
+#!/usr/bin/env python
+"""Check the engine on a CUDA device against the float64 torch.func reference (run on the CPU), and time
+the two ways of forming per-sample convolution gradients on that device.
+
+    python scripts/gpu_check.py            # needs a CUDA device
+
+Prints, per engine mode, the largest error relative to the largest reference score (the tests' measure;
+float32 precision is ~1e-6 here, the tests demand <= 1e-4).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from tracin.config import ModelConfig
+from tracin.models import build_model
+from tracin.reference import func_tracin_scores
+from tracin.scores import TracIn
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual.double().cpu() - expected.double().cpu()).abs().max() / expected.double().abs().max())
+
+
+def tiny_setup():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(stages=2, width=8, in_channels=3, num_classes=10)).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5, generator=generator)
+                module.running_var.uniform_(0.5, 1.5, generator=generator)
+    checkpoints = []
+    for i, lr in enumerate((0.1, 0.03)):
+        g = torch.Generator().manual_seed(10 + i)
+        state = {k: v + 0.05 * torch.randn(v.shape, generator=g) if v.dtype.is_floating_point and "running" not in k else v
+                 for k, v in model.state_dict().items()}
+        checkpoints.append((state, lr))
+    train = (torch.randn(64, 3, 16, 16, generator=generator), torch.randint(0, 10, (64,), generator=generator))
+    test = (torch.randn(16, 3, 16, 16, generator=generator), torch.randint(0, 10, (16,), generator=generator))
+    return model, checkpoints, train, test
+
+
+def check_correctness(device: str) -> None:
+    model, checkpoints, train, test = tiny_setup()
+    reference = func_tracin_scores(model, checkpoints, train, test)
+    print(f"engine on {device} vs float64 torch.func reference (CPU), all parameters incl. BatchNorm:")
+    for representation in ("flat", "factored", "auto"):
+        scores = TracIn(model, checkpoints, device=device, representation=representation).scores(train, test)
+        print(f"  exact/{representation:9s} relative error {relative_error(scores, reference):.2e}")
+    tracin = TracIn(model, checkpoints, device=device)
+    diagonal = func_tracin_scores(model, checkpoints, train, train).diagonal()
+    print(f"  self-influence   relative error {relative_error(tracin.self_influence(train), diagonal):.2e}")
+    head = func_tracin_scores(model, checkpoints, train, test, layers=["fc.weight"])
+    last = TracIn(model, checkpoints, device=device, mode="last-layer").scores(train, test)
+    print(f"  last-layer       relative error {relative_error(last, head):.2e}")
+    runs = [TracIn(model, checkpoints, device=device, mode="projected", proj_dim=64, seed=s).scores(train, test) for s in range(32)]
+    single = sum(relative_error(r, reference) for r in runs) / len(runs)
+    print(f"  projected(64)    single-seed error {single:.3f}, mean of 32 seeds {relative_error(torch.stack(runs).mean(0), reference):.3f}")
+    cpu = TracIn(model, checkpoints, device="cpu", mode="projected", proj_dim=64, seed=3).scores(train, test)
+    gpu = TracIn(model, checkpoints, device=device, mode="projected", proj_dim=64, seed=3).scores(train, test)
+    print(f"  projected, same seed on CPU and {device}: relative difference {relative_error(gpu, cpu):.2e}")
+
+
+def timed(function, device: str, repeats: int = 5) -> float:
+    function()
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        function()
+    torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / repeats * 1000
+
+
+def time_conv_gradients(device: str) -> None:
+    print("per-sample conv weight gradients, batch 256 (ms): grouped weight-gradient conv | unfold + bmm | summed (floor)")
+    n = 256
+    for channels, out, size, stride in ((64, 64, 32, 1), (64, 128, 32, 2), (128, 128, 16, 1), (16, 16, 32, 1)):
+        side = size // stride
+        x = torch.randn(n, channels, size, size, device=device)
+        g = torch.randn(n, out, side, side, device=device)
+        flat_x, flat_g = x.reshape(1, -1, size, size), g.reshape(1, -1, side, side)
+        grouped = lambda: torch.nn.grad.conv2d_weight(flat_x, (n * out, channels, 3, 3), flat_g, stride=stride, padding=1, groups=n)
+        unfold = lambda: torch.bmm(g.flatten(2), F.unfold(x, 3, padding=1, stride=stride).transpose(1, 2))
+        summed = lambda: torch.nn.grad.conv2d_weight(x, (out, channels, 3, 3), g, stride=stride, padding=1)
+        print(f"  C{channels}->{out} {size}x{size} stride {stride}: {timed(grouped, device):8.2f} | "
+              f"{timed(unfold, device):8.2f} | {timed(summed, device):8.2f}")
+
+
+def main() -> None:
+    device = "cuda"
+    print(torch.__version__, torch.cuda.get_device_name(0))
+    check_correctness(device)
+    time_conv_gradients(device)
+
+
+if __name__ == "__main__":
+    main()
