@@ -126,3 +126,22 @@ def tiny_run(tmp_path_factory, fashion_mnist_root) -> Path:
     result = run_tracin_train(args)
     assert result.returncode == 0, result.stderr
     return out_root / "tiny"
+
+
+def run_tracin_score(args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`tracin-score ARGS` in a subprocess; stdout and stderr captured as text."""
+    command = [str(Path(sys.executable).with_name("tracin-score")), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=subprocess_env())
+
+
+@pytest.fixture(scope="session")
+def tiny_scores(tiny_run, tmp_path_factory) -> Path:
+    """A finished tracin-score file of the tiny run (all three models, per-checkpoint scores, label
+    noise), with its --plots output in plots/ beside it."""
+    out = tmp_path_factory.mktemp("scores") / "tracin.h5"
+    result = run_tracin_score([
+        "--run", tiny_run, "--out", out, "--models", "teacher,student,student_baseline", "--per-checkpoint",
+        "--train-subset", "128", "--test-subset", "24", "--topk", "3,8", "--device", "cpu", "--quiet", "--plots",
+    ])
+    assert result.returncode == 0, result.stderr
+    return out

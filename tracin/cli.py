@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from tracin.config import (
@@ -150,7 +151,7 @@ def train_configs(args: argparse.Namespace) -> tuple[TrainConfig, DataConfig]:
     """The configurations named by parsed arguments (validated: a bad value is a TracinError)."""
     data_config = DataConfig(
         dataset=args.dataset,
-        data_root=args.data_root or default_data_root(),
+        data_root=str(Path(args.data_root or default_data_root()).resolve()),  # runs are read from anywhere
         train_subset=args.train_subset,
         test_subset=args.test_subset,
         label_noise=args.label_noise,
@@ -226,6 +227,8 @@ def build_score_parser() -> argparse.ArgumentParser:
                         help="memory for kept gradients and score blocks; sets the chunking (default: %(default)s)")
     parser.add_argument("--corr-rows", type=int, default=1000,
                         help="rows sampled for rank correlations (default: %(default)s)")
+    parser.add_argument("--plots", action="store_true",
+                        help="also write the figures (PNG) and tables (report.md) to plots/ beside the HDF5 file")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished or mismatched result file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     return parser
@@ -249,8 +252,9 @@ def score_options(args: argparse.Namespace, argv: Sequence[str]) -> ScoreOptions
         per_checkpoint=args.per_checkpoint,
         overwrite=args.overwrite,
         quiet=args.quiet,
-        data_root=args.data_root,
+        data_root=str(Path(args.data_root).resolve()) if args.data_root else None,
         corr_rows=args.corr_rows,
+        plots=args.plots,
         command=" ".join(["tracin-score", *argv]),
     )
 

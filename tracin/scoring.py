@@ -31,6 +31,7 @@ from tracin.config import ROLES, DataConfig, ModelConfig, ScoreConfig
 from tracin.data import RunData, fingerprint, load_data, stratified_subset
 from tracin.errors import CheckpointError, DataError, TracinError
 from tracin.models import build_model
+from tracin.report import write_report
 from tracin.runs import RunPaths, read_record
 from tracin.runtime import Runtime, start_runtime
 from tracin.scores import ScoreBlock, TracIn
@@ -57,6 +58,7 @@ class ScoreOptions:
     quiet: bool = False
     data_root: Optional[str] = None
     corr_rows: int = 1000
+    plots: bool = False
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -169,7 +171,7 @@ def file_attrs(options: ScoreOptions, run: TrainedRun, data: RunData) -> dict:
     score = options.score
     return {
         "command": options.command,
-        "run": str(run.paths.root),
+        "run": str(run.paths.root.resolve()),
         "dataset": run.data_config.dataset,
         "mode": score.mode,
         "proj_dim": score.proj_dim or 0,
@@ -262,7 +264,7 @@ def score_model(store: Optional[ScoreFile], role: str, tracin: TracIn, data: Run
     if runtime.distributed:
         dist.all_reduce(todo, op=dist.ReduceOp.MAX)
     n_steps = int(todo.item())
-    blocks = tracin.iter_blocks(data.train, data.test, options.per_checkpoint, skip=skip)
+    blocks = tracin.iter_blocks(data.train, data.test, options.per_checkpoint, skip=skip, self_influence=True)
     for payload in _gathered_blocks(iter(blocks), runtime, n_steps):
         if payload is not None and runtime.is_main:
             scores.write_block(*payload)
@@ -301,6 +303,7 @@ def score_run(options: ScoreOptions) -> Path:
                 tracin = build_engine(role, run, options, runtime)
                 score_model(store, role, tracin, data, runtime, options)
                 if runtime.is_main:
+                    store.model(role).group["last_loss"][:] = tracin.losses(data.train).numpy()
                     write_rankings(store.model(role), max(ks))
                     runtime.log(f"{role}: {len(tracin.checkpoints)} checkpoint(s), {len(data.train)} x {len(data.test)} "
                                 f"scores in {time.perf_counter() - started:.1f} s")
@@ -309,6 +312,9 @@ def score_run(options: ScoreOptions) -> Path:
         finally:
             if store is not None:
                 store.close()
+        if options.plots and runtime.is_main:
+            for path in write_report(out, data_root=options.data_root):
+                print(f"plot: {path}", flush=True)
     return out
 
 

@@ -14,6 +14,7 @@ Layout (format "tracin-scores", version 1):
         scores              float32 [n_train, n_test]: sum_c lr_c <g_train, g_test>, chunked
         per_checkpoint      float32 [n_ckpt, n_train, n_test]: each lr_c-weighted term (--per-checkpoint)
         self_influence      float32 [n_train]: sum_c lr_c |g_train|^2
+        last_loss           float32 [n_train]: each train example's loss at the last checkpoint
         done                bool [row chunks, test blocks]: blocks written (the resume mask)
         topk/               K = largest --topk, positions into train/test arrays, values float32:
             test_top_index, test_top_score         [n_test, K]  proponents of each test example
@@ -42,6 +43,7 @@ from torch import Tensor
 
 from tracin import __version__
 from tracin.checkpoints import Checkpoint
+from tracin.config import ROLES
 from tracin.errors import StoreError
 from tracin.topk import Ranking, StreamingRanking
 
@@ -175,7 +177,9 @@ class ScoreFile:
 
     @property
     def models(self) -> list[str]:
-        return [k for k in self.h5 if isinstance(self.h5[k], h5py.Group) and "scores" in self.h5[k]]
+        """Scored models, in role order (teacher, student, student_baseline), then any others."""
+        found = [k for k in self.h5 if isinstance(self.h5[k], h5py.Group) and "scores" in self.h5[k]]
+        return sorted(found, key=lambda name: (ROLES.index(name) if name in ROLES else len(ROLES), name))
 
     def prepare_model(
         self,
@@ -210,6 +214,7 @@ class ScoreFile:
         if per_checkpoint:
             _early_dataset(group, "per_checkpoint", (len(checkpoints), n_train, n_test), np.float32, (1, *chunks))
         _early_dataset(group, "self_influence", (n_train,), np.float32)
+        _early_dataset(group, "last_loss", (n_train,), np.float32)
         grid = (-(-n_train // row_chunk), -(-n_test // test_block))
         _early_dataset(group, "done", grid, np.bool_)
         self.h5.flush()

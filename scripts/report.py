@@ -1,0 +1,32 @@
+#!/usr/bin/env python
+"""Figures (PNG) and tables (report.md) of a finished tracin-score file, for readers without Jupyter.
+
+    python scripts/report.py checkpoints/demo/tracin.h5 [--out DIR] [--data-root DIR]
+
+The same as `tracin-score ... --plots`; the notebooks in notebooks/ show the same figures.
+"""
+
+import argparse
+import sys
+
+from tracin.errors import TracinError
+from tracin.report import write_report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scores", help="HDF5 file written by tracin-score")
+    parser.add_argument("--out", help="folder for the files (default: plots/ beside the HDF5 file)")
+    parser.add_argument("--data-root", help="where the run's data set is, if not where it was trained")
+    args = parser.parse_args()
+    try:
+        for path in write_report(args.scores, args.out, args.data_root):
+            print(path)
+    except TracinError as error:
+        print(f"report: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""The notebooks run top to bottom on a real score file (a cell that raises fails the test)."""
+
+import pytest
+
+from tracin.notebooks import NOTEBOOKS, execute_notebook
+
+
+def outputs_of(notebook) -> tuple[str, int]:
+    text, images = [], 0
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            images += "image/png" in data
+            text.append(output.get("text", "") + data.get("text/markdown", "") + data.get("text/plain", ""))
+    return "\n".join(text), images
+
+
+def test_notebooks_are_stored_without_outputs():
+    import nbformat
+
+    for path in NOTEBOOKS.glob("*.ipynb"):
+        notebook = nbformat.read(str(path), as_version=4)
+        assert all(not cell.get("outputs") and not cell.get("execution_count") for cell in notebook.cells if cell.cell_type == "code"), path
+
+
+def test_overlap_tables_notebook_runs(tiny_scores, tmp_path):
+    html = tmp_path / "overlap_tables.html"
+    notebook = execute_notebook(NOTEBOOKS / "overlap_tables.ipynb", {"SCORES": str(tiny_scores), "DATA_ROOT": None}, html)
+    text, images = outputs_of(notebook)
+    assert "teacher vs student: overlap of top-k sets" in text and "chance k/n" in text
+    assert "Kolmogorov" in text
+    assert images >= 3 + 1 + 1  # overlap curves per pair, histograms, the proponent grid
+    assert html.stat().st_size > 10_000
+
+
+def test_mislabel_detection_notebook_runs(tiny_scores, tmp_path):
+    notebook = execute_notebook(NOTEBOOKS / "mislabel_detection.ipynb", {"SCORES": str(tiny_scores), "DATA_ROOT": None})
+    text, images = outputs_of(notebook)
+    assert "Mislabel detection" in text and "teacher: self-influence" in text and "random order" in text
+    assert images == 1
+
+
+def test_a_missing_parameters_cell_is_reported(tmp_path):
+    import nbformat
+
+    path = tmp_path / "plain.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")]), str(path))
+    with pytest.raises(ValueError, match="parameters"):
+        execute_notebook(path, {"SCORES": "x"})

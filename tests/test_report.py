@@ -1,0 +1,82 @@
+"""Report tables and figures against direct computations on the stored arrays."""
+
+import h5py
+import numpy as np
+import pytest
+
+from tracin import report
+from tracin.compare import overlap_at_k
+from tracin.errors import TracinError
+from tracin.store import ScoreFile
+
+
+def test_detection_curve_counts_flipped_labels_in_inspection_order():
+    flipped = np.array([False, True, False, True, False])
+    x, y = report.detection_curve(np.array([3, 0, 1, 4, 2]), flipped)
+    np.testing.assert_allclose(x, [0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    np.testing.assert_allclose(y, [0, 0.5, 0.5, 1.0, 1.0, 1.0])
+    perfect = report.detection_summary({"perfect": report.detection_curve(np.array([1, 3, 0, 2, 4]), flipped)})[0]
+    assert perfect["found@20%"] == pytest.approx(0.5) and perfect["area"] > 0.75
+
+
+def test_random_order_finds_flipped_labels_at_the_rate_inspected():
+    rng = np.random.default_rng(0)
+    flipped = rng.random(20_000) < 0.1
+    summary = report.detection_summary({"random": report.detection_curve(rng.permutation(20_000), flipped)})[0]
+    assert summary["area"] == pytest.approx(0.5, abs=0.02)
+    assert summary["found@10%"] == pytest.approx(0.1, abs=0.02)
+
+
+def test_mislabel_curves_rank_by_the_stored_self_influence_and_loss(tiny_scores):
+    with ScoreFile.open_read(tiny_scores) as store:
+        curves = report.mislabel_curves(store, ["teacher"])
+        flipped = store.h5["noisy"][()]
+        assert flipped.any()
+        order = np.argsort(-store.h5["teacher/self_influence"][()], kind="stable")
+        x, y = curves["teacher: self-influence"]
+        top = len(flipped) // 5
+        assert y[top] == pytest.approx(flipped[order[:top]].sum() / flipped.sum())
+        loss_order = np.argsort(-store.h5["teacher/last_loss"][()], kind="stable")
+        assert curves["teacher: loss (last checkpoint)"][1][top] == pytest.approx(flipped[loss_order[:top]].sum() / flipped.sum())
+
+
+def test_overlap_curve_equals_overlap_at_each_k(tiny_scores):
+    with ScoreFile.open_read(tiny_scores) as store:
+        test_a, _ = store.model("teacher").rankings()
+        test_b, _ = store.model("student").rankings()
+        curve = report.overlap_curve(test_a.top_index, test_b.top_index)
+        assert len(curve) == 8
+        for k in (1, 4, 8):
+            assert curve[k - 1] == pytest.approx(overlap_at_k(test_a.top_index, test_b.top_index, k).mean())
+
+
+def test_tables_show_the_stored_numbers(tiny_scores):
+    with ScoreFile.open_read(tiny_scores) as store:
+        text = report.overlap_table(store, "teacher", "student")
+        first = store.h5["comparison/teacher__student/overlap"][0]
+        assert f"{first['mean']:.3f}" in text and f"{first['chance']:.4f}" in text
+        assert "Kolmogorov" in report.correlation_table(store, "teacher", "student")
+        assert store.models == ["teacher", "student", "student_baseline"]
+        assert set(report.model_pairs(store)) == {("teacher", "student"), ("teacher", "student_baseline"), ("student", "student_baseline")}
+
+
+def test_plots_written_by_tracin_score_are_real_images(tiny_scores):
+    import matplotlib.image
+
+    plots = tiny_scores.parent / "plots"
+    names = {p.name for p in plots.iterdir()}
+    assert {"proponents.png", "score_histograms.png", "mislabel_detection.png", "overlap_teacher__student.png", "report.md"} <= names
+    for png in plots.glob("*.png"):
+        pixels = matplotlib.image.imread(png)
+        assert pixels.shape[0] > 200 and pixels.shape[1] > 200 and pixels.std() > 0.01, png.name
+    text = (plots / "report.md").read_text()
+    assert "Mislabel detection" in text and "teacher vs student" in text
+
+
+def test_mislabel_detection_without_label_noise_is_a_clear_error(tiny_scores, tmp_path):
+    copy = tmp_path / "clean.h5"
+    copy.write_bytes(tiny_scores.read_bytes())
+    with h5py.File(copy, "r+") as h5:
+        h5["noisy"][...] = False
+    with ScoreFile.open_read(copy) as store, pytest.raises(TracinError, match="no training label was flipped"):
+        report.mislabel_curves(store, ["teacher"])

@@ -1,0 +1,281 @@
+"""What a person reads: tables and figures from a tracin-score HDF5 file.
+
+The notebooks in notebooks/ and `tracin-score --plots` (or `scripts/report.py`) call these functions, so
+the figures are the same everywhere. Everything reads the HDF5 file; only the image grids also load the
+run's images, through torchvision, by their stored indices.
+
+Mislabel detection (Pruthi et al., 2020, Fig. 1): rank training examples by self-influence, inspect them
+in that order, and plot the fraction of flipped labels found against the fraction of data inspected;
+baselines are a random order and the training loss at the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import matplotlib.pyplot as plt  # without a display matplotlib picks Agg; notebooks keep their inline backend
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from tracin.compare import overlap_at_k
+from tracin.config import DataConfig
+from tracin.data import load_data
+from tracin.errors import TracinError
+from tracin.store import ScoreFile
+
+INSPECTED = (0.1, 0.2)  # fractions of the training set at which mislabel detection is reported
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def classes_of(store: ScoreFile) -> list[str]:
+    names = json.loads(store.h5.attrs.get("classes", "[]"))
+    return names or [str(i) for i in range(int(store.h5["train_labels"][()].max()) + 1)]
+
+
+def model_pairs(store: ScoreFile) -> list[tuple[str, str]]:
+    """(a, b) of every comparison in the file, in the order written."""
+    if "comparison" not in store.h5:
+        return []
+    return [tuple(name.split("__")) for name in store.h5["comparison"]]
+
+
+# --- tables (Markdown) -----------------------------------------------------------------------------------
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def overlap_table(store: ScoreFile, a: str, b: str) -> str:
+    """overlap@k (mean, with min..max) per scope, direction and side, next to chance k/n and Jaccard."""
+    table = store.h5[f"comparison/{a}__{b}/overlap"][()]
+    rows = [
+        (_text(r["scope"]), _text(r["direction"]), _text(r["side"]), r["k"], f"{r['mean']:.3f}",
+         f"{r['min']:.2f}..{r['max']:.2f}", f"{r['chance']:.4f}", f"{r['jaccard']:.3f}")
+        for r in table
+    ]
+    header = ("scope", "direction", "side", "k", "mean overlap", "range", "chance k/n", "Jaccard")
+    return f"**{a} vs {b}: overlap of top-k sets**\n\n" + _markdown(header, rows)
+
+
+def correlation_table(store: ScoreFile, a: str, b: str) -> str:
+    group = store.h5[f"comparison/{a}__{b}"]
+    rows = [
+        (_text(r["scope"]), _text(r["direction"]), _text(r["statistic"]), f"{r['mean']:.3f}", f"{r['median']:.3f}",
+         f"{r['min']:.3f}..{r['max']:.3f}", r["n_rows"])
+        for r in group["rank_correlation"][()]
+    ]
+    ks = [(_text(r["scope"]), f"{r['statistic']:.3f}", f"{r['pvalue']:.2g}", f"{r['scaled_statistic']:.3f}",
+           f"{r['scaled_pvalue']:.2g}") for r in group["ks"][()]]
+    corr = dict(group["self_influence"].attrs)
+    return "\n\n".join([
+        f"**{a} vs {b}: rank agreement per row**\n\n"
+        + _markdown(("scope", "direction", "statistic", "mean", "median", "range", "rows"), rows),
+        "**Score distributions: two-sample Kolmogorov–Smirnov**\n\n"
+        + _markdown(("scope", "KS", "p", "KS after scaling by std", "p"), ks),
+        f"**Self-influence:** Pearson {corr['pearson']:.3f}, Spearman {corr['spearman']:.3f}",
+    ])
+
+
+# --- overlap curves and score distributions ---------------------------------------------------------------
+
+
+def overlap_curve(top_a: np.ndarray, top_b: np.ndarray) -> np.ndarray:
+    """float64 [K]: mean overlap@k for k = 1..K of two top tables [rows, K]."""
+    return np.array([overlap_at_k(top_a, top_b, k).mean() for k in range(1, top_a.shape[1] + 1)])
+
+
+def plot_overlap_curves(store: ScoreFile, a: str, b: str) -> Figure:
+    """Mean overlap@k against k for both directions and sides, with the chance level k/n."""
+    (test_a, train_a), (test_b, train_b) = store.model(a).rankings(), store.model(b).rankings()
+    n_train, n_test = len(store.h5["train_index"]), len(store.h5["test_index"])
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    panels = (
+        (axes[0], "each test example's train examples", test_a, test_b, n_train, ("proponents", "opponents")),
+        (axes[1], "each train example's test examples", train_a, train_b, n_test, ("top", "bottom")),
+    )
+    for ax, title, ra, rb, n, sides in panels:
+        ks = np.arange(1, ra.top_index.shape[1] + 1)
+        for field, side in zip(("top_index", "bottom_index"), sides):
+            ax.plot(ks, overlap_curve(getattr(ra, field), getattr(rb, field)), label=side)
+        ax.plot(ks, ks / n, "k--", label="chance k/n")
+        ax.set(title=title, xlabel="k", ylabel="mean overlap@k", ylim=(0, 1))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend()
+    figure.suptitle(f"Top-k agreement of {a} and {b} (TracInCP over all checkpoints)")
+    return figure
+
+
+def plot_score_histograms(store: ScoreFile, models: Sequence[str], max_values: int = 200_000, seed: int = 0) -> Figure:
+    """Histogram of each model's scores (a seeded sample of cells), raw and divided by its std."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    n_train = len(store.h5["train_index"])
+    rows = np.sort(np.random.default_rng(seed).choice(n_train, size=min(n_train, max(1, max_values // len(store.h5["test_index"]))), replace=False))
+    for name in models:
+        values = store.model(name).scores[rows, :].ravel()
+        axes[0].hist(values, bins=100, histtype="step", label=name)
+        axes[1].hist(values / values.std(), bins=100, histtype="step", label=name)
+    axes[0].set(title="TracIn scores", xlabel="score", ylabel="count", yscale="log")
+    axes[1].set(title="scores / std", xlabel="standardised score", yscale="log")
+    axes[0].legend()
+    return figure
+
+
+# --- image grids -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Images:
+    """uint8 images [n, C, H, W] aligned with the file's train and test rows."""
+
+    train: np.ndarray
+    test: np.ndarray
+
+
+def load_images(store: ScoreFile, data_root: Optional[str] = None) -> Images:
+    """The scored examples' images, loaded through torchvision from the run recorded in the file."""
+    run = Path(_text(store.h5.attrs["run"]))
+    if not (run / "run.json").is_file() and (store.path.parent / "run.json").is_file():
+        run = store.path.parent  # the default place of a score file is its run folder, wherever it moved
+    if not (run / "run.json").is_file():
+        raise TracinError(f"the run {run} recorded in {store.path} is gone; image grids need its data")
+    config = dict(json.loads((run / "run.json").read_text())["data_config"])
+    if data_root:
+        config["data_root"] = data_root
+    data = load_data(DataConfig.from_dict(config))
+    pick = lambda split, index: split.images[np.searchsorted(split.index.numpy(), index)].numpy()  # noqa: E731
+    return Images(pick(data.train, store.h5["train_index"][()]), pick(data.test, store.h5["test_index"][()]))
+
+
+def _show(ax, image: np.ndarray, title: str, color: str = "black") -> None:
+    picture = image.transpose(1, 2, 0)
+    ax.imshow(picture[..., 0] if picture.shape[2] == 1 else picture, cmap="gray")
+    ax.set_title(title, fontsize=7, color=color)
+    ax.axis("off")
+
+
+def _train_title(store: ScoreFile, row: int, score: float, classes: list[str]) -> tuple[str, str]:
+    label, clean = int(store.h5["train_labels"][row]), int(store.h5["train_clean_labels"][row])
+    if label != clean:
+        return f"{classes[label]}\nflipped, was {classes[clean]}\n{score:.2g}", "red"
+    return f"{classes[label]}\n\n{score:.2g}", "black"
+
+
+def plot_proponent_grid(store: ScoreFile, images: Images, models: Sequence[str], test_rows: Sequence[int], k: int = 5) -> Figure:
+    """For each chosen test example: the image, then per model its k strongest proponents and k
+    strongest opponents, labelled (flipped training labels in red)."""
+    classes = classes_of(store)
+    rankings = {name: store.model(name).rankings()[0] for name in models}
+    columns = 1 + 2 * k
+    figure, axes = plt.subplots(len(test_rows) * len(models), columns, figsize=(1.5 * columns, 1.9 * len(test_rows) * len(models)),
+                                squeeze=False, constrained_layout=True)
+    for i, test_row in enumerate(test_rows):
+        for j, name in enumerate(models):
+            row = axes[i * len(models) + j]
+            label = classes[int(store.h5["test_labels"][test_row])]
+            _show(row[0], images.test[test_row], f"{name}\ntest {test_row}: {label}", "navy")
+            ranking = rankings[name]
+            for c in range(k):
+                for offset, index, score in ((1, ranking.top_index, ranking.top_score), (1 + k, ranking.bottom_index, ranking.bottom_score)):
+                    train_row = int(index[test_row, c])
+                    title, color = _train_title(store, train_row, float(score[test_row, c]), classes)
+                    _show(row[offset + c], images.train[train_row], title, color)
+    figure.suptitle(f"Proponents (left, +) and opponents (right, -) of test examples: {', '.join(models)}")
+    return figure
+
+
+# --- mislabel detection ---------------------------------------------------------------------------------------
+
+
+def detection_curve(order: np.ndarray, flipped: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fraction inspected, fraction of flipped labels found) when inspecting in `order`, from (0, 0)."""
+    found = np.concatenate([[0], np.cumsum(flipped[order])]) / max(1, flipped.sum())
+    return np.arange(len(order) + 1) / len(order), found
+
+
+def mislabel_curves(store: ScoreFile, models: Sequence[str], seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Detection curves: each model's self-influence, its last-checkpoint training loss, a random order."""
+    flipped = store.h5["noisy"][()]
+    if not flipped.any():
+        raise TracinError(f"{store.path}: no training label was flipped (train with --label-noise to study detection)")
+    curves = {}
+    for name in models:
+        group = store.model(name).group
+        curves[f"{name}: self-influence"] = detection_curve(np.argsort(-group["self_influence"][()], kind="stable"), flipped)
+        curves[f"{name}: loss (last checkpoint)"] = detection_curve(np.argsort(-group["last_loss"][()], kind="stable"), flipped)
+    curves["random order"] = detection_curve(np.random.default_rng(seed).permutation(len(flipped)), flipped)
+    return curves
+
+
+def detection_summary(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[dict]:
+    """Per curve: area under it (0.5 for random) and the fraction found at each of INSPECTED."""
+    rows = []
+    for name, (x, y) in curves.items():
+        row = {"ranking": name, "area": float(np.trapezoid(y, x))}
+        row.update({f"found@{int(f * 100)}%": float(np.interp(f, x, y)) for f in INSPECTED})
+        rows.append(row)
+    return rows
+
+
+def detection_table(curves: dict) -> str:
+    rows = detection_summary(curves)
+    header = ["ranking", "area under curve"] + [f"flipped found in top {int(f * 100)}%" for f in INSPECTED]
+    body = [[r["ranking"], f"{r['area']:.3f}"] + [f"{r[f'found@{int(f * 100)}%']:.1%}" for f in INSPECTED] for r in rows]
+    return "**Mislabel detection**\n\n" + _markdown(header, body)
+
+
+def plot_mislabel_detection(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str = "") -> Figure:
+    figure, ax = plt.subplots(figsize=(6, 5), constrained_layout=True)
+    for name, (x, y) in curves.items():
+        style = "k:" if name == "random order" else ("--" if "loss" in name else "-")
+        ax.plot(x, y, style, label=name)
+    for fraction in INSPECTED:
+        ax.axvline(fraction, color="grey", linewidth=0.5)
+    ax.set(xlabel="fraction of training data inspected", ylabel="fraction of flipped labels found",
+           xlim=(0, 1), ylim=(0, 1.02), title=title or "Mislabel detection by self-influence")
+    ax.legend(fontsize=8, loc="lower right")
+    return figure
+
+
+# --- everything as files ----------------------------------------------------------------------------------------
+
+
+def choose_test_rows(store: ScoreFile, count: int = 3) -> list[int]:
+    """Test examples for the grids: evenly spread over the test set (deterministic)."""
+    n_test = len(store.h5["test_index"])
+    return sorted({int(i) for i in np.linspace(0, n_test - 1, num=min(count, n_test))})
+
+
+def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_root: Optional[str] = None) -> list[Path]:
+    """PNG figures and report.md (the tables) of a finished score file, in out_dir (default: the
+    file's folder, under plots/). Returns the files written."""
+    with ScoreFile.open_read(Path(path)) as store:
+        out = Path(out_dir) if out_dir else Path(path).parent / "plots"
+        out.mkdir(parents=True, exist_ok=True)
+        models, written, sections = store.models, [], []
+        figures = {}
+        for a, b in model_pairs(store):
+            figures[f"overlap_{a}__{b}.png"] = plot_overlap_curves(store, a, b)
+            sections += [overlap_table(store, a, b), correlation_table(store, a, b)]
+        figures["score_histograms.png"] = plot_score_histograms(store, models)
+        figures["proponents.png"] = plot_proponent_grid(store, load_images(store, data_root), models, choose_test_rows(store))
+        if store.h5["noisy"][()].any():
+            curves = mislabel_curves(store, models)
+            figures["mislabel_detection.png"] = plot_mislabel_detection(curves)
+            sections.append(detection_table(curves))
+        for name, figure in figures.items():
+            figure.savefig(out / name, dpi=110)
+            plt.close(figure)
+            written.append(out / name)
+        (out / "report.md").write_text(f"# TracIn report: {path}\n\n" + "\n\n".join(sections) + "\n")
+        written.append(out / "report.md")
+    return written
