@@ -2,7 +2,10 @@
 
 Public API:
     TracIn                 the batched per-sample-gradient TracInCP engine (tracin.scores)
+    TopK, ScoreBlock       what TracIn.top_k and TracIn.iter_blocks return
+    per_sample_grads       per-example gradients of selected parameters (tracin.grads)
     Checkpoint             a model state and the learning rate that weights it
+    ScoreFile              a tracin-score HDF5 result file (tracin.store)
     TracinError            base class of the errors a user can fix
     DataConfig, ModelConfig, TrainConfig, ScoreConfig   typed configuration
     build_model, load_data
@@ -14,15 +17,23 @@ from tracin.checkpoints import Checkpoint  # noqa: E402
 from tracin.config import DataConfig, ModelConfig, ScoreConfig, TrainConfig  # noqa: E402
 from tracin.data import load_data  # noqa: E402
 from tracin.errors import TracinError  # noqa: E402
+from tracin.grads import per_sample_grads  # noqa: E402
 from tracin.models import build_model  # noqa: E402
+from tracin.scores import ScoreBlock, TopK, TracIn  # noqa: E402
+from tracin.store import ScoreFile  # noqa: E402
 
 __all__ = [
     "Checkpoint",
     "DataConfig",
     "ModelConfig",
+    "ScoreBlock",
     "ScoreConfig",
+    "ScoreFile",
+    "TopK",
+    "TracIn",
     "TrainConfig",
     "TracinError",
     "build_model",
     "load_data",
+    "per_sample_grads",
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from tracin.config import (
     DATASETS,
@@ -48,6 +48,18 @@ def _arguments(argv: Optional[Sequence[str]]) -> list[str]:
 def _fail(prog: str, error: TracinError) -> int:
     print(f"{prog}: error: {error}", file=sys.stderr)
     return 2
+
+
+def _run(prog: str, work: Callable[[], object], how_to_continue: str) -> int:
+    """Exit code of a command: 0 done, 2 a user mistake (one line), 130 interrupted (saying how to go on)."""
+    try:
+        work()
+    except TracinError as error:
+        return _fail(prog, error)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; {how_to_continue}", file=sys.stderr)
+        return 130
+    return 0
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -181,14 +193,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     """`tracin-train`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
     argv = _arguments(argv)
     args = build_train_parser().parse_args(argv)
-    try:
-        train_run(*train_configs(args), run_options(args, argv))
-    except TracinError as error:
-        return _fail("tracin-train", error)
-    except KeyboardInterrupt:
-        print("tracin-train: interrupted; continue with --resume", file=sys.stderr)
-        return 130
-    return 0
+    return _run("tracin-train", lambda: train_run(*train_configs(args), run_options(args, argv)), "continue with --resume")
 
 
 # --- tracin-score ----------------------------------------------------------------------------------
@@ -263,11 +268,4 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
     """`tracin-score`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
     argv = _arguments(argv)
     args = build_score_parser().parse_args(argv)
-    try:
-        score_run(score_options(args, argv))
-    except TracinError as error:
-        return _fail("tracin-score", error)
-    except KeyboardInterrupt:
-        print("tracin-score: interrupted; run the same command again to continue", file=sys.stderr)
-        return 130
-    return 0
+    return _run("tracin-score", lambda: score_run(score_options(args, argv)), "run the same command again to continue")
