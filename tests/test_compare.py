@@ -15,6 +15,7 @@ from tracin.compare import (
     parse_topk,
     sample_rows,
     spearman_rows,
+    summarize,
 )
 from tracin.errors import TracinError
 
@@ -86,3 +87,13 @@ def test_sample_rows_is_seeded_and_bounded():
     picked = sample_rows(1000, 50, seed=3)
     assert len(picked) == 50 and np.array_equal(picked, sample_rows(1000, 50, seed=3))
     assert np.all(np.diff(picked) > 0)
+
+
+def test_constant_rows_are_undefined_and_left_out_of_summaries():
+    a = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [3.0, 1.0, 2.0]])
+    b = np.array([[1.0, 2.0, 4.0], [1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    for values in (spearman_rows(a, b), kendall_rows(a, b)):
+        assert values[0] == pytest.approx(1.0) and np.isnan(values[1:]).all()
+        summary = summarize(values)
+        assert (summary["n"], summary["undefined"], summary["mean"]) == (1, 2, pytest.approx(1.0))
+    assert np.isnan(summarize(np.array([np.nan]))["mean"]) and summarize(np.array([np.nan]))["n"] == 0

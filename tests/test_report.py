@@ -44,10 +44,12 @@ def test_overlap_curve_equals_overlap_at_each_k(tiny_scores):
     with ScoreFile.open_read(tiny_scores) as store:
         test_a, _ = store.model("teacher").rankings()
         test_b, _ = store.model("student").rankings()
+        ks = report.curve_ks(8)
+        assert ks[0] == 1 and ks[-1] == 8 and len(ks) == 8  # every k while there are few
+        assert list(report.curve_ks(1000))[:3] == [1, 2, 3] and report.curve_ks(1000)[-1] == 1000
         curve = report.overlap_curve(test_a.top_index, test_b.top_index)
-        assert len(curve) == 8
-        for k in (1, 4, 8):
-            assert curve[k - 1] == pytest.approx(overlap_at_k(test_a.top_index, test_b.top_index, k).mean())
+        for i, k in enumerate(ks):
+            assert curve[i] == pytest.approx(overlap_at_k(test_a.top_index, test_b.top_index, int(k)).mean())
 
 
 def test_tables_show_the_stored_numbers(tiny_scores):

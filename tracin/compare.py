@@ -35,9 +35,10 @@ def parse_topk(text: str, limit: Optional[int] = None) -> list[int]:
 
 
 def overlap_at_k(top_a: np.ndarray, top_b: np.ndarray, k: int) -> np.ndarray:
-    """float64 [rows]: |top-k of a ∩ top-k of b| / k for each row."""
-    a, b = np.sort(top_a[:, :k], axis=1), np.sort(top_b[:, :k], axis=1)
-    return np.array([np.intersect1d(x, y, assume_unique=True).size for x, y in zip(a, b)], dtype=np.float64) / k
+    """float64 [rows]: |top-k of a ∩ top-k of b| / k for each row. Each top-k set has distinct
+    entries, so the shared ones are exactly the repeated values of the two sets side by side."""
+    both = np.sort(np.concatenate([top_a[:, :k], top_b[:, :k]], axis=1), axis=1)
+    return (both[:, 1:] == both[:, :-1]).sum(axis=1) / k
 
 
 def jaccard_at_k(top_a: np.ndarray, top_b: np.ndarray, k: int) -> np.ndarray:
@@ -52,29 +53,49 @@ def chance_overlap(k: int, n: int) -> float:
 
 
 def summarize(values: np.ndarray) -> dict[str, float]:
-    """mean, median, min and max of a 1-D array."""
+    """mean, median, min and max of a 1-D array, over its defined (non-NaN) entries, with their count
+    `n` and the count `undefined` left out. All undefined gives NaN statistics, said by n = 0."""
     values = np.asarray(values, dtype=np.float64)
+    defined = values[~np.isnan(values)]
+    stats = {"n": int(defined.size), "undefined": int(values.size - defined.size)}
+    if defined.size == 0:
+        return {"mean": np.nan, "median": np.nan, "min": np.nan, "max": np.nan, **stats}
     return {
-        "mean": float(values.mean()),
-        "median": float(np.median(values)),
-        "min": float(values.min()),
-        "max": float(values.max()),
+        "mean": float(defined.mean()),
+        "median": float(np.median(defined)),
+        "min": float(defined.min()),
+        "max": float(defined.max()),
+        **stats,
     }
 
 
+def constant_rows(a: np.ndarray) -> np.ndarray:
+    """bool [rows]: rows whose values are all equal (e.g. an example with exactly zero gradient), for
+    which a rank correlation is undefined."""
+    return (a == a[:, :1]).all(axis=1)
+
+
 def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """float64 [rows]: Spearman correlation of each row of a [rows, n] with the same row of b."""
+    """float64 [rows]: Spearman correlation of each row of a [rows, n] with the same row of b; NaN
+    where either row is constant (undefined)."""
     ranks_a = scipy.stats.rankdata(a, axis=1)
     ranks_b = scipy.stats.rankdata(b, axis=1)
     ranks_a -= ranks_a.mean(axis=1, keepdims=True)
     ranks_b -= ranks_b.mean(axis=1, keepdims=True)
     denominator = np.sqrt((ranks_a**2).sum(axis=1) * (ranks_b**2).sum(axis=1))
-    return (ranks_a * ranks_b).sum(axis=1) / denominator
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = (ranks_a * ranks_b).sum(axis=1) / denominator
+    return np.where(constant_rows(a) | constant_rows(b), np.nan, values)
 
 
 def kendall_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """float64 [rows]: Kendall's tau-b of each row of a with the same row of b (scipy)."""
-    return np.array([scipy.stats.kendalltau(x, y).statistic for x, y in zip(a, b)], dtype=np.float64)
+    """float64 [rows]: Kendall's tau-b of each row of a with the same row of b (scipy); NaN where
+    either row is constant (undefined)."""
+    undefined = constant_rows(a) | constant_rows(b)
+    return np.array(
+        [np.nan if skip else scipy.stats.kendalltau(x, y).statistic for x, y, skip in zip(a, b, undefined)],
+        dtype=np.float64,
+    )
 
 
 def ks_test(a: np.ndarray, b: np.ndarray) -> dict[str, float]:

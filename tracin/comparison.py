@@ -24,7 +24,7 @@ OVERLAP_DTYPE = np.dtype(
 )
 CORRELATION_DTYPE = np.dtype(
     [("scope", "S16"), ("direction", "S8"), ("statistic", "S10"), ("mean", "f8"), ("median", "f8"),
-     ("min", "f8"), ("max", "f8"), ("n_rows", "i8")]
+     ("min", "f8"), ("max", "f8"), ("n_rows", "i8"), ("n_undefined", "i8")]
 )
 KS_DTYPE = np.dtype(
     [("scope", "S16"), ("statistic", "f8"), ("pvalue", "f8"), ("scaled_statistic", "f8"), ("scaled_pvalue", "f8")]
@@ -68,7 +68,8 @@ def overlap_rows(scope: str, a: ModelScores, b: ModelScores, ks, n_train: int, n
 
 
 def correlation_rows(scope: str, matrix_a, matrix_b, options: CompareOptions) -> list[tuple]:
-    """Spearman and Kendall per sampled row, in both directions."""
+    """Spearman and Kendall per sampled row, in both directions; rows where either model's scores are
+    constant (rank correlation undefined) are counted in n_undefined and left out of the summary."""
     n_train, n_test = matrix_a.shape
     rows = []
     test_columns = compare.sample_rows(n_test, options.max_rows, options.seed)
@@ -79,7 +80,7 @@ def correlation_rows(scope: str, matrix_a, matrix_b, options: CompareOptions) ->
     ):
         for name, values in (("spearman", compare.spearman_rows(a, b)), ("kendall", compare.kendall_rows(a, b))):
             s = compare.summarize(values)
-            rows.append((scope, direction, name, s["mean"], s["median"], s["min"], s["max"], len(values)))
+            rows.append((scope, direction, name, s["mean"], s["median"], s["min"], s["max"], s["n"], s["undefined"]))
     return rows
 
 
@@ -147,9 +148,10 @@ def format_tables(name_a: str, name_b: str, tables: dict) -> str:
             values = {(_text(r["direction"]), _text(r["side"])): r["mean"] for r in pick}
             lines.append(f"    {scope}: {values[('test', 'proponents')]:.3f} / {values[('train', 'top')]:.3f}")
     for row in tables["rank_correlation"][tables["rank_correlation"]["scope"] == b"sum"]:
+        undefined = f" ({row['n_undefined']} constant rows left out)" if row["n_undefined"] else ""
         lines.append(
             f"  {_text(row['statistic']):8s} per {_text(row['direction'])} row: mean {row['mean']:.3f}, "
-            f"median {row['median']:.3f}, range [{row['min']:.3f}, {row['max']:.3f}] over {row['n_rows']} rows"
+            f"median {row['median']:.3f}, range [{row['min']:.3f}, {row['max']:.3f}] over {row['n_rows']} rows{undefined}"
         )
     ks = tables["ks"][tables["ks"]["scope"] == b"sum"][0]
     lines.append(

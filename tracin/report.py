@@ -71,7 +71,7 @@ def correlation_table(store: ScoreFile, a: str, b: str) -> str:
     group = store.h5[f"comparison/{a}__{b}"]
     rows = [
         (_text(r["scope"]), _text(r["direction"]), _text(r["statistic"]), f"{r['mean']:.3f}", f"{r['median']:.3f}",
-         f"{r['min']:.3f}..{r['max']:.3f}", r["n_rows"])
+         f"{r['min']:.3f}..{r['max']:.3f}", r["n_rows"], r["n_undefined"])
         for r in group["rank_correlation"][()]
     ]
     ks = [(_text(r["scope"]), f"{r['statistic']:.3f}", f"{r['pvalue']:.2g}", f"{r['scaled_statistic']:.3f}",
@@ -79,7 +79,7 @@ def correlation_table(store: ScoreFile, a: str, b: str) -> str:
     corr = dict(group["self_influence"].attrs)
     return "\n\n".join([
         f"**{a} vs {b}: rank agreement per row**\n\n"
-        + _markdown(("scope", "direction", "statistic", "mean", "median", "range", "rows"), rows),
+        + _markdown(("scope", "direction", "statistic", "mean", "median", "range", "rows", "constant rows left out"), rows),
         "**Score distributions: two-sample Kolmogorov–Smirnov**\n\n"
         + _markdown(("scope", "KS", "p", "KS after scaling by std", "p"), ks),
         f"**Self-influence:** Pearson {corr['pearson']:.3f}, Spearman {corr['spearman']:.3f}",
@@ -89,9 +89,17 @@ def correlation_table(store: ScoreFile, a: str, b: str) -> str:
 # --- overlap curves and score distributions ---------------------------------------------------------------
 
 
-def overlap_curve(top_a: np.ndarray, top_b: np.ndarray) -> np.ndarray:
-    """float64 [K]: mean overlap@k for k = 1..K of two top tables [rows, K]."""
-    return np.array([overlap_at_k(top_a, top_b, k).mean() for k in range(1, top_a.shape[1] + 1)])
+def curve_ks(k_max: int, points: int = 40) -> np.ndarray:
+    """The k of an overlap curve: every k up to `points`, else about `points` log-spaced values up to k_max."""
+    if k_max <= points:
+        return np.arange(1, k_max + 1)
+    return np.unique(np.round(np.geomspace(1, k_max, num=points)).astype(int))
+
+
+def overlap_curve(top_a: np.ndarray, top_b: np.ndarray, ks: Optional[np.ndarray] = None) -> np.ndarray:
+    """float64 [len(ks)]: mean overlap@k of two top tables [rows, K] (default ks: curve_ks(K))."""
+    ks = curve_ks(top_a.shape[1]) if ks is None else ks
+    return np.array([overlap_at_k(top_a, top_b, int(k)).mean() for k in ks])
 
 
 def plot_overlap_curves(store: ScoreFile, a: str, b: str) -> Figure:
@@ -104,9 +112,9 @@ def plot_overlap_curves(store: ScoreFile, a: str, b: str) -> Figure:
         (axes[1], "each train example's test examples", train_a, train_b, n_test, ("top", "bottom")),
     )
     for ax, title, ra, rb, n, sides in panels:
-        ks = np.arange(1, ra.top_index.shape[1] + 1)
+        ks = curve_ks(ra.top_index.shape[1])
         for field, side in zip(("top_index", "bottom_index"), sides):
-            ax.plot(ks, overlap_curve(getattr(ra, field), getattr(rb, field)), label=side)
+            ax.plot(ks, overlap_curve(getattr(ra, field), getattr(rb, field), ks), label=side)
         ax.plot(ks, ks / n, "k--", label="chance k/n")
         ax.set(title=title, xlabel="k", ylabel="mean overlap@k", ylim=(0, 1))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -271,12 +271,12 @@ def score_model(store: Optional[ScoreFile], role: str, tracin: TracIn, data: Run
     runtime.barrier()
 
 
-def write_rankings(scores: ModelScores, k: int) -> None:
+def write_rankings(scores: ModelScores, k: int, device: torch.device) -> None:
     """top-k tables of the summed scores and, when kept, of each checkpoint's term."""
-    scores.write_rankings("topk", *rank_matrix(scores.matrix(), k))
+    scores.write_rankings("topk", *rank_matrix(scores.matrix(), k, device=device))
     if "per_checkpoint" in scores.group:
         for index, epoch in enumerate(scores.epochs):
-            scores.write_rankings(f"topk_epoch/epoch_{epoch:03d}", *rank_matrix(scores.matrix(index), k))
+            scores.write_rankings(f"topk_epoch/epoch_{epoch:03d}", *rank_matrix(scores.matrix(index), k, device=device))
     scores.mark_complete()
 
 
@@ -304,7 +304,7 @@ def score_run(options: ScoreOptions) -> Path:
                 score_model(store, role, tracin, data, runtime, options)
                 if runtime.is_main:
                     store.model(role).group["last_loss"][:] = tracin.losses(data.train).numpy()
-                    write_rankings(store.model(role), max(ks))
+                    write_rankings(store.model(role), max(ks), runtime.device)
                     runtime.log(f"{role}: {len(tracin.checkpoints)} checkpoint(s), {len(data.train)} x {len(data.test)} "
                                 f"scores in {time.perf_counter() - started:.1f} s")
             if runtime.is_main:
