@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from tracin import __version__
 from tracin.checkpoints import Checkpoint, list_checkpoints, load_checkpoint, sha256_file
 from tracin.comparison import CompareOptions, compare_models, format_tables
 from tracin.compare import parse_topk
