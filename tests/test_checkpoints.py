@@ -33,7 +33,7 @@ def test_save_atomic_round_trip_leaves_no_temporary_file(tmp_path):
 def test_a_failed_write_keeps_the_previous_file(tmp_path):
     path = tmp_path / "last.pt"
     save_atomic(_payload(), path)
-    with pytest.raises(pickle.PicklingError):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # a local lambda cannot be pickled
         save_atomic({"unpicklable": lambda: None}, path)
     assert load_checkpoint(path)["epoch"] == 2
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
