@@ -312,3 +312,37 @@ def test_mismatched_data_and_missing_run_are_refused(tiny_run, tmp_path):
     (run / "run.json").write_text(json.dumps(record))
     assert_user_error(tracin_score(*score_args(run, tmp_path / "a.h5")), "fingerprint mismatch")
     assert_user_error(tracin_score(*score_args(tmp_path / "nothing", tmp_path / "b.h5")), "no run.json")
+
+
+def test_kd_loss_scores_a_student_with_its_own_distillation_objective(tmp_path, fashion_mnist_root):
+    """A run distilled with T=2, alpha=0.5 (not the defaults): `--loss kd` must score the student with
+    exactly that objective against its recorded teacher."""
+    from conftest import run_tracin_train
+
+    result = run_tracin_train([
+        "--run", "kd", "--out-root", tmp_path, "--data-root", fashion_mnist_root, "--dataset", "fashion-mnist",
+        "--train-subset", "128", "--test-subset", "32", "--epochs", "2", "--width", "4", "--batch-size", "32",
+        "--lr", "0.05", "--models", "teacher", "student", "--temperature", "2", "--alpha", "0.5", "--quiet",
+    ])
+    assert result.returncode == 0, result.stderr
+    run, out = tmp_path / "kd", tmp_path / "kd.h5"
+    result = tracin_score("--run", run, "--out", out, "--models", "student", "--loss", "kd", "--quiet",
+                          "--train-subset", "32", "--test-subset", "8", "--topk", "3", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    with h5py.File(out, "r") as h5:
+        stored, train_index, test_index = h5["student/scores"][()], h5["train_index"][()], h5["test_index"][()]
+    data = load_data(DataConfig.from_dict(json.loads((run / "run.json").read_text())["data_config"]))
+    train = data.train.subset(positions_of(train_index, data.train.index))
+    test = data.test.subset(positions_of(test_index, data.test.index))
+    teacher_payload = load_checkpoint(list_checkpoints(run / "teacher")[-1])
+    teacher = build_model(ModelConfig.from_dict(teacher_payload["model_config"]))
+    teacher.load_state_dict(teacher_payload["model"])
+    paths = list_checkpoints(run / "student")
+    student = build_model(ModelConfig.from_dict(load_checkpoint(paths[0])["model_config"]))
+
+    def kd_scores(temperature, alpha):
+        tracin = TracIn(student, paths, device="cpu", loss="kd", teacher=teacher, temperature=temperature, alpha=alpha)
+        return tracin.scores(train, test)
+
+    assert relative_error(torch.from_numpy(stored), kd_scores(2.0, 0.5)) < 1e-5
+    assert relative_error(torch.from_numpy(stored), kd_scores(4.0, 0.7)) > 1e-2  # the defaults are not what it used

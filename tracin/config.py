@@ -148,9 +148,6 @@ class ScoreConfig(_Serializable):
     proj_dim: Optional[int] = None
     seed: int = 0
     loss: str = "ce"
-    temperature: float = 4.0
-    alpha: float = 0.7
-    kd_loss: str = "kl"
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, MODES)

@@ -157,6 +157,7 @@ class TracIn:
             teacher = copy.deepcopy(teacher).to(self.device).eval()
             self.loss_fn = _kd_loss(teacher, temperature, alpha, kd_loss)
         self._shapes: Optional[list[LayerShape]] = None
+        self._plans: dict[tuple[int, int, bool], list[LayerPlan]] = {}
 
     # --- set-up ------------------------------------------------------------------------------------
 
@@ -187,6 +188,13 @@ class TracIn:
         return self._shapes
 
     def plans(self, source: _Source, n_rows: int, n_cols: int, self_only: bool = False) -> list[LayerPlan]:
+        """Per-layer plans for an n_rows x n_cols problem, made once (projection matrices included)."""
+        key = (n_rows, n_cols, self_only)
+        if key not in self._plans:
+            self._plans[key] = self._make_plans(source, n_rows, n_cols, self_only)
+        return self._plans[key]
+
+    def _make_plans(self, source: _Source, n_rows: int, n_cols: int, self_only: bool) -> list[LayerPlan]:
         proj_dim = self.proj_dim if self.mode == "projected" else None
         return make_plans(
             self.targets,
@@ -273,19 +281,22 @@ class TracIn:
 
     def _score_block(self, plans, source, bounds, test_features, per_checkpoint, with_self) -> ScoreBlock:
         """Train rows r0..r1 against kept test features: each train batch's gradients are used for their
-        inner products at once and dropped, so no chunk-sized gradient matrix is ever formed."""
+        inner products at once and dropped, so no chunk-sized gradient matrix is ever formed. Only with
+        per_checkpoint is a [n_ckpt, rows, cols] block kept (block_sizes budgets for it)."""
         r0, r1, c0, c1 = bounds
-        terms = torch.zeros(len(self.checkpoints), r1 - r0, c1 - c0, device=self.device)
+        n_ckpt = len(self.checkpoints) if per_checkpoint else 1
+        terms = torch.zeros(n_ckpt, r1 - r0, c1 - c0, device=self.device)
         self_influence = torch.zeros(r1 - r0, device=self.device) if with_self else None
         for c, checkpoint in enumerate(self.checkpoints):
+            term = terms[c if per_checkpoint else 0]
             for first, features in self._batch_features(plans, source, r0, r1, c):
                 rows = slice(first - r0, first - r0 + len(features))
-                terms[c, rows] = features.dot(test_features[c])
+                products = self._check_finite(features.dot(test_features[c]), c, f"train {first}.., test {c0}..{c1 - 1}")
+                term[rows].add_(products, alpha=checkpoint.lr)
                 if self_influence is not None:
                     self_influence[rows] += checkpoint.lr * features.self_dot()
-            terms[c] *= checkpoint.lr
-            self._check_finite(terms[c], c, f"train {r0}..{r1 - 1}, test {c0}..{c1 - 1}")
-        return ScoreBlock(r0, r1, c0, c1, terms.sum(0), terms if per_checkpoint else None, self_influence)
+        total = terms.sum(0) if per_checkpoint else terms[0]
+        return ScoreBlock(r0, r1, c0, c1, total, terms if per_checkpoint else None, self_influence)
 
     def scores(self, train: Any, test: Any) -> Tensor:
         """Tensor[n_train, n_test] float32 on the CPU: lr-weighted sum over checkpoints of gradient

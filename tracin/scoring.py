@@ -210,9 +210,10 @@ def build_engine(role: str, run: TrainedRun, options: ScoreOptions, runtime: Run
         seed=score.seed,
         loss="kd" if use_kd else "ce",
         teacher=kd_teacher(last, runtime) if use_kd else None,
-        temperature=score.temperature,
-        alpha=score.alpha,
-        kd_loss=score.kd_loss,
+        # a student is scored with the objective it was trained with: its own T, alpha and kd loss
+        temperature=last["config"]["temperature"],
+        alpha=last["config"]["alpha"],
+        kd_loss=last["config"]["kd_loss"],
         batch_size=options.batch_size,
         max_memory=int(options.max_memory_gb * 2**30),
         progress=not options.quiet and runtime.is_main,
