@@ -5,6 +5,7 @@ Every contestant gets the same model (a student: ResNet-34 stem + first stages),
 and the same data, and the script prints time ratios and the largest relative difference of the scores:
 
   tracin exact            all parameters (BatchNorm included), cost-model representations
+  tracin exact bf16       the same, inner products with bfloat16 features (not equal scores: ~1e-3)
   torch.func reference    vmap(grad) per-sample gradients materialised, one matrix product (tracin.reference)
   tracin exact conv+fc    the parameters captum's hook path supports
   captum TracInCP         same parameters, test set in batches (captum recomputes train gradients per batch)
@@ -34,7 +35,7 @@ from tracin.models import build_model, count_parameters
 from tracin.reference import func_tracin_scores
 from tracin.scores import TracIn
 
-CONTESTANTS = ("exact", "reference", "exact-conv-fc", "captum", "last-layer", "captum-fast", "projected", "floor")
+CONTESTANTS = ("exact", "exact-bf16", "reference", "exact-conv-fc", "captum", "last-layer", "captum-fast", "projected", "floor")
 
 
 def parse_args() -> argparse.Namespace:
@@ -161,9 +162,13 @@ def main() -> None:
 
 
 def contestants(model, checkpoints, train, test, conv_fc, args) -> dict[str, Callable[[], torch.Tensor | None]]:
-    engine = dict(device=args.device, batch_size=args.batch_size, max_memory=int(args.max_memory_gb * 2**30), allow_tf32=args.tf32)
+    engine = dict(
+        device=args.device, batch_size=args.batch_size, max_memory=int(args.max_memory_gb * 2**30),
+        precision="tf32" if args.tf32 else "float32",
+    )
     return {
         "exact": lambda: TracIn(model, checkpoints, **engine).scores(train, test),
+        "exact-bf16": lambda: TracIn(model, checkpoints, **{**engine, "precision": "bf16"}).scores(train, test),
         "reference": lambda: func_tracin_scores(
             model.to(args.device), [({k: v.to(args.device) for k, v in s.items()}, lr) for s, lr in checkpoints],
             tuple(t.to(args.device) for t in train), tuple(t.to(args.device) for t in test),
@@ -181,6 +186,7 @@ def contestants(model, checkpoints, train, test, conv_fc, args) -> dict[str, Cal
 def report(times: dict, scores: dict, args: argparse.Namespace) -> None:
     comparisons = [
         ("exact vs torch.func reference", "reference", "exact", "faster", "target >= 2x"),
+        ("exact bf16 vs torch.func reference", "reference", "exact-bf16", "faster", "(bf16: not equal scores)"),
         ("exact conv+fc vs captum TracInCP", "captum", "exact-conv-fc", "faster", "target >= 10x"),
         ("last-layer vs captum TracInCPFast", "captum-fast", "last-layer", "faster", ""),
         ("projected / floor", "projected", "floor", "of the floor", "target <= 3x"),
@@ -195,6 +201,7 @@ def report(times: dict, scores: dict, args: argparse.Namespace) -> None:
     print("max relative difference of scores:")
     for label, a, b in (
         ("exact vs torch.func reference", "exact", "reference"),
+        ("exact bf16 vs torch.func reference", "exact-bf16", "reference"),
         ("exact conv+fc vs captum TracInCP", "exact-conv-fc", "captum"),
         ("last-layer vs captum TracInCPFast", "last-layer", "captum-fast"),
         ("projected vs exact", "projected", "exact"),

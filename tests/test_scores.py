@@ -6,7 +6,7 @@ import warnings
 import pytest
 import scipy.stats
 import torch
-from conftest import RTOL
+from conftest import BF16_RTOL, RTOL
 from models_for_tests import perturbed_states, relative_error, tiny_resnet
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -41,6 +41,17 @@ def test_exact_equals_torch_func_on_every_parameter(setup, representation):
     assert len(tracin.parameter_names) == len(list(model.parameters()))  # BatchNorm included
     assert relative_error(tracin.scores(train, test), reference) < RTOL
 
+
+
+def test_bf16_precision_is_close_to_exact_in_half_the_memory(setup):
+    model, checkpoints, train, test, reference = setup
+    budget = dict(representation="flat", max_memory=200_000)
+    exact, bf16 = TracIn(model, checkpoints, **budget), TracIn(model, checkpoints, precision="bf16", **budget)
+    assert bf16.block_sizes(train, test)[1] >= 2 * exact.block_sizes(train, test)[1]  # kept features halve
+    error = relative_error(bf16.scores(train, test), reference)
+    assert 1e-5 < error < BF16_RTOL  # really bfloat16 products, and still close
+    diagonal = func_tracin_scores(model, checkpoints, train, train).diagonal()
+    assert relative_error(bf16.self_influence(train), diagonal) < RTOL  # self-influence stays float32
 
 def test_cost_model_mixes_representations_on_a_resnet(setup):
     model, checkpoints, train, test, _ = setup
@@ -192,6 +203,10 @@ def test_bad_input_is_a_clear_error(setup, tmp_path):
         TracIn(model, checkpoints, loss="kd")
     with pytest.raises(TracinError, match="selects no trainable"):
         TracIn(model, checkpoints, layers=["nope"])
+    with pytest.raises(TracinError, match="precision must be one of"):
+        TracIn(model, checkpoints, precision="fp16")
+    with pytest.raises(TracinError, match="'tf32' is a CUDA mode"):
+        TracIn(model, checkpoints, device="cpu", precision="tf32")
 
 
 def test_non_finite_gradients_are_an_error_not_nan(setup):

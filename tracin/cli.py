@@ -13,6 +13,7 @@ from tracin.config import (
     DISTILL,
     KD_LOSSES,
     MODES,
+    PRECISIONS,
     ROLES,
     SCHEDULES,
     SCORE_LOSSES,
@@ -218,6 +219,11 @@ def build_score_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layers", default="", help="comma-separated module-name prefixes to use (default: every parameter)")
     parser.add_argument("--loss", choices=SCORE_LOSSES, default=score.loss,
                         help="ce, or kd: students scored with their distillation loss against their teacher")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default=score.precision,
+        help="inner products in float32 (exact, default), tf32 (CUDA) or bf16 (features kept in bfloat16, "
+        "float32 accumulation: ~1e-3 relative to the largest score, half the memory)",
+    )
     parser.add_argument("--checkpoints", default="all", help="all | last | comma-separated epochs (default: %(default)s)")
     parser.add_argument("--train-subset", type=int, help="score a stratified subset of the run's train examples")
     parser.add_argument("--test-subset", type=int, help="score a stratified subset of the run's test examples")
@@ -241,7 +247,9 @@ def build_score_parser() -> argparse.ArgumentParser:
 
 def score_options(args: argparse.Namespace, argv: Sequence[str]) -> ScoreOptions:
     layers = tuple(p.strip() for p in args.layers.split(",") if p.strip())
-    config = ScoreConfig(mode=args.mode, layers=layers, proj_dim=args.proj_dim, seed=args.seed, loss=args.loss)
+    config = ScoreConfig(
+        mode=args.mode, layers=layers, proj_dim=args.proj_dim, seed=args.seed, loss=args.loss, precision=args.precision
+    )
     return ScoreOptions(
         run=args.run,
         models=tuple(m.strip() for m in args.models.split(",") if m.strip()),

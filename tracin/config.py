@@ -20,6 +20,7 @@ STUDENT_INIT = ("scratch", "teacher")
 ROLES = ("teacher", "student", "student_baseline")
 MODES = ("exact", "projected", "last-layer")
 SCORE_LOSSES = ("ce", "kd")
+PRECISIONS = ("float32", "tf32", "bf16")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -140,7 +141,8 @@ class ScoreConfig(_Serializable):
 
     `layers`: module-name prefixes whose parameters are used (empty = every trainable parameter).
     `proj_dim`: per-layer projection size in `projected` mode. `loss`: `ce`, or `kd` for a student scored
-    with its own distillation objective (needs the teacher).
+    with its own distillation objective (needs the teacher). `precision` of the inner products:
+    `float32` (exact), `tf32` (CUDA only) or `bf16` (features kept in bfloat16, float32 accumulation).
     """
 
     mode: str = "exact"
@@ -148,10 +150,12 @@ class ScoreConfig(_Serializable):
     proj_dim: Optional[int] = None
     seed: int = 0
     loss: str = "ce"
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, MODES)
         _check_choice("loss", self.loss, SCORE_LOSSES)
+        _check_choice("precision", self.precision, PRECISIONS)
         _check(self.proj_dim is None or self.proj_dim >= 1, f"proj_dim must be positive, got {self.proj_dim}")
         _check(self.mode != "projected" or self.proj_dim is not None, "projected mode needs proj_dim")
         object.__setattr__(self, "layers", tuple(self.layers))

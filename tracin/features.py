@@ -164,13 +164,23 @@ class Features:
     def __len__(self) -> int:
         return (self.flats or [self.factored[0].G])[0].shape[0]
 
+    def kept_as(self, dtype: torch.dtype) -> "Features":
+        """These features with the flat ones in `dtype` (bfloat16 halves what a kept test block needs;
+        factored layers stay float32: their pairwise Gram products would lose more)."""
+        return Features([flat.to(dtype) for flat in self.flats], self.factored)
+
     def dot(self, other: "Features", max_elements: int = 2**26) -> Tensor:
-        """Tensor[n, m]: inner products of every example here with every example of `other`,
-        accumulated layer by layer (one matrix product each)."""
+        """Tensor[n, m] float32: inner products of every example here with every example of `other`,
+        accumulated layer by layer (one matrix product each). Flat layers are multiplied in the dtype
+        `other` keeps them in: a bfloat16 product accumulates in float32 inside the matrix product and
+        is rounded once, before it joins the float32 sum over layers."""
         reference = (self.flats or [self.factored[0].G])[0]
-        out = reference.new_zeros(len(self), len(other))
+        out = reference.new_zeros(len(self), len(other), dtype=torch.float32)
         for mine, theirs in zip(self.flats, other.flats):
-            out.addmm_(mine, theirs.T)
+            if theirs.dtype == torch.float32:
+                out.addmm_(mine, theirs.T)
+            else:
+                out += mine.to(theirs.dtype) @ theirs.T
         for mine, theirs in zip(self.factored, other.factored):
             out += factored_dot(mine, theirs, max_elements)
         return out

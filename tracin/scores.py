@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 
 from tracin import losses
 from tracin.checkpoints import Checkpoint, load_state, resolve_checkpoints
-from tracin.config import MODES
+from tracin.config import MODES, PRECISIONS
 from tracin.data import Split, normalize
 from tracin.errors import NonFiniteError, TracinError
-from tracin.features import REPRESENTATIONS, Features, LayerPlan, LayerShape, compute_features, make_plans, probe_shape
+from tracin.features import FACTORED, REPRESENTATIONS, Features, LayerPlan, LayerShape, compute_features, make_plans, probe_shape
 from tracin.grads import LossFn, cross_entropy_loss, last_linear_target, record_output_grads, select_targets
 from tracin.topk import Ranking, StreamingRanking
 
@@ -87,14 +87,17 @@ class TopK:
 
 
 @contextmanager
-def _float32_matmuls(allow_tf32: bool):
-    """cuDNN convolutions default to TF32 on Ampere and later; exact TracIn needs full float32."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow_tf32
+def _matmul_precision(precision: str):
+    """Exact TracIn needs full float32, but cuDNN convolutions default to TF32 on Ampere and later:
+    TF32 is on only for precision "tf32". bf16 products must still reduce in float32 inside cuBLAS."""
+    cuda = torch.backends.cuda.matmul
+    saved = (cuda.allow_tf32, torch.backends.cudnn.allow_tf32, cuda.allow_bf16_reduced_precision_reduction)
+    cuda.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    cuda.allow_bf16_reduced_precision_reduction = False
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        cuda.allow_tf32, torch.backends.cudnn.allow_tf32, cuda.allow_bf16_reduced_precision_reduction = saved
 
 
 def _kd_loss(teacher: nn.Module, temperature: float, alpha: float, kind: str) -> LossFn:
@@ -117,6 +120,9 @@ class TracIn:
     (the distillation loss against `teacher`, an nn.Module). batch_size: examples per forward/backward;
     max_memory: bytes for kept features and score blocks (sets the chunking unless chunk_size/test_block
     are given). representation: "auto" (cost model), "flat" or "factored" for exact Linear/Conv2d layers.
+    precision of the train x test inner products: "float32" (default; exact), "tf32" (CUDA matrix
+    products and convolutions) or "bf16" (kept test features and each product in bfloat16, with float32
+    accumulation; ~1e-3 relative to the largest score). Self-influence is always float32.
     """
 
     def __init__(
@@ -138,14 +144,17 @@ class TracIn:
         chunk_size: Optional[int] = None,
         test_block: Optional[int] = None,
         representation: str = "auto",
-        allow_tf32: bool = False,
+        precision: str = "float32",
         progress: bool = False,
     ):
         _validate(mode, proj_dim, representation, loss, teacher, batch_size)
         self.mode, self.proj_dim, self.seed, self.representation = mode, proj_dim, seed, representation
-        self.batch_size, self.max_memory, self.allow_tf32, self.progress = batch_size, max_memory, allow_tf32, progress
+        self.batch_size, self.max_memory, self.progress = batch_size, max_memory, progress
         self.chunk_size, self.test_block = chunk_size, test_block
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        _validate_precision(precision, self.device)
+        self.precision = precision
+        self.feature_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.checkpoints: list[Checkpoint] = resolve_checkpoints(checkpoints)
         self.model = copy.deepcopy(model).to(self.device).eval()
         self._states = [self._checked_state(c) for c in self.checkpoints]
@@ -219,8 +228,9 @@ class TracIn:
             yield first, compute_features(plans, calls)
 
     def _features(self, plans: list[LayerPlan], source: _Source, start: int, stop: int, checkpoint: int) -> Features:
-        """Features of examples [start, stop) at one checkpoint, kept (the test side)."""
-        return Features.cat([f for _, f in self._batch_features(plans, source, start, stop, checkpoint)])
+        """Features of examples [start, stop) at one checkpoint, kept (the test side) in feature_dtype."""
+        batches = self._batch_features(plans, source, start, stop, checkpoint)
+        return Features.cat([f.kept_as(self.feature_dtype) for _, f in batches])
 
     def _check_finite(self, values: Tensor, checkpoint: int, what: str) -> Tensor:
         """Non-finite gradients make their inner products non-finite (inf * 0 is nan), so checking the
@@ -235,7 +245,11 @@ class TracIn:
         max_memory; explicit chunk_size/test_block win."""
         train_source, test_source = _Source(train, "train"), _Source(test, "test")
         plans = self.plans(train_source, train_source.n, test_source.n)
-        per_example = 4 * sum(p.feature_dim(s) for p, s in zip(plans, self._layer_shapes(train_source)))
+        flat_bytes = self.feature_dtype.itemsize  # factored layers stay float32
+        per_example = sum(
+            p.feature_dim(s) * (4 if p.representation == FACTORED else flat_bytes)
+            for p, s in zip(plans, self._layer_shapes(train_source))
+        )
         n_ckpt = len(self.checkpoints)
         half = self.max_memory // 2
         block = self.test_block or min(test_source.n, max(1, half // (per_example * n_ckpt)))
@@ -268,7 +282,7 @@ class TracIn:
             for b, rows in enumerate(grid)
         ]
         bar = tqdm(total=sum(map(len, todo)), desc="TracIn", unit="chunk", disable=not self.progress)
-        with _float32_matmuls(self.allow_tf32), bar:
+        with _matmul_precision(self.precision), bar:
             for b, rows in enumerate(todo):
                 if not rows:
                     continue
@@ -313,7 +327,7 @@ class TracIn:
         source = _Source(train, "train")
         plans = self.plans(source, source.n, 1, self_only=True)
         out = torch.zeros(source.n, device=self.device)
-        with _float32_matmuls(self.allow_tf32):
+        with _matmul_precision(self.precision):
             for c, checkpoint in enumerate(tqdm(self.checkpoints, desc="self-influence", disable=not self.progress)):
                 for first, features in self._batch_features(plans, source, 0, source.n, c):
                     norms = self._check_finite(features.self_dot(), c, f"train from {first}")
@@ -359,3 +373,10 @@ def _validate(mode: str, proj_dim, representation: str, loss: str, teacher, batc
         raise TracinError("loss='kd' scores a student with its distillation objective and needs the teacher")
     if batch_size < 1:
         raise TracinError(f"batch_size must be positive, got {batch_size}")
+
+
+def _validate_precision(precision: str, device: torch.device) -> None:
+    if precision not in PRECISIONS:
+        raise TracinError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "tf32" and device.type != "cuda":
+        raise TracinError(f"precision 'tf32' is a CUDA mode; on {device.type} use 'float32' or 'bf16'")

@@ -177,6 +177,7 @@ def file_attrs(options: ScoreOptions, run: TrainedRun, data: RunData) -> dict:
         "proj_seed": score.seed,
         "layers": json.dumps(list(score.layers)),
         "loss": score.loss,
+        "precision": score.precision,
         "label_noise": run.data_config.label_noise,
         "classes": json.dumps(list(data.train.classes)),
     }
@@ -208,6 +209,7 @@ def build_engine(role: str, run: TrainedRun, options: ScoreOptions, runtime: Run
         proj_dim=score.proj_dim,
         device=runtime.device,
         seed=score.seed,
+        precision=score.precision,
         loss="kd" if use_kd else "ce",
         teacher=kd_teacher(last, runtime) if use_kd else None,
         # a student is scored with the objective it was trained with: its own T, alpha and kd loss
