@@ -52,6 +52,9 @@ def check_correctness(device: str) -> None:
     for representation in ("flat", "factored", "auto"):
         scores = TracIn(model, checkpoints, device=device, representation=representation).scores(train, test)
         print(f"  exact/{representation:9s} relative error {relative_error(scores, reference):.2e}")
+    for precision in ("tf32", "bf16"):  # optional lower precisions: ~1e-3, the tests demand <= 1e-2 for bf16
+        scores = TracIn(model, checkpoints, device=device, precision=precision).scores(train, test)
+        print(f"  exact/{precision:9s} relative error {relative_error(scores, reference):.2e}")
     tracin = TracIn(model, checkpoints, device=device)
     diagonal = func_tracin_scores(model, checkpoints, train, train).diagonal()
     print(f"  self-influence   relative error {relative_error(tracin.self_influence(train), diagonal):.2e}")
