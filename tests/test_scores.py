@@ -42,7 +42,6 @@ def test_exact_equals_torch_func_on_every_parameter(setup, representation):
     assert relative_error(tracin.scores(train, test), reference) < RTOL
 
 
-
 def test_bf16_precision_is_close_to_exact_in_half_the_memory(setup):
     model, checkpoints, train, test, reference = setup
     budget = dict(representation="flat", max_memory=200_000)
@@ -52,6 +51,7 @@ def test_bf16_precision_is_close_to_exact_in_half_the_memory(setup):
     assert 1e-5 < error < BF16_RTOL  # really bfloat16 products, and still close
     diagonal = func_tracin_scores(model, checkpoints, train, train).diagonal()
     assert relative_error(bf16.self_influence(train), diagonal) < RTOL  # self-influence stays float32
+
 
 def test_cost_model_mixes_representations_on_a_resnet(setup):
     model, checkpoints, train, test, _ = setup

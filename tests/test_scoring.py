@@ -122,7 +122,6 @@ def test_scores_equal_the_engine(scored, tiny_run):
         assert relative_error(torch.from_numpy(per_checkpoint.sum(0)), torch.from_numpy(scores)) < 1e-5
 
 
-
 def test_bf16_precision_is_recorded_and_close_to_float32(scored, tiny_run, tmp_path):
     out = tmp_path / "bf16.h5"
     result = tracin_score(*score_args(tiny_run, out, "--precision", "bf16"))
@@ -133,6 +132,7 @@ def test_bf16_precision_is_recorded_and_close_to_float32(scored, tiny_run, tmp_p
             error = relative_error(torch.from_numpy(h5[f"{role}/scores"][()]), torch.from_numpy(exact[f"{role}/scores"][()]))
             assert 1e-6 < error < BF16_RTOL, role
     assert_user_error(tracin_score(*score_args(tiny_run, tmp_path / "tf32.h5", "--precision", "tf32")), "CUDA mode")
+
 
 def test_topk_tables_equal_a_full_sort(scored):
     with h5py.File(scored, "r") as h5:

@@ -122,7 +122,7 @@ class TracIn:
     are given). representation: "auto" (cost model), "flat" or "factored" for exact Linear/Conv2d layers.
     precision of the train x test inner products: "float32" (default; exact), "tf32" (CUDA matrix
     products and convolutions) or "bf16" (kept test features and each product in bfloat16, with float32
-    accumulation; ~1e-3 relative to the largest score). Self-influence is always float32.
+    accumulation; ~1e-3 relative to the largest score; self-influence stays float32).
     """
 
     def __init__(
@@ -154,7 +154,6 @@ class TracIn:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         _validate_precision(precision, self.device)
         self.precision = precision
-        self.feature_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.checkpoints: list[Checkpoint] = resolve_checkpoints(checkpoints)
         self.model = copy.deepcopy(model).to(self.device).eval()
         self._states = [self._checked_state(c) for c in self.checkpoints]
@@ -174,6 +173,11 @@ class TracIn:
         state = {k: v.to(self.device) for k, v in checkpoint.state.items()}
         load_state(self.model, state, source=f"checkpoint {checkpoint.path or '(in memory)'}")
         return state
+
+    @property
+    def feature_dtype(self) -> torch.dtype:
+        """The dtype kept test features and train-by-test products use."""
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
 
     @property
     def parameter_names(self) -> list[str]:
