@@ -5,6 +5,7 @@ Every contestant gets the same model (a student: ResNet-34 stem + first stages),
 and the same data, and the script prints time ratios and the largest relative difference of the scores:
 
   tracin exact            all parameters (BatchNorm included), cost-model representations
+  tracin exact eager      the same without CUDA graphs (CUDA only: on a CPU every batch runs eagerly)
   tracin exact bf16       the same, inner products with bfloat16 features (not equal scores: ~1e-3)
   torch.func reference    vmap(grad) per-sample gradients materialised, one matrix product (tracin.reference)
   tracin exact conv+fc    the parameters captum's hook path supports
@@ -35,7 +36,7 @@ from tracin.models import build_model, count_parameters
 from tracin.reference import func_tracin_scores
 from tracin.scores import TracIn
 
-CONTESTANTS = ("exact", "exact-bf16", "reference", "exact-conv-fc", "captum", "last-layer", "captum-fast", "projected", "floor")
+CONTESTANTS = ("exact", "exact-eager", "exact-bf16", "reference", "exact-conv-fc", "captum", "last-layer", "captum-fast", "projected", "floor")
 
 
 def parse_args() -> argparse.Namespace:
@@ -53,6 +54,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--captum-test-batch", type=int, default=128, help="test examples per captum influence call")
     parser.add_argument("--max-memory-gb", type=float, default=4.0)
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matrix products and convolutions (CUDA), for all")
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="run every engine contestant eagerly")
     parser.add_argument("--only", nargs="*", choices=CONTESTANTS, help="run only these contestants")
     parser.add_argument("--warmup", type=int, default=64, help="train examples of an untimed first pass per contestant")
     parser.add_argument("--repeat", type=int, default=2, help="timed runs per contestant; the fastest counts")
@@ -144,7 +146,7 @@ def main() -> None:
     conv_fc = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     runs = contestants(model, checkpoints, train, test, conv_fc, args)
     warm = contestants(model, checkpoints, tuple(t[: args.warmup] for t in train), tuple(t[: args.warmup // 4] for t in test), conv_fc, args)
-    selected = args.only or list(CONTESTANTS)
+    selected = args.only or [c for c in CONTESTANTS if c != "exact-eager" or args.device.startswith("cuda")]
     print(
         f"device {args.device}, student width {args.width} stages {args.stages} ({count_parameters(model):,} parameters), "
         f"{args.checkpoints} checkpoints, {args.n_train} train x {args.n_test} test, "
@@ -164,10 +166,11 @@ def main() -> None:
 def contestants(model, checkpoints, train, test, conv_fc, args) -> dict[str, Callable[[], torch.Tensor | None]]:
     engine = dict(
         device=args.device, batch_size=args.batch_size, max_memory=int(args.max_memory_gb * 2**30),
-        precision="tf32" if args.tf32 else "float32",
+        precision="tf32" if args.tf32 else "float32", cuda_graphs=not args.no_cuda_graphs,
     )
     return {
         "exact": lambda: TracIn(model, checkpoints, **engine).scores(train, test),
+        "exact-eager": lambda: TracIn(model, checkpoints, **{**engine, "cuda_graphs": False}).scores(train, test),
         "exact-bf16": lambda: TracIn(model, checkpoints, **{**engine, "precision": "bf16"}).scores(train, test),
         "reference": lambda: func_tracin_scores(
             model.to(args.device), [({k: v.to(args.device) for k, v in s.items()}, lr) for s, lr in checkpoints],
@@ -186,6 +189,7 @@ def contestants(model, checkpoints, train, test, conv_fc, args) -> dict[str, Cal
 def report(times: dict, scores: dict, args: argparse.Namespace) -> None:
     comparisons = [
         ("exact vs torch.func reference", "reference", "exact", "faster", "target >= 2x"),
+        ("exact eager vs torch.func reference", "reference", "exact-eager", "faster", "(without CUDA graphs)"),
         ("exact bf16 vs torch.func reference", "reference", "exact-bf16", "faster", "(bf16: not equal scores)"),
         ("exact conv+fc vs captum TracInCP", "captum", "exact-conv-fc", "faster", "target >= 10x"),
         ("last-layer vs captum TracInCPFast", "captum-fast", "last-layer", "faster", ""),
@@ -201,6 +205,7 @@ def report(times: dict, scores: dict, args: argparse.Namespace) -> None:
     print("max relative difference of scores:")
     for label, a, b in (
         ("exact vs torch.func reference", "exact", "reference"),
+        ("exact eager vs exact", "exact-eager", "exact"),
         ("exact bf16 vs torch.func reference", "exact-bf16", "reference"),
         ("exact conv+fc vs captum TracInCP", "exact-conv-fc", "captum"),
         ("last-layer vs captum TracInCPFast", "last-layer", "captum-fast"),

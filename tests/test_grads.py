@@ -28,10 +28,11 @@ def every_layer():
     return randomize_batchnorm(EveryLayer()).double().eval()
 
 
-def test_every_parameter_kind_matches_torch_func_in_float64(every_layer):
+@pytest.mark.parametrize("conv_method", ["auto", "grouped", "patches"])
+def test_every_parameter_kind_matches_torch_func_in_float64(every_layer, conv_method):
     x, y = torch.randn(7, 3, 12, 12, dtype=torch.float64), torch.randint(0, 5, (7,))
     expected = func_grads(every_layer, x, y)
-    actual = per_sample_grads(every_layer, x, y)
+    actual = per_sample_grads(every_layer, x, y, conv_method=conv_method)
     assert set(actual) == set(expected) == {n for n, _ in every_layer.named_parameters()}
     for name in expected:
         assert actual[name].shape == expected[name].shape, name
@@ -59,6 +60,11 @@ def test_layer_prefixes_select_on_dot_boundaries():
 def test_unknown_layer_is_a_user_error():
     with pytest.raises(TracinError, match="selects no trainable parameter"):
         select_targets(tiny_resnet(), ["layer9"])
+
+
+def test_unknown_conv_method_is_a_user_error():
+    with pytest.raises(TracinError, match="conv_method must be one of"):
+        per_sample_grads(tiny_resnet(), torch.randn(2, 1, 8, 8), torch.tensor([0, 1]), conv_method="fft")
 
 
 def test_frozen_parameters_are_not_selected():

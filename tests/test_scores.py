@@ -34,6 +34,16 @@ def setup():
     return model, checkpoints, train, test, reference
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device (run by scripts/gpu_check.py too)")
+def test_cuda_graph_replay_equals_the_reference(setup):
+    model, checkpoints, train, test, reference = setup
+    engine = TracIn(model, checkpoints, device="cuda", batch_size=5)  # 4 replayed batches, 1 partial, eager
+    assert relative_error(engine.scores(train, test), reference) < RTOL
+    assert engine._graphs, "no batch was replayed from a CUDA graph"
+    diagonal = func_tracin_scores(model, checkpoints, train, train).diagonal()
+    assert relative_error(engine.self_influence(train), diagonal) < RTOL
+
+
 @pytest.mark.parametrize("representation", ["flat", "factored", "auto"])
 def test_exact_equals_torch_func_on_every_parameter(setup, representation):
     model, checkpoints, train, test, reference = setup
@@ -78,7 +88,7 @@ def test_invariant_to_batch_chunk_and_test_block_sizes(setup):
 
 def test_each_example_gradient_is_computed_once_per_checkpoint(setup):
     model, checkpoints, train, test, _ = setup
-    tracin = TracIn(model, checkpoints, chunk_size=5, batch_size=4)
+    tracin = TracIn(model, checkpoints, chunk_size=5, batch_size=4, cuda_graphs=False)  # replays skip Python hooks
     seen = []
     tracin.model.register_forward_hook(lambda module, args, out: seen.append(len(args[0])))
     tracin.scores(train, test)
@@ -215,6 +225,8 @@ def test_non_finite_gradients_are_an_error_not_nan(setup):
     state["fc.weight"] = torch.full_like(state["fc.weight"], float("inf"))
     with pytest.raises(NonFiniteError):
         TracIn(model, [(state, 0.1)]).scores(train, test)
+    with pytest.raises(NonFiniteError):  # checked once per chunk and checkpoint, not per batch
+        TracIn(model, checkpoints + [(state, 0.1)], batch_size=3).self_influence(train)
 
 
 def _captum_checkpoints(checkpoints, tmp_path):

@@ -109,6 +109,37 @@ def _kd_loss(teacher: nn.Module, temperature: float, alpha: float, kind: str) ->
     return loss_fn
 
 
+class _GraphedBatch:
+    """The features of one full train batch as a CUDA graph, captured once and replayed for every full
+    batch at every checkpoint (load_state_dict copies weights in place, so replays read the loaded
+    checkpoint). At small widths the step is ~300 small kernels whose launches, not their work, set the
+    time. The returned features live in the graph's memory: the next replay overwrites them."""
+
+    def __init__(self, featurize: Callable[[Tensor, Tensor], Features], inputs: Tensor, labels: Tensor):
+        self.inputs, self.labels = inputs.clone(), labels.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # cuBLAS/cuDNN handles, workspaces and autograd state exist before capture
+                featurize(self.inputs, self.labels)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(self.graph):
+                self.features = featurize(self.inputs, self.labels)
+        except RuntimeError as error:
+            raise TracinError(
+                f"the model's gradient step cannot be captured as a CUDA graph ({str(error).splitlines()[0]}); "
+                "pass cuda_graphs=False"
+            ) from None
+
+    def __call__(self, inputs: Tensor, labels: Tensor) -> Features:
+        self.inputs.copy_(inputs)
+        self.labels.copy_(labels)
+        self.graph.replay()
+        return self.features
+
+
 class TracIn:
     """Batched per-sample-gradient TracInCP.
 
@@ -122,7 +153,8 @@ class TracIn:
     are given). representation: "auto" (cost model), "flat" or "factored" for exact Linear/Conv2d layers.
     precision of the train x test inner products: "float32" (default; exact), "tf32" (CUDA matrix
     products and convolutions) or "bf16" (kept test features and each product in bfloat16, with float32
-    accumulation; ~1e-3 relative to the largest score; self-influence stays float32).
+    accumulation; ~1e-3 relative to the largest score; self-influence stays float32). cuda_graphs: on
+    CUDA, replay full train batches as one captured CUDA graph (same kernels, no launch overhead).
     """
 
     def __init__(
@@ -145,6 +177,7 @@ class TracIn:
         test_block: Optional[int] = None,
         representation: str = "auto",
         precision: str = "float32",
+        cuda_graphs: bool = True,
         progress: bool = False,
     ):
         _validate(mode, proj_dim, representation, loss, teacher, batch_size)
@@ -166,6 +199,8 @@ class TracIn:
             self.loss_fn = _kd_loss(teacher, temperature, alpha, kd_loss)
         self._shapes: Optional[list[LayerShape]] = None
         self._plans: dict[tuple[int, int, bool], list[LayerPlan]] = {}
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self._graphs: dict[int, _GraphedBatch] = {}
 
     # --- set-up ------------------------------------------------------------------------------------
 
@@ -223,26 +258,39 @@ class TracIn:
 
     # --- features ----------------------------------------------------------------------------------
 
-    def _batch_features(self, plans: list[LayerPlan], source: _Source, start: int, stop: int, checkpoint: int):
-        """(first example, Features of one batch) for examples [start, stop) at one checkpoint."""
+    def _featurize(self, plans: list[LayerPlan], inputs: Tensor, labels: Tensor) -> Features:
+        calls = record_output_grads(self.model, self.targets, inputs, labels, self.loss_fn, check_finite=False)
+        return compute_features(plans, calls)
+
+    def _batch_features(self, plans: list[LayerPlan], source: _Source, start: int, stop: int, checkpoint: int, replay: bool = False):
+        """(first example, Features of one batch) for examples [start, stop) at one checkpoint. With
+        replay (for callers that use each batch's features before asking for the next), full batches
+        on CUDA come from a captured graph."""
         self._load(checkpoint)
         for first in range(start, stop, self.batch_size):
             inputs, labels = source.get(first, min(first + self.batch_size, stop), self.device)
-            calls = record_output_grads(self.model, self.targets, inputs, labels, self.loss_fn)
-            yield first, compute_features(plans, calls)
+            if replay and self.cuda_graphs and len(inputs) == self.batch_size:
+                yield first, self._graphed(plans, inputs, labels)(inputs, labels)
+            else:
+                yield first, self._featurize(plans, inputs, labels)
+
+    def _graphed(self, plans: list[LayerPlan], inputs: Tensor, labels: Tensor) -> _GraphedBatch:
+        if id(plans) not in self._graphs:  # plans are made once per problem shape and kept
+            self._graphs[id(plans)] = _GraphedBatch(lambda x, y: self._featurize(plans, x, y), inputs, labels)
+        return self._graphs[id(plans)]
 
     def _features(self, plans: list[LayerPlan], source: _Source, start: int, stop: int, checkpoint: int) -> Features:
         """Features of examples [start, stop) at one checkpoint, kept (the test side) in feature_dtype."""
         batches = self._batch_features(plans, source, start, stop, checkpoint)
         return Features.cat([f.kept_as(self.feature_dtype) for _, f in batches])
 
-    def _check_finite(self, values: Tensor, checkpoint: int, what: str) -> Tensor:
-        """Non-finite gradients make their inner products non-finite (inf * 0 is nan), so checking the
-        small result blocks catches them without a pass over the features."""
+    def _check_finite(self, values: Tensor, checkpoint: int, what: str) -> None:
+        """Non-finite gradients make their inner products non-finite (inf * 0 is nan), and so every sum
+        they join: checking the sums once per checkpoint catches them without a pass over the features,
+        and without waiting for the device after every batch."""
         if not torch.isfinite(values).all():
             path = self.checkpoints[checkpoint].path or f"checkpoint {checkpoint}"
             raise NonFiniteError(f"non-finite gradients at {path} ({what})")
-        return values
 
     def block_sizes(self, train: Any, test: Any, per_checkpoint: bool = False) -> tuple[int, int]:
         """(train rows per chunk, test examples per block) that keep features and score blocks within
@@ -307,12 +355,14 @@ class TracIn:
         self_influence = torch.zeros(r1 - r0, device=self.device) if with_self else None
         for c, checkpoint in enumerate(self.checkpoints):
             term = terms[c if per_checkpoint else 0]
-            for first, features in self._batch_features(plans, source, r0, r1, c):
+            for first, features in self._batch_features(plans, source, r0, r1, c, replay=True):
                 rows = slice(first - r0, first - r0 + len(features))
-                products = self._check_finite(features.dot(test_features[c]), c, f"train {first}.., test {c0}..{c1 - 1}")
-                term[rows].add_(products, alpha=checkpoint.lr)
+                term[rows].add_(features.dot(test_features[c]), alpha=checkpoint.lr)
                 if self_influence is not None:
                     self_influence[rows] += checkpoint.lr * features.self_dot()
+            self._check_finite(term, c, f"train {r0}..{r1 - 1}, test {c0}..{c1 - 1}")
+            if self_influence is not None:
+                self._check_finite(self_influence, c, f"self-influence of train {r0}..{r1 - 1}")
         total = terms.sum(0) if per_checkpoint else terms[0]
         return ScoreBlock(r0, r1, c0, c1, total, terms if per_checkpoint else None, self_influence)
 
@@ -333,9 +383,10 @@ class TracIn:
         out = torch.zeros(source.n, device=self.device)
         with _matmul_precision(self.precision):
             for c, checkpoint in enumerate(tqdm(self.checkpoints, desc="self-influence", disable=not self.progress)):
-                for first, features in self._batch_features(plans, source, 0, source.n, c):
-                    norms = self._check_finite(features.self_dot(), c, f"train from {first}")
+                for first, features in self._batch_features(plans, source, 0, source.n, c, replay=True):
+                    norms = features.self_dot()
                     out[first : first + len(norms)] += checkpoint.lr * norms
+                self._check_finite(out, c, "self-influence")
         return out.cpu()
 
     @torch.no_grad()
