@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Check the engine on a CUDA device against the float64 torch.func reference (run on the CPU), and time
-the two ways of forming per-sample convolution gradients on that device.
+the engine's two ways of forming per-sample convolution gradients on that device.
 
     python scripts/gpu_check.py            # needs a CUDA device
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.nn.functional as F
 
 from tracin.config import ModelConfig
+from tracin.grads import GROUPED, PATCHES, conv_weight_grads, conv_grad_method
 from tracin.models import build_model
 from tracin.reference import func_tracin_scores
 from tracin.scores import TracIn
@@ -84,18 +84,21 @@ def timed(function, device: str, repeats: int = 5) -> float:
 
 
 def time_conv_gradients(device: str) -> None:
-    print("per-sample conv weight gradients, batch 256 (ms): grouped weight-gradient conv | unfold + bmm | summed (floor)")
-    n = 256
-    for channels, out, size, stride in ((64, 64, 32, 1), (64, 128, 32, 2), (128, 128, 16, 1), (16, 16, 32, 1)):
-        side = size // stride
+    """The engine's two exact ways of forming per-sample conv weight gradients, in float32 (TF32 off, as
+    the engine runs them), against the ordinary summed gradient."""
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    print("per-sample conv weight gradients, float32, batch 128 (ms): grouped conv | patches + bmm | summed (floor)")
+    n = 128
+    for channels, out, size, stride in ((3, 16, 32, 1), (16, 16, 32, 1), (16, 32, 32, 2), (32, 32, 16, 1), (64, 64, 32, 1)):
+        conv = torch.nn.Conv2d(channels, out, 3, stride=stride, padding=1, bias=False).to(device)
         x = torch.randn(n, channels, size, size, device=device)
-        g = torch.randn(n, out, side, side, device=device)
-        flat_x, flat_g = x.reshape(1, -1, size, size), g.reshape(1, -1, side, side)
-        grouped = lambda: torch.nn.grad.conv2d_weight(flat_x, (n * out, channels, 3, 3), flat_g, stride=stride, padding=1, groups=n)
-        unfold = lambda: torch.bmm(g.flatten(2), F.unfold(x, 3, padding=1, stride=stride).transpose(1, 2))
-        summed = lambda: torch.nn.grad.conv2d_weight(x, (out, channels, 3, 3), g, stride=stride, padding=1)
+        g = torch.randn(n, out, size // stride, size // stride, device=device)
+        grouped = lambda: conv_weight_grads(conv, x, g, GROUPED)
+        patches = lambda: conv_weight_grads(conv, x, g, PATCHES)
+        summed = lambda: torch.nn.grad.conv2d_weight(x, conv.weight.shape, g, stride=stride, padding=1)
         print(f"  C{channels}->{out} {size}x{size} stride {stride}: {timed(grouped, device):8.2f} | "
-              f"{timed(unfold, device):8.2f} | {timed(summed, device):8.2f}")
+              f"{timed(patches, device):8.2f} | {timed(summed, device):8.2f}   "
+              f"(chosen: {conv_grad_method(conv, torch.device(device))})")
 
 
 def main() -> None:

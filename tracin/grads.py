@@ -330,7 +330,7 @@ def conv_grad_method(conv: nn.Conv2d, device: torch.device) -> str:
     return GROUPED if device.type == "cpu" and conv.in_channels // conv.groups >= 8 else PATCHES
 
 
-def _conv_weight_grads(conv: nn.Conv2d, x: Tensor, g: Tensor, method: str) -> Tensor:
+def conv_weight_grads(conv: nn.Conv2d, x: Tensor, g: Tensor, method: str) -> Tensor:
     """Tensor[n, C_out, C_in / groups * kh * kw]: each example's weight gradient, either as one grouped
     weight-gradient convolution with the batch folded into the channels (n * groups groups) or as
     batched products of output gradients with gathered receptive fields."""
@@ -357,7 +357,7 @@ def _conv_flat(target: Target, call: Call, method: str = "auto") -> Tensor:
     method = conv_grad_method(conv, g.device) if method == "auto" else method
     parts = []
     if "weight" in target.params:
-        parts.append(_conv_weight_grads(conv, call.inputs[0], g, method))
+        parts.append(conv_weight_grads(conv, call.inputs[0], g, method))
     if "bias" in target.params:
         parts.append(g.sum((2, 3)).unsqueeze(-1))
     return torch.cat(parts, dim=-1).flatten(1) if len(parts) > 1 else parts[0].flatten(1)
