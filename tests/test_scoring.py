@@ -20,6 +20,7 @@ from conftest import BF16_RTOL, subprocess_env
 from models_for_tests import relative_error
 
 from tracin.checkpoints import list_checkpoints, load_checkpoint
+from tracin.cli import build_score_parser, score_options
 from tracin.config import DataConfig, ModelConfig
 from tracin.data import load_data
 from tracin.models import build_model
@@ -272,6 +273,13 @@ def test_torchrun_two_processes_write_the_same_file(tiny_run, scored, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=subprocess_env())
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_results(out, scored)
+
+
+def test_no_cuda_graphs_option_reaches_the_score_options():
+    parser = build_score_parser()
+    default = score_options(parser.parse_args(["--run", "r"]), [])
+    eager = score_options(parser.parse_args(["--run", "r", "--no-cuda-graphs"]), [])
+    assert default.cuda_graphs and not eager.cuda_graphs
 
 
 def test_finished_file_is_kept_without_overwrite(scored, tiny_run, tmp_path):

@@ -236,6 +236,8 @@ def build_score_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=128, help="examples per forward/backward (default: %(default)s)")
     parser.add_argument("--max-memory-gb", type=float, default=2.0,
                         help="memory for kept gradients and score blocks; sets the chunking (default: %(default)s)")
+    parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                        help="run every batch eagerly on CUDA (needed only for a model that cannot be graph-captured)")
     parser.add_argument("--corr-rows", type=int, default=1000,
                         help="rows sampled for rank correlations (default: %(default)s)")
     parser.add_argument("--plots", action="store_true",
@@ -262,6 +264,7 @@ def score_options(args: argparse.Namespace, argv: Sequence[str]) -> ScoreOptions
         device=args.device,
         batch_size=args.batch_size,
         max_memory_gb=args.max_memory_gb,
+        cuda_graphs=args.cuda_graphs,
         per_checkpoint=args.per_checkpoint,
         overwrite=args.overwrite,
         quiet=args.quiet,

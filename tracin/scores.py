@@ -130,7 +130,7 @@ class _GraphedBatch:
         except RuntimeError as error:
             raise TracinError(
                 f"the model's gradient step cannot be captured as a CUDA graph ({str(error).splitlines()[0]}); "
-                "pass cuda_graphs=False"
+                "pass cuda_graphs=False (tracin-score --no-cuda-graphs)"
             ) from None
 
     def __call__(self, inputs: Tensor, labels: Tensor) -> Features:

@@ -52,6 +52,7 @@ class ScoreOptions:
     device: str = "auto"
     batch_size: int = 128
     max_memory_gb: float = 2.0
+    cuda_graphs: bool = True
     per_checkpoint: bool = False
     overwrite: bool = False
     quiet: bool = False
@@ -218,6 +219,7 @@ def build_engine(role: str, run: TrainedRun, options: ScoreOptions, runtime: Run
         kd_loss=last["config"]["kd_loss"],
         batch_size=options.batch_size,
         max_memory=int(options.max_memory_gb * 2**30),
+        cuda_graphs=options.cuda_graphs,
         progress=not options.quiet and runtime.is_main,
     )
 
