@@ -15,7 +15,7 @@ import time
 import torch
 
 from tracin.config import ModelConfig
-from tracin.grads import GROUPED, PATCHES, conv_weight_grads, conv_grad_method
+from tracin.grads import CONV, GROUPED, PATCHES, Call, Target, conv_grad_method, layer_flat
 from tracin.models import build_model
 from tracin.reference import func_tracin_scores
 from tracin.scores import TracIn
@@ -93,8 +93,9 @@ def time_conv_gradients(device: str) -> None:
         conv = torch.nn.Conv2d(channels, out, 3, stride=stride, padding=1, bias=False).to(device)
         x = torch.randn(n, channels, size, size, device=device)
         g = torch.randn(n, out, size // stride, size // stride, device=device)
-        grouped = lambda: conv_weight_grads(conv, x, g, GROUPED)
-        patches = lambda: conv_weight_grads(conv, x, g, PATCHES)
+        target, calls = Target("conv", conv, CONV, ("weight",)), [Call(output=g, inputs=(x,), grad=g)]
+        grouped = lambda: layer_flat(target, calls, GROUPED)
+        patches = lambda: layer_flat(target, calls, PATCHES)
         summed = lambda: torch.nn.grad.conv2d_weight(x, conv.weight.shape, g, stride=stride, padding=1)
         print(f"  C{channels}->{out} {size}x{size} stride {stride}: {timed(grouped, device):8.2f} | "
               f"{timed(patches, device):8.2f} | {timed(summed, device):8.2f}   "

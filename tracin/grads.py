@@ -322,42 +322,34 @@ def _generic_flat(target: Target, call: Call) -> Tensor:
 
 
 def conv_grad_method(conv: nn.Conv2d, device: torch.device) -> str:
-    """How per-sample conv weight gradients are formed; both are exact. Measured per batch of 128 on
-    the width-16 student: cuDNN's float32 grouped weight-gradient kernel runs ~10x slower than the
-    summed gradient (0.6 ms a layer on an H100, where gathering patches for one batched matrix product
-    takes ~0.1 ms), while oneDNN's on a CPU matches the summed gradient except with few input channels
-    per group (the 3-channel stem: 15 ms grouped, 4 ms from patches)."""
+    """How per-sample conv weight gradients are formed; both are exact. Measured per layer and batch of
+    128 on the width-16 student: cuDNN's float32 grouped weight-gradient kernel takes up to 0.7 ms on an
+    H100 (3x3 layers: 0.4-0.7 ms, ~10x the summed gradient), while the batched product itself takes
+    0.02-0.06 ms after one strided copy gathers the receptive fields (the engine's exact run fell from
+    0.77 s to 0.43 s with it). oneDNN's grouped kernel on
+    a CPU matches the summed gradient except with few input channels per group (the 3-channel stem:
+    15 ms grouped, 4 ms from patches)."""
     return GROUPED if device.type == "cpu" and conv.in_channels // conv.groups >= 8 else PATCHES
 
 
-def conv_weight_grads(conv: nn.Conv2d, x: Tensor, g: Tensor, method: str) -> Tensor:
-    """Tensor[n, C_out, C_in / groups * kh * kw]: each example's weight gradient, either as one grouped
-    weight-gradient convolution with the batch folded into the channels (n * groups groups) or as
-    batched products of output gradients with gathered receptive fields."""
-    n, groups = g.shape[0], conv.groups
-    if method == PATCHES:
-        fields = _receptive_fields(conv, x).view(n, groups, -1, g.shape[2] * g.shape[3])
-        return (g.reshape(n, groups, conv.out_channels // groups, -1) @ fields.transpose(2, 3)).view(n, conv.out_channels, -1)
-    x, padding = _padded(conv, x)
-    weight = torch.nn.grad.conv2d_weight(
-        x.reshape(1, -1, *x.shape[2:]),
-        (n * conv.out_channels, *conv.weight.shape[1:]),
-        g.reshape(1, -1, *g.shape[2:]),
-        stride=conv.stride,
-        padding=padding,
-        dilation=conv.dilation,
-        groups=n * groups,
-    )
-    return weight.view(n, conv.out_channels, -1)
-
-
-def _conv_flat(target: Target, call: Call, method: str = "auto") -> Tensor:
-    """Per-sample conv gradients, [weight columns, bias column] per output channel."""
+def _grouped_conv_flat(target: Target, call: Call) -> Tensor:
+    """Per-sample conv gradients, [weight columns, bias column] per output channel, the weight part as
+    one grouped weight-gradient convolution with the batch folded into the channels (n * groups groups)."""
     conv, g = target.module, call.grad
-    method = conv_grad_method(conv, g.device) if method == "auto" else method
+    n = g.shape[0]
     parts = []
     if "weight" in target.params:
-        parts.append(conv_weight_grads(conv, call.inputs[0], g, method))
+        x, padding = _padded(conv, call.inputs[0])
+        weight = torch.nn.grad.conv2d_weight(
+            x.reshape(1, -1, *x.shape[2:]),
+            (n * conv.out_channels, *conv.weight.shape[1:]),
+            g.reshape(1, -1, *g.shape[2:]),
+            stride=conv.stride,
+            padding=padding,
+            dilation=conv.dilation,
+            groups=n * conv.groups,
+        )
+        parts.append(weight.view(n, conv.out_channels, -1))
     if "bias" in target.params:
         parts.append(g.sum((2, 3)).unsqueeze(-1))
     return torch.cat(parts, dim=-1).flatten(1) if len(parts) > 1 else parts[0].flatten(1)
@@ -366,14 +358,13 @@ def _conv_flat(target: Target, call: Call, method: str = "auto") -> Tensor:
 def layer_flat(target: Target, calls: Sequence[Call], conv_method: str = "auto") -> Tensor:
     """Tensor[n, D]: the flattened per-sample gradient of the target's selected parameters, summed
     over its calls. Linear/Conv2d layout: [d_out, d_in + bias column] (groups in output order).
-    conv_method: "grouped", "patches" or "auto" (conv_grad_method)."""
-    if target.kind == LINEAR:
+    conv_method: "grouped", "patches" (products of output gradients with gathered receptive fields, as
+    for Linear) or "auto" (conv_grad_method)."""
+    if target.kind == CONV and conv_method == "auto":
+        conv_method = conv_grad_method(target.module, calls[0].grad.device)
+    if target.kind == LINEAR or (target.kind == CONV and conv_method == PATCHES):
         return layer_factors(target, calls).materialize()
-    build = {
-        CONV: lambda t, call: _conv_flat(t, call, conv_method),
-        BATCHNORM: _batchnorm_flat,
-        GENERIC: _generic_flat,
-    }[target.kind]
+    build = {CONV: _grouped_conv_flat, BATCHNORM: _batchnorm_flat, GENERIC: _generic_flat}[target.kind]
     flats = [build(target, call) for call in calls]
     return flats[0] if len(flats) == 1 else torch.stack(flats).sum(0)
 
