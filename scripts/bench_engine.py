@@ -13,6 +13,8 @@ and the same data, and the script prints time ratios and the largest relative di
   tracin last-layer / captum TracInCPFast
   tracin projected        Kronecker-projected gradients
   floor                   one batched forward+backward over the same examples per checkpoint
+  resnet18 exact / resnet18 reference   torchvision's resnet18 (in-place ReLU, residual +=), all its
+                          11.2 M parameters, on its own smaller data (--zoo-n-train x --zoo-n-test)
 
     python scripts/bench_engine.py                         # CPU size: width 16, 2 stages, 2048 x 512
     python scripts/bench_engine.py --device cuda --width 64 --n-train 50000 --n-test 10000 \
@@ -36,7 +38,10 @@ from tracin.models import build_model, count_parameters
 from tracin.reference import func_tracin_scores
 from tracin.scores import TracIn
 
-CONTESTANTS = ("exact", "exact-eager", "exact-bf16", "reference", "exact-conv-fc", "captum", "last-layer", "captum-fast", "projected", "floor")
+CONTESTANTS = (
+    "exact", "exact-eager", "exact-bf16", "reference", "exact-conv-fc", "captum", "last-layer", "captum-fast", "projected",
+    "floor", "resnet18-exact", "resnet18-reference",
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,6 +63,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--only", nargs="*", choices=CONTESTANTS, help="run only these contestants")
     parser.add_argument("--warmup", type=int, default=64, help="train examples of an untimed first pass per contestant")
     parser.add_argument("--repeat", type=int, default=2, help="timed runs per contestant; the fastest counts")
+    parser.add_argument("--zoo-n-train", type=int, default=64, help="train examples for the resnet18 rows")
+    parser.add_argument("--zoo-n-test", type=int, default=16, help="test examples for the resnet18 rows")
     parser.add_argument("--json", help="write the results here")
     return parser.parse_args()
 
@@ -78,6 +85,29 @@ def make_setup(args: argparse.Namespace):
     shape = (args.channels, args.image_size, args.image_size)
     train = (torch.randn(args.n_train, *shape, generator=generator), torch.randint(0, 10, (args.n_train,), generator=generator))
     test = (torch.randn(args.n_test, *shape, generator=generator), torch.randint(0, 10, (args.n_test,), generator=generator))
+    return model, checkpoints, train, test
+
+
+def make_zoo_setup(args: argparse.Namespace):
+    """torchvision's resnet18 (10 classes) with BatchNorm statistics moved off their initial values, 2
+    checkpoints, and --zoo-n-train x --zoo-n-test examples of the bench's input shape."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    shape = (args.channels, args.image_size, args.image_size)
+    if args.channels != 3:
+        model.conv1 = nn.Conv2d(args.channels, 64, 7, 2, 3, bias=False)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(32, *shape))
+    model.eval()
+    checkpoints = [(model.state_dict(), 0.1), ({k: v * 1.01 if v.dtype.is_floating_point else v for k, v in model.state_dict().items()}, 0.05)]
+    generator = torch.Generator().manual_seed(2)
+    n_train, n_test = args.zoo_n_train, args.zoo_n_test
+    train = (torch.randn(n_train, *shape, generator=generator), torch.randint(0, 10, (n_train,), generator=generator))
+    test = (torch.randn(n_test, *shape, generator=generator), torch.randint(0, 10, (n_test,), generator=generator))
     return model, checkpoints, train, test
 
 
@@ -144,8 +174,13 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     model, checkpoints, train, test = make_setup(args)
     conv_fc = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    runs = contestants(model, checkpoints, train, test, conv_fc, args)
-    warm = contestants(model, checkpoints, tuple(t[: args.warmup] for t in train), tuple(t[: args.warmup // 4] for t in test), conv_fc, args)
+    zoo_model, zoo_checkpoints, zoo_train, zoo_test = make_zoo_setup(args)
+    zoo = (zoo_model, zoo_checkpoints, zoo_train, zoo_test)
+    zoo_warm = (zoo_model, zoo_checkpoints, tuple(t[:4] for t in zoo_train), tuple(t[:2] for t in zoo_test))
+    runs = contestants(model, checkpoints, train, test, conv_fc, args, zoo)
+    warm = contestants(
+        model, checkpoints, tuple(t[: args.warmup] for t in train), tuple(t[: args.warmup // 4] for t in test), conv_fc, args, zoo_warm
+    )
     selected = args.only or [c for c in CONTESTANTS if c != "exact-eager" or args.device.startswith("cuda")]
     print(
         f"device {args.device}, student width {args.width} stages {args.stages} ({count_parameters(model):,} parameters), "
@@ -163,7 +198,7 @@ def main() -> None:
     report(times, scores, args)
 
 
-def contestants(model, checkpoints, train, test, conv_fc, args) -> dict[str, Callable[[], torch.Tensor | None]]:
+def contestants(model, checkpoints, train, test, conv_fc, args, zoo) -> dict[str, Callable[[], torch.Tensor | None]]:
     engine = dict(
         device=args.device, batch_size=args.batch_size, max_memory=int(args.max_memory_gb * 2**30),
         precision="tf32" if args.tf32 else "float32", cuda_graphs=not args.no_cuda_graphs,
@@ -172,18 +207,25 @@ def contestants(model, checkpoints, train, test, conv_fc, args) -> dict[str, Cal
         "exact": lambda: TracIn(model, checkpoints, **engine).scores(train, test),
         "exact-eager": lambda: TracIn(model, checkpoints, **{**engine, "cuda_graphs": False}).scores(train, test),
         "exact-bf16": lambda: TracIn(model, checkpoints, **{**engine, "precision": "bf16"}).scores(train, test),
-        "reference": lambda: func_tracin_scores(
-            model.to(args.device), [({k: v.to(args.device) for k, v in s.items()}, lr) for s, lr in checkpoints],
-            tuple(t.to(args.device) for t in train), tuple(t.to(args.device) for t in test),
-            dtype=torch.float32, batch_size=args.batch_size,
-        ).cpu(),
+        "reference": lambda: reference_scores(model, checkpoints, train, test, args),
         "exact-conv-fc": lambda: TracIn(model, checkpoints, layers=conv_fc, **engine).scores(train, test),
         "captum": lambda: captum_scores(model, checkpoints, train, test, conv_fc, args, fast=False),
         "last-layer": lambda: TracIn(model, checkpoints, mode="last-layer", **engine).scores(train, test),
         "captum-fast": lambda: captum_scores(model, checkpoints, train, test, conv_fc, args, fast=True),
         "projected": lambda: TracIn(model, checkpoints, mode="projected", proj_dim=args.proj_dim, **engine).scores(train, test),
         "floor": lambda: floor(model, checkpoints, train, test, args),
+        "resnet18-exact": lambda: TracIn(zoo[0], zoo[1], **engine).scores(zoo[2], zoo[3]),
+        "resnet18-reference": lambda: reference_scores(*zoo, args),
     }
+
+
+def reference_scores(model, checkpoints, train, test, args) -> torch.Tensor:
+    """The torch.func reference in float32 on the bench's device."""
+    device = args.device
+    return func_tracin_scores(
+        model.to(device), [({k: v.to(device) for k, v in s.items()}, lr) for s, lr in checkpoints],
+        tuple(t.to(device) for t in train), tuple(t.to(device) for t in test), dtype=torch.float32, batch_size=args.batch_size,
+    ).cpu()
 
 
 def report(times: dict, scores: dict, args: argparse.Namespace) -> None:
@@ -194,6 +236,7 @@ def report(times: dict, scores: dict, args: argparse.Namespace) -> None:
         ("exact conv+fc vs captum TracInCP", "captum", "exact-conv-fc", "faster", "target >= 10x"),
         ("last-layer vs captum TracInCPFast", "captum-fast", "last-layer", "faster", ""),
         ("projected / floor", "projected", "floor", "of the floor", "target <= 3x"),
+        ("resnet18 exact vs torch.func reference", "resnet18-reference", "resnet18-exact", "faster", "(torchvision model)"),
     ]
     results = {"args": vars(args), "seconds": times, "ratios": {}, "max_rel_diff": {}}
     print("\nratios (same process, same data):")
@@ -201,7 +244,7 @@ def report(times: dict, scores: dict, args: argparse.Namespace) -> None:
         if slow in times and fast in times:
             ratio = times[slow] / times[fast]
             results["ratios"][label] = ratio
-            print(f"  {label:36s} {ratio:7.2f}x {word}   {target}")
+            print(f"  {label:40s} {ratio:7.2f}x {word}   {target}")
     print("max relative difference of scores:")
     for label, a, b in (
         ("exact vs torch.func reference", "exact", "reference"),
@@ -210,11 +253,12 @@ def report(times: dict, scores: dict, args: argparse.Namespace) -> None:
         ("exact conv+fc vs captum TracInCP", "exact-conv-fc", "captum"),
         ("last-layer vs captum TracInCPFast", "last-layer", "captum-fast"),
         ("projected vs exact", "projected", "exact"),
+        ("resnet18 exact vs torch.func reference", "resnet18-exact", "resnet18-reference"),
     ):
         diff = rel_diff(scores.get(a), scores.get(b))
         if diff is not None:
             results["max_rel_diff"][label] = diff
-            print(f"  {label:36s} {diff:9.2e}")
+            print(f"  {label:40s} {diff:9.2e}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2, default=str)

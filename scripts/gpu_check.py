@@ -93,7 +93,7 @@ def time_conv_gradients(device: str) -> None:
         conv = torch.nn.Conv2d(channels, out, 3, stride=stride, padding=1, bias=False).to(device)
         x = torch.randn(n, channels, size, size, device=device)
         g = torch.randn(n, out, size // stride, size // stride, device=device)
-        target, calls = Target("conv", conv, CONV, ("weight",)), [Call(output=g, inputs=(x,), grad=g)]
+        target, calls = Target("conv", conv, CONV, ("weight",)), [Call(outputs=[g], inputs=(x,), grads=[g])]
         grouped = lambda: layer_flat(target, calls, GROUPED)
         patches = lambda: layer_flat(target, calls, PATCHES)
         summed = lambda: torch.nn.grad.conv2d_weight(x, conv.weight.shape, g, stride=stride, padding=1)

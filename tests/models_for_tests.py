@@ -86,3 +86,96 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """max |actual - expected| / max |expected|, in float64."""
     actual, expected = actual.double(), expected.double()
     return float((actual - expected).abs().max() / expected.abs().max())
+
+
+class ChangesInputInPlace(nn.Module):
+    """Changes a recorded module's input in place after the module ran, which autograd allows when the
+    module's weight is frozen (as in the engine's copy): the engine must notice and record copies.
+    in_place=False computes the same function out of place, for the reference."""
+
+    def __init__(self, features: int = 6, classes: int = 4, in_place: bool = True):
+        super().__init__()
+        self.a = nn.Linear(features, features)
+        self.b = nn.Linear(features, classes)
+        self.in_place = in_place
+
+    def forward(self, x):
+        h = self.a(x) + 0.5
+        out = self.b(h)
+        h = h.add_(1.0) if self.in_place else h + 1.0  # b's input, after b ran
+        return out + h[:, :1] ** 2
+
+
+class SequenceFirst(nn.Module):
+    """Examples in dimension 1: nn.MultiheadAttention with batch_first=False (returns a tuple, and uses
+    out_proj's tensors without calling it) and a Linear applied to [length, n, features]."""
+
+    def __init__(self, length: int = 3, features: int = 8, classes: int = 4):
+        super().__init__()
+        self.length, self.features = length, features
+        self.embed = nn.Linear(features, features)
+        self.attention = nn.MultiheadAttention(features, 2)
+        self.fc = nn.Linear(features, classes)
+
+    def forward(self, x):
+        seq = self.embed(x.view(len(x), self.length, self.features).transpose(0, 1))  # [length, n, features]
+        attended, _ = self.attention(seq, seq, seq, need_weights=False)
+        return self.fc(attended.mean(0))
+
+
+class TiedAndSubclassed(nn.Module):
+    """A weight shared by two Linear modules, a Linear subclass whose forward differs from Linear's, and
+    a module returning a dict."""
+
+    class Doubled(nn.Linear):
+        def forward(self, x):
+            return 2.0 * super().forward(x)
+
+    class DictOut(nn.Module):
+        def __init__(self, features: int):
+            super().__init__()
+            self.proj = nn.Linear(features, features)
+
+        def forward(self, x):
+            return {"out": torch.tanh(self.proj(x)), "index": torch.zeros(len(x), dtype=torch.long)}
+
+    def __init__(self, features: int = 6, classes: int = 4):
+        super().__init__()
+        self.first = nn.Linear(features, features)
+        self.second = nn.Linear(features, features)
+        self.second.weight = self.first.weight
+        self.doubled = self.Doubled(features, features)
+        self.dict_out = self.DictOut(features)
+        self.fc = nn.Linear(features, classes)
+
+    def forward(self, x):
+        x = self.second(torch.tanh(self.first(x)))
+        return self.fc(self.dict_out(torch.tanh(self.doubled(x)))["out"])
+
+
+class MixesExamples(nn.Module):
+    """A custom module whose output for one example depends on the others: not separable."""
+
+    def __init__(self, features: int = 6, classes: int = 4):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(features))
+        self.fc = nn.Linear(features, classes)
+
+    def forward(self, x):
+        return self.fc((x - x.mean(0)) * self.scale)
+
+
+class ConvNeXtStyle(nn.Module):
+    """torchvision's own ConvNeXt block (LayerNorm over channels, a layer-scale parameter held on the
+    block itself) behind a patchify stem, at CPU size."""
+
+    def __init__(self, dim: int = 16, classes: int = 10):
+        super().__init__()
+        from torchvision.models.convnext import CNBlock, LayerNorm2d
+
+        self.stem = nn.Sequential(nn.Conv2d(3, dim, 4, stride=4), LayerNorm2d(dim))
+        self.blocks = nn.Sequential(CNBlock(dim, 0.5, 0.0), CNBlock(dim, 0.5, 0.0))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LayerNorm(dim), nn.Linear(dim, classes))
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import pickle
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from tracin.checkpoints import (
     FORMAT,
     checkpoint_name,
+    checkpoints_from_loader,
     list_checkpoints,
     load_checkpoint,
     load_file,
@@ -17,6 +19,7 @@ from tracin.checkpoints import (
     save_atomic,
 )
 from tracin.errors import CheckpointError
+from tracin.scores import TracIn
 
 
 def _payload(role: str = "teacher") -> dict:
@@ -70,3 +73,79 @@ def test_resolve_checkpoints_reads_the_lr_tracin_train_stored(tiny_run):
     resolved = resolve_checkpoints(paths)
     stored = [torch.load(p, weights_only=True)["lr"] for p in paths]
     assert [c.lr for c in resolved] == stored and [c.epoch for c in resolved] == [2, 4]
+
+
+# --- checkpoints as other trainers write them ---------------------------------------------------------
+
+
+def _linear_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 2))
+
+
+LAYOUTS = {
+    "plain state dict, (path, lr)": lambda s: s,
+    "torchvision reference trainer": lambda s: {"model": s, "optimizer": {"param_groups": [{"lr": 0.05}]}, "epoch": 2,
+                                                "args": argparse.Namespace(lr=0.1, epochs=90)},
+    "state_dict + lr": lambda s: {"state_dict": s, "lr": 0.05},
+    "model_state_dict + learning_rate": lambda s: {"model_state_dict": s, "learning_rate": torch.tensor(0.05)},
+    "model_state + optimizer": lambda s: {"model_state": s, "optimizer": {"param_groups": [{"lr": 0.05}, {"lr": 0.05}]}},
+    "DDP prefix": lambda s: {"model": {f"module.{k}": v for k, v in s.items()}, "lr": 0.05},
+    "Lightning prefix": lambda s: {"state_dict": {f"model.{k}": v for k, v in s.items()}, "lr": 0.05},
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_checkpoint_layouts_of_other_trainers_load_with_their_lr(tmp_path, layout):
+    model = _linear_model()
+    state = {k: v + 1.0 for k, v in model.state_dict().items()}
+    path = tmp_path / "checkpoint.pth"
+    torch.save(LAYOUTS[layout](state), path)
+    item = (path, 0.05) if layout.startswith("plain") else path
+    (checkpoint,) = resolve_checkpoints([item])
+    assert checkpoint.lr == pytest.approx(0.05)  # a float32 tensor lr is 0.05 to float32 rounding
+    engine = TracIn(model, [checkpoint])
+    for key, value in state.items():
+        assert torch.equal(engine.model.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize(
+    "payload,message",
+    [
+        ({"model": {"w": torch.ones(1)}, "state_dict": {"w": torch.ones(1)}, "lr": 0.1}, r"several state dicts \(keys: model, state_dict, lr\)"),
+        ({"weights": {"w": torch.ones(1)}, "lr": 0.1}, r"no state dict \(keys: weights, lr\)"),
+        ({"model": {"w": torch.ones(1)}, "epoch": 3}, r"records no learning rate \(keys: model, epoch\)"),
+        ({"model": {"w": torch.ones(1)}, "optimizer": {"param_groups": [{"lr": 0.1}, {"lr": 0.2}]}}, "different learning rates"),
+        ({"model": {"w": torch.ones(1)}, "lr": 0.0}, "finite positive"),
+        ({"model": {"w": torch.ones(1)}, "lr": float("nan")}, "finite positive"),
+        ({"model": {"w": torch.ones(1)}, "lr": "fast"}, "not a number"),
+    ],
+)
+def test_ambiguous_or_wrong_checkpoint_files_name_what_they_hold(tmp_path, payload, message):
+    path = tmp_path / "checkpoint.pth"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=message):
+        resolve_checkpoints([path])
+
+
+def test_negative_lr_in_a_pair_is_refused():
+    with pytest.raises(CheckpointError, match="finite positive"):
+        resolve_checkpoints([({"w": torch.ones(1)}, -0.1)])
+
+
+def test_a_captum_style_load_function_gives_states_and_lrs(tmp_path):
+    model = _linear_model()
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"ckpt_{i}.bin")
+        torch.save({"weights": {k: v * (i + 2) for k, v in model.state_dict().items()}, "rate": 0.1 * (i + 1)}, paths[-1])
+
+    def load(net, path):
+        payload = torch.load(path, weights_only=True)
+        net.load_state_dict(payload["weights"])
+        return payload["rate"]
+
+    checkpoints = checkpoints_from_loader(model, paths, load)
+    assert [c.lr for c in checkpoints] == pytest.approx([0.1, 0.2])
+    assert torch.equal(checkpoints[1].state["0.weight"], model.state_dict()["0.weight"] * 3)
+    assert torch.equal(model.state_dict()["0.weight"], _linear_model().state_dict()["0.weight"])  # the user's model untouched

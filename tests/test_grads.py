@@ -4,12 +4,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import ATOL, RTOL
-from models_for_tests import EveryLayer, randomize_batchnorm, relative_error, tiny_resnet
+from models_for_tests import (
+    ChangesInputInPlace,
+    EveryLayer,
+    MixesExamples,
+    SequenceFirst,
+    TiedAndSubclassed,
+    randomize_batchnorm,
+    relative_error,
+    tiny_resnet,
+)
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from tracin.errors import NonFiniteError, TracinError
 from tracin.grads import last_linear_target, per_sample_grads, select_targets
+from tracin.reference import func_tracin_scores
+from tracin.scores import TracIn
 
 
 def func_grads(model, x, y):
@@ -89,3 +100,44 @@ def test_non_finite_loss_is_reported():
     model = tiny_resnet()
     with pytest.raises(NonFiniteError):
         per_sample_grads(model, torch.full((2, 1, 8, 8), float("nan")), torch.tensor([0, 1]))
+
+
+# --- models as users bring them: in-place operations, tuples and dicts, tied and container parameters ---
+
+
+def test_examples_in_dimension_one_and_attention_tuples_match_torch_func():
+    torch.manual_seed(0)
+    model = SequenceFirst().double().eval()
+    x, y = torch.randn(5, 24, dtype=torch.float64), torch.randint(0, 4, (5,))
+    expected, actual = func_grads(model, x, y), per_sample_grads(model, x, y)
+    assert set(actual) == set(expected)  # out_proj's parameters although out_proj is never called
+    for name in expected:
+        assert relative_error(actual[name], expected[name]) < 1e-12, name
+
+
+def test_tied_weights_subclassed_linear_and_dict_outputs_match_torch_func():
+    torch.manual_seed(0)
+    model = TiedAndSubclassed().double().eval()
+    x, y = torch.randn(6, 6, dtype=torch.float64), torch.randint(0, 4, (6,))
+    expected, actual = func_grads(model, x, y), per_sample_grads(model, x, y)
+    assert set(actual) == set(expected)
+    for name in expected:
+        assert relative_error(actual[name], expected[name]) < 1e-12, name
+
+
+def test_a_module_changing_its_input_in_place_after_running_is_recorded_as_it_was():
+    torch.manual_seed(0)
+    model = ChangesInputInPlace().eval()
+    reference_model = ChangesInputInPlace(in_place=False).eval()
+    reference_model.load_state_dict(model.state_dict())
+    x, y = torch.randn(7, 6), torch.randint(0, 4, (7,))
+    train, test = (x[:4], y[:4]), (x[4:], y[4:])
+    expected = func_tracin_scores(reference_model, [(model.state_dict(), 0.5)], train, test)
+    actual = TracIn(model, [(model.state_dict(), 0.5)]).scores(train, test)
+    assert relative_error(actual, expected) < RTOL
+
+
+def test_examples_that_interact_inside_a_module_are_an_error_not_a_number():
+    model = MixesExamples().eval()
+    with pytest.raises(TracinError, match="examples interact"):
+        per_sample_grads(model, torch.randn(4, 6), torch.randint(0, 4, (4,)), layers=["scale"])

@@ -5,6 +5,7 @@ Public API:
     TopK, ScoreBlock       what TracIn.top_k and TracIn.iter_blocks return
     per_sample_grads       per-example gradients of selected parameters (tracin.grads)
     Checkpoint             a model state and the learning rate that weights it
+    checkpoints_from_loader   checkpoints of any layout through a captum-style load function
     ScoreFile              a tracin-score HDF5 result file (tracin.store)
     TracinError            base class of the errors a user can fix
     DataConfig, ModelConfig, TrainConfig, ScoreConfig   typed configuration
@@ -13,7 +14,7 @@ Public API:
 
 __version__ = "0.1.0"
 
-from tracin.checkpoints import Checkpoint  # noqa: E402
+from tracin.checkpoints import Checkpoint, checkpoints_from_loader  # noqa: E402
 from tracin.config import DataConfig, ModelConfig, ScoreConfig, TrainConfig  # noqa: E402
 from tracin.data import load_data  # noqa: E402
 from tracin.errors import TracinError  # noqa: E402
@@ -34,6 +35,7 @@ __all__ = [
     "TrainConfig",
     "TracinError",
     "build_model",
+    "checkpoints_from_loader",
     "load_data",
     "per_sample_grads",
 ]

@@ -32,14 +32,17 @@ after every epoch, which adds
 
 from __future__ import annotations
 
+import argparse
+import copy
 import hashlib
+import math
 import os
 import re
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -78,7 +81,9 @@ def load_file(path: Union[str, Path], map_location: Union[str, torch.device] = "
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        # torchvision's reference trainer stores its argparse options beside the weights: plain data
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({reason})") from None
@@ -125,22 +130,95 @@ class Checkpoint:
     sha256: str = ""
 
 
+# Where checkpoints that other trainers write keep their weights, and what wraps the keys.
+STATE_KEYS = ("model", "state_dict", "model_state_dict", "model_state")
+LR_KEYS = ("lr", "learning_rate")
+KEY_PREFIXES = ("module.", "model.")  # DistributedDataParallel, Lightning
+
+
+def _is_state_dict(value: Any) -> bool:
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, Tensor) for v in value.values())
+
+
+def _state_of(payload: Any, path: Union[str, Path]) -> dict[str, Tensor]:
+    """The model weights of a checkpoint file: a plain state dict, or one under a STATE_KEYS key."""
+    if _is_state_dict(payload):
+        return payload
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path} holds a {type(payload).__name__}, not a state dict or a dict holding one")
+    found = [key for key in STATE_KEYS if _is_state_dict(payload.get(key))]
+    if len(found) != 1:
+        how = "several state dicts" if found else "no state dict"
+        raise CheckpointError(
+            f"{path} holds {how} (keys: {', '.join(map(str, payload))}); weights are read from a plain state dict "
+            f"or from exactly one of {', '.join(STATE_KEYS)} (or pass checkpoints_from_loader a load function)"
+        )
+    return payload[found[0]]
+
+
+def _lr_of(payload: Any, path: Union[str, Path]) -> Optional[float]:
+    """The learning rate a checkpoint file records: under LR_KEYS, or the one rate of a saved optimizer's
+    param_groups; None when it records none."""
+    if not isinstance(payload, dict):
+        return None
+    for key in LR_KEYS:
+        if key in payload:
+            return _checked_lr(payload[key], f"{path}['{key}']")
+    groups = payload.get("optimizer", {}).get("param_groups") if isinstance(payload.get("optimizer"), dict) else None
+    if groups:
+        rates = {float(group["lr"]) for group in groups if "lr" in group}
+        if len(rates) > 1:
+            raise CheckpointError(f"{path}: the optimizer's param groups have different learning rates {sorted(rates)}; give (path, lr)")
+        if rates:
+            return _checked_lr(rates.pop(), f"{path} (optimizer)")
+    return None
+
+
+def _checked_lr(value: Any, source: str) -> float:
+    """TracIn's weight: a finite, positive number (0 would make every score 0, a negative one flip them)."""
+    try:
+        lr = float(value.item() if isinstance(value, Tensor) else value)
+    except (TypeError, ValueError, RuntimeError):
+        raise CheckpointError(f"{source}: learning rate {value!r} is not a number") from None
+    if not math.isfinite(lr) or lr <= 0:
+        raise CheckpointError(f"{source}: learning rate must be a finite positive number, got {lr}")
+    return lr
+
+
 def _from_path(path: Union[str, Path], lr: Optional[float]) -> Checkpoint:
     payload = load_file(path)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        state, stored_lr, epoch = payload["model"], float(payload["lr"]), int(payload["epoch"])
-    elif isinstance(payload, dict) and all(isinstance(v, Tensor) for v in payload.values()):
-        state, stored_lr, epoch = payload, None, -1
+        state, stored_lr, epoch = payload["model"], payload.get("lr"), int(payload["epoch"])
     else:
-        raise CheckpointError(f"{path} holds neither a tracin checkpoint nor a state dict")
+        state, stored_lr = _state_of(payload, path), _lr_of(payload, path)
+        epoch = int(payload["epoch"]) if isinstance(payload, dict) and isinstance(payload.get("epoch"), int) else -1
     if lr is None and stored_lr is None:
-        raise CheckpointError(f"{path} is a bare state dict: give its learning rate as a (path, lr) pair")
-    return Checkpoint(state, float(lr if lr is not None else stored_lr), str(path), epoch, sha256_file(path))
+        found = f" (keys: {', '.join(map(str, payload))})" if not _is_state_dict(payload) else ""
+        raise CheckpointError(f"{path} records no learning rate{found}: give it as a (path, lr) pair")
+    lr = _checked_lr(lr if lr is not None else stored_lr, str(path))
+    return Checkpoint(state, lr, str(path), epoch, sha256_file(path))
+
+
+def checkpoints_from_loader(
+    model: nn.Module, paths: Iterable[Union[str, Path]], checkpoints_load_func: Callable[[nn.Module, str], float]
+) -> list[Checkpoint]:
+    """Checkpoints of any layout through a user's loader, as captum's TracInCP takes them:
+    `checkpoints_load_func(model, path)` loads the weights at `path` into the model and returns the
+    checkpoint's learning rate. The model is copied; its state after each call is the checkpoint."""
+    model = copy.deepcopy(model)
+    loaded = []
+    for path in paths:
+        lr = _checked_lr(checkpoints_load_func(model, str(path)), f"checkpoints_load_func(model, {str(path)!r})")
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        loaded.append(Checkpoint(state, lr, str(path), -1, sha256_file(path) if Path(path).is_file() else ""))
+    return loaded
 
 
 def resolve_checkpoints(items: Iterable[Any]) -> list[Checkpoint]:
-    """Accepts Checkpoint objects, paths written by tracin-train (lr read from the file), (path, lr)
-    pairs and (state_dict, lr) pairs."""
+    """Accepts Checkpoint objects, paths (lr read from the file), (path, lr) pairs and (state_dict, lr)
+    pairs. A path may hold a tracin-train checkpoint, a plain state dict, or a dict with the weights under
+    one of STATE_KEYS and the learning rate under LR_KEYS or in a saved optimizer's param_groups (the
+    layouts of torchvision's reference trainer, Lightning and most training loops)."""
     resolved = []
     for item in items:
         if isinstance(item, Checkpoint):
@@ -148,9 +226,9 @@ def resolve_checkpoints(items: Iterable[Any]) -> list[Checkpoint]:
         elif isinstance(item, (str, Path)):
             resolved.append(_from_path(item, None))
         elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], (str, Path)):
-            resolved.append(_from_path(item[0], float(item[1])))
+            resolved.append(_from_path(item[0], _checked_lr(item[1], str(item[0]))))
         elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], dict):
-            resolved.append(Checkpoint(dict(item[0]), float(item[1])))
+            resolved.append(Checkpoint(dict(item[0]), _checked_lr(item[1], "(state_dict, lr) pair")))
         else:
             raise CheckpointError(f"cannot use {type(item).__name__} as a checkpoint: give a path or (path, lr)")
     if not resolved:
@@ -158,10 +236,24 @@ def resolve_checkpoints(items: Iterable[Any]) -> list[Checkpoint]:
     return resolved
 
 
+def fit_state(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The state with a wrapper's key prefix (KEY_PREFIXES: DDP's "module.", Lightning's "model.")
+    removed when that, and only that, makes its keys the model's."""
+    wanted = set(model.state_dict())
+    if set(state) == wanted:
+        return state
+    for prefix in KEY_PREFIXES:
+        if all(k.startswith(prefix) for k in state):
+            stripped = {k[len(prefix) :]: v for k, v in state.items()}
+            if set(stripped) == wanted:
+                return stripped
+    return state
+
+
 def load_state(model: nn.Module, state: dict[str, Tensor], source: str = "checkpoint") -> None:
     """load_state_dict that reports a checkpoint not fitting the model as one CheckpointError."""
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(fit_state(model, state), strict=True)
     except RuntimeError as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         detail = "; ".join(lines[1:3]) if len(lines) > 1 else lines[0]

@@ -45,11 +45,13 @@ class LayerShape:
 
 
 def probe_shape(target: Target, calls: Sequence[Call]) -> LayerShape:
+    """The layer's sizes, from a probe batch (torch.func layers are checked against the batched output
+    here, once, rather than on every batch)."""
     if target.kind in FACTORABLE:
         factors = layer_factors(target, calls)
         _, groups, positions, d_in = factors.A.shape
         return LayerShape(groups, positions, d_in + factors.bias, factors.G.shape[-1])
-    return LayerShape(flat_dim=layer_flat(target, calls).shape[1])
+    return LayerShape(flat_dim=layer_flat(target, calls, verify=True).shape[1])
 
 
 def choose_representation(shape: LayerShape, n_rows: int, n_cols: int, self_only: bool = False) -> str:

@@ -11,6 +11,18 @@ example's loss depends only on its own row in eval mode). From a layer's input a
 and any other parameterised module through `torch.func` (vmap of a vjp of the module alone), so no
 selected parameter is ever skipped. Linear and Conv2d gradients can be kept factored: `Factors(A, G)`
 with the bias folded into A as a constant-one input, so that dW_n = sum_t G[n, :, t]^T A[n, :, t].
+
+What users' models do, and how the recording stays exact (`resolve_targets`, `recording`):
+- In-place operations after a module (ReLU(inplace=True), `out += identity`) would change the tensor a
+  hook recorded: every hook hands the model a copy of the output and keeps the original, and inputs
+  changed in place after their module ran are detected by their version counter and the pass is redone
+  with copies of them.
+- A parameter whose module's forward never runs (nn.MultiheadAttention uses out_proj's tensors directly),
+  a parameter shared by several modules, and a parameter held on a container (a ViT's class token) belong
+  to the nearest module that is called and holds every use: torch.func differentiates it there.
+- Which dimension of each recorded tensor holds the examples is found by two probe passes of 2 and 3
+  examples (a batch_first=False attention layer has them in dim 1), and a torch.func recomputation is
+  checked once against the batched output, so examples that interact are an error, not a wrong number.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
+from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
 from tracin.errors import NonFiniteError, TracinError
 
@@ -30,6 +43,8 @@ LINEAR, CONV, BATCHNORM, GENERIC = "linear", "conv", "batchnorm", "generic"
 FACTORABLE = (LINEAR, CONV)
 GROUPED, PATCHES = "grouped", "patches"
 CONV_METHODS = ("auto", GROUPED, PATCHES)
+UNKNOWN = -1  # a tensor whose shape changes with the batch size other than in one dimension
+RECOMPUTE_RTOL = 1e-3  # torch.func's one-example recomputation vs the batched output, relative to its max
 
 # loss_fn(logits [n, classes], labels [n], inputs [n, ...]) -> per-example losses [n]
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -40,30 +55,48 @@ def cross_entropy_loss(logits: Tensor, labels: Tensor, inputs: Tensor) -> Tensor
 
 
 @dataclass(frozen=True)
-class Target:
-    """A module whose own parameters are selected.
+class CallDims:
+    """Where one forward call of a module keeps its examples: the batch dimension of each leaf of its
+    flattened (args, kwargs) and of each floating-point leaf of its output (None: not batched)."""
 
-    name: the module's name in the model ("" for the root); params: selected local parameter names, in
-    the module's order; kind: how its per-sample gradients are computed.
+    inputs: tuple[Optional[int], ...]
+    outputs: tuple[Optional[int], ...]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A module whose selected parameters get per-sample gradients.
+
+    name: the module's name in the model ("" for the root); params: selected parameter names relative
+    to the module, in its named_parameters order ("out_proj.weight" when a child's parameter is
+    differentiated here); kind: how its per-sample gradients are computed; dims: per forward call,
+    where the examples are (set by resolve_targets; the closed forms need none).
     """
 
     name: str
     module: nn.Module
     kind: str
     params: tuple[str, ...]
+    dims: tuple[CallDims, ...] = ()
 
     @property
     def param_names(self) -> list[str]:
         return [f"{self.name}.{p}" if self.name else p for p in self.params]
 
 
+_STOCK_FORWARD = {
+    LINEAR: (nn.Linear, nn.Linear.forward),
+    CONV: (nn.Conv2d, nn.Conv2d.forward),
+    BATCHNORM: (nn.modules.batchnorm._BatchNorm, nn.modules.batchnorm._BatchNorm.forward),
+}
+
+
 def _kind(module: nn.Module) -> str:
-    if isinstance(module, nn.Linear):
-        return LINEAR
-    if isinstance(module, nn.Conv2d):
-        return CONV
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return BATCHNORM
+    """The closed form for a module of a standard type with its standard forward; anything else, a
+    subclass that changes forward included, goes through torch.func."""
+    for kind, (cls, forward) in _STOCK_FORWARD.items():
+        if isinstance(module, cls) and type(module).forward is forward:
+            return kind
     return GENERIC
 
 
@@ -74,7 +107,8 @@ def _matches(name: str, prefix: str) -> bool:
 def select_targets(model: nn.Module, layers: Optional[Sequence[str]] = None) -> list[Target]:
     """Targets owning the trainable parameters whose names start with one of `layers` (module-name
     prefixes on dot boundaries: "layer1" selects "layer1.0.conv1.weight", not "layer10..."). None or
-    empty selects every trainable parameter. A prefix that selects nothing is a TracinError."""
+    empty selects every trainable parameter. A prefix that selects nothing is a TracinError. Where each
+    parameter is differentiated is settled by resolve_targets."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     prefixes = list(layers) if layers else [""]
     for prefix in prefixes:
@@ -98,7 +132,138 @@ def last_linear_target(model: nn.Module) -> Target:
     if not linears:
         raise TracinError("last-layer mode needs an nn.Linear layer; the model has none")
     name, module = linears[-1]
-    return Target(name, module, LINEAR, ("weight",))
+    return Target(name, module, _kind(module), ("weight",))
+
+
+# --- where examples are, and which module differentiates each parameter ------------------------------
+
+
+def _leaf_shapes(tree: Any, floats_only: bool = False) -> tuple[Optional[tuple[int, ...]], ...]:
+    shapes = []
+    for leaf in tree_leaves(tree):
+        is_tensor = isinstance(leaf, Tensor)
+        if floats_only and not (is_tensor and leaf.is_floating_point()):
+            continue
+        shapes.append(tuple(leaf.shape) if is_tensor else None)
+    return tuple(shapes)
+
+
+@torch.no_grad()
+def _probe_shapes(model: nn.Module, inputs: Tensor) -> dict[str, list[tuple]]:
+    """{module name: per forward call, (shapes of its (args, kwargs) leaves, shapes of its float output
+    leaves)} for one forward pass."""
+    seen: dict[str, list[tuple]] = {}
+    handles = []
+    for name, module in model.named_modules():
+
+        def hook(module, args, kwargs, output, name=name):
+            seen.setdefault(name, []).append((_leaf_shapes((args, kwargs)), _leaf_shapes(output, floats_only=True)))
+
+        handles.append(module.register_forward_hook(hook, with_kwargs=True))
+    try:
+        model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def _batch_dim(two: Optional[tuple[int, ...]], three: Optional[tuple[int, ...]]) -> Optional[int]:
+    """The one dimension that holds 2 and then 3 examples; None if the shape does not change."""
+    if two is None or two == three:
+        return None
+    if len(two) != len(three):
+        return UNKNOWN
+    changed = [d for d, (a, b) in enumerate(zip(two, three)) if a != b]
+    return changed[0] if len(changed) == 1 and (two[changed[0]], three[changed[0]]) == (2, 3) else UNKNOWN
+
+
+def _call_dims(two: list[tuple], three: list[tuple]) -> Optional[tuple[CallDims, ...]]:
+    """Batch dimensions of every call of a module, or None when they cannot be told: the module is
+    called a different number of times, its output has a leaf with no example dimension, or a leaf
+    mixes examples with other dimensions."""
+    if len(two) != len(three):
+        return None
+    dims = []
+    for (in2, out2), (in3, out3) in zip(two, three):
+        inputs = tuple(_batch_dim(a, b) for a, b in zip(in2, in3))
+        outputs = tuple(_batch_dim(a, b) for a, b in zip(out2, out3))
+        if not outputs or UNKNOWN in inputs or any(d is None or d == UNKNOWN for d in outputs):
+            return None
+        dims.append(CallDims(inputs, outputs))
+    return tuple(dims)
+
+
+def _owner(names: Sequence[str]) -> str:
+    """The deepest module name holding every name (their common dotted prefix)."""
+    parts = [n.split(".")[:-1] for n in names]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) > 1:
+            break
+        common.append(level[0])
+    return ".".join(common)
+
+
+def _parent(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else ""
+
+
+def resolve_targets(model: nn.Module, targets: Sequence[Target], inputs: Tensor) -> list[Target]:
+    """The targets moved to where their parameters can be differentiated, with the batch dimensions of
+    every call. Two probe passes (2 and 3 examples, rows repeated if needed) show which modules run and
+    where their examples are. A parameter goes to its module if that module is called and keeps its
+    examples apart along one dimension; otherwise (never called, shared with another module, output with
+    no example dimension) to the nearest enclosing module that is, through torch.func."""
+    if len(inputs) == 0:
+        raise TracinError("cannot probe the model with no examples")
+    two, three = (_probe_shapes(model, inputs[torch.arange(n) % len(inputs)]) for n in (2, 3))
+    dims = {name: _call_dims(two[name], three[name]) for name in two if name in three}
+    placed: dict[str, list[str]] = {}
+    for name, home in _homes(model, targets):
+        while dims.get(home) is None:
+            if home == "":
+                raise TracinError(f"cannot tell which dimension of the model's output holds the examples (needed for {name})")
+            home = _parent(home)
+        placed.setdefault(home, []).append(name)
+    modules = dict(model.named_modules())
+    return [_target(home, modules[home], placed[home], dims[home]) for home in modules if home in placed]
+
+
+def _homes(model: nn.Module, targets: Sequence[Target]) -> list[tuple[str, str]]:
+    """(parameter name, the deepest module holding every use of it) per selected parameter: its own
+    module, or for a parameter shared by several modules their common enclosing module."""
+    owners: dict[int, list[str]] = {}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for local, param in module.named_parameters(recurse=False):
+            owners.setdefault(id(param), []).append(f"{module_name}.{local}" if module_name else local)
+    return [(name, _owner(owners[id(model.get_parameter(name))])) for t in targets for name in t.param_names]
+
+
+def _owner(names: Sequence[str]) -> str:
+    """The deepest module name holding every parameter name (their common dotted prefix)."""
+    common = []
+    for level in zip(*(n.split(".")[:-1] for n in names)):
+        if len(set(level)) > 1:
+            break
+        common.append(level[0])
+    return ".".join(common)
+
+
+def _parent(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else ""
+
+
+def _target(home: str, module: nn.Module, names: Sequence[str], dims: tuple[CallDims, ...]) -> Target:
+    """One module's target: its closed form when it holds only its own parameters and keeps examples in
+    dimension 0 (a Linear inside a batch_first=False transformer does not), else torch.func."""
+    local = {n[len(home) + 1 :] if home else n for n in names}
+    params = tuple(p for p, _ in module.named_parameters() if p in local)
+    if len(params) != len(local):
+        raise TracinError(f"module {home!r} does not list parameters {sorted(local - set(params))} as its own")
+    kind = _kind(module)
+    closed = all("." not in p for p in params) and all(d.inputs[:1] == (0,) and d.outputs == (0,) for d in dims)
+    return Target(home, module, kind if closed else GENERIC, params, dims)
 
 
 # --- recording -------------------------------------------------------------------------------------
@@ -106,30 +271,73 @@ def last_linear_target(model: nn.Module) -> Target:
 
 @dataclass
 class Call:
-    """One forward call of a target module: what its per-sample gradient needs, and its output."""
+    """One forward call of a target module: what its per-sample gradient needs, and its outputs.
 
-    output: Tensor
+    outputs: its floating-point output tensors, as the hook saw them (the model got copies); grads: the
+    gradient of the summed loss with respect to each; inputs: Linear/Conv2d: (input,), BatchNorm: (xhat,),
+    other modules: the leaves of their flattened (args, kwargs), rebuilt with `spec`; state: a torch.func
+    module's parameters and buffers at the call; watched: (tensor, version) of inputs that must not change.
+    """
+
+    outputs: list[Tensor]
     inputs: tuple[Any, ...]
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    grads: list[Tensor] = field(default_factory=list)
     state: dict[str, Tensor] = field(default_factory=dict)
-    grad: Optional[Tensor] = None
+    spec: Any = None
+    watched: list[tuple[Tensor, int]] = field(default_factory=list)
+
+    @property
+    def grad(self) -> Tensor:
+        """The output gradient of a single-output (Linear, Conv2d, BatchNorm) call."""
+        return self.grads[0]
+
+    def inputs_changed(self) -> bool:
+        return any(tensor._version != version for tensor, version in self.watched)
 
 
-def _record(target: Target, args: tuple, kwargs: dict, output: Any) -> Call:
-    if not isinstance(output, Tensor):
-        raise TracinError(f"module {target.name!r} returns {type(output).__name__}; per-sample gradients need a tensor")
-    if not output.requires_grad:
-        # Parameters need not require grad (the engine's copy has none that do, so autograd never forms
-        # summed weight gradients nobody uses); the earliest selected layer's output then starts the graph.
-        output.requires_grad_(True)
-    detached = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
+def _detached(leaves: Sequence[Any], copy: bool) -> list[Any]:
+    """Tensor leaves detached (copied when `copy`), one detached tensor per distinct input tensor."""
+    memo: dict[int, Tensor] = {}
+    out = []
+    for leaf in leaves:
+        if isinstance(leaf, Tensor):
+            if id(leaf) not in memo:
+                memo[id(leaf)] = leaf.detach().clone() if copy else leaf.detach()
+            leaf = memo[id(leaf)]
+        out.append(leaf)
+    return out
+
+
+def _record(target: Target, args: tuple, kwargs: dict, output: Any, copy_inputs: bool) -> tuple[Call, Any]:
+    """The Call of one forward, and the output to hand on: its float tensors copied, so that in-place
+    operations downstream (ReLU(inplace=True), `out += identity`) change the copies, not the recorded ones."""
+    leaves, spec = tree_flatten(output)
+    floats = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor) and leaf.is_floating_point()]
+    if not floats:
+        raise TracinError(f"module {target.name!r} returns no floating-point tensor, so no gradient reaches its parameters")
+    outputs, handed_on = [], list(leaves)
+    for i in floats:
+        # The engine's copy of the model has no parameter that requires grad (autograd then never forms
+        # summed weight gradients nobody uses); the earliest selected layer's output starts the graph.
+        recorded = leaves[i] if leaves[i].requires_grad else leaves[i].detach().requires_grad_(True)
+        outputs.append(recorded)
+        handed_on[i] = recorded.clone()
+    call = _call(target, args, kwargs, outputs, copy_inputs)
+    return call, tree_unflatten(handed_on, spec)
+
+
+def _call(target: Target, args: tuple, kwargs: dict, outputs: list[Tensor], copy_inputs: bool) -> Call:
     if target.kind == BATCHNORM:
-        return Call(output, (_normalized_input(target.module, detached[0]),))
+        return Call(outputs, (_normalized_input(target.module, args[0].detach()),))
     if target.kind == GENERIC:
+        leaves, spec = tree_flatten((args, kwargs))
+        inputs = _detached(leaves, copy_inputs)
         module = target.module
         state = {k: v.detach() for k, v in [*module.named_parameters(), *module.named_buffers()]}
-        return Call(output, detached, dict(kwargs), state)
-    return Call(output, detached[:1])
+        watched = [(t, t._version) for t in inputs if isinstance(t, Tensor)]
+        return Call(outputs, tuple(inputs), state=state, spec=spec, watched=watched)
+    (x,) = _detached(args[:1], copy_inputs)
+    return Call(outputs, (x,), watched=[(x, x._version)])
 
 
 def _normalized_input(bn: nn.Module, x: Tensor) -> Tensor:
@@ -144,14 +352,18 @@ def _normalized_input(bn: nn.Module, x: Tensor) -> Tensor:
 
 
 @contextmanager
-def recording(targets: Sequence[Target]) -> Iterator[list[list[Call]]]:
-    """Forward hooks that append a Call per forward call of each target (list per target)."""
+def recording(targets: Sequence[Target], copy_inputs: bool = False) -> Iterator[list[list[Call]]]:
+    """Forward hooks that append a Call per forward call of each target (list per target) and hand the
+    model copies of the outputs. copy_inputs: record copies of the inputs too (for models that change a
+    module's input in place after the module ran)."""
     calls: list[list[Call]] = [[] for _ in targets]
     handles = []
     for i, target in enumerate(targets):
 
         def hook(module, args, kwargs, output, i=i, target=target):
-            calls[i].append(_record(target, args, kwargs, output))
+            call, handed_on = _record(target, args, kwargs, output, copy_inputs)
+            calls[i].append(call)
+            return handed_on
 
         handles.append(target.module.register_forward_hook(hook, with_kwargs=True))
     try:
@@ -159,6 +371,18 @@ def recording(targets: Sequence[Target]) -> Iterator[list[list[Call]]]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _forward(model, targets, inputs, labels, loss_fn) -> tuple[Tensor, list[list[Call]]]:
+    """Per-example losses and the recorded calls; redone with copied inputs if the model changed a
+    recorded input in place after its module ran."""
+    for copy_inputs in (False, True):
+        with recording(targets, copy_inputs) as calls:
+            losses = loss_fn(model(inputs), labels, inputs)
+        if not any(call.inputs_changed() for per_target in calls for call in per_target):
+            return losses, calls
+    changed = [t.name for t, per_target in zip(targets, calls) if any(c.inputs_changed() for c in per_target)]
+    raise TracinError(f"the inputs of {', '.join(map(repr, changed))} change in place even when copied")
 
 
 def record_output_grads(
@@ -169,23 +393,25 @@ def record_output_grads(
     loss_fn: LossFn = cross_entropy_loss,
     check_finite: bool = True,
 ) -> list[list[Call]]:
-    """One forward and one backward pass; each Call gets `.grad`, the gradient of the summed
-    per-example loss with respect to its output (a module that did not reach the loss gets zeros).
+    """One forward and one backward pass; each Call gets `.grads`, the gradient of the summed
+    per-example loss with respect to each output (an output that did not reach the loss gets zeros).
     check_finite=False leaves the loss check to the caller: the check waits for the device, and the
     engine checks its score sums instead, which any non-finite gradient makes non-finite."""
-    with recording(targets) as calls:
-        losses = loss_fn(model(inputs), labels, inputs)
+    losses, calls = _forward(model, targets, inputs, labels, loss_fn)
     if losses.shape != (len(inputs),):
         raise TracinError(f"the loss must give one value per example, shape ({len(inputs)},); got {tuple(losses.shape)}")
     if check_finite and not torch.isfinite(losses).all():
         raise NonFiniteError(f"non-finite loss for {int((~torch.isfinite(losses)).sum())} example(s)")
+    for target, per_target in zip(targets, calls):
+        if not per_target or (target.dims and len(per_target) != len(target.dims)):
+            ran = f"ran {len(per_target)} times" + (f", {len(target.dims)} when probed" if target.dims else "")
+            raise TracinError(f"module {target.name!r} {ran}: its parameters cannot be attributed to calls")
     flat = [call for per_target in calls for call in per_target]
-    if not flat:
-        raise TracinError("no selected layer was called in the forward pass")
-    grads = torch.autograd.grad(losses.sum(), [c.output for c in flat], allow_unused=True)
-    for call, grad in zip(flat, grads):
-        call.grad = torch.zeros_like(call.output) if grad is None else grad.detach()
-        call.output = call.output.detach()
+    outputs = [output for call in flat for output in call.outputs]
+    grads = iter(torch.autograd.grad(losses.sum(), outputs, allow_unused=True))
+    for call in flat:
+        call.grads = [torch.zeros_like(o) if g is None else g.detach() for o, g in zip(call.outputs, grads)]
+        call.outputs = [o.detach() for o in call.outputs]
     return calls
 
 
@@ -301,24 +527,55 @@ def _batchnorm_flat(target: Target, call: Call) -> Tensor:
     return torch.cat([pieces[p]() for p in target.params], dim=1)
 
 
-def _generic_flat(target: Target, call: Call) -> Tensor:
-    """Per-sample gradients of a module's own selected parameters: vmap over examples of the vjp of
-    the module alone, at the state it had in the forward pass. Assumes examples do not interact inside
-    the module (true in eval mode for the usual layers)."""
-    module, selected = target.module, set(target.params)
-    params = {k: v for k, v in call.state.items() if k in selected}
-    fixed = {k: v for k, v in call.state.items() if k not in selected}
-    batched = [isinstance(a, Tensor) and a.dim() > 0 for a in call.inputs]
+def _generic_flat(target: Target, call: Call, index: int, verify: bool = False) -> Tensor:
+    """Per-sample gradients of a module's selected parameters: vmap over examples of the vjp of the
+    module alone, at the state it had in the forward pass, with examples along the dimensions the probe
+    found. verify: check once that the one-example recomputation reproduces the batched output, which
+    fails if examples interact inside the module (a wrong number otherwise)."""
+    module, dims = target.module, target.dims[index]
+    params = {k: call.state[k] for k in target.params}
+    fixed = {k: v for k, v in call.state.items() if k not in params}
+    batched = [i for i, d in enumerate(dims.inputs) if d is not None]
+    float_leaves: list[int] = []
 
-    def one_example(example_args: tuple, grad_out: Tensor) -> dict[str, Tensor]:
-        args = tuple(a.unsqueeze(0) if b else a for a, b in zip(example_args, batched))
-        _, pullback = vjp(lambda p: functional_call(module, (p, fixed), args, call.kwargs), params)
-        return pullback(grad_out.unsqueeze(0))[0]
+    def one_example(example_leaves: tuple, grads_out: tuple) -> tuple[dict[str, Tensor], tuple]:
+        leaves = list(call.inputs)
+        for i, leaf in zip(batched, example_leaves):
+            leaves[i] = leaf.unsqueeze(dims.inputs[i])
+        args, kwargs = tree_unflatten(leaves, call.spec)
 
-    in_dims = (tuple(0 if b else None for b in batched), 0)
-    grads = vmap(one_example, in_dims=in_dims)(call.inputs, call.grad)
-    n = call.grad.shape[0]
+        def forward(p: dict) -> tuple:
+            out = tree_leaves(functional_call(module, (p, fixed), args, kwargs))
+            float_leaves[:] = [i for i, o in enumerate(out) if isinstance(o, Tensor) and o.is_floating_point()]
+            return tuple(out[i] for i in float_leaves)
+
+        primal, pullback = vjp(forward, params)
+        cotangents = tuple(g.unsqueeze(d) for g, d in zip(grads_out, dims.outputs))
+        return pullback(cotangents)[0], tuple(p.squeeze(d) for p, d in zip(primal, dims.outputs))
+
+    in_dims = (tuple(dims.inputs[i] for i in batched), dims.outputs)
+    try:
+        grads, primal = vmap(one_example, in_dims=in_dims, out_dims=(0, dims.outputs))(
+            tuple(call.inputs[i] for i in batched), tuple(call.grads)
+        )
+    except (RuntimeError, ValueError, NotImplementedError, TypeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TracinError(f"module {target.name!r}: torch.func cannot form per-example gradients through it ({reason})") from None
+    if verify:
+        _check_recomputation(target, primal, call.outputs)
+    n = call.grads[0].shape[dims.outputs[0]]
     return torch.cat([grads[p].reshape(n, -1) for p in target.params], dim=1)
+
+
+def _check_recomputation(target: Target, primal: Sequence[Tensor], outputs: Sequence[Tensor]) -> None:
+    for mine, recorded in zip(primal, outputs):
+        scale = float(recorded.abs().max()) if recorded.numel() else 0.0
+        gap = float((mine - recorded).abs().max()) if recorded.numel() else 0.0
+        if mine.shape != recorded.shape or gap > RECOMPUTE_RTOL * scale + 1e-12:
+            raise TracinError(
+                f"module {target.name!r}: run one example at a time it does not reproduce its batched output "
+                f"(max difference {gap:.3g} of {scale:.3g}); its examples interact, so their gradients are not separable"
+            )
 
 
 def conv_grad_method(conv: nn.Conv2d, device: torch.device) -> str:
@@ -355,17 +612,19 @@ def _grouped_conv_flat(target: Target, call: Call) -> Tensor:
     return torch.cat(parts, dim=-1).flatten(1) if len(parts) > 1 else parts[0].flatten(1)
 
 
-def layer_flat(target: Target, calls: Sequence[Call], conv_method: str = "auto") -> Tensor:
+def layer_flat(target: Target, calls: Sequence[Call], conv_method: str = "auto", verify: bool = False) -> Tensor:
     """Tensor[n, D]: the flattened per-sample gradient of the target's selected parameters, summed
     over its calls. Linear/Conv2d layout: [d_out, d_in + bias column] (groups in output order).
     conv_method: "grouped", "patches" (products of output gradients with gathered receptive fields, as
-    for Linear) or "auto" (conv_grad_method)."""
+    for Linear) or "auto" (conv_grad_method). verify: check torch.func's recomputation (see _generic_flat)."""
     if target.kind == CONV and conv_method == "auto":
         conv_method = conv_grad_method(target.module, calls[0].grad.device)
     if target.kind == LINEAR or (target.kind == CONV and conv_method == PATCHES):
         return layer_factors(target, calls).materialize()
-    build = {CONV: _grouped_conv_flat, BATCHNORM: _batchnorm_flat, GENERIC: _generic_flat}[target.kind]
-    flats = [build(target, call) for call in calls]
+    if target.kind == GENERIC:
+        flats = [_generic_flat(target, call, i, verify) for i, call in enumerate(calls)]
+    else:
+        flats = [{CONV: _grouped_conv_flat, BATCHNORM: _batchnorm_flat}[target.kind](target, call) for call in calls]
     return flats[0] if len(flats) == 1 else torch.stack(flats).sum(0)
 
 
@@ -373,9 +632,9 @@ def _unflatten(target: Target, flat: Tensor) -> dict[str, Tensor]:
     """Split a target's flat per-sample gradient into its parameters' shapes, Tensor[n, *param.shape]."""
     n, module = flat.shape[0], target.module
     if target.kind not in FACTORABLE:
-        sizes = [getattr(module, p).numel() for p in target.params]
-        parts = flat.split(sizes, dim=1)
-        return {p: part.reshape(n, *getattr(module, p).shape) for p, part in zip(target.params, parts)}
+        shapes = [module.get_parameter(p).shape for p in target.params]
+        parts = flat.split([s.numel() for s in shapes], dim=1)
+        return {p: part.reshape(n, *s) for p, s, part in zip(target.params, shapes, parts)}
     groups = module.groups if target.kind == CONV else 1
     d_out = module.out_features if target.kind == LINEAR else module.out_channels
     grid = flat.view(n, groups, d_out // groups, -1)
@@ -402,10 +661,10 @@ def per_sample_grads(
     weight gradients are formed ("auto", "grouped" or "patches"; see conv_grad_method)."""
     if conv_method not in CONV_METHODS:
         raise TracinError(f"conv_method must be one of {', '.join(CONV_METHODS)}, got {conv_method!r}")
-    targets = select_targets(model, layers)
+    targets = resolve_targets(model, select_targets(model, layers), inputs)
     calls = record_output_grads(model, targets, inputs, labels, loss_fn)
     grads = {}
     for target, target_calls in zip(targets, calls):
-        for local, tensor in _unflatten(target, layer_flat(target, target_calls, conv_method)).items():
+        for local, tensor in _unflatten(target, layer_flat(target, target_calls, conv_method, verify=True)).items():
             grads[f"{target.name}.{local}" if target.name else local] = tensor
     return grads

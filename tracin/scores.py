@@ -24,12 +24,12 @@ from torch.utils.data import Dataset, default_collate
 from tqdm.auto import tqdm
 
 from tracin import losses
-from tracin.checkpoints import Checkpoint, load_state, resolve_checkpoints
+from tracin.checkpoints import Checkpoint, fit_state, load_state, resolve_checkpoints
 from tracin.config import MODES, PRECISIONS
 from tracin.data import Split, normalize
 from tracin.errors import NonFiniteError, TracinError
 from tracin.features import FACTORED, REPRESENTATIONS, Features, LayerPlan, LayerShape, compute_features, make_plans, probe_shape
-from tracin.grads import LossFn, cross_entropy_loss, last_linear_target, record_output_grads, select_targets
+from tracin.grads import LossFn, cross_entropy_loss, last_linear_target, record_output_grads, resolve_targets, select_targets
 from tracin.topk import Ranking, StreamingRanking
 
 DEFAULT_MAX_MEMORY = 2 * 2**30  # bytes for kept features and score blocks
@@ -143,8 +143,9 @@ class _GraphedBatch:
 class TracIn:
     """Batched per-sample-gradient TracInCP.
 
-    model: any nn.Module (copied; the copy is put in eval mode); checkpoints: paths written by
-    tracin-train (lr read from the file), (path, lr) or (state_dict, lr) pairs, or Checkpoint objects.
+    model: any nn.Module (copied; the copy is put in eval mode); checkpoints: paths (tracin-train's, or
+    another trainer's layout: see resolve_checkpoints; lr read from the file), (path, lr) or
+    (state_dict, lr) pairs, or Checkpoint objects (checkpoints_from_loader: any layout, captum-style).
     layers: module-name prefixes selecting parameters (None = every trainable parameter).
     mode: "exact" | "projected" (needs proj_dim: per-layer projection size) | "last-layer" (weight of
     the final nn.Linear, as captum's TracInCPFast). loss: "ce" (per-example cross-entropy) or "kd"
@@ -205,7 +206,7 @@ class TracIn:
     # --- set-up ------------------------------------------------------------------------------------
 
     def _checked_state(self, checkpoint: Checkpoint) -> dict[str, Tensor]:
-        state = {k: v.to(self.device) for k, v in checkpoint.state.items()}
+        state = fit_state(self.model, {k: v.to(self.device) for k, v in checkpoint.state.items()})
         load_state(self.model, state, source=f"checkpoint {checkpoint.path or '(in memory)'}")
         return state
 
@@ -231,6 +232,7 @@ class TracIn:
         if self._shapes is None:
             self._load(0)
             inputs, labels = source.get(0, min(2, source.n), self.device)
+            self.targets = resolve_targets(self.model, self.targets, inputs)
             calls = record_output_grads(self.model, self.targets, inputs, labels, self.loss_fn)
             self._shapes = [probe_shape(t, c) for t, c in zip(self.targets, calls)]
         return self._shapes
@@ -244,9 +246,10 @@ class TracIn:
 
     def _make_plans(self, source: _Source, n_rows: int, n_cols: int, self_only: bool) -> list[LayerPlan]:
         proj_dim = self.proj_dim if self.mode == "projected" else None
+        shapes = self._layer_shapes(source)  # settles self.targets first
         return make_plans(
             self.targets,
-            self._layer_shapes(source),
+            shapes,
             n_rows,
             n_cols,
             proj_dim=proj_dim,
