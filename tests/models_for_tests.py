@@ -125,7 +125,7 @@ class SequenceFirst(nn.Module):
 
 class TiedAndSubclassed(nn.Module):
     """A weight shared by two Linear modules, a Linear subclass whose forward differs from Linear's, and
-    a module returning a dict."""
+    a module returning a dict (holding one tensor twice)."""
 
     class Doubled(nn.Linear):
         def forward(self, x):
@@ -137,7 +137,8 @@ class TiedAndSubclassed(nn.Module):
             self.proj = nn.Linear(features, features)
 
         def forward(self, x):
-            return {"out": torch.tanh(self.proj(x)), "index": torch.zeros(len(x), dtype=torch.long)}
+            out = torch.tanh(self.proj(x))
+            return {"out": out, "again": out, "index": torch.zeros(len(x), dtype=torch.long)}  # one tensor twice
 
     def __init__(self, features: int = 6, classes: int = 4):
         super().__init__()
@@ -179,3 +180,17 @@ class ConvNeXtStyle(nn.Module):
 
     def forward(self, x):
         return self.head(self.blocks(self.stem(x)))
+
+
+class TiedHead(nn.Module):
+    """An embedding-style Linear whose weight is also read directly by the head (h @ W^T): the weight's
+    own module is called, yet that is not its only use."""
+
+    def __init__(self, features: int = 6):
+        super().__init__()
+        self.embed = nn.Linear(features, features, bias=False)
+        self.mix = nn.Linear(features, features)
+
+    def forward(self, x):
+        h = torch.tanh(self.mix(self.embed(x)))
+        return h @ self.embed.weight.T

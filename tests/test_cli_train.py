@@ -190,3 +190,21 @@ def test_every_option_has_help():
     assert all(actions[option].help for option in OPTIONS)
     text = parser.format_help()
     assert all(option in text for option in OPTIONS)
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../elsewhere", "a/b", "/abs/dir"])
+def test_a_run_name_must_be_a_plain_name(cifar10_root, tmp_path, capsys, name):
+    (tmp_path / "other_run").mkdir()
+    (tmp_path / "other_run" / "keep.txt").write_text("mine")
+    code, _, err = _cli(["--run", name, *_cifar(cifar10_root, tmp_path), "--overwrite"], capsys)
+    _assert_one_line_error(code, err, "--run must be a plain name")
+    assert (tmp_path / "other_run" / "keep.txt").read_text() == "mine"
+
+
+def test_overwrite_removes_only_folders_tracin_train_made(cifar10_root, tmp_path, capsys):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("months of work")
+    code, _, err = _cli(["--run", "notes", *_cifar(cifar10_root, tmp_path), "--models", "teacher", "--overwrite"], capsys)
+    _assert_one_line_error(code, err, "is not a tracin-train run")
+    assert (folder / "thesis.tex").read_text() == "months of work"

@@ -143,3 +143,29 @@ def test_fingerprint_tells_runs_apart(cifar10_root):
     noisy = DataConfig(dataset="cifar10", data_root=cifar10_root, checksum=False, label_noise=0.1)
     assert fingerprint(load_data(clean), clean) == fingerprint(load_data(clean), clean)
     assert fingerprint(load_data(clean), clean)["digest"] != fingerprint(load_data(noisy), noisy)["digest"]
+
+
+class _Payload:
+    """Unpickling this runs code: it writes a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+@pytest.mark.parametrize("planted", ["data_batch_1", "batches.meta", "test_batch"])
+@pytest.mark.parametrize("checksum", [False, True])
+def test_a_crafted_cifar_batch_file_is_refused_without_running_it(cifar10_root, tmp_path, planted, checksum):
+    root = tmp_path / "shared"
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for path in (Path(cifar10_root) / "cifar-10-batches-py").iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    marker = tmp_path / "marker"
+    with open(folder / planted, "wb") as handle:
+        pickle.dump({"data": _Payload(marker), "labels": [0]}, handle, protocol=2)
+    with pytest.raises(DataError):
+        load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=checksum))
+    assert not marker.exists()

@@ -10,6 +10,7 @@ from models_for_tests import (
     MixesExamples,
     SequenceFirst,
     TiedAndSubclassed,
+    TiedHead,
     randomize_batchnorm,
     relative_error,
     tiny_resnet,
@@ -141,3 +142,12 @@ def test_examples_that_interact_inside_a_module_are_an_error_not_a_number():
     model = MixesExamples().eval()
     with pytest.raises(TracinError, match="examples interact"):
         per_sample_grads(model, torch.randn(4, 6), torch.randint(0, 4, (4,)), layers=["scale"])
+
+
+def test_a_weight_also_read_outside_its_module_gets_every_use():
+    torch.manual_seed(0)
+    model = TiedHead().double().eval()
+    x, y = torch.randn(5, 6, dtype=torch.float64), torch.randint(0, 6, (5,))
+    expected, actual = func_grads(model, x, y), per_sample_grads(model, x, y)
+    for name in expected:
+        assert relative_error(actual[name], expected[name]) < 1e-12, name

@@ -1,5 +1,8 @@
 """The notebooks run top to bottom on a real score file (a cell that raises fails the test)."""
 
+import subprocess
+import sys
+
 import pytest
 
 from tracin.notebooks import NOTEBOOKS, execute_notebook
@@ -47,3 +50,9 @@ def test_a_missing_parameters_cell_is_reported(tmp_path):
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")]), str(path))
     with pytest.raises(ValueError, match="parameters"):
         execute_notebook(path, {"SCORES": "x"})
+
+
+def test_notebooks_module_without_arguments_prints_usage_not_a_traceback():
+    result = subprocess.run([sys.executable, "-m", "tracin.notebooks"], capture_output=True, text=True)
+    assert result.returncode == 2 and "usage: python -m tracin.notebooks" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tracin.errors import ConfigMismatchError, TracinError
-from tracin.runs import RunPaths, check_same_run, differing_fields, open_record, write_json_atomic
+from tracin.runs import RUN_FORMAT, RunPaths, check_same_run, differing_fields, open_record, write_json_atomic
 
 CONFIGS = {"config": {"lr": 0.1, "epochs": 4}, "data_config": {"data_root": "data", "label_noise": 0.0}}
 
@@ -34,4 +34,7 @@ def test_open_record_refuses_to_mix_runs(tmp_path):
     with pytest.raises(TracinError, match="already holds a run"):
         open_record(paths, resume=False, overwrite=False, configs=CONFIGS)
     assert open_record(paths, resume=True, overwrite=False, configs=CONFIGS) == json.loads(paths.run_json.read_text())
+    with pytest.raises(TracinError, match="is not a tracin-train run"):  # a run.json this tool did not write
+        open_record(paths, resume=False, overwrite=True, configs=CONFIGS)
+    write_json_atomic({**CONFIGS, "format": RUN_FORMAT}, paths.run_json)
     assert open_record(paths, resume=False, overwrite=True, configs=CONFIGS) is None

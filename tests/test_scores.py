@@ -92,7 +92,9 @@ def test_each_example_gradient_is_computed_once_per_checkpoint(setup):
     seen = []
     tracin.model.register_forward_hook(lambda module, args, out: seen.append(len(args[0])))
     tracin.scores(train, test)
-    probe = 2 + 3 + 2  # resolve_targets' shape probes (2 and 3 examples, no backward), then the gradient probe
+    # resolve_targets' shape probes (2 and 3 examples, no backward); settle_targets' per-example and batch
+    # gradients of the probe batch; the probe of layer shapes
+    probe = 2 + 3 + 2 + 2 + 2
     assert sum(seen) == probe + len(checkpoints) * (len(train[0]) + len(test[0]))
 
 

@@ -140,7 +140,7 @@ def _is_state_dict(value: Any) -> bool:
     return isinstance(value, dict) and bool(value) and all(isinstance(v, Tensor) for v in value.values())
 
 
-def _state_of(payload: Any, path: Union[str, Path]) -> dict[str, Tensor]:
+def _read_state(payload: Any, path: Union[str, Path]) -> dict[str, Tensor]:
     """The model weights of a checkpoint file: a plain state dict, or one under a STATE_KEYS key."""
     if _is_state_dict(payload):
         return payload
@@ -156,7 +156,7 @@ def _state_of(payload: Any, path: Union[str, Path]) -> dict[str, Tensor]:
     return payload[found[0]]
 
 
-def _lr_of(payload: Any, path: Union[str, Path]) -> Optional[float]:
+def _read_lr(payload: Any, path: Union[str, Path]) -> Optional[float]:
     """The learning rate a checkpoint file records: under LR_KEYS, or the one rate of a saved optimizer's
     param_groups; None when it records none."""
     if not isinstance(payload, dict):
@@ -190,7 +190,7 @@ def _from_path(path: Union[str, Path], lr: Optional[float]) -> Checkpoint:
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         state, stored_lr, epoch = payload["model"], payload.get("lr"), int(payload["epoch"])
     else:
-        state, stored_lr = _state_of(payload, path), _lr_of(payload, path)
+        state, stored_lr = _read_state(payload, path), (_read_lr(payload, path) if lr is None else None)
         epoch = int(payload["epoch"]) if isinstance(payload, dict) and isinstance(payload.get("epoch"), int) else -1
     if lr is None and stored_lr is None:
         found = f" (keys: {', '.join(map(str, payload))})" if not _is_state_dict(payload) else ""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -18,12 +20,53 @@ import numpy as np
 import torch
 from torch import Tensor
 from torchvision import datasets
+from torchvision.datasets import cifar as cifar_module
 from torchvision.datasets.utils import extract_archive
 
 from tracin.config import DataConfig
 from tracin.errors import DataError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR's batch files hold (dicts, lists, str, bytes, numbers, numpy arrays):
+    a batch file is data, and a crafted one must not run code when it is read."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("_codecs", "encode"),  # how protocol 2 writes bytes from Python 3: encode(str, "latin1")
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not something a CIFAR batch file holds")
+
+
+class _CifarPickle:
+    """Stands in for the pickle module inside torchvision.datasets.cifar while tracin reads CIFAR."""
+
+    UnpicklingError = pickle.UnpicklingError
+
+    @staticmethod
+    def load(file, encoding: str = "ASCII", **_):
+        return _CifarUnpickler(file, encoding=encoding).load()
+
+
+@contextmanager
+def _restricted_cifar_reads():
+    """torchvision's CIFAR10 reads its batch files with pickle.load: route that through _CifarUnpickler
+    (checksummed official files and a user's own files alike), restoring torchvision's module after."""
+    saved = cifar_module.pickle
+    cifar_module.pickle = _CifarPickle
+    try:
+        yield
+    finally:
+        cifar_module.pickle = saved
 
 
 class _UncheckedCIFAR10(datasets.CIFAR10):
@@ -148,7 +191,10 @@ def _load_torchvision(config: DataConfig, train: bool):
         _link_debian_fashion_mnist(root)
         loader, folder = datasets.FashionMNIST, root / "FashionMNIST" / "raw"
     try:
-        return loader(str(root), train=train, download=False)
+        with _restricted_cifar_reads():
+            return loader(str(root), train=train, download=False)
+    except pickle.UnpicklingError as error:
+        raise DataError(f"{folder} holds a file that is not a CIFAR batch ({error}); it was not loaded") from None
     except RuntimeError as error:
         if folder.exists():  # present but unreadable: never download over a user's files
             raise DataError(_missing_message(config, error)) from None

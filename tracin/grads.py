@@ -28,7 +28,7 @@ What users' models do, and how the recording stays exact (`resolve_targets`, `re
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
@@ -43,8 +43,11 @@ LINEAR, CONV, BATCHNORM, GENERIC = "linear", "conv", "batchnorm", "generic"
 FACTORABLE = (LINEAR, CONV)
 GROUPED, PATCHES = "grouped", "patches"
 CONV_METHODS = ("auto", GROUPED, PATCHES)
+CHANGED = "\0changed"  # _probe_shapes' entry for the modules whose outputs were changed in place
 UNKNOWN = -1  # a tensor whose shape changes with the batch size other than in one dimension
 RECOMPUTE_RTOL = 1e-3  # torch.func's one-example recomputation vs the batched output, relative to its max
+RECOMPUTE_ATOL = 1e-12
+SUM_RTOL = 1e-4  # summed per-example gradients vs the batch gradient, relative to its largest entry
 
 # loss_fn(logits [n, classes], labels [n], inputs [n, ...]) -> per-example losses [n]
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -70,7 +73,8 @@ class Target:
     name: the module's name in the model ("" for the root); params: selected parameter names relative
     to the module, in its named_parameters order ("out_proj.weight" when a child's parameter is
     differentiated here); kind: how its per-sample gradients are computed; dims: per forward call,
-    where the examples are (set by resolve_targets; the closed forms need none).
+    where the examples are (set by resolve_targets; the closed forms need none); copy_output: hand the
+    model a copy of the output, because the probe saw it changed in place downstream (resolve_targets).
     """
 
     name: str
@@ -78,6 +82,7 @@ class Target:
     kind: str
     params: tuple[str, ...]
     dims: tuple[CallDims, ...] = ()
+    copy_output: bool = True
 
     @property
     def param_names(self) -> list[str]:
@@ -138,14 +143,20 @@ def last_linear_target(model: nn.Module) -> Target:
 # --- where examples are, and which module differentiates each parameter ------------------------------
 
 
-def _leaf_shapes(tree: Any, floats_only: bool = False) -> tuple[Optional[tuple[int, ...]], ...]:
-    shapes = []
-    for leaf in tree_leaves(tree):
-        is_tensor = isinstance(leaf, Tensor)
-        if floats_only and not (is_tensor and leaf.is_floating_point()):
-            continue
-        shapes.append(tuple(leaf.shape) if is_tensor else None)
-    return tuple(shapes)
+def _float_positions(leaves: Sequence[Any]) -> list[int]:
+    """Positions of a module output's floating-point tensor leaves, each distinct tensor once (a tensor
+    returned twice, as in `return h, (h, c)`, is one output, not two)."""
+    seen, positions = set(), []
+    for i, leaf in enumerate(leaves):
+        if isinstance(leaf, Tensor) and leaf.is_floating_point() and id(leaf) not in seen:
+            seen.add(id(leaf))
+            positions.append(i)
+    return positions
+
+
+def _leaf_shapes(leaves: Sequence[Any]) -> tuple[Optional[tuple[int, ...]], ...]:
+    """The shape of each tensor leaf; None for other leaves."""
+    return tuple(tuple(leaf.shape) if isinstance(leaf, Tensor) else None for leaf in leaves)
 
 
 @torch.no_grad()
@@ -153,11 +164,15 @@ def _probe_shapes(model: nn.Module, inputs: Tensor) -> dict[str, list[tuple]]:
     """{module name: per forward call, (shapes of its (args, kwargs) leaves, shapes of its float output
     leaves)} for one forward pass."""
     seen: dict[str, list[tuple]] = {}
+    watched: list[tuple[str, Tensor, int]] = []
     handles = []
     for name, module in model.named_modules():
 
         def hook(module, args, kwargs, output, name=name):
-            seen.setdefault(name, []).append((_leaf_shapes((args, kwargs)), _leaf_shapes(output, floats_only=True)))
+            outputs = tree_leaves(output)
+            floats = [outputs[i] for i in _float_positions(outputs)]
+            seen.setdefault(name, []).append((_leaf_shapes(tree_leaves((args, kwargs))), _leaf_shapes(floats)))
+            watched.extend((name, t, t._version) for t in floats)
 
         handles.append(module.register_forward_hook(hook, with_kwargs=True))
     try:
@@ -165,11 +180,13 @@ def _probe_shapes(model: nn.Module, inputs: Tensor) -> dict[str, list[tuple]]:
     finally:
         for handle in handles:
             handle.remove()
+    seen[CHANGED] = sorted({name for name, t, version in watched if t._version != version})
     return seen
 
 
-def _batch_dim(two: Optional[tuple[int, ...]], three: Optional[tuple[int, ...]]) -> Optional[int]:
-    """The one dimension that holds 2 and then 3 examples; None if the shape does not change."""
+def _find_batch_dim(two: Optional[tuple[int, ...]], three: Optional[tuple[int, ...]]) -> Optional[int]:
+    """The one dimension that holds 2 and then 3 examples; None if the shape does not change (or the leaf
+    is no tensor); UNKNOWN if it changes otherwise."""
     if two is None or two == three:
         return None
     if len(two) != len(three):
@@ -178,7 +195,7 @@ def _batch_dim(two: Optional[tuple[int, ...]], three: Optional[tuple[int, ...]])
     return changed[0] if len(changed) == 1 and (two[changed[0]], three[changed[0]]) == (2, 3) else UNKNOWN
 
 
-def _call_dims(two: list[tuple], three: list[tuple]) -> Optional[tuple[CallDims, ...]]:
+def _find_call_dims(two: list[tuple], three: list[tuple]) -> Optional[tuple[CallDims, ...]]:
     """Batch dimensions of every call of a module, or None when they cannot be told: the module is
     called a different number of times, its output has a leaf with no example dimension, or a leaf
     mixes examples with other dimensions."""
@@ -186,51 +203,43 @@ def _call_dims(two: list[tuple], three: list[tuple]) -> Optional[tuple[CallDims,
         return None
     dims = []
     for (in2, out2), (in3, out3) in zip(two, three):
-        inputs = tuple(_batch_dim(a, b) for a, b in zip(in2, in3))
-        outputs = tuple(_batch_dim(a, b) for a, b in zip(out2, out3))
+        inputs = tuple(_find_batch_dim(a, b) for a, b in zip(in2, in3))
+        outputs = tuple(_find_batch_dim(a, b) for a, b in zip(out2, out3))
         if not outputs or UNKNOWN in inputs or any(d is None or d == UNKNOWN for d in outputs):
             return None
         dims.append(CallDims(inputs, outputs))
     return tuple(dims)
 
 
-def _owner(names: Sequence[str]) -> str:
-    """The deepest module name holding every name (their common dotted prefix)."""
-    parts = [n.split(".")[:-1] for n in names]
-    common = []
-    for level in zip(*parts):
-        if len(set(level)) > 1:
-            break
-        common.append(level[0])
-    return ".".join(common)
-
-
-def _parent(name: str) -> str:
-    return name.rsplit(".", 1)[0] if "." in name else ""
-
-
-def resolve_targets(model: nn.Module, targets: Sequence[Target], inputs: Tensor) -> list[Target]:
+def resolve_targets(model: nn.Module, targets: Sequence[Target], inputs: Tensor, at_root: Sequence[str] = ()) -> list[Target]:
     """The targets moved to where their parameters can be differentiated, with the batch dimensions of
     every call. Two probe passes (2 and 3 examples, rows repeated if needed) show which modules run and
     where their examples are. A parameter goes to its module if that module is called and keeps its
     examples apart along one dimension; otherwise (never called, shared with another module, output with
-    no example dimension) to the nearest enclosing module that is, through torch.func."""
+    no example dimension) to the nearest enclosing module that is, through torch.func. Parameters named
+    in `at_root` go to the root module (see settle_targets)."""
     if len(inputs) == 0:
         raise TracinError("cannot probe the model with no examples")
     two, three = (_probe_shapes(model, inputs[torch.arange(n) % len(inputs)]) for n in (2, 3))
-    dims = {name: _call_dims(two[name], three[name]) for name in two if name in three}
+    dims = {name: _find_call_dims(two[name], three[name]) for name in two if name in three and name != CHANGED}
+    changed = set(two[CHANGED]) | set(three[CHANGED])
     placed: dict[str, list[str]] = {}
-    for name, home in _homes(model, targets):
+    for name, home in _find_homes(model, targets):
+        home = "" if name in at_root else home
         while dims.get(home) is None:
             if home == "":
                 raise TracinError(f"cannot tell which dimension of the model's output holds the examples (needed for {name})")
             home = _parent(home)
         placed.setdefault(home, []).append(name)
     modules = dict(model.named_modules())
-    return [_target(home, modules[home], placed[home], dims[home]) for home in modules if home in placed]
+    return [
+        replace(_make_target(home, modules[home], placed[home], dims[home]), copy_output=home in changed)
+        for home in modules
+        if home in placed
+    ]
 
 
-def _homes(model: nn.Module, targets: Sequence[Target]) -> list[tuple[str, str]]:
+def _find_homes(model: nn.Module, targets: Sequence[Target]) -> list[tuple[str, str]]:
     """(parameter name, the deepest module holding every use of it) per selected parameter: its own
     module, or for a parameter shared by several modules their common enclosing module."""
     owners: dict[int, list[str]] = {}
@@ -254,15 +263,16 @@ def _parent(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else ""
 
 
-def _target(home: str, module: nn.Module, names: Sequence[str], dims: tuple[CallDims, ...]) -> Target:
-    """One module's target: its closed form when it holds only its own parameters and keeps examples in
-    dimension 0 (a Linear inside a batch_first=False transformer does not), else torch.func."""
+def _make_target(home: str, module: nn.Module, names: Sequence[str], dims: tuple[CallDims, ...]) -> Target:
+    """One module's target: its closed form when it holds only its own parameters, takes one tensor (by
+    position or keyword) and keeps examples in dimension 0 (a Linear inside a batch_first=False
+    transformer does not), else torch.func."""
     local = {n[len(home) + 1 :] if home else n for n in names}
     params = tuple(p for p, _ in module.named_parameters() if p in local)
     if len(params) != len(local):
         raise TracinError(f"module {home!r} does not list parameters {sorted(local - set(params))} as its own")
     kind = _kind(module)
-    closed = all("." not in p for p in params) and all(d.inputs[:1] == (0,) and d.outputs == (0,) for d in dims)
+    closed = all("." not in p for p in params) and all(d.inputs == (0,) and d.outputs == (0,) for d in dims)
     return Target(home, module, kind if closed else GENERIC, params, dims)
 
 
@@ -276,7 +286,9 @@ class Call:
     outputs: its floating-point output tensors, as the hook saw them (the model got copies); grads: the
     gradient of the summed loss with respect to each; inputs: Linear/Conv2d: (input,), BatchNorm: (xhat,),
     other modules: the leaves of their flattened (args, kwargs), rebuilt with `spec`; state: a torch.func
-    module's parameters and buffers at the call; watched: (tensor, version) of inputs that must not change.
+    module's parameters and buffers (detached, sharing storage: an eval-mode forward does not change them);
+    positions: where the outputs sit among the leaves of the module's output; watched: (tensor, version)
+    of inputs and uncopied outputs that must not change.
     """
 
     outputs: list[Tensor]
@@ -284,6 +296,7 @@ class Call:
     grads: list[Tensor] = field(default_factory=list)
     state: dict[str, Tensor] = field(default_factory=dict)
     spec: Any = None
+    positions: list[int] = field(default_factory=list)
     watched: list[tuple[Tensor, int]] = field(default_factory=list)
 
     @property
@@ -291,7 +304,8 @@ class Call:
         """The output gradient of a single-output (Linear, Conv2d, BatchNorm) call."""
         return self.grads[0]
 
-    def inputs_changed(self) -> bool:
+    def changed(self) -> bool:
+        """A recorded input, or an output handed on uncopied, was changed in place during the pass."""
         return any(tensor._version != version for tensor, version in self.watched)
 
 
@@ -308,35 +322,46 @@ def _detached(leaves: Sequence[Any], copy: bool) -> list[Any]:
     return out
 
 
-def _record(target: Target, args: tuple, kwargs: dict, output: Any, copy_inputs: bool) -> tuple[Call, Any]:
-    """The Call of one forward, and the output to hand on: its float tensors copied, so that in-place
-    operations downstream (ReLU(inplace=True), `out += identity`) change the copies, not the recorded ones."""
+def _record(target: Target, args: tuple, kwargs: dict, output: Any, copy_all: bool) -> tuple[Call, Any]:
+    """The Call of one forward, and the output to hand on. Where in-place operations downstream
+    (ReLU(inplace=True), `out += identity`) change an output (target.copy_output, or copy_all), the model
+    gets a copy and the original is recorded; otherwise the output itself is handed on and watched, and a
+    change is caught after the pass (see _forward). A new leaf (the first selected layer's output) is
+    always copied: autograd forbids in-place operations on a leaf that requires grad."""
     leaves, spec = tree_flatten(output)
-    floats = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor) and leaf.is_floating_point()]
-    if not floats:
+    positions = _float_positions(leaves)
+    if not positions:
         raise TracinError(f"module {target.name!r} returns no floating-point tensor, so no gradient reaches its parameters")
-    outputs, handed_on = [], list(leaves)
-    for i in floats:
+    outputs, copies, kept = [], {}, []
+    for i in positions:
         # The engine's copy of the model has no parameter that requires grad (autograd then never forms
         # summed weight gradients nobody uses); the earliest selected layer's output starts the graph.
         recorded = leaves[i] if leaves[i].requires_grad else leaves[i].detach().requires_grad_(True)
         outputs.append(recorded)
-        handed_on[i] = recorded.clone()
-    call = _call(target, args, kwargs, outputs, copy_inputs)
+        if copy_all or target.copy_output or recorded is not leaves[i]:
+            copies[id(leaves[i])] = recorded.clone()
+        else:
+            kept.append((recorded, recorded._version))
+    handed_on = [copies.get(id(leaf), leaf) if isinstance(leaf, Tensor) else leaf for leaf in leaves]
+    call = _make_call(target, args, kwargs, outputs, copy_all)
+    call.positions = positions
+    call.watched.extend(kept)
     return call, tree_unflatten(handed_on, spec)
 
 
-def _call(target: Target, args: tuple, kwargs: dict, outputs: list[Tensor], copy_inputs: bool) -> Call:
+def _make_call(target: Target, args: tuple, kwargs: dict, outputs: list[Tensor], copy_inputs: bool) -> Call:
+    """The Call of one forward: the closed forms keep their one input tensor (BatchNorm its xhat), a
+    torch.func module every leaf of its arguments and its state."""
+    leaves, spec = tree_flatten((args, kwargs))
     if target.kind == BATCHNORM:
-        return Call(outputs, (_normalized_input(target.module, args[0].detach()),))
+        return Call(outputs, (_normalized_input(target.module, leaves[0].detach()),))
     if target.kind == GENERIC:
-        leaves, spec = tree_flatten((args, kwargs))
         inputs = _detached(leaves, copy_inputs)
         module = target.module
         state = {k: v.detach() for k, v in [*module.named_parameters(), *module.named_buffers()]}
         watched = [(t, t._version) for t in inputs if isinstance(t, Tensor)]
         return Call(outputs, tuple(inputs), state=state, spec=spec, watched=watched)
-    (x,) = _detached(args[:1], copy_inputs)
+    (x,) = _detached(leaves[:1], copy_inputs)
     return Call(outputs, (x,), watched=[(x, x._version)])
 
 
@@ -352,16 +377,16 @@ def _normalized_input(bn: nn.Module, x: Tensor) -> Tensor:
 
 
 @contextmanager
-def recording(targets: Sequence[Target], copy_inputs: bool = False) -> Iterator[list[list[Call]]]:
+def recording(targets: Sequence[Target], copy_all: bool = False) -> Iterator[list[list[Call]]]:
     """Forward hooks that append a Call per forward call of each target (list per target) and hand the
-    model copies of the outputs. copy_inputs: record copies of the inputs too (for models that change a
-    module's input in place after the module ran)."""
+    model copies of the outputs that are changed in place downstream (see _record). copy_all: copy every
+    output and record copies of the inputs (after a pass in which something recorded changed)."""
     calls: list[list[Call]] = [[] for _ in targets]
     handles = []
     for i, target in enumerate(targets):
 
         def hook(module, args, kwargs, output, i=i, target=target):
-            call, handed_on = _record(target, args, kwargs, output, copy_inputs)
+            call, handed_on = _record(target, args, kwargs, output, copy_all)
             calls[i].append(call)
             return handed_on
 
@@ -376,12 +401,12 @@ def recording(targets: Sequence[Target], copy_inputs: bool = False) -> Iterator[
 def _forward(model, targets, inputs, labels, loss_fn) -> tuple[Tensor, list[list[Call]]]:
     """Per-example losses and the recorded calls; redone with copied inputs if the model changed a
     recorded input in place after its module ran."""
-    for copy_inputs in (False, True):
-        with recording(targets, copy_inputs) as calls:
+    for copy_all in (False, True):
+        with recording(targets, copy_all) as calls:
             losses = loss_fn(model(inputs), labels, inputs)
-        if not any(call.inputs_changed() for per_target in calls for call in per_target):
+        if not any(call.changed() for per_target in calls for call in per_target):
             return losses, calls
-    changed = [t.name for t, per_target in zip(targets, calls) if any(c.inputs_changed() for c in per_target)]
+    changed = [t.name for t, per_target in zip(targets, calls) if any(c.changed() for c in per_target)]
     raise TracinError(f"the inputs of {', '.join(map(repr, changed))} change in place even when copied")
 
 
@@ -393,8 +418,9 @@ def record_output_grads(
     loss_fn: LossFn = cross_entropy_loss,
     check_finite: bool = True,
 ) -> list[list[Call]]:
-    """One forward and one backward pass; each Call gets `.grads`, the gradient of the summed
-    per-example loss with respect to each output (an output that did not reach the loss gets zeros).
+    """One forward (two if the model changes a recorded input in place) and one backward pass; each Call
+    gets `.grads`, the gradient of the summed per-example loss with respect to each output (an output that
+    did not reach the loss gets zeros).
     check_finite=False leaves the loss check to the caller: the check waits for the device, and the
     engine checks its score sums instead, which any non-finite gradient makes non-finite."""
     losses, calls = _forward(model, targets, inputs, labels, loss_fn)
@@ -408,10 +434,13 @@ def record_output_grads(
             raise TracinError(f"module {target.name!r} {ran}: its parameters cannot be attributed to calls")
     flat = [call for per_target in calls for call in per_target]
     outputs = [output for call in flat for output in call.outputs]
-    grads = iter(torch.autograd.grad(losses.sum(), outputs, allow_unused=True))
+    grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
+    start = 0
     for call in flat:
-        call.grads = [torch.zeros_like(o) if g is None else g.detach() for o, g in zip(call.outputs, grads)]
+        mine = grads[start : start + len(call.outputs)]
+        call.grads = [torch.zeros_like(o) if g is None else g.detach() for o, g in zip(call.outputs, mine)]
         call.outputs = [o.detach() for o in call.outputs]
+        start += len(mine)
     return calls
 
 
@@ -536,7 +565,6 @@ def _generic_flat(target: Target, call: Call, index: int, verify: bool = False) 
     params = {k: call.state[k] for k in target.params}
     fixed = {k: v for k, v in call.state.items() if k not in params}
     batched = [i for i, d in enumerate(dims.inputs) if d is not None]
-    float_leaves: list[int] = []
 
     def one_example(example_leaves: tuple, grads_out: tuple) -> tuple[dict[str, Tensor], tuple]:
         leaves = list(call.inputs)
@@ -546,8 +574,7 @@ def _generic_flat(target: Target, call: Call, index: int, verify: bool = False) 
 
         def forward(p: dict) -> tuple:
             out = tree_leaves(functional_call(module, (p, fixed), args, kwargs))
-            float_leaves[:] = [i for i, o in enumerate(out) if isinstance(o, Tensor) and o.is_floating_point()]
-            return tuple(out[i] for i in float_leaves)
+            return tuple(out[i] for i in call.positions)
 
         primal, pullback = vjp(forward, params)
         cotangents = tuple(g.unsqueeze(d) for g, d in zip(grads_out, dims.outputs))
@@ -568,10 +595,13 @@ def _generic_flat(target: Target, call: Call, index: int, verify: bool = False) 
 
 
 def _check_recomputation(target: Target, primal: Sequence[Tensor], outputs: Sequence[Tensor]) -> None:
+    """torch.func's one-example-at-a-time outputs against the batched ones the hook recorded."""
     for mine, recorded in zip(primal, outputs):
+        if mine.shape != recorded.shape:
+            raise TracinError(f"module {target.name!r}: run one example at a time its output has shape {tuple(mine.shape)}, batched {tuple(recorded.shape)}")
         scale = float(recorded.abs().max()) if recorded.numel() else 0.0
         gap = float((mine - recorded).abs().max()) if recorded.numel() else 0.0
-        if mine.shape != recorded.shape or gap > RECOMPUTE_RTOL * scale + 1e-12:
+        if gap > RECOMPUTE_RTOL * scale + RECOMPUTE_ATOL:
             raise TracinError(
                 f"module {target.name!r}: run one example at a time it does not reproduce its batched output "
                 f"(max difference {gap:.3g} of {scale:.3g}); its examples interact, so their gradients are not separable"
@@ -647,6 +677,63 @@ def _unflatten(target: Target, flat: Tensor) -> dict[str, Tensor]:
     return out
 
 
+def settle_targets(
+    model: nn.Module, targets: Sequence[Target], inputs: Tensor, labels: Tensor, loss_fn: LossFn = cross_entropy_loss
+) -> tuple[list[Target], dict[str, Tensor]]:
+    """resolve_targets, checked on the probe batch: each parameter's per-example gradients must sum to its
+    gradient of the summed loss. A parameter also used outside the module that holds it (a tied weight
+    read directly, `h @ self.embed.weight.T`) fails the check; it moves to the root module, where
+    torch.func sees every use, and is checked again. Returns the targets and the probe batch's
+    per-example gradients {name: Tensor[n, *param.shape]}."""
+    resolved = resolve_targets(model, targets, inputs)
+    grads = _per_example(model, resolved, inputs, labels, loss_fn)
+    wrong = _unsummed(model, grads, inputs, labels, loss_fn)
+    if wrong:
+        resolved = resolve_targets(model, targets, inputs, at_root=wrong)
+        grads = _per_example(model, resolved, inputs, labels, loss_fn)
+        still = _unsummed(model, grads, inputs, labels, loss_fn)
+        if still:
+            raise TracinError(f"per-example gradients of {', '.join(still)} do not sum to the batch gradient: examples interact")
+    return resolved, grads
+
+
+def _per_example(model, targets, inputs, labels, loss_fn, conv_method: str = "auto") -> dict[str, Tensor]:
+    calls = record_output_grads(model, targets, inputs, labels, loss_fn)
+    grads = {}
+    for target, target_calls in zip(targets, calls):
+        for local, tensor in _unflatten(target, layer_flat(target, target_calls, conv_method, verify=True)).items():
+            grads[f"{target.name}.{local}" if target.name else local] = tensor
+    return grads
+
+
+def _unsummed(model: nn.Module, grads: dict[str, Tensor], inputs: Tensor, labels: Tensor, loss_fn: LossFn) -> list[str]:
+    """Names whose per-example gradients do not sum to autograd's gradient of the summed loss. A model
+    whose weights autograd cannot differentiate (one that changes a module's input in place after the
+    module ran trains with no optimiser either) is not checked: there is no batch gradient to hold up."""
+    params = [model.get_parameter(name) for name in grads]
+    saved = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        losses = loss_fn(model(inputs), labels, inputs)
+        batch = torch.autograd.grad(losses.sum(), params, allow_unused=True)
+    except RuntimeError as error:
+        if "modified by an inplace operation" in str(error):
+            return []
+        raise
+    finally:
+        for p, flag in zip(params, saved):
+            p.requires_grad_(flag)
+    wrong = []
+    for (name, per_example), total in zip(grads.items(), batch):
+        summed = per_example.sum(0)
+        total = torch.zeros_like(summed) if total is None else total
+        scale = max(float(total.abs().max()), float(summed.abs().max())) if total.numel() else 0.0
+        if float((summed - total).abs().max()) > SUM_RTOL * scale + RECOMPUTE_ATOL:
+            wrong.append(name)
+    return wrong
+
+
 def per_sample_grads(
     model: nn.Module,
     inputs: Tensor,
@@ -661,10 +748,5 @@ def per_sample_grads(
     weight gradients are formed ("auto", "grouped" or "patches"; see conv_grad_method)."""
     if conv_method not in CONV_METHODS:
         raise TracinError(f"conv_method must be one of {', '.join(CONV_METHODS)}, got {conv_method!r}")
-    targets = resolve_targets(model, select_targets(model, layers), inputs)
-    calls = record_output_grads(model, targets, inputs, labels, loss_fn)
-    grads = {}
-    for target, target_calls in zip(targets, calls):
-        for local, tensor in _unflatten(target, layer_flat(target, target_calls, conv_method, verify=True)).items():
-            grads[f"{target.name}.{local}" if target.name else local] = tensor
-    return grads
+    targets, _ = settle_targets(model, select_targets(model, layers), inputs, labels, loss_fn)
+    return _per_example(model, targets, inputs, labels, loss_fn, conv_method)

@@ -42,6 +42,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) not in (2, 3) or any(a.startswith("-") for a in args):
+        print("usage: python -m tracin.notebooks SCORES OUT_DIR [DATA_ROOT]  (both notebooks, executed, as HTML in OUT_DIR)", file=sys.stderr)
+        return 2
     scores, out_dir = Path(args[0]).resolve(), Path(args[1])
     data_root = args[2] if len(args) > 2 else None
     out_dir.mkdir(parents=True, exist_ok=True)

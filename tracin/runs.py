@@ -144,6 +144,8 @@ def open_record(paths: RunPaths, resume: bool, overwrite: bool, configs: dict[st
 
     Reads only: the caller removes the folder (overwrite) and writes the record, on rank 0.
     """
+    if overwrite and holds_work(paths) and not made_by_tracin(paths):
+        clear_run(paths)  # refuses, saying why, before anything is trained
     if not holds_work(paths) or overwrite:
         return None
     if not resume:
@@ -157,7 +159,34 @@ def open_record(paths: RunPaths, resume: bool, overwrite: bool, configs: dict[st
     return record
 
 
+def check_run_name(name: str) -> str:
+    """A run name is one plain folder name: --overwrite removes OUT_ROOT/NAME, so "", ".", "..", paths
+    and separators (which would point it at other runs or at folders no run made) are refused."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or os.sep in name or "\0" in name:
+        raise TracinError(f"--run must be a plain name (no path separators, not empty, '.' or '..'), got {name!r}; use --out-root for the folder")
+    return name
+
+
+def made_by_tracin(paths: RunPaths) -> bool:
+    """The folder holds this tool's run record (run.json with its format), or only the files a new run
+    writes before its record (data.json and temporary files): the only folders --overwrite removes."""
+    try:
+        record = json.loads(paths.run_json.read_text())
+        if isinstance(record, dict) and record.get("format") == RUN_FORMAT:
+            return True
+    except (OSError, ValueError):
+        pass
+    return all(p.name == "data.json" or (p.name.startswith(".") and p.name.endswith(".tmp")) for p in paths.root.iterdir())
+
+
 def clear_run(paths: RunPaths) -> None:
-    """Remove a run folder for --overwrite (checkpoints, scores, everything in it)."""
-    if paths.root.exists():
-        shutil.rmtree(paths.root)
+    """Remove a run folder for --overwrite (checkpoints, scores, everything in it), only if this tool
+    made it: a folder of anything else is refused, and left as it was."""
+    if not paths.root.exists():
+        return
+    if not paths.root.is_dir() or not made_by_tracin(paths):
+        raise TracinError(
+            f"{paths.root} is not a tracin-train run (no run.json of format {RUN_FORMAT!r}); --overwrite removes only "
+            "runs this tool made: move it away yourself or choose another --run"
+        )
+    shutil.rmtree(paths.root)

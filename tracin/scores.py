@@ -29,7 +29,7 @@ from tracin.config import MODES, PRECISIONS
 from tracin.data import Split, normalize
 from tracin.errors import NonFiniteError, TracinError
 from tracin.features import FACTORED, REPRESENTATIONS, Features, LayerPlan, LayerShape, compute_features, make_plans, probe_shape
-from tracin.grads import LossFn, cross_entropy_loss, last_linear_target, record_output_grads, resolve_targets, select_targets
+from tracin.grads import LossFn, cross_entropy_loss, last_linear_target, record_output_grads, select_targets, settle_targets
 from tracin.topk import Ranking, StreamingRanking
 
 DEFAULT_MAX_MEMORY = 2 * 2**30  # bytes for kept features and score blocks
@@ -232,7 +232,7 @@ class TracIn:
         if self._shapes is None:
             self._load(0)
             inputs, labels = source.get(0, min(2, source.n), self.device)
-            self.targets = resolve_targets(self.model, self.targets, inputs)
+            self.targets, _ = settle_targets(self.model, self.targets, inputs, labels, self.loss_fn)
             calls = record_output_grads(self.model, self.targets, inputs, labels, self.loss_fn)
             self._shapes = [probe_shape(t, c) for t, c in zip(self.targets, calls)]
         return self._shapes

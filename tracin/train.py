@@ -55,7 +55,7 @@ from tracin.data import RunData, Split, augment, data_record, fingerprint, load_
 from tracin.errors import CheckpointError, NonFiniteError, TracinError
 from tracin.models import build_model, copy_shared_stages, count_parameters, student_config, teacher_config
 from tracin.plots import plot_confusion, plot_history
-from tracin.runs import RunPaths, clear_run, new_record, open_record, write_json_atomic
+from tracin.runs import RunPaths, check_run_name, clear_run, new_record, open_record, write_json_atomic
 from tracin.runtime import Runtime, start_runtime
 
 ORDER_STREAM, AUGMENT_STREAM, GLOBAL_STREAM = 0, 1, 2  # the random streams of an epoch
@@ -620,6 +620,9 @@ class RunOptions:
     overwrite: bool = False
     quiet: bool = False
     command: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        check_run_name(self.run)
 
 
 @dataclass
