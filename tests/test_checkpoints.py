@@ -10,6 +10,7 @@ import torch
 
 from tracin.checkpoints import (
     FORMAT,
+    Checkpoint,
     checkpoint_name,
     checkpoints_from_loader,
     list_checkpoints,
@@ -149,3 +150,8 @@ def test_a_captum_style_load_function_gives_states_and_lrs(tmp_path):
     assert [c.lr for c in checkpoints] == pytest.approx([0.1, 0.2])
     assert torch.equal(checkpoints[1].state["0.weight"], model.state_dict()["0.weight"] * 3)
     assert torch.equal(model.state_dict()["0.weight"], _linear_model().state_dict()["0.weight"])  # the user's model untouched
+
+
+def test_every_checkpoint_checks_its_lr_however_it_is_made():
+    with pytest.raises(CheckpointError, match="finite positive"):
+        Checkpoint({"w": torch.ones(1)}, 0.0, path="run/teacher/epoch_002.pt")  # as tracin-score builds them

@@ -129,6 +129,10 @@ class Checkpoint:
     epoch: int = -1
     sha256: str = ""
 
+    def __post_init__(self):
+        # every way of making a checkpoint (files, pairs, loaders, tracin-score's run) gets the same check
+        object.__setattr__(self, "lr", _checked_lr(self.lr, self.path or "checkpoint"))
+
 
 # Where checkpoints that other trainers write keep their weights, and what wraps the keys.
 STATE_KEYS = ("model", "state_dict", "model_state_dict", "model_state")
@@ -195,8 +199,7 @@ def _from_path(path: Union[str, Path], lr: Optional[float]) -> Checkpoint:
     if lr is None and stored_lr is None:
         found = f" (keys: {', '.join(map(str, payload))})" if not _is_state_dict(payload) else ""
         raise CheckpointError(f"{path} records no learning rate{found}: give it as a (path, lr) pair")
-    lr = _checked_lr(lr if lr is not None else stored_lr, str(path))
-    return Checkpoint(state, lr, str(path), epoch, sha256_file(path))
+    return Checkpoint(state, lr if lr is not None else stored_lr, str(path), epoch, sha256_file(path))
 
 
 def checkpoints_from_loader(
@@ -208,7 +211,7 @@ def checkpoints_from_loader(
     model = copy.deepcopy(model)
     loaded = []
     for path in paths:
-        lr = _checked_lr(checkpoints_load_func(model, str(path)), f"checkpoints_load_func(model, {str(path)!r})")
+        lr = checkpoints_load_func(model, str(path))
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         loaded.append(Checkpoint(state, lr, str(path), -1, sha256_file(path) if Path(path).is_file() else ""))
     return loaded
@@ -226,9 +229,9 @@ def resolve_checkpoints(items: Iterable[Any]) -> list[Checkpoint]:
         elif isinstance(item, (str, Path)):
             resolved.append(_from_path(item, None))
         elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], (str, Path)):
-            resolved.append(_from_path(item[0], _checked_lr(item[1], str(item[0]))))
+            resolved.append(_from_path(item[0], item[1]))
         elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], dict):
-            resolved.append(Checkpoint(dict(item[0]), _checked_lr(item[1], "(state_dict, lr) pair")))
+            resolved.append(Checkpoint(dict(item[0]), item[1]))
         else:
             raise CheckpointError(f"cannot use {type(item).__name__} as a checkpoint: give a path or (path, lr)")
     if not resolved:

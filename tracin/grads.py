@@ -43,7 +43,6 @@ LINEAR, CONV, BATCHNORM, GENERIC = "linear", "conv", "batchnorm", "generic"
 FACTORABLE = (LINEAR, CONV)
 GROUPED, PATCHES = "grouped", "patches"
 CONV_METHODS = ("auto", GROUPED, PATCHES)
-CHANGED = "\0changed"  # _probe_shapes' entry for the modules whose outputs were changed in place
 UNKNOWN = -1  # a tensor whose shape changes with the batch size other than in one dimension
 RECOMPUTE_RTOL = 1e-3  # torch.func's one-example recomputation vs the batched output, relative to its max
 RECOMPUTE_ATOL = 1e-12
@@ -160,9 +159,9 @@ def _leaf_shapes(leaves: Sequence[Any]) -> tuple[Optional[tuple[int, ...]], ...]
 
 
 @torch.no_grad()
-def _probe_shapes(model: nn.Module, inputs: Tensor) -> dict[str, list[tuple]]:
-    """{module name: per forward call, (shapes of its (args, kwargs) leaves, shapes of its float output
-    leaves)} for one forward pass."""
+def _probe_shapes(model: nn.Module, inputs: Tensor) -> tuple[dict[str, list[tuple]], set[str]]:
+    """One forward pass: {module name: per forward call, (shapes of its (args, kwargs) leaves, shapes of
+    its float output leaves)}, and the names of the modules whose outputs were changed in place later."""
     seen: dict[str, list[tuple]] = {}
     watched: list[tuple[str, Tensor, int]] = []
     handles = []
@@ -180,8 +179,7 @@ def _probe_shapes(model: nn.Module, inputs: Tensor) -> dict[str, list[tuple]]:
     finally:
         for handle in handles:
             handle.remove()
-    seen[CHANGED] = sorted({name for name, t, version in watched if t._version != version})
-    return seen
+    return seen, {name for name, t, version in watched if t._version != version}
 
 
 def _find_batch_dim(two: Optional[tuple[int, ...]], three: Optional[tuple[int, ...]]) -> Optional[int]:
@@ -220,9 +218,9 @@ def resolve_targets(model: nn.Module, targets: Sequence[Target], inputs: Tensor,
     in `at_root` go to the root module (see settle_targets)."""
     if len(inputs) == 0:
         raise TracinError("cannot probe the model with no examples")
-    two, three = (_probe_shapes(model, inputs[torch.arange(n) % len(inputs)]) for n in (2, 3))
-    dims = {name: _find_call_dims(two[name], three[name]) for name in two if name in three and name != CHANGED}
-    changed = set(two[CHANGED]) | set(three[CHANGED])
+    (two, changed_two), (three, changed_three) = (_probe_shapes(model, inputs[torch.arange(n) % len(inputs)]) for n in (2, 3))
+    dims = {name: _find_call_dims(two[name], three[name]) for name in two if name in three}
+    changed = changed_two | changed_three
     placed: dict[str, list[str]] = {}
     for name, home in _find_homes(model, targets):
         home = "" if name in at_root else home
@@ -399,15 +397,15 @@ def recording(targets: Sequence[Target], copy_all: bool = False) -> Iterator[lis
 
 
 def _forward(model, targets, inputs, labels, loss_fn) -> tuple[Tensor, list[list[Call]]]:
-    """Per-example losses and the recorded calls; redone with copied inputs if the model changed a
-    recorded input in place after its module ran."""
+    """Per-example losses and the recorded calls; redone with every output and input copied if the model
+    changed something recorded in place (an input after its module ran, an uncopied output downstream)."""
     for copy_all in (False, True):
         with recording(targets, copy_all) as calls:
             losses = loss_fn(model(inputs), labels, inputs)
         if not any(call.changed() for per_target in calls for call in per_target):
             return losses, calls
     changed = [t.name for t, per_target in zip(targets, calls) if any(c.changed() for c in per_target)]
-    raise TracinError(f"the inputs of {', '.join(map(repr, changed))} change in place even when copied")
+    raise TracinError(f"what {', '.join(map(repr, changed))} recorded changes in place even when copied")
 
 
 def record_output_grads(
@@ -678,7 +676,12 @@ def _unflatten(target: Target, flat: Tensor) -> dict[str, Tensor]:
 
 
 def settle_targets(
-    model: nn.Module, targets: Sequence[Target], inputs: Tensor, labels: Tensor, loss_fn: LossFn = cross_entropy_loss
+    model: nn.Module,
+    targets: Sequence[Target],
+    inputs: Tensor,
+    labels: Tensor,
+    loss_fn: LossFn = cross_entropy_loss,
+    conv_method: str = "auto",
 ) -> tuple[list[Target], dict[str, Tensor]]:
     """resolve_targets, checked on the probe batch: each parameter's per-example gradients must sum to its
     gradient of the summed loss. A parameter also used outside the module that holds it (a tied weight
@@ -686,11 +689,11 @@ def settle_targets(
     torch.func sees every use, and is checked again. Returns the targets and the probe batch's
     per-example gradients {name: Tensor[n, *param.shape]}."""
     resolved = resolve_targets(model, targets, inputs)
-    grads = _per_example(model, resolved, inputs, labels, loss_fn)
+    grads = _per_example(model, resolved, inputs, labels, loss_fn, conv_method)
     wrong = _unsummed(model, grads, inputs, labels, loss_fn)
     if wrong:
         resolved = resolve_targets(model, targets, inputs, at_root=wrong)
-        grads = _per_example(model, resolved, inputs, labels, loss_fn)
+        grads = _per_example(model, resolved, inputs, labels, loss_fn, conv_method)
         still = _unsummed(model, grads, inputs, labels, loss_fn)
         if still:
             raise TracinError(f"per-example gradients of {', '.join(still)} do not sum to the batch gradient: examples interact")
@@ -698,6 +701,7 @@ def settle_targets(
 
 
 def _per_example(model, targets, inputs, labels, loss_fn, conv_method: str = "auto") -> dict[str, Tensor]:
+    """{parameter name: Tensor[n, *param.shape]} from one recorded pass over settled targets."""
     calls = record_output_grads(model, targets, inputs, labels, loss_fn)
     grads = {}
     for target, target_calls in zip(targets, calls):
@@ -748,5 +752,5 @@ def per_sample_grads(
     weight gradients are formed ("auto", "grouped" or "patches"; see conv_grad_method)."""
     if conv_method not in CONV_METHODS:
         raise TracinError(f"conv_method must be one of {', '.join(CONV_METHODS)}, got {conv_method!r}")
-    targets, _ = settle_targets(model, select_targets(model, layers), inputs, labels, loss_fn)
-    return _per_example(model, targets, inputs, labels, loss_fn, conv_method)
+    _, grads = settle_targets(model, select_targets(model, layers), inputs, labels, loss_fn, conv_method)
+    return grads

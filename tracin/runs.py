@@ -144,8 +144,8 @@ def open_record(paths: RunPaths, resume: bool, overwrite: bool, configs: dict[st
 
     Reads only: the caller removes the folder (overwrite) and writes the record, on rank 0.
     """
-    if overwrite and holds_work(paths) and not made_by_tracin(paths):
-        clear_run(paths)  # refuses, saying why, before anything is trained
+    if overwrite and holds_work(paths):
+        check_removable(paths)  # before anything is trained
     if not holds_work(paths) or overwrite:
         return None
     if not resume:
@@ -179,14 +179,18 @@ def made_by_tracin(paths: RunPaths) -> bool:
     return all(p.name == "data.json" or (p.name.startswith(".") and p.name.endswith(".tmp")) for p in paths.root.iterdir())
 
 
-def clear_run(paths: RunPaths) -> None:
-    """Remove a run folder for --overwrite (checkpoints, scores, everything in it), only if this tool
-    made it: a folder of anything else is refused, and left as it was."""
-    if not paths.root.exists():
-        return
+def check_removable(paths: RunPaths) -> None:
+    """--overwrite removes only a folder this tool made; anything else is refused, and left as it was."""
     if not paths.root.is_dir() or not made_by_tracin(paths):
         raise TracinError(
             f"{paths.root} is not a tracin-train run (no run.json of format {RUN_FORMAT!r}); --overwrite removes only "
             "runs this tool made: move it away yourself or choose another --run"
         )
-    shutil.rmtree(paths.root)
+
+
+def clear_run(paths: RunPaths) -> None:
+    """Remove a run folder for --overwrite (checkpoints, scores, everything in it), once check_removable
+    allows it."""
+    if paths.root.exists():
+        check_removable(paths)
+        shutil.rmtree(paths.root)
