@@ -7,7 +7,7 @@ and the same data, and the script prints time ratios and the largest relative di
   tracin exact            all parameters (BatchNorm included), cost-model representations
   tracin exact eager      the same without CUDA graphs (CUDA only: on a CPU every batch runs eagerly)
   tracin exact bf16       the same, inner products with bfloat16 features (not equal scores: ~1e-3)
-  torch.func reference    vmap(grad) per-sample gradients materialised, one matrix product (tracin.reference)
+  torch.func reference    vmap(grad) per-sample gradients materialised, one matrix product (tracin.engine.reference)
   tracin exact conv+fc    the parameters captum's hook path supports
   captum TracInCP         same parameters, test set in batches (captum recomputes train gradients per batch)
   tracin last-layer / captum TracInCPFast
@@ -34,9 +34,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from tracin.config import ModelConfig
-from tracin.models import build_model, count_parameters
-from tracin.reference import func_tracin_scores
-from tracin.scores import TracIn
+from tracin.training.models import build_model, count_parameters
+from tracin.engine.reference import func_tracin_scores
+from tracin.engine.tracin import TracIn
 
 CONTESTANTS = (
     "exact", "exact-eager", "exact-bf16", "reference", "exact-conv-fc", "captum", "last-layer", "captum-fast", "projected",

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Training and inference speed of the teacher and the student, through tracin.train's own path.
+"""Training and inference speed of the teacher and the student, through tracin.training.trainer's own path.
 
 Images/s of `train_one_epoch` (batch draw, augmentation, normalisation, forward, backward, SGD and
 scheduler steps) and of `evaluate`, on random uint8 images of CIFAR-10's shape held on the device (their
@@ -21,11 +21,11 @@ from typing import Callable
 import torch
 
 from tracin.config import ModelConfig, TrainConfig
-from tracin.data import SPECS, Split, normalize
-from tracin.losses import cross_entropy
-from tracin.models import build_model, count_parameters
+from tracin.training.data import SPECS, Split, normalize
+from tracin.training.losses import cross_entropy
+from tracin.training.models import build_model, count_parameters
 from tracin.runtime import Runtime, start_runtime
-from tracin.train import (
+from tracin.training.trainer import (
     EVAL_BATCH_SIZE,
     build_optimizer,
     build_scheduler,

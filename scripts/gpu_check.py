@@ -15,10 +15,10 @@ import time
 import torch
 
 from tracin.config import ModelConfig
-from tracin.grads import CONV, GROUPED, PATCHES, Call, Target, conv_grad_method, layer_flat
-from tracin.models import build_model
-from tracin.reference import func_tracin_scores
-from tracin.scores import TracIn
+from tracin.engine.grads import CONV, GROUPED, PATCHES, Call, Target, conv_grad_method, layer_flat
+from tracin.training.models import build_model
+from tracin.engine.reference import func_tracin_scores
+from tracin.engine.tracin import TracIn
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

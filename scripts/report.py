@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from tracin.errors import TracinError
-from tracin.report import write_report
+from tracin.results.report import write_report
 
 
 def main() -> int:

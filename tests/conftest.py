@@ -1,7 +1,7 @@
 """Shared fixtures: real data on disk, in torchvision's own formats.
 
 `fashion_mnist_root`: Fashion-MNIST from Debian's dataset-fashion-mnist (or $TRACIN_DATA), unpacked once
-per session into torchvision's raw layout by tracin.data itself.
+per session into torchvision's raw layout by tracin.training.data itself.
 `cifar10_root`: a small CIFAR-10 in its real on-disk format (cifar-10-batches-py: five pickled training
 batches, a test batch and batches.meta), read by torchvision's CIFAR10 class with checksums off.
 `tiny_run`: the folder of a finished tracin-train run (teacher, student, student_baseline) on

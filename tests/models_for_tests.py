@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tracin.config import ModelConfig
-from tracin.models import build_model
+from tracin.training.models import build_model
 
 TINY_RESNET = ModelConfig(stages=2, width=4, in_channels=1, num_classes=10)
 

@@ -1,4 +1,4 @@
-"""tracin.checkpoints: atomic writes, checked loads, listing, and the files tracin-train writes."""
+"""tracin.training.checkpoints: atomic writes, checked loads, listing, and the files tracin-train writes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from tracin.checkpoints import (
+from tracin.training.checkpoints import (
     FORMAT,
     Checkpoint,
     checkpoint_name,
@@ -20,7 +20,7 @@ from tracin.checkpoints import (
     save_atomic,
 )
 from tracin.errors import CheckpointError
-from tracin.scores import TracIn
+from tracin.engine.tracin import TracIn
 
 
 def _payload(role: str = "teacher") -> dict:

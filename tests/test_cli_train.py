@@ -12,7 +12,7 @@ import torch
 from torchvision import datasets
 
 from conftest import one_thread, run_tracin_train
-from tracin.cli import build_train_parser, train_main
+from tracin.cli.main import build_train_parser, train_main
 
 OPTIONS = (
     "--run", "--out-root", "--dataset", "--data-root", "--no-checksum", "--train-subset", "--test-subset",

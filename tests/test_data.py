@@ -1,4 +1,4 @@
-"""tracin.data: torchvision's loaders on real file formats, subsets, label noise, augmentation,
+"""tracin.training.data: torchvision's loaders on real file formats, subsets, label noise, augmentation,
 normalisation, fingerprints."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torchvision.transforms.functional import convert_image_dtype
 
 from conftest import ATOL, CIFAR10_CLASSES, RTOL
 from tracin.config import DataConfig
-from tracin.data import SPECS, augment, flip_labels, fingerprint, load_data, normalize, stratified_subset
+from tracin.training.data import SPECS, augment, flip_labels, fingerprint, load_data, normalize, stratified_subset
 from tracin.errors import DataError
 
 

@@ -3,8 +3,8 @@
 import torch
 from models_for_tests import relative_error
 
-from tracin.features import FACTORED, FLAT, LayerShape, choose_representation, factored_dot, factored_self_dot
-from tracin.grads import Factors
+from tracin.engine.features import FACTORED, FLAT, LayerShape, choose_representation, factored_dot, factored_self_dot
+from tracin.engine.grads import Factors
 
 
 def random_factors(n, groups, positions, d_in, d_out, seed):

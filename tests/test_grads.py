@@ -19,9 +19,9 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from tracin.errors import NonFiniteError, TracinError
-from tracin.grads import last_linear_target, per_sample_grads, select_targets
-from tracin.reference import func_tracin_scores
-from tracin.scores import TracIn
+from tracin.engine.grads import last_linear_target, per_sample_grads, select_targets
+from tracin.engine.reference import func_tracin_scores
+from tracin.engine.tracin import TracIn
 
 
 def func_grads(model, x, y):

@@ -1,4 +1,4 @@
-"""tracin.losses against hand computations in float64."""
+"""tracin.training.losses against hand computations in float64."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import ATOL, RTOL
-from tracin import losses
+from tracin.training import losses
 
 
 def _logits(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

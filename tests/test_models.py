@@ -1,4 +1,4 @@
-"""tracin.models: ResNet-34 with a CIFAR stem, students cut after fewer stages, no in-place operations."""
+"""tracin.training.models: ResNet-34 with a CIFAR stem, students cut after fewer stages, no in-place operations."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torchvision.models import resnet34
 
 from tracin.config import ModelConfig
 from tracin.errors import CheckpointError
-from tracin.models import build_model, copy_shared_stages, count_parameters
+from tracin.training.models import build_model, copy_shared_stages, count_parameters
 
 
 def _torchvision_cifar_resnet34() -> nn.Module:

@@ -2,10 +2,11 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tracin.notebooks import NOTEBOOKS, execute_notebook
+from tracin.cli.notebooks import NOTEBOOKS, execute_notebook
 
 
 def outputs_of(notebook) -> tuple[str, int]:
@@ -52,7 +53,8 @@ def test_a_missing_parameters_cell_is_reported(tmp_path):
         execute_notebook(path, {"SCORES": "x"})
 
 
-def test_notebooks_module_without_arguments_prints_usage_not_a_traceback():
-    result = subprocess.run([sys.executable, "-m", "tracin.notebooks"], capture_output=True, text=True)
-    assert result.returncode == 2 and "usage: python -m tracin.notebooks" in result.stderr
+def test_notebooks_command_without_arguments_prints_usage_not_a_traceback():
+    command = Path(sys.executable).parent / "tracin-notebooks"
+    result = subprocess.run([str(command)], capture_output=True, text=True)
+    assert result.returncode == 2 and "usage: tracin-notebooks" in result.stderr
     assert "Traceback" not in result.stderr

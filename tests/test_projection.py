@@ -2,7 +2,7 @@
 
 import torch
 
-from tracin.projection import GaussianProjector, IdentityProjector, kronecker_dims, make_projector
+from tracin.engine.projection import GaussianProjector, IdentityProjector, kronecker_dims, make_projector
 
 
 def test_same_seed_same_matrix_different_seed_different():

@@ -4,10 +4,10 @@ import h5py
 import numpy as np
 import pytest
 
-from tracin import report
-from tracin.compare import overlap_at_k
+from tracin.results import report
+from tracin.results.statistics import overlap_at_k
 from tracin.errors import TracinError
-from tracin.store import ScoreFile
+from tracin.results.store import ScoreFile
 
 
 def test_detection_curve_counts_flipped_labels_in_inspection_order():

@@ -19,12 +19,12 @@ import torch
 from conftest import BF16_RTOL, subprocess_env
 from models_for_tests import relative_error
 
-from tracin.checkpoints import list_checkpoints, load_checkpoint
-from tracin.cli import build_score_parser, score_options
+from tracin.training.checkpoints import list_checkpoints, load_checkpoint
+from tracin.cli.main import build_score_parser, score_options
 from tracin.config import DataConfig, ModelConfig
-from tracin.data import load_data
-from tracin.models import build_model
-from tracin.scores import TracIn
+from tracin.training.data import load_data
+from tracin.training.models import build_model
+from tracin.engine.tracin import TracIn
 
 K = (3, 8)
 SMALL = ("--train-subset", "96", "--test-subset", "24", "--topk", ",".join(map(str, K)), "--device", "cpu")

@@ -2,7 +2,7 @@
 
 import torch
 
-from tracin.topk import StreamingRanking
+from tracin.engine.topk import StreamingRanking
 
 
 def test_streaming_blocks_equal_full_sort():

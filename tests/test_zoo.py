@@ -16,8 +16,8 @@ from conftest import RTOL
 from models_for_tests import ConvNeXtStyle
 from torch import nn
 
-from tracin.reference import func_per_sample_grads
-from tracin.scores import TracIn
+from tracin.engine.reference import func_per_sample_grads
+from tracin.engine.tracin import TracIn
 
 FLOAT32_MULTIPLE = 4  # the engine may be this many times further from float64 than float32 torch.func is
 N_TRAIN, N_TEST, LR = 5, 3, 0.5

@@ -1,4 +1,4 @@
-"""tracin.train: the epoch spine against plain reference loops, and what a run writes: the checkpoint set,
+"""tracin.training.trainer: the epoch spine against plain reference loops, and what a run writes: the checkpoint set,
 learning rates equal to torch's schedulers, shared student starts, exact resume, two processes."""
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, OneCycleLR, SequentialLR
 
 from conftest import ATOL, RTOL, TINY_RUN_ARGS, one_thread, run_tracin_train, subprocess_env, tracin_train_script
-from tracin import losses
-from tracin.cli import train_main
+from tracin.training import losses
+from tracin.cli.main import train_main
 from tracin.config import DataConfig, ModelConfig, TrainConfig
-from tracin.data import DatasetSpec, Split, load_data
+from tracin.training.data import DatasetSpec, Split, load_data
 from tracin.runtime import Runtime
-from tracin.train import (
+from tracin.training.trainer import (
     build_optimizer,
     build_scheduler,
     confusion_matrix,

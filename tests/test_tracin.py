@@ -11,14 +11,14 @@ from models_for_tests import perturbed_states, relative_error, tiny_resnet
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from tracin import losses
-from tracin.checkpoints import FORMAT, Checkpoint
+from tracin.training import losses
+from tracin.training.checkpoints import FORMAT, Checkpoint
 from tracin.config import ModelConfig
 from tracin.errors import CheckpointError, NonFiniteError, TracinError
-from tracin.features import PROJECTED
-from tracin.models import build_model
-from tracin.reference import func_tracin_scores
-from tracin.scores import TracIn
+from tracin.engine.features import PROJECTED
+from tracin.training.models import build_model
+from tracin.engine.reference import func_tracin_scores
+from tracin.engine.tracin import TracIn
 
 LRS = (0.1, 0.03)
 
@@ -71,7 +71,7 @@ def test_cost_model_mixes_representations_on_a_resnet(setup):
 
 
 def tracin_source(data):
-    from tracin.scores import _Source
+    from tracin.engine.tracin import _Source
 
     return _Source(data, "train")
 

@@ -1,4 +1,4 @@
-"""tracin.runs: the run folder's refusals and the resume comparison."""
+"""tracin.training.run_folder: the run folder's refusals and the resume comparison."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tracin.errors import ConfigMismatchError, TracinError
-from tracin.runs import RUN_FORMAT, RunPaths, check_same_run, differing_fields, open_record, write_json_atomic
+from tracin.training.run_folder import RUN_FORMAT, RunPaths, check_same_run, differing_fields, open_record, write_json_atomic
 
 CONFIGS = {"config": {"lr": 0.1, "epochs": 4}, "data_config": {"data_root": "data", "label_noise": 0.0}}
 

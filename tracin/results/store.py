@@ -42,10 +42,10 @@ import numpy as np
 from torch import Tensor
 
 from tracin import __version__
-from tracin.checkpoints import Checkpoint
+from tracin.training.checkpoints import Checkpoint
 from tracin.config import ROLES
 from tracin.errors import StoreError
-from tracin.topk import Ranking, StreamingRanking
+from tracin.engine.topk import Ranking, StreamingRanking
 
 FORMAT = "tracin-scores"
 FORMAT_VERSION = 1

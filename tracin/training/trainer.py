@@ -48,14 +48,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, OneCycleLR, SequentialLR
 from tqdm import tqdm
 
-from tracin import losses
-from tracin.checkpoints import FORMAT, VERSION, checkpoint_name, load_checkpoint, load_state, save_atomic, sha256_file
+from tracin.training import losses
+from tracin.training.checkpoints import FORMAT, VERSION, checkpoint_name, load_checkpoint, load_state, save_atomic, sha256_file
 from tracin.config import ROLES, DataConfig, ModelConfig, TrainConfig
-from tracin.data import RunData, Split, augment, data_record, fingerprint, load_data, normalize
+from tracin.training.data import RunData, Split, augment, data_record, fingerprint, load_data, normalize
 from tracin.errors import CheckpointError, NonFiniteError, TracinError
-from tracin.models import build_model, copy_shared_stages, count_parameters, student_config, teacher_config
-from tracin.plots import plot_confusion, plot_history
-from tracin.runs import RunPaths, check_run_name, clear_run, new_record, open_record, write_json_atomic
+from tracin.training.models import build_model, copy_shared_stages, count_parameters, student_config, teacher_config
+from tracin.training.plots import plot_confusion, plot_history
+from tracin.training.run_folder import RunPaths, check_run_name, clear_run, new_record, open_record, write_json_atomic
 from tracin.runtime import Runtime, start_runtime
 
 ORDER_STREAM, AUGMENT_STREAM, GLOBAL_STREAM = 0, 1, 2  # the random streams of an epoch
@@ -152,7 +152,7 @@ def cross_entropy_objective(label_smoothing: float = 0.0) -> LossFn:
 
 
 def distillation_objective(teacher: nn.Module, config: TrainConfig, runtime: Runtime) -> LossFn:
-    """`tracin.losses.distillation` against `teacher`'s logits on the same batch. The teacher is put in
+    """`tracin.training.losses.distillation` against `teacher`'s logits on the same batch. The teacher is put in
     eval mode: its BatchNorm uses its running statistics and never updates them."""
     teacher.eval()
 
@@ -505,7 +505,7 @@ def summary_line(role: str, row: dict, epochs: int) -> str:
 
 
 def checkpoint_payload(job: ModelJob, run: RunContext, trainee: Trainee, lr: float, metrics: dict) -> dict:
-    """A checkpoint in the format of tracin.checkpoints, for the trainee's current state."""
+    """A checkpoint in the format of tracin.training.checkpoints, for the trainee's current state."""
     return {
         "format": FORMAT,
         "version": VERSION,

@@ -23,18 +23,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from tracin.checkpoints import Checkpoint, list_checkpoints, load_checkpoint, sha256_file
-from tracin.comparison import CompareOptions, compare_models, format_tables
-from tracin.compare import parse_topk
+from tracin.training.checkpoints import Checkpoint, list_checkpoints, load_checkpoint, sha256_file
+from tracin.results.comparison import CompareOptions, compare_models, format_tables
+from tracin.results.statistics import parse_topk
 from tracin.config import ROLES, DataConfig, ModelConfig, ScoreConfig
-from tracin.data import RunData, fingerprint, load_data, stratified_subset
+from tracin.training.data import RunData, fingerprint, load_data, stratified_subset
 from tracin.errors import CheckpointError, DataError, TracinError
-from tracin.models import build_model
-from tracin.report import write_report
-from tracin.runs import RunPaths, read_record
+from tracin.training.models import build_model
+from tracin.results.report import write_report
+from tracin.training.run_folder import RunPaths, read_record
 from tracin.runtime import Runtime, start_runtime
-from tracin.scores import ScoreBlock, TracIn
-from tracin.store import DataArrays, ModelScores, ScoreFile, rank_matrix, to_numpy
+from tracin.engine.tracin import ScoreBlock, TracIn
+from tracin.results.store import DataArrays, ModelScores, ScoreFile, rank_matrix, to_numpy
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ resumed run the same run.
                  config, data_config, model_configs,
                  param_counts, data_fingerprint, teacher_checkpoint (an outside --teacher, or null),
                  models: {role: {status: pending|partial|done, epoch, epochs, checkpoints, metrics}}
-    data.json    tracin.data.data_record(...): indices into the data set, flipped labels
+    data.json    tracin.training.data.data_record(...): indices into the data set, flipped labels
     <role>/      init.pt, epoch_NNN.pt, last.pt, history.csv, curves.png, confusion.png
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tracin import __version__
-from tracin.checkpoints import checkpoint_name
+from tracin.training.checkpoints import checkpoint_name
 from tracin.config import ROLES
 from tracin.errors import ConfigMismatchError, TracinError
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
 def _parameters_cell(notebook) -> Any:
@@ -38,12 +38,12 @@ def execute_notebook(path: str | Path, parameters: dict[str, Any], html: Optiona
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """python -m tracin.notebooks SCORES OUT_DIR [DATA_ROOT]: both notebooks to HTML in OUT_DIR."""
+    """tracin-notebooks SCORES OUT_DIR [DATA_ROOT]: both notebooks to HTML in OUT_DIR."""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) not in (2, 3) or any(a.startswith("-") for a in args):
-        print("usage: python -m tracin.notebooks SCORES OUT_DIR [DATA_ROOT]  (both notebooks, executed, as HTML in OUT_DIR)", file=sys.stderr)
+        print("usage: tracin-notebooks SCORES OUT_DIR [DATA_ROOT]  (both notebooks, executed, as HTML in OUT_DIR)", file=sys.stderr)
         return 2
     scores, out_dir = Path(args[0]).resolve(), Path(args[1])
     data_root = args[2] if len(args) > 2 else None

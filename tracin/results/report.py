@@ -21,11 +21,11 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from tracin.compare import overlap_at_k
+from tracin.results.statistics import overlap_at_k
 from tracin.config import DataConfig
-from tracin.data import load_data
+from tracin.training.data import load_data
 from tracin.errors import TracinError
-from tracin.store import ScoreFile
+from tracin.results.store import ScoreFile
 
 INSPECTED = (0.1, 0.2)  # fractions of the training set at which mislabel detection is reported
 

@@ -22,11 +22,11 @@ from tracin.config import (
     ScoreConfig,
     TrainConfig,
 )
-from tracin.data import default_data_root
+from tracin.training.data import default_data_root
 from tracin.errors import TracinError
 from tracin.runtime import DEVICES
-from tracin.scoring import ScoreOptions, score_run
-from tracin.train import RunOptions, train_run
+from tracin.results.scoring import ScoreOptions, score_run
+from tracin.training.trainer import RunOptions, train_run
 
 TRAIN = TrainConfig()
 DATA = DataConfig()

@@ -16,12 +16,12 @@ A training checkpoint is a dict with fixed keys:
     metrics       train_loss (the training objective), train_acc, test_loss (cross-entropy), test_acc of
                   the epoch
     config        TrainConfig.to_dict();  data_config: DataConfig.to_dict()
-    data_fingerprint   tracin.data.fingerprint(...)
+    data_fingerprint   tracin.training.data.fingerprint(...)
     param_count   trainable parameters of the model
     teacher       what a distilled student learned from: {path, sha256, epoch} of the teacher checkpoint,
                   "self" (self-distillation), or None
 
-Files of one model (`<run>/<role>/`, see tracin.runs): `epoch_NNN.pt` every --save-every epochs and at
+Files of one model (`<run>/<role>/`, see tracin.training.run_folder): `epoch_NNN.pt` every --save-every epochs and at
 the end; `init.pt`, the initial weights (epoch 0, step 0, lr 0.0, metrics {}); `last.pt`, rewritten
 after every epoch, which adds
 

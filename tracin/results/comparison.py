@@ -14,8 +14,8 @@ from typing import Optional
 import h5py
 import numpy as np
 
-from tracin import compare
-from tracin.store import ModelScores, ScoreFile
+from tracin.results import statistics as compare
+from tracin.results.store import ModelScores, ScoreFile
 
 SIDES = {"test": ("proponents", "opponents"), "train": ("top", "bottom")}
 OVERLAP_DTYPE = np.dtype(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from tracin.compare import (
+from tracin.results.statistics import (
     jaccard_at_k,
     kendall_rows,
     ks_test,

@@ -1,6 +1,6 @@
 """The obviously correct, slow TracInCP: torch.func per-sample gradients, materialised whole.
 
-Shares no code with the engine (tracin.grads / tracin.features / tracin.scores): the tests and
+Shares no code with the engine (tracin.engine.grads / tracin.engine.features / tracin.engine.tracin): the tests and
 scripts/bench_engine.py compare the engine with this. Default float64.
 """
 

@@ -21,8 +21,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from tracin.grads import FACTORABLE, Call, Factors, Target, layer_factors, layer_flat, output_grads, projected_inputs
-from tracin.projection import IdentityProjector, Projector, kronecker_dims, make_projector
+from tracin.engine.grads import FACTORABLE, Call, Factors, Target, layer_factors, layer_flat, output_grads, projected_inputs
+from tracin.engine.projection import IdentityProjector, Projector, kronecker_dims, make_projector
 
 FLAT, FACTORED, PROJECTED = "flat", "factored", "projected"
 REPRESENTATIONS = ("auto", FLAT, FACTORED)

@@ -23,14 +23,14 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 from tqdm.auto import tqdm
 
-from tracin import losses
-from tracin.checkpoints import Checkpoint, fit_state, load_state, resolve_checkpoints
+from tracin.training import losses
+from tracin.training.checkpoints import Checkpoint, fit_state, load_state, resolve_checkpoints
 from tracin.config import MODES, PRECISIONS
-from tracin.data import Split, normalize
+from tracin.training.data import Split, normalize
 from tracin.errors import NonFiniteError, TracinError
-from tracin.features import FACTORED, REPRESENTATIONS, Features, LayerPlan, LayerShape, compute_features, make_plans, probe_shape
-from tracin.grads import LossFn, cross_entropy_loss, last_linear_target, record_output_grads, select_targets, settle_targets
-from tracin.topk import Ranking, StreamingRanking
+from tracin.engine.features import FACTORED, REPRESENTATIONS, Features, LayerPlan, LayerShape, compute_features, make_plans, probe_shape
+from tracin.engine.grads import LossFn, cross_entropy_loss, last_linear_target, record_output_grads, select_targets, settle_targets
+from tracin.engine.topk import Ranking, StreamingRanking
 
 DEFAULT_MAX_MEMORY = 2 * 2**30  # bytes for kept features and score blocks
 
@@ -193,7 +193,7 @@ class TracIn:
         self._states = [self._checked_state(c) for c in self.checkpoints]
         self._loaded: Optional[int] = None
         self.targets = [last_linear_target(self.model)] if mode == "last-layer" else select_targets(self.model, layers)
-        self.model.requires_grad_(False)  # see _record in tracin.grads: only layer outputs need gradients
+        self.model.requires_grad_(False)  # see _record in tracin.engine.grads: only layer outputs need gradients
         self.loss_fn: LossFn = cross_entropy_loss
         if loss == "kd":
             teacher = copy.deepcopy(teacher).to(self.device).eval()

@@ -1,6 +1,6 @@
 """Comparing two models' influence rankings: overlap@k, Jaccard, rank correlation, distributions.
 
-Pure numpy/scipy on arrays; the HDF5 reading and writing lives in tracin.store.
+Pure numpy/scipy on arrays; the HDF5 reading and writing lives in tracin.results.store.
 
 Conventions: a "top table" is an int array [rows, K] of column positions sorted by score (largest
 first for proponents, smallest first for opponents), so the top-k for any k <= K is its first k

@@ -1,0 +1,3 @@
+"""Command-line front ends: tracin-train, tracin-score and the notebook runner."""
+
+from tracin.cli.main import score_main, train_main  # noqa: F401

@@ -1,0 +1,1 @@
+"""The TracIn engine: per-sample gradients, projections, features, the TracIn facade and streaming top-k."""

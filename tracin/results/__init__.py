@@ -1,0 +1,1 @@
+"""Results: scoring a run into the HDF5 store (the only h5py user), comparison statistics, reports."""

@@ -1,0 +1,1 @@
+"""Training: data sets, model factories, losses, the trainer and the one checkpoint format."""
