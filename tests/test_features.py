@@ -3,7 +3,7 @@
 import torch
 from models_for_tests import relative_error
 
-from tracin.engine.features import FACTORED, FLAT, LayerShape, choose_representation, factored_dot, factored_self_dot
+from tracin.engine.features import factored_dot, factored_self_dot
 from tracin.engine.grads import Factors
 
 
@@ -26,11 +26,3 @@ def test_factored_dot_equals_materialized_dot():
 def test_factored_self_dot_equals_squared_norm():
     x = random_factors(6, 2, 5, 7, 4, 0)
     assert relative_error(factored_self_dot(x), x.materialize().pow(2).sum(1)) < 1e-12
-
-
-def test_cost_model_factors_linear_layers_and_small_maps_but_not_large_maps():
-    many = dict(n_rows=2048, n_cols=512)
-    assert choose_representation(LayerShape(1, 1, 513, 10), **many) == FACTORED  # a classifier head
-    assert choose_representation(LayerShape(1, 1024, 145, 16), **many) == FLAT  # 32x32 map, 3x3x16 conv
-    assert choose_representation(LayerShape(1, 16, 4608, 512), **many) == FACTORED  # 4x4 map, 512 channels
-    assert choose_representation(LayerShape(flat_dim=32), **many) == FLAT  # BatchNorm

@@ -15,7 +15,7 @@ from tracin.training import losses
 from tracin.training.checkpoints import FORMAT, Checkpoint
 from tracin.config import ModelConfig
 from tracin.errors import CheckpointError, NonFiniteError, TracinError
-from tracin.engine.features import PROJECTED
+from tracin.engine.plans import PROJECTED
 from tracin.training.models import build_model
 from tracin.engine.reference import func_tracin_scores
 from tracin.engine.tracin import TracIn

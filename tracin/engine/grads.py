@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
+from tracin.engine.projection import Projector
 from tracin.errors import NonFiniteError, TracinError
 
 LINEAR, CONV, BATCHNORM, GENERIC = "linear", "conv", "batchnorm", "generic"
@@ -521,12 +522,18 @@ def layer_factors(target: Target, calls: Sequence[Call]) -> Factors:
     return Factors(torch.cat(inputs, dim=2), torch.cat(grads, dim=2), "bias" in target.params)
 
 
-def projected_inputs(target: Target, call: Call, matrix: Tensor) -> Tensor:
-    """Tensor[n, groups, positions, k]: layer inputs (with the bias's constant 1 when selected) times
-    matrix [d_in (+1), k]. An ungrouped conv does this as a convolution with the projected kernel, so
-    the receptive fields are never unfolded."""
-    weight_rows = matrix[:-1] if "bias" in target.params else matrix
+def projected_inputs(target: Target, call: Call, projector: Projector) -> Tensor:
+    """Tensor[n, groups, positions, k]: layer inputs, with the bias's constant 1 as a last column when
+    the bias is selected, projected [d_in (+1)] -> [k]. With a dense projector an ungrouped conv does this
+    as a convolution with the projected kernel, so the receptive fields are never unfolded."""
+    bias, matrix = "bias" in target.params, projector.dense()
     module = target.module
+    if matrix is None:
+        inputs = layer_inputs(target, call)
+        if bias:
+            inputs = torch.cat([inputs, inputs.new_ones(*inputs.shape[:3], 1)], dim=-1)
+        return projector.project(inputs)
+    weight_rows = matrix[:-1] if bias else matrix
     if "weight" not in target.params:
         g = output_grads(target, call)
         projected = g.new_zeros(*g.shape[:3], matrix.shape[1])
@@ -537,7 +544,7 @@ def projected_inputs(target: Target, call: Call, matrix: Tensor) -> Tensor:
         projected = _positions_last(projected, 1)
     else:
         projected = layer_inputs(target, call) @ weight_rows
-    return projected + matrix[-1] if "bias" in target.params else projected
+    return projected + matrix[-1] if bias else projected
 
 
 # --- flat gradients of every kind ---------------------------------------------------------------------

@@ -28,7 +28,8 @@ from tracin.training.checkpoints import Checkpoint, fit_state, load_state, resol
 from tracin.config import MODES, PRECISIONS
 from tracin.training.data import Split, normalize
 from tracin.errors import NonFiniteError, TracinError
-from tracin.engine.features import FACTORED, REPRESENTATIONS, Features, LayerPlan, LayerShape, compute_features, make_plans, probe_shape
+from tracin.engine.features import Features
+from tracin.engine.plans import FACTORED, REPRESENTATIONS, LayerPlan, LayerShape, compute_features, make_plans, probe_shape
 from tracin.engine.grads import LossFn, cross_entropy_loss, last_linear_target, record_output_grads, select_targets, settle_targets
 from tracin.engine.topk import Ranking, StreamingRanking
 
