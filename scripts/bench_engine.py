@@ -27,13 +27,14 @@ import argparse
 import json
 import time
 import warnings
+from dataclasses import replace
 from typing import Callable
 
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from tracin.config import ModelConfig
+from tracin.config import EngineConfig, ModelConfig, ScoreConfig
 from tracin.training.models import build_model, count_parameters
 from tracin.engine.reference import func_tracin_scores
 from tracin.engine.tracin import TracIn
@@ -199,22 +200,22 @@ def main() -> None:
 
 
 def contestants(model, checkpoints, train, test, conv_fc, args, zoo) -> dict[str, Callable[[], torch.Tensor | None]]:
-    engine = dict(
-        device=args.device, batch_size=args.batch_size, max_memory=int(args.max_memory_gb * 2**30),
-        precision="tf32" if args.tf32 else "float32", cuda_graphs=not args.no_cuda_graphs,
-    )
+    engine = EngineConfig(batch_size=args.batch_size, max_memory=int(args.max_memory_gb * 2**30),
+                          cuda_graphs=not args.no_cuda_graphs)
+    exact = ScoreConfig(precision="tf32" if args.tf32 else "float32")
+    on = dict(engine=engine, device=args.device)
     return {
-        "exact": lambda: TracIn(model, checkpoints, **engine).scores(train, test),
-        "exact-eager": lambda: TracIn(model, checkpoints, **{**engine, "cuda_graphs": False}).scores(train, test),
-        "exact-bf16": lambda: TracIn(model, checkpoints, **{**engine, "precision": "bf16"}).scores(train, test),
+        "exact": lambda: TracIn(model, checkpoints, exact, **on).scores(train, test),
+        "exact-eager": lambda: TracIn(model, checkpoints, exact, engine=replace(engine, cuda_graphs=False), device=args.device).scores(train, test),
+        "exact-bf16": lambda: TracIn(model, checkpoints, replace(exact, precision="bf16"), **on).scores(train, test),
         "reference": lambda: reference_scores(model, checkpoints, train, test, args),
-        "exact-conv-fc": lambda: TracIn(model, checkpoints, layers=conv_fc, **engine).scores(train, test),
+        "exact-conv-fc": lambda: TracIn(model, checkpoints, replace(exact, layers=conv_fc), **on).scores(train, test),
         "captum": lambda: captum_scores(model, checkpoints, train, test, conv_fc, args, fast=False),
-        "last-layer": lambda: TracIn(model, checkpoints, mode="last-layer", **engine).scores(train, test),
+        "last-layer": lambda: TracIn(model, checkpoints, replace(exact, mode="last-layer"), **on).scores(train, test),
         "captum-fast": lambda: captum_scores(model, checkpoints, train, test, conv_fc, args, fast=True),
-        "projected": lambda: TracIn(model, checkpoints, mode="projected", proj_dim=args.proj_dim, **engine).scores(train, test),
+        "projected": lambda: TracIn(model, checkpoints, replace(exact, mode="projected", proj_dim=args.proj_dim), **on).scores(train, test),
         "floor": lambda: floor(model, checkpoints, train, test, args),
-        "resnet18-exact": lambda: TracIn(zoo[0], zoo[1], **engine).scores(zoo[2], zoo[3]),
+        "resnet18-exact": lambda: TracIn(zoo[0], zoo[1], exact, **on).scores(zoo[2], zoo[3]),
         "resnet18-reference": lambda: reference_scores(*zoo, args),
     }
 

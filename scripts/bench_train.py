@@ -29,8 +29,7 @@ from tracin.training.trainer import (
     EVAL_BATCH_SIZE,
     build_optimizer,
     build_scheduler,
-    cross_entropy_objective,
-    distillation_objective,
+    objective_for,
     evaluate,
     train_one_epoch,
     training_batches,
@@ -90,10 +89,7 @@ def bench_model(stages: int, distilled: bool, split: Split, args: argparse.Names
     model = _model(stages, args.width, runtime)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, steps=len(split) // args.batch_size)
-    if distilled:
-        objective = distillation_objective(_model(4, args.width, runtime), config, runtime)
-    else:
-        objective = cross_entropy_objective()
+    objective = objective_for(_model(4, args.width, runtime) if distilled else None, config, runtime)
     steps = len(split) // args.batch_size
 
     def epoch(part: Split, number: int) -> None:

@@ -11,10 +11,11 @@ float32 precision is ~1e-6 here, the tests demand <= 1e-4).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 
-from tracin.config import ModelConfig
+from tracin.config import EngineConfig, ModelConfig, ScoreConfig
 from tracin.engine.grads import CONV, GROUPED, PATCHES, Call, Target, conv_grad_method, layer_flat
 from tracin.training.models import build_model
 from tracin.engine.reference import func_tracin_scores
@@ -49,27 +50,27 @@ def check_correctness(device: str) -> None:
     model, checkpoints, train, test = tiny_setup()
     reference = func_tracin_scores(model, checkpoints, train, test)
     print(f"engine on {device} vs float64 torch.func reference (CPU), all parameters incl. BatchNorm:")
-    batch = dict(batch_size=16)  # 4 full train batches: replayed from a captured CUDA graph
+    batch = EngineConfig(batch_size=16)  # 4 full train batches: replayed from a captured CUDA graph
     for representation in ("flat", "factored", "auto"):
-        scores = TracIn(model, checkpoints, device=device, representation=representation, **batch).scores(train, test)
+        scores = TracIn(model, checkpoints, engine=replace(batch, representation=representation), device=device).scores(train, test)
         print(f"  exact/{representation:9s} relative error {relative_error(scores, reference):.2e}")
     for precision in ("tf32", "bf16"):  # optional lower precisions: ~1e-3, the tests demand <= 1e-2 for bf16
-        scores = TracIn(model, checkpoints, device=device, precision=precision, **batch).scores(train, test)
+        scores = TracIn(model, checkpoints, ScoreConfig(precision=precision), engine=batch, device=device).scores(train, test)
         print(f"  exact/{precision:9s} relative error {relative_error(scores, reference):.2e}")
-    eager = TracIn(model, checkpoints, device=device, cuda_graphs=False, **batch).scores(train, test)
-    graphed = TracIn(model, checkpoints, device=device, **batch).scores(train, test)
+    eager = TracIn(model, checkpoints, engine=replace(batch, cuda_graphs=False), device=device).scores(train, test)
+    graphed = TracIn(model, checkpoints, engine=batch, device=device).scores(train, test)
     print(f"  CUDA graphs vs eager: relative difference {relative_error(graphed, eager):.2e}")
-    tracin = TracIn(model, checkpoints, device=device, **batch)
+    tracin = TracIn(model, checkpoints, engine=batch, device=device)
     diagonal = func_tracin_scores(model, checkpoints, train, train).diagonal()
     print(f"  self-influence   relative error {relative_error(tracin.self_influence(train), diagonal):.2e}")
     head = func_tracin_scores(model, checkpoints, train, test, layers=["fc.weight"])
-    last = TracIn(model, checkpoints, device=device, mode="last-layer", **batch).scores(train, test)
+    last = TracIn(model, checkpoints, ScoreConfig(mode="last-layer"), engine=batch, device=device).scores(train, test)
     print(f"  last-layer       relative error {relative_error(last, head):.2e}")
-    runs = [TracIn(model, checkpoints, device=device, mode="projected", proj_dim=64, seed=s, **batch).scores(train, test) for s in range(32)]
+    runs = [TracIn(model, checkpoints, ScoreConfig(mode="projected", proj_dim=64, seed=s), engine=batch, device=device).scores(train, test) for s in range(32)]
     single = sum(relative_error(r, reference) for r in runs) / len(runs)
     print(f"  projected(64)    single-seed error {single:.3f}, mean of 32 seeds {relative_error(torch.stack(runs).mean(0), reference):.3f}")
-    cpu = TracIn(model, checkpoints, device="cpu", mode="projected", proj_dim=64, seed=3).scores(train, test)
-    gpu = TracIn(model, checkpoints, device=device, mode="projected", proj_dim=64, seed=3).scores(train, test)
+    cpu = TracIn(model, checkpoints, config=ScoreConfig(mode="projected", proj_dim=64, seed=3), device="cpu").scores(train, test)
+    gpu = TracIn(model, checkpoints, config=ScoreConfig(mode="projected", proj_dim=64, seed=3), device=device).scores(train, test)
     print(f"  projected, same seed on CPU and {device}: relative difference {relative_error(gpu, cpu):.2e}")
 
 

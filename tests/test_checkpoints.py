@@ -13,12 +13,20 @@ from tracin.training.checkpoints import (
     Checkpoint,
     checkpoint_name,
     checkpoints_from_loader,
+    epoch_of,
     list_checkpoints,
     load_checkpoint,
+    load_distillation_teacher,
     load_file,
+    load_model,
+    make_payload,
     resolve_checkpoints,
     save_atomic,
+    select_checkpoints,
+    teacher_record,
 )
+from tracin.config import ModelConfig
+from tracin.training.models import build_model
 from tracin.errors import CheckpointError
 from tracin.engine.tracin import TracIn
 
@@ -155,3 +163,37 @@ def test_a_captum_style_load_function_gives_states_and_lrs(tmp_path):
 def test_every_checkpoint_checks_its_lr_however_it_is_made():
     with pytest.raises(CheckpointError, match="finite positive"):
         Checkpoint({"w": torch.ones(1)}, 0.0, path="run/teacher/epoch_002.pt")  # as tracin-score builds them
+
+
+def _tiny_payload(role: str, epoch: int, teacher=None, seed: int = 0) -> dict:
+    config = ModelConfig(stages=1, width=2, in_channels=1, num_classes=3)
+    torch.manual_seed(seed)
+    training = {"optimizer": {}, "scheduler": {}, "epoch": epoch, "step": epoch, "lr": 0.1, "lr_at_save": 0.1, "metrics": {}}
+    provenance = {"config": {}, "data_config": {}, "data_fingerprint": {"digest": "d"}, "teacher": teacher}
+    return make_payload(role, build_model(config), config, training, provenance)
+
+
+def test_payload_round_trip_and_one_epoch_parser(tmp_path):
+    for epoch in (2, 10, 4):
+        save_atomic(_tiny_payload("student", epoch), tmp_path / checkpoint_name(epoch))
+    assert [epoch_of(p) for p in list_checkpoints(tmp_path)] == [2, 4, 10]
+    assert [epoch_of(p) for p in select_checkpoints(tmp_path, "student", "10,2")] == [10, 2]
+    model, payload = load_model(tmp_path / checkpoint_name(4), role="student")
+    assert payload["epoch"] == 4 and payload["param_count"] == sum(p.numel() for p in model.parameters())
+    with pytest.raises(CheckpointError, match="epoch_NNN"):
+        epoch_of(tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match="no checkpoint for epoch"):
+        select_checkpoints(tmp_path, "student", "3")
+
+
+def test_distillation_teacher_is_checked_against_the_recorded_sha256(tmp_path):
+    """kd scoring once loaded whatever file sat at the teacher's path, and a wrong one as a traceback."""
+    teacher = tmp_path / "teacher.pt"
+    save_atomic(_tiny_payload("teacher", 2, seed=1), teacher)
+    student = _tiny_payload("student", 2, teacher=teacher_record(teacher, load_checkpoint(teacher)))
+    assert isinstance(load_distillation_teacher(student), torch.nn.Module)
+    save_atomic(_tiny_payload("teacher", 2, seed=2), teacher)  # replaced by another teacher
+    with pytest.raises(CheckpointError, match="changed since the student was trained"):
+        load_distillation_teacher(student)
+    with pytest.raises(CheckpointError, match="was not distilled from a teacher checkpoint"):
+        load_distillation_teacher(_tiny_payload("student", 2, teacher="self"))

@@ -16,7 +16,7 @@ from torchvision.transforms.functional import convert_image_dtype
 
 from conftest import ATOL, CIFAR10_CLASSES, RTOL
 from tracin.config import DataConfig
-from tracin.training.data import SPECS, augment, flip_labels, fingerprint, load_data, normalize, stratified_subset
+from tracin.training.data import DEBIAN_FASHION_MNIST, SPECS, augment, flip_labels, fingerprint, load_data, normalize, stratified_subset
 from tracin.errors import DataError
 
 
@@ -169,3 +169,15 @@ def test_a_crafted_cifar_batch_file_is_refused_without_running_it(cifar10_root, 
     with pytest.raises(DataError):
         load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=checksum))
     assert not marker.exists()
+
+
+def test_debian_fashion_mnist_is_unpacked_once_not_on_every_load(tmp_path):
+    if not DEBIAN_FASHION_MNIST.is_dir():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    config = DataConfig(dataset="fashion-mnist", data_root=str(tmp_path), train_subset=20, test_subset=10)
+    load_data(config)
+    raw = sorted((tmp_path / "FashionMNIST" / "raw").glob("*-ubyte"))
+    assert len(raw) == 4
+    stamps = [p.stat().st_mtime_ns for p in raw]
+    load_data(config)
+    assert [p.stat().st_mtime_ns for p in raw] == stamps

@@ -19,8 +19,9 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from tracin.errors import NonFiniteError, TracinError
-from tracin.engine.grads import last_linear_target, per_sample_grads, select_targets
-from tracin.engine.reference import func_tracin_scores
+from tracin.engine.grads import last_linear_target, per_sample_grads, select_targets, settle_targets
+from tracin.engine.layers import KINDS, Call, LayerKind, register
+from tracin.engine.reference import func_per_sample_grads, func_tracin_scores
 from tracin.engine.tracin import TracIn
 
 
@@ -151,3 +152,46 @@ def test_a_weight_also_read_outside_its_module_gets_every_use():
     expected, actual = func_grads(model, x, y), per_sample_grads(model, x, y)
     for name in expected:
         assert relative_error(actual[name], expected[name]) < 1e-12, name
+
+
+# --- a layer kind is one registered class ---------------------------------------------------------------
+
+
+@pytest.fixture
+def layernorm_kind():
+    """A closed form for nn.LayerNorm, registered for one test and removed after it."""
+
+    @register
+    class LayerNormKind(LayerKind):
+        """dgamma_n = sum_t g_nt * xhat_nt, dbeta_n = sum_t g_nt (t: positions before the normalised dims)."""
+
+        name = "layernorm"
+        module_type = nn.LayerNorm
+
+        def record(self, target, leaves, spec, outputs, copy):
+            norm = target.module  # xhat is a new tensor: nothing downstream can change it in place
+            return Call(outputs, (F.layer_norm(leaves[0].detach(), norm.normalized_shape, None, None, norm.eps),))
+
+        def call_flat(self, target, call):
+            xhat, g = call.inputs[0], call.grad
+            n, d = g.shape[0], target.module.weight.numel()
+            pieces = {"weight": g * xhat, "bias": g}
+            return torch.cat([pieces[p].reshape(n, -1, d).sum(1) for p in target.params], dim=1)
+
+    try:
+        yield LayerNormKind
+    finally:
+        KINDS.pop(LayerNormKind.name)
+
+
+def test_a_registered_layer_kind_is_used_and_matches_the_reference(layernorm_kind):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Tanh(), nn.Flatten(), nn.Linear(40, 4)).double().eval()
+    with torch.no_grad():  # away from LayerNorm's initial 1/0, so gamma and beta matter
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.uniform_(-0.5, 0.5)
+    x, y = torch.randn(7, 5, 6, dtype=torch.float64), torch.randint(0, 4, (7,))
+    targets, grads = settle_targets(model, select_targets(model), x, y)
+    assert [t.kind for t in targets] == ["linear", layernorm_kind.name, "linear"]
+    actual = torch.cat([grads[name].flatten(1) for name, _ in model.named_parameters()], dim=1)
+    assert relative_error(actual, func_per_sample_grads(model, x, y)) < 1e-12

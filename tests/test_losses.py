@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import ATOL, RTOL
+from tracin.errors import TracinError
 from tracin.training import losses
 
 
@@ -63,11 +64,33 @@ def test_distillation_sends_no_gradient_to_the_teacher():
     student, teacher, labels = _logits(3)
     student.requires_grad_(True)
     teacher.requires_grad_(True)
-    losses.distillation(student, teacher, labels).sum().backward()
+    losses.distillation(student, teacher, labels, 4.0, 0.7).sum().backward()
     assert teacher.grad is None and student.grad is not None
 
 
 def test_unknown_distillation_loss_is_refused():
     student, teacher, labels = _logits(4)
-    with pytest.raises(ValueError, match="unknown distillation loss"):
-        losses.distillation(student, teacher, labels, kind="l1")
+    with pytest.raises(TracinError, match="kd loss must be one of kl, mse"):
+        losses.distillation(student, teacher, labels, 4.0, 0.7, kind="l1")
+    with pytest.raises(TracinError, match="kd loss must be one of kl, mse"):
+        losses.Distillation(torch.nn.Linear(5, 5), 4.0, 0.7, kind="l1")
+
+
+def test_temperature_and_alpha_have_no_silent_defaults():
+    """TracIn once scored every student with T=4, alpha=0.7 whatever it was trained with."""
+    with pytest.raises(TypeError):
+        losses.Distillation(torch.nn.Linear(5, 5))  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        losses.distillation(*_logits(5))  # type: ignore[call-arg]
+
+
+def test_loss_objects_equal_the_functions():
+    student, _, labels = _logits(6)
+    inputs = torch.randn(6, 3, generator=torch.Generator().manual_seed(6))
+    teacher = torch.nn.Linear(3, 5)
+    expected = losses.distillation(student, teacher(inputs), labels, 2.0, 0.4, "mse", 0.1)
+    got = losses.Distillation(teacher, 2.0, 0.4, "mse", 0.1)(student, labels, inputs)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(losses.CrossEntropy(0.1)(student, labels, inputs), losses.cross_entropy(student, labels, 0.1))
+    moved = losses.Distillation(teacher, 2.0, 0.4).to(torch.device("cpu"))
+    assert moved.teacher is not teacher and not any(p.requires_grad for p in moved.teacher.parameters())

@@ -8,8 +8,8 @@ from torch import nn
 from torchvision.models import resnet34
 
 from tracin.config import ModelConfig
-from tracin.errors import CheckpointError
-from tracin.training.models import build_model, copy_shared_stages, count_parameters
+from tracin.errors import CheckpointError, TracinError
+from tracin.training.models import MODELS, build_model, copy_shared_stages, count_parameters, register
 
 
 def _torchvision_cifar_resnet34() -> nn.Module:
@@ -84,3 +84,22 @@ def test_copy_shared_stages_refuses_a_teacher_of_another_width():
     teacher = build_model(ModelConfig(stages=4, width=8))
     with pytest.raises(CheckpointError, match="same width"):
         copy_shared_stages(build_model(ModelConfig(stages=2, width=4)), teacher.state_dict())
+
+
+def test_architectures_come_from_the_registry():
+    """build_model once built a ResNet-34 whatever it was asked for: a new architecture is one factory."""
+    assert {"resnet18", "resnet34"} <= set(MODELS)
+    blocks = lambda model: [len(getattr(model, f"layer{i}")) for i in range(1, 5)]  # noqa: E731
+    assert blocks(build_model(ModelConfig(arch="resnet18", width=4))) == [2, 2, 2, 2]
+    assert blocks(build_model(ModelConfig(arch="resnet34", width=4))) == [3, 4, 6, 3]
+
+    @register("tiny-test-net")
+    def tiny(config: ModelConfig) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.LazyLinear(config.num_classes))
+
+    try:
+        assert isinstance(build_model(ModelConfig(arch="tiny-test-net")), nn.Sequential)
+    finally:
+        del MODELS["tiny-test-net"]
+    with pytest.raises(TracinError, match="unknown architecture 'tiny-test-net'"):
+        build_model(ModelConfig(arch="tiny-test-net"))

@@ -1,13 +1,12 @@
 """Report tables and figures against direct computations on the stored arrays."""
 
-import h5py
 import numpy as np
 import pytest
 
 from tracin.results import report
 from tracin.results.statistics import overlap_at_k
 from tracin.errors import TracinError
-from tracin.results.store import ScoreFile
+from tracin.results.store import DataArrays, ScoreFile
 
 
 def test_detection_curve_counts_flipped_labels_in_inspection_order():
@@ -30,13 +29,13 @@ def test_random_order_finds_flipped_labels_at_the_rate_inspected():
 def test_mislabel_curves_rank_by_the_stored_self_influence_and_loss(tiny_scores):
     with ScoreFile.open_read(tiny_scores) as store:
         curves = report.mislabel_curves(store, ["teacher"])
-        flipped = store.h5["noisy"][()]
+        flipped = store.noisy
         assert flipped.any()
-        order = np.argsort(-store.h5["teacher/self_influence"][()], kind="stable")
+        order = np.argsort(-store.model("teacher").self_influence, kind="stable")
         x, y = curves["teacher: self-influence"]
         top = len(flipped) // 5
         assert y[top] == pytest.approx(flipped[order[:top]].sum() / flipped.sum())
-        loss_order = np.argsort(-store.h5["teacher/last_loss"][()], kind="stable")
+        loss_order = np.argsort(-store.model("teacher").last_loss, kind="stable")
         assert curves["teacher: loss (last checkpoint)"][1][top] == pytest.approx(flipped[loss_order[:top]].sum() / flipped.sum())
 
 
@@ -54,12 +53,19 @@ def test_overlap_curve_equals_overlap_at_each_k(tiny_scores):
 
 def test_tables_show_the_stored_numbers(tiny_scores):
     with ScoreFile.open_read(tiny_scores) as store:
-        text = report.overlap_table(store, "teacher", "student")
-        first = store.h5["comparison/teacher__student/overlap"][0]
-        assert f"{first['mean']:.3f}" in text and f"{first['chance']:.4f}" in text
-        assert "Kolmogorov" in report.correlation_table(store, "teacher", "student")
+        text = report.comparison_tables(store, "teacher", "student")
+        tables = store.comparison("teacher", "student")
+        first = tables["overlap"][0]
+        assert f"| sum | test | proponents | 3 | {first['mean']:.3f} | {first['median']:.3f} |" in text
+        assert f"| {first['chance']:.4f} | {first['jaccard']:.3f} |" in text and "| chance k/n |" in text
+        for title in ("overlap of top-k sets", "rank agreement per row", "score distributions: two-sample Kolmogorov",
+                  "self-influence correlation"):
+            assert f"**teacher vs student: {title}" in text
+        assert len([line for line in text.splitlines() if line.startswith("| epoch_004 |")]) == 8 + 4 + 1  # every row
+        only_ks = report.comparison_tables(store, "teacher", "student", ["ks"])
+        assert "Kolmogorov" in only_ks and "overlap" not in only_ks
         assert store.models == ["teacher", "student", "student_baseline"]
-        assert set(report.model_pairs(store)) == {("teacher", "student"), ("teacher", "student_baseline"), ("student", "student_baseline")}
+        assert set(store.comparison_pairs()) == {("teacher", "student"), ("teacher", "student_baseline"), ("student", "student_baseline")}
 
 
 def test_plots_written_by_tracin_score_are_real_images(tiny_scores):
@@ -75,10 +81,9 @@ def test_plots_written_by_tracin_score_are_real_images(tiny_scores):
     assert "Mislabel detection" in text and "teacher vs student" in text
 
 
-def test_mislabel_detection_without_label_noise_is_a_clear_error(tiny_scores, tmp_path):
-    copy = tmp_path / "clean.h5"
-    copy.write_bytes(tiny_scores.read_bytes())
-    with h5py.File(copy, "r+") as h5:
-        h5["noisy"][...] = False
-    with ScoreFile.open_read(copy) as store, pytest.raises(TracinError, match="no training label was flipped"):
+def test_mislabel_detection_without_label_noise_is_a_clear_error(tmp_path):
+    labels = np.arange(8) % 2
+    clean = DataArrays(np.arange(8), np.arange(4), labels, labels[:4], labels.copy())
+    store, _ = ScoreFile.create_or_resume(tmp_path / "clean.h5", {}, {}, clean, overwrite=False)
+    with store, pytest.raises(TracinError, match="no training label was flipped"):
         report.mislabel_curves(store, ["teacher"])

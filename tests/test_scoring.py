@@ -25,6 +25,9 @@ from tracin.config import DataConfig, ModelConfig
 from tracin.training.data import load_data
 from tracin.training.models import build_model
 from tracin.engine.tracin import TracIn
+from tracin.errors import TracinError
+from tracin.results.store import ScoreFile, rankings_name
+from tracin.training.losses import Distillation
 
 K = (3, 8)
 SMALL = ("--train-subset", "96", "--test-subset", "24", "--topk", ",".join(map(str, K)), "--device", "cpu")
@@ -78,37 +81,38 @@ def positions_of(indices: np.ndarray, within: torch.Tensor) -> torch.Tensor:
 
 
 def test_layout_and_attributes(scored, tiny_run):
-    with h5py.File(scored, "r") as h5:
-        assert h5.attrs["format"] == "tracin-scores" and h5.attrs["status"] == "complete"
+    """What the file holds, read through the store (tests/test_store.py checks the raw layout)."""
+    with ScoreFile.open_read(scored) as store:
+        attributes = store.attributes
+        assert attributes["format"] == "tracin-scores" and store.status == "complete"
         for key in ("tracin_version", "created", "dataset", "mode", "proj_dim", "proj_seed", "layers", "loss", "command"):
-            assert key in h5.attrs, key
-        assert h5.attrs["mode"] == "exact" and h5.attrs["dataset"] == "fashion-mnist"
-        n_train, n_test = len(h5["train_index"]), len(h5["test_index"])
+            assert key in attributes, key
+        assert store.mode == "exact" and attributes["dataset"] == "fashion-mnist"
+        n_train, n_test = store.n_train, store.n_test
         assert (n_train, n_test) == (96, 24)
-        assert np.array_equal(h5["noisy"][()], h5["train_labels"][()] != h5["train_clean_labels"][()])
+        assert np.array_equal(store.noisy, store.train_labels != store.train_clean_labels)
         run_data = json.loads((tiny_run / "data.json").read_text())
-        assert set(h5["train_index"][()]) <= set(run_data["train_index"])
+        assert set(store.train_index) <= set(run_data["train_index"])
         for role in ("teacher", "student"):
-            group = h5[role]
-            epochs = list(group["checkpoints/epoch"][()])
-            assert epochs == [2, 4]
-            paths = list_checkpoints(tiny_run / role)
-            assert list(group["checkpoints/lr"][()]) == [load_checkpoint(p)["lr"] for p in paths]
-            assert group["scores"].shape == (n_train, n_test) and group["scores"].chunks is not None
-            assert group["per_checkpoint"].shape == (2, n_train, n_test)
-            assert group["done"][()].all()
-            assert group["topk/test_top_index"].shape == (n_test, max(K))
-            assert group["topk/train_bottom_score"].shape == (n_train, max(K))
-            assert "topk_epoch/epoch_002/test_top_index" in group
-        assert h5["teacher/done"].size > 4  # the memory bound split the teacher's matrix
-        assert "comparison/teacher__student/overlap" in h5
+            scores = store.model(role)
+            assert scores.epochs == [2, 4]
+            assert scores.scores.shape == (n_train, n_test) and scores.matrix(1).shape == (n_train, n_test)
+            assert scores.done.all()
+            test, train = scores.rankings()
+            assert test.top_index.shape == (n_test, max(K)) and train.bottom_score.shape == (n_train, max(K))
+            assert scores.rankings(rankings_name(2))[0].top_index.shape == (n_test, max(K))
+        assert store.model("teacher").done.size > 4  # the memory bound split the teacher's matrix
+        assert "overlap" in store.comparison("teacher", "student")
 
 
 def test_scores_equal_the_engine(scored, tiny_run):
-    with h5py.File(scored, "r") as h5:
-        train_index, test_index = h5["train_index"][()], h5["test_index"][()]
-        stored = {role: (h5[f"{role}/scores"][()], h5[f"{role}/per_checkpoint"][()], h5[f"{role}/self_influence"][()])
-                  for role in ("teacher", "student")}
+    with ScoreFile.open_read(scored) as store:
+        train_index, test_index = store.train_index, store.test_index
+        stored = {}
+        for role in ("teacher", "student"):
+            scores = store.model(role)
+            per_checkpoint = np.stack([scores.matrix(i)[:] for i in range(len(scores.epochs))])
+            stored[role] = (scores.scores[()], per_checkpoint, scores.self_influence)
     record = json.loads((tiny_run / "run.json").read_text())
     data = load_data(DataConfig.from_dict(record["data_config"]))
     train = data.train.subset(positions_of(train_index, data.train.index))
@@ -127,26 +131,27 @@ def test_bf16_precision_is_recorded_and_close_to_float32(scored, tiny_run, tmp_p
     out = tmp_path / "bf16.h5"
     result = tracin_score(*score_args(tiny_run, out, "--precision", "bf16"))
     assert result.returncode == 0, result.stderr
-    with h5py.File(out, "r") as h5, h5py.File(scored, "r") as exact:
-        assert h5.attrs["precision"] == "bf16" and exact.attrs["precision"] == "float32"
+    with ScoreFile.open_read(out) as bf16, ScoreFile.open_read(scored) as exact:
+        assert bf16.attributes["precision"] == "bf16" and exact.attributes["precision"] == "float32"
         for role in ("teacher", "student"):
-            error = relative_error(torch.from_numpy(h5[f"{role}/scores"][()]), torch.from_numpy(exact[f"{role}/scores"][()]))
+            error = relative_error(torch.from_numpy(bf16.model(role).scores[()]), torch.from_numpy(exact.model(role).scores[()]))
             assert 1e-6 < error < BF16_RTOL, role
     assert_user_error(tracin_score(*score_args(tiny_run, tmp_path / "tf32.h5", "--precision", "tf32")), "CUDA mode")
 
 
 def test_topk_tables_equal_a_full_sort(scored):
-    with h5py.File(scored, "r") as h5:
+    with ScoreFile.open_read(scored) as store:
         for role in ("teacher", "student"):
-            scores = h5[f"{role}/scores"][()]
-            top = h5[f"{role}/topk"]
-            assert np.array_equal(top["test_top_index"][()], np.argsort(-scores.T, axis=1, kind="stable")[:, : max(K)])
-            assert np.array_equal(top["test_bottom_index"][()], np.argsort(scores.T, axis=1, kind="stable")[:, : max(K)])
-            assert np.array_equal(top["train_top_index"][()], np.argsort(-scores, axis=1, kind="stable")[:, : max(K)])
-            assert np.array_equal(top["train_top_score"][()], -np.sort(-scores, axis=1)[:, : max(K)])
-            epoch = h5[f"{role}/per_checkpoint"][1]
+            model = store.model(role)
+            scores = model.scores[()]
+            test, train = model.rankings()
+            assert np.array_equal(test.top_index, np.argsort(-scores.T, axis=1, kind="stable")[:, : max(K)])
+            assert np.array_equal(test.bottom_index, np.argsort(scores.T, axis=1, kind="stable")[:, : max(K)])
+            assert np.array_equal(train.top_index, np.argsort(-scores, axis=1, kind="stable")[:, : max(K)])
+            assert np.array_equal(train.top_score, -np.sort(-scores, axis=1)[:, : max(K)])
+            epoch = model.matrix(1)[:]
             assert np.array_equal(
-                h5[f"{role}/topk_epoch/epoch_004/test_top_index"][()], np.argsort(-epoch.T, axis=1, kind="stable")[:, : max(K)]
+                model.rankings(rankings_name(4))[0].top_index, np.argsort(-epoch.T, axis=1, kind="stable")[:, : max(K)]
             )
 
 
@@ -163,15 +168,12 @@ def brute_force_overlap(a: np.ndarray, b: np.ndarray, k: int, largest: bool) -> 
 
 
 def test_comparison_equals_brute_force(scored):
-    with h5py.File(scored, "r") as h5:
-        group = h5["comparison/teacher__student"]
-        overlap, correlation, ks = group["overlap"][()], group["rank_correlation"][()], group["ks"][()]
-        self_corr = dict(group["self_influence"].attrs)
-        matrices = {
-            "sum": (h5["teacher/scores"][()], h5["student/scores"][()]),
-            "epoch_002": (h5["teacher/per_checkpoint"][0], h5["student/per_checkpoint"][0]),
-        }
-        self_influence = (h5["teacher/self_influence"][()], h5["student/self_influence"][()])
+    with ScoreFile.open_read(scored) as store:
+        tables = store.comparison("teacher", "student")
+        overlap, correlation, ks, self_corr = (tables[n] for n in ("overlap", "rank_correlation", "ks", "self_influence"))
+        teacher, student = store.model("teacher"), store.model("student")
+        matrices = {"sum": (teacher.scores[()], student.scores[()]), "epoch_002": (teacher.matrix(0)[:], student.matrix(0)[:])}
+        self_influence = (teacher.self_influence, student.self_influence)
     for scope, (a, b) in matrices.items():
         for direction, (rows_a, rows_b), n in (("test", (a.T, b.T), a.shape[0]), ("train", (a, b), a.shape[1])):
             for side, largest in zip(("proponents", "opponents") if direction == "test" else ("top", "bottom"), (True, False)):
@@ -193,16 +195,17 @@ def test_comparison_equals_brute_force(scored):
                 assert pick["mean"][0] == pytest.approx(np.mean(values)) and pick["n_rows"][0] == len(values)
         row = ks[ks["scope"] == scope.encode()][0]
         assert row["statistic"] == pytest.approx(scipy.stats.ks_2samp(a.ravel(), b.ravel()).statistic)
-    assert self_corr["spearman"] == pytest.approx(scipy.stats.spearmanr(*self_influence).statistic)
-    assert self_corr["pearson"] == pytest.approx(scipy.stats.pearsonr(*self_influence).statistic, rel=1e-5)
+    assert self_corr["scope"].tolist() == [b"sum"]
+    assert self_corr["spearman"][0] == pytest.approx(scipy.stats.spearmanr(*self_influence).statistic)
+    assert self_corr["pearson"][0] == pytest.approx(scipy.stats.pearsonr(*self_influence).statistic, rel=1e-5)
 
 
 def read_done(path: Path) -> tuple[int, int]:
     """(blocks done, blocks) over both models, read without taking the writer's file lock."""
     try:
-        with h5py.File(path, "r", locking=False) as h5:
-            masks = [h5[f"{role}/done"][()] for role in ("teacher", "student") if f"{role}/done" in h5]
-    except (OSError, KeyError, ValueError):
+        with ScoreFile.open_read(path, locking=False) as store:
+            masks = [store.model(role).done for role in ("teacher", "student") if role in store.models]
+    except (TracinError, OSError, KeyError, ValueError):
         return 0, 0
     return sum(int(m.sum()) for m in masks), 2 * max((m.size for m in masks), default=1)
 
@@ -287,8 +290,8 @@ def test_finished_file_is_kept_without_overwrite(scored, tiny_run, tmp_path):
     shutil.copy(scored, out)
     assert_user_error(tracin_score(*score_args(tiny_run, out)), "finished result")
     assert tracin_score(*score_args(tiny_run, out, "--overwrite", "--models", "student,student_baseline")).returncode == 0
-    with h5py.File(out, "r") as h5:
-        assert "student_baseline" in h5 and "teacher" not in h5
+    with ScoreFile.open_read(out) as store:
+        assert store.models == ["student", "student_baseline"]
 
 
 @pytest.mark.parametrize(
@@ -349,8 +352,8 @@ def test_kd_loss_scores_a_student_with_its_own_distillation_objective(tmp_path, 
     result = tracin_score("--run", run, "--out", out, "--models", "student", "--loss", "kd", "--quiet",
                           "--train-subset", "32", "--test-subset", "8", "--topk", "3", "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    with h5py.File(out, "r") as h5:
-        stored, train_index, test_index = h5["student/scores"][()], h5["train_index"][()], h5["test_index"][()]
+    with ScoreFile.open_read(out) as store:
+        stored, train_index, test_index = store.model("student").scores[()], store.train_index, store.test_index
     data = load_data(DataConfig.from_dict(json.loads((run / "run.json").read_text())["data_config"]))
     train = data.train.subset(positions_of(train_index, data.train.index))
     test = data.test.subset(positions_of(test_index, data.test.index))
@@ -361,8 +364,26 @@ def test_kd_loss_scores_a_student_with_its_own_distillation_objective(tmp_path, 
     student = build_model(ModelConfig.from_dict(load_checkpoint(paths[0])["model_config"]))
 
     def kd_scores(temperature, alpha):
-        tracin = TracIn(student, paths, device="cpu", loss="kd", teacher=teacher, temperature=temperature, alpha=alpha)
+        tracin = TracIn(student, paths, loss=Distillation(teacher, temperature, alpha), device="cpu")
         return tracin.scores(train, test)
 
     assert relative_error(torch.from_numpy(stored), kd_scores(2.0, 0.5)) < 1e-5
     assert relative_error(torch.from_numpy(stored), kd_scores(4.0, 0.7)) > 1e-2  # the defaults are not what it used
+
+
+def test_a_kd_scored_student_uses_its_own_objective_label_smoothing_included(tmp_path):
+    """build_engine once dropped the student's label smoothing while claiming its training objective."""
+    from tracin.results.scoring import ScoreOptions, scoring_loss
+    from tracin.training.checkpoints import save_atomic, teacher_record
+    from tracin.config import TrainConfig
+
+    teacher = build_model(ModelConfig(stages=1, width=2, in_channels=1, num_classes=3))
+    path = tmp_path / "teacher.pt"
+    save_atomic({"format": "tracin-checkpoint", "role": "teacher", "epoch": 1, "model": teacher.state_dict(),
+                 "model_config": ModelConfig(stages=1, width=2, in_channels=1, num_classes=3).to_dict()}, path)
+    config = TrainConfig(temperature=2.5, alpha=0.4, kd_loss="mse", label_smoothing=0.2)
+    last = {"role": "student", "config": config.to_dict(), "teacher": teacher_record(path, {"epoch": 1})}
+    loss = scoring_loss("student", last, ScoreOptions(run="r", loss="kd"))
+    assert (loss.temperature, loss.alpha, loss.kind, loss.label_smoothing) == (2.5, 0.4, "mse", 0.2)
+    assert scoring_loss("teacher", last, ScoreOptions(run="r", loss="kd")).label_smoothing == 0.0
+    assert scoring_loss("student", last, ScoreOptions(run="r", loss="ce")).label_smoothing == 0.0

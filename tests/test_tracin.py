@@ -12,8 +12,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from tracin.training import losses
+from tracin.training.losses import Distillation
 from tracin.training.checkpoints import FORMAT, Checkpoint
-from tracin.config import ModelConfig
+from tracin.config import EngineConfig, ModelConfig, ScoreConfig
 from tracin.errors import CheckpointError, NonFiniteError, TracinError
 from tracin.engine.plans import PROJECTED
 from tracin.training.models import build_model
@@ -37,7 +38,7 @@ def setup():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device (run by scripts/gpu_check.py too)")
 def test_cuda_graph_replay_equals_the_reference(setup):
     model, checkpoints, train, test, reference = setup
-    engine = TracIn(model, checkpoints, device="cuda", batch_size=5)  # 4 replayed batches, 1 partial, eager
+    engine = TracIn(model, checkpoints, engine=EngineConfig(batch_size=5), device="cuda")  # 4 replayed batches, 1 partial, eager
     assert relative_error(engine.scores(train, test), reference) < RTOL
     assert engine._graphs, "no batch was replayed from a CUDA graph"
     diagonal = func_tracin_scores(model, checkpoints, train, train).diagonal()
@@ -47,15 +48,15 @@ def test_cuda_graph_replay_equals_the_reference(setup):
 @pytest.mark.parametrize("representation", ["flat", "factored", "auto"])
 def test_exact_equals_torch_func_on_every_parameter(setup, representation):
     model, checkpoints, train, test, reference = setup
-    tracin = TracIn(model, checkpoints, representation=representation)
+    tracin = TracIn(model, checkpoints, engine=EngineConfig(representation=representation))
     assert len(tracin.parameter_names) == len(list(model.parameters()))  # BatchNorm included
     assert relative_error(tracin.scores(train, test), reference) < RTOL
 
 
 def test_bf16_precision_is_close_to_exact_in_half_the_memory(setup):
     model, checkpoints, train, test, reference = setup
-    budget = dict(representation="flat", max_memory=200_000)
-    exact, bf16 = TracIn(model, checkpoints, **budget), TracIn(model, checkpoints, precision="bf16", **budget)
+    budget = EngineConfig(representation="flat", max_memory=200_000)
+    exact, bf16 = TracIn(model, checkpoints, engine=budget), TracIn(model, checkpoints, ScoreConfig(precision="bf16"), engine=budget)
     assert bf16.block_sizes(train, test)[1] >= 2 * exact.block_sizes(train, test)[1]  # kept features halve
     error = relative_error(bf16.scores(train, test), reference)
     assert 1e-5 < error < BF16_RTOL  # really bfloat16 products, and still close
@@ -71,16 +72,16 @@ def test_cost_model_mixes_representations_on_a_resnet(setup):
 
 
 def tracin_source(data):
-    from tracin.engine.tracin import _Source
+    from tracin.engine.blocks import DataSource
 
-    return _Source(data, "train")
+    return DataSource(data, "train")
 
 
 def test_invariant_to_batch_chunk_and_test_block_sizes(setup):
     model, checkpoints, train, test, reference = setup
-    small = TracIn(model, checkpoints, batch_size=2, chunk_size=5, test_block=4).scores(train, test)
+    small = TracIn(model, checkpoints, engine=EngineConfig(batch_size=2, chunk_size=5, test_block=4)).scores(train, test)
     assert relative_error(small, reference) < RTOL
-    tight = TracIn(model, checkpoints, max_memory=40_000)
+    tight = TracIn(model, checkpoints, engine=EngineConfig(max_memory=40_000))
     chunk, block = tight.block_sizes(train, test)
     assert chunk < len(train[0]) and block < len(test[0])  # the memory bound really splits the work
     assert relative_error(tight.scores(train, test), reference) < RTOL
@@ -88,7 +89,7 @@ def test_invariant_to_batch_chunk_and_test_block_sizes(setup):
 
 def test_each_example_gradient_is_computed_once_per_checkpoint(setup):
     model, checkpoints, train, test, _ = setup
-    tracin = TracIn(model, checkpoints, chunk_size=5, batch_size=4, cuda_graphs=False)  # replays skip Python hooks
+    tracin = TracIn(model, checkpoints, engine=EngineConfig(chunk_size=5, batch_size=4, cuda_graphs=False))  # replays skip Python hooks
     seen = []
     tracin.model.register_forward_hook(lambda module, args, out: seen.append(len(args[0])))
     tracin.scores(train, test)
@@ -101,7 +102,7 @@ def test_each_example_gradient_is_computed_once_per_checkpoint(setup):
 def test_self_influence_is_the_diagonal(setup):
     model, checkpoints, train, _, _ = setup
     for representation in ("flat", "factored", "auto"):
-        tracin = TracIn(model, checkpoints, representation=representation)
+        tracin = TracIn(model, checkpoints, engine=EngineConfig(representation=representation))
         diagonal = func_tracin_scores(model, checkpoints, train, train).diagonal()
         assert relative_error(tracin.self_influence(train), diagonal) < RTOL
 
@@ -109,7 +110,7 @@ def test_self_influence_is_the_diagonal(setup):
 def test_last_layer_equals_reference_on_the_head_weight(setup):
     model, checkpoints, train, test, _ = setup
     expected = func_tracin_scores(model, checkpoints, train, test, layers=["fc.weight"])
-    tracin = TracIn(model, checkpoints, mode="last-layer")
+    tracin = TracIn(model, checkpoints, config=ScoreConfig(mode="last-layer"))
     assert tracin.parameter_names == ["fc.weight"]
     assert relative_error(tracin.scores(train, test), expected) < RTOL
 
@@ -118,7 +119,7 @@ def test_layer_selection_equals_reference(setup):
     model, checkpoints, train, test, _ = setup
     layers = ["layer2", "bn1"]
     expected = func_tracin_scores(model, checkpoints, train, test, layers=layers)
-    assert relative_error(TracIn(model, checkpoints, layers=layers).scores(train, test), expected) < RTOL
+    assert relative_error(TracIn(model, checkpoints, config=ScoreConfig(layers=layers)).scores(train, test), expected) < RTOL
 
 
 def test_distillation_loss_scores_equal_reference(setup):
@@ -133,13 +134,13 @@ def test_distillation_loss_scores_equal_reference(setup):
         return losses.distillation(logits, teacher_logits, labels, temperature=3.0, alpha=0.6).sum()
 
     expected = func_tracin_scores(model, checkpoints, train, test, loss=kd)
-    tracin = TracIn(model, checkpoints, loss="kd", teacher=teacher, temperature=3.0, alpha=0.6)
+    tracin = TracIn(model, checkpoints, loss=Distillation(teacher, 3.0, 0.6))
     assert relative_error(tracin.scores(train, test), expected) < RTOL
 
 
 def test_top_k_equals_full_sort_both_directions(setup):
     model, checkpoints, train, test, _ = setup
-    tracin = TracIn(model, checkpoints, chunk_size=5, test_block=4)
+    tracin = TracIn(model, checkpoints, engine=EngineConfig(chunk_size=5, test_block=4))
     full = tracin.scores(train, test)
     top = tracin.top_k(train, test, k=3)
     assert torch.equal(top.test.top_index, full.T.argsort(1, descending=True)[:, :3])
@@ -156,12 +157,12 @@ def test_top_k_larger_than_the_set_is_refused(setup):
 
 def test_projected_is_seeded_and_converges_to_exact(setup):
     model, checkpoints, train, test, reference = setup
-    tracin = TracIn(model, checkpoints, mode="projected", proj_dim=16, seed=0)
+    tracin = TracIn(model, checkpoints, config=ScoreConfig(mode="projected", proj_dim=16, seed=0))
     assert PROJECTED in {p.representation for p in tracin.plans(tracin_source(train), 24, 9)}
     first = tracin.scores(train, test)
-    assert torch.equal(first, TracIn(model, checkpoints, mode="projected", proj_dim=16, seed=0).scores(train, test))
+    assert torch.equal(first, TracIn(model, checkpoints, config=ScoreConfig(mode="projected", proj_dim=16, seed=0)).scores(train, test))
     runs = [first] + [
-        TracIn(model, checkpoints, mode="projected", proj_dim=16, seed=s).scores(train, test) for s in range(1, 40)
+        TracIn(model, checkpoints, config=ScoreConfig(mode="projected", proj_dim=16, seed=s)).scores(train, test) for s in range(1, 40)
     ]
     single = sum(relative_error(r, reference) for r in runs) / len(runs)
     mean = relative_error(torch.stack(runs).mean(0), reference)
@@ -171,7 +172,7 @@ def test_projected_is_seeded_and_converges_to_exact(setup):
 
 def test_projected_ranks_agree_with_exact_at_a_generous_dimension(setup):
     model, checkpoints, train, test, reference = setup
-    projected = TracIn(model, checkpoints, mode="projected", proj_dim=256, seed=0).scores(train, test)
+    projected = TracIn(model, checkpoints, config=ScoreConfig(mode="projected", proj_dim=256, seed=0)).scores(train, test)
     rhos = [scipy.stats.spearmanr(projected[:, j], reference[:, j]).statistic for j in range(reference.shape[1])]
     assert min(rhos) >= 0.9
 
@@ -210,15 +211,15 @@ def test_bad_input_is_a_clear_error(setup, tmp_path):
     with pytest.raises(TracinError, match="empty"):
         TracIn(model, checkpoints).scores((train[0][:0], train[1][:0]), test)
     with pytest.raises(TracinError, match="proj_dim"):
-        TracIn(model, checkpoints, mode="projected")
-    with pytest.raises(TracinError, match="needs the teacher"):
+        TracIn(model, checkpoints, config=ScoreConfig(mode="projected"))
+    with pytest.raises(TracinError, match="loss must be called as"):
         TracIn(model, checkpoints, loss="kd")
     with pytest.raises(TracinError, match="selects no trainable"):
-        TracIn(model, checkpoints, layers=["nope"])
+        TracIn(model, checkpoints, config=ScoreConfig(layers=["nope"]))
     with pytest.raises(TracinError, match="precision must be one of"):
-        TracIn(model, checkpoints, precision="fp16")
+        TracIn(model, checkpoints, config=ScoreConfig(precision="fp16"))
     with pytest.raises(TracinError, match="'tf32' is a CUDA mode"):
-        TracIn(model, checkpoints, device="cpu", precision="tf32")
+        TracIn(model, checkpoints, config=ScoreConfig(precision="tf32"), device="cpu")
 
 
 def test_non_finite_gradients_are_an_error_not_nan(setup):
@@ -228,7 +229,7 @@ def test_non_finite_gradients_are_an_error_not_nan(setup):
     with pytest.raises(NonFiniteError):
         TracIn(model, [(state, 0.1)]).scores(train, test)
     with pytest.raises(NonFiniteError):  # checked once per chunk and checkpoint, not per batch
-        TracIn(model, checkpoints + [(state, 0.1)], batch_size=3).self_influence(train)
+        TracIn(model, checkpoints + [(state, 0.1)], engine=EngineConfig(batch_size=3)).self_influence(train)
 
 
 def _captum_checkpoints(checkpoints, tmp_path):
@@ -263,7 +264,7 @@ def test_equals_captum_tracincp_on_conv_and_linear_parameters(setup, tmp_path):
             batch_size=8,
             sample_wise_grads_per_batch=True,
         ).influence(test)
-    ours = TracIn(model, checkpoints, layers=layers).scores(train, test)
+    ours = TracIn(model, checkpoints, config=ScoreConfig(layers=layers)).scores(train, test)
     assert relative_error(ours, captum.T) < RTOL
 
 
@@ -283,7 +284,7 @@ def test_last_layer_equals_captum_tracincpfast(setup, tmp_path):
             loss_fn=nn.CrossEntropyLoss(reduction="sum"),
             batch_size=8,
         ).influence(test)
-    ours = TracIn(model, checkpoints, mode="last-layer").scores(train, test)
+    ours = TracIn(model, checkpoints, config=ScoreConfig(mode="last-layer")).scores(train, test)
     assert relative_error(ours, captum.T) < RTOL
 
 

@@ -24,14 +24,13 @@ from conftest import ATOL, RTOL, TINY_RUN_ARGS, one_thread, run_tracin_train, su
 from tracin.training import losses
 from tracin.cli.main import train_main
 from tracin.config import DataConfig, ModelConfig, TrainConfig
-from tracin.training.data import DatasetSpec, Split, load_data
+from tracin.training.data import DatasetSpec, Split, load_data, normalize
 from tracin.runtime import Runtime
 from tracin.training.trainer import (
     build_optimizer,
     build_scheduler,
     confusion_matrix,
-    cross_entropy_objective,
-    distillation_objective,
+    objective_for,
     evaluate,
     seeded_model,
     steps_per_epoch,
@@ -119,7 +118,7 @@ def test_train_one_epoch_is_torch_sgd_on_the_mean_loss(cifar_data):
     reference = copy.deepcopy(model)
     optimizer = build_optimizer(model, config)
     result = train_one_epoch(model, optimizer, build_scheduler(optimizer, config, 4),
-                             training_batches(cifar_data.train, 16, 0, 1, True, CPU), cross_entropy_objective(), CPU)
+                             training_batches(cifar_data.train, 16, 0, 1, True, CPU), objective_for(None, TrainConfig(), CPU), CPU)
 
     ref_optimizer = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
     ref_scheduler = OneCycleLR(ref_optimizer, max_lr=0.05, total_steps=8, pct_start=0.5, cycle_momentum=False)
@@ -141,7 +140,7 @@ def test_train_one_epoch_is_torch_sgd_on_the_mean_loss(cifar_data):
 
 def test_evaluate_matches_a_direct_computation(cifar_data):
     model = seeded_model(ModelConfig(stages=2, width=4), 1).eval()
-    images, labels = cifar_data.test.tensors()
+    images, labels = normalize(cifar_data.test.images, cifar_data.test.spec), cifar_data.test.labels
     logits = model(images)
     result = evaluate(model, cifar_data.test, CPU, batch_size=7)
     assert result.loss == pytest.approx(F.cross_entropy(logits, labels).item(), rel=RTOL)
@@ -160,9 +159,9 @@ def test_confusion_matrix_counts_label_prediction_pairs():
 def test_distillation_objective_reads_the_teacher_in_eval_mode():
     teacher = seeded_model(ModelConfig(stages=2, width=4), 2).train()
     statistics = {k: v.clone() for k, v in teacher.state_dict().items()}
-    loss_fn = distillation_objective(teacher, TrainConfig(epochs=2, width=4), CPU)
+    loss_fn = objective_for(teacher, TrainConfig(epochs=2, width=4), CPU)
     images, logits, labels = torch.randn(8, 3, 32, 32), torch.randn(8, 10), torch.arange(8) % 10
-    got = loss_fn(logits, images, labels)
+    got = loss_fn(logits, labels, images)
     assert not teacher.training
     assert all(torch.equal(v, statistics[k]) for k, v in teacher.state_dict().items())
     expected = losses.distillation(logits, teacher(images), labels, 4.0, 0.7, "kl")

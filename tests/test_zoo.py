@@ -18,6 +18,7 @@ from torch import nn
 
 from tracin.engine.reference import func_per_sample_grads
 from tracin.engine.tracin import TracIn
+from tracin.config import ScoreConfig
 
 FLOAT32_MULTIPLE = 4  # the engine may be this many times further from float64 than float32 torch.func is
 N_TRAIN, N_TEST, LR = 5, 3, 0.5
@@ -87,7 +88,7 @@ def test_zoo_model_matches_float64_reference(zoo_reference, name, layers):
     cols = selected_columns(model, layers)
     expected = LR * g64[:N_TRAIN, cols] @ g64[N_TRAIN:, cols].T
     float32_error = float((LR * g32[:N_TRAIN, cols] @ g32[N_TRAIN:, cols].T - expected).abs().max() / expected.abs().max())
-    engine = TracIn(model, [(model.state_dict(), LR)], layers=layers, device="cpu")
+    engine = TracIn(model, [(model.state_dict(), LR)], config=ScoreConfig(layers=layers), device="cpu")
     actual = engine.scores(train, test).double()
     assert len(engine.parameter_names) == len(set(engine.parameter_names))
     assert sorted(engine.parameter_names) == sorted(n for n, _ in model.named_parameters() if not layers or any(n == p or n.startswith(p + ".") for p in layers))
@@ -114,7 +115,7 @@ def test_readme_example_torchvision_model_from_reference_trainer_checkpoints(tmp
         paths.append(tmp_path / f"model_{epoch}.pth")
         torch.save(payload, paths[-1])
 
-    tracin = TracIn(torchvision.models.resnet18(num_classes=10), sorted(map(str, paths)), layers=["layer4", "fc"])
+    tracin = TracIn(torchvision.models.resnet18(num_classes=10), sorted(map(str, paths)), ScoreConfig(layers=("layer4", "fc")))
     top = tracin.top_k((x[:8], y[:8]), (x[8:], y[8:]), k=3)
 
     assert [c.lr for c in tracin.checkpoints] == pytest.approx([0.05, 0.025])  # the optimizer's rate when saved

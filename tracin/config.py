@@ -19,8 +19,10 @@ KD_LOSSES = ("kl", "mse")
 STUDENT_INIT = ("scratch", "teacher")
 ROLES = ("teacher", "student", "student_baseline")
 MODES = ("exact", "projected", "last-layer")
-SCORE_LOSSES = ("ce", "kd")
+SCORE_LOSSES = ("ce", "kd")  # tracin-score --loss
 PRECISIONS = ("float32", "tf32", "bf16")
+REPRESENTATIONS = ("auto", "flat", "factored")
+DEFAULT_MAX_MEMORY = 2 * 2**30  # bytes for the engine's kept features and score blocks
 
 
 def _check(condition: bool, message: str) -> None:
@@ -71,11 +73,13 @@ class DataConfig(_Serializable):
 
 @dataclass(frozen=True)
 class ModelConfig(_Serializable):
-    """A ResNet-34 (CIFAR stem) cut after `stages` stages: 4 is the teacher, fewer is a student.
+    """A registered architecture (tracin.training.models.MODELS: resnet34, resnet18) cut after `stages`
+    stages: 4 is the teacher, fewer is a student.
 
     `width`: channels of the first stage (64 is the standard network); stage i has width * 2**i.
     """
 
+    arch: str = "resnet34"
     stages: int = 4
     width: int = 64
     in_channels: int = 3
@@ -106,6 +110,7 @@ class TrainConfig(_Serializable):
     label_smoothing: float = 0.0
     save_every: int = 2
     seed: int = 0
+    arch: str = "resnet34"
     width: int = 64
     student_stages: int = 2
     student_init: str = "scratch"
@@ -137,25 +142,52 @@ class TrainConfig(_Serializable):
 
 @dataclass(frozen=True)
 class ScoreConfig(_Serializable):
-    """How TracIn scores are computed.
+    """What TracIn computes (the numbers depend on these; the loss object is given beside it).
 
-    `layers`: module-name prefixes whose parameters are used (empty = every trainable parameter).
-    `proj_dim`: per-layer projection size in `projected` mode. `loss`: `ce`, or `kd` for a student scored
-    with its own distillation objective (needs the teacher). `precision` of the inner products:
-    `float32` (exact), `tf32` (CUDA only) or `bf16` (features kept in bfloat16, float32 accumulation).
+    `mode`: `exact`, `projected` or `last-layer`. `layers`: module-name prefixes whose parameters are used
+    (empty = every trainable parameter). `proj_dim`: per-layer projection size in `projected` mode, by a
+    `projector` from tracin.engine.projection's registry, drawn from `seed`. `precision` of the inner
+    products: `float32` (exact), `tf32` (CUDA only) or `bf16` (features kept in bfloat16, float32
+    accumulation).
     """
 
     mode: str = "exact"
     layers: tuple[str, ...] = ()
     proj_dim: Optional[int] = None
+    projector: str = "gaussian"
     seed: int = 0
-    loss: str = "ce"
     precision: str = "float32"
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, MODES)
-        _check_choice("loss", self.loss, SCORE_LOSSES)
         _check_choice("precision", self.precision, PRECISIONS)
         _check(self.proj_dim is None or self.proj_dim >= 1, f"proj_dim must be positive, got {self.proj_dim}")
-        _check(self.mode != "projected" or self.proj_dim is not None, "projected mode needs proj_dim")
-        object.__setattr__(self, "layers", tuple(self.layers))
+        _check(self.mode != "projected" or self.proj_dim is not None, "projected mode needs a positive proj_dim")
+        object.__setattr__(self, "layers", tuple(self.layers or ()))
+
+
+@dataclass(frozen=True)
+class EngineConfig(_Serializable):
+    """How the engine runs; results do not depend on these (up to float32 summation order).
+
+    `batch_size`: examples per forward/backward. `max_memory`: bytes for kept features and score blocks;
+    it sets the blocking unless `chunk_size` (train rows per chunk) and `test_block` (test examples per
+    block) are given. `representation` of exact Linear/Conv2d layers: `auto` (cost model), `flat` or
+    `factored`. `cuda_graphs`: on CUDA, replay full train batches as one captured graph. `progress`: bars.
+    """
+
+    batch_size: int = 128
+    max_memory: int = DEFAULT_MAX_MEMORY
+    chunk_size: Optional[int] = None
+    test_block: Optional[int] = None
+    representation: str = "auto"
+    cuda_graphs: bool = True
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, f"batch_size must be positive, got {self.batch_size}")
+        _check(self.max_memory >= 1, f"max_memory must be a positive number of bytes, got {self.max_memory}")
+        for name in ("chunk_size", "test_block"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, f"{name} must be positive, got {value}")
+        _check_choice("representation", self.representation, REPRESENTATIONS)

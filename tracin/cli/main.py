@@ -23,6 +23,8 @@ from tracin.config import (
     TrainConfig,
 )
 from tracin.training.data import default_data_root
+from tracin.engine.projection import PROJECTORS
+from tracin.training.models import MODELS
 from tracin.errors import TracinError
 from tracin.runtime import DEVICES
 from tracin.results.scoring import ScoreOptions, score_run
@@ -133,7 +135,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("models and distillation")
-    _config_option(group, "--width", "channels of the first stage; 64 is ResNet-34")
+    _config_option(group, "--arch", "architecture of teacher and students (tracin.training.models)", choices=sorted(MODELS))
+    _config_option(group, "--width", "channels of the first stage; 64 is the standard ResNet")
     _config_option(group, "--student-stages", "stages of the students, 1-4")
     _config_option(
         group, "--student-init", "students start from scratch or from the teacher's stem and stages",
@@ -174,7 +177,7 @@ def train_configs(args: argparse.Namespace) -> tuple[TrainConfig, DataConfig]:
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, save_every=args.save_every,
-        seed=args.seed, width=args.width, student_stages=args.student_stages, student_init=args.student_init,
+        seed=args.seed, arch=args.arch, width=args.width, student_stages=args.student_stages, student_init=args.student_init,
         distill=args.distill, kd_loss=args.kd_loss, temperature=args.temperature, alpha=args.alpha,
         augment=not args.no_augment,
     )
@@ -215,9 +218,11 @@ def build_score_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--mode", choices=MODES, default=score.mode, help="exact | projected | last-layer (default: %(default)s)")
     parser.add_argument("--proj-dim", type=int, help="per-layer projection size in projected mode (e.g. 1024)")
+    parser.add_argument("--projector", choices=sorted(PROJECTORS), default=score.projector,
+                        help="random projection of projected mode (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=score.seed, help="projection and sampling seed (default: %(default)s)")
     parser.add_argument("--layers", default="", help="comma-separated module-name prefixes to use (default: every parameter)")
-    parser.add_argument("--loss", choices=SCORE_LOSSES, default=score.loss,
+    parser.add_argument("--loss", choices=SCORE_LOSSES, default="ce",
                         help="ce, or kd: students scored with their distillation loss against their teacher")
     parser.add_argument(
         "--precision", choices=PRECISIONS, default=score.precision,
@@ -250,12 +255,14 @@ def build_score_parser() -> argparse.ArgumentParser:
 def score_options(args: argparse.Namespace, argv: Sequence[str]) -> ScoreOptions:
     layers = tuple(p.strip() for p in args.layers.split(",") if p.strip())
     config = ScoreConfig(
-        mode=args.mode, layers=layers, proj_dim=args.proj_dim, seed=args.seed, loss=args.loss, precision=args.precision
+        mode=args.mode, layers=layers, proj_dim=args.proj_dim, projector=args.projector, seed=args.seed,
+        precision=args.precision,
     )
     return ScoreOptions(
         run=args.run,
         models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
         score=config,
+        loss=args.loss,
         checkpoints=args.checkpoints,
         train_subset=args.train_subset,
         test_subset=args.test_subset,

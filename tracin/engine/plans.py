@@ -20,12 +20,13 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from tracin.config import REPRESENTATIONS  # noqa: F401  (the choices of EngineConfig.representation)
 from tracin.engine.features import Features
-from tracin.engine.grads import FACTORABLE, Call, Target, layer_factors, layer_flat, output_grads, projected_inputs
+from tracin.engine.grads import Call, Target, layer_factors, layer_flat, output_grads, projected_inputs
 from tracin.engine.projection import Projector, kronecker_dims, make_projector
 
 FLAT, FACTORED, PROJECTED = "flat", "factored", "projected"
-REPRESENTATIONS = ("auto", FLAT, FACTORED)
+
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class LayerShape:
 def probe_shape(target: Target, calls: Sequence[Call]) -> LayerShape:
     """The layer's sizes, from a probe batch (torch.func layers are checked against the batched output
     here, once, rather than on every batch)."""
-    if target.kind in FACTORABLE:
+    if target.handler.factorable:
         factors = layer_factors(target, calls)
         _, groups, positions, d_in = factors.A.shape
         return LayerShape(groups, positions, d_in + factors.bias, factors.G.shape[-1])

@@ -1,34 +1,30 @@
-"""Teacher–student comparison of a finished score file: tables in /comparison/<a>__<b>, and text.
+"""Teacher–student comparison of a finished score file: a registry of comparison tables, computed per
+model pair, stored in the file (ScoreFile.write_comparison) and shown as text.
 
 Scopes: "sum" (TracInCP over all checkpoints) and, when per-checkpoint scores were kept, "epoch_NNN"
 for each epoch both models saved (single-checkpoint TracIn at matched epochs). Directions: "test"
 (each test example ranks train examples: proponents/opponents) and "train" (each train example ranks
 test examples: top/bottom, the direction of the original teacher–student study).
+
+Adding a statistic: its pure function in tracin.results.statistics (arrays in, numbers out), and one
+`register_table(ComparisonTable(...))` here whose `rows` calls it for one ScopePair. compare_models then
+stores it, and format_tables, the Markdown of tracin.results.report and the notebooks show it, all
+from the table's columns.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
-import h5py
 import numpy as np
 
+from tracin.engine.topk import Ranking
 from tracin.results import statistics as compare
-from tracin.results.store import ModelScores, ScoreFile
+from tracin.results.store import ModelScores, ScoreFile, rankings_name
 
 SIDES = {"test": ("proponents", "opponents"), "train": ("top", "bottom")}
-OVERLAP_DTYPE = np.dtype(
-    [("scope", "S16"), ("direction", "S8"), ("side", "S12"), ("k", "i8"), ("mean", "f8"), ("median", "f8"),
-     ("min", "f8"), ("max", "f8"), ("chance", "f8"), ("jaccard", "f8")]
-)
-CORRELATION_DTYPE = np.dtype(
-    [("scope", "S16"), ("direction", "S8"), ("statistic", "S10"), ("mean", "f8"), ("median", "f8"),
-     ("min", "f8"), ("max", "f8"), ("n_rows", "i8"), ("n_undefined", "i8")]
-)
-KS_DTYPE = np.dtype(
-    [("scope", "S16"), ("statistic", "f8"), ("pvalue", "f8"), ("scaled_statistic", "f8"), ("scaled_pvalue", "f8")]
-)
+FLOAT_FORMAT = ".3f"  # how a float column is shown unless its Column says otherwise
 
 
 @dataclass(frozen=True)
@@ -41,123 +37,244 @@ class CompareOptions:
     max_values: int = 1_000_000
     seed: int = 0
 
+    def settings(self) -> dict:
+        """What the file records beside the tables."""
+        return {"ks": list(self.ks), "max_rows": self.max_rows or 0, "seed": self.seed}
 
-def matched_scopes(a: ModelScores, b: ModelScores) -> list[tuple[str, Optional[int], Optional[int]]]:
-    """("sum", None, None) plus ("epoch_NNN", index in a, index in b) for every epoch both kept."""
-    scopes: list[tuple[str, Optional[int], Optional[int]]] = [("sum", None, None)]
-    if "per_checkpoint" in a.group and "per_checkpoint" in b.group:
+
+@dataclass(frozen=True)
+class ScopePair:
+    """What a statistic compares in one scope: both models, and the position of the scope's checkpoint
+    in each model's `epochs` (None in scope "sum": the sum over checkpoints)."""
+
+    name: str
+    a: ModelScores
+    b: ModelScores
+    options: CompareOptions
+    index_a: Optional[int] = None
+    index_b: Optional[int] = None
+
+    def matrices(self) -> tuple:
+        """Both models' [n_train, n_test] score matrices of this scope, read lazily."""
+        return self.a.matrix(self.index_a), self.b.matrix(self.index_b)
+
+    def rankings(self) -> tuple[tuple[Ranking, Ranking], tuple[Ranking, Ranking]]:
+        """((test, train) rankings of a, (test, train) rankings of b): the stored top-k tables of this scope."""
+        epoch = None if self.index_a is None else self.a.epochs[self.index_a]
+        return self.a.rankings(rankings_name(epoch)), self.b.rankings(rankings_name(epoch))
+
+
+def matched_scopes(a: ModelScores, b: ModelScores, options: CompareOptions) -> list[ScopePair]:
+    """Scope "sum", then "epoch_NNN" for every epoch both models kept with --per-checkpoint."""
+    scopes = [ScopePair("sum", a, b, options)]
+    if a.has_per_checkpoint and b.has_per_checkpoint:
         for i, epoch in enumerate(a.epochs):
             if epoch in b.epochs:
-                scopes.append((f"epoch_{epoch:03d}", i, b.epochs.index(epoch)))
+                scopes.append(ScopePair(f"epoch_{epoch:03d}", a, b, options, i, b.epochs.index(epoch)))
     return scopes
 
 
-def _rankings(scores: ModelScores, scope: str):
-    return scores.rankings("topk" if scope == "sum" else f"topk_epoch/{scope}")
+# --- the registry --------------------------------------------------------------------------------------
 
 
-def overlap_rows(scope: str, a: ModelScores, b: ModelScores, ks, n_train: int, n_test: int) -> list[tuple]:
-    (test_a, train_a), (test_b, train_b) = _rankings(a, scope), _rankings(b, scope)
+@dataclass(frozen=True)
+class Column:
+    """One column of a comparison table: its name in the file, its numpy dtype, and how it is shown
+    (label: the heading, default the name; format: a format spec, default FLOAT_FORMAT for floats)."""
+
+    name: str
+    dtype: str = "f8"
+    label: str = ""
+    format: str = ""
+
+
+SCOPE = Column("scope", "S16")
+
+
+def sum_scope(table: np.ndarray) -> np.ndarray:
+    """bool [rows]: the rows of scope "sum" (all rows of a table without scopes)."""
+    if "scope" not in (table.dtype.names or ()):
+        return np.ones(len(table), dtype=bool)
+    return table["scope"] == b"sum"
+
+
+@dataclass(frozen=True)
+class ComparisonTable:
+    """A registered comparison table. rows(scope) gives its rows in one scope, each a dict keyed by
+    column name (extra keys are ignored); the "scope" column is added. sum_only: computed in scope "sum"
+    alone. text_rows(table) -> bool [rows]: the rows format_tables prints (all rows go to the file and
+    the Markdown)."""
+
+    name: str
+    title: str
+    columns: tuple[Column, ...]
+    rows: Callable[[ScopePair], list[dict]]
+    sum_only: bool = False
+    text_rows: Callable[[np.ndarray], np.ndarray] = sum_scope
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype([(c.name, c.dtype) for c in (SCOPE, *self.columns)])
+
+    def compute(self, scopes: Sequence[ScopePair]) -> np.ndarray:
+        """The table over `scopes`: a numpy structured array [rows] of self.dtype."""
+        names = self.dtype.names
+        rows = [{**row, "scope": scope.name} for scope in scopes if not self.sum_only or scope.name == "sum"
+                for row in self.rows(scope)]
+        return np.array([tuple(row[name] for name in names) for row in rows], dtype=self.dtype)
+
+
+TABLES: dict[str, ComparisonTable] = {}  # name -> table, computed and shown in this order
+
+
+def register_table(table: ComparisonTable) -> ComparisonTable:
+    """Add (or replace) a comparison table: compare_models computes it from then on."""
+    TABLES[table.name] = table
+    return table
+
+
+# --- the tables ----------------------------------------------------------------------------------------
+
+
+def overlap_rows(scope: ScopePair) -> list[dict]:
+    """overlap@k (summary), chance k/n and mean Jaccard of the stored top-k sets, per direction and side."""
+    (test_a, train_a), (test_b, train_b) = scope.rankings()
+    n_train, n_test = scope.a.scores.shape
     rows = []
     for direction, ra, rb, n_ranked in (("test", test_a, test_b, n_train), ("train", train_a, train_b, n_test)):
         for side, field in zip(SIDES[direction], ("top_index", "bottom_index")):
-            for row in compare.overlap_table(getattr(ra, field), getattr(rb, field), list(ks), n_ranked):
-                rows.append((scope, direction, side, row["k"], row["mean"], row["median"], row["min"],
-                             row["max"], row["chance"], row["jaccard"]))
+            for row in compare.overlap_table(getattr(ra, field), getattr(rb, field), list(scope.options.ks), n_ranked):
+                rows.append({"direction": direction, "side": side, **row})
     return rows
 
 
-def correlation_rows(scope: str, matrix_a, matrix_b, options: CompareOptions) -> list[tuple]:
+def overlap_headline(table: np.ndarray) -> np.ndarray:
+    """bool [rows]: every row of scope "sum", and of each matched epoch the test proponents and train
+    top at the largest k."""
+    leading = ((table["direction"] == b"test") & (table["side"] == b"proponents")) | (
+        (table["direction"] == b"train") & (table["side"] == b"top"))
+    return sum_scope(table) | (leading & (table["k"] == table["k"].max(initial=0)))
+
+
+def correlation_rows(scope: ScopePair) -> list[dict]:
     """Spearman and Kendall per sampled row, in both directions; rows where either model's scores are
     constant (rank correlation undefined) are counted in n_undefined and left out of the summary."""
+    matrix_a, matrix_b = scope.matrices()
     n_train, n_test = matrix_a.shape
-    rows = []
+    options = scope.options
     test_columns = compare.sample_rows(n_test, options.max_rows, options.seed)
     train_rows = compare.sample_rows(n_train, options.max_rows, options.seed + 1)
+    rows = []
     for direction, a, b in (
         ("test", matrix_a[:, test_columns].T, matrix_b[:, test_columns].T),
         ("train", matrix_a[train_rows, :], matrix_b[train_rows, :]),
     ):
         for name, values in (("spearman", compare.spearman_rows(a, b)), ("kendall", compare.kendall_rows(a, b))):
-            s = compare.summarize(values)
-            rows.append((scope, direction, name, s["mean"], s["median"], s["min"], s["max"], s["n"], s["undefined"]))
+            summary = compare.summarize(values)
+            rows.append({"direction": direction, "statistic": name, **summary,
+                         "n_rows": summary["n"], "n_undefined": summary["undefined"]})
     return rows
 
 
-def ks_row(scope: str, matrix_a, matrix_b, options: CompareOptions) -> tuple:
-    """KS test on the same sampled (train, test) cells of both matrices."""
+def ks_rows(scope: ScopePair) -> list[dict]:
+    """KS test on the same sampled (train, test) cells of both matrices, raw and scaled by std."""
+    matrix_a, matrix_b = scope.matrices()
     n_train, n_test = matrix_a.shape
-    rows = compare.sample_rows(n_train, max(1, options.max_values // n_test), options.seed + 2)
-    result = compare.ks_test(matrix_a[rows, :], matrix_b[rows, :])
-    return (scope, result["statistic"], result["pvalue"], result["scaled_statistic"], result["scaled_pvalue"])
+    rows = compare.sample_rows(n_train, max(1, scope.options.max_values // n_test), scope.options.seed + 2)
+    return [compare.ks_test(matrix_a[rows, :], matrix_b[rows, :])]
 
 
-def compare_models(store: ScoreFile, name_a: str, name_b: str, options: CompareOptions) -> dict:
-    """Compute and store /comparison/<a>__<b>; returns the tables as numpy structured arrays."""
-    a, b = store.model(name_a), store.model(name_b)
-    n_train, n_test = a.scores.shape
-    overlap, correlations, ks = [], [], []
-    for scope, index_a, index_b in matched_scopes(a, b):
-        matrix_a, matrix_b = a.matrix(index_a), b.matrix(index_b)
-        overlap += overlap_rows(scope, a, b, options.ks, n_train, n_test)
-        correlations += correlation_rows(scope, matrix_a, matrix_b, options)
-        ks.append(ks_row(scope, matrix_a, matrix_b, options))
-    tables = {
-        "overlap": np.array(overlap, dtype=OVERLAP_DTYPE),
-        "rank_correlation": np.array(correlations, dtype=CORRELATION_DTYPE),
-        "ks": np.array(ks, dtype=KS_DTYPE),
-    }
-    self_corr = compare.correlation(a.group["self_influence"][()], b.group["self_influence"][()])
-    _write(store.h5, f"comparison/{name_a}__{name_b}", tables, self_corr, options)
-    return {**tables, "self_influence": self_corr}
+def self_influence_rows(scope: ScopePair) -> list[dict]:
+    """Pearson and Spearman correlation of the two models' self-influence."""
+    return [compare.correlation(scope.a.self_influence, scope.b.self_influence)]
 
 
-def _write(h5: h5py.File, name: str, tables: dict, self_corr: dict, options: CompareOptions) -> None:
-    if name in h5:
-        del h5[name]
-    group = h5.create_group(name)
-    for key, table in tables.items():
-        group.create_dataset(key, data=table)
-    group.create_group("self_influence").attrs.update(self_corr)
-    group.attrs.update({"ks": list(options.ks), "max_rows": options.max_rows or 0, "seed": options.seed})
-    h5.flush()
+SUMMARY = (Column("mean"), Column("median"), Column("min"), Column("max"))
+
+register_table(ComparisonTable(
+    "overlap", "overlap of top-k sets",
+    (Column("direction", "S8"), Column("side", "S12"), Column("k", "i8"), Column("mean", label="mean overlap"),
+     *SUMMARY[1:], Column("chance", label="chance k/n", format=".4f"), Column("jaccard", label="Jaccard")),
+    overlap_rows, text_rows=overlap_headline,
+))
+register_table(ComparisonTable(
+    "rank_correlation", "rank agreement per row",
+    (Column("direction", "S8"), Column("statistic", "S10"), *SUMMARY, Column("n_rows", "i8", label="rows"),
+     Column("n_undefined", "i8", label="constant rows left out")),
+    correlation_rows,
+))
+register_table(ComparisonTable(
+    "ks", "score distributions: two-sample Kolmogorov–Smirnov",
+    (Column("statistic", label="KS"), Column("pvalue", label="p", format=".2g"),
+     Column("scaled_statistic", label="KS after scaling by std"), Column("scaled_pvalue", label="p (scaled)", format=".2g")),
+    ks_rows,
+))
+register_table(ComparisonTable(
+    "self_influence", "self-influence correlation",
+    (Column("pearson", label="Pearson"), Column("spearman", label="Spearman")),
+    self_influence_rows, sum_only=True,
+))
 
 
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def compare_models(store: ScoreFile, name_a: str, name_b: str, options: CompareOptions) -> dict[str, np.ndarray]:
+    """Compute every registered table for models a and b over their matched scopes, store them in the
+    file and return them (name -> numpy structured array [rows])."""
+    scopes = matched_scopes(store.model(name_a), store.model(name_b), options)
+    tables = {name: table.compute(scopes) for name, table in TABLES.items()}
+    store.write_comparison(name_a, name_b, tables, options.settings())
+    return tables
 
 
-def format_tables(name_a: str, name_b: str, tables: dict) -> str:
-    """The comparison as text: overlap@k over all checkpoints, matched epochs at the largest k,
-    rank correlations, KS and self-influence correlation."""
-    overlap = tables["overlap"]
-    lines = [f"{name_a} vs {name_b}: overlap of top-k sets (TracInCP over all checkpoints)"]
-    lines.append(f"  {'direction':9s} {'side':11s} {'k':>6s} {'mean':>6s} {'median':>6s} {'min':>6s} {'max':>6s} "
-                 f"{'chance':>7s} {'jaccard':>7s}")
-    for row in overlap[overlap["scope"] == b"sum"]:
-        lines.append(
-            f"  {_text(row['direction']):9s} {_text(row['side']):11s} {row['k']:6d} {row['mean']:6.3f} "
-            f"{row['median']:6.3f} {row['min']:6.3f} {row['max']:6.3f} {row['chance']:7.4f} {row['jaccard']:7.3f}"
-        )
-    epochs = sorted({_text(s) for s in overlap["scope"]} - {"sum"})
-    if epochs:
-        k = int(overlap["k"].max())
-        lines.append(f"  matched epochs, mean overlap@{k} (test proponents / train top):")
-        for scope in epochs:
-            pick = overlap[(overlap["scope"] == scope.encode()) & (overlap["k"] == k)]
-            values = {(_text(r["direction"]), _text(r["side"])): r["mean"] for r in pick}
-            lines.append(f"    {scope}: {values[('test', 'proponents')]:.3f} / {values[('train', 'top')]:.3f}")
-    for row in tables["rank_correlation"][tables["rank_correlation"]["scope"] == b"sum"]:
-        undefined = f" ({row['n_undefined']} constant rows left out)" if row["n_undefined"] else ""
-        lines.append(
-            f"  {_text(row['statistic']):8s} per {_text(row['direction'])} row: mean {row['mean']:.3f}, "
-            f"median {row['median']:.3f}, range [{row['min']:.3f}, {row['max']:.3f}] over {row['n_rows']} rows{undefined}"
-        )
-    ks = tables["ks"][tables["ks"]["scope"] == b"sum"][0]
-    lines.append(
-        f"  score distributions: KS {ks['statistic']:.3f} (p={ks['pvalue']:.2g}); "
-        f"after scaling by std: {ks['scaled_statistic']:.3f} (p={ks['scaled_pvalue']:.2g})"
-    )
-    corr = tables["self_influence"]
-    lines.append(f"  self-influence: Pearson {corr['pearson']:.3f}, Spearman {corr['spearman']:.3f}")
+# --- showing any table ---------------------------------------------------------------------------------
+
+
+def title_of(name: str) -> str:
+    """A table's title: the registered one, or its name for a table this version does not register."""
+    return TABLES[name].title if name in TABLES else name.replace("_", " ")
+
+
+def columns_of(name: str, table: np.ndarray) -> list[Column]:
+    """The columns of a stored table, in its dtype's order, with their registered label and format."""
+    registered = {c.name: c for c in TABLES[name].columns} if name in TABLES else {}
+    return [registered.get(field, Column(field, table.dtype[field].str)) for field in table.dtype.names]
+
+
+def format_value(column: Column, value) -> str:
+    """One cell as text: bytes decoded, floats with the column's format (default FLOAT_FORMAT)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, (np.floating, float)):
+        return format(float(value), column.format or FLOAT_FORMAT)
+    return format(value.item() if isinstance(value, np.generic) else value, column.format)
+
+
+def cells(name: str, table: np.ndarray) -> tuple[list[str], list[list[str]]]:
+    """(headings, formatted rows) of a stored table, for text and Markdown."""
+    columns = columns_of(name, table)
+    return [c.label or c.name for c in columns], [[format_value(c, row[c.name]) for c in columns] for row in table]
+
+
+def text_table(name: str, table: np.ndarray, indent: str = "  ") -> list[str]:
+    """The table as aligned text lines (text left-aligned, numbers right-aligned)."""
+    headings, rows = cells(name, table)
+    widths = [max(len(cell) for cell in column) for column in zip(headings, *rows)]
+    numeric = [table.dtype[field].kind in "iuf" for field in table.dtype.names]
+    return [indent + _aligned(row, widths, numeric) for row in [headings, *rows]]
+
+
+def _aligned(row: Sequence[str], widths: Sequence[int], numeric: Sequence[bool]) -> str:
+    """The cells padded to their column's width: numbers right-aligned, text left-aligned."""
+    return "  ".join(cell.rjust(w) if right else cell.ljust(w) for cell, w, right in zip(row, widths, numeric)).rstrip()
+
+
+def format_tables(name_a: str, name_b: str, tables: dict[str, np.ndarray]) -> str:
+    """Every table of the comparison as text: its title, then its headline rows (text_rows: by default
+    scope "sum"), saying how many more rows the file holds."""
+    lines = []
+    for name, table in tables.items():
+        shown = (TABLES[name].text_rows if name in TABLES else sum_scope)(table)
+        lines.append(f"{name_a} vs {name_b}: {title_of(name)}")
+        lines += text_table(name, table[shown])
+        if not shown.all():
+            lines.append(f"  ({int((~shown).sum())} more rows, of matched epochs, in the file and report.md)")
     return "\n".join(lines)

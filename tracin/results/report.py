@@ -21,6 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from tracin.results.comparison import cells, title_of
 from tracin.results.statistics import overlap_at_k
 from tracin.config import DataConfig
 from tracin.training.data import load_data
@@ -30,20 +31,9 @@ from tracin.results.store import ScoreFile
 INSPECTED = (0.1, 0.2)  # fractions of the training set at which mislabel detection is reported
 
 
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def classes_of(store: ScoreFile) -> list[str]:
-    names = json.loads(store.h5.attrs.get("classes", "[]"))
-    return names or [str(i) for i in range(int(store.h5["train_labels"][()].max()) + 1)]
-
-
-def model_pairs(store: ScoreFile) -> list[tuple[str, str]]:
-    """(a, b) of every comparison in the file, in the order written."""
-    if "comparison" not in store.h5:
-        return []
-    return [tuple(name.split("__")) for name in store.h5["comparison"]]
+    """Class names by label: the file's, or the labels as text."""
+    return store.classes or [str(i) for i in range(int(store.train_labels.max()) + 1)]
 
 
 # --- tables (Markdown) -----------------------------------------------------------------------------------
@@ -55,35 +45,13 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     return "\n".join(lines)
 
 
-def overlap_table(store: ScoreFile, a: str, b: str) -> str:
-    """overlap@k (mean, with min..max) per scope, direction and side, next to chance k/n and Jaccard."""
-    table = store.h5[f"comparison/{a}__{b}/overlap"][()]
-    rows = [
-        (_text(r["scope"]), _text(r["direction"]), _text(r["side"]), r["k"], f"{r['mean']:.3f}",
-         f"{r['min']:.2f}..{r['max']:.2f}", f"{r['chance']:.4f}", f"{r['jaccard']:.3f}")
-        for r in table
-    ]
-    header = ("scope", "direction", "side", "k", "mean overlap", "range", "chance k/n", "Jaccard")
-    return f"**{a} vs {b}: overlap of top-k sets**\n\n" + _markdown(header, rows)
-
-
-def correlation_table(store: ScoreFile, a: str, b: str) -> str:
-    group = store.h5[f"comparison/{a}__{b}"]
-    rows = [
-        (_text(r["scope"]), _text(r["direction"]), _text(r["statistic"]), f"{r['mean']:.3f}", f"{r['median']:.3f}",
-         f"{r['min']:.3f}..{r['max']:.3f}", r["n_rows"], r["n_undefined"])
-        for r in group["rank_correlation"][()]
-    ]
-    ks = [(_text(r["scope"]), f"{r['statistic']:.3f}", f"{r['pvalue']:.2g}", f"{r['scaled_statistic']:.3f}",
-           f"{r['scaled_pvalue']:.2g}") for r in group["ks"][()]]
-    corr = dict(group["self_influence"].attrs)
-    return "\n\n".join([
-        f"**{a} vs {b}: rank agreement per row**\n\n"
-        + _markdown(("scope", "direction", "statistic", "mean", "median", "range", "rows", "constant rows left out"), rows),
-        "**Score distributions: two-sample Kolmogorov–Smirnov**\n\n"
-        + _markdown(("scope", "KS", "p", "KS after scaling by std", "p"), ks),
-        f"**Self-influence:** Pearson {corr['pearson']:.3f}, Spearman {corr['spearman']:.3f}",
-    ])
+def comparison_tables(store: ScoreFile, a: str, b: str, names: Optional[Sequence[str]] = None) -> str:
+    """Every comparison table of models a and b in the file (or those named), as Markdown with each
+    table's own columns: whatever statistics were registered when the file was scored."""
+    tables = store.comparison(a, b)
+    sections = [f"**{a} vs {b}: {title_of(name)}**\n\n" + _markdown(*cells(name, table))
+                for name, table in tables.items() if names is None or name in names]
+    return "\n\n".join(sections)
 
 
 # --- overlap curves and score distributions ---------------------------------------------------------------
@@ -105,7 +73,7 @@ def overlap_curve(top_a: np.ndarray, top_b: np.ndarray, ks: Optional[np.ndarray]
 def plot_overlap_curves(store: ScoreFile, a: str, b: str) -> Figure:
     """Mean overlap@k against k for both directions and sides, with the chance level k/n."""
     (test_a, train_a), (test_b, train_b) = store.model(a).rankings(), store.model(b).rankings()
-    n_train, n_test = len(store.h5["train_index"]), len(store.h5["test_index"])
+    n_train, n_test = store.n_train, store.n_test
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     panels = (
         (axes[0], "each test example's train examples", test_a, test_b, n_train, ("proponents", "opponents")),
@@ -126,8 +94,8 @@ def plot_overlap_curves(store: ScoreFile, a: str, b: str) -> Figure:
 def plot_score_histograms(store: ScoreFile, models: Sequence[str], max_values: int = 200_000, seed: int = 0) -> Figure:
     """Histogram of each model's scores (a seeded sample of cells), raw and divided by its std."""
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    n_train = len(store.h5["train_index"])
-    rows = np.sort(np.random.default_rng(seed).choice(n_train, size=min(n_train, max(1, max_values // len(store.h5["test_index"]))), replace=False))
+    n_train = store.n_train
+    rows = np.sort(np.random.default_rng(seed).choice(n_train, size=min(n_train, max(1, max_values // store.n_test)), replace=False))
     for name in models:
         values = store.model(name).scores[rows, :].ravel()
         axes[0].hist(values, bins=100, histtype="step", label=name)
@@ -151,7 +119,7 @@ class Images:
 
 def load_images(store: ScoreFile, data_root: Optional[str] = None) -> Images:
     """The scored examples' images, loaded through torchvision from the run recorded in the file."""
-    run = Path(_text(store.h5.attrs["run"]))
+    run = store.run_path
     if not (run / "run.json").is_file() and (store.path.parent / "run.json").is_file():
         run = store.path.parent  # the default place of a score file is its run folder, wherever it moved
     if not (run / "run.json").is_file():
@@ -161,7 +129,7 @@ def load_images(store: ScoreFile, data_root: Optional[str] = None) -> Images:
         config["data_root"] = data_root
     data = load_data(DataConfig.from_dict(config))
     pick = lambda split, index: split.images[np.searchsorted(split.index.numpy(), index)].numpy()  # noqa: E731
-    return Images(pick(data.train, store.h5["train_index"][()]), pick(data.test, store.h5["test_index"][()]))
+    return Images(pick(data.train, store.train_index), pick(data.test, store.test_index))
 
 
 def _show(ax, image: np.ndarray, title: str, color: str = "black") -> None:
@@ -172,7 +140,7 @@ def _show(ax, image: np.ndarray, title: str, color: str = "black") -> None:
 
 
 def _train_title(store: ScoreFile, row: int, score: float, classes: list[str]) -> tuple[str, str]:
-    label, clean = int(store.h5["train_labels"][row]), int(store.h5["train_clean_labels"][row])
+    label, clean = int(store.train_labels[row]), int(store.train_clean_labels[row])
     if label != clean:
         return f"{classes[label]}\nflipped, was {classes[clean]}\n{score:.2g}", "red"
     return f"{classes[label]}\n\n{score:.2g}", "black"
@@ -189,7 +157,7 @@ def plot_proponent_grid(store: ScoreFile, images: Images, models: Sequence[str],
     for i, test_row in enumerate(test_rows):
         for j, name in enumerate(models):
             row = axes[i * len(models) + j]
-            label = classes[int(store.h5["test_labels"][test_row])]
+            label = classes[int(store.test_labels[test_row])]
             _show(row[0], images.test[test_row], f"{name}\ntest {test_row}: {label}", "navy")
             ranking = rankings[name]
             for c in range(k):
@@ -212,14 +180,14 @@ def detection_curve(order: np.ndarray, flipped: np.ndarray) -> tuple[np.ndarray,
 
 def mislabel_curves(store: ScoreFile, models: Sequence[str], seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Detection curves: each model's self-influence, its last-checkpoint training loss, a random order."""
-    flipped = store.h5["noisy"][()]
+    flipped = store.noisy
     if not flipped.any():
         raise TracinError(f"{store.path}: no training label was flipped (train with --label-noise to study detection)")
     curves = {}
     for name in models:
-        group = store.model(name).group
-        curves[f"{name}: self-influence"] = detection_curve(np.argsort(-group["self_influence"][()], kind="stable"), flipped)
-        curves[f"{name}: loss (last checkpoint)"] = detection_curve(np.argsort(-group["last_loss"][()], kind="stable"), flipped)
+        scores = store.model(name)
+        curves[f"{name}: self-influence"] = detection_curve(np.argsort(-scores.self_influence, kind="stable"), flipped)
+        curves[f"{name}: loss (last checkpoint)"] = detection_curve(np.argsort(-scores.last_loss, kind="stable"), flipped)
     curves["random order"] = detection_curve(np.random.default_rng(seed).permutation(len(flipped)), flipped)
     return curves
 
@@ -259,7 +227,7 @@ def plot_mislabel_detection(curves: dict[str, tuple[np.ndarray, np.ndarray]], ti
 
 def choose_test_rows(store: ScoreFile, count: int = 3) -> list[int]:
     """Test examples for the grids: evenly spread over the test set (deterministic)."""
-    n_test = len(store.h5["test_index"])
+    n_test = store.n_test
     return sorted({int(i) for i in np.linspace(0, n_test - 1, num=min(count, n_test))})
 
 
@@ -271,12 +239,12 @@ def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_ro
         out.mkdir(parents=True, exist_ok=True)
         models, written, sections = store.models, [], []
         figures = {}
-        for a, b in model_pairs(store):
+        for a, b in store.comparison_pairs():
             figures[f"overlap_{a}__{b}.png"] = plot_overlap_curves(store, a, b)
-            sections += [overlap_table(store, a, b), correlation_table(store, a, b)]
+            sections.append(comparison_tables(store, a, b))
         figures["score_histograms.png"] = plot_score_histograms(store, models)
         figures["proponents.png"] = plot_proponent_grid(store, load_images(store, data_root), models, choose_test_rows(store))
-        if store.h5["noisy"][()].any():
+        if store.noisy.any():
             curves = mislabel_curves(store, models)
             figures["mislabel_detection.png"] = plot_mislabel_detection(curves)
             sections.append(detection_table(curves))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,18 +24,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from tracin.training.checkpoints import Checkpoint, list_checkpoints, load_checkpoint, sha256_file
+from tracin.training.checkpoints import Checkpoint, load_distillation_teacher, load_run_checkpoints, select_checkpoints
 from tracin.results.comparison import CompareOptions, compare_models, format_tables
 from tracin.results.statistics import parse_topk
-from tracin.config import ROLES, DataConfig, ModelConfig, ScoreConfig
+from tracin.config import ROLES, SCORE_LOSSES, DataConfig, EngineConfig, ModelConfig, ScoreConfig, TrainConfig
 from tracin.training.data import RunData, fingerprint, load_data, stratified_subset
-from tracin.errors import CheckpointError, DataError, TracinError
+from tracin.errors import DataError, TracinError
+from tracin.training.losses import CrossEntropy, Distillation, Objective
 from tracin.training.models import build_model
 from tracin.results.report import write_report
 from tracin.training.run_folder import RunPaths, read_record
 from tracin.runtime import Runtime, start_runtime
 from tracin.engine.tracin import ScoreBlock, TracIn
-from tracin.results.store import DataArrays, ModelScores, ScoreFile, rank_matrix, to_numpy
+from tracin.results.store import DataArrays, ModelScores, ScoreFile, rank_matrix, rankings_name, to_numpy
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class ScoreOptions:
     per_checkpoint: bool = False
     overwrite: bool = False
     quiet: bool = False
+    loss: str = "ce"
     data_root: Optional[str] = None
     corr_rows: int = 1000
     plots: bool = False
@@ -65,8 +68,10 @@ class ScoreOptions:
         unknown = [m for m in self.models if m not in ROLES]
         if unknown or not self.models:
             raise TracinError(f"--models takes {', '.join(ROLES)}; got {', '.join(self.models) or 'nothing'}")
-        if self.batch_size < 1 or self.max_memory_gb <= 0:
-            raise TracinError("--batch-size and --max-memory-gb must be positive")
+        if self.loss not in SCORE_LOSSES:
+            raise TracinError(f"--loss must be one of {', '.join(SCORE_LOSSES)}, got {self.loss!r}")
+        if self.batch_size < 1 or not self.max_memory_gb > 0 or not math.isfinite(self.max_memory_gb):
+            raise TracinError("--batch-size and --max-memory-gb must be positive numbers")
 
 
 # --- the trained run -------------------------------------------------------------------------------
@@ -90,39 +95,10 @@ def open_trained_run(run_dir: str, data_root: Optional[str]) -> TrainedRun:
     return TrainedRun(paths, record, DataConfig.from_dict(data_config))
 
 
-def select_checkpoint_paths(run: TrainedRun, role: str, spec: str) -> list[Path]:
-    """`all`, `last`, or comma-separated epochs, among the model's saved epoch_NNN.pt files."""
-    available = list_checkpoints(run.paths.model_dir(role))
-    if not available:
-        raise CheckpointError(f"{run.paths.model_dir(role)} has no checkpoints; train {role} first (tracin-train)")
-    if spec == "all":
-        return available
-    if spec == "last":
-        return available[-1:]
-    by_epoch = {int(p.stem.split("_")[1]): p for p in available}
-    try:
-        wanted = [int(e) for e in spec.split(",") if e.strip()]
-    except ValueError:
-        raise TracinError(f"--checkpoints takes all, last or comma-separated epochs, got {spec!r}") from None
-    missing = [e for e in wanted if e not in by_epoch]
-    if missing or not wanted:
-        raise CheckpointError(f"{role} has no checkpoint for epoch(s) {missing or spec}; saved: {sorted(by_epoch)}")
-    return [by_epoch[e] for e in wanted]
-
-
 def load_role_checkpoints(run: TrainedRun, role: str, spec: str) -> tuple[list[Checkpoint], ModelConfig, dict]:
-    """The model's checkpoints (checked: format, role, same data as the run, same architecture),
-    its ModelConfig, and the last checkpoint's payload (metrics, teacher)."""
-    checkpoints, config, payload = [], None, {}
-    for path in select_checkpoint_paths(run, role, spec):
-        payload = load_checkpoint(path, role=role)
-        if payload.get("data_fingerprint", {}).get("digest") != run.record["data_fingerprint"]["digest"]:
-            raise CheckpointError(f"{path} was trained on other data than the run {run.paths.root}")
-        if config is not None and payload["model_config"] != config.to_dict():
-            raise CheckpointError(f"{path} has another architecture than the other {role} checkpoints")
-        config = ModelConfig.from_dict(payload["model_config"])
-        checkpoints.append(Checkpoint(payload["model"], float(payload["lr"]), str(path), int(payload["epoch"]), sha256_file(path)))
-    return checkpoints, config, payload
+    """The model's selected checkpoints, checked against the run (tracin.training.checkpoints)."""
+    paths = select_checkpoints(run.paths.model_dir(role), role, spec)
+    return load_run_checkpoints(paths, role, run.record["data_fingerprint"]["digest"])
 
 
 def scoring_data(run: TrainedRun, options: ScoreOptions) -> RunData:
@@ -163,6 +139,7 @@ def settings_of(options: ScoreOptions, run: TrainedRun, data: RunData) -> dict:
         "checkpoints": options.checkpoints,
         "batch_size": options.batch_size,
         "per_checkpoint": options.per_checkpoint,
+        "score.loss": options.loss,
         **{f"score.{k}": (list(v) if isinstance(v, tuple) else v) for k, v in options.score.to_dict().items()},
     }
 
@@ -177,7 +154,7 @@ def file_attrs(options: ScoreOptions, run: TrainedRun, data: RunData) -> dict:
         "proj_dim": score.proj_dim or 0,
         "proj_seed": score.seed,
         "layers": json.dumps(list(score.layers)),
-        "loss": score.loss,
+        "loss": options.loss,
         "precision": score.precision,
         "label_noise": run.data_config.label_noise,
         "classes": json.dumps(list(data.train.classes)),
@@ -187,41 +164,25 @@ def file_attrs(options: ScoreOptions, run: TrainedRun, data: RunData) -> dict:
 # --- scoring one model --------------------------------------------------------------------------------
 
 
-def kd_teacher(payload: dict, runtime: Runtime) -> torch.nn.Module:
-    """The teacher a distilled student learned from, as recorded in its checkpoint."""
-    teacher = payload.get("teacher")
-    if not isinstance(teacher, dict) or not teacher.get("path"):
-        raise TracinError(f"--loss kd needs the student's teacher; {payload.get('role')} records {teacher!r}")
-    teacher_payload = load_checkpoint(teacher["path"], role="teacher")
-    model = build_model(ModelConfig.from_dict(teacher_payload["model_config"]))
-    model.load_state_dict(teacher_payload["model"])
-    return model.to(runtime.device).eval()
+def scoring_loss(role: str, last: dict, options: ScoreOptions) -> Objective:
+    """Cross-entropy, or for a student with --loss kd the objective it was trained with: its teacher
+    (sha256-checked), temperature, alpha, kd loss and label smoothing, all from its own checkpoint."""
+    if options.loss != "kd" or role == "teacher":
+        return CrossEntropy()
+    config = TrainConfig.from_dict(last["config"])
+    teacher = load_distillation_teacher(last)
+    return Distillation(teacher, config.temperature, config.alpha, config.kd_loss, config.label_smoothing)
 
 
 def build_engine(role: str, run: TrainedRun, options: ScoreOptions, runtime: Runtime) -> TracIn:
     checkpoints, config, last = load_role_checkpoints(run, role, options.checkpoints)
-    score = options.score
-    use_kd = score.loss == "kd" and role != "teacher"
-    return TracIn(
-        build_model(config),
-        checkpoints,
-        layers=score.layers or None,
-        mode=score.mode,
-        proj_dim=score.proj_dim,
-        device=runtime.device,
-        seed=score.seed,
-        precision=score.precision,
-        loss="kd" if use_kd else "ce",
-        teacher=kd_teacher(last, runtime) if use_kd else None,
-        # a student is scored with the objective it was trained with: its own T, alpha and kd loss
-        temperature=last["config"]["temperature"],
-        alpha=last["config"]["alpha"],
-        kd_loss=last["config"]["kd_loss"],
+    engine = EngineConfig(
         batch_size=options.batch_size,
         max_memory=int(options.max_memory_gb * 2**30),
         cuda_graphs=options.cuda_graphs,
         progress=not options.quiet and runtime.is_main,
     )
+    return TracIn(build_model(config), checkpoints, options.score, scoring_loss(role, last, options), engine, runtime.device)
 
 
 def _payload(block: ScoreBlock) -> tuple:
@@ -256,19 +217,20 @@ def score_model(store: Optional[ScoreFile], role: str, tracin: TracIn, data: Run
     if runtime.is_main:
         chunk, block = tracin.block_sizes(data.train, data.test, options.per_checkpoint)
         scores = store.prepare_model(role, tracin.checkpoints, tracin.parameter_names, chunk, block, options.per_checkpoint)
-        layout = (scores.row_chunk, scores.test_block, scores.group["done"][()])
-    tracin.chunk_size, tracin.test_block, done = _broadcast(layout, runtime)
+        layout = (scores.row_chunk, scores.test_block, scores.done)
+    row_chunk, test_block, done = _broadcast(layout, runtime)
 
     def skip(r0: int, r1: int, c0: int, c1: int) -> bool:
-        chunk_index = r0 // tracin.chunk_size
-        return bool(done[chunk_index, c0 // tracin.test_block]) or chunk_index % runtime.world_size != runtime.rank
+        chunk_index = r0 // row_chunk
+        return bool(done[chunk_index, c0 // test_block]) or chunk_index % runtime.world_size != runtime.rank
 
     todo = torch.tensor([sum(1 for r in range(done.shape[0]) for c in range(done.shape[1])
                              if not done[r, c] and r % runtime.world_size == runtime.rank)])
     if runtime.distributed:
         dist.all_reduce(todo, op=dist.ReduceOp.MAX)
     n_steps = int(todo.item())
-    blocks = tracin.iter_blocks(data.train, data.test, options.per_checkpoint, skip=skip, self_influence=True)
+    blocks = tracin.iter_blocks(data.train, data.test, options.per_checkpoint, skip=skip, self_influence=True,
+                                layout=(row_chunk, test_block))
     for payload in _gathered_blocks(iter(blocks), runtime, n_steps):
         if payload is not None and runtime.is_main:
             scores.write_block(*payload)
@@ -277,10 +239,10 @@ def score_model(store: Optional[ScoreFile], role: str, tracin: TracIn, data: Run
 
 def write_rankings(scores: ModelScores, k: int, device: torch.device) -> None:
     """top-k tables of the summed scores and, when kept, of each checkpoint's term."""
-    scores.write_rankings("topk", *rank_matrix(scores.matrix(), k, device=device))
-    if "per_checkpoint" in scores.group:
+    scores.write_rankings(rankings_name(), *rank_matrix(scores.matrix(), k, device=device))
+    if scores.has_per_checkpoint:
         for index, epoch in enumerate(scores.epochs):
-            scores.write_rankings(f"topk_epoch/epoch_{epoch:03d}", *rank_matrix(scores.matrix(index), k, device=device))
+            scores.write_rankings(rankings_name(epoch), *rank_matrix(scores.matrix(index), k, device=device))
     scores.mark_complete()
 
 
@@ -307,7 +269,7 @@ def score_run(options: ScoreOptions) -> Path:
                 tracin = build_engine(role, run, options, runtime)
                 score_model(store, role, tracin, data, runtime, options)
                 if runtime.is_main:
-                    store.model(role).group["last_loss"][:] = tracin.losses(data.train).numpy()
+                    store.model(role).write_last_loss(tracin.losses(data.train).numpy())
                     write_rankings(store.model(role), max(ks), runtime.device)
                     runtime.log(f"{role}: {len(tracin.checkpoints)} checkpoint(s), {len(data.train)} x {len(data.test)} "
                                 f"scores in {time.perf_counter() - started:.1f} s")

@@ -1,6 +1,8 @@
 """Comparing two models' influence rankings: overlap@k, Jaccard, rank correlation, distributions.
 
-Pure numpy/scipy on arrays; the HDF5 reading and writing lives in tracin.results.store.
+Pure numpy/scipy on arrays; the HDF5 reading and writing lives in tracin.results.store. A new
+teacher–student statistic is a function here plus its table registered in tracin.results.comparison
+(register_table), which stores and shows it.
 
 Conventions: a "top table" is an int array [rows, K] of column positions sorted by score (largest
 first for proponents, smallest first for opponents), so the top-k for any k <= K is its first k

@@ -1,15 +1,20 @@
 """The HDF5 result file of tracin-score: layout, resume bookkeeping and provenance checks.
 
+This is the only module that imports h5py. Everything else reads and writes the file through the typed
+readers and writers of ScoreFile (header facts, model pairs' comparison tables) and ModelScores (one
+model's scores, bookkeeping and top-k tables), so a layout change is this file and tests/test_store.py.
+
 Layout (format "tracin-scores", version 1):
 
     /                       attrs: format, format_version, tracin_version, created, command, run, dataset,
-                            mode, proj_dim, proj_seed, layers (JSON), loss, settings (JSON; everything that
-                            must match to resume), status ("partial" | "complete")
+                            mode, proj_dim, proj_seed, layers (JSON), loss, precision, label_noise,
+                            classes (JSON), settings (JSON; everything that must match to resume),
+                            status ("partial" | "complete")
     /train_index, /test_index         int64 [n]: indices into the original torchvision data set
     /train_labels, /test_labels       int64 [n]: labels scored with (train: after label noise)
     /train_clean_labels               int64 [n_train]: the data set's own labels
     /noisy                            bool [n_train]: label flipped by --label-noise
-    /<model>/               attrs: role, parameters (JSON), n_parameters, row_chunk, test_block, status
+    /<model>/               attrs: role, parameters (JSON), n_parameter_tensors, row_chunk, test_block, status
         checkpoints/{path, epoch, lr, sha256}   [n_ckpt]: what was replayed, lr = TracIn weight
         scores              float32 [n_train, n_test]: sum_c lr_c <g_train, g_test>, chunked
         per_checkpoint      float32 [n_ckpt, n_train, n_test]: each lr_c-weighted term (--per-checkpoint)
@@ -22,7 +27,9 @@ Layout (format "tracin-scores", version 1):
             train_top_index, train_top_score       [n_train, K] test examples each train example raises most
             train_bottom_index, train_bottom_score [n_train, K] test examples it lowers most
         topk_epoch/epoch_NNN/   the same tables from single checkpoints (with --per-checkpoint)
-    /comparison/<a>__<b>/   overlap, rank_correlation, ks (compound tables), self_influence (attrs)
+    /comparison/<a>__<b>/   attrs: ks, max_rows, seed (the comparison's options)
+        <table>             compound [rows], one per table of tracin.results.comparison.TABLES (overlap,
+                            rank_correlation, ks, self_influence), columns as registered, "scope" first
 
 All datasets are allocated when created and never compressed, so writing a block touches raw data only;
 a block is marked done only after its data are flushed. A `kill -9` therefore loses at most the block
@@ -34,8 +41,9 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import h5py
 import numpy as np
@@ -49,6 +57,7 @@ from tracin.engine.topk import Ranking, StreamingRanking
 
 FORMAT = "tracin-scores"
 FORMAT_VERSION = 1
+HEADER_ARRAYS = ("train_index", "test_index", "train_labels", "test_labels", "train_clean_labels")
 RANKING_FIELDS = ("top_index", "top_score", "bottom_index", "bottom_score")
 CHUNK_ROWS, CHUNK_COLS = 512, 4096  # at most 8 MB per HDF5 chunk of float32 scores: partial reads stay cheap
 
@@ -66,6 +75,11 @@ class DataArrays:
     @property
     def noisy(self) -> np.ndarray:
         return self.train_labels != self.train_clean_labels
+
+
+def rankings_name(epoch: Optional[int] = None) -> str:
+    """Name of a model's top-k tables: "topk" (summed scores) or "topk_epoch/epoch_NNN" (one checkpoint)."""
+    return "topk" if epoch is None else f"topk_epoch/epoch_{epoch:03d}"
 
 
 def _early_dataset(group: h5py.Group, name: str, shape, dtype, chunks=None) -> h5py.Dataset:
@@ -87,20 +101,27 @@ def _differences(stored: dict, current: dict) -> list[str]:
     return [f"{k} ({stored.get(k)!r} in the file, {current.get(k)!r} now)" for k in keys if stored.get(k) != current.get(k)]
 
 
-def open_h5(path: Path, mode: str) -> h5py.File:
+def _python(value: Any) -> Any:
+    """An attribute as a plain Python value (numpy scalars and arrays converted, bytes decoded)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
+
+
+def open_h5(path: Path, mode: str, locking: Optional[bool] = None) -> h5py.File:
     """h5py.File with a damaged or foreign file reported as one StoreError."""
     try:
-        return h5py.File(path, mode)
+        return h5py.File(path, mode, locking=locking)
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0]
         raise StoreError(f"{path} is not a readable HDF5 file (truncated or corrupt?): {reason}") from None
 
 
 class ScoreFile:
-    """An open tracin-scores HDF5 file."""
+    """An open tracin-scores HDF5 file: its header facts, its models and their comparisons."""
 
     def __init__(self, handle: h5py.File, path: Path):
-        self.h5, self.path = handle, Path(path)
+        self._h5, self.path = handle, Path(path)
 
     # --- opening -------------------------------------------------------------------------------
 
@@ -128,23 +149,25 @@ class ScoreFile:
         return store
 
     @classmethod
-    def open_read(cls, path: Path) -> "ScoreFile":
+    def open_read(cls, path: Path, locking: Optional[bool] = None) -> "ScoreFile":
+        """The file, read only. locking=False reads a file another process is writing (to watch its
+        progress; a block in flight may read as not done)."""
         if not Path(path).is_file():
             raise StoreError(f"{path} does not exist")
-        store = cls(open_h5(path, "r"), path)
+        store = cls(open_h5(path, "r", locking), path)
         store._check_format()
         return store
 
     def _check_format(self) -> None:
-        if self.h5.attrs.get("format") != FORMAT:
-            self.h5.close()
+        if self._h5.attrs.get("format") != FORMAT:
+            self._h5.close()
             raise StoreError(f"{self.path} is not a tracin-score result file")
 
     def _check_resumable(self, settings: dict) -> None:
-        if self.h5.attrs.get("status") == "complete":
+        if self.status == "complete":
             self.close()
             raise StoreError(f"{self.path} is a finished result; pass --overwrite to replace it, or --out elsewhere")
-        differences = _differences(json.loads(self.h5.attrs["settings"]), settings)
+        differences = _differences(json.loads(self._h5.attrs["settings"]), settings)
         if differences:
             self.close()
             raise StoreError(
@@ -153,7 +176,7 @@ class ScoreFile:
             )
 
     def _write_header(self, settings: dict, attrs: dict, data: DataArrays) -> None:
-        self.h5.attrs.update(
+        self._h5.attrs.update(
             {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -164,22 +187,92 @@ class ScoreFile:
                 **attrs,
             }
         )
-        for name in ("train_index", "test_index", "train_labels", "test_labels", "train_clean_labels"):
-            self.h5.create_dataset(name, data=np.asarray(getattr(data, name), dtype=np.int64))
-        self.h5.create_dataset("noisy", data=data.noisy)
-        self.h5.flush()
+        for name in HEADER_ARRAYS:
+            self._h5.create_dataset(name, data=np.asarray(getattr(data, name), dtype=np.int64))
+        self._h5.create_dataset("noisy", data=data.noisy)
+        self._h5.flush()
+
+    # --- header facts ----------------------------------------------------------------------------
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        """Every file attribute (provenance: version, command, run, mode, settings JSON, ...) as Python values."""
+        return {name: _python(value) for name, value in self._h5.attrs.items()}
+
+    def _attribute(self, name: str) -> Any:
+        if name not in self._h5.attrs:
+            raise StoreError(f"{self.path} records no {name!r} (written by an older tracin-score?)")
+        return _python(self._h5.attrs[name])
+
+    @property
+    def status(self) -> str:
+        """The file's state: "partial" while scoring, "complete" once every model and comparison is written."""
+        return str(self._attribute("status"))
+
+    @property
+    def mode(self) -> str:
+        """The gradient mode scored with (exact, last-layer, projected, ...)."""
+        return str(self._attribute("mode"))
+
+    @property
+    def run_path(self) -> Path:
+        """The tracin-train run folder the models came from, as it was when scored."""
+        return Path(self._attribute("run"))
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names by label ([] when the file records none)."""
+        return list(json.loads(self._h5.attrs.get("classes", "[]")))
+
+    @property
+    def n_train(self) -> int:
+        return int(self._h5["train_index"].shape[0])
+
+    @property
+    def n_test(self) -> int:
+        return int(self._h5["test_index"].shape[0])
+
+    @cached_property
+    def train_index(self) -> np.ndarray:
+        """int64 [n_train]: each score row's index in the torchvision training set."""
+        return self._h5["train_index"][()]
+
+    @cached_property
+    def test_index(self) -> np.ndarray:
+        """int64 [n_test]: each score column's index in the torchvision test set."""
+        return self._h5["test_index"][()]
+
+    @cached_property
+    def train_labels(self) -> np.ndarray:
+        """int64 [n_train]: the labels scored with (after label noise)."""
+        return self._h5["train_labels"][()]
+
+    @cached_property
+    def test_labels(self) -> np.ndarray:
+        """int64 [n_test]"""
+        return self._h5["test_labels"][()]
+
+    @cached_property
+    def train_clean_labels(self) -> np.ndarray:
+        """int64 [n_train]: the data set's own labels."""
+        return self._h5["train_clean_labels"][()]
+
+    @cached_property
+    def noisy(self) -> np.ndarray:
+        """bool [n_train]: labels flipped by --label-noise."""
+        return self._h5["noisy"][()]
 
     # --- per-model scores -----------------------------------------------------------------------
 
     def model(self, name: str) -> "ModelScores":
-        if name not in self.h5:
+        if name not in self._h5:
             raise StoreError(f"{self.path} has no scores for {name!r} (it has: {', '.join(self.models) or 'none'})")
-        return ModelScores(self.h5[name])
+        return ModelScores(self._h5[name])
 
     @property
     def models(self) -> list[str]:
         """Scored models, in role order (teacher, student, student_baseline), then any others."""
-        found = [k for k in self.h5 if isinstance(self.h5[k], h5py.Group) and "scores" in self.h5[k]]
+        found = [k for k in self._h5 if isinstance(self._h5[k], h5py.Group) and "scores" in self._h5[k]]
         return sorted(found, key=lambda name: (ROLES.index(name) if name in ROLES else len(ROLES), name))
 
     def prepare_model(
@@ -193,12 +286,12 @@ class ScoreFile:
     ) -> "ModelScores":
         """The model's group, created with all its datasets, or the existing one after checking that
         it was made from the same checkpoints (sha256) and chunking."""
-        if name in self.h5:
-            scores = ModelScores(self.h5[name])
+        if name in self._h5:
+            scores = ModelScores(self._h5[name])
             scores.check_checkpoints(checkpoints, self.path)
             return scores
-        n_train, n_test = len(self.h5["train_index"]), len(self.h5["test_index"])
-        group = self.h5.create_group(name)
+        n_train, n_test = self.n_train, self.n_test
+        group = self._h5.create_group(name)
         group.attrs.update(
             {
                 "role": name,
@@ -218,25 +311,72 @@ class ScoreFile:
         _early_dataset(group, "last_loss", (n_train,), np.float32)
         grid = (-(-n_train // row_chunk), -(-n_test // test_block))
         _early_dataset(group, "done", grid, np.bool_)
-        self.h5.flush()
+        self._h5.flush()
         return ModelScores(group)
 
-    def mark_complete(self) -> None:
-        self.h5.attrs["status"] = "complete"
-        self.h5.flush()
+    # --- comparisons of model pairs ---------------------------------------------------------------
 
-    def data_arrays(self) -> DataArrays:
-        return DataArrays(*(self.h5[n][()] for n in ("train_index", "test_index", "train_labels", "test_labels", "train_clean_labels")))
+    def comparison_pairs(self) -> list[tuple[str, str]]:
+        """(a, b) of every model pair compared in the file."""
+        if "comparison" not in self._h5:
+            return []
+        return [tuple(name.split("__", 1)) for name in self._h5["comparison"]]
+
+    def write_comparison(self, a: str, b: str, tables: dict[str, np.ndarray], settings: dict) -> None:
+        """Replace the comparison of models a and b by `tables` (name -> numpy structured array [rows],
+        kept in this order) and `settings` (the options they were computed with: numbers, lists)."""
+        name = _comparison_name(a, b)
+        if name in self._h5:
+            del self._h5[name]
+        group = self._h5.create_group(name, track_order=True)
+        for table_name, table in tables.items():
+            group.create_dataset(table_name, data=np.asarray(table))
+        group.attrs.update(settings)
+        self._h5.flush()
+
+    def comparison(self, a: str, b: str) -> dict[str, np.ndarray]:
+        """The tables of the comparison of a and b: name -> numpy structured array [rows], in the order written."""
+        return {name: _table(item) for name, item in self._comparison_group(a, b).items()}
+
+    def comparison_settings(self, a: str, b: str) -> dict[str, Any]:
+        """The options the comparison of a and b was computed with (ks, max_rows, seed)."""
+        return {name: _python(value) for name, value in self._comparison_group(a, b).attrs.items()}
+
+    def _comparison_group(self, a: str, b: str) -> h5py.Group:
+        name = _comparison_name(a, b)
+        if name not in self._h5:
+            pairs = ", ".join(f"{x} vs {y}" for x, y in self.comparison_pairs()) or "none"
+            raise StoreError(f"{self.path} has no comparison of {a} and {b} (it has: {pairs})")
+        return self._h5[name]
+
+    # --- closing ----------------------------------------------------------------------------------
+
+    def mark_complete(self) -> None:
+        self._h5.attrs["status"] = "complete"
+        self._h5.flush()
 
     def close(self) -> None:
-        if self.h5.id.valid:
-            self.h5.close()
+        if self._h5.id.valid:
+            self._h5.close()
 
     def __enter__(self) -> "ScoreFile":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _comparison_name(a: str, b: str) -> str:
+    return f"comparison/{a}__{b}"
+
+
+def _table(item: h5py.Dataset | h5py.Group) -> np.ndarray:
+    """A stored comparison table as a structured array; files written before tables were registered
+    kept self_influence as attributes of a group, read here as one row."""
+    if isinstance(item, h5py.Group):
+        values = {name: float(value) for name, value in item.attrs.items()}
+        return np.array([tuple(values.values())], dtype=[(name, "f8") for name in values])
+    return item[()]
 
 
 def _write_checkpoints(group: h5py.Group, checkpoints: Sequence[Checkpoint]) -> None:
@@ -248,85 +388,112 @@ def _write_checkpoints(group: h5py.Group, checkpoints: Sequence[Checkpoint]) -> 
 
 
 class ModelScores:
-    """One model's group: block writes, the done mask, top-k tables."""
+    """One model's group: scores (read lazily), block writes and the done mask, per-example arrays,
+    top-k tables."""
 
     def __init__(self, group: h5py.Group):
-        self.group = group
+        self._group = group
         self.row_chunk = int(group.attrs["row_chunk"])
         self.test_block = int(group.attrs["test_block"])
-        self._done = group["done"][()]
+
+    @property
+    def name(self) -> str:
+        return self._group.name.strip("/")
+
+    # --- scores ------------------------------------------------------------------------------------
 
     @property
     def scores(self) -> h5py.Dataset:
-        return self.group["scores"]
+        """float32 [n_train, n_test], summed over checkpoints; numpy-style slicing reads only what it asks for."""
+        return self._group["scores"]
 
     def matrix(self, checkpoint: Optional[int] = None):
-        """The [n_train, n_test] scores (None: the sum over checkpoints), read lazily."""
-        return self.scores if checkpoint is None else EpochMatrix(self.group["per_checkpoint"], checkpoint)
+        """The [n_train, n_test] scores (None: the sum over checkpoints; else the checkpoint's position
+        in `epochs`, which needs has_per_checkpoint), read lazily."""
+        if checkpoint is None:
+            return self.scores
+        if not self.has_per_checkpoint:
+            raise StoreError(f"{self._group.file.filename}: {self.name} was scored without --per-checkpoint")
+        return EpochMatrix(self._group["per_checkpoint"], checkpoint)
+
+    @property
+    def has_per_checkpoint(self) -> bool:
+        """Whether each checkpoint's term was kept (--per-checkpoint)."""
+        return "per_checkpoint" in self._group
 
     @property
     def epochs(self) -> list[int]:
-        return [int(e) for e in self.group["checkpoints/epoch"][()]]
+        """The epoch of each checkpoint replayed, in order."""
+        return [int(e) for e in self._group["checkpoints/epoch"][()]]
 
     @property
-    def lrs(self) -> list[float]:
-        return [float(lr) for lr in self.group["checkpoints/lr"][()]]
+    def self_influence(self) -> np.ndarray:
+        """float32 [n_train]: sum_c lr_c |g_train|^2."""
+        return self._group["self_influence"][()]
 
     @property
-    def complete(self) -> bool:
-        return bool(self._done.all())
+    def last_loss(self) -> np.ndarray:
+        """float32 [n_train]: each train example's loss at the last checkpoint."""
+        return self._group["last_loss"][()]
+
+    def write_last_loss(self, losses: np.ndarray) -> None:
+        """losses: float [n_train], each train example's loss at the last checkpoint."""
+        self._group["last_loss"][:] = losses
+        self._group.file.flush()
+
+    # --- resume bookkeeping ----------------------------------------------------------------------
 
     @property
-    def blocks_done(self) -> tuple[int, int]:
-        return int(self._done.sum()), self._done.size
+    def done(self) -> np.ndarray:
+        """bool [row chunks, test blocks]: blocks written (row chunk r holds rows r*row_chunk.., test block
+        t columns t*test_block..)."""
+        return self._group["done"][()]
 
     def check_checkpoints(self, checkpoints: Sequence[Checkpoint], path: Path) -> None:
-        stored = [s.decode() if isinstance(s, bytes) else s for s in self.group["checkpoints/sha256"][()]]
+        stored = [s.decode() if isinstance(s, bytes) else s for s in self._group["checkpoints/sha256"][()]]
         current = [c.sha256 for c in checkpoints]
         if stored != current:
             raise StoreError(
-                f"{path}: the checkpoints of {self.group.name.strip('/')} changed since this partial result was "
+                f"{path}: the checkpoints of {self.name} changed since this partial result was "
                 "written (sha256 differs); pass --overwrite to score them afresh"
             )
-
-    def is_done(self, row_start: int, row_stop: int, col_start: int, col_stop: int) -> bool:
-        return bool(self._done[row_start // self.row_chunk, col_start // self.test_block])
 
     def write_block(self, row_start: int, col_start: int, scores: np.ndarray, per_checkpoint: Optional[np.ndarray],
                     self_influence: Optional[np.ndarray]) -> None:
         """Write a block's data, flush, then mark it done and flush again."""
         rows = slice(row_start, row_start + scores.shape[0])
         cols = slice(col_start, col_start + scores.shape[1])
-        self.group["scores"][rows, cols] = scores
-        if per_checkpoint is not None and "per_checkpoint" in self.group:
-            self.group["per_checkpoint"][:, rows, cols] = per_checkpoint
+        self._group["scores"][rows, cols] = scores
+        if per_checkpoint is not None and self.has_per_checkpoint:
+            self._group["per_checkpoint"][:, rows, cols] = per_checkpoint
         if self_influence is not None:
-            self.group["self_influence"][rows] = self_influence
-        self.group.file.flush()
-        self._done[row_start // self.row_chunk, col_start // self.test_block] = True
-        self.group["done"][row_start // self.row_chunk, col_start // self.test_block] = True
-        self.group.file.flush()
+            self._group["self_influence"][rows] = self_influence
+        self._group.file.flush()
+        self._group["done"][row_start // self.row_chunk, col_start // self.test_block] = True
+        self._group.file.flush()
+
+    # --- top-k tables -----------------------------------------------------------------------------
 
     def write_rankings(self, name: str, test: Ranking, train: Ranking) -> None:
-        """topk tables (name "topk" or "topk_epoch/epoch_NNN"), replacing earlier ones."""
-        if name in self.group:
-            del self.group[name]
-        tables = self.group.create_group(name)
+        """topk tables under `name` (rankings_name(epoch)), replacing earlier ones."""
+        if name in self._group:
+            del self._group[name]
+        tables = self._group.create_group(name)
         for prefix, ranking in (("test", test), ("train", train)):
             for field in RANKING_FIELDS:
                 values = getattr(ranking, field).numpy()
                 tables.create_dataset(f"{prefix}_{field}", data=values.astype(np.int32) if "index" in field else values)
 
     def rankings(self, name: str = "topk") -> tuple[Ranking, Ranking]:
-        """(test, train) rankings stored under `name`, as numpy-backed Rankings."""
-        if name not in self.group:
-            raise StoreError(f"{self.group.file.filename} has no {name} tables for {self.group.name.strip('/')}")
-        tables = self.group[name]
+        """(test, train) rankings stored under `name` (rankings_name(epoch)), as numpy-backed Rankings."""
+        if name not in self._group:
+            raise StoreError(f"{self._group.file.filename} has no {name} tables for {self.name}")
+        tables = self._group[name]
         return tuple(Ranking(*(tables[f"{p}_{f}"][()] for f in RANKING_FIELDS)) for p in ("test", "train"))
 
     def mark_complete(self) -> None:
-        self.group.attrs["status"] = "complete"
-        self.group.file.flush()
+        self._group.attrs["status"] = "complete"
+        self._group.file.flush()
 
 
 class EpochMatrix:

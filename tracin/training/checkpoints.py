@@ -36,18 +36,19 @@ import argparse
 import copy
 import hashlib
 import math
-import os
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
-from tracin.errors import CheckpointError
+from tracin.config import ModelConfig
+from tracin.errors import CheckpointError, TracinError
+from tracin.files import write_atomic
+from tracin.training.models import build_model
 
 FORMAT = "tracin-checkpoint"
 VERSION = 1
@@ -58,21 +59,18 @@ def checkpoint_name(epoch: int) -> str:
     return f"epoch_{epoch:03d}.pt"
 
 
+def epoch_of(path: Union[str, Path]) -> int:
+    """The epoch in an epoch_NNN.pt file name (the one parser of that name)."""
+    match = EPOCH_FILE.search(Path(path).name)
+    if match is None:
+        raise CheckpointError(f"{path} is not named like a saved epoch (epoch_NNN.pt)")
+    return int(match.group(1))
+
+
 def save_atomic(payload: Any, path: Union[str, Path]) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename: a reader never sees half
-    a file, and a killed writer leaves the previous version in place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through tracin.files.write_atomic: a reader never sees half a file, and a killed
+    writer leaves the previous version in place."""
+    write_atomic(path, lambda handle: torch.save(payload, handle))
 
 
 def load_file(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> Any:
@@ -104,7 +102,7 @@ def load_checkpoint(path: Union[str, Path], role: Optional[str] = None) -> dict[
 def list_checkpoints(model_dir: Union[str, Path]) -> list[Path]:
     """The saved epoch checkpoints of one model folder, by epoch."""
     found = [p for p in Path(model_dir).glob("epoch_*.pt") if EPOCH_FILE.search(p.name)]
-    return sorted(found, key=lambda p: int(EPOCH_FILE.search(p.name).group(1)))
+    return sorted(found, key=epoch_of)
 
 
 def sha256_file(path: Union[str, Path]) -> str:
@@ -261,3 +259,94 @@ def load_state(model: nn.Module, state: dict[str, Tensor], source: str = "checkp
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         detail = "; ".join(lines[1:3]) if len(lines) > 1 else lines[0]
         raise CheckpointError(f"{source} does not fit the model: {detail}") from None
+
+
+# --- tracin-train's own checkpoints: made, selected, loaded and checked here only -----------------------
+
+
+def make_payload(
+    role: str,
+    model: nn.Module,
+    model_config: ModelConfig,
+    training: dict[str, Any],
+    provenance: dict[str, Any],
+) -> dict[str, Any]:
+    """A checkpoint in the format above. training: optimizer, scheduler, epoch, step, lr, lr_at_save,
+    metrics; provenance: config, data_config, data_fingerprint, teacher (see the module docstring)."""
+    keys = ("optimizer", "scheduler", "epoch", "step", "lr", "lr_at_save", "metrics")
+    missing = [k for k in (*keys, "config", "data_config", "data_fingerprint", "teacher") if k not in {**training, **provenance}]
+    if missing:
+        raise ValueError(f"a checkpoint payload needs {', '.join(missing)}")
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "role": role,
+        "model": {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()},
+        "model_config": model_config.to_dict(),
+        **{k: training[k] for k in keys},
+        **provenance,
+        "param_count": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+
+
+def teacher_record(path: Union[str, Path], payload: dict[str, Any]) -> dict[str, Any]:
+    """What a distilled student's checkpoints record of their teacher: {path, sha256, epoch}."""
+    return {"path": str(path), "sha256": sha256_file(path), "epoch": int(payload["epoch"])}
+
+
+def load_model(path: Union[str, Path], role: Optional[str] = None) -> tuple[nn.Module, dict[str, Any]]:
+    """(model on the CPU with the checkpoint's weights, payload) of a tracin-train checkpoint. Building
+    the model draws from no global random stream, so loading never changes a run's randomness."""
+    payload = load_checkpoint(path, role=role)
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(ModelConfig.from_dict(payload["model_config"]))
+    load_state(model, payload["model"], str(path))
+    return model, payload
+
+
+def load_distillation_teacher(payload: dict[str, Any]) -> nn.Module:
+    """The teacher a distilled student learned from, as its checkpoint records it, checked to be the
+    same file (sha256) the student was trained with."""
+    teacher = payload.get("teacher")
+    if not isinstance(teacher, dict) or not teacher.get("path"):
+        raise CheckpointError(f"the {payload.get('role')} was not distilled from a teacher checkpoint (it records {teacher!r})")
+    path = Path(teacher["path"])
+    if teacher.get("sha256") and path.is_file() and sha256_file(path) != teacher["sha256"]:
+        raise CheckpointError(
+            f"the teacher {path} changed since the {payload.get('role')} was trained from it (sha256 differs); "
+            "scoring it with --loss kd needs the original teacher file"
+        )
+    return load_model(path, role="teacher")[0]
+
+
+def select_checkpoints(model_dir: Union[str, Path], role: str, spec: str) -> list[Path]:
+    """`all`, `last`, or comma-separated epochs, among the model's saved epoch_NNN.pt files."""
+    available = list_checkpoints(model_dir)
+    if not available:
+        raise CheckpointError(f"{model_dir} has no checkpoints; train {role} first (tracin-train)")
+    if spec in ("all", "last"):
+        return available if spec == "all" else available[-1:]
+    by_epoch = {epoch_of(p): p for p in available}
+    try:
+        wanted = [int(e) for e in spec.split(",") if e.strip()]
+    except ValueError:
+        raise TracinError(f"--checkpoints takes all, last or comma-separated epochs, got {spec!r}") from None
+    missing = [e for e in wanted if e not in by_epoch]
+    if missing or not wanted:
+        raise CheckpointError(f"{role} has no checkpoint for epoch(s) {missing or spec}; saved: {sorted(by_epoch)}")
+    return [by_epoch[e] for e in wanted]
+
+
+def load_run_checkpoints(paths: Sequence[Path], role: str, data_digest: str) -> tuple[list[Checkpoint], ModelConfig, dict]:
+    """A model's checkpoints from a run (checked: format, role, trained on the data with fingerprint
+    `data_digest`, one architecture), its ModelConfig, and the last checkpoint's payload."""
+    checkpoints, config, payload = [], None, {}
+    for path in paths:
+        payload = load_checkpoint(path, role=role)
+        if payload.get("data_fingerprint", {}).get("digest") != data_digest:
+            raise CheckpointError(f"{path} was trained on other data than the run it is scored with")
+        if config is not None and payload["model_config"] != config.to_dict():
+            raise CheckpointError(f"{path} has another architecture than the other {role} checkpoints")
+        config = ModelConfig.from_dict(payload["model_config"])
+        checkpoints.append(Checkpoint(payload["model"], payload["lr"], str(path), int(payload["epoch"]), sha256_file(path)))
+    return checkpoints, config, payload

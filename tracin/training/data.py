@@ -135,10 +135,6 @@ class Split(torch.utils.data.Dataset):
             self.spec, self.classes,
         )
 
-    def tensors(self) -> tuple[Tensor, Tensor]:
-        """All examples as (Tensor[n, C, H, W] float32 normalised, Tensor[n] int64)."""
-        return normalize(self.images, self.spec), self.labels
-
 
 @dataclass
 class RunData:

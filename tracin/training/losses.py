@@ -1,13 +1,26 @@
-"""Per-example losses shared by training and scoring.
+"""Per-example losses, and the loss objects training and scoring share.
 
 Every function returns Tensor[n] (one loss per example); training averages it, TracIn differentiates the
-sum, so each example's gradient is that of its own loss.
+sum, so each example's gradient is that of its own loss. A loss object is called as
+`loss(logits, labels, inputs) -> Tensor[n]` (the inputs feed a distillation teacher) everywhere: the
+trainer, the engine (`TracIn(..., loss=...)`) and `per_sample_grads`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+from dataclasses import dataclass, field, replace
+from typing import Callable, ContextManager
+
+import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from tracin.config import KD_LOSSES
+from tracin.errors import TracinError
+
+Objective = Callable[[Tensor, Tensor, Tensor], Tensor]  # (logits, labels, inputs) -> Tensor[n]
 
 
 def cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -31,8 +44,8 @@ def distillation(
     student_logits: Tensor,
     teacher_logits: Tensor,
     labels: Tensor,
-    temperature: float = 4.0,
-    alpha: float = 0.7,
+    temperature: float,
+    alpha: float,
     kind: str = "kl",
     label_smoothing: float = 0.0,
 ) -> Tensor:
@@ -40,6 +53,7 @@ def distillation(
     alpha * MSE(student logits, teacher logits) + (1 - alpha) * CE for `kind="mse"`. Tensor[n].
 
     The T^2 factor keeps the soft term's gradient scale independent of T (Hinton et al., 2015).
+    T and alpha have no defaults here: TrainConfig holds them, and a scored student uses its own.
     """
     teacher_logits = teacher_logits.detach()
     if kind == "kl":
@@ -47,5 +61,49 @@ def distillation(
     elif kind == "mse":
         soft = logit_mse(student_logits, teacher_logits)
     else:
-        raise ValueError(f"unknown distillation loss {kind!r}")
+        raise TracinError(f"kd loss must be one of {', '.join(KD_LOSSES)}, got {kind!r}")
     return alpha * soft + (1.0 - alpha) * cross_entropy(student_logits, labels, label_smoothing)
+
+
+@dataclass(frozen=True)
+class CrossEntropy:
+    """Per-example cross-entropy, Tensor[n] nats; the inputs are not used."""
+
+    label_smoothing: float = 0.0
+
+    def __call__(self, logits: Tensor, labels: Tensor, inputs: Tensor) -> Tensor:
+        return cross_entropy(logits, labels, self.label_smoothing)
+
+    def to(self, device: torch.device) -> "CrossEntropy":
+        return self
+
+
+@dataclass(frozen=True, eq=False)
+class Distillation:
+    """The distillation objective against `teacher`'s logits on the same inputs, Tensor[n].
+
+    The teacher runs in eval mode without gradients (its BatchNorm uses running statistics);
+    `autocast` is the context it runs under (training's mixed precision), its logits are used in float32.
+    """
+
+    teacher: nn.Module
+    temperature: float
+    alpha: float
+    kind: str = "kl"
+    label_smoothing: float = 0.0
+    autocast: Callable[[], ContextManager] = field(default=contextlib.nullcontext, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KD_LOSSES:
+            raise TracinError(f"kd loss must be one of {', '.join(KD_LOSSES)}, got {self.kind!r}")
+        self.teacher.eval()
+
+    def __call__(self, logits: Tensor, labels: Tensor, inputs: Tensor) -> Tensor:
+        with torch.no_grad(), self.autocast():
+            teacher_logits = self.teacher(inputs).float()
+        return distillation(logits, teacher_logits, labels, self.temperature, self.alpha, self.kind, self.label_smoothing)
+
+    def to(self, device: torch.device) -> "Distillation":
+        """A copy whose teacher is a frozen copy on `device` (the caller's teacher is left as it was)."""
+        teacher = copy.deepcopy(self.teacher).to(device).eval().requires_grad_(False)
+        return replace(self, teacher=teacher)

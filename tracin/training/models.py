@@ -1,8 +1,10 @@
-"""ResNet-34 with a CIFAR stem, and students made of its first stages plus a new head.
+"""Model factories behind a registry: ResNet-34 and ResNet-18 with a CIFAR stem, and students made of
+their first stages plus a new head.
 
-Built from torchvision's BasicBlock (stages [3, 4, 6, 3]); parameter names follow torchvision's
-ResNet (`conv1`, `bn1`, `layer1`..`layer4`, `fc`), so a student's stages line up with the teacher's.
-Activations are never in-place: per-sample-gradient hooks read layer inputs after the forward pass.
+Built from torchvision's BasicBlock; parameter names follow torchvision's ResNet (`conv1`, `bn1`,
+`layer1`..`layer4`, `fc`), so a student's stages line up with the teacher's. A new architecture is one
+factory here: `@register("name")` on a function ModelConfig -> nn.Module (`--arch name` then chooses it;
+`stages` and `width` are the factory's to interpret).
 """
 
 from __future__ import annotations
@@ -11,10 +13,24 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import resnet
 
+from typing import Callable
+
 from tracin.config import ModelConfig
-from tracin.errors import CheckpointError
+from tracin.errors import CheckpointError, TracinError
 
 RESNET34_BLOCKS = (3, 4, 6, 3)
+RESNET18_BLOCKS = (2, 2, 2, 2)
+MODELS: dict[str, Callable[[ModelConfig], nn.Module]] = {}
+
+
+def register(name: str):
+    """Function decorator: make a factory ModelConfig -> nn.Module buildable as ModelConfig(arch=name)."""
+
+    def add(factory):
+        MODELS[name] = factory
+        return factory
+
+    return add
 
 
 class BasicBlock(resnet.BasicBlock):
@@ -44,13 +60,14 @@ def _stage(inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequentia
 
 
 class ResNet(nn.Module):
-    """ResNet-34 cut after `config.stages` stages, CIFAR stem (3x3 conv, stride 1, no max-pool).
+    """A ResNet of BasicBlocks (`blocks` per stage) cut after `config.stages` stages, CIFAR stem (3x3 conv,
+    stride 1, no max-pool).
 
     forward: Tensor[n, in_channels, H, W] float32 -> logits Tensor[n, num_classes].
     `features` gives the pooled penultimate activations Tensor[n, width * 2**(stages-1)].
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, blocks: tuple[int, ...] = RESNET34_BLOCKS):
         super().__init__()
         self.config = config
         width = config.width
@@ -58,9 +75,9 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=False)
         inplanes = width
-        for i, blocks in enumerate(RESNET34_BLOCKS[: config.stages]):
+        for i, count in enumerate(blocks[: config.stages]):
             planes = width * 2**i
-            self.add_module(f"layer{i + 1}", _stage(inplanes, planes, blocks, stride=1 if i == 0 else 2))
+            self.add_module(f"layer{i + 1}", _stage(inplanes, planes, count, stride=1 if i == 0 else 2))
             inplanes = planes
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(inplanes, config.num_classes)
@@ -84,23 +101,36 @@ class ResNet(nn.Module):
         return self.fc(self.features(x))
 
 
-def build_model(config: ModelConfig) -> ResNet:
-    return ResNet(config)
+@register("resnet34")
+def resnet34(config: ModelConfig) -> ResNet:
+    return ResNet(config, RESNET34_BLOCKS)
 
 
-def teacher_config(width: int, in_channels: int, num_classes: int) -> ModelConfig:
-    return ModelConfig(stages=4, width=width, in_channels=in_channels, num_classes=num_classes)
+@register("resnet18")
+def resnet18(config: ModelConfig) -> ResNet:
+    return ResNet(config, RESNET18_BLOCKS)
 
 
-def student_config(width: int, stages: int, in_channels: int, num_classes: int) -> ModelConfig:
-    return ModelConfig(stages=stages, width=width, in_channels=in_channels, num_classes=num_classes)
+def build_model(config: ModelConfig) -> nn.Module:
+    """The registered factory of config.arch, called with the config."""
+    if config.arch not in MODELS:
+        raise TracinError(f"unknown architecture {config.arch!r}; registered: {', '.join(sorted(MODELS))}")
+    return MODELS[config.arch](config)
+
+
+def teacher_config(arch: str, width: int, in_channels: int, num_classes: int) -> ModelConfig:
+    return ModelConfig(arch=arch, stages=4, width=width, in_channels=in_channels, num_classes=num_classes)
+
+
+def student_config(arch: str, width: int, stages: int, in_channels: int, num_classes: int) -> ModelConfig:
+    return ModelConfig(arch=arch, stages=stages, width=width, in_channels=in_channels, num_classes=num_classes)
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def copy_shared_stages(student: ResNet, teacher_state: dict[str, Tensor]) -> int:
+def copy_shared_stages(student: nn.Module, teacher_state: dict[str, Tensor]) -> int:
     """Initialise the student's stem and stages from a teacher state dict; the head stays new.
 
     Returns the number of tensors copied. A teacher whose shared tensors have other shapes (another width

@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from tracin import __version__
+from tracin.files import write_json_atomic  # noqa: F401  (re-exported: the run folder's writer)
 from tracin.training.checkpoints import checkpoint_name
 from tracin.config import ROLES
 from tracin.errors import ConfigMismatchError, TracinError
@@ -63,20 +63,6 @@ class RunPaths:
 
     def confusion(self, role: str) -> Path:
         return self.model_dir(role) / "confusion.png"
-
-
-def write_json_atomic(values: Any, path: Path) -> None:
-    """JSON to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(values, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_record(paths: RunPaths) -> Optional[dict]:

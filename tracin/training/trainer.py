@@ -49,13 +49,23 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, O
 from tqdm import tqdm
 
 from tracin.training import losses
-from tracin.training.checkpoints import FORMAT, VERSION, checkpoint_name, load_checkpoint, load_state, save_atomic, sha256_file
+from tracin.files import write_json_atomic
+from tracin.training.checkpoints import (
+    checkpoint_name,
+    load_checkpoint,
+    load_model,
+    load_state,
+    make_payload,
+    save_atomic,
+    sha256_file,
+    teacher_record,
+)
 from tracin.config import ROLES, DataConfig, ModelConfig, TrainConfig
 from tracin.training.data import RunData, Split, augment, data_record, fingerprint, load_data, normalize
 from tracin.errors import CheckpointError, NonFiniteError, TracinError
 from tracin.training.models import build_model, copy_shared_stages, count_parameters, student_config, teacher_config
 from tracin.training.plots import plot_confusion, plot_history
-from tracin.training.run_folder import RunPaths, check_run_name, clear_run, new_record, open_record, write_json_atomic
+from tracin.training.run_folder import RunPaths, check_run_name, clear_run, new_record, open_record
 from tracin.runtime import Runtime, start_runtime
 
 ORDER_STREAM, AUGMENT_STREAM, GLOBAL_STREAM = 0, 1, 2  # the random streams of an epoch
@@ -66,9 +76,6 @@ PROGRESS_EVERY = 10  # steps between progress-bar loss readings (each one waits 
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 HISTORY_FIELDS = ("epoch", "step", "lr", *METRICS, "seconds", "checkpoint")
 
-LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
-"""(logits Tensor[b, classes] float32, images Tensor[b, C, H, W] normalised, labels Tensor[b] int64)
--> per-example loss Tensor[b] float32."""
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -144,32 +151,13 @@ def to_device(data: RunData, device: torch.device) -> RunData:
 # ---------------------------------------------------------------------------------------- objectives
 
 
-def cross_entropy_objective(label_smoothing: float = 0.0) -> LossFn:
-    def loss(logits: Tensor, images: Tensor, labels: Tensor) -> Tensor:
-        return losses.cross_entropy(logits, labels, label_smoothing)
-
-    return loss
-
-
-def distillation_objective(teacher: nn.Module, config: TrainConfig, runtime: Runtime) -> LossFn:
-    """`tracin.training.losses.distillation` against `teacher`'s logits on the same batch. The teacher is put in
-    eval mode: its BatchNorm uses its running statistics and never updates them."""
-    teacher.eval()
-
-    def loss(logits: Tensor, images: Tensor, labels: Tensor) -> Tensor:
-        with torch.no_grad(), runtime.autocast():
-            teacher_logits = teacher(images).float()
-        return losses.distillation(
-            logits, teacher_logits, labels, config.temperature, config.alpha, config.kd_loss, config.label_smoothing
-        )
-
-    return loss
-
-
-def objective_for(teacher: Optional[nn.Module], config: TrainConfig, runtime: Runtime) -> LossFn:
+def objective_for(teacher: Optional[nn.Module], config: TrainConfig, runtime: Runtime) -> losses.Objective:
+    """Cross-entropy, or distillation against `teacher` (its logits under the run's autocast)."""
     if teacher is None:
-        return cross_entropy_objective(config.label_smoothing)
-    return distillation_objective(teacher, config, runtime)
+        return losses.CrossEntropy(config.label_smoothing)
+    return losses.Distillation(
+        teacher, config.temperature, config.alpha, config.kd_loss, config.label_smoothing, runtime.autocast
+    )
 
 
 def seeded_model(config: ModelConfig, seed: int) -> nn.Module:
@@ -241,7 +229,7 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: LRScheduler,
     batches: Iterator[tuple[Tensor, Tensor, int]],
-    loss_fn: LossFn,
+    loss_fn: losses.Objective,
     runtime: Runtime,
     progress: Optional[tqdm] = None,
 ) -> EpochResult:
@@ -253,7 +241,7 @@ def train_one_epoch(
     for images, labels, global_size in batches:
         with runtime.autocast():
             logits = model(images).float()
-        per_example = loss_fn(logits, images, labels)
+        per_example = loss_fn(logits, labels, images)
         # DDP averages gradients over ranks: this scale makes the step the mean over the global batch,
         # also when ranks hold slices of unequal size.
         loss = per_example.sum() * (runtime.world_size / global_size)
@@ -435,10 +423,7 @@ def self_teacher_at(job: ModelJob, run: RunContext, epoch: int) -> Optional[nn.M
 
 def load_frozen(path: Path, role: Optional[str], runtime: Runtime) -> nn.Module:
     """The model of a tracin checkpoint, frozen and on the runtime's device."""
-    payload = load_checkpoint(path, role=role)
-    model = blank_model(ModelConfig.from_dict(payload["model_config"]))
-    load_state(model, payload["model"], str(path))
-    return freeze(model.to(runtime.device, memory_format=runtime.memory_format))
+    return freeze(load_model(path, role)[0].to(runtime.device, memory_format=runtime.memory_format))
 
 
 def run_epoch(job: ModelJob, run: RunContext, trainee: Trainee, teacher: Optional[nn.Module], epoch: int) -> bool:
@@ -505,26 +490,17 @@ def summary_line(role: str, row: dict, epochs: int) -> str:
 
 
 def checkpoint_payload(job: ModelJob, run: RunContext, trainee: Trainee, lr: float, metrics: dict) -> dict:
-    """A checkpoint in the format of tracin.training.checkpoints, for the trainee's current state."""
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "role": job.role,
-        "model": {name: value.detach().cpu().contiguous() for name, value in trainee.model.state_dict().items()},
-        "model_config": job.model_config.to_dict(),
-        "optimizer": trainee.optimizer.state_dict(),
-        "scheduler": trainee.scheduler.state_dict(),
-        "epoch": trainee.state.epoch,
-        "step": trainee.state.step,
-        "lr": lr,
-        "lr_at_save": float(trainee.scheduler.get_last_lr()[0]),
-        "metrics": metrics,
-        "config": run.config.to_dict(),
-        "data_config": run.data_config.to_dict(),
-        "data_fingerprint": run.fingerprint,
-        "param_count": count_parameters(trainee.model),
-        "teacher": job.teacher_info,
+    """The trainee's current state as a checkpoint (tracin.training.checkpoints.make_payload)."""
+    state, scheduler = trainee.state, trainee.scheduler
+    training = {
+        "optimizer": trainee.optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": state.epoch,
+        "step": state.step, "lr": lr, "lr_at_save": float(scheduler.get_last_lr()[0]), "metrics": metrics,
     }
+    provenance = {
+        "config": run.config.to_dict(), "data_config": run.data_config.to_dict(),
+        "data_fingerprint": run.fingerprint, "teacher": job.teacher_info,
+    }
+    return make_payload(job.role, trainee.model, job.model_config, training, provenance)
 
 
 def resume_payload(job: ModelJob, run: RunContext, trainee: Trainee, lr: float, metrics: dict) -> dict:
@@ -641,8 +617,8 @@ def needs_teacher(role: str, config: TrainConfig) -> bool:
 
 def model_configs(config: TrainConfig, data: RunData) -> dict[str, ModelConfig]:
     """Architecture of each role: the teacher has 4 stages, the students `student_stages`, one width."""
-    teacher = teacher_config(config.width, data.in_channels, data.num_classes)
-    student = student_config(config.width, config.student_stages, data.in_channels, data.num_classes)
+    teacher = teacher_config(config.arch, config.width, data.in_channels, data.num_classes)
+    student = student_config(config.arch, config.width, config.student_stages, data.in_channels, data.num_classes)
     return {"teacher": teacher, "student": student, "student_baseline": student}
 
 
@@ -652,17 +628,15 @@ def teacher_path(options: RunOptions, paths: RunPaths, config: TrainConfig) -> P
 
 def load_teacher(path: Path, data: RunData, runtime: Runtime) -> Teacher:
     """A teacher checkpoint (role teacher), checked to fit the data's channels and classes."""
-    payload = load_checkpoint(path, role="teacher")
+    module, payload = load_model(path, role="teacher")
     config = ModelConfig.from_dict(payload["model_config"])
     if (config.in_channels, config.num_classes) != (data.in_channels, data.num_classes):
         raise CheckpointError(
             f"teacher {path} takes {config.in_channels} channels and {config.num_classes} classes; "
             f"the data has {data.in_channels} and {data.num_classes}"
         )
-    module = blank_model(config)
-    load_state(module, payload["model"], str(path))
-    info = {"path": str(path), "sha256": sha256_file(path), "epoch": int(payload["epoch"])}
-    return Teacher(freeze(module.to(runtime.device, memory_format=runtime.memory_format)), payload["model"], info)
+    frozen = freeze(module.to(runtime.device, memory_format=runtime.memory_format))
+    return Teacher(frozen, payload["model"], teacher_record(path, payload))
 
 
 def make_job(role: str, run: RunContext, teacher: Optional[Teacher]) -> ModelJob:
@@ -691,8 +665,8 @@ def train_role(role: str, run: RunContext, options: RunOptions) -> None:
     if needs_teacher(role, run.config):
         teacher = load_teacher(teacher_path(options, run.paths, run.config), run.data, run.runtime)
     job = make_job(role, run, teacher)
-    stages, width = job.model_config.stages, job.model_config.width
-    run.runtime.log(f"{role}: {run.config.epochs} epochs, ResNet-34 cut after {stages} stage(s), width {width}")
+    model = job.model_config
+    run.runtime.log(f"{role}: {run.config.epochs} epochs, {model.arch} cut after {model.stages} stage(s), width {model.width}")
     fit(job, run)
 
 

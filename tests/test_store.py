@@ -1,0 +1,214 @@
+"""tracin.results.store: the typed readers and writers against what was written, the layout against the
+module's docstring, resume bookkeeping, and errors as one-line StoreErrors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from tracin.engine.topk import Ranking
+from tracin.errors import StoreError
+from tracin.results import store as store_module
+from tracin.results.store import DataArrays, ModelScores, ScoreFile, rankings_name
+from tracin.training.checkpoints import Checkpoint, list_checkpoints, load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+N_TRAIN, N_TEST, ROW_CHUNK, TEST_BLOCK = 10, 6, 4, 4
+CHECKPOINTS = [Checkpoint({}, 0.1, "run/teacher/epoch_002.pt", 2, "aa"), Checkpoint({}, 0.05, "run/teacher/epoch_004.pt", 4, "bb")]
+SETTINGS = {"mode": "exact", "seed": 0}
+
+
+def data_arrays() -> DataArrays:
+    labels = np.arange(N_TRAIN) % 3
+    clean = labels.copy()
+    clean[[1, 7]] = (clean[[1, 7]] + 1) % 3  # two flipped labels
+    return DataArrays(np.arange(N_TRAIN) * 5, np.arange(N_TEST) * 2, labels, np.arange(N_TEST) % 3, clean)
+
+
+def create(path: Path, settings: dict = SETTINGS) -> ScoreFile:
+    attrs = {"mode": "exact", "run": "/runs/tiny", "classes": json.dumps(["a", "b", "c"])}
+    store, resumed = ScoreFile.create_or_resume(path, settings, attrs, data_arrays(), overwrite=False)
+    assert not resumed
+    return store
+
+
+def write_teacher(store: ScoreFile, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A complete teacher, block by block; returns what was written."""
+    scores = store.prepare_model("teacher", CHECKPOINTS, ["w", "b"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=True)
+    written = {"per_checkpoint": rng.normal(size=(2, N_TRAIN, N_TEST)).astype(np.float32),
+               "self_influence": rng.random(N_TRAIN).astype(np.float32)}
+    written["scores"] = written["per_checkpoint"].sum(0)
+    for r in range(0, N_TRAIN, ROW_CHUNK):
+        for c in range(0, N_TEST, TEST_BLOCK):
+            rows, cols = slice(r, r + ROW_CHUNK), slice(c, c + TEST_BLOCK)
+            scores.write_block(r, c, written["scores"][rows, cols], written["per_checkpoint"][:, rows, cols],
+                               written["self_influence"][rows])
+    written["last_loss"] = rng.random(N_TRAIN).astype(np.float32)
+    scores.write_last_loss(written["last_loss"])
+    return written
+
+
+def ranking(n: int, k: int, rng: np.random.Generator) -> Ranking:
+    """Made-up tables: index int64 [n, k], score float32 [n, k], as the engine returns them."""
+    index = [torch.from_numpy(rng.integers(0, 5, size=(n, k))) for _ in range(2)]
+    score = [torch.from_numpy(rng.normal(size=(n, k)).astype(np.float32)) for _ in range(2)]
+    return Ranking(index[0], score[0], index[1], score[1])
+
+
+def test_a_written_file_reads_back_through_the_typed_api(tmp_path):
+    rng = np.random.default_rng(0)
+    with create(tmp_path / "scores.h5") as store:
+        written = write_teacher(store, rng)
+        test, train = ranking(N_TEST, 3, rng), ranking(N_TRAIN, 3, rng)
+        store.model("teacher").write_rankings(rankings_name(4), test, train)
+    with ScoreFile.open_read(tmp_path / "scores.h5") as store:
+        data = data_arrays()
+        assert (store.n_train, store.n_test, store.mode, store.status) == (N_TRAIN, N_TEST, "exact", "partial")
+        assert store.run_path == Path("/runs/tiny") and store.classes == ["a", "b", "c"]
+        for name in ("train_index", "test_index", "train_labels", "test_labels", "train_clean_labels", "noisy"):
+            assert np.array_equal(getattr(store, name), getattr(data, name)), name
+        assert store.noisy.sum() == 2 and store.attributes["format"] == "tracin-scores"
+        teacher = store.model("teacher")
+        assert store.models == ["teacher"] and teacher.name == "teacher" and teacher.epochs == [2, 4]
+        assert teacher.has_per_checkpoint and teacher.done.shape == (3, 2) and teacher.done.all()
+        assert np.array_equal(teacher.scores[()], written["scores"]) and np.array_equal(teacher.matrix()[2:5, 1], written["scores"][2:5, 1])
+        assert np.array_equal(teacher.matrix(1)[:, 3:], written["per_checkpoint"][1][:, 3:])
+        assert np.array_equal(teacher.self_influence, written["self_influence"])
+        assert np.array_equal(teacher.last_loss, written["last_loss"])
+        read_test, read_train = teacher.rankings(rankings_name(4))
+        for field in ("top_index", "top_score", "bottom_index", "bottom_score"):
+            assert np.array_equal(getattr(read_test, field), getattr(test, field).numpy())
+            assert np.array_equal(getattr(read_train, field), getattr(train, field).numpy())
+        assert read_test.top_index.dtype == np.int32 and read_train.top_score.dtype == np.float32
+
+
+def test_comparison_tables_round_trip_in_order(tmp_path):
+    overlap = np.array([(b"sum", 3, 0.5), (b"epoch_002", 3, 0.25)], dtype=[("scope", "S16"), ("k", "i8"), ("mean", "f8")])
+    extra = np.array([(b"sum", 1.5)], dtype=[("scope", "S16"), ("value", "f8")])
+    with create(tmp_path / "scores.h5") as store:
+        assert store.comparison_pairs() == []
+        store.write_comparison("teacher", "student", {"zeta": extra, "overlap": overlap}, {"ks": [3], "seed": 0})
+        store.write_comparison("teacher", "student", {"zeta": extra, "overlap": overlap}, {"ks": [3], "seed": 1})
+    with ScoreFile.open_read(tmp_path / "scores.h5") as store:
+        tables = store.comparison("teacher", "student")
+        assert store.comparison_pairs() == [("teacher", "student")]
+        assert list(tables) == ["zeta", "overlap"]  # the order written, not alphabetical
+        assert np.array_equal(tables["overlap"], overlap) and np.array_equal(tables["zeta"], extra)
+        assert store.comparison_settings("teacher", "student") == {"ks": [3], "seed": 1}
+
+
+def test_a_comparison_written_before_the_registry_reads_as_tables(tmp_path):
+    """Files of the first version kept the self-influence correlation as attributes of a group."""
+    with create(tmp_path / "scores.h5") as store:
+        store.write_comparison("teacher", "student", {}, {"seed": 0})
+    with h5py.File(tmp_path / "scores.h5", "r+") as h5:
+        h5["comparison/teacher__student"].create_group("self_influence").attrs.update({"pearson": 0.5, "spearman": -0.25})
+    with ScoreFile.open_read(tmp_path / "scores.h5") as store:
+        table = store.comparison("teacher", "student")["self_influence"]
+        assert table.dtype.names == ("pearson", "spearman") and table[0]["spearman"] == -0.25
+
+
+def test_resume_keeps_done_blocks_and_refuses_other_settings(tmp_path):
+    path = tmp_path / "scores.h5"
+    with create(path) as store:
+        scores = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
+        scores.write_block(4, 4, np.ones((4, 2), np.float32), None, None)
+    with pytest.raises(StoreError, match=r"seed \(0 in the file, 1 now\)"):
+        ScoreFile.create_or_resume(path, {**SETTINGS, "seed": 1}, {}, data_arrays(), overwrite=False)
+    store, resumed = ScoreFile.create_or_resume(path, SETTINGS, {}, data_arrays(), overwrite=False)
+    with store:
+        assert resumed and np.argwhere(store.model("teacher").done).tolist() == [[1, 1]]
+        with pytest.raises(StoreError, match="sha256 differs"):
+            store.prepare_model("teacher", CHECKPOINTS[:1], ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
+        store.mark_complete()
+    with pytest.raises(StoreError, match="finished result"):
+        ScoreFile.create_or_resume(path, SETTINGS, {}, data_arrays(), overwrite=False)
+
+
+def one_line_store_error(call) -> str:
+    with pytest.raises(StoreError) as caught:
+        call()
+    message = str(caught.value)
+    assert "\n" not in message, message
+    return message
+
+
+def test_mistakes_are_one_line_store_errors(tmp_path):
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"not HDF5" * 64)
+    with h5py.File(tmp_path / "foreign.h5", "w") as h5:
+        h5.attrs["format"] = "something else"
+    assert "does not exist" in one_line_store_error(lambda: ScoreFile.open_read(tmp_path / "missing.h5"))
+    assert "not a readable HDF5 file" in one_line_store_error(lambda: ScoreFile.open_read(garbage))
+    assert "not a tracin-score result file" in one_line_store_error(lambda: ScoreFile.open_read(tmp_path / "foreign.h5"))
+    with create(tmp_path / "scores.h5") as store:
+        scores = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
+        assert "no scores for 'student' (it has: teacher)" in one_line_store_error(lambda: store.model("student"))
+        assert "no comparison of teacher and student" in one_line_store_error(lambda: store.comparison("teacher", "student"))
+        assert "no topk tables for teacher" in one_line_store_error(lambda: scores.rankings())
+        assert "without --per-checkpoint" in one_line_store_error(lambda: scores.matrix(0))
+
+
+def documented_attributes(heading: str) -> set[str]:
+    """Attribute names the module docstring lists for `heading` ("/", "/<model>/", ...), across its
+    continuation lines, without the parenthesised notes."""
+    found = re.search(rf"^    {re.escape(heading)}\s+attrs:(.*(?:\n {{28}}.*)*)", store_module.__doc__, re.M)
+    assert found, heading
+    return {name.strip() for name in re.sub(r"\([^)]*\)", "", found.group(1)).split(",")}
+
+
+def test_model_attributes_are_the_documented_ones(tmp_path):
+    with create(tmp_path / "scores.h5") as store:
+        store.prepare_model("teacher", CHECKPOINTS, ["w", "b"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
+    with h5py.File(tmp_path / "scores.h5", "r") as h5:
+        assert set(h5["teacher"].attrs) == documented_attributes("/<model>/")
+        assert h5["teacher"].attrs["n_parameter_tensors"] == 2
+
+
+def test_removed_methods_stay_removed():
+    for name in ("is_done", "blocks_done", "complete", "lrs"):
+        assert not hasattr(ModelScores, name), name
+    assert not hasattr(ScoreFile, "data_arrays")
+
+
+def test_layout_of_a_tracin_score_file_is_the_documented_one(tiny_scores, tiny_run):
+    with h5py.File(tiny_scores, "r") as h5:
+        assert set(h5.attrs) == documented_attributes("/") and h5.attrs["format_version"] == 1
+        n_train, n_test = len(h5["train_index"]), len(h5["test_index"])
+        for name in ("train_index", "train_labels", "train_clean_labels", "test_index", "test_labels"):
+            assert h5[name].dtype == np.int64 and h5[name].shape == ((n_train,) if "train" in name else (n_test,))
+        assert h5["noisy"].dtype == np.bool_ and h5["noisy"].shape == (n_train,)
+        for role in ("teacher", "student", "student_baseline"):
+            group = h5[role]
+            assert set(group.attrs) == documented_attributes("/<model>/")
+            assert list(group["checkpoints/epoch"][()]) == [2, 4]
+            assert list(group["checkpoints/lr"][()]) == [load_checkpoint(p)["lr"] for p in list_checkpoints(tiny_run / role)]
+            assert group["scores"].dtype == np.float32 and group["scores"].shape == (n_train, n_test)
+            assert group["scores"].chunks is not None and group["scores"].compression is None
+            assert group["per_checkpoint"].shape == (2, n_train, n_test)
+            assert group["self_influence"].shape == group["last_loss"].shape == (n_train,)
+            assert group["done"].dtype == np.bool_ and group["done"][()].all()
+            for tables in ("topk", "topk_epoch/epoch_002", "topk_epoch/epoch_004"):
+                assert group[f"{tables}/test_top_index"].shape == (n_test, 8) and group[f"{tables}/test_top_index"].dtype == np.int32
+                assert group[f"{tables}/train_bottom_score"].shape == (n_train, 8)
+        comparison = h5["comparison/teacher__student"]
+        assert set(comparison.attrs) == documented_attributes("/comparison/<a>__<b>/")
+        assert list(comparison) == ["overlap", "rank_correlation", "ks", "self_influence"]
+        assert all(comparison[name].dtype.names[0] == "scope" for name in comparison)
+
+
+def test_only_the_store_touches_hdf5():
+    """Everything else goes through the typed API, so a layout change is store.py and this file."""
+    forbidden = re.compile(r"^\s*(import|from) h5py|\._?h5\[|\._?h5\.attrs|\._?group\b(?!\()|\.attrs\b", re.M)
+    sources = {path: path.read_text() for path in (REPO / "tracin").rglob("*.py") if path.name != "store.py"}
+    sources[REPO / "scripts" / "report.py"] = (REPO / "scripts" / "report.py").read_text()
+    for notebook in (REPO / "notebooks").glob("*.ipynb"):
+        sources[notebook] = "\n".join("".join(cell["source"]) for cell in json.loads(notebook.read_text())["cells"])
+    offenders = {str(path.relative_to(REPO)): match.group(0) for path, text in sources.items() for match in forbidden.finditer(text)}
+    assert not offenders
