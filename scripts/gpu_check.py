@@ -16,7 +16,8 @@ from dataclasses import replace
 import torch
 
 from tracin.config import EngineConfig, ModelConfig, ScoreConfig
-from tracin.engine.grads import CONV, GROUPED, PATCHES, Call, Target, conv_grad_method, layer_flat
+from tracin.engine.grads import Call, Target, layer_flat
+from tracin.engine.layers import CONV, GROUPED, PATCHES, conv_grad_method
 from tracin.training.models import build_model
 from tracin.engine.reference import func_tracin_scores
 from tracin.engine.tracin import TracIn

@@ -9,7 +9,7 @@ The same as `tracin-score ... --plots`; the notebooks in notebooks/ show the sam
 import argparse
 import sys
 
-from tracin.errors import TracinError
+from tracin.cli.main import run_command
 from tracin.results.report import write_report
 
 
@@ -19,13 +19,12 @@ def main() -> int:
     parser.add_argument("--out", help="folder for the files (default: plots/ beside the HDF5 file)")
     parser.add_argument("--data-root", help="where the run's data set is, if not where it was trained")
     args = parser.parse_args()
-    try:
+
+    def work() -> None:
         for path in write_report(args.scores, args.out, args.data_root):
             print(path)
-    except TracinError as error:
-        print(f"report: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command("report", work, "run the same command again")
 
 
 if __name__ == "__main__":

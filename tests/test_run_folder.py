@@ -7,7 +7,9 @@ import json
 import pytest
 
 from tracin.errors import ConfigMismatchError, TracinError
-from tracin.training.run_folder import RUN_FORMAT, RunPaths, check_same_run, differing_fields, open_record, write_json_atomic
+from tracin.config import DataConfig, TrainConfig
+from tracin.files import write_json_atomic
+from tracin.training.run_folder import RUN_FORMAT, RunPaths, check_same_run, differing_fields, open_record
 
 CONFIGS = {"config": {"lr": 0.1, "epochs": 4}, "data_config": {"data_root": "data", "label_noise": 0.0}}
 
@@ -24,9 +26,19 @@ def test_a_moved_data_folder_is_the_same_run(tmp_path):
         check_same_run(CONFIGS, {**CONFIGS, "config": {"lr": 0.1, "epochs": 5}}, tmp_path)
 
 
+def test_a_run_from_before_a_field_existed_resumes(tmp_path):
+    """Runs trained before `arch` existed hold no such field: they used its default, resnet34."""
+    old = {"config": {k: v for k, v in TrainConfig().to_dict().items() if k != "arch"}, "data_config": DataConfig().to_dict()}
+    check_same_run(old, {"config": TrainConfig().to_dict(), "data_config": DataConfig().to_dict()}, tmp_path)
+    with pytest.raises(ConfigMismatchError, match=r"config\.arch \('resnet34' -> 'resnet18'\)"):
+        check_same_run(old, {"config": TrainConfig(arch="resnet18").to_dict(), "data_config": DataConfig().to_dict()}, tmp_path)
+
+
 def test_open_record_refuses_to_mix_runs(tmp_path):
     paths = RunPaths(tmp_path / "run")
-    assert open_record(paths, resume=True, overwrite=False, configs=CONFIGS) is None  # nothing there yet
+    with pytest.raises(TracinError, match="holds no run to resume"):  # a mistyped --run starts nothing
+        open_record(paths, resume=True, overwrite=False, configs=CONFIGS)
+    assert open_record(paths, resume=False, overwrite=False, configs=CONFIGS) is None
     (paths.root / "teacher").mkdir(parents=True)
     with pytest.raises(TracinError, match="no run.json"):
         open_record(paths, resume=True, overwrite=False, configs=CONFIGS)

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -211,21 +210,14 @@ def read_done(path: Path) -> tuple[int, int]:
 
 
 def kill_midway(args: list, out: Path) -> None:
-    """Start tracin-score and SIGKILL it once some, but not all, blocks are on disk."""
+    """Run tracin-score and have it SIGKILL itself right after its third block is on disk (TRACIN_FAULT:
+    an exact point, not a race with a timer)."""
     script = Path(sys.executable).with_name("tracin-score")
-    process = subprocess.Popen([str(script), *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env=subprocess_env())
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        done, total = read_done(out)
-        if done >= 3:
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    process = subprocess.run([str(script), *map(str, args)], capture_output=True, text=True, timeout=300,
+                             env=subprocess_env(TRACIN_FAULT="score-block:3:kill"))
+    assert process.returncode == -signal.SIGKILL, process.stderr
     done, total = read_done(out)
-    assert 0 < done < total
+    assert done == 3 < total
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +274,7 @@ def test_no_cuda_graphs_option_reaches_the_score_options():
     parser = build_score_parser()
     default = score_options(parser.parse_args(["--run", "r"]), [])
     eager = score_options(parser.parse_args(["--run", "r", "--no-cuda-graphs"]), [])
-    assert default.cuda_graphs and not eager.cuda_graphs
+    assert default.engine.cuda_graphs and not eager.engine.cuda_graphs
 
 
 def test_finished_file_is_kept_without_overwrite(scored, tiny_run, tmp_path):

@@ -81,10 +81,13 @@ def test_invariant_to_batch_chunk_and_test_block_sizes(setup):
     model, checkpoints, train, test, reference = setup
     small = TracIn(model, checkpoints, engine=EngineConfig(batch_size=2, chunk_size=5, test_block=4)).scores(train, test)
     assert relative_error(small, reference) < RTOL
-    tight = TracIn(model, checkpoints, engine=EngineConfig(max_memory=40_000))
+    tight = TracIn(model, checkpoints, engine=EngineConfig(max_memory=100_000))
     chunk, block = tight.block_sizes(train, test)
     assert chunk < len(train[0]) and block < len(test[0])  # the memory bound really splits the work
     assert relative_error(tight.scores(train, test), reference) < RTOL
+    too_small = TracIn(model, checkpoints, engine=EngineConfig(max_memory=40_000))
+    with pytest.raises(TracinError, match=r"cannot hold one test example.*the minimum is 0\.0835 MiB"):
+        too_small.block_sizes(train, test)  # once quietly 1 x 1 blocks, over the budget anyway
 
 
 def test_each_example_gradient_is_computed_once_per_checkpoint(setup):

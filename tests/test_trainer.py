@@ -306,14 +306,11 @@ def _assert_same(a, b, where: str = "") -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-def _kill_after(command: list[str], marker: Path, timeout: float = 240) -> int:
-    """Start `command`, SIGKILL it as soon as `marker` exists; returns its exit status."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
-    deadline = time.monotonic() + timeout
-    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    return process.wait()
+def _kill_at_epoch(command: list[str], epochs: int, timeout: float = 240) -> int:
+    """Run `command` and have it SIGKILL itself right after its `epochs`-th saved epoch (counted over
+    all models it trains; TRACIN_FAULT, an exact point rather than a race); returns its exit status."""
+    fault = subprocess_env(TRACIN_FAULT=f"train-epoch:{epochs}:kill")
+    return subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=fault, timeout=timeout).returncode
 
 
 @pytest.mark.slow
@@ -323,10 +320,10 @@ def test_resume_after_a_kill_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path
     whole = run_tracin_train(["--run", "whole", *args])
     assert whole.returncode == 0, whole.stderr
 
-    marker = tmp_path / "cut" / "student" / "last.pt"
-    status = _kill_after([str(tracin_train_script()), "--run", "cut", *args], marker)
+    teacher_epochs = 4 if "teacher" in models else 0
+    status = _kill_at_epoch([str(tracin_train_script()), "--run", "cut", *args], teacher_epochs + 2)
     assert status == -signal.SIGKILL
-    assert _load(tmp_path / "cut" / "student" / "last.pt")["epoch"] < 4  # killed while training the student
+    assert _load(tmp_path / "cut" / "student" / "last.pt")["epoch"] == 2  # killed while training the student
     resumed = run_tracin_train(["--run", "cut", "--resume", *args])
     assert resumed.returncode == 0, resumed.stderr
 

@@ -161,6 +161,9 @@ class ScoreConfig(_Serializable):
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, MODES)
         _check_choice("precision", self.precision, PRECISIONS)
+        from tracin.engine.projection import PROJECTORS  # the registry (imported here: it needs torch)
+
+        _check_choice("projector", self.projector, tuple(sorted(PROJECTORS)))
         _check(self.proj_dim is None or self.proj_dim >= 1, f"proj_dim must be positive, got {self.proj_dim}")
         _check(self.mode != "projected" or self.proj_dim is not None, "projected mode needs a positive proj_dim")
         object.__setattr__(self, "layers", tuple(self.layers or ()))

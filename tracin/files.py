@@ -1,17 +1,23 @@
-"""Writing files so that a reader or a crash never sees half of one.
+"""Writing files so that a reader or a crash never sees half of one, and one writer per output.
 
 `write_atomic` writes to a temporary file in the same folder, fsyncs it, then renames it over the target:
-the previous version stays whole until the new one is, and a killed writer leaves only a temporary file
-(named `.NAME.*.tmp`, removed on the next failure-free write's error path or left for cleanup).
+the previous version stays whole until the new one is. A failed write removes its temporary file; a killed
+writer leaves it (`.NAME.*.tmp`), and `remove_stale_temporaries` clears those once the output's lock is held.
+`exclusive_lock` is the advisory lock every command holds on the outputs it writes.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Union
+from typing import Any, BinaryIO, Callable, Iterator, Union
+
+from tracin import faults
+from tracin.errors import TracinError
 
 
 def write_atomic(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> None:
@@ -24,6 +30,7 @@ def write_atomic(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> N
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        faults.reach("file-write")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -34,3 +41,39 @@ def write_json_atomic(values: Any, path: Union[str, Path]) -> None:
     """JSON (indented, newline-terminated) written with write_atomic."""
     text = json.dumps(values, indent=2) + "\n"
     write_atomic(path, lambda handle: handle.write(text.encode()))
+
+
+@contextmanager
+def exclusive_lock(target: Union[str, Path], what: str) -> Iterator[None]:
+    """Hold an advisory lock (flock) on `target` for the duration: a second process that wants the same
+    output is refused with one line naming the process that holds it. The lock lives in a small file
+    beside the target (`.NAME.lock`, for a file or a folder), which is kept: removing it would race a
+    waiting process."""
+    target = Path(target)
+    lock = target.with_name(f".{target.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise TracinError(f"{what} {target} is in use by process {holder}; wait for it to finish, or stop it") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the lock
+
+
+def remove_stale_temporaries(target: Union[str, Path]) -> list[Path]:
+    """Remove the `.NAME.*.tmp` files a killed writer left beside `target` (call with its lock held, so
+    no live writer owns them). Returns what was removed."""
+    target = Path(target)
+    stale = sorted(target.parent.glob(f".{target.name}.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

@@ -4,6 +4,9 @@ stderr and exit code 2; so does a usage error. Anything else is a bug and keeps 
 from __future__ import annotations
 
 import argparse
+import errno
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -19,6 +22,7 @@ from tracin.config import (
     SCORE_LOSSES,
     STUDENT_INIT,
     DataConfig,
+    EngineConfig,
     ScoreConfig,
     TrainConfig,
 )
@@ -48,17 +52,27 @@ def _arguments(argv: Optional[Sequence[str]]) -> list[str]:
     return argv[1:] if argv[:1] == ["--"] else argv
 
 
-def _fail(prog: str, error: TracinError) -> int:
-    print(f"{prog}: error: {error}", file=sys.stderr)
+# Faults of the machine a user fixes (a full disk, a read-only or foreign folder): one line, never a traceback.
+USER_FIXABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _fail(prog: str, message: object) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
 
 
-def _run(prog: str, work: Callable[[], object], how_to_continue: str) -> int:
-    """Exit code of a command: 0 done, 2 a user mistake (one line), 130 interrupted (saying how to go on)."""
+def run_command(prog: str, work: Callable[[], object], how_to_continue: str) -> int:
+    """Exit code of a command: 0 done, 2 a user mistake or a full/read-only disk (one line), 130
+    interrupted (saying how to go on). Anything else is a bug and keeps its traceback."""
     try:
         work()
     except TracinError as error:
         return _fail(prog, error)
+    except OSError as error:
+        if error.errno not in USER_FIXABLE_ERRNOS:
+            raise
+        where = f" ({error.filename})" if error.filename else ""
+        return _fail(prog, f"{os.strerror(error.errno)}{where}; finished work is kept: fix it and {how_to_continue}")
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; {how_to_continue}", file=sys.stderr)
         return 130
@@ -197,7 +211,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     """`tracin-train`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
     argv = _arguments(argv)
     args = build_train_parser().parse_args(argv)
-    return _run("tracin-train", lambda: train_run(*train_configs(args), run_options(args, argv)), "continue with --resume")
+    return run_command("tracin-train", lambda: train_run(*train_configs(args), run_options(args, argv)), "continue with --resume")
 
 
 # --- tracin-score ----------------------------------------------------------------------------------
@@ -237,12 +251,7 @@ def build_score_parser() -> argparse.ArgumentParser:
                         help="also keep each checkpoint's scores, for the matched-epoch comparison")
     parser.add_argument("--out", help="HDF5 file (default: RUN/tracin.h5)")
     parser.add_argument("--data-root", help="where the run's data set is, if not where it was trained")
-    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available (default: auto)")
-    parser.add_argument("--batch-size", type=int, default=128, help="examples per forward/backward (default: %(default)s)")
-    parser.add_argument("--max-memory-gb", type=float, default=2.0,
-                        help="memory for kept gradients and score blocks; sets the chunking (default: %(default)s)")
-    parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
-                        help="run every batch eagerly on CUDA (needed only for a model that cannot be graph-captured)")
+    _add_engine_options(parser)
     parser.add_argument("--corr-rows", type=int, default=1000,
                         help="rows sampled for rank correlations (default: %(default)s)")
     parser.add_argument("--plots", action="store_true",
@@ -250,6 +259,23 @@ def build_score_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace a finished or mismatched result file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     return parser
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    engine = EngineConfig()
+    group = parser.add_argument_group("engine (the same scores either way)")
+    group.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available (default: auto)")
+    group.add_argument("--batch-size", type=int, default=engine.batch_size, help="examples per forward/backward (default: %(default)s)")
+    group.add_argument("--max-memory-gb", type=float, default=engine.max_memory / 2**30,
+                       help="memory for kept gradients and score blocks; sets the chunking (default: %(default)s)")
+    group.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                       help="run every batch eagerly on CUDA (needed only for a model that cannot be graph-captured)")
+
+
+def _memory_bytes(gigabytes: float) -> int:
+    if not math.isfinite(gigabytes) or gigabytes <= 0:
+        raise TracinError(f"--max-memory-gb must be a positive number, got {gigabytes}")
+    return max(1, int(gigabytes * 2**30))
 
 
 def score_options(args: argparse.Namespace, argv: Sequence[str]) -> ScoreOptions:
@@ -269,9 +295,8 @@ def score_options(args: argparse.Namespace, argv: Sequence[str]) -> ScoreOptions
         topk=args.topk,
         out=args.out,
         device=args.device,
-        batch_size=args.batch_size,
-        max_memory_gb=args.max_memory_gb,
-        cuda_graphs=args.cuda_graphs,
+        engine=EngineConfig(batch_size=args.batch_size, max_memory=_memory_bytes(args.max_memory_gb),
+                            cuda_graphs=args.cuda_graphs),
         per_checkpoint=args.per_checkpoint,
         overwrite=args.overwrite,
         quiet=args.quiet,
@@ -286,4 +311,4 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
     """`tracin-score`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
     argv = _arguments(argv)
     args = build_score_parser().parse_args(argv)
-    return _run("tracin-score", lambda: score_run(score_options(args, argv)), "run the same command again to continue")
+    return run_command("tracin-score", lambda: score_run(score_options(args, argv)), "run the same command again to continue")

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+from tracin.errors import TracinError
+
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
@@ -45,14 +47,32 @@ def main(argv: Optional[list[str]] = None) -> int:
     if len(args) not in (2, 3) or any(a.startswith("-") for a in args):
         print("usage: tracin-notebooks SCORES OUT_DIR [DATA_ROOT]  (both notebooks, executed, as HTML in OUT_DIR)", file=sys.stderr)
         return 2
+    from tracin.cli.main import run_command
+
     scores, out_dir = Path(args[0]).resolve(), Path(args[1])
     data_root = args[2] if len(args) > 2 else None
+    return run_command("tracin-notebooks", lambda: execute_all(scores, out_dir, data_root), "run the same command again")
+
+
+def execute_all(scores: Path, out_dir: Path, data_root: Optional[str]) -> None:
+    """Both notebooks on `scores`, as HTML in out_dir. The file is opened here first, so that a wrong
+    path or a damaged file is one line, not a failed kernel; a cell that fails is named in one line."""
+    from nbclient.exceptions import CellExecutionError
+
+    from tracin.results.store import ScoreFile
+
+    from tracin.results.report import check_finished
+
+    with ScoreFile.open_read(scores) as store:
+        check_finished(store)
     out_dir.mkdir(parents=True, exist_ok=True)
     for notebook in sorted(NOTEBOOKS.glob("*.ipynb")):
         html = out_dir / f"{notebook.stem}.html"
-        execute_notebook(notebook, {"SCORES": str(scores), "DATA_ROOT": data_root}, html)
+        try:
+            execute_notebook(notebook, {"SCORES": str(scores), "DATA_ROOT": data_root}, html)
+        except CellExecutionError as error:
+            raise TracinError(f"{notebook.name} failed: {error.ename}: {error.evalue}") from None
         print(f"notebook: {html}", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -50,8 +50,15 @@ def block_sizes(
 ) -> tuple[int, int]:
     """(train rows per chunk, test examples per block): half of max_memory (bytes) holds the kept test
     features of a block at every checkpoint, the other half a chunk's train features of one batch and
-    its score rows. Explicit chunk_size/test_block win."""
+    its score rows. Explicit chunk_size/test_block win. A budget that cannot hold one test example's
+    features at every checkpoint is refused, naming the minimum (it would be exceeded, not kept)."""
     half = max_memory // 2
+    minimum = 2 * bytes_per_example * n_checkpoints
+    if test_block is None and half < bytes_per_example * n_checkpoints:
+        raise TracinError(
+            f"a memory budget of {max_memory / 2**20:.3g} MiB cannot hold one test example's gradient features at "
+            f"{n_checkpoints} checkpoint(s); the minimum is {minimum / 2**20:.3g} MiB (--max-memory-gb {minimum / 2**30:.3g})"
+        )
     block = test_block or min(n_test, max(1, half // (bytes_per_example * n_checkpoints)))
     score_bytes = 4 * block * (n_checkpoints + 1 if per_checkpoint else 2)
     chunk = chunk_size or min(n_train, max(1, half // (bytes_per_example + score_bytes)))

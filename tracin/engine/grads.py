@@ -31,20 +31,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
-# LINEAR .. conv_grad_method are imported from here by other modules and scripts
-from tracin.engine.layers import (  # noqa: F401
-    BATCHNORM,
-    CONV,
+from tracin.engine.layers import (
     CONV_METHODS,
     GENERIC,
-    GROUPED,
-    LINEAR,
-    PATCHES,
     RECOMPUTE_ATOL,
     Call,
     Factors,
     LayerKind,
-    conv_grad_method,
     handler_for,
     kind_of,
 )
@@ -373,12 +366,6 @@ def output_grads(target: Target, call: Call) -> Tensor:
     return target.handler.output_grads(target, call)
 
 
-def layer_inputs(target: Target, call: Call) -> Tensor:
-    """Tensor[n, groups, positions, d_in] of a factorable call (receptive fields for a conv; d_in = 0
-    when only the bias is selected)."""
-    return target.handler.layer_inputs(target, call)
-
-
 def layer_factors(target: Target, calls: Sequence[Call]) -> Factors:
     """Factors of a factorable target; several calls of one module join along positions."""
     return target.handler.factors(target, calls)
@@ -474,7 +461,7 @@ def per_sample_grads(
     """{parameter name: Tensor[n, *parameter.shape]}, the gradient of each example's own loss, for
     the parameters selected by `layers` (module-name prefixes; None = all trainable). The model is
     used as it is: put it in eval mode first if it has BatchNorm or dropout. conv_method: how conv
-    weight gradients are formed ("auto", "grouped" or "patches"; see conv_grad_method)."""
+    weight gradients are formed ("auto", "grouped" or "patches"; see tracin.engine.layers.conv_grad_method)."""
     if conv_method not in CONV_METHODS:
         raise TracinError(f"conv_method must be one of {', '.join(CONV_METHODS)}, got {conv_method!r}")
     _, grads = settle_targets(model, select_targets(model, layers), inputs, labels, loss_fn, conv_method)

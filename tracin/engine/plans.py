@@ -20,7 +20,6 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from tracin.config import REPRESENTATIONS  # noqa: F401  (the choices of EngineConfig.representation)
 from tracin.engine.features import Features
 from tracin.engine.grads import Call, Target, layer_factors, layer_flat, output_grads, projected_inputs
 from tracin.engine.projection import Projector, kronecker_dims, make_projector

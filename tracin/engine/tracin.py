@@ -22,8 +22,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from tracin.config import PRECISIONS, EngineConfig, ScoreConfig
-from tracin.engine.blocks import DataSource, GraphedBatch, block_sizes
+from tracin.config import EngineConfig, ScoreConfig
+from tracin.engine import blocks
+from tracin.engine.blocks import DataSource, GraphedBatch
 from tracin.engine.features import Features
 from tracin.engine.grads import last_linear_target, record_output_grads, select_targets, settle_targets
 from tracin.engine.plans import FACTORED, LayerPlan, LayerShape, compute_features, make_plans, probe_shape
@@ -109,7 +110,7 @@ class TracIn:
         self._states = [self._checked_state(c) for c in self.checkpoints]
         self._loaded: Optional[int] = None
         last_layer = config.mode == "last-layer"
-        self.targets = [last_linear_target(self.model)] if last_layer else select_targets(self.model, config.layers or None)
+        self._targets = [last_linear_target(self.model)] if last_layer else select_targets(self.model, config.layers or None)
         self.model.requires_grad_(False)  # see _record in tracin.engine.grads: only layer outputs need gradients
         self.loss_fn: Objective = loss.to(self.device) if hasattr(loss, "to") else loss
         self._shapes: Optional[list[LayerShape]] = None
@@ -131,7 +132,7 @@ class TracIn:
 
     @property
     def parameter_names(self) -> list[str]:
-        return [name for target in self.targets for name in target.param_names]
+        return [name for target in self._targets for name in target.param_names]
 
     @property
     def lrs(self) -> list[float]:
@@ -146,9 +147,9 @@ class TracIn:
         if self._shapes is None:
             self._load(0)
             inputs, labels = source.get(0, min(2, source.n), self.device)
-            self.targets, _ = settle_targets(self.model, self.targets, inputs, labels, self.loss_fn)
-            calls = record_output_grads(self.model, self.targets, inputs, labels, self.loss_fn)
-            self._shapes = [probe_shape(t, c) for t, c in zip(self.targets, calls)]
+            self._targets, _ = settle_targets(self.model, self._targets, inputs, labels, self.loss_fn)
+            calls = record_output_grads(self.model, self._targets, inputs, labels, self.loss_fn)
+            self._shapes = [probe_shape(t, c) for t, c in zip(self._targets, calls)]
         return self._shapes
 
     def plans(self, source: DataSource, n_rows: int, n_cols: int, self_only: bool = False) -> list[LayerPlan]:
@@ -160,9 +161,9 @@ class TracIn:
 
     def _make_plans(self, source: DataSource, n_rows: int, n_cols: int, self_only: bool) -> list[LayerPlan]:
         config = self.config
-        shapes = self._layer_shapes(source)  # settles self.targets first
+        shapes = self._layer_shapes(source)  # settles self._targets first
         return make_plans(
-            self.targets,
+            self._targets,
             shapes,
             n_rows,
             n_cols,
@@ -177,7 +178,7 @@ class TracIn:
     # --- features ----------------------------------------------------------------------------------
 
     def _featurize(self, plans: list[LayerPlan], inputs: Tensor, labels: Tensor) -> Features:
-        calls = record_output_grads(self.model, self.targets, inputs, labels, self.loss_fn, check_finite=False)
+        calls = record_output_grads(self.model, self._targets, inputs, labels, self.loss_fn, check_finite=False)
         return compute_features(plans, calls)
 
     def _batch_features(self, plans: list[LayerPlan], source: DataSource, start: int, stop: int, checkpoint: int, replay: bool = False):
@@ -221,7 +222,7 @@ class TracIn:
             for p, s in zip(plans, self._layer_shapes(train_source))
         )
         engine = self.engine
-        return block_sizes(per_example, train_source.n, test_source.n, len(self.checkpoints), engine.max_memory,
+        return blocks.block_sizes(per_example, train_source.n, test_source.n, len(self.checkpoints), engine.max_memory,
                            per_checkpoint, engine.chunk_size, engine.test_block)
 
     # --- scores ------------------------------------------------------------------------------------
@@ -333,7 +334,5 @@ class TracIn:
 
 
 def _validate_precision(precision: str, device: torch.device) -> None:
-    if precision not in PRECISIONS:
-        raise TracinError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "tf32" and device.type != "cuda":
         raise TracinError(f"precision 'tf32' is a CUDA mode; on {device.type} use 'float32' or 'bf16'")

@@ -231,10 +231,20 @@ def choose_test_rows(store: ScoreFile, count: int = 3) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, n_test - 1, num=min(count, n_test))})
 
 
+def check_finished(store: ScoreFile) -> None:
+    """Figures and tables are made of finished files only: a partial one is refused, saying so."""
+    if store.status != "complete":
+        raise TracinError(
+            f"{store.path} is a partial result (tracin-score was interrupted): run the same tracin-score "
+            "command again to finish it, then make the report"
+        )
+
+
 def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_root: Optional[str] = None) -> list[Path]:
     """PNG figures and report.md (the tables) of a finished score file, in out_dir (default: the
     file's folder, under plots/). Returns the files written."""
     with ScoreFile.open_read(Path(path)) as store:
+        check_finished(store)
         out = Path(out_dir) if out_dir else Path(path).parent / "plots"
         out.mkdir(parents=True, exist_ok=True)
         models, written, sections = store.models, [], []

@@ -11,12 +11,12 @@ alone writes the file, which therefore equals a single-process result.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,11 +24,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from tracin import faults
+from tracin.files import exclusive_lock, remove_stale_temporaries
 from tracin.training.checkpoints import Checkpoint, load_distillation_teacher, load_run_checkpoints, select_checkpoints
 from tracin.results.comparison import CompareOptions, compare_models, format_tables
 from tracin.results.statistics import parse_topk
 from tracin.config import ROLES, SCORE_LOSSES, DataConfig, EngineConfig, ModelConfig, ScoreConfig, TrainConfig
-from tracin.training.data import RunData, fingerprint, load_data, stratified_subset
+from tracin.training.data import RunData, fingerprint_differences, load_data, stratified_subset
 from tracin.errors import DataError, TracinError
 from tracin.training.losses import CrossEntropy, Distillation, Objective
 from tracin.training.models import build_model
@@ -52,9 +54,7 @@ class ScoreOptions:
     topk: str = "100,500,1000"
     out: Optional[str] = None
     device: str = "auto"
-    batch_size: int = 128
-    max_memory_gb: float = 2.0
-    cuda_graphs: bool = True
+    engine: EngineConfig = field(default_factory=EngineConfig)
     per_checkpoint: bool = False
     overwrite: bool = False
     quiet: bool = False
@@ -70,8 +70,6 @@ class ScoreOptions:
             raise TracinError(f"--models takes {', '.join(ROLES)}; got {', '.join(self.models) or 'nothing'}")
         if self.loss not in SCORE_LOSSES:
             raise TracinError(f"--loss must be one of {', '.join(SCORE_LOSSES)}, got {self.loss!r}")
-        if self.batch_size < 1 or not self.max_memory_gb > 0 or not math.isfinite(self.max_memory_gb):
-            raise TracinError("--batch-size and --max-memory-gb must be positive numbers")
 
 
 # --- the trained run -------------------------------------------------------------------------------
@@ -104,10 +102,11 @@ def load_role_checkpoints(run: TrainedRun, role: str, spec: str) -> tuple[list[C
 def scoring_data(run: TrainedRun, options: ScoreOptions) -> RunData:
     """The run's own train and test examples (fingerprint-checked), or seeded stratified subsets of them."""
     data = load_data(run.data_config)
-    if fingerprint(data, run.data_config)["digest"] != run.record["data_fingerprint"]["digest"]:
+    differences = fingerprint_differences(run.record["data_fingerprint"], data, run.data_config)
+    if differences:
         raise DataError(
             f"the data under {run.data_config.data_root} differ from those {run.paths.root} was trained on "
-            "(fingerprint mismatch); point --data-root at the run's data"
+            f"({', '.join(differences)} differ); point --data-root at the run's data"
         )
     for side, size in (("train", options.train_subset), ("test", options.test_subset)):
         split = getattr(data, side)
@@ -137,7 +136,7 @@ def settings_of(options: ScoreOptions, run: TrainedRun, data: RunData) -> dict:
         "test_index": _digest(data.test.index.numpy()),
         "models": list(options.models),
         "checkpoints": options.checkpoints,
-        "batch_size": options.batch_size,
+        "batch_size": options.engine.batch_size,
         "per_checkpoint": options.per_checkpoint,
         "score.loss": options.loss,
         **{f"score.{k}": (list(v) if isinstance(v, tuple) else v) for k, v in options.score.to_dict().items()},
@@ -176,12 +175,7 @@ def scoring_loss(role: str, last: dict, options: ScoreOptions) -> Objective:
 
 def build_engine(role: str, run: TrainedRun, options: ScoreOptions, runtime: Runtime) -> TracIn:
     checkpoints, config, last = load_role_checkpoints(run, role, options.checkpoints)
-    engine = EngineConfig(
-        batch_size=options.batch_size,
-        max_memory=int(options.max_memory_gb * 2**30),
-        cuda_graphs=options.cuda_graphs,
-        progress=not options.quiet and runtime.is_main,
-    )
+    engine = replace(options.engine, progress=not options.quiet and runtime.is_main)
     return TracIn(build_model(config), checkpoints, options.score, scoring_loss(role, last, options), engine, runtime.device)
 
 
@@ -234,6 +228,7 @@ def score_model(store: Optional[ScoreFile], role: str, tracin: TracIn, data: Run
     for payload in _gathered_blocks(iter(blocks), runtime, n_steps):
         if payload is not None and runtime.is_main:
             scores.write_block(*payload)
+            faults.reach("score-block")
     runtime.barrier()
 
 
@@ -250,43 +245,81 @@ def write_rankings(scores: ModelScores, k: int, device: torch.device) -> None:
 
 
 def score_run(options: ScoreOptions) -> Path:
-    """Score the run's models, compare every pair, print the comparison; returns the HDF5 path."""
+    """Score the run's models, compare every pair, print the comparison; returns the HDF5 path. Every
+    option, checkpoint and the data are checked before the result file is touched."""
     run = open_trained_run(options.run, options.data_root)
     out = Path(options.out) if options.out else run.paths.root / "tracin.h5"
-    with start_runtime(options.device, options.quiet) as runtime:
+    with start_runtime(options.device, options.quiet) as runtime, _output_lock(out, runtime):
         data = scoring_data(run, options)
+        runtime.log(data_source(run, options))
         ks = parse_topk(options.topk, limit=min(len(data.train), len(data.test)))
-        store = None
-        if runtime.is_main:
-            settings = settings_of(options, run, data)
-            store, resumed = ScoreFile.create_or_resume(out, settings, file_attrs(options, run, data), data_arrays(data), options.overwrite)
-            if resumed:
-                print(f"resuming {out}: finished blocks are kept", flush=True)
+        engines = {role: build_engine(role, run, options, runtime) for role in options.models}
+        for tracin in engines.values():  # probes each model: blocking and memory are checked here
+            tracin.block_sizes(data.train, data.test, options.per_checkpoint)
+        store = _open_store(out, options, run, data) if runtime.is_main else None
         runtime.barrier()
         try:
-            for role in options.models:
-                started = time.perf_counter()
-                tracin = build_engine(role, run, options, runtime)
-                score_model(store, role, tracin, data, runtime, options)
-                if runtime.is_main:
-                    store.model(role).write_last_loss(tracin.losses(data.train).numpy())
-                    write_rankings(store.model(role), max(ks), runtime.device)
-                    runtime.log(f"{role}: {len(tracin.checkpoints)} checkpoint(s), {len(data.train)} x {len(data.test)} "
-                                f"scores in {time.perf_counter() - started:.1f} s")
+            for role, tracin in engines.items():
+                score_role(store, role, tracin, data, runtime, options, max(ks))
             if runtime.is_main:
                 report(store, options, ks)
+                out = store.path
         finally:
             if store is not None:
                 store.close()
         if options.plots and runtime.is_main:
+            faults.reach("report")
             for path in write_report(out, data_root=options.data_root):
                 print(f"plot: {path}", flush=True)
     return out
 
 
+def _output_lock(out: Path, runtime: Runtime):
+    """One writer per score file: rank 0, which alone writes it, holds its lock."""
+    return exclusive_lock(out, "the score file") if runtime.is_main else contextlib.nullcontext()
+
+
+def _open_store(out: Path, options: ScoreOptions, run: TrainedRun, data: RunData) -> ScoreFile:
+    for stale in remove_stale_temporaries(out):
+        print(f"removed {stale}, left by an interrupted run", flush=True)
+    settings = settings_of(options, run, data)
+    store, resumed = ScoreFile.create_or_resume(out, settings, file_attrs(options, run, data), data_arrays(data), options.overwrite)
+    if resumed:
+        print(f"resuming {store.path}: finished blocks are kept", flush=True)
+    if store.path != out:
+        print(f"writing {store.path}; it replaces {out} when complete (until then {out} is kept as it was)", flush=True)
+    return store
+
+
+def score_role(store: Optional[ScoreFile], role: str, tracin: TracIn, data: RunData, runtime: Runtime,
+               options: ScoreOptions, k: int) -> None:
+    """One model's missing blocks, then (rank 0) its losses and top-k tables."""
+    started = time.perf_counter()
+    score_model(store, role, tracin, data, runtime, options)
+    if runtime.is_main:
+        store.model(role).write_last_loss(tracin.losses(data.train).numpy())
+        faults.reach("rankings")
+        write_rankings(store.model(role), k, runtime.device)
+        runtime.log(f"{role}: {len(tracin.checkpoints)} checkpoint(s), {len(data.train)} x {len(data.test)} "
+                    f"scores in {time.perf_counter() - started:.1f} s")
+
+
+def data_source(run: TrainedRun, options: ScoreOptions) -> str:
+    """Where the data are read from, said every time: a run folder names a data root, and one that is
+    not the user's own choice is named as such."""
+    recorded = Path(run.record["data_config"]["data_root"])
+    root = Path(run.data_config.data_root).resolve()
+    if options.data_root is None:
+        return f"data: {run.data_config.dataset} from {root} (the data root recorded in {run.paths.run_json})"
+    if recorded.resolve() != root:
+        return f"data: {run.data_config.dataset} from {root} (--data-root; {run.paths.run_json} records {recorded})"
+    return f"data: {run.data_config.dataset} from {root} (--data-root)"
+
+
 def report(store: ScoreFile, options: ScoreOptions, ks: list[int]) -> None:
     compare_options = CompareOptions(tuple(ks), max_rows=options.corr_rows, seed=options.score.seed)
     for name_a, name_b in itertools.combinations(options.models, 2):
+        faults.reach("comparison")
         tables = compare_models(store, name_a, name_b, compare_options)
         print(format_tables(name_a, name_b, tables), flush=True)
     store.mark_complete()

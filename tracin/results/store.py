@@ -39,6 +39,8 @@ in flight, and the file stays readable.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -49,7 +51,7 @@ import h5py
 import numpy as np
 from torch import Tensor
 
-from tracin import __version__
+from tracin import __version__, faults
 from tracin.training.checkpoints import Checkpoint
 from tracin.config import ROLES
 from tracin.errors import StoreError
@@ -122,6 +124,7 @@ class ScoreFile:
 
     def __init__(self, handle: h5py.File, path: Path):
         self._h5, self.path = handle, Path(path)
+        self._replaces: Optional[Path] = None  # the finished file this one replaces when complete
 
     # --- opening -------------------------------------------------------------------------------
 
@@ -129,18 +132,45 @@ class ScoreFile:
     def create_or_resume(
         cls, path: Path, settings: dict, attrs: dict, data: DataArrays, overwrite: bool
     ) -> tuple["ScoreFile", bool]:
-        """(file, resumed). A new file unless a partial one with the same settings exists; a finished
-        file is kept unless overwrite; a partial one with other settings is refused, saying why."""
+        """(file, resumed). A partial file with the same settings is resumed; a finished one is kept
+        unless overwrite; a partial one with other settings is refused, saying why. With overwrite the
+        new result is made beside the old one (replacing_path) and moves over it only when complete
+        (mark_complete), so a failure or a kill leaves the old result as it was."""
         path = Path(path)
-        if path.exists() and not overwrite:
+        if not path.exists():
+            return cls._create(path, settings, attrs, data), False
+        if not overwrite:
             store = cls.open_read_write(path)
             store._check_resumable(settings)
             return store, True
-        path.unlink(missing_ok=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        store = cls(h5py.File(path, "w"), path)
-        store._write_header(settings, attrs, data)
+        cls.open_read(path).close()  # --overwrite replaces tracin-score results only, readable ones
+        work = replacing_path(path)
+        if work.exists():
+            store = cls.open_read_write(work)
+            if store._resumable(settings):
+                store._replaces = path
+                return store, True
+            store.close()
+            work.unlink()  # our own unfinished replacement, made with other settings
+        store = cls._create(work, settings, attrs, data)
+        store._replaces = path
         return store, False
+
+    @classmethod
+    def _create(cls, path: Path, settings: dict, attrs: dict, data: DataArrays) -> "ScoreFile":
+        """A new file whose header is written in a temporary file that is renamed into place only when
+        whole: a kill during the header leaves no half file at `path`."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            with h5py.File(tmp, "w") as handle:
+                cls(handle, Path(tmp))._write_header(settings, attrs, data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return cls.open_read_write(path)
 
     @classmethod
     def open_read_write(cls, path: Path) -> "ScoreFile":
@@ -162,6 +192,9 @@ class ScoreFile:
         if self._h5.attrs.get("format") != FORMAT:
             self._h5.close()
             raise StoreError(f"{self.path} is not a tracin-score result file")
+
+    def _resumable(self, settings: dict) -> bool:
+        return self.status != "complete" and not _differences(json.loads(self._h5.attrs["settings"]), settings)
 
     def _check_resumable(self, settings: dict) -> None:
         if self.status == "complete":
@@ -187,6 +220,7 @@ class ScoreFile:
                 **attrs,
             }
         )
+        faults.reach("h5-header")
         for name in HEADER_ARRAYS:
             self._h5.create_dataset(name, data=np.asarray(getattr(data, name), dtype=np.int64))
         self._h5.create_dataset("noisy", data=data.noisy)
@@ -285,10 +319,11 @@ class ScoreFile:
         per_checkpoint: bool,
     ) -> "ModelScores":
         """The model's group, created with all its datasets, or the existing one after checking that
-        it was made from the same checkpoints (sha256) and chunking."""
+        it was made from the same checkpoints (sha256); its chunking is the file's (the caller uses it)."""
         if name in self._h5:
             scores = ModelScores(self._h5[name])
             scores.check_checkpoints(checkpoints, self.path)
+            scores.redo_non_finite_blocks()
             return scores
         n_train, n_test = self.n_train, self.n_test
         group = self._h5.create_group(name)
@@ -352,8 +387,14 @@ class ScoreFile:
     # --- closing ----------------------------------------------------------------------------------
 
     def mark_complete(self) -> None:
+        """Status complete; a replacement made with --overwrite then moves over the old result."""
         self._h5.attrs["status"] = "complete"
         self._h5.flush()
+        if self._replaces is not None:
+            self._h5.close()
+            os.replace(self.path, self._replaces)
+            self.path, self._replaces = self._replaces, None
+            self._h5 = open_h5(self.path, "r+")
 
     def close(self) -> None:
         if self._h5.id.valid:
@@ -364,6 +405,11 @@ class ScoreFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def replacing_path(path: Path) -> Path:
+    """Where --overwrite builds the result that replaces `path` when complete: NAME.replacing beside it."""
+    return path.with_name(f"{path.name}.replacing")
 
 
 def _comparison_name(a: str, b: str) -> str:
@@ -460,7 +506,11 @@ class ModelScores:
 
     def write_block(self, row_start: int, col_start: int, scores: np.ndarray, per_checkpoint: Optional[np.ndarray],
                     self_influence: Optional[np.ndarray]) -> None:
-        """Write a block's data, flush, then mark it done and flush again."""
+        """Write a block's data, flush, then mark it done and flush again. Non-finite values are refused:
+        a block marked done holds finite scores."""
+        for values in (scores, per_checkpoint, self_influence):
+            if values is not None and not np.isfinite(values).all():
+                raise StoreError(f"non-finite scores in the block at train {row_start}, test {col_start}; not written")
         rows = slice(row_start, row_start + scores.shape[0])
         cols = slice(col_start, col_start + scores.shape[1])
         self._group["scores"][rows, cols] = scores
@@ -471,6 +521,20 @@ class ModelScores:
         self._group.file.flush()
         self._group["done"][row_start // self.row_chunk, col_start // self.test_block] = True
         self._group.file.flush()
+
+    def redo_non_finite_blocks(self) -> int:
+        """On resume: blocks marked done whose scores are not all finite (a damaged file) are marked not
+        done, so they are computed again. Returns how many. Reads the matrix once, a row chunk at a time."""
+        done, redone = self.done, 0
+        for r, c in zip(*np.nonzero(done)):
+            rows = slice(r * self.row_chunk, (r + 1) * self.row_chunk)
+            cols = slice(c * self.test_block, (c + 1) * self.test_block)
+            block = [self._group["scores"][rows, cols], self._group["self_influence"][rows] if c == 0 else np.zeros(1)]
+            if not all(np.isfinite(part).all() for part in block):
+                self._group["done"][r, c] = False
+                redone += 1
+        self._group.file.flush()
+        return redone
 
     # --- top-k tables -----------------------------------------------------------------------------
 

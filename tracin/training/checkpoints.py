@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from tracin.config import ModelConfig
 from tracin.errors import CheckpointError, TracinError
 from tracin.files import write_atomic
-from tracin.training.models import build_model
+from tracin.training.models import build_model, count_parameters
 
 FORMAT = "tracin-checkpoint"
 VERSION = 1
@@ -285,7 +285,7 @@ def make_payload(
         "model_config": model_config.to_dict(),
         **{k: training[k] for k in keys},
         **provenance,
-        "param_count": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "param_count": count_parameters(model),
     }
 
 
@@ -311,7 +311,9 @@ def load_distillation_teacher(payload: dict[str, Any]) -> nn.Module:
     if not isinstance(teacher, dict) or not teacher.get("path"):
         raise CheckpointError(f"the {payload.get('role')} was not distilled from a teacher checkpoint (it records {teacher!r})")
     path = Path(teacher["path"])
-    if teacher.get("sha256") and path.is_file() and sha256_file(path) != teacher["sha256"]:
+    if not teacher.get("sha256"):
+        raise CheckpointError(f"the {payload.get('role')}'s record of its teacher has no sha256; the teacher cannot be checked")
+    if path.is_file() and sha256_file(path) != teacher["sha256"]:
         raise CheckpointError(
             f"the teacher {path} changed since the {payload.get('role')} was trained from it (sha256 differs); "
             "scoring it with --loss kd needs the original teacher file"
@@ -345,8 +347,9 @@ def load_run_checkpoints(paths: Sequence[Path], role: str, data_digest: str) -> 
         payload = load_checkpoint(path, role=role)
         if payload.get("data_fingerprint", {}).get("digest") != data_digest:
             raise CheckpointError(f"{path} was trained on other data than the run it is scored with")
-        if config is not None and payload["model_config"] != config.to_dict():
+        this = ModelConfig.from_dict(payload["model_config"])  # fields added since it was written take defaults
+        if config is not None and this != config:
             raise CheckpointError(f"{path} has another architecture than the other {role} checkpoints")
-        config = ModelConfig.from_dict(payload["model_config"])
+        config = this
         checkpoints.append(Checkpoint(payload["model"], payload["lr"], str(path), int(payload["epoch"]), sha256_file(path)))
     return checkpoints, config, payload

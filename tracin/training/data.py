@@ -282,8 +282,14 @@ def _sha256(tensor: Tensor) -> str:
     return hashlib.sha256(tensor.to(torch.int64).numpy().tobytes()).hexdigest()
 
 
-def fingerprint(data: RunData, config: DataConfig) -> dict:
-    """What identifies a run's data: data set, sizes, hashes of indices and of the training labels."""
+def _pixels_sha256(images: Tensor) -> str:
+    return hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()
+
+
+def fingerprint(data: RunData, config: DataConfig, pixels: bool = True) -> dict:
+    """What identifies a run's data: data set, sizes, hashes of indices, of the training labels and of
+    the selected examples' pixels (uint8 as stored; pixels=False leaves them out, as runs recorded
+    before they were fingerprinted did)."""
     values = {
         "dataset": config.dataset,
         "n_train": len(data.train),
@@ -294,8 +300,20 @@ def fingerprint(data: RunData, config: DataConfig) -> dict:
         "label_noise": config.label_noise,
         "seed": config.seed,
     }
+    if pixels:
+        values["train_pixels_sha256"] = _pixels_sha256(data.train.images)
+        values["test_pixels_sha256"] = _pixels_sha256(data.test.images)
     values["digest"] = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
     return values
+
+
+def fingerprint_differences(recorded: dict, data: RunData, config: DataConfig) -> list[str]:
+    """What differs between a run's recorded fingerprint and these data (empty: the same data); pixels
+    are compared when the record has them."""
+    current = fingerprint(data, config, pixels="train_pixels_sha256" in recorded)
+    if current["digest"] == recorded.get("digest"):
+        return []
+    return [key for key in current if key != "digest" and current[key] != recorded.get(key)]
 
 
 def data_record(data: RunData) -> dict:

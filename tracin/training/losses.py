@@ -82,7 +82,8 @@ class CrossEntropy:
 class Distillation:
     """The distillation objective against `teacher`'s logits on the same inputs, Tensor[n].
 
-    The teacher runs in eval mode without gradients (its BatchNorm uses running statistics);
+    The teacher is put in eval mode here and runs without gradients (its BatchNorm uses running
+    statistics);
     `autocast` is the context it runs under (training's mixed precision), its logits are used in float32.
     """
 
@@ -96,6 +97,8 @@ class Distillation:
     def __post_init__(self) -> None:
         if self.kind not in KD_LOSSES:
             raise TracinError(f"kd loss must be one of {', '.join(KD_LOSSES)}, got {self.kind!r}")
+        if not self.temperature > 0 or not 0.0 <= self.alpha <= 1.0:
+            raise TracinError(f"distillation needs temperature > 0 and alpha in [0, 1], got {self.temperature}, {self.alpha}")
         self.teacher.eval()
 
     def __call__(self, logits: Tensor, labels: Tensor, inputs: Tensor) -> Tensor:

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tracin import __version__
-from tracin.files import write_json_atomic  # noqa: F401  (re-exported: the run folder's writer)
 from tracin.training.checkpoints import checkpoint_name
-from tracin.config import ROLES
+from tracin.config import ROLES, DataConfig, TrainConfig
 from tracin.errors import ConfigMismatchError, TracinError
 
 RUN_FORMAT = "tracin-run"
@@ -75,8 +74,15 @@ def read_record(paths: RunPaths) -> Optional[dict]:
         raise TracinError(f"{paths.run_json} is not valid JSON ({error}); restart the run with --overwrite") from None
 
 
+def _leftover(path: Path) -> bool:
+    """What a new run writes before run.json: data.json, and temporary files of interrupted writes."""
+    return path.name == "data.json" or (path.name.startswith(".") and path.name.endswith(".tmp"))
+
+
 def holds_work(paths: RunPaths) -> bool:
-    return paths.root.is_dir() and any(paths.root.iterdir())
+    """The folder holds a run (or files of someone else's); only the leftovers of a run killed before
+    its run.json existed do not count: the same command starts that run again."""
+    return paths.root.is_dir() and not all(_leftover(p) for p in paths.root.iterdir())
 
 
 def new_record(invocation: dict, configs: dict[str, Any], model_configs: dict, param_counts: dict) -> dict:
@@ -112,11 +118,26 @@ def differing_fields(stored: dict, current: dict) -> list[str]:
     return [f"{n} ({old.get(n)!r} -> {new.get(n)!r})" for n in names if old.get(n) != new.get(n)]
 
 
+def _with_defaults(key: str, values: Any) -> Any:
+    """A stored configuration with the fields added since it was written at their defaults (which is
+    what the run used), so that a run from an earlier version resumes."""
+    kind = {"config": TrainConfig, "data_config": DataConfig}.get(key)
+    if kind is None or not isinstance(values, dict):
+        return values
+    return {**kind().to_dict(), **values}
+
+
 def check_same_run(record: dict, configs: dict[str, Any], root: Path) -> None:
     """Refuse to resume a run with another configuration; the message names each differing field."""
-    stored = {key: record.get(key) for key in configs}
+    stored = {key: _with_defaults(key, record.get(key)) for key in configs}
+    current = {key: _with_defaults(key, value) for key, value in configs.items()}
+    if isinstance(stored.get("data_fingerprint"), dict) and "train_pixels_sha256" not in stored["data_fingerprint"]:
+        # recorded before pixels were fingerprinted: compare what it recorded (its digest left out)
+        old = {k: v for k, v in stored["data_fingerprint"].items() if k != "digest"}
+        stored["data_fingerprint"] = old
+        current["data_fingerprint"] = {k: v for k, v in current["data_fingerprint"].items() if k in old}
     differences = [
-        d for d in differing_fields(stored, configs) if not d.startswith(RESUME_IGNORED_FIELDS)
+        d for d in differing_fields(stored, current) if not d.startswith(RESUME_IGNORED_FIELDS)
     ]
     if differences:
         raise ConfigMismatchError(
@@ -132,6 +153,8 @@ def open_record(paths: RunPaths, resume: bool, overwrite: bool, configs: dict[st
     """
     if overwrite and holds_work(paths):
         check_removable(paths)  # before anything is trained
+    if resume and not holds_work(paths):
+        raise TracinError(f"{paths.root} holds no run to resume (is --run or --out-root mistyped?); start it without --resume")
     if not holds_work(paths) or overwrite:
         return None
     if not resume:
@@ -162,7 +185,7 @@ def made_by_tracin(paths: RunPaths) -> bool:
             return True
     except (OSError, ValueError):
         pass
-    return all(p.name == "data.json" or (p.name.startswith(".") and p.name.endswith(".tmp")) for p in paths.root.iterdir())
+    return all(_leftover(p) for p in paths.root.iterdir())
 
 
 def check_removable(paths: RunPaths) -> None:
@@ -174,9 +197,36 @@ def check_removable(paths: RunPaths) -> None:
         )
 
 
+def replaced_path(paths: RunPaths) -> Path:
+    """Where --overwrite keeps the run it replaces until the new one is finished: OUT_ROOT/.NAME.replaced."""
+    return paths.root.with_name(f".{paths.root.name}.replaced")
+
+
 def clear_run(paths: RunPaths) -> None:
-    """Remove a run folder for --overwrite (checkpoints, scores, everything in it), once check_removable
-    allows it."""
+    """Make room for a new run under --overwrite, once check_removable allows it: the old run is moved to
+    replaced_path (kept until the new run finishes, put back if it fails); when an earlier --overwrite
+    was interrupted the old run is there already, and the folder holds that attempt's partial run,
+    which is removed."""
+    if not paths.root.exists():
+        return
+    check_removable(paths)
+    if replaced_path(paths).exists() or not paths.run_json.exists():
+        shutil.rmtree(paths.root)  # an interrupted attempt's files, never a finished run
+    else:
+        os.rename(paths.root, replaced_path(paths))
+
+
+def finish_replacement(paths: RunPaths) -> None:
+    """The new run is finished: the run it replaced goes."""
+    if replaced_path(paths).exists():
+        shutil.rmtree(replaced_path(paths))
+
+
+def restore_replaced(paths: RunPaths) -> bool:
+    """The new run failed: remove what it made and put the replaced run back. Returns whether it did."""
+    if not replaced_path(paths).exists():
+        return False
     if paths.root.exists():
-        check_removable(paths)
         shutil.rmtree(paths.root)
+    os.rename(replaced_path(paths), paths.root)
+    return True

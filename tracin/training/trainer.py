@@ -49,7 +49,8 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, O
 from tqdm import tqdm
 
 from tracin.training import losses
-from tracin.files import write_json_atomic
+from tracin import faults
+from tracin.files import exclusive_lock, write_json_atomic
 from tracin.training.checkpoints import (
     checkpoint_name,
     load_checkpoint,
@@ -65,7 +66,15 @@ from tracin.training.data import RunData, Split, augment, data_record, fingerpri
 from tracin.errors import CheckpointError, NonFiniteError, TracinError
 from tracin.training.models import build_model, copy_shared_stages, count_parameters, student_config, teacher_config
 from tracin.training.plots import plot_confusion, plot_history
-from tracin.training.run_folder import RunPaths, check_run_name, clear_run, new_record, open_record
+from tracin.training.run_folder import (
+    RunPaths,
+    check_run_name,
+    clear_run,
+    finish_replacement,
+    new_record,
+    open_record,
+    restore_replaced,
+)
 from tracin.runtime import Runtime, start_runtime
 
 ORDER_STREAM, AUGMENT_STREAM, GLOBAL_STREAM = 0, 1, 2  # the random streams of an epoch
@@ -531,6 +540,7 @@ def save_epoch(job: ModelJob, run: RunContext, trainee: Trainee, row: dict) -> N
         _save_on_main(run, lambda: checkpoint_payload(job, run, trainee, lr, metrics), path)
         state.interval_lrs = []
     _save_on_main(run, lambda: resume_payload(job, run, trainee, lr, metrics), run.paths.last(job.role))
+    faults.reach("train-epoch")
     if runtime.is_main:
         write_history(state.history, run.paths.history(job.role))
         set_status(run, job.role, "partial", state)
@@ -728,6 +738,7 @@ def open_run(
             write_json_atomic(data_record(data), paths.data_json)
     else:
         record["invocations"].append(invocation)
+        data_fingerprint = record["data_fingerprint"]  # checked equal; a resumed run keeps its own
     if runtime.is_main:
         write_json_atomic(record, paths.run_json)
     runtime.barrier()
@@ -739,12 +750,43 @@ def train_run(config: TrainConfig, data_config: DataConfig, options: RunOptions)
     unknown = set(options.models) - set(ROLES)
     if unknown:
         raise TracinError(f"unknown models {', '.join(sorted(unknown))}; choose from {', '.join(ROLES)}")
-    with start_runtime(options.device, options.quiet) as runtime:
+    paths = RunPaths(Path(options.out_root) / options.run)
+    with start_runtime(options.device, options.quiet) as runtime, _run_lock(paths, runtime):
         data = load_data(data_config)
-        run = open_run(config, data_config, options, data, runtime)
-        for role, count in run.record["param_counts"].items():
-            runtime.log(f"{role}: {count:,} parameters")
-        for role in ROLES:
-            if role in options.models:
-                train_role(role, run, options)
-    return run.paths
+        faults.reach("data")
+        check_schedule(config, steps_per_epoch(len(data.train), config.batch_size, runtime.world_size))
+        try:
+            train_models(open_run(config, data_config, options, data, runtime), options)
+        except Exception:
+            if options.overwrite and runtime.is_main and restore_replaced(paths):
+                runtime.log(f"the run this one was to replace is back in {paths.root}, as it was")
+            raise
+        if runtime.is_main:
+            finish_replacement(paths)
+    return paths
+
+
+def train_models(run: RunContext, options: RunOptions) -> None:
+    for role, count in run.record["param_counts"].items():
+        run.runtime.log(f"{role}: {count:,} parameters")
+    for role in ROLES:
+        if role in options.models:
+            train_role(role, run, options)
+
+
+def _run_lock(paths: RunPaths, runtime: Runtime):
+    """One writer per run folder: rank 0, which alone writes run.json and checkpoints, holds its lock."""
+    return exclusive_lock(paths.root, "the run") if runtime.is_main else contextlib.nullcontext()
+
+
+def check_schedule(config: TrainConfig, steps: int) -> None:
+    """Refuse, before anything is written, a schedule torch cannot build: OneCycleLR divides by the
+    length of its warm-up phase, which is zero when pct_start * total_steps is exactly 1 (the same float
+    expression as torch's)."""
+    pct_start = config.warmup_epochs / config.epochs
+    if config.schedule == "onecycle" and float(pct_start * (config.epochs * steps)) - 1 == 0:
+        raise TracinError(
+            f"--schedule onecycle with {steps} optimizer step(s) per epoch and --warmup-epochs {config.warmup_epochs} "
+            "leaves a warm-up of one step, which OneCycleLR cannot divide; use a smaller --batch-size, more "
+            "data, another --warmup-epochs, or --schedule cosine"
+        )

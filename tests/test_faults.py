@@ -1,0 +1,265 @@
+"""The fault suite (issue #17): kills at every phase, a full disk, two writers, --overwrite that fails, and
+bad values for every option of every entry point. Each case asserts what a user sees (one line, exit code
+2, no traceback) and what stays on disk (earlier results byte-identical; finished work resumed).
+
+Faults are injected at exact points through TRACIN_FAULT (tracin/faults.py), so no timer races the run,
+and a full disk needs neither root nor a tmpfs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+from conftest import TINY_RUN_ARGS, subprocess_env
+from test_scoring import MANY_BLOCKS, assert_same_results, score_args
+
+from tracin.files import exclusive_lock
+from tracin.results.store import replacing_path
+
+pytestmark = pytest.mark.slow
+SCORE_ARGS = (*MANY_BLOCKS,)
+
+
+def command(name: str, *args, fault: str = "", timeout: float = 300) -> subprocess.CompletedProcess:
+    """A console script of this environment, with TRACIN_FAULT set when `fault` is given."""
+    script = [str(Path(sys.executable).with_name(name))] if name != "report" else [sys.executable, "scripts/report.py"]
+    env = subprocess_env(**({"TRACIN_FAULT": fault} if fault else {}))
+    return subprocess.run([*script, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=Path(__file__).parents[1])
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder` (or of the one file), by relative path."""
+    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
+    return {str(p.relative_to(folder.parent)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0], result.stderr[-2000:]
+    assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_run, tmp_path_factory) -> Path:
+    """The uninterrupted result every interrupted one must end equal to."""
+    out = tmp_path_factory.mktemp("reference") / "tracin.h5"
+    result = command("tracin-score", *score_args(tiny_run, out, *SCORE_ARGS))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+# --- kills at every phase of scoring, then the same command -------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["h5-header:1", "score-block:1", "score-block:5", "rankings:2", "comparison:1"])
+def test_a_kill_at_any_scoring_phase_is_continued_by_the_same_command(tiny_run, reference, tmp_path, fault):
+    out = tmp_path / "tracin.h5"
+    args = score_args(tiny_run, out, *SCORE_ARGS)
+    killed = command("tracin-score", *args, fault=f"{fault}:kill")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    again = command("tracin-score", *args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_same_results(out, reference)
+    assert not list(tmp_path.glob(".tracin.h5.*.tmp")), "a stale temporary file was left"
+
+
+def test_an_injected_full_disk_is_one_line_and_the_same_command_continues(tiny_run, reference, tmp_path):
+    out = tmp_path / "tracin.h5"
+    args = score_args(tiny_run, out, *SCORE_ARGS)
+    assert_one_line_error(command("tracin-score", *args, fault="score-block:2:enospc"), "No space left on device")
+    again = command("tracin-score", *args)
+    assert again.returncode == 0 and "resuming" in again.stdout, again.stderr[-2000:]
+    assert_same_results(out, reference)
+
+
+# --- --overwrite: the old result stays until the new one is complete ------------------------------------------
+
+
+def test_overwrite_killed_midway_keeps_the_old_file_and_the_same_command_finishes(tiny_run, reference, tmp_path):
+    out = tmp_path / "tracin.h5"
+    shutil.copy(reference, out)
+    before = hashes(out)
+    args = score_args(tiny_run, out, *SCORE_ARGS, "--overwrite")
+    killed = command("tracin-score", *args, fault="score-block:2:kill")
+    assert killed.returncode == -signal.SIGKILL
+    assert hashes(out) == before and replacing_path(out).exists()
+    again = command("tracin-score", *args)
+    assert again.returncode == 0 and "resuming" in again.stdout, again.stderr[-2000:]
+    assert not replacing_path(out).exists()
+    assert_same_results(out, reference)
+
+
+@pytest.mark.parametrize("mistake", ["layer typo", "truncated checkpoint", "tiny memory budget", "foreign file"])
+def test_overwrite_with_a_mistake_leaves_the_finished_file_byte_identical(tiny_run, reference, tmp_path, mistake):
+    run, out = tmp_path / "run", tmp_path / "tracin.h5"
+    shutil.copytree(tiny_run, run)
+    shutil.copy(reference, out)
+    extra, fragment = {
+        "layer typo": (["--layers", "fcc"], "selects no trainable"),
+        "truncated checkpoint": ([], "truncated or corrupt"),
+        "tiny memory budget": (["--max-memory-gb", "1e-12"], "the minimum is"),
+        "foreign file": ([], "is not a tracin-score result file"),
+    }[mistake]
+    if mistake == "truncated checkpoint":
+        student = sorted((run / "student").glob("epoch_*.pt"))[-1]
+        student.write_bytes(student.read_bytes()[:1000])
+    if mistake == "foreign file":  # someone else's HDF5 file at the --out path
+        out.unlink()
+        with h5py.File(out, "w") as h5:
+            h5["notes"] = [1.0, 2.0]
+    before = hashes(out)
+    result = command("tracin-score", *score_args(run, out, *SCORE_ARGS, *extra, "--overwrite"))
+    assert_one_line_error(result, fragment)
+    assert hashes(out) == before and not replacing_path(out).exists()
+
+
+# --- one writer per output ------------------------------------------------------------------------------------
+
+
+def test_a_second_writer_is_told_which_process_holds_the_file(tiny_run, reference, tmp_path):
+    out = tmp_path / "tracin.h5"
+    shutil.copy(reference, out)
+    before = hashes(out)
+    with exclusive_lock(out, "the score file"):
+        result = command("tracin-score", *score_args(tiny_run, out, *SCORE_ARGS, "--overwrite"))
+    assert_one_line_error(result, f"is in use by process {os.getpid()}")
+    assert hashes(out) == before
+
+
+def test_a_second_trainer_is_told_which_process_holds_the_run(tiny_run, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run, runs / "tiny")
+    before = hashes(runs / "tiny")
+    with exclusive_lock(runs / "tiny", "the run"):
+        result = command("tracin-train", "--run", "tiny", "--out-root", runs, "--overwrite", *TINY_RUN_ARGS)
+    assert_one_line_error(result, f"is in use by process {os.getpid()}")
+    assert hashes(runs / "tiny") == before
+
+
+# --- training: --overwrite that fails or is killed -------------------------------------------------------------
+
+
+def _train(runs: Path, data_root: str, *extra, fault: str = "") -> subprocess.CompletedProcess:
+    args = ["--run", "tiny", "--out-root", runs, "--data-root", data_root, *TINY_RUN_ARGS, *extra]
+    return command("tracin-train", *args, fault=fault)
+
+
+def test_overwrite_that_fails_in_training_puts_the_old_run_back(tiny_run, tmp_path, fashion_mnist_root):
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run, runs / "tiny")
+    before = hashes(runs / "tiny")
+    result = _train(runs, fashion_mnist_root, "--overwrite", "--models", "teacher", "--lr", "1e30")
+    assert_one_line_error(result, "non-finite")
+    assert hashes(runs / "tiny") == before and not (runs / ".tiny.replaced").exists()
+
+
+def test_overwrite_killed_in_training_keeps_the_old_run_until_the_new_one_finishes(tiny_run, tmp_path, fashion_mnist_root):
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run, runs / "tiny")
+    before = hashes(runs / "tiny")
+    killed = _train(runs, fashion_mnist_root, "--overwrite", "--models", "teacher", fault="train-epoch:1:kill")
+    assert killed.returncode == -signal.SIGKILL
+    kept = {name.replace(".tiny.replaced", "tiny", 1): h for name, h in hashes(runs / ".tiny.replaced").items()}
+    assert kept == before
+    again = _train(runs, fashion_mnist_root, "--overwrite", "--models", "teacher")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert not (runs / ".tiny.replaced").exists() and (runs / "tiny" / "teacher" / "epoch_004.pt").is_file()
+
+
+def test_a_kill_before_run_json_exists_is_continued_by_the_same_command(tmp_path, fashion_mnist_root):
+    runs = tmp_path / "runs"
+    killed = _train(runs, fashion_mnist_root, "--models", "teacher", "--epochs", "2", fault="file-write:1:kill")
+    assert killed.returncode == -signal.SIGKILL and not (runs / "tiny" / "run.json").exists()
+    again = _train(runs, fashion_mnist_root, "--models", "teacher", "--epochs", "2")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (runs / "tiny" / "teacher" / "epoch_002.pt").is_file()
+
+
+# --- bad values for every option of every entry point ----------------------------------------------------------
+
+SCORE_MISTAKES = [
+    (["--batch-size", "0"], "batch_size must be positive"),
+    (["--batch-size", "-3"], "batch_size must be positive"),
+    (["--max-memory-gb", "nan"], "--max-memory-gb must be a positive number"),
+    (["--max-memory-gb", "inf"], "--max-memory-gb must be a positive number"),
+    (["--max-memory-gb", "0"], "--max-memory-gb must be a positive number"),
+    (["--max-memory-gb", "1e-12"], "the minimum is"),
+    (["--topk", "0"], "--topk values must be positive"),
+    (["--topk", "x"], "--topk takes comma-separated positive integers"),
+    (["--topk", "100000"], "larger than the set it ranks"),
+    (["--mode", "projected"], "projected mode needs a positive proj_dim"),
+    (["--mode", "projected", "--proj-dim", "0"], "proj_dim must be positive"),
+    (["--train-subset", "100000"], "larger than the run's train set"),
+    (["--checkpoints", "999"], "no checkpoint for epoch"),
+    (["--checkpoints", "two"], "--checkpoints takes all, last or comma-separated epochs"),
+    (["--models", "teacher,nobody"], "--models takes"),
+    (["--layers", "fcc"], "selects no trainable"),
+    (["--precision", "tf32"], "'tf32' is a CUDA mode"),
+    (["--mode", "nonsense"], "invalid choice"),
+    (["--seed", "x"], "invalid int value"),
+]
+
+
+@pytest.mark.parametrize("extra,fragment", SCORE_MISTAKES, ids=[" ".join(e) for e, _ in SCORE_MISTAKES])
+def test_every_bad_score_option_is_one_line_and_leaves_results_as_they_were(tiny_run, reference, tmp_path, extra, fragment):
+    out = tmp_path / "tracin.h5"
+    shutil.copy(reference, out)
+    before = {**hashes(out), **hashes(tiny_run)}
+    result = command("tracin-score", *score_args(tiny_run, out, *SCORE_ARGS, "--overwrite"), *extra)
+    assert_one_line_error(result, fragment)
+    assert {**hashes(out), **hashes(tiny_run)} == before
+
+
+TRAIN_MISTAKES = [
+    (["--epochs", "0"], "epochs must be at least 1"),
+    (["--lr", "nan"], "lr must be positive"),
+    (["--lr", "-1"], "lr must be positive"),
+    (["--batch-size", "0"], "batch_size must be at least 1"),
+    (["--width", "0"], "width must be positive"),
+    (["--label-noise", "1.5"], "label_noise must be in [0, 1)"),
+    (["--temperature", "0"], "temperature must be positive"),
+    (["--alpha", "2"], "alpha must be in [0, 1]"),
+    (["--warmup-epochs", "nan"], "warmup_epochs must be in [0, epochs)"),
+    (["--student-stages", "9"], "student stages must be between 1 and 4"),
+    (["--batch-size", "256", "--warmup-epochs", "1"], "OneCycleLR cannot divide"),
+    (["--train-subset", "0"], "train_subset must be a positive number"),
+    (["--teacher", "/nonexistent/teacher.pt", "--models", "student"], "does not exist"),
+    (["--arch", "vgg"], "invalid choice"),
+]
+
+
+@pytest.mark.parametrize("extra,fragment", TRAIN_MISTAKES, ids=[" ".join(e) for e, _ in TRAIN_MISTAKES])
+def test_every_bad_train_option_is_one_line_and_leaves_the_run_as_it_was(tiny_run, tmp_path, fashion_mnist_root, extra, fragment):
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run, runs / "tiny")
+    before = hashes(runs / "tiny")
+    result = _train(runs, fashion_mnist_root, "--overwrite", *extra)
+    assert_one_line_error(result, fragment)
+    assert hashes(runs / "tiny") == before and not (runs / ".tiny.replaced").exists()
+
+
+@pytest.mark.parametrize("entry", ["report", "tracin-notebooks"])
+@pytest.mark.parametrize("case", ["missing", "foreign", "partial"])
+def test_reports_and_notebooks_refuse_bad_files_in_one_line(tiny_run, reference, tmp_path, entry, case):
+    path = tmp_path / "tracin.h5"
+    if case == "foreign":
+        path.write_bytes(b"not an HDF5 file at all")
+    if case == "partial":
+        killed = command("tracin-score", *score_args(tiny_run, path, *SCORE_ARGS), fault="score-block:1:kill")
+        assert killed.returncode == -signal.SIGKILL
+    before = hashes(tmp_path)
+    args = [path, tmp_path / "html"] if entry == "tracin-notebooks" else [path]
+    fragment = {"missing": "does not exist", "foreign": "not a readable HDF5 file", "partial": "is a partial result"}[case]
+    assert_one_line_error(command(entry, *args), fragment)
+    assert hashes(tmp_path) == before
