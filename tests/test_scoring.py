@@ -325,8 +325,20 @@ def test_mismatched_data_and_missing_run_are_refused(tiny_run, tmp_path):
     record = json.loads((run / "run.json").read_text())
     record["data_config"]["label_noise"] = 0.3  # other labels than the models were trained on
     (run / "run.json").write_text(json.dumps(record))
-    assert_user_error(tracin_score(*score_args(run, tmp_path / "a.h5")), "fingerprint mismatch")
+    assert_user_error(tracin_score(*score_args(run, tmp_path / "a.h5")), "(train_labels_sha256, label_noise differ)")
     assert_user_error(tracin_score(*score_args(tmp_path / "nothing", tmp_path / "b.h5")), "no run.json")
+
+
+def test_other_images_with_the_same_labels_are_refused(tiny_run, fashion_mnist_root, tmp_path):
+    """Only indices and labels were fingerprinted once: other pixels under the same labels were scored."""
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    shutil.copytree(Path(fashion_mnist_root) / "FashionMNIST" / "raw", raw)
+    images = raw / "train-images-idx3-ubyte"
+    content = bytearray(images.read_bytes())
+    content[16:] = bytes(255 - b for b in content[16:])  # every image inverted, labels untouched
+    images.write_bytes(bytes(content))
+    result = tracin_score(*score_args(tiny_run, tmp_path / "a.h5"), "--data-root", tmp_path / "data")
+    assert_user_error(result, "(train_pixels_sha256 differ)")
 
 
 def test_kd_loss_scores_a_student_with_its_own_distillation_objective(tmp_path, fashion_mnist_root):

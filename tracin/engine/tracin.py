@@ -87,6 +87,9 @@ class TracIn:
     `to(device)` method are moved with the model). engine: how to run (EngineConfig: batch, memory,
     representation, CUDA graphs, progress). device: default CUDA when available.
 
+    The configuration never changes after construction; what is worked out from the first data seen
+    (the settled layer targets, per-layer plans, captured CUDA graphs) is cached on the instance.
+
     Precision "bf16" keeps test features and each product in bfloat16 with float32 accumulation (~1e-3
     relative to the largest score; self-influence stays float32); "tf32" is a CUDA mode.
     """

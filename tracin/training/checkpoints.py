@@ -289,6 +289,11 @@ def make_payload(
     }
 
 
+def with_resume_state(payload: dict[str, Any], rng: dict[str, int], interval_lrs: Sequence[float], history: Sequence[dict]) -> dict[str, Any]:
+    """last.pt: a checkpoint plus what an exact resume needs (the `rng` and `resume` keys above)."""
+    return {**payload, "rng": rng, "resume": {"interval_lrs": list(interval_lrs), "history": list(history)}}
+
+
 def teacher_record(path: Union[str, Path], payload: dict[str, Any]) -> dict[str, Any]:
     """What a distilled student's checkpoints record of their teacher: {path, sha256, epoch}."""
     return {"path": str(path), "sha256": sha256_file(path), "epoch": int(payload["epoch"])}

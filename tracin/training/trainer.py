@@ -60,6 +60,7 @@ from tracin.training.checkpoints import (
     save_atomic,
     sha256_file,
     teacher_record,
+    with_resume_state,
 )
 from tracin.config import ROLES, DataConfig, ModelConfig, TrainConfig
 from tracin.training.data import RunData, Split, augment, data_record, fingerprint, load_data, normalize
@@ -516,11 +517,8 @@ def resume_payload(job: ModelJob, run: RunContext, trainee: Trainee, lr: float, 
     """last.pt: a checkpoint plus what an exact resume needs: the seeds of the next epoch (all its
     randomness), the learning rates of the open interval, the history."""
     state = trainee.state
-    return {
-        **checkpoint_payload(job, run, trainee, lr, metrics),
-        "rng": epoch_seeds(run.config.seed, state.epoch + 1),
-        "resume": {"interval_lrs": list(state.interval_lrs), "history": list(state.history)},
-    }
+    payload = checkpoint_payload(job, run, trainee, lr, metrics)
+    return with_resume_state(payload, epoch_seeds(run.config.seed, state.epoch + 1), state.interval_lrs, state.history)
 
 
 def _save_on_main(run: RunContext, make_payload: Callable[[], dict], path: Path) -> None:
