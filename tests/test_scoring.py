@@ -20,7 +20,7 @@ from models_for_tests import relative_error
 
 from tracin.training.checkpoints import list_checkpoints, load_checkpoint
 from tracin.cli.main import build_score_parser, score_options
-from tracin.config import DataConfig, ModelConfig
+from tracin.config import DataConfig, ModelConfig, ScoreConfig
 from tracin.training.data import load_data
 from tracin.training.models import build_model
 from tracin.engine.tracin import TracIn
@@ -391,3 +391,31 @@ def test_a_kd_scored_student_uses_its_own_objective_label_smoothing_included(tmp
     assert (loss.temperature, loss.alpha, loss.kind, loss.label_smoothing) == (2.5, 0.4, "mse", 0.2)
     assert scoring_loss("teacher", last, ScoreOptions(run="r", loss="kd")).label_smoothing == 0.0
     assert scoring_loss("student", last, ScoreOptions(run="r", loss="ce")).label_smoothing == 0.0
+
+
+def test_score_variants_are_stored_ranked_and_compared(tiny_run, tmp_path):
+    """--variants raw,cosine,train-normalised: one pass, each variant a dataset that says which it holds,
+    its own top-k tables and its own comparison scope, equal to the engine's."""
+    out = tmp_path / "variants.h5"
+    args = ["--run", tiny_run, "--out", out, "--quiet", *SMALL, "--variants", "cosine,raw,train-normalised"]
+    result = tracin_score(*args)
+    assert result.returncode == 0, result.stderr
+    with ScoreFile.open_read(out) as store:
+        teacher = store.model("teacher")
+        assert teacher.variants == ["cosine", "raw", "train-normalised"]
+        stored = {v: teacher.matrix(variant=v)[()] for v in teacher.variants}
+        test_top = teacher.rankings(rankings_name(variant="train-normalised"))[0]
+        overlap = store.comparison("teacher", "student")["overlap"]
+        train_index, test_index = store.train_index, store.test_index
+    assert {b"sum", b"raw", b"train-normalised"} <= set(overlap["scope"])
+    expected_top = np.argsort(-stored["train-normalised"], axis=0, kind="stable")[: K[-1]].T
+    assert np.array_equal(np.sort(test_top.top_index, axis=1), np.sort(expected_top, axis=1))
+    record = json.loads((tiny_run / "run.json").read_text())
+    data = load_data(DataConfig.from_dict(record["data_config"]))
+    train = data.train.subset(positions_of(train_index, data.train.index))
+    test = data.test.subset(positions_of(test_index, data.test.index))
+    paths = list_checkpoints(tiny_run / "teacher")
+    model = build_model(ModelConfig.from_dict(load_checkpoint(paths[0])["model_config"]))
+    engine = TracIn(model, paths, ScoreConfig(variants=("raw", "cosine", "train-normalised")), device="cpu")
+    for variant, values in engine.scores_by_variant(train, test).items():
+        assert relative_error(torch.from_numpy(stored[variant]), values) < 1e-5, variant

@@ -304,3 +304,40 @@ def test_teacher_sized_model_runs_through_the_same_code():
     x, y = torch.randn(3, 1, 8, 8), torch.randint(0, 10, (3,))
     scores = TracIn(model, [(model.state_dict(), 1.0)]).scores((x, y), (x, y))
     assert torch.allclose(scores, scores.T, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["cosine", "train-normalised"])
+def test_normalised_variants_equal_the_float64_reference(setup, variant):
+    model, checkpoints, train, test, _ = setup
+    expected = func_tracin_scores(model, checkpoints, train, test, variant=variant)
+    config = ScoreConfig(variants=(variant, "raw"))
+    got = TracIn(model, checkpoints, config, engine=EngineConfig(chunk_size=7, test_block=5)).scores(train, test)
+    assert relative_error(got, expected) < RTOL
+
+
+def test_all_variants_come_from_one_pass_and_equal_single_variant_runs(setup):
+    model, checkpoints, train, test, reference = setup
+    together = TracIn(model, checkpoints, ScoreConfig(variants=("raw", "cosine", "train-normalised")))
+    by_variant = together.scores_by_variant(train, test)
+    assert relative_error(by_variant["raw"], reference) < RTOL
+    for variant in ("cosine", "train-normalised"):
+        alone = TracIn(model, checkpoints, ScoreConfig(variants=(variant,))).scores(train, test)
+        assert relative_error(by_variant[variant], alone) < 1e-6
+    cosine_terms = by_variant["cosine"] / sum(lr for lr in LRS)
+    assert cosine_terms.abs().max() <= 1 + 1e-5  # a weighted mean of cosines
+
+
+def test_a_zero_gradient_has_normalised_scores_zero_not_nan():
+    from tracin.engine.tracin import _inverse_norms, _scaled
+
+    inverse = _inverse_norms(torch.tensor([4.0, 0.0]))
+    assert torch.equal(inverse, torch.tensor([0.5, 0.0]))
+    dot = torch.zeros(2, 1)
+    assert torch.isfinite(_scaled("cosine", dot, inverse, torch.tensor([1.0]))).all()
+
+
+def test_variants_are_validated():
+    with pytest.raises(TracinError, match="variant must be one of raw, cosine, train-normalised"):
+        ScoreConfig(variants=("relatif",))
+    with pytest.raises(TracinError, match="each score variant once"):
+        ScoreConfig(variants=("raw", "raw"))

@@ -22,6 +22,7 @@ MODES = ("exact", "projected", "last-layer")
 SCORE_LOSSES = ("ce", "kd")  # tracin-score --loss
 PRECISIONS = ("float32", "tf32", "bf16")
 REPRESENTATIONS = ("auto", "flat", "factored")
+VARIANTS = ("raw", "cosine", "train-normalised")  # see ScoreConfig
 DEFAULT_MAX_MEMORY = 2 * 2**30  # bytes for the engine's kept features and score blocks
 
 
@@ -149,6 +150,11 @@ class ScoreConfig(_Serializable):
     `projector` from tracin.engine.projection's registry, drawn from `seed`. `precision` of the inner
     products: `float32` (exact), `tf32` (CUDA only) or `bf16` (features kept in bfloat16, float32
     accumulation).
+
+    `variants`, all formed in one pass from the same inner products (the first is `scores`): `raw` TracInCP,
+    sum_c lr_c <g, g'>; `cosine`, sum_c lr_c <g, g'> / (|g| |g'|); `train-normalised` (RelatIF-style),
+    sum_c lr_c <g, g'> / |g| with g the train gradient. Norms are of the gradients the mode forms (exact, or
+    projected in projected mode); an example with a zero gradient has normalised scores 0.
     """
 
     mode: str = "exact"
@@ -157,9 +163,15 @@ class ScoreConfig(_Serializable):
     projector: str = "gaussian"
     seed: int = 0
     precision: str = "float32"
+    variants: tuple[str, ...] = ("raw",)
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, MODES)
+        object.__setattr__(self, "variants", tuple(self.variants))
+        _check(len(self.variants) >= 1 and len(set(self.variants)) == len(self.variants),
+               f"variants must name each score variant once, got {self.variants}")
+        for variant in self.variants:
+            _check_choice("variant", variant, VARIANTS)
         _check_choice("precision", self.precision, PRECISIONS)
         from tracin.engine.projection import PROJECTORS  # the registry (imported here: it needs torch)
 

@@ -20,6 +20,7 @@ from tracin.config import (
     ROLES,
     SCHEDULES,
     SCORE_LOSSES,
+    VARIANTS,
     STUDENT_INIT,
     DataConfig,
     EngineConfig,
@@ -243,6 +244,9 @@ def build_score_parser() -> argparse.ArgumentParser:
         help="inner products in float32 (exact, default), tf32 (CUDA) or bf16 (features kept in bfloat16, "
         "float32 accumulation: ~1e-3 relative to the largest score, half the memory)",
     )
+    parser.add_argument("--variants", default=",".join(score.variants),
+                        help=f"comma-separated score variants from {', '.join(VARIANTS)}, formed in one pass; the first "
+                        "is the file's `scores` (default: %(default)s)")
     parser.add_argument("--checkpoints", default="all", help="all | last | comma-separated epochs (default: %(default)s)")
     parser.add_argument("--train-subset", type=int, help="score a stratified subset of the run's train examples")
     parser.add_argument("--test-subset", type=int, help="score a stratified subset of the run's test examples")
@@ -282,7 +286,7 @@ def score_options(args: argparse.Namespace, argv: Sequence[str]) -> ScoreOptions
     layers = tuple(p.strip() for p in args.layers.split(",") if p.strip())
     config = ScoreConfig(
         mode=args.mode, layers=layers, proj_dim=args.proj_dim, projector=args.projector, seed=args.seed,
-        precision=args.precision,
+        precision=args.precision, variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
     )
     return ScoreOptions(
         run=args.run,

@@ -47,10 +47,11 @@ def block_sizes(
     per_checkpoint: bool = False,
     chunk_size: Optional[int] = None,
     test_block: Optional[int] = None,
+    variants: int = 1,
 ) -> tuple[int, int]:
     """(train rows per chunk, test examples per block): half of max_memory (bytes) holds the kept test
     features of a block at every checkpoint, the other half a chunk's train features of one batch and
-    its score rows. Explicit chunk_size/test_block win. A budget that cannot hold one test example's
+    its score rows (one matrix per score variant). Explicit chunk_size/test_block win. A budget that cannot hold one test example's
     features at every checkpoint is refused, naming the minimum (it would be exceeded, not kept)."""
     half = max_memory // 2
     minimum = 2 * bytes_per_example * n_checkpoints
@@ -60,7 +61,7 @@ def block_sizes(
             f"{n_checkpoints} checkpoint(s); the minimum is {minimum / 2**20:.3g} MiB (--max-memory-gb {minimum / 2**30:.3g})"
         )
     block = test_block or min(n_test, max(1, half // (bytes_per_example * n_checkpoints)))
-    score_bytes = 4 * block * (n_checkpoints + 1 if per_checkpoint else 2)
+    score_bytes = 4 * block * ((n_checkpoints + 1 if per_checkpoint else 2) + variants - 1)
     chunk = chunk_size or min(n_train, max(1, half // (bytes_per_example + score_bytes)))
     return chunk, block
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
@@ -37,9 +37,10 @@ from tracin.training.losses import CrossEntropy, Objective
 class ScoreBlock:
     """Scores of train rows [row_start, row_stop) against test columns [col_start, col_stop).
 
-    scores: Tensor[rows, cols] float32, lr-weighted sum over checkpoints; per_checkpoint: Tensor[n_ckpt,
-    rows, cols], each checkpoint's lr-weighted term (when asked for), summing to `scores`;
-    self_influence: Tensor[rows], sum_c lr_c |g_c|^2 from the same train features (first test block only).
+    scores: Tensor[rows, cols] float32, lr-weighted sum over checkpoints, of the first of the config's
+    variants; per_checkpoint: Tensor[n_ckpt, rows, cols], each checkpoint's lr-weighted term of that variant
+    (when asked for), summing to `scores`; self_influence: Tensor[rows], sum_c lr_c |g_c|^2 from the same
+    train features (first test block only); by_variant: {variant: Tensor[rows, cols]} for every variant.
     """
 
     row_start: int
@@ -49,6 +50,7 @@ class ScoreBlock:
     scores: Tensor
     per_checkpoint: Optional[Tensor] = None
     self_influence: Optional[Tensor] = None
+    by_variant: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -226,7 +228,7 @@ class TracIn:
         )
         engine = self.engine
         return blocks.block_sizes(per_example, train_source.n, test_source.n, len(self.checkpoints), engine.max_memory,
-                           per_checkpoint, engine.chunk_size, engine.test_block)
+                                  per_checkpoint, engine.chunk_size, engine.test_block, len(self.config.variants))
 
     # --- scores ------------------------------------------------------------------------------------
 
@@ -268,24 +270,35 @@ class TracIn:
 
     def _score_block(self, plans, source, bounds, test_features, per_checkpoint, with_self) -> ScoreBlock:
         """Train rows r0..r1 against kept test features: each train batch's gradients are used for their
-        inner products at once and dropped, so no chunk-sized gradient matrix is ever formed. Only with
-        per_checkpoint is a [n_ckpt, rows, cols] block kept (block_sizes budgets for it)."""
+        inner products at once and dropped, so no chunk-sized gradient matrix is ever formed. Every score
+        variant comes from the same inner products and norms. Only with per_checkpoint is a [n_ckpt, rows,
+        cols] block kept (block_sizes budgets for it)."""
         r0, r1, c0, c1 = bounds
-        n_ckpt = len(self.checkpoints) if per_checkpoint else 1
-        terms = torch.zeros(n_ckpt, r1 - r0, c1 - c0, device=self.device)
+        first_variant, *other_variants = self.config.variants
+        normalised = any(v != "raw" for v in self.config.variants)
+        terms = torch.zeros(len(self.checkpoints) if per_checkpoint else 1, r1 - r0, c1 - c0, device=self.device)
+        others = {v: torch.zeros(r1 - r0, c1 - c0, device=self.device) for v in other_variants}
         self_influence = torch.zeros(r1 - r0, device=self.device) if with_self else None
         for c, checkpoint in enumerate(self.checkpoints):
             term = terms[c if per_checkpoint else 0]
+            inverse_test = _inverse_norms(test_features[c].self_dot()) if normalised else None
             for first, features in self._batch_features(plans, source, r0, r1, c, replay=True):
                 rows = slice(first - r0, first - r0 + len(features))
-                term[rows].add_(features.dot(test_features[c]), alpha=checkpoint.lr)
+                dot = features.dot(test_features[c])
+                squared = features.self_dot() if normalised or self_influence is not None else None
+                inverse_train = _inverse_norms(squared) if normalised else None
+                term[rows].add_(_scaled(first_variant, dot, inverse_train, inverse_test), alpha=checkpoint.lr)
+                for variant, total in others.items():
+                    total[rows].add_(_scaled(variant, dot, inverse_train, inverse_test), alpha=checkpoint.lr)
                 if self_influence is not None:
-                    self_influence[rows] += checkpoint.lr * features.self_dot()
-            self._check_finite(term, c, f"train {r0}..{r1 - 1}, test {c0}..{c1 - 1}")
+                    self_influence[rows] += checkpoint.lr * squared
+            for values in (term, *others.values()):
+                self._check_finite(values, c, f"train {r0}..{r1 - 1}, test {c0}..{c1 - 1}")
             if self_influence is not None:
                 self._check_finite(self_influence, c, f"self-influence of train {r0}..{r1 - 1}")
         total = terms.sum(0) if per_checkpoint else terms[0]
-        return ScoreBlock(r0, r1, c0, c1, total, terms if per_checkpoint else None, self_influence)
+        by_variant = {first_variant: total, **others}
+        return ScoreBlock(r0, r1, c0, c1, total, terms if per_checkpoint else None, self_influence, by_variant)
 
     def scores(self, train: Any, test: Any) -> Tensor:
         """Tensor[n_train, n_test] float32 on the CPU: lr-weighted sum over checkpoints of gradient
@@ -294,6 +307,16 @@ class TracIn:
         out = torch.empty(n_train, n_test)
         for block in self.iter_blocks(train, test):
             out[block.row_start : block.row_stop, block.col_start : block.col_stop] = block.scores.cpu()
+        return out
+
+    def scores_by_variant(self, train: Any, test: Any) -> dict[str, Tensor]:
+        """{variant: Tensor[n_train, n_test] float32 on the CPU} for every variant of the config, from
+        one pass."""
+        n_train, n_test = DataSource(train, "train").n, DataSource(test, "test").n
+        out = {variant: torch.empty(n_train, n_test) for variant in self.config.variants}
+        for block in self.iter_blocks(train, test):
+            for variant, values in block.by_variant.items():
+                out[variant][block.row_start : block.row_stop, block.col_start : block.col_stop] = values.cpu()
         return out
 
     def self_influence(self, train: Any) -> Tensor:
@@ -334,6 +357,22 @@ class TracIn:
             per_train.update(block.row_start, block.scores, block.col_start)
             per_test.update(block.col_start, block.scores.T, block.row_start)
         return TopK(test=per_test.result(), train=per_train.result())
+
+
+def _inverse_norms(squared_norms: Tensor) -> Tensor:
+    """Tensor[n] float32: 1 / |g| from squared norms; 0 where the gradient is zero (it has no direction,
+    so its normalised scores are 0, not 0/0)."""
+    norms = squared_norms.float().sqrt()
+    return torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))
+
+
+def _scaled(variant: str, dot: Tensor, inverse_train: Optional[Tensor], inverse_test: Optional[Tensor]) -> Tensor:
+    """One checkpoint's inner products Tensor[b, m] as the variant scores them (see ScoreConfig)."""
+    if variant == "raw":
+        return dot
+    if variant == "train-normalised":
+        return dot * inverse_train[:, None]
+    return dot * inverse_train[:, None] * inverse_test[None, :]
 
 
 def _validate_precision(precision: str, device: torch.device) -> None:

@@ -53,20 +53,26 @@ class ScopePair:
     options: CompareOptions
     index_a: Optional[int] = None
     index_b: Optional[int] = None
+    variant: Optional[str] = None
 
     def matrices(self) -> tuple:
         """Both models' [n_train, n_test] score matrices of this scope, read lazily."""
-        return self.a.matrix(self.index_a), self.b.matrix(self.index_b)
+        return self.a.matrix(self.index_a, self.variant), self.b.matrix(self.index_b, self.variant)
 
     def rankings(self) -> tuple[tuple[Ranking, Ranking], tuple[Ranking, Ranking]]:
         """((test, train) rankings of a, (test, train) rankings of b): the stored top-k tables of this scope."""
         epoch = None if self.index_a is None else self.a.epochs[self.index_a]
-        return self.a.rankings(rankings_name(epoch)), self.b.rankings(rankings_name(epoch))
+        name = rankings_name(epoch, self.variant)
+        return self.a.rankings(name), self.b.rankings(name)
 
 
 def matched_scopes(a: ModelScores, b: ModelScores, options: CompareOptions) -> list[ScopePair]:
-    """Scope "sum", then "epoch_NNN" for every epoch both models kept with --per-checkpoint."""
+    """Scope "sum" (the first variant), one scope named after each other variant both models hold (its
+    sum over checkpoints), then "epoch_NNN" for every epoch both models kept with --per-checkpoint."""
     scopes = [ScopePair("sum", a, b, options)]
+    for variant in a.variants[1:]:
+        if variant in b.variants[1:]:
+            scopes.append(ScopePair(variant, a, b, options, variant=variant))
     if a.has_per_checkpoint and b.has_per_checkpoint:
         for i, epoch in enumerate(a.epochs):
             if epoch in b.epochs:

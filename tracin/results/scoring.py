@@ -157,6 +157,7 @@ def file_attrs(options: ScoreOptions, run: TrainedRun, data: RunData) -> dict:
         "precision": score.precision,
         "label_noise": run.data_config.label_noise,
         "classes": json.dumps(list(data.train.classes)),
+        "variants": json.dumps(list(score.variants)),
     }
 
 
@@ -180,7 +181,9 @@ def build_engine(role: str, run: TrainedRun, options: ScoreOptions, runtime: Run
 
 
 def _payload(block: ScoreBlock) -> tuple:
-    return (block.row_start, block.col_start, to_numpy(block.scores), to_numpy(block.per_checkpoint), to_numpy(block.self_influence))
+    others = {variant: to_numpy(values) for variant, values in list(block.by_variant.items())[1:]}
+    return (block.row_start, block.col_start, to_numpy(block.scores), to_numpy(block.per_checkpoint),
+            to_numpy(block.self_influence), others)
 
 
 def _broadcast(value: Any, runtime: Runtime) -> Any:
@@ -210,7 +213,8 @@ def score_model(store: Optional[ScoreFile], role: str, tracin: TracIn, data: Run
     layout = None
     if runtime.is_main:
         chunk, block = tracin.block_sizes(data.train, data.test, options.per_checkpoint)
-        scores = store.prepare_model(role, tracin.checkpoints, tracin.parameter_names, chunk, block, options.per_checkpoint)
+        scores = store.prepare_model(role, tracin.checkpoints, tracin.parameter_names, chunk, block, options.per_checkpoint,
+                                     tracin.config.variants)
         layout = (scores.row_chunk, scores.test_block, scores.done)
     row_chunk, test_block, done = _broadcast(layout, runtime)
 
@@ -233,8 +237,10 @@ def score_model(store: Optional[ScoreFile], role: str, tracin: TracIn, data: Run
 
 
 def write_rankings(scores: ModelScores, k: int, device: torch.device) -> None:
-    """top-k tables of the summed scores and, when kept, of each checkpoint's term."""
+    """top-k tables of the summed scores, of each other variant's and, when kept, of each checkpoint's term."""
     scores.write_rankings(rankings_name(), *rank_matrix(scores.matrix(), k, device=device))
+    for variant in scores.variants[1:]:
+        scores.write_rankings(rankings_name(variant=variant), *rank_matrix(scores.matrix(variant=variant), k, device=device))
     if scores.has_per_checkpoint:
         for index, epoch in enumerate(scores.epochs):
             scores.write_rankings(rankings_name(epoch), *rank_matrix(scores.matrix(index), k, device=device))

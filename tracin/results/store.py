@@ -8,15 +8,18 @@ Layout (format "tracin-scores", version 1):
 
     /                       attrs: format, format_version, tracin_version, created, command, run, dataset,
                             mode, proj_dim, proj_seed, layers (JSON), loss, precision, label_noise,
-                            classes (JSON), settings (JSON; everything that must match to resume),
+                            classes (JSON), variants (JSON), settings (JSON; everything that must match
+                            to resume),
                             status ("partial" | "complete")
     /train_index, /test_index         int64 [n]: indices into the original torchvision data set
     /train_labels, /test_labels       int64 [n]: labels scored with (train: after label noise)
     /train_clean_labels               int64 [n_train]: the data set's own labels
     /noisy                            bool [n_train]: label flipped by --label-noise
-    /<model>/               attrs: role, parameters (JSON), n_parameter_tensors, row_chunk, test_block, status
+    /<model>/               attrs: role, parameters (JSON), n_parameter_tensors, row_chunk, test_block, status,
+                            variants (JSON: the score variants held, the first in scores)
         checkpoints/{path, epoch, lr, sha256}   [n_ckpt]: what was replayed, lr = TracIn weight
-        scores              float32 [n_train, n_test]: sum_c lr_c <g_train, g_test>, chunked
+        scores              float32 [n_train, n_test]: sum_c lr_c <g_train, g_test>, chunked (attr variant)
+        scores_<variant>    float32 [n_train, n_test]: each other variant (cosine, train-normalised; attr variant)
         per_checkpoint      float32 [n_ckpt, n_train, n_test]: each lr_c-weighted term (--per-checkpoint)
         self_influence      float32 [n_train]: sum_c lr_c |g_train|^2
         last_loss           float32 [n_train]: each train example's loss at the last checkpoint
@@ -27,6 +30,7 @@ Layout (format "tracin-scores", version 1):
             train_top_index, train_top_score       [n_train, K] test examples each train example raises most
             train_bottom_index, train_bottom_score [n_train, K] test examples it lowers most
         topk_epoch/epoch_NNN/   the same tables from single checkpoints (with --per-checkpoint)
+        topk_variant/<variant>/ the same tables from each other variant's scores
     /comparison/<a>__<b>/   attrs: ks, max_rows, seed (the comparison's options)
         <table>             compound [rows], one per table of tracin.results.comparison.TABLES (overlap,
                             rank_correlation, ks, self_influence), columns as registered, "scope" first
@@ -79,8 +83,11 @@ class DataArrays:
         return self.train_labels != self.train_clean_labels
 
 
-def rankings_name(epoch: Optional[int] = None) -> str:
-    """Name of a model's top-k tables: "topk" (summed scores) or "topk_epoch/epoch_NNN" (one checkpoint)."""
+def rankings_name(epoch: Optional[int] = None, variant: Optional[str] = None) -> str:
+    """Name of a model's top-k tables: "topk" (summed scores of the first variant), "topk_epoch/epoch_NNN"
+    (one checkpoint) or "topk_variant/VARIANT" (summed scores of another variant)."""
+    if variant is not None:
+        return f"topk_variant/{variant}"
     return "topk" if epoch is None else f"topk_epoch/epoch_{epoch:03d}"
 
 
@@ -317,6 +324,7 @@ class ScoreFile:
         row_chunk: int,
         test_block: int,
         per_checkpoint: bool,
+        variants: Sequence[str] = ("raw",),
     ) -> "ModelScores":
         """The model's group, created with all its datasets, or the existing one after checking that
         it was made from the same checkpoints (sha256); its chunking is the file's (the caller uses it)."""
@@ -335,11 +343,14 @@ class ScoreFile:
                 "row_chunk": row_chunk,
                 "test_block": test_block,
                 "status": "partial",
+                "variants": json.dumps(list(variants)),
             }
         )
         _write_checkpoints(group.create_group("checkpoints"), checkpoints)
         chunks = (min(row_chunk, n_train, CHUNK_ROWS), min(test_block, n_test, CHUNK_COLS))
-        _early_dataset(group, "scores", (n_train, n_test), np.float32, chunks)
+        _early_dataset(group, "scores", (n_train, n_test), np.float32, chunks).attrs["variant"] = variants[0]
+        for variant in variants[1:]:
+            _early_dataset(group, f"scores_{variant}", (n_train, n_test), np.float32, chunks).attrs["variant"] = variant
         if per_checkpoint:
             _early_dataset(group, "per_checkpoint", (len(checkpoints), n_train, n_test), np.float32, (1, *chunks))
         _early_dataset(group, "self_influence", (n_train,), np.float32)
@@ -453,9 +464,18 @@ class ModelScores:
         """float32 [n_train, n_test], summed over checkpoints; numpy-style slicing reads only what it asks for."""
         return self._group["scores"]
 
-    def matrix(self, checkpoint: Optional[int] = None):
+    @property
+    def variants(self) -> list[str]:
+        """The score variants held, the first in `scores` (files from before variants: raw only)."""
+        return json.loads(self._group.attrs.get("variants", '["raw"]'))
+
+    def matrix(self, checkpoint: Optional[int] = None, variant: Optional[str] = None):
         """The [n_train, n_test] scores (None: the sum over checkpoints; else the checkpoint's position
-        in `epochs`, which needs has_per_checkpoint), read lazily."""
+        in `epochs`, which needs has_per_checkpoint), read lazily; `variant`: another variant's sum."""
+        if variant is not None and variant != self.variants[0]:
+            if variant not in self.variants:
+                raise StoreError(f"{self._group.file.filename}: {self.name} holds no {variant!r} scores (it has {self.variants})")
+            return self._group[f"scores_{variant}"]
         if checkpoint is None:
             return self.scores
         if not self.has_per_checkpoint:
@@ -505,15 +525,19 @@ class ModelScores:
             )
 
     def write_block(self, row_start: int, col_start: int, scores: np.ndarray, per_checkpoint: Optional[np.ndarray],
-                    self_influence: Optional[np.ndarray]) -> None:
-        """Write a block's data, flush, then mark it done and flush again. Non-finite values are refused:
-        a block marked done holds finite scores."""
-        for values in (scores, per_checkpoint, self_influence):
+                    self_influence: Optional[np.ndarray], other_variants: Optional[dict[str, np.ndarray]] = None) -> None:
+        """Write a block's data (float32 [rows, cols] scores, [n_ckpt, rows, cols] per checkpoint, [rows]
+        self-influence, {variant: [rows, cols]} of the other variants), flush, then mark it done and flush
+        again. Non-finite values are refused: a block marked done holds finite scores."""
+        other_variants = other_variants or {}
+        for values in (scores, per_checkpoint, self_influence, *other_variants.values()):
             if values is not None and not np.isfinite(values).all():
                 raise StoreError(f"non-finite scores in the block at train {row_start}, test {col_start}; not written")
         rows = slice(row_start, row_start + scores.shape[0])
         cols = slice(col_start, col_start + scores.shape[1])
         self._group["scores"][rows, cols] = scores
+        for variant, values in other_variants.items():
+            self._group[f"scores_{variant}"][rows, cols] = values
         if per_checkpoint is not None and self.has_per_checkpoint:
             self._group["per_checkpoint"][:, rows, cols] = per_checkpoint
         if self_influence is not None:
