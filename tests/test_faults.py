@@ -186,6 +186,18 @@ def test_a_kill_before_run_json_exists_is_continued_by_the_same_command(tmp_path
     assert (runs / "tiny" / "teacher" / "epoch_002.pt").is_file()
 
 
+def test_a_kill_inside_a_checkpoint_write_is_resumed_and_its_temporary_file_removed(tmp_path, fashion_mnist_root):
+    runs = tmp_path / "runs"
+    args = ("--models", "teacher", "--epochs", "2")
+    killed = _train(runs, fashion_mnist_root, *args, fault="file-write:4:kill")  # data.json, run.json, init.pt, ...
+    assert killed.returncode == -signal.SIGKILL
+    assert list((runs / "tiny").rglob(".*.tmp")), "the kill should leave a temporary file"
+    again = _train(runs, fashion_mnist_root, *args, "--resume")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert not list((runs / "tiny").rglob(".*.tmp"))
+    assert (runs / "tiny" / "teacher" / "epoch_002.pt").is_file()
+
+
 # --- bad values for every option of every entry point ----------------------------------------------------------
 
 SCORE_MISTAKES = [

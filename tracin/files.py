@@ -69,6 +69,15 @@ def exclusive_lock(target: Union[str, Path], what: str) -> Iterator[None]:
         handle.close()  # closing releases the lock
 
 
+def remove_stale_temporaries_under(folder: Union[str, Path]) -> list[Path]:
+    """Remove every `.NAME.*.tmp` a killed write_atomic left anywhere under `folder` (call with the
+    folder's lock held). Returns what was removed."""
+    stale = sorted(p for p in Path(folder).rglob(".*.tmp") if p.is_file())
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def remove_stale_temporaries(target: Union[str, Path]) -> list[Path]:
     """Remove the `.NAME.*.tmp` files a killed writer left beside `target` (call with its lock held, so
     no live writer owns them). Returns what was removed."""

@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from tracin.training import losses
 from tracin import faults
-from tracin.files import exclusive_lock, write_json_atomic
+from tracin.files import exclusive_lock, remove_stale_temporaries_under, write_json_atomic
 from tracin.training.checkpoints import (
     checkpoint_name,
     load_checkpoint,
@@ -750,6 +750,9 @@ def train_run(config: TrainConfig, data_config: DataConfig, options: RunOptions)
         raise TracinError(f"unknown models {', '.join(sorted(unknown))}; choose from {', '.join(ROLES)}")
     paths = RunPaths(Path(options.out_root) / options.run)
     with start_runtime(options.device, options.quiet) as runtime, _run_lock(paths, runtime):
+        if runtime.is_main and paths.root.is_dir():
+            for stale in remove_stale_temporaries_under(paths.root):
+                runtime.log(f"removed {stale}, left by an interrupted write")
         data = load_data(data_config)
         faults.reach("data")
         check_schedule(config, steps_per_epoch(len(data.train), config.batch_size, runtime.world_size))
