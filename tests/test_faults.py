@@ -100,6 +100,16 @@ def test_overwrite_killed_midway_keeps_the_old_file_and_the_same_command_finishe
     assert_same_results(out, reference)
 
 
+def test_a_finished_replacement_killed_before_its_rename_is_published_not_redone(tiny_run, reference, tmp_path):
+    out = tmp_path / "tracin.h5"
+    shutil.copy(reference, out)
+    shutil.copy(reference, replacing_path(out))  # complete, same settings: killed between status and rename
+    result = command("tracin-score", *score_args(tiny_run, out, *SCORE_ARGS, "--overwrite"))
+    assert result.returncode == 0 and "resuming" in result.stdout, result.stderr[-2000:]
+    assert not replacing_path(out).exists()
+    assert_same_results(out, reference)
+
+
 @pytest.mark.parametrize("mistake", ["layer typo", "truncated checkpoint", "tiny memory budget", "foreign file"])
 def test_overwrite_with_a_mistake_leaves_the_finished_file_byte_identical(tiny_run, reference, tmp_path, mistake):
     run, out = tmp_path / "run", tmp_path / "tracin.h5"
@@ -164,6 +174,15 @@ def test_overwrite_that_fails_in_training_puts_the_old_run_back(tiny_run, tmp_pa
     assert hashes(runs / "tiny") == before and not (runs / ".tiny.replaced").exists()
 
 
+def test_overwrite_interrupted_in_training_puts_the_old_run_back(tiny_run, tmp_path, fashion_mnist_root):
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run, runs / "tiny")
+    before = hashes(runs / "tiny")
+    result = _train(runs, fashion_mnist_root, "--overwrite", "--models", "teacher", fault="train-epoch:1:interrupt")
+    assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert hashes(runs / "tiny") == before and not (runs / ".tiny.replaced").exists()
+
+
 def test_overwrite_killed_in_training_keeps_the_old_run_until_the_new_one_finishes(tiny_run, tmp_path, fashion_mnist_root):
     runs = tmp_path / "runs"
     shutil.copytree(tiny_run, runs / "tiny")
@@ -172,14 +191,17 @@ def test_overwrite_killed_in_training_keeps_the_old_run_until_the_new_one_finish
     assert killed.returncode == -signal.SIGKILL
     kept = {name.replace(".tiny.replaced", "tiny", 1): h for name, h in hashes(runs / ".tiny.replaced").items()}
     assert kept == before
+    refused = _train(runs, fashion_mnist_root, "--resume", "--models", "teacher")  # only --overwrite goes on
+    assert_one_line_error(refused, "rerun with --overwrite to finish the replacement")
     again = _train(runs, fashion_mnist_root, "--overwrite", "--models", "teacher")
     assert again.returncode == 0, again.stderr[-2000:]
     assert not (runs / ".tiny.replaced").exists() and (runs / "tiny" / "teacher" / "epoch_004.pt").is_file()
 
 
-def test_a_kill_before_run_json_exists_is_continued_by_the_same_command(tmp_path, fashion_mnist_root):
+@pytest.mark.parametrize("fault", ["data:1", "file-write:1"])
+def test_a_kill_before_run_json_exists_is_continued_by_the_same_command(tmp_path, fashion_mnist_root, fault):
     runs = tmp_path / "runs"
-    killed = _train(runs, fashion_mnist_root, "--models", "teacher", "--epochs", "2", fault="file-write:1:kill")
+    killed = _train(runs, fashion_mnist_root, "--models", "teacher", "--epochs", "2", fault=f"{fault}:kill")
     assert killed.returncode == -signal.SIGKILL and not (runs / "tiny" / "run.json").exists()
     again = _train(runs, fashion_mnist_root, "--models", "teacher", "--epochs", "2")
     assert again.returncode == 0, again.stderr[-2000:]

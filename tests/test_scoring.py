@@ -257,7 +257,7 @@ def test_partial_file_with_changed_checkpoints_is_refused(killed_copy, tiny_run,
     payload["metrics"] = {**payload["metrics"], "note": 1.0}  # same weights, another file
     torch.save(payload, path)
     result = tracin_score(*score_args(run, out, *MANY_BLOCKS, "--data-root", json.loads((run / "run.json").read_text())["data_config"]["data_root"]))
-    assert_user_error(result, "sha256 differs")
+    assert_user_error(result, "teacher checkpoints sha256")
 
 
 def test_torchrun_two_processes_write_the_same_file(tiny_run, scored, tmp_path):

@@ -332,8 +332,17 @@ def test_a_zero_gradient_has_normalised_scores_zero_not_nan():
 
     inverse = _inverse_norms(torch.tensor([4.0, 0.0]))
     assert torch.equal(inverse, torch.tensor([0.5, 0.0]))
-    dot = torch.zeros(2, 1)
-    assert torch.isfinite(_scaled("cosine", dot, inverse, torch.tensor([1.0]))).all()
+    dot = torch.tensor([[3.0], [0.0]])  # the zero gradient's products are 0; 0 / 0 would be nan
+    assert torch.equal(_scaled("cosine", dot, inverse, torch.tensor([0.25])), torch.tensor([[0.375], [0.0]]))
+    assert torch.equal(_scaled("train-normalised", dot, inverse, None), torch.tensor([[1.5], [0.0]]))
+
+
+def test_cosine_with_bf16_features_uses_float32_norms(setup):
+    model, checkpoints, train, test, _ = setup
+    expected = func_tracin_scores(model, checkpoints, train, test, variant="cosine")
+    config = ScoreConfig(variants=("cosine",), precision="bf16")
+    got = TracIn(model, checkpoints, config, engine=EngineConfig(representation="flat")).scores(train, test)
+    assert relative_error(got, expected) < BF16_RTOL
 
 
 def test_variants_are_validated():

@@ -20,11 +20,28 @@ from tracin import faults
 from tracin.errors import TracinError
 
 
+def default_mode() -> int:
+    """The permissions open() gives a new file under this process's umask (mkstemp's files are 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def fsync_file(path: Union[str, Path]) -> None:
+    """Flush a file's data to the disk (before a rename publishes it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> None:
     """write(handle) into a temporary file beside `path`, flush, fsync, then os.replace onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, default_mode())
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -49,7 +66,7 @@ def exclusive_lock(target: Union[str, Path], what: str) -> Iterator[None]:
     output is refused with one line naming the process that holds it. The lock lives in a small file
     beside the target (`.NAME.lock`, for a file or a folder), which is kept: removing it would race a
     waiting process."""
-    target = Path(target)
+    target = Path(target).resolve()  # one lock for every path (relative, symlinked) to the same output
     lock = target.with_name(f".{target.name}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     handle = open(lock, "a+")
@@ -71,8 +88,9 @@ def exclusive_lock(target: Union[str, Path], what: str) -> Iterator[None]:
 
 def remove_stale_temporaries_under(folder: Union[str, Path]) -> list[Path]:
     """Remove every `.NAME.*.tmp` a killed write_atomic left anywhere under `folder` (call with the
-    folder's lock held). Returns what was removed."""
-    stale = sorted(p for p in Path(folder).rglob(".*.tmp") if p.is_file())
+    folder's lock held, on a folder this tool made). Score files' temporaries (`.NAME.h5.*.tmp`) belong to
+    tracin-score's own lock and are left alone. Returns what was removed."""
+    stale = sorted(p for p in Path(folder).rglob(".*.tmp") if p.is_file() and ".h5." not in p.name)
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

@@ -62,6 +62,20 @@ def _fail(prog: str, message: object) -> int:
     return 2
 
 
+def _disk_fault(error: Exception) -> Optional[str]:
+    """The fault of a full, read-only or foreign disk in one line, or None for anything else. h5py and
+    torch.save report a full disk without an errno, in their message."""
+    number = getattr(error, "errno", None)
+    if number in USER_FIXABLE_ERRNOS:
+        where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+        return f"{os.strerror(number)}{where}"
+    text = str(error)
+    for words, number in (("No space left on device", errno.ENOSPC), ("Disk quota exceeded", errno.EDQUOT)):
+        if words in text:
+            return os.strerror(number)
+    return None
+
+
 def run_command(prog: str, work: Callable[[], object], how_to_continue: str) -> int:
     """Exit code of a command: 0 done, 2 a user mistake or a full/read-only disk (one line), 130
     interrupted (saying how to go on). Anything else is a bug and keeps its traceback."""
@@ -69,11 +83,11 @@ def run_command(prog: str, work: Callable[[], object], how_to_continue: str) -> 
         work()
     except TracinError as error:
         return _fail(prog, error)
-    except OSError as error:
-        if error.errno not in USER_FIXABLE_ERRNOS:
+    except (OSError, RuntimeError) as error:
+        reason = _disk_fault(error)
+        if reason is None:
             raise
-        where = f" ({error.filename})" if error.filename else ""
-        return _fail(prog, f"{os.strerror(error.errno)}{where}; finished work is kept: fix it and {how_to_continue}")
+        return _fail(prog, f"{reason}; finished work is kept: fix it and {how_to_continue}")
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; {how_to_continue}", file=sys.stderr)
         return 130

@@ -54,8 +54,9 @@ def block_sizes(
     its score rows (one matrix per score variant). Explicit chunk_size/test_block win. A budget that cannot hold one test example's
     features at every checkpoint is refused, naming the minimum (it would be exceeded, not kept)."""
     half = max_memory // 2
-    minimum = 2 * bytes_per_example * n_checkpoints
-    if test_block is None and half < bytes_per_example * n_checkpoints:
+    one_row_of_scores = 4 * ((n_checkpoints + 1 if per_checkpoint else 2) + variants - 1)
+    minimum = 2 * max(bytes_per_example * n_checkpoints, bytes_per_example + one_row_of_scores)
+    if test_block is None and max_memory < minimum:
         raise TracinError(
             f"a memory budget of {max_memory / 2**20:.3g} MiB cannot hold one test example's gradient features at "
             f"{n_checkpoints} checkpoint(s); the minimum is {minimum / 2**20:.3g} MiB (--max-memory-gb {minimum / 2**30:.3g})"

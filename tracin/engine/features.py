@@ -8,7 +8,7 @@ in place; factored layers use <dW_n, dW'_m> = sum_g sum_{t,s} (a_t.a'_s)(g_t.g'_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -26,14 +26,21 @@ class Features:
 
     flats: list[Tensor]
     factored: list[Factors]
+    squared_norms: Optional[Tensor] = None  # Tensor[n] float32, taken before a cast to a lower precision
 
     def __len__(self) -> int:
         return (self.flats or [self.factored[0].G])[0].shape[0]
 
-    def kept_as(self, dtype: torch.dtype) -> "Features":
+    def kept_as(self, dtype: torch.dtype, norms: bool = False) -> "Features":
         """These features with the flat ones in `dtype` (bfloat16 halves what a kept test block needs;
-        factored layers stay float32: their pairwise Gram products would lose more)."""
-        return Features([flat.to(dtype) for flat in self.flats], self.factored)
+        factored layers stay float32: their pairwise Gram products would lose more); with norms, their
+        squared norms are taken first, in float32, for the normalised score variants."""
+        squared = self.self_dot().float() if norms else None
+        return Features([flat.to(dtype) for flat in self.flats], self.factored, squared)
+
+    def squared_norms_float32(self) -> Tensor:
+        """Tensor[n] float32: the squared norms kept by kept_as, else computed now."""
+        return self.squared_norms if self.squared_norms is not None else self.self_dot().float()
 
     def dot(self, other: "Features", max_elements: int = 2**26) -> Tensor:
         """Tensor[n, m] float32: inner products of every example here with every example of `other`,
@@ -67,7 +74,8 @@ class Features:
             Factors(torch.cat([f.A for f in layer]), torch.cat([f.G for f in layer]), layer[0].bias)
             for layer in zip(*(p.factored for p in parts))
         ]
-        return Features(flats, factored)
+        norms = None if parts[0].squared_norms is None else torch.cat([p.squared_norms for p in parts])
+        return Features(flats, factored, norms)
 
 
 def _gram(x: Tensor, y: Tensor) -> Tensor:

@@ -206,7 +206,8 @@ class TracIn:
     def _features(self, plans: list[LayerPlan], source: DataSource, start: int, stop: int, checkpoint: int) -> Features:
         """Features of examples [start, stop) at one checkpoint, kept (the test side) in feature_dtype."""
         batches = self._batch_features(plans, source, start, stop, checkpoint)
-        return Features.cat([f.kept_as(self.feature_dtype) for _, f in batches])
+        normalised = any(v != "raw" for v in self.config.variants)
+        return Features.cat([f.kept_as(self.feature_dtype, norms=normalised) for _, f in batches])
 
     def _check_finite(self, values: Tensor, checkpoint: int, what: str) -> None:
         """Non-finite gradients make their inner products non-finite (inf * 0 is nan), and so every sum
@@ -281,7 +282,7 @@ class TracIn:
         self_influence = torch.zeros(r1 - r0, device=self.device) if with_self else None
         for c, checkpoint in enumerate(self.checkpoints):
             term = terms[c if per_checkpoint else 0]
-            inverse_test = _inverse_norms(test_features[c].self_dot()) if normalised else None
+            inverse_test = _inverse_norms(test_features[c].squared_norms_float32()) if normalised else None
             for first, features in self._batch_features(plans, source, r0, r1, c, replay=True):
                 rows = slice(first - r0, first - r0 + len(features))
                 dot = features.dot(test_features[c])
@@ -302,7 +303,7 @@ class TracIn:
 
     def scores(self, train: Any, test: Any) -> Tensor:
         """Tensor[n_train, n_test] float32 on the CPU: lr-weighted sum over checkpoints of gradient
-        inner products."""
+        inner products, as the first of the config's variants scores them (raw by default)."""
         n_train, n_test = DataSource(train, "train").n, DataSource(test, "test").n
         out = torch.empty(n_train, n_test)
         for block in self.iter_blocks(train, test):
@@ -347,7 +348,8 @@ class TracIn:
 
     def top_k(self, train: Any, test: Any, k: int) -> TopK:
         """Proponents and opponents of each test example and the most-influenced test examples of each
-        train example, streamed from score blocks: the full matrix is never held."""
+        train example (by the first of the config's variants), streamed from score blocks: the full
+        matrix is never held."""
         n_train, n_test = DataSource(train, "train").n, DataSource(test, "test").n
         if not 1 <= k <= min(n_train, n_test):
             raise TracinError(f"k must be between 1 and min(n_train, n_test) = {min(n_train, n_test)}, got {k}")

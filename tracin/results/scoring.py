@@ -128,9 +128,15 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
-def settings_of(options: ScoreOptions, run: TrainedRun, data: RunData) -> dict:
-    """Everything a partial file's scores depend on: resuming with anything else is refused."""
+def settings_of(options: ScoreOptions, run: TrainedRun, data: RunData, engines: dict[str, TracIn]) -> dict:
+    """Everything a partial file's scores depend on, the checkpoints' sha256 included: resuming with
+    anything else is refused (and an interrupted --overwrite with other checkpoints starts afresh)."""
+    checkpoints = {
+        f"{role} checkpoints sha256": hashlib.sha256("".join(c.sha256 for c in tracin.checkpoints).encode()).hexdigest()[:16]
+        for role, tracin in engines.items()
+    }
     return {
+        **checkpoints,
         "run_data": run.record["data_fingerprint"]["digest"],
         "train_index": _digest(data.train.index.numpy()),
         "test_index": _digest(data.test.index.numpy()),
@@ -255,6 +261,8 @@ def score_run(options: ScoreOptions) -> Path:
     option, checkpoint and the data are checked before the result file is touched."""
     run = open_trained_run(options.run, options.data_root)
     out = Path(options.out) if options.out else run.paths.root / "tracin.h5"
+    if out.name in ("", ".", "..") or out.is_dir():
+        raise TracinError(f"--out must name a file, got {str(out)!r}")
     with start_runtime(options.device, options.quiet) as runtime, _output_lock(out, runtime):
         data = scoring_data(run, options)
         runtime.log(data_source(run, options))
@@ -262,7 +270,7 @@ def score_run(options: ScoreOptions) -> Path:
         engines = {role: build_engine(role, run, options, runtime) for role in options.models}
         for tracin in engines.values():  # probes each model: blocking and memory are checked here
             tracin.block_sizes(data.train, data.test, options.per_checkpoint)
-        store = _open_store(out, options, run, data) if runtime.is_main else None
+        store = _open_store(out, options, run, data, engines) if runtime.is_main else None
         runtime.barrier()
         try:
             for role, tracin in engines.items():
@@ -285,10 +293,10 @@ def _output_lock(out: Path, runtime: Runtime):
     return exclusive_lock(out, "the score file") if runtime.is_main else contextlib.nullcontext()
 
 
-def _open_store(out: Path, options: ScoreOptions, run: TrainedRun, data: RunData) -> ScoreFile:
+def _open_store(out: Path, options: ScoreOptions, run: TrainedRun, data: RunData, engines: dict[str, TracIn]) -> ScoreFile:
     for stale in remove_stale_temporaries(out):
         print(f"removed {stale}, left by an interrupted run", flush=True)
-    settings = settings_of(options, run, data)
+    settings = settings_of(options, run, data, engines)
     store, resumed = ScoreFile.create_or_resume(out, settings, file_attrs(options, run, data), data_arrays(data), options.overwrite)
     if resumed:
         print(f"resuming {store.path}: finished blocks are kept", flush=True)

@@ -56,6 +56,7 @@ import numpy as np
 from torch import Tensor
 
 from tracin import __version__, faults
+from tracin.files import default_mode, fsync_file
 from tracin.training.checkpoints import Checkpoint
 from tracin.config import ROLES
 from tracin.errors import StoreError
@@ -87,6 +88,8 @@ def rankings_name(epoch: Optional[int] = None, variant: Optional[str] = None) ->
     """Name of a model's top-k tables: "topk" (summed scores of the first variant), "topk_epoch/epoch_NNN"
     (one checkpoint) or "topk_variant/VARIANT" (summed scores of another variant)."""
     if variant is not None:
+        if epoch is not None:
+            raise StoreError("per-checkpoint top-k tables are kept for the first variant only")
         return f"topk_variant/{variant}"
     return "topk" if epoch is None else f"topk_epoch/epoch_{epoch:03d}"
 
@@ -157,8 +160,12 @@ class ScoreFile:
             if store._resumable(settings):
                 store._replaces = path
                 return store, True
+            if store.status == "complete" and store._same_settings(settings):
+                store._replaces = path  # finished, killed before its rename: publish it, redo nothing
+                store.mark_complete()
+                return store, True
             store.close()
-            work.unlink()  # our own unfinished replacement, made with other settings
+            work.unlink()  # our own replacement, made with other settings (or other checkpoints)
         store = cls._create(work, settings, attrs, data)
         store._replaces = path
         return store, False
@@ -169,10 +176,12 @@ class ScoreFile:
         whole: a kill during the header leaves no half file at `path`."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, default_mode())
         os.close(fd)
         try:
             with h5py.File(tmp, "w") as handle:
                 cls(handle, Path(tmp))._write_header(settings, attrs, data)
+            fsync_file(tmp)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -200,8 +209,11 @@ class ScoreFile:
             self._h5.close()
             raise StoreError(f"{self.path} is not a tracin-score result file")
 
+    def _same_settings(self, settings: dict) -> bool:
+        return not _differences(json.loads(self._h5.attrs["settings"]), settings)
+
     def _resumable(self, settings: dict) -> bool:
-        return self.status != "complete" and not _differences(json.loads(self._h5.attrs["settings"]), settings)
+        return self.status != "complete" and self._same_settings(settings)
 
     def _check_resumable(self, settings: dict) -> None:
         if self.status == "complete":
@@ -403,6 +415,7 @@ class ScoreFile:
         self._h5.flush()
         if self._replaces is not None:
             self._h5.close()
+            fsync_file(self.path)
             os.replace(self.path, self._replaces)
             self.path, self._replaces = self._replaces, None
             self._h5 = open_h5(self.path, "r+")
@@ -473,6 +486,8 @@ class ModelScores:
         """The [n_train, n_test] scores (None: the sum over checkpoints; else the checkpoint's position
         in `epochs`, which needs has_per_checkpoint), read lazily; `variant`: another variant's sum."""
         if variant is not None and variant != self.variants[0]:
+            if checkpoint is not None:
+                raise StoreError("per-checkpoint scores are kept for the first variant only")
             if variant not in self.variants:
                 raise StoreError(f"{self._group.file.filename}: {self.name} holds no {variant!r} scores (it has {self.variants})")
             return self._group[f"scores_{variant}"]
@@ -547,13 +562,16 @@ class ModelScores:
         self._group.file.flush()
 
     def redo_non_finite_blocks(self) -> int:
-        """On resume: blocks marked done whose scores are not all finite (a damaged file) are marked not
-        done, so they are computed again. Returns how many. Reads the matrix once, a row chunk at a time."""
+        """On resume: blocks marked done whose values are not all finite (a damaged file) are marked not
+        done, so they are computed again. Returns how many. Reads each done block of every score dataset."""
         done, redone = self.done, 0
+        names = ["scores", *(f"scores_{v}" for v in self.variants[1:])]
         for r, c in zip(*np.nonzero(done)):
             rows = slice(r * self.row_chunk, (r + 1) * self.row_chunk)
             cols = slice(c * self.test_block, (c + 1) * self.test_block)
-            block = [self._group["scores"][rows, cols], self._group["self_influence"][rows] if c == 0 else np.zeros(1)]
+            block = [self._group[name][rows, cols] for name in names]
+            block += [self._group["per_checkpoint"][:, rows, cols]] if self.has_per_checkpoint else []
+            block += [self._group["self_influence"][rows]] if c == 0 else []
             if not all(np.isfinite(part).all() for part in block):
                 self._group["done"][r, c] = False
                 redone += 1

@@ -211,15 +211,25 @@ def clear_run(paths: RunPaths) -> None:
         return
     check_removable(paths)
     if replaced_path(paths).exists() or not paths.run_json.exists():
-        shutil.rmtree(paths.root)  # an interrupted attempt's files, never a finished run
+        _discard(paths.root)  # an interrupted attempt's files, never a finished run
     else:
         os.rename(paths.root, replaced_path(paths))
+
+
+def _discard(folder: Path) -> None:
+    """Remove a folder by renaming it to .NAME.removing first: a kill during the removal leaves that
+    name, never a half folder under a name that means something (removed on the next discard)."""
+    trash = folder.with_name(f".{folder.name.lstrip('.')}.removing")
+    if trash.exists():
+        shutil.rmtree(trash)
+    os.rename(folder, trash)
+    shutil.rmtree(trash)
 
 
 def finish_replacement(paths: RunPaths) -> None:
     """The new run is finished: the run it replaced goes."""
     if replaced_path(paths).exists():
-        shutil.rmtree(replaced_path(paths))
+        _discard(replaced_path(paths))
 
 
 def restore_replaced(paths: RunPaths) -> bool:
@@ -227,6 +237,6 @@ def restore_replaced(paths: RunPaths) -> bool:
     if not replaced_path(paths).exists():
         return False
     if paths.root.exists():
-        shutil.rmtree(paths.root)
+        _discard(paths.root)
     os.rename(replaced_path(paths), paths.root)
     return True

@@ -72,8 +72,10 @@ from tracin.training.run_folder import (
     check_run_name,
     clear_run,
     finish_replacement,
+    made_by_tracin,
     new_record,
     open_record,
+    replaced_path,
     restore_replaced,
 )
 from tracin.runtime import Runtime, start_runtime
@@ -750,7 +752,8 @@ def train_run(config: TrainConfig, data_config: DataConfig, options: RunOptions)
         raise TracinError(f"unknown models {', '.join(sorted(unknown))}; choose from {', '.join(ROLES)}")
     paths = RunPaths(Path(options.out_root) / options.run)
     with start_runtime(options.device, options.quiet) as runtime, _run_lock(paths, runtime):
-        if runtime.is_main and paths.root.is_dir():
+        check_replacement(paths, options)
+        if runtime.is_main and paths.root.is_dir() and made_by_tracin(paths):
             for stale in remove_stale_temporaries_under(paths.root):
                 runtime.log(f"removed {stale}, left by an interrupted write")
         data = load_data(data_config)
@@ -758,13 +761,23 @@ def train_run(config: TrainConfig, data_config: DataConfig, options: RunOptions)
         check_schedule(config, steps_per_epoch(len(data.train), config.batch_size, runtime.world_size))
         try:
             train_models(open_run(config, data_config, options, data, runtime), options)
-        except Exception:
+        except BaseException:  # a mistake, a crash or Ctrl-C: the replaced run comes back as it was
             if options.overwrite and runtime.is_main and restore_replaced(paths):
                 runtime.log(f"the run this one was to replace is back in {paths.root}, as it was")
             raise
-        if runtime.is_main:
+        if runtime.is_main and options.overwrite:
             finish_replacement(paths)
     return paths
+
+
+def check_replacement(paths: RunPaths, options: RunOptions) -> None:
+    """An interrupted --overwrite left the run it replaces in .NAME.replaced: only --overwrite goes on
+    from there (finishing the replacement), so that no other command can lose either run."""
+    if replaced_path(paths).exists() and not options.overwrite:
+        raise TracinError(
+            f"{replaced_path(paths)} holds the run an interrupted --overwrite of {paths.root} is replacing: "
+            "rerun with --overwrite to finish the replacement, or move either folder away yourself"
+        )
 
 
 def train_models(run: RunContext, options: RunOptions) -> None:
