@@ -240,6 +240,18 @@ def check_finished(store: ScoreFile) -> None:
         )
 
 
+def quality_table(store: ScoreFile) -> str:
+    """The file's quality checks as Markdown (files from before them say so)."""
+    try:
+        table = store.quality()
+    except TracinError:
+        return "**Quality checks:** not in this file (scored before they existed; score it again to add them)."
+    header = ("model", "variant", "same class, top-1", "same class, top-k", "k", "most common top-1 serves", "distinct in top-k")
+    rows = [(r["model"].decode(), r["variant"].decode(), f"{r['identical_class_top1']:.1%}", f"{r['identical_class_topk']:.1%}",
+             r["k"], f"{r['top1_max_share']:.1%} of {r['n_test']}", r["distinct_in_topk"]) for r in table]
+    return "**Quality checks of the proponents** (no retraining; identical class: Hanawa et al. 2021)\n\n" + _markdown(header, rows)
+
+
 def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_root: Optional[str] = None) -> list[Path]:
     """PNG figures and report.md (the tables) of a finished score file, in out_dir (default: the
     file's folder, under plots/). Returns the files written."""
@@ -247,7 +259,7 @@ def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_ro
         check_finished(store)
         out = Path(out_dir) if out_dir else Path(path).parent / "plots"
         out.mkdir(parents=True, exist_ok=True)
-        models, written, sections = store.models, [], []
+        models, written, sections = store.models, [], [quality_table(store)]
         figures = {}
         for a, b in store.comparison_pairs():
             figures[f"overlap_{a}__{b}.png"] = plot_overlap_curves(store, a, b)

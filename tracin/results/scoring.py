@@ -34,6 +34,7 @@ from tracin.training.data import RunData, fingerprint_differences, load_data, st
 from tracin.errors import DataError, TracinError
 from tracin.training.losses import CrossEntropy, Distillation, Objective
 from tracin.training.models import build_model
+from tracin.results.quality import QUALITY_DTYPE, format_quality, quality_row
 from tracin.results.report import write_report
 from tracin.training.run_folder import RunPaths, read_record
 from tracin.runtime import Runtime, start_runtime
@@ -330,7 +331,21 @@ def data_source(run: TrainedRun, options: ScoreOptions) -> str:
     return f"data: {run.data_config.dataset} from {root} (--data-root)"
 
 
+def quality_table(store: ScoreFile, models) -> np.ndarray:
+    """Quality checks of every model and variant, from the stored proponent tables (tracin.results.quality)."""
+    rows = []
+    for name in models:
+        scores = store.model(name)
+        for variant in scores.variants:
+            ranking = scores.rankings(rankings_name(variant=None if variant == scores.variants[0] else variant))[0]
+            rows.append(quality_row(name, variant, ranking.top_index, store.train_labels, store.test_labels))
+    return np.array(rows, dtype=QUALITY_DTYPE)
+
+
 def report(store: ScoreFile, options: ScoreOptions, ks: list[int]) -> None:
+    quality = quality_table(store, options.models)
+    store.write_quality(quality)
+    print(format_quality(quality), flush=True)
     compare_options = CompareOptions(tuple(ks), max_rows=options.corr_rows, seed=options.score.seed)
     for name_a, name_b in itertools.combinations(options.models, 2):
         faults.reach("comparison")

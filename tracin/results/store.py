@@ -31,6 +31,8 @@ Layout (format "tracin-scores", version 1):
             train_bottom_index, train_bottom_score [n_train, K] test examples it lowers most
         topk_epoch/epoch_NNN/   the same tables from single checkpoints (with --per-checkpoint)
         topk_variant/<variant>/ the same tables from each other variant's scores
+    /quality                compound [rows]: per model and variant, identical-class rate of the top-1 and top-k
+                            proponents, top-1 concentration, distinct proponents (tracin.results.quality)
     /comparison/<a>__<b>/   attrs: ks, max_rows, seed (the comparison's options)
         <table>             compound [rows], one per table of tracin.results.comparison.TABLES (overlap,
                             rank_correlation, ks, self_influence), columns as registered, "scope" first
@@ -406,6 +408,19 @@ class ScoreFile:
             pairs = ", ".join(f"{x} vs {y}" for x, y in self.comparison_pairs()) or "none"
             raise StoreError(f"{self.path} has no comparison of {a} and {b} (it has: {pairs})")
         return self._h5[name]
+
+    def write_quality(self, table: np.ndarray) -> None:
+        """Replace /quality, the quality checks (tracin.results.quality.QUALITY_DTYPE rows)."""
+        if "quality" in self._h5:
+            del self._h5["quality"]
+        self._h5.create_dataset("quality", data=np.asarray(table))
+        self._h5.flush()
+
+    def quality(self) -> np.ndarray:
+        """The quality checks table (structured [rows]); StoreError when the file has none."""
+        if "quality" not in self._h5:
+            raise StoreError(f"{self.path} has no quality checks (written by tracin-score since the score variants)")
+        return self._h5["quality"][()]
 
     # --- closing ----------------------------------------------------------------------------------
 
