@@ -85,7 +85,7 @@ def test_a_registered_statistic_reaches_the_file_the_text_and_the_report(scores_
     sum_row = table[0]
     assert "teacher vs student: largest absolute score" in text
     assert f"{sum_row['largest_a']:.4g}" in text and f"{sum_row['ratio']:.3f}" in text and "largest of b" in text
-    assert "(2 more rows, of matched epochs" in text  # the text shows scope "sum"; the Markdown every row
+    assert "(2 more rows, of other scopes" in text  # the text shows scope "sum"; the Markdown every row
     assert "**teacher vs student: largest absolute score**" in markdown
     assert "| scope | largest of a | largest of b | ratio |" in markdown
     assert f"| epoch_004 | {table[2]['largest_a']:.4g} | {table[2]['largest_b']:.4g} | {table[2]['ratio']:.3f} |" in markdown

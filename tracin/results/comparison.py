@@ -282,5 +282,5 @@ def format_tables(name_a: str, name_b: str, tables: dict[str, np.ndarray]) -> st
         lines.append(f"{name_a} vs {name_b}: {title_of(name)}")
         lines += text_table(name, table[shown])
         if not shown.all():
-            lines.append(f"  ({int((~shown).sum())} more rows, of matched epochs, in the file and report.md)")
+            lines.append(f"  ({int((~shown).sum())} more rows, of other scopes (variants, matched epochs), in the file and report.md)")
     return "\n".join(lines)
