@@ -136,6 +136,11 @@ class TracIn:
         return torch.bfloat16 if self.config.precision == "bf16" else torch.float32
 
     @property
+    def normalised(self) -> bool:
+        """Whether a score variant divides by gradient norms (the norms are then kept with the features)."""
+        return any(v != "raw" for v in self.config.variants)
+
+    @property
     def parameter_names(self) -> list[str]:
         return [name for target in self._targets for name in target.param_names]
 
@@ -206,8 +211,7 @@ class TracIn:
     def _features(self, plans: list[LayerPlan], source: DataSource, start: int, stop: int, checkpoint: int) -> Features:
         """Features of examples [start, stop) at one checkpoint, kept (the test side) in feature_dtype."""
         batches = self._batch_features(plans, source, start, stop, checkpoint)
-        normalised = any(v != "raw" for v in self.config.variants)
-        return Features.cat([f.kept_as(self.feature_dtype, norms=normalised) for _, f in batches])
+        return Features.cat([f.kept_as(self.feature_dtype, norms=self.normalised) for _, f in batches])
 
     def _check_finite(self, values: Tensor, checkpoint: int, what: str) -> None:
         """Non-finite gradients make their inner products non-finite (inf * 0 is nan), and so every sum
@@ -276,7 +280,7 @@ class TracIn:
         cols] block kept (block_sizes budgets for it)."""
         r0, r1, c0, c1 = bounds
         first_variant, *other_variants = self.config.variants
-        normalised = any(v != "raw" for v in self.config.variants)
+        normalised = self.normalised
         terms = torch.zeros(len(self.checkpoints) if per_checkpoint else 1, r1 - r0, c1 - c0, device=self.device)
         others = {v: torch.zeros(r1 - r0, c1 - c0, device=self.device) for v in other_variants}
         self_influence = torch.zeros(r1 - r0, device=self.device) if with_self else None
