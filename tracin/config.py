@@ -24,6 +24,7 @@ PRECISIONS = ("float32", "tf32", "bf16")
 REPRESENTATIONS = ("auto", "flat", "factored")
 VARIANTS = ("raw", "cosine", "train-normalised")  # see ScoreConfig
 DEFAULT_MAX_MEMORY = 2 * 2**30  # bytes for the engine's kept features and score blocks
+REPLICA_SEED_STRIDE = 1000  # replica N of a run trains with seed + N * stride (init and data order)
 
 
 def _check(condition: bool, message: str) -> None:
@@ -33,6 +34,20 @@ def _check(condition: bool, message: str) -> None:
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     _check(value in choices, f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def model_name(role: str, replica: int = 0) -> str:
+    """A model's name in a run (its folder, its run.json entry, its score-file group): the role for
+    replica 0, `ROLE.rN` for replica N (the same role trained again with another seed, same data)."""
+    return role if replica == 0 else f"{role}.r{replica}"
+
+
+def split_model_name(name: str) -> tuple[str, int]:
+    """(role, replica) of a model name; a name that is neither a role nor `ROLE.rN` is refused."""
+    role, dot, replica = name.partition(".r")
+    if role in ROLES and (not dot or (replica.isdigit() and int(replica) >= 1 and str(int(replica)) == replica)):
+        return role, int(replica) if dot else 0
+    raise TracinError(f"{name!r} is not a model name: use {', '.join(ROLES)}, or ROLE.rN for replica N (e.g. teacher.r1)")
 
 
 class _Serializable:

@@ -108,6 +108,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="a teacher checkpoint (tracin-train's teacher/epoch_NNN.pt) for the students, instead of the "
         "run's own final teacher",
     )
+    group.add_argument(
+        "--replicas", type=int, default=1, metavar="N",
+        help="train every model N times: replica 0 as ROLE/, replica k as ROLE.rk/ with seed + k * 1000 "
+        "(other initial weights and data order; same data and configuration), the noise floor tracin-score "
+        "compares against (default: %(default)s; --resume with a larger N adds replicas)",
+    )
     group.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available (default: auto)")
     exclusive = group.add_mutually_exclusive_group()
     exclusive.add_argument(
@@ -217,7 +223,7 @@ def run_options(args: argparse.Namespace, argv: Sequence[str]) -> RunOptions:
     default_models = ("student", "student_baseline") if args.teacher else ROLES
     return RunOptions(
         run=args.run, out_root=args.out_root, models=tuple(args.models or default_models), teacher=args.teacher,
-        device=args.device, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+        replicas=args.replicas, device=args.device, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
         command=("tracin-train", *argv),
     )
 
@@ -243,8 +249,11 @@ def build_score_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run", required=True, help="the run folder written by tracin-train, e.g. checkpoints/demo")
     parser.add_argument(
         "--models", default="teacher,student",
-        help=f"comma-separated models to score and compare, from {', '.join(ROLES)} (default: %(default)s)",
+        help=f"comma-separated models to score and compare, from {', '.join(ROLES)}, each with its trained "
+        "replicas; ROLE.rN names one replica (default: %(default)s)",
     )
+    parser.add_argument("--replicas", type=int, metavar="N",
+                        help="score the first N replicas of each model (default: every replica tracin-train trained)")
     parser.add_argument("--mode", choices=MODES, default=score.mode, help="exact | projected | last-layer (default: %(default)s)")
     parser.add_argument("--proj-dim", type=int, help="per-layer projection size in projected mode (e.g. 1024)")
     parser.add_argument("--projector", choices=sorted(PROJECTORS), default=score.projector,
@@ -305,6 +314,7 @@ def score_options(args: argparse.Namespace, argv: Sequence[str]) -> ScoreOptions
     return ScoreOptions(
         run=args.run,
         models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
+        replicas=args.replicas,
         score=config,
         loss=args.loss,
         checkpoints=args.checkpoints,

@@ -149,7 +149,8 @@ def overlap_rows(scope: ScopePair) -> list[dict]:
     rows = []
     for direction, ra, rb, n_ranked in (("test", test_a, test_b, n_train), ("train", train_a, train_b, n_test)):
         for side, field in zip(SIDES[direction], ("top_index", "bottom_index")):
-            for row in compare.overlap_table(getattr(ra, field), getattr(rb, field), list(scope.options.ks), n_ranked):
+            for row in compare.overlap_table(getattr(ra, field), getattr(rb, field), list(scope.options.ks), n_ranked,
+                                                 scope.options.seed):
                 rows.append({"direction": direction, "side": side, **row})
     return rows
 
@@ -177,7 +178,8 @@ def correlation_rows(scope: ScopePair) -> list[dict]:
     ):
         for name, values in (("spearman", compare.spearman_rows(a, b)), ("kendall", compare.kendall_rows(a, b))):
             summary = compare.summarize(values)
-            rows.append({"direction": direction, "statistic": name, **summary,
+            ci_low, ci_high = compare.bootstrap_ci([values], seed=options.seed)
+            rows.append({"direction": direction, "statistic": name, **summary, "ci_low": ci_low, "ci_high": ci_high,
                          "n_rows": summary["n"], "n_undefined": summary["undefined"]})
     return rows
 
@@ -196,16 +198,18 @@ def self_influence_rows(scope: ScopePair) -> list[dict]:
 
 
 SUMMARY = (Column("mean"), Column("median"), Column("min"), Column("max"))
+CI = (Column("ci_low", label="95% CI low"), Column("ci_high", label="95% CI high"))  # bootstrap over rows
 
 register_table(ComparisonTable(
     "overlap", "overlap of top-k sets",
-    (Column("direction", "S8"), Column("side", "S12"), Column("k", "i8"), Column("mean", label="mean overlap"),
-     *SUMMARY[1:], Column("chance", label="chance k/n", format=".4f"), Column("jaccard", label="Jaccard")),
+    (Column("direction", "S8"), Column("side", "S12"), Column("k", "i8"), Column("mean", label="mean overlap"), *CI,
+     *SUMMARY[1:], Column("chance", label="chance k/n", format=".4f"), Column("jaccard", label="Jaccard"),
+     Column("jaccard_ci_low", label="Jaccard CI low"), Column("jaccard_ci_high", label="Jaccard CI high")),
     overlap_rows, text_rows=overlap_headline,
 ))
 register_table(ComparisonTable(
     "rank_correlation", "rank agreement per row",
-    (Column("direction", "S8"), Column("statistic", "S10"), *SUMMARY, Column("n_rows", "i8", label="rows"),
+    (Column("direction", "S8"), Column("statistic", "S10"), SUMMARY[0], *CI, *SUMMARY[1:], Column("n_rows", "i8", label="rows"),
      Column("n_undefined", "i8", label="constant rows left out")),
     correlation_rows,
 ))

@@ -252,6 +252,53 @@ def quality_table(store: ScoreFile) -> str:
     return "**Quality checks of the proponents** (no retraining; identical class: Hanawa et al. 2021)\n\n" + _markdown(header, rows)
 
 
+def agreement_markdown(store: ScoreFile) -> str:
+    """The agreement table (teacher-student against the replicas' own agreement) as Markdown."""
+    try:
+        table = store.agreement()
+    except TracinError:
+        return "**Agreement against replicas:** not in this file (scored before it existed; score it again to add it)."
+    if len(table) == 0:
+        return "**Agreement against replicas:** no teacher-student or student-baseline pair was scored."
+    header = ("variant", "statistic", "comparison", "mean", "95% CI", "chance", "model pairs")
+    rows = [(r["variant"].decode(), r["statistic"].decode(), r["comparison"].decode(), f"{r['mean']:.3f}",
+             f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]", f"{r['chance']:.3f}", r["pairs"]) for r in table]
+    return ("**Agreement of the test examples' proponents against the noise floor** (mean over test examples, "
+            "percentile bootstrap CI; ' = another replica: other seed, same data; normalised: 1 = as much as the "
+            "replicas agree with each other, 0 = chance)\n\n" + _markdown(header, rows))
+
+
+def plot_agreement(store: ScoreFile) -> Optional[Figure]:
+    """Each comparison's mean agreement with its CI, a panel per statistic and a colour per variant
+    (None when the file has no agreement table)."""
+    try:
+        table = store.agreement()
+    except TracinError:
+        return None
+    if len(table) == 0:
+        return None
+    statistics = list(dict.fromkeys(table["statistic"]))
+    variants = list(dict.fromkeys(table["variant"]))
+    comparisons = list(dict.fromkeys(table["comparison"]))
+    figure, axes = plt.subplots(1, len(statistics), figsize=(6 * len(statistics), 0.45 * len(comparisons) + 1.5),
+                                squeeze=False, sharey=True)
+    for axis, statistic in zip(axes[0], statistics):
+        for offset, variant in enumerate(variants):
+            rows = table[(table["statistic"] == statistic) & (table["variant"] == variant)]
+            y = np.array([comparisons.index(c) for c in rows["comparison"]]) + (offset - (len(variants) - 1) / 2) * 0.2
+            errors = np.abs(np.stack([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]]))
+            axis.errorbar(rows["mean"], y, xerr=errors, fmt="o", capsize=3, label=variant.decode())
+        axis.axvline(rows["chance"][0], color="gray", linestyle=":", label="chance")
+        axis.set_title(statistic.decode())
+        axis.set_yticks(range(len(comparisons)), [c.decode() for c in comparisons])
+        axis.grid(axis="x", alpha=0.3)
+    axes[0][0].invert_yaxis()  # shared: once for all panels
+    axes[0][-1].legend(fontsize=8)
+    figure.suptitle("agreement of the proponents, mean over test examples with 95% bootstrap CI")
+    figure.tight_layout()
+    return figure
+
+
 def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_root: Optional[str] = None) -> list[Path]:
     """PNG figures and report.md (the tables) of a finished score file, in out_dir (default: the
     file's folder, under plots/). Returns the files written."""
@@ -259,8 +306,8 @@ def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_ro
         check_finished(store)
         out = Path(out_dir) if out_dir else Path(path).parent / "plots"
         out.mkdir(parents=True, exist_ok=True)
-        models, written, sections = store.models, [], [quality_table(store)]
-        figures = {}
+        models, written, sections = store.models, [], [quality_table(store), agreement_markdown(store)]
+        figures = {"agreement.png": plot_agreement(store)}
         for a, b in store.comparison_pairs():
             figures[f"overlap_{a}__{b}.png"] = plot_overlap_curves(store, a, b)
             sections.append(comparison_tables(store, a, b))
@@ -271,6 +318,8 @@ def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_ro
             figures["mislabel_detection.png"] = plot_mislabel_detection(curves)
             sections.append(detection_table(curves))
         for name, figure in figures.items():
+            if figure is None:
+                continue
             figure.savefig(out / name, dpi=110)
             plt.close(figure)
             written.append(out / name)

@@ -18,7 +18,7 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,9 +27,12 @@ import torch.distributed as dist
 from tracin import faults
 from tracin.files import exclusive_lock, remove_stale_temporaries
 from tracin.training.checkpoints import Checkpoint, load_distillation_teacher, load_run_checkpoints, select_checkpoints
+from tracin.results.agreement import agreement_table, format_agreement
 from tracin.results.comparison import CompareOptions, compare_models, format_tables
 from tracin.results.statistics import parse_topk
-from tracin.config import ROLES, SCORE_LOSSES, DataConfig, EngineConfig, ModelConfig, ScoreConfig, TrainConfig
+from tracin.config import (
+    ROLES, SCORE_LOSSES, DataConfig, EngineConfig, ModelConfig, ScoreConfig, TrainConfig, model_name, split_model_name,
+)
 from tracin.training.data import RunData, fingerprint_differences, load_data, stratified_subset
 from tracin.errors import DataError, TracinError
 from tracin.training.losses import CrossEntropy, Distillation, Objective
@@ -48,6 +51,7 @@ class ScoreOptions:
 
     run: str
     models: tuple[str, ...] = ("teacher", "student")
+    replicas: Optional[int] = None
     score: ScoreConfig = field(default_factory=ScoreConfig)
     checkpoints: str = "all"
     train_subset: Optional[int] = None
@@ -66,9 +70,12 @@ class ScoreOptions:
     command: str = ""
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.models if m not in ROLES]
-        if unknown or not self.models:
-            raise TracinError(f"--models takes {', '.join(ROLES)}; got {', '.join(self.models) or 'nothing'}")
+        if not self.models:
+            raise TracinError(f"--models takes {', '.join(ROLES)} (or ROLE.rN for one replica); got nothing")
+        for name in self.models:
+            split_model_name(name)
+        if self.replicas is not None and self.replicas < 1:
+            raise TracinError(f"--replicas must be at least 1, got {self.replicas}")
         if self.loss not in SCORE_LOSSES:
             raise TracinError(f"--loss must be one of {', '.join(SCORE_LOSSES)}, got {self.loss!r}")
 
@@ -94,9 +101,33 @@ def open_trained_run(run_dir: str, data_root: Optional[str]) -> TrainedRun:
     return TrainedRun(paths, record, DataConfig.from_dict(data_config))
 
 
-def load_role_checkpoints(run: TrainedRun, role: str, spec: str) -> tuple[list[Checkpoint], ModelConfig, dict]:
+def trained_replicas(run: TrainedRun, role: str) -> int:
+    """How many replicas of `role` the run has trained to the end (replica 0 counts whatever its state)."""
+    models, count = run.record["models"], 1
+    while models.get(model_name(role, count), {}).get("status") == "done":
+        count += 1
+    return count
+
+
+def model_names(run: TrainedRun, options: ScoreOptions) -> tuple[str, ...]:
+    """The models to score, replica by replica: each role of --models with its trained replicas (all, or
+    the first --replicas), and each replica --models names itself."""
+    roles = [name for name in options.models if name in ROLES]
+    counts = {role: trained_replicas(run, role) for role in roles}
+    if options.replicas is not None:
+        short = [f"{role} ({count})" for role, count in counts.items() if count < options.replicas]
+        if short:
+            raise TracinError(f"--replicas {options.replicas}: the run has fewer trained replicas of {', '.join(short)}; "
+                              f"train them with tracin-train --run {run.paths.root.name} --resume --replicas {options.replicas}")
+        counts = dict.fromkeys(roles, options.replicas)
+    names = [model_name(role, r) for r in range(max(counts.values(), default=0)) for role in roles if r < counts[role]]
+    return tuple(dict.fromkeys(names + [name for name in options.models if name not in ROLES]))
+
+
+def load_role_checkpoints(run: TrainedRun, name: str, spec: str) -> tuple[list[Checkpoint], ModelConfig, dict]:
     """The model's selected checkpoints, checked against the run (tracin.training.checkpoints)."""
-    paths = select_checkpoints(run.paths.model_dir(role), role, spec)
+    role = split_model_name(name)[0]
+    paths = select_checkpoints(run.paths.model_dir(name), role, spec)
     return load_run_checkpoints(paths, role, run.record["data_fingerprint"]["digest"])
 
 
@@ -141,7 +172,7 @@ def settings_of(options: ScoreOptions, run: TrainedRun, data: RunData, engines: 
         "run_data": run.record["data_fingerprint"]["digest"],
         "train_index": _digest(data.train.index.numpy()),
         "test_index": _digest(data.test.index.numpy()),
-        "models": list(options.models),
+        "models": list(engines),
         "checkpoints": options.checkpoints,
         "batch_size": options.engine.batch_size,
         "per_checkpoint": options.per_checkpoint,
@@ -171,20 +202,20 @@ def file_attrs(options: ScoreOptions, run: TrainedRun, data: RunData) -> dict:
 # --- scoring one model --------------------------------------------------------------------------------
 
 
-def scoring_loss(role: str, last: dict, options: ScoreOptions) -> Objective:
+def scoring_loss(name: str, last: dict, options: ScoreOptions) -> Objective:
     """Cross-entropy, or for a student with --loss kd the objective it was trained with: its teacher
     (sha256-checked), temperature, alpha, kd loss and label smoothing, all from its own checkpoint."""
-    if options.loss != "kd" or role == "teacher":
+    if options.loss != "kd" or split_model_name(name)[0] == "teacher":
         return CrossEntropy()
     config = TrainConfig.from_dict(last["config"])
     teacher = load_distillation_teacher(last)
     return Distillation(teacher, config.temperature, config.alpha, config.kd_loss, config.label_smoothing)
 
 
-def build_engine(role: str, run: TrainedRun, options: ScoreOptions, runtime: Runtime) -> TracIn:
-    checkpoints, config, last = load_role_checkpoints(run, role, options.checkpoints)
+def build_engine(name: str, run: TrainedRun, options: ScoreOptions, runtime: Runtime) -> TracIn:
+    checkpoints, config, last = load_role_checkpoints(run, name, options.checkpoints)
     engine = replace(options.engine, progress=not options.quiet and runtime.is_main)
-    return TracIn(build_model(config), checkpoints, options.score, scoring_loss(role, last, options), engine, runtime.device)
+    return TracIn(build_model(config), checkpoints, options.score, scoring_loss(name, last, options), engine, runtime.device)
 
 
 def _payload(block: ScoreBlock) -> tuple:
@@ -268,7 +299,7 @@ def score_run(options: ScoreOptions) -> Path:
         data = scoring_data(run, options)
         runtime.log(data_source(run, options))
         ks = parse_topk(options.topk, limit=min(len(data.train), len(data.test)))
-        engines = {role: build_engine(role, run, options, runtime) for role in options.models}
+        engines = {name: build_engine(name, run, options, runtime) for name in model_names(run, options)}
         for tracin in engines.values():  # probes each model: blocking and memory are checked here
             tracin.block_sizes(data.train, data.test, options.per_checkpoint)
         store = _open_store(out, options, run, data, engines) if runtime.is_main else None
@@ -277,7 +308,7 @@ def score_run(options: ScoreOptions) -> Path:
             for role, tracin in engines.items():
                 score_role(store, role, tracin, data, runtime, options, max(ks))
             if runtime.is_main:
-                report(store, options, ks)
+                report(store, options, ks, list(engines))
                 out = store.path
         finally:
             if store is not None:
@@ -331,7 +362,7 @@ def data_source(run: TrainedRun, options: ScoreOptions) -> str:
     return f"data: {run.data_config.dataset} from {root} (--data-root)"
 
 
-def quality_table(store: ScoreFile, models) -> np.ndarray:
+def quality_table(store: ScoreFile, models: Sequence[str]) -> np.ndarray:
     """Quality checks of every model and variant, from the stored proponent tables (tracin.results.quality)."""
     rows = []
     for name in models:
@@ -342,14 +373,24 @@ def quality_table(store: ScoreFile, models) -> np.ndarray:
     return np.array(rows, dtype=QUALITY_DTYPE)
 
 
-def report(store: ScoreFile, options: ScoreOptions, ks: list[int]) -> None:
-    quality = quality_table(store, options.models)
+def comparison_pairs(models: Sequence[str]) -> list[tuple[str, str]]:
+    """Every pair of replica-0 models, then each model against its own replicas (the noise floor)."""
+    first = [name for name in models if split_model_name(name)[1] == 0]
+    replicas = [(model_name(split_model_name(name)[0]), name) for name in models if split_model_name(name)[1] > 0]
+    return list(itertools.combinations(first, 2)) + [pair for pair in replicas if pair[0] in first]
+
+
+def report(store: ScoreFile, options: ScoreOptions, ks: list[int], models: Sequence[str]) -> None:
+    quality = quality_table(store, models)
     store.write_quality(quality)
     print(format_quality(quality), flush=True)
     compare_options = CompareOptions(tuple(ks), max_rows=options.corr_rows, seed=options.score.seed)
-    for name_a, name_b in itertools.combinations(options.models, 2):
+    for name_a, name_b in comparison_pairs(models):
         faults.reach("comparison")
         tables = compare_models(store, name_a, name_b, compare_options)
         print(format_tables(name_a, name_b, tables), flush=True)
+    agreement = agreement_table(store, list(models), compare_options)
+    store.write_agreement(agreement)
+    print(format_agreement(agreement), flush=True)
     store.mark_complete()
     print(f"scores: {store.path}", flush=True)

@@ -12,12 +12,16 @@ examples).
 
 from __future__ import annotations
 
-from typing import Optional
+import warnings
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import scipy.stats
 
 from tracin.errors import TracinError
+
+CONFIDENCE = 0.95  # of every bootstrap confidence interval
+RESAMPLES = 1000  # bootstrap resamples of the rows
 
 
 def parse_topk(text: str, limit: Optional[int] = None) -> list[int]:
@@ -122,17 +126,67 @@ def correlation(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     }
 
 
-def overlap_table(top_a: np.ndarray, top_b: np.ndarray, ks: list[int], n_ranked: int) -> list[dict]:
-    """One row per k: overlap@k summary (mean/median/min/max), chance level k/n and mean Jaccard."""
+def bootstrap_ci(
+    samples: Sequence[np.ndarray], statistic: Callable = np.mean, seed: int = 0
+) -> tuple[float, float]:
+    """The CONFIDENCE percentile-bootstrap interval of statistic(*samples, axis=-1) over rows:
+    scipy.stats.bootstrap resampling the rows (RESAMPLES times, the same rows of every sample: paired).
+    Rows where any sample is NaN (undefined) are left out; fewer than 2 rows left gives (NaN, NaN), and
+    so does a statistic that is NaN on some resamples (e.g. a normalised agreement whose replica
+    agreement falls to chance)."""
+    arrays = [np.asarray(a, dtype=np.float64) for a in samples]
+    defined = ~np.any([np.isnan(a) for a in arrays], axis=0)
+    if defined.sum() < 2:
+        return np.nan, np.nan
+    with warnings.catch_warnings():  # a resample where the statistic is undefined makes the CI NaN, as said
+        warnings.simplefilter("ignore", scipy.stats.DegenerateDataWarning)
+        result = scipy.stats.bootstrap(
+            [a[defined] for a in arrays], statistic, n_resamples=RESAMPLES, confidence_level=CONFIDENCE,
+            method="percentile", paired=True, vectorized=True, axis=-1, rng=np.random.default_rng(seed),
+        )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def normalised_agreement(between: np.ndarray, within_a: np.ndarray, within_b: np.ndarray, chance: float = 0.0,
+                         axis: int = -1) -> np.ndarray:
+    """Agreement of two models relative to each one's agreement with its own replica (Spearman's
+    correction for attenuation, with chance removed first):
+
+        (mean(between) - chance) / sqrt((mean(within_a) - chance) * (mean(within_b) - chance))
+
+    over `axis` (per-row agreement values, e.g. overlap@k of each test example's proponents). 1: the
+    two models agree as much as two trainings of one model do; 0: chance. NaN where a replica agreement
+    is at or below chance (no signal to compare against)."""
+    means = [np.mean(x, axis=axis) - chance for x in (between, within_a, within_b)]
+    floor = means[1] * means[2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((means[1] > 0) & (means[2] > 0), means[0] / np.sqrt(np.where(floor > 0, floor, 1.0)), np.nan)
+
+
+def mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    """mean(a) - mean(b) over `axis` (paired per-row values)."""
+    return np.mean(a, axis=axis) - np.mean(b, axis=axis)
+
+
+def overlap_table(top_a: np.ndarray, top_b: np.ndarray, ks: list[int], n_ranked: int, seed: int = 0) -> list[dict]:
+    """One row per k: overlap@k summary (mean/median/min/max) with the bootstrap CI of its mean, chance
+    level k/n, and mean Jaccard with its CI."""
     rows = []
     for k in ks:
         overlap = overlap_at_k(top_a, top_b, k)
+        jaccard = jaccard_at_k(top_a, top_b, k)
+        ci_low, ci_high = bootstrap_ci([overlap], seed=seed)
+        jaccard_low, jaccard_high = bootstrap_ci([jaccard], seed=seed)
         rows.append(
             {
                 "k": k,
                 **summarize(overlap),
+                "ci_low": ci_low,
+                "ci_high": ci_high,
                 "chance": chance_overlap(k, n_ranked),
-                "jaccard": float(jaccard_at_k(top_a, top_b, k).mean()),
+                "jaccard": float(jaccard.mean()),
+                "jaccard_ci_low": jaccard_low,
+                "jaccard_ci_high": jaccard_high,
             }
         )
     return rows

@@ -33,6 +33,9 @@ Layout (format "tracin-scores", version 1):
         topk_variant/<variant>/ the same tables from each other variant's scores
     /quality                compound [rows]: per model and variant, identical-class rate of the top-1 and top-k
                             proponents, top-1 concentration, distinct proponents (tracin.results.quality)
+    /agreement              compound [rows]: per variant, statistic (overlap@k, spearman) and comparison
+                            (teacher–student, replicas' own, normalised, own − other teacher), mean over test
+                            examples with its bootstrap CI (tracin.results.agreement)
     /comparison/<a>__<b>/   attrs: ks, max_rows, seed (the comparison's options)
         <table>             compound [rows], one per table of tracin.results.comparison.TABLES (overlap,
                             rank_correlation, ks, self_influence), columns as registered, "scope" first
@@ -60,8 +63,8 @@ from torch import Tensor
 from tracin import __version__, faults
 from tracin.files import default_mode, fsync_file
 from tracin.training.checkpoints import Checkpoint
-from tracin.config import ROLES
-from tracin.errors import StoreError
+from tracin.config import ROLES, split_model_name
+from tracin.errors import StoreError, TracinError
 from tracin.engine.topk import Ranking, StreamingRanking
 
 FORMAT = "tracin-scores"
@@ -129,6 +132,14 @@ def open_h5(path: Path, mode: str, locking: Optional[bool] = None) -> h5py.File:
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0]
         raise StoreError(f"{path} is not a readable HDF5 file (truncated or corrupt?): {reason}") from None
+
+
+def _model_order(name: str) -> tuple:
+    try:
+        role, replica = split_model_name(name)
+    except TracinError:
+        return (1, 0, 0, name)
+    return (0, replica, ROLES.index(role), name)
 
 
 class ScoreFile:
@@ -326,9 +337,10 @@ class ScoreFile:
 
     @property
     def models(self) -> list[str]:
-        """Scored models, in role order (teacher, student, student_baseline), then any others."""
+        """Scored models, replica by replica in role order (teacher, student, student_baseline, then
+        teacher.r1, ...), then any others."""
         found = [k for k in self._h5 if isinstance(self._h5[k], h5py.Group) and "scores" in self._h5[k]]
-        return sorted(found, key=lambda name: (ROLES.index(name) if name in ROLES else len(ROLES), name))
+        return sorted(found, key=_model_order)
 
     def prepare_model(
         self,
@@ -411,16 +423,30 @@ class ScoreFile:
 
     def write_quality(self, table: np.ndarray) -> None:
         """Replace /quality, the quality checks (tracin.results.quality.QUALITY_DTYPE rows)."""
-        if "quality" in self._h5:
-            del self._h5["quality"]
-        self._h5.create_dataset("quality", data=np.asarray(table))
-        self._h5.flush()
+        self._write_table("quality", table)
 
     def quality(self) -> np.ndarray:
         """The quality checks table (structured [rows]); StoreError when the file has none."""
-        if "quality" not in self._h5:
-            raise StoreError(f"{self.path} has no quality checks (written by tracin-score since the score variants)")
-        return self._h5["quality"][()]
+        return self._table("quality", "quality checks (written by tracin-score since the score variants)")
+
+    def write_agreement(self, table: np.ndarray) -> None:
+        """Replace /agreement, agreement against replicas (tracin.results.agreement.AGREEMENT_DTYPE rows)."""
+        self._write_table("agreement", table)
+
+    def agreement(self) -> np.ndarray:
+        """The agreement table (structured [rows]); StoreError when the file has none."""
+        return self._table("agreement", "agreement table (written by tracin-score since replicas)")
+
+    def _write_table(self, name: str, table: np.ndarray) -> None:
+        if name in self._h5:
+            del self._h5[name]
+        self._h5.create_dataset(name, data=np.asarray(table))
+        self._h5.flush()
+
+    def _table(self, name: str, what: str) -> np.ndarray:
+        if name not in self._h5:
+            raise StoreError(f"{self.path} has no {what}")
+        return self._h5[name][()]
 
     # --- closing ----------------------------------------------------------------------------------
 

@@ -85,12 +85,14 @@ def holds_work(paths: RunPaths) -> bool:
     return paths.root.is_dir() and not all(_leftover(p) for p in paths.root.iterdir())
 
 
+def pending_entry(epochs: int) -> dict:
+    """run.json's entry of a model not trained yet (replicas get theirs when they start)."""
+    return {"status": "pending", "epoch": 0, "epochs": epochs, "checkpoints": []}
+
+
 def new_record(invocation: dict, configs: dict[str, Any], model_configs: dict, param_counts: dict) -> dict:
     """run.json of a new run. `configs`: config, data_config, data_fingerprint, teacher_checkpoint."""
-    models = {
-        role: {"status": "pending", "epoch": 0, "epochs": configs["config"]["epochs"], "checkpoints": []}
-        for role in ROLES
-    }
+    models = {role: pending_entry(configs["config"]["epochs"]) for role in ROLES}
     return {
         "format": RUN_FORMAT,
         "version": __version__,

@@ -62,7 +62,7 @@ from tracin.training.checkpoints import (
     teacher_record,
     with_resume_state,
 )
-from tracin.config import ROLES, DataConfig, ModelConfig, TrainConfig
+from tracin.config import REPLICA_SEED_STRIDE, ROLES, DataConfig, ModelConfig, TrainConfig, model_name
 from tracin.training.data import RunData, Split, augment, data_record, fingerprint, load_data, normalize
 from tracin.errors import CheckpointError, NonFiniteError, TracinError
 from tracin.training.models import build_model, copy_shared_stages, count_parameters, student_config, teacher_config
@@ -75,6 +75,7 @@ from tracin.training.run_folder import (
     made_by_tracin,
     new_record,
     open_record,
+    pending_entry,
     replaced_path,
     restore_replaced,
 )
@@ -332,13 +333,15 @@ class RunContext:
 
 @dataclass
 class ModelJob:
-    """One model of a run: role, architecture, initial weights, and what it distils from.
+    """One model of a run: role, name (its folder and run.json entry: the role, or ROLE.rN for replica N),
+    architecture, initial weights, and what it distils from.
 
     teacher: a frozen module for distillation (None: cross-entropy, or self-distillation); teacher_info:
     its provenance (path, sha256, epoch) or "self", stored in every checkpoint.
     """
 
     role: str
+    name: str
     model_config: ModelConfig
     initial_state: dict[str, Tensor]
     teacher: Optional[nn.Module] = None
@@ -393,10 +396,10 @@ def fit(job: ModelJob, run: RunContext) -> list[dict]:
 def start_or_resume(job: ModelJob, run: RunContext) -> Trainee:
     """A model, optimizer and scheduler: restored from last.pt, or fresh from the job's initial state
     (which is then saved as init.pt)."""
-    runtime, last = run.runtime, run.paths.last(job.role)
+    runtime, last = run.runtime, run.paths.last(job.name)
     payload = load_checkpoint(last, role=job.role) if last.is_file() else None
     model = blank_model(job.model_config)
-    source = str(last) if payload else f"the initial state of the {job.role}"
+    source = str(last) if payload else f"the initial state of the {job.name}"
     load_state(model, payload["model"] if payload else job.initial_state, source)
     model.to(runtime.device, memory_format=runtime.memory_format)
     optimizer = build_optimizer(model, run.config)
@@ -404,7 +407,7 @@ def start_or_resume(job: ModelJob, run: RunContext) -> Trainee:
     trainee = Trainee(model, _parallel(model, runtime), optimizer, scheduler, TrainState())
     if payload is None:
         init_payload = checkpoint_payload(job, run, trainee, lr=0.0, metrics={})
-        _save_on_main(run, lambda: init_payload, run.paths.init(job.role))
+        _save_on_main(run, lambda: init_payload, run.paths.init(job.name))
     else:
         _restore(trainee, payload)
     return trainee
@@ -430,7 +433,7 @@ def self_teacher_at(job: ModelJob, run: RunContext, epoch: int) -> Optional[nn.M
     earlier = [e for e in saved_epochs(run.config) if e <= epoch]
     if not earlier:
         return None
-    return load_frozen(run.paths.checkpoint(job.role, earlier[-1]), job.role, run.runtime)
+    return load_frozen(run.paths.checkpoint(job.name, earlier[-1]), job.role, run.runtime)
 
 
 def load_frozen(path: Path, role: Optional[str], runtime: Runtime) -> nn.Module:
@@ -447,7 +450,7 @@ def run_epoch(job: ModelJob, run: RunContext, trainee: Trainee, teacher: Optiona
     row = _close_epoch(trainee.state, epoch, result, test, run.config)
     row["seconds"] = round(time.perf_counter() - started, 3)
     save_epoch(job, run, trainee, row)
-    run.runtime.log(summary_line(job.role, row, run.config.epochs))
+    run.runtime.log(summary_line(job.name, row, run.config.epochs))
     return bool(row["checkpoint"])
 
 
@@ -457,7 +460,7 @@ def train_epoch(
     """`train_one_epoch` on the epoch's batches, with its progress bar; a non-finite loss ends the run."""
     config, runtime = run.config, run.runtime
     batches = training_batches(run.data.train, config.batch_size, config.seed, epoch, config.augment, runtime)
-    description = f"{job.role} {epoch}/{config.epochs}"
+    description = f"{job.name} {epoch}/{config.epochs}"
     bar = tqdm(total=run.steps_per_epoch, desc=description, leave=False, disable=runtime.progress_disabled)
     with bar, epoch_rng(config.seed, epoch, runtime):
         objective = objective_for(teacher, config, runtime)
@@ -466,7 +469,7 @@ def train_epoch(
         )
     if not math.isfinite(result.loss):
         raise NonFiniteError(
-            f"{job.role}: the training loss became non-finite in epoch {epoch} (peak lr {config.lr}); "
+            f"{job.name}: the training loss became non-finite in epoch {epoch} (peak lr {config.lr}); "
             "lower --lr, or check the data"
         )
     return result
@@ -536,14 +539,14 @@ def save_epoch(job: ModelJob, run: RunContext, trainee: Trainee, row: dict) -> N
     metrics = {name: row[name] for name in METRICS}
     lr = sum(state.interval_lrs) / len(state.interval_lrs)
     if row["checkpoint"]:
-        path = run.paths.checkpoint(job.role, state.epoch)
+        path = run.paths.checkpoint(job.name, state.epoch)
         _save_on_main(run, lambda: checkpoint_payload(job, run, trainee, lr, metrics), path)
         state.interval_lrs = []
-    _save_on_main(run, lambda: resume_payload(job, run, trainee, lr, metrics), run.paths.last(job.role))
+    _save_on_main(run, lambda: resume_payload(job, run, trainee, lr, metrics), run.paths.last(job.name))
     faults.reach("train-epoch")
     if runtime.is_main:
-        write_history(state.history, run.paths.history(job.role))
-        set_status(run, job.role, "partial", state)
+        write_history(state.history, run.paths.history(job.name))
+        set_status(run, job.name, "partial", state)
 
 
 def write_history(history: list[dict], path: Path) -> None:
@@ -577,12 +580,12 @@ def finish_model(job: ModelJob, run: RunContext, trainee: Trainee) -> None:
     if run.runtime.is_main:
         paths, history, test = run.paths, trainee.state.history, run.data.test
         best = best_saved(history)
-        plot_history(history, paths.curves(job.role), f"{paths.root.name}: {job.role}")
-        model = load_frozen(paths.checkpoint(job.role, best["epoch"]), job.role, run.runtime)
+        plot_history(history, paths.curves(job.name), f"{paths.root.name}: {job.name}")
+        model = load_frozen(paths.checkpoint(job.name, best["epoch"]), job.role, run.runtime)
         matrix = confusion_matrix(evaluate(model, test, run.runtime).predictions, test.labels, len(test.classes))
-        title = f"{job.role}, epoch {best['epoch']} (best saved: test acc {best['test_acc']:.1%})"
-        plot_confusion(matrix, test.classes, paths.confusion(job.role), title)
-        set_status(run, job.role, "done", trainee.state, best_epoch=best["epoch"])
+        title = f"{job.name}, epoch {best['epoch']} (best saved: test acc {best['test_acc']:.1%})"
+        plot_confusion(matrix, test.classes, paths.confusion(job.name), title)
+        set_status(run, job.name, "done", trainee.state, best_epoch=best["epoch"])
     run.runtime.barrier()
 
 
@@ -594,6 +597,8 @@ class RunOptions:
     """How to run, as opposed to what to train (TrainConfig) and on which data (DataConfig).
 
     teacher: path of an outside teacher checkpoint for the students (None: the run's own final teacher).
+    replicas: how many times each model is trained, with seeds seed + N * REPLICA_SEED_STRIDE (N = 0, 1,
+    ...), on the same data with the same configuration: the noise floor of every comparison.
     command: the command line, recorded in run.json.
     """
 
@@ -601,6 +606,7 @@ class RunOptions:
     out_root: str = "checkpoints"
     models: tuple[str, ...] = ROLES
     teacher: Optional[str] = None
+    replicas: int = 1
     device: str = "auto"
     resume: bool = False
     overwrite: bool = False
@@ -609,6 +615,8 @@ class RunOptions:
 
     def __post_init__(self):
         check_run_name(self.run)
+        if self.replicas < 1:
+            raise TracinError(f"--replicas must be at least 1, got {self.replicas}")
 
 
 @dataclass
@@ -632,8 +640,9 @@ def model_configs(config: TrainConfig, data: RunData) -> dict[str, ModelConfig]:
     return {"teacher": teacher, "student": student, "student_baseline": student}
 
 
-def teacher_path(options: RunOptions, paths: RunPaths, config: TrainConfig) -> Path:
-    return Path(options.teacher) if options.teacher else paths.checkpoint("teacher", config.epochs)
+def teacher_path(options: RunOptions, paths: RunPaths, config: TrainConfig, replica: int = 0) -> Path:
+    """What the students of a replica distil from: --teacher, or the same replica's final teacher."""
+    return Path(options.teacher) if options.teacher else paths.checkpoint(model_name("teacher", replica), config.epochs)
 
 
 def load_teacher(path: Path, data: RunData, runtime: Runtime) -> Teacher:
@@ -649,34 +658,43 @@ def load_teacher(path: Path, data: RunData, runtime: Runtime) -> Teacher:
     return Teacher(frozen, payload["model"], teacher_record(path, payload))
 
 
-def make_job(role: str, run: RunContext, teacher: Optional[Teacher]) -> ModelJob:
-    """What to train for `role`. Both students start from the same weights: seed + 1 and, with
-    --student-init teacher, the teacher's stem and stages."""
-    config = run.config
+def make_job(role: str, replica: int, run: RunContext, teacher: Optional[Teacher]) -> ModelJob:
+    """What to train for `role` in `run` (whose config carries the replica's seed). Both students start
+    from the same weights: seed + 1 and, with --student-init teacher, the teacher's stem and stages."""
+    config, name = run.config, model_name(role, replica)
     model_config = model_configs(config, run.data)[role]
     if role == "teacher":
         initial = seeded_model(model_config, config.seed + TEACHER_SEED_OFFSET).state_dict()
-        return ModelJob(role, model_config, initial)
+        return ModelJob(role, name, model_config, initial)
     model = seeded_model(model_config, config.seed + STUDENT_SEED_OFFSET)
     if config.student_init == "teacher":
         copy_shared_stages(model, teacher.state)
     distils = role == "student" and config.distill == "teacher"
     self_distill = role == "student" and config.distill == "self"
     info = teacher.info if distils else ("self" if self_distill else None)
-    return ModelJob(role, model_config, model.state_dict(), teacher.module if distils else None, self_distill, info)
+    return ModelJob(role, name, model_config, model.state_dict(), teacher.module if distils else None, self_distill, info)
 
 
-def train_role(role: str, run: RunContext, options: RunOptions) -> None:
-    """Train one role of the run, unless run.json says it is done already."""
-    if run.record["models"][role]["status"] == "done" and run.paths.checkpoint(role, run.config.epochs).is_file():
-        run.runtime.log(f"{role}: done already, skipped")
+def replica_run(run: RunContext, replica: int) -> RunContext:
+    """The run as replica `replica` trains it: the same data and configuration, with the seed (initial
+    weights, data order, augmentation) moved by replica * REPLICA_SEED_STRIDE."""
+    return replace(run, config=replace(run.config, seed=run.config.seed + replica * REPLICA_SEED_STRIDE))
+
+
+def train_role(role: str, replica: int, run: RunContext, options: RunOptions) -> None:
+    """Train one model of the run (a role's replica), unless run.json says it is done already."""
+    name = model_name(role, replica)
+    run = replica_run(run, replica)
+    entry = run.record["models"].setdefault(name, pending_entry(run.config.epochs))
+    if entry["status"] == "done" and run.paths.checkpoint(name, run.config.epochs).is_file():
+        run.runtime.log(f"{name}: done already, skipped")
         return
     teacher = None
     if needs_teacher(role, run.config):
-        teacher = load_teacher(teacher_path(options, run.paths, run.config), run.data, run.runtime)
-    job = make_job(role, run, teacher)
+        teacher = load_teacher(teacher_path(options, run.paths, run.config, replica), run.data, run.runtime)
+    job = make_job(role, replica, run, teacher)
     model = job.model_config
-    run.runtime.log(f"{role}: {run.config.epochs} epochs, {model.arch} cut after {model.stages} stage(s), width {model.width}")
+    run.runtime.log(f"{name}: seed {run.config.seed}, {run.config.epochs} epochs, {model.arch} cut after {model.stages} stage(s), width {model.width}")
     fit(job, run)
 
 
@@ -688,15 +706,15 @@ def check_teacher_available(options: RunOptions, paths: RunPaths, config: TrainC
     if options.teacher:
         load_checkpoint(options.teacher, role="teacher")
         return
-    if not any(needs_teacher(role, config) for role in options.models):
+    if not any(needs_teacher(role, config) for role in options.models) or "teacher" in options.models:
         return
-    final = paths.checkpoint("teacher", config.epochs)
-    if "teacher" in options.models or (final.is_file() and not options.overwrite):
-        return
-    raise CheckpointError(
-        f"the student needs a teacher and {final} does not exist: train the teacher in this run "
-        "(--models teacher ...) or give a teacher checkpoint with --teacher PATH"
-    )
+    for replica in range(options.replicas):
+        final = teacher_path(options, paths, config, replica)
+        if not final.is_file() or options.overwrite:
+            raise CheckpointError(
+                f"the student needs a teacher and {final} does not exist: train the teacher in this run "
+                "(--models teacher ...) or give a teacher checkpoint with --teacher PATH"
+            )
 
 
 def run_configs(config: TrainConfig, data_config: DataConfig, options: RunOptions, data_fingerprint: dict) -> dict:
@@ -781,11 +799,13 @@ def check_replacement(paths: RunPaths, options: RunOptions) -> None:
 
 
 def train_models(run: RunContext, options: RunOptions) -> None:
+    """Every replica's models, replica by replica, each in the order teacher -> student -> student_baseline."""
     for role, count in run.record["param_counts"].items():
         run.runtime.log(f"{role}: {count:,} parameters")
-    for role in ROLES:
-        if role in options.models:
-            train_role(role, run, options)
+    for replica in range(options.replicas):
+        for role in ROLES:
+            if role in options.models:
+                train_role(role, replica, run, options)
 
 
 def _run_lock(paths: RunPaths, runtime: Runtime):

@@ -1,0 +1,143 @@
+"""Replicas and the noise floor: `tracin-train --replicas` trains every model again with another seed on
+the same data; `tracin-score` scores them and its agreement table (tracin.results.agreement) equals a
+direct computation from the stored rankings and scores."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from tracin.config import REPLICA_SEED_STRIDE, model_name, split_model_name
+from tracin.errors import TracinError
+from tracin.results.agreement import AGREEMENT_DTYPE
+from tracin.results.statistics import bootstrap_ci, normalised_agreement, overlap_at_k, sample_rows, spearman_rows
+from tracin.results.store import ScoreFile, rankings_name
+
+from conftest import TINY_RUN_ARGS, run_tracin_score, run_tracin_train
+
+ROLES = ("teacher", "student", "student_baseline")
+
+
+@pytest.fixture(scope="module")
+def replica_run(tiny_run, fashion_mnist_root, tmp_path_factory):
+    """A copy of the tiny run, continued with --resume --replicas 2: replica 1 of every model added."""
+    out_root = tmp_path_factory.mktemp("replicas")
+    shutil.copytree(tiny_run, out_root / "tiny")
+    args = ["--run", "tiny", "--out-root", out_root, "--data-root", fashion_mnist_root, *TINY_RUN_ARGS]
+    result = run_tracin_train([*args, "--resume", "--replicas", "2"])
+    assert result.returncode == 0, result.stderr
+    return out_root / "tiny"
+
+
+@pytest.fixture(scope="module")
+def replica_scores(replica_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("replica_scores") / "tracin.h5"
+    result = run_tracin_score([
+        "--run", replica_run, "--out", out, "--models", "teacher,student,student_baseline", "--variants", "raw,cosine",
+        "--train-subset", "128", "--test-subset", "24", "--topk", "3,8", "--device", "cpu", "--quiet",
+    ])
+    assert result.returncode == 0, result.stderr
+    return out, result.stdout
+
+
+def test_model_names_round_trip_and_refuse_others():
+    assert model_name("teacher") == "teacher" and model_name("student_baseline", 2) == "student_baseline.r2"
+    for role in ROLES:
+        for replica in (0, 1, 12):
+            assert split_model_name(model_name(role, replica)) == (role, replica)
+    for bad in ("teacher.r0", "teacher.r", "teacher.r01", "teacher.rx", "assistant", "student.r-1"):
+        with pytest.raises(TracinError):
+            split_model_name(bad)
+
+
+def test_replicas_train_with_other_seeds_on_the_same_data(tiny_run, replica_run):
+    record = json.loads((replica_run / "run.json").read_text())
+    assert [name for name in record["models"]] == [*ROLES, *(f"{role}.r1" for role in ROLES)]
+    assert all(entry["status"] == "done" for entry in record["models"].values())
+    assert (replica_run / "data.json").read_bytes() == (tiny_run / "data.json").read_bytes()  # same data
+    for role in ROLES:  # replica 0 is the run as it was
+        assert (replica_run / role / "epoch_004.pt").read_bytes() == (tiny_run / role / "epoch_004.pt").read_bytes()
+
+    def payload(name, file):
+        return torch.load(replica_run / name / file, map_location="cpu", weights_only=True)
+
+    for role in ROLES:
+        first, second = payload(role, "epoch_004.pt"), payload(f"{role}.r1", "epoch_004.pt")
+        assert second["role"] == role  # a replica is its role's model: scoring and distillation checks hold
+        assert second["config"]["seed"] == first["config"]["seed"] + REPLICA_SEED_STRIDE
+        assert {k: v for k, v in second["config"].items() if k != "seed"} == {k: v for k, v in first["config"].items() if k != "seed"}
+        init, init_r1 = payload(role, "init.pt")["model"], payload(f"{role}.r1", "init.pt")["model"]
+        assert any(not torch.equal(init[k], init_r1[k]) for k in init if init[k].is_floating_point())
+    # students of a replica start alike, and the distilled one learns from its own replica's teacher
+    student, baseline = payload("student.r1", "init.pt")["model"], payload("student_baseline.r1", "init.pt")["model"]
+    assert all(torch.equal(student[k], baseline[k]) for k in student)
+    teacher = payload("student.r1", "epoch_004.pt")["teacher"]
+    assert teacher["path"].endswith("teacher.r1/epoch_004.pt")
+
+
+def test_score_file_holds_every_replica_and_compares_each_with_its_own(replica_scores):
+    path, stdout = replica_scores
+    with ScoreFile.open_read(path) as store:
+        assert store.models == [*ROLES, *(f"{role}.r1" for role in ROLES)]
+        pairs = set(store.comparison_pairs())
+    assert {(role, f"{role}.r1") for role in ROLES} <= pairs
+    assert ("teacher", "student") in pairs and ("teacher.r1", "student.r1") not in pairs
+    assert "normalised teacher-student" in stdout and "own - other teacher" in stdout
+
+
+def test_agreement_table_equals_a_direct_computation(replica_scores):
+    path, _ = replica_scores
+    with ScoreFile.open_read(path) as store:
+        table = store.agreement()
+        assert table.dtype == AGREEMENT_DTYPE
+        n_train, n_test = len(store.train_labels), len(store.test_labels)
+        for variant in ("raw", "cosine"):
+            name = rankings_name(variant=None if variant == "raw" else variant)
+            top = {m: store.model(m).rankings(name)[0].top_index for m in store.models}
+            scores = {m: store.model(m).matrix(variant=None if variant == "raw" else variant) for m in store.models}
+
+            def overlap(a, b):
+                return overlap_at_k(top[a], top[b], 8)
+
+            columns = sample_rows(n_test, 1000, 0)
+
+            def spearman(a, b):
+                return spearman_rows(scores[a][:, columns].T, scores[b][:, columns].T)
+
+            for statistic, agree, chance in (("overlap@8", overlap, 8 / n_train), ("spearman", spearman, 0.0)):
+                own = (agree("teacher", "student") + agree("teacher.r1", "student.r1")) / 2
+                other = (agree("teacher.r1", "student") + agree("teacher", "student.r1")) / 2
+                teachers, students = agree("teacher", "teacher.r1"), agree("student", "student.r1")
+                expected = {
+                    "teacher-student": own,
+                    "teacher'-student": other,
+                    "teacher-teacher'": teachers,
+                    "student-student'": students,
+                    "baseline-baseline'": agree("student_baseline", "student_baseline.r1"),
+                    "student-baseline": (agree("student", "student_baseline") + agree("student.r1", "student_baseline.r1")) / 2,
+                }
+                rows = {r["comparison"].decode(): r for r in table
+                        if r["variant"].decode() == variant and r["statistic"].decode() == statistic}
+                for comparison, values in expected.items():
+                    row = rows[comparison]
+                    assert row["mean"] == pytest.approx(np.nanmean(values)), (variant, statistic, comparison)
+                    assert row["chance"] == pytest.approx(chance)
+                    assert (row["ci_low"], row["ci_high"]) == pytest.approx(bootstrap_ci([values]), nan_ok=True)
+                normalised = rows["normalised teacher-student"]
+                defined = ~(np.isnan(own) | np.isnan(teachers) | np.isnan(students))
+                direct = normalised_agreement(own[defined], teachers[defined], students[defined], chance)
+                assert normalised["mean"] == pytest.approx(direct, nan_ok=True)
+                difference = rows["own - other teacher"]
+                assert difference["mean"] == pytest.approx(np.nanmean(own - other))
+
+
+def test_scoring_more_replicas_than_trained_is_one_clear_error(replica_run, tmp_path):
+    result = run_tracin_score(["--run", replica_run, "--out", tmp_path / "x.h5", "--replicas", "3", "--topk", "3", "--quiet"])
+    assert result.returncode == 2
+    assert "fewer trained replicas" in result.stderr and "Traceback" not in result.stderr
+    result = run_tracin_score(["--run", replica_run, "--out", tmp_path / "x.h5", "--models", "teacher.r0", "--topk", "3", "--quiet"])
+    assert result.returncode == 2 and "is not a model name" in result.stderr

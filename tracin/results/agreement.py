@@ -1,0 +1,167 @@
+"""Teacher-student agreement against the noise floor of replicas, with bootstrap confidence intervals.
+
+A teacher-student overlap means little alone: two trainings of the *same* model (other seed, same data)
+agree only so much. With replicas (tracin-train --replicas), every agreement stands beside
+
+- teacher-teacher' and student-student' (and baseline-baseline'): the replicas' own agreement;
+- the normalised agreement, teacher-student relative to those (statistics.normalised_agreement: 1 = as
+  much as replicas of one model agree, 0 = chance);
+- teacher'-student: the student against a teacher it did not learn from (replica r's student against the
+  other replicas' teachers), and own - other teacher, the difference: does the student lean on *its*
+  teacher's data more than on an unrelated teacher's?
+
+Per test example (row): overlap@k of the two models' top-k proponents (from the stored rankings) and the
+Spearman correlation of the two score columns (on the sampled test examples of CompareOptions). Each
+comparison of several model pairs (e.g. teacher-student of every replica) averages the pairs per row;
+the CI is the percentile bootstrap over test examples (statistics.bootstrap_ci), paired across pairs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from tracin.config import split_model_name
+from tracin.errors import TracinError
+from tracin.results import statistics as compare
+from tracin.results.comparison import CompareOptions
+from tracin.results.store import ScoreFile, rankings_name
+
+AGREEMENT_DTYPE = np.dtype([
+    ("variant", "S16"), ("statistic", "S16"), ("comparison", "S40"), ("mean", "f8"), ("ci_low", "f8"),
+    ("ci_high", "f8"), ("chance", "f8"), ("pairs", "i8"), ("n_rows", "i8"),
+])
+Pair = tuple[str, str]
+
+
+def replica_names(models: list[str]) -> dict[str, list[str]]:
+    """role -> its models in replica order (role, role.r1, ...), for the models present."""
+    by_role: dict[str, dict[int, str]] = {}
+    for name in models:
+        try:
+            role, replica = split_model_name(name)
+        except TracinError:
+            continue
+        by_role.setdefault(role, {})[replica] = name
+    return {role: [found[r] for r in sorted(found)] for role, found in by_role.items()}
+
+
+def comparison_pairs(replicas: dict[str, list[str]]) -> dict[str, list[Pair]]:
+    """Each comparison of the table and the model pairs it averages (absent when a role is missing)."""
+    t, s, b = (replicas.get(role, []) for role in ("teacher", "student", "student_baseline"))
+    within = {
+        f"{role}-{role}'": list(itertools.combinations(names, 2))
+        for role, names in (("teacher", t), ("student", s), ("baseline", b))
+    }
+    pairs = {
+        "teacher-student": list(zip(t, s)),
+        "teacher'-student": [(t[i], s[j]) for i in range(len(t)) for j in range(len(s)) if i != j],
+        "student-baseline": list(zip(s, b)),
+        **within,
+    }
+    return {name: found for name, found in pairs.items() if found}
+
+
+@dataclass
+class RowValues:
+    """Per-test-example agreement of model pairs for one variant and statistic, computed once per pair."""
+
+    store: ScoreFile
+    variant: str
+    statistic: str  # "overlap@K" or "spearman"
+    columns: np.ndarray  # test examples used
+    cache: dict
+
+    def of(self, pair: Pair) -> np.ndarray:
+        """float64 [rows]: the statistic of one model pair per test example."""
+        if pair not in self.cache:
+            self.cache[pair] = self._compute(*pair)
+        return self.cache[pair]
+
+    def mean_of(self, pairs: list[Pair]) -> np.ndarray:
+        """float64 [rows]: the pairs' values averaged per test example."""
+        return np.mean([self.of(pair) for pair in pairs], axis=0)
+
+    def _compute(self, name_a: str, name_b: str) -> np.ndarray:
+        a, b = self.store.model(name_a), self.store.model(name_b)
+        variant = None if self.variant == a.variants[0] else self.variant
+        if self.statistic == "spearman":
+            return compare.spearman_rows(a.matrix(variant=variant)[:, self.columns].T,
+                                         b.matrix(variant=variant)[:, self.columns].T)
+        k = int(self.statistic.removeprefix("overlap@"))
+        top_a = a.rankings(rankings_name(variant=variant))[0].top_index
+        top_b = b.rankings(rankings_name(variant=variant))[0].top_index
+        return compare.overlap_at_k(top_a, top_b, k)
+
+
+def _row(variant: str, statistic: str, comparison: str, samples: list[np.ndarray], function: Callable,
+         chance: float, pairs: int, seed: int) -> tuple:
+    """One AGREEMENT_DTYPE row: function(*samples) over the rows where every sample is defined, its CI."""
+    defined = ~np.any([np.isnan(x) for x in samples], axis=0)
+    value = float(function(*[x[defined] for x in samples], axis=-1)) if defined.any() else np.nan
+    low, high = compare.bootstrap_ci(samples, function, seed)
+    return (variant, statistic, comparison, value, low, high, chance, pairs, int(defined.sum()))
+
+
+def agreement_table(store: ScoreFile, models: list[str], options: CompareOptions, k: Optional[int] = None) -> np.ndarray:
+    """AGREEMENT_DTYPE rows for every variant both models of a pair hold, for overlap@k (k: the largest
+    of options.ks unless given) and Spearman: each comparison's mean per test example with its CI, and
+    with replicas the normalised agreements and own - other teacher. Empty without a teacher-student or
+    student-baseline pair."""
+    pairs = comparison_pairs(replica_names(models))
+    k = k or max(options.ks)
+    n_train, n_test = len(store.train_labels), len(store.test_labels)
+    sampled = compare.sample_rows(n_test, options.max_rows, options.seed)  # as the rank-correlation table
+    variants = [v for v in store.model(models[0]).variants if all(v in store.model(m).variants for m in models)]
+    rows = []
+    for variant, (statistic, chance) in itertools.product(variants, ((f"overlap@{k}", k / n_train), ("spearman", 0.0))):
+        values = RowValues(store, variant, statistic, sampled if statistic == "spearman" else np.arange(n_test), {})
+        per_row = {name: values.mean_of(found) for name, found in pairs.items()}
+        for name, found in pairs.items():
+            rows.append(_row(variant, statistic, name, [per_row[name]], np.mean, chance, len(found), options.seed))
+        for between, a, b in (("teacher-student", "teacher", "student"), ("student-baseline", "student", "baseline")):
+            if all(name in per_row for name in (between, f"{a}-{a}'", f"{b}-{b}'")):
+                samples = [per_row[between], per_row[f"{a}-{a}'"], per_row[f"{b}-{b}'"]]
+                rows.append(_row(variant, statistic, f"normalised {between}", samples,
+                                 _normalised(chance), chance, len(pairs[between]), options.seed))
+        if "teacher'-student" in per_row:
+            samples = [per_row["teacher-student"], per_row["teacher'-student"]]
+            rows.append(_row(variant, statistic, "own - other teacher", samples, compare.mean_difference, 0.0,
+                             len(pairs["teacher-student"]), options.seed))
+    return np.array(rows, dtype=AGREEMENT_DTYPE)
+
+
+def _normalised(chance: float) -> Callable:
+    def statistic(between, within_a, within_b, axis=-1):
+        return compare.normalised_agreement(between, within_a, within_b, chance, axis)
+    return statistic
+
+
+def format_agreement(table: np.ndarray) -> str:
+    """The agreement table as text: a block per variant, a line per comparison, a column per statistic
+    (mean [95% CI])."""
+    if len(table) == 0:
+        return ""
+    statistics = list(dict.fromkeys(table["statistic"]))
+    lines = [f"agreement of the test examples' proponents, mean over test examples [{compare.CONFIDENCE:.0%} bootstrap CI]"
+             "; ' = another replica (other seed, same data); normalised: 1 = as much as replicas agree, 0 = chance"]
+    for variant in dict.fromkeys(table["variant"]):
+        rows = table[table["variant"] == variant]
+        heading = "  ".join(f"{s.decode():>22}" for s in statistics)
+        lines.append(f"  {variant.decode():<30}{heading}")
+        for comparison in dict.fromkeys(rows["comparison"]):
+            cells = []
+            for statistic in statistics:
+                match = rows[(rows["comparison"] == comparison) & (rows["statistic"] == statistic)]
+                cells.append(f"{_cell(match[0]):>22}" if len(match) else " " * 22)
+            lines.append(f"    {comparison.decode():<28}" + "  ".join(cells))
+        chances = [rows[rows["statistic"] == statistic]["chance"][0] for statistic in statistics]
+        lines.append(f"    {'(chance)':<28}" + "  ".join(f"{chance:>22.3f}" for chance in chances))
+    return "\n".join(lines)
+
+
+def _cell(row) -> str:
+    return f"{row['mean']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
