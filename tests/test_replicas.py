@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ import torch
 
 from tracin.config import REPLICA_SEED_STRIDE, model_name, split_model_name
 from tracin.errors import TracinError
-from tracin.results.agreement import AGREEMENT_DTYPE
+from tracin.results.agreement import AGREEMENT_DTYPE, format_agreement
 from tracin.results.statistics import bootstrap_ci, normalised_agreement, overlap_at_k, sample_rows, spearman_rows
 from tracin.results.store import ScoreFile, rankings_name
 
@@ -141,3 +144,41 @@ def test_scoring_more_replicas_than_trained_is_one_clear_error(replica_run, tmp_
     assert "fewer trained replicas" in result.stderr and "Traceback" not in result.stderr
     result = run_tracin_score(["--run", replica_run, "--out", tmp_path / "x.h5", "--models", "teacher.r0", "--topk", "3", "--quiet"])
     assert result.returncode == 2 and "is not a model name" in result.stderr
+
+
+def test_readme_figures_come_from_the_run_and_its_score_file(replica_run, replica_scores, tmp_path):
+    """scripts/readme_figures.py rewrites only the marked part of a README, with the run's own numbers."""
+    path, _ = replica_scores
+    seconds = {"total": 11, "training": 5, "scoring": 4, "report": 2}
+    machine = {"cpu": "a CPU", "cores": 2, "device": "no GPU", "torch": torch.__version__, "platform": "Linux"}
+    (replica_run / "demo.json").write_text(json.dumps({"finished": "2026-11-30T12:00:00", "seconds": seconds, "machine": machine}))
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\n\nbefore\n\n<!-- demo-figures:start -->\nstale 0.999\n<!-- demo-figures:end -->\n\nafter\n")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "readme_figures.py"
+    result = subprocess.run([sys.executable, script, "--run", replica_run, "--scores", path, "--readme", readme],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    text = readme.read_text()
+    assert text.startswith("# title\n\nbefore\n\n<!-- demo-figures:start -->") and text.endswith("<!-- demo-figures:end -->\n\nafter\n")
+    assert "stale 0.999" not in text and "2026-11-30T12:00:00" in text and "**11 s**" in text
+    record = json.loads((replica_run / "run.json").read_text())
+    for name, entry in record["models"].items():
+        assert f"{entry['metrics']['test_acc']:.1%}" in text, name
+    with ScoreFile.open_read(path) as store:
+        assert format_agreement(store.agreement()) in text
+        quality = {(r["model"].decode(), r["variant"].decode()): r for r in store.quality()}
+        k = store.model("teacher").rankings(rankings_name())[0].top_index.shape[1]
+        first = overlap_at_k(store.model("teacher").rankings(rankings_name())[0].top_index,
+                             store.model("student").rankings(rankings_name())[0].top_index, k).mean()
+        second = overlap_at_k(store.model("teacher.r1").rankings(rankings_name())[0].top_index,
+                              store.model("student.r1").rankings(rankings_name())[0].top_index, k).mean()
+    row = f"| teacher-student overlap@{k}, raw | {first:.3f} | {second:.3f} | {abs(first - second):.3f} |"
+    assert row in text
+    teacher, teacher_r1 = quality[("teacher", "raw")], quality[("teacher.r1", "raw")]
+    assert (f"| teacher, raw: same class top-1 | {teacher['identical_class_top1']:.1%} | "
+            f"{teacher_r1['identical_class_top1']:.1%} |") in text
+    # without demo.json: one clear line
+    (replica_run / "demo.json").unlink()
+    result = subprocess.run([sys.executable, script, "--run", replica_run, "--scores", path, "--print"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "run scripts/demo" in result.stderr and "Traceback" not in result.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -121,3 +122,17 @@ def start_runtime(device_name: str = "auto", quiet: bool = False) -> Iterator[Ru
             dist.destroy_process_group()
         torch.use_deterministic_algorithms(deterministic_before)
         torch.backends.cudnn.benchmark = benchmark_before
+
+
+def machine() -> dict[str, str | int]:
+    """What measured a figure: CPU model and cores, GPU (or none), torch version and platform (recorded
+    beside timings, e.g. in the demo's demo.json)."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return {"cpu": cpu, "cores": os.cpu_count() or 0, "device": device, "torch": torch.__version__,
+            "platform": platform.platform(terse=True)}
