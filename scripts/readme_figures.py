@@ -1,11 +1,15 @@
 #!/usr/bin/env python
 """Regenerate the README's demo figures from the demo's own output, so that they cannot go stale.
 
-    python scripts/readme_figures.py [--run checkpoints/demo] [--readme README.md] [--print]
+    python scripts/readme_figures.py [--run checkpoints/demo] [--second checkpoints/demo_noise20]
+                                     [--readme README.md] [--print]
 
-Reads RUN/run.json, RUN/tracin.h5 (or --scores) and RUN/demo.json (the timings and machine scripts/demo records) and
-rewrites the part of the README between the `<!-- demo-figures:start -->` and `<!-- demo-figures:end -->`
-markers (--print: write it to standard output instead). Every number in that part comes from those files:
+Reads RUN/run.json, RUN/tracin.h5 (or --scores) and RUN/demo.json (the timings and machine scripts/demo
+records) and rewrites the part of the README between the `<!-- demo-figures:start -->` and
+`<!-- demo-figures:end -->` markers; with --second (a demo run on another noise rate and data seed:
+scripts/demo --run demo_noise20 --label-noise 0.2 --data-seed 1), also the part between the
+`<!-- variants-figures:start -->` and `<!-- variants-figures:end -->` markers: each score variant on both
+runs, the measurement the defaults rest on. --print writes the parts to standard output instead. Every number in that part comes from those files:
 accuracies, quality checks, the agreement table with its confidence intervals, mislabel detection, and
 how much each figure moves between the two replicas (other seed, same data), which is what a re-run on
 another machine changes.
@@ -18,8 +22,10 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from tracin.cli.main import run_command
-from tracin.config import split_model_name
+from tracin.config import ENSEMBLE_SUFFIX, split_model_name
 from tracin.errors import TracinError
 from tracin.results.agreement import format_agreement
 from tracin.results.report import check_finished, detection_summary, detection_table, mislabel_curves
@@ -27,6 +33,7 @@ from tracin.results.statistics import overlap_at_k
 from tracin.results.store import ScoreFile, rankings_name
 
 START, END = "<!-- demo-figures:start -->", "<!-- demo-figures:end -->"
+VARIANTS_START, VARIANTS_END = "<!-- variants-figures:start -->", "<!-- variants-figures:end -->"
 
 
 def markdown(header, rows) -> str:
@@ -35,9 +42,11 @@ def markdown(header, rows) -> str:
 
 
 def replicas_of(names) -> dict[str, list[str]]:
+    """role -> its trained models in replica order (ensembles left out)."""
     by_role: dict[str, list[str]] = {}
     for name in names:
-        by_role.setdefault(split_model_name(name)[0], []).append(name)
+        if not name.endswith(ENSEMBLE_SUFFIX):
+            by_role.setdefault(split_model_name(name)[0], []).append(name)
     return by_role
 
 
@@ -105,6 +114,23 @@ def spread_section(store: ScoreFile, accuracy: dict, k: int) -> str:
     return markdown(["figure", "replica 0", "replica 1", "difference"], rows)
 
 
+def group_section(store: ScoreFile) -> str:
+    """Per layer group of the teacher and student (replica 0): its share of the self-influence mass and
+    mislabel detection by its self-influence alone, beside all parameters."""
+    curves = mislabel_curves(store, [m for m in ("teacher", "student") if m in store.models], groups=True)
+    areas = {r["ranking"]: r["area"] for r in detection_summary(curves)}
+    rows = []
+    for model in ("teacher", "student"):
+        if model not in store.models:
+            continue
+        scores = store.model(model)
+        total = float(scores.self_influence.sum())
+        rows.append([model, "all parameters", "100%", f"{areas[f'{model}: self-influence']:.3f}"])
+        for group, values in scores.group_self_influence.items():
+            rows.append([model, group, f"{values.sum() / total:.0%}", f"{areas[f'{model}: self-influence, {group} only']:.3f}"])
+    return markdown(["model", "layer group", "share of the self-influence", "mislabel AUC, this group alone"], rows)
+
+
 def figures(run: Path, scores: Path) -> str:
     """The README's demo part, from the run's files and its score file."""
     record = json.loads((run / "run.json").read_text())
@@ -126,6 +152,9 @@ def figures(run: Path, scores: Path) -> str:
             "the 1,000 test examples with its 95% bootstrap confidence interval):",
             "```\n" + format_agreement(store.agreement()) + "\n```",
             detection_table(mislabel_curves(store, store.models)) if store.noisy.any() else "",
+            "**Self-influence by layer group** (raw TracInCP; which depth carries it, and what each depth alone finds):"
+            if store.noisy.any() else "",
+            group_section(store) if store.noisy.any() else "",
             "**What a re-run changes**: the same figures on the two replicas (same data and configuration, other seed). "
             "A difference of this size is what another machine, thread count or seed can change:",
             spread_section(store, accuracy, k),
@@ -134,26 +163,64 @@ def figures(run: Path, scores: Path) -> str:
     return "\n\n".join(part for part in parts if part)
 
 
+def variants_figures(runs: list[Path]) -> str:
+    """Per run, role (replica 0) and score variant: identical class, concentration, mislabel detection by
+    that variant's self-influence, and the teacher-student agreement normalised by the replicas'."""
+    rows = []
+    for run in runs:
+        record = json.loads((run / "run.json").read_text())
+        setting = f"{run.name}: noise {record['data_config']['label_noise']:.0%}, data seed {record['data_config']['seed']}"
+        with ScoreFile.open_read(run / "tracin.h5") as store:
+            check_finished(store)
+            quality = {(r["model"].decode(), r["variant"].decode()): r for r in store.quality()}
+            areas = {r["ranking"]: r["area"] for r in detection_summary(mislabel_curves(store, store.models))}
+            agreement = store.agreement()
+            for variant in store.model(store.models[0]).variants:
+                chosen = agreement[(agreement["variant"] == variant.encode()) & (agreement["comparison"] == b"normalised teacher-student")
+                                   & (np.char.startswith(agreement["statistic"], b"overlap@"))]
+                normalised = f"{chosen[0]['mean']:.2f} [{chosen[0]['ci_low']:.2f}, {chosen[0]['ci_high']:.2f}]" if len(chosen) else "-"
+                for role in ("teacher", "student"):
+                    q = quality[(role, variant)]
+                    detection = {"raw": f"{areas[f'{role}: self-influence']:.3f}",
+                                 "train-normalised": f"{areas.get(f'{role}: self-influence, train-normalised', np.nan):.3f}",
+                                 }.get(variant, "none (constant)")
+                    rows.append([setting, variant, role, f"{q['identical_class_top1']:.1%}", f"{q['top1_max_share']:.1%}",
+                                 detection, f"{areas[f'{role}: loss (last checkpoint)']:.3f}", normalised if role == "teacher" else ""])
+    header = ["run", "variant", "model", "same class, top-1", "most common top-1 serves", "mislabel AUC, self-influence",
+              "mislabel AUC, loss", "normalised teacher-student overlap [95% CI]"]
+    return "\n\n".join([f"{VARIANTS_START}\n<!-- generated by scripts/readme_figures.py --second; edit that script, not this text -->",
+                         markdown(header, rows), VARIANTS_END])
+
+
+def replace_part(text: str, start: str, end: str, part: str, readme: Path) -> str:
+    if text.count(start) != 1 or text.count(end) != 1:
+        raise TracinError(f"{readme} needs one {start} and one {end} marker around the generated figures")
+    before, rest = text.split(start)
+    return before + part + rest.split(end, 1)[1]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="checkpoints/demo", help="the demo's run folder (default: %(default)s)")
     parser.add_argument("--scores", help="the demo's score file (default: RUN/tracin.h5)")
+    parser.add_argument("--second", help="a demo run on another noise rate and data seed, for the variants table")
     parser.add_argument("--readme", default=str(Path(__file__).resolve().parents[1] / "README.md"))
     parser.add_argument("--print", action="store_true", help="print the part instead of rewriting the README")
     args = parser.parse_args()
 
     def work() -> None:
-        text = figures(Path(args.run), Path(args.scores or Path(args.run) / "tracin.h5"))
+        parts = {(START, END): figures(Path(args.run), Path(args.scores or Path(args.run) / "tracin.h5"))}
+        if args.second:
+            parts[(VARIANTS_START, VARIANTS_END)] = variants_figures([Path(args.run), Path(args.second)])
         if args.print:
-            print(text)
+            print("\n\n".join(parts.values()))
             return
         readme = Path(args.readme)
-        old = readme.read_text()
-        if old.count(START) != 1 or old.count(END) != 1:
-            raise TracinError(f"{readme} needs one {START} and one {END} marker around the demo figures")
-        before, rest = old.split(START)
-        readme.write_text(before + text + rest.split(END, 1)[1])
-        print(f"rewrote the demo figures in {readme}")
+        text = readme.read_text()
+        for (start, end), part in parts.items():
+            text = replace_part(text, start, end, part, readme)
+        readme.write_text(text)
+        print(f"rewrote {len(parts)} generated part(s) of {readme}")
 
     return run_command("readme_figures", work, "run scripts/demo first")
 

@@ -17,6 +17,7 @@ import torch
 from tracin.config import REPLICA_SEED_STRIDE, model_name, split_model_name
 from tracin.errors import TracinError
 from tracin.results.agreement import AGREEMENT_DTYPE, format_agreement
+from tracin.results.report import detection_summary, mislabel_curves
 from tracin.results.statistics import bootstrap_ci, normalised_agreement, overlap_at_k, sample_rows, spearman_rows
 from tracin.results.store import ScoreFile, rankings_name
 
@@ -85,10 +86,11 @@ def test_replicas_train_with_other_seeds_on_the_same_data(tiny_run, replica_run)
 def test_score_file_holds_every_replica_and_compares_each_with_its_own(replica_scores):
     path, stdout = replica_scores
     with ScoreFile.open_read(path) as store:
-        assert store.models == [*ROLES, *(f"{role}.r1" for role in ROLES)]
+        assert store.models == [*ROLES, *(f"{role}.r1" for role in ROLES), *(f"{role}.ensemble" for role in ROLES)]
         pairs = set(store.comparison_pairs())
     assert {(role, f"{role}.r1") for role in ROLES} <= pairs
     assert ("teacher", "student") in pairs and ("teacher.r1", "student.r1") not in pairs
+    assert ("teacher.ensemble", "student.ensemble") in pairs
     assert "normalised teacher-student" in stdout and "own - other teacher" in stdout
 
 
@@ -177,8 +179,59 @@ def test_readme_figures_come_from_the_run_and_its_score_file(replica_run, replic
     teacher, teacher_r1 = quality[("teacher", "raw")], quality[("teacher.r1", "raw")]
     assert (f"| teacher, raw: same class top-1 | {teacher['identical_class_top1']:.1%} | "
             f"{teacher_r1['identical_class_top1']:.1%} |") in text
+    # the variants table of two runs (here the same run twice), from their tracin.h5
+    shutil.copy(path, replica_run / "tracin.h5")
+    readme.write_text("<!-- demo-figures:start -->\n<!-- demo-figures:end -->\n<!-- variants-figures:start -->\nold\n"
+                      "<!-- variants-figures:end -->\n")
+    result = subprocess.run([sys.executable, script, "--run", replica_run, "--second", replica_run, "--readme", readme],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    text = readme.read_text()
+    assert "old" not in text
+    with ScoreFile.open_read(path) as store:
+        table = store.agreement()
+        curves = {r["ranking"]: r["area"] for r in detection_summary(mislabel_curves(store, store.models))}
+    chosen = table[(table["variant"] == b"cosine") & (table["comparison"] == b"normalised teacher-student")
+                   & (table["statistic"] == f"overlap@{k}".encode())][0]
+    cosine = quality[("teacher", "cosine")]
+    row = (f"| tiny: noise 10%, data seed 0 | cosine | teacher | {cosine['identical_class_top1']:.1%} | "
+           f"{cosine['top1_max_share']:.1%} | none (constant) | {curves['teacher: loss (last checkpoint)']:.3f} | "
+           f"{chosen['mean']:.2f} [{chosen['ci_low']:.2f}, {chosen['ci_high']:.2f}] |")
+    assert text.count(row) == 2, text
+    raw = quality[("student", "raw")]
+    assert (f"| raw | student | {raw['identical_class_top1']:.1%} | {raw['top1_max_share']:.1%} | "
+            f"{curves['student: self-influence']:.3f} |") in text
     # without demo.json: one clear line
     (replica_run / "demo.json").unlink()
     result = subprocess.run([sys.executable, script, "--run", replica_run, "--scores", path, "--print"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "run scripts/demo" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ensembles_are_the_mean_of_the_replicas_scores_and_ranked_from_it(replica_scores):
+    path, _ = replica_scores
+    with ScoreFile.open_read(path) as store:
+        k = store.model("teacher").rankings(rankings_name())[0].top_index.shape[1]
+        for role in ROLES:
+            ensemble = store.model(f"{role}.ensemble")
+            members = [store.model(role), store.model(f"{role}.r1")]
+            assert ensemble.variants == ["raw", "cosine"]
+            for variant in (None, "cosine"):
+                mean = (members[0].matrix(variant=variant)[()] + members[1].matrix(variant=variant)[()]) / 2
+                np.testing.assert_allclose(ensemble.matrix(variant=variant)[()], mean, rtol=1e-6)
+                top = ensemble.rankings(rankings_name(variant=variant))[0].top_index
+                expected = np.argsort(-mean, axis=0, kind="stable")[:k].T
+                # the k largest of each column (ties aside: compare the scores they point at)
+                np.testing.assert_allclose(np.take_along_axis(mean.T, top, 1), np.take_along_axis(mean.T, expected, 1))
+            np.testing.assert_allclose(ensemble.self_influence, (members[0].self_influence + members[1].self_influence) / 2, rtol=1e-6)
+            assert ensemble.normalised_self_influence is not None
+        table = store.agreement()
+        row = table[(table["variant"] == b"raw") & (table["statistic"] == f"overlap@{k}".encode())
+                    & (table["comparison"] == b"teacher-student, ensembles")][0]
+        top_t = store.model("teacher.ensemble").rankings(rankings_name())[0].top_index
+        top_s = store.model("student.ensemble").rankings(rankings_name())[0].top_index
+        assert row["mean"] == pytest.approx(overlap_at_k(top_t, top_s, k).mean())
+        quality_models = {r["model"].decode() for r in store.quality()}
+        assert {f"{role}.ensemble" for role in ROLES} <= quality_models
+        detection = {r["ranking"].decode(): r for r in store.detection()}
+        assert {"teacher: self-influence", "teacher: self-influence, train-normalised", "random order"} <= set(detection)

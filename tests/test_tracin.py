@@ -110,6 +110,30 @@ def test_self_influence_is_the_diagonal(setup):
         assert relative_error(tracin.self_influence(train), diagonal) < RTOL
 
 
+def test_block_self_influences_are_the_diagonals_of_raw_and_train_normalised(setup):
+    """Each block of the first test block carries sum_c lr_c |g_c|^2, sum_c lr_c |g_c| and each layer
+    group's sum_c lr_c |g_c,group|^2: the diagonals of the float64 reference's raw, train-normalised and
+    group-restricted train x train scores."""
+    model, checkpoints, train, test, _ = setup
+    tracin = TracIn(model, checkpoints, engine=EngineConfig(chunk_size=7, test_block=5))
+    raw, normalised = torch.zeros(len(train[0])), torch.zeros(len(train[0]))
+    groups = torch.zeros(len(tracin.group_names), len(train[0]))
+    for block in tracin.iter_blocks(train, test, self_influence=True):
+        if block.col_start == 0:
+            raw[block.row_start : block.row_stop] = block.self_influence.cpu()
+            normalised[block.row_start : block.row_stop] = block.normalised_self_influence.cpu()
+            groups[:, block.row_start : block.row_stop] = block.group_self_influence.cpu()
+    assert relative_error(raw, func_tracin_scores(model, checkpoints, train, train).diagonal()) < RTOL
+    expected = func_tracin_scores(model, checkpoints, train, train, variant="train-normalised").diagonal()
+    assert relative_error(normalised, expected) < RTOL
+    # each layer group's part: the reference restricted to that group's parameters (BatchNorm included)
+    modules = {"stem": ["conv1", "bn1"], "layer1": ["layer1"], "layer2": ["layer2"], "head": ["fc"]}
+    assert tracin.group_names == list(modules)
+    for group, prefixes in modules.items():
+        expected = func_tracin_scores(model, checkpoints, train, train, layers=prefixes).diagonal()
+        assert relative_error(groups[tracin.group_names.index(group)], expected) < RTOL, group
+
+
 def test_last_layer_equals_reference_on_the_head_weight(setup):
     model, checkpoints, train, test, _ = setup
     expected = func_tracin_scores(model, checkpoints, train, test, layers=["fc.weight"])

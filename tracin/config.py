@@ -42,6 +42,14 @@ def model_name(role: str, replica: int = 0) -> str:
     return role if replica == 0 else f"{role}.r{replica}"
 
 
+ENSEMBLE_SUFFIX = ".ensemble"
+
+
+def ensemble_name(role: str) -> str:
+    """The score-file name of the mean of a role's replicas' scores (not a trained model)."""
+    return role + ENSEMBLE_SUFFIX
+
+
 def split_model_name(name: str) -> tuple[str, int]:
     """(role, replica) of a model name; a name that is neither a role nor `ROLE.rN` is refused."""
     role, dot, replica = name.partition(".r")

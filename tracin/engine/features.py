@@ -60,9 +60,14 @@ class Features:
 
     def self_dot(self) -> Tensor:
         """Tensor[n]: each example's squared gradient norm."""
+        return self.self_dot_parts().sum(0)
+
+    def self_dot_parts(self) -> Tensor:
+        """Tensor[n_layers, n]: each layer's part of the squared gradient norms (flat and projected
+        layers first, then factored ones)."""
         parts = [torch.linalg.vector_norm(flat, dim=1).square() for flat in self.flats]
         parts += [factored_self_dot(factors) for factors in self.factored]
-        return torch.stack(parts).sum(0)
+        return torch.stack(parts)
 
     @staticmethod
     def cat(parts: Sequence["Features"]) -> "Features":

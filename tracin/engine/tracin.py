@@ -27,6 +27,7 @@ from tracin.engine import blocks
 from tracin.engine.blocks import DataSource, GraphedBatch
 from tracin.engine.features import Features
 from tracin.engine.grads import last_linear_target, record_output_grads, select_targets, settle_targets
+from tracin.engine.groups import group_names, part_groups
 from tracin.engine.plans import FACTORED, LayerPlan, LayerShape, compute_features, make_plans, probe_shape
 from tracin.engine.topk import Ranking, StreamingRanking
 from tracin.errors import NonFiniteError, TracinError
@@ -40,7 +41,11 @@ class ScoreBlock:
     scores: Tensor[rows, cols] float32, lr-weighted sum over checkpoints, of the first of the config's
     variants; per_checkpoint: Tensor[n_ckpt, rows, cols], each checkpoint's lr-weighted term of that variant
     (when asked for), summing to `scores`; self_influence: Tensor[rows], sum_c lr_c |g_c|^2 from the same
-    train features (first test block only); by_variant: {variant: Tensor[rows, cols]} for every variant.
+    train features (first test block only); normalised_self_influence: Tensor[rows], sum_c lr_c |g_c|, the
+    self-influence of the train-normalised variant <g/|g|, g> (with self_influence); group_self_influence:
+    Tensor[n_groups, rows], each layer group's part of self_influence (TracIn.group_names); by_variant: {variant:
+    Tensor[rows, cols]} for every variant. (The cosine variant's self-influence is sum_c lr_c for every
+    example: no ranking.)
     """
 
     row_start: int
@@ -51,6 +56,8 @@ class ScoreBlock:
     per_checkpoint: Optional[Tensor] = None
     self_influence: Optional[Tensor] = None
     by_variant: dict[str, Tensor] = field(default_factory=dict)
+    normalised_self_influence: Optional[Tensor] = None
+    group_self_influence: Optional[Tensor] = None
 
 
 @dataclass
@@ -143,6 +150,11 @@ class TracIn:
     @property
     def parameter_names(self) -> list[str]:
         return [name for target in self._targets for name in target.param_names]
+
+    @property
+    def group_names(self) -> list[str]:
+        """The layer groups of the scored parameters (tracin.engine.groups: stem, layer1, ..., head)."""
+        return group_names([target.name for target in self._targets])
 
     @property
     def lrs(self) -> list[float]:
@@ -284,26 +296,33 @@ class TracIn:
         terms = torch.zeros(len(self.checkpoints) if per_checkpoint else 1, r1 - r0, c1 - c0, device=self.device)
         others = {v: torch.zeros(r1 - r0, c1 - c0, device=self.device) for v in other_variants}
         self_influence = torch.zeros(r1 - r0, device=self.device) if with_self else None
+        normalised_self = torch.zeros(r1 - r0, device=self.device) if with_self else None
+        groups = part_groups(plans, self.group_names).to(self.device)
+        group_self = torch.zeros(len(self.group_names), r1 - r0, device=self.device) if with_self else None
         for c, checkpoint in enumerate(self.checkpoints):
             term = terms[c if per_checkpoint else 0]
             inverse_test = _inverse_norms(test_features[c].squared_norms_float32()) if normalised else None
             for first, features in self._batch_features(plans, source, r0, r1, c, replay=True):
                 rows = slice(first - r0, first - r0 + len(features))
                 dot = features.dot(test_features[c])
-                squared = features.self_dot() if normalised or self_influence is not None else None
+                parts = features.self_dot_parts() if normalised or self_influence is not None else None
+                squared = None if parts is None else parts.sum(0)
                 inverse_train = _inverse_norms(squared) if normalised else None
                 term[rows].add_(_scaled(first_variant, dot, inverse_train, inverse_test), alpha=checkpoint.lr)
                 for variant, total in others.items():
                     total[rows].add_(_scaled(variant, dot, inverse_train, inverse_test), alpha=checkpoint.lr)
                 if self_influence is not None:
                     self_influence[rows] += checkpoint.lr * squared
+                    normalised_self[rows] += checkpoint.lr * squared.clamp_min(0).sqrt()
+                    group_self[:, rows].index_add_(0, groups, parts.float(), alpha=checkpoint.lr)
             for values in (term, *others.values()):
                 self._check_finite(values, c, f"train {r0}..{r1 - 1}, test {c0}..{c1 - 1}")
             if self_influence is not None:
                 self._check_finite(self_influence, c, f"self-influence of train {r0}..{r1 - 1}")
         total = terms.sum(0) if per_checkpoint else terms[0]
         by_variant = {first_variant: total, **others}
-        return ScoreBlock(r0, r1, c0, c1, total, terms if per_checkpoint else None, self_influence, by_variant)
+        return ScoreBlock(r0, r1, c0, c1, total, terms if per_checkpoint else None, self_influence, by_variant,
+                          normalised_self, group_self)
 
     def scores(self, train: Any, test: Any) -> Tensor:
         """Tensor[n_train, n_test] float32 on the CPU: lr-weighted sum over checkpoints of gradient

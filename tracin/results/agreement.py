@@ -6,6 +6,8 @@ agree only so much. With replicas (tracin-train --replicas), every agreement sta
 - teacher-teacher' and student-student' (and baseline-baseline'): the replicas' own agreement;
 - the normalised agreement, teacher-student relative to those (statistics.normalised_agreement: 1 = as
   much as replicas of one model agree, 0 = chance);
+- teacher-student, ensembles: the mean scores of the teacher's replicas against the students' (TRAK-style
+  ensembling averages the seed noise out);
 - teacher'-student: the student against a teacher it did not learn from (replica r's student against the
   other replicas' teachers), and own - other teacher, the difference: does the student lean on *its*
   teacher's data more than on an unrelated teacher's?
@@ -20,11 +22,11 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from tracin.config import split_model_name
+from tracin.config import ensemble_name, split_model_name
 from tracin.errors import TracinError
 from tracin.results import statistics as compare
 from tracin.results.comparison import CompareOptions
@@ -49,8 +51,9 @@ def replica_names(models: list[str]) -> dict[str, list[str]]:
     return {role: [found[r] for r in sorted(found)] for role, found in by_role.items()}
 
 
-def comparison_pairs(replicas: dict[str, list[str]]) -> dict[str, list[Pair]]:
-    """Each comparison of the table and the model pairs it averages (absent when a role is missing)."""
+def comparison_pairs(replicas: dict[str, list[str]], models: Sequence[str] = ()) -> dict[str, list[Pair]]:
+    """Each comparison of the table and the model pairs it averages (absent when a role is missing), and
+    the replica ensembles' among `models`."""
     t, s, b = (replicas.get(role, []) for role in ("teacher", "student", "student_baseline"))
     within = {
         f"{role}-{role}'": list(itertools.combinations(names, 2))
@@ -62,6 +65,10 @@ def comparison_pairs(replicas: dict[str, list[str]]) -> dict[str, list[Pair]]:
         "student-baseline": list(zip(s, b)),
         **within,
     }
+    for name, roles in (("teacher-student, ensembles", ("teacher", "student")),
+                        ("student-baseline, ensembles", ("student", "student_baseline"))):
+        pair = (ensemble_name(roles[0]), ensemble_name(roles[1]))
+        pairs[name] = [pair] if set(pair) <= set(models) else []
     return {name: found for name, found in pairs.items() if found}
 
 
@@ -111,7 +118,7 @@ def agreement_table(store: ScoreFile, models: list[str], options: CompareOptions
     of options.ks unless given) and Spearman: each comparison's mean per test example with its CI, and
     with replicas the normalised agreements and own - other teacher. Empty without a teacher-student or
     student-baseline pair."""
-    pairs = comparison_pairs(replica_names(models))
+    pairs = comparison_pairs(replica_names(models), models)
     k = k or max(options.ks)
     n_train, n_test = len(store.train_labels), len(store.test_labels)
     sampled = compare.sample_rows(n_test, options.max_rows, options.seed)  # as the rank-correlation table

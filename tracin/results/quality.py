@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 QUALITY_DTYPE = np.dtype([
-    ("model", "S24"), ("variant", "S16"), ("k", "i8"), ("identical_class_top1", "f8"), ("identical_class_topk", "f8"),
+    ("model", "S40"), ("variant", "S16"), ("k", "i8"), ("identical_class_top1", "f8"), ("identical_class_topk", "f8"),
     ("top1_max_share", "f8"), ("distinct_in_topk", "i8"), ("n_test", "i8"),
 ])
 QUALITY_K = 10

@@ -29,6 +29,7 @@ from tracin.errors import TracinError
 from tracin.results.store import ScoreFile
 
 INSPECTED = (0.1, 0.2)  # fractions of the training set at which mislabel detection is reported
+GROUP_MARK = " only"  # ends the ranking name of a layer group's self-influence ("teacher: self-influence, layer1 only")
 
 
 def classes_of(store: ScoreFile) -> list[str]:
@@ -178,8 +179,10 @@ def detection_curve(order: np.ndarray, flipped: np.ndarray) -> tuple[np.ndarray,
     return np.arange(len(order) + 1) / len(order), found
 
 
-def mislabel_curves(store: ScoreFile, models: Sequence[str], seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Detection curves: each model's self-influence, its last-checkpoint training loss, a random order."""
+def mislabel_curves(store: ScoreFile, models: Sequence[str], seed: int = 0, groups: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Detection curves: each model's self-influence (raw TracInCP, sum_c lr_c |g|^2, and train-normalised,
+    sum_c lr_c |g|; the cosine variant's is the same for every example; with `groups`, each layer group's
+    part alone), its last-checkpoint training loss, and a random order."""
     flipped = store.noisy
     if not flipped.any():
         raise TracinError(f"{store.path}: no training label was flipped (train with --label-noise to study detection)")
@@ -187,6 +190,11 @@ def mislabel_curves(store: ScoreFile, models: Sequence[str], seed: int = 0) -> d
     for name in models:
         scores = store.model(name)
         curves[f"{name}: self-influence"] = detection_curve(np.argsort(-scores.self_influence, kind="stable"), flipped)
+        if scores.normalised_self_influence is not None:
+            order = np.argsort(-scores.normalised_self_influence, kind="stable")
+            curves[f"{name}: self-influence, train-normalised"] = detection_curve(order, flipped)
+        for group, values in (scores.group_self_influence.items() if groups else ()):
+            curves[f"{name}: self-influence, {group}{GROUP_MARK}"] = detection_curve(np.argsort(-values, kind="stable"), flipped)
         curves[f"{name}: loss (last checkpoint)"] = detection_curve(np.argsort(-scores.last_loss, kind="stable"), flipped)
     curves["random order"] = detection_curve(np.random.default_rng(seed).permutation(len(flipped)), flipped)
     return curves
@@ -202,6 +210,33 @@ def detection_summary(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[
     return rows
 
 
+DETECTION_DTYPE = np.dtype([("ranking", "S96"), ("area", "f8"), *[(f"found_{int(f * 100)}", "f8") for f in INSPECTED]])
+
+
+def detection_rows(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """detection_summary as DETECTION_DTYPE rows, for the score file (/detection)."""
+    return np.array([(r["ranking"], r["area"], *[r[f"found@{int(f * 100)}%"] for f in INSPECTED])
+                     for r in detection_summary(curves)], dtype=DETECTION_DTYPE)
+
+
+def format_detection(table: np.ndarray, groups: bool = False) -> str:
+    """The mislabel-detection table as text, a line per ranking (layer groups' rankings only with
+    `groups`; a closing line counts them)."""
+    by_group = np.char.endswith(table["ranking"], GROUP_MARK.encode())
+    hidden = int(by_group.sum()) if not groups else 0
+    table = table if groups else table[~by_group]
+    found = [name for name in table.dtype.names if name.startswith("found_")]
+    lines = ["mislabel detection: flipped labels found by inspecting train examples in each order "
+             f"(area under the curve; found in the top {', '.join(n.removeprefix('found_') + '%' for n in found)})"]
+    width = max(len(r["ranking"]) for r in table)
+    for row in table:
+        cells = "  ".join(f"{row[name]:6.1%}" for name in found)
+        lines.append(f"  {row['ranking'].decode():<{width}}  AUC {row['area']:.3f}  {cells}")
+    if hidden:
+        lines.append(f"  ({hidden} more rows, each layer group's self-influence alone, in the file and report.md)")
+    return "\n".join(lines)
+
+
 def detection_table(curves: dict) -> str:
     rows = detection_summary(curves)
     header = ["ranking", "area under curve"] + [f"flipped found in top {int(f * 100)}%" for f in INSPECTED]
@@ -212,7 +247,7 @@ def detection_table(curves: dict) -> str:
 def plot_mislabel_detection(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str = "") -> Figure:
     figure, ax = plt.subplots(figsize=(6, 5), constrained_layout=True)
     for name, (x, y) in curves.items():
-        style = "k:" if name == "random order" else ("--" if "loss" in name else "-")
+        style = "k:" if name == "random order" else ("--" if "loss" in name else ("-." if "normalised" in name else "-"))
         ax.plot(x, y, style, label=name)
     for fraction in INSPECTED:
         ax.axvline(fraction, color="grey", linewidth=0.5)
@@ -314,9 +349,8 @@ def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_ro
         figures["score_histograms.png"] = plot_score_histograms(store, models)
         figures["proponents.png"] = plot_proponent_grid(store, load_images(store, data_root), models, choose_test_rows(store))
         if store.noisy.any():
-            curves = mislabel_curves(store, models)
-            figures["mislabel_detection.png"] = plot_mislabel_detection(curves)
-            sections.append(detection_table(curves))
+            figures["mislabel_detection.png"] = plot_mislabel_detection(mislabel_curves(store, models))
+            sections.append(detection_table(mislabel_curves(store, models, groups=True)))
         for name, figure in figures.items():
             if figure is None:
                 continue

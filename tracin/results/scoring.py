@@ -31,14 +31,15 @@ from tracin.results.agreement import agreement_table, format_agreement
 from tracin.results.comparison import CompareOptions, compare_models, format_tables
 from tracin.results.statistics import parse_topk
 from tracin.config import (
-    ROLES, SCORE_LOSSES, DataConfig, EngineConfig, ModelConfig, ScoreConfig, TrainConfig, model_name, split_model_name,
+    ENSEMBLE_SUFFIX, ROLES, SCORE_LOSSES, DataConfig, EngineConfig, ModelConfig, ScoreConfig, TrainConfig, ensemble_name, model_name,
+    split_model_name,
 )
 from tracin.training.data import RunData, fingerprint_differences, load_data, stratified_subset
 from tracin.errors import DataError, TracinError
 from tracin.training.losses import CrossEntropy, Distillation, Objective
 from tracin.training.models import build_model
 from tracin.results.quality import QUALITY_DTYPE, format_quality, quality_row
-from tracin.results.report import write_report
+from tracin.results.report import detection_rows, format_detection, mislabel_curves, write_report
 from tracin.training.run_folder import RunPaths, read_record
 from tracin.runtime import Runtime, start_runtime
 from tracin.engine.tracin import ScoreBlock, TracIn
@@ -221,7 +222,8 @@ def build_engine(name: str, run: TrainedRun, options: ScoreOptions, runtime: Run
 def _payload(block: ScoreBlock) -> tuple:
     others = {variant: to_numpy(values) for variant, values in list(block.by_variant.items())[1:]}
     return (block.row_start, block.col_start, to_numpy(block.scores), to_numpy(block.per_checkpoint),
-            to_numpy(block.self_influence), others)
+            to_numpy(block.self_influence), others, to_numpy(block.normalised_self_influence),
+            to_numpy(block.group_self_influence))
 
 
 def _broadcast(value: Any, runtime: Runtime) -> Any:
@@ -252,7 +254,7 @@ def score_model(store: Optional[ScoreFile], role: str, tracin: TracIn, data: Run
     if runtime.is_main:
         chunk, block = tracin.block_sizes(data.train, data.test, options.per_checkpoint)
         scores = store.prepare_model(role, tracin.checkpoints, tracin.parameter_names, chunk, block, options.per_checkpoint,
-                                     tracin.config.variants)
+                                     tracin.config.variants, tracin.group_names)
         layout = (scores.row_chunk, scores.test_block, scores.done)
     row_chunk, test_block, done = _broadcast(layout, runtime)
 
@@ -308,7 +310,7 @@ def score_run(options: ScoreOptions) -> Path:
             for role, tracin in engines.items():
                 score_role(store, role, tracin, data, runtime, options, max(ks))
             if runtime.is_main:
-                report(store, options, ks, list(engines))
+                report(store, options, ks, [*engines, *write_ensembles(store, list(engines), max(ks), runtime.device)])
                 out = store.path
         finally:
             if store is not None:
@@ -373,17 +375,40 @@ def quality_table(store: ScoreFile, models: Sequence[str]) -> np.ndarray:
     return np.array(rows, dtype=QUALITY_DTYPE)
 
 
+def write_ensembles(store: ScoreFile, models: Sequence[str], k: int, device: torch.device) -> list[str]:
+    """For each role scored with replicas: ROLE.ensemble, the mean of its replicas' scores, with its
+    top-k tables. Returns their names."""
+    by_role: dict[str, list[str]] = {}
+    for name in models:
+        by_role.setdefault(split_model_name(name)[0], []).append(name)
+    written = []
+    for role, members in by_role.items():
+        if len(members) > 1:
+            store.write_ensemble(ensemble_name(role), members)
+            write_rankings(store.model(ensemble_name(role)), k, device)
+            written.append(ensemble_name(role))
+    return written
+
+
 def comparison_pairs(models: Sequence[str]) -> list[tuple[str, str]]:
-    """Every pair of replica-0 models, then each model against its own replicas (the noise floor)."""
-    first = [name for name in models if split_model_name(name)[1] == 0]
-    replicas = [(model_name(split_model_name(name)[0]), name) for name in models if split_model_name(name)[1] > 0]
-    return list(itertools.combinations(first, 2)) + [pair for pair in replicas if pair[0] in first]
+    """Every pair of replica-0 models, each model against its own replicas (the noise floor), then every
+    pair of replica ensembles."""
+    trained = [name for name in models if not name.endswith(ENSEMBLE_SUFFIX)]
+    first = [name for name in trained if split_model_name(name)[1] == 0]
+    replicas = [(model_name(split_model_name(name)[0]), name) for name in trained if split_model_name(name)[1] > 0]
+    ensembles = [name for name in models if name not in trained]
+    return (list(itertools.combinations(first, 2)) + [pair for pair in replicas if pair[0] in first]
+            + list(itertools.combinations(ensembles, 2)))
 
 
 def report(store: ScoreFile, options: ScoreOptions, ks: list[int], models: Sequence[str]) -> None:
     quality = quality_table(store, models)
     store.write_quality(quality)
     print(format_quality(quality), flush=True)
+    if store.noisy.any():
+        detection = detection_rows(mislabel_curves(store, models, groups=True))
+        store.write_detection(detection)
+        print(format_detection(detection), flush=True)
     compare_options = CompareOptions(tuple(ks), max_rows=options.corr_rows, seed=options.score.seed)
     for name_a, name_b in comparison_pairs(models):
         faults.reach("comparison")

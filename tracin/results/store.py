@@ -22,6 +22,10 @@ Layout (format "tracin-scores", version 1):
         scores_<variant>    float32 [n_train, n_test]: each other variant (cosine, train-normalised; attr variant)
         per_checkpoint      float32 [n_ckpt, n_train, n_test]: each lr_c-weighted term (--per-checkpoint)
         self_influence      float32 [n_train]: sum_c lr_c |g_train|^2
+        self_influence_groups  float32 [n_groups, n_train], attrs groups: each layer group's part of
+                            self_influence (stem, layer1, ..., head)
+        self_influence_train-normalised  float32 [n_train]: sum_c lr_c |g_train| (the train-normalised
+                            variant's self-influence; the cosine variant's is sum_c lr_c for all)
         last_loss           float32 [n_train]: each train example's loss at the last checkpoint
         done                bool [row chunks, test blocks]: blocks written (the resume mask)
         topk/               K = largest --topk, positions into train/test arrays, values float32:
@@ -36,6 +40,9 @@ Layout (format "tracin-scores", version 1):
     /agreement              compound [rows]: per variant, statistic (overlap@k, spearman) and comparison
                             (teacher–student, replicas' own, normalised, own − other teacher), mean over test
                             examples with its bootstrap CI (tracin.results.agreement)
+    /detection              compound [rows]: mislabel detection per ranking (self-influence raw and
+                            train-normalised, last-checkpoint loss, random): area under the curve, found at
+                            10% and 20% inspected (with label noise only; tracin.results.report)
     /comparison/<a>__<b>/   attrs: ks, max_rows, seed (the comparison's options)
         <table>             compound [rows], one per table of tracin.results.comparison.TABLES (overlap,
                             rank_correlation, ks, self_influence), columns as registered, "scope" first
@@ -63,7 +70,7 @@ from torch import Tensor
 from tracin import __version__, faults
 from tracin.files import default_mode, fsync_file
 from tracin.training.checkpoints import Checkpoint
-from tracin.config import ROLES, split_model_name
+from tracin.config import ENSEMBLE_SUFFIX, ROLES, split_model_name
 from tracin.errors import StoreError, TracinError
 from tracin.engine.topk import Ranking, StreamingRanking
 
@@ -134,11 +141,20 @@ def open_h5(path: Path, mode: str, locking: Optional[bool] = None) -> h5py.File:
         raise StoreError(f"{path} is not a readable HDF5 file (truncated or corrupt?): {reason}") from None
 
 
+NORMALISED_SELF = "self_influence_train-normalised"
+GROUP_SELF = "self_influence_groups"
+
+
 def _model_order(name: str) -> tuple:
+    """Sort key: trained models replica by replica in role order, then the replica ensembles in role
+    order, then anything else by name."""
+    role = name.removesuffix(ENSEMBLE_SUFFIX)
+    if role != name and role in ROLES:
+        return (1, 0, ROLES.index(role), name)
     try:
         role, replica = split_model_name(name)
     except TracinError:
-        return (1, 0, 0, name)
+        return (2, 0, 0, name)
     return (0, replica, ROLES.index(role), name)
 
 
@@ -351,6 +367,7 @@ class ScoreFile:
         test_block: int,
         per_checkpoint: bool,
         variants: Sequence[str] = ("raw",),
+        groups: Sequence[str] = (),
     ) -> "ModelScores":
         """The model's group, created with all its datasets, or the existing one after checking that
         it was made from the same checkpoints (sha256); its chunking is the file's (the caller uses it)."""
@@ -380,9 +397,44 @@ class ScoreFile:
         if per_checkpoint:
             _early_dataset(group, "per_checkpoint", (len(checkpoints), n_train, n_test), np.float32, (1, *chunks))
         _early_dataset(group, "self_influence", (n_train,), np.float32)
+        _early_dataset(group, NORMALISED_SELF, (n_train,), np.float32)
+        if groups:
+            _early_dataset(group, GROUP_SELF, (len(groups), n_train), np.float32).attrs["groups"] = json.dumps(list(groups))
         _early_dataset(group, "last_loss", (n_train,), np.float32)
         grid = (-(-n_train // row_chunk), -(-n_test // test_block))
         _early_dataset(group, "done", grid, np.bool_)
+        self._h5.flush()
+        return ModelScores(group)
+
+    def write_ensemble(self, name: str, members: Sequence[str], row_chunk: int = CHUNK_ROWS) -> "ModelScores":
+        """A model group `name` holding the mean of the members' scores (each variant they all hold),
+        self-influences and last losses: the ensemble of independently trained replicas. It replaces an
+        earlier one; its checkpoints are all the members' (paths and sha256 recorded); it keeps no
+        per-checkpoint scores. Rows are averaged `row_chunk` at a time (bounded memory)."""
+        models = [self.model(member) for member in members]
+        variants = [v for v in models[0].variants if all(v in m.variants for m in models)]
+        if name in self._h5:
+            del self._h5[name]
+        group = self._h5.create_group(name)
+        first = models[0]._group.attrs
+        group.attrs.update({"role": name, "ensemble_of": json.dumps(list(members)), "parameters": first["parameters"],
+                            "n_parameter_tensors": first["n_parameter_tensors"], "row_chunk": first["row_chunk"],
+                            "test_block": first["test_block"], "status": "partial", "variants": json.dumps(variants)})
+        stored = group.create_group("checkpoints")
+        for field in ("path", "sha256", "epoch", "lr"):
+            values = np.concatenate([m._group[f"checkpoints/{field}"][()] for m in models])
+            stored.create_dataset(field, data=values, dtype=h5py.string_dtype() if field in ("path", "sha256") else values.dtype)
+        for variant in variants:
+            dataset = "scores" if variant == variants[0] else f"scores_{variant}"
+            target = group.create_dataset(dataset, shape=(self.n_train, self.n_test), dtype=np.float32)
+            target.attrs["variant"] = variant
+            for r0 in range(0, self.n_train, row_chunk):
+                rows = slice(r0, min(r0 + row_chunk, self.n_train))
+                target[rows] = np.mean([m.matrix(variant=variant)[rows] for m in models], axis=0)
+        for field in ("self_influence", NORMALISED_SELF, "last_loss"):
+            if all(field in m._group for m in models):
+                group.create_dataset(field, data=np.mean([m._group[field][()] for m in models], axis=0).astype(np.float32))
+        group.create_dataset("done", data=np.ones_like(models[0].done))
         self._h5.flush()
         return ModelScores(group)
 
@@ -436,6 +488,14 @@ class ScoreFile:
     def agreement(self) -> np.ndarray:
         """The agreement table (structured [rows]); StoreError when the file has none."""
         return self._table("agreement", "agreement table (written by tracin-score since replicas)")
+
+    def write_detection(self, table: np.ndarray) -> None:
+        """Replace /detection, mislabel detection per ranking (tracin.results.report.DETECTION_DTYPE rows)."""
+        self._write_table("detection", table)
+
+    def detection(self) -> np.ndarray:
+        """The mislabel-detection table (structured [rows]); StoreError when the file has none."""
+        return self._table("detection", "mislabel-detection table (written by tracin-score with label noise)")
 
     def _write_table(self, name: str, table: np.ndarray) -> None:
         if name in self._h5:
@@ -554,6 +614,21 @@ class ModelScores:
         return self._group["self_influence"][()]
 
     @property
+    def normalised_self_influence(self) -> Optional[np.ndarray]:
+        """float32 [n_train]: sum_c lr_c |g_train|, the train-normalised variant's self-influence; None in
+        files from before it."""
+        return self._group[NORMALISED_SELF][()] if NORMALISED_SELF in self._group else None
+
+    @property
+    def group_self_influence(self) -> dict[str, np.ndarray]:
+        """{layer group: float32 [n_train]}, each group's part of self_influence (stem, layer1, ..., head:
+        tracin.engine.groups); empty in files from before groups and for ensembles."""
+        if GROUP_SELF not in self._group:
+            return {}
+        dataset = self._group[GROUP_SELF]
+        return dict(zip(json.loads(dataset.attrs["groups"]), dataset[()]))
+
+    @property
     def last_loss(self) -> np.ndarray:
         """float32 [n_train]: each train example's loss at the last checkpoint."""
         return self._group["last_loss"][()]
@@ -581,12 +656,17 @@ class ModelScores:
             )
 
     def write_block(self, row_start: int, col_start: int, scores: np.ndarray, per_checkpoint: Optional[np.ndarray],
-                    self_influence: Optional[np.ndarray], other_variants: Optional[dict[str, np.ndarray]] = None) -> None:
+                    self_influence: Optional[np.ndarray], other_variants: Optional[dict[str, np.ndarray]] = None,
+                    normalised_self_influence: Optional[np.ndarray] = None,
+                    group_self_influence: Optional[np.ndarray] = None) -> None:
         """Write a block's data (float32 [rows, cols] scores, [n_ckpt, rows, cols] per checkpoint, [rows]
-        self-influence, {variant: [rows, cols]} of the other variants), flush, then mark it done and flush
-        again. Non-finite values are refused: a block marked done holds finite scores."""
+        self-influence, {variant: [rows, cols]} of the other variants, [rows] normalised self-influence,
+        [n_groups, rows] each layer group's self-influence),
+        flush, then mark it done and flush again. Non-finite values are refused: a block marked done holds
+        finite scores."""
         other_variants = other_variants or {}
-        for values in (scores, per_checkpoint, self_influence, *other_variants.values()):
+        for values in (scores, per_checkpoint, self_influence, normalised_self_influence, group_self_influence,
+                       *other_variants.values()):
             if values is not None and not np.isfinite(values).all():
                 raise StoreError(f"non-finite scores in the block at train {row_start}, test {col_start}; not written")
         rows = slice(row_start, row_start + scores.shape[0])
@@ -598,6 +678,10 @@ class ModelScores:
             self._group["per_checkpoint"][:, rows, cols] = per_checkpoint
         if self_influence is not None:
             self._group["self_influence"][rows] = self_influence
+        if normalised_self_influence is not None and NORMALISED_SELF in self._group:  # absent in older files
+            self._group[NORMALISED_SELF][rows] = normalised_self_influence
+        if group_self_influence is not None and GROUP_SELF in self._group:
+            self._group[GROUP_SELF][:, rows] = group_self_influence
         self._group.file.flush()
         self._group["done"][row_start // self.row_chunk, col_start // self.test_block] = True
         self._group.file.flush()
@@ -612,7 +696,8 @@ class ModelScores:
             cols = slice(c * self.test_block, (c + 1) * self.test_block)
             block = [self._group[name][rows, cols] for name in names]
             block += [self._group["per_checkpoint"][:, rows, cols]] if self.has_per_checkpoint else []
-            block += [self._group["self_influence"][rows]] if c == 0 else []
+            block += [self._group[name][rows] for name in ("self_influence", NORMALISED_SELF) if c == 0 and name in self._group]
+            block += [self._group[GROUP_SELF][:, rows]] if c == 0 and GROUP_SELF in self._group else []
             if not all(np.isfinite(part).all() for part in block):
                 self._group["done"][r, c] = False
                 redone += 1
