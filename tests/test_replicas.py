@@ -145,7 +145,7 @@ def test_scoring_more_replicas_than_trained_is_one_clear_error(replica_run, tmp_
     assert result.returncode == 2
     assert "fewer trained replicas" in result.stderr and "Traceback" not in result.stderr
     result = run_tracin_score(["--run", replica_run, "--out", tmp_path / "x.h5", "--models", "teacher.r0", "--topk", "3", "--quiet"])
-    assert result.returncode == 2 and "is not a model name" in result.stderr
+    assert result.returncode == 2 and "'teacher.r0' is neither" in result.stderr
 
 
 def test_readme_figures_come_from_the_run_and_its_score_file(replica_run, replica_scores, tmp_path):

@@ -74,7 +74,11 @@ class ScoreOptions:
         if not self.models:
             raise TracinError(f"--models takes {', '.join(ROLES)} (or ROLE.rN for one replica); got nothing")
         for name in self.models:
-            split_model_name(name)
+            try:
+                split_model_name(name)
+            except TracinError:
+                raise TracinError(f"--models takes {', '.join(ROLES)}, or ROLE.rN for replica N (e.g. teacher.r1); "
+                                  f"{name!r} is neither") from None
         if self.replicas is not None and self.replicas < 1:
             raise TracinError(f"--replicas must be at least 1, got {self.replicas}")
         if self.loss not in SCORE_LOSSES:
