@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from tracin.cli.main import run_command
-from tracin.config import ENSEMBLE_SUFFIX, split_model_name
+from tracin.config import replicas_by_role
 from tracin.errors import TracinError
+from tracin.files import write_atomic
 from tracin.results.agreement import format_agreement
 from tracin.results.report import check_finished, detection_summary, detection_table, mislabel_curves
 from tracin.results.statistics import overlap_at_k
@@ -43,11 +44,7 @@ def markdown(header, rows) -> str:
 
 def replicas_of(names) -> dict[str, list[str]]:
     """role -> its trained models in replica order (ensembles left out)."""
-    by_role: dict[str, list[str]] = {}
-    for name in names:
-        if not name.endswith(ENSEMBLE_SUFFIX):
-            by_role.setdefault(split_model_name(name)[0], []).append(name)
-    return by_role
+    return {role: list(found.values()) for role, found in replicas_by_role(names).items()}
 
 
 def timing_section(demo: dict) -> str:
@@ -62,6 +59,9 @@ def timing_section(demo: dict) -> str:
 
 def accuracy_section(record: dict) -> tuple[str, dict]:
     by_role = replicas_of(record["models"])
+    unfinished = [name for name, entry in record["models"].items() if entry.get("status") != "done"]
+    if unfinished:
+        raise TracinError(f"{', '.join(unfinished)} not trained to the end: finish the demo (run scripts/demo again) first")
     accuracy = {name: entry["metrics"]["test_acc"] for name, entry in record["models"].items()}
     header = ["model", "parameters", *[f"test accuracy, replica {r}" for r in range(max(map(len, by_role.values())))]]
     rows = [[role, f"{record['param_counts'][role]:,}", *[f"{accuracy[n]:.1%}" for n in names]] for role, names in by_role.items()]
@@ -149,7 +149,7 @@ def figures(run: Path, scores: Path) -> str:
             "**Quality checks of the proponents** (no retraining; every model and replica, every score variant):",
             quality_section(store),
             "**Teacher-student agreement against the noise floor** (`'` = the other replica; each figure a mean over "
-            "the 1,000 test examples with its 95% bootstrap confidence interval):",
+            f"the {store.n_test:,} test examples with its 95% bootstrap confidence interval):",
             "```\n" + format_agreement(store.agreement()) + "\n```",
             detection_table(mislabel_curves(store, store.models)) if store.noisy.any() else "",
             "**Self-influence by layer group** (raw TracInCP; which depth carries it, and what each depth alone finds):"
@@ -173,6 +173,8 @@ def variants_figures(runs: list[Path]) -> str:
         with ScoreFile.open_read(run / "tracin.h5") as store:
             check_finished(store)
             quality = {(r["model"].decode(), r["variant"].decode()): r for r in store.quality()}
+            if not store.noisy.any():
+                raise TracinError(f"{run} has no flipped labels: the variants table compares mislabel detection")
             areas = {r["ranking"]: r["area"] for r in detection_summary(mislabel_curves(store, store.models))}
             agreement = store.agreement()
             for variant in store.model(store.models[0]).variants:
@@ -219,7 +221,7 @@ def main() -> int:
         text = readme.read_text()
         for (start, end), part in parts.items():
             text = replace_part(text, start, end, part, readme)
-        readme.write_text(text)
+        write_atomic(readme, lambda handle: handle.write(text.encode()))
         print(f"rewrote {len(parts)} generated part(s) of {readme}")
 
     return run_command("readme_figures", work, "run scripts/demo first")

@@ -122,10 +122,14 @@ def test_a_teacher_for_other_data_is_one_line(tiny_run, tmp_path, cifar10_root, 
     _assert_one_line_error(code, err, "takes 1 channels and 10 classes; the data has 3 and 10")
 
 
-def test_a_run_that_exists_needs_resume_or_overwrite(teacher_run, cifar10_root, capsys):
-    code, _, err = _cli(["--run", "base", *_cifar(cifar10_root, teacher_run.parent), "--models", "teacher"], capsys)
-    needle = "already holds a run: continue it with --resume, or replace it with --overwrite"
-    _assert_one_line_error(code, err, needle)
+def test_the_same_command_continues_its_run_and_another_configuration_is_refused(teacher_run, tmp_path, cifar10_root, capsys):
+    run = _copy(teacher_run, tmp_path)
+    before = (run / "teacher" / "epoch_002.pt").read_bytes()
+    code, _, err = _cli(["--run", "base", *_cifar(cifar10_root, tmp_path), "--models", "teacher"], capsys)
+    assert code == 0, err
+    assert (run / "teacher" / "epoch_002.pt").read_bytes() == before
+    code, _, err = _cli(["--run", "base", *_cifar(cifar10_root, tmp_path), "--models", "teacher", "--lr", "0.3"], capsys)
+    _assert_one_line_error(code, err, "already holds a run with another configuration (config.lr (0.1 -> 0.3))")
 
 
 def test_resume_with_another_configuration_names_the_fields(teacher_run, cifar10_root, capsys):

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from tracin.config import REPLICA_SEED_STRIDE, model_name, split_model_name
+from tracin.config import REPLICA_SEED_STRIDE, model_name, replicas_by_role, split_model_name
 from tracin.errors import TracinError
-from tracin.results.agreement import AGREEMENT_DTYPE, format_agreement
+from tracin.results.agreement import AGREEMENT_DTYPE, format_agreement, select_agreement_pairs
+from tracin.results.scoring import select_compared_pairs
 from tracin.results.report import detection_summary, mislabel_curves
 from tracin.results.statistics import bootstrap_ci, normalised_agreement, overlap_at_k, sample_rows, spearman_rows
 from tracin.results.store import ScoreFile, rankings_name
@@ -53,9 +54,26 @@ def test_model_names_round_trip_and_refuse_others():
     for role in ROLES:
         for replica in (0, 1, 12):
             assert split_model_name(model_name(role, replica)) == (role, replica)
-    for bad in ("teacher.r0", "teacher.r", "teacher.r01", "teacher.rx", "assistant", "student.r-1"):
+    for bad in ("teacher.r0", "teacher.r", "teacher.r01", "teacher.rx", "assistant", "student.r-1", "teacher.r²",
+                "teacher.r1.r1", "Teacher"):
         with pytest.raises(TracinError):
             split_model_name(bad)
+
+
+def test_pairs_match_replica_numbers_even_with_gaps():
+    models = ["teacher.r1", "student", "student.r1", "student_baseline.r2", "teacher.ensemble"]
+    replicas = replicas_by_role(models)
+    assert replicas == {"teacher": {1: "teacher.r1"}, "student": {0: "student", 1: "student.r1"},
+                        "student_baseline": {2: "student_baseline.r2"}}
+    pairs = select_agreement_pairs(replicas, models)
+    assert pairs["teacher-student"] == [("teacher.r1", "student.r1")]
+    assert pairs["teacher'-student"] == [("teacher.r1", "student")]
+    assert pairs["student-student'"] == [("student", "student.r1")]
+    assert "student-baseline" not in pairs and "teacher-teacher'" not in pairs  # no shared replica, one teacher
+    assert "teacher-student, ensembles" not in pairs  # only the teacher's ensemble is there
+    assert select_compared_pairs(models) == [
+        ("teacher.r1", "student"), ("teacher.r1", "student_baseline.r2"), ("student", "student_baseline.r2"),
+        ("student", "student.r1")]
 
 
 def test_replicas_train_with_other_seeds_on_the_same_data(tiny_run, replica_run):
@@ -235,3 +253,16 @@ def test_ensembles_are_the_mean_of_the_replicas_scores_and_ranked_from_it(replic
         assert {f"{role}.ensemble" for role in ROLES} <= quality_models
         detection = {r["ranking"].decode(): r for r in store.detection()}
         assert {"teacher: self-influence", "teacher: self-influence, train-normalised", "random order"} <= set(detection)
+        # a direct computation: inspect in decreasing order, count flipped labels found
+        flipped = store.noisy
+        for name, values in (("student.r1: self-influence, train-normalised", store.model("student.r1").normalised_self_influence),
+                             ("teacher: self-influence, layer1 only", store.model("teacher").group_self_influence["layer1"]),
+                             ("teacher.ensemble: loss (last checkpoint)", store.model("teacher.ensemble").last_loss)):
+            found = np.cumsum(flipped[np.argsort(-values, kind="stable")]) / flipped.sum()
+            fraction = np.arange(1, len(found) + 1) / len(found)
+            area = float(np.sum((found + np.concatenate([[0.0], found[:-1]])) / 2) / len(found))
+            assert detection[name]["area"] == pytest.approx(area)
+            assert detection[name]["found_10"] == pytest.approx(np.interp(0.1, np.concatenate([[0.0], fraction]), np.concatenate([[0.0], found])))
+        groups = store.model("teacher").group_self_influence
+        assert list(groups) == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+        np.testing.assert_allclose(sum(groups.values()), store.model("teacher").self_influence, rtol=1e-4)

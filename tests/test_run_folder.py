@@ -43,9 +43,12 @@ def test_open_record_refuses_to_mix_runs(tmp_path):
     with pytest.raises(TracinError, match="no run.json"):
         open_record(paths, resume=True, overwrite=False, configs=CONFIGS)
     write_json_atomic(CONFIGS, paths.run_json)
-    with pytest.raises(TracinError, match="already holds a run"):
-        open_record(paths, resume=False, overwrite=False, configs=CONFIGS)
+    # the same command continues its run, with or without --resume; another configuration is refused
+    assert open_record(paths, resume=False, overwrite=False, configs=CONFIGS) == json.loads(paths.run_json.read_text())
     assert open_record(paths, resume=True, overwrite=False, configs=CONFIGS) == json.loads(paths.run_json.read_text())
+    other = {**CONFIGS, "config": {**CONFIGS["config"], "lr": 0.5}}
+    with pytest.raises(TracinError, match=r"already holds a run with another configuration \(config.lr"):
+        open_record(paths, resume=False, overwrite=False, configs=other)
     with pytest.raises(TracinError, match="is not a tracin-train run"):  # a run.json this tool did not write
         open_record(paths, resume=False, overwrite=True, configs=CONFIGS)
     write_json_atomic({**CONFIGS, "format": RUN_FORMAT}, paths.run_json)

@@ -110,12 +110,14 @@ def test_self_influence_is_the_diagonal(setup):
         assert relative_error(tracin.self_influence(train), diagonal) < RTOL
 
 
-def test_block_self_influences_are_the_diagonals_of_raw_and_train_normalised(setup):
+@pytest.mark.parametrize("representation", ["flat", "factored", "auto"])
+def test_block_self_influences_are_the_diagonals_of_raw_and_train_normalised(setup, representation):
     """Each block of the first test block carries sum_c lr_c |g_c|^2, sum_c lr_c |g_c| and each layer
     group's sum_c lr_c |g_c,group|^2: the diagonals of the float64 reference's raw, train-normalised and
     group-restricted train x train scores."""
     model, checkpoints, train, test, _ = setup
-    tracin = TracIn(model, checkpoints, engine=EngineConfig(chunk_size=7, test_block=5))
+    engine = EngineConfig(chunk_size=7, test_block=5, representation=representation)  # part order: flat, then factored
+    tracin = TracIn(model, checkpoints, engine=engine)
     raw, normalised = torch.zeros(len(train[0])), torch.zeros(len(train[0]))
     groups = torch.zeros(len(tracin.group_names), len(train[0]))
     for block in tracin.iter_blocks(train, test, self_influence=True):

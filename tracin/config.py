@@ -7,8 +7,9 @@ when a run is resumed, so every field is a plain JSON value.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from tracin.errors import TracinError
 
@@ -25,6 +26,7 @@ REPRESENTATIONS = ("auto", "flat", "factored")
 VARIANTS = ("raw", "cosine", "train-normalised")  # see ScoreConfig
 DEFAULT_MAX_MEMORY = 2 * 2**30  # bytes for the engine's kept features and score blocks
 REPLICA_SEED_STRIDE = 1000  # replica N of a run trains with seed + N * stride (init and data order)
+ENSEMBLE_SUFFIX = ".ensemble"  # ROLE.ensemble: the mean of a role's replicas' scores in a score file
 
 
 def _check(condition: bool, message: str) -> None:
@@ -42,9 +44,6 @@ def model_name(role: str, replica: int = 0) -> str:
     return role if replica == 0 else f"{role}.r{replica}"
 
 
-ENSEMBLE_SUFFIX = ".ensemble"
-
-
 def ensemble_name(role: str) -> str:
     """The score-file name of the mean of a role's replicas' scores (not a trained model)."""
     return role + ENSEMBLE_SUFFIX
@@ -52,10 +51,23 @@ def ensemble_name(role: str) -> str:
 
 def split_model_name(name: str) -> tuple[str, int]:
     """(role, replica) of a model name; a name that is neither a role nor `ROLE.rN` is refused."""
-    role, dot, replica = name.partition(".r")
-    if role in ROLES and (not dot or (replica.isdigit() and int(replica) >= 1 and str(int(replica)) == replica)):
-        return role, int(replica) if dot else 0
+    match = re.fullmatch(r"([a-z_]+)(?:\.r([1-9][0-9]*))?", name, re.ASCII)
+    if match and match.group(1) in ROLES:
+        return match.group(1), int(match.group(2) or 0)
     raise TracinError(f"{name!r} is not a model name: use {', '.join(ROLES)}, or ROLE.rN for replica N (e.g. teacher.r1)")
+
+
+def replicas_by_role(names: Sequence[str]) -> dict[str, dict[int, str]]:
+    """role -> {replica: model name}, in role order then replica order, of the names that are trained
+    models (ensembles and other names left out)."""
+    by_role: dict[str, dict[int, str]] = {}
+    for name in names:
+        try:
+            role, replica = split_model_name(name)
+        except TracinError:
+            continue
+        by_role.setdefault(role, {})[replica] = name
+    return {role: dict(sorted(by_role[role].items())) for role in ROLES if role in by_role}
 
 
 class _Serializable:

@@ -26,8 +26,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from tracin.config import ensemble_name, split_model_name
-from tracin.errors import TracinError
+from tracin.config import ensemble_name, replicas_by_role
 from tracin.results import statistics as compare
 from tracin.results.comparison import CompareOptions
 from tracin.results.store import ScoreFile, rankings_name
@@ -39,30 +38,19 @@ AGREEMENT_DTYPE = np.dtype([
 Pair = tuple[str, str]
 
 
-def replica_names(models: list[str]) -> dict[str, list[str]]:
-    """role -> its models in replica order (role, role.r1, ...), for the models present."""
-    by_role: dict[str, dict[int, str]] = {}
-    for name in models:
-        try:
-            role, replica = split_model_name(name)
-        except TracinError:
-            continue
-        by_role.setdefault(role, {})[replica] = name
-    return {role: [found[r] for r in sorted(found)] for role, found in by_role.items()}
-
-
-def comparison_pairs(replicas: dict[str, list[str]], models: Sequence[str] = ()) -> dict[str, list[Pair]]:
-    """Each comparison of the table and the model pairs it averages (absent when a role is missing), and
-    the replica ensembles' among `models`."""
-    t, s, b = (replicas.get(role, []) for role in ("teacher", "student", "student_baseline"))
+def select_agreement_pairs(replicas: dict[str, dict[int, str]], models: Sequence[str] = ()) -> dict[str, list[Pair]]:
+    """Each comparison of the table and the model pairs it averages, matched by replica number (the
+    student of replica r with the teacher of replica r; teacher' = the teacher of another replica), and
+    the replica ensembles' among `models`. A comparison without pairs is left out."""
+    t, s, b = (replicas.get(role, {}) for role in ("teacher", "student", "student_baseline"))
     within = {
-        f"{role}-{role}'": list(itertools.combinations(names, 2))
+        f"{role}-{role}'": list(itertools.combinations(names.values(), 2))
         for role, names in (("teacher", t), ("student", s), ("baseline", b))
     }
     pairs = {
-        "teacher-student": list(zip(t, s)),
-        "teacher'-student": [(t[i], s[j]) for i in range(len(t)) for j in range(len(s)) if i != j],
-        "student-baseline": list(zip(s, b)),
+        "teacher-student": [(t[r], s[r]) for r in t if r in s],
+        "teacher'-student": [(t[i], s[j]) for i in t for j in s if i != j],
+        "student-baseline": [(s[r], b[r]) for r in s if r in b],
         **within,
     }
     for name, roles in (("teacher-student, ensembles", ("teacher", "student")),
@@ -118,7 +106,7 @@ def agreement_table(store: ScoreFile, models: list[str], options: CompareOptions
     of options.ks unless given) and Spearman: each comparison's mean per test example with its CI, and
     with replicas the normalised agreements and own - other teacher. Empty without a teacher-student or
     student-baseline pair."""
-    pairs = comparison_pairs(replica_names(models), models)
+    pairs = select_agreement_pairs(replicas_by_role(models), models)
     k = k or max(options.ks)
     n_train, n_test = len(store.train_labels), len(store.test_labels)
     sampled = compare.sample_rows(n_test, options.max_rows, options.seed)  # as the rank-correlation table
@@ -133,7 +121,7 @@ def agreement_table(store: ScoreFile, models: list[str], options: CompareOptions
             if all(name in per_row for name in (between, f"{a}-{a}'", f"{b}-{b}'")):
                 samples = [per_row[between], per_row[f"{a}-{a}'"], per_row[f"{b}-{b}'"]]
                 rows.append(_row(variant, statistic, f"normalised {between}", samples,
-                                 _normalised(chance), chance, len(pairs[between]), options.seed))
+                                 _normalised(chance), 0.0, len(pairs[between]), options.seed))
         if "teacher'-student" in per_row:
             samples = [per_row["teacher-student"], per_row["teacher'-student"]]
             rows.append(_row(variant, statistic, "own - other teacher", samples, compare.mean_difference, 0.0,

@@ -26,6 +26,7 @@ from tracin.results.statistics import overlap_at_k
 from tracin.config import DataConfig
 from tracin.training.data import load_data
 from tracin.errors import TracinError
+from tracin.files import write_atomic
 from tracin.results.store import ScoreFile
 
 INSPECTED = (0.1, 0.2)  # fractions of the training set at which mislabel detection is reported
@@ -354,9 +355,10 @@ def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_ro
         for name, figure in figures.items():
             if figure is None:
                 continue
-            figure.savefig(out / name, dpi=110)
+            write_atomic(out / name, lambda handle: figure.savefig(handle, format="png", dpi=110))
             plt.close(figure)
             written.append(out / name)
-        (out / "report.md").write_text(f"# TracIn report: {path}\n\n" + "\n\n".join(sections) + "\n")
+        text = f"# TracIn report: {path}\n\n" + "\n\n".join(sections) + "\n"
+        write_atomic(out / "report.md", lambda handle: handle.write(text.encode()))
         written.append(out / "report.md")
     return written

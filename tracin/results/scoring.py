@@ -32,7 +32,7 @@ from tracin.results.comparison import CompareOptions, compare_models, format_tab
 from tracin.results.statistics import parse_topk
 from tracin.config import (
     ENSEMBLE_SUFFIX, ROLES, SCORE_LOSSES, DataConfig, EngineConfig, ModelConfig, ScoreConfig, TrainConfig, ensemble_name, model_name,
-    split_model_name,
+    replicas_by_role, split_model_name,
 )
 from tracin.training.data import RunData, fingerprint_differences, load_data, stratified_subset
 from tracin.errors import DataError, TracinError
@@ -382,27 +382,24 @@ def quality_table(store: ScoreFile, models: Sequence[str]) -> np.ndarray:
 def write_ensembles(store: ScoreFile, models: Sequence[str], k: int, device: torch.device) -> list[str]:
     """For each role scored with replicas: ROLE.ensemble, the mean of its replicas' scores, with its
     top-k tables. Returns their names."""
-    by_role: dict[str, list[str]] = {}
-    for name in models:
-        by_role.setdefault(split_model_name(name)[0], []).append(name)
     written = []
-    for role, members in by_role.items():
+    for role, members in replicas_by_role(models).items():
         if len(members) > 1:
-            store.write_ensemble(ensemble_name(role), members)
+            store.write_ensemble(ensemble_name(role), list(members.values()))
             write_rankings(store.model(ensemble_name(role)), k, device)
             written.append(ensemble_name(role))
     return written
 
 
-def comparison_pairs(models: Sequence[str]) -> list[tuple[str, str]]:
-    """Every pair of replica-0 models, each model against its own replicas (the noise floor), then every
-    pair of replica ensembles."""
-    trained = [name for name in models if not name.endswith(ENSEMBLE_SUFFIX)]
-    first = [name for name in trained if split_model_name(name)[1] == 0]
-    replicas = [(model_name(split_model_name(name)[0]), name) for name in trained if split_model_name(name)[1] > 0]
-    ensembles = [name for name in models if name not in trained]
-    return (list(itertools.combinations(first, 2)) + [pair for pair in replicas if pair[0] in first]
-            + list(itertools.combinations(ensembles, 2)))
+def select_compared_pairs(models: Sequence[str]) -> list[tuple[str, str]]:
+    """The model pairs compared in full (comparison tables): every pair of each role's first scored
+    replica (replica 0 unless it was left out), each of those against the other replicas of its role
+    (the noise floor), then every pair of replica ensembles."""
+    replicas = replicas_by_role(models)
+    first = [names[min(names)] for names in replicas.values()]
+    others = [(names[min(names)], name) for names in replicas.values() for name in list(names.values())[1:]]
+    ensembles = [name for name in models if name.endswith(ENSEMBLE_SUFFIX)]
+    return list(itertools.combinations(first, 2)) + others + list(itertools.combinations(ensembles, 2))
 
 
 def report(store: ScoreFile, options: ScoreOptions, ks: list[int], models: Sequence[str]) -> None:
@@ -414,7 +411,7 @@ def report(store: ScoreFile, options: ScoreOptions, ks: list[int], models: Seque
         store.write_detection(detection)
         print(format_detection(detection), flush=True)
     compare_options = CompareOptions(tuple(ks), max_rows=options.corr_rows, seed=options.score.seed)
-    for name_a, name_b in comparison_pairs(models):
+    for name_a, name_b in select_compared_pairs(models):
         faults.reach("comparison")
         tables = compare_models(store, name_a, name_b, compare_options)
         print(format_tables(name_a, name_b, tables), flush=True)

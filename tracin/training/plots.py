@@ -11,11 +11,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
+from tracin.files import write_atomic
+
 
 def _save(figure: Figure, path: Path) -> None:
+    """The figure as PNG, written atomically (a killed run leaves the previous figure or none)."""
     FigureCanvasAgg(figure)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
+    write_atomic(path, lambda handle: figure.savefig(handle, format="png", dpi=120, bbox_inches="tight"))
 
 
 def plot_history(history: Sequence[dict], path: Path, title: str) -> None:

@@ -129,8 +129,8 @@ def _with_defaults(key: str, values: Any) -> Any:
     return {**kind().to_dict(), **values}
 
 
-def check_same_run(record: dict, configs: dict[str, Any], root: Path) -> None:
-    """Refuse to resume a run with another configuration; the message names each differing field."""
+def configuration_differences(record: dict, configs: dict[str, Any]) -> list[str]:
+    """'field (stored -> current)' for every field of `configs` the run's record holds otherwise."""
     stored = {key: _with_defaults(key, record.get(key)) for key in configs}
     current = {key: _with_defaults(key, value) for key, value in configs.items()}
     if isinstance(stored.get("data_fingerprint"), dict) and "train_pixels_sha256" not in stored["data_fingerprint"]:
@@ -138,9 +138,12 @@ def check_same_run(record: dict, configs: dict[str, Any], root: Path) -> None:
         old = {k: v for k, v in stored["data_fingerprint"].items() if k != "digest"}
         stored["data_fingerprint"] = old
         current["data_fingerprint"] = {k: v for k, v in current["data_fingerprint"].items() if k in old}
-    differences = [
-        d for d in differing_fields(stored, current) if not d.startswith(RESUME_IGNORED_FIELDS)
-    ]
+    return [d for d in differing_fields(stored, current) if not d.startswith(RESUME_IGNORED_FIELDS)]
+
+
+def check_same_run(record: dict, configs: dict[str, Any], root: Path) -> None:
+    """Refuse to resume a run with another configuration; the message names each differing field."""
+    differences = configuration_differences(record, configs)
     if differences:
         raise ConfigMismatchError(
             f"{root} was started with another configuration: {'; '.join(differences)}. "
@@ -149,7 +152,9 @@ def check_same_run(record: dict, configs: dict[str, Any], root: Path) -> None:
 
 
 def open_record(paths: RunPaths, resume: bool, overwrite: bool, configs: dict[str, Any]) -> Optional[dict]:
-    """The existing run.json to continue, or None for a new run; refuses what would mix two runs.
+    """The existing run.json to continue, or None for a new run; refuses what would mix two runs. The
+    same command continues its own run (killed or finished: finished models are skipped), with or
+    without --resume; a run with another configuration is refused, naming the differing fields.
 
     Reads only: the caller removes the folder (overwrite) and writes the record, on rank 0.
     """
@@ -159,13 +164,15 @@ def open_record(paths: RunPaths, resume: bool, overwrite: bool, configs: dict[st
         raise TracinError(f"{paths.root} holds no run to resume (is --run or --out-root mistyped?); start it without --resume")
     if not holds_work(paths) or overwrite:
         return None
-    if not resume:
-        raise TracinError(
-            f"{paths.root} already holds a run: continue it with --resume, or replace it with --overwrite"
-        )
     record = read_record(paths)
     if record is None:
         raise TracinError(f"{paths.root} holds files but no run.json; replace them with --overwrite")
+    differences = configuration_differences(record, configs)
+    if differences and not resume:
+        raise ConfigMismatchError(
+            f"{paths.root} already holds a run with another configuration ({'; '.join(differences)}): continue it "
+            "with its own options, replace it with --overwrite, or choose another --run"
+        )
     check_same_run(record, configs, paths.root)
     return record
 

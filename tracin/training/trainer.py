@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import io
 import math
 import time
 from datetime import datetime
@@ -50,7 +51,7 @@ from tqdm import tqdm
 
 from tracin.training import losses
 from tracin import faults
-from tracin.files import exclusive_lock, remove_stale_temporaries_under, write_json_atomic
+from tracin.files import exclusive_lock, remove_stale_temporaries_under, write_atomic, write_json_atomic
 from tracin.training.checkpoints import (
     checkpoint_name,
     load_checkpoint,
@@ -550,10 +551,12 @@ def save_epoch(job: ModelJob, run: RunContext, trainee: Trainee, row: dict) -> N
 
 
 def write_history(history: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
-        writer.writeheader()
-        writer.writerows(history)
+    """history.csv, one row per epoch (HISTORY_FIELDS), written atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=HISTORY_FIELDS)
+    writer.writeheader()
+    writer.writerows(history)
+    write_atomic(path, lambda handle: handle.write(text.getvalue().encode()))
 
 
 def set_status(run: RunContext, role: str, status: str, state: TrainState, **extra) -> None:
