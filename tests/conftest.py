@@ -141,7 +141,7 @@ def tiny_scores(tiny_run, tmp_path_factory) -> Path:
     noise), with its --plots output in plots/ beside it."""
     out = tmp_path_factory.mktemp("scores") / "tracin.h5"
     result = run_tracin_score([
-        "--run", tiny_run, "--out", out, "--models", "teacher,student,student_baseline", "--per-checkpoint",
+        "--run", tiny_run, "--out", out, "--models", "teacher,student,student_baseline", "--per-checkpoint", "--variants", "raw",
         "--train-subset", "128", "--test-subset", "24", "--topk", "3,8", "--device", "cpu", "--quiet", "--plots",
     ])
     assert result.returncode == 0, result.stderr

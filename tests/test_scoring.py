@@ -40,7 +40,7 @@ def tracin_score(*args, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def score_args(run: Path, out: Path, *extra) -> list:
-    return ["--run", run, "--out", out, "--quiet", "--per-checkpoint", *SMALL, *extra]
+    return ["--run", run, "--out", out, "--quiet", "--per-checkpoint", "--variants", "raw", *SMALL, *extra]
 
 
 def assert_user_error(result: subprocess.CompletedProcess, pattern: str) -> None:
@@ -268,6 +268,11 @@ def test_torchrun_two_processes_write_the_same_file(tiny_run, scored, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=subprocess_env())
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_results(out, scored)
+
+
+def test_the_command_line_leads_with_train_normalised_and_the_api_with_raw():
+    assert score_options(build_score_parser().parse_args(["--run", "r"]), []).score.variants == ("train-normalised",)
+    assert ScoreConfig().variants == ("raw",)
 
 
 def test_no_cuda_graphs_option_reaches_the_score_options():

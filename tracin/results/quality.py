@@ -48,9 +48,10 @@ def quality_row(model: str, variant: str, top_index: np.ndarray, train_labels: n
 def format_quality(table: np.ndarray) -> str:
     """The quality checks as text, a line per model and variant."""
     lines = ["quality checks (test proponents): same class as the test example, and concentration"]
+    width = max((len(row["model"]) for row in table), default=0)
     for row in table:
         lines.append(
-            f"  {row['model'].decode():16s} {row['variant'].decode():16s} same class top-1 {row['identical_class_top1']:6.1%}, "
+            f"  {row['model'].decode():{width}s} {row['variant'].decode():16s} same class top-1 {row['identical_class_top1']:6.1%}, "
             f"top-{row['k']} {row['identical_class_topk']:6.1%}; most common top-1 proponent serves "
             f"{row['top1_max_share']:6.1%} of {row['n_test']} tests; {row['distinct_in_topk']} distinct in top-{row['k']}"
         )
