@@ -358,7 +358,7 @@ def test_kd_loss_scores_a_student_with_its_own_distillation_objective(tmp_path, 
     ])
     assert result.returncode == 0, result.stderr
     run, out = tmp_path / "kd", tmp_path / "kd.h5"
-    result = tracin_score("--run", run, "--out", out, "--models", "student", "--loss", "kd", "--quiet",
+    result = tracin_score("--run", run, "--out", out, "--models", "student", "--loss", "kd", "--quiet", "--variants", "raw",
                           "--train-subset", "32", "--test-subset", "8", "--topk", "3", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     with ScoreFile.open_read(out) as store:
