@@ -157,6 +157,21 @@ def test_a_second_trainer_is_told_which_process_holds_the_run(tiny_run, tmp_path
     assert hashes(runs / "tiny") == before
 
 
+def test_a_run_being_trained_is_not_scored_and_a_run_being_scored_is_not_replaced(tiny_run, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run, runs / "tiny")
+    before = hashes(runs / "tiny")
+    with exclusive_lock(runs / "tiny", "the run"):  # as tracin-train holds it
+        result = command("tracin-score", *score_args(runs / "tiny", tmp_path / "a.h5", *SCORE_ARGS))
+    assert_one_line_error(result, f"is in use by process {os.getpid()}")
+    assert not (tmp_path / "a.h5").exists()
+    with exclusive_lock(runs / "tiny", "the run", shared=True), exclusive_lock(runs / "tiny", "the run", shared=True):
+        # two readers at once (as two tracin-score runs hold it); a trainer is refused while they read
+        result = command("tracin-train", "--run", "tiny", "--out-root", runs, "--overwrite", *TINY_RUN_ARGS)
+    assert_one_line_error(result, f"is in use by process {os.getpid()}")
+    assert hashes(runs / "tiny") == before and not (runs / ".tiny.replaced").exists()
+
+
 # --- training: --overwrite that fails or is killed -------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ writer leaves it (`.NAME.*.tmp`), and `remove_stale_temporaries` clears those on
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -61,23 +62,31 @@ def write_json_atomic(values: Any, path: Union[str, Path]) -> None:
 
 
 @contextmanager
-def exclusive_lock(target: Union[str, Path], what: str) -> Iterator[None]:
+def exclusive_lock(target: Union[str, Path], what: str, shared: bool = False) -> Iterator[None]:
     """Hold an advisory lock (flock) on `target` for the duration: a second process that wants the same
     output is refused with one line naming the process that holds it. The lock lives in a small file
     beside the target (`.NAME.lock`, for a file or a folder), which is kept: removing it would race a
-    waiting process."""
+    waiting process. `shared`: a reader's lock (tracin-score on a run folder): any number of readers at
+    once, but none while a writer holds it, and no writer while a reader does."""
     target = Path(target).resolve()  # one lock for every path (relative, symlinked) to the same output
     lock = target.with_name(f".{target.name}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(lock, "a+")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "a+")
+    except OSError as error:
+        if not shared or error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        yield  # a reader of a folder nobody may write in: no writer can change it, so no lock is needed
+        return
     try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
-            raise TracinError(f"{what} {target} is in use by process {holder}; wait for it to finish, or stop it") from None
-        handle.seek(0)
+            raise TracinError(
+                f"{what} {target} is in use by process {holder}; wait for it to finish, or stop it") from None
+        handle.seek(0)  # the latest holder's pid, for the message a refused process gets
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()

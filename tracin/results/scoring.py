@@ -301,7 +301,7 @@ def score_run(options: ScoreOptions) -> Path:
     out = Path(options.out) if options.out else run.paths.root / "tracin.h5"
     if out.name in ("", ".", "..") or out.is_dir():
         raise TracinError(f"--out must name a file, got {str(out)!r}")
-    with start_runtime(options.device, options.quiet) as runtime, _output_lock(out, runtime):
+    with start_runtime(options.device, options.quiet) as runtime, _run_lock(run, runtime), _output_lock(out, runtime):
         data = scoring_data(run, options)
         runtime.log(data_source(run, options))
         ks = parse_topk(options.topk, limit=min(len(data.train), len(data.test)))
@@ -324,6 +324,12 @@ def score_run(options: ScoreOptions) -> Path:
             for path in write_report(out, data_root=options.data_root):
                 print(f"plot: {path}", flush=True)
     return out
+
+
+def _run_lock(run: TrainedRun, runtime: Runtime):
+    """A reader's lock on the run folder (rank 0): tracin-train cannot replace or change the run while it
+    is scored, and scoring waits for no training (it is refused, naming the process)."""
+    return exclusive_lock(run.paths.root, "the run", shared=True) if runtime.is_main else contextlib.nullcontext()
 
 
 def _output_lock(out: Path, runtime: Runtime):
