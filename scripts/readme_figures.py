@@ -78,8 +78,8 @@ def quality_section(store: ScoreFile) -> str:
 
 
 def pair_overlap(store: ScoreFile, a: str, b: str, variant: str, k: int) -> float:
-    name = rankings_name(variant=None if variant == store.model(a).variants[0] else variant)
-    return float(overlap_at_k(store.model(a).rankings(name)[0].top_index, store.model(b).rankings(name)[0].top_index, k).mean())
+    top_a, top_b = store.model(a).variant_rankings(variant)[0], store.model(b).variant_rankings(variant)[0]
+    return float(overlap_at_k(top_a.top_index, top_b.top_index, k).mean())
 
 
 def spread_section(store: ScoreFile, accuracy: dict, k: int) -> str:

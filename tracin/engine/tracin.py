@@ -297,7 +297,7 @@ class TracIn:
         others = {v: torch.zeros(r1 - r0, c1 - c0, device=self.device) for v in other_variants}
         self_influence = torch.zeros(r1 - r0, device=self.device) if with_self else None
         normalised_self = torch.zeros(r1 - r0, device=self.device) if with_self else None
-        groups = part_groups(plans, self.group_names).to(self.device)
+        groups = part_groups(plans, self.group_names).to(self.device) if with_self else None
         group_self = torch.zeros(len(self.group_names), r1 - r0, device=self.device) if with_self else None
         for c, checkpoint in enumerate(self.checkpoints):
             term = terms[c if per_checkpoint else 0]

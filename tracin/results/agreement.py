@@ -21,7 +21,7 @@ the CI is the percentile bootstrap over test examples (statistics.bootstrap_ci),
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -29,7 +29,7 @@ import numpy as np
 from tracin.config import ensemble_name, replicas_by_role
 from tracin.results import statistics as compare
 from tracin.results.comparison import CompareOptions
-from tracin.results.store import ScoreFile, rankings_name
+from tracin.results.store import ScoreFile
 
 AGREEMENT_DTYPE = np.dtype([
     ("variant", "S16"), ("statistic", "S16"), ("comparison", "S40"), ("mean", "f8"), ("ci_low", "f8"),
@@ -62,13 +62,14 @@ def select_agreement_pairs(replicas: dict[str, dict[int, str]], models: Sequence
 
 @dataclass
 class RowValues:
-    """Per-test-example agreement of model pairs for one variant and statistic, computed once per pair."""
+    """Per-test-example agreement of model pairs for one variant and statistic, computed once per pair.
+    Overlap uses every test example; Spearman the sampled `columns` (as the rank-correlation table)."""
 
     store: ScoreFile
     variant: str
     statistic: str  # "overlap@K" or "spearman"
-    columns: np.ndarray  # test examples used
-    cache: dict
+    columns: np.ndarray  # int [rows]: the test examples Spearman uses
+    cache: dict[Pair, np.ndarray] = field(default_factory=dict)
 
     def of(self, pair: Pair) -> np.ndarray:
         """float64 [rows]: the statistic of one model pair per test example."""
@@ -82,14 +83,11 @@ class RowValues:
 
     def _compute(self, name_a: str, name_b: str) -> np.ndarray:
         a, b = self.store.model(name_a), self.store.model(name_b)
-        variant = None if self.variant == a.variants[0] else self.variant
         if self.statistic == "spearman":
-            return compare.spearman_rows(a.matrix(variant=variant)[:, self.columns].T,
-                                         b.matrix(variant=variant)[:, self.columns].T)
+            return compare.spearman_rows(a.matrix(variant=self.variant)[:, self.columns].T,
+                                         b.matrix(variant=self.variant)[:, self.columns].T)
         k = int(self.statistic.removeprefix("overlap@"))
-        top_a = a.rankings(rankings_name(variant=variant))[0].top_index
-        top_b = b.rankings(rankings_name(variant=variant))[0].top_index
-        return compare.overlap_at_k(top_a, top_b, k)
+        return compare.overlap_at_k(a.variant_rankings(self.variant)[0].top_index, b.variant_rankings(self.variant)[0].top_index, k)
 
 
 def _row(variant: str, statistic: str, comparison: str, samples: list[np.ndarray], function: Callable,
@@ -113,7 +111,7 @@ def agreement_table(store: ScoreFile, models: list[str], options: CompareOptions
     variants = [v for v in store.model(models[0]).variants if all(v in store.model(m).variants for m in models)]
     rows = []
     for variant, (statistic, chance) in itertools.product(variants, ((f"overlap@{k}", k / n_train), ("spearman", 0.0))):
-        values = RowValues(store, variant, statistic, sampled if statistic == "spearman" else np.arange(n_test), {})
+        values = RowValues(store, variant, statistic, sampled)
         per_row = {name: values.mean_of(found) for name, found in pairs.items()}
         for name, found in pairs.items():
             rows.append(_row(variant, statistic, name, [per_row[name]], np.mean, chance, len(found), options.seed))

@@ -350,8 +350,10 @@ def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_ro
         figures["score_histograms.png"] = plot_score_histograms(store, models)
         figures["proponents.png"] = plot_proponent_grid(store, load_images(store, data_root), models, choose_test_rows(store))
         if store.noisy.any():
-            figures["mislabel_detection.png"] = plot_mislabel_detection(mislabel_curves(store, models))
-            sections.append(detection_table(mislabel_curves(store, models, groups=True)))
+            curves = mislabel_curves(store, models, groups=True)
+            figures["mislabel_detection.png"] = plot_mislabel_detection(
+                {name: curve for name, curve in curves.items() if not name.endswith(GROUP_MARK)})
+            sections.append(detection_table(curves))
         for name, figure in figures.items():
             if figure is None:
                 continue

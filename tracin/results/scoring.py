@@ -380,7 +380,7 @@ def quality_table(store: ScoreFile, models: Sequence[str]) -> np.ndarray:
     for name in models:
         scores = store.model(name)
         for variant in scores.variants:
-            ranking = scores.rankings(rankings_name(variant=None if variant == scores.variants[0] else variant))[0]
+            ranking = scores.variant_rankings(variant)[0]
             rows.append(quality_row(name, variant, ranking.top_index, store.train_labels, store.test_labels))
     return np.array(rows, dtype=QUALITY_DTYPE)
 

@@ -716,6 +716,10 @@ class ModelScores:
                 values = getattr(ranking, field).numpy()
                 tables.create_dataset(f"{prefix}_{field}", data=values.astype(np.int32) if "index" in field else values)
 
+    def variant_rankings(self, variant: str) -> tuple[Ranking, Ranking]:
+        """(test, train) rankings of one variant's summed scores (the first variant's are "topk")."""
+        return self.rankings(rankings_name(variant=None if variant == self.variants[0] else variant))
+
     def rankings(self, name: str = "topk") -> tuple[Ranking, Ranking]:
         """(test, train) rankings stored under `name` (rankings_name(epoch)), as numpy-backed Rankings."""
         if name not in self._group:
