@@ -21,14 +21,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from tracin.cli.main import run_command
-from tracin.config import replicas_by_role
+from tracin.config import replicas_by_role, split_variant
 from tracin.errors import TracinError
 from tracin.files import write_atomic
-from tracin.results.agreement import format_agreement
+from tracin.results.agreement import format_agreement, format_agreement_by_depth
 from tracin.results.report import check_finished, detection_summary, detection_table, mislabel_curves
 from tracin.results.statistics import overlap_at_k
 from tracin.results.store import ScoreFile, rankings_name
@@ -68,8 +69,14 @@ def accuracy_section(record: dict) -> tuple[str, dict]:
     return markdown(header, rows), accuracy
 
 
+def whole_model(variant: str) -> bool:
+    """Whether a variant scores every parameter (not VARIANT@GROUP, one layer group's)."""
+    return split_variant(variant)[1] is None
+
+
 def quality_section(store: ScoreFile) -> str:
     table = store.quality()
+    table = table[[whole_model(v.decode()) for v in table["variant"]]]  # the groups': group_section
     header = ["model", "variant", "same class, top-1", "same class, top-10", "most common top-1 proponent serves",
               "distinct in all top-10"]
     rows = [[r["model"].decode(), r["variant"].decode(), f"{r['identical_class_top1']:.1%}", f"{r['identical_class_topk']:.1%}",
@@ -96,7 +103,7 @@ def spread_section(store: ScoreFile, accuracy: dict, k: int) -> str:
     for role, names in by_role.items():
         add(f"{role}: test accuracy", accuracy[names[0]], accuracy[names[1]], percent=True)
     quality = {(r["model"].decode(), r["variant"].decode()): r for r in store.quality()}
-    variants = store.model(store.models[0]).variants
+    variants = [v for v in store.model(store.models[0]).variants if whole_model(v)]
     for variant in variants:
         for role, names in by_role.items():
             first, second = quality[(names[0], variant)], quality[(names[1], variant)]
@@ -114,21 +121,48 @@ def spread_section(store: ScoreFile, accuracy: dict, k: int) -> str:
     return markdown(["figure", "replica 0", "replica 1", "difference"], rows)
 
 
+def detection_name(model: str, variant: str) -> Optional[str]:
+    """The mislabel_curves name of the ranking by a variant's self-influence (None for cosine ones: their
+    self-influence is the same for every example)."""
+    base, group = split_variant(variant)
+    if base == "cosine":
+        return None
+    name = f"{model}: self-influence" + (", train-normalised" if base == "train-normalised" else "")
+    return name + (f", {group} only" if group else "")
+
+
+def area_cell(areas: dict, model: str, variant: str) -> str:
+    """A mislabel AUC as a cell; "-" where the file lacks that self-influence (scored by an older version)."""
+    area = areas.get(detection_name(model, variant))
+    return "-" if area is None else f"{area:.3f}"
+
+
 def group_section(store: ScoreFile) -> str:
-    """Per layer group of the teacher and student (replica 0): its share of the self-influence mass and
-    mislabel detection by its self-influence alone, beside all parameters."""
-    curves = mislabel_curves(store, [m for m in ("teacher", "student") if m in store.models], groups=True)
-    areas = {r["ranking"]: r["area"] for r in detection_summary(curves)}
+    """Per layer group of the teacher and student (replica 0): its share of the self-influence mass,
+    mislabel detection by its raw and train-normalised self-influence alone, and (where the group's
+    train-normalised scores were kept) its quality checks, beside all parameters."""
+    models = [m for m in ("teacher", "student") if m in store.models]
+    areas = {r["ranking"]: r["area"] for r in detection_summary(mislabel_curves(store, models, groups=True))}
+    quality = {(r["model"].decode(), r["variant"].decode()): r for r in store.quality()}
     rows = []
-    for model in ("teacher", "student"):
-        if model not in store.models:
-            continue
+    for model in models:
         scores = store.model(model)
         total = float(scores.self_influence.sum())
-        rows.append([model, "all parameters", "100%", f"{areas[f'{model}: self-influence']:.3f}"])
-        for group, values in scores.group_self_influence.items():
-            rows.append([model, group, f"{values.sum() / total:.0%}", f"{areas[f'{model}: self-influence, {group} only']:.3f}"])
-    return markdown(["model", "layer group", "share of the self-influence", "mislabel AUC, this group alone"], rows)
+        parts = [("all parameters", "", 1.0), *((group, f"@{group}", v.sum() / total) for group, v in scores.group_self_influence.items())]
+        for group, suffix, share in parts:
+            q = quality.get((model, f"train-normalised{suffix}"))
+            rows.append([model, group, f"{share:.0%}", area_cell(areas, model, "raw" + suffix),
+                         area_cell(areas, model, "train-normalised" + suffix),
+                         f"{q['identical_class_top1']:.1%}" if q else "-", f"{q['top1_max_share']:.1%}" if q else "-"])
+    return markdown(["model", "layer group", "share of the raw self-influence", "mislabel AUC, raw", "mislabel AUC, train-normalised",
+                     "same class top-1, train-normalised", "most common top-1 serves, train-normalised"], rows)
+
+
+def depth_section(agreement) -> str:
+    """The agreement by depth as a fenced block, when the demo scored layer-group variants."""
+    text = format_agreement_by_depth(agreement)
+    return ("**Agreement by depth** (each layer group's train-normalised scores alone: at which depth do teacher "
+            f"and student lean on the same examples, against the replicas?):\n\n```\n{text}\n```") if text else ""
 
 
 def figures(run: Path, scores: Path) -> str:
@@ -151,9 +185,10 @@ def figures(run: Path, scores: Path) -> str:
             "**Teacher-student agreement against the noise floor** (`'` = the other replica; each figure a mean over "
             f"the {store.n_test:,} test examples with its 95% bootstrap confidence interval):",
             "```\n" + format_agreement(store.agreement()) + "\n```",
+            depth_section(store.agreement()),
             detection_table(mislabel_curves(store, store.models)) if store.noisy.any() else "",
-            "**Self-influence by layer group** (raw TracInCP; which depth carries it, and what each depth alone finds):"
-            if store.noisy.any() else "",
+            "**By layer group** (which depth carries the self-influence, what each depth alone finds, and how its "
+            "proponents fare):" if store.noisy.any() else "",
             group_section(store) if store.noisy.any() else "",
             "**What a re-run changes**: the same figures on the two replicas (same data and configuration, other seed). "
             "A difference of this size is what another machine, thread count or seed can change:",
@@ -175,17 +210,18 @@ def variants_figures(runs: list[Path]) -> str:
             quality = {(r["model"].decode(), r["variant"].decode()): r for r in store.quality()}
             if not store.noisy.any():
                 raise TracinError(f"{run} has no flipped labels: the variants table compares mislabel detection")
-            areas = {r["ranking"]: r["area"] for r in detection_summary(mislabel_curves(store, store.models))}
+            areas = {r["ranking"]: r["area"] for r in detection_summary(mislabel_curves(store, store.models, groups=True))}
             agreement = store.agreement()
             for variant in store.model(store.models[0]).variants:
                 chosen = agreement[(agreement["variant"] == variant.encode()) & (agreement["comparison"] == b"normalised teacher-student")
                                    & (np.char.startswith(agreement["statistic"], b"overlap@"))]
                 normalised = f"{chosen[0]['mean']:.2f} [{chosen[0]['ci_low']:.2f}, {chosen[0]['ci_high']:.2f}]" if len(chosen) else "-"
                 for role in ("teacher", "student"):
+                    if (role, variant) not in quality:  # a layer group the student does not have
+                        continue
                     q = quality[(role, variant)]
-                    detection = {"raw": f"{areas[f'{role}: self-influence']:.3f}",
-                                 "train-normalised": f"{areas.get(f'{role}: self-influence, train-normalised', np.nan):.3f}",
-                                 }.get(variant, "none (constant)")
+                    area = areas.get(detection_name(role, variant))
+                    detection = "none (constant)" if area is None else f"{area:.3f}"
                     rows.append([setting, variant, role, f"{q['identical_class_top1']:.1%}", f"{q['top1_max_share']:.1%}",
                                  detection, f"{areas[f'{role}: loss (last checkpoint)']:.3f}", normalised if role == "teacher" else ""])
     header = ["run", "variant", "model", "same class, top-1", "most common top-1 serves", "mislabel AUC, self-influence",

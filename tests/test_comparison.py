@@ -22,8 +22,8 @@ from tracin.results.comparison import (
 from tracin.results.store import ScoreFile
 
 # The columns of the tables of the first file format: readers of older files rely on them, and every
-# later format keeps them.
-SCOPE = [("scope", "S16")]
+# later format keeps them (a text column may widen: the scope was S16 before layer-group variants).
+SCOPE = [("scope", "S64")]
 SUMMARY = [("mean", "f8"), ("median", "f8"), ("min", "f8"), ("max", "f8")]
 STORED_COLUMNS = {
     "overlap": SCOPE + [("direction", "S8"), ("side", "S12"), ("k", "i8"), *SUMMARY, ("chance", "f8"), ("jaccard", "f8")],

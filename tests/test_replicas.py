@@ -16,7 +16,7 @@ import torch
 
 from tracin.config import REPLICA_SEED_STRIDE, model_name, replicas_by_role, split_model_name
 from tracin.errors import TracinError
-from tracin.results.agreement import AGREEMENT_DTYPE, format_agreement, select_agreement_pairs
+from tracin.results.agreement import AGREEMENT_DTYPE, format_agreement, format_agreement_by_depth, select_agreement_pairs
 from tracin.results.scoring import select_compared_pairs
 from tracin.results.report import detection_summary, mislabel_curves
 from tracin.results.statistics import bootstrap_ci, normalised_agreement, overlap_at_k, sample_rows, spearman_rows
@@ -42,8 +42,8 @@ def replica_run(tiny_run, fashion_mnist_root, tmp_path_factory):
 def replica_scores(replica_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("replica_scores") / "tracin.h5"
     result = run_tracin_score([
-        "--run", replica_run, "--out", out, "--models", "teacher,student,student_baseline", "--variants", "raw,cosine",
-        "--train-subset", "128", "--test-subset", "24", "--topk", "3,8", "--device", "cpu", "--quiet",
+        "--run", replica_run, "--out", out, "--models", "teacher,student,student_baseline",
+        "--variants", "raw,cosine,train-normalised@*", "--train-subset", "128", "--test-subset", "24", "--topk", "3,8", "--device", "cpu", "--quiet",
     ])
     assert result.returncode == 0, result.stderr
     return out, result.stdout
@@ -118,7 +118,7 @@ def test_agreement_table_equals_a_direct_computation(replica_scores):
         table = store.agreement()
         assert table.dtype == AGREEMENT_DTYPE
         n_train, n_test = len(store.train_labels), len(store.test_labels)
-        for variant in ("raw", "cosine"):
+        for variant in ("raw", "cosine", "train-normalised@layer1"):
             name = rankings_name(variant=None if variant == "raw" else variant)
             top = {m: store.model(m).rankings(name)[0].top_index for m in store.models}
             scores = {m: store.model(m).matrix(variant=None if variant == "raw" else variant) for m in store.models}
@@ -158,6 +158,28 @@ def test_agreement_table_equals_a_direct_computation(replica_scores):
                 assert difference["mean"] == pytest.approx(np.nanmean(own - other))
 
 
+def test_layer_group_variants_reach_quality_comparisons_and_agreement(replica_scores):
+    """train-normalised@*: each model holds a variant per layer group of its own (the 2-stage students
+    have no layer3/layer4); the quality checks cover each, equal to a direct computation; overlap tables
+    and the agreement table cover the groups both models hold."""
+    path, _ = replica_scores
+    groups = {"teacher": ["stem", "layer1", "layer2", "layer3", "layer4", "head"], "student": ["stem", "layer1", "layer2", "head"]}
+    with ScoreFile.open_read(path) as store:
+        for role, names in groups.items():
+            assert store.model(role).variants == ["raw", "cosine", *(f"train-normalised@{g}" for g in names)]
+        quality = {(r["model"].decode(), r["variant"].decode()): r for r in store.quality()}
+        for model, variant in (("student.r1", "train-normalised@layer2"), ("teacher.ensemble", "train-normalised@layer4")):
+            top1 = np.argmax(store.model(model).matrix(variant=variant)[()], axis=0)  # ties aside
+            expected = np.mean(store.train_labels[top1] == store.test_labels)
+            assert quality[(model, variant)]["identical_class_top1"] == pytest.approx(expected), (model, variant)
+        overlap = store.comparison("teacher", "student")["overlap"]
+        correlation = store.comparison("teacher", "student")["rank_correlation"]
+        agreement = store.agreement()
+    assert b"train-normalised@layer1" in set(overlap["scope"]) and b"train-normalised@layer3" not in set(overlap["scope"])
+    assert not any(b"@" in scope for scope in correlation["scope"])  # rank correlations: the agreement table's
+    assert set(agreement["variant"]) == {b"raw", b"cosine", *(f"train-normalised@{g}".encode() for g in groups["student"])}
+
+
 def test_scoring_more_replicas_than_trained_is_one_clear_error(replica_run, tmp_path):
     result = run_tracin_score(["--run", replica_run, "--out", tmp_path / "x.h5", "--replicas", "3", "--topk", "3", "--quiet"])
     assert result.returncode == 2
@@ -185,7 +207,11 @@ def test_readme_figures_come_from_the_run_and_its_score_file(replica_run, replic
     for name, entry in record["models"].items():
         assert f"{entry['metrics']['test_acc']:.1%}" in text, name
     with ScoreFile.open_read(path) as store:
-        assert format_agreement(store.agreement()) in text
+        assert format_agreement(store.agreement()) in text and format_agreement_by_depth(store.agreement()) in text
+        layer2 = {r["ranking"]: r["area"] for r in detection_summary(mislabel_curves(store, ["teacher"], groups=True))}[
+            "teacher: self-influence, train-normalised, layer2 only"]
+        teacher_scores = store.model("teacher")
+        share = teacher_scores.group_self_influence["layer2"].sum() / teacher_scores.self_influence.sum()
         quality = {(r["model"].decode(), r["variant"].decode()): r for r in store.quality()}
         k = store.model("teacher").rankings(rankings_name())[0].top_index.shape[1]
         first = overlap_at_k(store.model("teacher").rankings(rankings_name())[0].top_index,
@@ -197,6 +223,9 @@ def test_readme_figures_come_from_the_run_and_its_score_file(replica_run, replic
     teacher, teacher_r1 = quality[("teacher", "raw")], quality[("teacher.r1", "raw")]
     assert (f"| teacher, raw: same class top-1 | {teacher['identical_class_top1']:.1%} | "
             f"{teacher_r1['identical_class_top1']:.1%} |") in text
+    # the layer group's row: share of the raw self-influence, AUCs, quality of the group's own scores
+    layer2_quality = quality[("teacher", "train-normalised@layer2")]
+    assert f"| teacher | layer2 | {share:.0%} |" in text and f"| {layer2:.3f} | {layer2_quality['identical_class_top1']:.1%} |" in text
     # the variants table of two runs (here the same run twice), from their tracin.h5
     shutil.copy(path, replica_run / "tracin.h5")
     readme.write_text("<!-- demo-figures:start -->\n<!-- demo-figures:end -->\n<!-- variants-figures:start -->\nold\n"
@@ -233,8 +262,8 @@ def test_ensembles_are_the_mean_of_the_replicas_scores_and_ranked_from_it(replic
         for role in ROLES:
             ensemble = store.model(f"{role}.ensemble")
             members = [store.model(role), store.model(f"{role}.r1")]
-            assert ensemble.variants == ["raw", "cosine"]
-            for variant in (None, "cosine"):
+            assert ensemble.variants == members[0].variants == members[1].variants
+            for variant in (None, "cosine", "train-normalised@layer1"):
                 mean = (members[0].matrix(variant=variant)[()] + members[1].matrix(variant=variant)[()]) / 2
                 np.testing.assert_allclose(ensemble.matrix(variant=variant)[()], mean, rtol=1e-6)
                 top = ensemble.rankings(rankings_name(variant=variant))[0].top_index
@@ -257,6 +286,8 @@ def test_ensembles_are_the_mean_of_the_replicas_scores_and_ranked_from_it(replic
         flipped = store.noisy
         for name, values in (("student.r1: self-influence, train-normalised", store.model("student.r1").normalised_self_influence),
                              ("teacher: self-influence, layer1 only", store.model("teacher").group_self_influence["layer1"]),
+                             ("teacher.ensemble: self-influence, train-normalised, layer4 only",
+                              store.model("teacher.ensemble").group_normalised_self_influence["layer4"]),
                              ("teacher.ensemble: loss (last checkpoint)", store.model("teacher.ensemble").last_loss)):
             found = np.cumsum(flipped[np.argsort(-values, kind="stable")]) / flipped.sum()
             fraction = np.arange(1, len(found) + 1) / len(found)

@@ -424,3 +424,24 @@ def test_score_variants_are_stored_ranked_and_compared(tiny_run, tmp_path):
     engine = TracIn(model, paths, ScoreConfig(variants=("raw", "cosine", "train-normalised")), device="cpu")
     for variant, values in engine.scores_by_variant(train, test).items():
         assert relative_error(torch.from_numpy(stored[variant]), values) < 1e-5, variant
+
+
+def test_named_layer_groups_partition_the_scores(tiny_run, tmp_path):
+    """--group NAME=PREFIXES: the user's own groups (the rest in "other"), whose raw@GROUP scores add up
+    to raw TracInCP over every parameter; a malformed --group or a group the model lacks is one line."""
+    out = tmp_path / "groups.h5"
+    result = tracin_score("--run", tiny_run, "--out", out, "--quiet", "--models", "teacher", *SMALL,
+                          "--variants", "raw,raw@*", "--group", "early=conv1,bn1,layer1", "--group", "late=layer4,fc")
+    assert result.returncode == 0, result.stderr
+    with ScoreFile.open_read(out) as store:
+        teacher = store.model("teacher")
+        assert teacher.variants == ["raw", "raw@early", "raw@other", "raw@late"]  # groups in model order
+        assert list(teacher.group_self_influence) == ["early", "other", "late"]
+        parts = sum(teacher.matrix(variant=v)[()] for v in teacher.variants[1:])
+        np.testing.assert_allclose(parts, teacher.matrix()[()], rtol=1e-4, atol=1e-6 * np.abs(parts).max())
+        np.testing.assert_allclose(sum(teacher.group_self_influence.values()), teacher.self_influence, rtol=1e-5)
+    for args, message in ((["--group", "early"], "--group takes NAME=PREFIX"),
+                          (["--variants", "raw@layer9"], "no layer group 'layer9'")):
+        result = tracin_score("--run", tiny_run, "--out", tmp_path / "bad.h5", "--quiet", "--models", "teacher", *SMALL, *args)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert not (tmp_path / "bad.h5").exists()

@@ -48,7 +48,7 @@ def write_teacher(store: ScoreFile, rng: np.random.Generator) -> dict[str, np.nd
         for c in range(0, N_TEST, TEST_BLOCK):
             rows, cols = slice(r, r + ROW_CHUNK), slice(c, c + TEST_BLOCK)
             scores.write_block(r, c, written["scores"][rows, cols], written["per_checkpoint"][:, rows, cols],
-                               written["self_influence"][rows])
+                               {"self_influence": written["self_influence"][rows]})
     written["last_loss"] = rng.random(N_TRAIN).astype(np.float32)
     scores.write_last_loss(written["last_loss"])
     return written
@@ -118,7 +118,7 @@ def test_resume_keeps_done_blocks_and_refuses_other_settings(tmp_path):
     path = tmp_path / "scores.h5"
     with create(path) as store:
         scores = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
-        scores.write_block(4, 4, np.ones((4, 2), np.float32), None, None)
+        scores.write_block(4, 4, np.ones((4, 2), np.float32))
     with pytest.raises(StoreError, match=r"seed \(0 in the file, 1 now\)"):
         ScoreFile.create_or_resume(path, {**SETTINGS, "seed": 1}, {}, data_arrays(), overwrite=False)
     store, resumed = ScoreFile.create_or_resume(path, SETTINGS, {}, data_arrays(), overwrite=False)

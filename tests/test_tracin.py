@@ -120,11 +120,13 @@ def test_block_self_influences_are_the_diagonals_of_raw_and_train_normalised(set
     tracin = TracIn(model, checkpoints, engine=engine)
     raw, normalised = torch.zeros(len(train[0])), torch.zeros(len(train[0]))
     groups = torch.zeros(len(tracin.group_names), len(train[0]))
+    normalised_groups = torch.zeros_like(groups)
     for block in tracin.iter_blocks(train, test, self_influence=True):
         if block.col_start == 0:
             raw[block.row_start : block.row_stop] = block.self_influence.cpu()
             normalised[block.row_start : block.row_stop] = block.normalised_self_influence.cpu()
             groups[:, block.row_start : block.row_stop] = block.group_self_influence.cpu()
+            normalised_groups[:, block.row_start : block.row_stop] = block.group_normalised_self_influence.cpu()
     assert relative_error(raw, func_tracin_scores(model, checkpoints, train, train).diagonal()) < RTOL
     expected = func_tracin_scores(model, checkpoints, train, train, variant="train-normalised").diagonal()
     assert relative_error(normalised, expected) < RTOL
@@ -134,6 +136,52 @@ def test_block_self_influences_are_the_diagonals_of_raw_and_train_normalised(set
     for group, prefixes in modules.items():
         expected = func_tracin_scores(model, checkpoints, train, train, layers=prefixes).diagonal()
         assert relative_error(groups[tracin.group_names.index(group)], expected) < RTOL, group
+        expected = func_tracin_scores(model, checkpoints, train, train, layers=prefixes, variant="train-normalised").diagonal()
+        assert relative_error(normalised_groups[tracin.group_names.index(group)], expected) < RTOL, group
+
+
+STAGES = {"stem": ["conv1", "bn1"], "layer1": ["layer1"], "layer2": ["layer2"], "head": ["fc"]}  # tiny_resnet's groups
+
+
+@pytest.mark.parametrize("representation", ["flat", "factored", "auto"])
+def test_layer_group_variants_equal_the_reference_restricted_to_the_group(setup, representation):
+    """VARIANT@GROUP: the variant computed from one group's parameters alone (their products and their
+    norms), BatchNorm included, from the same pass as the variants over every parameter."""
+    model, checkpoints, train, test, reference = setup
+    config = ScoreConfig(variants=("raw", "raw@*", "cosine@layer1", "train-normalised@stem", "cosine@head"))
+    tracin = TracIn(model, checkpoints, config, engine=EngineConfig(chunk_size=7, test_block=5, representation=representation))
+    assert tracin.variants == ["raw", *(f"raw@{g}" for g in STAGES), "cosine@layer1", "train-normalised@stem", "cosine@head"]
+    scores = tracin.scores_by_variant(train, test)
+    assert relative_error(scores["raw"], reference) < RTOL
+    for variant in tracin.variants[1:]:
+        base, group = variant.split("@")
+        expected = func_tracin_scores(model, checkpoints, train, test, layers=STAGES[group], variant=base)
+        assert relative_error(scores[variant], expected) < RTOL, variant
+    assert relative_error(sum(scores[f"raw@{g}"] for g in STAGES), reference) < RTOL  # the groups partition the parameters
+
+
+def test_named_layer_groups_and_the_rest(setup):
+    """A user's own groups (module-name prefixes); modules in none of them form "other"."""
+    model, checkpoints, train, test, _ = setup
+    config = ScoreConfig(variants=("train-normalised@*",), groups=(("early", ("conv1", "layer1")),))
+    tracin = TracIn(model, checkpoints, config)
+    assert tracin.group_names == ["early", "other"]
+    scores = tracin.scores_by_variant(train, test)
+    for group, layers in (("early", ["conv1", "layer1"]), ("other", ["bn1", "layer2", "fc"])):
+        expected = func_tracin_scores(model, checkpoints, train, test, layers=layers, variant="train-normalised")
+        assert relative_error(scores[f"train-normalised@{group}"], expected) < RTOL, group
+
+
+def test_a_variant_of_a_missing_layer_group_is_refused(setup):
+    model, checkpoints, train, test, _ = setup
+    with pytest.raises(TracinError, match="no layer group 'layer4'; their groups are stem, layer1, layer2, head"):
+        TracIn(model, checkpoints, ScoreConfig(variants=("raw", "raw@layer4"))).scores_by_variant(train, test)
+    for bad, message in ((dict(variants=("raw@la yer",)), "a layer group is named by"),
+                         (dict(groups=(("other", ("fc",)),)), "'other' is taken"),
+                         (dict(groups=(("a", ("fc",)), ("a", ("bn1",)))), "each layer group is named once"),
+                         (dict(groups=(("a", ()),)), "names no module")):
+        with pytest.raises(TracinError, match=message):
+            ScoreConfig(**bad)
 
 
 def test_last_layer_equals_reference_on_the_head_weight(setup):

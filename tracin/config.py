@@ -24,6 +24,7 @@ SCORE_LOSSES = ("ce", "kd")  # tracin-score --loss
 PRECISIONS = ("float32", "tf32", "bf16")
 REPRESENTATIONS = ("auto", "flat", "factored")
 VARIANTS = ("raw", "cosine", "train-normalised")  # see ScoreConfig
+GROUP_SEPARATOR, EVERY_GROUP = "@", "*"  # variant "raw@layer4": raw scores of layer group layer4 alone; "raw@*": each group
 DEFAULT_MAX_MEMORY = 2 * 2**30  # bytes for the engine's kept features and score blocks
 REPLICA_SEED_STRIDE = 1000  # replica N of a run trains with seed + N * stride (init and data order)
 ENSEMBLE_SUFFIX = ".ensemble"  # ROLE.ensemble: the mean of a role's replicas' scores in a score file
@@ -68,6 +69,15 @@ def replicas_by_role(names: Sequence[str]) -> dict[str, dict[int, str]]:
             continue
         by_role.setdefault(role, {})[replica] = name
     return {role: dict(sorted(by_role[role].items())) for role in ROLES if role in by_role}
+
+
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}", re.ASCII)  # fits the score file's table fields
+
+
+def split_variant(variant: str) -> tuple[str, Optional[str]]:
+    """(score variant, layer group or None) of a variant name: "raw@layer4" -> ("raw", "layer4")."""
+    base, separator, group = variant.partition(GROUP_SEPARATOR)
+    return base, (group if separator else None)
 
 
 class _Serializable:
@@ -189,7 +199,12 @@ class ScoreConfig(_Serializable):
     `variants`, all formed in one pass from the same inner products (the first is `scores`): `raw` TracInCP,
     sum_c lr_c <g, g'>; `cosine`, sum_c lr_c <g, g'> / (|g| |g'|); `train-normalised` (RelatIF-style),
     sum_c lr_c <g, g'> / |g| with g the train gradient. Norms are of the gradients the mode forms (exact, or
-    projected in projected mode); an example with a zero gradient has normalised scores 0.
+    projected in projected mode); an example with a zero gradient has normalised scores 0. `VARIANT@GROUP`
+    is the variant computed from one layer group's parameters alone (its gradients and their norms);
+    `VARIANT@*` stands for every group of the scored model (tracin.engine.groups).
+
+    `groups`: the layer groups, as (name, module-name prefixes) pairs; empty = the ResNet stages (stem,
+    layer1, ..., head). With named groups, a scored module in none of them is in group "other".
     """
 
     mode: str = "exact"
@@ -199,6 +214,7 @@ class ScoreConfig(_Serializable):
     seed: int = 0
     precision: str = "float32"
     variants: tuple[str, ...] = ("raw",)
+    groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, MODES)
@@ -206,7 +222,17 @@ class ScoreConfig(_Serializable):
         _check(len(self.variants) >= 1 and len(set(self.variants)) == len(self.variants),
                f"variants must name each score variant once, got {self.variants}")
         for variant in self.variants:
-            _check_choice("variant", variant, VARIANTS)
+            base, group = split_variant(variant)
+            _check_choice("variant", base, VARIANTS)
+            _check(group is None or _GROUP_NAME.fullmatch(group) is not None or group == EVERY_GROUP,
+                   f"variant {variant!r}: a layer group is named by up to 32 letters, digits, '_' and '-', or '*' for every group")
+        object.__setattr__(self, "groups", tuple((str(name), tuple(prefixes)) for name, prefixes in self.groups))
+        for name, prefixes in self.groups:
+            _check(_GROUP_NAME.fullmatch(name) is not None and name != "other",
+                   f"layer group {name!r}: name a group by up to 32 letters, digits, '_' and '-' ('other' is taken)")
+            _check(len(prefixes) >= 1, f"layer group {name!r} names no module")
+        names = [name for name, _ in self.groups]
+        _check(len(set(names)) == len(names), f"each layer group is named once, got {', '.join(names)}")
         _check_choice("precision", self.precision, PRECISIONS)
         from tracin.engine.projection import PROJECTORS  # the registry (imported here: it needs torch)
 

@@ -274,7 +274,11 @@ def build_score_parser() -> argparse.ArgumentParser:
                         help=f"comma-separated score variants from {', '.join(VARIANTS)}, formed in one pass; the first "
                         "is the file's `scores`. raw is TracInCP as published; the default passes the quality checks "
                         "(same-class proponents, no dominant outlier) and its self-influence finds flipped labels "
-                        "better than raw's (README: Defaults chosen by measurement) (default: %(default)s)")
+                        "better than raw's (README: Defaults chosen by measurement). VARIANT@GROUP scores one layer "
+                        "group's parameters alone (e.g. cosine@layer4), VARIANT@* each group (default: %(default)s)")
+    parser.add_argument("--group", dest="groups", action="append", default=[], metavar="NAME=PREFIX[,PREFIX...]",
+                        help="a layer group of your own, by module-name prefixes (repeat for more; modules in none form "
+                        "'other'); default: the ResNet stages stem, layer1, ..., head")
     parser.add_argument("--checkpoints", default="all", help="all | last | comma-separated epochs (default: %(default)s)")
     parser.add_argument("--train-subset", type=int, help="score a stratified subset of the run's train examples")
     parser.add_argument("--test-subset", type=int, help="score a stratified subset of the run's test examples")
@@ -310,11 +314,21 @@ def _memory_bytes(gigabytes: float) -> int:
     return max(1, int(gigabytes * 2**30))
 
 
+def parse_group(spec: str) -> tuple[str, tuple[str, ...]]:
+    """--group NAME=PREFIX[,PREFIX...] -> (name, prefixes)."""
+    name, separator, prefixes = spec.partition("=")
+    modules = tuple(p.strip() for p in prefixes.split(",") if p.strip())
+    if not separator or not modules:
+        raise TracinError(f"--group takes NAME=PREFIX[,PREFIX...] (e.g. early=conv1,bn1,layer1), got {spec!r}")
+    return name.strip(), modules
+
+
 def score_options(args: argparse.Namespace, argv: Sequence[str]) -> ScoreOptions:
     layers = tuple(p.strip() for p in args.layers.split(",") if p.strip())
     config = ScoreConfig(
         mode=args.mode, layers=layers, proj_dim=args.proj_dim, projector=args.projector, seed=args.seed,
         precision=args.precision, variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+        groups=tuple(parse_group(spec) for spec in args.groups),
     )
     return ScoreOptions(
         run=args.run,

@@ -26,36 +26,43 @@ class Features:
 
     flats: list[Tensor]
     factored: list[Factors]
-    squared_norms: Optional[Tensor] = None  # Tensor[n] float32, taken before a cast to a lower precision
+    squared_parts: Optional[Tensor] = None  # Tensor[n_parts, n] float32, taken before a cast to a lower precision
 
     def __len__(self) -> int:
         return (self.flats or [self.factored[0].G])[0].shape[0]
 
     def kept_as(self, dtype: torch.dtype, norms: bool = False) -> "Features":
         """These features with the flat ones in `dtype` (bfloat16 halves what a kept test block needs;
-        factored layers stay float32: their pairwise Gram products would lose more); with norms, their
-        squared norms are taken first, in float32, for the normalised score variants."""
-        squared = self.self_dot().float() if norms else None
-        return Features([flat.to(dtype) for flat in self.flats], self.factored, squared)
+        factored layers stay float32: their pairwise Gram products would lose more); with norms, each
+        layer's part of their squared norms is taken first, in float32, for the normalised score variants."""
+        parts = self.self_dot_parts().float() if norms else None
+        return Features([flat.to(dtype) for flat in self.flats], self.factored, parts)
 
-    def squared_norms_float32(self) -> Tensor:
-        """Tensor[n] float32: the squared norms kept by kept_as, else computed now."""
-        return self.squared_norms if self.squared_norms is not None else self.self_dot().float()
+    def squared_parts_float32(self) -> Tensor:
+        """Tensor[n_parts, n] float32: the squared norms' parts kept by kept_as, else computed now."""
+        return self.squared_parts if self.squared_parts is not None else self.self_dot_parts().float()
 
     def dot(self, other: "Features", max_elements: int = 2**26) -> Tensor:
         """Tensor[n, m] float32: inner products of every example here with every example of `other`,
         accumulated layer by layer (one matrix product each). Flat layers are multiplied in the dtype
         `other` keeps them in: a bfloat16 product accumulates in float32 inside the matrix product and
         is rounded once, before it joins the float32 sum over layers."""
+        return self.dot_by_group(other, None, 1, max_elements)[0]
+
+    def dot_by_group(self, other: "Features", part_group: Optional[Sequence[int]], n_groups: int,
+                     max_elements: int = 2**26) -> Tensor:
+        """Tensor[n_groups, n, m] float32: the inner products split by layer group, part p (self_dot_parts
+        order) adding into group part_group[p] (None: every part into group 0). Summed over groups, dot."""
         reference = (self.flats or [self.factored[0].G])[0]
-        out = reference.new_zeros(len(self), len(other), dtype=torch.float32)
-        for mine, theirs in zip(self.flats, other.flats):
+        out = reference.new_zeros(n_groups, len(self), len(other), dtype=torch.float32)
+        groups = [0] * (len(self.flats) + len(self.factored)) if part_group is None else list(part_group)
+        for group, mine, theirs in zip(groups, self.flats, other.flats):
             if theirs.dtype == torch.float32:
-                out.addmm_(mine, theirs.T)
+                out[group].addmm_(mine, theirs.T)
             else:
-                out += mine.to(theirs.dtype) @ theirs.T
-        for mine, theirs in zip(self.factored, other.factored):
-            out += factored_dot(mine, theirs, max_elements)
+                out[group] += mine.to(theirs.dtype) @ theirs.T
+        for group, mine, theirs in zip(groups[len(self.flats):], self.factored, other.factored):
+            out[group] += factored_dot(mine, theirs, max_elements)
         return out
 
     def self_dot(self) -> Tensor:
@@ -79,7 +86,7 @@ class Features:
             Factors(torch.cat([f.A for f in layer]), torch.cat([f.G for f in layer]), layer[0].bias)
             for layer in zip(*(p.factored for p in parts))
         ]
-        norms = None if parts[0].squared_norms is None else torch.cat([p.squared_norms for p in parts])
+        norms = None if parts[0].squared_parts is None else torch.cat([p.squared_parts for p in parts], dim=1)
         return Features(flats, factored, norms)
 
 

@@ -22,12 +22,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from tracin.config import EngineConfig, ScoreConfig
+from tracin.config import EngineConfig, ScoreConfig, split_variant
 from tracin.engine import blocks
 from tracin.engine.blocks import DataSource, GraphedBatch
 from tracin.engine.features import Features
 from tracin.engine.grads import last_linear_target, record_output_grads, select_targets, settle_targets
-from tracin.engine.groups import group_names, part_groups
+from tracin.engine.groups import expand_variants, group_names, part_groups
 from tracin.engine.plans import FACTORED, LayerPlan, LayerShape, compute_features, make_plans, probe_shape
 from tracin.engine.topk import Ranking, StreamingRanking
 from tracin.errors import NonFiniteError, TracinError
@@ -43,9 +43,10 @@ class ScoreBlock:
     (when asked for), summing to `scores`; self_influence: Tensor[rows], sum_c lr_c |g_c|^2 from the same
     train features (first test block only); normalised_self_influence: Tensor[rows], sum_c lr_c |g_c|, the
     self-influence of the train-normalised variant <g/|g|, g> (with self_influence); group_self_influence:
-    Tensor[n_groups, rows], each layer group's part of self_influence (TracIn.group_names); by_variant: {variant:
-    Tensor[rows, cols]} for every variant. (The cosine variant's self-influence is sum_c lr_c for every
-    example: no ranking.)
+    Tensor[n_groups, rows], each layer group's part of self_influence (TracIn.group_names), the raw@GROUP
+    variants' self-influence; group_normalised_self_influence: Tensor[n_groups, rows], sum_c lr_c |g_c,group|,
+    the train-normalised@GROUP variants'; by_variant: {variant: Tensor[rows, cols]} for every variant
+    (TracIn.variants). (The cosine variant's self-influence is sum_c lr_c for every example: no ranking.)
     """
 
     row_start: int
@@ -58,6 +59,34 @@ class ScoreBlock:
     by_variant: dict[str, Tensor] = field(default_factory=dict)
     normalised_self_influence: Optional[Tensor] = None
     group_self_influence: Optional[Tensor] = None
+    group_normalised_self_influence: Optional[Tensor] = None
+
+
+@dataclass
+class _SelfInfluence:
+    """A chunk's self-influence sums, accumulated batch by batch (see ScoreBlock)."""
+
+    raw: Tensor
+    normalised: Tensor
+    groups: Tensor
+    normalised_groups: Tensor
+
+    @classmethod
+    def zeros(cls, rows: int, n_groups: int, device: torch.device) -> "_SelfInfluence":
+        return cls(*(torch.zeros(*shape, device=device) for shape in ((rows,), (rows,), (n_groups, rows), (n_groups, rows))))
+
+    def add(self, rows: slice, group_squared: Tensor, lr: float) -> None:
+        """group_squared: Tensor[n_groups, b] float32, each group's part of a batch's squared norms."""
+        squared = group_squared.sum(0)
+        self.raw[rows] += lr * squared
+        self.normalised[rows] += lr * squared.clamp_min(0).sqrt()
+        self.groups[:, rows] += lr * group_squared
+        self.normalised_groups[:, rows] += lr * group_squared.clamp_min(0).sqrt()
+
+    def fields(self) -> dict[str, Tensor]:
+        """The sums as ScoreBlock's fields."""
+        return {"self_influence": self.raw, "normalised_self_influence": self.normalised,
+                "group_self_influence": self.groups, "group_normalised_self_influence": self.normalised_groups}
 
 
 @dataclass
@@ -143,9 +172,15 @@ class TracIn:
         return torch.bfloat16 if self.config.precision == "bf16" else torch.float32
 
     @property
+    def variants(self) -> list[str]:
+        """The score variants computed, the first in `scores`: the config's, with `VARIANT@*` written out
+        for every layer group (a group the scored parameters lack is a TracinError)."""
+        return expand_variants(self.config.variants, self.group_names)
+
+    @property
     def normalised(self) -> bool:
         """Whether a score variant divides by gradient norms (the norms are then kept with the features)."""
-        return any(v != "raw" for v in self.config.variants)
+        return any(split_variant(v)[0] != "raw" for v in self.config.variants)
 
     @property
     def parameter_names(self) -> list[str]:
@@ -153,8 +188,9 @@ class TracIn:
 
     @property
     def group_names(self) -> list[str]:
-        """The layer groups of the scored parameters (tracin.engine.groups: stem, layer1, ..., head)."""
-        return group_names([target.name for target in self._targets])
+        """The layer groups of the scored parameters (tracin.engine.groups: stem, layer1, ..., head, or the
+        config's named groups)."""
+        return group_names([target.name for target in self._targets], self.config.groups)
 
     @property
     def lrs(self) -> list[float]:
@@ -245,7 +281,7 @@ class TracIn:
         )
         engine = self.engine
         return blocks.block_sizes(per_example, train_source.n, test_source.n, len(self.checkpoints), engine.max_memory,
-                                  per_checkpoint, engine.chunk_size, engine.test_block, len(self.config.variants))
+                                  per_checkpoint, engine.chunk_size, engine.test_block, len(self.variants))
 
     # --- scores ------------------------------------------------------------------------------------
 
@@ -291,38 +327,35 @@ class TracIn:
         variant comes from the same inner products and norms. Only with per_checkpoint is a [n_ckpt, rows,
         cols] block kept (block_sizes budgets for it)."""
         r0, r1, c0, c1 = bounds
-        first_variant, *other_variants = self.config.variants
-        normalised = self.normalised
-        terms = torch.zeros(len(self.checkpoints) if per_checkpoint else 1, r1 - r0, c1 - c0, device=self.device)
-        others = {v: torch.zeros(r1 - r0, c1 - c0, device=self.device) for v in other_variants}
-        self_influence = torch.zeros(r1 - r0, device=self.device) if with_self else None
-        normalised_self = torch.zeros(r1 - r0, device=self.device) if with_self else None
-        groups = part_groups(plans, self.group_names).to(self.device) if with_self else None
-        group_self = torch.zeros(len(self.group_names), r1 - r0, device=self.device) if with_self else None
+        variants, n_groups = self.variants, len(self.group_names)
+        part_group = part_groups(plans, self.group_names, self.config.groups)
+        part_list, part_group = part_group.tolist(), part_group.to(self.device)
+        by_variant = {v: torch.zeros(r1 - r0, c1 - c0, device=self.device) for v in variants}
+        terms = torch.zeros(len(self.checkpoints), r1 - r0, c1 - c0, device=self.device) if per_checkpoint else None
+        sums = _SelfInfluence.zeros(r1 - r0, n_groups, self.device) if with_self else None
         for c, checkpoint in enumerate(self.checkpoints):
-            term = terms[c if per_checkpoint else 0]
-            inverse_test = _inverse_norms(test_features[c].squared_norms_float32()) if normalised else None
+            test = _Side.of_test(test_features[c], part_group, n_groups, self.normalised)
             for first, features in self._batch_features(plans, source, r0, r1, c, replay=True):
                 rows = slice(first - r0, first - r0 + len(features))
-                dot = features.dot(test_features[c])
-                parts = features.self_dot_parts() if normalised or self_influence is not None else None
-                squared = None if parts is None else parts.sum(0)
-                inverse_train = _inverse_norms(squared) if normalised else None
-                term[rows].add_(_scaled(first_variant, dot, inverse_train, inverse_test), alpha=checkpoint.lr)
-                for variant, total in others.items():
-                    total[rows].add_(_scaled(variant, dot, inverse_train, inverse_test), alpha=checkpoint.lr)
-                if self_influence is not None:
-                    self_influence[rows] += checkpoint.lr * squared
-                    normalised_self[rows] += checkpoint.lr * squared.clamp_min(0).sqrt()
-                    group_self[:, rows].index_add_(0, groups, parts.float(), alpha=checkpoint.lr)
-            for values in (term, *others.values()):
+                train = _Side.of_train(features, part_group, n_groups, self.normalised or with_self)
+                dots = features.dot_by_group(test.features, part_list, n_groups) if self._split else None
+                dot = dots.sum(0) if dots is not None else features.dot(test.features)
+                for variant, total in by_variant.items():
+                    total[rows].add_(_variant_scores(variant, self.group_names, dot, dots, train, test), alpha=checkpoint.lr)
+                if terms is not None:
+                    terms[c, rows] = checkpoint.lr * _variant_scores(variants[0], self.group_names, dot, dots, train, test)
+                if sums is not None:
+                    sums.add(rows, train.group_squared, checkpoint.lr)
+            for values in by_variant.values():
                 self._check_finite(values, c, f"train {r0}..{r1 - 1}, test {c0}..{c1 - 1}")
-            if self_influence is not None:
-                self._check_finite(self_influence, c, f"self-influence of train {r0}..{r1 - 1}")
-        total = terms.sum(0) if per_checkpoint else terms[0]
-        by_variant = {first_variant: total, **others}
-        return ScoreBlock(r0, r1, c0, c1, total, terms if per_checkpoint else None, self_influence, by_variant,
-                          normalised_self, group_self)
+            if sums is not None:
+                self._check_finite(sums.raw, c, f"self-influence of train {r0}..{r1 - 1}")
+        return ScoreBlock(r0, r1, c0, c1, by_variant[variants[0]], terms, by_variant=by_variant, **(sums.fields() if sums else {}))
+
+    @property
+    def _split(self) -> bool:
+        """Whether a variant needs the inner products split by layer group."""
+        return any(split_variant(v)[1] is not None for v in self.config.variants)
 
     def scores(self, train: Any, test: Any) -> Tensor:
         """Tensor[n_train, n_test] float32 on the CPU: lr-weighted sum over checkpoints of gradient
@@ -337,7 +370,7 @@ class TracIn:
         """{variant: Tensor[n_train, n_test] float32 on the CPU} for every variant of the config, from
         one pass."""
         n_train, n_test = DataSource(train, "train").n, DataSource(test, "test").n
-        out = {variant: torch.empty(n_train, n_test) for variant in self.config.variants}
+        out = {variant: torch.empty(n_train, n_test) for variant in self.variants}
         for block in self.iter_blocks(train, test):
             for variant, values in block.by_variant.items():
                 out[variant][block.row_start : block.row_stop, block.col_start : block.col_stop] = values.cpu()
@@ -384,8 +417,49 @@ class TracIn:
         return TopK(test=per_test.result(), train=per_train.result())
 
 
+@dataclass
+class _Side:
+    """One side (a train batch or the kept test block) of a checkpoint's products: its features, and
+    the inverse norms of its gradients, whole and per layer group (None where no variant needs them).
+    group_squared: Tensor[n_groups, n] float32, each group's part of the squared norms."""
+
+    features: Features
+    group_squared: Optional[Tensor] = None
+    inverse: Optional[Tensor] = None
+    inverse_groups: Optional[Tensor] = None
+
+    @classmethod
+    def of_test(cls, features: Features, part_group: Tensor, n_groups: int, normalised: bool) -> "_Side":
+        if not normalised:
+            return cls(features)
+        return cls.from_parts(features, features.squared_parts_float32(), part_group, n_groups)
+
+    @classmethod
+    def of_train(cls, features: Features, part_group: Tensor, n_groups: int, norms: bool) -> "_Side":
+        if not norms:
+            return cls(features)
+        return cls.from_parts(features, features.self_dot_parts().float(), part_group, n_groups)
+
+    @classmethod
+    def from_parts(cls, features: Features, parts: Tensor, part_group: Tensor, n_groups: int) -> "_Side":
+        """parts: Tensor[n_parts, n], each layer's part of the squared norms (self_dot_parts order)."""
+        group_squared = parts.new_zeros(n_groups, parts.shape[1]).index_add_(0, part_group, parts)
+        return cls(features, group_squared, _inverse_norms(group_squared.sum(0)), _inverse_norms(group_squared))
+
+
+def _variant_scores(variant: str, names: Sequence[str], dot: Tensor, dots: Optional[Tensor], train: _Side, test: _Side) -> Tensor:
+    """One checkpoint's Tensor[b, m] of one variant: of all scored parameters, or of one layer group's
+    (`VARIANT@GROUP`: that group's products and norms)."""
+    base, group = split_variant(variant)
+    if group is None:
+        return _scaled(base, dot, train.inverse, test.inverse)
+    index = names.index(group)
+    pick = (lambda side: None if side.inverse_groups is None else side.inverse_groups[index])
+    return _scaled(base, dots[index], pick(train), pick(test))
+
+
 def _inverse_norms(squared_norms: Tensor) -> Tensor:
-    """Tensor[n] float32: 1 / |g| from squared norms; 0 where the gradient is zero (it has no direction,
+    """Tensor[...] float32: 1 / |g| from squared norms; 0 where the gradient is zero (it has no direction,
     so its normalised scores are 0, not 0/0)."""
     norms = squared_norms.float().sqrt()
     return torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))

@@ -26,13 +26,13 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from tracin.config import ensemble_name, replicas_by_role
+from tracin.config import GROUP_SEPARATOR, ensemble_name, replicas_by_role
 from tracin.results import statistics as compare
 from tracin.results.comparison import CompareOptions
 from tracin.results.store import ScoreFile
 
 AGREEMENT_DTYPE = np.dtype([
-    ("variant", "S16"), ("statistic", "S16"), ("comparison", "S40"), ("mean", "f8"), ("ci_low", "f8"),
+    ("variant", "S64"), ("statistic", "S16"), ("comparison", "S40"), ("mean", "f8"), ("ci_low", "f8"),
     ("ci_high", "f8"), ("chance", "f8"), ("pairs", "i8"), ("n_rows", "i8"),
 ])
 Pair = tuple[str, str]
@@ -70,6 +70,7 @@ class RowValues:
     statistic: str  # "overlap@K" or "spearman"
     columns: np.ndarray  # int [rows]: the test examples Spearman uses
     cache: dict[Pair, np.ndarray] = field(default_factory=dict)
+    ranks: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # model -> statistics.row_ranks
 
     def of(self, pair: Pair) -> np.ndarray:
         """float64 [rows]: the statistic of one model pair per test example."""
@@ -82,12 +83,18 @@ class RowValues:
         return np.mean([self.of(pair) for pair in pairs], axis=0)
 
     def _compute(self, name_a: str, name_b: str) -> np.ndarray:
-        a, b = self.store.model(name_a), self.store.model(name_b)
         if self.statistic == "spearman":
-            return compare.spearman_rows(a.matrix(variant=self.variant)[:, self.columns].T,
-                                         b.matrix(variant=self.variant)[:, self.columns].T)
+            return compare.correlate_ranks(self._ranks(name_a), self._ranks(name_b))
+        a, b = self.store.model(name_a), self.store.model(name_b)
         k = int(self.statistic.removeprefix("overlap@"))
         return compare.overlap_at_k(a.variant_rankings(self.variant)[0].top_index, b.variant_rankings(self.variant)[0].top_index, k)
+
+
+    def _ranks(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """The model's ranks of the train examples for each sampled test example, ranked once."""
+        if name not in self.ranks:
+            self.ranks[name] = compare.row_ranks(self.store.model(name).matrix(variant=self.variant)[:, self.columns].T)
+        return self.ranks[name]
 
 
 def _row(variant: str, statistic: str, comparison: str, samples: list[np.ndarray], function: Callable,
@@ -133,9 +140,17 @@ def _normalised(chance: float) -> Callable:
     return statistic
 
 
-def format_agreement(table: np.ndarray) -> str:
+def of_layer_groups(table: np.ndarray) -> np.ndarray:
+    """bool [rows]: the rows of layer-group variants (VARIANT@GROUP)."""
+    return np.char.find(table["variant"], GROUP_SEPARATOR.encode()) >= 0
+
+
+def format_agreement(table: np.ndarray, groups: bool = False) -> str:
     """The agreement table as text: a block per variant, a line per comparison, a column per statistic
-    (mean [95% CI])."""
+    (mean [95% CI]). Layer-group variants only with `groups` (else a closing line counts them: see
+    format_agreement_by_depth)."""
+    hidden = int(of_layer_groups(table).sum()) if len(table) and not groups else 0
+    table = table[~of_layer_groups(table)] if hidden else table
     if len(table) == 0:
         return ""
     statistics = list(dict.fromkeys(table["statistic"]))
@@ -153,6 +168,46 @@ def format_agreement(table: np.ndarray) -> str:
             lines.append(f"    {comparison.decode():<28}" + "  ".join(cells))
         chances = [rows[rows["statistic"] == statistic]["chance"][0] for statistic in statistics]
         lines.append(f"    {'(chance)':<28}" + "  ".join(f"{chance:>22.3f}" for chance in chances))
+    if hidden:
+        lines.append(f"  ({hidden} more rows, of each layer group's scores alone: the agreement by depth)")
+    return "\n".join(lines)
+
+
+DEPTH_COMPARISONS = ("teacher-student", "teacher-teacher'", "student-student'", "normalised teacher-student")
+
+
+def agreement_by_depth(table: np.ndarray) -> list[tuple[str, str, list[str], np.ndarray]]:
+    """The layer-group rows arranged by depth: per variant (without its group) and statistic, (variant,
+    statistic, groups in model order, AGREEMENT_DTYPE rows [n_groups, len(DEPTH_COMPARISONS)], NaN where
+    a comparison is missing). At which depth do teacher and student agree, against the replicas?"""
+    grouped = table[of_layer_groups(table)]
+    found = []
+    variants = [v.decode().split(GROUP_SEPARATOR, 1) for v in dict.fromkeys(grouped["variant"])]
+    for base in dict.fromkeys(base for base, _ in variants):
+        names = [group for b, group in variants if b == base]
+        for statistic in dict.fromkeys(grouped["statistic"]):
+            cells = np.full((len(names), len(DEPTH_COMPARISONS)), np.nan, dtype=[(n, "f8") for n in ("mean", "ci_low", "ci_high")])
+            for i, group in enumerate(names):
+                rows = grouped[(grouped["variant"] == f"{base}{GROUP_SEPARATOR}{group}".encode()) & (grouped["statistic"] == statistic)]
+                for row in rows:
+                    if row["comparison"].decode() in DEPTH_COMPARISONS:
+                        cells[i, DEPTH_COMPARISONS.index(row["comparison"].decode())] = (row["mean"], row["ci_low"], row["ci_high"])
+            found.append((base, statistic.decode(), names, cells))
+    return found
+
+
+def format_agreement_by_depth(table: np.ndarray) -> str:
+    """agreement_by_depth as text: a block per variant and statistic, a line per layer group, a column
+    per comparison (mean [95% CI]); empty without layer-group variants."""
+    blocks = agreement_by_depth(table)
+    if not blocks:
+        return ""
+    lines = ["agreement by depth: each layer group's scores alone (VARIANT@GROUP), mean over test examples "
+             f"[{compare.CONFIDENCE:.0%} bootstrap CI]"]
+    for base, statistic, names, cells in blocks:
+        lines.append(f"  {base + ', ' + statistic:<28}" + "  ".join(f"{c:>26}" for c in DEPTH_COMPARISONS))
+        for group, row in zip(names, cells):
+            lines.append(f"    {group:<26}" + "  ".join(f"{_cell(cell) if np.isfinite(cell['mean']) else '-':>26}" for cell in row))
     return "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from tracin.config import split_variant
 from tracin.engine.topk import Ranking
 from tracin.results import statistics as compare
 from tracin.results.store import ModelScores, ScoreFile, rankings_name
@@ -94,7 +95,7 @@ class Column:
     format: str = ""
 
 
-SCOPE = Column("scope", "S16")
+SCOPE = Column("scope", "S64")  # "sum", "epoch_NNN" or a variant (VARIANT@GROUP: group names are at most 32 characters)
 
 
 def sum_scope(table: np.ndarray) -> np.ndarray:
@@ -108,7 +109,8 @@ def sum_scope(table: np.ndarray) -> np.ndarray:
 class ComparisonTable:
     """A registered comparison table. rows(scope) gives its rows in one scope, each a dict keyed by
     column name (extra keys are ignored); the "scope" column is added. sum_only: computed in scope "sum"
-    alone. text_rows(table) -> bool [rows]: the rows format_tables prints (all rows go to the file and
+    alone; layer_groups: computed in the scopes of layer-group variants (VARIANT@GROUP) too (the others
+    skip them: at a scope per group and model pair they cost more than they tell). text_rows(table) -> bool [rows]: the rows format_tables prints (all rows go to the file and
     the Markdown)."""
 
     name: str
@@ -117,16 +119,22 @@ class ComparisonTable:
     rows: Callable[[ScopePair], list[dict]]
     sum_only: bool = False
     text_rows: Callable[[np.ndarray], np.ndarray] = sum_scope
+    layer_groups: bool = False
 
     @property
     def dtype(self) -> np.dtype:
         return np.dtype([(c.name, c.dtype) for c in (SCOPE, *self.columns)])
 
+    def computes(self, scope: ScopePair) -> bool:
+        """Whether the table has rows in this scope."""
+        if self.sum_only:
+            return scope.name == "sum"
+        return self.layer_groups or scope.variant is None or split_variant(scope.variant)[1] is None
+
     def compute(self, scopes: Sequence[ScopePair]) -> np.ndarray:
         """The table over `scopes`: a numpy structured array [rows] of self.dtype."""
         names = self.dtype.names
-        rows = [{**row, "scope": scope.name} for scope in scopes if not self.sum_only or scope.name == "sum"
-                for row in self.rows(scope)]
+        rows = [{**row, "scope": scope.name} for scope in scopes if self.computes(scope) for row in self.rows(scope)]
         return np.array([tuple(row[name] for name in names) for row in rows], dtype=self.dtype)
 
 
@@ -205,7 +213,7 @@ register_table(ComparisonTable(
     (Column("direction", "S8"), Column("side", "S12"), Column("k", "i8"), Column("mean", label="mean overlap"), *CI,
      *SUMMARY[1:], Column("chance", label="chance k/n", format=".4f"), Column("jaccard", label="Jaccard"),
      Column("jaccard_ci_low", label="Jaccard CI low"), Column("jaccard_ci_high", label="Jaccard CI high")),
-    overlap_rows, text_rows=overlap_headline,
+    overlap_rows, text_rows=overlap_headline, layer_groups=True,
 ))
 register_table(ComparisonTable(
     "rank_correlation", "rank agreement per row",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 QUALITY_DTYPE = np.dtype([
-    ("model", "S40"), ("variant", "S16"), ("k", "i8"), ("identical_class_top1", "f8"), ("identical_class_topk", "f8"),
+    ("model", "S40"), ("variant", "S64"), ("k", "i8"), ("identical_class_top1", "f8"), ("identical_class_topk", "f8"),
     ("top1_max_share", "f8"), ("distinct_in_topk", "i8"), ("n_test", "i8"),
 ])
 QUALITY_K = 10
@@ -49,9 +49,10 @@ def format_quality(table: np.ndarray) -> str:
     """The quality checks as text, a line per model and variant."""
     lines = ["quality checks (test proponents): same class as the test example, and concentration"]
     width = max((len(row["model"]) for row in table), default=0)
+    variant_width = max((len(row["variant"]) for row in table), default=0)
     for row in table:
         lines.append(
-            f"  {row['model'].decode():{width}s} {row['variant'].decode():16s} same class top-1 {row['identical_class_top1']:6.1%}, "
+            f"  {row['model'].decode():{width}s} {row['variant'].decode():{variant_width}s} same class top-1 {row['identical_class_top1']:6.1%}, "
             f"top-{row['k']} {row['identical_class_topk']:6.1%}; most common top-1 proponent serves "
             f"{row['top1_max_share']:6.1%} of {row['n_test']} tests; {row['distinct_in_topk']} distinct in top-{row['k']}"
         )

@@ -21,6 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from tracin.results.agreement import DEPTH_COMPARISONS, agreement_by_depth, of_layer_groups
 from tracin.results.comparison import cells, title_of
 from tracin.results.statistics import overlap_at_k
 from tracin.config import DataConfig
@@ -182,8 +183,8 @@ def detection_curve(order: np.ndarray, flipped: np.ndarray) -> tuple[np.ndarray,
 
 def mislabel_curves(store: ScoreFile, models: Sequence[str], seed: int = 0, groups: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Detection curves: each model's self-influence (raw TracInCP, sum_c lr_c |g|^2, and train-normalised,
-    sum_c lr_c |g|; the cosine variant's is the same for every example; with `groups`, each layer group's
-    part alone), its last-checkpoint training loss, and a random order."""
+    sum_c lr_c |g|; the cosine variant's is the same for every example; with `groups`, both of each layer
+    group alone), its last-checkpoint training loss, and a random order."""
     flipped = store.noisy
     if not flipped.any():
         raise TracinError(f"{store.path}: no training label was flipped (train with --label-noise to study detection)")
@@ -196,6 +197,9 @@ def mislabel_curves(store: ScoreFile, models: Sequence[str], seed: int = 0, grou
             curves[f"{name}: self-influence, train-normalised"] = detection_curve(order, flipped)
         for group, values in (scores.group_self_influence.items() if groups else ()):
             curves[f"{name}: self-influence, {group}{GROUP_MARK}"] = detection_curve(np.argsort(-values, kind="stable"), flipped)
+        for group, values in (scores.group_normalised_self_influence.items() if groups else ()):
+            order = np.argsort(-values, kind="stable")
+            curves[f"{name}: self-influence, train-normalised, {group}{GROUP_MARK}"] = detection_curve(order, flipped)
         curves[f"{name}: loss (last checkpoint)"] = detection_curve(np.argsort(-scores.last_loss, kind="stable"), flipped)
     curves["random order"] = detection_curve(np.random.default_rng(seed).permutation(len(flipped)), flipped)
     return curves
@@ -298,10 +302,25 @@ def agreement_markdown(store: ScoreFile) -> str:
         return "**Agreement against replicas:** no teacher-student or student-baseline pair was scored."
     header = ("variant", "statistic", "comparison", "mean", "95% CI", "chance", "model pairs")
     rows = [(r["variant"].decode(), r["statistic"].decode(), r["comparison"].decode(), f"{r['mean']:.3f}",
-             f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]", f"{r['chance']:.3f}", r["pairs"]) for r in table]
-    return ("**Agreement of the test examples' proponents against the noise floor** (mean over test examples, "
+             f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]", f"{r['chance']:.3f}", r["pairs"]) for r in table[~of_layer_groups(table)]]
+    text = ("**Agreement of the test examples' proponents against the noise floor** (mean over test examples, "
             "percentile bootstrap CI; ' = another replica: other seed, same data; normalised: 1 = as much as the "
             "replicas agree with each other, 0 = chance)\n\n" + _markdown(header, rows))
+    return text + (f"\n\n{depth_markdown(table)}" if of_layer_groups(table).any() else "")
+
+
+def depth_markdown(table: np.ndarray) -> str:
+    """The agreement by depth (tracin.results.agreement.agreement_by_depth) as Markdown: a row per
+    variant, statistic and layer group, a column per comparison."""
+    rows = [(base, statistic, group, *(_mean_ci(cell) for cell in cells))
+            for base, statistic, names, block in agreement_by_depth(table) for group, cells in zip(names, block)]
+    return ("**Agreement by depth** (each layer group's scores alone, `VARIANT@GROUP`: at which depth do teacher and "
+            "student lean on the same examples, against the replicas?)\n\n"
+            + _markdown(("variant", "statistic", "layer group", *DEPTH_COMPARISONS), rows))
+
+
+def _mean_ci(cell) -> str:
+    return f"{cell['mean']:.3f} [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}]" if np.isfinite(cell["mean"]) else "-"
 
 
 def plot_agreement(store: ScoreFile) -> Optional[Figure]:
@@ -311,6 +330,7 @@ def plot_agreement(store: ScoreFile) -> Optional[Figure]:
         table = store.agreement()
     except TracinError:
         return None
+    table = table[~of_layer_groups(table)] if len(table) else table  # by depth: plot_agreement_by_depth
     if len(table) == 0:
         return None
     statistics = list(dict.fromkeys(table["statistic"]))
@@ -335,6 +355,34 @@ def plot_agreement(store: ScoreFile) -> Optional[Figure]:
     return figure
 
 
+def plot_agreement_by_depth(store: ScoreFile) -> Optional[Figure]:
+    """Agreement of each layer group's scores alone, group by group from the input to the head: a row of
+    panels per variant, a panel per statistic, a line per comparison with its CI (None without
+    layer-group variants in the agreement table)."""
+    try:
+        blocks = agreement_by_depth(store.agreement())
+    except TracinError:
+        return None
+    if not blocks:
+        return None
+    statistics = list(dict.fromkeys(statistic for _, statistic, _, _ in blocks))
+    bases = list(dict.fromkeys(base for base, _, _, _ in blocks))
+    figure, axes = plt.subplots(len(bases), len(statistics), figsize=(5.5 * len(statistics), 3.6 * len(bases)), squeeze=False)
+    for base, statistic, names, cells in blocks:
+        axis = axes[bases.index(base)][statistics.index(statistic)]
+        for j, comparison in enumerate(DEPTH_COMPARISONS):
+            column = cells[:, j]
+            errors = np.abs(np.stack([column["mean"] - column["ci_low"], column["ci_high"] - column["mean"]]))
+            axis.errorbar(np.arange(len(names)) + (j - 1.5) * 0.06, column["mean"], yerr=errors, marker="o", capsize=3, label=comparison)
+        axis.set_xticks(range(len(names)), names)
+        axis.set_title(f"{base}: {statistic}")
+        axis.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    figure.suptitle("agreement by depth: each layer group's scores alone, mean over test examples with 95% bootstrap CI")
+    figure.tight_layout()
+    return figure
+
+
 def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_root: Optional[str] = None) -> list[Path]:
     """PNG figures and report.md (the tables) of a finished score file, in out_dir (default: the
     file's folder, under plots/). Returns the files written."""
@@ -343,7 +391,7 @@ def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_ro
         out = Path(out_dir) if out_dir else Path(path).parent / "plots"
         out.mkdir(parents=True, exist_ok=True)
         models, written, sections = store.models, [], [quality_table(store), agreement_markdown(store)]
-        figures = {"agreement.png": plot_agreement(store)}
+        figures = {"agreement.png": plot_agreement(store), "agreement_by_depth.png": plot_agreement_by_depth(store)}
         for a, b in store.comparison_pairs():
             figures[f"overlap_{a}__{b}.png"] = plot_overlap_curves(store, a, b)
             sections.append(comparison_tables(store, a, b))

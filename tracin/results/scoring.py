@@ -27,7 +27,7 @@ import torch.distributed as dist
 from tracin import faults
 from tracin.files import exclusive_lock, remove_stale_temporaries
 from tracin.training.checkpoints import Checkpoint, load_distillation_teacher, load_run_checkpoints, select_checkpoints
-from tracin.results.agreement import agreement_table, format_agreement
+from tracin.results.agreement import agreement_table, format_agreement, format_agreement_by_depth, of_layer_groups
 from tracin.results.comparison import CompareOptions, compare_models, format_tables
 from tracin.results.statistics import parse_topk
 from tracin.config import (
@@ -43,7 +43,7 @@ from tracin.results.report import detection_rows, format_detection, mislabel_cur
 from tracin.training.run_folder import RunPaths, read_record
 from tracin.runtime import Runtime, start_runtime
 from tracin.engine.tracin import ScoreBlock, TracIn
-from tracin.results.store import DataArrays, ModelScores, ScoreFile, rank_matrix, rankings_name, to_numpy
+from tracin.results.store import SELF_INFLUENCES, DataArrays, ModelScores, ScoreFile, rank_matrix, rankings_name, to_numpy
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ def file_attrs(options: ScoreOptions, run: TrainedRun, data: RunData) -> dict:
         "precision": score.precision,
         "label_noise": run.data_config.label_noise,
         "classes": json.dumps(list(data.train.classes)),
-        "variants": json.dumps(list(score.variants)),
+        "variants": json.dumps(list(score.variants)),  # as asked: each model's group records its own, VARIANT@* written out
     }
 
 
@@ -224,10 +224,12 @@ def build_engine(name: str, run: TrainedRun, options: ScoreOptions, runtime: Run
 
 
 def _payload(block: ScoreBlock) -> tuple:
+    """ModelScores.write_block's arguments, in numpy."""
     others = {variant: to_numpy(values) for variant, values in list(block.by_variant.items())[1:]}
-    return (block.row_start, block.col_start, to_numpy(block.scores), to_numpy(block.per_checkpoint),
-            to_numpy(block.self_influence), others, to_numpy(block.normalised_self_influence),
-            to_numpy(block.group_self_influence))
+    kept = (block.self_influence, block.normalised_self_influence, block.group_self_influence,
+            block.group_normalised_self_influence)
+    self_influences = {name: to_numpy(values) for name, values in zip(SELF_INFLUENCES, kept) if values is not None}
+    return (block.row_start, block.col_start, to_numpy(block.scores), to_numpy(block.per_checkpoint), self_influences, others)
 
 
 def _broadcast(value: Any, runtime: Runtime) -> Any:
@@ -258,7 +260,7 @@ def score_model(store: Optional[ScoreFile], role: str, tracin: TracIn, data: Run
     if runtime.is_main:
         chunk, block = tracin.block_sizes(data.train, data.test, options.per_checkpoint)
         scores = store.prepare_model(role, tracin.checkpoints, tracin.parameter_names, chunk, block, options.per_checkpoint,
-                                     tracin.config.variants, tracin.group_names)
+                                     tracin.variants, tracin.group_names)
         layout = (scores.row_chunk, scores.test_block, scores.done)
     row_chunk, test_block, done = _broadcast(layout, runtime)
 
@@ -424,5 +426,7 @@ def report(store: ScoreFile, options: ScoreOptions, ks: list[int], models: Seque
     agreement = agreement_table(store, list(models), compare_options)
     store.write_agreement(agreement)
     print(format_agreement(agreement), flush=True)
+    if len(agreement) and of_layer_groups(agreement).any():
+        print(format_agreement_by_depth(agreement), flush=True)
     store.mark_complete()
     print(f"scores: {store.path}", flush=True)

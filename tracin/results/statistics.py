@@ -84,14 +84,25 @@ def constant_rows(a: np.ndarray) -> np.ndarray:
 def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """float64 [rows]: Spearman correlation of each row of a [rows, n] with the same row of b; NaN
     where either row is constant (undefined)."""
-    ranks_a = scipy.stats.rankdata(a, axis=1)
-    ranks_b = scipy.stats.rankdata(b, axis=1)
-    ranks_a -= ranks_a.mean(axis=1, keepdims=True)
-    ranks_b -= ranks_b.mean(axis=1, keepdims=True)
+    return correlate_ranks(row_ranks(a), row_ranks(b))
+
+
+def row_ranks(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 [rows, n] ranks of each row, ties averaged, less their mean; bool [rows] constant rows):
+    one side of spearman_rows, to be ranked once and correlated with several others."""
+    ranks = scipy.stats.rankdata(a, axis=1)
+    ranks -= ranks.mean(axis=1, keepdims=True)
+    return ranks, constant_rows(a)
+
+
+def correlate_ranks(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """float64 [rows]: the Pearson correlation of two row_ranks per row (Spearman's rho); NaN where
+    either row is constant."""
+    (ranks_a, constant_a), (ranks_b, constant_b) = a, b
     denominator = np.sqrt((ranks_a**2).sum(axis=1) * (ranks_b**2).sum(axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
         values = (ranks_a * ranks_b).sum(axis=1) / denominator
-    return np.where(constant_rows(a) | constant_rows(b), np.nan, values)
+    return np.where(constant_a | constant_b, np.nan, values)
 
 
 def kendall_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

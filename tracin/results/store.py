@@ -19,13 +19,16 @@ Layout (format "tracin-scores", version 1):
                             variants (JSON: the score variants held, the first in scores)
         checkpoints/{path, epoch, lr, sha256}   [n_ckpt]: what was replayed, lr = TracIn weight
         scores              float32 [n_train, n_test]: sum_c lr_c <g_train, g_test>, chunked (attr variant)
-        scores_<variant>    float32 [n_train, n_test]: each other variant (cosine, train-normalised; attr variant)
+        scores_<variant>    float32 [n_train, n_test]: each other variant (cosine, train-normalised, VARIANT@GROUP
+                            of one layer group; attr variant)
         per_checkpoint      float32 [n_ckpt, n_train, n_test]: each lr_c-weighted term (--per-checkpoint)
         self_influence      float32 [n_train]: sum_c lr_c |g_train|^2
         self_influence_groups  float32 [n_groups, n_train], attrs groups: each layer group's part of
-                            self_influence (stem, layer1, ..., head)
+                            self_influence (stem, layer1, ..., head), the raw@GROUP variants' self-influence
         self_influence_train-normalised  float32 [n_train]: sum_c lr_c |g_train| (the train-normalised
                             variant's self-influence; the cosine variant's is sum_c lr_c for all)
+        self_influence_groups_train-normalised  float32 [n_groups, n_train], attrs groups: sum_c lr_c
+                            |g_train,group|, the train-normalised@GROUP variants' self-influence
         last_loss           float32 [n_train]: each train example's loss at the last checkpoint
         done                bool [row chunks, test blocks]: blocks written (the resume mask)
         topk/               K = largest --topk, positions into train/test arrays, values float32:
@@ -43,6 +46,11 @@ Layout (format "tracin-scores", version 1):
     /detection              compound [rows]: mislabel detection per ranking (self-influence raw and
                             train-normalised, last-checkpoint loss, random): area under the curve, found at
                             10% and 20% inspected (with label noise only; tracin.results.report)
+    /validation/            attrs: settings (JSON), status; tracin-validate (tracin.results.validation):
+        units               compound [n_units]: model, condition, test_row, subset, seed of each retraining
+        margins             float32 [n_units, n_test]: logit margins of the scored test examples after it
+        done                bool [n_units]: retrainings finished (the resume mask)
+        leave_out, lds      compound [rows]: the leave-top-k-out and LDS tables
     /comparison/<a>__<b>/   attrs: ks, max_rows, seed (the comparison's options)
         <table>             compound [rows], one per table of tracin.results.comparison.TABLES (overlap,
                             rank_correlation, ks, self_influence), columns as registered, "scope" first
@@ -70,7 +78,7 @@ from torch import Tensor
 from tracin import __version__, faults
 from tracin.files import default_mode, fsync_file
 from tracin.training.checkpoints import Checkpoint
-from tracin.config import ENSEMBLE_SUFFIX, ROLES, split_model_name
+from tracin.config import ENSEMBLE_SUFFIX, ROLES, split_model_name, split_variant
 from tracin.errors import StoreError, TracinError
 from tracin.engine.topk import Ranking, StreamingRanking
 
@@ -141,8 +149,12 @@ def open_h5(path: Path, mode: str, locking: Optional[bool] = None) -> h5py.File:
         raise StoreError(f"{path} is not a readable HDF5 file (truncated or corrupt?): {reason}") from None
 
 
+VALIDATION = "validation"  # tracin-validate's group
+SELF = "self_influence"
 NORMALISED_SELF = "self_influence_train-normalised"
 GROUP_SELF = "self_influence_groups"
+GROUP_NORMALISED_SELF = "self_influence_groups_train-normalised"
+SELF_INFLUENCES = (SELF, NORMALISED_SELF, GROUP_SELF, GROUP_NORMALISED_SELF)  # the datasets a block's first test block writes
 
 
 def _model_order(name: str) -> tuple:
@@ -398,8 +410,8 @@ class ScoreFile:
             _early_dataset(group, "per_checkpoint", (len(checkpoints), n_train, n_test), np.float32, (1, *chunks))
         _early_dataset(group, "self_influence", (n_train,), np.float32)
         _early_dataset(group, NORMALISED_SELF, (n_train,), np.float32)
-        if groups:
-            _early_dataset(group, GROUP_SELF, (len(groups), n_train), np.float32).attrs["groups"] = json.dumps(list(groups))
+        for name in (GROUP_SELF, GROUP_NORMALISED_SELF) if groups else ():
+            _early_dataset(group, name, (len(groups), n_train), np.float32).attrs["groups"] = json.dumps(list(groups))
         _early_dataset(group, "last_loss", (n_train,), np.float32)
         grid = (-(-n_train // row_chunk), -(-n_test // test_block))
         _early_dataset(group, "done", grid, np.bool_)
@@ -431,9 +443,10 @@ class ScoreFile:
             for r0 in range(0, self.n_train, row_chunk):
                 rows = slice(r0, min(r0 + row_chunk, self.n_train))
                 target[rows] = np.mean([m.matrix(variant=variant)[rows] for m in models], axis=0)
-        for field in ("self_influence", NORMALISED_SELF, "last_loss"):
+        for field in (*SELF_INFLUENCES, "last_loss"):
             if all(field in m._group for m in models):
-                group.create_dataset(field, data=np.mean([m._group[field][()] for m in models], axis=0).astype(np.float32))
+                mean = group.create_dataset(field, data=np.mean([m._group[field][()] for m in models], axis=0).astype(np.float32))
+                mean.attrs.update(models[0]._group[field].attrs)
         group.create_dataset("done", data=np.ones_like(models[0].done))
         self._h5.flush()
         return ModelScores(group)
@@ -496,6 +509,33 @@ class ScoreFile:
     def detection(self) -> np.ndarray:
         """The mislabel-detection table (structured [rows]); StoreError when the file has none."""
         return self._table("detection", "mislabel-detection table (written by tracin-score with label noise)")
+
+    def prepare_validation(self, units: np.ndarray, settings: dict, overwrite: bool = False) -> "ValidationRecord":
+        """/validation for tracin-validate's units (tracin.results.validation.UNIT_DTYPE [n_units]): created,
+        or the existing one when made with the same settings (resume). One made with other settings is
+        refused unless `overwrite`, which replaces it (only /validation: the scores stay)."""
+        settings = json.loads(json.dumps(settings))
+        if VALIDATION in self._h5:
+            differences = _differences(json.loads(self._h5[VALIDATION].attrs["settings"]), settings)
+            if not differences and not overwrite:
+                return ValidationRecord(self._h5[VALIDATION])
+            if not overwrite:
+                raise StoreError(f"{self.path} holds a validation made with other settings: {'; '.join(differences)}. "
+                                 "Rerun with its options, or pass --overwrite to replace it")
+            del self._h5[VALIDATION]
+        group = self._h5.create_group(VALIDATION)
+        group.attrs.update({"settings": json.dumps(settings, sort_keys=True), "status": "partial"})
+        group.create_dataset("units", data=units)
+        _early_dataset(group, "margins", (len(units), self.n_test), np.float32)
+        _early_dataset(group, "done", (len(units),), np.bool_)
+        self._h5.flush()
+        return ValidationRecord(group)
+
+    def validation(self) -> "ValidationRecord":
+        """The file's tracin-validate record; StoreError when it has none."""
+        if VALIDATION not in self._h5:
+            raise StoreError(f"{self.path} has no validation (run tracin-validate --run RUN)")
+        return ValidationRecord(self._h5[VALIDATION])
 
     def _write_table(self, name: str, table: np.ndarray) -> None:
         if name in self._h5:
@@ -622,11 +662,29 @@ class ModelScores:
     @property
     def group_self_influence(self) -> dict[str, np.ndarray]:
         """{layer group: float32 [n_train]}, each group's part of self_influence (stem, layer1, ..., head:
-        tracin.engine.groups); empty in files from before groups and for ensembles."""
-        if GROUP_SELF not in self._group:
+        tracin.engine.groups); empty in files from before groups."""
+        return self._by_group(GROUP_SELF)
+
+    @property
+    def group_normalised_self_influence(self) -> dict[str, np.ndarray]:
+        """{layer group: float32 [n_train]}, sum_c lr_c |g_train,group|; empty in files from before it."""
+        return self._by_group(GROUP_NORMALISED_SELF)
+
+    def _by_group(self, name: str) -> dict[str, np.ndarray]:
+        if name not in self._group:
             return {}
-        dataset = self._group[GROUP_SELF]
+        dataset = self._group[name]
         return dict(zip(json.loads(dataset.attrs["groups"]), dataset[()]))
+
+    def variant_self_influence(self, variant: str) -> Optional[np.ndarray]:
+        """float32 [n_train]: the self-influence of a variant (raw, train-normalised, and each VARIANT@GROUP
+        of theirs), None for cosine ones (sum_c lr_c for every example: no ranking) and where not kept."""
+        base, group = split_variant(variant)
+        if base == "cosine":
+            return None
+        if group is None:
+            return self.self_influence if base == "raw" else self.normalised_self_influence
+        return (self.group_self_influence if base == "raw" else self.group_normalised_self_influence).get(group)
 
     @property
     def last_loss(self) -> np.ndarray:
@@ -655,18 +713,15 @@ class ModelScores:
                 "written (sha256 differs); pass --overwrite to score them afresh"
             )
 
-    def write_block(self, row_start: int, col_start: int, scores: np.ndarray, per_checkpoint: Optional[np.ndarray],
-                    self_influence: Optional[np.ndarray], other_variants: Optional[dict[str, np.ndarray]] = None,
-                    normalised_self_influence: Optional[np.ndarray] = None,
-                    group_self_influence: Optional[np.ndarray] = None) -> None:
-        """Write a block's data (float32 [rows, cols] scores, [n_ckpt, rows, cols] per checkpoint, [rows]
-        self-influence, {variant: [rows, cols]} of the other variants, [rows] normalised self-influence,
-        [n_groups, rows] each layer group's self-influence),
-        flush, then mark it done and flush again. Non-finite values are refused: a block marked done holds
-        finite scores."""
-        other_variants = other_variants or {}
-        for values in (scores, per_checkpoint, self_influence, normalised_self_influence, group_self_influence,
-                       *other_variants.values()):
+    def write_block(self, row_start: int, col_start: int, scores: np.ndarray, per_checkpoint: Optional[np.ndarray] = None,
+                    self_influences: Optional[dict[str, np.ndarray]] = None,
+                    other_variants: Optional[dict[str, np.ndarray]] = None) -> None:
+        """Write a block's data (float32 [rows, cols] scores, [n_ckpt, rows, cols] per checkpoint, the
+        self-influences of its rows by dataset name (SELF_INFLUENCES: [rows], or [n_groups, rows] for the
+        layer groups'), {variant: [rows, cols]} of the other variants), flush, then mark it done and flush
+        again. Non-finite values are refused: a block marked done holds finite scores."""
+        self_influences, other_variants = self_influences or {}, other_variants or {}
+        for values in (scores, per_checkpoint, *self_influences.values(), *other_variants.values()):
             if values is not None and not np.isfinite(values).all():
                 raise StoreError(f"non-finite scores in the block at train {row_start}, test {col_start}; not written")
         rows = slice(row_start, row_start + scores.shape[0])
@@ -676,12 +731,9 @@ class ModelScores:
             self._group[f"scores_{variant}"][rows, cols] = values
         if per_checkpoint is not None and self.has_per_checkpoint:
             self._group["per_checkpoint"][:, rows, cols] = per_checkpoint
-        if self_influence is not None:
-            self._group["self_influence"][rows] = self_influence
-        if normalised_self_influence is not None and NORMALISED_SELF in self._group:  # absent in older files
-            self._group[NORMALISED_SELF][rows] = normalised_self_influence
-        if group_self_influence is not None and GROUP_SELF in self._group:
-            self._group[GROUP_SELF][:, rows] = group_self_influence
+        for name, values in self_influences.items():
+            if values is not None and name in self._group:  # files from older versions lack some
+                self._group[name][..., rows] = values
         self._group.file.flush()
         self._group["done"][row_start // self.row_chunk, col_start // self.test_block] = True
         self._group.file.flush()
@@ -696,8 +748,7 @@ class ModelScores:
             cols = slice(c * self.test_block, (c + 1) * self.test_block)
             block = [self._group[name][rows, cols] for name in names]
             block += [self._group["per_checkpoint"][:, rows, cols]] if self.has_per_checkpoint else []
-            block += [self._group[name][rows] for name in ("self_influence", NORMALISED_SELF) if c == 0 and name in self._group]
-            block += [self._group[GROUP_SELF][:, rows]] if c == 0 and GROUP_SELF in self._group else []
+            block += [self._group[name][..., rows] for name in SELF_INFLUENCES if c == 0 and name in self._group]
             if not all(np.isfinite(part).all() for part in block):
                 self._group["done"][r, c] = False
                 redone += 1
@@ -761,3 +812,59 @@ def rank_matrix(matrix: h5py.Dataset | np.ndarray, k: int, row_chunk: int = 4096
 
 def to_numpy(tensor: Optional[Tensor]) -> Optional[np.ndarray]:
     return None if tensor is None else tensor.detach().cpu().numpy()
+
+
+class ValidationRecord:
+    """/validation of a score file: tracin-validate's units (one retraining each), the margins each gave
+    every scored test example, which are done, and the tables made from them."""
+
+    def __init__(self, group: h5py.Group):
+        self._group = group
+
+    @property
+    def settings(self) -> dict:
+        return json.loads(self._group.attrs["settings"])
+
+    @property
+    def status(self) -> str:
+        """"partial" until the tables are written, then "complete"."""
+        return _python(self._group.attrs["status"])
+
+    @property
+    def units(self) -> np.ndarray:
+        """UNIT_DTYPE [n_units] (tracin.results.validation), in the order they are trained."""
+        return self._group["units"][()]
+
+    @property
+    def done(self) -> np.ndarray:
+        """bool [n_units]: units whose margins are written."""
+        return self._group["done"][()]
+
+    @property
+    def margins(self) -> np.ndarray:
+        """float32 [n_units, n_test]: logit margins of the scored test examples after each retraining."""
+        return self._group["margins"][()]
+
+    def write_unit(self, index: int, margins: np.ndarray) -> None:
+        """One unit's margins (float32 [n_test]), flushed, then marked done and flushed again."""
+        if not np.isfinite(margins).all():
+            raise StoreError(f"retraining {index} gave non-finite margins; not written")
+        self._group["margins"][index] = margins
+        self._group.file.flush()
+        self._group["done"][index] = True
+        self._group.file.flush()
+
+    def write_tables(self, leave_out: np.ndarray, lds: np.ndarray) -> None:
+        """The leave-top-k-out and LDS tables (LEAVE_OUT_DTYPE, LDS_DTYPE rows); status complete."""
+        for name, table in (("leave_out", leave_out), ("lds", lds)):
+            if name in self._group:
+                del self._group[name]
+            self._group.create_dataset(name, data=np.asarray(table))
+        self._group.attrs["status"] = "complete"
+        self._group.file.flush()
+
+    def tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """(leave_out, lds) tables; StoreError before they are written."""
+        if "leave_out" not in self._group:
+            raise StoreError(f"{self._group.file.filename}: the validation is not finished (run the same tracin-validate again)")
+        return self._group["leave_out"][()], self._group["lds"][()]
