@@ -25,6 +25,7 @@ from tracin.results.store import ScoreFile, rankings_name
 from conftest import TINY_RUN_ARGS, run_tracin_score, run_tracin_train
 
 ROLES = ("teacher", "student", "student_baseline")
+K_OF_FIXTURE = (3, 8)  # replica_scores' --topk
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,8 @@ def replica_scores(replica_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("replica_scores") / "tracin.h5"
     result = run_tracin_score([
         "--run", replica_run, "--out", out, "--models", "teacher,student,student_baseline",
-        "--variants", "raw,cosine,train-normalised@*", "--train-subset", "128", "--test-subset", "24", "--topk", "3,8", "--device", "cpu", "--quiet",
+        "--variants", "raw,cosine,train-normalised@*", "--train-subset", "128", "--test-subset", "24",
+        "--topk", ",".join(map(str, K_OF_FIXTURE)), "--device", "cpu", "--quiet",
     ])
     assert result.returncode == 0, result.stderr
     return out, result.stdout
@@ -176,6 +178,8 @@ def test_layer_group_variants_reach_quality_comparisons_and_agreement(replica_sc
         correlation = store.comparison("teacher", "student")["rank_correlation"]
         agreement = store.agreement()
     assert b"train-normalised@layer1" in set(overlap["scope"]) and b"train-normalised@layer3" not in set(overlap["scope"])
+    grouped = overlap[overlap["scope"] == b"train-normalised@layer1"]  # a group's scope: the test proponents
+    assert set(zip(grouped["direction"], grouped["side"])) == {(b"test", b"proponents")} and len(grouped) == len(K_OF_FIXTURE)
     assert not any(b"@" in scope for scope in correlation["scope"])  # rank correlations: the agreement table's
     assert set(agreement["variant"]) == {b"raw", b"cosine", *(f"train-normalised@{g}".encode() for g in groups["student"])}
 

@@ -151,12 +151,15 @@ def register_table(table: ComparisonTable) -> ComparisonTable:
 
 
 def overlap_rows(scope: ScopePair) -> list[dict]:
-    """overlap@k (summary), chance k/n and mean Jaccard of the stored top-k sets, per direction and side."""
+    """overlap@k (summary), chance k/n and mean Jaccard of the stored top-k sets, per direction and side
+    (in a layer group's scope, of the test examples' proponents only: the question asked of a group)."""
     (test_a, train_a), (test_b, train_b) = scope.rankings()
     n_train, n_test = scope.a.scores.shape
+    of_group = scope.variant is not None and split_variant(scope.variant)[1] is not None
+    directions = (("test", test_a, test_b, n_train),) + (() if of_group else (("train", train_a, train_b, n_test),))
     rows = []
-    for direction, ra, rb, n_ranked in (("test", test_a, test_b, n_train), ("train", train_a, train_b, n_test)):
-        for side, field in zip(SIDES[direction], ("top_index", "bottom_index")):
+    for direction, ra, rb, n_ranked in directions:
+        for side, field in list(zip(SIDES[direction], ("top_index", "bottom_index")))[: 1 if of_group else 2]:
             for row in compare.overlap_table(getattr(ra, field), getattr(rb, field), list(scope.options.ks), n_ranked,
                                                  scope.options.seed):
                 rows.append({"direction": direction, "side": side, **row})
