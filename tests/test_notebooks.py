@@ -33,6 +33,7 @@ def test_overlap_tables_notebook_runs(tiny_scores, tmp_path):
     text, images = outputs_of(notebook)
     assert "teacher vs student: overlap of top-k sets" in text and "chance k/n" in text
     assert "Kolmogorov" in text
+    assert "has no validation (run tracin-validate" in text  # that section says how to make it
     assert images >= 3 + 1 + 1  # overlap curves per pair, histograms, the proponent grid
     assert html.stat().st_size > 10_000
 

@@ -28,6 +28,7 @@ POINTS = (
     "rankings",  # before a model's top-k tables are written
     "comparison",  # before a pair's comparison tables are written
     "report",  # before the figures are written
+    "validate-unit",  # a retraining's margins written and marked done (tracin-validate)
 )
 ACTIONS = ("kill", "enospc", "interrupt")
 _reached: Counter = Counter()

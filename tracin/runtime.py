@@ -11,7 +11,7 @@ import contextlib
 import os
 import platform
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -75,6 +75,26 @@ class Runtime:
         if self.distributed:
             for buffer in model.buffers():
                 dist.broadcast(buffer, src=0)
+
+    def broadcast_object(self, value: Any) -> Any:
+        """Rank 0's `value` on every rank (picklable; the value itself on one process)."""
+        if not self.distributed:
+            return value
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+    def gathered(self, items: Iterator[Any], n_steps: int) -> Iterator[Any]:
+        """Every rank's next item, n_steps times, all on rank 0 (one gather per step; a rank whose items
+        ran out sends None; other ranks yield nothing)."""
+        for _ in range(n_steps):
+            mine = next(items, None)
+            if not self.distributed:
+                yield mine
+                continue
+            everyone = [None] * self.world_size if self.is_main else None
+            dist.gather_object(mine, everyone, dst=0)
+            yield from (everyone or [])
 
     def log(self, message: str) -> None:
         """A line on stdout from rank 0, unless quiet."""

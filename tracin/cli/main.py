@@ -33,6 +33,7 @@ from tracin.training.models import MODELS
 from tracin.errors import TracinError
 from tracin.runtime import DEVICES
 from tracin.results.scoring import ScoreOptions, score_run
+from tracin.results.validating import ValidateOptions, validate_run
 from tracin.training.trainer import RunOptions, train_run
 
 TRAIN = TrainConfig()
@@ -359,3 +360,59 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
     argv = _arguments(argv)
     args = build_score_parser().parse_args(argv)
     return run_command("tracin-score", lambda: score_run(score_options(args, argv)), "run the same command again to continue")
+
+
+# --- tracin-validate -------------------------------------------------------------------------------
+
+
+def build_validate_parser() -> argparse.ArgumentParser:
+    defaults = ValidateOptions(run="")
+    parser = argparse.ArgumentParser(
+        prog="tracin-validate",
+        description="Counterfactual checks of a run's TracIn scores: retrain without each sampled test example's "
+        "top-k proponents (the model's own, its teacher's, the baseline student's), k random examples or its "
+        "k strongest opponents, and measure the margin change; and the linear datamodeling score (LDS) over "
+        "models retrained on random subsets. Retrains through tracin-train's own code; resumable.",
+    )
+    parser.add_argument("--run", required=True, help="the run folder (tracin-train's), scored with tracin-score")
+    parser.add_argument("--scores", help="its score file (default: RUN/tracin.h5); the results go into it (/validation)")
+    parser.add_argument("--models", default=",".join(defaults.models),
+                        help="comma-separated models to retrain (ROLE or ROLE.rN; default: %(default)s)")
+    parser.add_argument("--variant", help="the score variant whose rankings are removed (default: the file's first)")
+    parser.add_argument("--test-examples", type=int, default=defaults.test_examples,
+                        help="test examples sampled for leave-top-k-out (0: none; default: %(default)s)")
+    parser.add_argument("--k", type=int, default=defaults.k, help="train examples removed per test example (default: %(default)s)")
+    parser.add_argument("--conditions", default=",".join(defaults.conditions),
+                        help="comma-separated removals: own, teacher, baseline, random, opponents (default: all that apply)")
+    parser.add_argument("--subsets", type=int, default=defaults.subsets,
+                        help="LDS: models retrained on random subsets (0: no LDS; default: %(default)s)")
+    parser.add_argument("--fraction", type=float, default=defaults.fraction,
+                        help="LDS: the share of the train examples each subset keeps (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=defaults.seeds,
+                        help="leave-top-k-out: retraining seeds (data order) per condition (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, help="retrain for this many epochs (default: the run's; its schedule shortened)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the samples and subsets (default: %(default)s)")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available (default: auto)")
+    parser.add_argument("--data-root", help="where the run's data set is, if not where it was trained")
+    parser.add_argument("--overwrite", action="store_true", help="replace a validation made with other settings")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def validate_options(args: argparse.Namespace) -> ValidateOptions:
+    def listed(text: str) -> tuple[str, ...]:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+
+    return ValidateOptions(
+        run=args.run, scores=args.scores, models=listed(args.models), variant=args.variant, test_examples=args.test_examples,
+        k=args.k, conditions=listed(args.conditions), subsets=args.subsets, fraction=args.fraction, seeds=args.seeds,
+        epochs=args.epochs, seed=args.seed, device=args.device, data_root=args.data_root, overwrite=args.overwrite,
+        quiet=args.quiet,
+    )
+
+
+def validate_main(argv: Optional[Sequence[str]] = None) -> int:
+    """`tracin-validate`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
+    args = build_validate_parser().parse_args(_arguments(argv))
+    return run_command("tracin-validate", lambda: validate_run(validate_options(args)),
+                       "run the same command again to continue (finished retrainings are kept)")

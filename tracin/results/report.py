@@ -383,6 +383,61 @@ def plot_agreement_by_depth(store: ScoreFile) -> Optional[Figure]:
     return figure
 
 
+def validation_markdown(leave_out: np.ndarray, lds: np.ndarray) -> str:
+    """tracin-validate's tables as Markdown: leave-top-k-out margin changes and the LDS."""
+    parts = ["# Validation: do predictions move when the credited training data are removed?"]
+    if len(leave_out):
+        header = ("model", "removed", "k", "mean margin change", "95% CI", "flipped right -> wrong", "test examples x seeds")
+        rows = [(r["model"].decode(), r["condition"].decode(), r["k"], f"{r['mean_change']:+.3f}",
+                 f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]", f"{r['flipped']:.1%}", r["n_rows"]) for r in leave_out]
+        parts += ["**Leave-top-k-out** (retrained from the same initial weights without the k examples; change of "
+                  "the test example's logit margin against a retraining with nothing removed, same seed)", _markdown(header, rows)]
+    if len(lds):
+        header = ("retrained model", "scores of", "variant", "LDS", "95% CI", "test examples")
+        rows = [(r["model"].decode(), r["scores_of"].decode(), r["variant"].decode(), f"{r['lds']:+.3f}",
+                 f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]", r["n_rows"]) for r in lds]
+        parts += [f"**Linear datamodeling score** (Spearman over {lds['subsets'][0]} models retrained on random subsets "
+                  "between each subset's summed scores and the margin it gives, mean over test examples)", _markdown(header, rows)]
+    return "\n\n".join(parts) + "\n"
+
+
+def validation_summary(store: ScoreFile) -> tuple[str, Optional[Figure]]:
+    """(Markdown, figure) of the file's tracin-validate results; a line saying how to make them, and no
+    figure, when it has none."""
+    try:
+        leave_out, lds = store.validation().tables()
+    except TracinError as error:
+        return f"**Validation:** {error}.", None
+    return validation_markdown(leave_out, lds), plot_validation(leave_out, lds)
+
+
+def plot_validation(leave_out: np.ndarray, lds: np.ndarray) -> Figure:
+    """Left: mean margin change per removal with its CI, a marker per model; right: LDS per score source
+    and variant with its CI."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 0.45 * max(len(leave_out), len(lds), 4) + 1.8))
+    for offset, model in enumerate(dict.fromkeys(leave_out["model"])):
+        rows = leave_out[leave_out["model"] == model]
+        y = np.arange(len(rows)) + offset * 0.15
+        errors = np.abs(np.stack([rows["mean_change"] - rows["ci_low"], rows["ci_high"] - rows["mean_change"]]))
+        left.errorbar(rows["mean_change"], y, xerr=errors, fmt="o", capsize=3, label=model.decode())
+        left.set_yticks(range(len(rows)), [f"remove {c.decode()}" for c in rows["condition"]])
+    left.axvline(0, color="gray", linestyle=":")
+    left.set_title("leave-top-k-out: margin change")
+    labels = [f"{r['scores_of'].decode()}, {r['variant'].decode()}" for r in lds]
+    right.errorbar(lds["lds"], np.arange(len(lds)), xerr=np.abs(np.stack([lds["lds"] - lds["ci_low"], lds["ci_high"] - lds["lds"]])),
+                   fmt="o", capsize=3)
+    right.set_yticks(range(len(lds)), labels)
+    right.axvline(0, color="gray", linestyle=":")
+    right.set_title("linear datamodeling score")
+    for axis in (left, right):
+        axis.invert_yaxis()
+        axis.grid(axis="x", alpha=0.3)
+    if len(leave_out):
+        left.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
 def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_root: Optional[str] = None) -> list[Path]:
     """PNG figures and report.md (the tables) of a finished score file, in out_dir (default: the
     file's folder, under plots/). Returns the files written."""

@@ -18,7 +18,7 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -136,8 +136,8 @@ def load_role_checkpoints(run: TrainedRun, name: str, spec: str) -> tuple[list[C
     return load_run_checkpoints(paths, role, run.record["data_fingerprint"]["digest"])
 
 
-def scoring_data(run: TrainedRun, options: ScoreOptions) -> RunData:
-    """The run's own train and test examples (fingerprint-checked), or seeded stratified subsets of them."""
+def checked_data(run: TrainedRun) -> RunData:
+    """The run's own train and test examples, fingerprint-checked against what it was trained on."""
     data = load_data(run.data_config)
     differences = fingerprint_differences(run.record["data_fingerprint"], data, run.data_config)
     if differences:
@@ -145,6 +145,12 @@ def scoring_data(run: TrainedRun, options: ScoreOptions) -> RunData:
             f"the data under {run.data_config.data_root} differ from those {run.paths.root} was trained on "
             f"({', '.join(differences)} differ); point --data-root at the run's data"
         )
+    return data
+
+
+def scoring_data(run: TrainedRun, options: ScoreOptions) -> RunData:
+    """The run's own train and test examples (fingerprint-checked), or seeded stratified subsets of them."""
+    data = checked_data(run)
     for side, size in (("train", options.train_subset), ("test", options.test_subset)):
         split = getattr(data, side)
         if size is not None:
@@ -232,27 +238,6 @@ def _payload(block: ScoreBlock) -> tuple:
     return (block.row_start, block.col_start, to_numpy(block.scores), to_numpy(block.per_checkpoint), self_influences, others)
 
 
-def _broadcast(value: Any, runtime: Runtime) -> Any:
-    if not runtime.distributed:
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
-def _gathered_blocks(blocks, runtime: Runtime, n_steps: int):
-    """Every rank's blocks, on rank 0 (one gather per step; ranks with fewer blocks send None)."""
-    for _ in range(n_steps):
-        mine = next(blocks, None)
-        payload = None if mine is None else _payload(mine)
-        if not runtime.distributed:
-            yield payload
-            continue
-        everyone = [None] * runtime.world_size if runtime.is_main else None
-        dist.gather_object(payload, everyone, dst=0)
-        yield from (everyone or [])
-
-
 def score_model(store: Optional[ScoreFile], role: str, tracin: TracIn, data: RunData, runtime: Runtime,
                 options: ScoreOptions) -> None:
     """Score one model's missing blocks into the file (rank 0 writes; other ranks compute their share)."""
@@ -262,7 +247,7 @@ def score_model(store: Optional[ScoreFile], role: str, tracin: TracIn, data: Run
         scores = store.prepare_model(role, tracin.checkpoints, tracin.parameter_names, chunk, block, options.per_checkpoint,
                                      tracin.variants, tracin.group_names)
         layout = (scores.row_chunk, scores.test_block, scores.done)
-    row_chunk, test_block, done = _broadcast(layout, runtime)
+    row_chunk, test_block, done = runtime.broadcast_object(layout)
 
     def skip(r0: int, r1: int, c0: int, c1: int) -> bool:
         chunk_index = r0 // row_chunk
@@ -275,7 +260,7 @@ def score_model(store: Optional[ScoreFile], role: str, tracin: TracIn, data: Run
     n_steps = int(todo.item())
     blocks = tracin.iter_blocks(data.train, data.test, options.per_checkpoint, skip=skip, self_influence=True,
                                 layout=(row_chunk, test_block))
-    for payload in _gathered_blocks(iter(blocks), runtime, n_steps):
+    for payload in runtime.gathered((_payload(block) for block in blocks), n_steps):
         if payload is not None and runtime.is_main:
             scores.write_block(*payload)
             faults.reach("score-block")

@@ -46,9 +46,10 @@ Layout (format "tracin-scores", version 1):
     /detection              compound [rows]: mislabel detection per ranking (self-influence raw and
                             train-normalised, last-checkpoint loss, random): area under the curve, found at
                             10% and 20% inspected (with label noise only; tracin.results.report)
-    /validation/            attrs: settings (JSON), status; tracin-validate (tracin.results.validation):
+    /validation/            attrs: settings (JSON), status, provenance (JSON: machine, finished); tracin-validate (tracin.results.validation):
         units               compound [n_units]: model, condition, test_row, subset, seed of each retraining
         margins             float32 [n_units, n_test]: logit margins of the scored test examples after it
+        seconds             float64 [n_units]: each retraining's wall time
         done                bool [n_units]: retrainings finished (the resume mask)
         leave_out, lds      compound [rows]: the leave-top-k-out and LDS tables
     /comparison/<a>__<b>/   attrs: ks, max_rows, seed (the comparison's options)
@@ -527,6 +528,7 @@ class ScoreFile:
         group.attrs.update({"settings": json.dumps(settings, sort_keys=True), "status": "partial"})
         group.create_dataset("units", data=units)
         _early_dataset(group, "margins", (len(units), self.n_test), np.float32)
+        _early_dataset(group, "seconds", (len(units),), np.float64)
         _early_dataset(group, "done", (len(units),), np.bool_)
         self._h5.flush()
         return ValidationRecord(group)
@@ -845,23 +847,36 @@ class ValidationRecord:
         """float32 [n_units, n_test]: logit margins of the scored test examples after each retraining."""
         return self._group["margins"][()]
 
-    def write_unit(self, index: int, margins: np.ndarray) -> None:
-        """One unit's margins (float32 [n_test]), flushed, then marked done and flushed again."""
+    @property
+    def seconds(self) -> np.ndarray:
+        """float64 [n_units]: wall time of each retraining (0 where not done)."""
+        return self._group["seconds"][()]
+
+    def write_unit(self, index: int, margins: np.ndarray, seconds: float = 0.0) -> None:
+        """One unit's margins (float32 [n_test]) and wall time, flushed, then marked done and flushed again."""
         if not np.isfinite(margins).all():
             raise StoreError(f"retraining {index} gave non-finite margins; not written")
         self._group["margins"][index] = margins
+        self._group["seconds"][index] = seconds
         self._group.file.flush()
         self._group["done"][index] = True
         self._group.file.flush()
 
-    def write_tables(self, leave_out: np.ndarray, lds: np.ndarray) -> None:
-        """The leave-top-k-out and LDS tables (LEAVE_OUT_DTYPE, LDS_DTYPE rows); status complete."""
+    def write_tables(self, leave_out: np.ndarray, lds: np.ndarray, provenance: Optional[dict] = None) -> None:
+        """The leave-top-k-out and LDS tables (LEAVE_OUT_DTYPE, LDS_DTYPE rows) and where they were made
+        (provenance JSON: machine, finished); status complete."""
         for name, table in (("leave_out", leave_out), ("lds", lds)):
             if name in self._group:
                 del self._group[name]
             self._group.create_dataset(name, data=np.asarray(table))
+        self._group.attrs["provenance"] = json.dumps(provenance or {}, sort_keys=True)
         self._group.attrs["status"] = "complete"
         self._group.file.flush()
+
+    @property
+    def provenance(self) -> dict:
+        """Where and when the tables were made (write_tables), {} before."""
+        return json.loads(self._group.attrs.get("provenance", "{}"))
 
     def tables(self) -> tuple[np.ndarray, np.ndarray]:
         """(leave_out, lds) tables; StoreError before they are written."""

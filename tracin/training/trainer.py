@@ -397,21 +397,57 @@ def fit(job: ModelJob, run: RunContext) -> list[dict]:
 def start_or_resume(job: ModelJob, run: RunContext) -> Trainee:
     """A model, optimizer and scheduler: restored from last.pt, or fresh from the job's initial state
     (which is then saved as init.pt)."""
-    runtime, last = run.runtime, run.paths.last(job.name)
+    last = run.paths.last(job.name)
     payload = load_checkpoint(last, role=job.role) if last.is_file() else None
-    model = blank_model(job.model_config)
     source = str(last) if payload else f"the initial state of the {job.name}"
-    load_state(model, payload["model"] if payload else job.initial_state, source)
-    model.to(runtime.device, memory_format=runtime.memory_format)
-    optimizer = build_optimizer(model, run.config)
-    scheduler = build_scheduler(optimizer, run.config, run.steps_per_epoch)
-    trainee = Trainee(model, _parallel(model, runtime), optimizer, scheduler, TrainState())
+    trainee = new_trainee(job, run, payload["model"] if payload else job.initial_state, source)
     if payload is None:
         init_payload = checkpoint_payload(job, run, trainee, lr=0.0, metrics={})
         _save_on_main(run, lambda: init_payload, run.paths.init(job.name))
     else:
         _restore(trainee, payload)
     return trainee
+
+
+def new_trainee(job: ModelJob, run: RunContext, state: dict[str, Tensor], source: str) -> Trainee:
+    """A model with these weights on the runtime's device, and a fresh optimizer and schedule for the run."""
+    model = blank_model(job.model_config)
+    load_state(model, state, source)
+    model.to(run.runtime.device, memory_format=run.runtime.memory_format)
+    optimizer = build_optimizer(model, run.config)
+    scheduler = build_scheduler(optimizer, run.config, run.steps_per_epoch)
+    return Trainee(model, _parallel(model, run.runtime), optimizer, scheduler, TrainState())
+
+
+def retrain(job: ModelJob, run: RunContext) -> nn.Module:
+    """The job's model trained from its initial state on run.data.train for run.config.epochs, as fit
+    trains it (the same batches, schedule, distillation and random streams), writing nothing: a
+    counterfactual retraining (tracin-validate). With the run's own data, seed and epochs it ends equal
+    to the run's final checkpoint (bitwise on CPU)."""
+    trainee = new_trainee(job, run, job.initial_state, f"the initial state of the {job.name}")
+    teacher = None if job.self_distill else job.teacher
+    saved = saved_epochs(run.config)
+    for epoch in range(1, run.config.epochs + 1):
+        train_epoch(job, run, trainee, teacher, epoch)
+        run.runtime.broadcast_buffers(trainee.model)
+        if job.self_distill and epoch in saved:
+            teacher = freeze(copy.deepcopy(trainee.model))
+    return trainee.model
+
+
+@torch.no_grad()
+def logit_margins(model: nn.Module, split: Split, runtime: Runtime, batch_size: int = EVAL_BATCH_SIZE) -> Tensor:
+    """Tensor[n] float32 on the CPU: z_label - max_{j != label} z_j of each example's logits (eval mode,
+    un-augmented, as evaluate): positive when predicted right."""
+    model.eval()
+    margins = []
+    for images, labels in split.batches(batch_size, runtime.device):
+        with runtime.autocast():
+            logits = model(images.contiguous(memory_format=runtime.memory_format)).float()
+        own = logits.gather(1, labels[:, None])[:, 0]
+        others = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
+        margins.append((own - others).cpu())
+    return torch.cat(margins)
 
 
 def _restore(trainee: Trainee, payload: dict) -> None:

@@ -1,0 +1,209 @@
+"""tracin-validate on the tiny run: retrainings through tracin-train's own code path; the zero line
+reproduces the run, removed examples are never trained on, the LDS and leave-out tables equal a direct
+computation from the stored margins, and a killed validation resumes to the same file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tracin.config import DataConfig
+from tracin.results import validation
+from tracin.results.statistics import bootstrap_ci, spearman_rows
+from tracin.results.store import ScoreFile
+from tracin.results.validating import Plan, removed_positions
+from tracin.runtime import start_runtime
+from tracin.training.checkpoints import load_model
+from tracin.training.data import load_data, normalize
+from tracin.training.trainer import logit_margins, training_batches
+
+from conftest import run_tracin_score, subprocess_env
+
+K, SUBSETS, TEST_EXAMPLES = 8, 4, 2
+VALIDATE = ("--models", "student", "--test-examples", str(TEST_EXAMPLES), "--k", str(K), "--subsets", str(SUBSETS),
+            "--device", "cpu", "--quiet")
+
+
+def run_tracin_validate(args, fault: str = "", timeout: float = 600) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).with_name("tracin-validate")), *map(str, args)]
+    env = subprocess_env(**({"TRACIN_FAULT": fault} if fault else {}))
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def full_scores(tiny_run, tmp_path_factory) -> Path:
+    """Every train and test example of the tiny run scored (raw first, train-normalised beside it)."""
+    out = tmp_path_factory.mktemp("validate") / "tracin.h5"
+    result = run_tracin_score(["--run", tiny_run, "--out", out, "--models", "teacher,student,student_baseline",
+                               "--variants", "raw,train-normalised", "--topk", f"3,{K}", "--device", "cpu", "--quiet"])
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def validated(tiny_run, full_scores, tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("validated") / "tracin.h5"
+    shutil.copy(full_scores, out)
+    result = run_tracin_validate(["--run", tiny_run, "--scores", out, *VALIDATE])
+    assert result.returncode == 0, result.stderr
+    return out, result.stdout
+
+
+def scored_test(tiny_run: Path, store: ScoreFile):
+    """(the run's data, its test examples the score file holds, in the file's order)"""
+    data = load_data(DataConfig.from_dict(json.loads((tiny_run / "run.json").read_text())["data_config"]))
+    order = {int(i): p for p, i in enumerate(data.test.index)}
+    return data, data.test.subset(torch.tensor([order[int(i)] for i in store.test_index]))
+
+
+def test_the_zero_line_reproduces_the_trained_model_exactly(tiny_run, validated):
+    """Retrained with nothing removed, from init.pt, with the run's seed: the run's final student, margin
+    for margin (bitwise on CPU, one thread as trained)."""
+    path, stdout = validated
+    with ScoreFile.open_read(path) as store:
+        record = store.validation()
+        units, margins = record.units, record.margins
+        _, test = scored_test(tiny_run, store)
+    zero = margins[np.flatnonzero(units["condition"] == b"none")[0]]
+    model, _ = load_model(tiny_run / "student" / "epoch_004.pt", role="student")
+    torch.set_num_threads(1)
+    with start_runtime("cpu", quiet=True) as runtime:
+        expected = logit_margins(model, test, runtime).numpy()
+    assert np.array_equal(zero, expected)
+    assert "leave-top-k-out" in stdout and "linear datamodeling score" in stdout
+
+
+def test_lds_and_leave_out_equal_a_direct_computation(validated):
+    path, _ = validated
+    with ScoreFile.open_read(path) as store:
+        record = store.validation()
+        units, margins, (leave_out, lds) = record.units, record.margins, record.tables()
+        scores = {v: store.model("student").matrix(variant=v)[()] for v in ("raw", "train-normalised")}
+        ensemble_present = "student.ensemble" in store.models
+        n_train = store.n_train
+    masks = validation.subset_masks(n_train, SUBSETS, 0.5, 0)
+    assert masks.sum(1).tolist() == [n_train // 2] * SUBSETS and len({m.tobytes() for m in masks}) == SUBSETS
+    subset_margins = margins[units["condition"] == b"subset"]
+    for variant, matrix in scores.items():
+        predicted = masks.astype(np.float64) @ matrix.astype(np.float64)  # [subsets, n_test]
+        per_test = spearman_rows(predicted.T, subset_margins.T.astype(np.float64))
+        row = lds[(lds["scores_of"] == b"student") & (lds["variant"] == variant.encode())][0]
+        assert row["lds"] == pytest.approx(np.nanmean(per_test)) and row["subsets"] == SUBSETS
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(bootstrap_ci([per_test]), nan_ok=True)
+    assert not ensemble_present  # one replica: no ensemble row
+    assert set(lds["scores_of"]) == {b"student", b"teacher"}  # its own scores, and its teacher's
+    zero = margins[units["condition"] == b"none"][0]
+    for condition in ("own", "teacher", "baseline", "random", "opponents"):
+        picked = np.flatnonzero(units["condition"] == condition.encode())
+        changes = np.array([margins[i][units[i]["test_row"]] - zero[units[i]["test_row"]] for i in picked], dtype=np.float64)
+        row = leave_out[leave_out["condition"] == condition.encode()][0]
+        assert row["mean_change"] == pytest.approx(changes.mean()) and row["n_rows"] == TEST_EXAMPLES, condition
+        assert row["k"] == K
+
+
+def test_a_removed_example_is_never_trained_on(tiny_run, validated):
+    """The own condition's kept set lacks exactly the k proponents, and an epoch of training batches of
+    it (the data order tracin-train draws) holds every kept image once and no removed one."""
+    path, _ = validated
+    with ScoreFile.open_read(path) as store:
+        units = store.validation().units
+        unit = units[np.flatnonzero(units["condition"] == b"own")[0]]
+        plan = Plan(("student",), (int(unit["test_row"]),), K, {"student": ("own",)}, 0, 0.5, 1)
+        removed = removed_positions(plan, unit, store, "raw")
+        top = store.model("student").rankings()[0].top_index[unit["test_row"], :K]
+        data, _ = scored_test(tiny_run, store)
+    assert sorted(removed.tolist()) == sorted(top.tolist())
+    keep = np.setdiff1d(np.arange(len(data.train)), removed)
+    train = data.train.subset(torch.from_numpy(keep))
+    with start_runtime("cpu", quiet=True) as runtime:
+        seen = [images for images, _, _ in training_batches(train, 32, 0, 1, False, runtime)]
+    fingerprint = {normalize(data.train.images[p : p + 1], data.train.spec).numpy().tobytes(): p for p in range(len(data.train))}
+    positions = sorted(fingerprint[image[None].numpy().tobytes()] for batch in seen for image in batch)
+    assert positions == keep.tolist()  # each kept example once, no removed one
+
+
+def test_a_killed_validation_resumes_to_the_same_file(tiny_run, full_scores, validated, tmp_path):
+    out = tmp_path / "tracin.h5"
+    shutil.copy(full_scores, out)
+    killed = run_tracin_validate(["--run", tiny_run, "--scores", out, *VALIDATE], fault="validate-unit:3:kill")
+    assert killed.returncode == -9
+    with ScoreFile.open_read(out) as store:
+        assert store.validation().done.sum() == 3
+    resumed = run_tracin_validate(["--run", tiny_run, "--scores", out, *VALIDATE])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming: 3 of" in resumed.stdout
+    with ScoreFile.open_read(out) as mine, ScoreFile.open_read(validated[0]) as theirs:
+        assert np.array_equal(mine.validation().margins, theirs.validation().margins)
+        for a, b in zip(mine.validation().tables(), theirs.validation().tables()):
+            assert a.tobytes() == b.tobytes()
+
+
+def test_mistakes_are_one_line(tiny_run, full_scores, tmp_path):
+    out = tmp_path / "tracin.h5"
+    shutil.copy(full_scores, out)
+    for args, message in ((["--k", "99"], "larger than the score file's top-k tables"),
+                          (["--models", "assistant"], "is not a model name"),
+                          (["--fraction", "1.5"], "--fraction must be in (0, 1)"),
+                          (["--conditions", "own,everything"], "--conditions takes"),
+                          (["--scores", tmp_path / "missing.h5"], "does not exist")):
+        result = run_tracin_validate(["--run", tiny_run, "--scores", out, "--device", "cpu", "--quiet", *args])
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+
+
+def test_the_overlap_notebook_shows_the_validation(validated, tmp_path):
+    from test_notebooks import outputs_of
+    from tracin.cli.notebooks import NOTEBOOKS, execute_notebook
+
+    notebook = execute_notebook(NOTEBOOKS / "overlap_tables.ipynb", {"SCORES": str(validated[0]), "DATA_ROOT": None})
+    text, _ = outputs_of(notebook)
+    assert "Leave-top-k-out" in text and "Linear datamodeling score" in text
+    assert (validated[0].parent / "validation.md").read_text().startswith("# Validation")
+    assert (validated[0].parent / "plots" / "validation.png").stat().st_size > 10_000
+
+
+def test_readme_figures_state_the_validation_with_its_settings_and_time(tiny_run, validated, tmp_path):
+    path, _ = validated
+    run = tmp_path / "tiny"
+    shutil.copytree(tiny_run, run)
+    machine = {"cpu": "a CPU", "cores": 2, "device": "no GPU", "torch": torch.__version__, "platform": "Linux"}
+    seconds = {"total": 11, "training": 5, "scoring": 4, "report": 2}
+    (run / "demo.json").write_text(json.dumps({"finished": "2026-11-30T12:00:00", "seconds": seconds, "machine": machine}))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- demo-figures:start -->\n<!-- demo-figures:end -->\nmiddle\n"
+                      "<!-- validation-figures:start -->\nstale\n<!-- validation-figures:end -->\nend\n")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "readme_figures.py"
+    result = subprocess.run([sys.executable, script, "--run", run, "--scores", path, "--validation", "--readme", readme],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    text = readme.read_text()
+    with ScoreFile.open_read(path) as store:
+        record = store.validation()
+        leave_out, lds = record.tables()
+        spent = record.provenance["retraining_seconds"]
+        assert spent == pytest.approx(record.seconds.sum(), abs=0.1) and spent > 0
+    assert "stale" not in text and text.endswith("<!-- validation-figures:end -->\nend\n")
+    assert f"**{spent:.0f} s** of retraining for student" in text and f"k = {K}" in text
+    own = leave_out[leave_out["condition"] == b"own"][0]
+    assert f"| student | own | {K} | {own['mean_change']:+.3f} | [{own['ci_low']:+.3f}, {own['ci_high']:+.3f}] |" in text
+    assert f"| student | student | raw | {lds[0]['lds']:+.3f} |" in text
+
+
+def test_torchrun_deals_the_retrainings_and_writes_the_same_file(tiny_run, full_scores, validated, tmp_path):
+    out = tmp_path / "tracin.h5"
+    shutil.copy(full_scores, out)
+    script = Path(sys.executable).with_name("tracin-validate")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               "--", "--run", str(tiny_run), "--scores", str(out), *VALIDATE]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=subprocess_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    with ScoreFile.open_read(out) as mine, ScoreFile.open_read(validated[0]) as theirs:
+        assert np.array_equal(mine.validation().margins, theirs.validation().margins)
+        for a, b in zip(mine.validation().tables(), theirs.validation().tables()):
+            assert a.tobytes() == b.tobytes()

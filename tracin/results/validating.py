@@ -1,0 +1,393 @@
+"""tracin-validate: retrain without the examples the scores credit, and see whether the predictions move.
+
+    open the run and its finished score file (the scores of every train example), check the data
+    plan the units: per model, the zero line, each sampled test row's removals, the LDS subsets
+    for each unit not done yet: retrain through tracin-train's own code path (trainer.retrain) on the
+        kept train examples -> margins of every scored test example -> /validation (marked done)
+    leave-top-k-out and LDS tables -> /validation, printed, validation.md and plots/validation.png
+
+Each retraining is one unit, recorded when finished: a killed run continues where it stopped, and the
+finished tables equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from datetime import datetime
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tracin import faults
+from tracin.config import ModelConfig, TrainConfig, ensemble_name, model_name, split_model_name
+from tracin.errors import CheckpointError, TracinError
+from tracin.files import exclusive_lock, write_atomic
+from tracin.results import statistics as compare
+from tracin.results import validation
+from tracin.results.report import check_finished, plot_validation, validation_markdown
+from tracin.results.scoring import TrainedRun, checked_data, open_trained_run
+from tracin.results.store import ScoreFile, ValidationRecord
+from tracin.results.validation import (
+    BASELINE, CONDITIONS, LDS_CONDITION, NONE, OWN, TEACHER, Plan, conditions_for, format_validation,
+)
+from tracin.runtime import Runtime, machine, start_runtime
+from tracin.training.checkpoints import load_checkpoint, load_model, sha256_file
+from tracin.training.data import RunData, Split
+from tracin.training.trainer import ModelJob, RunContext, freeze, logit_margins, replica_run, retrain, to_device
+
+SEED_STRIDE = 100  # retraining seed s of a condition trains with the model's seed + s * SEED_STRIDE (data order)
+SOURCES = {OWN: None, TEACHER: "teacher", BASELINE: "student_baseline"}  # whose proponents a condition removes
+
+
+@dataclass(frozen=True)
+class ValidateOptions:
+    """What `tracin-validate` was asked to do (see `tracin-validate --help`)."""
+
+    run: str
+    scores: Optional[str] = None
+    models: tuple[str, ...] = ("student",)
+    variant: Optional[str] = None
+    test_examples: int = 5
+    k: int = 50
+    conditions: tuple[str, ...] = CONDITIONS
+    subsets: int = 20
+    fraction: float = 0.5
+    seeds: int = 1
+    epochs: Optional[int] = None
+    seed: int = 0
+    device: str = "auto"
+    data_root: Optional[str] = None
+    overwrite: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise TracinError("--models names no model to retrain (e.g. student, or teacher,student.r1)")
+        for name in self.models:
+            split_model_name(name)  # a TracinError naming the valid names
+        unknown = [c for c in self.conditions if c not in CONDITIONS]
+        if unknown:
+            raise TracinError(f"--conditions takes {', '.join(CONDITIONS)}; got {', '.join(unknown)}")
+        checks = ((self.test_examples >= 0, f"--test-examples must be 0 or more, got {self.test_examples}"),
+                  (self.k >= 1, f"--k must be at least 1, got {self.k}"),
+                  (self.subsets >= 0, f"--subsets must be 0 or more, got {self.subsets}"),
+                  (self.subsets == 0 or self.subsets >= 3, f"--subsets: the LDS needs at least 3 subsets, got {self.subsets}"),
+                  (0.0 < self.fraction < 1.0, f"--fraction must be in (0, 1), got {self.fraction}"),
+                  (self.seeds >= 1, f"--seeds must be at least 1, got {self.seeds}"),
+                  (self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"))
+        for holds, message in checks:
+            if not holds:
+                raise TracinError(message)
+
+
+# --- what is retrained ----------------------------------------------------------------------------
+
+
+def make_plan(options: ValidateOptions, store: ScoreFile, variant: str) -> Plan:
+    """The units of the validation, checked against the score file: its models and their variant's
+    rankings, k, the test rows."""
+    missing = [m for m in options.models if m not in store.models]
+    if missing:
+        raise TracinError(f"{store.path} has no scores of {', '.join(missing)} (it has {', '.join(store.models)}); "
+                          "score them with tracin-score first")
+    if options.k > store.n_train // 2:
+        raise TracinError(f"--k {options.k} removes more than half of the {store.n_train} train examples")
+    if options.test_examples > store.n_test:
+        raise TracinError(f"--test-examples {options.test_examples} is more than the {store.n_test} scored test examples")
+    k_stored = store.model(options.models[0]).rankings()[0].top_index.shape[1]
+    if options.test_examples and options.k > k_stored:
+        raise TracinError(f"--k {options.k} is larger than the score file's top-k tables ({k_stored}); "
+                          f"score again with a larger --topk, or lower --k")
+    conditions = {m: _available(m, options.conditions, store) for m in options.models}
+    sources = {_source(c, m) for m, found in conditions.items() for c in found} | set(options.models)
+    lacking = [s for s in sorted(sources) if variant not in store.model(s).variants]
+    if lacking:
+        raise TracinError(f"--variant {variant!r}: {', '.join(lacking)} holds no such scores in {store.path} "
+                          f"(it has {', '.join(store.model(lacking[0]).variants)})")
+    rows = validation.sampled_test_rows(store.n_test, options.test_examples, options.seed)
+    return Plan(tuple(options.models), rows if options.test_examples else (), options.k, conditions, options.subsets,
+                options.fraction, options.seeds, options.seed)
+
+
+def _available(model: str, asked: tuple[str, ...], store: ScoreFile) -> tuple[str, ...]:
+    """The asked conditions that apply to the model and whose rankings the file holds (said, not hidden)."""
+    kept = []
+    for condition in conditions_for(split_model_name(model)[0], asked):
+        source = _source(condition, model)
+        if source in store.models:
+            kept.append(condition)
+        else:
+            print(f"{model}: no {source} scores in {store.path}: condition {condition!r} left out", flush=True)
+    return tuple(kept)
+
+
+def _source(condition: str, model: str) -> str:
+    """The model whose ranking a condition removes from (its own for own, opponents and random)."""
+    role = SOURCES.get(condition)
+    return model if role is None else model_name(role, split_model_name(model)[1])
+
+
+def removed_positions(plan: Plan, unit: np.void, store: ScoreFile, variant: str) -> np.ndarray:
+    """int64 [k]: the train positions a leave-top-k-out unit leaves out (none for the zero line)."""
+    condition = unit["condition"].decode()
+    if condition == NONE:
+        return np.zeros(0, dtype=np.int64)
+    model, row = unit["model"].decode(), int(unit["test_row"])
+    test = store.model(_source(condition, model)).variant_rankings(variant)[0]
+    return validation.removal_positions(condition, row, plan.k, store.n_train, test.top_index, test.bottom_index, plan.seed)
+
+
+# --- one retraining ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Trainer:
+    """What retrains one model: its job (initial weights from init.pt, teacher) and its run as trained,
+    with the run's data on the CPU (each unit cuts its train examples from it and moves them to the device)."""
+
+    job: ModelJob
+    run: RunContext
+
+
+def make_trainer(name: str, run: TrainedRun, data: RunData, runtime: Runtime, epochs: Optional[int]) -> Trainer:
+    """The model's retraining set-up, from its run folder: configuration (its replica's seed), its own
+    init.pt and, for a distilled student, the teacher it was trained with (sha256-checked)."""
+    role, replica = split_model_name(name)
+    config = TrainConfig.from_dict(run.record["config"])
+    context = RunContext(run.paths, config, run.data_config, data, run.record["data_fingerprint"], runtime, run.record)
+    context = replica_run(context, replica)
+    if epochs is not None:
+        context = replace(context, config=replace(context.config, epochs=epochs))
+    init = load_checkpoint(run.paths.init(name), role=role)
+    model_config = ModelConfig.from_dict(init["model_config"])
+    teacher_info = init.get("teacher")
+    teacher = _teacher(teacher_info, run, replica, runtime) if isinstance(teacher_info, dict) else None
+    job = ModelJob(role, name, model_config, init["model"], teacher, teacher_info == "self", teacher_info)
+    return Trainer(job, context)
+
+
+def _teacher(info: dict, run: TrainedRun, replica: int, runtime: Runtime) -> torch.nn.Module:
+    """The teacher a student was distilled from: the recorded file, or the run's own teacher of that
+    replica when the run folder moved; either must have the recorded sha256."""
+    config = TrainConfig.from_dict(run.record["config"])
+    for path in (Path(info["path"]), run.paths.checkpoint(model_name("teacher", replica), config.epochs)):
+        if path.is_file() and sha256_file(path) == info.get("sha256"):
+            module = load_model(path, role="teacher")[0]
+            return freeze(module.to(runtime.device, memory_format=runtime.memory_format))
+    raise CheckpointError(f"the teacher {info['path']} the student was distilled from is missing or changed (sha256 "
+                          "differs); retraining the student needs that teacher")
+
+
+def unit_margins(trainer: Trainer, unit: np.void, keep: np.ndarray, test: Split) -> np.ndarray:
+    """float32 [n_test]: the margins on the scored test examples (`test`) of the model
+    retrained on the kept train positions, with the unit's seed."""
+    seed = trainer.run.config.seed + int(unit["seed"]) * SEED_STRIDE
+    train = trainer.run.data.train.subset(torch.from_numpy(keep))
+    data = to_device(RunData(train, trainer.run.data.test), trainer.run.runtime.device)
+    run = replace(trainer.run, data=data, config=replace(trainer.run.config, seed=seed))
+    model = retrain(trainer.job, run)
+    return logit_margins(model, test, run.runtime).numpy()
+
+
+# --- the whole command ----------------------------------------------------------------------------------
+
+
+def validate_run(options: ValidateOptions) -> Path:
+    """Retrain every unit of the plan not yet done (resumable; under torchrun the units are dealt to the
+    ranks and rank 0 writes), then write the tables; returns the score file, which holds them."""
+    run = open_trained_run(options.run, options.data_root)
+    path = Path(options.scores) if options.scores else run.paths.root / "tracin.h5"
+    if not path.is_file():
+        raise TracinError(f"{path} does not exist: score the run with tracin-score first (or name the file with --scores)")
+    with start_runtime(options.device, options.quiet) as runtime, _locks(run, path, runtime):
+        data = checked_data(run)
+        store = ScoreFile.open_read_write(path) if runtime.is_main else None
+        try:
+            work = runtime.broadcast_object(plan_work(store, options, run, data) if runtime.is_main else None)
+            for done in runtime.gathered(retrain_units(work, run, data, runtime, options), work.steps(runtime)):
+                if runtime.is_main and done is not None:
+                    store.validation().write_unit(*done)
+                    faults.reach("validate-unit")
+            if runtime.is_main:
+                tables = finish(store, work)
+        finally:
+            if store is not None:
+                store.close()
+        if runtime.is_main:
+            print(f"validation: {path} (/validation), {write_validation_report(path, *tables)}", flush=True)
+    return path
+
+
+@dataclass
+class Work:
+    """What rank 0 planned, for every rank: the plan and variant, the units, which are left to do, each
+    left unit's train positions (cut from the score file's rankings, which only rank 0 reads), and the
+    scored test examples (indices into the data set)."""
+
+    plan: Plan
+    variant: str
+    units: np.ndarray
+    todo: list[int]
+    kept: dict[int, np.ndarray]
+    test_index: np.ndarray
+
+    def steps(self, runtime: Runtime) -> int:
+        """Gathers needed: the most units any rank retrains."""
+        return -(-len(self.todo) // runtime.world_size)
+
+    def mine(self, runtime: Runtime) -> list[int]:
+        """This rank's units, dealt round-robin."""
+        return self.todo[runtime.rank :: runtime.world_size]
+
+
+def plan_work(store: ScoreFile, options: ValidateOptions, run: TrainedRun, data: RunData) -> Work:
+    """Rank 0: check the file, plan the units (or resume the file's plan) and cut each unit's train set."""
+    check_finished(store)
+    _check_same_examples(store, data)
+    variant = options.variant or store.model(options.models[0]).variants[0]
+    plan = make_plan(options, store, variant)
+    record = store.prepare_validation(plan.units(), _settings(options, plan, variant, run), options.overwrite)
+    units, done = record.units, record.done
+    todo = [i for i in range(len(units)) if not done[i]]
+    if len(todo) < len(units):
+        print(f"resuming: {len(units) - len(todo)} of {len(units)} retrainings done already", flush=True)
+    masks = validation.subset_masks(store.n_train, plan.subsets, plan.fraction, plan.seed)
+    kept = {i: _kept(plan, units[i], store, masks, variant) for i in todo}
+    return Work(plan, variant, units, todo, kept, store.test_index)
+
+
+def retrain_units(work: Work, run: TrainedRun, data: RunData, runtime: Runtime, options: ValidateOptions):
+    """(unit, float32 [n_test] margins, seconds) of this rank's units, one after another: each rank
+    trains alone (a one-process runtime), on its own device."""
+    alone = replace(runtime, rank=0, world_size=1)
+    test = data.test.subset(torch.from_numpy(_positions(work.test_index, data.test.index.numpy())))
+    trainers: dict[str, Trainer] = {}
+    mine = work.mine(runtime)
+    with tqdm(total=len(work.todo), desc="retraining", unit="model", disable=runtime.progress_disabled) as bar:
+        for i in mine:
+            name = work.units[i]["model"].decode()
+            if name not in trainers:
+                trainers[name] = make_trainer(name, run, data, alone, options.epochs)
+            started = time.perf_counter()
+            margins = unit_margins(trainers[name], work.units[i], work.kept[i], test)
+            bar.update(runtime.world_size)
+            yield i, margins, time.perf_counter() - started
+
+
+def finish(store: ScoreFile, work: Work) -> tuple[np.ndarray, np.ndarray]:
+    """Rank 0: the tables from every unit's margins, written with where they were made, and printed."""
+    record = store.validation()
+    tables = validation_tables(work.plan, record, store)
+    record.write_tables(*tables, {"machine": machine(), "finished": datetime.now().isoformat(timespec="seconds"),
+                                  "retraining_seconds": round(float(record.seconds.sum()), 1)})
+    print(format_validation(*tables), flush=True)
+    return tables
+
+
+def _locks(run: TrainedRun, path: Path, runtime: Runtime):
+    """Rank 0 holds a reader's lock on the run (it is not changed while retrained from) and the score
+    file's writer's lock."""
+    stack = contextlib.ExitStack()
+    if runtime.is_main:
+        stack.enter_context(exclusive_lock(run.paths.root, "the run", shared=True))
+        stack.enter_context(exclusive_lock(path, "the score file"))
+    return stack
+
+
+def _check_same_examples(store: ScoreFile, data: RunData) -> None:
+    """Leave-out and LDS retrain on the run's train set: the file must score every train example of it,
+    in its order (not a --train-subset)."""
+    if not np.array_equal(store.train_index, data.train.index.numpy()):
+        raise TracinError(f"{store.path} scores {store.n_train} of the run's {len(data.train)} train examples (--train-subset?); "
+                          "validation retrains on the whole train set: score every train example")
+
+
+def _settings(options: ValidateOptions, plan: Plan, variant: str, run: TrainedRun) -> dict:
+    """What the units' margins depend on: a resumed validation must match it."""
+    return {"plan": asdict(plan), "variant": variant, "epochs": options.epochs, "run_data": run.record["data_fingerprint"]["digest"]}
+
+
+def _kept(plan: Plan, unit: np.void, store: ScoreFile, masks: np.ndarray, variant: str) -> np.ndarray:
+    """int64 [n_kept]: the train positions a unit trains on."""
+    if unit["condition"].decode() == LDS_CONDITION:
+        return np.flatnonzero(masks[int(unit["subset"])])
+    return np.setdiff1d(np.arange(store.n_train), removed_positions(plan, unit, store, variant))
+
+
+def _positions(indices: np.ndarray, within: np.ndarray) -> np.ndarray:
+    """int64: the position of each of `indices` in `within` (all present: the fingerprint checked it)."""
+    order = np.argsort(within, kind="stable")
+    return order[np.searchsorted(within, indices, sorter=order)]
+
+
+# --- the tables ---------------------------------------------------------------------------------------------
+
+
+def validation_tables(plan: Plan, record: ValidationRecord, store: ScoreFile) -> tuple[np.ndarray, np.ndarray]:
+    """(LEAVE_OUT_DTYPE rows, LDS_DTYPE rows) from the finished units' margins."""
+    return leave_out_table(plan, record), lds_table(plan, record, store)
+
+
+def leave_out_table(plan: Plan, record: ValidationRecord) -> np.ndarray:
+    """Per model and condition: the margin change of each sampled test row (each seed against the zero
+    line of the same seed), its mean with a bootstrap CI, and the share flipped from right to wrong."""
+    units, margins = record.units, record.margins
+    rows = []
+    for model in plan.models:
+        mine = units["model"] == model.encode()
+        zero = {int(u["seed"]): margins[i] for i, u in enumerate(units) if mine[i] and u["condition"] == NONE.encode()}
+        for condition in plan.conditions[model]:
+            picked = [i for i, u in enumerate(units) if mine[i] and u["condition"] == condition.encode()]
+            after = np.array([margins[i][units[i]["test_row"]] for i in picked])
+            before = np.array([zero[int(units[i]["seed"])][units[i]["test_row"]] for i in picked])
+            rows.append(validation.leave_out_row(model, condition, plan.k, validation.margin_changes(after, before),
+                                                 before, plan.seed))
+    return np.array(rows, dtype=validation.LEAVE_OUT_DTYPE)
+
+
+def lds_sources(model: str, scored: list[str]) -> list[str]:
+    """Whose scores predict a retrained model's subset margins: its own, its role's replica ensemble's,
+    and for a student its teacher's (the counterfactual form of "does the student lean on the teacher's
+    data?") and the teacher ensemble's, each where the file holds them."""
+    role, replica = split_model_name(model)
+    candidates = [model, ensemble_name(role)]
+    if role != "teacher":
+        candidates += [model_name("teacher", replica), ensemble_name("teacher")]
+    return [name for name in candidates if name in scored]
+
+
+def lds_table(plan: Plan, record: ValidationRecord, store: ScoreFile) -> np.ndarray:
+    """Per retrained model, each score source (lds_sources) and variant: the LDS over the model's
+    subsets, mean over test examples with a bootstrap CI."""
+    if plan.subsets == 0:
+        return np.zeros(0, dtype=validation.LDS_DTYPE)
+    units, margins = record.units, record.margins
+    masks = validation.subset_masks(store.n_train, plan.subsets, plan.fraction, plan.seed)
+    rows = []
+    for model in plan.models:
+        picked = [i for i, u in enumerate(units) if u["model"] == model.encode() and u["condition"] == LDS_CONDITION.encode()]
+        subset_margins = np.stack([margins[i] for i in picked])
+        for source in lds_sources(model, store.models):
+            for variant in store.model(source).variants:
+                per_row = validation.linear_datamodeling_score(store.model(source).matrix(variant=variant)[()], masks, subset_margins)
+                low, high = compare.bootstrap_ci([per_row], seed=plan.seed)
+                rows.append((model, source, variant, float(np.nanmean(per_row)), low, high, int(np.isfinite(per_row).sum()), plan.subsets))
+    return np.array(rows, dtype=validation.LDS_DTYPE)
+
+
+def write_validation_report(path: Path, leave_out: np.ndarray, lds: np.ndarray) -> Path:
+    """validation.md beside the score file and plots/validation.png; returns the Markdown's path."""
+    markdown = path.parent / "validation.md"
+    write_atomic(markdown, lambda handle: handle.write(validation_markdown(leave_out, lds).encode()))
+    figure = plot_validation(leave_out, lds)
+    plots = path.parent / "plots"
+    plots.mkdir(exist_ok=True)
+    write_atomic(plots / "validation.png", lambda handle: figure.savefig(handle, format="png", dpi=110))
+    plt.close(figure)
+    return markdown
