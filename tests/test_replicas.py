@@ -18,7 +18,7 @@ from tracin.config import REPLICA_SEED_STRIDE, model_name, replicas_by_role, spl
 from tracin.errors import TracinError
 from tracin.results.agreement import AGREEMENT_DTYPE, format_agreement, format_agreement_by_depth, select_agreement_pairs
 from tracin.results.scoring import select_compared_pairs
-from tracin.results.report import detection_summary, mislabel_curves
+from tracin.results.report import detection_summary, format_detection_by_group, mislabel_curves
 from tracin.results.statistics import bootstrap_ci, normalised_agreement, overlap_at_k, sample_rows, spearman_rows
 from tracin.results.store import ScoreFile, rankings_name
 
@@ -284,6 +284,9 @@ def test_ensembles_are_the_mean_of_the_replicas_scores_and_ranked_from_it(replic
         assert row["mean"] == pytest.approx(overlap_at_k(top_t, top_s, k).mean())
         quality_models = {r["model"].decode() for r in store.quality()}
         assert {f"{role}.ensemble" for role in ROLES} <= quality_models
+        by_group = format_detection_by_group(store.detection())  # the demo prints these: teacher and student, replica 0
+        assert "teacher: self-influence, train-normalised, layer4 only" in by_group and "student: self-influence, head only" in by_group
+        assert "teacher.r1:" not in by_group and "ensemble" not in by_group and "loss (last checkpoint)" not in by_group
         detection = {r["ranking"].decode(): r for r in store.detection()}
         assert {"teacher: self-influence", "teacher: self-influence, train-normalised", "random order"} <= set(detection)
         # a direct computation: inspect in decreasing order, count flipped labels found

@@ -242,6 +242,13 @@ def format_detection(table: np.ndarray, groups: bool = False) -> str:
     return "\n".join(lines)
 
 
+def format_detection_by_group(table: np.ndarray, models: Sequence[str] = ("teacher", "student")) -> str:
+    """The rows format_detection hides, of these models: each layer group's self-influence alone."""
+    prefixes = tuple(f"{model}: ".encode() for model in models)
+    chosen = np.array([r.startswith(prefixes) and r.endswith(GROUP_MARK.encode()) for r in table["ranking"]], dtype=bool)
+    return format_detection(table[chosen], groups=True) if chosen.any() else ""
+
+
 def detection_table(curves: dict) -> str:
     rows = detection_summary(curves)
     header = ["ranking", "area under curve"] + [f"flipped found in top {int(f * 100)}%" for f in INSPECTED]
