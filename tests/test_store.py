@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -212,3 +214,13 @@ def test_only_the_store_touches_hdf5():
         sources[notebook] = "\n".join("".join(cell["source"]) for cell in json.loads(notebook.read_text())["cells"])
     offenders = {str(path.relative_to(REPO)): match.group(0) for path, text in sources.items() for match in forbidden.finditer(text)}
     assert not offenders
+
+
+def test_a_file_another_process_writes_is_in_use_not_corrupt(tmp_path):
+    """HDF5's own lock refuses a second opener while a writer holds the file: said as such (#17)."""
+    path = tmp_path / "scores.h5"
+    with create(path):  # held open for writing by this process
+        reader = subprocess.run([sys.executable, "-c", "import sys; from tracin.results.store import ScoreFile; "
+                                 "ScoreFile.open_read(sys.argv[1])", str(path)], capture_output=True, text=True, timeout=120)
+    assert reader.returncode != 0
+    assert "is in use: another process" in reader.stderr and "corrupt" not in reader.stderr

@@ -147,6 +147,9 @@ def open_h5(path: Path, mode: str, locking: Optional[bool] = None) -> h5py.File:
         return h5py.File(path, mode, locking=locking)
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0]
+        if "unable to lock file" in reason:  # HDF5's own lock: another process has the file open to write
+            raise StoreError(f"{path} is in use: another process (tracin-score or tracin-validate?) has it open "
+                             "for writing; wait for it to finish") from None
         raise StoreError(f"{path} is not a readable HDF5 file (truncated or corrupt?): {reason}") from None
 
 
