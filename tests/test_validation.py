@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tracin.config import DataConfig
+from tracin.errors import StoreError
 from tracin.results import validation
 from tracin.results.statistics import bootstrap_ci, spearman_rows
 from tracin.results.store import ScoreFile
@@ -27,8 +28,9 @@ from tracin.training.trainer import logit_margins, training_batches
 from conftest import run_tracin_score, subprocess_env
 
 K, SUBSETS, TEST_EXAMPLES = 8, 4, 2
+VARIANTS = ("raw", "train-normalised@head")  # removals by the whole model's raw scores and by one layer group's
 VALIDATE = ("--models", "student", "--test-examples", str(TEST_EXAMPLES), "--k", str(K), "--subsets", str(SUBSETS),
-            "--device", "cpu", "--quiet")
+            "--variants", ",".join(VARIANTS), "--device", "cpu", "--quiet")
 
 
 def run_tracin_validate(args, fault: str = "", timeout: float = 600) -> subprocess.CompletedProcess:
@@ -42,7 +44,7 @@ def full_scores(tiny_run, tmp_path_factory) -> Path:
     """Every train and test example of the tiny run scored (raw first, train-normalised beside it)."""
     out = tmp_path_factory.mktemp("validate") / "tracin.h5"
     result = run_tracin_score(["--run", tiny_run, "--out", out, "--models", "teacher,student,student_baseline",
-                               "--variants", "raw,train-normalised", "--topk", f"3,{K}", "--device", "cpu", "--quiet"])
+                               "--variants", "raw,train-normalised,train-normalised@*", "--topk", f"3,{K}", "--device", "cpu", "--quiet"])
     assert result.returncode == 0, result.stderr
     return out
 
@@ -100,24 +102,28 @@ def test_lds_and_leave_out_equal_a_direct_computation(validated):
     assert not ensemble_present  # one replica: no ensemble row
     assert set(lds["scores_of"]) == {b"student", b"teacher"}  # its own scores, and its teacher's
     zero = margins[units["condition"] == b"none"][0]
-    for condition in ("own", "teacher", "baseline", "random", "opponents"):
-        picked = np.flatnonzero(units["condition"] == condition.encode())
+    expected = [("own", v) for v in VARIANTS] + [("teacher", v) for v in VARIANTS] + [("baseline", v) for v in VARIANTS] + \
+        [("random", "")] + [("opponents", v) for v in VARIANTS]
+    assert list(zip(leave_out["condition"].astype(str), leave_out["variant"].astype(str))) == expected
+    for condition, variant in expected:
+        picked = np.flatnonzero((units["condition"] == condition.encode()) & (units["variant"] == variant.encode()))
         changes = np.array([margins[i][units[i]["test_row"]] - zero[units[i]["test_row"]] for i in picked], dtype=np.float64)
-        row = leave_out[leave_out["condition"] == condition.encode()][0]
+        row = leave_out[(leave_out["condition"] == condition.encode()) & (leave_out["variant"] == variant.encode())][0]
         assert row["mean_change"] == pytest.approx(changes.mean()) and row["n_rows"] == TEST_EXAMPLES, condition
         assert row["k"] == K
 
 
 def test_a_removed_example_is_never_trained_on(tiny_run, validated):
-    """The own condition's kept set lacks exactly the k proponents, and an epoch of training batches of
-    it (the data order tracin-train draws) holds every kept image once and no removed one."""
+    """The own condition's kept set lacks exactly the k proponents of the unit's variant (here a layer
+    group's), and an epoch of training batches of it (the data order tracin-train draws) holds every kept
+    image once and no removed one."""
     path, _ = validated
     with ScoreFile.open_read(path) as store:
         units = store.validation().units
-        unit = units[np.flatnonzero(units["condition"] == b"own")[0]]
-        plan = Plan(("student",), (int(unit["test_row"]),), K, {"student": ("own",)}, 0, 0.5, 1)
-        removed = removed_positions(plan, unit, store, "raw")
-        top = store.model("student").rankings()[0].top_index[unit["test_row"], :K]
+        unit = units[np.flatnonzero((units["condition"] == b"own") & (units["variant"] == VARIANTS[1].encode()))[0]]
+        plan = Plan(("student",), (int(unit["test_row"]),), K, {"student": ("own",)}, VARIANTS, 0, 0.5, 1)
+        removed = removed_positions(plan, unit, store)
+        top = store.model("student").variant_rankings(VARIANTS[1])[0].top_index[unit["test_row"], :K]
         data, _ = scored_test(tiny_run, store)
     assert sorted(removed.tolist()) == sorted(top.tolist())
     keep = np.setdiff1d(np.arange(len(data.train)), removed)
@@ -149,6 +155,7 @@ def test_mistakes_are_one_line(tiny_run, full_scores, tmp_path):
     out = tmp_path / "tracin.h5"
     shutil.copy(full_scores, out)
     for args, message in ((["--k", "99"], "larger than the score file's top-k tables"),
+                          (["--variants", "cosine", "--k", "3"], "holds no such scores"),
                           (["--models", "assistant"], "is not a model name"),
                           (["--fraction", "1.5"], "--fraction must be in (0, 1)"),
                           (["--conditions", "own,everything"], "--conditions takes"),
@@ -191,7 +198,9 @@ def test_readme_figures_state_the_validation_with_its_settings_and_time(tiny_run
     assert "stale" not in text and text.endswith("<!-- validation-figures:end -->\nend\n")
     assert f"**{spent:.0f} s** of retraining for student" in text and f"k = {K}" in text
     own = leave_out[leave_out["condition"] == b"own"][0]
-    assert f"| student | own | {K} | {own['mean_change']:+.3f} | [{own['ci_low']:+.3f}, {own['ci_high']:+.3f}] |" in text
+    assert (f"| student | own | {own['variant'].decode()} | {K} | {own['mean_change']:+.3f} | "
+            f"[{own['ci_low']:+.3f}, {own['ci_high']:+.3f}] |") in text
+    assert "removals by the `raw`, `train-normalised@head` scores" in text
     assert f"| student | student | raw | {lds[0]['lds']:+.3f} |" in text
 
 
@@ -207,3 +216,35 @@ def test_torchrun_deals_the_retrainings_and_writes_the_same_file(tiny_run, full_
         assert np.array_equal(mine.validation().margins, theirs.validation().margins)
         for a, b in zip(mine.validation().tables(), theirs.validation().tables()):
             assert a.tobytes() == b.tobytes()
+
+
+def test_lds_alone_needs_no_zero_line_and_overwrite_keeps_a_same_settings_validation(tiny_run, full_scores, tmp_path):
+    out = tmp_path / "tracin.h5"
+    shutil.copy(full_scores, out)
+    args = ["--run", tiny_run, "--scores", out, "--models", "student", "--test-examples", "0", "--subsets", "3",
+            "--device", "cpu", "--quiet"]
+    first = run_tracin_validate(args)
+    assert first.returncode == 0, first.stderr
+    with ScoreFile.open_read(out) as store:
+        units, (leave_out, lds) = store.validation().units, store.validation().tables()
+    assert set(units["condition"]) == {b"subset"} and len(units) == 3 and len(leave_out) == 0 and len(lds) > 0
+    again = run_tracin_validate([*args, "--overwrite"])  # same settings: finished retrainings are kept
+    assert again.returncode == 0 and "resuming: 3 of 3 retrainings done already" in again.stdout, again.stderr
+
+
+def test_another_runs_score_file_and_empty_plans_are_refused(tiny_run, full_scores, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    path = other / "student" / "epoch_002.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["metrics"] = {**payload["metrics"], "note": 1.0}  # same weights, another file
+    torch.save(payload, path)
+    out = tmp_path / "tracin.h5"
+    shutil.copy(full_scores, out)
+    for run, args, message in ((other, [], "does not hold (missing, or another file)"),
+                               (tiny_run, ["--test-examples", "0", "--subsets", "0"], "nothing to retrain"),
+                               (tiny_run, ["--seeds", "10"], "--seeds must be between 1 and 9")):
+        result = run_tracin_validate(["--run", run, "--scores", out, "--device", "cpu", "--quiet", *args])
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+    with ScoreFile.open_read(out) as store, pytest.raises(StoreError, match="has no validation"):
+        store.validation()  # refused before the file changed

@@ -378,7 +378,10 @@ def build_validate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scores", help="its score file (default: RUN/tracin.h5); the results go into it (/validation)")
     parser.add_argument("--models", default=",".join(defaults.models),
                         help="comma-separated models to retrain (ROLE or ROLE.rN; default: %(default)s)")
-    parser.add_argument("--variant", help="the score variant whose rankings are removed (default: the file's first)")
+    parser.add_argument("--variants", default="",
+                        help="comma-separated score variants (layer groups too, e.g. train-normalised@head) whose rankings "
+                        "the own, teacher, baseline and opponents conditions remove, each in its own retrainings "
+                        "(default: the file's first)")
     parser.add_argument("--test-examples", type=int, default=defaults.test_examples,
                         help="test examples sampled for leave-top-k-out (0: none; default: %(default)s)")
     parser.add_argument("--k", type=int, default=defaults.k, help="train examples removed per test example (default: %(default)s)")
@@ -404,7 +407,7 @@ def validate_options(args: argparse.Namespace) -> ValidateOptions:
         return tuple(part.strip() for part in text.split(",") if part.strip())
 
     return ValidateOptions(
-        run=args.run, scores=args.scores, models=listed(args.models), variant=args.variant, test_examples=args.test_examples,
+        run=args.run, scores=args.scores, models=listed(args.models), variants=listed(args.variants), test_examples=args.test_examples,
         k=args.k, conditions=listed(args.conditions), subsets=args.subsets, fraction=args.fraction, seeds=args.seeds,
         epochs=args.epochs, seed=args.seed, device=args.device, data_root=args.data_root, overwrite=args.overwrite,
         quiet=args.quiet,

@@ -394,8 +394,8 @@ def validation_markdown(leave_out: np.ndarray, lds: np.ndarray) -> str:
     """tracin-validate's tables as Markdown: leave-top-k-out margin changes and the LDS."""
     parts = ["# Validation: do predictions move when the credited training data are removed?"]
     if len(leave_out):
-        header = ("model", "removed", "k", "mean margin change", "95% CI", "flipped right -> wrong", "test examples x seeds")
-        rows = [(r["model"].decode(), r["condition"].decode(), r["k"], f"{r['mean_change']:+.3f}",
+        header = ("model", "removed", "by", "k", "mean margin change", "95% CI", "flipped right -> wrong", "test examples x seeds")
+        rows = [(r["model"].decode(), r["condition"].decode(), r["variant"].decode() or "-", r["k"], f"{r['mean_change']:+.3f}",
                  f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]", f"{r['flipped']:.1%}", r["n_rows"]) for r in leave_out]
         parts += ["**Leave-top-k-out** (retrained from the same initial weights without the k examples; change of "
                   "the test example's logit margin against a retraining with nothing removed, same seed)", _markdown(header, rows)]
@@ -422,15 +422,18 @@ def plot_validation(leave_out: np.ndarray, lds: np.ndarray) -> Figure:
     """Left: mean margin change per removal with its CI, a marker per model; right: LDS per score source
     and variant with its CI."""
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 0.45 * max(len(leave_out), len(lds), 4) + 1.8))
+    labels = [f"remove {r['condition'].decode()}" + (f" ({r['variant'].decode()})" if r["variant"] else "") for r in leave_out]
+    rows_of = list(dict.fromkeys(labels))  # one row per removal, a marker per retrained model
     for offset, model in enumerate(dict.fromkeys(leave_out["model"])):
-        rows = leave_out[leave_out["model"] == model]
-        y = np.arange(len(rows)) + offset * 0.15
+        mine = leave_out["model"] == model
+        rows = leave_out[mine]
+        y = np.array([rows_of.index(label) for label, own in zip(labels, mine) if own]) + offset * 0.15
         errors = np.abs(np.stack([rows["mean_change"] - rows["ci_low"], rows["ci_high"] - rows["mean_change"]]))
         left.errorbar(rows["mean_change"], y, xerr=errors, fmt="o", capsize=3, label=model.decode())
-        left.set_yticks(range(len(rows)), [f"remove {c.decode()}" for c in rows["condition"]])
+    left.set_yticks(range(len(rows_of)), rows_of)
     left.axvline(0, color="gray", linestyle=":")
     left.set_title("leave-top-k-out: margin change")
-    labels = [f"{r['scores_of'].decode()}, {r['variant'].decode()}" for r in lds]
+    labels = [f"{r['model'].decode()} by {r['scores_of'].decode()}, {r['variant'].decode()}" for r in lds]
     right.errorbar(lds["lds"], np.arange(len(lds)), xerr=np.abs(np.stack([lds["lds"] - lds["ci_low"], lds["ci_high"] - lds["lds"]])),
                    fmt="o", capsize=3)
     right.set_yticks(range(len(lds)), labels)

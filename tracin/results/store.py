@@ -516,12 +516,13 @@ class ScoreFile:
 
     def prepare_validation(self, units: np.ndarray, settings: dict, overwrite: bool = False) -> "ValidationRecord":
         """/validation for tracin-validate's units (tracin.results.validation.UNIT_DTYPE [n_units]): created,
-        or the existing one when made with the same settings (resume). One made with other settings is
-        refused unless `overwrite`, which replaces it (only /validation: the scores stay)."""
+        or the existing one when made with the same settings (resume: its finished units are kept, with or
+        without `overwrite`). One made with other settings is refused unless `overwrite`, which replaces it
+        (only /validation: the scores stay)."""
         settings = json.loads(json.dumps(settings))
         if VALIDATION in self._h5:
             differences = _differences(json.loads(self._h5[VALIDATION].attrs["settings"]), settings)
-            if not differences and not overwrite:
+            if not differences:
                 return ValidationRecord(self._h5[VALIDATION])
             if not overwrite:
                 raise StoreError(f"{self.path} holds a validation made with other settings: {'; '.join(differences)}. "
@@ -708,6 +709,12 @@ class ModelScores:
         """bool [row chunks, test blocks]: blocks written (row chunk r holds rows r*row_chunk.., test block
         t columns t*test_block..)."""
         return self._group["done"][()]
+
+    @property
+    def checkpoint_files(self) -> list[tuple[str, str]]:
+        """(path as scored, sha256) of each checkpoint replayed, in order."""
+        paths, hashes = (self._group[f"checkpoints/{field}"][()] for field in ("path", "sha256"))
+        return [tuple(v.decode() if isinstance(v, bytes) else str(v) for v in pair) for pair in zip(paths, hashes)]
 
     def check_checkpoints(self, checkpoints: Sequence[Checkpoint], path: Path) -> None:
         stored = [s.decode() if isinstance(s, bytes) else s for s in self._group["checkpoints/sha256"][()]]

@@ -13,11 +13,12 @@ finished tables equal an uninterrupted run's.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from datetime import datetime
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -25,23 +26,27 @@ import torch
 from tqdm.auto import tqdm
 
 from tracin import faults
-from tracin.config import ModelConfig, TrainConfig, ensemble_name, model_name, split_model_name
+from tracin.config import REPLICA_SEED_STRIDE, ModelConfig, TrainConfig, ensemble_name, model_name, split_model_name
 from tracin.errors import CheckpointError, TracinError
 from tracin.files import exclusive_lock, write_atomic
 from tracin.results import statistics as compare
 from tracin.results import validation
 from tracin.results.report import check_finished, plot_validation, validation_markdown
 from tracin.results.scoring import TrainedRun, checked_data, open_trained_run
+from tracin.engine.topk import Ranking
 from tracin.results.store import ScoreFile, ValidationRecord
 from tracin.results.validation import (
-    BASELINE, CONDITIONS, LDS_CONDITION, NONE, OWN, TEACHER, Plan, conditions_for, format_validation,
+    BASELINE, CONDITIONS, LDS_CONDITION, NONE, OWN, RANDOM, TEACHER, Plan, conditions_for, format_validation,
 )
 from tracin.runtime import Runtime, machine, start_runtime
 from tracin.training.checkpoints import load_checkpoint, load_model, sha256_file
 from tracin.training.data import RunData, Split
-from tracin.training.trainer import ModelJob, RunContext, freeze, logit_margins, replica_run, retrain, to_device
+from tracin.training.trainer import (
+    ModelJob, RunContext, check_schedule, freeze, logit_margins, replica_run, retrain, split_to_device, steps_per_epoch,
+)
 
 SEED_STRIDE = 100  # retraining seed s of a condition trains with the model's seed + s * SEED_STRIDE (data order)
+MAX_SEEDS = REPLICA_SEED_STRIDE // SEED_STRIDE - 1  # more would reach the next replica's seeds
 SOURCES = {OWN: None, TEACHER: "teacher", BASELINE: "student_baseline"}  # whose proponents a condition removes
 
 
@@ -52,7 +57,7 @@ class ValidateOptions:
     run: str
     scores: Optional[str] = None
     models: tuple[str, ...] = ("student",)
-    variant: Optional[str] = None
+    variants: tuple[str, ...] = ()
     test_examples: int = 5
     k: int = 50
     conditions: tuple[str, ...] = CONDITIONS
@@ -79,7 +84,7 @@ class ValidateOptions:
                   (self.subsets >= 0, f"--subsets must be 0 or more, got {self.subsets}"),
                   (self.subsets == 0 or self.subsets >= 3, f"--subsets: the LDS needs at least 3 subsets, got {self.subsets}"),
                   (0.0 < self.fraction < 1.0, f"--fraction must be in (0, 1), got {self.fraction}"),
-                  (self.seeds >= 1, f"--seeds must be at least 1, got {self.seeds}"),
+                  (1 <= self.seeds <= MAX_SEEDS, f"--seeds must be between 1 and {MAX_SEEDS}, got {self.seeds}"),
                   (self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"))
         for holds, message in checks:
             if not holds:
@@ -89,9 +94,9 @@ class ValidateOptions:
 # --- what is retrained ----------------------------------------------------------------------------
 
 
-def make_plan(options: ValidateOptions, store: ScoreFile, variant: str) -> Plan:
-    """The units of the validation, checked against the score file: its models and their variant's
-    rankings, k, the test rows."""
+def make_plan(options: ValidateOptions, store: ScoreFile) -> Plan:
+    """The units of the validation, checked against the score file: its models and their variants'
+    rankings (default: the file's first variant), k, the test rows."""
     missing = [m for m in options.models if m not in store.models]
     if missing:
         raise TracinError(f"{store.path} has no scores of {', '.join(missing)} (it has {', '.join(store.models)}); "
@@ -106,13 +111,19 @@ def make_plan(options: ValidateOptions, store: ScoreFile, variant: str) -> Plan:
                           f"score again with a larger --topk, or lower --k")
     conditions = {m: _available(m, options.conditions, store) for m in options.models}
     sources = {_source(c, m) for m, found in conditions.items() for c in found} | set(options.models)
-    lacking = [s for s in sorted(sources) if variant not in store.model(s).variants]
-    if lacking:
-        raise TracinError(f"--variant {variant!r}: {', '.join(lacking)} holds no such scores in {store.path} "
-                          f"(it has {', '.join(store.model(lacking[0]).variants)})")
+    variants = options.variants or (store.model(options.models[0]).variants[0],)
+    for variant in variants:
+        lacking = [s for s in sorted(sources) if variant not in store.model(s).variants]
+        if lacking:
+            raise TracinError(f"--variants {variant!r}: {', '.join(lacking)} holds no such scores in {store.path} "
+                              f"(it has {', '.join(store.model(lacking[0]).variants)})")
     rows = validation.sampled_test_rows(store.n_test, options.test_examples, options.seed)
-    return Plan(tuple(options.models), rows if options.test_examples else (), options.k, conditions, options.subsets,
-                options.fraction, options.seeds, options.seed)
+    plan = Plan(tuple(options.models), rows if options.test_examples else (), options.k, conditions, tuple(variants),
+                options.subsets, options.fraction, options.seeds, options.seed)
+    if len(plan.units()) == 0:
+        raise TracinError("nothing to retrain: no leave-out condition applies (--test-examples, --conditions) and "
+                          "--subsets is 0")
+    return plan
 
 
 def _available(model: str, asked: tuple[str, ...], store: ScoreFile) -> tuple[str, ...]:
@@ -133,13 +144,20 @@ def _source(condition: str, model: str) -> str:
     return model if role is None else model_name(role, split_model_name(model)[1])
 
 
-def removed_positions(plan: Plan, unit: np.void, store: ScoreFile, variant: str) -> np.ndarray:
-    """int64 [k]: the train positions a leave-top-k-out unit leaves out (none for the zero line)."""
+def removed_positions(plan: Plan, unit: np.void, store: ScoreFile, rankings: Optional[dict] = None) -> np.ndarray:
+    """int64 [k]: the train positions a leave-top-k-out unit leaves out (none for the zero line), by the
+    rankings of the unit's variant (read once per model and variant into `rankings` when given)."""
     condition = unit["condition"].decode()
     if condition == NONE:
         return np.zeros(0, dtype=np.int64)
     model, row = unit["model"].decode(), int(unit["test_row"])
-    test = store.model(_source(condition, model)).variant_rankings(variant)[0]
+    if condition == RANDOM:
+        return validation.random_removal(store.n_train, plan.k, row, plan.seed)
+    key = (_source(condition, model), unit["variant"].decode())
+    cache = {} if rankings is None else rankings
+    if key not in cache:
+        cache[key] = store.model(key[0]).variant_rankings(key[1])[0]
+    test = cache[key]
     return validation.removal_positions(condition, row, plan.k, store.n_train, test.top_index, test.bottom_index, plan.seed)
 
 
@@ -188,8 +206,8 @@ def unit_margins(trainer: Trainer, unit: np.void, keep: np.ndarray, test: Split)
     """float32 [n_test]: the margins on the scored test examples (`test`) of the model
     retrained on the kept train positions, with the unit's seed."""
     seed = trainer.run.config.seed + int(unit["seed"]) * SEED_STRIDE
-    train = trainer.run.data.train.subset(torch.from_numpy(keep))
-    data = to_device(RunData(train, trainer.run.data.test), trainer.run.runtime.device)
+    train = split_to_device(trainer.run.data.train.subset(torch.from_numpy(keep)), trainer.run.runtime.device)
+    data = RunData(train, trainer.run.data.test)  # the test split is not used by retraining
     run = replace(trainer.run, data=data, config=replace(trainer.run.config, seed=seed))
     model = retrain(trainer.job, run)
     return logit_margins(model, test, run.runtime).numpy()
@@ -209,7 +227,7 @@ def validate_run(options: ValidateOptions) -> Path:
         data = checked_data(run)
         store = ScoreFile.open_read_write(path) if runtime.is_main else None
         try:
-            work = runtime.broadcast_object(plan_work(store, options, run, data) if runtime.is_main else None)
+            work = _plan_everywhere(store, options, run, data, runtime)
             for done in runtime.gathered(retrain_units(work, run, data, runtime, options), work.steps(runtime)):
                 if runtime.is_main and done is not None:
                     store.validation().write_unit(*done)
@@ -226,40 +244,75 @@ def validate_run(options: ValidateOptions) -> Path:
 
 @dataclass
 class Work:
-    """What rank 0 planned, for every rank: the plan and variant, the units, which are left to do, each
-    left unit's train positions (cut from the score file's rankings, which only rank 0 reads), and the
-    scored test examples (indices into the data set)."""
+    """What rank 0 planned, for every rank: the plan, the units, which are left to do, the train positions
+    each left leave-out unit removes (cut from the score file's rankings, which only rank 0 reads), and the
+    file's train count and scored test examples (indices into the data set)."""
 
     plan: Plan
-    variant: str
     units: np.ndarray
     todo: list[int]
-    kept: dict[int, np.ndarray]
+    removed: dict[int, np.ndarray]
+    n_train: int
     test_index: np.ndarray
 
     def steps(self, runtime: Runtime) -> int:
         """Gathers needed: the most units any rank retrains."""
         return -(-len(self.todo) // runtime.world_size)
 
-    def mine(self, runtime: Runtime) -> list[int]:
+    def assigned(self, runtime: Runtime) -> list[int]:
         """This rank's units, dealt round-robin."""
         return self.todo[runtime.rank :: runtime.world_size]
 
+    def kept(self, index: int) -> np.ndarray:
+        """int64 [n_kept]: the train positions a unit trains on (an LDS subset, or all but the removed)."""
+        unit = self.units[index]
+        if unit["condition"].decode() == LDS_CONDITION:
+            masks = validation.subset_masks(self.n_train, self.plan.subsets, self.plan.fraction, self.plan.seed)
+            return np.flatnonzero(masks[int(unit["subset"])])
+        return np.setdiff1d(np.arange(self.n_train), self.removed[index])
 
-def plan_work(store: ScoreFile, options: ValidateOptions, run: TrainedRun, data: RunData) -> Work:
-    """Rank 0: check the file, plan the units (or resume the file's plan) and cut each unit's train set."""
+
+def plan_work(store: ScoreFile, options: ValidateOptions, run: TrainedRun, data: RunData, runtime: Runtime) -> Work:
+    """Rank 0: check the file and that every model can be retrained, plan the units (or resume the file's
+    plan, a new one only now replacing it) and find what each unit removes."""
     check_finished(store)
-    _check_same_examples(store, data)
-    variant = options.variant or store.model(options.models[0]).variants[0]
-    plan = make_plan(options, store, variant)
-    record = store.prepare_validation(plan.units(), _settings(options, plan, variant, run), options.overwrite)
+    _check_same_run(store, run, data, options.models)
+    plan = make_plan(options, store)
+    _check_retrainable(plan, run, data, runtime, options)
+    record = store.prepare_validation(plan.units(), _settings(options, plan, run, store, runtime), options.overwrite)
     units, done = record.units, record.done
     todo = [i for i in range(len(units)) if not done[i]]
     if len(todo) < len(units):
         print(f"resuming: {len(units) - len(todo)} of {len(units)} retrainings done already", flush=True)
-    masks = validation.subset_masks(store.n_train, plan.subsets, plan.fraction, plan.seed)
-    kept = {i: _kept(plan, units[i], store, masks, variant) for i in todo}
-    return Work(plan, variant, units, todo, kept, store.test_index)
+    rankings: dict[tuple[str, str], Ranking] = {}
+    removed = {i: removed_positions(plan, units[i], store, rankings) for i in todo if units[i]["condition"] != LDS_CONDITION.encode()}
+    return Work(plan, units, todo, removed, store.n_train, store.test_index)
+
+
+def _plan_everywhere(store: Optional[ScoreFile], options: ValidateOptions, run: TrainedRun, data: RunData,
+                     runtime: Runtime) -> Work:
+    """Rank 0's plan on every rank; its refusal (a TracinError) too, so that under torchrun every rank
+    stops with the same one line instead of waiting for a plan that never comes."""
+    planned: Optional[Work | TracinError] = None
+    if runtime.is_main:
+        try:
+            planned = plan_work(store, options, run, data, runtime)
+        except TracinError as error:
+            planned = error
+    planned = runtime.broadcast_object(planned)
+    if isinstance(planned, TracinError):
+        raise planned
+    return planned
+
+
+def _check_retrainable(plan: Plan, run: TrainedRun, data: RunData, runtime: Runtime, options: ValidateOptions) -> None:
+    """Before the file changes: every model's init.pt and teacher load, and the schedule fits the
+    smallest train set a unit keeps."""
+    smallest = min([len(data.train) - plan.k] * bool(plan.test_rows) + [round(plan.fraction * len(data.train))] * bool(plan.subsets))
+    for name in plan.models:
+        trainer = make_trainer(name, run, data, runtime, options.epochs)
+        config = trainer.run.config
+        check_schedule(config, steps_per_epoch(smallest, config.batch_size))
 
 
 def retrain_units(work: Work, run: TrainedRun, data: RunData, runtime: Runtime, options: ValidateOptions):
@@ -268,14 +321,13 @@ def retrain_units(work: Work, run: TrainedRun, data: RunData, runtime: Runtime, 
     alone = replace(runtime, rank=0, world_size=1)
     test = data.test.subset(torch.from_numpy(_positions(work.test_index, data.test.index.numpy())))
     trainers: dict[str, Trainer] = {}
-    mine = work.mine(runtime)
     with tqdm(total=len(work.todo), desc="retraining", unit="model", disable=runtime.progress_disabled) as bar:
-        for i in mine:
+        for i in work.assigned(runtime):
             name = work.units[i]["model"].decode()
             if name not in trainers:
                 trainers[name] = make_trainer(name, run, data, alone, options.epochs)
             started = time.perf_counter()
-            margins = unit_margins(trainers[name], work.units[i], work.kept[i], test)
+            margins = unit_margins(trainers[name], work.units[i], work.kept(i), test)
             bar.update(runtime.world_size)
             yield i, margins, time.perf_counter() - started
 
@@ -300,24 +352,26 @@ def _locks(run: TrainedRun, path: Path, runtime: Runtime):
     return stack
 
 
-def _check_same_examples(store: ScoreFile, data: RunData) -> None:
-    """Leave-out and LDS retrain on the run's train set: the file must score every train example of it,
-    in its order (not a --train-subset)."""
+def _check_same_run(store: ScoreFile, run: TrainedRun, data: RunData, models: Sequence[str]) -> None:
+    """The file must score this run's models (the checkpoints it replayed are in the run folder, same
+    sha256: a moved folder is fine, another run is not), and every train example of it in its order
+    (leave-out and LDS retrain on the whole train set: not a --train-subset)."""
+    for name in (m for m in models if m in store.models):
+        for scored, sha256 in store.model(name).checkpoint_files:
+            here = run.paths.model_dir(name) / Path(scored).name
+            if not here.is_file() or sha256_file(here) != sha256:
+                raise TracinError(f"{store.path} scored {name} from {scored}, which {run.paths.root} does not hold "
+                                  "(missing, or another file): give the score file of this run")
     if not np.array_equal(store.train_index, data.train.index.numpy()):
         raise TracinError(f"{store.path} scores {store.n_train} of the run's {len(data.train)} train examples (--train-subset?); "
                           "validation retrains on the whole train set: score every train example")
 
 
-def _settings(options: ValidateOptions, plan: Plan, variant: str, run: TrainedRun) -> dict:
-    """What the units' margins depend on: a resumed validation must match it."""
-    return {"plan": asdict(plan), "variant": variant, "epochs": options.epochs, "run_data": run.record["data_fingerprint"]["digest"]}
-
-
-def _kept(plan: Plan, unit: np.void, store: ScoreFile, masks: np.ndarray, variant: str) -> np.ndarray:
-    """int64 [n_kept]: the train positions a unit trains on."""
-    if unit["condition"].decode() == LDS_CONDITION:
-        return np.flatnonzero(masks[int(unit["subset"])])
-    return np.setdiff1d(np.arange(store.n_train), removed_positions(plan, unit, store, variant))
+def _settings(options: ValidateOptions, plan: Plan, run: TrainedRun, store: ScoreFile, runtime: Runtime) -> dict:
+    """What the units' margins depend on: a resumed validation must match it (the scores and checkpoints
+    through the score file's own settings, the numerics through the device type)."""
+    return {"plan": asdict(plan), "epochs": options.epochs, "run_data": run.record["data_fingerprint"]["digest"],
+            "device": runtime.device.type, "scores": hashlib.sha256(store.attributes["settings"].encode()).hexdigest()[:16]}
 
 
 def _positions(indices: np.ndarray, within: np.ndarray) -> np.ndarray:
@@ -335,19 +389,21 @@ def validation_tables(plan: Plan, record: ValidationRecord, store: ScoreFile) ->
 
 
 def leave_out_table(plan: Plan, record: ValidationRecord) -> np.ndarray:
-    """Per model and condition: the margin change of each sampled test row (each seed against the zero
-    line of the same seed), its mean with a bootstrap CI, and the share flipped from right to wrong."""
+    """Per model, condition and variant: the margin change of each sampled test row (each seed against the
+    zero line of the same seed), its mean with a bootstrap CI, and the share flipped from right to wrong.
+    Empty without sampled test rows."""
     units, margins = record.units, record.margins
     rows = []
-    for model in plan.models:
+    for model in plan.models if plan.test_rows else ():
         mine = units["model"] == model.encode()
         zero = {int(u["seed"]): margins[i] for i, u in enumerate(units) if mine[i] and u["condition"] == NONE.encode()}
         for condition in plan.conditions[model]:
-            picked = [i for i, u in enumerate(units) if mine[i] and u["condition"] == condition.encode()]
-            after = np.array([margins[i][units[i]["test_row"]] for i in picked])
-            before = np.array([zero[int(units[i]["seed"])][units[i]["test_row"]] for i in picked])
-            rows.append(validation.leave_out_row(model, condition, plan.k, validation.margin_changes(after, before),
-                                                 before, plan.seed))
+            for variant in plan.variants_of(condition):
+                picked = np.flatnonzero(mine & (units["condition"] == condition.encode()) & (units["variant"] == variant.encode()))
+                after = np.array([margins[i][units[i]["test_row"]] for i in picked])
+                before = np.array([zero[int(units[i]["seed"])][units[i]["test_row"]] for i in picked])
+                changes = validation.margin_changes(after, before)
+                rows.append(validation.leave_out_row(model, condition, variant, plan.k, changes, before, plan.seed))
     return np.array(rows, dtype=validation.LEAVE_OUT_DTYPE)
 
 

@@ -26,10 +26,11 @@ NONE, OWN, TEACHER, BASELINE, RANDOM, OPPONENTS = "none", "own", "teacher", "bas
 CONDITIONS = (OWN, TEACHER, BASELINE, RANDOM, OPPONENTS)  # what a leave-top-k-out unit removes
 LDS_CONDITION = "subset"
 
-UNIT_DTYPE = np.dtype([("model", "S40"), ("condition", "S16"), ("test_row", "i8"), ("subset", "i8"), ("seed", "i8")])
+UNIT_DTYPE = np.dtype([("model", "S40"), ("condition", "S16"), ("test_row", "i8"), ("subset", "i8"), ("seed", "i8"),
+                       ("variant", "S64")])
 LEAVE_OUT_DTYPE = np.dtype([
-    ("model", "S40"), ("condition", "S16"), ("k", "i8"), ("mean_change", "f8"), ("ci_low", "f8"), ("ci_high", "f8"),
-    ("flipped", "f8"), ("n_rows", "i8"),
+    ("model", "S40"), ("condition", "S16"), ("variant", "S64"), ("k", "i8"), ("mean_change", "f8"), ("ci_low", "f8"),
+    ("ci_high", "f8"), ("flipped", "f8"), ("n_rows", "i8"),
 ])
 LDS_DTYPE = np.dtype([("model", "S40"), ("scores_of", "S40"), ("variant", "S64"), ("lds", "f8"), ("ci_low", "f8"),
                       ("ci_high", "f8"), ("n_rows", "i8"), ("subsets", "i8")])
@@ -37,28 +38,35 @@ LDS_DTYPE = np.dtype([("model", "S40"), ("scores_of", "S40"), ("variant", "S64")
 
 @dataclass(frozen=True)
 class Plan:
-    """What a validation retrains: models, the test rows sampled, k, each model's conditions, LDS subsets
-    and the fraction each keeps, retraining seeds per condition, and the seed of every draw."""
+    """What a validation retrains: models, the test rows sampled, k, each model's conditions, the score
+    variants whose rankings the conditions remove (random needs none), LDS subsets and the fraction each
+    keeps, retraining seeds per condition, and the seed of every draw."""
 
     models: tuple[str, ...]
     test_rows: tuple[int, ...]
     k: int
     conditions: dict[str, tuple[str, ...]]
+    variants: tuple[str, ...]
     subsets: int
     fraction: float
     seeds: int
     seed: int = 0
 
+    def variants_of(self, condition: str) -> tuple[str, ...]:
+        """The variants a condition is retrained for: each of the plan's, or none ("") for random."""
+        return ("",) if condition == RANDOM else self.variants
+
     def units(self) -> np.ndarray:
         """UNIT_DTYPE [n_units], in the order they are trained: per model, the zero line of each seed,
-        then each test row's conditions, then the LDS subsets (subset = -1 and test_row = -1 where they
-        do not apply)."""
+        then each test row's conditions (by each variant), then the LDS subsets (subset = -1, test_row = -1
+        and variant "" where they do not apply)."""
         rows = []
         for model in self.models:
-            rows += [(model, NONE, -1, -1, s) for s in range(self.seeds)]
-            conditions = self.conditions.get(model, ())
-            rows += [(model, c, t, -1, s) for t in self.test_rows for c in conditions for s in range(self.seeds)]
-            rows += [(model, LDS_CONDITION, -1, m, 0) for m in range(self.subsets)]
+            if self.test_rows and self.conditions.get(model):  # the zero line is leave-out's reference only
+                rows += [(model, NONE, -1, -1, s, "") for s in range(self.seeds)]
+            rows += [(model, c, t, -1, s, v) for t in self.test_rows for c in self.conditions.get(model, ())
+                     for v in self.variants_of(c) for s in range(self.seeds)]
+            rows += [(model, LDS_CONDITION, -1, m, 0, "") for m in range(self.subsets)]
         return np.array(rows, dtype=UNIT_DTYPE)
 
 
@@ -91,13 +99,14 @@ def margin_changes(margins: np.ndarray, zero: np.ndarray) -> np.ndarray:
     return np.asarray(margins, dtype=np.float64) - np.asarray(zero, dtype=np.float64)
 
 
-def leave_out_row(model: str, condition: str, k: int, changes: np.ndarray, zero: np.ndarray, seed: int) -> tuple:
-    """One LEAVE_OUT_DTYPE row: the mean margin change over test rows (and seeds) with its bootstrap CI,
-    and the share of test examples predicted right with nothing removed that a removal flips to wrong."""
+def leave_out_row(model: str, condition: str, variant: str, k: int, changes: np.ndarray, zero: np.ndarray, seed: int) -> tuple:
+    """One LEAVE_OUT_DTYPE row: the mean margin change over (test row, seed) pairs with its bootstrap CI
+    (resampling the pairs), and the share of the pairs predicted right with nothing removed that the
+    removal flips to wrong."""
     low, high = compare.bootstrap_ci([changes], seed=seed)
     right = zero > 0
     flipped = float(np.mean((zero + changes)[right] <= 0)) if right.any() else np.nan
-    return (model, condition, k, float(np.mean(changes)), low, high, flipped, len(changes))
+    return (model, condition, variant, k, float(np.mean(changes)), low, high, flipped, len(changes))
 
 
 def format_validation(leave_out: np.ndarray, lds: Optional[np.ndarray] = None) -> str:
@@ -107,7 +116,8 @@ def format_validation(leave_out: np.ndarray, lds: Optional[np.ndarray] = None) -
         lines.append(f"leave-top-k-out: change of the test example's margin after retraining without k train examples, "
                      f"mean over test examples [{compare.CONFIDENCE:.0%} bootstrap CI]; flipped: right -> wrong")
         for row in leave_out:
-            lines.append(f"  {row['model'].decode():<20} remove {row['condition'].decode():<10} k={row['k']:<5} "
+            by = f"by {row['variant'].decode()}" if row["variant"] else ""
+            lines.append(f"  {row['model'].decode():<20} remove {row['condition'].decode():<10} {by:<28} k={row['k']:<5} "
                          f"{row['mean_change']:+8.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]  "
                          f"flipped {row['flipped']:6.1%}  ({row['n_rows']} rows)")
     if lds is not None and len(lds):

@@ -155,11 +155,12 @@ def training_batches(
 def to_device(data: RunData, device: torch.device) -> RunData:
     """The images and training labels moved to `device` once (uint8: CIFAR-10 is 150 MB); indices and
     clean labels stay on the CPU."""
+    return RunData(split_to_device(data.train, device), split_to_device(data.test, device))
 
-    def move(split: Split) -> Split:
-        return replace(split, images=split.images.to(device), labels=split.labels.to(device))
 
-    return RunData(move(data.train), move(data.test))
+def split_to_device(split: Split, device: torch.device) -> Split:
+    """One split's images and labels on `device` (indices and clean labels stay on the CPU)."""
+    return replace(split, images=split.images.to(device), labels=split.labels.to(device))
 
 
 # ---------------------------------------------------------------------------------------- objectives
@@ -422,8 +423,9 @@ def new_trainee(job: ModelJob, run: RunContext, state: dict[str, Tensor], source
 def retrain(job: ModelJob, run: RunContext) -> nn.Module:
     """The job's model trained from its initial state on run.data.train for run.config.epochs, as fit
     trains it (the same batches, schedule, distillation and random streams), writing nothing: a
-    counterfactual retraining (tracin-validate). With the run's own data, seed and epochs it ends equal
-    to the run's final checkpoint (bitwise on CPU)."""
+    counterfactual retraining (tracin-validate). With the run's own data, seed and epochs, and the run's
+    world size (tracin-validate retrains in one process: a run trained by one), it ends equal to the run's
+    final checkpoint (bitwise on CPU)."""
     trainee = new_trainee(job, run, job.initial_state, f"the initial state of the {job.name}")
     teacher = None if job.self_distill else job.teacher
     saved = saved_epochs(run.config)
