@@ -222,9 +222,10 @@ def test_lds_alone_needs_no_zero_line_and_overwrite_keeps_a_same_settings_valida
     out = tmp_path / "tracin.h5"
     shutil.copy(full_scores, out)
     args = ["--run", tiny_run, "--scores", out, "--models", "student", "--test-examples", "0", "--subsets", "3",
-            "--device", "cpu", "--quiet"]
-    first = run_tracin_validate(args)
+            "--device", "cpu"]
+    first = run_tracin_validate(args)  # not --quiet: a line per finished retraining
     assert first.returncode == 0, first.stderr
+    assert "retrained 1/3: student on LDS subset 0 (" in first.stdout and "retrained 3/3: student on LDS subset 2 (" in first.stdout
     with ScoreFile.open_read(out) as store:
         units, (leave_out, lds) = store.validation().units, store.validation().tables()
     assert set(units["condition"]) == {b"subset"} and len(units) == 3 and len(leave_out) == 0 and len(lds) > 0

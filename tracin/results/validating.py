@@ -228,10 +228,13 @@ def validate_run(options: ValidateOptions) -> Path:
         store = ScoreFile.open_read_write(path) if runtime.is_main else None
         try:
             work = _plan_everywhere(store, options, run, data, runtime)
+            written = 0
             for done in runtime.gathered(retrain_units(work, run, data, runtime, options), work.steps(runtime)):
                 if runtime.is_main and done is not None:
                     store.validation().write_unit(*done)
                     faults.reach("validate-unit")
+                    written += 1
+                    runtime.log(f"retrained {written}/{len(work.todo)}: {describe(work.units[done[0]])} ({done[2]:.0f} s)")
             if runtime.is_main:
                 tables = finish(store, work)
         finally:
@@ -240,6 +243,17 @@ def validate_run(options: ValidateOptions) -> Path:
         if runtime.is_main:
             print(f"validation: {path} (/validation), {write_validation_report(path, *tables)}", flush=True)
     return path
+
+
+def describe(unit: np.void) -> str:
+    """A unit in words, for the progress lines."""
+    model, condition = unit["model"].decode(), unit["condition"].decode()
+    if condition == LDS_CONDITION:
+        return f"{model} on LDS subset {unit['subset']}"
+    if condition == NONE:
+        return f"{model}, nothing removed (seed {unit['seed']})"
+    by = f" by {unit['variant'].decode()}" if unit["variant"] else ""
+    return f"{model} without {condition}{by} of test row {unit['test_row']} (seed {unit['seed']})"
 
 
 @dataclass
