@@ -341,9 +341,10 @@ class TracIn:
                 dots = features.dot_by_group(test.features, part_list, n_groups) if self._split else None
                 dot = dots.sum(0) if dots is not None else features.dot(test.features)
                 for variant, total in by_variant.items():
-                    total[rows].add_(_variant_scores(variant, self.group_names, dot, dots, train, test), alpha=checkpoint.lr)
-                if terms is not None:
-                    terms[c, rows] = checkpoint.lr * _variant_scores(variants[0], self.group_names, dot, dots, train, test)
+                    values = _variant_scores(variant, self.group_names, dot, dots, train, test)
+                    total[rows].add_(values, alpha=checkpoint.lr)
+                    if terms is not None and variant == variants[0]:  # each checkpoint's term of the first variant
+                        terms[c, rows] = checkpoint.lr * values
                 if sums is not None:
                     sums.add(rows, train.group_squared, checkpoint.lr)
             for values in by_variant.values():
