@@ -16,8 +16,11 @@ from torchvision.transforms.functional import convert_image_dtype
 
 from conftest import ATOL, CIFAR10_CLASSES, RTOL
 from tracin.config import DataConfig
-from tracin.training.data import DEBIAN_FASHION_MNIST, SPECS, augment, flip_labels, fingerprint, load_data, normalize, stratified_subset
-from tracin.errors import DataError
+from tracin.training.data import (
+    CLASS_MERGES, DEBIAN_FASHION_MNIST, SHORTCUT_PATCH, SHORTCUT_TEST_FRACTION, SPECS, augment, data_record, flip_labels,
+    fingerprint, load_data, normalize, stratified_subset,
+)
+from tracin.errors import DataError, TracinError
 
 
 def _read_cifar_batches(root: str, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -111,6 +114,69 @@ def test_data_record_of_a_run_matches_its_data(tiny_run):
     position = {index: i for i, index in enumerate(record["train_index"])}
     flipped = [position[i] for i in record["flipped_index"]]
     assert data.train.labels[flipped].tolist() == record["flipped_new_labels"]
+
+
+@pytest.mark.parametrize("merge", ["animals-vehicles", "pairs"])
+def test_coarse_labels_merge_cifar10_classes_and_keep_the_fine_ones(cifar10_root, merge):
+    plain = load_data(DataConfig(dataset="cifar10", data_root=cifar10_root, checksum=False))
+    config = DataConfig(dataset="cifar10", data_root=cifar10_root, checksum=False, coarse_labels=merge, label_noise=0.1)
+    data = load_data(config)
+    groups = CLASS_MERGES["cifar10", merge]
+    assert data.train.classes == tuple(name for name, _ in groups) and data.train.fine_classes == tuple(CIFAR10_CLASSES)
+    for split, reference in ((data.train, plain.train), (data.test, plain.test)):
+        assert torch.equal(split.fine_labels, reference.labels) and torch.equal(split.images, reference.images)
+        for coarse, fine in zip(split.clean_labels.tolist(), split.fine_labels.tolist()):
+            assert CIFAR10_CLASSES[fine] in [CIFAR10_CLASSES[m] for m in groups[coarse][1]]
+    assert torch.equal(data.test.labels, data.test.clean_labels)
+    assert int(data.train.noisy.sum()) == round(0.1 * 300) and int(data.train.labels.max()) < len(groups)
+    record = data_record(data)
+    assert record["train_fine_labels"] == plain.train.labels.tolist() and record["fine_classes"] == CIFAR10_CLASSES
+    assert fingerprint(data, config)["digest"] != fingerprint(plain, DataConfig(dataset="cifar10", data_root=cifar10_root, checksum=False))["digest"]
+
+
+def test_coarse_labels_of_fashion_mnist_merge_tops_and_footwear(fashion_mnist_root):
+    config = DataConfig(dataset="fashion-mnist", data_root=fashion_mnist_root, train_subset=400, test_subset=100,
+                        coarse_labels="tops-footwear")
+    data = load_data(config)
+    tops = [0, 2, 4, 6]
+    assert data.train.classes == ("tops", "trouser", "dress", "footwear", "bag")
+    assert torch.equal(data.train.labels == 0, torch.isin(data.train.fine_labels, torch.tensor(tops)))
+    assert torch.equal(data.test.labels == 3, torch.isin(data.test.fine_labels, torch.tensor([5, 7, 9])))
+
+
+def test_a_coarse_merge_of_another_data_set_is_refused():
+    with pytest.raises(TracinError, match="coarse labels of fashion-mnist"):
+        DataConfig(dataset="fashion-mnist", coarse_labels="pairs")
+
+
+def test_shortcut_stamps_a_fraction_of_one_class_and_half_of_each_test_class(cifar10_root):
+    plain = load_data(DataConfig(dataset="cifar10", data_root=cifar10_root, checksum=False))
+    config = DataConfig(dataset="cifar10", data_root=cifar10_root, checksum=False, shortcut_class=3, shortcut_fraction=0.5)
+    data = load_data(config)
+    train, test = data.train, data.test
+    assert torch.equal(train.labels, plain.train.labels)
+    assert set(train.labels[train.stamped].tolist()) == {3}
+    assert int(train.stamped.sum()) == round(0.5 * int((train.labels == 3).sum()))
+    for c in range(10):
+        assert int(test.stamped[test.labels == c].sum()) == round(SHORTCUT_TEST_FRACTION * int((test.labels == c).sum()))
+    for split, reference in ((train, plain.train), (test, plain.test)):
+        corner = split.images[:, :, :SHORTCUT_PATCH, :SHORTCUT_PATCH]
+        assert bool((corner[split.stamped] == 255).all())
+        assert torch.equal(split.images[~split.stamped], reference.images[~split.stamped])
+        outside = split.images.clone()
+        outside[:, :, :SHORTCUT_PATCH, :SHORTCUT_PATCH] = 0
+        reference_outside = reference.images.clone()
+        reference_outside[:, :, :SHORTCUT_PATCH, :SHORTCUT_PATCH] = 0
+        assert torch.equal(outside, reference_outside)
+    record = data_record(data)
+    assert record["stamped_train_index"] == train.index[train.stamped].tolist()
+    assert record["stamped_test_index"] == test.index[test.stamped].tolist()
+    assert torch.equal(load_data(config).train.stamped, train.stamped)  # seeded
+
+
+def test_a_shortcut_class_that_is_not_a_class_is_refused(cifar10_root):
+    with pytest.raises(DataError, match="shortcut class 10 is not a class"):
+        load_data(DataConfig(dataset="cifar10", data_root=cifar10_root, checksum=False, shortcut_class=10))
 
 
 def _crop_matches(original: torch.Tensor, out: torch.Tensor, pad: int) -> bool:

@@ -186,6 +186,9 @@ def test_layout_of_a_tracin_score_file_is_the_documented_one(tiny_scores, tiny_r
         for name in ("train_index", "train_labels", "train_clean_labels", "test_index", "test_labels"):
             assert h5[name].dtype == np.int64 and h5[name].shape == ((n_train,) if "train" in name else (n_test,))
         assert h5["noisy"].dtype == np.bool_ and h5["noisy"].shape == (n_train,)
+        for name in ("train_fine_labels", "test_fine_labels", "train_stamped", "test_stamped"):
+            assert h5[name].shape == ((n_train,) if "train" in name else (n_test,))
+            assert h5[name].dtype == (np.bool_ if "stamped" in name else np.int64)
         for role in ("teacher", "student", "student_baseline"):
             group = h5[role]
             assert set(group.attrs) == documented_attributes("/<model>/")

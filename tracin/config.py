@@ -14,6 +14,10 @@ from typing import Any, Optional, Sequence
 from tracin.errors import TracinError
 
 DATASETS = ("cifar10", "fashion-mnist")
+COARSE_LABELS = {  # merges of classes for the identical-subclass check (tracin.training.data.CLASS_MERGES)
+    "fashion-mnist": ("tops-footwear",),
+    "cifar10": ("animals-vehicles", "pairs"),
+}
 SCHEDULES = ("onecycle", "cosine")
 DISTILL = ("teacher", "self", "none")
 KD_LOSSES = ("kl", "mse")
@@ -99,6 +103,11 @@ class DataConfig(_Serializable):
     `train_subset`/`test_subset`: size of a seeded, class-stratified subset (None = all).
     `label_noise`: fraction p of training labels flipped to another class, exactly round(p * n_train).
     `checksum`: verify torchvision's published checksums (turn off for CIFAR-format files you wrote).
+    `coarse_labels`: train on merged classes (a name of COARSE_LABELS; the data set's own, fine label is
+    kept for the identical-subclass check).
+    `shortcut_class`/`shortcut_fraction`: stamp a small white square in the corner of that fraction of the
+    training images labelled shortcut_class (after merging and label noise), and of half of each class's
+    test images: a planted shortcut whose stamped examples attribution should find.
     """
 
     dataset: str = "cifar10"
@@ -108,9 +117,17 @@ class DataConfig(_Serializable):
     label_noise: float = 0.0
     seed: int = 0
     checksum: bool = True
+    coarse_labels: Optional[str] = None
+    shortcut_class: Optional[int] = None
+    shortcut_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, DATASETS)
+        if self.coarse_labels is not None:
+            _check_choice(f"coarse labels of {self.dataset}", self.coarse_labels, COARSE_LABELS[self.dataset])
+        _check(self.shortcut_class is None or self.shortcut_class >= 0,
+               f"shortcut class must be a class label (>= 0), got {self.shortcut_class}")
+        _check(0.0 < self.shortcut_fraction <= 1.0, f"shortcut fraction must be in (0, 1], got {self.shortcut_fraction}")
         for name in ("train_subset", "test_subset"):
             value = getattr(self, name)
             _check(value is None or value > 0, f"{name} must be a positive number of examples, got {value}")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from tracin.config import (
+    COARSE_LABELS,
     DATASETS,
     DISTILL,
     KD_LOSSES,
@@ -152,7 +153,19 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--test-subset", type=int, help="evaluate on a class-stratified subset of this many examples")
     noise = "fraction of training labels flipped to another class, exactly round(p * n)"
     _config_option(group, "--label-noise", noise, DATA)
-    _config_option(group, "--data-seed", "seed of subsets and label noise", DATA, field="seed")
+    _config_option(group, "--data-seed", "seed of subsets, label noise and the stamped examples", DATA, field="seed")
+    merges = "; ".join(f"{dataset}: {', '.join(names)}" for dataset, names in COARSE_LABELS.items())
+    group.add_argument(
+        "--coarse-labels", metavar="MERGE", choices=sorted({n for names in COARSE_LABELS.values() for n in names}),
+        help=f"train on merged classes ({merges}; tracin.training.data.CLASS_MERGES); the data set's own "
+        "labels are kept for the identical-subclass check",
+    )
+    group.add_argument(
+        "--shortcut-class", type=int, metavar="C",
+        help="plant a shortcut: stamp a 3x3 white corner square on a fraction of the training images of class C "
+        "(and on half of every class's test images); the stamped examples are recorded in the run",
+    )
+    _config_option(group, "--shortcut-fraction", "fraction of class C's training images stamped", DATA)
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -209,6 +222,9 @@ def train_configs(args: argparse.Namespace) -> tuple[TrainConfig, DataConfig]:
         label_noise=args.label_noise,
         seed=args.data_seed,
         checksum=not args.no_checksum,
+        coarse_labels=args.coarse_labels,
+        shortcut_class=args.shortcut_class,
+        shortcut_fraction=args.shortcut_fraction,
     )
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,

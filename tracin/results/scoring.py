@@ -163,7 +163,8 @@ def scoring_data(run: TrainedRun, options: ScoreOptions) -> RunData:
 def data_arrays(data: RunData) -> DataArrays:
     return DataArrays(
         data.train.index.numpy(), data.test.index.numpy(), data.train.labels.numpy(), data.test.labels.numpy(),
-        data.train.clean_labels.numpy(),
+        data.train.clean_labels.numpy(), data.train.fine_labels.numpy(), data.test.fine_labels.numpy(),
+        data.train.stamped.numpy(), data.test.stamped.numpy(),
     )
 
 
@@ -206,6 +207,7 @@ def file_attrs(options: ScoreOptions, run: TrainedRun, data: RunData) -> dict:
         "precision": score.precision,
         "label_noise": run.data_config.label_noise,
         "classes": json.dumps(list(data.train.classes)),
+        "fine_classes": json.dumps(list(data.train.fine_classes)),
         "variants": json.dumps(list(score.variants)),  # as asked: each model's group records its own, VARIANT@* written out
     }
 

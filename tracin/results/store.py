@@ -8,13 +8,16 @@ Layout (format "tracin-scores", version 1):
 
     /                       attrs: format, format_version, tracin_version, created, command, run, dataset,
                             mode, proj_dim, proj_seed, layers (JSON), loss, precision, label_noise,
-                            classes (JSON), variants (JSON), settings (JSON; everything that must match
+                            classes (JSON), fine_classes (JSON), variants (JSON), settings (JSON; everything that must match
                             to resume),
                             status ("partial" | "complete")
     /train_index, /test_index         int64 [n]: indices into the original torchvision data set
     /train_labels, /test_labels       int64 [n]: labels scored with (train: after label noise)
     /train_clean_labels               int64 [n_train]: the data set's own labels
     /noisy                            bool [n_train]: label flipped by --label-noise
+    /train_fine_labels, /test_fine_labels  int64 [n]: the data set's own labels (attr fine_classes; they
+                            differ from the labels with tracin-train --coarse-labels)
+    /train_stamped, /test_stamped     bool [n]: stamped with the planted shortcut (--shortcut-class)
     /<model>/               attrs: role, parameters (JSON), n_parameter_tensors, row_chunk, test_block, status,
                             variants (JSON: the score variants held, the first in scores)
         checkpoints/{path, epoch, lr, sha256}   [n_ckpt]: what was replayed, lr = TracIn weight
@@ -85,7 +88,9 @@ from tracin.engine.topk import Ranking, StreamingRanking
 
 FORMAT = "tracin-scores"
 FORMAT_VERSION = 1
-HEADER_ARRAYS = ("train_index", "test_index", "train_labels", "test_labels", "train_clean_labels")
+HEADER_ARRAYS = ("train_index", "test_index", "train_labels", "test_labels", "train_clean_labels", "train_fine_labels",
+                 "test_fine_labels")
+HEADER_MASKS = ("train_stamped", "test_stamped")
 RANKING_FIELDS = ("top_index", "top_score", "bottom_index", "bottom_score")
 CHUNK_ROWS, CHUNK_COLS = 512, 4096  # at most 8 MB per HDF5 chunk of float32 scores: partial reads stay cheap
 
@@ -99,6 +104,16 @@ class DataArrays:
     train_labels: np.ndarray
     test_labels: np.ndarray
     train_clean_labels: np.ndarray
+    train_fine_labels: Optional[np.ndarray] = None  # None: the clean labels (no merged classes)
+    test_fine_labels: Optional[np.ndarray] = None  # None: the test labels
+    train_stamped: Optional[np.ndarray] = None  # None: nothing stamped
+    test_stamped: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        self.train_fine_labels = self.train_clean_labels if self.train_fine_labels is None else self.train_fine_labels
+        self.test_fine_labels = self.test_labels if self.test_fine_labels is None else self.test_fine_labels
+        self.train_stamped = np.zeros(len(self.train_index), bool) if self.train_stamped is None else self.train_stamped
+        self.test_stamped = np.zeros(len(self.test_index), bool) if self.test_stamped is None else self.test_stamped
 
     @property
     def noisy(self) -> np.ndarray:
@@ -288,6 +303,8 @@ class ScoreFile:
         for name in HEADER_ARRAYS:
             self._h5.create_dataset(name, data=np.asarray(getattr(data, name), dtype=np.int64))
         self._h5.create_dataset("noisy", data=data.noisy)
+        for name in HEADER_MASKS:
+            self._h5.create_dataset(name, data=np.asarray(getattr(data, name), dtype=bool))
         self._h5.flush()
 
     # --- header facts ----------------------------------------------------------------------------
@@ -359,6 +376,36 @@ class ScoreFile:
     def noisy(self) -> np.ndarray:
         """bool [n_train]: labels flipped by --label-noise."""
         return self._h5["noisy"][()]
+
+    @property
+    def fine_classes(self) -> list[str]:
+        """Names of the fine labels (the classes, unless the run merged them)."""
+        return list(json.loads(self._h5.attrs.get("fine_classes", "[]"))) or self.classes
+
+    @cached_property
+    def train_fine_labels(self) -> np.ndarray:
+        """int64 [n_train]: the data set's own labels (files from before coarse labels: the clean labels)."""
+        return self._h5["train_fine_labels"][()] if "train_fine_labels" in self._h5 else self.train_clean_labels
+
+    @cached_property
+    def test_fine_labels(self) -> np.ndarray:
+        """int64 [n_test]: the data set's own labels (files from before coarse labels: the labels)."""
+        return self._h5["test_fine_labels"][()] if "test_fine_labels" in self._h5 else self.test_labels
+
+    @property
+    def coarse(self) -> bool:
+        """Whether the labels merge the data set's classes (tracin-train --coarse-labels)."""
+        return bool(np.any(self.train_fine_labels != self.train_clean_labels) or np.any(self.test_fine_labels != self.test_labels))
+
+    @cached_property
+    def train_stamped(self) -> np.ndarray:
+        """bool [n_train]: stamped with the planted shortcut (all False without one)."""
+        return self._h5["train_stamped"][()] if "train_stamped" in self._h5 else np.zeros(self.n_train, bool)
+
+    @cached_property
+    def test_stamped(self) -> np.ndarray:
+        """bool [n_test]: stamped with the planted shortcut (all False without one)."""
+        return self._h5["test_stamped"][()] if "test_stamped" in self._h5 else np.zeros(self.n_test, bool)
 
     # --- per-model scores -----------------------------------------------------------------------
 

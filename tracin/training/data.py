@@ -1,4 +1,5 @@
-"""Data sets by name through torchvision's own classes, with stable indices, subsets and label noise.
+"""Data sets by name through torchvision's own classes, with stable indices, subsets, label noise, merged
+(coarse) classes and a planted shortcut.
 
 Images are held as uint8 tensors [n, C, H, W] and normalised per batch, so a whole CIFAR-10 training set
 (150 MB) can live on the training device. Every example keeps `index`, its position in the original
@@ -12,9 +13,9 @@ import json
 import os
 import pickle
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -89,6 +90,21 @@ class DatasetSpec:
     flip: bool
 
 
+# Coarse classes for the identical-subclass check (Hanawa et al., ICLR 2021): (name, fine labels) in
+# coarse-label order. Classes left out of a merge keep their own coarse class.
+CLASS_MERGES = {
+    ("fashion-mnist", "tops-footwear"): (
+        ("tops", (0, 2, 4, 6)), ("trouser", (1,)), ("dress", (3,)), ("footwear", (5, 7, 9)), ("bag", (8,)),
+    ),
+    ("cifar10", "animals-vehicles"): (("vehicle", (0, 1, 8, 9)), ("animal", (2, 3, 4, 5, 6, 7))),
+    ("cifar10", "pairs"): (
+        ("airplane-ship", (0, 8)), ("automobile-truck", (1, 9)), ("bird-frog", (2, 6)), ("cat-dog", (3, 5)),
+        ("deer-horse", (4, 7)),
+    ),
+}
+SHORTCUT_PATCH = 3  # side in pixels of the white square stamped in the top-left corner
+SHORTCUT_TEST_FRACTION = 0.5  # of each class's test images, stamped when a run plants a shortcut
+
 SPECS = {
     "cifar10": DatasetSpec("cifar10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 4, True),
     "fashion-mnist": DatasetSpec("fashion-mnist", (0.2860,), (0.3530,), 2, True),
@@ -101,7 +117,10 @@ class Split(torch.utils.data.Dataset):
 
     images: Tensor[n, C, H, W] uint8; labels: Tensor[n] int64, the labels used for training (after
     label noise); index: Tensor[n] int64 into the original data set; clean_labels: Tensor[n] int64,
-    the data set's own labels. Items are (normalised float32 image [C, H, W], label), un-augmented.
+    the labels before noise (the data set's own, or their merged class with coarse labels);
+    fine_labels: Tensor[n] int64, the data set's own labels (named by fine_classes); stamped: Tensor[n]
+    bool, True where the planted shortcut was stamped. Items are (normalised float32 image [C, H, W],
+    label), un-augmented.
     """
 
     images: Tensor
@@ -110,6 +129,17 @@ class Split(torch.utils.data.Dataset):
     clean_labels: Tensor
     spec: DatasetSpec
     classes: tuple[str, ...]
+    fine_labels: Optional[Tensor] = None  # None: the clean labels
+    stamped: Optional[Tensor] = None  # None: nothing stamped
+    fine_classes: tuple[str, ...] = ()  # (): the classes
+
+    def __post_init__(self) -> None:
+        if self.fine_labels is None:
+            self.fine_labels = self.clean_labels
+        if self.stamped is None:
+            self.stamped = torch.zeros(len(self.labels), dtype=torch.bool)
+        if not self.fine_classes:
+            self.fine_classes = self.classes
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -132,7 +162,7 @@ class Split(torch.utils.data.Dataset):
         """The examples at `positions` (into this split), keeping their original indices."""
         return Split(
             self.images[positions], self.labels[positions], self.index[positions], self.clean_labels[positions],
-            self.spec, self.classes,
+            self.spec, self.classes, self.fine_labels[positions], self.stamped[positions], self.fine_classes,
         )
 
 
@@ -259,18 +289,63 @@ def flip_labels(labels: Tensor, fraction: float, num_classes: int, seed: int) ->
     return noisy
 
 
+def merge_classes(fine_labels: Tensor, merge: tuple) -> Tensor:
+    """Tensor[n] int64: the coarse label of each fine label under CLASS_MERGES' `merge`."""
+    coarse_of = torch.empty(1 + max(max(members) for _, members in merge), dtype=torch.int64)
+    for coarse, (_, members) in enumerate(merge):
+        coarse_of[list(members)] = coarse
+    return coarse_of[fine_labels]
+
+
+def shortcut_positions(labels: Tensor, classes: Sequence[int], fraction: float, seed: int) -> Tensor:
+    """Sorted Tensor[m] int64: round(fraction * count) seeded positions of each class in `classes`."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in classes:
+        members = np.flatnonzero(labels.numpy() == c)
+        chosen.append(rng.permutation(members)[: int(round(fraction * len(members)))])
+    return torch.as_tensor(np.sort(np.concatenate(chosen)) if chosen else [], dtype=torch.int64)
+
+
+def stamp(images: Tensor, positions: Tensor) -> Tensor:
+    """Copy of uint8 `images` [n, C, H, W] with a white SHORTCUT_PATCH square in the top-left corner of
+    the images at `positions`."""
+    stamped = images.clone()
+    stamped[positions, :, :SHORTCUT_PATCH, :SHORTCUT_PATCH] = 255
+    return stamped
+
+
+def _plant_shortcut(split: Split, config: DataConfig, train: bool) -> Split:
+    if config.shortcut_class >= len(split.classes):
+        raise DataError(f"shortcut class {config.shortcut_class} is not a class: labels run 0-{len(split.classes) - 1}")
+    if train:
+        positions = shortcut_positions(split.labels, [config.shortcut_class], config.shortcut_fraction, config.seed + 3)
+        if len(positions) == 0:
+            raise DataError(f"a shortcut fraction of {config.shortcut_fraction} stamps no training image of class {config.shortcut_class}")
+    else:
+        positions = shortcut_positions(split.labels, range(len(split.classes)), SHORTCUT_TEST_FRACTION, config.seed + 4)
+    stamped = torch.zeros(len(split), dtype=torch.bool)
+    stamped[positions] = True
+    return replace(split, images=stamp(split.images, positions), stamped=stamped)
+
+
 def _make_split(config: DataConfig, train: bool) -> Split:
     dataset = _load_torchvision(config, train)
-    images, clean = _as_tensors(dataset)
+    images, fine = _as_tensors(dataset)
     size = config.train_subset if train else config.test_subset
-    if size is not None and size > len(clean):
-        raise DataError(f"{'train' if train else 'test'} subset of {size} asked, the data set has {len(clean)}")
-    chosen = stratified_subset(clean, size, config.seed + (0 if train else 1))
-    labels = clean[chosen]
-    classes = tuple(dataset.classes)
+    if size is not None and size > len(fine):
+        raise DataError(f"{'train' if train else 'test'} subset of {size} asked, the data set has {len(fine)}")
+    chosen = stratified_subset(fine, size, config.seed + (0 if train else 1))
+    fine_classes = classes = tuple(dataset.classes)
+    clean = fine[chosen]
+    if config.coarse_labels is not None:
+        merge = CLASS_MERGES[config.dataset, config.coarse_labels]
+        clean, classes = merge_classes(clean, merge), tuple(name for name, _ in merge)
+    labels = clean
     if train and config.label_noise > 0:
         labels = flip_labels(labels, config.label_noise, len(classes), config.seed + 2)
-    return Split(images[chosen], labels, chosen, clean[chosen], SPECS[config.dataset], classes)
+    split = Split(images[chosen], labels, chosen, clean, SPECS[config.dataset], classes, fine[chosen], None, fine_classes)
+    return split if config.shortcut_class is None else _plant_shortcut(split, config, train)
 
 
 def load_data(config: DataConfig) -> RunData:
@@ -300,6 +375,11 @@ def fingerprint(data: RunData, config: DataConfig, pixels: bool = True) -> dict:
         "label_noise": config.label_noise,
         "seed": config.seed,
     }
+    if config.coarse_labels is not None:  # only then: the digests of runs without them stay as they were
+        values["coarse_labels"] = config.coarse_labels
+        values["test_labels_sha256"] = _sha256(data.test.labels)
+    if config.shortcut_class is not None:
+        values["shortcut"] = [config.shortcut_class, config.shortcut_fraction]
     if pixels:
         values["train_pixels_sha256"] = _pixels_sha256(data.train.images)
         values["test_pixels_sha256"] = _pixels_sha256(data.test.images)
@@ -317,7 +397,8 @@ def fingerprint_differences(recorded: dict, data: RunData, config: DataConfig) -
 
 
 def data_record(data: RunData) -> dict:
-    """The indices and flipped labels of a run, as saved in `checkpoints/<run>/data.json`."""
+    """The indices, flipped labels, fine labels and stamped examples of a run, as saved in
+    `checkpoints/<run>/data.json`."""
     noisy = data.train.noisy
     return {
         "train_index": data.train.index.tolist(),
@@ -326,6 +407,11 @@ def data_record(data: RunData) -> dict:
         "flipped_original_labels": data.train.clean_labels[noisy].tolist(),
         "flipped_new_labels": data.train.labels[noisy].tolist(),
         "classes": list(data.train.classes),
+        "fine_classes": list(data.train.fine_classes),
+        "train_fine_labels": data.train.fine_labels.tolist(),
+        "test_fine_labels": data.test.fine_labels.tolist(),
+        "stamped_train_index": data.train.index[data.train.stamped].tolist(),
+        "stamped_test_index": data.test.index[data.test.stamped].tolist(),
     }
 
 
