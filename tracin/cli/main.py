@@ -34,6 +34,7 @@ from tracin.training.models import MODELS
 from tracin.errors import TracinError
 from tracin.runtime import DEVICES
 from tracin.results.scoring import ScoreOptions, score_run
+from tracin.results.reporting import ReportOptions, report_run
 from tracin.results.validating import ValidateOptions, validate_run
 from tracin.training.trainer import RunOptions, train_run
 
@@ -435,3 +436,47 @@ def validate_main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_validate_parser().parse_args(_arguments(argv))
     return run_command("tracin-validate", lambda: validate_run(validate_options(args)),
                        "run the same command again to continue (finished retrainings are kept)")
+
+
+# --- tracin-report -----------------------------------------------------------------------------------
+
+
+def build_report_parser() -> argparse.ArgumentParser:
+    defaults = ReportOptions(run="")
+    parser = argparse.ArgumentParser(
+        prog="tracin-report",
+        description="The field's sanity checks of a run's TracIn scores, teacher, student and baseline side by side: "
+        "identical class and subclass, concentration, model randomization (cascading from the head down), mislabel "
+        "AUC, planted-shortcut precision and AUC, and tracin-validate's LDS and leave-top-k-out where the file "
+        "holds them; each with its bootstrap CI and chance. Writes /quality_report into the score file, "
+        "quality_report.md and plots/quality_report.png beside it; randomization is kept per model (resumable).",
+    )
+    parser.add_argument("--run", required=True, help="the run folder (tracin-train's), scored with tracin-score")
+    parser.add_argument("--scores", help="its score file (default: RUN/tracin.h5); the report goes into it")
+    parser.add_argument("--models", default=",".join(defaults.models),
+                        help="comma-separated models reported (ROLE or ROLE.rN; default: those of %(default)s the file holds)")
+    parser.add_argument("--randomization-train", type=int, default=defaults.randomization_train,
+                        help="model randomization: train examples sampled (default: %(default)s)")
+    parser.add_argument("--randomization-test", type=int, default=defaults.randomization_test,
+                        help="model randomization: test examples sampled (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the samples, random weights and bootstrap (default: %(default)s)")
+    parser.add_argument("--groups", action="store_true", help="print the layer groups' variants too (the files always hold them)")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available (default: auto)")
+    parser.add_argument("--data-root", help="where the run's data set is, if not where it was trained")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser
+
+
+def report_options(args: argparse.Namespace) -> ReportOptions:
+    return ReportOptions(
+        run=args.run, scores=args.scores, models=tuple(part.strip() for part in args.models.split(",") if part.strip()),
+        randomization_train=args.randomization_train, randomization_test=args.randomization_test, seed=args.seed,
+        device=args.device, data_root=args.data_root, groups=args.groups, quiet=args.quiet,
+    )
+
+
+def report_main(argv: Optional[Sequence[str]] = None) -> int:
+    """`tracin-report`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
+    args = build_report_parser().parse_args(_arguments(argv))
+    return run_command("tracin-report", lambda: report_run(report_options(args)),
+                       "run the same command again (finished models are kept)")

@@ -49,6 +49,10 @@ Layout (format "tracin-scores", version 1):
     /detection              compound [rows]: mislabel detection per ranking (self-influence raw and
                             train-normalised, last-checkpoint loss, random): area under the curve, found at
                             10% and 20% inspected (with label noise only; tracin.results.report)
+    /randomization          compound [rows], attrs settings (JSON): model, variant, the layers re-initialised, test
+                            row and the Spearman correlation of trained and randomized scores (tracin-report)
+    /quality_report         compound [rows]: every sanity check per model and variant, mean with bootstrap CI
+                            and chance (tracin.results.sanity, tracin-report)
     /validation/            attrs: settings (JSON), status, provenance (JSON: machine, finished); tracin-validate (tracin.results.validation):
         units               compound [n_units]: model, condition, test_row, subset, seed of each retraining
         margins             float32 [n_units, n_test]: logit margins of the scored test examples after it
@@ -169,6 +173,7 @@ def open_h5(path: Path, mode: str, locking: Optional[bool] = None) -> h5py.File:
 
 
 VALIDATION = "validation"  # tracin-validate's group
+RANDOMIZATION = "randomization"  # tracin-report's model-randomization rows
 SELF = "self_influence"
 NORMALISED_SELF = "self_influence_train-normalised"
 GROUP_SELF = "self_influence_groups"
@@ -560,6 +565,31 @@ class ScoreFile:
     def detection(self) -> np.ndarray:
         """The mislabel-detection table (structured [rows]); StoreError when the file has none."""
         return self._table("detection", "mislabel-detection table (written by tracin-score with label noise)")
+
+    def write_randomization(self, table: np.ndarray, settings: dict) -> None:
+        """Replace /randomization, the model-randomization Spearman per test row
+        (tracin.results.sanity.RANDOMIZATION_DTYPE rows), with the settings it was computed with."""
+        self._write_table(RANDOMIZATION, table)
+        self._h5[RANDOMIZATION].attrs["settings"] = json.dumps(settings, sort_keys=True)
+        self._h5.flush()
+
+    def randomization(self, settings: Optional[dict] = None) -> Optional[np.ndarray]:
+        """The model-randomization rows; None when the file has none, or (given `settings`) none computed
+        with these settings."""
+        if RANDOMIZATION not in self._h5:
+            return None
+        stored = self._h5[RANDOMIZATION]
+        if settings is not None and _differences(json.loads(stored.attrs["settings"]), json.loads(json.dumps(settings))):
+            return None
+        return _table(stored)
+
+    def write_quality_report(self, table: np.ndarray) -> None:
+        """Replace /quality_report, every sanity check per model and variant (tracin.results.sanity.REPORT_DTYPE)."""
+        self._write_table("quality_report", table)
+
+    def quality_report(self) -> np.ndarray:
+        """The quality report table (structured [rows]); StoreError when the file has none."""
+        return self._table("quality_report", "quality report (written by tracin-report)")
 
     def prepare_validation(self, units: np.ndarray, settings: dict, overwrite: bool = False) -> "ValidationRecord":
         """/validation for tracin-validate's units (tracin.results.validation.UNIT_DTYPE [n_units]): created,

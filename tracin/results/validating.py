@@ -290,7 +290,8 @@ def plan_work(store: ScoreFile, options: ValidateOptions, run: TrainedRun, data:
     """Rank 0: check the file and that every model can be retrained, plan the units (or resume the file's
     plan, a new one only now replacing it) and find what each unit removes."""
     check_finished(store)
-    _check_same_run(store, run, data, options.models)
+    check_scored_checkpoints(store, run, options.models)
+    _check_whole_train_set(store, data)
     plan = make_plan(options, store)
     _check_retrainable(plan, run, data, runtime, options)
     record = store.prepare_validation(plan.units(), _settings(options, plan, run, store, runtime), options.overwrite)
@@ -333,7 +334,7 @@ def retrain_units(work: Work, run: TrainedRun, data: RunData, runtime: Runtime, 
     """(unit, float32 [n_test] margins, seconds) of this rank's units, one after another: each rank
     trains alone (a one-process runtime), on its own device."""
     alone = replace(runtime, rank=0, world_size=1)
-    test = data.test.subset(torch.from_numpy(_positions(work.test_index, data.test.index.numpy())))
+    test = data.test.subset(torch.from_numpy(positions_in(work.test_index, data.test.index.numpy())))
     trainers: dict[str, Trainer] = {}
     with tqdm(total=len(work.todo), desc="retraining", unit="model", disable=runtime.progress_disabled) as bar:
         for i in work.assigned(runtime):
@@ -366,16 +367,20 @@ def _locks(run: TrainedRun, path: Path, runtime: Runtime):
     return stack
 
 
-def _check_same_run(store: ScoreFile, run: TrainedRun, data: RunData, models: Sequence[str]) -> None:
-    """The file must score this run's models (the checkpoints it replayed are in the run folder, same
-    sha256: a moved folder is fine, another run is not), and every train example of it in its order
-    (leave-out and LDS retrain on the whole train set: not a --train-subset)."""
+def check_scored_checkpoints(store: ScoreFile, run: TrainedRun, models: Sequence[str]) -> None:
+    """The file must score this run's models: the checkpoints it replayed are in the run folder, same
+    sha256 (a moved folder is fine, another run is not)."""
     for name in (m for m in models if m in store.models):
         for scored, sha256 in store.model(name).checkpoint_files:
             here = run.paths.model_dir(name) / Path(scored).name
             if not here.is_file() or sha256_file(here) != sha256:
                 raise TracinError(f"{store.path} scored {name} from {scored}, which {run.paths.root} does not hold "
                                   "(missing, or another file): give the score file of this run")
+
+
+def _check_whole_train_set(store: ScoreFile, data: RunData) -> None:
+    """Leave-out and LDS retrain on the whole train set: the file must score every train example of the
+    run in its order (not a --train-subset)."""
     if not np.array_equal(store.train_index, data.train.index.numpy()):
         raise TracinError(f"{store.path} scores {store.n_train} of the run's {len(data.train)} train examples (--train-subset?); "
                           "validation retrains on the whole train set: score every train example")
@@ -388,7 +393,7 @@ def _settings(options: ValidateOptions, plan: Plan, run: TrainedRun, store: Scor
             "device": runtime.device.type, "scores": hashlib.sha256(store.attributes["settings"].encode()).hexdigest()[:16]}
 
 
-def _positions(indices: np.ndarray, within: np.ndarray) -> np.ndarray:
+def positions_in(indices: np.ndarray, within: np.ndarray) -> np.ndarray:
     """int64: the position of each of `indices` in `within` (all present: the fingerprint checked it)."""
     order = np.argsort(within, kind="stable")
     return order[np.searchsorted(within, indices, sorter=order)]

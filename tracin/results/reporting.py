@@ -1,0 +1,353 @@
+"""tracin-report: the field's sanity checks side by side for teacher, student and baseline student.
+
+    open the run and its finished score file, check they belong together
+    model randomization: per model, the same TracIn engine on re-initialised weights (cascading from the
+        head down) for a sample of train and test examples -> /randomization (per model: resumable)
+    with a planted shortcut: each model's predictions on stamped and clean test examples
+    every check per model and variant (tracin.results.sanity), with the leave-top-k-out and LDS of
+        tracin-validate where the file holds them -> /quality_report, printed, quality_report.md,
+        plots/quality_report.png
+
+The checks read the stored rankings and scores; only randomization and predictions load checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from tracin.config import ROLES, EngineConfig, ScoreConfig, split_model_name
+from tracin.engine.randomization import fresh_model, randomized_checkpoints
+from tracin.engine.tracin import TracIn
+from tracin.errors import StoreError, TracinError
+from tracin.files import exclusive_lock, write_atomic
+from tracin.results import sanity
+from tracin.results import statistics as compare
+from tracin.results.report import check_finished
+from tracin.results.scoring import ScoreOptions, TrainedRun, checked_data, load_role_checkpoints, open_trained_run, scoring_loss
+from tracin.results.store import ScoreFile
+from tracin.results.validating import check_scored_checkpoints, positions_in
+from tracin.results.validation import OWN
+from tracin.runtime import Runtime, start_runtime
+from tracin.training.data import RunData, Split
+from tracin.training.models import build_model
+
+MODEL_ROWS = "(model)"  # the variant column of checks that belong to the model, not to a score variant
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What `tracin-report` was asked to do (see `tracin-report --help`)."""
+
+    run: str
+    scores: Optional[str] = None
+    models: tuple[str, ...] = ROLES
+    randomization_train: int = 500
+    randomization_test: int = 40
+    seed: int = 0
+    device: str = "auto"
+    data_root: Optional[str] = None
+    groups: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        for name in self.models:
+            split_model_name(name)  # a TracinError naming the valid names
+        if self.randomization_train < 3 or self.randomization_test < 2:
+            raise TracinError(f"--randomization-train must be at least 3 and --randomization-test at least 2, got "
+                              f"{self.randomization_train} and {self.randomization_test}")
+
+
+def report_run(options: ReportOptions) -> Path:
+    """Compute what is missing (randomization, predictions), write the quality report into the score file
+    and beside it; returns the score file."""
+    run = open_trained_run(options.run, options.data_root)
+    path = Path(options.scores) if options.scores else run.paths.root / "tracin.h5"
+    if not path.is_file():
+        raise TracinError(f"{path} does not exist: score the run with tracin-score first (or name the file with --scores)")
+    with start_runtime(options.device, options.quiet) as runtime, _locks(run, path):
+        if runtime.distributed:
+            raise TracinError("tracin-report runs in one process: start it without torchrun")
+        with ScoreFile.open_read_write(path) as store:
+            check_finished(store)
+            models = [m for m in options.models if m in store.models]
+            if not models:
+                raise TracinError(f"{path} has none of the models {', '.join(options.models)} (it has {', '.join(store.models)})")
+            check_scored_checkpoints(store, run, models)
+            data = checked_data(run)
+            randomization = update_randomization(store, models, run, data, options, runtime)
+            predictions = {m: test_predictions(m, store, run, data, runtime) for m in models} if store.train_stamped.any() else {}
+            table = quality_report_table(store, models, randomization, predictions, options.seed)
+            store.write_quality_report(table)
+        print(sanity.format_quality_report(table, options.groups), flush=True)
+        print(f"quality report: {path} (/quality_report), {write_quality_files(path, table)}", flush=True)
+    return path
+
+
+def _locks(run: TrainedRun, path: Path):
+    stack = contextlib.ExitStack()
+    stack.enter_context(exclusive_lock(run.paths.root, "the run", shared=True))
+    stack.enter_context(exclusive_lock(path, "the score file"))
+    return stack
+
+
+# --- model randomization ------------------------------------------------------------------------------
+
+
+def _stored_settings(store: ScoreFile) -> dict:
+    return json.loads(store.attributes["settings"])
+
+
+def stored_score_config(store: ScoreFile) -> ScoreConfig:
+    """The ScoreConfig the file was scored with (its settings' score.* entries)."""
+    settings = _stored_settings(store)
+    return ScoreConfig.from_dict({k.removeprefix("score."): v for k, v in settings.items()
+                                  if k.startswith("score.") and k != "score.loss"})
+
+
+def randomization_settings(store: ScoreFile, options: ReportOptions) -> dict:
+    """What the randomization rows depend on: the scores (their file's settings) and the samples."""
+    return {"scores": store.attributes["settings"], "train": options.randomization_train, "test": options.randomization_test,
+            "seed": options.seed}
+
+
+def update_randomization(store: ScoreFile, models: Sequence[str], run: TrainedRun, data: RunData, options: ReportOptions,
+                         runtime: Runtime) -> np.ndarray:
+    """The file's /randomization rows for `models`, computing (and writing, model by model) those missing."""
+    settings = randomization_settings(store, options)
+    table = store.randomization(settings)
+    table = np.zeros(0, dtype=sanity.RANDOMIZATION_DTYPE) if table is None else table
+    for name in models:
+        if name.encode() in set(table["model"]):
+            continue
+        runtime.log(f"model randomization: {name}")
+        table = np.concatenate([table, randomization_rows(name, store, run, data, options, runtime)])
+        store.write_randomization(table, settings)
+    return table[np.isin(table["model"], [m.encode() for m in models])]
+
+
+def _subsets(store: ScoreFile, data: RunData, options: ReportOptions) -> tuple[np.ndarray, np.ndarray, Split, Split]:
+    """(score-file train rows, test rows, the examples at them) sampled for randomization."""
+    train_rows = compare.sample_rows(store.n_train, options.randomization_train, options.seed)
+    test_rows = compare.sample_rows(store.n_test, options.randomization_test, options.seed + 1)
+    train = data.train.subset(torch.as_tensor(positions_in(store.train_index[train_rows], data.train.index.numpy())))
+    test = data.test.subset(torch.as_tensor(positions_in(store.test_index[test_rows], data.test.index.numpy())))
+    return train_rows, test_rows, train, test
+
+
+def randomization_rows(name: str, store: ScoreFile, run: TrainedRun, data: RunData, options: ReportOptions,
+                       runtime: Runtime) -> np.ndarray:
+    """RANDOMIZATION_DTYPE rows of one model: for each step of the cascade (sanity.cascade) and variant, the
+    Spearman correlation per sampled test row of its stored scores with the re-initialised model's."""
+    settings = _stored_settings(store)
+    checkpoints, config, last = load_role_checkpoints(run, name, settings["checkpoints"])
+    variants = store.model(name).variants
+    score_config = replace(stored_score_config(store), variants=tuple(variants))
+    loss = scoring_loss(name, last, ScoreOptions(run=run.paths.root.name, loss=settings["score.loss"]))
+    engine = EngineConfig(batch_size=settings["batch_size"], progress=False)
+    train_rows, test_rows, train, test = _subsets(store, data, options)
+    trained = {v: store.model(name).matrix(variant=v)[:, test_rows][train_rows].astype(np.float64) for v in variants}
+    groups = TracIn(build_model(config), checkpoints[-1:], score_config, loss, engine, runtime.device).group_names
+    fresh = fresh_model(lambda: build_model(config), options.seed)
+    rows = []
+    for label, randomized in sanity.cascade(groups):
+        replayed = randomized_checkpoints(fresh, checkpoints, randomized, score_config.groups)
+        scores = TracIn(build_model(config), replayed, score_config, loss, engine, runtime.device).scores_by_variant(train, test)
+        for variant in variants:
+            rho = sanity.randomization_spearman(trained[variant], scores[variant].numpy().astype(np.float64))
+            rows += [(name, variant, label, row, value) for row, value in zip(test_rows, rho)]
+    return np.array(rows, dtype=sanity.RANDOMIZATION_DTYPE)
+
+
+@torch.no_grad()
+def test_predictions(name: str, store: ScoreFile, run: TrainedRun, data: RunData, runtime: Runtime) -> np.ndarray:
+    """int64 [n_test]: the model's predicted class of each scored test example, at its last checkpoint."""
+    checkpoints, config, _ = load_role_checkpoints(run, name, "last")
+    model = build_model(config).to(runtime.device).eval()
+    model.load_state_dict(checkpoints[-1].state)
+    test = data.test.subset(torch.as_tensor(positions_in(store.test_index, data.test.index.numpy())))
+    return torch.cat([model(images).argmax(1).cpu() for images, _ in test.batches(256, runtime.device)]).numpy()
+
+
+# --- the table -------------------------------------------------------------------------------------------
+
+
+def quality_report_table(store: ScoreFile, models: Sequence[str], randomization: np.ndarray,
+                         predictions: dict[str, np.ndarray], seed: int = 0) -> np.ndarray:
+    """REPORT_DTYPE rows: every check the file allows, per model and variant (model-level checks under
+    MODEL_ROWS)."""
+    rows = []
+    for name in models:
+        for variant in store.model(name).variants:
+            rows += _attribution_rows(store, name, variant, randomization, seed)
+        rows += _model_rows(store, name, predictions.get(name), seed)
+    rows += _validation_rows(store, models)
+    return np.array(rows, dtype=sanity.REPORT_DTYPE)
+
+
+def _attribution_rows(store: ScoreFile, name: str, variant: str, randomization: np.ndarray, seed: int) -> list[tuple]:
+    scores = store.model(name)
+    top = scores.variant_rankings(variant)[0].top_index
+    k = min(sanity.SANITY_K, top.shape[1])
+    train_labels, test_labels = store.train_labels, store.test_labels
+    class_share = np.bincount(train_labels, minlength=test_labels.max() + 1)[test_labels] / store.n_train
+    rows = [sanity.summary_row(f"identical class top-{n}", name, variant, sanity.identical_class(top, train_labels, test_labels, n),
+                               float(class_share.mean()), seed) for n in (1, k)]
+    if store.coarse:
+        for n in (1, k):
+            same, chance = sanity.identical_subclass(top, store.train_fine_labels, store.test_fine_labels, train_labels, test_labels, n)
+            rows.append(sanity.summary_row(f"identical subclass top-{n}", name, variant, same, float(np.nanmean(chance)), seed))
+    share, low, high = sanity.top1_share_ci(top[:, 0], seed)
+    rows.append(("concentration: top-1 share (lower)", name, variant, share, low, high, 1.0 / store.n_train, len(top)))
+    rows += _randomization_summary(randomization, name, variant, seed)
+    rows += _mislabel_rows(store, name, variant, seed)
+    rows += _shortcut_rows(store, name, variant, top, k, seed)
+    return rows
+
+
+def _randomization_summary(randomization: np.ndarray, name: str, variant: str, seed: int) -> list[tuple]:
+    mine = randomization[(randomization["model"] == name.encode()) & (randomization["variant"] == variant.encode())]
+    rows = []
+    for label in dict.fromkeys(mine["randomized"]):
+        values = mine[mine["randomized"] == label]["spearman"]
+        rows.append(sanity.summary_row(f"randomization: {label.decode()} (lower)", name, variant, values, 0.0, seed))
+    return rows
+
+
+def _mislabel_rows(store: ScoreFile, name: str, variant: str, seed: int) -> list[tuple]:
+    if not store.noisy.any():
+        return []
+    self_influence = store.model(name).variant_self_influence(variant)
+    if self_influence is None:
+        return []
+    found = sanity.detection_scores(self_influence, store.noisy)
+    return [sanity.summary_row("mislabel AUC", name, variant, found, 0.5, seed)]
+
+
+def _shortcut_rows(store: ScoreFile, name: str, variant: str, top: np.ndarray, k: int, seed: int) -> list[tuple]:
+    stamped = store.train_stamped
+    shortcut = sanity.shortcut_class_of(stamped, store.train_labels)
+    if shortcut is None:
+        return []
+    rows = sanity.shortcut_rows(store.test_stamped, store.test_labels, shortcut)
+    if len(rows) == 0:
+        return []
+    precision = sanity.precision_at_k(top[rows], stamped, k)
+    columns = store.model(name).matrix(variant=variant)[:, rows]
+    auc = sanity.ranking_auc(np.asarray(columns, dtype=np.float64), stamped)
+    return [sanity.summary_row(f"shortcut precision@{k}", name, variant, precision, float(stamped.mean()), seed),
+            sanity.summary_row("shortcut AUC", name, variant, auc, 0.5, seed)]
+
+
+def _model_rows(store: ScoreFile, name: str, predicted: Optional[np.ndarray], seed: int) -> list[tuple]:
+    """Checks of the model itself: the loss baseline of mislabel detection, and whether it learned the
+    planted shortcut (accuracy on stamped and clean test examples; stamped ones of other classes taken
+    for the shortcut class)."""
+    rows = []
+    if store.noisy.any():
+        found = sanity.detection_scores(store.model(name).last_loss, store.noisy)
+        rows.append(sanity.summary_row("mislabel AUC, loss baseline", name, MODEL_ROWS, found, 0.5, seed))
+    if predicted is not None:
+        shortcut = sanity.shortcut_class_of(store.train_stamped, store.train_labels)
+        labels, stamped = store.test_labels, store.test_stamped
+        correct = (predicted == labels).astype(np.float64)
+        taken = (predicted == shortcut).astype(np.float64)
+        other = labels != shortcut
+        for check, values, chosen in (("accuracy, clean test", correct, ~stamped), ("accuracy, stamped test", correct, stamped),
+                                      ("other class taken for shortcut class, clean", taken, ~stamped & other),
+                                      ("other class taken for shortcut class, stamped", taken, stamped & other)):
+            rows.append(sanity.summary_row(check, name, MODEL_ROWS, values[chosen], np.nan, seed))
+    return rows
+
+
+def _validation_rows(store: ScoreFile, models: Sequence[str]) -> list[tuple]:
+    """LDS (own scores) and leave-top-k-out (own proponents removed) from tracin-validate, if it ran."""
+    try:
+        record = store.validation()
+    except StoreError:
+        return []
+    if record.status != "complete":
+        return []
+    leave_out, lds = record.tables()
+    rows = []
+    for row in lds:
+        if row["model"] == row["scores_of"] and row["model"].decode() in models:
+            rows.append(("LDS", row["model"], row["variant"], row["lds"], row["ci_low"], row["ci_high"], 0.0, row["n_rows"]))
+    for row in leave_out:
+        if row["condition"] == OWN.encode() and row["model"].decode() in models:
+            rows.append((f"leave-top-{row['k']}-out margin change (lower)", row["model"], row["variant"], row["mean_change"],
+                         row["ci_low"], row["ci_high"], 0.0, row["n_rows"]))
+    return rows
+
+
+# --- files ------------------------------------------------------------------------------------------------
+
+
+def quality_report_markdown(table: np.ndarray, groups: bool = False) -> str:
+    """The quality report as Markdown: a table per variant, rows = checks, columns = models."""
+    if not groups:
+        table = table[np.char.find(table["variant"], b"@") < 0]
+    models = [m for m in ROLES if m.encode() in set(table["model"])]
+    parts = ["# Quality report\n", "Each check per model: mean over test examples [95% bootstrap CI] (chance). "
+             "'(lower)': low is good.\n"]
+    for variant in dict.fromkeys(table["variant"]):
+        rows = table[table["variant"] == variant]
+        parts.append(f"\n## {variant.decode()}\n\n| check | " + " | ".join(models) + " |\n|---|" + "---|" * len(models))
+        for check in dict.fromkeys(rows["check"]):
+            cells = [rows[(rows["check"] == check) & (rows["model"] == m.encode())] for m in models]
+            parts.append(f"| {check.decode()} | " + " | ".join(sanity.format_cell(c[0]) if len(c) else "-" for c in cells) + " |")
+    return "\n".join(parts) + "\n"
+
+
+def plot_quality_report(table: np.ndarray) -> Figure:
+    """One panel per check of the whole-model variants: each model's value with its CI per variant, and
+    chance as a dashed line."""
+    table = table[(np.char.find(table["variant"], b"@") < 0) & (table["variant"] != MODEL_ROWS.encode())]
+    checks = list(dict.fromkeys(table["check"]))
+    models = [m for m in ROLES if m.encode() in set(table["model"])]
+    variants = list(dict.fromkeys(table["variant"]))
+    columns = min(4, max(1, len(checks)))
+    figure, axes = plt.subplots(-(-len(checks) // columns), columns, figsize=(4 * columns, 3 * -(-len(checks) // columns)),
+                                squeeze=False)
+    for ax, check in zip(axes.flat, checks):
+        rows = table[table["check"] == check]
+        for j, model in enumerate(models):
+            for i, variant in enumerate(variants):
+                match = rows[(rows["model"] == model.encode()) & (rows["variant"] == variant)]
+                if len(match):
+                    row = match[0]
+                    x = i + (j - (len(models) - 1) / 2) * 0.22
+                    # a percentile CI need not contain the value (e.g. the top-1 share, a maximum): clip at 0
+                    error = ([[max(0.0, row["value"] - row["ci_low"])], [max(0.0, row["ci_high"] - row["value"])]]
+                             if np.isfinite(row["ci_low"]) else None)
+                    ax.errorbar(x, row["value"], yerr=error, fmt="o", color=f"C{j}", label=model if i == 0 else None)
+        chance = rows["chance"][np.isfinite(rows["chance"])]
+        if len(chance):
+            ax.axhline(float(chance.mean()), color="grey", linestyle="--", linewidth=1)
+        ax.set_xticks(range(len(variants)), [v.decode() for v in variants], fontsize=7)
+        ax.set_title(check.decode(), fontsize=9)
+    for ax in list(axes.flat)[len(checks):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def write_quality_files(path: Path, table: np.ndarray) -> Path:
+    """quality_report.md beside the score file and plots/quality_report.png; returns the Markdown's path."""
+    markdown = path.parent / "quality_report.md"
+    write_atomic(markdown, lambda handle: handle.write(quality_report_markdown(table).encode()))
+    figure = plot_quality_report(table)
+    plots = path.parent / "plots"
+    plots.mkdir(exist_ok=True)
+    write_atomic(plots / "quality_report.png", lambda handle: figure.savefig(handle, format="png", dpi=110))
+    plt.close(figure)
+    return markdown

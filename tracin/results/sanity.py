@@ -1,0 +1,167 @@
+"""The field's sanity checks of attributions, per model and score variant, and the one quality report.
+
+quanda's list (identical class and subclass, model randomization, top-k cardinality, mislabel, shortcut,
+LDS), each a value per test example (or per train ranking) averaged with a bootstrap CI:
+
+- identical subclass (Hanawa et al., ICLR 2021): trained on merged classes (tracin-train
+  --coarse-labels), the share of a test example's top-k proponents of its *fine* class, on test examples
+  whose coarse class merges several; chance = picking at random within the coarse class;
+- model randomization (Hanawa et al.): the Spearman correlation, per test example, of the trained model's
+  scores with the scores of the same model with re-initialised weights (all layers; and cascading from
+  the head down). Low is good: a ranking that survives random weights explains the data, not the model;
+- planted shortcut (Koh & Liang 2017): with a stamped corner square on part of one class's training images
+  (--shortcut-class), for the stamped test examples of that class, the share of the top-k proponents
+  that are stamped (precision@k; chance = the stamped share of the train set) and the AUC of the scores
+  ranking the stamped train examples above the others; with whether each model learned the shortcut at
+  all (accuracy on stamped and clean test examples, and how often a stamped test example of another class
+  is predicted as the shortcut class).
+
+Pure numpy on stored rankings, score columns and labels; tracin.results.reporting computes the inputs
+and writes the table to the score file (/quality_report).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import scipy.stats
+
+from tracin.config import GROUP_SEPARATOR, ROLES
+from tracin.results import statistics as compare
+
+REPORT_DTYPE = np.dtype([
+    ("check", "S48"), ("model", "S40"), ("variant", "S64"), ("value", "f8"), ("ci_low", "f8"), ("ci_high", "f8"),
+    ("chance", "f8"), ("n_rows", "i8"),
+])
+RANDOMIZATION_DTYPE = np.dtype([
+    ("model", "S40"), ("variant", "S64"), ("randomized", "S64"), ("test_row", "i8"), ("spearman", "f8"),
+])
+SANITY_K = 10  # proponents per test example the shortcut and subclass checks look at
+ALL_LAYERS = "all layers"
+
+# The rows of the quality report, in order; a check a run cannot make (no coarse labels, no shortcut, no
+# label noise, no tracin-validate) has no rows. "lower" marks checks where a low value is good.
+CHECKS = (
+    "identical class top-1", "identical class top-10", "identical subclass top-1", "identical subclass top-10",
+    "concentration: top-1 share (lower)", "randomization: all layers (lower)", "mislabel AUC",
+    "shortcut precision@10", "shortcut AUC", "LDS", "leave-top-k-out margin change",
+)
+
+
+def identical_subclass(top_index: np.ndarray, train_fine: np.ndarray, test_fine: np.ndarray, train_labels: np.ndarray,
+                       test_labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 [rows]: share of each test row's top-k proponents (top_index [n_test, >= k] train
+    positions) whose fine label is the row's fine label, float64 [rows]: that share if the k were drawn at
+    random within the row's coarse class), over the test rows whose coarse class merges several fine
+    classes (train_labels/test_labels: coarse; NaN elsewhere)."""
+    merged = np.array([len(np.unique(train_fine[train_labels == c])) > 1 for c in test_labels])
+    same = (train_fine[top_index[:, :k]] == test_fine[:, None]).mean(axis=1)
+    in_coarse = np.array([(train_labels == c).sum() for c in test_labels], dtype=np.float64)
+    in_fine = np.array([((train_labels == c) & (train_fine == f)).sum() for c, f in zip(test_labels, test_fine)], dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chance = in_fine / in_coarse
+    return np.where(merged, same, np.nan), np.where(merged, chance, np.nan)
+
+
+def identical_class(top_index: np.ndarray, train_labels: np.ndarray, test_labels: np.ndarray, k: int) -> np.ndarray:
+    """float64 [n_test]: share of each test row's top-k proponents with the row's label."""
+    return (train_labels[top_index[:, :k]] == test_labels[:, None]).mean(axis=1)
+
+
+def shortcut_rows(test_stamped: np.ndarray, test_labels: np.ndarray, shortcut_class: int) -> np.ndarray:
+    """int64: the test rows stamped with the shortcut whose label is the shortcut class (those for which
+    the stamped training images are proponents, if the model uses the stamp)."""
+    return np.flatnonzero(test_stamped & (test_labels == shortcut_class))
+
+
+def shortcut_class_of(train_stamped: np.ndarray, train_labels: np.ndarray) -> Optional[int]:
+    """The class whose training images carry the stamp (None without a shortcut)."""
+    return int(np.bincount(train_labels[train_stamped]).argmax()) if train_stamped.any() else None
+
+
+def precision_at_k(top_index: np.ndarray, train_stamped: np.ndarray, k: int) -> np.ndarray:
+    """float64 [rows]: share of each row's top-k proponents (top_index [rows, >= k]) that are stamped."""
+    return train_stamped[top_index[:, :k]].mean(axis=1)
+
+
+def ranking_auc(columns: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """float64 [rows]: per column of `columns` [n_train, rows] (scores), the probability that a positive
+    train example (bool [n_train]) scores above a negative one, ties counting half (Mann-Whitney U / n+ n-)."""
+    ranks = scipy.stats.rankdata(columns, axis=0)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    u = ranks[positive].sum(axis=0) - n_pos * (n_pos + 1) / 2
+    return u / (n_pos * n_neg)
+
+
+def randomization_spearman(trained: np.ndarray, randomized: np.ndarray) -> np.ndarray:
+    """float64 [rows]: Spearman's rho per column of two score matrices [n_train, rows] (NaN where a column
+    is constant)."""
+    return compare.correlate_ranks(compare.row_ranks(trained.T), compare.row_ranks(randomized.T))
+
+
+def top1_share_ci(top1: np.ndarray, seed: int = 0, resamples: int = 1000) -> tuple[float, float, float]:
+    """(share of test rows whose top-1 proponent (int [rows]) is the most common one, and its percentile
+    bootstrap CI over test rows). The share is a maximum, so resamples overstate it: the CI can lie above
+    a small value (read it as "at most")."""
+    def share(sample: np.ndarray) -> float:
+        return float(np.bincount(sample).max() / len(sample))
+    rng = np.random.default_rng(seed)
+    draws = [share(top1[rng.integers(0, len(top1), len(top1))]) for _ in range(resamples)]
+    tail = (1 - compare.CONFIDENCE) / 2
+    return share(top1), float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail))
+
+
+def detection_scores(ranking_values: np.ndarray, flipped: np.ndarray) -> np.ndarray:
+    """float64 [n_flipped]: for each mislabelled train example, 1 - (its position + 0.5) / n when the
+    train set is inspected from the highest `ranking_values` down (ties share their mean position). The
+    mean is the area under the found-vs-inspected curve; 0.5 is a random order."""
+    position = scipy.stats.rankdata(-np.asarray(ranking_values, dtype=np.float64)) - 1
+    return 1.0 - (position[flipped] + 0.5) / len(ranking_values)
+
+
+def cascade(groups: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """The model-randomization steps for layer groups in model order: from the head down, each step
+    re-initialising one more group, (label, groups re-initialised); the last step is every layer."""
+    steps = []
+    for i in range(1, len(groups) + 1):
+        chosen = tuple(groups[-i:])
+        steps.append((ALL_LAYERS if i == len(groups) else f"{groups[-i]} and above", chosen))
+    return steps
+
+
+def summary_row(check: str, model: str, variant: str, per_row: np.ndarray, chance: float, seed: int) -> tuple:
+    """One REPORT_DTYPE row: the mean of the defined (non-NaN) rows with its bootstrap CI."""
+    defined = np.isfinite(per_row)
+    value = float(per_row[defined].mean()) if defined.any() else np.nan
+    low, high = compare.bootstrap_ci([per_row], seed=seed)
+    return (check, model, variant, value, low, high, chance, int(defined.sum()))
+
+
+def format_quality_report(table: np.ndarray, groups: bool = False) -> str:
+    """The quality report as text: a block per variant, a line per check, a column per role (its replica
+    0 model): value [95% CI] (chance). Layer-group variants only with `groups`."""
+    if len(table) == 0:
+        return ""
+    if not groups:
+        table = table[np.char.find(table["variant"], GROUP_SEPARATOR.encode()) < 0]
+    models = [m for m in ROLES if m.encode() in set(table["model"])]
+    lines = [f"quality report: each check per model, mean over test examples [{compare.CONFIDENCE:.0%} bootstrap CI] "
+             "(chance); '(lower)': low is good"]
+    for variant in dict.fromkeys(table["variant"]):
+        rows = table[table["variant"] == variant]
+        lines.append(f"  {variant.decode():<44}" + "".join(f"{m:>34}" for m in models))
+        for check in dict.fromkeys(rows["check"]):
+            cells = []
+            for model in models:
+                match = rows[(rows["check"] == check) & (rows["model"] == model.encode())]
+                cells.append(f"{format_cell(match[0]) if len(match) else '-':>34}")
+            lines.append(f"    {check.decode():<42}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def format_cell(row) -> str:
+    """value [low, high] (chance) of one REPORT_DTYPE row."""
+    interval = f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if np.isfinite(row["ci_low"]) else ""
+    chance = f" ({row['chance']:.2f})" if np.isfinite(row["chance"]) else ""
+    return f"{row['value']:.3f}{interval}{chance}"
