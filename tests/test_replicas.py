@@ -16,7 +16,9 @@ import torch
 
 from tracin.config import REPLICA_SEED_STRIDE, model_name, replicas_by_role, split_model_name
 from tracin.errors import TracinError
-from tracin.results.agreement import AGREEMENT_DTYPE, format_agreement, format_agreement_by_depth, select_agreement_pairs
+from tracin.results.agreement import (
+    AGREEMENT_DTYPE, format_agreement, format_agreement_by_depth, pairing_p_value, select_agreement_pairs, verdicts,
+)
 from tracin.results.scoring import select_compared_pairs
 from tracin.results.report import detection_summary, format_detection_by_group, mislabel_curves
 from tracin.results.statistics import bootstrap_ci, normalised_agreement, overlap_at_k, sample_rows, spearman_rows
@@ -60,6 +62,28 @@ def test_model_names_round_trip_and_refuse_others():
                 "teacher.r1.r1", "Teacher"):
         with pytest.raises(TracinError):
             split_model_name(bad)
+
+
+def test_pairing_p_value_counts_the_assignments_that_agree_at_least_as_much():
+    strong = np.array([[0.9, 0.1, 0.1], [0.1, 0.9, 0.1], [0.1, 0.1, 0.9]])
+    assert pairing_p_value(strong) == pytest.approx(1 / 6)  # only the own pairing reaches it: 1 of 3!
+    assert pairing_p_value(np.full((3, 3), 0.4)) == 1.0  # every pairing ties
+    swapped = np.array([[0.1, 0.9], [0.9, 0.1]])
+    assert pairing_p_value(swapped) == 1.0
+
+
+def test_verdicts_say_no_difference_when_the_interval_holds_zero():
+    rows = np.array([
+        ("raw", "overlap@8", "own - other teacher", 0.01, -0.02, 0.04, 0.0, 2, 30, 0.5),
+        ("cosine", "overlap@8", "own - other teacher", 0.10, 0.05, 0.15, 0.0, 2, 30, 0.5),
+        ("raw", "overlap@8", "shared - other init", 0.20, 0.10, 0.30, 0.0, 2, 30, np.nan),
+        ("raw@head", "overlap@8", "own - other teacher", 0.30, 0.20, 0.40, 0.0, 2, 30, 0.5),
+    ], dtype=AGREEMENT_DTYPE)
+    said = verdicts(rows)
+    assert len(said) == 3  # layer groups are left to the table
+    assert "no more than with another teacher" in said[0] and "+0.010 [-0.020, +0.040]" in said[0] and "p = 0.50" in said[0]
+    assert "more than with another teacher" in said[1] and "no more" not in said[1]
+    assert "shared initialisation and data order alone make" in said[2]
 
 
 def test_pairs_match_replica_numbers_even_with_gaps():
@@ -144,6 +168,7 @@ def test_agreement_table_equals_a_direct_computation(replica_scores):
                     "student-student'": students,
                     "baseline-baseline'": agree("student_baseline", "student_baseline.r1"),
                     "student-baseline": (agree("student", "student_baseline") + agree("student.r1", "student_baseline.r1")) / 2,
+                    "student-baseline'": (agree("student", "student_baseline.r1") + agree("student.r1", "student_baseline")) / 2,
                 }
                 rows = {r["comparison"].decode(): r for r in table
                         if r["variant"].decode() == variant and r["statistic"].decode() == statistic}
@@ -158,6 +183,12 @@ def test_agreement_table_equals_a_direct_computation(replica_scores):
                 assert normalised["mean"] == pytest.approx(direct, nan_ok=True)
                 difference = rows["own - other teacher"]
                 assert difference["mean"] == pytest.approx(np.nanmean(own - other))
+                # two replicas: two pairings; p = 1/2 when the own pairing agrees more, else 1
+                own_pairing = np.nanmean(agree("teacher", "student")) + np.nanmean(agree("teacher.r1", "student.r1"))
+                other_pairing = np.nanmean(agree("teacher", "student.r1")) + np.nanmean(agree("teacher.r1", "student"))
+                assert difference["p_value"] == (0.5 if own_pairing > other_pairing + 1e-12 else 1.0)
+                shared = rows["shared - other init"]
+                assert shared["mean"] == pytest.approx(np.nanmean(expected["student-baseline"] - expected["student-baseline'"]))
 
 
 def test_layer_group_variants_reach_quality_comparisons_and_agreement(replica_scores):

@@ -10,7 +10,11 @@ agree only so much. With replicas (tracin-train --replicas), every agreement sta
   ensembling averages the seed noise out);
 - teacher'-student: the student against a teacher it did not learn from (replica r's student against the
   other replicas' teachers), and own - other teacher, the difference: does the student lean on *its*
-  teacher's data more than on an unrelated teacher's?
+  teacher's data more than on an unrelated teacher's? With its CI and a permutation test over the
+  replica pairings (every assignment of students to teachers; with R replicas p cannot go below 1/R!);
+- student-baseline': the student against a baseline student of another replica (other initialisation
+  and data order), and shared - other init, the difference: how much of student-baseline agreement a
+  shared initialisation and data order alone make.
 
 Per test example (row): overlap@k of the two models' top-k proponents (from the stored rankings) and the
 Spearman correlation of the two score columns (on the sampled test examples of CompareOptions). Each
@@ -33,8 +37,9 @@ from tracin.results.store import ScoreFile
 
 AGREEMENT_DTYPE = np.dtype([
     ("variant", "S64"), ("statistic", "S16"), ("comparison", "S40"), ("mean", "f8"), ("ci_low", "f8"),
-    ("ci_high", "f8"), ("chance", "f8"), ("pairs", "i8"), ("n_rows", "i8"),
+    ("ci_high", "f8"), ("chance", "f8"), ("pairs", "i8"), ("n_rows", "i8"), ("p_value", "f8"),
 ])
+OWN_VS_OTHER, SHARED_VS_OTHER_INIT = "own - other teacher", "shared - other init"
 Pair = tuple[str, str]
 
 
@@ -51,6 +56,7 @@ def select_agreement_pairs(replicas: dict[str, dict[int, str]], models: Sequence
         "teacher-student": [(t[r], s[r]) for r in t if r in s],
         "teacher'-student": [(t[i], s[j]) for i in t for j in s if i != j],
         "student-baseline": [(s[r], b[r]) for r in s if r in b],
+        "student-baseline'": [(s[i], b[j]) for i in s for j in b if i != j],
         **within,
     }
     for name, roles in (("teacher-student, ensembles", ("teacher", "student")),
@@ -98,12 +104,28 @@ class RowValues:
 
 
 def _row(variant: str, statistic: str, comparison: str, samples: list[np.ndarray], function: Callable,
-         chance: float, pairs: int, seed: int) -> tuple:
+         chance: float, pairs: int, seed: int, p_value: float = np.nan) -> tuple:
     """One AGREEMENT_DTYPE row: function(*samples) over the rows where every sample is defined, its CI."""
     defined = ~np.any([np.isnan(x) for x in samples], axis=0)
     value = float(function(*[x[defined] for x in samples], axis=-1)) if defined.any() else np.nan
     low, high = compare.bootstrap_ci(samples, function, seed)
-    return (variant, statistic, comparison, value, low, high, chance, pairs, int(defined.sum()))
+    return (variant, statistic, comparison, value, low, high, chance, pairs, int(defined.sum()), p_value)
+
+
+def pairing_p_value(agreement: np.ndarray) -> float:
+    """The permutation test over replica pairings: agreement [R, R] of teacher i with student j (means
+    over test examples); the statistic is mean(diagonal) - mean(off-diagonal), own teacher against the
+    others. p = the share of the R! assignments of students to teachers whose statistic is at least the
+    observed one (the observed assignment included): with R replicas p >= 1/R!."""
+    size = len(agreement)
+    off = ~np.eye(size, dtype=bool)
+
+    def statistic(matrix: np.ndarray) -> float:
+        return float(np.mean(np.diag(matrix)) - np.mean(matrix[off]))
+
+    observed = statistic(agreement)
+    permuted = [statistic(agreement[:, list(order)]) for order in itertools.permutations(range(size))]
+    return float(np.mean(np.array(permuted) >= observed - 1e-12))
 
 
 def agreement_table(store: ScoreFile, models: list[str], options: CompareOptions, k: Optional[int] = None) -> np.ndarray:
@@ -129,9 +151,49 @@ def agreement_table(store: ScoreFile, models: list[str], options: CompareOptions
                                  _normalised(chance), 0.0, len(pairs[between]), options.seed))
         if "teacher'-student" in per_row:
             samples = [per_row["teacher-student"], per_row["teacher'-student"]]
-            rows.append(_row(variant, statistic, "own - other teacher", samples, compare.mean_difference, 0.0,
-                             len(pairs["teacher-student"]), options.seed))
+            p_value = pairing_p_value(_pairing_matrix(values, models))
+            rows.append(_row(variant, statistic, OWN_VS_OTHER, samples, compare.mean_difference, 0.0,
+                             len(pairs["teacher-student"]), options.seed, p_value))
+        if "student-baseline'" in per_row:
+            samples = [per_row["student-baseline"], per_row["student-baseline'"]]
+            rows.append(_row(variant, statistic, SHARED_VS_OTHER_INIT, samples, compare.mean_difference, 0.0,
+                             len(pairs["student-baseline"]), options.seed))
     return np.array(rows, dtype=AGREEMENT_DTYPE)
+
+
+def _pairing_matrix(values: RowValues, models: Sequence[str]) -> np.ndarray:
+    """float64 [R, R]: mean over test examples of the agreement of teacher replica i with student replica
+    j, for the replicas that have both."""
+    by_role = replicas_by_role(models)
+    shared = [r for r in by_role["teacher"] if r in by_role["student"]]
+    return np.array([[np.nanmean(values.of((by_role["teacher"][i], by_role["student"][j]))) for j in shared] for i in shared])
+
+
+def verdicts(table: np.ndarray) -> list[str]:
+    """The distillation question in words, per whole-model variant (overlap): does the student agree with
+    its own teacher more than with another (own - other teacher), and how much agreement a shared
+    initialisation and data order alone make (shared - other init); each with its CI (and p)."""
+    lines = []
+    whole = table[~of_layer_groups(table) & np.char.startswith(table["statistic"], b"overlap")] if len(table) else table
+    for row in whole:
+        comparison = row["comparison"].decode()
+        if comparison not in (OWN_VS_OTHER, SHARED_VS_OTHER_INIT):
+            continue
+        interval = f"{row['mean']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+        above, below = row["ci_low"] > 0, row["ci_high"] < 0
+        if comparison == OWN_VS_OTHER:
+            said = ("agrees with its own teacher more than with another teacher" if above else
+                    "agrees with its own teacher less than with another teacher" if below else
+                    "agrees with its own teacher no more than with another teacher (the CI includes 0)")
+            has_p = "p_value" in table.dtype.names and np.isfinite(row["p_value"])
+            p = f", permutation p = {row['p_value']:.2f} over the pairings of {row['pairs']} replicas" if has_p else ""
+            lines.append(f"{row['variant'].decode()}, {row['statistic'].decode()}: the student {said}: {interval}{p}")
+        else:
+            said = ("a shared initialisation and data order alone make student and baseline agree more" if above else
+                    "a shared initialisation and data order make no difference to student-baseline agreement (the CI includes 0)"
+                    if not below else "students with a shared initialisation and data order agree less")
+            lines.append(f"{row['variant'].decode()}, {row['statistic'].decode()}: {said}: {interval}")
+    return lines
 
 
 def _normalised(chance: float) -> Callable:
@@ -165,6 +227,9 @@ def format_agreement(table: np.ndarray, groups: bool = False) -> str:
             for statistic in statistics:
                 match = rows[(rows["comparison"] == comparison) & (rows["statistic"] == statistic)]
                 cells.append(f"{_cell(match[0]):>22}" if len(match) else " " * 22)
+            p_values = rows[rows["comparison"] == comparison]["p_value"] if "p_value" in rows.dtype.names else []
+            if len(p_values) and np.isfinite(p_values).any():
+                cells.append("p " + " ".join(f"{p:.2f}" for p in p_values))
             lines.append(f"    {comparison.decode():<28}" + "  ".join(cells))
         chances = [rows[rows["statistic"] == statistic]["chance"][0] for statistic in statistics]
         lines.append(f"    {'(chance)':<28}" + "  ".join(f"{chance:>22.3f}" for chance in chances))

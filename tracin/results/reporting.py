@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from tracin.results.agreement import AGREEMENT_DTYPE, verdicts
 from tracin.config import ROLES, EngineConfig, ScoreConfig, split_model_name
 from tracin.engine.randomization import fresh_model, randomized_checkpoints
 from tracin.engine.tracin import TracIn
@@ -87,8 +88,10 @@ def report_run(options: ReportOptions) -> Path:
             predictions = {m: test_predictions(m, store, run, data, runtime) for m in models} if store.train_stamped.any() else {}
             table = quality_report_table(store, models, randomization, predictions, options.seed)
             store.write_quality_report(table)
+            said = report_verdicts(store, table)
         print(sanity.format_quality_report(table, options.groups), flush=True)
-        print(f"quality report: {path} (/quality_report), {write_quality_files(path, table)}", flush=True)
+        print("\n".join(said), flush=True)
+        print(f"quality report: {path} (/quality_report), {write_quality_files(path, table, said)}", flush=True)
     return path
 
 
@@ -189,6 +192,8 @@ def quality_report_table(store: ScoreFile, models: Sequence[str], randomization:
         for variant in store.model(name).variants:
             rows += _attribution_rows(store, name, variant, randomization, seed)
         rows += _model_rows(store, name, predictions.get(name), seed)
+    for variant in store.model(models[0]).variants:
+        rows += _shortcut_distillation_rows(store, variant, seed)
     rows += _validation_rows(store, models)
     return np.array(rows, dtype=sanity.REPORT_DTYPE)
 
@@ -203,7 +208,8 @@ def _attribution_rows(store: ScoreFile, name: str, variant: str, randomization: 
                                float(class_share.mean()), seed) for n in (1, k)]
     if store.coarse:
         for n in (1, k):
-            same, chance = sanity.identical_subclass(top, store.train_fine_labels, store.test_fine_labels, train_labels, test_labels, n)
+            same, chance = sanity.identical_subclass(top, store.train_fine_labels, store.test_fine_labels,
+                                                  store.train_clean_labels, test_labels, n)
             rows.append(sanity.summary_row(f"identical subclass top-{n}", name, variant, same, float(np.nanmean(chance)), seed))
     share, low, high = sanity.top1_share_ci(top[:, 0], seed)
     rows.append(("concentration: top-1 share (lower)", name, variant, share, low, high, 1.0 / store.n_train, len(top)))
@@ -247,6 +253,37 @@ def _shortcut_rows(store: ScoreFile, name: str, variant: str, top: np.ndarray, k
             sanity.summary_row("shortcut AUC", name, variant, auc, 0.5, seed)]
 
 
+def _shortcut_distillation_rows(store: ScoreFile, variant: str, seed: int) -> list[tuple]:
+    """The distillation question on the planted shortcut, per stamped test example of the shortcut class:
+    the student's shortcut precision@k less the baseline's; the stamped examples the student shares with
+    its own teacher's top-k and with another teacher's (teacher.r1), and the teacher with its replica
+    (the noise floor)."""
+    stamped = store.train_stamped
+    shortcut = sanity.shortcut_class_of(stamped, store.train_labels)
+    names = [n for n in ("teacher", "student", "student_baseline", "teacher.r1", "student.r1") if n in store.models]
+    if shortcut is None or not {"teacher", "student"} <= set(names) or any(variant not in store.model(n).variants for n in names):
+        return []
+    rows = sanity.shortcut_rows(store.test_stamped, store.test_labels, shortcut)
+    top = {n: store.model(n).variant_rankings(variant)[0].top_index[rows] for n in names}
+    k = min(sanity.SANITY_K, top["student"].shape[1])
+    found = []
+    if "student_baseline" in top:
+        difference = sanity.precision_at_k(top["student"], stamped, k) - sanity.precision_at_k(top["student_baseline"], stamped, k)
+        found.append(sanity.summary_row(f"shortcut precision@{k} - baseline's", "student", variant, difference, 0.0, seed))
+    own = sanity.shared_stamped(top["teacher"], top["student"], stamped, k)
+    found.append(sanity.summary_row(f"stamped top-{k} shared with own teacher", "student", variant, own, np.nan, seed))
+    if "teacher.r1" in top:
+        other = sanity.shared_stamped(top["teacher.r1"], top["student"], stamped, k)
+        found.append(sanity.summary_row(f"stamped top-{k} shared with another teacher", "student", variant, other, np.nan, seed))
+        found.append(sanity.summary_row(f"stamped top-{k} shared: own - other teacher", "student", variant, own - other, 0.0, seed))
+        floor = sanity.shared_stamped(top["teacher"], top["teacher.r1"], stamped, k)
+        found.append(sanity.summary_row(f"stamped top-{k} shared with its replica", "teacher", variant, floor, np.nan, seed))
+    if "student.r1" in top:
+        floor = sanity.shared_stamped(top["student"], top["student.r1"], stamped, k)
+        found.append(sanity.summary_row(f"stamped top-{k} shared with its replica", "student", variant, floor, np.nan, seed))
+    return found
+
+
 def _model_rows(store: ScoreFile, name: str, predicted: Optional[np.ndarray], seed: int) -> list[tuple]:
     """Checks of the model itself: the loss baseline of mislabel detection, and whether it learned the
     planted shortcut (accuracy on stamped and clean test examples; stamped ones of other classes taken
@@ -286,6 +323,16 @@ def _validation_rows(store: ScoreFile, models: Sequence[str]) -> list[tuple]:
             rows.append((f"leave-top-{row['k']}-out margin change (lower)", row["model"], row["variant"], row["mean_change"],
                          row["ci_low"], row["ci_high"], 0.0, row["n_rows"]))
     return rows
+
+
+def report_verdicts(store: ScoreFile, table: np.ndarray) -> list[str]:
+    """The report's findings in words: randomization, the planted shortcut, and own versus other teacher
+    (from the agreement table, where the file has replicas)."""
+    try:
+        agreement = store.agreement()
+    except StoreError:
+        agreement = np.zeros(0, dtype=AGREEMENT_DTYPE)
+    return sanity.randomization_verdicts(table) + sanity.shortcut_verdicts(table) + verdicts(agreement)
 
 
 # --- files ------------------------------------------------------------------------------------------------
@@ -341,10 +388,12 @@ def plot_quality_report(table: np.ndarray) -> Figure:
     return figure
 
 
-def write_quality_files(path: Path, table: np.ndarray) -> Path:
-    """quality_report.md beside the score file and plots/quality_report.png; returns the Markdown's path."""
+def write_quality_files(path: Path, table: np.ndarray, said: Sequence[str] = ()) -> Path:
+    """quality_report.md (the table and the verdicts `said`) beside the score file and
+    plots/quality_report.png; returns the Markdown's path."""
     markdown = path.parent / "quality_report.md"
-    write_atomic(markdown, lambda handle: handle.write(quality_report_markdown(table).encode()))
+    text = quality_report_markdown(table) + "".join(f"\n- {line}" for line in said) + ("\n" if said else "")
+    write_atomic(markdown, lambda handle: handle.write(text.encode()))
     figure = plot_quality_report(table)
     plots = path.parent / "plots"
     plots.mkdir(exist_ok=True)

@@ -54,7 +54,8 @@ def identical_subclass(top_index: np.ndarray, train_fine: np.ndarray, test_fine:
     """(float64 [rows]: share of each test row's top-k proponents (top_index [n_test, >= k] train
     positions) whose fine label is the row's fine label, float64 [rows]: that share if the k were drawn at
     random within the row's coarse class), over the test rows whose coarse class merges several fine
-    classes (train_labels/test_labels: coarse; NaN elsewhere)."""
+    classes (train_labels/test_labels: coarse, before label noise: a flipped label merges nothing; NaN
+    elsewhere)."""
     merged = np.array([len(np.unique(train_fine[train_labels == c])) > 1 for c in test_labels])
     same = (train_fine[top_index[:, :k]] == test_fine[:, None]).mean(axis=1)
     in_coarse = np.array([(train_labels == c).sum() for c in test_labels], dtype=np.float64)
@@ -118,6 +119,57 @@ def detection_scores(ranking_values: np.ndarray, flipped: np.ndarray) -> np.ndar
     mean is the area under the found-vs-inspected curve; 0.5 is a random order."""
     position = scipy.stats.rankdata(-np.asarray(ranking_values, dtype=np.float64)) - 1
     return 1.0 - (position[flipped] + 0.5) / len(ranking_values)
+
+
+def shared_stamped(top_a: np.ndarray, top_b: np.ndarray, train_stamped: np.ndarray, k: int) -> np.ndarray:
+    """float64 [rows]: share of k of the stamped train examples in both rows' top-k proponents (top_a,
+    top_b [rows, >= k]): do two models credit the same stamped examples?"""
+    shared = [np.intersect1d(a[:k], b[:k]) for a, b in zip(top_a, top_b)]
+    return np.array([train_stamped[s].sum() / k for s in shared], dtype=np.float64)
+
+
+RANDOMIZATION_ALARM = 0.5  # an all-layers Spearman whose CI lies above this: the ranking survives random weights
+
+
+def randomization_verdicts(table: np.ndarray) -> list[str]:
+    """In words: which whole-model variants' rankings survive re-initialising every layer (CI above
+    RANDOMIZATION_ALARM), and the largest all-layers correlation otherwise."""
+    rows = table[(table["check"] == f"randomization: {ALL_LAYERS} (lower)".encode())
+                 & (np.char.find(table["variant"], GROUP_SEPARATOR.encode()) < 0)]
+    if len(rows) == 0:
+        return []
+    survive = rows[rows["ci_low"] > RANDOMIZATION_ALARM]
+    lines = [f"model randomization: {r['model'].decode()} {r['variant'].decode()} ranks the train data alike with random "
+             f"weights (Spearman {format_cell(r)}): it explains the data, not the model" for r in survive]
+    if len(survive) < len(rows):
+        passing = rows[rows["ci_low"] <= RANDOMIZATION_ALARM]
+        worst = passing[np.argmax(passing["value"])]
+        which = f"the other {len(passing)}" if len(survive) else f"all {len(passing)}"
+        lines.append(f"model randomization: {which} model-variant rankings change with random weights "
+                     f"(all-layers Spearman at most {worst['value']:.3f}, {worst['model'].decode()} {worst['variant'].decode()}; "
+                     f"alarm above {RANDOMIZATION_ALARM})")
+    return lines
+
+
+def shortcut_verdicts(table: np.ndarray) -> list[str]:
+    """In words: per model, the best whole-model variant's shortcut precision@k against chance and half,
+    and whether the model learned the shortcut at all."""
+    lines = []
+    for model in [m for m in ROLES if m.encode() in set(table["model"])]:
+        mine = table[(table["model"] == model.encode()) & (np.char.find(table["variant"], GROUP_SEPARATOR.encode()) < 0)]
+        precision = mine[np.char.startswith(mine["check"], b"shortcut precision@")]
+        if len(precision) == 0:
+            continue
+        best = precision[np.argmax(precision["value"])]
+        taken = {r["check"].decode().rsplit(", ", 1)[1]: r["value"] for r in mine
+                 if r["check"].decode().startswith("other class taken for shortcut class")}
+        half = "at least half" if best["value"] >= 0.5 else "less than half"
+        learned = (f"; the model takes {taken.get('stamped', np.nan):.1%} of stamped test images of other classes for the "
+                   f"shortcut class ({taken.get('clean', np.nan):.1%} of clean ones)" if taken else "")
+        lines.append(f"planted shortcut: {model}: stamped train examples are {best['value']:.1%} of the top-{best['check'].decode().rsplit('@', 1)[1]} "
+                     f"proponents of stamped test examples with {best['variant'].decode()} (best variant; CI "
+                     f"[{best['ci_low']:.1%}, {best['ci_high']:.1%}], chance {best['chance']:.1%}): {half}{learned}")
+    return lines
 
 
 def cascade(groups: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:

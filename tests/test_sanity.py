@@ -1,0 +1,222 @@
+"""tracin-report: the field's sanity checks on a tiny run with merged classes, a planted shortcut, label
+noise and replicas; every figure against a direct computation (model randomization against the torch.func
+reference on the re-initialised weights)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from conftest import TINY_RUN_ARGS, run_tracin_score, run_tracin_train, subprocess_env
+from tracin.config import DataConfig, ModelConfig
+from tracin.engine.reference import func_tracin_scores
+from tracin.results import sanity
+from tracin.results.reporting import MODEL_ROWS
+from tracin.results.statistics import bootstrap_ci, sample_rows
+from tracin.results.store import ScoreFile
+from tracin.training.checkpoints import list_checkpoints, load_checkpoint
+from tracin.training.data import load_data
+from tracin.training.models import build_model
+
+K = 10
+RANDOM_TRAIN, RANDOM_TEST = 40, 6
+
+
+def run_tracin_report(args, timeout: float = 600) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).with_name("tracin-report")), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=subprocess_env())
+
+
+@pytest.fixture(scope="module")
+def sanity_run(fashion_mnist_root, tmp_path_factory) -> Path:
+    out_root = tmp_path_factory.mktemp("sanity")
+    result = run_tracin_train(["--run", "planted", "--out-root", out_root, "--data-root", fashion_mnist_root, *TINY_RUN_ARGS,
+                               "--coarse-labels", "tops-footwear", "--shortcut-class", "0", "--shortcut-fraction", "0.3",
+                               "--replicas", "2"], timeout=900)
+    assert result.returncode == 0, result.stderr
+    return out_root / "planted"
+
+
+@pytest.fixture(scope="module")
+def sanity_report(sanity_run) -> tuple[Path, str]:
+    out = sanity_run / "tracin.h5"
+    result = run_tracin_score(["--run", sanity_run, "--out", out, "--models", "teacher,student,student_baseline",
+                               "--variants", "raw,cosine", "--train-subset", "160", "--test-subset", "40", "--topk", f"3,{K}",
+                               "--device", "cpu", "--quiet"], timeout=900)
+    assert result.returncode == 0, result.stderr
+    result = run_tracin_report(["--run", sanity_run, "--randomization-train", RANDOM_TRAIN, "--randomization-test", RANDOM_TEST,
+                                "--device", "cpu", "--quiet"])
+    assert result.returncode == 0, result.stderr
+    return out, result.stdout
+
+
+def _rows(table: np.ndarray, check: str, model: str, variant: str) -> np.void:
+    match = table[(table["check"] == check.encode()) & (table["model"] == model.encode()) & (table["variant"] == variant.encode())]
+    assert len(match) == 1, (check, model, variant)
+    return match[0]
+
+
+def _assert_summary(row: np.void, per_row: np.ndarray) -> None:
+    assert row["value"] == pytest.approx(np.nanmean(per_row))
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(bootstrap_ci([per_row]), nan_ok=True)
+    assert row["n_rows"] == np.isfinite(per_row).sum()
+
+
+def _record(run: Path) -> tuple[dict, dict]:
+    return json.loads((run / "data.json").read_text()), json.loads((run / "run.json").read_text())
+
+
+def test_the_report_holds_every_check_for_teacher_student_and_baseline(sanity_report):
+    path, stdout = sanity_report
+    with ScoreFile.open_read(path) as store:
+        table = store.quality_report()
+    for model in ("teacher", "student", "student_baseline"):
+        checks = {r["check"].decode() for r in table if r["model"] == model.encode()}
+        for check in ("identical class top-1", f"identical class top-{K}", "identical subclass top-1", f"identical subclass top-{K}",
+                      "concentration: top-1 share (lower)", "randomization: all layers (lower)", "randomization: head and above (lower)",
+                      "mislabel AUC", f"shortcut precision@{K}", "shortcut AUC", "mislabel AUC, loss baseline",
+                      "accuracy, stamped test", "other class taken for shortcut class, stamped"):
+            assert check in checks, (model, check)
+    assert np.isfinite(table["value"]).all()
+    assert "quality report" in stdout and "planted shortcut: student" in stdout and "model randomization" in stdout
+    assert "own teacher" in stdout  # the own- versus other-teacher verdict, from the replicas
+    assert (path.parent / "quality_report.md").is_file() and (path.parent / "plots" / "quality_report.png").is_file()
+
+
+def test_identical_class_subclass_and_shortcut_equal_a_direct_computation(sanity_run, sanity_report):
+    path, _ = sanity_report
+    record, _ = _record(sanity_run)
+    position = {index: i for i, index in enumerate(record["train_index"])}
+    test_position = {index: i for i, index in enumerate(record["test_index"])}
+    stamped_train = set(record["stamped_train_index"])
+    with ScoreFile.open_read(path) as store:
+        table = store.quality_report()
+        train_fine = np.array([record["train_fine_labels"][position[i]] for i in store.train_index])
+        test_fine = np.array([record["test_fine_labels"][test_position[i]] for i in store.test_index])
+        stamped = np.array([i in stamped_train for i in store.train_index])
+        test_stamped = np.array([i in set(record["stamped_test_index"]) for i in store.test_index])
+        coarse_of = {0: 0, 2: 0, 4: 0, 6: 0, 1: 1, 3: 2, 5: 3, 7: 3, 9: 3, 8: 4}
+        assert [coarse_of[f] for f in test_fine] == store.test_labels.tolist()
+        for model, variant in itertools.product(("teacher", "student", "student_baseline"), ("raw", "cosine")):
+            top = store.model(model).variant_rankings(variant)[0].top_index
+            scores = store.model(model).matrix(variant=variant)[()]
+            subclass = []
+            for row, label in enumerate(store.test_labels):
+                if label in (0, 3):  # the merged coarse classes: tops, footwear
+                    subclass.append(np.mean([train_fine[j] == test_fine[row] for j in top[row, :K]]))
+                else:
+                    subclass.append(np.nan)
+            _assert_summary(_rows(table, f"identical subclass top-{K}", model, variant), np.array(subclass))
+            chosen = [row for row in range(store.n_test) if test_stamped[row] and store.test_labels[row] == 0]
+            precision = np.array([stamped[top[row, :K]].mean() for row in chosen])
+            _assert_summary(_rows(table, f"shortcut precision@{K}", model, variant), precision)
+            auc = []
+            for row in chosen:
+                positive, negative = scores[stamped, row], scores[~stamped, row]
+                auc.append(np.mean((positive[:, None] > negative[None, :]) + 0.5 * (positive[:, None] == negative[None, :])))
+            _assert_summary(_rows(table, "shortcut AUC", model, variant), np.array(auc))
+            assert _rows(table, f"shortcut precision@{K}", model, variant)["chance"] == pytest.approx(stamped.mean())
+
+
+def test_model_randomization_equals_the_reference_on_reinitialised_weights(sanity_run, sanity_report):
+    """The head alone and every layer re-initialised (the model's own initialiser, seed 0), scored by the
+    float64 torch.func reference; the Spearman per test row equals the stored one."""
+    path, _ = sanity_report
+    _, run_record = _record(sanity_run)
+    data = load_data(DataConfig.from_dict(run_record["data_config"]))
+    with ScoreFile.open_read(path) as store:
+        stored = store.randomization()
+        train_rows, test_rows = sample_rows(store.n_train, RANDOM_TRAIN, 0), sample_rows(store.n_test, RANDOM_TEST, 1)
+        train_at = [data.train.index.tolist().index(i) for i in store.train_index[train_rows]]
+        test_at = [data.test.index.tolist().index(i) for i in store.test_index[test_rows]]
+        trained = store.model("student").matrix()[()][np.ix_(train_rows, test_rows)]
+    train = (data.train.subset(torch.tensor(train_at)), data.test.subset(torch.tensor(test_at)))
+    payloads = [load_checkpoint(p) for p in list_checkpoints(sanity_run / "student")]
+    config = ModelConfig.from_dict(payloads[-1]["model_config"])
+    torch.manual_seed(0)
+    fresh = build_model(config).state_dict()
+    for label, prefixes in (("head and above", ("fc.",)), ("all layers", ("",))):
+        checkpoints = [({k: (fresh[k] if k.startswith(prefixes) else v) for k, v in p["model"].items()}, p["lr"]) for p in payloads]
+        inputs = [torch.stack([split[i][0] for i in range(len(split))]) for split in train]
+        labels = [split.labels for split in train]
+        reference = func_tracin_scores(build_model(config), checkpoints, (inputs[0], labels[0]), (inputs[1], labels[1])).numpy()
+        expected = [scipy.stats.spearmanr(trained[:, j], reference[:, j]).statistic for j in range(len(test_rows))]
+        mine = stored[(stored["model"] == b"student") & (stored["variant"] == b"raw") & (stored["randomized"] == label.encode())]
+        assert mine["test_row"].tolist() == test_rows.tolist()
+        np.testing.assert_allclose(mine["spearman"], expected, atol=1e-6)
+
+
+def test_shortcut_accuracy_rows_equal_the_models_predictions(sanity_run, sanity_report):
+    path, _ = sanity_report
+    _, run_record = _record(sanity_run)
+    data = load_data(DataConfig.from_dict(run_record["data_config"]))
+    with ScoreFile.open_read(path) as store:
+        table = store.quality_report()
+        at = [data.test.index.tolist().index(i) for i in store.test_index]
+        test = data.test.subset(torch.tensor(at))
+        labels, stamped = store.test_labels, store.test_stamped
+    assert torch.equal(test.stamped, torch.from_numpy(stamped))
+    payload = load_checkpoint(list_checkpoints(sanity_run / "teacher")[-1])
+    model = build_model(ModelConfig.from_dict(payload["model_config"])).eval()
+    model.load_state_dict(payload["model"])
+    with torch.no_grad():
+        predicted = model(torch.stack([test[i][0] for i in range(len(test))])).argmax(1).numpy()
+    _assert_summary(_rows(table, "accuracy, stamped test", "teacher", MODEL_ROWS), (predicted == labels)[stamped].astype(float))
+    other = stamped & (labels != 0)
+    _assert_summary(_rows(table, "other class taken for shortcut class, stamped", "teacher", MODEL_ROWS), (predicted == 0)[other].astype(float))
+
+
+def test_a_second_report_keeps_the_randomization_and_gives_the_same_table(sanity_run, sanity_report):
+    path, _ = sanity_report
+    with ScoreFile.open_read(path) as store:
+        before, randomization = store.quality_report(), store.randomization()
+    result = run_tracin_report(["--run", sanity_run, "--randomization-train", RANDOM_TRAIN, "--randomization-test", RANDOM_TEST,
+                                "--device", "cpu"])
+    assert result.returncode == 0, result.stderr
+    assert not re.search(r"^model randomization: \S+$", result.stdout, re.MULTILINE), result.stdout  # no model recomputed
+    with ScoreFile.open_read(path) as store:
+        assert store.randomization().tobytes() == randomization.tobytes()
+        assert store.quality_report().tobytes() == before.tobytes()  # bitwise: NaN where a CI is undefined too
+
+
+def test_report_refusals_are_one_line(sanity_run, tmp_path):
+    for args, message in ((["--run", tmp_path], "not a tracin-train run"),
+                          (["--run", sanity_run, "--scores", tmp_path / "none.h5"], "does not exist"),
+                          (["--run", sanity_run, "--randomization-train", "1"], "--randomization-train must be at least 3"),
+                          (["--run", sanity_run, "--models", "assistant"], "is not a model name")):
+        result = run_tracin_report(args)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_ranking_auc_counts_pairs_and_ties():
+    scores = np.array([[3.0, 1.0], [1.0, 1.0], [2.0, 0.0], [0.0, 1.0]])
+    positive = np.array([True, False, True, False])
+    assert sanity.ranking_auc(scores, positive).tolist() == [1.0, pytest.approx((0.5 + 0.5 + 0 + 0) / 4)]
+
+
+def test_identical_subclass_leaves_out_unmerged_classes_and_gives_chance_within_the_coarse_class():
+    train_labels, train_fine = np.array([0, 0, 0, 1]), np.array([5, 5, 6, 9])
+    test_labels, test_fine = np.array([0, 1]), np.array([6, 9])
+    top = np.array([[2, 0], [3, 0]])
+    same, chance = sanity.identical_subclass(top, train_fine, test_fine, train_labels, test_labels, 2)
+    assert same[0] == 0.5 and np.isnan(same[1]) and chance[0] == pytest.approx(1 / 3) and np.isnan(chance[1])
+
+
+def test_cascade_goes_from_the_head_down_to_every_layer():
+    assert sanity.cascade(["stem", "layer1", "head"]) == [
+        ("head and above", ("head",)), ("layer1 and above", ("layer1", "head")), ("all layers", ("stem", "layer1", "head"))]
+
+
+def test_detection_scores_average_to_the_area_of_a_perfect_and_a_reversed_ranking():
+    flipped = np.array([True, True, False, False, False, False])
+    assert sanity.detection_scores(np.array([6, 5, 4, 3, 2, 1.0]), flipped).mean() == pytest.approx(1 - 1 / 6)
+    assert sanity.detection_scores(np.array([1, 2, 3, 4, 5, 6.0]), flipped).mean() == pytest.approx(1 / 6)
