@@ -220,3 +220,17 @@ def test_detection_scores_average_to_the_area_of_a_perfect_and_a_reversed_rankin
     flipped = np.array([True, True, False, False, False, False])
     assert sanity.detection_scores(np.array([6, 5, 4, 3, 2, 1.0]), flipped).mean() == pytest.approx(1 - 1 / 6)
     assert sanity.detection_scores(np.array([1, 2, 3, 4, 5, 6.0]), flipped).mean() == pytest.approx(1 / 6)
+
+
+def test_the_overlap_notebook_and_report_show_the_quality_report(sanity_run, sanity_report, tmp_path):
+    from test_notebooks import outputs_of
+    from tracin.cli.notebooks import NOTEBOOKS, execute_notebook
+    from tracin.results.report import write_report
+
+    path, _ = sanity_report
+    notebook = execute_notebook(NOTEBOOKS / "overlap_tables.ipynb", {"SCORES": str(path), "DATA_ROOT": None})
+    text, _ = outputs_of(notebook)
+    assert "# Quality report" in text and "identical subclass top-1" in text and "planted shortcut: teacher" in text
+    written = write_report(path, tmp_path)
+    assert (tmp_path / "quality_report.png") in written
+    assert "| shortcut AUC |" in (tmp_path / "report.md").read_text()

@@ -21,12 +21,14 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from tracin.results.agreement import DEPTH_COMPARISONS, agreement_by_depth, of_layer_groups
+from tracin.results import sanity
+from tracin.results.agreement import AGREEMENT_DTYPE, DEPTH_COMPARISONS, agreement_by_depth, of_layer_groups, verdicts
+from tracin.config import ROLES
 from tracin.results.comparison import cells, title_of
 from tracin.results.statistics import overlap_at_k
 from tracin.config import DataConfig
 from tracin.training.data import load_data
-from tracin.errors import TracinError
+from tracin.errors import StoreError, TracinError
 from tracin.files import write_atomic
 from tracin.results.store import ScoreFile
 
@@ -448,6 +450,80 @@ def plot_validation(leave_out: np.ndarray, lds: np.ndarray) -> Figure:
     return figure
 
 
+# --- the quality report (tracin-report) ---
+
+
+def report_verdicts(store: ScoreFile, table: np.ndarray) -> list[str]:
+    """The report's findings in words: randomization, the planted shortcut, and own versus other teacher
+    (from the agreement table, where the file has replicas)."""
+    try:
+        agreement = store.agreement()
+    except StoreError:
+        agreement = np.zeros(0, dtype=AGREEMENT_DTYPE)
+    return sanity.randomization_verdicts(table) + sanity.shortcut_verdicts(table) + verdicts(agreement)
+
+
+def quality_report_markdown(table: np.ndarray, groups: bool = False) -> str:
+    """The quality report as Markdown: a table per variant, rows = checks, columns = models."""
+    if not groups:
+        table = table[np.char.find(table["variant"], b"@") < 0]
+    models = [m for m in ROLES if m.encode() in set(table["model"])]
+    parts = ["# Quality report\n", "Each check per model: mean over test examples [95% bootstrap CI] (chance). "
+             "'(lower)': low is good.\n"]
+    for variant in dict.fromkeys(table["variant"]):
+        rows = table[table["variant"] == variant]
+        parts.append(f"\n## {variant.decode()}\n\n| check | " + " | ".join(models) + " |\n|---|" + "---|" * len(models))
+        for check in dict.fromkeys(rows["check"]):
+            cells = [rows[(rows["check"] == check) & (rows["model"] == m.encode())] for m in models]
+            parts.append(f"| {check.decode()} | " + " | ".join(sanity.format_cell(c[0]) if len(c) else "-" for c in cells) + " |")
+    return "\n".join(parts) + "\n"
+
+
+def plot_quality_report(table: np.ndarray) -> Figure:
+    """One panel per check of the whole-model variants: each model's value with its CI per variant, and
+    chance as a dashed line."""
+    table = table[(np.char.find(table["variant"], b"@") < 0) & (table["variant"] != sanity.MODEL_ROWS.encode())]
+    checks = list(dict.fromkeys(table["check"]))
+    models = [m for m in ROLES if m.encode() in set(table["model"])]
+    variants = list(dict.fromkeys(table["variant"]))
+    columns = min(4, max(1, len(checks)))
+    figure, axes = plt.subplots(-(-len(checks) // columns), columns, figsize=(4 * columns, 3 * -(-len(checks) // columns)),
+                                squeeze=False)
+    for ax, check in zip(axes.flat, checks):
+        rows = table[table["check"] == check]
+        for j, model in enumerate(models):
+            for i, variant in enumerate(variants):
+                match = rows[(rows["model"] == model.encode()) & (rows["variant"] == variant)]
+                if len(match):
+                    row = match[0]
+                    x = i + (j - (len(models) - 1) / 2) * 0.22
+                    # a percentile CI need not contain the value (e.g. the top-1 share, a maximum): clip at 0
+                    error = ([[max(0.0, row["value"] - row["ci_low"])], [max(0.0, row["ci_high"] - row["value"])]]
+                             if np.isfinite(row["ci_low"]) else None)
+                    ax.errorbar(x, row["value"], yerr=error, fmt="o", color=f"C{j}", label=model if i == 0 else None)
+        chance = rows["chance"][np.isfinite(rows["chance"])]
+        if len(chance):
+            ax.axhline(float(chance.mean()), color="grey", linestyle="--", linewidth=1)
+        ax.set_xticks(range(len(variants)), [v.decode() for v in variants], fontsize=7)
+        ax.set_title(check.decode(), fontsize=9)
+    for ax in list(axes.flat)[len(checks):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def quality_report_summary(store: ScoreFile) -> tuple[str, Optional[Figure]]:
+    """(Markdown with the verdicts, figure) of the file's quality report; a line saying how to make it,
+    and no figure, when it has none."""
+    try:
+        table = store.quality_report()
+    except TracinError as error:
+        return f"**Quality report:** {error}.", None
+    said = report_verdicts(store, table)
+    return quality_report_markdown(table) + "".join(f"\n- {line}" for line in said), plot_quality_report(table)
+
+
 def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_root: Optional[str] = None) -> list[Path]:
     """PNG figures and report.md (the tables) of a finished score file, in out_dir (default: the
     file's folder, under plots/). Returns the files written."""
@@ -457,6 +533,8 @@ def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_ro
         out.mkdir(parents=True, exist_ok=True)
         models, written, sections = store.models, [], [quality_table(store), agreement_markdown(store)]
         figures = {"agreement.png": plot_agreement(store), "agreement_by_depth.png": plot_agreement_by_depth(store)}
+        quality_text, figures["quality_report.png"] = quality_report_summary(store)
+        sections.insert(0, quality_text)
         for a, b in store.comparison_pairs():
             figures[f"overlap_{a}__{b}.png"] = plot_overlap_curves(store, a, b)
             sections.append(comparison_tables(store, a, b))

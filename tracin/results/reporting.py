@@ -22,17 +22,16 @@ from typing import Optional, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
-from tracin.results.agreement import AGREEMENT_DTYPE, verdicts
 from tracin.config import ROLES, EngineConfig, ScoreConfig, split_model_name
 from tracin.engine.randomization import fresh_model, randomized_checkpoints
 from tracin.engine.tracin import TracIn
 from tracin.errors import StoreError, TracinError
 from tracin.files import exclusive_lock, write_atomic
 from tracin.results import sanity
+from tracin.results.sanity import MODEL_ROWS
 from tracin.results import statistics as compare
-from tracin.results.report import check_finished
+from tracin.results.report import check_finished, plot_quality_report, quality_report_markdown, report_verdicts
 from tracin.results.scoring import ScoreOptions, TrainedRun, checked_data, load_role_checkpoints, open_trained_run, scoring_loss
 from tracin.results.store import ScoreFile
 from tracin.results.validating import check_scored_checkpoints, positions_in
@@ -41,7 +40,6 @@ from tracin.runtime import Runtime, start_runtime
 from tracin.training.data import RunData, Split
 from tracin.training.models import build_model
 
-MODEL_ROWS = "(model)"  # the variant column of checks that belong to the model, not to a score variant
 
 
 @dataclass(frozen=True)
@@ -325,67 +323,7 @@ def _validation_rows(store: ScoreFile, models: Sequence[str]) -> list[tuple]:
     return rows
 
 
-def report_verdicts(store: ScoreFile, table: np.ndarray) -> list[str]:
-    """The report's findings in words: randomization, the planted shortcut, and own versus other teacher
-    (from the agreement table, where the file has replicas)."""
-    try:
-        agreement = store.agreement()
-    except StoreError:
-        agreement = np.zeros(0, dtype=AGREEMENT_DTYPE)
-    return sanity.randomization_verdicts(table) + sanity.shortcut_verdicts(table) + verdicts(agreement)
-
-
 # --- files ------------------------------------------------------------------------------------------------
-
-
-def quality_report_markdown(table: np.ndarray, groups: bool = False) -> str:
-    """The quality report as Markdown: a table per variant, rows = checks, columns = models."""
-    if not groups:
-        table = table[np.char.find(table["variant"], b"@") < 0]
-    models = [m for m in ROLES if m.encode() in set(table["model"])]
-    parts = ["# Quality report\n", "Each check per model: mean over test examples [95% bootstrap CI] (chance). "
-             "'(lower)': low is good.\n"]
-    for variant in dict.fromkeys(table["variant"]):
-        rows = table[table["variant"] == variant]
-        parts.append(f"\n## {variant.decode()}\n\n| check | " + " | ".join(models) + " |\n|---|" + "---|" * len(models))
-        for check in dict.fromkeys(rows["check"]):
-            cells = [rows[(rows["check"] == check) & (rows["model"] == m.encode())] for m in models]
-            parts.append(f"| {check.decode()} | " + " | ".join(sanity.format_cell(c[0]) if len(c) else "-" for c in cells) + " |")
-    return "\n".join(parts) + "\n"
-
-
-def plot_quality_report(table: np.ndarray) -> Figure:
-    """One panel per check of the whole-model variants: each model's value with its CI per variant, and
-    chance as a dashed line."""
-    table = table[(np.char.find(table["variant"], b"@") < 0) & (table["variant"] != MODEL_ROWS.encode())]
-    checks = list(dict.fromkeys(table["check"]))
-    models = [m for m in ROLES if m.encode() in set(table["model"])]
-    variants = list(dict.fromkeys(table["variant"]))
-    columns = min(4, max(1, len(checks)))
-    figure, axes = plt.subplots(-(-len(checks) // columns), columns, figsize=(4 * columns, 3 * -(-len(checks) // columns)),
-                                squeeze=False)
-    for ax, check in zip(axes.flat, checks):
-        rows = table[table["check"] == check]
-        for j, model in enumerate(models):
-            for i, variant in enumerate(variants):
-                match = rows[(rows["model"] == model.encode()) & (rows["variant"] == variant)]
-                if len(match):
-                    row = match[0]
-                    x = i + (j - (len(models) - 1) / 2) * 0.22
-                    # a percentile CI need not contain the value (e.g. the top-1 share, a maximum): clip at 0
-                    error = ([[max(0.0, row["value"] - row["ci_low"])], [max(0.0, row["ci_high"] - row["value"])]]
-                             if np.isfinite(row["ci_low"]) else None)
-                    ax.errorbar(x, row["value"], yerr=error, fmt="o", color=f"C{j}", label=model if i == 0 else None)
-        chance = rows["chance"][np.isfinite(rows["chance"])]
-        if len(chance):
-            ax.axhline(float(chance.mean()), color="grey", linestyle="--", linewidth=1)
-        ax.set_xticks(range(len(variants)), [v.decode() for v in variants], fontsize=7)
-        ax.set_title(check.decode(), fontsize=9)
-    for ax in list(axes.flat)[len(checks):]:
-        ax.set_visible(False)
-    axes.flat[0].legend(fontsize=7)
-    figure.tight_layout()
-    return figure
 
 
 def write_quality_files(path: Path, table: np.ndarray, said: Sequence[str] = ()) -> Path:

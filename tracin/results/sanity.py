@@ -39,6 +39,7 @@ RANDOMIZATION_DTYPE = np.dtype([
 ])
 SANITY_K = 10  # proponents per test example the shortcut and subclass checks look at
 ALL_LAYERS = "all layers"
+MODEL_ROWS = "(model)"  # the variant column of checks that belong to the model, not to a score variant
 
 # The rows of the quality report, in order; a check a run cannot make (no coarse labels, no shortcut, no
 # label noise, no tracin-validate) has no rows. "lower" marks checks where a low value is good.
