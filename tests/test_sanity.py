@@ -234,3 +234,28 @@ def test_the_overlap_notebook_and_report_show_the_quality_report(sanity_run, san
     written = write_report(path, tmp_path)
     assert (tmp_path / "quality_report.png") in written
     assert "| shortcut AUC |" in (tmp_path / "report.md").read_text()
+
+
+def test_readme_figures_state_the_quality_report_with_its_run_and_machine(tiny_run, tiny_scores, sanity_run, sanity_report, tmp_path):
+    import shutil
+
+    demo = tmp_path / "tiny"
+    shutil.copytree(tiny_run, demo)
+    machine = {"cpu": "a CPU", "cores": 2, "device": "no GPU", "torch": torch.__version__, "platform": "Linux"}
+    seconds = {"total": 11, "training": 5, "scoring": 4, "report": 2}
+    (demo / "demo.json").write_text(json.dumps({"finished": "2026-11-30T12:00:00", "seconds": seconds, "machine": machine}))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- demo-figures:start -->\n<!-- demo-figures:end -->\nmiddle\n"
+                      "<!-- quality-report:start -->\nstale\n<!-- quality-report:end -->\nend\n")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "readme_figures.py"
+    scores = sanity_report[0]
+    result = subprocess.run([sys.executable, script, "--run", demo, "--scores", tiny_scores, "--quality", sanity_run, "--readme", readme],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    text = readme.read_text()
+    assert "stale" not in text and text.endswith("<!-- quality-report:end -->\nend\n")
+    with ScoreFile.open_read(scores) as store:
+        row = _rows(store.quality_report(), "shortcut AUC", "student", "raw")
+        seconds = store.quality_report_provenance()["seconds"]
+    assert f"| shortcut AUC | " in text and sanity.format_cell(row) in text
+    assert "coarse labels `tops-footwear`" in text and f"in {seconds:.0f} s" in text and "planted shortcut: student" in text

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
+from datetime import datetime
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
@@ -36,7 +38,7 @@ from tracin.results.scoring import ScoreOptions, TrainedRun, checked_data, load_
 from tracin.results.store import ScoreFile
 from tracin.results.validating import check_scored_checkpoints, positions_in
 from tracin.results.validation import OWN
-from tracin.runtime import Runtime, start_runtime
+from tracin.runtime import Runtime, machine, start_runtime
 from tracin.training.data import RunData, Split
 from tracin.training.models import build_model
 
@@ -72,6 +74,7 @@ def report_run(options: ReportOptions) -> Path:
     path = Path(options.scores) if options.scores else run.paths.root / "tracin.h5"
     if not path.is_file():
         raise TracinError(f"{path} does not exist: score the run with tracin-score first (or name the file with --scores)")
+    started = time.monotonic()
     with start_runtime(options.device, options.quiet) as runtime, _locks(run, path):
         if runtime.distributed:
             raise TracinError("tracin-report runs in one process: start it without torchrun")
@@ -85,7 +88,9 @@ def report_run(options: ReportOptions) -> Path:
             randomization = update_randomization(store, models, run, data, options, runtime)
             predictions = {m: test_predictions(m, store, run, data, runtime) for m in models} if store.train_stamped.any() else {}
             table = quality_report_table(store, models, randomization, predictions, options.seed)
-            store.write_quality_report(table)
+            provenance = {"machine": machine(), "finished": datetime.now().isoformat(timespec="seconds"),
+                          "seconds": round(time.monotonic() - started, 1)}
+            store.write_quality_report(table, provenance)
             said = report_verdicts(store, table)
         print(sanity.format_quality_report(table, options.groups), flush=True)
         print("\n".join(said), flush=True)

@@ -51,8 +51,9 @@ Layout (format "tracin-scores", version 1):
                             10% and 20% inspected (with label noise only; tracin.results.report)
     /randomization          compound [rows], attrs settings (JSON): model, variant, the layers re-initialised, test
                             row and the Spearman correlation of trained and randomized scores (tracin-report)
-    /quality_report         compound [rows]: every sanity check per model and variant, mean with bootstrap CI
-                            and chance (tracin.results.sanity, tracin-report)
+    /quality_report         compound [rows], attrs provenance (JSON: machine, finished, seconds): every sanity
+                            check per model and variant, mean with bootstrap CI and chance (tracin.results.sanity,
+                            tracin-report)
     /validation/            attrs: settings (JSON), status, provenance (JSON: machine, finished); tracin-validate (tracin.results.validation):
         units               compound [n_units]: model, condition, test_row, subset, seed of each retraining
         margins             float32 [n_units, n_test]: logit margins of the scored test examples after it
@@ -174,6 +175,7 @@ def open_h5(path: Path, mode: str, locking: Optional[bool] = None) -> h5py.File:
 
 VALIDATION = "validation"  # tracin-validate's group
 RANDOMIZATION = "randomization"  # tracin-report's model-randomization rows
+QUALITY_REPORT = "quality_report"  # tracin-report's table
 SELF = "self_influence"
 NORMALISED_SELF = "self_influence_train-normalised"
 GROUP_SELF = "self_influence_groups"
@@ -583,13 +585,21 @@ class ScoreFile:
             return None
         return _table(stored)
 
-    def write_quality_report(self, table: np.ndarray) -> None:
-        """Replace /quality_report, every sanity check per model and variant (tracin.results.sanity.REPORT_DTYPE)."""
-        self._write_table("quality_report", table)
+    def write_quality_report(self, table: np.ndarray, provenance: Optional[dict] = None) -> None:
+        """Replace /quality_report, every sanity check per model and variant (tracin.results.sanity.REPORT_DTYPE),
+        with where and when it was made (attr provenance, JSON)."""
+        self._write_table(QUALITY_REPORT, table)
+        self._h5[QUALITY_REPORT].attrs["provenance"] = json.dumps(provenance or {}, sort_keys=True)
+        self._h5.flush()
 
     def quality_report(self) -> np.ndarray:
         """The quality report table (structured [rows]); StoreError when the file has none."""
-        return self._table("quality_report", "quality report (written by tracin-report)")
+        return self._table(QUALITY_REPORT, "quality report (written by tracin-report)")
+
+    def quality_report_provenance(self) -> dict:
+        """Where and when the quality report was made (machine, finished, seconds); {} when not recorded."""
+        self.quality_report()
+        return json.loads(self._h5[QUALITY_REPORT].attrs.get("provenance", "{}"))
 
     def prepare_validation(self, units: np.ndarray, settings: dict, overwrite: bool = False) -> "ValidationRecord":
         """/validation for tracin-validate's units (tracin.results.validation.UNIT_DTYPE [n_units]): created,
