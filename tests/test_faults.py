@@ -147,6 +147,18 @@ def test_a_second_writer_is_told_which_process_holds_the_file(tiny_run, referenc
     assert hashes(out) == before
 
 
+def test_a_refused_command_leaves_no_folder_its_output_lock_made(tiny_run, tmp_path):
+    out = tmp_path / "new" / "deeper" / "tracin.h5"
+    result = command("tracin-score", *score_args(tiny_run, out, "--topk", "0"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # neither the folders nor the lock file stay
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with exclusive_lock(kept / "x.h5", "the score file"):
+        pass
+    assert kept.is_dir() and list(kept.iterdir()) == [kept / ".x.h5.lock"]  # a folder it did not make stays, lock and all
+
+
 def test_a_second_trainer_is_told_which_process_holds_the_run(tiny_run, tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(tiny_run, runs / "tiny")

@@ -70,6 +70,7 @@ def exclusive_lock(target: Union[str, Path], what: str, shared: bool = False) ->
     once, but none while a writer holds it, and no writer while a reader does."""
     target = Path(target).resolve()  # one lock for every path (relative, symlinked) to the same output
     lock = target.with_name(f".{target.name}.lock")
+    created = [folder for folder in (lock.parent, *lock.parent.parents) if not folder.exists()]
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         handle = open(lock, "a+")
@@ -93,6 +94,18 @@ def exclusive_lock(target: Union[str, Path], what: str, shared: bool = False) ->
         yield
     finally:
         handle.close()  # closing releases the lock
+        if created and not target.exists():  # refused before writing: leave no folder this lock made
+            _remove_made_folders(lock, created)
+
+
+def _remove_made_folders(lock: Path, created: list[Path]) -> None:
+    """Remove the lock file and the folders made for it, innermost first, each only if empty."""
+    lock.unlink(missing_ok=True)
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def remove_stale_temporaries_under(folder: Union[str, Path]) -> list[Path]:
