@@ -164,7 +164,9 @@ def randomization_rows(name: str, store: ScoreFile, run: TrainedRun, data: RunDa
     groups = TracIn(build_model(config), checkpoints[-1:], score_config, loss, engine, runtime.device).group_names
     fresh = fresh_model(lambda: build_model(config), options.seed)
     rows = []
-    for label, randomized in sanity.cascade(groups):
+    steps = sanity.cascade(groups)
+    for step, (label, randomized) in enumerate(steps, 1):
+        runtime.log(f"  {name}: {label} re-initialised ({step}/{len(steps)})")
         replayed = randomized_checkpoints(fresh, checkpoints, randomized, score_config.groups)
         scores = TracIn(build_model(config), replayed, score_config, loss, engine, runtime.device).scores_by_variant(train, test)
         for variant in variants:
