@@ -460,7 +460,9 @@ def report_verdicts(store: ScoreFile, table: np.ndarray) -> list[str]:
         agreement = store.agreement()
     except StoreError:
         agreement = np.zeros(0, dtype=AGREEMENT_DTYPE)
-    return sanity.randomization_verdicts(table) + sanity.shortcut_verdicts(table) + verdicts(agreement)
+    shortcut = sanity.shortcut_class_of(store.train_stamped, store.train_labels)
+    within = None if shortcut is None else float(store.train_stamped[store.train_labels == shortcut].mean())
+    return sanity.randomization_verdicts(table) + sanity.shortcut_verdicts(table, within) + verdicts(agreement)
 
 
 def quality_report_markdown(table: np.ndarray, groups: bool = False) -> str:

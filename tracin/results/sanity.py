@@ -152,24 +152,33 @@ def randomization_verdicts(table: np.ndarray) -> list[str]:
     return lines
 
 
-def shortcut_verdicts(table: np.ndarray) -> list[str]:
+def shortcut_verdicts(table: np.ndarray, within_class: Optional[float] = None) -> list[str]:
     """In words: per model, the best whole-model variant's shortcut precision@k against chance and half,
-    and whether the model learned the shortcut at all."""
+    and whether the model learned the shortcut at all (stamped images of other classes taken for the
+    shortcut class more often than clean ones, the two CIs apart). `within_class`: the stamped share of the
+    shortcut class's train examples (what proponents of that class alone give)."""
     lines = []
+    within = f", {within_class:.1%} within the class" if within_class is not None else ""
     for model in [m for m in ROLES if m.encode() in set(table["model"])]:
         mine = table[(table["model"] == model.encode()) & (np.char.find(table["variant"], GROUP_SEPARATOR.encode()) < 0)]
-        precision = mine[np.char.startswith(mine["check"], b"shortcut precision@")]
+        precision = mine[np.char.startswith(mine["check"], b"shortcut precision@") & ~np.char.endswith(mine["check"], b"baseline's")]
         if len(precision) == 0:
             continue
         best = precision[np.argmax(precision["value"])]
-        taken = {r["check"].decode().rsplit(", ", 1)[1]: r["value"] for r in mine
+        k = best["check"].decode().rsplit("@", 1)[1]
+        said = (f"planted shortcut: {model}: stamped train examples are {best['value']:.1%} of the top-{k} proponents of "
+                f"stamped test examples with {best['variant'].decode()} (best variant; CI [{best['ci_low']:.1%}, "
+                f"{best['ci_high']:.1%}], chance {best['chance']:.1%}{within}): {'at least' if best['value'] >= 0.5 else 'less than'} half")
+        taken = {r["check"].decode().rsplit(", ", 1)[1]: r for r in mine
                  if r["check"].decode().startswith("other class taken for shortcut class")}
-        half = "at least half" if best["value"] >= 0.5 else "less than half"
-        learned = (f"; the model takes {taken.get('stamped', np.nan):.1%} of stamped test images of other classes for the "
-                   f"shortcut class ({taken.get('clean', np.nan):.1%} of clean ones)" if taken else "")
-        lines.append(f"planted shortcut: {model}: stamped train examples are {best['value']:.1%} of the top-{best['check'].decode().rsplit('@', 1)[1]} "
-                     f"proponents of stamped test examples with {best['variant'].decode()} (best variant; CI "
-                     f"[{best['ci_low']:.1%}, {best['ci_high']:.1%}], chance {best['chance']:.1%}): {half}{learned}")
+        if {"stamped", "clean"} <= set(taken):
+            stamped, clean = taken["stamped"], taken["clean"]
+            learned = stamped["ci_low"] > clean["ci_high"]
+            said += (f"; it takes {stamped['value']:.1%} of stamped test images of other classes for the shortcut class, "
+                     f"{clean['value']:.1%} of clean ones: "
+                     + ("it learned the shortcut" if learned else
+                        "no sign that it learned the shortcut (the CIs overlap), so there is little for attribution to find"))
+        lines.append(said)
     return lines
 
 
