@@ -259,3 +259,31 @@ def test_readme_figures_state_the_quality_report_with_its_run_and_machine(tiny_r
         seconds = store.quality_report_provenance()["seconds"]
     assert f"| shortcut AUC | " in text and sanity.format_cell(row) in text
     assert "coarse labels `tops-footwear`" in text and f"in {seconds:.0f} s" in text and "planted shortcut: student" in text
+
+
+def _report_rows(*rows) -> np.ndarray:
+    return np.array([(check, model, variant, value, low, high, chance, 40) for check, model, variant, value, low, high, chance in rows],
+                    dtype=sanity.REPORT_DTYPE)
+
+
+def test_randomization_verdicts_name_the_rankings_that_survive_random_weights():
+    table = _report_rows(("randomization: all layers (lower)", "teacher", "raw", 0.2, 0.1, 0.3, 0.0),
+                         ("randomization: all layers (lower)", "student", "cosine", 0.7, 0.6, 0.8, 0.0),
+                         ("randomization: all layers (lower)", "student", "raw@head", 0.9, 0.8, 1.0, 0.0))
+    said = sanity.randomization_verdicts(table)
+    assert len(said) == 2 and "student cosine ranks the train data alike with random weights" in said[0]
+    assert "the other 1 model-variant rankings change" in said[1] and "at most 0.200, teacher raw" in said[1]
+
+
+def test_shortcut_verdicts_say_whether_the_model_learned_it_and_how_much_the_proponents_hold():
+    table = _report_rows((f"shortcut precision@{K}", "teacher", "raw", 0.6, 0.5, 0.7, 0.04),
+                         (f"shortcut precision@{K}", "teacher", "cosine", 0.2, 0.1, 0.3, 0.04),
+                         ("other class taken for shortcut class, clean", "teacher", MODEL_ROWS, 0.03, 0.01, 0.05, np.nan),
+                         ("other class taken for shortcut class, stamped", "teacher", MODEL_ROWS, 0.30, 0.20, 0.40, np.nan),
+                         (f"shortcut precision@{K}", "student", "raw", 0.1, 0.05, 0.15, 0.04),
+                         ("other class taken for shortcut class, clean", "student", MODEL_ROWS, 0.03, 0.01, 0.05, np.nan),
+                         ("other class taken for shortcut class, stamped", "student", MODEL_ROWS, 0.04, 0.02, 0.06, np.nan))
+    teacher, student = sanity.shortcut_verdicts(table, within_class=0.1)
+    assert "60.0% of the top-10" in teacher and "with raw (best variant" in teacher and "at least half" in teacher
+    assert "10.0% within the class" in teacher and "it learned the shortcut" in teacher
+    assert "less than half" in student and "no sign that it learned the shortcut" in student
