@@ -25,7 +25,9 @@ from tracin.training import losses
 from tracin.cli.main import train_main
 from tracin.config import DataConfig, ModelConfig, TrainConfig
 from tracin.training.data import DatasetSpec, Split, load_data, normalize
+from tracin.errors import TracinError
 from tracin.runtime import Runtime
+from tracin.training.models import build_model
 from tracin.training.trainer import (
     build_optimizer,
     build_scheduler,
@@ -359,3 +361,39 @@ def test_two_processes_write_the_checkpoint_set_of_one(tmp_path, tiny_run, fashi
     assert record["invocations"][0]["world_size"] == 2
     assert all(record["models"][role]["status"] == "done" for role in ROLES)
     assert record["data_fingerprint"] == json.loads((tiny_run / "run.json").read_text())["data_fingerprint"]
+
+
+@pytest.mark.parametrize("optimizer,kind", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+def test_adam_and_a_constant_schedule_save_their_lr_and_optimizer(tmp_path, cifar10_root, optimizer, kind):
+    """The "hello world" of the field: Adam at a constant lr of 1e-3. TracIn's weight of every checkpoint
+    is that lr; the optimizer state is the configured one, its betas (momentum, 0.999)."""
+    argv = ["--run", optimizer, *_cifar_args(cifar10_root, tmp_path), "--models", "teacher", "--epochs", "2", "--save-every", "1",
+            "--optimizer", optimizer, "--schedule", "constant", "--warmup-epochs", "0", "--lr", "1e-3", "--momentum", "0.8",
+            "--weight-decay", "0.01"]
+    _train_in_process(argv)
+    checkpoints = [_load(p) for p in sorted((tmp_path / optimizer / "teacher").glob("epoch_*.pt"))]
+    assert [c["lr"] for c in checkpoints] == pytest.approx([1e-3, 1e-3], rel=1e-12) and checkpoints[-1]["lr_at_save"] == 1e-3
+    model = build_model(ModelConfig.from_dict(checkpoints[-1]["model_config"]))
+    config = TrainConfig.from_dict(checkpoints[-1]["config"])
+    rebuilt = build_optimizer(model, config)
+    assert isinstance(rebuilt, kind) and rebuilt.param_groups[0]["betas"] == (0.8, 0.999)
+    assert rebuilt.param_groups[0]["weight_decay"] == 0.01
+    rebuilt.load_state_dict(checkpoints[-1]["optimizer"])  # the saved state is this optimizer's
+
+
+def test_constant_schedule_warms_up_then_holds_the_lr():
+    config = TrainConfig(epochs=2, lr=0.5, schedule="constant", warmup_epochs=1.0)
+    optimizer = build_optimizer(torch.nn.Linear(2, 2), config)
+    scheduler = build_scheduler(optimizer, config, 4)
+    lrs = []
+    for _ in range(8):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.5 / 25) and lrs[:4] == sorted(lrs[:4]) and lrs[4:] == [0.5] * 4
+
+
+def test_nesterov_without_momentum_is_refused():
+    with pytest.raises(TracinError, match="nesterov needs a momentum"):
+        TrainConfig(momentum=0.0)
+    assert TrainConfig(momentum=0.0, nesterov=False).momentum == 0.0

@@ -18,7 +18,8 @@ COARSE_LABELS = {  # merges of classes for the identical-subclass check (tracin.
     "fashion-mnist": ("tops-footwear",),
     "cifar10": ("animals-vehicles", "pairs"),
 }
-SCHEDULES = ("onecycle", "cosine")
+SCHEDULES = ("onecycle", "cosine", "constant")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 DISTILL = ("teacher", "self", "none")
 KD_LOSSES = ("kl", "mse")
 STUDENT_INIT = ("scratch", "teacher")
@@ -158,13 +159,16 @@ class ModelConfig(_Serializable):
 class TrainConfig(_Serializable):
     """How one run trains its teacher, distilled student and baseline student.
 
-    lr is the peak learning rate of the schedule; temperature T and alpha weight the distillation loss
-    alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE.
+    lr is the peak learning rate of the schedule (constant: lr throughout, after the warm-up); temperature T
+    and alpha weight the distillation loss alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) +
+    (1 - alpha) * CE. `optimizer`: SGD (with momentum and nesterov), Adam or AdamW (betas (momentum,
+    0.999)); weight_decay is L2 for SGD and Adam, decoupled for AdamW.
     """
 
     epochs: int = 30
     batch_size: int = 128
     lr: float = 0.1
+    optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = True
@@ -198,6 +202,11 @@ class TrainConfig(_Serializable):
             f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} with {self.epochs} epochs",
         )
         _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0.0, f"weight_decay must be 0 or more, got {self.weight_decay}")
+        _check(not (self.nesterov and self.optimizer == "sgd" and self.momentum == 0),
+               "nesterov needs a momentum above 0 (pass --no-nesterov, or a --momentum)")
         _check_choice("distill", self.distill, DISTILL)
         _check_choice("kd_loss", self.kd_loss, KD_LOSSES)
         _check_choice("student_init", self.student_init, STUDENT_INIT)

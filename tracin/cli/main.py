@@ -17,6 +17,7 @@ from tracin.config import (
     DISTILL,
     KD_LOSSES,
     MODES,
+    OPTIMIZERS,
     PRECISIONS,
     ROLES,
     SCHEDULES,
@@ -174,8 +175,13 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     _config_option(group, "--epochs", "epochs per model")
     _config_option(group, "--batch-size", "global batch size, split among processes under torchrun")
     _config_option(group, "--lr", "peak learning rate")
-    schedule = "OneCycleLR, or linear warm-up then cosine; stepped every optimizer step"
+    schedule = "OneCycleLR, or linear warm-up then cosine or constant; stepped every optimizer step"
     _config_option(group, "--schedule", schedule, choices=SCHEDULES)
+    _config_option(group, "--optimizer", "SGD, or Adam / AdamW with betas (momentum, 0.999)", choices=OPTIMIZERS)
+    _config_option(group, "--momentum", "SGD momentum; Adam's first beta")
+    _config_option(group, "--weight-decay", "L2 weight decay (decoupled for adamw)")
+    group.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=TRAIN.nesterov,
+                       help="Nesterov momentum for SGD (default: %(default)s)")
     _config_option(group, "--warmup-epochs", "epochs of rising learning rate")
     _config_option(group, "--label-smoothing", "cross-entropy label smoothing")
     _config_option(group, "--save-every", "save a checkpoint every N epochs, and at the end")
@@ -228,7 +234,8 @@ def train_configs(args: argparse.Namespace) -> tuple[TrainConfig, DataConfig]:
         shortcut_fraction=args.shortcut_fraction,
     )
     config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, optimizer=args.optimizer,
+        momentum=args.momentum, weight_decay=args.weight_decay, nesterov=args.nesterov,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, save_every=args.save_every,
         seed=args.seed, arch=args.arch, width=args.width, student_stages=args.student_stages, student_init=args.student_init,
         distill=args.distill, kd_loss=args.kd_loss, temperature=args.temperature, alpha=args.alpha,

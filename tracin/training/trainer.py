@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, OneCycleLR, SequentialLR
+from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, LRScheduler, OneCycleLR, SequentialLR
 from tqdm import tqdm
 
 from tracin.training import losses
@@ -197,14 +197,17 @@ def freeze(model: nn.Module) -> nn.Module:
 # ----------------------------------------------------------------------------- optimizer and schedule
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
-    return torch.optim.SGD(
-        model.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        nesterov=config.nesterov,
-    )
+OPTIMIZER_FACTORIES: dict[str, Callable[[nn.Module, TrainConfig], torch.optim.Optimizer]] = {
+    "sgd": lambda model, c: torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+                                           nesterov=c.nesterov),
+    "adam": lambda model, c: torch.optim.Adam(model.parameters(), lr=c.lr, betas=(c.momentum, 0.999), weight_decay=c.weight_decay),
+    "adamw": lambda model, c: torch.optim.AdamW(model.parameters(), lr=c.lr, betas=(c.momentum, 0.999), weight_decay=c.weight_decay),
+}
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The configuration's optimizer (OPTIMIZER_FACTORIES) over the model's parameters."""
+    return OPTIMIZER_FACTORIES[config.optimizer](model, config)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps: int) -> LRScheduler:
@@ -213,17 +216,19 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps
     onecycle: OneCycleLR peaking at config.lr after warmup_epochs, with momentum held at config.momentum
     (cycle_momentum off, so the optimizer stays the SGD the configuration states).
     cosine: LinearLR from lr/25 up to lr over warmup_epochs, then CosineAnnealingLR down to 0.
+    constant: the same warm-up, then lr throughout.
     """
     total = config.epochs * steps
     if config.schedule == "onecycle":
         pct_start = config.warmup_epochs / config.epochs
         return OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=pct_start, cycle_momentum=False)
     warmup = min(round(config.warmup_epochs * steps), total - 1)
+    after = (CosineAnnealingLR(optimizer, T_max=total - warmup) if config.schedule == "cosine"
+             else ConstantLR(optimizer, factor=1.0, total_iters=0))
     if warmup == 0:
-        return CosineAnnealingLR(optimizer, T_max=total)
+        return after
     linear = LinearLR(optimizer, start_factor=WARMUP_START_FACTOR, total_iters=warmup)
-    cosine = CosineAnnealingLR(optimizer, T_max=total - warmup)
-    return SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
+    return SequentialLR(optimizer, [linear, after], milestones=[warmup])
 
 
 # ------------------------------------------------------------------------------ one epoch, evaluation
