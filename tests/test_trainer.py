@@ -136,6 +136,7 @@ def test_train_one_epoch_is_torch_sgd_on_the_mean_loss(cifar_data):
         loss_sum += loss.item() * len(labels)
     assert result.lrs == lrs
     assert result.loss == pytest.approx(loss_sum / 64, rel=RTOL)
+    assert result.hard_loss == pytest.approx(loss_sum / 64, rel=RTOL)  # the objective is the hard-label loss here
     for (name, ours), theirs in zip(model.state_dict().items(), reference.state_dict().values()):
         torch.testing.assert_close(ours, theirs, rtol=RTOL, atol=ATOL, msg=name)
 
@@ -397,3 +398,34 @@ def test_nesterov_without_momentum_is_refused():
     with pytest.raises(TracinError, match="nesterov needs a momentum"):
         TrainConfig(momentum=0.0)
     assert TrainConfig(momentum=0.0, nesterov=False).momentum == 0.0
+
+
+def test_per_class_tables_and_overlays_follow_the_confusion_matrix(tiny_run):
+    """Each model's per_class.csv from its confusion.csv; the run's per_class.csv gathers them; history.csv
+    keeps the hard- and soft-label parts (objective = alpha * soft + (1 - alpha) * hard for the student),
+    train and evaluation seconds apart; train.log holds the epoch lines."""
+    def rows(path):
+        with open(path, newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    record = json.loads((tiny_run / "run.json").read_text())
+    alpha = record["config"]["alpha"]
+    run_rows = rows(tiny_run / "per_class.csv")
+    for role in ROLES:
+        confusion = rows(tiny_run / role / "confusion.csv")
+        per_class = rows(tiny_run / role / "per_class.csv")
+        for c, (matrix_row, row) in enumerate(zip(confusion, per_class)):
+            counts = [int(v) for v in list(matrix_row.values())[1:]]
+            assert int(row["n"]) == sum(counts) and int(row["correct"]) == counts[c]
+            assert float(row["accuracy"]) == pytest.approx(counts[c] / sum(counts))
+            assert float(run_rows[c][role]) == float(row["accuracy"])
+        history = rows(tiny_run / role / "history.csv")
+        assert len((tiny_run / role / "train.log").read_text().splitlines()) == len(history)
+        for epoch in history:
+            assert float(epoch["seconds"]) >= float(epoch["train_seconds"]) + float(epoch["eval_seconds"]) - 0.01
+            if role == "student":
+                mixed = alpha * float(epoch["train_soft_loss"]) + (1 - alpha) * float(epoch["train_hard_loss"])
+                assert mixed == pytest.approx(float(epoch["train_loss"]), rel=1e-9)
+            else:
+                assert epoch["train_soft_loss"] == ""
+    assert (tiny_run / "per_class.png").stat().st_size > 5_000 and (tiny_run / "curves.png").stat().st_size > 5_000

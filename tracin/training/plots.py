@@ -62,6 +62,39 @@ def plot_confusion(matrix: Tensor, classes: Sequence[str], path: Path, title: st
     _save(figure, path)
 
 
+def plot_per_class(accuracy: dict[str, dict[str, float]], classes: Sequence[str], path: Path, title: str) -> None:
+    """Grouped bars: each class's test accuracy (fraction) for each model (accuracy: model -> class -> value)."""
+    figure = Figure(figsize=(max(6, 0.9 * len(classes) + 2), 3.8))
+    axes = figure.subplots()
+    width = 0.8 / max(1, len(accuracy))
+    for i, (model, values) in enumerate(accuracy.items()):
+        axes.bar([c + i * width for c in range(len(classes))], [values.get(name, 0.0) for name in classes], width, label=model)
+    axes.set_xticks([c + 0.4 - width / 2 for c in range(len(classes))], classes, rotation=45, ha="right", fontsize=8)
+    axes.set_ylabel("test accuracy")
+    axes.set_ylim(0, 1)
+    axes.legend(fontsize=7, ncol=3)
+    axes.set_title(title)
+    _save(figure, path)
+
+
+def plot_overlaid_history(histories: dict[str, Sequence[dict]], path: Path, title: str) -> None:
+    """Test accuracy and test loss per epoch of every model (histories: model -> history.csv rows), overlaid."""
+    figure = Figure(figsize=(9, 3.5))
+    acc_axes, loss_axes = figure.subplots(1, 2)
+    for model, rows in histories.items():
+        epochs = [int(row["epoch"]) for row in rows]
+        acc_axes.plot(epochs, [float(row["test_acc"]) for row in rows], marker=".", label=model)
+        loss_axes.plot(epochs, [float(row["test_loss"]) for row in rows], marker=".", label=model)
+    for axes, label in ((acc_axes, "test accuracy"), (loss_axes, "test loss (cross-entropy)")):
+        axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_ylabel(label)
+        axes.grid(alpha=0.3)
+    acc_axes.legend(fontsize=7)
+    figure.suptitle(title)
+    _save(figure, path)
+
+
 def _cells(counts):
     rows, cols = counts.shape
     return (((r, c), int(counts[r, c])) for r in range(rows) for c in range(cols))

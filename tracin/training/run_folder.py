@@ -6,7 +6,11 @@ resumed run the same run.
                  param_counts, data_fingerprint, teacher_checkpoint (an outside --teacher, or null),
                  models: {role: {status: pending|partial|done, epoch, epochs, checkpoints, metrics}}
     data.json    tracin.training.data.data_record(...): indices into the data set, flipped labels
-    <role>/      init.pt, epoch_NNN.pt, last.pt, history.csv, curves.png, confusion.png
+    <role>/      init.pt, epoch_NNN.pt, last.pt, history.csv, train.log (its epoch lines), curves.png,
+                 confusion.png and confusion.csv (best saved checkpoint), per_class.csv (accuracy, error and
+                 the class most mistaken for, per class)
+    per_class.csv, per_class.png, curves.png   across the finished models: test accuracy per class, and
+                 every model's test curves overlaid
 """
 
 from __future__ import annotations
@@ -56,6 +60,15 @@ class RunPaths:
 
     def history(self, role: str) -> Path:
         return self.model_dir(role) / "history.csv"
+
+    def log(self, role: str) -> Path:
+        return self.model_dir(role) / "train.log"
+
+    def per_class(self, role: str) -> Path:
+        return self.model_dir(role) / "per_class.csv"
+
+    def confusion_csv(self, role: str) -> Path:
+        return self.model_dir(role) / "confusion.csv"
 
     def curves(self, role: str) -> Path:
         return self.model_dir(role) / "curves.png"

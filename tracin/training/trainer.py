@@ -40,10 +40,11 @@ import time
 from datetime import datetime
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, LRScheduler, OneCycleLR, SequentialLR
@@ -67,7 +68,7 @@ from tracin.config import REPLICA_SEED_STRIDE, ROLES, DataConfig, ModelConfig, T
 from tracin.training.data import RunData, Split, augment, data_record, fingerprint, load_data, normalize
 from tracin.errors import CheckpointError, NonFiniteError, TracinError
 from tracin.training.models import build_model, copy_shared_stages, count_parameters, student_config, teacher_config
-from tracin.training.plots import plot_confusion, plot_history
+from tracin.training.plots import plot_confusion, plot_history, plot_overlaid_history, plot_per_class
 from tracin.training.run_folder import (
     RunPaths,
     check_run_name,
@@ -77,6 +78,7 @@ from tracin.training.run_folder import (
     new_record,
     open_record,
     pending_entry,
+    read_record,
     replaced_path,
     restore_replaced,
 )
@@ -88,7 +90,8 @@ WARMUP_START_FACTOR = 1 / 25  # the cosine warm-up starts where OneCycleLR (div_
 EVAL_BATCH_SIZE = 512
 PROGRESS_EVERY = 10  # steps between progress-bar loss readings (each one waits for the device)
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
-HISTORY_FIELDS = ("epoch", "step", "lr", *METRICS, "seconds", "checkpoint")
+HISTORY_FIELDS = ("epoch", "step", "lr", *METRICS, "train_hard_loss", "train_soft_loss", "seconds", "train_seconds",
+                  "eval_seconds", "checkpoint")
 
 
 
@@ -237,11 +240,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps
 @dataclass
 class EpochResult:
     """loss: mean training objective over the epoch's examples; accuracy: fraction of training examples
-    (augmented, train mode) predicted right; lrs: learning rate of each optimizer step, in order."""
+    (augmented, train mode) predicted right; lrs: learning rate of each optimizer step, in order;
+    hard_loss: mean cross-entropy of the same logits against the training labels (no label smoothing)."""
 
     loss: float
     accuracy: float
     lrs: list[float]
+    hard_loss: float = math.nan
 
 
 def train_one_epoch(
@@ -256,6 +261,7 @@ def train_one_epoch(
     """One pass over `batches` (from `training_batches`): one optimizer and one scheduler step each."""
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
+    hard_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
     correct = torch.zeros((), dtype=torch.int64, device=runtime.device)
     count, lrs = 0, []
     for images, labels, global_size in batches:
@@ -271,12 +277,13 @@ def train_one_epoch(
         optimizer.step()
         scheduler.step()
         loss_sum += per_example.detach().sum()
+        hard_sum += F.cross_entropy(logits.detach(), labels, reduction="sum")
         correct += (logits.argmax(dim=1) == labels).sum()
         count += len(labels)
         _show_progress(progress, per_example)
-    totals = runtime.all_reduce_sum(torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(count)]))
-    total_loss, total_correct, total_count = totals.tolist()
-    return EpochResult(total_loss / total_count, total_correct / total_count, lrs)
+    totals = runtime.all_reduce_sum(torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(count), hard_sum]))
+    total_loss, total_correct, total_count, total_hard = totals.tolist()
+    return EpochResult(total_loss / total_count, total_correct / total_count, lrs, total_hard / total_count)
 
 
 def _show_progress(progress: Optional[tqdm], per_example: Tensor) -> None:
@@ -490,12 +497,27 @@ def run_epoch(job: ModelJob, run: RunContext, trainee: Trainee, teacher: Optiona
     started = time.perf_counter()
     result = train_epoch(job, run, trainee, teacher, epoch)
     run.runtime.broadcast_buffers(trainee.model)
+    trained = time.perf_counter()
     test = evaluate(trainee.model, run.data.test, run.runtime)
     row = _close_epoch(trainee.state, epoch, result, test, run.config)
+    row["train_soft_loss"] = soft_loss(result, run.config) if teacher is not None else ""
+    row["train_seconds"], row["eval_seconds"] = round(trained - started, 3), round(time.perf_counter() - trained, 3)
     row["seconds"] = round(time.perf_counter() - started, 3)
     save_epoch(job, run, trainee, row)
-    run.runtime.log(summary_line(job.name, row, run.config.epochs))
+    line = summary_line(job.name, row, run.config.epochs)
+    run.runtime.log(line)
+    if run.runtime.is_main:
+        with open(run.paths.log(job.name), "a") as handle:  # train.log: the lines of every invocation, resumes too
+            handle.write(line + "\n")
     return bool(row["checkpoint"])
+
+
+def soft_loss(result: EpochResult, config: TrainConfig) -> float:
+    """The epoch's mean soft-target term (T^2 * KL, or the logit MSE) of a distilled model: the objective
+    less its (1 - alpha) * CE part, over alpha (exact without label smoothing; NaN when alpha is 0)."""
+    if config.alpha == 0 or config.label_smoothing:
+        return math.nan
+    return (result.loss - (1.0 - config.alpha) * result.hard_loss) / config.alpha
 
 
 def train_epoch(
@@ -528,6 +550,7 @@ def _close_epoch(state: TrainState, epoch: int, result: EpochResult, test: Evalu
         "lr": sum(result.lrs) / len(result.lrs),
         "train_loss": result.loss,
         "train_acc": result.accuracy,
+        "train_hard_loss": result.hard_loss,
         "test_loss": test.loss,
         "test_acc": test.accuracy,
         "checkpoint": checkpoint_name(epoch) if epoch in saved_epochs(config) else "",
@@ -593,6 +616,30 @@ def save_epoch(job: ModelJob, run: RunContext, trainee: Trainee, row: dict) -> N
         set_status(run, job.name, "partial", state)
 
 
+def per_class_rows(matrix: Tensor, classes: Sequence[str]) -> list[dict]:
+    """One row per class of a confusion matrix [true, predicted] (counts): its test examples, how many are
+    right, accuracy, error, and the class it is most often mistaken for."""
+    rows = []
+    for c, name in enumerate(classes):
+        counts = matrix[c].tolist()
+        n, right = sum(counts), counts[c]
+        wrong = [(count, other) for other, count in enumerate(counts) if other != c]
+        count, other = max(wrong) if wrong else (0, c)
+        rows.append({"class": name, "n": n, "correct": right, "accuracy": right / n if n else math.nan,
+                     "error": 1 - right / n if n else math.nan, "most_confused_with": classes[other] if count else "",
+                     "confused": count})
+    return rows
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    """Rows (dicts with the same keys) as CSV, written atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else [])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, lambda handle: handle.write(text.getvalue().encode()))
+
+
 def write_history(history: list[dict], path: Path) -> None:
     """history.csv, one row per epoch (HISTORY_FIELDS), written atomically."""
     text = io.StringIO(newline="")
@@ -631,6 +678,9 @@ def finish_model(job: ModelJob, run: RunContext, trainee: Trainee) -> None:
         matrix = confusion_matrix(evaluate(model, test, run.runtime).predictions, test.labels, len(test.classes))
         title = f"{job.name}, epoch {best['epoch']} (best saved: test acc {best['test_acc']:.1%})"
         plot_confusion(matrix, test.classes, paths.confusion(job.name), title)
+        write_csv([dict(zip(("true \\ predicted", *test.classes), (name, *row))) for name, row in zip(test.classes, matrix.tolist())],
+                  paths.confusion_csv(job.name))
+        write_csv(per_class_rows(matrix, test.classes), paths.per_class(job.name))
         set_status(run, job.name, "done", trainee.state, best_epoch=best["epoch"])
     run.runtime.barrier()
 
@@ -824,7 +874,10 @@ def train_run(config: TrainConfig, data_config: DataConfig, options: RunOptions)
         faults.reach("data")
         check_schedule(config, steps_per_epoch(len(data.train), config.batch_size, runtime.world_size))
         try:
-            train_models(open_run(config, data_config, options, data, runtime), options)
+            run = open_run(config, data_config, options, data, runtime)
+            train_models(run, options)
+            if runtime.is_main:
+                write_run_summary(run.paths, data.test.classes)
         except BaseException:  # a mistake, a crash or Ctrl-C: the replaced run comes back as it was
             if options.overwrite and runtime.is_main and restore_replaced(paths):
                 runtime.log(f"the run this one was to replace is back in {paths.root}, as it was")
@@ -832,6 +885,26 @@ def train_run(config: TrainConfig, data_config: DataConfig, options: RunOptions)
         if runtime.is_main and options.overwrite:
             finish_replacement(paths)
     return paths
+
+
+def write_run_summary(paths: RunPaths, classes: Sequence[str]) -> None:
+    """Across the run's finished models: per_class.csv (each class's test accuracy per model),
+    per_class.png and curves.png (every model's test accuracy and loss per epoch, overlaid)."""
+    models = [name for name, entry in (read_record(paths) or {}).get("models", {}).items()
+              if entry.get("status") == "done" and paths.per_class(name).is_file()]
+    if not models:
+        return
+    accuracy = {name: {row["class"]: float(row["accuracy"]) for row in _read_csv(paths.per_class(name))} for name in models}
+    rows = [{"class": name, **{model: accuracy[model].get(name, math.nan) for model in models}} for name in classes]
+    write_csv(rows, paths.root / "per_class.csv")
+    plot_per_class(accuracy, classes, paths.root / "per_class.png", f"{paths.root.name}: test accuracy per class")
+    histories = {name: _read_csv(paths.history(name)) for name in models}
+    plot_overlaid_history(histories, paths.root / "curves.png", f"{paths.root.name}: test curves of every model")
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 def check_replacement(paths: RunPaths, options: RunOptions) -> None:
