@@ -445,3 +445,17 @@ def test_named_layer_groups_partition_the_scores(tiny_run, tmp_path):
         result = tracin_score("--run", tiny_run, "--out", tmp_path / "bad.h5", "--quiet", "--models", "teacher", *SMALL, *args)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert not (tmp_path / "bad.h5").exists()
+
+
+def test_cap_topk_lowers_a_k_larger_than_the_set_and_the_time_per_pair_is_kept(tiny_run, tmp_path):
+    out = tmp_path / "capped.h5"
+    args = [a for a in score_args(tiny_run, out) if a not in ("--topk", ",".join(map(str, K)), "--quiet", "--per-checkpoint")]
+    result = tracin_score(*args, "--models", "student", "--topk", "3,100000", "--cap-topk")
+    assert result.returncode == 0, result.stderr
+    with ScoreFile.open_read(out) as store:
+        limit = min(store.n_train, store.n_test)
+        assert store.model("student").rankings()[0].top_index.shape[1] == limit
+        overlap = store.comparison_pairs()  # one model: no pairs, but the k were capped, not refused
+        per_pair = store.model("student").seconds_per_pair
+    assert f"--topk capped at {limit} examples: k = 3, {limit}" in result.stdout and overlap == []
+    assert per_pair > 0 and "s per train-test pair" in result.stdout

@@ -308,6 +308,8 @@ def build_score_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-subset", type=int, help="score a stratified subset of the run's train examples")
     parser.add_argument("--test-subset", type=int, help="score a stratified subset of the run's test examples")
     parser.add_argument("--topk", default="100,500,1000", help="comma-separated k for top-k tables and overlap@k (default: %(default)s)")
+    parser.add_argument("--cap-topk", action="store_true",
+                        help="lower a --topk k larger than the train or test set to its size instead of refusing it")
     parser.add_argument("--per-checkpoint", action="store_true",
                         help="also keep each checkpoint's scores, for the matched-epoch comparison")
     parser.add_argument("--out", help="HDF5 file (default: RUN/tracin.h5)")
@@ -365,6 +367,7 @@ def score_options(args: argparse.Namespace, argv: Sequence[str]) -> ScoreOptions
         train_subset=args.train_subset,
         test_subset=args.test_subset,
         topk=args.topk,
+        cap_topk=args.cap_topk,
         out=args.out,
         device=args.device,
         engine=EngineConfig(batch_size=args.batch_size, max_memory=_memory_bytes(args.max_memory_gb),

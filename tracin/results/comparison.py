@@ -214,6 +214,7 @@ CI = (Column("ci_low", label="95% CI low"), Column("ci_high", label="95% CI high
 register_table(ComparisonTable(
     "overlap", "overlap of top-k sets",
     (Column("direction", "S8"), Column("side", "S12"), Column("k", "i8"), Column("mean", label="mean overlap"), *CI,
+     Column("shared", label="mean shared", format=".1f"),
      *SUMMARY[1:], Column("chance", label="chance k/n", format=".4f"), Column("jaccard", label="Jaccard"),
      Column("jaccard_ci_low", label="Jaccard CI low"), Column("jaccard_ci_high", label="Jaccard CI high")),
     overlap_rows, text_rows=overlap_headline, layer_groups=True,

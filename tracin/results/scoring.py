@@ -58,6 +58,7 @@ class ScoreOptions:
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
     topk: str = "100,500,1000"
+    cap_topk: bool = False
     out: Optional[str] = None
     device: str = "auto"
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -293,7 +294,9 @@ def score_run(options: ScoreOptions) -> Path:
     with start_runtime(options.device, options.quiet) as runtime, _run_lock(run, runtime), _output_lock(out, runtime):
         data = scoring_data(run, options)
         runtime.log(data_source(run, options))
-        ks = parse_topk(options.topk, limit=min(len(data.train), len(data.test)))
+        ks = parse_topk(options.topk, limit=min(len(data.train), len(data.test)), cap=options.cap_topk)
+        if options.cap_topk and ks != parse_topk(options.topk):
+            runtime.log(f"--topk capped at {min(len(data.train), len(data.test))} examples: k = {', '.join(map(str, ks))}")
         engines = {name: build_engine(name, run, options, runtime) for name in model_names(run, options)}
         for tracin in engines.values():  # probes each model: blocking and memory are checked here
             tracin.block_sizes(data.train, data.test, options.per_checkpoint)
@@ -347,8 +350,10 @@ def score_role(store: Optional[ScoreFile], role: str, tracin: TracIn, data: RunD
         store.model(role).write_last_loss(tracin.losses(data.train).numpy())
         faults.reach("rankings")
         write_rankings(store.model(role), k, runtime.device)
+        seconds = store.model(role).add_scoring_seconds(time.perf_counter() - started)
+        per_pair = seconds / (len(data.train) * len(data.test))
         runtime.log(f"{role}: {len(tracin.checkpoints)} checkpoint(s), {len(data.train)} x {len(data.test)} "
-                    f"scores in {time.perf_counter() - started:.1f} s")
+                    f"scores in {seconds:.1f} s ({per_pair:.3g} s per train-test pair, all variants)")
 
 
 def data_source(run: TrainedRun, options: ScoreOptions) -> str:

@@ -24,8 +24,9 @@ CONFIDENCE = 0.95  # of every bootstrap confidence interval
 RESAMPLES = 1000  # bootstrap resamples of the rows
 
 
-def parse_topk(text: str, limit: Optional[int] = None) -> list[int]:
-    """'100,500,1000' -> [100, 500, 1000]; each k a positive integer, at most `limit` if given."""
+def parse_topk(text: str, limit: Optional[int] = None, cap: bool = False) -> list[int]:
+    """'100,500,1000' -> [100, 500, 1000]; each k a positive integer, at most `limit` if given (a larger k
+    is refused, or with `cap` lowered to `limit`)."""
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
     if not parts:
         raise TracinError("--topk needs at least one k, e.g. --topk 100,500,1000")
@@ -36,7 +37,10 @@ def parse_topk(text: str, limit: Optional[int] = None) -> list[int]:
     if any(k < 1 for k in values):
         raise TracinError(f"--topk values must be positive, got {text!r}")
     if limit is not None and max(values) > limit:
-        raise TracinError(f"k={max(values)} is larger than the set it ranks ({limit} examples)")
+        if cap:
+            return sorted({min(k, limit) for k in values})
+        raise TracinError(f"k={max(values)} is larger than the set it ranks ({limit} examples); lower --topk, "
+                          "or pass --cap-topk to cap it at the set's size")
     return sorted(set(values))
 
 
@@ -180,8 +184,8 @@ def mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def overlap_table(top_a: np.ndarray, top_b: np.ndarray, ks: list[int], n_ranked: int, seed: int = 0) -> list[dict]:
-    """One row per k: overlap@k summary (mean/median/min/max) with the bootstrap CI of its mean, chance
-    level k/n, and mean Jaccard with its CI."""
+    """One row per k: overlap@k summary (mean/median/min/max, fractions of k) with the bootstrap CI of its
+    mean, the mean count of shared examples (mean * k), chance level k/n, and mean Jaccard with its CI."""
     rows = []
     for k in ks:
         overlap = overlap_at_k(top_a, top_b, k)
@@ -194,6 +198,7 @@ def overlap_table(top_a: np.ndarray, top_b: np.ndarray, ks: list[int], n_ranked:
                 **summarize(overlap),
                 "ci_low": ci_low,
                 "ci_high": ci_high,
+                "shared": float(overlap.mean() * k),
                 "chance": chance_overlap(k, n_ranked),
                 "jaccard": float(jaccard.mean()),
                 "jaccard_ci_low": jaccard_low,

@@ -19,6 +19,7 @@ Layout (format "tracin-scores", version 1):
                             differ from the labels with tracin-train --coarse-labels)
     /train_stamped, /test_stamped     bool [n]: stamped with the planted shortcut (--shortcut-class)
     /<model>/               attrs: role, parameters (JSON), n_parameter_tensors, row_chunk, test_block, status,
+                            scoring_seconds (wall time over invocations: per pair, / n_train n_test),
                             variants (JSON: the score variants held, the first in scores)
         checkpoints/{path, epoch, lr, sha256}   [n_ckpt]: what was replayed, lr = TracIn weight
         scores              float32 [n_train, n_test]: sum_c lr_c <g_train, g_test>, chunked (attr variant)
@@ -457,6 +458,7 @@ class ScoreFile:
                 "test_block": test_block,
                 "status": "partial",
                 "variants": json.dumps(list(variants)),
+                "scoring_seconds": 0.0,
             }
         )
         _write_checkpoints(group.create_group("checkpoints"), checkpoints)
@@ -783,6 +785,23 @@ class ModelScores:
     def last_loss(self) -> np.ndarray:
         """float32 [n_train]: each train example's loss at the last checkpoint."""
         return self._group["last_loss"][()]
+
+    def add_scoring_seconds(self, seconds: float) -> float:
+        """Add the wall time one tracin-score invocation spent on this model (its blocks, losses and
+        rankings) to attr scoring_seconds; returns the total over invocations (a resumed file's too)."""
+        total = float(self._group.attrs.get("scoring_seconds", 0.0)) + seconds
+        self._group.attrs["scoring_seconds"] = total
+        self._group.file.flush()
+        return total
+
+    @property
+    def seconds_per_pair(self) -> Optional[float]:
+        """Scoring wall time per train-test pair (attr scoring_seconds / n_train n_test); None if not recorded
+        (an ensemble, or a file from before the timing)."""
+        if not self._group.attrs.get("scoring_seconds"):
+            return None
+        n_train, n_test = self.scores.shape
+        return float(self._group.attrs["scoring_seconds"]) / (n_train * n_test)
 
     def write_last_loss(self, losses: np.ndarray) -> None:
         """losses: float [n_train], each train example's loss at the last checkpoint."""
