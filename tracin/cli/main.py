@@ -36,6 +36,8 @@ from tracin.errors import TracinError
 from tracin.runtime import DEVICES
 from tracin.results.scoring import ScoreOptions, score_run
 from tracin.results.reporting import ReportOptions, report_run
+from tracin.training import sweep as sweep_module
+from tracin.training.run_folder import check_run_name
 from tracin.results.validating import ValidateOptions, validate_run
 from tracin.training.trainer import RunOptions, train_run
 
@@ -490,3 +492,43 @@ def report_main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_report_parser().parse_args(_arguments(argv))
     return run_command("tracin-report", lambda: report_run(report_options(args)),
                        "run the same command again (finished models are kept)")
+
+
+# --- tracin-sweep ------------------------------------------------------------------------------------
+
+
+def build_sweep_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tracin-sweep",
+        description="One distillation experiment over values of one or more settings: trains only what must be "
+        "trained (students reuse one teacher when only their settings vary), through tracin-train's own code, "
+        "resumable; writes results.csv, results.md and results.png. Every other option is tracin-train's and "
+        "applies to every run.",
+        epilog="Example: tracin-sweep --sweep temperature --vary temperature=1,2,5 --dataset fashion-mnist "
+        "--train-subset 2000 --epochs 4 --width 8. Settings: " + ", ".join(sweep_module.KEYS) + " (teacher_epoch: "
+        "which saved checkpoint of the shared teacher the students distil from; augment: on,off).",
+    )
+    parser.add_argument("--sweep", required=True, help="name of the sweep: its runs and results go to OUT_ROOT/SWEEP/")
+    parser.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="a setting and its values (repeatable: the grid of all combinations)")
+    parser.add_argument("--out-root", default="checkpoints", help="folder holding the sweep (default: %(default)s)")
+    return parser
+
+
+def _train_argv(argv: list[str]) -> None:
+    args = build_train_parser().parse_args(argv)
+    train_run(*train_configs(args), run_options(args, argv))
+
+
+def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
+    """`tracin-sweep`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
+    args, base = build_sweep_parser().parse_known_args(_arguments(argv))
+
+    def work() -> None:
+        sweep = sweep_module.Sweep(check_run_name(args.sweep), tuple(sweep_module.parse_vary(v) for v in args.vary),
+                                   tuple(base), args.out_root)
+        train_configs(build_train_parser().parse_args(["--run", "check", *base]))  # every base option checked first
+        epochs = sweep_module.final_epochs(base, TRAIN.epochs)
+        print(f"results: {sweep_module.run_sweep(sweep, _train_argv, epochs)}", flush=True)
+
+    return run_command("tracin-sweep", work, "run the same command again (finished runs are kept)")

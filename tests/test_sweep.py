@@ -1,0 +1,109 @@
+"""tracin-sweep: a temperature sweep in one command (one shared teacher and baseline, a student per value),
+a teacher-quality sweep over the shared teacher's checkpoints, a sweep that retrains the teacher, resume,
+and the results table against each run's own record."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import subprocess_env
+from tracin.training.sweep import Sweep, parse_vary, train_arguments
+
+TINY = ("--dataset", "fashion-mnist", "--train-subset", "256", "--test-subset", "64", "--epochs", "2", "--save-every", "1",
+        "--width", "4", "--batch-size", "32", "--quiet")
+
+
+def tracin_sweep(*args) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).with_name("tracin-sweep")), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=subprocess_env())
+
+
+@pytest.fixture(scope="module")
+def temperature_sweep(tmp_path_factory, fashion_mnist_root) -> Path:
+    out = tmp_path_factory.mktemp("sweeps")
+    result = tracin_sweep("--sweep", "temperature", "--out-root", out, "--vary", "temperature=1,2,5", "--data-root",
+                          fashion_mnist_root, *TINY)
+    assert result.returncode == 0, result.stderr
+    return out / "temperature"
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_temperature_sweep_trains_one_teacher_and_baseline_and_a_student_per_value(temperature_sweep):
+    assert sorted(p.name for p in temperature_sweep.iterdir() if p.is_dir()) == ["base", "temperature-1", "temperature-2", "temperature-5"]
+    assert (temperature_sweep / "base" / "teacher").is_dir() and (temperature_sweep / "base" / "student_baseline").is_dir()
+    teacher = temperature_sweep / "base" / "teacher" / "epoch_002.pt"
+    for value in ("1", "2", "5"):
+        run = temperature_sweep / f"temperature-{value}"
+        record = json.loads((run / "run.json").read_text())
+        assert record["config"]["temperature"] == float(value)
+        assert record["teacher_checkpoint"]["path"] == str(teacher)
+        assert [m for m, e in record["models"].items() if e["status"] == "done"] == ["student"]
+        assert not (run / "teacher").exists() and not (run / "student_baseline").exists()
+
+
+def test_the_results_table_equals_each_runs_record(temperature_sweep):
+    rows = _rows(temperature_sweep / "results.csv")
+    assert [(r["temperature"], r["run"], r["model"]) for r in rows] == [
+        ("-", "base", "teacher"), ("-", "base", "student_baseline"), ("1", "temperature-1", "student"),
+        ("2", "temperature-2", "student"), ("5", "temperature-5", "student")]
+    for row in rows:
+        run = temperature_sweep / row["run"]
+        record = json.loads((run / "run.json").read_text())
+        entry = record["models"][row["model"]]
+        history = _rows(run / row["model"] / "history.csv")
+        assert float(row["test_acc"]) == entry["metrics"]["test_acc"] and float(row["test_loss"]) == entry["metrics"]["test_loss"]
+        assert float(row["train_test_gap"]) == pytest.approx(entry["metrics"]["train_acc"] - entry["metrics"]["test_acc"])
+        assert int(row["best_epoch"]) == entry["best_epoch"] and int(row["parameters"]) == record["param_counts"][row["model"]]
+        train_seconds = sum(float(h["train_seconds"]) for h in history)
+        assert float(row["train_images_per_s"]) == pytest.approx(256 * 2 / train_seconds)
+        assert float(row["wall_s"]) == pytest.approx(sum(float(h["seconds"]) for h in history))
+    assert "| temperature | run | model |" in (temperature_sweep / "results.md").read_text()
+    assert (temperature_sweep / "results.png").stat().st_size > 5_000
+
+
+def test_the_same_command_again_trains_nothing(temperature_sweep, fashion_mnist_root):
+    checkpoints = sorted(temperature_sweep.rglob("epoch_*.pt"))
+    stamps = [p.stat().st_mtime_ns for p in checkpoints]
+    result = tracin_sweep("--sweep", "temperature", "--out-root", temperature_sweep.parent, "--vary", "temperature=1,2,5",
+                          "--data-root", fashion_mnist_root, *TINY)
+    assert result.returncode == 0, result.stderr
+    assert [p.stat().st_mtime_ns for p in sorted(temperature_sweep.rglob("epoch_*.pt"))] == stamps
+
+
+def test_teacher_quality_distils_from_the_chosen_checkpoint_and_teacher_settings_retrain_it(tmp_path):
+    quality = Sweep("quality", (parse_vary("teacher-epoch=1,2"),), TINY, str(tmp_path))
+    runs = dict(train_arguments(quality, 2))
+    assert runs["teacher_epoch-1"][runs["teacher_epoch-1"].index("--teacher") + 1].endswith("base/teacher/epoch_001.pt")
+    assert runs["base"][-2:] == ["teacher", "student_baseline"]
+    shape = Sweep("shape", (parse_vary("student_stages=1,2"),), TINY, str(tmp_path))
+    runs = dict(train_arguments(shape, 2))
+    assert runs["base"][-1:] == ["teacher"] and runs["student_stages-1"][-2:] == ["student", "student_baseline"]
+    epochs = Sweep("epochs", (parse_vary("epochs=1,2"), parse_vary("augment=on,off")), TINY, str(tmp_path))
+    runs = dict(train_arguments(epochs, 2))
+    assert list(runs) == ["epochs-1_augment-on", "epochs-1_augment-off", "epochs-2_augment-on", "epochs-2_augment-off"]
+    assert "--teacher" not in runs["epochs-2_augment-off"] and "--no-augment" in runs["epochs-2_augment-off"]
+    assert runs["epochs-1_augment-on"][-2:] == ["--epochs", "1"]  # after the base arguments: it wins
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--vary", "foo=1"], "not a setting a sweep varies"),
+    (["--vary", "temperature=1", "--run", "x"], "sets --run itself"),
+    ([], "names no setting"),
+    (["--vary", "temperature"], "takes KEY=V1,V2"),
+    (["--vary", "temperature=1", "--epochs", "0"], "epochs must be at least 1"),
+    (["--vary", "teacher_epoch=1,2", "--vary", "width=4,8"], "cannot be combined"),
+])
+def test_bad_sweeps_are_one_line(tmp_path, args, message):
+    result = tracin_sweep("--sweep", "s", "--out-root", tmp_path, *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []

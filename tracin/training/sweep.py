@@ -1,0 +1,248 @@
+"""tracin-sweep: one distillation experiment over values of one or more settings, one results table.
+
+    the combinations of the --vary values (a grid)
+    train only what must be trained, each through tracin-train's own code path (train_run):
+        settings only the distilled student reads (temperature, alpha, kd_loss, distill, teacher_epoch):
+            one shared run `base` trains the teacher and the baseline student once; each combination's run
+            trains its student from the shared teacher's checkpoint (teacher_epoch: which one, the
+            teacher-quality sweep)
+        settings the students' shape reads (student_stages, student_init): the shared teacher, and each
+            combination trains its student and its baseline
+        anything else (epochs, width, seed, lr, augment, ...): each combination trains all three models
+    every run is a tracin-train run folder under OUT_ROOT/SWEEP/: a killed sweep continues where it stopped
+    results.csv, results.md and results.png in OUT_ROOT/SWEEP/: a row per run and model
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from tracin.config import ROLES
+from tracin.errors import TracinError
+from tracin.files import write_atomic
+from tracin.training.checkpoints import checkpoint_name
+
+STUDENT_KEYS = ("temperature", "alpha", "kd_loss", "distill", "teacher_epoch")  # only the distilled student reads these
+SHAPE_KEYS = ("student_stages", "student_init")  # both students read these, the teacher does not
+TEACHER_KEYS = ("epochs", "width", "arch", "seed", "lr", "batch_size", "augment", "optimizer", "schedule", "momentum",
+                "weight_decay", "label_smoothing", "warmup_epochs", "label_noise", "train_subset")
+KEYS = STUDENT_KEYS + SHAPE_KEYS + TEACHER_KEYS
+BASE_RUN = "base"
+RESULT_FIELDS = ("run", "model", "test_acc", "best_epoch", "test_loss", "train_test_gap", "parameters",
+                 "train_images_per_s", "wall_s")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """name: the sweep's folder under out_root; vary: (key, values) in order; base: the tracin-train
+    arguments every run shares."""
+
+    name: str
+    vary: tuple[tuple[str, tuple[str, ...]], ...]
+    base: tuple[str, ...]
+    out_root: str = "checkpoints"
+
+    def __post_init__(self) -> None:
+        if not self.vary:
+            raise TracinError("--vary names no setting: e.g. --vary temperature=1,2,5")
+        for key, values in self.vary:
+            if key not in KEYS:
+                raise TracinError(f"--vary {key}: not a setting a sweep varies; use one of {', '.join(KEYS)}")
+            if not values:
+                raise TracinError(f"--vary {key}= gives no values")
+        keys = [key for key, _ in self.vary]
+        if len(set(keys)) != len(keys):
+            raise TracinError("--vary names a setting twice")
+        if "teacher_epoch" in keys and set(keys) & set(TEACHER_KEYS):
+            raise TracinError("--vary teacher_epoch picks checkpoints of one shared teacher: it cannot be combined with "
+                              f"settings that retrain the teacher ({', '.join(sorted(set(keys) & set(TEACHER_KEYS)))})")
+        shared = {"--run", "--models", "--teacher", "--out-root", "--replicas", "--overwrite"}
+        for word in self.base:
+            if word.split("=", 1)[0] in shared:
+                raise TracinError(f"tracin-sweep sets {word.split('=', 1)[0]} itself; leave it out")
+
+    @property
+    def root(self) -> Path:
+        return Path(self.out_root) / self.name
+
+    @property
+    def keys(self) -> list[str]:
+        return [key for key, _ in self.vary]
+
+    @property
+    def shares_teacher(self) -> bool:
+        return not set(self.keys) & set(TEACHER_KEYS)
+
+    @property
+    def shares_baseline(self) -> bool:
+        return self.shares_teacher and not set(self.keys) & set(SHAPE_KEYS)
+
+    def combinations(self) -> list[dict[str, str]]:
+        return [dict(zip(self.keys, values)) for values in itertools.product(*(values for _, values in self.vary))]
+
+
+def parse_vary(spec: str) -> tuple[str, tuple[str, ...]]:
+    """'temperature=1,2,5' -> ("temperature", ("1", "2", "5")); dashes in the key read as underscores."""
+    key, separator, values = spec.partition("=")
+    if not separator:
+        raise TracinError(f"--vary takes KEY=V1,V2,..., got {spec!r}")
+    return key.strip().replace("-", "_"), tuple(v.strip() for v in values.split(",") if v.strip())
+
+
+def run_name(combination: dict[str, str]) -> str:
+    """The run folder of a combination: 'temperature-2_alpha-0.5'."""
+    return "_".join(f"{key}-{value}" for key, value in combination.items())
+
+
+def _flags(combination: dict[str, str]) -> list[str]:
+    """tracin-train arguments of a combination's settings (teacher_epoch is the sweep's, not a flag)."""
+    flags = []
+    for key, value in combination.items():
+        if key == "teacher_epoch":
+            continue
+        if key == "augment":
+            if value.lower() not in ("on", "off", "true", "false", "yes", "no", "1", "0"):
+                raise TracinError(f"--vary augment takes on,off; got {value!r}")
+            flags += [] if value.lower() in ("on", "true", "yes", "1") else ["--no-augment"]
+            continue
+        flags += [f"--{key.replace('_', '-')}", value]
+    return flags
+
+
+def train_arguments(sweep: Sweep, teacher_epochs: int) -> list[tuple[str, list[str]]]:
+    """(run name, tracin-train argv) of every run the sweep trains, the shared one first."""
+    runs = []
+    base = [*sweep.base, "--out-root", str(sweep.root)]
+    if sweep.shares_teacher:
+        shared_models = ["teacher", "student_baseline"] if sweep.shares_baseline else ["teacher"]
+        runs.append((BASE_RUN, ["--run", BASE_RUN, *base, "--models", *shared_models]))
+    for combination in sweep.combinations():
+        name = run_name(combination)
+        argv = ["--run", name, *base, *_flags(combination)]
+        if sweep.shares_teacher:
+            epoch = int(combination.get("teacher_epoch", teacher_epochs))
+            teacher = sweep.root / BASE_RUN / "teacher" / checkpoint_name(epoch)
+            argv += ["--teacher", str(teacher), "--models", *(["student"] if sweep.shares_baseline else ["student", "student_baseline"])]
+        runs.append((name, argv))
+    return runs
+
+
+def run_sweep(sweep: Sweep, train: Callable[[list[str]], None], teacher_epochs: int) -> Path:
+    """Train every run (train(argv): tracin-train's own code path; each continues a killed run), then
+    write the results; returns results.csv."""
+    for name, argv in train_arguments(sweep, teacher_epochs):
+        print(f"tracin-sweep: run {name}", flush=True)
+        train(argv)
+    return write_results(sweep)
+
+
+# --- results ---------------------------------------------------------------------------------------------
+
+
+def _history(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def model_result(run: Path, model: str) -> dict:
+    """One row of RESULT_FIELDS from a finished model's run.json entry and history.csv: test accuracy and
+    loss at the last epoch, best saved epoch, train-test accuracy gap, parameters, training images per
+    second (train seconds only) and wall time (training and evaluation)."""
+    record = json.loads((run / "run.json").read_text())
+    entry, history = record["models"][model], _history(run / model / "history.csv")
+    metrics = entry["metrics"]
+    n_train = record["data_fingerprint"]["n_train"]
+    train_seconds = sum(float(row.get("train_seconds") or row["seconds"]) for row in history)
+    return {"run": run.name, "model": model, "test_acc": metrics["test_acc"], "best_epoch": entry.get("best_epoch"),
+            "test_loss": metrics["test_loss"], "train_test_gap": metrics["train_acc"] - metrics["test_acc"],
+            "parameters": record["param_counts"][model.split(".")[0]],
+            "train_images_per_s": n_train * len(history) / train_seconds if train_seconds else float("nan"),
+            "wall_s": sum(float(row["seconds"]) for row in history)}
+
+
+def result_rows(sweep: Sweep) -> list[dict]:
+    """A row per finished model of every run: the combination's settings, then RESULT_FIELDS (the shared
+    run's models carry the base settings, '-' for the varied ones)."""
+    rows = []
+    runs = [(BASE_RUN, {key: "-" for key in sweep.keys})] if sweep.shares_teacher else []
+    runs += [(run_name(c), c) for c in sweep.combinations()]
+    for name, combination in runs:
+        folder = sweep.root / name
+        record = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {"models": {}}
+        for model in ROLES:
+            if record["models"].get(model, {}).get("status") == "done":
+                rows.append({**combination, **model_result(folder, model)})
+    return rows
+
+
+def results_markdown(rows: Sequence[dict], keys: Sequence[str]) -> str:
+    header = [*keys, *RESULT_FIELDS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row[field]) for field in header) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def write_results(sweep: Sweep) -> Path:
+    """results.csv, results.md and results.png (test accuracy against the first varied setting, a line per
+    model) in the sweep's folder; returns results.csv."""
+    rows = result_rows(sweep)
+    if not rows:
+        raise TracinError(f"{sweep.root} holds no finished run yet")
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=[*sweep.keys, *RESULT_FIELDS])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(sweep.root / "results.csv", lambda handle: handle.write(text.getvalue().encode()))
+    write_atomic(sweep.root / "results.md", lambda handle: handle.write(results_markdown(rows, sweep.keys).encode()))
+    plot_results(rows, sweep.keys[0], sweep.root / "results.png", f"{sweep.name}: test accuracy against {sweep.keys[0]}")
+    return sweep.root / "results.csv"
+
+
+def plot_results(rows: Sequence[dict], key: str, path: Path, title: str) -> None:
+    """Test accuracy against `key`'s values (in sweep order), a line per model; a shared run's model is a
+    horizontal line (it does not depend on the setting)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    values = list(dict.fromkeys(row[key] for row in rows if row[key] != "-"))
+    figure = Figure(figsize=(6, 3.6))
+    axes = figure.subplots()
+    for i, model in enumerate(dict.fromkeys(row["model"] for row in rows)):
+        mine = [row for row in rows if row["model"] == model]
+        shared = [row for row in mine if row[key] == "-"]
+        if shared:
+            axes.axhline(shared[0]["test_acc"], color=f"C{i}", linestyle="--", label=f"{model} (shared)")
+        points = [(values.index(row[key]), row["test_acc"]) for row in mine if row[key] != "-"]
+        if points:
+            axes.plot(*zip(*sorted(points)), marker="o", color=f"C{i}", label=model)
+    axes.set_xticks(range(len(values)), values)
+    axes.set_xlabel(key)
+    axes.set_ylabel("test accuracy (last epoch)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    axes.set_title(title, fontsize=9)
+    FigureCanvasAgg(figure)
+    write_atomic(path, lambda handle: figure.savefig(handle, format="png", dpi=110, bbox_inches="tight"))
+
+
+def final_epochs(base: Sequence[str], default: int) -> Optional[int]:
+    """The --epochs among the base arguments (the shared teacher's last checkpoint), else `default`."""
+    for i, word in enumerate(base):
+        if word == "--epochs" and i + 1 < len(base):
+            return int(base[i + 1])
+        if word.startswith("--epochs="):
+            return int(word.split("=", 1)[1])
+    return default
