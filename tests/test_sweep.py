@@ -107,3 +107,26 @@ def test_bad_sweeps_are_one_line(tmp_path, args, message):
     result = tracin_sweep("--sweep", "s", "--out-root", tmp_path, *args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_readme_figures_state_the_sweep_with_its_command_and_machine(temperature_sweep, tiny_run, tiny_scores, tmp_path):
+    import shutil
+
+    import torch
+
+    demo = tmp_path / "tiny"
+    shutil.copytree(tiny_run, demo)
+    machine = {"cpu": "a CPU", "cores": 2, "device": "no GPU", "torch": torch.__version__, "platform": "Linux"}
+    (demo / "demo.json").write_text(json.dumps({"finished": "2026-11-30T12:00:00", "machine": machine,
+                                                "seconds": {"total": 11, "training": 5, "scoring": 4, "report": 2}}))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- demo-figures:start -->\n<!-- demo-figures:end -->\n<!-- sweep-results:start -->\nstale\n"
+                      "<!-- sweep-results:end -->\n")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "readme_figures.py"
+    result = subprocess.run([sys.executable, script, "--run", demo, "--scores", tiny_scores, "--sweep", temperature_sweep,
+                             "--readme", readme], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    text = readme.read_text()
+    assert "stale" not in text and (temperature_sweep / "results.md").read_text().strip() in text
+    recorded = json.loads((temperature_sweep / "sweep.json").read_text())
+    assert recorded["command"][:3] == ["tracin-sweep", "--sweep", "temperature"] and f"`{' '.join(recorded['command'])}`" in text

@@ -526,7 +526,7 @@ def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
 
     def work() -> None:
         sweep = sweep_module.Sweep(check_run_name(args.sweep), tuple(sweep_module.parse_vary(v) for v in args.vary),
-                                   tuple(base), args.out_root)
+                                   tuple(base), args.out_root, ("tracin-sweep", *_arguments(argv)))
         train_configs(build_train_parser().parse_args(["--run", "check", *base]))  # every base option checked first
         epochs = sweep_module.final_epochs(base, TRAIN.epochs)
         print(f"results: {sweep_module.run_sweep(sweep, _train_argv, epochs)}", flush=True)

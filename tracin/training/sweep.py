@@ -19,13 +19,15 @@ import csv
 import io
 import itertools
 import json
+from datetime import datetime
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from tracin.config import ROLES
 from tracin.errors import TracinError
-from tracin.files import write_atomic
+from tracin.files import write_atomic, write_json_atomic
+from tracin.runtime import machine
 from tracin.training.checkpoints import checkpoint_name
 
 STUDENT_KEYS = ("temperature", "alpha", "kd_loss", "distill", "teacher_epoch")  # only the distilled student reads these
@@ -47,6 +49,7 @@ class Sweep:
     vary: tuple[tuple[str, tuple[str, ...]], ...]
     base: tuple[str, ...]
     out_root: str = "checkpoints"
+    command: tuple[str, ...] = ()  # the command line, recorded in sweep.json
 
     def __post_init__(self) -> None:
         if not self.vary:
@@ -196,8 +199,8 @@ def _cell(value) -> str:
 
 
 def write_results(sweep: Sweep) -> Path:
-    """results.csv, results.md and results.png (test accuracy against the first varied setting, a line per
-    model) in the sweep's folder; returns results.csv."""
+    """results.csv, results.md, results.png (test accuracy against the first varied setting, a line per
+    model) and sweep.json (command, when, machine) in the sweep's folder; returns results.csv."""
     rows = result_rows(sweep)
     if not rows:
         raise TracinError(f"{sweep.root} holds no finished run yet")
@@ -208,6 +211,8 @@ def write_results(sweep: Sweep) -> Path:
     write_atomic(sweep.root / "results.csv", lambda handle: handle.write(text.getvalue().encode()))
     write_atomic(sweep.root / "results.md", lambda handle: handle.write(results_markdown(rows, sweep.keys).encode()))
     plot_results(rows, sweep.keys[0], sweep.root / "results.png", f"{sweep.name}: test accuracy against {sweep.keys[0]}")
+    write_json_atomic({"command": list(sweep.command), "finished": datetime.now().isoformat(timespec="seconds"),
+                       "machine": machine()}, sweep.root / "sweep.json")
     return sweep.root / "results.csv"
 
 
