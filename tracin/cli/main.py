@@ -37,6 +37,8 @@ from tracin.runtime import DEVICES
 from tracin.results.scoring import ScoreOptions, score_run
 from tracin.results.reporting import ReportOptions, report_run
 from tracin.training import sweep as sweep_module
+from tracin.training.data import EVAL_DATASETS
+from tracin.training.evaluation import EvalOptions, eval_run
 from tracin.training.run_folder import check_run_name
 from tracin.results.validating import ValidateOptions, validate_run
 from tracin.training.trainer import RunOptions, train_run
@@ -532,3 +534,30 @@ def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"results: {sweep_module.run_sweep(sweep, _train_argv, epochs)}", flush=True)
 
     return run_command("tracin-sweep", work, "run the same command again (finished runs are kept)")
+
+
+# --- tracin-eval -------------------------------------------------------------------------------------
+
+
+def build_eval_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tracin-eval",
+        description="Evaluate a trained run's finished models (their last checkpoints) on another torchvision data "
+        "set's test split, its classes mapped to the run's; writes RUN/eval_DATASET.csv.",
+    )
+    parser.add_argument("--run", required=True, help="the run folder (tracin-train's)")
+    parser.add_argument("--eval-dataset", required=True, choices=EVAL_DATASETS, help="the data set whose test split is read")
+    parser.add_argument("--data-root", default=None, help=f"where that data set is (default: $TRACIN_DATA, else data; now {default_data_root()})")
+    parser.add_argument("--class-map", metavar="FILE.json",
+                        help='{"its class": "run class", ...}; default: the classes both name alike (others are left out)')
+    parser.add_argument("--no-checksum", action="store_true", help="CIFAR-format files that are not the published ones")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available (default: auto)")
+    return parser
+
+
+def eval_main(argv: Optional[Sequence[str]] = None) -> int:
+    """`tracin-eval`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
+    args = build_eval_parser().parse_args(_arguments(argv))
+    options = EvalOptions(run=args.run, dataset=args.eval_dataset, data_root=args.data_root or default_data_root(),
+                          class_map=args.class_map, checksum=not args.no_checksum, device=args.device)
+    return run_command("tracin-eval", lambda: eval_run(options), "run it again")

@@ -79,6 +79,17 @@ class _UncheckedCIFAR10(datasets.CIFAR10):
     meta = {**datasets.CIFAR10.meta, "md5": None}
 
 
+class _UncheckedCIFAR100(datasets.CIFAR100):
+    """torchvision's CIFAR100 loader without its checksums (CIFAR-100-format files you wrote)."""
+
+    train_list = [[name, None] for name, _ in datasets.CIFAR100.train_list]
+    test_list = [[name, None] for name, _ in datasets.CIFAR100.test_list]
+    meta = {**datasets.CIFAR100.meta, "md5": None}
+
+
+EVAL_DATASETS = ("cifar10", "cifar100", "fashion-mnist")  # test splits a trained run can be evaluated on
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """What the code needs to know about a data set: per-channel mean/std and the augmentation."""
@@ -258,6 +269,68 @@ def _as_tensors(dataset) -> tuple[Tensor, Tensor]:
     images = torch.as_tensor(np.asarray(dataset.data), dtype=torch.uint8)
     images = images.permute(0, 3, 1, 2) if images.ndim == 4 else images[:, None]
     return images.contiguous(), torch.as_tensor(np.asarray(dataset.targets), dtype=torch.int64)
+
+
+def load_eval_split(dataset: str, data_root: str, spec: DatasetSpec, classes: Sequence[str],
+                    class_map: Optional[dict[str, str]] = None, checksum: bool = True) -> tuple[Split, dict[str, int]]:
+    """Another data set's test split, as a run's models see it: its images normalised with the run's
+    `spec`, its labels mapped to the run's `classes` by `class_map` (its class name -> a run class name;
+    default: the classes both name alike, case and '_'/' ' aside). Examples of unmapped classes are left
+    out. Returns (the split, {run class: examples}); refuses images of another shape or no mapped class."""
+    if dataset not in EVAL_DATASETS:
+        raise DataError(f"--eval-dataset must be one of {', '.join(EVAL_DATASETS)}, got {dataset!r}")
+    root = Path(data_root)
+    if dataset == "fashion-mnist":
+        loaded = _load_torchvision(DataConfig(dataset="fashion-mnist", data_root=data_root), train=False)
+    else:
+        loader = {"cifar10": (datasets.CIFAR10, _UncheckedCIFAR10), "cifar100": (datasets.CIFAR100, _UncheckedCIFAR100)}[dataset]
+        try:
+            with _restricted_cifar_reads():
+                loaded = loader[0 if checksum else 1](str(root), train=False, download=False)
+        except pickle.UnpicklingError as error:
+            raise DataError(f"{root} holds a file that is not a CIFAR batch ({error}); it was not loaded") from None
+        except RuntimeError as error:
+            raise DataError(f"{dataset} could not be loaded from {root} ({str(error).strip().splitlines()[0]}); put its "
+                            "python-format folder there, or pass --no-checksum for files that are not the published ones") from None
+    images, own = _as_tensors(loaded)
+    mapping = _class_mapping(list(loaded.classes), list(classes), class_map)
+    keep = torch.tensor([mapping.get(int(c), -1) >= 0 for c in own])
+    if not keep.any():
+        raise DataError(f"no class of {dataset} maps to the run's classes ({', '.join(classes)}); give --class-map FILE.json "
+                        '({"its class": "run class", ...})')
+    if images.shape[1:] != _shape_of(spec):
+        raise DataError(f"{dataset} images are {tuple(images.shape[1:])}, the run's models read {_shape_of(spec)}")
+    labels = torch.tensor([mapping[int(c)] for c in own[keep]], dtype=torch.int64)
+    index = torch.nonzero(keep).flatten()
+    split = Split(images[keep], labels, index, labels.clone(), spec, tuple(classes))
+    counts = {name: int((labels == i).sum()) for i, name in enumerate(classes) if (labels == i).any()}
+    return split, counts
+
+
+def _shape_of(spec: DatasetSpec) -> tuple[int, int, int]:
+    return (len(spec.mean), *SPEC_SIZES[spec.name])
+
+
+SPEC_SIZES = {"cifar10": (32, 32), "fashion-mnist": (28, 28)}
+
+
+def _class_mapping(theirs: list[str], ours: list[str], class_map: Optional[dict[str, str]]) -> dict[int, int]:
+    """Their label -> our label (only the mapped ones)."""
+    def key(name: str) -> str:
+        return name.lower().replace("_", " ").replace("-", " ").strip()
+
+    ours_by_key = {key(name): i for i, name in enumerate(ours)}
+    if class_map is None:
+        return {i: ours_by_key[key(name)] for i, name in enumerate(theirs) if key(name) in ours_by_key}
+    theirs_by_key = {key(name): i for i, name in enumerate(theirs)}
+    mapping = {}
+    for their, our in class_map.items():
+        if key(their) not in theirs_by_key:
+            raise DataError(f"--class-map names {their!r}, which is not a class of the evaluation data set")
+        if key(our) not in ours_by_key:
+            raise DataError(f"--class-map maps {their!r} to {our!r}, which is not a class of the run ({', '.join(ours)})")
+        mapping[theirs_by_key[key(their)]] = ours_by_key[key(our)]
+    return mapping
 
 
 def stratified_subset(labels: Tensor, size: Optional[int], seed: int) -> Tensor:

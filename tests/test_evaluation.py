@@ -1,0 +1,101 @@
+"""tracin-eval: a CIFAR-10 run's models on CIFAR-100 files written in CIFAR-100's real on-disk format,
+classes mapped by a --class-map file; accuracies against a direct computation."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import subprocess_env
+from tracin.training.checkpoints import load_model
+from tracin.training.data import SPECS, normalize
+
+FINE = ["apple", "aquarium_fish", "bus", "pickup_truck", "maple_tree"] + [f"class_{i}" for i in range(5, 100)]
+
+
+def write_cifar100(root: Path, n: int = 60, seed: int = 0) -> Path:
+    """CIFAR-100's python format under root/cifar-100-python: train, test and meta pickles."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("train", "test"):
+        fine = rng.integers(0, 5, size=n)
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        batch = {"filenames": [f"{name}_{i}.png" for i in range(n)], "batch_label": name, "fine_labels": fine.tolist(),
+                 "coarse_labels": (fine // 5).tolist(), "data": data}
+        with open(folder / name, "wb") as handle:
+            pickle.dump(batch, handle, protocol=2)
+    with open(folder / "meta", "wb") as handle:
+        pickle.dump({"fine_label_names": FINE, "coarse_label_names": [f"super_{i}" for i in range(20)]}, handle, protocol=2)
+    return root
+
+
+def tool(name: str, *args) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).with_name(name)), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=subprocess_env())
+
+
+@pytest.fixture(scope="module")
+def cifar10_run(tmp_path_factory, cifar10_root) -> Path:
+    out = tmp_path_factory.mktemp("eval_runs")
+    result = tool("tracin-train", "--run", "c10", "--out-root", out, "--dataset", "cifar10", "--data-root", cifar10_root,
+                  "--no-checksum", "--epochs", "2", "--save-every", "1", "--width", "4", "--batch-size", "32", "--quiet")
+    assert result.returncode == 0, result.stderr
+    return out / "c10"
+
+
+def test_cifar100_with_a_class_map_equals_a_direct_evaluation(cifar10_run, tmp_path):
+    root = write_cifar100(tmp_path / "data")
+    class_map = tmp_path / "map.json"
+    class_map.write_text(json.dumps({"pickup_truck": "truck", "bus": "automobile"}))
+    result = tool("tracin-eval", "--run", cifar10_run, "--eval-dataset", "cifar100", "--data-root", root, "--no-checksum",
+                  "--class-map", class_map, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    with open(root / "cifar-100-python" / "test", "rb") as handle:
+        batch = pickle.load(handle, encoding="latin1")
+    fine = np.array(batch["fine_labels"])
+    keep = np.isin(fine, [2, 3])
+    images = torch.from_numpy(batch["data"][keep].reshape(-1, 3, 32, 32).copy())
+    labels = torch.tensor([1 if f == 2 else 9 for f in fine[keep]])  # bus -> automobile (1), pickup_truck -> truck (9)
+    with open(cifar10_run / "eval_cifar100.csv", newline="") as handle:
+        rows = {row["model"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"teacher", "student", "student_baseline"}
+    for name, row in rows.items():
+        model, _ = load_model(cifar10_run / name / "epoch_002.pt", name)
+        with torch.no_grad():
+            predicted = model.eval()(normalize(images, SPECS["cifar10"])).argmax(1)
+        assert int(row["examples"]) == int(keep.sum())
+        assert float(row["accuracy"]) == pytest.approx((predicted == labels).double().mean().item())
+        assert float(row["truck"]) == pytest.approx((predicted[labels == 9] == 9).double().mean().item())
+    assert "automobile" in result.stdout and "truck" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "no class of cifar100 maps to the run's classes"),
+    (["--class-map", "MAP"], "not a class of the run"),
+])
+def test_eval_refusals_are_one_line(cifar10_run, tmp_path, args, message):
+    root = write_cifar100(tmp_path / "data")
+    (tmp_path / "map.json").write_text(json.dumps({"bus": "tram"}))
+    args = [str(tmp_path / "map.json") if a == "MAP" else a for a in args]
+    written = cifar10_run / "eval_cifar100.csv"
+    before = written.read_bytes() if written.exists() else None
+    result = tool("tracin-eval", "--run", cifar10_run, "--eval-dataset", "cifar100", "--data-root", root, "--no-checksum", *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert (written.read_bytes() if written.exists() else None) == before  # an earlier result is left as it was
+
+
+def test_eval_of_images_of_another_shape_is_refused(cifar10_run, fashion_mnist_root):
+    class_map = Path(cifar10_run.parent / "fm_map.json")
+    class_map.write_text(json.dumps({"Sneaker": "automobile"}))
+    result = tool("tracin-eval", "--run", cifar10_run, "--eval-dataset", "fashion-mnist", "--data-root", fashion_mnist_root,
+                  "--class-map", class_map)
+    assert result.returncode == 2 and "the run's models read (3, 32, 32)" in result.stderr, result.stderr

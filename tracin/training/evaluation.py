@@ -1,0 +1,78 @@
+"""tracin-eval: a trained run's models on another data set's test split (--eval-dataset), its classes
+mapped to the run's, as a reader checks how a distilled student transfers.
+
+    the run's record -> each finished model's last checkpoint
+    the other test split (tracin.training.data.load_eval_split: the run's normalisation, mapped labels)
+    accuracy overall and per mapped class -> RUN/eval_<DATASET>.csv, printed
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from tracin.config import ROLES
+from tracin.errors import TracinError
+from tracin.files import exclusive_lock
+from tracin.runtime import start_runtime
+from tracin.training.checkpoints import load_model
+from tracin.training.data import SPECS, load_eval_split
+from tracin.training.run_folder import RunPaths, read_record
+from tracin.training.trainer import confusion_matrix, evaluate, write_csv
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    run: str
+    dataset: str
+    data_root: str = "data"
+    class_map: Optional[str] = None  # a JSON file {"their class": "run class", ...}
+    checksum: bool = True
+    device: str = "auto"
+
+
+def read_class_map(path: Optional[str]) -> Optional[dict[str, str]]:
+    """The --class-map file: a JSON object of class names (read as data)."""
+    if path is None:
+        return None
+    try:
+        mapping = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise TracinError(f"--class-map {path}: not a readable JSON file ({error})") from None
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        raise TracinError(f'--class-map {path} must hold one JSON object of class names, {{"their class": "run class"}}')
+    return mapping
+
+
+def eval_run(options: EvalOptions) -> Path:
+    """Evaluate every finished model of the run; returns the CSV written (a row per model: examples,
+    accuracy, then each mapped class's accuracy)."""
+    paths = RunPaths(Path(options.run))
+    record = read_record(paths)
+    if record is None:
+        raise TracinError(f"{options.run} is not a tracin-train run (no run.json)")
+    class_map = read_class_map(options.class_map)
+    finished = [name for name, entry in record["models"].items() if entry.get("status") == "done" and entry.get("checkpoints")]
+    if not finished:
+        raise TracinError(f"{options.run} has no finished model to evaluate")
+    spec = SPECS[record["data_config"]["dataset"]]
+    classes = json.loads((paths.root / "data.json").read_text())["classes"]
+    split, counts = load_eval_split(options.dataset, options.data_root, spec, classes, class_map, options.checksum)
+    rows = []
+    with start_runtime(options.device, quiet=True) as runtime, exclusive_lock(paths.root, "the run", shared=True):
+        for name in sorted(finished, key=lambda n: (ROLES.index(n.split(".")[0]), n)):
+            model, _ = load_model(paths.model_dir(name) / record["models"][name]["checkpoints"][-1], name.split(".")[0])
+            result = evaluate(model.to(runtime.device), split, runtime)
+            matrix = confusion_matrix(result.predictions, split.labels, len(classes))
+            per_class = {c: float(matrix[i, i] / matrix[i].sum()) for i, c in enumerate(classes) if c in counts}
+            rows.append({"model": name, "examples": len(split), "accuracy": result.accuracy, **per_class})
+    out = paths.root / f"eval_{options.dataset}.csv"
+    write_csv(rows, out)
+    mapped = ", ".join(f"{c} ({n})" for c, n in counts.items())
+    print(f"{options.dataset} test examples mapped to the run's classes: {mapped}")
+    for row in rows:
+        print(f"  {row['model']:<24} accuracy {row['accuracy']:.1%} on {row['examples']} examples")
+    print(f"eval: {out}")
+    return out
