@@ -178,6 +178,7 @@ class TrainConfig(_Serializable):
     save_every: int = 2
     seed: int = 0
     arch: str = "resnet34"
+    student_arch: Optional[str] = None  # None: the students are arch cut after student_stages; else a MODULE:FUNCTION
     width: int = 64
     student_stages: int = 2
     student_init: str = "scratch"
@@ -203,6 +204,11 @@ class TrainConfig(_Serializable):
         )
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        custom = ":" in self.arch or self.student_arch is not None
+        _check(not (":" in self.arch and self.student_arch is None),
+               "a teacher from --model MODULE:FUNCTION cannot be cut into stages: give the students' factory too (--student-model)")
+        _check(not (custom and self.student_init == "teacher"),
+               "--student-init teacher copies ResNet stages: it needs the registered architectures, not --model factories")
         _check(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0.0, f"weight_decay must be 0 or more, got {self.weight_decay}")
         _check(not (self.nesterov and self.optimizer == "sgd" and self.momentum == 0),

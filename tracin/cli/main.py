@@ -31,7 +31,7 @@ from tracin.config import (
 )
 from tracin.training.data import default_data_root
 from tracin.engine.projection import PROJECTORS
-from tracin.training.models import MODELS
+from tracin.training.models import MODELS, allow_imports
 from tracin.errors import TracinError
 from tracin.runtime import DEVICES
 from tracin.results.scoring import ScoreOptions, score_run
@@ -135,6 +135,21 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--quiet", action="store_true", help="no progress bars and no per-epoch lines")
 
 
+def _add_allow_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-model", action="append", default=[], metavar="MODULE:FUNCTION",
+                        help="import this model factory, named by the run (tracin-train --model): code is never imported "
+                        "because a run folder or checkpoint names it (repeatable)")
+
+
+def _allowing(factories: Sequence[str], work: Callable[[], object]) -> Callable[[], object]:
+    """`work`, with the model factories the user named on the command line allowed to be imported first
+    (a bad name is then a one-line error too)."""
+    def allowed_work() -> object:
+        allow_imports(factories)
+        return work()
+    return allowed_work
+
+
 def _config_option(group, flag: str, help: str, defaults=TRAIN, field: Optional[str] = None, **kwargs) -> None:
     """An option whose default and type come from a configuration field, named like the flag unless
     `field` says otherwise (--batch-size: TrainConfig.batch_size)."""
@@ -196,6 +211,10 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("models and distillation")
     _config_option(group, "--arch", "architecture of teacher and students (tracin.training.models)", choices=sorted(MODELS))
+    group.add_argument("--model", metavar="MODULE:FUNCTION",
+                       help="the teacher from your own factory, called as FUNCTION(num_classes=..., in_channels=...) (importable "
+                       "from the working directory or PYTHONPATH); needs --student-model; scoring it later needs --allow-model")
+    group.add_argument("--student-model", metavar="MODULE:FUNCTION", help="the students from your own factory (as --model)")
     _config_option(group, "--width", "channels of the first stage; 64 is the standard ResNet")
     _config_option(group, "--student-stages", "stages of the students, 1-4")
     _config_option(
@@ -241,7 +260,7 @@ def train_configs(args: argparse.Namespace) -> tuple[TrainConfig, DataConfig]:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, optimizer=args.optimizer,
         momentum=args.momentum, weight_decay=args.weight_decay, nesterov=args.nesterov,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, save_every=args.save_every,
-        seed=args.seed, arch=args.arch, width=args.width, student_stages=args.student_stages, student_init=args.student_init,
+        seed=args.seed, arch=args.model or args.arch, student_arch=args.student_model, width=args.width, student_stages=args.student_stages, student_init=args.student_init,
         distill=args.distill, kd_loss=args.kd_loss, temperature=args.temperature, alpha=args.alpha,
         augment=not args.no_augment,
     )
@@ -261,7 +280,11 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     """`tracin-train`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
     argv = _arguments(argv)
     args = build_train_parser().parse_args(argv)
-    return run_command("tracin-train", lambda: train_run(*train_configs(args), run_options(args, argv)), "continue with --resume")
+    def work() -> None:
+        allow_imports([args.model, args.student_model])
+        train_run(*train_configs(args), run_options(args, argv))
+
+    return run_command("tracin-train", work, "continue with --resume")
 
 
 # --- tracin-score ----------------------------------------------------------------------------------
@@ -325,6 +348,7 @@ def build_score_parser() -> argparse.ArgumentParser:
                         help="also write the figures (PNG) and tables (report.md) to plots/ beside the HDF5 file")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished or mismatched result file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
+    _add_allow_model(parser)
     return parser
 
 
@@ -390,7 +414,8 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
     """`tracin-score`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
     argv = _arguments(argv)
     args = build_score_parser().parse_args(argv)
-    return run_command("tracin-score", lambda: score_run(score_options(args, argv)), "run the same command again to continue")
+    return run_command("tracin-score", _allowing(args.allow_model, lambda: score_run(score_options(args, argv))),
+                       "run the same command again to continue")
 
 
 # --- tracin-validate -------------------------------------------------------------------------------
@@ -430,6 +455,7 @@ def build_validate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", help="where the run's data set is, if not where it was trained")
     parser.add_argument("--overwrite", action="store_true", help="replace a validation made with other settings")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_allow_model(parser)
     return parser
 
 
@@ -448,7 +474,7 @@ def validate_options(args: argparse.Namespace) -> ValidateOptions:
 def validate_main(argv: Optional[Sequence[str]] = None) -> int:
     """`tracin-validate`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
     args = build_validate_parser().parse_args(_arguments(argv))
-    return run_command("tracin-validate", lambda: validate_run(validate_options(args)),
+    return run_command("tracin-validate", _allowing(args.allow_model, lambda: validate_run(validate_options(args))),
                        "run the same command again to continue (finished retrainings are kept)")
 
 
@@ -478,6 +504,7 @@ def build_report_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available (default: auto)")
     parser.add_argument("--data-root", help="where the run's data set is, if not where it was trained")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_allow_model(parser)
     return parser
 
 
@@ -492,7 +519,7 @@ def report_options(args: argparse.Namespace) -> ReportOptions:
 def report_main(argv: Optional[Sequence[str]] = None) -> int:
     """`tracin-report`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
     args = build_report_parser().parse_args(_arguments(argv))
-    return run_command("tracin-report", lambda: report_run(report_options(args)),
+    return run_command("tracin-report", _allowing(args.allow_model, lambda: report_run(report_options(args))),
                        "run the same command again (finished models are kept)")
 
 
@@ -519,6 +546,7 @@ def build_sweep_parser() -> argparse.ArgumentParser:
 
 def _train_argv(argv: list[str]) -> None:
     args = build_train_parser().parse_args(argv)
+    allow_imports([args.model, args.student_model])
     train_run(*train_configs(args), run_options(args, argv))
 
 
@@ -552,6 +580,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
                         help='{"its class": "run class", ...}; default: the classes both name alike (others are left out)')
     parser.add_argument("--no-checksum", action="store_true", help="CIFAR-format files that are not the published ones")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available (default: auto)")
+    _add_allow_model(parser)
     return parser
 
 
@@ -560,4 +589,4 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_eval_parser().parse_args(_arguments(argv))
     options = EvalOptions(run=args.run, dataset=args.eval_dataset, data_root=args.data_root or default_data_root(),
                           class_map=args.class_map, checksum=not args.no_checksum, device=args.device)
-    return run_command("tracin-eval", lambda: eval_run(options), "run it again")
+    return run_command("tracin-eval", _allowing(args.allow_model, lambda: eval_run(options)), "run it again")

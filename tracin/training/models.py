@@ -5,9 +5,17 @@ Built from torchvision's BasicBlock; parameter names follow torchvision's ResNet
 `layer1`..`layer4`, `fc`), so a student's stages line up with the teacher's. A new architecture is one
 factory here: `@register("name")` on a function ModelConfig -> nn.Module (`--arch name` then chooses it;
 `stages` and `width` are the factory's to interpret).
+
+A user's own model is a factory by import path, `MODULE:FUNCTION`, called as FUNCTION(num_classes=...,
+in_channels=...) (`tracin-train --model` for the teacher, `--student-model` for the students). An import
+path runs code, so a run folder or checkpoint that names one is never enough to import it: a command imports
+only the paths its user allowed (`allow_imports`: tracin-train's --model/--student-model, the other
+commands' --allow-model).
 """
 
 from __future__ import annotations
+
+import importlib
 
 import torch
 from torch import Tensor, nn
@@ -111,8 +119,42 @@ def resnet18(config: ModelConfig) -> ResNet:
     return ResNet(config, RESNET18_BLOCKS)
 
 
+ALLOWED_IMPORTS: set[str] = set()  # MODULE:FUNCTION factories this process's user allowed
+
+
+def is_import_path(arch: str) -> bool:
+    return ":" in arch
+
+
+def allow_imports(paths) -> None:
+    """Allow these MODULE:FUNCTION factories (named by the user on the command line) to be imported."""
+    for path in (p for p in paths or () if p is not None):
+        module, _, function = path.partition(":")
+        if not module or not function:
+            raise TracinError(f"a model factory is MODULE:FUNCTION (e.g. mypackage.models:small_cnn), got {path!r}")
+        ALLOWED_IMPORTS.add(path)
+
+
+def _imported_factory(arch: str) -> Callable[[ModelConfig], nn.Module]:
+    if arch not in ALLOWED_IMPORTS:
+        raise TracinError(f"the model is built by {arch!r}, an import path, i.e. code: it is imported only when you "
+                          f"allow it (--allow-model {arch}, or --model/--student-model for tracin-train)")
+    module_name, _, function_name = arch.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as error:
+        raise TracinError(f"model factory {arch!r} cannot be imported ({error})") from None
+    return lambda config: function(num_classes=config.num_classes, in_channels=config.in_channels)
+
+
 def build_model(config: ModelConfig) -> nn.Module:
-    """The registered factory of config.arch, called with the config."""
+    """The registered factory of config.arch, called with the config; or an allowed MODULE:FUNCTION,
+    called with num_classes and in_channels."""
+    if is_import_path(config.arch):
+        model = _imported_factory(config.arch)(config)
+        if not isinstance(model, nn.Module):
+            raise TracinError(f"model factory {config.arch!r} returned {type(model).__name__}, not a torch.nn.Module")
+        return model
     if config.arch not in MODELS:
         raise TracinError(f"unknown architecture {config.arch!r}; registered: {', '.join(sorted(MODELS))}")
     return MODELS[config.arch](config)

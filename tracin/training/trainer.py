@@ -732,7 +732,8 @@ def needs_teacher(role: str, config: TrainConfig) -> bool:
 def model_configs(config: TrainConfig, data: RunData) -> dict[str, ModelConfig]:
     """Architecture of each role: the teacher has 4 stages, the students `student_stages`, one width."""
     teacher = teacher_config(config.arch, config.width, data.in_channels, data.num_classes)
-    student = student_config(config.arch, config.width, config.student_stages, data.in_channels, data.num_classes)
+    student = student_config(config.student_arch or config.arch, config.width, config.student_stages, data.in_channels,
+                             data.num_classes)
     return {"teacher": teacher, "student": student, "student_baseline": student}
 
 
