@@ -130,3 +130,26 @@ def test_readme_figures_state_the_sweep_with_its_command_and_machine(temperature
     assert "stale" not in text and (temperature_sweep / "results.md").read_text().strip() in text
     recorded = json.loads((temperature_sweep / "sweep.json").read_text())
     assert recorded["command"][:3] == ["tracin-sweep", "--sweep", "temperature"] and f"`{' '.join(recorded['command'])}`" in text
+
+
+def test_a_scored_sweep_adds_each_students_overlap_with_its_teacher(tmp_path, fashion_mnist_root):
+    from tracin.results.statistics import bootstrap_ci, overlap_at_k
+    from tracin.results.store import ScoreFile
+
+    score = "--variants raw --topk 3,8 --train-subset 64 --test-subset 16 --device cpu"
+    result = tracin_sweep("--sweep", "scored", "--out-root", tmp_path, "--vary", "alpha=0.3,0.9", "--data-root", fashion_mnist_root,
+                          *TINY, "--score", score)
+    assert result.returncode == 0, result.stderr
+    rows = {(r["run"], r["model"]): r for r in _rows(tmp_path / "scored" / "results.csv")}
+    with ScoreFile.open_read(tmp_path / "scored" / "base" / "tracin.h5") as base:
+        teacher = base.model("teacher").rankings()[0].top_index
+        assert base.models == ["teacher", "student_baseline"]
+    for value in ("0.3", "0.9"):
+        with ScoreFile.open_read(tmp_path / "scored" / f"alpha-{value}" / "tracin.h5") as own:
+            student = own.model("student").rankings()[0].top_index
+        overlap = overlap_at_k(teacher, student, 8)
+        row = rows[(f"alpha-{value}", "student")]
+        assert int(row["teacher_overlap_k"]) == 8 and float(row["teacher_overlap"]) == pytest.approx(overlap.mean())
+        assert (float(row["teacher_overlap_ci_low"]), float(row["teacher_overlap_ci_high"])) == pytest.approx(bootstrap_ci([overlap]))
+        assert float(row["teacher_overlap_chance"]) == pytest.approx(8 / 64)
+    assert rows[("base", "teacher")]["teacher_overlap"] == ""

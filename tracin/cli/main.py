@@ -4,6 +4,7 @@ stderr and exit code 2; so does a usage error. Anything else is a bug and keeps 
 from __future__ import annotations
 
 import argparse
+import shlex
 import errno
 import math
 import os
@@ -541,6 +542,9 @@ def build_sweep_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
                         help="a setting and its values (repeatable: the grid of all combinations)")
     parser.add_argument("--out-root", default="checkpoints", help="folder holding the sweep (default: %(default)s)")
+    parser.add_argument("--score", nargs="?", const="", metavar="'TRACIN-SCORE OPTIONS'",
+                        help="score every run with tracin-score (these options, quoted, e.g. '--mode projected --proj-dim 256 "
+                        "--topk 10,100') and add each student's overlap with its teacher's proponents, with its CI, as columns")
     return parser
 
 
@@ -550,16 +554,22 @@ def _train_argv(argv: list[str]) -> None:
     train_run(*train_configs(args), run_options(args, argv))
 
 
+def _score_argv(argv: list[str]) -> None:
+    if score_main(argv) != 0:  # its own line on stderr said why
+        raise TracinError(f"scoring {argv[1]} failed (above); fix it and run the same tracin-sweep again")
+
+
 def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
     """`tracin-sweep`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
     args, base = build_sweep_parser().parse_known_args(_arguments(argv))
 
     def work() -> None:
+        score = None if args.score is None else tuple(shlex.split(args.score))
         sweep = sweep_module.Sweep(check_run_name(args.sweep), tuple(sweep_module.parse_vary(v) for v in args.vary),
-                                   tuple(base), args.out_root, ("tracin-sweep", *_arguments(argv)))
+                                   tuple(base), args.out_root, ("tracin-sweep", *_arguments(argv)), score)
         train_configs(build_train_parser().parse_args(["--run", "check", *base]))  # every base option checked first
         epochs = sweep_module.final_epochs(base, TRAIN.epochs)
-        print(f"results: {sweep_module.run_sweep(sweep, _train_argv, epochs)}", flush=True)
+        print(f"results: {sweep_module.run_sweep(sweep, _train_argv, epochs, _score_argv)}", flush=True)
 
     return run_command("tracin-sweep", work, "run the same command again (finished runs are kept)")
 

@@ -24,9 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import numpy as np
+
 from tracin.config import ROLES
 from tracin.errors import TracinError
 from tracin.files import write_atomic, write_json_atomic
+from tracin.results import statistics as compare
+from tracin.results.store import ScoreFile
 from tracin.runtime import machine
 from tracin.training.checkpoints import checkpoint_name
 
@@ -50,6 +54,7 @@ class Sweep:
     base: tuple[str, ...]
     out_root: str = "checkpoints"
     command: tuple[str, ...] = ()  # the command line, recorded in sweep.json
+    score: Optional[tuple[str, ...]] = None  # tracin-score arguments: score every run and add agreement columns
 
     def __post_init__(self) -> None:
         if not self.vary:
@@ -136,13 +141,55 @@ def train_arguments(sweep: Sweep, teacher_epochs: int) -> list[tuple[str, list[s
     return runs
 
 
-def run_sweep(sweep: Sweep, train: Callable[[list[str]], None], teacher_epochs: int) -> Path:
-    """Train every run (train(argv): tracin-train's own code path; each continues a killed run), then
-    write the results; returns results.csv."""
-    for name, argv in train_arguments(sweep, teacher_epochs):
+def run_sweep(sweep: Sweep, train: Callable[[list[str]], None], teacher_epochs: int,
+              score: Optional[Callable[[list[str]], None]] = None) -> Path:
+    """Train every run (train(argv): tracin-train's own code path; each continues a killed run); with
+    sweep.score, score each run's finished models (score(argv): tracin-score's, which keeps a finished
+    file); then write the results. Returns results.csv."""
+    runs = train_arguments(sweep, teacher_epochs)
+    for name, argv in runs:
         print(f"tracin-sweep: run {name}", flush=True)
         train(argv)
+    if sweep.score is not None and score is not None:
+        for name, _ in runs:
+            models = _finished_models(sweep.root / name)
+            print(f"tracin-sweep: scoring {name} ({', '.join(models)})", flush=True)
+            score(["--run", str(sweep.root / name), "--models", ",".join(models), *sweep.score, "--quiet"])
     return write_results(sweep)
+
+
+def _finished_models(run: Path) -> list[str]:
+    record = json.loads((run / "run.json").read_text())
+    return [model for model in ROLES if record["models"].get(model, {}).get("status") == "done"]
+
+
+AGREEMENT_K = 100  # overlap@k of a student's and its teacher's test proponents (at most the stored k)
+AGREEMENT_FIELDS = ("teacher_overlap_k", "teacher_overlap", "teacher_overlap_ci_low", "teacher_overlap_ci_high",
+                    "teacher_overlap_chance")
+
+
+def teacher_agreement(sweep: Sweep, run: Path, model: str) -> dict:
+    """For a scored student: overlap@k (k = AGREEMENT_K or the files' largest) of its test proponents with
+    its teacher's (the shared teacher's score file, or its own run's), mean over test examples with its
+    bootstrap CI and chance k/n, by the first score variant; {} where either file is missing or
+    unfinished, or they score other examples."""
+    teacher_file = (sweep.root / BASE_RUN if sweep.shares_teacher else run) / "tracin.h5"
+    own_file = run / "tracin.h5"
+    if model == "teacher" or not teacher_file.is_file() or not own_file.is_file():
+        return {}
+    with ScoreFile.open_read(teacher_file) as teachers, ScoreFile.open_read(own_file) as mine:
+        if "teacher" not in teachers.models or model not in mine.models or {teachers.status, mine.status} != {"complete"}:
+            return {}
+        if not (np.array_equal(teachers.train_index, mine.train_index) and np.array_equal(teachers.test_index, mine.test_index)):
+            return {}
+        top_t = teachers.model("teacher").rankings()[0].top_index
+        top_s = mine.model(model).rankings()[0].top_index
+        n_train = mine.n_train
+    k = min(AGREEMENT_K, top_t.shape[1], top_s.shape[1])
+    overlap = compare.overlap_at_k(top_t, top_s, k)
+    low, high = compare.bootstrap_ci([overlap])
+    return {"teacher_overlap_k": k, "teacher_overlap": float(overlap.mean()), "teacher_overlap_ci_low": low,
+            "teacher_overlap_ci_high": high, "teacher_overlap_chance": compare.chance_overlap(k, n_train)}
 
 
 # --- results ---------------------------------------------------------------------------------------------
@@ -180,15 +227,20 @@ def result_rows(sweep: Sweep) -> list[dict]:
         record = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {"models": {}}
         for model in ROLES:
             if record["models"].get(model, {}).get("status") == "done":
-                rows.append({**combination, **model_result(folder, model)})
+                agreement = teacher_agreement(sweep, folder, model) if sweep.score is not None else {}
+                rows.append({**combination, **model_result(folder, model), **agreement})
     return rows
 
 
-def results_markdown(rows: Sequence[dict], keys: Sequence[str]) -> str:
-    header = [*keys, *RESULT_FIELDS]
+def result_fields(sweep: Sweep) -> list[str]:
+    return [*sweep.keys, *RESULT_FIELDS, *(AGREEMENT_FIELDS if sweep.score is not None else ())]
+
+
+def results_markdown(rows: Sequence[dict], fields: Sequence[str]) -> str:
+    header = list(fields)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row[field]) for field in header) + " |")
+        lines.append("| " + " | ".join(_cell(row.get(field)) for field in header) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -205,11 +257,11 @@ def write_results(sweep: Sweep) -> Path:
     if not rows:
         raise TracinError(f"{sweep.root} holds no finished run yet")
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=[*sweep.keys, *RESULT_FIELDS])
+    writer = csv.DictWriter(text, fieldnames=result_fields(sweep))
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(sweep.root / "results.csv", lambda handle: handle.write(text.getvalue().encode()))
-    write_atomic(sweep.root / "results.md", lambda handle: handle.write(results_markdown(rows, sweep.keys).encode()))
+    write_atomic(sweep.root / "results.md", lambda handle: handle.write(results_markdown(rows, result_fields(sweep)).encode()))
     plot_results(rows, sweep.keys[0], sweep.root / "results.png", f"{sweep.name}: test accuracy against {sweep.keys[0]}")
     write_json_atomic({"command": list(sweep.command), "finished": datetime.now().isoformat(timespec="seconds"),
                        "machine": machine()}, sweep.root / "sweep.json")
