@@ -287,3 +287,23 @@ def test_shortcut_verdicts_say_whether_the_model_learned_it_and_how_much_the_pro
     assert "60.0% of the top-10" in teacher and "with raw (best variant" in teacher and "at least half" in teacher
     assert "10.0% within the class" in teacher and "it learned the shortcut" in teacher
     assert "less than half" in student and "no sign that it learned the shortcut" in student
+
+
+def test_a_report_on_a_file_scored_before_the_controls_recomputes_its_agreement_table(sanity_run, sanity_report, tmp_path):
+    import shutil
+
+    import numpy.lib.recfunctions as rfn
+    from tracin.results.store import ScoreFile as Store
+
+    path = tmp_path / "old.h5"
+    shutil.copy(sanity_report[0], path)
+    with Store.open_read_write(path) as store:
+        current = store.agreement()
+        old = current[~np.isin(current["comparison"], [b"student-baseline'", b"shared - other init"])]
+        store.write_agreement(rfn.drop_fields(old, "p_value", usemask=False))  # as tracin-score wrote it before
+    result = run_tracin_report(["--run", sanity_run, "--scores", path, "--randomization-train", RANDOM_TRAIN,
+                                "--randomization-test", RANDOM_TEST, "--device", "cpu"])
+    assert result.returncode == 0, result.stderr
+    assert "agreement table recomputed" in result.stdout and "shared initialisation" in result.stdout
+    with Store.open_read(path) as store:
+        assert store.agreement().tobytes() == current.tobytes()

@@ -31,6 +31,8 @@ from tracin.engine.tracin import TracIn
 from tracin.errors import StoreError, TracinError
 from tracin.files import exclusive_lock, write_atomic
 from tracin.results import sanity
+from tracin.results.agreement import agreement_table
+from tracin.results.comparison import CompareOptions
 from tracin.results.sanity import MODEL_ROWS
 from tracin.results import statistics as compare
 from tracin.results.report import check_finished, plot_quality_report, quality_report_markdown, report_verdicts
@@ -85,6 +87,8 @@ def report_run(options: ReportOptions) -> Path:
                 raise TracinError(f"{path} has none of the models {', '.join(options.models)} (it has {', '.join(store.models)})")
             check_scored_checkpoints(store, run, models)
             data = checked_data(run)
+            if refresh_agreement(store):
+                runtime.log("agreement table recomputed with the controls (own - other teacher's p, shared - other init)")
             randomization = update_randomization(store, models, run, data, options, runtime)
             predictions = {m: test_predictions(m, store, run, data, runtime) for m in models} if store.train_stamped.any() else {}
             table = quality_report_table(store, models, randomization, predictions, options.seed)
@@ -103,6 +107,22 @@ def _locks(run: TrainedRun, path: Path):
     stack.enter_context(exclusive_lock(run.paths.root, "the run", shared=True))
     stack.enter_context(exclusive_lock(path, "the score file"))
     return stack
+
+
+def refresh_agreement(store: ScoreFile) -> bool:
+    """Recompute /agreement, with the options its comparisons were made with, when the file's table
+    predates the distillation controls (the pairing p-value, shared - other init); returns whether it did."""
+    try:
+        table = store.agreement()
+    except StoreError:
+        table = None
+    pairs = store.comparison_pairs()
+    if (table is not None and "p_value" in (table.dtype.names or ())) or not pairs:
+        return False
+    settings = store.comparison_settings(*pairs[0])
+    options = CompareOptions(tuple(settings["ks"]), max_rows=settings["max_rows"] or None, seed=settings["seed"])
+    store.write_agreement(agreement_table(store, store.models, options))
+    return True
 
 
 # --- model randomization ------------------------------------------------------------------------------
