@@ -11,6 +11,7 @@ Fashion-MNIST, made once per session through the console script.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import subprocess
@@ -146,3 +147,15 @@ def tiny_scores(tiny_run, tmp_path_factory) -> Path:
     ])
     assert result.returncode == 0, result.stderr
     return out
+
+
+def demo_copy(run: Path, tmp_path: Path) -> Path:
+    """A copy of `run` with the demo.json scripts/demo writes (timings, machine), for readme_figures tests."""
+    import shutil
+
+    demo = tmp_path / run.name
+    shutil.copytree(run, demo)
+    machine = {"cpu": "a CPU", "cores": 2, "device": "no GPU", "torch": torch.__version__, "platform": "Linux"}
+    seconds = {"total": 11, "training": 5, "scoring": 4, "report": 2}
+    (demo / "demo.json").write_text(json.dumps({"finished": "2026-11-30T12:00:00", "seconds": seconds, "machine": machine}))
+    return demo

@@ -16,7 +16,7 @@ import pytest
 import scipy.stats
 import torch
 
-from conftest import TINY_RUN_ARGS, run_tracin_score, run_tracin_train, subprocess_env
+from conftest import TINY_RUN_ARGS, demo_copy, run_tracin_score, run_tracin_train, subprocess_env
 from tracin.config import DataConfig, ModelConfig
 from tracin.engine.reference import func_tracin_scores
 from tracin.results import sanity
@@ -237,13 +237,7 @@ def test_the_overlap_notebook_and_report_show_the_quality_report(sanity_run, san
 
 
 def test_readme_figures_state_the_quality_report_with_its_run_and_machine(tiny_run, tiny_scores, sanity_run, sanity_report, tmp_path):
-    import shutil
-
-    demo = tmp_path / "tiny"
-    shutil.copytree(tiny_run, demo)
-    machine = {"cpu": "a CPU", "cores": 2, "device": "no GPU", "torch": torch.__version__, "platform": "Linux"}
-    seconds = {"total": 11, "training": 5, "scoring": 4, "report": 2}
-    (demo / "demo.json").write_text(json.dumps({"finished": "2026-11-30T12:00:00", "seconds": seconds, "machine": machine}))
+    demo = demo_copy(tiny_run, tmp_path)
     readme = tmp_path / "README.md"
     readme.write_text("<!-- demo-figures:start -->\n<!-- demo-figures:end -->\nmiddle\n"
                       "<!-- quality-report:start -->\nstale\n<!-- quality-report:end -->\nend\n")

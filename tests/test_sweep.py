@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import subprocess_env
+from conftest import demo_copy, subprocess_env
 from tracin.training.sweep import Sweep, parse_vary, train_arguments
 
 TINY = ("--dataset", "fashion-mnist", "--train-subset", "256", "--test-subset", "64", "--epochs", "2", "--save-every", "1",
@@ -110,15 +110,7 @@ def test_bad_sweeps_are_one_line(tmp_path, args, message):
 
 
 def test_readme_figures_state_the_sweep_with_its_command_and_machine(temperature_sweep, tiny_run, tiny_scores, tmp_path):
-    import shutil
-
-    import torch
-
-    demo = tmp_path / "tiny"
-    shutil.copytree(tiny_run, demo)
-    machine = {"cpu": "a CPU", "cores": 2, "device": "no GPU", "torch": torch.__version__, "platform": "Linux"}
-    (demo / "demo.json").write_text(json.dumps({"finished": "2026-11-30T12:00:00", "machine": machine,
-                                                "seconds": {"total": 11, "training": 5, "scoring": 4, "report": 2}}))
+    demo = demo_copy(tiny_run, tmp_path)
     readme = tmp_path / "README.md"
     readme.write_text("<!-- demo-figures:start -->\n<!-- demo-figures:end -->\n<!-- sweep-results:start -->\nstale\n"
                       "<!-- sweep-results:end -->\n")

@@ -25,7 +25,7 @@ from tracin.training.checkpoints import load_model
 from tracin.training.data import load_data, normalize
 from tracin.training.trainer import logit_margins, training_batches
 
-from conftest import run_tracin_score, subprocess_env
+from conftest import demo_copy, run_tracin_score, subprocess_env
 
 K, SUBSETS, TEST_EXAMPLES = 8, 4, 2
 VARIANTS = ("raw", "train-normalised@head")  # removals by the whole model's raw scores and by one layer group's
@@ -177,11 +177,7 @@ def test_the_overlap_notebook_shows_the_validation(validated, tmp_path):
 
 def test_readme_figures_state_the_validation_with_its_settings_and_time(tiny_run, validated, tmp_path):
     path, _ = validated
-    run = tmp_path / "tiny"
-    shutil.copytree(tiny_run, run)
-    machine = {"cpu": "a CPU", "cores": 2, "device": "no GPU", "torch": torch.__version__, "platform": "Linux"}
-    seconds = {"total": 11, "training": 5, "scoring": 4, "report": 2}
-    (run / "demo.json").write_text(json.dumps({"finished": "2026-11-30T12:00:00", "seconds": seconds, "machine": machine}))
+    run = demo_copy(tiny_run, tmp_path)
     readme = tmp_path / "README.md"
     readme.write_text("<!-- demo-figures:start -->\n<!-- demo-figures:end -->\nmiddle\n"
                       "<!-- validation-figures:start -->\nstale\n<!-- validation-figures:end -->\nend\n")
