@@ -145,3 +145,15 @@ def test_a_scored_sweep_adds_each_students_overlap_with_its_teacher(tmp_path, fa
         assert (float(row["teacher_overlap_ci_low"]), float(row["teacher_overlap_ci_high"])) == pytest.approx(bootstrap_ci([overlap]))
         assert float(row["teacher_overlap_chance"]) == pytest.approx(8 / 64)
     assert rows[("base", "teacher")]["teacher_overlap"] == ""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--vary", "teacher_epoch=last"], "takes saved epochs of the shared teacher"),
+    (["--vary", "teacher_epoch=1,2", "--save-every", "2"], "the shared teacher saves epochs 2"),
+    (["--vary", "width=4,0"], "width must be positive"),
+])
+def test_a_bad_value_of_any_run_is_refused_before_anything_trains(tmp_path, fashion_mnist_root, args, message):
+    result = tracin_sweep("--sweep", "s", "--out-root", tmp_path, "--data-root", fashion_mnist_root,
+                          *[a for a in TINY if a not in ("--save-every", "1")], "--save-every", "1", *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []

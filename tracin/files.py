@@ -65,8 +65,9 @@ def write_json_atomic(values: Any, path: Union[str, Path]) -> None:
 def exclusive_lock(target: Union[str, Path], what: str, shared: bool = False) -> Iterator[None]:
     """Hold an advisory lock (flock) on `target` for the duration: a second process that wants the same
     output is refused with one line naming the process that holds it. The lock lives in a small file
-    beside the target (`.NAME.lock`, for a file or a folder), which is kept: removing it would race a
-    waiting process. `shared`: a reader's lock (tracin-score on a run folder): any number of readers at
+    beside the target (`.NAME.lock`, for a file or a folder), which is kept (removing it would race a
+    waiting process), except when this lock made the folders it lives in and its holder wrote no target:
+    then the lock file and those folders go, while the lock is still held. `shared`: a reader's lock (tracin-score on a run folder): any number of readers at
     once, but none while a writer holds it, and no writer while a reader does."""
     target = Path(target).resolve()  # one lock for every path (relative, symlinked) to the same output
     lock = target.with_name(f".{target.name}.lock")
@@ -79,9 +80,11 @@ def exclusive_lock(target: Union[str, Path], what: str, shared: bool = False) ->
             raise
         yield  # a reader of a folder nobody may write in: no writer can change it, so no lock is needed
         return
+    acquired = False
     try:
         try:
             fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            acquired = True
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
@@ -93,9 +96,9 @@ def exclusive_lock(target: Union[str, Path], what: str, shared: bool = False) ->
         handle.flush()
         yield
     finally:
-        handle.close()  # closing releases the lock
-        if created and not target.exists():  # refused before writing: leave no folder this lock made
+        if acquired and not shared and created and not target.exists():  # refused before writing: no folder left
             _remove_made_folders(lock, created)
+        handle.close()  # closing releases the lock
 
 
 def _remove_made_folders(lock: Path, created: list[Path]) -> None:

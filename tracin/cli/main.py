@@ -42,7 +42,7 @@ from tracin.training.data import EVAL_DATASETS
 from tracin.training.evaluation import EvalOptions, eval_run
 from tracin.training.run_folder import check_run_name
 from tracin.results.validating import ValidateOptions, validate_run
-from tracin.training.trainer import RunOptions, train_run
+from tracin.training.trainer import RunOptions, saved_epochs, train_run
 
 TRAIN = TrainConfig()
 DATA = DataConfig()
@@ -214,7 +214,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     _config_option(group, "--arch", "architecture of teacher and students (tracin.training.models)", choices=sorted(MODELS))
     group.add_argument("--model", metavar="MODULE:FUNCTION",
                        help="the teacher from your own factory, called as FUNCTION(num_classes=..., in_channels=...) (importable "
-                       "from the working directory or PYTHONPATH); needs --student-model; scoring it later needs --allow-model")
+                       "from PYTHONPATH); needs --student-model; scoring it later needs --allow-model")
     group.add_argument("--student-model", metavar="MODULE:FUNCTION", help="the students from your own factory (as --model)")
     _config_option(group, "--width", "channels of the first stage; 64 is the standard ResNet")
     _config_option(group, "--student-stages", "stages of the students, 1-4")
@@ -567,8 +567,14 @@ def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
         score = None if args.score is None else tuple(shlex.split(args.score))
         sweep = sweep_module.Sweep(check_run_name(args.sweep), tuple(sweep_module.parse_vary(v) for v in args.vary),
                                    tuple(base), args.out_root, ("tracin-sweep", *_arguments(argv)), score)
-        train_configs(build_train_parser().parse_args(["--run", "check", *base]))  # every base option checked first
         epochs = sweep_module.final_epochs(base, TRAIN.epochs)
+        configs = [train_configs(build_train_parser().parse_args(run_argv))[0]  # every run checked before any trains
+                   for _, run_argv in sweep_module.train_arguments(sweep, epochs)]
+        saved = saved_epochs(configs[0])  # with teacher_epoch the first run is the shared teacher's
+        unsaved = [e for e in dict(sweep.vary).get("teacher_epoch", ()) if int(e) not in saved]
+        if unsaved:
+            raise TracinError(f"--vary teacher_epoch {', '.join(unsaved)}: the shared teacher saves epochs {', '.join(map(str, saved))} "
+                              "(--save-every and the last)")
         print(f"results: {sweep_module.run_sweep(sweep, _train_argv, epochs, _score_argv)}", flush=True)
 
     return run_command("tracin-sweep", work, "run the same command again (finished runs are kept)")

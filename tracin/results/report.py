@@ -23,7 +23,6 @@ from matplotlib.ticker import MaxNLocator
 
 from tracin.results import sanity
 from tracin.results.agreement import AGREEMENT_DTYPE, DEPTH_COMPARISONS, agreement_by_depth, of_layer_groups, verdicts
-from tracin.config import ROLES
 from tracin.results.comparison import cells, title_of
 from tracin.results.statistics import overlap_at_k
 from tracin.config import DataConfig
@@ -469,7 +468,7 @@ def quality_report_markdown(table: np.ndarray, groups: bool = False) -> str:
     """The quality report as Markdown: a table per variant, rows = checks, columns = models."""
     if not groups:
         table = table[np.char.find(table["variant"], b"@") < 0]
-    models = [m for m in ROLES if m.encode() in set(table["model"])]
+    models = sanity.report_models(table)
     parts = ["# Quality report\n", "Each check per model: mean over test examples [95% bootstrap CI] (chance). "
              "'(lower)': low is good.\n"]
     for variant in dict.fromkeys(table["variant"]):
@@ -486,7 +485,7 @@ def plot_quality_report(table: np.ndarray) -> Figure:
     chance as a dashed line."""
     table = table[(np.char.find(table["variant"], b"@") < 0) & (table["variant"] != sanity.MODEL_ROWS.encode())]
     checks = list(dict.fromkeys(table["check"]))
-    models = [m for m in ROLES if m.encode() in set(table["model"])]
+    models = sanity.report_models(table)
     variants = list(dict.fromkeys(table["variant"]))
     columns = min(4, max(1, len(checks)))
     figure, axes = plt.subplots(-(-len(checks) // columns), columns, figsize=(4 * columns, 3 * -(-len(checks) // columns)),

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from tracin.config import ROLES, EngineConfig, ScoreConfig, split_model_name
-from tracin.engine.randomization import fresh_model, randomized_checkpoints
+from tracin.engine.groups import group_names
+from tracin.engine.randomization import fresh_model, module_of, randomized_checkpoints
 from tracin.engine.tracin import TracIn
 from tracin.errors import StoreError, TracinError
 from tracin.files import exclusive_lock, write_atomic
@@ -39,7 +40,7 @@ from tracin.results.report import check_finished, plot_quality_report, quality_r
 from tracin.results.scoring import ScoreOptions, TrainedRun, checked_data, load_role_checkpoints, open_trained_run, scoring_loss
 from tracin.results.store import ScoreFile
 from tracin.results.validating import check_scored_checkpoints, positions_in
-from tracin.results.validation import OWN
+from tracin.results.validation import OWN, RANDOM
 from tracin.runtime import Runtime, machine, start_runtime
 from tracin.training.data import RunData, Split
 from tracin.training.models import build_model
@@ -181,8 +182,9 @@ def randomization_rows(name: str, store: ScoreFile, run: TrainedRun, data: RunDa
     engine = EngineConfig(batch_size=settings["batch_size"], progress=False)
     train_rows, test_rows, train, test = _subsets(store, data, options)
     trained = {v: store.model(name).matrix(variant=v)[:, test_rows][train_rows].astype(np.float64) for v in variants}
-    groups = TracIn(build_model(config), checkpoints[-1:], score_config, loss, engine, runtime.device).group_names
     fresh = fresh_model(lambda: build_model(config), options.seed)
+    # every layer of the model, scored or not: "all layers" must re-initialise all of them (--layers, last-layer mode)
+    groups = group_names([module_of(key) for key in fresh.state_dict()], score_config.groups)
     rows = []
     steps = sanity.cascade(groups)
     for step, (label, randomized) in enumerate(steps, 1):
@@ -237,7 +239,8 @@ def _attribution_rows(store: ScoreFile, name: str, variant: str, randomization: 
                                                   store.train_clean_labels, test_labels, n)
             rows.append(sanity.summary_row(f"identical subclass top-{n}", name, variant, same, float(np.nanmean(chance)), seed))
     share, low, high = sanity.top1_share_ci(top[:, 0], seed)
-    rows.append(("concentration: top-1 share (lower)", name, variant, share, low, high, 1.0 / store.n_train, len(top)))
+    chance = sanity.random_top1_share(store.n_train, len(top), seed)
+    rows.append(("concentration: top-1 share (lower)", name, variant, share, low, high, chance, len(top)))
     rows += _randomization_summary(randomization, name, variant, seed)
     rows += _mislabel_rows(store, name, variant, seed)
     rows += _shortcut_rows(store, name, variant, top, k, seed)
@@ -268,11 +271,11 @@ def _shortcut_rows(store: ScoreFile, name: str, variant: str, top: np.ndarray, k
     shortcut = sanity.shortcut_class_of(stamped, store.train_labels)
     if shortcut is None:
         return []
-    rows = sanity.shortcut_rows(store.test_stamped, store.test_labels, shortcut)
-    if len(rows) == 0:
+    test_rows = sanity.shortcut_test_rows(store.test_stamped, store.test_labels, shortcut)
+    if len(test_rows) == 0:
         return []
-    precision = sanity.precision_at_k(top[rows], stamped, k)
-    columns = store.model(name).matrix(variant=variant)[:, rows]
+    precision = sanity.precision_at_k(top[test_rows], stamped, k)
+    columns = store.model(name).matrix(variant=variant)[:, test_rows]
     auc = sanity.ranking_auc(np.asarray(columns, dtype=np.float64), stamped)
     return [sanity.summary_row(f"shortcut precision@{k}", name, variant, precision, float(stamped.mean()), seed),
             sanity.summary_row("shortcut AUC", name, variant, auc, 0.5, seed)]
@@ -288,8 +291,8 @@ def _shortcut_distillation_rows(store: ScoreFile, variant: str, seed: int) -> li
     names = [n for n in ("teacher", "student", "student_baseline", "teacher.r1", "student.r1") if n in store.models]
     if shortcut is None or not {"teacher", "student"} <= set(names) or any(variant not in store.model(n).variants for n in names):
         return []
-    rows = sanity.shortcut_rows(store.test_stamped, store.test_labels, shortcut)
-    top = {n: store.model(n).variant_rankings(variant)[0].top_index[rows] for n in names}
+    test_rows = sanity.shortcut_test_rows(store.test_stamped, store.test_labels, shortcut)
+    top = {n: store.model(n).variant_rankings(variant)[0].top_index[test_rows] for n in names}
     k = min(sanity.SANITY_K, top["student"].shape[1])
     found = []
     if "student_baseline" in top:
@@ -343,10 +346,12 @@ def _validation_rows(store: ScoreFile, models: Sequence[str]) -> list[tuple]:
     for row in lds:
         if row["model"] == row["scores_of"] and row["model"].decode() in models:
             rows.append(("LDS", row["model"], row["variant"], row["lds"], row["ci_low"], row["ci_high"], 0.0, row["n_rows"]))
+    random = {(r["model"], r["k"]): r["mean_change"] for r in leave_out if r["condition"] == RANDOM.encode()}
     for row in leave_out:
         if row["condition"] == OWN.encode() and row["model"].decode() in models:
+            chance = random.get((row["model"], row["k"]), np.nan)  # removing k random examples moves the margin too
             rows.append((f"leave-top-{row['k']}-out margin change (lower)", row["model"], row["variant"], row["mean_change"],
-                         row["ci_low"], row["ci_high"], 0.0, row["n_rows"]))
+                         row["ci_low"], row["ci_high"], chance, row["n_rows"]))
     return rows
 
 

@@ -41,14 +41,6 @@ SANITY_K = 10  # proponents per test example the shortcut and subclass checks lo
 ALL_LAYERS = "all layers"
 MODEL_ROWS = "(model)"  # the variant column of checks that belong to the model, not to a score variant
 
-# The rows of the quality report, in order; a check a run cannot make (no coarse labels, no shortcut, no
-# label noise, no tracin-validate) has no rows. "lower" marks checks where a low value is good.
-CHECKS = (
-    "identical class top-1", "identical class top-10", "identical subclass top-1", "identical subclass top-10",
-    "concentration: top-1 share (lower)", "randomization: all layers (lower)", "mislabel AUC",
-    "shortcut precision@10", "shortcut AUC", "LDS", "leave-top-k-out margin change",
-)
-
 
 def identical_subclass(top_index: np.ndarray, train_fine: np.ndarray, test_fine: np.ndarray, train_labels: np.ndarray,
                        test_labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +63,7 @@ def identical_class(top_index: np.ndarray, train_labels: np.ndarray, test_labels
     return (train_labels[top_index[:, :k]] == test_labels[:, None]).mean(axis=1)
 
 
-def shortcut_rows(test_stamped: np.ndarray, test_labels: np.ndarray, shortcut_class: int) -> np.ndarray:
+def shortcut_test_rows(test_stamped: np.ndarray, test_labels: np.ndarray, shortcut_class: int) -> np.ndarray:
     """int64: the test rows stamped with the shortcut whose label is the shortcut class (those for which
     the stamped training images are proponents, if the model uses the stamp)."""
     return np.flatnonzero(test_stamped & (test_labels == shortcut_class))
@@ -112,6 +104,13 @@ def top1_share_ci(top1: np.ndarray, seed: int = 0, resamples: int = 1000) -> tup
     draws = [share(top1[rng.integers(0, len(top1), len(top1))]) for _ in range(resamples)]
     tail = (1 - compare.CONFIDENCE) / 2
     return share(top1), float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail))
+
+
+def random_top1_share(n_train: int, n_test: int, seed: int = 0, draws: int = 200) -> float:
+    """The top-1 share (top1_share_ci) if every test row's top-1 proponent were drawn at random among
+    n_train: the mean over `draws` seeded simulations (the chance level of the concentration check)."""
+    rng = np.random.default_rng(seed)
+    return float(np.mean([np.bincount(rng.integers(0, n_train, n_test)).max() / n_test for _ in range(draws)]))
 
 
 def detection_scores(ranking_values: np.ndarray, flipped: np.ndarray) -> np.ndarray:
@@ -159,7 +158,7 @@ def shortcut_verdicts(table: np.ndarray, within_class: Optional[float] = None) -
     shortcut class's train examples (what proponents of that class alone give)."""
     lines = []
     within = f", {within_class:.1%} within the class" if within_class is not None else ""
-    for model in [m for m in ROLES if m.encode() in set(table["model"])]:
+    for model in report_models(table):
         mine = table[(table["model"] == model.encode()) & (np.char.find(table["variant"], GROUP_SEPARATOR.encode()) < 0)]
         precision = mine[np.char.startswith(mine["check"], b"shortcut precision@") & ~np.char.endswith(mine["check"], b"baseline's")]
         if len(precision) == 0:
@@ -207,7 +206,7 @@ def format_quality_report(table: np.ndarray, groups: bool = False) -> str:
         return ""
     if not groups:
         table = table[np.char.find(table["variant"], GROUP_SEPARATOR.encode()) < 0]
-    models = [m for m in ROLES if m.encode() in set(table["model"])]
+    models = report_models(table)
     lines = [f"quality report: each check per model, mean over test examples [{compare.CONFIDENCE:.0%} bootstrap CI] "
              "(chance); '(lower)': low is good"]
     for variant in dict.fromkeys(table["variant"]):
@@ -220,6 +219,12 @@ def format_quality_report(table: np.ndarray, groups: bool = False) -> str:
                 cells.append(f"{format_cell(match[0]) if len(match) else '-':>34}")
             lines.append(f"    {check.decode():<42}" + "".join(cells))
     return "\n".join(lines)
+
+
+def report_models(table: np.ndarray) -> list[str]:
+    """The models of a report table, roles first (teacher, student, student_baseline), then replicas."""
+    names = [m.decode() for m in dict.fromkeys(table["model"])]
+    return sorted(names, key=lambda name: (ROLES.index(name.split(".")[0]) if name.split(".")[0] in ROLES else len(ROLES), name))
 
 
 def format_cell(row) -> str:

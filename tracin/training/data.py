@@ -102,7 +102,7 @@ class DatasetSpec:
 
 
 # Coarse classes for the identical-subclass check (Hanawa et al., ICLR 2021): (name, fine labels) in
-# coarse-label order. Classes left out of a merge keep their own coarse class.
+# coarse-label order; every class of the data set is in exactly one.
 CLASS_MERGES = {
     ("fashion-mnist", "tops-footwear"): (
         ("tops", (0, 2, 4, 6)), ("trouser", (1,)), ("dress", (3,)), ("footwear", (5, 7, 9)), ("bag", (8,)),
@@ -364,9 +364,11 @@ def flip_labels(labels: Tensor, fraction: float, num_classes: int, seed: int) ->
 
 def merge_classes(fine_labels: Tensor, merge: tuple) -> Tensor:
     """Tensor[n] int64: the coarse label of each fine label under CLASS_MERGES' `merge`."""
-    coarse_of = torch.empty(1 + max(max(members) for _, members in merge), dtype=torch.int64)
+    coarse_of = torch.full((1 + max(max(members) for _, members in merge),), -1, dtype=torch.int64)
     for coarse, (_, members) in enumerate(merge):
         coarse_of[list(members)] = coarse
+    if int(fine_labels.max()) >= len(coarse_of) or bool((coarse_of[fine_labels] < 0).any()):
+        raise DataError("the class merge leaves a class of the data set out: every class needs a coarse class")
     return coarse_of[fine_labels]
 
 

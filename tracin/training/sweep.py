@@ -65,6 +65,9 @@ class Sweep:
             if not values:
                 raise TracinError(f"--vary {key}= gives no values")
         keys = [key for key, _ in self.vary]
+        epochs = dict(self.vary).get("teacher_epoch", ())
+        if not all(value.isdigit() and int(value) >= 1 for value in epochs):
+            raise TracinError(f"--vary teacher_epoch takes saved epochs of the shared teacher (1, 2, ...), got {', '.join(epochs)}")
         if len(set(keys)) != len(keys):
             raise TracinError("--vary names a setting twice")
         if "teacher_epoch" in keys and set(keys) & set(TEACHER_KEYS):
@@ -169,10 +172,11 @@ AGREEMENT_FIELDS = ("teacher_overlap_k", "teacher_overlap", "teacher_overlap_ci_
 
 
 def teacher_agreement(sweep: Sweep, run: Path, model: str) -> dict:
-    """For a scored student: overlap@k (k = AGREEMENT_K or the files' largest) of its test proponents with
-    its teacher's (the shared teacher's score file, or its own run's), mean over test examples with its
-    bootstrap CI and chance k/n, by the first score variant; {} where either file is missing or
-    unfinished, or they score other examples."""
+    """For a scored student or baseline: overlap@k (k = AGREEMENT_K or the files' largest) of its test
+    proponents with the teacher's (the shared teacher's final checkpoint's score file, also in a
+    teacher_epoch sweep; or its own run's), mean over test examples with its bootstrap CI and chance k/n,
+    by the first score variant; {} where either file is missing or unfinished, or they score other
+    examples. The baseline never saw the teacher: its row is the control."""
     teacher_file = (sweep.root / BASE_RUN if sweep.shares_teacher else run) / "tracin.h5"
     own_file = run / "tracin.h5"
     if model == "teacher" or not teacher_file.is_file() or not own_file.is_file():
