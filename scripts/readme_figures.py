@@ -279,7 +279,9 @@ def quality_figures_of(run: Path) -> str:
                f"{data['label_noise']:.0%} flipped labels" if data.get("label_noise") else ""]
     said_run = (f"**Run `{run.name}`**: {data['dataset']}, {n_train:,} train and {n_test:,} test examples scored, with "
                 f"{', '.join(p for p in planted if p) or 'nothing planted'}. Report made {provenance['finished']} on {machine['cpu']} "
-                f"({machine['cores']} cores), {machine['device']}, torch {machine['torch']}, in {provenance['seconds']:.0f} s.")
+                f"({machine['cores']} cores), {machine['device']}, torch {machine['torch']}, in {provenance['seconds']:.0f} s"
+                + (f" (model randomization, kept in the file from the run that computed it: {provenance['randomization_seconds']:.0f} s)."
+                   if provenance.get("randomization_seconds") else "."))
     body = quality_report_markdown(table).split("\n", 3)[3].replace("\n## ", "\n#### ")  # without its title and note
     return "\n\n".join([said_run, body.strip("\n"), "\n".join(f"- {line}" for line in said)])
 

@@ -94,7 +94,8 @@ def report_run(options: ReportOptions) -> Path:
             predictions = {m: test_predictions(m, store, run, data, runtime) for m in models} if store.train_stamped.any() else {}
             table = quality_report_table(store, models, randomization, predictions, options.seed)
             provenance = {"machine": machine(), "finished": datetime.now().isoformat(timespec="seconds"),
-                          "seconds": round(time.monotonic() - started, 1)}
+                          "seconds": round(time.monotonic() - started, 1),
+                          "randomization_seconds": round(store.randomization_seconds, 1)}
             store.write_quality_report(table, provenance)
             said = report_verdicts(store, table)
         print(sanity.format_quality_report(table, options.groups), flush=True)
@@ -151,13 +152,16 @@ def update_randomization(store: ScoreFile, models: Sequence[str], run: TrainedRu
     """The file's /randomization rows for `models`, computing (and writing, model by model) those missing."""
     settings = randomization_settings(store, options)
     table = store.randomization(settings)
+    seconds = 0.0 if table is None else store.randomization_seconds
     table = np.zeros(0, dtype=sanity.RANDOMIZATION_DTYPE) if table is None else table
     for name in models:
         if name.encode() in set(table["model"]):
             continue
         runtime.log(f"model randomization: {name}")
+        started = time.monotonic()
         table = np.concatenate([table, randomization_rows(name, store, run, data, options, runtime)])
-        store.write_randomization(table, settings)
+        seconds += time.monotonic() - started
+        store.write_randomization(table, settings, seconds)
     return table[np.isin(table["model"], [m.encode() for m in models])]
 
 

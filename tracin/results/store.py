@@ -50,7 +50,7 @@ Layout (format "tracin-scores", version 1):
     /detection              compound [rows]: mislabel detection per ranking (self-influence raw and
                             train-normalised, last-checkpoint loss, random): area under the curve, found at
                             10% and 20% inspected (with label noise only; tracin.results.report)
-    /randomization          compound [rows], attrs settings (JSON): model, variant, the layers re-initialised, test
+    /randomization          compound [rows], attrs settings (JSON), seconds: model, variant, the layers re-initialised, test
                             row and the Spearman correlation of trained and randomized scores (tracin-report)
     /quality_report         compound [rows], attrs provenance (JSON: machine, finished, seconds): every sanity
                             check per model and variant, mean with bootstrap CI and chance (tracin.results.sanity,
@@ -570,12 +570,19 @@ class ScoreFile:
         """The mislabel-detection table (structured [rows]); StoreError when the file has none."""
         return self._table("detection", "mislabel-detection table (written by tracin-score with label noise)")
 
-    def write_randomization(self, table: np.ndarray, settings: dict) -> None:
+    def write_randomization(self, table: np.ndarray, settings: dict, seconds: float = 0.0) -> None:
         """Replace /randomization, the model-randomization Spearman per test row
-        (tracin.results.sanity.RANDOMIZATION_DTYPE rows), with the settings it was computed with."""
+        (tracin.results.sanity.RANDOMIZATION_DTYPE rows), with the settings it was computed with and the
+        wall time all its rows took (attr seconds)."""
         self._write_table(RANDOMIZATION, table)
         self._h5[RANDOMIZATION].attrs["settings"] = json.dumps(settings, sort_keys=True)
+        self._h5[RANDOMIZATION].attrs["seconds"] = seconds
         self._h5.flush()
+
+    @property
+    def randomization_seconds(self) -> float:
+        """Wall time of every model-randomization row in the file, over invocations (0 without any)."""
+        return float(self._h5[RANDOMIZATION].attrs.get("seconds", 0.0)) if RANDOMIZATION in self._h5 else 0.0
 
     def randomization(self, settings: Optional[dict] = None) -> Optional[np.ndarray]:
         """The model-randomization rows; None when the file has none, or (given `settings`) none computed
