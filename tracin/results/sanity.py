@@ -230,5 +230,5 @@ def report_models(table: np.ndarray) -> list[str]:
 def format_cell(row) -> str:
     """value [low, high] (chance) of one REPORT_DTYPE row."""
     interval = f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if np.isfinite(row["ci_low"]) else ""
-    chance = f" ({row['chance']:.2f})" if np.isfinite(row["chance"]) else ""
+    chance = f" ({row['chance']:.3g})" if np.isfinite(row["chance"]) else ""
     return f"{row['value']:.3f}{interval}{chance}"
