@@ -35,7 +35,8 @@ from tracin.errors import TracinError
 from tracin.files import write_atomic
 from tracin.results.agreement import format_agreement, format_agreement_by_depth
 from tracin.results.report import (
-    check_finished, detection_summary, detection_table, mislabel_curves, quality_report_markdown, report_verdicts, validation_markdown,
+    check_finished, detection_summary, detection_table, groups_markdown, mislabel_curves, quality_report_markdown, report_verdicts,
+    validation_markdown,
 )
 from tracin.results.statistics import overlap_at_k
 from tracin.results.store import ScoreFile, rankings_name
@@ -283,7 +284,9 @@ def quality_figures_of(run: Path) -> str:
                 + (f" (model randomization, kept in the file from the run that computed it: {provenance['randomization_seconds']:.0f} s)."
                    if provenance.get("randomization_seconds") else "."))
     body = quality_report_markdown(table).split("\n", 3)[3].replace("\n## ", "\n#### ")  # without its title and note
-    return "\n\n".join([said_run, body.strip("\n"), "\n".join(f"- {line}" for line in said)])
+    by_group = groups_markdown(table)
+    group_part = [f"By layer group (each group's scores alone; means, CIs in `quality_report.md`):\n\n{by_group.strip()}"] if by_group else []
+    return "\n\n".join([said_run, body.strip("\n"), *group_part, "\n".join(f"- {line}" for line in said)])
 
 
 def sweep_figures(folder: Path) -> str:

@@ -480,6 +480,29 @@ def quality_report_markdown(table: np.ndarray, groups: bool = False) -> str:
     return "\n".join(parts) + "\n"
 
 
+GROUP_CHECKS = ("identical class top-10", "identical subclass top-10", "concentration: top-1 share (lower)",
+                "randomization: all layers (lower)", "mislabel AUC", "shortcut AUC", "LDS")
+
+
+def groups_markdown(table: np.ndarray) -> str:
+    """The layer groups' variants (VARIANT@GROUP) compactly: a row per model and group variant, a column
+    per check of GROUP_CHECKS the table holds (means; the CIs are in quality_report.md)."""
+    grouped = table[np.char.find(table["variant"], b"@") >= 0]
+    if len(grouped) == 0:
+        return ""
+    checks = [c for c in GROUP_CHECKS if c.encode() in set(grouped["check"])]
+    lines = ["| model | variant | " + " | ".join(checks) + " |", "|---|---|" + "---|" * len(checks)]
+    for model in sanity.report_models(grouped):
+        mine = grouped[grouped["model"] == model.encode()]
+        for variant in dict.fromkeys(mine["variant"]):
+            cells = []
+            for check in checks:
+                match = mine[(mine["variant"] == variant) & (mine["check"] == check.encode())]
+                cells.append(f"{match[0]['value']:.3f}" if len(match) else "-")
+            lines.append(f"| {model} | {variant.decode()} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_quality_report(table: np.ndarray) -> Figure:
     """One panel per check of the whole-model variants: each model's value with its CI per variant, and
     chance as a dashed line."""

@@ -366,7 +366,7 @@ def write_quality_files(path: Path, table: np.ndarray, said: Sequence[str] = ())
     """quality_report.md (the table and the verdicts `said`) beside the score file and
     plots/quality_report.png; returns the Markdown's path."""
     markdown = path.parent / "quality_report.md"
-    text = quality_report_markdown(table) + "".join(f"\n- {line}" for line in said) + ("\n" if said else "")
+    text = quality_report_markdown(table, groups=True) + "".join(f"\n- {line}" for line in said) + ("\n" if said else "")
     write_atomic(markdown, lambda handle: handle.write(text.encode()))
     figure = plot_quality_report(table)
     plots = path.parent / "plots"
