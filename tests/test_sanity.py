@@ -301,3 +301,50 @@ def test_a_report_on_a_file_scored_before_the_controls_recomputes_its_agreement_
     assert "agreement table recomputed" in result.stdout and "shared initialisation" in result.stdout
     with Store.open_read(path) as store:
         assert store.agreement().tobytes() == current.tobytes()
+
+
+def test_class_concentration_mislabel_and_randomization_rows_equal_a_direct_computation(sanity_report):
+    path, _ = sanity_report
+    with ScoreFile.open_read(path) as store:
+        table, randomization = store.quality_report(), store.randomization()
+        flipped, n_train = store.noisy, store.n_train
+        for model in ("teacher", "student", "student_baseline"):
+            top = store.model(model).variant_rankings("raw")[0].top_index
+            same = np.array([np.mean([store.train_labels[j] == label for j in top[row, :K]]) for row, label in enumerate(store.test_labels)])
+            _assert_summary(_rows(table, f"identical class top-{K}", model, "raw"), same)
+            counts = np.bincount(top[:, 0])
+            assert _rows(table, "concentration: top-1 share (lower)", model, "raw")["value"] == pytest.approx(counts.max() / len(top))
+            self_influence = store.model(model).self_influence
+            order = np.argsort(-self_influence, kind="stable")
+            position = np.empty(n_train)
+            position[order] = np.arange(n_train)  # no ties in float32 self-influence here
+            _assert_summary(_rows(table, "mislabel AUC", model, "raw"), 1 - (position[flipped] + 0.5) / n_train)
+            loss = store.model(model).last_loss
+            assert _rows(table, "mislabel AUC, loss baseline", model, MODEL_ROWS)["n_rows"] == flipped.sum()
+            for label in (b"head and above", b"all layers"):
+                values = randomization[(randomization["model"] == model.encode()) & (randomization["variant"] == b"raw")
+                                       & (randomization["randomized"] == label)]["spearman"]
+                _assert_summary(_rows(table, f"randomization: {label.decode()} (lower)", model, "raw"), values)
+    assert len(np.unique(self_influence)) == n_train and loss.shape == (n_train,)
+
+
+def test_lds_and_leave_out_rows_come_from_the_files_validation(sanity_run, sanity_report, tmp_path):
+    import shutil
+
+    from tracin.results.reporting import quality_report_table
+    from tracin.results.validation import LDS_DTYPE, LEAVE_OUT_DTYPE, UNIT_DTYPE
+
+    path = tmp_path / "validated.h5"
+    shutil.copy(sanity_report[0], path)
+    leave_out = np.array([("student", "own", "raw", 5, -0.4, -0.7, -0.1, 0.2, 3), ("student", "random", "-", 5, -0.1, -0.3, 0.1, 0.0, 3),
+                          ("student", "teacher", "raw", 5, -0.2, -0.5, 0.1, 0.0, 3)], dtype=LEAVE_OUT_DTYPE)
+    lds = np.array([("student", "student", "raw", 0.12, 0.05, 0.2, 40, 10), ("student", "teacher", "raw", 0.3, 0.2, 0.4, 40, 10)],
+                   dtype=LDS_DTYPE)
+    with ScoreFile.open_read_write(path) as store:
+        record = store.prepare_validation(np.zeros(0, dtype=UNIT_DTYPE), {"plan": "test"})
+        record.write_tables(leave_out, lds)
+        table = quality_report_table(store, ["teacher", "student"], store.randomization(), {})
+    lds_row, leave_row = _rows(table, "LDS", "student", "raw"), _rows(table, "leave-top-5-out margin change (lower)", "student", "raw")
+    assert (lds_row["value"], lds_row["ci_low"], lds_row["ci_high"], lds_row["n_rows"]) == (0.12, 0.05, 0.2, 40)
+    assert (leave_row["value"], leave_row["ci_low"], leave_row["chance"]) == (-0.4, -0.7, -0.1)  # chance: the random removal
+    assert len(table[table["check"] == b"LDS"]) == 1  # the student's own scores only; the teacher's LDS row is not its own
