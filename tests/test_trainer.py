@@ -46,7 +46,7 @@ CHECKPOINT_KEYS = {
     "lr_at_save", "metrics", "config", "data_config", "data_fingerprint", "param_count", "teacher",
 }
 CPU = Runtime(torch.device("cpu"))
-VOLATILE = {"seconds", "path", "sha256"}  # wall time, and where a file was: differ between two runs
+VOLATILE = {"seconds", "train_seconds", "eval_seconds", "path", "sha256"}  # wall times, and where a file was: differ between two runs
 
 
 def _load(path: Path) -> dict:
@@ -178,7 +178,8 @@ def test_checkpoint_set_and_keys(tiny_run):
     record = json.loads((tiny_run / "run.json").read_text())
     for role in ROLES:
         folder = tiny_run / role
-        names = {"init.pt", "epoch_002.pt", "epoch_004.pt", "last.pt", "history.csv", "curves.png", "confusion.png"}
+        names = {"init.pt", "epoch_002.pt", "epoch_004.pt", "last.pt", "history.csv", "curves.png", "confusion.png",
+                 "confusion.csv", "per_class.csv", "train.log"}
         assert {p.name for p in folder.iterdir()} == names
         for name in ("init.pt", "epoch_002.pt", "epoch_004.pt"):
             checkpoint = _load(folder / name)
