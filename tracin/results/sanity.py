@@ -49,12 +49,13 @@ def identical_subclass(top_index: np.ndarray, train_fine: np.ndarray, test_fine:
     random within the row's coarse class), over the test rows whose coarse class merges several fine
     classes (train_labels/test_labels: coarse, before label noise: a flipped label merges nothing; NaN
     elsewhere)."""
-    merged = np.array([len(np.unique(train_fine[train_labels == c])) > 1 for c in test_labels])
+    n_coarse = int(max(train_labels.max(), test_labels.max())) + 1
+    n_fine = int(max(train_fine.max(), test_fine.max())) + 1
+    counts = np.bincount(train_labels * n_fine + train_fine, minlength=n_coarse * n_fine).reshape(n_coarse, n_fine)
+    merged = ((counts > 0).sum(axis=1) > 1)[test_labels]
     same = (train_fine[top_index[:, :k]] == test_fine[:, None]).mean(axis=1)
-    in_coarse = np.array([(train_labels == c).sum() for c in test_labels], dtype=np.float64)
-    in_fine = np.array([((train_labels == c) & (train_fine == f)).sum() for c, f in zip(test_labels, test_fine)], dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        chance = in_fine / in_coarse
+        chance = counts[test_labels, test_fine] / counts.sum(axis=1)[test_labels]
     return np.where(merged, same, np.nan), np.where(merged, chance, np.nan)
 
 
