@@ -83,6 +83,60 @@ def test_an_injected_full_disk_is_one_line_and_the_same_command_continues(tiny_r
     assert_same_results(out, reference)
 
 
+# A run of SCORE_ARGS grows its HDF5 files by about 180 writes: the header's, each model's datasets, blocks,
+# top-k tables, comparisons and tables. Counts spread over them.
+@pytest.mark.parametrize("write", [1, 4, 30, 90, 150, 175])
+def test_a_disk_full_inside_hdf5_at_any_write_is_one_line_and_the_same_command_continues(tiny_run, reference, tmp_path, write):
+    out = tmp_path / "tracin.h5"
+    args = score_args(tiny_run, out, *SCORE_ARGS)
+    assert_one_line_error(command("tracin-score", *args, fault=f"h5-write:{write}:enospc"), "No space left on device")
+    again = command("tracin-score", *args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_same_results(out, reference)
+    assert not list(tmp_path.glob(".tracin.h5.*.tmp")), "a stale temporary file was left"
+
+
+def damage_object_headers(path: Path, *names: str) -> None:
+    """Overwrite the object headers of `names` with junk, as a crash inside HDF5 can leave them: the rest
+    of the file still reads."""
+    with h5py.File(path, "r") as h5:
+        addresses = [h5py.h5o.get_info(h5[name].id).addr for name in names]
+    with open(path, "r+b") as raw:
+        for address in addresses:
+            raw.seek(address)
+            raw.write(b"\xff" * 16)
+
+
+def test_a_file_with_damaged_metadata_is_salvaged_by_the_same_command(tiny_run, reference, tmp_path):
+    out = tmp_path / "tracin.h5"
+    args = score_args(tiny_run, out, *SCORE_ARGS)
+    shutil.copy(reference, out)
+    damage_object_headers(out, "student", "teacher/topk")
+    damaged = hashes(out)["tracin.h5"]
+    assert_one_line_error(command("report", out), "an HDF5 result file is damaged")
+    result = command("tracin-score", *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "was damaged (/student: " in result.stdout and "made again: student." in result.stdout, result.stdout
+    assert_same_results(out, reference)
+    assert hashes(out.with_name("tracin.h5.damaged")) == {"tracin.h5.damaged": damaged}  # kept as it was
+    assert not list(tmp_path.glob(".tracin.h5.*.tmp"))
+
+
+def test_a_partial_file_with_damaged_metadata_keeps_its_readable_finished_blocks(tiny_run, reference, tmp_path):
+    out = tmp_path / "tracin.h5"
+    args = score_args(tiny_run, out, *SCORE_ARGS)
+    with h5py.File(reference, "r") as h5:
+        blocks = h5["teacher/done"].size + h5["student/done"].size
+    killed = command("tracin-score", *args, fault="score-block:10:kill")  # ten of the teacher's blocks written
+    assert killed.returncode == -signal.SIGKILL
+    damage_object_headers(out, "teacher/last_loss")
+    # The rerun would be killed at its (blocks - 8)th block if it scored the ten finished ones again
+    result = command("tracin-score", *args, fault=f"score-block:{blocks - 8}:kill")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "was damaged (/teacher/last_loss: " in result.stdout and "finished blocks kept" in result.stdout, result.stdout
+    assert_same_results(out, reference)
+
+
 # --- --overwrite: the old result stays until the new one is complete ------------------------------------------
 
 

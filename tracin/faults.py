@@ -8,11 +8,17 @@
 
 The points are named in POINTS, each placed where a real fault would leave the most half-done work. Without
 the variable `reach` is one dictionary lookup; nothing here changes a result.
+
+`TRACIN_FAULT="h5-write:N:enospc"` fills the disk under HDF5 itself: HDF5 files are opened through
+`FullDisk`, whose N-th write that grows a file fails with ENOSPC, as does every later one (a full disk stays
+full; writes inside a file's present size still succeed). This leaves the half-written metadata a real full
+disk leaves, without root or a tmpfs.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import os
 import signal
 from collections import Counter
@@ -29,6 +35,7 @@ POINTS = (
     "comparison",  # before a pair's comparison tables are written
     "report",  # before the figures are written
     "validate-unit",  # a retraining's margins written and marked done (tracin-validate)
+    "h5-write",  # a write that grows an HDF5 file (enospc only: the disk is full from then on)
 )
 ACTIONS = ("kill", "enospc", "interrupt")
 _reached: Counter = Counter()
@@ -40,7 +47,7 @@ def _parse(spec: str) -> tuple[str, int, str]:
         number = int(count)
     except ValueError:
         raise TracinError(f"TRACIN_FAULT must be POINT:N:ACTION, got {spec!r}") from None
-    if point not in POINTS or action not in ACTIONS or number < 1:
+    if point not in POINTS or action not in ACTIONS or number < 1 or (point == "h5-write" and action != "enospc"):
         raise TracinError(f"TRACIN_FAULT {spec!r}: points {', '.join(POINTS)}; actions {', '.join(ACTIONS)}; N >= 1")
     return point, number, action
 
@@ -61,3 +68,23 @@ def reach(point: str) -> None:
     if action == "enospc":
         raise OSError(errno.ENOSPC, "No space left on device (injected by TRACIN_FAULT)")
     raise KeyboardInterrupt
+
+
+def full_disk_file(path, mode: str) -> "FullDisk | None":
+    """The file object HDF5 should write `path` through (h5py mode "w" or "r+") when TRACIN_FAULT fills the
+    disk under HDF5 ("h5-write:N:enospc"); None otherwise, and for reading."""
+    spec = os.environ.get("TRACIN_FAULT")
+    if not spec or mode not in ("w", "r+") or _parse(spec)[0] != "h5-write":
+        return None
+    return FullDisk(path, "w+" if mode == "w" else "r+")
+
+
+class FullDisk(io.FileIO):
+    """A file on a disk that fills at the N-th write growing any file of this process (TRACIN_FAULT's N)."""
+
+    def write(self, data) -> int:
+        if self.tell() + len(data) > os.fstat(self.fileno()).st_size:
+            _reached["h5-write"] += 1
+            if _reached["h5-write"] >= _parse(os.environ["TRACIN_FAULT"])[1]:
+                raise OSError(errno.ENOSPC, "No space left on device (injected by TRACIN_FAULT)")
+        return super().write(data)

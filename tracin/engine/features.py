@@ -113,9 +113,14 @@ def factored_dot(x: Factors, y: Factors, max_elements: int = 2**26) -> Tensor:
     return torch.cat(columns, dim=1)
 
 
-def factored_self_dot(x: Factors) -> Tensor:
-    """Tensor[n]: sum_g sum_{t,s} (a_t.a_s + bias)(g_t.g_s) for each example."""
+def factored_self_dot(x: Factors, max_elements: int = 2**26) -> Tensor:
+    """Tensor[n]: sum_g sum_{t,s} (a_t.a_s + bias)(g_t.g_s) for each example, over chunks of examples
+    whose [groups, t, t] Gram matrices hold at most ~max_elements values."""
     n, groups, t, d_in = x.A.shape
-    a = x.A.reshape(n * groups, t, d_in)
-    g = x.G.reshape(n * groups, t, -1)
-    return ((_gram(a, a) + x.bias) * _gram(g, g)).view(n, -1).sum(1)
+    step = max(1, max_elements // max(1, groups * t * t))
+    norms = []
+    for start in range(0, n, step):
+        a = x.A[start : start + step].reshape(-1, t, d_in)
+        g = x.G[start : start + step].reshape(-1, t, x.G.shape[-1])
+        norms.append(((_gram(a, a) + x.bias) * _gram(g, g)).view(a.shape[0] // groups, -1).sum(1))
+    return torch.cat(norms)

@@ -35,7 +35,7 @@ from tracin.config import (
     replicas_by_role, split_model_name,
 )
 from tracin.training.data import RunData, fingerprint_differences, load_data, stratified_subset
-from tracin.errors import DataError, TracinError
+from tracin.errors import CheckpointError, DataError, TracinError
 from tracin.training.losses import CrossEntropy, Distillation, Objective
 from tracin.training.models import build_model
 from tracin.results.quality import QUALITY_DTYPE, format_quality, quality_row
@@ -43,7 +43,9 @@ from tracin.results.report import detection_rows, format_detection, mislabel_cur
 from tracin.training.run_folder import RunPaths, read_record
 from tracin.runtime import Runtime, start_runtime
 from tracin.engine.tracin import ScoreBlock, TracIn
-from tracin.results.store import SELF_INFLUENCES, DataArrays, ModelScores, ScoreFile, rank_matrix, rankings_name, to_numpy
+from tracin.results.store import (
+    SELF_INFLUENCES, DataArrays, ModelScores, Salvage, ScoreFile, rank_matrix, rankings_name, to_numpy,
+)
 
 
 @dataclass(frozen=True)
@@ -173,19 +175,16 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
-def settings_of(options: ScoreOptions, run: TrainedRun, data: RunData, engines: dict[str, TracIn]) -> dict:
-    """Everything a partial file's scores depend on, the checkpoints' sha256 included: resuming with
-    anything else is refused (and an interrupted --overwrite with other checkpoints starts afresh)."""
-    checkpoints = {
-        f"{role} checkpoints sha256": hashlib.sha256("".join(c.sha256 for c in tracin.checkpoints).encode()).hexdigest()[:16]
-        for role, tracin in engines.items()
-    }
+def settings_of(options: ScoreOptions, run: TrainedRun, data: RunData, digests: dict[str, str]) -> dict:
+    """Everything a partial file's scores depend on, the checkpoints' sha256 ({model: checkpoints_digest})
+    included: resuming with anything else is refused (and an interrupted --overwrite with other
+    checkpoints starts afresh)."""
     return {
-        **checkpoints,
+        **{f"{role} checkpoints sha256": digest for role, digest in digests.items()},
         "run_data": run.record["data_fingerprint"]["digest"],
         "train_index": _digest(data.train.index.numpy()),
         "test_index": _digest(data.test.index.numpy()),
-        "models": list(engines),
+        "models": list(digests),
         "checkpoints": options.checkpoints,
         "batch_size": options.engine.batch_size,
         "per_checkpoint": options.per_checkpoint,
@@ -297,25 +296,41 @@ def score_run(options: ScoreOptions) -> Path:
         ks = parse_topk(options.topk, limit=min(len(data.train), len(data.test)), cap=options.cap_topk)
         if options.cap_topk and ks != parse_topk(options.topk):
             runtime.log(f"--topk capped at {min(len(data.train), len(data.test))} examples: k = {', '.join(map(str, ks))}")
-        engines = {name: build_engine(name, run, options, runtime) for name in model_names(run, options)}
-        for tracin in engines.values():  # probes each model: blocking and memory are checked here
-            tracin.block_sizes(data.train, data.test, options.per_checkpoint)
-        store = _open_store(out, options, run, data, engines) if runtime.is_main else None
+        digests = checked_models(run, options, data, runtime)
+        store = _open_store(out, options, run, data, digests) if runtime.is_main else None
         runtime.barrier()
-        try:
-            for role, tracin in engines.items():
+        with store or contextlib.nullcontext():
+            for role, digest in digests.items():
+                tracin = build_engine(role, run, options, runtime)
+                if checkpoints_digest(tracin.checkpoints) != digest:
+                    raise CheckpointError(f"the checkpoints of {role} changed while the run was scored; run the same command again")
                 score_role(store, role, tracin, data, runtime, options, max(ks))
+                del tracin  # one model's checkpoints in memory at a time
             if runtime.is_main:
-                report(store, options, ks, [*engines, *write_ensembles(store, list(engines), max(ks), runtime.device)])
+                report(store, options, ks, [*digests, *write_ensembles(store, list(digests), max(ks), runtime.device)])
                 out = store.path
-        finally:
-            if store is not None:
-                store.close()
         if options.plots and runtime.is_main:
             faults.reach("report")
             for path in write_report(out, data_root=options.data_root):
                 print(f"plot: {path}", flush=True)
     return out
+
+
+def checked_models(run: TrainedRun, options: ScoreOptions, data: RunData, runtime: Runtime) -> dict[str, str]:
+    """{model: checkpoints_digest} of the models to score, each checked before the result file is touched:
+    its checkpoints loaded and checked, its layers resolved, its blocks sized within the memory budget.
+    Each engine is dropped after its check, so that scoring holds one model's checkpoints at a time."""
+    digests = {}
+    for name in model_names(run, options):
+        tracin = build_engine(name, run, options, runtime)
+        tracin.block_sizes(data.train, data.test, options.per_checkpoint)
+        digests[name] = checkpoints_digest(tracin.checkpoints)
+    return digests
+
+
+def checkpoints_digest(checkpoints: Sequence[Checkpoint]) -> str:
+    """One digest of a model's checkpoints (their files' sha256, in order): what a partial file was made from."""
+    return hashlib.sha256("".join(c.sha256 for c in checkpoints).encode()).hexdigest()[:16]
 
 
 def _run_lock(run: TrainedRun, runtime: Runtime):
@@ -329,16 +344,26 @@ def _output_lock(out: Path, runtime: Runtime):
     return exclusive_lock(out, "the score file") if runtime.is_main else contextlib.nullcontext()
 
 
-def _open_store(out: Path, options: ScoreOptions, run: TrainedRun, data: RunData, engines: dict[str, TracIn]) -> ScoreFile:
+def _open_store(out: Path, options: ScoreOptions, run: TrainedRun, data: RunData, digests: dict[str, str]) -> ScoreFile:
     for stale in remove_stale_temporaries(out):
         print(f"removed {stale}, left by an interrupted run", flush=True)
-    settings = settings_of(options, run, data, engines)
+    settings = settings_of(options, run, data, digests)
     store, resumed = ScoreFile.create_or_resume(out, settings, file_attrs(options, run, data), data_arrays(data), options.overwrite)
+    if store.salvaged is not None:
+        print(salvage_message(store.path, store.salvaged), flush=True)
     if resumed:
         print(f"resuming {store.path}: finished blocks are kept", flush=True)
     if store.path != out:
         print(f"writing {store.path}; it replaces {out} when complete (until then {out} is kept as it was)", flush=True)
     return store
+
+
+def salvage_message(path: Path, salvaged: Salvage) -> str:
+    """What a salvage found and did, in two lines."""
+    first = salvaged.damage[0] + (f" (and {len(salvaged.damage) - 1} more)" if len(salvaged.damage) > 1 else "")
+    remade = f"made again: {', '.join(salvaged.dropped)}" if salvaged.dropped else "every model's finished blocks kept"
+    return (f"{path} was damaged ({first}), as a full disk or a crash inside HDF5 leaves it: what reads is salvaged "
+            f"into a fresh file; {remade}.\nthe damaged file is kept as {salvaged.damaged_copy}; delete it once this run has finished")
 
 
 def score_role(store: Optional[ScoreFile], role: str, tracin: TracIn, data: RunData, runtime: Runtime,

@@ -72,6 +72,7 @@ in flight, and the file stays readable.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -163,8 +164,12 @@ def _python(value: Any) -> Any:
 
 
 def open_h5(path: Path, mode: str, locking: Optional[bool] = None) -> h5py.File:
-    """h5py.File with a damaged or foreign file reported as one StoreError."""
+    """h5py.File with a damaged or foreign file reported as one StoreError. Under TRACIN_FAULT's
+    "h5-write" the file is written through a disk that fills (tracin.faults.FullDisk)."""
     try:
+        full_disk = faults.full_disk_file(path, mode)
+        if full_disk is not None:
+            return h5py.File(full_disk, mode)
         return h5py.File(path, mode, locking=locking)
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0]
@@ -203,6 +208,7 @@ class ScoreFile:
     def __init__(self, handle: h5py.File, path: Path):
         self._h5, self.path = handle, Path(path)
         self._replaces: Optional[Path] = None  # the finished file this one replaces when complete
+        self.salvaged: Optional[Salvage] = None  # what opening it salvaged from a damaged file
 
     # --- opening -------------------------------------------------------------------------------
 
@@ -218,13 +224,17 @@ class ScoreFile:
         if not path.exists():
             return cls._create(path, settings, attrs, data), False
         if not overwrite:
+            salvaged = salvage_if_damaged(path)
             store = cls.open_read_write(path)
+            store.salvaged = salvaged
             store._check_resumable(settings)
             return store, True
         cls.open_read(path).close()  # --overwrite replaces tracin-score results only, readable ones
         work = replacing_path(path)
         if work.exists():
+            salvaged = salvage_if_damaged(work)
             store = cls.open_read_write(work)
+            store.salvaged = salvaged
             if store._resumable(settings):
                 store._replaces = path
                 return store, True
@@ -247,8 +257,9 @@ class ScoreFile:
         os.fchmod(fd, default_mode())
         os.close(fd)
         try:
-            with h5py.File(tmp, "w") as handle:
-                cls(handle, Path(tmp))._write_header(settings, attrs, data)
+            handle = open_h5(Path(tmp), "w")  # not closed after a failed write: see open_for_writing
+            cls(handle, Path(tmp))._write_header(settings, attrs, data)
+            handle.close()
             fsync_file(tmp)
             os.replace(tmp, path)
         except BaseException:
@@ -670,8 +681,186 @@ class ScoreFile:
     def __enter__(self) -> "ScoreFile":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, error, trace) -> None:
+        if isinstance(error, HDF5_ERRORS) and self._h5.id.valid and self._h5.mode == "r+":
+            return  # a write failed (a full disk): left as a kill leaves it, see open_for_writing
         self.close()
+
+
+# --- damage and salvage ------------------------------------------------------------------------------
+#
+# A full disk or a crash inside HDF5 can leave a file whose metadata is half written: a group or dataset
+# that no longer opens, though the blocks finished before it still read. Resuming such a file first
+# copies what reads into a fresh file (salvage), so finished work survives and only the broken parts are
+# made again.
+
+HDF5_ERRORS = (KeyError, OSError, RuntimeError, ValueError)  # how h5py reports a damaged file
+
+
+@dataclass(frozen=True)
+class Salvage:
+    """What salvage_if_damaged did: the damage it found, the objects it left behind (made again by the
+    run; a model's name means all its scores) and where the damaged file is kept."""
+
+    damage: list[str]
+    dropped: list[str]
+    damaged_copy: Path
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().strip("'\"")
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def damage(path: Path) -> list[str]:
+    """What of the file HDF5 cannot read: every group, attribute and dataset is opened, every chunk index
+    walked and every unchunked dataset read. Empty when the file is whole. Score chunks are not read (a
+    resume reads the finished ones for finite values), so this stays cheap on large files."""
+    try:
+        handle = h5py.File(path, "r")
+    except HDF5_ERRORS as error:
+        return [f"/: {_reason(error)}"]
+    with handle:
+        problems: list[str] = []
+        _check_object(handle, os.path.getsize(path), problems)
+        return problems
+
+
+def _check_object(item: h5py.Group | h5py.Dataset, file_size: int, problems: list[str]) -> None:
+    name = item.name
+    try:
+        dict(item.attrs)
+        if isinstance(item, h5py.Dataset):
+            _check_dataset(item, file_size)
+            return
+        keys = list(item)
+    except HDF5_ERRORS as error:
+        problems.append(f"{name}: {_reason(error)}")
+        return
+    for key in keys:
+        try:
+            child = item[key]
+        except HDF5_ERRORS as error:
+            problems.append(f"{name.rstrip('/')}/{key}: {_reason(error)}")
+            continue
+        _check_object(child, file_size, problems)
+
+
+def _check_dataset(dataset: h5py.Dataset, file_size: int) -> None:
+    if dataset.chunks is None:
+        dataset[()]
+        return
+
+    def inside(chunk) -> None:
+        if chunk.byte_offset + chunk.size > file_size:
+            raise ValueError(f"a chunk lies past the end of the file ({chunk.byte_offset} + {chunk.size} > {file_size})")
+
+    dataset.id.chunk_iter(inside)
+
+
+def salvage_if_damaged(path: Path) -> Optional[Salvage]:
+    """None for a whole file. For a damaged one: a fresh file with everything that reads replaces it at
+    `path`, and the damaged file is kept beside it (damaged_copy). Of a model's group the parts that read
+    are kept; a model whose scores, bookkeeping or checkpoints do not read is dropped and scored again.
+    Other damaged groups (comparisons, tables) are dropped; the run writes them again. A file whose
+    header does not read cannot be salvaged (StoreError)."""
+    problems = damage(path)
+    if not problems or problems[0].startswith("/:"):
+        return None  # whole, or not an HDF5 file that opens: open_h5 says which
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, default_mode())
+    os.close(fd)
+    try:
+        with h5py.File(path, "r") as source:
+            target = open_h5(Path(tmp), "w")  # not closed after a failed write: see open_for_writing
+            dropped = _copy_readable(source, target, path, problems)
+            target.close()
+        fsync_file(tmp)
+        kept = _keep_damaged(path)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Salvage(problems, dropped, kept)
+
+
+def _copy_readable(source: h5py.File, target: h5py.File, path: Path, problems: list[str]) -> list[str]:
+    """Copy the readable objects of a damaged file; returns the names left behind."""
+    try:
+        if source.attrs.get("format") != FORMAT:
+            raise StoreError(f"{path} is not a tracin-score result file")
+        target.attrs.update(dict(source.attrs))
+        for name in (*HEADER_ARRAYS, *HEADER_MASKS, "noisy"):
+            if name in source:
+                source.copy(source[name], target, name)
+    except HDF5_ERRORS as error:
+        raise StoreError(f"{path} is damaged beyond salvage: its header does not read ({_reason(error)}); "
+                         "pass --overwrite to score afresh") from None
+    dropped = []
+    for name in _readable_keys(source):
+        if name in target:
+            continue
+        if not _damaged(problems, f"/{name}"):
+            source.copy(source[name], target, name)
+        elif not _copy_model_parts(source, target, name, problems):
+            dropped.append(name)
+    if dropped:
+        target.attrs["status"] = "partial"
+    return dropped
+
+
+def _damaged(problems: list[str], name: str) -> bool:
+    """Whether the object `name` ("/teacher", "/teacher/done") or anything under it is damaged."""
+    return any(problem.startswith((f"{name}:", f"{name}/")) for problem in problems)
+
+
+def _readable_keys(group: h5py.Group) -> list[str]:
+    try:
+        return list(group)
+    except HDF5_ERRORS:
+        return []
+
+
+def _copy_model_parts(source: h5py.File, target: h5py.File, name: str, problems: list[str]) -> bool:
+    """Copy the parts of a damaged model group that read; False (nothing copied) when what holds its
+    finished blocks does not read: then the model is scored again. Its top-k tables and last losses are
+    written again by every run, so they may be left behind."""
+    try:
+        group = source[name]
+        attrs = dict(group.attrs)
+        keys = list(group)
+    except HDF5_ERRORS:
+        return False
+    if "scores" not in keys or "done" not in keys:
+        return False  # not a model's group: a damaged comparison or table, written again by the run
+    broken = {key for key in keys if _damaged(problems, f"/{name}/{key}")}
+    if any(not (key.startswith("topk") or key == "last_loss") for key in broken):
+        return False
+    copy = target.create_group(name)
+    copy.attrs.update({**attrs, "status": "partial"})
+    for key in keys:
+        if key not in broken:
+            source.copy(group[key], copy, key)
+    return True
+
+
+def _keep_damaged(path: Path) -> Path:
+    """A hard link to the damaged file as NAME.damaged (NAME.damaged-2, ... when taken), so replacing
+    NAME deletes nothing."""
+    for number in itertools.count(1):
+        kept = path.with_name(f"{path.name}.damaged" + (f"-{number}" if number > 1 else ""))
+        if kept.exists() and kept.samefile(path):
+            return kept  # linked by a salvage killed before its rename
+        if not kept.exists():
+            os.link(path, kept)
+            return kept
+
+
+def open_for_writing() -> bool:
+    """Whether this process has an HDF5 file open for writing. After a failed write (a full disk) such a
+    file must not be closed: closing flushes half-written metadata over the last consistent state, and
+    h5py may crash doing so. The caller exits at once instead (os._exit), as a kill would."""
+    return any(file_id.get_intent() & h5py.h5f.ACC_RDWR for file_id in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE))
 
 
 def replacing_path(path: Path) -> Path:
@@ -812,6 +1001,8 @@ class ModelScores:
 
     def write_last_loss(self, losses: np.ndarray) -> None:
         """losses: float [n_train], each train example's loss at the last checkpoint."""
+        if "last_loss" not in self._group:  # left behind by a salvage
+            _early_dataset(self._group, "last_loss", losses.shape, np.float32)
         self._group["last_loss"][:] = losses
         self._group.file.flush()
 
