@@ -378,3 +378,32 @@ def test_reports_and_notebooks_refuse_bad_files_in_one_line(tiny_run, reference,
     fragment = {"missing": "does not exist", "foreign": "not a readable HDF5 file", "partial": "is a partial result"}[case]
     assert_one_line_error(command(entry, *args), fragment)
     assert hashes(tmp_path) == before
+
+
+# --- a folder nobody may write in -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder this process cannot write in: mode 555, or for root (whom modes do not stop) a read-only
+    tmpfs; skipped where root may not mount."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"running as root without mount: no read-only folder ({mounted.stderr.decode().strip()})")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_read_only_output_folder_is_one_line(tiny_run, read_only_folder, fashion_mnist_root):
+    score = command("tracin-score", *score_args(tiny_run, read_only_folder / "tracin.h5", *SCORE_ARGS))
+    assert_one_line_error(score, "ermission denied" if os.geteuid() else "Read-only file system")
+    train = _train(read_only_folder, fashion_mnist_root)
+    assert_one_line_error(train, "ermission denied" if os.geteuid() else "Read-only file system")
+    assert list(read_only_folder.iterdir()) == []

@@ -1,6 +1,7 @@
 """TracIn engine against independent references: torch.func (float64), captum TracInCP/TracInCPFast."""
 
 import copy
+from pathlib import Path
 import warnings
 
 import pytest
@@ -88,6 +89,27 @@ def test_invariant_to_batch_chunk_and_test_block_sizes(setup):
     too_small = TracIn(model, checkpoints, engine=EngineConfig(max_memory=40_000))
     with pytest.raises(TracinError, match=r"cannot hold one test example.*the minimum is 0\.0835 MiB"):
         too_small.block_sizes(train, test)  # once quietly 1 x 1 blocks, over the budget anyway
+
+
+def test_auto_memory_is_a_share_of_the_available_ram_split_among_this_machines_processes(setup, monkeypatch):
+    from tracin.config import AUTO_MEMORY_SHARE
+    from tracin.engine.blocks import auto_memory, block_sizes
+
+    meminfo = Path("/proc/meminfo").read_text()
+    available = int(next(line.split()[1] for line in meminfo.splitlines() if line.startswith("MemAvailable:"))) * 1024
+    budget, source = auto_memory(torch.device("cpu"))
+    assert 0.8 * AUTO_MEMORY_SHARE * available < budget < 1.2 * AUTO_MEMORY_SHARE * available  # RAM moves meanwhile
+    assert source.startswith("auto: 75% of")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    quarter, source = auto_memory(torch.device("cpu"))
+    assert 0.8 * budget / 4 < quarter < 1.2 * budget / 4 and "shared by 4 processes" in source
+    model, checkpoints, train, test, _ = setup
+    plan = TracIn(model, checkpoints).memory_plan(train, test)  # EngineConfig's default: auto
+    assert plan.source.startswith("auto") and 0.8 * quarter < plan.budget < 1.2 * quarter
+    fixed = TracIn(model, checkpoints, engine=EngineConfig(max_memory=100_000)).memory_plan(train, test)
+    per_example = fixed.kept_bytes // (fixed.block * len(checkpoints))
+    assert (fixed.chunk, fixed.block) == block_sizes(per_example, len(train[0]), len(test[0]), len(checkpoints), 100_000)
+    assert fixed.source == "--max-memory-gb" and "test block(s) of" in fixed.describe(len(test[0]))
 
 
 def test_each_example_gradient_is_computed_once_per_checkpoint(setup):

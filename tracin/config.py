@@ -30,7 +30,7 @@ PRECISIONS = ("float32", "tf32", "bf16")
 REPRESENTATIONS = ("auto", "flat", "factored")
 VARIANTS = ("raw", "cosine", "train-normalised")  # see ScoreConfig
 GROUP_SEPARATOR, EVERY_GROUP = "@", "*"  # variant "raw@layer4": raw scores of layer group layer4 alone; "raw@*": each group
-DEFAULT_MAX_MEMORY = 2 * 2**30  # bytes for the engine's kept features and score blocks
+AUTO_MEMORY_SHARE = 0.75  # --max-memory-gb auto: this share of the free device memory (CPU: available RAM)
 REPLICA_SEED_STRIDE = 1000  # replica N of a run trains with seed + N * stride (init and data order)
 ENSEMBLE_SUFFIX = ".ensemble"  # ROLE.ensemble: the mean of a role's replicas' scores in a score file
 
@@ -278,14 +278,15 @@ class ScoreConfig(_Serializable):
 class EngineConfig(_Serializable):
     """How the engine runs; results do not depend on these (up to float32 summation order).
 
-    `batch_size`: examples per forward/backward. `max_memory`: bytes for kept features and score blocks;
-    it sets the blocking unless `chunk_size` (train rows per chunk) and `test_block` (test examples per
-    block) are given. `representation` of exact Linear/Conv2d layers: `auto` (cost model), `flat` or
+    `batch_size`: examples per forward/backward. `max_memory`: bytes for kept features and score blocks
+    (None: auto, AUTO_MEMORY_SHARE of the memory free once the model is loaded, see
+    tracin.engine.blocks.auto_memory); it sets the blocking unless `chunk_size` (train rows per chunk) and
+    `test_block` (test examples per block) are given. `representation` of exact Linear/Conv2d layers: `auto` (cost model), `flat` or
     `factored`. `cuda_graphs`: on CUDA, replay full train batches as one captured graph. `progress`: bars.
     """
 
     batch_size: int = 128
-    max_memory: int = DEFAULT_MAX_MEMORY
+    max_memory: Optional[int] = None
     chunk_size: Optional[int] = None
     test_block: Optional[int] = None
     representation: str = "auto"
@@ -294,7 +295,7 @@ class EngineConfig(_Serializable):
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, f"batch_size must be positive, got {self.batch_size}")
-        _check(self.max_memory >= 1, f"max_memory must be a positive number of bytes, got {self.max_memory}")
+        _check(self.max_memory is None or self.max_memory >= 1, f"max_memory must be a positive number of bytes, got {self.max_memory}")
         for name in ("chunk_size", "test_block"):
             value = getattr(self, name)
             _check(value is None or value >= 1, f"{name} must be positive, got {value}")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from tracin.config import (
+    AUTO_MEMORY_SHARE,
     COARSE_LABELS,
     DATASETS,
     DISTILL,
@@ -404,15 +405,24 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine (the same scores either way)")
     group.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available (default: auto)")
     group.add_argument("--batch-size", type=int, default=engine.batch_size, help="examples per forward/backward (default: %(default)s)")
-    group.add_argument("--max-memory-gb", type=float, default=engine.max_memory / 2**30,
-                       help="memory for kept gradients and score blocks; sets the chunking (default: %(default)s)")
+    group.add_argument("--max-memory-gb", default="auto", metavar="GB|auto",
+                       help="memory for kept gradients and score blocks; sets the chunking. auto: "
+                       f"{AUTO_MEMORY_SHARE:.0%} of the memory free on the device once the model is loaded (CPU: "
+                       "available RAM, shared among torchrun's processes); the plan is printed (default: %(default)s)")
     group.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                        help="run every batch eagerly on CUDA (needed only for a model that cannot be graph-captured)")
 
 
-def _memory_bytes(gigabytes: float) -> int:
+def _memory_bytes(value: str) -> Optional[int]:
+    """--max-memory-gb in bytes; None for auto."""
+    if value == "auto":
+        return None
+    try:
+        gigabytes = float(value)
+    except ValueError:
+        gigabytes = math.nan
     if not math.isfinite(gigabytes) or gigabytes <= 0:
-        raise TracinError(f"--max-memory-gb must be a positive number, got {gigabytes}")
+        raise TracinError(f"--max-memory-gb must be a positive number or auto, got {value}")
     return max(1, int(gigabytes * 2**30))
 
 

@@ -3,12 +3,17 @@ sizing that bounds memory, and the CUDA-graph wrapper of one train batch's featu
 
 from __future__ import annotations
 
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
+from tracin.config import AUTO_MEMORY_SHARE
 from tracin.engine.features import Features
 from tracin.errors import TracinError
 from tracin.training.data import Split, normalize
@@ -36,6 +41,51 @@ class DataSource:
         """(inputs float32, labels) of examples [start, stop) on `device`."""
         inputs, labels = self._get(start, stop)
         return inputs.to(device=device, dtype=torch.float32), labels.to(device)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How a model's scoring is blocked: `budget` bytes (`source`: where the figure comes from), train
+    rows per chunk, test examples per block, and the bytes of kept test features of one block."""
+
+    budget: int
+    source: str
+    chunk: int
+    block: int
+    kept_bytes: int
+
+    def describe(self, n_test: int) -> str:
+        blocks = -(-n_test // self.block)
+        return (f"memory {self.budget / 2**30:.3g} GiB ({self.source}): {blocks} test block(s) of {self.block}, "
+                f"train chunks of {self.chunk} rows, {self.kept_bytes / 2**30:.3g} GiB of test features kept")
+
+
+def auto_memory(device: torch.device) -> tuple[int, str]:
+    """(bytes, where from) for --max-memory-gb auto: AUTO_MEMORY_SHARE of the memory free now on a CUDA
+    device, or of the machine's available RAM (within a cgroup's limit) shared among the processes
+    torchrun started on this machine. The rest is left for activations, a batch's gradients and the
+    allocator."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * AUTO_MEMORY_SHARE), f"auto: {AUTO_MEMORY_SHARE:.0%} of {free / 2**30:.3g} GiB free on {device}"
+    available = available_ram()
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    shared = f", shared by {processes} processes" if processes > 1 else ""
+    return (int(available * AUTO_MEMORY_SHARE / processes),
+            f"auto: {AUTO_MEMORY_SHARE:.0%} of {available / 2**30:.3g} GiB available RAM{shared}")
+
+
+def available_ram() -> int:
+    """Bytes of RAM available to this process: MemAvailable, or less where a cgroup (v2 or v1) limits it."""
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    with contextlib.suppress(OSError, ValueError):
+        meminfo = Path("/proc/meminfo").read_text()
+        available = int(next(line.split()[1] for line in meminfo.splitlines() if line.startswith("MemAvailable:"))) * 1024
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        with contextlib.suppress(OSError, ValueError):
+            available = min(available, int(Path(limit).read_text()) - int(Path(usage).read_text()))
+    return max(available, 1)
 
 
 def block_sizes(

@@ -272,6 +272,12 @@ class TracIn:
     def block_sizes(self, train: Any, test: Any, per_checkpoint: bool = False) -> tuple[int, int]:
         """(train rows per chunk, test examples per block) that keep features and score blocks within
         engine.max_memory (tracin.engine.blocks.block_sizes); explicit chunk_size/test_block win."""
+        plan = self.memory_plan(train, test, per_checkpoint)
+        return plan.chunk, plan.block
+
+    def memory_plan(self, train: Any, test: Any, per_checkpoint: bool = False) -> blocks.MemoryPlan:
+        """The blocking block_sizes returns, with the budget it came from (engine.max_memory, or with None
+        the memory free now: tracin.engine.blocks.auto_memory) and the test features a block keeps."""
         train_source, test_source = DataSource(train, "train"), DataSource(test, "test")
         plans = self.plans(train_source, train_source.n, test_source.n)
         flat_bytes = self.feature_dtype.itemsize  # factored layers stay float32
@@ -280,8 +286,10 @@ class TracIn:
             for p, s in zip(plans, self._layer_shapes(train_source))
         )
         engine = self.engine
-        return blocks.block_sizes(per_example, train_source.n, test_source.n, len(self.checkpoints), engine.max_memory,
-                                  per_checkpoint, engine.chunk_size, engine.test_block, len(self.variants))
+        budget, source = (engine.max_memory, "--max-memory-gb") if engine.max_memory else blocks.auto_memory(self.device)
+        chunk, block = blocks.block_sizes(per_example, train_source.n, test_source.n, len(self.checkpoints), budget,
+                                          per_checkpoint, engine.chunk_size, engine.test_block, len(self.variants))
+        return blocks.MemoryPlan(budget, source, chunk, block, per_example * len(self.checkpoints) * block)
 
     # --- scores ------------------------------------------------------------------------------------
 

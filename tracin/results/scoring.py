@@ -245,9 +245,15 @@ def score_model(store: Optional[ScoreFile], role: str, tracin: TracIn, data: Run
     """Score one model's missing blocks into the file (rank 0 writes; other ranks compute their share)."""
     layout = None
     if runtime.is_main:
-        chunk, block = tracin.block_sizes(data.train, data.test, options.per_checkpoint)
-        scores = store.prepare_model(role, tracin.checkpoints, tracin.parameter_names, chunk, block, options.per_checkpoint,
-                                     tracin.variants, tracin.group_names)
+        plan = tracin.memory_plan(data.train, data.test, options.per_checkpoint)
+        scores = store.prepare_model(role, tracin.checkpoints, tracin.parameter_names, plan.chunk, plan.block,
+                                     options.per_checkpoint, tracin.variants, tracin.group_names)
+        if (scores.row_chunk, scores.test_block) == (plan.chunk, plan.block):
+            runtime.log(f"{role}: {plan.describe(len(data.test))}")
+        else:  # a resumed file keeps the blocking it was started with
+            runtime.log(f"{role}: blocks of the file being resumed: {scores.test_block} test examples, train chunks of "
+                        f"{scores.row_chunk} rows ({plan.budget / 2**30:.3g} GiB, {plan.source}, would make "
+                        f"{plan.block} and {plan.chunk})")
         layout = (scores.row_chunk, scores.test_block, scores.done)
     row_chunk, test_block, done = runtime.broadcast_object(layout)
 
