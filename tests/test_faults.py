@@ -107,16 +107,20 @@ def damage_object_headers(path: Path, *names: str) -> None:
             raw.write(b"\xff" * 16)
 
 
-def test_a_file_with_damaged_metadata_is_salvaged_by_the_same_command(tiny_run, reference, tmp_path):
+@pytest.mark.parametrize("objects,said", [
+    (("student", "teacher/topk"), "made again: student."),
+    (("teacher/topk",), "every model's finished blocks kept"),  # a finished file missing only tables it remakes
+])
+def test_a_file_with_damaged_metadata_is_salvaged_by_the_same_command(tiny_run, reference, tmp_path, objects, said):
     out = tmp_path / "tracin.h5"
     args = score_args(tiny_run, out, *SCORE_ARGS)
     shutil.copy(reference, out)
-    damage_object_headers(out, "student", "teacher/topk")
+    damage_object_headers(out, *objects)
     damaged = hashes(out)["tracin.h5"]
-    assert_one_line_error(command("report", out), "an HDF5 result file is damaged")
+    assert_one_line_error(command("report", out), f"is damaged (/{objects[0]}: ")
     result = command("tracin-score", *args)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "was damaged (/student: " in result.stdout and "made again: student." in result.stdout, result.stdout
+    assert f"was damaged (/{objects[0]}: " in result.stdout and said in result.stdout, result.stdout
     assert_same_results(out, reference)
     assert hashes(out.with_name("tracin.h5.damaged")) == {"tracin.h5.damaged": damaged}  # kept as it was
     assert not list(tmp_path.glob(".tracin.h5.*.tmp"))
@@ -365,7 +369,7 @@ def test_every_bad_train_option_is_one_line_and_leaves_the_run_as_it_was(tiny_ru
 
 
 @pytest.mark.parametrize("entry", ["report", "tracin-notebooks"])
-@pytest.mark.parametrize("case", ["missing", "foreign", "partial"])
+@pytest.mark.parametrize("case", ["missing", "foreign", "partial", "damaged"])
 def test_reports_and_notebooks_refuse_bad_files_in_one_line(tiny_run, reference, tmp_path, entry, case):
     path = tmp_path / "tracin.h5"
     if case == "foreign":
@@ -373,9 +377,13 @@ def test_reports_and_notebooks_refuse_bad_files_in_one_line(tiny_run, reference,
     if case == "partial":
         killed = command("tracin-score", *score_args(tiny_run, path, *SCORE_ARGS), fault="score-block:1:kill")
         assert killed.returncode == -signal.SIGKILL
+    if case == "damaged":
+        shutil.copy(reference, path)
+        damage_object_headers(path, "student")
     before = hashes(tmp_path)
     args = [path, tmp_path / "html"] if entry == "tracin-notebooks" else [path]
-    fragment = {"missing": "does not exist", "foreign": "not a readable HDF5 file", "partial": "is a partial result"}[case]
+    fragment = {"missing": "does not exist", "foreign": "not a readable HDF5 file", "partial": "is a partial result",
+                "damaged": "is damaged (/student: "}[case]
     assert_one_line_error(command(entry, *args), fragment)
     assert hashes(tmp_path) == before
 

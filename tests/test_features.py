@@ -26,4 +26,5 @@ def test_factored_dot_equals_materialized_dot():
 def test_factored_self_dot_equals_squared_norm():
     x = random_factors(6, 2, 5, 7, 4, 0)
     assert relative_error(factored_self_dot(x), x.materialize().pow(2).sum(1)) < 1e-12
-    assert relative_error(factored_self_dot(x, max_elements=10), x.materialize().pow(2).sum(1)) < 1e-12  # chunks
+    for max_elements in (10, 200):  # chunks of 1 and of 4 examples (each Gram pair holds 2 * 5 * 5 values)
+        assert relative_error(factored_self_dot(x, max_elements=max_elements), x.materialize().pow(2).sum(1)) < 1e-12

@@ -93,23 +93,45 @@ def test_invariant_to_batch_chunk_and_test_block_sizes(setup):
 
 def test_auto_memory_is_a_share_of_the_available_ram_split_among_this_machines_processes(setup, monkeypatch):
     from tracin.config import AUTO_MEMORY_SHARE
-    from tracin.engine.blocks import auto_memory, block_sizes
+    from tracin.engine.blocks import auto_memory, available_ram, block_sizes
 
-    meminfo = Path("/proc/meminfo").read_text()
-    available = int(next(line.split()[1] for line in meminfo.splitlines() if line.startswith("MemAvailable:"))) * 1024
+    ram = available_ram()
     budget, source = auto_memory(torch.device("cpu"))
-    assert 0.8 * AUTO_MEMORY_SHARE * available < budget < 1.2 * AUTO_MEMORY_SHARE * available  # RAM moves meanwhile
+    assert 0.8 * AUTO_MEMORY_SHARE * ram < budget < 1.2 * AUTO_MEMORY_SHARE * ram  # RAM moves meanwhile
     assert source.startswith("auto: 75% of")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     quarter, source = auto_memory(torch.device("cpu"))
     assert 0.8 * budget / 4 < quarter < 1.2 * budget / 4 and "shared by 4 processes" in source
     model, checkpoints, train, test, _ = setup
-    plan = TracIn(model, checkpoints).memory_plan(train, test)  # EngineConfig's default: auto
+    plan = TracIn(model, checkpoints, device="cpu").memory_plan(train, test)  # EngineConfig's default: auto
     assert plan.source.startswith("auto") and 0.8 * quarter < plan.budget < 1.2 * quarter
-    fixed = TracIn(model, checkpoints, engine=EngineConfig(max_memory=100_000)).memory_plan(train, test)
+    fixed = TracIn(model, checkpoints, engine=EngineConfig(max_memory=100_000), device="cpu").memory_plan(train, test)
     per_example = fixed.kept_bytes // (fixed.block * len(checkpoints))
     assert (fixed.chunk, fixed.block) == block_sizes(per_example, len(train[0]), len(test[0]), len(checkpoints), 100_000)
     assert fixed.source == "--max-memory-gb" and "test block(s) of" in fixed.describe(len(test[0]))
+
+
+@pytest.mark.parametrize("cgroup,expected", [
+    (None, 8_000 * 1024),  # no cgroup: MemAvailable
+    (("0::/job\n", "sys/fs/cgroup/job", "memory.max", "5000000", "memory.current", "3000000", "inactive_file 1000000"),
+     3_000_000),  # v2: limit less usage, page cache not counted
+    (("0::/\n", "sys/fs/cgroup", "memory.max", "max", "memory.current", "3000000", "inactive_file 0"), 8_000 * 1024),
+    (("4:memory:/slurm/job\n", "sys/fs/cgroup/memory/slurm/job", "memory.limit_in_bytes", "2000000",
+      "memory.usage_in_bytes", "1500000", "total_inactive_file 500000"), 1_000_000),  # v1
+])
+def test_available_ram_is_meminfo_within_the_cgroup_limit(tmp_path, cgroup, expected):
+    from tracin.engine.blocks import available_ram
+
+    (tmp_path / "proc/self").mkdir(parents=True)
+    (tmp_path / "proc/meminfo").write_text("MemTotal: 16000 kB\nMemFree: 1000 kB\nMemAvailable: 8000 kB\n")
+    if cgroup is not None:
+        line, folder, limit_file, limit, usage_file, usage, stat = cgroup
+        (tmp_path / "proc/self/cgroup").write_text(line)
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / limit_file).write_text(limit + "\n")
+        (tmp_path / folder / usage_file).write_text(usage + "\n")
+        (tmp_path / folder / "memory.stat").write_text(f"anon 5\n{stat}\n")
+    assert available_ram(tmp_path) == expected
 
 
 def test_each_example_gradient_is_computed_once_per_checkpoint(setup):

@@ -4,12 +4,12 @@ stderr and exit code 2; so does a usage error. Anything else is a bug and keeps 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import errno
 import math
 import os
 import sys
-import traceback
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -87,66 +87,65 @@ def _disk_fault(error: Exception) -> Optional[str]:
     return None
 
 
-def _hdf5_damage(error: Exception) -> Optional[str]:
-    """h5py's report of a damaged file (metadata a full disk or a crash left half written), or None."""
-    frames = traceback.extract_tb(error.__traceback__)
-    if not isinstance(error, (KeyError, OSError, RuntimeError, ValueError)) or not any("h5py" in f.filename for f in frames):
-        return None
-    reason = str(error).strip().strip("'\"").splitlines()[0]
-    return None if "doesn't exist" in reason or "does not exist" in reason else reason
-
-
 def _exit_keeping_hdf5_files(code: int) -> int:
-    """After a failed write, an HDF5 file open for writing is left as a kill would leave it: closing it
-    would flush half-written metadata over its last consistent state (and h5py can crash doing so)."""
+    """After a full disk, an HDF5 file open for writing is left as a kill would leave it: closing it would
+    flush half-written metadata over its last consistent state (and h5py can crash doing so)."""
     if "h5py" in sys.modules:
-        from tracin.results.store import open_for_writing
+        from tracin.results.store import hdf5_open_for_writing
 
-        if open_for_writing():
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+        if hdf5_open_for_writing():
+            _exit_now(code)
     return code
 
 
-def run_command(prog: str, work: Callable[[], object], how_to_continue: str) -> int:
-    """Exit code of a command: 0 done, 2 a user mistake, a full/read-only disk or a damaged HDF5 file (one
-    line), 130 interrupted (saying how to go on). Anything else is a bug and keeps its traceback."""
-    def disk_fault(reason: str) -> int:
-        return _exit_keeping_hdf5_files(_fail(prog, f"{reason}; finished work is kept: fix it and {how_to_continue}"))
+def _exit_now(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
+
+@contextlib.contextmanager
+def _full_disk_inside_h5py(stop: Callable[[str], int]):
+    """h5py meets a full disk while it closes an object, where nothing can raise (Cython prints the error
+    through sys.excepthook, then passes it to sys.unraisablehook): the command stops there with
+    stop(reason)'s one line, instead of printing a traceback and going on."""
     def unraisable(report) -> None:
-        """h5py meets a full disk while it closes an object, where nothing can raise: the command stops."""
         reason = _disk_fault(report.exc_value)
-        if reason is None:
+        if reason is None or "h5py" not in repr(report.object):
             return previous_hook(report)
-        os._exit(disk_fault(reason))
+        _exit_now(stop(reason))
 
     def excepthook(kind, error, trace) -> None:
-        """Cython prints such an error through sys.excepthook before it reaches `unraisable`: not a traceback."""
         if _disk_fault(error) is None:
             previous_excepthook(kind, error, trace)
 
     previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     previous_excepthook, sys.excepthook = sys.excepthook, excepthook
     try:
-        work()
+        yield
+    finally:
+        sys.unraisablehook, sys.excepthook = previous_hook, previous_excepthook
+
+
+def run_command(prog: str, work: Callable[[], object], how_to_continue: str) -> int:
+    """Exit code of a command: 0 done, 2 a user mistake or a full/read-only disk (one line), 130
+    interrupted (saying how to go on). Anything else is a bug and keeps its traceback."""
+    def disk_fault(reason: str) -> int:
+        return _exit_keeping_hdf5_files(_fail(prog, f"{reason}; finished work is kept: fix it and {how_to_continue}"))
+
+    try:
+        with _full_disk_inside_h5py(disk_fault):
+            work()
     except TracinError as error:
         return _fail(prog, error)
-    except (KeyError, OSError, RuntimeError, ValueError) as error:
+    except (OSError, RuntimeError, ValueError) as error:  # h5py reports a full disk as any of these
         reason = _disk_fault(error)
-        if reason is not None:
-            return disk_fault(reason)
-        reason = _hdf5_damage(error)
         if reason is None:
             raise
-        return _fail(prog, f"an HDF5 result file is damaged ({reason}), as a full disk or a crash while writing "
-                           "leaves it; run the tracin-score command that wrote it again: it salvages what reads")
+        return disk_fault(reason)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; {how_to_continue}", file=sys.stderr)
         return 130
-    finally:
-        sys.unraisablehook, sys.excepthook = previous_hook, previous_excepthook
     return 0
 
 

@@ -62,30 +62,57 @@ class MemoryPlan:
 
 def auto_memory(device: torch.device) -> tuple[int, str]:
     """(bytes, where from) for --max-memory-gb auto: AUTO_MEMORY_SHARE of the memory free now on a CUDA
-    device, or of the machine's available RAM (within a cgroup's limit) shared among the processes
-    torchrun started on this machine. The rest is left for activations, a batch's gradients and the
-    allocator."""
+    device (what PyTorch holds cached counts as free), or of the RAM available to this process (within
+    its cgroup's limit) shared among the processes torchrun started on this machine. The rest is left
+    for activations, a batch's gradients and the allocator."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return int(free * AUTO_MEMORY_SHARE), f"auto: {AUTO_MEMORY_SHARE:.0%} of {free / 2**30:.3g} GiB free on {device}"
     available = available_ram()
-    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    try:
+        processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        processes = 1
     shared = f", shared by {processes} processes" if processes > 1 else ""
     return (int(available * AUTO_MEMORY_SHARE / processes),
             f"auto: {AUTO_MEMORY_SHARE:.0%} of {available / 2**30:.3g} GiB available RAM{shared}")
 
 
-def available_ram() -> int:
-    """Bytes of RAM available to this process: MemAvailable, or less where a cgroup (v2 or v1) limits it."""
-    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    with contextlib.suppress(OSError, ValueError):
-        meminfo = Path("/proc/meminfo").read_text()
-        available = int(next(line.split()[1] for line in meminfo.splitlines() if line.startswith("MemAvailable:"))) * 1024
-    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+def available_ram(root: Path = Path("/")) -> int:
+    """Bytes of RAM this process may still use: /proc/meminfo's MemAvailable, or less where its cgroup
+    (v2 or v1, found in /proc/self/cgroup) limits it: the limit less what the cgroup uses, reclaimable
+    page cache (inactive_file) not counted. `root` prefixes every path (for tests)."""
+    available = 0
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        meminfo = (root / "proc/meminfo").read_text().splitlines()
+        available = int(next(line.split()[1] for line in meminfo if line.startswith("MemAvailable:"))) * 1024
+    if not available:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for folder, limit, usage, inactive in _cgroup_memory_files(root):
         with contextlib.suppress(OSError, ValueError):
-            available = min(available, int(Path(limit).read_text()) - int(Path(usage).read_text()))
+            used = int((folder / usage).read_text())
+            with contextlib.suppress(OSError, ValueError, StopIteration):
+                stat = (folder / "memory.stat").read_text().splitlines()
+                used -= int(next(line.split()[1] for line in stat if line.split()[0] == inactive))
+            available = min(available or 2**62, int((folder / limit).read_text()) - used)  # "max": no limit
     return max(available, 1)
+
+
+def _cgroup_memory_files(root: Path) -> list[tuple[Path, str, str, str]]:
+    """(folder, limit file, usage file, inactive-file key of memory.stat) of this process's cgroups."""
+    found = []
+    with contextlib.suppress(OSError):
+        for line in (root / "proc/self/cgroup").read_text().splitlines():
+            hierarchy, controllers, path = line.split(":", 2)
+            relative = path.lstrip("/")
+            if hierarchy == "0" and controllers == "":
+                found.append((root / "sys/fs/cgroup" / relative, "memory.max", "memory.current", "inactive_file"))
+            elif "memory" in controllers.split(","):
+                found.append((root / "sys/fs/cgroup/memory" / relative, "memory.limit_in_bytes",
+                              "memory.usage_in_bytes", "total_inactive_file"))
+    return found
 
 
 def block_sizes(

@@ -15,6 +15,8 @@ from torch import Tensor
 
 from tracin.engine.grads import Factors
 
+MAX_INTERMEDIATE = 2**26  # values (256 MiB of float32) per intermediate of a factored product
+
 
 @dataclass
 class Features:
@@ -42,7 +44,7 @@ class Features:
         """Tensor[n_parts, n] float32: the squared norms' parts kept by kept_as, else computed now."""
         return self.squared_parts if self.squared_parts is not None else self.self_dot_parts().float()
 
-    def dot(self, other: "Features", max_elements: int = 2**26) -> Tensor:
+    def dot(self, other: "Features", max_elements: int = MAX_INTERMEDIATE) -> Tensor:
         """Tensor[n, m] float32: inner products of every example here with every example of `other`,
         accumulated layer by layer (one matrix product each). Flat layers are multiplied in the dtype
         `other` keeps them in: a bfloat16 product accumulates in float32 inside the matrix product and
@@ -50,7 +52,7 @@ class Features:
         return self.dot_by_group(other, None, 1, max_elements)[0]
 
     def dot_by_group(self, other: "Features", part_group: Optional[Sequence[int]], n_groups: int,
-                     max_elements: int = 2**26) -> Tensor:
+                     max_elements: int = MAX_INTERMEDIATE) -> Tensor:
         """Tensor[n_groups, n, m] float32: the inner products split by layer group, part p (self_dot_parts
         order) adding into group part_group[p] (None: every part into group 0). Summed over groups, dot."""
         reference = (self.flats or [self.factored[0].G])[0]
@@ -94,7 +96,7 @@ def _gram(x: Tensor, y: Tensor) -> Tensor:
     return torch.bmm(x, y.transpose(1, 2))
 
 
-def factored_dot(x: Factors, y: Factors, max_elements: int = 2**26) -> Tensor:
+def factored_dot(x: Factors, y: Factors, max_elements: int = MAX_INTERMEDIATE) -> Tensor:
     """Tensor[n, m] = sum_g sum_{t,s} (A_x[n,g,t] . A_y[m,g,s] + bias) (G_x[n,g,t] . G_y[m,g,s]),
     computed as batched matrix products over column chunks of at most ~max_elements intermediates."""
     n, groups, t, _ = x.A.shape
@@ -113,10 +115,12 @@ def factored_dot(x: Factors, y: Factors, max_elements: int = 2**26) -> Tensor:
     return torch.cat(columns, dim=1)
 
 
-def factored_self_dot(x: Factors, max_elements: int = 2**26) -> Tensor:
+def factored_self_dot(x: Factors, max_elements: int = MAX_INTERMEDIATE) -> Tensor:
     """Tensor[n]: sum_g sum_{t,s} (a_t.a_s + bias)(g_t.g_s) for each example, over chunks of examples
     whose [groups, t, t] Gram matrices hold at most ~max_elements values."""
     n, groups, t, d_in = x.A.shape
+    if n == 0:
+        return x.A.new_zeros(0)
     step = max(1, max_elements // max(1, groups * t * t))
     norms = []
     for start in range(0, n, step):

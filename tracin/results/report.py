@@ -29,7 +29,7 @@ from tracin.config import DataConfig
 from tracin.training.data import load_data
 from tracin.errors import StoreError, TracinError
 from tracin.files import write_atomic
-from tracin.results.store import ScoreFile
+from tracin.results.store import ScoreFile, find_damage
 
 INSPECTED = (0.1, 0.2)  # fractions of the training set at which mislabel detection is reported
 GROUP_MARK = " only"  # ends the ranking name of a layer group's self-influence ("teacher: self-influence, layer1 only")
@@ -280,7 +280,12 @@ def choose_test_rows(store: ScoreFile, count: int = 3) -> list[int]:
 
 
 def check_finished(store: ScoreFile) -> None:
-    """Figures and tables are made of finished files only: a partial one is refused, saying so."""
+    """Figures and tables are made of whole, finished files only: a damaged or partial one is refused,
+    saying so."""
+    problems = find_damage(store.path)
+    if problems:
+        raise StoreError(f"{store.path} is damaged ({problems[0]}), as a full disk or a crash while writing leaves it: "
+                         "run the tracin-score command that wrote it again, which salvages what reads")
     if store.status != "complete":
         raise TracinError(
             f"{store.path} is a partial result (tracin-score was interrupted): run the same tracin-score "

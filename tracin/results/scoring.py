@@ -331,6 +331,7 @@ def checked_models(run: TrainedRun, options: ScoreOptions, data: RunData, runtim
         tracin = build_engine(name, run, options, runtime)
         tracin.block_sizes(data.train, data.test, options.per_checkpoint)
         digests[name] = checkpoints_digest(tracin.checkpoints)
+        del tracin  # before the next model's checkpoints are loaded
     return digests
 
 
@@ -356,7 +357,7 @@ def _open_store(out: Path, options: ScoreOptions, run: TrainedRun, data: RunData
     settings = settings_of(options, run, data, digests)
     store, resumed = ScoreFile.create_or_resume(out, settings, file_attrs(options, run, data), data_arrays(data), options.overwrite)
     if store.salvaged is not None:
-        print(salvage_message(store.path, store.salvaged), flush=True)
+        print(describe_salvage(store.path, store.salvaged), flush=True)
     if resumed:
         print(f"resuming {store.path}: finished blocks are kept", flush=True)
     if store.path != out:
@@ -364,7 +365,7 @@ def _open_store(out: Path, options: ScoreOptions, run: TrainedRun, data: RunData
     return store
 
 
-def salvage_message(path: Path, salvaged: Salvage) -> str:
+def describe_salvage(path: Path, salvaged: Salvage) -> str:
     """What a salvage found and did, in two lines."""
     first = salvaged.damage[0] + (f" (and {len(salvaged.damage) - 1} more)" if len(salvaged.damage) > 1 else "")
     remade = f"made again: {', '.join(salvaged.dropped)}" if salvaged.dropped else "every model's finished blocks kept"

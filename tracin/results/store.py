@@ -72,9 +72,11 @@ in flight, and the file stays readable.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -217,47 +219,67 @@ class ScoreFile:
         cls, path: Path, settings: dict, attrs: dict, data: DataArrays, overwrite: bool
     ) -> tuple["ScoreFile", bool]:
         """(file, resumed). A partial file with the same settings is resumed; a finished one is kept
-        unless overwrite; a partial one with other settings is refused, saying why. With overwrite the
-        new result is made beside the old one (replacing_path) and moves over it only when complete
+        unless overwrite; one with other settings is refused, saying why. A damaged file (find_damage)
+        with the same settings is salvaged first and resumed, finished or not. With overwrite the new
+        result is made beside the old one (replacing_path) and moves over it only when complete
         (mark_complete), so a failure or a kill leaves the old result as it was."""
         path = Path(path)
         if not path.exists():
             return cls._create(path, settings, attrs, data), False
         if not overwrite:
-            salvaged = salvage_if_damaged(path)
-            store = cls.open_read_write(path)
-            store.salvaged = salvaged
-            store._check_resumable(settings)
-            return store, True
+            return cls._resume(path, settings), True
         cls.open_read(path).close()  # --overwrite replaces tracin-score results only, readable ones
         work = replacing_path(path)
         if work.exists():
-            salvaged = salvage_if_damaged(work)
-            store = cls.open_read_write(work)
-            store.salvaged = salvaged
-            if store._resumable(settings):
+            stored, _ = cls._header(work)
+            if not _differences(stored, settings):
+                store = cls._resume(work, settings, finished_too=True)
                 store._replaces = path
+                if store.status == "complete":
+                    store.mark_complete()  # finished, killed before its rename: publish it, redo nothing
                 return store, True
-            if store.status == "complete" and store._same_settings(settings):
-                store._replaces = path  # finished, killed before its rename: publish it, redo nothing
-                store.mark_complete()
-                return store, True
-            store.close()
             work.unlink()  # our own replacement, made with other settings (or other checkpoints)
         store = cls._create(work, settings, attrs, data)
         store._replaces = path
         return store, False
 
     @classmethod
+    def _header(cls, path: Path) -> tuple[dict, str]:
+        """(settings, status) of a tracin-score file, read only; a file whose header does not read is refused."""
+        with cls.open_read(path) as store:
+            try:
+                return json.loads(store._h5.attrs["settings"]), store.status
+            except HDF5_ERRORS as error:
+                raise StoreError(f"{path} is damaged beyond salvage: its header does not read ({_reason(error)}); "
+                                 "pass --overwrite to score afresh") from None
+
+    @classmethod
+    def _resume(cls, path: Path, settings: dict, finished_too: bool = False) -> "ScoreFile":
+        """The file at `path` opened to continue: checked (header, settings, status) before anything
+        changes, then salvaged if damaged. A finished whole file is refused unless finished_too."""
+        stored, status = cls._header(path)
+        problems = find_damage(path)
+        if status == "complete" and not problems and not finished_too:
+            raise StoreError(f"{path} is a finished result; pass --overwrite to replace it, or --out elsewhere")
+        differences = _differences(stored, settings)
+        if differences:
+            raise StoreError(
+                f"{path} holds a result made with other settings: {'; '.join(differences)}. "
+                "Rerun with the original options, or pass --overwrite to start again"
+            )
+        salvaged = salvage(path, problems) if problems else None
+        store = cls.open_read_write(path)
+        store.salvaged = salvaged
+        return store
+
+    @classmethod
     def _create(cls, path: Path, settings: dict, attrs: dict, data: DataArrays) -> "ScoreFile":
         """A new file whose header is written in a temporary file that is renamed into place only when
         whole: a kill during the header leaves no half file at `path`."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, default_mode())
-        os.close(fd)
+        tmp = _temporary_beside(path)
         try:
-            handle = open_h5(Path(tmp), "w")  # not closed after a failed write: see open_for_writing
+            handle = open_h5(Path(tmp), "w")  # not closed after a failed write: see hdf5_open_for_writing
             cls(handle, Path(tmp))._write_header(settings, attrs, data)
             handle.close()
             fsync_file(tmp)
@@ -284,27 +306,15 @@ class ScoreFile:
         return store
 
     def _check_format(self) -> None:
-        if self._h5.attrs.get("format") != FORMAT:
+        try:
+            fmt = self._h5.attrs.get("format")
+        except HDF5_ERRORS as error:
+            self._h5.close()
+            raise StoreError(f"{self.path} is damaged beyond salvage: its header does not read ({_reason(error)}); "
+                             "pass --overwrite to score afresh") from None
+        if fmt != FORMAT:
             self._h5.close()
             raise StoreError(f"{self.path} is not a tracin-score result file")
-
-    def _same_settings(self, settings: dict) -> bool:
-        return not _differences(json.loads(self._h5.attrs["settings"]), settings)
-
-    def _resumable(self, settings: dict) -> bool:
-        return self.status != "complete" and self._same_settings(settings)
-
-    def _check_resumable(self, settings: dict) -> None:
-        if self.status == "complete":
-            self.close()
-            raise StoreError(f"{self.path} is a finished result; pass --overwrite to replace it, or --out elsewhere")
-        differences = _differences(json.loads(self._h5.attrs["settings"]), settings)
-        if differences:
-            self.close()
-            raise StoreError(
-                f"{self.path} holds a partial result made with other settings: {'; '.join(differences)}. "
-                "Rerun with the original options, or pass --overwrite to start again"
-            )
 
     def _write_header(self, settings: dict, attrs: dict, data: DataArrays) -> None:
         self._h5.attrs.update(
@@ -682,8 +692,8 @@ class ScoreFile:
         return self
 
     def __exit__(self, kind, error, trace) -> None:
-        if isinstance(error, HDF5_ERRORS) and self._h5.id.valid and self._h5.mode == "r+":
-            return  # a write failed (a full disk): left as a kill leaves it, see open_for_writing
+        if disk_full(error) and self._h5.id.valid and self._h5.mode == "r+":
+            return  # left as a kill leaves it, see hdf5_open_for_writing
         self.close()
 
 
@@ -699,11 +709,11 @@ HDF5_ERRORS = (KeyError, OSError, RuntimeError, ValueError)  # how h5py reports 
 
 @dataclass(frozen=True)
 class Salvage:
-    """What salvage_if_damaged did: the damage it found, the objects it left behind (made again by the
-    run; a model's name means all its scores) and where the damaged file is kept."""
+    """What salvage did: the damage it found, the objects it left behind (made again by the run; a
+    model's name means all its scores) and where the damaged file is kept."""
 
-    damage: list[str]
-    dropped: list[str]
+    damage: tuple[str, ...]
+    dropped: tuple[str, ...]
     damaged_copy: Path
 
 
@@ -712,21 +722,20 @@ def _reason(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def damage(path: Path) -> list[str]:
-    """What of the file HDF5 cannot read: every group, attribute and dataset is opened, every chunk index
-    walked and every unchunked dataset read. Empty when the file is whole. Score chunks are not read (a
-    resume reads the finished ones for finite values), so this stays cheap on large files."""
-    try:
-        handle = h5py.File(path, "r")
-    except HDF5_ERRORS as error:
-        return [f"/: {_reason(error)}"]
-    with handle:
+def find_damage(path: Path) -> list[str]:
+    """What of the file HDF5 cannot read, as "OBJECT: reason" lines ("/: ..." for the root's own
+    attributes): every group, attribute and dataset is opened, every chunk index walked and every
+    unchunked dataset read. Empty when the file is whole. Score chunks are not read (a resume reads the
+    finished ones for finite values), so this stays cheap on large files. A file that does not open at
+    all is a StoreError (open_h5)."""
+    with open_h5(path, "r") as handle:
         problems: list[str] = []
         _check_object(handle, os.path.getsize(path), problems)
         return problems
 
 
 def _check_object(item: h5py.Group | h5py.Dataset, file_size: int, problems: list[str]) -> None:
+    """Append to `problems` what of `item` and everything under it does not read."""
     name = item.name
     try:
         dict(item.attrs)
@@ -747,6 +756,8 @@ def _check_object(item: h5py.Group | h5py.Dataset, file_size: int, problems: lis
 
 
 def _check_dataset(dataset: h5py.Dataset, file_size: int) -> None:
+    """Raise if the dataset does not read: an unchunked one is read whole, a chunked one's index is
+    walked and every chunk must lie inside the file's `file_size` bytes."""
     if dataset.chunks is None:
         dataset[()]
         return
@@ -755,24 +766,23 @@ def _check_dataset(dataset: h5py.Dataset, file_size: int) -> None:
         if chunk.byte_offset + chunk.size > file_size:
             raise ValueError(f"a chunk lies past the end of the file ({chunk.byte_offset} + {chunk.size} > {file_size})")
 
-    dataset.id.chunk_iter(inside)
+    if hasattr(dataset.id, "chunk_iter"):  # h5py >= 3.8 on HDF5 >= 1.14: one pass over the index
+        dataset.id.chunk_iter(inside)
+    else:
+        for index in range(dataset.id.get_num_chunks()):
+            inside(dataset.id.get_chunk_info(index))
 
 
-def salvage_if_damaged(path: Path) -> Optional[Salvage]:
-    """None for a whole file. For a damaged one: a fresh file with everything that reads replaces it at
-    `path`, and the damaged file is kept beside it (damaged_copy). Of a model's group the parts that read
-    are kept; a model whose scores, bookkeeping or checkpoints do not read is dropped and scored again.
-    Other damaged groups (comparisons, tables) are dropped; the run writes them again. A file whose
-    header does not read cannot be salvaged (StoreError)."""
-    problems = damage(path)
-    if not problems or problems[0].startswith("/:"):
-        return None  # whole, or not an HDF5 file that opens: open_h5 says which
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, default_mode())
-    os.close(fd)
+def salvage(path: Path, problems: Sequence[str]) -> Salvage:
+    """Replace the damaged file at `path` (its find_damage `problems`) by a fresh one holding everything
+    that reads, and keep the damaged file beside it (Salvage.damaged_copy). Of a model's group the parts
+    that read are kept; a model whose scores, bookkeeping or checkpoints do not read is dropped and scored
+    again. Other damaged groups (comparisons, tables) are dropped; the run writes them again. The fresh
+    file is partial. A file whose header does not read cannot be salvaged (StoreError)."""
+    tmp = _temporary_beside(path)
     try:
-        with h5py.File(path, "r") as source:
-            target = open_h5(Path(tmp), "w")  # not closed after a failed write: see open_for_writing
+        with open_h5(path, "r") as source:
+            target = open_h5(Path(tmp), "w")  # not closed after a failed write: see hdf5_open_for_writing
             dropped = _copy_readable(source, target, path, problems)
             target.close()
         fsync_file(tmp)
@@ -781,14 +791,23 @@ def salvage_if_damaged(path: Path) -> Optional[Salvage]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return Salvage(problems, dropped, kept)
+    return Salvage(tuple(problems), tuple(dropped), kept)
 
 
-def _copy_readable(source: h5py.File, target: h5py.File, path: Path, problems: list[str]) -> list[str]:
+def _temporary_beside(path: Path) -> str:
+    """An empty `.NAME.*.tmp` beside `path` with the tool's file mode; a killed writer's are removed by
+    tracin.files.remove_stale_temporaries."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, default_mode())
+    os.close(fd)
+    return tmp
+
+
+def _copy_readable(source: h5py.File, target: h5py.File, path: Path, problems: Sequence[str]) -> list[str]:
     """Copy the readable objects of a damaged file; returns the names left behind."""
     try:
-        if source.attrs.get("format") != FORMAT:
-            raise StoreError(f"{path} is not a tracin-score result file")
+        if _damaged(problems, "/") or source.attrs.get("format") != FORMAT:
+            raise KeyError("the root's attributes")
         target.attrs.update(dict(source.attrs))
         for name in (*HEADER_ARRAYS, *HEADER_MASKS, "noisy"):
             if name in source:
@@ -796,6 +815,7 @@ def _copy_readable(source: h5py.File, target: h5py.File, path: Path, problems: l
     except HDF5_ERRORS as error:
         raise StoreError(f"{path} is damaged beyond salvage: its header does not read ({_reason(error)}); "
                          "pass --overwrite to score afresh") from None
+    target.attrs["status"] = "partial"  # whatever was left behind is made again by the run
     dropped = []
     for name in _readable_keys(source):
         if name in target:
@@ -804,13 +824,14 @@ def _copy_readable(source: h5py.File, target: h5py.File, path: Path, problems: l
             source.copy(source[name], target, name)
         elif not _copy_model_parts(source, target, name, problems):
             dropped.append(name)
-    if dropped:
-        target.attrs["status"] = "partial"
     return dropped
 
 
-def _damaged(problems: list[str], name: str) -> bool:
-    """Whether the object `name` ("/teacher", "/teacher/done") or anything under it is damaged."""
+def _damaged(problems: Sequence[str], name: str) -> bool:
+    """Whether the object `name` ("/", "/teacher", "/teacher/done") or anything under it is damaged
+    ("/" alone: the root's own attributes)."""
+    if name == "/":
+        return any(problem.startswith("/:") for problem in problems)
     return any(problem.startswith((f"{name}:", f"{name}/")) for problem in problems)
 
 
@@ -821,7 +842,7 @@ def _readable_keys(group: h5py.Group) -> list[str]:
         return []
 
 
-def _copy_model_parts(source: h5py.File, target: h5py.File, name: str, problems: list[str]) -> bool:
+def _copy_model_parts(source: h5py.File, target: h5py.File, name: str, problems: Sequence[str]) -> bool:
     """Copy the parts of a damaged model group that read; False (nothing copied) when what holds its
     finished blocks does not read: then the model is scored again. Its top-k tables and last losses are
     written again by every run, so they may be left behind."""
@@ -845,21 +866,35 @@ def _copy_model_parts(source: h5py.File, target: h5py.File, name: str, problems:
 
 
 def _keep_damaged(path: Path) -> Path:
-    """A hard link to the damaged file as NAME.damaged (NAME.damaged-2, ... when taken), so replacing
-    NAME deletes nothing."""
+    """The damaged file kept as NAME.damaged (NAME.damaged-2, ... when taken) before NAME is replaced: a
+    hard link, or a copy where the file system has none."""
     for number in itertools.count(1):
         kept = path.with_name(f"{path.name}.damaged" + (f"-{number}" if number > 1 else ""))
         if kept.exists() and kept.samefile(path):
             return kept  # linked by a salvage killed before its rename
-        if not kept.exists():
+        if kept.exists():
+            continue
+        try:
             os.link(path, kept)
-            return kept
+        except OSError as error:
+            if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                raise
+            shutil.copy2(path, kept)
+            fsync_file(kept)
+        return kept
 
 
-def open_for_writing() -> bool:
-    """Whether this process has an HDF5 file open for writing. After a failed write (a full disk) such a
-    file must not be closed: closing flushes half-written metadata over the last consistent state, and
-    h5py may crash doing so. The caller exits at once instead (os._exit), as a kill would."""
+def disk_full(error: Optional[BaseException]) -> bool:
+    """Whether `error` is a full disk or quota, as h5py (often without an errno) or the OS reports it."""
+    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(error, Exception) and any(words in str(error) for words in ("No space left on device", "Disk quota exceeded"))
+
+
+def hdf5_open_for_writing() -> bool:
+    """Whether this process has an HDF5 file open for writing. After a full disk such a file must not be
+    closed: closing flushes half-written metadata over its last consistent state, and h5py may crash doing
+    so. The caller exits at once instead (os._exit), as a kill would."""
     return any(file_id.get_intent() & h5py.h5f.ACC_RDWR for file_id in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE))
 
 
