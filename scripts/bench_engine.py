@@ -2,7 +2,8 @@
 """Benchmark the TracIn engine against its references, side by side in one process.
 
 Every contestant gets the same model (a student: ResNet-34 stem + first stages), the same checkpoints
-and the same data, and the script prints time ratios and the largest relative difference of the scores:
+and the same data, and the script prints time ratios, each contestant's peak device memory (CUDA) and the
+largest relative difference of the scores:
 
   tracin exact            all parameters (BatchNorm included), cost-model representations
   tracin exact eager      the same without CUDA graphs (CUDA only: on a CPU every batch runs eagerly)
@@ -58,7 +59,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--proj-dim", type=int, default=1024)
     parser.add_argument("--captum-test-batch", type=int, default=128, help="test examples per captum influence call")
-    parser.add_argument("--max-memory-gb", type=float, default=4.0)
+    parser.add_argument("--max-memory-gb", default="auto", help="as tracin-score's: GB, or auto (default: %(default)s)")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matrix products and convolutions (CUDA), for all")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="run every engine contestant eagerly")
     parser.add_argument("--only", nargs="*", choices=CONTESTANTS, help="run only these contestants")
@@ -118,6 +119,7 @@ def timed(device: str, run: Callable[[], torch.Tensor | None], repeat: int) -> t
     for _ in range(repeat):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         result = run()
         if device.startswith("cuda"):
@@ -188,20 +190,24 @@ def main() -> None:
         f"{args.checkpoints} checkpoints, {args.n_train} train x {args.n_test} test, "
         f"{args.channels}x{args.image_size}x{args.image_size} inputs, batch {args.batch_size}"
     )
-    times, scores = {}, {}
+    times, scores, peaks = {}, {}, {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in selected:
             if args.warmup:
                 warm[name]()  # one-time costs (allocator, kernel selection) stay out of the timing
             times[name], scores[name] = timed(args.device, runs[name], args.repeat)
-            print(f"  {name:14s} {times[name]:9.2f} s", flush=True)
-    report(times, scores, args)
+            peak = ""
+            if args.device.startswith("cuda"):  # of the last timed run: what the contestant held on the device at most
+                peaks[name] = torch.cuda.max_memory_allocated() / 2**30
+                peak = f"   peak {peaks[name]:7.2f} GiB"
+            print(f"  {name:14s} {times[name]:9.2f} s{peak}", flush=True)
+    report(times, scores, args, peaks)
 
 
 def contestants(model, checkpoints, train, test, conv_fc, args, zoo) -> dict[str, Callable[[], torch.Tensor | None]]:
-    engine = EngineConfig(batch_size=args.batch_size, max_memory=int(args.max_memory_gb * 2**30),
-                          cuda_graphs=not args.no_cuda_graphs)
+    budget = None if args.max_memory_gb == "auto" else int(float(args.max_memory_gb) * 2**30)
+    engine = EngineConfig(batch_size=args.batch_size, max_memory=budget, cuda_graphs=not args.no_cuda_graphs)
     exact = ScoreConfig(precision="tf32" if args.tf32 else "float32")
     on = dict(engine=engine, device=args.device)
     return {
@@ -229,7 +235,7 @@ def reference_scores(model, checkpoints, train, test, args) -> torch.Tensor:
     ).cpu()
 
 
-def report(times: dict, scores: dict, args: argparse.Namespace) -> None:
+def report(times: dict, scores: dict, args: argparse.Namespace, peaks: dict) -> None:
     comparisons = [
         ("exact vs torch.func reference", "reference", "exact", "faster", "target >= 2x"),
         ("exact eager vs torch.func reference", "reference", "exact-eager", "faster", "(without CUDA graphs)"),
@@ -239,7 +245,7 @@ def report(times: dict, scores: dict, args: argparse.Namespace) -> None:
         ("projected / floor", "projected", "floor", "of the floor", "target <= 3x"),
         ("resnet18 exact vs torch.func reference", "resnet18-reference", "resnet18-exact", "faster", "(torchvision model)"),
     ]
-    results = {"args": vars(args), "seconds": times, "ratios": {}, "max_rel_diff": {}}
+    results = {"args": vars(args), "seconds": times, "peak_gib": peaks, "ratios": {}, "max_rel_diff": {}}
     print("\nratios (same process, same data):")
     for label, slow, fast, word, target in comparisons:
         if slow in times and fast in times:
