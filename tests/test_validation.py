@@ -82,6 +82,16 @@ def test_the_zero_line_reproduces_the_trained_model_exactly(tiny_run, validated)
     assert "leave-top-k-out" in stdout and "linear datamodeling score" in stdout
 
 
+def test_the_leave_out_ci_resamples_test_examples_not_their_seeds():
+    changes = np.random.default_rng(0).normal(size=12)
+    one_seed = validation.leave_out_row("m", "own", "raw", 5, changes, np.ones(12), 0)
+    # three seeds that change nothing: the same evidence, so the same interval (pairs would make it narrower)
+    three_seeds = validation.leave_out_row("m", "own", "raw", 5, np.tile(changes, 3), np.ones(36), 0, np.tile(np.arange(12), 3))
+    assert three_seeds[4:7] == pytest.approx(one_seed[4:7]) and one_seed[5:7] == pytest.approx(bootstrap_ci([changes]))
+    as_pairs = validation.leave_out_row("m", "own", "raw", 5, np.tile(changes, 3), np.ones(36), 0)
+    assert as_pairs[6] - as_pairs[5] < 0.8 * (one_seed[6] - one_seed[5])  # what resampling pairs did
+
+
 def test_lds_and_leave_out_equal_a_direct_computation(validated):
     path, _ = validated
     with ScoreFile.open_read(path) as store:
@@ -110,6 +120,8 @@ def test_lds_and_leave_out_equal_a_direct_computation(validated):
         changes = np.array([margins[i][units[i]["test_row"]] - zero[units[i]["test_row"]] for i in picked], dtype=np.float64)
         row = leave_out[(leave_out["condition"] == condition.encode()) & (leave_out["variant"] == variant.encode())][0]
         assert row["mean_change"] == pytest.approx(changes.mean()) and row["n_rows"] == TEST_EXAMPLES, condition
+        by_test_row = changes[np.argsort(units[picked]["test_row"], kind="stable")]  # one seed: a change per test row
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(bootstrap_ci([by_test_row]), nan_ok=True)
         assert row["k"] == K
 
 

@@ -422,7 +422,8 @@ def leave_out_table(plan: Plan, record: ValidationRecord) -> np.ndarray:
                 after = np.array([margins[i][units[i]["test_row"]] for i in picked])
                 before = np.array([zero[int(units[i]["seed"])][units[i]["test_row"]] for i in picked])
                 changes = validation.margin_changes(after, before)
-                rows.append(validation.leave_out_row(model, condition, variant, plan.k, changes, before, plan.seed))
+                rows.append(validation.leave_out_row(model, condition, variant, plan.k, changes, before, plan.seed,
+                                                     units[picked]["test_row"]))
     return np.array(rows, dtype=validation.LEAVE_OUT_DTYPE)
 
 

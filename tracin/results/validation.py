@@ -99,11 +99,15 @@ def margin_changes(margins: np.ndarray, zero: np.ndarray) -> np.ndarray:
     return np.asarray(margins, dtype=np.float64) - np.asarray(zero, dtype=np.float64)
 
 
-def leave_out_row(model: str, condition: str, variant: str, k: int, changes: np.ndarray, zero: np.ndarray, seed: int) -> tuple:
-    """One LEAVE_OUT_DTYPE row: the mean margin change over (test row, seed) pairs with its bootstrap CI
-    (resampling the pairs), and the share of the pairs predicted right with nothing removed that the
-    removal flips to wrong."""
-    low, high = compare.bootstrap_ci([changes], seed=seed)
+def leave_out_row(model: str, condition: str, variant: str, k: int, changes: np.ndarray, zero: np.ndarray, seed: int,
+                  test_rows: Optional[np.ndarray] = None) -> tuple:
+    """One LEAVE_OUT_DTYPE row: the mean margin change over (test row, seed) pairs, its bootstrap CI, and
+    the share of the pairs predicted right with nothing removed that the removal flips to wrong. The CI
+    resamples test examples, not pairs: `test_rows` (int [pairs], the test row of each pair) clusters a
+    test example's seeds, whose changes are not independent of each other (None: one pair per row)."""
+    clusters = np.arange(len(changes)) if test_rows is None else np.unique(test_rows, return_inverse=True)[1]
+    per_row = np.bincount(clusters, weights=changes) / np.bincount(clusters)
+    low, high = compare.bootstrap_ci([per_row], seed=seed)
     right = zero > 0
     flipped = float(np.mean((zero + changes)[right] <= 0)) if right.any() else np.nan
     return (model, condition, variant, k, float(np.mean(changes)), low, high, flipped, len(changes))
