@@ -126,6 +126,17 @@ def test_a_file_with_damaged_metadata_is_salvaged_by_the_same_command(tiny_run, 
     assert not list(tmp_path.glob(".tracin.h5.*.tmp"))
 
 
+def test_a_damaged_replacement_is_salvaged_and_published_by_the_same_overwrite(tiny_run, reference, tmp_path):
+    out = tmp_path / "tracin.h5"
+    shutil.copy(reference, out)
+    shutil.copy(reference, replacing_path(out))  # a finished replacement, then damaged
+    damage_object_headers(replacing_path(out), "student")
+    result = command("tracin-score", *score_args(tiny_run, out, *SCORE_ARGS, "--overwrite"))
+    assert result.returncode == 0 and "made again: student." in result.stdout, result.stdout + result.stderr[-2000:]
+    assert not replacing_path(out).exists() and out.with_name("tracin.h5.replacing.damaged").exists()
+    assert_same_results(out, reference)
+
+
 def test_a_partial_file_with_damaged_metadata_keeps_its_readable_finished_blocks(tiny_run, reference, tmp_path):
     out = tmp_path / "tracin.h5"
     args = score_args(tiny_run, out, *SCORE_ARGS)
