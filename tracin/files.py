@@ -129,3 +129,10 @@ def remove_stale_temporaries(target: Union[str, Path]) -> list[Path]:
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
+
+
+def disk_full(error: object) -> bool:
+    """Whether `error` is a full disk or quota, as the OS or h5py (often without an errno) reports it."""
+    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(error, Exception) and any(words in str(error) for words in ("No space left on device", "Disk quota exceeded"))

@@ -36,6 +36,7 @@ from tracin.training.data import default_data_root
 from tracin.engine.projection import PROJECTORS
 from tracin.training.models import MODELS, allow_imports
 from tracin.errors import TracinError
+from tracin.files import disk_full
 from tracin.runtime import DEVICES
 from tracin.results.scoring import ScoreOptions, score_run
 from tracin.results.reporting import ReportOptions, report_run
@@ -110,13 +111,12 @@ def _full_disk_inside_h5py(stop: Callable[[str], int]):
     through sys.excepthook, then passes it to sys.unraisablehook): the command stops there with
     stop(reason)'s one line, instead of printing a traceback and going on."""
     def unraisable(report) -> None:
-        reason = _disk_fault(report.exc_value)
-        if reason is None or "h5py" not in repr(report.object):
+        if not disk_full(report.exc_value) or "h5py" not in repr(report.object):
             return previous_hook(report)
-        _exit_now(stop(reason))
+        _exit_now(stop(_disk_fault(report.exc_value)))
 
     def excepthook(kind, error, trace) -> None:
-        if _disk_fault(error) is None:
+        if not disk_full(error):
             previous_excepthook(kind, error, trace)
 
     previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable

@@ -89,7 +89,7 @@ import numpy as np
 from torch import Tensor
 
 from tracin import __version__, faults
-from tracin.files import default_mode, fsync_file
+from tracin.files import default_mode, disk_full, fsync_file
 from tracin.training.checkpoints import Checkpoint
 from tracin.config import ENSEMBLE_SUFFIX, ROLES, split_model_name, split_variant
 from tracin.errors import StoreError, TracinError
@@ -250,8 +250,7 @@ class ScoreFile:
             try:
                 return json.loads(store._h5.attrs["settings"]), store.status
             except HDF5_ERRORS as error:
-                raise StoreError(f"{path} is damaged beyond salvage: its header does not read ({_reason(error)}); "
-                                 "pass --overwrite to score afresh") from None
+                raise _beyond_salvage(path, error) from None
 
     @classmethod
     def _resume(cls, path: Path, settings: dict, finished_too: bool = False) -> "ScoreFile":
@@ -310,8 +309,7 @@ class ScoreFile:
             fmt = self._h5.attrs.get("format")
         except HDF5_ERRORS as error:
             self._h5.close()
-            raise StoreError(f"{self.path} is damaged beyond salvage: its header does not read ({_reason(error)}); "
-                             "pass --overwrite to score afresh") from None
+            raise _beyond_salvage(self.path, error) from None
         if fmt != FORMAT:
             self._h5.close()
             raise StoreError(f"{self.path} is not a tracin-score result file")
@@ -722,6 +720,11 @@ def _reason(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def _beyond_salvage(path: Path, error: BaseException) -> StoreError:
+    return StoreError(f"{path} is damaged beyond salvage: its header does not read ({_reason(error)}); "
+                      "pass --overwrite to score afresh")
+
+
 def find_damage(path: Path) -> list[str]:
     """What of the file HDF5 cannot read, as "OBJECT: reason" lines ("/: ..." for the root's own
     attributes): every group, attribute and dataset is opened, every chunk index walked and every
@@ -813,8 +816,7 @@ def _copy_readable(source: h5py.File, target: h5py.File, path: Path, problems: S
             if name in source:
                 source.copy(source[name], target, name)
     except HDF5_ERRORS as error:
-        raise StoreError(f"{path} is damaged beyond salvage: its header does not read ({_reason(error)}); "
-                         "pass --overwrite to score afresh") from None
+        raise _beyond_salvage(path, error) from None
     target.attrs["status"] = "partial"  # whatever was left behind is made again by the run
     dropped = []
     for name in _readable_keys(source):
@@ -882,13 +884,6 @@ def _keep_damaged(path: Path) -> Path:
             shutil.copy2(path, kept)
             fsync_file(kept)
         return kept
-
-
-def disk_full(error: Optional[BaseException]) -> bool:
-    """Whether `error` is a full disk or quota, as h5py (often without an errno) or the OS reports it."""
-    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return isinstance(error, Exception) and any(words in str(error) for words in ("No space left on device", "Disk quota exceeded"))
 
 
 def hdf5_open_for_writing() -> bool:
