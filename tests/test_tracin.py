@@ -263,7 +263,7 @@ def test_top_k_equals_full_sort_both_directions(setup):
     model, checkpoints, train, test, _ = setup
     tracin = TracIn(model, checkpoints, engine=EngineConfig(chunk_size=5, test_block=4))
     full = tracin.scores(train, test)
-    top = tracin.top_k(train, test, k=3)
+    top = tracin.top_k(train, test, k=3, side="both")
     assert torch.equal(top.test.top_index, full.T.argsort(1, descending=True)[:, :3])
     assert torch.equal(top.test.bottom_index, full.T.argsort(1)[:, :3])
     assert torch.equal(top.train.top_index, full.argsort(1, descending=True)[:, :3])
@@ -273,7 +273,7 @@ def test_top_k_equals_full_sort_both_directions(setup):
 def test_top_k_larger_than_the_set_is_refused(setup):
     model, checkpoints, train, test, _ = setup
     with pytest.raises(TracinError, match="k must be between"):
-        TracIn(model, checkpoints).top_k(train, test, k=10)
+        TracIn(model, checkpoints).top_k(train, test, k=10, side="both")
 
 
 def test_projected_is_seeded_and_converges_to_exact(setup):

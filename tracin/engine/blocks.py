@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
 from tracin.config import AUTO_MEMORY_SHARE
 from tracin.engine.features import Features
@@ -20,9 +20,18 @@ from tracin.training.data import Split, normalize
 
 
 class DataSource:
-    """Uniform slicing of a Split, an (inputs, labels) pair of tensors, or any map-style Dataset."""
+    """Uniform slicing of a Split, an (inputs, labels) pair of tensors, a map-style Dataset, or a DataLoader
+    over one. Rows are positions in the data set, in its own order: a DataLoader lends its dataset and its
+    collate_fn (its sampler, shuffling and batch size are not used), and an IterableDataset, which has no
+    positions, is refused."""
 
     def __init__(self, data: Any, name: str):
+        collate = default_collate
+        if isinstance(data, DataLoader):
+            data, collate = data.dataset, data.collate_fn
+        if isinstance(data, IterableDataset):
+            raise TracinError(f"{name} data is an IterableDataset: TracIn needs examples by position (a map-style Dataset, "
+                              "a DataLoader over one, or an (inputs, labels) pair of tensors)")
         if isinstance(data, Split):
             self.n, self._get = len(data), lambda a, b: (normalize(data.images[a:b], data.spec), data.labels[a:b])
         elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
@@ -31,9 +40,10 @@ class DataSource:
                 raise TracinError(f"{name} data: {len(inputs)} inputs but {len(labels)} labels")
             self.n, self._get = len(inputs), lambda a, b: (inputs[a:b], labels[a:b])
         elif isinstance(data, Dataset):
-            self.n, self._get = len(data), lambda a, b: tuple(default_collate([data[i] for i in range(a, b)])[:2])
+            self.n, self._get = len(data), lambda a, b: _inputs_and_labels(collate([data[i] for i in range(a, b)]), name)
         else:
-            raise TracinError(f"{name} data must be a Dataset or an (inputs, labels) pair, got {type(data).__name__}")
+            raise TracinError(f"{name} data must be a Dataset, a DataLoader or an (inputs, labels) pair of tensors, got "
+                              f"{type(data).__name__}")
         if self.n == 0:
             raise TracinError(f"{name} data is empty")
 
@@ -41,6 +51,20 @@ class DataSource:
         """(inputs float32, labels) of examples [start, stop) on `device`."""
         inputs, labels = self._get(start, stop)
         return inputs.to(device=device, dtype=torch.float32), labels.to(device)
+
+
+def _inputs_and_labels(batch: Any, name: str) -> tuple[Tensor, Tensor]:
+    """The first two fields of a collated batch ((inputs, labels, ...) or a dict with "inputs"/"image" and
+    "labels"/"label")."""
+    if isinstance(batch, dict):
+        inputs = next((batch[k] for k in ("inputs", "input", "image", "images", "pixel_values") if k in batch), None)
+        labels = next((batch[k] for k in ("labels", "label", "targets", "target") if k in batch), None)
+        if inputs is None or labels is None:
+            raise TracinError(f"{name} data: a batch with keys {', '.join(map(str, batch))} names no inputs and labels")
+        return inputs, labels
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise TracinError(f"{name} data: a batch must be (inputs, labels, ...), got {type(batch).__name__}")
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from tracin.engine.layers import (
 )
 from tracin.engine.projection import Projector
 from tracin.errors import NonFiniteError, TracinError
-from tracin.training.losses import CrossEntropy, Objective
+from tracin.training.losses import CrossEntropy, Objective, as_objective
 
 UNKNOWN = -1  # a tensor whose shape changes with the batch size other than in one dimension
 SUM_RTOL = 1e-4  # summed per-example gradients vs the batch gradient, relative to its largest entry
@@ -464,5 +464,5 @@ def per_sample_grads(
     weight gradients are formed ("auto", "grouped" or "patches"; see tracin.engine.layers.conv_grad_method)."""
     if conv_method not in CONV_METHODS:
         raise TracinError(f"conv_method must be one of {', '.join(CONV_METHODS)}, got {conv_method!r}")
-    _, grads = settle_targets(model, select_targets(model, layers), inputs, labels, loss_fn, conv_method)
+    _, grads = settle_targets(model, select_targets(model, layers), inputs, labels, as_objective(loss_fn), conv_method)
     return grads

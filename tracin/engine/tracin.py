@@ -32,7 +32,7 @@ from tracin.engine.plans import FACTORED, LayerPlan, LayerShape, compute_feature
 from tracin.engine.topk import Ranking, StreamingRanking
 from tracin.errors import NonFiniteError, TracinError
 from tracin.training.checkpoints import Checkpoint, fit_state, load_state, resolve_checkpoints
-from tracin.training.losses import CrossEntropy, Objective
+from tracin.training.losses import CrossEntropy, Objective, as_objective
 
 @dataclass
 class ScoreBlock:
@@ -89,14 +89,17 @@ class _SelfInfluence:
                 "group_self_influence": self.groups, "group_normalised_self_influence": self.normalised_groups}
 
 
+SIDES = ("test", "train", "both")  # what TracIn.top_k ranks
+
+
 @dataclass
 class TopK:
     """test: per test example, its k strongest proponents (top) and opponents (bottom) among the
     train examples; train: per train example, the k test examples it raises most (top) and lowers
-    most (bottom). Indices are positions in the data given."""
+    most (bottom). Indices are positions in the data given. A side top_k was not asked for is None."""
 
-    test: Ranking
-    train: Ranking
+    test: Optional[Ranking]
+    train: Optional[Ranking]
 
 
 @contextmanager
@@ -116,14 +119,20 @@ def _matmul_precision(precision: str):
 class TracIn:
     """Batched per-sample-gradient TracInCP.
 
-    model: any nn.Module (copied; the copy is put in eval mode). checkpoints: paths (tracin-train's, or
-    another trainer's layout: see resolve_checkpoints; lr read from the file), (path, lr) or
-    (state_dict, lr) pairs, or Checkpoint objects (checkpoints_from_loader: any layout, captum-style).
+    model: any nn.Module (copied; the copy is put in eval mode). checkpoints: a folder, a glob pattern or a
+    list of paths (tracin-train's, or another trainer's layout: see resolve_checkpoints; lr read from the
+    file), (path, lr) or (state_dict, lr) pairs, or Checkpoint objects (load_checkpoints(..., prefix=) for
+    one model of a multi-model checkpoint; checkpoints_from_loader: any layout, captum-style).
     config: what to compute (ScoreConfig: mode, layers, projection, precision). loss: the per-example
-    loss, called as loss(logits, labels, inputs) -> Tensor[n] (tracin.training.losses.CrossEntropy, or
-    Distillation(teacher, T, alpha, ...) for a student scored with its own objective; objects with a
-    `to(device)` method are moved with the model). engine: how to run (EngineConfig: batch, memory,
-    representation, CUDA graphs, progress). device: default CUDA when available.
+    loss, `loss(logits, labels) -> Tensor[n]` (any torch loss with reduction="none") or `loss(logits,
+    labels, inputs) -> Tensor[n]` (tracin.training.losses.CrossEntropy, or Distillation(teacher, T, alpha,
+    ...) for a student scored with its own objective; objects with a `to(device)` method are moved with the
+    model). engine: how to run (EngineConfig: batch, memory, representation, CUDA graphs, progress).
+    device: default CUDA when available.
+
+    Data (train, test) is a pair of tensors (inputs, labels), a map-style Dataset or a DataLoader over one;
+    rows are positions in it. Scores come oriented by name: `scores_train_by_test` is Tensor[n_train,
+    n_test], `scores_test_by_train` (captum's orientation) Tensor[n_test, n_train].
 
     The configuration never changes after construction; what is worked out from the first data seen
     (the settled layer targets, per-layer plans, captured CUDA graphs) is cached on the instance.
@@ -135,14 +144,13 @@ class TracIn:
     def __init__(
         self,
         model: nn.Module,
-        checkpoints: Sequence[Any],
+        checkpoints: Any,
         config: ScoreConfig = ScoreConfig(),
         loss: Objective = CrossEntropy(),
         engine: EngineConfig = EngineConfig(),
         device: Optional[torch.device | str] = None,
     ):
-        if not callable(loss):
-            raise TracinError(f"loss must be called as loss(logits, labels, inputs) -> Tensor[n], got {loss!r}")
+        loss = as_objective(loss)
         self.config, self.engine = config, engine
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         _validate_precision(config.precision, self.device)
@@ -317,7 +325,10 @@ class TracIn:
             [(r0, r1) for r0, r1 in rows if not (skip and skip(r0, r1, b * block, min((b + 1) * block, test_source.n)))]
             for b, rows in enumerate(grid)
         ]
-        bar = tqdm(total=sum(map(len, todo)), desc="TracIn", unit="chunk", disable=not self.engine.progress)
+        # counted in train-example gradients (one per train example per checkpoint per test block), so that a
+        # single large chunk moves too
+        bar = tqdm(total=sum(r1 - r0 for rows in todo for r0, r1 in rows) * len(self.checkpoints),
+                   desc="TracIn (train gradients)", unit="ex", unit_scale=True, disable=not self.engine.progress)
         with _matmul_precision(self.config.precision), bar:
             for b, rows in enumerate(todo):
                 if not rows:
@@ -326,10 +337,9 @@ class TracIn:
                 test_features = [self._features(plans, test_source, c0, c1, c) for c in range(len(self.checkpoints))]
                 for r0, r1 in rows:
                     with_self = self_influence and c0 == 0
-                    yield self._score_block(plans, train_source, (r0, r1, c0, c1), test_features, per_checkpoint, with_self)
-                    bar.update(1)
+                    yield self._score_block(plans, train_source, (r0, r1, c0, c1), test_features, per_checkpoint, with_self, bar)
 
-    def _score_block(self, plans, source, bounds, test_features, per_checkpoint, with_self) -> ScoreBlock:
+    def _score_block(self, plans, source, bounds, test_features, per_checkpoint, with_self, bar) -> ScoreBlock:
         """Train rows r0..r1 against kept test features: each train batch's gradients are used for their
         inner products at once and dropped, so no chunk-sized gradient matrix is ever formed. Every score
         variant comes from the same inner products and norms. Only with per_checkpoint is a [n_ckpt, rows,
@@ -355,6 +365,7 @@ class TracIn:
                         terms[c, rows] = checkpoint.lr * values
                 if sums is not None:
                     sums.add(rows, train.group_squared, checkpoint.lr)
+                bar.update(len(features))
             for values in by_variant.values():
                 self._check_finite(values, c, f"train {r0}..{r1 - 1}, test {c0}..{c1 - 1}")
             if sums is not None:
@@ -366,9 +377,19 @@ class TracIn:
         """Whether a variant needs the inner products split by layer group."""
         return any(split_variant(v)[1] is not None for v in self.config.variants)
 
-    def scores(self, train: Any, test: Any) -> Tensor:
+    def scores_train_by_test(self, train: Any, test: Any) -> Tensor:
         """Tensor[n_train, n_test] float32 on the CPU: lr-weighted sum over checkpoints of gradient
         inner products, as the first of the config's variants scores them (raw by default)."""
+        return self.scores(train, test)
+
+    def scores_test_by_train(self, train: Any, test: Any) -> Tensor:
+        """Tensor[n_test, n_train] float32 on the CPU: scores_train_by_test transposed (captum's orientation:
+        row i holds test example i's influence of every train example)."""
+        return self.scores(train, test).T.contiguous()
+
+    def scores(self, train: Any, test: Any) -> Tensor:
+        """Tensor[n_train, n_test] float32 on the CPU, the same as scores_train_by_test (whose name says the
+        orientation)."""
         n_train, n_test = DataSource(train, "train").n, DataSource(test, "test").n
         out = torch.empty(n_train, n_test)
         for block in self.iter_blocks(train, test):
@@ -391,11 +412,14 @@ class TracIn:
         source = DataSource(train, "train")
         plans = self.plans(source, source.n, 1, self_only=True)
         out = torch.zeros(source.n, device=self.device)
-        with _matmul_precision(self.config.precision):
-            for c, checkpoint in enumerate(tqdm(self.checkpoints, desc="self-influence", disable=not self.engine.progress)):
+        bar = tqdm(total=source.n * len(self.checkpoints), desc="self-influence (train gradients)", unit="ex",
+                   unit_scale=True, disable=not self.engine.progress)
+        with _matmul_precision(self.config.precision), bar:
+            for c, checkpoint in enumerate(self.checkpoints):
                 for first, features in self._batch_features(plans, source, 0, source.n, c, replay=True):
                     norms = features.self_dot()
                     out[first : first + len(norms)] += checkpoint.lr * norms
+                    bar.update(len(norms))
                 self._check_finite(out, c, "self-influence")
         return out.cpu()
 
@@ -411,19 +435,27 @@ class TracIn:
             out.append(self.loss_fn(self.model(inputs), labels, inputs).cpu())
         return torch.cat(out)
 
-    def top_k(self, train: Any, test: Any, k: int) -> TopK:
-        """Proponents and opponents of each test example and the most-influenced test examples of each
-        train example (by the first of the config's variants), streamed from score blocks: the full
-        matrix is never held."""
+    def top_k(self, train: Any, test: Any, k: int, side: str = "test") -> TopK:
+        """The k strongest of each row, by the first of the config's variants, streamed from score blocks
+        (the full matrix is never held). side "test": each test example's proponents and opponents among
+        the train examples (k <= n_train); "train": each train example's most raised and lowered test
+        examples (k <= n_test); "both"."""
+        if side not in SIDES:
+            raise TracinError(f"side must be one of {', '.join(SIDES)}, got {side!r}")
         n_train, n_test = DataSource(train, "train").n, DataSource(test, "test").n
-        if not 1 <= k <= min(n_train, n_test):
-            raise TracinError(f"k must be between 1 and min(n_train, n_test) = {min(n_train, n_test)}, got {k}")
-        per_test = StreamingRanking(n_test, k, self.device)
-        per_train = StreamingRanking(n_train, k, self.device)
+        limit = {"test": n_train, "train": n_test, "both": min(n_train, n_test)}[side]
+        if not 1 <= k <= limit:
+            ranked = {"test": "n_train", "train": "n_test", "both": "min(n_train, n_test)"}[side]
+            raise TracinError(f"k must be between 1 and {ranked} = {limit} to rank side {side!r}, got {k}")
+        per_test = StreamingRanking(n_test, k, self.device) if side != "train" else None
+        per_train = StreamingRanking(n_train, k, self.device) if side != "test" else None
         for block in self.iter_blocks(train, test):
-            per_train.update(block.row_start, block.scores, block.col_start)
-            per_test.update(block.col_start, block.scores.T, block.row_start)
-        return TopK(test=per_test.result(), train=per_train.result())
+            if per_train is not None:
+                per_train.update(block.row_start, block.scores, block.col_start)
+            if per_test is not None:
+                per_test.update(block.col_start, block.scores.T, block.row_start)
+        return TopK(test=None if per_test is None else per_test.result(),
+                    train=None if per_train is None else per_train.result())
 
 
 @dataclass

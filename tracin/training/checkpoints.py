@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import math
 import re
@@ -166,14 +167,19 @@ def _read_lr(payload: Any, path: Union[str, Path]) -> Optional[float]:
     for key in LR_KEYS:
         if key in payload:
             return _checked_lr(payload[key], f"{path}['{key}']")
-    groups = payload.get("optimizer", {}).get("param_groups") if isinstance(payload.get("optimizer"), dict) else None
-    if groups:
-        rates = {float(group["lr"]) for group in groups if "lr" in group}
-        if len(rates) > 1:
-            raise CheckpointError(f"{path}: the optimizer's param groups have different learning rates {sorted(rates)}; give (path, lr)")
-        if rates:
-            return _checked_lr(rates.pop(), f"{path} (optimizer)")
-    return None
+    rates = {float(group["lr"]) for group in _param_groups(payload) if isinstance(group, dict) and "lr" in group}
+    if len(rates) > 1:
+        raise CheckpointError(f"{path}: the optimizer's param groups have different learning rates {sorted(rates)}; give (path, lr)")
+    return _checked_lr(rates.pop(), f"{path} (optimizer)") if rates else None
+
+
+def _param_groups(payload: dict) -> list:
+    """The param groups of the optimizers a checkpoint saved: `optimizer` (torchvision's reference trainer,
+    most loops) or Lightning's `optimizer_states` (one state dict per optimizer)."""
+    optimizers = [payload.get("optimizer")]
+    if isinstance(payload.get("optimizer_states"), (list, tuple)):
+        optimizers += list(payload["optimizer_states"])
+    return [group for state in optimizers if isinstance(state, dict) for group in state.get("param_groups") or ()]
 
 
 def _checked_lr(value: Any, source: str) -> float:
@@ -215,11 +221,57 @@ def checkpoints_from_loader(
     return loaded
 
 
-def resolve_checkpoints(items: Iterable[Any]) -> list[Checkpoint]:
-    """Accepts Checkpoint objects, paths (lr read from the file), (path, lr) pairs and (state_dict, lr)
-    pairs. A path may hold a tracin-train checkpoint, a plain state dict, or a dict with the weights under
-    one of STATE_KEYS and the learning rate under LR_KEYS or in a saved optimizer's param_groups (the
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".tar")  # the files a folder of checkpoints is read for
+
+
+def checkpoint_files(source: Union[str, Path]) -> list[Path]:
+    """The checkpoint files a folder (its *.pt, *.pth, *.ckpt, *.tar), a glob pattern or one file names, in
+    natural order (epoch_2 before epoch_10). Nothing found is a CheckpointError."""
+    path = Path(source)
+    if path.is_dir():
+        found = [p for p in path.iterdir() if p.suffix in CHECKPOINT_SUFFIXES and p.is_file()]
+    elif any(char in str(source) for char in "*?["):
+        anchor = Path(path.anchor) if path.is_absolute() else Path()
+        found = [p for p in anchor.glob(str(path.relative_to(anchor))) if p.is_file()]
+    else:
+        found = [path] if path.is_file() else []
+    if not found:
+        what = "the folder" if path.is_dir() else "the pattern" if "*" in str(source) else "the path"
+        raise CheckpointError(f"{what} {source} names no checkpoint file ({', '.join(CHECKPOINT_SUFFIXES)})")
+    return sorted(found, key=lambda p: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", p.name)])
+
+
+def load_checkpoints(source: Any, prefix: Optional[str] = None) -> list[Checkpoint]:
+    """Checkpoints from a folder, a glob pattern or a path (str or Path), or from a list of what
+    resolve_checkpoints takes. `prefix` selects one model of a checkpoint that holds several (a distillation
+    module's `student.` and `teacher.` keys): only its keys are kept, without the prefix."""
+    checkpoints = resolve_checkpoints(source)
+    return checkpoints if prefix is None else [_select(c, prefix) for c in checkpoints]
+
+
+def _select(checkpoint: Checkpoint, prefix: str) -> Checkpoint:
+    state = {key[len(prefix):]: value for key, value in checkpoint.state.items() if key.startswith(prefix)}
+    if not state:
+        found = sorted(common_prefixes(checkpoint.state))
+        raise CheckpointError(f"{checkpoint.path or 'a checkpoint'} has no key starting {prefix!r}"
+                              + (f" (its prefixes: {', '.join(found)})" if found else ""))
+    return dataclasses.replace(checkpoint, state=state)
+
+
+def common_prefixes(state: dict[str, Any]) -> set[str]:
+    """The first dotted parts of a state dict's keys ("student.", "teacher."), where there are several."""
+    prefixes = {key.split(".", 1)[0] + "." for key in state if "." in key}
+    return prefixes if len(prefixes) > 1 else set()
+
+
+def resolve_checkpoints(items: Any) -> list[Checkpoint]:
+    """Accepts a folder, a glob pattern or a path (checkpoint_files), or a list of Checkpoint objects, paths
+    (lr read from the file), (path, lr) pairs and (state_dict, lr) pairs. A path may hold a tracin-train
+    checkpoint, a plain state dict, or a dict with the weights under one of STATE_KEYS and the learning rate
+    under LR_KEYS or in a saved optimizer's param_groups (`optimizer`, or Lightning's `optimizer_states`: the
     layouts of torchvision's reference trainer, Lightning and most training loops)."""
+    if isinstance(items, (str, Path)):
+        items = checkpoint_files(items)
     resolved = []
     for item in items:
         if isinstance(item, Checkpoint):
@@ -252,13 +304,29 @@ def fit_state(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def load_state(model: nn.Module, state: dict[str, Tensor], source: str = "checkpoint") -> None:
-    """load_state_dict that reports a checkpoint not fitting the model as one CheckpointError."""
+    """load_state_dict that reports a checkpoint not fitting the model as one CheckpointError (short: the
+    first keys missing and unexpected, and the prefix that selects the model where the checkpoint holds
+    several)."""
+    state = fit_state(model, state)
+    wanted = model.state_dict()
+    missing, unexpected = [k for k in wanted if k not in state], [k for k in state if k not in wanted]
+    if missing or unexpected:
+        fits = [p for p in sorted(common_prefixes(state)) if {k[len(p):] for k in state if k.startswith(p)} >= set(wanted)]
+        hint = (f"; it holds several models: select one with tracin.load_checkpoints(..., prefix={fits[0]!r})"
+                if fits else "")
+        raise CheckpointError(f"{source} does not fit the model: {_few(missing)} missing, {_few(unexpected)} unexpected{hint}")
     try:
-        model.load_state_dict(fit_state(model, state), strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         detail = "; ".join(lines[1:3]) if len(lines) > 1 else lines[0]
-        raise CheckpointError(f"{source} does not fit the model: {detail}") from None
+        raise CheckpointError(f"{source} does not fit the model: {detail[:500]}") from None
+
+
+def _few(keys: Sequence[str], shown: int = 3) -> str:
+    """'2 keys (a, b)' or '40 keys (a, b, c, ...)', for a one-line message."""
+    more = ", ..." if len(keys) > shown else ""
+    return f"{len(keys)} keys ({', '.join(keys[:shown])}{more})" if keys else "no keys"
 
 
 # --- tracin-train's own checkpoints: made, selected, loaded and checked here only -----------------------

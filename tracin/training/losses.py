@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 from dataclasses import dataclass, field, replace
 from typing import Callable, ContextManager
 
@@ -110,3 +111,42 @@ class Distillation:
         """A copy whose teacher is a frozen copy on `device` (the caller's teacher is left as it was)."""
         teacher = copy.deepcopy(self.teacher).to(device).eval().requires_grad_(False)
         return replace(self, teacher=teacher)
+
+
+@dataclass(frozen=True, eq=False)
+class LabelLoss:
+    """A loss of the standard `(logits, labels) -> Tensor[n]` signature (any torch loss with
+    reduction="none", a function), called as an Objective: the inputs are not used."""
+
+    loss: Callable[[Tensor, Tensor], Tensor]
+
+    def __call__(self, logits: Tensor, labels: Tensor, inputs: Tensor) -> Tensor:
+        return self.loss(logits, labels)
+
+    def to(self, device: torch.device) -> "LabelLoss":
+        return replace(self, loss=self.loss.to(device)) if isinstance(self.loss, nn.Module) else self
+
+
+def as_objective(loss: object) -> Objective:
+    """`loss` as TracIn calls it, `(logits, labels, inputs) -> Tensor[n]`: an Objective as it is, a loss of
+    the standard `(logits, labels)` signature wrapped in LabelLoss. A torch loss that averages or sums over
+    the batch is refused (TracIn needs each example's own loss: reduction="none")."""
+    if not callable(loss):
+        raise TracinError(f"the loss must be called as loss(logits, labels) or loss(logits, labels, inputs) -> Tensor[n], got {loss!r}")
+    reduction = getattr(loss, "reduction", "none")
+    if reduction != "none":
+        raise TracinError(f"{type(loss).__name__}(reduction={reduction!r}) gives one number per batch; TracIn needs one "
+                          f"per example: use {type(loss).__name__}(reduction=\"none\")")
+    return loss if _positional_arguments(loss) >= 3 else LabelLoss(loss)
+
+
+def _positional_arguments(function: Callable) -> int:
+    """How many positional arguments `function` takes (a large number for *args; 3 where unknown)."""
+    target = function.forward if isinstance(function, nn.Module) else function
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return 3
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
+        return 3
+    return sum(p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in parameters)

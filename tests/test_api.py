@@ -1,0 +1,121 @@
+"""The Python API on a user's own model, data, loss and checkpoints, as they already have them: a torchvision
+resnet18, nn.CrossEntropyLoss(reduction="none"), a DataLoader, and a folder of {"model", "optimizer", "epoch"}
+checkpoints score in a few lines, equal to the float64 torch.func reference."""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from models_for_tests import relative_error
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import pytest
+
+import tracin
+from tracin.engine.reference import func_tracin_scores
+from tracin.errors import CheckpointError, TracinError
+
+API_RTOL = 1e-5  # of the largest score: float32 against float64
+
+
+def save_training_checkpoints(model: nn.Module, folder, lrs=(0.1, 0.05, 0.02)) -> list[tuple[dict, float]]:
+    """A short SGD training that saves {"model", "optimizer", "epoch"} each epoch, as most loops do; returns the
+    (state, lr) pairs the reference replays. Epochs 2 and 10 are saved too, to check the natural order."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lrs[0], momentum=0.9)
+    generator = torch.Generator().manual_seed(0)
+    pairs = []
+    for epoch, lr in zip((1, 2, 10), lrs):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        inputs, labels = torch.randn(8, 3, 32, 32, generator=generator), torch.randint(0, 10, (8,), generator=generator)
+        model.train()
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(inputs), labels).backward()
+        optimizer.step()
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        torch.save({"model": state, "optimizer": optimizer.state_dict(), "epoch": epoch}, folder / f"epoch_{epoch}.pth")
+        pairs.append((state, lr))
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def resnet18_run(tmp_path_factory):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    folder = tmp_path_factory.mktemp("checkpoints")
+    pairs = save_training_checkpoints(model, folder)
+    generator = torch.Generator().manual_seed(1)
+    train = TensorDataset(torch.randn(12, 3, 32, 32, generator=generator), torch.randint(0, 10, (12,), generator=generator))
+    test = TensorDataset(torch.randn(5, 3, 32, 32, generator=generator), torch.randint(0, 10, (5,), generator=generator))
+    reference = func_tracin_scores(model, pairs, train.tensors, test.tensors)  # float64, every parameter, BatchNorm too
+    return model, folder, pairs, train, test, reference
+
+
+def test_a_users_resnet18_loss_dataloader_and_folder_score_in_a_few_lines(resnet18_run):
+    model, folder, _, train, test, reference = resnet18_run
+    # The README's lines:
+    engine = tracin.TracIn(model, str(folder), loss=nn.CrossEntropyLoss(reduction="none"))
+    scores = engine.scores_test_by_train(DataLoader(train, batch_size=4, shuffle=True), DataLoader(test, batch_size=4))
+    assert scores.shape == (5, 12)  # [n_test, n_train]: the name says so
+    assert relative_error(scores, reference.T) < API_RTOL
+    assert [c.lr for c in engine.checkpoints] == [0.1, 0.05, 0.02]  # read from the optimizer, epoch_2 before epoch_10
+    assert relative_error(engine.scores_train_by_test(train, test), reference) < API_RTOL
+
+
+def test_checkpoints_as_a_glob_or_a_list_are_the_same(resnet18_run):
+    model, folder, _, train, test, reference = resnet18_run
+    files = sorted(folder.glob("*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+    for checkpoints in (str(folder / "epoch_*.pth"), files, [str(f) for f in files]):
+        engine = tracin.TracIn(model, checkpoints, loss=nn.CrossEntropyLoss(reduction="none"))
+        assert relative_error(engine.scores(train, test), reference) < API_RTOL
+
+
+def test_lightning_optimizer_states_give_the_lr(resnet18_run, tmp_path):
+    model, _, pairs, *_ = resnet18_run
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.07)
+    prefixed = {f"model.{k}": v for k, v in pairs[0][0].items()}  # a LightningModule's self.model
+    torch.save({"state_dict": prefixed, "optimizer_states": [optimizer.state_dict()], "epoch": 3}, tmp_path / "epoch=3.ckpt")
+    (checkpoint,) = tracin.load_checkpoints(tmp_path)
+    assert checkpoint.lr == 0.07
+    tracin.TracIn(model, [checkpoint])  # Lightning's "model." prefix is stripped
+
+
+def test_a_prefix_selects_one_model_of_a_distillation_checkpoint(resnet18_run, tmp_path):
+    model, _, pairs, train, test, reference = resnet18_run
+    teacher = torchvision.models.resnet34(num_classes=10).state_dict()
+    for i, (state, lr) in enumerate(pairs):
+        both = {**{f"student.{k}": v for k, v in state.items()}, **{f"teacher.{k}": v for k, v in teacher.items()}}
+        torch.save({"state_dict": both, "lr": lr}, tmp_path / f"kd_{i}.pt")
+    with pytest.raises(CheckpointError, match=r"prefix='student\.'") as raised:
+        tracin.TracIn(model, str(tmp_path))
+    assert len(str(raised.value)) < 600  # no key dump
+    engine = tracin.TracIn(model, tracin.load_checkpoints(tmp_path, prefix="student."), loss=nn.CrossEntropyLoss(reduction="none"))
+    assert relative_error(engine.scores(train, test), reference) < API_RTOL
+
+
+def test_a_loss_that_averages_is_refused_in_one_line(resnet18_run):
+    model, folder, *_ = resnet18_run
+    with pytest.raises(TracinError, match='reduction="none"'):
+        tracin.TracIn(model, folder, loss=nn.CrossEntropyLoss())
+
+
+def test_an_empty_folder_or_pattern_is_one_line(tmp_path):
+    with pytest.raises(CheckpointError, match="names no checkpoint file"):
+        tracin.load_checkpoints(tmp_path)
+    with pytest.raises(CheckpointError, match="names no checkpoint file"):
+        tracin.load_checkpoints(str(tmp_path / "*.pt"))
+
+
+def test_top_k_ranks_only_the_side_asked_for(resnet18_run):
+    """k may reach n_train for the test side although n_test is smaller; each side equals a full sort."""
+    model, folder, _, train, test, reference = resnet18_run
+    engine = tracin.TracIn(model, folder, loss=nn.CrossEntropyLoss(reduction="none"))
+    top = engine.top_k(train, test, k=12)
+    assert top.train is None
+    full = engine.scores_test_by_train(train, test)
+    assert torch.equal(top.test.top_index, full.argsort(1, descending=True))
+    with pytest.raises(TracinError, match="n_train = 12"):
+        engine.top_k(train, test, k=13)
+    train_side = engine.top_k(train, test, k=5, side="train")
+    assert train_side.test is None and torch.equal(train_side.train.bottom_index, full.T.argsort(1)[:, :5])
