@@ -81,9 +81,21 @@ def test_verdicts_say_no_difference_when_the_interval_holds_zero():
     ], dtype=AGREEMENT_DTYPE)
     said = verdicts(rows)
     assert len(said) == 3  # layer groups are left to the table
-    assert "no more than with another teacher" in said[0] and "+0.010 [-0.020, +0.040]" in said[0] and "p = 0.50" in said[0]
+    assert "no more than with another teacher" in said[0] and "+0.010 [-0.020, +0.040]" in said[0]
+    assert "p = " not in said[0] and "needs >= 4 replicas" in said[0]  # 2 replicas: p is 0.5 or 1, never significant
     assert "more than with another teacher" in said[1] and "no more" not in said[1]
     assert "shared initialisation and data order alone make" in said[2]
+
+
+def test_a_p_value_is_printed_only_where_the_pairings_can_reach_significance():
+    four = np.array([("raw", "overlap@8", "own - other teacher", 0.10, 0.05, 0.15, 0.0, 4, 30, 1 / 24)], dtype=AGREEMENT_DTYPE)
+    (said,) = verdicts(four)
+    assert "permutation p = 0.042 over the 24 pairings of 4 replicas" in said
+    assert "p 0.042" in format_agreement(four)
+    three = four.copy()
+    three["pairs"], three["p_value"] = 3, 1 / 6
+    assert "p = " not in verdicts(three)[0] and "3 replicas allow p >= 0.17" in verdicts(three)[0]
+    assert "none: needs >= 4 replicas" in format_agreement(three)
 
 
 def test_pairs_match_replica_numbers_even_with_gaps():

@@ -313,7 +313,10 @@ def test_class_concentration_mislabel_and_randomization_rows_equal_a_direct_comp
             same = np.array([np.mean([store.train_labels[j] == label for j in top[row, :K]]) for row, label in enumerate(store.test_labels)])
             _assert_summary(_rows(table, f"identical class top-{K}", model, "raw"), same)
             counts = np.bincount(top[:, 0])
-            assert _rows(table, "concentration: top-1 share (lower)", model, "raw")["value"] == pytest.approx(counts.max() / len(top))
+            row = _rows(table, "concentration: top-1 share (lower)", model, "raw")
+            assert row["value"] == pytest.approx(counts.max() / len(top))
+            wilson = scipy.stats.binomtest(int(counts.max()), len(top)).proportion_ci(0.95, method="wilson")
+            assert (row["ci_low"], row["ci_high"]) == pytest.approx((wilson.low, wilson.high))
             for ranking, check, variant in ((store.model(model).self_influence, "mislabel AUC", "raw"),
                                             (store.model(model).last_loss, "mislabel AUC, loss baseline", MODEL_ROWS)):
                 assert len(np.unique(ranking)) == n_train  # no ties: positions are the sort's
@@ -324,6 +327,17 @@ def test_class_concentration_mislabel_and_randomization_rows_equal_a_direct_comp
                 values = randomization[(randomization["model"] == model.encode()) & (randomization["variant"] == b"raw")
                                        & (randomization["randomized"] == label)]["spearman"]
                 _assert_summary(_rows(table, f"randomization: {label.decode()} (lower)", model, "raw"), values)
+
+
+def test_the_concentration_interval_always_holds_its_share():
+    """A percentile bootstrap of a maximum lies above it when the share is small (0.040 [0.050, 0.090] was
+    printed); the Wilson interval of the share cannot."""
+    rng = np.random.default_rng(0)
+    for rows, n_train in ((25, 500), (100, 50), (400, 3), (30, 30)):
+        top1 = rng.integers(0, n_train, rows)
+        share, low, high = sanity.top1_share_ci(top1)
+        assert low <= share <= high
+        assert share == np.bincount(top1).max() / rows
 
 
 def test_lds_and_leave_out_rows_come_from_the_files_validation(sanity_run, sanity_report, tmp_path):
@@ -346,3 +360,28 @@ def test_lds_and_leave_out_rows_come_from_the_files_validation(sanity_run, sanit
     assert (lds_row["value"], lds_row["ci_low"], lds_row["ci_high"], lds_row["n_rows"]) == (0.12, 0.05, 0.2, 40)
     assert (leave_row["value"], leave_row["ci_low"], leave_row["chance"]) == (-0.4, -0.7, -0.1)  # chance: the random removal
     assert len(table[table["check"] == b"LDS"]) == 1  # the student's own scores only; the teacher's LDS row is not its own
+
+
+def test_a_model_near_chance_and_a_ranking_below_random_are_flagged():
+    rows = np.array([
+        (sanity.ACCURACY, "teacher", sanity.MODEL_ROWS, 0.85, 0.80, 0.90, 0.1, 100),
+        (sanity.ACCURACY, "student", sanity.MODEL_ROWS, 0.12, 0.06, 0.18, 0.1, 100),
+        ("mislabel AUC", "student", "raw", 0.41, 0.35, 0.47, 0.5, 30),
+        ("mislabel AUC", "teacher", "raw", 0.48, 0.40, 0.56, 0.5, 30),
+    ], dtype=sanity.REPORT_DTYPE)
+    said = sanity.model_verdicts(rows)
+    assert len(said) == 2
+    assert said[0].startswith("warning: student is near chance") and "0.100 for the majority class" in said[0]
+    assert said[1].startswith("warning: student raw mislabel AUC") and "below a random order" in said[1]
+
+
+def test_the_detection_tables_mark_rankings_below_the_random_order():
+    from tracin.results.report import DETECTION_DTYPE, detection_table, format_detection
+
+    table = np.array([(b"teacher: self-influence", 0.40, 0.1, 0.2), (b"random order", 0.50, 0.1, 0.2)],
+                     dtype=DETECTION_DTYPE)
+    text = format_detection(table)
+    assert "self-influence  AUC 0.400" in text and text.splitlines()[1].endswith("below the random order")
+    assert not text.splitlines()[2].endswith("below the random order")
+    curves = {"teacher: self-influence": (np.array([0, 1.0]), np.array([0, 0.3])), "random order": (np.array([0, 1.0]), np.array([0, 1.0]))}
+    assert "0.150 (below random)" in detection_table(curves)

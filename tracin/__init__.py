@@ -1,11 +1,13 @@
 """tracin: TracIn influence analysis for teacher and student image classifiers.
 
-Public API:
+Public API (imported on first use, so that `import tracin` and every command's --help stay light: no
+torch, torchvision, h5py or matplotlib until a name below is used):
     TracIn                 the batched per-sample-gradient TracInCP engine (tracin.engine.tracin)
     CrossEntropy, Distillation   the loss objects TracIn and the trainer share (tracin.training.losses)
     TopK, ScoreBlock       what TracIn.top_k and TracIn.iter_blocks return
     per_sample_grads       per-example gradients of selected parameters (tracin.engine.grads)
     Checkpoint             a model state and the learning rate that weights it
+    load_checkpoints       checkpoints from a folder, a glob or a list; prefix= picks one model of several
     checkpoints_from_loader   checkpoints of any layout through a captum-style load function
     ScoreFile              a tracin-score HDF5 result file (tracin.results.store)
     TracinError            base class of the errors a user can fix
@@ -13,34 +15,45 @@ Public API:
     build_model, load_data
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-from tracin.training.checkpoints import Checkpoint, checkpoints_from_loader  # noqa: E402
-from tracin.config import DataConfig, EngineConfig, ModelConfig, ScoreConfig, TrainConfig  # noqa: E402
-from tracin.training.data import load_data  # noqa: E402
-from tracin.errors import TracinError  # noqa: E402
-from tracin.engine.grads import per_sample_grads  # noqa: E402
-from tracin.training.losses import CrossEntropy, Distillation  # noqa: E402
-from tracin.training.models import build_model  # noqa: E402
-from tracin.engine.tracin import ScoreBlock, TopK, TracIn  # noqa: E402
-from tracin.results.store import ScoreFile  # noqa: E402
+_PUBLIC = {  # name -> the module that defines it
+    "Checkpoint": "tracin.training.checkpoints",
+    "checkpoints_from_loader": "tracin.training.checkpoints",
+    "load_checkpoints": "tracin.training.checkpoints",
+    "CrossEntropy": "tracin.training.losses",
+    "Distillation": "tracin.training.losses",
+    "DataConfig": "tracin.config",
+    "EngineConfig": "tracin.config",
+    "ModelConfig": "tracin.config",
+    "ScoreConfig": "tracin.config",
+    "TrainConfig": "tracin.config",
+    "ScoreBlock": "tracin.engine.tracin",
+    "TopK": "tracin.engine.tracin",
+    "TracIn": "tracin.engine.tracin",
+    "ScoreFile": "tracin.results.store",
+    "TracinError": "tracin.errors",
+    "build_model": "tracin.training.models",
+    "load_data": "tracin.training.data",
+    "per_sample_grads": "tracin.engine.grads",
+}
 
-__all__ = [
-    "Checkpoint",
-    "CrossEntropy",
-    "DataConfig",
-    "Distillation",
-    "EngineConfig",
-    "ModelConfig",
-    "ScoreBlock",
-    "ScoreConfig",
-    "ScoreFile",
-    "TopK",
-    "TracIn",
-    "TrainConfig",
-    "TracinError",
-    "build_model",
-    "checkpoints_from_loader",
-    "load_data",
-    "per_sample_grads",
-]
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    """The public names, each imported from its module on first use (PEP 562)."""
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'tracin' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})

@@ -7,6 +7,7 @@ when a run is resumed, so every field is a plain JSON value.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -33,6 +34,26 @@ GROUP_SEPARATOR, EVERY_GROUP = "@", "*"  # variant "raw@layer4": raw scores of l
 AUTO_MEMORY_SHARE = 0.75  # --max-memory-gb auto: this share of the free device memory (CPU: available RAM)
 REPLICA_SEED_STRIDE = 1000  # replica N of a run trains with seed + N * stride (init and data order)
 ENSEMBLE_SUFFIX = ".ensemble"  # ROLE.ensemble: the mean of a role's replicas' scores in a score file
+# tracin-sweep --vary settings: only the distilled student reads the first; both students the second; the teacher
+# (and so every model) the third
+SWEEP_STUDENT_KEYS = ("temperature", "alpha", "kd_loss", "distill", "teacher_epoch")
+SWEEP_SHAPE_KEYS = ("student_stages", "student_init")
+SWEEP_TEACHER_KEYS = ("epochs", "width", "arch", "seed", "lr", "batch_size", "augment", "optimizer", "schedule", "momentum",
+                      "weight_decay", "label_smoothing", "warmup_epochs", "label_noise", "train_subset")
+SWEEP_KEYS = SWEEP_STUDENT_KEYS + SWEEP_SHAPE_KEYS + SWEEP_TEACHER_KEYS
+DEVICES = ("auto", "cpu", "cuda")
+EVAL_DATASETS = ("cifar10", "cifar100", "fashion-mnist")  # test splits a trained run can be evaluated on (tracin-eval)
+# tracin-validate's leave-top-k-out removals: the model's own proponents, its teacher's, the baseline student's,
+# k random examples, or its strongest opponents
+NONE, OWN, TEACHER, BASELINE, RANDOM, OPPONENTS = "none", "own", "teacher", "baseline", "random", "opponents"
+CONDITIONS = (OWN, TEACHER, BASELINE, RANDOM, OPPONENTS)
+VALIDATION_SEED_STRIDE = 100  # tracin-validate's retraining seed s trains with the model's seed + s * this (data order)
+MAX_VALIDATION_SEEDS = REPLICA_SEED_STRIDE // VALIDATION_SEED_STRIDE - 1  # more would reach the next replica's seeds
+
+
+def default_data_root() -> str:
+    """`$TRACIN_DATA` if set, else `data` in the working directory."""
+    return os.environ.get("TRACIN_DATA", "data")
 
 
 def _check(condition: bool, message: str) -> None:

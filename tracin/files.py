@@ -3,7 +3,8 @@
 `write_atomic` writes to a temporary file in the same folder, fsyncs it, then renames it over the target:
 the previous version stays whole until the new one is. A failed write removes its temporary file; a killed
 writer leaves it (`.NAME.*.tmp`), and `remove_stale_temporaries` clears those once the output's lock is held.
-`exclusive_lock` is the advisory lock every command holds on the outputs it writes.
+`exclusive_lock` is the advisory lock every command holds on the outputs it writes; its hidden lock file
+(`.NAME.lock`) goes when the command ends.
 """
 
 from __future__ import annotations
@@ -64,46 +65,81 @@ def write_json_atomic(values: Any, path: Union[str, Path]) -> None:
 @contextmanager
 def exclusive_lock(target: Union[str, Path], what: str, shared: bool = False) -> Iterator[None]:
     """Hold an advisory lock (flock) on `target` for the duration: a second process that wants the same
-    output is refused with one line naming the process that holds it. The lock lives in a small file
-    beside the target (`.NAME.lock`, for a file or a folder), which is kept (removing it would race a
-    waiting process), except when this lock made the folders it lives in and its holder wrote no target:
-    then the lock file and those folders go, while the lock is still held. `shared`: a reader's lock (tracin-score on a run folder): any number of readers at
-    once, but none while a writer holds it, and no writer while a reader does."""
+    output is refused with one line naming the process that holds it. The lock lives in a small hidden file
+    beside the target (`.NAME.lock`, for a file or a folder), removed when the last holder lets go. `shared`:
+    a reader's lock (tracin-score on a run folder): any number of readers at once, but none while a writer
+    holds it, and no writer while a reader does.
+
+    The lock file is opened without following links (a planted `.NAME.lock` link is refused, and nothing is
+    written through it). It is removed while still locked, and a process that locked a file already removed
+    opens the path again: so removal never lets two holders in. Folders this lock made are removed too when
+    its holder wrote no target."""
     target = Path(target).resolve()  # one lock for every path (relative, symlinked) to the same output
     lock = target.with_name(f".{target.name}.lock")
     created = [folder for folder in (lock.parent, *lock.parent.parents) if not folder.exists()]
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(lock, "a+")
+        fd = _locked(lock, shared, what, target)
     except OSError as error:
         if not shared or error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
         yield  # a reader of a folder nobody may write in: no writer can change it, so no lock is needed
         return
-    acquired = False
     try:
-        try:
-            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-            acquired = True
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise TracinError(
-                f"{what} {target} is in use by process {holder}; wait for it to finish, or stop it") from None
-        handle.seek(0)  # the latest holder's pid, for the message a refused process gets
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+        os.ftruncate(fd, 0)  # the latest holder's pid, for the message a refused process gets
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
-        if acquired and not shared and created and not target.exists():  # refused before writing: no folder left
-            _remove_made_folders(lock, created)
-        handle.close()  # closing releases the lock
+        _release(fd, lock)
+        if not shared and created and not target.exists():  # refused before writing: no folder left
+            _remove_made_folders(created)
 
 
-def _remove_made_folders(lock: Path, created: list[Path]) -> None:
-    """Remove the lock file and the folders made for it, innermost first, each only if empty."""
-    lock.unlink(missing_ok=True)
+def _locked(lock: Path, shared: bool, what: str, target: Path) -> int:
+    """A descriptor of `lock`, flock-ed; a planted link or a non-file there is refused, a holder named."""
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, default_mode())
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                raise TracinError(f"{lock} is not a lock file this tool made (a link or a folder): remove it, "
+                                  "and check who placed it") from None
+            raise
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise TracinError(f"{what} {target} is in use by process {holder}; wait for it to finish, or stop it") from None
+        if _same_file(fd, lock):
+            return fd
+        os.close(fd)  # its last holder removed it after we opened it: lock the path's new file
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        on_disk = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
+
+
+def _release(fd: int, lock: Path) -> None:
+    """Let go of the lock, removing its file if no one else holds it (an exclusive lock taken without
+    waiting proves that; a reader who cannot take it leaves the file to the others)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _same_file(fd, lock):
+            lock.unlink(missing_ok=True)
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _remove_made_folders(created: list[Path]) -> None:
+    """Remove the folders made for a lock, innermost first, each only if empty."""
     for folder in created:
         try:
             folder.rmdir()

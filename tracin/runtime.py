@@ -17,9 +17,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from tracin.config import DEVICES
 from tracin.errors import TracinError
 
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)

@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import shlex
 import errno
 import math
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Optional, Sequence
 
+from tracin import __version__
 from tracin.config import (
     AUTO_MEMORY_SHARE,
     COARSE_LABELS,
     DATASETS,
+    DEVICES,
     DISTILL,
+    EVAL_DATASETS,
     KD_LOSSES,
     MODES,
     OPTIMIZERS,
@@ -25,37 +30,58 @@ from tracin.config import (
     ROLES,
     SCHEDULES,
     SCORE_LOSSES,
-    VARIANTS,
     STUDENT_INIT,
+    SWEEP_KEYS,
+    VARIANTS,
     DataConfig,
     EngineConfig,
     ScoreConfig,
     TrainConfig,
+    default_data_root,
 )
-from tracin.training.data import default_data_root
-from tracin.engine.projection import PROJECTORS
-from tracin.training.models import MODELS, allow_imports
 from tracin.errors import TracinError
 from tracin.files import disk_full
-from tracin.runtime import DEVICES
-from tracin.results.scoring import ScoreOptions, score_run
-from tracin.results.reporting import ReportOptions, report_run
-from tracin.training import sweep as sweep_module
-from tracin.training.data import EVAL_DATASETS
-from tracin.training.evaluation import EvalOptions, eval_run
-from tracin.training.run_folder import check_run_name
-from tracin.results.validating import ValidateOptions, validate_run
-from tracin.training.trainer import RunOptions, saved_epochs, train_run
+from tracin.options import EvalOptions, ReportOptions, RunOptions, ScoreOptions, ValidateOptions, check_run_name
+
+# Only light modules above: every parser is built, and --help answered, without importing torch. The code that
+# carries a command out is imported inside its function.
 
 TRAIN = TrainConfig()
 DATA = DataConfig()
 
 
+def _defaults(options: type) -> SimpleNamespace:
+    """The defaults of an options dataclass's fields, read without constructing (and so validating) one."""
+    return SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(options) if f.default is not dataclasses.MISSING})
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line on stderr and exit code 2, like every other user error."""
+    """argparse whose usage errors are one line on stderr and exit code 2, like every other user error.
+    Options are never abbreviated (`--overw` is not `--overwrite`), and every command has --version."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+        self.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class _Registered:
+    """An option's type that accepts a name of a registry, looked up only when an argument is checked (the
+    registries need torch, which --help does not import)."""
+
+    def __init__(self, module: str, registry: str):
+        self.module, self.registry = module, registry
+        self.__name__ = registry  # argparse names the type in its error
+
+    def __call__(self, name: str) -> str:
+        import importlib
+
+        names = sorted(getattr(importlib.import_module(self.module), self.registry))
+        if name not in names:
+            raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(names)})")
+        return name
 
 
 def _arguments(argv: Optional[Sequence[str]]) -> list[str]:
@@ -192,6 +218,8 @@ def _allowing(factories: Sequence[str], work: Callable[[], object]) -> Callable[
     """`work`, with the model factories the user named on the command line allowed to be imported first
     (a bad name is then a one-line error too)."""
     def allowed_work() -> object:
+        from tracin.training.models import allow_imports
+
         allow_imports(factories)
         return work()
     return allowed_work
@@ -201,7 +229,7 @@ def _config_option(group, flag: str, help: str, defaults=TRAIN, field: Optional[
     """An option whose default and type come from a configuration field, named like the flag unless
     `field` says otherwise (--batch-size: TrainConfig.batch_size)."""
     default = getattr(defaults, field or flag[2:].replace("-", "_"))
-    if "choices" not in kwargs:
+    if "choices" not in kwargs and "type" not in kwargs:
         kwargs["type"] = type(default)
     group.add_argument(flag, default=default, help=f"{help} (default: %(default)s)", **kwargs)
 
@@ -257,7 +285,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("models and distillation")
-    _config_option(group, "--arch", "architecture of teacher and students (tracin.training.models)", choices=sorted(MODELS))
+    _config_option(group, "--arch", "architecture of teacher and students, registered in tracin.training.models",
+                   type=_Registered("tracin.training.models", "MODELS"), metavar="NAME")
     group.add_argument("--model", metavar="MODULE:FUNCTION",
                        help="the teacher from your own factory, called as FUNCTION(num_classes=..., in_channels=...) (importable "
                        "from PYTHONPATH); needs --student-model; scoring it later needs --allow-model")
@@ -326,12 +355,8 @@ def run_options(args: argparse.Namespace, argv: Sequence[str]) -> RunOptions:
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
     """`tracin-train`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
     argv = _arguments(argv)
-    args = build_train_parser().parse_args(argv)
-    def work() -> None:
-        allow_imports([args.model, args.student_model])
-        train_run(*train_configs(args), run_options(args, argv))
-
-    return run_command("tracin-train", work, "continue with --resume")
+    build_train_parser().parse_args(argv)  # --help and usage errors before anything heavy is imported
+    return run_command("tracin-train", lambda: _train_argv(argv), "continue with --resume")
 
 
 # --- tracin-score ----------------------------------------------------------------------------------
@@ -341,7 +366,7 @@ DEFAULT_VARIANTS = "train-normalised"  # measured: README, "Defaults chosen by m
 
 
 def build_score_parser() -> argparse.ArgumentParser:
-    score = ScoreConfig()
+    score = _defaults(ScoreConfig)  # not ScoreConfig(): its check of the projector registry imports torch
     parser = _Parser(
         prog="tracin-score",
         description="TracIn (TracInCP) scores of a trained run's models into one resumable HDF5 file, and the "
@@ -358,8 +383,9 @@ def build_score_parser() -> argparse.ArgumentParser:
                         help="score the first N replicas of each model (default: every replica tracin-train trained)")
     parser.add_argument("--mode", choices=MODES, default=score.mode, help="exact | projected | last-layer (default: %(default)s)")
     parser.add_argument("--proj-dim", type=int, help="per-layer projection size in projected mode (e.g. 1024)")
-    parser.add_argument("--projector", choices=sorted(PROJECTORS), default=score.projector,
-                        help="random projection of projected mode (default: %(default)s)")
+    parser.add_argument("--projector", type=_Registered("tracin.engine.projection", "PROJECTORS"), default=score.projector,
+                        metavar="NAME", help="random projection of projected mode, registered in tracin.engine.projection "
+                        "(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=score.seed, help="projection and sampling seed (default: %(default)s)")
     parser.add_argument("--layers", default="", help="comma-separated module-name prefixes to use (default: every parameter)")
     parser.add_argument("--loss", choices=SCORE_LOSSES, default="ce",
@@ -406,7 +432,7 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, default=engine.batch_size, help="examples per forward/backward (default: %(default)s)")
     group.add_argument("--max-memory-gb", default="auto", metavar="GB|auto",
                        help="memory for kept gradients and score blocks; sets the chunking. auto: "
-                       f"{AUTO_MEMORY_SHARE:.0%} of the memory free on the device once the model is loaded (CPU: "
+                       f"{AUTO_MEMORY_SHARE * 100:.0f}%% of the memory free on the device once the model is loaded (CPU: "
                        "available RAM, shared among torchrun's processes); the plan is printed (default: %(default)s)")
     group.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                        help="run every batch eagerly on CUDA (needed only for a model that cannot be graph-captured)")
@@ -470,7 +496,12 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
     """`tracin-score`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
     argv = _arguments(argv)
     args = build_score_parser().parse_args(argv)
-    return run_command("tracin-score", _allowing(args.allow_model, lambda: score_run(score_options(args, argv))),
+    def work() -> None:
+        from tracin.results.scoring import score_run
+
+        score_run(score_options(args, argv))
+
+    return run_command("tracin-score", _allowing(args.allow_model, work),
                        "run the same command again to continue")
 
 
@@ -479,7 +510,7 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
 
 def build_validate_parser() -> argparse.ArgumentParser:
     defaults = ValidateOptions(run="")
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tracin-validate",
         description="Counterfactual checks of a run's TracIn scores: retrain without each sampled test example's "
         "top-k proponents (the model's own, its teacher's, the baseline student's), k random examples or its "
@@ -530,7 +561,12 @@ def validate_options(args: argparse.Namespace) -> ValidateOptions:
 def validate_main(argv: Optional[Sequence[str]] = None) -> int:
     """`tracin-validate`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
     args = build_validate_parser().parse_args(_arguments(argv))
-    return run_command("tracin-validate", _allowing(args.allow_model, lambda: validate_run(validate_options(args))),
+    def work() -> None:
+        from tracin.results.validating import validate_run
+
+        validate_run(validate_options(args))
+
+    return run_command("tracin-validate", _allowing(args.allow_model, work),
                        "run the same command again to continue (finished retrainings are kept)")
 
 
@@ -539,7 +575,7 @@ def validate_main(argv: Optional[Sequence[str]] = None) -> int:
 
 def build_report_parser() -> argparse.ArgumentParser:
     defaults = ReportOptions(run="")
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tracin-report",
         description="The field's sanity checks of a run's TracIn scores, teacher, student and baseline side by side: "
         "identical class and subclass, concentration, model randomization (cascading from the head down), mislabel "
@@ -575,7 +611,12 @@ def report_options(args: argparse.Namespace) -> ReportOptions:
 def report_main(argv: Optional[Sequence[str]] = None) -> int:
     """`tracin-report`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
     args = build_report_parser().parse_args(_arguments(argv))
-    return run_command("tracin-report", _allowing(args.allow_model, lambda: report_run(report_options(args))),
+    def work() -> None:
+        from tracin.results.reporting import report_run
+
+        report_run(report_options(args))
+
+    return run_command("tracin-report", _allowing(args.allow_model, work),
                        "run the same command again (finished models are kept)")
 
 
@@ -583,14 +624,14 @@ def report_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def build_sweep_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tracin-sweep",
         description="One distillation experiment over values of one or more settings: trains only what must be "
         "trained (students reuse one teacher when only their settings vary), through tracin-train's own code, "
         "resumable; writes results.csv, results.md and results.png. Every other option is tracin-train's and "
         "applies to every run.",
         epilog="Example: tracin-sweep --sweep temperature --vary temperature=1,2,5 --dataset fashion-mnist "
-        "--train-subset 2000 --epochs 4 --width 8. Settings: " + ", ".join(sweep_module.KEYS) + " (teacher_epoch: "
+        "--train-subset 2000 --epochs 4 --width 8. Settings: " + ", ".join(SWEEP_KEYS) + " (teacher_epoch: "
         "which saved checkpoint of the shared teacher the students distil from; augment: on,off).",
     )
     parser.add_argument("--sweep", required=True, help="name of the sweep: its runs and results go to OUT_ROOT/SWEEP/")
@@ -603,7 +644,11 @@ def build_sweep_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train_argv(argv: list[str]) -> None:
+def _train_argv(argv: Sequence[str]) -> None:
+    """Train as tracin-train with these arguments would (they are parsed again: tracin-sweep passes its own on)."""
+    from tracin.training.models import allow_imports
+    from tracin.training.trainer import train_run
+
     args = build_train_parser().parse_args(argv)
     allow_imports([args.model, args.student_model])
     train_run(*train_configs(args), run_options(args, argv))
@@ -617,8 +662,12 @@ def _score_argv(argv: list[str]) -> None:
 def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
     """`tracin-sweep`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
     args, base = build_sweep_parser().parse_known_args(_arguments(argv))
+    build_train_parser().parse_args(["--run", args.sweep, *base])  # what goes on to tracin-train is checked first
 
     def work() -> None:
+        from tracin.training import sweep as sweep_module
+        from tracin.training.trainer import saved_epochs
+
         score = None if args.score is None else tuple(shlex.split(args.score))
         sweep = sweep_module.Sweep(check_run_name(args.sweep), tuple(sweep_module.parse_vary(v) for v in args.vary),
                                    tuple(base), args.out_root, ("tracin-sweep", *_arguments(argv)), score)
@@ -639,7 +688,7 @@ def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def build_eval_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tracin-eval",
         description="Evaluate a trained run's finished models (their last checkpoints) on another torchvision data "
         "set's test split, its classes mapped to the run's; writes RUN/eval_DATASET.csv.",
@@ -660,4 +709,9 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_eval_parser().parse_args(_arguments(argv))
     options = EvalOptions(run=args.run, dataset=args.eval_dataset, data_root=args.data_root or default_data_root(),
                           class_map=args.class_map, checksum=not args.no_checksum, device=args.device)
-    return run_command("tracin-eval", _allowing(args.allow_model, lambda: eval_run(options)), "run it again")
+    def work() -> None:
+        from tracin.training.evaluation import eval_run
+
+        eval_run(options)
+
+    return run_command("tracin-eval", _allowing(args.allow_model, work), "run it again")

@@ -1,18 +1,38 @@
-"""Execute the notebooks in notebooks/ on a score file, and export them to HTML.
+"""`tracin notebooks`: execute the package's notebooks (tracin.notebooks) on a score file, and export them to HTML.
 
-Each notebook's first code cell (tagged "parameters") names the HDF5 file; it is replaced by the values
-given here before the notebook runs in a fresh kernel (nbclient). A cell that raises fails the run.
-Needs the `dev` extra (nbclient, nbformat, nbconvert, ipykernel).
+Each notebook's first code cell (tagged "parameters") names the HDF5 file; it is replaced by the values given
+here before the notebook runs in a fresh kernel (nbclient). A notebook whose metadata says it needs what the
+score file lacks (`"tracin": {"needs": ["flipped-labels"]}`, a name of NEEDS) is skipped with one line; the
+others still run. A cell that raises fails that notebook, and the command ends with one line per failure.
+Needs the `notebooks` extra (nbclient, nbformat, nbconvert, ipykernel).
 """
 
 from __future__ import annotations
 
+import importlib.resources
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
+from tracin.cli.main import _arguments, _Parser, run_command
 from tracin.errors import TracinError
 
-NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+NOTEBOOKS = Path(str(importlib.resources.files("tracin.notebooks")))  # the repository's notebooks/, or the installed copy
+
+
+@dataclass(frozen=True)
+class Need:
+    """Something a notebook needs from a score file: `holds(store)`, and why it is skipped when not."""
+
+    holds: Callable[[Any], bool]
+    missing: str
+
+
+NEEDS = {
+    "flipped-labels": Need(lambda store: bool(store.noisy.any()),
+                           "the run flipped no training label (train with tracin-train --label-noise P to study detection)"),
+}
 
 
 def _parameters_cell(notebook) -> Any:
@@ -30,7 +50,9 @@ def execute_notebook(path: str | Path, parameters: dict[str, Any], html: Optiona
 
     notebook = nbformat.read(str(path), as_version=4)
     _parameters_cell(notebook).source = "\n".join(f"{name} = {value!r}" for name, value in parameters.items())
-    NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(Path(path).parent)}}).execute()
+    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(Path(path).parent)}},
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no kernel chatter on the user's terminal
+    client.execute(env={**os.environ, "TQDM_DISABLE": "1"})  # progress bars would be widgets ("IProgress not found")
     if html is not None:
         from nbconvert import HTMLExporter
 
@@ -39,40 +61,64 @@ def execute_notebook(path: str | Path, parameters: dict[str, Any], html: Optiona
     return notebook
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """tracin-notebooks SCORES OUT_DIR [DATA_ROOT]: both notebooks to HTML in OUT_DIR."""
+def skip_reason(path: Path, store) -> Optional[str]:
+    """Why the notebook at `path` does not apply to the score file (its first unmet need), or None."""
+    import nbformat
+
+    needs = nbformat.read(str(path), as_version=4).metadata.get("tracin", {}).get("needs", [])
+    unknown = [name for name in needs if name not in NEEDS]
+    if unknown:
+        raise ValueError(f"{path.name} needs {', '.join(unknown)}, which tracin.cli.notebooks.NEEDS does not define")
+    return next((NEEDS[name].missing for name in needs if not NEEDS[name].holds(store)), None)
+
+
+def build_parser() -> _Parser:
+    parser = _Parser(prog="tracin-notebooks",
+                     description="Execute the notebooks on a tracin-score file and write each as HTML (OUT_DIR/NAME.html); "
+                     "a notebook that does not apply to the file (no flipped labels, say) is skipped with one line.")
+    parser.add_argument("scores", metavar="SCORES", help="the HDF5 file tracin-score wrote")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder for the HTML files")
+    parser.add_argument("data_root", metavar="DATA_ROOT", nargs="?", help="where the run's data set is, if it moved")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """tracin-notebooks SCORES OUT_DIR [DATA_ROOT]: every notebook that applies, to HTML in OUT_DIR."""
     import sys
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) not in (2, 3) or any(a.startswith("-") for a in args):
-        print("usage: tracin-notebooks SCORES OUT_DIR [DATA_ROOT]  (both notebooks, executed, as HTML in OUT_DIR)", file=sys.stderr)
-        return 2
-    from tracin.cli.main import run_command
-
-    scores, out_dir = Path(args[0]).resolve(), Path(args[1])
-    data_root = args[2] if len(args) > 2 else None
-    return run_command("tracin-notebooks", lambda: execute_all(scores, out_dir, data_root), "run the same command again")
+    args = build_parser().parse_args(_arguments(argv if argv is not None else sys.argv[1:]))
+    scores, out_dir = Path(args.scores).resolve(), Path(args.out_dir)
+    return run_command("tracin-notebooks", lambda: execute_all(scores, out_dir, args.data_root), "run the same command again")
 
 
-def execute_all(scores: Path, out_dir: Path, data_root: Optional[str]) -> None:
-    """Both notebooks on `scores`, as HTML in out_dir. The file is opened here first, so that a wrong
-    path or a damaged file is one line, not a failed kernel; a cell that fails is named in one line."""
+def execute_all(scores: Path, out_dir: Path, data_root: Optional[str]) -> list[Path]:
+    """Every notebook that applies to `scores`, as HTML in out_dir; returns the files written. The file is
+    opened here first, so that a wrong path or a damaged file is one line, not a failed kernel."""
     from nbclient.exceptions import CellExecutionError
 
-    from tracin.results.store import ScoreFile
-
     from tracin.results.report import check_finished
+    from tracin.results.store import ScoreFile
 
     with ScoreFile.open_read(scores) as store:
         check_finished(store)
+        skipped = {path: skip_reason(path, store) for path in sorted(NOTEBOOKS.glob("*.ipynb"))}
     out_dir.mkdir(parents=True, exist_ok=True)
-    for notebook in sorted(NOTEBOOKS.glob("*.ipynb")):
+    written, failed = [], []
+    for notebook, reason in skipped.items():
+        if reason is not None:
+            print(f"notebook: {notebook.stem} skipped: {reason}", flush=True)
+            continue
         html = out_dir / f"{notebook.stem}.html"
         try:
             execute_notebook(notebook, {"SCORES": str(scores), "DATA_ROOT": data_root}, html)
         except CellExecutionError as error:
-            raise TracinError(f"{notebook.name} failed: {error.ename}: {error.evalue}") from None
+            failed.append(f"{notebook.name} failed: {error.ename}: {error.evalue}")
+            continue
+        written.append(html)
         print(f"notebook: {html}", flush=True)
+    if failed:
+        raise TracinError("; ".join(failed))
+    return written
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ the CI is the percentile bootstrap over test examples (statistics.bootstrap_ci),
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -112,6 +113,20 @@ def _row(variant: str, statistic: str, comparison: str, samples: list[np.ndarray
     return (variant, statistic, comparison, value, low, high, chance, pairs, int(defined.sum()), p_value)
 
 
+MIN_PAIRING_REPLICAS = 4  # the fewest replicas whose pairings can give p < 0.05 (1/4! = 0.042; 1/3! = 0.17)
+
+
+def pairing_p_text(p_value: float, replicas: int) -> str:
+    """How a pairing p-value is printed: the value where R replicas' pairings can reach p < 0.05, else what
+    the test would need (with R replicas p cannot go below 1/R!, so printing it could only mislead)."""
+    if not np.isfinite(p_value):
+        return ""
+    if replicas < MIN_PAIRING_REPLICAS:
+        return (f"no permutation test: {replicas} replicas allow p >= {1 / math.factorial(replicas):.2f}; "
+                f"it needs >= {MIN_PAIRING_REPLICAS} replicas")
+    return f"permutation p = {p_value:.3f} over the {math.factorial(replicas)} pairings of {replicas} replicas"
+
+
 def pairing_p_value(agreement: np.ndarray) -> float:
     """The permutation test over replica pairings: agreement [R, R] of teacher i with student j (means
     over test examples); the statistic is mean(diagonal) - mean(off-diagonal), own teacher against the
@@ -187,8 +202,8 @@ def verdicts(table: np.ndarray) -> list[str]:
             said = ("agrees with its own teacher more than with another teacher" if above else
                     "agrees with its own teacher less than with another teacher" if below else
                     "agrees with its own teacher no more than with another teacher (the CI includes 0)")
-            has_p = "p_value" in table.dtype.names and np.isfinite(row["p_value"])
-            p = f", permutation p = {row['p_value']:.2f} over the pairings of {row['pairs']} replicas" if has_p else ""
+            p = pairing_p_text(row["p_value"], int(row["pairs"])) if "p_value" in table.dtype.names else ""
+            p = f"; {p}" if p else ""
             lines.append(f"{row['variant'].decode()}, {row['statistic'].decode()}: the student {said}: {interval}{p}")
         else:
             said = ("a shared initialisation and data order alone make student and baseline agree more" if above else
@@ -229,9 +244,12 @@ def format_agreement(table: np.ndarray, groups: bool = False) -> str:
             for statistic in statistics:
                 match = rows[(rows["comparison"] == comparison) & (rows["statistic"] == statistic)]
                 cells.append(f"{_cell(match[0]):>22}" if len(match) else " " * 22)
-            p_values = rows[rows["comparison"] == comparison]["p_value"] if "p_value" in rows.dtype.names else []
-            if len(p_values) and np.isfinite(p_values).any():
-                cells.append("p " + " ".join(f"{p:.2f}" for p in p_values))
+            mine = rows[rows["comparison"] == comparison]
+            if "p_value" in rows.dtype.names and np.isfinite(mine["p_value"]).any():
+                replicas = int(mine["pairs"][0])
+                shown = " ".join(f"{p:.3f}" for p in mine["p_value"]) if replicas >= MIN_PAIRING_REPLICAS else \
+                    f"none: needs >= {MIN_PAIRING_REPLICAS} replicas"
+                cells.append(f"p {shown}")
             lines.append(f"    {comparison.decode():<28}" + "  ".join(cells))
         chances = [rows[rows["statistic"] == statistic]["chance"][0] for statistic in statistics]
         lines.append(f"    {'(chance)':<28}" + "  ".join(f"{chance:>22.3f}" for chance in chances))

@@ -235,9 +235,13 @@ def format_detection(table: np.ndarray, groups: bool = False) -> str:
     lines = ["mislabel detection: flipped labels found by inspecting train examples in each order "
              f"(area under the curve; found in the top {', '.join(n.removeprefix('found_') + '%' for n in found)})"]
     width = max(len(r["ranking"]) for r in table)
+    random_area = _random_area(table["ranking"], table["area"])
     for row in table:
         cells = "  ".join(f"{row[name]:6.1%}" for name in found)
-        lines.append(f"  {row['ranking'].decode():<{width}}  AUC {row['area']:.3f}  {cells}")
+        flag = "  below the random order" if row["area"] < random_area else ""
+        lines.append(f"  {row['ranking'].decode():<{width}}  AUC {row['area']:.3f}  {cells}{flag}")
+    if any(row["area"] < random_area for row in table):
+        lines.append("  (a ranking below the random order puts flipped labels last: is the model near chance?)")
     if hidden:
         lines.append(f"  ({hidden} more rows, each layer group's self-influence alone, in the file and report.md)")
     return "\n".join(lines)
@@ -252,9 +256,19 @@ def format_detection_by_group(table: np.ndarray, models: Sequence[str] = ("teach
 
 def detection_table(curves: dict) -> str:
     rows = detection_summary(curves)
+    random_area = _random_area([r["ranking"] for r in rows], [r["area"] for r in rows])
     header = ["ranking", "area under curve"] + [f"flipped found in top {int(f * 100)}%" for f in INSPECTED]
-    body = [[r["ranking"], f"{r['area']:.3f}"] + [f"{r[f'found@{int(f * 100)}%']:.1%}" for f in INSPECTED] for r in rows]
-    return "**Mislabel detection**\n\n" + _markdown(header, body)
+    body = [[r["ranking"], f"{r['area']:.3f}" + (" (below random)" if r["area"] < random_area else "")]
+            + [f"{r[f'found@{int(f * 100)}%']:.1%}" for f in INSPECTED] for r in rows]
+    note = ("\n\n*Below random*: the ranking puts flipped labels last, not first (a model near chance does this)."
+            if any(r["area"] < random_area for r in rows) else "")
+    return "**Mislabel detection**\n\n" + _markdown(header, body) + note
+
+
+def _random_area(rankings, areas) -> float:
+    """The random order's area under the detection curve among these rows (0.5 when it is not there)."""
+    named = {(r.decode() if isinstance(r, bytes) else r): a for r, a in zip(rankings, areas)}
+    return float(named.get("random order", 0.5))
 
 
 def plot_mislabel_detection(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str = "") -> Figure:
@@ -458,15 +472,17 @@ def plot_validation(leave_out: np.ndarray, lds: np.ndarray) -> Figure:
 
 
 def report_verdicts(store: ScoreFile, table: np.ndarray) -> list[str]:
-    """The report's findings in words: randomization, the planted shortcut, and own versus other teacher
-    (from the agreement table, where the file has replicas)."""
+    """The report's findings in words: models near chance and rankings below chance flagged, randomization,
+    the planted shortcut, and own versus other teacher (from the agreement table, where the file has
+    replicas)."""
     try:
         agreement = store.agreement()
     except StoreError:
         agreement = np.zeros(0, dtype=AGREEMENT_DTYPE)
     shortcut = sanity.shortcut_class_of(store.train_stamped, store.train_labels)
     within = None if shortcut is None else float(store.train_stamped[store.train_labels == shortcut].mean())
-    return sanity.randomization_verdicts(table) + sanity.shortcut_verdicts(table, within) + verdicts(agreement)
+    return (sanity.model_verdicts(table) + sanity.randomization_verdicts(table) + sanity.shortcut_verdicts(table, within)
+            + verdicts(agreement))
 
 
 def quality_report_markdown(table: np.ndarray, groups: bool = False) -> str:

@@ -17,7 +17,7 @@ import contextlib
 import json
 import time
 from datetime import datetime
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from tracin.config import ROLES, EngineConfig, ScoreConfig, split_model_name
+from tracin.config import EngineConfig, ScoreConfig
 from tracin.engine.groups import group_names
 from tracin.engine.randomization import fresh_model, module_of, randomized_checkpoints
 from tracin.engine.tracin import TracIn
@@ -37,7 +37,8 @@ from tracin.results.comparison import CompareOptions
 from tracin.results.sanity import MODEL_ROWS
 from tracin.results import statistics as compare
 from tracin.results.report import check_finished, plot_quality_report, quality_report_markdown, report_verdicts
-from tracin.results.scoring import ScoreOptions, TrainedRun, checked_data, load_role_checkpoints, open_trained_run, scoring_loss
+from tracin.options import ReportOptions, ScoreOptions
+from tracin.results.scoring import TrainedRun, checked_data, load_role_checkpoints, open_trained_run, scoring_loss
 from tracin.results.store import ScoreFile
 from tracin.results.validating import check_scored_checkpoints, positions_in
 from tracin.results.validation import OWN, RANDOM
@@ -45,29 +46,6 @@ from tracin.runtime import Runtime, machine, start_runtime
 from tracin.training.data import RunData, Split
 from tracin.training.models import build_model
 
-
-
-@dataclass(frozen=True)
-class ReportOptions:
-    """What `tracin-report` was asked to do (see `tracin-report --help`)."""
-
-    run: str
-    scores: Optional[str] = None
-    models: tuple[str, ...] = ROLES
-    randomization_train: int = 500
-    randomization_test: int = 40
-    seed: int = 0
-    device: str = "auto"
-    data_root: Optional[str] = None
-    groups: bool = False
-    quiet: bool = False
-
-    def __post_init__(self) -> None:
-        for name in self.models:
-            split_model_name(name)  # a TracinError naming the valid names
-        if self.randomization_train < 3 or self.randomization_test < 2:
-            raise TracinError(f"--randomization-train must be at least 3 and --randomization-test at least 2, got "
-                              f"{self.randomization_train} and {self.randomization_test}")
 
 
 def report_run(options: ReportOptions) -> Path:
@@ -91,7 +69,7 @@ def report_run(options: ReportOptions) -> Path:
             if refresh_agreement(store):
                 runtime.log("agreement table recomputed with the controls (own - other teacher's p, shared - other init)")
             randomization = update_randomization(store, models, run, data, options, runtime)
-            predictions = {m: test_predictions(m, store, run, data, runtime) for m in models} if store.train_stamped.any() else {}
+            predictions = {m: test_predictions(m, store, run, data, runtime) for m in models}
             table = quality_report_table(store, models, randomization, predictions, options.seed)
             provenance = {"machine": machine(), "finished": datetime.now().isoformat(timespec="seconds"),
                           "seconds": round(time.monotonic() - started, 1),
@@ -208,7 +186,8 @@ def test_predictions(name: str, store: ScoreFile, run: TrainedRun, data: RunData
     model = build_model(config).to(runtime.device).eval()
     model.load_state_dict(checkpoints[-1].state)
     test = data.test.subset(torch.as_tensor(positions_in(store.test_index, data.test.index.numpy())))
-    return torch.cat([model(images).argmax(1).cpu() for images, _ in test.batches(256, runtime.device)]).numpy()
+    with torch.no_grad():
+        return torch.cat([model(images).argmax(1).cpu() for images, _ in test.batches(256, runtime.device)]).numpy()
 
 
 # --- the table -------------------------------------------------------------------------------------------
@@ -317,14 +296,19 @@ def _shortcut_distillation_rows(store: ScoreFile, variant: str, seed: int) -> li
 
 
 def _model_rows(store: ScoreFile, name: str, predicted: Optional[np.ndarray], seed: int) -> list[tuple]:
-    """Checks of the model itself: the loss baseline of mislabel detection, and whether it learned the
-    planted shortcut (accuracy on stamped and clean test examples; stamped ones of other classes taken
-    for the shortcut class)."""
+    """Checks of the model itself: its test accuracy against the majority class's share (a model near chance
+    has little to explain), the loss baseline of mislabel detection, and whether it learned the planted
+    shortcut (accuracy on stamped and clean test examples; stamped ones of other classes taken for the
+    shortcut class)."""
     rows = []
+    if predicted is not None:
+        majority = np.bincount(store.test_labels).max() / len(store.test_labels)
+        correct = (predicted == store.test_labels).astype(np.float64)
+        rows.append(sanity.summary_row(sanity.ACCURACY, name, MODEL_ROWS, correct, float(majority), seed))
     if store.noisy.any():
         found = sanity.detection_scores(store.model(name).last_loss, store.noisy)
         rows.append(sanity.summary_row("mislabel AUC, loss baseline", name, MODEL_ROWS, found, 0.5, seed))
-    if predicted is not None:
+    if predicted is not None and store.train_stamped.any():
         shortcut = sanity.shortcut_class_of(store.train_stamped, store.train_labels)
         labels, stamped = store.test_labels, store.test_stamped
         correct = (predicted == labels).astype(np.float64)

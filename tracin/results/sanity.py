@@ -96,15 +96,14 @@ def randomization_spearman(trained: np.ndarray, randomized: np.ndarray) -> np.nd
 
 
 def top1_share_ci(top1: np.ndarray, seed: int = 0, resamples: int = 1000) -> tuple[float, float, float]:
-    """(share of test rows whose top-1 proponent (int [rows]) is the most common one, and its percentile
-    bootstrap CI over test rows). The share is a maximum, so resamples overstate it: the CI can lie above
-    a small value (read it as "at most")."""
-    def share(sample: np.ndarray) -> float:
-        return float(np.bincount(sample).max() / len(sample))
-    rng = np.random.default_rng(seed)
-    draws = [share(top1[rng.integers(0, len(top1), len(top1))]) for _ in range(resamples)]
-    tail = (1 - compare.CONFIDENCE) / 2
-    return share(top1), float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail))
+    """(share of test rows whose top-1 proponent (int [rows]) is the most common one, and its Wilson score
+    interval). The interval is that of a binomial proportion: the rows that name the most common proponent
+    among all rows, that proponent taken as found. It always holds the share (a percentile bootstrap of the
+    maximum does not: resampling overstates a maximum, so its interval could lie above the share). `seed` and
+    `resamples` are not used (kept for callers)."""
+    count, rows = int(np.bincount(top1).max()), len(top1)
+    interval = scipy.stats.binomtest(count, rows).proportion_ci(compare.CONFIDENCE, method="wilson")
+    return count / rows, float(interval.low), float(interval.high)
 
 
 def random_top1_share(n_train: int, n_test: int, seed: int = 0, draws: int = 200) -> float:
@@ -127,6 +126,26 @@ def shared_stamped(top_a: np.ndarray, top_b: np.ndarray, train_stamped: np.ndarr
     top_b [rows, >= k]): do two models credit the same stamped examples?"""
     shared = [np.intersect1d(a[:k], b[:k]) for a, b in zip(top_a, top_b)]
     return np.array([train_stamped[s].sum() / k for s in shared], dtype=np.float64)
+
+
+ACCURACY = "accuracy, test (chance: majority class)"
+NEAR_CHANCE = 2.0  # a model whose test accuracy is below this many times the majority class's share is flagged
+
+
+def model_verdicts(table: np.ndarray) -> list[str]:
+    """Flags in words: a model at or near chance accuracy (below NEAR_CHANCE times the majority class's
+    share: its gradients explain little), and a self-influence ranking that finds flipped labels less often
+    than a random order (its mislabel AUC's CI below 0.5)."""
+    lines = []
+    for row in table[table["check"] == ACCURACY.encode()]:
+        if row["value"] < NEAR_CHANCE * row["chance"]:
+            lines.append(f"warning: {row['model'].decode()} is near chance: test accuracy {format_cell(row)} against "
+                         f"{row['chance']:.3f} for the majority class; train it longer before reading its attributions")
+    below = table[np.char.startswith(table["check"], b"mislabel AUC") & (table["ci_high"] < 0.5)]
+    for row in below:
+        lines.append(f"warning: {row['model'].decode()} {row['variant'].decode()} {row['check'].decode()} "
+                     f"{format_cell(row)} is below a random order's (0.5): it ranks flipped labels last, not first")
+    return lines
 
 
 RANDOMIZATION_ALARM = 0.5  # an all-layers Spearman whose CI lies above this: the ranking survives random weights

@@ -16,7 +16,7 @@ import hashlib
 import itertools
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -31,11 +31,12 @@ from tracin.results.agreement import agreement_table, format_agreement, format_a
 from tracin.results.comparison import CompareOptions, compare_models, format_tables
 from tracin.results.statistics import parse_topk
 from tracin.config import (
-    ENSEMBLE_SUFFIX, ROLES, SCORE_LOSSES, DataConfig, EngineConfig, ModelConfig, ScoreConfig, TrainConfig, ensemble_name, model_name,
+    ENSEMBLE_SUFFIX, ROLES, DataConfig, ModelConfig, TrainConfig, ensemble_name, model_name,
     replicas_by_role, split_model_name,
 )
 from tracin.training.data import RunData, fingerprint_differences, load_data, stratified_subset
 from tracin.errors import CheckpointError, DataError, TracinError
+from tracin.options import ScoreOptions
 from tracin.training.losses import CrossEntropy, Distillation, Objective
 from tracin.training.models import build_model
 from tracin.results.quality import QUALITY_DTYPE, format_quality, quality_row
@@ -46,46 +47,6 @@ from tracin.engine.tracin import ScoreBlock, TracIn
 from tracin.results.store import (
     SELF_INFLUENCES, DataArrays, ModelScores, Salvage, ScoreFile, rank_matrix, rankings_name, to_numpy,
 )
-
-
-@dataclass(frozen=True)
-class ScoreOptions:
-    """What `tracin-score` was asked to do (see `tracin-score --help`)."""
-
-    run: str
-    models: tuple[str, ...] = ("teacher", "student")
-    replicas: Optional[int] = None
-    score: ScoreConfig = field(default_factory=ScoreConfig)
-    checkpoints: str = "all"
-    train_subset: Optional[int] = None
-    test_subset: Optional[int] = None
-    topk: str = "100,500,1000"
-    cap_topk: bool = False
-    out: Optional[str] = None
-    device: str = "auto"
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    per_checkpoint: bool = False
-    overwrite: bool = False
-    quiet: bool = False
-    loss: str = "ce"
-    data_root: Optional[str] = None
-    corr_rows: int = 1000
-    plots: bool = False
-    command: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.models:
-            raise TracinError(f"--models takes {', '.join(ROLES)} (or ROLE.rN for one replica); got nothing")
-        for name in self.models:
-            try:
-                split_model_name(name)
-            except TracinError:
-                raise TracinError(f"--models takes {', '.join(ROLES)}, or ROLE.rN for replica N (e.g. teacher.r1); "
-                                  f"{name!r} is neither") from None
-        if self.replicas is not None and self.replicas < 1:
-            raise TracinError(f"--replicas must be at least 1, got {self.replicas}")
-        if self.loss not in SCORE_LOSSES:
-            raise TracinError(f"--loss must be one of {', '.join(SCORE_LOSSES)}, got {self.loss!r}")
 
 
 # --- the trained run -------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tracin import faults
-from tracin.config import REPLICA_SEED_STRIDE, ModelConfig, TrainConfig, ensemble_name, model_name, split_model_name
+from tracin.config import VALIDATION_SEED_STRIDE, ModelConfig, TrainConfig, ensemble_name, model_name, split_model_name
 from tracin.errors import CheckpointError, TracinError
 from tracin.files import exclusive_lock, write_atomic
 from tracin.results import statistics as compare
@@ -36,8 +36,9 @@ from tracin.results.scoring import TrainedRun, checked_data, open_trained_run
 from tracin.engine.topk import Ranking
 from tracin.results.store import ScoreFile, ValidationRecord
 from tracin.results.validation import (
-    BASELINE, CONDITIONS, LDS_CONDITION, NONE, OWN, RANDOM, TEACHER, Plan, conditions_for, format_validation,
+    BASELINE, LDS_CONDITION, NONE, OWN, RANDOM, TEACHER, Plan, conditions_for, format_validation,
 )
+from tracin.options import ValidateOptions
 from tracin.runtime import Runtime, machine, start_runtime
 from tracin.training.checkpoints import load_checkpoint, load_model, sha256_file
 from tracin.training.data import RunData, Split
@@ -45,50 +46,8 @@ from tracin.training.trainer import (
     ModelJob, RunContext, check_schedule, freeze, logit_margins, replica_run, retrain, split_to_device, steps_per_epoch,
 )
 
-SEED_STRIDE = 100  # retraining seed s of a condition trains with the model's seed + s * SEED_STRIDE (data order)
-MAX_SEEDS = REPLICA_SEED_STRIDE // SEED_STRIDE - 1  # more would reach the next replica's seeds
+SEED_STRIDE = VALIDATION_SEED_STRIDE
 SOURCES = {OWN: None, TEACHER: "teacher", BASELINE: "student_baseline"}  # whose proponents a condition removes
-
-
-@dataclass(frozen=True)
-class ValidateOptions:
-    """What `tracin-validate` was asked to do (see `tracin-validate --help`)."""
-
-    run: str
-    scores: Optional[str] = None
-    models: tuple[str, ...] = ("student",)
-    variants: tuple[str, ...] = ()
-    test_examples: int = 5
-    k: int = 50
-    conditions: tuple[str, ...] = CONDITIONS
-    subsets: int = 20
-    fraction: float = 0.5
-    seeds: int = 1
-    epochs: Optional[int] = None
-    seed: int = 0
-    device: str = "auto"
-    data_root: Optional[str] = None
-    overwrite: bool = False
-    quiet: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.models:
-            raise TracinError("--models names no model to retrain (e.g. student, or teacher,student.r1)")
-        for name in self.models:
-            split_model_name(name)  # a TracinError naming the valid names
-        unknown = [c for c in self.conditions if c not in CONDITIONS]
-        if unknown:
-            raise TracinError(f"--conditions takes {', '.join(CONDITIONS)}; got {', '.join(unknown)}")
-        checks = ((self.test_examples >= 0, f"--test-examples must be 0 or more, got {self.test_examples}"),
-                  (self.k >= 1, f"--k must be at least 1, got {self.k}"),
-                  (self.subsets >= 0, f"--subsets must be 0 or more, got {self.subsets}"),
-                  (self.subsets == 0 or self.subsets >= 3, f"--subsets: the LDS needs at least 3 subsets, got {self.subsets}"),
-                  (0.0 < self.fraction < 1.0, f"--fraction must be in (0, 1), got {self.fraction}"),
-                  (1 <= self.seeds <= MAX_SEEDS, f"--seeds must be between 1 and {MAX_SEEDS}, got {self.seeds}"),
-                  (self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"))
-        for holds, message in checks:
-            if not holds:
-                raise TracinError(message)
 
 
 # --- what is retrained ----------------------------------------------------------------------------

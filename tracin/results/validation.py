@@ -22,8 +22,7 @@ import numpy as np
 
 from tracin.results import statistics as compare
 
-NONE, OWN, TEACHER, BASELINE, RANDOM, OPPONENTS = "none", "own", "teacher", "baseline", "random", "opponents"
-CONDITIONS = (OWN, TEACHER, BASELINE, RANDOM, OPPONENTS)  # what a leave-top-k-out unit removes
+from tracin.config import BASELINE, CONDITIONS, NONE, OPPONENTS, OWN, RANDOM, TEACHER  # noqa: F401 (re-exported)
 LDS_CONDITION = "subset"
 
 UNIT_DTYPE = np.dtype([("model", "S40"), ("condition", "S16"), ("test_row", "i8"), ("subset", "i8"), ("seed", "i8"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -24,7 +23,7 @@ from torchvision import datasets
 from torchvision.datasets import cifar as cifar_module
 from torchvision.datasets.utils import extract_archive
 
-from tracin.config import DataConfig
+from tracin.config import EVAL_DATASETS, DataConfig, default_data_root  # noqa: F401 (re-exported)
 from tracin.errors import DataError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -87,7 +86,6 @@ class _UncheckedCIFAR100(datasets.CIFAR100):
     meta = {**datasets.CIFAR100.meta, "md5": None}
 
 
-EVAL_DATASETS = ("cifar10", "cifar100", "fashion-mnist")  # test splits a trained run can be evaluated on
 
 
 @dataclass(frozen=True)
@@ -488,8 +486,3 @@ def data_record(data: RunData) -> dict:
         "stamped_train_index": data.train.index[data.train.stamped].tolist(),
         "stamped_test_index": data.test.index[data.test.stamped].tolist(),
     }
-
-
-def default_data_root() -> str:
-    """`$TRACIN_DATA` if set, else `data` in the working directory."""
-    return os.environ.get("TRACIN_DATA", "data")

@@ -9,7 +9,6 @@ mapped to the run's, as a reader checks how a distilled student transfers.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -21,16 +20,7 @@ from tracin.training.checkpoints import load_model
 from tracin.training.data import SPECS, load_eval_split
 from tracin.training.run_folder import RunPaths, read_record
 from tracin.training.trainer import confusion_matrix, evaluate, write_csv
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    run: str
-    dataset: str
-    data_root: str = "data"
-    class_map: Optional[str] = None  # a JSON file {"their class": "run class", ...}
-    checksum: bool = True
-    device: str = "auto"
+from tracin.options import EvalOptions
 
 
 def read_class_map(path: Optional[str]) -> Optional[dict[str, str]]:

@@ -26,6 +26,7 @@ from tracin import __version__
 from tracin.training.checkpoints import checkpoint_name
 from tracin.config import ROLES, DataConfig, TrainConfig
 from tracin.errors import ConfigMismatchError, TracinError
+from tracin.options import check_run_name  # noqa: F401 (re-exported)
 
 RUN_FORMAT = "tracin-run"
 # Where the data files are is not what the data is: the fingerprint guards the content.
@@ -188,14 +189,6 @@ def open_record(paths: RunPaths, resume: bool, overwrite: bool, configs: dict[st
         )
     check_same_run(record, configs, paths.root)
     return record
-
-
-def check_run_name(name: str) -> str:
-    """A run name is one plain folder name: --overwrite removes OUT_ROOT/NAME, so "", ".", "..", paths
-    and separators (which would point it at other runs or at folders no run made) are refused."""
-    if not name or name in (".", "..") or "/" in name or "\\" in name or os.sep in name or "\0" in name:
-        raise TracinError(f"--run must be a plain name (no path separators, not empty, '.' or '..'), got {name!r}; use --out-root for the folder")
-    return name
 
 
 def made_by_tracin(paths: RunPaths) -> bool:

@@ -26,7 +26,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from tracin.config import ROLES
+from tracin.config import ROLES, SWEEP_KEYS as KEYS, SWEEP_SHAPE_KEYS as SHAPE_KEYS, SWEEP_TEACHER_KEYS as TEACHER_KEYS
 from tracin.errors import TracinError
 from tracin.files import write_atomic, write_json_atomic
 from tracin.results import statistics as compare
@@ -34,11 +34,6 @@ from tracin.results.store import ScoreFile
 from tracin.runtime import machine
 from tracin.training.checkpoints import checkpoint_name
 
-STUDENT_KEYS = ("temperature", "alpha", "kd_loss", "distill", "teacher_epoch")  # only the distilled student reads these
-SHAPE_KEYS = ("student_stages", "student_init")  # both students read these, the teacher does not
-TEACHER_KEYS = ("epochs", "width", "arch", "seed", "lr", "batch_size", "augment", "optimizer", "schedule", "momentum",
-                "weight_decay", "label_smoothing", "warmup_epochs", "label_noise", "train_subset")
-KEYS = STUDENT_KEYS + SHAPE_KEYS + TEACHER_KEYS
 BASE_RUN = "base"
 RESULT_FIELDS = ("run", "model", "test_acc", "best_epoch", "test_loss", "train_test_gap", "parameters",
                  "train_images_per_s", "wall_s")

@@ -71,7 +71,6 @@ from tracin.training.models import build_model, copy_shared_stages, count_parame
 from tracin.training.plots import plot_confusion, plot_history, plot_overlaid_history, plot_per_class
 from tracin.training.run_folder import (
     RunPaths,
-    check_run_name,
     clear_run,
     finish_replacement,
     made_by_tracin,
@@ -83,6 +82,7 @@ from tracin.training.run_folder import (
     restore_replaced,
 )
 from tracin.runtime import Runtime, start_runtime
+from tracin.options import RunOptions  # noqa: F401 (re-exported)
 
 ORDER_STREAM, AUGMENT_STREAM, GLOBAL_STREAM = 0, 1, 2  # the random streams of an epoch
 TEACHER_SEED_OFFSET, STUDENT_SEED_OFFSET = 0, 1  # initial weights: teacher from seed, students from seed + 1
@@ -686,33 +686,6 @@ def finish_model(job: ModelJob, run: RunContext, trainee: Trainee) -> None:
 
 
 # ---------------------------------------------------------------------------------------- the models
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How to run, as opposed to what to train (TrainConfig) and on which data (DataConfig).
-
-    teacher: path of an outside teacher checkpoint for the students (None: the run's own final teacher).
-    replicas: how many times each model is trained, with seeds seed + N * REPLICA_SEED_STRIDE (N = 0, 1,
-    ...), on the same data with the same configuration: the noise floor of every comparison.
-    command: the command line, recorded in run.json.
-    """
-
-    run: str
-    out_root: str = "checkpoints"
-    models: tuple[str, ...] = ROLES
-    teacher: Optional[str] = None
-    replicas: int = 1
-    device: str = "auto"
-    resume: bool = False
-    overwrite: bool = False
-    quiet: bool = False
-    command: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        check_run_name(self.run)
-        if self.replicas < 1:
-            raise TracinError(f"--replicas must be at least 1, got {self.replicas}")
 
 
 @dataclass
