@@ -9,19 +9,22 @@ The same as `tracin-score ... --plots`; the notebooks in notebooks/ show the sam
 import argparse
 import sys
 
-from tracin.cli.main import run_command
+from tracin.cli.main import _indices, run_command
 from tracin.results.report import write_report
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("scores", help="HDF5 file written by tracin-score")
     parser.add_argument("--out", help="folder for the files (default: plots/ beside the HDF5 file)")
     parser.add_argument("--data-root", help="where the run's data set is, if not where it was trained")
+    parser.add_argument("--examples", default="", metavar="I,J,...",
+                        help="test indices the proponent grids show (default: where teacher and student disagree most, "
+                        "and the most confident errors)")
     args = parser.parse_args()
 
     def work() -> None:
-        for path in write_report(args.scores, args.out, args.data_root):
+        for path in write_report(args.scores, args.out, args.data_root, _indices("--examples", args.examples)):
             print(path)
 
     return run_command("report", work, "run the same command again")

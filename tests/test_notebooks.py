@@ -13,6 +13,7 @@ def outputs_of(notebook) -> tuple[str, int]:
     text, images = [], 0
     for cell in notebook.cells:
         for output in cell.get("outputs", []):
+            assert output.get("name") != "stderr", output.get("text")  # no warning reaches the HTML
             data = output.get("data", {})
             images += "image/png" in data
             text.append(output.get("text", "") + data.get("text/markdown", "") + data.get("text/plain", ""))
@@ -42,7 +43,7 @@ def test_mislabel_detection_notebook_runs(tiny_scores, tmp_path):
     notebook = execute_notebook(NOTEBOOKS / "mislabel_detection.ipynb", {"SCORES": str(tiny_scores), "DATA_ROOT": None})
     text, images = outputs_of(notebook)
     assert "Mislabel detection" in text and "teacher: self-influence" in text and "random order" in text
-    assert images == 1
+    assert images == 1 + 3  # the detection curves, and the suspects of teacher, student and baseline
 
 
 def test_a_missing_parameters_cell_is_reported(tmp_path):
@@ -54,8 +55,36 @@ def test_a_missing_parameters_cell_is_reported(tmp_path):
         execute_notebook(path, {"SCORES": "x"})
 
 
+@pytest.fixture(scope="module")
+def clean_scores(tmp_path_factory, fashion_mnist_root) -> Path:
+    """A finished score file of a tiny run trained without label noise."""
+    from conftest import TINY_RUN_ARGS, run_tracin_score, run_tracin_train
+
+    out_root = tmp_path_factory.mktemp("clean")
+    args = [arg for arg in TINY_RUN_ARGS]
+    noise = args.index("--label-noise")
+    del args[noise:noise + 2]
+    result = run_tracin_train(["--run", "clean", "--out-root", out_root, "--data-root", fashion_mnist_root, *args])
+    assert result.returncode == 0, result.stderr
+    scores = out_root / "clean" / "tracin.h5"
+    result = run_tracin_score(["--run", out_root / "clean", "--train-subset", "64", "--test-subset", "16", "--topk", "3",
+                               "--device", "cpu", "--quiet"])
+    assert result.returncode == 0, result.stderr
+    return scores
+
+
+def test_a_run_without_label_noise_skips_the_mislabel_notebook_and_writes_the_other(clean_scores, tmp_path):
+    command = Path(sys.executable).parent / "tracin-notebooks"
+    result = subprocess.run([str(command), str(clean_scores), str(tmp_path / "html")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no kernel chatter, no warnings
+    assert "notebook: mislabel_detection skipped: the run flipped no training label" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "html").iterdir()) == ["overlap_tables.html"]
+    assert "IProgress" not in (tmp_path / "html" / "overlap_tables.html").read_text()
+
+
 def test_notebooks_command_without_arguments_prints_usage_not_a_traceback():
     command = Path(sys.executable).parent / "tracin-notebooks"
     result = subprocess.run([str(command)], capture_output=True, text=True)
-    assert result.returncode == 2 and "usage: tracin-notebooks" in result.stderr
+    assert result.returncode == 2 and "tracin-notebooks: error: the following arguments are required: SCORES, OUT_DIR" in result.stderr
     assert "Traceback" not in result.stderr

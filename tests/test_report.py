@@ -87,3 +87,70 @@ def test_mislabel_detection_without_label_noise_is_a_clear_error(tmp_path):
     store, _ = ScoreFile.create_or_resume(tmp_path / "clean.h5", {}, {}, clean, overwrite=False)
     with store, pytest.raises(TracinError, match="no training label was flipped"):
         report.mislabel_curves(store, ["teacher"])
+
+
+def test_stored_predictions_are_the_last_checkpoints_argmax(tiny_scores, tiny_run):
+    """tracin-score keeps each model's test predictions; tracin-report's own loader (build_model and the
+    checkpoint, not the engine) gives the same classes."""
+    from tracin.results.reporting import test_predictions
+    from tracin.results.scoring import checked_data, open_trained_run
+    from tracin.runtime import start_runtime
+
+    run = open_trained_run(str(tiny_run), None)
+    with ScoreFile.open_read(tiny_scores) as store, start_runtime("cpu", quiet=True) as runtime:
+        data = checked_data(run)
+        for name in ("teacher", "student"):
+            predicted, confidence = store.model(name).predictions
+            assert np.array_equal(predicted, test_predictions(name, store, run, data, runtime))
+            assert ((confidence > 0) & (confidence <= 1)).all()
+
+
+def test_test_rows_by_rule_are_the_least_overlapping_and_the_most_confident_errors(tiny_scores):
+    with ScoreFile.open_read(tiny_scores) as store:
+        top_t, top_s = store.model("teacher").rankings()[0].top_index, store.model("student").rankings()[0].top_index
+        overlap = overlap_at_k(top_t, top_s, top_t.shape[1])
+        predicted, confidence = store.model("teacher").predictions
+        wrong = [r for r in range(store.n_test) if predicted[r] != store.test_labels[r]]
+        chosen = report.choose_test_rows(store, count=4)
+        assert chosen[:2] == sorted(range(store.n_test), key=lambda r: (overlap[r], r))[:2]
+        confident = sorted(wrong, key=lambda r: (-confidence[r], r))
+        assert [r for r in chosen[2:]] == [r for r in confident if r not in chosen[:2]][:2]
+        index = store.test_index
+        assert report.choose_test_rows(store, examples=[int(index[5]), int(index[1])]) == [5, 1]
+        with pytest.raises(TracinError, match="not among the file's scored test examples"):
+            report.choose_test_rows(store, examples=[10**9])
+
+
+def test_every_figure_title_names_the_variant_and_the_models(tiny_scores):
+    import matplotlib.pyplot as plt
+
+    with ScoreFile.open_read(tiny_scores) as store:
+        models = store.models
+        figures = [report.plot_overlap_curves(store, "teacher", "student"), report.plot_score_histograms(store, models)]
+        for figure in figures:
+            title = figure._suptitle.get_text()
+            assert "raw TracInCP" in title and "teacher" in title and "student" in title, title
+            plt.close(figure)
+
+
+def test_the_proponent_grid_shows_prediction_index_and_score(tiny_scores):
+    import matplotlib.pyplot as plt
+
+    with ScoreFile.open_read(tiny_scores) as store:
+        images = report.Images(np.zeros((store.n_train, 1, 4, 4), np.uint8), np.zeros((store.n_test, 1, 4, 4), np.uint8))
+        figure = report.plot_proponent_grid(store, images, ["teacher", "student"], [3], k=2)
+        titles = [ax.get_title() for ax in figure.axes]
+        ranking = store.model("student").rankings()[0]
+        first = int(ranking.top_index[3, 0])
+        assert titles[0].startswith(f"teacher\ntest #{int(store.test_index[3])}: ") and "predicts " in titles[0]
+        assert titles[5].startswith("student\n") and titles[6].startswith(f"+1 train #{int(store.train_index[first])}\n")  # the student's row
+        assert titles[6].endswith(f"{float(ranking.top_score[3, 0]):+.3g}")
+        assert "raw TracInCP" in figure._suptitle.get_text()
+        plt.close(figure)
+
+
+def test_one_grid_without_replicas_and_role_models_pick_replica_0(tiny_scores):
+    with ScoreFile.open_read(tiny_scores) as store:
+        images = report.Images(np.zeros((store.n_train, 1, 4, 4), np.uint8), np.zeros((store.n_test, 1, 4, 4), np.uint8))
+        assert list(report.proponent_grids(store, images, ["teacher", "student"], [0])) == ["proponents.png"]  # no replicas
+    assert report.role_models(["teacher", "teacher.r1", "student", "teacher.ensemble"]) == ["teacher", "student"]

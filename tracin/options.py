@@ -80,6 +80,7 @@ class ScoreOptions:
     data_root: Optional[str] = None
     corr_rows: int = 1000
     plots: bool = False
+    examples: tuple[int, ...] = ()  # test indices the --plots proponent grids show (default: chosen by rule)
     command: str = ""
 
     def __post_init__(self) -> None:

@@ -419,6 +419,9 @@ def build_score_parser() -> argparse.ArgumentParser:
                         help="rows sampled for rank correlations (default: %(default)s)")
     parser.add_argument("--plots", action="store_true",
                         help="also write the figures (PNG) and tables (report.md) to plots/ beside the HDF5 file")
+    parser.add_argument("--examples", default="", metavar="I,J,...",
+                        help="test indices (of the data set) the proponent grids of --plots show (default: where teacher "
+                        "and student disagree most, and the most confident errors)")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished or mismatched result file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     _add_allow_model(parser)
@@ -449,6 +452,14 @@ def _memory_bytes(value: str) -> Optional[int]:
     if not math.isfinite(gigabytes) or gigabytes <= 0:
         raise TracinError(f"--max-memory-gb must be a positive number or auto, got {value}")
     return max(1, int(gigabytes * 2**30))
+
+
+def _indices(option: str, text: str) -> tuple[int, ...]:
+    """A comma-separated list of non-negative integers, e.g. --examples 12,40,7."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not all(part.isdigit() for part in parts):
+        raise TracinError(f"{option} takes comma-separated test indices (e.g. 12,40,7), got {text!r}")
+    return tuple(int(part) for part in parts)
 
 
 def parse_group(spec: str) -> tuple[str, tuple[str, ...]]:
@@ -488,6 +499,7 @@ def score_options(args: argparse.Namespace, argv: Sequence[str]) -> ScoreOptions
         data_root=str(Path(args.data_root).resolve()) if args.data_root else None,
         corr_rows=args.corr_rows,
         plots=args.plots,
+        examples=_indices("--examples", args.examples),
         command=" ".join(["tracin-score", *argv]),
     )
 

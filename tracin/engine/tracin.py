@@ -435,6 +435,15 @@ class TracIn:
             out.append(self.loss_fn(self.model(inputs), labels, inputs).cpu())
         return torch.cat(out)
 
+    @torch.no_grad()
+    def logits(self, data: Any, checkpoint: int = -1) -> Tensor:
+        """Tensor[n, classes] float32 on the CPU: the model's outputs at one checkpoint (default: the last)."""
+        source = DataSource(data, "data")
+        self._load(range(len(self.checkpoints))[checkpoint])
+        out = [self.model(source.get(first, min(first + self.engine.batch_size, source.n), self.device)[0]).float().cpu()
+               for first in range(0, source.n, self.engine.batch_size)]
+        return torch.cat(out)
+
     def top_k(self, train: Any, test: Any, k: int, side: str = "test") -> TopK:
         """The k strongest of each row, by the first of the config's variants, streamed from score blocks
         (the full matrix is never held). side "test": each test example's proponents and opponents among

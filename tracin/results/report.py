@@ -25,7 +25,7 @@ from tracin.results import sanity
 from tracin.results.agreement import AGREEMENT_DTYPE, DEPTH_COMPARISONS, agreement_by_depth, of_layer_groups, verdicts
 from tracin.results.comparison import cells, title_of
 from tracin.results.statistics import overlap_at_k
-from tracin.config import DataConfig
+from tracin.config import DataConfig, split_model_name, split_variant
 from tracin.training.data import load_data
 from tracin.errors import StoreError, TracinError
 from tracin.files import write_atomic
@@ -33,6 +33,17 @@ from tracin.results.store import ScoreFile, find_damage
 
 INSPECTED = (0.1, 0.2)  # fractions of the training set at which mislabel detection is reported
 GROUP_MARK = " only"  # ends the ranking name of a layer group's self-influence ("teacher: self-influence, layer1 only")
+
+
+def describe_variant(variant: str) -> str:
+    """A score variant in words, for titles: "raw TracInCP", "train-normalised TracInCP, layer4 alone"."""
+    base, group = split_variant(variant)
+    return f"{base} TracInCP" + (f", {group} alone" if group else "")
+
+
+def first_variant(store: ScoreFile, models: Sequence[str]) -> str:
+    """The variant a figure of these models shows: the first of the file's (the one in `scores`)."""
+    return store.model(models[0]).variants[0]
 
 
 def classes_of(store: ScoreFile) -> list[str]:
@@ -91,22 +102,24 @@ def plot_overlap_curves(store: ScoreFile, a: str, b: str) -> Figure:
         ax.set(title=title, xlabel="k", ylabel="mean overlap@k", ylim=(0, 1))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
-    figure.suptitle(f"Top-k agreement of {a} and {b} (TracInCP over all checkpoints)")
+    figure.suptitle(f"Top-k agreement of {a} and {b}: {describe_variant(first_variant(store, [a, b]))} over all checkpoints")
     return figure
 
 
 def plot_score_histograms(store: ScoreFile, models: Sequence[str], max_values: int = 200_000, seed: int = 0) -> Figure:
     """Histogram of each model's scores (a seeded sample of cells), raw and divided by its std."""
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    figure, axes = plt.subplots(1, 2, figsize=(12.5, 4), constrained_layout=True)
     n_train = store.n_train
     rows = np.sort(np.random.default_rng(seed).choice(n_train, size=min(n_train, max(1, max_values // store.n_test)), replace=False))
-    for name in models:
+    shown = role_models(models) or list(models)  # replicas and ensembles would hide each other
+    for name in shown:
         values = store.model(name).scores[rows, :].ravel()
         axes[0].hist(values, bins=100, histtype="step", label=name)
         axes[1].hist(values / values.std(), bins=100, histtype="step", label=name)
-    axes[0].set(title="TracIn scores", xlabel="score", ylabel="count", yscale="log")
-    axes[1].set(title="scores / std", xlabel="standardised score", yscale="log")
-    axes[0].legend()
+    axes[0].set(title="scores", xlabel="score", ylabel="count (train-test pairs)", yscale="log")
+    axes[1].set(title="scores / each model's std", xlabel="standardised score", yscale="log")
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    figure.suptitle(f"Score distributions: {describe_variant(first_variant(store, shown))}; {', '.join(shown)}")
     return figure
 
 
@@ -143,34 +156,95 @@ def _show(ax, image: np.ndarray, title: str, color: str = "black") -> None:
     ax.axis("off")
 
 
-def _train_title(store: ScoreFile, row: int, score: float, classes: list[str]) -> tuple[str, str]:
+def _train_title(store: ScoreFile, row: int, score: float, rank: str, classes: list[str]) -> tuple[str, str]:
+    """A train image's title: its rank and train index, label (a flipped one in red, with the true class),
+    and score."""
     label, clean = int(store.train_labels[row]), int(store.train_clean_labels[row])
+    head = f"{rank} train #{int(store.train_index[row])}"
     if label != clean:
-        return f"{classes[label]}\nflipped, was {classes[clean]}\n{score:.2g}", "red"
-    return f"{classes[label]}\n\n{score:.2g}", "black"
+        return f"{head}\n{classes[label]} (flipped; is {classes[clean]})\n{score:+.3g}", "red"
+    return f"{head}\n{classes[label]}\n{score:+.3g}", "black"
+
+
+def _test_title(store: ScoreFile, name: str, row: int, classes: list[str]) -> tuple[str, str]:
+    """A test image's title: its index and label, and the model's prediction with its probability (red
+    when wrong; '?' where the file holds no predictions)."""
+    label = int(store.test_labels[row])
+    head = f"{name}\ntest #{int(store.test_index[row])}: {classes[label]}"
+    predictions = store.model(name).predictions
+    if predictions is None:
+        return f"{head}\npredicts ?", "navy"
+    predicted, confidence = int(predictions[0][row]), float(predictions[1][row])
+    return f"{head}\npredicts {classes[predicted]} ({confidence:.0%})", "navy" if predicted == label else "red"
 
 
 def plot_proponent_grid(store: ScoreFile, images: Images, models: Sequence[str], test_rows: Sequence[int], k: int = 5) -> Figure:
-    """For each chosen test example: the image, then per model its k strongest proponents and k
-    strongest opponents, labelled (flipped training labels in red)."""
+    """For each chosen test example (a block of rows, one per model): the image with the model's
+    prediction, then its k strongest proponents and k strongest opponents, each with its rank, train index,
+    label (flipped training labels in red) and score."""
     classes = classes_of(store)
     rankings = {name: store.model(name).rankings()[0] for name in models}
-    columns = 1 + 2 * k
-    figure, axes = plt.subplots(len(test_rows) * len(models), columns, figsize=(1.5 * columns, 1.9 * len(test_rows) * len(models)),
-                                squeeze=False, constrained_layout=True)
+    k = min(k, next(iter(rankings.values())).top_index.shape[1])
+    columns, rows = 1 + 2 * k, len(test_rows) * len(models)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.55 * columns, 2.0 * rows + 0.3), squeeze=False)
     for i, test_row in enumerate(test_rows):
         for j, name in enumerate(models):
             row = axes[i * len(models) + j]
-            label = classes[int(store.test_labels[test_row])]
-            _show(row[0], images.test[test_row], f"{name}\ntest {test_row}: {label}", "navy")
+            _show(row[0], images.test[test_row], *_test_title(store, name, test_row, classes))
             ranking = rankings[name]
             for c in range(k):
-                for offset, index, score in ((1, ranking.top_index, ranking.top_score), (1 + k, ranking.bottom_index, ranking.bottom_score)):
+                for offset, index, score, sign in ((1, ranking.top_index, ranking.top_score, "+"),
+                                                   (1 + k, ranking.bottom_index, ranking.bottom_score, "-")):
                     train_row = int(index[test_row, c])
-                    title, color = _train_title(store, train_row, float(score[test_row, c]), classes)
+                    title, color = _train_title(store, train_row, float(score[test_row, c]), f"{sign}{c + 1}", classes)
                     _show(row[offset + c], images.train[train_row], title, color)
-    figure.suptitle(f"Proponents (left, +) and opponents (right, -) of test examples: {', '.join(models)}")
+    figure.suptitle(f"Proponents (+1..+{k}) and opponents (-1..-{k}) of {len(test_rows)} test examples: "
+                    f"{describe_variant(first_variant(store, models))}; {', '.join(models)}", fontsize=10)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (2.0 * rows + 0.3)), h_pad=0.4)
     return figure
+
+
+def role_models(models: Sequence[str]) -> list[str]:
+    """Replica 0 of each role among `models` (teacher, student, student_baseline): what a figure shows side by
+    side when a file also holds replicas and ensembles."""
+    return [name for name in models if not name.endswith(".ensemble") and split_model_name(name)[1] == 0]
+
+
+def role_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The pairs of replica-0 models (role_models) among `pairs`."""
+    return [(a, b) for a, b in pairs if role_models([a, b]) == [a, b]]
+
+
+def plot_suspects(store: ScoreFile, images: Images, name: str, count: int = 16) -> Figure:
+    """The `count` training examples of highest self-influence of one model (the first variant's, raw's
+    where it has none), in order, each with its rank, train index and label (flipped ones in red)."""
+    scores = store.model(name)
+    values = scores.variant_self_influence(scores.variants[0])
+    values, which = (values, scores.variants[0]) if values is not None else (scores.self_influence, "raw")
+    order = np.argsort(-values, kind="stable")[:count]
+    classes, columns = classes_of(store), 8
+    rows = -(-len(order) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.55 * columns, 1.9 * rows + 0.5), squeeze=False)
+    for ax, (rank, row) in zip(axes.flat, enumerate(order, 1)):
+        title, color = _train_title(store, int(row), float(values[row]), f"{rank}.", classes)
+        _show(ax, images.train[row], title, color)
+    for ax in list(axes.flat)[len(order):]:
+        ax.set_visible(False)
+    found = int(store.noisy[order].sum())
+    figure.suptitle(f"{name}: highest self-influence ({describe_variant(which)}); {found} of {len(order)} flipped", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def proponent_grids(store: ScoreFile, images: Images, models: Sequence[str], test_rows: Sequence[int],
+                    k: int = 5) -> dict[str, Figure]:
+    """{file name: grid}: proponents.png, the models side by side (replica 0 of each role where there are
+    replicas), and with replicas also one proponents_MODEL.png per model (a grid of every replica would be
+    too tall to read)."""
+    grids = {"proponents.png": plot_proponent_grid(store, images, role_models(models) or list(models), test_rows, k)}
+    if any(split_model_name(name)[1] > 0 for name in models if not name.endswith(".ensemble")):
+        grids.update({f"proponents_{name}.png": plot_proponent_grid(store, images, [name], test_rows, k) for name in models})
+    return grids
 
 
 # --- mislabel detection ---------------------------------------------------------------------------------------
@@ -272,25 +346,70 @@ def _random_area(rankings, areas) -> float:
 
 
 def plot_mislabel_detection(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str = "") -> Figure:
-    figure, ax = plt.subplots(figsize=(6, 5), constrained_layout=True)
-    for name, (x, y) in curves.items():
-        style = "k:" if name == "random order" else ("--" if "loss" in name else ("-." if "normalised" in name else "-"))
-        ax.plot(x, y, style, label=name)
-    for fraction in INSPECTED:
-        ax.axvline(fraction, color="grey", linewidth=0.5)
-    ax.set(xlabel="fraction of training data inspected", ylabel="fraction of flipped labels found",
-           xlim=(0, 1), ylim=(0, 1.02), title=title or "Mislabel detection by self-influence")
-    ax.legend(fontsize=8, loc="lower right")
+    """A panel per model (the curves are named "MODEL: ranking"), each with the random order, its legend
+    below the axes; at most four panels a row."""
+    by_model: dict[str, dict[str, tuple]] = {}
+    for name, curve in curves.items():
+        model, _, ranking = name.partition(": ")
+        if ranking:
+            by_model.setdefault(model, {})[ranking] = curve
+    models = list(by_model) or ["(no model)"]
+    columns = min(4, len(models))
+    rows = -(-len(models) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 5.0 * rows), squeeze=False, sharey=True)
+    for ax, model in zip(axes.flat, models):
+        for ranking, (x, y) in by_model.get(model, {}).items():
+            style = "--" if "loss" in ranking else ("-." if "normalised" in ranking else "-")
+            ax.plot(x, y, style, label=ranking)
+        if "random order" in curves:
+            ax.plot(*curves["random order"], "k:", label="random order")
+        for fraction in INSPECTED:
+            ax.axvline(fraction, color="grey", linewidth=0.5)
+        ax.set(xlabel="fraction of training data inspected", xlim=(0, 1), ylim=(0, 1.02), title=model)
+    for ax in list(axes.flat)[len(models):]:
+        ax.set_visible(False)
+    axes[0][0].set_ylabel("fraction of flipped labels found")
+    handles = {label: handle for ax in axes.flat for handle, label in zip(*ax.get_legend_handles_labels())}
+    figure.legend(handles.values(), handles.keys(), loc="lower center", ncols=min(4, len(handles)), fontsize=8, frameon=False)
+    figure.suptitle(title or "Mislabel detection: training data inspected in order of decreasing self-influence")
+    figure.tight_layout(rect=(0, 0.35 / (5.0 * rows), 1, 1 - 0.2 / (5.0 * rows)))
     return figure
 
 
 # --- everything as files ----------------------------------------------------------------------------------------
 
 
-def choose_test_rows(store: ScoreFile, count: int = 3) -> list[int]:
-    """Test examples for the grids: evenly spread over the test set (deterministic)."""
-    n_test = store.n_test
-    return sorted({int(i) for i in np.linspace(0, n_test - 1, num=min(count, n_test))})
+def choose_test_rows(store: ScoreFile, count: int = 4, examples: Optional[Sequence[int]] = None) -> list[int]:
+    """Test rows for the grids: the user's `examples` (test indices of the data set, as the titles show
+    them), else by rule, half each: the test examples whose teacher's and student's top-k proponents
+    overlap least (where they disagree most), and the most confident errors of the first model."""
+    if examples:
+        missing = [e for e in examples if e not in set(store.test_index.tolist())]
+        if missing:
+            raise TracinError(f"--examples {', '.join(map(str, missing))}: not among the file's scored test examples "
+                              f"(test indices {int(store.test_index.min())}..{int(store.test_index.max())}, {store.n_test} scored)")
+        return [int(np.flatnonzero(store.test_index == e)[0]) for e in examples]
+    chosen = _least_overlap_rows(store, count - count // 2) + _confident_error_rows(store, count)
+    return list(dict.fromkeys(chosen))[:count] or list(range(min(count, store.n_test)))
+
+
+def _least_overlap_rows(store: ScoreFile, count: int) -> list[int]:
+    """The test rows where the teacher's and the student's proponents overlap least (none without both)."""
+    if not {"teacher", "student"} <= set(store.models):
+        return []
+    top_t, top_s = store.model("teacher").rankings()[0].top_index, store.model("student").rankings()[0].top_index
+    overlap = overlap_at_k(top_t, top_s, top_t.shape[1])
+    return [int(r) for r in np.argsort(overlap, kind="stable")[:count]]
+
+
+def _confident_error_rows(store: ScoreFile, count: int) -> list[int]:
+    """The test rows the first model gets wrong with the highest probability (none without predictions)."""
+    predictions = store.model(store.models[0]).predictions
+    if predictions is None:
+        return []
+    predicted, confidence = predictions
+    wrong = np.flatnonzero(predicted != store.test_labels)
+    return [int(r) for r in wrong[np.argsort(-confidence[wrong], kind="stable")][:count]]
 
 
 def check_finished(store: ScoreFile) -> None:
@@ -307,26 +426,33 @@ def check_finished(store: ScoreFile) -> None:
         )
 
 
-def quality_table(store: ScoreFile) -> str:
-    """The file's quality checks as Markdown (files from before them say so)."""
+def quality_table(store: ScoreFile, compact: bool = False) -> str:
+    """The file's quality checks as Markdown (files from before them say so); `compact`: replica 0 of each
+    role and whole-model variants only (report.md holds every row)."""
     try:
         table = store.quality()
     except TracinError:
         return "**Quality checks:** not in this file (scored before they existed; score it again to add them)."
+    if compact:
+        keep = [m.decode() in role_models([m.decode()]) and b"@" not in v for m, v in zip(table["model"], table["variant"])]
+        table = table[np.array(keep, dtype=bool)]
     header = ("model", "variant", "same class, top-1", "same class, top-k", "k", "most common top-1 serves", "distinct in top-k")
     rows = [(r["model"].decode(), r["variant"].decode(), f"{r['identical_class_top1']:.1%}", f"{r['identical_class_topk']:.1%}",
              r["k"], f"{r['top1_max_share']:.1%} of {r['n_test']}", r["distinct_in_topk"]) for r in table]
     return "**Quality checks of the proponents** (no retraining; identical class: Hanawa et al. 2021)\n\n" + _markdown(header, rows)
 
 
-def agreement_markdown(store: ScoreFile) -> str:
-    """The agreement table (teacher-student against the replicas' own agreement) as Markdown."""
+def agreement_markdown(store: ScoreFile, compact: bool = False) -> str:
+    """The agreement table (teacher-student against the replicas' own agreement) as Markdown; `compact`: a
+    row per comparison, a column per variant and statistic, no layer groups (report.md holds every row)."""
     try:
         table = store.agreement()
     except TracinError:
         return "**Agreement against replicas:** not in this file (scored before it existed; score it again to add it)."
     if len(table) == 0:
         return "**Agreement against replicas:** no teacher-student or student-baseline pair was scored."
+    if compact:
+        return _agreement_pivot(table[~of_layer_groups(table)])
     header = ("variant", "statistic", "comparison", "mean", "95% CI", "chance", "model pairs")
     rows = [(r["variant"].decode(), r["statistic"].decode(), r["comparison"].decode(), f"{r['mean']:.3f}",
              f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]", f"{r['chance']:.3f}", r["pairs"]) for r in table[~of_layer_groups(table)]]
@@ -334,6 +460,21 @@ def agreement_markdown(store: ScoreFile) -> str:
             "percentile bootstrap CI; ' = another replica: other seed, same data; normalised: 1 = as much as the "
             "replicas agree with each other, 0 = chance)\n\n" + _markdown(header, rows))
     return text + (f"\n\n{depth_markdown(table)}" if of_layer_groups(table).any() else "")
+
+
+def _agreement_pivot(table: np.ndarray) -> str:
+    columns = list(dict.fromkeys(zip(table["variant"], table["statistic"])))
+    rows = []
+    for comparison in dict.fromkeys(table["comparison"]):
+        cells = []
+        for variant, statistic in columns:
+            match = table[(table["comparison"] == comparison) & (table["variant"] == variant) & (table["statistic"] == statistic)]
+            cells.append(_mean_ci(match[0]) if len(match) else "-")
+        rows.append((comparison.decode(), *cells))
+    header = ("comparison", *(f"{v.decode()}: {s.decode()}" for v, s in columns))
+    return ("**Agreement of the test examples' proponents against the noise floor** (mean over test examples [95% "
+            "percentile bootstrap CI]; ' = another replica; normalised: 1 = as much as replicas agree, 0 = chance)\n\n"
+            + _markdown(header, rows))
 
 
 def depth_markdown(table: np.ndarray) -> str:
@@ -350,9 +491,17 @@ def _mean_ci(cell) -> str:
     return f"{cell['mean']:.3f} [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}]" if np.isfinite(cell["mean"]) else "-"
 
 
+AGREEMENT_KINDS = (  # the panels of plot_agreement: each kind of comparison on its own scale
+    ("agreement", lambda c: not c.startswith("normalised") and " - " not in c),
+    ("normalised (1: as much as replicas agree)", lambda c: c.startswith("normalised")),
+    ("difference", lambda c: " - " in c),
+)
+
+
 def plot_agreement(store: ScoreFile) -> Optional[Figure]:
-    """Each comparison's mean agreement with its CI, a panel per statistic and a colour per variant
-    (None when the file has no agreement table)."""
+    """Each comparison's mean agreement with its CI: a column of panels per statistic, a row per kind of
+    comparison (agreements, normalised agreements, differences: each on its own scale), a colour per
+    variant (None when the file has no agreement table)."""
     try:
         table = store.agreement()
     except TracinError:
@@ -362,24 +511,33 @@ def plot_agreement(store: ScoreFile) -> Optional[Figure]:
         return None
     statistics = list(dict.fromkeys(table["statistic"]))
     variants = list(dict.fromkeys(table["variant"]))
-    comparisons = list(dict.fromkeys(table["comparison"]))
-    figure, axes = plt.subplots(1, len(statistics), figsize=(6 * len(statistics), 0.45 * len(comparisons) + 1.5),
-                                squeeze=False, sharey=True)
-    for axis, statistic in zip(axes[0], statistics):
-        for offset, variant in enumerate(variants):
-            rows = table[(table["statistic"] == statistic) & (table["variant"] == variant)]
-            y = np.array([comparisons.index(c) for c in rows["comparison"]]) + (offset - (len(variants) - 1) / 2) * 0.2
-            errors = np.abs(np.stack([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]]))
-            axis.errorbar(rows["mean"], y, xerr=errors, fmt="o", capsize=3, label=variant.decode())
-        axis.axvline(rows["chance"][0], color="gray", linestyle=":", label="chance")
-        axis.set_title(statistic.decode())
-        axis.set_yticks(range(len(comparisons)), [c.decode() for c in comparisons])
-        axis.grid(axis="x", alpha=0.3)
-    axes[0][0].invert_yaxis()  # shared: once for all panels
-    axes[0][-1].legend(fontsize=8)
-    figure.suptitle("agreement of the proponents, mean over test examples with 95% bootstrap CI")
-    figure.tight_layout()
+    kinds = [(title, [c for c in dict.fromkeys(table["comparison"]) if keep(c.decode())]) for title, keep in AGREEMENT_KINDS]
+    kinds = [(title, comparisons) for title, comparisons in kinds if comparisons]
+    heights = [len(comparisons) + 1 for _, comparisons in kinds]
+    figure, axes = plt.subplots(len(kinds), len(statistics), figsize=(6 * len(statistics), 0.42 * sum(heights) + 1.6),
+                                squeeze=False, gridspec_kw={"height_ratios": heights})
+    for (title, comparisons), axis_row in zip(kinds, axes):
+        for axis, statistic in zip(axis_row, statistics):
+            _agreement_panel(axis, table, statistic, variants, comparisons)
+            axis.set_title(f"{statistic.decode()}: {title}", fontsize=9)
+            axis.axvline(0.0 if title != "agreement" else table[table["statistic"] == statistic]["chance"][0],
+                         color="gray", linestyle=":", label="chance" if title == "agreement" else "0")
+    handles = {label: handle for handle, label in zip(*axes[0][0].get_legend_handles_labels())}
+    figure.legend(handles.values(), handles.keys(), loc="lower center", ncols=len(handles), fontsize=8, frameon=False)
+    figure.suptitle("Agreement of the proponents, mean over test examples with 95% bootstrap CI", fontsize=10)
+    figure.tight_layout(rect=(0, 0.3 / (0.42 * sum(heights) + 1.6), 1, 1))
     return figure
+
+
+def _agreement_panel(axis, table: np.ndarray, statistic: bytes, variants: list, comparisons: list) -> None:
+    for offset, variant in enumerate(variants):
+        rows = table[(table["statistic"] == statistic) & (table["variant"] == variant) & np.isin(table["comparison"], comparisons)]
+        y = np.array([comparisons.index(c) for c in rows["comparison"]]) + (offset - (len(variants) - 1) / 2) * 0.2
+        errors = np.abs(np.stack([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]]))
+        axis.errorbar(rows["mean"], y, xerr=errors, fmt="o", capsize=3, label=variant.decode())
+    axis.set_yticks(range(len(comparisons)), [c.decode() for c in comparisons])
+    axis.set_ylim(len(comparisons) - 0.5, -0.5)
+    axis.grid(axis="x", alpha=0.3)
 
 
 def plot_agreement_by_depth(store: ScoreFile) -> Optional[Figure]:
@@ -394,19 +552,27 @@ def plot_agreement_by_depth(store: ScoreFile) -> Optional[Figure]:
         return None
     statistics = list(dict.fromkeys(statistic for _, statistic, _, _ in blocks))
     bases = list(dict.fromkeys(base for base, _, _, _ in blocks))
-    figure, axes = plt.subplots(len(bases), len(statistics), figsize=(5.5 * len(statistics), 3.6 * len(bases)), squeeze=False)
+    # agreements and the normalised agreement (a ratio, 1 = as much as replicas) each on their own scale
+    scales = (("agreement", [j for j, c in enumerate(DEPTH_COMPARISONS) if not c.startswith("normalised")]),
+              ("normalised (1: as much as replicas agree)", [j for j, c in enumerate(DEPTH_COMPARISONS) if c.startswith("normalised")]))
+    figure, axes = plt.subplots(2 * len(bases), len(statistics), figsize=(5.5 * len(statistics), 5.6 * len(bases) + 0.4),
+                                squeeze=False, gridspec_kw={"height_ratios": [3, 2] * len(bases)})
     for base, statistic, names, cells in blocks:
-        axis = axes[bases.index(base)][statistics.index(statistic)]
-        for j, comparison in enumerate(DEPTH_COMPARISONS):
-            column = cells[:, j]
-            errors = np.abs(np.stack([column["mean"] - column["ci_low"], column["ci_high"] - column["mean"]]))
-            axis.errorbar(np.arange(len(names)) + (j - 1.5) * 0.06, column["mean"], yerr=errors, marker="o", capsize=3, label=comparison)
-        axis.set_xticks(range(len(names)), names)
-        axis.set_title(f"{base}: {statistic}")
-        axis.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8)
-    figure.suptitle("agreement by depth: each layer group's scores alone, mean over test examples with 95% bootstrap CI")
-    figure.tight_layout()
+        for s, (kind, comparisons) in enumerate(scales):
+            axis = axes[2 * bases.index(base) + s][statistics.index(statistic)]
+            for j in comparisons:
+                column = cells[:, j]
+                errors = np.abs(np.stack([column["mean"] - column["ci_low"], column["ci_high"] - column["mean"]]))
+                axis.errorbar(np.arange(len(names)) + (j - 1.5) * 0.06, column["mean"], yerr=errors, marker="o", capsize=3,
+                              label=DEPTH_COMPARISONS[j], color=f"C{j}")
+            axis.set_xticks(range(len(names)), names)
+            axis.set_title(f"{base}: {statistic}, {kind}", fontsize=9)
+            axis.grid(alpha=0.3)
+    handles = {label: handle for row in axes for axis in row for handle, label in zip(*axis.get_legend_handles_labels())}
+    figure.legend(handles.values(), handles.keys(), loc="lower center", ncols=len(handles), fontsize=8, frameon=False)
+    figure.suptitle("Agreement by depth: each layer group's scores alone, mean over test examples with 95% bootstrap CI",
+                    fontsize=10)
+    figure.tight_layout(rect=(0, 0.35 / (5.6 * len(bases) + 0.4), 1, 1))
     return figure
 
 
@@ -524,9 +690,9 @@ def groups_markdown(table: np.ndarray) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_quality_report(table: np.ndarray) -> Figure:
+def plot_quality_report(table: np.ndarray, verdict_lines: Optional[Sequence[str]] = None) -> Figure:
     """One panel per check of the whole-model variants: each model's value with its CI per variant, and
-    chance as a dashed line."""
+    chance as a dashed line; the verdicts in words below the panels."""
     table = table[(np.char.find(table["variant"], b"@") < 0) & (table["variant"] != sanity.MODEL_ROWS.encode())]
     checks = list(dict.fromkeys(table["check"]))
     models = sanity.report_models(table)
@@ -541,21 +707,32 @@ def plot_quality_report(table: np.ndarray) -> Figure:
                 match = rows[(rows["model"] == model.encode()) & (rows["variant"] == variant)]
                 if len(match):
                     row = match[0]
-                    x = i + (j - (len(models) - 1) / 2) * 0.22
-                    # a percentile CI need not contain the value (e.g. the top-1 share, a maximum): clip at 0
-                    error = ([[max(0.0, row["value"] - row["ci_low"])], [max(0.0, row["ci_high"] - row["value"])]]
-                             if np.isfinite(row["ci_low"]) else None)
-                    ax.errorbar(x, row["value"], yerr=error, fmt="o", color=f"C{j}", label=model if i == 0 else None)
+                    x = i + (j - (len(models) - 1) / 2) * 0.8 / max(1, len(models))
+                    error = [[row["value"] - row["ci_low"]], [row["ci_high"] - row["value"]]] if np.isfinite(row["ci_low"]) else None
+                    ax.errorbar(x, row["value"], yerr=error, fmt="o", color=f"C{j}", capsize=2, label=model if i == 0 else None)
         chance = rows["chance"][np.isfinite(rows["chance"])]
         if len(chance):
             ax.axhline(float(chance.mean()), color="grey", linestyle="--", linewidth=1)
-        ax.set_xticks(range(len(variants)), [v.decode() for v in variants], fontsize=7)
+        ax.set_xticks(range(len(variants)), [v.decode() for v in variants], fontsize=7, rotation=20, ha="right")
+        ax.set_xlim(-0.6, len(variants) - 0.4)
         ax.set_title(check.decode(), fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(checks):]:
         ax.set_visible(False)
-    axes.flat[0].legend(fontsize=7)
-    figure.tight_layout()
+    figure.legend(*axes.flat[0].get_legend_handles_labels(), loc="upper right", fontsize=8, ncols=len(models))
+    figure.suptitle("Quality report: each check per model and score variant, mean with 95% CI (dashed: chance)", x=0.02,
+                    ha="left", fontsize=11)
+    said = verdict_lines or []
+    if said:
+        figure.text(0.01, 0.005, "\n".join(_wrap(line, 190) for line in said), fontsize=7.5, va="bottom", ha="left", wrap=True)
+    figure.tight_layout(rect=(0, 0.012 * (len(said) + sum(len(line) // 190 for line in said)) + (0.02 if said else 0), 1, 0.95))
     return figure
+
+
+def _wrap(line: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(line, width, subsequent_indent="    "))
 
 
 def quality_report_summary(store: ScoreFile) -> tuple[str, Optional[Figure]]:
@@ -566,12 +743,14 @@ def quality_report_summary(store: ScoreFile) -> tuple[str, Optional[Figure]]:
     except TracinError as error:
         return f"**Quality report:** {error}.", None
     said = report_verdicts(store, table)
-    return quality_report_markdown(table) + "".join(f"\n- {line}" for line in said), plot_quality_report(table)
+    return quality_report_markdown(table) + "".join(f"\n- {line}" for line in said), plot_quality_report(table, said)
 
 
-def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_root: Optional[str] = None) -> list[Path]:
+def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_root: Optional[str] = None,
+                 examples: Optional[Sequence[int]] = None) -> list[Path]:
     """PNG figures and report.md (the tables) of a finished score file, in out_dir (default: the
-    file's folder, under plots/). Returns the files written."""
+    file's folder, under plots/); `examples`: the test indices the proponent grids show (default: by
+    rule, choose_test_rows). Returns the files written."""
     with ScoreFile.open_read(Path(path)) as store:
         check_finished(store)
         out = Path(out_dir) if out_dir else Path(path).parent / "plots"
@@ -584,7 +763,8 @@ def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_ro
             figures[f"overlap_{a}__{b}.png"] = plot_overlap_curves(store, a, b)
             sections.append(comparison_tables(store, a, b))
         figures["score_histograms.png"] = plot_score_histograms(store, models)
-        figures["proponents.png"] = plot_proponent_grid(store, load_images(store, data_root), models, choose_test_rows(store))
+        images, shown = load_images(store, data_root), choose_test_rows(store, count=3, examples=examples)
+        figures.update(proponent_grids(store, images, [m for m in models if not m.endswith(".ensemble")], shown))
         if store.noisy.any():
             curves = mislabel_curves(store, models, groups=True)
             figures["mislabel_detection.png"] = plot_mislabel_detection(

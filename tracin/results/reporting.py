@@ -352,7 +352,7 @@ def write_quality_files(path: Path, table: np.ndarray, said: Sequence[str] = ())
     markdown = path.parent / "quality_report.md"
     text = quality_report_markdown(table, groups=True) + "".join(f"\n- {line}" for line in said) + ("\n" if said else "")
     write_atomic(markdown, lambda handle: handle.write(text.encode()))
-    figure = plot_quality_report(table)
+    figure = plot_quality_report(table, said)
     plots = path.parent / "plots"
     plots.mkdir(exist_ok=True)
     write_atomic(plots / "quality_report.png", lambda handle: figure.savefig(handle, format="png", dpi=110))

@@ -278,7 +278,7 @@ def score_run(options: ScoreOptions) -> Path:
                 out = store.path
         if options.plots and runtime.is_main:
             faults.reach("report")
-            for path in write_report(out, data_root=options.data_root):
+            for path in write_report(out, data_root=options.data_root, examples=options.examples):
                 print(f"plot: {path}", flush=True)
     return out
 
@@ -341,6 +341,7 @@ def score_role(store: Optional[ScoreFile], role: str, tracin: TracIn, data: RunD
     score_model(store, role, tracin, data, runtime, options)
     if runtime.is_main:
         store.model(role).write_last_loss(tracin.losses(data.train).numpy())
+        store.model(role).write_predictions(tracin.logits(data.test).numpy())
         faults.reach("rankings")
         write_rankings(store.model(role), k, runtime.device)
         seconds = store.model(role).add_scoring_seconds(time.perf_counter() - started)

@@ -34,6 +34,8 @@ Layout (format "tracin-scores", version 1):
         self_influence_groups_train-normalised  float32 [n_groups, n_train], attrs groups: sum_c lr_c
                             |g_train,group|, the train-normalised@GROUP variants' self-influence
         last_loss           float32 [n_train]: each train example's loss at the last checkpoint
+        test_prediction     int64 [n_test]: the predicted class of each test example at the last checkpoint
+        test_confidence     float32 [n_test]: its softmax probability (both absent in files from before them)
         done                bool [row chunks, test blocks]: blocks written (the resume mask)
         topk/               K = largest --topk, positions into train/test arrays, values float32:
             test_top_index, test_top_score         [n_test, K]  proponents of each test example (index int32)
@@ -189,6 +191,7 @@ NORMALISED_SELF = "self_influence_train-normalised"
 GROUP_SELF = "self_influence_groups"
 GROUP_NORMALISED_SELF = "self_influence_groups_train-normalised"
 SELF_INFLUENCES = (SELF, NORMALISED_SELF, GROUP_SELF, GROUP_NORMALISED_SELF)  # the datasets a block's first test block writes
+REMADE_EACH_RUN = ("last_loss", "test_prediction", "test_confidence")  # written whole after the blocks, every run
 
 
 def _model_order(name: str) -> tuple:
@@ -857,7 +860,7 @@ def _copy_model_parts(source: h5py.File, target: h5py.File, name: str, problems:
     if "scores" not in keys or "done" not in keys:
         return False  # not a model's group: a damaged comparison or table, written again by the run
     broken = {key for key in keys if _damaged(problems, f"/{name}/{key}")}
-    if any(not (key.startswith("topk") or key == "last_loss") for key in broken):
+    if any(not (key.startswith("topk") or key in REMADE_EACH_RUN) for key in broken):
         return False
     copy = target.create_group(name)
     copy.attrs.update({**attrs, "status": "partial"})
@@ -1028,6 +1031,25 @@ class ModelScores:
             return None
         n_train, n_test = self.scores.shape
         return float(self._group.attrs["scoring_seconds"]) / (n_train * n_test)
+
+    @property
+    def predictions(self) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """(int64 [n_test] predicted class, float32 [n_test] its softmax probability) at the last
+        checkpoint; None in files from before they were kept, and for an ensemble."""
+        if "test_prediction" not in self._group or "test_confidence" not in self._group:
+            return None
+        return self._group["test_prediction"][()], self._group["test_confidence"][()]
+
+    def write_predictions(self, logits: np.ndarray) -> None:
+        """logits: float [n_test, classes] at the last checkpoint -> test_prediction and test_confidence."""
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+        for name, values in (("test_prediction", logits.argmax(axis=1).astype(np.int64)),
+                             ("test_confidence", probabilities.max(axis=1).astype(np.float32))):
+            if name not in self._group:
+                _early_dataset(self._group, name, values.shape, values.dtype)
+            self._group[name][:] = values
+        self._group.file.flush()
 
     def write_last_loss(self, losses: np.ndarray) -> None:
         """losses: float [n_train], each train example's loss at the last checkpoint."""
