@@ -78,7 +78,10 @@ def test_lightning_optimizer_states_give_the_lr(resnet18_run, tmp_path):
     torch.save({"state_dict": prefixed, "optimizer_states": [optimizer.state_dict()], "epoch": 3}, tmp_path / "epoch=3.ckpt")
     (checkpoint,) = tracin.load_checkpoints(tmp_path)
     assert checkpoint.lr == 0.07
-    tracin.TracIn(model, [checkpoint])  # Lightning's "model." prefix is stripped
+    engine = tracin.TracIn(model, [checkpoint])  # Lightning's "model." prefix is stripped
+    _, _, _, train, test, _ = resnet18_run
+    reference = func_tracin_scores(model, [(pairs[0][0], 0.07)], train.tensors, test.tensors)
+    assert relative_error(engine.scores(train, test), reference) < API_RTOL
 
 
 def test_a_prefix_selects_one_model_of_a_distillation_checkpoint(resnet18_run, tmp_path):
@@ -112,10 +115,70 @@ def test_top_k_ranks_only_the_side_asked_for(resnet18_run):
     model, folder, _, train, test, reference = resnet18_run
     engine = tracin.TracIn(model, folder, loss=nn.CrossEntropyLoss(reduction="none"))
     top = engine.top_k(train, test, k=12)
-    assert top.train is None
+    assert top.has("test") and not top.has("train")
+    with pytest.raises(TracinError, match="side='train'"):
+        top.train
     full = engine.scores_test_by_train(train, test)
     assert torch.equal(top.test.top_index, full.argsort(1, descending=True))
     with pytest.raises(TracinError, match="n_train = 12"):
         engine.top_k(train, test, k=13)
     train_side = engine.top_k(train, test, k=5, side="train")
-    assert train_side.test is None and torch.equal(train_side.train.bottom_index, full.T.argsort(1)[:, :5])
+    assert not train_side.has("test") and torch.equal(train_side.train.bottom_index, full.T.argsort(1)[:, :5])
+
+
+def test_function_losses_of_the_standard_signature_work(resnet18_run):
+    """F.cross_entropy's third positional parameter is an optional weight: it must not receive the inputs. An
+    averaging one is refused by the per-example shape check; reduction='none' scores like the torch loss."""
+    import functools
+
+    import torch.nn.functional as F
+
+    model, folder, _, train, test, reference = resnet18_run
+    per_example = functools.partial(F.cross_entropy, reduction="none")
+    engine = tracin.TracIn(model, folder, loss=per_example)
+    assert relative_error(engine.scores(train, test), reference) < API_RTOL
+    with pytest.raises(TracinError, match="one value per example"):
+        tracin.TracIn(model, folder, loss=F.cross_entropy).scores(train, test)
+
+
+def test_dataloader_batches_without_batching_dicts_and_subset_samplers(resnet18_run):
+    from torch.utils.data import Dataset, SubsetRandomSampler
+
+    model, folder, _, train, test, reference = resnet18_run
+
+    class Records(Dataset):
+        def __len__(self):
+            return len(train)
+
+        def __getitem__(self, i):
+            image, label = train[i]
+            return {"image": image, "label": label, "id": i}
+
+    engine = tracin.TracIn(model, folder, loss=nn.CrossEntropyLoss(reduction="none"))
+    for loader in (DataLoader(train, batch_size=None), DataLoader(Records(), batch_size=5)):
+        assert relative_error(engine.scores(loader, test), reference) < API_RTOL
+    with pytest.raises(TracinError, match="SubsetRandomSampler picks its own examples"):
+        engine.scores(DataLoader(train, sampler=SubsetRandomSampler(range(4))), test)
+
+
+def test_logits_are_the_models_outputs_at_the_last_checkpoint(resnet18_run):
+    model, folder, pairs, _, test, _ = resnet18_run
+    engine = tracin.TracIn(model, folder)
+    last = torchvision.models.resnet18(num_classes=10).eval()
+    last.load_state_dict(pairs[-1][0])
+    with torch.no_grad():
+        assert torch.allclose(engine.logits(test), last(test.tensors[0]), rtol=1e-5, atol=1e-5)
+
+
+def test_a_folder_holding_one_checkpoint_twice_is_refused(resnet18_run, tmp_path):
+    """torchvision's reference trainer writes checkpoint.pth beside model_N.pth: counted twice, it would double
+    that checkpoint's term."""
+    import shutil
+
+    _, folder, *_ = resnet18_run
+    for path in folder.glob("*.pth"):
+        shutil.copy(path, tmp_path / path.name)
+    shutil.copy(folder / "epoch_10.pth", tmp_path / "checkpoint.pth")
+    with pytest.raises(CheckpointError, match="are the same checkpoint"):
+        tracin.load_checkpoints(tmp_path)
+    assert len(tracin.load_checkpoints(str(tmp_path / "epoch_*.pth"))) == 3

@@ -72,3 +72,52 @@ def test_removal_never_lets_two_holders_in(tmp_path):
         with exclusive_lock(out, "the score file"):
             assert (tmp_path / ".tracin.h5.lock").read_text() == str(os.getpid())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_file_removed_between_open_and_lock_is_opened_again(tmp_path, monkeypatch):
+    """The race removal creates: a holder removes the file after this process opened it and before it
+    locked it. This process must then lock the file now at the path, not the removed one."""
+    import fcntl
+
+    import tracin.files as files
+
+    out, lock = tmp_path / "tracin.h5", tmp_path / ".tracin.h5.lock"
+    real_flock, calls = fcntl.flock, []
+
+    def flock_after_a_removal(fd, operation):
+        if not calls:  # the first attempt: another holder let go and removed the file meanwhile
+            lock.unlink()
+        calls.append(operation)
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(files.fcntl, "flock", flock_after_a_removal)
+    with exclusive_lock(out, "the score file"):
+        held = os.stat(lock)
+        assert lock.read_text() == str(os.getpid())
+    assert len(calls) >= 2 and held.st_nlink == 1  # opened again, and the file it holds is the one at the path
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_planted_fifo_or_hard_link_is_refused(tmp_path):
+    colleague = tmp_path / "colleague.h5"
+    colleague.write_bytes(b"finished")
+    os.link(colleague, tmp_path / ".tracin.h5.lock")
+    with pytest.raises(TracinError, match="not a lock file this tool made"):
+        with exclusive_lock(tmp_path / "tracin.h5", "the score file"):
+            pass
+    assert colleague.read_bytes() == b"finished"
+    os.mkfifo(tmp_path / ".other.h5.lock")
+    with pytest.raises(TracinError, match="not a lock file this tool made"):
+        with exclusive_lock(tmp_path / "other.h5", "the score file"):
+            pass
+
+
+def test_a_lock_that_cannot_be_removed_does_not_hide_the_result(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    def refuse(self, missing_ok=False):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    with exclusive_lock(tmp_path / "tracin.h5", "the score file"):
+        monkeypatch.setattr(Path, "unlink", refuse)
+    assert (tmp_path / ".tracin.h5.lock").exists()  # left behind, and no error replaced the command's own end

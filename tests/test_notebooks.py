@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tracin.cli.notebooks import NOTEBOOKS, execute_notebook
+from tracin.cli.notebooks import execute_notebook, notebook_folder
 
 
 def outputs_of(notebook) -> tuple[str, int]:
@@ -23,14 +23,14 @@ def outputs_of(notebook) -> tuple[str, int]:
 def test_notebooks_are_stored_without_outputs():
     import nbformat
 
-    for path in NOTEBOOKS.glob("*.ipynb"):
+    for path in notebook_folder().glob("*.ipynb"):
         notebook = nbformat.read(str(path), as_version=4)
         assert all(not cell.get("outputs") and not cell.get("execution_count") for cell in notebook.cells if cell.cell_type == "code"), path
 
 
 def test_overlap_tables_notebook_runs(tiny_scores, tmp_path):
     html = tmp_path / "overlap_tables.html"
-    notebook = execute_notebook(NOTEBOOKS / "overlap_tables.ipynb", {"SCORES": str(tiny_scores), "DATA_ROOT": None}, html)
+    notebook = execute_notebook(notebook_folder() / "overlap_tables.ipynb", {"SCORES": str(tiny_scores), "DATA_ROOT": None}, html)
     text, images = outputs_of(notebook)
     assert "teacher vs student: overlap of top-k sets" in text and "chance k/n" in text
     assert "Kolmogorov" in text
@@ -40,7 +40,7 @@ def test_overlap_tables_notebook_runs(tiny_scores, tmp_path):
 
 
 def test_mislabel_detection_notebook_runs(tiny_scores, tmp_path):
-    notebook = execute_notebook(NOTEBOOKS / "mislabel_detection.ipynb", {"SCORES": str(tiny_scores), "DATA_ROOT": None})
+    notebook = execute_notebook(notebook_folder() / "mislabel_detection.ipynb", {"SCORES": str(tiny_scores), "DATA_ROOT": None})
     text, images = outputs_of(notebook)
     assert "Mislabel detection" in text and "teacher: self-influence" in text and "random order" in text
     assert images == 1 + 3  # the detection curves, and the suspects of teacher, student and baseline

@@ -224,11 +224,11 @@ def test_detection_scores_average_to_the_area_of_a_perfect_and_a_reversed_rankin
 
 def test_the_overlap_notebook_and_report_show_the_quality_report(sanity_run, sanity_report, tmp_path):
     from test_notebooks import outputs_of
-    from tracin.cli.notebooks import NOTEBOOKS, execute_notebook
+    from tracin.cli.notebooks import execute_notebook, notebook_folder
     from tracin.results.report import write_report
 
     path, _ = sanity_report
-    notebook = execute_notebook(NOTEBOOKS / "overlap_tables.ipynb", {"SCORES": str(path), "DATA_ROOT": None})
+    notebook = execute_notebook(notebook_folder() / "overlap_tables.ipynb", {"SCORES": str(path), "DATA_ROOT": None})
     text, _ = outputs_of(notebook)
     assert "# Quality report" in text and "identical subclass top-1" in text and "planted shortcut: teacher" in text
     written = write_report(path, tmp_path)
@@ -338,6 +338,8 @@ def test_the_concentration_interval_always_holds_its_share():
         share, low, high = sanity.top1_share_ci(top1)
         assert low <= share <= high
         assert share == np.bincount(top1).max() / rows
+    # worked by hand: 4 of 25, z = 1.95996: (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)
+    assert sanity.top1_share_ci(np.array([0] * 4 + list(range(1, 22))))[1:] == pytest.approx((0.0640, 0.3465), abs=1e-4)
 
 
 def test_lds_and_leave_out_rows_come_from_the_files_validation(sanity_run, sanity_report, tmp_path):
@@ -375,6 +377,14 @@ def test_a_model_near_chance_and_a_ranking_below_random_are_flagged():
     assert said[1].startswith("warning: student raw mislabel AUC") and "below a random order" in said[1]
 
 
+def test_near_chance_holds_for_a_majority_class_of_half_or_more():
+    """Merged classes (animals against vehicles: 0.6 of the test set) must not flag a model at 99%."""
+    rows = np.array([(sanity.ACCURACY, "teacher", sanity.MODEL_ROWS, 0.99, 0.98, 1.0, 0.6, 100),
+                     (sanity.ACCURACY, "student", sanity.MODEL_ROWS, 0.66, 0.59, 0.72, 0.6, 100)], dtype=sanity.REPORT_DTYPE)
+    said = sanity.model_verdicts(rows)
+    assert len(said) == 1 and said[0].startswith("warning: student is near chance")
+
+
 def test_the_detection_tables_mark_rankings_below_the_random_order():
     from tracin.results.report import DETECTION_DTYPE, detection_table, format_detection
 
@@ -385,3 +395,14 @@ def test_the_detection_tables_mark_rankings_below_the_random_order():
     assert not text.splitlines()[2].endswith("below the random order")
     curves = {"teacher: self-influence": (np.array([0, 1.0]), np.array([0, 0.3])), "random order": (np.array([0, 1.0]), np.array([0, 1.0]))}
     assert "0.150 (below random)" in detection_table(curves)
+
+
+def test_no_stored_point_lies_outside_its_own_interval(sanity_report):
+    """What the report and the agreement tables print: each value inside its CI (where it has one)."""
+    path, _ = sanity_report
+    with ScoreFile.open_read(path) as store:
+        for table, value in ((store.quality_report(), "value"), (store.agreement(), "mean")):
+            defined = np.isfinite(table["ci_low"])
+            assert defined.any()
+            inside = (table["ci_low"] - 1e-12 <= table[value]) & (table[value] <= table["ci_high"] + 1e-12)
+            assert inside[defined].all(), table[defined & ~inside]

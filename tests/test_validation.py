@@ -178,9 +178,9 @@ def test_mistakes_are_one_line(tiny_run, full_scores, tmp_path):
 
 def test_the_overlap_notebook_shows_the_validation(validated, tmp_path):
     from test_notebooks import outputs_of
-    from tracin.cli.notebooks import NOTEBOOKS, execute_notebook
+    from tracin.cli.notebooks import execute_notebook, notebook_folder
 
-    notebook = execute_notebook(NOTEBOOKS / "overlap_tables.ipynb", {"SCORES": str(validated[0]), "DATA_ROOT": None})
+    notebook = execute_notebook(notebook_folder() / "overlap_tables.ipynb", {"SCORES": str(validated[0]), "DATA_ROOT": None})
     text, _ = outputs_of(notebook)
     assert "Leave-top-k-out" in text and "Linear datamodeling score" in text
     assert (validated[0].parent / "validation.md").read_text().startswith("# Validation")

@@ -13,6 +13,7 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,12 +100,17 @@ def _locked(lock: Path, shared: bool, what: str, target: Path) -> int:
     """A descriptor of `lock`, flock-ed; a planted link or a non-file there is refused, a holder named."""
     while True:
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, default_mode())
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, default_mode())
         except OSError as error:
             if error.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
                 raise TracinError(f"{lock} is not a lock file this tool made (a link or a folder): remove it, "
                                   "and check who placed it") from None
             raise
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:  # a FIFO, or a hard link to someone's file
+            os.close(fd)
+            raise TracinError(f"{lock} is not a lock file this tool made (not a plain file of its own): remove it, "
+                              "and check who placed it")
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -117,6 +123,7 @@ def _locked(lock: Path, shared: bool, what: str, target: Path) -> int:
 
 
 def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open descriptor is the file now at `path` (not one removed or replaced since)."""
     try:
         on_disk = os.stat(path, follow_symlinks=False)
     except FileNotFoundError:
@@ -132,7 +139,7 @@ def _release(fd: int, lock: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         if _same_file(fd, lock):
             lock.unlink(missing_ok=True)
-    except BlockingIOError:
+    except OSError:  # held by another (BlockingIOError), or not removable here: removal is best-effort
         pass
     finally:
         os.close(fd)  # closing releases the lock

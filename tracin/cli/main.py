@@ -674,7 +674,9 @@ def _score_argv(argv: list[str]) -> None:
 def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
     """`tracin-sweep`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
     args, base = build_sweep_parser().parse_known_args(_arguments(argv))
-    build_train_parser().parse_args(["--run", args.sweep, *base])  # what goes on to tracin-train is checked first
+    passed_on = build_train_parser()
+    passed_on.prog = "tracin-sweep"  # what goes on to tracin-train is checked first, as the sweep's own usage error
+    passed_on.parse_args(["--run", args.sweep, *base])
 
     def work() -> None:
         from tracin.training import sweep as sweep_module

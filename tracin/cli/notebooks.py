@@ -18,7 +18,13 @@ from typing import Any, Callable, Optional, Sequence
 from tracin.cli.main import _arguments, _Parser, run_command
 from tracin.errors import TracinError
 
-NOTEBOOKS = Path(str(importlib.resources.files("tracin.notebooks")))  # the repository's notebooks/, or the installed copy
+def notebook_folder() -> Path:
+    """The notebooks' folder: the repository's notebooks/ in an editable install, else the installed copy."""
+    try:
+        return Path(str(importlib.resources.files("tracin.notebooks")))
+    except ModuleNotFoundError:
+        raise TracinError("the notebooks are not installed (tracin.notebooks): install the package with "
+                          "pip install '.[notebooks]'") from None
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,7 @@ def execute_all(scores: Path, out_dir: Path, data_root: Optional[str]) -> list[P
 
     with ScoreFile.open_read(scores) as store:
         check_finished(store)
-        skipped = {path: skip_reason(path, store) for path in sorted(NOTEBOOKS.glob("*.ipynb"))}
+        skipped = {path: skip_reason(path, store) for path in sorted(notebook_folder().glob("*.ipynb"))}
     out_dir.mkdir(parents=True, exist_ok=True)
     written, failed = [], []
     for notebook, reason in skipped.items():

@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler, default_collate
 
 from tracin.config import AUTO_MEMORY_SHARE
 from tracin.engine.features import Features
@@ -28,7 +28,7 @@ class DataSource:
     def __init__(self, data: Any, name: str):
         collate = default_collate
         if isinstance(data, DataLoader):
-            data, collate = data.dataset, data.collate_fn
+            data, collate = _dataset_of(data, name)
         if isinstance(data, IterableDataset):
             raise TracinError(f"{name} data is an IterableDataset: TracIn needs examples by position (a map-style Dataset, "
                               "a DataLoader over one, or an (inputs, labels) pair of tensors)")
@@ -51,6 +51,17 @@ class DataSource:
         """(inputs float32, labels) of examples [start, stop) on `device`."""
         inputs, labels = self._get(start, stop)
         return inputs.to(device=device, dtype=torch.float32), labels.to(device)
+
+
+def _dataset_of(loader: DataLoader, name: str) -> tuple[Any, Callable]:
+    """(dataset, collate function) of a DataLoader. Its sampler must visit the whole dataset (sequential or
+    shuffled: rows are dataset positions either way); one that picks a subset is refused, so that no row is
+    scored that the loader would not give. Without automatic batching, batches are collated here."""
+    if not isinstance(loader.sampler, (SequentialSampler, RandomSampler)) or getattr(loader.sampler, "num_samples",
+                                                                                      len(loader.dataset)) != len(loader.dataset):
+        raise TracinError(f"{name} data: the DataLoader's {type(loader.sampler).__name__} picks its own examples; give "
+                          "the examples as the dataset (torch.utils.data.Subset) with a plain or shuffled loader")
+    return loader.dataset, (default_collate if loader.batch_size is None else loader.collate_fn)
 
 
 def _inputs_and_labels(batch: Any, name: str) -> tuple[Tensor, Tensor]:

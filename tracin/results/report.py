@@ -46,6 +46,14 @@ def first_variant(store: ScoreFile, models: Sequence[str]) -> str:
     return store.model(models[0]).variants[0]
 
 
+def _error_bars(value, low, high) -> np.ndarray:
+    """float64 [2, ...] distances from each value down to its CI's low end and up to its high end, for
+    errorbar. A value outside its own interval (possible for a percentile CI of a ratio) gets 0 on that side
+    instead of a bar pointing the wrong way; the tables print the interval as it is."""
+    value, low, high = (np.asarray(x, dtype=np.float64) for x in (value, low, high))
+    return np.clip(np.stack([value - low, high - value]), 0.0, None)
+
+
 def classes_of(store: ScoreFile) -> list[str]:
     """Class names by label: the file's, or the labels as text."""
     return store.classes or [str(i) for i in range(int(store.train_labels.max()) + 1)]
@@ -384,7 +392,8 @@ def choose_test_rows(store: ScoreFile, count: int = 4, examples: Optional[Sequen
     them), else by rule, half each: the test examples whose teacher's and student's top-k proponents
     overlap least (where they disagree most), and the most confident errors of the first model."""
     if examples:
-        missing = [e for e in examples if e not in set(store.test_index.tolist())]
+        scored = set(store.test_index.tolist())
+        missing = [e for e in examples if e not in scored]
         if missing:
             raise TracinError(f"--examples {', '.join(map(str, missing))}: not among the file's scored test examples "
                               f"(test indices {int(store.test_index.min())}..{int(store.test_index.max())}, {store.n_test} scored)")
@@ -533,7 +542,7 @@ def _agreement_panel(axis, table: np.ndarray, statistic: bytes, variants: list, 
     for offset, variant in enumerate(variants):
         rows = table[(table["statistic"] == statistic) & (table["variant"] == variant) & np.isin(table["comparison"], comparisons)]
         y = np.array([comparisons.index(c) for c in rows["comparison"]]) + (offset - (len(variants) - 1) / 2) * 0.2
-        errors = np.abs(np.stack([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]]))
+        errors = _error_bars(rows["mean"], rows["ci_low"], rows["ci_high"])
         axis.errorbar(rows["mean"], y, xerr=errors, fmt="o", capsize=3, label=variant.decode())
     axis.set_yticks(range(len(comparisons)), [c.decode() for c in comparisons])
     axis.set_ylim(len(comparisons) - 0.5, -0.5)
@@ -562,7 +571,7 @@ def plot_agreement_by_depth(store: ScoreFile) -> Optional[Figure]:
             axis = axes[2 * bases.index(base) + s][statistics.index(statistic)]
             for j in comparisons:
                 column = cells[:, j]
-                errors = np.abs(np.stack([column["mean"] - column["ci_low"], column["ci_high"] - column["mean"]]))
+                errors = _error_bars(column["mean"], column["ci_low"], column["ci_high"])
                 axis.errorbar(np.arange(len(names)) + (j - 1.5) * 0.06, column["mean"], yerr=errors, marker="o", capsize=3,
                               label=DEPTH_COMPARISONS[j], color=f"C{j}")
             axis.set_xticks(range(len(names)), names)
@@ -614,13 +623,13 @@ def plot_validation(leave_out: np.ndarray, lds: np.ndarray) -> Figure:
         mine = leave_out["model"] == model
         rows = leave_out[mine]
         y = np.array([rows_of.index(label) for label, own in zip(labels, mine) if own]) + offset * 0.15
-        errors = np.abs(np.stack([rows["mean_change"] - rows["ci_low"], rows["ci_high"] - rows["mean_change"]]))
+        errors = _error_bars(rows["mean_change"], rows["ci_low"], rows["ci_high"])
         left.errorbar(rows["mean_change"], y, xerr=errors, fmt="o", capsize=3, label=model.decode())
     left.set_yticks(range(len(rows_of)), rows_of)
     left.axvline(0, color="gray", linestyle=":")
     left.set_title("leave-top-k-out: margin change")
     labels = [f"{r['model'].decode()} by {r['scores_of'].decode()}, {r['variant'].decode()}" for r in lds]
-    right.errorbar(lds["lds"], np.arange(len(lds)), xerr=np.abs(np.stack([lds["lds"] - lds["ci_low"], lds["ci_high"] - lds["lds"]])),
+    right.errorbar(lds["lds"], np.arange(len(lds)), xerr=_error_bars(lds["lds"], lds["ci_low"], lds["ci_high"]),
                    fmt="o", capsize=3)
     right.set_yticks(range(len(lds)), labels)
     right.axvline(0, color="gray", linestyle=":")
@@ -708,7 +717,7 @@ def plot_quality_report(table: np.ndarray, verdict_lines: Optional[Sequence[str]
                 if len(match):
                     row = match[0]
                     x = i + (j - (len(models) - 1) / 2) * 0.8 / max(1, len(models))
-                    error = [[row["value"] - row["ci_low"]], [row["ci_high"] - row["value"]]] if np.isfinite(row["ci_low"]) else None
+                    error = _error_bars(row["value"], row["ci_low"], row["ci_high"]).reshape(2, 1) if np.isfinite(row["ci_low"]) else None
                     ax.errorbar(x, row["value"], yerr=error, fmt="o", color=f"C{j}", capsize=2, label=model if i == 0 else None)
         chance = rows["chance"][np.isfinite(rows["chance"])]
         if len(chance):

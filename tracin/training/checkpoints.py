@@ -229,7 +229,7 @@ def checkpoint_files(source: Union[str, Path]) -> list[Path]:
     natural order (epoch_2 before epoch_10). Nothing found is a CheckpointError."""
     path = Path(source)
     if path.is_dir():
-        found = [p for p in path.iterdir() if p.suffix in CHECKPOINT_SUFFIXES and p.is_file()]
+        found = [p for p in path.iterdir() if p.suffix in CHECKPOINT_SUFFIXES and p.is_file() and not p.is_symlink()]
     elif any(char in str(source) for char in "*?["):
         anchor = Path(path.anchor) if path.is_absolute() else Path()
         found = [p for p in anchor.glob(str(path.relative_to(anchor))) if p.is_file()]
@@ -270,7 +270,8 @@ def resolve_checkpoints(items: Any) -> list[Checkpoint]:
     checkpoint, a plain state dict, or a dict with the weights under one of STATE_KEYS and the learning rate
     under LR_KEYS or in a saved optimizer's param_groups (`optimizer`, or Lightning's `optimizer_states`: the
     layouts of torchvision's reference trainer, Lightning and most training loops)."""
-    if isinstance(items, (str, Path)):
+    named = isinstance(items, (str, Path))
+    if named:
         items = checkpoint_files(items)
     resolved = []
     for item in items:
@@ -286,7 +287,20 @@ def resolve_checkpoints(items: Any) -> list[Checkpoint]:
             raise CheckpointError(f"cannot use {type(item).__name__} as a checkpoint: give a path or (path, lr)")
     if not resolved:
         raise CheckpointError("no checkpoints given: TracIn needs at least one")
+    if named:
+        _refuse_copies(resolved)
     return resolved
+
+
+def _refuse_copies(checkpoints: Sequence[Checkpoint]) -> None:
+    """A folder often holds one checkpoint twice (torchvision's checkpoint.pth beside model_N.pth, Lightning's
+    last.ckpt): it would count twice in the sum, so it is refused, naming both files."""
+    first: dict[str, str] = {}
+    for checkpoint in checkpoints:
+        if checkpoint.sha256 and checkpoint.sha256 in first:
+            raise CheckpointError(f"{checkpoint.path} and {first[checkpoint.sha256]} are the same checkpoint, which would "
+                                  "count twice: name the files with a glob (e.g. 'model_*.pth') or a list")
+        first.setdefault(checkpoint.sha256, checkpoint.path)
 
 
 def fit_state(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -141,7 +141,8 @@ def as_objective(loss: object) -> Objective:
 
 
 def _positional_arguments(function: Callable) -> int:
-    """How many positional arguments `function` takes (a large number for *args; 3 where unknown)."""
+    """How many positional arguments `function` requires (3 for *args or where unknown): F.cross_entropy's
+    optional `weight` must not receive the inputs."""
     target = function.forward if isinstance(function, nn.Module) else function
     try:
         parameters = inspect.signature(target).parameters.values()
@@ -149,4 +150,5 @@ def _positional_arguments(function: Callable) -> int:
         return 3
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
         return 3
-    return sum(p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in parameters)
+    return sum(p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+               and p.default is inspect.Parameter.empty for p in parameters)

@@ -27,7 +27,7 @@ def plot_history(history: Sequence[dict], path: Path, title: str) -> None:
     loss_axes, acc_axes = figure.subplots(1, 2)
     epochs = [row["epoch"] for row in history]
     saved = [row for row in history if row.get("checkpoint")]
-    loss_label = "loss (train: training objective, test: cross-entropy)"
+    loss_label = "loss, log scale (train: objective, test: CE)"
     panels = ((loss_axes, "loss", loss_label), (acc_axes, "acc", "accuracy"))
     for axes, metric, label in panels:
         for split in ("train", "test"):
@@ -37,6 +37,7 @@ def plot_history(history: Sequence[dict], path: Path, title: str) -> None:
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylabel(label)
         axes.grid(alpha=0.3)
+    loss_axes.set_yscale("log")  # a first epoch's loss can be 100 times the last's
     loss_axes.legend()
     figure.suptitle(title)
     _save(figure, path)
@@ -72,7 +73,7 @@ def plot_per_class(accuracy: dict[str, dict[str, float]], classes: Sequence[str]
     axes.set_xticks([c + 0.4 - width / 2 for c in range(len(classes))], classes, rotation=45, ha="right", fontsize=8)
     axes.set_ylabel("test accuracy")
     axes.set_ylim(0, 1)
-    axes.legend(fontsize=7, ncol=3)
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # outside the bars
     axes.set_title(title)
     _save(figure, path)
 
@@ -85,7 +86,8 @@ def plot_overlaid_history(histories: dict[str, Sequence[dict]], path: Path, titl
         epochs = [int(row["epoch"]) for row in rows]
         acc_axes.plot(epochs, [float(row["test_acc"]) for row in rows], marker=".", label=model)
         loss_axes.plot(epochs, [float(row["test_loss"]) for row in rows], marker=".", label=model)
-    for axes, label in ((acc_axes, "test accuracy"), (loss_axes, "test loss (cross-entropy)")):
+    loss_axes.set_yscale("log")  # a first epoch's loss can be 100 times the last's
+    for axes, label in ((acc_axes, "test accuracy"), (loss_axes, "test loss (cross-entropy, log scale)")):
         axes.set_xlabel("epoch")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylabel(label)
