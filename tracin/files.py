@@ -39,6 +39,23 @@ def fsync_file(path: Union[str, Path]) -> None:
         os.close(fd)
 
 
+def refuse_link(path: Union[str, Path], what: str) -> None:
+    """A TracinError if `path` is a symbolic link: nothing is written through, or removed behind, a link
+    someone else could have placed (the target may be a colleague's file or run)."""
+    path = Path(path)
+    if path.is_symlink():
+        raise TracinError(f"{what} {path} is a symbolic link (to {os.readlink(path)}): nothing is written through a "
+                          "link; name the real path")
+
+
+def report_path(score_file: Union[str, Path], name: str) -> Path:
+    """Where a report of a score file goes: NAME beside the default tracin.h5 (quality_report.md, plots/), and
+    STEM.NAME beside any other score file (other.quality_report.md, other.plots/), so that two score files in
+    one folder keep their own reports."""
+    score_file = Path(score_file)
+    return score_file.parent / (name if score_file.name == "tracin.h5" else f"{score_file.stem}.{name}")
+
+
 def write_atomic(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> None:
     """write(handle) into a temporary file beside `path`, flush, fsync, then os.replace onto `path`."""
     path = Path(path)

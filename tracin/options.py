@@ -96,6 +96,8 @@ class ScoreOptions:
             raise TracinError(f"--replicas must be at least 1, got {self.replicas}")
         if self.loss not in SCORE_LOSSES:
             raise TracinError(f"--loss must be one of {', '.join(SCORE_LOSSES)}, got {self.loss!r}")
+        if self.corr_rows < 1:
+            raise TracinError(f"--corr-rows must be at least 1, got {self.corr_rows}")
 
 
 @dataclass(frozen=True)

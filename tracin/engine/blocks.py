@@ -150,6 +150,14 @@ def _cgroup_memory_files(root: Path) -> list[tuple[Path, str, str, str]]:
     return found
 
 
+def work_factor(n_train: int, n_test: int, chunk: int, block: int, batch_size: int) -> float:
+    """How many times the train-gradient batches of one unblocked pass a blocking computes: each of the
+    ceil(n_test / block) test blocks computes every train gradient, in batches no larger than a chunk."""
+    batches = -(-n_train // max(1, min(chunk, batch_size)))
+    ideal = -(-n_train // batch_size)
+    return -(-n_test // block) * batches / ideal
+
+
 def block_sizes(
     bytes_per_example: int,
     n_train: int,

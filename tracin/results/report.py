@@ -28,7 +28,7 @@ from tracin.results.statistics import overlap_at_k
 from tracin.config import DataConfig, split_model_name, split_variant
 from tracin.training.data import load_data
 from tracin.errors import StoreError, TracinError
-from tracin.files import write_atomic
+from tracin.files import report_path, write_atomic
 from tracin.results.store import ScoreFile, find_damage
 
 INSPECTED = (0.1, 0.2)  # fractions of the training set at which mislabel detection is reported
@@ -762,7 +762,7 @@ def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_ro
     rule, choose_test_rows). Returns the files written."""
     with ScoreFile.open_read(Path(path)) as store:
         check_finished(store)
-        out = Path(out_dir) if out_dir else Path(path).parent / "plots"
+        out = Path(out_dir) if out_dir else report_path(path, "plots")
         out.mkdir(parents=True, exist_ok=True)
         models, written, sections = store.models, [], [quality_table(store), agreement_markdown(store)]
         figures = {"agreement.png": plot_agreement(store), "agreement_by_depth.png": plot_agreement_by_depth(store)}

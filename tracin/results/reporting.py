@@ -30,7 +30,7 @@ from tracin.engine.groups import group_names
 from tracin.engine.randomization import fresh_model, module_of, randomized_checkpoints
 from tracin.engine.tracin import TracIn
 from tracin.errors import StoreError, TracinError
-from tracin.files import exclusive_lock, write_atomic
+from tracin.files import exclusive_lock, report_path, write_atomic
 from tracin.results import sanity
 from tracin.results.agreement import agreement_table
 from tracin.results.comparison import CompareOptions
@@ -349,11 +349,11 @@ def _validation_rows(store: ScoreFile, models: Sequence[str]) -> list[tuple]:
 def write_quality_files(path: Path, table: np.ndarray, said: Sequence[str] = ()) -> Path:
     """quality_report.md (the table and the verdicts `said`) beside the score file and
     plots/quality_report.png; returns the Markdown's path."""
-    markdown = path.parent / "quality_report.md"
+    markdown = report_path(path, "quality_report.md")
     text = quality_report_markdown(table, groups=True) + "".join(f"\n- {line}" for line in said) + ("\n" if said else "")
     write_atomic(markdown, lambda handle: handle.write(text.encode()))
     figure = plot_quality_report(table, said)
-    plots = path.parent / "plots"
+    plots = report_path(path, "plots")
     plots.mkdir(exist_ok=True)
     write_atomic(plots / "quality_report.png", lambda handle: figure.savefig(handle, format="png", dpi=110))
     plt.close(figure)

@@ -25,7 +25,8 @@ import torch
 import torch.distributed as dist
 
 from tracin import faults
-from tracin.files import exclusive_lock, remove_stale_temporaries
+from tracin.engine.blocks import MemoryPlan, work_factor
+from tracin.files import exclusive_lock, refuse_link, remove_stale_temporaries, report_path
 from tracin.training.checkpoints import Checkpoint, load_distillation_teacher, load_run_checkpoints, select_checkpoints
 from tracin.results.agreement import agreement_table, format_agreement, format_agreement_by_depth, of_layer_groups
 from tracin.results.comparison import CompareOptions, compare_models, format_tables
@@ -45,7 +46,7 @@ from tracin.training.run_folder import RunPaths, read_record
 from tracin.runtime import Runtime, start_runtime
 from tracin.engine.tracin import ScoreBlock, TracIn
 from tracin.results.store import (
-    SELF_INFLUENCES, DataArrays, ModelScores, Salvage, ScoreFile, rank_matrix, rankings_name, to_numpy,
+    SELF_INFLUENCES, DataArrays, ModelScores, Salvage, ScoreFile, rank_matrix, rankings_name, replacing_path, to_numpy,
 )
 
 
@@ -257,6 +258,8 @@ def score_run(options: ScoreOptions) -> Path:
     out = Path(options.out) if options.out else run.paths.root / "tracin.h5"
     if out.name in ("", ".", "..") or out.is_dir():
         raise TracinError(f"--out must name a file, got {str(out)!r}")
+    for path in (out, replacing_path(out), report_path(out, "plots")):
+        refuse_link(path, "the output")
     with start_runtime(options.device, options.quiet) as runtime, _run_lock(run, runtime), _output_lock(out, runtime):
         data = scoring_data(run, options)
         runtime.log(data_source(run, options))
@@ -290,10 +293,27 @@ def checked_models(run: TrainedRun, options: ScoreOptions, data: RunData, runtim
     digests = {}
     for name in model_names(run, options):
         tracin = build_engine(name, run, options, runtime)
-        tracin.block_sizes(data.train, data.test, options.per_checkpoint)
+        plan = tracin.memory_plan(data.train, data.test, options.per_checkpoint)
+        warning = plan_warning(name, plan, len(data.train), len(data.test), options.engine.batch_size)
+        if warning and runtime.is_main:
+            print(warning, flush=True)  # on stdout: stderr is kept for the one line of an error
         digests[name] = checkpoints_digest(tracin.checkpoints)
         del tracin  # before the next model's checkpoints are loaded
     return digests
+
+
+SLOW_PLAN = 20  # a memory plan doing more than this many times one pass's gradient batches is warned about
+
+
+def plan_warning(name: str, plan: MemoryPlan, n_train: int, n_test: int, batch_size: int) -> Optional[str]:
+    """A warning when a memory budget is so small that its blocking multiplies the work (train chunks
+    smaller than a batch defeat batching, and every test block computes every train gradient again): said
+    before the work, even with --quiet, so that a job of seconds does not run for hours without a word."""
+    factor = work_factor(n_train, n_test, plan.chunk, plan.block, batch_size)
+    if factor <= SLOW_PLAN:
+        return None
+    return (f"warning: {name}: {plan.describe(n_test)}: {factor:.0f} times the gradient batches of one pass; "
+            "more memory (--max-memory-gb) makes it faster")
 
 
 def checkpoints_digest(checkpoints: Sequence[Checkpoint]) -> str:

@@ -91,7 +91,7 @@ import numpy as np
 from torch import Tensor
 
 from tracin import __version__, faults
-from tracin.files import default_mode, disk_full, fsync_file
+from tracin.files import default_mode, disk_full, fsync_file, refuse_link
 from tracin.training.checkpoints import Checkpoint
 from tracin.config import ENSEMBLE_SUFFIX, ROLES, split_model_name, split_variant
 from tracin.errors import StoreError, TracinError
@@ -293,6 +293,7 @@ class ScoreFile:
 
     @classmethod
     def open_read_write(cls, path: Path) -> "ScoreFile":
+        refuse_link(path, "the score file")  # h5py would write through it
         store = cls(open_h5(path, "r+"), path)
         store._check_format()
         return store

@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from tracin.training import losses
 from tracin import faults
-from tracin.files import exclusive_lock, remove_stale_temporaries_under, write_atomic, write_json_atomic
+from tracin.files import exclusive_lock, refuse_link, remove_stale_temporaries_under, write_atomic, write_json_atomic
 from tracin.training.checkpoints import (
     checkpoint_name,
     load_checkpoint,
@@ -839,6 +839,8 @@ def train_run(config: TrainConfig, data_config: DataConfig, options: RunOptions)
     if unknown:
         raise TracinError(f"unknown models {', '.join(sorted(unknown))}; choose from {', '.join(ROLES)}")
     paths = RunPaths(Path(options.out_root) / options.run)
+    for path in (paths.root, replaced_path(paths)):  # --overwrite moves and removes these: never a link's target
+        refuse_link(path, "the run folder")
     with start_runtime(options.device, options.quiet) as runtime, _run_lock(paths, runtime):
         check_replacement(paths, options)
         if runtime.is_main and paths.root.is_dir() and made_by_tracin(paths):

@@ -1,0 +1,101 @@
+"""The edges a user's mistake or someone else's file reaches (issue #27): nothing is written through, or
+removed behind, a link someone placed; two score files in one folder keep their own reports; options are
+checked before any work; a memory budget that would multiply the work is said before it starts."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import subprocess_env
+
+from tracin.engine.blocks import MemoryPlan, work_factor
+from tracin.errors import TracinError
+from tracin.files import refuse_link, report_path
+from tracin.results.scoring import plan_warning
+from tracin.results.store import ScoreFile
+
+
+def run(name: str, *args, cwd: Path) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).with_name(name)), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=cwd)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_one_line(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_a_run_folder_that_is_a_link_is_refused_before_anything_even_with_overwrite(tmp_path):
+    colleague = tmp_path / "colleague_run"
+    (colleague / "teacher").mkdir(parents=True)
+    (colleague / "run.json").write_text('{"format": "tracin-run"}')
+    (colleague / "teacher" / "epoch_002.pt").write_bytes(b"weights")
+    before = digest(colleague)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "mine").symlink_to(colleague, target_is_directory=True)
+    for extra in ((), ("--overwrite",), ("--resume",)):
+        result = run("tracin-train", "--run", "mine", "--out-root", "runs", *extra, cwd=tmp_path)
+        assert_one_line(result, "is a symbolic link")
+    assert digest(colleague) == before and (tmp_path / "runs" / "mine").is_symlink()
+    (tmp_path / "runs" / "mine").unlink()
+    (tmp_path / "runs" / ".mine.replaced").symlink_to(colleague, target_is_directory=True)
+    assert_one_line(run("tracin-train", "--run", "mine", "--out-root", "runs", "--overwrite", cwd=tmp_path), "is a symbolic link")
+    assert digest(colleague) == before
+
+
+def test_a_score_file_that_is_a_link_is_refused(tiny_run, tmp_path):
+    colleague = tmp_path / "colleague.h5"
+    colleague.write_bytes(b"a colleague's finished score file")
+    (tmp_path / "tracin.h5").symlink_to(colleague)
+    for extra in ((), ("--overwrite",)):
+        result = run("tracin-score", "--run", tiny_run, "--out", tmp_path / "tracin.h5", "--device", "cpu", *extra, cwd=tmp_path)
+        assert_one_line(result, "is a symbolic link")
+    assert colleague.read_bytes() == b"a colleague's finished score file"
+    with pytest.raises(TracinError, match="is a symbolic link"):  # tracin-validate and tracin-report open it so
+        ScoreFile.open_read_write(tmp_path / "tracin.h5")
+
+
+def test_refuse_link_names_the_target(tmp_path):
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(TracinError, match="elsewhere"):
+        refuse_link(tmp_path / "link", "the output")
+    refuse_link(tmp_path / "missing", "the output")  # a path that is not there yet is fine
+
+
+def test_two_score_files_in_one_folder_keep_their_own_reports(tmp_path):
+    assert report_path(tmp_path / "tracin.h5", "quality_report.md") == tmp_path / "quality_report.md"
+    assert report_path(tmp_path / "tracin.h5", "plots") == tmp_path / "plots"
+    assert report_path(tmp_path / "kd.h5", "quality_report.md") == tmp_path / "kd.quality_report.md"
+    assert report_path(tmp_path / "kd.h5", "validation.md") == tmp_path / "kd.validation.md"
+    assert report_path(tmp_path / "kd.h5", "plots") == tmp_path / "kd.plots"
+
+
+def test_a_bad_option_is_refused_before_any_scoring(tiny_run, tmp_path):
+    result = run("tracin-score", "--run", tiny_run, "--out", tmp_path / "x.h5", "--corr-rows", "-5", "--device", "cpu", cwd=tmp_path)
+    assert_one_line(result, "--corr-rows must be at least 1")
+    assert list(tmp_path.iterdir()) == []  # not even a lock was left
+
+
+def test_work_factor_counts_batches_against_one_pass():
+    assert work_factor(n_train=1000, n_test=100, chunk=1000, block=100, batch_size=100) == 1
+    assert work_factor(n_train=1000, n_test=100, chunk=1000, block=25, batch_size=100) == 4  # 4 test blocks
+    assert work_factor(n_train=1000, n_test=100, chunk=10, block=100, batch_size=100) == 10  # batches of 10
+    assert work_factor(n_train=96, n_test=24, chunk=1, block=3, batch_size=128) == 8 * 96
+
+
+def test_a_plan_that_multiplies_the_work_is_said_before_it_starts():
+    slow = MemoryPlan(budget=2_000_000, source="--max-memory-gb", chunk=1, block=3, kept_bytes=100)
+    warning = plan_warning("teacher", slow, 96, 24, 128)
+    assert warning.startswith("warning: teacher: memory") and "768 times the gradient batches of one pass" in warning
+    fine = MemoryPlan(budget=2**30, source="auto", chunk=96, block=24, kept_bytes=100)
+    assert plan_warning("teacher", fine, 96, 24, 128) is None
