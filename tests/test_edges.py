@@ -99,3 +99,17 @@ def test_a_plan_that_multiplies_the_work_is_said_before_it_starts():
     assert warning.startswith("warning: teacher: memory") and "768 times the gradient batches of one pass" in warning
     fine = MemoryPlan(budget=2**30, source="auto", chunk=96, block=24, kept_bytes=100)
     assert plan_warning("teacher", fine, 96, 24, 128) is None
+
+
+def test_a_data_root_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "not_a_folder").write_text("x")
+    result = run("tracin-train", "--run", "r", "--dataset", "fashion-mnist", "--data-root", tmp_path / "not_a_folder",
+                 "--train-subset", "64", "--test-subset", "32", cwd=tmp_path)
+    assert_one_line(result, "is a file, not a folder")
+
+
+def test_a_model_factory_of_the_wrong_signature_is_one_line(tmp_path, fashion_mnist_root):
+    result = run("tracin-train", "--run", "r", "--dataset", "fashion-mnist", "--data-root", fashion_mnist_root,
+                 "--model", "os:getcwd", "--student-model", "os:getcwd", "--train-subset", "256", "--test-subset", "32",
+                 "--batch-size", "32", "--epochs", "2", cwd=tmp_path)
+    assert_one_line(result, "must be called as FUNCTION(num_classes=..., in_channels=...)")

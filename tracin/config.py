@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import typing
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -112,10 +113,39 @@ class _Serializable:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]):
+        """The configuration a stored dict (run.json, a checkpoint, a score file) describes, each field's
+        JSON type checked against its annotation first: a file edited by hand is one TracinError."""
+        _check(isinstance(values, dict), f"a {cls.__name__} must be a JSON object, got {type(values).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = set(values) - names
         _check(not unknown, f"unknown {cls.__name__} fields: {', '.join(sorted(unknown))}")
+        hints = typing.get_type_hints(cls)
+        for name, value in values.items():
+            _check(_fits(value, hints[name]), f"{cls.__name__} field {name}: expected {_type_name(hints[name])}, got {value!r}")
         return cls(**values)
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Whether a JSON value fits a field's annotation (int, float, bool, str, Optional[...], tuples as lists)."""
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union:
+        return any(_fits(value, argument) for argument in arguments)
+    if origin is tuple:
+        items = arguments[:1] if len(arguments) == 2 and arguments[1] is Ellipsis else arguments
+        return isinstance(value, (list, tuple)) and all(any(_fits(v, a) for a in items) for v in value)
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation) if isinstance(annotation, type) else True
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is typing.Union:
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(annotation))
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
 
 
 @dataclass(frozen=True)

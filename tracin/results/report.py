@@ -29,7 +29,7 @@ from tracin.config import DataConfig, split_model_name, split_variant
 from tracin.training.data import load_data
 from tracin.errors import StoreError, TracinError
 from tracin.files import report_path, write_atomic
-from tracin.results.store import ScoreFile, find_damage
+from tracin.results.store import ScoreFile, find_damage, layout_problems
 
 INSPECTED = (0.1, 0.2)  # fractions of the training set at which mislabel detection is reported
 GROUP_MARK = " only"  # ends the ranking name of a layer group's self-influence ("teacher: self-influence, layer1 only")
@@ -433,6 +433,10 @@ def check_finished(store: ScoreFile) -> None:
             f"{store.path} is a partial result (tracin-score was interrupted): run the same tracin-score "
             "command again to finish it, then make the report"
         )
+    wrong = layout_problems(store)
+    if wrong:
+        raise StoreError(f"{store.path} is not laid out as tracin-score writes it: {wrong[0]}"
+                         + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""))
 
 
 def quality_table(store: ScoreFile, compact: bool = False) -> str:

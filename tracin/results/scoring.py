@@ -98,7 +98,7 @@ def load_role_checkpoints(run: TrainedRun, name: str, spec: str) -> tuple[list[C
     """The model's selected checkpoints, checked against the run (tracin.training.checkpoints)."""
     role = split_model_name(name)[0]
     paths = select_checkpoints(run.paths.model_dir(name), role, spec)
-    return load_run_checkpoints(paths, role, run.record["data_fingerprint"]["digest"])
+    return load_run_checkpoints(paths, role, run.record["data_fingerprint"]["digest"], run.record["model_configs"].get(role))
 
 
 def checked_data(run: TrainedRun) -> RunData:

@@ -897,6 +897,70 @@ def hdf5_open_for_writing() -> bool:
     return any(file_id.get_intent() & h5py.h5f.ACC_RDWR for file_id in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE))
 
 
+def layout_problems(store: "ScoreFile") -> list[str]:
+    """What in a readable score file does not have the declared layout (the module docstring): the header
+    arrays' lengths and integer types, each model's score matrices' shape and float type, its per-example
+    arrays' lengths, and its top-k tables' shapes and index ranges. A file made by hand, or by something else,
+    is refused with the first of these, instead of failing inside a reader."""
+    h5, problems = store._h5, []
+    for name in HEADER_ARRAYS + HEADER_MASKS + ("noisy",):
+        if name in h5:
+            problems += _shape_problems(h5[name], f"/{name}", (store.n_train if name.startswith(("train", "noisy")) else store.n_test,),
+                                        "b" if name in HEADER_MASKS + ("noisy",) else "iu")
+    for model in store.models:
+        group = h5[model]
+        for key in group:
+            if key == "scores" or key.startswith("scores_"):
+                problems += _shape_problems(group[key], f"/{model}/{key}", (store.n_train, store.n_test), "f")
+            elif key in (SELF, NORMALISED_SELF, "last_loss"):
+                problems += _shape_problems(group[key], f"/{model}/{key}", (store.n_train,), "f")
+            elif key == "test_prediction":
+                problems += _shape_problems(group[key], f"/{model}/{key}", (store.n_test,), "iu")
+        for name in _ranking_groups(group):
+            problems += _ranking_problems(group[name], f"/{model}/{name}", store.n_train, store.n_test)
+    return problems
+
+
+def _shape_problems(dataset, where: str, shape: tuple, kinds: str) -> list[str]:
+    if not isinstance(dataset, h5py.Dataset):
+        return [f"{where} is not a dataset"]
+    if dataset.dtype.kind not in kinds:
+        return [f"{where} holds {dataset.dtype}, not {'integers' if 'i' in kinds else 'floats' if kinds == 'f' else 'booleans'}"]
+    if dataset.shape != shape:
+        return [f"{where} has shape {dataset.shape}, expected {shape}"]
+    return []
+
+
+def _ranking_groups(group) -> list[str]:
+    """The names of a model group's top-k tables: topk, topk_epoch/epoch_NNN, topk_variant/<variant>."""
+    names = ["topk"] if "topk" in group else []
+    for parent in ("topk_epoch", "topk_variant"):
+        if isinstance(group.get(parent), h5py.Group):
+            names += [f"{parent}/{child}" for child in group[parent]]
+    return names
+
+
+def _ranking_problems(tables, where: str, n_train: int, n_test: int) -> list[str]:
+    if not isinstance(tables, h5py.Group):
+        return [f"{where} is not a group of tables"]
+    problems = []
+    for prefix, rows, limit in (("test", n_test, n_train), ("train", n_train, n_test)):
+        for field in RANKING_FIELDS:
+            key = f"{prefix}_{field}"
+            if key not in tables:
+                problems.append(f"{where}/{key} is missing")
+                continue
+            dataset = tables[key]
+            found = _shape_problems(dataset, f"{where}/{key}", (rows, dataset.shape[1] if len(dataset.shape) == 2 else -1),
+                                    "iu" if "index" in field else "f")
+            if not found and "index" in field and dataset.size:
+                values = dataset[()]
+                if values.min() < 0 or values.max() >= limit:
+                    found = [f"{where}/{key} holds indices outside 0..{limit - 1}"]
+            problems += found
+    return problems
+
+
 def replacing_path(path: Path) -> Path:
     """Where --overwrite builds the result that replaces `path` when complete: NAME.replacing beside it."""
     return path.with_name(f"{path.name}.replacing")

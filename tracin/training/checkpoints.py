@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from tracin.config import ModelConfig
 from tracin.errors import CheckpointError, TracinError
 from tracin.files import write_atomic
+from tracin.schemas import CHECKPOINT, check
 from tracin.training.models import build_model, count_parameters
 
 FORMAT = "tracin-checkpoint"
@@ -95,6 +96,12 @@ def load_checkpoint(path: Union[str, Path], role: Optional[str] = None) -> dict[
     payload = load_file(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a tracin-train checkpoint (no '{FORMAT}' format key)")
+    try:
+        check(payload, CHECKPOINT, str(path))
+    except TracinError as error:
+        raise CheckpointError(str(error)) from None
+    if not _is_state_dict(payload["model"]) or not all(isinstance(key, str) for key in payload["model"]):
+        raise CheckpointError(f"{path}: model: not a state dict of named tensors")
     if role is not None and payload.get("role") != role:
         raise CheckpointError(f"{path} is a {payload.get('role')} checkpoint, expected {role}")
     return payload
@@ -426,10 +433,13 @@ def select_checkpoints(model_dir: Union[str, Path], role: str, spec: str) -> lis
     return [by_epoch[e] for e in wanted]
 
 
-def load_run_checkpoints(paths: Sequence[Path], role: str, data_digest: str) -> tuple[list[Checkpoint], ModelConfig, dict]:
+def load_run_checkpoints(paths: Sequence[Path], role: str, data_digest: str,
+                         recorded: Optional[dict] = None) -> tuple[list[Checkpoint], ModelConfig, dict]:
     """A model's checkpoints from a run (checked: format, role, trained on the data with fingerprint
-    `data_digest`, one architecture), its ModelConfig, and the last checkpoint's payload."""
+    `data_digest`, one architecture, the one `recorded` in run.json's model_configs where given), its
+    ModelConfig, and the last checkpoint's payload."""
     checkpoints, config, payload = [], None, {}
+    expected = ModelConfig.from_dict(recorded) if recorded is not None else None
     for path in paths:
         payload = load_checkpoint(path, role=role)
         if payload.get("data_fingerprint", {}).get("digest") != data_digest:
@@ -437,6 +447,10 @@ def load_run_checkpoints(paths: Sequence[Path], role: str, data_digest: str) -> 
         this = ModelConfig.from_dict(payload["model_config"])  # fields added since it was written take defaults
         if config is not None and this != config:
             raise CheckpointError(f"{path} has another architecture than the other {role} checkpoints")
+        if expected is not None and this != expected:
+            differ = ", ".join(f"{k} {getattr(this, k)} (run.json: {getattr(expected, k)})" for k in this.to_dict()
+                               if getattr(this, k) != getattr(expected, k))
+            raise CheckpointError(f"{path} is not the architecture the run recorded for {role}: {differ}")
         config = this
         checkpoints.append(Checkpoint(payload["model"], payload["lr"], str(path), int(payload["epoch"]), sha256_file(path)))
     return checkpoints, config, payload

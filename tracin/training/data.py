@@ -220,6 +220,8 @@ def augment(images: Tensor, spec: DatasetSpec, generator: torch.Generator) -> Te
 
 def _load_torchvision(config: DataConfig, train: bool):
     root = Path(config.data_root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"the data root {root} is a file, not a folder: --data-root names the folder of the data sets")
     if config.dataset == "cifar10":
         loader, folder = (datasets.CIFAR10 if config.checksum else _UncheckedCIFAR10), root / "cifar-10-batches-py"
     else:

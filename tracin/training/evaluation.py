@@ -21,6 +21,7 @@ from tracin.training.data import SPECS, load_eval_split
 from tracin.training.run_folder import RunPaths, read_record
 from tracin.training.trainer import confusion_matrix, evaluate, write_csv
 from tracin.options import EvalOptions
+from tracin.schemas import CLASS_MAP, DATA_JSON, check, load_json
 
 
 def read_class_map(path: Optional[str]) -> Optional[dict[str, str]]:
@@ -31,9 +32,7 @@ def read_class_map(path: Optional[str]) -> Optional[dict[str, str]]:
         mapping = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
         raise TracinError(f"--class-map {path}: not a readable JSON file ({error})") from None
-    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
-        raise TracinError(f'--class-map {path} must hold one JSON object of class names, {{"their class": "run class"}}')
-    return mapping
+    return check(mapping, CLASS_MAP, f"--class-map {path}")
 
 
 def eval_run(options: EvalOptions) -> Path:
@@ -48,7 +47,7 @@ def eval_run(options: EvalOptions) -> Path:
     if not finished:
         raise TracinError(f"{options.run} has no finished model to evaluate")
     spec = SPECS[record["data_config"]["dataset"]]
-    classes = json.loads((paths.root / "data.json").read_text())["classes"]
+    classes = load_json(paths.data_json, DATA_JSON)["classes"]
     split, counts = load_eval_split(options.dataset, options.data_root, spec, classes, class_map, options.checksum)
     rows = []
     with start_runtime(options.device, quiet=True) as runtime, exclusive_lock(paths.root, "the run", shared=True):

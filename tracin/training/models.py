@@ -144,7 +144,20 @@ def _imported_factory(arch: str) -> Callable[[ModelConfig], nn.Module]:
         function = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as error:
         raise TracinError(f"model factory {arch!r} cannot be imported ({error})") from None
-    return lambda config: function(num_classes=config.num_classes, in_channels=config.in_channels)
+    if not callable(function):
+        raise TracinError(f"model factory {arch!r} is a {type(function).__name__}, not a function")
+
+    def build(config: ModelConfig) -> nn.Module:
+        try:
+            model = function(num_classes=config.num_classes, in_channels=config.in_channels)
+        except TypeError as error:  # the wrong signature; a TypeError inside a right one reads the same
+            raise TracinError(f"model factory {arch!r} must be called as FUNCTION(num_classes=..., in_channels=...) "
+                              f"and return an nn.Module; calling it failed: {error}") from None
+        if not isinstance(model, nn.Module):
+            raise TracinError(f"model factory {arch!r} returned a {type(model).__name__}, not an nn.Module")
+        return model
+
+    return build
 
 
 def build_model(config: ModelConfig) -> nn.Module:

@@ -27,6 +27,7 @@ from tracin.training.checkpoints import checkpoint_name
 from tracin.config import ROLES, DataConfig, TrainConfig
 from tracin.errors import ConfigMismatchError, TracinError
 from tracin.options import check_run_name  # noqa: F401 (re-exported)
+from tracin.schemas import RUN_JSON, load_json
 
 RUN_FORMAT = "tracin-run"
 # Where the data files are is not what the data is: the fingerprint guards the content.
@@ -82,10 +83,7 @@ def read_record(paths: RunPaths) -> Optional[dict]:
     """run.json of a run, or None when the run has none."""
     if not paths.run_json.is_file():
         return None
-    try:
-        return json.loads(paths.run_json.read_text())
-    except json.JSONDecodeError as error:
-        raise TracinError(f"{paths.run_json} is not valid JSON ({error}); restart the run with --overwrite") from None
+    return load_json(paths.run_json, RUN_JSON)
 
 
 def _leftover(path: Path) -> bool:

@@ -1,0 +1,165 @@
+"""Every JSON file tracin reads, and the non-tensor part of its checkpoints, through one declared schema.
+
+A file is checked against its JSON Schema (Draft 2020-12, validated by the `jsonschema` library) before any
+field is used, so that a file edited by hand, truncated, or written by something else is one line naming
+the file, the field and what was expected, never a KeyError deep inside a command. The values' meaning is
+checked afterwards by the typed configurations (tracin.config: TrainConfig.from_dict, ...). The schemas are
+also the documentation: `python -m tracin.schemas` writes docs/format.md, and a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tracin.config import ROLES
+from tracin.errors import TracinError
+
+_NAME = {"type": "string", "minLength": 1}
+_COUNT = {"type": "integer", "minimum": 0}
+_INDICES = {"type": "array", "items": _COUNT}
+_SETTINGS = {"type": "object", "description": "the typed configuration's fields (tracin.config), checked there"}
+_MODEL_NAME = "^(teacher|student|student_baseline)(\\.r[1-9][0-9]*)?$"
+
+_MODEL_ENTRY = {
+    "type": "object",
+    "description": "one trained model's progress",
+    "required": ["status", "epoch", "epochs", "checkpoints"],
+    "properties": {
+        "status": {"enum": ["pending", "partial", "done"]},
+        "epoch": _COUNT,
+        "epochs": {"type": "integer", "minimum": 1},
+        "checkpoints": {"type": "array", "items": {"type": "string", "pattern": "^epoch_[0-9]{3,}\\.pt$"}},
+        "metrics": {"type": "object", "additionalProperties": {"type": ["number", "null"]}},
+        "best_epoch": _COUNT,
+    },
+}
+
+RUN_JSON = {
+    "title": "run.json",
+    "description": "A run folder's record, written by tracin-train: its configuration, data and models.",
+    "type": "object",
+    "required": ["format", "version", "config", "data_config", "data_fingerprint", "models", "model_configs",
+                 "param_counts"],
+    "properties": {
+        "format": {"const": "tracin-run"},
+        "version": _NAME,
+        "config": _SETTINGS,
+        "data_config": _SETTINGS,
+        "data_fingerprint": {"type": "object", "required": ["digest", "n_train", "n_test"],
+                             "properties": {"digest": _NAME, "n_train": _COUNT, "n_test": _COUNT}},
+        "teacher_checkpoint": {"type": ["object", "string", "null"]},
+        "models": {"type": "object", "minProperties": 1, "propertyNames": {"pattern": _MODEL_NAME},
+                   "additionalProperties": _MODEL_ENTRY},
+        "model_configs": {"type": "object", "propertyNames": {"enum": list(ROLES)}, "additionalProperties": _SETTINGS},
+        "param_counts": {"type": "object", "propertyNames": {"enum": list(ROLES)}, "additionalProperties": _COUNT},
+        "invocations": {"type": "array", "items": {"type": "object", "required": ["argv"],
+                                                   "properties": {"argv": {"type": "array", "items": {"type": "string"}}}}},
+    },
+}
+
+DATA_JSON = {
+    "title": "data.json",
+    "description": "The examples a run trained and tested on, written by tracin-train: indices into the data set, "
+                   "flipped labels and stamped examples.",
+    "type": "object",
+    "required": ["classes", "train_index", "test_index"],
+    "properties": {
+        "classes": {"type": "array", "minItems": 2, "items": {"type": "string"}},
+        "fine_classes": {"type": "array", "items": {"type": "string"}},
+        "train_index": _INDICES,
+        "test_index": _INDICES,
+        "train_fine_labels": _INDICES,
+        "test_fine_labels": _INDICES,
+        "flipped_index": _INDICES,
+        "flipped_original_labels": _INDICES,
+        "flipped_new_labels": _INDICES,
+        "stamped_train_index": _INDICES,
+        "stamped_test_index": _INDICES,
+    },
+}
+
+SWEEP_JSON = {
+    "title": "sweep.json",
+    "description": "How a sweep was made, written by tracin-sweep: its command line, when it finished, and where.",
+    "type": "object",
+    "required": ["command", "finished", "machine"],
+    "properties": {
+        "command": {"type": "array", "items": {"type": "string"}},
+        "finished": {"type": "string", "format": "date-time"},
+        "machine": {"type": "object"},
+    },
+}
+
+CLASS_MAP = {
+    "title": "class map (tracin-eval --class-map)",
+    "description": "Which class of the run each class of the evaluated data set counts as.",
+    "type": "object",
+    "minProperties": 1,
+    "additionalProperties": {"type": "string", "minLength": 1},
+}
+
+CHECKPOINT = {
+    "title": "tracin-train checkpoint (epoch_NNN.pt)",
+    "description": "A dict saved with torch.save and read with torch.load(weights_only=True); `model` is the "
+                   "state dict (checked as tensors apart), every other field is checked here.",
+    "type": "object",
+    "required": ["format", "role", "model", "model_config", "epoch", "step", "lr", "config", "data_fingerprint"],
+    "properties": {
+        "format": {"const": "tracin-checkpoint"},
+        "role": {"enum": list(ROLES)},
+        "model": {"description": "state dict: parameter name -> tensor"},
+        "model_config": {"type": "object", "required": ["arch", "stages", "width", "in_channels", "num_classes"]},
+        "epoch": _COUNT,
+        "step": _COUNT,
+        "lr": {"type": "number", "minimum": 0},
+        "lr_at_save": {"type": "number"},
+        "config": _SETTINGS,
+        "data_config": _SETTINGS,
+        "data_fingerprint": {"type": "object"},
+        "metrics": {"type": "object"},
+    },
+}
+
+SCHEMAS = {schema["title"]: schema for schema in (RUN_JSON, DATA_JSON, SWEEP_JSON, CLASS_MAP, CHECKPOINT)}
+
+
+def check(instance: Any, schema: dict, source: str) -> Any:
+    """`instance` if it satisfies `schema`, else a TracinError of one line: the file, the field, what was
+    expected (the most relevant of the failures, jsonschema's best_match)."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    error = best_match(Draft202012Validator(schema).iter_errors(instance))
+    if error is None:
+        return instance
+    field = "/".join(map(str, error.absolute_path)) or "(the whole file)"
+    message = error.message if len(error.message) <= 200 else error.message[:200] + "..."
+    raise TracinError(f"{source}: {field}: {message} (see docs/format.md: {schema['title']})")
+
+
+def load_json(path, schema: dict) -> Any:
+    """A JSON file read and checked against `schema`; unreadable or invalid JSON is one line too."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise TracinError(f"{path}: not readable ({error})") from None
+    try:
+        instance = json.loads(text)
+    except ValueError as error:
+        raise TracinError(f"{path}: not valid JSON ({error})") from None
+    return check(instance, schema, str(path))
+
+
+def markdown() -> str:
+    """docs/format.md: each schema, as the code checks it."""
+    parts = ["# File formats", "",
+             "Generated by `python -m tracin.schemas > docs/format.md` from tracin/schemas.py, the schemas every file",
+             "is checked against before use; the score file's HDF5 layout is in tracin/results/store.py.", ""]
+    for title, schema in SCHEMAS.items():
+        parts += [f"## {title}", "", schema["description"], "", "```json", json.dumps(schema, indent=2), "```", ""]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")
