@@ -89,6 +89,8 @@ DAMAGE = {
     "top-k indices out of range": lambda h5: _set(h5, "teacher/topk/test_top_index", 10**6),
     "a missing top-k table": lambda h5: h5.__delitem__("student/topk/train_bottom_score"),
     "header labels of another length": lambda h5: _replace(h5, "train_labels", np.zeros(2, np.int64)),
+    "a dropped self-influence": lambda h5: h5.__delitem__("teacher/self_influence"),  # both found by tests/test_fuzz.py
+    "a table of strings": lambda h5: _replace(h5, "agreement", np.array([b"x"] * 3)),
 }
 
 

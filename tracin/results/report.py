@@ -759,6 +759,25 @@ def quality_report_summary(store: ScoreFile) -> tuple[str, Optional[Figure]]:
     return quality_report_markdown(table) + "".join(f"\n- {line}" for line in said), plot_quality_report(table, said)
 
 
+def _make_figures(store: ScoreFile, figures: dict, sections: list, models: list, data_root: Optional[str],
+                  examples: Optional[Sequence[int]]) -> None:
+    """Every figure of a report into `figures` (by file name), every table into `sections`."""
+    figures["agreement.png"], figures["agreement_by_depth.png"] = plot_agreement(store), plot_agreement_by_depth(store)
+    quality_text, figures["quality_report.png"] = quality_report_summary(store)
+    sections.insert(0, quality_text)
+    for a, b in store.comparison_pairs():
+        figures[f"overlap_{a}__{b}.png"] = plot_overlap_curves(store, a, b)
+        sections.append(comparison_tables(store, a, b))
+    figures["score_histograms.png"] = plot_score_histograms(store, models)
+    images, shown = load_images(store, data_root), choose_test_rows(store, count=3, examples=examples)
+    figures.update(proponent_grids(store, images, [m for m in models if not m.endswith(".ensemble")], shown))
+    if store.noisy.any():
+        curves = mislabel_curves(store, models, groups=True)
+        figures["mislabel_detection.png"] = plot_mislabel_detection(
+            {name: curve for name, curve in curves.items() if not name.endswith(GROUP_MARK)})
+        sections.append(detection_table(curves))
+
+
 def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_root: Optional[str] = None,
                  examples: Optional[Sequence[int]] = None) -> list[Path]:
     """PNG figures and report.md (the tables) of a finished score file, in out_dir (default: the
@@ -769,26 +788,17 @@ def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_ro
         out = Path(out_dir) if out_dir else report_path(path, "plots")
         out.mkdir(parents=True, exist_ok=True)
         models, written, sections = store.models, [], [quality_table(store), agreement_markdown(store)]
-        figures = {"agreement.png": plot_agreement(store), "agreement_by_depth.png": plot_agreement_by_depth(store)}
-        quality_text, figures["quality_report.png"] = quality_report_summary(store)
-        sections.insert(0, quality_text)
-        for a, b in store.comparison_pairs():
-            figures[f"overlap_{a}__{b}.png"] = plot_overlap_curves(store, a, b)
-            sections.append(comparison_tables(store, a, b))
-        figures["score_histograms.png"] = plot_score_histograms(store, models)
-        images, shown = load_images(store, data_root), choose_test_rows(store, count=3, examples=examples)
-        figures.update(proponent_grids(store, images, [m for m in models if not m.endswith(".ensemble")], shown))
-        if store.noisy.any():
-            curves = mislabel_curves(store, models, groups=True)
-            figures["mislabel_detection.png"] = plot_mislabel_detection(
-                {name: curve for name, curve in curves.items() if not name.endswith(GROUP_MARK)})
-            sections.append(detection_table(curves))
-        for name, figure in figures.items():
-            if figure is None:
-                continue
-            write_atomic(out / name, lambda handle: figure.savefig(handle, format="png", dpi=110))
-            plt.close(figure)
-            written.append(out / name)
+        figures: dict[str, Optional[Figure]] = {}
+        try:
+            _make_figures(store, figures, sections, models, data_root, examples)
+            for name, figure in figures.items():
+                if figure is not None:
+                    write_atomic(out / name, lambda handle: figure.savefig(handle, format="png", dpi=110))
+                    written.append(out / name)
+        finally:  # a failure half-way leaves no figure open (a notebook or a long session would pile them up)
+            for figure in figures.values():
+                if figure is not None:
+                    plt.close(figure)
         text = f"# TracIn report: {path}\n\n" + "\n\n".join(sections) + "\n"
         write_atomic(out / "report.md", lambda handle: handle.write(text.encode()))
         written.append(out / "report.md")

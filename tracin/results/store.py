@@ -907,17 +907,38 @@ def layout_problems(store: "ScoreFile") -> list[str]:
         if name in h5:
             problems += _shape_problems(h5[name], f"/{name}", (store.n_train if name.startswith(("train", "noisy")) else store.n_test,),
                                         "b" if name in HEADER_MASKS + ("noisy",) else "iu")
+    problems += _table_problems(h5, set(store.models))
     for model in store.models:
         group = h5[model]
+        problems += [f"/{model}/{key} is missing" for key in ("scores", "done", SELF, "topk") if key not in group]
         for key in group:
             if key == "scores" or key.startswith("scores_"):
                 problems += _shape_problems(group[key], f"/{model}/{key}", (store.n_train, store.n_test), "f")
             elif key in (SELF, NORMALISED_SELF, "last_loss"):
                 problems += _shape_problems(group[key], f"/{model}/{key}", (store.n_train,), "f")
+            elif key in (GROUP_SELF, GROUP_NORMALISED_SELF):
+                rows = group[key].shape[0] if isinstance(group[key], h5py.Dataset) and group[key].ndim == 2 else -1
+                problems += _shape_problems(group[key], f"/{model}/{key}", (rows, store.n_train), "f")
             elif key == "test_prediction":
                 problems += _shape_problems(group[key], f"/{model}/{key}", (store.n_test,), "iu")
         for name in _ranking_groups(group):
             problems += _ranking_problems(group[name], f"/{model}/{name}", store.n_train, store.n_test)
+    return problems
+
+
+def _table_problems(h5, models: set[str]) -> list[str]:
+    """The tables outside the models' groups (comparisons, agreement, quality, detection, the report, the
+    validation) are one-dimensional arrays of named fields; anything else there was not written by tracin."""
+    problems: list[str] = []
+    header = set(HEADER_ARRAYS + HEADER_MASKS + ("noisy",))
+
+    def visit(name: str, item) -> None:
+        if name.split("/")[0] in models or name in header or not isinstance(item, h5py.Dataset):
+            return
+        if item.dtype.names is None or item.ndim != 1:
+            problems.append(f"/{name} is not a table of named fields (it holds {item.dtype}, shape {item.shape})")
+
+    h5.visititems(visit)
     return problems
 
 
