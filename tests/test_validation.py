@@ -257,3 +257,55 @@ def test_another_runs_score_file_and_empty_plans_are_refused(tiny_run, full_scor
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
     with ScoreFile.open_read(out) as store, pytest.raises(StoreError, match="has no validation"):
         store.validation()  # refused before the file changed
+
+
+SMALL_VALIDATE = ("--models", "student", "--test-examples", "1", "--k", "3", "--subsets", "0", "--conditions", "own",
+                  "--device", "cpu", "--quiet")
+
+
+def _validation_arrays(path: Path) -> dict:
+    with ScoreFile.open_read(path) as store:
+        record = store.validation()
+        leave_out, lds = record.tables()
+        return {"units": record.units, "margins": record.margins, "done": record.done, "leave_out": leave_out, "lds": lds}
+
+
+@pytest.fixture(scope="module")
+def small_reference(tiny_run, full_scores, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("small_validation") / "tracin.h5"
+    shutil.copy(full_scores, out)
+    result = run_tracin_validate(["--run", tiny_run, "--scores", out, *SMALL_VALIDATE])
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.mark.parametrize("write", [1, 2, 4])
+def test_a_full_disk_inside_hdf5_during_validate_leaves_a_file_the_same_command_finishes(tiny_run, full_scores, small_reference,
+                                                                                         tmp_path, write):
+    """Before the repair every rerun failed with KeyError 'done': /validation had its settings but not its
+    arrays. Now the same command keeps the finished units that read, makes the rest again, and finishes."""
+    out = tmp_path / "tracin.h5"
+    shutil.copy(full_scores, out)
+    failed = run_tracin_validate(["--run", tiny_run, "--scores", out, *SMALL_VALIDATE], fault=f"h5-write:{write}:enospc")
+    assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1, failed.stderr[-2000:]
+    assert "No space left on device" in failed.stderr and "Traceback" not in failed.stderr
+    again = run_tracin_validate(["--run", tiny_run, "--scores", out, *SMALL_VALIDATE])
+    assert again.returncode == 0, again.stderr[-2000:]
+    mine, reference = _validation_arrays(out), _validation_arrays(small_reference)
+    for name in ("units", "margins", "done", "leave_out"):
+        assert mine[name].tobytes() == reference[name].tobytes(), name  # bitwise, NaN CIs too
+
+
+def test_a_finished_looking_validation_with_a_damaged_group_is_repaired_not_trusted(tiny_run, small_reference, tmp_path):
+    import h5py
+
+    out = tmp_path / "tracin.h5"
+    shutil.copy(small_reference, out)
+    with h5py.File(out, "r+") as h5:
+        del h5["validation/leave_out"]  # status still says complete
+        del h5["validation/done"]
+    again = run_tracin_validate(["--run", tiny_run, "--scores", out, *SMALL_VALIDATE])
+    assert again.returncode == 0, again.stderr[-2000:]
+    mine, reference = _validation_arrays(out), _validation_arrays(small_reference)
+    for name in ("units", "margins", "leave_out"):
+        assert mine[name].tobytes() == reference[name].tobytes(), name  # bitwise, NaN CIs too

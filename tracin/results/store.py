@@ -639,11 +639,15 @@ class ScoreFile:
         without `overwrite`). One made with other settings is refused unless `overwrite`, which replaces it
         (only /validation: the scores stay)."""
         settings = json.loads(json.dumps(settings))
+        kept = None
         if VALIDATION in self._h5:
-            differences = _differences(json.loads(self._h5[VALIDATION].attrs["settings"]), settings)
+            stored = self._stored_validation_settings()
+            differences = _differences(stored, settings) if stored is not None else ["its settings do not read"]
             if not differences:
-                return ValidationRecord(self._h5[VALIDATION])
-            if not overwrite:
+                kept = self._readable_units(units)
+                if kept is None:  # as a full disk or a crash leaves it: every finished unit that reads is kept
+                    return ValidationRecord(self._h5[VALIDATION])
+            elif stored is not None and not overwrite:
                 raise StoreError(f"{self.path} holds a validation made with other settings: {'; '.join(differences)}. "
                                  "Rerun with its options, or pass --overwrite to replace it")
             del self._h5[VALIDATION]
@@ -653,8 +657,45 @@ class ScoreFile:
         _early_dataset(group, "margins", (len(units), self.n_test), np.float32)
         _early_dataset(group, "seconds", (len(units),), np.float64)
         _early_dataset(group, "done", (len(units),), np.bool_)
+        if kept is not None:
+            done, margins, seconds = kept
+            group["margins"][done] = margins[done]
+            group["seconds"][done] = seconds[done]
+            group["done"][...] = done
         self._h5.flush()
         return ValidationRecord(group)
+
+    def _stored_validation_settings(self) -> Optional[dict]:
+        try:
+            return json.loads(self._h5[VALIDATION].attrs["settings"])
+        except (*HDF5_ERRORS, KeyError, ValueError):
+            return None
+
+    def _readable_units(self, units: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """None when /validation is whole (its units, margins, seconds and done mask read, with the shapes the
+        units give, and a complete one has its tables); else (done, margins, seconds) of what reads: the
+        finished units to keep when it is made again (nothing, where even those do not read)."""
+        group, n = self._h5[VALIDATION], len(units)
+        shapes = {"units": (n,), "margins": (n, self.n_test), "seconds": (n,), "done": (n,)}
+        try:
+            arrays = {name: group[name][()] for name in shapes}
+            whole = all(arrays[name].shape == shape for name, shape in shapes.items())
+            whole = whole and np.array_equal(arrays["units"], units)
+            if whole and _python(group.attrs["status"]) == "complete":
+                whole = all(group[name].shape is not None for name in ("leave_out", "lds"))
+            if whole:
+                return None
+        except (*HDF5_ERRORS, KeyError, ValueError, TypeError):
+            pass
+        try:
+            done = np.asarray(group["done"][()], dtype=bool)
+            margins, seconds = group["margins"][()], group["seconds"][()]
+            if done.shape == (n,) and margins.shape == (n, self.n_test) and seconds.shape == (n,) \
+                    and np.array_equal(group["units"][()], units):
+                return done & np.isfinite(margins).all(axis=1), margins, seconds
+        except (*HDF5_ERRORS, KeyError, ValueError, TypeError):
+            pass
+        return np.zeros(n, bool), np.zeros((n, self.n_test), np.float32), np.zeros(n)
 
     def validation(self) -> "ValidationRecord":
         """The file's tracin-validate record; StoreError when it has none."""
@@ -928,9 +969,10 @@ def layout_problems(store: "ScoreFile") -> list[str]:
 
 def _table_problems(h5, models: set[str]) -> list[str]:
     """The tables outside the models' groups (comparisons, agreement, quality, detection, the report, the
-    validation) are one-dimensional arrays of named fields; anything else there was not written by tracin."""
+    validation's units and tables) are one-dimensional arrays of named fields; anything else there (but the
+    validation's margins, seconds and done mask, which prepare_validation checks) was not written by tracin."""
     problems: list[str] = []
-    header = set(HEADER_ARRAYS + HEADER_MASKS + ("noisy",))
+    header = {*HEADER_ARRAYS, *HEADER_MASKS, "noisy", *(f"{VALIDATION}/{name}" for name in ("margins", "seconds", "done"))}
 
     def visit(name: str, item) -> None:
         if name.split("/")[0] in models or name in header or not isinstance(item, h5py.Dataset):

@@ -185,7 +185,7 @@ def validate_run(options: ValidateOptions) -> Path:
     with start_runtime(options.device, options.quiet) as runtime, _locks(run, path, runtime):
         data = checked_data(run)
         store = ScoreFile.open_read_write(path) if runtime.is_main else None
-        try:
+        with store or contextlib.nullcontext():  # after a full disk the file is left as a kill leaves it, not closed
             work = _plan_everywhere(store, options, run, data, runtime)
             written = 0
             for done in runtime.gathered(retrain_units(work, run, data, runtime, options), work.steps(runtime)):
@@ -196,9 +196,6 @@ def validate_run(options: ValidateOptions) -> Path:
                     runtime.log(f"retrained {written}/{len(work.todo)}: {describe(work.units[done[0]])} ({done[2]:.0f} s)")
             if runtime.is_main:
                 tables = finish(store, work)
-        finally:
-            if store is not None:
-                store.close()
         if runtime.is_main:
             print(f"validation: {path} (/validation), {write_validation_report(path, *tables)}", flush=True)
     return path
