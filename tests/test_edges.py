@@ -5,6 +5,7 @@ checked before any work; a memory budget that would multiply the work is said be
 from __future__ import annotations
 
 import hashlib
+import shutil
 import os
 import subprocess
 import sys
@@ -113,3 +114,35 @@ def test_a_model_factory_of_the_wrong_signature_is_one_line(tmp_path, fashion_mn
                  "--model", "os:getcwd", "--student-model", "os:getcwd", "--train-subset", "256", "--test-subset", "32",
                  "--batch-size", "32", "--epochs", "2", cwd=tmp_path)
     assert_one_line(result, "must be called as FUNCTION(num_classes=..., in_channels=...)")
+
+
+REPORT = ("--randomization-train", "16", "--randomization-test", "4", "--device", "cpu", "--quiet")
+
+
+def report_table(path: Path) -> bytes:
+    with ScoreFile.open_read(path) as store:
+        return store.quality_report().tobytes()
+
+
+@pytest.fixture(scope="module")
+def reported(tiny_run, tiny_scores, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reported") / "tracin.h5"
+    shutil.copy(tiny_scores, out)
+    result = run("tracin-report", "--run", tiny_run, "--scores", out, *REPORT, cwd=out.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+@pytest.mark.parametrize("write", [3, 8])
+def test_a_full_disk_inside_hdf5_during_report_is_salvaged_by_the_same_command(tiny_run, tiny_scores, reported, tmp_path, write):
+    """A full disk while tracin-report writes its randomization leaves that group unreadable; the same command
+    salvages the file (only its own groups were damaged, so the file stays finished) and finishes it."""
+    out = tmp_path / "tracin.h5"
+    shutil.copy(tiny_scores, out)
+    env_fault = {**subprocess_env(), "TRACIN_FAULT": f"h5-write:{write}:enospc"}
+    failed = subprocess.run([str(Path(sys.executable).with_name("tracin-report")), "--run", str(tiny_run), "--scores", str(out),
+                             *REPORT], capture_output=True, text=True, timeout=300, env=env_fault)
+    assert_one_line(failed, "No space left on device")
+    again = run("tracin-report", "--run", tiny_run, "--scores", out, *REPORT, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert report_table(out) == report_table(reported)

@@ -38,8 +38,10 @@ from tracin.results.sanity import MODEL_ROWS
 from tracin.results import statistics as compare
 from tracin.results.report import check_finished, plot_quality_report, quality_report_markdown, report_verdicts
 from tracin.options import ReportOptions, ScoreOptions
-from tracin.results.scoring import TrainedRun, checked_data, load_role_checkpoints, open_trained_run, scoring_loss
-from tracin.results.store import ScoreFile
+from tracin.results.scoring import (
+    TrainedRun, checked_data, describe_salvage, load_role_checkpoints, open_trained_run, scoring_loss,
+)
+from tracin.results.store import QUALITY_REPORT, RANDOMIZATION, ScoreFile, salvage_own_damage
 from tracin.results.validating import check_scored_checkpoints, positions_in
 from tracin.results.validation import OWN, RANDOM
 from tracin.runtime import Runtime, machine, start_runtime
@@ -59,6 +61,9 @@ def report_run(options: ReportOptions) -> Path:
     with start_runtime(options.device, options.quiet) as runtime, _locks(run, path):
         if runtime.distributed:
             raise TracinError("tracin-report runs in one process: start it without torchrun")
+        salvaged = salvage_own_damage(path, (RANDOMIZATION, QUALITY_REPORT))
+        if salvaged is not None:
+            print(describe_salvage(path, salvaged), flush=True)
         with ScoreFile.open_read_write(path) as store:
             check_finished(store)
             models = [m for m in options.models if m in store.models]

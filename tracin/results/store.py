@@ -821,6 +821,23 @@ def _check_dataset(dataset: h5py.Dataset, file_size: int) -> None:
             inside(dataset.id.get_chunk_info(index))
 
 
+def salvage_own_damage(path: Path, owned: Sequence[str]) -> Optional[Salvage]:
+    """For a command that writes only the top-level groups `owned` (tracin-report: randomization and
+    quality_report; tracin-validate: validation): when all the damage a full disk or a crash left is inside
+    them, the file is salvaged as tracin-score would (salvage: what reads is copied into a fresh file, the
+    damaged one kept beside it) and keeps its status, since no model's scores were touched; the command then
+    makes its groups again. None when there is nothing to salvage, or damage it does not own (which
+    check_finished then names, pointing to tracin-score)."""
+    problems = find_damage(path)
+    if not problems or not all(problem.lstrip("/").split("/")[0].split(":")[0] in owned for problem in problems):
+        return None
+    _, status = ScoreFile._header(path)
+    salvaged = salvage(path, problems)
+    with open_h5(path, "r+") as handle:
+        handle.attrs["status"] = status
+    return salvaged
+
+
 def salvage(path: Path, problems: Sequence[str]) -> Salvage:
     """Replace the damaged file at `path` (its find_damage `problems`) by a fresh one holding everything
     that reads, and keep the damaged file beside it (Salvage.damaged_copy). Of a model's group the parts

@@ -32,9 +32,9 @@ from tracin.files import exclusive_lock, report_path, write_atomic
 from tracin.results import statistics as compare
 from tracin.results import validation
 from tracin.results.report import check_finished, plot_validation, validation_markdown
-from tracin.results.scoring import TrainedRun, checked_data, open_trained_run
+from tracin.results.scoring import TrainedRun, checked_data, describe_salvage, open_trained_run
 from tracin.engine.topk import Ranking
-from tracin.results.store import ScoreFile, ValidationRecord
+from tracin.results.store import VALIDATION, ScoreFile, ValidationRecord, salvage_own_damage
 from tracin.results.validation import (
     BASELINE, LDS_CONDITION, NONE, OWN, RANDOM, TEACHER, Plan, conditions_for, format_validation,
 )
@@ -183,6 +183,9 @@ def validate_run(options: ValidateOptions) -> Path:
     if not path.is_file():
         raise TracinError(f"{path} does not exist: score the run with tracin-score first (or name the file with --scores)")
     with start_runtime(options.device, options.quiet) as runtime, _locks(run, path, runtime):
+        salvaged = salvage_own_damage(path, (VALIDATION,)) if runtime.is_main else None
+        if salvaged is not None:
+            print(describe_salvage(path, salvaged), flush=True)
         data = checked_data(run)
         store = ScoreFile.open_read_write(path) if runtime.is_main else None
         with store or contextlib.nullcontext():  # after a full disk the file is left as a kill leaves it, not closed
