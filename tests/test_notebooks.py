@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tracin.cli.notebooks import execute_notebook, notebook_folder
+from tracin.results.store import ScoreFile
 
 
 def outputs_of(notebook) -> tuple[str, int]:
@@ -73,14 +74,31 @@ def clean_scores(tmp_path_factory, fashion_mnist_root) -> Path:
     return scores
 
 
-def test_a_run_without_label_noise_skips_the_mislabel_notebook_and_writes_the_other(clean_scores, tmp_path):
+def test_a_run_without_label_noise_writes_both_notebooks(clean_scores, tmp_path):
+    """The mislabel notebook applies to any run: without flipped labels it says the curves need label noise,
+    and still shows the training examples of highest self-influence."""
     command = Path(sys.executable).parent / "tracin-notebooks"
     result = subprocess.run([str(command), str(clean_scores), str(tmp_path / "html")], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # no kernel chatter, no warnings
-    assert "notebook: mislabel_detection skipped: the run flipped no training label" in result.stdout
-    assert sorted(p.name for p in (tmp_path / "html").iterdir()) == ["overlap_tables.html"]
-    assert "IProgress" not in (tmp_path / "html" / "overlap_tables.html").read_text()
+    assert sorted(p.name for p in (tmp_path / "html").iterdir()) == ["mislabel_detection.html", "overlap_tables.html"]
+    page = (tmp_path / "html" / "mislabel_detection.html").read_text()
+    assert "No training label was flipped in this run" in page and "highest self-influence" in page
+    assert "IProgress" not in page and "IProgress" not in (tmp_path / "html" / "overlap_tables.html").read_text()
+
+
+def test_a_notebook_that_needs_what_the_file_lacks_is_skipped_with_its_reason(clean_scores, tmp_path):
+    import nbformat
+
+    from tracin.cli.notebooks import NEEDS, skip_reason
+
+    notebook = nbformat.v4.new_notebook(metadata={"tracin": {"needs": ["flipped-labels"]}})
+    nbformat.write(notebook, str(tmp_path / "needs.ipynb"))
+    with ScoreFile.open_read(clean_scores) as store:
+        assert skip_reason(tmp_path / "needs.ipynb", store) == NEEDS["flipped-labels"].missing
+    nbformat.write(nbformat.v4.new_notebook(metadata={"tracin": {"needs": ["replicas?"]}}), str(tmp_path / "odd.ipynb"))
+    with ScoreFile.open_read(clean_scores) as store, pytest.raises(ValueError, match="NEEDS does not define"):
+        skip_reason(tmp_path / "odd.ipynb", store)
 
 
 def test_notebooks_command_without_arguments_prints_usage_not_a_traceback():
