@@ -146,3 +146,17 @@ def test_a_full_disk_inside_hdf5_during_report_is_salvaged_by_the_same_command(t
     again = run("tracin-report", "--run", tiny_run, "--scores", out, *REPORT, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert report_table(out) == report_table(reported)
+
+
+def test_report_outputs_that_are_links_are_refused(tmp_path):
+    """tracin-report and tracin-validate write beside the score file: a planted plots link is not written into."""
+    from tracin.results.reporting import write_quality_files
+    from tracin.results.validating import write_validation_report
+
+    colleague = tmp_path / "colleague"
+    colleague.mkdir()
+    (tmp_path / "plots").symlink_to(colleague, target_is_directory=True)
+    for write in (lambda: write_quality_files(tmp_path / "tracin.h5", None), lambda: write_validation_report(tmp_path / "tracin.h5", None, None)):
+        with pytest.raises(TracinError, match="is a symbolic link"):
+            write()
+    assert list(colleague.iterdir()) == []

@@ -116,3 +116,31 @@ def test_a_score_file_made_by_hand_is_refused_by_every_reader(tiny_scores, tmp_p
     result = subprocess.run([sys.executable, "scripts/report.py", str(path)], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
     assert "not laid out as tracin-score writes it" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_replica_folder_copied_by_hand_is_refused(tiny_run, tmp_path):
+    """teacher.r1 copied from teacher and entered in run.json would be scored as a replica identical to replica 0
+    (overlap 1: a noise floor of nothing): its checkpoints' training seed says it is not replica 1."""
+    from tracin.results.scoring import load_role_checkpoints, open_trained_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.copytree(run / "teacher", run / "teacher.r1")
+    record = json.loads((run / "run.json").read_text())
+    record["models"]["teacher.r1"] = dict(record["models"]["teacher"])
+    (run / "run.json").write_text(json.dumps(record))
+    trained = open_trained_run(str(run), None)
+    load_role_checkpoints(trained, "teacher", "all")
+    with pytest.raises(CheckpointError, match="a folder copied from another replica or run"):
+        load_role_checkpoints(trained, "teacher.r1", "all")
+
+
+def test_an_empty_data_json_is_one_line_for_tracin_eval(tiny_run, tmp_path, capsys):
+    from tracin.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "data.json").write_text("{}")
+    assert main(["eval", "--run", str(run), "--eval-dataset", "fashion-mnist", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data.json: (the whole file): 'classes' is a required property" in err

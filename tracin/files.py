@@ -48,6 +48,12 @@ def refuse_link(path: Union[str, Path], what: str) -> None:
                           "link; name the real path")
 
 
+def refuse_links(paths, what: str) -> None:
+    """refuse_link for each of `paths`."""
+    for path in paths:
+        refuse_link(path, what)
+
+
 def report_path(score_file: Union[str, Path], name: str) -> Path:
     """Where a report of a score file goes: NAME beside the default tracin.h5 (quality_report.md, plots/), and
     STEM.NAME beside any other score file (other.quality_report.md, other.plots/), so that two score files in

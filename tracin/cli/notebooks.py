@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from tracin.cli.main import _arguments, _Parser, run_command
 from tracin.errors import TracinError
+from tracin.files import refuse_link, write_atomic
 
 def notebook_folder() -> Path:
     """The notebooks' folder: the repository's notebooks/ in an editable install, else the installed copy."""
@@ -63,7 +64,8 @@ def execute_notebook(path: str | Path, parameters: dict[str, Any], html: Optiona
         from nbconvert import HTMLExporter
 
         body, _ = HTMLExporter().from_notebook_node(notebook)
-        Path(html).write_text(body)
+        refuse_link(html, "the HTML file")
+        write_atomic(html, lambda handle: handle.write(body.encode()))
     return notebook
 
 

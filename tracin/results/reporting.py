@@ -30,7 +30,7 @@ from tracin.engine.groups import group_names
 from tracin.engine.randomization import fresh_model, module_of, randomized_checkpoints
 from tracin.engine.tracin import TracIn
 from tracin.errors import StoreError, TracinError
-from tracin.files import exclusive_lock, report_path, write_atomic
+from tracin.files import exclusive_lock, refuse_links, report_path, write_atomic
 from tracin.results import sanity
 from tracin.results.agreement import agreement_table
 from tracin.results.comparison import CompareOptions
@@ -355,6 +355,7 @@ def write_quality_files(path: Path, table: np.ndarray, said: Sequence[str] = ())
     """quality_report.md (the table and the verdicts `said`) beside the score file and
     plots/quality_report.png; returns the Markdown's path."""
     markdown = report_path(path, "quality_report.md")
+    refuse_links((markdown, report_path(path, "plots"), report_path(path, "plots") / "quality_report.png"), "the report")
     text = quality_report_markdown(table, groups=True) + "".join(f"\n- {line}" for line in said) + ("\n" if said else "")
     write_atomic(markdown, lambda handle: handle.write(text.encode()))
     figure = plot_quality_report(table, said)

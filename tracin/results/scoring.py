@@ -32,7 +32,7 @@ from tracin.results.agreement import agreement_table, format_agreement, format_a
 from tracin.results.comparison import CompareOptions, compare_models, format_tables
 from tracin.results.statistics import parse_topk
 from tracin.config import (
-    ENSEMBLE_SUFFIX, ROLES, DataConfig, ModelConfig, TrainConfig, ensemble_name, model_name,
+    ENSEMBLE_SUFFIX, REPLICA_SEED_STRIDE, ROLES, DataConfig, ModelConfig, TrainConfig, ensemble_name, model_name,
     replicas_by_role, split_model_name,
 )
 from tracin.training.data import RunData, fingerprint_differences, load_data, stratified_subset
@@ -98,7 +98,10 @@ def load_role_checkpoints(run: TrainedRun, name: str, spec: str) -> tuple[list[C
     """The model's selected checkpoints, checked against the run (tracin.training.checkpoints)."""
     role = split_model_name(name)[0]
     paths = select_checkpoints(run.paths.model_dir(name), role, spec)
-    return load_run_checkpoints(paths, role, run.record["data_fingerprint"]["digest"], run.record["model_configs"].get(role))
+    seed = run.record["config"].get("seed")
+    replica_seed = seed + split_model_name(name)[1] * REPLICA_SEED_STRIDE if isinstance(seed, int) else None
+    return load_run_checkpoints(paths, role, run.record["data_fingerprint"]["digest"], run.record["model_configs"].get(role),
+                                replica_seed)
 
 
 def checked_data(run: TrainedRun) -> RunData:

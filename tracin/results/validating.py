@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from tracin import faults
 from tracin.config import VALIDATION_SEED_STRIDE, ModelConfig, TrainConfig, ensemble_name, model_name, split_model_name
 from tracin.errors import CheckpointError, TracinError
-from tracin.files import exclusive_lock, report_path, write_atomic
+from tracin.files import exclusive_lock, refuse_links, report_path, write_atomic
 from tracin.results import statistics as compare
 from tracin.results import validation
 from tracin.results.report import check_finished, plot_validation, validation_markdown
@@ -419,6 +419,7 @@ def lds_table(plan: Plan, record: ValidationRecord, store: ScoreFile) -> np.ndar
 def write_validation_report(path: Path, leave_out: np.ndarray, lds: np.ndarray) -> Path:
     """validation.md beside the score file and plots/validation.png; returns the Markdown's path."""
     markdown = report_path(path, "validation.md")
+    refuse_links((markdown, report_path(path, "plots"), report_path(path, "plots") / "validation.png"), "the report")
     write_atomic(markdown, lambda handle: handle.write(validation_markdown(leave_out, lds).encode()))
     figure = plot_validation(leave_out, lds)
     plots = report_path(path, "plots")

@@ -433,11 +433,12 @@ def select_checkpoints(model_dir: Union[str, Path], role: str, spec: str) -> lis
     return [by_epoch[e] for e in wanted]
 
 
-def load_run_checkpoints(paths: Sequence[Path], role: str, data_digest: str,
-                         recorded: Optional[dict] = None) -> tuple[list[Checkpoint], ModelConfig, dict]:
+def load_run_checkpoints(paths: Sequence[Path], role: str, data_digest: str, recorded: Optional[dict] = None,
+                         seed: Optional[int] = None) -> tuple[list[Checkpoint], ModelConfig, dict]:
     """A model's checkpoints from a run (checked: format, role, trained on the data with fingerprint
-    `data_digest`, one architecture, the one `recorded` in run.json's model_configs where given), its
-    ModelConfig, and the last checkpoint's payload."""
+    `data_digest`, one architecture, the one `recorded` in run.json's model_configs where given, and the
+    training seed `seed` where given: a replica's, so that a folder copied from another replica is refused),
+    its ModelConfig, and the last checkpoint's payload."""
     checkpoints, config, payload = [], None, {}
     expected = ModelConfig.from_dict(recorded) if recorded is not None else None
     for path in paths:
@@ -447,6 +448,10 @@ def load_run_checkpoints(paths: Sequence[Path], role: str, data_digest: str,
         this = ModelConfig.from_dict(payload["model_config"])  # fields added since it was written take defaults
         if config is not None and this != config:
             raise CheckpointError(f"{path} has another architecture than the other {role} checkpoints")
+        trained_with = payload["config"].get("seed") if isinstance(payload["config"], dict) else None
+        if seed is not None and trained_with != seed:
+            raise CheckpointError(f"{path} was trained with seed {trained_with}, not this model's {seed}: a folder copied "
+                                  "from another replica or run?")
         if expected is not None and this != expected:
             differ = ", ".join(f"{k} {getattr(this, k)} (run.json: {getattr(expected, k)})" for k in this.to_dict()
                                if getattr(this, k) != getattr(expected, k))

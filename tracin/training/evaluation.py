@@ -14,7 +14,7 @@ from typing import Optional
 
 from tracin.config import ROLES
 from tracin.errors import TracinError
-from tracin.files import exclusive_lock
+from tracin.files import exclusive_lock, refuse_links
 from tracin.runtime import start_runtime
 from tracin.training.checkpoints import load_model
 from tracin.training.data import SPECS, load_eval_split
@@ -58,6 +58,7 @@ def eval_run(options: EvalOptions) -> Path:
             per_class = {c: float(matrix[i, i] / matrix[i].sum()) for i, c in enumerate(classes) if c in counts}
             rows.append({"model": name, "examples": len(split), "accuracy": result.accuracy, **per_class})
     out = paths.root / f"eval_{options.dataset}.csv"
+    refuse_links((paths.root, out), "the run folder tracin-eval writes into")
     write_csv(rows, out)
     mapped = ", ".join(f"{c} ({n})" for c, n in counts.items())
     print(f"{options.dataset} test examples mapped to the run's classes: {mapped}")
