@@ -32,7 +32,10 @@ from tracin.engine.tracin import TracIn
 
 
 def _payload(role: str = "teacher") -> dict:
-    return {"format": FORMAT, "version": 1, "role": role, "model": {"w": torch.arange(3.0)}, "lr": 0.5, "epoch": 2}
+    """The fields every tracin-train checkpoint has (tracin.schemas.CHECKPOINT), around a one-tensor model."""
+    model_config = {"arch": "resnet34", "stages": 4, "width": 4, "in_channels": 1, "num_classes": 10}
+    return {"format": FORMAT, "version": 1, "role": role, "model": {"w": torch.arange(3.0)}, "lr": 0.5, "epoch": 2,
+            "step": 8, "model_config": model_config, "config": {}, "data_fingerprint": {}}
 
 
 def test_save_atomic_round_trip_leaves_no_temporary_file(tmp_path):

@@ -9,9 +9,11 @@ import pytest
 from tracin.errors import ConfigMismatchError, TracinError
 from tracin.config import DataConfig, TrainConfig
 from tracin.files import write_json_atomic
-from tracin.training.run_folder import RUN_FORMAT, RunPaths, check_same_run, differing_fields, open_record
+from tracin.training.run_folder import RunPaths, check_same_run, differing_fields, new_record, open_record
 
 CONFIGS = {"config": {"lr": 0.1, "epochs": 4}, "data_config": {"data_root": "data", "label_noise": 0.0}}
+RECORD = new_record({"argv": ["tracin-train"]}, {**CONFIGS, "data_fingerprint": {"digest": "d", "n_train": 8, "n_test": 4},
+                                                  "teacher_checkpoint": None}, {}, {})  # a whole run.json around CONFIGS
 
 
 def test_differing_fields_names_nested_fields():
@@ -42,14 +44,15 @@ def test_open_record_refuses_to_mix_runs(tmp_path):
     (paths.root / "teacher").mkdir(parents=True)
     with pytest.raises(TracinError, match="no run.json"):
         open_record(paths, resume=True, overwrite=False, configs=CONFIGS)
-    write_json_atomic(CONFIGS, paths.run_json)
+    write_json_atomic(RECORD, paths.run_json)
     # the same command continues its run, with or without --resume; another configuration is refused
     assert open_record(paths, resume=False, overwrite=False, configs=CONFIGS) == json.loads(paths.run_json.read_text())
     assert open_record(paths, resume=True, overwrite=False, configs=CONFIGS) == json.loads(paths.run_json.read_text())
     other = {**CONFIGS, "config": {**CONFIGS["config"], "lr": 0.5}}
     with pytest.raises(TracinError, match=r"already holds a run with another configuration \(config.lr"):
         open_record(paths, resume=False, overwrite=False, configs=other)
-    with pytest.raises(TracinError, match="is not a tracin-train run"):  # a run.json this tool did not write
+    write_json_atomic(CONFIGS, paths.run_json)  # a run.json this tool did not write
+    with pytest.raises(TracinError, match="is not a tracin-train run"):
         open_record(paths, resume=False, overwrite=True, configs=CONFIGS)
-    write_json_atomic({**CONFIGS, "format": RUN_FORMAT}, paths.run_json)
+    write_json_atomic(RECORD, paths.run_json)
     assert open_record(paths, resume=False, overwrite=True, configs=CONFIGS) is None

@@ -390,8 +390,9 @@ def test_a_kd_scored_student_uses_its_own_objective_label_smoothing_included(tmp
 
     teacher = build_model(ModelConfig(stages=1, width=2, in_channels=1, num_classes=3))
     path = tmp_path / "teacher.pt"
-    save_atomic({"format": "tracin-checkpoint", "role": "teacher", "epoch": 1, "model": teacher.state_dict(),
-                 "model_config": ModelConfig(stages=1, width=2, in_channels=1, num_classes=3).to_dict()}, path)
+    save_atomic({"format": "tracin-checkpoint", "role": "teacher", "epoch": 1, "step": 1, "lr": 0.1, "model": teacher.state_dict(),
+                 "model_config": ModelConfig(stages=1, width=2, in_channels=1, num_classes=3).to_dict(), "config": {},
+                 "data_fingerprint": {}}, path)
     config = TrainConfig(temperature=2.5, alpha=0.4, kd_loss="mse", label_smoothing=0.2)
     last = {"role": "student", "config": config.to_dict(), "teacher": teacher_record(path, {"epoch": 1})}
     loss = scoring_loss("student", last, ScoreOptions(run="r", loss="kd"))
