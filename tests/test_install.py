@@ -19,8 +19,10 @@ pytestmark = pytest.mark.slow
 
 def run(command: list, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    result = subprocess.run([str(c) for c in command], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                            env={**env, "OMP_NUM_THREADS": "1"})
+    # matplotlib's font cache lives apart: the temporary venv's would list fonts inside it, and once it is
+    # removed every later figure of the shared cache warns "findfont: ... not found"
+    env.update(OMP_NUM_THREADS="1", MPLCONFIGDIR=str(cwd.parent / "mplconfig"))
+    result = subprocess.run([str(c) for c in command], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert result.returncode == 0, f"{command}: {result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     return result
 
