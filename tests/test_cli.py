@@ -77,7 +77,7 @@ def test_an_unknown_command_or_none_is_one_line_and_exit_2(capsys):
 MINIMAL = {  # a command line each command would accept, short of doing its work
     "train": ["--run", "x"], "score": ["--run", "x"], "report": ["--run", "x"], "validate": ["--run", "x"],
     "sweep": ["--sweep", "x", "--vary", "temperature=1,2"], "eval": ["--run", "x", "--eval-dataset", "cifar10"],
-    "notebooks": ["scores.h5", "out"],
+    "notebooks": ["scores.h5", "out"], "explore": ["--run", "x"],
 }
 
 

@@ -10,6 +10,7 @@ from typing import Callable, Optional, Sequence
 
 from tracin import __version__
 from tracin.cli.main import eval_main, report_main, score_main, sweep_main, train_main, validate_main
+from tracin.cli.explore import main as explore_main
 from tracin.cli.notebooks import main as notebooks_main
 
 
@@ -29,6 +30,7 @@ COMMANDS = {
     "sweep": Command(sweep_main, "one distillation experiment over values of one or more settings"),
     "eval": Command(eval_main, "a run's models on another data set's test split"),
     "notebooks": Command(notebooks_main, "the notebooks, executed on a score file, as HTML"),
+    "explore": Command(explore_main, "a web page to browse each test example's proponents, models side by side"),
 }
 
 USAGE = "usage: tracin [--version] COMMAND [--help | OPTIONS]"
@@ -62,5 +64,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return COMMANDS[argv[0]].main(argv[1:])
 
 
-__all__ = ["COMMANDS", "eval_main", "main", "notebooks_main", "report_main", "score_main", "sweep_main", "train_main",
+__all__ = ["COMMANDS", "eval_main", "explore_main", "main", "notebooks_main", "report_main", "score_main", "sweep_main", "train_main",
            "validate_main"]

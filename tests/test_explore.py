@@ -1,0 +1,278 @@
+"""tracin-explore: the page's data equal the score file's own tables, the page shows them in a real browser
+(headless Chromium from the system's packages, driven by Selenium), and the export holds the same rows.
+
+The run: the tiny run's settings with 2 replicas (a replica floor) and a planted shortcut (stamped examples),
+scored for every model; its page is opened inline and with its data in a folder beside it."""
+
+from __future__ import annotations
+
+import base64
+import collections
+import csv
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tracin.errors import TracinError
+from tracin.results import statistics as compare
+from tracin.results.explore import (
+    comparisons, frames, frequent_proponents, overlap_counts, page_data, proponents, topk_table, write_page, write_tables,
+)
+from tracin.results.report import load_images
+from tracin.results.store import ScoreFile
+
+from conftest import REPO, TINY_RUN_ARGS, run_tracin_score, run_tracin_train, subprocess_env
+
+DEPTH = 5
+SCREENSHOT = REPO / "docs" / "explore.png"  # the README's picture of the page, from each run of the tests
+
+
+@pytest.fixture(scope="module")
+def explore_run(fashion_mnist_root, tmp_path_factory) -> Path:
+    """A finished run with replicas and a planted shortcut, scored for all six models and the three replica ensembles (raw and cosine)."""
+    out_root = tmp_path_factory.mktemp("explore")
+    result = run_tracin_train(["--run", "explore", "--out-root", out_root, "--data-root", fashion_mnist_root,
+                               *TINY_RUN_ARGS, "--replicas", "2", "--shortcut-class", "1"])
+    assert result.returncode == 0, result.stderr
+    run = out_root / "explore"
+    result = run_tracin_score(["--run", run, "--models", "teacher,student,student_baseline", "--variants", "raw,cosine",
+                               "--train-subset", "128", "--test-subset", "24", "--topk", "3,8", "--device", "cpu", "--quiet"])
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+def explore_command(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).with_name("tracin-explore")), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=subprocess_env())
+
+
+def decode(text: str, dtype) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=np.dtype(dtype).newbyteorder("<"))
+
+
+# --- the page's data --------------------------------------------------------------------------------------
+
+
+def test_the_page_data_are_the_files_own_lists_and_overlaps(explore_run):
+    with ScoreFile.open_read(explore_run / "tracin.h5") as store:
+        models = store.models
+        assert len(models) == 9 and store.train_stamped.any() and store.noisy.any()
+        page = page_data(store, models, DEPTH)
+        for variant in ("raw", "cosine"):
+            for name in models:
+                ranking = store.model(name).variant_rankings(variant)[0]
+                parts = [np.concatenate([decode(block["lists"][variant][name][i], dtype).reshape(-1, DEPTH) for block in page.blocks])
+                         for i, dtype in enumerate((np.int32, np.float32, np.int32, np.float32))]
+                for got, stored in zip(parts, (ranking.top_index, ranking.top_score, ranking.bottom_index, ranking.bottom_score)):
+                    np.testing.assert_array_equal(got, stored[:, :DEPTH])  # bit for bit
+                assert set(ranking.top_index[:, :DEPTH].ravel()) <= set(page.train_rows)
+            for comparison, pairs in comparisons(models).items():
+                for k in (3, 8):
+                    entry = page.head["comparisons"][variant][comparison]["k"][str(k)]
+                    direct = np.mean([compare.overlap_at_k(store.model(a).variant_rankings(variant)[0].top_index,
+                                                           store.model(b).variant_rankings(variant)[0].top_index, k) for a, b in pairs], axis=0)
+                    np.testing.assert_allclose(decode(entry["values"], np.float32), direct, rtol=1e-6)
+                    assert entry["low"] <= entry["mean"] <= entry["high"] and entry["mean"] == pytest.approx(direct.mean())
+        assert page.head["ks"] == [3, 8]
+        assert {"teacher-student", "teacher-teacher'", "teacher'-student"} <= set(page.head["comparisons"]["raw"])
+        np.testing.assert_array_equal(decode(page.head["train"]["stamped"], np.uint8), store.train_stamped)
+        np.testing.assert_array_equal(decode(page.head["predictions"]["student"]["class"], np.int16), store.model("student").predictions[0])
+
+
+def test_frequent_proponents_count_every_list():
+    rng = np.random.default_rng(0)
+    top = np.stack([rng.choice(40, size=6, replace=False) for _ in range(30)])
+    rows, counts = frequent_proponents(top, count=5)
+    counted = collections.Counter(top.ravel().tolist())
+    expected = sorted(counted.items(), key=lambda item: (-item[1], item[0]))[:5]
+    assert list(zip(rows.tolist(), counts.tolist())) == expected
+
+
+def test_a_large_page_keeps_its_data_in_a_folder_beside_it(explore_run, tmp_path):
+    with ScoreFile.open_read(explore_run / "tracin.h5") as store:
+        images = load_images(store)
+        result = write_page(store, images, tmp_path / "page.html", store.models, DEPTH, max_inline_mb=0)
+    folder = tmp_path / "page_files"
+    assert result["folder"] == folder and (folder / "block_0000.js").is_file()
+    assert len(list((folder / "img").glob("t*.png"))) == 24 and result["images"] == len(list((folder / "img").glob("*.png")))
+    assert (tmp_path / "page.html").stat().st_size < 100_000  # the page itself holds no list and no image
+
+
+# --- the command ------------------------------------------------------------------------------------------
+
+
+def test_tracin_explore_writes_the_page_and_the_export(explore_run, tmp_path):
+    result = explore_command("--run", explore_run, "--depth", DEPTH, "--export", tmp_path / "export")
+    assert result.returncode == 0, result.stderr
+    page = explore_run / "explore.html"
+    assert page.is_file() and str(page) in result.stdout and "open it in a browser" in result.stdout
+    with ScoreFile.open_read(explore_run / "tracin.h5") as store:
+        with open(tmp_path / "export" / "topk.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert len(rows) == 9 * 24 * DEPTH * 2
+        ranking = store.model("teacher.r1").rankings()[0]
+        mine = [r for r in rows if r["model"] == "teacher.r1" and r["side"] == "opponent" and r["test_index"] == str(store.test_index[7])]
+        assert [int(r["train_index"]) for r in mine] == store.train_index[ranking.bottom_index[7, :DEPTH]].tolist()
+        assert [np.float32(r["score"]) for r in mine] == ranking.bottom_score[7, :DEPTH].tolist()
+        assert [r["flipped"] == "True" for r in mine] == store.noisy[ranking.bottom_index[7, :DEPTH]].tolist()
+        top, overlaps = frames(explore_run / "tracin.h5", k=DEPTH)
+        assert len(top) == len(rows) and top["score"].dtype == np.float32
+        teacher_student = overlaps[overlaps["comparison"] == "teacher-student"]["overlap"].to_numpy()
+        tops = proponents(store, store.models, "raw")
+        np.testing.assert_allclose(teacher_student, overlap_counts(tops, comparisons(store.models)["teacher-student"], DEPTH) / DEPTH)
+        lines = write_tables(store, store.models, tmp_path / "again", DEPTH)
+    try:
+        import pyarrow  # noqa: F401
+        assert (tmp_path / "again" / "topk.parquet").is_file()
+    except ImportError:
+        assert lines[-1] == "explore: Parquet not written (pyarrow is not installed)"
+
+
+@pytest.mark.parametrize("args, said", [
+    (("--depth", "9"), "--depth 9: the file holds the top 8 of each test example; choose 1..8"),
+    (("--models", "teacher,nobody"), "--models nobody: not in"),
+    (("--scores", "missing.h5"), "missing.h5: no such score file"),
+])
+def test_a_users_mistake_is_one_line(explore_run, args, said):
+    result = explore_command("--run", explore_run, *args)
+    assert result.returncode == 2 and said in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_page_planted_as_a_link_is_refused(explore_run, tmp_path):
+    colleague = tmp_path / "colleague.html"
+    colleague.write_text("theirs")
+    (tmp_path / "explore.html").symlink_to(colleague)
+    result = explore_command("--run", explore_run, "--out", tmp_path / "explore.html")
+    assert result.returncode == 2 and "link" in result.stderr and colleague.read_text() == "theirs"
+
+
+def test_topk_table_refuses_more_than_the_file_holds(explore_run):
+    with ScoreFile.open_read(explore_run / "tracin.h5") as store, pytest.raises(TracinError, match="top 8"):
+        topk_table(store, store.models, 9)
+
+
+# --- in a real browser ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium from the system's packages (scripts/setup installs chromium and chromium-driver
+    where it can), driven by Selenium with the system's chromedriver: nothing is downloaded."""
+    chromium, driver_path = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.skip("no Chromium here (apt-get install chromium chromium-driver): the page is not tested in a browser")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    yield driver
+    driver.quit()
+
+
+def open_page(browser, page: Path, fragment: str = ""):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(page.as_uri() + fragment)
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".model[data-model='teacher'] .proponents .card"))
+    return By
+
+
+def cards(browser, model: str, side: str) -> list[dict]:
+    from selenium.webdriver.common.by import By
+
+    found = browser.find_elements(By.CSS_SELECTOR, f"#models .model[data-model='{model}'] .{side} .card")
+    return [{name: card.get_attribute(f"data-{name}") for name in ("train-index", "score", "flipped", "stamped")} for card in found]
+
+
+def severe(browser) -> list[str]:
+    return [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "folder"])
+def test_the_browser_shows_the_stored_lists_and_flags(explore_run, browser, tmp_path, inline):
+    with ScoreFile.open_read(explore_run / "tracin.h5") as store:
+        page = tmp_path / "explore.html"
+        write_page(store, load_images(store), page, store.models, DEPTH, max_inline_mb=25 if inline else 0)
+        row = int(np.flatnonzero(store.noisy[store.model("teacher").rankings()[0].top_index[:, :DEPTH]].any(axis=1))[0])
+        open_page(browser, page, f"#test={int(store.test_index[row])}")
+        assert browser.find_element("id", "title").text.startswith(f"test #{store.test_index[row]}: ")
+        for name in ("teacher", "student"):
+            ranking = store.model(name).rankings()[0]
+            for side, index, score in (("proponents", ranking.top_index, ranking.top_score), ("opponents", ranking.bottom_index, ranking.bottom_score)):
+                shown = cards(browser, name, side)
+                rows = index[row, :DEPTH]
+                assert [int(c["train-index"]) for c in shown] == store.train_index[rows].tolist()
+                assert [float(c["score"]) for c in shown] == score[row, :DEPTH].tolist()  # float32 as stored, exactly
+                assert [c["flipped"] == "1" for c in shown] == store.noisy[rows].tolist()
+                assert [c["stamped"] == "1" for c in shown] == store.train_stamped[rows].tolist()
+        shared = {int(e.get_attribute("data-train-index")) for e in
+                  browser.find_elements("css selector", ".model[data-model='teacher'] .proponents .card.shared")}
+        both = set(store.model("teacher").rankings()[0].top_index[row, :DEPTH]) & set(store.model("student").rankings()[0].top_index[row, :DEPTH])
+        assert shared == set(store.train_index[sorted(both)].tolist())
+        predicted = store.model("student").predictions[0][row]
+        cells = browser.find_elements("css selector", "#predictions tr[data-model='student'] td")
+        assert cells[1].text == store.classes[predicted]
+        assert not severe(browser)
+
+
+def test_the_browser_filters_navigate_and_link(explore_run, browser, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    with ScoreFile.open_read(explore_run / "tracin.h5") as store:
+        page = tmp_path / "explore.html"
+        write_page(store, load_images(store), page, store.models, DEPTH)
+        By = open_page(browser, page)
+        labels, predicted = store.test_labels, {n: store.model(n).predictions[0] for n in ("teacher", "student")}
+        floor_pairs, pairs = comparisons(store.models)["teacher-teacher'"], comparisons(store.models)["teacher-student"]
+        tops = proponents(store, store.models, "raw")
+        ts = (overlap_counts(tops, pairs, 8) / 8).astype(np.float32)
+        floor = float(np.mean(overlap_counts(tops, floor_pairs, 8) / 8))
+
+    def matches() -> list[int]:
+        return [int(b.get_attribute("data-row")) for b in browser.find_elements(By.CSS_SELECTOR, "#matches button")]
+
+    assert matches() == list(range(24))
+    label = int(labels[0])
+    Select(browser.find_element(By.ID, "f-class")).select_by_value(str(label))
+    assert matches() == np.flatnonzero(labels == label).tolist()
+    Select(browser.find_element(By.ID, "f-class")).select_by_value("")
+    Select(browser.find_element(By.CSS_SELECTOR, "#f-models select[data-model='teacher']")).select_by_value("wrong")
+    assert matches() == np.flatnonzero(predicted["teacher"] != labels).tolist()
+    Select(browser.find_element(By.CSS_SELECTOR, "#f-models select[data-model='teacher']")).select_by_value("any")
+    browser.find_element(By.ID, "f-disagree").click()
+    assert matches() == np.flatnonzero(predicted["teacher"] != predicted["student"]).tolist()
+    browser.find_element(By.ID, "f-disagree").click()
+    browser.find_element(By.ID, "f-floor").click()
+    assert matches() == np.flatnonzero(ts < floor).tolist()
+    browser.find_element(By.ID, "f-floor").click()
+    browser.find_element(By.ID, "f-stamped").click()
+    assert matches() == np.flatnonzero(store.test_stamped).tolist()
+    browser.find_element(By.ID, "f-stamped").click()
+
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_RIGHT)  # from test row 0 to row 1
+    title = f"test #{int(store.test_index[1])}: "
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "title").text.startswith(title))
+    assert re.search(rf"#test={int(store.test_index[1])}&", browser.current_url)
+    search = browser.find_element(By.ID, "search")
+    search.send_keys(str(int(store.test_index[5])), Keys.ENTER)
+    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "title").text.startswith(f"test #{int(store.test_index[5])}: "))
+    assert "tracin-report" in browser.find_element(By.ID, "quality").text  # no report made: the page says how
+    assert not severe(browser)
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    browser.set_window_size(1400, 1000)
+    assert browser.save_screenshot(str(SCREENSHOT))
