@@ -152,6 +152,20 @@ def test_a_page_planted_as_a_link_is_refused(explore_run, tmp_path):
     assert result.returncode == 2 and "link" in result.stderr and colleague.read_text() == "theirs"
 
 
+def test_a_page_is_never_written_over_a_file_it_did_not_write(explore_run, tmp_path):
+    """A mistyped --out naming the score file (or any other file) leaves it as it was; an earlier page is
+    replaced."""
+    scores = explore_run / "tracin.h5"
+    before = scores.read_bytes()
+    result = explore_command("--run", explore_run, "--out", scores)
+    assert result.returncode == 2 and "is not a page tracin-explore wrote" in result.stderr and scores.read_bytes() == before
+    result = explore_command("--run", explore_run, "--out", tmp_path)
+    assert result.returncode == 2 and "is a folder" in result.stderr
+    for _ in range(2):
+        result = explore_command("--run", explore_run, "--out", tmp_path / "page.html", "--depth", 2)
+        assert result.returncode == 0, result.stderr
+
+
 def test_topk_table_refuses_more_than_the_file_holds(explore_run):
     with ScoreFile.open_read(explore_run / "tracin.h5") as store, pytest.raises(TracinError, match="top 8"):
         topk_table(store, store.models, 9)

@@ -222,13 +222,15 @@ def test_score_file_damage(tiny_scores, dataset_names, tmp_path, data):
 def option_strings(command: str) -> list[str]:
     import importlib
 
+    from tracin.cli.explore import build_parser as build_explore_parser
     from tracin.cli.notebooks import build_parser
 
     cli_main = importlib.import_module("tracin.cli.main")  # the module (tracin.cli.main is also the umbrella function)
 
     builders = {"train": cli_main.build_train_parser, "score": cli_main.build_score_parser,
                 "validate": cli_main.build_validate_parser, "report": cli_main.build_report_parser,
-                "sweep": cli_main.build_sweep_parser, "eval": cli_main.build_eval_parser, "notebooks": build_parser}
+                "sweep": cli_main.build_sweep_parser, "eval": cli_main.build_eval_parser, "notebooks": build_parser,
+                "explore": build_explore_parser}
     parser = builders[command]()
     return sorted(s for action in parser._actions for s in action.option_strings if s not in ("-h", "--help"))
 
@@ -253,9 +255,13 @@ def base_arguments(command: str, run: Path, tmp_path: Path, data_root: str) -> l
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_random_argument_vectors(command, run_copy, tmp_path, fashion_mnist_root):
+def test_random_argument_vectors(command, run_copy, tmp_path, fashion_mnist_root, request):
     before = digest(run_copy)
     base = base_arguments(command, run_copy, tmp_path, fashion_mnist_root)
+    if command == "explore":  # a finished score file, so that random options reach the page's writer
+        scores = request.getfixturevalue("tiny_scores")
+        protected = digest(scores.parent)
+        base = ["--run", str(scores.parent), "--scores", str(scores), "--out", str(tmp_path / "page.html")]
 
     @settings(FUZZ, max_examples=15)
     @given(argv=argument_vectors(command, run_copy, tmp_path))
@@ -274,3 +280,5 @@ def test_random_argument_vectors(command, run_copy, tmp_path, fashion_mnist_root
     case()
     after = digest(run_copy)
     assert {k: v for k, v in after.items() if not k.startswith("eval_")} == before  # eval's own CSV aside
+    if command == "explore":
+        assert {k: v for k, v in digest(scores.parent).items() if "explore" not in k} == protected  # a page beside it at most

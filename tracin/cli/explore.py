@@ -3,6 +3,7 @@ proponents and opponents side by side (tracin.results.explore), and the lists as
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -44,8 +45,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         scores = Path(args.scores) if args.scores else run / "tracin.h5"
         if not scores.is_file():
             raise TracinError(f"{scores}: no such score file (tracin-score --run {run} makes it)")
-        if args.max_inline_mb < 0:
-            raise TracinError(f"--max-inline-mb must be 0 or more, got {args.max_inline_mb}")
+        if not (math.isfinite(args.max_inline_mb) and args.max_inline_mb >= 0):
+            raise TracinError(f"--max-inline-mb must be a number, 0 or more, got {args.max_inline_mb}")
         models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
         options = ExploreOptions(scores=scores, out=Path(args.out) if args.out else None, depth=args.depth, models=models,
                                  data_root=args.data_root, max_inline_mb=args.max_inline_mb,

@@ -249,7 +249,7 @@ def write_page(store: ScoreFile, images: Images, out: Path, models: Sequence[str
     {"page": path, "folder": path or None, "bytes": size of everything written, "images": images written,
     "depth": lists per model and test example}."""
     folder = out.with_name(f"{out.stem}_files")
-    refuse_link(out, "the page")
+    _check_destinations(out, None)
     refuse_link(folder, "the page's data folder")
     page = page_data(store, models, depth)
     encoded = {f"t{row}": png(images.test[row]) for row in page.test_rows}
@@ -401,7 +401,7 @@ def explore(options: ExploreOptions) -> list[str]:
     """tracin-explore: the page of a finished score file (and the export where asked); lines to print."""
     out = options.out or options.scores.parent / (
         "explore.html" if options.scores.name == "tracin.h5" else f"{options.scores.stem}.explore.html")
-    refuse_link(out, "the page")  # before any work
+    _check_destinations(out, options.export)  # before any work
     with ScoreFile.open_read(options.scores) as store:
         check_finished(store)
         models = shown_models(store, options.models)
@@ -413,6 +413,28 @@ def explore(options: ExploreOptions) -> list[str]:
         if options.export is not None:
             lines += write_tables(store, models, options.export, result["depth"])
     return lines
+
+
+MARK = "Written by tracin-explore"  # in every page's head: a file without it is never replaced
+
+
+def _check_destinations(out: Path, export: Optional[Path]) -> None:
+    """Refuse, before any work, to write through a link, onto a folder, or over a file that is not a page
+    tracin-explore wrote (a mistyped --out naming the score file must not destroy it)."""
+    refuse_link(out, "the page")
+    if out.is_dir():
+        raise TracinError(f"--out {out} is a folder: name the page's file (e.g. {out / 'explore.html'})")
+    if out.exists():
+        with open(out, "rb") as handle:
+            head = handle.read(2048)
+        if MARK.encode() not in head:
+            raise TracinError(f"--out {out} exists and is not a page tracin-explore wrote; it is left as it is "
+                              "(choose another name)")
+    folder = out.with_name(f"{out.stem}_files")
+    if folder.exists() and not folder.is_dir():
+        raise TracinError(f"{folder} exists and is not a folder: the page's data would go there (choose another --out)")
+    if export is not None and export.exists() and not export.is_dir():
+        raise TracinError(f"--export {export} exists and is not a folder")
 
 
 def _size(n: int) -> str:
