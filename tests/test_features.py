@@ -3,7 +3,7 @@
 import torch
 from models_for_tests import relative_error
 
-from tracin.engine.features import factored_dot, factored_self_dot
+from tracin.engine.features import Features, factored_dot, factored_self_dot
 from tracin.engine.grads import Factors
 
 
@@ -28,3 +28,16 @@ def test_factored_self_dot_equals_squared_norm():
     assert relative_error(factored_self_dot(x), x.materialize().pow(2).sum(1)) < 1e-12
     for max_elements in (10, 200):  # chunks of 1 and of 4 examples (each Gram pair holds 2 * 5 * 5 values)
         assert relative_error(factored_self_dot(x, max_elements=max_elements), x.materialize().pow(2).sum(1)) < 1e-12
+
+
+def test_features_kept_in_bfloat16_keep_their_float32_norms():
+    """The normalised variants divide by norms taken before the cast (in float32, bit for bit); norms of
+    the bfloat16 copy differ by ~1e-3, which a score tolerance could not tell apart."""
+    generator = torch.Generator().manual_seed(0)
+    features = Features([torch.randn(6, 50, generator=generator), torch.randn(6, 30, generator=generator)], [])
+    kept = features.kept_as(torch.bfloat16, norms=True)
+    assert all(flat.dtype == torch.bfloat16 for flat in kept.flats)
+    float32_norms = features.self_dot_parts().float()
+    assert torch.equal(kept.squared_parts_float32(), float32_norms)
+    bf16_norms = Features([flat.bfloat16() for flat in features.flats], []).self_dot_parts().float()
+    assert not torch.allclose(bf16_norms, float32_norms, rtol=1e-4, atol=0)  # what a slip to bf16 norms would give

@@ -125,6 +125,40 @@ def test_identical_class_subclass_and_shortcut_equal_a_direct_computation(sanity
                 auc.append(np.mean((positive[:, None] > negative[None, :]) + 0.5 * (positive[:, None] == negative[None, :])))
             _assert_summary(_rows(table, "shortcut AUC", model, variant), np.array(auc))
             assert _rows(table, f"shortcut precision@{K}", model, variant)["chance"] == pytest.approx(stamped.mean())
+            # as the field defines it: stamped test images of other classes, all and those predicted as class 0
+            predicted = store.model(model).predictions[0]
+            for label, chosen in (("other-class", [r for r in range(store.n_test) if test_stamped[r] and store.test_labels[r] != 0]),
+                                  ("predicted-as-shortcut", [r for r in range(store.n_test)
+                                                             if test_stamped[r] and store.test_labels[r] != 0 and predicted[r] == 0])):
+                if not chosen:
+                    assert not ((table["check"] == f"{label} shortcut AUPRC".encode()) & (table["model"] == model.encode())).any()
+                    continue
+                precision = np.array([stamped[top[row, :K]].mean() for row in chosen])
+                _assert_summary(_rows(table, f"{label} shortcut precision@{K}", model, variant), precision)
+                _assert_summary(_rows(table, f"{label} shortcut AUPRC", model, variant),
+                                np.array([_average_precision(scores[:, row], stamped) for row in chosen]))
+            assert len([r for r in range(store.n_test) if test_stamped[r] and store.test_labels[r] != 0]) > 0
+
+
+def _average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
+    """sklearn's average_precision_score, step by step: over the distinct scores from the highest down,
+    the precision at each threshold times the recall it adds."""
+    total, found, area = positive.sum(), 0, 0.0
+    for threshold in np.unique(scores)[::-1]:
+        above = scores >= threshold
+        recall = positive[above].sum() / total
+        area += (recall - found) * positive[above].mean()
+        found = recall
+    return area
+
+
+def test_average_precision_counts_ties_as_sklearn_does():
+    rng = np.random.default_rng(3)
+    columns = rng.integers(0, 6, size=(40, 7)).astype(float)  # many ties
+    positive = rng.random(40) < 0.3
+    expected = [_average_precision(columns[:, j], positive) for j in range(7)]
+    np.testing.assert_allclose(sanity.average_precision(columns, positive), expected)
+    assert sanity.average_precision(np.arange(40.0)[::-1, None], np.arange(40) < 5)[0] == 1.0  # every positive first
 
 
 def test_model_randomization_equals_the_reference_on_reinitialised_weights(sanity_run, sanity_report):
@@ -258,6 +292,22 @@ def test_readme_figures_state_the_quality_report_with_its_run_and_machine(tiny_r
 def _report_rows(*rows) -> np.ndarray:
     return np.array([(check, model, variant, value, low, high, chance, 40) for check, model, variant, value, low, high, chance in rows],
                     dtype=sanity.REPORT_DTYPE)
+
+
+def test_the_fields_shortcut_verdict_reads_the_default_variant_with_counts_and_chance():
+    table = _report_rows((f"shortcut precision@{K}", "teacher", "raw", 0.6, 0.5, 0.7, 0.04),
+                         (f"other-class shortcut precision@{K}", "teacher", "raw", 0.12, 0.08, 0.16, 0.04),
+                         ("other-class shortcut AUPRC", "teacher", "raw", 0.09, 0.07, 0.11, 0.04),
+                         (f"predicted-as-shortcut shortcut precision@{K}", "teacher", "raw", 0.3, 0.2, 0.4, 0.04),
+                         ("predicted-as-shortcut shortcut AUPRC", "teacher", "raw", 0.2, 0.1, 0.3, 0.04),
+                         (f"other-class shortcut precision@{K}", "teacher", "cosine", 0.9, 0.8, 1.0, 0.04),
+                         ("other-class shortcut AUPRC", "teacher", "cosine", 0.9, 0.8, 1.0, 0.04))
+    said = [line for line in sanity.shortcut_verdicts(table) if "as the field checks it" in line]
+    assert said == ["planted shortcut as the field checks it (quanda's ShortcutDetectionMetric): teacher (raw): over the 40 "
+                    "stamped test images of other classes, stamped train examples are 12.0% of the top-10 [8.0%, 16.0%] and "
+                    "their AUPRC is 0.090 [0.070, 0.110] (chance 0.040 for both); over the 40 of them taken for the shortcut "
+                    "class, stamped train examples are 30.0% of the top-10 [20.0%, 40.0%] and their AUPRC is 0.200 [0.100, "
+                    "0.300] (chance 0.040 for both)"]
 
 
 def test_randomization_verdicts_name_the_rankings_that_survive_random_weights():
@@ -406,3 +456,16 @@ def test_no_stored_point_lies_outside_its_own_interval(sanity_report):
             assert defined.any()
             inside = (table["ci_low"] - 1e-12 <= table[value]) & (table[value] <= table["ci_high"] + 1e-12)
             assert inside[defined].all(), table[defined & ~inside]
+
+
+def test_the_explore_page_carries_the_quality_report_and_its_verdicts(sanity_report):
+    """tracin-explore shows the report beside the lists: the same verdicts, every whole-model check."""
+    from tracin.results.explore import page_data
+    from tracin.results.report import report_verdicts
+
+    path, _ = sanity_report
+    with ScoreFile.open_read(path) as store:
+        quality = page_data(store, store.models, 3).head["quality"]
+        assert quality["verdicts"] == report_verdicts(store, store.quality_report())
+        shown = {(table["variant"], row[0]) for table in quality["tables"] for row in table["rows"]}
+        assert ("raw", "other-class shortcut AUPRC") in shown and ("cosine", f"shortcut precision@{K}") in shown

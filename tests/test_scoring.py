@@ -26,7 +26,7 @@ from tracin.training.models import build_model
 from tracin.engine.tracin import TracIn
 from tracin.errors import TracinError
 from tracin.results.store import ScoreFile, rankings_name
-from tracin.training.losses import Distillation
+from tracin.training.losses import CrossEntropy, Distillation, TrainTest
 
 K = (3, 8)
 SMALL = ("--train-subset", "96", "--test-subset", "24", "--topk", ",".join(map(str, K)), "--device", "cpu")
@@ -381,6 +381,17 @@ def test_kd_loss_scores_a_student_with_its_own_distillation_objective(tmp_path, 
     assert relative_error(torch.from_numpy(stored), kd_scores(2.0, 0.5)) < 1e-5
     assert relative_error(torch.from_numpy(stored), kd_scores(4.0, 0.7)) > 1e-2  # the defaults are not what it used
 
+    # --loss kd-train: the train side by that objective, the test side by the test label's cross-entropy
+    own = tmp_path / "own.h5"
+    result = tracin_score("--run", run, "--out", own, "--models", "student", "--loss", "kd-train", "--quiet", "--variants", "raw",
+                          "--train-subset", "32", "--test-subset", "8", "--topk", "3", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    with ScoreFile.open_read(own) as store:
+        stored_own = torch.from_numpy(store.model("student").scores[()])
+    expected = TracIn(student, paths, loss=TrainTest(Distillation(teacher, 2.0, 0.5), CrossEntropy()), device="cpu").scores(train, test)
+    assert relative_error(stored_own, expected) < 1e-5
+    assert relative_error(stored_own, torch.from_numpy(stored)) > 1e-2
+
 
 def test_a_kd_scored_student_uses_its_own_objective_label_smoothing_included(tmp_path):
     """build_engine once dropped the student's label smoothing while claiming its training objective."""
@@ -399,6 +410,13 @@ def test_a_kd_scored_student_uses_its_own_objective_label_smoothing_included(tmp
     assert (loss.temperature, loss.alpha, loss.kind, loss.label_smoothing) == (2.5, 0.4, "mse", 0.2)
     assert scoring_loss("teacher", last, ScoreOptions(run="r", loss="kd")).label_smoothing == 0.0
     assert scoring_loss("student", last, ScoreOptions(run="r", loss="ce")).label_smoothing == 0.0
+    own = scoring_loss("student", last, ScoreOptions(run="r", loss="kd-train"))  # the train side's is the training objective
+    assert isinstance(own, TrainTest) and own.test == CrossEntropy()
+    assert (own.train.temperature, own.train.alpha, own.train.kind, own.train.label_smoothing) == (2.5, 0.4, "mse", 0.2)
+    teacher_side = scoring_loss("teacher", {**last, "teacher": None}, ScoreOptions(run="r", loss="kd-train"))
+    assert teacher_side.train == CrossEntropy(0.2) and teacher_side.test == CrossEntropy()
+    with pytest.raises(TracinError, match="self-distilled"):
+        scoring_loss("student", {**last, "teacher": "self"}, ScoreOptions(run="r", loss="kd-train"))
 
 
 def test_score_variants_are_stored_ranked_and_compared(tiny_run, tmp_path):

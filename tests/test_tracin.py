@@ -7,13 +7,14 @@ import warnings
 import pytest
 import scipy.stats
 import torch
+import torch.nn.functional as F
 from conftest import BF16_RTOL, RTOL
 from models_for_tests import perturbed_states, relative_error, tiny_resnet
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from tracin.training import losses
-from tracin.training.losses import Distillation
+from tracin.training.losses import CrossEntropy, Distillation, PredictedCrossEntropy, TrainTest
 from tracin.training.checkpoints import FORMAT, Checkpoint
 from tracin.config import EngineConfig, ModelConfig, ScoreConfig
 from tracin.errors import CheckpointError, NonFiniteError, TracinError
@@ -257,6 +258,39 @@ def test_distillation_loss_scores_equal_reference(setup):
     expected = func_tracin_scores(model, checkpoints, train, test, loss=kd)
     tracin = TracIn(model, checkpoints, loss=Distillation(teacher, 3.0, 0.6))
     assert relative_error(tracin.scores(train, test), expected) < RTOL
+
+
+def test_a_students_own_training_gradient_against_the_test_cross_entropy_equals_reference(setup):
+    """TrainTest(train=Distillation, test=CrossEntropy): the train side differentiates the objective the
+    student's steps were taken on, the test side the test label's cross-entropy (TracIn's derivation), as
+    the float64 reference does with the same two losses; either symmetric choice is far from it."""
+    model, checkpoints, train, test, _ = setup
+    torch.manual_seed(5)
+    teacher = build_model(ModelConfig(stages=4, width=4, in_channels=1, num_classes=10)).eval()
+    teacher64 = copy.deepcopy(teacher).double()
+
+    def kd(logits, labels, inputs):
+        return losses.distillation(logits, teacher64(inputs), labels, temperature=3.0, alpha=0.6).sum()
+
+    expected = func_tracin_scores(model, checkpoints, train, test, loss=kd, test_loss=lambda z, y, x: F.cross_entropy(z, y, reduction="sum"))
+    tracin = TracIn(model, checkpoints, loss=TrainTest(Distillation(teacher, 3.0, 0.6), CrossEntropy()))
+    got = tracin.scores(train, test)
+    assert relative_error(got, expected) < RTOL
+    assert relative_error(got, func_tracin_scores(model, checkpoints, train, test, loss=kd)) > 1e-2
+    assert relative_error(got, func_tracin_scores(model, checkpoints, train, test)) > 1e-2
+    self_influence = func_tracin_scores(model, checkpoints, train, train, loss=kd).diagonal()
+    assert relative_error(tracin.self_influence(train), self_influence) < RTOL  # the train side's own objective
+
+
+def test_a_test_side_on_the_predicted_class_equals_reference(setup):
+    """PredictedCrossEntropy on the test side: each test example explained with respect to the class the
+    model predicts at each checkpoint, as the reference's cross-entropy on the argmax of its own logits."""
+    model, checkpoints, train, test, _ = setup
+    predicted = lambda z, y, x: F.cross_entropy(z, z.argmax(dim=1), reduction="sum")  # noqa: E731
+    expected = func_tracin_scores(model, checkpoints, train, test, test_loss=predicted)
+    got = TracIn(model, checkpoints, loss=TrainTest(CrossEntropy(), PredictedCrossEntropy())).scores(train, test)
+    assert relative_error(got, expected) < RTOL
+    assert relative_error(got, func_tracin_scores(model, checkpoints, train, test)) > 1e-3  # some predictions are wrong
 
 
 def test_top_k_equals_full_sort_both_directions(setup):

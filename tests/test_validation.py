@@ -19,7 +19,7 @@ from tracin.errors import StoreError
 from tracin.results import validation
 from tracin.results.statistics import bootstrap_ci, spearman_rows
 from tracin.results.store import ScoreFile
-from tracin.results.validating import Plan, removed_positions
+from tracin.results.validating import Plan, Work, removed_positions
 from tracin.runtime import start_runtime
 from tracin.training.checkpoints import load_model
 from tracin.training.data import load_data, normalize
@@ -126,25 +126,41 @@ def test_lds_and_leave_out_equal_a_direct_computation(validated):
 
 
 def test_a_removed_example_is_never_trained_on(tiny_run, validated):
-    """The own condition's kept set lacks exactly the k proponents of the unit's variant (here a layer
-    group's), and an epoch of training batches of it (the data order tracin-train draws) holds every kept
-    image once and no removed one."""
+    """The own condition's kept set, as the retraining takes it (Work.kept), lacks exactly the k proponents
+    of the unit's variant (here a layer group's), and an epoch of training batches of it (the data order
+    tracin-train draws) holds every kept image once and no removed one."""
     path, _ = validated
     with ScoreFile.open_read(path) as store:
         units = store.validation().units
-        unit = units[np.flatnonzero((units["condition"] == b"own") & (units["variant"] == VARIANTS[1].encode()))[0]]
+        index = int(np.flatnonzero((units["condition"] == b"own") & (units["variant"] == VARIANTS[1].encode()))[0])
+        unit = units[index]
         plan = Plan(("student",), (int(unit["test_row"]),), K, {"student": ("own",)}, VARIANTS, 0, 0.5, 1)
-        removed = removed_positions(plan, unit, store)
+        work = Work(plan, units, [index], {index: removed_positions(plan, unit, store)}, store.n_train, store.test_index)
+        keep = work.kept(index)  # what retrain_units trains on
         top = store.model("student").variant_rankings(VARIANTS[1])[0].top_index[unit["test_row"], :K]
         data, _ = scored_test(tiny_run, store)
-    assert sorted(removed.tolist()) == sorted(top.tolist())
-    keep = np.setdiff1d(np.arange(len(data.train)), removed)
+    assert len(keep) == len(data.train) - K and not set(keep.tolist()) & set(top.tolist())
     train = data.train.subset(torch.from_numpy(keep))
     with start_runtime("cpu", quiet=True) as runtime:
         seen = [images for images, _, _ in training_batches(train, 32, 0, 1, False, runtime)]
     fingerprint = {normalize(data.train.images[p : p + 1], data.train.spec).numpy().tobytes(): p for p in range(len(data.train))}
     positions = sorted(fingerprint[image[None].numpy().tobytes()] for batch in seen for image in batch)
     assert positions == keep.tolist()  # each kept example once, no removed one
+
+
+def test_removing_examples_moves_the_margins_that_the_zero_line_reproduces(validated):
+    """Each removal unit and LDS subset trains with the seed of a zero line (nothing removed): with its kept
+    set ignored it would give that zero line's margins bit for bit (retraining is deterministic: see the
+    zero-line test). Every one of them differs, so every removal reached the training."""
+    path, _ = validated
+    with ScoreFile.open_read(path) as store:
+        record = store.validation()
+        units, margins = record.units, record.margins
+    zero = {int(u["seed"]): margins[i] for i, u in enumerate(units) if u["condition"] == b"none"}
+    removals = [i for i, u in enumerate(units) if u["condition"] != b"none" and int(u["seed"]) in zero]
+    assert zero and {units[i]["condition"] for i in removals} >= {b"own", b"subset"}
+    for i in removals:
+        assert not np.array_equal(margins[i], zero[int(units[i]["seed"])]), units[i]
 
 
 def test_a_killed_validation_resumes_to_the_same_file(tiny_run, full_scores, validated, tmp_path):

@@ -15,6 +15,7 @@ from tracin.config import (
     MAX_VALIDATION_SEEDS,
     ROLES,
     SCORE_LOSSES,
+    TEST_LABELS,
     EngineConfig,
     ScoreConfig,
     split_model_name,
@@ -77,6 +78,7 @@ class ScoreOptions:
     overwrite: bool = False
     quiet: bool = False
     loss: str = "ce"
+    test_label: str = "label"  # the test side's cross-entropy: on the test label, or on the model's prediction
     data_root: Optional[str] = None
     corr_rows: int = 1000
     plots: bool = False
@@ -98,6 +100,10 @@ class ScoreOptions:
             raise TracinError(f"--loss must be one of {', '.join(SCORE_LOSSES)}, got {self.loss!r}")
         if self.corr_rows < 1:
             raise TracinError(f"--corr-rows must be at least 1, got {self.corr_rows}")
+        if self.test_label not in TEST_LABELS:
+            raise TracinError(f"--test-label must be one of {', '.join(TEST_LABELS)}, got {self.test_label!r}")
+        if self.test_label == "prediction" and self.loss == "kd":
+            raise TracinError("--test-label prediction needs a cross-entropy test side: use --loss ce or kd-train, not kd")
 
 
 @dataclass(frozen=True)

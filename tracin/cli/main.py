@@ -30,6 +30,7 @@ from tracin.config import (
     ROLES,
     SCHEDULES,
     SCORE_LOSSES,
+    TEST_LABELS,
     STUDENT_INIT,
     SWEEP_KEYS,
     VARIANTS,
@@ -389,7 +390,13 @@ def build_score_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=score.seed, help="projection and sampling seed (default: %(default)s)")
     parser.add_argument("--layers", default="", help="comma-separated module-name prefixes to use (default: every parameter)")
     parser.add_argument("--loss", choices=SCORE_LOSSES, default="ce",
-                        help="ce, or kd: students scored with their distillation loss against their teacher")
+                        help="ce: cross-entropy on both sides; kd-train: a distilled student's train examples by the "
+                        "objective its steps were taken on (its recorded teacher, temperature, alpha, kd loss), its test "
+                        "examples by cross-entropy on the test label (TracIn's derivation); kd: the distillation "
+                        "objective on both sides (default: %(default)s)")
+    parser.add_argument("--test-label", choices=TEST_LABELS, default="label",
+                        help="the test side's cross-entropy on the test example's label, or on the class the model "
+                        "predicts (explanations of the prediction, as the field's shortcut check asks; default: %(default)s)")
     parser.add_argument(
         "--precision", choices=PRECISIONS, default=score.precision,
         help="inner products in float32 (exact, default), tf32 (CUDA) or bf16 (features kept in bfloat16, "
@@ -484,6 +491,7 @@ def score_options(args: argparse.Namespace, argv: Sequence[str]) -> ScoreOptions
         replicas=args.replicas,
         score=config,
         loss=args.loss,
+        test_label=args.test_label,
         checkpoints=args.checkpoints,
         train_subset=args.train_subset,
         test_subset=args.test_subset,

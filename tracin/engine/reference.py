@@ -63,15 +63,17 @@ def func_tracin_scores(
     dtype: torch.dtype = torch.float64,
     batch_size: int = 256,
     variant: str = "raw",
+    test_loss: Optional[ExampleLoss] = None,
 ) -> Tensor:
     """Tensor[n_train, n_test]: sum over (state_dict, lr) checkpoints of lr * G_train @ G_test^T, with the
-    rows of G_train (variant "train-normalised") or of both (variant "cosine") divided by their norms."""
+    rows of G_train (variant "train-normalised") or of both (variant "cosine") divided by their norms.
+    G_train differentiates `loss`, G_test `test_loss` (default: `loss` too)."""
     total = None
     for state, lr in checkpoints:
         model = copy.deepcopy(model)
         model.load_state_dict(state)
         g_train = func_per_sample_grads(model, *train, layers=layers, loss=loss, dtype=dtype, batch_size=batch_size)
-        g_test = func_per_sample_grads(model, *test, layers=layers, loss=loss, dtype=dtype, batch_size=batch_size)
+        g_test = func_per_sample_grads(model, *test, layers=layers, loss=test_loss or loss, dtype=dtype, batch_size=batch_size)
         if variant in ("cosine", "train-normalised"):
             g_train = g_train / g_train.norm(dim=1, keepdim=True)
         if variant == "cosine":

@@ -32,7 +32,7 @@ from tracin.engine.plans import FACTORED, LayerPlan, LayerShape, compute_feature
 from tracin.engine.topk import Ranking, StreamingRanking
 from tracin.errors import NonFiniteError, TracinError
 from tracin.training.checkpoints import Checkpoint, fit_state, load_state, resolve_checkpoints
-from tracin.training.losses import CrossEntropy, Objective, as_objective
+from tracin.training.losses import CrossEntropy, Objective, TrainTest, as_objective
 
 @dataclass
 class ScoreBlock:
@@ -145,7 +145,9 @@ class TracIn:
     loss, `loss(logits, labels) -> Tensor[n]` (any torch loss with reduction="none") or `loss(logits,
     labels, inputs) -> Tensor[n]` (tracin.training.losses.CrossEntropy, or Distillation(teacher, T, alpha,
     ...) for a student scored with its own objective; objects with a `to(device)` method are moved with the
-    model). engine: how to run (EngineConfig: batch, memory, representation, CUDA graphs, progress).
+    model); or TrainTest(train=..., test=...), two of these: the train examples' gradients of one, the test
+    examples' of the other (a student's distillation objective, and cross-entropy on the test label).
+    engine: how to run (EngineConfig: batch, memory, representation, CUDA graphs, progress).
     device: default CUDA when available.
 
     Data (train, test) is a pair of tensors (inputs, labels), a map-style Dataset or a DataLoader over one;
@@ -164,11 +166,10 @@ class TracIn:
         model: nn.Module,
         checkpoints: Any,
         config: ScoreConfig = ScoreConfig(),
-        loss: Objective = CrossEntropy(),
+        loss: Objective | TrainTest = CrossEntropy(),
         engine: EngineConfig = EngineConfig(),
         device: Optional[torch.device | str] = None,
     ):
-        loss = as_objective(loss)
         self.config, self.engine = config, engine
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         _validate_precision(config.precision, self.device)
@@ -179,7 +180,11 @@ class TracIn:
         last_layer = config.mode == "last-layer"
         self._targets = [last_linear_target(self.model)] if last_layer else select_targets(self.model, config.layers or None)
         self.model.requires_grad_(False)  # see _record in tracin.engine.grads: only layer outputs need gradients
-        self.loss_fn: Objective = loss.to(self.device) if hasattr(loss, "to") else loss
+        moved = lambda objective: objective.to(self.device) if hasattr(objective, "to") else objective  # noqa: E731
+        if isinstance(loss, TrainTest):
+            self.loss_fn, self.test_loss_fn = moved(as_objective(loss.train)), moved(as_objective(loss.test))
+        else:  # one objective on both sides (one copy of a distillation teacher)
+            self.loss_fn = self.test_loss_fn = moved(as_objective(loss))
         self._shapes: Optional[list[LayerShape]] = None
         self._plans: dict[tuple[int, int, bool], list[LayerPlan]] = {}
         self.cuda_graphs = engine.cuda_graphs and self.device.type == "cuda"
@@ -261,21 +266,24 @@ class TracIn:
 
     # --- features ----------------------------------------------------------------------------------
 
-    def _featurize(self, plans: list[LayerPlan], inputs: Tensor, labels: Tensor) -> Features:
-        calls = record_output_grads(self.model, self._targets, inputs, labels, self.loss_fn, check_finite=False)
+    def _featurize(self, plans: list[LayerPlan], inputs: Tensor, labels: Tensor, test: bool = False) -> Features:
+        """Features of one batch, from the gradients of the train side's loss (test: the test side's)."""
+        loss_fn = self.test_loss_fn if test else self.loss_fn
+        calls = record_output_grads(self.model, self._targets, inputs, labels, loss_fn, check_finite=False)
         return compute_features(plans, calls)
 
-    def _batch_features(self, plans: list[LayerPlan], source: DataSource, start: int, stop: int, checkpoint: int, replay: bool = False):
-        """(first example, Features of one batch) for examples [start, stop) at one checkpoint. With
-        replay (for callers that use each batch's features before asking for the next), full batches
-        on CUDA come from a captured graph."""
+    def _batch_features(self, plans: list[LayerPlan], source: DataSource, start: int, stop: int, checkpoint: int,
+                        replay: bool = False, test: bool = False):
+        """(first example, Features of one batch) for examples [start, stop) at one checkpoint, by the train
+        side's loss (test: the test side's). With replay (the train side, whose callers use each batch's
+        features before asking for the next), full batches on CUDA come from a captured graph."""
         self._load(checkpoint)
         for first in range(start, stop, self.engine.batch_size):
             inputs, labels = source.get(first, min(first + self.engine.batch_size, stop), self.device)
-            if replay and self.cuda_graphs and len(inputs) == self.engine.batch_size:
+            if replay and not test and self.cuda_graphs and len(inputs) == self.engine.batch_size:
                 yield first, self._graphed(plans, inputs, labels)(inputs, labels)
             else:
-                yield first, self._featurize(plans, inputs, labels)
+                yield first, self._featurize(plans, inputs, labels, test)
 
     def _graphed(self, plans: list[LayerPlan], inputs: Tensor, labels: Tensor) -> GraphedBatch:
         if id(plans) not in self._graphs:  # plans are made once per problem shape and kept
@@ -283,8 +291,9 @@ class TracIn:
         return self._graphs[id(plans)]
 
     def _features(self, plans: list[LayerPlan], source: DataSource, start: int, stop: int, checkpoint: int) -> Features:
-        """Features of examples [start, stop) at one checkpoint, kept (the test side) in feature_dtype."""
-        batches = self._batch_features(plans, source, start, stop, checkpoint)
+        """Features of the test examples [start, stop) at one checkpoint, by the test side's loss, kept in
+        feature_dtype."""
+        batches = self._batch_features(plans, source, start, stop, checkpoint, test=True)
         return Features.cat([f.kept_as(self.feature_dtype, norms=self.normalised) for _, f in batches])
 
     def _check_finite(self, values: Tensor, checkpoint: int, what: str) -> None:

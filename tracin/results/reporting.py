@@ -263,10 +263,23 @@ def _shortcut_rows(store: ScoreFile, name: str, variant: str, top: np.ndarray, k
     if len(test_rows) == 0:
         return []
     precision = sanity.precision_at_k(top[test_rows], stamped, k)
-    columns = store.model(name).matrix(variant=variant)[:, test_rows]
-    auc = sanity.ranking_auc(np.asarray(columns, dtype=np.float64), stamped)
-    return [sanity.summary_row(f"shortcut precision@{k}", name, variant, precision, float(stamped.mean()), seed),
+    matrix = store.model(name).matrix(variant=variant)
+    auc = sanity.ranking_auc(np.asarray(matrix[:, test_rows], dtype=np.float64), stamped)
+    rows = [sanity.summary_row(f"shortcut precision@{k}", name, variant, precision, float(stamped.mean()), seed),
             sanity.summary_row("shortcut AUC", name, variant, auc, 0.5, seed)]
+    predictions = store.model(name).predictions
+    for label, predicted in (("other-class", None), ("predicted-as-shortcut", None if predictions is None else predictions[0])):
+        if label == "predicted-as-shortcut" and predicted is None:
+            continue
+        chosen = sanity.shortcut_other_rows(store.test_stamped, store.test_labels, shortcut, predicted)
+        if len(chosen) == 0:
+            continue
+        columns = np.asarray(matrix[:, chosen], dtype=np.float64)
+        rows += [sanity.summary_row(f"{label} shortcut precision@{k}", name, variant,
+                                    sanity.precision_at_k(top[chosen], stamped, k), float(stamped.mean()), seed),
+                 sanity.summary_row(f"{label} shortcut AUPRC", name, variant, sanity.average_precision(columns, stamped),
+                                    float(stamped.mean()), seed)]
+    return rows
 
 
 def _shortcut_distillation_rows(store: ScoreFile, variant: str, seed: int) -> list[tuple]:

@@ -70,6 +70,28 @@ def shortcut_test_rows(test_stamped: np.ndarray, test_labels: np.ndarray, shortc
     return np.flatnonzero(test_stamped & (test_labels == shortcut_class))
 
 
+def shortcut_other_rows(test_stamped: np.ndarray, test_labels: np.ndarray, shortcut_class: int,
+                        predicted: Optional[np.ndarray] = None) -> np.ndarray:
+    """int64: the shortcut check as the field defines it (quanda's ShortcutDetectionMetric): the stamped test
+    rows whose true class is *not* the shortcut class (filter_by_class); with `predicted` (int [n_test], a
+    model's predictions) only those it takes for the shortcut class (filter_by_prediction). Their proponents
+    hold stamped train examples only through the stamp, not through the class."""
+    chosen = test_stamped & (test_labels != shortcut_class)
+    if predicted is not None:
+        chosen &= predicted == shortcut_class
+    return np.flatnonzero(chosen)
+
+
+def average_precision(columns: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """float64 [rows]: per column of `columns` [n_train, rows] (scores, highest first), the area under the
+    precision-recall curve of finding the positive train examples (bool [n_train]): the mean over positives
+    of the precision among the examples scoring at least as high (ties counted together, as
+    sklearn.metrics.average_precision_score does). A random order gives the positives' share."""
+    at_least = scipy.stats.rankdata(-columns, method="max", axis=0)  # examples scoring >= each one
+    positives_at_least = scipy.stats.rankdata(-columns[positive], method="max", axis=0)
+    return (positives_at_least / at_least[positive]).mean(axis=0)
+
+
 def shortcut_class_of(train_stamped: np.ndarray, train_labels: np.ndarray) -> Optional[int]:
     """The class whose training images carry the stamp (None without a shortcut)."""
     return int(np.bincount(train_labels[train_stamped]).argmax()) if train_stamped.any() else None
@@ -199,7 +221,31 @@ def shortcut_verdicts(table: np.ndarray, within_class: Optional[float] = None) -
                      + ("it learned the shortcut" if learned else
                         "no sign that it learned the shortcut (the CIs overlap), so there is little for attribution to find"))
         lines.append(said)
+        lines += _other_class_verdict(model, mine)
     return lines
+
+
+def _other_class_verdict(model: str, mine: np.ndarray) -> list[str]:
+    """The shortcut check as the field defines it (shortcut_other_rows), in words, for the first
+    whole-model variant of the table (the file's default: no variant is picked after looking)."""
+    first = mine[np.char.startswith(mine["check"], b"other-class shortcut precision@")]
+    if len(first) == 0:
+        return []
+    variant = first[0]["variant"]
+    rows, parts = mine[mine["variant"] == variant], []
+    for label, what in (("other-class", "stamped test images of other classes"),
+                        ("predicted-as-shortcut", "of them taken for the shortcut class")):
+        precision = rows[np.char.startswith(rows["check"], f"{label} shortcut precision@".encode())]
+        auprc = rows[rows["check"] == f"{label} shortcut AUPRC".encode()]
+        if len(precision) == 0 or len(auprc) == 0:
+            continue
+        p, a = precision[0], auprc[0]
+        k = p["check"].decode().rsplit("@", 1)[1]
+        parts.append(f"over the {p['n_rows']} {what}, stamped train examples are {p['value']:.1%} of the top-{k} "
+                     f"[{p['ci_low']:.1%}, {p['ci_high']:.1%}] and their AUPRC is {a['value']:.3f} "
+                     f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}] (chance {a['chance']:.3f} for both)")
+    return [f"planted shortcut as the field checks it (quanda's ShortcutDetectionMetric): {model} ({variant.decode()}): "
+            + "; ".join(parts)]
 
 
 def cascade(groups: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:

@@ -38,7 +38,7 @@ from tracin.config import (
 from tracin.training.data import RunData, fingerprint_differences, load_data, stratified_subset
 from tracin.errors import CheckpointError, DataError, TracinError
 from tracin.options import ScoreOptions
-from tracin.training.losses import CrossEntropy, Distillation, Objective
+from tracin.training.losses import CrossEntropy, Distillation, Objective, PredictedCrossEntropy, TrainTest
 from tracin.training.models import build_model
 from tracin.results.quality import QUALITY_DTYPE, format_quality, quality_row
 from tracin.results.report import detection_rows, format_detection, mislabel_curves, write_report
@@ -154,6 +154,7 @@ def settings_of(options: ScoreOptions, run: TrainedRun, data: RunData, digests: 
         "batch_size": options.engine.batch_size,
         "per_checkpoint": options.per_checkpoint,
         "score.loss": options.loss,
+        **({"score.test_label": options.test_label} if options.test_label != "label" else {}),  # older files resume
         **{f"score.{k}": (list(v) if isinstance(v, tuple) else v) for k, v in options.score.to_dict().items()},
     }
 
@@ -169,6 +170,7 @@ def file_attrs(options: ScoreOptions, run: TrainedRun, data: RunData) -> dict:
         "proj_seed": score.seed,
         "layers": json.dumps(list(score.layers)),
         "loss": options.loss,
+        "test_label": options.test_label,
         "precision": score.precision,
         "label_noise": run.data_config.label_noise,
         "classes": json.dumps(list(data.train.classes)),
@@ -180,14 +182,32 @@ def file_attrs(options: ScoreOptions, run: TrainedRun, data: RunData) -> dict:
 # --- scoring one model --------------------------------------------------------------------------------
 
 
-def scoring_loss(name: str, last: dict, options: ScoreOptions) -> Objective:
-    """Cross-entropy, or for a student with --loss kd the objective it was trained with: its teacher
-    (sha256-checked), temperature, alpha, kd loss and label smoothing, all from its own checkpoint."""
-    if options.loss != "kd" or split_model_name(name)[0] == "teacher":
+def scoring_loss(name: str, last: dict, options: ScoreOptions) -> Objective | TrainTest:
+    """Cross-entropy (--loss ce, and every model trained without a teacher), or for a distilled student the
+    objective it was trained with: its teacher (sha256-checked), temperature, alpha, kd loss and label
+    smoothing, all from its own checkpoint; on both sides with --loss kd, on the train side only with
+    --loss kd-train (the test side: cross-entropy on the test label). --test-label prediction: the test
+    side's cross-entropy is on the model's predicted class."""
+    test = PredictedCrossEntropy() if options.test_label == "prediction" else CrossEntropy()
+    if options.loss == "ce":
+        return CrossEntropy() if options.test_label == "label" else TrainTest(CrossEntropy(), test)
+    if options.loss == "kd" and split_model_name(name)[0] == "teacher":
         return CrossEntropy()
     config = TrainConfig.from_dict(last["config"])
-    teacher = load_distillation_teacher(last)
-    return Distillation(teacher, config.temperature, config.alpha, config.kd_loss, config.label_smoothing)
+    if options.loss == "kd":
+        teacher = load_distillation_teacher(last)
+        return Distillation(teacher, config.temperature, config.alpha, config.kd_loss, config.label_smoothing)
+    # kd-train: every model's train side by its own training objective (a teacher's and a baseline's:
+    # cross-entropy with the label smoothing they were trained with)
+    if last.get("teacher") == "self":
+        raise TracinError(f"--loss kd-train: {name} was self-distilled, whose soft targets changed every epoch; "
+                          "score it with --loss ce")
+    if isinstance(last.get("teacher"), dict):
+        teacher = load_distillation_teacher(last)
+        train = Distillation(teacher, config.temperature, config.alpha, config.kd_loss, config.label_smoothing)
+    else:
+        train = CrossEntropy(config.label_smoothing)
+    return TrainTest(train, test)
 
 
 def build_engine(name: str, run: TrainedRun, options: ScoreOptions, runtime: Runtime) -> TracIn:

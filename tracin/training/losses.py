@@ -127,6 +127,31 @@ class LabelLoss:
         return replace(self, loss=self.loss.to(device)) if isinstance(self.loss, nn.Module) else self
 
 
+@dataclass(frozen=True)
+class PredictedCrossEntropy:
+    """Cross-entropy on the model's own prediction (the argmax of its logits), Tensor[n] nats; the labels
+    and inputs are not used. As a test-side loss it explains each test example with respect to the class
+    the model predicts (quanda's explanations of the predicted class), not its true label."""
+
+    def __call__(self, logits: Tensor, labels: Tensor, inputs: Tensor) -> Tensor:
+        return cross_entropy(logits, logits.detach().argmax(dim=1))
+
+    def to(self, device: torch.device) -> "PredictedCrossEntropy":
+        return self
+
+
+@dataclass(frozen=True, eq=False)
+class TrainTest:
+    """A pair of objectives for TracIn: `train` differentiates the train examples' losses, `test` the test
+    examples'. TracIn's derivation (the change of a test loss from the steps taken on a train example) asks
+    for the objective the steps were taken on on the train side (a distilled student's: Distillation
+    against its teacher) and the loss of interest on the test side (cross-entropy on the test label).
+    Self-influence and losses() use `train`."""
+
+    train: Objective
+    test: Objective
+
+
 def as_objective(loss: object) -> Objective:
     """`loss` as TracIn calls it, `(logits, labels, inputs) -> Tensor[n]`: an Objective as it is, a loss of
     the standard `(logits, labels)` signature wrapped in LabelLoss. A torch loss that averages or sums over
