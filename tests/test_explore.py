@@ -166,6 +166,14 @@ def test_a_page_is_never_written_over_a_file_it_did_not_write(explore_run, tmp_p
         assert result.returncode == 0, result.stderr
 
 
+def test_a_page_another_process_is_writing_is_refused(explore_run, tmp_path):
+    from tracin.files import exclusive_lock
+
+    with exclusive_lock(tmp_path / "page.html", "the page"):
+        result = explore_command("--run", explore_run, "--out", tmp_path / "page.html")
+    assert result.returncode == 2 and "is in use by process" in result.stderr and not (tmp_path / "page.html").exists()
+
+
 def test_topk_table_refuses_more_than_the_file_holds(explore_run):
     with ScoreFile.open_read(explore_run / "tracin.h5") as store, pytest.raises(TracinError, match="top 8"):
         topk_table(store, store.models, 9)

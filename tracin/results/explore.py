@@ -42,7 +42,7 @@ import numpy as np
 from tracin import __version__
 from tracin.config import replicas_by_role
 from tracin.errors import TracinError
-from tracin.files import refuse_link, write_atomic
+from tracin.files import exclusive_lock, refuse_link, write_atomic
 from tracin.results import sanity
 from tracin.results import statistics as compare
 from tracin.results.agreement import select_agreement_pairs
@@ -398,11 +398,15 @@ def _csv(handle, columns: dict[str, np.ndarray]) -> None:
 
 
 def explore(options: ExploreOptions) -> list[str]:
-    """tracin-explore: the page of a finished score file (and the export where asked); lines to print."""
+    """tracin-explore: the page of a finished score file (and the export where asked); lines to print. The
+    score file is read under a reader's lock (no tracin-score or tracin-report may write it meanwhile), the
+    page written under its own lock."""
     out = options.out or options.scores.parent / (
         "explore.html" if options.scores.name == "tracin.h5" else f"{options.scores.stem}.explore.html")
     _check_destinations(out, options.export)  # before any work
-    with ScoreFile.open_read(options.scores) as store:
+    ScoreFile.open_read(options.scores).close()  # a tracin-score file, before a lock file is made beside it
+    with (exclusive_lock(options.scores, "the score file", shared=True), exclusive_lock(out, "the page"),
+          ScoreFile.open_read(options.scores) as store):
         check_finished(store)
         models = shown_models(store, options.models)
         images = load_images(store, options.data_root)

@@ -121,7 +121,7 @@ def stored_score_config(store: ScoreFile) -> ScoreConfig:
     """The ScoreConfig the file was scored with (its settings' score.* entries)."""
     settings = _stored_settings(store)
     return ScoreConfig.from_dict({k.removeprefix("score."): v for k, v in settings.items()
-                                  if k.startswith("score.") and k != "score.loss"})
+                                  if k.startswith("score.") and k not in ("score.loss", "score.test_label")})
 
 
 def randomization_settings(store: ScoreFile, options: ReportOptions) -> dict:
@@ -165,7 +165,8 @@ def randomization_rows(name: str, store: ScoreFile, run: TrainedRun, data: RunDa
     checkpoints, config, last = load_role_checkpoints(run, name, settings["checkpoints"])
     variants = store.model(name).variants
     score_config = replace(stored_score_config(store), variants=tuple(variants))
-    loss = scoring_loss(name, last, ScoreOptions(run=run.paths.root.name, loss=settings["score.loss"]))
+    loss = scoring_loss(name, last, ScoreOptions(run=run.paths.root.name, loss=settings["score.loss"],
+                                                 test_label=settings.get("score.test_label", "label")))
     engine = EngineConfig(batch_size=settings["batch_size"], progress=False)
     train_rows, test_rows, train, test = _subsets(store, data, options)
     trained = {v: store.model(name).matrix(variant=v)[:, test_rows][train_rows].astype(np.float64) for v in variants}

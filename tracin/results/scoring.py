@@ -170,7 +170,7 @@ def file_attrs(options: ScoreOptions, run: TrainedRun, data: RunData) -> dict:
         "proj_seed": score.seed,
         "layers": json.dumps(list(score.layers)),
         "loss": options.loss,
-        "test_label": options.test_label,
+        **({"test_label": options.test_label} if options.test_label != "label" else {}),  # default files: as before
         "precision": score.precision,
         "label_noise": run.data_config.label_noise,
         "classes": json.dumps(list(data.train.classes)),

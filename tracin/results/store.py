@@ -8,7 +8,7 @@ Layout (format "tracin-scores", version 1):
 
     /                       attrs: format, format_version, tracin_version, created, command, run, dataset,
                             mode, proj_dim, proj_seed, layers (JSON), loss, test_label (the test side's
-                            cross-entropy on the "label" or the "prediction"; absent in older files), precision, label_noise,
+                            cross-entropy on the "prediction"; absent for the "label"), precision, label_noise,
                             classes (JSON), fine_classes (JSON), variants (JSON), settings (JSON; everything that must match
                             to resume),
                             status ("partial" | "complete")
