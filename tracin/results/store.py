@@ -7,8 +7,8 @@ model's scores, bookkeeping and top-k tables), so a layout change is this file a
 Layout (format "tracin-scores", version 1):
 
     /                       attrs: format, format_version, tracin_version, created, command, run, dataset,
-                            mode, proj_dim, proj_seed, layers (JSON), loss, test_label (the test side's
-                            cross-entropy on the "prediction"; absent for the "label"), precision, label_noise,
+                            mode, proj_dim, proj_seed, layers (JSON), loss (and test_label beside it when the
+                            test side's cross-entropy is on the "prediction"), precision, label_noise,
                             classes (JSON), fine_classes (JSON), variants (JSON), settings (JSON; everything that must match
                             to resume),
                             status ("partial" | "complete")
