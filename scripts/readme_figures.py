@@ -13,7 +13,10 @@ runs, the measurement the defaults rest on; with --validation, the tracin-valida
 file between `<!-- validation-figures:start -->` and `<!-- validation-figures:end -->`; with --quality RUN (the
 sanity run, scripts/sanity), tracin-report's quality report and verdicts between
 `<!-- quality-report:start -->` and `<!-- quality-report:end -->`; with --sweep DIR, a tracin-sweep's results
-between `<!-- sweep-results:start -->` and `<!-- sweep-results:end -->`. --print writes the parts to standard output instead. Every number in that part comes from those files:
+between `<!-- sweep-results:start -->` and `<!-- sweep-results:end -->`; with --control CONTROL DEMO (the runs of
+scripts/positive_control and scripts/positive_control --setting demo), the headline verdict on the demo's setting
+beside its known-positive control between `<!-- positive-control:start -->` and `<!-- positive-control:end -->`
+(--no-demo leaves the demo's own part as it is). --print writes the parts to standard output instead. Every number in that part comes from those files:
 accuracies, quality checks, the agreement table with its confidence intervals, mislabel detection, and
 how much each figure moves between the two replicas (other seed, same data), which is what a re-run on
 another machine changes.
@@ -33,11 +36,12 @@ from tracin.cli.main import run_command
 from tracin.config import replicas_by_role, split_variant
 from tracin.errors import TracinError
 from tracin.files import write_atomic
-from tracin.results.agreement import format_agreement, format_agreement_by_depth
+from tracin.results.agreement import MIN_PAIRING_REPLICAS, OWN_VS_OTHER, format_agreement, format_agreement_by_depth
 from tracin.results.report import (
     check_finished, detection_summary, detection_table, groups_markdown, mislabel_curves, quality_report_markdown, report_verdicts,
     validation_markdown,
 )
+from tracin.results.sanity import INHERITED
 from tracin.results.statistics import overlap_at_k
 from tracin.results.store import ScoreFile, rankings_name
 
@@ -46,6 +50,7 @@ VARIANTS_START, VARIANTS_END = "<!-- variants-figures:start -->", "<!-- variants
 VALIDATION_START, VALIDATION_END = "<!-- validation-figures:start -->", "<!-- validation-figures:end -->"
 QUALITY_START, QUALITY_END = "<!-- quality-report:start -->", "<!-- quality-report:end -->"
 SWEEP_START, SWEEP_END = "<!-- sweep-results:start -->", "<!-- sweep-results:end -->"
+CONTROL_START, CONTROL_END = "<!-- positive-control:start -->", "<!-- positive-control:end -->"
 
 
 def markdown(header, rows) -> str:
@@ -302,6 +307,60 @@ def sweep_figures(folders: list[Path]) -> str:
                          *parts, SWEEP_END])
 
 
+def control_figures(control: Path, demo: Path) -> str:
+    """The headline question (own - other teacher) on the demo's setting beside the known-positive control
+    (scripts/positive_control): each whole-model variant's own - other teacher on every test row with its CI
+    and permutation p (tracin-score's agreement table), then the control's behaviour and attribution rows
+    (tracin-report) and both runs' verdicts, with each run's data, date and machine."""
+    runs = {"demo setting": demo, "positive control": control}
+    tables, reports, lines, stamps = {}, {}, [], []
+    for label, run in runs.items():
+        with ScoreFile.open_read(run / "tracin.h5") as store:
+            agreement, report, provenance = store.agreement(), store.quality_report(), store.quality_report_provenance()
+            replicas = len(replicas_by_role(store.models).get("teacher", {}))
+            said = report_verdicts(store, report)
+            n_train, n_test = store.n_train, store.n_test
+        machine = provenance["machine"]
+        stamps.append(f"`{run.name}` ({label}): {n_train:,} train x {n_test:,} test examples, {replicas} replicas; report made "
+                      f"{provenance['finished']} on {machine['cpu']} ({machine['cores']} cores), {machine['device']}, torch {machine['torch']}")
+        tables[label], reports[label] = agreement, report
+        lines += [f"- {label}: {line}" for line in said
+                  if line.startswith("known-positive control") or "own teacher" in line and "@" not in line.split(",")[0]]
+    header = ["own - other teacher", *runs]
+    rows = []
+    first = tables["demo setting"]
+    whole = [(v.decode(), s.decode()) for v, s, c in zip(first["variant"], first["statistic"], first["comparison"])
+             if c == OWN_VS_OTHER.encode() and split_variant(v.decode())[1] is None]
+    for variant, statistic in whole:
+        cells = []
+        for label in runs:
+            table = tables[label]
+            match = table[(table["variant"] == variant.encode()) & (table["statistic"] == statistic.encode())
+                          & (table["comparison"] == OWN_VS_OTHER.encode())]
+            if not len(match):
+                cells.append("-")
+                continue
+            r = match[0]
+            p = f", p = {r['p_value']:.3f}" if r["pairs"] >= MIN_PAIRING_REPLICAS and np.isfinite(r["p_value"]) else ""
+            cells.append(f"{r['mean']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]{p}")
+        rows.append([f"{variant}, {statistic}", *cells])
+    report = reports["positive control"]
+    mine = report[np.char.startswith(report["check"], INHERITED.encode()) & (np.char.find(report["variant"], b"@") < 0)]
+    inherited = [[r["check"].decode().removeprefix(f"{INHERITED}: "), r["model"].decode(), r["variant"].decode(),
+                  f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if np.isfinite(r["value"]) else "-", str(r["n_rows"])]
+                 for r in mine]
+    return "\n\n".join([
+        f"{CONTROL_START}\n<!-- generated by scripts/readme_figures.py --control; edit that script, not this text -->",
+        "\n".join(f"- {stamp}" for stamp in stamps),
+        "Own - other teacher on every test row (mean over test examples [95% bootstrap CI]; the permutation p over the "
+        "replica pairings where they allow p < 0.05):",
+        markdown(header, rows),
+        "The positive control's own rows (behaviour: the share of test images of other classes a model takes for its replica "
+        "teacher's shortcut class; attribution: own - other teacher overlap@k on the stamped ones):",
+        markdown(["check", "model", "variant", "value [95% CI]", "test rows"], inherited),
+        "\n".join(lines), CONTROL_END])
+
+
 def replace_part(text: str, start: str, end: str, part: str, readme: Path) -> str:
     if text.count(start) != 1 or text.count(end) != 1:
         raise TracinError(f"{readme} needs one {start} and one {end} marker around the generated figures")
@@ -319,12 +378,17 @@ def main() -> int:
     parser.add_argument("--quality", metavar="RUN", nargs="+",
                         help="also tracin-report's quality report of each RUN (scripts/sanity: checkpoints/sanity)")
     parser.add_argument("--sweep", metavar="DIR", nargs="+", help="also each tracin-sweep's results (e.g. checkpoints/temperature)")
+    parser.add_argument("--control", metavar=("CONTROL", "DEMO"), nargs=2,
+                        help="also the known-positive control beside the demo's setting (scripts/positive_control, with --setting demo)")
+    parser.add_argument("--no-demo", action="store_true", help="leave the demo's own part as it is")
     parser.add_argument("--readme", default=str(Path(__file__).resolve().parents[1] / "README.md"))
     parser.add_argument("--print", action="store_true", help="print the part instead of rewriting the README")
     args = parser.parse_args()
 
     def work() -> None:
-        parts = {(START, END): figures(Path(args.run), Path(args.scores or Path(args.run) / "tracin.h5"))}
+        parts = {} if args.no_demo else {(START, END): figures(Path(args.run), Path(args.scores or Path(args.run) / "tracin.h5"))}
+        if args.control:
+            parts[(CONTROL_START, CONTROL_END)] = control_figures(Path(args.control[0]), Path(args.control[1]))
         if args.second:
             parts[(VARIANTS_START, VARIANTS_END)] = variants_figures([Path(args.run), Path(args.second)])
         if args.validation:

@@ -82,6 +82,8 @@ def test_verdicts_say_no_difference_when_the_interval_holds_zero():
     said = verdicts(rows)
     assert len(said) == 3  # layer groups are left to the table
     assert "no more than with another teacher" in said[0] and "+0.010 [-0.020, +0.040]" in said[0]
+    assert "0.043 is the difference this sample would see with 80% power" in said[0]  # 2.8 * 0.06 / 3.92
+    assert "power" not in said[1]  # said only beside a "no"
     assert "p = " not in said[0] and "needs >= 4 replicas" in said[0]  # 2 replicas: p is 0.5 or 1, never significant
     assert "more than with another teacher" in said[1] and "no more" not in said[1]
     assert "shared initialisation and data order alone make" in said[2]

@@ -308,6 +308,9 @@ def test_the_fields_shortcut_verdict_reads_the_default_variant_with_counts_and_c
                     "their AUPRC is 0.090 [0.070, 0.110] (chance 0.040 for both); over the 40 of them taken for the shortcut "
                     "class, stamped train examples are 30.0% of the top-10 [20.0%, 40.0%] and their AUPRC is 0.200 [0.100, "
                     "0.300] (chance 0.040 for both)"]
+    explained = [line for line in sanity.shortcut_verdicts(table, test_label="label") if "as the field checks it" in line]
+    assert explained == [said[0] + " (explained with respect to their true labels, against which stamped train images of the "
+                         "shortcut class are opponents; the field explains the prediction: tracin-score --test-label prediction)"]
 
 
 def test_randomization_verdicts_name_the_rankings_that_survive_random_weights():

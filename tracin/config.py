@@ -23,6 +23,7 @@ COARSE_LABELS = {  # merges of classes for the identical-subclass check (tracin.
 SCHEDULES = ("onecycle", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DISTILL = ("teacher", "self", "none")
+SHORTCUT_MODES = ("class", "inherit")  # DataConfig.shortcut_mode
 KD_LOSSES = ("kl", "mse")
 STUDENT_INIT = ("scratch", "teacher")
 ROLES = ("teacher", "student", "student_baseline")
@@ -76,6 +77,12 @@ def model_name(role: str, replica: int = 0) -> str:
 def ensemble_name(role: str) -> str:
     """The score-file name of the mean of a role's replicas' scores (not a trained model)."""
     return role + ENSEMBLE_SUFFIX
+
+
+def shortcut_class_of_model(shortcut_class: int, mode: str, name: str, num_classes: int) -> int:
+    """The class whose training images carry the stamp for model `name`: the run's shortcut class, or in
+    "inherit" mode its replica teacher's, (shortcut_class + replica) mod num_classes."""
+    return shortcut_class if mode == "class" else (shortcut_class + split_model_name(name)[1]) % num_classes
 
 
 def split_model_name(name: str) -> tuple[str, int]:
@@ -160,7 +167,13 @@ class DataConfig(_Serializable):
     kept for the identical-subclass check).
     `shortcut_class`/`shortcut_fraction`: stamp a small white square in the corner of that fraction of the
     training images labelled shortcut_class (after merging and label noise), and of half of each class's
-    test images: a planted shortcut whose stamped examples attribution should find.
+    test images: a planted shortcut whose stamped examples attribution should find. `shortcut_patch`: the
+    square's side in pixels. `shortcut_mode`: "class" (every model trains on those images) or "inherit",
+    the known-positive control of distillation: replica r's teacher trains with the stamp on its own class
+    (shortcut_class + r) mod classes, and every student (distilled and baseline) on images stamped at that
+    fraction of *every* class with their true labels, so a student can take the stamp for a class only
+    from its teacher's soft targets; the other replicas' teachers, with another shortcut class, are the
+    control.
     """
 
     dataset: str = "cifar10"
@@ -173,9 +186,15 @@ class DataConfig(_Serializable):
     coarse_labels: Optional[str] = None
     shortcut_class: Optional[int] = None
     shortcut_fraction: float = 0.1
+    shortcut_patch: int = 3
+    shortcut_mode: str = "class"
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, DATASETS)
+        _check_choice("shortcut mode", self.shortcut_mode, SHORTCUT_MODES)
+        _check(self.shortcut_patch >= 1, f"shortcut patch must be at least 1 pixel, got {self.shortcut_patch}")
+        _check(self.shortcut_mode == "class" or self.shortcut_class is not None,
+               "--shortcut-mode inherit needs --shortcut-class (the replica-0 teacher's shortcut class)")
         if self.coarse_labels is not None:
             _check_choice(f"coarse labels of {self.dataset}", self.coarse_labels, COARSE_LABELS[self.dataset])
         _check(self.shortcut_class is None or self.shortcut_class >= 0,

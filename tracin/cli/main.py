@@ -20,6 +20,7 @@ from tracin.config import (
     AUTO_MEMORY_SHARE,
     COARSE_LABELS,
     DATASETS,
+    SHORTCUT_MODES,
     DEVICES,
     DISTILL,
     EVAL_DATASETS,
@@ -259,10 +260,18 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--shortcut-class", type=int, metavar="C",
-        help="plant a shortcut: stamp a 3x3 white corner square on a fraction of the training images of class C "
+        help="plant a shortcut: stamp a white corner square on a fraction of the training images of class C "
         "(and on half of every class's test images); the stamped examples are recorded in the run",
     )
     _config_option(group, "--shortcut-fraction", "fraction of class C's training images stamped", DATA)
+    _config_option(group, "--shortcut-patch", "side of the stamped square in pixels", DATA)
+    _config_option(
+        group, "--shortcut-mode",
+        "class: every model trains on the stamped class; inherit: the known-positive control of distillation, replica "
+        "r's teacher learns the stamp on class (C + r) mod classes and every student trains on images stamped on that "
+        "fraction of every class with their true labels, so only the teacher's soft targets carry it", DATA,
+        choices=SHORTCUT_MODES,
+    )
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -332,6 +341,8 @@ def train_configs(args: argparse.Namespace) -> tuple[TrainConfig, DataConfig]:
         coarse_labels=args.coarse_labels,
         shortcut_class=args.shortcut_class,
         shortcut_fraction=args.shortcut_fraction,
+        shortcut_patch=args.shortcut_patch,
+        shortcut_mode=args.shortcut_mode,
     )
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, optimizer=args.optimizer,

@@ -201,7 +201,8 @@ def verdicts(table: np.ndarray) -> list[str]:
         if comparison == OWN_VS_OTHER:
             said = ("agrees with its own teacher more than with another teacher" if above else
                     "agrees with its own teacher less than with another teacher" if below else
-                    "agrees with its own teacher no more than with another teacher (the CI includes 0)")
+                    "agrees with its own teacher no more than with another teacher (the CI includes 0; "
+                    f"{2.8 * (row['ci_high'] - row['ci_low']) / 3.92:.3f} is the difference this sample would see with 80% power)")
             p = pairing_p_text(row["p_value"], int(row["pairs"])) if "p_value" in table.dtype.names else ""
             p = f"; {p}" if p else ""
             lines.append(f"{row['variant'].decode()}, {row['statistic'].decode()}: the student {said}: {interval}{p}")

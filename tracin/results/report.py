@@ -658,10 +658,15 @@ def report_verdicts(store: ScoreFile, table: np.ndarray) -> list[str]:
         agreement = store.agreement()
     except StoreError:
         agreement = np.zeros(0, dtype=AGREEMENT_DTYPE)
-    shortcut = sanity.shortcut_class_of(store.train_stamped, store.train_labels)
+    shortcut = store.shortcut_of("teacher")
     within = None if shortcut is None else float(store.train_stamped[store.train_labels == shortcut].mean())
-    return (sanity.model_verdicts(table) + sanity.randomization_verdicts(table) + sanity.shortcut_verdicts(table, within)
-            + verdicts(agreement))
+    return (sanity.model_verdicts(table) + sanity.randomization_verdicts(table) + sanity.shortcut_verdicts(table, within, _test_label(store))
+            + sanity.inheritance_verdicts(table) + verdicts(agreement))
+
+
+def _test_label(store: ScoreFile) -> str:
+    """What the file's test side explains: "label" (the default) or "prediction" (tracin-score --test-label)."""
+    return json.loads(store.attributes["settings"]).get("score.test_label", "label")
 
 
 def quality_report_markdown(table: np.ndarray, groups: bool = False) -> str:

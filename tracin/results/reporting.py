@@ -14,6 +14,7 @@ The checks read the stored rankings and scores; only randomization and predictio
 from __future__ import annotations
 
 import contextlib
+import warnings
 import json
 import time
 from datetime import datetime
@@ -25,7 +26,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from tracin.config import EngineConfig, ScoreConfig
+from tracin.config import ENSEMBLE_SUFFIX, EngineConfig, ScoreConfig, replicas_by_role
 from tracin.engine.groups import group_names
 from tracin.engine.randomization import fresh_model, module_of, randomized_checkpoints
 from tracin.engine.tracin import TracIn
@@ -34,7 +35,7 @@ from tracin.files import exclusive_lock, refuse_links, report_path, write_atomic
 from tracin.results import sanity
 from tracin.results.agreement import agreement_table
 from tracin.results.comparison import CompareOptions
-from tracin.results.sanity import MODEL_ROWS
+from tracin.results.sanity import INHERITED, MODEL_ROWS
 from tracin.results import statistics as compare
 from tracin.results.report import check_finished, plot_quality_report, quality_report_markdown, report_verdicts
 from tracin.options import ReportOptions, ScoreOptions
@@ -148,11 +149,12 @@ def update_randomization(store: ScoreFile, models: Sequence[str], run: TrainedRu
     return table[np.isin(table["model"], [m.encode() for m in models])]
 
 
-def _subsets(store: ScoreFile, data: RunData, options: ReportOptions) -> tuple[np.ndarray, np.ndarray, Split, Split]:
-    """(score-file train rows, test rows, the examples at them) sampled for randomization."""
+def _subsets(store: ScoreFile, data: RunData, options: ReportOptions, name: str) -> tuple[np.ndarray, np.ndarray, Split, Split]:
+    """(score-file train rows, test rows, the examples at them, as model `name` trained on them) sampled for
+    randomization."""
     train_rows = compare.sample_rows(store.n_train, options.randomization_train, options.seed)
     test_rows = compare.sample_rows(store.n_test, options.randomization_test, options.seed + 1)
-    train = data.train.subset(torch.as_tensor(positions_in(store.train_index[train_rows], data.train.index.numpy())))
+    train = data.train_of(name).subset(torch.as_tensor(positions_in(store.train_index[train_rows], data.train.index.numpy())))
     test = data.test.subset(torch.as_tensor(positions_in(store.test_index[test_rows], data.test.index.numpy())))
     return train_rows, test_rows, train, test
 
@@ -168,7 +170,7 @@ def randomization_rows(name: str, store: ScoreFile, run: TrainedRun, data: RunDa
     loss = scoring_loss(name, last, ScoreOptions(run=run.paths.root.name, loss=settings["score.loss"],
                                                  test_label=settings.get("score.test_label", "label")))
     engine = EngineConfig(batch_size=settings["batch_size"], progress=False)
-    train_rows, test_rows, train, test = _subsets(store, data, options)
+    train_rows, test_rows, train, test = _subsets(store, data, options, name)
     trained = {v: store.model(name).matrix(variant=v)[:, test_rows][train_rows].astype(np.float64) for v in variants}
     fresh = fresh_model(lambda: build_model(config), options.seed)
     # every layer of the model, scored or not: "all layers" must re-initialise all of them (--layers, last-layer mode)
@@ -210,6 +212,10 @@ def quality_report_table(store: ScoreFile, models: Sequence[str], randomization:
         rows += _model_rows(store, name, predictions.get(name), seed)
     for variant in store.model(models[0]).variants:
         rows += _shortcut_distillation_rows(store, variant, seed)
+    if store.inherit_mode:
+        rows += _inheritance_rows(store, store.models, seed)  # every replica, whichever models the report shows
+        for variant in store.model(models[0]).variants:
+            rows += _inherited_attribution_rows(store, store.models, variant, seed)
     rows += _validation_rows(store, models)
     return np.array(rows, dtype=sanity.REPORT_DTYPE)
 
@@ -256,10 +262,10 @@ def _mislabel_rows(store: ScoreFile, name: str, variant: str, seed: int) -> list
 
 
 def _shortcut_rows(store: ScoreFile, name: str, variant: str, top: np.ndarray, k: int, seed: int) -> list[tuple]:
-    stamped = store.train_stamped
-    shortcut = sanity.shortcut_class_of(stamped, store.train_labels)
+    shortcut = store.shortcut_of(name)
     if shortcut is None:
         return []
+    stamped = store.train_stamped & (store.train_labels == shortcut)  # the train images that carry the shortcut
     test_rows = sanity.shortcut_test_rows(store.test_stamped, store.test_labels, shortcut)
     if len(test_rows) == 0:
         return []
@@ -288,8 +294,8 @@ def _shortcut_distillation_rows(store: ScoreFile, variant: str, seed: int) -> li
     the student's shortcut precision@k less the baseline's; the stamped examples the student shares with
     its own teacher's top-k and with another teacher's (teacher.r1), and the teacher with its replica
     (the noise floor)."""
-    stamped = store.train_stamped
-    shortcut = sanity.shortcut_class_of(stamped, store.train_labels)
+    shortcut = store.shortcut_of("student")
+    stamped = store.train_stamped & (store.train_labels == shortcut)
     names = [n for n in ("teacher", "student", "student_baseline", "teacher.r1", "student.r1") if n in store.models]
     if shortcut is None or not {"teacher", "student"} <= set(names) or any(variant not in store.model(n).variants for n in names):
         return []
@@ -314,6 +320,88 @@ def _shortcut_distillation_rows(store: ScoreFile, variant: str, seed: int) -> li
     return found
 
 
+def _replicas(models: Sequence[str]) -> tuple[dict[str, dict[int, str]], list[int]]:
+    """The models by role and replica, and the replicas with both a teacher and a distilled student."""
+    by_role = replicas_by_role([m for m in models if not m.endswith(ENSEMBLE_SUFFIX)])
+    return by_role, sorted(r for r in by_role.get("teacher", {}) if r in by_role.get("student", {}))
+
+
+def _inheritance_rows(store: ScoreFile, models: Sequence[str], seed: int) -> list[tuple]:
+    """The known-positive control's behaviour ("inherit" mode): the share of test images of other classes
+    that a model takes for its replica teacher's shortcut class c_r, stamped and clean, per role (each test
+    row's value the mean over the replicas r for which its class is not c_r), for the distilled students
+    on another teacher's class (the control: student r' on c_r, r' != r), and the student's excess over
+    the baseline and over the control on the stamped rows (paired per test row)."""
+    by_role, replicas = _replicas(models)
+    labels, stamped = store.test_labels, store.test_stamped
+    predictions = {name: store.model(name).predictions for names in by_role.values() for name in names.values()}
+    if not replicas or any(p is None for p in predictions.values()):
+        return []
+
+    def taken(name: str, shortcut: int, rows: np.ndarray) -> np.ndarray:
+        values = np.full(len(labels), np.nan)
+        chosen = rows & (labels != shortcut)
+        values[chosen] = predictions[name][0][chosen] == shortcut
+        return values
+
+    def per_row(samples: list[np.ndarray]) -> np.ndarray:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a row no replica counts stays NaN
+            return np.nanmean(samples, axis=0)
+
+    shortcut = {r: store.shortcut_of(by_role["teacher"][r]) for r in replicas}
+    found, side_values = [], {}
+    for side, rows in (("stamped", stamped), ("clean", ~stamped)):
+        for role in ("teacher", "student", "student_baseline"):
+            names = {r: by_role.get(role, {}).get(r) for r in replicas}
+            if any(n is None for n in names.values()):
+                continue
+            values = per_row([taken(names[r], shortcut[r], rows) for r in replicas])
+            side_values[side, role] = values
+            found.append(sanity.summary_row(f"{INHERITED}: taken for teacher's class, {side}", role, MODEL_ROWS, values, np.nan, seed))
+        if len(replicas) > 1:
+            values = per_row([taken(by_role["student"][o], shortcut[r], rows) for r in replicas for o in replicas if o != r])
+            side_values[side, "control"] = values
+            found.append(sanity.summary_row(f"{INHERITED}: another teacher's class, {side}", "student", MODEL_ROWS, values, np.nan, seed))
+    for other, label in (("student_baseline", "baseline"), ("control", "control")):
+        if ("stamped", other) in side_values:
+            difference = side_values["stamped", "student"] - side_values["stamped", other]
+            found.append(sanity.summary_row(f"{INHERITED}: stamped, student - {label}", "student", MODEL_ROWS, difference, 0.0, seed))
+    return found
+
+
+def _inherited_attribution_rows(store: ScoreFile, models: Sequence[str], variant: str, seed: int) -> list[tuple]:
+    """The known-positive control's attribution ("inherit" mode), on the field's shortcut rows of each
+    replica r (stamped test images whose class is not c_r; and those the student takes for c_r): the
+    student's overlap@k with its own teacher less its mean overlap with the other replicas' teachers (k: 10
+    and the file's largest), and the share of its top-10 that are its teacher's stamped proponents too."""
+    by_role, replicas = _replicas(models)
+    if len(replicas) < 2 or any(variant not in store.model(by_role[r][i]).variants for r in ("teacher", "student") for i in replicas):
+        return []
+    top = {(role, r): store.model(by_role[role][r]).variant_rankings(variant)[0].top_index for role in ("teacher", "student") for r in replicas}
+    labels, stamped = store.test_labels, store.test_stamped
+    found = []
+    for k in sorted({min(sanity.SANITY_K, top["student", replicas[0]].shape[1]), top["student", replicas[0]].shape[1]}):
+        for filtered in (False, True):
+            samples = []
+            for r in replicas:
+                shortcut = store.shortcut_of(by_role["teacher"][r])
+                rows = stamped & (labels != shortcut)
+                if filtered:
+                    predicted = store.model(by_role["student"][r]).predictions
+                    rows &= (predicted is not None) and (predicted[0] == shortcut)
+                own = compare.overlap_at_k(top["student", r], top["teacher", r], k)
+                other = np.mean([compare.overlap_at_k(top["student", r], top["teacher", o], k) for o in replicas if o != r], axis=0)
+                values = np.where(rows, own - other, np.nan)
+                samples.append(values)
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                per_row = np.nanmean(samples, axis=0)
+            which = "predicted" if filtered else "stamped"
+            found.append(sanity.summary_row(f"{INHERITED}: own - other teacher@{k}, {which}", "student", variant, per_row, 0.0, seed))
+    return found
+
+
 def _model_rows(store: ScoreFile, name: str, predicted: Optional[np.ndarray], seed: int) -> list[tuple]:
     """Checks of the model itself: its test accuracy against the majority class's share (a model near chance
     has little to explain), the loss baseline of mislabel detection, and whether it learned the planted
@@ -327,8 +415,8 @@ def _model_rows(store: ScoreFile, name: str, predicted: Optional[np.ndarray], se
     if store.noisy.any():
         found = sanity.detection_scores(store.model(name).last_loss, store.noisy)
         rows.append(sanity.summary_row("mislabel AUC, loss baseline", name, MODEL_ROWS, found, 0.5, seed))
-    if predicted is not None and store.train_stamped.any():
-        shortcut = sanity.shortcut_class_of(store.train_stamped, store.train_labels)
+    shortcut = store.shortcut_of(name)
+    if predicted is not None and shortcut is not None:
         labels, stamped = store.test_labels, store.test_stamped
         correct = (predicted == labels).astype(np.float64)
         taken = (predicted == shortcut).astype(np.float64)

@@ -37,6 +37,7 @@ REPORT_DTYPE = np.dtype([
 RANDOMIZATION_DTYPE = np.dtype([
     ("model", "S40"), ("variant", "S64"), ("randomized", "S64"), ("test_row", "i8"), ("spearman", "f8"),
 ])
+INHERITED = "inherited"  # the known-positive control's rows (DataConfig.shortcut_mode "inherit")
 SANITY_K = 10  # proponents per test example the shortcut and subclass checks look at
 ALL_LAYERS = "all layers"
 MODEL_ROWS = "(model)"  # the variant column of checks that belong to the model, not to a score variant
@@ -194,11 +195,67 @@ def randomization_verdicts(table: np.ndarray) -> list[str]:
     return lines
 
 
-def shortcut_verdicts(table: np.ndarray, within_class: Optional[float] = None) -> list[str]:
+def detectable_text(row: np.void) -> str:
+    """The smallest difference a row's sample could see: 2.8 standard errors (a two-sided 5% test with 80%
+    power), the standard error read off its 95% CI (width / 3.92)."""
+    return f"at this sample size a difference of about {2.8 * (row['ci_high'] - row['ci_low']) / 3.92:.3f} would be seen with 80% power"
+
+
+def inheritance_verdicts(table: np.ndarray) -> list[str]:
+    """The known-positive control in words ("inherit" mode): does the distilled student take stamped images
+    of other classes for its teacher's shortcut class more often than the baseline and than students of
+    other teachers (behaviour), and does own - other teacher see it on those rows (attribution, each
+    whole-model variant at the largest k)? Each with its CI; a difference is said only where the CI
+    excludes 0."""
+    def row(check: str, model: str = "student", variant: str = MODEL_ROWS) -> Optional[np.void]:
+        mine = table[(table["check"] == check.encode()) & (table["model"] == model.encode()) & (table["variant"] == variant.encode())]
+        return mine[0] if len(mine) else None
+
+    def ci(r: np.void, percent: bool = True) -> str:
+        f = "{:+.1%}" if percent else "{:+.3f}"
+        return f"{f.format(r['value'])} [{f.format(r['ci_low'])}, {f.format(r['ci_high'])}]"
+
+    lines = []
+    shares = {role: row(f"{INHERITED}: taken for teacher's class, stamped", role) for role in ("teacher", "student", "student_baseline")}
+    control = row(f"{INHERITED}: another teacher's class, stamped")
+    if shares["student"] is not None:
+        said = ", ".join(f"{name} {shares[role]['value']:.1%}" for role, name in
+                         (("teacher", "the teachers"), ("student", "the distilled students"), ("student_baseline", "the baselines"))
+                         if shares[role] is not None)
+        said += f", distilled students of another teacher (control) {control['value']:.1%}" if control is not None else ""
+        parts = []
+        for label in ("baseline", "control"):
+            difference = row(f"{INHERITED}: stamped, student - {label}")
+            if difference is not None:
+                shown = "inherited" if difference["ci_low"] > 0 else "not shown (the CI includes 0)" if difference["ci_high"] >= 0 else "less than"
+                parts.append(f"student - {label} {ci(difference)}: {shown}")
+        lines.append(f"known-positive control (behaviour): stamped test images of other classes taken for the replica teacher's "
+                     f"shortcut class: {said}; " + "; ".join(parts))
+    whole = table[np.char.startswith(table["check"], f"{INHERITED}: own - other teacher@".encode())
+                  & (np.char.find(table["variant"], GROUP_SEPARATOR.encode()) < 0)]
+    if len(whole):
+        k = max(int(c.decode().split("@")[1].split(",")[0]) for c in whole["check"])
+        rows_said = {"stamped": "the stamped test images of other classes than the teacher's shortcut class",
+                     "predicted": "those of them that the student takes for that class"}
+        for r in whole[np.char.startswith(whole["check"], f"{INHERITED}: own - other teacher@{k},".encode())]:
+            rows = rows_said[r["check"].decode().split(", ", 1)[1]]
+            start = f"known-positive control (attribution): {r['variant'].decode()}, own - other teacher overlap@{k} on {rows}"
+            if r["n_rows"] == 0 or not np.isfinite(r["ci_low"]):
+                lines.append(f"{start}: no such test rows")
+                continue
+            seen = ("it sees the teacher's imprint" if r["ci_low"] > 0 else
+                    f"it does not see it (the CI includes 0; {detectable_text(r)})" if r["ci_high"] >= 0 else
+                    "the student agrees less with its own teacher")
+            lines.append(f"{start} ({r['n_rows']} test rows): {ci(r, percent=False)}: {seen}")
+    return lines
+
+
+def shortcut_verdicts(table: np.ndarray, within_class: Optional[float] = None, test_label: str = "prediction") -> list[str]:
     """In words: per model, the best whole-model variant's shortcut precision@k against chance and half,
     and whether the model learned the shortcut at all (stamped images of other classes taken for the
     shortcut class more often than clean ones, the two CIs apart). `within_class`: the stamped share of the
-    shortcut class's train examples (what proponents of that class alone give)."""
+    shortcut class's train examples (what proponents of that class alone give). `test_label`: what the score
+    file's test side explains ("label" or "prediction", tracin-score --test-label)."""
     lines = []
     within = f", {within_class:.1%} within the class" if within_class is not None else ""
     for model in report_models(table):
@@ -221,11 +278,11 @@ def shortcut_verdicts(table: np.ndarray, within_class: Optional[float] = None) -
                      + ("it learned the shortcut" if learned else
                         "no sign that it learned the shortcut (the CIs overlap), so there is little for attribution to find"))
         lines.append(said)
-        lines += _other_class_verdict(model, mine)
+        lines += _other_class_verdict(model, mine, test_label)
     return lines
 
 
-def _other_class_verdict(model: str, mine: np.ndarray) -> list[str]:
+def _other_class_verdict(model: str, mine: np.ndarray, test_label: str = "prediction") -> list[str]:
     """The shortcut check as the field defines it (shortcut_other_rows), in words, for the first
     whole-model variant of the table (the file's default: no variant is picked after looking)."""
     first = mine[np.char.startswith(mine["check"], b"other-class shortcut precision@")]
@@ -244,8 +301,11 @@ def _other_class_verdict(model: str, mine: np.ndarray) -> list[str]:
         parts.append(f"over the {p['n_rows']} {what}, stamped train examples are {p['value']:.1%} of the top-{k} "
                      f"[{p['ci_low']:.1%}, {p['ci_high']:.1%}] and their AUPRC is {a['value']:.3f} "
                      f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}] (chance {a['chance']:.3f} for both)")
+    caveat = ("" if test_label == "prediction" else
+              " (explained with respect to their true labels, against which stamped train images of the shortcut class "
+              "are opponents; the field explains the prediction: tracin-score --test-label prediction)")
     return [f"planted shortcut as the field checks it (quanda's ShortcutDetectionMetric): {model} ({variant.decode()}): "
-            + "; ".join(parts)]
+            + "; ".join(parts) + caveat]
 
 
 def cascade(groups: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:

@@ -171,6 +171,8 @@ def file_attrs(options: ScoreOptions, run: TrainedRun, data: RunData) -> dict:
         "layers": json.dumps(list(score.layers)),
         "loss": options.loss,
         **({"test_label": options.test_label} if options.test_label != "label" else {}),  # default files: as before
+        **({"shortcut_mode": "inherit", "shortcut_class": run.data_config.shortcut_class}
+           if run.data_config.shortcut_mode == "inherit" else {}),  # each teacher's shortcut class: sanity.shortcut_of
         "precision": score.precision,
         "label_noise": run.data_config.label_noise,
         "classes": json.dumps(list(data.train.classes)),
@@ -230,7 +232,7 @@ def score_model(store: Optional[ScoreFile], role: str, tracin: TracIn, data: Run
     """Score one model's missing blocks into the file (rank 0 writes; other ranks compute their share)."""
     layout = None
     if runtime.is_main:
-        plan = tracin.memory_plan(data.train, data.test, options.per_checkpoint)
+        plan = tracin.memory_plan(data.train_of(role), data.test, options.per_checkpoint)
         scores = store.prepare_model(role, tracin.checkpoints, tracin.parameter_names, plan.chunk, plan.block,
                                      options.per_checkpoint, tracin.variants, tracin.group_names)
         if (scores.row_chunk, scores.test_block) == (plan.chunk, plan.block):
@@ -251,7 +253,7 @@ def score_model(store: Optional[ScoreFile], role: str, tracin: TracIn, data: Run
     if runtime.distributed:
         dist.all_reduce(todo, op=dist.ReduceOp.MAX)
     n_steps = int(todo.item())
-    blocks = tracin.iter_blocks(data.train, data.test, options.per_checkpoint, skip=skip, self_influence=True,
+    blocks = tracin.iter_blocks(data.train_of(role), data.test, options.per_checkpoint, skip=skip, self_influence=True,
                                 layout=(row_chunk, test_block))
     for payload in runtime.gathered((_payload(block) for block in blocks), n_steps):
         if payload is not None and runtime.is_main:
@@ -383,7 +385,7 @@ def score_role(store: Optional[ScoreFile], role: str, tracin: TracIn, data: RunD
     started = time.perf_counter()
     score_model(store, role, tracin, data, runtime, options)
     if runtime.is_main:
-        store.model(role).write_last_loss(tracin.losses(data.train).numpy())
+        store.model(role).write_last_loss(tracin.losses(data.train_of(role)).numpy())
         store.model(role).write_predictions(tracin.logits(data.test).numpy())
         faults.reach("rankings")
         write_rankings(store.model(role), k, runtime.device)

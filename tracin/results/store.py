@@ -8,7 +8,8 @@ Layout (format "tracin-scores", version 1):
 
     /                       attrs: format, format_version, tracin_version, created, command, run, dataset,
                             mode, proj_dim, proj_seed, layers (JSON), loss (and test_label beside it when the
-                            test side's cross-entropy is on the "prediction"), precision, label_noise,
+                            test side's cross-entropy is on the "prediction"), precision (and shortcut_mode
+                            "inherit" with the replica-0 teacher's shortcut_class, in that mode), label_noise,
                             classes (JSON), fine_classes (JSON), variants (JSON), settings (JSON; everything that must match
                             to resume),
                             status ("partial" | "complete")
@@ -18,7 +19,8 @@ Layout (format "tracin-scores", version 1):
     /noisy                            bool [n_train]: label flipped by --label-noise
     /train_fine_labels, /test_fine_labels  int64 [n]: the data set's own labels (attr fine_classes; they
                             differ from the labels with tracin-train --coarse-labels)
-    /train_stamped, /test_stamped     bool [n]: stamped with the planted shortcut (--shortcut-class)
+    /train_stamped, /test_stamped     bool [n]: stamped with the planted shortcut (--shortcut-class; in
+                            "inherit" mode the students' stamped images, of every class)
     /<model>/               attrs: role, parameters (JSON), n_parameter_tensors, row_chunk, test_block, status,
                             scoring_seconds (wall time over invocations: per pair, / n_train n_test),
                             variants (JSON: the score variants held, the first in scores)
@@ -94,7 +96,7 @@ from torch import Tensor
 from tracin import __version__, faults
 from tracin.files import default_mode, disk_full, fsync_file, refuse_link
 from tracin.training.checkpoints import Checkpoint
-from tracin.config import ENSEMBLE_SUFFIX, ROLES, split_model_name, split_variant
+from tracin.config import ENSEMBLE_SUFFIX, ROLES, shortcut_class_of_model, split_model_name, split_variant
 from tracin.errors import StoreError, TracinError
 from tracin.engine.topk import Ranking, StreamingRanking
 
@@ -428,6 +430,21 @@ class ScoreFile:
     def coarse(self) -> bool:
         """Whether the labels merge the data set's classes (tracin-train --coarse-labels)."""
         return bool(np.any(self.train_fine_labels != self.train_clean_labels) or np.any(self.test_fine_labels != self.test_labels))
+
+    @property
+    def inherit_mode(self) -> bool:
+        """Whether the run is the known-positive control of distillation (DataConfig.shortcut_mode "inherit")."""
+        return self._h5.attrs.get("shortcut_mode") == "inherit"
+
+    def shortcut_of(self, name: str) -> Optional[int]:
+        """The shortcut class model `name` trained with (None without a shortcut): the class whose train
+        images carry the stamp, or in "inherit" mode its replica teacher's (config.shortcut_class_of_model)."""
+        if self._h5.attrs.get("shortcut_mode") == "inherit":
+            if name.endswith(ENSEMBLE_SUFFIX):  # its replicas have different shortcut classes
+                return None
+            return shortcut_class_of_model(int(self._h5.attrs["shortcut_class"]), "inherit", name, len(self.classes))
+        stamped = self.train_stamped
+        return int(np.bincount(self.train_labels[stamped]).argmax()) if stamped.any() else None
 
     @cached_property
     def train_stamped(self) -> np.ndarray:

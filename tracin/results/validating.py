@@ -165,7 +165,7 @@ def unit_margins(trainer: Trainer, unit: np.void, keep: np.ndarray, test: Split)
     """float32 [n_test]: the margins on the scored test examples (`test`) of the model
     retrained on the kept train positions, with the unit's seed."""
     seed = trainer.run.config.seed + int(unit["seed"]) * SEED_STRIDE
-    train = split_to_device(trainer.run.data.train.subset(torch.from_numpy(keep)), trainer.run.runtime.device)
+    train = split_to_device(trainer.run.data.train_of(trainer.job.name).subset(torch.from_numpy(keep)), trainer.run.runtime.device)
     data = RunData(train, trainer.run.data.test)  # the test split is not used by retraining
     run = replace(trainer.run, data=data, config=replace(trainer.run.config, seed=seed))
     model = retrain(trainer.job, run)

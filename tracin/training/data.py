@@ -24,6 +24,7 @@ from torchvision.datasets import cifar as cifar_module
 from torchvision.datasets.utils import extract_archive
 
 from tracin.config import EVAL_DATASETS, DataConfig, default_data_root  # noqa: F401 (re-exported)
+from tracin.config import shortcut_class_of_model, split_model_name
 from tracin.errors import DataError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -128,8 +129,9 @@ class Split(torch.utils.data.Dataset):
     label noise); index: Tensor[n] int64 into the original data set; clean_labels: Tensor[n] int64,
     the labels before noise (the data set's own, or their merged class with coarse labels);
     fine_labels: Tensor[n] int64, the data set's own labels (named by fine_classes); stamped: Tensor[n]
-    bool, True where the planted shortcut was stamped. Items are (normalised float32 image [C, H, W],
-    label), un-augmented.
+    bool, True where the planted shortcut was stamped; plain_images: the images before stamping, kept only
+    in "inherit" mode (DataConfig.shortcut_mode), where models train on differently stamped copies. Items
+    are (normalised float32 image [C, H, W], label), un-augmented.
     """
 
     images: Tensor
@@ -141,6 +143,7 @@ class Split(torch.utils.data.Dataset):
     fine_labels: Optional[Tensor] = None  # None: the clean labels
     stamped: Optional[Tensor] = None  # None: nothing stamped
     fine_classes: tuple[str, ...] = ()  # (): the classes
+    plain_images: Optional[Tensor] = None  # None: no model trains on another stamping of these images
 
     def __post_init__(self) -> None:
         if self.fine_labels is None:
@@ -172,13 +175,30 @@ class Split(torch.utils.data.Dataset):
         return Split(
             self.images[positions], self.labels[positions], self.index[positions], self.clean_labels[positions],
             self.spec, self.classes, self.fine_labels[positions], self.stamped[positions], self.fine_classes,
+            None if self.plain_images is None else self.plain_images[positions],
         )
 
 
 @dataclass
 class RunData:
+    """A run's train and test splits. In "inherit" mode (DataConfig.shortcut_mode) the models do not all
+    train on the same images: `train` is the students' (stamped on every class; train.stamped marks them
+    all) and train_of(name) gives each model its own."""
+
     train: Split
     test: Split
+    inherit_shortcut: Optional[int] = None  # "inherit" mode: the replica-0 teacher's shortcut class
+    shortcut_patch: int = SHORTCUT_PATCH
+
+    def train_of(self, name: str) -> Split:
+        """The training images model `name` (ROLE or ROLE.rN) was trained on: `train`, except for a
+        teacher in "inherit" mode, whose images carry the stamp only on its own shortcut class."""
+        if self.inherit_shortcut is None or split_model_name(name)[0] != "teacher":
+            return self.train
+        shortcut = shortcut_class_of_model(self.inherit_shortcut, "inherit", name, self.num_classes)
+        mine = self.train.stamped & (self.train.labels.cpu() == shortcut)
+        images = stamp(self.train.plain_images, mine.nonzero().flatten(), self.shortcut_patch)
+        return replace(self.train, images=images.to(self.train.images.device), stamped=mine)
 
     @property
     def num_classes(self) -> int:
@@ -382,26 +402,34 @@ def shortcut_positions(labels: Tensor, classes: Sequence[int], fraction: float, 
     return torch.as_tensor(np.sort(np.concatenate(chosen)) if chosen else [], dtype=torch.int64)
 
 
-def stamp(images: Tensor, positions: Tensor) -> Tensor:
-    """Copy of uint8 `images` [n, C, H, W] with a white SHORTCUT_PATCH square in the top-left corner of
+def stamp(images: Tensor, positions: Tensor, patch: int = SHORTCUT_PATCH) -> Tensor:
+    """Copy of uint8 `images` [n, C, H, W] with a white `patch` x `patch` square in the top-left corner of
     the images at `positions`."""
     stamped = images.clone()
-    stamped[positions, :, :SHORTCUT_PATCH, :SHORTCUT_PATCH] = 255
+    stamped[positions, :, :patch, :patch] = 255
     return stamped
 
 
 def _plant_shortcut(split: Split, config: DataConfig, train: bool) -> Split:
     if config.shortcut_class >= len(split.classes):
         raise DataError(f"shortcut class {config.shortcut_class} is not a class: labels run 0-{len(split.classes) - 1}")
+    if config.shortcut_patch > min(split.images.shape[-2:]):
+        raise DataError(f"a shortcut patch of {config.shortcut_patch} pixels is larger than the images "
+                        f"({split.images.shape[-2]}x{split.images.shape[-1]})")
     if train:
-        positions = shortcut_positions(split.labels, [config.shortcut_class], config.shortcut_fraction, config.seed + 3)
+        # each class's stamped images drawn alone (seed + 3), so a class's are the same in either mode
+        classes = [config.shortcut_class] if config.shortcut_mode == "class" else range(len(split.classes))
+        positions = torch.cat([shortcut_positions(split.labels, [c], config.shortcut_fraction, config.seed + 3)
+                               for c in classes])
         if len(positions) == 0:
             raise DataError(f"a shortcut fraction of {config.shortcut_fraction} stamps no training image of class {config.shortcut_class}")
+        positions = positions.sort().values
     else:
         positions = shortcut_positions(split.labels, range(len(split.classes)), SHORTCUT_TEST_FRACTION, config.seed + 4)
     stamped = torch.zeros(len(split), dtype=torch.bool)
     stamped[positions] = True
-    return replace(split, images=stamp(split.images, positions), stamped=stamped)
+    plain = split.images if train and config.shortcut_mode == "inherit" else None
+    return replace(split, images=stamp(split.images, positions, config.shortcut_patch), stamped=stamped, plain_images=plain)
 
 
 def _make_split(config: DataConfig, train: bool) -> Split:
@@ -425,7 +453,8 @@ def _make_split(config: DataConfig, train: bool) -> Split:
 
 def load_data(config: DataConfig) -> RunData:
     """The train and test splits a run uses: subsets picked and label noise applied, all seeded."""
-    return RunData(_make_split(config, train=True), _make_split(config, train=False))
+    inherit = config.shortcut_class if config.shortcut_mode == "inherit" else None
+    return RunData(_make_split(config, train=True), _make_split(config, train=False), inherit, config.shortcut_patch)
 
 
 def _sha256(tensor: Tensor) -> str:
@@ -455,6 +484,8 @@ def fingerprint(data: RunData, config: DataConfig, pixels: bool = True) -> dict:
         values["test_labels_sha256"] = _sha256(data.test.labels)
     if config.shortcut_class is not None:
         values["shortcut"] = [config.shortcut_class, config.shortcut_fraction]
+        if (config.shortcut_patch, config.shortcut_mode) != (SHORTCUT_PATCH, "class"):  # only then: older digests stay
+            values["shortcut"] += [config.shortcut_patch, config.shortcut_mode]
     if pixels:
         values["train_pixels_sha256"] = _pixels_sha256(data.train.images)
         values["test_pixels_sha256"] = _pixels_sha256(data.test.images)

@@ -158,7 +158,7 @@ def training_batches(
 def to_device(data: RunData, device: torch.device) -> RunData:
     """The images and training labels moved to `device` once (uint8: CIFAR-10 is 150 MB); indices and
     clean labels stay on the CPU."""
-    return RunData(split_to_device(data.train, device), split_to_device(data.test, device))
+    return replace(data, train=split_to_device(data.train, device), test=split_to_device(data.test, device))
 
 
 def split_to_device(split: Split, device: torch.device) -> Split:
@@ -525,7 +525,7 @@ def train_epoch(
 ) -> EpochResult:
     """`train_one_epoch` on the epoch's batches, with its progress bar; a non-finite loss ends the run."""
     config, runtime = run.config, run.runtime
-    batches = training_batches(run.data.train, config.batch_size, config.seed, epoch, config.augment, runtime)
+    batches = training_batches(run.data.train_of(job.name), config.batch_size, config.seed, epoch, config.augment, runtime)
     description = f"{job.name} {epoch}/{config.epochs}"
     bar = tqdm(total=run.steps_per_epoch, desc=description, leave=False, disable=runtime.progress_disabled)
     with bar, epoch_rng(config.seed, epoch, runtime):
