@@ -84,9 +84,19 @@ def test_verdicts_say_no_difference_when_the_interval_holds_zero():
     assert "no more than with another teacher" in said[0] and "+0.010 [-0.020, +0.040]" in said[0]
     assert "0.043 is the difference this sample would see with 80% power" in said[0]  # 2.8 * 0.06 / 3.92
     assert "power" not in said[1]  # said only beside a "no"
+    assert "not confirmed" not in said[1]  # 2 replicas: no permutation test to confirm or not
     assert "p = " not in said[0] and "needs >= 4 replicas" in said[0]  # 2 replicas: p is 0.5 or 1, never significant
     assert "more than with another teacher" in said[1] and "no more" not in said[1]
     assert "shared initialisation and data order alone make" in said[2]
+    four = rows.copy()
+    four["pairs"], four["p_value"] = 4, [0.5, 0.042, np.nan, 0.5]
+    said = verdicts(four)
+    assert said[1].endswith("permutation p = 0.042 over the 24 pairings of 4 replicas")  # confirmed: nothing added
+    assert "not confirmed" not in said[0]  # its CI holds 0: there is nothing to confirm
+    four["p_value"][1] = 0.5
+    assert verdicts(four)[1].endswith("permutation p = 0.500 over the 24 pairings of 4 replicas - not confirmed by the replica "
+                                      "pairings: the CI is over test examples with these replicas fixed, so the difference may "
+                                      "be these replicas' own rather than their teachers'")
 
 
 def test_a_p_value_is_printed_only_where_the_pairings_can_reach_significance():

@@ -205,6 +205,9 @@ def verdicts(table: np.ndarray) -> list[str]:
                     f"{2.8 * (row['ci_high'] - row['ci_low']) / 3.92:.3f} is the difference this sample would see with 80% power)")
             p = pairing_p_text(row["p_value"], int(row["pairs"])) if "p_value" in table.dtype.names else ""
             p = f"; {p}" if p else ""
+            if (above or below) and int(row["pairs"]) >= MIN_PAIRING_REPLICAS and row["p_value"] >= 0.05:
+                p += (" - not confirmed by the replica pairings: the CI is over test examples with these replicas fixed, "
+                      "so the difference may be these replicas' own rather than their teachers'")
             lines.append(f"{row['variant'].decode()}, {row['statistic'].decode()}: the student {said}: {interval}{p}")
         else:
             said = ("a shared initialisation and data order alone make student and baseline agree more" if above else
