@@ -79,10 +79,10 @@ def ensemble_name(role: str) -> str:
     return role + ENSEMBLE_SUFFIX
 
 
-def shortcut_class_of_model(shortcut_class: int, mode: str, name: str, num_classes: int) -> int:
-    """The class whose training images carry the stamp for model `name`: the run's shortcut class, or in
-    "inherit" mode its replica teacher's, (shortcut_class + replica) mod num_classes."""
-    return shortcut_class if mode == "class" else (shortcut_class + split_model_name(name)[1]) % num_classes
+def inherited_shortcut_class(shortcut_class: int, name: str, num_classes: int) -> int:
+    """In "inherit" mode (DataConfig.shortcut_mode), the class whose stamp model `name`'s replica teacher
+    learned: (shortcut_class + replica) mod num_classes."""
+    return (shortcut_class + split_model_name(name)[1]) % num_classes
 
 
 def split_model_name(name: str) -> tuple[str, int]:

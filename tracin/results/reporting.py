@@ -326,6 +326,14 @@ def _replicas(models: Sequence[str]) -> tuple[dict[str, dict[int, str]], list[in
     return by_role, sorted(r for r in by_role.get("teacher", {}) if r in by_role.get("student", {}))
 
 
+def _mean_over_replicas(samples: list[np.ndarray]) -> np.ndarray:
+    """float64 [n_test]: per test row, the mean of the replicas' values that are defined (a row none defines
+    stays NaN)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "mean of empty slice" for such a row
+        return np.nanmean(samples, axis=0)
+
+
 def _inheritance_rows(store: ScoreFile, models: Sequence[str], seed: int) -> list[tuple]:
     """The known-positive control's behaviour ("inherit" mode): the share of test images of other classes
     that a model takes for its replica teacher's shortcut class c_r, stamped and clean, per role (each test
@@ -344,11 +352,6 @@ def _inheritance_rows(store: ScoreFile, models: Sequence[str], seed: int) -> lis
         values[chosen] = predictions[name][0][chosen] == shortcut
         return values
 
-    def per_row(samples: list[np.ndarray]) -> np.ndarray:
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a row no replica counts stays NaN
-            return np.nanmean(samples, axis=0)
-
     shortcut = {r: store.shortcut_of(by_role["teacher"][r]) for r in replicas}
     found, side_values = [], {}
     for side, rows in (("stamped", stamped), ("clean", ~stamped)):
@@ -356,11 +359,11 @@ def _inheritance_rows(store: ScoreFile, models: Sequence[str], seed: int) -> lis
             names = {r: by_role.get(role, {}).get(r) for r in replicas}
             if any(n is None for n in names.values()):
                 continue
-            values = per_row([taken(names[r], shortcut[r], rows) for r in replicas])
+            values = _mean_over_replicas([taken(names[r], shortcut[r], rows) for r in replicas])
             side_values[side, role] = values
             found.append(sanity.summary_row(f"{INHERITED}: taken for teacher's class, {side}", role, MODEL_ROWS, values, np.nan, seed))
         if len(replicas) > 1:
-            values = per_row([taken(by_role["student"][o], shortcut[r], rows) for r in replicas for o in replicas if o != r])
+            values = _mean_over_replicas([taken(by_role["student"][o], shortcut[r], rows) for r in replicas for o in replicas if o != r])
             side_values[side, "control"] = values
             found.append(sanity.summary_row(f"{INHERITED}: another teacher's class, {side}", "student", MODEL_ROWS, values, np.nan, seed))
     for other, label in (("student_baseline", "baseline"), ("control", "control")):
@@ -374,30 +377,27 @@ def _inherited_attribution_rows(store: ScoreFile, models: Sequence[str], variant
     """The known-positive control's attribution ("inherit" mode), on the field's shortcut rows of each
     replica r (stamped test images whose class is not c_r; and those the student takes for c_r): the
     student's overlap@k with its own teacher less its mean overlap with the other replicas' teachers (k: 10
-    and the file's largest), and the share of its top-10 that are its teacher's stamped proponents too."""
+    and the file's largest). The filtered rows need the students' stored predictions."""
     by_role, replicas = _replicas(models)
     if len(replicas) < 2 or any(variant not in store.model(by_role[r][i]).variants for r in ("teacher", "student") for i in replicas):
         return []
     top = {(role, r): store.model(by_role[role][r]).variant_rankings(variant)[0].top_index for role in ("teacher", "student") for r in replicas}
     labels, stamped = store.test_labels, store.test_stamped
     found = []
-    for k in sorted({min(sanity.SANITY_K, top["student", replicas[0]].shape[1]), top["student", replicas[0]].shape[1]}):
-        for filtered in (False, True):
-            samples = []
-            for r in replicas:
-                shortcut = store.shortcut_of(by_role["teacher"][r])
-                rows = stamped & (labels != shortcut)
-                if filtered:
-                    predicted = store.model(by_role["student"][r]).predictions
-                    rows &= (predicted is not None) and (predicted[0] == shortcut)
-                own = compare.overlap_at_k(top["student", r], top["teacher", r], k)
-                other = np.mean([compare.overlap_at_k(top["student", r], top["teacher", o], k) for o in replicas if o != r], axis=0)
-                values = np.where(rows, own - other, np.nan)
-                samples.append(values)
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                per_row = np.nanmean(samples, axis=0)
-            which = "predicted" if filtered else "stamped"
+    shortcut = {r: store.shortcut_of(by_role["teacher"][r]) for r in replicas}
+    predictions = [store.model(by_role["student"][r]).predictions for r in replicas]
+    rows = {"stamped": {r: stamped & (labels != shortcut[r]) for r in replicas}}
+    if all(p is not None for p in predictions):
+        rows["predicted"] = {r: rows["stamped"][r] & (p[0] == shortcut[r]) for r, p in zip(replicas, predictions)}
+    depth = top["student", replicas[0]].shape[1]
+    for k in sorted({min(sanity.SANITY_K, depth), depth}):
+        difference = {}
+        for r in replicas:
+            own = compare.overlap_at_k(top["student", r], top["teacher", r], k)
+            other = np.mean([compare.overlap_at_k(top["student", r], top["teacher", o], k) for o in replicas if o != r], axis=0)
+            difference[r] = own - other
+        for which, chosen in rows.items():
+            per_row = _mean_over_replicas([np.where(chosen[r], difference[r], np.nan) for r in replicas])
             found.append(sanity.summary_row(f"{INHERITED}: own - other teacher@{k}, {which}", "student", variant, per_row, 0.0, seed))
     return found
 

@@ -93,11 +93,6 @@ def average_precision(columns: np.ndarray, positive: np.ndarray) -> np.ndarray:
     return (positives_at_least / at_least[positive]).mean(axis=0)
 
 
-def shortcut_class_of(train_stamped: np.ndarray, train_labels: np.ndarray) -> Optional[int]:
-    """The class whose training images carry the stamp (None without a shortcut)."""
-    return int(np.bincount(train_labels[train_stamped]).argmax()) if train_stamped.any() else None
-
-
 def precision_at_k(top_index: np.ndarray, train_stamped: np.ndarray, k: int) -> np.ndarray:
     """float64 [rows]: share of each row's top-k proponents (top_index [rows, >= k]) that are stamped."""
     return train_stamped[top_index[:, :k]].mean(axis=1)

@@ -96,7 +96,7 @@ from torch import Tensor
 from tracin import __version__, faults
 from tracin.files import default_mode, disk_full, fsync_file, refuse_link
 from tracin.training.checkpoints import Checkpoint
-from tracin.config import ENSEMBLE_SUFFIX, ROLES, shortcut_class_of_model, split_model_name, split_variant
+from tracin.config import ENSEMBLE_SUFFIX, ROLES, inherited_shortcut_class, split_model_name, split_variant
 from tracin.errors import StoreError, TracinError
 from tracin.engine.topk import Ranking, StreamingRanking
 
@@ -438,11 +438,11 @@ class ScoreFile:
 
     def shortcut_of(self, name: str) -> Optional[int]:
         """The shortcut class model `name` trained with (None without a shortcut): the class whose train
-        images carry the stamp, or in "inherit" mode its replica teacher's (config.shortcut_class_of_model)."""
-        if self._h5.attrs.get("shortcut_mode") == "inherit":
+        images carry the stamp, or in "inherit" mode its replica teacher's (config.inherited_shortcut_class)."""
+        if self.inherit_mode:
             if name.endswith(ENSEMBLE_SUFFIX):  # its replicas have different shortcut classes
                 return None
-            return shortcut_class_of_model(int(self._h5.attrs["shortcut_class"]), "inherit", name, len(self.classes))
+            return inherited_shortcut_class(int(self._h5.attrs["shortcut_class"]), name, len(self.classes))
         stamped = self.train_stamped
         return int(np.bincount(self.train_labels[stamped]).argmax()) if stamped.any() else None
 

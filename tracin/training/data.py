@@ -24,7 +24,7 @@ from torchvision.datasets import cifar as cifar_module
 from torchvision.datasets.utils import extract_archive
 
 from tracin.config import EVAL_DATASETS, DataConfig, default_data_root  # noqa: F401 (re-exported)
-from tracin.config import shortcut_class_of_model, split_model_name
+from tracin.config import inherited_shortcut_class, split_model_name
 from tracin.errors import DataError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -195,7 +195,7 @@ class RunData:
         teacher in "inherit" mode, whose images carry the stamp only on its own shortcut class."""
         if self.inherit_shortcut is None or split_model_name(name)[0] != "teacher":
             return self.train
-        shortcut = shortcut_class_of_model(self.inherit_shortcut, "inherit", name, self.num_classes)
+        shortcut = inherited_shortcut_class(self.inherit_shortcut, name, self.num_classes)
         mine = self.train.stamped & (self.train.labels.cpu() == shortcut)
         images = stamp(self.train.plain_images, mine.nonzero().flatten(), self.shortcut_patch)
         return replace(self.train, images=images.to(self.train.images.device), stamped=mine)
