@@ -17,7 +17,8 @@ import torch
 from tracin.config import REPLICA_SEED_STRIDE, model_name, replicas_by_role, split_model_name
 from tracin.errors import TracinError
 from tracin.results.agreement import (
-    AGREEMENT_DTYPE, format_agreement, format_agreement_by_depth, pairing_p_value, select_agreement_pairs, verdicts,
+    AGREEMENT_DTYPE, detectable_by_pairings, format_agreement, format_agreement_by_depth, pairing_noise, pairing_p_value,
+    pairing_power, select_agreement_pairs, verdicts,
 )
 from tracin.results.scoring import select_compared_pairs
 from tracin.results.report import detection_summary, format_detection_by_group, mislabel_curves
@@ -74,10 +75,10 @@ def test_pairing_p_value_counts_the_assignments_that_agree_at_least_as_much():
 
 def test_verdicts_say_no_difference_when_the_interval_holds_zero():
     rows = np.array([
-        ("raw", "overlap@8", "own - other teacher", 0.01, -0.02, 0.04, 0.0, 2, 30, 0.5),
-        ("cosine", "overlap@8", "own - other teacher", 0.10, 0.05, 0.15, 0.0, 2, 30, 0.5),
-        ("raw", "overlap@8", "shared - other init", 0.20, 0.10, 0.30, 0.0, 2, 30, np.nan),
-        ("raw@head", "overlap@8", "own - other teacher", 0.30, 0.20, 0.40, 0.0, 2, 30, 0.5),
+        ("raw", "overlap@8", "own - other teacher", 0.01, -0.02, 0.04, 0.0, 2, 30, 0.5, np.nan),
+        ("cosine", "overlap@8", "own - other teacher", 0.10, 0.05, 0.15, 0.0, 2, 30, 0.5, np.nan),
+        ("raw", "overlap@8", "shared - other init", 0.20, 0.10, 0.30, 0.0, 2, 30, np.nan, np.nan),
+        ("raw@head", "overlap@8", "own - other teacher", 0.30, 0.20, 0.40, 0.0, 2, 30, 0.5, np.nan),
     ], dtype=AGREEMENT_DTYPE)
     said = verdicts(rows)
     assert len(said) == 3  # layer groups are left to the table
@@ -93,6 +94,9 @@ def test_verdicts_say_no_difference_when_the_interval_holds_zero():
     said = verdicts(four)
     assert said[1].endswith("permutation p = 0.042 over the 24 pairings of 4 replicas")  # confirmed: nothing added
     assert "not confirmed" not in said[0]  # its CI holds 0: there is nothing to confirm
+    four["detectable"][0] = 0.0314
+    assert ("no more than with another teacher (the CI includes 0; the replica pairings would see 0.031 with 80% power "
+            "(simulated from their spread), the test examples alone 0.043)") in verdicts(four)[0]
     four["p_value"][1] = 0.5
     assert verdicts(four)[1].endswith("permutation p = 0.500 over the 24 pairings of 4 replicas - not confirmed by the replica "
                                       "pairings: the CI is over test examples with these replicas fixed, so the difference may "
@@ -100,7 +104,7 @@ def test_verdicts_say_no_difference_when_the_interval_holds_zero():
 
 
 def test_a_p_value_is_printed_only_where_the_pairings_can_reach_significance():
-    four = np.array([("raw", "overlap@8", "own - other teacher", 0.10, 0.05, 0.15, 0.0, 4, 30, 1 / 24)], dtype=AGREEMENT_DTYPE)
+    four = np.array([("raw", "overlap@8", "own - other teacher", 0.10, 0.05, 0.15, 0.0, 4, 30, 1 / 24, np.nan)], dtype=AGREEMENT_DTYPE)
     (said,) = verdicts(four)
     assert "permutation p = 0.042 over the 24 pairings of 4 replicas" in said
     assert "p 0.042" in format_agreement(four)
@@ -359,3 +363,33 @@ def test_ensembles_are_the_mean_of_the_replicas_scores_and_ranked_from_it(replic
         groups = store.model("teacher").group_self_influence
         assert list(groups) == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
         np.testing.assert_allclose(sum(groups.values()), store.model("teacher").self_influence, rtol=1e-4)
+
+
+def test_pairing_power_under_no_effect_is_the_chance_of_the_own_assignment_coming_first():
+    # under no effect every assignment of 4 students to 4 teachers is as likely to agree most: p < 0.05
+    # only when the own one comes first, 1 time in 24
+    rate = pairing_power(0.0, 1.0, replicas=4, simulations=6000, seed=3)
+    assert rate == pytest.approx(1 / 24, abs=4 * np.sqrt(1 / 24 * 23 / 24 / 6000))
+    assert pairing_power(0.0, 1.0, replicas=5, simulations=6000, seed=3) == pytest.approx(
+        # p < 0.05 over 120 assignments: the own one among the first 5 (p = 5/120 = 0.042)
+        5 / 120, abs=4 * np.sqrt(5 / 120 * 115 / 120 / 6000))
+    assert pairing_power(10.0, 1.0, replicas=4, simulations=500) == 1.0  # an effect far above the noise
+
+
+def test_detectable_by_pairings_gives_the_effect_whose_simulated_power_is_80_percent():
+    found = detectable_by_pairings(0.01, replicas=5, simulations=3000, seed=1)
+    assert pairing_power(found, 0.01, replicas=5, simulations=3000, seed=1) >= 0.8
+    assert pairing_power(found * 0.97, 0.01, replicas=5, simulations=3000, seed=1) < 0.8
+    # the effect scales with the noise, and more replicas see less
+    assert detectable_by_pairings(0.02, replicas=5, simulations=3000, seed=1) == pytest.approx(2 * found, rel=1e-6)
+    assert detectable_by_pairings(0.01, replicas=6, simulations=3000, seed=1) < found
+    assert np.isnan(detectable_by_pairings(0.01, replicas=3))  # 3! = 6 assignments cannot give p < 0.05
+
+
+def test_pairing_noise_ignores_teachers_and_students_that_agree_more_with_everyone():
+    rng = np.random.default_rng(0)
+    size = 6
+    additive = rng.normal(size=(size, 1)) + rng.normal(size=(1, size)) + 5.0 * np.eye(size)  # the diagonal is not read
+    assert pairing_noise(additive) == pytest.approx(0.0, abs=1e-9)
+    noisy = additive + 0.3 * rng.standard_normal((size, size))
+    assert 0.15 < pairing_noise(noisy) < 0.5

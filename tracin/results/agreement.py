@@ -24,6 +24,7 @@ the CI is the percentile bootstrap over test examples (statistics.bootstrap_ci),
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -38,8 +39,8 @@ from tracin.results.store import ScoreFile
 
 AGREEMENT_DTYPE = np.dtype([
     ("variant", "S64"), ("statistic", "S16"), ("comparison", "S40"), ("mean", "f8"), ("ci_low", "f8"),
-    ("ci_high", "f8"), ("chance", "f8"), ("pairs", "i8"), ("n_rows", "i8"), ("p_value", "f8"),
-])
+    ("ci_high", "f8"), ("chance", "f8"), ("pairs", "i8"), ("n_rows", "i8"), ("p_value", "f8"), ("detectable", "f8"),
+])  # detectable: own - other teacher only, the difference the pairing test sees with 80% power (simulated)
 OWN_VS_OTHER, SHARED_VS_OTHER_INIT = "own - other teacher", "shared - other init"
 Pair = tuple[str, str]
 
@@ -105,12 +106,12 @@ class RowValues:
 
 
 def _row(variant: str, statistic: str, comparison: str, samples: list[np.ndarray], function: Callable,
-         chance: float, pairs: int, seed: int, p_value: float = np.nan) -> tuple:
+         chance: float, pairs: int, seed: int, p_value: float = np.nan, detectable: float = np.nan) -> tuple:
     """One AGREEMENT_DTYPE row: function(*samples) over the rows where every sample is defined, its CI."""
     defined = ~np.any([np.isnan(x) for x in samples], axis=0)
     value = float(function(*[x[defined] for x in samples], axis=-1)) if defined.any() else np.nan
     low, high = compare.bootstrap_ci(samples, function, seed)
-    return (variant, statistic, comparison, value, low, high, chance, pairs, int(defined.sum()), p_value)
+    return (variant, statistic, comparison, value, low, high, chance, pairs, int(defined.sum()), p_value, detectable)
 
 
 MIN_PAIRING_REPLICAS = 4  # the fewest replicas whose pairings can give p < 0.05 (1/4! = 0.042; 1/3! = 0.17)
@@ -145,6 +146,66 @@ def pairing_p_value(agreement: np.ndarray) -> float:
     return float(np.mean(np.array(permuted) >= observed - 1e-12))
 
 
+def pairing_noise(agreement: np.ndarray) -> float:
+    """The spread of the replica pairings that no teacher or student explains: agreement [R, R] (teacher i,
+    student j) fitted on its off-diagonal cells (where no own teacher can add anything) as a_i + b_j; the
+    residuals' standard deviation (degrees of freedom counted). A teacher or student that agrees more with
+    everyone shifts a whole row or column, which the pairing test ignores, so only this part can mislead it."""
+    size = len(agreement)
+    cells = [(i, j) for i in range(size) for j in range(size) if i != j]
+    design = np.zeros((len(cells), 2 * size))
+    for n, (i, j) in enumerate(cells):
+        design[n, i], design[n, size + j] = 1.0, 1.0
+    values = np.array([agreement[i, j] for i, j in cells])
+    fitted = design @ np.linalg.lstsq(design, values, rcond=None)[0]
+    dof = len(cells) - np.linalg.matrix_rank(design)
+    return float(np.sqrt(np.sum((values - fitted) ** 2) / dof)) if dof > 0 else np.nan
+
+
+def pairing_power(effect: float, noise: float, replicas: int, simulations: int = 2000, seed: int = 0,
+                  level: float = 0.05) -> float:
+    """The share of simulated replica sets in which the pairing test (pairing_p_value) gives p < level when
+    every student agrees with its own teacher `effect` more than with the others: agreement = effect * I +
+    noise * N(0, 1) per cell (row and column effects are left out: they move every assignment alike).
+    Exact over the R! assignments; with R = 4 the test can only say p = 1/24, so the power under no effect
+    is 1/24."""
+    orders = np.array(list(itertools.permutations(range(replicas))))
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for start in range(0, simulations, 256):
+        cells = effect * np.eye(replicas) + noise * rng.standard_normal((min(256, simulations - start), replicas, replicas))
+        diagonals = cells[:, np.arange(replicas), orders].sum(-1)  # [simulations, R!]: each assignment's own sum
+        p = np.mean(diagonals >= diagonals[:, :1] - 1e-12, axis=1)  # orders[0] is the identity
+        hits += int(np.sum(p < level))
+    return hits / simulations
+
+
+def detectable_by_pairings(noise: float, replicas: int, power: float = 0.8, simulations: int = 2000, seed: int = 0) -> float:
+    """The smallest own - other teacher difference the pairing test sees with `power` at R replicas and this
+    pairing noise (pairing_noise). It is proportional to the noise (the simulated draws scale with it), so
+    the factor is simulated once per R. NaN where R! assignments cannot reach p < 0.05, or above
+    MAX_SIMULATED_REPLICAS (R! assignments per draw)."""
+    if not np.isfinite(noise) or not MIN_PAIRING_REPLICAS <= replicas <= MAX_SIMULATED_REPLICAS:
+        return np.nan
+    return noise * _detectable_per_noise(replicas, power, simulations, seed)
+
+
+MAX_SIMULATED_REPLICAS = 7  # 7! = 5,040 assignments per simulated draw
+
+
+@functools.lru_cache(maxsize=None)
+def _detectable_per_noise(replicas: int, power: float, simulations: int, seed: int) -> float:
+    """detectable_by_pairings at noise 1: bisection on pairing_power with the same draws throughout (the
+    power then only grows with the effect)."""
+    low, high = 0.0, 1.0
+    while pairing_power(high, 1.0, replicas, simulations, seed) < power:
+        low, high = high, 2 * high
+    for _ in range(24):
+        middle = (low + high) / 2
+        low, high = (middle, high) if pairing_power(middle, 1.0, replicas, simulations, seed) < power else (low, middle)
+    return high
+
+
 def agreement_table(store: ScoreFile, models: list[str], options: CompareOptions, k: Optional[int] = None) -> np.ndarray:
     """AGREEMENT_DTYPE rows for every variant both models of a pair hold, for overlap@k (k: the largest
     of options.ks unless given) and Spearman: each comparison's mean per test example with its CI, and
@@ -168,14 +229,25 @@ def agreement_table(store: ScoreFile, models: list[str], options: CompareOptions
                                  _normalised(chance), 0.0, len(pairs[between]), options.seed))
         if "teacher'-student" in per_row:
             samples = [per_row["teacher-student"], per_row["teacher'-student"]]
-            p_value = pairing_p_value(_pairing_matrix(values, models))
+            matrix = _pairing_matrix(values, models)
+            detectable = detectable_by_pairings(pairing_noise(matrix), len(matrix))
             rows.append(_row(variant, statistic, OWN_VS_OTHER, samples, compare.mean_difference, 0.0,
-                             len(pairs["teacher-student"]), options.seed, p_value))
+                             len(pairs["teacher-student"]), options.seed, pairing_p_value(matrix), detectable))
         if "student-baseline'" in per_row:
             samples = [per_row["student-baseline"], per_row["student-baseline'"]]
             rows.append(_row(variant, statistic, SHARED_VS_OTHER_INIT, samples, compare.mean_difference, 0.0,
                              len(pairs["student-baseline"]), options.seed))
     return np.array(rows, dtype=AGREEMENT_DTYPE)
+
+
+def pairing_matrix(store: ScoreFile, models: Sequence[str], variant: str, statistic: str,
+                   options: Optional[CompareOptions] = None) -> np.ndarray:
+    """float64 [R, R]: the agreement (statistic "overlap@K" or "spearman") of teacher replica i with student
+    replica j, mean over test examples, as the own - other teacher row's permutation test reads it (the
+    Spearman rows sampled as tracin-score's default CompareOptions sample them)."""
+    options = options or CompareOptions(ks=())
+    sampled = compare.sample_rows(len(store.test_labels), options.max_rows, options.seed)
+    return _pairing_matrix(RowValues(store, variant, statistic, sampled), models)
 
 
 def _pairing_matrix(values: RowValues, models: Sequence[str]) -> np.ndarray:
@@ -201,8 +273,7 @@ def verdicts(table: np.ndarray) -> list[str]:
         if comparison == OWN_VS_OTHER:
             said = ("agrees with its own teacher more than with another teacher" if above else
                     "agrees with its own teacher less than with another teacher" if below else
-                    "agrees with its own teacher no more than with another teacher (the CI includes 0; "
-                    f"{2.8 * (row['ci_high'] - row['ci_low']) / 3.92:.3f} is the difference this sample would see with 80% power)")
+                    f"agrees with its own teacher no more than with another teacher (the CI includes 0; {_power_text(row)})")
             p = pairing_p_text(row["p_value"], int(row["pairs"])) if "p_value" in table.dtype.names else ""
             p = f"; {p}" if p else ""
             if (above or below) and int(row["pairs"]) >= MIN_PAIRING_REPLICAS and row["p_value"] >= 0.05:
@@ -215,6 +286,17 @@ def verdicts(table: np.ndarray) -> list[str]:
                     if not below else "students with a shared initialisation and data order agree less")
             lines.append(f"{row['variant'].decode()}, {row['statistic'].decode()}: {said}: {interval}")
     return lines
+
+
+def _power_text(row: np.void) -> str:
+    """What a "no" could have seen: the difference the test examples would show with 80% power (2.8
+    standard errors, read off the CI), and where the file has it the difference the replica pairings
+    would (simulated: detectable_by_pairings), which is the larger where replicas differ."""
+    rows = f"{compare.detectable_from_ci(row['ci_low'], row['ci_high']):.3f}"
+    if "detectable" not in row.dtype.names or not np.isfinite(row["detectable"]):
+        return f"{rows} is the difference this sample would see with 80% power"
+    return (f"the replica pairings would see {row['detectable']:.3f} with 80% power (simulated from their spread), "
+            f"the test examples alone {rows}")
 
 
 def _normalised(chance: float) -> Callable:

@@ -73,7 +73,8 @@ def report_run(options: ReportOptions) -> Path:
             check_scored_checkpoints(store, run, models)
             data = checked_data(run)
             if refresh_agreement(store):
-                runtime.log("agreement table recomputed with the controls (own - other teacher's p, shared - other init)")
+                runtime.log("agreement table recomputed with the controls (own - other teacher's p and detectable difference, "
+                            "shared - other init)")
             randomization = update_randomization(store, models, run, data, options, runtime)
             predictions = {m: test_predictions(m, store, run, data, runtime) for m in models}
             table = quality_report_table(store, models, randomization, predictions, options.seed)
@@ -97,13 +98,14 @@ def _locks(run: TrainedRun, path: Path):
 
 def refresh_agreement(store: ScoreFile) -> bool:
     """Recompute /agreement, with the options its comparisons were made with, when the file's table
-    predates the distillation controls (the pairing p-value, shared - other init); returns whether it did."""
+    predates the distillation controls (the pairing p-value and detectable difference, shared - other
+    init); returns whether it did."""
     try:
         table = store.agreement()
     except StoreError:
         table = None
     pairs = store.comparison_pairs()
-    if (table is not None and "p_value" in (table.dtype.names or ())) or not pairs:
+    if (table is not None and "detectable" in (table.dtype.names or ())) or not pairs:
         return False
     settings = store.comparison_settings(*pairs[0])
     options = CompareOptions(tuple(settings["ks"]), max_rows=settings["max_rows"] or None, seed=settings["seed"])

@@ -193,7 +193,8 @@ def randomization_verdicts(table: np.ndarray) -> list[str]:
 def detectable_text(row: np.void) -> str:
     """The smallest difference a row's sample could see: 2.8 standard errors (a two-sided 5% test with 80%
     power), the standard error read off its 95% CI (width / 3.92)."""
-    return f"at this sample size a difference of about {2.8 * (row['ci_high'] - row['ci_low']) / 3.92:.3f} would be seen with 80% power"
+    return (f"at this sample size a difference of about {compare.detectable_from_ci(row['ci_low'], row['ci_high']):.3f} "
+            "would be seen with 80% power")
 
 
 def inheritance_verdicts(table: np.ndarray) -> list[str]:

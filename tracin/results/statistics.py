@@ -162,6 +162,12 @@ def bootstrap_ci(
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+def detectable_from_ci(low: float, high: float) -> float:
+    """The smallest difference a sample whose 95% CI is [low, high] sees with 80% power in a two-sided 5%
+    test: 2.8 standard errors, the standard error read off the CI (width / 3.92)."""
+    return 2.8 * (high - low) / 3.92
+
+
 def normalised_agreement(between: np.ndarray, within_a: np.ndarray, within_b: np.ndarray, chance: float = 0.0,
                          axis: int = -1) -> np.ndarray:
     """Agreement of two models relative to each one's agreement with its own replica (Spearman's

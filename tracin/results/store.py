@@ -51,7 +51,8 @@ Layout (format "tracin-scores", version 1):
                             proponents, top-1 concentration, distinct proponents (tracin.results.quality)
     /agreement              compound [rows]: per variant, statistic (overlap@k, spearman) and comparison
                             (teacher–student, replicas' own, normalised, own − other teacher), mean over test
-                            examples with its bootstrap CI (tracin.results.agreement)
+                            examples with its bootstrap CI; own − other teacher also its permutation p over the
+                            replica pairings and the difference they would detect (tracin.results.agreement)
     /detection              compound [rows]: mislabel detection per ranking (self-influence raw and
                             train-normalised, last-checkpoint loss, random): area under the curve, found at
                             10% and 20% inspected (with label noise only; tracin.results.report)
