@@ -108,7 +108,7 @@ def test_lds_and_leave_out_equal_a_direct_computation(validated):
         per_test = spearman_rows(predicted.T, subset_margins.T.astype(np.float64))
         row = lds[(lds["scores_of"] == b"student") & (lds["variant"] == variant.encode())][0]
         assert row["lds"] == pytest.approx(np.nanmean(per_test)) and row["subsets"] == SUBSETS
-        assert (row["ci_low"], row["ci_high"]) == pytest.approx(bootstrap_ci([per_test]), nan_ok=True)
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(validation.lds_interval(matrix, masks, subset_margins), nan_ok=True)
     assert not ensemble_present  # one replica: no ensemble row
     assert set(lds["scores_of"]) == {b"student", b"teacher"}  # its own scores, and its teacher's
     zero = margins[units["condition"] == b"none"][0]
@@ -325,3 +325,33 @@ def test_a_finished_looking_validation_with_a_damaged_group_is_repaired_not_trus
     mine, reference = _validation_arrays(out), _validation_arrays(small_reference)
     for name in ("units", "margins", "leave_out"):
         assert mine[name].tobytes() == reference[name].tobytes(), name  # bitwise, NaN CIs too
+
+
+def _shared_subset_noise(rng: np.random.Generator, subsets: int, n_test: int, n_train: int = 60):
+    """Scores and margins whose every test example sees the same subset effects: each subset's predicted
+    margin change and its actual margin are one value per subset (plus a trace of per-row noise), drawn
+    independently, so the true LDS is 0 and all test examples share one draw of it."""
+    masks = validation.subset_masks(n_train, subsets, 0.5, int(rng.integers(1 << 30)))
+    scores = rng.normal(size=(n_train, 1)) + 1e-6 * rng.normal(size=(n_train, n_test))
+    margins = rng.normal(size=(subsets, 1)) + 1e-6 * rng.normal(size=(subsets, n_test))
+    return scores, masks, margins
+
+
+def test_the_lds_interval_counts_the_subsets_that_every_test_example_shares():
+    """With the subset noise shared by every test example, a bootstrap over test examples alone is about as
+    narrow as a point, and misses the true LDS (0) nearly always; the interval over subsets and test
+    examples covers it about as often as it says."""
+    rng = np.random.default_rng(0)
+    covered, rows_covered = [], []
+    for _ in range(200):
+        scores, masks, margins = _shared_subset_noise(rng, subsets=12, n_test=40)
+        low, high = validation.lds_interval(scores, masks, margins)
+        covered.append(low <= 0.0 <= high)
+        per_row = validation.linear_datamodeling_score(scores, masks, margins)
+        row_low, row_high = bootstrap_ci([per_row])
+        rows_covered.append(row_low <= 0.0 <= row_high)
+    assert np.mean(covered) >= 0.88 and np.mean(rows_covered) <= 0.3
+    perfect = rng.normal(size=(60, 5))
+    masks = validation.subset_masks(60, 6, 0.5, 0)
+    assert validation.lds_interval(perfect, masks, masks.astype(np.float64) @ perfect) == pytest.approx((1.0, 1.0))
+    assert np.isnan(validation.lds_interval(perfect, masks[:2], (masks.astype(np.float64) @ perfect)[:2])).all()

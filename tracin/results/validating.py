@@ -29,7 +29,6 @@ from tracin import faults
 from tracin.config import VALIDATION_SEED_STRIDE, ModelConfig, TrainConfig, ensemble_name, model_name, split_model_name
 from tracin.errors import CheckpointError, TracinError
 from tracin.files import exclusive_lock, refuse_links, report_path, write_atomic
-from tracin.results import statistics as compare
 from tracin.results import validation
 from tracin.results.report import check_finished, plot_validation, validation_markdown
 from tracin.results.scoring import TrainedRun, checked_data, describe_salvage, open_trained_run
@@ -399,7 +398,7 @@ def lds_sources(model: str, scored: list[str]) -> list[str]:
 
 def lds_table(plan: Plan, record: ValidationRecord, store: ScoreFile) -> np.ndarray:
     """Per retrained model, each score source (lds_sources) and variant: the LDS over the model's
-    subsets, mean over test examples with a bootstrap CI."""
+    subsets, mean over test examples with a bootstrap CI over subsets and test examples (lds_interval)."""
     if plan.subsets == 0:
         return np.zeros(0, dtype=validation.LDS_DTYPE)
     units, margins = record.units, record.margins
@@ -410,8 +409,9 @@ def lds_table(plan: Plan, record: ValidationRecord, store: ScoreFile) -> np.ndar
         subset_margins = np.stack([margins[i] for i in picked])
         for source in lds_sources(model, store.models):
             for variant in store.model(source).variants:
-                per_row = validation.linear_datamodeling_score(store.model(source).matrix(variant=variant)[()], masks, subset_margins)
-                low, high = compare.bootstrap_ci([per_row], seed=plan.seed)
+                scores = store.model(source).matrix(variant=variant)[()]
+                per_row = validation.linear_datamodeling_score(scores, masks, subset_margins)
+                low, high = validation.lds_interval(scores, masks, subset_margins)
                 rows.append((model, source, variant, float(np.nanmean(per_row)), low, high, int(np.isfinite(per_row).sum()), plan.subsets))
     return np.array(rows, dtype=validation.LDS_DTYPE)
 

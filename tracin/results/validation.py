@@ -15,10 +15,12 @@ z_label - max_{j != label} z_j (positive: predicted right).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
+import scipy.stats
 
 from tracin.results import statistics as compare
 
@@ -91,6 +93,33 @@ def linear_datamodeling_score(scores: np.ndarray, masks: np.ndarray, margins: np
     [n_train, n_test]) and the subset model's margin (margins [M, n_test]); NaN where either is constant."""
     predicted = masks.astype(np.float64) @ np.asarray(scores, dtype=np.float64)
     return compare.spearman_rows(predicted.T, np.asarray(margins, dtype=np.float64).T)
+
+
+def lds_interval(scores: np.ndarray, masks: np.ndarray, margins: np.ndarray) -> tuple[float, float]:
+    """The confidence interval of the LDS (the mean over test examples of linear_datamodeling_score) with
+    both of its sources of noise: the subsets and the test examples. Every test example's correlation is
+    over the same subsets, so a subset whose retraining happened to go one way moves them all at once: a
+    bootstrap over test examples alone cannot see that and is too narrow (with 10 subsets it gave
+    `sanity`'s baseline an LDS whose CI lay below 0). Normal interval, LDS +- z * sqrt(the delete-one
+    jackknife variance over subsets + the variance of the mean over test examples); a bootstrap that draws
+    subsets with replacement would tie repeated subsets and bias a rank correlation down. NaN with fewer
+    than 3 subsets or 2 defined test examples."""
+    predicted = masks.astype(np.float64) @ np.asarray(scores, dtype=np.float64)  # [subsets, n_test]
+    margins = np.asarray(margins, dtype=np.float64)
+    per_row = compare.spearman_rows(predicted.T, margins.T)
+    defined = int(np.isfinite(per_row).sum())
+    count = len(predicted)
+    if count < 3 or defined < 2:
+        return np.nan, np.nan
+    with warnings.catch_warnings():  # a test example constant over the kept subsets: left out, as in the LDS
+        warnings.simplefilter("ignore", RuntimeWarning)
+        left_out = np.array([np.nanmean(compare.spearman_rows(np.delete(predicted, j, 0).T, np.delete(margins, j, 0).T))
+                             for j in range(count)])
+    subsets = (count - 1) / count * float(np.sum((left_out - left_out.mean()) ** 2))
+    rows = float(np.nanvar(per_row, ddof=1)) / defined
+    half = scipy.stats.norm.ppf(0.5 + compare.CONFIDENCE / 2) * np.sqrt(subsets + rows)
+    lds = float(np.nanmean(per_row))
+    return lds - half, lds + half
 
 
 def margin_changes(margins: np.ndarray, zero: np.ndarray) -> np.ndarray:
