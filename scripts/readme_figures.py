@@ -36,12 +36,15 @@ from tracin.cli.main import run_command
 from tracin.config import replicas_by_role, split_variant
 from tracin.errors import TracinError
 from tracin.files import write_atomic
-from tracin.results.agreement import MIN_PAIRING_REPLICAS, OWN_VS_OTHER, format_agreement, format_agreement_by_depth
+from tracin.results.agreement import (
+    MIN_PAIRING_REPLICAS, OWN_VS_OTHER, detectable_by_pairings, format_agreement, format_agreement_by_depth, pairing_matrix,
+    pairing_noise,
+)
 from tracin.results.report import (
     check_finished, detection_summary, detection_table, groups_markdown, mislabel_curves, quality_report_markdown, report_verdicts,
     validation_markdown,
 )
-from tracin.results.sanity import INHERITED
+from tracin.results.sanity import INHERITED, MODEL_ROWS
 from tracin.results.statistics import overlap_at_k
 from tracin.results.store import ScoreFile, rankings_name
 
@@ -307,58 +310,146 @@ def sweep_figures(folders: list[Path]) -> str:
                          *parts, SWEEP_END])
 
 
+# The score files scripts/positive_control writes, one per choice of the losses TracIn differentiates
+SCORINGS = {"tracin.h5": "defaults", "tracin_prediction.h5": "--test-label prediction",
+            "tracin_kd_train.h5": "--loss kd-train", "tracin_kd_train_prediction.h5": "--loss kd-train --test-label prediction"}
+DEFAULT_VARIANT = "train-normalised"
+CHOICE_CHECKS = {  # the quality checks that decide the losses: (run label, check, models)
+    "demo setting": [("identical class top-10", ("teacher", "student", "student_baseline")),
+                     ("mislabel AUC", ("teacher", "student", "student_baseline")),
+                     ("randomization: all layers (lower)", ("teacher", "student", "student_baseline"))],
+    "positive control": [("identical class top-10", ("teacher", "student", "student_baseline")),
+                         ("predicted-as-shortcut shortcut AUPRC", ("teacher", "student", "student_baseline")),
+                         (f"{INHERITED}: own - other teacher@100, stamped", ("student",))],
+}
+SIMULATED_REPLICAS = (4, 6)
+
+
+def scored_files(run: Path) -> dict[str, Path]:
+    """The run's score files among SCORINGS, in their order; the default file must be there."""
+    found = {name: run / name for name in SCORINGS if (run / name).exists()}
+    if "tracin.h5" not in found:
+        raise TracinError(f"{run} has no tracin.h5: run scripts/positive_control first")
+    return found
+
+
+def _ci(value: float, low: float, high: float, signed: bool = True) -> str:
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(value)} [{f.format(low)}, {f.format(high)}]" if np.isfinite(value) else "-"
+
+
+def own_vs_other_cell(table: np.ndarray, variant: str, statistic: str) -> str:
+    """own - other teacher of one variant and statistic: mean [CI], and p where the pairings allow p < 0.05."""
+    match = table[(table["variant"] == variant.encode()) & (table["statistic"] == statistic.encode())
+                  & (table["comparison"] == OWN_VS_OTHER.encode())]
+    if not len(match):
+        return "-"
+    r = match[0]
+    p = f", p = {r['p_value']:.3f}" if r["pairs"] >= MIN_PAIRING_REPLICAS and np.isfinite(r["p_value"]) else ""
+    return _ci(r["mean"], r["ci_low"], r["ci_high"]) + p
+
+
+def report_cell(report: np.ndarray, check: str, model: str, variant: str) -> str:
+    match = report[(report["check"] == check.encode()) & (report["model"] == model.encode()) & (report["variant"] == variant.encode())]
+    return _ci(match[0]["value"], match[0]["ci_low"], match[0]["ci_high"], signed=False) if len(match) else "-"
+
+
+def pairing_cells(store: ScoreFile, variant: str, statistic: str) -> list[str]:
+    """The pairing noise of own - other teacher (agreement.pairing_noise) and the difference the pairing test
+    would see with 80% power at each of SIMULATED_REPLICAS (agreement.detectable_by_pairings, simulated)."""
+    models = list(store.models)
+    noise = pairing_noise(pairing_matrix(store, models, variant, statistic))
+    if not np.isfinite(noise):  # too few replicas to tell pairing noise from teachers and students
+        return ["-"] * (1 + len(SIMULATED_REPLICAS))
+    return [f"{noise:.4f}", *(f"{detectable_by_pairings(noise, replicas):.3f}" for replicas in SIMULATED_REPLICAS)]
+
+
 def control_figures(control: Path, demo: Path) -> str:
     """The headline question (own - other teacher) on the demo's setting beside the known-positive control
-    (scripts/positive_control): each whole-model variant's own - other teacher on every test row with its CI
-    and permutation p (tracin-score's agreement table), then the control's behaviour and attribution rows
-    (tracin-report) and both runs' verdicts, with each run's data, date and machine."""
+    (scripts/positive_control), for each score file the recipe makes (SCORINGS): each whole-model variant's
+    own - other teacher on every test row with its CI and permutation p (tracin-score's agreement table), what
+    the replica pairings could see (simulated), the control's behaviour and attribution rows and the quality
+    checks that decide the losses (tracin-report), and the default variant's verdicts; with each run's data,
+    date and machine."""
     runs = {"demo setting": demo, "positive control": control}
-    tables, reports, lines, stamps = {}, {}, [], []
+    files = {label: scored_files(run) for label, run in runs.items()}
+    scorings = [name for name in SCORINGS if all(name in found for found in files.values())]
+    tables, reports, power, lines, stamps = {}, {}, {}, [], []
     for label, run in runs.items():
-        with ScoreFile.open_read(run / "tracin.h5") as store:
-            agreement, report, provenance = store.agreement(), store.quality_report(), store.quality_report_provenance()
-            replicas = len(replicas_by_role(store.models).get("teacher", {}))
-            said = report_verdicts(store, report)
-            n_train, n_test = store.n_train, store.n_test
-        machine = provenance["machine"]
-        stamps.append(f"`{run.name}` ({label}): {n_train:,} train x {n_test:,} test examples, {replicas} replicas; report made "
-                      f"{provenance['finished']} on {machine['cpu']} ({machine['cores']} cores), {machine['device']}, torch {machine['torch']}")
-        tables[label], reports[label] = agreement, report
-        lines += [f"- {label}: {line}" for line in said
-                  if line.startswith("known-positive control") or "own teacher" in line and "@" not in line.split(",")[0]]
-    header = ["own - other teacher", *runs]
-    rows = []
-    first = tables["demo setting"]
+        for name in scorings:
+            with ScoreFile.open_read(files[label][name]) as store:
+                agreement, report, provenance = store.agreement(), store.quality_report(), store.quality_report_provenance()
+                replicas = len(replicas_by_role(store.models).get("teacher", {}))
+                said = report_verdicts(store, report)
+                k = max(int(s.decode().removeprefix("overlap@")) for s in agreement["statistic"] if s.startswith(b"overlap@"))
+                whole = [v for v in dict.fromkeys(agreement["variant"].astype(str)) if split_variant(v)[1] is None]
+                power[label, name] = {v: pairing_cells(store, v, f"overlap@{k}") for v in whole}
+                n_train, n_test = store.n_train, store.n_test
+            tables[label, name], reports[label, name] = agreement, report
+            if name == "tracin.h5":
+                machine = provenance["machine"]
+                stamps.append(f"`{run.name}` ({label}): {n_train:,} train x {n_test:,} test examples, {replicas} replicas; "
+                              f"reports made from {provenance['finished']} on {machine['cpu']} ({machine['cores']} cores), "
+                              f"{machine['device']}, torch {machine['torch']}")
+            lines += [f"- {label}, {SCORINGS[name]}: {line}" for line in said if _headline(line, name, main_variant(report))]
+    first = tables["demo setting", "tracin.h5"]
     whole = [(v.decode(), s.decode()) for v, s, c in zip(first["variant"], first["statistic"], first["comparison"])
              if c == OWN_VS_OTHER.encode() and split_variant(v.decode())[1] is None]
-    for variant, statistic in whole:
-        cells = []
-        for label in runs:
-            table = tables[label]
-            match = table[(table["variant"] == variant.encode()) & (table["statistic"] == statistic.encode())
-                          & (table["comparison"] == OWN_VS_OTHER.encode())]
-            if not len(match):
-                cells.append("-")
-                continue
-            r = match[0]
-            p = f", p = {r['p_value']:.3f}" if r["pairs"] >= MIN_PAIRING_REPLICAS and np.isfinite(r["p_value"]) else ""
-            cells.append(f"{r['mean']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]{p}")
-        rows.append([f"{variant}, {statistic}", *cells])
-    report = reports["positive control"]
-    mine = report[np.char.startswith(report["check"], INHERITED.encode()) & (np.char.find(report["variant"], b"@") < 0)]
-    inherited = [[r["check"].decode().removeprefix(f"{INHERITED}: "), r["model"].decode(), r["variant"].decode(),
-                  f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if np.isfinite(r["value"]) else "-", str(r["n_rows"])]
-                 for r in mine]
+    agreement_rows = [[variant, statistic, SCORINGS[name], *(own_vs_other_cell(tables[label, name], variant, statistic) for label in runs)]
+                      for variant, statistic in whole for name in scorings]
+    power_rows = [[variant, SCORINGS[name], *(cell for label in runs for cell in power[label, name][variant])]
+                  for variant in power["demo setting", "tracin.h5"] for name in scorings]
+    simulated = [f"detectable, {r} replicas" for r in SIMULATED_REPLICAS]
+    report = reports["positive control", "tracin.h5"]
+    mine = report[np.char.startswith(report["check"], INHERITED.encode()) & (report["variant"] == MODEL_ROWS.encode())]
+    behaviour = [[r["check"].decode().removeprefix(f"{INHERITED}: "), r["model"].decode(),
+                  _ci(r["value"], r["ci_low"], r["ci_high"], signed=False), str(r["n_rows"])] for r in mine]
+    attribution = [(r["check"].decode(), r["variant"].decode()) for r in report
+                   if r["check"].startswith(INHERITED.encode()) and r["variant"] != MODEL_ROWS.encode() and b"@" not in r["variant"]]
+    attribution_rows = [[check.removeprefix(f"{INHERITED}: "), variant,
+                         *(report_cell(reports["positive control", name], check, "student", variant) for name in scorings)]
+                        for check, variant in attribution]
+    variant = main_variant(report)  # the control's default file's
+    choice_rows = [[label, check, model, *(report_cell(reports[label, name], check, model, variant) for name in scorings)]
+                   for label, checks in CHOICE_CHECKS.items() for check, models in checks for model in models]
     return "\n\n".join([
         f"{CONTROL_START}\n<!-- generated by scripts/readme_figures.py --control; edit that script, not this text -->",
         "\n".join(f"- {stamp}" for stamp in stamps),
-        "Own - other teacher on every test row (mean over test examples [95% bootstrap CI]; the permutation p over the "
-        "replica pairings where they allow p < 0.05):",
-        markdown(header, rows),
-        "The positive control's own rows (behaviour: the share of test images of other classes a model takes for its replica "
-        "teacher's shortcut class; attribution: own - other teacher overlap@k on the stamped ones):",
-        markdown(["check", "model", "variant", "value [95% CI]", "test rows"], inherited),
+        "Own - other teacher on every test row, for each choice of losses (mean over test examples [95% bootstrap CI]; the "
+        "permutation p over the replica pairings where they allow p < 0.05):",
+        markdown(["variant", "statistic", "losses", *runs], agreement_rows),
+        f"What the replica pairings can see (overlap@{k}): the pairing noise is the spread of teacher i - student j agreement "
+        "that no teacher or student explains (agreement.pairing_noise); the detectable difference is the own - other teacher "
+        "difference the permutation test finds (p < 0.05) in 80% of simulated replica sets with that noise "
+        "(agreement.detectable_by_pairings, 2,000 simulations):",
+        markdown(["variant", "losses", *(f"{label}: {c}" for label in runs for c in ("pairing noise", *simulated))], power_rows),
+        "The positive control's behaviour (the share of test images of other classes a model takes for its replica teacher's "
+        "shortcut class; the same in every score file):",
+        markdown(["check", "model", "value [95% CI]", "test rows"], behaviour),
+        "Its attribution rows (the distilled student's own - other teacher overlap@k on the stamped test images of other "
+        "classes, and on those it takes for its teacher's class), per choice of losses:",
+        markdown(["check", "variant", *(SCORINGS[name] for name in scorings)], attribution_rows),
+        f"The quality checks that decide the default losses ({variant}; mean [95% CI] over test examples or "
+        "train examples):",
+        markdown(["setting", "check", "model", *(SCORINGS[name] for name in scorings)], choice_rows),
+        f"Verdicts ({variant}):",
         "\n".join(lines), CONTROL_END])
+
+
+def main_variant(report: np.ndarray) -> str:
+    """The variant the choice of losses is read on: the default one where the report has it, else its first."""
+    variants = [v for v in dict.fromkeys(report["variant"].astype(str)) if v != MODEL_ROWS and split_variant(v)[1] is None]
+    return DEFAULT_VARIANT if DEFAULT_VARIANT in variants else variants[0]
+
+
+def _headline(line: str, name: str, variant: str) -> bool:
+    """The verdict lines of one variant that bear on the distillation question: own - other teacher,
+    and the control's attribution (its behaviour once, from the default file)."""
+    if "(behaviour)" in line:
+        return name == "tracin.h5"
+    if line.startswith("known-positive control (attribution)"):
+        return f": {variant}," in line
+    return line.startswith(f"{variant}, overlap@") and "own teacher" in line
 
 
 def replace_part(text: str, start: str, end: str, part: str, readme: Path) -> str:

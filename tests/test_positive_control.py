@@ -227,14 +227,22 @@ def test_readme_figures_set_the_headline_beside_its_control(control_run, tmp_pat
     assert result.returncode == 0, result.stderr
     text = readme.read_text()
     assert text.startswith("top\n<!-- positive-control:start -->") and text.endswith("<!-- positive-control:end -->\nend\n")
-    assert "stale" not in text and "| own - other teacher | demo setting | positive control |" in text
+    assert "stale" not in text and "| variant | statistic | losses | demo setting | positive control |" in text
     with ScoreFile.open_read(control_run / "tracin.h5") as store:
         agreement, report = store.agreement(), store.quality_report()
     own = agreement[(agreement["comparison"] == b"own - other teacher") & (agreement["variant"] == b"raw")
                     & (agreement["statistic"] == b"overlap@10")][0]
     cell = f"{own['mean']:+.3f} [{own['ci_low']:+.3f}, {own['ci_high']:+.3f}]"
-    assert f"| raw, overlap@10 | {cell} | {cell} |" in text  # 2 replicas: no p, it could not reach 0.05
+    assert f"| raw | overlap@10 | defaults | {cell} | {cell} |" in text  # 2 replicas: no p, it could not reach 0.05
+    assert "| raw | defaults | - | - | - | - | - | - |" in text  # 2 replicas: no pairing noise to simulate from
     behaviour = report[report["check"] == f"{INHERITED}: stamped, student - baseline".encode()][0]
-    assert (f"| stamped, student - baseline | student | (model) | {behaviour['value']:.3f} [{behaviour['ci_low']:.3f}, "
+    assert (f"| stamped, student - baseline | student | {behaviour['value']:.3f} [{behaviour['ci_low']:.3f}, "
             f"{behaviour['ci_high']:.3f}] | {behaviour['n_rows']} |") in text
-    assert "- positive control: known-positive control (behaviour)" in text
+    assert "- positive control, defaults: known-positive control (behaviour)" in text
+    attribution = report[(report["check"] == f"{INHERITED}: own - other teacher@10, stamped".encode()) & (report["variant"] == b"raw")][0]
+    assert (f"| own - other teacher@10, stamped | raw | {attribution['value']:.3f} [{attribution['ci_low']:.3f}, "
+            f"{attribution['ci_high']:.3f}] |") in text
+    first = report["variant"][report["variant"] != MODEL_ROWS.encode()][0].decode()
+    identical = report[(report["check"] == b"identical class top-10") & (report["model"] == b"teacher") & (report["variant"] == first.encode())][0]
+    assert (f"| positive control | identical class top-10 | teacher | {identical['value']:.3f} [{identical['ci_low']:.3f}, "
+            f"{identical['ci_high']:.3f}] |") in text
