@@ -40,7 +40,7 @@ from tracin.results.agreement import (
     MIN_PAIRING_REPLICAS, OWN_VS_OTHER, detectable_by_pairings, format_agreement, format_agreement_by_depth, pairing_matrix,
     pairing_noise,
 )
-from tracin.results.report import (
+from tracin.results.figures import (
     check_finished, detection_summary, detection_table, groups_markdown, mislabel_curves, quality_report_markdown, report_verdicts,
     validation_markdown,
 )

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import RTOL, run_tracin_train, subprocess_env
+from conftest import RTOL, subprocess_env
 from models_for_tests import small_cnn, smaller_cnn
 from tracin.config import DataConfig
 from tracin.engine.reference import func_tracin_scores

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from conftest import subprocess_env
 from tracin.engine.blocks import MemoryPlan, work_factor
 from tracin.errors import TracinError
 from tracin.files import refuse_link, report_path
-from tracin.results.scoring import plan_warning
+from tracin.commands.score import plan_warning
 from tracin.results.store import ScoreFile
 
 
@@ -150,8 +149,8 @@ def test_a_full_disk_inside_hdf5_during_report_is_salvaged_by_the_same_command(t
 
 def test_report_outputs_that_are_links_are_refused(tmp_path):
     """tracin-report and tracin-validate write beside the score file: a planted plots link is not written into."""
-    from tracin.results.reporting import write_quality_files
-    from tracin.results.validating import write_validation_report
+    from tracin.commands.report import write_quality_files
+    from tracin.commands.validate import write_validation_report
 
     colleague = tmp_path / "colleague"
     colleague.mkdir()

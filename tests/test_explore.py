@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import collections
 import csv
-import json
 import re
 import shutil
 import subprocess
@@ -20,11 +19,11 @@ import numpy as np
 import pytest
 
 from tracin.errors import TracinError
-from tracin.results import statistics as compare
+from tracin.results import statistics
 from tracin.results.explore import (
     comparisons, frames, frequent_proponents, overlap_counts, page_data, proponents, topk_table, write_page, write_tables,
 )
-from tracin.results.report import load_images
+from tracin.results.figures import load_images
 from tracin.results.store import ScoreFile
 
 from conftest import REPO, TINY_RUN_ARGS, run_tracin_score, run_tracin_train, subprocess_env
@@ -75,7 +74,7 @@ def test_the_page_data_are_the_files_own_lists_and_overlaps(explore_run):
             for comparison, pairs in comparisons(models).items():
                 for k in (3, 8):
                     entry = page.head["comparisons"][variant][comparison]["k"][str(k)]
-                    direct = np.mean([compare.overlap_at_k(store.model(a).variant_rankings(variant)[0].top_index,
+                    direct = np.mean([statistics.overlap_at_k(store.model(a).variant_rankings(variant)[0].top_index,
                                                            store.model(b).variant_rankings(variant)[0].top_index, k) for a, b in pairs], axis=0)
                     np.testing.assert_allclose(decode(entry["values"], np.float32), direct, rtol=1e-6)
                     assert entry["low"] <= entry["mean"] <= entry["high"] and entry["mean"] == pytest.approx(direct.mean())

@@ -30,7 +30,7 @@ SCORE_ARGS = (*MANY_BLOCKS,)
 
 def command(name: str, *args, fault: str = "", timeout: float = 300) -> subprocess.CompletedProcess:
     """A console script of this environment, with TRACIN_FAULT set when `fault` is given."""
-    script = [str(Path(sys.executable).with_name(name))] if name != "report" else [sys.executable, "scripts/report.py"]
+    script = [str(Path(sys.executable).with_name(name))] if name != "report" else [sys.executable, "scripts/figures.py"]
     env = subprocess_env(**({"TRACIN_FAULT": fault} if fault else {}))
     return subprocess.run([*script, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env,
                           cwd=Path(__file__).parents[1])

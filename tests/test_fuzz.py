@@ -32,10 +32,10 @@ from hypothesis import strategies as st
 from tracin import faults
 from tracin.cli import COMMANDS, main
 from tracin.cli.main import run_command as command_boundary
-from tracin.results.report import write_report
+from tracin.results.figures import write_report
 from tracin.errors import TracinError
 from tracin.training.checkpoints import list_checkpoints, load_checkpoint
-from tracin.training.evaluation import read_class_map
+from tracin.commands.evaluate import read_class_map
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,6 @@
-"""The package's shape, as issue #11 set it: folders for the pipeline, one HDF5 owner, a slim engine facade,
-and no device timings in docstrings (they go stale; benchmarks print them instead)."""
+"""The package's shape, as issues #11 and #29 set it: folders for the pipeline, imports that only point down
+it, one HDF5 owner, a slim engine facade, and no device timings in docstrings (they go stale; benchmarks
+print them instead)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import importlib
 import inspect
 import pkgutil
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import tracin
 from tracin.engine.tracin import TracIn
@@ -26,18 +31,87 @@ def test_every_module_imports():
 
 
 def test_the_folders_are_the_pipeline_stages():
-    assert {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()} == {"training", "engine", "results", "cli"}
+    assert {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()} == {
+        "training", "engine", "results", "commands", "cli"}
 
 
-def test_h5py_is_imported_by_the_store_alone():
-    importers = []
-    for path in _modules():
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
-            if any(name.split(".")[0] == "h5py" for name in names):
-                importers.append(path.relative_to(PACKAGE).as_posix())
-    assert importers == ["results/store.py"]
+# The pipeline, bottom up: a module may import its own layer and the layers below it. The base modules
+# (configuration, errors, files, options, the runtime, the schemas, the version) import only each other.
+LAYERS = ("base", "training", "engine", "results", "commands", "cli")
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) >= 2 and parts[1] in LAYERS else "base"
+
+
+def _imports(path: Path) -> set[str]:
+    """Every tracin module the file imports, at any depth of its code (a lazy import counts too):
+    `from tracin import faults` is tracin.faults, `from tracin import TracIn` the package face."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "tracin"}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tracin":
+            package = PACKAGE.joinpath(*node.module.split(".")[1:])
+            for alias in node.names:  # a submodule by name, or a name the module (or package face) defines
+                is_module = (package / alias.name).is_dir() or (package / f"{alias.name}.py").is_file()
+                found.add(f"{node.module}.{alias.name}" if is_module else node.module)
+    return found
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_breaches(modules: dict[str, Path]) -> list[str]:
+    """'importer -> imported' for every import (module name -> its file) that points up the pipeline or
+    across to another command."""
+    breaches = []
+    for importer, path in modules.items():
+        if importer in ("tracin", "tracin.__main__"):
+            continue  # the package face and `python -m tracin` reach every layer, lazily
+        for imported in sorted(_imports(path)):
+            if imported == "tracin":
+                breaches.append(f"{importer} -> tracin (the package face: import the defining module)")
+                continue
+            mine, theirs = LAYERS.index(_layer(importer)), LAYERS.index(_layer(imported))
+            commands = {importer, imported} - {"tracin.commands"}
+            across = len(commands) == 2 and all(_layer(name) == "commands" for name in commands) and importer != imported
+            if theirs > mine or across:
+                breaches.append(f"{importer} -> {imported}")
+    return breaches
+
+
+def test_imports_only_point_down_the_pipeline():
+    assert import_breaches({_module_name(path): path for path in _modules()}) == []
+
+
+@pytest.mark.parametrize("module, source, breach", [
+    ("tracin.config", "from tracin.engine.projection import PROJECTORS", "tracin.config -> tracin.engine.projection"),
+    ("tracin.files", "from tracin import __version__", "tracin.files -> tracin (the package face: import the defining module)"),
+    ("tracin.training.sweep", "from tracin.results.store import ScoreFile", "tracin.training.sweep -> tracin.results.store"),
+    ("tracin.engine.tracin", "from tracin.results import statistics", "tracin.engine.tracin -> tracin.results.statistics"),
+    ("tracin.commands.report", "from tracin.commands.score import scoring_loss", "tracin.commands.report -> tracin.commands.score"),
+    ("tracin.results.store", "import tracin.cli.main", "tracin.results.store -> tracin.cli.main"),
+])
+def test_the_import_check_sees_an_import_that_points_up_or_across(tmp_path, module, source, breach):
+    """Each breach #29 measured, planted (lazily, inside a function) into a copy of a clean module."""
+    clean = tmp_path / "clean.py"
+    clean.write_text((PACKAGE / "errors.py").read_text())
+    planted = tmp_path / "planted.py"
+    planted.write_text(clean.read_text() + f"\n\ndef lazy():\n    {source}\n")
+    assert import_breaches({module: clean}) == []
+    assert import_breaches({module: planted}) == [breach]
+
+
+def test_importing_the_package_imports_no_heavy_library():
+    """`import tracin` and every command's --help stay light: the public names load on first use."""
+    code = ("import sys, tracin, tracin.cli; heavy = {'torch', 'torchvision', 'h5py', 'matplotlib', 'scipy'}; "
+            "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_the_engine_facade_takes_at_most_eight_parameters():

@@ -23,7 +23,7 @@ def test_checks_equal_direct_counts():
 
 
 def test_a_score_file_holds_the_checks_of_its_rankings(tiny_scores):
-    from tracin.results.report import quality_table
+    from tracin.results.figures import quality_table
     from tracin.results.store import ScoreFile
 
     with ScoreFile.open_read(tiny_scores) as store:

@@ -20,8 +20,8 @@ from tracin.results.agreement import (
     AGREEMENT_DTYPE, detectable_by_pairings, format_agreement, format_agreement_by_depth, pairing_noise, pairing_p_value,
     pairing_power, select_agreement_pairs, verdicts,
 )
-from tracin.results.scoring import select_compared_pairs
-from tracin.results.report import detection_summary, format_detection_by_group, mislabel_curves
+from tracin.commands.score import select_compared_pairs
+from tracin.results.figures import detection_summary, format_detection_by_group, mislabel_curves
 from tracin.results.statistics import bootstrap_ci, normalised_agreement, overlap_at_k, sample_rows, spearman_rows
 from tracin.results.store import ScoreFile, rankings_name
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tracin.results import report
+from tracin.results import figures
 from tracin.results.statistics import overlap_at_k
 from tracin.errors import TracinError
 from tracin.results.store import DataArrays, ScoreFile
@@ -11,24 +11,24 @@ from tracin.results.store import DataArrays, ScoreFile
 
 def test_detection_curve_counts_flipped_labels_in_inspection_order():
     flipped = np.array([False, True, False, True, False])
-    x, y = report.detection_curve(np.array([3, 0, 1, 4, 2]), flipped)
+    x, y = figures.detection_curve(np.array([3, 0, 1, 4, 2]), flipped)
     np.testing.assert_allclose(x, [0, 0.2, 0.4, 0.6, 0.8, 1.0])
     np.testing.assert_allclose(y, [0, 0.5, 0.5, 1.0, 1.0, 1.0])
-    perfect = report.detection_summary({"perfect": report.detection_curve(np.array([1, 3, 0, 2, 4]), flipped)})[0]
+    perfect = figures.detection_summary({"perfect": figures.detection_curve(np.array([1, 3, 0, 2, 4]), flipped)})[0]
     assert perfect["found@20%"] == pytest.approx(0.5) and perfect["area"] > 0.75
 
 
 def test_random_order_finds_flipped_labels_at_the_rate_inspected():
     rng = np.random.default_rng(0)
     flipped = rng.random(20_000) < 0.1
-    summary = report.detection_summary({"random": report.detection_curve(rng.permutation(20_000), flipped)})[0]
+    summary = figures.detection_summary({"random": figures.detection_curve(rng.permutation(20_000), flipped)})[0]
     assert summary["area"] == pytest.approx(0.5, abs=0.02)
     assert summary["found@10%"] == pytest.approx(0.1, abs=0.02)
 
 
 def test_mislabel_curves_rank_by_the_stored_self_influence_and_loss(tiny_scores):
     with ScoreFile.open_read(tiny_scores) as store:
-        curves = report.mislabel_curves(store, ["teacher"])
+        curves = figures.mislabel_curves(store, ["teacher"])
         flipped = store.noisy
         assert flipped.any()
         order = np.argsort(-store.model("teacher").self_influence, kind="stable")
@@ -43,17 +43,17 @@ def test_overlap_curve_equals_overlap_at_each_k(tiny_scores):
     with ScoreFile.open_read(tiny_scores) as store:
         test_a, _ = store.model("teacher").rankings()
         test_b, _ = store.model("student").rankings()
-        ks = report.curve_ks(8)
+        ks = figures.curve_ks(8)
         assert ks[0] == 1 and ks[-1] == 8 and len(ks) == 8  # every k while there are few
-        assert list(report.curve_ks(1000))[:3] == [1, 2, 3] and report.curve_ks(1000)[-1] == 1000
-        curve = report.overlap_curve(test_a.top_index, test_b.top_index)
+        assert list(figures.curve_ks(1000))[:3] == [1, 2, 3] and figures.curve_ks(1000)[-1] == 1000
+        curve = figures.overlap_curve(test_a.top_index, test_b.top_index)
         for i, k in enumerate(ks):
             assert curve[i] == pytest.approx(overlap_at_k(test_a.top_index, test_b.top_index, int(k)).mean())
 
 
 def test_tables_show_the_stored_numbers(tiny_scores):
     with ScoreFile.open_read(tiny_scores) as store:
-        text = report.comparison_tables(store, "teacher", "student")
+        text = figures.comparison_tables(store, "teacher", "student")
         tables = store.comparison("teacher", "student")
         first = tables["overlap"][0]
         assert f"| sum | test | proponents | 3 | {first['mean']:.3f} | {first['median']:.3f} |" in text
@@ -62,7 +62,7 @@ def test_tables_show_the_stored_numbers(tiny_scores):
                   "self-influence correlation"):
             assert f"**teacher vs student: {title}" in text
         assert len([line for line in text.splitlines() if line.startswith("| epoch_004 |")]) == 8 + 4 + 1  # every row
-        only_ks = report.comparison_tables(store, "teacher", "student", ["ks"])
+        only_ks = figures.comparison_tables(store, "teacher", "student", ["ks"])
         assert "Kolmogorov" in only_ks and "overlap" not in only_ks
         assert store.models == ["teacher", "student", "student_baseline"]
         assert set(store.comparison_pairs()) == {("teacher", "student"), ("teacher", "student_baseline"), ("student", "student_baseline")}
@@ -86,14 +86,14 @@ def test_mislabel_detection_without_label_noise_is_a_clear_error(tmp_path):
     clean = DataArrays(np.arange(8), np.arange(4), labels, labels[:4], labels.copy())
     store, _ = ScoreFile.create_or_resume(tmp_path / "clean.h5", {}, {}, clean, overwrite=False)
     with store, pytest.raises(TracinError, match="no training label was flipped"):
-        report.mislabel_curves(store, ["teacher"])
+        figures.mislabel_curves(store, ["teacher"])
 
 
 def test_stored_predictions_are_the_last_checkpoints_argmax(tiny_scores, tiny_run):
     """tracin-score keeps each model's test predictions; tracin-report's own loader (build_model and the
     checkpoint, not the engine) gives the same classes."""
-    from tracin.results.reporting import test_predictions
-    from tracin.results.scoring import checked_data, open_trained_run
+    from tracin.commands.report import test_predictions
+    from tracin.commands.score import checked_data, open_trained_run
     from tracin.runtime import start_runtime
 
     run = open_trained_run(str(tiny_run), None)
@@ -111,14 +111,14 @@ def test_test_rows_by_rule_are_the_least_overlapping_and_the_most_confident_erro
         overlap = overlap_at_k(top_t, top_s, top_t.shape[1])
         predicted, confidence = store.model("teacher").predictions
         wrong = [r for r in range(store.n_test) if predicted[r] != store.test_labels[r]]
-        chosen = report.choose_test_rows(store, count=4)
+        chosen = figures.choose_test_rows(store, count=4)
         assert chosen[:2] == sorted(range(store.n_test), key=lambda r: (overlap[r], r))[:2]
         confident = sorted(wrong, key=lambda r: (-confidence[r], r))
         assert [r for r in chosen[2:]] == [r for r in confident if r not in chosen[:2]][:2]
         index = store.test_index
-        assert report.choose_test_rows(store, examples=[int(index[5]), int(index[1])]) == [5, 1]
+        assert figures.choose_test_rows(store, examples=[int(index[5]), int(index[1])]) == [5, 1]
         with pytest.raises(TracinError, match="not among the file's scored test examples"):
-            report.choose_test_rows(store, examples=[10**9])
+            figures.choose_test_rows(store, examples=[10**9])
 
 
 def test_every_figure_title_names_the_variant_and_the_models(tiny_scores):
@@ -126,8 +126,8 @@ def test_every_figure_title_names_the_variant_and_the_models(tiny_scores):
 
     with ScoreFile.open_read(tiny_scores) as store:
         models = store.models
-        figures = [report.plot_overlap_curves(store, "teacher", "student"), report.plot_score_histograms(store, models)]
-        for figure in figures:
+        made = [figures.plot_overlap_curves(store, "teacher", "student"), figures.plot_score_histograms(store, models)]
+        for figure in made:
             title = figure._suptitle.get_text()
             assert "raw TracInCP" in title and "teacher" in title and "student" in title, title
             plt.close(figure)
@@ -137,8 +137,8 @@ def test_the_proponent_grid_shows_prediction_index_and_score(tiny_scores):
     import matplotlib.pyplot as plt
 
     with ScoreFile.open_read(tiny_scores) as store:
-        images = report.Images(np.zeros((store.n_train, 1, 4, 4), np.uint8), np.zeros((store.n_test, 1, 4, 4), np.uint8))
-        figure = report.plot_proponent_grid(store, images, ["teacher", "student"], [3], k=2)
+        images = figures.Images(np.zeros((store.n_train, 1, 4, 4), np.uint8), np.zeros((store.n_test, 1, 4, 4), np.uint8))
+        figure = figures.plot_proponent_grid(store, images, ["teacher", "student"], [3], k=2)
         titles = [ax.get_title() for ax in figure.axes]
         ranking = store.model("student").rankings()[0]
         first = int(ranking.top_index[3, 0])
@@ -151,6 +151,6 @@ def test_the_proponent_grid_shows_prediction_index_and_score(tiny_scores):
 
 def test_one_grid_without_replicas_and_role_models_pick_replica_0(tiny_scores):
     with ScoreFile.open_read(tiny_scores) as store:
-        images = report.Images(np.zeros((store.n_train, 1, 4, 4), np.uint8), np.zeros((store.n_test, 1, 4, 4), np.uint8))
-        assert list(report.proponent_grids(store, images, ["teacher", "student"], [0])) == ["proponents.png"]  # no replicas
-    assert report.role_models(["teacher", "teacher.r1", "student", "teacher.ensemble"]) == ["teacher", "student"]
+        images = figures.Images(np.zeros((store.n_train, 1, 4, 4), np.uint8), np.zeros((store.n_test, 1, 4, 4), np.uint8))
+        assert list(figures.proponent_grids(store, images, ["teacher", "student"], [0])) == ["proponents.png"]  # no replicas
+    assert figures.role_models(["teacher", "teacher.r1", "student", "teacher.ensemble"]) == ["teacher", "student"]

@@ -20,7 +20,7 @@ from conftest import TINY_RUN_ARGS, demo_copy, run_tracin_score, run_tracin_trai
 from tracin.config import DataConfig, ModelConfig
 from tracin.engine.reference import func_tracin_scores
 from tracin.results import sanity
-from tracin.results.reporting import MODEL_ROWS
+from tracin.commands.report import MODEL_ROWS
 from tracin.results.statistics import bootstrap_ci, sample_rows
 from tracin.results.store import ScoreFile
 from tracin.training.checkpoints import list_checkpoints, load_checkpoint
@@ -259,7 +259,7 @@ def test_detection_scores_average_to_the_area_of_a_perfect_and_a_reversed_rankin
 def test_the_overlap_notebook_and_report_show_the_quality_report(sanity_run, sanity_report, tmp_path):
     from test_notebooks import outputs_of
     from tracin.cli.notebooks import execute_notebook, notebook_folder
-    from tracin.results.report import write_report
+    from tracin.results.figures import write_report
 
     path, _ = sanity_report
     notebook = execute_notebook(notebook_folder() / "overlap_tables.ipynb", {"SCORES": str(path), "DATA_ROOT": None})
@@ -285,7 +285,7 @@ def test_readme_figures_state_the_quality_report_with_its_run_and_machine(tiny_r
     with ScoreFile.open_read(scores) as store:
         row = _rows(store.quality_report(), "shortcut AUC", "student", "raw")
         seconds = store.quality_report_provenance()["seconds"]
-    assert f"| shortcut AUC | " in text and sanity.format_cell(row) in text
+    assert "| shortcut AUC | " in text and sanity.format_cell(row) in text
     assert "coarse labels `tops-footwear`" in text and f"in {seconds:.0f} s" in text and "planted shortcut: student" in text
 
 
@@ -398,7 +398,7 @@ def test_the_concentration_interval_always_holds_its_share():
 def test_lds_and_leave_out_rows_come_from_the_files_validation(sanity_run, sanity_report, tmp_path):
     import shutil
 
-    from tracin.results.reporting import quality_report_table
+    from tracin.commands.report import quality_report_table
     from tracin.results.validation import LDS_DTYPE, LEAVE_OUT_DTYPE, UNIT_DTYPE
 
     path = tmp_path / "validated.h5"
@@ -439,7 +439,7 @@ def test_near_chance_holds_for_a_majority_class_of_half_or_more():
 
 
 def test_the_detection_tables_mark_rankings_below_the_random_order():
-    from tracin.results.report import DETECTION_DTYPE, detection_table, format_detection
+    from tracin.results.figures import DETECTION_DTYPE, detection_table, format_detection
 
     table = np.array([(b"teacher: self-influence", 0.40, 0.1, 0.2), (b"random order", 0.50, 0.1, 0.2)],
                      dtype=DETECTION_DTYPE)
@@ -464,7 +464,7 @@ def test_no_stored_point_lies_outside_its_own_interval(sanity_report):
 def test_the_explore_page_carries_the_quality_report_and_its_verdicts(sanity_report):
     """tracin-explore shows the report beside the lists: the same verdicts, every whole-model check."""
     from tracin.results.explore import page_data
-    from tracin.results.report import report_verdicts
+    from tracin.results.figures import report_verdicts
 
     path, _ = sanity_report
     with ScoreFile.open_read(path) as store:

@@ -17,7 +17,7 @@ import torch
 from tracin.config import DataConfig, ModelConfig, TrainConfig
 from tracin.errors import CheckpointError, StoreError, TracinError
 from tracin.schemas import markdown
-from tracin.results.report import check_finished
+from tracin.results.figures import check_finished
 from tracin.results.store import ScoreFile
 from tracin.training.checkpoints import list_checkpoints, load_checkpoint, load_run_checkpoints
 from tracin.training.run_folder import RunPaths, read_record
@@ -113,7 +113,7 @@ def test_a_score_file_made_by_hand_is_refused_by_every_reader(tiny_scores, tmp_p
         DAMAGE[damage](h5)
     with ScoreFile.open_read(path) as store, pytest.raises(StoreError, match="not laid out as tracin-score writes it"):
         check_finished(store)
-    result = subprocess.run([sys.executable, "scripts/report.py", str(path)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = subprocess.run([sys.executable, "scripts/figures.py", str(path)], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
     assert "not laid out as tracin-score writes it" in result.stderr and "Traceback" not in result.stderr
 
@@ -121,7 +121,7 @@ def test_a_score_file_made_by_hand_is_refused_by_every_reader(tiny_scores, tmp_p
 def test_a_replica_folder_copied_by_hand_is_refused(tiny_run, tmp_path):
     """teacher.r1 copied from teacher and entered in run.json would be scored as a replica identical to replica 0
     (overlap 1: a noise floor of nothing): its checkpoints' training seed says it is not replica 1."""
-    from tracin.results.scoring import load_role_checkpoints, open_trained_run
+    from tracin.commands.score import load_role_checkpoints, open_trained_run
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)

@@ -395,7 +395,7 @@ def test_kd_loss_scores_a_student_with_its_own_distillation_objective(tmp_path, 
 
 def test_a_kd_scored_student_uses_its_own_objective_label_smoothing_included(tmp_path):
     """build_engine once dropped the student's label smoothing while claiming its training objective."""
-    from tracin.results.scoring import ScoreOptions, scoring_loss
+    from tracin.commands.score import ScoreOptions, scoring_loss
     from tracin.training.checkpoints import save_atomic, teacher_record
     from tracin.config import TrainConfig
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import demo_copy, subprocess_env
-from tracin.training.sweep import Sweep, parse_vary, train_arguments
+from tracin.commands.sweep import Sweep, parse_vary, train_arguments
 
 TINY = ("--dataset", "fashion-mnist", "--train-subset", "256", "--test-subset", "64", "--epochs", "2", "--save-every", "1",
         "--width", "4", "--batch-size", "32", "--quiet")

@@ -1,7 +1,6 @@
 """TracIn engine against independent references: torch.func (float64), captum TracInCP/TracInCPFast."""
 
 import copy
-from pathlib import Path
 import warnings
 
 import pytest

@@ -11,7 +11,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import matplotlib.image
@@ -412,7 +411,6 @@ def test_per_class_tables_and_overlays_follow_the_confusion_matrix(tiny_run):
             return list(csv.DictReader(handle))
 
     record = json.loads((tiny_run / "run.json").read_text())
-    alpha = record["config"]["alpha"]
     run_rows = rows(tiny_run / "per_class.csv")
     for role in ROLES:
         confusion = rows(tiny_run / role / "confusion.csv")

@@ -19,7 +19,7 @@ from tracin.errors import StoreError
 from tracin.results import validation
 from tracin.results.statistics import bootstrap_ci, spearman_rows
 from tracin.results.store import ScoreFile
-from tracin.results.validating import Plan, Work, removed_positions
+from tracin.commands.validate import Plan, Work, removed_positions
 from tracin.runtime import start_runtime
 from tracin.training.checkpoints import load_model
 from tracin.training.data import load_data, normalize

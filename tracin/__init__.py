@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from tracin.version import __version__  # noqa: F401 (the package face carries it)
 
 _PUBLIC = {  # name -> the module that defines it
     "Checkpoint": "tracin.training.checkpoints",

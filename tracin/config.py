@@ -28,7 +28,7 @@ KD_LOSSES = ("kl", "mse")
 STUDENT_INIT = ("scratch", "teacher")
 ROLES = ("teacher", "student", "student_baseline")
 MODES = ("exact", "projected", "last-layer")
-SCORE_LOSSES = ("ce", "kd", "kd-train")  # tracin-score --loss (tracin.results.scoring.scoring_loss)
+SCORE_LOSSES = ("ce", "kd", "kd-train")  # tracin-score --loss (tracin.commands.score.scoring_loss)
 TEST_LABELS = ("label", "prediction")  # tracin-score --test-label: the test side's cross-entropy on which class
 PRECISIONS = ("float32", "tf32", "bf16")
 REPRESENTATIONS = ("auto", "flat", "factored")
@@ -337,9 +337,8 @@ class ScoreConfig(_Serializable):
         names = [name for name, _ in self.groups]
         _check(len(set(names)) == len(names), f"each layer group is named once, got {', '.join(names)}")
         _check_choice("precision", self.precision, PRECISIONS)
-        from tracin.engine.projection import PROJECTORS  # the registry (imported here: it needs torch)
-
-        _check_choice("projector", self.projector, tuple(sorted(PROJECTORS)))
+        # the projector's name is checked against tracin.engine.projection's registry by the engine
+        # (TracIn) and the command line: configuration sits below the engine
         _check(self.proj_dim is None or self.proj_dim >= 1, f"proj_dim must be positive, got {self.proj_dim}")
         _check(self.mode != "projected" or self.proj_dim is not None, "projected mode needs a positive proj_dim")
         object.__setattr__(self, "layers", tuple(self.layers or ()))

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Optional, Sequence
 
-from tracin import __version__
+from tracin.version import __version__
 from tracin.config import (
     AUTO_MEMORY_SHARE,
     COARSE_LABELS,
@@ -378,7 +378,7 @@ DEFAULT_VARIANTS = "train-normalised"  # measured: README, "Defaults chosen by m
 
 
 def build_score_parser() -> argparse.ArgumentParser:
-    score = _defaults(ScoreConfig)  # not ScoreConfig(): its check of the projector registry imports torch
+    score = _defaults(ScoreConfig)
     parser = _Parser(
         prog="tracin-score",
         description="TracIn (TracInCP) scores of a trained run's models into one resumable HDF5 file, and the "
@@ -528,7 +528,7 @@ def score_main(argv: Optional[Sequence[str]] = None) -> int:
     argv = _arguments(argv)
     args = build_score_parser().parse_args(argv)
     def work() -> None:
-        from tracin.results.scoring import score_run
+        from tracin.commands.score import score_run
 
         score_run(score_options(args, argv))
 
@@ -593,7 +593,7 @@ def validate_main(argv: Optional[Sequence[str]] = None) -> int:
     """`tracin-validate`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
     args = build_validate_parser().parse_args(_arguments(argv))
     def work() -> None:
-        from tracin.results.validating import validate_run
+        from tracin.commands.validate import validate_run
 
         validate_run(validate_options(args))
 
@@ -643,7 +643,7 @@ def report_main(argv: Optional[Sequence[str]] = None) -> int:
     """`tracin-report`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
     args = build_report_parser().parse_args(_arguments(argv))
     def work() -> None:
-        from tracin.results.reporting import report_run
+        from tracin.commands.report import report_run
 
         report_run(report_options(args))
 
@@ -678,7 +678,7 @@ def build_sweep_parser() -> argparse.ArgumentParser:
 def _train_argv(argv: Sequence[str]) -> None:
     """Train as tracin-train with these arguments would (they are parsed again: tracin-sweep passes its own on)."""
     from tracin.training.models import allow_imports
-    from tracin.training.trainer import train_run
+    from tracin.commands.train import train_run
 
     args = build_train_parser().parse_args(argv)
     allow_imports([args.model, args.student_model])
@@ -698,7 +698,7 @@ def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
     passed_on.parse_args(["--run", args.sweep, *base])
 
     def work() -> None:
-        from tracin.training import sweep as sweep_module
+        from tracin.commands import sweep as sweep_module
         from tracin.training.trainer import saved_epochs
 
         score = None if args.score is None else tuple(shlex.split(args.score))
@@ -743,7 +743,7 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
     options = EvalOptions(run=args.run, dataset=args.eval_dataset, data_root=args.data_root or default_data_root(),
                           class_map=args.class_map, checksum=not args.no_checksum, device=args.device)
     def work() -> None:
-        from tracin.training.evaluation import eval_run
+        from tracin.commands.evaluate import eval_run
 
         eval_run(options)
 

@@ -104,7 +104,7 @@ def execute_all(scores: Path, out_dir: Path, data_root: Optional[str]) -> list[P
     opened here first, so that a wrong path or a damaged file is one line, not a failed kernel."""
     from nbclient.exceptions import CellExecutionError
 
-    from tracin.results.report import check_finished
+    from tracin.results.figures import check_finished
     from tracin.results.store import ScoreFile
 
     with ScoreFile.open_read(scores) as store:

@@ -98,10 +98,15 @@ class RademacherProjector(_DenseProjector):
         return signs.to(torch.float64) / math.sqrt(out_dim)
 
 
-def make_projector(in_dim: int, out_dim: int, seed: int, device, dtype=torch.float32, kind: str = "gaussian") -> Projector:
-    """A `kind` projector from in_dim to out_dim, or the identity when out_dim >= in_dim."""
+def check_projector(kind: str) -> None:
+    """Refuse a projector name the registry does not hold."""
     if kind not in PROJECTORS:
         raise TracinError(f"projector must be one of {', '.join(sorted(PROJECTORS))}, got {kind!r}")
+
+
+def make_projector(in_dim: int, out_dim: int, seed: int, device, dtype=torch.float32, kind: str = "gaussian") -> Projector:
+    """A `kind` projector from in_dim to out_dim, or the identity when out_dim >= in_dim."""
+    check_projector(kind)
     if out_dim >= in_dim:
         return IdentityProjector(in_dim)
     return PROJECTORS[kind](in_dim, out_dim, seed, device, dtype)

@@ -28,6 +28,7 @@ from tracin.engine.blocks import DataSource, GraphedBatch
 from tracin.engine.features import Features
 from tracin.engine.grads import last_linear_target, record_output_grads, select_targets, settle_targets
 from tracin.engine.groups import expand_variants, group_names, part_groups
+from tracin.engine.projection import check_projector
 from tracin.engine.plans import FACTORED, LayerPlan, LayerShape, compute_features, make_plans, probe_shape
 from tracin.engine.topk import Ranking, StreamingRanking
 from tracin.errors import NonFiniteError, TracinError
@@ -173,6 +174,7 @@ class TracIn:
         self.config, self.engine = config, engine
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         _validate_precision(config.precision, self.device)
+        check_projector(config.projector)
         self.checkpoints: list[Checkpoint] = resolve_checkpoints(checkpoints)
         self.model = copy.deepcopy(model).to(self.device).eval()
         self._states = [self._checked_state(c) for c in self.checkpoints]

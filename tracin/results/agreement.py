@@ -33,7 +33,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from tracin.config import GROUP_SEPARATOR, ensemble_name, replicas_by_role
-from tracin.results import statistics as compare
+from tracin.results import statistics
 from tracin.results.comparison import CompareOptions
 from tracin.results.store import ScoreFile
 
@@ -92,16 +92,16 @@ class RowValues:
 
     def _compute(self, name_a: str, name_b: str) -> np.ndarray:
         if self.statistic == "spearman":
-            return compare.correlate_ranks(self._ranks(name_a), self._ranks(name_b))
+            return statistics.correlate_ranks(self._ranks(name_a), self._ranks(name_b))
         a, b = self.store.model(name_a), self.store.model(name_b)
         k = int(self.statistic.removeprefix("overlap@"))
-        return compare.overlap_at_k(a.variant_rankings(self.variant)[0].top_index, b.variant_rankings(self.variant)[0].top_index, k)
+        return statistics.overlap_at_k(a.variant_rankings(self.variant)[0].top_index, b.variant_rankings(self.variant)[0].top_index, k)
 
 
     def _ranks(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """The model's ranks of the train examples for each sampled test example, ranked once."""
         if name not in self.ranks:
-            self.ranks[name] = compare.row_ranks(self.store.model(name).matrix(variant=self.variant)[:, self.columns].T)
+            self.ranks[name] = statistics.row_ranks(self.store.model(name).matrix(variant=self.variant)[:, self.columns].T)
         return self.ranks[name]
 
 
@@ -110,7 +110,7 @@ def _row(variant: str, statistic: str, comparison: str, samples: list[np.ndarray
     """One AGREEMENT_DTYPE row: function(*samples) over the rows where every sample is defined, its CI."""
     defined = ~np.any([np.isnan(x) for x in samples], axis=0)
     value = float(function(*[x[defined] for x in samples], axis=-1)) if defined.any() else np.nan
-    low, high = compare.bootstrap_ci(samples, function, seed)
+    low, high = statistics.bootstrap_ci(samples, function, seed)
     return (variant, statistic, comparison, value, low, high, chance, pairs, int(defined.sum()), p_value, detectable)
 
 
@@ -214,7 +214,7 @@ def agreement_table(store: ScoreFile, models: list[str], options: CompareOptions
     pairs = select_agreement_pairs(replicas_by_role(models), models)
     k = k or max(options.ks)
     n_train, n_test = len(store.train_labels), len(store.test_labels)
-    sampled = compare.sample_rows(n_test, options.max_rows, options.seed)  # as the rank-correlation table
+    sampled = statistics.sample_rows(n_test, options.max_rows, options.seed)  # as the rank-correlation table
     variants = [v for v in store.model(models[0]).variants if all(v in store.model(m).variants for m in models)]
     rows = []
     for variant, (statistic, chance) in itertools.product(variants, ((f"overlap@{k}", k / n_train), ("spearman", 0.0))):
@@ -231,11 +231,11 @@ def agreement_table(store: ScoreFile, models: list[str], options: CompareOptions
             samples = [per_row["teacher-student"], per_row["teacher'-student"]]
             matrix = _pairing_matrix(values, models)
             detectable = detectable_by_pairings(pairing_noise(matrix), len(matrix))
-            rows.append(_row(variant, statistic, OWN_VS_OTHER, samples, compare.mean_difference, 0.0,
+            rows.append(_row(variant, statistic, OWN_VS_OTHER, samples, statistics.mean_difference, 0.0,
                              len(pairs["teacher-student"]), options.seed, pairing_p_value(matrix), detectable))
         if "student-baseline'" in per_row:
             samples = [per_row["student-baseline"], per_row["student-baseline'"]]
-            rows.append(_row(variant, statistic, SHARED_VS_OTHER_INIT, samples, compare.mean_difference, 0.0,
+            rows.append(_row(variant, statistic, SHARED_VS_OTHER_INIT, samples, statistics.mean_difference, 0.0,
                              len(pairs["student-baseline"]), options.seed))
     return np.array(rows, dtype=AGREEMENT_DTYPE)
 
@@ -246,7 +246,7 @@ def pairing_matrix(store: ScoreFile, models: Sequence[str], variant: str, statis
     replica j, mean over test examples, as the own - other teacher row's permutation test reads it (the
     Spearman rows sampled as tracin-score's default CompareOptions sample them)."""
     options = options or CompareOptions(ks=())
-    sampled = compare.sample_rows(len(store.test_labels), options.max_rows, options.seed)
+    sampled = statistics.sample_rows(len(store.test_labels), options.max_rows, options.seed)
     return _pairing_matrix(RowValues(store, variant, statistic, sampled), models)
 
 
@@ -292,7 +292,7 @@ def _power_text(row: np.void) -> str:
     """What a "no" could have seen: the difference the test examples would show with 80% power (2.8
     standard errors, read off the CI), and where the file has it the difference the replica pairings
     would (simulated: detectable_by_pairings), which is the larger where replicas differ."""
-    rows = f"{compare.detectable_from_ci(row['ci_low'], row['ci_high']):.3f}"
+    rows = f"{statistics.detectable_from_ci(row['ci_low'], row['ci_high']):.3f}"
     if "detectable" not in row.dtype.names or not np.isfinite(row["detectable"]):
         return f"{rows} is the difference this sample would see with 80% power"
     return (f"the replica pairings would see {row['detectable']:.3f} with 80% power (simulated from their spread), "
@@ -301,7 +301,7 @@ def _power_text(row: np.void) -> str:
 
 def _normalised(chance: float) -> Callable:
     def statistic(between, within_a, within_b, axis=-1):
-        return compare.normalised_agreement(between, within_a, within_b, chance, axis)
+        return statistics.normalised_agreement(between, within_a, within_b, chance, axis)
     return statistic
 
 
@@ -318,16 +318,16 @@ def format_agreement(table: np.ndarray, groups: bool = False) -> str:
     table = table[~of_layer_groups(table)] if hidden else table
     if len(table) == 0:
         return ""
-    statistics = list(dict.fromkeys(table["statistic"]))
-    lines = [f"agreement of the test examples' proponents, mean over test examples [{compare.CONFIDENCE:.0%} bootstrap CI]"
+    names = list(dict.fromkeys(table["statistic"]))
+    lines = [f"agreement of the test examples' proponents, mean over test examples [{statistics.CONFIDENCE:.0%} bootstrap CI]"
              "; ' = another replica (other seed, same data); normalised: 1 = as much as replicas agree, 0 = chance"]
     for variant in dict.fromkeys(table["variant"]):
         rows = table[table["variant"] == variant]
-        heading = "  ".join(f"{s.decode():>22}" for s in statistics)
+        heading = "  ".join(f"{s.decode():>22}" for s in names)
         lines.append(f"  {variant.decode():<30}{heading}")
         for comparison in dict.fromkeys(rows["comparison"]):
             cells = []
-            for statistic in statistics:
+            for statistic in names:
                 match = rows[(rows["comparison"] == comparison) & (rows["statistic"] == statistic)]
                 cells.append(f"{_cell(match[0]):>22}" if len(match) else " " * 22)
             mine = rows[rows["comparison"] == comparison]
@@ -337,7 +337,7 @@ def format_agreement(table: np.ndarray, groups: bool = False) -> str:
                     f"none: needs >= {MIN_PAIRING_REPLICAS} replicas"
                 cells.append(f"p {shown}")
             lines.append(f"    {comparison.decode():<28}" + "  ".join(cells))
-        chances = [rows[rows["statistic"] == statistic]["chance"][0] for statistic in statistics]
+        chances = [rows[rows["statistic"] == statistic]["chance"][0] for statistic in names]
         lines.append(f"    {'(chance)':<28}" + "  ".join(f"{chance:>22.3f}" for chance in chances))
     if hidden:
         lines.append(f"  ({hidden} more rows, of each layer group's scores alone: the agreement by depth)")
@@ -374,7 +374,7 @@ def format_agreement_by_depth(table: np.ndarray) -> str:
     if not blocks:
         return ""
     lines = ["agreement by depth: each layer group's scores alone (VARIANT@GROUP), mean over test examples "
-             f"[{compare.CONFIDENCE:.0%} bootstrap CI]"]
+             f"[{statistics.CONFIDENCE:.0%} bootstrap CI]"]
     for base, statistic, names, cells in blocks:
         lines.append(f"  {base + ', ' + statistic:<28}" + "  ".join(f"{c:>26}" for c in DEPTH_COMPARISONS))
         for group, row in zip(names, cells):

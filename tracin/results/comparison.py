@@ -8,7 +8,7 @@ test examples: top/bottom, the direction of the original teacher–student study
 
 Adding a statistic: its pure function in tracin.results.statistics (arrays in, numbers out), and one
 `register_table(ComparisonTable(...))` here whose `rows` calls it for one ScopePair. compare_models then
-stores it, and format_tables, the Markdown of tracin.results.report and the notebooks show it, all
+stores it, and format_tables, the Markdown of tracin.results.figures and the notebooks show it, all
 from the table's columns.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from tracin.config import split_variant
 from tracin.engine.topk import Ranking
-from tracin.results import statistics as compare
+from tracin.results import statistics
 from tracin.results.store import ModelScores, ScoreFile, rankings_name
 
 SIDES = {"test": ("proponents", "opponents"), "train": ("top", "bottom")}
@@ -160,7 +160,7 @@ def overlap_rows(scope: ScopePair) -> list[dict]:
     rows = []
     for direction, ra, rb, n_ranked in directions:
         for side, field in list(zip(SIDES[direction], ("top_index", "bottom_index")))[: 1 if of_group else 2]:
-            for row in compare.overlap_table(getattr(ra, field), getattr(rb, field), list(scope.options.ks), n_ranked,
+            for row in statistics.overlap_table(getattr(ra, field), getattr(rb, field), list(scope.options.ks), n_ranked,
                                                  scope.options.seed):
                 rows.append({"direction": direction, "side": side, **row})
     return rows
@@ -180,16 +180,16 @@ def correlation_rows(scope: ScopePair) -> list[dict]:
     matrix_a, matrix_b = scope.matrices()
     n_train, n_test = matrix_a.shape
     options = scope.options
-    test_columns = compare.sample_rows(n_test, options.max_rows, options.seed)
-    train_rows = compare.sample_rows(n_train, options.max_rows, options.seed + 1)
+    test_columns = statistics.sample_rows(n_test, options.max_rows, options.seed)
+    train_rows = statistics.sample_rows(n_train, options.max_rows, options.seed + 1)
     rows = []
     for direction, a, b in (
         ("test", matrix_a[:, test_columns].T, matrix_b[:, test_columns].T),
         ("train", matrix_a[train_rows, :], matrix_b[train_rows, :]),
     ):
-        for name, values in (("spearman", compare.spearman_rows(a, b)), ("kendall", compare.kendall_rows(a, b))):
-            summary = compare.summarize(values)
-            ci_low, ci_high = compare.bootstrap_ci([values], seed=options.seed)
+        for name, values in (("spearman", statistics.spearman_rows(a, b)), ("kendall", statistics.kendall_rows(a, b))):
+            summary = statistics.summarize(values)
+            ci_low, ci_high = statistics.bootstrap_ci([values], seed=options.seed)
             rows.append({"direction": direction, "statistic": name, **summary, "ci_low": ci_low, "ci_high": ci_high,
                          "n_rows": summary["n"], "n_undefined": summary["undefined"]})
     return rows
@@ -199,13 +199,13 @@ def ks_rows(scope: ScopePair) -> list[dict]:
     """KS test on the same sampled (train, test) cells of both matrices, raw and scaled by std."""
     matrix_a, matrix_b = scope.matrices()
     n_train, n_test = matrix_a.shape
-    rows = compare.sample_rows(n_train, max(1, scope.options.max_values // n_test), scope.options.seed + 2)
-    return [compare.ks_test(matrix_a[rows, :], matrix_b[rows, :])]
+    rows = statistics.sample_rows(n_train, max(1, scope.options.max_values // n_test), scope.options.seed + 2)
+    return [statistics.ks_test(matrix_a[rows, :], matrix_b[rows, :])]
 
 
 def self_influence_rows(scope: ScopePair) -> list[dict]:
     """Pearson and Spearman correlation of the two models' self-influence."""
-    return [compare.correlation(scope.a.self_influence, scope.b.self_influence)]
+    return [statistics.correlation(scope.a.self_influence, scope.b.self_influence)]
 
 
 SUMMARY = (Column("mean"), Column("median"), Column("min"), Column("max"))

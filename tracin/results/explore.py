@@ -39,14 +39,14 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tracin import __version__
+from tracin.version import __version__
 from tracin.config import replicas_by_role
 from tracin.errors import TracinError
 from tracin.files import exclusive_lock, refuse_link, write_atomic
 from tracin.results import sanity
-from tracin.results import statistics as compare
+from tracin.results import statistics
 from tracin.results.agreement import select_agreement_pairs
-from tracin.results.report import Images, check_finished, load_images, report_verdicts
+from tracin.results.figures import Images, check_finished, load_images, report_verdicts
 from tracin.results.store import ScoreFile
 
 BLOCK = 250  # test examples per data file when the data do not fit inline
@@ -108,13 +108,13 @@ def proponents(store: ScoreFile, models: Sequence[str], variant: str) -> dict[st
 def overlap_counts(tops: dict[str, np.ndarray], pairs: Sequence[tuple[str, str]], k: int) -> np.ndarray:
     """float64 [n_test]: the shared top-k proponents of each test example (tops: proponents()), averaged
     over `pairs`."""
-    return np.mean([compare.overlap_at_k(tops[a], tops[b], k) * k for a, b in pairs], axis=0)
+    return np.mean([statistics.overlap_at_k(tops[a], tops[b], k) * k for a, b in pairs], axis=0)
 
 
 def _overlaps(tops: dict[str, np.ndarray], pairs: Sequence[tuple[str, str]], k: int, seed: int = 0) -> dict:
     """A comparison's overlap@k per test example (float32, base64) with the run's mean and its bootstrap CI."""
     values = overlap_counts(tops, pairs, k) / k
-    low, high = compare.bootstrap_ci([values], seed=seed)
+    low, high = statistics.bootstrap_ci([values], seed=seed)
     return {"values": _b64(values.astype(np.float32)), "mean": float(np.mean(values)), "low": float(low), "high": float(high)}
 
 

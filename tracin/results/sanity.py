@@ -16,7 +16,7 @@ LDS), each a value per test example (or per train ranking) averaged with a boots
   all (accuracy on stamped and clean test examples, and how often a stamped test example of another class
   is predicted as the shortcut class).
 
-Pure numpy on stored rankings, score columns and labels; tracin.results.reporting computes the inputs
+Pure numpy on stored rankings, score columns and labels; tracin.commands.report computes the inputs
 and writes the table to the score file (/quality_report).
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 import scipy.stats
 
 from tracin.config import GROUP_SEPARATOR, ROLES
-from tracin.results import statistics as compare
+from tracin.results import statistics
 
 REPORT_DTYPE = np.dtype([
     ("check", "S48"), ("model", "S40"), ("variant", "S64"), ("value", "f8"), ("ci_low", "f8"), ("ci_high", "f8"),
@@ -110,7 +110,7 @@ def ranking_auc(columns: np.ndarray, positive: np.ndarray) -> np.ndarray:
 def randomization_spearman(trained: np.ndarray, randomized: np.ndarray) -> np.ndarray:
     """float64 [rows]: Spearman's rho per column of two score matrices [n_train, rows] (NaN where a column
     is constant)."""
-    return compare.correlate_ranks(compare.row_ranks(trained.T), compare.row_ranks(randomized.T))
+    return statistics.correlate_ranks(statistics.row_ranks(trained.T), statistics.row_ranks(randomized.T))
 
 
 def top1_share_ci(top1: np.ndarray, seed: int = 0, resamples: int = 1000) -> tuple[float, float, float]:
@@ -121,7 +121,7 @@ def top1_share_ci(top1: np.ndarray, seed: int = 0, resamples: int = 1000) -> tup
     does not: resampling overstates a maximum, so its interval could lie above the share. `seed` and
     `resamples` are not used (kept for callers)."""
     count, rows = int(np.bincount(top1).max()), len(top1)
-    interval = scipy.stats.binomtest(count, rows).proportion_ci(compare.CONFIDENCE, method="wilson")
+    interval = scipy.stats.binomtest(count, rows).proportion_ci(statistics.CONFIDENCE, method="wilson")
     return count / rows, float(interval.low), float(interval.high)
 
 
@@ -193,7 +193,7 @@ def randomization_verdicts(table: np.ndarray) -> list[str]:
 def detectable_text(row: np.void) -> str:
     """The smallest difference a row's sample could see: 2.8 standard errors (a two-sided 5% test with 80%
     power), the standard error read off its 95% CI (width / 3.92)."""
-    return (f"at this sample size a difference of about {compare.detectable_from_ci(row['ci_low'], row['ci_high']):.3f} "
+    return (f"at this sample size a difference of about {statistics.detectable_from_ci(row['ci_low'], row['ci_high']):.3f} "
             "would be seen with 80% power")
 
 
@@ -318,7 +318,7 @@ def summary_row(check: str, model: str, variant: str, per_row: np.ndarray, chanc
     """One REPORT_DTYPE row: the mean of the defined (non-NaN) rows with its bootstrap CI."""
     defined = np.isfinite(per_row)
     value = float(per_row[defined].mean()) if defined.any() else np.nan
-    low, high = compare.bootstrap_ci([per_row], seed=seed)
+    low, high = statistics.bootstrap_ci([per_row], seed=seed)
     return (check, model, variant, value, low, high, chance, int(defined.sum()))
 
 
@@ -330,7 +330,7 @@ def format_quality_report(table: np.ndarray, groups: bool = False) -> str:
     if not groups:
         table = table[np.char.find(table["variant"], GROUP_SEPARATOR.encode()) < 0]
     models = report_models(table)
-    lines = [f"quality report: each check per model, mean over test examples [{compare.CONFIDENCE:.0%} bootstrap CI] "
+    lines = [f"quality report: each check per model, mean over test examples [{statistics.CONFIDENCE:.0%} bootstrap CI] "
              "(chance); '(lower)': low is good"]
     for variant in dict.fromkeys(table["variant"]):
         rows = table[table["variant"] == variant]

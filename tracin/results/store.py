@@ -55,7 +55,7 @@ Layout (format "tracin-scores", version 1):
                             replica pairings and the difference they would detect (tracin.results.agreement)
     /detection              compound [rows]: mislabel detection per ranking (self-influence raw and
                             train-normalised, last-checkpoint loss, random): area under the curve, found at
-                            10% and 20% inspected (with label noise only; tracin.results.report)
+                            10% and 20% inspected (with label noise only; tracin.results.figures)
     /randomization          compound [rows], attrs settings (JSON), seconds: model, variant, the layers re-initialised, test
                             row and the Spearman correlation of trained and randomized scores (tracin-report)
     /quality_report         compound [rows], attrs provenance (JSON: machine, finished, seconds): every sanity
@@ -94,7 +94,8 @@ import h5py
 import numpy as np
 from torch import Tensor
 
-from tracin import __version__, faults
+from tracin import faults
+from tracin.version import __version__
 from tracin.files import default_mode, disk_full, fsync_file, refuse_link
 from tracin.training.checkpoints import Checkpoint
 from tracin.config import ENSEMBLE_SUFFIX, ROLES, inherited_shortcut_class, split_model_name, split_variant
@@ -605,7 +606,7 @@ class ScoreFile:
         return self._table("agreement", "agreement table (written by tracin-score since replicas)")
 
     def write_detection(self, table: np.ndarray) -> None:
-        """Replace /detection, mislabel detection per ranking (tracin.results.report.DETECTION_DTYPE rows)."""
+        """Replace /detection, mislabel detection per ranking (tracin.results.figures.DETECTION_DTYPE rows)."""
         self._write_table("detection", table)
 
     def detection(self) -> np.ndarray:

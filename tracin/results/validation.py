@@ -9,7 +9,7 @@
   scores of each subset's examples and the margin the subset's model gives it; averaged over test examples.
 
 Pure numpy: the retraining lives in tracin.training.trainer (retrain), the orchestration in
-tracin.results.validating, the file layout in tracin.results.store. Margins are logit margins,
+tracin.commands.validate, the file layout in tracin.results.store. Margins are logit margins,
 z_label - max_{j != label} z_j (positive: predicted right).
 """
 
@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 import scipy.stats
 
-from tracin.results import statistics as compare
+from tracin.results import statistics
 
 from tracin.config import BASELINE, CONDITIONS, NONE, OPPONENTS, OWN, RANDOM, TEACHER  # noqa: F401 (re-exported)
 LDS_CONDITION = "subset"
@@ -92,7 +92,7 @@ def linear_datamodeling_score(scores: np.ndarray, masks: np.ndarray, margins: np
     margin change (the sum of the scores of each subset's train examples: masks [M, n_train] @ scores
     [n_train, n_test]) and the subset model's margin (margins [M, n_test]); NaN where either is constant."""
     predicted = masks.astype(np.float64) @ np.asarray(scores, dtype=np.float64)
-    return compare.spearman_rows(predicted.T, np.asarray(margins, dtype=np.float64).T)
+    return statistics.spearman_rows(predicted.T, np.asarray(margins, dtype=np.float64).T)
 
 
 def lds_interval(scores: np.ndarray, masks: np.ndarray, margins: np.ndarray) -> tuple[float, float]:
@@ -106,18 +106,18 @@ def lds_interval(scores: np.ndarray, masks: np.ndarray, margins: np.ndarray) -> 
     than 3 subsets or 2 defined test examples."""
     predicted = masks.astype(np.float64) @ np.asarray(scores, dtype=np.float64)  # [subsets, n_test]
     margins = np.asarray(margins, dtype=np.float64)
-    per_row = compare.spearman_rows(predicted.T, margins.T)
+    per_row = statistics.spearman_rows(predicted.T, margins.T)
     defined = int(np.isfinite(per_row).sum())
     count = len(predicted)
     if count < 3 or defined < 2:
         return np.nan, np.nan
     with warnings.catch_warnings():  # a test example constant over the kept subsets: left out, as in the LDS
         warnings.simplefilter("ignore", RuntimeWarning)
-        left_out = np.array([np.nanmean(compare.spearman_rows(np.delete(predicted, j, 0).T, np.delete(margins, j, 0).T))
+        left_out = np.array([np.nanmean(statistics.spearman_rows(np.delete(predicted, j, 0).T, np.delete(margins, j, 0).T))
                              for j in range(count)])
     subsets = (count - 1) / count * float(np.sum((left_out - left_out.mean()) ** 2))
     rows = float(np.nanvar(per_row, ddof=1)) / defined
-    half = scipy.stats.norm.ppf(0.5 + compare.CONFIDENCE / 2) * np.sqrt(subsets + rows)
+    half = scipy.stats.norm.ppf(0.5 + statistics.CONFIDENCE / 2) * np.sqrt(subsets + rows)
     lds = float(np.nanmean(per_row))
     return lds - half, lds + half
 
@@ -135,7 +135,7 @@ def leave_out_row(model: str, condition: str, variant: str, k: int, changes: np.
     test example's seeds, whose changes are not independent of each other (None: one pair per row)."""
     clusters = np.arange(len(changes)) if test_rows is None else np.unique(test_rows, return_inverse=True)[1]
     per_row = np.bincount(clusters, weights=changes) / np.bincount(clusters)
-    low, high = compare.bootstrap_ci([per_row], seed=seed)
+    low, high = statistics.bootstrap_ci([per_row], seed=seed)
     right = zero > 0
     flipped = float(np.mean((zero + changes)[right] <= 0)) if right.any() else np.nan
     return (model, condition, variant, k, float(np.mean(changes)), low, high, flipped, len(changes))
@@ -146,7 +146,7 @@ def format_validation(leave_out: np.ndarray, lds: Optional[np.ndarray] = None) -
     lines = []
     if len(leave_out):
         lines.append(f"leave-top-k-out: change of the test example's margin after retraining without k train examples, "
-                     f"mean over test examples [{compare.CONFIDENCE:.0%} bootstrap CI]; flipped: right -> wrong")
+                     f"mean over test examples [{statistics.CONFIDENCE:.0%} bootstrap CI]; flipped: right -> wrong")
         for row in leave_out:
             by = f"by {row['variant'].decode()}" if row["variant"] else ""
             lines.append(f"  {row['model'].decode():<20} remove {row['condition'].decode():<10} {by:<28} k={row['k']:<5} "
@@ -154,7 +154,7 @@ def format_validation(leave_out: np.ndarray, lds: Optional[np.ndarray] = None) -
                          f"flipped {row['flipped']:6.1%}  ({row['n_rows']} rows)")
     if lds is not None and len(lds):
         lines.append(f"linear datamodeling score (Spearman over {lds['subsets'][0]} retrained subsets, mean over test "
-                     f"examples [{compare.CONFIDENCE:.0%} bootstrap CI]; 0 = no better than chance)")
+                     f"examples [{statistics.CONFIDENCE:.0%} bootstrap CI]; 0 = no better than chance)")
         for row in lds:
             lines.append(f"  {row['model'].decode():<20} scores of {row['scores_of'].decode():<26} {row['variant'].decode():<28} "
                          f"{row['lds']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]")
@@ -163,7 +163,7 @@ def format_validation(leave_out: np.ndarray, lds: Optional[np.ndarray] = None) -
 
 def sampled_test_rows(n_test: int, count: int, seed: int) -> tuple[int, ...]:
     """The test rows leave-top-k-out retrains for: a seeded sample of `count` (sorted)."""
-    return tuple(int(r) for r in compare.sample_rows(n_test, count, seed + 23))
+    return tuple(int(r) for r in statistics.sample_rows(n_test, count, seed + 23))
 
 
 def removal_positions(condition: str, test_row: int, k: int, n_train: int, top_index: np.ndarray,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from tracin import __version__
+from tracin.version import __version__
 from tracin.training.checkpoints import checkpoint_name
 from tracin.config import ROLES, DataConfig, TrainConfig
 from tracin.errors import ConfigMismatchError, TracinError

@@ -1,7 +1,8 @@
 """Training: one code path for the teacher, the distilled student and the baseline student.
 
 The spine is `train_one_epoch`, `evaluate` and `fit` (as in torchvision's classification reference);
-`train_run` trains the models a run asks for, in the order teacher -> student -> student_baseline.
+`train_role` trains one model of a run; tracin.commands.train trains the models a run asks for, in the
+order teacher -> student -> student_baseline.
 
 What TracIn needs from training, and how this module keeps it:
 - Replayable data. Each epoch's order and augmentation come from generators seeded by (seed, epoch)
@@ -37,7 +38,6 @@ import csv
 import io
 import math
 import time
-from datetime import datetime
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from tracin.training import losses
 from tracin import faults
-from tracin.files import exclusive_lock, refuse_link, remove_stale_temporaries_under, write_atomic, write_json_atomic
+from tracin.files import write_atomic, write_json_atomic
 from tracin.training.checkpoints import (
     checkpoint_name,
     load_checkpoint,
@@ -60,28 +60,19 @@ from tracin.training.checkpoints import (
     load_state,
     make_payload,
     save_atomic,
-    sha256_file,
     teacher_record,
     with_resume_state,
 )
-from tracin.config import REPLICA_SEED_STRIDE, ROLES, DataConfig, ModelConfig, TrainConfig, model_name
-from tracin.training.data import RunData, Split, augment, data_record, fingerprint, load_data, normalize
+from tracin.config import REPLICA_SEED_STRIDE, DataConfig, ModelConfig, TrainConfig, model_name
+from tracin.training.data import RunData, Split, augment, normalize
 from tracin.errors import CheckpointError, NonFiniteError, TracinError
-from tracin.training.models import build_model, copy_shared_stages, count_parameters, student_config, teacher_config
-from tracin.training.plots import plot_confusion, plot_history, plot_overlaid_history, plot_per_class
+from tracin.training.models import build_model, copy_shared_stages, student_config, teacher_config
+from tracin.training.plots import plot_confusion, plot_history
 from tracin.training.run_folder import (
     RunPaths,
-    clear_run,
-    finish_replacement,
-    made_by_tracin,
-    new_record,
-    open_record,
     pending_entry,
-    read_record,
-    replaced_path,
-    restore_replaced,
 )
-from tracin.runtime import Runtime, start_runtime
+from tracin.runtime import Runtime
 from tracin.options import RunOptions  # noqa: F401 (re-exported)
 
 ORDER_STREAM, AUGMENT_STREAM, GLOBAL_STREAM = 0, 1, 2  # the random streams of an epoch
@@ -92,7 +83,6 @@ PROGRESS_EVERY = 10  # steps between progress-bar loss readings (each one waits 
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 HISTORY_FIELDS = ("epoch", "step", "lr", *METRICS, "train_hard_loss", "train_soft_loss", "seconds", "train_seconds",
                   "eval_seconds", "checkpoint")
-
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -768,144 +758,7 @@ def train_role(role: str, replica: int, run: RunContext, options: RunOptions) ->
     fit(job, run)
 
 
-# ------------------------------------------------------------------------------------------- the run
-
-
-def check_teacher_available(options: RunOptions, paths: RunPaths, config: TrainConfig) -> None:
-    """Fail before any work when a student needs a teacher that neither exists nor is trained now."""
-    if options.teacher:
-        load_checkpoint(options.teacher, role="teacher")
-        return
-    if not any(needs_teacher(role, config) for role in options.models) or "teacher" in options.models:
-        return
-    for replica in range(options.replicas):
-        final = teacher_path(options, paths, config, replica)
-        if not final.is_file() or options.overwrite:
-            raise CheckpointError(
-                f"the student needs a teacher and {final} does not exist: train the teacher in this run "
-                "(--models teacher ...) or give a teacher checkpoint with --teacher PATH"
-            )
-
-
-def run_configs(config: TrainConfig, data_config: DataConfig, options: RunOptions, data_fingerprint: dict) -> dict:
-    """What identifies a run; a resume must match it (run.json keys)."""
-    teacher = None
-    if options.teacher:
-        teacher = {"path": str(options.teacher), "sha256": sha256_file(options.teacher)}
-    return {
-        "config": config.to_dict(),
-        "data_config": data_config.to_dict(),
-        "data_fingerprint": data_fingerprint,
-        "teacher_checkpoint": teacher,
-    }
-
-
-def open_run(
-    config: TrainConfig, data_config: DataConfig, options: RunOptions, data: RunData, runtime: Runtime
-) -> RunContext:
-    """Check the run folder (every rank reads it before rank 0 changes it), then create or continue
-    run.json and data.json."""
-    paths = RunPaths(Path(options.out_root) / options.run)
-    check_teacher_available(options, paths, config)
-    data_fingerprint = fingerprint(data, data_config)
-    configs = run_configs(config, data_config, options, data_fingerprint)
-    record = open_record(paths, options.resume, options.overwrite, configs)
-    runtime.barrier()
-    invocation = {
-        "argv": list(options.command),
-        "world_size": runtime.world_size,
-        "device": str(runtime.device),
-        "started": datetime.now().isoformat(timespec="seconds"),
-    }
-    if record is None:
-        architectures = model_configs(config, data)
-        counts = {role: count_parameters(blank_model(c)) for role, c in architectures.items()}
-        record = new_record(invocation, configs, {r: c.to_dict() for r, c in architectures.items()}, counts)
-        if runtime.is_main:
-            clear_run(paths)
-            write_json_atomic(data_record(data), paths.data_json)
-    else:
-        record["invocations"].append(invocation)
-        data_fingerprint = record["data_fingerprint"]  # checked equal; a resumed run keeps its own
-    if runtime.is_main:
-        write_json_atomic(record, paths.run_json)
-    runtime.barrier()
-    return RunContext(paths, config, data_config, to_device(data, runtime.device), data_fingerprint, runtime, record)
-
-
-def train_run(config: TrainConfig, data_config: DataConfig, options: RunOptions) -> RunPaths:
-    """Train the models of `options.models`, in the order teacher -> student -> student_baseline."""
-    unknown = set(options.models) - set(ROLES)
-    if unknown:
-        raise TracinError(f"unknown models {', '.join(sorted(unknown))}; choose from {', '.join(ROLES)}")
-    paths = RunPaths(Path(options.out_root) / options.run)
-    for path in (paths.root, replaced_path(paths)):  # --overwrite moves and removes these: never a link's target
-        refuse_link(path, "the run folder")
-    with start_runtime(options.device, options.quiet) as runtime, _run_lock(paths, runtime):
-        check_replacement(paths, options)
-        if runtime.is_main and paths.root.is_dir() and made_by_tracin(paths):
-            for stale in remove_stale_temporaries_under(paths.root):
-                runtime.log(f"removed {stale}, left by an interrupted write")
-        data = load_data(data_config)
-        faults.reach("data")
-        check_schedule(config, steps_per_epoch(len(data.train), config.batch_size, runtime.world_size))
-        try:
-            run = open_run(config, data_config, options, data, runtime)
-            train_models(run, options)
-            if runtime.is_main:
-                write_run_summary(run.paths, data.test.classes)
-        except BaseException:  # a mistake, a crash or Ctrl-C: the replaced run comes back as it was
-            if options.overwrite and runtime.is_main and restore_replaced(paths):
-                runtime.log(f"the run this one was to replace is back in {paths.root}, as it was")
-            raise
-        if runtime.is_main and options.overwrite:
-            finish_replacement(paths)
-    return paths
-
-
-def write_run_summary(paths: RunPaths, classes: Sequence[str]) -> None:
-    """Across the run's finished models: per_class.csv (each class's test accuracy per model),
-    per_class.png and curves.png (every model's test accuracy and loss per epoch, overlaid)."""
-    models = [name for name, entry in (read_record(paths) or {}).get("models", {}).items()
-              if entry.get("status") == "done" and paths.per_class(name).is_file()]
-    if not models:
-        return
-    accuracy = {name: {row["class"]: float(row["accuracy"]) for row in _read_csv(paths.per_class(name))} for name in models}
-    rows = [{"class": name, **{model: accuracy[model].get(name, math.nan) for model in models}} for name in classes]
-    write_csv(rows, paths.root / "per_class.csv")
-    plot_per_class(accuracy, classes, paths.root / "per_class.png", f"{paths.root.name}: test accuracy per class")
-    histories = {name: _read_csv(paths.history(name)) for name in models}
-    plot_overlaid_history(histories, paths.root / "curves.png", f"{paths.root.name}: test curves of every model")
-
-
-def _read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def check_replacement(paths: RunPaths, options: RunOptions) -> None:
-    """An interrupted --overwrite left the run it replaces in .NAME.replaced: only --overwrite goes on
-    from there (finishing the replacement), so that no other command can lose either run."""
-    if replaced_path(paths).exists() and not options.overwrite:
-        raise TracinError(
-            f"{replaced_path(paths)} holds the run an interrupted --overwrite of {paths.root} is replacing: "
-            "rerun with --overwrite to finish the replacement, or move either folder away yourself"
-        )
-
-
-def train_models(run: RunContext, options: RunOptions) -> None:
-    """Every replica's models, replica by replica, each in the order teacher -> student -> student_baseline."""
-    for role, count in run.record["param_counts"].items():
-        run.runtime.log(f"{role}: {count:,} parameters")
-    for replica in range(options.replicas):
-        for role in ROLES:
-            if role in options.models:
-                train_role(role, replica, run, options)
-
-
-def _run_lock(paths: RunPaths, runtime: Runtime):
-    """One writer per run folder: rank 0, which alone writes run.json and checkpoints, holds its lock."""
-    return exclusive_lock(paths.root, "the run") if runtime.is_main else contextlib.nullcontext()
+# ------------------------------------------------------------------------------------ the schedule
 
 
 def check_schedule(config: TrainConfig, steps: int) -> None:

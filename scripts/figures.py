@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Figures (PNG) and tables (report.md) of a finished tracin-score file, for readers without Jupyter.
 
-    python scripts/report.py checkpoints/demo/tracin.h5 [--out DIR] [--data-root DIR]
+    python scripts/figures.py checkpoints/demo/tracin.h5 [--out DIR] [--data-root DIR]
 
 The same as `tracin-score ... --plots`; the notebooks in notebooks/ show the same figures.
 """
@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from tracin.cli.main import _indices, run_command
-from tracin.results.report import write_report
+from tracin.results.figures import write_report
 
 
 def main() -> int:

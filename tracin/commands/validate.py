@@ -18,7 +18,7 @@ import time
 from datetime import datetime
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -30,8 +30,10 @@ from tracin.config import VALIDATION_SEED_STRIDE, ModelConfig, TrainConfig, ense
 from tracin.errors import CheckpointError, TracinError
 from tracin.files import exclusive_lock, refuse_links, report_path, write_atomic
 from tracin.results import validation
-from tracin.results.report import check_finished, plot_validation, validation_markdown
-from tracin.results.scoring import TrainedRun, checked_data, describe_salvage, open_trained_run
+from tracin.results.figures import check_finished, plot_validation, validation_markdown
+from tracin.results.runs import (
+    TrainedRun, check_scored_checkpoints, checked_data, describe_salvage, open_trained_run, positions_in,
+)
 from tracin.engine.topk import Ranking
 from tracin.results.store import VALIDATION, ScoreFile, ValidationRecord, salvage_own_damage
 from tracin.results.validation import (
@@ -325,17 +327,6 @@ def _locks(run: TrainedRun, path: Path, runtime: Runtime):
     return stack
 
 
-def check_scored_checkpoints(store: ScoreFile, run: TrainedRun, models: Sequence[str]) -> None:
-    """The file must score this run's models: the checkpoints it replayed are in the run folder, same
-    sha256 (a moved folder is fine, another run is not)."""
-    for name in (m for m in models if m in store.models):
-        for scored, sha256 in store.model(name).checkpoint_files:
-            here = run.paths.model_dir(name) / Path(scored).name
-            if not here.is_file() or sha256_file(here) != sha256:
-                raise TracinError(f"{store.path} scored {name} from {scored}, which {run.paths.root} does not hold "
-                                  "(missing, or another file): give the score file of this run")
-
-
 def _check_whole_train_set(store: ScoreFile, data: RunData) -> None:
     """Leave-out and LDS retrain on the whole train set: the file must score every train example of the
     run in its order (not a --train-subset)."""
@@ -349,12 +340,6 @@ def _settings(options: ValidateOptions, plan: Plan, run: TrainedRun, store: Scor
     through the score file's own settings, the numerics through the device type)."""
     return {"plan": asdict(plan), "epochs": options.epochs, "run_data": run.record["data_fingerprint"]["digest"],
             "device": runtime.device.type, "scores": hashlib.sha256(store.attributes["settings"].encode()).hexdigest()[:16]}
-
-
-def positions_in(indices: np.ndarray, within: np.ndarray) -> np.ndarray:
-    """int64: the position of each of `indices` in `within` (all present: the fingerprint checked it)."""
-    order = np.argsort(within, kind="stable")
-    return order[np.searchsorted(within, indices, sorter=order)]
 
 
 # --- the tables ---------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import numpy as np
 from tracin.config import ROLES, SWEEP_KEYS as KEYS, SWEEP_SHAPE_KEYS as SHAPE_KEYS, SWEEP_TEACHER_KEYS as TEACHER_KEYS
 from tracin.errors import TracinError
 from tracin.files import write_atomic, write_json_atomic
-from tracin.results import statistics as compare
+from tracin.results import statistics
 from tracin.results.store import ScoreFile
 from tracin.runtime import machine
 from tracin.training.checkpoints import checkpoint_name
@@ -185,10 +185,10 @@ def teacher_agreement(sweep: Sweep, run: Path, model: str) -> dict:
         top_s = mine.model(model).rankings()[0].top_index
         n_train = mine.n_train
     k = min(AGREEMENT_K, top_t.shape[1], top_s.shape[1])
-    overlap = compare.overlap_at_k(top_t, top_s, k)
-    low, high = compare.bootstrap_ci([overlap])
+    overlap = statistics.overlap_at_k(top_t, top_s, k)
+    low, high = statistics.bootstrap_ci([overlap])
     return {"teacher_overlap_k": k, "teacher_overlap": float(overlap.mean()), "teacher_overlap_ci_low": low,
-            "teacher_overlap_ci_high": high, "teacher_overlap_chance": compare.chance_overlap(k, n_train)}
+            "teacher_overlap_ci_high": high, "teacher_overlap_chance": statistics.chance_overlap(k, n_train)}
 
 
 # --- results ---------------------------------------------------------------------------------------------

@@ -36,14 +36,14 @@ from tracin.results import sanity
 from tracin.results.agreement import agreement_table
 from tracin.results.comparison import CompareOptions
 from tracin.results.sanity import INHERITED, MODEL_ROWS
-from tracin.results import statistics as compare
-from tracin.results.report import check_finished, plot_quality_report, quality_report_markdown, report_verdicts
+from tracin.results import statistics
+from tracin.results.figures import check_finished, plot_quality_report, quality_report_markdown, report_verdicts
 from tracin.options import ReportOptions, ScoreOptions
-from tracin.results.scoring import (
-    TrainedRun, checked_data, describe_salvage, load_role_checkpoints, open_trained_run, scoring_loss,
+from tracin.results.runs import (
+    TrainedRun, check_scored_checkpoints, checked_data, describe_salvage, load_role_checkpoints, open_trained_run,
+    positions_in, scoring_loss,
 )
 from tracin.results.store import QUALITY_REPORT, RANDOMIZATION, ScoreFile, salvage_own_damage
-from tracin.results.validating import check_scored_checkpoints, positions_in
 from tracin.results.validation import OWN, RANDOM
 from tracin.runtime import Runtime, machine, start_runtime
 from tracin.training.data import RunData, Split
@@ -154,8 +154,8 @@ def update_randomization(store: ScoreFile, models: Sequence[str], run: TrainedRu
 def _subsets(store: ScoreFile, data: RunData, options: ReportOptions, name: str) -> tuple[np.ndarray, np.ndarray, Split, Split]:
     """(score-file train rows, test rows, the examples at them, as model `name` trained on them) sampled for
     randomization."""
-    train_rows = compare.sample_rows(store.n_train, options.randomization_train, options.seed)
-    test_rows = compare.sample_rows(store.n_test, options.randomization_test, options.seed + 1)
+    train_rows = statistics.sample_rows(store.n_train, options.randomization_train, options.seed)
+    test_rows = statistics.sample_rows(store.n_test, options.randomization_test, options.seed + 1)
     train = data.train_of(name).subset(torch.as_tensor(positions_in(store.train_index[train_rows], data.train.index.numpy())))
     test = data.test.subset(torch.as_tensor(positions_in(store.test_index[test_rows], data.test.index.numpy())))
     return train_rows, test_rows, train, test
@@ -395,8 +395,8 @@ def _inherited_attribution_rows(store: ScoreFile, models: Sequence[str], variant
     for k in sorted({min(sanity.SANITY_K, depth), depth}):
         difference = {}
         for r in replicas:
-            own = compare.overlap_at_k(top["student", r], top["teacher", r], k)
-            other = np.mean([compare.overlap_at_k(top["student", r], top["teacher", o], k) for o in replicas if o != r], axis=0)
+            own = statistics.overlap_at_k(top["student", r], top["teacher", r], k)
+            other = np.mean([statistics.overlap_at_k(top["student", r], top["teacher", o], k) for o in replicas if o != r], axis=0)
             difference[r] = own - other
         for which, chosen in rows.items():
             per_row = _mean_over_replicas([np.where(chosen[r], difference[r], np.nan) for r in replicas])

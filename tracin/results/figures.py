@@ -1,6 +1,6 @@
 """What a person reads: tables and figures from a tracin-score HDF5 file.
 
-The notebooks in notebooks/ and `tracin-score --plots` (or `scripts/report.py`) call these functions, so
+The notebooks in notebooks/ and `tracin-score --plots` (or `scripts/figures.py`) call these functions, so
 the figures are the same everywhere. Everything reads the HDF5 file; only the image grids also load the
 run's images, through torchvision, by their stored indices.
 

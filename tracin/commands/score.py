@@ -16,7 +16,7 @@ import hashlib
 import itertools
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -27,56 +27,28 @@ import torch.distributed as dist
 from tracin import faults
 from tracin.engine.blocks import MemoryPlan, work_factor
 from tracin.files import exclusive_lock, refuse_link, remove_stale_temporaries, report_path
-from tracin.training.checkpoints import Checkpoint, load_distillation_teacher, load_run_checkpoints, select_checkpoints
+from tracin.training.checkpoints import Checkpoint
 from tracin.results.agreement import agreement_table, format_agreement, format_agreement_by_depth, of_layer_groups
 from tracin.results.comparison import CompareOptions, compare_models, format_tables
 from tracin.results.statistics import parse_topk
 from tracin.config import (
-    ENSEMBLE_SUFFIX, REPLICA_SEED_STRIDE, ROLES, DataConfig, ModelConfig, TrainConfig, ensemble_name, model_name,
-    replicas_by_role, split_model_name,
+    ENSEMBLE_SUFFIX, ROLES, ensemble_name, model_name,
+    replicas_by_role,
 )
-from tracin.training.data import RunData, fingerprint_differences, load_data, stratified_subset
+from tracin.training.data import RunData, stratified_subset
 from tracin.errors import CheckpointError, DataError, TracinError
 from tracin.options import ScoreOptions
-from tracin.training.losses import CrossEntropy, Distillation, Objective, PredictedCrossEntropy, TrainTest
 from tracin.training.models import build_model
 from tracin.results.quality import QUALITY_DTYPE, format_quality, quality_row
-from tracin.results.report import detection_rows, format_detection, mislabel_curves, write_report
-from tracin.training.run_folder import RunPaths, read_record
+from tracin.results.figures import detection_rows, format_detection, mislabel_curves, write_report
 from tracin.runtime import Runtime, start_runtime
+from tracin.results.runs import (
+    TrainedRun, checked_data, describe_salvage, load_role_checkpoints, open_trained_run, scoring_loss, trained_replicas,
+)
 from tracin.engine.tracin import ScoreBlock, TracIn
 from tracin.results.store import (
-    SELF_INFLUENCES, DataArrays, ModelScores, Salvage, ScoreFile, rank_matrix, rankings_name, replacing_path, to_numpy,
+    SELF_INFLUENCES, DataArrays, ModelScores, ScoreFile, rank_matrix, rankings_name, replacing_path, to_numpy,
 )
-
-
-# --- the trained run -------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainedRun:
-    paths: RunPaths
-    record: dict
-    data_config: DataConfig
-
-
-def open_trained_run(run_dir: str, data_root: Optional[str]) -> TrainedRun:
-    paths = RunPaths(Path(run_dir))
-    record = read_record(paths)
-    if record is None:
-        raise TracinError(f"{run_dir} is not a tracin-train run (no run.json); train one with tracin-train first")
-    data_config = dict(record["data_config"])
-    if data_root is not None:
-        data_config["data_root"] = data_root
-    return TrainedRun(paths, record, DataConfig.from_dict(data_config))
-
-
-def trained_replicas(run: TrainedRun, role: str) -> int:
-    """How many replicas of `role` the run has trained to the end (replica 0 counts whatever its state)."""
-    models, count = run.record["models"], 1
-    while models.get(model_name(role, count), {}).get("status") == "done":
-        count += 1
-    return count
 
 
 def model_names(run: TrainedRun, options: ScoreOptions) -> tuple[str, ...]:
@@ -92,28 +64,6 @@ def model_names(run: TrainedRun, options: ScoreOptions) -> tuple[str, ...]:
         counts = dict.fromkeys(roles, options.replicas)
     names = [model_name(role, r) for r in range(max(counts.values(), default=0)) for role in roles if r < counts[role]]
     return tuple(dict.fromkeys(names + [name for name in options.models if name not in ROLES]))
-
-
-def load_role_checkpoints(run: TrainedRun, name: str, spec: str) -> tuple[list[Checkpoint], ModelConfig, dict]:
-    """The model's selected checkpoints, checked against the run (tracin.training.checkpoints)."""
-    role = split_model_name(name)[0]
-    paths = select_checkpoints(run.paths.model_dir(name), role, spec)
-    seed = run.record["config"].get("seed")
-    replica_seed = seed + split_model_name(name)[1] * REPLICA_SEED_STRIDE if isinstance(seed, int) else None
-    return load_run_checkpoints(paths, role, run.record["data_fingerprint"]["digest"], run.record["model_configs"].get(role),
-                                replica_seed)
-
-
-def checked_data(run: TrainedRun) -> RunData:
-    """The run's own train and test examples, fingerprint-checked against what it was trained on."""
-    data = load_data(run.data_config)
-    differences = fingerprint_differences(run.record["data_fingerprint"], data, run.data_config)
-    if differences:
-        raise DataError(
-            f"the data under {run.data_config.data_root} differ from those {run.paths.root} was trained on "
-            f"({', '.join(differences)} differ); point --data-root at the run's data"
-        )
-    return data
 
 
 def scoring_data(run: TrainedRun, options: ScoreOptions) -> RunData:
@@ -182,34 +132,6 @@ def file_attrs(options: ScoreOptions, run: TrainedRun, data: RunData) -> dict:
 
 
 # --- scoring one model --------------------------------------------------------------------------------
-
-
-def scoring_loss(name: str, last: dict, options: ScoreOptions) -> Objective | TrainTest:
-    """Cross-entropy (--loss ce, and every model trained without a teacher), or for a distilled student the
-    objective it was trained with: its teacher (sha256-checked), temperature, alpha, kd loss and label
-    smoothing, all from its own checkpoint; on both sides with --loss kd, on the train side only with
-    --loss kd-train (the test side: cross-entropy on the test label). --test-label prediction: the test
-    side's cross-entropy is on the model's predicted class."""
-    test = PredictedCrossEntropy() if options.test_label == "prediction" else CrossEntropy()
-    if options.loss == "ce":
-        return CrossEntropy() if options.test_label == "label" else TrainTest(CrossEntropy(), test)
-    if options.loss == "kd" and split_model_name(name)[0] == "teacher":
-        return CrossEntropy()
-    config = TrainConfig.from_dict(last["config"])
-    if options.loss == "kd":
-        teacher = load_distillation_teacher(last)
-        return Distillation(teacher, config.temperature, config.alpha, config.kd_loss, config.label_smoothing)
-    # kd-train: every model's train side by its own training objective (a teacher's and a baseline's:
-    # cross-entropy with the label smoothing they were trained with)
-    if last.get("teacher") == "self":
-        raise TracinError(f"--loss kd-train: {name} was self-distilled, whose soft targets changed every epoch; "
-                          "score it with --loss ce")
-    if isinstance(last.get("teacher"), dict):
-        teacher = load_distillation_teacher(last)
-        train = Distillation(teacher, config.temperature, config.alpha, config.kd_loss, config.label_smoothing)
-    else:
-        train = CrossEntropy(config.label_smoothing)
-    return TrainTest(train, test)
 
 
 def build_engine(name: str, run: TrainedRun, options: ScoreOptions, runtime: Runtime) -> TracIn:
@@ -369,14 +291,6 @@ def _open_store(out: Path, options: ScoreOptions, run: TrainedRun, data: RunData
     if store.path != out:
         print(f"writing {store.path}; it replaces {out} when complete (until then {out} is kept as it was)", flush=True)
     return store
-
-
-def describe_salvage(path: Path, salvaged: Salvage) -> str:
-    """What a salvage found and did, in two lines."""
-    first = salvaged.damage[0] + (f" (and {len(salvaged.damage) - 1} more)" if len(salvaged.damage) > 1 else "")
-    remade = f"made again: {', '.join(salvaged.dropped)}" if salvaged.dropped else "every model's finished blocks kept"
-    return (f"{path} was damaged ({first}), as a full disk or a crash inside HDF5 leaves it: what reads is salvaged "
-            f"into a fresh file; {remade}.\nthe damaged file is kept as {salvaged.damaged_copy}; delete it once this run has finished")
 
 
 def score_role(store: Optional[ScoreFile], role: str, tracin: TracIn, data: RunData, runtime: Runtime,

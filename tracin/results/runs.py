@@ -1,0 +1,126 @@
+"""A trained run as the commands read it: its folder and record, its checked data and checkpoints, the
+objective each model is scored with, and what a score file says about the run.
+
+Shared by tracin-score, tracin-validate and tracin-report (tracin.commands), which never import each
+other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from tracin.config import REPLICA_SEED_STRIDE, DataConfig, ModelConfig, TrainConfig, model_name, split_model_name
+from tracin.errors import DataError, TracinError
+from tracin.options import ScoreOptions
+from tracin.results.store import Salvage, ScoreFile
+from tracin.training.checkpoints import (
+    Checkpoint, load_distillation_teacher, load_run_checkpoints, select_checkpoints, sha256_file,
+)
+from tracin.training.data import RunData, fingerprint_differences, load_data
+from tracin.training.losses import CrossEntropy, Distillation, Objective, PredictedCrossEntropy, TrainTest
+from tracin.training.run_folder import RunPaths, read_record
+
+
+@dataclass
+class TrainedRun:
+    paths: RunPaths
+    record: dict
+    data_config: DataConfig
+
+
+def open_trained_run(run_dir: str, data_root: Optional[str]) -> TrainedRun:
+    paths = RunPaths(Path(run_dir))
+    record = read_record(paths)
+    if record is None:
+        raise TracinError(f"{run_dir} is not a tracin-train run (no run.json); train one with tracin-train first")
+    data_config = dict(record["data_config"])
+    if data_root is not None:
+        data_config["data_root"] = data_root
+    return TrainedRun(paths, record, DataConfig.from_dict(data_config))
+
+
+def trained_replicas(run: TrainedRun, role: str) -> int:
+    """How many replicas of `role` the run has trained to the end (replica 0 counts whatever its state)."""
+    models, count = run.record["models"], 1
+    while models.get(model_name(role, count), {}).get("status") == "done":
+        count += 1
+    return count
+
+
+def load_role_checkpoints(run: TrainedRun, name: str, spec: str) -> tuple[list[Checkpoint], ModelConfig, dict]:
+    """The model's selected checkpoints, checked against the run (tracin.training.checkpoints)."""
+    role = split_model_name(name)[0]
+    paths = select_checkpoints(run.paths.model_dir(name), role, spec)
+    seed = run.record["config"].get("seed")
+    replica_seed = seed + split_model_name(name)[1] * REPLICA_SEED_STRIDE if isinstance(seed, int) else None
+    return load_run_checkpoints(paths, role, run.record["data_fingerprint"]["digest"], run.record["model_configs"].get(role),
+                                replica_seed)
+
+
+def checked_data(run: TrainedRun) -> RunData:
+    """The run's own train and test examples, fingerprint-checked against what it was trained on."""
+    data = load_data(run.data_config)
+    differences = fingerprint_differences(run.record["data_fingerprint"], data, run.data_config)
+    if differences:
+        raise DataError(
+            f"the data under {run.data_config.data_root} differ from those {run.paths.root} was trained on "
+            f"({', '.join(differences)} differ); point --data-root at the run's data"
+        )
+    return data
+
+
+def scoring_loss(name: str, last: dict, options: ScoreOptions) -> Objective | TrainTest:
+    """Cross-entropy (--loss ce, and every model trained without a teacher), or for a distilled student the
+    objective it was trained with: its teacher (sha256-checked), temperature, alpha, kd loss and label
+    smoothing, all from its own checkpoint; on both sides with --loss kd, on the train side only with
+    --loss kd-train (the test side: cross-entropy on the test label). --test-label prediction: the test
+    side's cross-entropy is on the model's predicted class."""
+    test = PredictedCrossEntropy() if options.test_label == "prediction" else CrossEntropy()
+    if options.loss == "ce":
+        return CrossEntropy() if options.test_label == "label" else TrainTest(CrossEntropy(), test)
+    if options.loss == "kd" and split_model_name(name)[0] == "teacher":
+        return CrossEntropy()
+    config = TrainConfig.from_dict(last["config"])
+    if options.loss == "kd":
+        teacher = load_distillation_teacher(last)
+        return Distillation(teacher, config.temperature, config.alpha, config.kd_loss, config.label_smoothing)
+    # kd-train: every model's train side by its own training objective (a teacher's and a baseline's:
+    # cross-entropy with the label smoothing they were trained with)
+    if last.get("teacher") == "self":
+        raise TracinError(f"--loss kd-train: {name} was self-distilled, whose soft targets changed every epoch; "
+                          "score it with --loss ce")
+    if isinstance(last.get("teacher"), dict):
+        teacher = load_distillation_teacher(last)
+        train = Distillation(teacher, config.temperature, config.alpha, config.kd_loss, config.label_smoothing)
+    else:
+        train = CrossEntropy(config.label_smoothing)
+    return TrainTest(train, test)
+
+
+def describe_salvage(path: Path, salvaged: Salvage) -> str:
+    """What a salvage found and did, in two lines."""
+    first = salvaged.damage[0] + (f" (and {len(salvaged.damage) - 1} more)" if len(salvaged.damage) > 1 else "")
+    remade = f"made again: {', '.join(salvaged.dropped)}" if salvaged.dropped else "every model's finished blocks kept"
+    return (f"{path} was damaged ({first}), as a full disk or a crash inside HDF5 leaves it: what reads is salvaged "
+            f"into a fresh file; {remade}.\nthe damaged file is kept as {salvaged.damaged_copy}; delete it once this run has finished")
+
+
+def check_scored_checkpoints(store: ScoreFile, run: TrainedRun, models: Sequence[str]) -> None:
+    """The file must score this run's models: the checkpoints it replayed are in the run folder, same
+    sha256 (a moved folder is fine, another run is not)."""
+    for name in (m for m in models if m in store.models):
+        for scored, sha256 in store.model(name).checkpoint_files:
+            here = run.paths.model_dir(name) / Path(scored).name
+            if not here.is_file() or sha256_file(here) != sha256:
+                raise TracinError(f"{store.path} scored {name} from {scored}, which {run.paths.root} does not hold "
+                                  "(missing, or another file): give the score file of this run")
+
+
+def positions_in(indices: np.ndarray, within: np.ndarray) -> np.ndarray:
+    """int64: the position of each of `indices` in `within` (all present: the fingerprint checked it)."""
+    order = np.argsort(within, kind="stable")
+    return order[np.searchsorted(within, indices, sorter=order)]
