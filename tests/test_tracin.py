@@ -480,12 +480,13 @@ def test_all_variants_come_from_one_pass_and_equal_single_variant_runs(setup):
 
 def test_a_zero_gradient_has_normalised_scores_zero_not_nan():
     from tracin.engine.tracin import _inverse_norms, _scaled
+    from tracin.variants import score_variant
 
     inverse = _inverse_norms(torch.tensor([4.0, 0.0]))
     assert torch.equal(inverse, torch.tensor([0.5, 0.0]))
     dot = torch.tensor([[3.0], [0.0]])  # the zero gradient's products are 0; 0 / 0 would be nan
-    assert torch.equal(_scaled("cosine", dot, inverse, torch.tensor([0.25])), torch.tensor([[0.375], [0.0]]))
-    assert torch.equal(_scaled("train-normalised", dot, inverse, None), torch.tensor([[1.5], [0.0]]))
+    assert torch.equal(_scaled(score_variant("cosine"), dot, inverse, torch.tensor([0.25])), torch.tensor([[0.375], [0.0]]))
+    assert torch.equal(_scaled(score_variant("train-normalised"), dot, inverse, None), torch.tensor([[1.5], [0.0]]))
 
 
 def test_cosine_with_bf16_features_uses_float32_norms(setup):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from tracin.errors import TracinError
+from tracin.variants import SCORE_VARIANTS
 
 DATASETS = ("cifar10", "fashion-mnist")
 COARSE_LABELS = {  # merges of classes for the identical-subclass check (tracin.training.data.CLASS_MERGES)
@@ -32,7 +33,6 @@ SCORE_LOSSES = ("ce", "kd", "kd-train")  # tracin-score --loss (tracin.commands.
 TEST_LABELS = ("label", "prediction")  # tracin-score --test-label: the test side's cross-entropy on which class
 PRECISIONS = ("float32", "tf32", "bf16")
 REPRESENTATIONS = ("auto", "flat", "factored")
-VARIANTS = ("raw", "cosine", "train-normalised")  # see ScoreConfig
 GROUP_SEPARATOR, EVERY_GROUP = "@", "*"  # variant "raw@layer4": raw scores of layer group layer4 alone; "raw@*": each group
 AUTO_MEMORY_SHARE = 0.75  # --max-memory-gb auto: this share of the free device memory (CPU: available RAM)
 REPLICA_SEED_STRIDE = 1000  # replica N of a run trains with seed + N * stride (init and data order)
@@ -326,7 +326,7 @@ class ScoreConfig(_Serializable):
                f"variants must name each score variant once, got {self.variants}")
         for variant in self.variants:
             base, group = split_variant(variant)
-            _check_choice("variant", base, VARIANTS)
+            _check_choice("variant", base, tuple(SCORE_VARIANTS))  # the registry as it is now (tracin.variants)
             _check(group is None or _GROUP_NAME.fullmatch(group) is not None or group == EVERY_GROUP,
                    f"variant {variant!r}: a layer group is named by up to 32 letters, digits, '_' and '-', or '*' for every group")
         object.__setattr__(self, "groups", tuple((str(name), tuple(prefixes)) for name, prefixes in self.groups))

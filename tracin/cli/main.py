@@ -34,7 +34,6 @@ from tracin.config import (
     TEST_LABELS,
     STUDENT_INIT,
     SWEEP_KEYS,
-    VARIANTS,
     DataConfig,
     EngineConfig,
     ScoreConfig,
@@ -42,6 +41,7 @@ from tracin.config import (
     default_data_root,
 )
 from tracin.errors import TracinError
+from tracin.variants import SCORE_VARIANTS
 from tracin.files import disk_full
 from tracin.options import EvalOptions, ReportOptions, RunOptions, ScoreOptions, ValidateOptions, check_run_name
 
@@ -414,7 +414,7 @@ def build_score_parser() -> argparse.ArgumentParser:
         "float32 accumulation: ~1e-3 relative to the largest score, half the memory)",
     )
     parser.add_argument("--variants", default=DEFAULT_VARIANTS,
-                        help=f"comma-separated score variants from {', '.join(VARIANTS)}, formed in one pass; the first "
+                        help=f"comma-separated score variants from {', '.join(SCORE_VARIANTS)}, formed in one pass; the first "
                         "is the file's `scores`. raw is TracInCP as published; the default passes the quality checks "
                         "(same-class proponents, no dominant outlier) and its self-influence finds flipped labels "
                         "better than raw's (README: Defaults chosen by measurement). VARIANT@GROUP scores one layer "

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from tracin.variants import score_variant
+
 # loss(logits [1, classes], label [1], input [1, ...]) -> scalar, for one example
 ExampleLoss = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -66,7 +68,7 @@ def func_tracin_scores(
     test_loss: Optional[ExampleLoss] = None,
 ) -> Tensor:
     """Tensor[n_train, n_test]: sum over (state_dict, lr) checkpoints of lr * G_train @ G_test^T, with the
-    rows of G_train (variant "train-normalised") or of both (variant "cosine") divided by their norms.
+    rows of G_train and/or G_test divided by their norms as the registered `variant` says (tracin.variants).
     G_train differentiates `loss`, G_test `test_loss` (default: `loss` too)."""
     total = None
     for state, lr in checkpoints:
@@ -74,9 +76,10 @@ def func_tracin_scores(
         model.load_state_dict(state)
         g_train = func_per_sample_grads(model, *train, layers=layers, loss=loss, dtype=dtype, batch_size=batch_size)
         g_test = func_per_sample_grads(model, *test, layers=layers, loss=test_loss or loss, dtype=dtype, batch_size=batch_size)
-        if variant in ("cosine", "train-normalised"):
+        kind = score_variant(variant)
+        if kind.normalise_train:
             g_train = g_train / g_train.norm(dim=1, keepdim=True)
-        if variant == "cosine":
+        if kind.normalise_test:
             g_test = g_test / g_test.norm(dim=1, keepdim=True)
         term = lr * g_train @ g_test.T
         total = term if total is None else total + term

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from tracin.config import EngineConfig, ScoreConfig, split_variant
+from tracin.variants import ScoreVariant, score_variant
 from tracin.engine import blocks
 from tracin.engine.blocks import DataSource, GraphedBatch
 from tracin.engine.features import Features
@@ -213,7 +214,7 @@ class TracIn:
     @property
     def normalised(self) -> bool:
         """Whether a score variant divides by gradient norms (the norms are then kept with the features)."""
-        return any(split_variant(v)[0] != "raw" for v in self.config.variants)
+        return any(score_variant(split_variant(v)[0]).normalised for v in self.config.variants)
 
     @property
     def parameter_names(self) -> list[str]:
@@ -531,10 +532,10 @@ def _variant_scores(variant: str, names: Sequence[str], dot: Tensor, dots: Optio
     (`VARIANT@GROUP`: that group's products and norms)."""
     base, group = split_variant(variant)
     if group is None:
-        return _scaled(base, dot, train.inverse, test.inverse)
+        return _scaled(score_variant(base), dot, train.inverse, test.inverse)
     index = names.index(group)
     pick = (lambda side: None if side.inverse_groups is None else side.inverse_groups[index])
-    return _scaled(base, dots[index], pick(train), pick(test))
+    return _scaled(score_variant(base), dots[index], pick(train), pick(test))
 
 
 def _inverse_norms(squared_norms: Tensor) -> Tensor:
@@ -544,13 +545,14 @@ def _inverse_norms(squared_norms: Tensor) -> Tensor:
     return torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))
 
 
-def _scaled(variant: str, dot: Tensor, inverse_train: Optional[Tensor], inverse_test: Optional[Tensor]) -> Tensor:
-    """One checkpoint's inner products Tensor[b, m] as the variant scores them (see ScoreConfig)."""
-    if variant == "raw":
-        return dot
-    if variant == "train-normalised":
-        return dot * inverse_train[:, None]
-    return dot * inverse_train[:, None] * inverse_test[None, :]
+def _scaled(variant: ScoreVariant, dot: Tensor, inverse_train: Optional[Tensor], inverse_test: Optional[Tensor]) -> Tensor:
+    """One checkpoint's inner products Tensor[b, m] as the variant scores them (tracin.variants): times
+    1 / |g_train| per row and 1 / |g_test| per column where it normalises that side."""
+    if variant.normalise_train:
+        dot = dot * inverse_train[:, None]
+    if variant.normalise_test:
+        dot = dot * inverse_test[None, :]
+    return dot
 
 
 def _validate_precision(precision: str, device: torch.device) -> None:

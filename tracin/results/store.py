@@ -100,6 +100,7 @@ from tracin.files import default_mode, disk_full, fsync_file, refuse_link
 from tracin.training.checkpoints import Checkpoint
 from tracin.config import ENSEMBLE_SUFFIX, ROLES, inherited_shortcut_class, split_model_name, split_variant
 from tracin.errors import StoreError, TracinError
+from tracin.variants import SCORE_VARIANTS
 from tracin.engine.topk import Ranking, StreamingRanking
 
 FORMAT = "tracin-scores"
@@ -1166,14 +1167,17 @@ class ModelScores:
         return dict(zip(json.loads(dataset.attrs["groups"]), dataset[()]))
 
     def variant_self_influence(self, variant: str) -> Optional[np.ndarray]:
-        """float32 [n_train]: the self-influence of a variant (raw, train-normalised, and each VARIANT@GROUP
-        of theirs), None for cosine ones (sum_c lr_c for every example: no ranking) and where not kept."""
+        """float32 [n_train]: the self-influence of a variant (and of each VARIANT@GROUP), sum_c lr_c |g|^p
+        with p its ScoreVariant.self_influence_power: the stored |g|^2 sums for p = 2 (raw), |g| for p = 1
+        (train-normalised); None for p = 0 (cosine: sum_c lr_c for every example, no ranking), for a
+        variant this installation does not register, and where not kept."""
         base, group = split_variant(variant)
-        if base == "cosine":
+        power = SCORE_VARIANTS[base].self_influence_power if base in SCORE_VARIANTS else 0
+        if power == 0:
             return None
         if group is None:
-            return self.self_influence if base == "raw" else self.normalised_self_influence
-        return (self.group_self_influence if base == "raw" else self.group_normalised_self_influence).get(group)
+            return self.self_influence if power == 2 else self.normalised_self_influence
+        return (self.group_self_influence if power == 2 else self.group_normalised_self_influence).get(group)
 
     @property
     def last_loss(self) -> np.ndarray:
