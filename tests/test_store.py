@@ -22,7 +22,10 @@ from tracin.training.checkpoints import Checkpoint, list_checkpoints, load_check
 
 REPO = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST, ROW_CHUNK, TEST_BLOCK = 10, 6, 4, 4
-CHECKPOINTS = [Checkpoint({}, 0.1, "run/teacher/epoch_002.pt", 2, "aa"), Checkpoint({}, 0.05, "run/teacher/epoch_004.pt", 4, "bb")]
+CHECKPOINTS = [
+    Checkpoint({}, 0.1, "run/teacher/epoch_002.pt", 2, "aa"),
+    Checkpoint({}, 0.05, "run/teacher/epoch_004.pt", 4, "bb"),
+]
 SETTINGS = {"mode": "exact", "seed": 0}
 
 
@@ -43,14 +46,21 @@ def create(path: Path, settings: dict = SETTINGS) -> ScoreFile:
 def write_teacher(store: ScoreFile, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """A complete teacher, block by block; returns what was written."""
     scores = store.prepare_model("teacher", CHECKPOINTS, ["w", "b"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=True)
-    written = {"per_checkpoint": rng.normal(size=(2, N_TRAIN, N_TEST)).astype(np.float32),
-               "self_influence": rng.random(N_TRAIN).astype(np.float32)}
+    written = {
+        "per_checkpoint": rng.normal(size=(2, N_TRAIN, N_TEST)).astype(np.float32),
+        "self_influence": rng.random(N_TRAIN).astype(np.float32),
+    }
     written["scores"] = written["per_checkpoint"].sum(0)
     for r in range(0, N_TRAIN, ROW_CHUNK):
         for c in range(0, N_TEST, TEST_BLOCK):
             rows, cols = slice(r, r + ROW_CHUNK), slice(c, c + TEST_BLOCK)
-            scores.write_block(r, c, written["scores"][rows, cols], written["per_checkpoint"][:, rows, cols],
-                               {"self_influence": written["self_influence"][rows]})
+            scores.write_block(
+                r,
+                c,
+                written["scores"][rows, cols],
+                written["per_checkpoint"][:, rows, cols],
+                {"self_influence": written["self_influence"][rows]},
+            )
     written["last_loss"] = rng.random(N_TRAIN).astype(np.float32)
     scores.write_last_loss(written["last_loss"])
     return written
@@ -79,7 +89,9 @@ def test_a_written_file_reads_back_through_the_typed_api(tmp_path):
         teacher = store.model("teacher")
         assert store.models == ["teacher"] and teacher.name == "teacher" and teacher.epochs == [2, 4]
         assert teacher.has_per_checkpoint and teacher.done.shape == (3, 2) and teacher.done.all()
-        assert np.array_equal(teacher.scores[()], written["scores"]) and np.array_equal(teacher.matrix()[2:5, 1], written["scores"][2:5, 1])
+        assert np.array_equal(teacher.scores[()], written["scores"]) and np.array_equal(
+            teacher.matrix()[2:5, 1], written["scores"][2:5, 1]
+        )
         assert np.array_equal(teacher.matrix(1)[:, 3:], written["per_checkpoint"][1][:, 3:])
         assert np.array_equal(teacher.self_influence, written["self_influence"])
         assert np.array_equal(teacher.last_loss, written["last_loss"])
@@ -91,7 +103,9 @@ def test_a_written_file_reads_back_through_the_typed_api(tmp_path):
 
 
 def test_comparison_tables_round_trip_in_order(tmp_path):
-    overlap = np.array([(b"sum", 3, 0.5), (b"epoch_002", 3, 0.25)], dtype=[("scope", "S16"), ("k", "i8"), ("mean", "f8")])
+    overlap = np.array(
+        [(b"sum", 3, 0.5), (b"epoch_002", 3, 0.25)], dtype=[("scope", "S16"), ("k", "i8"), ("mean", "f8")]
+    )
     extra = np.array([(b"sum", 1.5)], dtype=[("scope", "S16"), ("value", "f8")])
     with create(tmp_path / "scores.h5") as store:
         assert store.comparison_pairs() == []
@@ -110,7 +124,9 @@ def test_a_comparison_written_before_the_registry_reads_as_tables(tmp_path):
     with create(tmp_path / "scores.h5") as store:
         store.write_comparison("teacher", "student", {}, {"seed": 0})
     with h5py.File(tmp_path / "scores.h5", "r+") as h5:
-        h5["comparison/teacher__student"].create_group("self_influence").attrs.update({"pearson": 0.5, "spearman": -0.25})
+        h5["comparison/teacher__student"].create_group("self_influence").attrs.update(
+            {"pearson": 0.5, "spearman": -0.25}
+        )
     with ScoreFile.open_read(tmp_path / "scores.h5") as store:
         table = store.comparison("teacher", "student")["self_influence"]
         assert table.dtype.names == ("pearson", "spearman") and table[0]["spearman"] == -0.25
@@ -148,11 +164,15 @@ def test_mistakes_are_one_line_store_errors(tmp_path):
         h5.attrs["format"] = "something else"
     assert "does not exist" in one_line_store_error(lambda: ScoreFile.open_read(tmp_path / "missing.h5"))
     assert "not a readable HDF5 file" in one_line_store_error(lambda: ScoreFile.open_read(garbage))
-    assert "not a tracin-score result file" in one_line_store_error(lambda: ScoreFile.open_read(tmp_path / "foreign.h5"))
+    assert "not a tracin-score result file" in one_line_store_error(
+        lambda: ScoreFile.open_read(tmp_path / "foreign.h5")
+    )
     with create(tmp_path / "scores.h5") as store:
         scores = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
         assert "no scores for 'student' (it has: teacher)" in one_line_store_error(lambda: store.model("student"))
-        assert "no comparison of teacher and student" in one_line_store_error(lambda: store.comparison("teacher", "student"))
+        assert "no comparison of teacher and student" in one_line_store_error(
+            lambda: store.comparison("teacher", "student")
+        )
         assert "no topk tables for teacher" in one_line_store_error(lambda: scores.rankings())
         assert "without --per-checkpoint" in one_line_store_error(lambda: scores.matrix(0))
 
@@ -193,14 +213,19 @@ def test_layout_of_a_tracin_score_file_is_the_documented_one(tiny_scores, tiny_r
             group = h5[role]
             assert set(group.attrs) == documented_attributes("/<model>/")
             assert list(group["checkpoints/epoch"][()]) == [2, 4]
-            assert list(group["checkpoints/lr"][()]) == [load_checkpoint(p)["lr"] for p in list_checkpoints(tiny_run / role)]
+            assert list(group["checkpoints/lr"][()]) == [
+                load_checkpoint(p)["lr"] for p in list_checkpoints(tiny_run / role)
+            ]
             assert group["scores"].dtype == np.float32 and group["scores"].shape == (n_train, n_test)
             assert group["scores"].chunks is not None and group["scores"].compression is None
             assert group["per_checkpoint"].shape == (2, n_train, n_test)
             assert group["self_influence"].shape == group["last_loss"].shape == (n_train,)
             assert group["done"].dtype == np.bool_ and group["done"][()].all()
             for tables in ("topk", "topk_epoch/epoch_002", "topk_epoch/epoch_004"):
-                assert group[f"{tables}/test_top_index"].shape == (n_test, 8) and group[f"{tables}/test_top_index"].dtype == np.int32
+                assert (
+                    group[f"{tables}/test_top_index"].shape == (n_test, 8)
+                    and group[f"{tables}/test_top_index"].dtype == np.int32
+                )
                 assert group[f"{tables}/train_bottom_score"].shape == (n_train, 8)
         comparison = h5["comparison/teacher__student"]
         assert set(comparison.attrs) == documented_attributes("/comparison/<a>__<b>/")
@@ -212,10 +237,14 @@ def test_only_the_store_touches_hdf5():
     """Everything else goes through the typed API, so a layout change is store.py and this file."""
     forbidden = re.compile(r"^\s*(import|from) h5py|\._?h5\[|\._?h5\.attrs|\._?group\b(?!\()|\.attrs\b", re.M)
     sources = {path: path.read_text() for path in (REPO / "tracin").rglob("*.py") if path.name != "store.py"}
-    sources[REPO / "scripts" / "report.py"] = (REPO / "scripts" / "report.py").read_text()
+    sources[REPO / "scripts" / "figures.py"] = (REPO / "scripts" / "figures.py").read_text()
     for notebook in (REPO / "notebooks").glob("*.ipynb"):
         sources[notebook] = "\n".join("".join(cell["source"]) for cell in json.loads(notebook.read_text())["cells"])
-    offenders = {str(path.relative_to(REPO)): match.group(0) for path, text in sources.items() for match in forbidden.finditer(text)}
+    offenders = {
+        str(path.relative_to(REPO)): match.group(0)
+        for path, text in sources.items()
+        for match in forbidden.finditer(text)
+    }
     assert not offenders
 
 
@@ -223,7 +252,16 @@ def test_a_file_another_process_writes_is_in_use_not_corrupt(tmp_path):
     """HDF5's own lock refuses a second opener while a writer holds the file: said as such (#17)."""
     path = tmp_path / "scores.h5"
     with create(path):  # held open for writing by this process
-        reader = subprocess.run([sys.executable, "-c", "import sys; from tracin.results.store import ScoreFile; "
-                                 "ScoreFile.open_read(sys.argv[1])", str(path)], capture_output=True, text=True, timeout=120)
+        reader = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from tracin.results.store import ScoreFile; ScoreFile.open_read(sys.argv[1])",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert reader.returncode != 0
     assert "is in use: another process" in reader.stderr and "corrupt" not in reader.stderr
