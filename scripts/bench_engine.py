@@ -36,13 +36,23 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from tracin.config import EngineConfig, ModelConfig, ScoreConfig
-from tracin.training.models import build_model, count_parameters
 from tracin.engine.reference import func_tracin_scores
 from tracin.engine.tracin import TracIn
+from tracin.training.models import build_model, count_parameters
 
 CONTESTANTS = (
-    "exact", "exact-eager", "exact-bf16", "reference", "exact-conv-fc", "captum", "last-layer", "captum-fast", "projected",
-    "floor", "resnet18-exact", "resnet18-reference",
+    "exact",
+    "exact-eager",
+    "exact-bf16",
+    "reference",
+    "exact-conv-fc",
+    "captum",
+    "last-layer",
+    "captum-fast",
+    "projected",
+    "floor",
+    "resnet18-exact",
+    "resnet18-reference",
 )
 
 
@@ -60,7 +70,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--proj-dim", type=int, default=1024)
     parser.add_argument("--captum-test-batch", type=int, default=128, help="test examples per captum influence call")
     parser.add_argument("--max-memory-gb", default="auto", help="as tracin-score's: GB, or auto (default: %(default)s)")
-    parser.add_argument("--tf32", action="store_true", help="allow TF32 matrix products and convolutions (CUDA), for all")
+    parser.add_argument(
+        "--tf32", action="store_true", help="allow TF32 matrix products and convolutions (CUDA), for all"
+    )
     parser.add_argument("--no-cuda-graphs", action="store_true", help="run every engine contestant eagerly")
     parser.add_argument("--only", nargs="*", choices=CONTESTANTS, help="run only these contestants")
     parser.add_argument("--warmup", type=int, default=64, help="train examples of an untimed first pass per contestant")
@@ -79,14 +91,22 @@ def make_setup(args: argparse.Namespace):
     for i in range(args.checkpoints):  # distinct, plausible states: init plus seeded noise
         generator = torch.Generator().manual_seed(i)
         state = {
-            k: v + 0.02 * torch.randn(v.shape, generator=generator) if v.dtype.is_floating_point and "running" not in k else v
+            k: v + 0.02 * torch.randn(v.shape, generator=generator)
+            if v.dtype.is_floating_point and "running" not in k
+            else v
             for k, v in model.state_dict().items()
         }
         checkpoints.append((state, 0.1 / (i + 1)))
     generator = torch.Generator().manual_seed(1)
     shape = (args.channels, args.image_size, args.image_size)
-    train = (torch.randn(args.n_train, *shape, generator=generator), torch.randint(0, 10, (args.n_train,), generator=generator))
-    test = (torch.randn(args.n_test, *shape, generator=generator), torch.randint(0, 10, (args.n_test,), generator=generator))
+    train = (
+        torch.randn(args.n_train, *shape, generator=generator),
+        torch.randint(0, 10, (args.n_train,), generator=generator),
+    )
+    test = (
+        torch.randn(args.n_test, *shape, generator=generator),
+        torch.randint(0, 10, (args.n_test,), generator=generator),
+    )
     return model, checkpoints, train, test
 
 
@@ -105,7 +125,10 @@ def make_zoo_setup(args: argparse.Namespace):
         for _ in range(3):
             model(torch.randn(32, *shape))
     model.eval()
-    checkpoints = [(model.state_dict(), 0.1), ({k: v * 1.01 if v.dtype.is_floating_point else v for k, v in model.state_dict().items()}, 0.05)]
+    checkpoints = [
+        (model.state_dict(), 0.1),
+        ({k: v * 1.01 if v.dtype.is_floating_point else v for k, v in model.state_dict().items()}, 0.05),
+    ]
     generator = torch.Generator().manual_seed(2)
     n_train, n_test = args.zoo_n_train, args.zoo_n_test
     train = (torch.randn(n_train, *shape, generator=generator), torch.randint(0, 10, (n_train,), generator=generator))
@@ -182,7 +205,13 @@ def main() -> None:
     zoo_warm = (zoo_model, zoo_checkpoints, tuple(t[:4] for t in zoo_train), tuple(t[:2] for t in zoo_test))
     runs = contestants(model, checkpoints, train, test, conv_fc, args, zoo)
     warm = contestants(
-        model, checkpoints, tuple(t[: args.warmup] for t in train), tuple(t[: args.warmup // 4] for t in test), conv_fc, args, zoo_warm
+        model,
+        checkpoints,
+        tuple(t[: args.warmup] for t in train),
+        tuple(t[: args.warmup // 4] for t in test),
+        conv_fc,
+        args,
+        zoo_warm,
     )
     selected = args.only or [c for c in CONTESTANTS if c != "exact-eager" or args.device.startswith("cuda")]
     print(
@@ -212,14 +241,18 @@ def contestants(model, checkpoints, train, test, conv_fc, args, zoo) -> dict[str
     on = dict(engine=engine, device=args.device)
     return {
         "exact": lambda: TracIn(model, checkpoints, exact, **on).scores(train, test),
-        "exact-eager": lambda: TracIn(model, checkpoints, exact, engine=replace(engine, cuda_graphs=False), device=args.device).scores(train, test),
+        "exact-eager": lambda: TracIn(
+            model, checkpoints, exact, engine=replace(engine, cuda_graphs=False), device=args.device
+        ).scores(train, test),
         "exact-bf16": lambda: TracIn(model, checkpoints, replace(exact, precision="bf16"), **on).scores(train, test),
         "reference": lambda: reference_scores(model, checkpoints, train, test, args),
         "exact-conv-fc": lambda: TracIn(model, checkpoints, replace(exact, layers=conv_fc), **on).scores(train, test),
         "captum": lambda: captum_scores(model, checkpoints, train, test, conv_fc, args, fast=False),
         "last-layer": lambda: TracIn(model, checkpoints, replace(exact, mode="last-layer"), **on).scores(train, test),
         "captum-fast": lambda: captum_scores(model, checkpoints, train, test, conv_fc, args, fast=True),
-        "projected": lambda: TracIn(model, checkpoints, replace(exact, mode="projected", proj_dim=args.proj_dim), **on).scores(train, test),
+        "projected": lambda: TracIn(
+            model, checkpoints, replace(exact, mode="projected", proj_dim=args.proj_dim), **on
+        ).scores(train, test),
         "floor": lambda: floor(model, checkpoints, train, test, args),
         "resnet18-exact": lambda: TracIn(zoo[0], zoo[1], exact, **on).scores(zoo[2], zoo[3]),
         "resnet18-reference": lambda: reference_scores(*zoo, args),
@@ -230,8 +263,12 @@ def reference_scores(model, checkpoints, train, test, args) -> torch.Tensor:
     """The torch.func reference in float32 on the bench's device."""
     device = args.device
     return func_tracin_scores(
-        model.to(device), [({k: v.to(device) for k, v in s.items()}, lr) for s, lr in checkpoints],
-        tuple(t.to(device) for t in train), tuple(t.to(device) for t in test), dtype=torch.float32, batch_size=args.batch_size,
+        model.to(device),
+        [({k: v.to(device) for k, v in s.items()}, lr) for s, lr in checkpoints],
+        tuple(t.to(device) for t in train),
+        tuple(t.to(device) for t in test),
+        dtype=torch.float32,
+        batch_size=args.batch_size,
     ).cpu()
 
 
@@ -243,7 +280,13 @@ def report(times: dict, scores: dict, args: argparse.Namespace, peaks: dict) -> 
         ("exact conv+fc vs captum TracInCP", "captum", "exact-conv-fc", "faster", "target >= 10x"),
         ("last-layer vs captum TracInCPFast", "captum-fast", "last-layer", "faster", ""),
         ("projected / floor", "projected", "floor", "of the floor", "target <= 3x"),
-        ("resnet18 exact vs torch.func reference", "resnet18-reference", "resnet18-exact", "faster", "(torchvision model)"),
+        (
+            "resnet18 exact vs torch.func reference",
+            "resnet18-reference",
+            "resnet18-exact",
+            "faster",
+            "(torchvision model)",
+        ),
     ]
     results = {"args": vars(args), "seconds": times, "peak_gib": peaks, "ratios": {}, "max_rel_diff": {}}
     print("\nratios (same process, same data):")

@@ -30,13 +30,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import CIFAR10_CLASSES, write_cifar10  # noqa: E402  (the tests' writer of CIFAR-10's format)
-
 from tracin.config import DataConfig  # noqa: E402
 from tracin.engine.topk import Ranking  # noqa: E402
 from tracin.results.explore import ExploreOptions, explore  # noqa: E402
 from tracin.results.store import DataArrays, ModelScores, ScoreFile  # noqa: E402
 from tracin.runtime import machine  # noqa: E402
+
+from conftest import CIFAR10_CLASSES, write_cifar10  # noqa: E402  (the tests' writer of CIFAR-10's format)
 
 START, END = "<!-- explore-bench:start -->", "<!-- explore-bench:end -->"
 MODELS = ("teacher", "student", "student_baseline", "teacher.r1", "student.r1", "student_baseline.r1")
@@ -56,8 +56,12 @@ def distinct_draws(rng: np.random.Generator, rows: int, columns: int, k: int) ->
 def ranking(rng: np.random.Generator, rows: int, columns: int) -> Ranking:
     top = np.sort(rng.gamma(2.0, 1.0, size=(rows, K)).astype(np.float32), axis=1)[:, ::-1]
     bottom = -np.sort(rng.gamma(2.0, 0.2, size=(rows, K)).astype(np.float32), axis=1)[:, ::-1]
-    return Ranking(*(torch.from_numpy(np.ascontiguousarray(a)) for a in
-                     (distinct_draws(rng, rows, columns, K), top, distinct_draws(rng, rows, columns, K), bottom)))
+    return Ranking(
+        *(
+            torch.from_numpy(np.ascontiguousarray(a))
+            for a in (distinct_draws(rng, rows, columns, K), top, distinct_draws(rng, rows, columns, K), bottom)
+        )
+    )
 
 
 def synthetic_run(folder: Path) -> Path:
@@ -70,13 +74,19 @@ def synthetic_run(folder: Path) -> Path:
     (run / "run.json").write_text(json.dumps({"data_config": config.to_dict()}))
     labels = {"train": rng.integers(0, 10, N_TRAIN), "test": rng.integers(0, 10, N_TEST)}
     data = DataArrays(np.arange(N_TRAIN), np.arange(N_TEST), labels["train"], labels["test"], labels["train"])
-    attrs = {"run": str(run), "dataset": "cifar10", "classes": json.dumps(CIFAR10_CLASSES),
-             "fine_classes": json.dumps(CIFAR10_CLASSES), "command": "scripts/bench_explore.py"}
+    attrs = {
+        "run": str(run),
+        "dataset": "cifar10",
+        "classes": json.dumps(CIFAR10_CLASSES),
+        "fine_classes": json.dumps(CIFAR10_CLASSES),
+        "command": "scripts/bench_explore.py",
+    }
     store = ScoreFile._create(run / "tracin.h5", {}, attrs, data)
     for name in MODELS:
         group = store._h5.create_group(name)
-        group.attrs.update({"role": name, "row_chunk": 512, "test_block": 4096, "status": "complete",
-                            "variants": json.dumps(["raw"])})
+        group.attrs.update(
+            {"role": name, "row_chunk": 512, "test_block": 4096, "status": "complete", "variants": json.dumps(["raw"])}
+        )
         group.create_dataset("scores", shape=(N_TRAIN, N_TEST), dtype=np.float32, chunks=(512, 4096))  # never written
         group.create_dataset("done", data=np.ones((1, 1), bool))
         group.create_dataset("self_influence", data=rng.gamma(2.0, 1.0, N_TRAIN).astype(np.float32))
@@ -98,8 +108,11 @@ def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         scores = synthetic_run(folder)
-        print(f"synthetic run: {time.perf_counter() - started:.0f} s to write ({N_TEST:,} test x {N_TRAIN:,} train, "
-              f"top-{K}, {len(MODELS)} models)", flush=True)
+        print(
+            f"synthetic run: {time.perf_counter() - started:.0f} s to write ({N_TEST:,} test x {N_TRAIN:,} train, "
+            f"top-{K}, {len(MODELS)} models)",
+            flush=True,
+        )
         started = time.perf_counter()
         lines = explore(ExploreOptions(scores=scores))
         seconds = time.perf_counter() - started
@@ -107,15 +120,19 @@ def main() -> None:
         files = [page, *(p for p in (scores.parent / "explore_files").rglob("*") if p.is_file())]
         total = sum(p.stat().st_size for p in files)
         print("\n".join(lines))
-        print(f"tracin-explore: {seconds:.1f} s; page {page.stat().st_size / 2**20:.2f} MB, with its folder "
-              f"{total / 2**20:.0f} MB in {len(files):,} files")
+        print(
+            f"tracin-explore: {seconds:.1f} s; page {page.stat().st_size / 2**20:.2f} MB, with its folder "
+            f"{total / 2**20:.0f} MB in {len(files):,} files"
+        )
         print(f"machine: {json.dumps(machine())}")
         if args.readme:
-            figures = (f"At full CIFAR-10 size ({N_TEST:,} test x {N_TRAIN:,} train examples, top-{K}, {len(MODELS)} models; "
-                       f"random lists, so that nearly every train image is shown), tracin-explore took **{seconds:.0f} s** "
-                       f"and wrote a page of **{page.stat().st_size / 2**20:.1f} MB** with a folder beside it: "
-                       f"**{total / 2**20:.0f} MB** in {len(files):,} files in all ({_machine_line()}, "
-                       f"{datetime.date.today().isoformat()}).")
+            figures = (
+                f"At full CIFAR-10 size ({N_TEST:,} test x {N_TRAIN:,} train examples, top-{K}, {len(MODELS)} models; "
+                f"random lists, so that nearly every train image is shown), tracin-explore took **{seconds:.0f} s** "
+                f"and wrote a page of **{page.stat().st_size / 2**20:.1f} MB** with a folder beside it: "
+                f"**{total / 2**20:.0f} MB** in {len(files):,} files in all ({_machine_line()}, "
+                f"{datetime.date.today().isoformat()})."
+            )
             put_in_readme(figures)
 
 
@@ -129,8 +146,10 @@ def put_in_readme(text: str) -> None:
     readme = REPO / "README.md"
     before, rest = readme.read_text().split(START, 1)
     after = rest.split(END, 1)[1]
-    readme.write_text(f"{before}{START}\n<!-- generated by scripts/bench_explore.py --readme; edit that script, not this text -->\n"
-                      f"{text}\n{END}{after}")
+    readme.write_text(
+        f"{before}{START}\n<!-- generated by scripts/bench_explore.py --readme; edit that script, not this text -->\n"
+        f"{text}\n{END}{after}"
+    )
 
 
 if __name__ == "__main__":

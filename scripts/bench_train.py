@@ -21,16 +21,16 @@ from typing import Callable
 import torch
 
 from tracin.config import ModelConfig, TrainConfig
+from tracin.runtime import Runtime, start_runtime
 from tracin.training.data import SPECS, Split, normalize
 from tracin.training.losses import cross_entropy
 from tracin.training.models import build_model, count_parameters
-from tracin.runtime import Runtime, start_runtime
 from tracin.training.trainer import (
     EVAL_BATCH_SIZE,
     build_optimizer,
     build_scheduler,
-    objective_for,
     evaluate,
+    objective_for,
     train_one_epoch,
     training_batches,
 )
@@ -103,8 +103,9 @@ def bench_model(stages: int, distilled: bool, split: Split, args: argparse.Names
     reference_steps(model, optimizer, split, args.batch_size, 2, runtime)
     train_seconds = timed(lambda: epoch(split, 1), runtime)
     eval_seconds = timed(lambda: evaluate(model, split, runtime), runtime)
-    reference_seconds = timed(lambda: reference_steps(model, optimizer, split, args.batch_size, steps, runtime),
-                              runtime)
+    reference_seconds = timed(
+        lambda: reference_steps(model, optimizer, split, args.batch_size, steps, runtime), runtime
+    )
     return {
         "params": count_parameters(model),
         "train": len(split) / train_seconds,
@@ -126,8 +127,10 @@ def report(device_name: str, args: argparse.Namespace) -> None:
         rows = {}
         for role, stages, distilled in MODELS:
             row = rows[role] = bench_model(stages, distilled, split, args, runtime)
-            print(f"{role:<10} {row['params']:>11,} {row['train']:>12,.0f} {row['train'] / row['reference']:>12.2f}"
-                  f" {row['eval']:>11,.0f} {row['reference']:>16,.0f}")
+            print(
+                f"{role:<10} {row['params']:>11,} {row['train']:>12,.0f} {row['train'] / row['reference']:>12.2f}"
+                f" {row['eval']:>11,.0f} {row['reference']:>16,.0f}"
+            )
         if runtime.is_cuda:
             report_cifar10_epoch(rows)
 
@@ -139,22 +142,31 @@ def epoch_seconds(row: dict) -> float:
 
 def report_cifar10_epoch(rows: dict) -> None:
     teacher = rows["teacher"]
-    print(f"one CIFAR-10 epoch of the teacher: {CIFAR10_TRAIN / teacher['train']:.1f} s training + "
-          f"{CIFAR10_TEST / teacher['eval']:.1f} s evaluation = {epoch_seconds(teacher):.1f} s "
-          "(target at width 64 on one H100: <= 10 s)")
+    print(
+        f"one CIFAR-10 epoch of the teacher: {CIFAR10_TRAIN / teacher['train']:.1f} s training + "
+        f"{CIFAR10_TEST / teacher['eval']:.1f} s evaluation = {epoch_seconds(teacher):.1f} s "
+        "(target at width 64 on one H100: <= 10 s)"
+    )
     all_three = sum(epoch_seconds(rows[role]) for role in ("teacher", "student+kd", "student"))
     print(f"one CIFAR-10 epoch of teacher, distilled student and baseline together: {all_three:.1f} s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "both"), default="both",
-                        help="both: CPU, then CUDA when available (default: %(default)s)")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda", "both"),
+        default="both",
+        help="both: CPU, then CUDA when available (default: %(default)s)",
+    )
     parser.add_argument("--width", type=int, default=64, help="channels of the first stage (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=512, help="training batch size (default: %(default)s)")
-    parser.add_argument("--images", type=int, default=None,
-                        help="images per timed epoch, rounded down to whole batches "
-                        "(default: 4 batches on CPU, 40 on CUDA)")
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="images per timed epoch, rounded down to whole batches (default: 4 batches on CPU, 40 on CUDA)",
+    )
     args = parser.parse_args()
     devices = ["cpu", "cuda"] if args.device == "both" else [args.device]
     for device in devices:

@@ -14,13 +14,19 @@ from tracin.results.figures import write_report
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("scores", help="HDF5 file written by tracin-score")
     parser.add_argument("--out", help="folder for the files (default: plots/ beside the HDF5 file)")
     parser.add_argument("--data-root", help="where the run's data set is, if not where it was trained")
-    parser.add_argument("--examples", default="", metavar="I,J,...",
-                        help="test indices the proponent grids show (default: where teacher and student disagree most, "
-                        "and the most confident errors)")
+    parser.add_argument(
+        "--examples",
+        default="",
+        metavar="I,J,...",
+        help="test indices the proponent grids show (default: where teacher and student disagree most, "
+        "and the most confident errors)",
+    )
     args = parser.parse_args()
 
     def work() -> None:

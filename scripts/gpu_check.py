@@ -18,9 +18,9 @@ import torch
 from tracin.config import EngineConfig, ModelConfig, ScoreConfig
 from tracin.engine.grads import Call, Target, layer_flat
 from tracin.engine.layers import CONV, GROUPED, PATCHES, conv_grad_method
-from tracin.training.models import build_model
 from tracin.engine.reference import func_tracin_scores
 from tracin.engine.tracin import TracIn
+from tracin.training.models import build_model
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -39,8 +39,10 @@ def tiny_setup():
     checkpoints = []
     for i, lr in enumerate((0.1, 0.03)):
         g = torch.Generator().manual_seed(10 + i)
-        state = {k: v + 0.05 * torch.randn(v.shape, generator=g) if v.dtype.is_floating_point and "running" not in k else v
-                 for k, v in model.state_dict().items()}
+        state = {
+            k: v + 0.05 * torch.randn(v.shape, generator=g) if v.dtype.is_floating_point and "running" not in k else v
+            for k, v in model.state_dict().items()
+        }
         checkpoints.append((state, lr))
     train = (torch.randn(64, 3, 16, 16, generator=generator), torch.randint(0, 10, (64,), generator=generator))
     test = (torch.randn(16, 3, 16, 16, generator=generator), torch.randint(0, 10, (16,), generator=generator))
@@ -53,10 +55,14 @@ def check_correctness(device: str) -> None:
     print(f"engine on {device} vs float64 torch.func reference (CPU), all parameters incl. BatchNorm:")
     batch = EngineConfig(batch_size=16)  # 4 full train batches: replayed from a captured CUDA graph
     for representation in ("flat", "factored", "auto"):
-        scores = TracIn(model, checkpoints, engine=replace(batch, representation=representation), device=device).scores(train, test)
+        scores = TracIn(model, checkpoints, engine=replace(batch, representation=representation), device=device).scores(
+            train, test
+        )
         print(f"  exact/{representation:9s} relative error {relative_error(scores, reference):.2e}")
     for precision in ("tf32", "bf16"):  # optional lower precisions: ~1e-3, the tests demand <= 1e-2 for bf16
-        scores = TracIn(model, checkpoints, ScoreConfig(precision=precision), engine=batch, device=device).scores(train, test)
+        scores = TracIn(model, checkpoints, ScoreConfig(precision=precision), engine=batch, device=device).scores(
+            train, test
+        )
         print(f"  exact/{precision:9s} relative error {relative_error(scores, reference):.2e}")
     eager = TracIn(model, checkpoints, engine=replace(batch, cuda_graphs=False), device=device).scores(train, test)
     graphed = TracIn(model, checkpoints, engine=batch, device=device).scores(train, test)
@@ -67,11 +73,22 @@ def check_correctness(device: str) -> None:
     head = func_tracin_scores(model, checkpoints, train, test, layers=["fc.weight"])
     last = TracIn(model, checkpoints, ScoreConfig(mode="last-layer"), engine=batch, device=device).scores(train, test)
     print(f"  last-layer       relative error {relative_error(last, head):.2e}")
-    runs = [TracIn(model, checkpoints, ScoreConfig(mode="projected", proj_dim=64, seed=s), engine=batch, device=device).scores(train, test) for s in range(32)]
+    runs = [
+        TracIn(
+            model, checkpoints, ScoreConfig(mode="projected", proj_dim=64, seed=s), engine=batch, device=device
+        ).scores(train, test)
+        for s in range(32)
+    ]
     single = sum(relative_error(r, reference) for r in runs) / len(runs)
-    print(f"  projected(64)    single-seed error {single:.3f}, mean of 32 seeds {relative_error(torch.stack(runs).mean(0), reference):.3f}")
-    cpu = TracIn(model, checkpoints, config=ScoreConfig(mode="projected", proj_dim=64, seed=3), device="cpu").scores(train, test)
-    gpu = TracIn(model, checkpoints, config=ScoreConfig(mode="projected", proj_dim=64, seed=3), device=device).scores(train, test)
+    print(
+        f"  projected(64)    single-seed error {single:.3f}, mean of 32 seeds {relative_error(torch.stack(runs).mean(0), reference):.3f}"
+    )
+    cpu = TracIn(model, checkpoints, config=ScoreConfig(mode="projected", proj_dim=64, seed=3), device="cpu").scores(
+        train, test
+    )
+    gpu = TracIn(model, checkpoints, config=ScoreConfig(mode="projected", proj_dim=64, seed=3), device=device).scores(
+        train, test
+    )
     print(f"  projected, same seed on CPU and {device}: relative difference {relative_error(gpu, cpu):.2e}")
 
 
@@ -91,7 +108,13 @@ def time_conv_gradients(device: str) -> None:
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     print("per-sample conv weight gradients, float32, batch 128 (ms): grouped conv | patches + bmm | summed (floor)")
     n = 128
-    for channels, out, size, stride in ((3, 16, 32, 1), (16, 16, 32, 1), (16, 32, 32, 2), (32, 32, 16, 1), (64, 64, 32, 1)):
+    for channels, out, size, stride in (
+        (3, 16, 32, 1),
+        (16, 16, 32, 1),
+        (16, 32, 32, 2),
+        (32, 32, 16, 1),
+        (64, 64, 32, 1),
+    ):
         conv = torch.nn.Conv2d(channels, out, 3, stride=stride, padding=1, bias=False).to(device)
         x = torch.randn(n, channels, size, size, device=device)
         g = torch.randn(n, out, size // stride, size // stride, device=device)
@@ -99,9 +122,11 @@ def time_conv_gradients(device: str) -> None:
         grouped = lambda: layer_flat(target, calls, GROUPED)
         patches = lambda: layer_flat(target, calls, PATCHES)
         summed = lambda: torch.nn.grad.conv2d_weight(x, conv.weight.shape, g, stride=stride, padding=1)
-        print(f"  C{channels}->{out} {size}x{size} stride {stride}: {timed(grouped, device):8.2f} | "
-              f"{timed(patches, device):8.2f} | {timed(summed, device):8.2f}   "
-              f"(chosen: {conv_grad_method(conv, torch.device(device))})")
+        print(
+            f"  C{channels}->{out} {size}x{size} stride {stride}: {timed(grouped, device):8.2f} | "
+            f"{timed(patches, device):8.2f} | {timed(summed, device):8.2f}   "
+            f"(chosen: {conv_grad_method(conv, torch.device(device))})"
+        )
 
 
 def main() -> None:

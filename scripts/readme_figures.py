@@ -37,11 +37,22 @@ from tracin.config import replicas_by_role, split_variant
 from tracin.errors import TracinError
 from tracin.files import write_atomic
 from tracin.results.agreement import (
-    MIN_PAIRING_REPLICAS, OWN_VS_OTHER, detectable_by_pairings, format_agreement, format_agreement_by_depth, pairing_matrix,
+    MIN_PAIRING_REPLICAS,
+    OWN_VS_OTHER,
+    detectable_by_pairings,
+    format_agreement,
+    format_agreement_by_depth,
+    pairing_matrix,
     pairing_noise,
 )
 from tracin.results.figures import (
-    check_finished, detection_summary, detection_table, groups_markdown, mislabel_curves, quality_report_markdown, report_verdicts,
+    check_finished,
+    detection_summary,
+    detection_table,
+    groups_markdown,
+    mislabel_curves,
+    quality_report_markdown,
+    report_verdicts,
     validation_markdown,
 )
 from tracin.results.sanity import INHERITED, MODEL_ROWS
@@ -80,10 +91,15 @@ def accuracy_section(record: dict) -> tuple[str, dict]:
     by_role = replicas_of(record["models"])
     unfinished = [name for name, entry in record["models"].items() if entry.get("status") != "done"]
     if unfinished:
-        raise TracinError(f"{', '.join(unfinished)} not trained to the end: finish the demo (run scripts/demo again) first")
+        raise TracinError(
+            f"{', '.join(unfinished)} not trained to the end: finish the demo (run scripts/demo again) first"
+        )
     accuracy = {name: entry["metrics"]["test_acc"] for name, entry in record["models"].items()}
     header = ["model", "parameters", *[f"test accuracy, replica {r}" for r in range(max(map(len, by_role.values())))]]
-    rows = [[role, f"{record['param_counts'][role]:,}", *[f"{accuracy[n]:.1%}" for n in names]] for role, names in by_role.items()]
+    rows = [
+        [role, f"{record['param_counts'][role]:,}", *[f"{accuracy[n]:.1%}" for n in names]]
+        for role, names in by_role.items()
+    ]
     return markdown(header, rows), accuracy
 
 
@@ -95,10 +111,25 @@ def whole_model(variant: str) -> bool:
 def quality_section(store: ScoreFile) -> str:
     table = store.quality()
     table = table[[whole_model(v.decode()) for v in table["variant"]]]  # the groups': group_section
-    header = ["model", "variant", "same class, top-1", "same class, top-10", "most common top-1 proponent serves",
-              "distinct in all top-10"]
-    rows = [[r["model"].decode(), r["variant"].decode(), f"{r['identical_class_top1']:.1%}", f"{r['identical_class_topk']:.1%}",
-             f"{r['top1_max_share']:.1%}", r["distinct_in_topk"]] for r in table]
+    header = [
+        "model",
+        "variant",
+        "same class, top-1",
+        "same class, top-10",
+        "most common top-1 proponent serves",
+        "distinct in all top-10",
+    ]
+    rows = [
+        [
+            r["model"].decode(),
+            r["variant"].decode(),
+            f"{r['identical_class_top1']:.1%}",
+            f"{r['identical_class_topk']:.1%}",
+            f"{r['top1_max_share']:.1%}",
+            r["distinct_in_topk"],
+        ]
+        for r in table
+    ]
     return markdown(header, rows)
 
 
@@ -125,17 +156,28 @@ def spread_section(store: ScoreFile, accuracy: dict, k: int) -> str:
     for variant in variants:
         for role, names in by_role.items():
             first, second = quality[(names[0], variant)], quality[(names[1], variant)]
-            add(f"{role}, {variant}: same class top-1", first["identical_class_top1"], second["identical_class_top1"], True)
+            add(
+                f"{role}, {variant}: same class top-1",
+                first["identical_class_top1"],
+                second["identical_class_top1"],
+                True,
+            )
             add(f"{role}, {variant}: most common top-1 serves", first["top1_max_share"], second["top1_max_share"], True)
     teachers, students = by_role.get("teacher", []), by_role.get("student", [])
     for variant in variants if teachers and students else ():
-        add(f"teacher-student overlap@{k}, {variant}", pair_overlap(store, teachers[0], students[0], variant, k),
-            pair_overlap(store, teachers[1], students[1], variant, k))
+        add(
+            f"teacher-student overlap@{k}, {variant}",
+            pair_overlap(store, teachers[0], students[0], variant, k),
+            pair_overlap(store, teachers[1], students[1], variant, k),
+        )
     if store.noisy.any():
         areas = {r["ranking"]: r["area"] for r in detection_summary(mislabel_curves(store, store.models))}
         for role, names in by_role.items():
-            add(f"{role}: mislabel detection AUC (self-influence)", areas[f"{names[0]}: self-influence"],
-                areas[f"{names[1]}: self-influence"])
+            add(
+                f"{role}: mislabel detection AUC (self-influence)",
+                areas[f"{names[0]}: self-influence"],
+                areas[f"{names[1]}: self-influence"],
+            )
     return markdown(["figure", "replica 0", "replica 1", "difference"], rows)
 
 
@@ -166,21 +208,48 @@ def group_section(store: ScoreFile) -> str:
     for model in models:
         scores = store.model(model)
         total = float(scores.self_influence.sum())
-        parts = [("all parameters", "", 1.0), *((group, f"@{group}", v.sum() / total) for group, v in scores.group_self_influence.items())]
+        parts = [
+            ("all parameters", "", 1.0),
+            *((group, f"@{group}", v.sum() / total) for group, v in scores.group_self_influence.items()),
+        ]
         for group, suffix, share in parts:
             q = quality.get((model, f"train-normalised{suffix}"))
-            rows.append([model, group, f"{share:.0%}", area_cell(areas, model, "raw" + suffix),
-                         area_cell(areas, model, "train-normalised" + suffix),
-                         f"{q['identical_class_top1']:.1%}" if q else "-", f"{q['top1_max_share']:.1%}" if q else "-"])
-    return markdown(["model", "layer group", "share of the raw self-influence", "mislabel AUC, raw", "mislabel AUC, train-normalised",
-                     "same class top-1, train-normalised", "most common top-1 serves, train-normalised"], rows)
+            rows.append(
+                [
+                    model,
+                    group,
+                    f"{share:.0%}",
+                    area_cell(areas, model, "raw" + suffix),
+                    area_cell(areas, model, "train-normalised" + suffix),
+                    f"{q['identical_class_top1']:.1%}" if q else "-",
+                    f"{q['top1_max_share']:.1%}" if q else "-",
+                ]
+            )
+    return markdown(
+        [
+            "model",
+            "layer group",
+            "share of the raw self-influence",
+            "mislabel AUC, raw",
+            "mislabel AUC, train-normalised",
+            "same class top-1, train-normalised",
+            "most common top-1 serves, train-normalised",
+        ],
+        rows,
+    )
 
 
 def depth_section(agreement) -> str:
     """The agreement by depth as a fenced block, when the demo scored layer-group variants."""
     text = format_agreement_by_depth(agreement)
-    return ("**Agreement by depth** (each layer group's train-normalised scores alone: at which depth do teacher "
-            f"and student lean on the same examples, against the replicas?):\n\n```\n{text}\n```") if text else ""
+    return (
+        (
+            "**Agreement by depth** (each layer group's train-normalised scores alone: at which depth do teacher "
+            f"and student lean on the same examples, against the replicas?):\n\n```\n{text}\n```"
+        )
+        if text
+        else ""
+    )
 
 
 def figures(run: Path, scores: Path) -> str:
@@ -206,7 +275,9 @@ def figures(run: Path, scores: Path) -> str:
             depth_section(store.agreement()),
             detection_table(mislabel_curves(store, store.models)) if store.noisy.any() else "",
             "**By layer group** (which depth carries the self-influence, what each depth alone finds, and how its "
-            "proponents fare):" if store.noisy.any() else "",
+            "proponents fare):"
+            if store.noisy.any()
+            else "",
             group_section(store) if store.noisy.any() else "",
             "**What a re-run changes**: the same figures on the two replicas (same data and configuration, other seed). "
             "A difference of this size is what another machine, thread count or seed can change:",
@@ -222,30 +293,64 @@ def variants_figures(runs: list[Path]) -> str:
     rows = []
     for run in runs:
         record = json.loads((run / "run.json").read_text())
-        setting = f"{run.name}: noise {record['data_config']['label_noise']:.0%}, data seed {record['data_config']['seed']}"
+        setting = (
+            f"{run.name}: noise {record['data_config']['label_noise']:.0%}, data seed {record['data_config']['seed']}"
+        )
         with ScoreFile.open_read(run / "tracin.h5") as store:
             check_finished(store)
             quality = {(r["model"].decode(), r["variant"].decode()): r for r in store.quality()}
             if not store.noisy.any():
                 raise TracinError(f"{run} has no flipped labels: the variants table compares mislabel detection")
-            areas = {r["ranking"]: r["area"] for r in detection_summary(mislabel_curves(store, store.models, groups=True))}
+            areas = {
+                r["ranking"]: r["area"] for r in detection_summary(mislabel_curves(store, store.models, groups=True))
+            }
             agreement = store.agreement()
             for variant in store.model(store.models[0]).variants:
-                chosen = agreement[(agreement["variant"] == variant.encode()) & (agreement["comparison"] == b"normalised teacher-student")
-                                   & (np.char.startswith(agreement["statistic"], b"overlap@"))]
-                normalised = f"{chosen[0]['mean']:.2f} [{chosen[0]['ci_low']:.2f}, {chosen[0]['ci_high']:.2f}]" if len(chosen) else "-"
+                chosen = agreement[
+                    (agreement["variant"] == variant.encode())
+                    & (agreement["comparison"] == b"normalised teacher-student")
+                    & (np.char.startswith(agreement["statistic"], b"overlap@"))
+                ]
+                normalised = (
+                    f"{chosen[0]['mean']:.2f} [{chosen[0]['ci_low']:.2f}, {chosen[0]['ci_high']:.2f}]"
+                    if len(chosen)
+                    else "-"
+                )
                 for role in ("teacher", "student"):
                     if (role, variant) not in quality:  # a layer group the student does not have
                         continue
                     q = quality[(role, variant)]
                     area = areas.get(detection_name(role, variant))
                     detection = "none (constant)" if area is None else f"{area:.3f}"
-                    rows.append([setting, variant, role, f"{q['identical_class_top1']:.1%}", f"{q['top1_max_share']:.1%}",
-                                 detection, f"{areas[f'{role}: loss (last checkpoint)']:.3f}", normalised if role == "teacher" else ""])
-    header = ["run", "variant", "model", "same class, top-1", "most common top-1 serves", "mislabel AUC, self-influence",
-              "mislabel AUC, loss", "normalised teacher-student overlap [95% CI]"]
-    return "\n\n".join([f"{VARIANTS_START}\n<!-- generated by scripts/readme_figures.py --second; edit that script, not this text -->",
-                         markdown(header, rows), VARIANTS_END])
+                    rows.append(
+                        [
+                            setting,
+                            variant,
+                            role,
+                            f"{q['identical_class_top1']:.1%}",
+                            f"{q['top1_max_share']:.1%}",
+                            detection,
+                            f"{areas[f'{role}: loss (last checkpoint)']:.3f}",
+                            normalised if role == "teacher" else "",
+                        ]
+                    )
+    header = [
+        "run",
+        "variant",
+        "model",
+        "same class, top-1",
+        "most common top-1 serves",
+        "mislabel AUC, self-influence",
+        "mislabel AUC, loss",
+        "normalised teacher-student overlap [95% CI]",
+    ]
+    return "\n\n".join(
+        [
+            f"{VARIANTS_START}\n<!-- generated by scripts/readme_figures.py --second; edit that script, not this text -->",
+            markdown(header, rows),
+            VARIANTS_END,
+        ]
+    )
 
 
 def validation_figures(scores: Path) -> str:
@@ -256,21 +361,34 @@ def validation_figures(scores: Path) -> str:
         settings, provenance = record.settings, record.provenance
     plan, machine = settings["plan"], provenance["machine"]
     epochs = settings["epochs"] or "the run's"
-    said = (f"Measured {provenance['finished']} on {machine['cpu']} ({machine['cores']} cores), {machine['device']}, torch "
-            f"{machine['torch']}: **{provenance['retraining_seconds']:.0f} s** of retraining for {', '.join(plan['models'])}: "
-            f"{len(plan['test_rows'])} sampled test examples x k = {plan['k']} (seeds: {plan['seeds']}), {plan['subsets']} LDS "
-            f"subsets of {plan['fraction']:.0%} of the train examples, {epochs} epochs, removals by the "
-            f"{', '.join(f'`{v}`' for v in plan['variants'])} scores.")
+    said = (
+        f"Measured {provenance['finished']} on {machine['cpu']} ({machine['cores']} cores), {machine['device']}, torch "
+        f"{machine['torch']}: **{provenance['retraining_seconds']:.0f} s** of retraining for {', '.join(plan['models'])}: "
+        f"{len(plan['test_rows'])} sampled test examples x k = {plan['k']} (seeds: {plan['seeds']}), {plan['subsets']} LDS "
+        f"subsets of {plan['fraction']:.0%} of the train examples, {epochs} epochs, removals by the "
+        f"{', '.join(f'`{v}`' for v in plan['variants'])} scores."
+    )
     body = validation_markdown(leave_out, lds).split("\n\n", 1)[1]  # without its title
-    return "\n\n".join([f"{VALIDATION_START}\n<!-- generated by scripts/readme_figures.py --validation; edit that script, not this text -->",
-                         said, body.rstrip("\n"), VALIDATION_END])
+    return "\n\n".join(
+        [
+            f"{VALIDATION_START}\n<!-- generated by scripts/readme_figures.py --validation; edit that script, not this text -->",
+            said,
+            body.rstrip("\n"),
+            VALIDATION_END,
+        ]
+    )
 
 
 def quality_figures(runs: list[Path]) -> str:
     """quality_figures_of each run, between one pair of markers."""
     parts = [quality_figures_of(run) for run in runs]
-    return "\n\n".join([f"{QUALITY_START}\n<!-- generated by scripts/readme_figures.py --quality; edit that script, not this text -->",
-                         *parts, QUALITY_END])
+    return "\n\n".join(
+        [
+            f"{QUALITY_START}\n<!-- generated by scripts/readme_figures.py --quality; edit that script, not this text -->",
+            *parts,
+            QUALITY_END,
+        ]
+    )
 
 
 def quality_figures_of(run: Path) -> str:
@@ -283,17 +401,30 @@ def quality_figures_of(run: Path) -> str:
         said = report_verdicts(store, table)
         n_train, n_test, n_stamped = store.n_train, store.n_test, int(store.train_stamped.sum())
     machine = provenance["machine"]
-    planted = [f"coarse labels `{data['coarse_labels']}`" if data.get("coarse_labels") else "",
-               f"a shortcut on {n_stamped} training images of class {data['shortcut_class']}" if data.get("shortcut_class") is not None else "",
-               f"{data['label_noise']:.0%} flipped labels" if data.get("label_noise") else ""]
-    said_run = (f"**Run `{run.name}`**: {data['dataset']}, {n_train:,} train and {n_test:,} test examples scored, with "
-                f"{', '.join(p for p in planted if p) or 'nothing planted'}. Report made {provenance['finished']} on {machine['cpu']} "
-                f"({machine['cores']} cores), {machine['device']}, torch {machine['torch']}, in {provenance['seconds']:.0f} s"
-                + (f" (model randomization, kept in the file from the run that computed it: {provenance['randomization_seconds']:.0f} s)."
-                   if provenance.get("randomization_seconds") else "."))
+    planted = [
+        f"coarse labels `{data['coarse_labels']}`" if data.get("coarse_labels") else "",
+        f"a shortcut on {n_stamped} training images of class {data['shortcut_class']}"
+        if data.get("shortcut_class") is not None
+        else "",
+        f"{data['label_noise']:.0%} flipped labels" if data.get("label_noise") else "",
+    ]
+    said_run = (
+        f"**Run `{run.name}`**: {data['dataset']}, {n_train:,} train and {n_test:,} test examples scored, with "
+        f"{', '.join(p for p in planted if p) or 'nothing planted'}. Report made {provenance['finished']} on {machine['cpu']} "
+        f"({machine['cores']} cores), {machine['device']}, torch {machine['torch']}, in {provenance['seconds']:.0f} s"
+        + (
+            f" (model randomization, kept in the file from the run that computed it: {provenance['randomization_seconds']:.0f} s)."
+            if provenance.get("randomization_seconds")
+            else "."
+        )
+    )
     body = quality_report_markdown(table).split("\n", 3)[3].replace("\n## ", "\n#### ")  # without its title and note
     by_group = groups_markdown(table)
-    group_part = [f"By layer group (each group's scores alone; means, CIs in `quality_report.md`):\n\n{by_group.strip()}"] if by_group else []
+    group_part = (
+        [f"By layer group (each group's scores alone; means, CIs in `quality_report.md`):\n\n{by_group.strip()}"]
+        if by_group
+        else []
+    )
     return "\n\n".join([said_run, body.strip("\n"), *group_part, "\n".join(f"- {line}" for line in said)])
 
 
@@ -304,23 +435,39 @@ def sweep_figures(folders: list[Path]) -> str:
     for folder in folders:
         record = json.loads((folder / "sweep.json").read_text())
         machine = record["machine"]
-        parts += [f"`{' '.join(record['command'])}`, finished {record['finished']} on {machine['cpu']} ({machine['cores']} "
-                  f"cores), {machine['device']}, torch {machine['torch']}:", (folder / "results.md").read_text().strip("\n")]
-    return "\n\n".join([f"{SWEEP_START}\n<!-- generated by scripts/readme_figures.py --sweep; edit that script, not this text -->",
-                         *parts, SWEEP_END])
+        parts += [
+            f"`{' '.join(record['command'])}`, finished {record['finished']} on {machine['cpu']} ({machine['cores']} "
+            f"cores), {machine['device']}, torch {machine['torch']}:",
+            (folder / "results.md").read_text().strip("\n"),
+        ]
+    return "\n\n".join(
+        [
+            f"{SWEEP_START}\n<!-- generated by scripts/readme_figures.py --sweep; edit that script, not this text -->",
+            *parts,
+            SWEEP_END,
+        ]
+    )
 
 
 # The score files scripts/positive_control writes, one per choice of the losses TracIn differentiates
-SCORINGS = {"tracin.h5": "defaults", "tracin_prediction.h5": "--test-label prediction",
-            "tracin_kd_train.h5": "--loss kd-train", "tracin_kd_train_prediction.h5": "--loss kd-train --test-label prediction"}
+SCORINGS = {
+    "tracin.h5": "defaults",
+    "tracin_prediction.h5": "--test-label prediction",
+    "tracin_kd_train.h5": "--loss kd-train",
+    "tracin_kd_train_prediction.h5": "--loss kd-train --test-label prediction",
+}
 DEFAULT_VARIANT = "train-normalised"
 CHOICE_CHECKS = {  # the quality checks that decide the losses: (run label, check, models)
-    "demo setting": [("identical class top-10", ("teacher", "student", "student_baseline")),
-                     ("mislabel AUC", ("teacher", "student", "student_baseline")),
-                     ("randomization: all layers (lower)", ("teacher", "student", "student_baseline"))],
-    "positive control": [("identical class top-10", ("teacher", "student", "student_baseline")),
-                         ("predicted-as-shortcut shortcut AUPRC", ("teacher", "student", "student_baseline")),
-                         (f"{INHERITED}: own - other teacher@100, stamped", ("student",))],
+    "demo setting": [
+        ("identical class top-10", ("teacher", "student", "student_baseline")),
+        ("mislabel AUC", ("teacher", "student", "student_baseline")),
+        ("randomization: all layers (lower)", ("teacher", "student", "student_baseline")),
+    ],
+    "positive control": [
+        ("identical class top-10", ("teacher", "student", "student_baseline")),
+        ("predicted-as-shortcut shortcut AUPRC", ("teacher", "student", "student_baseline")),
+        (f"{INHERITED}: own - other teacher@100, stamped", ("student",)),
+    ],
 }
 SIMULATED_REPLICAS = (4, 6)
 
@@ -340,8 +487,11 @@ def _ci(value: float, low: float, high: float, signed: bool = True) -> str:
 
 def own_vs_other_cell(table: np.ndarray, variant: str, statistic: str) -> str:
     """own - other teacher of one variant and statistic: mean [CI], and p where the pairings allow p < 0.05."""
-    match = table[(table["variant"] == variant.encode()) & (table["statistic"] == statistic.encode())
-                  & (table["comparison"] == OWN_VS_OTHER.encode())]
+    match = table[
+        (table["variant"] == variant.encode())
+        & (table["statistic"] == statistic.encode())
+        & (table["comparison"] == OWN_VS_OTHER.encode())
+    ]
     if not len(match):
         return "-"
     r = match[0]
@@ -350,7 +500,11 @@ def own_vs_other_cell(table: np.ndarray, variant: str, statistic: str) -> str:
 
 
 def report_cell(report: np.ndarray, check: str, model: str, variant: str) -> str:
-    match = report[(report["check"] == check.encode()) & (report["model"] == model.encode()) & (report["variant"] == variant.encode())]
+    match = report[
+        (report["check"] == check.encode())
+        & (report["model"] == model.encode())
+        & (report["variant"] == variant.encode())
+    ]
     return _ci(match[0]["value"], match[0]["ci_low"], match[0]["ci_high"], signed=False) if len(match) else "-"
 
 
@@ -378,67 +532,123 @@ def control_figures(control: Path, demo: Path) -> str:
     for label, run in runs.items():
         for name in scorings:
             with ScoreFile.open_read(files[label][name]) as store:
-                agreement, report, provenance = store.agreement(), store.quality_report(), store.quality_report_provenance()
+                agreement, report, provenance = (
+                    store.agreement(),
+                    store.quality_report(),
+                    store.quality_report_provenance(),
+                )
                 replicas = len(replicas_by_role(store.models).get("teacher", {}))
                 said = report_verdicts(store, report)
-                k = max(int(s.decode().removeprefix("overlap@")) for s in agreement["statistic"] if s.startswith(b"overlap@"))
+                k = max(
+                    int(s.decode().removeprefix("overlap@"))
+                    for s in agreement["statistic"]
+                    if s.startswith(b"overlap@")
+                )
                 whole = [v for v in dict.fromkeys(agreement["variant"].astype(str)) if split_variant(v)[1] is None]
                 power[label, name] = {v: pairing_cells(store, v, f"overlap@{k}") for v in whole}
                 n_train, n_test = store.n_train, store.n_test
             tables[label, name], reports[label, name] = agreement, report
             if name == "tracin.h5":
                 machine = provenance["machine"]
-                stamps.append(f"`{run.name}` ({label}): {n_train:,} train x {n_test:,} test examples, {replicas} replicas; "
-                              f"reports made from {provenance['finished']} on {machine['cpu']} ({machine['cores']} cores), "
-                              f"{machine['device']}, torch {machine['torch']}")
-            lines += [f"- {label}, {SCORINGS[name]}: {line}" for line in said if _headline(line, name, main_variant(report))]
+                stamps.append(
+                    f"`{run.name}` ({label}): {n_train:,} train x {n_test:,} test examples, {replicas} replicas; "
+                    f"reports made from {provenance['finished']} on {machine['cpu']} ({machine['cores']} cores), "
+                    f"{machine['device']}, torch {machine['torch']}"
+                )
+            lines += [
+                f"- {label}, {SCORINGS[name]}: {line}" for line in said if _headline(line, name, main_variant(report))
+            ]
     first = tables["demo setting", "tracin.h5"]
-    whole = [(v.decode(), s.decode()) for v, s, c in zip(first["variant"], first["statistic"], first["comparison"])
-             if c == OWN_VS_OTHER.encode() and split_variant(v.decode())[1] is None]
-    agreement_rows = [[variant, statistic, SCORINGS[name], *(own_vs_other_cell(tables[label, name], variant, statistic) for label in runs)]
-                      for variant, statistic in whole for name in scorings]
-    power_rows = [[variant, SCORINGS[name], *(cell for label in runs for cell in power[label, name][variant])]
-                  for variant in power["demo setting", "tracin.h5"] for name in scorings]
+    whole = [
+        (v.decode(), s.decode())
+        for v, s, c in zip(first["variant"], first["statistic"], first["comparison"])
+        if c == OWN_VS_OTHER.encode() and split_variant(v.decode())[1] is None
+    ]
+    agreement_rows = [
+        [
+            variant,
+            statistic,
+            SCORINGS[name],
+            *(own_vs_other_cell(tables[label, name], variant, statistic) for label in runs),
+        ]
+        for variant, statistic in whole
+        for name in scorings
+    ]
+    power_rows = [
+        [variant, SCORINGS[name], *(cell for label in runs for cell in power[label, name][variant])]
+        for variant in power["demo setting", "tracin.h5"]
+        for name in scorings
+    ]
     simulated = [f"detectable, {r} replicas" for r in SIMULATED_REPLICAS]
     report = reports["positive control", "tracin.h5"]
     mine = report[np.char.startswith(report["check"], INHERITED.encode()) & (report["variant"] == MODEL_ROWS.encode())]
-    behaviour = [[r["check"].decode().removeprefix(f"{INHERITED}: "), r["model"].decode(),
-                  _ci(r["value"], r["ci_low"], r["ci_high"], signed=False), str(r["n_rows"])] for r in mine]
-    attribution = [(r["check"].decode(), r["variant"].decode()) for r in report
-                   if r["check"].startswith(INHERITED.encode()) and r["variant"] != MODEL_ROWS.encode() and b"@" not in r["variant"]]
-    attribution_rows = [[check.removeprefix(f"{INHERITED}: "), variant,
-                         *(report_cell(reports["positive control", name], check, "student", variant) for name in scorings)]
-                        for check, variant in attribution]
+    behaviour = [
+        [
+            r["check"].decode().removeprefix(f"{INHERITED}: "),
+            r["model"].decode(),
+            _ci(r["value"], r["ci_low"], r["ci_high"], signed=False),
+            str(r["n_rows"]),
+        ]
+        for r in mine
+    ]
+    attribution = [
+        (r["check"].decode(), r["variant"].decode())
+        for r in report
+        if r["check"].startswith(INHERITED.encode())
+        and r["variant"] != MODEL_ROWS.encode()
+        and b"@" not in r["variant"]
+    ]
+    attribution_rows = [
+        [
+            check.removeprefix(f"{INHERITED}: "),
+            variant,
+            *(report_cell(reports["positive control", name], check, "student", variant) for name in scorings),
+        ]
+        for check, variant in attribution
+    ]
     variant = main_variant(report)  # the control's default file's
-    choice_rows = [[label, check, model, *(report_cell(reports[label, name], check, model, variant) for name in scorings)]
-                   for label, checks in CHOICE_CHECKS.items() for check, models in checks for model in models]
-    return "\n\n".join([
-        f"{CONTROL_START}\n<!-- generated by scripts/readme_figures.py --control; edit that script, not this text -->",
-        "\n".join(f"- {stamp}" for stamp in stamps),
-        "Own - other teacher on every test row, for each choice of losses (mean over test examples [95% bootstrap CI]; the "
-        "permutation p over the replica pairings where they allow p < 0.05):",
-        markdown(["variant", "statistic", "losses", *runs], agreement_rows),
-        f"What the replica pairings can see (overlap@{k}): the pairing noise is the spread of teacher i - student j agreement "
-        "that no teacher or student explains (agreement.pairing_noise); the detectable difference is the own - other teacher "
-        "difference the permutation test finds (p < 0.05) in 80% of simulated replica sets with that noise "
-        "(agreement.detectable_by_pairings, 2,000 simulations):",
-        markdown(["variant", "losses", *(f"{label}: {c}" for label in runs for c in ("pairing noise", *simulated))], power_rows),
-        "The positive control's behaviour (the share of test images of other classes a model takes for its replica teacher's "
-        "shortcut class; the same in every score file):",
-        markdown(["check", "model", "value [95% CI]", "test rows"], behaviour),
-        "Its attribution rows (the distilled student's own - other teacher overlap@k on the stamped test images of other "
-        "classes, and on those it takes for its teacher's class), per choice of losses:",
-        markdown(["check", "variant", *(SCORINGS[name] for name in scorings)], attribution_rows),
-        f"The quality checks that decide the default losses ({variant}; mean [95% CI] over test examples or "
-        "train examples):",
-        markdown(["setting", "check", "model", *(SCORINGS[name] for name in scorings)], choice_rows),
-        f"Verdicts ({variant}):",
-        "\n".join(lines), CONTROL_END])
+    choice_rows = [
+        [label, check, model, *(report_cell(reports[label, name], check, model, variant) for name in scorings)]
+        for label, checks in CHOICE_CHECKS.items()
+        for check, models in checks
+        for model in models
+    ]
+    return "\n\n".join(
+        [
+            f"{CONTROL_START}\n<!-- generated by scripts/readme_figures.py --control; edit that script, not this text -->",
+            "\n".join(f"- {stamp}" for stamp in stamps),
+            "Own - other teacher on every test row, for each choice of losses (mean over test examples [95% bootstrap CI]; the "
+            "permutation p over the replica pairings where they allow p < 0.05):",
+            markdown(["variant", "statistic", "losses", *runs], agreement_rows),
+            f"What the replica pairings can see (overlap@{k}): the pairing noise is the spread of teacher i - student j agreement "
+            "that no teacher or student explains (agreement.pairing_noise); the detectable difference is the own - other teacher "
+            "difference the permutation test finds (p < 0.05) in 80% of simulated replica sets with that noise "
+            "(agreement.detectable_by_pairings, 2,000 simulations):",
+            markdown(
+                ["variant", "losses", *(f"{label}: {c}" for label in runs for c in ("pairing noise", *simulated))],
+                power_rows,
+            ),
+            "The positive control's behaviour (the share of test images of other classes a model takes for its replica teacher's "
+            "shortcut class; the same in every score file):",
+            markdown(["check", "model", "value [95% CI]", "test rows"], behaviour),
+            "Its attribution rows (the distilled student's own - other teacher overlap@k on the stamped test images of other "
+            "classes, and on those it takes for its teacher's class), per choice of losses:",
+            markdown(["check", "variant", *(SCORINGS[name] for name in scorings)], attribution_rows),
+            f"The quality checks that decide the default losses ({variant}; mean [95% CI] over test examples or "
+            "train examples):",
+            markdown(["setting", "check", "model", *(SCORINGS[name] for name in scorings)], choice_rows),
+            f"Verdicts ({variant}):",
+            "\n".join(lines),
+            CONTROL_END,
+        ]
+    )
 
 
 def main_variant(report: np.ndarray) -> str:
     """The variant the choice of losses is read on: the default one where the report has it, else its first."""
-    variants = [v for v in dict.fromkeys(report["variant"].astype(str)) if v != MODEL_ROWS and split_variant(v)[1] is None]
+    variants = [
+        v for v in dict.fromkeys(report["variant"].astype(str)) if v != MODEL_ROWS and split_variant(v)[1] is None
+    ]
     return DEFAULT_VARIANT if DEFAULT_VARIANT in variants else variants[0]
 
 
@@ -464,26 +674,45 @@ def main() -> int:
     parser.add_argument("--run", default="checkpoints/demo", help="the demo's run folder (default: %(default)s)")
     parser.add_argument("--scores", help="the demo's score file (default: RUN/tracin.h5)")
     parser.add_argument("--second", help="a demo run on another noise rate and data seed, for the variants table")
-    parser.add_argument("--validation", action="store_true",
-                        help="also the tracin-validate tables of the run's score file (tracin-validate --run RUN first)")
-    parser.add_argument("--quality", metavar="RUN", nargs="+",
-                        help="also tracin-report's quality report of each RUN (scripts/sanity: checkpoints/sanity)")
-    parser.add_argument("--sweep", metavar="DIR", nargs="+", help="also each tracin-sweep's results (e.g. checkpoints/temperature)")
-    parser.add_argument("--control", metavar=("CONTROL", "DEMO"), nargs=2,
-                        help="also the known-positive control beside the demo's setting (scripts/positive_control, with --setting demo)")
+    parser.add_argument(
+        "--validation",
+        action="store_true",
+        help="also the tracin-validate tables of the run's score file (tracin-validate --run RUN first)",
+    )
+    parser.add_argument(
+        "--quality",
+        metavar="RUN",
+        nargs="+",
+        help="also tracin-report's quality report of each RUN (scripts/sanity: checkpoints/sanity)",
+    )
+    parser.add_argument(
+        "--sweep", metavar="DIR", nargs="+", help="also each tracin-sweep's results (e.g. checkpoints/temperature)"
+    )
+    parser.add_argument(
+        "--control",
+        metavar=("CONTROL", "DEMO"),
+        nargs=2,
+        help="also the known-positive control beside the demo's setting (scripts/positive_control, with --setting demo)",
+    )
     parser.add_argument("--no-demo", action="store_true", help="leave the demo's own part as it is")
     parser.add_argument("--readme", default=str(Path(__file__).resolve().parents[1] / "README.md"))
     parser.add_argument("--print", action="store_true", help="print the part instead of rewriting the README")
     args = parser.parse_args()
 
     def work() -> None:
-        parts = {} if args.no_demo else {(START, END): figures(Path(args.run), Path(args.scores or Path(args.run) / "tracin.h5"))}
+        parts = (
+            {}
+            if args.no_demo
+            else {(START, END): figures(Path(args.run), Path(args.scores or Path(args.run) / "tracin.h5"))}
+        )
         if args.control:
             parts[(CONTROL_START, CONTROL_END)] = control_figures(Path(args.control[0]), Path(args.control[1]))
         if args.second:
             parts[(VARIANTS_START, VARIANTS_END)] = variants_figures([Path(args.run), Path(args.second)])
         if args.validation:
-            parts[(VALIDATION_START, VALIDATION_END)] = validation_figures(Path(args.scores or Path(args.run) / "tracin.h5"))
+            parts[(VALIDATION_START, VALIDATION_END)] = validation_figures(
+                Path(args.scores or Path(args.run) / "tracin.h5")
+            )
         if args.quality:
             parts[(QUALITY_START, QUALITY_END)] = quality_figures([Path(run) for run in args.quality])
         if args.sweep:

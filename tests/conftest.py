@@ -85,8 +85,25 @@ def _deterministic_threads():
 
 # The tiny run every later test can read: Fashion-MNIST, three models, width 4, 4 epochs.
 TINY_RUN_ARGS = (
-    "--dataset", "fashion-mnist", "--train-subset", "256", "--test-subset", "64", "--label-noise", "0.1",
-    "--epochs", "4", "--save-every", "2", "--width", "4", "--batch-size", "32", "--lr", "0.05", "--quiet",
+    "--dataset",
+    "fashion-mnist",
+    "--train-subset",
+    "256",
+    "--test-subset",
+    "64",
+    "--label-noise",
+    "0.1",
+    "--epochs",
+    "4",
+    "--save-every",
+    "2",
+    "--width",
+    "4",
+    "--batch-size",
+    "32",
+    "--lr",
+    "0.05",
+    "--quiet",
 )
 
 
@@ -142,10 +159,29 @@ def tiny_scores(tiny_run, tmp_path_factory) -> Path:
     """A finished tracin-score file of the tiny run (all three models, per-checkpoint scores, label
     noise), with its --plots output in plots/ beside it."""
     out = tmp_path_factory.mktemp("scores") / "tracin.h5"
-    result = run_tracin_score([
-        "--run", tiny_run, "--out", out, "--models", "teacher,student,student_baseline", "--per-checkpoint", "--variants", "raw",
-        "--train-subset", "128", "--test-subset", "24", "--topk", "3,8", "--device", "cpu", "--quiet", "--plots",
-    ])
+    result = run_tracin_score(
+        [
+            "--run",
+            tiny_run,
+            "--out",
+            out,
+            "--models",
+            "teacher,student,student_baseline",
+            "--per-checkpoint",
+            "--variants",
+            "raw",
+            "--train-subset",
+            "128",
+            "--test-subset",
+            "24",
+            "--topk",
+            "3,8",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--plots",
+        ]
+    )
     assert result.returncode == 0, result.stderr
     return out
 
@@ -158,5 +194,7 @@ def demo_copy(run: Path, tmp_path: Path) -> Path:
     shutil.copytree(run, demo)
     machine = {"cpu": "a CPU", "cores": 2, "device": "no GPU", "torch": torch.__version__, "platform": "Linux"}
     seconds = {"total": 11, "training": 5, "scoring": 4, "report": 2}
-    (demo / "demo.json").write_text(json.dumps({"finished": "2026-11-30T12:00:00", "seconds": seconds, "machine": machine}))
+    (demo / "demo.json").write_text(
+        json.dumps({"finished": "2026-11-30T12:00:00", "seconds": seconds, "machine": machine})
+    )
     return demo

@@ -198,11 +198,22 @@ class TiedHead(nn.Module):
 
 def small_cnn(num_classes: int, in_channels: int) -> nn.Module:
     """A user's own teacher, as `tracin-train --model models_for_tests:small_cnn` builds it."""
-    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
-                         nn.Flatten(), nn.Linear(128, num_classes))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(128, num_classes),
+    )
 
 
 def smaller_cnn(num_classes: int, in_channels: int) -> nn.Module:
     """A user's own student (--student-model models_for_tests:smaller_cnn)."""
-    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-                         nn.Linear(16, num_classes))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, num_classes),
+    )

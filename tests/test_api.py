@@ -4,17 +4,17 @@ checkpoints score in a few lines, equal to the float64 torch.func reference."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torchvision
-from models_for_tests import relative_error
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-
-import pytest
 
 import tracin
 from tracin.engine.reference import func_tracin_scores
 from tracin.errors import CheckpointError, TracinError
+
+from models_for_tests import relative_error
 
 API_RTOL = 1e-5  # of the largest score: float32 against float64
 
@@ -46,8 +46,12 @@ def resnet18_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("checkpoints")
     pairs = save_training_checkpoints(model, folder)
     generator = torch.Generator().manual_seed(1)
-    train = TensorDataset(torch.randn(12, 3, 32, 32, generator=generator), torch.randint(0, 10, (12,), generator=generator))
-    test = TensorDataset(torch.randn(5, 3, 32, 32, generator=generator), torch.randint(0, 10, (5,), generator=generator))
+    train = TensorDataset(
+        torch.randn(12, 3, 32, 32, generator=generator), torch.randint(0, 10, (12,), generator=generator)
+    )
+    test = TensorDataset(
+        torch.randn(5, 3, 32, 32, generator=generator), torch.randint(0, 10, (5,), generator=generator)
+    )
     reference = func_tracin_scores(model, pairs, train.tensors, test.tensors)  # float64, every parameter, BatchNorm too
     return model, folder, pairs, train, test, reference
 
@@ -75,7 +79,9 @@ def test_lightning_optimizer_states_give_the_lr(resnet18_run, tmp_path):
     model, _, pairs, *_ = resnet18_run
     optimizer = torch.optim.SGD(model.parameters(), lr=0.07)
     prefixed = {f"model.{k}": v for k, v in pairs[0][0].items()}  # a LightningModule's self.model
-    torch.save({"state_dict": prefixed, "optimizer_states": [optimizer.state_dict()], "epoch": 3}, tmp_path / "epoch=3.ckpt")
+    torch.save(
+        {"state_dict": prefixed, "optimizer_states": [optimizer.state_dict()], "epoch": 3}, tmp_path / "epoch=3.ckpt"
+    )
     (checkpoint,) = tracin.load_checkpoints(tmp_path)
     assert checkpoint.lr == 0.07
     engine = tracin.TracIn(model, [checkpoint])  # Lightning's "model." prefix is stripped
@@ -93,7 +99,9 @@ def test_a_prefix_selects_one_model_of_a_distillation_checkpoint(resnet18_run, t
     with pytest.raises(CheckpointError, match=r"prefix='student\.'") as raised:
         tracin.TracIn(model, str(tmp_path))
     assert len(str(raised.value)) < 600  # no key dump
-    engine = tracin.TracIn(model, tracin.load_checkpoints(tmp_path, prefix="student."), loss=nn.CrossEntropyLoss(reduction="none"))
+    engine = tracin.TracIn(
+        model, tracin.load_checkpoints(tmp_path, prefix="student."), loss=nn.CrossEntropyLoss(reduction="none")
+    )
     assert relative_error(engine.scores(train, test), reference) < API_RTOL
 
 

@@ -8,6 +8,9 @@ import pickle
 import pytest
 import torch
 
+from tracin.config import ModelConfig
+from tracin.engine.tracin import TracIn
+from tracin.errors import CheckpointError
 from tracin.training.checkpoints import (
     FORMAT,
     Checkpoint,
@@ -25,17 +28,24 @@ from tracin.training.checkpoints import (
     select_checkpoints,
     teacher_record,
 )
-from tracin.config import ModelConfig
 from tracin.training.models import build_model
-from tracin.errors import CheckpointError
-from tracin.engine.tracin import TracIn
 
 
 def _payload(role: str = "teacher") -> dict:
     """The fields every tracin-train checkpoint has (tracin.schemas.CHECKPOINT), around a one-tensor model."""
     model_config = {"arch": "resnet34", "stages": 4, "width": 4, "in_channels": 1, "num_classes": 10}
-    return {"format": FORMAT, "version": 1, "role": role, "model": {"w": torch.arange(3.0)}, "lr": 0.5, "epoch": 2,
-            "step": 8, "model_config": model_config, "config": {}, "data_fingerprint": {}}
+    return {
+        "format": FORMAT,
+        "version": 1,
+        "role": role,
+        "model": {"w": torch.arange(3.0)},
+        "lr": 0.5,
+        "epoch": 2,
+        "step": 8,
+        "model_config": model_config,
+        "config": {},
+        "data_fingerprint": {},
+    }
 
 
 def test_save_atomic_round_trip_leaves_no_temporary_file(tmp_path):
@@ -97,11 +107,18 @@ def _linear_model():
 
 LAYOUTS = {
     "plain state dict, (path, lr)": lambda s: s,
-    "torchvision reference trainer": lambda s: {"model": s, "optimizer": {"param_groups": [{"lr": 0.05}]}, "epoch": 2,
-                                                "args": argparse.Namespace(lr=0.1, epochs=90)},
+    "torchvision reference trainer": lambda s: {
+        "model": s,
+        "optimizer": {"param_groups": [{"lr": 0.05}]},
+        "epoch": 2,
+        "args": argparse.Namespace(lr=0.1, epochs=90),
+    },
     "state_dict + lr": lambda s: {"state_dict": s, "lr": 0.05},
     "model_state_dict + learning_rate": lambda s: {"model_state_dict": s, "learning_rate": torch.tensor(0.05)},
-    "model_state + optimizer": lambda s: {"model_state": s, "optimizer": {"param_groups": [{"lr": 0.05}, {"lr": 0.05}]}},
+    "model_state + optimizer": lambda s: {
+        "model_state": s,
+        "optimizer": {"param_groups": [{"lr": 0.05}, {"lr": 0.05}]},
+    },
     "DDP prefix": lambda s: {"model": {f"module.{k}": v for k, v in s.items()}, "lr": 0.05},
     "Lightning prefix": lambda s: {"state_dict": {f"model.{k}": v for k, v in s.items()}, "lr": 0.05},
 }
@@ -124,10 +141,16 @@ def test_checkpoint_layouts_of_other_trainers_load_with_their_lr(tmp_path, layou
 @pytest.mark.parametrize(
     "payload,message",
     [
-        ({"model": {"w": torch.ones(1)}, "state_dict": {"w": torch.ones(1)}, "lr": 0.1}, r"several state dicts \(keys: model, state_dict, lr\)"),
+        (
+            {"model": {"w": torch.ones(1)}, "state_dict": {"w": torch.ones(1)}, "lr": 0.1},
+            r"several state dicts \(keys: model, state_dict, lr\)",
+        ),
         ({"weights": {"w": torch.ones(1)}, "lr": 0.1}, r"no state dict \(keys: weights, lr\)"),
         ({"model": {"w": torch.ones(1)}, "epoch": 3}, r"records no learning rate \(keys: model, epoch\)"),
-        ({"model": {"w": torch.ones(1)}, "optimizer": {"param_groups": [{"lr": 0.1}, {"lr": 0.2}]}}, "different learning rates"),
+        (
+            {"model": {"w": torch.ones(1)}, "optimizer": {"param_groups": [{"lr": 0.1}, {"lr": 0.2}]}},
+            "different learning rates",
+        ),
         ({"model": {"w": torch.ones(1)}, "lr": 0.0}, "finite positive"),
         ({"model": {"w": torch.ones(1)}, "lr": float("nan")}, "finite positive"),
         ({"model": {"w": torch.ones(1)}, "lr": "fast"}, "not a number"),
@@ -150,7 +173,9 @@ def test_a_captum_style_load_function_gives_states_and_lrs(tmp_path):
     paths = []
     for i in range(2):
         paths.append(tmp_path / f"ckpt_{i}.bin")
-        torch.save({"weights": {k: v * (i + 2) for k, v in model.state_dict().items()}, "rate": 0.1 * (i + 1)}, paths[-1])
+        torch.save(
+            {"weights": {k: v * (i + 2) for k, v in model.state_dict().items()}, "rate": 0.1 * (i + 1)}, paths[-1]
+        )
 
     def load(net, path):
         payload = torch.load(path, weights_only=True)
@@ -160,7 +185,9 @@ def test_a_captum_style_load_function_gives_states_and_lrs(tmp_path):
     checkpoints = checkpoints_from_loader(model, paths, load)
     assert [c.lr for c in checkpoints] == pytest.approx([0.1, 0.2])
     assert torch.equal(checkpoints[1].state["0.weight"], model.state_dict()["0.weight"] * 3)
-    assert torch.equal(model.state_dict()["0.weight"], _linear_model().state_dict()["0.weight"])  # the user's model untouched
+    assert torch.equal(
+        model.state_dict()["0.weight"], _linear_model().state_dict()["0.weight"]
+    )  # the user's model untouched
 
 
 def test_every_checkpoint_checks_its_lr_however_it_is_made():
@@ -171,7 +198,15 @@ def test_every_checkpoint_checks_its_lr_however_it_is_made():
 def _tiny_payload(role: str, epoch: int, teacher=None, seed: int = 0) -> dict:
     config = ModelConfig(stages=1, width=2, in_channels=1, num_classes=3)
     torch.manual_seed(seed)
-    training = {"optimizer": {}, "scheduler": {}, "epoch": epoch, "step": epoch, "lr": 0.1, "lr_at_save": 0.1, "metrics": {}}
+    training = {
+        "optimizer": {},
+        "scheduler": {},
+        "epoch": epoch,
+        "step": epoch,
+        "lr": 0.1,
+        "lr_at_save": 0.1,
+        "metrics": {},
+    }
     provenance = {"config": {}, "data_config": {}, "data_fingerprint": {"digest": "d"}, "teacher": teacher}
     return make_payload(role, build_model(config), config, training, provenance)
 

@@ -62,7 +62,9 @@ def test_help_and_version_import_neither_torch_nor_h5py_nor_matplotlib():
 def test_python_dash_m_tracin_is_the_umbrella_command():
     listing = subprocess.run([sys.executable, "-m", "tracin", "--help"], capture_output=True, text=True, timeout=60)
     assert listing.returncode == 0 and all(f"  {name} " in listing.stdout for name in COMMANDS)
-    score_help = subprocess.run([sys.executable, "-m", "tracin", "score", "--help"], capture_output=True, text=True, timeout=60)
+    score_help = subprocess.run(
+        [sys.executable, "-m", "tracin", "score", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert score_help.returncode == 0 and "usage: tracin-score" in score_help.stdout
 
 
@@ -75,9 +77,14 @@ def test_an_unknown_command_or_none_is_one_line_and_exit_2(capsys):
 
 
 MINIMAL = {  # a command line each command would accept, short of doing its work
-    "train": ["--run", "x"], "score": ["--run", "x"], "report": ["--run", "x"], "validate": ["--run", "x"],
-    "sweep": ["--sweep", "x", "--vary", "temperature=1,2"], "eval": ["--run", "x", "--eval-dataset", "cifar10"],
-    "notebooks": ["scores.h5", "out"], "explore": ["--run", "x"],
+    "train": ["--run", "x"],
+    "score": ["--run", "x"],
+    "report": ["--run", "x"],
+    "validate": ["--run", "x"],
+    "sweep": ["--sweep", "x", "--vary", "temperature=1,2"],
+    "eval": ["--run", "x", "--eval-dataset", "cifar10"],
+    "notebooks": ["scores.h5", "out"],
+    "explore": ["--run", "x"],
 }
 
 

@@ -11,15 +11,42 @@ import pytest
 import torch
 from torchvision import datasets
 
-from conftest import one_thread, run_tracin_train
 from tracin.cli.main import build_train_parser, train_main
 
+from conftest import one_thread, run_tracin_train
+
 OPTIONS = (
-    "--run", "--out-root", "--dataset", "--data-root", "--no-checksum", "--train-subset", "--test-subset",
-    "--label-noise", "--data-seed", "--models", "--epochs", "--batch-size", "--lr", "--schedule",
-    "--warmup-epochs", "--label-smoothing", "--save-every", "--seed", "--width", "--student-stages",
-    "--student-init", "--distill", "--kd-loss", "--temperature", "--alpha", "--no-augment", "--teacher",
-    "--device", "--resume", "--overwrite", "--quiet",
+    "--run",
+    "--out-root",
+    "--dataset",
+    "--data-root",
+    "--no-checksum",
+    "--train-subset",
+    "--test-subset",
+    "--label-noise",
+    "--data-seed",
+    "--models",
+    "--epochs",
+    "--batch-size",
+    "--lr",
+    "--schedule",
+    "--warmup-epochs",
+    "--label-smoothing",
+    "--save-every",
+    "--seed",
+    "--width",
+    "--student-stages",
+    "--student-init",
+    "--distill",
+    "--kd-loss",
+    "--temperature",
+    "--alpha",
+    "--no-augment",
+    "--teacher",
+    "--device",
+    "--resume",
+    "--overwrite",
+    "--quiet",
 )
 
 
@@ -42,8 +69,22 @@ def _assert_one_line_error(code: int, err: str, needle: str) -> None:
 
 
 def _cifar(root: str, out_root: Path) -> list[str]:
-    return ["--dataset", "cifar10", "--data-root", root, "--no-checksum", "--out-root", out_root,
-            "--width", "4", "--batch-size", "32", "--epochs", "2", "--quiet"]
+    return [
+        "--dataset",
+        "cifar10",
+        "--data-root",
+        root,
+        "--no-checksum",
+        "--out-root",
+        out_root,
+        "--width",
+        "4",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "2",
+        "--quiet",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -122,13 +163,17 @@ def test_a_teacher_for_other_data_is_one_line(tiny_run, tmp_path, cifar10_root, 
     _assert_one_line_error(code, err, "takes 1 channels and 10 classes; the data has 3 and 10")
 
 
-def test_the_same_command_continues_its_run_and_another_configuration_is_refused(teacher_run, tmp_path, cifar10_root, capsys):
+def test_the_same_command_continues_its_run_and_another_configuration_is_refused(
+    teacher_run, tmp_path, cifar10_root, capsys
+):
     run = _copy(teacher_run, tmp_path)
     before = (run / "teacher" / "epoch_002.pt").read_bytes()
     code, _, err = _cli(["--run", "base", *_cifar(cifar10_root, tmp_path), "--models", "teacher"], capsys)
     assert code == 0, err
     assert (run / "teacher" / "epoch_002.pt").read_bytes() == before
-    code, _, err = _cli(["--run", "base", *_cifar(cifar10_root, tmp_path), "--models", "teacher", "--lr", "0.3"], capsys)
+    code, _, err = _cli(
+        ["--run", "base", *_cifar(cifar10_root, tmp_path), "--models", "teacher", "--lr", "0.3"], capsys
+    )
     _assert_one_line_error(code, err, "already holds a run with another configuration (config.lr (0.1 -> 0.3))")
 
 
@@ -209,6 +254,8 @@ def test_overwrite_removes_only_folders_tracin_train_made(cifar10_root, tmp_path
     folder = tmp_path / "notes"
     folder.mkdir()
     (folder / "thesis.tex").write_text("months of work")
-    code, _, err = _cli(["--run", "notes", *_cifar(cifar10_root, tmp_path), "--models", "teacher", "--overwrite"], capsys)
+    code, _, err = _cli(
+        ["--run", "notes", *_cifar(cifar10_root, tmp_path), "--models", "teacher", "--overwrite"], capsys
+    )
     _assert_one_line_error(code, err, "is not a tracin-train run")
     assert (folder / "thesis.tex").read_text() == "months of work"

@@ -26,8 +26,10 @@ from tracin.results.store import ScoreFile
 SCOPE = [("scope", "S64")]
 SUMMARY = [("mean", "f8"), ("median", "f8"), ("min", "f8"), ("max", "f8")]
 STORED_COLUMNS = {
-    "overlap": SCOPE + [("direction", "S8"), ("side", "S12"), ("k", "i8"), *SUMMARY, ("chance", "f8"), ("jaccard", "f8")],
-    "rank_correlation": SCOPE + [("direction", "S8"), ("statistic", "S10"), *SUMMARY, ("n_rows", "i8"), ("n_undefined", "i8")],
+    "overlap": SCOPE
+    + [("direction", "S8"), ("side", "S12"), ("k", "i8"), *SUMMARY, ("chance", "f8"), ("jaccard", "f8")],
+    "rank_correlation": SCOPE
+    + [("direction", "S8"), ("statistic", "S10"), *SUMMARY, ("n_rows", "i8"), ("n_undefined", "i8")],
     "ks": SCOPE + [("statistic", "f8"), ("pvalue", "f8"), ("scaled_statistic", "f8"), ("scaled_pvalue", "f8")],
     "self_influence": SCOPE + [("pearson", "f8"), ("spearman", "f8")],
 }
@@ -42,9 +44,13 @@ def largest_score_rows(scope: ScopePair) -> list[dict]:
 
 
 LARGEST = ComparisonTable(
-    "largest_score", "largest absolute score",
-    (Column("largest_a", label="largest of a", format=".4g"), Column("largest_b", label="largest of b", format=".4g"),
-     Column("ratio")),
+    "largest_score",
+    "largest absolute score",
+    (
+        Column("largest_a", label="largest of a", format=".4g"),
+        Column("largest_b", label="largest of b", format=".4g"),
+        Column("ratio"),
+    ),
     largest_score_rows,
 )
 
@@ -93,7 +99,10 @@ def test_a_registered_statistic_reaches_the_file_the_text_and_the_report(scores_
     assert "(2 more rows, of other scopes" in text  # the text shows scope "sum"; the Markdown every row
     assert "**teacher vs student: largest absolute score**" in markdown
     assert "| scope | largest of a | largest of b | ratio |" in markdown
-    assert f"| epoch_004 | {table[2]['largest_a']:.4g} | {table[2]['largest_b']:.4g} | {table[2]['ratio']:.3f} |" in markdown
+    assert (
+        f"| epoch_004 | {table[2]['largest_a']:.4g} | {table[2]['largest_b']:.4g} | {table[2]['ratio']:.3f} |"
+        in markdown
+    )
 
 
 def test_a_table_this_version_does_not_register_is_shown_by_its_columns(scores_copy):
@@ -118,10 +127,13 @@ def test_the_text_shows_each_epochs_headline_overlap(tiny_scores):
     text = format_tables("teacher", "student", tables)
     overlap = tables["overlap"]
     for row in overlap:
-        headline = row["scope"] == b"sum" or (row["k"] == 8 and (row["direction"], row["side"]) in
-                                               {(b"test", b"proponents"), (b"train", b"top")})
+        headline = row["scope"] == b"sum" or (
+            row["k"] == 8 and (row["direction"], row["side"]) in {(b"test", b"proponents"), (b"train", b"top")}
+        )
         cells = [row[name].decode() for name in ("scope", "direction", "side")] + [str(row["k"]), f"{row['mean']:.3f}"]
-        found = any(line.split()[:5] == cells and f"{row['jaccard']:.3f}" in line.split()[5:] for line in text.splitlines())
+        found = any(
+            line.split()[:5] == cells and f"{row['jaccard']:.3f}" in line.split()[5:] for line in text.splitlines()
+        )
         assert found == headline, row
     correlation = tables["rank_correlation"][tables["rank_correlation"]["scope"] == b"sum"][0]
     assert f"{correlation['median']:.3f}" in text and "constant rows left out" in text

@@ -14,13 +14,24 @@ from torchvision import datasets
 from torchvision.transforms import Normalize
 from torchvision.transforms.functional import convert_image_dtype
 
-from conftest import ATOL, CIFAR10_CLASSES, RTOL
 from tracin.config import DataConfig
-from tracin.training.data import (
-    CLASS_MERGES, DEBIAN_FASHION_MNIST, SHORTCUT_PATCH, SHORTCUT_TEST_FRACTION, SPECS, augment, data_record, flip_labels,
-    fingerprint, load_data, normalize, stratified_subset,
-)
 from tracin.errors import DataError, TracinError
+from tracin.training.data import (
+    CLASS_MERGES,
+    DEBIAN_FASHION_MNIST,
+    SHORTCUT_PATCH,
+    SHORTCUT_TEST_FRACTION,
+    SPECS,
+    augment,
+    data_record,
+    fingerprint,
+    flip_labels,
+    load_data,
+    normalize,
+    stratified_subset,
+)
+
+from conftest import ATOL, CIFAR10_CLASSES, RTOL
 
 
 def _read_cifar_batches(root: str, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -131,12 +142,20 @@ def test_coarse_labels_merge_cifar10_classes_and_keep_the_fine_ones(cifar10_root
     assert int(data.train.noisy.sum()) == round(0.1 * 300) and int(data.train.labels.max()) < len(groups)
     record = data_record(data)
     assert record["train_fine_labels"] == plain.train.labels.tolist() and record["fine_classes"] == CIFAR10_CLASSES
-    assert fingerprint(data, config)["digest"] != fingerprint(plain, DataConfig(dataset="cifar10", data_root=cifar10_root, checksum=False))["digest"]
+    assert (
+        fingerprint(data, config)["digest"]
+        != fingerprint(plain, DataConfig(dataset="cifar10", data_root=cifar10_root, checksum=False))["digest"]
+    )
 
 
 def test_coarse_labels_of_fashion_mnist_merge_tops_and_footwear(fashion_mnist_root):
-    config = DataConfig(dataset="fashion-mnist", data_root=fashion_mnist_root, train_subset=400, test_subset=100,
-                        coarse_labels="tops-footwear")
+    config = DataConfig(
+        dataset="fashion-mnist",
+        data_root=fashion_mnist_root,
+        train_subset=400,
+        test_subset=100,
+        coarse_labels="tops-footwear",
+    )
     data = load_data(config)
     tops = [0, 2, 4, 6]
     assert data.train.classes == ("tops", "trouser", "dress", "footwear", "bag")
@@ -151,14 +170,18 @@ def test_a_coarse_merge_of_another_data_set_is_refused():
 
 def test_shortcut_stamps_a_fraction_of_one_class_and_half_of_each_test_class(cifar10_root):
     plain = load_data(DataConfig(dataset="cifar10", data_root=cifar10_root, checksum=False))
-    config = DataConfig(dataset="cifar10", data_root=cifar10_root, checksum=False, shortcut_class=3, shortcut_fraction=0.5)
+    config = DataConfig(
+        dataset="cifar10", data_root=cifar10_root, checksum=False, shortcut_class=3, shortcut_fraction=0.5
+    )
     data = load_data(config)
     train, test = data.train, data.test
     assert torch.equal(train.labels, plain.train.labels)
     assert set(train.labels[train.stamped].tolist()) == {3}
     assert int(train.stamped.sum()) == round(0.5 * int((train.labels == 3).sum()))
     for c in range(10):
-        assert int(test.stamped[test.labels == c].sum()) == round(SHORTCUT_TEST_FRACTION * int((test.labels == c).sum()))
+        assert int(test.stamped[test.labels == c].sum()) == round(
+            SHORTCUT_TEST_FRACTION * int((test.labels == c).sum())
+        )
     for split, reference in ((train, plain.train), (test, plain.test)):
         corner = split.images[:, :, :SHORTCUT_PATCH, :SHORTCUT_PATCH]
         assert bool((corner[split.stamped] == 255).all())

@@ -11,13 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import subprocess_env
 
+from tracin.commands.score import plan_warning
 from tracin.engine.blocks import MemoryPlan, work_factor
 from tracin.errors import TracinError
 from tracin.files import refuse_link, report_path
-from tracin.commands.score import plan_warning
 from tracin.results.store import ScoreFile
+
+from conftest import subprocess_env
 
 
 def run(name: str, *args, cwd: Path) -> subprocess.CompletedProcess:
@@ -26,7 +27,11 @@ def run(name: str, *args, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def assert_one_line(result: subprocess.CompletedProcess, fragment: str) -> None:
@@ -49,7 +54,9 @@ def test_a_run_folder_that_is_a_link_is_refused_before_anything_even_with_overwr
     assert digest(colleague) == before and (tmp_path / "runs" / "mine").is_symlink()
     (tmp_path / "runs" / "mine").unlink()
     (tmp_path / "runs" / ".mine.replaced").symlink_to(colleague, target_is_directory=True)
-    assert_one_line(run("tracin-train", "--run", "mine", "--out-root", "runs", "--overwrite", cwd=tmp_path), "is a symbolic link")
+    assert_one_line(
+        run("tracin-train", "--run", "mine", "--out-root", "runs", "--overwrite", cwd=tmp_path), "is a symbolic link"
+    )
     assert digest(colleague) == before
 
 
@@ -58,7 +65,9 @@ def test_a_score_file_that_is_a_link_is_refused(tiny_run, tmp_path):
     colleague.write_bytes(b"a colleague's finished score file")
     (tmp_path / "tracin.h5").symlink_to(colleague)
     for extra in ((), ("--overwrite",)):
-        result = run("tracin-score", "--run", tiny_run, "--out", tmp_path / "tracin.h5", "--device", "cpu", *extra, cwd=tmp_path)
+        result = run(
+            "tracin-score", "--run", tiny_run, "--out", tmp_path / "tracin.h5", "--device", "cpu", *extra, cwd=tmp_path
+        )
         assert_one_line(result, "is a symbolic link")
     assert colleague.read_bytes() == b"a colleague's finished score file"
     with pytest.raises(TracinError, match="is a symbolic link"):  # tracin-validate and tracin-report open it so
@@ -81,7 +90,18 @@ def test_two_score_files_in_one_folder_keep_their_own_reports(tmp_path):
 
 
 def test_a_bad_option_is_refused_before_any_scoring(tiny_run, tmp_path):
-    result = run("tracin-score", "--run", tiny_run, "--out", tmp_path / "x.h5", "--corr-rows", "-5", "--device", "cpu", cwd=tmp_path)
+    result = run(
+        "tracin-score",
+        "--run",
+        tiny_run,
+        "--out",
+        tmp_path / "x.h5",
+        "--corr-rows",
+        "-5",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert_one_line(result, "--corr-rows must be at least 1")
     assert list(tmp_path.iterdir()) == []  # not even a lock was left
 
@@ -103,15 +123,46 @@ def test_a_plan_that_multiplies_the_work_is_said_before_it_starts():
 
 def test_a_data_root_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "not_a_folder").write_text("x")
-    result = run("tracin-train", "--run", "r", "--dataset", "fashion-mnist", "--data-root", tmp_path / "not_a_folder",
-                 "--train-subset", "64", "--test-subset", "32", cwd=tmp_path)
+    result = run(
+        "tracin-train",
+        "--run",
+        "r",
+        "--dataset",
+        "fashion-mnist",
+        "--data-root",
+        tmp_path / "not_a_folder",
+        "--train-subset",
+        "64",
+        "--test-subset",
+        "32",
+        cwd=tmp_path,
+    )
     assert_one_line(result, "is a file, not a folder")
 
 
 def test_a_model_factory_of_the_wrong_signature_is_one_line(tmp_path, fashion_mnist_root):
-    result = run("tracin-train", "--run", "r", "--dataset", "fashion-mnist", "--data-root", fashion_mnist_root,
-                 "--model", "os:getcwd", "--student-model", "os:getcwd", "--train-subset", "256", "--test-subset", "32",
-                 "--batch-size", "32", "--epochs", "2", cwd=tmp_path)
+    result = run(
+        "tracin-train",
+        "--run",
+        "r",
+        "--dataset",
+        "fashion-mnist",
+        "--data-root",
+        fashion_mnist_root,
+        "--model",
+        "os:getcwd",
+        "--student-model",
+        "os:getcwd",
+        "--train-subset",
+        "256",
+        "--test-subset",
+        "32",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "2",
+        cwd=tmp_path,
+    )
     assert_one_line(result, "must be called as FUNCTION(num_classes=..., in_channels=...)")
 
 
@@ -133,14 +184,21 @@ def reported(tiny_run, tiny_scores, tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("write", [3, 8])
-def test_a_full_disk_inside_hdf5_during_report_is_salvaged_by_the_same_command(tiny_run, tiny_scores, reported, tmp_path, write):
+def test_a_full_disk_inside_hdf5_during_report_is_salvaged_by_the_same_command(
+    tiny_run, tiny_scores, reported, tmp_path, write
+):
     """A full disk while tracin-report writes its randomization leaves that group unreadable; the same command
     salvages the file (only its own groups were damaged, so the file stays finished) and finishes it."""
     out = tmp_path / "tracin.h5"
     shutil.copy(tiny_scores, out)
     env_fault = {**subprocess_env(), "TRACIN_FAULT": f"h5-write:{write}:enospc"}
-    failed = subprocess.run([str(Path(sys.executable).with_name("tracin-report")), "--run", str(tiny_run), "--scores", str(out),
-                             *REPORT], capture_output=True, text=True, timeout=300, env=env_fault)
+    failed = subprocess.run(
+        [str(Path(sys.executable).with_name("tracin-report")), "--run", str(tiny_run), "--scores", str(out), *REPORT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env_fault,
+    )
     assert_one_line(failed, "No space left on device")
     again = run("tracin-report", "--run", tiny_run, "--scores", out, *REPORT, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -155,7 +213,10 @@ def test_report_outputs_that_are_links_are_refused(tmp_path):
     colleague = tmp_path / "colleague"
     colleague.mkdir()
     (tmp_path / "plots").symlink_to(colleague, target_is_directory=True)
-    for write in (lambda: write_quality_files(tmp_path / "tracin.h5", None), lambda: write_validation_report(tmp_path / "tracin.h5", None, None)):
+    for write in (
+        lambda: write_quality_files(tmp_path / "tracin.h5", None),
+        lambda: write_validation_report(tmp_path / "tracin.h5", None, None),
+    ):
         with pytest.raises(TracinError, match="is a symbolic link"):
             write()
     assert list(colleague.iterdir()) == []

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import subprocess_env
 from tracin.training.checkpoints import load_model
 from tracin.training.data import SPECS, normalize
+
+from conftest import subprocess_env
 
 FINE = ["apple", "aquarium_fish", "bus", "pickup_truck", "maple_tree"] + [f"class_{i}" for i in range(5, 100)]
 
@@ -29,12 +30,19 @@ def write_cifar100(root: Path, n: int = 60, seed: int = 0) -> Path:
     for name in ("train", "test"):
         fine = rng.integers(0, 5, size=n)
         data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-        batch = {"filenames": [f"{name}_{i}.png" for i in range(n)], "batch_label": name, "fine_labels": fine.tolist(),
-                 "coarse_labels": (fine // 5).tolist(), "data": data}
+        batch = {
+            "filenames": [f"{name}_{i}.png" for i in range(n)],
+            "batch_label": name,
+            "fine_labels": fine.tolist(),
+            "coarse_labels": (fine // 5).tolist(),
+            "data": data,
+        }
         with open(folder / name, "wb") as handle:
             pickle.dump(batch, handle, protocol=2)
     with open(folder / "meta", "wb") as handle:
-        pickle.dump({"fine_label_names": FINE, "coarse_label_names": [f"super_{i}" for i in range(20)]}, handle, protocol=2)
+        pickle.dump(
+            {"fine_label_names": FINE, "coarse_label_names": [f"super_{i}" for i in range(20)]}, handle, protocol=2
+        )
     return root
 
 
@@ -46,8 +54,27 @@ def tool(name: str, *args) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def cifar10_run(tmp_path_factory, cifar10_root) -> Path:
     out = tmp_path_factory.mktemp("eval_runs")
-    result = tool("tracin-train", "--run", "c10", "--out-root", out, "--dataset", "cifar10", "--data-root", cifar10_root,
-                  "--no-checksum", "--epochs", "2", "--save-every", "1", "--width", "4", "--batch-size", "32", "--quiet")
+    result = tool(
+        "tracin-train",
+        "--run",
+        "c10",
+        "--out-root",
+        out,
+        "--dataset",
+        "cifar10",
+        "--data-root",
+        cifar10_root,
+        "--no-checksum",
+        "--epochs",
+        "2",
+        "--save-every",
+        "1",
+        "--width",
+        "4",
+        "--batch-size",
+        "32",
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     return out / "c10"
 
@@ -56,8 +83,20 @@ def test_cifar100_with_a_class_map_equals_a_direct_evaluation(cifar10_run, tmp_p
     root = write_cifar100(tmp_path / "data")
     class_map = tmp_path / "map.json"
     class_map.write_text(json.dumps({"pickup_truck": "truck", "bus": "automobile"}))
-    result = tool("tracin-eval", "--run", cifar10_run, "--eval-dataset", "cifar100", "--data-root", root, "--no-checksum",
-                  "--class-map", class_map, "--device", "cpu")
+    result = tool(
+        "tracin-eval",
+        "--run",
+        cifar10_run,
+        "--eval-dataset",
+        "cifar100",
+        "--data-root",
+        root,
+        "--no-checksum",
+        "--class-map",
+        class_map,
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 0, result.stderr
     with open(root / "cifar-100-python" / "test", "rb") as handle:
         batch = pickle.load(handle, encoding="latin1")
@@ -78,17 +117,22 @@ def test_cifar100_with_a_class_map_equals_a_direct_evaluation(cifar10_run, tmp_p
     assert "automobile" in result.stdout and "truck" in result.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "no class of cifar100 maps to the run's classes"),
-    (["--class-map", "MAP"], "not a class of the run"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "no class of cifar100 maps to the run's classes"),
+        (["--class-map", "MAP"], "not a class of the run"),
+    ],
+)
 def test_eval_refusals_are_one_line(cifar10_run, tmp_path, args, message):
     root = write_cifar100(tmp_path / "data")
     (tmp_path / "map.json").write_text(json.dumps({"bus": "tram"}))
     args = [str(tmp_path / "map.json") if a == "MAP" else a for a in args]
     written = cifar10_run / "eval_cifar100.csv"
     before = written.read_bytes() if written.exists() else None
-    result = tool("tracin-eval", "--run", cifar10_run, "--eval-dataset", "cifar100", "--data-root", root, "--no-checksum", *args)
+    result = tool(
+        "tracin-eval", "--run", cifar10_run, "--eval-dataset", "cifar100", "--data-root", root, "--no-checksum", *args
+    )
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert (written.read_bytes() if written.exists() else None) == before  # an earlier result is left as it was
 
@@ -96,6 +140,15 @@ def test_eval_refusals_are_one_line(cifar10_run, tmp_path, args, message):
 def test_eval_of_images_of_another_shape_is_refused(cifar10_run, fashion_mnist_root):
     class_map = Path(cifar10_run.parent / "fm_map.json")
     class_map.write_text(json.dumps({"Sneaker": "automobile"}))
-    result = tool("tracin-eval", "--run", cifar10_run, "--eval-dataset", "fashion-mnist", "--data-root", fashion_mnist_root,
-                  "--class-map", class_map)
+    result = tool(
+        "tracin-eval",
+        "--run",
+        cifar10_run,
+        "--eval-dataset",
+        "fashion-mnist",
+        "--data-root",
+        fashion_mnist_root,
+        "--class-map",
+        class_map,
+    )
     assert result.returncode == 2 and "the run's models read (3, 32, 32)" in result.stderr, result.stderr

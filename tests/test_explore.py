@@ -21,7 +21,15 @@ import pytest
 from tracin.errors import TracinError
 from tracin.results import statistics
 from tracin.results.explore import (
-    comparisons, frames, frequent_proponents, overlap_counts, page_data, proponents, topk_table, write_page, write_tables,
+    comparisons,
+    frames,
+    frequent_proponents,
+    overlap_counts,
+    page_data,
+    proponents,
+    topk_table,
+    write_page,
+    write_tables,
 )
 from tracin.results.figures import load_images
 from tracin.results.store import ScoreFile
@@ -36,12 +44,42 @@ SCREENSHOT = REPO / "docs" / "explore.png"  # the README's picture of the page, 
 def explore_run(fashion_mnist_root, tmp_path_factory) -> Path:
     """A finished run with replicas and a planted shortcut, scored for all six models and the three replica ensembles (raw and cosine)."""
     out_root = tmp_path_factory.mktemp("explore")
-    result = run_tracin_train(["--run", "explore", "--out-root", out_root, "--data-root", fashion_mnist_root,
-                               *TINY_RUN_ARGS, "--replicas", "2", "--shortcut-class", "1"])
+    result = run_tracin_train(
+        [
+            "--run",
+            "explore",
+            "--out-root",
+            out_root,
+            "--data-root",
+            fashion_mnist_root,
+            *TINY_RUN_ARGS,
+            "--replicas",
+            "2",
+            "--shortcut-class",
+            "1",
+        ]
+    )
     assert result.returncode == 0, result.stderr
     run = out_root / "explore"
-    result = run_tracin_score(["--run", run, "--models", "teacher,student,student_baseline", "--variants", "raw,cosine",
-                               "--train-subset", "128", "--test-subset", "24", "--topk", "3,8", "--device", "cpu", "--quiet"])
+    result = run_tracin_score(
+        [
+            "--run",
+            run,
+            "--models",
+            "teacher,student,student_baseline",
+            "--variants",
+            "raw,cosine",
+            "--train-subset",
+            "128",
+            "--test-subset",
+            "24",
+            "--topk",
+            "3,8",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert result.returncode == 0, result.stderr
     return run
 
@@ -66,22 +104,41 @@ def test_the_page_data_are_the_files_own_lists_and_overlaps(explore_run):
         for variant in ("raw", "cosine"):
             for name in models:
                 ranking = store.model(name).variant_rankings(variant)[0]
-                parts = [np.concatenate([decode(block["lists"][variant][name][i], dtype).reshape(-1, DEPTH) for block in page.blocks])
-                         for i, dtype in enumerate((np.int32, np.float32, np.int32, np.float32))]
-                for got, stored in zip(parts, (ranking.top_index, ranking.top_score, ranking.bottom_index, ranking.bottom_score)):
+                parts = [
+                    np.concatenate(
+                        [decode(block["lists"][variant][name][i], dtype).reshape(-1, DEPTH) for block in page.blocks]
+                    )
+                    for i, dtype in enumerate((np.int32, np.float32, np.int32, np.float32))
+                ]
+                for got, stored in zip(
+                    parts, (ranking.top_index, ranking.top_score, ranking.bottom_index, ranking.bottom_score)
+                ):
                     np.testing.assert_array_equal(got, stored[:, :DEPTH])  # bit for bit
                 assert set(ranking.top_index[:, :DEPTH].ravel()) <= set(page.train_rows)
             for comparison, pairs in comparisons(models).items():
                 for k in (3, 8):
                     entry = page.head["comparisons"][variant][comparison]["k"][str(k)]
-                    direct = np.mean([statistics.overlap_at_k(store.model(a).variant_rankings(variant)[0].top_index,
-                                                           store.model(b).variant_rankings(variant)[0].top_index, k) for a, b in pairs], axis=0)
+                    direct = np.mean(
+                        [
+                            statistics.overlap_at_k(
+                                store.model(a).variant_rankings(variant)[0].top_index,
+                                store.model(b).variant_rankings(variant)[0].top_index,
+                                k,
+                            )
+                            for a, b in pairs
+                        ],
+                        axis=0,
+                    )
                     np.testing.assert_allclose(decode(entry["values"], np.float32), direct, rtol=1e-6)
-                    assert entry["low"] <= entry["mean"] <= entry["high"] and entry["mean"] == pytest.approx(direct.mean())
+                    assert entry["low"] <= entry["mean"] <= entry["high"] and entry["mean"] == pytest.approx(
+                        direct.mean()
+                    )
         assert page.head["ks"] == [3, 8]
         assert {"teacher-student", "teacher-teacher'", "teacher'-student"} <= set(page.head["comparisons"]["raw"])
         np.testing.assert_array_equal(decode(page.head["train"]["stamped"], np.uint8), store.train_stamped)
-        np.testing.assert_array_equal(decode(page.head["predictions"]["student"]["class"], np.int16), store.model("student").predictions[0])
+        np.testing.assert_array_equal(
+            decode(page.head["predictions"]["student"]["class"], np.int16), store.model("student").predictions[0]
+        )
 
 
 def test_frequent_proponents_count_every_list():
@@ -99,7 +156,9 @@ def test_a_large_page_keeps_its_data_in_a_folder_beside_it(explore_run, tmp_path
         result = write_page(store, images, tmp_path / "page.html", store.models, DEPTH, max_inline_mb=0)
     folder = tmp_path / "page_files"
     assert result["folder"] == folder and (folder / "block_0000.js").is_file()
-    assert len(list((folder / "img").glob("t*.png"))) == 24 and result["images"] == len(list((folder / "img").glob("*.png")))
+    assert len(list((folder / "img").glob("t*.png"))) == 24 and result["images"] == len(
+        list((folder / "img").glob("*.png"))
+    )
     assert (tmp_path / "page.html").stat().st_size < 100_000  # the page itself holds no list and no image
 
 
@@ -116,7 +175,11 @@ def test_tracin_explore_writes_the_page_and_the_export(explore_run, tmp_path):
             rows = list(csv.DictReader(handle))
         assert len(rows) == 9 * 24 * DEPTH * 2
         ranking = store.model("teacher.r1").rankings()[0]
-        mine = [r for r in rows if r["model"] == "teacher.r1" and r["side"] == "opponent" and r["test_index"] == str(store.test_index[7])]
+        mine = [
+            r
+            for r in rows
+            if r["model"] == "teacher.r1" and r["side"] == "opponent" and r["test_index"] == str(store.test_index[7])
+        ]
         assert [int(r["train_index"]) for r in mine] == store.train_index[ranking.bottom_index[7, :DEPTH]].tolist()
         assert [np.float32(r["score"]) for r in mine] == ranking.bottom_score[7, :DEPTH].tolist()
         assert [r["flipped"] == "True" for r in mine] == store.noisy[ranking.bottom_index[7, :DEPTH]].tolist()
@@ -124,20 +187,26 @@ def test_tracin_explore_writes_the_page_and_the_export(explore_run, tmp_path):
         assert len(top) == len(rows) and top["score"].dtype == np.float32
         teacher_student = overlaps[overlaps["comparison"] == "teacher-student"]["overlap"].to_numpy()
         tops = proponents(store, store.models, "raw")
-        np.testing.assert_allclose(teacher_student, overlap_counts(tops, comparisons(store.models)["teacher-student"], DEPTH) / DEPTH)
+        np.testing.assert_allclose(
+            teacher_student, overlap_counts(tops, comparisons(store.models)["teacher-student"], DEPTH) / DEPTH
+        )
         lines = write_tables(store, store.models, tmp_path / "again", DEPTH)
     try:
         import pyarrow  # noqa: F401
+
         assert (tmp_path / "again" / "topk.parquet").is_file()
     except ImportError:
         assert lines[-1] == "explore: Parquet not written (pyarrow is not installed)"
 
 
-@pytest.mark.parametrize("args, said", [
-    (("--depth", "9"), "--depth 9: the file holds the top 8 of each test example; choose 1..8"),
-    (("--models", "teacher,nobody"), "--models nobody: not in"),
-    (("--scores", "missing.h5"), "missing.h5: no such score file"),
-])
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (("--depth", "9"), "--depth 9: the file holds the top 8 of each test example; choose 1..8"),
+        (("--models", "teacher,nobody"), "--models nobody: not in"),
+        (("--scores", "missing.h5"), "missing.h5: no such score file"),
+    ],
+)
 def test_a_users_mistake_is_one_line(explore_run, args, said):
     result = explore_command("--run", explore_run, *args)
     assert result.returncode == 2 and said in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -157,7 +226,11 @@ def test_a_page_is_never_written_over_a_file_it_did_not_write(explore_run, tmp_p
     scores = explore_run / "tracin.h5"
     before = scores.read_bytes()
     result = explore_command("--run", explore_run, "--out", scores)
-    assert result.returncode == 2 and "is not a page tracin-explore wrote" in result.stderr and scores.read_bytes() == before
+    assert (
+        result.returncode == 2
+        and "is not a page tracin-explore wrote" in result.stderr
+        and scores.read_bytes() == before
+    )
     result = explore_command("--run", explore_run, "--out", tmp_path)
     assert result.returncode == 2 and "is a folder" in result.stderr
     for _ in range(2):
@@ -193,7 +266,13 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(driver_path))
@@ -206,7 +285,9 @@ def open_page(browser, page: Path, fragment: str = ""):
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(page.as_uri() + fragment)
-    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".model[data-model='teacher'] .proponents .card"))
+    WebDriverWait(browser, 30).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, ".model[data-model='teacher'] .proponents .card")
+    )
     return By
 
 
@@ -214,7 +295,10 @@ def cards(browser, model: str, side: str) -> list[dict]:
     from selenium.webdriver.common.by import By
 
     found = browser.find_elements(By.CSS_SELECTOR, f"#models .model[data-model='{model}'] .{side} .card")
-    return [{name: card.get_attribute(f"data-{name}") for name in ("train-index", "score", "flipped", "stamped")} for card in found]
+    return [
+        {name: card.get_attribute(f"data-{name}") for name in ("train-index", "score", "flipped", "stamped")}
+        for card in found
+    ]
 
 
 def severe(browser) -> list[str]:
@@ -231,16 +315,23 @@ def test_the_browser_shows_the_stored_lists_and_flags(explore_run, browser, tmp_
         assert browser.find_element("id", "title").text.startswith(f"test #{store.test_index[row]}: ")
         for name in ("teacher", "student"):
             ranking = store.model(name).rankings()[0]
-            for side, index, score in (("proponents", ranking.top_index, ranking.top_score), ("opponents", ranking.bottom_index, ranking.bottom_score)):
+            for side, index, score in (
+                ("proponents", ranking.top_index, ranking.top_score),
+                ("opponents", ranking.bottom_index, ranking.bottom_score),
+            ):
                 shown = cards(browser, name, side)
                 rows = index[row, :DEPTH]
                 assert [int(c["train-index"]) for c in shown] == store.train_index[rows].tolist()
                 assert [float(c["score"]) for c in shown] == score[row, :DEPTH].tolist()  # float32 as stored, exactly
                 assert [c["flipped"] == "1" for c in shown] == store.noisy[rows].tolist()
                 assert [c["stamped"] == "1" for c in shown] == store.train_stamped[rows].tolist()
-        shared = {int(e.get_attribute("data-train-index")) for e in
-                  browser.find_elements("css selector", ".model[data-model='teacher'] .proponents .card.shared")}
-        both = set(store.model("teacher").rankings()[0].top_index[row, :DEPTH]) & set(store.model("student").rankings()[0].top_index[row, :DEPTH])
+        shared = {
+            int(e.get_attribute("data-train-index"))
+            for e in browser.find_elements("css selector", ".model[data-model='teacher'] .proponents .card.shared")
+        }
+        both = set(store.model("teacher").rankings()[0].top_index[row, :DEPTH]) & set(
+            store.model("student").rankings()[0].top_index[row, :DEPTH]
+        )
         assert shared == set(store.train_index[sorted(both)].tolist())
         predicted = store.model("student").predictions[0][row]
         cells = browser.find_elements("css selector", "#predictions tr[data-model='student'] td")
@@ -291,7 +382,9 @@ def test_the_browser_filters_navigate_and_link(explore_run, browser, tmp_path):
     assert re.search(rf"#test={int(store.test_index[1])}&", browser.current_url)
     search = browser.find_element(By.ID, "search")
     search.send_keys(str(int(store.test_index[5])), Keys.ENTER)
-    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "title").text.startswith(f"test #{int(store.test_index[5])}: "))
+    WebDriverWait(browser, 10).until(
+        lambda d: d.find_element(By.ID, "title").text.startswith(f"test #{int(store.test_index[5])}: ")
+    )
     assert "tracin-report" in browser.find_element(By.ID, "quality").text  # no report made: the page says how
     assert not severe(browser)
     SCREENSHOT.parent.mkdir(exist_ok=True)

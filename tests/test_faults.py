@@ -18,11 +18,12 @@ from pathlib import Path
 
 import h5py
 import pytest
-from conftest import TINY_RUN_ARGS, subprocess_env
 from test_scoring import MANY_BLOCKS, assert_same_results, score_args
 
 from tracin.files import exclusive_lock
 from tracin.results.store import replacing_path
+
+from conftest import TINY_RUN_ARGS, subprocess_env
 
 pytestmark = pytest.mark.slow
 SCORE_ARGS = (*MANY_BLOCKS,)
@@ -32,8 +33,14 @@ def command(name: str, *args, fault: str = "", timeout: float = 300) -> subproce
     """A console script of this environment, with TRACIN_FAULT set when `fault` is given."""
     script = [str(Path(sys.executable).with_name(name))] if name != "report" else [sys.executable, "scripts/figures.py"]
     env = subprocess_env(**({"TRACIN_FAULT": fault} if fault else {}))
-    return subprocess.run([*script, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=Path(__file__).parents[1])
+    return subprocess.run(
+        [*script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=Path(__file__).parents[1],
+    )
 
 
 def hashes(folder: Path) -> dict[str, str]:
@@ -86,7 +93,9 @@ def test_an_injected_full_disk_is_one_line_and_the_same_command_continues(tiny_r
 # A run of SCORE_ARGS grows its HDF5 files by about 180 writes: the header's, each model's datasets, blocks,
 # top-k tables, comparisons and tables. Counts spread over them.
 @pytest.mark.parametrize("write", [1, 4, 30, 90, 150, 175])
-def test_a_disk_full_inside_hdf5_at_any_write_is_one_line_and_the_same_command_continues(tiny_run, reference, tmp_path, write):
+def test_a_disk_full_inside_hdf5_at_any_write_is_one_line_and_the_same_command_continues(
+    tiny_run, reference, tmp_path, write
+):
     out = tmp_path / "tracin.h5"
     args = score_args(tiny_run, out, *SCORE_ARGS)
     assert_one_line_error(command("tracin-score", *args, fault=f"h5-write:{write}:enospc"), "No space left on device")
@@ -107,10 +116,13 @@ def damage_object_headers(path: Path, *names: str) -> None:
             raw.write(b"\xff" * 16)
 
 
-@pytest.mark.parametrize("objects,said", [
-    (("student", "teacher/topk"), "made again: student."),
-    (("teacher/topk",), "every model's finished blocks kept"),  # a finished file missing only tables it remakes
-])
+@pytest.mark.parametrize(
+    "objects,said",
+    [
+        (("student", "teacher/topk"), "made again: student."),
+        (("teacher/topk",), "every model's finished blocks kept"),  # a finished file missing only tables it remakes
+    ],
+)
 def test_a_file_with_damaged_metadata_is_salvaged_by_the_same_command(tiny_run, reference, tmp_path, objects, said):
     out = tmp_path / "tracin.h5"
     args = score_args(tiny_run, out, *SCORE_ARGS)
@@ -148,7 +160,9 @@ def test_a_partial_file_with_damaged_metadata_keeps_its_readable_finished_blocks
     # The rerun would be killed at its (blocks - 8)th block if it scored the ten finished ones again
     result = command("tracin-score", *args, fault=f"score-block:{blocks - 8}:kill")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "was damaged (/teacher/last_loss: " in result.stdout and "finished blocks kept" in result.stdout, result.stdout
+    assert "was damaged (/teacher/last_loss: " in result.stdout and "finished blocks kept" in result.stdout, (
+        result.stdout
+    )
     assert_same_results(out, reference)
 
 
@@ -279,7 +293,9 @@ def test_overwrite_interrupted_in_training_puts_the_old_run_back(tiny_run, tmp_p
     assert hashes(runs / "tiny") == before and not (runs / ".tiny.replaced").exists()
 
 
-def test_overwrite_killed_in_training_keeps_the_old_run_until_the_new_one_finishes(tiny_run, tmp_path, fashion_mnist_root):
+def test_overwrite_killed_in_training_keeps_the_old_run_until_the_new_one_finishes(
+    tiny_run, tmp_path, fashion_mnist_root
+):
     runs = tmp_path / "runs"
     shutil.copytree(tiny_run, runs / "tiny")
     before = hashes(runs / "tiny")
@@ -342,7 +358,9 @@ SCORE_MISTAKES = [
 
 
 @pytest.mark.parametrize("extra,fragment", SCORE_MISTAKES, ids=[" ".join(e) for e, _ in SCORE_MISTAKES])
-def test_every_bad_score_option_is_one_line_and_leaves_results_as_they_were(tiny_run, reference, tmp_path, extra, fragment):
+def test_every_bad_score_option_is_one_line_and_leaves_results_as_they_were(
+    tiny_run, reference, tmp_path, extra, fragment
+):
     out = tmp_path / "tracin.h5"
     shutil.copy(reference, out)
     before = {**hashes(out), **hashes(tiny_run)}
@@ -370,7 +388,9 @@ TRAIN_MISTAKES = [
 
 
 @pytest.mark.parametrize("extra,fragment", TRAIN_MISTAKES, ids=[" ".join(e) for e, _ in TRAIN_MISTAKES])
-def test_every_bad_train_option_is_one_line_and_leaves_the_run_as_it_was(tiny_run, tmp_path, fashion_mnist_root, extra, fragment):
+def test_every_bad_train_option_is_one_line_and_leaves_the_run_as_it_was(
+    tiny_run, tmp_path, fashion_mnist_root, extra, fragment
+):
     runs = tmp_path / "runs"
     shutil.copytree(tiny_run, runs / "tiny")
     before = hashes(runs / "tiny")
@@ -393,8 +413,12 @@ def test_reports_and_notebooks_refuse_bad_files_in_one_line(tiny_run, reference,
         damage_object_headers(path, "student")
     before = hashes(tmp_path)
     args = [path, tmp_path / "html"] if entry == "tracin-notebooks" else [path]
-    fragment = {"missing": "does not exist", "foreign": "not a readable HDF5 file", "partial": "is a partial result",
-                "damaged": "is damaged (/student: "}[case]
+    fragment = {
+        "missing": "does not exist",
+        "foreign": "not a readable HDF5 file",
+        "partial": "is a partial result",
+        "damaged": "is damaged (/student: ",
+    }[case]
     assert_one_line_error(command(entry, *args), fragment)
     assert hashes(tmp_path) == before
 

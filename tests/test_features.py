@@ -1,10 +1,11 @@
 """Factored inner products and the per-layer cost model."""
 
 import torch
-from models_for_tests import relative_error
 
 from tracin.engine.features import Features, factored_dot, factored_self_dot
 from tracin.engine.grads import Factors
+
+from models_for_tests import relative_error
 
 
 def random_factors(n, groups, positions, d_in, d_out, seed):

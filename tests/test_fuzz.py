@@ -32,18 +32,24 @@ from hypothesis import strategies as st
 from tracin import faults
 from tracin.cli import COMMANDS, main
 from tracin.cli.main import run_command as command_boundary
-from tracin.results.figures import write_report
-from tracin.errors import TracinError
-from tracin.training.checkpoints import list_checkpoints, load_checkpoint
 from tracin.commands.evaluate import read_class_map
+from tracin.errors import TracinError
+from tracin.results.figures import write_report
+from tracin.training.checkpoints import list_checkpoints, load_checkpoint
 
 pytestmark = pytest.mark.slow
 
-FUZZ = settings(derandomize=True, database=None, deadline=None, print_blob=True, max_examples=25,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    max_examples=25,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False) | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats(allow_nan=False) | st.text(max_size=8),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
     max_leaves=6,
 )
@@ -78,8 +84,11 @@ def mutate(document, change):
 
 
 def digest(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(skip)}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.startswith(skip)
+    }
 
 
 def run_command(argv: list, fault: str = "") -> tuple[int, str]:
@@ -116,8 +125,21 @@ def run_copy(tiny_run, tmp_path_factory) -> Path:
     return copy
 
 
-SCORE = ["--models", "teacher,student", "--variants", "raw", "--train-subset", "32", "--test-subset", "8", "--topk", "2",
-         "--device", "cpu", "--quiet"]
+SCORE = [
+    "--models",
+    "teacher,student",
+    "--variants",
+    "raw",
+    "--train-subset",
+    "32",
+    "--test-subset",
+    "8",
+    "--topk",
+    "2",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 @FUZZ
@@ -129,7 +151,9 @@ def test_run_json_mutations(run_copy, tmp_path, data):
     shutil.copytree(run_copy, run)
     (run / "run.json").write_text(json.dumps(mutated))
     before = digest(run)
-    code, stderr = run_command(["score", "--run", run, "--out", run.with_suffix(".h5"), *SCORE], fault="h5-header:1:interrupt")
+    code, stderr = run_command(
+        ["score", "--run", run, "--out", run.with_suffix(".h5"), *SCORE], fault="h5-header:1:interrupt"
+    )
     assert_user_outcome(code, stderr)
     assert digest(run) == before  # scoring reads the run, never writes it
 
@@ -146,8 +170,21 @@ def test_data_json_and_class_map_mutations(run_copy, tmp_path, data):
     class_map.write_text(json.dumps(data.draw(JSON_VALUES | st.dictionaries(st.text(max_size=8), st.text(max_size=8)))))
     with contextlib.suppress(TracinError):
         read_class_map(str(class_map))
-    code, stderr = run_command(["eval", "--run", run, "--eval-dataset", "cifar100", "--data-root", tmp_path / "none",
-                                "--class-map", class_map, "--device", "cpu"])
+    code, stderr = run_command(
+        [
+            "eval",
+            "--run",
+            run,
+            "--eval-dataset",
+            "cifar100",
+            "--data-root",
+            tmp_path / "none",
+            "--class-map",
+            class_map,
+            "--device",
+            "cpu",
+        ]
+    )
     assert_user_outcome(code, stderr)
 
 
@@ -156,10 +193,15 @@ def test_data_json_and_class_map_mutations(run_copy, tmp_path, data):
 def test_checkpoint_dict_mutations(run_copy, tmp_path, data):
     path = list_checkpoints(run_copy / "teacher")[-1]
     payload = torch.load(path, weights_only=True)
-    meta = {k: v for k, v in payload.items() if not isinstance(v, dict) or k in ("model_config", "config", "data_config")}
+    meta = {
+        k: v for k, v in payload.items() if not isinstance(v, dict) or k in ("model_config", "config", "data_config")
+    }
     change = data.draw(mutations(meta))
-    mutated = {**payload, **mutate(meta, change)} if change[1] != "<delete>" or len(change[0]) > 1 else \
-        {k: v for k, v in payload.items() if k != change[0][0]}
+    mutated = (
+        {**payload, **mutate(meta, change)}
+        if change[1] != "<delete>" or len(change[0]) > 1
+        else {k: v for k, v in payload.items() if k != change[0][0]}
+    )
     target = Path(tempfile.mkdtemp(dir=tmp_path)) / "epoch_004.pt"
     torch.save(mutated, target)
     with contextlib.suppress(TracinError):
@@ -227,17 +269,43 @@ def option_strings(command: str) -> list[str]:
 
     cli_main = importlib.import_module("tracin.cli.main")  # the module (tracin.cli.main is also the umbrella function)
 
-    builders = {"train": cli_main.build_train_parser, "score": cli_main.build_score_parser,
-                "validate": cli_main.build_validate_parser, "report": cli_main.build_report_parser,
-                "sweep": cli_main.build_sweep_parser, "eval": cli_main.build_eval_parser, "notebooks": build_parser,
-                "explore": build_explore_parser}
+    builders = {
+        "train": cli_main.build_train_parser,
+        "score": cli_main.build_score_parser,
+        "validate": cli_main.build_validate_parser,
+        "report": cli_main.build_report_parser,
+        "sweep": cli_main.build_sweep_parser,
+        "eval": cli_main.build_eval_parser,
+        "notebooks": build_parser,
+        "explore": build_explore_parser,
+    }
     parser = builders[command]()
     return sorted(s for action in parser._actions for s in action.option_strings if s not in ("-h", "--help"))
 
 
 def argument_vectors(command: str, run: Path, tmp_path: Path):
-    values = st.sampled_from(["", "-5", "0", "1", "3", "0.002", "nan", "abc", "teacher,student", "raw", "cpu", "cuda",
-                              "fashion-mnist", str(run), str(tmp_path / "nowhere"), "/etc/passwd", "a:b", "x=1,2"])
+    values = st.sampled_from(
+        [
+            "",
+            "-5",
+            "0",
+            "1",
+            "3",
+            "0.002",
+            "nan",
+            "abc",
+            "teacher,student",
+            "raw",
+            "cpu",
+            "cuda",
+            "fashion-mnist",
+            str(run),
+            str(tmp_path / "nowhere"),
+            "/etc/passwd",
+            "a:b",
+            "x=1,2",
+        ]
+    )
     pair = st.tuples(st.sampled_from(option_strings(command)), values)
     return st.lists(pair, max_size=5).map(lambda pairs: [token for option, value in pairs for token in (option, value)])
 
@@ -245,11 +313,48 @@ def argument_vectors(command: str, run: Path, tmp_path: Path):
 def base_arguments(command: str, run: Path, tmp_path: Path, data_root: str) -> list[str]:
     """A command line the command accepts, so that random options after it reach past the parser too."""
     return {
-        "train": ["--run", "fuzzed", "--dataset", "fashion-mnist", "--data-root", data_root, "--train-subset", "64",
-                  "--test-subset", "32", "--batch-size", "16", "--quiet"],
-        "score": ["--run", str(run), "--out", str(tmp_path / "fuzzed.h5"), "--device", "cpu", "--quiet", "--variants", "raw",
-                  "--topk", "3", "--train-subset", "32", "--test-subset", "8"],
-        "sweep": ["--sweep", "fuzzed", "--vary", "temperature=1,2", "--dataset", "fashion-mnist", "--data-root", data_root],
+        "train": [
+            "--run",
+            "fuzzed",
+            "--dataset",
+            "fashion-mnist",
+            "--data-root",
+            data_root,
+            "--train-subset",
+            "64",
+            "--test-subset",
+            "32",
+            "--batch-size",
+            "16",
+            "--quiet",
+        ],
+        "score": [
+            "--run",
+            str(run),
+            "--out",
+            str(tmp_path / "fuzzed.h5"),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--variants",
+            "raw",
+            "--topk",
+            "3",
+            "--train-subset",
+            "32",
+            "--test-subset",
+            "8",
+        ],
+        "sweep": [
+            "--sweep",
+            "fuzzed",
+            "--vary",
+            "temperature=1,2",
+            "--dataset",
+            "fashion-mnist",
+            "--data-root",
+            data_root,
+        ],
         "eval": ["--run", str(run), "--eval-dataset", "cifar100", "--data-root", str(tmp_path / "nowhere")],
     }.get(command, [])
 
@@ -268,7 +373,9 @@ def test_random_argument_vectors(command, run_copy, tmp_path, fashion_mnist_root
     def case(argv):
         if command in ("validate", "report") and str(run_copy) in argv:
             argv = [a if a != str(run_copy) else str(tmp_path / "nowhere") for a in argv]  # their long work: elsewhere
-        fault = {"train": "data:1:interrupt", "sweep": "data:1:interrupt", "score": "h5-header:1:interrupt"}.get(command, "")
+        fault = {"train": "data:1:interrupt", "sweep": "data:1:interrupt", "score": "h5-header:1:interrupt"}.get(
+            command, ""
+        )
         old = Path.cwd()
         os.chdir(tmp_path)
         try:
@@ -281,4 +388,6 @@ def test_random_argument_vectors(command, run_copy, tmp_path, fashion_mnist_root
     after = digest(run_copy)
     assert {k: v for k, v in after.items() if not k.startswith("eval_")} == before  # eval's own CSV aside
     if command == "explore":
-        assert {k: v for k, v in digest(scores.parent).items() if "explore" not in k} == protected  # a page beside it at most
+        assert {
+            k: v for k, v in digest(scores.parent).items() if "explore" not in k
+        } == protected  # a page beside it at most

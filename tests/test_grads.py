@@ -3,6 +3,15 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from tracin.engine.grads import last_linear_target, per_sample_grads, select_targets, settle_targets
+from tracin.engine.layers import KINDS, Call, LayerKind, register
+from tracin.engine.reference import func_per_sample_grads, func_tracin_scores
+from tracin.engine.tracin import TracIn
+from tracin.errors import NonFiniteError, TracinError
+
 from conftest import ATOL, RTOL
 from models_for_tests import (
     ChangesInputInPlace,
@@ -15,14 +24,6 @@ from models_for_tests import (
     relative_error,
     tiny_resnet,
 )
-from torch import nn
-from torch.func import functional_call, grad, vmap
-
-from tracin.errors import NonFiniteError, TracinError
-from tracin.engine.grads import last_linear_target, per_sample_grads, select_targets, settle_targets
-from tracin.engine.layers import KINDS, Call, LayerKind, register
-from tracin.engine.reference import func_per_sample_grads, func_tracin_scores
-from tracin.engine.tracin import TracIn
 
 
 def func_grads(model, x, y):

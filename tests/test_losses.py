@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ATOL, RTOL
 from tracin.errors import TracinError
 from tracin.training import losses
+
+from conftest import ATOL, RTOL
 
 
 def _logits(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -91,6 +92,8 @@ def test_loss_objects_equal_the_functions():
     expected = losses.distillation(student, teacher(inputs), labels, 2.0, 0.4, "mse", 0.1)
     got = losses.Distillation(teacher, 2.0, 0.4, "mse", 0.1)(student, labels, inputs)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    torch.testing.assert_close(losses.CrossEntropy(0.1)(student, labels, inputs), losses.cross_entropy(student, labels, 0.1))
+    torch.testing.assert_close(
+        losses.CrossEntropy(0.1)(student, labels, inputs), losses.cross_entropy(student, labels, 0.1)
+    )
     moved = losses.Distillation(teacher, 2.0, 0.4).to(torch.device("cpu"))
     assert moved.teacher is not teacher and not any(p.requires_grad for p in moved.teacher.parameters())

@@ -43,7 +43,12 @@ def test_student_is_the_teachers_first_stages_plus_a_new_head(stages):
     student = build_model(ModelConfig(stages=stages, width=8))
     kept = ("conv1.", "bn1.") + tuple(f"layer{i}." for i in range(1, stages + 1))
     assert {n.split(".")[0] for n, _ in student.named_children()} == {
-        "conv1", "bn1", "relu", "avgpool", "fc", *(f"layer{i}" for i in range(1, stages + 1))
+        "conv1",
+        "bn1",
+        "relu",
+        "avgpool",
+        "fc",
+        *(f"layer{i}" for i in range(1, stages + 1)),
     }
     body = sum(p.numel() for n, p in teacher.named_parameters() if n.startswith(kept))
     head = (8 * 2 ** (stages - 1) + 1) * 10

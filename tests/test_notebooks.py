@@ -26,12 +26,18 @@ def test_notebooks_are_stored_without_outputs():
 
     for path in notebook_folder().glob("*.ipynb"):
         notebook = nbformat.read(str(path), as_version=4)
-        assert all(not cell.get("outputs") and not cell.get("execution_count") for cell in notebook.cells if cell.cell_type == "code"), path
+        assert all(
+            not cell.get("outputs") and not cell.get("execution_count")
+            for cell in notebook.cells
+            if cell.cell_type == "code"
+        ), path
 
 
 def test_overlap_tables_notebook_runs(tiny_scores, tmp_path):
     html = tmp_path / "overlap_tables.html"
-    notebook = execute_notebook(notebook_folder() / "overlap_tables.ipynb", {"SCORES": str(tiny_scores), "DATA_ROOT": None}, html)
+    notebook = execute_notebook(
+        notebook_folder() / "overlap_tables.ipynb", {"SCORES": str(tiny_scores), "DATA_ROOT": None}, html
+    )
     text, images = outputs_of(notebook)
     assert "teacher vs student: overlap of top-k sets" in text and "chance k/n" in text
     assert "Kolmogorov" in text
@@ -41,7 +47,9 @@ def test_overlap_tables_notebook_runs(tiny_scores, tmp_path):
 
 
 def test_mislabel_detection_notebook_runs(tiny_scores, tmp_path):
-    notebook = execute_notebook(notebook_folder() / "mislabel_detection.ipynb", {"SCORES": str(tiny_scores), "DATA_ROOT": None})
+    notebook = execute_notebook(
+        notebook_folder() / "mislabel_detection.ipynb", {"SCORES": str(tiny_scores), "DATA_ROOT": None}
+    )
     text, images = outputs_of(notebook)
     assert "Mislabel detection" in text and "teacher: self-influence" in text and "random order" in text
     assert images == 1 + 3  # the detection curves, and the suspects of teacher, student and baseline
@@ -64,12 +72,25 @@ def clean_scores(tmp_path_factory, fashion_mnist_root) -> Path:
     out_root = tmp_path_factory.mktemp("clean")
     args = [arg for arg in TINY_RUN_ARGS]
     noise = args.index("--label-noise")
-    del args[noise:noise + 2]
+    del args[noise : noise + 2]
     result = run_tracin_train(["--run", "clean", "--out-root", out_root, "--data-root", fashion_mnist_root, *args])
     assert result.returncode == 0, result.stderr
     scores = out_root / "clean" / "tracin.h5"
-    result = run_tracin_score(["--run", out_root / "clean", "--train-subset", "64", "--test-subset", "16", "--topk", "3",
-                               "--device", "cpu", "--quiet"])
+    result = run_tracin_score(
+        [
+            "--run",
+            out_root / "clean",
+            "--train-subset",
+            "64",
+            "--test-subset",
+            "16",
+            "--topk",
+            "3",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert result.returncode == 0, result.stderr
     return scores
 
@@ -78,7 +99,9 @@ def test_a_run_without_label_noise_writes_both_notebooks(clean_scores, tmp_path)
     """The mislabel notebook applies to any run: without flipped labels it says the curves need label noise,
     and still shows the training examples of highest self-influence."""
     command = Path(sys.executable).parent / "tracin-notebooks"
-    result = subprocess.run([str(command), str(clean_scores), str(tmp_path / "html")], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [str(command), str(clean_scores), str(tmp_path / "html")], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # no kernel chatter, no warnings
     assert sorted(p.name for p in (tmp_path / "html").iterdir()) == ["mislabel_detection.html", "overlap_tables.html"]
@@ -104,5 +127,8 @@ def test_a_notebook_that_needs_what_the_file_lacks_is_skipped_with_its_reason(cl
 def test_notebooks_command_without_arguments_prints_usage_not_a_traceback():
     command = Path(sys.executable).parent / "tracin-notebooks"
     result = subprocess.run([str(command)], capture_output=True, text=True)
-    assert result.returncode == 2 and "tracin-notebooks: error: the following arguments are required: SCORES, OUT_DIR" in result.stderr
+    assert (
+        result.returncode == 2
+        and "tracin-notebooks: error: the following arguments are required: SCORES, OUT_DIR" in result.stderr
+    )
     assert "Traceback" not in result.stderr

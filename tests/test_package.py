@@ -32,7 +32,12 @@ def test_every_module_imports():
 
 def test_the_folders_are_the_pipeline_stages():
     assert {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()} == {
-        "training", "engine", "results", "commands", "cli"}
+        "training",
+        "engine",
+        "results",
+        "commands",
+        "cli",
+    }
 
 
 # The pipeline, bottom up: a module may import its own layer and the layers below it. The base modules
@@ -78,7 +83,9 @@ def import_breaches(modules: dict[str, Path]) -> list[str]:
                 continue
             mine, theirs = LAYERS.index(_layer(importer)), LAYERS.index(_layer(imported))
             commands = {importer, imported} - {"tracin.commands"}
-            across = len(commands) == 2 and all(_layer(name) == "commands" for name in commands) and importer != imported
+            across = (
+                len(commands) == 2 and all(_layer(name) == "commands" for name in commands) and importer != imported
+            )
             if theirs > mine or across:
                 breaches.append(f"{importer} -> {imported}")
     return breaches
@@ -88,14 +95,37 @@ def test_imports_only_point_down_the_pipeline():
     assert import_breaches({_module_name(path): path for path in _modules()}) == []
 
 
-@pytest.mark.parametrize("module, source, breach", [
-    ("tracin.config", "from tracin.engine.projection import PROJECTORS", "tracin.config -> tracin.engine.projection"),
-    ("tracin.files", "from tracin import __version__", "tracin.files -> tracin (the package face: import the defining module)"),
-    ("tracin.training.sweep", "from tracin.results.store import ScoreFile", "tracin.training.sweep -> tracin.results.store"),
-    ("tracin.engine.tracin", "from tracin.results import statistics", "tracin.engine.tracin -> tracin.results.statistics"),
-    ("tracin.commands.report", "from tracin.commands.score import scoring_loss", "tracin.commands.report -> tracin.commands.score"),
-    ("tracin.results.store", "import tracin.cli.main", "tracin.results.store -> tracin.cli.main"),
-])
+@pytest.mark.parametrize(
+    "module, source, breach",
+    [
+        (
+            "tracin.config",
+            "from tracin.engine.projection import PROJECTORS",
+            "tracin.config -> tracin.engine.projection",
+        ),
+        (
+            "tracin.files",
+            "from tracin import __version__",
+            "tracin.files -> tracin (the package face: import the defining module)",
+        ),
+        (
+            "tracin.training.sweep",
+            "from tracin.results.store import ScoreFile",
+            "tracin.training.sweep -> tracin.results.store",
+        ),
+        (
+            "tracin.engine.tracin",
+            "from tracin.results import statistics",
+            "tracin.engine.tracin -> tracin.results.statistics",
+        ),
+        (
+            "tracin.commands.report",
+            "from tracin.commands.score import scoring_loss",
+            "tracin.commands.report -> tracin.commands.score",
+        ),
+        ("tracin.results.store", "import tracin.cli.main", "tracin.results.store -> tracin.cli.main"),
+    ],
+)
 def test_the_import_check_sees_an_import_that_points_up_or_across(tmp_path, module, source, breach):
     """Each breach #29 measured, planted (lazily, inside a function) into a copy of a clean module."""
     clean = tmp_path / "clean.py"
@@ -108,8 +138,10 @@ def test_the_import_check_sees_an_import_that_points_up_or_across(tmp_path, modu
 
 def test_importing_the_package_imports_no_heavy_library():
     """`import tracin` and every command's --help stay light: the public names load on first use."""
-    code = ("import sys, tracin, tracin.cli; heavy = {'torch', 'torchvision', 'h5py', 'matplotlib', 'scipy'}; "
-            "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))")
+    code = (
+        "import sys, tracin, tracin.cli; heavy = {'torch', 'torchvision', 'h5py', 'matplotlib', 'scipy'}; "
+        "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -120,6 +152,10 @@ def test_the_engine_facade_takes_at_most_eight_parameters():
 
 def test_no_device_timings_in_the_package_source():
     timing = re.compile(r"\b(H100|A100|V100|RTX ?\d{4})\b|\b\d+(\.\d+)? ?ms\b")
-    found = [f"{p.relative_to(PACKAGE)}:{i}" for p in _modules() for i, line in enumerate(p.read_text().splitlines(), 1)
-             if timing.search(line)]
+    found = [
+        f"{p.relative_to(PACKAGE)}:{i}"
+        for p in _modules()
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if timing.search(line)
+    ]
     assert not found, found

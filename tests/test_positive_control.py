@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_RUN_ARGS, run_tracin_score, run_tracin_train, subprocess_env
 from tracin.config import DataConfig, ModelConfig
 from tracin.engine.reference import func_tracin_scores
 from tracin.results import sanity
@@ -24,9 +23,19 @@ from tracin.training.checkpoints import list_checkpoints, load_checkpoint
 from tracin.training.data import SHORTCUT_PATCH, fingerprint, load_data, shortcut_positions
 from tracin.training.models import build_model
 
+from conftest import TINY_RUN_ARGS, run_tracin_score, run_tracin_train, subprocess_env
+
 PATCH, FRACTION, REPLICAS = 5, 0.5, 2
-INHERIT = ("--shortcut-class", "1", "--shortcut-fraction", str(FRACTION), "--shortcut-patch", str(PATCH),
-           "--shortcut-mode", "inherit")
+INHERIT = (
+    "--shortcut-class",
+    "1",
+    "--shortcut-fraction",
+    str(FRACTION),
+    "--shortcut-patch",
+    str(PATCH),
+    "--shortcut-mode",
+    "inherit",
+)
 
 
 def _corner_white(images: torch.Tensor, patch: int) -> torch.Tensor:
@@ -34,18 +43,32 @@ def _corner_white(images: torch.Tensor, patch: int) -> torch.Tensor:
 
 
 def test_inherit_mode_gives_each_teacher_its_class_and_every_student_every_class(fashion_mnist_root):
-    config = DataConfig(dataset="fashion-mnist", data_root=fashion_mnist_root, train_subset=400, test_subset=100,
-                        shortcut_class=8, shortcut_fraction=FRACTION, shortcut_patch=PATCH, shortcut_mode="inherit")
+    config = DataConfig(
+        dataset="fashion-mnist",
+        data_root=fashion_mnist_root,
+        train_subset=400,
+        test_subset=100,
+        shortcut_class=8,
+        shortcut_fraction=FRACTION,
+        shortcut_patch=PATCH,
+        shortcut_mode="inherit",
+    )
     data = load_data(config)
     labels = data.train.labels
-    plain = load_data(DataConfig(dataset="fashion-mnist", data_root=fashion_mnist_root, train_subset=400, test_subset=100))
+    plain = load_data(
+        DataConfig(dataset="fashion-mnist", data_root=fashion_mnist_root, train_subset=400, test_subset=100)
+    )
     for replica in range(3):
         shortcut = (8 + replica) % 10
         teacher = data.train_of("teacher" if replica == 0 else f"teacher.r{replica}")
         expected = torch.zeros(len(labels), dtype=torch.bool)
         expected[shortcut_positions(labels, [shortcut], FRACTION, config.seed + 3)] = True
-        assert torch.equal(teacher.stamped, expected) and int(expected.sum()) == round(FRACTION * int((labels == shortcut).sum()))
-        assert torch.equal(_corner_white(teacher.images, PATCH)[~expected], _corner_white(plain.train.images, PATCH)[~expected])
+        assert torch.equal(teacher.stamped, expected) and int(expected.sum()) == round(
+            FRACTION * int((labels == shortcut).sum())
+        )
+        assert torch.equal(
+            _corner_white(teacher.images, PATCH)[~expected], _corner_white(plain.train.images, PATCH)[~expected]
+        )
         assert _corner_white(teacher.images, PATCH)[expected].all()
         assert torch.equal(teacher.images[~expected], plain.train.images[~expected])  # nothing else touched
         for role in ("student", "student_baseline"):
@@ -56,8 +79,16 @@ def test_inherit_mode_gives_each_teacher_its_class_and_every_student_every_class
     assert all(int(stamped[labels == c].sum()) == round(FRACTION * int((labels == c).sum())) for c in range(10))
     assert torch.equal(data.train.labels, plain.train.labels) and _corner_white(data.train.images, PATCH)[stamped].all()
     # a class's stamped images are the same in either mode; a subset keeps each model's view
-    class_mode = load_data(DataConfig(dataset="fashion-mnist", data_root=fashion_mnist_root, train_subset=400, test_subset=100,
-                                      shortcut_class=8, shortcut_fraction=FRACTION))
+    class_mode = load_data(
+        DataConfig(
+            dataset="fashion-mnist",
+            data_root=fashion_mnist_root,
+            train_subset=400,
+            test_subset=100,
+            shortcut_class=8,
+            shortcut_fraction=FRACTION,
+        )
+    )
     assert torch.equal(class_mode.train.stamped, data.train_of("teacher").stamped)
     assert not torch.equal(class_mode.train.images, data.train_of("teacher").images)  # the patch is 5, not 3
     positions = torch.arange(0, 400, 3)
@@ -66,8 +97,9 @@ def test_inherit_mode_gives_each_teacher_its_class_and_every_student_every_class
 
 
 def test_defaults_keep_their_fingerprint_and_inherit_needs_a_class(fashion_mnist_root):
-    config = DataConfig(dataset="fashion-mnist", data_root=fashion_mnist_root, train_subset=100, test_subset=50,
-                        shortcut_class=0)
+    config = DataConfig(
+        dataset="fashion-mnist", data_root=fashion_mnist_root, train_subset=100, test_subset=50, shortcut_class=0
+    )
     recorded = fingerprint(load_data(config), config)
     assert recorded["shortcut"] == [0, 0.1] and SHORTCUT_PATCH == 3  # as runs recorded before the options existed
     inherit = DataConfig(**{**config.to_dict(), "shortcut_mode": "inherit"})
@@ -81,17 +113,59 @@ def test_defaults_keep_their_fingerprint_and_inherit_needs_a_class(fashion_mnist
 @pytest.fixture(scope="module")
 def control_run(fashion_mnist_root, tmp_path_factory) -> Path:
     out_root = tmp_path_factory.mktemp("control")
-    result = run_tracin_train(["--run", "control", "--out-root", out_root, "--data-root", fashion_mnist_root, *TINY_RUN_ARGS,
-                               *INHERIT, "--replicas", str(REPLICAS)], timeout=900)
+    result = run_tracin_train(
+        [
+            "--run",
+            "control",
+            "--out-root",
+            out_root,
+            "--data-root",
+            fashion_mnist_root,
+            *TINY_RUN_ARGS,
+            *INHERIT,
+            "--replicas",
+            str(REPLICAS),
+        ],
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr
     run = out_root / "control"
     out = run / "tracin.h5"
-    result = run_tracin_score(["--run", run, "--out", out, "--models", "teacher,student,student_baseline", "--variants",
-                               "raw,cosine", "--train-subset", "96", "--test-subset", "48", "--topk", "3,10", "--device", "cpu",
-                               "--quiet"], timeout=900)
+    result = run_tracin_score(
+        [
+            "--run",
+            run,
+            "--out",
+            out,
+            "--models",
+            "teacher,student,student_baseline",
+            "--variants",
+            "raw,cosine",
+            "--train-subset",
+            "96",
+            "--test-subset",
+            "48",
+            "--topk",
+            "3,10",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr
-    command = [str(Path(sys.executable).with_name("tracin-report")), "--run", str(run), "--randomization-train", "20",
-               "--randomization-test", "4", "--device", "cpu", "--quiet"]
+    command = [
+        str(Path(sys.executable).with_name("tracin-report")),
+        "--run",
+        str(run),
+        "--randomization-train",
+        "20",
+        "--randomization-test",
+        "4",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=subprocess_env())
     assert result.returncode == 0, result.stderr
     return run
@@ -115,7 +189,9 @@ def test_each_teacher_is_scored_on_the_images_it_trained_on(control_run):
     for view in ("teacher.r1", "student"):
         train = chosen(data.train_of(view), train_index)
         inputs = [torch.stack([split[i][0] for i in range(len(split))]) for split in (train, test)]
-        found[view] = func_tracin_scores(model, checkpoints, (inputs[0], train.labels), (inputs[1], test.labels)).numpy()
+        found[view] = func_tracin_scores(
+            model, checkpoints, (inputs[0], train.labels), (inputs[1], test.labels)
+        ).numpy()
     scale = np.abs(found["teacher.r1"]).max()
     # which images, not precision (tests/test_tracin.py holds the engine to 1e-5): a saturated test example's
     # float32 cross-entropy gradient (1 - p with p near 1) is a few per cent off float64 here, 2e-4 of the largest score
@@ -132,7 +208,7 @@ def _manual_taken(store: ScoreFile, role: str, rows: np.ndarray, other_teacher: 
             shortcut = (1 + r) % 10
             if not rows[i] or labels[i] == shortcut:
                 continue
-            for o in (range(REPLICAS) if other_teacher else [r]):
+            for o in range(REPLICAS) if other_teacher else [r]:
                 if other_teacher and o == r:
                     continue
                 name = role if o == 0 else f"{role}.r{o}"
@@ -142,7 +218,9 @@ def _manual_taken(store: ScoreFile, role: str, rows: np.ndarray, other_teacher: 
 
 
 def _assert_row(table: np.ndarray, check: str, model: str, variant: str, per_row: np.ndarray) -> None:
-    row = table[(table["check"] == check.encode()) & (table["model"] == model.encode()) & (table["variant"] == variant.encode())]
+    row = table[
+        (table["check"] == check.encode()) & (table["model"] == model.encode()) & (table["variant"] == variant.encode())
+    ]
     assert len(row) == 1, check
     defined = np.isfinite(per_row)
     if not defined.any():  # e.g. no stamped row the tiny student takes for its teacher's class
@@ -159,14 +237,35 @@ def test_behaviour_rows_equal_the_stored_predictions(control_run):
         stamped = store.test_stamped
         for side, rows in (("stamped", stamped), ("clean", ~stamped)):
             for role in ("teacher", "student", "student_baseline"):
-                _assert_row(table, f"{INHERITED}: taken for teacher's class, {side}", role, MODEL_ROWS, _manual_taken(store, role, rows))
-            _assert_row(table, f"{INHERITED}: another teacher's class, {side}", "student", MODEL_ROWS,
-                        _manual_taken(store, "student", rows, other_teacher=True))
+                _assert_row(
+                    table,
+                    f"{INHERITED}: taken for teacher's class, {side}",
+                    role,
+                    MODEL_ROWS,
+                    _manual_taken(store, role, rows),
+                )
+            _assert_row(
+                table,
+                f"{INHERITED}: another teacher's class, {side}",
+                "student",
+                MODEL_ROWS,
+                _manual_taken(store, "student", rows, other_teacher=True),
+            )
         student = _manual_taken(store, "student", stamped)
-        _assert_row(table, f"{INHERITED}: stamped, student - baseline", "student", MODEL_ROWS,
-                    student - _manual_taken(store, "student_baseline", stamped))
-        _assert_row(table, f"{INHERITED}: stamped, student - control", "student", MODEL_ROWS,
-                    student - _manual_taken(store, "student", stamped, other_teacher=True))
+        _assert_row(
+            table,
+            f"{INHERITED}: stamped, student - baseline",
+            "student",
+            MODEL_ROWS,
+            student - _manual_taken(store, "student_baseline", stamped),
+        )
+        _assert_row(
+            table,
+            f"{INHERITED}: stamped, student - control",
+            "student",
+            MODEL_ROWS,
+            student - _manual_taken(store, "student", stamped, other_teacher=True),
+        )
 
 
 def test_attribution_rows_equal_overlaps_counted_from_the_top_k_lists(control_run):
@@ -182,38 +281,62 @@ def test_attribution_rows_equal_overlaps_counted_from_the_top_k_lists(control_ru
                         seen = []
                         for r, o in ((0, 1), (1, 0)):
                             shortcut = 1 + r
-                            student, own, other = (n if r_ == 0 else f"{n}.r{r_}" for n, r_ in
-                                                   (("student", r), ("teacher", r), ("teacher", o)))
+                            student, own, other = (
+                                n if r_ == 0 else f"{n}.r{r_}"
+                                for n, r_ in (("student", r), ("teacher", r), ("teacher", o))
+                            )
                             taken = store.model(student).predictions[0][i] == shortcut
                             if stamped[i] and labels[i] != shortcut and (taken or not filtered):
                                 shared = lambda a: len(set(top[student][i, :k]) & set(top[a][i, :k])) / k
                                 seen.append(shared(own) - shared(other))
                         values.append(np.mean(seen) if seen else np.nan)
-                    _assert_row(table, f"{INHERITED}: own - other teacher@{k}, {which}", "student", variant, np.array(values))
+                    _assert_row(
+                        table, f"{INHERITED}: own - other teacher@{k}, {which}", "student", variant, np.array(values)
+                    )
         said = sanity.inheritance_verdicts(table)
         assert said[0].startswith("known-positive control (behaviour): stamped test images of other classes")
-        assert any(line.startswith("known-positive control (attribution): raw, own - other teacher overlap@10") for line in said)
+        assert any(
+            line.startswith("known-positive control (attribution): raw, own - other teacher overlap@10")
+            for line in said
+        )
     assert "known-positive control (behaviour)" in (control_run / "quality_report.md").read_text()
 
 
 def test_the_control_verdicts_say_inherited_only_where_the_ci_excludes_zero():
-    rows = [(f"{INHERITED}: taken for teacher's class, stamped", role, MODEL_ROWS, value, value - 0.05, value + 0.05, np.nan, 200)
-            for role, value in (("teacher", 0.6), ("student", 0.3), ("student_baseline", 0.02))]
-    rows += [(f"{INHERITED}: another teacher's class, stamped", "student", MODEL_ROWS, 0.03, 0.01, 0.05, np.nan, 200),
-             (f"{INHERITED}: stamped, student - baseline", "student", MODEL_ROWS, 0.28, 0.22, 0.34, 0.0, 200),
-             (f"{INHERITED}: stamped, student - control", "student", MODEL_ROWS, 0.01, -0.03, 0.05, 0.0, 200),
-             (f"{INHERITED}: own - other teacher@10, stamped", "student", "raw", 0.02, 0.01, 0.03, 0.0, 200),
-             (f"{INHERITED}: own - other teacher@100, stamped", "student", "raw", 0.01, -0.02, 0.04, 0.0, 200),
-             (f"{INHERITED}: own - other teacher@100, predicted", "student", "raw", np.nan, np.nan, np.nan, 0.0, 0),
-             (f"{INHERITED}: own - other teacher@100, stamped", "student", "raw@head", 0.3, 0.2, 0.4, 0.0, 200)]
+    rows = [
+        (
+            f"{INHERITED}: taken for teacher's class, stamped",
+            role,
+            MODEL_ROWS,
+            value,
+            value - 0.05,
+            value + 0.05,
+            np.nan,
+            200,
+        )
+        for role, value in (("teacher", 0.6), ("student", 0.3), ("student_baseline", 0.02))
+    ]
+    rows += [
+        (f"{INHERITED}: another teacher's class, stamped", "student", MODEL_ROWS, 0.03, 0.01, 0.05, np.nan, 200),
+        (f"{INHERITED}: stamped, student - baseline", "student", MODEL_ROWS, 0.28, 0.22, 0.34, 0.0, 200),
+        (f"{INHERITED}: stamped, student - control", "student", MODEL_ROWS, 0.01, -0.03, 0.05, 0.0, 200),
+        (f"{INHERITED}: own - other teacher@10, stamped", "student", "raw", 0.02, 0.01, 0.03, 0.0, 200),
+        (f"{INHERITED}: own - other teacher@100, stamped", "student", "raw", 0.01, -0.02, 0.04, 0.0, 200),
+        (f"{INHERITED}: own - other teacher@100, predicted", "student", "raw", np.nan, np.nan, np.nan, 0.0, 0),
+        (f"{INHERITED}: own - other teacher@100, stamped", "student", "raw@head", 0.3, 0.2, 0.4, 0.0, 200),
+    ]
     said = sanity.inheritance_verdicts(np.array(rows, dtype=sanity.REPORT_DTYPE))
-    assert said[0] == ("known-positive control (behaviour): stamped test images of other classes taken for the replica teacher's "
-                       "shortcut class: the teachers 60.0%, the distilled students 30.0%, the baselines 2.0%, distilled students of "
-                       "another teacher (control) 3.0%; student - baseline +28.0% [+22.0%, +34.0%]: inherited; "
-                       "student - control +1.0% [-3.0%, +5.0%]: not shown (the CI includes 0)")
-    assert said[1] == ("known-positive control (attribution): raw, own - other teacher overlap@100 on the stamped test images of "
-                       "other classes than the teacher's shortcut class (200 test rows): +0.010 [-0.020, +0.040]: it does not see "
-                       "it (the CI includes 0; at this sample size a difference of about 0.043 would be seen with 80% power)")
+    assert said[0] == (
+        "known-positive control (behaviour): stamped test images of other classes taken for the replica teacher's "
+        "shortcut class: the teachers 60.0%, the distilled students 30.0%, the baselines 2.0%, distilled students of "
+        "another teacher (control) 3.0%; student - baseline +28.0% [+22.0%, +34.0%]: inherited; "
+        "student - control +1.0% [-3.0%, +5.0%]: not shown (the CI includes 0)"
+    )
+    assert said[1] == (
+        "known-positive control (attribution): raw, own - other teacher overlap@100 on the stamped test images of "
+        "other classes than the teacher's shortcut class (200 test rows): +0.010 [-0.020, +0.040]: it does not see "
+        "it (the CI includes 0; at this sample size a difference of about 0.043 would be seen with 80% power)"
+    )
     assert said[2].endswith("on those of them that the student takes for that class: no such test rows")
     assert len(said) == 3  # the largest k only, whole-model variants only
 
@@ -222,27 +345,49 @@ def test_readme_figures_set_the_headline_beside_its_control(control_run, tmp_pat
     readme = tmp_path / "README.md"
     readme.write_text("top\n<!-- positive-control:start -->\nstale\n<!-- positive-control:end -->\nend\n")
     script = Path(__file__).resolve().parents[1] / "scripts" / "readme_figures.py"
-    result = subprocess.run([sys.executable, script, "--no-demo", "--control", control_run, control_run, "--readme", readme],
-                            capture_output=True, text=True, timeout=300, env=subprocess_env())
+    result = subprocess.run(
+        [sys.executable, script, "--no-demo", "--control", control_run, control_run, "--readme", readme],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=subprocess_env(),
+    )
     assert result.returncode == 0, result.stderr
     text = readme.read_text()
-    assert text.startswith("top\n<!-- positive-control:start -->") and text.endswith("<!-- positive-control:end -->\nend\n")
+    assert text.startswith("top\n<!-- positive-control:start -->") and text.endswith(
+        "<!-- positive-control:end -->\nend\n"
+    )
     assert "stale" not in text and "| variant | statistic | losses | demo setting | positive control |" in text
     with ScoreFile.open_read(control_run / "tracin.h5") as store:
         agreement, report = store.agreement(), store.quality_report()
-    own = agreement[(agreement["comparison"] == b"own - other teacher") & (agreement["variant"] == b"raw")
-                    & (agreement["statistic"] == b"overlap@10")][0]
+    own = agreement[
+        (agreement["comparison"] == b"own - other teacher")
+        & (agreement["variant"] == b"raw")
+        & (agreement["statistic"] == b"overlap@10")
+    ][0]
     cell = f"{own['mean']:+.3f} [{own['ci_low']:+.3f}, {own['ci_high']:+.3f}]"
     assert f"| raw | overlap@10 | defaults | {cell} | {cell} |" in text  # 2 replicas: no p, it could not reach 0.05
     assert "| raw | defaults | - | - | - | - | - | - |" in text  # 2 replicas: no pairing noise to simulate from
     behaviour = report[report["check"] == f"{INHERITED}: stamped, student - baseline".encode()][0]
-    assert (f"| stamped, student - baseline | student | {behaviour['value']:.3f} [{behaviour['ci_low']:.3f}, "
-            f"{behaviour['ci_high']:.3f}] | {behaviour['n_rows']} |") in text
+    assert (
+        f"| stamped, student - baseline | student | {behaviour['value']:.3f} [{behaviour['ci_low']:.3f}, "
+        f"{behaviour['ci_high']:.3f}] | {behaviour['n_rows']} |"
+    ) in text
     assert "- positive control, defaults: known-positive control (behaviour)" in text
-    attribution = report[(report["check"] == f"{INHERITED}: own - other teacher@10, stamped".encode()) & (report["variant"] == b"raw")][0]
-    assert (f"| own - other teacher@10, stamped | raw | {attribution['value']:.3f} [{attribution['ci_low']:.3f}, "
-            f"{attribution['ci_high']:.3f}] |") in text
+    attribution = report[
+        (report["check"] == f"{INHERITED}: own - other teacher@10, stamped".encode()) & (report["variant"] == b"raw")
+    ][0]
+    assert (
+        f"| own - other teacher@10, stamped | raw | {attribution['value']:.3f} [{attribution['ci_low']:.3f}, "
+        f"{attribution['ci_high']:.3f}] |"
+    ) in text
     first = report["variant"][report["variant"] != MODEL_ROWS.encode()][0].decode()
-    identical = report[(report["check"] == b"identical class top-10") & (report["model"] == b"teacher") & (report["variant"] == first.encode())][0]
-    assert (f"| positive control | identical class top-10 | teacher | {identical['value']:.3f} [{identical['ci_low']:.3f}, "
-            f"{identical['ci_high']:.3f}] |") in text
+    identical = report[
+        (report["check"] == b"identical class top-10")
+        & (report["model"] == b"teacher")
+        & (report["variant"] == first.encode())
+    ][0]
+    assert (
+        f"| positive control | identical class top-10 | teacher | {identical['value']:.3f} [{identical['ci_low']:.3f}, "
+        f"{identical['ci_high']:.3f}] |"
+    ) in text

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from models_for_tests import tiny_resnet
 
 from tracin.config import ScoreConfig
 from tracin.engine.projection import (
@@ -18,6 +17,8 @@ from tracin.engine.projection import (
 from tracin.engine.tracin import TracIn
 from tracin.errors import TracinError
 
+from models_for_tests import tiny_resnet
+
 
 def test_same_seed_same_matrix_different_seed_different():
     a, b = GaussianProjector(50, 8, 3, "cpu", torch.float32), GaussianProjector(50, 8, 3, "cpu", torch.float32)
@@ -30,7 +31,10 @@ def test_projected_inner_products_are_unbiased():
     u, v = torch.randn(2, 200, generator=generator, dtype=torch.float64)
     estimates = torch.stack(
         [
-            (GaussianProjector(200, 16, s, "cpu", torch.float64).project(u) * GaussianProjector(200, 16, s, "cpu", torch.float64).project(v)).sum()
+            (
+                GaussianProjector(200, 16, s, "cpu", torch.float64).project(u)
+                * GaussianProjector(200, 16, s, "cpu", torch.float64).project(v)
+            ).sum()
             for s in range(4000)
         ]
     )
@@ -58,11 +62,13 @@ def test_rademacher_entries_are_signs_and_inner_products_unbiased():
     assert torch.allclose(projector.matrix.abs(), torch.full((300, 20), 20**-0.5, dtype=torch.float64))
     generator = torch.Generator().manual_seed(1)
     u, v = torch.randn(2, 300, generator=generator, dtype=torch.float64)
-    estimates = torch.stack([
-        make_projector(300, 20, s, "cpu", torch.float64, kind="rademacher").project(u)
-        @ make_projector(300, 20, s, "cpu", torch.float64, kind="rademacher").project(v)
-        for s in range(3000)
-    ])
+    estimates = torch.stack(
+        [
+            make_projector(300, 20, s, "cpu", torch.float64, kind="rademacher").project(u)
+            @ make_projector(300, 20, s, "cpu", torch.float64, kind="rademacher").project(v)
+            for s in range(3000)
+        ]
+    )
     assert abs(estimates.mean() - u @ v) < 4 * estimates.std() / 3000**0.5
 
 
@@ -91,6 +97,8 @@ def test_a_registered_projector_is_what_projected_tracin_uses():
     finally:
         del PROJECTORS["scaled-identity-test"]
     assert calls and torch.isfinite(scores).all()
-    assert not torch.allclose(scores, TracIn(model, checkpoints, ScoreConfig(mode="projected", proj_dim=8), device="cpu").scores(data, data))
+    assert not torch.allclose(
+        scores, TracIn(model, checkpoints, ScoreConfig(mode="projected", proj_dim=8), device="cpu").scores(data, data)
+    )
     with pytest.raises(TracinError, match="projector must be one of gaussian, rademacher"):
         make_projector(10, 2, 0, "cpu", kind="scaled-identity-test")

@@ -30,7 +30,9 @@ def test_a_score_file_holds_the_checks_of_its_rankings(tiny_scores):
         table = store.quality()
         for row in table:
             top = store.model(row["model"].decode()).rankings()[0].top_index
-            assert row["identical_class_top1"] == quality.identical_class_rate(top, store.train_labels, store.test_labels, 1)
+            assert row["identical_class_top1"] == quality.identical_class_rate(
+                top, store.train_labels, store.test_labels, 1
+            )
             assert row["top1_max_share"] == quality.top1_max_share(top)
         assert {r["model"].decode() for r in table} == set(store.models)
         assert "Quality checks of the proponents" in quality_table(store)

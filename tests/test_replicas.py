@@ -14,13 +14,20 @@ import numpy as np
 import pytest
 import torch
 
+from tracin.commands.score import select_compared_pairs
 from tracin.config import REPLICA_SEED_STRIDE, model_name, replicas_by_role, split_model_name
 from tracin.errors import TracinError
 from tracin.results.agreement import (
-    AGREEMENT_DTYPE, detectable_by_pairings, format_agreement, format_agreement_by_depth, pairing_noise, pairing_p_value,
-    pairing_power, select_agreement_pairs, verdicts,
+    AGREEMENT_DTYPE,
+    detectable_by_pairings,
+    format_agreement,
+    format_agreement_by_depth,
+    pairing_noise,
+    pairing_p_value,
+    pairing_power,
+    select_agreement_pairs,
+    verdicts,
 )
-from tracin.commands.score import select_compared_pairs
 from tracin.results.figures import detection_summary, format_detection_by_group, mislabel_curves
 from tracin.results.statistics import bootstrap_ci, normalised_agreement, overlap_at_k, sample_rows, spearman_rows
 from tracin.results.store import ScoreFile, rankings_name
@@ -45,11 +52,27 @@ def replica_run(tiny_run, fashion_mnist_root, tmp_path_factory):
 @pytest.fixture(scope="module")
 def replica_scores(replica_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("replica_scores") / "tracin.h5"
-    result = run_tracin_score([
-        "--run", replica_run, "--out", out, "--models", "teacher,student,student_baseline",
-        "--variants", "raw,cosine,train-normalised@*", "--train-subset", "128", "--test-subset", "24",
-        "--topk", ",".join(map(str, K_OF_FIXTURE)), "--device", "cpu", "--quiet",
-    ])
+    result = run_tracin_score(
+        [
+            "--run",
+            replica_run,
+            "--out",
+            out,
+            "--models",
+            "teacher,student,student_baseline",
+            "--variants",
+            "raw,cosine,train-normalised@*",
+            "--train-subset",
+            "128",
+            "--test-subset",
+            "24",
+            "--topk",
+            ",".join(map(str, K_OF_FIXTURE)),
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert result.returncode == 0, result.stderr
     return out, result.stdout
 
@@ -59,8 +82,17 @@ def test_model_names_round_trip_and_refuse_others():
     for role in ROLES:
         for replica in (0, 1, 12):
             assert split_model_name(model_name(role, replica)) == (role, replica)
-    for bad in ("teacher.r0", "teacher.r", "teacher.r01", "teacher.rx", "assistant", "student.r-1", "teacher.r²",
-                "teacher.r1.r1", "Teacher"):
+    for bad in (
+        "teacher.r0",
+        "teacher.r",
+        "teacher.r01",
+        "teacher.rx",
+        "assistant",
+        "student.r-1",
+        "teacher.r²",
+        "teacher.r1.r1",
+        "Teacher",
+    ):
         with pytest.raises(TracinError):
             split_model_name(bad)
 
@@ -74,12 +106,15 @@ def test_pairing_p_value_counts_the_assignments_that_agree_at_least_as_much():
 
 
 def test_verdicts_say_no_difference_when_the_interval_holds_zero():
-    rows = np.array([
-        ("raw", "overlap@8", "own - other teacher", 0.01, -0.02, 0.04, 0.0, 2, 30, 0.5, np.nan),
-        ("cosine", "overlap@8", "own - other teacher", 0.10, 0.05, 0.15, 0.0, 2, 30, 0.5, np.nan),
-        ("raw", "overlap@8", "shared - other init", 0.20, 0.10, 0.30, 0.0, 2, 30, np.nan, np.nan),
-        ("raw@head", "overlap@8", "own - other teacher", 0.30, 0.20, 0.40, 0.0, 2, 30, 0.5, np.nan),
-    ], dtype=AGREEMENT_DTYPE)
+    rows = np.array(
+        [
+            ("raw", "overlap@8", "own - other teacher", 0.01, -0.02, 0.04, 0.0, 2, 30, 0.5, np.nan),
+            ("cosine", "overlap@8", "own - other teacher", 0.10, 0.05, 0.15, 0.0, 2, 30, 0.5, np.nan),
+            ("raw", "overlap@8", "shared - other init", 0.20, 0.10, 0.30, 0.0, 2, 30, np.nan, np.nan),
+            ("raw@head", "overlap@8", "own - other teacher", 0.30, 0.20, 0.40, 0.0, 2, 30, 0.5, np.nan),
+        ],
+        dtype=AGREEMENT_DTYPE,
+    )
     said = verdicts(rows)
     assert len(said) == 3  # layer groups are left to the table
     assert "no more than with another teacher" in said[0] and "+0.010 [-0.020, +0.040]" in said[0]
@@ -95,16 +130,23 @@ def test_verdicts_say_no_difference_when_the_interval_holds_zero():
     assert said[1].endswith("permutation p = 0.042 over the 24 pairings of 4 replicas")  # confirmed: nothing added
     assert "not confirmed" not in said[0]  # its CI holds 0: there is nothing to confirm
     four["detectable"][0] = 0.0314
-    assert ("no more than with another teacher (the CI includes 0; the replica pairings would see 0.031 with 80% power "
-            "(simulated from their spread), the test examples alone 0.043)") in verdicts(four)[0]
+    assert (
+        "no more than with another teacher (the CI includes 0; the replica pairings would see 0.031 with 80% power "
+        "(simulated from their spread), the test examples alone 0.043)"
+    ) in verdicts(four)[0]
     four["p_value"][1] = 0.5
-    assert verdicts(four)[1].endswith("permutation p = 0.500 over the 24 pairings of 4 replicas - not confirmed by the replica "
-                                      "pairings: the CI is over test examples with these replicas fixed, so the difference may "
-                                      "be these replicas' own rather than their teachers'")
+    assert verdicts(four)[1].endswith(
+        "permutation p = 0.500 over the 24 pairings of 4 replicas - not confirmed by the replica "
+        "pairings: the CI is over test examples with these replicas fixed, so the difference may "
+        "be these replicas' own rather than their teachers'"
+    )
 
 
 def test_a_p_value_is_printed_only_where_the_pairings_can_reach_significance():
-    four = np.array([("raw", "overlap@8", "own - other teacher", 0.10, 0.05, 0.15, 0.0, 4, 30, 1 / 24, np.nan)], dtype=AGREEMENT_DTYPE)
+    four = np.array(
+        [("raw", "overlap@8", "own - other teacher", 0.10, 0.05, 0.15, 0.0, 4, 30, 1 / 24, np.nan)],
+        dtype=AGREEMENT_DTYPE,
+    )
     (said,) = verdicts(four)
     assert "permutation p = 0.042 over the 24 pairings of 4 replicas" in said
     assert "p 0.042" in format_agreement(four)
@@ -117,8 +159,11 @@ def test_a_p_value_is_printed_only_where_the_pairings_can_reach_significance():
 def test_pairs_match_replica_numbers_even_with_gaps():
     models = ["teacher.r1", "student", "student.r1", "student_baseline.r2", "teacher.ensemble"]
     replicas = replicas_by_role(models)
-    assert replicas == {"teacher": {1: "teacher.r1"}, "student": {0: "student", 1: "student.r1"},
-                        "student_baseline": {2: "student_baseline.r2"}}
+    assert replicas == {
+        "teacher": {1: "teacher.r1"},
+        "student": {0: "student", 1: "student.r1"},
+        "student_baseline": {2: "student_baseline.r2"},
+    }
     pairs = select_agreement_pairs(replicas, models)
     assert pairs["teacher-student"] == [("teacher.r1", "student.r1")]
     assert pairs["teacher'-student"] == [("teacher.r1", "student")]
@@ -126,8 +171,11 @@ def test_pairs_match_replica_numbers_even_with_gaps():
     assert "student-baseline" not in pairs and "teacher-teacher'" not in pairs  # no shared replica, one teacher
     assert "teacher-student, ensembles" not in pairs  # only the teacher's ensemble is there
     assert select_compared_pairs(models) == [
-        ("teacher.r1", "student"), ("teacher.r1", "student_baseline.r2"), ("student", "student_baseline.r2"),
-        ("student", "student.r1")]
+        ("teacher.r1", "student"),
+        ("teacher.r1", "student_baseline.r2"),
+        ("student", "student_baseline.r2"),
+        ("student", "student.r1"),
+    ]
 
 
 def test_replicas_train_with_other_seeds_on_the_same_data(tiny_run, replica_run):
@@ -145,7 +193,9 @@ def test_replicas_train_with_other_seeds_on_the_same_data(tiny_run, replica_run)
         first, second = payload(role, "epoch_004.pt"), payload(f"{role}.r1", "epoch_004.pt")
         assert second["role"] == role  # a replica is its role's model: scoring and distillation checks hold
         assert second["config"]["seed"] == first["config"]["seed"] + REPLICA_SEED_STRIDE
-        assert {k: v for k, v in second["config"].items() if k != "seed"} == {k: v for k, v in first["config"].items() if k != "seed"}
+        assert {k: v for k, v in second["config"].items() if k != "seed"} == {
+            k: v for k, v in first["config"].items() if k != "seed"
+        }
         init, init_r1 = payload(role, "init.pt")["model"], payload(f"{role}.r1", "init.pt")["model"]
         assert any(not torch.equal(init[k], init_r1[k]) for k in init if init[k].is_floating_point())
     # students of a replica start alike, and the distilled one learns from its own replica's teacher
@@ -195,11 +245,20 @@ def test_agreement_table_equals_a_direct_computation(replica_scores):
                     "teacher-teacher'": teachers,
                     "student-student'": students,
                     "baseline-baseline'": agree("student_baseline", "student_baseline.r1"),
-                    "student-baseline": (agree("student", "student_baseline") + agree("student.r1", "student_baseline.r1")) / 2,
-                    "student-baseline'": (agree("student", "student_baseline.r1") + agree("student.r1", "student_baseline")) / 2,
+                    "student-baseline": (
+                        agree("student", "student_baseline") + agree("student.r1", "student_baseline.r1")
+                    )
+                    / 2,
+                    "student-baseline'": (
+                        agree("student", "student_baseline.r1") + agree("student.r1", "student_baseline")
+                    )
+                    / 2,
                 }
-                rows = {r["comparison"].decode(): r for r in table
-                        if r["variant"].decode() == variant and r["statistic"].decode() == statistic}
+                rows = {
+                    r["comparison"].decode(): r
+                    for r in table
+                    if r["variant"].decode() == variant and r["statistic"].decode() == statistic
+                }
                 for comparison, values in expected.items():
                     row = rows[comparison]
                     assert row["mean"] == pytest.approx(np.nanmean(values)), (variant, statistic, comparison)
@@ -216,7 +275,9 @@ def test_agreement_table_equals_a_direct_computation(replica_scores):
                 other_pairing = np.nanmean(agree("teacher", "student.r1")) + np.nanmean(agree("teacher.r1", "student"))
                 assert difference["p_value"] == (0.5 if own_pairing > other_pairing + 1e-12 else 1.0)
                 shared = rows["shared - other init"]
-                assert shared["mean"] == pytest.approx(np.nanmean(expected["student-baseline"] - expected["student-baseline'"]))
+                assert shared["mean"] == pytest.approx(
+                    np.nanmean(expected["student-baseline"] - expected["student-baseline'"])
+                )
 
 
 def test_layer_group_variants_reach_quality_comparisons_and_agreement(replica_scores):
@@ -224,30 +285,48 @@ def test_layer_group_variants_reach_quality_comparisons_and_agreement(replica_sc
     have no layer3/layer4); the quality checks cover each, equal to a direct computation; overlap tables
     and the agreement table cover the groups both models hold."""
     path, _ = replica_scores
-    groups = {"teacher": ["stem", "layer1", "layer2", "layer3", "layer4", "head"], "student": ["stem", "layer1", "layer2", "head"]}
+    groups = {
+        "teacher": ["stem", "layer1", "layer2", "layer3", "layer4", "head"],
+        "student": ["stem", "layer1", "layer2", "head"],
+    }
     with ScoreFile.open_read(path) as store:
         for role, names in groups.items():
             assert store.model(role).variants == ["raw", "cosine", *(f"train-normalised@{g}" for g in names)]
         quality = {(r["model"].decode(), r["variant"].decode()): r for r in store.quality()}
-        for model, variant in (("student.r1", "train-normalised@layer2"), ("teacher.ensemble", "train-normalised@layer4")):
+        for model, variant in (
+            ("student.r1", "train-normalised@layer2"),
+            ("teacher.ensemble", "train-normalised@layer4"),
+        ):
             top1 = np.argmax(store.model(model).matrix(variant=variant)[()], axis=0)  # ties aside
             expected = np.mean(store.train_labels[top1] == store.test_labels)
             assert quality[(model, variant)]["identical_class_top1"] == pytest.approx(expected), (model, variant)
         overlap = store.comparison("teacher", "student")["overlap"]
         correlation = store.comparison("teacher", "student")["rank_correlation"]
         agreement = store.agreement()
-    assert b"train-normalised@layer1" in set(overlap["scope"]) and b"train-normalised@layer3" not in set(overlap["scope"])
+    assert b"train-normalised@layer1" in set(overlap["scope"]) and b"train-normalised@layer3" not in set(
+        overlap["scope"]
+    )
     grouped = overlap[overlap["scope"] == b"train-normalised@layer1"]  # a group's scope: the test proponents
-    assert set(zip(grouped["direction"], grouped["side"])) == {(b"test", b"proponents")} and len(grouped) == len(K_OF_FIXTURE)
+    assert set(zip(grouped["direction"], grouped["side"])) == {(b"test", b"proponents")} and len(grouped) == len(
+        K_OF_FIXTURE
+    )
     assert not any(b"@" in scope for scope in correlation["scope"])  # rank correlations: the agreement table's
-    assert set(agreement["variant"]) == {b"raw", b"cosine", *(f"train-normalised@{g}".encode() for g in groups["student"])}
+    assert set(agreement["variant"]) == {
+        b"raw",
+        b"cosine",
+        *(f"train-normalised@{g}".encode() for g in groups["student"]),
+    }
 
 
 def test_scoring_more_replicas_than_trained_is_one_clear_error(replica_run, tmp_path):
-    result = run_tracin_score(["--run", replica_run, "--out", tmp_path / "x.h5", "--replicas", "3", "--topk", "3", "--quiet"])
+    result = run_tracin_score(
+        ["--run", replica_run, "--out", tmp_path / "x.h5", "--replicas", "3", "--topk", "3", "--quiet"]
+    )
     assert result.returncode == 2
     assert "fewer trained replicas" in result.stderr and "Traceback" not in result.stderr
-    result = run_tracin_score(["--run", replica_run, "--out", tmp_path / "x.h5", "--models", "teacher.r0", "--topk", "3", "--quiet"])
+    result = run_tracin_score(
+        ["--run", replica_run, "--out", tmp_path / "x.h5", "--models", "teacher.r0", "--topk", "3", "--quiet"]
+    )
     assert result.returncode == 2 and "'teacher.r0' is neither" in result.stderr
 
 
@@ -256,15 +335,25 @@ def test_readme_figures_come_from_the_run_and_its_score_file(replica_run, replic
     path, _ = replica_scores
     seconds = {"total": 11, "training": 5, "scoring": 4, "report": 2}
     machine = {"cpu": "a CPU", "cores": 2, "device": "no GPU", "torch": torch.__version__, "platform": "Linux"}
-    (replica_run / "demo.json").write_text(json.dumps({"finished": "2026-11-30T12:00:00", "seconds": seconds, "machine": machine}))
+    (replica_run / "demo.json").write_text(
+        json.dumps({"finished": "2026-11-30T12:00:00", "seconds": seconds, "machine": machine})
+    )
     readme = tmp_path / "README.md"
-    readme.write_text("# title\n\nbefore\n\n<!-- demo-figures:start -->\nstale 0.999\n<!-- demo-figures:end -->\n\nafter\n")
+    readme.write_text(
+        "# title\n\nbefore\n\n<!-- demo-figures:start -->\nstale 0.999\n<!-- demo-figures:end -->\n\nafter\n"
+    )
     script = Path(__file__).resolve().parents[1] / "scripts" / "readme_figures.py"
-    result = subprocess.run([sys.executable, script, "--run", replica_run, "--scores", path, "--readme", readme],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, script, "--run", replica_run, "--scores", path, "--readme", readme],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     text = readme.read_text()
-    assert text.startswith("# title\n\nbefore\n\n<!-- demo-figures:start -->") and text.endswith("<!-- demo-figures:end -->\n\nafter\n")
+    assert text.startswith("# title\n\nbefore\n\n<!-- demo-figures:start -->") and text.endswith(
+        "<!-- demo-figures:end -->\n\nafter\n"
+    )
     assert "stale 0.999" not in text and "2026-11-30T12:00:00" in text and "**11 s**" in text
     record = json.loads((replica_run / "run.json").read_text())
     for name, entry in record["models"].items():
@@ -272,49 +361,78 @@ def test_readme_figures_come_from_the_run_and_its_score_file(replica_run, replic
     with ScoreFile.open_read(path) as store:
         assert format_agreement(store.agreement()) in text and format_agreement_by_depth(store.agreement()) in text
         layer2 = {r["ranking"]: r["area"] for r in detection_summary(mislabel_curves(store, ["teacher"], groups=True))}[
-            "teacher: self-influence, train-normalised, layer2 only"]
+            "teacher: self-influence, train-normalised, layer2 only"
+        ]
         teacher_scores = store.model("teacher")
         share = teacher_scores.group_self_influence["layer2"].sum() / teacher_scores.self_influence.sum()
         quality = {(r["model"].decode(), r["variant"].decode()): r for r in store.quality()}
         k = store.model("teacher").rankings(rankings_name())[0].top_index.shape[1]
-        first = overlap_at_k(store.model("teacher").rankings(rankings_name())[0].top_index,
-                             store.model("student").rankings(rankings_name())[0].top_index, k).mean()
-        second = overlap_at_k(store.model("teacher.r1").rankings(rankings_name())[0].top_index,
-                              store.model("student.r1").rankings(rankings_name())[0].top_index, k).mean()
+        first = overlap_at_k(
+            store.model("teacher").rankings(rankings_name())[0].top_index,
+            store.model("student").rankings(rankings_name())[0].top_index,
+            k,
+        ).mean()
+        second = overlap_at_k(
+            store.model("teacher.r1").rankings(rankings_name())[0].top_index,
+            store.model("student.r1").rankings(rankings_name())[0].top_index,
+            k,
+        ).mean()
     row = f"| teacher-student overlap@{k}, raw | {first:.3f} | {second:.3f} | {abs(first - second):.3f} |"
     assert row in text
     teacher, teacher_r1 = quality[("teacher", "raw")], quality[("teacher.r1", "raw")]
-    assert (f"| teacher, raw: same class top-1 | {teacher['identical_class_top1']:.1%} | "
-            f"{teacher_r1['identical_class_top1']:.1%} |") in text
+    assert (
+        f"| teacher, raw: same class top-1 | {teacher['identical_class_top1']:.1%} | "
+        f"{teacher_r1['identical_class_top1']:.1%} |"
+    ) in text
     # the layer group's row: share of the raw self-influence, AUCs, quality of the group's own scores
     layer2_quality = quality[("teacher", "train-normalised@layer2")]
-    assert f"| teacher | layer2 | {share:.0%} |" in text and f"| {layer2:.3f} | {layer2_quality['identical_class_top1']:.1%} |" in text
+    assert (
+        f"| teacher | layer2 | {share:.0%} |" in text
+        and f"| {layer2:.3f} | {layer2_quality['identical_class_top1']:.1%} |" in text
+    )
     # the variants table of two runs (here the same run twice), from their tracin.h5
     shutil.copy(path, replica_run / "tracin.h5")
-    readme.write_text("<!-- demo-figures:start -->\n<!-- demo-figures:end -->\n<!-- variants-figures:start -->\nold\n"
-                      "<!-- variants-figures:end -->\n")
-    result = subprocess.run([sys.executable, script, "--run", replica_run, "--second", replica_run, "--readme", readme],
-                            capture_output=True, text=True, timeout=120)
+    readme.write_text(
+        "<!-- demo-figures:start -->\n<!-- demo-figures:end -->\n<!-- variants-figures:start -->\nold\n"
+        "<!-- variants-figures:end -->\n"
+    )
+    result = subprocess.run(
+        [sys.executable, script, "--run", replica_run, "--second", replica_run, "--readme", readme],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     text = readme.read_text()
     assert "old" not in text
     with ScoreFile.open_read(path) as store:
         table = store.agreement()
         curves = {r["ranking"]: r["area"] for r in detection_summary(mislabel_curves(store, store.models))}
-    chosen = table[(table["variant"] == b"cosine") & (table["comparison"] == b"normalised teacher-student")
-                   & (table["statistic"] == f"overlap@{k}".encode())][0]
+    chosen = table[
+        (table["variant"] == b"cosine")
+        & (table["comparison"] == b"normalised teacher-student")
+        & (table["statistic"] == f"overlap@{k}".encode())
+    ][0]
     cosine = quality[("teacher", "cosine")]
-    row = (f"| tiny: noise 10%, data seed 0 | cosine | teacher | {cosine['identical_class_top1']:.1%} | "
-           f"{cosine['top1_max_share']:.1%} | none (constant) | {curves['teacher: loss (last checkpoint)']:.3f} | "
-           f"{chosen['mean']:.2f} [{chosen['ci_low']:.2f}, {chosen['ci_high']:.2f}] |")
+    row = (
+        f"| tiny: noise 10%, data seed 0 | cosine | teacher | {cosine['identical_class_top1']:.1%} | "
+        f"{cosine['top1_max_share']:.1%} | none (constant) | {curves['teacher: loss (last checkpoint)']:.3f} | "
+        f"{chosen['mean']:.2f} [{chosen['ci_low']:.2f}, {chosen['ci_high']:.2f}] |"
+    )
     assert text.count(row) == 2, text
     raw = quality[("student", "raw")]
-    assert (f"| raw | student | {raw['identical_class_top1']:.1%} | {raw['top1_max_share']:.1%} | "
-            f"{curves['student: self-influence']:.3f} |") in text
+    assert (
+        f"| raw | student | {raw['identical_class_top1']:.1%} | {raw['top1_max_share']:.1%} | "
+        f"{curves['student: self-influence']:.3f} |"
+    ) in text
     # without demo.json: one clear line
     (replica_run / "demo.json").unlink()
-    result = subprocess.run([sys.executable, script, "--run", replica_run, "--scores", path, "--print"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, script, "--run", replica_run, "--scores", path, "--print"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "run scripts/demo" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -333,33 +451,49 @@ def test_ensembles_are_the_mean_of_the_replicas_scores_and_ranked_from_it(replic
                 expected = np.argsort(-mean, axis=0, kind="stable")[:k].T
                 # the k largest of each column (ties aside: compare the scores they point at)
                 np.testing.assert_allclose(np.take_along_axis(mean.T, top, 1), np.take_along_axis(mean.T, expected, 1))
-            np.testing.assert_allclose(ensemble.self_influence, (members[0].self_influence + members[1].self_influence) / 2, rtol=1e-6)
+            np.testing.assert_allclose(
+                ensemble.self_influence, (members[0].self_influence + members[1].self_influence) / 2, rtol=1e-6
+            )
             assert ensemble.normalised_self_influence is not None
         table = store.agreement()
-        row = table[(table["variant"] == b"raw") & (table["statistic"] == f"overlap@{k}".encode())
-                    & (table["comparison"] == b"teacher-student, ensembles")][0]
+        row = table[
+            (table["variant"] == b"raw")
+            & (table["statistic"] == f"overlap@{k}".encode())
+            & (table["comparison"] == b"teacher-student, ensembles")
+        ][0]
         top_t = store.model("teacher.ensemble").rankings(rankings_name())[0].top_index
         top_s = store.model("student.ensemble").rankings(rankings_name())[0].top_index
         assert row["mean"] == pytest.approx(overlap_at_k(top_t, top_s, k).mean())
         quality_models = {r["model"].decode() for r in store.quality()}
         assert {f"{role}.ensemble" for role in ROLES} <= quality_models
         by_group = format_detection_by_group(store.detection())  # the demo prints these: teacher and student, replica 0
-        assert "teacher: self-influence, train-normalised, layer4 only" in by_group and "student: self-influence, head only" in by_group
+        assert (
+            "teacher: self-influence, train-normalised, layer4 only" in by_group
+            and "student: self-influence, head only" in by_group
+        )
         assert "teacher.r1:" not in by_group and "ensemble" not in by_group and "loss (last checkpoint)" not in by_group
         detection = {r["ranking"].decode(): r for r in store.detection()}
-        assert {"teacher: self-influence", "teacher: self-influence, train-normalised", "random order"} <= set(detection)
+        assert {"teacher: self-influence", "teacher: self-influence, train-normalised", "random order"} <= set(
+            detection
+        )
         # a direct computation: inspect in decreasing order, count flipped labels found
         flipped = store.noisy
-        for name, values in (("student.r1: self-influence, train-normalised", store.model("student.r1").normalised_self_influence),
-                             ("teacher: self-influence, layer1 only", store.model("teacher").group_self_influence["layer1"]),
-                             ("teacher.ensemble: self-influence, train-normalised, layer4 only",
-                              store.model("teacher.ensemble").group_normalised_self_influence["layer4"]),
-                             ("teacher.ensemble: loss (last checkpoint)", store.model("teacher.ensemble").last_loss)):
+        for name, values in (
+            ("student.r1: self-influence, train-normalised", store.model("student.r1").normalised_self_influence),
+            ("teacher: self-influence, layer1 only", store.model("teacher").group_self_influence["layer1"]),
+            (
+                "teacher.ensemble: self-influence, train-normalised, layer4 only",
+                store.model("teacher.ensemble").group_normalised_self_influence["layer4"],
+            ),
+            ("teacher.ensemble: loss (last checkpoint)", store.model("teacher.ensemble").last_loss),
+        ):
             found = np.cumsum(flipped[np.argsort(-values, kind="stable")]) / flipped.sum()
             fraction = np.arange(1, len(found) + 1) / len(found)
             area = float(np.sum((found + np.concatenate([[0.0], found[:-1]])) / 2) / len(found))
             assert detection[name]["area"] == pytest.approx(area)
-            assert detection[name]["found_10"] == pytest.approx(np.interp(0.1, np.concatenate([[0.0], fraction]), np.concatenate([[0.0], found])))
+            assert detection[name]["found_10"] == pytest.approx(
+                np.interp(0.1, np.concatenate([[0.0], fraction]), np.concatenate([[0.0], found]))
+            )
         groups = store.model("teacher").group_self_influence
         assert list(groups) == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
         np.testing.assert_allclose(sum(groups.values()), store.model("teacher").self_influence, rtol=1e-4)
@@ -372,7 +506,9 @@ def test_pairing_power_under_no_effect_is_the_chance_of_the_own_assignment_comin
     assert rate == pytest.approx(1 / 24, abs=4 * np.sqrt(1 / 24 * 23 / 24 / 6000))
     assert pairing_power(0.0, 1.0, replicas=5, simulations=6000, seed=3) == pytest.approx(
         # p < 0.05 over 120 assignments: the own one among the first 5 (p = 5/120 = 0.042)
-        5 / 120, abs=4 * np.sqrt(5 / 120 * 115 / 120 / 6000))
+        5 / 120,
+        abs=4 * np.sqrt(5 / 120 * 115 / 120 / 6000),
+    )
     assert pairing_power(10.0, 1.0, replicas=4, simulations=500) == 1.0  # an effect far above the noise
 
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from tracin.errors import TracinError
 from tracin.results import figures
 from tracin.results.statistics import overlap_at_k
-from tracin.errors import TracinError
 from tracin.results.store import DataArrays, ScoreFile
 
 
@@ -36,7 +36,9 @@ def test_mislabel_curves_rank_by_the_stored_self_influence_and_loss(tiny_scores)
         top = len(flipped) // 5
         assert y[top] == pytest.approx(flipped[order[:top]].sum() / flipped.sum())
         loss_order = np.argsort(-store.model("teacher").last_loss, kind="stable")
-        assert curves["teacher: loss (last checkpoint)"][1][top] == pytest.approx(flipped[loss_order[:top]].sum() / flipped.sum())
+        assert curves["teacher: loss (last checkpoint)"][1][top] == pytest.approx(
+            flipped[loss_order[:top]].sum() / flipped.sum()
+        )
 
 
 def test_overlap_curve_equals_overlap_at_each_k(tiny_scores):
@@ -58,14 +60,22 @@ def test_tables_show_the_stored_numbers(tiny_scores):
         first = tables["overlap"][0]
         assert f"| sum | test | proponents | 3 | {first['mean']:.3f} | {first['median']:.3f} |" in text
         assert f"| {first['chance']:.4f} | {first['jaccard']:.3f} |" in text and "| chance k/n |" in text
-        for title in ("overlap of top-k sets", "rank agreement per row", "score distributions: two-sample Kolmogorov",
-                  "self-influence correlation"):
+        for title in (
+            "overlap of top-k sets",
+            "rank agreement per row",
+            "score distributions: two-sample Kolmogorov",
+            "self-influence correlation",
+        ):
             assert f"**teacher vs student: {title}" in text
         assert len([line for line in text.splitlines() if line.startswith("| epoch_004 |")]) == 8 + 4 + 1  # every row
         only_ks = figures.comparison_tables(store, "teacher", "student", ["ks"])
         assert "Kolmogorov" in only_ks and "overlap" not in only_ks
         assert store.models == ["teacher", "student", "student_baseline"]
-        assert set(store.comparison_pairs()) == {("teacher", "student"), ("teacher", "student_baseline"), ("student", "student_baseline")}
+        assert set(store.comparison_pairs()) == {
+            ("teacher", "student"),
+            ("teacher", "student_baseline"),
+            ("student", "student_baseline"),
+        }
 
 
 def test_plots_written_by_tracin_score_are_real_images(tiny_scores):
@@ -73,7 +83,13 @@ def test_plots_written_by_tracin_score_are_real_images(tiny_scores):
 
     plots = tiny_scores.parent / "plots"
     names = {p.name for p in plots.iterdir()}
-    assert {"proponents.png", "score_histograms.png", "mislabel_detection.png", "overlap_teacher__student.png", "report.md"} <= names
+    assert {
+        "proponents.png",
+        "score_histograms.png",
+        "mislabel_detection.png",
+        "overlap_teacher__student.png",
+        "report.md",
+    } <= names
     for png in plots.glob("*.png"):
         pixels = matplotlib.image.imread(png)
         assert pixels.shape[0] > 200 and pixels.shape[1] > 200 and pixels.std() > 0.01, png.name
@@ -137,13 +153,17 @@ def test_the_proponent_grid_shows_prediction_index_and_score(tiny_scores):
     import matplotlib.pyplot as plt
 
     with ScoreFile.open_read(tiny_scores) as store:
-        images = figures.Images(np.zeros((store.n_train, 1, 4, 4), np.uint8), np.zeros((store.n_test, 1, 4, 4), np.uint8))
+        images = figures.Images(
+            np.zeros((store.n_train, 1, 4, 4), np.uint8), np.zeros((store.n_test, 1, 4, 4), np.uint8)
+        )
         figure = figures.plot_proponent_grid(store, images, ["teacher", "student"], [3], k=2)
         titles = [ax.get_title() for ax in figure.axes]
         ranking = store.model("student").rankings()[0]
         first = int(ranking.top_index[3, 0])
         assert titles[0].startswith(f"teacher\ntest #{int(store.test_index[3])}: ") and "predicts " in titles[0]
-        assert titles[5].startswith("student\n") and titles[6].startswith(f"+1 train #{int(store.train_index[first])}\n")  # the student's row
+        assert titles[5].startswith("student\n") and titles[6].startswith(
+            f"+1 train #{int(store.train_index[first])}\n"
+        )  # the student's row
         assert titles[6].endswith(f"{float(ranking.top_score[3, 0]):+.3g}")
         assert "raw TracInCP" in figure._suptitle.get_text()
         plt.close(figure)
@@ -151,6 +171,10 @@ def test_the_proponent_grid_shows_prediction_index_and_score(tiny_scores):
 
 def test_one_grid_without_replicas_and_role_models_pick_replica_0(tiny_scores):
     with ScoreFile.open_read(tiny_scores) as store:
-        images = figures.Images(np.zeros((store.n_train, 1, 4, 4), np.uint8), np.zeros((store.n_test, 1, 4, 4), np.uint8))
-        assert list(figures.proponent_grids(store, images, ["teacher", "student"], [0])) == ["proponents.png"]  # no replicas
+        images = figures.Images(
+            np.zeros((store.n_train, 1, 4, 4), np.uint8), np.zeros((store.n_test, 1, 4, 4), np.uint8)
+        )
+        assert list(figures.proponent_grids(store, images, ["teacher", "student"], [0])) == [
+            "proponents.png"
+        ]  # no replicas
     assert figures.role_models(["teacher", "teacher.r1", "student", "teacher.ensemble"]) == ["teacher", "student"]

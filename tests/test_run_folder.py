@@ -6,14 +6,18 @@ import json
 
 import pytest
 
-from tracin.errors import ConfigMismatchError, TracinError
 from tracin.config import DataConfig, TrainConfig
+from tracin.errors import ConfigMismatchError, TracinError
 from tracin.files import write_json_atomic
 from tracin.training.run_folder import RunPaths, check_same_run, differing_fields, new_record, open_record
 
 CONFIGS = {"config": {"lr": 0.1, "epochs": 4}, "data_config": {"data_root": "data", "label_noise": 0.0}}
-RECORD = new_record({"argv": ["tracin-train"]}, {**CONFIGS, "data_fingerprint": {"digest": "d", "n_train": 8, "n_test": 4},
-                                                  "teacher_checkpoint": None}, {}, {})  # a whole run.json around CONFIGS
+RECORD = new_record(
+    {"argv": ["tracin-train"]},
+    {**CONFIGS, "data_fingerprint": {"digest": "d", "n_train": 8, "n_test": 4}, "teacher_checkpoint": None},
+    {},
+    {},
+)  # a whole run.json around CONFIGS
 
 
 def test_differing_fields_names_nested_fields():
@@ -30,10 +34,15 @@ def test_a_moved_data_folder_is_the_same_run(tmp_path):
 
 def test_a_run_from_before_a_field_existed_resumes(tmp_path):
     """Runs trained before `arch` existed hold no such field: they used its default, resnet34."""
-    old = {"config": {k: v for k, v in TrainConfig().to_dict().items() if k != "arch"}, "data_config": DataConfig().to_dict()}
+    old = {
+        "config": {k: v for k, v in TrainConfig().to_dict().items() if k != "arch"},
+        "data_config": DataConfig().to_dict(),
+    }
     check_same_run(old, {"config": TrainConfig().to_dict(), "data_config": DataConfig().to_dict()}, tmp_path)
     with pytest.raises(ConfigMismatchError, match=r"config\.arch \('resnet34' -> 'resnet18'\)"):
-        check_same_run(old, {"config": TrainConfig(arch="resnet18").to_dict(), "data_config": DataConfig().to_dict()}, tmp_path)
+        check_same_run(
+            old, {"config": TrainConfig(arch="resnet18").to_dict(), "data_config": DataConfig().to_dict()}, tmp_path
+        )
 
 
 def test_open_record_refuses_to_mix_runs(tmp_path):

@@ -16,9 +16,9 @@ import torch
 
 from tracin.config import DataConfig, ModelConfig, TrainConfig
 from tracin.errors import CheckpointError, StoreError, TracinError
-from tracin.schemas import markdown
 from tracin.results.figures import check_finished
 from tracin.results.store import ScoreFile
+from tracin.schemas import markdown
 from tracin.training.checkpoints import list_checkpoints, load_checkpoint, load_run_checkpoints
 from tracin.training.run_folder import RunPaths, read_record
 
@@ -26,13 +26,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_docs_format_is_the_schemas_the_code_checks():
-    assert (REPO / "docs" / "format.md").read_text() == markdown(), "regenerate: python -m tracin.schemas > docs/format.md"
+    assert (REPO / "docs" / "format.md").read_text() == markdown(), (
+        "regenerate: python -m tracin.schemas > docs/format.md"
+    )
 
 
-@pytest.mark.parametrize("text, field", [
-    ("{}", "(the whole file)"), ("[1, 2]", "(the whole file)"), ('{"format": "tracin-run"}', "(the whole file)"),
-    ("{", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        ("{}", "(the whole file)"),
+        ("[1, 2]", "(the whole file)"),
+        ('{"format": "tracin-run"}', "(the whole file)"),
+        ("{", "not valid JSON"),
+    ],
+)
 def test_a_run_json_edited_by_hand_is_one_line(tmp_path, text, field):
     (tmp_path / "run.json").write_text(text)
     with pytest.raises(TracinError) as raised:
@@ -56,7 +63,9 @@ def test_configurations_check_each_fields_type():
         DataConfig.from_dict({"seed": "x"})
     with pytest.raises(TracinError, match="TrainConfig field lr: expected float, got True"):
         TrainConfig.from_dict({"lr": True})
-    assert DataConfig.from_dict(json.loads(json.dumps(DataConfig(train_subset=10).to_dict()))) == DataConfig(train_subset=10)
+    assert DataConfig.from_dict(json.loads(json.dumps(DataConfig(train_subset=10).to_dict()))) == DataConfig(
+        train_subset=10
+    )
 
 
 def test_a_checkpoint_without_lr_or_model_config_is_one_line(tiny_run, tmp_path):
@@ -78,14 +87,20 @@ def test_checkpoints_of_another_width_than_the_run_records_are_refused(tiny_run)
     digest = record["data_fingerprint"]["digest"]
     load_run_checkpoints(paths, "teacher", digest, record["model_configs"]["teacher"])  # as recorded: accepted
     wider = {**record["model_configs"]["teacher"], "width": record["model_configs"]["teacher"]["width"] * 2}
-    with pytest.raises(CheckpointError, match=r"not the architecture the run recorded for teacher: width \d+ \(run.json: \d+\)"):
+    with pytest.raises(
+        CheckpointError, match=r"not the architecture the run recorded for teacher: width \d+ \(run.json: \d+\)"
+    ):
         load_run_checkpoints(paths, "teacher", digest, wider)
-    assert ModelConfig.from_dict(record["model_configs"]["teacher"]).width == record["model_configs"]["teacher"]["width"]
+    assert (
+        ModelConfig.from_dict(record["model_configs"]["teacher"]).width == record["model_configs"]["teacher"]["width"]
+    )
 
 
 DAMAGE = {
     "a score matrix of the wrong shape": lambda h5: _replace(h5, "teacher/scores", np.zeros((3, 3), np.float32)),
-    "a string dtype": lambda h5: _replace(h5, "student/self_influence", np.array(["x"] * h5["train_index"].shape[0], "S1")),
+    "a string dtype": lambda h5: _replace(
+        h5, "student/self_influence", np.array(["x"] * h5["train_index"].shape[0], "S1")
+    ),
     "top-k indices out of range": lambda h5: _set(h5, "teacher/topk/test_top_index", 10**6),
     "a missing top-k table": lambda h5: h5.__delitem__("student/topk/train_bottom_score"),
     "header labels of another length": lambda h5: _replace(h5, "train_labels", np.zeros(2, np.int64)),
@@ -113,7 +128,9 @@ def test_a_score_file_made_by_hand_is_refused_by_every_reader(tiny_scores, tmp_p
         DAMAGE[damage](h5)
     with ScoreFile.open_read(path) as store, pytest.raises(StoreError, match="not laid out as tracin-score writes it"):
         check_finished(store)
-    result = subprocess.run([sys.executable, "scripts/figures.py", str(path)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "scripts/figures.py", str(path)], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
     assert "not laid out as tracin-score writes it" in result.stderr and "Traceback" not in result.stderr
 

@@ -15,18 +15,19 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from conftest import BF16_RTOL, subprocess_env
-from models_for_tests import relative_error
 
-from tracin.training.checkpoints import list_checkpoints, load_checkpoint
 from tracin.cli.main import build_score_parser, score_options
 from tracin.config import DataConfig, ModelConfig, ScoreConfig
-from tracin.training.data import load_data
-from tracin.training.models import build_model
 from tracin.engine.tracin import TracIn
 from tracin.errors import TracinError
 from tracin.results.store import ScoreFile, rankings_name
+from tracin.training.checkpoints import list_checkpoints, load_checkpoint
+from tracin.training.data import load_data
 from tracin.training.losses import CrossEntropy, Distillation, TrainTest
+from tracin.training.models import build_model
+
+from conftest import BF16_RTOL, subprocess_env
+from models_for_tests import relative_error
 
 K = (3, 8)
 SMALL = ("--train-subset", "96", "--test-subset", "24", "--topk", ",".join(map(str, K)), "--device", "cpu")
@@ -35,8 +36,9 @@ MANY_BLOCKS = ("--max-memory-gb", "0.01")  # ~10 MB: a few test blocks and row c
 
 def tracin_score(*args, timeout: float = 300) -> subprocess.CompletedProcess:
     script = Path(sys.executable).with_name("tracin-score")
-    return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env=subprocess_env())
+    return subprocess.run(
+        [str(script), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=subprocess_env()
+    )
 
 
 def score_args(run: Path, out: Path, *extra) -> list:
@@ -86,7 +88,17 @@ def test_layout_and_attributes(scored, tiny_run):
     with ScoreFile.open_read(scored) as store:
         attributes = store.attributes
         assert attributes["format"] == "tracin-scores" and store.status == "complete"
-        for key in ("tracin_version", "created", "dataset", "mode", "proj_dim", "proj_seed", "layers", "loss", "command"):
+        for key in (
+            "tracin_version",
+            "created",
+            "dataset",
+            "mode",
+            "proj_dim",
+            "proj_seed",
+            "layers",
+            "loss",
+            "command",
+        ):
             assert key in attributes, key
         assert store.mode == "exact" and attributes["dataset"] == "fashion-mnist"
         n_train, n_test = store.n_train, store.n_test
@@ -135,7 +147,9 @@ def test_bf16_precision_is_recorded_and_close_to_float32(scored, tiny_run, tmp_p
     with ScoreFile.open_read(out) as bf16, ScoreFile.open_read(scored) as exact:
         assert bf16.attributes["precision"] == "bf16" and exact.attributes["precision"] == "float32"
         for role in ("teacher", "student"):
-            error = relative_error(torch.from_numpy(bf16.model(role).scores[()]), torch.from_numpy(exact.model(role).scores[()]))
+            error = relative_error(
+                torch.from_numpy(bf16.model(role).scores[()]), torch.from_numpy(exact.model(role).scores[()])
+            )
             assert 1e-6 < error < BF16_RTOL, role
     assert_user_error(tracin_score(*score_args(tiny_run, tmp_path / "tf32.h5", "--precision", "tf32")), "CUDA mode")
 
@@ -171,28 +185,44 @@ def brute_force_overlap(a: np.ndarray, b: np.ndarray, k: int, largest: bool) -> 
 def test_comparison_equals_brute_force(scored):
     with ScoreFile.open_read(scored) as store:
         tables = store.comparison("teacher", "student")
-        overlap, correlation, ks, self_corr = (tables[n] for n in ("overlap", "rank_correlation", "ks", "self_influence"))
+        overlap, correlation, ks, self_corr = (
+            tables[n] for n in ("overlap", "rank_correlation", "ks", "self_influence")
+        )
         teacher, student = store.model("teacher"), store.model("student")
-        matrices = {"sum": (teacher.scores[()], student.scores[()]), "epoch_002": (teacher.matrix(0)[:], student.matrix(0)[:])}
+        matrices = {
+            "sum": (teacher.scores[()], student.scores[()]),
+            "epoch_002": (teacher.matrix(0)[:], student.matrix(0)[:]),
+        }
         self_influence = (teacher.self_influence, student.self_influence)
     for scope, (a, b) in matrices.items():
         for direction, (rows_a, rows_b), n in (("test", (a.T, b.T), a.shape[0]), ("train", (a, b), a.shape[1])):
-            for side, largest in zip(("proponents", "opponents") if direction == "test" else ("top", "bottom"), (True, False)):
+            for side, largest in zip(
+                ("proponents", "opponents") if direction == "test" else ("top", "bottom"), (True, False)
+            ):
                 for k in K:
-                    pick = overlap[(overlap["scope"] == scope.encode()) & (overlap["direction"] == direction.encode())
-                                   & (overlap["side"] == side.encode()) & (overlap["k"] == k)]
+                    pick = overlap[
+                        (overlap["scope"] == scope.encode())
+                        & (overlap["direction"] == direction.encode())
+                        & (overlap["side"] == side.encode())
+                        & (overlap["k"] == k)
+                    ]
                     expected, jaccard = brute_force_overlap(rows_a, rows_b, k, largest)
                     assert len(pick) == 1
                     assert pick["mean"][0] == pytest.approx(expected.mean())
-                    assert pick["min"][0] == pytest.approx(expected.min()) and pick["max"][0] == pytest.approx(expected.max())
+                    assert pick["min"][0] == pytest.approx(expected.min()) and pick["max"][0] == pytest.approx(
+                        expected.max()
+                    )
                     assert pick["median"][0] == pytest.approx(np.median(expected))
                     assert pick["jaccard"][0] == pytest.approx(jaccard.mean())
                     assert pick["chance"][0] == pytest.approx(k / n)
             spearman = [scipy.stats.spearmanr(x, y).statistic for x, y in zip(rows_a, rows_b)]
             kendall = [scipy.stats.kendalltau(x, y).statistic for x, y in zip(rows_a, rows_b)]
             for name, values in (("spearman", spearman), ("kendall", kendall)):
-                pick = correlation[(correlation["scope"] == scope.encode()) & (correlation["direction"] == direction.encode())
-                                   & (correlation["statistic"] == name.encode())]
+                pick = correlation[
+                    (correlation["scope"] == scope.encode())
+                    & (correlation["direction"] == direction.encode())
+                    & (correlation["statistic"] == name.encode())
+                ]
                 assert pick["mean"][0] == pytest.approx(np.mean(values)) and pick["n_rows"][0] == len(values)
         row = ks[ks["scope"] == scope.encode()][0]
         assert row["statistic"] == pytest.approx(scipy.stats.ks_2samp(a.ravel(), b.ravel()).statistic)
@@ -215,8 +245,13 @@ def kill_midway(args: list, out: Path) -> None:
     """Run tracin-score and have it SIGKILL itself right after its third block is on disk (TRACIN_FAULT:
     an exact point, not a race with a timer)."""
     script = Path(sys.executable).with_name("tracin-score")
-    process = subprocess.run([str(script), *map(str, args)], capture_output=True, text=True, timeout=300,
-                             env=subprocess_env(TRACIN_FAULT="score-block:3:kill"))
+    process = subprocess.run(
+        [str(script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=subprocess_env(TRACIN_FAULT="score-block:3:kill"),
+    )
     assert process.returncode == -signal.SIGKILL, process.stderr
     done, total = read_done(out)
     assert done == 3 < total
@@ -258,15 +293,31 @@ def test_partial_file_with_changed_checkpoints_is_refused(killed_copy, tiny_run,
     payload = torch.load(path, weights_only=True)
     payload["metrics"] = {**payload["metrics"], "note": 1.0}  # same weights, another file
     torch.save(payload, path)
-    result = tracin_score(*score_args(run, out, *MANY_BLOCKS, "--data-root", json.loads((run / "run.json").read_text())["data_config"]["data_root"]))
+    result = tracin_score(
+        *score_args(
+            run,
+            out,
+            *MANY_BLOCKS,
+            "--data-root",
+            json.loads((run / "run.json").read_text())["data_config"]["data_root"],
+        )
+    )
     assert_user_error(result, "teacher checkpoints sha256")
 
 
 def test_torchrun_two_processes_write_the_same_file(tiny_run, scored, tmp_path):
     out = tmp_path / "tracin.h5"
     script = Path(sys.executable).with_name("tracin-score")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-               "--", *map(str, score_args(tiny_run, out, *MANY_BLOCKS))]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        "--",
+        *map(str, score_args(tiny_run, out, *MANY_BLOCKS)),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=subprocess_env())
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_results(out, scored)
@@ -288,14 +339,21 @@ def test_finished_file_is_kept_without_overwrite(scored, tiny_run, tmp_path):
     out = tmp_path / "tracin.h5"
     shutil.copy(scored, out)
     assert_user_error(tracin_score(*score_args(tiny_run, out)), "finished result")
-    assert tracin_score(*score_args(tiny_run, out, "--overwrite", "--models", "student,student_baseline")).returncode == 0
+    assert (
+        tracin_score(*score_args(tiny_run, out, "--overwrite", "--models", "student,student_baseline")).returncode == 0
+    )
     with ScoreFile.open_read(out) as store:
         assert store.models == ["student", "student_baseline"]
 
 
 @pytest.mark.parametrize(
     "topk, message",
-    [("100", "larger than the set"), ("", "at least one k"), ("5,x", "comma-separated positive integers"), ("0", "positive")],
+    [
+        ("100", "larger than the set"),
+        ("", "at least one k"),
+        ("5,x", "comma-separated positive integers"),
+        ("0", "positive"),
+    ],
 )
 def test_bad_topk_is_one_clear_error(tiny_run, tmp_path, topk, message):
     args = [a for a in score_args(tiny_run, tmp_path / "t.h5") if a not in ("--topk", ",".join(map(str, K)))]
@@ -319,11 +377,16 @@ def test_corrupt_and_wrong_checkpoints_are_refused(tiny_run, tmp_path):
     root = json.loads((run / "run.json").read_text())["data_config"]["data_root"]
     epoch = run / "student" / "epoch_002.pt"
     shutil.copy(run / "teacher" / "epoch_002.pt", epoch)
-    assert_user_error(tracin_score(*score_args(run, tmp_path / "a.h5", "--data-root", root)), "is a teacher checkpoint, expected student")
+    assert_user_error(
+        tracin_score(*score_args(run, tmp_path / "a.h5", "--data-root", root)),
+        "is a teacher checkpoint, expected student",
+    )
     epoch.write_bytes((tiny_run / "student" / "epoch_002.pt").read_bytes()[:1000])
     assert_user_error(tracin_score(*score_args(run, tmp_path / "b.h5", "--data-root", root)), "truncated or corrupt")
-    assert_user_error(tracin_score(*score_args(run, tmp_path / "c.h5", "--data-root", root, "--checkpoints", "3")),
-                      "no checkpoint for epoch(s) [3]")
+    assert_user_error(
+        tracin_score(*score_args(run, tmp_path / "c.h5", "--data-root", root, "--checkpoints", "3")),
+        "no checkpoint for epoch(s) [3]",
+    )
 
 
 def test_mismatched_data_and_missing_run_are_refused(tiny_run, tmp_path):
@@ -353,15 +416,61 @@ def test_kd_loss_scores_a_student_with_its_own_distillation_objective(tmp_path, 
     exactly that objective against its recorded teacher."""
     from conftest import run_tracin_train
 
-    result = run_tracin_train([
-        "--run", "kd", "--out-root", tmp_path, "--data-root", fashion_mnist_root, "--dataset", "fashion-mnist",
-        "--train-subset", "128", "--test-subset", "32", "--epochs", "2", "--width", "4", "--batch-size", "32",
-        "--lr", "0.05", "--models", "teacher", "student", "--temperature", "2", "--alpha", "0.5", "--quiet",
-    ])
+    result = run_tracin_train(
+        [
+            "--run",
+            "kd",
+            "--out-root",
+            tmp_path,
+            "--data-root",
+            fashion_mnist_root,
+            "--dataset",
+            "fashion-mnist",
+            "--train-subset",
+            "128",
+            "--test-subset",
+            "32",
+            "--epochs",
+            "2",
+            "--width",
+            "4",
+            "--batch-size",
+            "32",
+            "--lr",
+            "0.05",
+            "--models",
+            "teacher",
+            "student",
+            "--temperature",
+            "2",
+            "--alpha",
+            "0.5",
+            "--quiet",
+        ]
+    )
     assert result.returncode == 0, result.stderr
     run, out = tmp_path / "kd", tmp_path / "kd.h5"
-    result = tracin_score("--run", run, "--out", out, "--models", "student", "--loss", "kd", "--quiet", "--variants", "raw",
-                          "--train-subset", "32", "--test-subset", "8", "--topk", "3", "--device", "cpu")
+    result = tracin_score(
+        "--run",
+        run,
+        "--out",
+        out,
+        "--models",
+        "student",
+        "--loss",
+        "kd",
+        "--quiet",
+        "--variants",
+        "raw",
+        "--train-subset",
+        "32",
+        "--test-subset",
+        "8",
+        "--topk",
+        "3",
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 0, result.stderr
     with ScoreFile.open_read(out) as store:
         stored, train_index, test_index = store.model("student").scores[()], store.train_index, store.test_index
@@ -383,12 +492,33 @@ def test_kd_loss_scores_a_student_with_its_own_distillation_objective(tmp_path, 
 
     # --loss kd-train: the train side by that objective, the test side by the test label's cross-entropy
     own = tmp_path / "own.h5"
-    result = tracin_score("--run", run, "--out", own, "--models", "student", "--loss", "kd-train", "--quiet", "--variants", "raw",
-                          "--train-subset", "32", "--test-subset", "8", "--topk", "3", "--device", "cpu")
+    result = tracin_score(
+        "--run",
+        run,
+        "--out",
+        own,
+        "--models",
+        "student",
+        "--loss",
+        "kd-train",
+        "--quiet",
+        "--variants",
+        "raw",
+        "--train-subset",
+        "32",
+        "--test-subset",
+        "8",
+        "--topk",
+        "3",
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 0, result.stderr
     with ScoreFile.open_read(own) as store:
         stored_own = torch.from_numpy(store.model("student").scores[()])
-    expected = TracIn(student, paths, loss=TrainTest(Distillation(teacher, 2.0, 0.5), CrossEntropy()), device="cpu").scores(train, test)
+    expected = TracIn(
+        student, paths, loss=TrainTest(Distillation(teacher, 2.0, 0.5), CrossEntropy()), device="cpu"
+    ).scores(train, test)
     assert relative_error(stored_own, expected) < 1e-5
     assert relative_error(stored_own, torch.from_numpy(stored)) > 1e-2
 
@@ -396,21 +526,34 @@ def test_kd_loss_scores_a_student_with_its_own_distillation_objective(tmp_path, 
 def test_a_kd_scored_student_uses_its_own_objective_label_smoothing_included(tmp_path):
     """build_engine once dropped the student's label smoothing while claiming its training objective."""
     from tracin.commands.score import ScoreOptions, scoring_loss
-    from tracin.training.checkpoints import save_atomic, teacher_record
     from tracin.config import TrainConfig
+    from tracin.training.checkpoints import save_atomic, teacher_record
 
     teacher = build_model(ModelConfig(stages=1, width=2, in_channels=1, num_classes=3))
     path = tmp_path / "teacher.pt"
-    save_atomic({"format": "tracin-checkpoint", "role": "teacher", "epoch": 1, "step": 1, "lr": 0.1, "model": teacher.state_dict(),
-                 "model_config": ModelConfig(stages=1, width=2, in_channels=1, num_classes=3).to_dict(), "config": {},
-                 "data_fingerprint": {}}, path)
+    save_atomic(
+        {
+            "format": "tracin-checkpoint",
+            "role": "teacher",
+            "epoch": 1,
+            "step": 1,
+            "lr": 0.1,
+            "model": teacher.state_dict(),
+            "model_config": ModelConfig(stages=1, width=2, in_channels=1, num_classes=3).to_dict(),
+            "config": {},
+            "data_fingerprint": {},
+        },
+        path,
+    )
     config = TrainConfig(temperature=2.5, alpha=0.4, kd_loss="mse", label_smoothing=0.2)
     last = {"role": "student", "config": config.to_dict(), "teacher": teacher_record(path, {"epoch": 1})}
     loss = scoring_loss("student", last, ScoreOptions(run="r", loss="kd"))
     assert (loss.temperature, loss.alpha, loss.kind, loss.label_smoothing) == (2.5, 0.4, "mse", 0.2)
     assert scoring_loss("teacher", last, ScoreOptions(run="r", loss="kd")).label_smoothing == 0.0
     assert scoring_loss("student", last, ScoreOptions(run="r", loss="ce")).label_smoothing == 0.0
-    own = scoring_loss("student", last, ScoreOptions(run="r", loss="kd-train"))  # the train side's is the training objective
+    own = scoring_loss(
+        "student", last, ScoreOptions(run="r", loss="kd-train")
+    )  # the train side's is the training objective
     assert isinstance(own, TrainTest) and own.test == CrossEntropy()
     assert (own.train.temperature, own.train.alpha, own.train.kind, own.train.label_smoothing) == (2.5, 0.4, "mse", 0.2)
     teacher_side = scoring_loss("teacher", {**last, "teacher": None}, ScoreOptions(run="r", loss="kd-train"))
@@ -451,8 +594,22 @@ def test_named_layer_groups_partition_the_scores(tiny_run, tmp_path):
     """--group NAME=PREFIXES: the user's own groups (the rest in "other"), whose raw@GROUP scores add up
     to raw TracInCP over every parameter; a malformed --group or a group the model lacks is one line."""
     out = tmp_path / "groups.h5"
-    result = tracin_score("--run", tiny_run, "--out", out, "--quiet", "--models", "teacher", *SMALL,
-                          "--variants", "raw,raw@*", "--group", "early=conv1,bn1,layer1", "--group", "late=layer4,fc")
+    result = tracin_score(
+        "--run",
+        tiny_run,
+        "--out",
+        out,
+        "--quiet",
+        "--models",
+        "teacher",
+        *SMALL,
+        "--variants",
+        "raw,raw@*",
+        "--group",
+        "early=conv1,bn1,layer1",
+        "--group",
+        "late=layer4,fc",
+    )
     assert result.returncode == 0, result.stderr
     with ScoreFile.open_read(out) as store:
         teacher = store.model("teacher")
@@ -461,16 +618,24 @@ def test_named_layer_groups_partition_the_scores(tiny_run, tmp_path):
         parts = sum(teacher.matrix(variant=v)[()] for v in teacher.variants[1:])
         np.testing.assert_allclose(parts, teacher.matrix()[()], rtol=1e-4, atol=1e-6 * np.abs(parts).max())
         np.testing.assert_allclose(sum(teacher.group_self_influence.values()), teacher.self_influence, rtol=1e-5)
-    for args, message in ((["--group", "early"], "--group takes NAME=PREFIX"),
-                          (["--variants", "raw@layer9"], "no layer group 'layer9'")):
-        result = tracin_score("--run", tiny_run, "--out", tmp_path / "bad.h5", "--quiet", "--models", "teacher", *SMALL, *args)
+    for args, message in (
+        (["--group", "early"], "--group takes NAME=PREFIX"),
+        (["--variants", "raw@layer9"], "no layer group 'layer9'"),
+    ):
+        result = tracin_score(
+            "--run", tiny_run, "--out", tmp_path / "bad.h5", "--quiet", "--models", "teacher", *SMALL, *args
+        )
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert not (tmp_path / "bad.h5").exists()
 
 
 def test_cap_topk_lowers_a_k_larger_than_the_set_and_the_time_per_pair_is_kept(tiny_run, tmp_path):
     out = tmp_path / "capped.h5"
-    args = [a for a in score_args(tiny_run, out) if a not in ("--topk", ",".join(map(str, K)), "--quiet", "--per-checkpoint")]
+    args = [
+        a
+        for a in score_args(tiny_run, out)
+        if a not in ("--topk", ",".join(map(str, K)), "--quiet", "--per-checkpoint")
+    ]
     result = tracin_score(*args, "--models", "student", "--topk", "3,100000", "--cap-topk")
     assert result.returncode == 0, result.stderr
     with ScoreFile.open_read(out) as store:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from tracin.errors import TracinError
 from tracin.results.statistics import (
     CONFIDENCE,
     bootstrap_ci,
@@ -21,7 +22,6 @@ from tracin.results.statistics import (
     spearman_rows,
     summarize,
 )
-from tracin.errors import TracinError
 
 
 @pytest.fixture

@@ -12,11 +12,27 @@ from pathlib import Path
 
 import pytest
 
-from conftest import demo_copy, subprocess_env
 from tracin.commands.sweep import Sweep, parse_vary, train_arguments
 
-TINY = ("--dataset", "fashion-mnist", "--train-subset", "256", "--test-subset", "64", "--epochs", "2", "--save-every", "1",
-        "--width", "4", "--batch-size", "32", "--quiet")
+from conftest import demo_copy, subprocess_env
+
+TINY = (
+    "--dataset",
+    "fashion-mnist",
+    "--train-subset",
+    "256",
+    "--test-subset",
+    "64",
+    "--epochs",
+    "2",
+    "--save-every",
+    "1",
+    "--width",
+    "4",
+    "--batch-size",
+    "32",
+    "--quiet",
+)
 
 
 def tracin_sweep(*args) -> subprocess.CompletedProcess:
@@ -27,8 +43,17 @@ def tracin_sweep(*args) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def temperature_sweep(tmp_path_factory, fashion_mnist_root) -> Path:
     out = tmp_path_factory.mktemp("sweeps")
-    result = tracin_sweep("--sweep", "temperature", "--out-root", out, "--vary", "temperature=1,2,5", "--data-root",
-                          fashion_mnist_root, *TINY)
+    result = tracin_sweep(
+        "--sweep",
+        "temperature",
+        "--out-root",
+        out,
+        "--vary",
+        "temperature=1,2,5",
+        "--data-root",
+        fashion_mnist_root,
+        *TINY,
+    )
     assert result.returncode == 0, result.stderr
     return out / "temperature"
 
@@ -39,8 +64,15 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_a_temperature_sweep_trains_one_teacher_and_baseline_and_a_student_per_value(temperature_sweep):
-    assert sorted(p.name for p in temperature_sweep.iterdir() if p.is_dir()) == ["base", "temperature-1", "temperature-2", "temperature-5"]
-    assert (temperature_sweep / "base" / "teacher").is_dir() and (temperature_sweep / "base" / "student_baseline").is_dir()
+    assert sorted(p.name for p in temperature_sweep.iterdir() if p.is_dir()) == [
+        "base",
+        "temperature-1",
+        "temperature-2",
+        "temperature-5",
+    ]
+    assert (temperature_sweep / "base" / "teacher").is_dir() and (
+        temperature_sweep / "base" / "student_baseline"
+    ).is_dir()
     teacher = temperature_sweep / "base" / "teacher" / "epoch_002.pt"
     for value in ("1", "2", "5"):
         run = temperature_sweep / f"temperature-{value}"
@@ -54,16 +86,28 @@ def test_a_temperature_sweep_trains_one_teacher_and_baseline_and_a_student_per_v
 def test_the_results_table_equals_each_runs_record(temperature_sweep):
     rows = _rows(temperature_sweep / "results.csv")
     assert [(r["temperature"], r["run"], r["model"]) for r in rows] == [
-        ("-", "base", "teacher"), ("-", "base", "student_baseline"), ("1", "temperature-1", "student"),
-        ("2", "temperature-2", "student"), ("5", "temperature-5", "student")]
+        ("-", "base", "teacher"),
+        ("-", "base", "student_baseline"),
+        ("1", "temperature-1", "student"),
+        ("2", "temperature-2", "student"),
+        ("5", "temperature-5", "student"),
+    ]
     for row in rows:
         run = temperature_sweep / row["run"]
         record = json.loads((run / "run.json").read_text())
         entry = record["models"][row["model"]]
         history = _rows(run / row["model"] / "history.csv")
-        assert float(row["test_acc"]) == entry["metrics"]["test_acc"] and float(row["test_loss"]) == entry["metrics"]["test_loss"]
-        assert float(row["train_test_gap"]) == pytest.approx(entry["metrics"]["train_acc"] - entry["metrics"]["test_acc"])
-        assert int(row["best_epoch"]) == entry["best_epoch"] and int(row["parameters"]) == record["param_counts"][row["model"]]
+        assert (
+            float(row["test_acc"]) == entry["metrics"]["test_acc"]
+            and float(row["test_loss"]) == entry["metrics"]["test_loss"]
+        )
+        assert float(row["train_test_gap"]) == pytest.approx(
+            entry["metrics"]["train_acc"] - entry["metrics"]["test_acc"]
+        )
+        assert (
+            int(row["best_epoch"]) == entry["best_epoch"]
+            and int(row["parameters"]) == record["param_counts"][row["model"]]
+        )
         train_seconds = sum(float(h["train_seconds"]) for h in history)
         assert float(row["train_images_per_s"]) == pytest.approx(256 * 2 / train_seconds)
         assert float(row["wall_s"]) == pytest.approx(sum(float(h["seconds"]) for h in history))
@@ -74,8 +118,17 @@ def test_the_results_table_equals_each_runs_record(temperature_sweep):
 def test_the_same_command_again_trains_nothing(temperature_sweep, fashion_mnist_root):
     checkpoints = sorted(temperature_sweep.rglob("epoch_*.pt"))
     stamps = [p.stat().st_mtime_ns for p in checkpoints]
-    result = tracin_sweep("--sweep", "temperature", "--out-root", temperature_sweep.parent, "--vary", "temperature=1,2,5",
-                          "--data-root", fashion_mnist_root, *TINY)
+    result = tracin_sweep(
+        "--sweep",
+        "temperature",
+        "--out-root",
+        temperature_sweep.parent,
+        "--vary",
+        "temperature=1,2,5",
+        "--data-root",
+        fashion_mnist_root,
+        *TINY,
+    )
     assert result.returncode == 0, result.stderr
     assert [p.stat().st_mtime_ns for p in sorted(temperature_sweep.rglob("epoch_*.pt"))] == stamps
 
@@ -95,33 +148,58 @@ def test_teacher_quality_distils_from_the_chosen_checkpoint_and_teacher_settings
     assert runs["epochs-1_augment-on"][-2:] == ["--epochs", "1"]  # after the base arguments: it wins
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--vary", "foo=1"], "not a setting a sweep varies"),
-    (["--vary", "temperature=1", "--run", "x"], "sets --run itself"),
-    ([], "names no setting"),
-    (["--vary", "temperature"], "takes KEY=V1,V2"),
-    (["--vary", "temperature=1", "--epochs", "0"], "epochs must be at least 1"),
-    (["--vary", "teacher_epoch=1,2", "--vary", "width=4,8"], "cannot be combined"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--vary", "foo=1"], "not a setting a sweep varies"),
+        (["--vary", "temperature=1", "--run", "x"], "sets --run itself"),
+        ([], "names no setting"),
+        (["--vary", "temperature"], "takes KEY=V1,V2"),
+        (["--vary", "temperature=1", "--epochs", "0"], "epochs must be at least 1"),
+        (["--vary", "teacher_epoch=1,2", "--vary", "width=4,8"], "cannot be combined"),
+    ],
+)
 def test_bad_sweeps_are_one_line(tmp_path, args, message):
     result = tracin_sweep("--sweep", "s", "--out-root", tmp_path, *args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert list(tmp_path.iterdir()) == []
 
 
-def test_readme_figures_state_the_sweep_with_its_command_and_machine(temperature_sweep, tiny_run, tiny_scores, tmp_path):
+def test_readme_figures_state_the_sweep_with_its_command_and_machine(
+    temperature_sweep, tiny_run, tiny_scores, tmp_path
+):
     demo = demo_copy(tiny_run, tmp_path)
     readme = tmp_path / "README.md"
-    readme.write_text("<!-- demo-figures:start -->\n<!-- demo-figures:end -->\n<!-- sweep-results:start -->\nstale\n"
-                      "<!-- sweep-results:end -->\n")
+    readme.write_text(
+        "<!-- demo-figures:start -->\n<!-- demo-figures:end -->\n<!-- sweep-results:start -->\nstale\n"
+        "<!-- sweep-results:end -->\n"
+    )
     script = Path(__file__).resolve().parents[1] / "scripts" / "readme_figures.py"
-    result = subprocess.run([sys.executable, script, "--run", demo, "--scores", tiny_scores, "--sweep", temperature_sweep,
-                             "--readme", readme], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--run",
+            demo,
+            "--scores",
+            tiny_scores,
+            "--sweep",
+            temperature_sweep,
+            "--readme",
+            readme,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     text = readme.read_text()
     assert "stale" not in text and (temperature_sweep / "results.md").read_text().strip() in text
     recorded = json.loads((temperature_sweep / "sweep.json").read_text())
-    assert recorded["command"][:3] == ["tracin-sweep", "--sweep", "temperature"] and f"`{' '.join(recorded['command'])}`" in text
+    assert (
+        recorded["command"][:3] == ["tracin-sweep", "--sweep", "temperature"]
+        and f"`{' '.join(recorded['command'])}`" in text
+    )
 
 
 def test_a_scored_sweep_adds_each_students_overlap_with_its_teacher(tmp_path, fashion_mnist_root):
@@ -129,8 +207,19 @@ def test_a_scored_sweep_adds_each_students_overlap_with_its_teacher(tmp_path, fa
     from tracin.results.store import ScoreFile
 
     score = "--variants raw --topk 3,8 --train-subset 64 --test-subset 16 --device cpu"
-    result = tracin_sweep("--sweep", "scored", "--out-root", tmp_path, "--vary", "alpha=0.3,0.9", "--data-root", fashion_mnist_root,
-                          *TINY, "--score", score)
+    result = tracin_sweep(
+        "--sweep",
+        "scored",
+        "--out-root",
+        tmp_path,
+        "--vary",
+        "alpha=0.3,0.9",
+        "--data-root",
+        fashion_mnist_root,
+        *TINY,
+        "--score",
+        score,
+    )
     assert result.returncode == 0, result.stderr
     rows = {(r["run"], r["model"]): r for r in _rows(tmp_path / "scored" / "results.csv")}
     with ScoreFile.open_read(tmp_path / "scored" / "base" / "tracin.h5") as base:
@@ -142,18 +231,33 @@ def test_a_scored_sweep_adds_each_students_overlap_with_its_teacher(tmp_path, fa
         overlap = overlap_at_k(teacher, student, 8)
         row = rows[(f"alpha-{value}", "student")]
         assert int(row["teacher_overlap_k"]) == 8 and float(row["teacher_overlap"]) == pytest.approx(overlap.mean())
-        assert (float(row["teacher_overlap_ci_low"]), float(row["teacher_overlap_ci_high"])) == pytest.approx(bootstrap_ci([overlap]))
+        assert (float(row["teacher_overlap_ci_low"]), float(row["teacher_overlap_ci_high"])) == pytest.approx(
+            bootstrap_ci([overlap])
+        )
         assert float(row["teacher_overlap_chance"]) == pytest.approx(8 / 64)
     assert rows[("base", "teacher")]["teacher_overlap"] == ""
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--vary", "teacher_epoch=last"], "takes saved epochs of the shared teacher"),
-    (["--vary", "teacher_epoch=1,2", "--save-every", "2"], "the shared teacher saves epochs 2"),
-    (["--vary", "width=4,0"], "width must be positive"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--vary", "teacher_epoch=last"], "takes saved epochs of the shared teacher"),
+        (["--vary", "teacher_epoch=1,2", "--save-every", "2"], "the shared teacher saves epochs 2"),
+        (["--vary", "width=4,0"], "width must be positive"),
+    ],
+)
 def test_a_bad_value_of_any_run_is_refused_before_anything_trains(tmp_path, fashion_mnist_root, args, message):
-    result = tracin_sweep("--sweep", "s", "--out-root", tmp_path, "--data-root", fashion_mnist_root,
-                          *[a for a in TINY if a not in ("--save-every", "1")], "--save-every", "1", *args)
+    result = tracin_sweep(
+        "--sweep",
+        "s",
+        "--out-root",
+        tmp_path,
+        "--data-root",
+        fashion_mnist_root,
+        *[a for a in TINY if a not in ("--save-every", "1")],
+        "--save-every",
+        "1",
+        *args,
+    )
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert list(tmp_path.iterdir()) == []

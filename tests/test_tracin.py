@@ -7,20 +7,21 @@ import pytest
 import scipy.stats
 import torch
 import torch.nn.functional as F
-from conftest import BF16_RTOL, RTOL
-from models_for_tests import perturbed_states, relative_error, tiny_resnet
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from tracin.training import losses
-from tracin.training.losses import CrossEntropy, Distillation, PredictedCrossEntropy, TrainTest
-from tracin.training.checkpoints import FORMAT, Checkpoint
 from tracin.config import EngineConfig, ModelConfig, ScoreConfig
-from tracin.errors import CheckpointError, NonFiniteError, TracinError
 from tracin.engine.plans import PROJECTED
-from tracin.training.models import build_model
 from tracin.engine.reference import func_tracin_scores
 from tracin.engine.tracin import TracIn
+from tracin.errors import CheckpointError, NonFiniteError, TracinError
+from tracin.training import losses
+from tracin.training.checkpoints import FORMAT, Checkpoint
+from tracin.training.losses import CrossEntropy, Distillation, PredictedCrossEntropy, TrainTest
+from tracin.training.models import build_model
+
+from conftest import BF16_RTOL, RTOL
+from models_for_tests import perturbed_states, relative_error, tiny_resnet
 
 LRS = (0.1, 0.03)
 
@@ -36,10 +37,14 @@ def setup():
     return model, checkpoints, train, test, reference
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device (run by scripts/gpu_check.py too)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device (run by scripts/gpu_check.py too)"
+)
 def test_cuda_graph_replay_equals_the_reference(setup):
     model, checkpoints, train, test, reference = setup
-    engine = TracIn(model, checkpoints, engine=EngineConfig(batch_size=5), device="cuda")  # 4 replayed batches, 1 partial, eager
+    engine = TracIn(
+        model, checkpoints, engine=EngineConfig(batch_size=5), device="cuda"
+    )  # 4 replayed batches, 1 partial, eager
     assert relative_error(engine.scores(train, test), reference) < RTOL
     assert engine._graphs, "no batch was replayed from a CUDA graph"
     diagonal = func_tracin_scores(model, checkpoints, train, train).diagonal()
@@ -57,7 +62,10 @@ def test_exact_equals_torch_func_on_every_parameter(setup, representation):
 def test_bf16_precision_is_close_to_exact_in_half_the_memory(setup):
     model, checkpoints, train, test, reference = setup
     budget = EngineConfig(representation="flat", max_memory=200_000)
-    exact, bf16 = TracIn(model, checkpoints, engine=budget), TracIn(model, checkpoints, ScoreConfig(precision="bf16"), engine=budget)
+    exact, bf16 = (
+        TracIn(model, checkpoints, engine=budget),
+        TracIn(model, checkpoints, ScoreConfig(precision="bf16"), engine=budget),
+    )
     assert bf16.block_sizes(train, test)[1] >= 2 * exact.block_sizes(train, test)[1]  # kept features halve
     error = relative_error(bf16.scores(train, test), reference)
     assert 1e-5 < error < BF16_RTOL  # really bfloat16 products, and still close
@@ -80,7 +88,9 @@ def tracin_source(data):
 
 def test_invariant_to_batch_chunk_and_test_block_sizes(setup):
     model, checkpoints, train, test, reference = setup
-    small = TracIn(model, checkpoints, engine=EngineConfig(batch_size=2, chunk_size=5, test_block=4)).scores(train, test)
+    small = TracIn(model, checkpoints, engine=EngineConfig(batch_size=2, chunk_size=5, test_block=4)).scores(
+        train, test
+    )
     assert relative_error(small, reference) < RTOL
     tight = TracIn(model, checkpoints, engine=EngineConfig(max_memory=100_000))
     chunk, block = tight.block_sizes(train, test)
@@ -107,18 +117,46 @@ def test_auto_memory_is_a_share_of_the_available_ram_split_among_this_machines_p
     assert plan.source.startswith("auto") and 0.8 * quarter < plan.budget < 1.2 * quarter
     fixed = TracIn(model, checkpoints, engine=EngineConfig(max_memory=100_000), device="cpu").memory_plan(train, test)
     per_example = fixed.kept_bytes // (fixed.block * len(checkpoints))
-    assert (fixed.chunk, fixed.block) == block_sizes(per_example, len(train[0]), len(test[0]), len(checkpoints), 100_000)
+    assert (fixed.chunk, fixed.block) == block_sizes(
+        per_example, len(train[0]), len(test[0]), len(checkpoints), 100_000
+    )
     assert fixed.source == "--max-memory-gb" and "test block(s) of" in fixed.describe(len(test[0]))
 
 
-@pytest.mark.parametrize("cgroup,expected", [
-    (None, 8_000 * 1024),  # no cgroup: MemAvailable
-    (("0::/job\n", "sys/fs/cgroup/job", "memory.max", "5000000", "memory.current", "3000000", "inactive_file 1000000"),
-     3_000_000),  # v2: limit less usage, page cache not counted
-    (("0::/\n", "sys/fs/cgroup", "memory.max", "max", "memory.current", "3000000", "inactive_file 0"), 8_000 * 1024),
-    (("4:memory:/slurm/job\n", "sys/fs/cgroup/memory/slurm/job", "memory.limit_in_bytes", "2000000",
-      "memory.usage_in_bytes", "1500000", "total_inactive_file 500000"), 1_000_000),  # v1
-])
+@pytest.mark.parametrize(
+    "cgroup,expected",
+    [
+        (None, 8_000 * 1024),  # no cgroup: MemAvailable
+        (
+            (
+                "0::/job\n",
+                "sys/fs/cgroup/job",
+                "memory.max",
+                "5000000",
+                "memory.current",
+                "3000000",
+                "inactive_file 1000000",
+            ),
+            3_000_000,
+        ),  # v2: limit less usage, page cache not counted
+        (
+            ("0::/\n", "sys/fs/cgroup", "memory.max", "max", "memory.current", "3000000", "inactive_file 0"),
+            8_000 * 1024,
+        ),
+        (
+            (
+                "4:memory:/slurm/job\n",
+                "sys/fs/cgroup/memory/slurm/job",
+                "memory.limit_in_bytes",
+                "2000000",
+                "memory.usage_in_bytes",
+                "1500000",
+                "total_inactive_file 500000",
+            ),
+            1_000_000,
+        ),  # v1
+    ],
+)
 def test_available_ram_is_meminfo_within_the_cgroup_limit(tmp_path, cgroup, expected):
     from tracin.engine.blocks import available_ram
 
@@ -136,7 +174,9 @@ def test_available_ram_is_meminfo_within_the_cgroup_limit(tmp_path, cgroup, expe
 
 def test_each_example_gradient_is_computed_once_per_checkpoint(setup):
     model, checkpoints, train, test, _ = setup
-    tracin = TracIn(model, checkpoints, engine=EngineConfig(chunk_size=5, batch_size=4, cuda_graphs=False))  # replays skip Python hooks
+    tracin = TracIn(
+        model, checkpoints, engine=EngineConfig(chunk_size=5, batch_size=4, cuda_graphs=False)
+    )  # replays skip Python hooks
     seen = []
     tracin.model.register_forward_hook(lambda module, args, out: seen.append(len(args[0])))
     tracin.scores(train, test)
@@ -180,7 +220,9 @@ def test_block_self_influences_are_the_diagonals_of_raw_and_train_normalised(set
     for group, prefixes in modules.items():
         expected = func_tracin_scores(model, checkpoints, train, train, layers=prefixes).diagonal()
         assert relative_error(groups[tracin.group_names.index(group)], expected) < RTOL, group
-        expected = func_tracin_scores(model, checkpoints, train, train, layers=prefixes, variant="train-normalised").diagonal()
+        expected = func_tracin_scores(
+            model, checkpoints, train, train, layers=prefixes, variant="train-normalised"
+        ).diagonal()
         assert relative_error(normalised_groups[tracin.group_names.index(group)], expected) < RTOL, group
 
 
@@ -193,15 +235,25 @@ def test_layer_group_variants_equal_the_reference_restricted_to_the_group(setup,
     norms), BatchNorm included, from the same pass as the variants over every parameter."""
     model, checkpoints, train, test, reference = setup
     config = ScoreConfig(variants=("raw", "raw@*", "cosine@layer1", "train-normalised@stem", "cosine@head"))
-    tracin = TracIn(model, checkpoints, config, engine=EngineConfig(chunk_size=7, test_block=5, representation=representation))
-    assert tracin.variants == ["raw", *(f"raw@{g}" for g in STAGES), "cosine@layer1", "train-normalised@stem", "cosine@head"]
+    tracin = TracIn(
+        model, checkpoints, config, engine=EngineConfig(chunk_size=7, test_block=5, representation=representation)
+    )
+    assert tracin.variants == [
+        "raw",
+        *(f"raw@{g}" for g in STAGES),
+        "cosine@layer1",
+        "train-normalised@stem",
+        "cosine@head",
+    ]
     scores = tracin.scores_by_variant(train, test)
     assert relative_error(scores["raw"], reference) < RTOL
     for variant in tracin.variants[1:]:
         base, group = variant.split("@")
         expected = func_tracin_scores(model, checkpoints, train, test, layers=STAGES[group], variant=base)
         assert relative_error(scores[variant], expected) < RTOL, variant
-    assert relative_error(sum(scores[f"raw@{g}"] for g in STAGES), reference) < RTOL  # the groups partition the parameters
+    assert (
+        relative_error(sum(scores[f"raw@{g}"] for g in STAGES), reference) < RTOL
+    )  # the groups partition the parameters
 
 
 def test_named_layer_groups_and_the_rest(setup):
@@ -220,10 +272,12 @@ def test_a_variant_of_a_missing_layer_group_is_refused(setup):
     model, checkpoints, train, test, _ = setup
     with pytest.raises(TracinError, match="no layer group 'layer4'; their groups are stem, layer1, layer2, head"):
         TracIn(model, checkpoints, ScoreConfig(variants=("raw", "raw@layer4"))).scores_by_variant(train, test)
-    for bad, message in ((dict(variants=("raw@la yer",)), "a layer group is named by"),
-                         (dict(groups=(("other", ("fc",)),)), "'other' is taken"),
-                         (dict(groups=(("a", ("fc",)), ("a", ("bn1",)))), "each layer group is named once"),
-                         (dict(groups=(("a", ()),)), "names no module")):
+    for bad, message in (
+        (dict(variants=("raw@la yer",)), "a layer group is named by"),
+        (dict(groups=(("other", ("fc",)),)), "'other' is taken"),
+        (dict(groups=(("a", ("fc",)), ("a", ("bn1",)))), "each layer group is named once"),
+        (dict(groups=(("a", ()),)), "names no module"),
+    ):
         with pytest.raises(TracinError, match=message):
             ScoreConfig(**bad)
 
@@ -240,7 +294,10 @@ def test_layer_selection_equals_reference(setup):
     model, checkpoints, train, test, _ = setup
     layers = ["layer2", "bn1"]
     expected = func_tracin_scores(model, checkpoints, train, test, layers=layers)
-    assert relative_error(TracIn(model, checkpoints, config=ScoreConfig(layers=layers)).scores(train, test), expected) < RTOL
+    assert (
+        relative_error(TracIn(model, checkpoints, config=ScoreConfig(layers=layers)).scores(train, test), expected)
+        < RTOL
+    )
 
 
 def test_distillation_loss_scores_equal_reference(setup):
@@ -271,7 +328,9 @@ def test_a_students_own_training_gradient_against_the_test_cross_entropy_equals_
     def kd(logits, labels, inputs):
         return losses.distillation(logits, teacher64(inputs), labels, temperature=3.0, alpha=0.6).sum()
 
-    expected = func_tracin_scores(model, checkpoints, train, test, loss=kd, test_loss=lambda z, y, x: F.cross_entropy(z, y, reduction="sum"))
+    expected = func_tracin_scores(
+        model, checkpoints, train, test, loss=kd, test_loss=lambda z, y, x: F.cross_entropy(z, y, reduction="sum")
+    )
     tracin = TracIn(model, checkpoints, loss=TrainTest(Distillation(teacher, 3.0, 0.6), CrossEntropy()))
     got = tracin.scores(train, test)
     assert relative_error(got, expected) < RTOL
@@ -314,9 +373,12 @@ def test_projected_is_seeded_and_converges_to_exact(setup):
     tracin = TracIn(model, checkpoints, config=ScoreConfig(mode="projected", proj_dim=16, seed=0))
     assert PROJECTED in {p.representation for p in tracin.plans(tracin_source(train), 24, 9)}
     first = tracin.scores(train, test)
-    assert torch.equal(first, TracIn(model, checkpoints, config=ScoreConfig(mode="projected", proj_dim=16, seed=0)).scores(train, test))
+    assert torch.equal(
+        first, TracIn(model, checkpoints, config=ScoreConfig(mode="projected", proj_dim=16, seed=0)).scores(train, test)
+    )
     runs = [first] + [
-        TracIn(model, checkpoints, config=ScoreConfig(mode="projected", proj_dim=16, seed=s)).scores(train, test) for s in range(1, 40)
+        TracIn(model, checkpoints, config=ScoreConfig(mode="projected", proj_dim=16, seed=s)).scores(train, test)
+        for s in range(1, 40)
     ]
     single = sum(relative_error(r, reference) for r in runs) / len(runs)
     mean = relative_error(torch.stack(runs).mean(0), reference)
@@ -326,7 +388,9 @@ def test_projected_is_seeded_and_converges_to_exact(setup):
 
 def test_projected_ranks_agree_with_exact_at_a_generous_dimension(setup):
     model, checkpoints, train, test, reference = setup
-    projected = TracIn(model, checkpoints, config=ScoreConfig(mode="projected", proj_dim=256, seed=0)).scores(train, test)
+    projected = TracIn(model, checkpoints, config=ScoreConfig(mode="projected", proj_dim=256, seed=0)).scores(
+        train, test
+    )
     rhos = [scipy.stats.spearmanr(projected[:, j], reference[:, j]).statistic for j in range(reference.shape[1])]
     assert min(rhos) >= 0.9
 
@@ -485,7 +549,9 @@ def test_a_zero_gradient_has_normalised_scores_zero_not_nan():
     inverse = _inverse_norms(torch.tensor([4.0, 0.0]))
     assert torch.equal(inverse, torch.tensor([0.5, 0.0]))
     dot = torch.tensor([[3.0], [0.0]])  # the zero gradient's products are 0; 0 / 0 would be nan
-    assert torch.equal(_scaled(score_variant("cosine"), dot, inverse, torch.tensor([0.25])), torch.tensor([[0.375], [0.0]]))
+    assert torch.equal(
+        _scaled(score_variant("cosine"), dot, inverse, torch.tensor([0.25])), torch.tensor([[0.375], [0.0]])
+    )
     assert torch.equal(_scaled(score_variant("train-normalised"), dot, inverse, None), torch.tensor([[1.5], [0.0]]))
 
 

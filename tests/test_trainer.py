@@ -19,35 +19,57 @@ import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, OneCycleLR, SequentialLR
 
-from conftest import ATOL, RTOL, TINY_RUN_ARGS, one_thread, run_tracin_train, subprocess_env, tracin_train_script
-from tracin.training import losses
 from tracin.cli.main import train_main
 from tracin.config import DataConfig, ModelConfig, TrainConfig
-from tracin.training.data import DatasetSpec, Split, load_data, normalize
 from tracin.errors import TracinError
 from tracin.runtime import Runtime
+from tracin.training import losses
+from tracin.training.data import DatasetSpec, Split, load_data, normalize
 from tracin.training.models import build_model
 from tracin.training.trainer import (
+    EpochResult,
     build_optimizer,
     build_scheduler,
-    EpochResult,
-    soft_loss,
     confusion_matrix,
-    objective_for,
     evaluate,
+    objective_for,
     seeded_model,
+    soft_loss,
     steps_per_epoch,
     train_one_epoch,
     training_batches,
 )
 
+from conftest import ATOL, RTOL, TINY_RUN_ARGS, one_thread, run_tracin_train, subprocess_env, tracin_train_script
+
 ROLES = ("teacher", "student", "student_baseline")
 CHECKPOINT_KEYS = {
-    "format", "version", "role", "model", "model_config", "optimizer", "scheduler", "epoch", "step", "lr",
-    "lr_at_save", "metrics", "config", "data_config", "data_fingerprint", "param_count", "teacher",
+    "format",
+    "version",
+    "role",
+    "model",
+    "model_config",
+    "optimizer",
+    "scheduler",
+    "epoch",
+    "step",
+    "lr",
+    "lr_at_save",
+    "metrics",
+    "config",
+    "data_config",
+    "data_fingerprint",
+    "param_count",
+    "teacher",
 }
 CPU = Runtime(torch.device("cpu"))
-VOLATILE = {"seconds", "train_seconds", "eval_seconds", "path", "sha256"}  # wall times, and where a file was: differ between two runs
+VOLATILE = {
+    "seconds",
+    "train_seconds",
+    "eval_seconds",
+    "path",
+    "sha256",
+}  # wall times, and where a file was: differ between two runs
 
 
 def _load(path: Path) -> dict:
@@ -55,8 +77,20 @@ def _load(path: Path) -> dict:
 
 
 def _cifar_args(root: str, out_root: Path) -> list[str]:
-    return ["--dataset", "cifar10", "--data-root", root, "--no-checksum", "--out-root", str(out_root),
-            "--width", "4", "--batch-size", "32", "--quiet"]
+    return [
+        "--dataset",
+        "cifar10",
+        "--data-root",
+        root,
+        "--no-checksum",
+        "--out-root",
+        str(out_root),
+        "--width",
+        "4",
+        "--batch-size",
+        "32",
+        "--quiet",
+    ]
 
 
 def _train_in_process(argv: list) -> str:
@@ -72,7 +106,7 @@ def _train_in_process(argv: list) -> str:
 
 def _indexed_split(n: int) -> Split:
     """Images whose pixels hold their own position (normalisation is the identity here)."""
-    images = (torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1) * torch.ones(1, 1, 4, 4, dtype=torch.uint8))
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1) * torch.ones(1, 1, 4, 4, dtype=torch.uint8)
     labels = torch.arange(n) % 3
     spec = DatasetSpec("indexed", (0.0,), (1 / 255,), 1, True)
     return Split(images, labels, torch.arange(n), labels.clone(), spec, ("a", "b", "c"))
@@ -120,8 +154,14 @@ def test_train_one_epoch_is_torch_sgd_on_the_mean_loss(cifar_data):
     model = seeded_model(ModelConfig(stages=1, width=4), 0)
     reference = copy.deepcopy(model)
     optimizer = build_optimizer(model, config)
-    result = train_one_epoch(model, optimizer, build_scheduler(optimizer, config, 4),
-                             training_batches(cifar_data.train, 16, 0, 1, True, CPU), objective_for(None, TrainConfig(), CPU), CPU)
+    result = train_one_epoch(
+        model,
+        optimizer,
+        build_scheduler(optimizer, config, 4),
+        training_batches(cifar_data.train, 16, 0, 1, True, CPU),
+        objective_for(None, TrainConfig(), CPU),
+        CPU,
+    )
 
     ref_optimizer = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
     ref_scheduler = OneCycleLR(ref_optimizer, max_lr=0.05, total_steps=8, pct_start=0.5, cycle_momentum=False)
@@ -179,8 +219,18 @@ def test_checkpoint_set_and_keys(tiny_run):
     record = json.loads((tiny_run / "run.json").read_text())
     for role in ROLES:
         folder = tiny_run / role
-        names = {"init.pt", "epoch_002.pt", "epoch_004.pt", "last.pt", "history.csv", "curves.png", "confusion.png",
-                 "confusion.csv", "per_class.csv", "train.log"}
+        names = {
+            "init.pt",
+            "epoch_002.pt",
+            "epoch_004.pt",
+            "last.pt",
+            "history.csv",
+            "curves.png",
+            "confusion.png",
+            "confusion.csv",
+            "per_class.csv",
+            "train.log",
+        }
         assert {p.name for p in folder.iterdir()} == names
         for name in ("init.pt", "epoch_002.pt", "epoch_004.pt"):
             checkpoint = _load(folder / name)
@@ -259,8 +309,21 @@ def test_students_start_from_the_same_weights(tiny_run):
 def self_distilled_run(tmp_path_factory, cifar10_root):
     """Cosine schedule, self-distillation, students initialised from the teacher; 3 epochs, saves at 2, 3."""
     out_root = tmp_path_factory.mktemp("self")
-    argv = ["--run", "self", *_cifar_args(cifar10_root, out_root), "--epochs", "3", "--save-every", "2",
-            "--schedule", "cosine", "--distill", "self", "--student-init", "teacher"]
+    argv = [
+        "--run",
+        "self",
+        *_cifar_args(cifar10_root, out_root),
+        "--epochs",
+        "3",
+        "--save-every",
+        "2",
+        "--schedule",
+        "cosine",
+        "--distill",
+        "self",
+        "--student-init",
+        "teacher",
+    ]
     _train_in_process(argv)
     return out_root / "self"
 
@@ -315,7 +378,9 @@ def _kill_at_epoch(command: list[str], epochs: int, timeout: float = 240) -> int
     """Run `command` and have it SIGKILL itself right after its `epochs`-th saved epoch (counted over
     all models it trains; TRACIN_FAULT, an exact point rather than a race); returns its exit status."""
     fault = subprocess_env(TRACIN_FAULT=f"train-epoch:{epochs}:kill")
-    return subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=fault, timeout=timeout).returncode
+    return subprocess.run(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=fault, timeout=timeout
+    ).returncode
 
 
 @pytest.mark.slow
@@ -348,9 +413,22 @@ def _run_files(root: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_two_processes_write_the_checkpoint_set_of_one(tmp_path, tiny_run, fashion_mnist_root):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(tracin_train_script()), "--", "--run", "tiny", "--out-root", str(tmp_path),
-               "--data-root", fashion_mnist_root, *TINY_RUN_ARGS]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(tracin_train_script()),
+        "--",
+        "--run",
+        "tiny",
+        "--out-root",
+        str(tmp_path),
+        "--data-root",
+        fashion_mnist_root,
+        *TINY_RUN_ARGS,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=subprocess_env())
     assert result.returncode == 0, result.stderr[-4000:]
     ddp = tmp_path / "tiny"
@@ -370,12 +448,34 @@ def test_two_processes_write_the_checkpoint_set_of_one(tmp_path, tiny_run, fashi
 def test_adam_and_a_constant_schedule_save_their_lr_and_optimizer(tmp_path, cifar10_root, optimizer, kind):
     """The "hello world" of the field: Adam at a constant lr of 1e-3. TracIn's weight of every checkpoint
     is that lr; the optimizer state is the configured one, its betas (momentum, 0.999)."""
-    argv = ["--run", optimizer, *_cifar_args(cifar10_root, tmp_path), "--models", "teacher", "--epochs", "2", "--save-every", "1",
-            "--optimizer", optimizer, "--schedule", "constant", "--warmup-epochs", "0", "--lr", "1e-3", "--momentum", "0.8",
-            "--weight-decay", "0.01"]
+    argv = [
+        "--run",
+        optimizer,
+        *_cifar_args(cifar10_root, tmp_path),
+        "--models",
+        "teacher",
+        "--epochs",
+        "2",
+        "--save-every",
+        "1",
+        "--optimizer",
+        optimizer,
+        "--schedule",
+        "constant",
+        "--warmup-epochs",
+        "0",
+        "--lr",
+        "1e-3",
+        "--momentum",
+        "0.8",
+        "--weight-decay",
+        "0.01",
+    ]
     _train_in_process(argv)
     checkpoints = [_load(p) for p in sorted((tmp_path / optimizer / "teacher").glob("epoch_*.pt"))]
-    assert [c["lr"] for c in checkpoints] == pytest.approx([1e-3, 1e-3], rel=1e-12) and checkpoints[-1]["lr_at_save"] == 1e-3
+    assert [c["lr"] for c in checkpoints] == pytest.approx([1e-3, 1e-3], rel=1e-12) and checkpoints[-1][
+        "lr_at_save"
+    ] == 1e-3
     model = build_model(ModelConfig.from_dict(checkpoints[-1]["model_config"]))
     config = TrainConfig.from_dict(checkpoints[-1]["config"])
     rebuilt = build_optimizer(model, config)
@@ -406,11 +506,11 @@ def test_per_class_tables_and_overlays_follow_the_confusion_matrix(tiny_run):
     """Each model's per_class.csv from its confusion.csv; the run's per_class.csv gathers them; history.csv
     keeps the hard- and soft-label parts (objective = alpha * soft + (1 - alpha) * hard for the student),
     train and evaluation seconds apart; train.log holds the epoch lines."""
+
     def rows(path):
         with open(path, newline="") as handle:
             return list(csv.DictReader(handle))
 
-    record = json.loads((tiny_run / "run.json").read_text())
     run_rows = rows(tiny_run / "per_class.csv")
     for role in ROLES:
         confusion = rows(tiny_run / role / "confusion.csv")
@@ -436,6 +536,13 @@ def test_soft_loss_recovers_the_soft_target_term_of_the_distillation_objective(k
     config = TrainConfig(temperature=3.0, alpha=0.6, kd_loss=kind)
     total = losses.distillation(student, teacher, labels, config.temperature, config.alpha, kind).mean().item()
     hard = F.cross_entropy(student, labels).item()
-    direct = (config.temperature**2 * losses.soft_kl(student, teacher, config.temperature) if kind == "kl"
-              else losses.logit_mse(student, teacher)).mean().item()
+    direct = (
+        (
+            config.temperature**2 * losses.soft_kl(student, teacher, config.temperature)
+            if kind == "kl"
+            else losses.logit_mse(student, teacher)
+        )
+        .mean()
+        .item()
+    )
     assert soft_loss(EpochResult(total, 0.0, [], hard), config) == pytest.approx(direct, rel=1e-6)

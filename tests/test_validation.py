@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from tracin.commands.validate import Plan, Work, removed_positions
 from tracin.config import DataConfig
 from tracin.errors import StoreError
 from tracin.results import validation
 from tracin.results.statistics import bootstrap_ci, spearman_rows
 from tracin.results.store import ScoreFile
-from tracin.commands.validate import Plan, Work, removed_positions
 from tracin.runtime import start_runtime
 from tracin.training.checkpoints import load_model
 from tracin.training.data import load_data, normalize
@@ -29,8 +29,21 @@ from conftest import demo_copy, run_tracin_score, subprocess_env
 
 K, SUBSETS, TEST_EXAMPLES = 8, 4, 2
 VARIANTS = ("raw", "train-normalised@head")  # removals by the whole model's raw scores and by one layer group's
-VALIDATE = ("--models", "student", "--test-examples", str(TEST_EXAMPLES), "--k", str(K), "--subsets", str(SUBSETS),
-            "--variants", ",".join(VARIANTS), "--device", "cpu", "--quiet")
+VALIDATE = (
+    "--models",
+    "student",
+    "--test-examples",
+    str(TEST_EXAMPLES),
+    "--k",
+    str(K),
+    "--subsets",
+    str(SUBSETS),
+    "--variants",
+    ",".join(VARIANTS),
+    "--device",
+    "cpu",
+    "--quiet",
+)
 
 
 def run_tracin_validate(args, fault: str = "", timeout: float = 600) -> subprocess.CompletedProcess:
@@ -43,8 +56,23 @@ def run_tracin_validate(args, fault: str = "", timeout: float = 600) -> subproce
 def full_scores(tiny_run, tmp_path_factory) -> Path:
     """Every train and test example of the tiny run scored (raw first, train-normalised beside it)."""
     out = tmp_path_factory.mktemp("validate") / "tracin.h5"
-    result = run_tracin_score(["--run", tiny_run, "--out", out, "--models", "teacher,student,student_baseline",
-                               "--variants", "raw,train-normalised,train-normalised@*", "--topk", f"3,{K}", "--device", "cpu", "--quiet"])
+    result = run_tracin_score(
+        [
+            "--run",
+            tiny_run,
+            "--out",
+            out,
+            "--models",
+            "teacher,student,student_baseline",
+            "--variants",
+            "raw,train-normalised,train-normalised@*",
+            "--topk",
+            f"3,{K}",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert result.returncode == 0, result.stderr
     return out
 
@@ -86,7 +114,9 @@ def test_the_leave_out_ci_resamples_test_examples_not_their_seeds():
     changes = np.random.default_rng(0).normal(size=12)
     one_seed = validation.leave_out_row("m", "own", "raw", 5, changes, np.ones(12), 0)
     # three seeds that change nothing: the same evidence, so the same interval (pairs would make it narrower)
-    three_seeds = validation.leave_out_row("m", "own", "raw", 5, np.tile(changes, 3), np.ones(36), 0, np.tile(np.arange(12), 3))
+    three_seeds = validation.leave_out_row(
+        "m", "own", "raw", 5, np.tile(changes, 3), np.ones(36), 0, np.tile(np.arange(12), 3)
+    )
     assert three_seeds[4:7] == pytest.approx(one_seed[4:7]) and one_seed[5:7] == pytest.approx(bootstrap_ci([changes]))
     as_pairs = validation.leave_out_row("m", "own", "raw", 5, np.tile(changes, 3), np.ones(36), 0)
     assert as_pairs[6] - as_pairs[5] < 0.8 * (one_seed[6] - one_seed[5])  # what resampling pairs did
@@ -108,16 +138,25 @@ def test_lds_and_leave_out_equal_a_direct_computation(validated):
         per_test = spearman_rows(predicted.T, subset_margins.T.astype(np.float64))
         row = lds[(lds["scores_of"] == b"student") & (lds["variant"] == variant.encode())][0]
         assert row["lds"] == pytest.approx(np.nanmean(per_test)) and row["subsets"] == SUBSETS
-        assert (row["ci_low"], row["ci_high"]) == pytest.approx(validation.lds_interval(matrix, masks, subset_margins), nan_ok=True)
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(
+            validation.lds_interval(matrix, masks, subset_margins), nan_ok=True
+        )
     assert not ensemble_present  # one replica: no ensemble row
     assert set(lds["scores_of"]) == {b"student", b"teacher"}  # its own scores, and its teacher's
     zero = margins[units["condition"] == b"none"][0]
-    expected = [("own", v) for v in VARIANTS] + [("teacher", v) for v in VARIANTS] + [("baseline", v) for v in VARIANTS] + \
-        [("random", "")] + [("opponents", v) for v in VARIANTS]
+    expected = (
+        [("own", v) for v in VARIANTS]
+        + [("teacher", v) for v in VARIANTS]
+        + [("baseline", v) for v in VARIANTS]
+        + [("random", "")]
+        + [("opponents", v) for v in VARIANTS]
+    )
     assert list(zip(leave_out["condition"].astype(str), leave_out["variant"].astype(str))) == expected
     for condition, variant in expected:
         picked = np.flatnonzero((units["condition"] == condition.encode()) & (units["variant"] == variant.encode()))
-        changes = np.array([margins[i][units[i]["test_row"]] - zero[units[i]["test_row"]] for i in picked], dtype=np.float64)
+        changes = np.array(
+            [margins[i][units[i]["test_row"]] - zero[units[i]["test_row"]] for i in picked], dtype=np.float64
+        )
         row = leave_out[(leave_out["condition"] == condition.encode()) & (leave_out["variant"] == variant.encode())][0]
         assert row["mean_change"] == pytest.approx(changes.mean()) and row["n_rows"] == TEST_EXAMPLES, condition
         by_test_row = changes[np.argsort(units[picked]["test_row"], kind="stable")]  # one seed: a change per test row
@@ -135,7 +174,9 @@ def test_a_removed_example_is_never_trained_on(tiny_run, validated):
         index = int(np.flatnonzero((units["condition"] == b"own") & (units["variant"] == VARIANTS[1].encode()))[0])
         unit = units[index]
         plan = Plan(("student",), (int(unit["test_row"]),), K, {"student": ("own",)}, VARIANTS, 0, 0.5, 1)
-        work = Work(plan, units, [index], {index: removed_positions(plan, unit, store)}, store.n_train, store.test_index)
+        work = Work(
+            plan, units, [index], {index: removed_positions(plan, unit, store)}, store.n_train, store.test_index
+        )
         keep = work.kept(index)  # what retrain_units trains on
         top = store.model("student").variant_rankings(VARIANTS[1])[0].top_index[unit["test_row"], :K]
         data, _ = scored_test(tiny_run, store)
@@ -143,7 +184,9 @@ def test_a_removed_example_is_never_trained_on(tiny_run, validated):
     train = data.train.subset(torch.from_numpy(keep))
     with start_runtime("cpu", quiet=True) as runtime:
         seen = [images for images, _, _ in training_batches(train, 32, 0, 1, False, runtime)]
-    fingerprint = {normalize(data.train.images[p : p + 1], data.train.spec).numpy().tobytes(): p for p in range(len(data.train))}
+    fingerprint = {
+        normalize(data.train.images[p : p + 1], data.train.spec).numpy().tobytes(): p for p in range(len(data.train))
+    }
     positions = sorted(fingerprint[image[None].numpy().tobytes()] for batch in seen for image in batch)
     assert positions == keep.tolist()  # each kept example once, no removed one
 
@@ -182,21 +225,29 @@ def test_a_killed_validation_resumes_to_the_same_file(tiny_run, full_scores, val
 def test_mistakes_are_one_line(tiny_run, full_scores, tmp_path):
     out = tmp_path / "tracin.h5"
     shutil.copy(full_scores, out)
-    for args, message in ((["--k", "99"], "larger than the score file's top-k tables"),
-                          (["--variants", "cosine", "--k", "3"], "holds no such scores"),
-                          (["--models", "assistant"], "is not a model name"),
-                          (["--fraction", "1.5"], "--fraction must be in (0, 1)"),
-                          (["--conditions", "own,everything"], "--conditions takes"),
-                          (["--scores", tmp_path / "missing.h5"], "does not exist")):
+    for args, message in (
+        (["--k", "99"], "larger than the score file's top-k tables"),
+        (["--variants", "cosine", "--k", "3"], "holds no such scores"),
+        (["--models", "assistant"], "is not a model name"),
+        (["--fraction", "1.5"], "--fraction must be in (0, 1)"),
+        (["--conditions", "own,everything"], "--conditions takes"),
+        (["--scores", tmp_path / "missing.h5"], "does not exist"),
+    ):
         result = run_tracin_validate(["--run", tiny_run, "--scores", out, "--device", "cpu", "--quiet", *args])
-        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (
+            args,
+            result.stderr,
+        )
 
 
 def test_the_overlap_notebook_shows_the_validation(validated, tmp_path):
     from test_notebooks import outputs_of
+
     from tracin.cli.notebooks import execute_notebook, notebook_folder
 
-    notebook = execute_notebook(notebook_folder() / "overlap_tables.ipynb", {"SCORES": str(validated[0]), "DATA_ROOT": None})
+    notebook = execute_notebook(
+        notebook_folder() / "overlap_tables.ipynb", {"SCORES": str(validated[0]), "DATA_ROOT": None}
+    )
     text, _ = outputs_of(notebook)
     assert "Leave-top-k-out" in text and "Linear datamodeling score" in text
     assert (validated[0].parent / "validation.md").read_text().startswith("# Validation")
@@ -207,11 +258,17 @@ def test_readme_figures_state_the_validation_with_its_settings_and_time(tiny_run
     path, _ = validated
     run = demo_copy(tiny_run, tmp_path)
     readme = tmp_path / "README.md"
-    readme.write_text("<!-- demo-figures:start -->\n<!-- demo-figures:end -->\nmiddle\n"
-                      "<!-- validation-figures:start -->\nstale\n<!-- validation-figures:end -->\nend\n")
+    readme.write_text(
+        "<!-- demo-figures:start -->\n<!-- demo-figures:end -->\nmiddle\n"
+        "<!-- validation-figures:start -->\nstale\n<!-- validation-figures:end -->\nend\n"
+    )
     script = Path(__file__).resolve().parents[1] / "scripts" / "readme_figures.py"
-    result = subprocess.run([sys.executable, script, "--run", run, "--scores", path, "--validation", "--readme", readme],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, script, "--run", run, "--scores", path, "--validation", "--readme", readme],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     text = readme.read_text()
     with ScoreFile.open_read(path) as store:
@@ -222,8 +279,10 @@ def test_readme_figures_state_the_validation_with_its_settings_and_time(tiny_run
     assert "stale" not in text and text.endswith("<!-- validation-figures:end -->\nend\n")
     assert f"**{spent:.0f} s** of retraining for student" in text and f"k = {K}" in text
     own = leave_out[leave_out["condition"] == b"own"][0]
-    assert (f"| student | own | {own['variant'].decode()} | {K} | {own['mean_change']:+.3f} | "
-            f"[{own['ci_low']:+.3f}, {own['ci_high']:+.3f}] |") in text
+    assert (
+        f"| student | own | {own['variant'].decode()} | {K} | {own['mean_change']:+.3f} | "
+        f"[{own['ci_low']:+.3f}, {own['ci_high']:+.3f}] |"
+    ) in text
     assert "removals by the `raw`, `train-normalised@head` scores" in text
     assert f"| student | student | raw | {lds[0]['lds']:+.3f} |" in text
 
@@ -232,8 +291,20 @@ def test_torchrun_deals_the_retrainings_and_writes_the_same_file(tiny_run, full_
     out = tmp_path / "tracin.h5"
     shutil.copy(full_scores, out)
     script = Path(sys.executable).with_name("tracin-validate")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-               "--", "--run", str(tiny_run), "--scores", str(out), *VALIDATE]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        "--",
+        "--run",
+        str(tiny_run),
+        "--scores",
+        str(out),
+        *VALIDATE,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=subprocess_env())
     assert result.returncode == 0, result.stderr[-3000:]
     with ScoreFile.open_read(out) as mine, ScoreFile.open_read(validated[0]) as theirs:
@@ -245,11 +316,26 @@ def test_torchrun_deals_the_retrainings_and_writes_the_same_file(tiny_run, full_
 def test_lds_alone_needs_no_zero_line_and_overwrite_keeps_a_same_settings_validation(tiny_run, full_scores, tmp_path):
     out = tmp_path / "tracin.h5"
     shutil.copy(full_scores, out)
-    args = ["--run", tiny_run, "--scores", out, "--models", "student", "--test-examples", "0", "--subsets", "3",
-            "--device", "cpu"]
+    args = [
+        "--run",
+        tiny_run,
+        "--scores",
+        out,
+        "--models",
+        "student",
+        "--test-examples",
+        "0",
+        "--subsets",
+        "3",
+        "--device",
+        "cpu",
+    ]
     first = run_tracin_validate(args)  # not --quiet: a line per finished retraining
     assert first.returncode == 0, first.stderr
-    assert "retrained 1/3: student on LDS subset 0 (" in first.stdout and "retrained 3/3: student on LDS subset 2 (" in first.stdout
+    assert (
+        "retrained 1/3: student on LDS subset 0 (" in first.stdout
+        and "retrained 3/3: student on LDS subset 2 (" in first.stdout
+    )
     with ScoreFile.open_read(out) as store:
         units, (leave_out, lds) = store.validation().units, store.validation().tables()
     assert set(units["condition"]) == {b"subset"} and len(units) == 3 and len(leave_out) == 0 and len(lds) > 0
@@ -266,24 +352,48 @@ def test_another_runs_score_file_and_empty_plans_are_refused(tiny_run, full_scor
     torch.save(payload, path)
     out = tmp_path / "tracin.h5"
     shutil.copy(full_scores, out)
-    for run, args, message in ((other, [], "does not hold (missing, or another file)"),
-                               (tiny_run, ["--test-examples", "0", "--subsets", "0"], "nothing to retrain"),
-                               (tiny_run, ["--seeds", "10"], "--seeds must be between 1 and 9")):
+    for run, args, message in (
+        (other, [], "does not hold (missing, or another file)"),
+        (tiny_run, ["--test-examples", "0", "--subsets", "0"], "nothing to retrain"),
+        (tiny_run, ["--seeds", "10"], "--seeds must be between 1 and 9"),
+    ):
         result = run_tracin_validate(["--run", run, "--scores", out, "--device", "cpu", "--quiet", *args])
-        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (
+            args,
+            result.stderr,
+        )
     with ScoreFile.open_read(out) as store, pytest.raises(StoreError, match="has no validation"):
         store.validation()  # refused before the file changed
 
 
-SMALL_VALIDATE = ("--models", "student", "--test-examples", "1", "--k", "3", "--subsets", "0", "--conditions", "own",
-                  "--device", "cpu", "--quiet")
+SMALL_VALIDATE = (
+    "--models",
+    "student",
+    "--test-examples",
+    "1",
+    "--k",
+    "3",
+    "--subsets",
+    "0",
+    "--conditions",
+    "own",
+    "--device",
+    "cpu",
+    "--quiet",
+)
 
 
 def _validation_arrays(path: Path) -> dict:
     with ScoreFile.open_read(path) as store:
         record = store.validation()
         leave_out, lds = record.tables()
-        return {"units": record.units, "margins": record.margins, "done": record.done, "leave_out": leave_out, "lds": lds}
+        return {
+            "units": record.units,
+            "margins": record.margins,
+            "done": record.done,
+            "leave_out": leave_out,
+            "lds": lds,
+        }
 
 
 @pytest.fixture(scope="module")
@@ -296,13 +406,16 @@ def small_reference(tiny_run, full_scores, tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("write", [1, 2, 4])
-def test_a_full_disk_inside_hdf5_during_validate_leaves_a_file_the_same_command_finishes(tiny_run, full_scores, small_reference,
-                                                                                         tmp_path, write):
+def test_a_full_disk_inside_hdf5_during_validate_leaves_a_file_the_same_command_finishes(
+    tiny_run, full_scores, small_reference, tmp_path, write
+):
     """Before the repair every rerun failed with KeyError 'done': /validation had its settings but not its
     arrays. Now the same command keeps the finished units that read, makes the rest again, and finishes."""
     out = tmp_path / "tracin.h5"
     shutil.copy(full_scores, out)
-    failed = run_tracin_validate(["--run", tiny_run, "--scores", out, *SMALL_VALIDATE], fault=f"h5-write:{write}:enospc")
+    failed = run_tracin_validate(
+        ["--run", tiny_run, "--scores", out, *SMALL_VALIDATE], fault=f"h5-write:{write}:enospc"
+    )
     assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1, failed.stderr[-2000:]
     assert "No space left on device" in failed.stderr and "Traceback" not in failed.stderr
     again = run_tracin_validate(["--run", tiny_run, "--scores", out, *SMALL_VALIDATE])
@@ -312,7 +425,9 @@ def test_a_full_disk_inside_hdf5_during_validate_leaves_a_file_the_same_command_
         assert mine[name].tobytes() == reference[name].tobytes(), name  # bitwise, NaN CIs too
 
 
-def test_a_finished_looking_validation_with_a_damaged_group_is_repaired_not_trusted(tiny_run, small_reference, tmp_path):
+def test_a_finished_looking_validation_with_a_damaged_group_is_repaired_not_trusted(
+    tiny_run, small_reference, tmp_path
+):
     import h5py
 
     out = tmp_path / "tracin.h5"

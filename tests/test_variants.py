@@ -5,8 +5,6 @@ variants' formulas written out here, and with a variant registered inside the te
 import numpy as np
 import pytest
 import torch
-from conftest import RTOL
-from models_for_tests import perturbed_states, relative_error, tiny_resnet
 
 from tracin.config import ScoreConfig
 from tracin.engine.reference import func_per_sample_grads, func_tracin_scores
@@ -14,6 +12,9 @@ from tracin.engine.tracin import TracIn
 from tracin.errors import TracinError
 from tracin.results.store import ScoreFile
 from tracin.variants import SCORE_VARIANTS, ScoreVariant, register_variant, score_variant
+
+from conftest import RTOL
+from models_for_tests import perturbed_states, relative_error, tiny_resnet
 
 LRS = (0.1, 0.03)
 
@@ -55,7 +56,9 @@ def test_the_built_in_variants_are_their_formulas(setup, name, train_power, test
     model, checkpoints, train, test = setup
     expected = written_out(model, checkpoints, train, test, train_power, test_power)
     assert relative_error(func_tracin_scores(model, checkpoints, train, test, variant=name), expected) < 1e-12
-    assert relative_error(TracIn(model, checkpoints, ScoreConfig(variants=(name,))).scores(train, test), expected) < RTOL
+    assert (
+        relative_error(TracIn(model, checkpoints, ScoreConfig(variants=(name,))).scores(train, test), expected) < RTOL
+    )
     assert score_variant(name).self_influence_power == 2 - train_power - test_power
 
 
@@ -66,14 +69,21 @@ def test_a_registered_variant_is_scored_checked_and_read_end_to_end(setup, test_
     engine = TracIn(model, checkpoints, config)
     scores = engine.scores_by_variant(train, test)
     assert relative_error(scores["test-normalised"], expected) < RTOL
-    assert relative_error(scores["test-normalised"], func_tracin_scores(model, checkpoints, train, test, variant="test-normalised")) < RTOL
+    assert (
+        relative_error(
+            scores["test-normalised"], func_tracin_scores(model, checkpoints, train, test, variant="test-normalised")
+        )
+        < RTOL
+    )
     head = func_tracin_scores(model, checkpoints, train, test, layers=["fc"], variant="test-normalised")
     assert relative_error(scores["test-normalised@head"], head) < RTOL
     # its self-influence, <g, g/|g|> = |g|, is the one train-normalised has: read from the same stored sums
     assert test_normalised.self_influence_power == 1
     with ScoreFile.open_read(tiny_scores) as store:
         scores_of = store.model("teacher")
-        np.testing.assert_array_equal(scores_of.variant_self_influence("test-normalised"), scores_of.normalised_self_influence)
+        np.testing.assert_array_equal(
+            scores_of.variant_self_influence("test-normalised"), scores_of.normalised_self_influence
+        )
         assert scores_of.variant_self_influence("cosine") is None  # power 0: the same sum for every example
 
 

@@ -12,13 +12,14 @@ import argparse
 import pytest
 import torch
 import torchvision
-from conftest import RTOL
-from models_for_tests import ConvNeXtStyle
 from torch import nn
 
+from tracin.config import ScoreConfig
 from tracin.engine.reference import func_per_sample_grads
 from tracin.engine.tracin import TracIn
-from tracin.config import ScoreConfig
+
+from conftest import RTOL
+from models_for_tests import ConvNeXtStyle
 
 FLOAT32_MULTIPLE = 4  # the engine may be this many times further from float64 than float32 torch.func is
 N_TRAIN, N_TEST, LR = 5, 3, 0.5
@@ -33,15 +34,27 @@ def small_vit() -> nn.Module:
 
 
 ZOO = {
-    "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), [None, ["layer1"], ["bn1"], ["layer4.1"], ["fc"]]),
+    "resnet18": (
+        lambda: torchvision.models.resnet18(num_classes=10),
+        [None, ["layer1"], ["bn1"], ["layer4.1"], ["fc"]],
+    ),
     "mobilenet_v3_small": (
         lambda: torchvision.models.mobilenet_v3_small(num_classes=10),
         [None, ["features.12"], ["classifier"], ["features.4.block.2"], ["features.0", "classifier.3"]],
     ),
-    "efficientnet_b0": (lambda: torchvision.models.efficientnet_b0(num_classes=10), [None, ["features.1"], ["classifier"]]),
+    "efficientnet_b0": (
+        lambda: torchvision.models.efficientnet_b0(num_classes=10),
+        [None, ["features.1"], ["classifier"]],
+    ),
     "vit": (
         small_vit,
-        [None, ["class_token"], ["encoder.pos_embedding"], ["encoder.layers.encoder_layer_0.self_attention"], ["heads"]],
+        [
+            None,
+            ["class_token"],
+            ["encoder.pos_embedding"],
+            ["encoder.layers.encoder_layer_0.self_attention"],
+            ["heads"],
+        ],
     ),
     "convnext_block": (ConvNeXtStyle, [None, ["blocks.0.layer_scale"], ["stem"], ["blocks.1.block"], ["head.2"]]),
 }
@@ -82,16 +95,22 @@ def selected_columns(model: nn.Module, layers) -> torch.Tensor:
 
 
 @pytest.mark.filterwarnings("ignore:There is a performance drop")
-@pytest.mark.parametrize("name,layers", CASES, ids=[f"{n}-{'all' if l is None else '+'.join(l)}" for n, l in CASES])
+@pytest.mark.parametrize(
+    "name,layers", CASES, ids=[f"{n}-{'all' if chosen is None else '+'.join(chosen)}" for n, chosen in CASES]
+)
 def test_zoo_model_matches_float64_reference(zoo_reference, name, layers):
     model, train, test, g64, g32 = zoo_reference(name)
     cols = selected_columns(model, layers)
     expected = LR * g64[:N_TRAIN, cols] @ g64[N_TRAIN:, cols].T
-    float32_error = float((LR * g32[:N_TRAIN, cols] @ g32[N_TRAIN:, cols].T - expected).abs().max() / expected.abs().max())
+    float32_error = float(
+        (LR * g32[:N_TRAIN, cols] @ g32[N_TRAIN:, cols].T - expected).abs().max() / expected.abs().max()
+    )
     engine = TracIn(model, [(model.state_dict(), LR)], config=ScoreConfig(layers=layers), device="cpu")
     actual = engine.scores(train, test).double()
     assert len(engine.parameter_names) == len(set(engine.parameter_names))
-    assert sorted(engine.parameter_names) == sorted(n for n, _ in model.named_parameters() if not layers or any(n == p or n.startswith(p + ".") for p in layers))
+    assert sorted(engine.parameter_names) == sorted(
+        n for n, _ in model.named_parameters() if not layers or any(n == p or n.startswith(p + ".") for p in layers)
+    )
     error = float((actual - expected).abs().max() / expected.abs().max())
     assert error < max(RTOL, FLOAT32_MULTIPLE * float32_error), f"{error:.2e} (float32 torch.func: {float32_error:.2e})"
 
@@ -110,12 +129,19 @@ def test_readme_example_torchvision_model_from_reference_trainer_checkpoints(tmp
         optimizer.step()
         optimizer.zero_grad()
         scheduler.step()
-        payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
-                   "epoch": epoch, "args": argparse.Namespace(lr=0.1, epochs=2, model="resnet18")}
+        payload = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "args": argparse.Namespace(lr=0.1, epochs=2, model="resnet18"),
+        }
         paths.append(tmp_path / f"model_{epoch}.pth")
         torch.save(payload, paths[-1])
 
-    tracin = TracIn(torchvision.models.resnet18(num_classes=10), sorted(map(str, paths)), ScoreConfig(layers=("layer4", "fc")))
+    tracin = TracIn(
+        torchvision.models.resnet18(num_classes=10), sorted(map(str, paths)), ScoreConfig(layers=("layer4", "fc"))
+    )
     top = tracin.top_k((x[:8], y[:8]), (x[8:], y[8:]), k=3)
 
     assert [c.lr for c in tracin.checkpoints] == pytest.approx([0.05, 0.025])  # the optimizer's rate when saved

@@ -33,7 +33,10 @@ SCORE_LOSSES = ("ce", "kd", "kd-train")  # tracin-score --loss (tracin.commands.
 TEST_LABELS = ("label", "prediction")  # tracin-score --test-label: the test side's cross-entropy on which class
 PRECISIONS = ("float32", "tf32", "bf16")
 REPRESENTATIONS = ("auto", "flat", "factored")
-GROUP_SEPARATOR, EVERY_GROUP = "@", "*"  # variant "raw@layer4": raw scores of layer group layer4 alone; "raw@*": each group
+GROUP_SEPARATOR, EVERY_GROUP = (
+    "@",
+    "*",
+)  # variant "raw@layer4": raw scores of layer group layer4 alone; "raw@*": each group
 AUTO_MEMORY_SHARE = 0.75  # --max-memory-gb auto: this share of the free device memory (CPU: available RAM)
 REPLICA_SEED_STRIDE = 1000  # replica N of a run trains with seed + N * stride (init and data order)
 ENSEMBLE_SUFFIX = ".ensemble"  # ROLE.ensemble: the mean of a role's replicas' scores in a score file
@@ -41,8 +44,23 @@ ENSEMBLE_SUFFIX = ".ensemble"  # ROLE.ensemble: the mean of a role's replicas' s
 # (and so every model) the third
 SWEEP_STUDENT_KEYS = ("temperature", "alpha", "kd_loss", "distill", "teacher_epoch")
 SWEEP_SHAPE_KEYS = ("student_stages", "student_init")
-SWEEP_TEACHER_KEYS = ("epochs", "width", "arch", "seed", "lr", "batch_size", "augment", "optimizer", "schedule", "momentum",
-                      "weight_decay", "label_smoothing", "warmup_epochs", "label_noise", "train_subset")
+SWEEP_TEACHER_KEYS = (
+    "epochs",
+    "width",
+    "arch",
+    "seed",
+    "lr",
+    "batch_size",
+    "augment",
+    "optimizer",
+    "schedule",
+    "momentum",
+    "weight_decay",
+    "label_smoothing",
+    "warmup_epochs",
+    "label_noise",
+    "train_subset",
+)
 SWEEP_KEYS = SWEEP_STUDENT_KEYS + SWEEP_SHAPE_KEYS + SWEEP_TEACHER_KEYS
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_DATASETS = ("cifar10", "cifar100", "fashion-mnist")  # test splits a trained run can be evaluated on (tracin-eval)
@@ -90,7 +108,9 @@ def split_model_name(name: str) -> tuple[str, int]:
     match = re.fullmatch(r"([a-z_]+)(?:\.r([1-9][0-9]*))?", name, re.ASCII)
     if match and match.group(1) in ROLES:
         return match.group(1), int(match.group(2) or 0)
-    raise TracinError(f"{name!r} is not a model name: use {', '.join(ROLES)}, or ROLE.rN for replica N (e.g. teacher.r1)")
+    raise TracinError(
+        f"{name!r} is not a model name: use {', '.join(ROLES)}, or ROLE.rN for replica N (e.g. teacher.r1)"
+    )
 
 
 def replicas_by_role(names: Sequence[str]) -> dict[str, dict[int, str]]:
@@ -129,7 +149,10 @@ class _Serializable:
         _check(not unknown, f"unknown {cls.__name__} fields: {', '.join(sorted(unknown))}")
         hints = typing.get_type_hints(cls)
         for name, value in values.items():
-            _check(_fits(value, hints[name]), f"{cls.__name__} field {name}: expected {_type_name(hints[name])}, got {value!r}")
+            _check(
+                _fits(value, hints[name]),
+                f"{cls.__name__} field {name}: expected {_type_name(hints[name])}, got {value!r}",
+            )
         return cls(**values)
 
 
@@ -193,13 +216,19 @@ class DataConfig(_Serializable):
         _check_choice("dataset", self.dataset, DATASETS)
         _check_choice("shortcut mode", self.shortcut_mode, SHORTCUT_MODES)
         _check(self.shortcut_patch >= 1, f"shortcut patch must be at least 1 pixel, got {self.shortcut_patch}")
-        _check(self.shortcut_mode == "class" or self.shortcut_class is not None,
-               "--shortcut-mode inherit needs --shortcut-class (the replica-0 teacher's shortcut class)")
+        _check(
+            self.shortcut_mode == "class" or self.shortcut_class is not None,
+            "--shortcut-mode inherit needs --shortcut-class (the replica-0 teacher's shortcut class)",
+        )
         if self.coarse_labels is not None:
             _check_choice(f"coarse labels of {self.dataset}", self.coarse_labels, COARSE_LABELS[self.dataset])
-        _check(self.shortcut_class is None or self.shortcut_class >= 0,
-               f"shortcut class must be a class label (>= 0), got {self.shortcut_class}")
-        _check(0.0 < self.shortcut_fraction <= 1.0, f"shortcut fraction must be in (0, 1], got {self.shortcut_fraction}")
+        _check(
+            self.shortcut_class is None or self.shortcut_class >= 0,
+            f"shortcut class must be a class label (>= 0), got {self.shortcut_class}",
+        )
+        _check(
+            0.0 < self.shortcut_fraction <= 1.0, f"shortcut fraction must be in (0, 1], got {self.shortcut_fraction}"
+        )
         for name in ("train_subset", "test_subset"):
             value = getattr(self, name)
             _check(value is None or value > 0, f"{name} must be a positive number of examples, got {value}")
@@ -276,14 +305,20 @@ class TrainConfig(_Serializable):
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         custom = ":" in self.arch or self.student_arch is not None
-        _check(not (":" in self.arch and self.student_arch is None),
-               "a teacher from --model MODULE:FUNCTION cannot be cut into stages: give the students' factory too (--student-model)")
-        _check(not (custom and self.student_init == "teacher"),
-               "--student-init teacher copies ResNet stages: it needs the registered architectures, not --model factories")
+        _check(
+            not (":" in self.arch and self.student_arch is None),
+            "a teacher from --model MODULE:FUNCTION cannot be cut into stages: give the students' factory too (--student-model)",
+        )
+        _check(
+            not (custom and self.student_init == "teacher"),
+            "--student-init teacher copies ResNet stages: it needs the registered architectures, not --model factories",
+        )
         _check(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0.0, f"weight_decay must be 0 or more, got {self.weight_decay}")
-        _check(not (self.nesterov and self.optimizer == "sgd" and self.momentum == 0),
-               "nesterov needs a momentum above 0 (pass --no-nesterov, or a --momentum)")
+        _check(
+            not (self.nesterov and self.optimizer == "sgd" and self.momentum == 0),
+            "nesterov needs a momentum above 0 (pass --no-nesterov, or a --momentum)",
+        )
         _check_choice("distill", self.distill, DISTILL)
         _check_choice("kd_loss", self.kd_loss, KD_LOSSES)
         _check_choice("student_init", self.student_init, STUDENT_INIT)
@@ -322,17 +357,23 @@ class ScoreConfig(_Serializable):
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, MODES)
         object.__setattr__(self, "variants", tuple(self.variants))
-        _check(len(self.variants) >= 1 and len(set(self.variants)) == len(self.variants),
-               f"variants must name each score variant once, got {self.variants}")
+        _check(
+            len(self.variants) >= 1 and len(set(self.variants)) == len(self.variants),
+            f"variants must name each score variant once, got {self.variants}",
+        )
         for variant in self.variants:
             base, group = split_variant(variant)
             _check_choice("variant", base, tuple(SCORE_VARIANTS))  # the registry as it is now (tracin.variants)
-            _check(group is None or _GROUP_NAME.fullmatch(group) is not None or group == EVERY_GROUP,
-                   f"variant {variant!r}: a layer group is named by up to 32 letters, digits, '_' and '-', or '*' for every group")
+            _check(
+                group is None or _GROUP_NAME.fullmatch(group) is not None or group == EVERY_GROUP,
+                f"variant {variant!r}: a layer group is named by up to 32 letters, digits, '_' and '-', or '*' for every group",
+            )
         object.__setattr__(self, "groups", tuple((str(name), tuple(prefixes)) for name, prefixes in self.groups))
         for name, prefixes in self.groups:
-            _check(_GROUP_NAME.fullmatch(name) is not None and name != "other",
-                   f"layer group {name!r}: name a group by up to 32 letters, digits, '_' and '-' ('other' is taken)")
+            _check(
+                _GROUP_NAME.fullmatch(name) is not None and name != "other",
+                f"layer group {name!r}: name a group by up to 32 letters, digits, '_' and '-' ('other' is taken)",
+            )
             _check(len(prefixes) >= 1, f"layer group {name!r} names no module")
         names = [name for name, _ in self.groups]
         _check(len(set(names)) == len(names), f"each layer group is named once, got {', '.join(names)}")
@@ -365,7 +406,10 @@ class EngineConfig(_Serializable):
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, f"batch_size must be positive, got {self.batch_size}")
-        _check(self.max_memory is None or self.max_memory >= 1, f"max_memory must be a positive number of bytes, got {self.max_memory}")
+        _check(
+            self.max_memory is None or self.max_memory >= 1,
+            f"max_memory must be a positive number of bytes, got {self.max_memory}",
+        )
         for name in ("chunk_size", "test_block"):
             value = getattr(self, name)
             _check(value is None or value >= 1, f"{name} must be positive, got {value}")

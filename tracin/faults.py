@@ -48,8 +48,10 @@ def _parse(spec: str) -> tuple[str, int, str]:
     except ValueError:
         raise TracinError(f"TRACIN_FAULT must be POINT:N:ACTION, got {spec!r}") from None
     if point not in POINTS or action not in ACTIONS or number < 1 or (point == "h5-write" and action != "enospc"):
-        raise TracinError(f"TRACIN_FAULT {spec!r}: points {', '.join(POINTS)}; actions {', '.join(ACTIONS)} "
-                          "(h5-write: enospc only); N >= 1")
+        raise TracinError(
+            f"TRACIN_FAULT {spec!r}: points {', '.join(POINTS)}; actions {', '.join(ACTIONS)} "
+            "(h5-write: enospc only); N >= 1"
+        )
     return point, number, action
 
 

@@ -44,8 +44,10 @@ def refuse_link(path: Union[str, Path], what: str) -> None:
     someone else could have placed (the target may be a colleague's file or run)."""
     path = Path(path)
     if path.is_symlink():
-        raise TracinError(f"{what} {path} is a symbolic link (to {os.readlink(path)}): nothing is written through a "
-                          "link; name the real path")
+        raise TracinError(
+            f"{what} {path} is a symbolic link (to {os.readlink(path)}): nothing is written through a "
+            "link; name the real path"
+        )
 
 
 def refuse_links(paths, what: str) -> None:
@@ -126,20 +128,25 @@ def _locked(lock: Path, shared: bool, what: str, target: Path) -> int:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, default_mode())
         except OSError as error:
             if error.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-                raise TracinError(f"{lock} is not a lock file this tool made (a link or a folder): remove it, "
-                                  "and check who placed it") from None
+                raise TracinError(
+                    f"{lock} is not a lock file this tool made (a link or a folder): remove it, and check who placed it"
+                ) from None
             raise
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:  # a FIFO, or a hard link to someone's file
             os.close(fd)
-            raise TracinError(f"{lock} is not a lock file this tool made (not a plain file of its own): remove it, "
-                              "and check who placed it")
+            raise TracinError(
+                f"{lock} is not a lock file this tool made (not a plain file of its own): remove it, "
+                "and check who placed it"
+            )
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise TracinError(f"{what} {target} is in use by process {holder}; wait for it to finish, or stop it") from None
+            raise TracinError(
+                f"{what} {target} is in use by process {holder}; wait for it to finish, or stop it"
+            ) from None
         if _same_file(fd, lock):
             return fd
         os.close(fd)  # its last holder removed it after we opened it: lock the path's new file
@@ -201,4 +208,6 @@ def disk_full(error: object) -> bool:
     """Whether `error` is a full disk or quota, as the OS or h5py (often without an errno) reports it."""
     if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
         return True
-    return isinstance(error, Exception) and any(words in str(error) for words in ("No space left on device", "Disk quota exceeded"))
+    return isinstance(error, Exception) and any(
+        words in str(error) for words in ("No space left on device", "Disk quota exceeded")
+    )

@@ -27,7 +27,9 @@ def check_run_name(name: str) -> str:
     """A run name is one plain folder name: --overwrite removes OUT_ROOT/NAME, so "", ".", "..", paths
     and separators (which would point it at other runs or at folders no run made) are refused."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or os.sep in name or "\0" in name:
-        raise TracinError(f"--run must be a plain name (no path separators, not empty, '.' or '..'), got {name!r}; use --out-root for the folder")
+        raise TracinError(
+            f"--run must be a plain name (no path separators, not empty, '.' or '..'), got {name!r}; use --out-root for the folder"
+        )
     return name
 
 
@@ -92,8 +94,10 @@ class ScoreOptions:
             try:
                 split_model_name(name)
             except TracinError:
-                raise TracinError(f"--models takes {', '.join(ROLES)}, or ROLE.rN for replica N (e.g. teacher.r1); "
-                                  f"{name!r} is neither") from None
+                raise TracinError(
+                    f"--models takes {', '.join(ROLES)}, or ROLE.rN for replica N (e.g. teacher.r1); "
+                    f"{name!r} is neither"
+                ) from None
         if self.replicas is not None and self.replicas < 1:
             raise TracinError(f"--replicas must be at least 1, got {self.replicas}")
         if self.loss not in SCORE_LOSSES:
@@ -103,7 +107,9 @@ class ScoreOptions:
         if self.test_label not in TEST_LABELS:
             raise TracinError(f"--test-label must be one of {', '.join(TEST_LABELS)}, got {self.test_label!r}")
         if self.test_label == "prediction" and self.loss == "kd":
-            raise TracinError("--test-label prediction needs a cross-entropy test side: use --loss ce or kd-train, not kd")
+            raise TracinError(
+                "--test-label prediction needs a cross-entropy test side: use --loss ce or kd-train, not kd"
+            )
 
 
 @dataclass(frozen=True)
@@ -135,13 +141,21 @@ class ValidateOptions:
         unknown = [c for c in self.conditions if c not in CONDITIONS]
         if unknown:
             raise TracinError(f"--conditions takes {', '.join(CONDITIONS)}; got {', '.join(unknown)}")
-        checks = ((self.test_examples >= 0, f"--test-examples must be 0 or more, got {self.test_examples}"),
-                  (self.k >= 1, f"--k must be at least 1, got {self.k}"),
-                  (self.subsets >= 0, f"--subsets must be 0 or more, got {self.subsets}"),
-                  (self.subsets == 0 or self.subsets >= 3, f"--subsets: the LDS needs at least 3 subsets, got {self.subsets}"),
-                  (0.0 < self.fraction < 1.0, f"--fraction must be in (0, 1), got {self.fraction}"),
-                  (1 <= self.seeds <= MAX_VALIDATION_SEEDS, f"--seeds must be between 1 and {MAX_VALIDATION_SEEDS}, got {self.seeds}"),
-                  (self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"))
+        checks = (
+            (self.test_examples >= 0, f"--test-examples must be 0 or more, got {self.test_examples}"),
+            (self.k >= 1, f"--k must be at least 1, got {self.k}"),
+            (self.subsets >= 0, f"--subsets must be 0 or more, got {self.subsets}"),
+            (
+                self.subsets == 0 or self.subsets >= 3,
+                f"--subsets: the LDS needs at least 3 subsets, got {self.subsets}",
+            ),
+            (0.0 < self.fraction < 1.0, f"--fraction must be in (0, 1), got {self.fraction}"),
+            (
+                1 <= self.seeds <= MAX_VALIDATION_SEEDS,
+                f"--seeds must be between 1 and {MAX_VALIDATION_SEEDS}, got {self.seeds}",
+            ),
+            (self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+        )
         for holds, message in checks:
             if not holds:
                 raise TracinError(message)
@@ -166,8 +180,10 @@ class ReportOptions:
         for name in self.models:
             split_model_name(name)  # a TracinError naming the valid names
         if self.randomization_train < 3 or self.randomization_test < 2:
-            raise TracinError(f"--randomization-train must be at least 3 and --randomization-test at least 2, got "
-                              f"{self.randomization_train} and {self.randomization_test}")
+            raise TracinError(
+                f"--randomization-train must be at least 3 and --randomization-test at least 2, got "
+                f"{self.randomization_train} and {self.randomization_test}"
+            )
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from tracin.config import DEVICES
 from tracin.errors import TracinError
 
 
-
 @dataclass(frozen=True)
 class Runtime:
     """One process's place in a run.
@@ -154,5 +153,10 @@ def machine() -> dict[str, str | int]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return {"cpu": cpu, "cores": os.cpu_count() or 0, "device": device, "torch": torch.__version__,
-            "platform": platform.platform(terse=True)}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count() or 0,
+        "device": device,
+        "torch": torch.__version__,
+        "platform": platform.platform(terse=True),
+    }

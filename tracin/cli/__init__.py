@@ -8,10 +8,10 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from tracin.version import __version__
-from tracin.cli.main import eval_main, report_main, score_main, sweep_main, train_main, validate_main
 from tracin.cli.explore import main as explore_main
+from tracin.cli.main import eval_main, report_main, score_main, sweep_main, train_main, validate_main
 from tracin.cli.notebooks import main as notebooks_main
+from tracin.version import __version__
 
 
 @dataclass(frozen=True)
@@ -58,11 +58,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"tracin {__version__}")
         return 0
     if argv[0] not in COMMANDS:
-        print(f"tracin: error: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)} (see tracin --help)",
-              file=sys.stderr)
+        print(
+            f"tracin: error: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)} (see tracin --help)",
+            file=sys.stderr,
+        )
         return 2
     return COMMANDS[argv[0]].main(argv[1:])
 
 
-__all__ = ["COMMANDS", "eval_main", "explore_main", "main", "notebooks_main", "report_main", "score_main", "sweep_main", "train_main",
-           "validate_main"]
+__all__ = [
+    "COMMANDS",
+    "eval_main",
+    "explore_main",
+    "main",
+    "notebooks_main",
+    "report_main",
+    "score_main",
+    "sweep_main",
+    "train_main",
+    "validate_main",
+]

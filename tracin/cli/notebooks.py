@@ -19,13 +19,15 @@ from tracin.cli.main import _arguments, _Parser, run_command
 from tracin.errors import TracinError
 from tracin.files import refuse_link, write_atomic
 
+
 def notebook_folder() -> Path:
     """The notebooks' folder: the repository's notebooks/ in an editable install, else the installed copy."""
     try:
         return Path(str(importlib.resources.files("tracin.notebooks")))
     except ModuleNotFoundError:
-        raise TracinError("the notebooks are not installed (tracin.notebooks): install the package with "
-                          "pip install '.[notebooks]'") from None
+        raise TracinError(
+            "the notebooks are not installed (tracin.notebooks): install the package with pip install '.[notebooks]'"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,10 @@ class Need:
 
 
 NEEDS = {
-    "flipped-labels": Need(lambda store: bool(store.noisy.any()),
-                           "the run flipped no training label (train with tracin-train --label-noise P to study detection)"),
+    "flipped-labels": Need(
+        lambda store: bool(store.noisy.any()),
+        "the run flipped no training label (train with tracin-train --label-noise P to study detection)",
+    ),
 }
 
 
@@ -49,7 +53,9 @@ def _parameters_cell(notebook) -> Any:
     raise ValueError("the notebook has no cell tagged 'parameters'")
 
 
-def execute_notebook(path: str | Path, parameters: dict[str, Any], html: Optional[str | Path] = None, timeout: int = 600):
+def execute_notebook(
+    path: str | Path, parameters: dict[str, Any], html: Optional[str | Path] = None, timeout: int = 600
+):
     """Run the notebook at `path` with `parameters` (name -> Python literal value) in a fresh kernel;
     write it as HTML to `html` if given. Returns the executed notebook (the file itself is untouched)."""
     import nbformat
@@ -57,8 +63,13 @@ def execute_notebook(path: str | Path, parameters: dict[str, Any], html: Optiona
 
     notebook = nbformat.read(str(path), as_version=4)
     _parameters_cell(notebook).source = "\n".join(f"{name} = {value!r}" for name, value in parameters.items())
-    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(Path(path).parent)}},
-                            extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no kernel chatter on the user's terminal
+    client = NotebookClient(
+        notebook,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(Path(path).parent)}},
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
+    )  # no kernel chatter on the user's terminal
     client.execute(env={**os.environ, "TQDM_DISABLE": "1"})  # progress bars would be widgets ("IProgress not found")
     if html is not None:
         from nbconvert import HTMLExporter
@@ -81,9 +92,11 @@ def skip_reason(path: Path, store) -> Optional[str]:
 
 
 def build_parser() -> _Parser:
-    parser = _Parser(prog="tracin-notebooks",
-                     description="Execute the notebooks on a tracin-score file and write each as HTML (OUT_DIR/NAME.html); "
-                     "a notebook that does not apply to the file (no flipped labels, say) is skipped with one line.")
+    parser = _Parser(
+        prog="tracin-notebooks",
+        description="Execute the notebooks on a tracin-score file and write each as HTML (OUT_DIR/NAME.html); "
+        "a notebook that does not apply to the file (no flipped labels, say) is skipped with one line.",
+    )
     parser.add_argument("scores", metavar="SCORES", help="the HDF5 file tracin-score wrote")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder for the HTML files")
     parser.add_argument("data_root", metavar="DATA_ROOT", nargs="?", help="where the run's data set is, if it moved")
@@ -96,7 +109,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = build_parser().parse_args(_arguments(argv if argv is not None else sys.argv[1:]))
     scores, out_dir = Path(args.scores).resolve(), Path(args.out_dir)
-    return run_command("tracin-notebooks", lambda: execute_all(scores, out_dir, args.data_root), "run the same command again")
+    return run_command(
+        "tracin-notebooks", lambda: execute_all(scores, out_dir, args.data_root), "run the same command again"
+    )
 
 
 def execute_all(scores: Path, out_dir: Path, data_root: Optional[str]) -> list[Path]:

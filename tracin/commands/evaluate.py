@@ -15,13 +15,13 @@ from typing import Optional
 from tracin.config import ROLES
 from tracin.errors import TracinError
 from tracin.files import exclusive_lock, refuse_links
+from tracin.options import EvalOptions
 from tracin.runtime import start_runtime
+from tracin.schemas import CLASS_MAP, DATA_JSON, check, load_json
 from tracin.training.checkpoints import load_model
 from tracin.training.data import SPECS, load_eval_split
 from tracin.training.run_folder import RunPaths, read_record
 from tracin.training.trainer import confusion_matrix, evaluate, write_csv
-from tracin.options import EvalOptions
-from tracin.schemas import CLASS_MAP, DATA_JSON, check, load_json
 
 
 def read_class_map(path: Optional[str]) -> Optional[dict[str, str]]:
@@ -43,7 +43,9 @@ def eval_run(options: EvalOptions) -> Path:
     if record is None:
         raise TracinError(f"{options.run} is not a tracin-train run (no run.json)")
     class_map = read_class_map(options.class_map)
-    finished = [name for name, entry in record["models"].items() if entry.get("status") == "done" and entry.get("checkpoints")]
+    finished = [
+        name for name, entry in record["models"].items() if entry.get("status") == "done" and entry.get("checkpoints")
+    ]
     if not finished:
         raise TracinError(f"{options.run} has no finished model to evaluate")
     spec = SPECS[record["data_config"]["dataset"]]

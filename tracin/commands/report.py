@@ -14,11 +14,11 @@ The checks read the stored rankings and scores; only randomization and predictio
 from __future__ import annotations
 
 import contextlib
-import warnings
 import json
 import time
-from datetime import datetime
+import warnings
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -32,23 +32,27 @@ from tracin.engine.randomization import fresh_model, module_of, randomized_check
 from tracin.engine.tracin import TracIn
 from tracin.errors import StoreError, TracinError
 from tracin.files import exclusive_lock, refuse_links, report_path, write_atomic
-from tracin.results import sanity
+from tracin.options import ReportOptions, ScoreOptions
+from tracin.results import sanity, statistics
 from tracin.results.agreement import agreement_table
 from tracin.results.comparison import CompareOptions
-from tracin.results.sanity import INHERITED, MODEL_ROWS
-from tracin.results import statistics
 from tracin.results.figures import check_finished, plot_quality_report, quality_report_markdown, report_verdicts
-from tracin.options import ReportOptions, ScoreOptions
 from tracin.results.runs import (
-    TrainedRun, check_scored_checkpoints, checked_data, describe_salvage, load_role_checkpoints, open_trained_run,
-    positions_in, scoring_loss,
+    TrainedRun,
+    check_scored_checkpoints,
+    checked_data,
+    describe_salvage,
+    load_role_checkpoints,
+    open_trained_run,
+    positions_in,
+    scoring_loss,
 )
+from tracin.results.sanity import INHERITED, MODEL_ROWS
 from tracin.results.store import QUALITY_REPORT, RANDOMIZATION, ScoreFile, salvage_own_damage
 from tracin.results.validation import OWN, RANDOM
 from tracin.runtime import Runtime, machine, start_runtime
 from tracin.training.data import RunData, Split
 from tracin.training.models import build_model
-
 
 
 def report_run(options: ReportOptions) -> Path:
@@ -57,7 +61,9 @@ def report_run(options: ReportOptions) -> Path:
     run = open_trained_run(options.run, options.data_root)
     path = Path(options.scores) if options.scores else run.paths.root / "tracin.h5"
     if not path.is_file():
-        raise TracinError(f"{path} does not exist: score the run with tracin-score first (or name the file with --scores)")
+        raise TracinError(
+            f"{path} does not exist: score the run with tracin-score first (or name the file with --scores)"
+        )
     started = time.monotonic()
     with start_runtime(options.device, options.quiet) as runtime, _locks(run, path):
         if runtime.distributed:
@@ -69,18 +75,25 @@ def report_run(options: ReportOptions) -> Path:
             check_finished(store)
             models = [m for m in options.models if m in store.models]
             if not models:
-                raise TracinError(f"{path} has none of the models {', '.join(options.models)} (it has {', '.join(store.models)})")
+                raise TracinError(
+                    f"{path} has none of the models {', '.join(options.models)} (it has {', '.join(store.models)})"
+                )
             check_scored_checkpoints(store, run, models)
             data = checked_data(run)
             if refresh_agreement(store):
-                runtime.log("agreement table recomputed with the controls (own - other teacher's p and detectable difference, "
-                            "shared - other init)")
+                runtime.log(
+                    "agreement table recomputed with the controls (own - other teacher's p and detectable difference, "
+                    "shared - other init)"
+                )
             randomization = update_randomization(store, models, run, data, options, runtime)
             predictions = {m: test_predictions(m, store, run, data, runtime) for m in models}
             table = quality_report_table(store, models, randomization, predictions, options.seed)
-            provenance = {"machine": machine(), "finished": datetime.now().isoformat(timespec="seconds"),
-                          "seconds": round(time.monotonic() - started, 1),
-                          "randomization_seconds": round(store.randomization_seconds, 1)}
+            provenance = {
+                "machine": machine(),
+                "finished": datetime.now().isoformat(timespec="seconds"),
+                "seconds": round(time.monotonic() - started, 1),
+                "randomization_seconds": round(store.randomization_seconds, 1),
+            }
             store.write_quality_report(table, provenance)
             said = report_verdicts(store, table)
         print(sanity.format_quality_report(table, options.groups), flush=True)
@@ -123,18 +136,28 @@ def _stored_settings(store: ScoreFile) -> dict:
 def stored_score_config(store: ScoreFile) -> ScoreConfig:
     """The ScoreConfig the file was scored with (its settings' score.* entries)."""
     settings = _stored_settings(store)
-    return ScoreConfig.from_dict({k.removeprefix("score."): v for k, v in settings.items()
-                                  if k.startswith("score.") and k not in ("score.loss", "score.test_label")})
+    return ScoreConfig.from_dict(
+        {
+            k.removeprefix("score."): v
+            for k, v in settings.items()
+            if k.startswith("score.") and k not in ("score.loss", "score.test_label")
+        }
+    )
 
 
 def randomization_settings(store: ScoreFile, options: ReportOptions) -> dict:
     """What the randomization rows depend on: the scores (their file's settings) and the samples."""
-    return {"scores": store.attributes["settings"], "train": options.randomization_train, "test": options.randomization_test,
-            "seed": options.seed}
+    return {
+        "scores": store.attributes["settings"],
+        "train": options.randomization_train,
+        "test": options.randomization_test,
+        "seed": options.seed,
+    }
 
 
-def update_randomization(store: ScoreFile, models: Sequence[str], run: TrainedRun, data: RunData, options: ReportOptions,
-                         runtime: Runtime) -> np.ndarray:
+def update_randomization(
+    store: ScoreFile, models: Sequence[str], run: TrainedRun, data: RunData, options: ReportOptions, runtime: Runtime
+) -> np.ndarray:
     """The file's /randomization rows for `models`, computing (and writing, model by model) those missing."""
     settings = randomization_settings(store, options)
     table = store.randomization(settings)
@@ -151,26 +174,36 @@ def update_randomization(store: ScoreFile, models: Sequence[str], run: TrainedRu
     return table[np.isin(table["model"], [m.encode() for m in models])]
 
 
-def _subsets(store: ScoreFile, data: RunData, options: ReportOptions, name: str) -> tuple[np.ndarray, np.ndarray, Split, Split]:
+def _subsets(
+    store: ScoreFile, data: RunData, options: ReportOptions, name: str
+) -> tuple[np.ndarray, np.ndarray, Split, Split]:
     """(score-file train rows, test rows, the examples at them, as model `name` trained on them) sampled for
     randomization."""
     train_rows = statistics.sample_rows(store.n_train, options.randomization_train, options.seed)
     test_rows = statistics.sample_rows(store.n_test, options.randomization_test, options.seed + 1)
-    train = data.train_of(name).subset(torch.as_tensor(positions_in(store.train_index[train_rows], data.train.index.numpy())))
+    train = data.train_of(name).subset(
+        torch.as_tensor(positions_in(store.train_index[train_rows], data.train.index.numpy()))
+    )
     test = data.test.subset(torch.as_tensor(positions_in(store.test_index[test_rows], data.test.index.numpy())))
     return train_rows, test_rows, train, test
 
 
-def randomization_rows(name: str, store: ScoreFile, run: TrainedRun, data: RunData, options: ReportOptions,
-                       runtime: Runtime) -> np.ndarray:
+def randomization_rows(
+    name: str, store: ScoreFile, run: TrainedRun, data: RunData, options: ReportOptions, runtime: Runtime
+) -> np.ndarray:
     """RANDOMIZATION_DTYPE rows of one model: for each step of the cascade (sanity.cascade) and variant, the
     Spearman correlation per sampled test row of its stored scores with the re-initialised model's."""
     settings = _stored_settings(store)
     checkpoints, config, last = load_role_checkpoints(run, name, settings["checkpoints"])
     variants = store.model(name).variants
     score_config = replace(stored_score_config(store), variants=tuple(variants))
-    loss = scoring_loss(name, last, ScoreOptions(run=run.paths.root.name, loss=settings["score.loss"],
-                                                 test_label=settings.get("score.test_label", "label")))
+    loss = scoring_loss(
+        name,
+        last,
+        ScoreOptions(
+            run=run.paths.root.name, loss=settings["score.loss"], test_label=settings.get("score.test_label", "label")
+        ),
+    )
     engine = EngineConfig(batch_size=settings["batch_size"], progress=False)
     train_rows, test_rows, train, test = _subsets(store, data, options, name)
     trained = {v: store.model(name).matrix(variant=v)[:, test_rows][train_rows].astype(np.float64) for v in variants}
@@ -182,7 +215,9 @@ def randomization_rows(name: str, store: ScoreFile, run: TrainedRun, data: RunDa
     for step, (label, randomized) in enumerate(steps, 1):
         runtime.log(f"  {name}: {label} re-initialised ({step}/{len(steps)})")
         replayed = randomized_checkpoints(fresh, checkpoints, randomized, score_config.groups)
-        scores = TracIn(build_model(config), replayed, score_config, loss, engine, runtime.device).scores_by_variant(train, test)
+        scores = TracIn(build_model(config), replayed, score_config, loss, engine, runtime.device).scores_by_variant(
+            train, test
+        )
         for variant in variants:
             rho = sanity.randomization_spearman(trained[variant], scores[variant].numpy().astype(np.float64))
             rows += [(name, variant, label, row, value) for row, value in zip(test_rows, rho)]
@@ -203,8 +238,13 @@ def test_predictions(name: str, store: ScoreFile, run: TrainedRun, data: RunData
 # --- the table -------------------------------------------------------------------------------------------
 
 
-def quality_report_table(store: ScoreFile, models: Sequence[str], randomization: np.ndarray,
-                         predictions: dict[str, np.ndarray], seed: int = 0) -> np.ndarray:
+def quality_report_table(
+    store: ScoreFile,
+    models: Sequence[str],
+    randomization: np.ndarray,
+    predictions: dict[str, np.ndarray],
+    seed: int = 0,
+) -> np.ndarray:
     """REPORT_DTYPE rows: every check the file allows, per model and variant (model-level checks under
     MODEL_ROWS)."""
     rows = []
@@ -228,13 +268,25 @@ def _attribution_rows(store: ScoreFile, name: str, variant: str, randomization: 
     k = min(sanity.SANITY_K, top.shape[1])
     train_labels, test_labels = store.train_labels, store.test_labels
     class_share = np.bincount(train_labels, minlength=test_labels.max() + 1)[test_labels] / store.n_train
-    rows = [sanity.summary_row(f"identical class top-{n}", name, variant, sanity.identical_class(top, train_labels, test_labels, n),
-                               float(class_share.mean()), seed) for n in (1, k)]
+    rows = [
+        sanity.summary_row(
+            f"identical class top-{n}",
+            name,
+            variant,
+            sanity.identical_class(top, train_labels, test_labels, n),
+            float(class_share.mean()),
+            seed,
+        )
+        for n in (1, k)
+    ]
     if store.coarse:
         for n in (1, k):
-            same, chance = sanity.identical_subclass(top, store.train_fine_labels, store.test_fine_labels,
-                                                  store.train_clean_labels, test_labels, n)
-            rows.append(sanity.summary_row(f"identical subclass top-{n}", name, variant, same, float(np.nanmean(chance)), seed))
+            same, chance = sanity.identical_subclass(
+                top, store.train_fine_labels, store.test_fine_labels, store.train_clean_labels, test_labels, n
+            )
+            rows.append(
+                sanity.summary_row(f"identical subclass top-{n}", name, variant, same, float(np.nanmean(chance)), seed)
+            )
     share, low, high = sanity.top1_share_ci(top[:, 0], seed)
     chance = sanity.random_top1_share(store.n_train, len(top), seed)
     rows.append(("concentration: top-1 share (lower)", name, variant, share, low, high, chance, len(top)))
@@ -274,20 +326,39 @@ def _shortcut_rows(store: ScoreFile, name: str, variant: str, top: np.ndarray, k
     precision = sanity.precision_at_k(top[test_rows], stamped, k)
     matrix = store.model(name).matrix(variant=variant)
     auc = sanity.ranking_auc(np.asarray(matrix[:, test_rows], dtype=np.float64), stamped)
-    rows = [sanity.summary_row(f"shortcut precision@{k}", name, variant, precision, float(stamped.mean()), seed),
-            sanity.summary_row("shortcut AUC", name, variant, auc, 0.5, seed)]
+    rows = [
+        sanity.summary_row(f"shortcut precision@{k}", name, variant, precision, float(stamped.mean()), seed),
+        sanity.summary_row("shortcut AUC", name, variant, auc, 0.5, seed),
+    ]
     predictions = store.model(name).predictions
-    for label, predicted in (("other-class", None), ("predicted-as-shortcut", None if predictions is None else predictions[0])):
+    for label, predicted in (
+        ("other-class", None),
+        ("predicted-as-shortcut", None if predictions is None else predictions[0]),
+    ):
         if label == "predicted-as-shortcut" and predicted is None:
             continue
         chosen = sanity.shortcut_other_rows(store.test_stamped, store.test_labels, shortcut, predicted)
         if len(chosen) == 0:
             continue
         columns = np.asarray(matrix[:, chosen], dtype=np.float64)
-        rows += [sanity.summary_row(f"{label} shortcut precision@{k}", name, variant,
-                                    sanity.precision_at_k(top[chosen], stamped, k), float(stamped.mean()), seed),
-                 sanity.summary_row(f"{label} shortcut AUPRC", name, variant, sanity.average_precision(columns, stamped),
-                                    float(stamped.mean()), seed)]
+        rows += [
+            sanity.summary_row(
+                f"{label} shortcut precision@{k}",
+                name,
+                variant,
+                sanity.precision_at_k(top[chosen], stamped, k),
+                float(stamped.mean()),
+                seed,
+            ),
+            sanity.summary_row(
+                f"{label} shortcut AUPRC",
+                name,
+                variant,
+                sanity.average_precision(columns, stamped),
+                float(stamped.mean()),
+                seed,
+            ),
+        ]
     return rows
 
 
@@ -299,26 +370,44 @@ def _shortcut_distillation_rows(store: ScoreFile, variant: str, seed: int) -> li
     shortcut = store.shortcut_of("student")
     stamped = store.train_stamped & (store.train_labels == shortcut)
     names = [n for n in ("teacher", "student", "student_baseline", "teacher.r1", "student.r1") if n in store.models]
-    if shortcut is None or not {"teacher", "student"} <= set(names) or any(variant not in store.model(n).variants for n in names):
+    if (
+        shortcut is None
+        or not {"teacher", "student"} <= set(names)
+        or any(variant not in store.model(n).variants for n in names)
+    ):
         return []
     test_rows = sanity.shortcut_test_rows(store.test_stamped, store.test_labels, shortcut)
     top = {n: store.model(n).variant_rankings(variant)[0].top_index[test_rows] for n in names}
     k = min(sanity.SANITY_K, top["student"].shape[1])
     found = []
     if "student_baseline" in top:
-        difference = sanity.precision_at_k(top["student"], stamped, k) - sanity.precision_at_k(top["student_baseline"], stamped, k)
-        found.append(sanity.summary_row(f"shortcut precision@{k} - baseline's", "student", variant, difference, 0.0, seed))
+        difference = sanity.precision_at_k(top["student"], stamped, k) - sanity.precision_at_k(
+            top["student_baseline"], stamped, k
+        )
+        found.append(
+            sanity.summary_row(f"shortcut precision@{k} - baseline's", "student", variant, difference, 0.0, seed)
+        )
     own = sanity.shared_stamped(top["teacher"], top["student"], stamped, k)
     found.append(sanity.summary_row(f"stamped top-{k} shared with own teacher", "student", variant, own, np.nan, seed))
     if "teacher.r1" in top:
         other = sanity.shared_stamped(top["teacher.r1"], top["student"], stamped, k)
-        found.append(sanity.summary_row(f"stamped top-{k} shared with another teacher", "student", variant, other, np.nan, seed))
-        found.append(sanity.summary_row(f"stamped top-{k} shared: own - other teacher", "student", variant, own - other, 0.0, seed))
+        found.append(
+            sanity.summary_row(f"stamped top-{k} shared with another teacher", "student", variant, other, np.nan, seed)
+        )
+        found.append(
+            sanity.summary_row(
+                f"stamped top-{k} shared: own - other teacher", "student", variant, own - other, 0.0, seed
+            )
+        )
         floor = sanity.shared_stamped(top["teacher"], top["teacher.r1"], stamped, k)
-        found.append(sanity.summary_row(f"stamped top-{k} shared with its replica", "teacher", variant, floor, np.nan, seed))
+        found.append(
+            sanity.summary_row(f"stamped top-{k} shared with its replica", "teacher", variant, floor, np.nan, seed)
+        )
     if "student.r1" in top:
         floor = sanity.shared_stamped(top["student"], top["student.r1"], stamped, k)
-        found.append(sanity.summary_row(f"stamped top-{k} shared with its replica", "student", variant, floor, np.nan, seed))
+        found.append(
+            sanity.summary_row(f"stamped top-{k} shared with its replica", "student", variant, floor, np.nan, seed)
+        )
     return found
 
 
@@ -363,15 +452,29 @@ def _inheritance_rows(store: ScoreFile, models: Sequence[str], seed: int) -> lis
                 continue
             values = _mean_over_replicas([taken(names[r], shortcut[r], rows) for r in replicas])
             side_values[side, role] = values
-            found.append(sanity.summary_row(f"{INHERITED}: taken for teacher's class, {side}", role, MODEL_ROWS, values, np.nan, seed))
+            found.append(
+                sanity.summary_row(
+                    f"{INHERITED}: taken for teacher's class, {side}", role, MODEL_ROWS, values, np.nan, seed
+                )
+            )
         if len(replicas) > 1:
-            values = _mean_over_replicas([taken(by_role["student"][o], shortcut[r], rows) for r in replicas for o in replicas if o != r])
+            values = _mean_over_replicas(
+                [taken(by_role["student"][o], shortcut[r], rows) for r in replicas for o in replicas if o != r]
+            )
             side_values[side, "control"] = values
-            found.append(sanity.summary_row(f"{INHERITED}: another teacher's class, {side}", "student", MODEL_ROWS, values, np.nan, seed))
+            found.append(
+                sanity.summary_row(
+                    f"{INHERITED}: another teacher's class, {side}", "student", MODEL_ROWS, values, np.nan, seed
+                )
+            )
     for other, label in (("student_baseline", "baseline"), ("control", "control")):
         if ("stamped", other) in side_values:
             difference = side_values["stamped", "student"] - side_values["stamped", other]
-            found.append(sanity.summary_row(f"{INHERITED}: stamped, student - {label}", "student", MODEL_ROWS, difference, 0.0, seed))
+            found.append(
+                sanity.summary_row(
+                    f"{INHERITED}: stamped, student - {label}", "student", MODEL_ROWS, difference, 0.0, seed
+                )
+            )
     return found
 
 
@@ -381,9 +484,15 @@ def _inherited_attribution_rows(store: ScoreFile, models: Sequence[str], variant
     student's overlap@k with its own teacher less its mean overlap with the other replicas' teachers (k: 10
     and the file's largest). The filtered rows need the students' stored predictions."""
     by_role, replicas = _replicas(models)
-    if len(replicas) < 2 or any(variant not in store.model(by_role[r][i]).variants for r in ("teacher", "student") for i in replicas):
+    if len(replicas) < 2 or any(
+        variant not in store.model(by_role[r][i]).variants for r in ("teacher", "student") for i in replicas
+    ):
         return []
-    top = {(role, r): store.model(by_role[role][r]).variant_rankings(variant)[0].top_index for role in ("teacher", "student") for r in replicas}
+    top = {
+        (role, r): store.model(by_role[role][r]).variant_rankings(variant)[0].top_index
+        for role in ("teacher", "student")
+        for r in replicas
+    }
     labels, stamped = store.test_labels, store.test_stamped
     found = []
     shortcut = {r: store.shortcut_of(by_role["teacher"][r]) for r in replicas}
@@ -396,11 +505,17 @@ def _inherited_attribution_rows(store: ScoreFile, models: Sequence[str], variant
         difference = {}
         for r in replicas:
             own = statistics.overlap_at_k(top["student", r], top["teacher", r], k)
-            other = np.mean([statistics.overlap_at_k(top["student", r], top["teacher", o], k) for o in replicas if o != r], axis=0)
+            other = np.mean(
+                [statistics.overlap_at_k(top["student", r], top["teacher", o], k) for o in replicas if o != r], axis=0
+            )
             difference[r] = own - other
         for which, chosen in rows.items():
             per_row = _mean_over_replicas([np.where(chosen[r], difference[r], np.nan) for r in replicas])
-            found.append(sanity.summary_row(f"{INHERITED}: own - other teacher@{k}, {which}", "student", variant, per_row, 0.0, seed))
+            found.append(
+                sanity.summary_row(
+                    f"{INHERITED}: own - other teacher@{k}, {which}", "student", variant, per_row, 0.0, seed
+                )
+            )
     return found
 
 
@@ -423,9 +538,12 @@ def _model_rows(store: ScoreFile, name: str, predicted: Optional[np.ndarray], se
         correct = (predicted == labels).astype(np.float64)
         taken = (predicted == shortcut).astype(np.float64)
         other = labels != shortcut
-        for check, values, chosen in (("accuracy, clean test", correct, ~stamped), ("accuracy, stamped test", correct, stamped),
-                                      ("other class taken for shortcut class, clean", taken, ~stamped & other),
-                                      ("other class taken for shortcut class, stamped", taken, stamped & other)):
+        for check, values, chosen in (
+            ("accuracy, clean test", correct, ~stamped),
+            ("accuracy, stamped test", correct, stamped),
+            ("other class taken for shortcut class, clean", taken, ~stamped & other),
+            ("other class taken for shortcut class, stamped", taken, stamped & other),
+        ):
             rows.append(sanity.summary_row(check, name, MODEL_ROWS, values[chosen], np.nan, seed))
     return rows
 
@@ -442,13 +560,25 @@ def _validation_rows(store: ScoreFile, models: Sequence[str]) -> list[tuple]:
     rows = []
     for row in lds:
         if row["model"] == row["scores_of"] and row["model"].decode() in models:
-            rows.append(("LDS", row["model"], row["variant"], row["lds"], row["ci_low"], row["ci_high"], 0.0, row["n_rows"]))
+            rows.append(
+                ("LDS", row["model"], row["variant"], row["lds"], row["ci_low"], row["ci_high"], 0.0, row["n_rows"])
+            )
     random = {(r["model"], r["k"]): r["mean_change"] for r in leave_out if r["condition"] == RANDOM.encode()}
     for row in leave_out:
         if row["condition"] == OWN.encode() and row["model"].decode() in models:
             chance = random.get((row["model"], row["k"]), np.nan)  # removing k random examples moves the margin too
-            rows.append((f"leave-top-{row['k']}-out margin change (lower)", row["model"], row["variant"], row["mean_change"],
-                         row["ci_low"], row["ci_high"], chance, row["n_rows"]))
+            rows.append(
+                (
+                    f"leave-top-{row['k']}-out margin change (lower)",
+                    row["model"],
+                    row["variant"],
+                    row["mean_change"],
+                    row["ci_low"],
+                    row["ci_high"],
+                    chance,
+                    row["n_rows"],
+                )
+            )
     return rows
 
 
@@ -459,8 +589,12 @@ def write_quality_files(path: Path, table: np.ndarray, said: Sequence[str] = ())
     """quality_report.md (the table and the verdicts `said`) beside the score file and
     plots/quality_report.png; returns the Markdown's path."""
     markdown = report_path(path, "quality_report.md")
-    refuse_links((markdown, report_path(path, "plots"), report_path(path, "plots") / "quality_report.png"), "the report")
-    text = quality_report_markdown(table, groups=True) + "".join(f"\n- {line}" for line in said) + ("\n" if said else "")
+    refuse_links(
+        (markdown, report_path(path, "plots"), report_path(path, "plots") / "quality_report.png"), "the report"
+    )
+    text = (
+        quality_report_markdown(table, groups=True) + "".join(f"\n- {line}" for line in said) + ("\n" if said else "")
+    )
     write_atomic(markdown, lambda handle: handle.write(text.encode()))
     figure = plot_quality_report(table, said)
     plots = report_path(path, "plots")

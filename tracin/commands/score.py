@@ -25,30 +25,46 @@ import torch
 import torch.distributed as dist
 
 from tracin import faults
-from tracin.engine.blocks import MemoryPlan, work_factor
-from tracin.files import exclusive_lock, refuse_link, remove_stale_temporaries, report_path
-from tracin.training.checkpoints import Checkpoint
-from tracin.results.agreement import agreement_table, format_agreement, format_agreement_by_depth, of_layer_groups
-from tracin.results.comparison import CompareOptions, compare_models, format_tables
-from tracin.results.statistics import parse_topk
 from tracin.config import (
-    ENSEMBLE_SUFFIX, ROLES, ensemble_name, model_name,
+    ENSEMBLE_SUFFIX,
+    ROLES,
+    ensemble_name,
+    model_name,
     replicas_by_role,
 )
-from tracin.training.data import RunData, stratified_subset
-from tracin.errors import CheckpointError, DataError, TracinError
-from tracin.options import ScoreOptions
-from tracin.training.models import build_model
-from tracin.results.quality import QUALITY_DTYPE, format_quality, quality_row
-from tracin.results.figures import detection_rows, format_detection, mislabel_curves, write_report
-from tracin.runtime import Runtime, start_runtime
-from tracin.results.runs import (
-    TrainedRun, checked_data, describe_salvage, load_role_checkpoints, open_trained_run, scoring_loss, trained_replicas,
-)
+from tracin.engine.blocks import MemoryPlan, work_factor
 from tracin.engine.tracin import ScoreBlock, TracIn
-from tracin.results.store import (
-    SELF_INFLUENCES, DataArrays, ModelScores, ScoreFile, rank_matrix, rankings_name, replacing_path, to_numpy,
+from tracin.errors import CheckpointError, DataError, TracinError
+from tracin.files import exclusive_lock, refuse_link, remove_stale_temporaries, report_path
+from tracin.options import ScoreOptions
+from tracin.results.agreement import agreement_table, format_agreement, format_agreement_by_depth, of_layer_groups
+from tracin.results.comparison import CompareOptions, compare_models, format_tables
+from tracin.results.figures import detection_rows, format_detection, mislabel_curves, write_report
+from tracin.results.quality import QUALITY_DTYPE, format_quality, quality_row
+from tracin.results.runs import (
+    TrainedRun,
+    checked_data,
+    describe_salvage,
+    load_role_checkpoints,
+    open_trained_run,
+    scoring_loss,
+    trained_replicas,
 )
+from tracin.results.statistics import parse_topk
+from tracin.results.store import (
+    SELF_INFLUENCES,
+    DataArrays,
+    ModelScores,
+    ScoreFile,
+    rank_matrix,
+    rankings_name,
+    replacing_path,
+    to_numpy,
+)
+from tracin.runtime import Runtime, start_runtime
+from tracin.training.checkpoints import Checkpoint
+from tracin.training.data import RunData, stratified_subset
+from tracin.training.models import build_model
 
 
 def model_names(run: TrainedRun, options: ScoreOptions) -> tuple[str, ...]:
@@ -59,8 +75,10 @@ def model_names(run: TrainedRun, options: ScoreOptions) -> tuple[str, ...]:
     if options.replicas is not None:
         short = [f"{role} ({count})" for role, count in counts.items() if count < options.replicas]
         if short:
-            raise TracinError(f"--replicas {options.replicas}: the run has fewer trained replicas of {', '.join(short)}; "
-                              f"train them with tracin-train --run {run.paths.root.name} --resume --replicas {options.replicas}")
+            raise TracinError(
+                f"--replicas {options.replicas}: the run has fewer trained replicas of {', '.join(short)}; "
+                f"train them with tracin-train --run {run.paths.root.name} --resume --replicas {options.replicas}"
+            )
         counts = dict.fromkeys(roles, options.replicas)
     names = [model_name(role, r) for r in range(max(counts.values(), default=0)) for role in roles if r < counts[role]]
     return tuple(dict.fromkeys(names + [name for name in options.models if name not in ROLES]))
@@ -80,9 +98,15 @@ def scoring_data(run: TrainedRun, options: ScoreOptions) -> RunData:
 
 def data_arrays(data: RunData) -> DataArrays:
     return DataArrays(
-        data.train.index.numpy(), data.test.index.numpy(), data.train.labels.numpy(), data.test.labels.numpy(),
-        data.train.clean_labels.numpy(), data.train.fine_labels.numpy(), data.test.fine_labels.numpy(),
-        data.train.stamped.numpy(), data.test.stamped.numpy(),
+        data.train.index.numpy(),
+        data.test.index.numpy(),
+        data.train.labels.numpy(),
+        data.test.labels.numpy(),
+        data.train.clean_labels.numpy(),
+        data.train.fine_labels.numpy(),
+        data.test.fine_labels.numpy(),
+        data.train.stamped.numpy(),
+        data.test.stamped.numpy(),
     )
 
 
@@ -121,13 +145,18 @@ def file_attrs(options: ScoreOptions, run: TrainedRun, data: RunData) -> dict:
         "layers": json.dumps(list(score.layers)),
         "loss": options.loss,
         **({"test_label": options.test_label} if options.test_label != "label" else {}),  # default files: as before
-        **({"shortcut_mode": "inherit", "shortcut_class": run.data_config.shortcut_class}
-           if run.data_config.shortcut_mode == "inherit" else {}),  # each teacher's shortcut class: sanity.shortcut_of
+        **(
+            {"shortcut_mode": "inherit", "shortcut_class": run.data_config.shortcut_class}
+            if run.data_config.shortcut_mode == "inherit"
+            else {}
+        ),  # each teacher's shortcut class: sanity.shortcut_of
         "precision": score.precision,
         "label_noise": run.data_config.label_noise,
         "classes": json.dumps(list(data.train.classes)),
         "fine_classes": json.dumps(list(data.train.fine_classes)),
-        "variants": json.dumps(list(score.variants)),  # as asked: each model's group records its own, VARIANT@* written out
+        "variants": json.dumps(
+            list(score.variants)
+        ),  # as asked: each model's group records its own, VARIANT@* written out
     }
 
 
@@ -137,32 +166,56 @@ def file_attrs(options: ScoreOptions, run: TrainedRun, data: RunData) -> dict:
 def build_engine(name: str, run: TrainedRun, options: ScoreOptions, runtime: Runtime) -> TracIn:
     checkpoints, config, last = load_role_checkpoints(run, name, options.checkpoints)
     engine = replace(options.engine, progress=not options.quiet and runtime.is_main)
-    return TracIn(build_model(config), checkpoints, options.score, scoring_loss(name, last, options), engine, runtime.device)
+    return TracIn(
+        build_model(config), checkpoints, options.score, scoring_loss(name, last, options), engine, runtime.device
+    )
 
 
 def _payload(block: ScoreBlock) -> tuple:
     """ModelScores.write_block's arguments, in numpy."""
     others = {variant: to_numpy(values) for variant, values in list(block.by_variant.items())[1:]}
-    kept = (block.self_influence, block.normalised_self_influence, block.group_self_influence,
-            block.group_normalised_self_influence)
+    kept = (
+        block.self_influence,
+        block.normalised_self_influence,
+        block.group_self_influence,
+        block.group_normalised_self_influence,
+    )
     self_influences = {name: to_numpy(values) for name, values in zip(SELF_INFLUENCES, kept) if values is not None}
-    return (block.row_start, block.col_start, to_numpy(block.scores), to_numpy(block.per_checkpoint), self_influences, others)
+    return (
+        block.row_start,
+        block.col_start,
+        to_numpy(block.scores),
+        to_numpy(block.per_checkpoint),
+        self_influences,
+        others,
+    )
 
 
-def score_model(store: Optional[ScoreFile], role: str, tracin: TracIn, data: RunData, runtime: Runtime,
-                options: ScoreOptions) -> None:
+def score_model(
+    store: Optional[ScoreFile], role: str, tracin: TracIn, data: RunData, runtime: Runtime, options: ScoreOptions
+) -> None:
     """Score one model's missing blocks into the file (rank 0 writes; other ranks compute their share)."""
     layout = None
     if runtime.is_main:
         plan = tracin.memory_plan(data.train_of(role), data.test, options.per_checkpoint)
-        scores = store.prepare_model(role, tracin.checkpoints, tracin.parameter_names, plan.chunk, plan.block,
-                                     options.per_checkpoint, tracin.variants, tracin.group_names)
+        scores = store.prepare_model(
+            role,
+            tracin.checkpoints,
+            tracin.parameter_names,
+            plan.chunk,
+            plan.block,
+            options.per_checkpoint,
+            tracin.variants,
+            tracin.group_names,
+        )
         if (scores.row_chunk, scores.test_block) == (plan.chunk, plan.block):
             runtime.log(f"{role}: {plan.describe(len(data.test))}")
         else:  # a resumed file keeps the blocking it was started with
-            runtime.log(f"{role}: blocks of the file being resumed: {scores.test_block} test examples, train chunks of "
-                        f"{scores.row_chunk} rows ({plan.budget / 2**30:.3g} GiB, {plan.source}, would make "
-                        f"{plan.block} and {plan.chunk})")
+            runtime.log(
+                f"{role}: blocks of the file being resumed: {scores.test_block} test examples, train chunks of "
+                f"{scores.row_chunk} rows ({plan.budget / 2**30:.3g} GiB, {plan.source}, would make "
+                f"{plan.block} and {plan.chunk})"
+            )
         layout = (scores.row_chunk, scores.test_block, scores.done)
     row_chunk, test_block, done = runtime.broadcast_object(layout)
 
@@ -170,13 +223,27 @@ def score_model(store: Optional[ScoreFile], role: str, tracin: TracIn, data: Run
         chunk_index = r0 // row_chunk
         return bool(done[chunk_index, c0 // test_block]) or chunk_index % runtime.world_size != runtime.rank
 
-    todo = torch.tensor([sum(1 for r in range(done.shape[0]) for c in range(done.shape[1])
-                             if not done[r, c] and r % runtime.world_size == runtime.rank)])
+    todo = torch.tensor(
+        [
+            sum(
+                1
+                for r in range(done.shape[0])
+                for c in range(done.shape[1])
+                if not done[r, c] and r % runtime.world_size == runtime.rank
+            )
+        ]
+    )
     if runtime.distributed:
         dist.all_reduce(todo, op=dist.ReduceOp.MAX)
     n_steps = int(todo.item())
-    blocks = tracin.iter_blocks(data.train_of(role), data.test, options.per_checkpoint, skip=skip, self_influence=True,
-                                layout=(row_chunk, test_block))
+    blocks = tracin.iter_blocks(
+        data.train_of(role),
+        data.test,
+        options.per_checkpoint,
+        skip=skip,
+        self_influence=True,
+        layout=(row_chunk, test_block),
+    )
     for payload in runtime.gathered((_payload(block) for block in blocks), n_steps):
         if payload is not None and runtime.is_main:
             scores.write_block(*payload)
@@ -188,7 +255,9 @@ def write_rankings(scores: ModelScores, k: int, device: torch.device) -> None:
     """top-k tables of the summed scores, of each other variant's and, when kept, of each checkpoint's term."""
     scores.write_rankings(rankings_name(), *rank_matrix(scores.matrix(), k, device=device))
     for variant in scores.variants[1:]:
-        scores.write_rankings(rankings_name(variant=variant), *rank_matrix(scores.matrix(variant=variant), k, device=device))
+        scores.write_rankings(
+            rankings_name(variant=variant), *rank_matrix(scores.matrix(variant=variant), k, device=device)
+        )
     if scores.has_per_checkpoint:
         for index, epoch in enumerate(scores.epochs):
             scores.write_rankings(rankings_name(epoch), *rank_matrix(scores.matrix(index), k, device=device))
@@ -212,7 +281,9 @@ def score_run(options: ScoreOptions) -> Path:
         runtime.log(data_source(run, options))
         ks = parse_topk(options.topk, limit=min(len(data.train), len(data.test)), cap=options.cap_topk)
         if options.cap_topk and ks != parse_topk(options.topk):
-            runtime.log(f"--topk capped at {min(len(data.train), len(data.test))} examples: k = {', '.join(map(str, ks))}")
+            runtime.log(
+                f"--topk capped at {min(len(data.train), len(data.test))} examples: k = {', '.join(map(str, ks))}"
+            )
         digests = checked_models(run, options, data, runtime)
         store = _open_store(out, options, run, data, digests) if runtime.is_main else None
         runtime.barrier()
@@ -220,7 +291,9 @@ def score_run(options: ScoreOptions) -> Path:
             for role, digest in digests.items():
                 tracin = build_engine(role, run, options, runtime)
                 if checkpoints_digest(tracin.checkpoints) != digest:
-                    raise CheckpointError(f"the checkpoints of {role} changed while the run was scored; run the same command again")
+                    raise CheckpointError(
+                        f"the checkpoints of {role} changed while the run was scored; run the same command again"
+                    )
                 score_role(store, role, tracin, data, runtime, options, max(ks))
                 del tracin  # one model's checkpoints in memory at a time
             if runtime.is_main:
@@ -259,8 +332,10 @@ def plan_warning(name: str, plan: MemoryPlan, n_train: int, n_test: int, batch_s
     factor = work_factor(n_train, n_test, plan.chunk, plan.block, batch_size)
     if factor <= SLOW_PLAN:
         return None
-    return (f"warning: {name}: {plan.describe(n_test)}: {factor:.0f} times the gradient batches of one pass; "
-            "more memory (--max-memory-gb) makes it faster")
+    return (
+        f"warning: {name}: {plan.describe(n_test)}: {factor:.0f} times the gradient batches of one pass; "
+        "more memory (--max-memory-gb) makes it faster"
+    )
 
 
 def checkpoints_digest(checkpoints: Sequence[Checkpoint]) -> str:
@@ -283,7 +358,9 @@ def _open_store(out: Path, options: ScoreOptions, run: TrainedRun, data: RunData
     for stale in remove_stale_temporaries(out):
         print(f"removed {stale}, left by an interrupted run", flush=True)
     settings = settings_of(options, run, data, digests)
-    store, resumed = ScoreFile.create_or_resume(out, settings, file_attrs(options, run, data), data_arrays(data), options.overwrite)
+    store, resumed = ScoreFile.create_or_resume(
+        out, settings, file_attrs(options, run, data), data_arrays(data), options.overwrite
+    )
     if store.salvaged is not None:
         print(describe_salvage(store.path, store.salvaged), flush=True)
     if resumed:
@@ -293,8 +370,15 @@ def _open_store(out: Path, options: ScoreOptions, run: TrainedRun, data: RunData
     return store
 
 
-def score_role(store: Optional[ScoreFile], role: str, tracin: TracIn, data: RunData, runtime: Runtime,
-               options: ScoreOptions, k: int) -> None:
+def score_role(
+    store: Optional[ScoreFile],
+    role: str,
+    tracin: TracIn,
+    data: RunData,
+    runtime: Runtime,
+    options: ScoreOptions,
+    k: int,
+) -> None:
     """One model's missing blocks, then (rank 0) its losses and top-k tables."""
     started = time.perf_counter()
     score_model(store, role, tracin, data, runtime, options)
@@ -305,8 +389,10 @@ def score_role(store: Optional[ScoreFile], role: str, tracin: TracIn, data: RunD
         write_rankings(store.model(role), k, runtime.device)
         seconds = store.model(role).add_scoring_seconds(time.perf_counter() - started)
         per_pair = seconds / (len(data.train) * len(data.test))
-        runtime.log(f"{role}: {len(tracin.checkpoints)} checkpoint(s), {len(data.train)} x {len(data.test)} "
-                    f"scores in {seconds:.1f} s ({per_pair:.3g} s per train-test pair, all variants)")
+        runtime.log(
+            f"{role}: {len(tracin.checkpoints)} checkpoint(s), {len(data.train)} x {len(data.test)} "
+            f"scores in {seconds:.1f} s ({per_pair:.3g} s per train-test pair, all variants)"
+        )
 
 
 def data_source(run: TrainedRun, options: ScoreOptions) -> str:

@@ -1,16 +1,16 @@
 """tracin-sweep: one distillation experiment over values of one or more settings, one results table.
 
-    the combinations of the --vary values (a grid)
-    train only what must be trained, each through tracin-train's own code path (train_run):
-        settings only the distilled student reads (temperature, alpha, kd_loss, distill, teacher_epoch):
-            one shared run `base` trains the teacher and the baseline student once; each combination's run
-            trains its student from the shared teacher's checkpoint (teacher_epoch: which one, the
-            teacher-quality sweep)
-        settings the students' shape reads (student_stages, student_init): the shared teacher, and each
-            combination trains its student and its baseline
-        anything else (epochs, width, seed, lr, augment, ...): each combination trains all three models
-    every run is a tracin-train run folder under OUT_ROOT/SWEEP/: a killed sweep continues where it stopped
-    results.csv, results.md and results.png in OUT_ROOT/SWEEP/: a row per run and model
+the combinations of the --vary values (a grid)
+train only what must be trained, each through tracin-train's own code path (train_run):
+    settings only the distilled student reads (temperature, alpha, kd_loss, distill, teacher_epoch):
+        one shared run `base` trains the teacher and the baseline student once; each combination's run
+        trains its student from the shared teacher's checkpoint (teacher_epoch: which one, the
+        teacher-quality sweep)
+    settings the students' shape reads (student_stages, student_init): the shared teacher, and each
+        combination trains its student and its baseline
+    anything else (epochs, width, seed, lr, augment, ...): each combination trains all three models
+every run is a tracin-train run folder under OUT_ROOT/SWEEP/: a killed sweep continues where it stopped
+results.csv, results.md and results.png in OUT_ROOT/SWEEP/: a row per run and model
 """
 
 from __future__ import annotations
@@ -19,14 +19,17 @@ import csv
 import io
 import itertools
 import json
-from datetime import datetime
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from tracin.config import ROLES, SWEEP_KEYS as KEYS, SWEEP_SHAPE_KEYS as SHAPE_KEYS, SWEEP_TEACHER_KEYS as TEACHER_KEYS
+from tracin.config import ROLES
+from tracin.config import SWEEP_KEYS as KEYS
+from tracin.config import SWEEP_SHAPE_KEYS as SHAPE_KEYS
+from tracin.config import SWEEP_TEACHER_KEYS as TEACHER_KEYS
 from tracin.errors import TracinError
 from tracin.files import write_atomic, write_json_atomic
 from tracin.results import statistics
@@ -35,8 +38,17 @@ from tracin.runtime import machine
 from tracin.training.checkpoints import checkpoint_name
 
 BASE_RUN = "base"
-RESULT_FIELDS = ("run", "model", "test_acc", "best_epoch", "test_loss", "train_test_gap", "parameters",
-                 "train_images_per_s", "wall_s")
+RESULT_FIELDS = (
+    "run",
+    "model",
+    "test_acc",
+    "best_epoch",
+    "test_loss",
+    "train_test_gap",
+    "parameters",
+    "train_images_per_s",
+    "wall_s",
+)
 
 
 @dataclass(frozen=True)
@@ -62,12 +74,16 @@ class Sweep:
         keys = [key for key, _ in self.vary]
         epochs = dict(self.vary).get("teacher_epoch", ())
         if not all(value.isdigit() and int(value) >= 1 for value in epochs):
-            raise TracinError(f"--vary teacher_epoch takes saved epochs of the shared teacher (1, 2, ...), got {', '.join(epochs)}")
+            raise TracinError(
+                f"--vary teacher_epoch takes saved epochs of the shared teacher (1, 2, ...), got {', '.join(epochs)}"
+            )
         if len(set(keys)) != len(keys):
             raise TracinError("--vary names a setting twice")
         if "teacher_epoch" in keys and set(keys) & set(TEACHER_KEYS):
-            raise TracinError("--vary teacher_epoch picks checkpoints of one shared teacher: it cannot be combined with "
-                              f"settings that retrain the teacher ({', '.join(sorted(set(keys) & set(TEACHER_KEYS)))})")
+            raise TracinError(
+                "--vary teacher_epoch picks checkpoints of one shared teacher: it cannot be combined with "
+                f"settings that retrain the teacher ({', '.join(sorted(set(keys) & set(TEACHER_KEYS)))})"
+            )
         shared = {"--run", "--models", "--teacher", "--out-root", "--replicas", "--overwrite"}
         for word in self.base:
             if word.split("=", 1)[0] in shared:
@@ -134,13 +150,22 @@ def train_arguments(sweep: Sweep, teacher_epochs: int) -> list[tuple[str, list[s
         if sweep.shares_teacher:
             epoch = int(combination.get("teacher_epoch", teacher_epochs))
             teacher = sweep.root / BASE_RUN / "teacher" / checkpoint_name(epoch)
-            argv += ["--teacher", str(teacher), "--models", *(["student"] if sweep.shares_baseline else ["student", "student_baseline"])]
+            argv += [
+                "--teacher",
+                str(teacher),
+                "--models",
+                *(["student"] if sweep.shares_baseline else ["student", "student_baseline"]),
+            ]
         runs.append((name, argv))
     return runs
 
 
-def run_sweep(sweep: Sweep, train: Callable[[list[str]], None], teacher_epochs: int,
-              score: Optional[Callable[[list[str]], None]] = None) -> Path:
+def run_sweep(
+    sweep: Sweep,
+    train: Callable[[list[str]], None],
+    teacher_epochs: int,
+    score: Optional[Callable[[list[str]], None]] = None,
+) -> Path:
     """Train every run (train(argv): tracin-train's own code path; each continues a killed run); with
     sweep.score, score each run's finished models (score(argv): tracin-score's, which keeps a finished
     file); then write the results. Returns results.csv."""
@@ -162,8 +187,13 @@ def _finished_models(run: Path) -> list[str]:
 
 
 AGREEMENT_K = 100  # overlap@k of a student's and its teacher's test proponents (at most the stored k)
-AGREEMENT_FIELDS = ("teacher_overlap_k", "teacher_overlap", "teacher_overlap_ci_low", "teacher_overlap_ci_high",
-                    "teacher_overlap_chance")
+AGREEMENT_FIELDS = (
+    "teacher_overlap_k",
+    "teacher_overlap",
+    "teacher_overlap_ci_low",
+    "teacher_overlap_ci_high",
+    "teacher_overlap_chance",
+)
 
 
 def teacher_agreement(sweep: Sweep, run: Path, model: str) -> dict:
@@ -177,9 +207,16 @@ def teacher_agreement(sweep: Sweep, run: Path, model: str) -> dict:
     if model == "teacher" or not teacher_file.is_file() or not own_file.is_file():
         return {}
     with ScoreFile.open_read(teacher_file) as teachers, ScoreFile.open_read(own_file) as mine:
-        if "teacher" not in teachers.models or model not in mine.models or {teachers.status, mine.status} != {"complete"}:
+        if (
+            "teacher" not in teachers.models
+            or model not in mine.models
+            or {teachers.status, mine.status} != {"complete"}
+        ):
             return {}
-        if not (np.array_equal(teachers.train_index, mine.train_index) and np.array_equal(teachers.test_index, mine.test_index)):
+        if not (
+            np.array_equal(teachers.train_index, mine.train_index)
+            and np.array_equal(teachers.test_index, mine.test_index)
+        ):
             return {}
         top_t = teachers.model("teacher").rankings()[0].top_index
         top_s = mine.model(model).rankings()[0].top_index
@@ -187,8 +224,13 @@ def teacher_agreement(sweep: Sweep, run: Path, model: str) -> dict:
     k = min(AGREEMENT_K, top_t.shape[1], top_s.shape[1])
     overlap = statistics.overlap_at_k(top_t, top_s, k)
     low, high = statistics.bootstrap_ci([overlap])
-    return {"teacher_overlap_k": k, "teacher_overlap": float(overlap.mean()), "teacher_overlap_ci_low": low,
-            "teacher_overlap_ci_high": high, "teacher_overlap_chance": statistics.chance_overlap(k, n_train)}
+    return {
+        "teacher_overlap_k": k,
+        "teacher_overlap": float(overlap.mean()),
+        "teacher_overlap_ci_low": low,
+        "teacher_overlap_ci_high": high,
+        "teacher_overlap_chance": statistics.chance_overlap(k, n_train),
+    }
 
 
 # --- results ---------------------------------------------------------------------------------------------
@@ -208,11 +250,17 @@ def model_result(run: Path, model: str) -> dict:
     metrics = entry["metrics"]
     n_train = record["data_fingerprint"]["n_train"]
     train_seconds = sum(float(row.get("train_seconds") or row["seconds"]) for row in history)
-    return {"run": run.name, "model": model, "test_acc": metrics["test_acc"], "best_epoch": entry.get("best_epoch"),
-            "test_loss": metrics["test_loss"], "train_test_gap": metrics["train_acc"] - metrics["test_acc"],
-            "parameters": record["param_counts"][model.split(".")[0]],
-            "train_images_per_s": n_train * len(history) / train_seconds if train_seconds else float("nan"),
-            "wall_s": sum(float(row["seconds"]) for row in history)}
+    return {
+        "run": run.name,
+        "model": model,
+        "test_acc": metrics["test_acc"],
+        "best_epoch": entry.get("best_epoch"),
+        "test_loss": metrics["test_loss"],
+        "train_test_gap": metrics["train_acc"] - metrics["test_acc"],
+        "parameters": record["param_counts"][model.split(".")[0]],
+        "train_images_per_s": n_train * len(history) / train_seconds if train_seconds else float("nan"),
+        "wall_s": sum(float(row["seconds"]) for row in history),
+    }
 
 
 def result_rows(sweep: Sweep) -> list[dict]:
@@ -260,10 +308,20 @@ def write_results(sweep: Sweep) -> Path:
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(sweep.root / "results.csv", lambda handle: handle.write(text.getvalue().encode()))
-    write_atomic(sweep.root / "results.md", lambda handle: handle.write(results_markdown(rows, result_fields(sweep)).encode()))
-    plot_results(rows, sweep.keys[0], sweep.root / "results.png", f"{sweep.name}: test accuracy against {sweep.keys[0]}")
-    write_json_atomic({"command": list(sweep.command), "finished": datetime.now().isoformat(timespec="seconds"),
-                       "machine": machine()}, sweep.root / "sweep.json")
+    write_atomic(
+        sweep.root / "results.md", lambda handle: handle.write(results_markdown(rows, result_fields(sweep)).encode())
+    )
+    plot_results(
+        rows, sweep.keys[0], sweep.root / "results.png", f"{sweep.name}: test accuracy against {sweep.keys[0]}"
+    )
+    write_json_atomic(
+        {
+            "command": list(sweep.command),
+            "finished": datetime.now().isoformat(timespec="seconds"),
+            "machine": machine(),
+        },
+        sweep.root / "sweep.json",
+    )
     return sweep.root / "results.csv"
 
 

@@ -28,12 +28,27 @@ from tracin.training.data import RunData, data_record, fingerprint, load_data
 from tracin.training.models import count_parameters
 from tracin.training.plots import plot_overlaid_history, plot_per_class
 from tracin.training.run_folder import (
-    RunPaths, clear_run, finish_replacement, made_by_tracin, new_record, open_record, read_record, replaced_path,
+    RunPaths,
+    clear_run,
+    finish_replacement,
+    made_by_tracin,
+    new_record,
+    open_record,
+    read_record,
+    replaced_path,
     restore_replaced,
 )
 from tracin.training.trainer import (
-    RunContext, blank_model, check_schedule, model_configs, needs_teacher, steps_per_epoch, teacher_path, to_device,
-    train_role, write_csv,
+    RunContext,
+    blank_model,
+    check_schedule,
+    model_configs,
+    needs_teacher,
+    steps_per_epoch,
+    teacher_path,
+    to_device,
+    train_role,
+    write_csv,
 )
 
 
@@ -132,11 +147,16 @@ def train_run(config: TrainConfig, data_config: DataConfig, options: RunOptions)
 def write_run_summary(paths: RunPaths, classes: Sequence[str]) -> None:
     """Across the run's finished models: per_class.csv (each class's test accuracy per model),
     per_class.png and curves.png (every model's test accuracy and loss per epoch, overlaid)."""
-    models = [name for name, entry in (read_record(paths) or {}).get("models", {}).items()
-              if entry.get("status") == "done" and paths.per_class(name).is_file()]
+    models = [
+        name
+        for name, entry in (read_record(paths) or {}).get("models", {}).items()
+        if entry.get("status") == "done" and paths.per_class(name).is_file()
+    ]
     if not models:
         return
-    accuracy = {name: {row["class"]: float(row["accuracy"]) for row in _read_csv(paths.per_class(name))} for name in models}
+    accuracy = {
+        name: {row["class"]: float(row["accuracy"]) for row in _read_csv(paths.per_class(name))} for name in models
+    }
     rows = [{"class": name, **{model: accuracy[model].get(name, math.nan) for model in models}} for name in classes]
     write_csv(rows, paths.root / "per_class.csv")
     plot_per_class(accuracy, classes, paths.root / "per_class.png", f"{paths.root.name}: test accuracy per class")

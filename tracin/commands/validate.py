@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from datetime import datetime
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
@@ -27,24 +27,45 @@ from tqdm.auto import tqdm
 
 from tracin import faults
 from tracin.config import VALIDATION_SEED_STRIDE, ModelConfig, TrainConfig, ensemble_name, model_name, split_model_name
+from tracin.engine.topk import Ranking
 from tracin.errors import CheckpointError, TracinError
 from tracin.files import exclusive_lock, refuse_links, report_path, write_atomic
+from tracin.options import ValidateOptions
 from tracin.results import validation
 from tracin.results.figures import check_finished, plot_validation, validation_markdown
 from tracin.results.runs import (
-    TrainedRun, check_scored_checkpoints, checked_data, describe_salvage, open_trained_run, positions_in,
+    TrainedRun,
+    check_scored_checkpoints,
+    checked_data,
+    describe_salvage,
+    open_trained_run,
+    positions_in,
 )
-from tracin.engine.topk import Ranking
 from tracin.results.store import VALIDATION, ScoreFile, ValidationRecord, salvage_own_damage
 from tracin.results.validation import (
-    BASELINE, LDS_CONDITION, NONE, OWN, RANDOM, TEACHER, Plan, conditions_for, format_validation,
+    BASELINE,
+    LDS_CONDITION,
+    NONE,
+    OWN,
+    RANDOM,
+    TEACHER,
+    Plan,
+    conditions_for,
+    format_validation,
 )
-from tracin.options import ValidateOptions
 from tracin.runtime import Runtime, machine, start_runtime
 from tracin.training.checkpoints import load_checkpoint, load_model, sha256_file
 from tracin.training.data import RunData, Split
 from tracin.training.trainer import (
-    ModelJob, RunContext, check_schedule, freeze, logit_margins, replica_run, retrain, split_to_device, steps_per_epoch,
+    ModelJob,
+    RunContext,
+    check_schedule,
+    freeze,
+    logit_margins,
+    replica_run,
+    retrain,
+    split_to_device,
+    steps_per_epoch,
 )
 
 SEED_STRIDE = VALIDATION_SEED_STRIDE
@@ -59,30 +80,48 @@ def make_plan(options: ValidateOptions, store: ScoreFile) -> Plan:
     rankings (default: the file's first variant), k, the test rows."""
     missing = [m for m in options.models if m not in store.models]
     if missing:
-        raise TracinError(f"{store.path} has no scores of {', '.join(missing)} (it has {', '.join(store.models)}); "
-                          "score them with tracin-score first")
+        raise TracinError(
+            f"{store.path} has no scores of {', '.join(missing)} (it has {', '.join(store.models)}); "
+            "score them with tracin-score first"
+        )
     if options.k > store.n_train // 2:
         raise TracinError(f"--k {options.k} removes more than half of the {store.n_train} train examples")
     if options.test_examples > store.n_test:
-        raise TracinError(f"--test-examples {options.test_examples} is more than the {store.n_test} scored test examples")
+        raise TracinError(
+            f"--test-examples {options.test_examples} is more than the {store.n_test} scored test examples"
+        )
     k_stored = store.model(options.models[0]).rankings()[0].top_index.shape[1]
     if options.test_examples and options.k > k_stored:
-        raise TracinError(f"--k {options.k} is larger than the score file's top-k tables ({k_stored}); "
-                          f"score again with a larger --topk, or lower --k")
+        raise TracinError(
+            f"--k {options.k} is larger than the score file's top-k tables ({k_stored}); "
+            f"score again with a larger --topk, or lower --k"
+        )
     conditions = {m: _available(m, options.conditions, store) for m in options.models}
     sources = {_source(c, m) for m, found in conditions.items() for c in found} | set(options.models)
     variants = options.variants or (store.model(options.models[0]).variants[0],)
     for variant in variants:
         lacking = [s for s in sorted(sources) if variant not in store.model(s).variants]
         if lacking:
-            raise TracinError(f"--variants {variant!r}: {', '.join(lacking)} holds no such scores in {store.path} "
-                              f"(it has {', '.join(store.model(lacking[0]).variants)})")
+            raise TracinError(
+                f"--variants {variant!r}: {', '.join(lacking)} holds no such scores in {store.path} "
+                f"(it has {', '.join(store.model(lacking[0]).variants)})"
+            )
     rows = validation.sampled_test_rows(store.n_test, options.test_examples, options.seed)
-    plan = Plan(tuple(options.models), rows if options.test_examples else (), options.k, conditions, tuple(variants),
-                options.subsets, options.fraction, options.seeds, options.seed)
+    plan = Plan(
+        tuple(options.models),
+        rows if options.test_examples else (),
+        options.k,
+        conditions,
+        tuple(variants),
+        options.subsets,
+        options.fraction,
+        options.seeds,
+        options.seed,
+    )
     if len(plan.units()) == 0:
-        raise TracinError("nothing to retrain: no leave-out condition applies (--test-examples, --conditions) and "
-                          "--subsets is 0")
+        raise TracinError(
+            "nothing to retrain: no leave-out condition applies (--test-examples, --conditions) and --subsets is 0"
+        )
     return plan
 
 
@@ -118,7 +157,9 @@ def removed_positions(plan: Plan, unit: np.void, store: ScoreFile, rankings: Opt
     if key not in cache:
         cache[key] = store.model(key[0]).variant_rankings(key[1])[0]
     test = cache[key]
-    return validation.removal_positions(condition, row, plan.k, store.n_train, test.top_index, test.bottom_index, plan.seed)
+    return validation.removal_positions(
+        condition, row, plan.k, store.n_train, test.top_index, test.bottom_index, plan.seed
+    )
 
 
 # --- one retraining ---------------------------------------------------------------------------------
@@ -158,15 +199,19 @@ def _teacher(info: dict, run: TrainedRun, replica: int, runtime: Runtime) -> tor
         if path.is_file() and sha256_file(path) == info.get("sha256"):
             module = load_model(path, role="teacher")[0]
             return freeze(module.to(runtime.device, memory_format=runtime.memory_format))
-    raise CheckpointError(f"the teacher {info['path']} the student was distilled from is missing or changed (sha256 "
-                          "differs); retraining the student needs that teacher")
+    raise CheckpointError(
+        f"the teacher {info['path']} the student was distilled from is missing or changed (sha256 "
+        "differs); retraining the student needs that teacher"
+    )
 
 
 def unit_margins(trainer: Trainer, unit: np.void, keep: np.ndarray, test: Split) -> np.ndarray:
     """float32 [n_test]: the margins on the scored test examples (`test`) of the model
     retrained on the kept train positions, with the unit's seed."""
     seed = trainer.run.config.seed + int(unit["seed"]) * SEED_STRIDE
-    train = split_to_device(trainer.run.data.train_of(trainer.job.name).subset(torch.from_numpy(keep)), trainer.run.runtime.device)
+    train = split_to_device(
+        trainer.run.data.train_of(trainer.job.name).subset(torch.from_numpy(keep)), trainer.run.runtime.device
+    )
     data = RunData(train, trainer.run.data.test)  # the test split is not used by retraining
     run = replace(trainer.run, data=data, config=replace(trainer.run.config, seed=seed))
     model = retrain(trainer.job, run)
@@ -182,7 +227,9 @@ def validate_run(options: ValidateOptions) -> Path:
     run = open_trained_run(options.run, options.data_root)
     path = Path(options.scores) if options.scores else run.paths.root / "tracin.h5"
     if not path.is_file():
-        raise TracinError(f"{path} does not exist: score the run with tracin-score first (or name the file with --scores)")
+        raise TracinError(
+            f"{path} does not exist: score the run with tracin-score first (or name the file with --scores)"
+        )
     with start_runtime(options.device, options.quiet) as runtime, _locks(run, path, runtime):
         salvaged = salvage_own_damage(path, (VALIDATION,)) if runtime.is_main else None
         if salvaged is not None:
@@ -197,7 +244,9 @@ def validate_run(options: ValidateOptions) -> Path:
                     store.validation().write_unit(*done)
                     faults.reach("validate-unit")
                     written += 1
-                    runtime.log(f"retrained {written}/{len(work.todo)}: {describe(work.units[done[0]])} ({done[2]:.0f} s)")
+                    runtime.log(
+                        f"retrained {written}/{len(work.todo)}: {describe(work.units[done[0]])} ({done[2]:.0f} s)"
+                    )
             if runtime.is_main:
                 tables = finish(store, work)
         if runtime.is_main:
@@ -260,12 +309,17 @@ def plan_work(store: ScoreFile, options: ValidateOptions, run: TrainedRun, data:
     if len(todo) < len(units):
         print(f"resuming: {len(units) - len(todo)} of {len(units)} retrainings done already", flush=True)
     rankings: dict[tuple[str, str], Ranking] = {}
-    removed = {i: removed_positions(plan, units[i], store, rankings) for i in todo if units[i]["condition"] != LDS_CONDITION.encode()}
+    removed = {
+        i: removed_positions(plan, units[i], store, rankings)
+        for i in todo
+        if units[i]["condition"] != LDS_CONDITION.encode()
+    }
     return Work(plan, units, todo, removed, store.n_train, store.test_index)
 
 
-def _plan_everywhere(store: Optional[ScoreFile], options: ValidateOptions, run: TrainedRun, data: RunData,
-                     runtime: Runtime) -> Work:
+def _plan_everywhere(
+    store: Optional[ScoreFile], options: ValidateOptions, run: TrainedRun, data: RunData, runtime: Runtime
+) -> Work:
     """Rank 0's plan on every rank; its refusal (a TracinError) too, so that under torchrun every rank
     stops with the same one line instead of waiting for a plan that never comes."""
     planned: Optional[Work | TracinError] = None
@@ -283,7 +337,10 @@ def _plan_everywhere(store: Optional[ScoreFile], options: ValidateOptions, run: 
 def _check_retrainable(plan: Plan, run: TrainedRun, data: RunData, runtime: Runtime, options: ValidateOptions) -> None:
     """Before the file changes: every model's init.pt and teacher load, and the schedule fits the
     smallest train set a unit keeps."""
-    smallest = min([len(data.train) - plan.k] * bool(plan.test_rows) + [round(plan.fraction * len(data.train))] * bool(plan.subsets))
+    smallest = min(
+        [len(data.train) - plan.k] * bool(plan.test_rows)
+        + [round(plan.fraction * len(data.train))] * bool(plan.subsets)
+    )
     for name in plan.models:
         trainer = make_trainer(name, run, data, runtime, options.epochs)
         config = trainer.run.config
@@ -311,8 +368,14 @@ def finish(store: ScoreFile, work: Work) -> tuple[np.ndarray, np.ndarray]:
     """Rank 0: the tables from every unit's margins, written with where they were made, and printed."""
     record = store.validation()
     tables = validation_tables(work.plan, record, store)
-    record.write_tables(*tables, {"machine": machine(), "finished": datetime.now().isoformat(timespec="seconds"),
-                                  "retraining_seconds": round(float(record.seconds.sum()), 1)})
+    record.write_tables(
+        *tables,
+        {
+            "machine": machine(),
+            "finished": datetime.now().isoformat(timespec="seconds"),
+            "retraining_seconds": round(float(record.seconds.sum()), 1),
+        },
+    )
     print(format_validation(*tables), flush=True)
     return tables
 
@@ -331,15 +394,22 @@ def _check_whole_train_set(store: ScoreFile, data: RunData) -> None:
     """Leave-out and LDS retrain on the whole train set: the file must score every train example of the
     run in its order (not a --train-subset)."""
     if not np.array_equal(store.train_index, data.train.index.numpy()):
-        raise TracinError(f"{store.path} scores {store.n_train} of the run's {len(data.train)} train examples (--train-subset?); "
-                          "validation retrains on the whole train set: score every train example")
+        raise TracinError(
+            f"{store.path} scores {store.n_train} of the run's {len(data.train)} train examples (--train-subset?); "
+            "validation retrains on the whole train set: score every train example"
+        )
 
 
 def _settings(options: ValidateOptions, plan: Plan, run: TrainedRun, store: ScoreFile, runtime: Runtime) -> dict:
     """What the units' margins depend on: a resumed validation must match it (the scores and checkpoints
     through the score file's own settings, the numerics through the device type)."""
-    return {"plan": asdict(plan), "epochs": options.epochs, "run_data": run.record["data_fingerprint"]["digest"],
-            "device": runtime.device.type, "scores": hashlib.sha256(store.attributes["settings"].encode()).hexdigest()[:16]}
+    return {
+        "plan": asdict(plan),
+        "epochs": options.epochs,
+        "run_data": run.record["data_fingerprint"]["digest"],
+        "device": runtime.device.type,
+        "scores": hashlib.sha256(store.attributes["settings"].encode()).hexdigest()[:16],
+    }
 
 
 # --- the tables ---------------------------------------------------------------------------------------------
@@ -361,12 +431,17 @@ def leave_out_table(plan: Plan, record: ValidationRecord) -> np.ndarray:
         zero = {int(u["seed"]): margins[i] for i, u in enumerate(units) if mine[i] and u["condition"] == NONE.encode()}
         for condition in plan.conditions[model]:
             for variant in plan.variants_of(condition):
-                picked = np.flatnonzero(mine & (units["condition"] == condition.encode()) & (units["variant"] == variant.encode()))
+                picked = np.flatnonzero(
+                    mine & (units["condition"] == condition.encode()) & (units["variant"] == variant.encode())
+                )
                 after = np.array([margins[i][units[i]["test_row"]] for i in picked])
                 before = np.array([zero[int(units[i]["seed"])][units[i]["test_row"]] for i in picked])
                 changes = validation.margin_changes(after, before)
-                rows.append(validation.leave_out_row(model, condition, variant, plan.k, changes, before, plan.seed,
-                                                     units[picked]["test_row"]))
+                rows.append(
+                    validation.leave_out_row(
+                        model, condition, variant, plan.k, changes, before, plan.seed, units[picked]["test_row"]
+                    )
+                )
     return np.array(rows, dtype=validation.LEAVE_OUT_DTYPE)
 
 
@@ -390,14 +465,27 @@ def lds_table(plan: Plan, record: ValidationRecord, store: ScoreFile) -> np.ndar
     masks = validation.subset_masks(store.n_train, plan.subsets, plan.fraction, plan.seed)
     rows = []
     for model in plan.models:
-        picked = [i for i, u in enumerate(units) if u["model"] == model.encode() and u["condition"] == LDS_CONDITION.encode()]
+        picked = [
+            i for i, u in enumerate(units) if u["model"] == model.encode() and u["condition"] == LDS_CONDITION.encode()
+        ]
         subset_margins = np.stack([margins[i] for i in picked])
         for source in lds_sources(model, store.models):
             for variant in store.model(source).variants:
                 scores = store.model(source).matrix(variant=variant)[()]
                 per_row = validation.linear_datamodeling_score(scores, masks, subset_margins)
                 low, high = validation.lds_interval(scores, masks, subset_margins)
-                rows.append((model, source, variant, float(np.nanmean(per_row)), low, high, int(np.isfinite(per_row).sum()), plan.subsets))
+                rows.append(
+                    (
+                        model,
+                        source,
+                        variant,
+                        float(np.nanmean(per_row)),
+                        low,
+                        high,
+                        int(np.isfinite(per_row).sum()),
+                        plan.subsets,
+                    )
+                )
     return np.array(rows, dtype=validation.LDS_DTYPE)
 
 

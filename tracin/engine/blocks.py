@@ -30,8 +30,10 @@ class DataSource:
         if isinstance(data, DataLoader):
             data, collate = _dataset_of(data, name)
         if isinstance(data, IterableDataset):
-            raise TracinError(f"{name} data is an IterableDataset: TracIn needs examples by position (a map-style Dataset, "
-                              "a DataLoader over one, or an (inputs, labels) pair of tensors)")
+            raise TracinError(
+                f"{name} data is an IterableDataset: TracIn needs examples by position (a map-style Dataset, "
+                "a DataLoader over one, or an (inputs, labels) pair of tensors)"
+            )
         if isinstance(data, Split):
             self.n, self._get = len(data), lambda a, b: (normalize(data.images[a:b], data.spec), data.labels[a:b])
         elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
@@ -40,10 +42,15 @@ class DataSource:
                 raise TracinError(f"{name} data: {len(inputs)} inputs but {len(labels)} labels")
             self.n, self._get = len(inputs), lambda a, b: (inputs[a:b], labels[a:b])
         elif isinstance(data, Dataset):
-            self.n, self._get = len(data), lambda a, b: _inputs_and_labels(collate([data[i] for i in range(a, b)]), name)
+            self.n, self._get = (
+                len(data),
+                lambda a, b: _inputs_and_labels(collate([data[i] for i in range(a, b)]), name),
+            )
         else:
-            raise TracinError(f"{name} data must be a Dataset, a DataLoader or an (inputs, labels) pair of tensors, got "
-                              f"{type(data).__name__}")
+            raise TracinError(
+                f"{name} data must be a Dataset, a DataLoader or an (inputs, labels) pair of tensors, got "
+                f"{type(data).__name__}"
+            )
         if self.n == 0:
             raise TracinError(f"{name} data is empty")
 
@@ -57,10 +64,13 @@ def _dataset_of(loader: DataLoader, name: str) -> tuple[Any, Callable]:
     """(dataset, collate function) of a DataLoader. Its sampler must visit the whole dataset (sequential or
     shuffled: rows are dataset positions either way); one that picks a subset is refused, so that no row is
     scored that the loader would not give. Without automatic batching, batches are collated here."""
-    if not isinstance(loader.sampler, (SequentialSampler, RandomSampler)) or getattr(loader.sampler, "num_samples",
-                                                                                      len(loader.dataset)) != len(loader.dataset):
-        raise TracinError(f"{name} data: the DataLoader's {type(loader.sampler).__name__} picks its own examples; give "
-                          "the examples as the dataset (torch.utils.data.Subset) with a plain or shuffled loader")
+    if not isinstance(loader.sampler, (SequentialSampler, RandomSampler)) or getattr(
+        loader.sampler, "num_samples", len(loader.dataset)
+    ) != len(loader.dataset):
+        raise TracinError(
+            f"{name} data: the DataLoader's {type(loader.sampler).__name__} picks its own examples; give "
+            "the examples as the dataset (torch.utils.data.Subset) with a plain or shuffled loader"
+        )
     return loader.dataset, (default_collate if loader.batch_size is None else loader.collate_fn)
 
 
@@ -91,8 +101,10 @@ class MemoryPlan:
 
     def describe(self, n_test: int) -> str:
         blocks = -(-n_test // self.block)
-        return (f"memory {self.budget / 2**30:.3g} GiB ({self.source}): {blocks} test block(s) of {self.block}, "
-                f"train chunks of {self.chunk} rows, {self.kept_bytes / 2**30:.3g} GiB of test features kept")
+        return (
+            f"memory {self.budget / 2**30:.3g} GiB ({self.source}): {blocks} test block(s) of {self.block}, "
+            f"train chunks of {self.chunk} rows, {self.kept_bytes / 2**30:.3g} GiB of test features kept"
+        )
 
 
 def auto_memory(device: torch.device) -> tuple[int, str]:
@@ -103,15 +115,19 @@ def auto_memory(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int(free * AUTO_MEMORY_SHARE), f"auto: {AUTO_MEMORY_SHARE:.0%} of {free / 2**30:.3g} GiB free on {device}"
+        return int(
+            free * AUTO_MEMORY_SHARE
+        ), f"auto: {AUTO_MEMORY_SHARE:.0%} of {free / 2**30:.3g} GiB free on {device}"
     available = available_ram()
     try:
         processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     except ValueError:
         processes = 1
     shared = f", shared by {processes} processes" if processes > 1 else ""
-    return (int(available * AUTO_MEMORY_SHARE / processes),
-            f"auto: {AUTO_MEMORY_SHARE:.0%} of {available / 2**30:.3g} GiB available RAM{shared}")
+    return (
+        int(available * AUTO_MEMORY_SHARE / processes),
+        f"auto: {AUTO_MEMORY_SHARE:.0%} of {available / 2**30:.3g} GiB available RAM{shared}",
+    )
 
 
 def available_ram(root: Path = Path("/")) -> int:
@@ -145,8 +161,14 @@ def _cgroup_memory_files(root: Path) -> list[tuple[Path, str, str, str]]:
             if hierarchy == "0" and controllers == "":
                 found.append((root / "sys/fs/cgroup" / relative, "memory.max", "memory.current", "inactive_file"))
             elif "memory" in controllers.split(","):
-                found.append((root / "sys/fs/cgroup/memory" / relative, "memory.limit_in_bytes",
-                              "memory.usage_in_bytes", "total_inactive_file"))
+                found.append(
+                    (
+                        root / "sys/fs/cgroup/memory" / relative,
+                        "memory.limit_in_bytes",
+                        "memory.usage_in_bytes",
+                        "total_inactive_file",
+                    )
+                )
     return found
 
 

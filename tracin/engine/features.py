@@ -51,8 +51,13 @@ class Features:
         is rounded once, before it joins the float32 sum over layers."""
         return self.dot_by_group(other, None, 1, max_elements)[0]
 
-    def dot_by_group(self, other: "Features", part_group: Optional[Sequence[int]], n_groups: int,
-                     max_elements: int = MAX_INTERMEDIATE) -> Tensor:
+    def dot_by_group(
+        self,
+        other: "Features",
+        part_group: Optional[Sequence[int]],
+        n_groups: int,
+        max_elements: int = MAX_INTERMEDIATE,
+    ) -> Tensor:
         """Tensor[n_groups, n, m] float32: the inner products split by layer group, part p (self_dot_parts
         order) adding into group part_group[p] (None: every part into group 0). Summed over groups, dot."""
         reference = (self.flats or [self.factored[0].G])[0]
@@ -63,7 +68,7 @@ class Features:
                 out[group].addmm_(mine, theirs.T)
             else:
                 out[group] += mine.to(theirs.dtype) @ theirs.T
-        for group, mine, theirs in zip(groups[len(self.flats):], self.factored, other.factored):
+        for group, mine, theirs in zip(groups[len(self.flats) :], self.factored, other.factored):
             out[group] += factored_dot(mine, theirs, max_elements)
         return out
 

@@ -48,6 +48,7 @@ from tracin.training.losses import CrossEntropy, Objective, as_objective
 UNKNOWN = -1  # a tensor whose shape changes with the batch size other than in one dimension
 SUM_RTOL = 1e-4  # summed per-example gradients vs the batch gradient, relative to its largest entry
 
+
 @dataclass(frozen=True)
 class CallDims:
     """Where one forward call of a module keeps its examples: the batch dimension of each leaf of its
@@ -191,7 +192,9 @@ def _find_call_dims(two: list[tuple], three: list[tuple]) -> Optional[tuple[Call
     return tuple(dims)
 
 
-def resolve_targets(model: nn.Module, targets: Sequence[Target], inputs: Tensor, at_root: Sequence[str] = ()) -> list[Target]:
+def resolve_targets(
+    model: nn.Module, targets: Sequence[Target], inputs: Tensor, at_root: Sequence[str] = ()
+) -> list[Target]:
     """The targets moved to where their parameters can be differentiated, with the batch dimensions of
     every call. Two probe passes (2 and 3 examples, rows repeated if needed) show which modules run and
     where their examples are. A parameter goes to its module if that module is called and keeps its
@@ -200,7 +203,9 @@ def resolve_targets(model: nn.Module, targets: Sequence[Target], inputs: Tensor,
     in `at_root` go to the root module (see settle_targets)."""
     if len(inputs) == 0:
         raise TracinError("cannot probe the model with no examples")
-    (two, changed_two), (three, changed_three) = (_probe_shapes(model, inputs[torch.arange(n) % len(inputs)]) for n in (2, 3))
+    (two, changed_two), (three, changed_three) = (
+        _probe_shapes(model, inputs[torch.arange(n) % len(inputs)]) for n in (2, 3)
+    )
     dims = {name: _find_call_dims(two[name], three[name]) for name in two if name in three}
     changed = changed_two | changed_three
     placed: dict[str, list[str]] = {}
@@ -208,7 +213,9 @@ def resolve_targets(model: nn.Module, targets: Sequence[Target], inputs: Tensor,
         home = "" if name in at_root else home
         while dims.get(home) is None:
             if home == "":
-                raise TracinError(f"cannot tell which dimension of the model's output holds the examples (needed for {name})")
+                raise TracinError(
+                    f"cannot tell which dimension of the model's output holds the examples (needed for {name})"
+                )
             home = _parent(home)
         placed.setdefault(home, []).append(name)
     modules = dict(model.named_modules())
@@ -266,7 +273,9 @@ def _record(target: Target, args: tuple, kwargs: dict, output: Any, copy_all: bo
     leaves, spec = tree_flatten(output)
     positions = _float_positions(leaves)
     if not positions:
-        raise TracinError(f"module {target.name!r} returns no floating-point tensor, so no gradient reaches its parameters")
+        raise TracinError(
+            f"module {target.name!r} returns no floating-point tensor, so no gradient reaches its parameters"
+        )
     outputs, copies, kept = [], {}, []
     for i in positions:
         # The engine's copy of the model has no parameter that requires grad (autograd then never forms
@@ -339,7 +348,9 @@ def record_output_grads(
     engine checks its score sums instead, which any non-finite gradient makes non-finite."""
     losses, calls = _forward(model, targets, inputs, labels, loss_fn)
     if losses.shape != (len(inputs),):
-        raise TracinError(f"the loss must give one value per example, shape ({len(inputs)},); got {tuple(losses.shape)}")
+        raise TracinError(
+            f"the loss must give one value per example, shape ({len(inputs)},); got {tuple(losses.shape)}"
+        )
     if check_finite and not torch.isfinite(losses).all():
         raise NonFiniteError(f"non-finite loss for {int((~torch.isfinite(losses)).sum())} example(s)")
     for target, per_target in zip(targets, calls):
@@ -408,7 +419,9 @@ def settle_targets(
         grads = _per_example(model, resolved, inputs, labels, loss_fn, conv_method)
         still = _unsummed(model, grads, inputs, labels, loss_fn)
         if still:
-            raise TracinError(f"per-example gradients of {', '.join(still)} do not sum to the batch gradient: examples interact")
+            raise TracinError(
+                f"per-example gradients of {', '.join(still)} do not sum to the batch gradient: examples interact"
+            )
     return resolved, grads
 
 
@@ -417,12 +430,16 @@ def _per_example(model, targets, inputs, labels, loss_fn, conv_method: str = "au
     calls = record_output_grads(model, targets, inputs, labels, loss_fn)
     grads = {}
     for target, target_calls in zip(targets, calls):
-        for local, tensor in target.handler.unflatten(target, layer_flat(target, target_calls, conv_method, verify=True)).items():
+        for local, tensor in target.handler.unflatten(
+            target, layer_flat(target, target_calls, conv_method, verify=True)
+        ).items():
             grads[f"{target.name}.{local}" if target.name else local] = tensor
     return grads
 
 
-def _unsummed(model: nn.Module, grads: dict[str, Tensor], inputs: Tensor, labels: Tensor, loss_fn: Objective) -> list[str]:
+def _unsummed(
+    model: nn.Module, grads: dict[str, Tensor], inputs: Tensor, labels: Tensor, loss_fn: Objective
+) -> list[str]:
     """Names whose per-example gradients do not sum to autograd's gradient of the summed loss. A model
     whose weights autograd cannot differentiate (one that changes a module's input in place after the
     module ran trains with no optimiser either) is not checked: there is no batch gradient to hold up."""

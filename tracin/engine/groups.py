@@ -63,7 +63,9 @@ def expand_variants(variants: Sequence[str], names: Sequence[str]) -> list[str]:
             expanded += [f"{base}{GROUP_SEPARATOR}{name}" for name in names]
             continue
         if group is not None and group not in names:
-            raise TracinError(f"score variant {variant!r}: the scored parameters have no layer group {group!r}; "
-                              f"their groups are {', '.join(names)}")
+            raise TracinError(
+                f"score variant {variant!r}: the scored parameters have no layer group {group!r}; "
+                f"their groups are {', '.join(names)}"
+            )
         expanded.append(variant)
     return list(dict.fromkeys(expanded))

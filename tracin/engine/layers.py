@@ -444,7 +444,9 @@ class GenericKind(LayerKind):
             )
         except (RuntimeError, ValueError, NotImplementedError, TypeError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise TracinError(f"module {target.name!r}: torch.func cannot form per-example gradients through it ({reason})") from None
+            raise TracinError(
+                f"module {target.name!r}: torch.func cannot form per-example gradients through it ({reason})"
+            ) from None
         if verify:
             _check_recomputation(target, primal, call.outputs)
         n = call.grads[0].shape[dims.outputs[0]]
@@ -480,7 +482,9 @@ def _check_recomputation(target: Target, primal: Sequence[Tensor], outputs: Sequ
     """torch.func's one-example-at-a-time outputs against the batched ones the hook recorded."""
     for mine, recorded in zip(primal, outputs):
         if mine.shape != recorded.shape:
-            raise TracinError(f"module {target.name!r}: run one example at a time its output has shape {tuple(mine.shape)}, batched {tuple(recorded.shape)}")
+            raise TracinError(
+                f"module {target.name!r}: run one example at a time its output has shape {tuple(mine.shape)}, batched {tuple(recorded.shape)}"
+            )
         scale = float(recorded.abs().max()) if recorded.numel() else 0.0
         gap = float((mine - recorded).abs().max()) if recorded.numel() else 0.0
         if gap > RECOMPUTE_RTOL * scale + RECOMPUTE_ATOL:

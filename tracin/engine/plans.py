@@ -27,7 +27,6 @@ from tracin.engine.projection import Projector, kronecker_dims, make_projector
 FLAT, FACTORED, PROJECTED = "flat", "factored", "projected"
 
 
-
 @dataclass(frozen=True)
 class LayerShape:
     """Sizes of one layer's per-sample gradient: groups, positions (output positions summed over, all
@@ -107,7 +106,9 @@ def _layer_seed(seed: int, layer: int, side: int) -> int:
     return (seed * 1_000_003 + 3 * layer + side) % (2**63)
 
 
-def _projected_plan(target: Target, shape: LayerShape, proj_dim: int, seed: int, layer: int, device, kind: str) -> LayerPlan:
+def _projected_plan(
+    target: Target, shape: LayerShape, proj_dim: int, seed: int, layer: int, device, kind: str
+) -> LayerPlan:
     if not shape.factorable:
         projector = make_projector(shape.flat_dim, proj_dim, _layer_seed(seed, layer, 0), device, kind=kind)
         return LayerPlan(target, PROJECTED, project_flat=projector)
@@ -145,7 +146,6 @@ def make_plans(
         else:
             plans.append(LayerPlan(target, choose_representation(shape, n_rows, n_cols, self_only)))
     return plans
-
 
 
 def compute_features(plans: Sequence[LayerPlan], calls: Sequence[Sequence[Call]]) -> Features:

@@ -104,7 +104,9 @@ def check_projector(kind: str) -> None:
         raise TracinError(f"projector must be one of {', '.join(sorted(PROJECTORS))}, got {kind!r}")
 
 
-def make_projector(in_dim: int, out_dim: int, seed: int, device, dtype=torch.float32, kind: str = "gaussian") -> Projector:
+def make_projector(
+    in_dim: int, out_dim: int, seed: int, device, dtype=torch.float32, kind: str = "gaussian"
+) -> Projector:
     """A `kind` projector from in_dim to out_dim, or the identity when out_dim >= in_dim."""
     check_projector(kind)
     if out_dim >= in_dim:

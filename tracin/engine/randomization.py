@@ -22,8 +22,9 @@ def module_of(key: str) -> str:
     return key.rsplit(".", 1)[0] if "." in key else ""
 
 
-def randomized_checkpoints(fresh: nn.Module, checkpoints: Sequence[Checkpoint], randomized: Sequence[str],
-                           groups: Groups = ()) -> list[Checkpoint]:
+def randomized_checkpoints(
+    fresh: nn.Module, checkpoints: Sequence[Checkpoint], randomized: Sequence[str], groups: Groups = ()
+) -> list[Checkpoint]:
     """Copies of `checkpoints` whose state entries (parameters and buffers: BatchNorm's running statistics
     too) of the modules in the layer groups `randomized` (tracin.engine.groups.group_of) are `fresh`'s, a
     newly initialised model of the same architecture. Every checkpoint gets the same random weights and
@@ -37,7 +38,9 @@ def randomized_checkpoints(fresh: nn.Module, checkpoints: Sequence[Checkpoint], 
         state = dict(checkpoint.state)
         missing = [key for key in keys if key not in state]
         if missing:
-            raise TracinError(f"checkpoint {checkpoint.path or '(in memory)'} lacks {missing[0]}: not the model's own checkpoint")
+            raise TracinError(
+                f"checkpoint {checkpoint.path or '(in memory)'} lacks {missing[0]}: not the model's own checkpoint"
+            )
         state.update({key: fresh_state[key].detach().clone().to(state[key].device) for key in keys})
         out.append(Checkpoint(state, checkpoint.lr, checkpoint.path, checkpoint.epoch))
     return out

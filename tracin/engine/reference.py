@@ -75,7 +75,9 @@ def func_tracin_scores(
         model = copy.deepcopy(model)
         model.load_state_dict(state)
         g_train = func_per_sample_grads(model, *train, layers=layers, loss=loss, dtype=dtype, batch_size=batch_size)
-        g_test = func_per_sample_grads(model, *test, layers=layers, loss=test_loss or loss, dtype=dtype, batch_size=batch_size)
+        g_test = func_per_sample_grads(
+            model, *test, layers=layers, loss=test_loss or loss, dtype=dtype, batch_size=batch_size
+        )
         kind = score_variant(variant)
         if kind.normalise_train:
             g_train = g_train / g_train.norm(dim=1, keepdim=True)

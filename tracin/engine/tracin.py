@@ -23,18 +23,19 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from tracin.config import EngineConfig, ScoreConfig, split_variant
-from tracin.variants import ScoreVariant, score_variant
 from tracin.engine import blocks
 from tracin.engine.blocks import DataSource, GraphedBatch
 from tracin.engine.features import Features
 from tracin.engine.grads import last_linear_target, record_output_grads, select_targets, settle_targets
 from tracin.engine.groups import expand_variants, group_names, part_groups
-from tracin.engine.projection import check_projector
 from tracin.engine.plans import FACTORED, LayerPlan, LayerShape, compute_features, make_plans, probe_shape
+from tracin.engine.projection import check_projector
 from tracin.engine.topk import Ranking, StreamingRanking
 from tracin.errors import NonFiniteError, TracinError
 from tracin.training.checkpoints import Checkpoint, fit_state, load_state, resolve_checkpoints
 from tracin.training.losses import CrossEntropy, Objective, TrainTest, as_objective
+from tracin.variants import ScoreVariant, score_variant
+
 
 @dataclass
 class ScoreBlock:
@@ -75,7 +76,9 @@ class _SelfInfluence:
 
     @classmethod
     def zeros(cls, rows: int, n_groups: int, device: torch.device) -> "_SelfInfluence":
-        return cls(*(torch.zeros(*shape, device=device) for shape in ((rows,), (rows,), (n_groups, rows), (n_groups, rows))))
+        return cls(
+            *(torch.zeros(*shape, device=device) for shape in ((rows,), (rows,), (n_groups, rows), (n_groups, rows)))
+        )
 
     def add(self, rows: slice, group_squared: Tensor, lr: float) -> None:
         """group_squared: Tensor[n_groups, b] float32, each group's part of a batch's squared norms."""
@@ -87,8 +90,12 @@ class _SelfInfluence:
 
     def fields(self) -> dict[str, Tensor]:
         """The sums as ScoreBlock's fields."""
-        return {"self_influence": self.raw, "normalised_self_influence": self.normalised,
-                "group_self_influence": self.groups, "group_normalised_self_influence": self.normalised_groups}
+        return {
+            "self_influence": self.raw,
+            "normalised_self_influence": self.normalised,
+            "group_self_influence": self.groups,
+            "group_normalised_self_influence": self.normalised_groups,
+        }
 
 
 SIDES = ("test", "train", "both")  # what TracIn.top_k ranks
@@ -105,8 +112,10 @@ class TopK:
 
     def _side(self, name: str) -> Ranking:
         if self._sides[name] is None:
-            raise TracinError(f"top_k ranked only the {'train' if name == 'test' else 'test'} side: call "
-                              f"top_k(..., side={name!r}) or side='both' for the {name} side")
+            raise TracinError(
+                f"top_k ranked only the {'train' if name == 'test' else 'test'} side: call "
+                f"top_k(..., side={name!r}) or side='both' for the {name} side"
+            )
         return self._sides[name]
 
     @property
@@ -181,7 +190,9 @@ class TracIn:
         self._states = [self._checked_state(c) for c in self.checkpoints]
         self._loaded: Optional[int] = None
         last_layer = config.mode == "last-layer"
-        self._targets = [last_linear_target(self.model)] if last_layer else select_targets(self.model, config.layers or None)
+        self._targets = (
+            [last_linear_target(self.model)] if last_layer else select_targets(self.model, config.layers or None)
+        )
         self.model.requires_grad_(False)  # see _record in tracin.engine.grads: only layer outputs need gradients
         moved = lambda objective: objective.to(self.device) if hasattr(objective, "to") else objective  # noqa: E731
         if isinstance(loss, TrainTest):
@@ -275,8 +286,16 @@ class TracIn:
         calls = record_output_grads(self.model, self._targets, inputs, labels, loss_fn, check_finite=False)
         return compute_features(plans, calls)
 
-    def _batch_features(self, plans: list[LayerPlan], source: DataSource, start: int, stop: int, checkpoint: int,
-                        replay: bool = False, test: bool = False):
+    def _batch_features(
+        self,
+        plans: list[LayerPlan],
+        source: DataSource,
+        start: int,
+        stop: int,
+        checkpoint: int,
+        replay: bool = False,
+        test: bool = False,
+    ):
         """(first example, Features of one batch) for examples [start, stop) at one checkpoint, by the train
         side's loss (test: the test side's). With replay (the train side, whose callers use each batch's
         features before asking for the next), full batches on CUDA come from a captured graph."""
@@ -324,9 +343,20 @@ class TracIn:
             for p, s in zip(plans, self._layer_shapes(train_source))
         )
         engine = self.engine
-        budget, source = (engine.max_memory, "--max-memory-gb") if engine.max_memory else blocks.auto_memory(self.device)
-        chunk, block = blocks.block_sizes(per_example, train_source.n, test_source.n, len(self.checkpoints), budget,
-                                          per_checkpoint, engine.chunk_size, engine.test_block, len(self.variants))
+        budget, source = (
+            (engine.max_memory, "--max-memory-gb") if engine.max_memory else blocks.auto_memory(self.device)
+        )
+        chunk, block = blocks.block_sizes(
+            per_example,
+            train_source.n,
+            test_source.n,
+            len(self.checkpoints),
+            budget,
+            per_checkpoint,
+            engine.chunk_size,
+            engine.test_block,
+            len(self.variants),
+        )
         return blocks.MemoryPlan(budget, source, chunk, block, per_example * len(self.checkpoints) * block)
 
     # --- scores ------------------------------------------------------------------------------------
@@ -357,8 +387,13 @@ class TracIn:
         ]
         # counted in train-example gradients (one per train example per checkpoint per test block), so that a
         # single large chunk moves too
-        bar = tqdm(total=sum(r1 - r0 for rows in todo for r0, r1 in rows) * len(self.checkpoints),
-                   desc="TracIn (train gradients)", unit="ex", unit_scale=True, disable=not self.engine.progress)
+        bar = tqdm(
+            total=sum(r1 - r0 for rows in todo for r0, r1 in rows) * len(self.checkpoints),
+            desc="TracIn (train gradients)",
+            unit="ex",
+            unit_scale=True,
+            disable=not self.engine.progress,
+        )
         with _matmul_precision(self.config.precision), bar:
             for b, rows in enumerate(todo):
                 if not rows:
@@ -367,7 +402,9 @@ class TracIn:
                 test_features = [self._features(plans, test_source, c0, c1, c) for c in range(len(self.checkpoints))]
                 for r0, r1 in rows:
                     with_self = self_influence and c0 == 0
-                    yield self._score_block(plans, train_source, (r0, r1, c0, c1), test_features, per_checkpoint, with_self, bar)
+                    yield self._score_block(
+                        plans, train_source, (r0, r1, c0, c1), test_features, per_checkpoint, with_self, bar
+                    )
 
     def _score_block(self, plans, source, bounds, test_features, per_checkpoint, with_self, bar) -> ScoreBlock:
         """Train rows r0..r1 against kept test features: each train batch's gradients are used for their
@@ -400,7 +437,9 @@ class TracIn:
                 self._check_finite(values, c, f"train {r0}..{r1 - 1}, test {c0}..{c1 - 1}")
             if sums is not None:
                 self._check_finite(sums.raw, c, f"self-influence of train {r0}..{r1 - 1}")
-        return ScoreBlock(r0, r1, c0, c1, by_variant[variants[0]], terms, by_variant=by_variant, **(sums.fields() if sums else {}))
+        return ScoreBlock(
+            r0, r1, c0, c1, by_variant[variants[0]], terms, by_variant=by_variant, **(sums.fields() if sums else {})
+        )
 
     @property
     def _split(self) -> bool:
@@ -442,8 +481,13 @@ class TracIn:
         source = DataSource(train, "train")
         plans = self.plans(source, source.n, 1, self_only=True)
         out = torch.zeros(source.n, device=self.device)
-        bar = tqdm(total=source.n * len(self.checkpoints), desc="self-influence (train gradients)", unit="ex",
-                   unit_scale=True, disable=not self.engine.progress)
+        bar = tqdm(
+            total=source.n * len(self.checkpoints),
+            desc="self-influence (train gradients)",
+            unit="ex",
+            unit_scale=True,
+            disable=not self.engine.progress,
+        )
         with _matmul_precision(self.config.precision), bar:
             for c, checkpoint in enumerate(self.checkpoints):
                 for first, features in self._batch_features(plans, source, 0, source.n, c, replay=True):
@@ -470,8 +514,10 @@ class TracIn:
         """Tensor[n, classes] float32 on the CPU: the model's outputs at one checkpoint (default: the last)."""
         source = DataSource(data, "data")
         self._load(range(len(self.checkpoints))[checkpoint])
-        out = [self.model(source.get(first, min(first + self.engine.batch_size, source.n), self.device)[0]).float().cpu()
-               for first in range(0, source.n, self.engine.batch_size)]
+        out = [
+            self.model(source.get(first, min(first + self.engine.batch_size, source.n), self.device)[0]).float().cpu()
+            for first in range(0, source.n, self.engine.batch_size)
+        ]
         return torch.cat(out)
 
     def top_k(self, train: Any, test: Any, k: int, side: str = "test") -> TopK:
@@ -493,8 +539,10 @@ class TracIn:
                 per_train.update(block.row_start, block.scores, block.col_start)
             if per_test is not None:
                 per_test.update(block.col_start, block.scores.T, block.row_start)
-        return TopK(test=None if per_test is None else per_test.result(),
-                    train=None if per_train is None else per_train.result())
+        return TopK(
+            test=None if per_test is None else per_test.result(),
+            train=None if per_train is None else per_train.result(),
+        )
 
 
 @dataclass
@@ -527,14 +575,16 @@ class _Side:
         return cls(features, group_squared, _inverse_norms(group_squared.sum(0)), _inverse_norms(group_squared))
 
 
-def _variant_scores(variant: str, names: Sequence[str], dot: Tensor, dots: Optional[Tensor], train: _Side, test: _Side) -> Tensor:
+def _variant_scores(
+    variant: str, names: Sequence[str], dot: Tensor, dots: Optional[Tensor], train: _Side, test: _Side
+) -> Tensor:
     """One checkpoint's Tensor[b, m] of one variant: of all scored parameters, or of one layer group's
     (`VARIANT@GROUP`: that group's products and norms)."""
     base, group = split_variant(variant)
     if group is None:
         return _scaled(score_variant(base), dot, train.inverse, test.inverse)
     index = names.index(group)
-    pick = (lambda side: None if side.inverse_groups is None else side.inverse_groups[index])
+    pick = lambda side: None if side.inverse_groups is None else side.inverse_groups[index]
     return _scaled(score_variant(base), dots[index], pick(train), pick(test))
 
 
@@ -545,7 +595,9 @@ def _inverse_norms(squared_norms: Tensor) -> Tensor:
     return torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))
 
 
-def _scaled(variant: ScoreVariant, dot: Tensor, inverse_train: Optional[Tensor], inverse_test: Optional[Tensor]) -> Tensor:
+def _scaled(
+    variant: ScoreVariant, dot: Tensor, inverse_train: Optional[Tensor], inverse_test: Optional[Tensor]
+) -> Tensor:
     """One checkpoint's inner products Tensor[b, m] as the variant scores them (tracin.variants): times
     1 / |g_train| per row and 1 / |g_test| per column where it normalises that side."""
     if variant.normalise_train:

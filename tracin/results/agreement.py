@@ -37,10 +37,21 @@ from tracin.results import statistics
 from tracin.results.comparison import CompareOptions
 from tracin.results.store import ScoreFile
 
-AGREEMENT_DTYPE = np.dtype([
-    ("variant", "S64"), ("statistic", "S16"), ("comparison", "S40"), ("mean", "f8"), ("ci_low", "f8"),
-    ("ci_high", "f8"), ("chance", "f8"), ("pairs", "i8"), ("n_rows", "i8"), ("p_value", "f8"), ("detectable", "f8"),
-])  # detectable: own - other teacher only, the difference the pairing test sees with 80% power (simulated)
+AGREEMENT_DTYPE = np.dtype(
+    [
+        ("variant", "S64"),
+        ("statistic", "S16"),
+        ("comparison", "S40"),
+        ("mean", "f8"),
+        ("ci_low", "f8"),
+        ("ci_high", "f8"),
+        ("chance", "f8"),
+        ("pairs", "i8"),
+        ("n_rows", "i8"),
+        ("p_value", "f8"),
+        ("detectable", "f8"),
+    ]
+)  # detectable: own - other teacher only, the difference the pairing test sees with 80% power (simulated)
 OWN_VS_OTHER, SHARED_VS_OTHER_INIT = "own - other teacher", "shared - other init"
 Pair = tuple[str, str]
 
@@ -61,8 +72,10 @@ def select_agreement_pairs(replicas: dict[str, dict[int, str]], models: Sequence
         "student-baseline'": [(s[i], b[j]) for i in s for j in b if i != j],
         **within,
     }
-    for name, roles in (("teacher-student, ensembles", ("teacher", "student")),
-                        ("student-baseline, ensembles", ("student", "student_baseline"))):
+    for name, roles in (
+        ("teacher-student, ensembles", ("teacher", "student")),
+        ("student-baseline, ensembles", ("student", "student_baseline")),
+    ):
         pair = (ensemble_name(roles[0]), ensemble_name(roles[1]))
         pairs[name] = [pair] if set(pair) <= set(models) else []
     return {name: found for name, found in pairs.items() if found}
@@ -95,18 +108,31 @@ class RowValues:
             return statistics.correlate_ranks(self._ranks(name_a), self._ranks(name_b))
         a, b = self.store.model(name_a), self.store.model(name_b)
         k = int(self.statistic.removeprefix("overlap@"))
-        return statistics.overlap_at_k(a.variant_rankings(self.variant)[0].top_index, b.variant_rankings(self.variant)[0].top_index, k)
-
+        return statistics.overlap_at_k(
+            a.variant_rankings(self.variant)[0].top_index, b.variant_rankings(self.variant)[0].top_index, k
+        )
 
     def _ranks(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """The model's ranks of the train examples for each sampled test example, ranked once."""
         if name not in self.ranks:
-            self.ranks[name] = statistics.row_ranks(self.store.model(name).matrix(variant=self.variant)[:, self.columns].T)
+            self.ranks[name] = statistics.row_ranks(
+                self.store.model(name).matrix(variant=self.variant)[:, self.columns].T
+            )
         return self.ranks[name]
 
 
-def _row(variant: str, statistic: str, comparison: str, samples: list[np.ndarray], function: Callable,
-         chance: float, pairs: int, seed: int, p_value: float = np.nan, detectable: float = np.nan) -> tuple:
+def _row(
+    variant: str,
+    statistic: str,
+    comparison: str,
+    samples: list[np.ndarray],
+    function: Callable,
+    chance: float,
+    pairs: int,
+    seed: int,
+    p_value: float = np.nan,
+    detectable: float = np.nan,
+) -> tuple:
     """One AGREEMENT_DTYPE row: function(*samples) over the rows where every sample is defined, its CI."""
     defined = ~np.any([np.isnan(x) for x in samples], axis=0)
     value = float(function(*[x[defined] for x in samples], axis=-1)) if defined.any() else np.nan
@@ -123,8 +149,10 @@ def pairing_p_text(p_value: float, replicas: int) -> str:
     if not np.isfinite(p_value):
         return ""
     if replicas < MIN_PAIRING_REPLICAS:
-        return (f"no permutation test: {replicas} replicas allow p >= {1 / math.factorial(replicas):.2f}; "
-                f"it needs >= {MIN_PAIRING_REPLICAS} replicas")
+        return (
+            f"no permutation test: {replicas} replicas allow p >= {1 / math.factorial(replicas):.2f}; "
+            f"it needs >= {MIN_PAIRING_REPLICAS} replicas"
+        )
     return f"permutation p = {p_value:.3f} over the {math.factorial(replicas)} pairings of {replicas} replicas"
 
 
@@ -162,8 +190,9 @@ def pairing_noise(agreement: np.ndarray) -> float:
     return float(np.sqrt(np.sum((values - fitted) ** 2) / dof)) if dof > 0 else np.nan
 
 
-def pairing_power(effect: float, noise: float, replicas: int, simulations: int = 2000, seed: int = 0,
-                  level: float = 0.05) -> float:
+def pairing_power(
+    effect: float, noise: float, replicas: int, simulations: int = 2000, seed: int = 0, level: float = 0.05
+) -> float:
     """The share of simulated replica sets in which the pairing test (pairing_p_value) gives p < level when
     every student agrees with its own teacher `effect` more than with the others: agreement = effect * I +
     noise * N(0, 1) per cell (row and column effects are left out: they move every assignment alike).
@@ -173,14 +202,18 @@ def pairing_power(effect: float, noise: float, replicas: int, simulations: int =
     rng = np.random.default_rng(seed)
     hits = 0
     for start in range(0, simulations, 256):
-        cells = effect * np.eye(replicas) + noise * rng.standard_normal((min(256, simulations - start), replicas, replicas))
+        cells = effect * np.eye(replicas) + noise * rng.standard_normal(
+            (min(256, simulations - start), replicas, replicas)
+        )
         diagonals = cells[:, np.arange(replicas), orders].sum(-1)  # [simulations, R!]: each assignment's own sum
         p = np.mean(diagonals >= diagonals[:, :1] - 1e-12, axis=1)  # orders[0] is the identity
         hits += int(np.sum(p < level))
     return hits / simulations
 
 
-def detectable_by_pairings(noise: float, replicas: int, power: float = 0.8, simulations: int = 2000, seed: int = 0) -> float:
+def detectable_by_pairings(
+    noise: float, replicas: int, power: float = 0.8, simulations: int = 2000, seed: int = 0
+) -> float:
     """The smallest own - other teacher difference the pairing test sees with `power` at R replicas and this
     pairing noise (pairing_noise). It is proportional to the noise (the simulated draws scale with it), so
     the factor is simulated once per R. NaN where R! assignments cannot reach p < 0.05, or above
@@ -206,7 +239,9 @@ def _detectable_per_noise(replicas: int, power: float, simulations: int, seed: i
     return high
 
 
-def agreement_table(store: ScoreFile, models: list[str], options: CompareOptions, k: Optional[int] = None) -> np.ndarray:
+def agreement_table(
+    store: ScoreFile, models: list[str], options: CompareOptions, k: Optional[int] = None
+) -> np.ndarray:
     """AGREEMENT_DTYPE rows for every variant both models of a pair hold, for overlap@k (k: the largest
     of options.ks unless given) and Spearman: each comparison's mean per test example with its CI, and
     with replicas the normalised agreements and own - other teacher. Empty without a teacher-student or
@@ -225,23 +260,56 @@ def agreement_table(store: ScoreFile, models: list[str], options: CompareOptions
         for between, a, b in (("teacher-student", "teacher", "student"), ("student-baseline", "student", "baseline")):
             if all(name in per_row for name in (between, f"{a}-{a}'", f"{b}-{b}'")):
                 samples = [per_row[between], per_row[f"{a}-{a}'"], per_row[f"{b}-{b}'"]]
-                rows.append(_row(variant, statistic, f"normalised {between}", samples,
-                                 _normalised(chance), 0.0, len(pairs[between]), options.seed))
+                rows.append(
+                    _row(
+                        variant,
+                        statistic,
+                        f"normalised {between}",
+                        samples,
+                        _normalised(chance),
+                        0.0,
+                        len(pairs[between]),
+                        options.seed,
+                    )
+                )
         if "teacher'-student" in per_row:
             samples = [per_row["teacher-student"], per_row["teacher'-student"]]
             matrix = _pairing_matrix(values, models)
             detectable = detectable_by_pairings(pairing_noise(matrix), len(matrix))
-            rows.append(_row(variant, statistic, OWN_VS_OTHER, samples, statistics.mean_difference, 0.0,
-                             len(pairs["teacher-student"]), options.seed, pairing_p_value(matrix), detectable))
+            rows.append(
+                _row(
+                    variant,
+                    statistic,
+                    OWN_VS_OTHER,
+                    samples,
+                    statistics.mean_difference,
+                    0.0,
+                    len(pairs["teacher-student"]),
+                    options.seed,
+                    pairing_p_value(matrix),
+                    detectable,
+                )
+            )
         if "student-baseline'" in per_row:
             samples = [per_row["student-baseline"], per_row["student-baseline'"]]
-            rows.append(_row(variant, statistic, SHARED_VS_OTHER_INIT, samples, statistics.mean_difference, 0.0,
-                             len(pairs["student-baseline"]), options.seed))
+            rows.append(
+                _row(
+                    variant,
+                    statistic,
+                    SHARED_VS_OTHER_INIT,
+                    samples,
+                    statistics.mean_difference,
+                    0.0,
+                    len(pairs["student-baseline"]),
+                    options.seed,
+                )
+            )
     return np.array(rows, dtype=AGREEMENT_DTYPE)
 
 
-def pairing_matrix(store: ScoreFile, models: Sequence[str], variant: str, statistic: str,
-                   options: Optional[CompareOptions] = None) -> np.ndarray:
+def pairing_matrix(
+    store: ScoreFile, models: Sequence[str], variant: str, statistic: str, options: Optional[CompareOptions] = None
+) -> np.ndarray:
     """float64 [R, R]: the agreement (statistic "overlap@K" or "spearman") of teacher replica i with student
     replica j, mean over test examples, as the own - other teacher row's permutation test reads it (the
     Spearman rows sampled as tracin-score's default CompareOptions sample them)."""
@@ -255,7 +323,9 @@ def _pairing_matrix(values: RowValues, models: Sequence[str]) -> np.ndarray:
     j, for the replicas that have both."""
     by_role = replicas_by_role(models)
     shared = [r for r in by_role["teacher"] if r in by_role["student"]]
-    return np.array([[np.nanmean(values.of((by_role["teacher"][i], by_role["student"][j]))) for j in shared] for i in shared])
+    return np.array(
+        [[np.nanmean(values.of((by_role["teacher"][i], by_role["student"][j]))) for j in shared] for i in shared]
+    )
 
 
 def verdicts(table: np.ndarray) -> list[str]:
@@ -271,19 +341,29 @@ def verdicts(table: np.ndarray) -> list[str]:
         interval = f"{row['mean']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
         above, below = row["ci_low"] > 0, row["ci_high"] < 0
         if comparison == OWN_VS_OTHER:
-            said = ("agrees with its own teacher more than with another teacher" if above else
-                    "agrees with its own teacher less than with another teacher" if below else
-                    f"agrees with its own teacher no more than with another teacher (the CI includes 0; {_power_text(row)})")
+            said = (
+                "agrees with its own teacher more than with another teacher"
+                if above
+                else "agrees with its own teacher less than with another teacher"
+                if below
+                else f"agrees with its own teacher no more than with another teacher (the CI includes 0; {_power_text(row)})"
+            )
             p = pairing_p_text(row["p_value"], int(row["pairs"])) if "p_value" in table.dtype.names else ""
             p = f"; {p}" if p else ""
             if (above or below) and int(row["pairs"]) >= MIN_PAIRING_REPLICAS and row["p_value"] >= 0.05:
-                p += (" - not confirmed by the replica pairings: the CI is over test examples with these replicas fixed, "
-                      "so the difference may be these replicas' own rather than their teachers'")
+                p += (
+                    " - not confirmed by the replica pairings: the CI is over test examples with these replicas fixed, "
+                    "so the difference may be these replicas' own rather than their teachers'"
+                )
             lines.append(f"{row['variant'].decode()}, {row['statistic'].decode()}: the student {said}: {interval}{p}")
         else:
-            said = ("a shared initialisation and data order alone make student and baseline agree more" if above else
-                    "a shared initialisation and data order make no difference to student-baseline agreement (the CI includes 0)"
-                    if not below else "students with a shared initialisation and data order agree less")
+            said = (
+                "a shared initialisation and data order alone make student and baseline agree more"
+                if above
+                else "a shared initialisation and data order make no difference to student-baseline agreement (the CI includes 0)"
+                if not below
+                else "students with a shared initialisation and data order agree less"
+            )
             lines.append(f"{row['variant'].decode()}, {row['statistic'].decode()}: {said}: {interval}")
     return lines
 
@@ -295,13 +375,16 @@ def _power_text(row: np.void) -> str:
     rows = f"{statistics.detectable_from_ci(row['ci_low'], row['ci_high']):.3f}"
     if "detectable" not in row.dtype.names or not np.isfinite(row["detectable"]):
         return f"{rows} is the difference this sample would see with 80% power"
-    return (f"the replica pairings would see {row['detectable']:.3f} with 80% power (simulated from their spread), "
-            f"the test examples alone {rows}")
+    return (
+        f"the replica pairings would see {row['detectable']:.3f} with 80% power (simulated from their spread), "
+        f"the test examples alone {rows}"
+    )
 
 
 def _normalised(chance: float) -> Callable:
     def statistic(between, within_a, within_b, axis=-1):
         return statistics.normalised_agreement(between, within_a, within_b, chance, axis)
+
     return statistic
 
 
@@ -319,8 +402,10 @@ def format_agreement(table: np.ndarray, groups: bool = False) -> str:
     if len(table) == 0:
         return ""
     names = list(dict.fromkeys(table["statistic"]))
-    lines = [f"agreement of the test examples' proponents, mean over test examples [{statistics.CONFIDENCE:.0%} bootstrap CI]"
-             "; ' = another replica (other seed, same data); normalised: 1 = as much as replicas agree, 0 = chance"]
+    lines = [
+        f"agreement of the test examples' proponents, mean over test examples [{statistics.CONFIDENCE:.0%} bootstrap CI]"
+        "; ' = another replica (other seed, same data); normalised: 1 = as much as replicas agree, 0 = chance"
+    ]
     for variant in dict.fromkeys(table["variant"]):
         rows = table[table["variant"] == variant]
         heading = "  ".join(f"{s.decode():>22}" for s in names)
@@ -333,8 +418,11 @@ def format_agreement(table: np.ndarray, groups: bool = False) -> str:
             mine = rows[rows["comparison"] == comparison]
             if "p_value" in rows.dtype.names and np.isfinite(mine["p_value"]).any():
                 replicas = int(mine["pairs"][0])
-                shown = " ".join(f"{p:.3f}" for p in mine["p_value"]) if replicas >= MIN_PAIRING_REPLICAS else \
-                    f"none: needs >= {MIN_PAIRING_REPLICAS} replicas"
+                shown = (
+                    " ".join(f"{p:.3f}" for p in mine["p_value"])
+                    if replicas >= MIN_PAIRING_REPLICAS
+                    else f"none: needs >= {MIN_PAIRING_REPLICAS} replicas"
+                )
                 cells.append(f"p {shown}")
             lines.append(f"    {comparison.decode():<28}" + "  ".join(cells))
         chances = [rows[rows["statistic"] == statistic]["chance"][0] for statistic in names]
@@ -357,12 +445,21 @@ def agreement_by_depth(table: np.ndarray) -> list[tuple[str, str, list[str], np.
     for base in dict.fromkeys(base for base, _ in variants):
         names = [group for b, group in variants if b == base]
         for statistic in dict.fromkeys(grouped["statistic"]):
-            cells = np.full((len(names), len(DEPTH_COMPARISONS)), np.nan, dtype=[(n, "f8") for n in ("mean", "ci_low", "ci_high")])
+            cells = np.full(
+                (len(names), len(DEPTH_COMPARISONS)), np.nan, dtype=[(n, "f8") for n in ("mean", "ci_low", "ci_high")]
+            )
             for i, group in enumerate(names):
-                rows = grouped[(grouped["variant"] == f"{base}{GROUP_SEPARATOR}{group}".encode()) & (grouped["statistic"] == statistic)]
+                rows = grouped[
+                    (grouped["variant"] == f"{base}{GROUP_SEPARATOR}{group}".encode())
+                    & (grouped["statistic"] == statistic)
+                ]
                 for row in rows:
                     if row["comparison"].decode() in DEPTH_COMPARISONS:
-                        cells[i, DEPTH_COMPARISONS.index(row["comparison"].decode())] = (row["mean"], row["ci_low"], row["ci_high"])
+                        cells[i, DEPTH_COMPARISONS.index(row["comparison"].decode())] = (
+                            row["mean"],
+                            row["ci_low"],
+                            row["ci_high"],
+                        )
             found.append((base, statistic.decode(), names, cells))
     return found
 
@@ -373,12 +470,17 @@ def format_agreement_by_depth(table: np.ndarray) -> str:
     blocks = agreement_by_depth(table)
     if not blocks:
         return ""
-    lines = ["agreement by depth: each layer group's scores alone (VARIANT@GROUP), mean over test examples "
-             f"[{statistics.CONFIDENCE:.0%} bootstrap CI]"]
+    lines = [
+        "agreement by depth: each layer group's scores alone (VARIANT@GROUP), mean over test examples "
+        f"[{statistics.CONFIDENCE:.0%} bootstrap CI]"
+    ]
     for base, statistic, names, cells in blocks:
         lines.append(f"  {base + ', ' + statistic:<28}" + "  ".join(f"{c:>26}" for c in DEPTH_COMPARISONS))
         for group, row in zip(names, cells):
-            lines.append(f"    {group:<26}" + "  ".join(f"{_cell(cell) if np.isfinite(cell['mean']) else '-':>26}" for cell in row))
+            lines.append(
+                f"    {group:<26}"
+                + "  ".join(f"{_cell(cell) if np.isfinite(cell['mean']) else '-':>26}" for cell in row)
+            )
     return "\n".join(lines)
 
 

@@ -160,8 +160,9 @@ def overlap_rows(scope: ScopePair) -> list[dict]:
     rows = []
     for direction, ra, rb, n_ranked in directions:
         for side, field in list(zip(SIDES[direction], ("top_index", "bottom_index")))[: 1 if of_group else 2]:
-            for row in statistics.overlap_table(getattr(ra, field), getattr(rb, field), list(scope.options.ks), n_ranked,
-                                                 scope.options.seed):
+            for row in statistics.overlap_table(
+                getattr(ra, field), getattr(rb, field), list(scope.options.ks), n_ranked, scope.options.seed
+            ):
                 rows.append({"direction": direction, "side": side, **row})
     return rows
 
@@ -170,7 +171,8 @@ def overlap_headline(table: np.ndarray) -> np.ndarray:
     """bool [rows]: every row of scope "sum", and of each matched epoch the test proponents and train
     top at the largest k."""
     leading = ((table["direction"] == b"test") & (table["side"] == b"proponents")) | (
-        (table["direction"] == b"train") & (table["side"] == b"top"))
+        (table["direction"] == b"train") & (table["side"] == b"top")
+    )
     return sum_scope(table) | (leading & (table["k"] == table["k"].max(initial=0)))
 
 
@@ -190,8 +192,17 @@ def correlation_rows(scope: ScopePair) -> list[dict]:
         for name, values in (("spearman", statistics.spearman_rows(a, b)), ("kendall", statistics.kendall_rows(a, b))):
             summary = statistics.summarize(values)
             ci_low, ci_high = statistics.bootstrap_ci([values], seed=options.seed)
-            rows.append({"direction": direction, "statistic": name, **summary, "ci_low": ci_low, "ci_high": ci_high,
-                         "n_rows": summary["n"], "n_undefined": summary["undefined"]})
+            rows.append(
+                {
+                    "direction": direction,
+                    "statistic": name,
+                    **summary,
+                    "ci_low": ci_low,
+                    "ci_high": ci_high,
+                    "n_rows": summary["n"],
+                    "n_undefined": summary["undefined"],
+                }
+            )
     return rows
 
 
@@ -211,31 +222,66 @@ def self_influence_rows(scope: ScopePair) -> list[dict]:
 SUMMARY = (Column("mean"), Column("median"), Column("min"), Column("max"))
 CI = (Column("ci_low", label="95% CI low"), Column("ci_high", label="95% CI high"))  # bootstrap over rows
 
-register_table(ComparisonTable(
-    "overlap", "overlap of top-k sets",
-    (Column("direction", "S8"), Column("side", "S12"), Column("k", "i8"), Column("mean", label="mean overlap"), *CI,
-     Column("shared", label="mean shared", format=".1f"),
-     *SUMMARY[1:], Column("chance", label="chance k/n", format=".4f"), Column("jaccard", label="Jaccard"),
-     Column("jaccard_ci_low", label="Jaccard CI low"), Column("jaccard_ci_high", label="Jaccard CI high")),
-    overlap_rows, text_rows=overlap_headline, layer_groups=True,
-))
-register_table(ComparisonTable(
-    "rank_correlation", "rank agreement per row",
-    (Column("direction", "S8"), Column("statistic", "S10"), SUMMARY[0], *CI, *SUMMARY[1:], Column("n_rows", "i8", label="rows"),
-     Column("n_undefined", "i8", label="constant rows left out")),
-    correlation_rows,
-))
-register_table(ComparisonTable(
-    "ks", "score distributions: two-sample Kolmogorov–Smirnov",
-    (Column("statistic", label="KS"), Column("pvalue", label="p", format=".2g"),
-     Column("scaled_statistic", label="KS after scaling by std"), Column("scaled_pvalue", label="p (scaled)", format=".2g")),
-    ks_rows,
-))
-register_table(ComparisonTable(
-    "self_influence", "self-influence correlation",
-    (Column("pearson", label="Pearson"), Column("spearman", label="Spearman")),
-    self_influence_rows, sum_only=True,
-))
+register_table(
+    ComparisonTable(
+        "overlap",
+        "overlap of top-k sets",
+        (
+            Column("direction", "S8"),
+            Column("side", "S12"),
+            Column("k", "i8"),
+            Column("mean", label="mean overlap"),
+            *CI,
+            Column("shared", label="mean shared", format=".1f"),
+            *SUMMARY[1:],
+            Column("chance", label="chance k/n", format=".4f"),
+            Column("jaccard", label="Jaccard"),
+            Column("jaccard_ci_low", label="Jaccard CI low"),
+            Column("jaccard_ci_high", label="Jaccard CI high"),
+        ),
+        overlap_rows,
+        text_rows=overlap_headline,
+        layer_groups=True,
+    )
+)
+register_table(
+    ComparisonTable(
+        "rank_correlation",
+        "rank agreement per row",
+        (
+            Column("direction", "S8"),
+            Column("statistic", "S10"),
+            SUMMARY[0],
+            *CI,
+            *SUMMARY[1:],
+            Column("n_rows", "i8", label="rows"),
+            Column("n_undefined", "i8", label="constant rows left out"),
+        ),
+        correlation_rows,
+    )
+)
+register_table(
+    ComparisonTable(
+        "ks",
+        "score distributions: two-sample Kolmogorov–Smirnov",
+        (
+            Column("statistic", label="KS"),
+            Column("pvalue", label="p", format=".2g"),
+            Column("scaled_statistic", label="KS after scaling by std"),
+            Column("scaled_pvalue", label="p (scaled)", format=".2g"),
+        ),
+        ks_rows,
+    )
+)
+register_table(
+    ComparisonTable(
+        "self_influence",
+        "self-influence correlation",
+        (Column("pearson", label="Pearson"), Column("spearman", label="Spearman")),
+        self_influence_rows,
+        sum_only=True,
+    )
+)
 
 
 def compare_models(store: ScoreFile, name_a: str, name_b: str, options: CompareOptions) -> dict[str, np.ndarray]:
@@ -298,5 +344,7 @@ def format_tables(name_a: str, name_b: str, tables: dict[str, np.ndarray]) -> st
         lines.append(f"{name_a} vs {name_b}: {title_of(name)}")
         lines += text_table(name, table[shown])
         if not shown.all():
-            lines.append(f"  ({int((~shown).sum())} more rows, of other scopes (variants, matched epochs), in the file and report.md)")
+            lines.append(
+                f"  ({int((~shown).sum())} more rows, of other scopes (variants, matched epochs), in the file and report.md)"
+            )
     return "\n".join(lines)

@@ -39,15 +39,14 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tracin.version import __version__
 from tracin.config import replicas_by_role
 from tracin.errors import TracinError
 from tracin.files import exclusive_lock, refuse_link, write_atomic
-from tracin.results import sanity
-from tracin.results import statistics
+from tracin.results import sanity, statistics
 from tracin.results.agreement import select_agreement_pairs
 from tracin.results.figures import Images, check_finished, load_images, report_verdicts
 from tracin.results.store import ScoreFile
+from tracin.version import __version__
 
 BLOCK = 250  # test examples per data file when the data do not fit inline
 DEPTH = 10  # proponents and opponents shown per model and test example, unless asked otherwise
@@ -115,7 +114,12 @@ def _overlaps(tops: dict[str, np.ndarray], pairs: Sequence[tuple[str, str]], k: 
     """A comparison's overlap@k per test example (float32, base64) with the run's mean and its bootstrap CI."""
     values = overlap_counts(tops, pairs, k) / k
     low, high = statistics.bootstrap_ci([values], seed=seed)
-    return {"values": _b64(values.astype(np.float32)), "mean": float(np.mean(values)), "low": float(low), "high": float(high)}
+    return {
+        "values": _b64(values.astype(np.float32)),
+        "mean": float(np.mean(values)),
+        "low": float(low),
+        "high": float(high),
+    }
 
 
 def frequent_proponents(top_index: np.ndarray, count: int = FREQUENT) -> tuple[np.ndarray, np.ndarray]:
@@ -127,8 +131,9 @@ def frequent_proponents(top_index: np.ndarray, count: int = FREQUENT) -> tuple[n
     return order, counts[order]
 
 
-def highest_self_influence(store: ScoreFile, name: str, variant: str,
-                           count: int = FREQUENT) -> tuple[np.ndarray, np.ndarray, str]:
+def highest_self_influence(
+    store: ScoreFile, name: str, variant: str, count: int = FREQUENT
+) -> tuple[np.ndarray, np.ndarray, str]:
     """(train rows, values, the variant they are of) of the `count` highest self-influences of a model for
     `variant`; raw's where the file holds none for it (cosine: every example's is the same)."""
     scores = store.model(name)
@@ -173,47 +178,76 @@ class Page:
 def page_data(store: ScoreFile, models: Sequence[str], depth: Optional[int] = None, seed: int = 0) -> Page:
     """Everything the page shows, from a finished score file (see the module's docstring); `depth` lists
     per model and test example (None: DEPTH, or fewer where the file holds fewer)."""
-    rankings = {name: {v: store.model(name).variant_rankings(v)[0] for v in store.model(name).variants} for name in models}
+    rankings = {
+        name: {v: store.model(name).variant_rankings(v)[0] for v in store.model(name).variants} for name in models
+    }
     stored_k = min(r.top_index.shape[1] for by_variant in rankings.values() for r in by_variant.values())
     depth = min(DEPTH, stored_k) if depth is None else depth
     if not 1 <= depth <= stored_k:
-        raise TracinError(f"--depth {depth}: the file holds the top {stored_k} of each test example; choose 1..{stored_k}")
+        raise TracinError(
+            f"--depth {depth}: the file holds the top {stored_k} of each test example; choose 1..{stored_k}"
+        )
     pairs = store.comparison_pairs()  # the ks of tracin-score's comparison tables (its --topk)
     ks = [int(k) for k in (store.comparison_settings(*pairs[0])["ks"] if pairs else []) if k <= stored_k] or [stored_k]
     variants = list(dict.fromkeys(v for name in models for v in store.model(name).variants))
     found = comparisons(models)
     head = {
-        "tracin": __version__, "scores": str(store.path), "run": str(store.run_path), "classes": store.classes,
-        "n_train": store.n_train, "n_test": store.n_test, "depth": depth, "ks": ks, "block": BLOCK,
-        "models": list(models), "variants": {name: store.model(name).variants for name in models},
-        "variant_order": variants, "floor": FLOOR,
-        "test": {"index": store.test_index.tolist(), "label": store.test_labels.tolist(),
-                 "stamped": store.test_stamped.astype(int).tolist()},
-        "train": {"index": _b64(store.train_index.astype(np.int32)), "label": _b64(store.train_labels.astype(np.int16)),
-                  "clean": _b64(store.train_clean_labels.astype(np.int16)), "stamped": _b64(store.train_stamped.astype(np.uint8))},
-        "predictions": {}, "comparisons": {}, "frequent": {}, "self_influence": {}, "quality": _quality(store),
+        "tracin": __version__,
+        "scores": str(store.path),
+        "run": str(store.run_path),
+        "classes": store.classes,
+        "n_train": store.n_train,
+        "n_test": store.n_test,
+        "depth": depth,
+        "ks": ks,
+        "block": BLOCK,
+        "models": list(models),
+        "variants": {name: store.model(name).variants for name in models},
+        "variant_order": variants,
+        "floor": FLOOR,
+        "test": {
+            "index": store.test_index.tolist(),
+            "label": store.test_labels.tolist(),
+            "stamped": store.test_stamped.astype(int).tolist(),
+        },
+        "train": {
+            "index": _b64(store.train_index.astype(np.int32)),
+            "label": _b64(store.train_labels.astype(np.int16)),
+            "clean": _b64(store.train_clean_labels.astype(np.int16)),
+            "stamped": _b64(store.train_stamped.astype(np.uint8)),
+        },
+        "predictions": {},
+        "comparisons": {},
+        "frequent": {},
+        "self_influence": {},
+        "quality": _quality(store),
     }
     for name in models:
         predictions = store.model(name).predictions
         if predictions is not None:
-            head["predictions"][name] = {"class": _b64(predictions[0].astype(np.int16)),
-                                         "confidence": _b64(predictions[1].astype(np.float32))}
+            head["predictions"][name] = {
+                "class": _b64(predictions[0].astype(np.int16)),
+                "confidence": _b64(predictions[1].astype(np.float32)),
+            }
     shown = [np.arange(0)]
     for variant in variants:
         holders = [name for name in models if variant in rankings[name]]
         pairs = {c: p for c, p in found.items() if all(n in holders for pair in p for n in pair)}
         tops = {name: rankings[name][variant].top_index for name in holders}
         head["comparisons"][variant] = {
-            c: {"pairs": [list(pair) for pair in p],
-                "k": {str(k): _overlaps(tops, p, k, seed) for k in ks}}
-            for c, p in pairs.items()}
+            c: {"pairs": [list(pair) for pair in p], "k": {str(k): _overlaps(tops, p, k, seed) for k in ks}}
+            for c, p in pairs.items()
+        }
         head["frequent"][variant], head["self_influence"][variant] = {}, {}
         for name in holders:
-            rows, counts = frequent_proponents(rankings[name][variant].top_index[:, :ks[-1]])
+            rows, counts = frequent_proponents(rankings[name][variant].top_index[:, : ks[-1]])
             head["frequent"][variant][name] = {"rows": rows.tolist(), "counts": counts.tolist(), "k": ks[-1]}
             rows_si, values, which = highest_self_influence(store, name, variant)
-            head["self_influence"][variant][name] = {"rows": rows_si.tolist(), "values": _b64(values.astype(np.float32)),
-                                                     "of": which}
+            head["self_influence"][variant][name] = {
+                "rows": rows_si.tolist(),
+                "values": _b64(values.astype(np.float32)),
+                "of": which,
+            }
             shown += [rows, rows_si]
     blocks = []
     for start in range(0, store.n_test, BLOCK):
@@ -226,9 +260,14 @@ def page_data(store: ScoreFile, models: Sequence[str], depth: Optional[int] = No
                     continue
                 ranking = rankings[name][variant]
                 parts = (ranking.top_index, ranking.top_score, ranking.bottom_index, ranking.bottom_score)
-                lists[variant][name] = [_b64(np.asarray(part[rows, :depth]).astype(dtype))
-                                        for part, dtype in zip(parts, (np.int32, np.float32, np.int32, np.float32))]
-                shown += [np.asarray(ranking.top_index[rows, :depth]).ravel(), np.asarray(ranking.bottom_index[rows, :depth]).ravel()]
+                lists[variant][name] = [
+                    _b64(np.asarray(part[rows, :depth]).astype(dtype))
+                    for part, dtype in zip(parts, (np.int32, np.float32, np.int32, np.float32))
+                ]
+                shown += [
+                    np.asarray(ranking.top_index[rows, :depth]).ravel(),
+                    np.asarray(ranking.bottom_index[rows, :depth]).ravel(),
+                ]
         blocks.append({"start": start, "stop": rows.stop, "lists": lists})
     return Page(head, blocks, np.arange(store.n_test), np.unique(np.concatenate(shown).astype(np.int64)))
 
@@ -243,8 +282,14 @@ def _script_json(values) -> str:
     return json.dumps(values, separators=(",", ":")).replace("</", "<\\/")
 
 
-def write_page(store: ScoreFile, images: Images, out: Path, models: Sequence[str], depth: Optional[int] = None,
-               max_inline_mb: float = 25.0) -> dict:
+def write_page(
+    store: ScoreFile,
+    images: Images,
+    out: Path,
+    models: Sequence[str],
+    depth: Optional[int] = None,
+    max_inline_mb: float = 25.0,
+) -> dict:
     """Write the page to `out` (and its folder beside it when the data are over max_inline_mb MB); returns
     {"page": path, "folder": path or None, "bytes": size of everything written, "images": images written,
     "depth": lists per model and test example}."""
@@ -258,10 +303,14 @@ def write_page(store: ScoreFile, images: Images, out: Path, models: Sequence[str
     inline_bytes = sum(len(b) for b in blocks) + sum(4 * len(data) // 3 + 30 for data in encoded.values())
     inline = inline_bytes <= max_inline_mb * 2**20
     if inline:
-        head = {**page.head, "inline": True,
-                "images": {key: base64.b64encode(data).decode() for key, data in encoded.items()}}
+        head = {
+            **page.head,
+            "inline": True,
+            "images": {key: base64.b64encode(data).decode() for key, data in encoded.items()},
+        }
         data = f"TRACIN.head = {_script_json(head)};\n" + "".join(
-            f"TRACIN.blocks[{i}] = {text};\n" for i, text in enumerate(blocks))
+            f"TRACIN.blocks[{i}] = {text};\n" for i, text in enumerate(blocks)
+        )
         written = 0
     else:
         head = {**page.head, "inline": False, "folder": folder.name}
@@ -269,8 +318,13 @@ def write_page(store: ScoreFile, images: Images, out: Path, models: Sequence[str
         data = f"TRACIN.head = {_script_json(head)};\n"
     text = template().replace("/*DATA*/", data)
     write_atomic(out, lambda handle: handle.write(text.encode()))
-    return {"page": out, "folder": None if inline else folder, "bytes": len(text.encode()) + written, "images": len(encoded),
-            "depth": page.head["depth"]}
+    return {
+        "page": out,
+        "folder": None if inline else folder,
+        "bytes": len(text.encode()) + written,
+        "images": len(encoded),
+        "depth": page.head["depth"],
+    }
 
 
 def _write_folder(folder: Path, blocks: Sequence[str], images: dict[str, bytes]) -> int:
@@ -303,8 +357,9 @@ def _write_plain(path: Path, data: bytes) -> None:
 def topk_table(store: ScoreFile, models: Sequence[str], k: int, variant: Optional[str] = None) -> dict[str, np.ndarray]:
     """Columns of the top-k lists, a row per (model, test example, side, rank): model, variant, test_index,
     side ("proponent" | "opponent"), rank (1 = strongest), train_index, score (float32 as stored), flipped."""
-    columns: dict[str, list[np.ndarray]] = {name: [] for name in
-                                            ("model", "variant", "test_index", "side", "rank", "train_index", "score", "flipped")}
+    columns: dict[str, list[np.ndarray]] = {
+        name: [] for name in ("model", "variant", "test_index", "side", "rank", "train_index", "score", "flipped")
+    }
     for name in models:
         scores = store.model(name)
         chosen = variant or scores.variants[0]
@@ -313,8 +368,10 @@ def topk_table(store: ScoreFile, models: Sequence[str], k: int, variant: Optiona
         ranking = scores.variant_rankings(chosen)[0]
         if k > ranking.top_index.shape[1]:
             raise TracinError(f"k = {k}: the file holds the top {ranking.top_index.shape[1]} of each test example")
-        for side, index, score in (("proponent", ranking.top_index, ranking.top_score),
-                                   ("opponent", ranking.bottom_index, ranking.bottom_score)):
+        for side, index, score in (
+            ("proponent", ranking.top_index, ranking.top_score),
+            ("opponent", ranking.bottom_index, ranking.bottom_score),
+        ):
             rows = np.asarray(index[:, :k])
             n = rows.size
             columns["model"].append(np.full(n, name, dtype=object))
@@ -328,11 +385,15 @@ def topk_table(store: ScoreFile, models: Sequence[str], k: int, variant: Optiona
     return {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in columns.items()}
 
 
-def overlap_table(store: ScoreFile, models: Sequence[str], k: int, variant: Optional[str] = None) -> dict[str, np.ndarray]:
+def overlap_table(
+    store: ScoreFile, models: Sequence[str], k: int, variant: Optional[str] = None
+) -> dict[str, np.ndarray]:
     """Columns of the per-test-example overlaps, a row per (comparison, test example): comparison, variant,
     test_index, k, overlap (shared top-k proponents / k, averaged over the comparison's model pairs)."""
     chosen = variant or store.model(models[0]).variants[0]
-    columns: dict[str, list[np.ndarray]] = {name: [] for name in ("comparison", "variant", "test_index", "k", "overlap")}
+    columns: dict[str, list[np.ndarray]] = {
+        name: [] for name in ("comparison", "variant", "test_index", "k", "overlap")
+    }
     holders = [name for name in models if chosen in store.model(name).variants]
     tops = proponents(store, holders, chosen)
     for comparison, pairs in comparisons(holders).items():
@@ -355,8 +416,10 @@ def frames(path: str | Path, k: int = 10, variant: Optional[str] = None, models:
     with ScoreFile.open_read(Path(path)) as store:
         check_finished(store)
         chosen = shown_models(store, models)
-        return (pandas.DataFrame(topk_table(store, chosen, k, variant)),
-                pandas.DataFrame(overlap_table(store, chosen, k, variant)))
+        return (
+            pandas.DataFrame(topk_table(store, chosen, k, variant)),
+            pandas.DataFrame(overlap_table(store, chosen, k, variant)),
+        )
 
 
 def write_tables(store: ScoreFile, models: Sequence[str], folder: Path, k: int) -> list[str]:
@@ -402,18 +465,24 @@ def explore(options: ExploreOptions) -> list[str]:
     score file is read under a reader's lock (no tracin-score or tracin-report may write it meanwhile), the
     page written under its own lock."""
     out = options.out or options.scores.parent / (
-        "explore.html" if options.scores.name == "tracin.h5" else f"{options.scores.stem}.explore.html")
+        "explore.html" if options.scores.name == "tracin.h5" else f"{options.scores.stem}.explore.html"
+    )
     _check_destinations(out, options.export)  # before any work
     ScoreFile.open_read(options.scores).close()  # a tracin-score file, before a lock file is made beside it
-    with (exclusive_lock(options.scores, "the score file", shared=True), exclusive_lock(out, "the page"),
-          ScoreFile.open_read(options.scores) as store):
+    with (
+        exclusive_lock(options.scores, "the score file", shared=True),
+        exclusive_lock(out, "the page"),
+        ScoreFile.open_read(options.scores) as store,
+    ):
         check_finished(store)
         models = shown_models(store, options.models)
         images = load_images(store, options.data_root)
         result = write_page(store, images, out, models, options.depth, options.max_inline_mb)
         where = f" and {result['folder']}/" if result["folder"] else ""
-        lines = [f"explore: {result['page']}{where} ({_size(result['bytes'])}, {result['images']} images, "
-                 f"{len(models)} models, {store.n_test} test examples): open it in a browser"]
+        lines = [
+            f"explore: {result['page']}{where} ({_size(result['bytes'])}, {result['images']} images, "
+            f"{len(models)} models, {store.n_test} test examples): open it in a browser"
+        ]
         if options.export is not None:
             lines += write_tables(store, models, options.export, result["depth"])
     return lines
@@ -432,8 +501,9 @@ def _check_destinations(out: Path, export: Optional[Path]) -> None:
         with open(out, "rb") as handle:
             head = handle.read(2048)
         if MARK.encode() not in head:
-            raise TracinError(f"--out {out} exists and is not a page tracin-explore wrote; it is left as it is "
-                              "(choose another name)")
+            raise TracinError(
+                f"--out {out} exists and is not a page tracin-explore wrote; it is left as it is (choose another name)"
+            )
     folder = out.with_name(f"{out.stem}_files")
     if folder.exists() and not folder.is_dir():
         raise TracinError(f"{folder} exists and is not a folder: the page's data would go there (choose another --out)")
@@ -445,5 +515,15 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{math.ceil(n / 1024)} KB"
 
 
-__all__ = ["ExploreOptions", "Page", "explore", "frames", "overlap_table", "page_data", "proponents", "topk_table", "write_page",
-           "write_tables"]
+__all__ = [
+    "ExploreOptions",
+    "Page",
+    "explore",
+    "frames",
+    "overlap_table",
+    "page_data",
+    "proponents",
+    "topk_table",
+    "write_page",
+    "write_tables",
+]

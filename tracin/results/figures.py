@@ -21,15 +21,15 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from tracin.config import DataConfig, split_model_name, split_variant
+from tracin.errors import StoreError, TracinError
+from tracin.files import report_path, write_atomic
 from tracin.results import sanity
 from tracin.results.agreement import AGREEMENT_DTYPE, DEPTH_COMPARISONS, agreement_by_depth, of_layer_groups, verdicts
 from tracin.results.comparison import cells, title_of
 from tracin.results.statistics import overlap_at_k
-from tracin.config import DataConfig, split_model_name, split_variant
-from tracin.training.data import load_data
-from tracin.errors import StoreError, TracinError
-from tracin.files import report_path, write_atomic
 from tracin.results.store import ScoreFile, find_damage, layout_problems
+from tracin.training.data import load_data
 
 INSPECTED = (0.1, 0.2)  # fractions of the training set at which mislabel detection is reported
 GROUP_MARK = " only"  # ends the ranking name of a layer group's self-influence ("teacher: self-influence, layer1 only")
@@ -72,8 +72,11 @@ def comparison_tables(store: ScoreFile, a: str, b: str, names: Optional[Sequence
     """Every comparison table of models a and b in the file (or those named), as Markdown with each
     table's own columns: whatever statistics were registered when the file was scored."""
     tables = store.comparison(a, b)
-    sections = [f"**{a} vs {b}: {title_of(name)}**\n\n" + _markdown(*cells(name, table))
-                for name, table in tables.items() if names is None or name in names]
+    sections = [
+        f"**{a} vs {b}: {title_of(name)}**\n\n" + _markdown(*cells(name, table))
+        for name, table in tables.items()
+        if names is None or name in names
+    ]
     return "\n\n".join(sections)
 
 
@@ -110,7 +113,9 @@ def plot_overlap_curves(store: ScoreFile, a: str, b: str) -> Figure:
         ax.set(title=title, xlabel="k", ylabel="mean overlap@k", ylim=(0, 1))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
-    figure.suptitle(f"Top-k agreement of {a} and {b}: {describe_variant(first_variant(store, [a, b]))} over all checkpoints")
+    figure.suptitle(
+        f"Top-k agreement of {a} and {b}: {describe_variant(first_variant(store, [a, b]))} over all checkpoints"
+    )
     return figure
 
 
@@ -118,7 +123,11 @@ def plot_score_histograms(store: ScoreFile, models: Sequence[str], max_values: i
     """Histogram of each model's scores (a seeded sample of cells), raw and divided by its std."""
     figure, axes = plt.subplots(1, 2, figsize=(12.5, 4), constrained_layout=True)
     n_train = store.n_train
-    rows = np.sort(np.random.default_rng(seed).choice(n_train, size=min(n_train, max(1, max_values // store.n_test)), replace=False))
+    rows = np.sort(
+        np.random.default_rng(seed).choice(
+            n_train, size=min(n_train, max(1, max_values // store.n_test)), replace=False
+        )
+    )
     shown = role_models(models) or list(models)  # replicas and ensembles would hide each other
     for name in shown:
         values = store.model(name).scores[rows, :].ravel()
@@ -186,7 +195,9 @@ def _test_title(store: ScoreFile, name: str, row: int, classes: list[str]) -> tu
     return f"{head}\npredicts {classes[predicted]} ({confidence:.0%})", "navy" if predicted == label else "red"
 
 
-def plot_proponent_grid(store: ScoreFile, images: Images, models: Sequence[str], test_rows: Sequence[int], k: int = 5) -> Figure:
+def plot_proponent_grid(
+    store: ScoreFile, images: Images, models: Sequence[str], test_rows: Sequence[int], k: int = 5
+) -> Figure:
     """For each chosen test example (a block of rows, one per model): the image with the model's
     prediction, then its k strongest proponents and k strongest opponents, each with its rank, train index,
     label (flipped training labels in red) and score."""
@@ -201,13 +212,18 @@ def plot_proponent_grid(store: ScoreFile, images: Images, models: Sequence[str],
             _show(row[0], images.test[test_row], *_test_title(store, name, test_row, classes))
             ranking = rankings[name]
             for c in range(k):
-                for offset, index, score, sign in ((1, ranking.top_index, ranking.top_score, "+"),
-                                                   (1 + k, ranking.bottom_index, ranking.bottom_score, "-")):
+                for offset, index, score, sign in (
+                    (1, ranking.top_index, ranking.top_score, "+"),
+                    (1 + k, ranking.bottom_index, ranking.bottom_score, "-"),
+                ):
                     train_row = int(index[test_row, c])
                     title, color = _train_title(store, train_row, float(score[test_row, c]), f"{sign}{c + 1}", classes)
                     _show(row[offset + c], images.train[train_row], title, color)
-    figure.suptitle(f"Proponents (+1..+{k}) and opponents (-1..-{k}) of {len(test_rows)} test examples: "
-                    f"{describe_variant(first_variant(store, models))}; {', '.join(models)}", fontsize=10)
+    figure.suptitle(
+        f"Proponents (+1..+{k}) and opponents (-1..-{k}) of {len(test_rows)} test examples: "
+        f"{describe_variant(first_variant(store, models))}; {', '.join(models)}",
+        fontsize=10,
+    )
     figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (2.0 * rows + 0.3)), h_pad=0.4)
     return figure
 
@@ -236,22 +252,27 @@ def plot_suspects(store: ScoreFile, images: Images, name: str, count: int = 16) 
     for ax, (rank, row) in zip(axes.flat, enumerate(order, 1)):
         title, color = _train_title(store, int(row), float(values[row]), f"{rank}.", classes)
         _show(ax, images.train[row], title, color)
-    for ax in list(axes.flat)[len(order):]:
+    for ax in list(axes.flat)[len(order) :]:
         ax.set_visible(False)
     found = int(store.noisy[order].sum())
-    figure.suptitle(f"{name}: highest self-influence ({describe_variant(which)}); {found} of {len(order)} flipped", fontsize=10)
+    figure.suptitle(
+        f"{name}: highest self-influence ({describe_variant(which)}); {found} of {len(order)} flipped", fontsize=10
+    )
     figure.tight_layout()
     return figure
 
 
-def proponent_grids(store: ScoreFile, images: Images, models: Sequence[str], test_rows: Sequence[int],
-                    k: int = 5) -> dict[str, Figure]:
+def proponent_grids(
+    store: ScoreFile, images: Images, models: Sequence[str], test_rows: Sequence[int], k: int = 5
+) -> dict[str, Figure]:
     """{file name: grid}: proponents.png, the models side by side (replica 0 of each role where there are
     replicas), and with replicas also one proponents_MODEL.png per model (a grid of every replica would be
     too tall to read)."""
     grids = {"proponents.png": plot_proponent_grid(store, images, role_models(models) or list(models), test_rows, k)}
     if any(split_model_name(name)[1] > 0 for name in models if not name.endswith(".ensemble")):
-        grids.update({f"proponents_{name}.png": plot_proponent_grid(store, images, [name], test_rows, k) for name in models})
+        grids.update(
+            {f"proponents_{name}.png": plot_proponent_grid(store, images, [name], test_rows, k) for name in models}
+        )
     return grids
 
 
@@ -264,7 +285,9 @@ def detection_curve(order: np.ndarray, flipped: np.ndarray) -> tuple[np.ndarray,
     return np.arange(len(order) + 1) / len(order), found
 
 
-def mislabel_curves(store: ScoreFile, models: Sequence[str], seed: int = 0, groups: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def mislabel_curves(
+    store: ScoreFile, models: Sequence[str], seed: int = 0, groups: bool = False
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Detection curves: each model's self-influence (raw TracInCP, sum_c lr_c |g|^2, and train-normalised,
     sum_c lr_c |g|; the cosine variant's is the same for every example; with `groups`, both of each layer
     group alone), its last-checkpoint training loss, and a random order."""
@@ -278,12 +301,16 @@ def mislabel_curves(store: ScoreFile, models: Sequence[str], seed: int = 0, grou
         if scores.normalised_self_influence is not None:
             order = np.argsort(-scores.normalised_self_influence, kind="stable")
             curves[f"{name}: self-influence, train-normalised"] = detection_curve(order, flipped)
-        for group, values in (scores.group_self_influence.items() if groups else ()):
-            curves[f"{name}: self-influence, {group}{GROUP_MARK}"] = detection_curve(np.argsort(-values, kind="stable"), flipped)
-        for group, values in (scores.group_normalised_self_influence.items() if groups else ()):
+        for group, values in scores.group_self_influence.items() if groups else ():
+            curves[f"{name}: self-influence, {group}{GROUP_MARK}"] = detection_curve(
+                np.argsort(-values, kind="stable"), flipped
+            )
+        for group, values in scores.group_normalised_self_influence.items() if groups else ():
             order = np.argsort(-values, kind="stable")
             curves[f"{name}: self-influence, train-normalised, {group}{GROUP_MARK}"] = detection_curve(order, flipped)
-        curves[f"{name}: loss (last checkpoint)"] = detection_curve(np.argsort(-scores.last_loss, kind="stable"), flipped)
+        curves[f"{name}: loss (last checkpoint)"] = detection_curve(
+            np.argsort(-scores.last_loss, kind="stable"), flipped
+        )
     curves["random order"] = detection_curve(np.random.default_rng(seed).permutation(len(flipped)), flipped)
     return curves
 
@@ -303,8 +330,13 @@ DETECTION_DTYPE = np.dtype([("ranking", "S96"), ("area", "f8"), *[(f"found_{int(
 
 def detection_rows(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """detection_summary as DETECTION_DTYPE rows, for the score file (/detection)."""
-    return np.array([(r["ranking"], r["area"], *[r[f"found@{int(f * 100)}%"] for f in INSPECTED])
-                     for r in detection_summary(curves)], dtype=DETECTION_DTYPE)
+    return np.array(
+        [
+            (r["ranking"], r["area"], *[r[f"found@{int(f * 100)}%"] for f in INSPECTED])
+            for r in detection_summary(curves)
+        ],
+        dtype=DETECTION_DTYPE,
+    )
 
 
 def format_detection(table: np.ndarray, groups: bool = False) -> str:
@@ -314,8 +346,10 @@ def format_detection(table: np.ndarray, groups: bool = False) -> str:
     hidden = int(by_group.sum()) if not groups else 0
     table = table if groups else table[~by_group]
     found = [name for name in table.dtype.names if name.startswith("found_")]
-    lines = ["mislabel detection: flipped labels found by inspecting train examples in each order "
-             f"(area under the curve; found in the top {', '.join(n.removeprefix('found_') + '%' for n in found)})"]
+    lines = [
+        "mislabel detection: flipped labels found by inspecting train examples in each order "
+        f"(area under the curve; found in the top {', '.join(n.removeprefix('found_') + '%' for n in found)})"
+    ]
     width = max(len(r["ranking"]) for r in table)
     random_area = _random_area(table["ranking"], table["area"])
     for row in table:
@@ -332,7 +366,9 @@ def format_detection(table: np.ndarray, groups: bool = False) -> str:
 def format_detection_by_group(table: np.ndarray, models: Sequence[str] = ("teacher", "student")) -> str:
     """The rows format_detection hides, of these models: each layer group's self-influence alone."""
     prefixes = tuple(f"{model}: ".encode() for model in models)
-    chosen = np.array([r.startswith(prefixes) and r.endswith(GROUP_MARK.encode()) for r in table["ranking"]], dtype=bool)
+    chosen = np.array(
+        [r.startswith(prefixes) and r.endswith(GROUP_MARK.encode()) for r in table["ranking"]], dtype=bool
+    )
     return format_detection(table[chosen], groups=True) if chosen.any() else ""
 
 
@@ -340,10 +376,16 @@ def detection_table(curves: dict) -> str:
     rows = detection_summary(curves)
     random_area = _random_area([r["ranking"] for r in rows], [r["area"] for r in rows])
     header = ["ranking", "area under curve"] + [f"flipped found in top {int(f * 100)}%" for f in INSPECTED]
-    body = [[r["ranking"], f"{r['area']:.3f}" + (" (below random)" if r["area"] < random_area else "")]
-            + [f"{r[f'found@{int(f * 100)}%']:.1%}" for f in INSPECTED] for r in rows]
-    note = ("\n\n*Below random*: the ranking puts flipped labels last, not first (a model near chance does this)."
-            if any(r["area"] < random_area for r in rows) else "")
+    body = [
+        [r["ranking"], f"{r['area']:.3f}" + (" (below random)" if r["area"] < random_area else "")]
+        + [f"{r[f'found@{int(f * 100)}%']:.1%}" for f in INSPECTED]
+        for r in rows
+    ]
+    note = (
+        "\n\n*Below random*: the ranking puts flipped labels last, not first (a model near chance does this)."
+        if any(r["area"] < random_area for r in rows)
+        else ""
+    )
     return "**Mislabel detection**\n\n" + _markdown(header, body) + note
 
 
@@ -374,11 +416,13 @@ def plot_mislabel_detection(curves: dict[str, tuple[np.ndarray, np.ndarray]], ti
         for fraction in INSPECTED:
             ax.axvline(fraction, color="grey", linewidth=0.5)
         ax.set(xlabel="fraction of training data inspected", xlim=(0, 1), ylim=(0, 1.02), title=model)
-    for ax in list(axes.flat)[len(models):]:
+    for ax in list(axes.flat)[len(models) :]:
         ax.set_visible(False)
     axes[0][0].set_ylabel("fraction of flipped labels found")
     handles = {label: handle for ax in axes.flat for handle, label in zip(*ax.get_legend_handles_labels())}
-    figure.legend(handles.values(), handles.keys(), loc="lower center", ncols=min(4, len(handles)), fontsize=8, frameon=False)
+    figure.legend(
+        handles.values(), handles.keys(), loc="lower center", ncols=min(4, len(handles)), fontsize=8, frameon=False
+    )
     figure.suptitle(title or "Mislabel detection: training data inspected in order of decreasing self-influence")
     figure.tight_layout(rect=(0, 0.35 / (5.0 * rows), 1, 1 - 0.2 / (5.0 * rows)))
     return figure
@@ -395,8 +439,10 @@ def choose_test_rows(store: ScoreFile, count: int = 4, examples: Optional[Sequen
         scored = set(store.test_index.tolist())
         missing = [e for e in examples if e not in scored]
         if missing:
-            raise TracinError(f"--examples {', '.join(map(str, missing))}: not among the file's scored test examples "
-                              f"(test indices {int(store.test_index.min())}..{int(store.test_index.max())}, {store.n_test} scored)")
+            raise TracinError(
+                f"--examples {', '.join(map(str, missing))}: not among the file's scored test examples "
+                f"(test indices {int(store.test_index.min())}..{int(store.test_index.max())}, {store.n_test} scored)"
+            )
         return [int(np.flatnonzero(store.test_index == e)[0]) for e in examples]
     chosen = _least_overlap_rows(store, count - count // 2) + _confident_error_rows(store, count)
     return list(dict.fromkeys(chosen))[:count] or list(range(min(count, store.n_test)))
@@ -426,8 +472,10 @@ def check_finished(store: ScoreFile) -> None:
     saying so."""
     problems = find_damage(store.path)
     if problems:
-        raise StoreError(f"{store.path} is damaged ({problems[0]}), as a full disk or a crash while writing leaves it: "
-                         "run the tracin-score command that wrote it again, which salvages what reads")
+        raise StoreError(
+            f"{store.path} is damaged ({problems[0]}), as a full disk or a crash while writing leaves it: "
+            "run the tracin-score command that wrote it again, which salvages what reads"
+        )
     if store.status != "complete":
         raise TracinError(
             f"{store.path} is a partial result (tracin-score was interrupted): run the same tracin-score "
@@ -435,8 +483,10 @@ def check_finished(store: ScoreFile) -> None:
         )
     wrong = layout_problems(store)
     if wrong:
-        raise StoreError(f"{store.path} is not laid out as tracin-score writes it: {wrong[0]}"
-                         + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""))
+        raise StoreError(
+            f"{store.path} is not laid out as tracin-score writes it: {wrong[0]}"
+            + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else "")
+        )
 
 
 def quality_table(store: ScoreFile, compact: bool = False) -> str:
@@ -447,12 +497,34 @@ def quality_table(store: ScoreFile, compact: bool = False) -> str:
     except TracinError:
         return "**Quality checks:** not in this file (scored before they existed; score it again to add them)."
     if compact:
-        keep = [m.decode() in role_models([m.decode()]) and b"@" not in v for m, v in zip(table["model"], table["variant"])]
+        keep = [
+            m.decode() in role_models([m.decode()]) and b"@" not in v for m, v in zip(table["model"], table["variant"])
+        ]
         table = table[np.array(keep, dtype=bool)]
-    header = ("model", "variant", "same class, top-1", "same class, top-k", "k", "most common top-1 serves", "distinct in top-k")
-    rows = [(r["model"].decode(), r["variant"].decode(), f"{r['identical_class_top1']:.1%}", f"{r['identical_class_topk']:.1%}",
-             r["k"], f"{r['top1_max_share']:.1%} of {r['n_test']}", r["distinct_in_topk"]) for r in table]
-    return "**Quality checks of the proponents** (no retraining; identical class: Hanawa et al. 2021)\n\n" + _markdown(header, rows)
+    header = (
+        "model",
+        "variant",
+        "same class, top-1",
+        "same class, top-k",
+        "k",
+        "most common top-1 serves",
+        "distinct in top-k",
+    )
+    rows = [
+        (
+            r["model"].decode(),
+            r["variant"].decode(),
+            f"{r['identical_class_top1']:.1%}",
+            f"{r['identical_class_topk']:.1%}",
+            r["k"],
+            f"{r['top1_max_share']:.1%} of {r['n_test']}",
+            r["distinct_in_topk"],
+        )
+        for r in table
+    ]
+    return "**Quality checks of the proponents** (no retraining; identical class: Hanawa et al. 2021)\n\n" + _markdown(
+        header, rows
+    )
 
 
 def agreement_markdown(store: ScoreFile, compact: bool = False) -> str:
@@ -467,11 +539,23 @@ def agreement_markdown(store: ScoreFile, compact: bool = False) -> str:
     if compact:
         return _agreement_pivot(table[~of_layer_groups(table)])
     header = ("variant", "statistic", "comparison", "mean", "95% CI", "chance", "model pairs")
-    rows = [(r["variant"].decode(), r["statistic"].decode(), r["comparison"].decode(), f"{r['mean']:.3f}",
-             f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]", f"{r['chance']:.3f}", r["pairs"]) for r in table[~of_layer_groups(table)]]
-    text = ("**Agreement of the test examples' proponents against the noise floor** (mean over test examples, "
-            "percentile bootstrap CI; ' = another replica: other seed, same data; normalised: 1 = as much as the "
-            "replicas agree with each other, 0 = chance)\n\n" + _markdown(header, rows))
+    rows = [
+        (
+            r["variant"].decode(),
+            r["statistic"].decode(),
+            r["comparison"].decode(),
+            f"{r['mean']:.3f}",
+            f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
+            f"{r['chance']:.3f}",
+            r["pairs"],
+        )
+        for r in table[~of_layer_groups(table)]
+    ]
+    text = (
+        "**Agreement of the test examples' proponents against the noise floor** (mean over test examples, "
+        "percentile bootstrap CI; ' = another replica: other seed, same data; normalised: 1 = as much as the "
+        "replicas agree with each other, 0 = chance)\n\n" + _markdown(header, rows)
+    )
     return text + (f"\n\n{depth_markdown(table)}" if of_layer_groups(table).any() else "")
 
 
@@ -481,23 +565,32 @@ def _agreement_pivot(table: np.ndarray) -> str:
     for comparison in dict.fromkeys(table["comparison"]):
         cells = []
         for variant, statistic in columns:
-            match = table[(table["comparison"] == comparison) & (table["variant"] == variant) & (table["statistic"] == statistic)]
+            match = table[
+                (table["comparison"] == comparison) & (table["variant"] == variant) & (table["statistic"] == statistic)
+            ]
             cells.append(_mean_ci(match[0]) if len(match) else "-")
         rows.append((comparison.decode(), *cells))
     header = ("comparison", *(f"{v.decode()}: {s.decode()}" for v, s in columns))
-    return ("**Agreement of the test examples' proponents against the noise floor** (mean over test examples [95% "
-            "percentile bootstrap CI]; ' = another replica; normalised: 1 = as much as replicas agree, 0 = chance)\n\n"
-            + _markdown(header, rows))
+    return (
+        "**Agreement of the test examples' proponents against the noise floor** (mean over test examples [95% "
+        "percentile bootstrap CI]; ' = another replica; normalised: 1 = as much as replicas agree, 0 = chance)\n\n"
+        + _markdown(header, rows)
+    )
 
 
 def depth_markdown(table: np.ndarray) -> str:
     """The agreement by depth (tracin.results.agreement.agreement_by_depth) as Markdown: a row per
     variant, statistic and layer group, a column per comparison."""
-    rows = [(base, statistic, group, *(_mean_ci(cell) for cell in cells))
-            for base, statistic, names, block in agreement_by_depth(table) for group, cells in zip(names, block)]
-    return ("**Agreement by depth** (each layer group's scores alone, `VARIANT@GROUP`: at which depth do teacher and "
-            "student lean on the same examples, against the replicas?)\n\n"
-            + _markdown(("variant", "statistic", "layer group", *DEPTH_COMPARISONS), rows))
+    rows = [
+        (base, statistic, group, *(_mean_ci(cell) for cell in cells))
+        for base, statistic, names, block in agreement_by_depth(table)
+        for group, cells in zip(names, block)
+    ]
+    return (
+        "**Agreement by depth** (each layer group's scores alone, `VARIANT@GROUP`: at which depth do teacher and "
+        "student lean on the same examples, against the replicas?)\n\n"
+        + _markdown(("variant", "statistic", "layer group", *DEPTH_COMPARISONS), rows)
+    )
 
 
 def _mean_ci(cell) -> str:
@@ -524,17 +617,28 @@ def plot_agreement(store: ScoreFile) -> Optional[Figure]:
         return None
     statistics = list(dict.fromkeys(table["statistic"]))
     variants = list(dict.fromkeys(table["variant"]))
-    kinds = [(title, [c for c in dict.fromkeys(table["comparison"]) if keep(c.decode())]) for title, keep in AGREEMENT_KINDS]
+    kinds = [
+        (title, [c for c in dict.fromkeys(table["comparison"]) if keep(c.decode())]) for title, keep in AGREEMENT_KINDS
+    ]
     kinds = [(title, comparisons) for title, comparisons in kinds if comparisons]
     heights = [len(comparisons) + 1 for _, comparisons in kinds]
-    figure, axes = plt.subplots(len(kinds), len(statistics), figsize=(6 * len(statistics), 0.42 * sum(heights) + 1.6),
-                                squeeze=False, gridspec_kw={"height_ratios": heights})
+    figure, axes = plt.subplots(
+        len(kinds),
+        len(statistics),
+        figsize=(6 * len(statistics), 0.42 * sum(heights) + 1.6),
+        squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+    )
     for (title, comparisons), axis_row in zip(kinds, axes):
         for axis, statistic in zip(axis_row, statistics):
             _agreement_panel(axis, table, statistic, variants, comparisons)
             axis.set_title(f"{statistic.decode()}: {title}", fontsize=9)
-            axis.axvline(0.0 if title != "agreement" else table[table["statistic"] == statistic]["chance"][0],
-                         color="gray", linestyle=":", label="chance" if title == "agreement" else "0")
+            axis.axvline(
+                0.0 if title != "agreement" else table[table["statistic"] == statistic]["chance"][0],
+                color="gray",
+                linestyle=":",
+                label="chance" if title == "agreement" else "0",
+            )
     handles = {label: handle for handle, label in zip(*axes[0][0].get_legend_handles_labels())}
     figure.legend(handles.values(), handles.keys(), loc="lower center", ncols=len(handles), fontsize=8, frameon=False)
     figure.suptitle("Agreement of the proponents, mean over test examples with 95% bootstrap CI", fontsize=10)
@@ -544,7 +648,11 @@ def plot_agreement(store: ScoreFile) -> Optional[Figure]:
 
 def _agreement_panel(axis, table: np.ndarray, statistic: bytes, variants: list, comparisons: list) -> None:
     for offset, variant in enumerate(variants):
-        rows = table[(table["statistic"] == statistic) & (table["variant"] == variant) & np.isin(table["comparison"], comparisons)]
+        rows = table[
+            (table["statistic"] == statistic)
+            & (table["variant"] == variant)
+            & np.isin(table["comparison"], comparisons)
+        ]
         y = np.array([comparisons.index(c) for c in rows["comparison"]]) + (offset - (len(variants) - 1) / 2) * 0.2
         errors = _error_bars(rows["mean"], rows["ci_low"], rows["ci_high"])
         axis.errorbar(rows["mean"], y, xerr=errors, fmt="o", capsize=3, label=variant.decode())
@@ -566,25 +674,46 @@ def plot_agreement_by_depth(store: ScoreFile) -> Optional[Figure]:
     statistics = list(dict.fromkeys(statistic for _, statistic, _, _ in blocks))
     bases = list(dict.fromkeys(base for base, _, _, _ in blocks))
     # agreements and the normalised agreement (a ratio, 1 = as much as replicas) each on their own scale
-    scales = (("agreement", [j for j, c in enumerate(DEPTH_COMPARISONS) if not c.startswith("normalised")]),
-              ("normalised (1: as much as replicas agree)", [j for j, c in enumerate(DEPTH_COMPARISONS) if c.startswith("normalised")]))
-    figure, axes = plt.subplots(2 * len(bases), len(statistics), figsize=(5.5 * len(statistics), 5.6 * len(bases) + 0.4),
-                                squeeze=False, gridspec_kw={"height_ratios": [3, 2] * len(bases)})
-    for base, statistic, names, cells in blocks:
+    scales = (
+        ("agreement", [j for j, c in enumerate(DEPTH_COMPARISONS) if not c.startswith("normalised")]),
+        (
+            "normalised (1: as much as replicas agree)",
+            [j for j, c in enumerate(DEPTH_COMPARISONS) if c.startswith("normalised")],
+        ),
+    )
+    figure, axes = plt.subplots(
+        2 * len(bases),
+        len(statistics),
+        figsize=(5.5 * len(statistics), 5.6 * len(bases) + 0.4),
+        squeeze=False,
+        gridspec_kw={"height_ratios": [3, 2] * len(bases)},
+    )
+    for base, statistic, names, block in blocks:
         for s, (kind, comparisons) in enumerate(scales):
             axis = axes[2 * bases.index(base) + s][statistics.index(statistic)]
             for j in comparisons:
-                column = cells[:, j]
+                column = block[:, j]
                 errors = _error_bars(column["mean"], column["ci_low"], column["ci_high"])
-                axis.errorbar(np.arange(len(names)) + (j - 1.5) * 0.06, column["mean"], yerr=errors, marker="o", capsize=3,
-                              label=DEPTH_COMPARISONS[j], color=f"C{j}")
+                axis.errorbar(
+                    np.arange(len(names)) + (j - 1.5) * 0.06,
+                    column["mean"],
+                    yerr=errors,
+                    marker="o",
+                    capsize=3,
+                    label=DEPTH_COMPARISONS[j],
+                    color=f"C{j}",
+                )
             axis.set_xticks(range(len(names)), names)
             axis.set_title(f"{base}: {statistic}, {kind}", fontsize=9)
             axis.grid(alpha=0.3)
-    handles = {label: handle for row in axes for axis in row for handle, label in zip(*axis.get_legend_handles_labels())}
+    handles = {
+        label: handle for row in axes for axis in row for handle, label in zip(*axis.get_legend_handles_labels())
+    }
     figure.legend(handles.values(), handles.keys(), loc="lower center", ncols=len(handles), fontsize=8, frameon=False)
-    figure.suptitle("Agreement by depth: each layer group's scores alone, mean over test examples with 95% bootstrap CI",
-                    fontsize=10)
+    figure.suptitle(
+        "Agreement by depth: each layer group's scores alone, mean over test examples with 95% bootstrap CI",
+        fontsize=10,
+    )
     figure.tight_layout(rect=(0, 0.35 / (5.6 * len(bases) + 0.4), 1, 1))
     return figure
 
@@ -593,17 +722,52 @@ def validation_markdown(leave_out: np.ndarray, lds: np.ndarray) -> str:
     """tracin-validate's tables as Markdown: leave-top-k-out margin changes and the LDS."""
     parts = ["# Validation: do predictions move when the credited training data are removed?"]
     if len(leave_out):
-        header = ("model", "removed", "by", "k", "mean margin change", "95% CI", "flipped right -> wrong", "test examples x seeds")
-        rows = [(r["model"].decode(), r["condition"].decode(), r["variant"].decode() or "-", r["k"], f"{r['mean_change']:+.3f}",
-                 f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]", f"{r['flipped']:.1%}", r["n_rows"]) for r in leave_out]
-        parts += ["**Leave-top-k-out** (retrained from the same initial weights without the k examples; change of "
-                  "the test example's logit margin against a retraining with nothing removed, same seed)", _markdown(header, rows)]
+        header = (
+            "model",
+            "removed",
+            "by",
+            "k",
+            "mean margin change",
+            "95% CI",
+            "flipped right -> wrong",
+            "test examples x seeds",
+        )
+        rows = [
+            (
+                r["model"].decode(),
+                r["condition"].decode(),
+                r["variant"].decode() or "-",
+                r["k"],
+                f"{r['mean_change']:+.3f}",
+                f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+                f"{r['flipped']:.1%}",
+                r["n_rows"],
+            )
+            for r in leave_out
+        ]
+        parts += [
+            "**Leave-top-k-out** (retrained from the same initial weights without the k examples; change of "
+            "the test example's logit margin against a retraining with nothing removed, same seed)",
+            _markdown(header, rows),
+        ]
     if len(lds):
         header = ("retrained model", "scores of", "variant", "LDS", "95% CI", "test examples")
-        rows = [(r["model"].decode(), r["scores_of"].decode(), r["variant"].decode(), f"{r['lds']:+.3f}",
-                 f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]", r["n_rows"]) for r in lds]
-        parts += [f"**Linear datamodeling score** (Spearman over {lds['subsets'][0]} models retrained on random subsets "
-                  "between each subset's summed scores and the margin it gives, mean over test examples)", _markdown(header, rows)]
+        rows = [
+            (
+                r["model"].decode(),
+                r["scores_of"].decode(),
+                r["variant"].decode(),
+                f"{r['lds']:+.3f}",
+                f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+                r["n_rows"],
+            )
+            for r in lds
+        ]
+        parts += [
+            f"**Linear datamodeling score** (Spearman over {lds['subsets'][0]} models retrained on random subsets "
+            "between each subset's summed scores and the margin it gives, mean over test examples)",
+            _markdown(header, rows),
+        ]
     return "\n\n".join(parts) + "\n"
 
 
@@ -621,7 +785,9 @@ def plot_validation(leave_out: np.ndarray, lds: np.ndarray) -> Figure:
     """Left: mean margin change per removal with its CI, a marker per model; right: LDS per score source
     and variant with its CI."""
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 0.45 * max(len(leave_out), len(lds), 4) + 1.8))
-    labels = [f"remove {r['condition'].decode()}" + (f" ({r['variant'].decode()})" if r["variant"] else "") for r in leave_out]
+    labels = [
+        f"remove {r['condition'].decode()}" + (f" ({r['variant'].decode()})" if r["variant"] else "") for r in leave_out
+    ]
     rows_of = list(dict.fromkeys(labels))  # one row per removal, a marker per retrained model
     for offset, model in enumerate(dict.fromkeys(leave_out["model"])):
         mine = leave_out["model"] == model
@@ -633,8 +799,9 @@ def plot_validation(leave_out: np.ndarray, lds: np.ndarray) -> Figure:
     left.axvline(0, color="gray", linestyle=":")
     left.set_title("leave-top-k-out: margin change")
     labels = [f"{r['model'].decode()} by {r['scores_of'].decode()}, {r['variant'].decode()}" for r in lds]
-    right.errorbar(lds["lds"], np.arange(len(lds)), xerr=_error_bars(lds["lds"], lds["ci_low"], lds["ci_high"]),
-                   fmt="o", capsize=3)
+    right.errorbar(
+        lds["lds"], np.arange(len(lds)), xerr=_error_bars(lds["lds"], lds["ci_low"], lds["ci_high"]), fmt="o", capsize=3
+    )
     right.set_yticks(range(len(lds)), labels)
     right.axvline(0, color="gray", linestyle=":")
     right.set_title("linear datamodeling score")
@@ -660,8 +827,13 @@ def report_verdicts(store: ScoreFile, table: np.ndarray) -> list[str]:
         agreement = np.zeros(0, dtype=AGREEMENT_DTYPE)
     shortcut = store.shortcut_of("teacher")
     within = None if shortcut is None else float(store.train_stamped[store.train_labels == shortcut].mean())
-    return (sanity.model_verdicts(table) + sanity.randomization_verdicts(table) + sanity.shortcut_verdicts(table, within, _test_label(store))
-            + sanity.inheritance_verdicts(table) + verdicts(agreement))
+    return (
+        sanity.model_verdicts(table)
+        + sanity.randomization_verdicts(table)
+        + sanity.shortcut_verdicts(table, within, _test_label(store))
+        + sanity.inheritance_verdicts(table)
+        + verdicts(agreement)
+    )
 
 
 def _test_label(store: ScoreFile) -> str:
@@ -674,19 +846,30 @@ def quality_report_markdown(table: np.ndarray, groups: bool = False) -> str:
     if not groups:
         table = table[np.char.find(table["variant"], b"@") < 0]
     models = sanity.report_models(table)
-    parts = ["# Quality report\n", "Each check per model: mean over test examples [95% bootstrap CI] (chance). "
-             "'(lower)': low is good.\n"]
+    parts = [
+        "# Quality report\n",
+        "Each check per model: mean over test examples [95% bootstrap CI] (chance). '(lower)': low is good.\n",
+    ]
     for variant in dict.fromkeys(table["variant"]):
         rows = table[table["variant"] == variant]
         parts.append(f"\n## {variant.decode()}\n\n| check | " + " | ".join(models) + " |\n|---|" + "---|" * len(models))
         for check in dict.fromkeys(rows["check"]):
             cells = [rows[(rows["check"] == check) & (rows["model"] == m.encode())] for m in models]
-            parts.append(f"| {check.decode()} | " + " | ".join(sanity.format_cell(c[0]) if len(c) else "-" for c in cells) + " |")
+            parts.append(
+                f"| {check.decode()} | " + " | ".join(sanity.format_cell(c[0]) if len(c) else "-" for c in cells) + " |"
+            )
     return "\n".join(parts) + "\n"
 
 
-GROUP_CHECKS = ("identical class top-10", "identical subclass top-10", "concentration: top-1 share (lower)",
-                "randomization: all layers (lower)", "mislabel AUC", "shortcut AUC", "LDS")
+GROUP_CHECKS = (
+    "identical class top-10",
+    "identical subclass top-10",
+    "concentration: top-1 share (lower)",
+    "randomization: all layers (lower)",
+    "mislabel AUC",
+    "shortcut AUC",
+    "LDS",
+)
 
 
 def groups_markdown(table: np.ndarray) -> str:
@@ -716,8 +899,9 @@ def plot_quality_report(table: np.ndarray, verdict_lines: Optional[Sequence[str]
     models = sanity.report_models(table)
     variants = list(dict.fromkeys(table["variant"]))
     columns = min(4, max(1, len(checks)))
-    figure, axes = plt.subplots(-(-len(checks) // columns), columns, figsize=(4 * columns, 3 * -(-len(checks) // columns)),
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        -(-len(checks) // columns), columns, figsize=(4 * columns, 3 * -(-len(checks) // columns)), squeeze=False
+    )
     for ax, check in zip(axes.flat, checks):
         rows = table[table["check"] == check]
         for j, model in enumerate(models):
@@ -726,8 +910,14 @@ def plot_quality_report(table: np.ndarray, verdict_lines: Optional[Sequence[str]
                 if len(match):
                     row = match[0]
                     x = i + (j - (len(models) - 1) / 2) * 0.8 / max(1, len(models))
-                    error = _error_bars(row["value"], row["ci_low"], row["ci_high"]).reshape(2, 1) if np.isfinite(row["ci_low"]) else None
-                    ax.errorbar(x, row["value"], yerr=error, fmt="o", color=f"C{j}", capsize=2, label=model if i == 0 else None)
+                    error = (
+                        _error_bars(row["value"], row["ci_low"], row["ci_high"]).reshape(2, 1)
+                        if np.isfinite(row["ci_low"])
+                        else None
+                    )
+                    ax.errorbar(
+                        x, row["value"], yerr=error, fmt="o", color=f"C{j}", capsize=2, label=model if i == 0 else None
+                    )
         chance = rows["chance"][np.isfinite(rows["chance"])]
         if len(chance):
             ax.axhline(float(chance.mean()), color="grey", linestyle="--", linewidth=1)
@@ -735,15 +925,23 @@ def plot_quality_report(table: np.ndarray, verdict_lines: Optional[Sequence[str]
         ax.set_xlim(-0.6, len(variants) - 0.4)
         ax.set_title(check.decode(), fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    for ax in list(axes.flat)[len(checks):]:
+    for ax in list(axes.flat)[len(checks) :]:
         ax.set_visible(False)
     figure.legend(*axes.flat[0].get_legend_handles_labels(), loc="upper right", fontsize=8, ncols=len(models))
-    figure.suptitle("Quality report: each check per model and score variant, mean with 95% CI (dashed: chance)", x=0.02,
-                    ha="left", fontsize=11)
+    figure.suptitle(
+        "Quality report: each check per model and score variant, mean with 95% CI (dashed: chance)",
+        x=0.02,
+        ha="left",
+        fontsize=11,
+    )
     said = verdict_lines or []
     if said:
-        figure.text(0.01, 0.005, "\n".join(_wrap(line, 190) for line in said), fontsize=7.5, va="bottom", ha="left", wrap=True)
-    figure.tight_layout(rect=(0, 0.012 * (len(said) + sum(len(line) // 190 for line in said)) + (0.02 if said else 0), 1, 0.95))
+        figure.text(
+            0.01, 0.005, "\n".join(_wrap(line, 190) for line in said), fontsize=7.5, va="bottom", ha="left", wrap=True
+        )
+    figure.tight_layout(
+        rect=(0, 0.012 * (len(said) + sum(len(line) // 190 for line in said)) + (0.02 if said else 0), 1, 0.95)
+    )
     return figure
 
 
@@ -764,8 +962,14 @@ def quality_report_summary(store: ScoreFile) -> tuple[str, Optional[Figure]]:
     return quality_report_markdown(table) + "".join(f"\n- {line}" for line in said), plot_quality_report(table, said)
 
 
-def _make_figures(store: ScoreFile, figures: dict, sections: list, models: list, data_root: Optional[str],
-                  examples: Optional[Sequence[int]]) -> None:
+def _make_figures(
+    store: ScoreFile,
+    figures: dict,
+    sections: list,
+    models: list,
+    data_root: Optional[str],
+    examples: Optional[Sequence[int]],
+) -> None:
     """Every figure of a report into `figures` (by file name), every table into `sections`."""
     figures["agreement.png"], figures["agreement_by_depth.png"] = plot_agreement(store), plot_agreement_by_depth(store)
     quality_text, figures["quality_report.png"] = quality_report_summary(store)
@@ -779,12 +983,17 @@ def _make_figures(store: ScoreFile, figures: dict, sections: list, models: list,
     if store.noisy.any():
         curves = mislabel_curves(store, models, groups=True)
         figures["mislabel_detection.png"] = plot_mislabel_detection(
-            {name: curve for name, curve in curves.items() if not name.endswith(GROUP_MARK)})
+            {name: curve for name, curve in curves.items() if not name.endswith(GROUP_MARK)}
+        )
         sections.append(detection_table(curves))
 
 
-def write_report(path: str | Path, out_dir: Optional[str | Path] = None, data_root: Optional[str] = None,
-                 examples: Optional[Sequence[int]] = None) -> list[Path]:
+def write_report(
+    path: str | Path,
+    out_dir: Optional[str | Path] = None,
+    data_root: Optional[str] = None,
+    examples: Optional[Sequence[int]] = None,
+) -> list[Path]:
     """PNG figures and report.md (the tables) of a finished score file, in out_dir (default: the
     file's folder, under plots/); `examples`: the test indices the proponent grids show (default: by
     rule, choose_test_rows). Returns the files written."""

@@ -13,10 +13,18 @@ from __future__ import annotations
 
 import numpy as np
 
-QUALITY_DTYPE = np.dtype([
-    ("model", "S40"), ("variant", "S64"), ("k", "i8"), ("identical_class_top1", "f8"), ("identical_class_topk", "f8"),
-    ("top1_max_share", "f8"), ("distinct_in_topk", "i8"), ("n_test", "i8"),
-])
+QUALITY_DTYPE = np.dtype(
+    [
+        ("model", "S40"),
+        ("variant", "S64"),
+        ("k", "i8"),
+        ("identical_class_top1", "f8"),
+        ("identical_class_topk", "f8"),
+        ("top1_max_share", "f8"),
+        ("distinct_in_topk", "i8"),
+        ("n_test", "i8"),
+    ]
+)
 QUALITY_K = 10
 
 
@@ -37,12 +45,21 @@ def distinct_in_topk(top_index: np.ndarray, k: int) -> int:
     return int(np.unique(top_index[:, :k]).size)
 
 
-def quality_row(model: str, variant: str, top_index: np.ndarray, train_labels: np.ndarray, test_labels: np.ndarray) -> tuple:
+def quality_row(
+    model: str, variant: str, top_index: np.ndarray, train_labels: np.ndarray, test_labels: np.ndarray
+) -> tuple:
     """One row of QUALITY_DTYPE for a model's proponent table (test side) of one variant."""
     k = min(QUALITY_K, top_index.shape[1])
-    return (model, variant, k, identical_class_rate(top_index, train_labels, test_labels, 1),
-            identical_class_rate(top_index, train_labels, test_labels, k), top1_max_share(top_index),
-            distinct_in_topk(top_index, k), len(top_index))
+    return (
+        model,
+        variant,
+        k,
+        identical_class_rate(top_index, train_labels, test_labels, 1),
+        identical_class_rate(top_index, train_labels, test_labels, k),
+        top1_max_share(top_index),
+        distinct_in_topk(top_index, k),
+        len(top_index),
+    )
 
 
 def format_quality(table: np.ndarray) -> str:

@@ -18,7 +18,11 @@ from tracin.errors import DataError, TracinError
 from tracin.options import ScoreOptions
 from tracin.results.store import Salvage, ScoreFile
 from tracin.training.checkpoints import (
-    Checkpoint, load_distillation_teacher, load_run_checkpoints, select_checkpoints, sha256_file,
+    Checkpoint,
+    load_distillation_teacher,
+    load_run_checkpoints,
+    select_checkpoints,
+    sha256_file,
 )
 from tracin.training.data import RunData, fingerprint_differences, load_data
 from tracin.training.losses import CrossEntropy, Distillation, Objective, PredictedCrossEntropy, TrainTest
@@ -57,8 +61,9 @@ def load_role_checkpoints(run: TrainedRun, name: str, spec: str) -> tuple[list[C
     paths = select_checkpoints(run.paths.model_dir(name), role, spec)
     seed = run.record["config"].get("seed")
     replica_seed = seed + split_model_name(name)[1] * REPLICA_SEED_STRIDE if isinstance(seed, int) else None
-    return load_run_checkpoints(paths, role, run.record["data_fingerprint"]["digest"], run.record["model_configs"].get(role),
-                                replica_seed)
+    return load_run_checkpoints(
+        paths, role, run.record["data_fingerprint"]["digest"], run.record["model_configs"].get(role), replica_seed
+    )
 
 
 def checked_data(run: TrainedRun) -> RunData:
@@ -91,8 +96,10 @@ def scoring_loss(name: str, last: dict, options: ScoreOptions) -> Objective | Tr
     # kd-train: every model's train side by its own training objective (a teacher's and a baseline's:
     # cross-entropy with the label smoothing they were trained with)
     if last.get("teacher") == "self":
-        raise TracinError(f"--loss kd-train: {name} was self-distilled, whose soft targets changed every epoch; "
-                          "score it with --loss ce")
+        raise TracinError(
+            f"--loss kd-train: {name} was self-distilled, whose soft targets changed every epoch; "
+            "score it with --loss ce"
+        )
     if isinstance(last.get("teacher"), dict):
         teacher = load_distillation_teacher(last)
         train = Distillation(teacher, config.temperature, config.alpha, config.kd_loss, config.label_smoothing)
@@ -105,8 +112,10 @@ def describe_salvage(path: Path, salvaged: Salvage) -> str:
     """What a salvage found and did, in two lines."""
     first = salvaged.damage[0] + (f" (and {len(salvaged.damage) - 1} more)" if len(salvaged.damage) > 1 else "")
     remade = f"made again: {', '.join(salvaged.dropped)}" if salvaged.dropped else "every model's finished blocks kept"
-    return (f"{path} was damaged ({first}), as a full disk or a crash inside HDF5 leaves it: what reads is salvaged "
-            f"into a fresh file; {remade}.\nthe damaged file is kept as {salvaged.damaged_copy}; delete it once this run has finished")
+    return (
+        f"{path} was damaged ({first}), as a full disk or a crash inside HDF5 leaves it: what reads is salvaged "
+        f"into a fresh file; {remade}.\nthe damaged file is kept as {salvaged.damaged_copy}; delete it once this run has finished"
+    )
 
 
 def check_scored_checkpoints(store: ScoreFile, run: TrainedRun, models: Sequence[str]) -> None:
@@ -116,8 +125,10 @@ def check_scored_checkpoints(store: ScoreFile, run: TrainedRun, models: Sequence
         for scored, sha256 in store.model(name).checkpoint_files:
             here = run.paths.model_dir(name) / Path(scored).name
             if not here.is_file() or sha256_file(here) != sha256:
-                raise TracinError(f"{store.path} scored {name} from {scored}, which {run.paths.root} does not hold "
-                                  "(missing, or another file): give the score file of this run")
+                raise TracinError(
+                    f"{store.path} scored {name} from {scored}, which {run.paths.root} does not hold "
+                    "(missing, or another file): give the score file of this run"
+                )
 
 
 def positions_in(indices: np.ndarray, within: np.ndarray) -> np.ndarray:

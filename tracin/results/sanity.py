@@ -30,21 +30,41 @@ import scipy.stats
 from tracin.config import GROUP_SEPARATOR, ROLES
 from tracin.results import statistics
 
-REPORT_DTYPE = np.dtype([
-    ("check", "S48"), ("model", "S40"), ("variant", "S64"), ("value", "f8"), ("ci_low", "f8"), ("ci_high", "f8"),
-    ("chance", "f8"), ("n_rows", "i8"),
-])
-RANDOMIZATION_DTYPE = np.dtype([
-    ("model", "S40"), ("variant", "S64"), ("randomized", "S64"), ("test_row", "i8"), ("spearman", "f8"),
-])
+REPORT_DTYPE = np.dtype(
+    [
+        ("check", "S48"),
+        ("model", "S40"),
+        ("variant", "S64"),
+        ("value", "f8"),
+        ("ci_low", "f8"),
+        ("ci_high", "f8"),
+        ("chance", "f8"),
+        ("n_rows", "i8"),
+    ]
+)
+RANDOMIZATION_DTYPE = np.dtype(
+    [
+        ("model", "S40"),
+        ("variant", "S64"),
+        ("randomized", "S64"),
+        ("test_row", "i8"),
+        ("spearman", "f8"),
+    ]
+)
 INHERITED = "inherited"  # the known-positive control's rows (DataConfig.shortcut_mode "inherit")
 SANITY_K = 10  # proponents per test example the shortcut and subclass checks look at
 ALL_LAYERS = "all layers"
 MODEL_ROWS = "(model)"  # the variant column of checks that belong to the model, not to a score variant
 
 
-def identical_subclass(top_index: np.ndarray, train_fine: np.ndarray, test_fine: np.ndarray, train_labels: np.ndarray,
-                       test_labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def identical_subclass(
+    top_index: np.ndarray,
+    train_fine: np.ndarray,
+    test_fine: np.ndarray,
+    train_labels: np.ndarray,
+    test_labels: np.ndarray,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """(float64 [rows]: share of each test row's top-k proponents (top_index [n_test, >= k] train
     positions) whose fine label is the row's fine label, float64 [rows]: that share if the k were drawn at
     random within the row's coarse class), over the test rows whose coarse class merges several fine
@@ -71,8 +91,9 @@ def shortcut_test_rows(test_stamped: np.ndarray, test_labels: np.ndarray, shortc
     return np.flatnonzero(test_stamped & (test_labels == shortcut_class))
 
 
-def shortcut_other_rows(test_stamped: np.ndarray, test_labels: np.ndarray, shortcut_class: int,
-                        predicted: Optional[np.ndarray] = None) -> np.ndarray:
+def shortcut_other_rows(
+    test_stamped: np.ndarray, test_labels: np.ndarray, shortcut_class: int, predicted: Optional[np.ndarray] = None
+) -> np.ndarray:
     """int64: the shortcut check as the field defines it (quanda's ShortcutDetectionMetric): the stamped test
     rows whose true class is *not* the shortcut class (filter_by_class); with `predicted` (int [n_test], a
     model's predictions) only those it takes for the shortcut class (filter_by_prediction). Their proponents
@@ -158,12 +179,16 @@ def model_verdicts(table: np.ndarray) -> list[str]:
     lines = []
     for row in table[table["check"] == ACCURACY.encode()]:
         if row["value"] < row["chance"] + NEAR_CHANCE * (1 - row["chance"]) or row["ci_low"] <= row["chance"]:
-            lines.append(f"warning: {row['model'].decode()} is near chance: test accuracy {format_cell(row)} against "
-                         f"{row['chance']:.3f} for the majority class; train it longer before reading its attributions")
+            lines.append(
+                f"warning: {row['model'].decode()} is near chance: test accuracy {format_cell(row)} against "
+                f"{row['chance']:.3f} for the majority class; train it longer before reading its attributions"
+            )
     below = table[np.char.startswith(table["check"], b"mislabel AUC") & (table["ci_high"] < 0.5)]
     for row in below:
-        lines.append(f"warning: {row['model'].decode()} {row['variant'].decode()} {row['check'].decode()} "
-                     f"{format_cell(row)} is below a random order's (0.5): it ranks flipped labels last, not first")
+        lines.append(
+            f"warning: {row['model'].decode()} {row['variant'].decode()} {row['check'].decode()} "
+            f"{format_cell(row)} is below a random order's (0.5): it ranks flipped labels last, not first"
+        )
     return lines
 
 
@@ -173,28 +198,37 @@ RANDOMIZATION_ALARM = 0.5  # an all-layers Spearman whose CI lies above this: th
 def randomization_verdicts(table: np.ndarray) -> list[str]:
     """In words: which whole-model variants' rankings survive re-initialising every layer (CI above
     RANDOMIZATION_ALARM), and the largest all-layers correlation otherwise."""
-    rows = table[(table["check"] == f"randomization: {ALL_LAYERS} (lower)".encode())
-                 & (np.char.find(table["variant"], GROUP_SEPARATOR.encode()) < 0)]
+    rows = table[
+        (table["check"] == f"randomization: {ALL_LAYERS} (lower)".encode())
+        & (np.char.find(table["variant"], GROUP_SEPARATOR.encode()) < 0)
+    ]
     if len(rows) == 0:
         return []
     survive = rows[rows["ci_low"] > RANDOMIZATION_ALARM]
-    lines = [f"model randomization: {r['model'].decode()} {r['variant'].decode()} ranks the train data alike with random "
-             f"weights (Spearman {format_cell(r)}): it explains the data, not the model" for r in survive]
+    lines = [
+        f"model randomization: {r['model'].decode()} {r['variant'].decode()} ranks the train data alike with random "
+        f"weights (Spearman {format_cell(r)}): it explains the data, not the model"
+        for r in survive
+    ]
     if len(survive) < len(rows):
         passing = rows[rows["ci_low"] <= RANDOMIZATION_ALARM]
         worst = passing[np.argmax(passing["value"])]
         which = f"the other {len(passing)}" if len(survive) else f"all {len(passing)}"
-        lines.append(f"model randomization: {which} model-variant rankings change with random weights "
-                     f"(all-layers Spearman at most {worst['value']:.3f}, {worst['model'].decode()} {worst['variant'].decode()}; "
-                     f"alarm above {RANDOMIZATION_ALARM})")
+        lines.append(
+            f"model randomization: {which} model-variant rankings change with random weights "
+            f"(all-layers Spearman at most {worst['value']:.3f}, {worst['model'].decode()} {worst['variant'].decode()}; "
+            f"alarm above {RANDOMIZATION_ALARM})"
+        )
     return lines
 
 
 def detectable_text(row: np.void) -> str:
     """The smallest difference a row's sample could see: 2.8 standard errors (a two-sided 5% test with 80%
     power), the standard error read off its 95% CI (width / 3.92)."""
-    return (f"at this sample size a difference of about {statistics.detectable_from_ci(row['ci_low'], row['ci_high']):.3f} "
-            "would be seen with 80% power")
+    return (
+        f"at this sample size a difference of about {statistics.detectable_from_ci(row['ci_low'], row['ci_high']):.3f} "
+        "would be seen with 80% power"
+    )
 
 
 def inheritance_verdicts(table: np.ndarray) -> list[str]:
@@ -203,8 +237,13 @@ def inheritance_verdicts(table: np.ndarray) -> list[str]:
     other teachers (behaviour), and does own - other teacher see it on those rows (attribution, each
     whole-model variant at the largest k)? Each with its CI; a difference is said only where the CI
     excludes 0."""
+
     def row(check: str, model: str = "student", variant: str = MODEL_ROWS) -> Optional[np.void]:
-        mine = table[(table["check"] == check.encode()) & (table["model"] == model.encode()) & (table["variant"] == variant.encode())]
+        mine = table[
+            (table["check"] == check.encode())
+            & (table["model"] == model.encode())
+            & (table["variant"] == variant.encode())
+        ]
         return mine[0] if len(mine) else None
 
     def ci(r: np.void, percent: bool = True) -> str:
@@ -212,41 +251,70 @@ def inheritance_verdicts(table: np.ndarray) -> list[str]:
         return f"{f.format(r['value'])} [{f.format(r['ci_low'])}, {f.format(r['ci_high'])}]"
 
     lines = []
-    shares = {role: row(f"{INHERITED}: taken for teacher's class, stamped", role) for role in ("teacher", "student", "student_baseline")}
+    shares = {
+        role: row(f"{INHERITED}: taken for teacher's class, stamped", role)
+        for role in ("teacher", "student", "student_baseline")
+    }
     control = row(f"{INHERITED}: another teacher's class, stamped")
     if shares["student"] is not None:
-        said = ", ".join(f"{name} {shares[role]['value']:.1%}" for role, name in
-                         (("teacher", "the teachers"), ("student", "the distilled students"), ("student_baseline", "the baselines"))
-                         if shares[role] is not None)
-        said += f", distilled students of another teacher (control) {control['value']:.1%}" if control is not None else ""
+        said = ", ".join(
+            f"{name} {shares[role]['value']:.1%}"
+            for role, name in (
+                ("teacher", "the teachers"),
+                ("student", "the distilled students"),
+                ("student_baseline", "the baselines"),
+            )
+            if shares[role] is not None
+        )
+        said += (
+            f", distilled students of another teacher (control) {control['value']:.1%}" if control is not None else ""
+        )
         parts = []
         for label in ("baseline", "control"):
             difference = row(f"{INHERITED}: stamped, student - {label}")
             if difference is not None:
-                shown = "inherited" if difference["ci_low"] > 0 else "not shown (the CI includes 0)" if difference["ci_high"] >= 0 else "less than"
+                shown = (
+                    "inherited"
+                    if difference["ci_low"] > 0
+                    else "not shown (the CI includes 0)"
+                    if difference["ci_high"] >= 0
+                    else "less than"
+                )
                 parts.append(f"student - {label} {ci(difference)}: {shown}")
-        lines.append(f"known-positive control (behaviour): stamped test images of other classes taken for the replica teacher's "
-                     f"shortcut class: {said}; " + "; ".join(parts))
-    whole = table[np.char.startswith(table["check"], f"{INHERITED}: own - other teacher@".encode())
-                  & (np.char.find(table["variant"], GROUP_SEPARATOR.encode()) < 0)]
+        lines.append(
+            f"known-positive control (behaviour): stamped test images of other classes taken for the replica teacher's "
+            f"shortcut class: {said}; " + "; ".join(parts)
+        )
+    whole = table[
+        np.char.startswith(table["check"], f"{INHERITED}: own - other teacher@".encode())
+        & (np.char.find(table["variant"], GROUP_SEPARATOR.encode()) < 0)
+    ]
     if len(whole):
         k = max(int(c.decode().split("@")[1].split(",")[0]) for c in whole["check"])
-        rows_said = {"stamped": "the stamped test images of other classes than the teacher's shortcut class",
-                     "predicted": "those of them that the student takes for that class"}
+        rows_said = {
+            "stamped": "the stamped test images of other classes than the teacher's shortcut class",
+            "predicted": "those of them that the student takes for that class",
+        }
         for r in whole[np.char.startswith(whole["check"], f"{INHERITED}: own - other teacher@{k},".encode())]:
             rows = rows_said[r["check"].decode().split(", ", 1)[1]]
             start = f"known-positive control (attribution): {r['variant'].decode()}, own - other teacher overlap@{k} on {rows}"
             if r["n_rows"] == 0 or not np.isfinite(r["ci_low"]):
                 lines.append(f"{start}: no such test rows")
                 continue
-            seen = ("it sees the teacher's imprint" if r["ci_low"] > 0 else
-                    f"it does not see it (the CI includes 0; {detectable_text(r)})" if r["ci_high"] >= 0 else
-                    "the student agrees less with its own teacher")
+            seen = (
+                "it sees the teacher's imprint"
+                if r["ci_low"] > 0
+                else f"it does not see it (the CI includes 0; {detectable_text(r)})"
+                if r["ci_high"] >= 0
+                else "the student agrees less with its own teacher"
+            )
             lines.append(f"{start} ({r['n_rows']} test rows): {ci(r, percent=False)}: {seen}")
     return lines
 
 
-def shortcut_verdicts(table: np.ndarray, within_class: Optional[float] = None, test_label: str = "prediction") -> list[str]:
+def shortcut_verdicts(
+    table: np.ndarray, within_class: Optional[float] = None, test_label: str = "prediction"
+) -> list[str]:
     """In words: per model, the best whole-model variant's shortcut precision@k against chance and half,
     and whether the model learned the shortcut at all (stamped images of other classes taken for the
     shortcut class more often than clean ones, the two CIs apart). `within_class`: the stamped share of the
@@ -255,24 +323,38 @@ def shortcut_verdicts(table: np.ndarray, within_class: Optional[float] = None, t
     lines = []
     within = f", {within_class:.1%} within the class" if within_class is not None else ""
     for model in report_models(table):
-        mine = table[(table["model"] == model.encode()) & (np.char.find(table["variant"], GROUP_SEPARATOR.encode()) < 0)]
-        precision = mine[np.char.startswith(mine["check"], b"shortcut precision@") & ~np.char.endswith(mine["check"], b"baseline's")]
+        mine = table[
+            (table["model"] == model.encode()) & (np.char.find(table["variant"], GROUP_SEPARATOR.encode()) < 0)
+        ]
+        precision = mine[
+            np.char.startswith(mine["check"], b"shortcut precision@") & ~np.char.endswith(mine["check"], b"baseline's")
+        ]
         if len(precision) == 0:
             continue
         best = precision[np.argmax(precision["value"])]
         k = best["check"].decode().rsplit("@", 1)[1]
-        said = (f"planted shortcut: {model}: stamped train examples are {best['value']:.1%} of the top-{k} proponents of "
-                f"stamped test examples with {best['variant'].decode()} (best variant; CI [{best['ci_low']:.1%}, "
-                f"{best['ci_high']:.1%}], chance {best['chance']:.1%}{within}): {'at least' if best['value'] >= 0.5 else 'less than'} half")
-        taken = {r["check"].decode().rsplit(", ", 1)[1]: r for r in mine
-                 if r["check"].decode().startswith("other class taken for shortcut class")}
+        said = (
+            f"planted shortcut: {model}: stamped train examples are {best['value']:.1%} of the top-{k} proponents of "
+            f"stamped test examples with {best['variant'].decode()} (best variant; CI [{best['ci_low']:.1%}, "
+            f"{best['ci_high']:.1%}], chance {best['chance']:.1%}{within}): {'at least' if best['value'] >= 0.5 else 'less than'} half"
+        )
+        taken = {
+            r["check"].decode().rsplit(", ", 1)[1]: r
+            for r in mine
+            if r["check"].decode().startswith("other class taken for shortcut class")
+        }
         if {"stamped", "clean"} <= set(taken):
             stamped, clean = taken["stamped"], taken["clean"]
             learned = stamped["ci_low"] > clean["ci_high"]
-            said += (f"; it takes {stamped['value']:.1%} of stamped test images of other classes for the shortcut class, "
-                     f"{clean['value']:.1%} of clean ones: "
-                     + ("it learned the shortcut" if learned else
-                        "no sign that it learned the shortcut (the CIs overlap), so there is little for attribution to find"))
+            said += (
+                f"; it takes {stamped['value']:.1%} of stamped test images of other classes for the shortcut class, "
+                f"{clean['value']:.1%} of clean ones: "
+                + (
+                    "it learned the shortcut"
+                    if learned
+                    else "no sign that it learned the shortcut (the CIs overlap), so there is little for attribution to find"
+                )
+            )
         lines.append(said)
         lines += _other_class_verdict(model, mine, test_label)
     return lines
@@ -286,22 +368,32 @@ def _other_class_verdict(model: str, mine: np.ndarray, test_label: str = "predic
         return []
     variant = first[0]["variant"]
     rows, parts = mine[mine["variant"] == variant], []
-    for label, what in (("other-class", "stamped test images of other classes"),
-                        ("predicted-as-shortcut", "of them taken for the shortcut class")):
+    for label, what in (
+        ("other-class", "stamped test images of other classes"),
+        ("predicted-as-shortcut", "of them taken for the shortcut class"),
+    ):
         precision = rows[np.char.startswith(rows["check"], f"{label} shortcut precision@".encode())]
         auprc = rows[rows["check"] == f"{label} shortcut AUPRC".encode()]
         if len(precision) == 0 or len(auprc) == 0:
             continue
         p, a = precision[0], auprc[0]
         k = p["check"].decode().rsplit("@", 1)[1]
-        parts.append(f"over the {p['n_rows']} {what}, stamped train examples are {p['value']:.1%} of the top-{k} "
-                     f"[{p['ci_low']:.1%}, {p['ci_high']:.1%}] and their AUPRC is {a['value']:.3f} "
-                     f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}] (chance {a['chance']:.3f} for both)")
-    caveat = ("" if test_label == "prediction" else
-              " (explained with respect to their true labels, against which stamped train images of the shortcut class "
-              "are opponents; the field explains the prediction: tracin-score --test-label prediction)")
-    return [f"planted shortcut as the field checks it (quanda's ShortcutDetectionMetric): {model} ({variant.decode()}): "
-            + "; ".join(parts) + caveat]
+        parts.append(
+            f"over the {p['n_rows']} {what}, stamped train examples are {p['value']:.1%} of the top-{k} "
+            f"[{p['ci_low']:.1%}, {p['ci_high']:.1%}] and their AUPRC is {a['value']:.3f} "
+            f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}] (chance {a['chance']:.3f} for both)"
+        )
+    caveat = (
+        ""
+        if test_label == "prediction"
+        else " (explained with respect to their true labels, against which stamped train images of the shortcut class "
+        "are opponents; the field explains the prediction: tracin-score --test-label prediction)"
+    )
+    return [
+        f"planted shortcut as the field checks it (quanda's ShortcutDetectionMetric): {model} ({variant.decode()}): "
+        + "; ".join(parts)
+        + caveat
+    ]
 
 
 def cascade(groups: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
@@ -330,8 +422,10 @@ def format_quality_report(table: np.ndarray, groups: bool = False) -> str:
     if not groups:
         table = table[np.char.find(table["variant"], GROUP_SEPARATOR.encode()) < 0]
     models = report_models(table)
-    lines = [f"quality report: each check per model, mean over test examples [{statistics.CONFIDENCE:.0%} bootstrap CI] "
-             "(chance); '(lower)': low is good"]
+    lines = [
+        f"quality report: each check per model, mean over test examples [{statistics.CONFIDENCE:.0%} bootstrap CI] "
+        "(chance); '(lower)': low is good"
+    ]
     for variant in dict.fromkeys(table["variant"]):
         rows = table[table["variant"] == variant]
         lines.append(f"  {variant.decode():<44}" + "".join(f"{m:>34}" for m in models))
@@ -347,7 +441,9 @@ def format_quality_report(table: np.ndarray, groups: bool = False) -> str:
 def report_models(table: np.ndarray) -> list[str]:
     """The models of a report table, roles first (teacher, student, student_baseline), then replicas."""
     names = [m.decode() for m in dict.fromkeys(table["model"])]
-    return sorted(names, key=lambda name: (ROLES.index(name.split(".")[0]) if name.split(".")[0] in ROLES else len(ROLES), name))
+    return sorted(
+        names, key=lambda name: (ROLES.index(name.split(".")[0]) if name.split(".")[0] in ROLES else len(ROLES), name)
+    )
 
 
 def format_cell(row) -> str:

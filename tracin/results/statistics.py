@@ -39,8 +39,10 @@ def parse_topk(text: str, limit: Optional[int] = None, cap: bool = False) -> lis
     if limit is not None and max(values) > limit:
         if cap:
             return sorted({min(k, limit) for k in values})
-        raise TracinError(f"k={max(values)} is larger than the set it ranks ({limit} examples); lower --topk, "
-                          "or pass --cap-topk to cap it at the set's size")
+        raise TracinError(
+            f"k={max(values)} is larger than the set it ranks ({limit} examples); lower --topk, "
+            "or pass --cap-topk to cap it at the set's size"
+        )
     return sorted(set(values))
 
 
@@ -141,9 +143,7 @@ def correlation(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     }
 
 
-def bootstrap_ci(
-    samples: Sequence[np.ndarray], statistic: Callable = np.mean, seed: int = 0
-) -> tuple[float, float]:
+def bootstrap_ci(samples: Sequence[np.ndarray], statistic: Callable = np.mean, seed: int = 0) -> tuple[float, float]:
     """The CONFIDENCE percentile-bootstrap interval of statistic(*samples, axis=-1) over rows:
     scipy.stats.bootstrap resampling the rows (RESAMPLES times, the same rows of every sample: paired).
     Rows where any sample is NaN (undefined) are left out; fewer than 2 rows left gives (NaN, NaN), and
@@ -156,8 +156,15 @@ def bootstrap_ci(
     with warnings.catch_warnings():  # a resample where the statistic is undefined makes the CI NaN, as said
         warnings.simplefilter("ignore", scipy.stats.DegenerateDataWarning)
         result = scipy.stats.bootstrap(
-            [a[defined] for a in arrays], statistic, n_resamples=RESAMPLES, confidence_level=CONFIDENCE,
-            method="percentile", paired=True, vectorized=True, axis=-1, rng=np.random.default_rng(seed),
+            [a[defined] for a in arrays],
+            statistic,
+            n_resamples=RESAMPLES,
+            confidence_level=CONFIDENCE,
+            method="percentile",
+            paired=True,
+            vectorized=True,
+            axis=-1,
+            rng=np.random.default_rng(seed),
         )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
@@ -168,8 +175,9 @@ def detectable_from_ci(low: float, high: float) -> float:
     return 2.8 * (high - low) / 3.92
 
 
-def normalised_agreement(between: np.ndarray, within_a: np.ndarray, within_b: np.ndarray, chance: float = 0.0,
-                         axis: int = -1) -> np.ndarray:
+def normalised_agreement(
+    between: np.ndarray, within_a: np.ndarray, within_b: np.ndarray, chance: float = 0.0, axis: int = -1
+) -> np.ndarray:
     """Agreement of two models relative to each one's agreement with its own replica (Spearman's
     correction for attenuation, with chance removed first):
 

@@ -95,18 +95,25 @@ import numpy as np
 from torch import Tensor
 
 from tracin import faults
-from tracin.version import __version__
+from tracin.config import ENSEMBLE_SUFFIX, ROLES, inherited_shortcut_class, split_model_name, split_variant
+from tracin.engine.topk import Ranking, StreamingRanking
+from tracin.errors import StoreError, TracinError
 from tracin.files import default_mode, disk_full, fsync_file, refuse_link
 from tracin.training.checkpoints import Checkpoint
-from tracin.config import ENSEMBLE_SUFFIX, ROLES, inherited_shortcut_class, split_model_name, split_variant
-from tracin.errors import StoreError, TracinError
 from tracin.variants import SCORE_VARIANTS
-from tracin.engine.topk import Ranking, StreamingRanking
+from tracin.version import __version__
 
 FORMAT = "tracin-scores"
 FORMAT_VERSION = 1
-HEADER_ARRAYS = ("train_index", "test_index", "train_labels", "test_labels", "train_clean_labels", "train_fine_labels",
-                 "test_fine_labels")
+HEADER_ARRAYS = (
+    "train_index",
+    "test_index",
+    "train_labels",
+    "test_labels",
+    "train_clean_labels",
+    "train_fine_labels",
+    "test_fine_labels",
+)
 HEADER_MASKS = ("train_stamped", "test_stamped")
 RANKING_FIELDS = ("top_index", "top_score", "bottom_index", "bottom_score")
 CHUNK_ROWS, CHUNK_COLS = 512, 4096  # at most 8 MB per HDF5 chunk of float32 scores: partial reads stay cheap
@@ -163,7 +170,9 @@ def _early_dataset(group: h5py.Group, name: str, shape, dtype, chunks=None) -> h
 
 def _differences(stored: dict, current: dict) -> list[str]:
     keys = sorted(set(stored) | set(current))
-    return [f"{k} ({stored.get(k)!r} in the file, {current.get(k)!r} now)" for k in keys if stored.get(k) != current.get(k)]
+    return [
+        f"{k} ({stored.get(k)!r} in the file, {current.get(k)!r} now)" for k in keys if stored.get(k) != current.get(k)
+    ]
 
 
 def _python(value: Any) -> Any:
@@ -184,8 +193,10 @@ def open_h5(path: Path, mode: str, locking: Optional[bool] = None) -> h5py.File:
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0]
         if "unable to lock file" in reason:  # HDF5's own lock: another process has the file open to write
-            raise StoreError(f"{path} is in use: another process (tracin-score or tracin-validate?) has it open "
-                             "for writing; wait for it to finish") from None
+            raise StoreError(
+                f"{path} is in use: another process (tracin-score or tracin-validate?) has it open "
+                "for writing; wait for it to finish"
+            ) from None
         raise StoreError(f"{path} is not a readable HDF5 file (truncated or corrupt?): {reason}") from None
 
 
@@ -196,7 +207,12 @@ SELF = "self_influence"
 NORMALISED_SELF = "self_influence_train-normalised"
 GROUP_SELF = "self_influence_groups"
 GROUP_NORMALISED_SELF = "self_influence_groups_train-normalised"
-SELF_INFLUENCES = (SELF, NORMALISED_SELF, GROUP_SELF, GROUP_NORMALISED_SELF)  # the datasets a block's first test block writes
+SELF_INFLUENCES = (
+    SELF,
+    NORMALISED_SELF,
+    GROUP_SELF,
+    GROUP_NORMALISED_SELF,
+)  # the datasets a block's first test block writes
 REMADE_EACH_RUN = ("last_loss", "test_prediction", "test_confidence")  # written whole after the blocks, every run
 
 
@@ -432,7 +448,10 @@ class ScoreFile:
     @property
     def coarse(self) -> bool:
         """Whether the labels merge the data set's classes (tracin-train --coarse-labels)."""
-        return bool(np.any(self.train_fine_labels != self.train_clean_labels) or np.any(self.test_fine_labels != self.test_labels))
+        return bool(
+            np.any(self.train_fine_labels != self.train_clean_labels)
+            or np.any(self.test_fine_labels != self.test_labels)
+        )
 
     @property
     def inherit_mode(self) -> bool:
@@ -533,13 +552,24 @@ class ScoreFile:
             del self._h5[name]
         group = self._h5.create_group(name)
         first = models[0]._group.attrs
-        group.attrs.update({"role": name, "ensemble_of": json.dumps(list(members)), "parameters": first["parameters"],
-                            "n_parameter_tensors": first["n_parameter_tensors"], "row_chunk": first["row_chunk"],
-                            "test_block": first["test_block"], "status": "partial", "variants": json.dumps(variants)})
+        group.attrs.update(
+            {
+                "role": name,
+                "ensemble_of": json.dumps(list(members)),
+                "parameters": first["parameters"],
+                "n_parameter_tensors": first["n_parameter_tensors"],
+                "row_chunk": first["row_chunk"],
+                "test_block": first["test_block"],
+                "status": "partial",
+                "variants": json.dumps(variants),
+            }
+        )
         stored = group.create_group("checkpoints")
         for field in ("path", "sha256", "epoch", "lr"):
             values = np.concatenate([m._group[f"checkpoints/{field}"][()] for m in models])
-            stored.create_dataset(field, data=values, dtype=h5py.string_dtype() if field in ("path", "sha256") else values.dtype)
+            stored.create_dataset(
+                field, data=values, dtype=h5py.string_dtype() if field in ("path", "sha256") else values.dtype
+            )
         for variant in variants:
             dataset = "scores" if variant == variants[0] else f"scores_{variant}"
             target = group.create_dataset(dataset, shape=(self.n_train, self.n_test), dtype=np.float32)
@@ -549,7 +579,9 @@ class ScoreFile:
                 target[rows] = np.mean([m.matrix(variant=variant)[rows] for m in models], axis=0)
         for field in (*SELF_INFLUENCES, "last_loss"):
             if all(field in m._group for m in models):
-                mean = group.create_dataset(field, data=np.mean([m._group[field][()] for m in models], axis=0).astype(np.float32))
+                mean = group.create_dataset(
+                    field, data=np.mean([m._group[field][()] for m in models], axis=0).astype(np.float32)
+                )
                 mean.attrs.update(models[0]._group[field].attrs)
         group.create_dataset("done", data=np.ones_like(models[0].done))
         self._h5.flush()
@@ -634,7 +666,9 @@ class ScoreFile:
         if RANDOMIZATION not in self._h5:
             return None
         stored = self._h5[RANDOMIZATION]
-        if settings is not None and _differences(json.loads(stored.attrs["settings"]), json.loads(json.dumps(settings))):
+        if settings is not None and _differences(
+            json.loads(stored.attrs["settings"]), json.loads(json.dumps(settings))
+        ):
             return None
         return _table(stored)
 
@@ -669,8 +703,10 @@ class ScoreFile:
                 if kept is None:  # as a full disk or a crash leaves it: every finished unit that reads is kept
                     return ValidationRecord(self._h5[VALIDATION])
             elif stored is not None and not overwrite:
-                raise StoreError(f"{self.path} holds a validation made with other settings: {'; '.join(differences)}. "
-                                 "Rerun with its options, or pass --overwrite to replace it")
+                raise StoreError(
+                    f"{self.path} holds a validation made with other settings: {'; '.join(differences)}. "
+                    "Rerun with its options, or pass --overwrite to replace it"
+                )
             del self._h5[VALIDATION]
         group = self._h5.create_group(VALIDATION)
         group.attrs.update({"settings": json.dumps(settings, sort_keys=True), "status": "partial"})
@@ -711,8 +747,12 @@ class ScoreFile:
         try:
             done = np.asarray(group["done"][()], dtype=bool)
             margins, seconds = group["margins"][()], group["seconds"][()]
-            if done.shape == (n,) and margins.shape == (n, self.n_test) and seconds.shape == (n,) \
-                    and np.array_equal(group["units"][()], units):
+            if (
+                done.shape == (n,)
+                and margins.shape == (n, self.n_test)
+                and seconds.shape == (n,)
+                and np.array_equal(group["units"][()], units)
+            ):
                 return done & np.isfinite(margins).all(axis=1), margins, seconds
         except (*HDF5_ERRORS, KeyError, ValueError, TypeError):
             pass
@@ -787,8 +827,10 @@ def _reason(error: BaseException) -> str:
 
 
 def _beyond_salvage(path: Path, error: BaseException) -> StoreError:
-    return StoreError(f"{path} is damaged beyond salvage: its header does not read ({_reason(error)}); "
-                      "pass --overwrite to score afresh")
+    return StoreError(
+        f"{path} is damaged beyond salvage: its header does not read ({_reason(error)}); "
+        "pass --overwrite to score afresh"
+    )
 
 
 def find_damage(path: Path) -> list[str]:
@@ -833,7 +875,9 @@ def _check_dataset(dataset: h5py.Dataset, file_size: int) -> None:
 
     def inside(chunk) -> None:
         if chunk.byte_offset + chunk.size > file_size:
-            raise ValueError(f"a chunk lies past the end of the file ({chunk.byte_offset} + {chunk.size} > {file_size})")
+            raise ValueError(
+                f"a chunk lies past the end of the file ({chunk.byte_offset} + {chunk.size} > {file_size})"
+            )
 
     if hasattr(dataset.id, "chunk_iter"):  # h5py >= 3.8 on HDF5 >= 1.14: one pass over the index
         dataset.id.chunk_iter(inside)
@@ -984,8 +1028,12 @@ def layout_problems(store: "ScoreFile") -> list[str]:
     h5, problems = store._h5, []
     for name in HEADER_ARRAYS + HEADER_MASKS + ("noisy",):
         if name in h5:
-            problems += _shape_problems(h5[name], f"/{name}", (store.n_train if name.startswith(("train", "noisy")) else store.n_test,),
-                                        "b" if name in HEADER_MASKS + ("noisy",) else "iu")
+            problems += _shape_problems(
+                h5[name],
+                f"/{name}",
+                (store.n_train if name.startswith(("train", "noisy")) else store.n_test,),
+                "b" if name in HEADER_MASKS + ("noisy",) else "iu",
+            )
     problems += _table_problems(h5, set(store.models))
     for model in store.models:
         group = h5[model]
@@ -1010,7 +1058,12 @@ def _table_problems(h5, models: set[str]) -> list[str]:
     validation's units and tables) are one-dimensional arrays of named fields; anything else there (but the
     validation's margins, seconds and done mask, which prepare_validation checks) was not written by tracin."""
     problems: list[str] = []
-    header = {*HEADER_ARRAYS, *HEADER_MASKS, "noisy", *(f"{VALIDATION}/{name}" for name in ("margins", "seconds", "done"))}
+    header = {
+        *HEADER_ARRAYS,
+        *HEADER_MASKS,
+        "noisy",
+        *(f"{VALIDATION}/{name}" for name in ("margins", "seconds", "done")),
+    }
 
     def visit(name: str, item) -> None:
         if name.split("/")[0] in models or name in header or not isinstance(item, h5py.Dataset):
@@ -1026,7 +1079,9 @@ def _shape_problems(dataset, where: str, shape: tuple, kinds: str) -> list[str]:
     if not isinstance(dataset, h5py.Dataset):
         return [f"{where} is not a dataset"]
     if dataset.dtype.kind not in kinds:
-        return [f"{where} holds {dataset.dtype}, not {'integers' if 'i' in kinds else 'floats' if kinds == 'f' else 'booleans'}"]
+        return [
+            f"{where} holds {dataset.dtype}, not {'integers' if 'i' in kinds else 'floats' if kinds == 'f' else 'booleans'}"
+        ]
     if dataset.shape != shape:
         return [f"{where} has shape {dataset.shape}, expected {shape}"]
     return []
@@ -1052,8 +1107,12 @@ def _ranking_problems(tables, where: str, n_train: int, n_test: int) -> list[str
                 problems.append(f"{where}/{key} is missing")
                 continue
             dataset = tables[key]
-            found = _shape_problems(dataset, f"{where}/{key}", (rows, dataset.shape[1] if len(dataset.shape) == 2 else -1),
-                                    "iu" if "index" in field else "f")
+            found = _shape_problems(
+                dataset,
+                f"{where}/{key}",
+                (rows, dataset.shape[1] if len(dataset.shape) == 2 else -1),
+                "iu" if "index" in field else "f",
+            )
             if not found and "index" in field and dataset.size:
                 values = dataset[()]
                 if values.min() < 0 or values.max() >= limit:
@@ -1120,7 +1179,9 @@ class ModelScores:
             if checkpoint is not None:
                 raise StoreError("per-checkpoint scores are kept for the first variant only")
             if variant not in self.variants:
-                raise StoreError(f"{self._group.file.filename}: {self.name} holds no {variant!r} scores (it has {self.variants})")
+                raise StoreError(
+                    f"{self._group.file.filename}: {self.name} holds no {variant!r} scores (it has {self.variants})"
+                )
             return self._group[f"scores_{variant}"]
         if checkpoint is None:
             return self.scores
@@ -1213,8 +1274,10 @@ class ModelScores:
         """logits: float [n_test, classes] at the last checkpoint -> test_prediction and test_confidence."""
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         probabilities = shifted / shifted.sum(axis=1, keepdims=True)
-        for name, values in (("test_prediction", logits.argmax(axis=1).astype(np.int64)),
-                             ("test_confidence", probabilities.max(axis=1).astype(np.float32))):
+        for name, values in (
+            ("test_prediction", logits.argmax(axis=1).astype(np.int64)),
+            ("test_confidence", probabilities.max(axis=1).astype(np.float32)),
+        ):
             if name not in self._group:
                 _early_dataset(self._group, name, values.shape, values.dtype)
             self._group[name][:] = values
@@ -1250,9 +1313,15 @@ class ModelScores:
                 "written (sha256 differs); pass --overwrite to score them afresh"
             )
 
-    def write_block(self, row_start: int, col_start: int, scores: np.ndarray, per_checkpoint: Optional[np.ndarray] = None,
-                    self_influences: Optional[dict[str, np.ndarray]] = None,
-                    other_variants: Optional[dict[str, np.ndarray]] = None) -> None:
+    def write_block(
+        self,
+        row_start: int,
+        col_start: int,
+        scores: np.ndarray,
+        per_checkpoint: Optional[np.ndarray] = None,
+        self_influences: Optional[dict[str, np.ndarray]] = None,
+        other_variants: Optional[dict[str, np.ndarray]] = None,
+    ) -> None:
         """Write a block's data (float32 [rows, cols] scores, [n_ckpt, rows, cols] per checkpoint, the
         self-influences of its rows by dataset name (SELF_INFLUENCES: [rows], or [n_groups, rows] for the
         layer groups'), {variant: [rows, cols]} of the other variants), flush, then mark it done and flush
@@ -1332,7 +1401,9 @@ class EpochMatrix:
         return self.dataset[(self.index, *key)]
 
 
-def rank_matrix(matrix: h5py.Dataset | np.ndarray, k: int, row_chunk: int = 4096, device="cpu") -> tuple[Ranking, Ranking]:
+def rank_matrix(
+    matrix: h5py.Dataset | np.ndarray, k: int, row_chunk: int = 4096, device="cpu"
+) -> tuple[Ranking, Ranking]:
     """(test, train) Rankings of a [n_train, n_test] score matrix read in row chunks: for each test
     column its k largest/smallest train rows, for each train row its k largest/smallest test columns.
     The partial sorts run on `device` (a GPU makes them cheap at 50,000 x 10,000)."""
@@ -1364,7 +1435,7 @@ class ValidationRecord:
 
     @property
     def status(self) -> str:
-        """"partial" until the tables are written, then "complete"."""
+        """ "partial" until the tables are written, then "complete"."""
         return _python(self._group.attrs["status"])
 
     @property
@@ -1416,5 +1487,7 @@ class ValidationRecord:
     def tables(self) -> tuple[np.ndarray, np.ndarray]:
         """(leave_out, lds) tables; StoreError before they are written."""
         if "leave_out" not in self._group:
-            raise StoreError(f"{self._group.file.filename}: the validation is not finished (run the same tracin-validate again)")
+            raise StoreError(
+                f"{self._group.file.filename}: the validation is not finished (run the same tracin-validate again)"
+            )
         return self._group["leave_out"][()], self._group["lds"][()]

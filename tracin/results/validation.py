@@ -22,19 +22,39 @@ from typing import Optional, Sequence
 import numpy as np
 import scipy.stats
 
+from tracin.config import BASELINE, CONDITIONS, NONE, OPPONENTS, OWN, RANDOM, TEACHER  # noqa: F401 (re-exported)
 from tracin.results import statistics
 
-from tracin.config import BASELINE, CONDITIONS, NONE, OPPONENTS, OWN, RANDOM, TEACHER  # noqa: F401 (re-exported)
 LDS_CONDITION = "subset"
 
-UNIT_DTYPE = np.dtype([("model", "S40"), ("condition", "S16"), ("test_row", "i8"), ("subset", "i8"), ("seed", "i8"),
-                       ("variant", "S64")])
-LEAVE_OUT_DTYPE = np.dtype([
-    ("model", "S40"), ("condition", "S16"), ("variant", "S64"), ("k", "i8"), ("mean_change", "f8"), ("ci_low", "f8"),
-    ("ci_high", "f8"), ("flipped", "f8"), ("n_rows", "i8"),
-])
-LDS_DTYPE = np.dtype([("model", "S40"), ("scores_of", "S40"), ("variant", "S64"), ("lds", "f8"), ("ci_low", "f8"),
-                      ("ci_high", "f8"), ("n_rows", "i8"), ("subsets", "i8")])
+UNIT_DTYPE = np.dtype(
+    [("model", "S40"), ("condition", "S16"), ("test_row", "i8"), ("subset", "i8"), ("seed", "i8"), ("variant", "S64")]
+)
+LEAVE_OUT_DTYPE = np.dtype(
+    [
+        ("model", "S40"),
+        ("condition", "S16"),
+        ("variant", "S64"),
+        ("k", "i8"),
+        ("mean_change", "f8"),
+        ("ci_low", "f8"),
+        ("ci_high", "f8"),
+        ("flipped", "f8"),
+        ("n_rows", "i8"),
+    ]
+)
+LDS_DTYPE = np.dtype(
+    [
+        ("model", "S40"),
+        ("scores_of", "S40"),
+        ("variant", "S64"),
+        ("lds", "f8"),
+        ("ci_low", "f8"),
+        ("ci_high", "f8"),
+        ("n_rows", "i8"),
+        ("subsets", "i8"),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -65,8 +85,13 @@ class Plan:
         for model in self.models:
             if self.test_rows and self.conditions.get(model):  # the zero line is leave-out's reference only
                 rows += [(model, NONE, -1, -1, s, "") for s in range(self.seeds)]
-            rows += [(model, c, t, -1, s, v) for t in self.test_rows for c in self.conditions.get(model, ())
-                     for v in self.variants_of(c) for s in range(self.seeds)]
+            rows += [
+                (model, c, t, -1, s, v)
+                for t in self.test_rows
+                for c in self.conditions.get(model, ())
+                for v in self.variants_of(c)
+                for s in range(self.seeds)
+            ]
             rows += [(model, LDS_CONDITION, -1, m, 0, "") for m in range(self.subsets)]
         return np.array(rows, dtype=UNIT_DTYPE)
 
@@ -113,8 +138,12 @@ def lds_interval(scores: np.ndarray, masks: np.ndarray, margins: np.ndarray) -> 
         return np.nan, np.nan
     with warnings.catch_warnings():  # a test example constant over the kept subsets: left out, as in the LDS
         warnings.simplefilter("ignore", RuntimeWarning)
-        left_out = np.array([np.nanmean(statistics.spearman_rows(np.delete(predicted, j, 0).T, np.delete(margins, j, 0).T))
-                             for j in range(count)])
+        left_out = np.array(
+            [
+                np.nanmean(statistics.spearman_rows(np.delete(predicted, j, 0).T, np.delete(margins, j, 0).T))
+                for j in range(count)
+            ]
+        )
     subsets = (count - 1) / count * float(np.sum((left_out - left_out.mean()) ** 2))
     rows = float(np.nanvar(per_row, ddof=1)) / defined
     half = scipy.stats.norm.ppf(0.5 + statistics.CONFIDENCE / 2) * np.sqrt(subsets + rows)
@@ -127,8 +156,16 @@ def margin_changes(margins: np.ndarray, zero: np.ndarray) -> np.ndarray:
     return np.asarray(margins, dtype=np.float64) - np.asarray(zero, dtype=np.float64)
 
 
-def leave_out_row(model: str, condition: str, variant: str, k: int, changes: np.ndarray, zero: np.ndarray, seed: int,
-                  test_rows: Optional[np.ndarray] = None) -> tuple:
+def leave_out_row(
+    model: str,
+    condition: str,
+    variant: str,
+    k: int,
+    changes: np.ndarray,
+    zero: np.ndarray,
+    seed: int,
+    test_rows: Optional[np.ndarray] = None,
+) -> tuple:
     """One LEAVE_OUT_DTYPE row: the mean margin change over (test row, seed) pairs, its bootstrap CI, and
     the share of the pairs predicted right with nothing removed that the removal flips to wrong. The CI
     resamples test examples, not pairs: `test_rows` (int [pairs], the test row of each pair) clusters a
@@ -145,19 +182,27 @@ def format_validation(leave_out: np.ndarray, lds: Optional[np.ndarray] = None) -
     """The leave-top-k-out and LDS tables as text."""
     lines = []
     if len(leave_out):
-        lines.append(f"leave-top-k-out: change of the test example's margin after retraining without k train examples, "
-                     f"mean over test examples [{statistics.CONFIDENCE:.0%} bootstrap CI]; flipped: right -> wrong")
+        lines.append(
+            f"leave-top-k-out: change of the test example's margin after retraining without k train examples, "
+            f"mean over test examples [{statistics.CONFIDENCE:.0%} bootstrap CI]; flipped: right -> wrong"
+        )
         for row in leave_out:
             by = f"by {row['variant'].decode()}" if row["variant"] else ""
-            lines.append(f"  {row['model'].decode():<20} remove {row['condition'].decode():<10} {by:<28} k={row['k']:<5} "
-                         f"{row['mean_change']:+8.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]  "
-                         f"flipped {row['flipped']:6.1%}  ({row['n_rows']} rows)")
+            lines.append(
+                f"  {row['model'].decode():<20} remove {row['condition'].decode():<10} {by:<28} k={row['k']:<5} "
+                f"{row['mean_change']:+8.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]  "
+                f"flipped {row['flipped']:6.1%}  ({row['n_rows']} rows)"
+            )
     if lds is not None and len(lds):
-        lines.append(f"linear datamodeling score (Spearman over {lds['subsets'][0]} retrained subsets, mean over test "
-                     f"examples [{statistics.CONFIDENCE:.0%} bootstrap CI]; 0 = no better than chance)")
+        lines.append(
+            f"linear datamodeling score (Spearman over {lds['subsets'][0]} retrained subsets, mean over test "
+            f"examples [{statistics.CONFIDENCE:.0%} bootstrap CI]; 0 = no better than chance)"
+        )
         for row in lds:
-            lines.append(f"  {row['model'].decode():<20} scores of {row['scores_of'].decode():<26} {row['variant'].decode():<28} "
-                         f"{row['lds']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]")
+            lines.append(
+                f"  {row['model'].decode():<20} scores of {row['scores_of'].decode():<26} {row['variant'].decode():<28} "
+                f"{row['lds']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+            )
     return "\n".join(lines)
 
 
@@ -166,8 +211,9 @@ def sampled_test_rows(n_test: int, count: int, seed: int) -> tuple[int, ...]:
     return tuple(int(r) for r in statistics.sample_rows(n_test, count, seed + 23))
 
 
-def removal_positions(condition: str, test_row: int, k: int, n_train: int, top_index: np.ndarray,
-                      bottom_index: np.ndarray, seed: int) -> np.ndarray:
+def removal_positions(
+    condition: str, test_row: int, k: int, n_train: int, top_index: np.ndarray, bottom_index: np.ndarray, seed: int
+) -> np.ndarray:
     """int64 [k]: the train positions a leave-top-k-out unit removes: the test row's k first proponents
     in top_index [n_test, >= k] (own, teacher, baseline: the ranking of the model the condition names),
     its k strongest opponents in bottom_index (opponents), or k random ones."""
@@ -181,6 +227,9 @@ def conditions_for(role: str, asked: Sequence[str]) -> tuple[str, ...]:
     """The asked conditions that apply to a model of `role`: the teacher's proponents for the students
     (the baseline student's: a control that never saw the teacher), the baseline's for the distilled
     student; own, random and opponents for every model."""
-    applies = {"teacher": (OWN, RANDOM, OPPONENTS), "student": CONDITIONS,
-               "student_baseline": (OWN, TEACHER, RANDOM, OPPONENTS)}[role]
+    applies = {
+        "teacher": (OWN, RANDOM, OPPONENTS),
+        "student": CONDITIONS,
+        "student_baseline": (OWN, TEACHER, RANDOM, OPPONENTS),
+    }[role]
     return tuple(c for c in asked if c in applies)

@@ -176,7 +176,9 @@ def _read_lr(payload: Any, path: Union[str, Path]) -> Optional[float]:
             return _checked_lr(payload[key], f"{path}['{key}']")
     rates = {float(group["lr"]) for group in _param_groups(payload) if isinstance(group, dict) and "lr" in group}
     if len(rates) > 1:
-        raise CheckpointError(f"{path}: the optimizer's param groups have different learning rates {sorted(rates)}; give (path, lr)")
+        raise CheckpointError(
+            f"{path}: the optimizer's param groups have different learning rates {sorted(rates)}; give (path, lr)"
+        )
     return _checked_lr(rates.pop(), f"{path} (optimizer)") if rates else None
 
 
@@ -257,11 +259,13 @@ def load_checkpoints(source: Any, prefix: Optional[str] = None) -> list[Checkpoi
 
 
 def _select(checkpoint: Checkpoint, prefix: str) -> Checkpoint:
-    state = {key[len(prefix):]: value for key, value in checkpoint.state.items() if key.startswith(prefix)}
+    state = {key[len(prefix) :]: value for key, value in checkpoint.state.items() if key.startswith(prefix)}
     if not state:
         found = sorted(common_prefixes(checkpoint.state))
-        raise CheckpointError(f"{checkpoint.path or 'a checkpoint'} has no key starting {prefix!r}"
-                              + (f" (its prefixes: {', '.join(found)})" if found else ""))
+        raise CheckpointError(
+            f"{checkpoint.path or 'a checkpoint'} has no key starting {prefix!r}"
+            + (f" (its prefixes: {', '.join(found)})" if found else "")
+        )
     return dataclasses.replace(checkpoint, state=state)
 
 
@@ -305,8 +309,10 @@ def _refuse_copies(checkpoints: Sequence[Checkpoint]) -> None:
     first: dict[str, str] = {}
     for checkpoint in checkpoints:
         if checkpoint.sha256 and checkpoint.sha256 in first:
-            raise CheckpointError(f"{checkpoint.path} and {first[checkpoint.sha256]} are the same checkpoint, which would "
-                                  "count twice: name the files with a glob (e.g. 'model_*.pth') or a list")
+            raise CheckpointError(
+                f"{checkpoint.path} and {first[checkpoint.sha256]} are the same checkpoint, which would "
+                "count twice: name the files with a glob (e.g. 'model_*.pth') or a list"
+            )
         first.setdefault(checkpoint.sha256, checkpoint.path)
 
 
@@ -332,10 +338,17 @@ def load_state(model: nn.Module, state: dict[str, Tensor], source: str = "checkp
     wanted = model.state_dict()
     missing, unexpected = [k for k in wanted if k not in state], [k for k in state if k not in wanted]
     if missing or unexpected:
-        fits = [p for p in sorted(common_prefixes(state)) if {k[len(p):] for k in state if k.startswith(p)} >= set(wanted)]
-        hint = (f"; it holds several models: select one with tracin.load_checkpoints(..., prefix={fits[0]!r})"
-                if fits else "")
-        raise CheckpointError(f"{source} does not fit the model: {_few(missing)} missing, {_few(unexpected)} unexpected{hint}")
+        fits = [
+            p for p in sorted(common_prefixes(state)) if {k[len(p) :] for k in state if k.startswith(p)} >= set(wanted)
+        ]
+        hint = (
+            f"; it holds several models: select one with tracin.load_checkpoints(..., prefix={fits[0]!r})"
+            if fits
+            else ""
+        )
+        raise CheckpointError(
+            f"{source} does not fit the model: {_few(missing)} missing, {_few(unexpected)} unexpected{hint}"
+        )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
@@ -363,7 +376,11 @@ def make_payload(
     """A checkpoint in the format above. training: optimizer, scheduler, epoch, step, lr, lr_at_save,
     metrics; provenance: config, data_config, data_fingerprint, teacher (see the module docstring)."""
     keys = ("optimizer", "scheduler", "epoch", "step", "lr", "lr_at_save", "metrics")
-    missing = [k for k in (*keys, "config", "data_config", "data_fingerprint", "teacher") if k not in {**training, **provenance}]
+    missing = [
+        k
+        for k in (*keys, "config", "data_config", "data_fingerprint", "teacher")
+        if k not in {**training, **provenance}
+    ]
     if missing:
         raise ValueError(f"a checkpoint payload needs {', '.join(missing)}")
     return {
@@ -378,7 +395,9 @@ def make_payload(
     }
 
 
-def with_resume_state(payload: dict[str, Any], rng: dict[str, int], interval_lrs: Sequence[float], history: Sequence[dict]) -> dict[str, Any]:
+def with_resume_state(
+    payload: dict[str, Any], rng: dict[str, int], interval_lrs: Sequence[float], history: Sequence[dict]
+) -> dict[str, Any]:
     """last.pt: a checkpoint plus what an exact resume needs (the `rng` and `resume` keys above)."""
     return {**payload, "rng": rng, "resume": {"interval_lrs": list(interval_lrs), "history": list(history)}}
 
@@ -403,10 +422,14 @@ def load_distillation_teacher(payload: dict[str, Any]) -> nn.Module:
     same file (sha256) the student was trained with."""
     teacher = payload.get("teacher")
     if not isinstance(teacher, dict) or not teacher.get("path"):
-        raise CheckpointError(f"the {payload.get('role')} was not distilled from a teacher checkpoint (it records {teacher!r})")
+        raise CheckpointError(
+            f"the {payload.get('role')} was not distilled from a teacher checkpoint (it records {teacher!r})"
+        )
     path = Path(teacher["path"])
     if not teacher.get("sha256"):
-        raise CheckpointError(f"the {payload.get('role')}'s record of its teacher has no sha256; the teacher cannot be checked")
+        raise CheckpointError(
+            f"the {payload.get('role')}'s record of its teacher has no sha256; the teacher cannot be checked"
+        )
     if path.is_file() and sha256_file(path) != teacher["sha256"]:
         raise CheckpointError(
             f"the teacher {path} changed since the {payload.get('role')} was trained from it (sha256 differs); "
@@ -433,8 +456,9 @@ def select_checkpoints(model_dir: Union[str, Path], role: str, spec: str) -> lis
     return [by_epoch[e] for e in wanted]
 
 
-def load_run_checkpoints(paths: Sequence[Path], role: str, data_digest: str, recorded: Optional[dict] = None,
-                         seed: Optional[int] = None) -> tuple[list[Checkpoint], ModelConfig, dict]:
+def load_run_checkpoints(
+    paths: Sequence[Path], role: str, data_digest: str, recorded: Optional[dict] = None, seed: Optional[int] = None
+) -> tuple[list[Checkpoint], ModelConfig, dict]:
     """A model's checkpoints from a run (checked: format, role, trained on the data with fingerprint
     `data_digest`, one architecture, the one `recorded` in run.json's model_configs where given, and the
     training seed `seed` where given: a replica's, so that a folder copied from another replica is refused),
@@ -450,12 +474,19 @@ def load_run_checkpoints(paths: Sequence[Path], role: str, data_digest: str, rec
             raise CheckpointError(f"{path} has another architecture than the other {role} checkpoints")
         trained_with = payload["config"].get("seed") if isinstance(payload["config"], dict) else None
         if seed is not None and trained_with != seed:
-            raise CheckpointError(f"{path} was trained with seed {trained_with}, not this model's {seed}: a folder copied "
-                                  "from another replica or run?")
+            raise CheckpointError(
+                f"{path} was trained with seed {trained_with}, not this model's {seed}: a folder copied "
+                "from another replica or run?"
+            )
         if expected is not None and this != expected:
-            differ = ", ".join(f"{k} {getattr(this, k)} (run.json: {getattr(expected, k)})" for k in this.to_dict()
-                               if getattr(this, k) != getattr(expected, k))
+            differ = ", ".join(
+                f"{k} {getattr(this, k)} (run.json: {getattr(expected, k)})"
+                for k in this.to_dict()
+                if getattr(this, k) != getattr(expected, k)
+            )
             raise CheckpointError(f"{path} is not the architecture the run recorded for {role}: {differ}")
         config = this
-        checkpoints.append(Checkpoint(payload["model"], payload["lr"], str(path), int(payload["epoch"]), sha256_file(path)))
+        checkpoints.append(
+            Checkpoint(payload["model"], payload["lr"], str(path), int(payload["epoch"]), sha256_file(path))
+        )
     return checkpoints, config, payload

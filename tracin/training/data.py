@@ -23,8 +23,7 @@ from torchvision import datasets
 from torchvision.datasets import cifar as cifar_module
 from torchvision.datasets.utils import extract_archive
 
-from tracin.config import EVAL_DATASETS, DataConfig, default_data_root  # noqa: F401 (re-exported)
-from tracin.config import inherited_shortcut_class, split_model_name
+from tracin.config import EVAL_DATASETS, DataConfig, default_data_root, inherited_shortcut_class, split_model_name  # noqa: F401 (re-exported)
 from tracin.errors import DataError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -87,8 +86,6 @@ class _UncheckedCIFAR100(datasets.CIFAR100):
     meta = {**datasets.CIFAR100.meta, "md5": None}
 
 
-
-
 @dataclass(frozen=True)
 class DatasetSpec:
     """What the code needs to know about a data set: per-channel mean/std and the augmentation."""
@@ -104,11 +101,18 @@ class DatasetSpec:
 # coarse-label order; every class of the data set is in exactly one.
 CLASS_MERGES = {
     ("fashion-mnist", "tops-footwear"): (
-        ("tops", (0, 2, 4, 6)), ("trouser", (1,)), ("dress", (3,)), ("footwear", (5, 7, 9)), ("bag", (8,)),
+        ("tops", (0, 2, 4, 6)),
+        ("trouser", (1,)),
+        ("dress", (3,)),
+        ("footwear", (5, 7, 9)),
+        ("bag", (8,)),
     ),
     ("cifar10", "animals-vehicles"): (("vehicle", (0, 1, 8, 9)), ("animal", (2, 3, 4, 5, 6, 7))),
     ("cifar10", "pairs"): (
-        ("airplane-ship", (0, 8)), ("automobile-truck", (1, 9)), ("bird-frog", (2, 6)), ("cat-dog", (3, 5)),
+        ("airplane-ship", (0, 8)),
+        ("automobile-truck", (1, 9)),
+        ("bird-frog", (2, 6)),
+        ("cat-dog", (3, 5)),
         ("deer-horse", (4, 7)),
     ),
 }
@@ -173,8 +177,15 @@ class Split(torch.utils.data.Dataset):
     def subset(self, positions: Tensor) -> "Split":
         """The examples at `positions` (into this split), keeping their original indices."""
         return Split(
-            self.images[positions], self.labels[positions], self.index[positions], self.clean_labels[positions],
-            self.spec, self.classes, self.fine_labels[positions], self.stamped[positions], self.fine_classes,
+            self.images[positions],
+            self.labels[positions],
+            self.index[positions],
+            self.clean_labels[positions],
+            self.spec,
+            self.classes,
+            self.fine_labels[positions],
+            self.stamped[positions],
+            self.fine_classes,
             None if self.plain_images is None else self.plain_images[positions],
         )
 
@@ -291,8 +302,14 @@ def _as_tensors(dataset) -> tuple[Tensor, Tensor]:
     return images.contiguous(), torch.as_tensor(np.asarray(dataset.targets), dtype=torch.int64)
 
 
-def load_eval_split(dataset: str, data_root: str, spec: DatasetSpec, classes: Sequence[str],
-                    class_map: Optional[dict[str, str]] = None, checksum: bool = True) -> tuple[Split, dict[str, int]]:
+def load_eval_split(
+    dataset: str,
+    data_root: str,
+    spec: DatasetSpec,
+    classes: Sequence[str],
+    class_map: Optional[dict[str, str]] = None,
+    checksum: bool = True,
+) -> tuple[Split, dict[str, int]]:
     """Another data set's test split, as a run's models see it: its images normalised with the run's
     `spec`, its labels mapped to the run's `classes` by `class_map` (its class name -> a run class name;
     default: the classes both name alike, case and '_'/' ' aside). Examples of unmapped classes are left
@@ -303,21 +320,28 @@ def load_eval_split(dataset: str, data_root: str, spec: DatasetSpec, classes: Se
     if dataset == "fashion-mnist":
         loaded = _load_torchvision(DataConfig(dataset="fashion-mnist", data_root=data_root), train=False)
     else:
-        loader = {"cifar10": (datasets.CIFAR10, _UncheckedCIFAR10), "cifar100": (datasets.CIFAR100, _UncheckedCIFAR100)}[dataset]
+        loader = {
+            "cifar10": (datasets.CIFAR10, _UncheckedCIFAR10),
+            "cifar100": (datasets.CIFAR100, _UncheckedCIFAR100),
+        }[dataset]
         try:
             with _restricted_cifar_reads():
                 loaded = loader[0 if checksum else 1](str(root), train=False, download=False)
         except pickle.UnpicklingError as error:
             raise DataError(f"{root} holds a file that is not a CIFAR batch ({error}); it was not loaded") from None
         except RuntimeError as error:
-            raise DataError(f"{dataset} could not be loaded from {root} ({str(error).strip().splitlines()[0]}); put its "
-                            "python-format folder there, or pass --no-checksum for files that are not the published ones") from None
+            raise DataError(
+                f"{dataset} could not be loaded from {root} ({str(error).strip().splitlines()[0]}); put its "
+                "python-format folder there, or pass --no-checksum for files that are not the published ones"
+            ) from None
     images, own = _as_tensors(loaded)
     mapping = _class_mapping(list(loaded.classes), list(classes), class_map)
     keep = torch.tensor([mapping.get(int(c), -1) >= 0 for c in own])
     if not keep.any():
-        raise DataError(f"no class of {dataset} maps to the run's classes ({', '.join(classes)}); give --class-map FILE.json "
-                        '({"its class": "run class", ...})')
+        raise DataError(
+            f"no class of {dataset} maps to the run's classes ({', '.join(classes)}); give --class-map FILE.json "
+            '({"its class": "run class", ...})'
+        )
     if images.shape[1:] != _shape_of(spec):
         raise DataError(f"{dataset} images are {tuple(images.shape[1:])}, the run's models read {_shape_of(spec)}")
     labels = torch.tensor([mapping[int(c)] for c in own[keep]], dtype=torch.int64)
@@ -336,6 +360,7 @@ SPEC_SIZES = {"cifar10": (32, 32), "fashion-mnist": (28, 28)}
 
 def _class_mapping(theirs: list[str], ours: list[str], class_map: Optional[dict[str, str]]) -> dict[int, int]:
     """Their label -> our label (only the mapped ones)."""
+
     def key(name: str) -> str:
         return name.lower().replace("_", " ").replace("-", " ").strip()
 
@@ -348,7 +373,9 @@ def _class_mapping(theirs: list[str], ours: list[str], class_map: Optional[dict[
         if key(their) not in theirs_by_key:
             raise DataError(f"--class-map names {their!r}, which is not a class of the evaluation data set")
         if key(our) not in ours_by_key:
-            raise DataError(f"--class-map maps {their!r} to {our!r}, which is not a class of the run ({', '.join(ours)})")
+            raise DataError(
+                f"--class-map maps {their!r} to {our!r}, which is not a class of the run ({', '.join(ours)})"
+            )
         mapping[theirs_by_key[key(their)]] = ours_by_key[key(our)]
     return mapping
 
@@ -414,22 +441,29 @@ def _plant_shortcut(split: Split, config: DataConfig, train: bool) -> Split:
     if config.shortcut_class >= len(split.classes):
         raise DataError(f"shortcut class {config.shortcut_class} is not a class: labels run 0-{len(split.classes) - 1}")
     if config.shortcut_patch > min(split.images.shape[-2:]):
-        raise DataError(f"a shortcut patch of {config.shortcut_patch} pixels is larger than the images "
-                        f"({split.images.shape[-2]}x{split.images.shape[-1]})")
+        raise DataError(
+            f"a shortcut patch of {config.shortcut_patch} pixels is larger than the images "
+            f"({split.images.shape[-2]}x{split.images.shape[-1]})"
+        )
     if train:
         # each class's stamped images drawn alone (seed + 3), so a class's are the same in either mode
         classes = [config.shortcut_class] if config.shortcut_mode == "class" else range(len(split.classes))
-        positions = torch.cat([shortcut_positions(split.labels, [c], config.shortcut_fraction, config.seed + 3)
-                               for c in classes])
+        positions = torch.cat(
+            [shortcut_positions(split.labels, [c], config.shortcut_fraction, config.seed + 3) for c in classes]
+        )
         if len(positions) == 0:
-            raise DataError(f"a shortcut fraction of {config.shortcut_fraction} stamps no training image of class {config.shortcut_class}")
+            raise DataError(
+                f"a shortcut fraction of {config.shortcut_fraction} stamps no training image of class {config.shortcut_class}"
+            )
         positions = positions.sort().values
     else:
         positions = shortcut_positions(split.labels, range(len(split.classes)), SHORTCUT_TEST_FRACTION, config.seed + 4)
     stamped = torch.zeros(len(split), dtype=torch.bool)
     stamped[positions] = True
     plain = split.images if train and config.shortcut_mode == "inherit" else None
-    return replace(split, images=stamp(split.images, positions, config.shortcut_patch), stamped=stamped, plain_images=plain)
+    return replace(
+        split, images=stamp(split.images, positions, config.shortcut_patch), stamped=stamped, plain_images=plain
+    )
 
 
 def _make_split(config: DataConfig, train: bool) -> Split:
@@ -447,7 +481,9 @@ def _make_split(config: DataConfig, train: bool) -> Split:
     labels = clean
     if train and config.label_noise > 0:
         labels = flip_labels(labels, config.label_noise, len(classes), config.seed + 2)
-    split = Split(images[chosen], labels, chosen, clean, SPECS[config.dataset], classes, fine[chosen], None, fine_classes)
+    split = Split(
+        images[chosen], labels, chosen, clean, SPECS[config.dataset], classes, fine[chosen], None, fine_classes
+    )
     return split if config.shortcut_class is None else _plant_shortcut(split, config, train)
 
 

@@ -99,13 +99,17 @@ class Distillation:
         if self.kind not in KD_LOSSES:
             raise TracinError(f"kd loss must be one of {', '.join(KD_LOSSES)}, got {self.kind!r}")
         if not self.temperature > 0 or not 0.0 <= self.alpha <= 1.0:
-            raise TracinError(f"distillation needs temperature > 0 and alpha in [0, 1], got {self.temperature}, {self.alpha}")
+            raise TracinError(
+                f"distillation needs temperature > 0 and alpha in [0, 1], got {self.temperature}, {self.alpha}"
+            )
         self.teacher.eval()
 
     def __call__(self, logits: Tensor, labels: Tensor, inputs: Tensor) -> Tensor:
         with torch.no_grad(), self.autocast():
             teacher_logits = self.teacher(inputs).float()
-        return distillation(logits, teacher_logits, labels, self.temperature, self.alpha, self.kind, self.label_smoothing)
+        return distillation(
+            logits, teacher_logits, labels, self.temperature, self.alpha, self.kind, self.label_smoothing
+        )
 
     def to(self, device: torch.device) -> "Distillation":
         """A copy whose teacher is a frozen copy on `device` (the caller's teacher is left as it was)."""
@@ -157,11 +161,15 @@ def as_objective(loss: object) -> Objective:
     the standard `(logits, labels)` signature wrapped in LabelLoss. A torch loss that averages or sums over
     the batch is refused (TracIn needs each example's own loss: reduction="none")."""
     if not callable(loss):
-        raise TracinError(f"the loss must be called as loss(logits, labels) or loss(logits, labels, inputs) -> Tensor[n], got {loss!r}")
+        raise TracinError(
+            f"the loss must be called as loss(logits, labels) or loss(logits, labels, inputs) -> Tensor[n], got {loss!r}"
+        )
     reduction = getattr(loss, "reduction", "none")
     if reduction != "none":
-        raise TracinError(f"{type(loss).__name__}(reduction={reduction!r}) gives one number per batch; TracIn needs one "
-                          f"per example: use {type(loss).__name__}(reduction=\"none\")")
+        raise TracinError(
+            f"{type(loss).__name__}(reduction={reduction!r}) gives one number per batch; TracIn needs one "
+            f'per example: use {type(loss).__name__}(reduction="none")'
+        )
     return loss if _positional_arguments(loss) >= 3 else LabelLoss(loss)
 
 
@@ -175,5 +183,8 @@ def _positional_arguments(function: Callable) -> int:
         return 3
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
         return 3
-    return sum(p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-               and p.default is inspect.Parameter.empty for p in parameters)
+    return sum(
+        p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        and p.default is inspect.Parameter.empty
+        for p in parameters
+    )

@@ -16,12 +16,11 @@ commands' --allow-model).
 from __future__ import annotations
 
 import importlib
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 from torchvision.models import resnet
-
-from typing import Callable
 
 from tracin.config import ModelConfig
 from tracin.errors import CheckpointError, TracinError
@@ -137,8 +136,10 @@ def allow_imports(paths) -> None:
 
 def _imported_factory(arch: str) -> Callable[[ModelConfig], nn.Module]:
     if arch not in ALLOWED_IMPORTS:
-        raise TracinError(f"the model is built by {arch!r}, an import path, i.e. code: it is imported only when you "
-                          f"allow it (--allow-model {arch}, or --model/--student-model for tracin-train)")
+        raise TracinError(
+            f"the model is built by {arch!r}, an import path, i.e. code: it is imported only when you "
+            f"allow it (--allow-model {arch}, or --model/--student-model for tracin-train)"
+        )
     module_name, _, function_name = arch.partition(":")
     try:
         function = getattr(importlib.import_module(module_name), function_name)
@@ -151,8 +152,10 @@ def _imported_factory(arch: str) -> Callable[[ModelConfig], nn.Module]:
         try:
             model = function(num_classes=config.num_classes, in_channels=config.in_channels)
         except TypeError as error:  # the wrong signature; a TypeError inside a right one reads the same
-            raise TracinError(f"model factory {arch!r} must be called as FUNCTION(num_classes=..., in_channels=...) "
-                              f"and return an nn.Module; calling it failed: {error}") from None
+            raise TracinError(
+                f"model factory {arch!r} must be called as FUNCTION(num_classes=..., in_channels=...) "
+                f"and return an nn.Module; calling it failed: {error}"
+            ) from None
         if not isinstance(model, nn.Module):
             raise TracinError(f"model factory {arch!r} returned a {type(model).__name__}, not an nn.Module")
         return model

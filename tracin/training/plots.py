@@ -55,8 +55,9 @@ def plot_confusion(matrix: Tensor, classes: Sequence[str], path: Path, title: st
     axes.set_yticks(ticks, classes, fontsize=8)
     threshold = counts.max() / 2 if counts.size else 0
     for (row, col), count in _cells(counts):
-        axes.text(col, row, str(count), ha="center", va="center", fontsize=7,
-                  color="white" if count > threshold else "black")
+        axes.text(
+            col, row, str(count), ha="center", va="center", fontsize=7, color="white" if count > threshold else "black"
+        )
     axes.set_xlabel("predicted")
     axes.set_ylabel("true label")
     axes.set_title(title)
@@ -69,7 +70,12 @@ def plot_per_class(accuracy: dict[str, dict[str, float]], classes: Sequence[str]
     axes = figure.subplots()
     width = 0.8 / max(1, len(accuracy))
     for i, (model, values) in enumerate(accuracy.items()):
-        axes.bar([c + i * width for c in range(len(classes))], [values.get(name, 0.0) for name in classes], width, label=model)
+        axes.bar(
+            [c + i * width for c in range(len(classes))],
+            [values.get(name, 0.0) for name in classes],
+            width,
+            label=model,
+        )
     axes.set_xticks([c + 0.4 - width / 2 for c in range(len(classes))], classes, rotation=45, ha="right", fontsize=8)
     axes.set_ylabel("test accuracy")
     axes.set_ylim(0, 1)

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from tracin.version import __version__
-from tracin.training.checkpoints import checkpoint_name
 from tracin.config import ROLES, DataConfig, TrainConfig
 from tracin.errors import ConfigMismatchError, TracinError
 from tracin.options import check_run_name  # noqa: F401 (re-exported)
 from tracin.schemas import RUN_JSON, load_json
+from tracin.training.checkpoints import checkpoint_name
+from tracin.version import __version__
 
 RUN_FORMAT = "tracin-run"
 # Where the data files are is not what the data is: the fingerprint guards the content.
@@ -173,7 +173,9 @@ def open_record(paths: RunPaths, resume: bool, overwrite: bool, configs: dict[st
     if overwrite and holds_work(paths):
         check_removable(paths)  # before anything is trained
     if resume and not holds_work(paths):
-        raise TracinError(f"{paths.root} holds no run to resume (is --run or --out-root mistyped?); start it without --resume")
+        raise TracinError(
+            f"{paths.root} holds no run to resume (is --run or --out-root mistyped?); start it without --resume"
+        )
     if not holds_work(paths) or overwrite:
         return None
     record = read_record(paths)

@@ -50,9 +50,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, LRScheduler, OneCycleLR, SequentialLR
 from tqdm import tqdm
 
-from tracin.training import losses
 from tracin import faults
+from tracin.config import REPLICA_SEED_STRIDE, DataConfig, ModelConfig, TrainConfig, model_name
+from tracin.errors import CheckpointError, NonFiniteError, TracinError
 from tracin.files import write_atomic, write_json_atomic
+from tracin.options import RunOptions  # noqa: F401 (re-exported)
+from tracin.runtime import Runtime
+from tracin.training import losses
 from tracin.training.checkpoints import (
     checkpoint_name,
     load_checkpoint,
@@ -63,17 +67,13 @@ from tracin.training.checkpoints import (
     teacher_record,
     with_resume_state,
 )
-from tracin.config import REPLICA_SEED_STRIDE, DataConfig, ModelConfig, TrainConfig, model_name
 from tracin.training.data import RunData, Split, augment, normalize
-from tracin.errors import CheckpointError, NonFiniteError, TracinError
 from tracin.training.models import build_model, copy_shared_stages, student_config, teacher_config
 from tracin.training.plots import plot_confusion, plot_history
 from tracin.training.run_folder import (
     RunPaths,
     pending_entry,
 )
-from tracin.runtime import Runtime
-from tracin.options import RunOptions  # noqa: F401 (re-exported)
 
 ORDER_STREAM, AUGMENT_STREAM, GLOBAL_STREAM = 0, 1, 2  # the random streams of an epoch
 TEACHER_SEED_OFFSET, STUDENT_SEED_OFFSET = 0, 1  # initial weights: teacher from seed, students from seed + 1
@@ -81,8 +81,18 @@ WARMUP_START_FACTOR = 1 / 25  # the cosine warm-up starts where OneCycleLR (div_
 EVAL_BATCH_SIZE = 512
 PROGRESS_EVERY = 10  # steps between progress-bar loss readings (each one waits for the device)
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
-HISTORY_FIELDS = ("epoch", "step", "lr", *METRICS, "train_hard_loss", "train_soft_loss", "seconds", "train_seconds",
-                  "eval_seconds", "checkpoint")
+HISTORY_FIELDS = (
+    "epoch",
+    "step",
+    "lr",
+    *METRICS,
+    "train_hard_loss",
+    "train_soft_loss",
+    "seconds",
+    "train_seconds",
+    "eval_seconds",
+    "checkpoint",
+)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -191,10 +201,15 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 OPTIMIZER_FACTORIES: dict[str, Callable[[nn.Module, TrainConfig], torch.optim.Optimizer]] = {
-    "sgd": lambda model, c: torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
-                                           nesterov=c.nesterov),
-    "adam": lambda model, c: torch.optim.Adam(model.parameters(), lr=c.lr, betas=(c.momentum, 0.999), weight_decay=c.weight_decay),
-    "adamw": lambda model, c: torch.optim.AdamW(model.parameters(), lr=c.lr, betas=(c.momentum, 0.999), weight_decay=c.weight_decay),
+    "sgd": lambda model, c: torch.optim.SGD(
+        model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.nesterov
+    ),
+    "adam": lambda model, c: torch.optim.Adam(
+        model.parameters(), lr=c.lr, betas=(c.momentum, 0.999), weight_decay=c.weight_decay
+    ),
+    "adamw": lambda model, c: torch.optim.AdamW(
+        model.parameters(), lr=c.lr, betas=(c.momentum, 0.999), weight_decay=c.weight_decay
+    ),
 }
 
 
@@ -216,8 +231,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps
         pct_start = config.warmup_epochs / config.epochs
         return OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=pct_start, cycle_momentum=False)
     warmup = min(round(config.warmup_epochs * steps), total - 1)
-    after = (CosineAnnealingLR(optimizer, T_max=total - warmup) if config.schedule == "cosine"
-             else ConstantLR(optimizer, factor=1.0, total_iters=0))
+    after = (
+        CosineAnnealingLR(optimizer, T_max=total - warmup)
+        if config.schedule == "cosine"
+        else ConstantLR(optimizer, factor=1.0, total_iters=0)
+    )
     if warmup == 0:
         return after
     linear = LinearLR(optimizer, start_factor=WARMUP_START_FACTOR, total_iters=warmup)
@@ -515,7 +533,9 @@ def train_epoch(
 ) -> EpochResult:
     """`train_one_epoch` on the epoch's batches, with its progress bar; a non-finite loss ends the run."""
     config, runtime = run.config, run.runtime
-    batches = training_batches(run.data.train_of(job.name), config.batch_size, config.seed, epoch, config.augment, runtime)
+    batches = training_batches(
+        run.data.train_of(job.name), config.batch_size, config.seed, epoch, config.augment, runtime
+    )
     description = f"{job.name} {epoch}/{config.epochs}"
     bar = tqdm(total=run.steps_per_epoch, desc=description, leave=False, disable=runtime.progress_disabled)
     with bar, epoch_rng(config.seed, epoch, runtime):
@@ -565,12 +585,19 @@ def checkpoint_payload(job: ModelJob, run: RunContext, trainee: Trainee, lr: flo
     """The trainee's current state as a checkpoint (tracin.training.checkpoints.make_payload)."""
     state, scheduler = trainee.state, trainee.scheduler
     training = {
-        "optimizer": trainee.optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": state.epoch,
-        "step": state.step, "lr": lr, "lr_at_save": float(scheduler.get_last_lr()[0]), "metrics": metrics,
+        "optimizer": trainee.optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": state.epoch,
+        "step": state.step,
+        "lr": lr,
+        "lr_at_save": float(scheduler.get_last_lr()[0]),
+        "metrics": metrics,
     }
     provenance = {
-        "config": run.config.to_dict(), "data_config": run.data_config.to_dict(),
-        "data_fingerprint": run.fingerprint, "teacher": job.teacher_info,
+        "config": run.config.to_dict(),
+        "data_config": run.data_config.to_dict(),
+        "data_fingerprint": run.fingerprint,
+        "teacher": job.teacher_info,
     }
     return make_payload(job.role, trainee.model, job.model_config, training, provenance)
 
@@ -615,9 +642,17 @@ def per_class_rows(matrix: Tensor, classes: Sequence[str]) -> list[dict]:
         n, right = sum(counts), counts[c]
         wrong = [(count, other) for other, count in enumerate(counts) if other != c]
         count, other = max(wrong) if wrong else (0, c)
-        rows.append({"class": name, "n": n, "correct": right, "accuracy": right / n if n else math.nan,
-                     "error": 1 - right / n if n else math.nan, "most_confused_with": classes[other] if count else "",
-                     "confused": count})
+        rows.append(
+            {
+                "class": name,
+                "n": n,
+                "correct": right,
+                "accuracy": right / n if n else math.nan,
+                "error": 1 - right / n if n else math.nan,
+                "most_confused_with": classes[other] if count else "",
+                "confused": count,
+            }
+        )
     return rows
 
 
@@ -668,8 +703,13 @@ def finish_model(job: ModelJob, run: RunContext, trainee: Trainee) -> None:
         matrix = confusion_matrix(evaluate(model, test, run.runtime).predictions, test.labels, len(test.classes))
         title = f"{job.name}, epoch {best['epoch']} (best saved: test acc {best['test_acc']:.1%})"
         plot_confusion(matrix, test.classes, paths.confusion(job.name), title)
-        write_csv([dict(zip(("true \\ predicted", *test.classes), (name, *row))) for name, row in zip(test.classes, matrix.tolist())],
-                  paths.confusion_csv(job.name))
+        write_csv(
+            [
+                dict(zip(("true \\ predicted", *test.classes), (name, *row)))
+                for name, row in zip(test.classes, matrix.tolist())
+            ],
+            paths.confusion_csv(job.name),
+        )
         write_csv(per_class_rows(matrix, test.classes), paths.per_class(job.name))
         set_status(run, job.name, "done", trainee.state, best_epoch=best["epoch"])
     run.runtime.barrier()
@@ -695,8 +735,9 @@ def needs_teacher(role: str, config: TrainConfig) -> bool:
 def model_configs(config: TrainConfig, data: RunData) -> dict[str, ModelConfig]:
     """Architecture of each role: the teacher has 4 stages, the students `student_stages`, one width."""
     teacher = teacher_config(config.arch, config.width, data.in_channels, data.num_classes)
-    student = student_config(config.student_arch or config.arch, config.width, config.student_stages, data.in_channels,
-                             data.num_classes)
+    student = student_config(
+        config.student_arch or config.arch, config.width, config.student_stages, data.in_channels, data.num_classes
+    )
     return {"teacher": teacher, "student": student, "student_baseline": student}
 
 
@@ -732,7 +773,9 @@ def make_job(role: str, replica: int, run: RunContext, teacher: Optional[Teacher
     distils = role == "student" and config.distill == "teacher"
     self_distill = role == "student" and config.distill == "self"
     info = teacher.info if distils else ("self" if self_distill else None)
-    return ModelJob(role, name, model_config, model.state_dict(), teacher.module if distils else None, self_distill, info)
+    return ModelJob(
+        role, name, model_config, model.state_dict(), teacher.module if distils else None, self_distill, info
+    )
 
 
 def replica_run(run: RunContext, replica: int) -> RunContext:
@@ -754,7 +797,9 @@ def train_role(role: str, replica: int, run: RunContext, options: RunOptions) ->
         teacher = load_teacher(teacher_path(options, run.paths, run.config, replica), run.data, run.runtime)
     job = make_job(role, replica, run, teacher)
     model = job.model_config
-    run.runtime.log(f"{name}: seed {run.config.seed}, {run.config.epochs} epochs, {model.arch} cut after {model.stages} stage(s), width {model.width}")
+    run.runtime.log(
+        f"{name}: seed {run.config.seed}, {run.config.epochs} epochs, {model.arch} cut after {model.stages} stage(s), width {model.width}"
+    )
     fit(job, run)
 
 
