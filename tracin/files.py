@@ -89,6 +89,25 @@ def write_json_atomic(values: Any, path: Union[str, Path]) -> None:
 
 
 @contextmanager
+def command_locks(
+    run_root: Union[str, Path], score_file: Union[str, Path, None] = None, writes_run: bool = False, main: bool = True
+) -> Iterator[None]:
+    """The locks a command holds while it works, taken in one order everywhere: the run folder's (a
+    writer's for tracin-train, which changes it; else a reader's, so that the run is neither replaced nor
+    changed under a command that reads it), then, given one, the score file's writer's lock. `main`: only
+    the process that writes (rank 0 under torchrun) holds them; the others take none."""
+    if not main:
+        yield
+        return
+    with exclusive_lock(run_root, "the run", shared=not writes_run):
+        if score_file is None:
+            yield
+        else:
+            with exclusive_lock(score_file, "the score file"):
+                yield
+
+
+@contextmanager
 def exclusive_lock(target: Union[str, Path], what: str, shared: bool = False) -> Iterator[None]:
     """Hold an advisory lock (flock) on `target` for the duration: a second process that wants the same
     output is refused with one line naming the process that holds it. The lock lives in a small hidden file

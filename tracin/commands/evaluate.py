@@ -14,7 +14,7 @@ from typing import Optional
 
 from tracin.config import ROLES
 from tracin.errors import TracinError
-from tracin.files import exclusive_lock, refuse_links
+from tracin.files import command_locks, refuse_links
 from tracin.options import EvalOptions
 from tracin.runtime import start_runtime
 from tracin.schemas import CLASS_MAP, DATA_JSON, check, load_json
@@ -52,7 +52,7 @@ def eval_run(options: EvalOptions) -> Path:
     classes = load_json(paths.data_json, DATA_JSON)["classes"]
     split, counts = load_eval_split(options.dataset, options.data_root, spec, classes, class_map, options.checksum)
     rows = []
-    with start_runtime(options.device, quiet=True) as runtime, exclusive_lock(paths.root, "the run", shared=True):
+    with start_runtime(options.device, quiet=True) as runtime, command_locks(paths.root):
         for name in sorted(finished, key=lambda n: (ROLES.index(n.split(".")[0]), n)):
             model, _ = load_model(paths.model_dir(name) / record["models"][name]["checkpoints"][-1], name.split(".")[0])
             result = evaluate(model.to(runtime.device), split, runtime)

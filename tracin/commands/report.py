@@ -13,7 +13,6 @@ The checks read the stored rankings and scores; only randomization and predictio
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import warnings
@@ -31,7 +30,7 @@ from tracin.engine.groups import group_names
 from tracin.engine.randomization import fresh_model, module_of, randomized_checkpoints
 from tracin.engine.tracin import TracIn
 from tracin.errors import StoreError, TracinError
-from tracin.files import exclusive_lock, refuse_links, report_path, write_atomic
+from tracin.files import command_locks, refuse_links, report_path, write_atomic
 from tracin.options import ReportOptions, ScoreOptions
 from tracin.results import sanity, statistics
 from tracin.results.agreement import agreement_table
@@ -65,7 +64,7 @@ def report_run(options: ReportOptions) -> Path:
             f"{path} does not exist: score the run with tracin-score first (or name the file with --scores)"
         )
     started = time.monotonic()
-    with start_runtime(options.device, options.quiet) as runtime, _locks(run, path):
+    with start_runtime(options.device, options.quiet) as runtime, command_locks(run.paths.root, path):
         if runtime.distributed:
             raise TracinError("tracin-report runs in one process: start it without torchrun")
         salvaged = salvage_own_damage(path, (RANDOMIZATION, QUALITY_REPORT))
@@ -100,13 +99,6 @@ def report_run(options: ReportOptions) -> Path:
         print("\n".join(said), flush=True)
         print(f"quality report: {path} (/quality_report), {write_quality_files(path, table, said)}", flush=True)
     return path
-
-
-def _locks(run: TrainedRun, path: Path):
-    stack = contextlib.ExitStack()
-    stack.enter_context(exclusive_lock(run.paths.root, "the run", shared=True))
-    stack.enter_context(exclusive_lock(path, "the score file"))
-    return stack
 
 
 def refresh_agreement(store: ScoreFile) -> bool:

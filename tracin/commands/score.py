@@ -35,7 +35,7 @@ from tracin.config import (
 from tracin.engine.blocks import MemoryPlan, work_factor
 from tracin.engine.tracin import ScoreBlock, TracIn
 from tracin.errors import CheckpointError, DataError, TracinError
-from tracin.files import exclusive_lock, refuse_link, remove_stale_temporaries, report_path
+from tracin.files import command_locks, refuse_link, remove_stale_temporaries, report_path
 from tracin.options import ScoreOptions
 from tracin.results.agreement import agreement_table, format_agreement, format_agreement_by_depth, of_layer_groups
 from tracin.results.comparison import CompareOptions, compare_models, format_tables
@@ -276,7 +276,10 @@ def score_run(options: ScoreOptions) -> Path:
         raise TracinError(f"--out must name a file, got {str(out)!r}")
     for path in (out, replacing_path(out), report_path(out, "plots")):
         refuse_link(path, "the output")
-    with start_runtime(options.device, options.quiet) as runtime, _run_lock(run, runtime), _output_lock(out, runtime):
+    with (
+        start_runtime(options.device, options.quiet) as runtime,
+        command_locks(run.paths.root, out, main=runtime.is_main),
+    ):
         data = scoring_data(run, options)
         runtime.log(data_source(run, options))
         ks = parse_topk(options.topk, limit=min(len(data.train), len(data.test)), cap=options.cap_topk)
@@ -341,17 +344,6 @@ def plan_warning(name: str, plan: MemoryPlan, n_train: int, n_test: int, batch_s
 def checkpoints_digest(checkpoints: Sequence[Checkpoint]) -> str:
     """One digest of a model's checkpoints (their files' sha256, in order): what a partial file was made from."""
     return hashlib.sha256("".join(c.sha256 for c in checkpoints).encode()).hexdigest()[:16]
-
-
-def _run_lock(run: TrainedRun, runtime: Runtime):
-    """A reader's lock on the run folder (rank 0): tracin-train cannot replace or change the run while it
-    is scored, and scoring waits for no training (it is refused, naming the process)."""
-    return exclusive_lock(run.paths.root, "the run", shared=True) if runtime.is_main else contextlib.nullcontext()
-
-
-def _output_lock(out: Path, runtime: Runtime):
-    """One writer per score file: rank 0, which alone writes it, holds its lock."""
-    return exclusive_lock(out, "the score file") if runtime.is_main else contextlib.nullcontext()
 
 
 def _open_store(out: Path, options: ScoreOptions, run: TrainedRun, data: RunData, digests: dict[str, str]) -> ScoreFile:

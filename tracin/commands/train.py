@@ -10,7 +10,6 @@ student_baseline, into one run folder (run.json, data.json, a folder of checkpoi
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 from datetime import datetime
@@ -20,7 +19,7 @@ from typing import Sequence
 from tracin import faults
 from tracin.config import ROLES, DataConfig, TrainConfig
 from tracin.errors import CheckpointError, TracinError
-from tracin.files import exclusive_lock, refuse_link, remove_stale_temporaries_under, write_json_atomic
+from tracin.files import command_locks, refuse_link, remove_stale_temporaries_under, write_json_atomic
 from tracin.options import RunOptions
 from tracin.runtime import Runtime, start_runtime
 from tracin.training.checkpoints import load_checkpoint, sha256_file
@@ -122,7 +121,10 @@ def train_run(config: TrainConfig, data_config: DataConfig, options: RunOptions)
     paths = RunPaths(Path(options.out_root) / options.run)
     for path in (paths.root, replaced_path(paths)):  # --overwrite moves and removes these: never a link's target
         refuse_link(path, "the run folder")
-    with start_runtime(options.device, options.quiet) as runtime, _run_lock(paths, runtime):
+    with (
+        start_runtime(options.device, options.quiet) as runtime,
+        command_locks(paths.root, writes_run=True, main=runtime.is_main),
+    ):
         check_replacement(paths, options)
         if runtime.is_main and paths.root.is_dir() and made_by_tracin(paths):
             for stale in remove_stale_temporaries_under(paths.root):
@@ -187,8 +189,3 @@ def train_models(run: RunContext, options: RunOptions) -> None:
         for role in ROLES:
             if role in options.models:
                 train_role(role, replica, run, options)
-
-
-def _run_lock(paths: RunPaths, runtime: Runtime):
-    """One writer per run folder: rank 0, which alone writes run.json and checkpoints, holds its lock."""
-    return exclusive_lock(paths.root, "the run") if runtime.is_main else contextlib.nullcontext()

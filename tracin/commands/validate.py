@@ -29,7 +29,7 @@ from tracin import faults
 from tracin.config import VALIDATION_SEED_STRIDE, ModelConfig, TrainConfig, ensemble_name, model_name, split_model_name
 from tracin.engine.topk import Ranking
 from tracin.errors import CheckpointError, TracinError
-from tracin.files import exclusive_lock, refuse_links, report_path, write_atomic
+from tracin.files import command_locks, refuse_links, report_path, write_atomic
 from tracin.options import ValidateOptions
 from tracin.results import validation
 from tracin.results.figures import check_finished, plot_validation, validation_markdown
@@ -230,7 +230,10 @@ def validate_run(options: ValidateOptions) -> Path:
         raise TracinError(
             f"{path} does not exist: score the run with tracin-score first (or name the file with --scores)"
         )
-    with start_runtime(options.device, options.quiet) as runtime, _locks(run, path, runtime):
+    with (
+        start_runtime(options.device, options.quiet) as runtime,
+        command_locks(run.paths.root, path, main=runtime.is_main),
+    ):
         salvaged = salvage_own_damage(path, (VALIDATION,)) if runtime.is_main else None
         if salvaged is not None:
             print(describe_salvage(path, salvaged), flush=True)
@@ -378,16 +381,6 @@ def finish(store: ScoreFile, work: Work) -> tuple[np.ndarray, np.ndarray]:
     )
     print(format_validation(*tables), flush=True)
     return tables
-
-
-def _locks(run: TrainedRun, path: Path, runtime: Runtime):
-    """Rank 0 holds a reader's lock on the run (it is not changed while retrained from) and the score
-    file's writer's lock."""
-    stack = contextlib.ExitStack()
-    if runtime.is_main:
-        stack.enter_context(exclusive_lock(run.paths.root, "the run", shared=True))
-        stack.enter_context(exclusive_lock(path, "the score file"))
-    return stack
 
 
 def _check_whole_train_set(store: ScoreFile, data: RunData) -> None:
