@@ -6,12 +6,15 @@
   common top-1 proponent, and the number of distinct training examples among all top-10 lists. Raw TracIn
   is known to let a few high-gradient outliers serve most test examples.
 
-Pure numpy on the stored top-k tables and labels; the store writes the table at /quality.
+Pure numpy on the stored top-k tables and labels; the store writes the table at /quality. The per-row
+statistics are tracin.results.sanity's, which tracin-report reads with CIs: this table is their means.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from tracin.results.sanity import identical_class, top1_share_ci
 
 QUALITY_DTYPE = np.dtype(
     [
@@ -31,13 +34,12 @@ QUALITY_K = 10
 def identical_class_rate(top_index: np.ndarray, train_labels: np.ndarray, test_labels: np.ndarray, k: int) -> float:
     """Mean over test rows of the fraction of the top-k train positions (top_index [n_test, >= k]) whose
     label equals the row's test label."""
-    same = train_labels[top_index[:, :k]] == test_labels[:, None]
-    return float(same.mean())
+    return float(identical_class(top_index, train_labels, test_labels, k).mean())
 
 
 def top1_max_share(top_index: np.ndarray) -> float:
     """Share of test rows whose top-1 train position is the most common top-1 position."""
-    return float(np.bincount(top_index[:, 0]).max() / len(top_index))
+    return top1_share_ci(top_index[:, 0])[0]
 
 
 def distinct_in_topk(top_index: np.ndarray, k: int) -> int:
