@@ -9,7 +9,7 @@ their storage): the page reads only the lists, predictions and self-influences.
     python scripts/bench_explore.py [--keep DIR] [--readme]
 
 Prints the seconds of tracin-explore's work (loading the images through torchvision, the page, the images)
-and the bytes written, with the machine; --readme also puts them in README.md between the
+and the bytes written, with the machine; --readme also puts them in docs/cli.md between the
 `<!-- explore-bench:start -->` and `<!-- explore-bench:end -->` markers, dated. The bar: under a minute on
 the 2-core CPU machine.
 """
@@ -101,7 +101,7 @@ def synthetic_run(folder: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", help="make the synthetic run in DIR and keep it (default: a temporary folder)")
-    parser.add_argument("--readme", action="store_true", help="put the figures in README.md between the markers")
+    parser.add_argument("--readme", action="store_true", help="put the figures in docs/cli.md between the markers")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(args.keep or temporary)
@@ -142,8 +142,8 @@ def _machine_line() -> str:
 
 
 def put_in_readme(text: str) -> None:
-    """Replace what README.md holds between START and END with `text`, marked as generated."""
-    readme = REPO / "README.md"
+    """Replace what docs/cli.md holds between START and END with `text`, marked as generated."""
+    readme = REPO / "docs" / "cli.md"
     before, rest = readme.read_text().split(START, 1)
     after = rest.split(END, 1)[1]
     readme.write_text(

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Regenerate the README's demo figures from the demo's own output, so that they cannot go stale.
+"""Regenerate the figures of docs/results.md from the runs' own output, so that they cannot go stale.
 
     python scripts/readme_figures.py [--run checkpoints/demo] [--second checkpoints/demo_noise20]
-                                     [--readme README.md] [--print]
+                                     [--doc docs/results.md] [--front README.md] [--headline] [--print]
 
 Reads RUN/run.json, RUN/tracin.h5 (or --scores) and RUN/demo.json (the timings and machine scripts/demo
-records) and rewrites the part of the README between the `<!-- demo-figures:start -->` and
+records) and rewrites the part of docs/results.md between the `<!-- demo-figures:start -->` and
 `<!-- demo-figures:end -->` markers; with --second (a demo run on another noise rate and data seed:
 scripts/demo --run demo_noise20 --label-noise 0.2 --data-seed 1), also the part between the
 `<!-- variants-figures:start -->` and `<!-- variants-figures:end -->` markers: each score variant on both
@@ -16,7 +16,10 @@ sanity run, scripts/sanity), tracin-report's quality report and verdicts between
 between `<!-- sweep-results:start -->` and `<!-- sweep-results:end -->`; with --control CONTROL DEMO (the runs of
 scripts/positive_control and scripts/positive_control --setting demo), the headline verdict on the demo's setting
 beside its known-positive control between `<!-- positive-control:start -->` and `<!-- positive-control:end -->`
-(--no-demo leaves the demo's own part as it is). --print writes the parts to standard output instead. Every number in that part comes from those files:
+(--no-demo leaves the demo's own part as it is). Writing the control part also rewrites the README's
+headline (`<!-- headline:start -->` to `<!-- headline:end -->`): the control part's verdicts on the demo's
+setting and on the control, copied; --headline copies them again from the document as it is. --print writes
+the parts to standard output instead. Every number in those parts comes from those files:
 accuracies, quality checks, the agreement table with its confidence intervals, mislabel detection, and
 how much each figure moves between the two replicas (other seed, same data), which is what a re-run on
 another machine changes.
@@ -65,6 +68,11 @@ VALIDATION_START, VALIDATION_END = "<!-- validation-figures:start -->", "<!-- va
 QUALITY_START, QUALITY_END = "<!-- quality-report:start -->", "<!-- quality-report:end -->"
 SWEEP_START, SWEEP_END = "<!-- sweep-results:start -->", "<!-- sweep-results:end -->"
 CONTROL_START, CONTROL_END = "<!-- positive-control:start -->", "<!-- positive-control:end -->"
+HEADLINE_START, HEADLINE_END = "<!-- headline:start -->", "<!-- headline:end -->"
+REPO = Path(__file__).resolve().parents[1]
+DOC, FRONT = REPO / "docs" / "results.md", REPO / "README.md"
+# the losses the headline reads, in order of preference (docs/cli.md, "Which losses by default")
+HEADLINE_LOSSES = ("--test-label prediction", "defaults")
 
 
 def markdown(header, rows) -> str:
@@ -253,7 +261,7 @@ def depth_section(agreement) -> str:
 
 
 def figures(run: Path, scores: Path) -> str:
-    """The README's demo part, from the run's files and its score file."""
+    """The demo part of docs/results.md, from the run's files and its score file."""
     record = json.loads((run / "run.json").read_text())
     demo_json = run / "demo.json"
     if not demo_json.is_file():
@@ -662,6 +670,61 @@ def _headline(line: str, name: str, variant: str) -> bool:
     return line.startswith(f"{variant}, overlap@") and "own teacher" in line
 
 
+def headline_part(control: str, source: str) -> str:
+    """The README's headline: from a positive-control part (its text, as control_figures made it), the
+    verdicts of own - other teacher on the demo's setting and on the control, and the control's behaviour,
+    for the first of HEADLINE_LOSSES the part holds, copied word for word."""
+    verdicts = [
+        line[2:]
+        for line in control.splitlines()
+        if line.startswith("- demo setting, ") or line.startswith("- positive control, ")
+    ]
+    for losses in HEADLINE_LOSSES:
+        demo = [
+            v
+            for v in verdicts
+            if v.startswith(f"demo setting, {losses}: ") and "own teacher" in v and "known-positive" not in v
+        ]
+        own = [
+            v
+            for v in verdicts
+            if v.startswith(f"positive control, {losses}: ") and "own teacher" in v and "known-positive" not in v
+        ]
+        if demo and own:
+            break
+    else:
+        raise TracinError(f"{source}: its positive-control part holds no verdict of the demo's setting and the control")
+    behaviour = [v for v in verdicts if v.startswith("positive control, ") and "control (behaviour)" in v][:1]
+    return "\n".join(
+        [
+            HEADLINE_START,
+            f"<!-- copied by scripts/readme_figures.py from the positive-control part of {source}; edit that script, not this text -->",
+            "",
+            f"**Does a distilled student lean on its own teacher's training data?** On the demo's setting "
+            f"(scored with {losses}):",
+            "",
+            *[f"- {line}" for line in demo],
+            "",
+            "The same measure, at the same size, on a known-positive control whose students inherit their teacher's "
+            "planted shortcut by construction:",
+            "",
+            *[f"- {line}" for line in behaviour + own],
+            "",
+            'How these were made, the other choices of losses, and what a "no" is worth: '
+            "[docs/results.md](docs/results.md#can-it-see-an-imprint-the-known-positive-control).",
+            "",
+            HEADLINE_END,
+        ]
+    )
+
+
+def control_part_of(text: str, source: Path) -> str:
+    """The positive-control part of a document's text, markers included."""
+    if text.count(CONTROL_START) != 1 or text.count(CONTROL_END) != 1:
+        raise TracinError(f"{source} needs one {CONTROL_START} and one {CONTROL_END} marker")
+    return CONTROL_START + text.split(CONTROL_START)[1].split(CONTROL_END)[0] + CONTROL_END
+
+
 def replace_part(text: str, start: str, end: str, part: str, readme: Path) -> str:
     if text.count(start) != 1 or text.count(end) != 1:
         raise TracinError(f"{readme} needs one {start} and one {end} marker around the generated figures")
@@ -695,8 +758,21 @@ def main() -> int:
         help="also the known-positive control beside the demo's setting (scripts/positive_control, with --setting demo)",
     )
     parser.add_argument("--no-demo", action="store_true", help="leave the demo's own part as it is")
-    parser.add_argument("--readme", default=str(Path(__file__).resolve().parents[1] / "README.md"))
-    parser.add_argument("--print", action="store_true", help="print the part instead of rewriting the README")
+    parser.add_argument(
+        "--doc",
+        "--readme",
+        dest="doc",
+        default=str(DOC),
+        help="the document the parts go in (default: docs/results.md)",
+    )
+    parser.add_argument(
+        "--front",
+        help="the front page whose headline the control part rewrites (default: README.md, when --doc is the default)",
+    )
+    parser.add_argument(
+        "--headline", action="store_true", help="copy the headline again from the document's positive-control part"
+    )
+    parser.add_argument("--print", action="store_true", help="print the parts instead of rewriting the document")
     args = parser.parse_args()
 
     def work() -> None:
@@ -720,12 +796,20 @@ def main() -> int:
         if args.print:
             print("\n\n".join(parts.values()))
             return
-        readme = Path(args.readme)
-        text = readme.read_text()
+        doc = Path(args.doc)
+        text = doc.read_text()
         for (start, end), part in parts.items():
-            text = replace_part(text, start, end, part, readme)
-        write_atomic(readme, lambda handle: handle.write(text.encode()))
-        print(f"rewrote {len(parts)} generated part(s) of {readme}")
+            text = replace_part(text, start, end, part, doc)
+        if parts:
+            write_atomic(doc, lambda handle: handle.write(text.encode()))
+            print(f"rewrote {len(parts)} generated part(s) of {doc}")
+        front = Path(args.front) if args.front else FRONT if doc.resolve() == DOC else None
+        if front is not None and (args.control or args.headline):
+            source = doc.relative_to(REPO).as_posix() if doc.resolve().is_relative_to(REPO) else doc.name
+            headline = headline_part(control_part_of(text, doc), source)
+            page = replace_part(front.read_text(), HEADLINE_START, HEADLINE_END, headline, front)
+            write_atomic(front, lambda handle: handle.write(page.encode()))
+            print(f"rewrote the headline of {front}")
 
     return run_command("readme_figures", work, "run scripts/demo first")
 

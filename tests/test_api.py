@@ -58,7 +58,7 @@ def resnet18_run(tmp_path_factory):
 
 def test_a_users_resnet18_loss_dataloader_and_folder_score_in_a_few_lines(resnet18_run):
     model, folder, _, train, test, reference = resnet18_run
-    # The README's lines:
+    # The lines of the README's first version (tests/test_readme.py runs its current example):
     engine = tracin.TracIn(model, str(folder), loss=nn.CrossEntropyLoss(reduction="none"))
     scores = engine.scores_test_by_train(DataLoader(train, batch_size=4, shuffle=True), DataLoader(test, batch_size=4))
     assert scores.shape == (5, 12)  # [n_test, n_train]: the name says so

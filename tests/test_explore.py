@@ -37,7 +37,7 @@ from tracin.results.store import ScoreFile
 from conftest import REPO, TINY_RUN_ARGS, run_tracin_score, run_tracin_train, subprocess_env
 
 DEPTH = 5
-SCREENSHOT = REPO / "docs" / "explore.png"  # the README's picture of the page, from each run of the tests
+SCREENSHOT = REPO / "docs" / "explore.png"  # docs/cli.md's picture of the page, from each run of the tests
 
 
 @pytest.fixture(scope="module")

@@ -344,9 +344,11 @@ def test_the_control_verdicts_say_inherited_only_where_the_ci_excludes_zero():
 def test_readme_figures_set_the_headline_beside_its_control(control_run, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("top\n<!-- positive-control:start -->\nstale\n<!-- positive-control:end -->\nend\n")
+    front = tmp_path / "front.md"
+    front.write_text("# front\n<!-- headline:start -->\nstale\n<!-- headline:end -->\nmore\n")
     script = Path(__file__).resolve().parents[1] / "scripts" / "readme_figures.py"
     result = subprocess.run(
-        [sys.executable, script, "--no-demo", "--control", control_run, control_run, "--readme", readme],
+        [sys.executable, script, "--no-demo", "--control", control_run, control_run, "--doc", readme, "--front", front],
         capture_output=True,
         text=True,
         timeout=300,
@@ -358,6 +360,18 @@ def test_readme_figures_set_the_headline_beside_its_control(control_run, tmp_pat
         "<!-- positive-control:end -->\nend\n"
     )
     assert "stale" not in text and "| variant | statistic | losses | demo setting | positive control |" in text
+    # the front page's headline: the part's own verdicts on the demo's setting and the control, word for word
+    headline = front.read_text()
+    assert headline.startswith("# front\n<!-- headline:start -->") and headline.endswith(
+        "<!-- headline:end -->\nmore\n"
+    )
+    copied = [line for line in headline.splitlines() if line.startswith("- ")]
+    assert [line[2:].split(":")[0] for line in copied] == [
+        "demo setting, defaults",
+        "positive control, defaults",
+        "positive control, defaults",
+    ]
+    assert all(line in text.splitlines() for line in copied) and "stale" not in headline
     with ScoreFile.open_read(control_run / "tracin.h5") as store:
         agreement, report = store.agreement(), store.quality_report()
     own = agreement[

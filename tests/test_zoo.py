@@ -116,7 +116,7 @@ def test_zoo_model_matches_float64_reference(zoo_reference, name, layers):
 
 
 def test_readme_example_torchvision_model_from_reference_trainer_checkpoints(tmp_path):
-    """The README's worked example, on files written as torchvision's classification reference trainer
+    """docs/engine.md's worked example, on files written as torchvision's classification reference trainer
     writes them (model, optimizer, lr_scheduler, epoch and its argparse options), after real SGD steps."""
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10)

@@ -10,8 +10,8 @@ Its self-influence (the score of a train example with itself, used to rank suspe
 two choices: sum_c lr_c |g_c|^p with p = 2 - (normalised sides), so raw's is |g|^2, a one-sided variant's
 |g|, and cosine's the constant sum_c lr_c (no ranking). The engine (tracin.engine.tracin), its float64
 reference (tracin.engine.reference), the configuration's checks and the score file's self-influence all
-read this registry; a new variant is one `register_variant` call (see docs in the README's table of
-changes). A base module: no torch, nothing above it.
+read this registry; a new variant is one `register_variant` call (docs/extending.md). A base module: no
+torch, nothing above it.
 """
 
 from __future__ import annotations

@@ -443,7 +443,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 DEFAULT_VARIANTS = (
-    "train-normalised"  # measured: README, "Defaults chosen by measurement" (the API's default stays raw)
+    "train-normalised"  # measured: docs/results.md, "Defaults chosen by measurement" (the API's default stays raw)
 )
 
 
@@ -514,7 +514,7 @@ def build_score_parser() -> argparse.ArgumentParser:
         help=f"comma-separated score variants from {', '.join(SCORE_VARIANTS)}, formed in one pass; the first "
         "is the file's `scores`. raw is TracInCP as published; the default passes the quality checks "
         "(same-class proponents, no dominant outlier) and its self-influence finds flipped labels "
-        "better than raw's (README: Defaults chosen by measurement). VARIANT@GROUP scores one layer "
+        "better than raw's (docs/results.md: Defaults chosen by measurement). VARIANT@GROUP scores one layer "
         "group's parameters alone (e.g. cosine@layer4), VARIANT@* each group (default: %(default)s)",
     )
     parser.add_argument(

@@ -1,0 +1,59 @@
+"""The README is a front page: at most 300 lines, its Python example runs as printed and equals the float64
+reference, and every link of the README and docs/ reaches a file that exists."""
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from test_api import save_training_checkpoints
+from torch.utils.data import TensorDataset
+
+from tracin.engine.reference import func_tracin_scores
+
+from models_for_tests import relative_error
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+API_RTOL = 1e-5  # of the largest score: float32 against float64
+
+
+def test_the_readme_is_a_front_page():
+    assert len(README.read_text().splitlines()) <= 300
+
+
+def test_the_python_example_runs_as_printed(tiny_scores, tmp_path, monkeypatch):
+    (example,) = re.findall(r"## In Python\n\n```python\n(.*?)```", README.read_text(), re.S)
+    assert len(example.splitlines()) <= 15
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    (tmp_path / "checkpoints" / "demo").mkdir(parents=True)
+    pairs = save_training_checkpoints(model, tmp_path / "checkpoints")
+    shutil.copy(
+        tiny_scores, tmp_path / "checkpoints" / "demo" / "tracin.h5"
+    )  # a score file where the example reads one
+    generator = torch.Generator().manual_seed(1)
+    train_set = TensorDataset(
+        torch.randn(10, 3, 32, 32, generator=generator), torch.randint(0, 10, (10,), generator=generator)
+    )
+    test_set = TensorDataset(
+        torch.randn(4, 3, 32, 32, generator=generator), torch.randint(0, 10, (4,), generator=generator)
+    )
+    monkeypatch.chdir(tmp_path)
+    namespace = {"train_set": train_set, "test_set": test_set}
+    exec(compile(example, "README.md", "exec"), namespace)
+    reference = func_tracin_scores(model, pairs, train_set.tensors, test_set.tensors)
+    assert relative_error(namespace["scores"], reference.T) < API_RTOL
+    assert torch.equal(torch.as_tensor(namespace["top"].test.top_index[:, 0]), reference.argmax(0))
+    diagonal = func_tracin_scores(model, pairs, train_set.tensors, train_set.tensors).diagonal()
+    assert torch.equal(namespace["suspects"], diagonal.argsort(descending=True))
+    assert namespace["student"].top_index.shape[0] == 24  # the score file's test examples
+
+
+@pytest.mark.parametrize("page", [README, *sorted((REPO / "docs").glob("*.md"))], ids=lambda p: p.name)
+def test_every_link_reaches_a_file(page):
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+        if not re.match(r"[a-z]+://", target):
+            assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
