@@ -109,10 +109,16 @@ def _copy(run: Path, tmp_path: Path) -> Path:
         (["--dataset", "cifar10"], "the following arguments are required: --run"),
         (["--run", "x", "--epochs", "two"], "invalid int value"),
         (["--run", "x", "--resume", "--overwrite"], "not allowed with argument"),
+        (["--run", "x", "--kd-loss", "l1"], "invalid choice: 'l1' (choose from kl, kl-elementwise, mse)"),
     ],
 )
 def test_usage_errors_are_one_line(argv, needle, capsys):
     _assert_one_line_error(*_cli(argv, capsys)[::2], needle)
+
+
+def test_every_registered_kd_loss_is_a_choice():
+    """--kd-loss reads tracin.training.losses.KD_LOSSES: the study's kl-elementwise is one, with no list to edit."""
+    assert build_train_parser().parse_args(["--run", "x", "--kd-loss", "kl-elementwise"]).kd_loss == "kl-elementwise"
 
 
 @pytest.mark.parametrize(

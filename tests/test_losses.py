@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tracin.errors import TracinError
 from tracin.training import losses
@@ -71,10 +72,26 @@ def test_distillation_sends_no_gradient_to_the_teacher():
 
 def test_unknown_distillation_loss_is_refused():
     student, teacher, labels = _logits(4)
-    with pytest.raises(TracinError, match="kd loss must be one of kl, mse"):
+    with pytest.raises(TracinError, match="kd loss must be one of kl, mse, kl-elementwise, got 'l1'"):
         losses.distillation(student, teacher, labels, 4.0, 0.7, kind="l1")
-    with pytest.raises(TracinError, match="kd loss must be one of kl, mse"):
+    with pytest.raises(TracinError, match="kd loss must be one of kl, mse, kl-elementwise"):
         losses.Distillation(torch.nn.Linear(5, 5), 4.0, 0.7, kind="l1")
+
+
+def test_kl_elementwise_is_the_studys_objective_to_the_letter():
+    """The study's line, nn.KLDivLoss()'s default mean over batch x classes included: the per-example
+    losses' batch mean equals it, and its soft term is 2/C of the usual T^2 KL."""
+    student, teacher, labels = _logits(6)
+    temperature, alpha = 4.0, 0.7
+    study = torch.nn.KLDivLoss()(
+        F.log_softmax(student / temperature, dim=1), F.softmax(teacher / temperature, dim=1)
+    ) * (temperature * temperature * 2.0 * alpha) + F.cross_entropy(student, labels) * (1.0 - alpha)
+    mine = losses.distillation(student, teacher, labels, temperature, alpha, kind="kl-elementwise")
+    assert mine.shape == (6,)
+    torch.testing.assert_close(mine.mean(), study, rtol=1e-6, atol=1e-7)
+    usual = losses.distillation(student, teacher, labels, temperature, 1.0, kind="kl")
+    elementwise = losses.distillation(student, teacher, labels, temperature, 1.0, kind="kl-elementwise")
+    torch.testing.assert_close(elementwise, usual * 2.0 / student.shape[1])
 
 
 def test_temperature_and_alpha_have_no_silent_defaults():

@@ -25,7 +25,6 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DISTILL = ("teacher", "self", "none")
 SHORTCUT_MODES = ("class", "inherit")  # DataConfig.shortcut_mode
-KD_LOSSES = ("kl", "mse")
 STUDENT_INIT = ("scratch", "teacher")
 ROLES = ("teacher", "student", "student_baseline")
 MODES = ("exact", "projected", "last-layer")
@@ -320,7 +319,7 @@ class TrainConfig(_Serializable):
             "nesterov needs a momentum above 0 (pass --no-nesterov, or a --momentum)",
         )
         _check_choice("distill", self.distill, DISTILL)
-        _check_choice("kd_loss", self.kd_loss, KD_LOSSES)
+        # kd_loss: a name of tracin.training.losses.KD_LOSSES, checked there and by the command line
         _check_choice("student_init", self.student_init, STUDENT_INIT)
 
 

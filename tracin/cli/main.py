@@ -22,7 +22,6 @@ from tracin.config import (
     DEVICES,
     DISTILL,
     EVAL_DATASETS,
-    KD_LOSSES,
     MODES,
     OPTIMIZERS,
     PRECISIONS,
@@ -356,7 +355,13 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "cross-entropy until its first save), or from labels only (none)",
         choices=DISTILL,
     )
-    _config_option(group, "--kd-loss", "soft-target loss: KL at temperature T, or logit MSE", choices=KD_LOSSES)
+    _config_option(
+        group,
+        "--kd-loss",
+        "soft-target loss, a kind registered in tracin.training.losses: kl (T^2 KL at temperature T), mse (logit "
+        "MSE), kl-elementwise (nn.KLDivLoss()'s mean over batch x classes, as one study wrote it: 2 T^2 KL / C)",
+        type=_Registered("tracin.training.losses", "KD_LOSSES"),
+    )
     _config_option(group, "--temperature", "distillation temperature T")
     _config_option(group, "--alpha", "weight of the soft-target term: alpha * T^2 * KL + (1 - alpha) * CE")
 

@@ -24,6 +24,7 @@ from tracin.options import RunOptions
 from tracin.runtime import Runtime, start_runtime
 from tracin.training.checkpoints import load_checkpoint, sha256_file
 from tracin.training.data import RunData, data_record, fingerprint, load_data
+from tracin.training.losses import check_kd_loss
 from tracin.training.models import count_parameters
 from tracin.training.plots import plot_overlaid_history, plot_per_class
 from tracin.training.run_folder import (
@@ -115,6 +116,7 @@ def open_run(
 
 def train_run(config: TrainConfig, data_config: DataConfig, options: RunOptions) -> RunPaths:
     """Train the models of `options.models`, in the order teacher -> student -> student_baseline."""
+    check_kd_loss(config.kd_loss)  # before anything is trained: the students train with it last
     unknown = set(options.models) - set(ROLES)
     if unknown:
         raise TracinError(f"unknown models {', '.join(sorted(unknown))}; choose from {', '.join(ROLES)}")

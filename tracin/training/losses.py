@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tracin.config import KD_LOSSES
 from tracin.errors import TracinError
 
 Objective = Callable[[Tensor, Tensor, Tensor], Tensor]  # (logits, labels, inputs) -> Tensor[n]
@@ -41,6 +40,55 @@ def logit_mse(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
     return (student_logits - teacher_logits).pow(2).mean(dim=1)
 
 
+# The soft-target terms a distilled student can train with, by name (TrainConfig.kd_loss, --kd-loss): each
+# (student logits [n, C], teacher logits [n, C], temperature) -> Tensor[n], the term alpha weighs. Adding one
+# is one `@register_kd_loss` function here; training, scoring (--loss kd, kd-train) and the CLI read this.
+SoftTarget = Callable[[Tensor, Tensor, float], Tensor]
+KD_LOSSES: dict[str, SoftTarget] = {}
+
+
+def register_kd_loss(name: str) -> Callable[[SoftTarget], SoftTarget]:
+    def register(function: SoftTarget) -> SoftTarget:
+        if name in KD_LOSSES:
+            raise TracinError(f"kd loss {name!r} is already registered")
+        KD_LOSSES[name] = function
+        return function
+
+    return register
+
+
+def check_kd_loss(kind: str) -> None:
+    """Refuse a kd loss kind the registry does not hold."""
+    if kind not in KD_LOSSES:
+        raise TracinError(f"kd loss must be one of {', '.join(KD_LOSSES)}, got {kind!r}")
+
+
+@register_kd_loss("kl")
+def _kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """T^2 * KL(teacher_T || student_T): the T^2 keeps the gradient's scale independent of T (Hinton et
+    al., 2015)."""
+    return temperature**2 * soft_kl(student_logits, teacher_logits, temperature)
+
+
+@register_kd_loss("mse")
+def _mse(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """The logits' mean squared difference (T is not used)."""
+    return logit_mse(student_logits, teacher_logits)
+
+
+@register_kd_loss("kl-elementwise")
+def _kl_elementwise(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """The exact objective of the teacher-student study this toolkit grew from, per example:
+
+        nn.KLDivLoss()(log_softmax(s / T), softmax(t / T)) * (T * T * 2.0 * alpha) + cross_entropy(s, y) * (1 - alpha)
+
+    KLDivLoss's default reduction averages over every element (batch x classes), not per example, so its
+    soft term is 2 T^2 KL / C: 2/C of the usual T^2 KL. Kept as its own kind to reproduce that study to the
+    letter; its batch mean equals the line above."""
+    classes = student_logits.shape[1]
+    return 2.0 * temperature**2 * soft_kl(student_logits, teacher_logits, temperature) / classes
+
+
 def distillation(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -50,19 +98,12 @@ def distillation(
     kind: str = "kl",
     label_smoothing: float = 0.0,
 ) -> Tensor:
-    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE for `kind="kl"`;
-    alpha * MSE(student logits, teacher logits) + (1 - alpha) * CE for `kind="mse"`. Tensor[n].
-
-    The T^2 factor keeps the soft term's gradient scale independent of T (Hinton et al., 2015).
+    """alpha * soft + (1 - alpha) * CE, Tensor[n], the soft term the registered `kind` (KD_LOSSES): for
+    "kl", T^2 * KL(teacher_T || student_T); for "mse", the logits' MSE; for "kl-elementwise", 2 T^2 KL / C.
     T and alpha have no defaults here: TrainConfig holds them, and a scored student uses its own.
     """
-    teacher_logits = teacher_logits.detach()
-    if kind == "kl":
-        soft = temperature**2 * soft_kl(student_logits, teacher_logits, temperature)
-    elif kind == "mse":
-        soft = logit_mse(student_logits, teacher_logits)
-    else:
-        raise TracinError(f"kd loss must be one of {', '.join(KD_LOSSES)}, got {kind!r}")
+    check_kd_loss(kind)
+    soft = KD_LOSSES[kind](student_logits, teacher_logits.detach(), temperature)
     return alpha * soft + (1.0 - alpha) * cross_entropy(student_logits, labels, label_smoothing)
 
 
@@ -96,8 +137,7 @@ class Distillation:
     autocast: Callable[[], ContextManager] = field(default=contextlib.nullcontext, repr=False)
 
     def __post_init__(self) -> None:
-        if self.kind not in KD_LOSSES:
-            raise TracinError(f"kd loss must be one of {', '.join(KD_LOSSES)}, got {self.kind!r}")
+        check_kd_loss(self.kind)
         if not self.temperature > 0 or not 0.0 <= self.alpha <= 1.0:
             raise TracinError(
                 f"distillation needs temperature > 0 and alpha in [0, 1], got {self.temperature}, {self.alpha}"
