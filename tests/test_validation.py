@@ -25,7 +25,7 @@ from tracin.training.checkpoints import load_model
 from tracin.training.data import load_data, normalize
 from tracin.training.trainer import logit_margins, training_batches
 
-from conftest import demo_copy, run_tracin_score, subprocess_env
+from conftest import demo_copy, one_thread, run_tracin_score, subprocess_env
 
 K, SUBSETS, TEST_EXAMPLES = 8, 4, 2
 VARIANTS = ("raw", "train-normalised@head")  # removals by the whole model's raw scores and by one layer group's
@@ -103,8 +103,7 @@ def test_the_zero_line_reproduces_the_trained_model_exactly(tiny_run, validated)
         _, test = scored_test(tiny_run, store)
     zero = margins[np.flatnonzero(units["condition"] == b"none")[0]]
     model, _ = load_model(tiny_run / "student" / "epoch_004.pt", role="student")
-    torch.set_num_threads(1)
-    with start_runtime("cpu", quiet=True) as runtime:
+    with one_thread(), start_runtime("cpu", quiet=True) as runtime:  # as the retraining subprocess ran
         expected = logit_margins(model, test, runtime).numpy()
     assert np.array_equal(zero, expected)
     assert "leave-top-k-out" in stdout and "linear datamodeling score" in stdout
