@@ -33,7 +33,7 @@ def main() -> int:
         for path in write_report(args.scores, args.out, args.data_root, _indices("--examples", args.examples)):
             print(path)
 
-    return run_command("report", work, "run the same command again")
+    return run_command("figures", work, "run the same command again")
 
 
 if __name__ == "__main__":

@@ -733,7 +733,9 @@ def replace_part(text: str, start: str, end: str, part: str, readme: Path) -> st
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--run", default="checkpoints/demo", help="the demo's run folder (default: %(default)s)")
     parser.add_argument("--scores", help="the demo's score file (default: RUN/tracin.h5)")
     parser.add_argument("--second", help="a demo run on another noise rate and data seed, for the variants table")
@@ -770,7 +772,9 @@ def main() -> int:
         help="the front page whose headline the control part rewrites (default: README.md, when --doc is the default)",
     )
     parser.add_argument(
-        "--headline", action="store_true", help="copy the headline again from the document's positive-control part"
+        "--headline",
+        action="store_true",
+        help="copy the headline again from the document's positive-control part (the demo's part is left as it is)",
     )
     parser.add_argument("--print", action="store_true", help="print the parts instead of rewriting the document")
     args = parser.parse_args()
@@ -778,7 +782,7 @@ def main() -> int:
     def work() -> None:
         parts = (
             {}
-            if args.no_demo
+            if args.no_demo or args.headline
             else {(START, END): figures(Path(args.run), Path(args.scores or Path(args.run) / "tracin.h5"))}
         )
         if args.control:
@@ -805,7 +809,7 @@ def main() -> int:
             print(f"rewrote {len(parts)} generated part(s) of {doc}")
         front = Path(args.front) if args.front else FRONT if doc.resolve() == DOC else None
         if front is not None and (args.control or args.headline):
-            source = doc.relative_to(REPO).as_posix() if doc.resolve().is_relative_to(REPO) else doc.name
+            source = doc.resolve().relative_to(REPO).as_posix() if doc.resolve().is_relative_to(REPO) else doc.name
             headline = headline_part(control_part_of(text, doc), source)
             page = replace_part(front.read_text(), HEADLINE_START, HEADLINE_END, headline, front)
             write_atomic(front, lambda handle: handle.write(page.encode()))

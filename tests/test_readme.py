@@ -52,8 +52,19 @@ def test_the_python_example_runs_as_printed(tiny_scores, tmp_path, monkeypatch):
     assert namespace["student"].top_index.shape[0] == 24  # the score file's test examples
 
 
+def _anchors(page: Path) -> set[str]:
+    """The anchors of a Markdown page's headings, as GitHub makes them: lower case, punctuation but '-'
+    dropped, spaces as '-'."""
+    headings = re.findall(r"^#+ (.+)$", page.read_text(), re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
 @pytest.mark.parametrize("page", [README, *sorted((REPO / "docs").glob("*.md"))], ids=lambda p: p.name)
-def test_every_link_reaches_a_file(page):
-    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
-        if not re.match(r"[a-z]+://", target):
-            assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
+def test_every_link_reaches_a_file_and_heading(page):
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", page.read_text()):
+        if re.match(r"[a-z]+://", target):
+            continue
+        linked = page.parent / target if target else page
+        assert linked.exists(), f"{page.name} links to {target}, which does not exist"
+        if anchor:
+            assert anchor in _anchors(linked), f"{page.name} links to {target}#{anchor}, a heading {target} lacks"

@@ -45,7 +45,9 @@ def written_out(model, checkpoints, train, test, train_power: int, test_power: i
 @pytest.fixture
 def test_normalised():
     """A variant the package does not have, registered for one test: test gradients divided by their norm."""
-    variant = register_variant(ScoreVariant("test-normalised", False, True, "test-normalised TracInCP"))
+    variant = register_variant(
+        ScoreVariant(name="test-normalised", normalise_train=False, normalise_test=True, description="test-normalised")
+    )
     yield variant
     del SCORE_VARIANTS[variant.name]
 
@@ -81,9 +83,12 @@ def test_a_registered_variant_is_scored_checked_and_read_end_to_end(setup, test_
     assert test_normalised.self_influence_power == 1
     with ScoreFile.open_read(tiny_scores) as store:
         scores_of = store.model("teacher")
+        assert scores_of.normalised_self_influence is not None  # sum_c lr_c |g|, beside raw's sum_c lr_c |g|^2
+        assert not np.array_equal(scores_of.normalised_self_influence, scores_of.self_influence)
         np.testing.assert_array_equal(
             scores_of.variant_self_influence("test-normalised"), scores_of.normalised_self_influence
         )
+        np.testing.assert_array_equal(scores_of.variant_self_influence("raw"), scores_of.self_influence)
         assert scores_of.variant_self_influence("cosine") is None  # power 0: the same sum for every example
 
 
@@ -93,7 +98,8 @@ def test_an_unknown_variant_is_refused_never_guessed():
     with pytest.raises(TracinError, match="got 'cosin'"):
         score_variant("cosin")
     with pytest.raises(TracinError, match="already registered"):
-        register_variant(ScoreVariant("raw", True, True, "a second raw"))
-    with pytest.raises(TracinError, match="without '@'"):
-        register_variant(ScoreVariant("raw@head", False, False, "a group is not a variant"))
+        register_variant(ScoreVariant(name="raw", normalise_train=True, normalise_test=True, description="again"))
+    for bad in ("raw@head", "a/b", "x" * 33, ""):  # a group is not a variant; HDF5 and table names bound the rest
+        with pytest.raises(TracinError, match="up to 32 letters, digits"):
+            register_variant(ScoreVariant(name=bad, normalise_train=False, normalise_test=False, description=""))
     assert list(SCORE_VARIANTS) == ["raw", "cosine", "train-normalised"]

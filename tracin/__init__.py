@@ -10,6 +10,7 @@ torch, torchvision, h5py or matplotlib until a name below is used):
     load_checkpoints       checkpoints from a folder, a glob or a list; prefix= picks one model of several
     checkpoints_from_loader   checkpoints of any layout through a captum-style load function
     ScoreFile              a tracin-score HDF5 result file (tracin.results.store)
+    ScoreVariant, register_variant   a new way of normalising scores (tracin.variants)
     TracinError            base class of the errors a user can fix
     DataConfig, ModelConfig, TrainConfig, ScoreConfig, EngineConfig   typed configuration
     build_model, load_data
@@ -37,6 +38,8 @@ _PUBLIC = {  # name -> the module that defines it
     "TopK": "tracin.engine.tracin",
     "TracIn": "tracin.engine.tracin",
     "ScoreFile": "tracin.results.store",
+    "ScoreVariant": "tracin.variants",
+    "register_variant": "tracin.variants",
     "TracinError": "tracin.errors",
     "build_model": "tracin.training.models",
     "load_data": "tracin.training.data",

@@ -16,12 +16,13 @@ torch, nothing above it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from tracin.errors import TracinError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ScoreVariant:
     """One way of normalising scores: `normalise_train` divides by |g_train|, `normalise_test` by
     |g_test| (per checkpoint, before the sum over checkpoints)."""
@@ -46,11 +47,12 @@ SCORE_VARIANTS: dict[str, ScoreVariant] = {}
 
 
 def register_variant(variant: ScoreVariant) -> ScoreVariant:
-    """Add a variant; its name must be new and contain no '@' (that separates a layer group) or ','."""
+    """Add a variant. Its name is new, and up to 32 letters, digits, '_' and '-': it names HDF5 datasets
+    (scores_NAME) and table fields, and '@' separates a layer group."""
     if variant.name in SCORE_VARIANTS:
         raise TracinError(f"score variant {variant.name!r} is already registered")
-    if not variant.name or any(c in variant.name for c in "@,"):
-        raise TracinError(f"a score variant's name is non-empty without '@' or ',', got {variant.name!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", variant.name):
+        raise TracinError(f"a score variant is named by up to 32 letters, digits, '_' and '-', got {variant.name!r}")
     SCORE_VARIANTS[variant.name] = variant
     return variant
 
@@ -63,6 +65,10 @@ def score_variant(name: str) -> ScoreVariant:
         raise TracinError(f"variant must be one of {', '.join(SCORE_VARIANTS)}, got {name!r}") from None
 
 
-register_variant(ScoreVariant("raw", False, False, "raw TracInCP"))
-register_variant(ScoreVariant("cosine", True, True, "cosine TracInCP"))
-register_variant(ScoreVariant("train-normalised", True, False, "train-normalised TracInCP"))
+register_variant(ScoreVariant(name="raw", normalise_train=False, normalise_test=False, description="raw TracInCP"))
+register_variant(ScoreVariant(name="cosine", normalise_train=True, normalise_test=True, description="cosine TracInCP"))
+register_variant(
+    ScoreVariant(
+        name="train-normalised", normalise_train=True, normalise_test=False, description="train-normalised TracInCP"
+    )
+)

@@ -9,6 +9,6 @@
 
 A command reads its options object (tracin.options), calls library code (tracin.training, tracin.engine,
 tracin.results) and writes its outputs under its own locks. Commands never import each other: what two
-of them share is library code (the run as the commands read it: tracin.results.runs). tests/test_layers.py
+of them share is library code (the run as the commands read it: tracin.results.runs). tests/test_package.py
 checks it.
 """

@@ -59,9 +59,9 @@ def eval_run(options: EvalOptions) -> Path:
             matrix = confusion_matrix(result.predictions, split.labels, len(classes))
             per_class = {c: float(matrix[i, i] / matrix[i].sum()) for i, c in enumerate(classes) if c in counts}
             rows.append({"model": name, "examples": len(split), "accuracy": result.accuracy, **per_class})
-    out = paths.root / f"eval_{options.dataset}.csv"
-    refuse_links((paths.root, out), "the run folder tracin-eval writes into")
-    write_csv(rows, out)
+        out = paths.root / f"eval_{options.dataset}.csv"  # written while the run cannot be replaced or changed
+        refuse_links((paths.root, out), "the run folder tracin-eval writes into")
+        write_csv(rows, out)
     mapped = ", ".join(f"{c} ({n})" for c, n in counts.items())
     print(f"{options.dataset} test examples mapped to the run's classes: {mapped}")
     for row in rows:

@@ -6,7 +6,7 @@
   common top-1 proponent, and the number of distinct training examples among all top-10 lists. Raw TracIn
   is known to let a few high-gradient outliers serve most test examples.
 
-Pure numpy on the stored top-k tables and labels; the store writes the table at /quality. The per-row
+numpy on the stored top-k tables and labels; the store writes the table at /quality. The per-row
 statistics are tracin.results.sanity's, which tracin-report reads with CIs: this table is their means.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tracin.results.sanity import identical_class, top1_share_ci
+from tracin.results.sanity import identical_class, top1_share
 
 QUALITY_DTYPE = np.dtype(
     [
@@ -39,7 +39,7 @@ def identical_class_rate(top_index: np.ndarray, train_labels: np.ndarray, test_l
 
 def top1_max_share(top_index: np.ndarray) -> float:
     """Share of test rows whose top-1 train position is the most common top-1 position."""
-    return top1_share_ci(top_index[:, 0])[0]
+    return top1_share(top_index[:, 0])
 
 
 def distinct_in_topk(top_index: np.ndarray, k: int) -> int:

@@ -134,6 +134,11 @@ def randomization_spearman(trained: np.ndarray, randomized: np.ndarray) -> np.nd
     return statistics.correlate_ranks(statistics.row_ranks(trained.T), statistics.row_ranks(randomized.T))
 
 
+def top1_share(top1: np.ndarray) -> float:
+    """Share of test rows whose top-1 proponent (int [rows]) is the most common one."""
+    return float(np.bincount(top1).max() / len(top1))
+
+
 def top1_share_ci(top1: np.ndarray, seed: int = 0, resamples: int = 1000) -> tuple[float, float, float]:
     """(share of test rows whose top-1 proponent (int [rows]) is the most common one, and its Wilson score
     interval). The interval is that of a binomial proportion: the rows that name the most common proponent
