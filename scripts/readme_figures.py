@@ -695,6 +695,7 @@ def headline_part(control: str, source: str) -> str:
     else:
         raise TracinError(f"{source}: its positive-control part holds no verdict of the demo's setting and the control")
     behaviour = [v for v in verdicts if v.startswith("positive control, ") and "control (behaviour)" in v][:1]
+    runs = [line for line in control.splitlines() if line.startswith("- `")]  # each run: its size, date and machine
     return "\n".join(
         [
             HEADLINE_START,
@@ -709,6 +710,10 @@ def headline_part(control: str, source: str) -> str:
             "planted shortcut by construction:",
             "",
             *[f"- {line}" for line in behaviour + own],
+            "",
+            "The runs:",
+            "",
+            *runs,
             "",
             'How these were made, the other choices of losses, and what a "no" is worth: '
             "[docs/results.md](docs/results.md#can-it-see-an-imprint-the-known-positive-control).",

@@ -365,7 +365,9 @@ def test_readme_figures_set_the_headline_beside_its_control(control_run, tmp_pat
     assert headline.startswith("# front\n<!-- headline:start -->") and headline.endswith(
         "<!-- headline:end -->\nmore\n"
     )
-    copied = [line for line in headline.splitlines() if line.startswith("- ")]
+    copied = [line for line in headline.splitlines() if line.startswith("- ") and not line.startswith("- `")]
+    runs = [line for line in headline.splitlines() if line.startswith("- `")]  # each run with its date and machine
+    assert len(runs) == 2 and all(line in text.splitlines() and " on " in line for line in runs)
     assert [line[2:].split(":")[0] for line in copied] == [
         "demo setting, defaults",
         "positive control, defaults",
