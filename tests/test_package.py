@@ -40,6 +40,18 @@ def test_the_folders_are_the_pipeline_stages():
     }
 
 
+def test_setup_cfg_lists_every_subpackage():
+    """The wheel holds what setup.cfg lists (listed, not found: tracin.notebooks lives outside tracin/), so a
+    new folder left off the list would install without it (tests/test_install.py would see it only late)."""
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(PACKAGE.parent / "setup.cfg")
+    listed = set(setup["options"]["packages"].split())
+    folders = {f"tracin.{p.name}" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert listed == {"tracin", "tracin.notebooks", *folders}
+
+
 # The pipeline, bottom up: a module may import its own layer and the layers below it. The base modules
 # (configuration, errors, files, options, the runtime, the schemas, the version) import only each other.
 LAYERS = ("base", "training", "engine", "results", "commands", "cli")
