@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from test_api import save_training_checkpoints
+from test_api import API_RTOL, save_training_checkpoints
 from torch.utils.data import TensorDataset
 
 from tracin.engine.reference import func_tracin_scores
@@ -17,7 +17,6 @@ from models_for_tests import relative_error
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-API_RTOL = 1e-5  # of the largest score: float32 against float64
 
 
 def test_the_readme_is_a_front_page():
