@@ -22,18 +22,12 @@ import torch
 
 from tracin.config import ModelConfig, TrainConfig
 from tracin.runtime import Runtime, start_runtime
+from tracin.training.batches import training_batches
 from tracin.training.data import SPECS, Split, normalize
 from tracin.training.losses import cross_entropy
 from tracin.training.models import build_model, count_parameters
-from tracin.training.trainer import (
-    EVAL_BATCH_SIZE,
-    build_optimizer,
-    build_scheduler,
-    evaluate,
-    objective_for,
-    train_one_epoch,
-    training_batches,
-)
+from tracin.training.optimization import build_optimizer, build_scheduler
+from tracin.training.trainer import EVAL_BATCH_SIZE, evaluate, objective_for, train_one_epoch
 
 CIFAR10_TRAIN = 50_000
 CIFAR10_TEST = 10_000

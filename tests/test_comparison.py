@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 
-from tracin.results import figures
 from tracin.results.comparison import (
     TABLES,
     Column,
@@ -19,6 +18,7 @@ from tracin.results.comparison import (
     format_tables,
     register_table,
 )
+from tracin.results.markdown import comparison_tables
 from tracin.results.store import ScoreFile
 
 # The columns of the tables of the first file format: readers of older files rely on them, and every
@@ -81,7 +81,7 @@ def test_a_registered_statistic_reaches_the_file_the_text_and_the_report(scores_
             returned = compare_models(store, "teacher", "student", OPTIONS)
             stored = store.comparison("teacher", "student")
             text = format_tables("teacher", "student", stored)
-            markdown = figures.comparison_tables(store, "teacher", "student")
+            markdown = comparison_tables(store, "teacher", "student")
             teacher, student = store.model("teacher"), store.model("student")
             expected = [np.abs(teacher.matrix(i)[:]).max() / np.abs(student.matrix(i)[:]).max() for i in (None, 0, 1)]
     finally:
@@ -115,7 +115,7 @@ def test_a_table_this_version_does_not_register_is_shown_by_its_columns(scores_c
     with ScoreFile.open_read(scores_copy) as store:
         stored = store.comparison("teacher", "student")
         text = format_tables("teacher", "student", stored)
-        markdown = figures.comparison_tables(store, "teacher", "student")
+        markdown = comparison_tables(store, "teacher", "student")
     ratio = stored["largest_score"][0]["ratio"]
     assert "teacher vs student: largest score" in text and f"{ratio:.3f}" in text
     assert "| scope | largest_a | largest_b | ratio |" in markdown

@@ -23,11 +23,11 @@ def test_checks_equal_direct_counts():
 
 
 def test_a_score_file_holds_the_checks_of_its_rankings(tiny_scores):
-    from tracin.results.figures import quality_table
+    from tracin.results.markdown import quality_checks_markdown
     from tracin.results.store import ScoreFile
 
     with ScoreFile.open_read(tiny_scores) as store:
-        table = store.quality()
+        table = store.read_table("quality")
         for row in table:
             top = store.model(row["model"].decode()).rankings()[0].top_index
             assert row["identical_class_top1"] == quality.identical_class_rate(
@@ -35,4 +35,4 @@ def test_a_score_file_holds_the_checks_of_its_rankings(tiny_scores):
             )
             assert row["top1_max_share"] == quality.top1_max_share(top)
         assert {r["model"].decode() for r in table} == set(store.models)
-        assert "Quality checks of the proponents" in quality_table(store)
+        assert "Quality checks of the proponents" in quality_checks_markdown(store)

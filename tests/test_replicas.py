@@ -28,7 +28,7 @@ from tracin.results.agreement import (
     select_agreement_pairs,
     verdicts,
 )
-from tracin.results.figures import detection_summary, format_detection_by_group, mislabel_curves
+from tracin.results.detection import detection_summary, format_detection_by_group, mislabel_curves
 from tracin.results.statistics import bootstrap_ci, normalised_agreement, overlap_at_k, sample_rows, spearman_rows
 from tracin.results.store import ScoreFile, rankings_name
 
@@ -56,7 +56,7 @@ def replica_scores(replica_run, tmp_path_factory):
         [
             "--run",
             replica_run,
-            "--out",
+            "--scores",
             out,
             "--models",
             "teacher,student,student_baseline",
@@ -219,7 +219,7 @@ def test_score_file_holds_every_replica_and_compares_each_with_its_own(replica_s
 def test_agreement_table_equals_a_direct_computation(replica_scores):
     path, _ = replica_scores
     with ScoreFile.open_read(path) as store:
-        table = store.agreement()
+        table = store.read_table("agreement")
         assert table.dtype == AGREEMENT_DTYPE
         n_train, n_test = len(store.train_labels), len(store.test_labels)
         for variant in ("raw", "cosine", "train-normalised@layer1"):
@@ -292,7 +292,7 @@ def test_layer_group_variants_reach_quality_comparisons_and_agreement(replica_sc
     with ScoreFile.open_read(path) as store:
         for role, names in groups.items():
             assert store.model(role).variants == ["raw", "cosine", *(f"train-normalised@{g}" for g in names)]
-        quality = {(r["model"].decode(), r["variant"].decode()): r for r in store.quality()}
+        quality = {(r["model"].decode(), r["variant"].decode()): r for r in store.read_table("quality")}
         for model, variant in (
             ("student.r1", "train-normalised@layer2"),
             ("teacher.ensemble", "train-normalised@layer4"),
@@ -302,7 +302,7 @@ def test_layer_group_variants_reach_quality_comparisons_and_agreement(replica_sc
             assert quality[(model, variant)]["identical_class_top1"] == pytest.approx(expected), (model, variant)
         overlap = store.comparison("teacher", "student")["overlap"]
         correlation = store.comparison("teacher", "student")["rank_correlation"]
-        agreement = store.agreement()
+        agreement = store.read_table("agreement")
     assert b"train-normalised@layer1" in set(overlap["scope"]) and b"train-normalised@layer3" not in set(
         overlap["scope"]
     )
@@ -320,12 +320,12 @@ def test_layer_group_variants_reach_quality_comparisons_and_agreement(replica_sc
 
 def test_scoring_more_replicas_than_trained_is_one_clear_error(replica_run, tmp_path):
     result = run_tracin_score(
-        ["--run", replica_run, "--out", tmp_path / "x.h5", "--replicas", "3", "--topk", "3", "--quiet"]
+        ["--run", replica_run, "--scores", tmp_path / "x.h5", "--replicas", "3", "--topk", "3", "--quiet"]
     )
     assert result.returncode == 2
     assert "fewer trained replicas" in result.stderr and "Traceback" not in result.stderr
     result = run_tracin_score(
-        ["--run", replica_run, "--out", tmp_path / "x.h5", "--models", "teacher.r0", "--topk", "3", "--quiet"]
+        ["--run", replica_run, "--scores", tmp_path / "x.h5", "--models", "teacher.r0", "--topk", "3", "--quiet"]
     )
     assert result.returncode == 2 and "'teacher.r0' is neither" in result.stderr
 
@@ -359,13 +359,14 @@ def test_readme_figures_come_from_the_run_and_its_score_file(replica_run, replic
     for name, entry in record["models"].items():
         assert f"{entry['metrics']['test_acc']:.1%}" in text, name
     with ScoreFile.open_read(path) as store:
-        assert format_agreement(store.agreement()) in text and format_agreement_by_depth(store.agreement()) in text
+        agreement = store.read_table("agreement")
+        assert format_agreement(agreement) in text and format_agreement_by_depth(agreement) in text
         layer2 = {r["ranking"]: r["area"] for r in detection_summary(mislabel_curves(store, ["teacher"], groups=True))}[
             "teacher: self-influence, train-normalised, layer2 only"
         ]
         teacher_scores = store.model("teacher")
         share = teacher_scores.group_self_influence["layer2"].sum() / teacher_scores.self_influence.sum()
-        quality = {(r["model"].decode(), r["variant"].decode()): r for r in store.quality()}
+        quality = {(r["model"].decode(), r["variant"].decode()): r for r in store.read_table("quality")}
         k = store.model("teacher").rankings(rankings_name())[0].top_index.shape[1]
         first = overlap_at_k(
             store.model("teacher").rankings(rankings_name())[0].top_index,
@@ -406,7 +407,7 @@ def test_readme_figures_come_from_the_run_and_its_score_file(replica_run, replic
     text = readme.read_text()
     assert "old" not in text
     with ScoreFile.open_read(path) as store:
-        table = store.agreement()
+        table = store.read_table("agreement")
         curves = {r["ranking"]: r["area"] for r in detection_summary(mislabel_curves(store, store.models))}
     chosen = table[
         (table["variant"] == b"cosine")
@@ -455,7 +456,7 @@ def test_ensembles_are_the_mean_of_the_replicas_scores_and_ranked_from_it(replic
                 ensemble.self_influence, (members[0].self_influence + members[1].self_influence) / 2, rtol=1e-6
             )
             assert ensemble.normalised_self_influence is not None
-        table = store.agreement()
+        table = store.read_table("agreement")
         row = table[
             (table["variant"] == b"raw")
             & (table["statistic"] == f"overlap@{k}".encode())
@@ -464,15 +465,16 @@ def test_ensembles_are_the_mean_of_the_replicas_scores_and_ranked_from_it(replic
         top_t = store.model("teacher.ensemble").rankings(rankings_name())[0].top_index
         top_s = store.model("student.ensemble").rankings(rankings_name())[0].top_index
         assert row["mean"] == pytest.approx(overlap_at_k(top_t, top_s, k).mean())
-        quality_models = {r["model"].decode() for r in store.quality()}
+        quality_models = {r["model"].decode() for r in store.read_table("quality")}
         assert {f"{role}.ensemble" for role in ROLES} <= quality_models
-        by_group = format_detection_by_group(store.detection())  # the demo prints these: teacher and student, replica 0
+        # the demo prints these: teacher and student, replica 0
+        by_group = format_detection_by_group(store.read_table("detection"))
         assert (
             "teacher: self-influence, train-normalised, layer4 only" in by_group
             and "student: self-influence, head only" in by_group
         )
         assert "teacher.r1:" not in by_group and "ensemble" not in by_group and "loss (last checkpoint)" not in by_group
-        detection = {r["ranking"].decode(): r for r in store.detection()}
+        detection = {r["ranking"].decode(): r for r in store.read_table("detection")}
         assert {"teacher: self-influence", "teacher: self-influence, train-normalised", "random order"} <= set(
             detection
         )

@@ -4,31 +4,45 @@ import numpy as np
 import pytest
 
 from tracin.errors import TracinError
-from tracin.results import figures
+from tracin.results import detection, figures, grids, markdown, sanity
 from tracin.results.statistics import overlap_at_k
 from tracin.results.store import DataArrays, ScoreFile
+
+AREA_ATOL = 1e-12  # float64: the same area summed in another order
 
 
 def test_detection_curve_counts_flipped_labels_in_inspection_order():
     flipped = np.array([False, True, False, True, False])
-    x, y = figures.detection_curve(np.array([3, 0, 1, 4, 2]), flipped)
+    x, y = detection.detection_curve(np.array([3, 0, 1, 4, 2]), flipped)
     np.testing.assert_allclose(x, [0, 0.2, 0.4, 0.6, 0.8, 1.0])
     np.testing.assert_allclose(y, [0, 0.5, 0.5, 1.0, 1.0, 1.0])
-    perfect = figures.detection_summary({"perfect": figures.detection_curve(np.array([1, 3, 0, 2, 4]), flipped)})[0]
+    perfect = detection.detection_summary({"perfect": detection.detection_curve(np.array([1, 3, 0, 2, 4]), flipped)})[0]
     assert perfect["found@20%"] == pytest.approx(0.5) and perfect["area"] > 0.75
 
 
 def test_random_order_finds_flipped_labels_at_the_rate_inspected():
     rng = np.random.default_rng(0)
     flipped = rng.random(20_000) < 0.1
-    summary = figures.detection_summary({"random": figures.detection_curve(rng.permutation(20_000), flipped)})[0]
+    summary = detection.detection_summary({"random": detection.detection_curve(rng.permutation(20_000), flipped)})[0]
     assert summary["area"] == pytest.approx(0.5, abs=0.02)
     assert summary["found@10%"] == pytest.approx(0.1, abs=0.02)
 
 
+def test_the_curve_area_is_the_mean_detection_score_of_a_ranking_without_ties():
+    """Mislabel AUC is computed in two places: detection_summary's trapezoid area under the curve (/detection,
+    report.md) and the mean of sanity.detection_scores (the quality report, with its CI). Without ties in the
+    ranking they are one number; with ties they differ on purpose (a stable sort against shared mean
+    positions), which is why neither calls the other."""
+    rng = np.random.default_rng(0)
+    values, flipped = rng.permutation(500).astype(np.float64), rng.random(500) < 0.1
+    curve = detection.detection_curve(np.argsort(-values, kind="stable"), flipped)
+    area = detection.detection_summary({"ranking": curve})[0]["area"]
+    assert area == pytest.approx(sanity.detection_scores(values, flipped).mean(), abs=AREA_ATOL)
+
+
 def test_mislabel_curves_rank_by_the_stored_self_influence_and_loss(tiny_scores):
     with ScoreFile.open_read(tiny_scores) as store:
-        curves = figures.mislabel_curves(store, ["teacher"])
+        curves = detection.mislabel_curves(store, ["teacher"])
         flipped = store.noisy
         assert flipped.any()
         order = np.argsort(-store.model("teacher").self_influence, kind="stable")
@@ -55,7 +69,7 @@ def test_overlap_curve_equals_overlap_at_each_k(tiny_scores):
 
 def test_tables_show_the_stored_numbers(tiny_scores):
     with ScoreFile.open_read(tiny_scores) as store:
-        text = figures.comparison_tables(store, "teacher", "student")
+        text = markdown.comparison_tables(store, "teacher", "student")
         tables = store.comparison("teacher", "student")
         first = tables["overlap"][0]
         assert f"| sum | test | proponents | 3 | {first['mean']:.3f} | {first['median']:.3f} |" in text
@@ -68,7 +82,7 @@ def test_tables_show_the_stored_numbers(tiny_scores):
         ):
             assert f"**teacher vs student: {title}" in text
         assert len([line for line in text.splitlines() if line.startswith("| epoch_004 |")]) == 8 + 4 + 1  # every row
-        only_ks = figures.comparison_tables(store, "teacher", "student", ["ks"])
+        only_ks = markdown.comparison_tables(store, "teacher", "student", ["ks"])
         assert "Kolmogorov" in only_ks and "overlap" not in only_ks
         assert store.models == ["teacher", "student", "student_baseline"]
         assert set(store.comparison_pairs()) == {
@@ -102,7 +116,7 @@ def test_mislabel_detection_without_label_noise_is_a_clear_error(tmp_path):
     clean = DataArrays(np.arange(8), np.arange(4), labels, labels[:4], labels.copy())
     store, _ = ScoreFile.create_or_resume(tmp_path / "clean.h5", {}, {}, clean, overwrite=False)
     with store, pytest.raises(TracinError, match="no training label was flipped"):
-        figures.mislabel_curves(store, ["teacher"])
+        detection.mislabel_curves(store, ["teacher"])
 
 
 def test_stored_predictions_are_the_last_checkpoints_argmax(tiny_scores, tiny_run):
@@ -127,14 +141,14 @@ def test_test_rows_by_rule_are_the_least_overlapping_and_the_most_confident_erro
         overlap = overlap_at_k(top_t, top_s, top_t.shape[1])
         predicted, confidence = store.model("teacher").predictions
         wrong = [r for r in range(store.n_test) if predicted[r] != store.test_labels[r]]
-        chosen = figures.choose_test_rows(store, count=4)
+        chosen = grids.choose_test_rows(store, count=4)
         assert chosen[:2] == sorted(range(store.n_test), key=lambda r: (overlap[r], r))[:2]
         confident = sorted(wrong, key=lambda r: (-confidence[r], r))
         assert [r for r in chosen[2:]] == [r for r in confident if r not in chosen[:2]][:2]
         index = store.test_index
-        assert figures.choose_test_rows(store, examples=[int(index[5]), int(index[1])]) == [5, 1]
+        assert grids.choose_test_rows(store, examples=[int(index[5]), int(index[1])]) == [5, 1]
         with pytest.raises(TracinError, match="not among the file's scored test examples"):
-            figures.choose_test_rows(store, examples=[10**9])
+            grids.choose_test_rows(store, examples=[10**9])
 
 
 def test_every_figure_title_names_the_variant_and_the_models(tiny_scores):
@@ -153,10 +167,8 @@ def test_the_proponent_grid_shows_prediction_index_and_score(tiny_scores):
     import matplotlib.pyplot as plt
 
     with ScoreFile.open_read(tiny_scores) as store:
-        images = figures.Images(
-            np.zeros((store.n_train, 1, 4, 4), np.uint8), np.zeros((store.n_test, 1, 4, 4), np.uint8)
-        )
-        figure = figures.plot_proponent_grid(store, images, ["teacher", "student"], [3], k=2)
+        images = grids.Images(np.zeros((store.n_train, 1, 4, 4), np.uint8), np.zeros((store.n_test, 1, 4, 4), np.uint8))
+        figure = grids.plot_proponent_grid(store, images, ["teacher", "student"], [3], k=2)
         titles = [ax.get_title() for ax in figure.axes]
         ranking = store.model("student").rankings()[0]
         first = int(ranking.top_index[3, 0])
@@ -171,10 +183,8 @@ def test_the_proponent_grid_shows_prediction_index_and_score(tiny_scores):
 
 def test_one_grid_without_replicas_and_role_models_pick_replica_0(tiny_scores):
     with ScoreFile.open_read(tiny_scores) as store:
-        images = figures.Images(
-            np.zeros((store.n_train, 1, 4, 4), np.uint8), np.zeros((store.n_test, 1, 4, 4), np.uint8)
-        )
-        assert list(figures.proponent_grids(store, images, ["teacher", "student"], [0])) == [
+        images = grids.Images(np.zeros((store.n_train, 1, 4, 4), np.uint8), np.zeros((store.n_test, 1, 4, 4), np.uint8))
+        assert list(grids.proponent_grids(store, images, ["teacher", "student"], [0])) == [
             "proponents.png"
         ]  # no replicas
-    assert figures.role_models(["teacher", "teacher.r1", "student", "teacher.ensemble"]) == ["teacher", "student"]
+    assert markdown.role_models(["teacher", "teacher.r1", "student", "teacher.ensemble"]) == ["teacher", "student"]

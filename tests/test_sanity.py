@@ -71,7 +71,7 @@ def sanity_report(sanity_run) -> tuple[Path, str]:
         [
             "--run",
             sanity_run,
-            "--out",
+            "--scores",
             out,
             "--models",
             "teacher,student,student_baseline",
@@ -128,7 +128,7 @@ def _record(run: Path) -> tuple[dict, dict]:
 def test_the_report_holds_every_check_for_teacher_student_and_baseline(sanity_report):
     path, stdout = sanity_report
     with ScoreFile.open_read(path) as store:
-        table = store.quality_report()
+        table = store.read_table("quality_report")
     for model in ("teacher", "student", "student_baseline"):
         checks = {r["check"].decode() for r in table if r["model"] == model.encode()}
         for check in (
@@ -160,7 +160,7 @@ def test_identical_class_subclass_and_shortcut_equal_a_direct_computation(sanity
     test_position = {index: i for i, index in enumerate(record["test_index"])}
     stamped_train = set(record["stamped_train_index"])
     with ScoreFile.open_read(path) as store:
-        table = store.quality_report()
+        table = store.read_table("quality_report")
         train_fine = np.array([record["train_fine_labels"][position[i]] for i in store.train_index])
         test_fine = np.array([record["test_fine_labels"][test_position[i]] for i in store.test_index])
         stamped = np.array([i in stamped_train for i in store.train_index])
@@ -243,7 +243,7 @@ def test_model_randomization_equals_the_reference_on_reinitialised_weights(sanit
     _, run_record = _record(sanity_run)
     data = load_data(DataConfig.from_dict(run_record["data_config"]))
     with ScoreFile.open_read(path) as store:
-        stored = store.randomization()
+        stored = store.read_table("randomization")
         train_rows, test_rows = sample_rows(store.n_train, RANDOM_TRAIN, 0), sample_rows(store.n_test, RANDOM_TEST, 1)
         train_at = [data.train.index.tolist().index(i) for i in store.train_index[train_rows]]
         test_at = [data.test.index.tolist().index(i) for i in store.test_index[test_rows]]
@@ -275,7 +275,7 @@ def test_shortcut_accuracy_rows_equal_the_models_predictions(sanity_run, sanity_
     _, run_record = _record(sanity_run)
     data = load_data(DataConfig.from_dict(run_record["data_config"]))
     with ScoreFile.open_read(path) as store:
-        table = store.quality_report()
+        table = store.read_table("quality_report")
         at = [data.test.index.tolist().index(i) for i in store.test_index]
         test = data.test.subset(torch.tensor(at))
         labels, stamped = store.test_labels, store.test_stamped
@@ -298,7 +298,7 @@ def test_shortcut_accuracy_rows_equal_the_models_predictions(sanity_run, sanity_
 def test_a_second_report_keeps_the_randomization_and_gives_the_same_table(sanity_run, sanity_report):
     path, _ = sanity_report
     with ScoreFile.open_read(path) as store:
-        before, randomization = store.quality_report(), store.randomization()
+        before, randomization = store.read_table("quality_report"), store.read_table("randomization")
     result = run_tracin_report(
         [
             "--run",
@@ -316,8 +316,9 @@ def test_a_second_report_keeps_the_randomization_and_gives_the_same_table(sanity
         result.stdout
     )  # no model recomputed
     with ScoreFile.open_read(path) as store:
-        assert store.randomization().tobytes() == randomization.tobytes()
-        assert store.quality_report().tobytes() == before.tobytes()  # bitwise: NaN where a CI is undefined too
+        assert store.read_table("randomization").tobytes() == randomization.tobytes()
+        after = store.read_table("quality_report")
+        assert after.tobytes() == before.tobytes()  # bitwise: NaN where a CI is undefined too
 
 
 def test_report_refusals_are_one_line(sanity_run, tmp_path):
@@ -363,7 +364,7 @@ def test_the_overlap_notebook_and_report_show_the_quality_report(sanity_run, san
     from test_notebooks import outputs_of
 
     from tracin.cli.notebooks import execute_notebook, notebook_folder
-    from tracin.results.figures import write_report
+    from tracin.results.report_folder import write_report
 
     path, _ = sanity_report
     notebook = execute_notebook(notebook_folder() / "overlap_tables.ipynb", {"SCORES": str(path), "DATA_ROOT": None})
@@ -395,8 +396,8 @@ def test_readme_figures_state_the_quality_report_with_its_run_and_machine(
     text = readme.read_text()
     assert "stale" not in text and text.endswith("<!-- quality-report:end -->\nend\n")
     with ScoreFile.open_read(scores) as store:
-        row = _rows(store.quality_report(), "shortcut AUC", "student", "raw")
-        seconds = store.quality_report_provenance()["seconds"]
+        row = _rows(store.read_table("quality_report"), "shortcut AUC", "student", "raw")
+        seconds = store.table_attrs("quality_report")["provenance"]["seconds"]
     assert "| shortcut AUC | " in text and sanity.format_cell(row) in text
     assert (
         "coarse labels `tops-footwear`" in text
@@ -481,10 +482,10 @@ def test_a_report_on_a_file_scored_before_the_controls_recomputes_its_agreement_
     path = tmp_path / "old.h5"
     shutil.copy(sanity_report[0], path)
     with Store.open_read_write(path) as store:
-        current = store.agreement()
+        current = store.read_table("agreement")
         old = current[~np.isin(current["comparison"], [b"student-baseline'", b"shared - other init"])]
-        store.write_agreement(
-            rfn.drop_fields(old, ["p_value", "detectable"], usemask=False)
+        store.write_table(
+            "agreement", rfn.drop_fields(old, ["p_value", "detectable"], usemask=False)
         )  # as tracin-score wrote it before
     result = run_tracin_report(
         [
@@ -503,13 +504,13 @@ def test_a_report_on_a_file_scored_before_the_controls_recomputes_its_agreement_
     assert result.returncode == 0, result.stderr
     assert "agreement table recomputed" in result.stdout and "shared initialisation" in result.stdout
     with Store.open_read(path) as store:
-        assert store.agreement().tobytes() == current.tobytes()
+        assert store.read_table("agreement").tobytes() == current.tobytes()
 
 
 def test_class_concentration_mislabel_and_randomization_rows_equal_a_direct_computation(sanity_report):
     path, _ = sanity_report
     with ScoreFile.open_read(path) as store:
-        table, randomization = store.quality_report(), store.randomization()
+        table, randomization = store.read_table("quality_report"), store.read_table("randomization")
         flipped, n_train = store.noisy, store.n_train
         for model in ("teacher", "student", "student_baseline"):
             top = store.model(model).variant_rankings("raw")[0].top_index
@@ -578,7 +579,7 @@ def test_lds_and_leave_out_rows_come_from_the_files_validation(sanity_run, sanit
     with ScoreFile.open_read_write(path) as store:
         record = store.prepare_validation(np.zeros(0, dtype=UNIT_DTYPE), {"plan": "test"})
         record.write_tables(leave_out, lds)
-        table = quality_report_table(store, ["teacher", "student"], store.randomization(), {})
+        table = quality_report_table(store, ["teacher", "student"], store.read_table("randomization"), {})
     lds_row, leave_row = (
         _rows(table, "LDS", "student", "raw"),
         _rows(table, "leave-top-5-out margin change (lower)", "student", "raw"),
@@ -624,7 +625,7 @@ def test_near_chance_holds_for_a_majority_class_of_half_or_more():
 
 
 def test_the_detection_tables_mark_rankings_below_the_random_order():
-    from tracin.results.figures import DETECTION_DTYPE, detection_table, format_detection
+    from tracin.results.detection import DETECTION_DTYPE, detection_table, format_detection
 
     table = np.array(
         [(b"teacher: self-influence", 0.40, 0.1, 0.2), (b"random order", 0.50, 0.1, 0.2)], dtype=DETECTION_DTYPE
@@ -643,7 +644,7 @@ def test_no_stored_point_lies_outside_its_own_interval(sanity_report):
     """What the report and the agreement tables print: each value inside its CI (where it has one)."""
     path, _ = sanity_report
     with ScoreFile.open_read(path) as store:
-        for table, value in ((store.quality_report(), "value"), (store.agreement(), "mean")):
+        for table, value in ((store.read_table("quality_report"), "value"), (store.read_table("agreement"), "mean")):
             defined = np.isfinite(table["ci_low"])
             assert defined.any()
             inside = (table["ci_low"] - 1e-12 <= table[value]) & (table[value] <= table["ci_high"] + 1e-12)
@@ -653,11 +654,11 @@ def test_no_stored_point_lies_outside_its_own_interval(sanity_report):
 def test_the_explore_page_carries_the_quality_report_and_its_verdicts(sanity_report):
     """tracin-explore shows the report beside the lists: the same verdicts, every whole-model check."""
     from tracin.results.explore import page_data
-    from tracin.results.figures import report_verdicts
+    from tracin.results.markdown import report_verdicts
 
     path, _ = sanity_report
     with ScoreFile.open_read(path) as store:
         quality = page_data(store, store.models, 3).head["quality"]
-        assert quality["verdicts"] == report_verdicts(store, store.quality_report())
+        assert quality["verdicts"] == report_verdicts(store, store.read_table("quality_report"))
         shown = {(table["variant"], row[0]) for table in quality["tables"] for row in table["rows"]}
         assert ("raw", "other-class shortcut AUPRC") in shown and ("cosine", f"shortcut precision@{K}") in shown

@@ -16,7 +16,7 @@ import torch
 
 from tracin.config import DataConfig, ModelConfig, TrainConfig
 from tracin.errors import CheckpointError, StoreError, TracinError
-from tracin.results.figures import check_finished
+from tracin.results.report_folder import check_finished
 from tracin.results.store import ScoreFile
 from tracin.schemas import markdown
 from tracin.training.checkpoints import list_checkpoints, load_checkpoint, load_run_checkpoints

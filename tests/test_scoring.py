@@ -42,7 +42,7 @@ def tracin_score(*args, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def score_args(run: Path, out: Path, *extra) -> list:
-    return ["--run", run, "--out", out, "--quiet", "--per-checkpoint", "--variants", "raw", *SMALL, *extra]
+    return ["--run", run, "--scores", out, "--quiet", "--per-checkpoint", "--variants", "raw", *SMALL, *extra]
 
 
 def assert_user_error(result: subprocess.CompletedProcess, pattern: str) -> None:
@@ -453,7 +453,7 @@ def test_kd_loss_scores_a_student_with_its_own_distillation_objective(tmp_path, 
     result = tracin_score(
         "--run",
         run,
-        "--out",
+        "--scores",
         out,
         "--models",
         "student",
@@ -495,7 +495,7 @@ def test_kd_loss_scores_a_student_with_its_own_distillation_objective(tmp_path, 
     result = tracin_score(
         "--run",
         run,
-        "--out",
+        "--scores",
         own,
         "--models",
         "student",
@@ -566,7 +566,7 @@ def test_score_variants_are_stored_ranked_and_compared(tiny_run, tmp_path):
     """--variants raw,cosine,train-normalised: one pass, each variant a dataset that says which it holds,
     its own top-k tables and its own comparison scope, equal to the engine's."""
     out = tmp_path / "variants.h5"
-    args = ["--run", tiny_run, "--out", out, "--quiet", *SMALL, "--variants", "cosine,raw,train-normalised"]
+    args = ["--run", tiny_run, "--scores", out, "--quiet", *SMALL, "--variants", "cosine,raw,train-normalised"]
     result = tracin_score(*args)
     assert result.returncode == 0, result.stderr
     with ScoreFile.open_read(out) as store:
@@ -597,7 +597,7 @@ def test_named_layer_groups_partition_the_scores(tiny_run, tmp_path):
     result = tracin_score(
         "--run",
         tiny_run,
-        "--out",
+        "--scores",
         out,
         "--quiet",
         "--models",
@@ -623,7 +623,7 @@ def test_named_layer_groups_partition_the_scores(tiny_run, tmp_path):
         (["--variants", "raw@layer9"], "no layer group 'layer9'"),
     ):
         result = tracin_score(
-            "--run", tiny_run, "--out", tmp_path / "bad.h5", "--quiet", "--models", "teacher", *SMALL, *args
+            "--run", tiny_run, "--scores", tmp_path / "bad.h5", "--quiet", "--models", "teacher", *SMALL, *args
         )
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert not (tmp_path / "bad.h5").exists()

@@ -1,8 +1,9 @@
 """tracin.results.store: the typed readers and writers against what was written, the layout against the
-module's docstring, resume bookkeeping, and errors as one-line StoreErrors."""
+package's docstring, resume bookkeeping, and errors as one-line StoreErrors."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import subprocess
@@ -18,6 +19,7 @@ from tracin.engine.topk import Ranking
 from tracin.errors import StoreError
 from tracin.results import store as store_module
 from tracin.results.store import DataArrays, ModelScores, ScoreFile, rankings_name
+from tracin.results.store.tables import NAMED_TABLES
 from tracin.training.checkpoints import Checkpoint, list_checkpoints, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,6 +199,39 @@ def test_removed_methods_stay_removed():
     for name in ("is_done", "blocks_done", "complete", "lrs"):
         assert not hasattr(ModelScores, name), name
     assert not hasattr(ScoreFile, "data_arrays")
+    for table in NAMED_TABLES:  # one writer and one reader for every named table (#29)
+        assert not hasattr(ScoreFile, table) and not hasattr(ScoreFile, f"write_{table}"), table
+
+
+def test_named_tables_round_trip_with_their_attributes(tmp_path):
+    rows = np.array([(b"teacher", 0.5), (b"student", np.nan)], dtype=[("model", "S40"), ("value", "f8")])
+    with create(tmp_path / "scores.h5") as store:
+        assert not store.has_table("quality_report")
+        assert "has no quality report" in one_line_store_error(lambda: store.read_table("quality_report"))
+        store.write_table("quality_report", rows[:1], provenance={"machine": "a"})
+        store.write_table("quality_report", rows, provenance={"machine": "m", "seconds": 2.0})  # replaces it
+        store.write_table("randomization", rows[:1])  # attributes not given take their defaults
+        assert "no table is named 'qualty'" in one_line_store_error(lambda: store.write_table("qualty", rows))
+        assert "no attribute seconds" in one_line_store_error(lambda: store.write_table("quality", rows, seconds=1))
+        assert "rows of named fields" in one_line_store_error(lambda: store.write_table("quality", np.zeros(3)))
+    with h5py.File(tmp_path / "scores.h5", "r+") as h5:
+        assert h5["quality_report"].attrs["provenance"] == '{"machine": "m", "seconds": 2.0}'  # JSON, sorted keys
+        assert dict(h5["randomization"].attrs) == {"settings": "{}", "seconds": 0.0}
+        del h5["randomization"].attrs["seconds"]  # as a file from before the attribute
+    with ScoreFile.open_read(tmp_path / "scores.h5") as store:
+        assert store.read_table("quality_report").tobytes() == rows.tobytes()
+        assert store.table_attrs("quality_report") == {"provenance": {"machine": "m", "seconds": 2.0}}
+        assert store.table_attrs("randomization") == {"settings": {}, "seconds": 0.0}
+        assert [store.has_table(name) for name in NAMED_TABLES] == [
+            name in ("randomization", "quality_report") for name in NAMED_TABLES
+        ]
+
+
+def test_every_named_table_is_in_the_documented_layout_with_its_rows_dtype():
+    for name, table in NAMED_TABLES.items():
+        module, dtype = table.rows.rsplit(".", 1)
+        assert getattr(importlib.import_module(module), dtype).names, name
+        assert re.search(rf"^    /{name} +compound \[rows\]", store_module.__doc__, re.M), name
 
 
 def test_layout_of_a_tracin_score_file_is_the_documented_one(tiny_scores, tiny_run):
@@ -234,9 +269,10 @@ def test_layout_of_a_tracin_score_file_is_the_documented_one(tiny_scores, tiny_r
 
 
 def test_only_the_store_touches_hdf5():
-    """Everything else goes through the typed API, so a layout change is store.py and this file."""
+    """Everything else goes through the typed API, so a layout change is the store package and this file."""
     forbidden = re.compile(r"^\s*(import|from) h5py|\._?h5\[|\._?h5\.attrs|\._?group\b(?!\()|\.attrs\b", re.M)
-    sources = {path: path.read_text() for path in (REPO / "tracin").rglob("*.py") if path.name != "store.py"}
+    store = REPO / "tracin" / "results" / "store"
+    sources = {path: path.read_text() for path in (REPO / "tracin").rglob("*.py") if store not in path.parents}
     sources[REPO / "scripts" / "figures.py"] = (REPO / "scripts" / "figures.py").read_text()
     for notebook in (REPO / "notebooks").glob("*.ipynb"):
         sources[notebook] = "\n".join("".join(cell["source"]) for cell in json.loads(notebook.read_text())["cells"])

@@ -24,21 +24,12 @@ from tracin.config import DataConfig, ModelConfig, TrainConfig
 from tracin.errors import TracinError
 from tracin.runtime import Runtime
 from tracin.training import losses
+from tracin.training.batches import steps_per_epoch, training_batches
 from tracin.training.data import DatasetSpec, Split, load_data, normalize
 from tracin.training.models import build_model
-from tracin.training.trainer import (
-    EpochResult,
-    build_optimizer,
-    build_scheduler,
-    confusion_matrix,
-    evaluate,
-    objective_for,
-    seeded_model,
-    soft_loss,
-    steps_per_epoch,
-    train_one_epoch,
-    training_batches,
-)
+from tracin.training.optimization import build_optimizer, build_scheduler
+from tracin.training.tables import confusion_matrix
+from tracin.training.trainer import EpochResult, evaluate, objective_for, seeded_model, soft_loss, train_one_epoch
 
 from conftest import ATOL, RTOL, TINY_RUN_ARGS, one_thread, run_tracin_train, subprocess_env, tracin_train_script
 

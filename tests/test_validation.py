@@ -21,9 +21,10 @@ from tracin.results import validation
 from tracin.results.statistics import bootstrap_ci, spearman_rows
 from tracin.results.store import ScoreFile
 from tracin.runtime import start_runtime
+from tracin.training.batches import training_batches
 from tracin.training.checkpoints import load_model
 from tracin.training.data import load_data, normalize
-from tracin.training.trainer import logit_margins, training_batches
+from tracin.training.trainer import logit_margins
 
 from conftest import demo_copy, one_thread, run_tracin_score, subprocess_env
 
@@ -60,7 +61,7 @@ def full_scores(tiny_run, tmp_path_factory) -> Path:
         [
             "--run",
             tiny_run,
-            "--out",
+            "--scores",
             out,
             "--models",
             "teacher,student,student_baseline",

@@ -35,7 +35,7 @@ _PUBLIC = {  # name -> the module that defines it
     "ScoreConfig": "tracin.config",
     "TrainConfig": "tracin.config",
     "ScoreBlock": "tracin.engine.tracin",
-    "TopK": "tracin.engine.tracin",
+    "TopK": "tracin.engine.topk",
     "TracIn": "tracin.engine.tracin",
     "ScoreFile": "tracin.results.store",
     "ScoreVariant": "tracin.variants",

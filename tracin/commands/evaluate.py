@@ -21,7 +21,8 @@ from tracin.schemas import CLASS_MAP, DATA_JSON, check, load_json
 from tracin.training.checkpoints import load_model
 from tracin.training.data import SPECS, load_eval_split
 from tracin.training.run_folder import RunPaths, read_record
-from tracin.training.trainer import confusion_matrix, evaluate, write_csv
+from tracin.training.tables import confusion_matrix, write_csv
+from tracin.training.trainer import evaluate
 
 
 def read_class_map(path: Optional[str]) -> Optional[dict[str, str]]:

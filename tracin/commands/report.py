@@ -35,7 +35,9 @@ from tracin.options import ReportOptions, ScoreOptions
 from tracin.results import sanity, statistics
 from tracin.results.agreement import agreement_table
 from tracin.results.comparison import CompareOptions
-from tracin.results.figures import check_finished, plot_quality_report, quality_report_markdown, report_verdicts
+from tracin.results.figures import plot_quality_report
+from tracin.results.markdown import quality_report_markdown, report_verdicts
+from tracin.results.report_folder import check_finished
 from tracin.results.runs import (
     TrainedRun,
     check_scored_checkpoints,
@@ -91,9 +93,9 @@ def report_run(options: ReportOptions) -> Path:
                 "machine": machine(),
                 "finished": datetime.now().isoformat(timespec="seconds"),
                 "seconds": round(time.monotonic() - started, 1),
-                "randomization_seconds": round(store.randomization_seconds, 1),
+                "randomization_seconds": round(store.table_attrs(RANDOMIZATION)["seconds"], 1),
             }
-            store.write_quality_report(table, provenance)
+            store.write_table(QUALITY_REPORT, table, provenance=provenance)
             said = report_verdicts(store, table)
         print(sanity.format_quality_report(table, options.groups), flush=True)
         print("\n".join(said), flush=True)
@@ -105,16 +107,13 @@ def refresh_agreement(store: ScoreFile) -> bool:
     """Recompute /agreement, with the options its comparisons were made with, when the file's table
     predates the distillation controls (the pairing p-value and detectable difference, shared - other
     init); returns whether it did."""
-    try:
-        table = store.agreement()
-    except StoreError:
-        table = None
+    table = store.read_table("agreement") if store.has_table("agreement") else None
     pairs = store.comparison_pairs()
     if (table is not None and "detectable" in (table.dtype.names or ())) or not pairs:
         return False
     settings = store.comparison_settings(*pairs[0])
     options = CompareOptions(tuple(settings["ks"]), max_rows=settings["max_rows"] or None, seed=settings["seed"])
-    store.write_agreement(agreement_table(store, store.models, options))
+    store.write_table("agreement", agreement_table(store, store.models, options))
     return True
 
 
@@ -151,10 +150,10 @@ def update_randomization(
     store: ScoreFile, models: Sequence[str], run: TrainedRun, data: RunData, options: ReportOptions, runtime: Runtime
 ) -> np.ndarray:
     """The file's /randomization rows for `models`, computing (and writing, model by model) those missing."""
-    settings = randomization_settings(store, options)
-    table = store.randomization(settings)
-    seconds = 0.0 if table is None else store.randomization_seconds
-    table = np.zeros(0, dtype=sanity.RANDOMIZATION_DTYPE) if table is None else table
+    settings = randomization_settings(store, options)  # JSON values: they compare equal to the stored ones
+    table, seconds = np.zeros(0, dtype=sanity.RANDOMIZATION_DTYPE), 0.0
+    if store.has_table(RANDOMIZATION) and store.table_attrs(RANDOMIZATION)["settings"] == settings:
+        table, seconds = store.read_table(RANDOMIZATION), store.table_attrs(RANDOMIZATION)["seconds"]
     for name in models:
         if name.encode() in set(table["model"]):
             continue
@@ -162,7 +161,7 @@ def update_randomization(
         started = time.monotonic()
         table = np.concatenate([table, randomization_rows(name, store, run, data, options, runtime)])
         seconds += time.monotonic() - started
-        store.write_randomization(table, settings, seconds)
+        store.write_table(RANDOMIZATION, table, settings=settings, seconds=seconds)
     return table[np.isin(table["model"], [m.encode() for m in models])]
 
 

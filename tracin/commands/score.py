@@ -39,8 +39,9 @@ from tracin.files import command_locks, refuse_link, remove_stale_temporaries, r
 from tracin.options import ScoreOptions
 from tracin.results.agreement import agreement_table, format_agreement, format_agreement_by_depth, of_layer_groups
 from tracin.results.comparison import CompareOptions, compare_models, format_tables
-from tracin.results.figures import detection_rows, format_detection, mislabel_curves, write_report
+from tracin.results.detection import detection_rows, format_detection, mislabel_curves
 from tracin.results.quality import QUALITY_DTYPE, format_quality, quality_row
+from tracin.results.report_folder import write_report
 from tracin.results.runs import (
     TrainedRun,
     checked_data,
@@ -271,7 +272,7 @@ def score_run(options: ScoreOptions) -> Path:
     """Score the run's models, compare every pair, print the comparison; returns the HDF5 path. Every
     option, checkpoint and the data are checked before the result file is touched."""
     run = open_trained_run(options.run, options.data_root)
-    out = Path(options.out) if options.out else run.paths.root / "tracin.h5"
+    out = Path(options.scores) if options.scores else run.paths.root / "tracin.h5"
     if out.name in ("", ".", "..") or out.is_dir():
         raise TracinError(f"--out must name a file, got {str(out)!r}")
     for path in (out, replacing_path(out), report_path(out, "plots")):
@@ -399,7 +400,7 @@ def data_source(run: TrainedRun, options: ScoreOptions) -> str:
     return f"data: {run.data_config.dataset} from {root} (--data-root)"
 
 
-def quality_table(store: ScoreFile, models: Sequence[str]) -> np.ndarray:
+def compute_quality_table(store: ScoreFile, models: Sequence[str]) -> np.ndarray:
     """Quality checks of every model and variant, from the stored proponent tables (tracin.results.quality)."""
     rows = []
     for name in models:
@@ -434,12 +435,12 @@ def select_compared_pairs(models: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def report(store: ScoreFile, options: ScoreOptions, ks: list[int], models: Sequence[str]) -> None:
-    quality = quality_table(store, models)
-    store.write_quality(quality)
+    quality = compute_quality_table(store, models)
+    store.write_table("quality", quality)
     print(format_quality(quality), flush=True)
     if store.noisy.any():
         detection = detection_rows(mislabel_curves(store, models, groups=True))
-        store.write_detection(detection)
+        store.write_table("detection", detection)
         print(format_detection(detection), flush=True)
     compare_options = CompareOptions(tuple(ks), max_rows=options.corr_rows, seed=options.score.seed)
     for name_a, name_b in select_compared_pairs(models):
@@ -447,7 +448,7 @@ def report(store: ScoreFile, options: ScoreOptions, ks: list[int], models: Seque
         tables = compare_models(store, name_a, name_b, compare_options)
         print(format_tables(name_a, name_b, tables), flush=True)
     agreement = agreement_table(store, list(models), compare_options)
-    store.write_agreement(agreement)
+    store.write_table("agreement", agreement)
     print(format_agreement(agreement), flush=True)
     if len(agreement) and of_layer_groups(agreement).any():
         print(format_agreement_by_depth(agreement), flush=True)

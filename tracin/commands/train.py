@@ -22,11 +22,14 @@ from tracin.errors import CheckpointError, TracinError
 from tracin.files import command_locks, refuse_link, remove_stale_temporaries_under, write_json_atomic
 from tracin.options import RunOptions
 from tracin.runtime import Runtime, start_runtime
+from tracin.training.batches import steps_per_epoch, to_device
 from tracin.training.checkpoints import load_checkpoint, sha256_file
 from tracin.training.data import RunData, data_record, fingerprint, load_data
 from tracin.training.losses import check_kd_loss
 from tracin.training.models import count_parameters
+from tracin.training.optimization import check_schedule
 from tracin.training.plots import plot_overlaid_history, plot_per_class
+from tracin.training.roles import model_configs, needs_teacher, teacher_path, train_role
 from tracin.training.run_folder import (
     RunPaths,
     clear_run,
@@ -38,18 +41,8 @@ from tracin.training.run_folder import (
     replaced_path,
     restore_replaced,
 )
-from tracin.training.trainer import (
-    RunContext,
-    blank_model,
-    check_schedule,
-    model_configs,
-    needs_teacher,
-    steps_per_epoch,
-    teacher_path,
-    to_device,
-    train_role,
-    write_csv,
-)
+from tracin.training.tables import write_csv
+from tracin.training.trainer import RunContext, blank_model
 
 
 def check_teacher_available(options: RunOptions, paths: RunPaths, config: TrainConfig) -> None:

@@ -32,7 +32,9 @@ from tracin.errors import CheckpointError, TracinError
 from tracin.files import command_locks, refuse_links, report_path, write_atomic
 from tracin.options import ValidateOptions
 from tracin.results import validation
-from tracin.results.figures import check_finished, plot_validation, validation_markdown
+from tracin.results.figures import plot_validation
+from tracin.results.markdown import validation_markdown
+from tracin.results.report_folder import check_finished
 from tracin.results.runs import (
     TrainedRun,
     check_scored_checkpoints,
@@ -54,19 +56,12 @@ from tracin.results.validation import (
     format_validation,
 )
 from tracin.runtime import Runtime, machine, start_runtime
+from tracin.training.batches import split_to_device, steps_per_epoch
 from tracin.training.checkpoints import load_checkpoint, load_model, sha256_file
 from tracin.training.data import RunData, Split
-from tracin.training.trainer import (
-    ModelJob,
-    RunContext,
-    check_schedule,
-    freeze,
-    logit_margins,
-    replica_run,
-    retrain,
-    split_to_device,
-    steps_per_epoch,
-)
+from tracin.training.optimization import check_schedule
+from tracin.training.roles import replica_run
+from tracin.training.trainer import ModelJob, RunContext, freeze, logit_margins, retrain
 
 SEED_STRIDE = VALIDATION_SEED_STRIDE
 SOURCES = {OWN: None, TEACHER: "teacher", BASELINE: "student_baseline"}  # whose proponents a condition removes

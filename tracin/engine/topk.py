@@ -1,11 +1,15 @@
-"""Top-k along the rows of a score matrix that arrives in blocks, both signs, never held whole."""
+"""Top-k along the rows of a score matrix that arrives in blocks, both signs, never held whole; and TopK,
+what TracIn.top_k returns (the test side, the train side or both)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
+
+from tracin.errors import TracinError
 
 
 @dataclass
@@ -52,3 +56,36 @@ class StreamingRanking:
 
     def result(self) -> Ranking:
         return Ranking(self.top_index.cpu(), self.top_score.cpu(), self.bottom_index.cpu(), self.bottom_score.cpu())
+
+
+SIDES = ("test", "train", "both")  # what TracIn.top_k ranks
+
+
+class TopK:
+    """test: per test example, its k strongest proponents (top) and opponents (bottom) among the
+    train examples; train: per train example, the k test examples it raises most (top) and lowers
+    most (bottom). Indices are positions in the data given. Reading a side top_k was not asked for is a
+    TracinError that says how to ask for it."""
+
+    def __init__(self, test: Optional[Ranking], train: Optional[Ranking]):
+        self._sides = {"test": test, "train": train}
+
+    def _side(self, name: str) -> Ranking:
+        if self._sides[name] is None:
+            raise TracinError(
+                f"top_k ranked only the {'train' if name == 'test' else 'test'} side: call "
+                f"top_k(..., side={name!r}) or side='both' for the {name} side"
+            )
+        return self._sides[name]
+
+    @property
+    def test(self) -> Ranking:
+        return self._side("test")
+
+    @property
+    def train(self) -> Ranking:
+        return self._side("train")
+
+    def has(self, side: str) -> bool:
+        """Whether top_k ranked this side ("test" or "train")."""
+        return self._sides[side] is not None

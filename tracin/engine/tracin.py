@@ -30,7 +30,7 @@ from tracin.engine.grads import last_linear_target, record_output_grads, select_
 from tracin.engine.groups import expand_variants, group_names, part_groups
 from tracin.engine.plans import FACTORED, LayerPlan, LayerShape, compute_features, make_plans, probe_shape
 from tracin.engine.projection import check_projector
-from tracin.engine.topk import Ranking, StreamingRanking
+from tracin.engine.topk import SIDES, StreamingRanking, TopK
 from tracin.errors import NonFiniteError, TracinError
 from tracin.training.checkpoints import Checkpoint, fit_state, load_state, resolve_checkpoints
 from tracin.training.losses import CrossEntropy, Objective, TrainTest, as_objective
@@ -96,39 +96,6 @@ class _SelfInfluence:
             "group_self_influence": self.groups,
             "group_normalised_self_influence": self.normalised_groups,
         }
-
-
-SIDES = ("test", "train", "both")  # what TracIn.top_k ranks
-
-
-class TopK:
-    """test: per test example, its k strongest proponents (top) and opponents (bottom) among the
-    train examples; train: per train example, the k test examples it raises most (top) and lowers
-    most (bottom). Indices are positions in the data given. Reading a side top_k was not asked for is a
-    TracinError that says how to ask for it."""
-
-    def __init__(self, test: Optional[Ranking], train: Optional[Ranking]):
-        self._sides = {"test": test, "train": train}
-
-    def _side(self, name: str) -> Ranking:
-        if self._sides[name] is None:
-            raise TracinError(
-                f"top_k ranked only the {'train' if name == 'test' else 'test'} side: call "
-                f"top_k(..., side={name!r}) or side='both' for the {name} side"
-            )
-        return self._sides[name]
-
-    @property
-    def test(self) -> Ranking:
-        return self._side("test")
-
-    @property
-    def train(self) -> Ranking:
-        return self._side("train")
-
-    def has(self, side: str) -> bool:
-        """Whether top_k ranked this side ("test" or "train")."""
-        return self._sides[side] is not None
 
 
 @contextmanager

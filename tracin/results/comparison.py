@@ -8,7 +8,7 @@ test examples: top/bottom, the direction of the original teacher–student study
 
 Adding a statistic: its pure function in tracin.results.statistics (arrays in, numbers out), and one
 `register_table(ComparisonTable(...))` here whose `rows` calls it for one ScopePair. compare_models then
-stores it, and format_tables, the Markdown of tracin.results.figures and the notebooks show it, all
+stores it, and format_tables, the Markdown of tracin.results.markdown and the notebooks show it, all
 from the table's columns.
 """
 

@@ -1,15 +1,17 @@
 """Training: one code path for the teacher, the distilled student and the baseline student.
 
 The spine is `train_one_epoch`, `evaluate` and `fit` (as in torchvision's classification reference);
-`train_role` trains one model of a run; tracin.commands.train trains the models a run asks for, in the
-order teacher -> student -> student_baseline.
+tracin.training.roles's `train_role` trains one model of a run; tracin.commands.train trains the models a
+run asks for, in the order teacher -> student -> student_baseline. Beside this module: batches (each
+epoch's replayable batches and seeds), optimization (optimizer and schedule), tables (the CSV files).
 
 What TracIn needs from training, and how this module keeps it:
-- Replayable data. Each epoch's order and augmentation come from generators seeded by (seed, epoch)
-  alone, never by the model, so a resumed run replays the same batches and the baseline student sees
-  exactly the batches and augmentation draws of the distilled student.
-- One start for both students. Their initial weights come from `seed + 1` (and, with --student-init
-  teacher, the trained teacher's stem and stages); each model's initial state is saved as `init.pt`.
+- Replayable data (tracin.training.batches). Each epoch's order and augmentation come from generators
+  seeded by (seed, epoch) alone, never by the model, so a resumed run replays the same batches and the
+  baseline student sees exactly the batches and augmentation draws of the distilled student.
+- One start for both students (tracin.training.roles). Their initial weights come from `seed + 1` (and,
+  with --student-init teacher, the trained teacher's stem and stages); each model's initial state is saved
+  as `init.pt`.
 - The step size of each checkpoint. A saved checkpoint's `lr` is the mean learning rate of the optimizer
   steps since the previous saved checkpoint (TracInCP's eta for the interval the checkpoint closes);
   `lr_at_save` is the scheduler's rate when it was written, i.e. that of the next step.
@@ -32,31 +34,27 @@ evaluate and save one model. Rank 0 writes the files.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import csv
-import io
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, LRScheduler, OneCycleLR, SequentialLR
+from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
 from tracin import faults
-from tracin.config import REPLICA_SEED_STRIDE, DataConfig, ModelConfig, TrainConfig, model_name
-from tracin.errors import CheckpointError, NonFiniteError, TracinError
-from tracin.files import write_atomic, write_json_atomic
-from tracin.options import RunOptions  # noqa: F401 (re-exported)
+from tracin.config import DataConfig, ModelConfig, TrainConfig
+from tracin.errors import NonFiniteError
+from tracin.files import write_json_atomic
 from tracin.runtime import Runtime
 from tracin.training import losses
+from tracin.training.batches import epoch_rng, epoch_seeds, steps_per_epoch, training_batches
 from tracin.training.checkpoints import (
     checkpoint_name,
     load_checkpoint,
@@ -64,106 +62,17 @@ from tracin.training.checkpoints import (
     load_state,
     make_payload,
     save_atomic,
-    teacher_record,
     with_resume_state,
 )
-from tracin.training.data import RunData, Split, augment, normalize
-from tracin.training.models import build_model, copy_shared_stages, student_config, teacher_config
+from tracin.training.data import RunData, Split
+from tracin.training.models import build_model
+from tracin.training.optimization import build_optimizer, build_scheduler
 from tracin.training.plots import plot_confusion, plot_history
-from tracin.training.run_folder import (
-    RunPaths,
-    pending_entry,
-)
+from tracin.training.run_folder import RunPaths
+from tracin.training.tables import METRICS, confusion_matrix, per_class_rows, write_csv, write_history
 
-ORDER_STREAM, AUGMENT_STREAM, GLOBAL_STREAM = 0, 1, 2  # the random streams of an epoch
-TEACHER_SEED_OFFSET, STUDENT_SEED_OFFSET = 0, 1  # initial weights: teacher from seed, students from seed + 1
-WARMUP_START_FACTOR = 1 / 25  # the cosine warm-up starts where OneCycleLR (div_factor 25) starts
 EVAL_BATCH_SIZE = 512
 PROGRESS_EVERY = 10  # steps between progress-bar loss readings (each one waits for the device)
-METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
-HISTORY_FIELDS = (
-    "epoch",
-    "step",
-    "lr",
-    *METRICS,
-    "train_hard_loss",
-    "train_soft_loss",
-    "seconds",
-    "train_seconds",
-    "eval_seconds",
-    "checkpoint",
-)
-
-
-# ---------------------------------------------------------------------------------------------- data
-
-
-def epoch_seed(seed: int, epoch: int, stream: int) -> int:
-    """A 64-bit seed for one random stream of one epoch; a function of (seed, epoch, stream) only."""
-    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1, np.uint64)[0])
-
-
-def epoch_seeds(seed: int, epoch: int) -> dict[str, int]:
-    """The seeds of an epoch's data order, augmentation and global torch RNG (what resuming needs)."""
-    streams = {"order": ORDER_STREAM, "augment": AUGMENT_STREAM, "global": GLOBAL_STREAM}
-    return {name: epoch_seed(seed, epoch, stream) for name, stream in streams.items()}
-
-
-@contextlib.contextmanager
-def epoch_rng(seed: int, epoch: int, runtime: Runtime) -> Iterator[None]:
-    """The global torch RNG seeded from (seed, epoch) during an epoch, restored after: whatever layer draws
-    from it (dropout) replays the same after a resume. The ResNets here draw nothing."""
-    with torch.random.fork_rng(devices=[runtime.device] if runtime.is_cuda else []):
-        torch.manual_seed(epoch_seed(seed, epoch, GLOBAL_STREAM))
-        yield
-
-
-def _generator(device: torch.device | str, seed: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-def steps_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
-    """Optimizer steps of one epoch: ceil(n / batch_size), less a last partial batch too small to give
-    every rank an example (only possible with several processes)."""
-    full, rest = divmod(n, batch_size)
-    return full + (1 if rest >= world_size else 0)
-
-
-def rank_slice(size: int, runtime: Runtime) -> slice:
-    """This rank's contiguous part of a global batch of `size` examples (sizes differ by at most one)."""
-    return slice(size * runtime.rank // runtime.world_size, size * (runtime.rank + 1) // runtime.world_size)
-
-
-def training_batches(
-    split: Split, batch_size: int, seed: int, epoch: int, augment_images: bool, runtime: Runtime
-) -> Iterator[tuple[Tensor, Tensor, int]]:
-    """One epoch of this rank's training batches: (images Tensor[b, C, H, W] float32, normalised and, if
-    asked, augmented; labels Tensor[b] int64; size of the global batch), on the runtime's device.
-
-    Every rank draws the whole global batch and its augmentation, so the draws do not depend on the
-    number of processes; `split` must already live on the runtime's device.
-    """
-    order = torch.randperm(len(split), generator=_generator("cpu", epoch_seed(seed, epoch, ORDER_STREAM)))
-    augmenter = _generator(runtime.device, epoch_seed(seed, epoch, AUGMENT_STREAM))
-    steps = steps_per_epoch(len(split), batch_size, runtime.world_size)
-    for index in order.to(runtime.device).split(batch_size)[:steps]:
-        images = split.images[index]
-        if augment_images:
-            images = augment(images, split.spec, augmenter)
-        mine = rank_slice(len(index), runtime)
-        images = normalize(images[mine], split.spec).contiguous(memory_format=runtime.memory_format)
-        yield images, split.labels[index[mine]], len(index)
-
-
-def to_device(data: RunData, device: torch.device) -> RunData:
-    """The images and training labels moved to `device` once (uint8: CIFAR-10 is 150 MB); indices and
-    clean labels stay on the CPU."""
-    return replace(data, train=split_to_device(data.train, device), test=split_to_device(data.test, device))
-
-
-def split_to_device(split: Split, device: torch.device) -> Split:
-    """One split's images and labels on `device` (indices and clean labels stay on the CPU)."""
-    return replace(split, images=split.images.to(device), labels=split.labels.to(device))
 
 
 # ---------------------------------------------------------------------------------------- objectives
@@ -195,51 +104,6 @@ def freeze(model: nn.Module) -> nn.Module:
     """The model in eval mode without gradients: a distillation teacher."""
     model.zero_grad(set_to_none=True)
     return model.eval().requires_grad_(False)
-
-
-# ----------------------------------------------------------------------------- optimizer and schedule
-
-
-OPTIMIZER_FACTORIES: dict[str, Callable[[nn.Module, TrainConfig], torch.optim.Optimizer]] = {
-    "sgd": lambda model, c: torch.optim.SGD(
-        model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.nesterov
-    ),
-    "adam": lambda model, c: torch.optim.Adam(
-        model.parameters(), lr=c.lr, betas=(c.momentum, 0.999), weight_decay=c.weight_decay
-    ),
-    "adamw": lambda model, c: torch.optim.AdamW(
-        model.parameters(), lr=c.lr, betas=(c.momentum, 0.999), weight_decay=c.weight_decay
-    ),
-}
-
-
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """The configuration's optimizer (OPTIMIZER_FACTORIES) over the model's parameters."""
-    return OPTIMIZER_FACTORIES[config.optimizer](model, config)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps: int) -> LRScheduler:
-    """The learning-rate schedule, stepped once per optimizer step (`steps` per epoch).
-
-    onecycle: OneCycleLR peaking at config.lr after warmup_epochs, with momentum held at config.momentum
-    (cycle_momentum off, so the optimizer stays the SGD the configuration states).
-    cosine: LinearLR from lr/25 up to lr over warmup_epochs, then CosineAnnealingLR down to 0.
-    constant: the same warm-up, then lr throughout.
-    """
-    total = config.epochs * steps
-    if config.schedule == "onecycle":
-        pct_start = config.warmup_epochs / config.epochs
-        return OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=pct_start, cycle_momentum=False)
-    warmup = min(round(config.warmup_epochs * steps), total - 1)
-    after = (
-        CosineAnnealingLR(optimizer, T_max=total - warmup)
-        if config.schedule == "cosine"
-        else ConstantLR(optimizer, factor=1.0, total_iters=0)
-    )
-    if warmup == 0:
-        return after
-    linear = LinearLR(optimizer, start_factor=WARMUP_START_FACTOR, total_iters=warmup)
-    return SequentialLR(optimizer, [linear, after], milestones=[warmup])
 
 
 # ------------------------------------------------------------------------------ one epoch, evaluation
@@ -325,12 +189,6 @@ def evaluate(model: nn.Module, split: Split, runtime: Runtime, batch_size: int =
     predicted = torch.cat(predictions)
     accuracy = (predicted == split.labels.to(runtime.device)).double().mean()
     return Evaluation(loss_sum.item() / len(split), accuracy.item(), predicted.cpu())
-
-
-def confusion_matrix(predictions: Tensor, labels: Tensor, num_classes: int) -> Tensor:
-    """Tensor[classes, classes] int64 of counts: row = true label, column = prediction."""
-    flat = labels.cpu() * num_classes + predictions.cpu()
-    return torch.bincount(flat, minlength=num_classes**2).view(num_classes, num_classes)
 
 
 # --------------------------------------------------------------------------------------- one model
@@ -633,47 +491,6 @@ def save_epoch(job: ModelJob, run: RunContext, trainee: Trainee, row: dict) -> N
         set_status(run, job.name, "partial", state)
 
 
-def per_class_rows(matrix: Tensor, classes: Sequence[str]) -> list[dict]:
-    """One row per class of a confusion matrix [true, predicted] (counts): its test examples, how many are
-    right, accuracy, error, and the class it is most often mistaken for."""
-    rows = []
-    for c, name in enumerate(classes):
-        counts = matrix[c].tolist()
-        n, right = sum(counts), counts[c]
-        wrong = [(count, other) for other, count in enumerate(counts) if other != c]
-        count, other = max(wrong) if wrong else (0, c)
-        rows.append(
-            {
-                "class": name,
-                "n": n,
-                "correct": right,
-                "accuracy": right / n if n else math.nan,
-                "error": 1 - right / n if n else math.nan,
-                "most_confused_with": classes[other] if count else "",
-                "confused": count,
-            }
-        )
-    return rows
-
-
-def write_csv(rows: list[dict], path: Path) -> None:
-    """Rows (dicts with the same keys) as CSV, written atomically."""
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else [])
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(path, lambda handle: handle.write(text.getvalue().encode()))
-
-
-def write_history(history: list[dict], path: Path) -> None:
-    """history.csv, one row per epoch (HISTORY_FIELDS), written atomically."""
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=HISTORY_FIELDS)
-    writer.writeheader()
-    writer.writerows(history)
-    write_atomic(path, lambda handle: handle.write(text.getvalue().encode()))
-
-
 def set_status(run: RunContext, role: str, status: str, state: TrainState, **extra) -> None:
     """Record a model's progress in run.json (rank 0 only)."""
     entry = run.record["models"][role]
@@ -713,107 +530,3 @@ def finish_model(job: ModelJob, run: RunContext, trainee: Trainee) -> None:
         write_csv(per_class_rows(matrix, test.classes), paths.per_class(job.name))
         set_status(run, job.name, "done", trainee.state, best_epoch=best["epoch"])
     run.runtime.barrier()
-
-
-# ---------------------------------------------------------------------------------------- the models
-
-
-@dataclass
-class Teacher:
-    """A trained teacher: frozen module on the device, its CPU state dict, and its provenance."""
-
-    module: nn.Module
-    state: dict[str, Tensor]
-    info: dict
-
-
-def needs_teacher(role: str, config: TrainConfig) -> bool:
-    distils = role == "student" and config.distill == "teacher"
-    return role != "teacher" and (distils or config.student_init == "teacher")
-
-
-def model_configs(config: TrainConfig, data: RunData) -> dict[str, ModelConfig]:
-    """Architecture of each role: the teacher has 4 stages, the students `student_stages`, one width."""
-    teacher = teacher_config(config.arch, config.width, data.in_channels, data.num_classes)
-    student = student_config(
-        config.student_arch or config.arch, config.width, config.student_stages, data.in_channels, data.num_classes
-    )
-    return {"teacher": teacher, "student": student, "student_baseline": student}
-
-
-def teacher_path(options: RunOptions, paths: RunPaths, config: TrainConfig, replica: int = 0) -> Path:
-    """What the students of a replica distil from: --teacher, or the same replica's final teacher."""
-    return Path(options.teacher) if options.teacher else paths.checkpoint(model_name("teacher", replica), config.epochs)
-
-
-def load_teacher(path: Path, data: RunData, runtime: Runtime) -> Teacher:
-    """A teacher checkpoint (role teacher), checked to fit the data's channels and classes."""
-    module, payload = load_model(path, role="teacher")
-    config = ModelConfig.from_dict(payload["model_config"])
-    if (config.in_channels, config.num_classes) != (data.in_channels, data.num_classes):
-        raise CheckpointError(
-            f"teacher {path} takes {config.in_channels} channels and {config.num_classes} classes; "
-            f"the data has {data.in_channels} and {data.num_classes}"
-        )
-    frozen = freeze(module.to(runtime.device, memory_format=runtime.memory_format))
-    return Teacher(frozen, payload["model"], teacher_record(path, payload))
-
-
-def make_job(role: str, replica: int, run: RunContext, teacher: Optional[Teacher]) -> ModelJob:
-    """What to train for `role` in `run` (whose config carries the replica's seed). Both students start
-    from the same weights: seed + 1 and, with --student-init teacher, the teacher's stem and stages."""
-    config, name = run.config, model_name(role, replica)
-    model_config = model_configs(config, run.data)[role]
-    if role == "teacher":
-        initial = seeded_model(model_config, config.seed + TEACHER_SEED_OFFSET).state_dict()
-        return ModelJob(role, name, model_config, initial)
-    model = seeded_model(model_config, config.seed + STUDENT_SEED_OFFSET)
-    if config.student_init == "teacher":
-        copy_shared_stages(model, teacher.state)
-    distils = role == "student" and config.distill == "teacher"
-    self_distill = role == "student" and config.distill == "self"
-    info = teacher.info if distils else ("self" if self_distill else None)
-    return ModelJob(
-        role, name, model_config, model.state_dict(), teacher.module if distils else None, self_distill, info
-    )
-
-
-def replica_run(run: RunContext, replica: int) -> RunContext:
-    """The run as replica `replica` trains it: the same data and configuration, with the seed (initial
-    weights, data order, augmentation) moved by replica * REPLICA_SEED_STRIDE."""
-    return replace(run, config=replace(run.config, seed=run.config.seed + replica * REPLICA_SEED_STRIDE))
-
-
-def train_role(role: str, replica: int, run: RunContext, options: RunOptions) -> None:
-    """Train one model of the run (a role's replica), unless run.json says it is done already."""
-    name = model_name(role, replica)
-    run = replica_run(run, replica)
-    entry = run.record["models"].setdefault(name, pending_entry(run.config.epochs))
-    if entry["status"] == "done" and run.paths.checkpoint(name, run.config.epochs).is_file():
-        run.runtime.log(f"{name}: done already, skipped")
-        return
-    teacher = None
-    if needs_teacher(role, run.config):
-        teacher = load_teacher(teacher_path(options, run.paths, run.config, replica), run.data, run.runtime)
-    job = make_job(role, replica, run, teacher)
-    model = job.model_config
-    run.runtime.log(
-        f"{name}: seed {run.config.seed}, {run.config.epochs} epochs, {model.arch} cut after {model.stages} stage(s), width {model.width}"
-    )
-    fit(job, run)
-
-
-# ------------------------------------------------------------------------------------ the schedule
-
-
-def check_schedule(config: TrainConfig, steps: int) -> None:
-    """Refuse, before anything is written, a schedule torch cannot build: OneCycleLR divides by the
-    length of its warm-up phase, which is zero when pct_start * total_steps is exactly 1 (the same float
-    expression as torch's)."""
-    pct_start = config.warmup_epochs / config.epochs
-    if config.schedule == "onecycle" and float(pct_start * (config.epochs * steps)) - 1 == 0:
-        raise TracinError(
-            f"--schedule onecycle with {steps} optimizer step(s) per epoch and --warmup-epochs {config.warmup_epochs} "
-            "leaves a warm-up of one step, which OneCycleLR cannot divide; use a smaller --batch-size, more "
-            "data, another --warmup-epochs, or --schedule cosine"
-        )

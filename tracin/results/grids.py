@@ -1,0 +1,185 @@
+"""Image grids of a score file: each chosen test example with its proponents and opponents, and the
+training examples of highest self-influence. Only these figures load the run's images (through
+torchvision, by the file's stored indices); everything else reads the HDF5 file alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import matplotlib.pyplot as plt  # without a display matplotlib picks Agg; notebooks keep their inline backend
+import numpy as np
+from matplotlib.figure import Figure
+
+from tracin.config import DataConfig, split_model_name
+from tracin.errors import TracinError
+from tracin.results.figures import describe_variant, first_variant
+from tracin.results.markdown import role_models
+from tracin.results.statistics import overlap_at_k
+from tracin.results.store import ScoreFile
+from tracin.training.data import load_data
+
+
+@dataclass
+class Images:
+    """uint8 images [n, C, H, W] aligned with the file's train and test rows."""
+
+    train: np.ndarray
+    test: np.ndarray
+
+
+def load_images(store: ScoreFile, data_root: Optional[str] = None) -> Images:
+    """The scored examples' images, loaded through torchvision from the run recorded in the file."""
+    run = store.run_path
+    if not (run / "run.json").is_file() and (store.path.parent / "run.json").is_file():
+        run = store.path.parent  # the default place of a score file is its run folder, wherever it moved
+    if not (run / "run.json").is_file():
+        raise TracinError(f"the run {run} recorded in {store.path} is gone; image grids need its data")
+    config = dict(json.loads((run / "run.json").read_text())["data_config"])
+    if data_root:
+        config["data_root"] = data_root
+    data = load_data(DataConfig.from_dict(config))
+    pick = lambda split, index: split.images[np.searchsorted(split.index.numpy(), index)].numpy()  # noqa: E731
+    return Images(pick(data.train, store.train_index), pick(data.test, store.test_index))
+
+
+def classes_of(store: ScoreFile) -> list[str]:
+    """Class names by label: the file's, or the labels as text."""
+    return store.classes or [str(i) for i in range(int(store.train_labels.max()) + 1)]
+
+
+def _show(ax, image: np.ndarray, title: str, color: str = "black") -> None:
+    picture = image.transpose(1, 2, 0)
+    ax.imshow(picture[..., 0] if picture.shape[2] == 1 else picture, cmap="gray")
+    ax.set_title(title, fontsize=7, color=color)
+    ax.axis("off")
+
+
+def _train_title(store: ScoreFile, row: int, score: float, rank: str, classes: list[str]) -> tuple[str, str]:
+    """A train image's title: its rank and train index, label (a flipped one in red, with the true class),
+    and score."""
+    label, clean = int(store.train_labels[row]), int(store.train_clean_labels[row])
+    head = f"{rank} train #{int(store.train_index[row])}"
+    if label != clean:
+        return f"{head}\n{classes[label]} (flipped; is {classes[clean]})\n{score:+.3g}", "red"
+    return f"{head}\n{classes[label]}\n{score:+.3g}", "black"
+
+
+def _test_title(store: ScoreFile, name: str, row: int, classes: list[str]) -> tuple[str, str]:
+    """A test image's title: its index and label, and the model's prediction with its probability (red
+    when wrong; '?' where the file holds no predictions)."""
+    label = int(store.test_labels[row])
+    head = f"{name}\ntest #{int(store.test_index[row])}: {classes[label]}"
+    predictions = store.model(name).predictions
+    if predictions is None:
+        return f"{head}\npredicts ?", "navy"
+    predicted, confidence = int(predictions[0][row]), float(predictions[1][row])
+    return f"{head}\npredicts {classes[predicted]} ({confidence:.0%})", "navy" if predicted == label else "red"
+
+
+def plot_proponent_grid(
+    store: ScoreFile, images: Images, models: Sequence[str], test_rows: Sequence[int], k: int = 5
+) -> Figure:
+    """For each chosen test example (a block of rows, one per model): the image with the model's
+    prediction, then its k strongest proponents and k strongest opponents, each with its rank, train index,
+    label (flipped training labels in red) and score."""
+    classes = classes_of(store)
+    rankings = {name: store.model(name).rankings()[0] for name in models}
+    k = min(k, next(iter(rankings.values())).top_index.shape[1])
+    columns, rows = 1 + 2 * k, len(test_rows) * len(models)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.55 * columns, 2.0 * rows + 0.3), squeeze=False)
+    for i, test_row in enumerate(test_rows):
+        for j, name in enumerate(models):
+            row = axes[i * len(models) + j]
+            _show(row[0], images.test[test_row], *_test_title(store, name, test_row, classes))
+            ranking = rankings[name]
+            for c in range(k):
+                for offset, index, score, sign in (
+                    (1, ranking.top_index, ranking.top_score, "+"),
+                    (1 + k, ranking.bottom_index, ranking.bottom_score, "-"),
+                ):
+                    train_row = int(index[test_row, c])
+                    title, color = _train_title(store, train_row, float(score[test_row, c]), f"{sign}{c + 1}", classes)
+                    _show(row[offset + c], images.train[train_row], title, color)
+    figure.suptitle(
+        f"Proponents (+1..+{k}) and opponents (-1..-{k}) of {len(test_rows)} test examples: "
+        f"{describe_variant(first_variant(store, models))}; {', '.join(models)}",
+        fontsize=10,
+    )
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (2.0 * rows + 0.3)), h_pad=0.4)
+    return figure
+
+
+def proponent_grids(
+    store: ScoreFile, images: Images, models: Sequence[str], test_rows: Sequence[int], k: int = 5
+) -> dict[str, Figure]:
+    """{file name: grid}: proponents.png, the models side by side (replica 0 of each role where there are
+    replicas), and with replicas also one proponents_MODEL.png per model (a grid of every replica would be
+    too tall to read)."""
+    grids = {"proponents.png": plot_proponent_grid(store, images, role_models(models) or list(models), test_rows, k)}
+    if any(split_model_name(name)[1] > 0 for name in models if not name.endswith(".ensemble")):
+        grids.update(
+            {f"proponents_{name}.png": plot_proponent_grid(store, images, [name], test_rows, k) for name in models}
+        )
+    return grids
+
+
+def plot_suspects(store: ScoreFile, images: Images, name: str, count: int = 16) -> Figure:
+    """The `count` training examples of highest self-influence of one model (the first variant's, raw's
+    where it has none), in order, each with its rank, train index and label (flipped ones in red)."""
+    scores = store.model(name)
+    values = scores.variant_self_influence(scores.variants[0])
+    values, which = (values, scores.variants[0]) if values is not None else (scores.self_influence, "raw")
+    order = np.argsort(-values, kind="stable")[:count]
+    classes, columns = classes_of(store), 8
+    rows = -(-len(order) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.55 * columns, 1.9 * rows + 0.5), squeeze=False)
+    for ax, (rank, row) in zip(axes.flat, enumerate(order, 1)):
+        title, color = _train_title(store, int(row), float(values[row]), f"{rank}.", classes)
+        _show(ax, images.train[row], title, color)
+    for ax in list(axes.flat)[len(order) :]:
+        ax.set_visible(False)
+    found = int(store.noisy[order].sum())
+    figure.suptitle(
+        f"{name}: highest self-influence ({describe_variant(which)}); {found} of {len(order)} flipped", fontsize=10
+    )
+    figure.tight_layout()
+    return figure
+
+
+def choose_test_rows(store: ScoreFile, count: int = 4, examples: Optional[Sequence[int]] = None) -> list[int]:
+    """Test rows for the grids: the user's `examples` (test indices of the data set, as the titles show
+    them), else by rule, half each: the test examples whose teacher's and student's top-k proponents
+    overlap least (where they disagree most), and the most confident errors of the first model."""
+    if examples:
+        scored = set(store.test_index.tolist())
+        missing = [e for e in examples if e not in scored]
+        if missing:
+            raise TracinError(
+                f"--examples {', '.join(map(str, missing))}: not among the file's scored test examples "
+                f"(test indices {int(store.test_index.min())}..{int(store.test_index.max())}, {store.n_test} scored)"
+            )
+        return [int(np.flatnonzero(store.test_index == e)[0]) for e in examples]
+    chosen = _least_overlap_rows(store, count - count // 2) + _confident_error_rows(store, count)
+    return list(dict.fromkeys(chosen))[:count] or list(range(min(count, store.n_test)))
+
+
+def _least_overlap_rows(store: ScoreFile, count: int) -> list[int]:
+    """The test rows where the teacher's and the student's proponents overlap least (none without both)."""
+    if not {"teacher", "student"} <= set(store.models):
+        return []
+    top_t, top_s = store.model("teacher").rankings()[0].top_index, store.model("student").rankings()[0].top_index
+    overlap = overlap_at_k(top_t, top_s, top_t.shape[1])
+    return [int(r) for r in np.argsort(overlap, kind="stable")[:count]]
+
+
+def _confident_error_rows(store: ScoreFile, count: int) -> list[int]:
+    """The test rows the first model gets wrong with the highest probability (none without predictions)."""
+    predictions = store.model(store.models[0]).predictions
+    if predictions is None:
+        return []
+    predicted, confidence = predictions
+    wrong = np.flatnonzero(predicted != store.test_labels)
+    return [int(r) for r in wrong[np.argsort(-confidence[wrong], kind="stable")][:count]]

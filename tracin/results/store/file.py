@@ -1,0 +1,462 @@
+"""ScoreFile, an open tracin-scores HDF5 file: creating or resuming it (salvaging a damaged one first),
+its header facts, its models, the comparisons of model pairs, its named tables and tracin-validate's
+record, and publishing it when complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import h5py
+import numpy as np
+
+from tracin import faults
+from tracin.config import ENSEMBLE_SUFFIX, ROLES, inherited_shortcut_class, split_model_name
+from tracin.errors import StoreError, TracinError
+from tracin.files import disk_full, fsync_file, refuse_link
+from tracin.results.store import tables
+from tracin.results.store.hdf5 import (
+    HDF5_ERRORS,
+    attribute_value,
+    open_h5,
+    setting_differences,
+    temporary_beside,
+)
+from tracin.results.store.layout import CHUNK_ROWS, FORMAT, FORMAT_VERSION, HEADER_ARRAYS, HEADER_MASKS, VALIDATION
+from tracin.results.store.model_scores import ModelScores, create_model_group, write_ensemble
+from tracin.results.store.salvage import Salvage, beyond_salvage, find_damage, salvage
+from tracin.results.store.validation_record import ValidationRecord, prepare_validation
+from tracin.training.checkpoints import Checkpoint
+from tracin.version import __version__
+
+
+@dataclass
+class DataArrays:
+    """What the file records about the examples scored (numpy, aligned with score rows/columns)."""
+
+    train_index: np.ndarray
+    test_index: np.ndarray
+    train_labels: np.ndarray
+    test_labels: np.ndarray
+    train_clean_labels: np.ndarray
+    train_fine_labels: Optional[np.ndarray] = None  # None: the clean labels (no merged classes)
+    test_fine_labels: Optional[np.ndarray] = None  # None: the test labels
+    train_stamped: Optional[np.ndarray] = None  # None: nothing stamped
+    test_stamped: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        self.train_fine_labels = self.train_clean_labels if self.train_fine_labels is None else self.train_fine_labels
+        self.test_fine_labels = self.test_labels if self.test_fine_labels is None else self.test_fine_labels
+        self.train_stamped = np.zeros(len(self.train_index), bool) if self.train_stamped is None else self.train_stamped
+        self.test_stamped = np.zeros(len(self.test_index), bool) if self.test_stamped is None else self.test_stamped
+
+    @property
+    def noisy(self) -> np.ndarray:
+        return self.train_labels != self.train_clean_labels
+
+
+def _model_order(name: str) -> tuple:
+    """Sort key: trained models replica by replica in role order, then the replica ensembles in role
+    order, then anything else by name."""
+    role = name.removesuffix(ENSEMBLE_SUFFIX)
+    if role != name and role in ROLES:
+        return (1, 0, ROLES.index(role), name)
+    try:
+        role, replica = split_model_name(name)
+    except TracinError:
+        return (2, 0, 0, name)
+    return (0, replica, ROLES.index(role), name)
+
+
+class HeaderArray:
+    """A header array of the file (/NAME, the attribute's name), read once and kept, as functools.cached_property
+    does; in files from before it, `fallback(store)` stands in for it."""
+
+    def __init__(self, doc: str, fallback: Optional[Callable[["ScoreFile"], np.ndarray]] = None):
+        self.__doc__, self.fallback = doc, fallback
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, store: Optional["ScoreFile"], owner: type):
+        if store is None:
+            return self
+        value = store._h5[self.name][()] if self.name in store._h5 or self.fallback is None else self.fallback(store)
+        store.__dict__[self.name] = value  # found before this descriptor from now on (it defines no __set__)
+        return value
+
+
+class ScoreFile:
+    """An open tracin-scores HDF5 file: its header facts, its models and their comparisons, its named tables
+    and tracin-validate's record."""
+
+    def __init__(self, handle: h5py.File, path: Path):
+        self._h5, self.path = handle, Path(path)
+        self._replaces: Optional[Path] = None  # the finished file this one replaces when complete
+        self.salvaged: Optional[Salvage] = None  # what opening it salvaged from a damaged file
+
+    # --- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def create_or_resume(
+        cls, path: Path, settings: dict, attrs: dict, data: DataArrays, overwrite: bool
+    ) -> tuple["ScoreFile", bool]:
+        """(file, resumed). A partial file with the same settings is resumed; a finished one is kept
+        unless overwrite; one with other settings is refused, saying why. A damaged file (find_damage)
+        with the same settings is salvaged first and resumed, finished or not. With overwrite the new
+        result is made beside the old one (replacing_path) and moves over it only when complete
+        (mark_complete), so a failure or a kill leaves the old result as it was."""
+        path = Path(path)
+        if not path.exists():
+            return cls._create(path, settings, attrs, data), False
+        if not overwrite:
+            return cls._resume(path, settings), True
+        cls.open_read(path).close()  # --overwrite replaces tracin-score results only, readable ones
+        work = replacing_path(path)
+        if work.exists():
+            stored, _ = cls._header(work)
+            if not setting_differences(stored, settings):
+                store = cls._resume(work, settings, finished_too=True)
+                store._replaces = path
+                if store.status == "complete":
+                    store.mark_complete()  # finished, killed before its rename: publish it, redo nothing
+                return store, True
+            work.unlink()  # our own replacement, made with other settings (or other checkpoints)
+        store = cls._create(work, settings, attrs, data)
+        store._replaces = path
+        return store, False
+
+    @classmethod
+    def _header(cls, path: Path) -> tuple[dict, str]:
+        """(settings, status) of a tracin-score file, read only; a file whose header does not read is refused."""
+        with cls.open_read(path) as store:
+            try:
+                return json.loads(store._h5.attrs["settings"]), store.status
+            except HDF5_ERRORS as error:
+                raise beyond_salvage(path, error) from None
+
+    @classmethod
+    def _resume(cls, path: Path, settings: dict, finished_too: bool = False) -> "ScoreFile":
+        """The file at `path` opened to continue: checked (header, settings, status) before anything
+        changes, then salvaged if damaged. A finished whole file is refused unless finished_too."""
+        stored, status = cls._header(path)
+        problems = find_damage(path)
+        if status == "complete" and not problems and not finished_too:
+            raise StoreError(f"{path} is a finished result; pass --overwrite to replace it, or --out elsewhere")
+        differences = setting_differences(stored, settings)
+        if differences:
+            raise StoreError(
+                f"{path} holds a result made with other settings: {'; '.join(differences)}. "
+                "Rerun with the original options, or pass --overwrite to start again"
+            )
+        salvaged = salvage(path, problems) if problems else None
+        store = cls.open_read_write(path)
+        store.salvaged = salvaged
+        return store
+
+    @classmethod
+    def _create(cls, path: Path, settings: dict, attrs: dict, data: DataArrays) -> "ScoreFile":
+        """A new file whose header is written in a temporary file that is renamed into place only when
+        whole: a kill during the header leaves no half file at `path`."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_beside(path)
+        try:
+            handle = open_h5(Path(tmp), "w")  # not closed after a failed write: see hdf5_open_for_writing
+            cls(handle, Path(tmp))._write_header(settings, attrs, data)
+            handle.close()
+            fsync_file(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return cls.open_read_write(path)
+
+    @classmethod
+    def open_read_write(cls, path: Path) -> "ScoreFile":
+        refuse_link(path, "the score file")  # h5py would write through it
+        store = cls(open_h5(path, "r+"), path)
+        store._check_format()
+        return store
+
+    @classmethod
+    def open_read(cls, path: Path, locking: Optional[bool] = None) -> "ScoreFile":
+        """The file, read only. locking=False reads a file another process is writing (to watch its
+        progress; a block in flight may read as not done)."""
+        if not Path(path).is_file():
+            raise StoreError(f"{path} does not exist")
+        store = cls(open_h5(path, "r", locking), path)
+        store._check_format()
+        return store
+
+    def _check_format(self) -> None:
+        try:
+            fmt = self._h5.attrs.get("format")
+        except HDF5_ERRORS as error:
+            self._h5.close()
+            raise beyond_salvage(self.path, error) from None
+        if fmt != FORMAT:
+            self._h5.close()
+            raise StoreError(f"{self.path} is not a tracin-score result file")
+
+    def _write_header(self, settings: dict, attrs: dict, data: DataArrays) -> None:
+        self._h5.attrs.update(
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "tracin_version": __version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "settings": json.dumps(settings, sort_keys=True),
+                "status": "partial",
+                **attrs,
+            }
+        )
+        faults.reach("h5-header")
+        for name in HEADER_ARRAYS:
+            self._h5.create_dataset(name, data=np.asarray(getattr(data, name), dtype=np.int64))
+        self._h5.create_dataset("noisy", data=data.noisy)
+        for name in HEADER_MASKS:
+            self._h5.create_dataset(name, data=np.asarray(getattr(data, name), dtype=bool))
+        self._h5.flush()
+
+    # --- header facts ----------------------------------------------------------------------------
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        """Every file attribute (provenance: version, command, run, mode, settings JSON, ...) as Python values."""
+        return {name: attribute_value(value) for name, value in self._h5.attrs.items()}
+
+    def _attribute(self, name: str) -> Any:
+        if name not in self._h5.attrs:
+            raise StoreError(f"{self.path} records no {name!r} (written by an older tracin-score?)")
+        return attribute_value(self._h5.attrs[name])
+
+    @property
+    def status(self) -> str:
+        """The file's state: "partial" while scoring, "complete" once every model and comparison is written."""
+        return str(self._attribute("status"))
+
+    @property
+    def mode(self) -> str:
+        """The gradient mode scored with (exact, last-layer, projected, ...)."""
+        return str(self._attribute("mode"))
+
+    @property
+    def run_path(self) -> Path:
+        """The tracin-train run folder the models came from, as it was when scored."""
+        return Path(self._attribute("run"))
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names by label ([] when the file records none)."""
+        return list(json.loads(self._h5.attrs.get("classes", "[]")))
+
+    @property
+    def n_train(self) -> int:
+        return int(self._h5["train_index"].shape[0])
+
+    @property
+    def n_test(self) -> int:
+        return int(self._h5["test_index"].shape[0])
+
+    train_index = HeaderArray("int64 [n_train]: each score row's index in the torchvision training set.")
+    test_index = HeaderArray("int64 [n_test]: each score column's index in the torchvision test set.")
+    train_labels = HeaderArray("int64 [n_train]: the labels scored with (after label noise).")
+    test_labels = HeaderArray("int64 [n_test]")
+    train_clean_labels = HeaderArray("int64 [n_train]: the data set's own labels.")
+    noisy = HeaderArray("bool [n_train]: labels flipped by --label-noise.")
+
+    @property
+    def fine_classes(self) -> list[str]:
+        """Names of the fine labels (the classes, unless the run merged them)."""
+        return list(json.loads(self._h5.attrs.get("fine_classes", "[]"))) or self.classes
+
+    train_fine_labels = HeaderArray(
+        "int64 [n_train]: the data set's own labels (files from before coarse labels: the clean labels).",
+        lambda store: store.train_clean_labels,
+    )
+    test_fine_labels = HeaderArray(
+        "int64 [n_test]: the data set's own labels (files from before coarse labels: the labels).",
+        lambda store: store.test_labels,
+    )
+
+    @property
+    def coarse(self) -> bool:
+        """Whether the labels merge the data set's classes (tracin-train --coarse-labels)."""
+        return bool(
+            np.any(self.train_fine_labels != self.train_clean_labels)
+            or np.any(self.test_fine_labels != self.test_labels)
+        )
+
+    @property
+    def inherit_mode(self) -> bool:
+        """Whether the run is the known-positive control of distillation (DataConfig.shortcut_mode "inherit")."""
+        return self._h5.attrs.get("shortcut_mode") == "inherit"
+
+    def shortcut_of(self, name: str) -> Optional[int]:
+        """The shortcut class model `name` trained with (None without a shortcut): the class whose train
+        images carry the stamp, or in "inherit" mode its replica teacher's (config.inherited_shortcut_class)."""
+        if self.inherit_mode:
+            if name.endswith(ENSEMBLE_SUFFIX):  # its replicas have different shortcut classes
+                return None
+            return inherited_shortcut_class(int(self._h5.attrs["shortcut_class"]), name, len(self.classes))
+        stamped = self.train_stamped
+        return int(np.bincount(self.train_labels[stamped]).argmax()) if stamped.any() else None
+
+    train_stamped = HeaderArray(
+        "bool [n_train]: stamped with the planted shortcut (all False without one).",
+        lambda store: np.zeros(store.n_train, bool),
+    )
+    test_stamped = HeaderArray(
+        "bool [n_test]: stamped with the planted shortcut (all False without one).",
+        lambda store: np.zeros(store.n_test, bool),
+    )
+
+    # --- per-model scores -----------------------------------------------------------------------
+
+    def model(self, name: str) -> ModelScores:
+        if name not in self._h5:
+            raise StoreError(f"{self.path} has no scores for {name!r} (it has: {', '.join(self.models) or 'none'})")
+        return ModelScores(self._h5[name])
+
+    @property
+    def models(self) -> list[str]:
+        """Scored models, replica by replica in role order (teacher, student, student_baseline, then
+        teacher.r1, ...), then any others."""
+        found = [k for k in self._h5 if isinstance(self._h5[k], h5py.Group) and "scores" in self._h5[k]]
+        return sorted(found, key=_model_order)
+
+    def prepare_model(
+        self,
+        name: str,
+        checkpoints: Sequence[Checkpoint],
+        parameters: Sequence[str],
+        row_chunk: int,
+        test_block: int,
+        per_checkpoint: bool,
+        variants: Sequence[str] = ("raw",),
+        groups: Sequence[str] = (),
+    ) -> ModelScores:
+        """The model's group, created with all its datasets, or the existing one after checking that
+        it was made from the same checkpoints (sha256); its chunking is the file's (the caller uses it)."""
+        if name in self._h5:
+            scores = ModelScores(self._h5[name])
+            scores.check_checkpoints(checkpoints, self.path)
+            scores.redo_non_finite_blocks()
+            return scores
+        return create_model_group(
+            self._h5, name, checkpoints, parameters, row_chunk, test_block, per_checkpoint, variants, groups
+        )
+
+    def write_ensemble(self, name: str, members: Sequence[str], row_chunk: int = CHUNK_ROWS) -> ModelScores:
+        """A model group `name` holding the mean of the members' scores (each variant they all hold),
+        self-influences and last losses: the ensemble of independently trained replicas. It replaces an
+        earlier one; its checkpoints are all the members' (paths and sha256 recorded); it keeps no
+        per-checkpoint scores. Rows are averaged `row_chunk` at a time (bounded memory)."""
+        return write_ensemble(self._h5, name, [self.model(member) for member in members], row_chunk)
+
+    # --- comparisons of model pairs ---------------------------------------------------------------
+
+    def comparison_pairs(self) -> list[tuple[str, str]]:
+        """(a, b) of every model pair compared in the file."""
+        return tables.comparison_pairs(self._h5)
+
+    def write_comparison(self, a: str, b: str, comparison: dict[str, np.ndarray], settings: dict) -> None:
+        """Replace the comparison of models a and b by `comparison` (table name -> numpy structured array
+        [rows], kept in this order) and `settings` (the options they were computed with: numbers, lists)."""
+        tables.write_comparison(self._h5, a, b, comparison, settings)
+
+    def comparison(self, a: str, b: str) -> dict[str, np.ndarray]:
+        """The tables of the comparison of a and b: name -> numpy structured array [rows], in the order written."""
+        group = tables.comparison_group(self._h5, self.path, a, b)
+        return {name: tables.comparison_table(item) for name, item in group.items()}
+
+    def comparison_settings(self, a: str, b: str) -> dict[str, Any]:
+        """The options the comparison of a and b was computed with (ks, max_rows, seed)."""
+        group = tables.comparison_group(self._h5, self.path, a, b)
+        return {name: attribute_value(value) for name, value in group.attrs.items()}
+
+    # --- named tables (tables.NAMED_TABLES) -------------------------------------------------------
+
+    def write_table(self, name: str, rows: np.ndarray, **attrs: Any) -> None:
+        """Replace the named table `name` (quality, agreement, detection, randomization, quality_report) by
+        `rows`, a numpy structured array [rows], and its registered attributes by `attrs` (dicts stored as
+        JSON; those not given take their defaults). An unregistered table or attribute is a StoreError."""
+        tables.named_table(name).write(self._h5, rows, attrs)
+
+    def read_table(self, name: str) -> np.ndarray:
+        """The named table's rows (a numpy structured array); StoreError when the file has none."""
+        return tables.named_table(name).read(self._h5, self.path)
+
+    def table_attrs(self, name: str) -> dict[str, Any]:
+        """The named table's registered attributes as Python values (defaults where the file predates one);
+        StoreError when the file has no such table."""
+        return tables.named_table(name).read_attrs(self._h5, self.path)
+
+    def has_table(self, name: str) -> bool:
+        return tables.named_table(name).name in self._h5
+
+    # --- tracin-validate's record -----------------------------------------------------------------
+
+    def prepare_validation(self, units: np.ndarray, settings: dict, overwrite: bool = False) -> ValidationRecord:
+        """/validation for tracin-validate's units (tracin.results.validation.UNIT_DTYPE [n_units]): created,
+        or the existing one when made with the same settings (resume: its finished units are kept, with or
+        without `overwrite`). One made with other settings is refused unless `overwrite`, which replaces it
+        (only /validation: the scores stay)."""
+        return prepare_validation(self._h5, self.path, units, settings, overwrite)
+
+    def validation(self) -> ValidationRecord:
+        """The file's tracin-validate record; StoreError when it has none."""
+        if VALIDATION not in self._h5:
+            raise StoreError(f"{self.path} has no validation (run tracin-validate --run RUN)")
+        return ValidationRecord(self._h5[VALIDATION])
+
+    # --- closing ----------------------------------------------------------------------------------
+
+    def mark_complete(self) -> None:
+        """Status complete; a replacement made with --overwrite then moves over the old result."""
+        self._h5.attrs["status"] = "complete"
+        self._h5.flush()
+        if self._replaces is not None:
+            self._h5.close()
+            fsync_file(self.path)
+            os.replace(self.path, self._replaces)
+            self.path, self._replaces = self._replaces, None
+            self._h5 = open_h5(self.path, "r+")
+
+    def close(self) -> None:
+        if self._h5.id.valid:
+            self._h5.close()
+
+    def __enter__(self) -> "ScoreFile":
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if disk_full(error) and self._h5.id.valid and self._h5.mode == "r+":
+            return  # left as a kill leaves it, see hdf5_open_for_writing
+        self.close()
+
+
+def salvage_own_damage(path: Path, owned: Sequence[str]) -> Optional[Salvage]:
+    """For a command that writes only the top-level groups `owned` (tracin-report: randomization and
+    quality_report; tracin-validate: validation): when all the damage a full disk or a crash left is inside
+    them, the file is salvaged as tracin-score would (salvage: what reads is copied into a fresh file, the
+    damaged one kept beside it) and keeps its status, since no model's scores were touched; the command then
+    makes its groups again. None when there is nothing to salvage, or damage it does not own (which
+    check_finished then names, pointing to tracin-score)."""
+    problems = find_damage(path)
+    if not problems or not all(problem.lstrip("/").split("/")[0].split(":")[0] in owned for problem in problems):
+        return None
+    _, status = ScoreFile._header(path)
+    salvaged = salvage(path, problems)
+    with open_h5(path, "r+") as handle:
+        handle.attrs["status"] = status
+    return salvaged
+
+
+def replacing_path(path: Path) -> Path:
+    """Where --overwrite builds the result that replaces `path` when complete: NAME.replacing beside it."""
+    return path.with_name(f"{path.name}.replacing")

@@ -1,0 +1,88 @@
+"""HDF5 at its lowest: opening a file (one StoreError for a damaged or busy one), datasets allocated when
+created, attribute values as plain Python, temporary files beside a result, and what h5py raises on damage."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import h5py
+import numpy as np
+
+from tracin import faults
+from tracin.errors import StoreError
+from tracin.files import default_mode
+
+HDF5_ERRORS = (KeyError, OSError, RuntimeError, ValueError)  # how h5py reports a damaged file
+
+
+def open_h5(path: Path, mode: str, locking: Optional[bool] = None) -> h5py.File:
+    """h5py.File with a damaged or foreign file reported as one StoreError. Under TRACIN_FAULT's
+    "h5-write" the file is written through a disk that fills (tracin.faults.FullDisk)."""
+    try:
+        full_disk = faults.full_disk_file(path, mode)
+        if full_disk is not None:
+            return h5py.File(full_disk, mode)
+        return h5py.File(path, mode, locking=locking)
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0]
+        if "unable to lock file" in reason:  # HDF5's own lock: another process has the file open to write
+            raise StoreError(
+                f"{path} is in use: another process (tracin-score or tracin-validate?) has it open "
+                "for writing; wait for it to finish"
+            ) from None
+        raise StoreError(f"{path} is not a readable HDF5 file (truncated or corrupt?): {reason}") from None
+
+
+def hdf5_open_for_writing() -> bool:
+    """Whether this process has an HDF5 file open for writing. After a full disk such a file must not be
+    closed: closing flushes half-written metadata over its last consistent state, and h5py may crash doing
+    so. The caller exits at once instead (os._exit), as a kill would."""
+    return any(file_id.get_intent() & h5py.h5f.ACC_RDWR for file_id in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE))
+
+
+def early_dataset(group: h5py.Group, name: str, shape, dtype, chunks=None) -> h5py.Dataset:
+    """A dataset whose storage is allocated now (fill value written), so later writes change no
+    file metadata."""
+    space = h5py.h5s.create_simple(tuple(shape))
+    plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    plist.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    plist.set_fill_time(h5py.h5d.FILL_TIME_ALLOC)
+    if chunks is not None:
+        plist.set_chunk(tuple(chunks))
+    type_id = h5py.h5t.py_create(np.dtype(dtype))
+    h5py.h5d.create(group.id, name.encode(), type_id, space, plist)
+    return group[name]
+
+
+def replace_dataset(group: h5py.Group, name: str, rows: np.ndarray) -> h5py.Dataset:
+    """The dataset `name` of `group` written afresh with `rows` (an earlier one deleted first)."""
+    if name in group:
+        del group[name]
+    return group.create_dataset(name, data=np.asarray(rows))
+
+
+def attribute_value(value: Any) -> Any:
+    """An attribute as a plain Python value (numpy scalars and arrays converted, bytes decoded)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
+
+
+def setting_differences(stored: dict, current: dict) -> list[str]:
+    """For each setting that differs, "KEY (STORED in the file, CURRENT now)"; empty when they match."""
+    keys = sorted(set(stored) | set(current))
+    return [
+        f"{k} ({stored.get(k)!r} in the file, {current.get(k)!r} now)" for k in keys if stored.get(k) != current.get(k)
+    ]
+
+
+def temporary_beside(path: Path) -> str:
+    """An empty `.NAME.*.tmp` beside `path` with the tool's file mode; a killed writer's are removed by
+    tracin.files.remove_stale_temporaries."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, default_mode())
+    os.close(fd)
+    return tmp

@@ -1,0 +1,145 @@
+"""The fixed names of the score file's layout (the package docstring, tracin/results/store/__init__.py) and
+the check of a readable file against it, so that a file made by hand, or by something else, is refused with
+what is wrong instead of failing inside a reader."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import h5py
+
+if TYPE_CHECKING:
+    from tracin.results.store.file import ScoreFile
+
+FORMAT = "tracin-scores"
+FORMAT_VERSION = 1
+HEADER_ARRAYS = (
+    "train_index",
+    "test_index",
+    "train_labels",
+    "test_labels",
+    "train_clean_labels",
+    "train_fine_labels",
+    "test_fine_labels",
+)
+HEADER_MASKS = ("train_stamped", "test_stamped")
+RANKING_FIELDS = ("top_index", "top_score", "bottom_index", "bottom_score")
+CHUNK_ROWS, CHUNK_COLS = 512, 4096  # at most 8 MB per HDF5 chunk of float32 scores: partial reads stay cheap
+VALIDATION = "validation"  # tracin-validate's group
+SELF = "self_influence"
+NORMALISED_SELF = "self_influence_train-normalised"
+GROUP_SELF = "self_influence_groups"
+GROUP_NORMALISED_SELF = "self_influence_groups_train-normalised"
+SELF_INFLUENCES = (
+    SELF,
+    NORMALISED_SELF,
+    GROUP_SELF,
+    GROUP_NORMALISED_SELF,
+)  # the datasets a block's first test block writes
+REMADE_EACH_RUN = ("last_loss", "test_prediction", "test_confidence")  # written whole after the blocks, every run
+
+
+def layout_problems(store: "ScoreFile") -> list[str]:
+    """What in a readable score file does not have the declared layout (the package docstring): the header
+    arrays' lengths and integer types, each model's score matrices' shape and float type, its per-example
+    arrays' lengths, and its top-k tables' shapes and index ranges. A file made by hand, or by something else,
+    is refused with the first of these, instead of failing inside a reader."""
+    h5, problems = store._h5, []
+    for name in HEADER_ARRAYS + HEADER_MASKS + ("noisy",):
+        if name in h5:
+            problems += _shape_problems(
+                h5[name],
+                f"/{name}",
+                (store.n_train if name.startswith(("train", "noisy")) else store.n_test,),
+                "b" if name in HEADER_MASKS + ("noisy",) else "iu",
+            )
+    problems += _table_problems(h5, set(store.models))
+    for model in store.models:
+        problems += _model_problems(h5[model], f"/{model}", store.n_train, store.n_test)
+    return problems
+
+
+def _model_problems(group: h5py.Group, where: str, n_train: int, n_test: int) -> list[str]:
+    problems = [f"{where}/{key} is missing" for key in ("scores", "done", SELF, "topk") if key not in group]
+    for key in group:
+        if key == "scores" or key.startswith("scores_"):
+            problems += _shape_problems(group[key], f"{where}/{key}", (n_train, n_test), "f")
+        elif key in (SELF, NORMALISED_SELF, "last_loss"):
+            problems += _shape_problems(group[key], f"{where}/{key}", (n_train,), "f")
+        elif key in (GROUP_SELF, GROUP_NORMALISED_SELF):
+            rows = group[key].shape[0] if isinstance(group[key], h5py.Dataset) and group[key].ndim == 2 else -1
+            problems += _shape_problems(group[key], f"{where}/{key}", (rows, n_train), "f")
+        elif key == "test_prediction":
+            problems += _shape_problems(group[key], f"{where}/{key}", (n_test,), "iu")
+    for name in _ranking_groups(group):
+        problems += _ranking_problems(group[name], f"{where}/{name}", n_train, n_test)
+    return problems
+
+
+def _table_problems(h5, models: set[str]) -> list[str]:
+    """The tables outside the models' groups (comparisons, agreement, quality, detection, the report, the
+    validation's units and tables) are one-dimensional arrays of named fields; anything else there (but the
+    validation's margins, seconds and done mask, which prepare_validation checks) was not written by tracin."""
+    problems: list[str] = []
+    header = {
+        *HEADER_ARRAYS,
+        *HEADER_MASKS,
+        "noisy",
+        *(f"{VALIDATION}/{name}" for name in ("margins", "seconds", "done")),
+    }
+
+    def visit(name: str, item) -> None:
+        if name.split("/")[0] in models or name in header or not isinstance(item, h5py.Dataset):
+            return
+        if item.dtype.names is None or item.ndim != 1:
+            problems.append(f"/{name} is not a table of named fields (it holds {item.dtype}, shape {item.shape})")
+
+    h5.visititems(visit)
+    return problems
+
+
+def _shape_problems(dataset, where: str, shape: tuple, kinds: str) -> list[str]:
+    if not isinstance(dataset, h5py.Dataset):
+        return [f"{where} is not a dataset"]
+    if dataset.dtype.kind not in kinds:
+        return [
+            f"{where} holds {dataset.dtype}, not {'integers' if 'i' in kinds else 'floats' if kinds == 'f' else 'booleans'}"
+        ]
+    if dataset.shape != shape:
+        return [f"{where} has shape {dataset.shape}, expected {shape}"]
+    return []
+
+
+def _ranking_groups(group) -> list[str]:
+    """The names of a model group's top-k tables: topk, topk_epoch/epoch_NNN, topk_variant/<variant>."""
+    names = ["topk"] if "topk" in group else []
+    for parent in ("topk_epoch", "topk_variant"):
+        if isinstance(group.get(parent), h5py.Group):
+            names += [f"{parent}/{child}" for child in group[parent]]
+    return names
+
+
+def _ranking_problems(tables, where: str, n_train: int, n_test: int) -> list[str]:
+    if not isinstance(tables, h5py.Group):
+        return [f"{where} is not a group of tables"]
+    problems = []
+    for prefix, rows, limit in (("test", n_test, n_train), ("train", n_train, n_test)):
+        for field in RANKING_FIELDS:
+            key = f"{prefix}_{field}"
+            if key not in tables:
+                problems.append(f"{where}/{key} is missing")
+                continue
+            problems += _ranking_table_problems(tables[key], f"{where}/{key}", rows, limit, "index" in field)
+    return problems
+
+
+def _ranking_table_problems(dataset, where: str, rows: int, limit: int, is_index: bool) -> list[str]:
+    """One top-k table: [rows, K] of integers (positions below `limit`) or of floats."""
+    found = _shape_problems(
+        dataset, where, (rows, dataset.shape[1] if len(dataset.shape) == 2 else -1), "iu" if is_index else "f"
+    )
+    if not found and is_index and dataset.size:
+        values = dataset[()]
+        if values.min() < 0 or values.max() >= limit:
+            found = [f"{where} holds indices outside 0..{limit - 1}"]
+    return found

@@ -1,0 +1,413 @@
+"""One model's group of the score file: its scores (read lazily), block writes and the done mask (resume
+bookkeeping), per-example arrays and top-k tables; making the group, and the ensemble of replicas."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import h5py
+import numpy as np
+from torch import Tensor
+
+from tracin.config import split_variant
+from tracin.engine.topk import Ranking, StreamingRanking
+from tracin.errors import StoreError
+from tracin.results.store.hdf5 import early_dataset
+from tracin.results.store.layout import (
+    CHUNK_COLS,
+    CHUNK_ROWS,
+    GROUP_NORMALISED_SELF,
+    GROUP_SELF,
+    NORMALISED_SELF,
+    RANKING_FIELDS,
+    SELF_INFLUENCES,
+)
+from tracin.training.checkpoints import Checkpoint
+from tracin.variants import SCORE_VARIANTS
+
+
+def rankings_name(epoch: Optional[int] = None, variant: Optional[str] = None) -> str:
+    """Name of a model's top-k tables: "topk" (summed scores of the first variant), "topk_epoch/epoch_NNN"
+    (one checkpoint) or "topk_variant/VARIANT" (summed scores of another variant)."""
+    if variant is not None:
+        if epoch is not None:
+            raise StoreError("per-checkpoint top-k tables are kept for the first variant only")
+        return f"topk_variant/{variant}"
+    return "topk" if epoch is None else f"topk_epoch/epoch_{epoch:03d}"
+
+
+def write_checkpoints(group: h5py.Group, checkpoints: Sequence[Checkpoint]) -> None:
+    text = h5py.string_dtype()
+    group.create_dataset("path", data=np.array([c.path for c in checkpoints], dtype=object), dtype=text)
+    group.create_dataset("sha256", data=np.array([c.sha256 for c in checkpoints], dtype=object), dtype=text)
+    group.create_dataset("epoch", data=np.array([c.epoch for c in checkpoints], dtype=np.int64))
+    group.create_dataset("lr", data=np.array([c.lr for c in checkpoints], dtype=np.float64))
+
+
+def create_model_group(
+    h5: h5py.File,
+    name: str,
+    checkpoints: Sequence[Checkpoint],
+    parameters: Sequence[str],
+    row_chunk: int,
+    test_block: int,
+    per_checkpoint: bool,
+    variants: Sequence[str],
+    groups: Sequence[str],
+) -> "ModelScores":
+    """A new model group `name` with all its datasets allocated (the layout's /<model>/), for scores of
+    [n_train, n_test] (the lengths of the file's header arrays) written in blocks of row_chunk x test_block."""
+    (n_train,), (n_test,) = h5["train_index"].shape, h5["test_index"].shape
+    group = h5.create_group(name)
+    group.attrs.update(
+        {
+            "role": name,
+            "parameters": json.dumps(list(parameters)),
+            "n_parameter_tensors": len(parameters),
+            "row_chunk": row_chunk,
+            "test_block": test_block,
+            "status": "partial",
+            "variants": json.dumps(list(variants)),
+            "scoring_seconds": 0.0,
+        }
+    )
+    write_checkpoints(group.create_group("checkpoints"), checkpoints)
+    chunks = (min(row_chunk, n_train, CHUNK_ROWS), min(test_block, n_test, CHUNK_COLS))
+    early_dataset(group, "scores", (n_train, n_test), np.float32, chunks).attrs["variant"] = variants[0]
+    for variant in variants[1:]:
+        early_dataset(group, f"scores_{variant}", (n_train, n_test), np.float32, chunks).attrs["variant"] = variant
+    if per_checkpoint:
+        early_dataset(group, "per_checkpoint", (len(checkpoints), n_train, n_test), np.float32, (1, *chunks))
+    early_dataset(group, "self_influence", (n_train,), np.float32)
+    early_dataset(group, NORMALISED_SELF, (n_train,), np.float32)
+    for dataset in (GROUP_SELF, GROUP_NORMALISED_SELF) if groups else ():
+        early_dataset(group, dataset, (len(groups), n_train), np.float32).attrs["groups"] = json.dumps(list(groups))
+    early_dataset(group, "last_loss", (n_train,), np.float32)
+    grid = (-(-n_train // row_chunk), -(-n_test // test_block))
+    early_dataset(group, "done", grid, np.bool_)
+    h5.flush()
+    return ModelScores(group)
+
+
+def write_ensemble(h5: h5py.File, name: str, models: Sequence["ModelScores"], row_chunk: int) -> "ModelScores":
+    """A model group `name` holding the mean of the `models`' scores (each variant they all hold),
+    self-influences and last losses, replacing an earlier one; its checkpoints are all the members'
+    (paths and sha256 recorded); it keeps no per-checkpoint scores. Rows are averaged `row_chunk` at a
+    time (bounded memory)."""
+    variants = [v for v in models[0].variants if all(v in m.variants for m in models)]
+    if name in h5:
+        del h5[name]
+    group = h5.create_group(name)
+    first = models[0]._group.attrs
+    group.attrs.update(
+        {
+            "role": name,
+            "ensemble_of": json.dumps([m.name for m in models]),
+            "parameters": first["parameters"],
+            "n_parameter_tensors": first["n_parameter_tensors"],
+            "row_chunk": first["row_chunk"],
+            "test_block": first["test_block"],
+            "status": "partial",
+            "variants": json.dumps(variants),
+        }
+    )
+    stored = group.create_group("checkpoints")
+    for field in ("path", "sha256", "epoch", "lr"):
+        values = np.concatenate([m._group[f"checkpoints/{field}"][()] for m in models])
+        stored.create_dataset(
+            field, data=values, dtype=h5py.string_dtype() if field in ("path", "sha256") else values.dtype
+        )
+    (n_train,), (n_test,) = h5["train_index"].shape, h5["test_index"].shape
+    for variant in variants:
+        dataset = "scores" if variant == variants[0] else f"scores_{variant}"
+        target = group.create_dataset(dataset, shape=(n_train, n_test), dtype=np.float32)
+        target.attrs["variant"] = variant
+        for r0 in range(0, n_train, row_chunk):
+            rows = slice(r0, min(r0 + row_chunk, n_train))
+            target[rows] = np.mean([m.matrix(variant=variant)[rows] for m in models], axis=0)
+    for field in (*SELF_INFLUENCES, "last_loss"):
+        if all(field in m._group for m in models):
+            mean = group.create_dataset(
+                field, data=np.mean([m._group[field][()] for m in models], axis=0).astype(np.float32)
+            )
+            mean.attrs.update(models[0]._group[field].attrs)
+    group.create_dataset("done", data=np.ones_like(models[0].done))
+    h5.flush()
+    return ModelScores(group)
+
+
+class ModelScores:
+    """One model's group: scores (read lazily), block writes and the done mask, per-example arrays,
+    top-k tables."""
+
+    def __init__(self, group: h5py.Group):
+        self._group = group
+        self.row_chunk = int(group.attrs["row_chunk"])
+        self.test_block = int(group.attrs["test_block"])
+
+    @property
+    def name(self) -> str:
+        return self._group.name.strip("/")
+
+    # --- scores ------------------------------------------------------------------------------------
+
+    @property
+    def scores(self) -> h5py.Dataset:
+        """float32 [n_train, n_test], summed over checkpoints; numpy-style slicing reads only what it asks for."""
+        return self._group["scores"]
+
+    @property
+    def variants(self) -> list[str]:
+        """The score variants held, the first in `scores` (files from before variants: raw only)."""
+        return json.loads(self._group.attrs.get("variants", '["raw"]'))
+
+    def matrix(self, checkpoint: Optional[int] = None, variant: Optional[str] = None):
+        """The [n_train, n_test] scores (None: the sum over checkpoints; else the checkpoint's position
+        in `epochs`, which needs has_per_checkpoint), read lazily; `variant`: another variant's sum."""
+        if variant is not None and variant != self.variants[0]:
+            if checkpoint is not None:
+                raise StoreError("per-checkpoint scores are kept for the first variant only")
+            if variant not in self.variants:
+                raise StoreError(
+                    f"{self._group.file.filename}: {self.name} holds no {variant!r} scores (it has {self.variants})"
+                )
+            return self._group[f"scores_{variant}"]
+        if checkpoint is None:
+            return self.scores
+        if not self.has_per_checkpoint:
+            raise StoreError(f"{self._group.file.filename}: {self.name} was scored without --per-checkpoint")
+        return EpochMatrix(self._group["per_checkpoint"], checkpoint)
+
+    @property
+    def has_per_checkpoint(self) -> bool:
+        """Whether each checkpoint's term was kept (--per-checkpoint)."""
+        return "per_checkpoint" in self._group
+
+    @property
+    def epochs(self) -> list[int]:
+        """The epoch of each checkpoint replayed, in order."""
+        return [int(e) for e in self._group["checkpoints/epoch"][()]]
+
+    @property
+    def self_influence(self) -> np.ndarray:
+        """float32 [n_train]: sum_c lr_c |g_train|^2."""
+        return self._group["self_influence"][()]
+
+    @property
+    def normalised_self_influence(self) -> Optional[np.ndarray]:
+        """float32 [n_train]: sum_c lr_c |g_train|, the train-normalised variant's self-influence; None in
+        files from before it."""
+        return self._group[NORMALISED_SELF][()] if NORMALISED_SELF in self._group else None
+
+    @property
+    def group_self_influence(self) -> dict[str, np.ndarray]:
+        """{layer group: float32 [n_train]}, each group's part of self_influence (stem, layer1, ..., head:
+        tracin.engine.groups); empty in files from before groups."""
+        return self._by_group(GROUP_SELF)
+
+    @property
+    def group_normalised_self_influence(self) -> dict[str, np.ndarray]:
+        """{layer group: float32 [n_train]}, sum_c lr_c |g_train,group|; empty in files from before it."""
+        return self._by_group(GROUP_NORMALISED_SELF)
+
+    def _by_group(self, name: str) -> dict[str, np.ndarray]:
+        if name not in self._group:
+            return {}
+        dataset = self._group[name]
+        return dict(zip(json.loads(dataset.attrs["groups"]), dataset[()]))
+
+    def variant_self_influence(self, variant: str) -> Optional[np.ndarray]:
+        """float32 [n_train]: the self-influence of a variant (and of each VARIANT@GROUP), sum_c lr_c |g|^p
+        with p its ScoreVariant.self_influence_power: the stored |g|^2 sums for p = 2 (raw), |g| for p = 1
+        (train-normalised); None for p = 0 (cosine: sum_c lr_c for every example, no ranking), for a
+        variant this installation does not register, and where not kept."""
+        base, group = split_variant(variant)
+        power = SCORE_VARIANTS[base].self_influence_power if base in SCORE_VARIANTS else 0
+        if power == 0:
+            return None
+        if group is None:
+            return self.self_influence if power == 2 else self.normalised_self_influence
+        return (self.group_self_influence if power == 2 else self.group_normalised_self_influence).get(group)
+
+    @property
+    def last_loss(self) -> np.ndarray:
+        """float32 [n_train]: each train example's loss at the last checkpoint."""
+        return self._group["last_loss"][()]
+
+    def add_scoring_seconds(self, seconds: float) -> float:
+        """Add the wall time one tracin-score invocation spent on this model (its blocks, losses and
+        rankings) to attr scoring_seconds; returns the total over invocations (a resumed file's too)."""
+        total = float(self._group.attrs.get("scoring_seconds", 0.0)) + seconds
+        self._group.attrs["scoring_seconds"] = total
+        self._group.file.flush()
+        return total
+
+    @property
+    def seconds_per_pair(self) -> Optional[float]:
+        """Scoring wall time per train-test pair (attr scoring_seconds / n_train n_test); None if not recorded
+        (an ensemble, or a file from before the timing)."""
+        if not self._group.attrs.get("scoring_seconds"):
+            return None
+        n_train, n_test = self.scores.shape
+        return float(self._group.attrs["scoring_seconds"]) / (n_train * n_test)
+
+    @property
+    def predictions(self) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """(int64 [n_test] predicted class, float32 [n_test] its softmax probability) at the last
+        checkpoint; None in files from before they were kept, and for an ensemble."""
+        if "test_prediction" not in self._group or "test_confidence" not in self._group:
+            return None
+        return self._group["test_prediction"][()], self._group["test_confidence"][()]
+
+    def write_predictions(self, logits: np.ndarray) -> None:
+        """logits: float [n_test, classes] at the last checkpoint -> test_prediction and test_confidence."""
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+        for name, values in (
+            ("test_prediction", logits.argmax(axis=1).astype(np.int64)),
+            ("test_confidence", probabilities.max(axis=1).astype(np.float32)),
+        ):
+            if name not in self._group:
+                early_dataset(self._group, name, values.shape, values.dtype)
+            self._group[name][:] = values
+        self._group.file.flush()
+
+    def write_last_loss(self, losses: np.ndarray) -> None:
+        """losses: float [n_train], each train example's loss at the last checkpoint."""
+        if "last_loss" not in self._group:  # left behind by a salvage
+            early_dataset(self._group, "last_loss", losses.shape, np.float32)
+        self._group["last_loss"][:] = losses
+        self._group.file.flush()
+
+    # --- resume bookkeeping ----------------------------------------------------------------------
+
+    @property
+    def done(self) -> np.ndarray:
+        """bool [row chunks, test blocks]: blocks written (row chunk r holds rows r*row_chunk.., test block
+        t columns t*test_block..)."""
+        return self._group["done"][()]
+
+    @property
+    def checkpoint_files(self) -> list[tuple[str, str]]:
+        """(path as scored, sha256) of each checkpoint replayed, in order."""
+        paths, hashes = (self._group[f"checkpoints/{field}"][()] for field in ("path", "sha256"))
+        return [tuple(v.decode() if isinstance(v, bytes) else str(v) for v in pair) for pair in zip(paths, hashes)]
+
+    def check_checkpoints(self, checkpoints: Sequence[Checkpoint], path: Path) -> None:
+        stored = [s.decode() if isinstance(s, bytes) else s for s in self._group["checkpoints/sha256"][()]]
+        current = [c.sha256 for c in checkpoints]
+        if stored != current:
+            raise StoreError(
+                f"{path}: the checkpoints of {self.name} changed since this partial result was "
+                "written (sha256 differs); pass --overwrite to score them afresh"
+            )
+
+    def write_block(
+        self,
+        row_start: int,
+        col_start: int,
+        scores: np.ndarray,
+        per_checkpoint: Optional[np.ndarray] = None,
+        self_influences: Optional[dict[str, np.ndarray]] = None,
+        other_variants: Optional[dict[str, np.ndarray]] = None,
+    ) -> None:
+        """Write a block's data (float32 [rows, cols] scores, [n_ckpt, rows, cols] per checkpoint, the
+        self-influences of its rows by dataset name (SELF_INFLUENCES: [rows], or [n_groups, rows] for the
+        layer groups'), {variant: [rows, cols]} of the other variants), flush, then mark it done and flush
+        again. Non-finite values are refused: a block marked done holds finite scores."""
+        self_influences, other_variants = self_influences or {}, other_variants or {}
+        for values in (scores, per_checkpoint, *self_influences.values(), *other_variants.values()):
+            if values is not None and not np.isfinite(values).all():
+                raise StoreError(f"non-finite scores in the block at train {row_start}, test {col_start}; not written")
+        rows = slice(row_start, row_start + scores.shape[0])
+        cols = slice(col_start, col_start + scores.shape[1])
+        self._group["scores"][rows, cols] = scores
+        for variant, values in other_variants.items():
+            self._group[f"scores_{variant}"][rows, cols] = values
+        if per_checkpoint is not None and self.has_per_checkpoint:
+            self._group["per_checkpoint"][:, rows, cols] = per_checkpoint
+        for name, values in self_influences.items():
+            if values is not None and name in self._group:  # files from older versions lack some
+                self._group[name][..., rows] = values
+        self._group.file.flush()
+        self._group["done"][row_start // self.row_chunk, col_start // self.test_block] = True
+        self._group.file.flush()
+
+    def redo_non_finite_blocks(self) -> int:
+        """On resume: blocks marked done whose values are not all finite (a damaged file) are marked not
+        done, so they are computed again. Returns how many. Reads each done block of every score dataset."""
+        done, redone = self.done, 0
+        names = ["scores", *(f"scores_{v}" for v in self.variants[1:])]
+        for r, c in zip(*np.nonzero(done)):
+            rows = slice(r * self.row_chunk, (r + 1) * self.row_chunk)
+            cols = slice(c * self.test_block, (c + 1) * self.test_block)
+            block = [self._group[name][rows, cols] for name in names]
+            block += [self._group["per_checkpoint"][:, rows, cols]] if self.has_per_checkpoint else []
+            block += [self._group[name][..., rows] for name in SELF_INFLUENCES if c == 0 and name in self._group]
+            if not all(np.isfinite(part).all() for part in block):
+                self._group["done"][r, c] = False
+                redone += 1
+        self._group.file.flush()
+        return redone
+
+    # --- top-k tables -----------------------------------------------------------------------------
+
+    def write_rankings(self, name: str, test: Ranking, train: Ranking) -> None:
+        """topk tables under `name` (rankings_name(epoch)), replacing earlier ones."""
+        if name in self._group:
+            del self._group[name]
+        tables = self._group.create_group(name)
+        for prefix, ranking in (("test", test), ("train", train)):
+            for field in RANKING_FIELDS:
+                values = getattr(ranking, field).numpy()
+                tables.create_dataset(f"{prefix}_{field}", data=values.astype(np.int32) if "index" in field else values)
+
+    def variant_rankings(self, variant: str) -> tuple[Ranking, Ranking]:
+        """(test, train) rankings of one variant's summed scores (the first variant's are "topk")."""
+        return self.rankings(rankings_name(variant=None if variant == self.variants[0] else variant))
+
+    def rankings(self, name: str = "topk") -> tuple[Ranking, Ranking]:
+        """(test, train) rankings stored under `name` (rankings_name(epoch)), as numpy-backed Rankings."""
+        if name not in self._group:
+            raise StoreError(f"{self._group.file.filename} has no {name} tables for {self.name}")
+        tables = self._group[name]
+        return tuple(Ranking(*(tables[f"{p}_{f}"][()] for f in RANKING_FIELDS)) for p in ("test", "train"))
+
+    def mark_complete(self) -> None:
+        self._group.attrs["status"] = "complete"
+        self._group.file.flush()
+
+
+class EpochMatrix:
+    """One checkpoint's [n_train, n_test] slice of per_checkpoint, read lazily like a dataset."""
+
+    def __init__(self, dataset: h5py.Dataset, index: int):
+        self.dataset, self.index = dataset, index
+        self.shape = dataset.shape[1:]
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        return self.dataset[(self.index, *key)]
+
+
+def rank_matrix(
+    matrix: h5py.Dataset | np.ndarray, k: int, row_chunk: int = 4096, device="cpu"
+) -> tuple[Ranking, Ranking]:
+    """(test, train) Rankings of a [n_train, n_test] score matrix read in row chunks: for each test
+    column its k largest/smallest train rows, for each train row its k largest/smallest test columns.
+    The partial sorts run on `device` (a GPU makes them cheap at 50,000 x 10,000)."""
+    import torch
+
+    n_train, n_test = matrix.shape
+    per_test, per_train = StreamingRanking(n_test, k, device), StreamingRanking(n_train, k, device)
+    for start in range(0, n_train, row_chunk):
+        block = torch.from_numpy(np.asarray(matrix[start : start + row_chunk], dtype=np.float32)).to(device)
+        per_train.update(start, block, 0)
+        per_test.update(0, block.T, start)
+    return per_test.result(), per_train.result()
+
+
+def to_numpy(tensor: Optional[Tensor]) -> Optional[np.ndarray]:
+    return None if tensor is None else tensor.detach().cpu().numpy()

@@ -1,0 +1,168 @@
+"""/validation of a score file: tracin-validate's units (one retraining each), the margins each gave every
+scored test example, the resume mask, and the leave-top-k-out and LDS tables made from them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import h5py
+import numpy as np
+
+from tracin.errors import StoreError
+from tracin.results.store.hdf5 import (
+    HDF5_ERRORS,
+    attribute_value,
+    early_dataset,
+    replace_dataset,
+    setting_differences,
+)
+from tracin.results.store.layout import VALIDATION
+
+
+def prepare_validation(
+    h5: h5py.File, path: Path, units: np.ndarray, settings: dict, overwrite: bool
+) -> "ValidationRecord":
+    """/validation for tracin-validate's units (UNIT_DTYPE [n_units]): created, or the existing one when
+    made with the same settings (resume: its finished units are kept, with or without `overwrite`). One
+    made with other settings is refused unless `overwrite`, which replaces it (only /validation: the
+    scores stay)."""
+    settings = json.loads(json.dumps(settings))
+    n_test = h5["test_index"].shape[0]
+    kept = None
+    if VALIDATION in h5:
+        stored = _stored_settings(h5)
+        differences = setting_differences(stored, settings) if stored is not None else ["its settings do not read"]
+        if not differences:
+            kept = _readable_units(h5[VALIDATION], units, n_test)
+            if kept is None:  # as a full disk or a crash leaves it: every finished unit that reads is kept
+                return ValidationRecord(h5[VALIDATION])
+        elif stored is not None and not overwrite:
+            raise StoreError(
+                f"{path} holds a validation made with other settings: {'; '.join(differences)}. "
+                "Rerun with its options, or pass --overwrite to replace it"
+            )
+        del h5[VALIDATION]
+    group = h5.create_group(VALIDATION)
+    group.attrs.update({"settings": json.dumps(settings, sort_keys=True), "status": "partial"})
+    group.create_dataset("units", data=units)
+    early_dataset(group, "margins", (len(units), n_test), np.float32)
+    early_dataset(group, "seconds", (len(units),), np.float64)
+    early_dataset(group, "done", (len(units),), np.bool_)
+    if kept is not None:
+        done, margins, seconds = kept
+        group["margins"][done] = margins[done]
+        group["seconds"][done] = seconds[done]
+        group["done"][...] = done
+    h5.flush()
+    return ValidationRecord(group)
+
+
+def _stored_settings(h5: h5py.File) -> Optional[dict]:
+    try:
+        return json.loads(h5[VALIDATION].attrs["settings"])
+    except (*HDF5_ERRORS, KeyError, ValueError):
+        return None
+
+
+def _readable_units(
+    group: h5py.Group, units: np.ndarray, n_test: int
+) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """None when /validation is whole (its units, margins, seconds and done mask read, with the shapes the
+    units give, and a complete one has its tables); else (done, margins, seconds) of what reads: the
+    finished units to keep when it is made again (nothing, where even those do not read)."""
+    n = len(units)
+    shapes = {"units": (n,), "margins": (n, n_test), "seconds": (n,), "done": (n,)}
+    try:
+        arrays = {name: group[name][()] for name in shapes}
+        whole = all(arrays[name].shape == shape for name, shape in shapes.items())
+        whole = whole and np.array_equal(arrays["units"], units)
+        if whole and attribute_value(group.attrs["status"]) == "complete":
+            whole = all(group[name].shape is not None for name in ("leave_out", "lds"))
+        if whole:
+            return None
+    except (*HDF5_ERRORS, KeyError, ValueError, TypeError):
+        pass
+    try:
+        done = np.asarray(group["done"][()], dtype=bool)
+        margins, seconds = group["margins"][()], group["seconds"][()]
+        if (
+            done.shape == (n,)
+            and margins.shape == (n, n_test)
+            and seconds.shape == (n,)
+            and np.array_equal(group["units"][()], units)
+        ):
+            return done & np.isfinite(margins).all(axis=1), margins, seconds
+    except (*HDF5_ERRORS, KeyError, ValueError, TypeError):
+        pass
+    return np.zeros(n, bool), np.zeros((n, n_test), np.float32), np.zeros(n)
+
+
+class ValidationRecord:
+    """/validation of a score file: tracin-validate's units (one retraining each), the margins each gave
+    every scored test example, which are done, and the tables made from them."""
+
+    def __init__(self, group: h5py.Group):
+        self._group = group
+
+    @property
+    def settings(self) -> dict:
+        return json.loads(self._group.attrs["settings"])
+
+    @property
+    def status(self) -> str:
+        """ "partial" until the tables are written, then "complete"."""
+        return attribute_value(self._group.attrs["status"])
+
+    @property
+    def units(self) -> np.ndarray:
+        """UNIT_DTYPE [n_units] (tracin.results.validation), in the order they are trained."""
+        return self._group["units"][()]
+
+    @property
+    def done(self) -> np.ndarray:
+        """bool [n_units]: units whose margins are written."""
+        return self._group["done"][()]
+
+    @property
+    def margins(self) -> np.ndarray:
+        """float32 [n_units, n_test]: logit margins of the scored test examples after each retraining."""
+        return self._group["margins"][()]
+
+    @property
+    def seconds(self) -> np.ndarray:
+        """float64 [n_units]: wall time of each retraining (0 where not done)."""
+        return self._group["seconds"][()]
+
+    def write_unit(self, index: int, margins: np.ndarray, seconds: float = 0.0) -> None:
+        """One unit's margins (float32 [n_test]) and wall time, flushed, then marked done and flushed again."""
+        if not np.isfinite(margins).all():
+            raise StoreError(f"retraining {index} gave non-finite margins; not written")
+        self._group["margins"][index] = margins
+        self._group["seconds"][index] = seconds
+        self._group.file.flush()
+        self._group["done"][index] = True
+        self._group.file.flush()
+
+    def write_tables(self, leave_out: np.ndarray, lds: np.ndarray, provenance: Optional[dict] = None) -> None:
+        """The leave-top-k-out and LDS tables (LEAVE_OUT_DTYPE, LDS_DTYPE rows) and where they were made
+        (provenance JSON: machine, finished); status complete."""
+        for name, table in (("leave_out", leave_out), ("lds", lds)):
+            replace_dataset(self._group, name, table)
+        self._group.attrs["provenance"] = json.dumps(provenance or {}, sort_keys=True)
+        self._group.attrs["status"] = "complete"
+        self._group.file.flush()
+
+    @property
+    def provenance(self) -> dict:
+        """Where and when the tables were made (write_tables), {} before."""
+        return json.loads(self._group.attrs.get("provenance", "{}"))
+
+    def tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """(leave_out, lds) tables; StoreError before they are written."""
+        if "leave_out" not in self._group:
+            raise StoreError(
+                f"{self._group.file.filename}: the validation is not finished (run the same tracin-validate again)"
+            )
+        return self._group["leave_out"][()], self._group["lds"][()]

@@ -1,0 +1,69 @@
+"""The optimizer and learning-rate schedule of a run, and the check that torch can build the schedule."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, LRScheduler, OneCycleLR, SequentialLR
+
+from tracin.config import TrainConfig
+from tracin.errors import TracinError
+
+WARMUP_START_FACTOR = 1 / 25  # the cosine warm-up starts where OneCycleLR (div_factor 25) starts
+
+
+OPTIMIZER_FACTORIES: dict[str, Callable[[nn.Module, TrainConfig], torch.optim.Optimizer]] = {
+    "sgd": lambda model, c: torch.optim.SGD(
+        model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.nesterov
+    ),
+    "adam": lambda model, c: torch.optim.Adam(
+        model.parameters(), lr=c.lr, betas=(c.momentum, 0.999), weight_decay=c.weight_decay
+    ),
+    "adamw": lambda model, c: torch.optim.AdamW(
+        model.parameters(), lr=c.lr, betas=(c.momentum, 0.999), weight_decay=c.weight_decay
+    ),
+}
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The configuration's optimizer (OPTIMIZER_FACTORIES) over the model's parameters."""
+    return OPTIMIZER_FACTORIES[config.optimizer](model, config)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps: int) -> LRScheduler:
+    """The learning-rate schedule, stepped once per optimizer step (`steps` per epoch).
+
+    onecycle: OneCycleLR peaking at config.lr after warmup_epochs, with momentum held at config.momentum
+    (cycle_momentum off, so the optimizer stays the SGD the configuration states).
+    cosine: LinearLR from lr/25 up to lr over warmup_epochs, then CosineAnnealingLR down to 0.
+    constant: the same warm-up, then lr throughout.
+    """
+    total = config.epochs * steps
+    if config.schedule == "onecycle":
+        pct_start = config.warmup_epochs / config.epochs
+        return OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=pct_start, cycle_momentum=False)
+    warmup = min(round(config.warmup_epochs * steps), total - 1)
+    after = (
+        CosineAnnealingLR(optimizer, T_max=total - warmup)
+        if config.schedule == "cosine"
+        else ConstantLR(optimizer, factor=1.0, total_iters=0)
+    )
+    if warmup == 0:
+        return after
+    linear = LinearLR(optimizer, start_factor=WARMUP_START_FACTOR, total_iters=warmup)
+    return SequentialLR(optimizer, [linear, after], milestones=[warmup])
+
+
+def check_schedule(config: TrainConfig, steps: int) -> None:
+    """Refuse, before anything is written, a schedule torch cannot build: OneCycleLR divides by the
+    length of its warm-up phase, which is zero when pct_start * total_steps is exactly 1 (the same float
+    expression as torch's)."""
+    pct_start = config.warmup_epochs / config.epochs
+    if config.schedule == "onecycle" and float(pct_start * (config.epochs * steps)) - 1 == 0:
+        raise TracinError(
+            f"--schedule onecycle with {steps} optimizer step(s) per epoch and --warmup-epochs {config.warmup_epochs} "
+            "leaves a warm-up of one step, which OneCycleLR cannot divide; use a smaller --batch-size, more "
+            "data, another --warmup-epochs, or --schedule cosine"
+        )
