@@ -9,8 +9,10 @@ The same as `tracin-score ... --plots`; the notebooks in notebooks/ show the sam
 import argparse
 import sys
 
-from tracin.cli.main import _indices, run_command
-from tracin.results.figures import write_report
+from tracin.arguments import comma_separated
+from tracin.cli.boundary import run_command
+from tracin.options import test_index
+from tracin.results.report_folder import write_report
 
 
 def main() -> int:
@@ -30,7 +32,9 @@ def main() -> int:
     args = parser.parse_args()
 
     def work() -> None:
-        for path in write_report(args.scores, args.out, args.data_root, _indices("--examples", args.examples)):
+        for path in write_report(
+            args.scores, args.out, args.data_root, tuple(map(test_index, comma_separated(args.examples)))
+        ):
             print(path)
 
     return run_command("figures", work, "run the same command again")

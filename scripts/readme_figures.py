@@ -35,7 +35,7 @@ from typing import Optional
 
 import numpy as np
 
-from tracin.cli.main import run_command
+from tracin.cli.boundary import run_command
 from tracin.config import replicas_by_role, split_variant
 from tracin.errors import TracinError
 from tracin.files import write_atomic
@@ -48,16 +48,9 @@ from tracin.results.agreement import (
     pairing_matrix,
     pairing_noise,
 )
-from tracin.results.figures import (
-    check_finished,
-    detection_summary,
-    detection_table,
-    groups_markdown,
-    mislabel_curves,
-    quality_report_markdown,
-    report_verdicts,
-    validation_markdown,
-)
+from tracin.results.detection import detection_summary, detection_table, mislabel_curves
+from tracin.results.markdown import groups_markdown, quality_report_markdown, report_verdicts, validation_markdown
+from tracin.results.report_folder import check_finished
 from tracin.results.sanity import INHERITED, MODEL_ROWS
 from tracin.results.statistics import overlap_at_k
 from tracin.results.store import ScoreFile, rankings_name
@@ -117,7 +110,7 @@ def whole_model(variant: str) -> bool:
 
 
 def quality_section(store: ScoreFile) -> str:
-    table = store.quality()
+    table = store.read_table("quality")
     table = table[[whole_model(v.decode()) for v in table["variant"]]]  # the groups': group_section
     header = [
         "model",
@@ -159,7 +152,7 @@ def spread_section(store: ScoreFile, accuracy: dict, k: int) -> str:
 
     for role, names in by_role.items():
         add(f"{role}: test accuracy", accuracy[names[0]], accuracy[names[1]], percent=True)
-    quality = {(r["model"].decode(), r["variant"].decode()): r for r in store.quality()}
+    quality = {(r["model"].decode(), r["variant"].decode()): r for r in store.read_table("quality")}
     variants = [v for v in store.model(store.models[0]).variants if whole_model(v)]
     for variant in variants:
         for role, names in by_role.items():
@@ -211,7 +204,7 @@ def group_section(store: ScoreFile) -> str:
     train-normalised scores were kept) its quality checks, beside all parameters."""
     models = [m for m in ("teacher", "student") if m in store.models]
     areas = {r["ranking"]: r["area"] for r in detection_summary(mislabel_curves(store, models, groups=True))}
-    quality = {(r["model"].decode(), r["variant"].decode()): r for r in store.quality()}
+    quality = {(r["model"].decode(), r["variant"].decode()): r for r in store.read_table("quality")}
     rows = []
     for model in models:
         scores = store.model(model)
@@ -279,8 +272,8 @@ def figures(run: Path, scores: Path) -> str:
             quality_section(store),
             "**Teacher-student agreement against the noise floor** (`'` = the other replica; each figure a mean over "
             f"the {store.n_test:,} test examples with its 95% bootstrap confidence interval):",
-            "```\n" + format_agreement(store.agreement()) + "\n```",
-            depth_section(store.agreement()),
+            "```\n" + format_agreement(store.read_table("agreement")) + "\n```",
+            depth_section(store.read_table("agreement")),
             detection_table(mislabel_curves(store, store.models)) if store.noisy.any() else "",
             "**By layer group** (which depth carries the self-influence, what each depth alone finds, and how its "
             "proponents fare):"
@@ -306,13 +299,13 @@ def variants_figures(runs: list[Path]) -> str:
         )
         with ScoreFile.open_read(run / "tracin.h5") as store:
             check_finished(store)
-            quality = {(r["model"].decode(), r["variant"].decode()): r for r in store.quality()}
+            quality = {(r["model"].decode(), r["variant"].decode()): r for r in store.read_table("quality")}
             if not store.noisy.any():
                 raise TracinError(f"{run} has no flipped labels: the variants table compares mislabel detection")
             areas = {
                 r["ranking"]: r["area"] for r in detection_summary(mislabel_curves(store, store.models, groups=True))
             }
-            agreement = store.agreement()
+            agreement = store.read_table("agreement")
             for variant in store.model(store.models[0]).variants:
                 chosen = agreement[
                     (agreement["variant"] == variant.encode())
@@ -405,7 +398,7 @@ def quality_figures_of(run: Path) -> str:
     record = json.loads((run / "run.json").read_text())
     data = record["data_config"]
     with ScoreFile.open_read(run / "tracin.h5") as store:
-        table, provenance = store.quality_report(), store.quality_report_provenance()
+        table, provenance = store.read_table("quality_report"), store.table_attrs("quality_report")["provenance"]
         said = report_verdicts(store, table)
         n_train, n_test, n_stamped = store.n_train, store.n_test, int(store.train_stamped.sum())
     machine = provenance["machine"]
@@ -541,9 +534,9 @@ def control_figures(control: Path, demo: Path) -> str:
         for name in scorings:
             with ScoreFile.open_read(files[label][name]) as store:
                 agreement, report, provenance = (
-                    store.agreement(),
-                    store.quality_report(),
-                    store.quality_report_provenance(),
+                    store.read_table("agreement"),
+                    store.read_table("quality_report"),
+                    store.table_attrs("quality_report")["provenance"],
                 )
                 replicas = len(replicas_by_role(store.models).get("teacher", {}))
                 said = report_verdicts(store, report)

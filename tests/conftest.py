@@ -163,7 +163,7 @@ def tiny_scores(tiny_run, tmp_path_factory) -> Path:
         [
             "--run",
             tiny_run,
-            "--out",
+            "--scores",
             out,
             "--models",
             "teacher,student,student_baseline",

@@ -66,7 +66,15 @@ def test_a_score_file_that_is_a_link_is_refused(tiny_run, tmp_path):
     (tmp_path / "tracin.h5").symlink_to(colleague)
     for extra in ((), ("--overwrite",)):
         result = run(
-            "tracin-score", "--run", tiny_run, "--out", tmp_path / "tracin.h5", "--device", "cpu", *extra, cwd=tmp_path
+            "tracin-score",
+            "--run",
+            tiny_run,
+            "--scores",
+            tmp_path / "tracin.h5",
+            "--device",
+            "cpu",
+            *extra,
+            cwd=tmp_path,
         )
         assert_one_line(result, "is a symbolic link")
     assert colleague.read_bytes() == b"a colleague's finished score file"
@@ -94,7 +102,7 @@ def test_a_bad_option_is_refused_before_any_scoring(tiny_run, tmp_path):
         "tracin-score",
         "--run",
         tiny_run,
-        "--out",
+        "--scores",
         tmp_path / "x.h5",
         "--corr-rows",
         "-5",
@@ -171,7 +179,7 @@ REPORT = ("--randomization-train", "16", "--randomization-test", "4", "--device"
 
 def report_table(path: Path) -> bytes:
     with ScoreFile.open_read(path) as store:
-        return store.quality_report().tobytes()
+        return store.read_table("quality_report").tobytes()
 
 
 @pytest.fixture(scope="module")

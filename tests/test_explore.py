@@ -31,7 +31,7 @@ from tracin.results.explore import (
     write_page,
     write_tables,
 )
-from tracin.results.figures import load_images
+from tracin.results.grids import load_images
 from tracin.results.store import ScoreFile
 
 from conftest import REPO, TINY_RUN_ARGS, run_tracin_score, run_tracin_train, subprocess_env

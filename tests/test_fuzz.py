@@ -31,10 +31,10 @@ from hypothesis import strategies as st
 
 from tracin import faults
 from tracin.cli import COMMANDS, main
-from tracin.cli.main import run_command as command_boundary
+from tracin.cli.boundary import run_command as command_boundary
 from tracin.commands.evaluate import read_class_map
 from tracin.errors import TracinError
-from tracin.results.figures import write_report
+from tracin.results.report_folder import write_report
 from tracin.training.checkpoints import list_checkpoints, load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -152,7 +152,7 @@ def test_run_json_mutations(run_copy, tmp_path, data):
     (run / "run.json").write_text(json.dumps(mutated))
     before = digest(run)
     code, stderr = run_command(
-        ["score", "--run", run, "--out", run.with_suffix(".h5"), *SCORE], fault="h5-header:1:interrupt"
+        ["score", "--run", run, "--scores", run.with_suffix(".h5"), *SCORE], fault="h5-header:1:interrupt"
     )
     assert_user_outcome(code, stderr)
     assert digest(run) == before  # scoring reads the run, never writes it
@@ -262,24 +262,10 @@ def test_score_file_damage(tiny_scores, dataset_names, tmp_path, data):
 
 
 def option_strings(command: str) -> list[str]:
-    import importlib
+    from tracin.cli.main import build_parser
+    from tracin.cli.notebooks import build_parser as build_notebooks_parser
 
-    from tracin.cli.explore import build_parser as build_explore_parser
-    from tracin.cli.notebooks import build_parser
-
-    cli_main = importlib.import_module("tracin.cli.main")  # the module (tracin.cli.main is also the umbrella function)
-
-    builders = {
-        "train": cli_main.build_train_parser,
-        "score": cli_main.build_score_parser,
-        "validate": cli_main.build_validate_parser,
-        "report": cli_main.build_report_parser,
-        "sweep": cli_main.build_sweep_parser,
-        "eval": cli_main.build_eval_parser,
-        "notebooks": build_parser,
-        "explore": build_explore_parser,
-    }
-    parser = builders[command]()
+    parser = build_notebooks_parser() if command == "notebooks" else build_parser(command)
     return sorted(s for action in parser._actions for s in action.option_strings if s not in ("-h", "--help"))
 
 
@@ -331,7 +317,7 @@ def base_arguments(command: str, run: Path, tmp_path: Path, data_root: str) -> l
         "score": [
             "--run",
             str(run),
-            "--out",
+            "--scores",
             str(tmp_path / "fuzzed.h5"),
             "--device",
             "cpu",

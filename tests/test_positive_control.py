@@ -135,7 +135,7 @@ def control_run(fashion_mnist_root, tmp_path_factory) -> Path:
         [
             "--run",
             run,
-            "--out",
+            "--scores",
             out,
             "--models",
             "teacher,student,student_baseline",
@@ -233,7 +233,7 @@ def _assert_row(table: np.ndarray, check: str, model: str, variant: str, per_row
 
 def test_behaviour_rows_equal_the_stored_predictions(control_run):
     with ScoreFile.open_read(control_run / "tracin.h5") as store:
-        table = store.quality_report()
+        table = store.read_table("quality_report")
         stamped = store.test_stamped
         for side, rows in (("stamped", stamped), ("clean", ~stamped)):
             for role in ("teacher", "student", "student_baseline"):
@@ -270,7 +270,7 @@ def test_behaviour_rows_equal_the_stored_predictions(control_run):
 
 def test_attribution_rows_equal_overlaps_counted_from_the_top_k_lists(control_run):
     with ScoreFile.open_read(control_run / "tracin.h5") as store:
-        table = store.quality_report()
+        table = store.read_table("quality_report")
         labels, stamped = store.test_labels, store.test_stamped
         for variant in ("raw", "cosine"):
             top = {name: store.model(name).variant_rankings(variant)[0].top_index for name in store.models}
@@ -375,7 +375,7 @@ def test_readme_figures_set_the_headline_beside_its_control(control_run, tmp_pat
     ]
     assert all(line in text.splitlines() for line in copied) and "stale" not in headline
     with ScoreFile.open_read(control_run / "tracin.h5") as store:
-        agreement, report = store.agreement(), store.quality_report()
+        agreement, report = store.read_table("agreement"), store.read_table("quality_report")
     own = agreement[
         (agreement["comparison"] == b"own - other teacher")
         & (agreement["variant"] == b"raw")

@@ -11,8 +11,10 @@ import os
 import re
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from tracin.arguments import option
 from tracin.errors import TracinError
 from tracin.variants import SCORE_VARIANTS
 
@@ -198,18 +200,58 @@ class DataConfig(_Serializable):
     control.
     """
 
-    dataset: str = "cifar10"
-    data_root: str = "data"
-    train_subset: Optional[int] = None
-    test_subset: Optional[int] = None
-    label_noise: float = 0.0
-    seed: int = 0
-    checksum: bool = True
-    coarse_labels: Optional[str] = None
-    shortcut_class: Optional[int] = None
-    shortcut_fraction: float = 0.1
-    shortcut_patch: int = 3
-    shortcut_mode: str = "class"
+    dataset: str = option("cifar10", help="data set", section="data", choices=DATASETS)
+    data_root: str = option(
+        "data",
+        help="folder of the torchvision data sets",
+        default_text="$TRACIN_DATA, else data",
+        default_from=default_data_root,
+        item=lambda path: str(Path(path).resolve()),  # runs are read from anywhere
+        section="data",
+    )
+    train_subset: Optional[int] = option(
+        None, help="train on a class-stratified subset of this many examples", section="data"
+    )
+    test_subset: Optional[int] = option(
+        None, help="evaluate on a class-stratified subset of this many examples", section="data"
+    )
+    label_noise: float = option(
+        0.0, help="fraction of training labels flipped to another class, exactly round(p * n)", section="data"
+    )
+    seed: int = option(
+        0, help="seed of subsets, label noise and the stamped examples", flag="--data-seed", section="data"
+    )
+    checksum: bool = option(
+        True,
+        help="verify torchvision's checksums (--no-checksum: CIFAR-format files that are not the published ones)",
+        section="data",
+    )
+    coarse_labels: Optional[str] = option(
+        None,
+        help="train on merged classes ("
+        + "; ".join(f"{dataset}: {', '.join(names)}" for dataset, names in COARSE_LABELS.items())
+        + "; tracin.training.data.CLASS_MERGES); the data set's own labels are kept for the identical-subclass check",
+        section="data",
+        choices=tuple(sorted({n for names in COARSE_LABELS.values() for n in names})),
+        metavar="MERGE",
+    )
+    shortcut_class: Optional[int] = option(
+        None,
+        help="plant a shortcut: stamp a white corner square on a fraction of the training images of class C (and "
+        "on half of every class's test images); the stamped examples are recorded in the run",
+        section="data",
+        metavar="C",
+    )
+    shortcut_fraction: float = option(0.1, help="fraction of class C's training images stamped", section="data")
+    shortcut_patch: int = option(3, help="side of the stamped square in pixels", section="data")
+    shortcut_mode: str = option(
+        "class",
+        help="class: every model trains on the stamped class; inherit: the known-positive control of distillation, "
+        "replica r's teacher learns the stamp on class (C + r) mod classes and every student trains on images "
+        "stamped on that fraction of every class with their true labels, so only the teacher's soft targets carry it",
+        section="data",
+        choices=SHORTCUT_MODES,
+    )
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, DATASETS)
@@ -264,28 +306,73 @@ class TrainConfig(_Serializable):
     0.999)); weight_decay is L2 for SGD and Adam, decoupled for AdamW.
     """
 
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.1
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = True
-    schedule: str = "onecycle"
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
-    save_every: int = 2
-    seed: int = 0
-    arch: str = "resnet34"
-    student_arch: Optional[str] = None  # None: the students are arch cut after student_stages; else a MODULE:FUNCTION
-    width: int = 64
-    student_stages: int = 2
-    student_init: str = "scratch"
-    distill: str = "teacher"
-    kd_loss: str = "kl"
-    temperature: float = 4.0
-    alpha: float = 0.7
-    augment: bool = True
+    epochs: int = option(30, help="epochs per model", section="training")
+    batch_size: int = option(128, help="global batch size, split among processes under torchrun", section="training")
+    lr: float = option(0.1, help="peak learning rate", section="training")
+    optimizer: str = option(
+        "sgd", help="SGD, or Adam / AdamW with betas (momentum, 0.999)", section="training", choices=OPTIMIZERS
+    )
+    momentum: float = option(0.9, help="SGD momentum; Adam's first beta", section="training")
+    weight_decay: float = option(5e-4, help="L2 weight decay (decoupled for adamw)", section="training")
+    nesterov: bool = option(True, help="Nesterov momentum for SGD", default_text="True", section="training")
+    schedule: str = option(
+        "onecycle",
+        help="OneCycleLR, or linear warm-up then cosine or constant; stepped every optimizer step",
+        section="training",
+        choices=SCHEDULES,
+    )
+    warmup_epochs: float = option(1.0, help="epochs of rising learning rate", section="training")
+    label_smoothing: float = option(0.0, help="cross-entropy label smoothing", section="training")
+    save_every: int = option(2, help="save a checkpoint every N epochs, and at the end", section="training")
+    seed: int = option(0, help="seed of initial weights, data order and augmentation", section="training")
+    arch: str = option(
+        "resnet34",
+        help="architecture of teacher and students, registered in tracin.training.models; or --model "
+        "MODULE:FUNCTION, the teacher from your own factory, called as FUNCTION(num_classes=..., in_channels=...) "
+        "(importable from PYTHONPATH; needs --student-model; scoring it later needs --allow-model)",
+        also=("--model",),
+        section="models and distillation",
+        registry=("tracin.training.models", "MODELS"),
+        metavar="NAME|MODULE:FUNCTION",
+    )
+    student_arch: Optional[str] = option(
+        None,
+        help="the students from your own factory (as --model)",
+        flag="--student-model",
+        section="models and distillation",
+        metavar="MODULE:FUNCTION",
+    )  # None: the students are arch cut after student_stages
+    width: int = option(
+        64, help="channels of the first stage; 64 is the standard ResNet", section="models and distillation"
+    )
+    student_stages: int = option(2, help="stages of the students, 1-4", section="models and distillation")
+    student_init: str = option(
+        "scratch",
+        help="students start from scratch or from the teacher's stem and stages",
+        section="models and distillation",
+        choices=STUDENT_INIT,
+    )
+    distill: str = option(
+        "teacher",
+        help="the student learns from the teacher, from its own previous checkpoint (self; cross-entropy until its "
+        "first save), or from labels only (none)",
+        section="models and distillation",
+        choices=DISTILL,
+    )
+    kd_loss: str = option(
+        "kl",
+        help="soft-target loss, a kind registered in tracin.training.losses: kl (T^2 KL at temperature T), mse (logit "
+        "MSE), kl-elementwise (nn.KLDivLoss()'s mean over batch x classes, as one study wrote it: 2 T^2 KL / C)",
+        section="models and distillation",
+        registry=("tracin.training.losses", "KD_LOSSES"),
+    )
+    temperature: float = option(4.0, help="distillation temperature T", section="models and distillation")
+    alpha: float = option(
+        0.7,
+        help="weight of the soft-target term: alpha * T^2 * KL + (1 - alpha) * CE",
+        section="models and distillation",
+    )
+    augment: bool = option(True, help="random crops and flips while training (--no-augment: none)", section="training")
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")

@@ -8,8 +8,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from tracin.cli.explore import main as explore_main
-from tracin.cli.main import eval_main, report_main, score_main, sweep_main, train_main, validate_main
+from tracin.cli.main import eval_main, explore_main, report_main, score_main, sweep_main, train_main, validate_main
 from tracin.cli.notebooks import main as notebooks_main
 from tracin.version import __version__
 

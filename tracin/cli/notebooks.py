@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from tracin.cli.main import _arguments, _Parser, run_command
+from tracin.cli.boundary import arguments, run_command
+from tracin.cli.parsing import Parser, command_parser, options_from
 from tracin.errors import TracinError
 from tracin.files import refuse_link, write_atomic
+from tracin.options import NotebooksOptions
 
 
 def notebook_folder() -> Path:
@@ -91,27 +93,24 @@ def skip_reason(path: Path, store) -> Optional[str]:
     return next((NEEDS[name].missing for name in needs if not NEEDS[name].holds(store)), None)
 
 
-def build_parser() -> _Parser:
-    parser = _Parser(
-        prog="tracin-notebooks",
-        description="Execute the notebooks on a tracin-score file and write each as HTML (OUT_DIR/NAME.html); "
-        "a notebook that does not apply to the file (no flipped labels, say) is skipped with one line.",
+def build_parser() -> Parser:
+    return command_parser(
+        "tracin-notebooks",
+        "Execute the notebooks on a tracin-score file and write each as HTML (OUT_DIR/NAME.html); a notebook that "
+        "does not apply to the file (no flipped labels, say) is skipped with one line.",
+        NotebooksOptions,
     )
-    parser.add_argument("scores", metavar="SCORES", help="the HDF5 file tracin-score wrote")
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder for the HTML files")
-    parser.add_argument("data_root", metavar="DATA_ROOT", nargs="?", help="where the run's data set is, if it moved")
-    return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """tracin-notebooks SCORES OUT_DIR [DATA_ROOT]: every notebook that applies, to HTML in OUT_DIR."""
-    import sys
+    args = build_parser().parse_args(arguments(argv))
 
-    args = build_parser().parse_args(_arguments(argv if argv is not None else sys.argv[1:]))
-    scores, out_dir = Path(args.scores).resolve(), Path(args.out_dir)
-    return run_command(
-        "tracin-notebooks", lambda: execute_all(scores, out_dir, args.data_root), "run the same command again"
-    )
+    def work() -> None:
+        options = options_from(NotebooksOptions, args, "tracin-notebooks")
+        execute_all(Path(options.scores), Path(options.out_dir), options.data_root)
+
+    return run_command("tracin-notebooks", work, "run the same command again")
 
 
 def execute_all(scores: Path, out_dir: Path, data_root: Optional[str]) -> list[Path]:
@@ -119,7 +118,7 @@ def execute_all(scores: Path, out_dir: Path, data_root: Optional[str]) -> list[P
     opened here first, so that a wrong path or a damaged file is one line, not a failed kernel."""
     from nbclient.exceptions import CellExecutionError
 
-    from tracin.results.figures import check_finished
+    from tracin.results.report_folder import check_finished
     from tracin.results.store import ScoreFile
 
     with ScoreFile.open_read(scores) as store:

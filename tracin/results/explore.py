@@ -42,9 +42,12 @@ import numpy as np
 from tracin.config import replicas_by_role
 from tracin.errors import TracinError
 from tracin.files import exclusive_lock, refuse_link, write_atomic
+from tracin.options import ExploreOptions
 from tracin.results import sanity, statistics
 from tracin.results.agreement import select_agreement_pairs
-from tracin.results.figures import Images, check_finished, load_images, report_verdicts
+from tracin.results.grids import Images, load_images
+from tracin.results.markdown import report_verdicts
+from tracin.results.report_folder import check_finished
 from tracin.results.store import ScoreFile
 from tracin.version import __version__
 
@@ -52,21 +55,6 @@ BLOCK = 250  # test examples per data file when the data do not fit inline
 DEPTH = 10  # proponents and opponents shown per model and test example, unless asked otherwise
 FREQUENT = 12  # train examples listed as most frequent proponents, and as highest self-influence
 FLOOR = "teacher-teacher'"  # the comparison whose run mean is the replica floor
-
-
-@dataclass(frozen=True)
-class ExploreOptions:
-    """What tracin-explore writes: the page `out` (default: explore.html beside the score file), `depth`
-    proponents and opponents per model and test example (at most the file's top-k), the models shown (None:
-    every model in the file), the data inline up to `max_inline_mb` MB (else in the folder beside the page)."""
-
-    scores: Path
-    out: Optional[Path] = None
-    depth: Optional[int] = None  # None: 10, or the file's top-k where it holds fewer
-    models: Optional[tuple[str, ...]] = None
-    data_root: Optional[str] = None
-    max_inline_mb: float = 25.0
-    export: Optional[Path] = None  # a folder for topk.csv and overlap.csv (and .parquet with pyarrow)
 
 
 def _b64(array: np.ndarray) -> str:
@@ -148,7 +136,7 @@ def _quality(store: ScoreFile) -> dict:
     """The quality report's verdicts and table (rows of the first variant and of each other variant), or
     the line saying how to make it."""
     try:
-        table = store.quality_report()
+        table = store.read_table("quality_report")
     except TracinError as error:
         return {"missing": f"{error}"}
     table = table[np.char.find(table["variant"], b"@") < 0]
@@ -161,7 +149,7 @@ def _quality(store: ScoreFile) -> dict:
             cells = [rows[(rows["check"] == check) & (rows["model"] == m.encode())] for m in models]
             body.append([check.decode(), *(sanity.format_cell(c[0]) if len(c) else "-" for c in cells)])
         tables.append({"variant": variant.decode(), "models": models, "rows": body})
-    return {"verdicts": report_verdicts(store, store.quality_report()), "tables": tables}
+    return {"verdicts": report_verdicts(store, store.read_table("quality_report")), "tables": tables}
 
 
 @dataclass
@@ -464,6 +452,10 @@ def explore(options: ExploreOptions) -> list[str]:
     """tracin-explore: the page of a finished score file (and the export where asked); lines to print. The
     score file is read under a reader's lock (no tracin-score or tracin-report may write it meanwhile), the
     page written under its own lock."""
+    if options.run is not None and not Path(options.run).is_dir():
+        raise TracinError(f"--run {options.run}: no such run folder")
+    if not options.scores.is_file():
+        raise TracinError(f"{options.scores}: no such score file (tracin-score --run RUN makes it)")
     out = options.out or options.scores.parent / (
         "explore.html" if options.scores.name == "tracin.h5" else f"{options.scores.stem}.explore.html"
     )

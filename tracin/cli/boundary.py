@@ -1,0 +1,109 @@
+"""The error boundary of every command: a `TracinError` (a mistake the user can fix), a usage error and a full,
+read-only or foreign disk end a command with one line on stderr and exit code 2; an interruption with 130 and
+how to go on. Anything else is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+from tracin.errors import TracinError
+from tracin.files import disk_full
+
+
+def arguments(argv: Optional[Sequence[str]]) -> list[str]:
+    """The command's arguments. Under `torchrun ... tracin-train -- --run NAME` they follow a `--` that
+    torchrun passes on: its own parser would take a bare --run for an abbreviation of its --run-path."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return argv[1:] if argv[:1] == ["--"] else argv
+
+
+# Faults of the machine a user fixes (a full disk, a read-only or foreign folder): one line, never a traceback.
+USER_FIXABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _fail(prog: str, message: object) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _disk_fault(error: Exception) -> Optional[str]:
+    """The fault of a full, read-only or foreign disk in one line, or None for anything else. h5py and
+    torch.save report a full disk without an errno, in their message."""
+    number = getattr(error, "errno", None)
+    if number in USER_FIXABLE_ERRNOS:
+        where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+        return f"{os.strerror(number)}{where}"
+    text = str(error)
+    for words, number in (("No space left on device", errno.ENOSPC), ("Disk quota exceeded", errno.EDQUOT)):
+        if words in text:
+            return os.strerror(number)
+    if disk_full(error):  # TRACIN_FAULT's full disk, which h5py may report as another error (faults.disk_filled)
+        return os.strerror(errno.ENOSPC)
+    return None
+
+
+def _exit_keeping_hdf5_files(code: int) -> int:
+    """After a full disk, an HDF5 file open for writing is left as a kill would leave it: closing it would
+    flush half-written metadata over its last consistent state (and h5py can crash doing so)."""
+    if "h5py" in sys.modules:
+        from tracin.results.store import hdf5_open_for_writing
+
+        if hdf5_open_for_writing():
+            _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+@contextlib.contextmanager
+def _full_disk_inside_h5py(stop: Callable[[str], int]):
+    """h5py meets a full disk while it closes an object, where nothing can raise (Cython prints the error
+    through sys.excepthook, then passes it to sys.unraisablehook): the command stops there with
+    stop(reason)'s one line, instead of printing a traceback and going on."""
+
+    def unraisable(report) -> None:
+        if not disk_full(report.exc_value) or "h5py" not in repr(report.object):
+            return previous_hook(report)
+        _exit_now(stop(_disk_fault(report.exc_value)))
+
+    def excepthook(kind, error, trace) -> None:
+        if not disk_full(error):
+            previous_excepthook(kind, error, trace)
+
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
+    previous_excepthook, sys.excepthook = sys.excepthook, excepthook
+    try:
+        yield
+    finally:
+        sys.unraisablehook, sys.excepthook = previous_hook, previous_excepthook
+
+
+def run_command(prog: str, work: Callable[[], object], how_to_continue: str) -> int:
+    """Exit code of a command: 0 done, 2 a user mistake or a full/read-only disk (one line), 130
+    interrupted (saying how to go on). Anything else is a bug and keeps its traceback."""
+
+    def disk_fault(reason: str) -> int:
+        return _exit_keeping_hdf5_files(_fail(prog, f"{reason}; finished work is kept: fix it and {how_to_continue}"))
+
+    try:
+        with _full_disk_inside_h5py(disk_fault):
+            work()
+    except TracinError as error:
+        return _fail(prog, error)
+    except Exception as error:  # h5py reports a full disk as OSError, RuntimeError, ValueError, ...
+        reason = _disk_fault(error)
+        if reason is None:
+            raise
+        return disk_fault(reason)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; {how_to_continue}", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,224 @@
+"""Parsers generated from options dataclasses (tracin.arguments), and the options read back from them.
+
+Every command's parser is `command_parser(prog, description, OptionsA, OptionsB, ...)`: one option per
+declared field, its default the field's, its help the field's. Usage errors are one line and exit code 2;
+no option is abbreviated; every command answers --version. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import sys
+import typing
+from typing import Any, Optional, Sequence
+
+from tracin.arguments import Option, comma_separated, declared_options, flag_of
+from tracin.version import __version__
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Shows a comma-separated option as `--models MODEL,...` (it also takes the old space-separated words)."""
+
+    def _format_args(self, action, default_metavar):
+        if action.nargs == "+" and isinstance(action.type, _Items):
+            return self._metavar_formatter(action, default_metavar)(1)[0]
+        return super()._format_args(action, default_metavar)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr and exit code 2, like every other user error.
+    Options are never abbreviated (`--overw` is not `--overwrite`), and every command has --version."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, formatter_class=_Formatter, **kwargs)
+        self.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+        self.renamed: dict[str, str] = {}  # old spelling -> the option's flag
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_args(self, args: Optional[Sequence[str]] = None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        for old in dict.fromkeys(a.split("=", 1)[0] for a in args if a.split("=", 1)[0] in self.renamed):
+            print(
+                f"{self.prog}: note: {old} is now {self.renamed[old]} (the old spelling still works)", file=sys.stderr
+            )
+        return super().parse_args(args, namespace)
+
+
+class Registered:
+    """An option's type that accepts a name of a registry, looked up only when an argument is checked (the
+    registries need torch, which --help does not import)."""
+
+    def __init__(self, module: str, registry: str, factories: bool = False):
+        self.module, self.registry, self.factories = module, registry, factories
+        self.__name__ = registry  # argparse names the type in its error
+
+    def __call__(self, name: str) -> str:
+        if self.factories and ":" in name:
+            return name  # a MODULE:FUNCTION factory, imported only with the user's consent
+        names = sorted(getattr(importlib.import_module(self.module), self.registry))
+        if name not in names:
+            raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(names)})")
+        return name
+
+
+class _Items:
+    """The type of one word of a comma-separated option: its values, each checked against the choices."""
+
+    def __init__(self, choices: Optional[Sequence[str]]):
+        self.choices = choices
+        self.__name__ = "list"
+
+    def __call__(self, text: str) -> tuple[str, ...]:
+        values = comma_separated(text)
+        for value in values:
+            if self.choices is not None and value not in self.choices:
+                raise argparse.ArgumentTypeError(
+                    f"invalid choice: {value!r} (choose from {', '.join(self.choices)}; comma-separated)"
+                )
+        return values
+
+
+def _dest(field: dataclasses.Field, declared: Option) -> str:
+    return field.name if declared.positional else flag_of(field, declared)[2:].replace("-", "_")
+
+
+def _value_type(annotation: Any) -> Any:
+    """int of Optional[int]; the annotation itself otherwise."""
+    if typing.get_origin(annotation) is typing.Union:
+        kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return kinds[0] if len(kinds) == 1 else str
+    return annotation
+
+
+def _shown_default(field: dataclasses.Field, declared: Option) -> Optional[str]:
+    if declared.default_text is not None:
+        return declared.default_text or None
+    default = field.default
+    if default is dataclasses.MISSING or default is None or isinstance(default, bool) or default == ():
+        return None
+    return ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+
+
+def _argument(field: dataclasses.Field, declared: Option, kind: Any) -> tuple[list[str], dict[str, Any]]:
+    """The names and keywords of argparse's add_argument for one declared field."""
+    shown = _shown_default(field, declared)
+    help_text = declared.help + (f" (default: {shown})" if shown else "")
+    keywords: dict[str, Any] = {"help": help_text.replace("%", "%%"), "default": argparse.SUPPRESS}
+    if declared.metavar:
+        keywords["metavar"] = declared.metavar
+    if declared.positional:
+        keywords["default"] = None
+        if field.default is not dataclasses.MISSING:
+            keywords["nargs"] = "?"
+        keywords.setdefault("metavar", field.name.upper())
+        return [field.name], keywords
+    names = [flag_of(field, declared), *declared.also, *declared.renamed]
+    keywords["dest"] = _dest(field, declared)
+    if field.default is dataclasses.MISSING:
+        keywords["required"] = True
+    if kind is bool:
+        keywords["action"] = argparse.BooleanOptionalAction if field.default else "store_true"
+    elif typing.get_origin(kind) is tuple:
+        if declared.repeat:
+            keywords["action"] = "append"
+        else:
+            keywords.update(type=_Items(declared.choices), nargs="+")
+            keywords.setdefault("metavar", "A,B,...")
+    else:
+        if declared.registry:
+            keywords["type"] = Registered(*declared.registry, factories=":" in (declared.metavar or ""))
+        elif kind in (int, float):
+            keywords["type"] = kind
+        if declared.choices:
+            keywords["choices"] = declared.choices
+        if declared.optional_value is not None:
+            keywords.update(nargs="?", const=declared.optional_value)
+    return names, keywords
+
+
+def add_options(parser: Parser, options: type) -> None:
+    """One argument per declared field of `options`, in its group's section of the help."""
+    hints = typing.get_type_hints(options)
+    sections: dict[Optional[str], Any] = {
+        group.title: group for group in parser._action_groups if group.title not in ("options", "positional arguments")
+    }
+    exclusive: dict[str, Any] = {}
+    for field, declared in declared_options(options):
+        names, keywords = _argument(field, declared, _value_type(hints[field.name]))
+        if declared.section is not None and declared.section not in sections:
+            sections[declared.section] = parser.add_argument_group(declared.section)
+        target = sections.get(declared.section, parser)
+        if declared.exclusive:
+            if declared.exclusive not in exclusive:
+                exclusive[declared.exclusive] = target.add_mutually_exclusive_group()
+            target = exclusive[declared.exclusive]
+        target.add_argument(*names, **keywords)
+        parser.renamed.update(dict.fromkeys(declared.renamed, names[0]))
+
+
+def command_parser(prog: str, description: str, *options: type, epilog: Optional[str] = None) -> Parser:
+    """The parser of a command whose options are the declared fields of `options`, in that order."""
+    parser = Parser(prog=prog, description=description, epilog=epilog)
+    for each in options:
+        add_options(parser, each)
+    return parser
+
+
+def options_from(options: type, arguments: argparse.Namespace, prog: str, **fixed: Any) -> Any:
+    """The `options` object the parsed arguments describe: a given option's value, converted by its `item`;
+    an option not given keeps the field's default (or its `default_from`). Validated by the dataclass."""
+    values: dict[str, Any] = {}
+    for field, declared in declared_options(options):
+        dest = _dest(field, declared)
+        if getattr(arguments, dest, None) is not None or (hasattr(arguments, dest) and not declared.positional):
+            value = getattr(arguments, dest)
+        elif declared.default_from is not None:
+            value = declared.default_from()
+        else:
+            continue
+        values[field.name] = _converted(field, declared, value, prog)
+    return options(**values, **fixed)
+
+
+def _converted(field: dataclasses.Field, declared: Option, value: Any, prog: str) -> Any:
+    convert = declared.item or (lambda v: v)
+    if isinstance(value, list):
+        if not declared.repeat:
+            if len(value) > 1:
+                flag = flag_of(field, declared)
+                print(
+                    f"{prog}: note: {flag} takes comma-separated values: read "
+                    f"{' '.join(map(','.join, value))!r} as {','.join(v for words in value for v in words)}",
+                    file=sys.stderr,
+                )
+            value = [v for words in value for v in words]
+        return tuple(convert(v) for v in value)
+    if isinstance(value, tuple):
+        return tuple(convert(v) for v in value)
+    return convert(value) if value is not None else value
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # a table cell's own bar, even inside `code`
+
+
+def options_markdown(parser: Parser) -> str:
+    """A command's options as a Markdown table (docs/cli.md's generated parts), from its parser."""
+    lines = ["| option | what it does |", "| --- | --- |"]
+    for action in parser._actions:
+        if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            continue
+        names = " / ".join(f"`{name}`" for name in action.option_strings if name not in parser.renamed) or (
+            f"`{action.metavar or action.dest.upper()}`"
+        )
+        if action.metavar and action.option_strings and action.nargs != 0:
+            names += f" `{action.metavar}`"
+        elif action.choices and action.option_strings:
+            names += f" `{'|'.join(map(str, action.choices))}`"
+        text = (action.help or "").replace("%%", "%")
+        lines.append(f"| {_cell(names)} | {_cell(text)} |")
+    return "\n".join(lines)
