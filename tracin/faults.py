@@ -82,6 +82,16 @@ def full_disk_file(path, mode: str) -> "FullDisk | None":
     return FullDisk(path, "w+" if mode == "w" else "r+")
 
 
+def disk_filled() -> bool:
+    """Whether a FullDisk of this process has refused a write. h5py's file-object driver does not always
+    raise the refusal itself: HDF5 may swallow it inside a metadata flush and a later callback of the same
+    file then fails with an AttributeError. Any error after the disk filled is the full disk."""
+    return _filled
+
+
+_filled = False
+
+
 class FullDisk(io.FileIO):
     """A file on a disk that fills at the N-th write growing any file of this process (TRACIN_FAULT's N)."""
 
@@ -89,5 +99,7 @@ class FullDisk(io.FileIO):
         if self.tell() + len(data) > os.fstat(self.fileno()).st_size:
             _reached["h5-write"] += 1
             if _reached["h5-write"] >= _parse(os.environ["TRACIN_FAULT"])[1]:
+                global _filled
+                _filled = True
                 raise OSError(errno.ENOSPC, "No space left on device (injected by TRACIN_FAULT)")
         return super().write(data)

@@ -227,6 +227,8 @@ def disk_full(error: object) -> bool:
     """Whether `error` is a full disk or quota, as the OS or h5py (often without an errno) reports it."""
     if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
         return True
+    if error is not None and faults.disk_filled():  # TRACIN_FAULT's full disk, however h5py reported it
+        return True
     return isinstance(error, Exception) and any(
         words in str(error) for words in ("No space left on device", "Disk quota exceeded")
     )
