@@ -147,7 +147,7 @@ class _Serializable:
         _check(isinstance(values, dict), f"a {cls.__name__} must be a JSON object, got {type(values).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = set(values) - names
-        _check(not unknown, f"unknown {cls.__name__} fields: {', '.join(sorted(unknown))}")
+        _check(not unknown, f"unknown {cls.__name__} fields: {', '.join(map(repr, sorted(unknown)))}")
         hints = typing.get_type_hints(cls)
         for name, value in values.items():
             _check(
