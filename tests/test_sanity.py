@@ -16,10 +16,10 @@ import pytest
 import scipy.stats
 import torch
 
-from tracin.commands.report import MODEL_ROWS
 from tracin.config import DataConfig, ModelConfig
 from tracin.engine.reference import func_tracin_scores
 from tracin.results import sanity
+from tracin.results.sanity import MODEL_ROWS
 from tracin.results.statistics import bootstrap_ci, sample_rows
 from tracin.results.store import ScoreFile
 from tracin.training.checkpoints import list_checkpoints, load_checkpoint
@@ -559,7 +559,7 @@ def test_the_concentration_interval_always_holds_its_share():
 def test_lds_and_leave_out_rows_come_from_the_files_validation(sanity_run, sanity_report, tmp_path):
     import shutil
 
-    from tracin.commands.report import quality_report_table
+    from tracin.results.checks import quality_report_table
     from tracin.results.validation import LDS_DTYPE, LEAVE_OUT_DTYPE, UNIT_DTYPE
 
     path = tmp_path / "validated.h5"

@@ -7,7 +7,6 @@ matplotlib.
 
 from __future__ import annotations
 
-import json
 from typing import Optional, Sequence
 
 import numpy as np
@@ -16,6 +15,7 @@ from tracin.config import split_model_name
 from tracin.errors import StoreError, TracinError
 from tracin.results import sanity
 from tracin.results.agreement import AGREEMENT_DTYPE, DEPTH_COMPARISONS, agreement_by_depth, of_layer_groups, verdicts
+from tracin.results.checks import check_verdicts
 from tracin.results.comparison import cells, title_of
 from tracin.results.store import ScoreFile
 
@@ -263,24 +263,11 @@ def groups_markdown(table: np.ndarray) -> str:
 
 
 def report_verdicts(store: ScoreFile, table: np.ndarray) -> list[str]:
-    """The report's findings in words: models near chance and rankings below chance flagged, randomization,
-    the planted shortcut, and own versus other teacher (from the agreement table, where the file has
-    replicas)."""
+    """The report's findings in words: each registered check's verdicts (tracin.results.checks: models near
+    chance and rankings below chance flagged, randomization, the planted shortcut, the known-positive
+    control), then own versus other teacher (from the agreement table, where the file has replicas)."""
     try:
         agreement = store.read_table("agreement")
     except StoreError:
         agreement = np.zeros(0, dtype=AGREEMENT_DTYPE)
-    shortcut = store.shortcut_of("teacher")
-    within = None if shortcut is None else float(store.train_stamped[store.train_labels == shortcut].mean())
-    return (
-        sanity.model_verdicts(table)
-        + sanity.randomization_verdicts(table)
-        + sanity.shortcut_verdicts(table, within, _test_label(store))
-        + sanity.inheritance_verdicts(table)
-        + verdicts(agreement)
-    )
-
-
-def _test_label(store: ScoreFile) -> str:
-    """What the file's test side explains: "label" (the default) or "prediction" (tracin-score --test-label)."""
-    return json.loads(store.attributes["settings"]).get("score.test_label", "label")
+    return check_verdicts(table, store) + verdicts(agreement)

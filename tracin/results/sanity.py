@@ -22,7 +22,7 @@ and writes the table to the score file (/quality_report).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import scipy.stats
@@ -51,6 +51,22 @@ RANDOMIZATION_DTYPE = np.dtype(
         ("spearman", "f8"),
     ]
 )
+
+
+class Row(NamedTuple):
+    """One row of the quality report (REPORT_DTYPE's fields): a check's value for one model and variant,
+    its bootstrap CI, its chance level (NaN: none) and the test rows (or train rankings) it averages."""
+
+    check: str
+    model: str
+    variant: str
+    value: float
+    ci_low: float
+    ci_high: float
+    chance: float
+    n_rows: int
+
+
 INHERITED = "inherited"  # the known-positive control's rows (DataConfig.shortcut_mode "inherit")
 SANITY_K = 10  # proponents per test example the shortcut and subclass checks look at
 ALL_LAYERS = "all layers"
@@ -178,9 +194,13 @@ NEAR_CHANCE = 0.25  # a model whose accuracy covers less than this share of the 
 
 
 def model_verdicts(table: np.ndarray) -> list[str]:
-    """Flags in words: a model at or near chance accuracy (less than NEAR_CHANCE of the way from the
-    majority class's share to 1, or a CI that reaches chance: its gradients explain little), and a self-influence ranking that finds flipped labels less often
-    than a random order (its mislabel AUC's CI below 0.5)."""
+    """Flags in words: accuracy_verdicts, then mislabel_verdicts."""
+    return accuracy_verdicts(table) + mislabel_verdicts(table)
+
+
+def accuracy_verdicts(table: np.ndarray) -> list[str]:
+    """A model at or near chance accuracy (less than NEAR_CHANCE of the way from the majority class's share
+    to 1, or a CI that reaches chance: its gradients explain little), flagged in words."""
     lines = []
     for row in table[table["check"] == ACCURACY.encode()]:
         if row["value"] < row["chance"] + NEAR_CHANCE * (1 - row["chance"]) or row["ci_low"] <= row["chance"]:
@@ -188,6 +208,13 @@ def model_verdicts(table: np.ndarray) -> list[str]:
                 f"warning: {row['model'].decode()} is near chance: test accuracy {format_cell(row)} against "
                 f"{row['chance']:.3f} for the majority class; train it longer before reading its attributions"
             )
+    return lines
+
+
+def mislabel_verdicts(table: np.ndarray) -> list[str]:
+    """A ranking that finds flipped labels less often than a random order (its mislabel AUC's CI below 0.5),
+    flagged in words."""
+    lines = []
     below = table[np.char.startswith(table["check"], b"mislabel AUC") & (table["ci_high"] < 0.5)]
     for row in below:
         lines.append(
@@ -411,12 +438,12 @@ def cascade(groups: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
     return steps
 
 
-def summary_row(check: str, model: str, variant: str, per_row: np.ndarray, chance: float, seed: int) -> tuple:
-    """One REPORT_DTYPE row: the mean of the defined (non-NaN) rows with its bootstrap CI."""
+def summary_row(check: str, model: str, variant: str, per_row: np.ndarray, chance: float, seed: int) -> Row:
+    """One row: the mean of the defined (non-NaN) values of `per_row` (float [n_rows]) with its bootstrap CI."""
     defined = np.isfinite(per_row)
     value = float(per_row[defined].mean()) if defined.any() else np.nan
     low, high = statistics.bootstrap_ci([per_row], seed=seed)
-    return (check, model, variant, value, low, high, chance, int(defined.sum()))
+    return Row(check, model, variant, value, low, high, chance, int(defined.sum()))
 
 
 def format_quality_report(table: np.ndarray, groups: bool = False) -> str:
