@@ -605,7 +605,7 @@ def test_a_model_near_chance_and_a_ranking_below_random_are_flagged():
         ],
         dtype=sanity.REPORT_DTYPE,
     )
-    said = sanity.model_verdicts(rows)
+    said = sanity.accuracy_verdicts(rows) + sanity.mislabel_verdicts(rows)
     assert len(said) == 2
     assert said[0].startswith("warning: student is near chance") and "0.100 for the majority class" in said[0]
     assert said[1].startswith("warning: student raw mislabel AUC") and "below a random order" in said[1]
@@ -620,7 +620,7 @@ def test_near_chance_holds_for_a_majority_class_of_half_or_more():
         ],
         dtype=sanity.REPORT_DTYPE,
     )
-    said = sanity.model_verdicts(rows)
+    said = sanity.accuracy_verdicts(rows) + sanity.mislabel_verdicts(rows)
     assert len(said) == 1 and said[0].startswith("warning: student is near chance")
 
 

@@ -4,7 +4,7 @@
     model randomization: per model, the same TracIn engine on re-initialised weights (cascading from the
         head down) for a sample of train and test examples -> /randomization (per model: resumable)
     with a planted shortcut: each model's predictions on stamped and clean test examples
-    every check per model and variant (tracin.results.sanity), with the leave-top-k-out and LDS of
+    every registered check per model and variant (tracin.results.checks), with the leave-top-k-out and LDS of
         tracin-validate where the file holds them -> /quality_report, printed, quality_report.md,
         plots/quality_report.png
 

@@ -16,8 +16,9 @@ LDS), each a value per test example (or per train ranking) averaged with a boots
   all (accuracy on stamped and clean test examples, and how often a stamped test example of another class
   is predicted as the shortcut class).
 
-Pure numpy on stored rankings, score columns and labels; tracin.commands.report computes the inputs
-and writes the table to the score file (/quality_report).
+Pure numpy on stored rankings, score columns and labels. tracin.results.checks (one file per check) makes
+the report's rows from them; tracin.commands.report computes the inputs and writes the table to the score
+file (/quality_report).
 """
 
 from __future__ import annotations
@@ -191,11 +192,6 @@ def shared_stamped(top_a: np.ndarray, top_b: np.ndarray, train_stamped: np.ndarr
 
 ACCURACY = "accuracy, test (chance: majority class)"
 NEAR_CHANCE = 0.25  # a model whose accuracy covers less than this share of the way from chance to 1 is flagged
-
-
-def model_verdicts(table: np.ndarray) -> list[str]:
-    """Flags in words: accuracy_verdicts, then mislabel_verdicts."""
-    return accuracy_verdicts(table) + mislabel_verdicts(table)
 
 
 def accuracy_verdicts(table: np.ndarray) -> list[str]:

@@ -8,7 +8,7 @@ every module here is imported below, so a new check is one new file (and its tes
     from tracin.results.sanity import summary_row
 
     def _rows(inputs: ReportInputs, name: str, variant: str) -> list[Row]:
-        top = inputs.store.model(name).variant_rankings(variant)[0].top_index
+        top = inputs.top_index(name, variant)
         return [summary_row("my check", name, variant, my_per_test_row_values(top), chance, inputs.seed)]
 
     register_check(Check("my check", scope="variant", rows=_rows, order=60))
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional, Sequence
 
 import numpy as np
@@ -53,6 +53,14 @@ class ReportInputs:
     randomization: np.ndarray
     predictions: dict[str, np.ndarray]
     seed: int = 0
+    _top: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def top_index(self, name: str, variant: str) -> np.ndarray:
+        """int [n_test, depth]: the model's top proponents per test example under `variant`, read from the
+        file once for every check that looks at them."""
+        if (name, variant) not in self._top:
+            self._top[name, variant] = self.store.model(name).variant_rankings(variant)[0].top_index
+        return self._top[name, variant]
 
 
 @dataclass(frozen=True)

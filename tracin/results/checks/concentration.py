@@ -10,7 +10,7 @@ from tracin.results.sanity import Row
 
 def _rows(inputs: ReportInputs, name: str, variant: str) -> list[Row]:
     store = inputs.store
-    top = store.model(name).variant_rankings(variant)[0].top_index
+    top = inputs.top_index(name, variant)
     share, low, high = sanity.top1_share_ci(top[:, 0], inputs.seed)
     chance = sanity.random_top1_share(store.n_train, len(top), inputs.seed)
     return [Row("concentration: top-1 share (lower)", name, variant, share, low, high, chance, len(top))]

@@ -13,7 +13,7 @@ from tracin.results.sanity import Row
 
 def _rows(inputs: ReportInputs, name: str, variant: str) -> list[Row]:
     store, seed = inputs.store, inputs.seed
-    top = store.model(name).variant_rankings(variant)[0].top_index
+    top = inputs.top_index(name, variant)
     k = min(sanity.SANITY_K, top.shape[1])
     train_labels, test_labels = store.train_labels, store.test_labels
     class_share = np.bincount(train_labels, minlength=test_labels.max() + 1)[test_labels] / store.n_train

@@ -104,11 +104,7 @@ def _attribution(inputs: ReportInputs, variant: str) -> list[Row]:
         variant not in store.model(by_role[r][i]).variants for r in ("teacher", "student") for i in replicas
     ):
         return []
-    top = {
-        (role, r): store.model(by_role[role][r]).variant_rankings(variant)[0].top_index
-        for role in ("teacher", "student")
-        for r in replicas
-    }
+    top = {(role, r): inputs.top_index(by_role[role][r], variant) for role in ("teacher", "student") for r in replicas}
     labels, stamped = store.test_labels, store.test_stamped
     found = []
     shortcut = {r: store.shortcut_of(by_role["teacher"][r]) for r in replicas}

@@ -31,7 +31,7 @@ def _rows(inputs: ReportInputs, name: str, variant: str) -> list[Row]:
     test_rows = sanity.shortcut_test_rows(store.test_stamped, store.test_labels, shortcut)
     if len(test_rows) == 0:
         return []
-    top = store.model(name).variant_rankings(variant)[0].top_index
+    top = inputs.top_index(name, variant)
     k = min(sanity.SANITY_K, top.shape[1])
     precision = sanity.precision_at_k(top[test_rows], stamped, k)
     matrix = store.model(name).matrix(variant=variant)
@@ -113,7 +113,7 @@ def _distillation(inputs: ReportInputs, variant: str) -> list[Row]:
     ):
         return []
     test_rows = sanity.shortcut_test_rows(store.test_stamped, store.test_labels, shortcut)
-    top = {n: store.model(n).variant_rankings(variant)[0].top_index[test_rows] for n in names}
+    top = {n: inputs.top_index(n, variant)[test_rows] for n in names}
     k = min(sanity.SANITY_K, top["student"].shape[1])
 
     def shared(a: str, b: str) -> np.ndarray:
