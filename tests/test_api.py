@@ -56,26 +56,44 @@ def resnet18_run(tmp_path_factory):
     return model, folder, pairs, train, test, reference
 
 
-def test_a_users_resnet18_loss_dataloader_and_folder_score_in_a_few_lines(resnet18_run):
+def float32_bar(model, pairs, train, test, reference) -> float:
+    """The bar of a float32 computation against the float64 `reference` on these checkpoints: API_RTOL, or twice
+    the float32 torch.func reference's own error where that is larger. On some resnet18 checkpoints every float32
+    computation is ~1e-4 from float64's (measured: torch.func in float32 3.2e-4, the engine 1.8e-4; on the same
+    steps trained at 2 threads instead of 1, the engine 3.7e-7), most likely an activation within float32
+    rounding of a ReLU's kink, so that float32 takes the other branch. Which checkpoints do depends on the
+    threads they were trained with. The engine must be as close as an independent float32 computation, and
+    within API_RTOL where that is; the tiny models of test_tracin hold it to 1e-5 always."""
+    float32 = relative_error(func_tracin_scores(model, pairs, train, test, dtype=torch.float32), reference)
+    return max(API_RTOL, 2 * float32)
+
+
+@pytest.fixture(scope="module")
+def api_rtol(resnet18_run):
+    model, _, pairs, train, test, reference = resnet18_run
+    return float32_bar(model, pairs, train.tensors, test.tensors, reference)
+
+
+def test_a_users_resnet18_loss_dataloader_and_folder_score_in_a_few_lines(resnet18_run, api_rtol):
     model, folder, _, train, test, reference = resnet18_run
     # The lines of the README's first version (tests/test_readme.py runs its current example):
     engine = tracin.TracIn(model, str(folder), loss=nn.CrossEntropyLoss(reduction="none"))
     scores = engine.scores_test_by_train(DataLoader(train, batch_size=4, shuffle=True), DataLoader(test, batch_size=4))
     assert scores.shape == (5, 12)  # [n_test, n_train]: the name says so
-    assert relative_error(scores, reference.T) < API_RTOL
+    assert relative_error(scores, reference.T) < api_rtol
     assert [c.lr for c in engine.checkpoints] == [0.1, 0.05, 0.02]  # read from the optimizer, epoch_2 before epoch_10
-    assert relative_error(engine.scores_train_by_test(train, test), reference) < API_RTOL
+    assert relative_error(engine.scores_train_by_test(train, test), reference) < api_rtol
 
 
-def test_checkpoints_as_a_glob_or_a_list_are_the_same(resnet18_run):
+def test_checkpoints_as_a_glob_or_a_list_are_the_same(resnet18_run, api_rtol):
     model, folder, _, train, test, reference = resnet18_run
     files = sorted(folder.glob("*.pth"), key=lambda p: int(p.stem.split("_")[1]))
     for checkpoints in (str(folder / "epoch_*.pth"), files, [str(f) for f in files]):
         engine = tracin.TracIn(model, checkpoints, loss=nn.CrossEntropyLoss(reduction="none"))
-        assert relative_error(engine.scores(train, test), reference) < API_RTOL
+        assert relative_error(engine.scores(train, test), reference) < api_rtol
 
 
-def test_lightning_optimizer_states_give_the_lr(resnet18_run, tmp_path):
+def test_lightning_optimizer_states_give_the_lr(resnet18_run, api_rtol, tmp_path):
     model, _, pairs, *_ = resnet18_run
     optimizer = torch.optim.SGD(model.parameters(), lr=0.07)
     prefixed = {f"model.{k}": v for k, v in pairs[0][0].items()}  # a LightningModule's self.model
@@ -87,10 +105,10 @@ def test_lightning_optimizer_states_give_the_lr(resnet18_run, tmp_path):
     engine = tracin.TracIn(model, [checkpoint])  # Lightning's "model." prefix is stripped
     _, _, _, train, test, _ = resnet18_run
     reference = func_tracin_scores(model, [(pairs[0][0], 0.07)], train.tensors, test.tensors)
-    assert relative_error(engine.scores(train, test), reference) < API_RTOL
+    assert relative_error(engine.scores(train, test), reference) < api_rtol
 
 
-def test_a_prefix_selects_one_model_of_a_distillation_checkpoint(resnet18_run, tmp_path):
+def test_a_prefix_selects_one_model_of_a_distillation_checkpoint(resnet18_run, api_rtol, tmp_path):
     model, _, pairs, train, test, reference = resnet18_run
     teacher = torchvision.models.resnet34(num_classes=10).state_dict()
     for i, (state, lr) in enumerate(pairs):
@@ -102,7 +120,7 @@ def test_a_prefix_selects_one_model_of_a_distillation_checkpoint(resnet18_run, t
     engine = tracin.TracIn(
         model, tracin.load_checkpoints(tmp_path, prefix="student."), loss=nn.CrossEntropyLoss(reduction="none")
     )
-    assert relative_error(engine.scores(train, test), reference) < API_RTOL
+    assert relative_error(engine.scores(train, test), reference) < api_rtol
 
 
 def test_a_loss_that_averages_is_refused_in_one_line(resnet18_run):
@@ -134,7 +152,7 @@ def test_top_k_ranks_only_the_side_asked_for(resnet18_run):
     assert not train_side.has("test") and torch.equal(train_side.train.bottom_index, full.T.argsort(1)[:, :5])
 
 
-def test_function_losses_of_the_standard_signature_work(resnet18_run):
+def test_function_losses_of_the_standard_signature_work(resnet18_run, api_rtol):
     """F.cross_entropy's third positional parameter is an optional weight: it must not receive the inputs. An
     averaging one is refused by the per-example shape check; reduction='none' scores like the torch loss."""
     import functools
@@ -144,12 +162,12 @@ def test_function_losses_of_the_standard_signature_work(resnet18_run):
     model, folder, _, train, test, reference = resnet18_run
     per_example = functools.partial(F.cross_entropy, reduction="none")
     engine = tracin.TracIn(model, folder, loss=per_example)
-    assert relative_error(engine.scores(train, test), reference) < API_RTOL
+    assert relative_error(engine.scores(train, test), reference) < api_rtol
     with pytest.raises(TracinError, match="one value per example"):
         tracin.TracIn(model, folder, loss=F.cross_entropy).scores(train, test)
 
 
-def test_dataloader_batches_without_batching_dicts_and_subset_samplers(resnet18_run):
+def test_dataloader_batches_without_batching_dicts_and_subset_samplers(resnet18_run, api_rtol):
     from torch.utils.data import Dataset, SubsetRandomSampler
 
     model, folder, _, train, test, reference = resnet18_run
@@ -164,7 +182,7 @@ def test_dataloader_batches_without_batching_dicts_and_subset_samplers(resnet18_
 
     engine = tracin.TracIn(model, folder, loss=nn.CrossEntropyLoss(reduction="none"))
     for loader in (DataLoader(train, batch_size=None), DataLoader(Records(), batch_size=5)):
-        assert relative_error(engine.scores(loader, test), reference) < API_RTOL
+        assert relative_error(engine.scores(loader, test), reference) < api_rtol
     with pytest.raises(TracinError, match="SubsetRandomSampler picks its own examples"):
         engine.scores(DataLoader(train, sampler=SubsetRandomSampler(range(4))), test)
 
