@@ -663,10 +663,30 @@ def _headline(line: str, name: str, variant: str) -> bool:
     return line.startswith(f"{variant}, overlap@") and "own teacher" in line
 
 
-def headline_part(control: str, source: str) -> str:
+def lds_lines(validation: str, variant: str) -> list[str]:
+    """From a validation part (its text, as validation_figures made it): the line saying when and where it
+    was measured, and the LDS table's header and the rows of each model's own scores by `variant`, copied
+    word for word; [] where the part holds no LDS table."""
+    lines = validation.splitlines()
+    header = [i for i, line in enumerate(lines) if line.startswith("| retrained model | scores of | variant | LDS")]
+    if not header:
+        return []
+    start = header[0]
+    cells = lambda line: [cell.strip() for cell in line.strip("|").split("|")]  # noqa: E731
+    own = [
+        line
+        for line in lines[start + 2 :]
+        if line.startswith("| ") and cells(line)[0] == cells(line)[1] and cells(line)[2] == variant
+    ]
+    measured = [line for line in lines if line.startswith("Measured ")][:1]
+    return [*measured, "", lines[start], lines[start + 1], *own] if own else []
+
+
+def headline_part(control: str, source: str, validation: Optional[str] = None) -> str:
     """The README's headline: from a positive-control part (its text, as control_figures made it), the
     verdicts of own - other teacher on the demo's setting and on the control, and the control's behaviour,
-    for the first of HEADLINE_LOSSES the part holds, copied word for word."""
+    for the first of HEADLINE_LOSSES the part holds, copied word for word; and from the validation part
+    (`validation`, where the document has one) the LDS of each model's own scores by the headline's variant."""
     verdicts = [
         line[2:]
         for line in control.splitlines()
@@ -689,6 +709,23 @@ def headline_part(control: str, source: str) -> str:
         raise TracinError(f"{source}: its positive-control part holds no verdict of the demo's setting and the control")
     behaviour = [v for v in verdicts if v.startswith("positive control, ") and "control (behaviour)" in v][:1]
     runs = [line for line in control.splitlines() if line.startswith("- `")]  # each run: its size, date and machine
+    variant = demo[0].split(": ", 1)[1].split(",")[0]  # "demo setting, LOSSES: VARIANT, overlap@k: ..."
+    lds = lds_lines(validation or "", variant)
+    counterfactual = (
+        [
+            "Do the scores predict what retraining does? The linear datamodeling score (the Spearman correlation, "
+            "over models retrained on random halves of the train set, between a half's summed scores and the "
+            "margin its model gives) of each model's own scores on the demo's setting:",
+            "",
+            *lds,
+            "",
+            "Leave-top-k-out, the replica ensembles and the teacher's scores beside each student's own: "
+            "[docs/results.md](docs/results.md#validation-tracin-validate).",
+            "",
+        ]
+        if lds
+        else []
+    )
     return "\n".join(
         [
             HEADLINE_START,
@@ -704,6 +741,7 @@ def headline_part(control: str, source: str) -> str:
             "",
             *[f"- {line}" for line in behaviour + own],
             "",
+            *counterfactual,
             "The runs:",
             "",
             *runs,
@@ -721,6 +759,13 @@ def control_part_of(text: str, source: Path) -> str:
     if text.count(CONTROL_START) != 1 or text.count(CONTROL_END) != 1:
         raise TracinError(f"{source} needs one {CONTROL_START} and one {CONTROL_END} marker")
     return CONTROL_START + text.split(CONTROL_START)[1].split(CONTROL_END)[0] + CONTROL_END
+
+
+def part_of(text: str, start: str, end: str) -> Optional[str]:
+    """The part of a document's text between one pair of markers (None where it has no such part)."""
+    if text.count(start) != 1 or text.count(end) != 1:
+        return None
+    return text.split(start)[1].split(end)[0]
 
 
 def replace_part(text: str, start: str, end: str, part: str, readme: Path) -> str:
@@ -808,7 +853,8 @@ def main() -> int:
         front = Path(args.front) if args.front else FRONT if doc.resolve() == DOC else None
         if front is not None and (args.control or args.headline):
             source = doc.resolve().relative_to(REPO).as_posix() if doc.resolve().is_relative_to(REPO) else doc.name
-            headline = headline_part(control_part_of(text, doc), source)
+            validation = part_of(text, VALIDATION_START, VALIDATION_END)
+            headline = headline_part(control_part_of(text, doc), source, validation)
             page = replace_part(front.read_text(), HEADLINE_START, HEADLINE_END, headline, front)
             write_atomic(front, lambda handle: handle.write(page.encode()))
             print(f"rewrote the headline of {front}")

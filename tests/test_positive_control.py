@@ -343,7 +343,22 @@ def test_the_control_verdicts_say_inherited_only_where_the_ci_excludes_zero():
 
 def test_readme_figures_set_the_headline_beside_its_control(control_run, tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text("top\n<!-- positive-control:start -->\nstale\n<!-- positive-control:end -->\nend\n")
+    lds_table = [  # a validation part as validation_figures writes it: each model's own rows, and others
+        "| retrained model | scores of | variant | LDS | 95% CI | test examples |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {model} | {scores} | {variant} | +0.{i}00 | [+0.{i}01, +0.{i}02] | 7 |"
+            for i, (model, scores, variant) in enumerate(
+                [(m, s, v) for m in ("teacher", "student") for s in ("teacher", m) for v in ("raw", "cosine")]
+            )
+        ],
+    ]
+    validation = ["<!-- validation-figures:start -->", "Measured then on this machine.", "", *lds_table]
+    readme.write_text(
+        "top\n<!-- positive-control:start -->\nstale\n<!-- positive-control:end -->\n"
+        + "\n".join(validation)
+        + "\n<!-- validation-figures:end -->\nend\n"
+    )
     front = tmp_path / "front.md"
     front.write_text("# front\n<!-- headline:start -->\nstale\n<!-- headline:end -->\nmore\n")
     script = Path(__file__).resolve().parents[1] / "scripts" / "readme_figures.py"
@@ -357,7 +372,7 @@ def test_readme_figures_set_the_headline_beside_its_control(control_run, tmp_pat
     assert result.returncode == 0, result.stderr
     text = readme.read_text()
     assert text.startswith("top\n<!-- positive-control:start -->") and text.endswith(
-        "<!-- positive-control:end -->\nend\n"
+        "<!-- validation-figures:end -->\nend\n"
     )
     assert "stale" not in text and "| variant | statistic | losses | demo setting | positive control |" in text
     # the front page's headline: the part's own verdicts on the demo's setting and the control, word for word
@@ -374,6 +389,14 @@ def test_readme_figures_set_the_headline_beside_its_control(control_run, tmp_pat
         "positive control, defaults",
     ]
     assert all(line in text.splitlines() for line in copied) and "stale" not in headline
+    # the LDS of each model's own scores by the headline's variant, copied from the validation part
+    variant = copied[0].split(": ", 1)[1].split(",")[0]
+    own_rows = [row for row in lds_table[2:] if row.split(" | ")[0][2:] == row.split(" | ")[1]]
+    lines = headline.splitlines()
+    assert "Measured then on this machine." in lines and lds_table[0] in lines
+    assert [line for line in lines if line.startswith("| ") and "retrained" not in line] == [
+        row for row in own_rows if f"| {variant} |" in row
+    ]
     with ScoreFile.open_read(control_run / "tracin.h5") as store:
         agreement, report = store.read_table("agreement"), store.read_table("quality_report")
     own = agreement[
