@@ -60,6 +60,24 @@ def test_a_run_folder_that_is_a_link_is_refused_before_anything_even_with_overwr
     assert digest(colleague) == before
 
 
+def test_score_and_report_refuse_a_run_folder_that_is_a_link(tiny_run, tiny_scores, tmp_path):
+    """A red-team find: `--run` naming a link to a colleague's run made tracin-score write its score file and
+    lock there, and with --overwrite replace the colleague's finished score file; tracin-report rewrote the
+    colleague's reports. Every command locks its run folder, and a lock's target that is a link is refused."""
+    colleague = tmp_path / "colleague"
+    shutil.copytree(tiny_run, colleague / "run")
+    shutil.copy(tiny_scores, colleague / "run" / "tracin.h5")
+    before = digest(colleague)
+    (tmp_path / "mine").symlink_to(colleague / "run", target_is_directory=True)
+    for extra in ((), ("--overwrite",)):
+        assert_one_line(
+            run("tracin-score", "--run", "mine", "--device", "cpu", *extra, cwd=tmp_path), "is a symbolic link"
+        )
+    assert_one_line(run("tracin-report", "--run", "mine", "--device", "cpu", cwd=tmp_path), "is a symbolic link")
+    assert_one_line(run("tracin-validate", "--run", "mine", "--device", "cpu", cwd=tmp_path), "is a symbolic link")
+    assert digest(colleague) == before and sorted(p.name for p in colleague.iterdir()) == ["run"]
+
+
 def test_a_score_file_that_is_a_link_is_refused(tiny_run, tmp_path):
     colleague = tmp_path / "colleague.h5"
     colleague.write_bytes(b"a colleague's finished score file")

@@ -115,11 +115,13 @@ def exclusive_lock(target: Union[str, Path], what: str, shared: bool = False) ->
     a reader's lock (tracin-score on a run folder): any number of readers at once, but none while a writer
     holds it, and no writer while a reader does.
 
-    The lock file is opened without following links (a planted `.NAME.lock` link is refused, and nothing is
-    written through it). It is removed while still locked, and a process that locked a file already removed
-    opens the path again: so removal never lets two holders in. Folders this lock made are removed too when
-    its holder wrote no target."""
-    target = Path(target).resolve()  # one lock for every path (relative, symlinked) to the same output
+    A target that is itself a link is refused (a run folder or output someone else may have placed: every
+    command writes beside and into what it locks), and the lock file is opened without following links (a
+    planted `.NAME.lock` link is refused, and nothing is written through it). It is removed while still
+    locked, and a process that locked a file already removed opens the path again: so removal never lets two
+    holders in. Folders this lock made are removed too when its holder wrote no target."""
+    refuse_link(target, what)
+    target = Path(target).resolve()  # one lock for every path (relative, through linked folders) to one output
     lock = target.with_name(f".{target.name}.lock")
     created = [folder for folder in (lock.parent, *lock.parent.parents) if not folder.exists()]
     try:
