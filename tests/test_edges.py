@@ -5,6 +5,7 @@ checked before any work; a memory budget that would multiply the work is said be
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -76,6 +77,43 @@ def test_score_and_report_refuse_a_run_folder_that_is_a_link(tiny_run, tiny_scor
     assert_one_line(run("tracin-report", "--run", "mine", "--device", "cpu", cwd=tmp_path), "is a symbolic link")
     assert_one_line(run("tracin-validate", "--run", "mine", "--device", "cpu", cwd=tmp_path), "is a symbolic link")
     assert digest(colleague) == before and sorted(p.name for p in colleague.iterdir()) == ["run"]
+
+
+def test_every_command_that_loads_a_model_checks_its_architecture_against_the_run(
+    tiny_run, tmp_path, fashion_mnist_root
+):
+    """A red-team find: with run.json's model_configs changed, tracin-score refused, but tracin-eval and
+    tracin-validate used the checkpoints' own architecture without a word."""
+    shutil.copytree(tiny_run, tmp_path / "run")
+    data = ("--data-root", fashion_mnist_root, "--device", "cpu")
+    scored = run(
+        "tracin-score",
+        "--run",
+        "run",
+        "--scores",
+        "tracin.h5",
+        "--models",
+        "student",
+        "--topk",
+        "5",
+        *data,
+        cwd=tmp_path,
+    )
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    record["model_configs"]["student"]["width"] *= 2
+    (tmp_path / "run" / "run.json").write_text(json.dumps(record))
+    before = digest(tmp_path)
+    fragment = "is not the architecture the run recorded for student: width"
+    assert_one_line(
+        run("tracin-eval", "--run", "run", "--eval-dataset", "fashion-mnist", *data, cwd=tmp_path), fragment
+    )
+    validate = ("--scores", "tracin.h5", "--models", "student", "--subsets", "0", "--test-examples", "1", "--k", "2")
+    assert_one_line(run("tracin-validate", "--run", "run", *validate, *data, cwd=tmp_path), fragment)
+    assert_one_line(
+        run("tracin-score", "--run", "run", "--scores", "new.h5", "--topk", "5", *data, cwd=tmp_path), fragment
+    )
+    assert digest(tmp_path) == before
 
 
 def test_a_score_file_that_is_a_link_is_refused(tiny_run, tmp_path):

@@ -354,6 +354,13 @@ SCORE_MISTAKES = [
     (["--precision", "tf32"], "'tf32' is a CUDA mode"),
     (["--mode", "nonsense"], "invalid choice"),
     (["--seed", "x"], "invalid int value"),
+    # red-team finds: a traceback after the data loaded, and values accepted in silence
+    (["--seed", "-1"], "seed must be 0 or more"),
+    (["--train-subset", "-1"], "--train-subset must be at least 1"),
+    (["--test-subset", "0"], "--test-subset must be at least 1"),
+    (["--models", "teacher,,student"], "has an empty entry"),
+    (["--models", "teacher,teacher"], "--models names teacher twice"),
+    (["--layers", ","], "has an empty entry"),
 ]
 
 

@@ -136,3 +136,13 @@ def test_a_stale_table_is_caught(tmp_path, monkeypatch):
         "| `--lr` | peak learning rate (default: 0.1) |", "| `--lr` | peak learning rate (default: 0.2) |"
     )
     assert stale != text and cli_reference.rewritten(stale) == text
+
+
+@pytest.mark.parametrize("command", ["score", "validate", "report"])
+def test_a_negative_seed_is_refused_before_any_work(command):
+    """A red-team find: tracin-score --seed -1 ended in numpy's traceback after the data had loaded."""
+    from tracin.errors import TracinError
+
+    arguments = build_parser(command).parse_args(["--run", "R", "--seed", "-1"])
+    with pytest.raises(TracinError, match="seed must be 0 or more"):
+        options_from(SPECS[command].options[0], arguments, f"tracin-{command}")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from tracin.config import parse_topk
 from tracin.errors import TracinError
 from tracin.results.statistics import (
     CONFIDENCE,
@@ -17,7 +18,6 @@ from tracin.results.statistics import (
     normalised_agreement,
     overlap_at_k,
     overlap_table,
-    parse_topk,
     sample_rows,
     spearman_rows,
     summarize,

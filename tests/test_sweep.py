@@ -137,10 +137,10 @@ def test_teacher_quality_distils_from_the_chosen_checkpoint_and_teacher_settings
     quality = Sweep("quality", (parse_vary("teacher-epoch=1,2"),), TINY, str(tmp_path))
     runs = dict(train_arguments(quality, 2))
     assert runs["teacher_epoch-1"][runs["teacher_epoch-1"].index("--teacher") + 1].endswith("base/teacher/epoch_001.pt")
-    assert runs["base"][-2:] == ["teacher", "student_baseline"]
+    assert runs["base"][-1:] == ["teacher,student_baseline"]  # comma-separated, the one list style
     shape = Sweep("shape", (parse_vary("student_stages=1,2"),), TINY, str(tmp_path))
     runs = dict(train_arguments(shape, 2))
-    assert runs["base"][-1:] == ["teacher"] and runs["student_stages-1"][-2:] == ["student", "student_baseline"]
+    assert runs["base"][-1:] == ["teacher"] and runs["student_stages-1"][-1:] == ["student,student_baseline"]
     epochs = Sweep("epochs", (parse_vary("epochs=1,2"), parse_vary("augment=on,off")), TINY, str(tmp_path))
     runs = dict(train_arguments(epochs, 2))
     assert list(runs) == ["epochs-1_augment-on", "epochs-1_augment-off", "epochs-2_augment-on", "epochs-2_augment-off"]
@@ -157,11 +157,19 @@ def test_teacher_quality_distils_from_the_chosen_checkpoint_and_teacher_settings
         (["--vary", "temperature"], "takes KEY=V1,V2"),
         (["--vary", "temperature=1", "--epochs", "0"], "epochs must be at least 1"),
         (["--vary", "teacher_epoch=1,2", "--vary", "width=4,8"], "cannot be combined"),
+        # red-team finds: a value twice, and --score checked only after training (or a traceback)
+        (["--vary", "temperature=1,2,1"], "gives 1 twice"),
+        (["--vary", "temperature=1,2", "--score", "--topk 0"], "--topk values must be positive"),
+        (["--vary", "temperature=1,2", "--score", '--topk "5'], "No closing quotation"),
+        (["--vary", "temperature=1,2", "--score", "--run other"], "sets --run itself"),
+        (["--vary", "temperature=1,2", "--score", "--scores x.h5"], "sets --scores itself"),
+        (["--vary", "temperature=1,2", "--score", "--mode nonsense"], "invalid choice"),
     ],
 )
 def test_bad_sweeps_are_one_line(tmp_path, args, message):
     result = tracin_sweep("--sweep", "s", "--out-root", tmp_path, *args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert list(tmp_path.iterdir()) == []
 
 

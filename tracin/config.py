@@ -274,6 +274,7 @@ class DataConfig(_Serializable):
             value = getattr(self, name)
             _check(value is None or value > 0, f"{name} must be a positive number of examples, got {value}")
         _check(0.0 <= self.label_noise < 1.0, f"label_noise must be in [0, 1), got {self.label_noise}")
+        _check(self.seed >= 0, f"the data seed must be 0 or more, got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -376,6 +377,7 @@ class TrainConfig(_Serializable):
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
+        _check(self.seed >= 0, f"seed must be 0 or more, got {self.seed}")
         _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
         _check(self.lr > 0, f"lr must be positive, got {self.lr}")
         _check(self.save_every >= 1, f"save_every must be at least 1, got {self.save_every}")
@@ -442,6 +444,7 @@ class ScoreConfig(_Serializable):
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, MODES)
+        _check(self.seed >= 0, f"seed must be 0 or more, got {self.seed}")
         object.__setattr__(self, "variants", tuple(self.variants))
         _check(
             len(self.variants) >= 1 and len(set(self.variants)) == len(self.variants),
@@ -500,3 +503,25 @@ class EngineConfig(_Serializable):
             value = getattr(self, name)
             _check(value is None or value >= 1, f"{name} must be positive, got {value}")
         _check_choice("representation", self.representation, REPRESENTATIONS)
+
+
+def parse_topk(text: str, limit: Optional[int] = None, cap: bool = False) -> list[int]:
+    """'100,500,1000' -> [100, 500, 1000]; each k a positive integer, at most `limit` if given (a larger k
+    is refused, or with `cap` lowered to `limit`)."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not parts:
+        raise TracinError("--topk needs at least one k, e.g. --topk 100,500,1000")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise TracinError(f"--topk takes comma-separated positive integers, got {text!r}") from None
+    if any(k < 1 for k in values):
+        raise TracinError(f"--topk values must be positive, got {text!r}")
+    if limit is not None and max(values) > limit:
+        if cap:
+            return sorted({min(k, limit) for k in values})
+        raise TracinError(
+            f"k={max(values)} is larger than the set it ranks ({limit} examples); lower --topk, "
+            "or pass --cap-topk to cap it at the set's size"
+        )
+    return sorted(set(values))

@@ -31,6 +31,7 @@ from tracin.config import (
     EngineConfig,
     ScoreConfig,
     default_data_root,
+    parse_topk,
     split_model_name,
 )
 from tracin.errors import TracinError
@@ -353,6 +354,14 @@ class ScoreOptions:
             (self.loss in SCORE_LOSSES, f"--loss must be one of {', '.join(SCORE_LOSSES)}, got {self.loss!r}"),
             (self.corr_rows >= 1, f"--corr-rows must be at least 1, got {self.corr_rows}"),
             (
+                self.train_subset is None or self.train_subset >= 1,
+                f"--train-subset must be at least 1, got {self.train_subset}",
+            ),
+            (
+                self.test_subset is None or self.test_subset >= 1,
+                f"--test-subset must be at least 1, got {self.test_subset}",
+            ),
+            (
                 self.test_label in TEST_LABELS,
                 f"--test-label must be one of {', '.join(TEST_LABELS)}, got {self.test_label!r}",
             ),
@@ -361,6 +370,7 @@ class ScoreOptions:
                 "--test-label prediction needs a cross-entropy test side: use --loss ce or kd-train, not kd",
             ),
         )
+        parse_topk(self.topk)  # the set's size is checked once the data are loaded
         _ = (self.score, self.engine)  # each checks its own fields: a bad value is one TracinError
 
 
@@ -411,6 +421,7 @@ class ValidateOptions:
             (not unknown, f"--conditions takes {', '.join(CONDITIONS)}; got {', '.join(unknown)}"),
             (self.test_examples >= 0, f"--test-examples must be 0 or more, got {self.test_examples}"),
             (self.k >= 1, f"--k must be at least 1, got {self.k}"),
+            (self.seed >= 0, f"--seed must be 0 or more, got {self.seed}"),
             (self.subsets >= 0, f"--subsets must be 0 or more, got {self.subsets}"),
             (
                 self.subsets == 0 or self.subsets >= 3,
@@ -456,7 +467,8 @@ class ReportOptions:
                 self.randomization_train >= 3 and self.randomization_test >= 2,
                 f"--randomization-train must be at least 3 and --randomization-test at least 2, got "
                 f"{self.randomization_train} and {self.randomization_test}",
-            )
+            ),
+            (self.seed >= 0, f"--seed must be 0 or more, got {self.seed}"),
         )
 
 

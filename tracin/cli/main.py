@@ -233,6 +233,28 @@ def _score_argv(argv: list[str]) -> None:
         raise TracinError(f"scoring {argv[1]} failed (above); fix it and run the same tracin-sweep again")
 
 
+SWEEP_SETS_FOR_SCORE = ("--run", "--models", "--scores", "--out")  # tracin-sweep scores every run into RUN/tracin.h5
+
+
+def sweep_score_arguments(text: Optional[str]) -> Optional[tuple[str, ...]]:
+    """The tracin-score arguments of `tracin-sweep --score TEXT`, checked as tracin-score checks them, before
+    anything trains: one line for a broken quote, an option the sweep sets itself, or any option tracin-score
+    would refuse."""
+    if text is None:
+        return None
+    try:
+        words = tuple(shlex.split(text))
+    except ValueError as error:
+        raise TracinError(f"--score {text!r}: {error}") from None
+    for word in words:
+        if word.split("=", 1)[0] in SWEEP_SETS_FOR_SCORE:
+            raise TracinError(f"--score: tracin-sweep sets {word.split('=', 1)[0]} itself; leave it out")
+    parser = build_score_parser()
+    parser.prog = "tracin-sweep --score"
+    options_from(ScoreOptions, parser.parse_args(["--run", "RUN", *words]), "tracin-sweep --score")
+    return words
+
+
 def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
     """`tracin-sweep`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
     args, base = build_parser("sweep").parse_known_args(arguments(argv))
@@ -251,7 +273,7 @@ def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
             tuple(base),
             options.out_root,
             ("tracin-sweep", *arguments(argv)),
-            None if options.score is None else tuple(shlex.split(options.score)),
+            sweep_score_arguments(options.score),
         )
         epochs = sweep_module.final_epochs(base, TrainConfig().epochs)
         configs = [

@@ -15,6 +15,7 @@ import typing
 from typing import Any, Optional, Sequence
 
 from tracin.arguments import Option, comma_separated, declared_options, flag_of
+from tracin.errors import TracinError
 from tracin.version import __version__
 
 
@@ -74,6 +75,8 @@ class _Items:
 
     def __call__(self, text: str) -> tuple[str, ...]:
         values = comma_separated(text)
+        if len(values) != len(text.split(",")):  # "a,,b", "a," or "": a value left out by mistake
+            raise argparse.ArgumentTypeError(f"{text!r} has an empty entry (comma-separated values: a,b,c)")
         for value in values:
             if self.choices is not None and value not in self.choices:
                 raise argparse.ArgumentTypeError(
@@ -196,6 +199,9 @@ def _converted(field: dataclasses.Field, declared: Option, value: Any, prog: str
                     file=sys.stderr,
                 )
             value = [v for words in value for v in words]
+            twice = [v for v in dict.fromkeys(value) if value.count(v) > 1]
+            if twice:
+                raise TracinError(f"{flag_of(field, declared)} names {', '.join(twice)} twice")
         return tuple(convert(v) for v in value)
     if isinstance(value, tuple):
         return tuple(convert(v) for v in value)

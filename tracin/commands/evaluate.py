@@ -12,13 +12,13 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from tracin.config import ROLES
+from tracin.config import ROLES, ModelConfig
 from tracin.errors import TracinError
 from tracin.files import command_locks, refuse_links
 from tracin.options import EvalOptions
 from tracin.runtime import start_runtime
 from tracin.schemas import CLASS_MAP, DATA_JSON, check, load_json
-from tracin.training.checkpoints import load_model
+from tracin.training.checkpoints import check_recorded_architecture, load_model
 from tracin.training.data import SPECS, load_eval_split
 from tracin.training.run_folder import RunPaths, read_record
 from tracin.training.tables import confusion_matrix, write_csv
@@ -55,7 +55,10 @@ def eval_run(options: EvalOptions) -> Path:
     rows = []
     with start_runtime(options.device, quiet=True) as runtime, command_locks(paths.root):
         for name in sorted(finished, key=lambda n: (ROLES.index(n.split(".")[0]), n)):
-            model, _ = load_model(paths.model_dir(name) / record["models"][name]["checkpoints"][-1], name.split(".")[0])
+            role, last = name.split(".")[0], paths.model_dir(name) / record["models"][name]["checkpoints"][-1]
+            model, payload = load_model(last, role)
+            recorded = record["model_configs"].get(role)
+            check_recorded_architecture(last, ModelConfig.from_dict(payload["model_config"]), role, recorded)
             result = evaluate(model.to(runtime.device), split, runtime)
             matrix = confusion_matrix(result.predictions, split.labels, len(classes))
             per_class = {c: float(matrix[i, i] / matrix[i].sum()) for i, c in enumerate(classes) if c in counts}

@@ -30,6 +30,7 @@ from tracin.config import (
     ROLES,
     ensemble_name,
     model_name,
+    parse_topk,
     replicas_by_role,
 )
 from tracin.engine.blocks import MemoryPlan, work_factor
@@ -51,7 +52,6 @@ from tracin.results.runs import (
     scoring_loss,
     trained_replicas,
 )
-from tracin.results.statistics import parse_topk
 from tracin.results.store import (
     SELF_INFLUENCES,
     DataArrays,

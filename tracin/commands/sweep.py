@@ -71,6 +71,9 @@ class Sweep:
                 raise TracinError(f"--vary {key}: not a setting a sweep varies; use one of {', '.join(KEYS)}")
             if not values:
                 raise TracinError(f"--vary {key}= gives no values")
+            twice = sorted({value for value in values if values.count(value) > 1})
+            if twice:
+                raise TracinError(f"--vary {key} gives {', '.join(twice)} twice: each value is one run")
         keys = [key for key, _ in self.vary]
         epochs = dict(self.vary).get("teacher_epoch", ())
         if not all(value.isdigit() and int(value) >= 1 for value in epochs):
@@ -143,7 +146,7 @@ def train_arguments(sweep: Sweep, teacher_epochs: int) -> list[tuple[str, list[s
     base = [*sweep.base, "--out-root", str(sweep.root)]
     if sweep.shares_teacher:
         shared_models = ["teacher", "student_baseline"] if sweep.shares_baseline else ["teacher"]
-        runs.append((BASE_RUN, ["--run", BASE_RUN, *base, "--models", *shared_models]))
+        runs.append((BASE_RUN, ["--run", BASE_RUN, *base, "--models", ",".join(shared_models)]))
     for combination in sweep.combinations():
         name = run_name(combination)
         argv = ["--run", name, *base, *_flags(combination)]
@@ -154,7 +157,7 @@ def train_arguments(sweep: Sweep, teacher_epochs: int) -> list[tuple[str, list[s
                 "--teacher",
                 str(teacher),
                 "--models",
-                *(["student"] if sweep.shares_baseline else ["student", "student_baseline"]),
+                "student" if sweep.shares_baseline else "student,student_baseline",
             ]
         runs.append((name, argv))
     return runs

@@ -57,7 +57,7 @@ from tracin.results.validation import (
 )
 from tracin.runtime import Runtime, machine, start_runtime
 from tracin.training.batches import split_to_device, steps_per_epoch
-from tracin.training.checkpoints import load_checkpoint, load_model, sha256_file
+from tracin.training.checkpoints import check_recorded_architecture, load_checkpoint, load_model, sha256_file
 from tracin.training.data import RunData, Split
 from tracin.training.optimization import check_schedule
 from tracin.training.roles import replica_run
@@ -180,6 +180,7 @@ def make_trainer(name: str, run: TrainedRun, data: RunData, runtime: Runtime, ep
         context = replace(context, config=replace(context.config, epochs=epochs))
     init = load_checkpoint(run.paths.init(name), role=role)
     model_config = ModelConfig.from_dict(init["model_config"])
+    check_recorded_architecture(run.paths.init(name), model_config, role, run.record["model_configs"].get(role))
     teacher_info = init.get("teacher")
     teacher = _teacher(teacher_info, run, replica, runtime) if isinstance(teacher_info, dict) else None
     job = ModelJob(role, name, model_config, init["model"], teacher, teacher_info == "self", teacher_info)

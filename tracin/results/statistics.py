@@ -18,32 +18,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import scipy.stats
 
-from tracin.errors import TracinError
-
 CONFIDENCE = 0.95  # of every bootstrap confidence interval
 RESAMPLES = 1000  # bootstrap resamples of the rows
-
-
-def parse_topk(text: str, limit: Optional[int] = None, cap: bool = False) -> list[int]:
-    """'100,500,1000' -> [100, 500, 1000]; each k a positive integer, at most `limit` if given (a larger k
-    is refused, or with `cap` lowered to `limit`)."""
-    parts = [p.strip() for p in str(text).split(",") if p.strip()]
-    if not parts:
-        raise TracinError("--topk needs at least one k, e.g. --topk 100,500,1000")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        raise TracinError(f"--topk takes comma-separated positive integers, got {text!r}") from None
-    if any(k < 1 for k in values):
-        raise TracinError(f"--topk values must be positive, got {text!r}")
-    if limit is not None and max(values) > limit:
-        if cap:
-            return sorted({min(k, limit) for k in values})
-        raise TracinError(
-            f"k={max(values)} is larger than the set it ranks ({limit} examples); lower --topk, "
-            "or pass --cap-topk to cap it at the set's size"
-        )
-    return sorted(set(values))
 
 
 def overlap_at_k(top_a: np.ndarray, top_b: np.ndarray, k: int) -> np.ndarray:

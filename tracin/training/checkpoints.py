@@ -456,6 +456,24 @@ def select_checkpoints(model_dir: Union[str, Path], role: str, spec: str) -> lis
     return [by_epoch[e] for e in wanted]
 
 
+def check_recorded_architecture(
+    path: Union[str, Path], this: ModelConfig, role: str, recorded: Union[ModelConfig, dict, None]
+) -> None:
+    """A CheckpointError unless `this`, the architecture a checkpoint (or init.pt) at `path` holds, is the one
+    run.json's model_configs `recorded` for its role (None: the run recorded none, nothing to compare). Every
+    command that loads a run's model checks it: a checkpoint swapped in from another run or width is refused."""
+    if recorded is None:
+        return
+    expected = recorded if isinstance(recorded, ModelConfig) else ModelConfig.from_dict(recorded)
+    if this != expected:
+        differ = ", ".join(
+            f"{k} {getattr(this, k)} (run.json: {getattr(expected, k)})"
+            for k in this.to_dict()
+            if getattr(this, k) != getattr(expected, k)
+        )
+        raise CheckpointError(f"{path} is not the architecture the run recorded for {role}: {differ}")
+
+
 def load_run_checkpoints(
     paths: Sequence[Path], role: str, data_digest: str, recorded: Optional[dict] = None, seed: Optional[int] = None
 ) -> tuple[list[Checkpoint], ModelConfig, dict]:
@@ -478,13 +496,7 @@ def load_run_checkpoints(
                 f"{path} was trained with seed {trained_with}, not this model's {seed}: a folder copied "
                 "from another replica or run?"
             )
-        if expected is not None and this != expected:
-            differ = ", ".join(
-                f"{k} {getattr(this, k)} (run.json: {getattr(expected, k)})"
-                for k in this.to_dict()
-                if getattr(this, k) != getattr(expected, k)
-            )
-            raise CheckpointError(f"{path} is not the architecture the run recorded for {role}: {differ}")
+        check_recorded_architecture(path, this, role, expected)
         config = this
         checkpoints.append(
             Checkpoint(payload["model"], payload["lr"], str(path), int(payload["epoch"]), sha256_file(path))
