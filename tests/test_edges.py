@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tracin.commands.score import plan_warning
@@ -284,3 +286,78 @@ def test_report_outputs_that_are_links_are_refused(tmp_path):
         with pytest.raises(TracinError, match="is a symbolic link"):
             write()
     assert list(colleague.iterdir()) == []
+
+
+# --- score files changed by hand (red-team finds: tracebacks in tracin-explore, silent acceptance in
+# tracin-report) ------------------------------------------------------------------------------------------------
+
+
+def _del(h5, name):
+    del h5[name]
+
+
+def _set(name, value):
+    def change(h5):
+        data = h5[name][()]
+        data[0] = value
+        del h5[name]
+        h5.create_dataset(name, data=data)
+
+    return change
+
+
+def _attr(name, value):
+    return lambda h5: h5.attrs.__setitem__(name, value)
+
+
+def _cut_top_index(h5):
+    data = h5["teacher/topk/test_top_index"][()]
+    del h5["teacher/topk/test_top_index"]
+    h5.create_dataset("teacher/topk/test_top_index", data=data[:, :-1])
+
+
+HAND_DAMAGE = [
+    ("train_index deleted", lambda h5: _del(h5, "train_index"), "/train_index is missing"),
+    ("train_index out of range", _set("train_index", -5), "negative or repeated index"),
+    ("test_labels beyond the classes", _set("test_labels", 77), "/test_labels holds labels outside 0..9"),
+    ("classes not JSON", _attr("classes", np.array([b"a"])), "is not a JSON list of class names"),
+    ("a newer format", _attr("format_version", 999), "has format version 999"),
+    ("top-k tables of two widths", _cut_top_index, "the test_* tables differ in shape"),
+]
+
+
+@pytest.mark.parametrize("change, fragment", [c[1:] for c in HAND_DAMAGE], ids=[c[0] for c in HAND_DAMAGE])
+def test_a_score_file_changed_by_hand_is_refused_in_one_line_by_every_reader(tiny_scores, tmp_path, change, fragment):
+    import h5py
+
+    from tracin.results.report_folder import check_finished
+
+    out = tmp_path / "tracin.h5"
+    shutil.copy(tiny_scores, out)
+    with h5py.File(out, "r+") as h5:
+        change(h5)
+    with pytest.raises(TracinError, match=re.escape(fragment)):
+        with ScoreFile.open_read(out) as store:
+            check_finished(store)  # what tracin-report, tracin-explore, tracin-validate and the notebooks call first
+
+
+@pytest.mark.parametrize("command", ["tracin-report", "tracin-explore"])
+def test_the_commands_refuse_a_changed_file_without_a_traceback(tiny_run, tiny_scores, tmp_path, command):
+    import h5py
+
+    out = tmp_path / "tracin.h5"
+    shutil.copy(tiny_scores, out)
+    with h5py.File(out, "r+") as h5:
+        _set("train_index", 10**12)(h5)
+    before = digest(tmp_path)
+    assert_one_line(run(command, "--run", tiny_run, "--scores", out, cwd=tmp_path), "not in the run's data")
+    assert digest(tmp_path) == before
+
+
+def test_positions_in_refuses_an_index_the_data_lacks():
+    from tracin.results.runs import positions_in
+
+    assert positions_in(np.array([30, 10]), np.array([10, 20, 30])).tolist() == [2, 0]
+    for absent in ([40], [15], [5]):
+        with pytest.raises(TracinError, match="not in the run's data"):
+            positions_in(np.array(absent), np.array([10, 20, 30]))

@@ -133,7 +133,7 @@ CHECKPOINT = {
         "model_config": {"type": "object", "required": ["arch", "stages", "width", "in_channels", "num_classes"]},
         "epoch": _COUNT,
         "step": _COUNT,
-        "lr": {"type": "number", "minimum": 0},
+        "lr": {"type": "number", "minimum": 0, "maximum": 3.4e38},  # a float32 number
         "lr_at_save": {"type": "number"},
         "config": _SETTINGS,
         "data_config": _SETTINGS,

@@ -17,6 +17,7 @@ from tracin.config import DataConfig, split_model_name
 from tracin.errors import TracinError
 from tracin.results.figures import describe_variant, first_variant
 from tracin.results.markdown import role_models
+from tracin.results.runs import positions_in
 from tracin.results.statistics import overlap_at_k
 from tracin.results.store import ScoreFile
 from tracin.training.data import load_data
@@ -41,7 +42,7 @@ def load_images(store: ScoreFile, data_root: Optional[str] = None) -> Images:
     if data_root:
         config["data_root"] = data_root
     data = load_data(DataConfig.from_dict(config))
-    pick = lambda split, index: split.images[np.searchsorted(split.index.numpy(), index)].numpy()  # noqa: E731
+    pick = lambda split, index: split.images[positions_in(index, split.index.numpy())].numpy()  # noqa: E731
     return Images(pick(data.train, store.train_index), pick(data.test, store.test_index))
 
 

@@ -132,6 +132,16 @@ def check_scored_checkpoints(store: ScoreFile, run: TrainedRun, models: Sequence
 
 
 def positions_in(indices: np.ndarray, within: np.ndarray) -> np.ndarray:
-    """int64: the position of each of `indices` in `within` (all present: the fingerprint checked it)."""
+    """int64: the position of each of `indices` in `within` (a TracinError if one is not there: the file of
+    `indices` was not made from this data, or was changed by hand)."""
     order = np.argsort(within, kind="stable")
-    return order[np.searchsorted(within, indices, sorter=order)]
+    found = np.searchsorted(within, indices, sorter=order)
+    absent = found >= len(within)
+    positions = order[np.where(absent, 0, found)] if len(within) else np.zeros(len(indices), np.int64)
+    missing = np.asarray(indices)[absent | (np.asarray(within)[positions] != indices if len(within) else True)]
+    if missing.size:
+        raise TracinError(
+            f"{missing.size} example(s) of the score file (data set index {int(missing[0])}, ...) are not in the "
+            "run's data: the file was made from other data, or changed by hand"
+        )
+    return positions

@@ -26,7 +26,15 @@ from tracin.results.store.hdf5 import (
     setting_differences,
     temporary_beside,
 )
-from tracin.results.store.layout import CHUNK_ROWS, FORMAT, FORMAT_VERSION, HEADER_ARRAYS, HEADER_MASKS, VALIDATION
+from tracin.results.store.layout import (
+    CHUNK_ROWS,
+    FORMAT,
+    FORMAT_VERSION,
+    HEADER_ARRAYS,
+    HEADER_MASKS,
+    VALIDATION,
+    class_names,
+)
 from tracin.results.store.model_scores import ModelScores, create_model_group, write_ensemble
 from tracin.results.store.salvage import Salvage, beyond_salvage, find_damage, salvage
 from tracin.results.store.validation_record import ValidationRecord, prepare_validation
@@ -187,7 +195,9 @@ class ScoreFile:
         """The file, read only. locking=False reads a file another process is writing (to watch its
         progress; a block in flight may read as not done)."""
         if not Path(path).is_file():
-            raise StoreError(f"{path} does not exist")
+            raise StoreError(
+                f"{path} is a folder, not a score file" if Path(path).is_dir() else f"{path} does not exist"
+            )
         store = cls(open_h5(path, "r", locking), path)
         store._check_format()
         return store
@@ -201,6 +211,14 @@ class ScoreFile:
         if fmt != FORMAT:
             self._h5.close()
             raise StoreError(f"{self.path} is not a tracin-score result file")
+        version = self._h5.attrs.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, (int, np.integer)) or not 1 <= version <= FORMAT_VERSION:
+            self._h5.close()
+            raise StoreError(
+                f"{self.path} has format version {version if isinstance(version, (int, np.integer)) else repr(version)}; "
+                f"this tracin {__version__} reads versions 1 to "
+                f"{FORMAT_VERSION} (a newer tracin wrote it?)"
+            )
 
     def _write_header(self, settings: dict, attrs: dict, data: DataArrays) -> None:
         self._h5.attrs.update(
@@ -252,7 +270,7 @@ class ScoreFile:
     @property
     def classes(self) -> list[str]:
         """Class names by label ([] when the file records none)."""
-        return list(json.loads(self._h5.attrs.get("classes", "[]")))
+        return class_names(self._h5, "classes") or []
 
     @property
     def n_train(self) -> int:
@@ -272,7 +290,7 @@ class ScoreFile:
     @property
     def fine_classes(self) -> list[str]:
         """Names of the fine labels (the classes, unless the run merged them)."""
-        return list(json.loads(self._h5.attrs.get("fine_classes", "[]"))) or self.classes
+        return class_names(self._h5, "fine_classes") or self.classes
 
     train_fine_labels = HeaderArray(
         "int64 [n_train]: the data set's own labels (files from before coarse labels: the clean labels).",

@@ -4,9 +4,13 @@ what is wrong instead of failing inside a reader."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from typing import TYPE_CHECKING, Optional
 
 import h5py
+import numpy as np
+
+from tracin.errors import StoreError
 
 if TYPE_CHECKING:
     from tracin.results.store.file import ScoreFile
@@ -22,7 +26,15 @@ HEADER_ARRAYS = (
     "train_fine_labels",
     "test_fine_labels",
 )
+REQUIRED_ARRAYS = ("train_index", "test_index", "train_labels", "test_labels")  # older files may lack the others
 HEADER_MASKS = ("train_stamped", "test_stamped")
+LABEL_ARRAYS = {  # each label array and the attribute naming its classes
+    "train_labels": "classes",
+    "test_labels": "classes",
+    "train_clean_labels": "classes",
+    "train_fine_labels": "fine_classes",
+    "test_fine_labels": "fine_classes",
+}
 RANKING_FIELDS = ("top_index", "top_score", "bottom_index", "bottom_score")
 CHUNK_ROWS, CHUNK_COLS = 512, 4096  # at most 8 MB per HDF5 chunk of float32 scores: partial reads stay cheap
 VALIDATION = "validation"  # tracin-validate's group
@@ -44,7 +56,11 @@ def layout_problems(store: "ScoreFile") -> list[str]:
     arrays' lengths and integer types, each model's score matrices' shape and float type, its per-example
     arrays' lengths, and its top-k tables' shapes and index ranges. A file made by hand, or by something else,
     is refused with the first of these, instead of failing inside a reader."""
-    h5, problems = store._h5, []
+    h5 = store._h5
+    missing = [f"/{name} is missing" for name in REQUIRED_ARRAYS if not isinstance(h5.get(name), h5py.Dataset)]
+    if missing:  # the sizes every other check reads
+        return missing
+    problems = _attribute_problems(h5)
     for name in HEADER_ARRAYS + HEADER_MASKS + ("noisy",):
         if name in h5:
             problems += _shape_problems(
@@ -53,9 +69,55 @@ def layout_problems(store: "ScoreFile") -> list[str]:
                 (store.n_train if name.startswith(("train", "noisy")) else store.n_test,),
                 "b" if name in HEADER_MASKS + ("noisy",) else "iu",
             )
+    if not problems:
+        problems += _header_value_problems(h5)
     problems += _table_problems(h5, set(store.models))
     for model in store.models:
         problems += _model_problems(h5[model], f"/{model}", store.n_train, store.n_test)
+    return problems
+
+
+def class_names(h5, name: str) -> Optional[list[str]]:
+    """The class names a file attribute (classes, fine_classes) records as a JSON list of strings; None
+    where it records none; a StoreError where it holds anything else."""
+    value = h5.attrs.get(name)
+    if value is None:
+        return None
+    try:
+        names = json.loads(value) if isinstance(value, (str, bytes)) else None
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise StoreError(f"the attribute {name!r} is not a JSON list of class names (it holds {str(value)[:60]!r})")
+    return names
+
+
+def _attribute_problems(h5) -> list[str]:
+    problems = []
+    for name in ("classes", "fine_classes"):
+        try:
+            class_names(h5, name)
+        except StoreError as error:
+            problems.append(str(error))
+    return problems
+
+
+def _header_value_problems(h5) -> list[str]:
+    """Values of header arrays whose shapes and types are right: indices into the data set are distinct and
+    not negative, and labels name a recorded class."""
+    problems = []
+    for name in ("train_index", "test_index"):
+        values = h5[name][()]
+        if values.size and (values.min() < 0 or len(np.unique(values)) != values.size):
+            problems.append(f"/{name} holds a negative or repeated index into the data set")
+    for name, attribute in LABEL_ARRAYS.items():
+        names = class_names(h5, attribute) or (class_names(h5, "classes") if attribute == "fine_classes" else None)
+        if name in h5 and names and h5[name].size:
+            values = h5[name][()]
+            if values.min() < 0 or values.max() >= len(names):
+                problems.append(
+                    f"/{name} holds labels outside 0..{len(names) - 1} (the file's {len(names)} {attribute})"
+                )
     return problems
 
 
@@ -130,6 +192,9 @@ def _ranking_problems(tables, where: str, n_train: int, n_test: int) -> list[str
                 problems.append(f"{where}/{key} is missing")
                 continue
             problems += _ranking_table_problems(tables[key], f"{where}/{key}", rows, limit, "index" in field)
+        shapes = {tables[f"{prefix}_{field}"].shape for field in RANKING_FIELDS if f"{prefix}_{field}" in tables}
+        if not problems and len(shapes) > 1:
+            problems.append(f"{where}: the {prefix}_* tables differ in shape ({', '.join(map(str, sorted(shapes)))})")
     return problems
 
 
