@@ -79,6 +79,10 @@ def test_a_checkpoint_without_lr_or_model_config_is_one_line(tiny_run, tmp_path)
     torch.save({**payload, "model": {"w": "not a tensor"}}, tmp_path / "epoch_004.pt")
     with pytest.raises(CheckpointError, match="not a state dict of named tensors"):
         load_checkpoint(tmp_path / "epoch_004.pt")
+    for lr in (1e308, float("nan"), -0.1):  # a red-team find: 1e308 overflowed float32 inside the engine
+        torch.save({**payload, "lr": lr}, tmp_path / "epoch_004.pt")
+        with pytest.raises(CheckpointError, match="lr"):
+            load_checkpoint(tmp_path / "epoch_004.pt")
 
 
 def test_checkpoints_of_another_width_than_the_run_records_are_refused(tiny_run):

@@ -102,6 +102,8 @@ def load_checkpoint(path: Union[str, Path], role: Optional[str] = None) -> dict[
         raise CheckpointError(str(error)) from None
     if not _is_state_dict(payload["model"]) or not all(isinstance(key, str) for key in payload["model"]):
         raise CheckpointError(f"{path}: model: not a state dict of named tensors")
+    if not math.isfinite(payload["lr"]):  # the schema's bounds let NaN through
+        raise CheckpointError(f"{path}: lr: {payload['lr']} is not a learning rate")
     if role is not None and payload.get("role") != role:
         raise CheckpointError(f"{path} is a {payload.get('role')} checkpoint, expected {role}")
     return payload
