@@ -111,7 +111,7 @@ def _header_value_problems(h5) -> list[str]:
         if values.size and (values.min() < 0 or len(np.unique(values)) != values.size):
             problems.append(f"/{name} holds a negative or repeated index into the data set")
     for name, attribute in LABEL_ARRAYS.items():
-        names = class_names(h5, attribute) or (class_names(h5, "classes") if attribute == "fine_classes" else None)
+        names = class_names(h5, attribute)  # no fine_classes recorded: the fine labels are not checked
         if name in h5 and names and h5[name].size:
             values = h5[name][()]
             if values.min() < 0 or values.max() >= len(names):
