@@ -361,6 +361,7 @@ SCORE_MISTAKES = [
     (["--models", "teacher,,student"], "has an empty entry"),
     (["--models", "teacher,teacher"], "--models names teacher twice"),
     (["--layers", ","], "has an empty entry"),
+    (["--group", "g=nosuch"], "--group g=nosuch names no scored module"),
 ]
 
 

@@ -314,15 +314,22 @@ def checked_models(run: TrainedRun, options: ScoreOptions, data: RunData, runtim
     """{model: checkpoints_digest} of the models to score, each checked before the result file is touched:
     its checkpoints loaded and checked, its layers resolved, its blocks sized within the memory budget.
     Each engine is dropped after its check, so that scoring holds one model's checkpoints at a time."""
-    digests = {}
+    digests, groups = {}, set()
     for name in model_names(run, options):
         tracin = build_engine(name, run, options, runtime)
+        groups.update(tracin.group_names)
         plan = tracin.memory_plan(data.train, data.test, options.per_checkpoint)
         warning = plan_warning(name, plan, len(data.train), len(data.test), options.engine.batch_size)
         if warning and runtime.is_main:
             print(warning, flush=True)  # on stdout: stderr is kept for the one line of an error
         digests[name] = checkpoints_digest(tracin.checkpoints)
         del tracin  # before the next model's checkpoints are loaded
+    for group, prefixes in options.score.groups:  # one group may name the teacher's layer4 and no student module
+        if group not in groups:
+            raise TracinError(
+                f"--group {group}={','.join(prefixes)} names no scored module of {', '.join(digests)} (module names "
+                "as --layers takes them: conv1, layer3, layer3.0.conv1, fc, ...)"
+            )
     return digests
 
 
