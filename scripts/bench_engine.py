@@ -25,6 +25,7 @@ largest relative difference of the scores:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import time
 import warnings
@@ -219,10 +220,19 @@ def main() -> None:
         f"{args.checkpoints} checkpoints, {args.n_train} train x {args.n_test} test, "
         f"{args.channels}x{args.image_size}x{args.image_size} inputs, batch {args.batch_size}"
     )
+    plans = engine_runs(model, conv_fc, args)
+    for name in selected:
+        if name in plans:  # the blocking tracin-score would print for this problem
+            config, engine = plans[name]
+            plan = TracIn(model, checkpoints, config, engine=engine, device=args.device).memory_plan(train, test)
+            print(f"  plan of {name}: {plan.describe(len(test[0]))}")
     times, scores, peaks = {}, {}, {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in selected:
+            gc.collect()  # what an earlier contestant left (CUDA graphs, kept features) is not this one's
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()
             if args.warmup:
                 warm[name]()  # one-time costs (allocator, kernel selection) stay out of the timing
             times[name], scores[name] = timed(args.device, runs[name], args.repeat)
@@ -234,27 +244,40 @@ def main() -> None:
     report(times, scores, args, peaks)
 
 
-def contestants(model, checkpoints, train, test, conv_fc, args, zoo) -> dict[str, Callable[[], torch.Tensor | None]]:
+def engine_runs(model, conv_fc, args) -> dict[str, tuple[ScoreConfig, EngineConfig]]:
+    """Each TracIn contestant's settings (the student's), so that its memory plan can be printed."""
     budget = None if args.max_memory_gb == "auto" else int(float(args.max_memory_gb) * 2**30)
     engine = EngineConfig(batch_size=args.batch_size, max_memory=budget, cuda_graphs=not args.no_cuda_graphs)
     exact = ScoreConfig(precision="tf32" if args.tf32 else "float32")
-    on = dict(engine=engine, device=args.device)
     return {
-        "exact": lambda: TracIn(model, checkpoints, exact, **on).scores(train, test),
-        "exact-eager": lambda: TracIn(
-            model, checkpoints, exact, engine=replace(engine, cuda_graphs=False), device=args.device
-        ).scores(train, test),
-        "exact-bf16": lambda: TracIn(model, checkpoints, replace(exact, precision="bf16"), **on).scores(train, test),
+        "exact": (exact, engine),
+        "exact-eager": (exact, replace(engine, cuda_graphs=False)),
+        "exact-bf16": (replace(exact, precision="bf16"), engine),
+        "exact-conv-fc": (replace(exact, layers=conv_fc), engine),
+        "last-layer": (replace(exact, mode="last-layer"), engine),
+        "projected": (replace(exact, mode="projected", proj_dim=args.proj_dim), engine),
+    }
+
+
+def contestants(model, checkpoints, train, test, conv_fc, args, zoo) -> dict[str, Callable[[], torch.Tensor | None]]:
+    runs = {
+        name: (
+            lambda config=config, engine=engine: TracIn(
+                model, checkpoints, config, engine=engine, device=args.device
+            ).scores(train, test)
+        )
+        for name, (config, engine) in engine_runs(model, conv_fc, args).items()
+    }
+    exact, engine = engine_runs(model, conv_fc, args)["exact"]
+    return {
+        **runs,
         "reference": lambda: reference_scores(model, checkpoints, train, test, args),
-        "exact-conv-fc": lambda: TracIn(model, checkpoints, replace(exact, layers=conv_fc), **on).scores(train, test),
         "captum": lambda: captum_scores(model, checkpoints, train, test, conv_fc, args, fast=False),
-        "last-layer": lambda: TracIn(model, checkpoints, replace(exact, mode="last-layer"), **on).scores(train, test),
         "captum-fast": lambda: captum_scores(model, checkpoints, train, test, conv_fc, args, fast=True),
-        "projected": lambda: TracIn(
-            model, checkpoints, replace(exact, mode="projected", proj_dim=args.proj_dim), **on
-        ).scores(train, test),
         "floor": lambda: floor(model, checkpoints, train, test, args),
-        "resnet18-exact": lambda: TracIn(zoo[0], zoo[1], exact, **on).scores(zoo[2], zoo[3]),
+        "resnet18-exact": lambda: TracIn(zoo[0], zoo[1], exact, engine=engine, device=args.device).scores(
+            zoo[2], zoo[3]
+        ),
         "resnet18-reference": lambda: reference_scores(*zoo, args),
     }
 
@@ -280,6 +303,9 @@ def report(times: dict, scores: dict, args: argparse.Namespace, peaks: dict) -> 
         ("exact conv+fc vs captum TracInCP", "captum", "exact-conv-fc", "faster", "target >= 10x"),
         ("last-layer vs captum TracInCPFast", "captum-fast", "last-layer", "faster", ""),
         ("projected / floor", "projected", "floor", "of the floor", "target <= 3x"),
+        ("exact / floor", "exact", "floor", "of the floor", ""),
+        ("exact bf16 / floor", "exact-bf16", "floor", "of the floor", ""),
+        ("exact bf16 vs exact (float32)", "exact", "exact-bf16", "faster", ""),
         (
             "resnet18 exact vs torch.func reference",
             "resnet18-reference",
@@ -300,6 +326,7 @@ def report(times: dict, scores: dict, args: argparse.Namespace, peaks: dict) -> 
         ("exact vs torch.func reference", "exact", "reference"),
         ("exact eager vs exact", "exact-eager", "exact"),
         ("exact bf16 vs torch.func reference", "exact-bf16", "reference"),
+        ("exact bf16 vs exact (float32)", "exact-bf16", "exact"),
         ("exact conv+fc vs captum TracInCP", "exact-conv-fc", "captum"),
         ("last-layer vs captum TracInCPFast", "last-layer", "captum-fast"),
         ("projected vs exact", "projected", "exact"),

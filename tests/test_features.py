@@ -42,3 +42,20 @@ def test_features_kept_in_bfloat16_keep_their_float32_norms():
     assert torch.equal(kept.squared_parts_float32(), float32_norms)
     bf16_norms = Features([flat.bfloat16() for flat in features.flats], []).self_dot_parts().float()
     assert not torch.allclose(bf16_norms, float32_norms, rtol=1e-4, atol=0)  # what a slip to bf16 norms would give
+
+
+def test_gathered_batches_equal_joined_batches():
+    """Kept test features are copied batch by batch into one allocation (the full-size H200 run ran out of
+    memory joining them at the end): the result equals the joined batches, flat, factored and norms."""
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for first, n in ((10, 4), (14, 4), (18, 3)):
+        factors = random_factors(n, 2, 3, 5, 4, first)
+        flat = torch.randn(n, 7, generator=generator, dtype=torch.float64)
+        batches.append((first, Features([flat], [factors]).kept_as(torch.float64, norms=True)))
+    gathered = Features.gather(iter(batches), 10, 11)
+    parts = [features for _, features in batches]
+    assert torch.equal(gathered.flats[0], torch.cat([p.flats[0] for p in parts]))
+    assert torch.equal(gathered.factored[0].A, torch.cat([p.factored[0].A for p in parts]))
+    assert torch.equal(gathered.factored[0].G, torch.cat([p.factored[0].G for p in parts]))
+    assert torch.equal(gathered.squared_parts, torch.cat([p.squared_parts for p in parts], dim=1))

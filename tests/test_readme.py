@@ -68,3 +68,19 @@ def test_every_link_reaches_a_file_and_heading(page):
         assert linked.exists(), f"{page.name} links to {target}, which does not exist"
         if anchor:
             assert anchor in _anchors(linked), f"{page.name} links to {target}#{anchor}, a heading {target} lacks"
+
+
+def test_the_gpu_figures_are_the_logs_own(monkeypatch):
+    """docs/engine.md's H200 tables are what scripts/gpu_figures.py makes from the committed logs; a figure
+    typed by hand, or a log changed without regenerating, fails here."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    import gpu_figures
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)
+    document = (repo / "docs" / "engine.md").read_text()
+    shown = gpu_figures.START + document.split(gpu_figures.START, 1)[1].split(gpu_figures.END, 1)[0] + gpu_figures.END
+    assert shown == gpu_figures.section(Path("docs/measurements/h200-2026-12-04")), (
+        "regenerate: python scripts/gpu_figures.py docs/measurements/h200-2026-12-04 --write docs/engine.md"
+    )
+    assert "| exact | 95.80 | 66.67 |" in shown  # the table is read from the logs, not empty

@@ -194,6 +194,29 @@ def test_self_influence_is_the_diagonal(setup):
         assert relative_error(tracin.self_influence(train), diagonal) < RTOL
 
 
+def test_a_blocks_test_features_are_dropped_before_the_next_blocks_are_formed(setup, monkeypatch):
+    """The memory plan holds one test block's kept features: on an H200 the engine held two (the next block's
+    were formed while the last block's list was still bound) and peaked at 117 GiB on a 104 GiB plan."""
+    import weakref
+
+    model, checkpoints, train, test, reference = setup
+    formed, alive = [], []
+    features = TracIn._features
+
+    def recorded(self, plans, source, start, stop, checkpoint):
+        alive.extend(ref() is not None for first, ref in formed if first != start)
+        kept = features(self, plans, source, start, stop, checkpoint)
+        formed.append((start, weakref.ref(kept)))
+        return kept
+
+    monkeypatch.setattr(TracIn, "_features", recorded)
+    scores = TracIn(model, checkpoints, engine=EngineConfig(batch_size=2, test_block=4)).scores(train, test)
+    assert (
+        len(formed) == 6 and len(alive) == 12 and not any(alive)
+    )  # 3 blocks x 2 checkpoints; 2 x 2 + 2 x 4 looks back
+    assert relative_error(scores, reference) < RTOL
+
+
 @pytest.mark.parametrize("representation", ["flat", "factored", "auto"])
 def test_block_self_influences_are_the_diagonals_of_raw_and_train_normalised(setup, representation):
     """Each block of the first test block carries sum_c lr_c |g_c|^2, sum_c lr_c |g_c| and each layer

@@ -8,7 +8,7 @@ in place; factored layers use <dW_n, dW'_m> = sum_g sum_{t,s} (a_t.a'_s)(g_t.g'_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -84,17 +84,31 @@ class Features:
         return torch.stack(parts)
 
     @staticmethod
-    def cat(parts: Sequence["Features"]) -> "Features":
-        """Features of consecutive batches joined along examples."""
-        if len(parts) == 1:
-            return parts[0]
-        flats = [torch.cat(layer) for layer in zip(*(p.flats for p in parts))]
-        factored = [
-            Factors(torch.cat([f.A for f in layer]), torch.cat([f.G for f in layer]), layer[0].bias)
-            for layer in zip(*(p.factored for p in parts))
-        ]
-        norms = None if parts[0].squared_parts is None else torch.cat([p.squared_parts for p in parts], dim=1)
-        return Features(flats, factored, norms)
+    def gather(batches: Iterable[tuple[int, "Features"]], start: int, n: int) -> "Features":
+        """Features of the n examples from `start`, from consecutive batches (first example, Features),
+        each copied into tensors allocated once and then dropped: at most one batch is held beside the
+        result (joining all batches at the end would hold the block twice)."""
+        out = None
+        for first, part in batches:
+            if out is None:
+                out = Features(
+                    [flat.new_empty((n, *flat.shape[1:])) for flat in part.flats],
+                    [
+                        Factors(f.A.new_empty((n, *f.A.shape[1:])), f.G.new_empty((n, *f.G.shape[1:])), f.bias)
+                        for f in part.factored
+                    ],
+                    None if part.squared_parts is None else part.squared_parts.new_empty((len(part.squared_parts), n)),
+                )
+            rows = slice(first - start, first - start + len(part))
+            for mine, theirs in zip(out.flats, part.flats):
+                mine[rows] = theirs
+            for mine, theirs in zip(out.factored, part.factored):
+                mine.A[rows], mine.G[rows] = theirs.A, theirs.G
+            if out.squared_parts is not None:
+                out.squared_parts[:, rows] = part.squared_parts
+        if out is None:
+            raise ValueError("no batches to gather")
+        return out
 
 
 def _gram(x: Tensor, y: Tensor) -> Tensor:

@@ -283,7 +283,8 @@ class TracIn:
         """Features of the test examples [start, stop) at one checkpoint, by the test side's loss, kept in
         feature_dtype."""
         batches = self._batch_features(plans, source, start, stop, checkpoint, test=True)
-        return Features.cat([f.kept_as(self.feature_dtype, norms=self.normalised) for _, f in batches])
+        kept = ((first, f.kept_as(self.feature_dtype, norms=self.normalised)) for first, f in batches)
+        return Features.gather(kept, start, stop - start)
 
     def _check_finite(self, values: Tensor, checkpoint: int, what: str) -> None:
         """Non-finite gradients make their inner products non-finite (inf * 0 is nan), and so every sum
@@ -372,6 +373,7 @@ class TracIn:
                     yield self._score_block(
                         plans, train_source, (r0, r1, c0, c1), test_features, per_checkpoint, with_self, bar
                     )
+                del test_features  # before the next block's are formed: the budget holds one block's, not two
 
     def _score_block(self, plans, source, bounds, test_features, per_checkpoint, with_self, bar) -> ScoreBlock:
         """Train rows r0..r1 against kept test features: each train batch's gradients are used for their
