@@ -75,6 +75,16 @@ def test_unreadable_files_are_checkpoint_errors(tmp_path, damage):
         load_file(path)
 
 
+def test_a_plain_pickle_is_one_error_with_no_warning_before_it(tmp_path, recwarn):
+    """A pickle made without torch.save: torch warns about its protocol before failing (red-team find), and
+    that warning printed above the one error line."""
+    path = tmp_path / "epoch_002.pt"
+    path.write_bytes(pickle.dumps({"model": {}}, protocol=4))
+    with pytest.raises(CheckpointError, match="not a readable PyTorch file"):
+        load_file(path)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+
+
 def test_load_checkpoint_checks_format_and_role(tmp_path):
     save_atomic(_payload("student"), tmp_path / "student.pt")
     save_atomic({"w": torch.zeros(2)}, tmp_path / "bare.pt")

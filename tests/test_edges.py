@@ -323,6 +323,9 @@ HAND_DAMAGE = [
     ("classes not JSON", _attr("classes", np.array([b"a"])), "is not a JSON list of class names"),
     ("a newer format", _attr("format_version", 999), "has format version 999"),
     ("top-k tables of two widths", _cut_top_index, "the test_* tables differ in shape"),
+    ("a NaN score", _set("teacher/scores", np.nan), "/teacher/scores holds non-finite values"),
+    ("an infinite self-influence", _set("student/self_influence", np.inf), "/student/self_influence holds non-finite"),
+    ("a NaN in a top-k table", _set("teacher/topk/train_top_score", np.nan), "train_top_score holds non-finite"),
 ]
 
 

@@ -109,6 +109,16 @@ def test_a_bad_value_in_a_list_is_one_usage_line(capsys):
     assert "invalid choice: 'stduent'" in line
 
 
+@pytest.mark.parametrize("value", ["a\nb.h5", "run\tx", "x\x00y"])
+def test_an_argument_with_a_control_character_is_one_usage_line(capsys, value):
+    """A newline in a path (red-team find SC3) would split every one-line message that names it."""
+    with pytest.raises(SystemExit) as stop:
+        _parse("score", "--run", "run", "--scores", value)
+    assert stop.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "contains a control character" in line and repr(value) in line
+
+
 def test_the_score_options_build_the_librarys_configurations():
     options = score_options(
         _parse("score", "--mode", "projected", "--proj-dim", "8", "--group", "a=layer1", "--max-memory-gb", "0.5"), []

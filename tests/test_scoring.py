@@ -353,6 +353,7 @@ def test_finished_file_is_kept_without_overwrite(scored, tiny_run, tmp_path):
         ("", "at least one k"),
         ("5,x", "comma-separated positive integers"),
         ("0", "positive"),
+        ("5,5", "names a k twice"),
     ],
 )
 def test_bad_topk_is_one_clear_error(tiny_run, tmp_path, topk, message):

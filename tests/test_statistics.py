@@ -79,7 +79,16 @@ def test_ks_detects_a_shift_and_accepts_equal_distributions():
 
 def test_parse_topk_refuses_bad_lists():
     assert parse_topk("500, 100,1000") == [100, 500, 1000]
-    for bad, message in (("", "at least one"), ("10,x", "integers"), ("0", "positive"), ("2.5", "integers")):
+    assert parse_topk("100,300,500", limit=200, cap=True) == [100, 200]  # capped values may meet
+    for bad, message in (
+        ("", "at least one"),
+        ("10,x", "integers"),
+        ("0", "positive"),
+        ("2.5", "integers"),
+        ("5,5", "twice"),
+        ("5,,10", "empty entry"),
+        (" , ", "at least one"),
+    ):
         with pytest.raises(TracinError, match=message):
             parse_topk(bad)
     with pytest.raises(TracinError, match="larger than the set"):

@@ -508,15 +508,19 @@ class EngineConfig(_Serializable):
 def parse_topk(text: str, limit: Optional[int] = None, cap: bool = False) -> list[int]:
     """'100,500,1000' -> [100, 500, 1000]; each k a positive integer, at most `limit` if given (a larger k
     is refused, or with `cap` lowered to `limit`)."""
-    parts = [p.strip() for p in str(text).split(",") if p.strip()]
-    if not parts:
+    parts = [p.strip() for p in str(text).split(",")]
+    if not any(parts):
         raise TracinError("--topk needs at least one k, e.g. --topk 100,500,1000")
+    if not all(parts):
+        raise TracinError(f"--topk has an empty entry in {text!r}; give comma-separated k, e.g. --topk 100,500,1000")
     try:
         values = [int(p) for p in parts]
     except ValueError:
         raise TracinError(f"--topk takes comma-separated positive integers, got {text!r}") from None
     if any(k < 1 for k in values):
         raise TracinError(f"--topk values must be positive, got {text!r}")
+    if len(set(values)) < len(values):
+        raise TracinError(f"--topk names a k twice in {text!r}; give each k once")
     if limit is not None and max(values) > limit:
         if cap:
             return sorted({min(k, limit) for k in values})

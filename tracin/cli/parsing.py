@@ -42,6 +42,9 @@ class Parser(argparse.ArgumentParser):
 
     def parse_args(self, args: Optional[Sequence[str]] = None, namespace=None):
         args = list(sys.argv[1:] if args is None else args)
+        for argument in args:  # a newline in a path or name would split every one-line message that shows it
+            if any(ord(c) < 32 or ord(c) == 127 for c in argument):
+                self.error(f"argument {argument!r} contains a control character (a newline, tab, ...)")
         for old in dict.fromkeys(a.split("=", 1)[0] for a in args if a.split("=", 1)[0] in self.renamed):
             print(
                 f"{self.prog}: note: {old} is now {self.renamed[old]} (the old spelling still works)", file=sys.stderr

@@ -38,6 +38,7 @@ import dataclasses
 import hashlib
 import math
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,9 @@ def load_file(path: Union[str, Path], map_location: Union[str, torch.device] = "
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         # torchvision's reference trainer stores its argparse options beside the weights: plain data
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            # a plain pickle (not torch.save's) warns about its protocol before it fails: the failure says it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

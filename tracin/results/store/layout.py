@@ -125,12 +125,12 @@ def _model_problems(group: h5py.Group, where: str, n_train: int, n_test: int) ->
     problems = [f"{where}/{key} is missing" for key in ("scores", "done", SELF, "topk") if key not in group]
     for key in group:
         if key == "scores" or key.startswith("scores_"):
-            problems += _shape_problems(group[key], f"{where}/{key}", (n_train, n_test), "f")
+            problems += _finite(group[key], f"{where}/{key}", (n_train, n_test))
         elif key in (SELF, NORMALISED_SELF, "last_loss"):
-            problems += _shape_problems(group[key], f"{where}/{key}", (n_train,), "f")
+            problems += _finite(group[key], f"{where}/{key}", (n_train,))
         elif key in (GROUP_SELF, GROUP_NORMALISED_SELF):
             rows = group[key].shape[0] if isinstance(group[key], h5py.Dataset) and group[key].ndim == 2 else -1
-            problems += _shape_problems(group[key], f"{where}/{key}", (rows, n_train), "f")
+            problems += _finite(group[key], f"{where}/{key}", (rows, n_train))
         elif key == "test_prediction":
             problems += _shape_problems(group[key], f"{where}/{key}", (n_test,), "iu")
     for name in _ranking_groups(group):
@@ -172,6 +172,21 @@ def _shape_problems(dataset, where: str, shape: tuple, kinds: str) -> list[str]:
     return []
 
 
+def _finite(dataset, where: str, shape: tuple, rows_per_read: int = 2**24) -> list[str]:
+    """Shape and float type as _shape_problems checks them, then every value finite: tracin-score never
+    finishes a file with a non-finite score (it stops on non-finite gradients), so one is a damaged or
+    edited file, whose NaN would pass silently into every mean and correlation. Read in slices of about
+    rows_per_read values. (per_checkpoint, ten times the size at full size, is not read here.)"""
+    found = _shape_problems(dataset, where, shape, "f")
+    if found or not dataset.size:
+        return found
+    step = max(1, rows_per_read // max(1, dataset.size // dataset.shape[0]))
+    for start in range(0, dataset.shape[0], step):
+        if not np.isfinite(dataset[start : start + step]).all():
+            return [f"{where} holds non-finite values (NaN or infinity), which tracin-score never writes"]
+    return []
+
+
 def _ranking_groups(group) -> list[str]:
     """The names of a model group's top-k tables: topk, topk_epoch/epoch_NNN, topk_variant/<variant>."""
     names = ["topk"] if "topk" in group else []
@@ -207,4 +222,6 @@ def _ranking_table_problems(dataset, where: str, rows: int, limit: int, is_index
         values = dataset[()]
         if values.min() < 0 or values.max() >= limit:
             found = [f"{where} holds indices outside 0..{limit - 1}"]
+    elif not found and dataset.size:
+        found = _finite(dataset, where, dataset.shape)
     return found
