@@ -17,9 +17,9 @@ from pathlib import Path
 
 START, END = "<!-- gpu-figures: start -->", "<!-- gpu-figures: end -->"
 PROBLEM = re.compile(
-    r"^device cuda, student width (\d+) stages (\d+) \(([\d,]+) parameters\), (\d+) checkpoints, (\d+) train x (\d+) test"
+    r"^device \S+, student width (\d+) stages (\d+) \(([\d,]+) parameters\), (\d+) checkpoints, (\d+) train x (\d+) test"
 )
-TIMING = re.compile(r"^  (\S+)\s+([\d.]+) s\s+peak\s+([\d.]+) GiB")
+TIMING = re.compile(r"^  (\S+)\s+([\d.]+) s(?:\s+peak\s+([\d.]+) GiB)?\s*$")
 PLAN = re.compile(r"^  plan of (\S+): memory (.*?) \(.*?\): (.*)$")
 DIFFERENCE = re.compile(r"^  (.+?)\s{2,}(\d\.\d+e[-+]\d+)$")
 RATIO = re.compile(r"^  (.+?)\s{2,}([\d.]+x .+?)\s*$")
@@ -38,7 +38,9 @@ def bench_rows(name: str, lines: list[str]) -> list[str]:
             plans[match.group(1)] = f"{match.group(2)}: {match.group(3)}"
         elif match := TIMING.match(line):
             contestant, seconds, peak = match.groups()
-            rows.append(f"| {name} | {problem} | {contestant} | {seconds} | {peak} | {plans.get(contestant, '')} |")
+            rows.append(
+                f"| {name} | {problem} | {contestant} | {seconds} | {peak or ''} | {plans.get(contestant, '')} |"
+            )
         elif match := FAILED.match(line):
             rows.append(f"| {name} | {problem} | (next contestant) | failed: {match.group(1)} | | |")
     return rows

@@ -84,3 +84,30 @@ def test_the_gpu_figures_are_the_logs_own(monkeypatch):
         "regenerate: python scripts/gpu_figures.py docs/measurements/h200-2026-12-04 --write docs/engine.md"
     )
     assert "| exact | 95.80 | 66.67 |" in shown  # the table is read from the logs, not empty
+
+
+def test_the_gpu_session_runs_its_steps_at_a_tiny_size_on_the_cpu(tmp_path, monkeypatch):
+    """scripts/gpu_session is run only when a GPU is lent, in one short try: its dry run here keeps every
+    step's command line (the benches' options) working in between, and its logs readable by gpu_figures."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        ["bash", str(repo / "scripts" / "gpu_session"), str(tmp_path), "--small"],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    ends = [
+        line for log in sorted(tmp_path.glob("*.log")) for line in log.read_text().splitlines() if ": exit " in line
+    ]
+    assert len(ends) == 4 and all(": exit 0 after" in line for line in ends), ends
+    monkeypatch.syspath_prepend(str(repo / "scripts"))
+    import gpu_figures
+
+    section = gpu_figures.section(tmp_path)
+    assert "| exact |" in section and "| projected |" in section and "| floor |" in section
