@@ -12,6 +12,7 @@ alone writes the file, which therefore equals a single-process result.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import itertools
 import json
@@ -300,6 +301,7 @@ def score_run(options: ScoreOptions) -> Path:
                     )
                 score_role(store, role, tracin, data, runtime, options, max(ks))
                 del tracin  # one model's checkpoints in memory at a time
+                gc.collect()  # on an H200 a dropped engine's device memory stayed allocated until a collection
             if runtime.is_main:
                 report(store, options, ks, [*digests, *write_ensembles(store, list(digests), max(ks), runtime.device)])
                 out = store.path
@@ -324,6 +326,7 @@ def checked_models(run: TrainedRun, options: ScoreOptions, data: RunData, runtim
             print(warning, flush=True)  # on stdout: stderr is kept for the one line of an error
         digests[name] = checkpoints_digest(tracin.checkpoints)
         del tracin  # before the next model's checkpoints are loaded
+        gc.collect()
     for group, prefixes in options.score.groups:  # one group may name the teacher's layer4 and no student module
         if group not in groups:
             raise TracinError(
