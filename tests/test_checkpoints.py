@@ -10,7 +10,7 @@ import torch
 
 from tracin.config import ModelConfig
 from tracin.engine.tracin import TracIn
-from tracin.errors import CheckpointError
+from tracin.errors import CheckpointError, TracinError
 from tracin.training.checkpoints import (
     FORMAT,
     Checkpoint,
@@ -232,6 +232,10 @@ def test_payload_round_trip_and_one_epoch_parser(tmp_path):
         epoch_of(tmp_path / "last.pt")
     with pytest.raises(CheckpointError, match="no checkpoint for epoch"):
         select_checkpoints(tmp_path, "student", "3")
+    with pytest.raises(TracinError, match="names an epoch twice"):  # its term would count twice (red-team S19)
+        select_checkpoints(tmp_path, "student", "2,2")
+    with pytest.raises(TracinError, match="comma-separated epochs"):
+        select_checkpoints(tmp_path, "student", "2,,4")
 
 
 def test_distillation_teacher_is_checked_against_the_recorded_sha256(tmp_path):

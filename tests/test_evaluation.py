@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +153,21 @@ def test_eval_of_images_of_another_shape_is_refused(cifar10_run, fashion_mnist_r
         class_map,
     )
     assert result.returncode == 2 and "the run's models read (3, 32, 32)" in result.stderr, result.stderr
+
+
+def test_a_data_json_with_other_classes_than_the_models_outputs_is_refused(cifar10_run, tmp_path):
+    """Red-team find E3: a data.json naming 5 classes for 10-output models ended in torch's traceback."""
+    run = tmp_path / "c10"
+    shutil.copytree(cifar10_run, run)
+    record = json.loads((run / "data.json").read_text())
+    record["classes"] = record["classes"][1:]  # nine names, automobile and truck among them
+    (run / "data.json").write_text(json.dumps(record))
+    root = write_cifar100(tmp_path / "data")
+    (tmp_path / "map.json").write_text(json.dumps({"pickup_truck": "truck", "bus": "automobile"}))
+    result = tool(
+        "tracin-eval", "--run", run, "--eval-dataset", "cifar100", "--data-root", root, "--no-checksum",
+        "--class-map", tmp_path / "map.json",
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "names 9 classes" in result.stderr and "10 outputs" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (run / "eval_cifar100.csv").exists()

@@ -156,3 +156,20 @@ def test_a_negative_seed_is_refused_before_any_work(command):
     arguments = build_parser(command).parse_args(["--run", "R", "--seed", "-1"])
     with pytest.raises(TracinError, match="seed must be 0 or more"):
         options_from(SPECS[command].options[0], arguments, f"tracin-{command}")
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--mode", "last-layer", "--layers", "nosuchlayer"], "last-layer mode .* does not read layers"),
+        (["--mode", "last-layer", "--proj-dim", "8"], "last-layer mode does not read it"),
+        (["--proj-dim", "8"], "exact mode does not read it"),
+    ],
+)
+def test_an_option_the_mode_ignores_is_refused(arguments, message):
+    """Red-team finds S17 and S39: tracin-score --mode last-layer --layers nosuchlayer finished with exit 0,
+    the option unread."""
+    from tracin.errors import TracinError
+
+    with pytest.raises(TracinError, match=message):
+        score_options(_parse("score", *arguments), [])

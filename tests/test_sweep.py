@@ -159,6 +159,8 @@ def test_teacher_quality_distils_from_the_chosen_checkpoint_and_teacher_settings
         (["--vary", "teacher_epoch=1,2", "--vary", "width=4,8"], "cannot be combined"),
         # red-team finds: a value twice, and --score checked only after training (or a traceback)
         (["--vary", "temperature=1,2,1"], "gives 1 twice"),
+        (["--vary", "lr=0.1,,0.2"], "has an empty entry"),
+        (["--vary", "temperature=1,2", "--score", "--mode last-layer --layers fc"], "does not read layers"),
         (["--vary", "temperature=1,2", "--score", "--topk 0"], "--topk values must be positive"),
         (["--vary", "temperature=1,2", "--score", '--topk "5'], "No closing quotation"),
         (["--vary", "temperature=1,2", "--score", "--run other"], "sets --run itself"),

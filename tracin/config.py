@@ -471,6 +471,15 @@ class ScoreConfig(_Serializable):
         # (TracIn) and the command line: configuration sits below the engine
         _check(self.proj_dim is None or self.proj_dim >= 1, f"proj_dim must be positive, got {self.proj_dim}")
         _check(self.mode != "projected" or self.proj_dim is not None, "projected mode needs a positive proj_dim")
+        # an option the mode does not read would be ignored without a word (red-team S17, S39)
+        _check(
+            self.mode == "projected" or self.proj_dim is None,
+            f"proj_dim projects gradients in projected mode only; {self.mode} mode does not read it",
+        )
+        _check(
+            self.mode != "last-layer" or not self.layers,
+            "last-layer mode scores the last Linear layer; it does not read layers (use exact mode with layers)",
+        )
         object.__setattr__(self, "layers", tuple(self.layers or ()))
 
 

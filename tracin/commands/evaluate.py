@@ -58,7 +58,13 @@ def eval_run(options: EvalOptions) -> Path:
             role, last = name.split(".")[0], paths.model_dir(name) / record["models"][name]["checkpoints"][-1]
             model, payload = load_model(last, role)
             recorded = record["model_configs"].get(role)
-            check_recorded_architecture(last, ModelConfig.from_dict(payload["model_config"]), role, recorded)
+            architecture = ModelConfig.from_dict(payload["model_config"])
+            check_recorded_architecture(last, architecture, role, recorded)
+            if architecture.num_classes != len(classes):  # a data.json edited or copied from another run
+                raise TracinError(
+                    f"{paths.data_json} names {len(classes)} classes, but {last} has {architecture.num_classes} "
+                    "outputs: that data.json is not this run's"
+                )
             result = evaluate(model.to(runtime.device), split, runtime)
             matrix = confusion_matrix(result.predictions, split.labels, len(classes))
             per_class = {c: float(matrix[i, i] / matrix[i].sum()) for i, c in enumerate(classes) if c in counts}

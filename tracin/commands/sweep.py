@@ -117,7 +117,10 @@ def parse_vary(spec: str) -> tuple[str, tuple[str, ...]]:
     key, separator, values = spec.partition("=")
     if not separator:
         raise TracinError(f"--vary takes KEY=V1,V2,..., got {spec!r}")
-    return key.strip().replace("-", "_"), tuple(v.strip() for v in values.split(",") if v.strip())
+    values = tuple(v.strip() for v in values.split(","))
+    if any(values) and not all(values):  # 'lr=0.1,,0.2': a slip, not two values
+        raise TracinError(f"--vary {key.strip()} has an empty entry in {spec!r}; give comma-separated values")
+    return key.strip().replace("-", "_"), tuple(v for v in values if v)
 
 
 def run_name(combination: dict[str, str]) -> str:

@@ -452,9 +452,11 @@ def select_checkpoints(model_dir: Union[str, Path], role: str, spec: str) -> lis
         return available if spec == "all" else available[-1:]
     by_epoch = {epoch_of(p): p for p in available}
     try:
-        wanted = [int(e) for e in spec.split(",") if e.strip()]
+        wanted = [int(e) for e in spec.split(",")]
     except ValueError:
         raise TracinError(f"--checkpoints takes all, last or comma-separated epochs, got {spec!r}") from None
+    if len(set(wanted)) < len(wanted):  # a checkpoint counted twice would double its term of the sum
+        raise TracinError(f"--checkpoints names an epoch twice in {spec!r}; give each epoch once")
     missing = [e for e in wanted if e not in by_epoch]
     if missing or not wanted:
         raise CheckpointError(f"{role} has no checkpoint for epoch(s) {missing or spec}; saved: {sorted(by_epoch)}")
