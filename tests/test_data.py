@@ -270,3 +270,24 @@ def test_debian_fashion_mnist_is_unpacked_once_not_on_every_load(tmp_path):
     stamps = [p.stat().st_mtime_ns for p in raw]
     load_data(config)
     assert [p.stat().st_mtime_ns for p in raw] == stamps
+
+
+@pytest.mark.parametrize("planted, content", [("test_batch", {"data": [0], "labels": [0]}), ("data_batch_2", {"x": 1})])
+def test_a_cifar_batch_that_reads_but_is_malformed_is_one_data_error(cifar10_root, tmp_path, planted, content):
+    """Red-team find X10: a batch file of plain data in the wrong shape (or without its keys) ended in
+    torchvision's ValueError traceback, in tracin-train and tracin-eval alike."""
+    from tracin.training.data import load_eval_split
+
+    root = tmp_path / "shared"
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for path in (Path(cifar10_root) / "cifar-10-batches-py").iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    with open(folder / planted, "wb") as handle:
+        pickle.dump(content, handle, protocol=2)
+    with pytest.raises(DataError, match="not laid out as the data set's"):
+        load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False))
+    if planted == "test_batch":
+        classes = [str(c) for c in range(10)]
+        with pytest.raises(DataError, match="not laid out as the data set's"):
+            load_eval_split("cifar10", str(root), SPECS["cifar10"], classes, None, False)

@@ -316,6 +316,12 @@ def _cut_top_index(h5):
     h5.create_dataset("teacher/topk/test_top_index", data=data[:, :-1])
 
 
+def _twice_in_a_row(h5):
+    data = h5["teacher/topk/test_top_index"][()]
+    data[0, 1] = data[0, 0]
+    h5["teacher/topk/test_top_index"][...] = data
+
+
 HAND_DAMAGE = [
     ("train_index deleted", lambda h5: _del(h5, "train_index"), "/train_index is missing"),
     ("train_index out of range", _set("train_index", -5), "negative or repeated index"),
@@ -326,6 +332,7 @@ HAND_DAMAGE = [
     ("a NaN score", _set("teacher/scores", np.nan), "/teacher/scores holds non-finite values"),
     ("an infinite self-influence", _set("student/self_influence", np.inf), "/student/self_influence holds non-finite"),
     ("a NaN in a top-k table", _set("teacher/topk/train_top_score", np.nan), "train_top_score holds non-finite"),
+    ("an example twice in a top-k row", _twice_in_a_row, "test_top_index ranks an example twice in one row"),
 ]
 
 

@@ -263,6 +263,8 @@ def _load_torchvision(config: DataConfig, train: bool):
             return loader(str(root), train=train, download=False)
     except pickle.UnpicklingError as error:
         raise DataError(f"{folder} holds a file that is not a CIFAR batch ({error}); it was not loaded") from None
+    except (ValueError, KeyError, TypeError, IndexError) as error:  # a batch that unpickles but is not laid out as one
+        raise DataError(_malformed_message(folder, error)) from None
     except RuntimeError as error:
         if folder.exists():  # present but unreadable: never download over a user's files
             raise DataError(_missing_message(config, error)) from None
@@ -270,6 +272,14 @@ def _load_torchvision(config: DataConfig, train: bool):
         return loader(str(root), train=train, download=True)
     except (RuntimeError, OSError) as error:
         raise DataError(_missing_message(config, error)) from None
+
+
+def _malformed_message(folder: Path, error: Exception) -> str:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (
+        f"{folder} holds a data file that reads but is not laid out as the data set's ({type(error).__name__}: "
+        f"{reason}); replace it with the published file"
+    )
 
 
 def _link_debian_fashion_mnist(root: Path) -> None:
@@ -329,6 +339,8 @@ def load_eval_split(
                 loaded = loader[0 if checksum else 1](str(root), train=False, download=False)
         except pickle.UnpicklingError as error:
             raise DataError(f"{root} holds a file that is not a CIFAR batch ({error}); it was not loaded") from None
+        except (ValueError, KeyError, TypeError, IndexError) as error:
+            raise DataError(_malformed_message(root, error)) from None
         except RuntimeError as error:
             raise DataError(
                 f"{dataset} could not be loaded from {root} ({str(error).strip().splitlines()[0]}); put its "

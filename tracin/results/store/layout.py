@@ -222,6 +222,8 @@ def _ranking_table_problems(dataset, where: str, rows: int, limit: int, is_index
         values = dataset[()]
         if values.min() < 0 or values.max() >= limit:
             found = [f"{where} holds indices outside 0..{limit - 1}"]
+        elif values.shape[1] > 1 and (np.diff(np.sort(values, axis=1), axis=1) == 0).any():
+            found = [f"{where} ranks an example twice in one row"]
     elif not found and dataset.size:
         found = _finite(dataset, where, dataset.shape)
     return found
