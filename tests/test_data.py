@@ -260,16 +260,32 @@ def test_a_crafted_cifar_batch_file_is_refused_without_running_it(cifar10_root, 
     assert not marker.exists()
 
 
-def test_debian_fashion_mnist_is_unpacked_once_not_on_every_load(tmp_path):
+def test_debian_fashion_mnist_is_unpacked_once_not_on_every_load(tmp_path, capsys):
     if not DEBIAN_FASHION_MNIST.is_dir():
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
     config = DataConfig(dataset="fashion-mnist", data_root=str(tmp_path), train_subset=20, test_subset=10)
     load_data(config)
     raw = sorted((tmp_path / "FashionMNIST" / "raw").glob("*-ubyte"))
-    assert len(raw) == 4
+    assert len(raw) == 4 and not list((tmp_path / "FashionMNIST" / "raw").glob(".unpacking.*"))
+    assert "unpacking Fashion-MNIST" in capsys.readouterr().out  # red-team O46: a mistyped root is told
     stamps = [p.stat().st_mtime_ns for p in raw]
     load_data(config)
-    assert [p.stat().st_mtime_ns for p in raw] == stamps
+    assert [p.stat().st_mtime_ns for p in raw] == stamps and capsys.readouterr().out == ""
+
+
+def test_fashion_mnist_is_not_unpacked_through_a_link(tmp_path):
+    """Red-team find L22: a FashionMNIST folder planted as a link received 55 MB in its target."""
+    if not DEBIAN_FASHION_MNIST.is_dir():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    target = tmp_path / "colleague"
+    target.mkdir()
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "FashionMNIST").symlink_to(target, target_is_directory=True)
+    with pytest.raises(DataError, match="not unpacked through a link"):
+        load_data(
+            DataConfig(dataset="fashion-mnist", data_root=str(tmp_path / "root"), train_subset=20, test_subset=10)
+        )
+    assert list(target.iterdir()) == []
 
 
 @pytest.mark.parametrize("planted, content", [("test_batch", {"data": [0], "labels": [0]}), ("data_batch_2", {"x": 1})])

@@ -63,6 +63,33 @@ def test_a_run_folder_that_is_a_link_is_refused_before_anything_even_with_overwr
     assert digest(colleague) == before
 
 
+def test_a_link_planted_inside_a_run_folder_is_refused_before_a_resume_writes(tmp_path, fashion_mnist_root):
+    """Red-team find L15: resuming a killed run appended its epoch line to a colleague's file through a
+    train.log link planted in the model's folder."""
+    from tracin.files import append_line
+
+    args = ["--run", "r", "--out-root", "ck", "--dataset", "fashion-mnist", "--data-root", fashion_mnist_root]
+    args += ["--train-subset", "100"]
+    args += ["--test-subset", "40", "--width", "4", "--epochs", "2", "--batch-size", "32", "--no-augment"]
+    args += ["--models", "teacher", "--device", "cpu", "--quiet"]
+    command = [str(Path(sys.executable).with_name("tracin-train")), *map(str, args)]
+    killed = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**subprocess_env(), "TRACIN_FAULT": "train-epoch:1:kill"},
+    )  # fmt: skip
+    assert killed.returncode != 0 and (tmp_path / "ck" / "r" / "teacher").is_dir(), killed.stderr[-2000:]
+    victim = tmp_path / "colleague.txt"
+    victim.write_text("precious\n")
+    log = tmp_path / "ck" / "r" / "teacher" / "train.log"
+    log.unlink(missing_ok=True)
+    log.symlink_to(victim)
+    assert_one_line(run("tracin-train", *args, cwd=tmp_path), "train.log is a symbolic link")
+    assert victim.read_text() == "precious\n"
+    with pytest.raises(TracinError, match="is a symbolic link"):  # a link placed after the checks
+        append_line(log, "epoch line")
+    assert victim.read_text() == "precious\n"
+
+
 def test_score_and_report_refuse_a_run_folder_that_is_a_link(tiny_run, tiny_scores, tmp_path):
     """A red-team find: `--run` naming a link to a colleague's run made tracin-score write its score file and
     lock there, and with --overwrite replace the colleague's finished score file; tracin-report rewrote the

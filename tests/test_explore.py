@@ -220,6 +220,17 @@ def test_a_page_planted_as_a_link_is_refused(explore_run, tmp_path):
     assert result.returncode == 2 and "link" in result.stderr and colleague.read_text() == "theirs"
 
 
+def test_an_export_folder_planted_as_a_link_is_refused(explore_run, tmp_path):
+    """Red-team find L20: --export through a link wrote topk.csv and overlap.csv into the link's target."""
+    colleague = tmp_path / "colleague"
+    colleague.mkdir()
+    (tmp_path / "export").symlink_to(colleague, target_is_directory=True)
+    result = explore_command("--run", explore_run, "--out", tmp_path / "e.html", "--export", tmp_path / "export")
+    assert result.returncode == 2 and "--export" in result.stderr and "symbolic link" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and list(colleague.iterdir()) == []
+    assert not (tmp_path / "e.html").exists()  # refused before any work
+
+
 def test_a_page_is_never_written_over_a_file_it_did_not_write(explore_run, tmp_path):
     """A mistyped --out naming the score file (or any other file) leaves it as it was; an earlier page is
     replaced."""

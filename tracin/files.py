@@ -56,6 +56,27 @@ def refuse_links(paths, what: str) -> None:
         refuse_link(path, what)
 
 
+def refuse_links_under(root: Union[str, Path], what: str) -> None:
+    """refuse_link for everything inside the folder `root` (tracin makes no links in its folders): a link
+    planted in a run folder (a model's train.log, or its folder) is refused before anything is written."""
+    for folder, folders, files in os.walk(root):
+        for name in (*folders, *files):
+            refuse_link(Path(folder) / name, what)
+
+
+def append_line(path: Union[str, Path], line: str) -> None:
+    """Append `line` and a newline to the log file `path`, made if absent, never through a link (a link
+    placed there after the command's checks is refused, not followed)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, default_mode())
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            raise
+        raise TracinError(f"{path} is a symbolic link: nothing is written through a link") from None
+    with os.fdopen(fd, "a") as handle:
+        handle.write(line + "\n")
+
+
 def report_path(score_file: Union[str, Path], name: str) -> Path:
     """Where a report of a score file goes: NAME beside the default tracin.h5 (quality_report.md, plots/), and
     STEM.NAME beside any other score file (other.quality_report.md, other.plots/), so that two score files in
@@ -125,7 +146,14 @@ def exclusive_lock(target: Union[str, Path], what: str, shared: bool = False) ->
     lock = target.with_name(f".{target.name}.lock")
     created = [folder for folder in (lock.parent, *lock.parent.parents) if not folder.exists()]
     try:
-        lock.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # a path through a file, or a special file system such as /proc
+            if error.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EEXIST, errno.EINVAL):
+                raise
+            raise TracinError(
+                f"cannot make the folder {lock.parent} for {what} ({os.strerror(error.errno)}); choose another place"
+            ) from None
         fd = _locked(lock, shared, what, target)
     except OSError as error:
         if not shared or error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):

@@ -19,7 +19,13 @@ from typing import Sequence
 from tracin import faults
 from tracin.config import ROLES, DataConfig, TrainConfig
 from tracin.errors import CheckpointError, TracinError
-from tracin.files import command_locks, refuse_link, remove_stale_temporaries_under, write_json_atomic
+from tracin.files import (
+    command_locks,
+    refuse_link,
+    refuse_links_under,
+    remove_stale_temporaries_under,
+    write_json_atomic,
+)
 from tracin.options import RunOptions
 from tracin.runtime import Runtime, start_runtime
 from tracin.training.batches import steps_per_epoch, to_device
@@ -121,6 +127,8 @@ def train_run(config: TrainConfig, data_config: DataConfig, options: RunOptions)
         command_locks(paths.root, writes_run=True, main=runtime.is_main),
     ):
         check_replacement(paths, options)
+        if paths.root.is_dir() and not options.overwrite:  # what a resume appends to or writes beside
+            refuse_links_under(paths.root, "in the run folder,")
         if runtime.is_main and paths.root.is_dir() and made_by_tracin(paths):
             for stale in remove_stale_temporaries_under(paths.root):
                 runtime.log(f"removed {stale}, left by an interrupted write")

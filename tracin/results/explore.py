@@ -499,8 +499,10 @@ def _check_destinations(out: Path, export: Optional[Path]) -> None:
     folder = out.with_name(f"{out.stem}_files")
     if folder.exists() and not folder.is_dir():
         raise TracinError(f"{folder} exists and is not a folder: the page's data would go there (choose another --out)")
-    if export is not None and export.exists() and not export.is_dir():
-        raise TracinError(f"--export {export} exists and is not a folder")
+    if export is not None:
+        refuse_link(export, "--export")  # its tables would land in the link's target (red-team find L20)
+        if export.exists() and not export.is_dir():
+            raise TracinError(f"--export {export} exists and is not a folder")
 
 
 def _size(n: int) -> str:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -283,12 +285,26 @@ def _malformed_message(folder: Path, error: Exception) -> str:
 
 
 def _link_debian_fashion_mnist(root: Path) -> None:
-    """Unpack Debian's dataset-fashion-mnist files into torchvision's raw layout under `root`."""
+    """Unpack Debian's dataset-fashion-mnist files into torchvision's raw layout under `root`, saying so
+    (a mistyped --data-root gets 55 MB it did not ask for), each file beside its place first and then moved
+    there (a killed unpacking leaves no truncated file to be read later), never through a link."""
     raw = root / "FashionMNIST" / "raw"
-    for archive in sorted(DEBIAN_FASHION_MNIST.glob("*-ubyte.gz")):
-        if not (raw / archive.name[: -len(".gz")]).exists():
-            raw.mkdir(parents=True, exist_ok=True)
-            extract_archive(str(archive), str(raw))
+    missing = [a for a in sorted(DEBIAN_FASHION_MNIST.glob("*-ubyte.gz")) if not (raw / a.name[: -len(".gz")]).exists()]
+    if not missing:
+        return
+    for folder in (root / "FashionMNIST", raw):  # someone's link would receive the files (red-team find L22)
+        if folder.is_symlink():
+            raise DataError(
+                f"{folder} is a symbolic link (to {os.readlink(folder)}): Fashion-MNIST is not unpacked through a "
+                "link; name the real folder as --data-root, or unpack the files there yourself"
+            )
+    print(f"unpacking Fashion-MNIST from {DEBIAN_FASHION_MNIST} into {raw} (once per data root)", flush=True)
+    raw.mkdir(parents=True, exist_ok=True)
+    for archive in missing:
+        with tempfile.TemporaryDirectory(prefix=".unpacking.", dir=raw) as unpacking:
+            extract_archive(str(archive), unpacking)
+            name = archive.name[: -len(".gz")]
+            os.replace(Path(unpacking) / name, raw / name)
 
 
 def _missing_message(config: DataConfig, error: Exception) -> str:

@@ -51,7 +51,7 @@ from tqdm import tqdm
 from tracin import faults
 from tracin.config import DataConfig, ModelConfig, TrainConfig
 from tracin.errors import NonFiniteError
-from tracin.files import write_json_atomic
+from tracin.files import append_line, write_json_atomic
 from tracin.runtime import Runtime
 from tracin.training import losses
 from tracin.training.batches import epoch_rng, epoch_seeds, steps_per_epoch, training_batches
@@ -373,8 +373,7 @@ def run_epoch(job: ModelJob, run: RunContext, trainee: Trainee, teacher: Optiona
     line = summary_line(job.name, row, run.config.epochs)
     run.runtime.log(line)
     if run.runtime.is_main:
-        with open(run.paths.log(job.name), "a") as handle:  # train.log: the lines of every invocation, resumes too
-            handle.write(line + "\n")
+        append_line(run.paths.log(job.name), line)  # train.log: the lines of every invocation, resumes too
     return bool(row["checkpoint"])
 
 
