@@ -381,6 +381,9 @@ TRAIN_MISTAKES = [
     (["--epochs", "0"], "epochs must be at least 1"),
     (["--lr", "nan"], "lr must be positive"),
     (["--lr", "-1"], "lr must be positive"),
+    (["--lr", "inf"], "lr must be positive and finite"),  # red-team O6: refused only after an epoch
+    (["--weight-decay", "inf"], "weight_decay must be 0 or more and finite"),  # red-team O35
+    (["--temperature", "inf"], "temperature must be positive and finite"),
     (["--batch-size", "0"], "batch_size must be at least 1"),
     (["--width", "0"], "width must be positive"),
     (["--label-noise", "1.5"], "label_noise must be in [0, 1)"),

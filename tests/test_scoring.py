@@ -646,3 +646,10 @@ def test_cap_topk_lowers_a_k_larger_than_the_set_and_the_time_per_pair_is_kept(t
         per_pair = store.model("student").seconds_per_pair
     assert f"--topk capped at {limit} examples: k = 3, {limit}" in result.stdout and overlap == []
     assert per_pair > 0 and "s per train-test pair" in result.stdout
+
+
+def test_plot_examples_outside_the_scored_test_set_are_refused_before_scoring(tiny_run, tmp_path):
+    """Red-team find S28: --plots --examples 999999 was refused only after the whole scoring had run."""
+    out = tmp_path / "t.h5"
+    assert_user_error(tracin_score(*score_args(tiny_run, out), "--plots", "--examples", "999999"), "--examples 999999")
+    assert not out.exists()

@@ -7,6 +7,7 @@ when a run is resumed, so every field is a plain JSON value.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import typing
@@ -379,11 +380,11 @@ class TrainConfig(_Serializable):
         _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
         _check(self.seed >= 0, f"seed must be 0 or more, got {self.seed}")
         _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
-        _check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        _check(0 < self.lr < math.inf, f"lr must be positive and finite, got {self.lr}")
         _check(self.save_every >= 1, f"save_every must be at least 1, got {self.save_every}")
         _check(1 <= self.student_stages <= 4, f"student stages must be between 1 and 4, got {self.student_stages}")
         _check(self.width >= 1, f"width must be positive, got {self.width}")
-        _check(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
+        _check(0 < self.temperature < math.inf, f"temperature must be positive and finite, got {self.temperature}")
         _check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
         _check(0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         _check(
@@ -402,7 +403,9 @@ class TrainConfig(_Serializable):
             "--student-init teacher copies ResNet stages: it needs the registered architectures, not --model factories",
         )
         _check(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")
-        _check(self.weight_decay >= 0.0, f"weight_decay must be 0 or more, got {self.weight_decay}")
+        _check(
+            0.0 <= self.weight_decay < math.inf, f"weight_decay must be 0 or more and finite, got {self.weight_decay}"
+        )
         _check(
             not (self.nesterov and self.optimizer == "sgd" and self.momentum == 0),
             "nesterov needs a momentum above 0 (pass --no-nesterov, or a --momentum)",

@@ -289,6 +289,14 @@ def score_run(options: ScoreOptions) -> Path:
             runtime.log(
                 f"--topk capped at {min(len(data.train), len(data.test))} examples: k = {', '.join(map(str, ks))}"
             )
+        if options.plots and options.examples:  # checked before the scoring, not after it (red-team S28)
+            scored = set(data.test.index.tolist())
+            missing = [e for e in options.examples if e not in scored]
+            if missing:
+                raise TracinError(
+                    f"--examples {', '.join(map(str, missing))}: not among the scored test examples (test indices of "
+                    f"the data set, {len(scored)} scored)"
+                )
         digests = checked_models(run, options, data, runtime)
         store = _open_store(out, options, run, data, digests) if runtime.is_main else None
         runtime.barrier()
