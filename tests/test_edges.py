@@ -360,6 +360,7 @@ HAND_DAMAGE = [
     ("an infinite self-influence", _set("student/self_influence", np.inf), "/student/self_influence holds non-finite"),
     ("a NaN in a top-k table", _set("teacher/topk/train_top_score", np.nan), "train_top_score holds non-finite"),
     ("an example twice in a top-k row", _twice_in_a_row, "test_top_index ranks an example twice in one row"),
+    ("a model's scores deleted", lambda h5: _del(h5, "teacher/scores"), "/teacher/scores is missing"),  # red-team H1
 ]
 
 

@@ -467,7 +467,7 @@ def test_non_finite_gradients_are_an_error_not_nan(setup):
     model, checkpoints, train, test, _ = setup
     state = dict(checkpoints[0][0])
     state["fc.weight"] = torch.full_like(state["fc.weight"], float("inf"))
-    with pytest.raises(NonFiniteError):
+    with pytest.raises(NonFiniteError, match="at checkpoint 0"):  # the message names the checkpoint (red-team K9)
         TracIn(model, [(state, 0.1)]).scores(train, test)
     with pytest.raises(NonFiniteError):  # checked once per chunk and checkpoint, not per batch
         TracIn(model, checkpoints + [(state, 0.1)], engine=EngineConfig(batch_size=3)).self_influence(train)

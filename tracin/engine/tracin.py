@@ -217,8 +217,11 @@ class TracIn:
         if self._shapes is None:
             self._load(0)
             inputs, labels = source.get(0, min(2, source.n), self.device)
-            self._targets, _ = settle_targets(self.model, self._targets, inputs, labels, self.loss_fn)
-            calls = record_output_grads(self.model, self._targets, inputs, labels, self.loss_fn)
+            try:
+                self._targets, _ = settle_targets(self.model, self._targets, inputs, labels, self.loss_fn)
+                calls = record_output_grads(self.model, self._targets, inputs, labels, self.loss_fn)
+            except NonFiniteError as error:  # name the checkpoint, as the scoring's own check does
+                raise NonFiniteError(f"{error} at {self.checkpoints[0].path or 'checkpoint 0'}") from None
             self._shapes = [probe_shape(t, c) for t, c in zip(self._targets, calls)]
         return self._shapes
 

@@ -71,8 +71,11 @@ def layout_problems(store: "ScoreFile") -> list[str]:
             )
     if not problems:
         problems += _header_value_problems(h5)
-    problems += _table_problems(h5, set(store.models))
-    for model in store.models:
+    # a model group that lost its scores is still a model group: its missing scores are the problem to name
+    models = store.models
+    models += [k for k in h5 if k not in models and isinstance(h5[k], h5py.Group) and "checkpoints" in h5[k]]
+    problems += _table_problems(h5, set(models))
+    for model in models:
         problems += _model_problems(h5[model], f"/{model}", store.n_train, store.n_test)
     return problems
 
