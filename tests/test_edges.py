@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -88,6 +89,20 @@ def test_a_link_planted_inside_a_run_folder_is_refused_before_a_resume_writes(tm
     with pytest.raises(TracinError, match="is a symbolic link"):  # a link placed after the checks
         append_line(log, "epoch line")
     assert victim.read_text() == "precious\n"
+    log.unlink()
+    os.link(victim, log)  # red-team round 3, F1: a hard link is the same file under a second name
+    assert_one_line(run("tracin-train", *args, cwd=tmp_path), "train.log is a hard link")
+    with pytest.raises(TracinError, match="is a hard link"):
+        append_line(log, "epoch line")
+    assert victim.read_text() == "precious\n"
+
+
+def test_append_line_refuses_a_pipe_without_waiting_for_a_reader(tmp_path):
+    from tracin.files import append_line
+
+    os.mkfifo(tmp_path / "train.log")
+    with pytest.raises(TracinError, match="not a regular file"):
+        append_line(tmp_path / "train.log", "epoch line")
 
 
 def test_score_and_report_refuse_a_run_folder_that_is_a_link(tiny_run, tiny_scores, tmp_path):
@@ -167,6 +182,23 @@ def test_a_score_file_that_is_a_link_is_refused(tiny_run, tmp_path):
         ScoreFile.open_read_write(tmp_path / "tracin.h5")
 
 
+def test_refuse_link_refuses_a_hard_link_but_not_the_copy_a_killed_salvage_kept(tmp_path):
+    (tmp_path / "colleague.h5").write_bytes(b"theirs")
+    os.link(tmp_path / "colleague.h5", tmp_path / "tracin.h5")
+    with pytest.raises(TracinError, match="is a hard link"):
+        refuse_link(tmp_path / "tracin.h5", "the score file")
+    (tmp_path / "colleague.h5").rename(tmp_path / "tracin.h5.damaged")  # salvage links NAME.damaged first
+    refuse_link(tmp_path / "tracin.h5", "the score file")
+    refuse_link(tmp_path, "the run folder")  # a folder's link count is its subfolders
+
+
+def test_a_score_file_that_is_a_pipe_is_named_as_such(tiny_run, tmp_path):
+    os.mkfifo(tmp_path / "tracin.h5")
+    for command in ("tracin-report", "tracin-validate", "tracin-explore"):
+        result = run(command, "--run", tiny_run, "--scores", tmp_path / "tracin.h5", cwd=tmp_path)
+        assert_one_line(result, "is not a regular file")
+
+
 def test_refuse_link_names_the_target(tmp_path):
     (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(TracinError, match="elsewhere"):
@@ -197,6 +229,49 @@ def test_a_bad_option_is_refused_before_any_scoring(tiny_run, tmp_path):
     )
     assert_one_line(result, "--corr-rows must be at least 1")
     assert list(tmp_path.iterdir()) == []  # not even a lock was left
+
+
+UNREAD_OPTIONS = [  # red-team round 3: each was accepted and then not read
+    ("tracin-score", ("--projector", "rademacher"), "projected mode only"),  # F2: exact mode
+    ("tracin-score", ("--examples", "3"), "give --plots too"),  # F3
+    ("tracin-score", ("--allow-model", "mypackage.models"), "is MODULE:FUNCTION"),  # F6
+    ("tracin-train", ("--shortcut-fraction", "0.5"), "without a class nothing is stamped"),  # F4
+    ("tracin-train", ("--shortcut-patch", "5"), "without a class nothing is stamped"),
+]
+
+
+@pytest.mark.parametrize("command, extra, fragment", UNREAD_OPTIONS, ids=[" ".join(c[1]) for c in UNREAD_OPTIONS])
+def test_an_option_the_command_would_not_read_is_refused_before_any_work(tiny_run, tmp_path, command, extra, fragment):
+    where = ("--run", tiny_run, "--scores", tmp_path / "x.h5") if command == "tracin-score" else ("--run", "r")
+    assert_one_line(run(command, *where, *extra, "--device", "cpu", cwd=tmp_path), fragment)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_json_setting_of_the_wrong_type_is_refused_by_every_reader(tiny_run, tmp_path):
+    """Red-team round 3: a width edited to the string "4" passed tracin-score, which reads the width from the
+    checkpoints; every reader types all of run.json's settings now."""
+    from tracin.results.runs import open_trained_run
+
+    shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns("*.pt"))
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    record["config"]["width"] = str(record["config"]["width"])
+    (tmp_path / "run" / "run.json").write_text(json.dumps(record))
+    with pytest.raises(TracinError, match=r"run\.json: TrainConfig field width: expected int"):
+        open_trained_run(str(tmp_path / "run"), None)
+
+
+def test_a_checkpoint_renamed_to_another_epoch_is_refused(tiny_run, tmp_path):
+    """Red-team round 3: epoch_004.pt copied over epoch_002.pt was scored with epoch 2's learning rate."""
+    from tracin.training.checkpoints import CheckpointError, list_checkpoints, load_run_checkpoints
+
+    first, second = list_checkpoints(tiny_run / "teacher")[:2]
+    shutil.copy(second, tmp_path / first.name)
+    with pytest.raises(CheckpointError, match=f"holds epoch {int(second.stem[6:])}, not the {int(first.stem[6:])}"):
+        load_run_checkpoints([tmp_path / first.name], "teacher", _digest(tiny_run))
+
+
+def _digest(run_folder: Path) -> str:
+    return json.loads((run_folder / "run.json").read_text())["data_fingerprint"]["digest"]
 
 
 def test_work_factor_counts_batches_against_one_pass():
@@ -333,6 +408,15 @@ def _set(name, value):
     return change
 
 
+def _retyped(name, dtype):
+    def change(h5):
+        data = h5[name][()].astype(dtype)
+        del h5[name]
+        h5.create_dataset(name, data=data)
+
+    return change
+
+
 def _attr(name, value):
     return lambda h5: h5.attrs.__setitem__(name, value)
 
@@ -361,6 +445,7 @@ HAND_DAMAGE = [
     ("a NaN in a top-k table", _set("teacher/topk/train_top_score", np.nan), "train_top_score holds non-finite"),
     ("an example twice in a top-k row", _twice_in_a_row, "test_top_index ranks an example twice in one row"),
     ("a model's scores deleted", lambda h5: _del(h5, "teacher/scores"), "/teacher/scores is missing"),  # red-team H1
+    ("scores retyped to float16", _retyped("teacher/scores", np.float16), "holds float16, not the float32"),  # F5
 ]
 
 

@@ -204,7 +204,7 @@ def test_tracin_explore_writes_the_page_and_the_export(explore_run, tmp_path):
     [
         (("--depth", "9"), "--depth 9: the file holds the top 8 of each test example; choose 1..8"),
         (("--models", "teacher,nobody"), "--models nobody: not in"),
-        (("--scores", "missing.h5"), "missing.h5: no such score file"),
+        (("--scores", "missing.h5"), "missing.h5 does not exist: no score file there"),
     ],
 )
 def test_a_users_mistake_is_one_line(explore_run, args, said):

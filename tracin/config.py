@@ -28,6 +28,7 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DISTILL = ("teacher", "self", "none")
 SHORTCUT_MODES = ("class", "inherit")  # DataConfig.shortcut_mode
+SHORTCUT_FRACTION, SHORTCUT_PATCH = 0.1, 3  # DataConfig's defaults, read only with a shortcut class
 STUDENT_INIT = ("scratch", "teacher")
 ROLES = ("teacher", "student", "student_baseline")
 MODES = ("exact", "projected", "last-layer")
@@ -243,8 +244,10 @@ class DataConfig(_Serializable):
         section="data",
         metavar="C",
     )
-    shortcut_fraction: float = option(0.1, help="fraction of class C's training images stamped", section="data")
-    shortcut_patch: int = option(3, help="side of the stamped square in pixels", section="data")
+    shortcut_fraction: float = option(
+        SHORTCUT_FRACTION, help="fraction of class C's training images stamped", section="data"
+    )
+    shortcut_patch: int = option(SHORTCUT_PATCH, help="side of the stamped square in pixels", section="data")
     shortcut_mode: str = option(
         "class",
         help="class: every model trains on the stamped class; inherit: the known-positive control of distillation, "
@@ -261,6 +264,12 @@ class DataConfig(_Serializable):
         _check(
             self.shortcut_mode == "class" or self.shortcut_class is not None,
             "--shortcut-mode inherit needs --shortcut-class (the replica-0 teacher's shortcut class)",
+        )
+        _check(
+            self.shortcut_class is not None
+            or (self.shortcut_fraction, self.shortcut_patch) == (SHORTCUT_FRACTION, SHORTCUT_PATCH),
+            "--shortcut-fraction and --shortcut-patch shape the shortcut of --shortcut-class; without a class "
+            "nothing is stamped",
         )
         if self.coarse_labels is not None:
             _check_choice(f"coarse labels of {self.dataset}", self.coarse_labels, COARSE_LABELS[self.dataset])
@@ -478,6 +487,10 @@ class ScoreConfig(_Serializable):
         _check(
             self.mode == "projected" or self.proj_dim is None,
             f"proj_dim projects gradients in projected mode only; {self.mode} mode does not read it",
+        )
+        _check(
+            self.mode == "projected" or self.projector == "gaussian",
+            f"the projector projects gradients in projected mode only; {self.mode} mode does not read it",
         )
         _check(
             self.mode != "last-layer" or not self.layers,

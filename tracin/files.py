@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import json
 import os
 import stat
@@ -40,14 +41,32 @@ def fsync_file(path: Union[str, Path]) -> None:
 
 
 def refuse_link(path: Union[str, Path], what: str) -> None:
-    """A TracinError if `path` is a symbolic link: nothing is written through, or removed behind, a link
-    someone else could have placed (the target may be a colleague's file or run)."""
+    """A TracinError if `path` is a symbolic link, or a file with another name (a hard link): nothing is
+    written through, or removed behind, a link someone else could have placed (the target may be a
+    colleague's file or run). tracin makes no links, so a file of its own has one name."""
     path = Path(path)
     if path.is_symlink():
         raise TracinError(
             f"{what} {path} is a symbolic link (to {os.readlink(path)}): nothing is written through a "
             "link; name the real path"
         )
+    if path.is_file() and path.stat().st_nlink > 1 and not _kept_by_salvage(path):
+        raise TracinError(_hard_link_message(path, path.stat().st_nlink, what))
+
+
+def _kept_by_salvage(path: Path) -> bool:
+    """The file's other name is the NAME.damaged copy a salvage of a damaged score file links before it
+    replaces NAME (tracin.results.store.salvage), left by a salvage killed before its rename."""
+    return path.stat().st_nlink == 2 and any(
+        kept.samefile(path) for kept in path.parent.glob(f"{glob.escape(path.name)}.damaged*")
+    )
+
+
+def _hard_link_message(path: Path, names: int, what: str = "") -> str:
+    return (
+        f"{what} {path} is a hard link (one file with {names} names): writing it would change the file under "
+        "its other names too; nothing is written through a link".lstrip()
+    )
 
 
 def refuse_links(paths, what: str) -> None:
@@ -65,16 +84,35 @@ def refuse_links_under(root: Union[str, Path], what: str) -> None:
 
 
 def append_line(path: Union[str, Path], line: str) -> None:
-    """Append `line` and a newline to the log file `path`, made if absent, never through a link (a link
-    placed there after the command's checks is refused, not followed)."""
+    """Append `line` and a newline to the log file `path`, made if absent, never through a link (a symbolic
+    or hard link placed there after the command's checks is refused, not followed) nor into a FIFO."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, default_mode())
+        fd = os.open(path, flags, default_mode())
     except OSError as error:
-        if error.errno != errno.ELOOP:
+        if error.errno not in (errno.ELOOP, errno.ENXIO):
             raise
-        raise TracinError(f"{path} is a symbolic link: nothing is written through a link") from None
+        kind = "a symbolic link" if error.errno == errno.ELOOP else "not a regular file"
+        raise TracinError(f"{path} is {kind}: nothing is written through a link or into a pipe") from None
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+        os.close(fd)
+        if stat.S_ISREG(status.st_mode):
+            raise TracinError(_hard_link_message(Path(path), status.st_nlink))
+        raise TracinError(f"{path} is not a regular file: nothing is written into it")
+    os.set_blocking(fd, True)
     with os.fdopen(fd, "a") as handle:
         handle.write(line + "\n")
+
+
+def not_a_file(path: Union[str, Path]) -> str:
+    """Why `path`, expected to be a regular file, is none: "PATH is a folder", "... does not exist", ..."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{path} is a folder, not a file"
+    if path.exists() or path.is_symlink():
+        return f"{path} is not a regular file (a pipe, device or dangling link)"
+    return f"{path} does not exist"
 
 
 def report_path(score_file: Union[str, Path], name: str) -> Path:

@@ -365,6 +365,7 @@ class ScoreOptions:
                 self.test_label in TEST_LABELS,
                 f"--test-label must be one of {', '.join(TEST_LABELS)}, got {self.test_label!r}",
             ),
+            (not self.examples or self.plots, "--examples chooses the proponent grids of --plots; give --plots too"),
             (
                 not (self.test_label == "prediction" and self.loss == "kd"),
                 "--test-label prediction needs a cross-entropy test side: use --loss ce or kd-train, not kd",

@@ -130,7 +130,7 @@ def _allow(factories: Sequence[str]) -> None:
     """Allow the model factories the user named on the command line to be imported (a bad name is one line)."""
     from tracin.training.models import allow_imports
 
-    allow_imports([name for name in factories if name and ":" in name])
+    allow_imports(factories)  # a name that is not MODULE:FUNCTION is refused, not passed over
 
 
 def _main(command: str, argv: Optional[Sequence[str]]) -> int:
@@ -214,7 +214,7 @@ def _train_argv(argv: Sequence[str]) -> None:
 
     args = build_train_parser().parse_args(argv)
     config, data_config = train_configs(args)
-    _allow([config.arch, config.student_arch])
+    _allow([arch for arch in (config.arch, config.student_arch) if arch and ":" in arch])  # not the registered
     train_run(config, data_config, run_options(args, argv))
 
 

@@ -29,7 +29,7 @@ from tracin.engine.groups import group_names
 from tracin.engine.randomization import fresh_model, module_of, randomized_checkpoints
 from tracin.engine.tracin import TracIn
 from tracin.errors import TracinError
-from tracin.files import command_locks, refuse_links, report_path, write_atomic
+from tracin.files import command_locks, not_a_file, refuse_links, report_path, write_atomic
 from tracin.options import ReportOptions, ScoreOptions
 from tracin.results import sanity, statistics
 from tracin.results.agreement import agreement_table
@@ -60,9 +60,7 @@ def report_run(options: ReportOptions) -> Path:
     run = open_trained_run(options.run, options.data_root)
     path = Path(options.scores) if options.scores else run.paths.root / "tracin.h5"
     if not path.is_file():
-        raise TracinError(
-            f"{path} does not exist: score the run with tracin-score first (or name the file with --scores)"
-        )
+        raise TracinError(f"{not_a_file(path)}: score the run with tracin-score first (or name the file with --scores)")
     started = time.monotonic()
     with start_runtime(options.device, options.quiet) as runtime, command_locks(run.paths.root, path):
         if runtime.distributed:

@@ -29,7 +29,7 @@ from tracin import faults
 from tracin.config import VALIDATION_SEED_STRIDE, ModelConfig, TrainConfig, ensemble_name, model_name, split_model_name
 from tracin.engine.topk import Ranking
 from tracin.errors import CheckpointError, TracinError
-from tracin.files import command_locks, refuse_links, report_path, write_atomic
+from tracin.files import command_locks, not_a_file, refuse_links, report_path, write_atomic
 from tracin.options import ValidateOptions
 from tracin.results import validation
 from tracin.results.figures import plot_validation
@@ -223,9 +223,7 @@ def validate_run(options: ValidateOptions) -> Path:
     run = open_trained_run(options.run, options.data_root)
     path = Path(options.scores) if options.scores else run.paths.root / "tracin.h5"
     if not path.is_file():
-        raise TracinError(
-            f"{path} does not exist: score the run with tracin-score first (or name the file with --scores)"
-        )
+        raise TracinError(f"{not_a_file(path)}: score the run with tracin-score first (or name the file with --scores)")
     with (
         start_runtime(options.device, options.quiet) as runtime,
         command_locks(run.paths.root, path, main=runtime.is_main),

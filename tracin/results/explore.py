@@ -41,7 +41,7 @@ import numpy as np
 
 from tracin.config import replicas_by_role
 from tracin.errors import TracinError
-from tracin.files import exclusive_lock, refuse_link, write_atomic
+from tracin.files import exclusive_lock, not_a_file, refuse_link, write_atomic
 from tracin.options import ExploreOptions
 from tracin.results import sanity, statistics
 from tracin.results.agreement import select_agreement_pairs
@@ -455,7 +455,7 @@ def explore(options: ExploreOptions) -> list[str]:
     if options.run is not None and not Path(options.run).is_dir():
         raise TracinError(f"--run {options.run}: no such run folder")
     if not options.scores.is_file():
-        raise TracinError(f"{options.scores}: no such score file (tracin-score --run RUN makes it)")
+        raise TracinError(f"{not_a_file(options.scores)}: no score file there (tracin-score --run RUN makes it)")
     out = options.out or options.scores.parent / (
         "explore.html" if options.scores.name == "tracin.h5" else f"{options.scores.stem}.explore.html"
     )

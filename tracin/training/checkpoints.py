@@ -504,6 +504,11 @@ def load_run_checkpoints(
                 "from another replica or run?"
             )
         check_recorded_architecture(path, this, role, expected)
+        if int(payload["epoch"]) != epoch_of(path):  # its lr would be replayed at another step of the schedule
+            raise CheckpointError(
+                f"{path} holds epoch {payload['epoch']}, not the {epoch_of(path)} of its name: a file renamed "
+                "or copied from elsewhere?"
+            )
         config = this
         checkpoints.append(
             Checkpoint(payload["model"], payload["lr"], str(path), int(payload["epoch"]), sha256_file(path))

@@ -17,7 +17,7 @@ import numpy as np
 from tracin import faults
 from tracin.config import ENSEMBLE_SUFFIX, ROLES, inherited_shortcut_class, split_model_name
 from tracin.errors import StoreError, TracinError
-from tracin.files import disk_full, fsync_file, refuse_link
+from tracin.files import disk_full, fsync_file, not_a_file, refuse_link
 from tracin.results.store import tables
 from tracin.results.store.hdf5 import (
     HDF5_ERRORS,
@@ -195,9 +195,7 @@ class ScoreFile:
         """The file, read only. locking=False reads a file another process is writing (to watch its
         progress; a block in flight may read as not done)."""
         if not Path(path).is_file():
-            raise StoreError(
-                f"{path} is a folder, not a score file" if Path(path).is_dir() else f"{path} does not exist"
-            )
+            raise StoreError(not_a_file(path))
         store = cls(open_h5(path, "r", locking), path)
         store._check_format()
         return store

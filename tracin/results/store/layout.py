@@ -181,6 +181,8 @@ def _finite(dataset, where: str, shape: tuple, rows_per_read: int = 2**24) -> li
     edited file, whose NaN would pass silently into every mean and correlation. Read in slices of about
     rows_per_read values. (per_checkpoint, ten times the size at full size, is not read here.)"""
     found = _shape_problems(dataset, where, shape, "f")
+    if not found and dataset.dtype != np.float32:  # a retyped dataset: float16 would round every score
+        found = [f"{where} holds {dataset.dtype}, not the float32 tracin-score writes"]
     if found or not dataset.size:
         return found
     step = max(1, rows_per_read // max(1, dataset.size // dataset.shape[0]))
