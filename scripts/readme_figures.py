@@ -754,13 +754,6 @@ def headline_part(control: str, source: str, validation: Optional[str] = None) -
     )
 
 
-def control_part_of(text: str, source: Path) -> str:
-    """The positive-control part of a document's text, markers included."""
-    if text.count(CONTROL_START) != 1 or text.count(CONTROL_END) != 1:
-        raise TracinError(f"{source} needs one {CONTROL_START} and one {CONTROL_END} marker")
-    return CONTROL_START + text.split(CONTROL_START)[1].split(CONTROL_END)[0] + CONTROL_END
-
-
 def part_of(text: str, start: str, end: str) -> Optional[str]:
     """The part of a document's text between one pair of markers (None where it has no such part)."""
     if text.count(start) != 1 or text.count(end) != 1:
@@ -854,7 +847,10 @@ def main() -> int:
         if front is not None and (args.control or args.headline):
             source = doc.resolve().relative_to(REPO).as_posix() if doc.resolve().is_relative_to(REPO) else doc.name
             validation = part_of(text, VALIDATION_START, VALIDATION_END)
-            headline = headline_part(control_part_of(text, doc), source, validation)
+            control = part_of(text, CONTROL_START, CONTROL_END)
+            if control is None:
+                raise TracinError(f"{doc} needs one {CONTROL_START} and one {CONTROL_END} marker")
+            headline = headline_part(CONTROL_START + control + CONTROL_END, source, validation)
             page = replace_part(front.read_text(), HEADLINE_START, HEADLINE_END, headline, front)
             write_atomic(front, lambda handle: handle.write(page.encode()))
             print(f"rewrote the headline of {front}")

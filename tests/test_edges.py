@@ -189,6 +189,7 @@ def test_refuse_link_refuses_a_hard_link_but_not_the_copy_a_killed_salvage_kept(
         refuse_link(tmp_path / "tracin.h5", "the score file")
     (tmp_path / "colleague.h5").rename(tmp_path / "tracin.h5.damaged")  # salvage links NAME.damaged first
     refuse_link(tmp_path / "tracin.h5", "the score file")
+    refuse_link(tmp_path / "tracin.h5.damaged", "in the run folder,")  # as a resume of the run sees it
     refuse_link(tmp_path, "the run folder")  # a folder's link count is its subfolders
 
 

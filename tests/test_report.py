@@ -147,7 +147,7 @@ def test_test_rows_by_rule_are_the_least_overlapping_and_the_most_confident_erro
         assert [r for r in chosen[2:]] == [r for r in confident if r not in chosen[:2]][:2]
         index = store.test_index
         assert grids.choose_test_rows(store, examples=[int(index[5]), int(index[1])]) == [5, 1]
-        with pytest.raises(TracinError, match="not among the file's scored test examples"):
+        with pytest.raises(TracinError, match="not among the scored test examples"):
             grids.choose_test_rows(store, examples=[10**9])
 
 

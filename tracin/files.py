@@ -14,6 +14,7 @@ import fcntl
 import glob
 import json
 import os
+import re
 import stat
 import tempfile
 from contextlib import contextmanager
@@ -57,9 +58,12 @@ def refuse_link(path: Union[str, Path], what: str) -> None:
 def _kept_by_salvage(path: Path) -> bool:
     """The file's other name is the NAME.damaged copy a salvage of a damaged score file links before it
     replaces NAME (tracin.results.store.salvage), left by a salvage killed before its rename."""
-    return path.stat().st_nlink == 2 and any(
-        kept.samefile(path) for kept in path.parent.glob(f"{glob.escape(path.name)}.damaged*")
-    )
+    if path.stat().st_nlink != 2:
+        return False
+    kept = re.fullmatch(r"(.+)\.damaged(-\d+)?", path.name)  # the kept name, seen from the other side
+    others = [path.with_name(kept.group(1))] if kept else []
+    others += path.parent.glob(f"{glob.escape(path.name)}.damaged*")
+    return any(other.is_file() and other.samefile(path) for other in others)
 
 
 def _hard_link_message(path: Path, names: int, what: str = "") -> str:

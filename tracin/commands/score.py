@@ -42,6 +42,7 @@ from tracin.options import ScoreOptions
 from tracin.results.agreement import agreement_table, format_agreement, format_agreement_by_depth, of_layer_groups
 from tracin.results.comparison import CompareOptions, compare_models, format_tables
 from tracin.results.detection import detection_rows, format_detection, mislabel_curves
+from tracin.results.grids import example_rows
 from tracin.results.quality import QUALITY_DTYPE, format_quality, quality_row
 from tracin.results.report_folder import write_report
 from tracin.results.runs import (
@@ -289,14 +290,8 @@ def score_run(options: ScoreOptions) -> Path:
             runtime.log(
                 f"--topk capped at {min(len(data.train), len(data.test))} examples: k = {', '.join(map(str, ks))}"
             )
-        if options.plots and options.examples:  # checked before the scoring, not after it (red-team S28)
-            scored = set(data.test.index.tolist())
-            missing = [e for e in options.examples if e not in scored]
-            if missing:
-                raise TracinError(
-                    f"--examples {', '.join(map(str, missing))}: not among the scored test examples (test indices of "
-                    f"the data set, {len(scored)} scored)"
-                )
+        if options.examples:  # checked before the scoring, not after it (red-team S28)
+            example_rows(options.examples, data.test.index.cpu().numpy())
         digests = checked_models(run, options, data, runtime)
         store = _open_store(out, options, run, data, digests) if runtime.is_main else None
         runtime.barrier()

@@ -155,16 +155,22 @@ def choose_test_rows(store: ScoreFile, count: int = 4, examples: Optional[Sequen
     them), else by rule, half each: the test examples whose teacher's and student's top-k proponents
     overlap least (where they disagree most), and the most confident errors of the first model."""
     if examples:
-        scored = set(store.test_index.tolist())
-        missing = [e for e in examples if e not in scored]
-        if missing:
-            raise TracinError(
-                f"--examples {', '.join(map(str, missing))}: not among the file's scored test examples "
-                f"(test indices {int(store.test_index.min())}..{int(store.test_index.max())}, {store.n_test} scored)"
-            )
-        return [int(np.flatnonzero(store.test_index == e)[0]) for e in examples]
+        return example_rows(examples, store.test_index)
     chosen = _least_overlap_rows(store, count - count // 2) + _confident_error_rows(store, count)
     return list(dict.fromkeys(chosen))[:count] or list(range(min(count, store.n_test)))
+
+
+def example_rows(examples: Sequence[int], test_index: np.ndarray) -> list[int]:
+    """The rows of --examples (test indices of the data set) among the scored test examples `test_index`
+    (int [n_test]); a TracinError names those not scored. tracin-score checks them before it scores."""
+    scored = set(test_index.tolist())
+    missing = [e for e in examples if e not in scored]
+    if missing:
+        raise TracinError(
+            f"--examples {', '.join(map(str, missing))}: not among the scored test examples "
+            f"(test indices {int(test_index.min())}..{int(test_index.max())}, {len(test_index)} scored)"
+        )
+    return [int(np.flatnonzero(test_index == e)[0]) for e in examples]
 
 
 def _least_overlap_rows(store: ScoreFile, count: int) -> list[int]:

@@ -26,7 +26,8 @@ from torchvision.datasets import cifar as cifar_module
 from torchvision.datasets.utils import extract_archive
 
 from tracin.config import EVAL_DATASETS, DataConfig, default_data_root, inherited_shortcut_class, split_model_name  # noqa: F401 (re-exported)
-from tracin.errors import DataError
+from tracin.errors import DataError, TracinError
+from tracin.files import refuse_links
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -276,8 +277,13 @@ def _load_torchvision(config: DataConfig, train: bool):
         raise DataError(_missing_message(config, error)) from None
 
 
+def _first_line(error: Exception) -> str:
+    """The first line of an error's message (its type's name when it has none)."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 def _malformed_message(folder: Path, error: Exception) -> str:
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    reason = _first_line(error)
     return (
         f"{folder} holds a data file that reads but is not laid out as the data set's ({type(error).__name__}: "
         f"{reason}); replace it with the published file"
@@ -292,12 +298,10 @@ def _link_debian_fashion_mnist(root: Path) -> None:
     missing = [a for a in sorted(DEBIAN_FASHION_MNIST.glob("*-ubyte.gz")) if not (raw / a.name[: -len(".gz")]).exists()]
     if not missing:
         return
-    for folder in (root / "FashionMNIST", raw):  # someone's link would receive the files (red-team find L22)
-        if folder.is_symlink():
-            raise DataError(
-                f"{folder} is a symbolic link (to {os.readlink(folder)}): Fashion-MNIST is not unpacked through a "
-                "link; name the real folder as --data-root, or unpack the files there yourself"
-            )
+    try:  # someone's link would receive the files (red-team find L22)
+        refuse_links((root / "FashionMNIST", raw), "Fashion-MNIST is not unpacked through a link:")
+    except TracinError as error:
+        raise DataError(str(error)) from None
     print(f"unpacking Fashion-MNIST from {DEBIAN_FASHION_MNIST} into {raw} (once per data root)", flush=True)
     raw.mkdir(parents=True, exist_ok=True)
     for archive in missing:
@@ -308,7 +312,7 @@ def _link_debian_fashion_mnist(root: Path) -> None:
 
 
 def _missing_message(config: DataConfig, error: Exception) -> str:
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    first_line = _first_line(error)
     if config.dataset == "cifar10":
         hint = (
             f"put cifar-10-batches-py under {config.data_root} (or run once online so torchvision downloads "

@@ -128,12 +128,12 @@ def _model_problems(group: h5py.Group, where: str, n_train: int, n_test: int) ->
     problems = [f"{where}/{key} is missing" for key in ("scores", "done", SELF, "topk") if key not in group]
     for key in group:
         if key == "scores" or key.startswith("scores_"):
-            problems += _finite(group[key], f"{where}/{key}", (n_train, n_test))
+            problems += _float32_problems(group[key], f"{where}/{key}", (n_train, n_test))
         elif key in (SELF, NORMALISED_SELF, "last_loss"):
-            problems += _finite(group[key], f"{where}/{key}", (n_train,))
+            problems += _float32_problems(group[key], f"{where}/{key}", (n_train,))
         elif key in (GROUP_SELF, GROUP_NORMALISED_SELF):
             rows = group[key].shape[0] if isinstance(group[key], h5py.Dataset) and group[key].ndim == 2 else -1
-            problems += _finite(group[key], f"{where}/{key}", (rows, n_train))
+            problems += _float32_problems(group[key], f"{where}/{key}", (rows, n_train))
         elif key == "test_prediction":
             problems += _shape_problems(group[key], f"{where}/{key}", (n_test,), "iu")
     for name in _ranking_groups(group):
@@ -175,8 +175,9 @@ def _shape_problems(dataset, where: str, shape: tuple, kinds: str) -> list[str]:
     return []
 
 
-def _finite(dataset, where: str, shape: tuple, rows_per_read: int = 2**24) -> list[str]:
-    """Shape and float type as _shape_problems checks them, then every value finite: tracin-score never
+def _float32_problems(dataset, where: str, shape: tuple, rows_per_read: int = 2**24) -> list[str]:
+    """The problems of a float32 dataset of `shape`: its shape, its type (float32, as written: a retyped
+    float16 would round every score), then every value finite: tracin-score never
     finishes a file with a non-finite score (it stops on non-finite gradients), so one is a damaged or
     edited file, whose NaN would pass silently into every mean and correlation. Read in slices of about
     rows_per_read values. (per_checkpoint, ten times the size at full size, is not read here.)"""
@@ -230,5 +231,5 @@ def _ranking_table_problems(dataset, where: str, rows: int, limit: int, is_index
         elif values.shape[1] > 1 and (np.diff(np.sort(values, axis=1), axis=1) == 0).any():
             found = [f"{where} ranks an example twice in one row"]
     elif not found and dataset.size:
-        found = _finite(dataset, where, dataset.shape)
+        found = _float32_problems(dataset, where, dataset.shape)
     return found
