@@ -447,6 +447,9 @@ HAND_DAMAGE = [
     ("an example twice in a top-k row", _twice_in_a_row, "test_top_index ranks an example twice in one row"),
     ("a model's scores deleted", lambda h5: _del(h5, "teacher/scores"), "/teacher/scores is missing"),  # red-team H1
     ("scores retyped to float16", _retyped("teacher/scores", np.float16), "holds float16, not the float32"),  # F5
+    ("a prediction beyond the classes", _set("teacher/test_prediction", 50), "test_prediction holds classes outside"),
+    ("a confidence above 1", _set("teacher/test_confidence", 7.5), "test_confidence holds values outside [0, 1]"),
+    ("a class named twice", _attr("classes", '["a", "a", "b"]'), "names a class twice"),
 ]
 
 
@@ -485,3 +488,118 @@ def test_positions_in_refuses_an_index_the_data_lacks():
     for absent in ([40], [15], [5]):
         with pytest.raises(TracinError, match="not in the run's data"):
             positions_in(np.array(absent), np.array([10, 20, 30]))
+
+
+# --- red-team round 4 (held out): each find is a case here ------------------------------------------------
+
+
+SMALL_TRAIN = ("--dataset", "fashion-mnist", "--train-subset", "128", "--test-subset", "32", "--width", "4")
+SMALL_TRAIN += ("--epochs", "2", "--batch-size", "32", "--no-augment", "--device", "cpu", "--quiet")
+
+
+def test_a_sweep_folder_that_is_a_link_is_refused_before_anything(tmp_path, fashion_mnist_root):
+    """L6: the sweep's runs and results went into the link's target, replacing its results.csv."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "results.csv").write_text("theirs\n")
+    (tmp_path / "sw").mkdir()
+    (tmp_path / "sw" / "s").symlink_to(victim, target_is_directory=True)
+    args = ("--sweep", "s", "--vary", "temperature=1,2", "--out-root", "sw", "--data-root", fashion_mnist_root)
+    assert_one_line(run("tracin-sweep", *args, *SMALL_TRAIN, cwd=tmp_path), "the sweep folder")
+    assert [p.name for p in victim.iterdir()] == ["results.csv"] and (victim / "results.csv").read_text() == "theirs\n"
+
+
+@pytest.mark.parametrize(
+    "vary, fragment",
+    [
+        ("train_subset=128,999999", "train subset of 999999"),  # A25: refused after the first run trained
+        ("width=4,100000000", "cannot be built"),  # A30: a traceback after the first run trained
+    ],
+)
+def test_every_run_of_a_sweep_is_checked_before_the_first_trains(tmp_path, fashion_mnist_root, vary, fragment):
+    args = ("--sweep", "s", "--vary", vary, "--out-root", "sw", "--data-root", fashion_mnist_root)
+    base = [word for word in SMALL_TRAIN if word not in ("--width", "4", "--train-subset", "128")]
+    base += [] if vary.startswith("train_subset") else ["--train-subset", "128"]
+    base += [] if vary.startswith("width") else ["--width", "4"]
+    assert_one_line(run("tracin-sweep", *args, *base, cwd=tmp_path), fragment)
+    assert not list(tmp_path.glob("sw/s/*/*/*.pt"))  # nothing trained
+
+
+def test_a_varied_setting_given_fixed_too_is_refused():
+    """A16b: --temperature 3 beside --vary temperature=1,2 was accepted and read by no run."""
+    from tracin.commands.sweep import Sweep
+
+    with pytest.raises(TracinError, match="--vary temperature sets --temperature in every run"):
+        Sweep("s", (("temperature", ("1", "2")),), ("--temperature", "3"))
+    with pytest.raises(TracinError, match="--vary augment sets --no-augment"):
+        Sweep("s", (("augment", ("on", "off")),), ("--no-augment",))
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (("--width", "100000000"), "cannot be built"),  # B1: the allocator's traceback
+        (("--width", "5000"), "more than the"),  # B2: killed by the out-of-memory killer
+        (("--seed", str(2**64)), "seed must be in 0.."),  # G8: a traceback, and a half-made run folder
+    ],
+)
+def test_a_model_or_seed_too_large_is_one_line_and_writes_nothing(tmp_path, fashion_mnist_root, extra, fragment):
+    args = ("--run", "r", "--out-root", "runs", "--data-root", fashion_mnist_root, *SMALL_TRAIN, *extra)
+    assert_one_line(run("tracin-train", *args, cwd=tmp_path), fragment)
+    assert not (tmp_path / "runs" / "r").exists()
+
+
+def test_a_score_seed_too_large_for_the_file_is_refused():
+    """G21: h5py's traceback when the settings were written."""
+    from tracin.config import ScoreConfig
+
+    with pytest.raises(TracinError, match="seed must be in 0.."):
+        ScoreConfig(mode="projected", proj_dim=8, seed=10**20)
+
+
+def test_json_nested_too_deep_a_key_twice_or_a_pipe_is_one_line(tmp_path):
+    """S13 (RecursionError), C10 (the last of two equal keys taken silently), C8/F2 (a FIFO read forever)."""
+    from tracin.schemas import CLASS_MAP, RUN_JSON, load_json
+
+    (tmp_path / "deep.json").write_text("[" * 100_000)
+    with pytest.raises(TracinError, match="not valid JSON"):
+        load_json(tmp_path / "deep.json", RUN_JSON)
+    (tmp_path / "twice.json").write_text('{"trouser": "a", "trouser": "b"}')
+    with pytest.raises(TracinError, match="key 'trouser' given twice"):
+        load_json(tmp_path / "twice.json", CLASS_MAP)
+    os.mkfifo(tmp_path / "map.json")
+    with pytest.raises(TracinError, match="--class-map .*map.json is not a regular file"):
+        load_json(tmp_path / "map.json", CLASS_MAP, f"--class-map {tmp_path / 'map.json'}")
+
+
+def test_every_reader_of_run_json_types_its_settings(tiny_run, tmp_path):
+    """S7, S14, S15: tracin-eval read a width "four" and a checksum "yes" without a word."""
+    from tracin.training.run_folder import RunPaths, read_record
+
+    for where, key, value in (("config", "width", "four"), ("data_config", "checksum", "yes")):
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)
+        shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns("*.pt"))
+        record = json.loads((tmp_path / "run" / "run.json").read_text())
+        record[where][key] = value
+        (tmp_path / "run" / "run.json").write_text(json.dumps(record))
+        with pytest.raises(TracinError, match=rf"run\.json: \w+Config field {key}: expected"):
+            read_record(RunPaths(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("plant", ["hard link", "symbolic link", "pipe"])
+def test_write_in_place_never_writes_through_a_link_or_into_a_pipe(tmp_path, plant):
+    """L31, L32: the page's image files were written through a hard link (a colleague's file became a PNG),
+    and a symbolic link there was a traceback."""
+    from tracin.files import write_in_place
+
+    victim, path = tmp_path / "colleague.txt", tmp_path / "t0.png"
+    victim.write_text("theirs")
+    {"hard link": lambda: os.link(victim, path), "symbolic link": lambda: path.symlink_to(victim)}.get(
+        plant, lambda: os.mkfifo(path)
+    )()
+    with pytest.raises(TracinError, match="hard link|symbolic link|not a regular file"):
+        write_in_place(path, b"png bytes")
+    assert victim.read_text() == "theirs"
+    write_in_place(tmp_path / "new.png", b"png bytes")
+    write_in_place(tmp_path / "new.png", b"png")
+    assert (tmp_path / "new.png").read_bytes() == b"png"

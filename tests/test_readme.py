@@ -70,25 +70,30 @@ def test_every_link_reaches_a_file_and_heading(page):
             assert anchor in _anchors(linked), f"{page.name} links to {target}#{anchor}, a heading {target} lacks"
 
 
-def test_the_gpu_figures_are_the_logs_own(monkeypatch):
-    """docs/engine.md's H200 tables are what scripts/gpu_figures.py makes from the committed logs; a figure
-    typed by hand, or a log changed without regenerating, fails here."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
-    import gpu_figures
+MEASUREMENTS = sorted(p.relative_to(REPO) for p in (REPO / "docs" / "measurements").iterdir() if p.is_dir())
 
-    repo = Path(__file__).resolve().parents[1]
-    monkeypatch.chdir(repo)
-    document = (repo / "docs" / "engine.md").read_text()
-    shown = gpu_figures.START + document.split(gpu_figures.START, 1)[1].split(gpu_figures.END, 1)[0] + gpu_figures.END
-    assert shown == gpu_figures.section(Path("docs/measurements/h200-2026-12-04")), (
-        "regenerate: python scripts/gpu_figures.py docs/measurements/h200-2026-12-04 --write docs/engine.md"
+
+@pytest.mark.parametrize("folder", MEASUREMENTS, ids=lambda p: p.name)
+def test_the_measured_figures_are_the_logs_own(folder, monkeypatch):
+    """docs/engine.md's measured tables are what scripts/bench_figures.py makes from the committed logs of each
+    docs/measurements folder; a figure typed by hand, or a log changed without regenerating, fails here."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import bench_figures
+
+    monkeypatch.chdir(REPO)
+    document = (REPO / "docs" / "engine.md").read_text()
+    start, end = bench_figures.markers(folder)
+    assert document.count(start) == 1, f"docs/engine.md has no section of {folder}"
+    shown = start + document.split(start, 1)[1].split(end, 1)[0] + end
+    assert shown == bench_figures.section(folder), (
+        f"regenerate: python scripts/bench_figures.py {folder} --write docs/engine.md"
     )
-    assert "| exact | 95.80 | 66.67 |" in shown  # the table is read from the logs, not empty
+    assert "| exact |" in shown  # the table is read from the logs, not empty
 
 
 def test_the_gpu_session_runs_its_steps_at_a_tiny_size_on_the_cpu(tmp_path, monkeypatch):
     """scripts/gpu_session is run only when a GPU is lent, in one short try: its dry run here keeps every
-    step's command line (the benches' options) working in between, and its logs readable by gpu_figures."""
+    step's command line (the benches' options) working in between, and its logs readable by bench_figures."""
     import os
     import subprocess
     import sys
@@ -107,7 +112,7 @@ def test_the_gpu_session_runs_its_steps_at_a_tiny_size_on_the_cpu(tmp_path, monk
     ]
     assert len(ends) == 4 and all(": exit 0 after" in line for line in ends), ends
     monkeypatch.syspath_prepend(str(repo / "scripts"))
-    import gpu_figures
+    import bench_figures
 
-    section = gpu_figures.section(tmp_path)
+    section = bench_figures.section(tmp_path)
     assert "| exact |" in section and "| projected |" in section and "| floor |" in section

@@ -28,6 +28,7 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DISTILL = ("teacher", "self", "none")
 SHORTCUT_MODES = ("class", "inherit")  # DataConfig.shortcut_mode
+SEED_LIMIT = 2**32  # every seed below it: numpy's, torch's and HDF5's integers all hold it, replicas' too
 SHORTCUT_FRACTION, SHORTCUT_PATCH = 0.1, 3  # DataConfig's defaults, read only with a shortcut class
 STUDENT_INIT = ("scratch", "teacher")
 ROLES = ("teacher", "student", "student_baseline")
@@ -284,7 +285,7 @@ class DataConfig(_Serializable):
             value = getattr(self, name)
             _check(value is None or value > 0, f"{name} must be a positive number of examples, got {value}")
         _check(0.0 <= self.label_noise < 1.0, f"label_noise must be in [0, 1), got {self.label_noise}")
-        _check(self.seed >= 0, f"the data seed must be 0 or more, got {self.seed}")
+        _check(0 <= self.seed < SEED_LIMIT, f"the data seed must be in 0..{SEED_LIMIT - 1}, got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -387,7 +388,7 @@ class TrainConfig(_Serializable):
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
-        _check(self.seed >= 0, f"seed must be 0 or more, got {self.seed}")
+        _check(0 <= self.seed < SEED_LIMIT, f"seed must be in 0..{SEED_LIMIT - 1}, got {self.seed}")
         _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
         _check(0 < self.lr < math.inf, f"lr must be positive and finite, got {self.lr}")
         _check(self.save_every >= 1, f"save_every must be at least 1, got {self.save_every}")
@@ -456,7 +457,7 @@ class ScoreConfig(_Serializable):
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, MODES)
-        _check(self.seed >= 0, f"seed must be 0 or more, got {self.seed}")
+        _check(0 <= self.seed < SEED_LIMIT, f"seed must be in 0..{SEED_LIMIT - 1}, got {self.seed}")
         object.__setattr__(self, "variants", tuple(self.variants))
         _check(
             len(self.variants) >= 1 and len(set(self.variants)) == len(self.variants),

@@ -87,16 +87,17 @@ def refuse_links_under(root: Union[str, Path], what: str) -> None:
             refuse_link(Path(folder) / name, what)
 
 
-def append_line(path: Union[str, Path], line: str) -> None:
-    """Append `line` and a newline to the log file `path`, made if absent, never through a link (a symbolic
-    or hard link placed there after the command's checks is refused, not followed) nor into a FIFO."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+def _open_own(path: Union[str, Path], flags: int) -> int:
+    """A descriptor of `path` opened for writing (made if absent) only if it is a regular file of one name:
+    a symbolic link, hard link or FIFO placed there, even after the command's checks, is refused, not
+    followed, and the file is not changed (truncating is left to the caller, after this check)."""
+    flags |= os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
         fd = os.open(path, flags, default_mode())
     except OSError as error:
-        if error.errno not in (errno.ELOOP, errno.ENXIO):
+        if error.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
             raise
-        kind = "a symbolic link" if error.errno == errno.ELOOP else "not a regular file"
+        kind = {errno.ELOOP: "a symbolic link", errno.EISDIR: "a folder"}.get(error.errno, "not a regular file")
         raise TracinError(f"{path} is {kind}: nothing is written through a link or into a pipe") from None
     status = os.fstat(fd)
     if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
@@ -105,8 +106,23 @@ def append_line(path: Union[str, Path], line: str) -> None:
             raise TracinError(_hard_link_message(Path(path), status.st_nlink))
         raise TracinError(f"{path} is not a regular file: nothing is written into it")
     os.set_blocking(fd, True)
-    with os.fdopen(fd, "a") as handle:
+    return fd
+
+
+def append_line(path: Union[str, Path], line: str) -> None:
+    """Append `line` and a newline to the log file `path`, made if absent, never through a link (a symbolic
+    or hard link placed there after the command's checks is refused, not followed) nor into a FIFO."""
+    with os.fdopen(_open_own(path, os.O_APPEND), "a") as handle:
         handle.write(line + "\n")
+
+
+def write_in_place(path: Union[str, Path], data: bytes) -> None:
+    """Replace the contents of the small file `path` (made if absent) where it is, never through a link or
+    into a FIFO: cheaper than write_atomic for many files (a page's 50,000 images), and not atomic."""
+    fd = _open_own(path, 0)
+    os.ftruncate(fd, 0)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
 
 
 def not_a_file(path: Union[str, Path]) -> str:

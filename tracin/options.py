@@ -27,6 +27,7 @@ from tracin.config import (
     PRECISIONS,
     ROLES,
     SCORE_LOSSES,
+    SEED_LIMIT,
     TEST_LABELS,
     EngineConfig,
     ScoreConfig,
@@ -422,7 +423,7 @@ class ValidateOptions:
             (not unknown, f"--conditions takes {', '.join(CONDITIONS)}; got {', '.join(unknown)}"),
             (self.test_examples >= 0, f"--test-examples must be 0 or more, got {self.test_examples}"),
             (self.k >= 1, f"--k must be at least 1, got {self.k}"),
-            (self.seed >= 0, f"--seed must be 0 or more, got {self.seed}"),
+            (0 <= self.seed < SEED_LIMIT, f"--seed must be in 0..{SEED_LIMIT - 1}, got {self.seed}"),
             (self.subsets >= 0, f"--subsets must be 0 or more, got {self.subsets}"),
             (
                 self.subsets == 0 or self.subsets >= 3,
@@ -469,7 +470,7 @@ class ReportOptions:
                 f"--randomization-train must be at least 3 and --randomization-test at least 2, got "
                 f"{self.randomization_train} and {self.randomization_test}",
             ),
-            (self.seed >= 0, f"--seed must be 0 or more, got {self.seed}"),
+            (0 <= self.seed < SEED_LIMIT, f"--seed must be in 0..{SEED_LIMIT - 1}, got {self.seed}"),
         )
 
 

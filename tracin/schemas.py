@@ -10,10 +10,12 @@ also the documentation: `python -m tracin.schemas` writes docs/format.md, and a 
 from __future__ import annotations
 
 import json
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 from tracin.config import ROLES
 from tracin.errors import TracinError
+from tracin.files import not_a_file
 
 _NAME = {"type": "string", "minLength": 1}
 _COUNT = {"type": "integer", "minimum": 0}
@@ -86,8 +88,8 @@ DATA_JSON = {
     "type": "object",
     "required": ["classes", "train_index", "test_index"],
     "properties": {
-        "classes": {"type": "array", "minItems": 2, "items": {"type": "string"}},
-        "fine_classes": {"type": "array", "items": {"type": "string"}},
+        "classes": {"type": "array", "minItems": 2, "uniqueItems": True, "items": {"type": "string"}},
+        "fine_classes": {"type": "array", "uniqueItems": True, "items": {"type": "string"}},
         "train_index": _INDICES,
         "test_index": _INDICES,
         "train_fine_labels": _INDICES,
@@ -159,17 +161,31 @@ def check(instance: Any, schema: dict, source: str) -> Any:
     raise TracinError(f"{source}: {field}: {message} (see docs/format.md: {schema['title']})")
 
 
-def load_json(path, schema: dict) -> Any:
-    """A JSON file read and checked against `schema`; unreadable or invalid JSON is one line too."""
+def load_json(path, schema: dict, source: Optional[str] = None) -> Any:
+    """A JSON file read and checked against `schema`; a path that is no regular file (a FIFO is not waited
+    on), unreadable or invalid JSON, or a key given twice in one object is one line too, naming `source`
+    (default: the path)."""
+    path, source = Path(path), source or str(path)
+    if not path.is_file():
+        raise TracinError(not_a_file(path) if source == str(path) else f"{source}: {not_a_file(path)}")
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as error:
-        raise TracinError(f"{path}: not readable ({error})") from None
+        raise TracinError(f"{source}: not readable ({error})") from None
     try:
-        instance = json.loads(text)
-    except ValueError as error:
-        raise TracinError(f"{path}: not valid JSON ({error})") from None
-    return check(instance, schema, str(path))
+        instance = json.loads(text, object_pairs_hook=_once_each)
+    except (ValueError, RecursionError) as error:  # RecursionError: nested deeper than the parser goes
+        raise TracinError(f"{source}: not valid JSON ({error})") from None
+    return check(instance, schema, source)
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object whose keys are distinct (json keeps the last of a key given twice, without a word)."""
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise ValueError(f"key {', '.join(map(repr, twice))} given twice in one object")
+    return dict(pairs)
 
 
 def markdown() -> str:

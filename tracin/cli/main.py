@@ -11,12 +11,13 @@ from __future__ import annotations
 import importlib
 import shlex
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from tracin.cli.boundary import arguments, run_command
 from tracin.cli.parsing import Parser, command_parser, options_from
 from tracin.config import SWEEP_KEYS, DataConfig, TrainConfig
 from tracin.errors import TracinError
+from tracin.files import refuse_link, refuse_links_under
 from tracin.options import (
     EvalOptions,
     ExploreOptions,
@@ -255,6 +256,38 @@ def sweep_score_arguments(text: Optional[str]) -> Optional[tuple[str, ...]]:
     return words
 
 
+def _sweep_train_argv(argv: Sequence[str]) -> None:
+    """_train_argv for a sweep's run: a run folder of another configuration (the sweep's name used before
+    with other settings) is refused with the sweep's way out, not tracin-train's --overwrite."""
+    from tracin.errors import ConfigMismatchError
+
+    try:
+        _train_argv(argv)
+    except ConfigMismatchError as error:
+        raise TracinError(
+            f"{error} (tracin-sweep has no --overwrite: this sweep's name was used with other settings; choose "
+            "another --sweep, or move that run folder away)"
+        ) from None
+
+
+def _check_sweep_runs(runs: Sequence[Any]) -> None:
+    """What tracin-train checks once its data are loaded, for every run of a sweep before the first trains:
+    each data set's subsets are drawn (loaded once per data setting), each model fits the device."""
+    from tracin.runtime import select_device
+    from tracin.training.data import load_data
+    from tracin.training.models import check_fits
+    from tracin.training.roles import model_configs
+
+    by_data: dict = {}
+    for run_args in runs:
+        config, data_config = train_configs(run_args)
+        by_data.setdefault(data_config, []).append((config, select_device(run_args.device)))
+    for data_config, trained in by_data.items():
+        data = load_data(data_config)  # one data set in memory at a time
+        for config, device in trained:
+            check_fits(model_configs(config, data).values(), device)
+
+
 def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
     """`tracin-sweep`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
     args, base = build_parser("sweep").parse_known_args(arguments(argv))
@@ -275,11 +308,15 @@ def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
             ("tracin-sweep", *arguments(argv)),
             sweep_score_arguments(options.score),
         )
+        refuse_link(sweep.root, "the sweep folder")  # its runs and results would land in the link's target
+        if sweep.root.is_dir():
+            refuse_links_under(sweep.root, "in the sweep folder,")
         epochs = sweep_module.final_epochs(base, TrainConfig().epochs)
-        configs = [
-            train_configs(build_train_parser().parse_args(run_argv))[0]  # every run checked before any trains
-            for _, run_argv in sweep_module.train_arguments(sweep, epochs)
+        runs = [  # every run checked before any trains: its options, its data and its models' size
+            build_train_parser().parse_args(run_argv) for _, run_argv in sweep_module.train_arguments(sweep, epochs)
         ]
+        configs = [train_configs(run_args)[0] for run_args in runs]
+        _check_sweep_runs(runs)
         saved = saved_epochs(configs[0])  # with teacher_epoch the first run is the shared teacher's
         unsaved = [e for e in dict(sweep.vary).get("teacher_epoch", ()) if int(e) not in saved]
         if unsaved:
@@ -287,6 +324,6 @@ def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
                 f"--vary teacher_epoch {', '.join(unsaved)}: the shared teacher saves epochs {', '.join(map(str, saved))} "
                 "(--save-every and the last)"
             )
-        print(f"results: {sweep_module.run_sweep(sweep, _train_argv, epochs, _score_argv)}", flush=True)
+        print(f"results: {sweep_module.run_sweep(sweep, _sweep_train_argv, epochs, _score_argv)}", flush=True)
 
     return run_command("tracin-sweep", work, SPECS["sweep"].how_to_continue)

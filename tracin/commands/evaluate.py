@@ -8,7 +8,6 @@ mapped to the run's, as a reader checks how a distilled student transfers.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -17,7 +16,7 @@ from tracin.errors import TracinError
 from tracin.files import command_locks, refuse_links
 from tracin.options import EvalOptions
 from tracin.runtime import start_runtime
-from tracin.schemas import CLASS_MAP, DATA_JSON, check, load_json
+from tracin.schemas import CLASS_MAP, DATA_JSON, load_json
 from tracin.training.checkpoints import check_recorded_architecture, load_model
 from tracin.training.data import SPECS, load_eval_split
 from tracin.training.run_folder import RunPaths, read_record
@@ -29,11 +28,7 @@ def read_class_map(path: Optional[str]) -> Optional[dict[str, str]]:
     """The --class-map file: a JSON object of class names (read as data)."""
     if path is None:
         return None
-    try:
-        mapping = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as error:
-        raise TracinError(f"--class-map {path}: not a readable JSON file ({error})") from None
-    return check(mapping, CLASS_MAP, f"--class-map {path}")
+    return load_json(path, CLASS_MAP, f"--class-map {path}")
 
 
 def eval_run(options: EvalOptions) -> Path:

@@ -276,7 +276,7 @@ def score_run(options: ScoreOptions) -> Path:
     run = open_trained_run(options.run, options.data_root)
     out = Path(options.scores) if options.scores else run.paths.root / "tracin.h5"
     if out.name in ("", ".", "..") or out.is_dir():
-        raise TracinError(f"--out must name a file, got {str(out)!r}")
+        raise TracinError(f"--scores must name a file, got {str(out)!r}")
     for path in (out, replacing_path(out), report_path(out, "plots")):
         refuse_link(path, "the output")
     with (

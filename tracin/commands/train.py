@@ -32,7 +32,7 @@ from tracin.training.batches import steps_per_epoch, to_device
 from tracin.training.checkpoints import load_checkpoint, sha256_file
 from tracin.training.data import RunData, data_record, fingerprint, load_data
 from tracin.training.losses import check_kd_loss
-from tracin.training.models import count_parameters
+from tracin.training.models import check_fits, count_parameters
 from tracin.training.optimization import check_schedule
 from tracin.training.plots import plot_overlaid_history, plot_per_class
 from tracin.training.roles import model_configs, needs_teacher, teacher_path, train_role
@@ -135,6 +135,7 @@ def train_run(config: TrainConfig, data_config: DataConfig, options: RunOptions)
         data = load_data(data_config)
         faults.reach("data")
         check_schedule(config, steps_per_epoch(len(data.train), config.batch_size, runtime.world_size))
+        check_fits(model_configs(config, data).values(), runtime.device)
         try:
             run = open_run(config, data_config, options, data, runtime)
             train_models(run, options)

@@ -44,10 +44,7 @@ def open_trained_run(run_dir: str, data_root: Optional[str]) -> TrainedRun:
     data_config = dict(record["data_config"])
     if data_root is not None:
         data_config["data_root"] = data_root
-    try:  # every setting typed now, also those this command does not read (a width "4" edited in by hand)
-        TrainConfig.from_dict(record["config"])
-        for config in record["model_configs"].values():
-            ModelConfig.from_dict(config)
+    try:  # read_record typed every setting; the data root given here is checked too
         return TrainedRun(paths, record, DataConfig.from_dict(data_config))
     except TracinError as error:
         raise TracinError(f"{paths.run_json}: {error}") from None

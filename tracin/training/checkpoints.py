@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from tracin.config import ModelConfig
 from tracin.errors import CheckpointError, TracinError
-from tracin.files import write_atomic
+from tracin.files import not_a_file, write_atomic
 from tracin.schemas import CHECKPOINT, check
 from tracin.training.models import build_model, count_parameters
 
@@ -80,7 +80,7 @@ def load_file(path: Union[str, Path], map_location: Union[str, torch.device] = "
     """torch.load with weights_only=True; a missing, truncated or corrupt file is a CheckpointError."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {not_a_file(path)}")
     try:
         # torchvision's reference trainer stores its argparse options beside the weights: plain data
         with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():

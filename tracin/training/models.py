@@ -16,7 +16,8 @@ commands' --allow-model).
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+import os
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -186,6 +187,41 @@ def student_config(arch: str, width: int, stages: int, in_channels: int, num_cla
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+TRAINING_COPIES = 4  # float32 copies of the weights training holds: weights, gradients, momentum, a spare
+
+
+def check_fits(configs: Iterable[ModelConfig], device: torch.device) -> None:
+    """A TracinError, before anything is allocated, when a registered model's training state
+    (TRAINING_COPIES float32 copies of its weights) exceeds the device's whole memory: a --width typed
+    with a digit too many is one line, not an allocator's traceback or the out-of-memory killer. Models
+    are built on the meta device (shapes only); a user's factory is not run here."""
+    total = device_memory(device)
+    for config in configs:
+        if is_import_path(config.arch):
+            continue
+        try:
+            with torch.device("meta"):
+                parameters = count_parameters(build_model(config))
+        except RuntimeError as error:  # "Storage size calculation overflowed": more than an index can count
+            raise TracinError(
+                f"{config.arch} of width {config.width} cannot be built ({str(error).splitlines()[0]}); choose a "
+                "smaller --width"
+            ) from None
+        needed = parameters * 4 * TRAINING_COPIES
+        if needed > total:
+            raise TracinError(
+                f"{config.arch} of width {config.width} has {parameters:,} parameters: training it needs about "
+                f"{needed / 2**30:,.0f} GiB, more than the {total / 2**30:,.0f} GiB of {device}; choose a smaller --width"
+            )
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory of `device`: a CUDA device's own, else the machine's physical memory."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def copy_shared_stages(student: nn.Module, teacher_state: dict[str, Tensor]) -> int:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from tracin.config import ROLES, DataConfig, TrainConfig
+from tracin.config import ROLES, DataConfig, ModelConfig, TrainConfig
 from tracin.errors import ConfigMismatchError, TracinError
 from tracin.options import check_run_name  # noqa: F401 (re-exported)
 from tracin.schemas import RUN_JSON, load_json
@@ -81,9 +81,17 @@ class RunPaths:
 
 def read_record(paths: RunPaths) -> Optional[dict]:
     """run.json of a run, or None when the run has none."""
-    if not paths.run_json.is_file():
+    if not paths.run_json.exists() and not paths.run_json.is_symlink():
         return None
-    return load_json(paths.run_json, RUN_JSON)
+    record = load_json(paths.run_json, RUN_JSON)
+    try:  # every setting typed now, also those a command does not read (a width "4" edited in by hand)
+        TrainConfig.from_dict(record["config"])
+        DataConfig.from_dict(record["data_config"])
+        for config in record["model_configs"].values():
+            ModelConfig.from_dict(config)
+    except TracinError as error:
+        raise TracinError(f"{paths.run_json}: {error}") from None
+    return record
 
 
 def _leftover(path: Path) -> bool:

@@ -154,7 +154,7 @@ class ScoreFile:
         stored, status = cls._header(path)
         problems = find_damage(path)
         if status == "complete" and not problems and not finished_too:
-            raise StoreError(f"{path} is a finished result; pass --overwrite to replace it, or --out elsewhere")
+            raise StoreError(f"{path} is a finished result; pass --overwrite to replace it, or --scores elsewhere")
         differences = setting_differences(stored, settings)
         if differences:
             raise StoreError(

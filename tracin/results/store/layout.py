@@ -75,8 +75,24 @@ def layout_problems(store: "ScoreFile") -> list[str]:
     models = store.models
     models += [k for k in h5 if k not in models and isinstance(h5[k], h5py.Group) and "checkpoints" in h5[k]]
     problems += _table_problems(h5, set(models))
+    classes = None if problems else class_names(h5, "classes")
     for model in models:
         problems += _model_problems(h5[model], f"/{model}", store.n_train, store.n_test)
+        problems += _prediction_problems(h5[model], f"/{model}", classes) if not problems else []
+    return problems
+
+
+def _prediction_problems(group: h5py.Group, where: str, classes: Optional[list[str]]) -> list[str]:
+    """A model's stored predictions name a class of the file, with a probability in [0, 1]."""
+    problems = []
+    if "test_prediction" in group and classes and group["test_prediction"].size:
+        values = group["test_prediction"][()]
+        if values.min() < 0 or values.max() >= len(classes):
+            problems.append(f"{where}/test_prediction holds classes outside 0..{len(classes) - 1}")
+    if "test_confidence" in group and isinstance(group["test_confidence"], h5py.Dataset):
+        values = group["test_confidence"][()]
+        if values.dtype.kind != "f" or not ((values >= 0) & (values <= 1)).all():
+            problems.append(f"{where}/test_confidence holds values outside [0, 1] (softmax probabilities)")
     return problems
 
 
@@ -92,6 +108,8 @@ def class_names(h5, name: str) -> Optional[list[str]]:
         names = None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise StoreError(f"the attribute {name!r} is not a JSON list of class names (it holds {str(value)[:60]!r})")
+    if len(set(names)) != len(names):
+        raise StoreError(f"the attribute {name!r} names a class twice ({', '.join(names)})")
     return names
 
 

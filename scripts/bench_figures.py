@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""The tables of docs/engine.md's GPU section, from the logs of one `scripts/gpu_session` run (and any
-later single steps saved beside them as NN-name.log), so that no figure there is typed by hand.
+"""The measured tables of docs/engine.md, each from the logs of one folder of docs/measurements (a
+`scripts/bench_engine.py` run, or a `scripts/gpu_session` run and later single steps saved beside it as
+NN-name.log), so that no figure there is typed by hand.
 
-    python scripts/gpu_figures.py docs/measurements/h200-2026-12-04                 # print the section
-    python scripts/gpu_figures.py docs/measurements/h200-2026-12-04 --write docs/engine.md
+    python scripts/bench_figures.py docs/measurements/cpu-2026-12-04               # print its section
+    python scripts/bench_figures.py docs/measurements/* --write docs/engine.md     # rewrite every section
 
---write replaces the text between the GPU_FIGURES markers of that file.
+A folder's section sits between the markers `markers(folder)` names (the folder is in them); --write
+replaces the text between them in that file.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import re
 import sys
 from pathlib import Path
 
-START, END = "<!-- gpu-figures: start -->", "<!-- gpu-figures: end -->"
 PROBLEM = re.compile(
     r"^device \S+, student width (\d+) stages (\d+) \(([\d,]+) parameters\), (\d+) checkpoints, (\d+) train x (\d+) test"
 )
@@ -46,18 +47,25 @@ def bench_rows(name: str, lines: list[str]) -> list[str]:
     return rows
 
 
+def markers(folder: Path) -> tuple[str, str]:
+    """The comments around the section of `folder` (as given: relative to the repository)."""
+    return f"<!-- figures of {folder.as_posix()}: start -->", f"<!-- figures of {folder.as_posix()}: end -->"
+
+
 def section(folder: Path) -> str:
+    """The section of `folder`'s logs, markers included."""
     logs = sorted(folder.glob("*.log"))
     if not logs:
-        raise SystemExit(f"gpu_figures: no *.log in {folder}")
+        raise SystemExit(f"bench_figures: no *.log in {folder}")
+    start, end = markers(folder)
     machine = (
         (folder / "00-machine.log").read_text().strip().splitlines() if (folder / "00-machine.log").exists() else []
     )
     out = [
-        START,
+        start,
         "",
-        f"Made by `python scripts/gpu_figures.py {folder}` from the logs in that folder (its README says",
-        "which code each ran).",
+        f"Made by `python scripts/bench_figures.py {folder.as_posix()}` from the logs in that folder (its README",
+        "says which code each ran).",
         "",
     ]
     out += ["```", *machine, "```", ""]
@@ -89,24 +97,26 @@ def section(folder: Path) -> str:
         if path.exists():
             body = [line for line in path.read_text().splitlines() if not line.startswith("== ")]
             out += [f"`{stem}`:", "", "```", *body, "```", ""]
-    out.append(END)
+    out.append(end)
     return "\n".join(out)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("--write", type=Path, help="replace the section between the markers in this file")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("folders", type=Path, nargs="+", metavar="folder")
+    parser.add_argument("--write", type=Path, help="replace each folder's section between its markers in this file")
     args = parser.parse_args()
-    text = section(args.folder)
     if not args.write:
-        print(text)
+        print("\n\n".join(section(folder) for folder in args.folders))
         return
     document = args.write.read_text()
-    if START not in document or END not in document:
-        sys.exit(f"gpu_figures: {args.write} has no {START} ... {END} markers")
-    head, rest = document.split(START, 1)
-    args.write.write_text(head + text + rest.split(END, 1)[1])
+    for folder in args.folders:
+        start, end = markers(folder)
+        if document.count(start) != 1 or document.count(end) != 1:
+            sys.exit(f"bench_figures: {args.write} needs one {start} and one {end}")
+        head, rest = document.split(start, 1)
+        document = head + section(folder) + rest.split(end, 1)[1]
+    args.write.write_text(document)
 
 
 if __name__ == "__main__":
