@@ -355,7 +355,7 @@ SCORE_MISTAKES = [
     (["--mode", "nonsense"], "invalid choice"),
     (["--seed", "x"], "invalid int value"),
     # red-team finds: a traceback after the data loaded, and values accepted in silence
-    (["--seed", "-1"], "seed must be 0 or more"),
+    (["--seed", "-1"], "seed must be in 0.."),
     (["--train-subset", "-1"], "--train-subset must be at least 1"),
     (["--test-subset", "0"], "--test-subset must be at least 1"),
     (["--models", "teacher,,student"], "has an empty entry"),
