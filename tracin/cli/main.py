@@ -281,7 +281,7 @@ def _check_sweep_runs(runs: Sequence[Any]) -> None:
     by_data: dict = {}
     for run_args in runs:
         config, data_config = train_configs(run_args)
-        by_data.setdefault(data_config, []).append((config, select_device(run_args.device)))
+        by_data.setdefault(data_config, []).append((config, select_device(run_options(run_args, ()).device)))
     for data_config, trained in by_data.items():
         data = load_data(data_config)  # one data set in memory at a time
         for config, device in trained:

@@ -29,7 +29,7 @@ from tracin.engine.groups import group_names
 from tracin.engine.randomization import fresh_model, module_of, randomized_checkpoints
 from tracin.engine.tracin import TracIn
 from tracin.errors import TracinError
-from tracin.files import command_locks, not_a_file, refuse_links, report_path, write_atomic
+from tracin.files import command_locks, not_a_file, refuse_links, remove_stale_temporaries, report_path, write_atomic
 from tracin.options import ReportOptions, ScoreOptions
 from tracin.results import sanity, statistics
 from tracin.results.agreement import agreement_table
@@ -68,6 +68,9 @@ def report_run(options: ReportOptions) -> Path:
         salvaged = salvage_own_damage(path, (RANDOMIZATION, QUALITY_REPORT))
         if salvaged is not None:
             print(describe_salvage(path, salvaged), flush=True)
+        for output in (report_path(path, "quality_report.md"), report_path(path, "plots") / "quality_report.png"):
+            for stale in remove_stale_temporaries(output):  # a killed report's; the score file's lock is held
+                print(f"removed {stale}, left by an interrupted write", flush=True)
         with ScoreFile.open_read_write(path) as store:
             check_finished(store)
             models = [m for m in options.models if m in store.models]

@@ -88,13 +88,10 @@ class Sweep:
                 f"settings that retrain the teacher ({', '.join(sorted(set(keys) & set(TEACHER_KEYS)))})"
             )
         shared = {"--run", "--models", "--teacher", "--out-root", "--replicas", "--overwrite"}
-        varied = {flag: key for key in keys for flag in _flags_of(key)}
-        for word in self.base:
+        for word in self.base:  # a varied setting given fixed too is overridden, as an option given twice
             flag = word.split("=", 1)[0]
             if flag in shared:
                 raise TracinError(f"tracin-sweep sets {flag} itself; leave it out")
-            if flag in varied:  # it would be overridden in every run, or read in none (red-team A16b)
-                raise TracinError(f"--vary {varied[flag]} sets {flag} in every run; leave {flag} out")
 
     @property
     def root(self) -> Path:
@@ -130,13 +127,6 @@ def parse_vary(spec: str) -> tuple[str, tuple[str, ...]]:
 def run_name(combination: dict[str, str]) -> str:
     """The run folder of a combination: 'temperature-2_alpha-0.5'."""
     return "_".join(f"{key}-{value}" for key, value in combination.items())
-
-
-def _flags_of(key: str) -> tuple[str, ...]:
-    """The tracin-train flags that set a varied setting."""
-    if key == "augment":
-        return ("--augment", "--no-augment")
-    return () if key == "teacher_epoch" else (f"--{key.replace('_', '-')}",)
 
 
 def _flags(combination: dict[str, str]) -> list[str]:

@@ -29,7 +29,7 @@ from tracin import faults
 from tracin.config import VALIDATION_SEED_STRIDE, ModelConfig, TrainConfig, ensemble_name, model_name, split_model_name
 from tracin.engine.topk import Ranking
 from tracin.errors import CheckpointError, TracinError
-from tracin.files import command_locks, not_a_file, refuse_links, report_path, write_atomic
+from tracin.files import command_locks, not_a_file, refuse_links, remove_stale_temporaries, report_path, write_atomic
 from tracin.options import ValidateOptions
 from tracin.results import validation
 from tracin.results.figures import plot_validation
@@ -231,6 +231,9 @@ def validate_run(options: ValidateOptions) -> Path:
         salvaged = salvage_own_damage(path, (VALIDATION,)) if runtime.is_main else None
         if salvaged is not None:
             print(describe_salvage(path, salvaged), flush=True)
+        outputs = (report_path(path, "validation.md"), report_path(path, "plots") / "validation.png")
+        for stale in (s for output in outputs if runtime.is_main for s in remove_stale_temporaries(output)):
+            print(f"removed {stale}, left by an interrupted write", flush=True)  # the score file's lock is held
         data = checked_data(run)
         store = ScoreFile.open_read_write(path) if runtime.is_main else None
         with store or contextlib.nullcontext():  # after a full disk the file is left as a kill leaves it, not closed

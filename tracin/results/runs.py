@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tracin.config import REPLICA_SEED_STRIDE, DataConfig, ModelConfig, TrainConfig, model_name, split_model_name
-from tracin.errors import DataError, TracinError
+from tracin.errors import CheckpointError, DataError, TracinError
 from tracin.options import ScoreOptions
 from tracin.results.store import Salvage, ScoreFile
 from tracin.training.checkpoints import (
@@ -61,6 +61,8 @@ def trained_replicas(run: TrainedRun, role: str) -> int:
 def load_role_checkpoints(run: TrainedRun, name: str, spec: str) -> tuple[list[Checkpoint], ModelConfig, dict]:
     """The model's selected checkpoints, checked against the run (tracin.training.checkpoints)."""
     role = split_model_name(name)[0]
+    if name not in run.record["models"]:  # a folder the run never trained (red-team S19)
+        raise CheckpointError(f"{run.paths.run_json} records no model {name}: its folder is not this run's")
     paths = select_checkpoints(run.paths.model_dir(name), role, spec)
     seed = run.record["config"].get("seed")
     replica_seed = seed + split_model_name(name)[1] * REPLICA_SEED_STRIDE if isinstance(seed, int) else None

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Optional
 import h5py
 import numpy as np
 
+from tracin.config import split_variant
 from tracin.errors import StoreError
+from tracin.variants import SCORE_VARIANTS
 
 if TYPE_CHECKING:
     from tracin.results.store.file import ScoreFile
@@ -78,8 +80,26 @@ def layout_problems(store: "ScoreFile") -> list[str]:
     classes = None if problems else class_names(h5, "classes")
     for model in models:
         problems += _model_problems(h5[model], f"/{model}", store.n_train, store.n_test)
+        problems += _variant_problems(h5[model], f"/{model}") if not problems else []
         problems += _prediction_problems(h5[model], f"/{model}", classes) if not problems else []
     return problems
+
+
+def _variant_problems(group: h5py.Group, where: str) -> list[str]:
+    """A model's `variants` attribute: a JSON list of registered score variants, the first stored as
+    `scores`, each other one as `scores_VARIANT`."""
+    try:
+        variants = json.loads(group.attrs.get("variants", '["raw"]'))
+    except (TypeError, ValueError, RecursionError):
+        variants = None
+    if not isinstance(variants, list) or not variants or not all(isinstance(v, str) for v in variants):
+        return [f"{where} attribute 'variants' is not a JSON list of score variants"]
+    unknown = [v for v in variants if split_variant(v)[0] not in SCORE_VARIANTS]
+    if unknown:
+        return [
+            f"{where} attribute 'variants' names {', '.join(unknown)}, not a score variant of {', '.join(SCORE_VARIANTS)}"
+        ]
+    return [f"{where}/scores_{v} is missing" for v in variants[1:] if f"scores_{v}" not in group]
 
 
 def _prediction_problems(group: h5py.Group, where: str, classes: Optional[list[str]]) -> list[str]:
