@@ -441,6 +441,10 @@ def _twice_in_a_row(h5):
     h5["teacher/topk/test_top_index"][...] = data
 
 
+def _set_done_false(h5):
+    h5["teacher/done"][0, 0] = False
+
+
 HAND_DAMAGE = [
     ("train_index deleted", lambda h5: _del(h5, "train_index"), "/train_index is missing"),
     ("train_index out of range", _set("train_index", -5), "negative or repeated index"),
@@ -458,6 +462,7 @@ HAND_DAMAGE = [
     ("a confidence above 1", _set("teacher/test_confidence", 7.5), "test_confidence holds values outside [0, 1]"),
     ("a class named twice", _attr("classes", '["a", "a", "b"]'), "names a class twice"),
     ("an unknown variant", _group_attr("teacher", "variants", '["nonexistent"]'), "names nonexistent, not a score"),
+    ("a block not done in a complete model", _set_done_false, "marked complete, but"),  # H10
 ]
 
 
@@ -616,3 +621,77 @@ def test_a_model_folder_run_json_does_not_record_is_not_loaded(tiny_run, tmp_pat
     load_role_checkpoints(run_, "teacher", "last")
     with pytest.raises(CheckpointError, match="records no model student"):
         load_role_checkpoints(run_, "student", "last")
+
+
+# --- red-team round 5 (held out) -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", ["copied in", "deleted", "unlisted"])
+def test_the_checkpoints_scored_are_those_run_json_lists(tiny_run, tmp_path, change):
+    """K01, J04, J15: an epoch_001.pt copied in was scored; a listed checkpoint deleted, or the list emptied,
+    passed unseen."""
+    from tracin.results.runs import load_role_checkpoints, open_trained_run
+    from tracin.training.checkpoints import CheckpointError
+
+    shutil.copytree(tiny_run, tmp_path / "run")
+    teacher = tmp_path / "run" / "teacher"
+    listed = json.loads((tmp_path / "run" / "run.json").read_text())["models"]["teacher"]["checkpoints"]
+    load_role_checkpoints(open_trained_run(str(tmp_path / "run"), None), "teacher", "all")
+    if change == "copied in":
+        shutil.copy(teacher / listed[0], teacher / "epoch_000.pt")
+        fragment = "epoch_000.pt is not in"
+    elif change == "deleted":
+        (teacher / listed[0]).unlink()
+        fragment = f"lists {listed[0]}, which"
+    else:
+        record = json.loads((tmp_path / "run" / "run.json").read_text())
+        record["models"]["teacher"]["checkpoints"] = []
+        (tmp_path / "run" / "run.json").write_text(json.dumps(record))
+        fragment = f"{listed[0]} is not in"
+    with pytest.raises(CheckpointError, match=re.escape(fragment)):
+        load_role_checkpoints(open_trained_run(str(tmp_path / "run"), None), "teacher", "last")
+
+
+def test_a_setting_given_fixed_and_varied_is_refused(tmp_path, fashion_mnist_root):
+    """SW06, SW13 (A16b): the fixed --width was overridden in every run, never read."""
+    for vary, fixed in (("width=4,8", "--width"), ("augment=on,off", "--no-augment")):
+        args = ("--sweep", "s", "--vary", vary, "--out-root", "sw", "--data-root", fashion_mnist_root)
+        assert_one_line(run("tracin-sweep", *args, *SMALL_TRAIN, cwd=tmp_path), f"leave the fixed {fixed} out")
+    assert not (tmp_path / "sw").exists()
+
+
+def test_a_sweep_name_used_with_another_grid_is_refused(tmp_path):
+    """SW15: a second grid under the same name replaced the first's results.csv, .md and .png."""
+    from tracin.commands.sweep import Sweep, check_grid, parse_vary
+
+    first = Sweep("s", (parse_vary("temperature=1,2"),), (), str(tmp_path))
+    for name in ("base", "temperature-1", "temperature-2"):
+        (first.root / name).mkdir(parents=True)
+        (first.root / name / "run.json").write_text("{}")
+    check_grid(first)
+    check_grid(Sweep("s", (parse_vary("temperature=1,2,5"),), (), str(tmp_path)))  # a value added
+    with pytest.raises(TracinError, match="holds run temperature-1, not of this grid"):
+        check_grid(Sweep("s", (parse_vary("alpha=0.3,0.5"),), (), str(tmp_path)))
+
+
+def test_a_checkpoint_of_another_format_version_is_refused(tiny_run, tmp_path):
+    """K12: a checkpoint with version 99 was read as version 1."""
+    import torch
+
+    from tracin.training.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
+
+    payload = torch.load(list_checkpoints(tiny_run / "teacher")[0], weights_only=True)
+    torch.save({**payload, "version": 99}, tmp_path / "epoch_002.pt")
+    with pytest.raises(CheckpointError, match="version 99: this tracin reads checkpoint version 1"):
+        load_checkpoint(tmp_path / "epoch_002.pt")
+
+
+def test_tracin_eval_removes_the_temporary_a_killed_evaluation_left(tiny_run, tmp_path, fashion_mnist_root):
+    """E09: a killed tracin-eval's .eval_fashion-mnist.csv.*.tmp stayed forever."""
+    shutil.copytree(tiny_run, tmp_path / "run")
+    stale = tmp_path / "run" / ".eval_fashion-mnist.csv.x1.tmp"
+    stale.write_text("half a table")
+    data = ("--data-root", fashion_mnist_root, "--device", "cpu")
+    result = run("tracin-eval", "--run", "run", "--eval-dataset", "fashion-mnist", *data, cwd=tmp_path)
+    assert result.returncode == 0 and f"removed {stale.relative_to(tmp_path)}" in result.stdout, result.stderr[-2000:]
+    assert not stale.exists() and (tmp_path / "run" / "eval_fashion-mnist.csv").is_file()

@@ -18,7 +18,13 @@ class CheckpointError(TracinError):
 
 
 class ConfigMismatchError(TracinError):
-    """A resumed run or a partial result was made with a different configuration."""
+    """A resumed run or a partial result was made with a different configuration. `root` (the run's folder)
+    and `differences` ('field (stored -> current)') let a caller give its own way out (tracin-sweep has no
+    --overwrite)."""
+
+    def __init__(self, message: str, root: object = None, differences: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.root, self.differences = root, tuple(differences)
 
 
 class StoreError(TracinError):

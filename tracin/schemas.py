@@ -104,11 +104,17 @@ DATA_JSON = {
 
 SWEEP_JSON = {
     "title": "sweep.json",
-    "description": "How a sweep was made, written by tracin-sweep: its command line, when it finished, and where.",
+    "description": "How a sweep was made, written by tracin-sweep: its command line, its grid, when it finished, "
+    "and where.",
     "type": "object",
     "required": ["command", "finished", "machine"],
     "properties": {
         "command": {"type": "array", "items": {"type": "string"}},
+        "vary": {
+            "type": "object",
+            "description": "the grid: each varied setting and its values",
+            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+        },
         "finished": {"type": "string", "format": "date-time"},
         "machine": {"type": "object"},
     },

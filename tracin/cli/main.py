@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import shlex
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from tracin.cli.boundary import arguments, run_command
 from tracin.cli.parsing import Parser, command_parser, options_from
@@ -265,23 +265,23 @@ def _sweep_train_argv(argv: Sequence[str]) -> None:
         _train_argv(argv)
     except ConfigMismatchError as error:
         raise TracinError(
-            f"{error} (tracin-sweep has no --overwrite: this sweep's name was used with other settings; choose "
-            "another --sweep, or move that run folder away)"
+            f"{error.root} was trained with other settings ({'; '.join(error.differences)}): this sweep's name was "
+            "used with other options; give those again, choose another --sweep, or move that run folder away"
         ) from None
 
 
-def _check_sweep_runs(runs: Sequence[Any]) -> None:
-    """What tracin-train checks once its data are loaded, for every run of a sweep before the first trains:
-    each data set's subsets are drawn (loaded once per data setting), each model fits the device."""
+def _check_sweep_runs(runs: Sequence[tuple[TrainConfig, DataConfig, str]]) -> None:
+    """What tracin-train checks once its data are loaded, for every run (config, data config, --device) of a
+    sweep before the first trains: each data set's subsets are drawn (loaded once per data setting), each
+    model fits the device."""
     from tracin.runtime import select_device
     from tracin.training.data import load_data
     from tracin.training.models import check_fits
     from tracin.training.roles import model_configs
 
     by_data: dict = {}
-    for run_args in runs:
-        config, data_config = train_configs(run_args)
-        by_data.setdefault(data_config, []).append((config, select_device(run_options(run_args, ()).device)))
+    for config, data_config, device in runs:
+        by_data.setdefault(data_config, []).append((config, select_device(device)))
     for data_config, trained in by_data.items():
         data = load_data(data_config)  # one data set in memory at a time
         for config, device in trained:
@@ -311,13 +311,14 @@ def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
         refuse_link(sweep.root, "the sweep folder")  # its runs and results would land in the link's target
         if sweep.root.is_dir():
             refuse_links_under(sweep.root, "in the sweep folder,")
+        sweep_module.check_grid(sweep)
         epochs = sweep_module.final_epochs(base, TrainConfig().epochs)
         runs = [  # every run checked before any trains: its options, its data and its models' size
             build_train_parser().parse_args(run_argv) for _, run_argv in sweep_module.train_arguments(sweep, epochs)
         ]
-        configs = [train_configs(run_args)[0] for run_args in runs]
-        _check_sweep_runs(runs)
-        saved = saved_epochs(configs[0])  # with teacher_epoch the first run is the shared teacher's
+        configs = [(*train_configs(run_args), run_options(run_args, ()).device) for run_args in runs]
+        _check_sweep_runs(configs)
+        saved = saved_epochs(configs[0][0])  # with teacher_epoch the first run is the shared teacher's
         unsaved = [e for e in dict(sweep.vary).get("teacher_epoch", ()) if int(e) not in saved]
         if unsaved:
             raise TracinError(

@@ -13,7 +13,7 @@ from typing import Optional
 
 from tracin.config import ROLES, ModelConfig
 from tracin.errors import TracinError
-from tracin.files import command_locks, refuse_links
+from tracin.files import command_locks, refuse_links, remove_stale_temporaries
 from tracin.options import EvalOptions
 from tracin.runtime import start_runtime
 from tracin.schemas import CLASS_MAP, DATA_JSON, load_json
@@ -66,6 +66,8 @@ def eval_run(options: EvalOptions) -> Path:
             rows.append({"model": name, "examples": len(split), "accuracy": result.accuracy, **per_class})
         out = paths.root / f"eval_{options.dataset}.csv"  # written while the run cannot be replaced or changed
         refuse_links((paths.root, out), "the run folder tracin-eval writes into")
+        for stale in remove_stale_temporaries(out):  # a killed evaluation's (red-team E09); the run's lock is held
+            print(f"removed {stale}, left by an interrupted write", flush=True)
         write_csv(rows, out)
     mapped = ", ".join(f"{c} ({n})" for c, n in counts.items())
     print(f"{options.dataset} test examples mapped to the run's classes: {mapped}")

@@ -88,10 +88,13 @@ class Sweep:
                 f"settings that retrain the teacher ({', '.join(sorted(set(keys) & set(TEACHER_KEYS)))})"
             )
         shared = {"--run", "--models", "--teacher", "--out-root", "--replicas", "--overwrite"}
-        for word in self.base:  # a varied setting given fixed too is overridden, as an option given twice
+        varied = {flag: key for key in keys for flag in flags_of(key)}
+        for word in self.base:
             flag = word.split("=", 1)[0]
             if flag in shared:
                 raise TracinError(f"tracin-sweep sets {flag} itself; leave it out")
+            if flag in varied:  # it would be overridden in every run, never read (red-team A16b, SW06)
+                raise TracinError(f"--vary {varied[flag]} sets {flag} in every run; leave the fixed {flag} out")
 
     @property
     def root(self) -> Path:
@@ -127,6 +130,28 @@ def parse_vary(spec: str) -> tuple[str, tuple[str, ...]]:
 def run_name(combination: dict[str, str]) -> str:
     """The run folder of a combination: 'temperature-2_alpha-0.5'."""
     return "_".join(f"{key}-{value}" for key, value in combination.items())
+
+
+def flags_of(key: str) -> tuple[str, ...]:
+    """The tracin-train options that set a varied setting (teacher_epoch: none, it picks the shared teacher's
+    checkpoint)."""
+    if key == "teacher_epoch":
+        return ()
+    return ("--augment", "--no-augment") if key == "augment" else (f"--{key.replace('_', '-')}",)
+
+
+def check_grid(sweep: Sweep) -> None:
+    """A TracinError if the sweep's folder holds a run of another grid: the sweep's name used before with
+    other --vary values, whose results.csv, .md and .png this sweep would replace (red-team SW15)."""
+    if not sweep.root.is_dir():
+        return
+    ours = {BASE_RUN, *map(run_name, sweep.combinations())}
+    others = sorted(p.name for p in sweep.root.iterdir() if (p / "run.json").is_file() and p.name not in ours)
+    if others:
+        raise TracinError(
+            f"{sweep.root} holds run {others[0]}, not of this grid: the sweep {sweep.name} was made with other "
+            "--vary values; give those again (a value may be added), or choose another --sweep"
+        )
 
 
 def _flags(combination: dict[str, str]) -> list[str]:
@@ -306,7 +331,7 @@ def _cell(value) -> str:
 
 def write_results(sweep: Sweep) -> Path:
     """results.csv, results.md, results.png (test accuracy against the first varied setting, a line per
-    model) and sweep.json (command, when, machine) in the sweep's folder; returns results.csv."""
+    model) and sweep.json (command, grid, when, machine) in the sweep's folder; returns results.csv."""
     rows = result_rows(sweep)
     if not rows:
         raise TracinError(f"{sweep.root} holds no finished run yet")
@@ -324,6 +349,7 @@ def write_results(sweep: Sweep) -> Path:
     write_json_atomic(
         {
             "command": list(sweep.command),
+            "vary": {key: list(values) for key, values in sweep.vary},
             "finished": datetime.now().isoformat(timespec="seconds"),
             "machine": machine(),
         },

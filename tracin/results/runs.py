@@ -19,6 +19,7 @@ from tracin.options import ScoreOptions
 from tracin.results.store import Salvage, ScoreFile
 from tracin.training.checkpoints import (
     Checkpoint,
+    list_checkpoints,
     load_distillation_teacher,
     load_run_checkpoints,
     select_checkpoints,
@@ -63,12 +64,31 @@ def load_role_checkpoints(run: TrainedRun, name: str, spec: str) -> tuple[list[C
     role = split_model_name(name)[0]
     if name not in run.record["models"]:  # a folder the run never trained (red-team S19)
         raise CheckpointError(f"{run.paths.run_json} records no model {name}: its folder is not this run's")
+    check_recorded_checkpoints(run, name)
     paths = select_checkpoints(run.paths.model_dir(name), role, spec)
     seed = run.record["config"].get("seed")
     replica_seed = seed + split_model_name(name)[1] * REPLICA_SEED_STRIDE if isinstance(seed, int) else None
     return load_run_checkpoints(
         paths, role, run.record["data_fingerprint"]["digest"], run.record["model_configs"].get(role), replica_seed
     )
+
+
+def check_recorded_checkpoints(run: TrainedRun, name: str) -> None:
+    """A CheckpointError unless the model folder's epoch_NNN.pt files are those run.json's
+    models/NAME/checkpoints lists: a checkpoint copied in is never scored, one deleted never passes unseen
+    (red-team K01, J04, J15)."""
+    model_dir, field = run.paths.model_dir(name), f"{run.paths.run_json}'s models/{name}/checkpoints"
+    listed = set(run.record["models"][name]["checkpoints"])
+    on_disk = {path.name for path in list_checkpoints(model_dir)}
+    if listed - on_disk:
+        missing = ", ".join(sorted(listed - on_disk))
+        raise CheckpointError(f"{field} lists {missing}, which {model_dir} lacks: deleted or moved?")
+    if on_disk - listed:
+        extra = sorted(on_disk - listed)[0]
+        raise CheckpointError(
+            f"{model_dir / extra} is not in {field}: a file copied in, or saved by a training killed before "
+            "it recorded it (resume that with tracin-train --resume)"
+        )
 
 
 def checked_data(run: TrainedRun) -> RunData:

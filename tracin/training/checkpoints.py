@@ -103,6 +103,8 @@ def load_checkpoint(path: Union[str, Path], role: Optional[str] = None) -> dict[
         check(payload, CHECKPOINT, str(path))
     except TracinError as error:
         raise CheckpointError(str(error)) from None
+    if payload.get("version", VERSION) != VERSION:  # red-team K12
+        raise CheckpointError(f"{path}: version {payload['version']!r}: this tracin reads checkpoint version {VERSION}")
     if not _is_state_dict(payload["model"]) or not all(isinstance(key, str) for key in payload["model"]):
         raise CheckpointError(f"{path}: model: not a state dict of named tensors")
     if not math.isfinite(payload["lr"]):  # the schema's bounds let NaN through

@@ -167,7 +167,9 @@ def check_same_run(record: dict, configs: dict[str, Any], root: Path) -> None:
     if differences:
         raise ConfigMismatchError(
             f"{root} was started with another configuration: {'; '.join(differences)}. "
-            "Resume with the original options, or start over with --overwrite"
+            "Resume with the original options, or start over with --overwrite",
+            root,
+            differences,
         )
 
 
@@ -193,7 +195,9 @@ def open_record(paths: RunPaths, resume: bool, overwrite: bool, configs: dict[st
     if differences and not resume:
         raise ConfigMismatchError(
             f"{paths.root} already holds a run with another configuration ({'; '.join(differences)}): continue it "
-            "with its own options, replace it with --overwrite, or choose another --run"
+            "with its own options, replace it with --overwrite, or choose another --run",
+            paths.root,
+            differences,
         )
     check_same_run(record, configs, paths.root)
     return record

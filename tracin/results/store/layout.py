@@ -12,6 +12,7 @@ import numpy as np
 
 from tracin.config import split_variant
 from tracin.errors import StoreError
+from tracin.results.store.hdf5 import attribute_value
 from tracin.variants import SCORE_VARIANTS
 
 if TYPE_CHECKING:
@@ -174,6 +175,10 @@ def _model_problems(group: h5py.Group, where: str, n_train: int, n_test: int) ->
             problems += _float32_problems(group[key], f"{where}/{key}", (rows, n_train))
         elif key == "test_prediction":
             problems += _shape_problems(group[key], f"{where}/{key}", (n_test,), "iu")
+    done = group.get("done")
+    complete = attribute_value(group.attrs.get("status")) == "complete"
+    if complete and isinstance(done, h5py.Dataset) and done.dtype.kind == "b" and not np.all(done[()]):
+        problems.append(f"{where} is marked complete, but {where}/done has blocks not scored")  # red-team H10
     for name in _ranking_groups(group):
         problems += _ranking_problems(group[name], f"{where}/{name}", n_train, n_test)
     return problems
