@@ -3,7 +3,7 @@
 `scripts/bench_engine.py` run, or a `scripts/gpu_session` run and later single steps saved beside it as
 NN-name.log), so that no figure there is typed by hand.
 
-    python scripts/bench_figures.py docs/measurements/cpu-2026-12-04               # print its section
+    python scripts/bench_figures.py docs/measurements/cpu-2026-12-05               # print its section
     python scripts/bench_figures.py docs/measurements/* --write docs/engine.md     # rewrite every section
 
 A folder's section sits between the markers `markers(folder)` names (the folder is in them); --write
@@ -24,6 +24,7 @@ TIMING = re.compile(r"^  (\S+)\s+([\d.]+) s(?:\s+peak\s+([\d.]+) GiB)?\s*$")
 PLAN = re.compile(r"^  plan of (\S+): memory (.*?) \(.*?\): (.*)$")
 DIFFERENCE = re.compile(r"^  (.+?)\s{2,}(\d\.\d+e[-+]\d+)$")
 RATIO = re.compile(r"^  (.+?)\s{2,}([\d.]+x .+?)\s*$")
+ZOO_PROBLEM = "torchvision resnet18, its own data (--zoo-n-train x --zoo-n-test, in the folder's README)"
 FAILED = re.compile(r"^(torch\.OutOfMemoryError|\w+Error): (.{0,60})")
 
 
@@ -39,9 +40,8 @@ def bench_rows(name: str, lines: list[str]) -> list[str]:
             plans[match.group(1)] = f"{match.group(2)}: {match.group(3)}"
         elif match := TIMING.match(line):
             contestant, seconds, peak = match.groups()
-            rows.append(
-                f"| {name} | {problem} | {contestant} | {seconds} | {peak or ''} | {plans.get(contestant, '')} |"
-            )
+            task = ZOO_PROBLEM if contestant.startswith("resnet18") else problem
+            rows.append(f"| {name} | {task} | {contestant} | {seconds} | {peak or ''} | {plans.get(contestant, '')} |")
         elif match := FAILED.match(line):
             rows.append(f"| {name} | {problem} | (next contestant) | failed: {match.group(1)} | | |")
     return rows
@@ -92,11 +92,9 @@ def section(folder: Path) -> str:
         "",
     ]
     out += ["Ratios and score differences, each within one process:", "", *ratios, ""]
-    for stem in ("01-gpu_check", "05-train-speed"):
-        path = folder / f"{stem}.log"
-        if path.exists():
-            body = [line for line in path.read_text().splitlines() if not line.startswith("== ")]
-            out += [f"`{stem}`:", "", "```", *body, "```", ""]
+    for path in (log for log in logs if log.stem.endswith(("gpu_check", "train-speed"))):  # shown as they are
+        body = [line for line in path.read_text().splitlines() if not line.startswith("== ")]
+        out += [f"`{path.stem}`:", "", "```", *body, "```", ""]
     out.append(end)
     return "\n".join(out)
 
