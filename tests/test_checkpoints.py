@@ -217,7 +217,8 @@ def _tiny_payload(role: str, epoch: int, teacher=None, seed: int = 0) -> dict:
         "lr_at_save": 0.1,
         "metrics": {},
     }
-    provenance = {"config": {}, "data_config": {}, "data_fingerprint": {"digest": "d"}, "teacher": teacher}
+    config_of_run = {"distill": "teacher" if teacher else "none"}  # a student's teacher field as its run's
+    provenance = {"config": config_of_run, "data_config": {}, "data_fingerprint": {"digest": "d"}, "teacher": teacher}
     return make_payload(role, build_model(config), config, training, provenance)
 
 

@@ -30,6 +30,13 @@ def run(name: str, *args, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=cwd)
 
 
+def run_with_fault(fault: str, name: str, *args, cwd: Path) -> subprocess.CompletedProcess:
+    """run() with TRACIN_FAULT set (tracin/faults.py: a kill or full disk at an exact point)."""
+    command = [str(Path(sys.executable).with_name(name)), *map(str, args)]
+    env = {**subprocess_env(), "TRACIN_FAULT": fault}
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+
+
 def digest(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -463,6 +470,8 @@ HAND_DAMAGE = [
     ("a class named twice", _attr("classes", '["a", "a", "b"]'), "names a class twice"),
     ("an unknown variant", _group_attr("teacher", "variants", '["nonexistent"]'), "names nonexistent, not a score"),
     ("a block not done in a complete model", _set_done_false, "marked complete, but"),  # H10
+    ("settings not JSON", _attr("settings", "{bad"), "the attribute 'settings' is not a JSON object"),  # round 6 H10
+    ("settings a list", _attr("settings", "[1, 2]"), "the attribute 'settings' is not a JSON object"),  # H16
 ]
 
 
@@ -695,3 +704,125 @@ def test_tracin_eval_removes_the_temporary_a_killed_evaluation_left(tiny_run, tm
     result = run("tracin-eval", "--run", "run", "--eval-dataset", "fashion-mnist", *data, cwd=tmp_path)
     assert result.returncode == 0 and f"removed {stale.relative_to(tmp_path)}" in result.stdout, result.stderr[-2000:]
     assert not stale.exists() and (tmp_path / "run" / "eval_fashion-mnist.csv").is_file()
+
+
+# --- red-team round 6 (held out) -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "settings, fragment",
+    [('{"batch_size": "x"}', "checkpoints"), ('{"checkpoints": "all", "batch_size": "x", "score.loss": "ce"}', "x")],
+)
+def test_report_refuses_settings_it_cannot_rebuild_the_scoring_from(tiny_scores, tmp_path, settings, fragment):
+    """H17, H18: tracin-report's KeyError or TypeError traceback on a hand-edited settings attribute."""
+    import h5py
+
+    from tracin.commands.report import _stored_settings
+
+    shutil.copy(tiny_scores, tmp_path / "tracin.h5")
+    with h5py.File(tmp_path / "tracin.h5", "r+") as h5:
+        h5.attrs["settings"] = settings
+    with ScoreFile.open_read(tmp_path / "tracin.h5") as store:
+        with pytest.raises(TracinError, match=f"attribute settings: .*{fragment}"):
+            _stored_settings(store)
+
+
+def test_a_kill_after_the_only_epoch_is_finished_by_the_same_command(tmp_path, fashion_mnist_root):
+    """F08, W02: history.csv was never written, and every rerun died on it."""
+    args = ("--run", "r", "--out-root", "runs", "--models", "teacher", "--data-root", fashion_mnist_root)
+    args += (*SMALL_TRAIN, "--epochs", "1", "--warmup-epochs", "0")
+    killed = run_with_fault("train-epoch:1:kill", "tracin-train", *args, cwd=tmp_path)
+    assert killed.returncode == -9 and not (tmp_path / "runs" / "r" / "teacher" / "history.csv").exists()
+    again = run("tracin-train", *args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len((tmp_path / "runs" / "r" / "teacher" / "history.csv").read_text().splitlines()) == 2
+
+
+def test_tracin_notebooks_refuses_an_out_dir_that_is_a_file_or_a_link(tiny_scores, tmp_path):
+    """X14: a FileExistsError traceback; X18: the pages were written into the link's target."""
+    (tmp_path / "file").write_text("mine")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert_one_line(run("tracin-notebooks", tiny_scores, "file", cwd=tmp_path), "exists and is not a folder")
+    assert_one_line(run("tracin-notebooks", tiny_scores, "link", cwd=tmp_path), "is a symbolic link")
+    assert (tmp_path / "file").read_text() == "mine" and not list((tmp_path / "elsewhere").iterdir())
+
+
+def test_a_training_batch_beyond_2_31_is_refused():
+    """T09: an overflow traceback in tensor.split, after run.json and init.pt were written."""
+    from tracin.config import TrainConfig
+
+    with pytest.raises(TracinError, match="batch_size must be at most 2"):
+        TrainConfig(batch_size=10**20)
+
+
+def test_a_last_pt_that_is_not_this_runs_is_refused_before_training(tiny_run):
+    """Q06: an epoch checkpoint copied over last.pt (KeyError 'resume'); Q07: an epoch beyond the run's,
+    which rewrote run.json and left the run stuck."""
+    import torch
+
+    from tracin.training.checkpoints import CheckpointError, list_checkpoints
+    from tracin.training.trainer import check_resumable
+
+    last = torch.load(tiny_run / "teacher" / "last.pt", weights_only=True)
+    epochs = last["epoch"]
+    check_resumable(tiny_run / "teacher" / "last.pt", last, epochs)
+    epoch = torch.load(list_checkpoints(tiny_run / "teacher")[0], weights_only=True)
+    with pytest.raises(CheckpointError, match="resume: missing"):
+        check_resumable(Path("last.pt"), epoch, epochs)
+    with pytest.raises(CheckpointError, match="epoch 99 is not one of the run's"):
+        check_resumable(Path("last.pt"), {**last, "epoch": 99}, epochs)
+
+
+def test_a_memory_budget_beyond_the_free_memory_is_warned_about():
+    """A16: --max-memory-gb 1e30 went by without a word."""
+    import torch
+
+    from tracin.commands.score import budget_warning
+    from tracin.engine.blocks import MemoryPlan, free_memory
+
+    free, _ = free_memory(torch.device("cpu"))
+    assert budget_warning(MemoryPlan(free // 2, "--max-memory-gb", 1, 1, 0), torch.device("cpu")) is None
+    assert budget_warning(MemoryPlan(2**100, "auto", 1, 1, 0), torch.device("cpu")) is None
+    warning = budget_warning(MemoryPlan(2**100, "--max-memory-gb", 1, 1, 0), torch.device("cpu"))
+    assert warning.startswith("warning: --max-memory-gb") and "available RAM" in warning
+
+
+@pytest.mark.parametrize("teacher, fragment", [(None, "teacher: None is not the teacher record"), ("/etc/passwd", "")])
+def test_a_students_teacher_record_edited_by_hand_is_refused(tiny_run, tmp_path, teacher, fragment):
+    """C17, C19: --loss kd-train scored a distilled student's train side with cross-entropy."""
+    import torch
+
+    from tracin.training.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
+
+    payload = torch.load(list_checkpoints(tiny_run / "student")[0], weights_only=True)
+    load_checkpoint(list_checkpoints(tiny_run / "student")[0], "student")
+    torch.save({**payload, "teacher": teacher}, tmp_path / "epoch_002.pt")
+    with pytest.raises(CheckpointError, match=re.escape(fragment or "is not the teacher record")):
+        load_checkpoint(tmp_path / "epoch_002.pt", "student")
+    teacher_payload = torch.load(list_checkpoints(tiny_run / "teacher")[0], weights_only=True)
+    torch.save({**teacher_payload, "teacher": "self"}, tmp_path / "teacher.pt")
+    with pytest.raises(CheckpointError, match="is not null"):
+        load_checkpoint(tmp_path / "teacher.pt", "teacher")
+
+
+def test_score_plots_killed_before_the_figures_are_drawn_by_the_same_command(tiny_run, tmp_path):
+    """R05: the rerun said the file was finished, and its figures were never drawn."""
+    args = ("--run", tiny_run, "--scores", "n.h5", "--models", "teacher", "--topk", "3", "--plots", "--device", "cpu")
+    args += ("--train-subset", "64", "--test-subset", "16", "--quiet")
+    killed = run_with_fault("report:1:kill", "tracin-score", *args, cwd=tmp_path)
+    assert killed.returncode == -9 and (tmp_path / "n.h5").is_file() and not (tmp_path / "n.plots").exists()
+    stamp = (tmp_path / "n.h5").stat().st_mtime_ns
+    again = run("tracin-score", *args, cwd=tmp_path)
+    assert again.returncode == 0 and "drawing its figures" in again.stdout, again.stderr[-2000:]
+    assert list((tmp_path / "n.plots").glob("*.png")) and (tmp_path / "n.h5").stat().st_mtime_ns == stamp
+
+
+def test_run_json_lists_each_checkpoint_once():
+    """J04 (round 6): a checkpoint listed twice was accepted."""
+    from tracin.schemas import RUN_JSON, check
+
+    entry = {**RUN_JSON["properties"]["models"]["additionalProperties"], "title": "run.json"}
+    check({"status": "done", "epoch": 2, "epochs": 2, "checkpoints": ["epoch_002.pt"]}, entry, "run.json")
+    with pytest.raises(TracinError, match="non-unique"):
+        check({"status": "done", "epoch": 2, "epochs": 2, "checkpoints": ["epoch_002.pt"] * 2}, entry, "run.json")

@@ -390,6 +390,7 @@ class TrainConfig(_Serializable):
         _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
         _check(0 <= self.seed < SEED_LIMIT, f"seed must be in 0..{SEED_LIMIT - 1}, got {self.seed}")
         _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
+        _check(self.batch_size <= 2**31, f"batch_size must be at most 2**31, got {self.batch_size}")  # red-team T09
         _check(0 < self.lr < math.inf, f"lr must be positive and finite, got {self.lr}")
         _check(self.save_every >= 1, f"save_every must be at least 1, got {self.save_every}")
         _check(1 <= self.student_stages <= 4, f"student stages must be between 1 and 4, got {self.student_stages}")

@@ -97,12 +97,13 @@ def check_models(option_name: str, names: tuple[str, ...]) -> None:
             ) from None
 
 
-def check_run_name(name: str) -> str:
-    """A run name is one plain folder name: --overwrite removes OUT_ROOT/NAME, so "", ".", "..", paths
-    and separators (which would point it at other runs or at folders no run made) are refused."""
+def check_run_name(name: str, flag: str = "--run") -> str:
+    """A run name (or the `flag` that names another folder under --out-root) is one plain folder name:
+    --overwrite removes OUT_ROOT/NAME, so "", ".", "..", paths and separators (which would point it at other
+    runs or at folders no run made) are refused."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or os.sep in name or "\0" in name:
         raise TracinError(
-            f"--run must be a plain name (no path separators, not empty, '.' or '..'), got {name!r}; use --out-root for the folder"
+            f"{flag} must be a plain name (no path separators, not empty, '.' or '..'), got {name!r}; use --out-root for the folder"
         )
     return name
 

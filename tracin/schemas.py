@@ -31,7 +31,11 @@ _MODEL_ENTRY = {
         "status": {"enum": ["pending", "partial", "done"]},
         "epoch": _COUNT,
         "epochs": {"type": "integer", "minimum": 1},
-        "checkpoints": {"type": "array", "items": {"type": "string", "pattern": "^epoch_[0-9]{3,}\\.pt$"}},
+        "checkpoints": {
+            "type": "array",
+            "items": {"type": "string", "pattern": "^epoch_[0-9]{3,}\\.pt$"},
+            "uniqueItems": True,
+        },
         "metrics": {"type": "object", "additionalProperties": {"type": ["number", "null"]}},
         "best_epoch": _COUNT,
     },
@@ -120,6 +124,21 @@ SWEEP_JSON = {
     },
 }
 
+SCORE_SETTINGS = {
+    "title": "score file settings (attribute settings of a tracin-score file)",
+    "description": "What a score file's scores depend on, as JSON; a resume compares it whole. tracin-report "
+    "rebuilds the scoring from these fields.",
+    "type": "object",
+    "required": ["checkpoints", "batch_size", "score.loss"],
+    "properties": {
+        "checkpoints": {"type": "string", "minLength": 1},
+        "batch_size": {"type": "integer", "minimum": 1},
+        "score.loss": {"type": "string"},
+        "score.test_label": {"type": "string"},
+        "models": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
 CLASS_MAP = {
     "title": "class map (tracin-eval --class-map)",
     "description": "Which class of the run each class of the evaluated data set counts as.",
@@ -150,7 +169,9 @@ CHECKPOINT = {
     },
 }
 
-SCHEMAS = {schema["title"]: schema for schema in (RUN_JSON, DATA_JSON, SWEEP_JSON, CLASS_MAP, CHECKPOINT)}
+SCHEMAS = {
+    schema["title"]: schema for schema in (RUN_JSON, DATA_JSON, SWEEP_JSON, SCORE_SETTINGS, CLASS_MAP, CHECKPOINT)
+}
 
 
 def check(instance: Any, schema: dict, source: str) -> Any:

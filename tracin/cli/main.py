@@ -301,7 +301,7 @@ def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
 
         options = options_from(SweepOptions, args, "tracin-sweep")
         sweep = sweep_module.Sweep(
-            check_run_name(options.sweep),
+            check_run_name(options.sweep, "--sweep"),
             tuple(sweep_module.parse_vary(v) for v in options.vary),
             tuple(base),
             options.out_root,
@@ -313,8 +313,9 @@ def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
             refuse_links_under(sweep.root, "in the sweep folder,")
         sweep_module.check_grid(sweep)
         epochs = sweep_module.final_epochs(base, TrainConfig().epochs)
+        passed_on.prog = "tracin-sweep --vary"  # a varied value tracin-train would refuse (red-team S03)
         runs = [  # every run checked before any trains: its options, its data and its models' size
-            build_train_parser().parse_args(run_argv) for _, run_argv in sweep_module.train_arguments(sweep, epochs)
+            passed_on.parse_args(run_argv) for _, run_argv in sweep_module.train_arguments(sweep, epochs)
         ]
         configs = [(*train_configs(run_args), run_options(run_args, ()).device) for run_args in runs]
         _check_sweep_runs(configs)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 from tracin.cli.boundary import arguments, run_command
 from tracin.cli.parsing import Parser, command_parser, options_from
 from tracin.errors import TracinError
-from tracin.files import refuse_link, write_atomic
+from tracin.files import refuse_link, refuse_links, write_atomic
 from tracin.options import NotebooksOptions
 
 
@@ -124,6 +124,11 @@ def execute_all(scores: Path, out_dir: Path, data_root: Optional[str]) -> list[P
     with ScoreFile.open_read(scores) as store:
         check_finished(store)
         skipped = {path: skip_reason(path, store) for path in sorted(notebook_folder().glob("*.ipynb"))}
+    refuse_link(out_dir, "OUT_DIR")  # the notebooks would land in the link's target (red-team X18)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TracinError(f"OUT_DIR {out_dir} exists and is not a folder")  # X14
+    pages = [out_dir / f"{notebook.stem}.html" for notebook, reason in skipped.items() if reason is None]
+    refuse_links(pages, "the HTML file")  # every page before the first notebook runs (X16, X17)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, failed = [], []
     for notebook, reason in skipped.items():

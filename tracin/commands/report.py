@@ -50,6 +50,7 @@ from tracin.results.runs import (
 )
 from tracin.results.store import QUALITY_REPORT, RANDOMIZATION, ScoreFile, salvage_own_damage
 from tracin.runtime import Runtime, machine, start_runtime
+from tracin.schemas import SCORE_SETTINGS, check
 from tracin.training.data import RunData, Split
 from tracin.training.models import build_model
 
@@ -120,7 +121,9 @@ def refresh_agreement(store: ScoreFile) -> bool:
 
 
 def _stored_settings(store: ScoreFile) -> dict:
-    return json.loads(store.attributes["settings"])
+    """The file's settings (a JSON object, checked by the layout), with the fields a report rebuilds the
+    scoring from checked (red-team H10, H16-H18)."""
+    return check(json.loads(store.attributes["settings"]), SCORE_SETTINGS, f"{store.path}: attribute settings")
 
 
 def stored_score_config(store: ScoreFile) -> ScoreConfig:

@@ -34,7 +34,7 @@ from tracin.config import (
     parse_topk,
     replicas_by_role,
 )
-from tracin.engine.blocks import MemoryPlan, work_factor
+from tracin.engine.blocks import MemoryPlan, free_memory, work_factor
 from tracin.engine.tracin import ScoreBlock, TracIn
 from tracin.errors import CheckpointError, DataError, TracinError
 from tracin.files import command_locks, refuse_link, remove_stale_temporaries, report_path
@@ -293,21 +293,12 @@ def score_run(options: ScoreOptions) -> Path:
         if options.examples:  # checked before the scoring, not after it (red-team S28)
             example_rows(options.examples, data.test.index.cpu().numpy())
         digests = checked_models(run, options, data, runtime)
-        store = _open_store(out, options, run, data, digests) if runtime.is_main else None
-        runtime.barrier()
-        with store or contextlib.nullcontext():
-            for role, digest in digests.items():
-                tracin = build_engine(role, run, options, runtime)
-                if checkpoints_digest(tracin.checkpoints) != digest:
-                    raise CheckpointError(
-                        f"the checkpoints of {role} changed while the run was scored; run the same command again"
-                    )
-                score_role(store, role, tracin, data, runtime, options, max(ks))
-                del tracin  # one model's checkpoints in memory at a time
-                gc.collect()  # on an H200 a dropped engine's device memory stayed allocated until a collection
-            if runtime.is_main:
-                report(store, options, ks, [*digests, *write_ensembles(store, list(digests), max(ks), runtime.device)])
-                out = store.path
+        settings = settings_of(options, run, data, digests)
+        if options.plots and not options.overwrite and ScoreFile.finished_with(out, settings):
+            # scored, killed before its figures (red-team R05): the same command draws them
+            print(f"{out} is finished with these settings: drawing its figures", flush=True)
+        else:
+            out = _score_into(out, options, run, data, digests, runtime, ks)
         if options.plots and runtime.is_main:
             faults.reach("report")
             for path in write_report(out, data_root=options.data_root, examples=options.examples):
@@ -324,8 +315,11 @@ def checked_models(run: TrainedRun, options: ScoreOptions, data: RunData, runtim
         tracin = build_engine(name, run, options, runtime)
         groups.update(tracin.group_names)
         plan = tracin.memory_plan(data.train, data.test, options.per_checkpoint)
-        warning = plan_warning(name, plan, len(data.train), len(data.test), options.engine.batch_size)
-        if warning and runtime.is_main:
+        warnings = [
+            plan_warning(name, plan, len(data.train), len(data.test), options.engine.batch_size),
+            budget_warning(plan, runtime.device),
+        ]
+        for warning in (w for w in warnings if w and runtime.is_main):
             print(warning, flush=True)  # on stdout: stderr is kept for the one line of an error
         digests[name] = checkpoints_digest(tracin.checkpoints)
         del tracin  # before the next model's checkpoints are loaded
@@ -353,6 +347,49 @@ def plan_warning(name: str, plan: MemoryPlan, n_train: int, n_test: int, batch_s
         f"warning: {name}: {plan.describe(n_test)}: {factor:.0f} times the gradient batches of one pass; "
         "more memory (--max-memory-gb) makes it faster"
     )
+
+
+def budget_warning(plan: MemoryPlan, device) -> Optional[str]:
+    """A warning when --max-memory-gb is more than the device has free (red-team A16): a plan that uses it
+    runs out of memory instead of blocking."""
+    if plan.source != "--max-memory-gb":
+        return None
+    free, where = free_memory(device)
+    if plan.budget <= free:
+        return None
+    return (
+        f"warning: --max-memory-gb {plan.budget / 2**30:.3g} is more than the {free / 2**30:.3g} GiB {where}: "
+        "a plan that uses it runs out of memory; auto plans within what is free"
+    )
+
+
+def _score_into(
+    out: Path,
+    options: ScoreOptions,
+    run: TrainedRun,
+    data: RunData,
+    digests: dict[str, str],
+    runtime: Runtime,
+    ks: Sequence[int],
+) -> Path:
+    """Score every model of `digests` into the file at `out` (made, resumed or replacing it), compare and
+    report; returns the finished file's path."""
+    store = _open_store(out, options, run, data, digests) if runtime.is_main else None
+    runtime.barrier()
+    with store or contextlib.nullcontext():
+        for role, digest in digests.items():
+            tracin = build_engine(role, run, options, runtime)
+            if checkpoints_digest(tracin.checkpoints) != digest:
+                raise CheckpointError(
+                    f"the checkpoints of {role} changed while the run was scored; run the same command again"
+                )
+            score_role(store, role, tracin, data, runtime, options, max(ks))
+            del tracin  # one model's checkpoints in memory at a time
+            gc.collect()  # on an H200 a dropped engine's device memory stayed allocated until a collection
+        if runtime.is_main:
+            report(store, options, ks, [*digests, *write_ensembles(store, list(digests), max(ks), runtime.device)])
+            return store.path
+    return out
 
 
 def checkpoints_digest(checkpoints: Sequence[Checkpoint]) -> str:

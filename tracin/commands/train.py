@@ -156,7 +156,7 @@ def write_run_summary(paths: RunPaths, classes: Sequence[str]) -> None:
     models = [
         name
         for name, entry in (read_record(paths) or {}).get("models", {}).items()
-        if entry.get("status") == "done" and paths.per_class(name).is_file()
+        if entry.get("status") == "done" and paths.per_class(name).is_file() and paths.history(name).is_file()
     ]
     if not models:
         return

@@ -107,17 +107,22 @@ class MemoryPlan:
         )
 
 
-def auto_memory(device: torch.device) -> tuple[int, str]:
-    """(bytes, where from) for --max-memory-gb auto: AUTO_MEMORY_SHARE of the memory free now on a CUDA
-    device (what PyTorch holds cached counts as free), or of the RAM available to this process (within
-    its cgroup's limit) shared among the processes torchrun started on this machine. The rest is left
-    for activations, a batch's gradients and the allocator."""
+def free_memory(device: torch.device) -> tuple[int, str]:
+    """(bytes, what they are) free now on a CUDA device (what PyTorch holds cached counts as free), or the
+    RAM available to this process within its cgroup's limit."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int(
-            free * AUTO_MEMORY_SHARE
-        ), f"auto: {AUTO_MEMORY_SHARE:.0%} of {free / 2**30:.3g} GiB free on {device}"
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device), f"free on {device}"
+    return available_ram(), "available RAM"
+
+
+def auto_memory(device: torch.device) -> tuple[int, str]:
+    """(bytes, where from) for --max-memory-gb auto: AUTO_MEMORY_SHARE of the memory free now on a CUDA
+    device (free_memory), or of the RAM available to this process shared among the processes torchrun
+    started on this machine. The rest is left for activations, a batch's gradients and the allocator."""
+    if device.type == "cuda":
+        free, where = free_memory(device)
+        return int(free * AUTO_MEMORY_SHARE), f"auto: {AUTO_MEMORY_SHARE:.0%} of {free / 2**30:.3g} GiB {where}"
     available = available_ram()
     try:
         processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))

@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from tracin import faults
 from tracin.config import DataConfig, ModelConfig, TrainConfig
-from tracin.errors import NonFiniteError
+from tracin.errors import CheckpointError, NonFiniteError
 from tracin.files import append_line, write_json_atomic
 from tracin.runtime import Runtime
 from tracin.training import losses
@@ -284,8 +284,30 @@ def start_or_resume(job: ModelJob, run: RunContext) -> Trainee:
         init_payload = checkpoint_payload(job, run, trainee, lr=0.0, metrics={})
         _save_on_main(run, lambda: init_payload, run.paths.init(job.name))
     else:
+        check_resumable(last, payload, run.config.epochs)
         _restore(trainee, payload)
     return trainee
+
+
+def check_resumable(path: Path, payload: dict, epochs: int) -> None:
+    """A CheckpointError unless `payload` is a last.pt this run could have written: optimizer, scheduler and
+    resume state present, and an epoch within the run's `epochs` that its history covers (red-team Q06, Q07:
+    an epoch checkpoint copied over last.pt, or its epoch edited, failed later or rewrote run.json)."""
+    resume = payload.get("resume")
+    for name, value in (
+        ("optimizer", payload.get("optimizer")),
+        ("scheduler", payload.get("scheduler")),
+        ("resume", resume),
+    ):
+        if not isinstance(value, dict):
+            raise CheckpointError(f"{path}: {name}: missing (not a last.pt tracin-train wrote)")
+    if not isinstance(resume.get("history"), list) or not isinstance(resume.get("interval_lrs"), list):
+        raise CheckpointError(f"{path}: resume: no history and interval_lrs (not a last.pt tracin-train wrote)")
+    if not 1 <= payload["epoch"] <= epochs or len(resume["history"]) != payload["epoch"]:
+        raise CheckpointError(
+            f"{path}: epoch {payload['epoch']} is not one of the run's {epochs} epochs its history of "
+            f"{len(resume['history'])} covers; move it away to restart that model"
+        )
 
 
 def new_trainee(job: ModelJob, run: RunContext, state: dict[str, Tensor], source: str) -> Trainee:
@@ -513,6 +535,7 @@ def finish_model(job: ModelJob, run: RunContext, trainee: Trainee) -> None:
     """Curves, the confusion matrix of the best saved checkpoint, and status `done` in run.json."""
     if run.runtime.is_main:
         paths, history, test = run.paths, trainee.state.history, run.data.test
+        write_history(history, paths.history(job.name))  # a run killed after its last epoch's last.pt has none
         best = best_saved(history)
         plot_history(history, paths.curves(job.name), f"{paths.root.name}: {job.name}")
         model = load_frozen(paths.checkpoint(job.name, best["epoch"]), job.role, run.runtime)

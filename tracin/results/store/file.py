@@ -139,6 +139,20 @@ class ScoreFile:
         return store, False
 
     @classmethod
+    def finished_with(cls, path: Path, settings: dict) -> bool:
+        """Whether `path` is a finished, undamaged tracin-score file made with these settings (read only; a
+        file that is not one reads as False, for create_or_resume to name why)."""
+        if not path.is_file() or path.is_symlink():
+            return False
+        try:
+            stored, status = cls._header(path)
+        except (TracinError, ValueError):  # not a score file, or its settings not JSON
+            return False
+        if status != "complete" or not isinstance(stored, dict) or setting_differences(stored, settings):
+            return False
+        return not find_damage(path)
+
+    @classmethod
     def _header(cls, path: Path) -> tuple[dict, str]:
         """(settings, status) of a tracin-score file, read only; a file whose header does not read is refused."""
         with cls.open_read(path) as store:

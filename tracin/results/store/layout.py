@@ -135,13 +135,24 @@ def class_names(h5, name: str) -> Optional[list[str]]:
 
 
 def _attribute_problems(h5) -> list[str]:
-    problems = []
+    problems = (
+        []
+        if _is_json_object(attribute_value(h5.attrs.get("settings")))
+        else ["the attribute 'settings' is not a JSON object"]
+    )
     for name in ("classes", "fine_classes"):
         try:
             class_names(h5, name)
         except StoreError as error:
             problems.append(str(error))
     return problems
+
+
+def _is_json_object(text) -> bool:
+    try:
+        return isinstance(text, str) and isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 def _header_value_problems(h5) -> list[str]:
