@@ -711,7 +711,10 @@ def test_tracin_eval_removes_the_temporary_a_killed_evaluation_left(tiny_run, tm
 
 @pytest.mark.parametrize(
     "settings, fragment",
-    [('{"batch_size": "x"}', "checkpoints"), ('{"checkpoints": "all", "batch_size": "x", "score.loss": "ce"}', "x")],
+    [
+        ('{"batch_size": "x"}', "checkpoints"),
+        ('{"checkpoints": "all", "batch_size": "x", "score.loss": "ce"}', "batch_size"),
+    ],
 )
 def test_report_refuses_settings_it_cannot_rebuild_the_scoring_from(tiny_scores, tmp_path, settings, fragment):
     """H17, H18: tracin-report's KeyError or TypeError traceback on a hand-edited settings attribute."""
@@ -753,7 +756,8 @@ def test_a_training_batch_beyond_2_31_is_refused():
     from tracin.config import TrainConfig
 
     with pytest.raises(TracinError, match="batch_size must be at most 2"):
-        TrainConfig(batch_size=10**20)
+        TrainConfig(batch_size=2**31 + 1)
+    TrainConfig(batch_size=2**31)
 
 
 def test_a_last_pt_that_is_not_this_runs_is_refused_before_training(tiny_run):
@@ -801,6 +805,10 @@ def test_a_students_teacher_record_edited_by_hand_is_refused(tiny_run, tmp_path,
     with pytest.raises(CheckpointError, match=re.escape(fragment or "is not the teacher record")):
         load_checkpoint(tmp_path / "epoch_002.pt", "student")
     teacher_payload = torch.load(list_checkpoints(tiny_run / "teacher")[0], weights_only=True)
+    without = {key: value for key, value in payload.items() if key != "teacher"}  # the field deleted: refused too
+    torch.save(without, tmp_path / "deleted.pt")
+    with pytest.raises(CheckpointError, match="teacher: None is not the teacher record"):
+        load_checkpoint(tmp_path / "deleted.pt", "student")
     torch.save({**teacher_payload, "teacher": "self"}, tmp_path / "teacher.pt")
     with pytest.raises(CheckpointError, match="is not null"):
         load_checkpoint(tmp_path / "teacher.pt", "teacher")
@@ -826,3 +834,31 @@ def test_run_json_lists_each_checkpoint_once():
     check({"status": "done", "epoch": 2, "epochs": 2, "checkpoints": ["epoch_002.pt"]}, entry, "run.json")
     with pytest.raises(TracinError, match="non-unique"):
         check({"status": "done", "epoch": 2, "epochs": 2, "checkpoints": ["epoch_002.pt"] * 2}, entry, "run.json")
+
+
+def test_report_checks_its_output_links_before_the_work(tiny_run, tiny_scores, tmp_path):
+    """L07: a link at quality_report.md was refused only after the randomization was computed and written."""
+    shutil.copy(tiny_scores, tmp_path / "tracin.h5")
+    (tmp_path / "theirs.md").write_text("theirs")
+    os.link(tmp_path / "theirs.md", tmp_path / "quality_report.md")
+    before = hashlib.sha256((tmp_path / "tracin.h5").read_bytes()).hexdigest()
+    args = ("--run", tiny_run, "--scores", "tracin.h5", "--device", "cpu", "--quiet")
+    assert_one_line(run("tracin-report", *args, cwd=tmp_path), "quality_report.md")
+    assert hashlib.sha256((tmp_path / "tracin.h5").read_bytes()).hexdigest() == before
+    assert (tmp_path / "theirs.md").read_text() == "theirs"
+
+
+def test_validate_refuses_conditions_that_apply_to_none_of_its_models(tiny_scores):
+    """P10: leave-top-k-out was skipped without a word, its --test-examples and --k unread."""
+    from tracin.commands.validate import make_plan
+    from tracin.options import ValidateOptions
+
+    with ScoreFile.open_read(tiny_scores) as store:
+        for conditions, models in ((("own",), ("teacher",)), (("teacher",), ("student",))):
+            options = ValidateOptions(run="r", models=models, conditions=conditions, test_examples=2, k=2, subsets=3)
+            assert make_plan(options, store).conditions[models[0]] == conditions
+        options = ValidateOptions(
+            run="r", models=("teacher",), conditions=("teacher",), test_examples=2, k=2, subsets=3
+        )
+        with pytest.raises(TracinError, match="apply to none of teacher"):
+            make_plan(options, store)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tracin.commands.sweep import Sweep, parse_vary, train_arguments
+from tracin.commands.sweep import Sweep, flags_of, parse_vary, train_arguments
 
 from conftest import demo_copy, subprocess_env
 
@@ -277,7 +277,7 @@ def test_a_bad_value_of_any_run_is_refused_before_anything_trains(tmp_path, fash
         tmp_path,
         "--data-root",
         fashion_mnist_root,
-        *without("--save-every", *(f"--{word.split('=')[0]}" for word in args if "=" in word)),
+        *without("--save-every", *(flag for word in args if "=" in word for flag in flags_of(parse_vary(word)[0]))),
         "--save-every",
         "1",
         *args,

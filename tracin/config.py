@@ -28,6 +28,7 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DISTILL = ("teacher", "self", "none")
 SHORTCUT_MODES = ("class", "inherit")  # DataConfig.shortcut_mode
+BATCH_SIZE_LIMIT = 2**31  # a training batch above it overflows tensor.split (red-team T09)
 SEED_LIMIT = 2**32  # every seed below it: numpy's, torch's and HDF5's integers all hold it, replicas' too
 SHORTCUT_FRACTION, SHORTCUT_PATCH = 0.1, 3  # DataConfig's defaults, read only with a shortcut class
 STUDENT_INIT = ("scratch", "teacher")
@@ -390,7 +391,7 @@ class TrainConfig(_Serializable):
         _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
         _check(0 <= self.seed < SEED_LIMIT, f"seed must be in 0..{SEED_LIMIT - 1}, got {self.seed}")
         _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
-        _check(self.batch_size <= 2**31, f"batch_size must be at most 2**31, got {self.batch_size}")  # red-team T09
+        _check(self.batch_size <= BATCH_SIZE_LIMIT, f"batch_size must be at most 2**31, got {self.batch_size}")
         _check(0 < self.lr < math.inf, f"lr must be positive and finite, got {self.lr}")
         _check(self.save_every >= 1, f"save_every must be at least 1, got {self.save_every}")
         _check(1 <= self.student_stages <= 4, f"student stages must be between 1 and 4, got {self.student_stages}")

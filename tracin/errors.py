@@ -4,6 +4,8 @@ The command-line front ends turn a `TracinError` into one line on stderr and exi
 is a bug and keeps its traceback.
 """
 
+from typing import Sequence
+
 
 class TracinError(Exception):
     """A user mistake: bad input, missing data, a file that does not fit. The message says how to fix it."""
@@ -22,7 +24,7 @@ class ConfigMismatchError(TracinError):
     and `differences` ('field (stored -> current)') let a caller give its own way out (tracin-sweep has no
     --overwrite)."""
 
-    def __init__(self, message: str, root: object = None, differences: tuple[str, ...] = ()) -> None:
+    def __init__(self, message: str, root: object, differences: Sequence[str]) -> None:
         super().__init__(message)
         self.root, self.differences = root, tuple(differences)
 

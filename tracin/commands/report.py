@@ -69,6 +69,7 @@ def report_run(options: ReportOptions) -> Path:
         salvaged = salvage_own_damage(path, (RANDOMIZATION, QUALITY_REPORT))
         if salvaged is not None:
             print(describe_salvage(path, salvaged), flush=True)
+        refuse_links(quality_outputs(path), "the report")  # before the work, not after it (red-team L07, L08)
         for output in (report_path(path, "quality_report.md"), report_path(path, "plots") / "quality_report.png"):
             for stale in remove_stale_temporaries(output):  # a killed report's; the score file's lock is held
                 print(f"removed {stale}, left by an interrupted write", flush=True)
@@ -80,6 +81,12 @@ def report_run(options: ReportOptions) -> Path:
                     f"{path} has none of the models {', '.join(options.models)} (it has {', '.join(store.models)})"
                 )
             check_scored_checkpoints(store, run, models)
+            if options.randomization_train > store.n_train or options.randomization_test > store.n_test:
+                print(  # said, not silent (red-team P14): the sample is what the file holds
+                    f"model randomization: {min(options.randomization_train, store.n_train)} train x "
+                    f"{min(options.randomization_test, store.n_test)} test examples, all the file holds",
+                    flush=True,
+                )
             data = checked_data(run)
             if refresh_agreement(store):
                 runtime.log(
@@ -231,13 +238,17 @@ def test_predictions(name: str, store: ScoreFile, run: TrainedRun, data: RunData
 # --- files ------------------------------------------------------------------------------------------------
 
 
+def quality_outputs(path: Path) -> tuple[Path, ...]:
+    """What write_quality_files writes for the score file at `path`: the Markdown, the plots folder, the PNG."""
+    plots = report_path(path, "plots")
+    return report_path(path, "quality_report.md"), plots, plots / "quality_report.png"
+
+
 def write_quality_files(path: Path, table: np.ndarray, said: Sequence[str] = ()) -> Path:
     """quality_report.md (the table and the verdicts `said`) beside the score file and
     plots/quality_report.png; returns the Markdown's path."""
     markdown = report_path(path, "quality_report.md")
-    refuse_links(
-        (markdown, report_path(path, "plots"), report_path(path, "plots") / "quality_report.png"), "the report"
-    )
+    refuse_links(quality_outputs(path), "the report")
     text = (
         quality_report_markdown(table, groups=True) + "".join(f"\n- {line}" for line in said) + ("\n" if said else "")
     )

@@ -298,7 +298,7 @@ def score_run(options: ScoreOptions) -> Path:
             # scored, killed before its figures (red-team R05): the same command draws them
             print(f"{out} is finished with these settings: drawing its figures", flush=True)
         else:
-            out = _score_into(out, options, run, data, digests, runtime, ks)
+            out = _score_into(out, options, run, data, digests, settings, runtime, ks)
         if options.plots and runtime.is_main:
             faults.reach("report")
             for path in write_report(out, data_root=options.data_root, examples=options.examples):
@@ -349,7 +349,7 @@ def plan_warning(name: str, plan: MemoryPlan, n_train: int, n_test: int, batch_s
     )
 
 
-def budget_warning(plan: MemoryPlan, device) -> Optional[str]:
+def budget_warning(plan: MemoryPlan, device: torch.device) -> Optional[str]:
     """A warning when --max-memory-gb is more than the device has free (red-team A16): a plan that uses it
     runs out of memory instead of blocking."""
     if plan.source != "--max-memory-gb":
@@ -369,12 +369,13 @@ def _score_into(
     run: TrainedRun,
     data: RunData,
     digests: dict[str, str],
+    settings: dict,
     runtime: Runtime,
     ks: Sequence[int],
 ) -> Path:
-    """Score every model of `digests` into the file at `out` (made, resumed or replacing it), compare and
-    report; returns the finished file's path."""
-    store = _open_store(out, options, run, data, digests) if runtime.is_main else None
+    """Score every model of `digests` into the file at `out` (made with `settings`, resumed or replacing
+    it), compare and report; returns the finished file's path."""
+    store = _open_store(out, options, run, data, settings) if runtime.is_main else None
     runtime.barrier()
     with store or contextlib.nullcontext():
         for role, digest in digests.items():
@@ -397,10 +398,9 @@ def checkpoints_digest(checkpoints: Sequence[Checkpoint]) -> str:
     return hashlib.sha256("".join(c.sha256 for c in checkpoints).encode()).hexdigest()[:16]
 
 
-def _open_store(out: Path, options: ScoreOptions, run: TrainedRun, data: RunData, digests: dict[str, str]) -> ScoreFile:
+def _open_store(out: Path, options: ScoreOptions, run: TrainedRun, data: RunData, settings: dict) -> ScoreFile:
     for stale in remove_stale_temporaries(out):
         print(f"removed {stale}, left by an interrupted run", flush=True)
-    settings = settings_of(options, run, data, digests)
     store, resumed = ScoreFile.create_or_resume(
         out, settings, file_attrs(options, run, data), data_arrays(data), options.overwrite
     )

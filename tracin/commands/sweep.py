@@ -165,7 +165,7 @@ def _flags(combination: dict[str, str]) -> list[str]:
                 raise TracinError(f"--vary augment takes on,off; got {value!r}")
             flags += [] if value.lower() in ("on", "true", "yes", "1") else ["--no-augment"]
             continue
-        flags += [f"--{key.replace('_', '-')}", value]
+        flags += [flags_of(key)[0], value]
     return flags
 
 

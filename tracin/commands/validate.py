@@ -92,6 +92,12 @@ def make_plan(options: ValidateOptions, store: ScoreFile) -> Plan:
             f"score again with a larger --topk, or lower --k"
         )
     conditions = {m: _available(m, options.conditions, store) for m in options.models}
+    if options.test_examples and not any(conditions.values()):  # red-team P10: leave-out skipped without a word
+        raise TracinError(
+            f"--conditions {','.join(options.conditions)} apply to none of {', '.join(options.models)} (own, random "
+            "and opponents apply to every model, teacher and baseline to students); for LDS alone give "
+            "--test-examples 0"
+        )
     sources = {_source(c, m) for m, found in conditions.items() for c in found} | set(options.models)
     variants = options.variants or (store.model(options.models[0]).variants[0],)
     for variant in variants:

@@ -278,13 +278,14 @@ def start_or_resume(job: ModelJob, run: RunContext) -> Trainee:
     (which is then saved as init.pt)."""
     last = run.paths.last(job.name)
     payload = load_checkpoint(last, role=job.role) if last.is_file() else None
+    if payload is not None:
+        check_resumable(last, payload, run.config.epochs)  # before its weights are loaded
     source = str(last) if payload else f"the initial state of the {job.name}"
     trainee = new_trainee(job, run, payload["model"] if payload else job.initial_state, source)
     if payload is None:
         init_payload = checkpoint_payload(job, run, trainee, lr=0.0, metrics={})
         _save_on_main(run, lambda: init_payload, run.paths.init(job.name))
     else:
-        check_resumable(last, payload, run.config.epochs)
         _restore(trainee, payload)
     return trainee
 

@@ -187,8 +187,9 @@ def _model_problems(group: h5py.Group, where: str, n_train: int, n_test: int) ->
         elif key == "test_prediction":
             problems += _shape_problems(group[key], f"{where}/{key}", (n_test,), "iu")
     done = group.get("done")
-    complete = attribute_value(group.attrs.get("status")) == "complete"
-    if complete and isinstance(done, h5py.Dataset) and done.dtype.kind == "b" and not np.all(done[()]):
+    if "done" in group and not (isinstance(done, h5py.Dataset) and done.dtype.kind == "b" and done.ndim == 2):
+        problems.append(f"{where}/done is not a 2-D boolean mask of the score blocks")
+    elif done is not None and attribute_value(group.attrs.get("status")) == "complete" and not np.all(done[()]):
         problems.append(f"{where} is marked complete, but {where}/done has blocks not scored")  # red-team H10
     for name in _ranking_groups(group):
         problems += _ranking_problems(group[name], f"{where}/{name}", n_train, n_test)
