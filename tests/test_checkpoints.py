@@ -94,6 +94,13 @@ def test_load_checkpoint_checks_format_and_role(tmp_path):
         load_checkpoint(tmp_path / "bare.pt")
 
 
+def test_a_tracin_train_checkpoint_with_weights_of_another_dtype_is_refused(tmp_path):
+    """Red-team round 7 (C07): a weight stored as float64 was cast to float32 without a word."""
+    save_atomic({**_payload(), "model": {"w": torch.arange(3.0, dtype=torch.float64)}}, tmp_path / "epoch_002.pt")
+    with pytest.raises(CheckpointError, match="model: w is torch.float64, expected torch.float32"):
+        load_checkpoint(tmp_path / "epoch_002.pt")
+
+
 def test_list_checkpoints_orders_by_epoch_and_skips_other_files(tmp_path):
     for name in ("epoch_010.pt", "epoch_002.pt", "last.pt", "init.pt", "epoch_004.pt"):
         (tmp_path / name).write_bytes(b"")

@@ -231,6 +231,19 @@ def test_an_export_folder_planted_as_a_link_is_refused(explore_run, tmp_path):
     assert not (tmp_path / "e.html").exists()  # refused before any work
 
 
+@pytest.mark.parametrize("planted", ["export/overlap.csv", "e_files"])
+def test_a_link_inside_the_export_or_at_the_data_folder_is_refused_before_the_page(explore_run, tmp_path, planted):
+    """Red-team borderline K07: a link at an exported table was refused only after the page was written."""
+    colleague = tmp_path / "colleague"
+    colleague.mkdir()
+    (tmp_path / "export").mkdir()
+    (tmp_path / planted).symlink_to(colleague, target_is_directory=True)
+    result = explore_command("--run", explore_run, "--out", tmp_path / "e.html", "--export", tmp_path / "export")
+    assert result.returncode == 2 and "symbolic link" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and list(colleague.iterdir()) == []
+    assert not (tmp_path / "e.html").exists() and not (tmp_path / "export" / "topk.csv").exists()
+
+
 def test_a_page_is_never_written_over_a_file_it_did_not_write(explore_run, tmp_path):
     """A mistyped --out naming the score file (or any other file) leaves it as it was; an earlier page is
     replaced."""

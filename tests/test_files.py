@@ -121,3 +121,10 @@ def test_a_lock_that_cannot_be_removed_does_not_hide_the_result(tmp_path, monkey
     with exclusive_lock(tmp_path / "tracin.h5", "the score file"):
         monkeypatch.setattr(Path, "unlink", refuse)
     assert (tmp_path / ".tracin.h5.lock").exists()  # left behind, and no error replaced the command's own end
+
+
+def test_a_folder_where_no_lock_file_can_be_made_is_one_line():
+    """Red-team round 7: --scores /proc/x.h5 (a folder where files cannot be made) was a traceback."""
+    with pytest.raises(TracinError, match=r"/proc/\.x\.h5\.lock: cannot make a lock file there"):
+        with exclusive_lock("/proc/x.h5", "the score file"):
+            pass

@@ -94,9 +94,9 @@ def test_values_are_comma_separated_and_the_old_spellings_still_work_with_a_note
         "teacher",
         "student",
     )
-    assert "--models takes comma-separated values" in capsys.readouterr().err
+    assert "--models takes comma-separated values" in capsys.readouterr().out  # notes: stderr is for a mistake
     assert score_options(_parse("score", "--out", "x.h5"), []).scores == "x.h5"
-    assert "--out is now --scores" in capsys.readouterr().err
+    assert "--out is now --scores" in capsys.readouterr().out
     assert score_options(_parse("score", "--scores", "x.h5"), []).scores == "x.h5"
     assert capsys.readouterr().err == ""
 

@@ -9,7 +9,7 @@ import pytest
 from tracin.config import DataConfig, TrainConfig
 from tracin.errors import ConfigMismatchError, TracinError
 from tracin.files import write_json_atomic
-from tracin.training.run_folder import RunPaths, check_same_run, differing_fields, new_record, open_record
+from tracin.training.run_folder import RunPaths, check_same_run, differing_fields, new_record, open_record, read_record
 
 CONFIGS = {"config": {"lr": 0.1, "epochs": 4}, "data_config": {"data_root": "data", "label_noise": 0.0}}
 RECORD = new_record(
@@ -65,3 +65,15 @@ def test_open_record_refuses_to_mix_runs(tmp_path):
         open_record(paths, resume=False, overwrite=True, configs=CONFIGS)
     write_json_atomic(RECORD, paths.run_json)
     assert open_record(paths, resume=False, overwrite=True, configs=CONFIGS) is None
+
+
+@pytest.mark.parametrize("status, epoch", [("partial", 5), ("done", 3), ("done", 5)])
+def test_a_model_epoch_that_disagrees_with_its_epochs_is_refused(tmp_path, status, epoch):
+    """Red-team round 7 (J14): models/teacher/epoch 99 of 2 epochs, status done, was accepted."""
+    paths = RunPaths(tmp_path)
+    entry = {"status": status, "epoch": epoch, "epochs": 4, "checkpoints": []}
+    write_json_atomic({**RECORD, "models": {"teacher": entry}}, paths.run_json)
+    with pytest.raises(TracinError, match=f"run.json: models/teacher/epoch is {epoch}; expected "):
+        read_record(paths)
+    write_json_atomic({**RECORD, "models": {"teacher": {**entry, "epoch": 4}}}, paths.run_json)
+    assert read_record(paths)["models"]["teacher"]["epoch"] == 4

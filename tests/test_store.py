@@ -301,3 +301,23 @@ def test_a_file_another_process_writes_is_in_use_not_corrupt(tmp_path):
         )
     assert reader.returncode != 0
     assert "is in use: another process" in reader.stderr and "corrupt" not in reader.stderr
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda h5: h5.attrs.__setitem__("mode", "projected"), "the attribute 'mode' is 'projected', but the file's"),
+        (lambda h5: h5.attrs.__setitem__("proj_dim", 64), "the attribute 'proj_dim' is 64"),
+        (lambda h5: h5["teacher/checkpoints/epoch"].__setitem__(0, 5), "/teacher/checkpoints/epoch records epoch 5"),
+        (lambda h5: h5["teacher/checkpoints"].__delitem__("lr"), "/teacher/checkpoints is not a table of path"),
+    ],
+)
+def test_a_header_that_disagrees_with_itself_is_refused(tiny_scores, tmp_path, edit, message):
+    """Red-team round 7 (H06, H17): an attribute repeating a setting, or a checkpoint's epoch, edited by hand
+    was reported as if true."""
+    path = tmp_path / "tracin.h5"
+    path.write_bytes(tiny_scores.read_bytes())
+    with h5py.File(path, "r+") as h5:
+        edit(h5)
+    with ScoreFile.open_read(path) as store:
+        assert any(message in problem for problem in store_module.layout_problems(store)), message

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tracin.commands.sweep import Sweep, flags_of, parse_vary, train_arguments
+from tracin.commands.sweep import Sweep, check_grid, flags_of, parse_vary, train_arguments
+from tracin.errors import TracinError
 
 from conftest import demo_copy, subprocess_env
 
@@ -284,3 +285,24 @@ def test_a_bad_value_of_any_run_is_refused_before_anything_trains(tmp_path, fash
     )
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_json_of_another_grid_or_damaged_is_refused(tmp_path):
+    """Red-team W20, W21: sweep.json was never read, so a damaged one (or one of another grid) was silently
+    replaced; it is read through its schema, and its grid must be this sweep's (a value may be added)."""
+    sweep = Sweep("s", (parse_vary("temperature=1,2"),), (), str(tmp_path))
+    sweep.root.mkdir()
+    record = {"command": ["tracin-sweep"], "vary": {"temperature": ["1", "2"]}, "finished": "2026-12-05T04:00:00"}
+    (sweep.root / "sweep.json").write_text(json.dumps({**record, "machine": {}}))
+    check_grid(sweep)
+    check_grid(Sweep("s", (parse_vary("temperature=1,2,5"),), (), str(tmp_path)))  # a value added
+    for vary in ("temperature=1", "alpha=1,2"):
+        with pytest.raises(TracinError, match="sweep.json: vary: the sweep s was made with --vary temperature=1,2"):
+            check_grid(Sweep("s", (parse_vary(vary),), (), str(tmp_path)))
+    for damaged, field in (
+        ('{"command": 1}', "required property"),
+        (json.dumps({**record, "machine": {}})[:-1], "not valid"),
+    ):
+        (sweep.root / "sweep.json").write_text(damaged)
+        with pytest.raises(TracinError, match=f"sweep.json: .*{field}"):
+            check_grid(sweep)

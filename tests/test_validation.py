@@ -230,6 +230,8 @@ def test_mistakes_are_one_line(tiny_run, full_scores, tmp_path):
         (["--variants", "cosine", "--k", "3"], "holds no such scores"),
         (["--models", "assistant"], "is not a model name"),
         (["--fraction", "1.5"], "--fraction must be in (0, 1)"),
+        (["--subsets", "0", "--fraction", "0.3"], "--fraction is not read with --subsets 0"),  # red-team round 7
+        (["--test-examples", "0", "--k", "3"], "--k is not read with --test-examples 0"),
         (["--conditions", "own,everything"], "--conditions takes"),
         (["--scores", tmp_path / "missing.h5"], "does not exist"),
     ):
@@ -238,6 +240,20 @@ def test_mistakes_are_one_line(tiny_run, full_scores, tmp_path):
             args,
             result.stderr,
         )
+
+
+def test_a_report_planted_as_a_link_is_refused_before_any_retraining(tiny_run, full_scores, tmp_path):
+    """Red-team borderline L10: the link at validation.md was refused only after the retraining."""
+    out = tmp_path / "tracin.h5"
+    shutil.copy(full_scores, out)
+    colleague = tmp_path / "colleague.md"
+    colleague.write_text("theirs")
+    (tmp_path / "validation.md").symlink_to(colleague)
+    result = run_tracin_validate(["--run", tiny_run, "--scores", out, "--device", "cpu", "--quiet"])
+    assert result.returncode == 2 and "symbolic link" in result.stderr and "retrained" not in result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1 and colleague.read_text() == "theirs"
+    with ScoreFile.open_read(out) as store, pytest.raises(StoreError, match="has no validation"):
+        store.validation()
 
 
 def test_the_overlap_notebook_shows_the_validation(validated, tmp_path):

@@ -24,6 +24,10 @@ from typing import Any, BinaryIO, Callable, Iterator, Union
 from tracin import faults
 from tracin.errors import TracinError
 
+# Faults of the machine a user fixes (a full disk, a read-only or foreign folder): the command says them in
+# one line (tracin.cli.boundary), never a traceback.
+USER_FIXABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
 
 def default_mode() -> int:
     """The permissions open() gives a new file under this process's umask (mkstemp's files are 0600)."""
@@ -238,7 +242,11 @@ def _locked(lock: Path, shared: bool, what: str, target: Path) -> int:
                 raise TracinError(
                     f"{lock} is not a lock file this tool made (a link or a folder): remove it, and check who placed it"
                 ) from None
-            raise
+            if error.errno in USER_FIXABLE_ERRNOS:  # a full, read-only or foreign disk: the command's own line
+                raise
+            raise TracinError(  # e.g. a folder under /proc, where no file can be made (red-team round 7)
+                f"{lock}: cannot make a lock file there ({error.strerror}): choose a folder where files can be written"
+            ) from None
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:  # a FIFO, or a hard link to someone's file
             os.close(fd)

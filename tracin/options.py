@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -437,6 +437,19 @@ class ValidateOptions:
             ),
             (self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
         )
+        # an option the plan does not read would still enter it, and block a resume without it (red-team round 7)
+        defaults = {field.name: field.default for field in fields(ValidateOptions)}
+        for off, flag, names in (
+            (self.subsets == 0, "--subsets 0", ("fraction",)),
+            (self.test_examples == 0, "--test-examples 0", ("k", "seeds", "conditions")),
+        ):
+            for name in names:
+                _check(
+                    (
+                        not off or getattr(self, name) == defaults[name],
+                        f"--{name} is not read with {flag}: leave it out",
+                    )
+                )
 
 
 # --- tracin-report -----------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from tracin.errors import TracinError
-from tracin.files import disk_full
+from tracin.files import USER_FIXABLE_ERRNOS, disk_full
 
 
 def arguments(argv: Optional[Sequence[str]]) -> list[str]:
@@ -19,10 +19,6 @@ def arguments(argv: Optional[Sequence[str]]) -> list[str]:
     torchrun passes on: its own parser would take a bare --run for an abbreviation of its --run-path."""
     argv = list(sys.argv[1:] if argv is None else argv)
     return argv[1:] if argv[:1] == ["--"] else argv
-
-
-# Faults of the machine a user fixes (a full disk, a read-only or foreign folder): one line, never a traceback.
-USER_FIXABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def _fail(prog: str, message: object) -> int:

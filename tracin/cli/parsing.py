@@ -46,9 +46,8 @@ class Parser(argparse.ArgumentParser):
             if any(ord(c) < 32 or ord(c) == 127 for c in argument):
                 self.error(f"argument {argument!r} contains a control character (a newline, tab, ...)")
         for old in dict.fromkeys(a.split("=", 1)[0] for a in args if a.split("=", 1)[0] in self.renamed):
-            print(
-                f"{self.prog}: note: {old} is now {self.renamed[old]} (the old spelling still works)", file=sys.stderr
-            )
+            # on stdout: stderr holds one line, a mistake's (red-team round 7, B00)
+            print(f"{self.prog}: note: {old} is now {self.renamed[old]} (the old spelling still works)", flush=True)
         return super().parse_args(args, namespace)
 
 
@@ -199,8 +198,8 @@ def _converted(field: dataclasses.Field, declared: Option, value: Any, prog: str
                 print(
                     f"{prog}: note: {flag} takes comma-separated values: read "
                     f"{' '.join(map(','.join, value))!r} as {','.join(v for words in value for v in words)}",
-                    file=sys.stderr,
-                )
+                    flush=True,
+                )  # on stdout, as every note: stderr holds one line, a mistake's
             value = [v for words in value for v in words]
             twice = [v for v in dict.fromkeys(value) if value.count(v) > 1]
             if twice:

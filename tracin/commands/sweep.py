@@ -35,6 +35,7 @@ from tracin.files import write_atomic, write_json_atomic
 from tracin.results import statistics
 from tracin.results.store import ScoreFile
 from tracin.runtime import machine
+from tracin.schemas import SWEEP_JSON, load_json
 from tracin.training.checkpoints import checkpoint_name
 
 BASE_RUN = "base"
@@ -141,10 +142,21 @@ def flags_of(key: str) -> tuple[str, ...]:
 
 
 def check_grid(sweep: Sweep) -> None:
-    """A TracinError if the sweep's folder holds a run of another grid: the sweep's name used before with
-    other --vary values, whose results.csv, .md and .png this sweep would replace (red-team SW15)."""
+    """A TracinError if the sweep's folder holds a run of another grid, or its sweep.json records another
+    grid or is damaged: the sweep's name used before with other --vary values, whose results.csv, .md and
+    .png this sweep would replace (red-team SW15, W20, W21). A value may be added to a key."""
     if not sweep.root.is_dir():
         return
+    record = sweep.root / "sweep.json"
+    if record.exists():  # written when a sweep finishes: a killed one has none yet
+        recorded = load_json(record, SWEEP_JSON).get("vary", {})
+        mine = {key: set(values) for key, values in sweep.vary}
+        if recorded and (recorded.keys() != mine.keys() or any(not set(v) <= mine[k] for k, v in recorded.items())):
+            given = " ".join(f"{key}={','.join(values)}" for key, values in recorded.items())
+            raise TracinError(
+                f"{record}: vary: the sweep {sweep.name} was made with --vary {given}; give those again "
+                "(a value may be added), or choose another --sweep"
+            )
     ours = {BASE_RUN, *map(run_name, sweep.combinations())}
     others = sorted(p.name for p in sweep.root.iterdir() if (p / "run.json").is_file() and p.name not in ours)
     if others:

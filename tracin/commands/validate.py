@@ -238,6 +238,7 @@ def validate_run(options: ValidateOptions) -> Path:
         if salvaged is not None:
             print(describe_salvage(path, salvaged), flush=True)
         outputs = (report_path(path, "validation.md"), report_path(path, "plots") / "validation.png")
+        refuse_links((outputs[0], outputs[1].parent, outputs[1]), "the report")  # before any retraining
         for stale in (s for output in outputs if runtime.is_main for s in remove_stale_temporaries(output)):
             print(f"removed {stale}, left by an interrupted write", flush=True)  # the score file's lock is held
         data = checked_data(run)

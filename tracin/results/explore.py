@@ -402,6 +402,9 @@ def frames(path: str | Path, k: int = 10, variant: Optional[str] = None, models:
         )
 
 
+EXPORTS = ("topk.csv", "overlap.csv", "topk.parquet", "overlap.parquet")  # what --export writes
+
+
 def write_tables(store: ScoreFile, models: Sequence[str], folder: Path, k: int) -> list[str]:
     """topk.csv and overlap.csv in `folder` (and topk.parquet, overlap.parquet where pyarrow is installed);
     returns one line per file written, and one saying why Parquet was not."""
@@ -489,12 +492,15 @@ def _check_destinations(out: Path, export: Optional[Path]) -> None:
                 f"--out {out} exists and is not a page tracin-explore wrote; it is left as it is (choose another name)"
             )
     folder = out.with_name(f"{out.stem}_files")
+    refuse_link(folder, "the page's data folder")
     if folder.exists() and not folder.is_dir():
         raise TracinError(f"{folder} exists and is not a folder: the page's data would go there (choose another --out)")
     if export is not None:
         refuse_link(export, "--export")  # its tables would land in the link's target (red-team find L20)
         if export.exists() and not export.is_dir():
             raise TracinError(f"--export {export} exists and is not a folder")
+        for name in EXPORTS:  # checked again as each is written; here so that no page is made first
+            refuse_link(export / name, "an exported table")
 
 
 def _size(n: int) -> str:

@@ -107,6 +107,11 @@ def load_checkpoint(path: Union[str, Path], role: Optional[str] = None) -> dict[
         raise CheckpointError(f"{path}: version {payload['version']!r}: this tracin reads checkpoint version {VERSION}")
     if not _is_state_dict(payload["model"]) or not all(isinstance(key, str) for key in payload["model"]):
         raise CheckpointError(f"{path}: model: not a state dict of named tensors")
+    cast = next((k for k, v in payload["model"].items() if v.is_floating_point() and v.dtype != torch.float32), None)
+    if cast is not None:  # load_state_dict would cast it without a word (red-team round 7, C07)
+        raise CheckpointError(
+            f"{path}: model: {cast} is {payload['model'][cast].dtype}, expected torch.float32 (what tracin-train saves)"
+        )
     if not math.isfinite(payload["lr"]):  # the schema's bounds let NaN through
         raise CheckpointError(f"{path}: lr: {payload['lr']} is not a learning rate")
     if role is not None and payload.get("role") != role:

@@ -91,6 +91,11 @@ def read_record(paths: RunPaths) -> Optional[dict]:
             ModelConfig.from_dict(config)
     except TracinError as error:
         raise TracinError(f"{paths.run_json}: {error}") from None
+    for name, entry in record["models"].items():  # what the schema cannot say: the epoch counts agree
+        done, epoch, epochs = entry["status"] == "done", entry["epoch"], entry["epochs"]
+        if epoch > epochs or (done and epoch != epochs):
+            expected = f"{epochs}, its epochs, since it is done" if done else f"at most its epochs, {epochs}"
+            raise TracinError(f"{paths.run_json}: models/{name}/epoch is {epoch}; expected {expected}")
     return record
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from tracin.config import split_variant
 from tracin.errors import StoreError
 from tracin.results.store.hdf5 import attribute_value
+from tracin.training.checkpoints import EPOCH_FILE
 from tracin.variants import SCORE_VARIANTS
 
 if TYPE_CHECKING:
@@ -134,18 +135,41 @@ def class_names(h5, name: str) -> Optional[list[str]]:
     return names
 
 
+# file attributes that repeat a setting for readers (attribute: settings key): they must agree (red-team H06)
+MIRRORED_SETTINGS = {
+    "mode": "score.mode",
+    "proj_dim": "score.proj_dim",
+    "proj_seed": "score.seed",
+    "precision": "score.precision",
+    "loss": "score.loss",
+    "layers": "score.layers",
+}
+
+
 def _attribute_problems(h5) -> list[str]:
-    problems = (
-        []
-        if _is_json_object(attribute_value(h5.attrs.get("settings")))
-        else ["the attribute 'settings' is not a JSON object"]
-    )
+    settings = attribute_value(h5.attrs.get("settings"))
+    problems = [] if _is_json_object(settings) else ["the attribute 'settings' is not a JSON object"]
+    settings = json.loads(settings) if not problems else {}
+    for name, key in MIRRORED_SETTINGS.items():
+        if name in h5.attrs and key in settings:
+            value, expected = attribute_value(h5.attrs[name]), settings[key]
+            value = _json_or_text(value) if name == "layers" else value
+            expected = expected or 0 if name == "proj_dim" else expected
+            if value != expected:
+                problems.append(f"the attribute {name!r} is {value!r}, but the file's settings record {expected!r}")
     for name in ("classes", "fine_classes"):
         try:
             class_names(h5, name)
         except StoreError as error:
             problems.append(str(error))
     return problems
+
+
+def _json_or_text(text):
+    try:
+        return json.loads(text)
+    except (TypeError, json.JSONDecodeError):
+        return text
 
 
 def _is_json_object(text) -> bool:
@@ -193,7 +217,25 @@ def _model_problems(group: h5py.Group, where: str, n_train: int, n_test: int) ->
         problems.append(f"{where} is marked complete, but {where}/done has blocks not scored")  # red-team H10
     for name in _ranking_groups(group):
         problems += _ranking_problems(group[name], f"{where}/{name}", n_train, n_test)
-    return problems
+    return problems + _checkpoint_problems(group.get("checkpoints"), f"{where}/checkpoints")
+
+
+CHECKPOINT_FIELDS = ("path", "sha256", "epoch", "lr")  # tracin.results.store.model_scores.write_checkpoints
+
+
+def _checkpoint_problems(table, where: str) -> list[str]:
+    """The checkpoints a model was scored with: path, sha256, epoch and lr, one entry each per checkpoint;
+    a path named epoch_NNN.pt holds that epoch (red-team round 7, H17: an epoch edited was reported)."""
+    fields = {name: table.get(name) if isinstance(table, h5py.Group) else None for name in CHECKPOINT_FIELDS}
+    if not all(isinstance(v, h5py.Dataset) and v.ndim == 1 for v in fields.values()):
+        return [f"{where} is not a table of {', '.join(CHECKPOINT_FIELDS)} (one entry per checkpoint)"]
+    if len({v.shape[0] for v in fields.values()}) != 1 or fields["epoch"].dtype.kind not in "iu":
+        return [f"{where}: its {', '.join(CHECKPOINT_FIELDS)} differ in length, or its epochs are not integers"]
+    for path, epoch in zip(fields["path"].asstr()[()], fields["epoch"][()]):
+        match = EPOCH_FILE.search(path.rsplit("/", 1)[-1])
+        if match is not None and int(match.group(1)) != epoch:
+            return [f"{where}/epoch records epoch {epoch} for {path}"]
+    return []
 
 
 def _table_problems(h5, models: set[str]) -> list[str]:
