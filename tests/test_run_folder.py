@@ -32,6 +32,18 @@ def test_a_moved_data_folder_is_the_same_run(tmp_path):
         check_same_run(CONFIGS, {**CONFIGS, "config": {"lr": 0.1, "epochs": 5}}, tmp_path)
 
 
+def test_a_teacher_is_the_same_by_its_digest_not_its_path(tmp_path):
+    """A sweep's students name their teacher by path; the same teacher under another spelling of the output
+    root (relative or absolute, or the sweep folder moved) continues the run (round 8: W8, W9)."""
+    teacher = {"path": "ck/sw/base/teacher/epoch_002.pt", "sha256": "a" * 64}
+    recorded = {**CONFIGS, "teacher_checkpoint": teacher}
+    check_same_run(recorded, {**recorded, "teacher_checkpoint": {**teacher, "path": "/tmp/ck/sw/base/..."}}, tmp_path)
+    with pytest.raises(ConfigMismatchError, match=r"teacher_checkpoint\.sha256"):  # another teacher is refused
+        check_same_run(recorded, {**recorded, "teacher_checkpoint": {**teacher, "sha256": "b" * 64}}, tmp_path)
+    with pytest.raises(ConfigMismatchError, match=r"teacher_checkpoint\.sha256"):  # and so is one where none was
+        check_same_run({**CONFIGS, "teacher_checkpoint": None}, recorded, tmp_path)
+
+
 def test_a_run_from_before_a_field_existed_resumes(tmp_path):
     """Runs trained before `arch` existed hold no such field: they used its default, resnet34."""
     old = {

@@ -30,8 +30,9 @@ from tracin.training.checkpoints import checkpoint_name
 from tracin.version import __version__
 
 RUN_FORMAT = "tracin-run"
-# Where the data files are is not what the data is: the fingerprint guards the content.
-RESUME_IGNORED_FIELDS = ("data_config.data_root",)
+# Where the data and an outside teacher were read from: the same data (by fingerprint) and the same teacher
+# (by sha256) under another spelling or in a moved folder continue the run.
+RESUME_IGNORED_FIELDS = ("data_config.data_root", "teacher_checkpoint.path")
 
 
 @dataclass(frozen=True)
