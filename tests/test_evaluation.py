@@ -172,3 +172,18 @@ def test_a_data_json_with_other_classes_than_the_models_outputs_is_refused(cifar
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "names 9 classes" in result.stderr and "10 outputs" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (run / "eval_cifar100.csv").exists()
+
+
+def test_an_eval_table_that_is_a_link_is_refused_before_the_evaluation(cifar10_run, tmp_path):
+    """Red-team round 8, L8: a planted eval_cifar100.csv link was refused only after every model had been
+    evaluated, as "the run folder". Here the data root is missing too: the link is what is named first."""
+    run = tmp_path / "c10"
+    shutil.copytree(cifar10_run, run)
+    (run / "eval_cifar100.csv").unlink(missing_ok=True)  # an earlier test's result
+    colleague = tmp_path / "colleague.csv"
+    colleague.write_text("a colleague's table\n")
+    (run / "eval_cifar100.csv").symlink_to(colleague)
+    result = tool("tracin-eval", "--run", run, "--eval-dataset", "cifar100", "--data-root", tmp_path / "absent")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "tracin-eval's table" in result.stderr and "symbolic link" in result.stderr
+    assert colleague.read_text() == "a colleague's table\n"

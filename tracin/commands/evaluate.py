@@ -13,7 +13,7 @@ from typing import Optional
 
 from tracin.config import ROLES, ModelConfig
 from tracin.errors import TracinError
-from tracin.files import command_locks, refuse_links, remove_stale_temporaries
+from tracin.files import command_locks, refuse_link, remove_stale_temporaries
 from tracin.options import EvalOptions
 from tracin.runtime import start_runtime
 from tracin.schemas import CLASS_MAP, DATA_JSON, load_json
@@ -31,10 +31,18 @@ def read_class_map(path: Optional[str]) -> Optional[dict[str, str]]:
     return load_json(path, CLASS_MAP, f"--class-map {path}")
 
 
+def check_destination(paths: RunPaths, out: Path) -> None:
+    """Refuse a run folder, or an eval CSV in it, that is a link (nothing is written through one)."""
+    refuse_link(paths.root, "the run folder tracin-eval writes into")
+    refuse_link(out, "tracin-eval's table")
+
+
 def eval_run(options: EvalOptions) -> Path:
     """Evaluate every finished model of the run; returns the CSV written (a row per model: examples,
     accuracy, then each mapped class's accuracy)."""
     paths = RunPaths(Path(options.run))
+    out = paths.root / f"eval_{options.dataset}.csv"
+    check_destination(paths, out)  # before the evaluation, not after it (red-team round 8: L8)
     record = read_record(paths)
     if record is None:
         raise TracinError(f"{options.run} is not a tracin-train run (no run.json)")
@@ -64,8 +72,7 @@ def eval_run(options: EvalOptions) -> Path:
             matrix = confusion_matrix(result.predictions, split.labels, len(classes))
             per_class = {c: float(matrix[i, i] / matrix[i].sum()) for i, c in enumerate(classes) if c in counts}
             rows.append({"model": name, "examples": len(split), "accuracy": result.accuracy, **per_class})
-        out = paths.root / f"eval_{options.dataset}.csv"  # written while the run cannot be replaced or changed
-        refuse_links((paths.root, out), "the run folder tracin-eval writes into")
+        check_destination(paths, out)  # again, now that the lock is held: written while the run cannot change
         for stale in remove_stale_temporaries(out):  # a killed evaluation's (red-team E09); the run's lock is held
             print(f"removed {stale}, left by an interrupted write", flush=True)
         write_csv(rows, out)
