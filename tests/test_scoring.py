@@ -154,6 +154,13 @@ def test_bf16_precision_is_recorded_and_close_to_float32(scored, tiny_run, tmp_p
     assert_user_error(tracin_score(*score_args(tiny_run, tmp_path / "tf32.h5", "--precision", "tf32")), "CUDA mode")
 
 
+def test_a_budget_beyond_the_free_memory_is_warned_about_once(tiny_run, tmp_path):
+    """Round 8, O13: the warning was printed once per scored model."""
+    result = tracin_score(*score_args(tiny_run, tmp_path / "t.h5", "--max-memory-gb", "1e6"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("warning: --max-memory-gb 1e+06 is more than the") == 1, result.stdout
+
+
 def test_topk_tables_equal_a_full_sort(scored):
     with ScoreFile.open_read(scored) as store:
         for role in ("teacher", "student"):
