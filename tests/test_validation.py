@@ -233,6 +233,7 @@ def test_mistakes_are_one_line(tiny_run, full_scores, tmp_path):
         (["--subsets", "0", "--fraction", "0.3"], "--fraction is not read with --subsets 0"),  # red-team round 7
         (["--test-examples", "0", "--k", "3"], "--k is not read with --test-examples 0"),
         (["--conditions", "own,everything"], "--conditions takes"),
+        (["--epochs", "1", "--k", "3"], "--epochs 1 leaves no epoch after the run's warm-up (1 epochs"),  # round 8: S5
         (["--scores", tmp_path / "missing.h5"], "does not exist"),
     ):
         result = run_tracin_validate(["--run", tiny_run, "--scores", out, "--device", "cpu", "--quiet", *args])
@@ -486,3 +487,6 @@ def test_the_lds_interval_counts_the_subsets_that_every_test_example_shares():
     masks = validation.subset_masks(60, 6, 0.5, 0)
     assert validation.lds_interval(perfect, masks, masks.astype(np.float64) @ perfect) == pytest.approx((1.0, 1.0))
     assert np.isnan(validation.lds_interval(perfect, masks[:2], (masks.astype(np.float64) @ perfect)[:2])).all()
+    few = [validation.lds_interval(*_shared_subset_noise(rng, subsets=3, n_test=4)) for _ in range(50)]
+    assert all(-1.0 <= low <= high <= 1.0 for low, high in few)  # round 8, S6: [-1.147, +1.084] with 3 subsets
+    assert min(low for low, _ in few) == -1.0  # the normal interval did reach past -1: the clip was needed

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
@@ -183,6 +184,11 @@ def make_trainer(name: str, run: TrainedRun, data: RunData, runtime: Runtime, ep
     context = RunContext(run.paths, config, run.data_config, data, run.record["data_fingerprint"], runtime, run.record)
     context = replica_run(context, replica)
     if epochs is not None:
+        if epochs <= config.warmup_epochs:  # named by the option given, not by the config's field (round 8: S5)
+            raise TracinError(
+                f"--epochs {epochs} leaves no epoch after the run's warm-up ({config.warmup_epochs:g} epochs of rising "
+                f"learning rate): give --epochs {math.floor(config.warmup_epochs) + 1} or more"
+            )
         context = replace(context, config=replace(context.config, epochs=epochs))
     init = load_checkpoint(run.paths.init(name), role=role)
     model_config = ModelConfig.from_dict(init["model_config"])
@@ -455,7 +461,7 @@ def lds_sources(model: str, scored: list[str]) -> list[str]:
 
 def lds_table(plan: Plan, record: ValidationRecord, store: ScoreFile) -> np.ndarray:
     """Per retrained model, each score source (lds_sources) and variant: the LDS over the model's
-    subsets, mean over test examples with a bootstrap CI over subsets and test examples (lds_interval)."""
+    subsets, mean over test examples with a normal CI over subsets and test examples (lds_interval)."""
     if plan.subsets == 0:
         return np.zeros(0, dtype=validation.LDS_DTYPE)
     units, margins = record.units, record.margins

@@ -127,7 +127,8 @@ def lds_interval(scores: np.ndarray, masks: np.ndarray, margins: np.ndarray) -> 
     bootstrap over test examples alone cannot see that and is too narrow (with 10 subsets it gave
     `sanity`'s baseline an LDS whose CI lay below 0). Normal interval, LDS +- z * sqrt(the delete-one
     jackknife variance over subsets + the variance of the mean over test examples); a bootstrap that draws
-    subsets with replacement would tie repeated subsets and bias a rank correlation down. NaN with fewer
+    subsets with replacement would tie repeated subsets and bias a rank correlation down. Clipped to [-1, 1],
+    where a mean of correlations lies (with few subsets the normal interval reaches past it). NaN with fewer
     than 3 subsets or 2 defined test examples."""
     predicted = masks.astype(np.float64) @ np.asarray(scores, dtype=np.float64)  # [subsets, n_test]
     margins = np.asarray(margins, dtype=np.float64)
@@ -148,7 +149,7 @@ def lds_interval(scores: np.ndarray, masks: np.ndarray, margins: np.ndarray) -> 
     rows = float(np.nanvar(per_row, ddof=1)) / defined
     half = scipy.stats.norm.ppf(0.5 + statistics.CONFIDENCE / 2) * np.sqrt(subsets + rows)
     lds = float(np.nanmean(per_row))
-    return lds - half, lds + half
+    return max(lds - half, -1.0), min(lds + half, 1.0)
 
 
 def margin_changes(margins: np.ndarray, zero: np.ndarray) -> np.ndarray:
