@@ -108,3 +108,15 @@ def test_architectures_come_from_the_registry():
         del MODELS["tiny-test-net"]
     with pytest.raises(TracinError, match="unknown architecture 'tiny-test-net'"):
         build_model(ModelConfig(arch="tiny-test-net"))
+
+
+@pytest.mark.parametrize("path", ["a b:c", "pkg.models", ":f", "pkg:", "pkg..m:f", "pkg:f.g", "1pkg:f", "pkg:f "])
+def test_allow_imports_refuses_what_names_no_module_and_function(path):
+    """Round 8, R10: --allow-model 'a b:c' was accepted (and never used)."""
+    from tracin.training.models import ALLOWED_IMPORTS, allow_imports
+
+    with pytest.raises(TracinError, match="a model factory is MODULE:FUNCTION"):
+        allow_imports([path])
+    assert path not in ALLOWED_IMPORTS
+    allow_imports(["my_package.sub_2.models:small_cnn"])
+    assert "my_package.sub_2.models:small_cnn" in ALLOWED_IMPORTS

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from typing import Callable, Iterable
 
 import torch
@@ -122,6 +123,9 @@ def resnet18(config: ModelConfig) -> ResNet:
 ALLOWED_IMPORTS: set[str] = set()  # MODULE:FUNCTION factories this process's user allowed
 
 
+IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")  # dotted.module:function
+
+
 def is_import_path(arch: str) -> bool:
     return ":" in arch
 
@@ -129,8 +133,7 @@ def is_import_path(arch: str) -> bool:
 def allow_imports(paths) -> None:
     """Allow these MODULE:FUNCTION factories (named by the user on the command line) to be imported."""
     for path in (p for p in paths or () if p is not None):
-        module, _, function = path.partition(":")
-        if not module or not function:
+        if not IMPORT_PATH.fullmatch(path):  # 'a b:c' named no module it could ever allow (round 8: R10)
             raise TracinError(f"a model factory is MODULE:FUNCTION (e.g. mypackage.models:small_cnn), got {path!r}")
         ALLOWED_IMPORTS.add(path)
 
