@@ -307,3 +307,23 @@ def test_a_cifar_batch_that_reads_but_is_malformed_is_one_data_error(cifar10_roo
         classes = [str(c) for c in range(10)]
         with pytest.raises(DataError, match="not laid out as the data set's"):
             load_eval_split("cifar10", str(root), SPECS["cifar10"], classes, None, False)
+
+
+@pytest.mark.parametrize("label, subset", [(57, None), (57, 20), (-1, 20)])
+def test_a_cifar_label_outside_its_classes_is_refused_whatever_the_subset(cifar10_root, tmp_path, label, subset):
+    """Round 8, C4 and C4b: a label 57 in data_batch_1 ended in cross_entropy's IndexError traceback, or went
+    unnoticed when the subset left it out."""
+    root = tmp_path / "shared"
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for path in (Path(cifar10_root) / "cifar-10-batches-py").iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    with open(folder / "data_batch_1", "rb") as handle:
+        batch = pickle.load(handle)
+    batch["labels"][-1] = label
+    with open(folder / "data_batch_1", "wb") as handle:
+        pickle.dump(batch, handle, protocol=2)
+    with pytest.raises(
+        DataError, match=rf"train split under .* holds 1 label\(s\) outside its 10 classes \(e.g. {label}\)"
+    ):
+        load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False, train_subset=subset))

@@ -498,9 +498,22 @@ def _plant_shortcut(split: Split, config: DataConfig, train: bool) -> Split:
     )
 
 
+def _check_labels(labels: Tensor, num_classes: int, config: DataConfig, train: bool) -> None:
+    """Every label of the data set's split (not only the subset drawn) names one of its classes: a damaged
+    batch file is refused whichever examples a subset would pick (round 8: C4, C4b)."""
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if len(bad):
+        raise DataError(
+            f"the {config.dataset} {'train' if train else 'test'} split under {config.data_root} holds {len(bad)} "
+            f"label(s) outside its {num_classes} classes (e.g. {int(bad[0])}): its files are damaged; replace them "
+            "with the published files"
+        )
+
+
 def _make_split(config: DataConfig, train: bool) -> Split:
     dataset = _load_torchvision(config, train)
     images, fine = _as_tensors(dataset)
+    _check_labels(fine, len(dataset.classes), config, train)
     size = config.train_subset if train else config.test_subset
     if size is not None and size > len(fine):
         raise DataError(f"{'train' if train else 'test'} subset of {size} asked, the data set has {len(fine)}")
