@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -257,3 +258,14 @@ def test_distillation_teacher_is_checked_against_the_recorded_sha256(tmp_path):
         load_distillation_teacher(student)
     with pytest.raises(CheckpointError, match="was not distilled from a teacher checkpoint"):
         load_distillation_teacher(_tiny_payload("student", 2, teacher="self"))
+
+
+def test_a_students_record_of_its_teacher_names_it_from_any_folder(tmp_path, monkeypatch):
+    """Round 8, X2: a teacher given as a relative path was recorded so, and a student distilled from it
+    could be scored with --loss kd only from the folder it was trained in."""
+    from tracin.training.checkpoints import sha256_file, teacher_record
+
+    monkeypatch.chdir(tmp_path)
+    Path("teacher.pt").write_bytes(b"weights")
+    record = teacher_record("teacher.pt", {"epoch": 2})
+    assert record == {"path": str(tmp_path / "teacher.pt"), "sha256": sha256_file("teacher.pt"), "epoch": 2}

@@ -47,9 +47,9 @@ def without(*flags: str) -> tuple[str, ...]:
     return tuple(kept)
 
 
-def tracin_sweep(*args) -> subprocess.CompletedProcess:
+def tracin_sweep(*args, cwd=None) -> subprocess.CompletedProcess:
     command = [str(Path(sys.executable).with_name("tracin-sweep")), *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=subprocess_env())
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=subprocess_env(), cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +141,12 @@ def test_the_same_command_again_trains_nothing(temperature_sweep, fashion_mnist_
         fashion_mnist_root,
         *TINY,
     )
+    assert result.returncode == 0, result.stderr
+    assert [p.stat().st_mtime_ns for p in sorted(temperature_sweep.rglob("epoch_*.pt"))] == stamps
+    # the output root spelt otherwise (relative, from its parent) is the same sweep (round 8: W8, W9)
+    root = temperature_sweep.parent
+    again = ("--vary", "temperature=1,2,5", "--data-root", fashion_mnist_root, *TINY)
+    result = tracin_sweep("--sweep", "temperature", "--out-root", root.name, *again, cwd=root.parent)
     assert result.returncode == 0, result.stderr
     assert [p.stat().st_mtime_ns for p in sorted(temperature_sweep.rglob("epoch_*.pt"))] == stamps
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Sequence
@@ -71,7 +72,7 @@ def run_configs(config: TrainConfig, data_config: DataConfig, options: RunOption
     """What identifies a run; a resume must match it (run.json keys)."""
     teacher = None
     if options.teacher:
-        teacher = {"path": str(options.teacher), "sha256": sha256_file(options.teacher)}
+        teacher = {"path": os.path.abspath(options.teacher), "sha256": sha256_file(options.teacher)}
     return {
         "config": config.to_dict(),
         "data_config": data_config.to_dict(),

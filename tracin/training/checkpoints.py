@@ -37,6 +37,7 @@ import copy
 import dataclasses
 import hashlib
 import math
+import os
 import re
 import warnings
 import zipfile
@@ -432,8 +433,9 @@ def with_resume_state(
 
 
 def teacher_record(path: Union[str, Path], payload: dict[str, Any]) -> dict[str, Any]:
-    """What a distilled student's checkpoints record of their teacher: {path, sha256, epoch}."""
-    return {"path": str(path), "sha256": sha256_file(path), "epoch": int(payload["epoch"])}
+    """What a distilled student's checkpoints record of their teacher: {path, sha256, epoch}. The path is
+    absolute, so that the student is scored with --loss kd from any folder (round 8: X2)."""
+    return {"path": os.path.abspath(path), "sha256": sha256_file(path), "epoch": int(payload["epoch"])}
 
 
 def load_model(path: Union[str, Path], role: Optional[str] = None) -> tuple[nn.Module, dict[str, Any]]:
