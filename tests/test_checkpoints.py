@@ -269,3 +269,25 @@ def test_a_students_record_of_its_teacher_names_it_from_any_folder(tmp_path, mon
     Path("teacher.pt").write_bytes(b"weights")
     record = teacher_record("teacher.pt", {"epoch": 2})
     assert record == {"path": str(tmp_path / "teacher.pt"), "sha256": sha256_file("teacher.pt"), "epoch": 2}
+
+
+def test_every_checkpoints_lr_is_its_runs_schedule_replayed_and_an_edited_one_is_refused(tiny_run, tmp_path):
+    """Round 8, D5: an lr multiplied by 100 by hand was scored without a word. The replay of the schedule
+    gives every checkpoint of the tiny run (three models, two intervals each) its lr to the last bit."""
+    import json
+
+    from tracin.config import TrainConfig
+    from tracin.training.checkpoints import check_checkpoint_lr, list_checkpoints
+    from tracin.training.optimization import checkpoint_lr
+
+    config = TrainConfig.from_dict(json.loads((tiny_run / "run.json").read_text())["config"])
+    for model in ("teacher", "student", "student_baseline"):
+        for path in list_checkpoints(tiny_run / model):
+            payload = torch.load(path, weights_only=True)
+            steps = payload["step"] // payload["epoch"]
+            assert checkpoint_lr(config, steps, payload["epoch"]) == payload["lr"], path
+            check_checkpoint_lr(path, payload, config)
+    with pytest.raises(CheckpointError, match="records lr .*, but the run's schedule gives .* was edited"):
+        check_checkpoint_lr(path, {**payload, "lr": payload["lr"] * 100}, config)
+    with pytest.raises(CheckpointError, match="not whole epochs"):
+        check_checkpoint_lr(path, {**payload, "step": payload["step"] + 1}, config)

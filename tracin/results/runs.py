@@ -68,9 +68,8 @@ def load_role_checkpoints(run: TrainedRun, name: str, spec: str) -> tuple[list[C
     paths = select_checkpoints(run.paths.model_dir(name), role, spec)
     seed = run.record["config"].get("seed")
     replica_seed = seed + split_model_name(name)[1] * REPLICA_SEED_STRIDE if isinstance(seed, int) else None
-    return load_run_checkpoints(
-        paths, role, run.record["data_fingerprint"]["digest"], run.record["model_configs"].get(role), replica_seed
-    )
+    digest, schedule = run.record["data_fingerprint"]["digest"], TrainConfig.from_dict(run.record["config"])
+    return load_run_checkpoints(paths, role, digest, run.record["model_configs"].get(role), replica_seed, schedule)
 
 
 def check_recorded_checkpoints(run: TrainedRun, name: str) -> None:

@@ -48,11 +48,12 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from tracin.config import ModelConfig
+from tracin.config import ModelConfig, TrainConfig
 from tracin.errors import CheckpointError, TracinError
 from tracin.files import not_a_file, write_atomic
 from tracin.schemas import CHECKPOINT, check
 from tracin.training.models import build_model, count_parameters
+from tracin.training.optimization import checkpoint_lr
 
 FORMAT = "tracin-checkpoint"
 VERSION = 1
@@ -507,13 +508,37 @@ def check_recorded_architecture(
         raise CheckpointError(f"{path} is not the architecture the run recorded for {role}: {differ}")
 
 
+LR_RTOL = 1e-9  # the replay sums the same floats in the same order: equal, up to a resumed scheduler's rounding
+
+
+def check_checkpoint_lr(path: Path, payload: dict[str, Any], schedule: TrainConfig) -> None:
+    """A CheckpointError unless the checkpoint's lr (its weight in TracInCP) is what the run's schedule gives
+    its interval, replayed (tracin.training.optimization.checkpoint_lr), and its step count is whole epochs:
+    an lr edited by hand was scored without a word (round 8: D5)."""
+    epoch, step = int(payload["epoch"]), int(payload["step"])
+    if epoch < 1 or step < epoch or step % epoch:
+        raise CheckpointError(f"{path} records step {step} at epoch {epoch}: not whole epochs of one length")
+    expected = checkpoint_lr(schedule, step // epoch, epoch)
+    if not math.isclose(payload["lr"], expected, rel_tol=LR_RTOL):
+        raise CheckpointError(
+            f"{path} records lr {payload['lr']:.6g}, but the run's schedule gives {expected:.6g} to its epochs: "
+            "its learning rate was edited, or it is not this run's checkpoint"
+        )
+
+
 def load_run_checkpoints(
-    paths: Sequence[Path], role: str, data_digest: str, recorded: Optional[dict] = None, seed: Optional[int] = None
+    paths: Sequence[Path],
+    role: str,
+    data_digest: str,
+    recorded: Optional[dict] = None,
+    seed: Optional[int] = None,
+    schedule: Optional[TrainConfig] = None,
 ) -> tuple[list[Checkpoint], ModelConfig, dict]:
     """A model's checkpoints from a run (checked: format, role, trained on the data with fingerprint
-    `data_digest`, one architecture, the one `recorded` in run.json's model_configs where given, and the
-    training seed `seed` where given: a replica's, so that a folder copied from another replica is refused),
-    its ModelConfig, and the last checkpoint's payload."""
+    `data_digest`, one architecture, the one `recorded` in run.json's model_configs where given, the
+    training seed `seed` where given: a replica's, so that a folder copied from another replica is refused,
+    and the learning rate the run's `schedule` gives the checkpoint's interval where given), its
+    ModelConfig, and the last checkpoint's payload."""
     checkpoints, config, payload = [], None, {}
     expected = ModelConfig.from_dict(recorded) if recorded is not None else None
     for path in paths:
@@ -535,6 +560,8 @@ def load_run_checkpoints(
                 f"{path} holds epoch {payload['epoch']}, not the {epoch_of(path)} of its name: a file renamed "
                 "or copied from elsewhere?"
             )
+        if schedule is not None:
+            check_checkpoint_lr(path, payload, schedule)
         config = this
         checkpoints.append(
             Checkpoint(payload["model"], payload["lr"], str(path), int(payload["epoch"]), sha256_file(path))

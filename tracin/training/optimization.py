@@ -1,7 +1,9 @@
-"""The optimizer and learning-rate schedule of a run, and the check that torch can build the schedule."""
+"""The optimizer and learning-rate schedule of a run, the check that torch can build the schedule, and its
+replay: the learning rate a checkpoint must record."""
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -67,3 +69,30 @@ def check_schedule(config: TrainConfig, steps: int) -> None:
             "leaves a warm-up of one step, which OneCycleLR cannot divide; use a smaller --batch-size, more "
             "data, another --warmup-epochs, or --schedule cosine"
         )
+
+
+def saved_epochs(config: TrainConfig) -> list[int]:
+    """Epochs that end with a checkpoint: every `save_every` epochs, and the last one."""
+    return sorted(set(range(config.save_every, config.epochs + 1, config.save_every)) | {config.epochs})
+
+
+@functools.lru_cache(maxsize=8)
+def step_lrs(config: TrainConfig, steps: int) -> tuple[float, ...]:
+    """The learning rate of each optimizer step of a run with `steps` steps per epoch, replayed through the
+    same optimizer and schedule: what the trainer records before each step (epochs * steps values)."""
+    optimizer = build_optimizer(nn.Linear(1, 1), config)
+    scheduler = build_scheduler(optimizer, config, steps)
+    lrs = []
+    for _ in range(config.epochs * steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # no gradients: nothing moves; torch sees the step before the schedule's
+        scheduler.step()
+    return tuple(lrs)
+
+
+def checkpoint_lr(config: TrainConfig, steps: int, epoch: int) -> float:
+    """The learning rate the checkpoint of `epoch` records: the mean over the optimizer steps since the
+    previous checkpoint (saved_epochs), summed in the trainer's order so that it is the same float."""
+    since = max((e for e in saved_epochs(config) if e < epoch), default=0)
+    lrs = list(step_lrs(config, steps)[since * steps : epoch * steps])
+    return sum(lrs) / len(lrs)

@@ -66,7 +66,7 @@ from tracin.training.checkpoints import (
 )
 from tracin.training.data import RunData, Split
 from tracin.training.models import build_model
-from tracin.training.optimization import build_optimizer, build_scheduler
+from tracin.training.optimization import build_optimizer, build_scheduler, saved_epochs
 from tracin.training.plots import plot_confusion, plot_history
 from tracin.training.run_folder import RunPaths
 from tracin.training.tables import METRICS, confusion_matrix, per_class_rows, write_csv, write_history
@@ -253,11 +253,6 @@ class Trainee:
     optimizer: torch.optim.Optimizer
     scheduler: LRScheduler
     state: TrainState
-
-
-def saved_epochs(config: TrainConfig) -> list[int]:
-    """Epochs that end with a checkpoint: every `save_every` epochs, and the last one."""
-    return sorted(set(range(config.save_every, config.epochs + 1, config.save_every)) | {config.epochs})
 
 
 def fit(job: ModelJob, run: RunContext) -> list[dict]:
