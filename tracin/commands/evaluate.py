@@ -11,14 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from tracin.config import ROLES, ModelConfig
+from tracin.config import ROLES, DataConfig, ModelConfig
 from tracin.errors import TracinError
 from tracin.files import command_locks, refuse_link, remove_stale_temporaries
 from tracin.options import EvalOptions
 from tracin.runtime import start_runtime
 from tracin.schemas import CLASS_MAP, DATA_JSON, load_json
 from tracin.training.checkpoints import check_recorded_architecture, load_model
-from tracin.training.data import SPECS, load_eval_split
+from tracin.training.data import SPECS, load_eval_split, published_classes
 from tracin.training.run_folder import RunPaths, read_record
 from tracin.training.tables import confusion_matrix, write_csv
 from tracin.training.trainer import evaluate
@@ -54,6 +54,12 @@ def eval_run(options: EvalOptions) -> Path:
         raise TracinError(f"{options.run} has no finished model to evaluate")
     spec = SPECS[record["data_config"]["dataset"]]
     classes = load_json(paths.data_json, DATA_JSON)["classes"]
+    published = published_classes(DataConfig.from_dict(record["data_config"]))
+    if published is not None and tuple(classes) != published:  # its names label every row (round 8: J1)
+        raise TracinError(
+            f"{paths.data_json} names the classes {', '.join(classes)}; the run's data set names them "
+            f"{', '.join(published)}: that data.json was edited or is not this run's"
+        )
     split, counts = load_eval_split(options.dataset, options.data_root, spec, classes, class_map, options.checksum)
     rows = []
     with start_runtime(options.device, quiet=True) as runtime, command_locks(paths.root):

@@ -5,7 +5,6 @@ torchvision, by the file's stored indices); everything else reads the HDF5 file 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -13,14 +12,14 @@ import matplotlib.pyplot as plt  # without a display matplotlib picks Agg; noteb
 import numpy as np
 from matplotlib.figure import Figure
 
-from tracin.config import DataConfig, split_model_name
+from tracin.config import split_model_name
 from tracin.errors import TracinError
 from tracin.results.figures import describe_variant, first_variant
 from tracin.results.markdown import role_models
-from tracin.results.runs import positions_in
+from tracin.results.runs import checked_data, open_trained_run, positions_in
 from tracin.results.statistics import overlap_at_k
 from tracin.results.store import ScoreFile
-from tracin.training.data import load_data
+from tracin.training.data import RunData
 
 
 @dataclass
@@ -38,12 +37,27 @@ def load_images(store: ScoreFile, data_root: Optional[str] = None) -> Images:
         run = store.path.parent  # the default place of a score file is its run folder, wherever it moved
     if not (run / "run.json").is_file():
         raise TracinError(f"the run {run} recorded in {store.path} is gone; image grids need its data")
-    config = dict(json.loads((run / "run.json").read_text())["data_config"])
-    if data_root:
-        config["data_root"] = data_root
-    data = load_data(DataConfig.from_dict(config))
-    pick = lambda split, index: split.images[positions_in(index, split.index.numpy())].numpy()  # noqa: E731
-    return Images(pick(data.train, store.train_index), pick(data.test, store.test_index))
+    data = checked_data(open_trained_run(str(run), data_root or None))  # the images the run trained on
+    train = positions_in(store.train_index, data.train.index.numpy())
+    test = positions_in(store.test_index, data.test.index.numpy())
+    check_labels(store, data, train, test)
+    return Images(data.train.images[train].numpy(), data.test.images[test].numpy())
+
+
+def check_labels(store: ScoreFile, data: RunData, train: np.ndarray, test: np.ndarray) -> None:
+    """A TracinError unless the file names its classes and labels its rows as the run's data do (rows
+    `train`, `test` of the data's splits): a page or grid never shows an image under another label (round
+    8: H5, a classes attribute reversed by hand)."""
+    if store.classes and list(store.classes) != list(data.train.classes):
+        raise TracinError(
+            f"{store.path} names the classes {', '.join(store.classes)}; the run's data name them "
+            f"{', '.join(data.train.classes)}: its classes attribute was edited, or it is not this run's file"
+        )
+    for side, rows, split in (("train", train, data.train), ("test", test, data.test)):
+        if not np.array_equal(getattr(store, f"{side}_labels")[()], split.labels.numpy()[rows]):
+            raise TracinError(
+                f"{store.path}'s {side}_labels differ from the run's data: edited, or not this run's file"
+            )
 
 
 def classes_of(store: ScoreFile) -> list[str]:

@@ -126,6 +126,19 @@ SPECS = {
     "cifar10": DatasetSpec("cifar10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 4, True),
     "fashion-mnist": DatasetSpec("fashion-mnist", (0.2860,), (0.3530,), 2, True),
 }
+# The class names of the published files (batches.meta; torchvision's FashionMNIST.classes): a record
+# naming others was edited, or its data are files of CIFAR-10's format that are not the published ones.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def published_classes(config: DataConfig) -> Optional[tuple[str, ...]]:
+    """The class names of a run's data, by label, known from its configuration alone (merged classes, or a
+    data set's published files); None for CIFAR-10 read without checksums, whose files may name others."""
+    if config.coarse_labels is not None:
+        return tuple(name for name, _ in CLASS_MERGES[config.dataset, config.coarse_labels])
+    if config.dataset == "fashion-mnist":
+        return tuple(datasets.FashionMNIST.classes)
+    return CIFAR10_CLASSES if config.checksum else None
 
 
 @dataclass
