@@ -13,12 +13,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from tracin.engine.topk import Ranking
 from tracin.errors import StoreError
 from tracin.results import store as store_module
 from tracin.results.store import DataArrays, ModelScores, ScoreFile, rankings_name
+from tracin.results.store.model_scores import rank_matrix
 from tracin.results.store.tables import NAMED_TABLES
 from tracin.training.checkpoints import Checkpoint, list_checkpoints, load_checkpoint
 
@@ -68,18 +68,11 @@ def write_teacher(store: ScoreFile, rng: np.random.Generator) -> dict[str, np.nd
     return written
 
 
-def ranking(n: int, k: int, rng: np.random.Generator) -> Ranking:
-    """Made-up tables: index int64 [n, k], score float32 [n, k], as the engine returns them."""
-    index = [torch.from_numpy(rng.integers(0, 5, size=(n, k))) for _ in range(2)]
-    score = [torch.from_numpy(rng.normal(size=(n, k)).astype(np.float32)) for _ in range(2)]
-    return Ranking(index[0], score[0], index[1], score[1])
-
-
 def test_a_written_file_reads_back_through_the_typed_api(tmp_path):
     rng = np.random.default_rng(0)
     with create(tmp_path / "scores.h5") as store:
         written = write_teacher(store, rng)
-        test, train = ranking(N_TEST, 3, rng), ranking(N_TRAIN, 3, rng)
+        test, train = rank_matrix(written["per_checkpoint"][1], 3)  # epoch 4's tables (the reader checks them)
         store.model("teacher").write_rankings(rankings_name(4), test, train)
     with ScoreFile.open_read(tmp_path / "scores.h5") as store:
         data = data_arrays()
@@ -321,3 +314,45 @@ def test_a_header_that_disagrees_with_itself_is_refused(tiny_scores, tmp_path, e
         edit(h5)
     with ScoreFile.open_read(path) as store:
         assert any(message in problem for problem in store_module.layout_problems(store)), message
+
+
+@pytest.mark.parametrize(
+    "table, damage, message",
+    [
+        ("topk/test_top_index", lambda t: t.__setitem__(0, t[0][::-1]), "test_top tables are not the scores' top-k"),
+        ("topk/test_top_score", lambda t: t.__setitem__(0, t[0][::-1]), "test_top_score is not in order"),
+        ("topk/train_bottom_index", lambda t: t.__setitem__(3, t[4]), "train_bottom tables are not the scores' top-k"),
+        ("topk_epoch/epoch_002/test_bottom_score", lambda t: t.__setitem__(0, t[0] - 1), "test_bottom tables"),
+    ],
+)
+def test_top_k_tables_are_checked_against_the_scores_they_rank(tiny_scores, tmp_path, table, damage, message):
+    """Round 8, H3: one test example's proponents reversed in place (indices in range and distinct) were
+    shown by tracin-explore in the wrong order, under the wrong scores."""
+    import shutil
+
+    path = tmp_path / "t.h5"
+    shutil.copy(tiny_scores, path)
+    with ScoreFile.open_read(tiny_scores) as pristine:  # the tables as written pass, every model and kind
+        for name in pristine.models:
+            scores = pristine.model(name)
+            scores.rankings(), [scores.rankings(rankings_name(epoch=e)) for e in scores.epochs]
+    with h5py.File(path, "r+") as h5:
+        values = h5[f"student/{table}"][()]
+        damage(values)
+        h5[f"student/{table}"][...] = values
+    epoch = 2 if "epoch" in table else None
+    with ScoreFile.open_read(path) as store, pytest.raises(StoreError, match=message):
+        store.model("student").rankings(rankings_name(epoch=epoch))
+
+
+def test_beyond_the_full_check_the_train_tables_of_spread_rows_are_checked(monkeypatch):
+    """check_rankings above FULL_RANKING_CHECK: the order of every row, the train tables of 256 spread rows."""
+    from tracin.results.store import model_scores
+
+    matrix = np.random.default_rng(0).normal(size=(300, 40)).astype(np.float32)
+    test, train = (Ranking(*(t.numpy() for t in vars(r).values())) for r in model_scores.rank_matrix(matrix, 5))
+    monkeypatch.setattr(model_scores, "FULL_RANKING_CHECK", 0)
+    model_scores.check_rankings(test, train, matrix, "m")
+    train.top_index[0] = train.top_index[0][::-1].copy()
+    with pytest.raises(StoreError, match="train_top tables are not the scores' top-k"):
+        model_scores.check_rankings(test, train, matrix, "m")

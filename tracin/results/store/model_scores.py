@@ -369,11 +369,23 @@ class ModelScores:
         return self.rankings(rankings_name(variant=None if variant == self.variants[0] else variant))
 
     def rankings(self, name: str = "topk") -> tuple[Ranking, Ranking]:
-        """(test, train) rankings stored under `name` (rankings_name(epoch)), as numpy-backed Rankings."""
+        """(test, train) rankings stored under `name` (rankings_name(epoch)), as numpy-backed Rankings,
+        checked against the scores they rank (check_rankings)."""
         if name not in self._group:
             raise StoreError(f"{self._group.file.filename} has no {name} tables for {self.name}")
         tables = self._group[name]
-        return tuple(Ranking(*(tables[f"{p}_{f}"][()] for f in RANKING_FIELDS)) for p in ("test", "train"))
+        test, train = (Ranking(*(tables[f"{p}_{f}"][()] for f in RANKING_FIELDS)) for p in ("test", "train"))
+        check_rankings(test, train, self._ranked_matrix(name), f"{self._group.file.filename}: /{self.name}/{name}")
+        return test, train
+
+    def _ranked_matrix(self, name: str):
+        """The [n_train, n_test] scores the tables `name` rank (None: per-checkpoint scores not kept)."""
+        if name.startswith("topk_variant/"):
+            return self.matrix(variant=name.split("/", 1)[1])
+        if name.startswith("topk_epoch/"):
+            epoch = int(name.rsplit("_", 1)[1])
+            return self.matrix(checkpoint=self.epochs.index(epoch)) if self.has_per_checkpoint else None
+        return self.scores
 
     def mark_complete(self) -> None:
         self._group.attrs["status"] = "complete"
@@ -390,6 +402,48 @@ class EpochMatrix:
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
         return self.dataset[(self.index, *key)]
+
+
+FULL_RANKING_CHECK = 2**25  # scores (128 MB of float32) up to which every table entry is checked against them
+
+
+def check_rankings(test: Ranking, train: Ranking, matrix, where: str) -> None:
+    """A StoreError unless the top-k tables rank `matrix` ([n_train, n_test]; None: order only): each row's
+    scores in order (top largest first, bottom smallest first), and, up to FULL_RANKING_CHECK scores, every
+    table entry the matrix's score at its index and every row's k-th the matrix's k-th (the table holds the
+    k extremes, not k others). Beyond that size the train tables of 256 rows spread over the file are
+    checked so (each a row the matrix stores contiguously). Tables edited by hand were shown without a
+    word (round 8: H3, one test example's proponents reversed)."""
+    for side, ranking in (("test", test), ("train", train)):
+        for field, sign in (("top", -1), ("bottom", 1)):
+            scores = np.asarray(getattr(ranking, f"{field}_score"))
+            if scores.shape[1] > 1 and not (sign * np.diff(scores, axis=1) >= 0).all():
+                raise StoreError(f"{where}: {side}_{field}_score is not in order: the tables were edited")
+    if matrix is None:
+        return
+    n_train, n_test = matrix.shape
+    if n_train * n_test <= FULL_RANKING_CHECK:
+        full = np.asarray(matrix[()], dtype=np.float32)
+        _check_ranked(test, full.T, where, "test")
+        _check_ranked(train, full, where, "train")
+        return
+    rows = np.unique(np.linspace(0, n_train - 1, 256).astype(np.int64))
+    sample = Ranking(
+        *(np.asarray(getattr(train, f))[rows] for f in ("top_index", "top_score", "bottom_index", "bottom_score"))
+    )
+    _check_ranked(sample, np.asarray(matrix[rows], dtype=np.float32), where, "train")
+
+
+def _check_ranked(ranking: Ranking, rows: np.ndarray, where: str, side: str) -> None:
+    """ranking's rows against the score rows `rows` [n, columns] they rank."""
+    k = np.asarray(ranking.top_index).shape[1]
+    for field, extreme in (("top", -np.partition(-rows, k - 1, axis=1)[:, k - 1]), ("bottom", None)):
+        index, scores = np.asarray(getattr(ranking, f"{field}_index")), np.asarray(getattr(ranking, f"{field}_score"))
+        if extreme is None:
+            extreme = np.partition(rows, k - 1, axis=1)[:, k - 1]
+        held = np.take_along_axis(rows, index.astype(np.int64), axis=1)
+        if not np.array_equal(held, scores) or not np.array_equal(extreme, scores[:, -1]):
+            raise StoreError(f"{where}: {side}_{field} tables are not the scores' top-k: the tables were edited")
 
 
 def rank_matrix(
