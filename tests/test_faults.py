@@ -291,6 +291,7 @@ def test_overwrite_interrupted_in_training_puts_the_old_run_back(tiny_run, tmp_p
     result = _train(runs, fashion_mnist_root, "--overwrite", "--models", "teacher", fault="train-epoch:1:interrupt")
     assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert hashes(runs / "tiny") == before and not (runs / ".tiny.replaced").exists()
+    assert "interrupted; run the same command again to continue" in result.stderr  # not --resume (round 8, K1)
 
 
 def test_overwrite_killed_in_training_keeps_the_old_run_until_the_new_one_finishes(

@@ -52,7 +52,9 @@ SPECS = {
         (RunOptions, DataConfig, TrainConfig),
         "tracin.commands.train:train_run",
         "Train a teacher, a distilled student and a baseline student, with checkpoints for TracIn.",
-        "continue with --resume",
+        # with or without --resume; after --overwrite the earlier run is back and the same command replaces it
+        # again (--resume would be refused: round 8, K1)
+        "run the same command again to continue",
         epilog="Several processes (DistributedDataParallel): torchrun --nproc_per_node=N $(which tracin-train) "
         "-- --run NAME ... (the `--` keeps torchrun from reading --run as its own --run-path).",
     ),
@@ -297,7 +299,7 @@ def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
 
     def work() -> None:
         from tracin.commands import sweep as sweep_module
-        from tracin.training.trainer import saved_epochs
+        from tracin.training.optimization import saved_epochs
 
         options = options_from(SweepOptions, args, "tracin-sweep")
         sweep = sweep_module.Sweep(
