@@ -187,3 +187,17 @@ def test_an_eval_table_that_is_a_link_is_refused_before_the_evaluation(cifar10_r
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "tracin-eval's table" in result.stderr and "symbolic link" in result.stderr
     assert colleague.read_text() == "a colleague's table\n"
+
+
+def test_a_data_json_whose_class_names_were_swapped_is_refused(tiny_run, tmp_path, fashion_mnist_root):
+    """Round 8, J1: two class names swapped in data.json relabelled tracin-eval's per-class columns and
+    changed its accuracies, without a word."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    record = json.loads((run / "data.json").read_text())
+    record["classes"][0], record["classes"][1] = record["classes"][1], record["classes"][0]
+    (run / "data.json").write_text(json.dumps(record))
+    result = tool("tracin-eval", "--run", run, "--eval-dataset", "fashion-mnist", "--data-root", fashion_mnist_root)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "the run's data set names them T-shirt/top, Trouser" in result.stderr
+    assert not (run / "eval_fashion-mnist.csv").exists()

@@ -414,3 +414,23 @@ def test_the_browser_filters_navigate_and_link(explore_run, browser, tmp_path):
     SCREENSHOT.parent.mkdir(exist_ok=True)
     browser.set_window_size(1400, 1000)
     assert browser.save_screenshot(str(SCREENSHOT))
+
+
+@pytest.mark.parametrize("damage", ["classes", "test_labels", "train_labels"])
+def test_a_score_file_naming_or_labelling_its_examples_otherwise_than_the_run_is_refused(tiny_scores, tmp_path, damage):
+    """Round 8, H5: a classes attribute reversed by hand put every image of the page under another name."""
+    import json
+
+    import h5py
+
+    path = tmp_path / "t.h5"
+    shutil.copy(tiny_scores, path)
+    with h5py.File(path, "r+") as h5:
+        if damage == "classes":
+            h5.attrs["classes"] = json.dumps(json.loads(h5.attrs["classes"])[::-1])
+        else:
+            h5[damage][0] = (h5[damage][0] + 1) % 10
+    with ScoreFile.open_read(path) as store, pytest.raises(TracinError, match=f"{damage}.* (the run's data|differ)"):
+        load_images(store)
+    with ScoreFile.open_read(tiny_scores) as store:  # as written, it is the run's
+        assert load_images(store).test.shape[0] == store.n_test
