@@ -23,13 +23,12 @@ from tracin.training.data import (
     SHORTCUT_TEST_FRACTION,
     SPECS,
     augment,
-    data_record,
-    fingerprint,
     flip_labels,
     load_data,
     normalize,
     stratified_subset,
 )
+from tracin.training.records import data_record, fingerprint
 
 from conftest import ATOL, CIFAR10_CLASSES, RTOL
 

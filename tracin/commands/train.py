@@ -31,11 +31,12 @@ from tracin.options import RunOptions
 from tracin.runtime import Runtime, start_runtime
 from tracin.training.batches import steps_per_epoch, to_device
 from tracin.training.checkpoints import load_checkpoint, sha256_file
-from tracin.training.data import RunData, data_record, fingerprint, load_data
+from tracin.training.data import RunData, load_data
 from tracin.training.losses import check_kd_loss
 from tracin.training.models import check_fits, count_parameters
 from tracin.training.optimization import check_schedule
 from tracin.training.plots import plot_overlaid_history, plot_per_class
+from tracin.training.records import data_record, fingerprint
 from tracin.training.roles import model_configs, needs_teacher, teacher_path, train_role
 from tracin.training.run_folder import (
     RunPaths,

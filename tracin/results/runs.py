@@ -25,8 +25,9 @@ from tracin.training.checkpoints import (
     select_checkpoints,
     sha256_file,
 )
-from tracin.training.data import RunData, fingerprint_differences, load_data
+from tracin.training.data import RunData, load_data
 from tracin.training.losses import CrossEntropy, Distillation, Objective, PredictedCrossEntropy, TrainTest
+from tracin.training.records import fingerprint_differences
 from tracin.training.run_folder import RunPaths, read_record
 
 

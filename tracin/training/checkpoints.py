@@ -16,7 +16,7 @@ A training checkpoint is a dict with fixed keys:
     metrics       train_loss (the training objective), train_acc, test_loss (cross-entropy), test_acc of
                   the epoch
     config        TrainConfig.to_dict();  data_config: DataConfig.to_dict()
-    data_fingerprint   tracin.training.data.fingerprint(...)
+    data_fingerprint   tracin.training.records.fingerprint(...)
     param_count   trainable parameters of the model
     teacher       what a distilled student learned from: {path, sha256, epoch} of the teacher checkpoint,
                   "self" (self-distillation), or None

@@ -5,7 +5,7 @@ resumed run the same run.
                  config, data_config, model_configs,
                  param_counts, data_fingerprint, teacher_checkpoint (an outside --teacher, or null),
                  models: {role: {status: pending|partial|done, epoch, epochs, checkpoints, metrics}}
-    data.json    tracin.training.data.data_record(...): indices into the data set, flipped labels
+    data.json    tracin.training.records.data_record(...): indices into the data set, flipped labels
     <role>/      init.pt, epoch_NNN.pt, last.pt, history.csv, train.log (its epoch lines), curves.png,
                  confusion.png and confusion.csv (best saved checkpoint), per_class.csv (accuracy, error and
                  the class most mistaken for, per class)

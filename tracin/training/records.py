@@ -1,0 +1,77 @@
+"""What identifies a run's data, and what a person reads of them: the fingerprint (run.json's
+`data_fingerprint`, compared by every command that rebuilds the data) and data.json's record."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+from torch import Tensor
+
+from tracin.config import DataConfig
+from tracin.training.data import SHORTCUT_PATCH, RunData
+
+
+def _sha256(tensor: Tensor) -> str:
+    return hashlib.sha256(tensor.to(torch.int64).numpy().tobytes()).hexdigest()
+
+
+def _pixels_sha256(images: Tensor) -> str:
+    return hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()
+
+
+def fingerprint(data: RunData, config: DataConfig, pixels: bool = True) -> dict:
+    """What identifies a run's data: data set, sizes, hashes of indices, of the training labels and of
+    the selected examples' pixels (uint8 as stored; pixels=False leaves them out, as runs recorded
+    before they were fingerprinted did)."""
+    values = {
+        "dataset": config.dataset,
+        "n_train": len(data.train),
+        "n_test": len(data.test),
+        "train_index_sha256": _sha256(data.train.index),
+        "test_index_sha256": _sha256(data.test.index),
+        "train_labels_sha256": _sha256(data.train.labels),
+        "label_noise": config.label_noise,
+        "seed": config.seed,
+    }
+    if config.coarse_labels is not None:  # only then: the digests of runs without them stay as they were
+        values["coarse_labels"] = config.coarse_labels
+        values["test_labels_sha256"] = _sha256(data.test.labels)
+    if config.shortcut_class is not None:
+        values["shortcut"] = [config.shortcut_class, config.shortcut_fraction]
+        if (config.shortcut_patch, config.shortcut_mode) != (SHORTCUT_PATCH, "class"):  # only then: older digests stay
+            values["shortcut"] += [config.shortcut_patch, config.shortcut_mode]
+    if pixels:
+        values["train_pixels_sha256"] = _pixels_sha256(data.train.images)
+        values["test_pixels_sha256"] = _pixels_sha256(data.test.images)
+    values["digest"] = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+    return values
+
+
+def fingerprint_differences(recorded: dict, data: RunData, config: DataConfig) -> list[str]:
+    """What differs between a run's recorded fingerprint and these data (empty: the same data); pixels
+    are compared when the record has them."""
+    current = fingerprint(data, config, pixels="train_pixels_sha256" in recorded)
+    if current["digest"] == recorded.get("digest"):
+        return []
+    return [key for key in current if key != "digest" and current[key] != recorded.get(key)]
+
+
+def data_record(data: RunData) -> dict:
+    """The indices, flipped labels, fine labels and stamped examples of a run, as saved in
+    `checkpoints/<run>/data.json`."""
+    noisy = data.train.noisy
+    return {
+        "train_index": data.train.index.tolist(),
+        "test_index": data.test.index.tolist(),
+        "flipped_index": data.train.index[noisy].tolist(),
+        "flipped_original_labels": data.train.clean_labels[noisy].tolist(),
+        "flipped_new_labels": data.train.labels[noisy].tolist(),
+        "classes": list(data.train.classes),
+        "fine_classes": list(data.train.fine_classes),
+        "train_fine_labels": data.train.fine_labels.tolist(),
+        "test_fine_labels": data.test.fine_labels.tolist(),
+        "stamped_train_index": data.train.index[data.train.stamped].tolist(),
+        "stamped_test_index": data.test.index[data.test.stamped].tolist(),
+    }
