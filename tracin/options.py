@@ -426,10 +426,7 @@ class ValidateOptions:
             (self.k >= 1, f"--k must be at least 1, got {self.k}"),
             (0 <= self.seed < SEED_LIMIT, f"--seed must be in 0..{SEED_LIMIT - 1}, got {self.seed}"),
             (self.subsets >= 0, f"--subsets must be 0 or more, got {self.subsets}"),
-            (
-                self.subsets == 0 or self.subsets >= 3,
-                f"--subsets: the LDS needs at least 3 subsets, got {self.subsets}",
-            ),
+            (self.subsets == 0 or self.subsets >= 3, f"--subsets: the LDS needs at least 3, got {self.subsets}"),
             (0.0 < self.fraction < 1.0, f"--fraction must be in (0, 1), got {self.fraction}"),
             (
                 1 <= self.seeds <= MAX_VALIDATION_SEEDS,
@@ -444,12 +441,8 @@ class ValidateOptions:
             (self.test_examples == 0, "--test-examples 0", ("k", "seeds", "conditions")),
         ):
             for name in names:
-                _check(
-                    (
-                        not off or getattr(self, name) == defaults[name],
-                        f"--{name} is not read with {flag}: leave it out",
-                    )
-                )
+                unread = off and getattr(self, name) != defaults[name]
+                _check((not unread, f"--{name} is not read with {flag}: leave it out"))
 
 
 # --- tracin-report -----------------------------------------------------------------------------------------
