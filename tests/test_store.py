@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tracin.engine.topk import Ranking
-from tracin.errors import StoreError
+from tracin.errors import StoreError, TracinError
 from tracin.results import store as store_module
 from tracin.results.store import DataArrays, ModelScores, ScoreFile, rankings_name
 from tracin.results.store.model_scores import rank_matrix
@@ -356,3 +356,19 @@ def test_beyond_the_full_check_the_train_tables_of_spread_rows_are_checked(monke
     train.top_index[0] = train.top_index[0][::-1].copy()
     with pytest.raises(StoreError, match="train_top tables are not the scores' top-k"):
         model_scores.check_rankings(test, train, matrix, "m")
+
+
+def test_a_noisy_mask_that_is_not_where_the_labels_were_flipped_is_refused(tiny_scores, tmp_path):
+    """Round 9, H14: /noisy edited by hand marked a clean example as flipped on the page and in the export."""
+    import shutil
+
+    path = tmp_path / "t.h5"
+    shutil.copy(tiny_scores, path)
+    with h5py.File(path, "r+") as h5:
+        h5["noisy"][0] = not h5["noisy"][0]
+    from tracin.results.report_folder import check_finished  # what every reader of a finished file runs first
+
+    with ScoreFile.open_read(path) as store, pytest.raises(TracinError, match="/noisy is not where /train_labels"):
+        check_finished(store)
+    with ScoreFile.open_read(tiny_scores) as store:
+        check_finished(store)

@@ -195,6 +195,9 @@ def _header_value_problems(h5) -> list[str]:
                 problems.append(
                     f"/{name} holds labels outside 0..{len(names) - 1} (the file's {len(names)} {attribute})"
                 )
+    if all(name in h5 for name in ("noisy", "train_labels", "train_clean_labels")):  # round 9: H14
+        if not np.array_equal(h5["noisy"][()], h5["train_labels"][()] != h5["train_clean_labels"][()]):
+            problems.append("/noisy is not where /train_labels differ from /train_clean_labels (the flipped labels)")
     return problems
 
 
