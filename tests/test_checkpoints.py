@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,8 @@ from tracin.training.checkpoints import (
     teacher_record,
 )
 from tracin.training.models import build_model
+
+from conftest import subprocess_env
 
 
 def _payload(role: str = "teacher") -> dict:
@@ -291,3 +295,34 @@ def test_every_checkpoints_lr_is_its_runs_schedule_replayed_and_an_edited_one_is
         check_checkpoint_lr(path, {**payload, "lr": payload["lr"] * 100}, config)
     with pytest.raises(CheckpointError, match="not whole epochs"):
         check_checkpoint_lr(path, {**payload, "step": payload["step"] + 1}, config)
+
+
+@pytest.mark.parametrize("field, value", [("weight_decay", 1e-3), ("temperature", 2.0), ("batch_size", 64)])
+def test_a_training_setting_that_is_not_the_runs_is_refused(tiny_run, tmp_path, field, value):
+    """Round 9, F1 and F5-F9: run.json's config, or a checkpoint's, edited to another valid value was used
+    without a word (scoring with --loss kd reads a student's temperature; validation retrains from run.json)."""
+    import json
+    import shutil
+
+    from tracin.config import TrainConfig
+    from tracin.training.checkpoints import check_trained_config, list_checkpoints
+
+    config = TrainConfig.from_dict(json.loads((tiny_run / "run.json").read_text())["config"])
+    for model in ("teacher", "student", "student_baseline"):
+        for path in [tiny_run / model / "init.pt", *list_checkpoints(tiny_run / model)]:
+            check_trained_config(path, torch.load(path, weights_only=True), config)
+    payload = torch.load(path, weights_only=True)
+    edited = {**payload, "config": {**payload["config"], field: value}}
+    with pytest.raises(CheckpointError, match=f"trained with {field} .*, but run.json says"):
+        check_trained_config(path, edited, config)
+    run = tmp_path / "run"  # and end to end: run.json edited, tracin-score refuses in one line
+    shutil.copytree(tiny_run, run)
+    record = json.loads((run / "run.json").read_text())
+    record["config"][field] = value
+    (run / "run.json").write_text(json.dumps(record))
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("tracin-score")), "--run", run, "--scores", tmp_path / "s.h5", "--topk", "5", "--quiet"],
+        capture_output=True, text=True, timeout=600, env=subprocess_env(),
+    )  # fmt: skip
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"was trained with {field}" in result.stderr and "but run.json says" in result.stderr

@@ -58,7 +58,13 @@ from tracin.results.validation import (
 )
 from tracin.runtime import Runtime, machine, start_runtime
 from tracin.training.batches import split_to_device, steps_per_epoch
-from tracin.training.checkpoints import check_recorded_architecture, load_checkpoint, load_model, sha256_file
+from tracin.training.checkpoints import (
+    check_recorded_architecture,
+    check_trained_config,
+    load_checkpoint,
+    load_model,
+    sha256_file,
+)
 from tracin.training.data import RunData, Split
 from tracin.training.optimization import check_schedule
 from tracin.training.roles import replica_run
@@ -183,6 +189,7 @@ def make_trainer(name: str, run: TrainedRun, data: RunData, runtime: Runtime, ep
     config = TrainConfig.from_dict(run.record["config"])
     context = RunContext(run.paths, config, run.data_config, data, run.record["data_fingerprint"], runtime, run.record)
     context = replica_run(context, replica)
+    trained = context.config  # what its checkpoints record (checked below), before --epochs shortens it
     if epochs is not None:
         if epochs <= config.warmup_epochs:  # named by the option given, not by the config's field (round 8: S5)
             raise TracinError(
@@ -191,6 +198,7 @@ def make_trainer(name: str, run: TrainedRun, data: RunData, runtime: Runtime, ep
             )
         context = replace(context, config=replace(context.config, epochs=epochs))
     init = load_checkpoint(run.paths.init(name), role=role)
+    check_trained_config(run.paths.init(name), init, trained)  # run.json's settings are what it trained with
     model_config = ModelConfig.from_dict(init["model_config"])
     check_recorded_architecture(run.paths.init(name), model_config, role, run.record["model_configs"].get(role))
     teacher_info = init.get("teacher")

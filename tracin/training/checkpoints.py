@@ -508,6 +508,19 @@ def check_recorded_architecture(
         raise CheckpointError(f"{path} is not the architecture the run recorded for {role}: {differ}")
 
 
+def check_trained_config(path: Path, payload: dict[str, Any], config: TrainConfig) -> None:
+    """A CheckpointError unless the checkpoint was trained with `config` (run.json's, its replica's seed):
+    a setting edited in run.json, or in a checkpoint (a distilled student's temperature, which scoring with
+    --loss kd reads), was used without a word (round 9: F1, F5-F9)."""
+    recorded = TrainConfig.from_dict(payload["config"]).to_dict()  # fields added since take their defaults
+    for field, value in config.to_dict().items():
+        if recorded.get(field) != value:
+            raise CheckpointError(
+                f"{path} was trained with {field} {recorded.get(field)!r}, but run.json says {value!r}: run.json "
+                "or the checkpoint was edited, or it is not this run's"
+            )
+
+
 LR_RTOL = 1e-9  # the replay sums the same floats in the same order: equal, up to a resumed scheduler's rounding
 
 
@@ -561,6 +574,7 @@ def load_run_checkpoints(
                 "or copied from elsewhere?"
             )
         if schedule is not None:
+            check_trained_config(path, payload, schedule if seed is None else dataclasses.replace(schedule, seed=seed))
             check_checkpoint_lr(path, payload, schedule)
         config = this
         checkpoints.append(
