@@ -310,18 +310,17 @@ def checked_models(run: TrainedRun, options: ScoreOptions, data: RunData, runtim
     """{model: checkpoints_digest} of the models to score, each checked before the result file is touched:
     its checkpoints loaded and checked, its layers resolved, its blocks sized within the memory budget.
     Each engine is dropped after its check, so that scoring holds one model's checkpoints at a time."""
-    digests, groups, warned = {}, set(), set()
-    for name in model_names(run, options):
+    digests, groups = {}, set()
+    for number, name in enumerate(model_names(run, options)):
         tracin = build_engine(name, run, options, runtime)
         groups.update(tracin.group_names)
         plan = tracin.memory_plan(data.train, data.test, options.per_checkpoint)
         warnings = [
             plan_warning(name, plan, len(data.train), len(data.test), options.engine.batch_size),
-            budget_warning(plan, runtime.device),
+            budget_warning(plan, runtime.device) if number == 0 else None,  # the budget's: once (round 8: O13)
         ]
-        for warning in (w for w in warnings if w and w not in warned and runtime.is_main):
+        for warning in (w for w in warnings if w and runtime.is_main):
             print(warning, flush=True)  # on stdout: stderr is kept for the one line of an error
-            warned.add(warning)  # the budget's warning is the same for every model: said once (round 8: O13)
         digests[name] = checkpoints_digest(tracin.checkpoints)
         del tracin  # before the next model's checkpoints are loaded
         gc.collect()
