@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from unittest.mock import ANY
 
 import h5py
 import numpy as np
@@ -18,6 +19,7 @@ from tracin.engine.topk import Ranking
 from tracin.errors import StoreError, TracinError
 from tracin.results import store as store_module
 from tracin.results.store import DataArrays, ModelScores, ScoreFile, rankings_name
+from tracin.results.store.digests import DIGESTS
 from tracin.results.store.model_scores import rank_matrix
 from tracin.results.store.tables import NAMED_TABLES
 from tracin.training.checkpoints import Checkpoint, list_checkpoints, load_checkpoint
@@ -209,7 +211,7 @@ def test_named_tables_round_trip_with_their_attributes(tmp_path):
         assert "rows of named fields" in one_line_store_error(lambda: store.write_table("quality", np.zeros(3)))
     with h5py.File(tmp_path / "scores.h5", "r+") as h5:
         assert h5["quality_report"].attrs["provenance"] == '{"machine": "m", "seconds": 2.0}'  # JSON, sorted keys
-        assert dict(h5["randomization"].attrs) == {"settings": "{}", "seconds": 0.0}
+        assert dict(h5["randomization"].attrs) == {"settings": "{}", "seconds": 0.0, DIGESTS: ANY}
         del h5["randomization"].attrs["seconds"]  # as a file from before the attribute
     with ScoreFile.open_read(tmp_path / "scores.h5") as store:
         assert store.read_table("quality_report").tobytes() == rows.tobytes()
@@ -229,7 +231,7 @@ def test_every_named_table_is_in_the_documented_layout_with_its_rows_dtype():
 
 def test_layout_of_a_tracin_score_file_is_the_documented_one(tiny_scores, tiny_run):
     with h5py.File(tiny_scores, "r") as h5:
-        assert set(h5.attrs) == documented_attributes("/") and h5.attrs["format_version"] == 1
+        assert set(h5.attrs) == documented_attributes("/") and h5.attrs["format_version"] == 2
         n_train, n_test = len(h5["train_index"]), len(h5["test_index"])
         for name in ("train_index", "train_labels", "train_clean_labels", "test_index", "test_labels"):
             assert h5[name].dtype == np.int64 and h5[name].shape == ((n_train,) if "train" in name else (n_test,))

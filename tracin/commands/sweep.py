@@ -30,7 +30,7 @@ from tracin.config import ROLES
 from tracin.config import SWEEP_KEYS as KEYS
 from tracin.config import SWEEP_SHAPE_KEYS as SHAPE_KEYS
 from tracin.config import SWEEP_TEACHER_KEYS as TEACHER_KEYS
-from tracin.errors import TracinError
+from tracin.errors import StoreError, TracinError
 from tracin.files import write_atomic, write_json_atomic
 from tracin.results import statistics
 from tracin.results.store import ScoreFile
@@ -257,6 +257,10 @@ def teacher_agreement(sweep: Sweep, run: Path, model: str) -> dict:
             or {teachers.status, mine.status} != {"complete"}
         ):
             return {}
+        for store in (teachers, mine):
+            changed = store.changed_since_written()
+            if changed:
+                raise StoreError(f"{store.path}: {changed[0]}: the file was edited, or damaged on disk")
         if not (
             np.array_equal(teachers.train_index, mine.train_index)
             and np.array_equal(teachers.test_index, mine.test_index)

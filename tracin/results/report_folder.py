@@ -55,6 +55,12 @@ def check_finished(store: ScoreFile) -> None:
             f"{store.path} is not laid out as tracin-score writes it: {wrong[0]}"
             + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else "")
         )
+    changed = store.changed_since_written()
+    if changed:
+        raise StoreError(
+            f"{store.path}: {changed[0]}: the file was edited, or damaged on disk; make it again with the command "
+            "that wrote it (tracin-score --overwrite for scores)"
+        )
 
 
 def quality_report_summary(store: ScoreFile) -> tuple[str, Optional[Figure]]:

@@ -8,7 +8,7 @@ and tests/test_store.py. Its modules: file (ScoreFile: opening, creating, resumi
 (damage found and repaired), layout (the fixed names, and a file checked against this layout) and hdf5 (opening
 and allocating at the lowest level).
 
-Layout (format "tracin-scores", version 1):
+Layout (format "tracin-scores", version 2; version 1 had no digests):
 
     /                       attrs: format, format_version, tracin_version, created, command, run, dataset,
                             mode, proj_dim, proj_seed, layers (JSON), loss (and test_label beside it when the
@@ -74,6 +74,11 @@ Layout (format "tracin-scores", version 1):
     /comparison/<a>__<b>/   attrs: ks, max_rows, seed (the comparison's options)
         <table>             compound [rows], one per table of tracin.results.comparison.TABLES (overlap,
                             rank_correlation, ks, self_influence), columns as registered, "scope" first
+
+Every dataset but the resume masks (`done`) carries attr digests (JSON: the sha256 of each block of about
+16 MB of its values) from when it was finished: the header arrays when the file is made, a model's datasets when it
+is complete, a table when written, /validation's when its tables are. Reports refuse a file whose values
+differ from them (tracin.results.store.digests).
 
 /quality, /agreement, /detection, /randomization and /quality_report are the named tables of
 tracin.results.store.tables (ScoreFile.write_table and read_table, their attributes registered with them).

@@ -19,6 +19,7 @@ from tracin.config import ENSEMBLE_SUFFIX, ROLES, inherited_shortcut_class, spli
 from tracin.errors import StoreError, TracinError
 from tracin.files import disk_full, fsync_file, not_a_file, refuse_link
 from tracin.results.store import tables
+from tracin.results.store.digests import digest_problems, seal
 from tracin.results.store.hdf5 import (
     HDF5_ERRORS,
     attribute_value,
@@ -178,6 +179,12 @@ class ScoreFile:
         salvaged = salvage(path, problems) if problems else None
         store = cls.open_read_write(path)
         store.salvaged = salvaged
+        changed = store.changed_since_written()  # a finished model's scores would be ranked and sealed again
+        if changed:
+            store.close()
+            raise StoreError(
+                f"{path}: {changed[0]}: the file was edited, or damaged on disk; pass --overwrite to score afresh"
+            )
         return store
 
     @classmethod
@@ -250,7 +257,14 @@ class ScoreFile:
         self._h5.create_dataset("noisy", data=data.noisy)
         for name in HEADER_MASKS:
             self._h5.create_dataset(name, data=np.asarray(getattr(data, name), dtype=bool))
+        for name in (*HEADER_ARRAYS, "noisy", *HEADER_MASKS):
+            seal(self._h5[name])
         self._h5.flush()
+
+    def changed_since_written(self) -> list[str]:
+        """What of the finished datasets differs from the digests written with them (digests.digest_problems;
+        a file of format version 2 must carry them)."""
+        return digest_problems(self._h5, required=int(self._h5.attrs.get("format_version", FORMAT_VERSION)) >= 2)
 
     # --- header facts ----------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from tracin.results.store.file import ScoreFile
 
 FORMAT = "tracin-scores"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: finished datasets carry digests (tracin.results.store.digests)
 HEADER_ARRAYS = (
     "train_index",
     "test_index",

@@ -14,6 +14,7 @@ from torch import Tensor
 from tracin.config import split_variant
 from tracin.engine.topk import Ranking, StreamingRanking
 from tracin.errors import StoreError
+from tracin.results.store.digests import seal_group
 from tracin.results.store.hdf5 import early_dataset
 from tracin.results.store.layout import (
     CHUNK_COLS,
@@ -364,6 +365,11 @@ class ModelScores:
                 values = getattr(ranking, field).numpy()
                 tables.create_dataset(f"{prefix}_{field}", data=values.astype(np.int32) if "index" in field else values)
 
+    @property
+    def topk_width(self) -> int:
+        """K of the top-k tables (the largest --topk they were made with); 0 before they are written."""
+        return int(self._group["topk/test_top_index"].shape[1]) if "topk/test_top_index" in self._group else 0
+
     def variant_rankings(self, variant: str) -> tuple[Ranking, Ranking]:
         """(test, train) rankings of one variant's summed scores (the first variant's are "topk")."""
         return self.rankings(rankings_name(variant=None if variant == self.variants[0] else variant))
@@ -388,6 +394,8 @@ class ModelScores:
         return self.scores
 
     def mark_complete(self) -> None:
+        """Seal every dataset (tracin.results.store.digests), then status complete."""
+        seal_group(self._group)
         self._group.attrs["status"] = "complete"
         self._group.file.flush()
 

@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 
 from tracin.errors import StoreError
+from tracin.results.store.digests import seal
 from tracin.results.store.hdf5 import attribute_value, replace_dataset
 
 
@@ -43,6 +44,7 @@ class NamedTable:
         if rows.dtype.names is None or rows.ndim != 1:
             raise StoreError(f"table {self.name} takes rows of named fields, not {rows.dtype} of shape {rows.shape}")
         dataset = replace_dataset(h5, self.name, rows)
+        seal(dataset)
         h5.flush()  # the rows, then their attributes: the order of writes a full disk meets (tests/test_edges.py)
         for key, default in self.attrs.items():
             value = attrs.get(key, default)
@@ -148,7 +150,7 @@ def write_comparison(h5: h5py.File, a: str, b: str, tables: dict[str, np.ndarray
         del h5[name]
     group = h5.create_group(name, track_order=True)
     for table_name, table in tables.items():
-        group.create_dataset(table_name, data=np.asarray(table))
+        seal(group.create_dataset(table_name, data=np.asarray(table)))
     group.attrs.update(settings)
     h5.flush()
 

@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 
 from tracin.errors import StoreError
+from tracin.results.store.digests import seal_group
 from tracin.results.store.hdf5 import (
     HDF5_ERRORS,
     attribute_value,
@@ -150,6 +151,7 @@ class ValidationRecord:
         (provenance JSON: machine, finished); status complete."""
         for name, table in (("leave_out", leave_out), ("lds", lds)):
             replace_dataset(self._group, name, table)
+        seal_group(self._group)
         self._group.attrs["provenance"] = json.dumps(provenance or {}, sort_keys=True)
         self._group.attrs["status"] = "complete"
         self._group.file.flush()

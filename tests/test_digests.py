@@ -1,0 +1,92 @@
+"""tracin.results.store.digests: every block of a dataset is covered once, an edit in range is found in the
+block it is in, a sampled check of a large dataset finds an edit of every block it reads, and the readers
+refuse a finished file whose values changed (red-team round 10: H10, H12-H15)."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from tracin.results.store import digests
+from tracin.results.store.digests import MAX_BLOCKS, blocks, changed_blocks, digest_problems, seal, seal_group
+
+SHAPES = [(0,), (1,), (7,), (200,), (5, 3), (130, 4), (2, 9, 4), (70, 3, 2), (3, 0, 2), (300, 1000)]
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    monkeypatch.setattr(digests, "BLOCK_BYTES", 16)  # blocks of four float32 values: many blocks in a tiny file
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_blocks_cover_every_element_once(shape):
+    hits = np.zeros(shape, dtype=np.int64)
+    for index in blocks(shape, 4):
+        hits[index] += 1
+    assert (hits == 1).all()
+    assert len(blocks(shape, 4)) <= max(MAX_BLOCKS, shape[0] if len(shape) >= 3 else 1)
+
+
+def test_a_dataset_of_a_cpu_size_run_is_one_block(monkeypatch):
+    monkeypatch.undo()
+    assert len(blocks((50_000, 10_000), 4)) == 2 * 10**9 // 2**24 + 1 == 120  # full CIFAR-10: 16 MB blocks
+    assert blocks((4096, 512), 4) == [(slice(0, 4096),)]
+
+
+def _file(tmp_path, shape=(130, 4), dtype=np.float32) -> h5py.File:
+    h5 = h5py.File(tmp_path / "f.h5", "w")
+    h5.create_dataset("model/scores", data=np.arange(np.prod(shape), dtype=dtype).reshape(shape))
+    h5.create_dataset("model/done", data=np.ones(3, dtype=bool))
+    h5.create_dataset("names", data=np.array(["a", "bc"], dtype=object), dtype=h5py.string_dtype())
+    return h5
+
+
+def test_an_edit_in_range_is_found_in_its_block(tmp_path):
+    rng = np.random.default_rng(0)
+    with _file(tmp_path) as h5:
+        seal_group(h5)
+        assert "digests" not in h5["model/done"].attrs  # resume bookkeeping is not sealed
+        assert digest_problems(h5, required=True) == []
+        h5["model/scores"][100, 2] += 1.0  # 130 rows of 16 bytes in 130 blocks
+        assert changed_blocks(h5["model/scores"], rng) == [100]
+        h5["names"][1] = "bd"
+        problems = digest_problems(h5, required=True)
+        assert [p.split(" ")[0] for p in problems] == ["/model/scores", "/names"]
+        assert "block 100 of 130 differs from its sha256" in problems[0]
+
+
+def test_a_sealed_dataset_sealed_again_after_a_rewrite_reads_as_whole(tmp_path):
+    with _file(tmp_path) as h5:
+        seal(h5["model/scores"])
+        h5["model/scores"][0] = 5.0
+        seal(h5["model/scores"])
+        assert digest_problems(h5, required=False) == []
+
+
+def test_digests_are_required_in_finished_parts_only(tmp_path):
+    with _file(tmp_path) as h5:
+        assert digest_problems(h5, required=False) == []  # a version-1 file: nothing to check
+        assert digest_problems(h5, required=True)[0] == (
+            "/model/scores has no digests, as tracin writes every finished dataset with"
+        )
+        h5["model"].attrs["status"] = "partial"
+        assert [p.split(" ")[0] for p in digest_problems(h5, required=True)] == ["/names"]
+
+
+def test_digests_that_do_not_read_count_as_every_block_changed(tmp_path):
+    with _file(tmp_path) as h5:
+        seal_group(h5)
+        h5["names"].attrs["digests"] = "[1, 2"
+        assert changed_blocks(h5["names"], np.random.default_rng(0)) == [0]  # two names: one block
+
+
+def test_a_large_dataset_is_checked_in_sampled_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(digests, "FULL_CHECK_BYTES", 0)  # every dataset is "large"
+    with _file(tmp_path, shape=(640, 2)) as h5:
+        seal_group(h5)
+        rng = np.random.default_rng(1)
+        assert changed_blocks(h5["model/scores"], rng) == []
+        h5["model/scores"][...] = -1.0  # every block changed: a sample finds SAMPLED_BLOCKS of them
+        found = changed_blocks(h5["model/scores"], rng)
+        assert len(found) == digests.SAMPLED_BLOCKS and found == sorted(set(found))

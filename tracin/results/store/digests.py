@@ -1,0 +1,120 @@
+"""Content digests of a score file's finished datasets, so that a value edited after it was written (a test
+example's prediction, one self-influence, a quality table's cell: round 10's H10-H15) is refused instead of
+shown.
+
+A dataset is sealed when what writes it is done: the header arrays when the file is made, a model's datasets
+when it is complete (ModelScores.mark_complete), a named or comparison table when written, /validation's
+when its tables are. Sealing stores attr `digests`: a JSON list of the sha256 of each block of about
+BLOCK_BYTES of the dataset's leading axis (at most MAX_BLOCKS; the two leading axes of a 3-d one, one
+checkpoint at a time). Checking (check_finished, before any report is made) re-reads every block of a dataset
+up to FULL_CHECK_BYTES, and SAMPLED_BLOCKS blocks chosen at random of a larger one, so a check stays cheap at
+50,000 x 10,000 scores (2 GB: 120 blocks, 8 read at random, so an edit inside one block is found with
+probability 1/15 per read; every dataset of a CPU-size run is read whole).
+In a file of format version 2 every dataset must carry digests except the resume masks (`done`) and those of
+a group still partial; files of version 1 carry none and are not checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import h5py
+import numpy as np
+
+DIGESTS = "digests"  # the attribute
+BLOCK_BYTES = 2**24  # 16 MB: a dataset of a CPU-size run is one block
+MAX_BLOCKS = 256  # digests per dataset: the attribute stays under HDF5's 64 kB
+FULL_CHECK_BYTES = 2**27  # datasets (128 MB) up to which every block is checked
+SAMPLED_BLOCKS = 8  # blocks checked of a larger dataset
+UNSEALED = ("done",)  # resume masks: bookkeeping, rewritten by every resume
+
+
+def blocks(shape: tuple[int, ...], itemsize: int) -> list[tuple]:
+    """The index of each digest block of a dataset of `shape` and `itemsize` bytes per value: slices of its
+    leading axis of about BLOCK_BYTES, at most MAX_BLOCKS; a 3-d dataset's first index with slices of its
+    second (per_checkpoint: [n_ckpt, n_train, n_test]; at least one block per checkpoint). A scalar or empty
+    dataset is one block."""
+    if not shape or 0 in shape:
+        return [()]
+    count = min(MAX_BLOCKS, -(-int(np.prod(shape)) * itemsize // BLOCK_BYTES))
+    if len(shape) >= 3:
+        step = -(-shape[1] // max(1, count // shape[0]))
+        return [(i, slice(s, s + step)) for i in range(shape[0]) for s in range(0, shape[1], step)]
+    step = -(-shape[0] // count)
+    return [(slice(s, s + step),) for s in range(0, shape[0], step)]
+
+
+def _blocks_of(dataset: h5py.Dataset) -> list[tuple]:
+    return blocks(dataset.shape, dataset.dtype.itemsize)
+
+
+def _digest(values: np.ndarray) -> str:
+    """sha256 of an array's values as h5py reads them: raw bytes, or the text of its Python values when it
+    holds objects (variable-length strings)."""
+    values = np.asarray(values)
+    data = repr(values.tolist()).encode() if values.dtype.hasobject else np.ascontiguousarray(values).tobytes()
+    return hashlib.sha256(str(values.dtype).encode() + str(values.shape).encode() + data).hexdigest()
+
+
+def seal(dataset: h5py.Dataset) -> None:
+    """Store the digests of `dataset`'s values as they are now."""
+    dataset.attrs[DIGESTS] = json.dumps([_digest(dataset[index]) for index in _blocks_of(dataset)])
+
+
+def seal_group(group: h5py.Group) -> None:
+    """Seal every dataset under `group` but the resume masks."""
+    group.visititems(lambda name, item: seal(item) if _sealable(name, item) else None)
+    group.file.flush()
+
+
+def _sealable(name: str, item) -> bool:
+    return isinstance(item, h5py.Dataset) and name.rsplit("/", 1)[-1] not in UNSEALED
+
+
+def changed_blocks(dataset: h5py.Dataset, rng: np.random.Generator) -> list[int]:
+    """The blocks of a sealed dataset whose values differ from their digests (all blocks are read up to
+    FULL_CHECK_BYTES, SAMPLED_BLOCKS at random beyond); every block when the digests do not read or do not
+    fit the dataset's shape."""
+    index = _blocks_of(dataset)
+    try:
+        stored = json.loads(dataset.attrs[DIGESTS])
+    except (TypeError, ValueError, RecursionError):
+        stored = None
+    if not isinstance(stored, list) or len(stored) != len(index):
+        return list(range(len(index)))
+    chosen = range(len(index))
+    if dataset.size * dataset.dtype.itemsize > FULL_CHECK_BYTES:
+        chosen = sorted(rng.choice(len(index), size=min(SAMPLED_BLOCKS, len(index)), replace=False))
+    return [i for i in chosen if _digest(dataset[index[i]]) != stored[i]]
+
+
+def digest_problems(h5: h5py.File, required: bool) -> list[str]:
+    """What of the file differs from the digests written with it: "/NAME was changed after it was written
+    (block i of n differs from its sha256)", or, when `required` (format version 2), "/NAME has no digests"
+    for a finished dataset without them."""
+    rng, problems = np.random.default_rng(), []
+
+    def visit(name: str, item) -> None:
+        if not _sealable(name, item) or not _finished(h5, name):
+            return
+        if DIGESTS not in item.attrs:
+            if required:
+                problems.append(f"/{name} has no digests, as tracin writes every finished dataset with")
+            return
+        changed = changed_blocks(item, rng)
+        if changed:
+            problems.append(
+                f"/{name} was changed after it was written (block {changed[0]} of {len(_blocks_of(item))} "
+                "differs from its sha256)"
+            )
+
+    h5.visititems(visit)
+    return problems
+
+
+def _finished(h5: h5py.File, name: str) -> bool:
+    """Whether the dataset `name` is in a finished part of the file: its top-level group (a model,
+    /validation) complete, or no group's status to say otherwise."""
+    top = h5[name.split("/", 1)[0]]
+    return not isinstance(top, h5py.Group) or top.attrs.get("status", "complete") in ("complete", b"complete")
