@@ -264,6 +264,23 @@ def test_distillation_teacher_is_checked_against_the_recorded_sha256(tmp_path):
         load_distillation_teacher(_tiny_payload("student", 2, teacher="self"))
 
 
+def test_a_moved_runs_teacher_is_found_among_its_own_checkpoints_by_sha256(tmp_path):
+    """Round 10, F18: a run folder moved could not be scored with --loss kd-train: the student's checkpoint
+    names its teacher by the absolute path it had."""
+    (tmp_path / "moved").mkdir()
+    teacher, other = tmp_path / "moved" / "epoch_002.pt", tmp_path / "moved" / "epoch_004.pt"
+    save_atomic(_tiny_payload("teacher", 2, seed=1), teacher)
+    save_atomic(_tiny_payload("teacher", 4, seed=2), other)
+    record = {**teacher_record(teacher, load_checkpoint(teacher)), "path": str(tmp_path / "gone" / "epoch_002.pt")}
+    student = _tiny_payload("student", 2, teacher=record)
+    found = load_distillation_teacher(student, [other, teacher])  # the file of the recorded sha256, not the first
+    assert all(
+        torch.equal(a, b) for a, b in zip(found.state_dict().values(), load_checkpoint(teacher)["model"].values())
+    )
+    with pytest.raises(CheckpointError, match="is missing, and no checkpoint of this run's teacher is that file"):
+        load_distillation_teacher(student, [other])
+
+
 def test_a_students_record_of_its_teacher_names_it_from_any_folder(tmp_path, monkeypatch):
     """Round 8, X2: a teacher given as a relative path was recorded so, and a student distilled from it
     could be scored with --loss kd only from the folder it was trained in."""
@@ -326,3 +343,52 @@ def test_a_training_setting_that_is_not_the_runs_is_refused(tiny_run, tmp_path, 
     )  # fmt: skip
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"was trained with {field}" in result.stderr and "but run.json says" in result.stderr
+
+
+def test_each_saved_checkpoint_is_hashed_once_and_checked_against_run_json(tiny_run, tmp_path):
+    """Round 9 C6 (a borderline then): a checkpoint's weights edited in range were scored without a word;
+    run.json now records each checkpoint's sha256 when it is saved."""
+    import json
+
+    from tracin.training.checkpoints import list_checkpoints, sha256_file
+    from tracin.training.records import check_saved_digest, saved_digests
+
+    record = json.loads((tiny_run / "run.json").read_text())
+    for model in ("teacher", "student", "student_baseline"):
+        paths = list_checkpoints(tiny_run / model)
+        assert record["models"][model]["sha256"] == {p.name: sha256_file(p) for p in paths}
+    known = {"epoch_002.pt": "0" * 64}  # a known digest is kept, not computed again
+    assert saved_digests(tiny_run / "teacher", ["epoch_002.pt"], known) == known
+    path = tmp_path / "epoch_002.pt"
+    payload = torch.load(tiny_run / "teacher" / "epoch_002.pt", weights_only=True)
+    recorded = {path.name: sha256_file(tiny_run / "teacher" / "epoch_002.pt")}
+    torch.save(payload, path)
+    check_saved_digest(path, None, "run.json's models/teacher/sha256")  # a run from before the record
+    with pytest.raises(CheckpointError, match="records no sha256 of epoch_002.pt: run.json was edited"):
+        check_saved_digest(path, {}, "run.json's models/teacher/sha256")
+    name = next(iter(payload["model"]))
+    payload["model"][name] = payload["model"][name] * 1.001  # in range: still float32, still finite
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="is not the checkpoint tracin-train saved .* edited, or damaged"):
+        check_saved_digest(path, recorded, "run.json's models/teacher/sha256")
+
+
+@pytest.mark.parametrize("command", ["tracin-score", "tracin-eval"])
+def test_a_checkpoint_whose_weights_were_edited_is_refused(tiny_run, tmp_path, command, fashion_mnist_root):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    path = run / "teacher" / "epoch_004.pt"
+    payload = torch.load(path, weights_only=True)
+    name = next(iter(payload["model"]))
+    payload["model"][name] = payload["model"][name] * 1.001
+    torch.save(payload, path)
+    args = ["--scores", tmp_path / "s.h5", "--topk", "5", "--quiet"] if command == "tracin-score" else []
+    args += [] if args else ["--eval-dataset", "fashion-mnist", "--data-root", fashion_mnist_root]
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name(command)), "--run", run, *args],
+        capture_output=True, text=True, timeout=600, env=subprocess_env(),
+    )  # fmt: skip
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"{path} is not the checkpoint tracin-train saved" in result.stderr

@@ -38,6 +38,12 @@ _MODEL_ENTRY = {
         },
         "metrics": {"type": "object", "additionalProperties": {"type": ["number", "null"]}},
         "best_epoch": _COUNT,
+        "sha256": {
+            "type": "object",
+            "description": "each checkpoint's sha256 when saved (runs from before it have none)",
+            "propertyNames": {"pattern": "^epoch_[0-9]{3,}\\.pt$"},
+            "additionalProperties": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        },
     },
 }
 

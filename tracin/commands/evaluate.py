@@ -19,6 +19,7 @@ from tracin.runtime import start_runtime
 from tracin.schemas import CLASS_MAP, DATA_JSON, load_json
 from tracin.training.checkpoints import check_recorded_architecture, load_model
 from tracin.training.data import SPECS, load_eval_split, published_classes
+from tracin.training.records import check_saved_digest
 from tracin.training.run_folder import RunPaths, read_record
 from tracin.training.tables import confusion_matrix, write_csv
 from tracin.training.trainer import evaluate
@@ -65,6 +66,7 @@ def eval_run(options: EvalOptions) -> Path:
     with start_runtime(options.device, quiet=True) as runtime, command_locks(paths.root):
         for name in sorted(finished, key=lambda n: (ROLES.index(n.split(".")[0]), n)):
             role, last = name.split(".")[0], paths.model_dir(name) / record["models"][name]["checkpoints"][-1]
+            check_saved_digest(last, record["models"][name].get("sha256"), f"{paths.run_json}'s models/{name}/sha256")
             model, payload = load_model(last, role)
             recorded = record["model_configs"].get(role)
             architecture = ModelConfig.from_dict(payload["model_config"])

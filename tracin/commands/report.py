@@ -45,6 +45,7 @@ from tracin.results.runs import (
     describe_salvage,
     load_role_checkpoints,
     open_trained_run,
+    own_teachers,
     positions_in,
     scoring_loss,
 )
@@ -203,6 +204,7 @@ def randomization_rows(
         ScoreOptions(
             run=run.paths.root.name, loss=settings["score.loss"], test_label=settings.get("score.test_label", "label")
         ),
+        own_teachers(run, name),
     )
     engine = EngineConfig(batch_size=settings["batch_size"], progress=False)
     train_rows, test_rows, train, test = _subsets(store, data, options, name)

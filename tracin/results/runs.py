@@ -27,7 +27,7 @@ from tracin.training.checkpoints import (
 )
 from tracin.training.data import RunData, load_data
 from tracin.training.losses import CrossEntropy, Distillation, Objective, PredictedCrossEntropy, TrainTest
-from tracin.training.records import fingerprint_differences
+from tracin.training.records import check_saved_digest, fingerprint_differences
 from tracin.training.run_folder import RunPaths, read_record
 
 
@@ -70,7 +70,11 @@ def load_role_checkpoints(run: TrainedRun, name: str, spec: str) -> tuple[list[C
     seed = run.record["config"].get("seed")
     replica_seed = seed + split_model_name(name)[1] * REPLICA_SEED_STRIDE if isinstance(seed, int) else None
     digest, schedule = run.record["data_fingerprint"]["digest"], TrainConfig.from_dict(run.record["config"])
-    return load_run_checkpoints(paths, role, digest, run.record["model_configs"].get(role), replica_seed, schedule)
+    loaded = load_run_checkpoints(paths, role, digest, run.record["model_configs"].get(role), replica_seed, schedule)
+    recorded, field = run.record["models"][name].get("sha256"), f"{run.paths.run_json}'s models/{name}/sha256"
+    for checkpoint in loaded[0]:  # weights edited in range would be scored (round 9: C6)
+        check_saved_digest(Path(checkpoint.path), recorded, field, checkpoint.sha256)
+    return loaded
 
 
 def check_recorded_checkpoints(run: TrainedRun, name: str) -> None:
@@ -103,12 +107,19 @@ def checked_data(run: TrainedRun) -> RunData:
     return data
 
 
-def scoring_loss(name: str, last: dict, options: ScoreOptions) -> Objective | TrainTest:
+def own_teachers(run: TrainedRun, name: str) -> list[Path]:
+    """The checkpoints of the run's teacher of the model's replica: where a distilled student's teacher is
+    found when the run folder moved (load_distillation_teacher, by sha256)."""
+    return list_checkpoints(run.paths.model_dir(model_name("teacher", split_model_name(name)[1])))
+
+
+def scoring_loss(name: str, last: dict, options: ScoreOptions, teachers: Sequence[Path] = ()) -> Objective | TrainTest:
     """Cross-entropy (--loss ce, and every model trained without a teacher), or for a distilled student the
     objective it was trained with: its teacher (sha256-checked), temperature, alpha, kd loss and label
     smoothing, all from its own checkpoint; on both sides with --loss kd, on the train side only with
     --loss kd-train (the test side: cross-entropy on the test label). --test-label prediction: the test
-    side's cross-entropy is on the model's predicted class."""
+    side's cross-entropy is on the model's predicted class. `teachers`: own_teachers, where a moved run's
+    teacher is found."""
     test = PredictedCrossEntropy() if options.test_label == "prediction" else CrossEntropy()
     if options.loss == "ce":
         return CrossEntropy() if options.test_label == "label" else TrainTest(CrossEntropy(), test)
@@ -116,7 +127,7 @@ def scoring_loss(name: str, last: dict, options: ScoreOptions) -> Objective | Tr
         return CrossEntropy()
     config = TrainConfig.from_dict(last["config"])
     if options.loss == "kd":
-        teacher = load_distillation_teacher(last)
+        teacher = load_distillation_teacher(last, teachers)
         return Distillation(teacher, config.temperature, config.alpha, config.kd_loss, config.label_smoothing)
     # kd-train: every model's train side by its own training objective (a teacher's and a baseline's:
     # cross-entropy with the label smoothing they were trained with)
@@ -126,7 +137,7 @@ def scoring_loss(name: str, last: dict, options: ScoreOptions) -> Objective | Tr
             "score it with --loss ce"
         )
     if isinstance(last.get("teacher"), dict):
-        teacher = load_distillation_teacher(last)
+        teacher = load_distillation_teacher(last, teachers)
         train = Distillation(teacher, config.temperature, config.alpha, config.kd_loss, config.label_smoothing)
     else:
         train = CrossEntropy(config.label_smoothing)

@@ -449,9 +449,10 @@ def load_model(path: Union[str, Path], role: Optional[str] = None) -> tuple[nn.M
     return model, payload
 
 
-def load_distillation_teacher(payload: dict[str, Any]) -> nn.Module:
+def load_distillation_teacher(payload: dict[str, Any], elsewhere: Sequence[Path] = ()) -> nn.Module:
     """The teacher a distilled student learned from, as its checkpoint records it, checked to be the
-    same file (sha256) the student was trained with."""
+    same file (sha256) the student was trained with: at its recorded path, or, where that is gone (a run
+    folder moved: round 10, F18), among `elsewhere` (the run's own teacher checkpoints)."""
     teacher = payload.get("teacher")
     if not isinstance(teacher, dict) or not teacher.get("path"):
         raise CheckpointError(
@@ -467,7 +468,13 @@ def load_distillation_teacher(payload: dict[str, Any]) -> nn.Module:
             f"the teacher {path} changed since the {payload.get('role')} was trained from it (sha256 differs); "
             "scoring it with --loss kd needs the original teacher file"
         )
-    return load_model(path, role="teacher")[0]
+    found = [p for p in (path, *elsewhere) if p.is_file() and (p == path or sha256_file(p) == teacher["sha256"])]
+    if not found:
+        raise CheckpointError(
+            f"the teacher {path} the {payload.get('role')} was distilled from is missing, and no checkpoint of "
+            "this run's teacher is that file (sha256): scoring it with --loss kd needs it"
+        )
+    return load_model(found[0], role="teacher")[0]
 
 
 def select_checkpoints(model_dir: Union[str, Path], role: str, spec: str) -> list[Path]:

@@ -1,15 +1,20 @@
-"""What identifies a run's data, and what a person reads of them: the fingerprint (run.json's
-`data_fingerprint`, compared by every command that rebuilds the data) and data.json's record."""
+"""What identifies a run's data and checkpoints, and what a person reads of them: the fingerprint (run.json's
+`data_fingerprint`, compared by every command that rebuilds the data), data.json's record, and each saved
+checkpoint's sha256 (run.json's `models/NAME/sha256`, compared by every command that loads one)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from tracin.config import DataConfig
+from tracin.errors import CheckpointError
+from tracin.training.checkpoints import sha256_file
 from tracin.training.data import SHORTCUT_PATCH, RunData
 
 
@@ -75,3 +80,24 @@ def data_record(data: RunData) -> dict:
         "stamped_train_index": data.train.index[data.train.stamped].tolist(),
         "stamped_test_index": data.test.index[data.test.stamped].tolist(),
     }
+
+
+def saved_digests(model_dir: Path, names: Sequence[str], known: dict) -> dict[str, str]:
+    """{checkpoint file name: sha256} of the checkpoints `names` in `model_dir`, for run.json's
+    models/NAME/sha256: those in `known` kept (a checkpoint is hashed once, when first recorded)."""
+    return {name: known.get(name) or sha256_file(model_dir / name) for name in names}
+
+
+def check_saved_digest(path: Path, recorded: Optional[dict], field: str, digest: Optional[str] = None) -> None:
+    """A CheckpointError unless the checkpoint at `path` (its sha256 `digest` when known) is, byte for byte,
+    the one tracin-train saved: the sha256 `recorded` ({file name: sha256}, run.json's `field`) names for
+    it. Runs from before the record (recorded None) are not checked."""
+    if recorded is None:
+        return
+    if path.name not in recorded:
+        raise CheckpointError(f"{field} records no sha256 of {path.name}: run.json was edited")
+    if (digest or sha256_file(path)) != recorded[path.name]:
+        raise CheckpointError(
+            f"{path} is not the checkpoint tracin-train saved (its sha256 differs from {field}'s): edited, "
+            "or damaged on disk"
+        )

@@ -68,6 +68,7 @@ from tracin.training.data import RunData, Split
 from tracin.training.models import build_model
 from tracin.training.optimization import build_optimizer, build_scheduler, saved_epochs
 from tracin.training.plots import plot_confusion, plot_history
+from tracin.training.records import saved_digests
 from tracin.training.run_folder import RunPaths
 from tracin.training.tables import METRICS, confusion_matrix, per_class_rows, write_csv, write_history
 
@@ -511,11 +512,13 @@ def save_epoch(job: ModelJob, run: RunContext, trainee: Trainee, row: dict) -> N
 def set_status(run: RunContext, role: str, status: str, state: TrainState, **extra) -> None:
     """Record a model's progress in run.json (rank 0 only)."""
     entry = run.record["models"][role]
+    names = [row["checkpoint"] for row in state.history if row["checkpoint"]]
     entry.update(
         status=status,
         epoch=state.epoch,
         epochs=run.config.epochs,
-        checkpoints=[row["checkpoint"] for row in state.history if row["checkpoint"]],
+        checkpoints=names,
+        sha256=saved_digests(run.paths.model_dir(role), names, entry.get("sha256", {})),
         metrics={name: state.history[-1][name] for name in METRICS} if state.history else {},
         **extra,
     )
