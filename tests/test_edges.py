@@ -21,6 +21,7 @@ from tracin.engine.blocks import MemoryPlan, work_factor
 from tracin.errors import TracinError
 from tracin.files import refuse_link, report_path
 from tracin.results.store import ScoreFile
+from tracin.results.store.digests import seal
 
 from conftest import subprocess_env
 
@@ -452,6 +453,30 @@ def _set_done_false(h5):
     h5["teacher/done"][0, 0] = False
 
 
+def _edited(name, change):
+    """An edit in range, in place (the dataset and its digests kept): round 10's H10, H12-H15."""
+
+    def edit(h5):
+        data = h5[name][()]
+        h5[name][...] = change(data)
+
+    return edit
+
+
+def _other_class(labels):
+    labels[3] = (labels[3] + 1) % 10
+    return labels
+
+
+def _quality_cell(rows):
+    rows[0]["identical_class_top1"] = 0.99
+    return rows
+
+
+def _without_digests(h5):
+    del h5["student/last_loss"].attrs["digests"]
+
+
 HAND_DAMAGE = [
     ("train_index deleted", lambda h5: _del(h5, "train_index"), "/train_index is missing"),
     ("train_index out of range", _set("train_index", -5), "negative or repeated index"),
@@ -472,6 +497,14 @@ HAND_DAMAGE = [
     ("a block not done in a complete model", _set_done_false, "marked complete, but"),  # H10
     ("settings not JSON", _attr("settings", "{bad"), "the attribute 'settings' is not a JSON object"),  # round 6 H10
     ("settings a list", _attr("settings", "[1, 2]"), "the attribute 'settings' is not a JSON object"),  # H16
+    ("a confidence edited in range", _edited("student/test_confidence", lambda v: v[::-1]), "confidence was changed"),
+    ("a prediction edited in range", _edited("teacher/test_prediction", _other_class), "prediction was changed"),
+    ("a self-influence tripled", _edited("teacher/self_influence", lambda v: v * 3), "self_influence was changed"),
+    ("a last loss tripled", _edited("teacher/last_loss", lambda v: v * 3), "/teacher/last_loss was changed"),
+    ("a quality cell edited", _edited("quality", _quality_cell), "/quality was changed after it was written"),
+    ("a test label edited in range", _edited("test_labels", _other_class), "/test_labels was changed"),
+    ("proponents reversed", _edited("teacher/topk/test_top_index", lambda v: v[:, ::-1]), "test_top_index was"),
+    ("digests deleted", _without_digests, "/student/last_loss has no digests"),
 ]
 
 
@@ -498,6 +531,7 @@ def test_the_commands_refuse_a_changed_file_without_a_traceback(tiny_run, tiny_s
     shutil.copy(tiny_scores, out)
     with h5py.File(out, "r+") as h5:
         _set("train_index", 10**12)(h5)
+        seal(h5["train_index"])  # digests made again: the check behind them is still there
     before = digest(tmp_path)
     assert_one_line(run(command, "--run", tiny_run, "--scores", out, cwd=tmp_path), "not in the run's data")
     assert digest(tmp_path) == before
@@ -862,3 +896,36 @@ def test_validate_refuses_conditions_that_apply_to_none_of_its_models(tiny_score
         )
         with pytest.raises(TracinError, match="apply to none of teacher"):
             make_plan(options, store)
+
+
+def test_a_partial_file_whose_finished_model_was_edited_is_not_resumed(tiny_run, tiny_scores, tmp_path):
+    """Round 10: resuming ranks every model again and seals it, which would have made an edited finished
+    model's values the file's own; the resume refuses them first, and leaves the file as it was."""
+    import h5py
+
+    out = tmp_path / "tracin.h5"
+    shutil.copy(tiny_scores, out)
+    with h5py.File(out, "r+") as h5:
+        h5.attrs["status"] = "partial"  # as a kill during the comparisons leaves it
+        h5["teacher/self_influence"][0] *= 3
+    before = digest(tmp_path)
+    args = ["--run", tiny_run, "--scores", out, "--models", "teacher,student,student_baseline", "--per-checkpoint"]
+    args += ["--variants", "raw", "--train-subset", "128", "--test-subset", "24", "--topk", "3,8", "--device", "cpu"]
+    assert_one_line(run("tracin-score", *args, cwd=tmp_path), "/teacher/self_influence was changed after it")
+    assert digest(tmp_path) == before
+
+
+def test_the_same_tracin_score_again_on_a_finished_file_does_nothing(tiny_run, tiny_scores, tmp_path):
+    """Round 10, S13 and S14: a finished file was refused ("pass --overwrite"), so a tracin-sweep --score
+    interrupted after a run's scoring, or run again when finished, could not be continued."""
+    out = tmp_path / "tracin.h5"
+    shutil.copy(tiny_scores, out)
+    before = digest(tmp_path)
+    args = ["--run", tiny_run, "--scores", out, "--models", "teacher,student,student_baseline", "--per-checkpoint"]
+    args += ["--variants", "raw", "--train-subset", "128", "--test-subset", "24", "--topk", "3,8", "--device", "cpu"]
+    again = run("tracin-score", *args, cwd=tmp_path)
+    assert again.returncode == 0 and again.stderr == "", again.stderr[-2000:]
+    assert f"{out} is finished with these settings: nothing to do" in again.stdout
+    assert digest(tmp_path) == before
+    other = run("tracin-score", *args[:-4], "--topk", "3,9", "--device", "cpu", cwd=tmp_path)
+    assert_one_line(other, "is a finished result; pass --overwrite")  # its top-k tables hold k = 8

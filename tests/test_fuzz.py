@@ -377,3 +377,21 @@ def test_random_argument_vectors(command, run_copy, tmp_path, fashion_mnist_root
         assert {
             k: v for k, v in digest(scores.parent).items() if "explore" not in k
         } == protected  # a page beside it at most
+
+
+def test_a_full_disk_reported_while_handling_it_is_one_line(capsys):
+    """Round 10, D2: torch.save's zip writer, closing after ENOSPC, raised a RuntimeError of its own, and the
+    full disk ended in a traceback instead of its one line."""
+
+    def save() -> None:
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 365632 vs 365528")
+
+    assert command_boundary("tracin-train", save, "run the same command again") == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "tracin-train: error: No space left on device; finished work is kept: fix it and run the same command again"
+    ]
+    with pytest.raises(RuntimeError, match="a bug"):  # anything else keeps its traceback
+        command_boundary("tracin-train", lambda: (_ for _ in ()).throw(RuntimeError("a bug")), "again")

@@ -237,7 +237,7 @@ def test_a_scored_sweep_adds_each_students_overlap_with_its_teacher(tmp_path, fa
     from tracin.results.store import ScoreFile
 
     score = "--variants raw --topk 3,8 --train-subset 64 --test-subset 16 --device cpu"
-    result = tracin_sweep(
+    command = (
         "--sweep",
         "scored",
         "--out-root",
@@ -246,10 +246,9 @@ def test_a_scored_sweep_adds_each_students_overlap_with_its_teacher(tmp_path, fa
         "alpha=0.3,0.9",
         "--data-root",
         fashion_mnist_root,
-        *TINY,
-        "--score",
-        score,
     )
+    command += (*TINY, "--score", score)
+    result = tracin_sweep(*command)
     assert result.returncode == 0, result.stderr
     rows = {(r["run"], r["model"]): r for r in _rows(tmp_path / "scored" / "results.csv")}
     with ScoreFile.open_read(tmp_path / "scored" / "base" / "tracin.h5") as base:
@@ -266,6 +265,11 @@ def test_a_scored_sweep_adds_each_students_overlap_with_its_teacher(tmp_path, fa
         )
         assert float(row["teacher_overlap_chance"]) == pytest.approx(8 / 64)
     assert rows[("base", "teacher")]["teacher_overlap"] == ""
+    files = sorted((tmp_path / "scored").glob("*/tracin.h5"))
+    before = [f.read_bytes() for f in files]
+    again = tracin_sweep(*command)  # round 10, S14: a finished file stopped the same command again
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+    assert [f.read_bytes() for f in files] == before
 
 
 @pytest.mark.parametrize(
@@ -274,6 +278,7 @@ def test_a_scored_sweep_adds_each_students_overlap_with_its_teacher(tmp_path, fa
         (["--vary", "teacher_epoch=last"], "takes saved epochs of the shared teacher"),
         (["--vary", "teacher_epoch=1,2", "--save-every", "2"], "the shared teacher saves epochs 2"),
         (["--vary", "width=4,0"], "width must be positive"),
+        (["--vary", "alpha=0.3,0.9", "--score", "--topk 5000"], "--score: k=5000 is larger than the set it ranks"),
     ],
 )
 def test_a_bad_value_of_any_run_is_refused_before_anything_trains(tmp_path, fashion_mnist_root, args, message):
@@ -290,6 +295,7 @@ def test_a_bad_value_of_any_run_is_refused_before_anything_trains(tmp_path, fash
         *args,
     )
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert list(tmp_path.iterdir()) == []
 
 

@@ -27,8 +27,21 @@ def _fail(prog: str, message: object) -> int:
 
 
 def _disk_fault(error: Exception) -> Optional[str]:
-    """The fault of a full, read-only or foreign disk in one line, or None for anything else. h5py and
-    torch.save report a full disk without an errno, in their message."""
+    """The fault of a full, read-only or foreign disk in one line, or None for anything else: of `error`,
+    or of the error it was raised from or while handling (torch.save's zip writer, closing after a full
+    disk, raises a RuntimeError of its own: round 10, D2)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        reason = _own_disk_fault(error)
+        if reason is not None:
+            return reason
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _own_disk_fault(error: BaseException) -> Optional[str]:
+    """_disk_fault of one error. h5py and torch.save report a full disk without an errno, in their message."""
     number = getattr(error, "errno", None)
     if number in USER_FIXABLE_ERRNOS:
         where = f" ({error.filename})" if getattr(error, "filename", None) else ""

@@ -232,8 +232,24 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _score_argv(argv: list[str]) -> None:
-    if score_main(argv) != 0:  # its own line on stderr said why
-        raise TracinError(f"scoring {argv[1]} failed (above); fix it and run the same tracin-sweep again")
+    """tracin-score's work for one of a sweep's runs: its error becomes the sweep's one line, an interrupt the
+    sweep's (round 10, S9 and S13: two lines, and an interrupt that exited 2)."""
+    options = score_options(_sweep_score_parser().parse_args(argv), argv)
+    _allow(options.allow_model)
+    try:
+        _function(SPECS["score"].run)(options)
+    except TracinError as error:
+        raise TracinError(f"scoring {argv[1]}: {error}; fix it and run the same tracin-sweep again") from None
+
+
+def _sweep_score_parser() -> Parser:
+    parser = build_score_parser()
+    parser.prog = "tracin-sweep --score"
+    return parser
+
+
+def _sweep_score_options(argv: Sequence[str]) -> ScoreOptions:
+    return options_from(ScoreOptions, _sweep_score_parser().parse_args(list(argv)), "tracin-sweep --score")
 
 
 SWEEP_SETS_FOR_SCORE = ("--run", "--models", "--scores", "--out")  # tracin-sweep scores every run into RUN/tracin.h5
@@ -252,9 +268,7 @@ def sweep_score_arguments(text: Optional[str]) -> Optional[tuple[str, ...]]:
     for word in words:
         if word.split("=", 1)[0] in SWEEP_SETS_FOR_SCORE:
             raise TracinError(f"--score: tracin-sweep sets {word.split('=', 1)[0]} itself; leave it out")
-    parser = build_score_parser()
-    parser.prog = "tracin-sweep --score"
-    options_from(ScoreOptions, parser.parse_args(["--run", "RUN", *words]), "tracin-sweep --score")
+    _sweep_score_options(["--run", "RUN", *words])
     return words
 
 
@@ -272,10 +286,10 @@ def _sweep_train_argv(argv: Sequence[str]) -> None:
         ) from None
 
 
-def _check_sweep_runs(runs: Sequence[tuple[TrainConfig, DataConfig, str]]) -> None:
+def _check_sweep_runs(runs: Sequence[tuple[TrainConfig, DataConfig, str]], score: Optional[Sequence[str]]) -> None:
     """What tracin-train checks once its data are loaded, for every run (config, data config, --device) of a
     sweep before the first trains: each data set's subsets are drawn (loaded once per data setting), each
-    model fits the device."""
+    model fits the device; and with `score` (--score's words) each --topk k within the sets scored."""
     from tracin.runtime import select_device
     from tracin.training.data import load_data
     from tracin.training.models import check_fits
@@ -286,8 +300,22 @@ def _check_sweep_runs(runs: Sequence[tuple[TrainConfig, DataConfig, str]]) -> No
         by_data.setdefault(data_config, []).append((config, select_device(device)))
     for data_config, trained in by_data.items():
         data = load_data(data_config)  # one data set in memory at a time
+        if score is not None:
+            _check_score_topk(_sweep_score_options(["--run", "RUN", *score]), len(data.train), len(data.test))
         for config, device in trained:
             check_fits(model_configs(config, data).values(), device)
+
+
+def _check_score_topk(score: ScoreOptions, n_train: int, n_test: int) -> None:
+    """--score's --topk against the sets a run of n_train and n_test examples has scored (tracin-score
+    checks it once the run is trained: round 10, S9)."""
+    from tracin.config import parse_topk
+
+    scored = min(min(score.train_subset or n_train, n_train), min(score.test_subset or n_test, n_test))
+    try:
+        parse_topk(score.topk, limit=scored, cap=score.cap_topk)
+    except TracinError as error:
+        raise TracinError(f"--score: {error}") from None
 
 
 def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
@@ -320,7 +348,7 @@ def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
             passed_on.parse_args(run_argv) for _, run_argv in sweep_module.train_arguments(sweep, epochs)
         ]
         configs = [(*train_configs(run_args), run_options(run_args, ()).device) for run_args in runs]
-        _check_sweep_runs(configs)
+        _check_sweep_runs(configs, sweep.score)
         saved = saved_epochs(configs[0][0])  # with teacher_epoch the first run is the shared teacher's
         unsaved = [e for e in dict(sweep.vary).get("teacher_epoch", ()) if int(e) not in saved]
         if unsaved:

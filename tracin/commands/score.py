@@ -51,6 +51,7 @@ from tracin.results.runs import (
     describe_salvage,
     load_role_checkpoints,
     open_trained_run,
+    own_teachers,
     scoring_loss,
     trained_replicas,
 )
@@ -170,7 +171,12 @@ def build_engine(name: str, run: TrainedRun, options: ScoreOptions, runtime: Run
     checkpoints, config, last = load_role_checkpoints(run, name, options.checkpoints)
     engine = replace(options.engine, progress=not options.quiet and runtime.is_main)
     return TracIn(
-        build_model(config), checkpoints, options.score, scoring_loss(name, last, options), engine, runtime.device
+        build_model(config),
+        checkpoints,
+        options.score,
+        scoring_loss(name, last, options, own_teachers(run, name)),
+        engine,
+        runtime.device,
     )
 
 
@@ -294,9 +300,13 @@ def score_run(options: ScoreOptions) -> Path:
             example_rows(options.examples, data.test.index.cpu().numpy())
         digests = checked_models(run, options, data, runtime)
         settings = settings_of(options, run, data, digests)
-        if options.plots and not options.overwrite and ScoreFile.finished_with(out, settings):
-            # scored, killed before its figures (red-team R05): the same command draws them
-            print(f"{out} is finished with these settings: drawing its figures", flush=True)
+        if _finished_as_asked(out, settings, ks, options):
+            # the same command again: nothing to score (a sweep continued, round 10: S13, S14), and the figures
+            # of one killed before them (red-team R05)
+            print(
+                f"{out} is finished with these settings: {'drawing its figures' if options.plots else 'nothing to do'}",
+                flush=True,
+            )
         else:
             out = _score_into(out, options, run, data, digests, settings, runtime, ks)
         if options.plots and runtime.is_main:
@@ -304,6 +314,19 @@ def score_run(options: ScoreOptions) -> Path:
             for path in write_report(out, data_root=options.data_root, examples=options.examples):
                 print(f"plot: {path}", flush=True)
     return out
+
+
+def _finished_as_asked(out: Path, settings: dict, ks: list[int], options: ScoreOptions) -> bool:
+    """Whether `out` is a finished file of these settings whose top-k tables and comparisons were made with
+    this --topk and --corr-rows (which a finished file's settings leave out: a resume makes them again)."""
+    if options.overwrite or not ScoreFile.finished_with(out, settings):
+        return False
+    asked = CompareOptions(tuple(ks), max_rows=options.corr_rows, seed=options.score.seed).settings()
+    with ScoreFile.open_read(out) as store:
+        pairs = store.comparison_pairs()
+        return all(store.model(m).topk_width == max(ks) for m in store.models) and all(
+            store.comparison_settings(a, b) == asked for a, b in pairs
+        )
 
 
 def checked_models(run: TrainedRun, options: ScoreOptions, data: RunData, runtime: Runtime) -> dict[str, str]:
