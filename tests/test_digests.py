@@ -90,3 +90,17 @@ def test_a_large_dataset_is_checked_in_sampled_blocks(tmp_path, monkeypatch):
         h5["model/scores"][...] = -1.0  # every block changed: a sample finds SAMPLED_BLOCKS of them
         found = changed_blocks(h5["model/scores"], rng)
         assert len(found) == digests.SAMPLED_BLOCKS and found == sorted(set(found))
+
+
+def test_datasets_swapped_with_their_digests_are_found(tmp_path):
+    """Round 11, E1-E5: two models' arrays (or whole groups) swapped, each with its digests, were read as
+    whole: the digest covers the dataset's name too."""
+    with h5py.File(tmp_path / "f.h5", "w") as h5:
+        for model, value in (("teacher", 1.0), ("student", 2.0)):
+            h5.create_dataset(f"{model}/last_loss", data=np.full(5, value, dtype=np.float32))
+        seal_group(h5)
+        h5.move("teacher", "swap")
+        h5.move("student", "teacher")
+        h5.move("swap", "student")
+        problems = digest_problems(h5, required=True)
+        assert [p.split(" ")[0] for p in problems] == ["/student/last_loss", "/teacher/last_loss"]

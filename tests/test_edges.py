@@ -725,7 +725,7 @@ def test_a_checkpoint_of_another_format_version_is_refused(tiny_run, tmp_path):
 
     payload = torch.load(list_checkpoints(tiny_run / "teacher")[0], weights_only=True)
     torch.save({**payload, "version": 99}, tmp_path / "epoch_002.pt")
-    with pytest.raises(CheckpointError, match="version 99: this tracin reads checkpoint version 1"):
+    with pytest.raises(CheckpointError, match="version 99: this tracin reads checkpoint versions 1 to 2"):
         load_checkpoint(tmp_path / "epoch_002.pt")
 
 
@@ -929,3 +929,55 @@ def test_the_same_tracin_score_again_on_a_finished_file_does_nothing(tiny_run, t
     assert digest(tmp_path) == before
     other = run("tracin-score", *args[:-4], "--topk", "3,9", "--device", "cpu", cwd=tmp_path)
     assert_one_line(other, "is a finished result; pass --overwrite")  # its top-k tables hold k = 8
+    import h5py
+
+    with h5py.File(out, "r+") as h5:  # round 11, E8: an edited file was "finished: nothing to do"
+        h5["teacher/last_loss"][0] *= 2
+    assert_one_line(run("tracin-score", *args, cwd=tmp_path), "/teacher/last_loss was changed after it was written")
+
+
+def test_tables_a_command_makes_again_are_made_again_when_their_digests_differ(tiny_run, tiny_scores, tmp_path):
+    """Round 11, F3: a full disk while tracin-report wrote /randomization left it differing from its digests,
+    and every later tracin-report refused the file. The tables a command writes are its own to make again:
+    tracin-score's (quality, detection, agreement, comparisons), tracin-report's and tracin-validate's."""
+    import h5py
+
+    from tracin.results.report_folder import check_finished
+
+    out = tmp_path / "tracin.h5"
+    shutil.copy(tiny_scores, out)
+    with h5py.File(out, "r+") as h5:
+        quality = h5["quality"][()]
+        h5.attrs["status"] = "partial"  # as a full disk during the comparisons leaves it
+        h5["quality"][...] = _quality_cell(quality.copy())  # a row half written
+    args = ["--run", tiny_run, "--scores", out, "--models", "teacher,student,student_baseline", "--per-checkpoint"]
+    args += ["--variants", "raw", "--train-subset", "128", "--test-subset", "24", "--topk", "3,8", "--device", "cpu"]
+    again = run("tracin-score", *args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"{out}: quality changed since written (a full disk?): made again" in again.stdout
+    with ScoreFile.open_read(out) as store:
+        check_finished(store)
+        assert store.read_table("quality").tobytes() == quality.tobytes()
+    with ScoreFile.open_read_write(out) as store:
+        store.write_table("randomization", np.array([(b"teacher", 0.5)], dtype=[("model", "S40"), ("rho", "f8")]))
+    with h5py.File(out, "r+") as h5:
+        h5["randomization"][...] = np.array([(b"teacher", 0.7)], dtype=[("model", "S40"), ("rho", "f8")])
+    with ScoreFile.open_read_write(out) as store:
+        assert store.drop_changed(("quality", "randomization")) == ["randomization"]
+        assert not store.has_table("randomization")
+        check_finished(store)
+
+
+def test_tracin_report_refuses_class_names_swapped_in_the_file(tiny_run, tiny_scores, tmp_path):
+    """Round 11, E6: tracin-explore refused a classes attribute swapped by hand, tracin-report read it."""
+    import h5py
+
+    out = tmp_path / "tracin.h5"
+    shutil.copy(tiny_scores, out)
+    with h5py.File(out, "r+") as h5:
+        classes = json.loads(h5.attrs["classes"])
+        h5.attrs["classes"] = json.dumps([classes[1], classes[0], *classes[2:]])
+    before = digest(tmp_path)
+    result = run("tracin-report", "--run", tiny_run, "--scores", out, "--device", "cpu", cwd=tmp_path)
+    assert_one_line(result, "its classes attribute was edited, or it is not this run's file")
+    assert digest(tmp_path) == before

@@ -21,7 +21,7 @@ from tracin.config import DataConfig, ModelConfig, ScoreConfig
 from tracin.engine.tracin import TracIn
 from tracin.errors import TracinError
 from tracin.results.store import ScoreFile, rankings_name
-from tracin.training.checkpoints import list_checkpoints, load_checkpoint
+from tracin.training.checkpoints import list_checkpoints, load_checkpoint, sha256_file
 from tracin.training.data import load_data
 from tracin.training.losses import CrossEntropy, Distillation, TrainTest
 from tracin.training.models import build_model
@@ -300,6 +300,9 @@ def test_partial_file_with_changed_checkpoints_is_refused(killed_copy, tiny_run,
     payload = torch.load(path, weights_only=True)
     payload["metrics"] = {**payload["metrics"], "note": 1.0}  # same weights, another file
     torch.save(payload, path)
+    record = json.loads((run / "run.json").read_text())  # as a training would record it
+    record["models"]["teacher"]["sha256"]["epoch_002.pt"] = sha256_file(path)
+    (run / "run.json").write_text(json.dumps(record))
     result = tracin_score(
         *score_args(
             run,
@@ -345,7 +348,9 @@ def test_no_cuda_graphs_option_reaches_the_score_options():
 def test_finished_file_is_kept_without_overwrite(scored, tiny_run, tmp_path):
     out = tmp_path / "tracin.h5"
     shutil.copy(scored, out)
-    assert_user_error(tracin_score(*score_args(tiny_run, out)), "finished result")
+    again = tracin_score(*score_args(tiny_run, out))  # the same command: nothing to do (round 10, S14)
+    assert again.returncode == 0 and "is finished with these settings: nothing to do" in again.stdout, again.stderr
+    assert_user_error(tracin_score(*score_args(tiny_run, out, "--models", "student")), "finished result")
     assert (
         tracin_score(*score_args(tiny_run, out, "--overwrite", "--models", "student,student_baseline")).returncode == 0
     )

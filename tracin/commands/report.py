@@ -36,6 +36,7 @@ from tracin.results.agreement import agreement_table
 from tracin.results.checks import quality_report_table
 from tracin.results.comparison import CompareOptions
 from tracin.results.figures import plot_quality_report
+from tracin.results.grids import check_labels
 from tracin.results.markdown import quality_report_markdown, report_verdicts
 from tracin.results.report_folder import check_finished
 from tracin.results.runs import (
@@ -75,6 +76,9 @@ def report_run(options: ReportOptions) -> Path:
             for stale in remove_stale_temporaries(output):  # a killed report's; the score file's lock is held
                 print(f"removed {stale}, left by an interrupted write", flush=True)
         with ScoreFile.open_read_write(path) as store:
+            dropped = store.drop_changed((RANDOMIZATION, QUALITY_REPORT))  # a full disk while writing them (F3)
+            if dropped:
+                print(f"{path}: {', '.join(dropped)} changed since written (a full disk?): made again", flush=True)
             check_finished(store)
             models = [m for m in options.models if m in store.models]
             if not models:
@@ -89,6 +93,11 @@ def report_run(options: ReportOptions) -> Path:
                     flush=True,
                 )
             data = checked_data(run)
+            train_rows, test_rows = (
+                positions_in(store.train_index, data.train.index.numpy()),
+                positions_in(store.test_index, data.test.index.numpy()),
+            )
+            check_labels(store, data, train_rows, test_rows)  # round 11, E6: a classes attribute swapped by hand
             if refresh_agreement(store):
                 runtime.log(
                     "agreement table recomputed with the controls (own - other teacher's p and detectable difference, "

@@ -44,7 +44,7 @@ from tracin.results.comparison import CompareOptions, compare_models, format_tab
 from tracin.results.detection import detection_rows, format_detection, mislabel_curves
 from tracin.results.grids import example_rows
 from tracin.results.quality import QUALITY_DTYPE, format_quality, quality_row
-from tracin.results.report_folder import write_report
+from tracin.results.report_folder import check_finished, write_report
 from tracin.results.runs import (
     TrainedRun,
     checked_data,
@@ -318,11 +318,13 @@ def score_run(options: ScoreOptions) -> Path:
 
 def _finished_as_asked(out: Path, settings: dict, ks: list[int], options: ScoreOptions) -> bool:
     """Whether `out` is a finished file of these settings whose top-k tables and comparisons were made with
-    this --topk and --corr-rows (which a finished file's settings leave out: a resume makes them again)."""
+    this --topk and --corr-rows (which a finished file's settings leave out: a resume makes them again). One
+    edited since is refused, saying what changed (check_finished), not called done (round 11, E8)."""
     if options.overwrite or not ScoreFile.finished_with(out, settings):
         return False
     asked = CompareOptions(tuple(ks), max_rows=options.corr_rows, seed=options.score.seed).settings()
     with ScoreFile.open_read(out) as store:
+        check_finished(store)
         pairs = store.comparison_pairs()
         return all(store.model(m).topk_width == max(ks) for m in store.models) and all(
             store.comparison_settings(a, b) == asked for a, b in pairs
@@ -429,6 +431,8 @@ def _open_store(out: Path, options: ScoreOptions, run: TrainedRun, data: RunData
     )
     if store.salvaged is not None:
         print(describe_salvage(store.path, store.salvaged), flush=True)
+    if store.dropped:
+        print(f"{store.path}: {', '.join(store.dropped)} changed since written (a full disk?): made again", flush=True)
     if resumed:
         print(f"resuming {store.path}: finished blocks are kept", flush=True)
     if store.path != out:

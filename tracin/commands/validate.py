@@ -319,6 +319,8 @@ class Work:
 def plan_work(store: ScoreFile, options: ValidateOptions, run: TrainedRun, data: RunData, runtime: Runtime) -> Work:
     """Rank 0: check the file and that every model can be retrained, plan the units (or resume the file's
     plan, a new one only now replacing it) and find what each unit removes."""
+    if store.drop_changed((VALIDATION,)):  # a full disk while writing it (round 11, F3)
+        print(f"{store.path}: /validation changed since written (a full disk?): made again", flush=True)
     check_finished(store)
     check_scored_checkpoints(store, run, options.models)
     _check_whole_train_set(store, data)

@@ -49,17 +49,18 @@ def _blocks_of(dataset: h5py.Dataset) -> list[tuple]:
     return blocks(dataset.shape, dataset.dtype.itemsize)
 
 
-def _digest(values: np.ndarray) -> str:
-    """sha256 of an array's values as h5py reads them: raw bytes, or the text of its Python values when it
-    holds objects (variable-length strings)."""
+def _digest(name: str, values: np.ndarray) -> str:
+    """sha256 of the dataset's name (its path in the file: a dataset moved to another model's group, or two
+    models' groups swapped, no longer match: round 11, E1-E5) and an array of its values as h5py reads them:
+    raw bytes, or the text of its Python values when it holds objects (variable-length strings)."""
     values = np.asarray(values)
     data = repr(values.tolist()).encode() if values.dtype.hasobject else np.ascontiguousarray(values).tobytes()
-    return hashlib.sha256(str(values.dtype).encode() + str(values.shape).encode() + data).hexdigest()
+    return hashlib.sha256(f"{name}\0{values.dtype}\0{values.shape}\0".encode() + data).hexdigest()
 
 
 def seal(dataset: h5py.Dataset) -> None:
     """Store the digests of `dataset`'s values as they are now."""
-    dataset.attrs[DIGESTS] = json.dumps([_digest(dataset[index]) for index in _blocks_of(dataset)])
+    dataset.attrs[DIGESTS] = json.dumps([_digest(dataset.name, dataset[index]) for index in _blocks_of(dataset)])
 
 
 def seal_group(group: h5py.Group) -> None:
@@ -86,7 +87,7 @@ def changed_blocks(dataset: h5py.Dataset, rng: np.random.Generator) -> list[int]
     chosen = range(len(index))
     if dataset.size * dataset.dtype.itemsize > FULL_CHECK_BYTES:
         chosen = sorted(rng.choice(len(index), size=min(SAMPLED_BLOCKS, len(index)), replace=False))
-    return [i for i in chosen if _digest(dataset[index[i]]) != stored[i]]
+    return [i for i in chosen if _digest(dataset.name, dataset[index[i]]) != stored[i]]
 
 
 def digest_problems(h5: h5py.File, required: bool) -> list[str]:

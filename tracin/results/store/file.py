@@ -107,6 +107,7 @@ class ScoreFile:
         self._h5, self.path = handle, Path(path)
         self._replaces: Optional[Path] = None  # the finished file this one replaces when complete
         self.salvaged: Optional[Salvage] = None  # what opening it salvaged from a damaged file
+        self.dropped: list[str] = []  # its tables that differed from their digests, dropped to be made again
 
     # --- opening -------------------------------------------------------------------------------
 
@@ -179,6 +180,7 @@ class ScoreFile:
         salvaged = salvage(path, problems) if problems else None
         store = cls.open_read_write(path)
         store.salvaged = salvaged
+        store.dropped = store.drop_changed(REMADE_BY_SCORE)  # a full disk while writing them (round 11, F3)
         changed = store.changed_since_written()  # a finished model's scores would be ranked and sealed again
         if changed:
             store.close()
@@ -265,6 +267,17 @@ class ScoreFile:
         """What of the finished datasets differs from the digests written with them (digests.digest_problems;
         a file of format version 2 must carry them)."""
         return digest_problems(self._h5, required=int(self._h5.attrs.get("format_version", FORMAT_VERSION)) >= 2)
+
+    def drop_changed(self, owned: Sequence[str]) -> list[str]:
+        """Delete the top-level groups and tables of `owned` (those the calling command makes again) holding
+        a dataset that differs from its digests, as a full disk while writing them leaves them (round 11,
+        F3: a report killed so could not be run again); returns their names."""
+        names = {problem.split(" ")[0].lstrip("/").split("/")[0] for problem in self.changed_since_written()}
+        dropped = sorted(name for name in names if name in owned)
+        for name in dropped:
+            del self._h5[name]
+        self._h5.flush()
+        return dropped
 
     # --- header facts ----------------------------------------------------------------------------
 
@@ -499,6 +512,9 @@ def salvage_own_damage(path: Path, owned: Sequence[str]) -> Optional[Salvage]:
     with open_h5(path, "r+") as handle:
         handle.attrs["status"] = status
     return salvaged
+
+
+REMADE_BY_SCORE = ("quality", "detection", "agreement", "comparison")  # its tables, written again by every run
 
 
 def replacing_path(path: Path) -> Path:
