@@ -363,14 +363,15 @@ def test_each_saved_checkpoint_is_hashed_once_and_checked_against_run_json(tiny_
     payload = torch.load(tiny_run / "teacher" / "epoch_002.pt", weights_only=True)
     recorded = {path.name: sha256_file(tiny_run / "teacher" / "epoch_002.pt")}
     torch.save(payload, path)
-    check_saved_digest(path, None, "run.json's models/teacher/sha256")  # a run from before the record
-    with pytest.raises(CheckpointError, match="records no sha256 of epoch_002.pt: run.json was edited"):
-        check_saved_digest(path, {}, "run.json's models/teacher/sha256")
+    check_saved_digest(path, None, "run.json's models/teacher/sha256", 1)  # a run from before the record
+    for recorded_then in (None, {}):  # round 11, K4: the record deleted
+        with pytest.raises(CheckpointError, match="records no sha256 of epoch_002.pt, which tracin-train records"):
+            check_saved_digest(path, recorded_then, "run.json's models/teacher/sha256", 2)
     name = next(iter(payload["model"]))
     payload["model"][name] = payload["model"][name] * 1.001  # in range: still float32, still finite
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match="is not the checkpoint tracin-train saved .* edited, or damaged"):
-        check_saved_digest(path, recorded, "run.json's models/teacher/sha256")
+        check_saved_digest(path, recorded, "run.json's models/teacher/sha256", 2)
 
 
 @pytest.mark.parametrize("command", ["tracin-score", "tracin-eval"])

@@ -326,3 +326,24 @@ def test_a_cifar_label_outside_its_classes_is_refused_whatever_the_subset(cifar1
         DataError, match=rf"train split under .* holds 1 label\(s\) outside its 10 classes \(e.g. {label}\)"
     ):
         load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False, train_subset=subset))
+
+
+def test_class_names_renamed_after_training_differ_from_the_fingerprint(tmp_path):
+    """Round 11, Q8: a CIFAR-format root read with --no-checksum names its own classes; names swapped in its
+    batches.meta after training were scored without a word. Runs from before the names were fingerprinted
+    (no "classes" in their record) keep their digest."""
+    from tracin.training.records import fingerprint_differences
+
+    from conftest import write_cifar10
+
+    root = write_cifar10(tmp_path, per_batch=20, test_size=20)
+    config = DataConfig(dataset="cifar10", data_root=str(root), checksum=False)
+    recorded = fingerprint(load_data(config), config)
+    older = fingerprint(load_data(config), config, classes=False)
+    assert recorded["classes"] == list(CIFAR10_CLASSES) and "classes" not in older
+    meta = root / "cifar-10-batches-py" / "batches.meta"
+    names = pickle.loads(meta.read_bytes())
+    names["label_names"] = [names["label_names"][1], names["label_names"][0], *names["label_names"][2:]]
+    meta.write_bytes(pickle.dumps(names))
+    assert fingerprint_differences(recorded, load_data(config), config) == ["classes"]
+    assert fingerprint_differences(older, load_data(config), config) == []  # not recorded then: not compared

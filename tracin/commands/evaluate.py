@@ -17,6 +17,7 @@ from tracin.files import command_locks, refuse_link, remove_stale_temporaries
 from tracin.options import EvalOptions
 from tracin.runtime import start_runtime
 from tracin.schemas import CLASS_MAP, DATA_JSON, load_json
+from tracin.training.checkpoints import VERSION as CHECKPOINT_VERSION
 from tracin.training.checkpoints import check_recorded_architecture, load_model
 from tracin.training.data import SPECS, load_eval_split, published_classes
 from tracin.training.records import check_saved_digest
@@ -66,8 +67,11 @@ def eval_run(options: EvalOptions) -> Path:
     with start_runtime(options.device, quiet=True) as runtime, command_locks(paths.root):
         for name in sorted(finished, key=lambda n: (ROLES.index(n.split(".")[0]), n)):
             role, last = name.split(".")[0], paths.model_dir(name) / record["models"][name]["checkpoints"][-1]
-            check_saved_digest(last, record["models"][name].get("sha256"), f"{paths.run_json}'s models/{name}/sha256")
             model, payload = load_model(last, role)
+            field = f"{paths.run_json}'s models/{name}/sha256"
+            check_saved_digest(
+                last, record["models"][name].get("sha256"), field, payload.get("version", CHECKPOINT_VERSION)
+            )
             recorded = record["model_configs"].get(role)
             architecture = ModelConfig.from_dict(payload["model_config"])
             check_recorded_architecture(last, architecture, role, recorded)

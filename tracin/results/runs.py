@@ -73,7 +73,7 @@ def load_role_checkpoints(run: TrainedRun, name: str, spec: str) -> tuple[list[C
     loaded = load_run_checkpoints(paths, role, digest, run.record["model_configs"].get(role), replica_seed, schedule)
     recorded, field = run.record["models"][name].get("sha256"), f"{run.paths.run_json}'s models/{name}/sha256"
     for checkpoint in loaded[0]:  # weights edited in range would be scored (round 9: C6)
-        check_saved_digest(Path(checkpoint.path), recorded, field, checkpoint.sha256)
+        check_saved_digest(Path(checkpoint.path), recorded, field, checkpoint.version, checkpoint.sha256)
     return loaded
 
 

@@ -3,7 +3,7 @@
 A training checkpoint is a dict with fixed keys:
 
     format        "tracin-checkpoint"
-    version       1
+    version       2 (1: before run.json recorded each checkpoint's sha256; read too)
     role          "teacher" | "student" | "student_baseline"
     model         model state dict (parameters and BatchNorm buffers)
     model_config  ModelConfig.to_dict()
@@ -56,7 +56,7 @@ from tracin.training.models import build_model, count_parameters
 from tracin.training.optimization import checkpoint_lr
 
 FORMAT = "tracin-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: run.json records the file's sha256 (models/NAME/sha256); 1 is read too
 EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt$")
 
 
@@ -105,8 +105,10 @@ def load_checkpoint(path: Union[str, Path], role: Optional[str] = None) -> dict[
         check(payload, CHECKPOINT, str(path))
     except TracinError as error:
         raise CheckpointError(str(error)) from None
-    if payload.get("version", VERSION) != VERSION:  # red-team K12
-        raise CheckpointError(f"{path}: version {payload['version']!r}: this tracin reads checkpoint version {VERSION}")
+    if payload.get("version", VERSION) not in range(1, VERSION + 1):  # red-team K12
+        raise CheckpointError(
+            f"{path}: version {payload['version']!r}: this tracin reads checkpoint versions 1 to {VERSION}"
+        )
     if not _is_state_dict(payload["model"]) or not all(isinstance(key, str) for key in payload["model"]):
         raise CheckpointError(f"{path}: model: not a state dict of named tensors")
     cast = next((k for k, v in payload["model"].items() if v.is_floating_point() and v.dtype != torch.float32), None)
@@ -157,7 +159,7 @@ class Checkpoint:
     """A model state TracIn replays, with the learning rate that weights it.
 
     state: model state dict; lr: float weight of this checkpoint; path/epoch/sha256: provenance ("" / -1
-    when the state came from memory).
+    when the state came from memory); version: of a tracin-train file (2: its run.json records its sha256).
     """
 
     state: dict[str, Tensor]
@@ -165,6 +167,7 @@ class Checkpoint:
     path: str = ""
     epoch: int = -1
     sha256: str = ""
+    version: int = 1
 
     def __post_init__(self):
         # every way of making a checkpoint (files, pairs, loaders, tracin-score's run) gets the same check
@@ -585,6 +588,13 @@ def load_run_checkpoints(
             check_checkpoint_lr(path, payload, schedule)
         config = this
         checkpoints.append(
-            Checkpoint(payload["model"], payload["lr"], str(path), int(payload["epoch"]), sha256_file(path))
+            Checkpoint(
+                payload["model"],
+                payload["lr"],
+                str(path),
+                int(payload["epoch"]),
+                sha256_file(path),
+                payload.get("version", VERSION),
+            )
         )
     return checkpoints, config, payload

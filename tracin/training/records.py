@@ -26,10 +26,11 @@ def _pixels_sha256(images: Tensor) -> str:
     return hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()
 
 
-def fingerprint(data: RunData, config: DataConfig, pixels: bool = True) -> dict:
+def fingerprint(data: RunData, config: DataConfig, pixels: bool = True, classes: bool = True) -> dict:
     """What identifies a run's data: data set, sizes, hashes of indices, of the training labels and of
     the selected examples' pixels (uint8 as stored; pixels=False leaves them out, as runs recorded
-    before they were fingerprinted did)."""
+    before they were fingerprinted did), and the class names (a CIFAR-format root read with --no-checksum
+    names its own, which could change after training: round 11, Q8; classes=False as runs before them)."""
     values = {
         "dataset": config.dataset,
         "n_train": len(data.train),
@@ -47,6 +48,8 @@ def fingerprint(data: RunData, config: DataConfig, pixels: bool = True) -> dict:
         values["shortcut"] = [config.shortcut_class, config.shortcut_fraction]
         if (config.shortcut_patch, config.shortcut_mode) != (SHORTCUT_PATCH, "class"):  # only then: older digests stay
             values["shortcut"] += [config.shortcut_patch, config.shortcut_mode]
+    if classes:
+        values["classes"] = list(data.train.classes)
     if pixels:
         values["train_pixels_sha256"] = _pixels_sha256(data.train.images)
         values["test_pixels_sha256"] = _pixels_sha256(data.test.images)
@@ -56,8 +59,8 @@ def fingerprint(data: RunData, config: DataConfig, pixels: bool = True) -> dict:
 
 def fingerprint_differences(recorded: dict, data: RunData, config: DataConfig) -> list[str]:
     """What differs between a run's recorded fingerprint and these data (empty: the same data); pixels
-    are compared when the record has them."""
-    current = fingerprint(data, config, pixels="train_pixels_sha256" in recorded)
+    and class names are compared when the record has them."""
+    current = fingerprint(data, config, pixels="train_pixels_sha256" in recorded, classes="classes" in recorded)
     if current["digest"] == recorded.get("digest"):
         return []
     return [key for key in current if key != "digest" and current[key] != recorded.get(key)]
@@ -88,14 +91,20 @@ def saved_digests(model_dir: Path, names: Sequence[str], known: dict) -> dict[st
     return {name: known.get(name) or sha256_file(model_dir / name) for name in names}
 
 
-def check_saved_digest(path: Path, recorded: Optional[dict], field: str, digest: Optional[str] = None) -> None:
+def check_saved_digest(
+    path: Path, recorded: Optional[dict], field: str, version: int, digest: Optional[str] = None
+) -> None:
     """A CheckpointError unless the checkpoint at `path` (its sha256 `digest` when known) is, byte for byte,
     the one tracin-train saved: the sha256 `recorded` ({file name: sha256}, run.json's `field`) names for
-    it. Runs from before the record (recorded None) are not checked."""
-    if recorded is None:
+    it. A checkpoint of version 2 (its payload's) must have one (round 11, K4: the record deleted); runs
+    from before the record (version 1, recorded None) are not checked."""
+    if path.name not in (recorded or {}):
+        if version >= 2:
+            raise CheckpointError(
+                f"{field} records no sha256 of {path.name}, which tracin-train records of every checkpoint it "
+                "saves: run.json was edited"
+            )
         return
-    if path.name not in recorded:
-        raise CheckpointError(f"{field} records no sha256 of {path.name}: run.json was edited")
     if (digest or sha256_file(path)) != recorded[path.name]:
         raise CheckpointError(
             f"{path} is not the checkpoint tracin-train saved (its sha256 differs from {field}'s): edited, "
