@@ -434,3 +434,14 @@ def test_a_score_file_naming_or_labelling_its_examples_otherwise_than_the_run_is
         load_images(store)
     with ScoreFile.open_read(tiny_scores) as store:  # as written, it is the run's
         assert load_images(store).test.shape[0] == store.n_test
+
+
+def test_a_score_file_of_another_run_is_refused(explore_run, tiny_scores, tmp_path):
+    """Round 11, P10 (round 9, G4): --run named one run and --scores another's file; the page showed the
+    file's run without a word. The file must have scored this run's checkpoints (sha256), as in tracin-report."""
+    result = explore_command("--run", explore_run, "--scores", tiny_scores, "--out", tmp_path / "page.html")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"which {explore_run} does not hold (missing, or another file): give the score file of this run" in (
+        result.stderr
+    )
+    assert not (tmp_path / "page.html").exists()

@@ -318,3 +318,23 @@ def test_a_sweep_json_of_another_grid_or_damaged_is_refused(tmp_path):
         (sweep.root / "sweep.json").write_text(damaged)
         with pytest.raises(TracinError, match=f"sweep.json: .*{field}"):
             check_grid(sweep)
+
+
+def test_a_models_metrics_edited_in_run_json_are_not_tabled(tiny_run, tmp_path):
+    """Round 11, S15: run.json's models/NAME/metrics edited to another value went into results.csv; the
+    results read the last checkpoint's own metrics, and refuse a run.json that disagrees."""
+    import shutil
+
+    from tracin.commands.sweep import model_result
+    from tracin.errors import TracinError
+    from tracin.training.checkpoints import list_checkpoints, load_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    last = load_checkpoint(list_checkpoints(run / "student")[-1])["metrics"]
+    assert model_result(run, "student")["test_acc"] == last["test_acc"]
+    record = json.loads((run / "run.json").read_text())
+    record["models"]["student"]["metrics"]["test_acc"] = 0.95
+    (run / "run.json").write_text(json.dumps(record))
+    with pytest.raises(TracinError, match="models/student/metrics differ from those .*epoch_004.pt records"):
+        model_result(run, "student")

@@ -36,7 +36,8 @@ from tracin.results import statistics
 from tracin.results.store import ScoreFile
 from tracin.runtime import machine
 from tracin.schemas import SWEEP_JSON, load_json
-from tracin.training.checkpoints import checkpoint_name
+from tracin.training.checkpoints import VERSION, checkpoint_name, load_checkpoint
+from tracin.training.records import check_saved_digest
 
 BASE_RUN = "base"
 RESULT_FIELDS = (
@@ -289,13 +290,25 @@ def _history(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def _checked_metrics(run: Path, model: str, entry: dict) -> dict:
+    """A finished model's last metrics, as its last checkpoint records them (sha256-checked against run.json):
+    run.json's copy edited to another value was tabled without a word (round 11, S15)."""
+    last = run / model / entry["checkpoints"][-1]
+    payload = load_checkpoint(last, role=model.split(".")[0])
+    field = f"{run / 'run.json'}'s models/{model}"
+    check_saved_digest(last, entry.get("sha256"), f"{field}/sha256", payload.get("version", VERSION))
+    if {key: entry["metrics"].get(key) for key in payload["metrics"]} != payload["metrics"]:
+        raise TracinError(f"{field}/metrics differ from those {last} records: run.json was edited")
+    return payload["metrics"]
+
+
 def model_result(run: Path, model: str) -> dict:
     """One row of RESULT_FIELDS from a finished model's run.json entry and history.csv: test accuracy and
     loss at the last epoch, best saved epoch, train-test accuracy gap, parameters, training images per
     second (train seconds only) and wall time (training and evaluation)."""
     record = json.loads((run / "run.json").read_text())
     entry, history = record["models"][model], _history(run / model / "history.csv")
-    metrics = entry["metrics"]
+    metrics = _checked_metrics(run, model, entry)
     n_train = record["data_fingerprint"]["n_train"]
     train_seconds = sum(float(row.get("train_seconds") or row["seconds"]) for row in history)
     return {

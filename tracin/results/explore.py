@@ -38,7 +38,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tracin.config import replicas_by_role
+from tracin.config import ENSEMBLE_SUFFIX, replicas_by_role
 from tracin.errors import TracinError
 from tracin.files import exclusive_lock, not_a_file, refuse_link, write_atomic, write_in_place
 from tracin.options import ExploreOptions
@@ -47,6 +47,7 @@ from tracin.results.agreement import select_agreement_pairs
 from tracin.results.grids import Images, load_images
 from tracin.results.markdown import report_verdicts
 from tracin.results.report_folder import check_finished
+from tracin.results.runs import check_scored_checkpoints, open_trained_run
 from tracin.results.store import ScoreFile
 from tracin.version import __version__
 
@@ -463,6 +464,9 @@ def explore(options: ExploreOptions) -> list[str]:
     ):
         check_finished(store)
         models = shown_models(store, options.models)
+        if options.run is not None:  # the file must be this run's (round 11, P10; round 9, G4)
+            run = open_trained_run(options.run, options.data_root)
+            check_scored_checkpoints(store, run, [m for m in models if not m.endswith(ENSEMBLE_SUFFIX)])
         images = load_images(store, options.data_root)
         result = write_page(store, images, out, models, options.depth, options.max_inline_mb)
         where = f" and {result['folder']}/" if result["folder"] else ""
