@@ -21,7 +21,7 @@ from tracin.engine.blocks import MemoryPlan, work_factor
 from tracin.errors import TracinError
 from tracin.files import refuse_link, report_path
 from tracin.results.store import ScoreFile
-from tracin.results.store.digests import seal
+from tracin.results.store.digests import seal, seal_attributes
 
 from conftest import subprocess_env
 
@@ -505,6 +505,10 @@ HAND_DAMAGE = [
     ("a test label edited in range", _edited("test_labels", _other_class), "/test_labels was changed"),
     ("proponents reversed", _edited("teacher/topk/test_top_index", lambda v: v[:, ::-1]), "test_top_index was"),
     ("digests deleted", _without_digests, "/student/last_loss has no digests"),
+    ("a shortcut mode added", _attr("shortcut_mode", "inherit"), "/ has attributes changed after"),  # round 12 F29
+    ("a model's variants edited", _group_attr("teacher", "variants", '["cosine"]'), "/teacher has attributes changed"),
+    ("a model's variants deleted", lambda h5: h5["teacher"].attrs.__delitem__("variants"), "/teacher has attrib"),
+    ("a table's settings edited", lambda h5: h5["quality"].attrs.__setitem__("x", 1), "/quality has attributes"),
 ]
 
 
@@ -977,6 +981,7 @@ def test_tracin_report_refuses_class_names_swapped_in_the_file(tiny_run, tiny_sc
     with h5py.File(out, "r+") as h5:
         classes = json.loads(h5.attrs["classes"])
         h5.attrs["classes"] = json.dumps([classes[1], classes[0], *classes[2:]])
+        seal_attributes(h5)  # the attribute digest made again: the check behind it is still there
     before = digest(tmp_path)
     result = run("tracin-report", "--run", tiny_run, "--scores", out, "--device", "cpu", cwd=tmp_path)
     assert_one_line(result, "its classes attribute was edited, or it is not this run's file")

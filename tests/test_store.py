@@ -19,7 +19,7 @@ from tracin.engine.topk import Ranking
 from tracin.errors import StoreError, TracinError
 from tracin.results import store as store_module
 from tracin.results.store import DataArrays, ModelScores, ScoreFile, rankings_name
-from tracin.results.store.digests import DIGESTS
+from tracin.results.store.digests import ATTRS_DIGEST, DIGESTS
 from tracin.results.store.model_scores import rank_matrix
 from tracin.results.store.tables import NAMED_TABLES
 from tracin.training.checkpoints import Checkpoint, list_checkpoints, load_checkpoint
@@ -186,7 +186,7 @@ def test_model_attributes_are_the_documented_ones(tmp_path):
     with create(tmp_path / "scores.h5") as store:
         store.prepare_model("teacher", CHECKPOINTS, ["w", "b"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
     with h5py.File(tmp_path / "scores.h5", "r") as h5:
-        assert set(h5["teacher"].attrs) == documented_attributes("/<model>/")
+        assert set(h5["teacher"].attrs) == documented_attributes("/<model>/") - {ATTRS_DIGEST}  # sealed when complete
         assert h5["teacher"].attrs["n_parameter_tensors"] == 2
 
 
@@ -211,7 +211,7 @@ def test_named_tables_round_trip_with_their_attributes(tmp_path):
         assert "rows of named fields" in one_line_store_error(lambda: store.write_table("quality", np.zeros(3)))
     with h5py.File(tmp_path / "scores.h5", "r+") as h5:
         assert h5["quality_report"].attrs["provenance"] == '{"machine": "m", "seconds": 2.0}'  # JSON, sorted keys
-        assert dict(h5["randomization"].attrs) == {"settings": "{}", "seconds": 0.0, DIGESTS: ANY}
+        assert dict(h5["randomization"].attrs) == {"settings": "{}", "seconds": 0.0, DIGESTS: ANY, ATTRS_DIGEST: ANY}
         del h5["randomization"].attrs["seconds"]  # as a file from before the attribute
     with ScoreFile.open_read(tmp_path / "scores.h5") as store:
         assert store.read_table("quality_report").tobytes() == rows.tobytes()

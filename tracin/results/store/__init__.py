@@ -16,7 +16,7 @@ Layout (format "tracin-scores", version 2; version 1 had no digests):
                             "inherit" with the replica-0 teacher's shortcut_class, in that mode), label_noise,
                             classes (JSON), fine_classes (JSON), variants (JSON), settings (JSON; everything that must match
                             to resume),
-                            status ("partial" | "complete")
+                            status ("partial" | "complete"), attrs_digest (the others' sha256)
     /train_index, /test_index         int64 [n]: indices into the original torchvision data set
     /train_labels, /test_labels       int64 [n]: labels scored with (train: after label noise)
     /train_clean_labels               int64 [n_train]: the data set's own labels
@@ -27,7 +27,7 @@ Layout (format "tracin-scores", version 2; version 1 had no digests):
                             "inherit" mode the students' stamped images, of every class)
     /<model>/               attrs: role, parameters (JSON), n_parameter_tensors, row_chunk, test_block, status,
                             scoring_seconds (wall time over invocations: per pair, / n_train n_test),
-                            variants (JSON: the score variants held, the first in scores)
+                            variants (JSON: the score variants held, the first in scores), attrs_digest (when complete)
         checkpoints/{path, epoch, lr, sha256}   [n_ckpt]: what was replayed, lr = TracIn weight
         scores              float32 [n_train, n_test]: sum_c lr_c <g_train, g_test>, chunked (attr variant)
         scores_<variant>    float32 [n_train, n_test]: each other variant (cosine, train-normalised, VARIANT@GROUP
@@ -71,12 +71,13 @@ Layout (format "tracin-scores", version 2; version 1 had no digests):
         seconds             float64 [n_units]: each retraining's wall time
         done                bool [n_units]: retrainings finished (the resume mask)
         leave_out, lds      compound [rows]: the leave-top-k-out and LDS tables
-    /comparison/<a>__<b>/   attrs: ks, max_rows, seed (the comparison's options)
+    /comparison/<a>__<b>/   attrs: ks, max_rows, seed (the comparison's options), attrs_digest
         <table>             compound [rows], one per table of tracin.results.comparison.TABLES (overlap,
                             rank_correlation, ks, self_influence), columns as registered, "scope" first
 
 Every dataset but the resume masks (`done`) carries attr digests (JSON: the sha256 of each block of about
-16 MB of its values) from when it was finished: the header arrays when the file is made, a model's datasets when it
+16 MB of its values) and attr attrs_digest (the sha256 of its other attributes; the root, a complete model's
+group, /validation and each comparison's group carry one too, status and scoring_seconds left out) from when it was finished: the header arrays when the file is made, a model's datasets when it
 is complete, a table when written, /validation's when its tables are. Reports refuse a file whose values
 differ from them (tracin.results.store.digests).
 

@@ -22,7 +22,11 @@ import json
 import h5py
 import numpy as np
 
+from tracin.results.store.hdf5 import attribute_value
+
 DIGESTS = "digests"  # the attribute
+ATTRS_DIGEST = "attrs_digest"  # the sha256 of an object's other attributes (round 12: F22-F36, attributes edited)
+MUTABLE_ATTRS = (DIGESTS, ATTRS_DIGEST, "status", "scoring_seconds")  # changed by a resume, not by an edit
 BLOCK_BYTES = 2**24  # 16 MB: a dataset of a CPU-size run is one block
 MAX_BLOCKS = 256  # digests per dataset: the attribute stays under HDF5's 64 kB
 FULL_CHECK_BYTES = 2**27  # datasets (128 MB) up to which every block is checked
@@ -59,13 +63,25 @@ def _digest(name: str, values: np.ndarray) -> str:
 
 
 def seal(dataset: h5py.Dataset) -> None:
-    """Store the digests of `dataset`'s values as they are now."""
+    """Store the digests of `dataset`'s values and attributes as they are now."""
     dataset.attrs[DIGESTS] = json.dumps([_digest(dataset.name, dataset[index]) for index in _blocks_of(dataset)])
+    seal_attributes(dataset)
+
+
+def seal_attributes(item: h5py.HLObject) -> None:
+    """Store the digest of `item`'s attributes (all but MUTABLE_ATTRS) as they are now."""
+    item.attrs[ATTRS_DIGEST] = _attributes_digest(item)
+
+
+def _attributes_digest(item: h5py.HLObject) -> str:
+    kept = sorted((key, repr(attribute_value(item.attrs[key]))) for key in item.attrs if key not in MUTABLE_ATTRS)
+    return hashlib.sha256(repr((item.name, kept)).encode()).hexdigest()
 
 
 def seal_group(group: h5py.Group) -> None:
-    """Seal every dataset under `group` but the resume masks."""
+    """Seal every dataset under `group` but the resume masks, and the group's attributes."""
     group.visititems(lambda name, item: seal(item) if _sealable(name, item) else None)
+    seal_attributes(group)
     group.file.flush()
 
 
@@ -94,11 +110,14 @@ def digest_problems(h5: h5py.File, required: bool) -> list[str]:
     """What of the file differs from the digests written with it: "/NAME was changed after it was written
     (block i of n differs from its sha256)", or, when `required` (format version 2), "/NAME has no digests"
     for a finished dataset without them."""
-    rng, problems = np.random.default_rng(), []
+    rng, problems = np.random.default_rng(), _attribute_problems(h5, required)
 
     def visit(name: str, item) -> None:
+        if isinstance(item, h5py.Group) and _finished(h5, name):
+            problems.extend(_attribute_problems(item, required and _sealed_group(name, item)))
         if not _sealable(name, item) or not _finished(h5, name):
             return
+        problems.extend(_attribute_problems(item, required))
         if DIGESTS not in item.attrs:
             if required:
                 problems.append(f"/{name} has no digests, as tracin writes every finished dataset with")
@@ -112,6 +131,22 @@ def digest_problems(h5: h5py.File, required: bool) -> list[str]:
 
     h5.visititems(visit)
     return problems
+
+
+def _sealed_group(name: str, group: h5py.Group) -> bool:
+    """Whether a group's attributes are sealed when finished: a model's or /validation (a top-level group with
+    a status) and a comparison's."""
+    return ("/" not in name and "status" in group.attrs) or name.startswith("comparison/")
+
+
+def _attribute_problems(item: h5py.HLObject, required: bool) -> list[str]:
+    """ "NAME's attributes were changed ..." when they differ from their digest; "NAME has no attribute
+    digest" when `required` and there is none."""
+    if ATTRS_DIGEST not in item.attrs:
+        return [f"{item.name} has no attribute digest, as tracin writes every finished object with"] if required else []
+    if item.attrs[ATTRS_DIGEST] != _attributes_digest(item):
+        return [f"{item.name} has attributes changed after they were written (their sha256 differs)"]
+    return []
 
 
 def _finished(h5: h5py.File, name: str) -> bool:

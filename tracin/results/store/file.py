@@ -19,7 +19,7 @@ from tracin.config import ENSEMBLE_SUFFIX, ROLES, inherited_shortcut_class, spli
 from tracin.errors import StoreError, TracinError
 from tracin.files import disk_full, fsync_file, not_a_file, refuse_link
 from tracin.results.store import tables
-from tracin.results.store.digests import digest_problems, seal
+from tracin.results.store.digests import MUTABLE_ATTRS, digest_problems, seal, seal_attributes
 from tracin.results.store.hdf5 import (
     HDF5_ERRORS,
     attribute_value,
@@ -261,6 +261,7 @@ class ScoreFile:
             self._h5.create_dataset(name, data=np.asarray(getattr(data, name), dtype=bool))
         for name in (*HEADER_ARRAYS, "noisy", *HEADER_MASKS):
             seal(self._h5[name])
+        seal_attributes(self._h5)
         self._h5.flush()
 
     def changed_since_written(self) -> list[str]:
@@ -434,7 +435,7 @@ class ScoreFile:
     def comparison_settings(self, a: str, b: str) -> dict[str, Any]:
         """The options the comparison of a and b was computed with (ks, max_rows, seed)."""
         group = tables.comparison_group(self._h5, self.path, a, b)
-        return {name: attribute_value(value) for name, value in group.attrs.items()}
+        return {name: attribute_value(value) for name, value in group.attrs.items() if name not in MUTABLE_ATTRS}
 
     # --- named tables (tables.NAMED_TABLES) -------------------------------------------------------
 

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from tracin.errors import StoreError
-from tracin.results.store.digests import seal
+from tracin.results.store.digests import seal, seal_attributes
 from tracin.results.store.hdf5 import attribute_value, replace_dataset
 
 
@@ -44,13 +44,12 @@ class NamedTable:
         if rows.dtype.names is None or rows.ndim != 1:
             raise StoreError(f"table {self.name} takes rows of named fields, not {rows.dtype} of shape {rows.shape}")
         dataset = replace_dataset(h5, self.name, rows)
-        seal(dataset)
         h5.flush()  # the rows, then their attributes: the order of writes a full disk meets (tests/test_edges.py)
         for key, default in self.attrs.items():
             value = attrs.get(key, default)
             dataset.attrs[key] = json.dumps(value, sort_keys=True) if _is_json(default) else value
-        if self.attrs:
-            h5.flush()
+        seal(dataset)
+        h5.flush()
 
     def read(self, h5: h5py.File, path: Path) -> np.ndarray:
         """The rows; StoreError when the file at `path` has none."""
@@ -152,6 +151,7 @@ def write_comparison(h5: h5py.File, a: str, b: str, tables: dict[str, np.ndarray
     for table_name, table in tables.items():
         seal(group.create_dataset(table_name, data=np.asarray(table)))
     group.attrs.update(settings)
+    seal_attributes(group)
     h5.flush()
 
 

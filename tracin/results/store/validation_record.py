@@ -151,8 +151,8 @@ class ValidationRecord:
         (provenance JSON: machine, finished); status complete."""
         for name, table in (("leave_out", leave_out), ("lds", lds)):
             replace_dataset(self._group, name, table)
-        seal_group(self._group)
         self._group.attrs["provenance"] = json.dumps(provenance or {}, sort_keys=True)
+        seal_group(self._group)
         self._group.attrs["status"] = "complete"
         self._group.file.flush()
 
