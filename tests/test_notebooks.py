@@ -132,3 +132,23 @@ def test_notebooks_command_without_arguments_prints_usage_not_a_traceback():
         and "tracin-notebooks: error: the following arguments are required: SCORES, OUT_DIR" in result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["tracin-notebooks", "tracin-report", "tracin-explore"])
+def test_a_mistyped_data_root_is_refused_not_filled(tiny_scores, tmp_path, command):
+    """Round 12, B69: tracin-notebooks unpacked a fresh Fashion-MNIST into a DATA_ROOT that did not exist,
+    without a word (the kernel's note went into the page); a data root given because the data moved must
+    be a folder, for every command that takes one."""
+    typo = tmp_path / "dta"
+    args = {
+        "tracin-notebooks": [tiny_scores, tmp_path / "pages", typo],
+        "tracin-report": ["--run", tiny_scores.parent, "--scores", tiny_scores, "--data-root", typo],
+        "tracin-explore": ["--scores", tiny_scores, "--data-root", typo],
+    }[command]
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / command), *map(str, args)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"{command}: error: data root {typo}: no such folder (give the folder the data set is in now)"
+    ]
+    assert not typo.exists() and not (tmp_path / "pages").exists()

@@ -338,3 +338,34 @@ def test_a_models_metrics_edited_in_run_json_are_not_tabled(tiny_run, tmp_path):
     (run / "run.json").write_text(json.dumps(record))
     with pytest.raises(TracinError, match="models/student/metrics differ from those .*epoch_004.pt records"):
         model_result(run, "student")
+
+
+def test_best_epoch_parameters_and_timings_edited_beside_the_checkpoints_are_not_tabled(tiny_run, tmp_path):
+    """Round 12, F1-F3: run.json's best_epoch and param_counts, and history.csv's seconds, edited to other
+    values went into results.csv; the row takes them from the last checkpoint's own history and parameter
+    count, and refuses a best_epoch that disagrees."""
+    import shutil
+
+    from tracin.commands.sweep import model_result
+    from tracin.errors import TracinError
+    from tracin.training.checkpoints import list_checkpoints, load_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    payload = load_checkpoint(list_checkpoints(run / "student")[-1])
+    before = model_result(run, "student")
+    assert before["wall_s"] == pytest.approx(sum(row["seconds"] for row in payload["history"]))
+    record = json.loads((run / "run.json").read_text())
+    record["param_counts"]["student"] += 1000
+    (run / "run.json").write_text(json.dumps(record))
+    history = (run / "student" / "history.csv").read_text().splitlines()
+    fields = history[0].split(",")
+    rows = [line.split(",") for line in history[1:]]
+    for row in rows:
+        row[fields.index("seconds")] = row[fields.index("train_seconds")] = "999.0"
+    (run / "student" / "history.csv").write_text("\n".join([history[0], *map(",".join, rows)]) + "\n")
+    assert model_result(run, "student") == before and before["parameters"] == payload["param_count"]
+    record["models"]["student"]["best_epoch"] = 2 if before["best_epoch"] != 2 else 4
+    (run / "run.json").write_text(json.dumps(record))
+    with pytest.raises(TracinError, match="models/student/best_epoch differs from the one .*epoch_004.pt's history"):
+        model_result(run, "student")

@@ -139,6 +139,13 @@ def not_a_file(path: Union[str, Path]) -> str:
     return f"{path} does not exist"
 
 
+def existing_folder(path: Union[str, Path], what: str, hint: str) -> str:
+    """`path` resolved, if it is a folder; else a TracinError naming `what`, with `hint`."""
+    if not Path(path).is_dir():
+        raise TracinError(f"{what} {path}: no such folder ({hint})")
+    return str(Path(path).resolve())
+
+
 def report_path(score_file: Union[str, Path], name: str) -> Path:
     """Where a report of a score file goes: NAME beside the default tracin.h5 (quality_report.md, plots/), and
     STEM.NAME beside any other score file (other.quality_report.md, other.plots/), so that two score files in

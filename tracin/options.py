@@ -1,15 +1,14 @@
-"""What each command was asked to do: frozen options dataclasses, validated in `__post_init__`, each field
-that the command line sets declared with its help beside it (tracin.arguments); the parsers are generated
-from them (tracin.cli.parsing). tracin-train's data and training settings are DataConfig's and
-TrainConfig's fields (tracin.config), declared the same way.
-
-Kept apart from the code that carries the commands out, and light to import (no torch), so that parsing a
-command line and answering --help never wait for torch. Adding an option: a field here, and its use in the
-command's module (docs/extending.md).
+"""What each command was asked to do: frozen options dataclasses, validated in `__post_init__`, each field that
+the command line sets declared with its help beside it (tracin.arguments); the parsers are generated from them
+(tracin.cli.parsing). tracin-train's data and training settings are DataConfig's and TrainConfig's fields
+(tracin.config), declared the same way. Kept apart from the code that carries the commands out, and light to
+import (no torch), so that parsing a command line and answering --help never wait for torch. Adding an option:
+a field here, and its use in the command's module (docs/extending.md).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, fields
@@ -36,6 +35,7 @@ from tracin.config import (
     split_model_name,
 )
 from tracin.errors import TracinError
+from tracin.files import existing_folder
 from tracin.variants import SCORE_VARIANTS
 
 # --- option groups every command declares alike -----------------------------------------------------------
@@ -61,8 +61,10 @@ def device() -> Any:
     return option("auto", help="auto: CUDA when available", section="run", choices=DEVICES)
 
 
-def moved_data_root() -> Any:
-    return option(None, help="where the run's data set is, if not where it was trained", section="run", item=_resolved)
+def moved_data_root(**how: Any) -> Any:  # a folder (round 12, B69: a mistyped one was filled with data)
+    help, hint = "where the run's data set is, if not where it was trained", "give the folder the data set is in now"
+    check = functools.partial(existing_folder, what="data root", hint=hint)
+    return option(None, help=help, item=check, **{"section": "run", **how})
 
 
 def quiet(help: str = "no progress bars or progress lines") -> Any:
@@ -564,7 +566,7 @@ class ExploreOptions:
     models: Optional[tuple[str, ...]] = option(
         None, help="models to include", default_text="every model in the file", section="run", metavar="MODEL,..."
     )
-    data_root: Optional[str] = option(None, help="where the run's data set is, if it moved", section="run")
+    data_root: Optional[str] = moved_data_root()
     max_inline_mb: float = option(
         25.0, help="data up to this size go inside the page, more to the folder beside it", section="page"
     )
@@ -595,4 +597,4 @@ class NotebooksOptions:
 
     scores: str = option(help="the HDF5 file tracin-score wrote", positional=True, item=_resolved)
     out_dir: str = option(help="folder for the HTML files", positional=True)
-    data_root: Optional[str] = option(None, help="where the run's data set is, if it moved", positional=True)
+    data_root: Optional[str] = moved_data_root(section=None, positional=True)

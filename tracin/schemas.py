@@ -172,6 +172,7 @@ CHECKPOINT = {
         "data_config": _SETTINGS,
         "data_fingerprint": {"type": "object"},
         "metrics": {"type": "object"},
+        "history": {"type": "array", "items": {"type": "object"}},
     },
 }
 

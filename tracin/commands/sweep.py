@@ -38,6 +38,7 @@ from tracin.runtime import machine
 from tracin.schemas import SWEEP_JSON, load_json
 from tracin.training.checkpoints import VERSION, checkpoint_name, load_checkpoint
 from tracin.training.records import check_saved_digest
+from tracin.training.trainer import best_saved
 
 BASE_RUN = "base"
 RESULT_FIELDS = (
@@ -290,35 +291,40 @@ def _history(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def _checked_metrics(run: Path, model: str, entry: dict) -> dict:
-    """A finished model's last metrics, as its last checkpoint records them (sha256-checked against run.json):
-    run.json's copy edited to another value was tabled without a word (round 11, S15)."""
+def _checked_last(run: Path, model: str, entry: dict) -> dict:
+    """A finished model's last checkpoint (sha256-checked against run.json), after checking run.json's
+    metrics and best_epoch agree with it: run.json's copies edited to other values were tabled without a
+    word (round 11, S15; round 12, F1)."""
     last = run / model / entry["checkpoints"][-1]
     payload = load_checkpoint(last, role=model.split(".")[0])
     field = f"{run / 'run.json'}'s models/{model}"
     check_saved_digest(last, entry.get("sha256"), f"{field}/sha256", payload.get("version", VERSION))
     if {key: entry["metrics"].get(key) for key in payload["metrics"]} != payload["metrics"]:
         raise TracinError(f"{field}/metrics differ from those {last} records: run.json was edited")
-    return payload["metrics"]
+    if "history" in payload and entry.get("best_epoch") != best_saved(payload["history"])["epoch"]:
+        raise TracinError(f"{field}/best_epoch differs from the one {last}'s history gives: run.json was edited")
+    return payload
 
 
 def model_result(run: Path, model: str) -> dict:
-    """One row of RESULT_FIELDS from a finished model's run.json entry and history.csv: test accuracy and
-    loss at the last epoch, best saved epoch, train-test accuracy gap, parameters, training images per
-    second (train seconds only) and wall time (training and evaluation)."""
+    """One row of RESULT_FIELDS from a finished model's last checkpoint: test accuracy and loss at the last
+    epoch, best saved epoch, train-test accuracy gap, parameters, training images per second (train seconds
+    only) and wall time (training and evaluation), from the history it carries (round 12, F2, F3: run.json's
+    param_counts and history.csv's seconds edited were tabled). Checkpoints from before their history
+    (version 2 and older) take it from history.csv."""
     record = json.loads((run / "run.json").read_text())
-    entry, history = record["models"][model], _history(run / model / "history.csv")
-    metrics = _checked_metrics(run, model, entry)
-    n_train = record["data_fingerprint"]["n_train"]
+    payload = _checked_last(run, model, record["models"][model])
+    history = payload.get("history") or _history(run / model / "history.csv")
+    metrics, n_train = payload["metrics"], payload["data_fingerprint"]["n_train"]
     train_seconds = sum(float(row.get("train_seconds") or row["seconds"]) for row in history)
     return {
         "run": run.name,
         "model": model,
         "test_acc": metrics["test_acc"],
-        "best_epoch": entry.get("best_epoch"),
+        "best_epoch": record["models"][model].get("best_epoch"),
         "test_loss": metrics["test_loss"],
         "train_test_gap": metrics["train_acc"] - metrics["test_acc"],
-        "parameters": record["param_counts"][model.split(".")[0]],
+        "parameters": payload["param_count"],
         "train_images_per_s": n_train * len(history) / train_seconds if train_seconds else float("nan"),
         "wall_s": sum(float(row["seconds"]) for row in history),
     }

@@ -3,7 +3,7 @@
 A training checkpoint is a dict with fixed keys:
 
     format        "tracin-checkpoint"
-    version       2 (1: before run.json recorded each checkpoint's sha256; read too)
+    version       3 (2: before `history`; 1: before run.json recorded each checkpoint's sha256; both read)
     role          "teacher" | "student" | "student_baseline"
     model         model state dict (parameters and BatchNorm buffers)
     model_config  ModelConfig.to_dict()
@@ -15,6 +15,7 @@ A training checkpoint is a dict with fixed keys:
     lr_at_save    the scheduler's learning rate when the checkpoint was written (its next step's)
     metrics       train_loss (the training objective), train_acc, test_loss (cross-entropy), test_acc of
                   the epoch
+    history       history.csv's rows up to this epoch (so tables of a run read them from a checked file)
     config        TrainConfig.to_dict();  data_config: DataConfig.to_dict()
     data_fingerprint   tracin.training.records.fingerprint(...)
     param_count   trainable parameters of the model
@@ -56,7 +57,7 @@ from tracin.training.models import build_model, count_parameters
 from tracin.training.optimization import checkpoint_lr
 
 FORMAT = "tracin-checkpoint"
-VERSION = 2  # 2: run.json records the file's sha256 (models/NAME/sha256); 1 is read too
+VERSION = 3  # 3: `history`; 2: run.json records the file's sha256 (models/NAME/sha256); 1 and 2 are read too
 EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt$")
 
 
@@ -73,8 +74,7 @@ def epoch_of(path: Union[str, Path]) -> int:
 
 
 def save_atomic(payload: Any, path: Union[str, Path]) -> None:
-    """torch.save through tracin.files.write_atomic: a reader never sees half a file, and a killed
-    writer leaves the previous version in place."""
+    """torch.save through write_atomic: no reader sees half a file; a killed writer leaves the old one."""
     write_atomic(path, lambda handle: torch.save(payload, handle))
 
 
@@ -408,8 +408,8 @@ def make_payload(
     provenance: dict[str, Any],
 ) -> dict[str, Any]:
     """A checkpoint in the format above. training: optimizer, scheduler, epoch, step, lr, lr_at_save,
-    metrics; provenance: config, data_config, data_fingerprint, teacher (see the module docstring)."""
-    keys = ("optimizer", "scheduler", "epoch", "step", "lr", "lr_at_save", "metrics")
+    metrics, history; provenance: config, data_config, data_fingerprint, teacher (see the module docstring)."""
+    keys = ("optimizer", "scheduler", "epoch", "step", "lr", "lr_at_save", "metrics", "history")
     missing = [
         k
         for k in (*keys, "config", "data_config", "data_fingerprint", "teacher")

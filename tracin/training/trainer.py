@@ -468,6 +468,7 @@ def checkpoint_payload(job: ModelJob, run: RunContext, trainee: Trainee, lr: flo
         "lr": lr,
         "lr_at_save": float(scheduler.get_last_lr()[0]),
         "metrics": metrics,
+        "history": list(state.history),
     }
     provenance = {
         "config": run.config.to_dict(),
