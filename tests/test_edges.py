@@ -506,9 +506,17 @@ HAND_DAMAGE = [
     ("proponents reversed", _edited("teacher/topk/test_top_index", lambda v: v[:, ::-1]), "test_top_index was"),
     ("digests deleted", _without_digests, "/student/last_loss has no digests"),
     ("a shortcut mode added", _attr("shortcut_mode", "inherit"), "/ has attributes changed after"),  # round 12 F29
-    ("a model's variants edited", _group_attr("teacher", "variants", '["cosine"]'), "/teacher has attributes changed"),
+    (
+        "a model's variants edited",
+        _group_attr("teacher", "variants", '["cosine"]'),
+        "/teacher has attributes or members",
+    ),
     ("a model's variants deleted", lambda h5: h5["teacher"].attrs.__delitem__("variants"), "/teacher has attrib"),
     ("a table's settings edited", lambda h5: h5["quality"].attrs.__setitem__("x", 1), "/quality has attributes"),
+    # round 13, H6, H9-H11: a finished model's dataset deleted was passed over, or a traceback
+    ("a model's predictions deleted", lambda h5: _del(h5, "teacher/test_prediction"), "/teacher has attributes or"),
+    ("a model's last loss deleted", lambda h5: _del(h5, "student/last_loss"), "/student has attributes or members"),
+    ("a model's group self-influence deleted", lambda h5: _del(h5, "teacher/self_influence_groups"), "/teacher has"),
 ]
 
 

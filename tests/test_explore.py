@@ -262,6 +262,23 @@ def test_a_page_is_never_written_over_a_file_it_did_not_write(explore_run, tmp_p
         assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.parametrize("table", ["topk.csv", "overlap.parquet"])
+def test_an_export_never_replaces_a_table_it_did_not_write(explore_run, tmp_path, table):
+    """Round 13, Z2: --export into a colleague's folder replaced their topk.csv without a word; a table there
+    is replaced only when its columns are those --export writes (so exporting again still works)."""
+    export = tmp_path / "export"
+    assert explore_command("--run", explore_run, "--out", tmp_path / "p.html", "--export", export).returncode == 0
+    assert explore_command("--run", explore_run, "--out", tmp_path / "p.html", "--export", export).returncode == 0
+    (export / table).write_text("a,b\n1,2\n")
+    before = {path.name: path.read_bytes() for path in export.iterdir()}
+    result = explore_command("--run", explore_run, "--out", tmp_path / "q.html", "--export", export)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"tracin-explore: error: --export: {export / table} exists and is not a table tracin-explore wrote; it "
+        "is left as it is (choose another folder)"
+    ]
+    assert {path.name: path.read_bytes() for path in export.iterdir()} == before and not (tmp_path / "q.html").exists()
+
+
 def test_a_page_another_process_is_writing_is_refused(explore_run, tmp_path):
     from tracin.files import exclusive_lock
 

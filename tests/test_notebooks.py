@@ -152,3 +152,26 @@ def test_a_mistyped_data_root_is_refused_not_filled(tiny_scores, tmp_path, comma
         f"{command}: error: data root {typo}: no such folder (give the folder the data set is in now)"
     ]
     assert not typo.exists() and not (tmp_path / "pages").exists()
+
+
+def test_a_page_notebooks_did_not_write_or_wrote_of_another_file_is_kept(tiny_scores, tmp_path):
+    """Round 13, Z3, M4: a colleague's overlap_tables.html in OUT_DIR, or the pages of another score file,
+    were replaced without a word; each page's head says it is tracin-notebooks' and of which file."""
+    command = Path(sys.executable).parent / "tracin-notebooks"
+    other = tmp_path / "other.h5"
+    other.write_bytes(tiny_scores.read_bytes())
+    result = subprocess.run([str(command), str(tiny_scores), str(tmp_path / "nb")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    page = tmp_path / "nb" / "overlap_tables.html"
+    assert f'<meta name="tracin-scores" content="{tiny_scores.resolve()}">' in page.read_text()[:4096]
+    result = subprocess.run([str(command), str(other), str(tmp_path / "nb")], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"tracin-notebooks: error: {page.with_name('mislabel_detection.html')} holds the notebooks of another score "
+        "file; choose another OUT_DIR"  # the pages are checked in order of name
+    ]
+    page.write_text("<html>a colleague's page</html>")
+    result = subprocess.run([str(command), str(tiny_scores), str(tmp_path / "nb")], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"tracin-notebooks: error: {page} exists and is not a page tracin-notebooks wrote; it is left as it is"
+    ]
+    assert page.read_text() == "<html>a colleague's page</html>"

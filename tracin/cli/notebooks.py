@@ -9,6 +9,7 @@ Needs the `notebooks` extra (nbclient, nbformat, nbconvert, ipykernel).
 
 from __future__ import annotations
 
+import html
 import importlib.resources
 import os
 from dataclasses import dataclass
@@ -48,6 +49,27 @@ NEEDS = {
 }
 
 
+MARK = '<meta name="generator" content="tracin-notebooks">'  # in every page's head: a file without it is kept
+
+
+def _marks(scores: Any) -> str:
+    """The head lines that say a page is tracin-notebooks' and of which score file."""
+    return f'{MARK}\n<meta name="tracin-scores" content="{html.escape(str(scores))}">\n'
+
+
+def _check_page(page: Path, scores: Path) -> None:
+    """Refuse to replace a page tracin-notebooks did not write, or wrote of another score file (round 13, Z3,
+    M4: a colleague's page, or the pages of another file, were replaced without a word)."""
+    if not page.is_file():
+        return
+    with open(page, "rb") as handle:
+        head = handle.read(4096).decode("utf-8", errors="replace")
+    if MARK not in head:
+        raise TracinError(f"{page} exists and is not a page tracin-notebooks wrote; it is left as it is")
+    if _marks(scores) not in head:
+        raise TracinError(f"{page} holds the notebooks of another score file; choose another OUT_DIR")
+
+
 def _parameters_cell(notebook) -> Any:
     for cell in notebook.cells:
         if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
@@ -77,6 +99,7 @@ def execute_notebook(
         from nbconvert import HTMLExporter
 
         body, _ = HTMLExporter().from_notebook_node(notebook)
+        body = body.replace("<head>", "<head>\n" + _marks(parameters.get("SCORES")), 1)
         refuse_link(html, "the HTML file")
         write_atomic(html, lambda handle: handle.write(body.encode()))
     return notebook
@@ -129,6 +152,8 @@ def execute_all(scores: Path, out_dir: Path, data_root: Optional[str]) -> list[P
         raise TracinError(f"OUT_DIR {out_dir} exists and is not a folder")  # X14
     pages = [out_dir / f"{notebook.stem}.html" for notebook, reason in skipped.items() if reason is None]
     refuse_links(pages, "the HTML file")  # every page before the first notebook runs (X16, X17)
+    for page in pages:
+        _check_page(page, scores)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, failed = [], []
     for notebook, reason in skipped.items():
@@ -139,7 +164,7 @@ def execute_all(scores: Path, out_dir: Path, data_root: Optional[str]) -> list[P
         try:
             execute_notebook(notebook, {"SCORES": str(scores), "DATA_ROOT": data_root}, html)
         except CellExecutionError as error:
-            failed.append(f"{notebook.name} failed: {error.ename}: {error.evalue}")
+            failed.append(f"{notebook.name} failed on {scores}: {error.ename}: {error.evalue}")  # F33: name the file
             continue
         written.append(html)
         print(f"notebook: {html}", flush=True)

@@ -55,6 +55,10 @@ BLOCK = 250  # test examples per data file when the data do not fit inline
 DEPTH = 10  # proponents and opponents shown per model and test example, unless asked otherwise
 FREQUENT = 12  # train examples listed as most frequent proponents, and as highest self-influence
 FLOOR = "teacher-teacher'"  # the comparison whose run mean is the replica floor
+EXPORT_COLUMNS = {  # of --export's tables, in order
+    "topk": ("model", "variant", "test_index", "side", "rank", "train_index", "score", "flipped"),
+    "overlap": ("comparison", "variant", "test_index", "k", "overlap"),
+}
 
 
 def _b64(array: np.ndarray) -> str:
@@ -338,9 +342,7 @@ def _write_folder(folder: Path, blocks: Sequence[str], images: dict[str, bytes])
 def topk_table(store: ScoreFile, models: Sequence[str], k: int, variant: Optional[str] = None) -> dict[str, np.ndarray]:
     """Columns of the top-k lists, a row per (model, test example, side, rank): model, variant, test_index,
     side ("proponent" | "opponent"), rank (1 = strongest), train_index, score (float32 as stored), flipped."""
-    columns: dict[str, list[np.ndarray]] = {
-        name: [] for name in ("model", "variant", "test_index", "side", "rank", "train_index", "score", "flipped")
-    }
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in EXPORT_COLUMNS["topk"]}
     for name in models:
         scores = store.model(name)
         chosen = variant or scores.variants[0]
@@ -372,9 +374,7 @@ def overlap_table(
     """Columns of the per-test-example overlaps, a row per (comparison, test example): comparison, variant,
     test_index, k, overlap (shared top-k proponents / k, averaged over the comparison's model pairs)."""
     chosen = variant or store.model(models[0]).variants[0]
-    columns: dict[str, list[np.ndarray]] = {
-        name: [] for name in ("comparison", "variant", "test_index", "k", "overlap")
-    }
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in EXPORT_COLUMNS["overlap"]}
     holders = [name for name in models if chosen in store.model(name).variants]
     tops = proponents(store, holders, chosen)
     for comparison, pairs in comparisons(holders).items():
@@ -404,6 +404,21 @@ def frames(path: str | Path, k: int = 10, variant: Optional[str] = None, models:
 
 
 EXPORTS = ("topk.csv", "overlap.csv", "topk.parquet", "overlap.parquet")  # what --export writes
+
+
+def _exported(path: Path) -> bool:
+    """Whether the file at `path` is a table --export wrote: its columns (a CSV's header, a Parquet file's
+    schema) are those of EXPORT_COLUMNS (round 13, Z2: a colleague's topk.csv was replaced)."""
+    columns = list(EXPORT_COLUMNS[path.stem])
+    try:
+        if path.suffix == ".csv":
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                return handle.readline().rstrip("\r\n") == ",".join(columns)
+        import pyarrow.parquet
+
+        return pyarrow.parquet.read_schema(path).names == columns
+    except Exception:  # unreadable, not Parquet, or no pyarrow to read it: not known to be ours
+        return False
 
 
 def write_tables(store: ScoreFile, models: Sequence[str], folder: Path, k: int) -> list[str]:
@@ -505,6 +520,11 @@ def _check_destinations(out: Path, export: Optional[Path]) -> None:
             raise TracinError(f"--export {export} exists and is not a folder")
         for name in EXPORTS:  # checked again as each is written; here so that no page is made first
             refuse_link(export / name, "an exported table")
+            if (export / name).exists() and not _exported(export / name):
+                raise TracinError(
+                    f"--export: {export / name} exists and is not a table tracin-explore wrote; it is left as it "
+                    "is (choose another folder)"
+                )
 
 
 def _size(n: int) -> str:

@@ -33,6 +33,9 @@ from tracin.results.markdown import (
     validation_markdown,
 )
 from tracin.results.store import ScoreFile, find_damage, layout_problems
+from tracin.results.store.digests import top_level
+from tracin.results.store.layout import VALIDATION
+from tracin.results.store.tables import QUALITY_REPORT, RANDOMIZATION
 
 
 def check_finished(store: ScoreFile) -> None:
@@ -57,10 +60,16 @@ def check_finished(store: ScoreFile) -> None:
         )
     changed = store.changed_since_written()
     if changed:
-        raise StoreError(
-            f"{store.path}: {changed[0]}: the file was edited, or damaged on disk; make it again with the command "
-            "that wrote it (tracin-score --overwrite for scores)"
-        )
+        # round 13, F5a: a table tracin-report wrote, cut short by a full disk, is its to make again
+        remedy = REMEDIES.get(top_level(changed[0]), "make it again with tracin-score --overwrite")
+        raise StoreError(f"{store.path}: {changed[0]}: the file was edited, or damaged on disk; {remedy}")
+
+
+REMEDIES = {  # what makes a top-level group or table of a score file again, where not tracin-score --overwrite
+    RANDOMIZATION: "run tracin-report again, which makes its tables again",
+    QUALITY_REPORT: "run tracin-report again, which makes its tables again",
+    VALIDATION: "run tracin-validate again, which makes /validation again",
+}
 
 
 def quality_report_summary(store: ScoreFile) -> tuple[str, Optional[Figure]]:

@@ -11,7 +11,8 @@ up to FULL_CHECK_BYTES, and SAMPLED_BLOCKS blocks chosen at random of a larger o
 50,000 x 10,000 scores (2 GB: 120 blocks, 8 read at random, so an edit inside one block is found with
 probability 1/15 per read; every dataset of a CPU-size run is read whole).
 In a file of format version 2 every dataset must carry digests except the resume masks (`done`) and those of
-a group still partial; files of version 1 carry none and are not checked.
+a group still partial; from version 3 on, every finished object's attributes (and a sealed group's member
+names) carry one too (ATTRS_DIGEST). Files of version 1 carry none and are not checked.
 """
 
 from __future__ import annotations
@@ -74,8 +75,14 @@ def seal_attributes(item: h5py.HLObject) -> None:
 
 
 def _attributes_digest(item: h5py.HLObject) -> str:
+    """sha256 of the object's path, its attributes but MUTABLE_ATTRS, and, for a group other than the root
+    (which later commands add to), the names of everything under it (round 13, H6, H9: a dataset deleted from
+    a finished model was passed over, or a traceback)."""
     kept = sorted((key, repr(attribute_value(item.attrs[key]))) for key in item.attrs if key not in MUTABLE_ATTRS)
-    return hashlib.sha256(repr((item.name, kept)).encode()).hexdigest()
+    members: list[str] = []
+    if isinstance(item, h5py.Group) and item.name != "/":
+        item.visit(members.append)
+    return hashlib.sha256(repr((item.name, kept, sorted(members))).encode()).hexdigest()
 
 
 def seal_group(group: h5py.Group) -> None:
@@ -106,20 +113,22 @@ def changed_blocks(dataset: h5py.Dataset, rng: np.random.Generator) -> list[int]
     return [i for i in chosen if _digest(dataset.name, dataset[index[i]]) != stored[i]]
 
 
-def digest_problems(h5: h5py.File, required: bool) -> list[str]:
+def digest_problems(h5: h5py.File, version: int) -> list[str]:
     """What of the file differs from the digests written with it: "/NAME was changed after it was written
-    (block i of n differs from its sha256)", or, when `required` (format version 2), "/NAME has no digests"
-    for a finished dataset without them."""
-    rng, problems = np.random.default_rng(), _attribute_problems(h5, required)
+    (block i of n differs from its sha256)", "/NAME has attributes changed ...", or, for a file of format
+    `version` 2 and later, "/NAME has no digests" for a finished dataset without them (from 3 on, also "no
+    attribute digest" for an object without one)."""
+    values, attributes = version >= 2, version >= 3
+    rng, problems = np.random.default_rng(), _attribute_problems(h5, attributes)
 
     def visit(name: str, item) -> None:
         if isinstance(item, h5py.Group) and _finished(h5, name):
-            problems.extend(_attribute_problems(item, required and _sealed_group(name, item)))
+            problems.extend(_attribute_problems(item, attributes and _sealed_group(name, item)))
         if not _sealable(name, item) or not _finished(h5, name):
             return
-        problems.extend(_attribute_problems(item, required))
+        problems.extend(_attribute_problems(item, attributes))
         if DIGESTS not in item.attrs:
-            if required:
+            if values:
                 problems.append(f"/{name} has no digests, as tracin writes every finished dataset with")
             return
         changed = changed_blocks(item, rng)
@@ -131,6 +140,12 @@ def digest_problems(h5: h5py.File, required: bool) -> list[str]:
 
     h5.visititems(visit)
     return problems
+
+
+def top_level(problem: str) -> str:
+    """The top-level group or table a problem of digest_problems is in ("" for the root's attributes): every
+    problem starts with the object's path."""
+    return problem.split(" ", 1)[0].lstrip("/").split("/", 1)[0]
 
 
 def _sealed_group(name: str, group: h5py.Group) -> bool:
@@ -145,7 +160,8 @@ def _attribute_problems(item: h5py.HLObject, required: bool) -> list[str]:
     if ATTRS_DIGEST not in item.attrs:
         return [f"{item.name} has no attribute digest, as tracin writes every finished object with"] if required else []
     if item.attrs[ATTRS_DIGEST] != _attributes_digest(item):
-        return [f"{item.name} has attributes changed after they were written (their sha256 differs)"]
+        what = "attributes or members" if isinstance(item, h5py.Group) and item.name != "/" else "attributes"
+        return [f"{item.name} has {what} changed after they were written (their sha256 differs)"]
     return []
 
 

@@ -19,7 +19,7 @@ from tracin.config import ENSEMBLE_SUFFIX, ROLES, inherited_shortcut_class, spli
 from tracin.errors import StoreError, TracinError
 from tracin.files import disk_full, fsync_file, not_a_file, refuse_link
 from tracin.results.store import tables
-from tracin.results.store.digests import MUTABLE_ATTRS, digest_problems, seal, seal_attributes
+from tracin.results.store.digests import MUTABLE_ATTRS, digest_problems, seal, seal_attributes, top_level
 from tracin.results.store.hdf5 import (
     HDF5_ERRORS,
     attribute_value,
@@ -266,14 +266,14 @@ class ScoreFile:
 
     def changed_since_written(self) -> list[str]:
         """What of the finished datasets differs from the digests written with them (digests.digest_problems;
-        a file of format version 2 must carry them)."""
-        return digest_problems(self._h5, required=int(self._h5.attrs.get("format_version", FORMAT_VERSION)) >= 2)
+        a file of format version 2 or later must carry them)."""
+        return digest_problems(self._h5, int(self._h5.attrs.get("format_version", FORMAT_VERSION)))
 
     def drop_changed(self, owned: Sequence[str]) -> list[str]:
         """Delete the top-level groups and tables of `owned` (those the calling command makes again) holding
         a dataset that differs from its digests, as a full disk while writing them leaves them (round 11,
         F3: a report killed so could not be run again); returns their names."""
-        names = {problem.split(" ")[0].lstrip("/").split("/")[0] for problem in self.changed_since_written()}
+        names = {top_level(problem) for problem in self.changed_since_written()}
         dropped = sorted(name for name in names if name in owned)
         for name in dropped:
             del self._h5[name]
