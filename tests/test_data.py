@@ -328,6 +328,24 @@ def test_a_cifar_label_outside_its_classes_is_refused_whatever_the_subset(cifar1
         load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False, train_subset=subset))
 
 
+def test_cifar_pixels_of_a_wider_type_are_refused_not_wrapped(cifar10_root, tmp_path):
+    """Round 13, D17: a test batch rewritten with int64 pixels, one of them 289, was read as 289 mod 256 = 33
+    without a word; the data set's files hold uint8."""
+    root = tmp_path / "shared"
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for path in (Path(cifar10_root) / "cifar-10-batches-py").iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    with open(folder / "test_batch", "rb") as handle:
+        batch = pickle.load(handle)
+    batch["data"] = batch["data"].astype(np.int64)
+    batch["data"][0, 0] = 289
+    with open(folder / "test_batch", "wb") as handle:
+        pickle.dump(batch, handle, protocol=2)
+    with pytest.raises(DataError, match=r"its images are int64, not 8-bit pixels \(uint8, 0..255\)"):
+        load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False))
+
+
 def test_class_names_renamed_after_training_differ_from_the_fingerprint(tmp_path):
     """Round 11, Q8: a CIFAR-format root read with --no-checksum names its own classes; names swapped in its
     batches.meta after training were scored without a word. Runs from before the names were fingerprinted

@@ -394,6 +394,7 @@ TRAIN_MISTAKES = [
     (["--student-stages", "9"], "student stages must be between 1 and 4"),
     (["--batch-size", "256", "--warmup-epochs", "1"], "OneCycleLR cannot divide"),
     (["--train-subset", "0"], "train_subset must be a positive number"),
+    (["--train-subset", "5"], "a train subset of 5 cannot hold each of fashion-mnist's 10 classes"),  # round 13, V29
     (["--teacher", "/nonexistent/teacher.pt", "--models", "student"], "does not exist"),
     (["--arch", "vgg"], "invalid choice"),
 ]

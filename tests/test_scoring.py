@@ -350,7 +350,9 @@ def test_finished_file_is_kept_without_overwrite(scored, tiny_run, tmp_path):
     shutil.copy(scored, out)
     again = tracin_score(*score_args(tiny_run, out))  # the same command: nothing to do (round 10, S14)
     assert again.returncode == 0 and "is finished with these settings: nothing to do" in again.stdout, again.stderr
-    assert_user_error(tracin_score(*score_args(tiny_run, out, "--models", "student")), "finished result")
+    assert_user_error(
+        tracin_score(*score_args(tiny_run, out, "--models", "student")), "holds a result made with other settings"
+    )  # named (round 13, S1)
     assert (
         tracin_score(*score_args(tiny_run, out, "--overwrite", "--models", "student,student_baseline")).returncode == 0
     )

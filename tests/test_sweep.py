@@ -178,7 +178,9 @@ def test_teacher_quality_distils_from_the_chosen_checkpoint_and_teacher_settings
         (["--vary", "temperature=1", "--epochs", "0"], "epochs must be at least 1"),
         (["--vary", "teacher_epoch=1,2", "--vary", "width=4,8"], "cannot be combined"),
         # red-team finds: a value twice, and --score checked only after training (or a traceback)
-        (["--vary", "temperature=1,2,1"], "gives 1 twice"),
+        (["--vary", "temperature=1,2,1"], "gives 1: one value twice"),
+        (["--vary", "temperature=1,1.0"], "gives 1 and 1.0: one value twice"),  # round 13, W4
+        (["--vary", "teacher_epoch=2,02"], "gives 2 and 02: one value twice"),  # W16
         (["--vary", "lr=0.1,,0.2"], "has an empty entry"),
         (["--vary", "temperature=1,2", "--score", "--mode last-layer --layers fc"], "does not read layers"),
         (["--vary", "temperature=1,2", "--score", "--topk 0"], "--topk values must be positive"),

@@ -54,6 +54,14 @@ RESULT_FIELDS = (
 )
 
 
+def _meaning(value: str):
+    """A --vary value as the setting reads it: a number's value, else the text."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
 @dataclass(frozen=True)
 class Sweep:
     """name: the sweep's folder under out_root; vary: (key, values) in order; base: the tracin-train
@@ -74,9 +82,10 @@ class Sweep:
                 raise TracinError(f"--vary {key}: not a setting a sweep varies; use one of {', '.join(KEYS)}")
             if not values:
                 raise TracinError(f"--vary {key}= gives no values")
-            twice = sorted({value for value in values if values.count(value) > 1})
+            meant = [_meaning(value) for value in values]  # 1 and 1.0, 2 and 02: one setting (round 13, W4, W16)
+            twice = list(dict.fromkeys(value for value, m in zip(values, meant) if meant.count(m) > 1))
             if twice:
-                raise TracinError(f"--vary {key} gives {', '.join(twice)} twice: each value is one run")
+                raise TracinError(f"--vary {key} gives {' and '.join(twice)}: one value twice (each value is one run)")
         keys = [key for key, _ in self.vary]
         epochs = dict(self.vary).get("teacher_epoch", ())
         if not all(value.isdigit() and int(value) >= 1 for value in epochs):

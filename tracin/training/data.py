@@ -338,7 +338,13 @@ def _missing_message(config: DataConfig, error: Exception) -> str:
 
 
 def _as_tensors(dataset) -> tuple[Tensor, Tensor]:
-    images = torch.as_tensor(np.asarray(dataset.data), dtype=torch.uint8)
+    pixels = np.asarray(dataset.data)
+    if pixels.dtype != np.uint8:  # round 13, D17: values of a wider type were wrapped into 0..255 without a word
+        raise DataError(
+            f"{dataset.root}: its images are {pixels.dtype}, not 8-bit pixels (uint8, 0..255) as the data set's "
+            "files hold them: they are damaged or in another format"
+        )
+    images = torch.as_tensor(pixels)
     images = images.permute(0, 3, 1, 2) if images.ndim == 4 else images[:, None]
     return images.contiguous(), torch.as_tensor(np.asarray(dataset.targets), dtype=torch.int64)
 
@@ -528,6 +534,11 @@ def _make_split(config: DataConfig, train: bool) -> Split:
     size = config.train_subset if train else config.test_subset
     if size is not None and size > len(fine):
         raise DataError(f"{'train' if train else 'test'} subset of {size} asked, the data set has {len(fine)}")
+    if size is not None and size < len(dataset.classes):  # round 13, V29: half the classes were left out
+        raise DataError(
+            f"a {'train' if train else 'test'} subset of {size} cannot hold each of {config.dataset}'s "
+            f"{len(dataset.classes)} classes: give at least {len(dataset.classes)}"
+        )
     chosen = stratified_subset(fine, size, config.seed + (0 if train else 1))
     fine_classes = classes = tuple(dataset.classes)
     clean = fine[chosen]

@@ -168,15 +168,15 @@ class ScoreFile:
         """The file at `path` opened to continue: checked (header, settings, status) before anything
         changes, then salvaged if damaged. A finished whole file is refused unless finished_too."""
         stored, status = cls._header(path)
-        problems = find_damage(path)
-        if status == "complete" and not problems and not finished_too:
-            raise StoreError(f"{path} is a finished result; pass --overwrite to replace it, or --scores elsewhere")
-        differences = setting_differences(stored, settings)
+        differences = setting_differences(stored, settings)  # named first, finished or not (round 13, S1)
         if differences:
             raise StoreError(
                 f"{path} holds a result made with other settings: {'; '.join(differences)}. "
                 "Rerun with the original options, or pass --overwrite to start again"
             )
+        problems = find_damage(path)
+        if status == "complete" and not problems and not finished_too:
+            raise StoreError(f"{path} is a finished result; pass --overwrite to replace it, or --scores elsewhere")
         salvaged = salvage(path, problems) if problems else None
         store = cls.open_read_write(path)
         store.salvaged = salvaged
