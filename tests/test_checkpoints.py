@@ -228,6 +228,7 @@ def _tiny_payload(role: str, epoch: int, teacher=None, seed: int = 0) -> dict:
         "lr": 0.1,
         "lr_at_save": 0.1,
         "metrics": {},
+        "history": [],
     }
     config_of_run = {"distill": "teacher" if teacher else "none"}  # a student's teacher field as its run's
     provenance = {"config": config_of_run, "data_config": {}, "data_fingerprint": {"digest": "d"}, "teacher": teacher}

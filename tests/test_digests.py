@@ -4,6 +4,8 @@ refuse a finished file whose values changed (red-team round 10: H10, H12-H15).""
 
 from __future__ import annotations
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -154,3 +156,27 @@ def test_a_dataset_deleted_or_added_in_a_sealed_group_is_found(tmp_path):
         for item in (h5, h5["teacher"], *(h5["teacher"][n] for n in ("scores", "topk/test_top_index"))):
             del item.attrs["attrs_digest"]  # a version-2 file: datasets' digests only
         assert not [p for p in digest_problems(h5, 2) if "attribute" in p or "members" in p]
+
+
+def test_a_top_level_object_deleted_after_sealing_is_found_and_an_edit_is_never_sealed_over(tmp_path):
+    """Round 14, N26, N28: a deleted /agreement or /comparison was read as a file from before them; the root
+    lists each top-level object sealed (members), re-sealed as they come only while its attributes hold."""
+    with h5py.File(tmp_path / "f.h5", "w") as h5:
+        h5.attrs["classes"] = '["a", "b"]'
+        h5.create_dataset("train_index", data=np.arange(3))
+        seal(h5["train_index"])
+        digests.seal_attributes(h5)
+        h5.create_dataset("quality", data=np.zeros(2))
+        seal(h5["quality"])  # a table written later: listed, and the root sealed again
+        h5.create_dataset("comparison/a__b/overlap", data=np.zeros(2))
+        seal_group(h5["comparison/a__b"])
+        assert json.loads(h5.attrs["members"]) == ["comparison", "quality", "train_index"]
+        assert digest_problems(h5, FORMAT_VERSION) == []
+        del h5["comparison"]
+        assert digest_problems(h5, FORMAT_VERSION) == ["/comparison is missing, though it was written"]
+        h5.attrs["classes"] = '["b", "a"]'  # an edit, then a later table: the root is not sealed over it
+        h5.create_dataset("agreement", data=np.zeros(2))
+        seal(h5["agreement"])
+        assert digest_problems(h5, FORMAT_VERSION) == [
+            "/ has attributes changed after they were written (their sha256 differs)"
+        ]

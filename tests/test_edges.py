@@ -479,6 +479,7 @@ def _without_digests(h5):
 
 HAND_DAMAGE = [
     ("train_index deleted", lambda h5: _del(h5, "train_index"), "/train_index is missing"),
+    ("clean labels deleted", lambda h5: _del(h5, "train_clean_labels"), "/train_clean_labels is missing"),  # N18
     ("train_index out of range", _set("train_index", -5), "negative or repeated index"),
     ("test_labels beyond the classes", _set("test_labels", 77), "/test_labels holds labels outside 0..9"),
     ("classes not JSON", _attr("classes", np.array([b"a"])), "is not a JSON list of class names"),
@@ -516,6 +517,8 @@ HAND_DAMAGE = [
     # round 13, H6, H9-H11: a finished model's dataset deleted was passed over, or a traceback
     ("a model's predictions deleted", lambda h5: _del(h5, "teacher/test_prediction"), "/teacher has attributes or"),
     ("a model's last loss deleted", lambda h5: _del(h5, "student/last_loss"), "/student has attributes or members"),
+    ("the comparisons deleted", lambda h5: _del(h5, "comparison"), "/comparison is missing, though it was written"),
+    ("a quality table deleted", lambda h5: _del(h5, "quality"), "/quality is missing, though it was written"),  # N26
     ("a model's group self-influence deleted", lambda h5: _del(h5, "teacher/self_influence_groups"), "/teacher has"),
 ]
 

@@ -141,6 +141,14 @@ def test_the_page_data_are_the_files_own_lists_and_overlaps(explore_run):
         )
 
 
+def test_the_page_names_the_run_folder_it_was_given(explore_run, tmp_path):
+    """Round 14, G1 (and round 10, H11): a page made with --run of a copied run named the folder the file was
+    scored in; it names the folder given, and the recorded one only when none is."""
+    with ScoreFile.open_read(explore_run / "tracin.h5") as store:
+        assert page_data(store, store.models[:1], 2).head["run"] == str(store.run_path)
+        assert page_data(store, store.models[:1], 2, run=tmp_path / "copy").head["run"] == str(tmp_path / "copy")
+
+
 def test_frequent_proponents_count_every_list():
     rng = np.random.default_rng(0)
     top = np.stack([rng.choice(40, size=6, replace=False) for _ in range(30)])

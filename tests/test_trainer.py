@@ -47,6 +47,7 @@ CHECKPOINT_KEYS = {
     "lr",
     "lr_at_save",
     "metrics",
+    "history",
     "config",
     "data_config",
     "data_fingerprint",
@@ -234,6 +235,7 @@ def test_checkpoint_set_and_keys(tiny_run):
         assert all(torch.equal(v, final["model"][k]) for k, v in last["model"].items())
         assert [_load(folder / f"epoch_00{e}.pt")["epoch"] for e in (2, 4)] == [2, 4]
         assert set(_load(folder / "epoch_002.pt")["metrics"]) == {"train_loss", "train_acc", "test_loss", "test_acc"}
+        assert [row["epoch"] for row in final["history"]] == [1, 2, 3, 4] and _load(folder / "init.pt")["history"] == []
         assert record["models"][role]["status"] == "done"
         assert record["models"][role]["checkpoints"] == ["epoch_002.pt", "epoch_004.pt"]
         rows = list(csv.DictReader(open(folder / "history.csv")))

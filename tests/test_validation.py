@@ -234,6 +234,7 @@ def test_mistakes_are_one_line(tiny_run, full_scores, tmp_path):
         (["--test-examples", "0", "--k", "3"], "--k is not read with --test-examples 0"),
         (["--conditions", "own,everything"], "--conditions takes"),
         (["--epochs", "1", "--k", "3"], "--epochs 1 leaves no epoch after the run's warm-up (1 epochs"),  # round 8: S5
+        (["--epochs", "99", "--k", "3"], "--epochs 99 is more than the run's 4: retraining shortens"),  # round 14: V11
         (["--scores", tmp_path / "missing.h5"], "does not exist"),
     ):
         result = run_tracin_validate(["--run", tiny_run, "--scores", out, "--device", "cpu", "--quiet", *args])

@@ -196,6 +196,11 @@ def make_trainer(name: str, run: TrainedRun, data: RunData, runtime: Runtime, ep
                 f"--epochs {epochs} leaves no epoch after the run's warm-up ({config.warmup_epochs:g} epochs of rising "
                 f"learning rate): give --epochs {math.floor(config.warmup_epochs) + 1} or more"
             )
+        if epochs > config.epochs:  # round 14, V11: a longer schedule than the run's was retrained without a word
+            raise TracinError(
+                f"--epochs {epochs} is more than the run's {config.epochs}: retraining shortens its schedule, "
+                f"never lengthens it; give --epochs {config.epochs} or fewer"
+            )
         context = replace(context, config=replace(context.config, epochs=epochs))
     init = load_checkpoint(run.paths.init(name), role=role)
     check_trained_config(run.paths.init(name), init, trained)  # run.json's settings are what it trained with

@@ -167,9 +167,12 @@ class Page:
     train_rows: np.ndarray
 
 
-def page_data(store: ScoreFile, models: Sequence[str], depth: Optional[int] = None, seed: int = 0) -> Page:
+def page_data(
+    store: ScoreFile, models: Sequence[str], depth: Optional[int] = None, seed: int = 0, run: Optional[Path] = None
+) -> Page:
     """Everything the page shows, from a finished score file (see the module's docstring); `depth` lists
-    per model and test example (None: DEPTH, or fewer where the file holds fewer)."""
+    per model and test example (None: DEPTH, or fewer where the file holds fewer); `run`: the run folder
+    named (default: the one the file records: a copied or moved run was named by its old folder)."""
     rankings = {
         name: {v: store.model(name).variant_rankings(v)[0] for v in store.model(name).variants} for name in models
     }
@@ -186,7 +189,7 @@ def page_data(store: ScoreFile, models: Sequence[str], depth: Optional[int] = No
     head = {
         "tracin": __version__,
         "scores": str(store.path),
-        "run": str(store.run_path),
+        "run": str(Path(run).resolve() if run is not None else store.run_path),
         "classes": store.classes,
         "n_train": store.n_train,
         "n_test": store.n_test,
@@ -281,6 +284,7 @@ def write_page(
     models: Sequence[str],
     depth: Optional[int] = None,
     max_inline_mb: float = 25.0,
+    run: Optional[Path] = None,
 ) -> dict:
     """Write the page to `out` (and its folder beside it when the data are over max_inline_mb MB); returns
     {"page": path, "folder": path or None, "bytes": size of everything written, "images": images written,
@@ -288,7 +292,7 @@ def write_page(
     folder = out.with_name(f"{out.stem}_files")
     _check_destinations(out, None)
     refuse_link(folder, "the page's data folder")
-    page = page_data(store, models, depth)
+    page = page_data(store, models, depth, run=run)
     encoded = {f"t{row}": png(images.test[row]) for row in page.test_rows}
     encoded.update({f"r{row}": png(images.train[row]) for row in page.train_rows})
     blocks = [_script_json(block) for block in page.blocks]
@@ -483,7 +487,7 @@ def explore(options: ExploreOptions) -> list[str]:
             run = open_trained_run(options.run, options.data_root)
             check_scored_checkpoints(store, run, [m for m in models if not m.endswith(ENSEMBLE_SUFFIX)])
         images = load_images(store, options.data_root)
-        result = write_page(store, images, out, models, options.depth, options.max_inline_mb)
+        result = write_page(store, images, out, models, options.depth, options.max_inline_mb, options.run)
         where = f" and {result['folder']}/" if result["folder"] else ""
         lines = [
             f"explore: {result['page']}{where} ({_size(result['bytes'])}, {result['images']} images, "

@@ -8,7 +8,7 @@ and tests/test_store.py. Its modules: file (ScoreFile: opening, creating, resumi
 (damage found and repaired), layout (the fixed names, and a file checked against this layout) and hdf5 (opening
 and allocating at the lowest level).
 
-Layout (format "tracin-scores", version 2; version 1 had no digests):
+Layout (format "tracin-scores", version 3; version 2 had no attribute digests, version 1 no digests):
 
     /                       attrs: format, format_version, tracin_version, created, command, run, dataset,
                             mode, proj_dim, proj_seed, layers (JSON), loss (and test_label beside it when the
@@ -16,7 +16,8 @@ Layout (format "tracin-scores", version 2; version 1 had no digests):
                             "inherit" with the replica-0 teacher's shortcut_class, in that mode), label_noise,
                             classes (JSON), fine_classes (JSON), variants (JSON), settings (JSON; everything that must match
                             to resume),
-                            status ("partial" | "complete"), attrs_digest (the others' sha256)
+                            status ("partial" | "complete"), members (JSON: the sealed top-level
+                            datasets and groups, each listed when first sealed), attrs_digest (the others' sha256)
     /train_index, /test_index         int64 [n]: indices into the original torchvision data set
     /train_labels, /test_labels       int64 [n]: labels scored with (train: after label noise)
     /train_clean_labels               int64 [n_train]: the data set's own labels

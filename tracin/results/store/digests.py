@@ -26,6 +26,7 @@ import numpy as np
 from tracin.results.store.hdf5 import attribute_value
 
 DIGESTS = "digests"  # the attribute
+MEMBERS = "members"  # the root's: JSON list of its sealed top-level datasets and groups
 ATTRS_DIGEST = "attrs_digest"  # the sha256 of an object's other attributes (round 12: F22-F36, attributes edited)
 MUTABLE_ATTRS = (DIGESTS, ATTRS_DIGEST, "status", "scoring_seconds")  # changed by a resume, not by an edit
 BLOCK_BYTES = 2**24  # 16 MB: a dataset of a CPU-size run is one block
@@ -70,8 +71,31 @@ def seal(dataset: h5py.Dataset) -> None:
 
 
 def seal_attributes(item: h5py.HLObject) -> None:
-    """Store the digest of `item`'s attributes (all but MUTABLE_ATTRS) as they are now."""
+    """Store the digest of `item`'s attributes (all but MUTABLE_ATTRS) as they are now; an object below the
+    root is listed in the root's MEMBERS by its top-level name."""
     item.attrs[ATTRS_DIGEST] = _attributes_digest(item)
+    if item.name != "/":
+        _register(item.file, item.name.split("/")[1])
+
+
+def _register(root: h5py.Group, name: str, listed: bool = True) -> None:
+    """Add `name` to the root's MEMBERS, or take it out when not `listed` (round 14, N26, N28: a deleted
+    /agreement or /comparison was read as a file from before them), sealing the root again only where its
+    attributes are still as sealed: an edit is never sealed over."""
+    members = _members(root)
+    if (name in members) == listed:
+        return
+    sealed = root.attrs.get(ATTRS_DIGEST) == _attributes_digest(root)
+    root.attrs[MEMBERS] = json.dumps(sorted({*members, name} if listed else set(members) - {name}))
+    if sealed:
+        root.attrs[ATTRS_DIGEST] = _attributes_digest(root)
+
+
+def drop(root: h5py.Group, name: str) -> None:
+    """Delete the top-level object `name` (if there) and its listing: the command that made it makes it again."""
+    if name in root:
+        del root[name]
+    _register(root, name, listed=False)
 
 
 def _attributes_digest(item: h5py.HLObject) -> str:
@@ -120,6 +144,8 @@ def digest_problems(h5: h5py.File, version: int) -> list[str]:
     attribute digest" for an object without one)."""
     values, attributes = version >= 2, version >= 3
     rng, problems = np.random.default_rng(), _attribute_problems(h5, attributes)
+    if attributes and not problems:  # a member listed since it was sealed, deleted since
+        problems += [f"/{name} is missing, though it was written" for name in _members(h5) if name not in h5]
 
     def visit(name: str, item) -> None:
         if isinstance(item, h5py.Group) and _finished(h5, name):
@@ -140,6 +166,14 @@ def digest_problems(h5: h5py.File, version: int) -> list[str]:
 
     h5.visititems(visit)
     return problems
+
+
+def _members(root: h5py.Group) -> list[str]:
+    try:
+        members = json.loads(root.attrs.get(MEMBERS, "[]"))
+    except (TypeError, ValueError, RecursionError):
+        return []  # its attributes differ from their digest: named so
+    return [name for name in members if isinstance(name, str)] if isinstance(members, list) else []
 
 
 def top_level(problem: str) -> str:

@@ -19,7 +19,7 @@ from tracin.config import ENSEMBLE_SUFFIX, ROLES, inherited_shortcut_class, spli
 from tracin.errors import StoreError, TracinError
 from tracin.files import disk_full, fsync_file, not_a_file, refuse_link
 from tracin.results.store import tables
-from tracin.results.store.digests import MUTABLE_ATTRS, digest_problems, seal, seal_attributes, top_level
+from tracin.results.store.digests import MUTABLE_ATTRS, digest_problems, drop, seal, seal_attributes, top_level
 from tracin.results.store.hdf5 import (
     HDF5_ERRORS,
     attribute_value,
@@ -275,8 +275,8 @@ class ScoreFile:
         F3: a report killed so could not be run again); returns their names."""
         names = {top_level(problem) for problem in self.changed_since_written()}
         dropped = sorted(name for name in names if name in owned)
-        for name in dropped:
-            del self._h5[name]
+        for name in dropped:  # a missing one too: it is made again
+            drop(self._h5, name)
         self._h5.flush()
         return dropped
 

@@ -61,7 +61,10 @@ def layout_problems(store: "ScoreFile") -> list[str]:
     arrays' lengths, and its top-k tables' shapes and index ranges. A file made by hand, or by something else,
     is refused with the first of these, instead of failing inside a reader."""
     h5 = store._h5
-    missing = [f"/{name} is missing" for name in REQUIRED_ARRAYS if not isinstance(h5.get(name), h5py.Dataset)]
+    required = REQUIRED_ARRAYS  # a file of format 3 has every header array (round 14, N18: one deleted was a KeyError)
+    if int(h5.attrs.get("format_version", FORMAT_VERSION)) >= 3:
+        required = HEADER_ARRAYS + HEADER_MASKS + ("noisy",)
+    missing = [f"/{name} is missing" for name in required if not isinstance(h5.get(name), h5py.Dataset)]
     if missing:  # the sizes every other check reads
         return missing
     problems = _attribute_problems(h5)
