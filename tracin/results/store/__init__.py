@@ -16,8 +16,8 @@ Layout (format "tracin-scores", version 3; version 2 had no attribute digests, v
                             "inherit" with the replica-0 teacher's shortcut_class, in that mode), label_noise,
                             classes (JSON), fine_classes (JSON), variants (JSON), settings (JSON; everything that must match
                             to resume),
-                            status ("partial" | "complete"), members (JSON: the sealed top-level
-                            datasets and groups, each listed when first sealed), attrs_digest (the others' sha256)
+                            status ("partial" | "complete"), members (JSON: the top-level
+                            datasets and groups when tracin-score finished the file), attrs_digest (the others' sha256)
     /train_index, /test_index         int64 [n]: indices into the original torchvision data set
     /train_labels, /test_labels       int64 [n]: labels scored with (train: after label noise)
     /train_clean_labels               int64 [n_train]: the data set's own labels

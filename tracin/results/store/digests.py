@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Optional, Sequence
 
 import h5py
 import numpy as np
@@ -26,7 +27,7 @@ import numpy as np
 from tracin.results.store.hdf5 import attribute_value
 
 DIGESTS = "digests"  # the attribute
-MEMBERS = "members"  # the root's: JSON list of its sealed top-level datasets and groups
+MEMBERS = "members"  # the root's: JSON list of the top-level datasets and groups tracin-score finished it with
 ATTRS_DIGEST = "attrs_digest"  # the sha256 of an object's other attributes (round 12: F22-F36, attributes edited)
 MUTABLE_ATTRS = (DIGESTS, ATTRS_DIGEST, "status", "scoring_seconds")  # changed by a resume, not by an edit
 BLOCK_BYTES = 2**24  # 16 MB: a dataset of a CPU-size run is one block
@@ -71,22 +72,17 @@ def seal(dataset: h5py.Dataset) -> None:
 
 
 def seal_attributes(item: h5py.HLObject) -> None:
-    """Store the digest of `item`'s attributes (all but MUTABLE_ATTRS) as they are now; an object below the
-    root is listed in the root's MEMBERS by its top-level name."""
+    """Store the digest of `item`'s attributes (all but MUTABLE_ATTRS) as they are now."""
     item.attrs[ATTRS_DIGEST] = _attributes_digest(item)
-    if item.name != "/":
-        _register(item.file, item.name.split("/")[1])
 
 
-def _register(root: h5py.Group, name: str, listed: bool = True) -> None:
-    """Add `name` to the root's MEMBERS, or take it out when not `listed` (round 14, N26, N28: a deleted
-    /agreement or /comparison was read as a file from before them), sealing the root again only where its
-    attributes are still as sealed: an edit is never sealed over."""
-    members = _members(root)
-    if (name in members) == listed:
-        return
+def seal_members(root: h5py.Group, names: Optional[Sequence[str]] = None) -> None:
+    """List `names` (default: every top-level object now) as the root's MEMBERS, when tracin-score finishes
+    the file (round 14, N26, N28: a deleted /agreement or /comparison was read as a file from before them;
+    the tables later commands add are not listed, so that they never rewrite the root). The root is sealed
+    again only where its attributes are still as sealed: an edit is never sealed over."""
     sealed = root.attrs.get(ATTRS_DIGEST) == _attributes_digest(root)
-    root.attrs[MEMBERS] = json.dumps(sorted({*members, name} if listed else set(members) - {name}))
+    root.attrs[MEMBERS] = json.dumps(sorted(root if names is None else names))
     if sealed:
         root.attrs[ATTRS_DIGEST] = _attributes_digest(root)
 
@@ -95,7 +91,8 @@ def drop(root: h5py.Group, name: str) -> None:
     """Delete the top-level object `name` (if there) and its listing: the command that made it makes it again."""
     if name in root:
         del root[name]
-    _register(root, name, listed=False)
+    if name in listed_members(root):
+        seal_members(root, [member for member in listed_members(root) if member != name])
 
 
 def _attributes_digest(item: h5py.HLObject) -> str:
@@ -145,7 +142,7 @@ def digest_problems(h5: h5py.File, version: int) -> list[str]:
     values, attributes = version >= 2, version >= 3
     rng, problems = np.random.default_rng(), _attribute_problems(h5, attributes)
     if attributes and not problems:  # a member listed since it was sealed, deleted since
-        problems += [f"/{name} is missing, though it was written" for name in _members(h5) if name not in h5]
+        problems += [f"/{name} is missing, though it was written" for name in listed_members(h5) if name not in h5]
 
     def visit(name: str, item) -> None:
         if isinstance(item, h5py.Group) and _finished(h5, name):
@@ -168,7 +165,7 @@ def digest_problems(h5: h5py.File, version: int) -> list[str]:
     return problems
 
 
-def _members(root: h5py.Group) -> list[str]:
+def listed_members(root: h5py.Group) -> list[str]:
     try:
         members = json.loads(root.attrs.get(MEMBERS, "[]"))
     except (TypeError, ValueError, RecursionError):

@@ -19,7 +19,15 @@ from tracin.config import ENSEMBLE_SUFFIX, ROLES, inherited_shortcut_class, spli
 from tracin.errors import StoreError, TracinError
 from tracin.files import disk_full, fsync_file, not_a_file, refuse_link
 from tracin.results.store import tables
-from tracin.results.store.digests import MUTABLE_ATTRS, digest_problems, drop, seal, seal_attributes, top_level
+from tracin.results.store.digests import (
+    MUTABLE_ATTRS,
+    digest_problems,
+    drop,
+    seal,
+    seal_attributes,
+    seal_members,
+    top_level,
+)
 from tracin.results.store.hdf5 import (
     HDF5_ERRORS,
     attribute_value,
@@ -475,7 +483,9 @@ class ScoreFile:
     # --- closing ----------------------------------------------------------------------------------
 
     def mark_complete(self) -> None:
-        """Status complete; a replacement made with --overwrite then moves over the old result."""
+        """Status complete, every top-level object listed (digests.seal_members); a replacement made with
+        --overwrite then moves over the old result."""
+        seal_members(self._h5)
         self._h5.attrs["status"] = "complete"
         self._h5.flush()
         if self._replaces is not None:

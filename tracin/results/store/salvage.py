@@ -20,6 +20,7 @@ import h5py
 
 from tracin.errors import StoreError
 from tracin.files import fsync_file
+from tracin.results.store.digests import listed_members, seal_members
 from tracin.results.store.hdf5 import HDF5_ERRORS, open_h5, temporary_beside
 from tracin.results.store.layout import FORMAT, HEADER_ARRAYS, HEADER_MASKS, REMADE_EACH_RUN
 
@@ -141,6 +142,8 @@ def _copy_readable(source: h5py.File, target: h5py.File, path: Path, problems: S
             source.copy(source[name], target, name)
         elif not _copy_model_parts(source, target, name, problems):
             dropped.append(name)
+    if dropped:  # listed again when the run finishes the file
+        seal_members(target, [name for name in listed_members(target) if name in target])
     return dropped
 
 
