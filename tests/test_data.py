@@ -243,17 +243,26 @@ class _Payload:
         return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
 
 
-@pytest.mark.parametrize("planted", ["data_batch_1", "batches.meta", "test_batch"])
-@pytest.mark.parametrize("checksum", [False, True])
-def test_a_crafted_cifar_batch_file_is_refused_without_running_it(cifar10_root, tmp_path, planted, checksum):
+def _cifar_root_with(cifar10_root, tmp_path: Path, name: str, edit) -> Path:
+    """A copy of the CIFAR-10 files under tmp_path/shared whose file `name` holds edit(batch), pickled again
+    in the data set's format (edit may change the batch or return another object)."""
     root = tmp_path / "shared"
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     for path in (Path(cifar10_root) / "cifar-10-batches-py").iterdir():
         (folder / path.name).write_bytes(path.read_bytes())
+    with open(folder / name, "rb") as handle:
+        batch = pickle.load(handle)
+    with open(folder / name, "wb") as handle:
+        pickle.dump(edit(batch), handle, protocol=2)
+    return root
+
+
+@pytest.mark.parametrize("planted", ["data_batch_1", "batches.meta", "test_batch"])
+@pytest.mark.parametrize("checksum", [False, True])
+def test_a_crafted_cifar_batch_file_is_refused_without_running_it(cifar10_root, tmp_path, planted, checksum):
     marker = tmp_path / "marker"
-    with open(folder / planted, "wb") as handle:
-        pickle.dump({"data": _Payload(marker), "labels": [0]}, handle, protocol=2)
+    root = _cifar_root_with(cifar10_root, tmp_path, planted, lambda batch: {"data": _Payload(marker), "labels": [0]})
     with pytest.raises(DataError):
         load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=checksum))
     assert not marker.exists()
@@ -293,13 +302,7 @@ def test_a_cifar_batch_that_reads_but_is_malformed_is_one_data_error(cifar10_roo
     torchvision's ValueError traceback, in tracin-train and tracin-eval alike."""
     from tracin.training.data import load_eval_split
 
-    root = tmp_path / "shared"
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    for path in (Path(cifar10_root) / "cifar-10-batches-py").iterdir():
-        (folder / path.name).write_bytes(path.read_bytes())
-    with open(folder / planted, "wb") as handle:
-        pickle.dump(content, handle, protocol=2)
+    root = _cifar_root_with(cifar10_root, tmp_path, planted, lambda batch: content)
     with pytest.raises(DataError, match="not laid out as the data set's"):
         load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False))
     if planted == "test_batch":
@@ -312,16 +315,12 @@ def test_a_cifar_batch_that_reads_but_is_malformed_is_one_data_error(cifar10_roo
 def test_a_cifar_label_outside_its_classes_is_refused_whatever_the_subset(cifar10_root, tmp_path, label, subset):
     """Round 8, C4 and C4b: a label 57 in data_batch_1 ended in cross_entropy's IndexError traceback, or went
     unnoticed when the subset left it out."""
-    root = tmp_path / "shared"
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    for path in (Path(cifar10_root) / "cifar-10-batches-py").iterdir():
-        (folder / path.name).write_bytes(path.read_bytes())
-    with open(folder / "data_batch_1", "rb") as handle:
-        batch = pickle.load(handle)
-    batch["labels"][-1] = label
-    with open(folder / "data_batch_1", "wb") as handle:
-        pickle.dump(batch, handle, protocol=2)
+
+    def relabel(batch):
+        batch["labels"][-1] = label
+        return batch
+
+    root = _cifar_root_with(cifar10_root, tmp_path, "data_batch_1", relabel)
     with pytest.raises(
         DataError, match=rf"train split under .* holds 1 label\(s\) outside its 10 classes \(e.g. {label}\)"
     ):
@@ -331,17 +330,13 @@ def test_a_cifar_label_outside_its_classes_is_refused_whatever_the_subset(cifar1
 def test_cifar_pixels_of_a_wider_type_are_refused_not_wrapped(cifar10_root, tmp_path):
     """Round 13, D17: a test batch rewritten with int64 pixels, one of them 289, was read as 289 mod 256 = 33
     without a word; the data set's files hold uint8."""
-    root = tmp_path / "shared"
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    for path in (Path(cifar10_root) / "cifar-10-batches-py").iterdir():
-        (folder / path.name).write_bytes(path.read_bytes())
-    with open(folder / "test_batch", "rb") as handle:
-        batch = pickle.load(handle)
-    batch["data"] = batch["data"].astype(np.int64)
-    batch["data"][0, 0] = 289
-    with open(folder / "test_batch", "wb") as handle:
-        pickle.dump(batch, handle, protocol=2)
+
+    def widen(batch):
+        batch["data"] = batch["data"].astype(np.int64)
+        batch["data"][0, 0] = 289
+        return batch
+
+    root = _cifar_root_with(cifar10_root, tmp_path, "test_batch", widen)
     with pytest.raises(DataError, match=r"its images are int64, not 8-bit pixels \(uint8, 0..255\)"):
         load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False))
 

@@ -139,6 +139,17 @@ def not_a_file(path: Union[str, Path]) -> str:
     return f"{path} does not exist"
 
 
+def head_holds(path: Union[str, Path], *marks: str, size: int = 4096) -> bool:
+    """Whether the first `size` bytes of the file `path` hold every one of `marks`: how a command tells a file
+    it wrote (a page whose head carries the command's mark) from one it must leave as it is. False for what
+    is not a regular file (a FIFO is never opened: reading one would wait for a writer)."""
+    if not Path(path).is_file():
+        return False
+    with open(path, "rb") as handle:
+        head = handle.read(size).decode("utf-8", errors="replace")
+    return all(mark in head for mark in marks)
+
+
 def existing_folder(path: Union[str, Path], what: str, hint: str) -> str:
     """`path` resolved, if it is a folder; else a TracinError naming `what`, with `hint`."""
     if not Path(path).is_dir():

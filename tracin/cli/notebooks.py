@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 from tracin.cli.boundary import arguments, run_command
 from tracin.cli.parsing import Parser, command_parser, options_from
 from tracin.errors import TracinError
-from tracin.files import refuse_link, refuse_links, write_atomic
+from tracin.files import head_holds, refuse_link, refuse_links, write_atomic
 from tracin.options import NotebooksOptions
 
 
@@ -62,11 +62,9 @@ def _check_page(page: Path, scores: Path) -> None:
     M4: a colleague's page, or the pages of another file, were replaced without a word)."""
     if not page.is_file():
         return
-    with open(page, "rb") as handle:
-        head = handle.read(4096).decode("utf-8", errors="replace")
-    if MARK not in head:
+    if not head_holds(page, MARK):
         raise TracinError(f"{page} exists and is not a page tracin-notebooks wrote; it is left as it is")
-    if _marks(scores) not in head:
+    if not head_holds(page, _marks(scores)):
         raise TracinError(f"{page} holds the notebooks of another score file; choose another OUT_DIR")
 
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from tracin.config import ENSEMBLE_SUFFIX, replicas_by_role
 from tracin.errors import TracinError
-from tracin.files import exclusive_lock, not_a_file, refuse_link, write_atomic, write_in_place
+from tracin.files import exclusive_lock, head_holds, not_a_file, refuse_link, write_atomic, write_in_place
 from tracin.options import ExploreOptions
 from tracin.results import sanity, statistics
 from tracin.results.agreement import select_agreement_pairs
@@ -414,6 +414,8 @@ def _exported(path: Path) -> bool:
     """Whether the file at `path` is a table --export wrote: its columns (a CSV's header, a Parquet file's
     schema) are those of EXPORT_COLUMNS (round 13, Z2: a colleague's topk.csv was replaced)."""
     columns = list(EXPORT_COLUMNS[path.stem])
+    if not path.is_file():  # a FIFO is never opened (it would wait for a writer)
+        return False
     try:
         if path.suffix == ".csv":
             with open(path, encoding="utf-8", errors="replace") as handle:
@@ -507,13 +509,10 @@ def _check_destinations(out: Path, export: Optional[Path]) -> None:
     refuse_link(out, "the page")
     if out.is_dir():
         raise TracinError(f"--out {out} is a folder: name the page's file (e.g. {out / 'explore.html'})")
-    if out.exists():
-        with open(out, "rb") as handle:
-            head = handle.read(2048)
-        if MARK.encode() not in head:
-            raise TracinError(
-                f"--out {out} exists and is not a page tracin-explore wrote; it is left as it is (choose another name)"
-            )
+    if out.exists() and not head_holds(out, MARK):
+        raise TracinError(
+            f"--out {out} exists and is not a page tracin-explore wrote; it is left as it is (choose another name)"
+        )
     folder = out.with_name(f"{out.stem}_files")
     refuse_link(folder, "the page's data folder")
     if folder.exists() and not folder.is_dir():
