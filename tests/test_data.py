@@ -360,3 +360,47 @@ def test_class_names_renamed_after_training_differ_from_the_fingerprint(tmp_path
     meta.write_bytes(pickle.dumps(names))
     assert fingerprint_differences(recorded, load_data(config), config) == ["classes"]
     assert fingerprint_differences(older, load_data(config), config) == []  # not recorded then: not compared
+
+
+@pytest.mark.parametrize("batch, cut", [("data_batch_5", "last"), ("data_batch_1", "first")])
+def test_a_cifar_batch_with_a_label_more_or_less_than_its_images_is_refused(cifar10_root, tmp_path, batch, cut):
+    """Round 16, D12, D13: a batch of 40 images and 39 labels was trained on, and with its first label dropped
+    every later image took the label of the one after it, without a word."""
+
+    def drop(content):
+        content["labels"] = content["labels"][:-1] if cut == "last" else content["labels"][1:]
+        return content
+
+    root = _cifar_root_with(cifar10_root, tmp_path, batch, drop)
+    with pytest.raises(DataError, match=rf"{batch} holds (\d+) images and (?!\1)\d+ labels"):
+        load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False))
+
+
+def test_idx_files_with_more_images_than_labels_are_refused(tmp_path):
+    """The same for the raw IDX files torchvision reads Fashion-MNIST from: 30 images and 29 labels."""
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n_images, n_labels in (("train", 30, 29), ("t10k", 10, 10)):
+        pixels = rng.integers(0, 256, (n_images, 28, 28), dtype=np.uint8)
+        header = np.array([0x803, n_images, 28, 28], dtype=">i4").tobytes()
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(header + pixels.tobytes())
+        labels = rng.integers(0, 10, n_labels, dtype=np.uint8)
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(
+            np.array([0x801, n_labels], dtype=">i4").tobytes() + labels.tobytes()
+        )
+    with pytest.raises(DataError, match="its files hold 30 images and 29 labels of one split"):
+        load_data(DataConfig(dataset="fashion-mnist", data_root=str(tmp_path)))
+
+
+def test_class_names_given_twice_are_refused(cifar10_root, tmp_path):
+    """Round 16, D14: a batches.meta naming 'airplane' for classes 0 and 1 was trained on (data.json named it
+    twice), and every page and table after it showed two classes as one."""
+
+    def rename(meta):
+        meta["label_names"][1] = meta["label_names"][0]
+        return meta
+
+    root = _cifar_root_with(cifar10_root, tmp_path, "batches.meta", rename)
+    with pytest.raises(DataError, match="its class names name 'airplane' twice"):
+        load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False))

@@ -12,7 +12,6 @@ import pytest
 
 from tracin.results.store import digests
 from tracin.results.store.digests import MAX_BLOCKS, blocks, changed_blocks, digest_problems, seal, seal_group
-from tracin.results.store.layout import FORMAT_VERSION
 
 SHAPES = [(0,), (1,), (7,), (200,), (5, 3), (130, 4), (2, 9, 4), (70, 3, 2), (3, 0, 2), (300, 1000)]
 
@@ -50,11 +49,11 @@ def test_an_edit_in_range_is_found_in_its_block(tmp_path):
     with _file(tmp_path) as h5:
         seal_group(h5)
         assert "digests" not in h5["model/done"].attrs  # resume bookkeeping is not sealed
-        assert digest_problems(h5, FORMAT_VERSION) == []
+        assert digest_problems(h5) == []
         h5["model/scores"][100, 2] += 1.0  # 130 rows of 16 bytes in 130 blocks
         assert changed_blocks(h5["model/scores"], rng) == [100]
         h5["names"][1] = "bd"
-        problems = digest_problems(h5, FORMAT_VERSION)
+        problems = digest_problems(h5)
         assert [p.split(" ")[0] for p in problems] == ["/model/scores", "/names"]
         assert "block 100 of 130 differs from its sha256" in problems[0]
 
@@ -64,17 +63,14 @@ def test_a_sealed_dataset_sealed_again_after_a_rewrite_reads_as_whole(tmp_path):
         seal(h5["model/scores"])
         h5["model/scores"][0] = 5.0
         seal(h5["model/scores"])
-        assert digest_problems(h5, 1) == []
+        assert not [p for p in digest_problems(h5) if "was changed" in p]
 
 
 def test_digests_are_required_in_finished_parts_only(tmp_path):
     with _file(tmp_path) as h5:
-        assert digest_problems(h5, 1) == []  # a version-1 file: nothing to check
-        assert "/model/scores has no digests, as tracin writes every finished dataset with" in (
-            digest_problems(h5, FORMAT_VERSION)
-        )
+        assert "/model/scores has no digests, as tracin writes every finished dataset with" in (digest_problems(h5))
         h5["model"].attrs["status"] = "partial"
-        assert {p.split(" ")[0] for p in digest_problems(h5, FORMAT_VERSION)} == {"/", "/names"}
+        assert {p.split(" ")[0] for p in digest_problems(h5)} == {"/", "/names"}
 
 
 def test_digests_that_do_not_read_count_as_every_block_changed(tmp_path):
@@ -105,7 +101,7 @@ def test_datasets_swapped_with_their_digests_are_found(tmp_path):
         h5.move("teacher", "swap")
         h5.move("student", "teacher")
         h5.move("swap", "student")
-        problems = [p for p in digest_problems(h5, FORMAT_VERSION) if "was changed" in p]
+        problems = [p for p in digest_problems(h5) if "was changed" in p]
         assert [p.split(" ")[0] for p in problems] == ["/student/last_loss", "/teacher/last_loss"]
 
 
@@ -120,23 +116,23 @@ def test_attributes_edited_after_sealing_are_found(tmp_path):
         digests.seal_attributes(h5)
         h5.attrs["status"] = "complete"  # what a resume changes
         h5["teacher"].attrs["scoring_seconds"] = 2.0
-        assert digest_problems(h5, FORMAT_VERSION) == []
+        assert digest_problems(h5) == []
         h5["teacher"].attrs["variants"] = '["raw"]'
         h5.attrs["shortcut_class"] = 3
         h5["teacher/scores"].attrs["variant"] = "cosine"
-        assert digest_problems(h5, FORMAT_VERSION) == [
+        assert digest_problems(h5) == [
             "/ has attributes changed after they were written (their sha256 differs)",
             "/teacher has attributes or members changed after they were written (their sha256 differs)",
             "/teacher/scores has attributes changed after they were written (their sha256 differs)",
         ]
         del h5["teacher"].attrs["attrs_digest"]
-        assert "/teacher has no attribute digest" in digest_problems(h5, FORMAT_VERSION)[1]
+        assert "/teacher has no attribute digest" in digest_problems(h5)[1]
 
 
 def test_a_dataset_deleted_or_added_in_a_sealed_group_is_found(tmp_path):
     """Round 13, H6, H9: a finished model's dataset deleted was passed over (its predictions vanished from
     the page) or a traceback; a sealed group's digest covers the names under it (not the root's, which
-    later commands add to). A version-2 file (before attribute digests) is not asked for them."""
+    later commands add to)."""
     with h5py.File(tmp_path / "f.h5", "w") as h5:
         for name in ("scores", "test_prediction", "topk/test_top_index"):
             h5.create_dataset(f"teacher/{name}", data=np.zeros(3, np.float32))
@@ -145,17 +141,14 @@ def test_a_dataset_deleted_or_added_in_a_sealed_group_is_found(tmp_path):
         digests.seal_attributes(h5)
         h5.create_dataset("quality_report", data=np.zeros(2))  # a later command's table, at the root
         seal(h5["quality_report"])
-        assert digest_problems(h5, FORMAT_VERSION) == []
+        assert digest_problems(h5) == []
         del h5["teacher/test_prediction"]
         changed = "/teacher has attributes or members changed after they were written (their sha256 differs)"
-        assert digest_problems(h5, FORMAT_VERSION) == [changed]
+        assert digest_problems(h5) == [changed]
         h5.create_dataset("teacher/test_prediction", data=np.zeros(3, np.float32))  # put back, unsealed
-        assert changed not in digest_problems(h5, FORMAT_VERSION)
+        assert changed not in digest_problems(h5)
         h5.create_dataset("teacher/extra", data=np.zeros(1))
-        assert changed in digest_problems(h5, FORMAT_VERSION)
-        for item in (h5, h5["teacher"], *(h5["teacher"][n] for n in ("scores", "topk/test_top_index"))):
-            del item.attrs["attrs_digest"]  # a version-2 file: datasets' digests only
-        assert not [p for p in digest_problems(h5, 2) if "attribute" in p or "members" in p]
+        assert changed in digest_problems(h5)
 
 
 def test_a_top_level_object_deleted_after_sealing_is_found_and_an_edit_is_never_sealed_over(tmp_path):
@@ -173,13 +166,11 @@ def test_a_top_level_object_deleted_after_sealing_is_found_and_an_edit_is_never_
         h5.create_dataset("quality_report", data=np.zeros(2))  # tracin-report's table, later
         seal(h5["quality_report"])
         assert json.loads(h5.attrs["members"]) == ["comparison", "train_index"]
-        assert digest_problems(h5, FORMAT_VERSION) == []
+        assert digest_problems(h5) == []
         del h5["comparison"]
-        assert digest_problems(h5, FORMAT_VERSION) == ["/comparison is missing, though it was written"]
+        assert digest_problems(h5) == ["/comparison is missing, though it was written"]
         digests.drop(h5, "comparison")  # a command dropping its own table, to make it again
-        assert digest_problems(h5, FORMAT_VERSION) == [] and json.loads(h5.attrs["members"]) == ["train_index"]
+        assert digest_problems(h5) == [] and json.loads(h5.attrs["members"]) == ["train_index"]
         h5.attrs["classes"] = '["b", "a"]'  # an edit, then the file finished again: not sealed over
         digests.seal_members(h5)
-        assert digest_problems(h5, FORMAT_VERSION) == [
-            "/ has attributes changed after they were written (their sha256 differs)"
-        ]
+        assert digest_problems(h5) == ["/ has attributes changed after they were written (their sha256 differs)"]

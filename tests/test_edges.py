@@ -477,6 +477,27 @@ def _without_digests(h5):
     del h5["student/last_loss"].attrs["digests"]
 
 
+def _relabelled(version):
+    """Round 16, F1: every digest stripped, a prediction edited, and the file relabelled an older format,
+    whose files were read without digests."""
+
+    def damage(h5):
+        for item in [h5, *(h5[name] for name in _names(h5))]:
+            for key in ("digests", "attrs_digest", "members"):
+                if key in item.attrs:
+                    del item.attrs[key]
+        h5["teacher/test_prediction"][0] = (h5["teacher/test_prediction"][0] + 1) % 10
+        h5.attrs["format_version"] = version
+
+    return damage
+
+
+def _names(h5):
+    names = []
+    h5.visit(names.append)
+    return names
+
+
 HAND_DAMAGE = [
     ("train_index deleted", lambda h5: _del(h5, "train_index"), "/train_index is missing"),
     ("clean labels deleted", lambda h5: _del(h5, "train_clean_labels"), "/train_clean_labels is missing"),  # N18
@@ -484,6 +505,8 @@ HAND_DAMAGE = [
     ("test_labels beyond the classes", _set("test_labels", 77), "/test_labels holds labels outside 0..9"),
     ("classes not JSON", _attr("classes", np.array([b"a"])), "is not a JSON list of class names"),
     ("a newer format", _attr("format_version", 999), "has format version 999"),
+    ("stripped, labelled version 1", _relabelled(1), "has format version 1, whose values and attributes carry no"),
+    ("stripped, labelled version 2", _relabelled(2), "has format version 2, whose values and attributes carry no"),
     ("top-k tables of two widths", _cut_top_index, "the test_* tables differ in shape"),
     ("a NaN score", _set("teacher/scores", np.nan), "/teacher/scores holds non-finite values"),
     ("an infinite self-influence", _set("student/self_influence", np.inf), "/student/self_influence holds non-finite"),

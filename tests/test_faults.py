@@ -462,3 +462,19 @@ def test_a_read_only_output_folder_is_one_line(tiny_run, read_only_folder, fashi
     assert_one_line_error(score, "ermission denied" if os.geteuid() else "Read-only file system")
     train = _train(read_only_folder, fashion_mnist_root)
     assert_one_line_error(train, "ermission denied" if os.geteuid() else "Read-only file system")
+
+
+def test_a_file_of_an_older_format_is_refused_and_replaced_by_overwrite(tiny_run, reference, tmp_path):
+    """Round 16, F1: files of format 1 (no digests) and 2 (no attribute digests) are no longer read, since a
+    finished file stripped of its digests and relabelled so was read unchecked; --overwrite still replaces
+    one (it must open it to know it is tracin-score's)."""
+    out = tmp_path / "tracin.h5"
+    shutil.copy(reference, out)
+    with h5py.File(out, "r+") as h5:
+        h5.attrs["format_version"] = 1
+    args = score_args(tiny_run, out, *SCORE_ARGS)
+    assert_one_line_error(command("tracin-score", *args), "has format version 1, whose values and attributes carry")
+    assert_one_line_error(command("report", out), "score the run again (tracin-score --overwrite)")
+    result = command("tracin-score", *args, "--overwrite")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_same_results(out, reference)

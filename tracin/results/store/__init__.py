@@ -8,7 +8,8 @@ and tests/test_store.py. Its modules: file (ScoreFile: opening, creating, resumi
 (damage found and repaired), layout (the fixed names, and a file checked against this layout) and hdf5 (opening
 and allocating at the lowest level).
 
-Layout (format "tracin-scores", version 3; version 2 had no attribute digests, version 1 no digests):
+Layout (format "tracin-scores", version 3; version 2 had no attribute digests, version 1 no digests: neither
+is read, since a file stripped of its digests would pass for one):
 
     /                       attrs: format, format_version, tracin_version, created, command, run, dataset,
                             mode, proj_dim, proj_seed, layers (JSON), loss (and test_label beside it when the

@@ -10,9 +10,10 @@ checkpoint at a time). Checking (check_finished, before any report is made) re-r
 up to FULL_CHECK_BYTES, and SAMPLED_BLOCKS blocks chosen at random of a larger one, so a check stays cheap at
 50,000 x 10,000 scores (2 GB: 120 blocks, 8 read at random, so an edit inside one block is found with
 probability 1/15 per read; every dataset of a CPU-size run is read whole).
-In a file of format version 2 every dataset must carry digests except the resume masks (`done`) and those of
-a group still partial; from version 3 on, every finished object's attributes (and a sealed group's member
-names) carry one too (ATTRS_DIGEST). Files of version 1 carry none and are not checked.
+Every dataset must carry digests except the resume masks (`done`) and those of a group still partial, and
+every finished object's attributes (and a sealed group's member names) one too (ATTRS_DIGEST). Files of the
+older formats (version 1: no digests, 2: no attribute digests) are not read (ScoreFile refuses them), since a
+finished file stripped of its digests would read as one of them (round 16, F1).
 """
 
 from __future__ import annotations
@@ -134,25 +135,23 @@ def changed_blocks(dataset: h5py.Dataset, rng: np.random.Generator) -> list[int]
     return [i for i in chosen if _digest(dataset.name, dataset[index[i]]) != stored[i]]
 
 
-def digest_problems(h5: h5py.File, version: int) -> list[str]:
+def digest_problems(h5: h5py.File) -> list[str]:
     """What of the file differs from the digests written with it: "/NAME was changed after it was written
-    (block i of n differs from its sha256)", "/NAME has attributes changed ...", or, for a file of format
-    `version` 2 and later, "/NAME has no digests" for a finished dataset without them (from 3 on, also "no
-    attribute digest" for an object without one)."""
-    values, attributes = version >= 2, version >= 3
-    rng, problems = np.random.default_rng(), _attribute_problems(h5, attributes)
-    if attributes and not problems:  # a member listed since it was sealed, deleted since
+    (block i of n differs from its sha256)", "/NAME has attributes changed ...", "/NAME has no digests" for a
+    finished dataset without them, "... no attribute digest" for an object without one, and "/NAME is
+    missing, though it was written" for a top-level object the root lists."""
+    rng, problems = np.random.default_rng(), _attribute_problems(h5, True)
+    if not problems:  # a member listed since it was sealed, deleted since
         problems += [f"/{name} is missing, though it was written" for name in listed_members(h5) if name not in h5]
 
     def visit(name: str, item) -> None:
         if isinstance(item, h5py.Group) and _finished(h5, name):
-            problems.extend(_attribute_problems(item, attributes and _sealed_group(name, item)))
+            problems.extend(_attribute_problems(item, _sealed_group(name, item)))
         if not _sealable(name, item) or not _finished(h5, name):
             return
-        problems.extend(_attribute_problems(item, attributes))
+        problems.extend(_attribute_problems(item, True))
         if DIGESTS not in item.attrs:
-            if values:
-                problems.append(f"/{name} has no digests, as tracin writes every finished dataset with")
+            problems.append(f"/{name} has no digests, as tracin writes every finished dataset with")
             return
         changed = changed_blocks(item, rng)
         if changed:

@@ -133,7 +133,7 @@ class ScoreFile:
             return cls._create(path, settings, attrs, data), False
         if not overwrite:
             return cls._resume(path, settings), True
-        cls.open_read(path).close()  # --overwrite replaces tracin-score results only, readable ones
+        cls.open_read(path, older=True).close()  # --overwrite replaces tracin-score results only, readable ones
         work = replacing_path(path)
         if work.exists():
             stored, _ = cls._header(work)
@@ -222,16 +222,17 @@ class ScoreFile:
         return store
 
     @classmethod
-    def open_read(cls, path: Path, locking: Optional[bool] = None) -> "ScoreFile":
+    def open_read(cls, path: Path, locking: Optional[bool] = None, older: bool = False) -> "ScoreFile":
         """The file, read only. locking=False reads a file another process is writing (to watch its
-        progress; a block in flight may read as not done)."""
+        progress; a block in flight may read as not done). older: a file of an older format version is
+        opened too (for --overwrite to replace; nothing of it is read)."""
         if not Path(path).is_file():
             raise StoreError(not_a_file(path))
         store = cls(open_h5(path, "r", locking), path)
-        store._check_format()
+        store._check_format(older)
         return store
 
-    def _check_format(self) -> None:
+    def _check_format(self, older: bool = False) -> None:
         try:
             fmt = self._h5.attrs.get("format")
         except HDF5_ERRORS as error:
@@ -241,13 +242,21 @@ class ScoreFile:
             self._h5.close()
             raise StoreError(f"{self.path} is not a tracin-score result file")
         version = self._h5.attrs.get("format_version", FORMAT_VERSION)
-        if not isinstance(version, (int, np.integer)) or not 1 <= version <= FORMAT_VERSION:
-            self._h5.close()
+        known = isinstance(version, (int, np.integer))
+        if known and (version == FORMAT_VERSION or (older and 1 <= version < FORMAT_VERSION)):
+            return
+        self._h5.close()
+        shown = version if known else repr(version)
+        if known and 1 <= version < FORMAT_VERSION:  # round 16, F1: a file stripped of its digests read unchecked
             raise StoreError(
-                f"{self.path} has format version {version if isinstance(version, (int, np.integer)) else repr(version)}; "
-                f"this tracin {__version__} reads versions 1 to "
-                f"{FORMAT_VERSION} (a newer tracin wrote it?)"
+                f"{self.path} has format version {shown}, whose values and attributes carry no digests to check "
+                f"them by; this tracin {__version__} reads version {FORMAT_VERSION}: score the run again "
+                "(tracin-score --overwrite)"
             )
+        raise StoreError(
+            f"{self.path} has format version {shown}; this tracin {__version__} reads version {FORMAT_VERSION} "
+            "(a newer tracin wrote it?)"
+        )
 
     def _write_header(self, settings: dict, attrs: dict, data: DataArrays) -> None:
         self._h5.attrs.update(
@@ -273,9 +282,9 @@ class ScoreFile:
         self._h5.flush()
 
     def changed_since_written(self) -> list[str]:
-        """What of the finished datasets differs from the digests written with them (digests.digest_problems;
-        a file of format version 2 or later must carry them)."""
-        return digest_problems(self._h5, int(self._h5.attrs.get("format_version", FORMAT_VERSION)))
+        """What of the finished datasets and attributes differs from the digests written with them, or has none
+        (digests.digest_problems)."""
+        return digest_problems(self._h5)
 
     def drop_changed(self, owned: Sequence[str]) -> list[str]:
         """Delete the top-level groups and tables of `owned` (those the calling command makes again) holding

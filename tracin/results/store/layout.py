@@ -30,7 +30,6 @@ HEADER_ARRAYS = (
     "train_fine_labels",
     "test_fine_labels",
 )
-REQUIRED_ARRAYS = ("train_index", "test_index", "train_labels", "test_labels")  # older files may lack the others
 HEADER_MASKS = ("train_stamped", "test_stamped")
 LABEL_ARRAYS = {  # each label array and the attribute naming its classes
     "train_labels": "classes",
@@ -61,9 +60,7 @@ def layout_problems(store: "ScoreFile") -> list[str]:
     arrays' lengths, and its top-k tables' shapes and index ranges. A file made by hand, or by something else,
     is refused with the first of these, instead of failing inside a reader."""
     h5 = store._h5
-    required = REQUIRED_ARRAYS  # a file of format 3 has every header array (round 14, N18: one deleted was a KeyError)
-    if int(h5.attrs.get("format_version", FORMAT_VERSION)) >= 3:
-        required = HEADER_ARRAYS + HEADER_MASKS + ("noisy",)
+    required = HEADER_ARRAYS + HEADER_MASKS + ("noisy",)  # round 14, N18: one deleted was a KeyError
     missing = [f"/{name} is missing" for name in required if not isinstance(h5.get(name), h5py.Dataset)]
     if missing:  # the sizes every other check reads
         return missing
