@@ -152,6 +152,15 @@ def test_a_mistyped_data_root_is_refused_not_filled(tiny_scores, tmp_path, comma
         f"{command}: error: data root {typo}: no such folder (give the folder the data set is in now)"
     ]
     assert not typo.exists() and not (tmp_path / "pages").exists()
+    typo.mkdir()  # round 16, P8: an empty folder was filled with a fresh copy of the data set too
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / command), *map(str, args)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"{command}: error: data root {typo} holds none of cifar-10-batches-py, FashionMNIST/raw (give the folder "
+        "the data set is in now)"
+    ]
+    assert list(typo.iterdir()) == [] and not (tmp_path / "pages").exists()
 
 
 def test_a_page_notebooks_did_not_write_or_wrote_of_another_file_is_kept(tiny_scores, tmp_path):

@@ -20,6 +20,10 @@ from tracin.errors import TracinError
 from tracin.variants import SCORE_VARIANTS
 
 DATASETS = ("cifar10", "fashion-mnist")
+DATA_FOLDERS = {
+    "cifar10": "cifar-10-batches-py",
+    "fashion-mnist": "FashionMNIST/raw",
+}  # where each is under a data root
 COARSE_LABELS = {  # merges of classes for the identical-subclass check (tracin.training.data.CLASS_MERGES)
     "fashion-mnist": ("tops-footwear",),
     "cifar10": ("animals-vehicles", "pairs"),

@@ -19,7 +19,7 @@ import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Union
+from typing import Any, BinaryIO, Callable, Iterator, Sequence, Union
 
 from tracin import faults
 from tracin.errors import TracinError
@@ -150,11 +150,19 @@ def head_holds(path: Union[str, Path], *marks: str, size: int = 4096) -> bool:
     return all(mark in head for mark in marks)
 
 
-def existing_folder(path: Union[str, Path], what: str, hint: str) -> str:
-    """`path` resolved, if it is a folder; else a TracinError naming `what`, with `hint`."""
+def resolved(path: Union[str, Path]) -> str:
+    """`path` made absolute, its links and '..' resolved: how a command names a file it was given."""
+    return str(Path(path).resolve())
+
+
+def existing_folder(path: Union[str, Path], what: str, hint: str, holds: Sequence[str] = ()) -> str:
+    """`path` resolved, if it is a folder (holding one of the folders `holds`, if given); else a TracinError
+    naming `what`, with `hint`."""
     if not Path(path).is_dir():
         raise TracinError(f"{what} {path}: no such folder ({hint})")
-    return str(Path(path).resolve())
+    if holds and not any((Path(path) / folder).is_dir() for folder in holds):
+        raise TracinError(f"{what} {path} holds none of {', '.join(holds)} ({hint})")
+    return resolved(path)
 
 
 def report_path(score_file: Union[str, Path], name: str) -> Path:

@@ -19,6 +19,7 @@ from tracin.arguments import option
 from tracin.config import (
     AUTO_MEMORY_SHARE,
     CONDITIONS,
+    DATA_FOLDERS,
     DEVICES,
     EVAL_DATASETS,
     MAX_VALIDATION_SEEDS,
@@ -35,14 +36,10 @@ from tracin.config import (
     split_model_name,
 )
 from tracin.errors import TracinError
-from tracin.files import existing_folder
+from tracin.files import existing_folder, resolved
 from tracin.variants import SCORE_VARIANTS
 
 # --- option groups every command declares alike -----------------------------------------------------------
-
-
-def _resolved(path: str) -> str:
-    return str(Path(path).resolve())
 
 
 def run_folder(help: str = "the run folder (tracin-train's OUT_ROOT/RUN)") -> Any:
@@ -61,9 +58,9 @@ def device() -> Any:
     return option("auto", help="auto: CUDA when available", section="run", choices=DEVICES)
 
 
-def moved_data_root(**how: Any) -> Any:  # a folder (round 12, B69: a mistyped one was filled with data)
+def moved_data_root(**how: Any) -> Any:  # round 12, B69 and round 16, P8: a mistyped or empty one was filled with data
     help, hint = "where the run's data set is, if not where it was trained", "give the folder the data set is in now"
-    check = functools.partial(existing_folder, what="data root", hint=hint)
+    check = functools.partial(existing_folder, what="data root", hint=hint, holds=tuple(DATA_FOLDERS.values()))
     return option(None, help=help, item=check, **{"section": "run", **how})
 
 
@@ -595,6 +592,6 @@ class ExploreOptions:
 class NotebooksOptions:
     """What `tracin-notebooks` was asked to do: every notebook that applies, to HTML in out_dir."""
 
-    scores: str = option(help="the HDF5 file tracin-score wrote", positional=True, item=_resolved)
+    scores: str = option(help="the HDF5 file tracin-score wrote", positional=True, item=resolved)
     out_dir: str = option(help="folder for the HTML files", positional=True)
     data_root: Optional[str] = moved_data_root(section=None, positional=True)

@@ -23,7 +23,14 @@ from torchvision import datasets
 from torchvision.datasets import cifar as cifar_module
 from torchvision.datasets.utils import extract_archive
 
-from tracin.config import EVAL_DATASETS, DataConfig, default_data_root, inherited_shortcut_class, split_model_name  # noqa: F401 (re-exported)
+from tracin.config import (  # noqa: F401 (re-exported)
+    DATA_FOLDERS,
+    EVAL_DATASETS,
+    DataConfig,
+    default_data_root,
+    inherited_shortcut_class,
+    split_model_name,
+)
 from tracin.errors import DataError, TracinError
 from tracin.files import refuse_links
 
@@ -275,10 +282,10 @@ def _load_torchvision(config: DataConfig, train: bool):
     if root.exists() and not root.is_dir():
         raise DataError(f"the data root {root} is a file, not a folder: --data-root names the folder of the data sets")
     if config.dataset == "cifar10":
-        loader, folder = (datasets.CIFAR10 if config.checksum else _UncheckedCIFAR10), root / "cifar-10-batches-py"
+        loader, folder = (datasets.CIFAR10 if config.checksum else _UncheckedCIFAR10), root / DATA_FOLDERS["cifar10"]
     else:
         _link_debian_fashion_mnist(root)
-        loader, folder = datasets.FashionMNIST, root / "FashionMNIST" / "raw"
+        loader, folder = datasets.FashionMNIST, root / DATA_FOLDERS["fashion-mnist"]
     try:
         with _restricted_cifar_reads():
             return loader(str(root), train=train, download=False)
