@@ -364,7 +364,9 @@ def test_each_saved_checkpoint_is_hashed_once_and_checked_against_run_json(tiny_
     payload = torch.load(tiny_run / "teacher" / "epoch_002.pt", weights_only=True)
     recorded = {path.name: sha256_file(tiny_run / "teacher" / "epoch_002.pt")}
     torch.save(payload, path)
-    check_saved_digest(path, None, "run.json's models/teacher/sha256", 1)  # a run from before the record
+    for recorded_then in (None, recorded):  # round 17, K1, K2: relabelled version 1, its record deleted
+        with pytest.raises(CheckpointError, match="is a checkpoint of version 1, from a tracin-train before run.json"):
+            check_saved_digest(path, recorded_then, "run.json's models/teacher/sha256", 1)
     for recorded_then in (None, {}):  # round 11, K4: the record deleted
         with pytest.raises(CheckpointError, match="records no sha256 of epoch_002.pt, which tracin-train records"):
             check_saved_digest(path, recorded_then, "run.json's models/teacher/sha256", 2)

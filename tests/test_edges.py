@@ -603,6 +603,17 @@ def test_a_sweep_folder_that_is_a_link_is_refused_before_anything(tmp_path, fash
     assert [p.name for p in victim.iterdir()] == ["results.csv"] and (victim / "results.csv").read_text() == "theirs\n"
 
 
+@pytest.mark.parametrize("name, plant", [("results.png", os.mkdir), ("results.md", os.mkfifo)])
+def test_a_folder_or_fifo_at_a_sweep_output_is_refused_before_anything(tmp_path, fashion_mnist_root, name, plant):
+    """Round 17, S6, S7: a folder at results.png was a traceback after results.csv and .md were rewritten; a
+    FIFO at results.md was replaced without a word."""
+    (tmp_path / "sw" / "s").mkdir(parents=True)
+    plant(tmp_path / "sw" / "s" / name)
+    args = ("--sweep", "s", "--vary", "temperature=1,2", "--out-root", "sw", "--data-root", fashion_mnist_root)
+    assert_one_line(run("tracin-sweep", *args, *SMALL_TRAIN, cwd=tmp_path), f"{name} exists and is not a file")
+    assert [p.name for p in (tmp_path / "sw" / "s").iterdir()] == [name]  # nothing trained
+
+
 @pytest.mark.parametrize(
     "vary, fragment",
     [
@@ -918,6 +929,33 @@ def test_report_checks_its_output_links_before_the_work(tiny_run, tiny_scores, t
     assert_one_line(run("tracin-report", *args, cwd=tmp_path), "quality_report.md")
     assert hashlib.sha256((tmp_path / "tracin.h5").read_bytes()).hexdigest() == before
     assert (tmp_path / "theirs.md").read_text() == "theirs"
+
+
+@pytest.mark.parametrize(
+    "command, name",
+    [
+        ("tracin-report", "quality_report.md"),
+        ("tracin-report", "plots/quality_report.png"),
+        ("tracin-validate", "validation.md"),
+        ("tracin-score", "plots/report.md"),
+    ],
+)
+def test_a_colleagues_file_at_a_reports_name_is_kept(tiny_run, tiny_scores, tmp_path, command, name):
+    """Round 17, R2, R3, R5: a colleague's quality_report.md, validation.md or plots/report.md beside the score
+    file was replaced without a word; each report and figure tracin writes there carries its mark, and a file
+    without it is refused before any work."""
+    shutil.copy(tiny_scores, tmp_path / "tracin.h5")
+    (tmp_path / name).parent.mkdir(exist_ok=True)
+    (tmp_path / name).write_text("a colleague's notes")
+    before = digest(tmp_path)
+    args = {
+        "tracin-report": (),
+        "tracin-validate": ("--subsets", "3", "--test-examples", "2", "--epochs", "2"),
+        "tracin-score": ("--plots", "--overwrite", "--mode", "projected", "--proj-dim", "8", "--topk", "3"),
+    }[command]
+    result = run(command, "--run", tiny_run, "--scores", "tracin.h5", "--device", "cpu", "--quiet", *args, cwd=tmp_path)
+    assert_one_line(result, f"{name} exists and is not a report tracin wrote; it is left as it is")
+    assert digest(tmp_path) == before
 
 
 def test_validate_refuses_conditions_that_apply_to_none_of_its_models(tiny_scores):

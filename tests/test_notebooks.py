@@ -1,5 +1,6 @@
 """The notebooks run top to bottom on a real score file (a cell that raises fails the test)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -135,14 +136,14 @@ def test_notebooks_command_without_arguments_prints_usage_not_a_traceback():
 
 
 @pytest.mark.parametrize("command", ["tracin-notebooks", "tracin-report", "tracin-explore"])
-def test_a_mistyped_data_root_is_refused_not_filled(tiny_scores, tmp_path, command):
+def test_a_mistyped_data_root_is_refused_not_filled(tiny_run, tiny_scores, tmp_path, command):
     """Round 12, B69: tracin-notebooks unpacked a fresh Fashion-MNIST into a DATA_ROOT that did not exist,
     without a word (the kernel's note went into the page); a data root given because the data moved must
     be a folder, for every command that takes one."""
     typo = tmp_path / "dta"
     args = {
         "tracin-notebooks": [tiny_scores, tmp_path / "pages", typo],
-        "tracin-report": ["--run", tiny_scores.parent, "--scores", tiny_scores, "--data-root", typo],
+        "tracin-report": ["--run", tiny_run, "--scores", tiny_scores, "--data-root", typo],
         "tracin-explore": ["--scores", tiny_scores, "--data-root", typo],
     }[command]
     result = subprocess.run(
@@ -161,6 +162,15 @@ def test_a_mistyped_data_root_is_refused_not_filled(tiny_scores, tmp_path, comma
         "the data set is in now)"
     ]
     assert list(typo.iterdir()) == [] and not (tmp_path / "pages").exists()
+    (typo / "cifar-10-batches-py").mkdir()  # round 17, D3, D4: the root of another data set was filled too
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / command), *map(str, args)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"{command}: error: data root {typo} does not hold the run's data set, fashion-mnist (no "
+        f"{typo / 'FashionMNIST' / 'raw'}): give the folder the data set is in now"
+    ]
+    assert [p.name for p in typo.iterdir()] == ["cifar-10-batches-py"] and not (tmp_path / "pages").exists()
 
 
 def test_a_page_notebooks_did_not_write_or_wrote_of_another_file_is_kept(tiny_scores, tmp_path):
@@ -184,3 +194,12 @@ def test_a_page_notebooks_did_not_write_or_wrote_of_another_file_is_kept(tiny_sc
         f"tracin-notebooks: error: {page} exists and is not a page tracin-notebooks wrote; it is left as it is"
     ]
     assert page.read_text() == "<html>a colleague's page</html>"
+    page.unlink()  # round 17, N4, N5: a FIFO there was replaced, a folder a traceback after the first page
+    for plant in (os.mkfifo, os.mkdir):
+        plant(page)
+        result = subprocess.run([str(command), str(tiny_scores), str(tmp_path / "nb")], capture_output=True, text=True)
+        assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+            f"tracin-notebooks: error: {page} exists and is not a page tracin-notebooks wrote; it is left as it is"
+        ]
+        assert not page.is_file()
+        (page.rmdir if page.is_dir() else page.unlink)()

@@ -268,7 +268,7 @@ def test_the_overlap_notebook_shows_the_validation(validated, tmp_path):
     )
     text, _ = outputs_of(notebook)
     assert "Leave-top-k-out" in text and "Linear datamodeling score" in text
-    assert (validated[0].parent / "validation.md").read_text().startswith("# Validation")
+    assert (validated[0].parent / "validation.md").read_text().startswith("<!-- written by tracin -->\n# Validation")
     assert (validated[0].parent / "plots" / "validation.png").stat().st_size > 10_000
 
 

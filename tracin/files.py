@@ -19,7 +19,7 @@ import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Sequence, Union
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence, Union
 
 from tracin import faults
 from tracin.errors import TracinError
@@ -173,9 +173,44 @@ def report_path(score_file: Union[str, Path], name: str) -> Path:
     return score_file.parent / (name if score_file.name == "tracin.h5" else f"{score_file.stem}.{name}")
 
 
+OWN_MARK = "written by tracin"  # in the head of each report and figure written beside a score file
+
+
+def check_own(paths: Iterable[Union[str, Path]], what: str = "a report") -> None:
+    """A TracinError naming the first of `paths` where something is that tracin did not write (no OWN_MARK in
+    its head: a colleague's file at a report's name, a folder or a FIFO; round 17, R2-R5: replaced without a
+    word), so that a command refuses it before its work."""
+    for path in paths:
+        if Path(path).exists() and not head_holds(path, OWN_MARK):
+            raise TracinError(f"{path} exists and is not {what} tracin wrote; it is left as it is (move it away)")
+
+
+def write_own_markdown(path: Union[str, Path], text: str) -> None:
+    """`text` to the Markdown file `path` (check_own first), its first line an HTML comment carrying OWN_MARK
+    (no renderer shows it)."""
+    check_own([path])
+    write_atomic(path, lambda handle: handle.write(f"<!-- {OWN_MARK} -->\n{text}".encode()))
+
+
+def write_own_figure(path: Union[str, Path], figure: Any, **how: Any) -> None:
+    """A matplotlib `figure` as PNG to `path` (check_own first), OWN_MARK in its Description text chunk,
+    which comes before the image data; `how`: savefig's dpi, bbox_inches."""
+    check_own([path], "a figure")
+    write_atomic(path, lambda handle: figure.savefig(handle, format="png", metadata={"Description": OWN_MARK}, **how))
+
+
+def check_replaceable(path: Union[str, Path]) -> None:
+    """A TracinError if something that is not a file (a folder, FIFO or device) is at `path`, where a command
+    would put its file (round 17, S6, S7: a folder there was a traceback, a FIFO replaced without a word)."""
+    if Path(path).exists() and not Path(path).is_file():
+        raise TracinError(f"{path} exists and is not a file (a folder, pipe or device); it is left as it is")
+
+
 def write_atomic(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> None:
-    """write(handle) into a temporary file beside `path`, flush, fsync, then os.replace onto `path`."""
+    """write(handle) into a temporary file beside `path`, flush, fsync, then os.replace onto `path` (which
+    must be a file, or nothing: check_replaceable)."""
     path = Path(path)
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, default_mode())

@@ -60,9 +60,9 @@ def _marks(scores: Any) -> str:
 def _check_page(page: Path, scores: Path) -> None:
     """Refuse to replace a page tracin-notebooks did not write, or wrote of another score file (round 13, Z3,
     M4: a colleague's page, or the pages of another file, were replaced without a word)."""
-    if not page.is_file():
+    if not page.exists():  # a link there was refused before
         return
-    if not head_holds(page, MARK):
+    if not head_holds(page, MARK):  # a folder or FIFO there too (round 17, N4, N5: replaced, or a traceback)
         raise TracinError(f"{page} exists and is not a page tracin-notebooks wrote; it is left as it is")
     if not head_holds(page, _marks(scores)):
         raise TracinError(f"{page} holds the notebooks of another score file; choose another OUT_DIR")
@@ -140,10 +140,13 @@ def execute_all(scores: Path, out_dir: Path, data_root: Optional[str]) -> list[P
     from nbclient.exceptions import CellExecutionError
 
     from tracin.results.report_folder import check_finished
+    from tracin.results.runs import check_moved_data_root
     from tracin.results.store import ScoreFile
 
     with ScoreFile.open_read(scores) as store:
         check_finished(store)
+        if data_root is not None:
+            check_moved_data_root(data_root, str(store.attributes.get("dataset", "")))
         skipped = {path: skip_reason(path, store) for path in sorted(notebook_folder().glob("*.ipynb"))}
     refuse_link(out_dir, "OUT_DIR")  # the notebooks would land in the link's target (red-team X18)
     if out_dir.exists() and not out_dir.is_dir():

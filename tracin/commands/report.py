@@ -29,7 +29,16 @@ from tracin.engine.groups import group_names
 from tracin.engine.randomization import fresh_model, module_of, randomized_checkpoints
 from tracin.engine.tracin import TracIn
 from tracin.errors import TracinError
-from tracin.files import command_locks, not_a_file, refuse_links, remove_stale_temporaries, report_path, write_atomic
+from tracin.files import (
+    check_own,
+    command_locks,
+    not_a_file,
+    refuse_links,
+    remove_stale_temporaries,
+    report_path,
+    write_own_figure,
+    write_own_markdown,
+)
 from tracin.options import ReportOptions, ScoreOptions
 from tracin.results import sanity, statistics
 from tracin.results.agreement import agreement_table
@@ -72,6 +81,7 @@ def report_run(options: ReportOptions) -> Path:
         if salvaged is not None:
             print(describe_salvage(path, salvaged), flush=True)
         refuse_links(quality_outputs(path), "the report")  # before the work, not after it (red-team L07, L08)
+        check_own(quality_outputs(path)[::2])  # the Markdown and the PNG (round 17, R2)
         for output in (report_path(path, "quality_report.md"), report_path(path, "plots") / "quality_report.png"):
             for stale in remove_stale_temporaries(output):  # a killed report's; the score file's lock is held
                 print(f"removed {stale}, left by an interrupted write", flush=True)
@@ -263,10 +273,10 @@ def write_quality_files(path: Path, table: np.ndarray, said: Sequence[str] = ())
     text = (
         quality_report_markdown(table, groups=True) + "".join(f"\n- {line}" for line in said) + ("\n" if said else "")
     )
-    write_atomic(markdown, lambda handle: handle.write(text.encode()))
+    write_own_markdown(markdown, text)
     figure = plot_quality_report(table, said)
     plots = report_path(path, "plots")
     plots.mkdir(exist_ok=True)
-    write_atomic(plots / "quality_report.png", lambda handle: figure.savefig(handle, format="png", dpi=110))
+    write_own_figure(plots / "quality_report.png", figure, dpi=110)
     plt.close(figure)
     return markdown

@@ -37,7 +37,7 @@ from tracin.config import (
 from tracin.engine.blocks import MemoryPlan, free_memory, work_factor
 from tracin.engine.tracin import ScoreBlock, TracIn
 from tracin.errors import CheckpointError, DataError, TracinError
-from tracin.files import command_locks, refuse_link, remove_stale_temporaries, report_path
+from tracin.files import check_own, command_locks, refuse_link, remove_stale_temporaries, report_path
 from tracin.options import ScoreOptions
 from tracin.results.agreement import agreement_table, format_agreement, format_agreement_by_depth, of_layer_groups
 from tracin.results.comparison import CompareOptions, compare_models, format_tables
@@ -285,6 +285,8 @@ def score_run(options: ScoreOptions) -> Path:
         raise TracinError(f"--scores must name a file, got {str(out)!r}")
     for path in (out, replacing_path(out), report_path(out, "plots")):
         refuse_link(path, "the output")
+    if options.plots:  # before the scoring, not after it (round 17, R5)
+        check_own([report_path(out, "plots") / "report.md"])
     with (
         start_runtime(options.device, options.quiet) as runtime,
         command_locks(run.paths.root, out, main=runtime.is_main),

@@ -31,7 +31,7 @@ from tracin.config import SWEEP_KEYS as KEYS
 from tracin.config import SWEEP_SHAPE_KEYS as SHAPE_KEYS
 from tracin.config import SWEEP_TEACHER_KEYS as TEACHER_KEYS
 from tracin.errors import StoreError, TracinError
-from tracin.files import write_atomic, write_json_atomic
+from tracin.files import check_replaceable, write_atomic, write_json_atomic
 from tracin.results import statistics
 from tracin.results.store import ScoreFile
 from tracin.runtime import machine
@@ -152,12 +152,17 @@ def flags_of(key: str) -> tuple[str, ...]:
     return ("--augment", "--no-augment") if key == "augment" else (f"--{key.replace('_', '-')}",)
 
 
+OUTPUTS = ("results.csv", "results.md", "results.png", "sweep.json")  # what write_results makes
+
+
 def check_grid(sweep: Sweep) -> None:
     """A TracinError if the sweep's folder holds a run of another grid, or its sweep.json records another
     grid or is damaged: the sweep's name used before with other --vary values, whose results.csv, .md and
     .png this sweep would replace (red-team SW15, W20, W21). A value may be added to a key."""
     if not sweep.root.is_dir():
         return
+    for name in OUTPUTS:  # a folder or FIFO at one is refused before any training (round 17, S6, S7)
+        check_replaceable(sweep.root / name)
     record = sweep.root / "sweep.json"
     if record.exists():  # written when a sweep finishes: a killed one has none yet
         recorded = load_json(record, SWEEP_JSON).get("vary", {})

@@ -30,7 +30,16 @@ from tracin import faults
 from tracin.config import VALIDATION_SEED_STRIDE, ModelConfig, TrainConfig, ensemble_name, model_name, split_model_name
 from tracin.engine.topk import Ranking
 from tracin.errors import CheckpointError, TracinError
-from tracin.files import command_locks, not_a_file, refuse_links, remove_stale_temporaries, report_path, write_atomic
+from tracin.files import (
+    check_own,
+    command_locks,
+    not_a_file,
+    refuse_links,
+    remove_stale_temporaries,
+    report_path,
+    write_own_figure,
+    write_own_markdown,
+)
 from tracin.options import ValidateOptions
 from tracin.results import validation
 from tracin.results.figures import plot_validation
@@ -258,6 +267,7 @@ def validate_run(options: ValidateOptions) -> Path:
             print(describe_salvage(path, salvaged), flush=True)
         outputs = (report_path(path, "validation.md"), report_path(path, "plots") / "validation.png")
         refuse_links((outputs[0], outputs[1].parent, outputs[1]), "the report")  # before any retraining
+        check_own(outputs)  # round 17, R3
         for stale in (s for output in outputs if runtime.is_main for s in remove_stale_temporaries(output)):
             print(f"removed {stale}, left by an interrupted write", flush=True)  # the score file's lock is held
         data = checked_data(run)
@@ -511,10 +521,10 @@ def write_validation_report(path: Path, leave_out: np.ndarray, lds: np.ndarray) 
     """validation.md beside the score file and plots/validation.png; returns the Markdown's path."""
     markdown = report_path(path, "validation.md")
     refuse_links((markdown, report_path(path, "plots"), report_path(path, "plots") / "validation.png"), "the report")
-    write_atomic(markdown, lambda handle: handle.write(validation_markdown(leave_out, lds).encode()))
+    write_own_markdown(markdown, validation_markdown(leave_out, lds))
     figure = plot_validation(leave_out, lds)
     plots = report_path(path, "plots")
     plots.mkdir(exist_ok=True)
-    write_atomic(plots / "validation.png", lambda handle: figure.savefig(handle, format="png", dpi=110))
+    write_own_figure(plots / "validation.png", figure, dpi=110)
     plt.close(figure)
     return markdown

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from tracin.errors import StoreError, TracinError
-from tracin.files import report_path, write_atomic
+from tracin.files import check_own, report_path, write_own_figure, write_own_markdown
 from tracin.results.detection import GROUP_MARK, detection_table, mislabel_curves
 from tracin.results.figures import (
     plot_agreement,
@@ -131,6 +131,7 @@ def write_report(
     with ScoreFile.open_read(Path(path)) as store:
         check_finished(store)
         out = Path(out_dir) if out_dir else report_path(path, "plots")
+        check_own([out / "report.md"])  # each figure too, as it is written (round 17, R5)
         out.mkdir(parents=True, exist_ok=True)
         models, written, sections = store.models, [], [quality_checks_markdown(store), agreement_markdown(store)]
         figures: dict[str, Optional[Figure]] = {}
@@ -138,13 +139,13 @@ def write_report(
             _make_figures(store, figures, sections, models, data_root, examples)
             for name, figure in figures.items():
                 if figure is not None:
-                    write_atomic(out / name, lambda handle: figure.savefig(handle, format="png", dpi=110))
+                    write_own_figure(out / name, figure, dpi=110)
                     written.append(out / name)
         finally:  # a failure half-way leaves no figure open (a notebook or a long session would pile them up)
             for figure in figures.values():
                 if figure is not None:
                     plt.close(figure)
         text = f"# TracIn report: {path}\n\n" + "\n\n".join(sections) + "\n"
-        write_atomic(out / "report.md", lambda handle: handle.write(text.encode()))
+        write_own_markdown(out / "report.md", text)
         written.append(out / "report.md")
     return written

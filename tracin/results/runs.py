@@ -13,7 +13,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tracin.config import REPLICA_SEED_STRIDE, DataConfig, ModelConfig, TrainConfig, model_name, split_model_name
+from tracin.config import (
+    DATA_FOLDERS,
+    REPLICA_SEED_STRIDE,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    model_name,
+    split_model_name,
+)
 from tracin.errors import CheckpointError, DataError, TracinError
 from tracin.options import ScoreOptions
 from tracin.results.store import Salvage, ScoreFile
@@ -38,6 +46,17 @@ class TrainedRun:
     data_config: DataConfig
 
 
+def check_moved_data_root(data_root: str, dataset: str) -> None:
+    """A TracinError unless `data_root`, given because a run's data moved, holds its `dataset`'s folder (round
+    17, D3, D4: a root of another data set was filled with a fresh copy of the run's)."""
+    folder = Path(data_root) / DATA_FOLDERS.get(dataset, dataset)
+    if not folder.is_dir():
+        raise TracinError(
+            f"data root {data_root} does not hold the run's data set, {dataset} (no {folder}): give the folder the "
+            "data set is in now"
+        )
+
+
 def open_trained_run(run_dir: str, data_root: Optional[str]) -> TrainedRun:
     paths = RunPaths(Path(run_dir))
     record = read_record(paths)
@@ -45,6 +64,7 @@ def open_trained_run(run_dir: str, data_root: Optional[str]) -> TrainedRun:
         raise TracinError(f"{run_dir} is not a tracin-train run (no run.json); train one with tracin-train first")
     data_config = dict(record["data_config"])
     if data_root is not None:
+        check_moved_data_root(data_root, data_config["dataset"])
         data_config["data_root"] = data_root
     try:  # read_record typed every setting; the data root given here is checked too
         return TrainedRun(paths, record, DataConfig.from_dict(data_config))

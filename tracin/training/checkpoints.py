@@ -3,7 +3,7 @@
 A training checkpoint is a dict with fixed keys:
 
     format        "tracin-checkpoint"
-    version       3 (2: before `history`; 1: before run.json recorded each checkpoint's sha256; both read)
+    version       3 (2: before `history`, still read; 1: before run.json recorded each checkpoint's sha256, refused)
     role          "teacher" | "student" | "student_baseline"
     model         model state dict (parameters and BatchNorm buffers)
     model_config  ModelConfig.to_dict()
@@ -57,7 +57,7 @@ from tracin.training.models import build_model, count_parameters
 from tracin.training.optimization import checkpoint_lr
 
 FORMAT = "tracin-checkpoint"
-VERSION = 3  # 3: `history`; 2: run.json records the file's sha256 (models/NAME/sha256); 1 and 2 are read too
+VERSION = 3  # 3: `history`; 2: run.json records the file's sha256 (models/NAME/sha256), read too; 1: refused in runs
 EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt$")
 
 

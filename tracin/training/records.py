@@ -96,15 +96,18 @@ def check_saved_digest(
 ) -> None:
     """A CheckpointError unless the checkpoint at `path` (its sha256 `digest` when known) is, byte for byte,
     the one tracin-train saved: the sha256 `recorded` ({file name: sha256}, run.json's `field`) names for
-    it. A checkpoint of version 2 (its payload's) must have one (round 11, K4: the record deleted); runs
-    from before the record (version 1, recorded None) are not checked."""
+    it (round 11, K4: the record deleted). A checkpoint of version 1 (its payload's), from before the
+    record, is refused: one relabelled so, its record deleted, was loaded unchecked (round 17, K1, K2)."""
+    if version < 2:
+        raise CheckpointError(
+            f"{path} is a checkpoint of version 1, from a tracin-train before run.json recorded each checkpoint's "
+            "sha256, so it cannot be checked: train the run again with this tracin"
+        )
     if path.name not in (recorded or {}):
-        if version >= 2:
-            raise CheckpointError(
-                f"{field} records no sha256 of {path.name}, which tracin-train records of every checkpoint it "
-                "saves: run.json was edited"
-            )
-        return
+        raise CheckpointError(
+            f"{field} records no sha256 of {path.name}, which tracin-train records of every checkpoint it "
+            "saves: run.json was edited"
+        )
     if (digest or sha256_file(path)) != recorded[path.name]:
         raise CheckpointError(
             f"{path} is not the checkpoint tracin-train saved (its sha256 differs from {field}'s): edited, "

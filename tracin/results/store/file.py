@@ -253,9 +253,9 @@ class ScoreFile:
                 f"them by; this tracin {__version__} reads version {FORMAT_VERSION}: score the run again "
                 "(tracin-score --overwrite)"
             )
+        why = "a newer tracin wrote it?" if known else "not an integer: the file was edited"  # round 17, V2
         raise StoreError(
-            f"{self.path} has format version {shown}; this tracin {__version__} reads version {FORMAT_VERSION} "
-            "(a newer tracin wrote it?)"
+            f"{self.path} has format version {shown}; this tracin {__version__} reads version {FORMAT_VERSION} ({why})"
         )
 
     def _write_header(self, settings: dict, attrs: dict, data: DataArrays) -> None:
