@@ -1058,3 +1058,19 @@ def test_tracin_report_refuses_class_names_swapped_in_the_file(tiny_run, tiny_sc
     result = run("tracin-report", "--run", tiny_run, "--scores", out, "--device", "cpu", cwd=tmp_path)
     assert_one_line(result, "its classes attribute was edited, or it is not this run's file")
     assert digest(tmp_path) == before
+
+
+def test_a_moved_run_is_read_from_where_its_score_file_is_when_its_old_path_holds_another(tmp_path, fashion_mnist_root):
+    """Round 17, M2-M4: a run scored, moved, and another trained under its old name: explore, the notebooks
+    and score --plots took the images of the run recorded in the file (the new one), and refused the file as
+    "edited, or not this run's file"."""
+    data = ("--out-root", "runs", "--data-root", fashion_mnist_root)
+    assert run("tracin-train", "--run", "src", *data, *SMALL_TRAIN, "--models", "teacher", cwd=tmp_path).returncode == 0
+    score = ("--models", "teacher", "--mode", "projected", "--proj-dim", "8", "--topk", "3", "--test-subset", "4")
+    result = run("tracin-score", "--run", "runs/src", *score, "--device", "cpu", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (tmp_path / "runs" / "src").rename(tmp_path / "runs" / "moved")
+    other = ("--run", "src", *data, *SMALL_TRAIN, "--models", "teacher", "--label-noise", "0.2")
+    assert run("tracin-train", *other, cwd=tmp_path).returncode == 0
+    result = run("tracin-explore", "--run", "runs/moved", "--out", "page.html", cwd=tmp_path)
+    assert result.returncode == 0 and (tmp_path / "page.html").is_file(), result.stderr[-2000:]

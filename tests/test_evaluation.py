@@ -189,15 +189,22 @@ def test_an_eval_table_that_is_a_link_is_refused_before_the_evaluation(cifar10_r
     assert colleague.read_text() == "a colleague's table\n"
 
 
-def test_a_data_json_whose_class_names_were_swapped_is_refused(tiny_run, tmp_path, fashion_mnist_root):
+@pytest.mark.parametrize("data", ["fashion-mnist", "cifar10 --no-checksum"])
+def test_a_data_json_whose_class_names_were_swapped_is_refused(
+    tiny_run, cifar10_run, tmp_path, fashion_mnist_root, cifar10_root, data
+):
     """Round 8, J1: two class names swapped in data.json relabelled tracin-eval's per-class columns and
-    changed its accuracies, without a word."""
+    changed its accuracies, without a word; round 17, J6: so too for CIFAR-format files read without checksums
+    (which name their own classes: run.json's data fingerprint records them)."""
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
+    shutil.copytree(tiny_run if data == "fashion-mnist" else cifar10_run, run)
+    (run / "eval_cifar10.csv").unlink(missing_ok=True)
     record = json.loads((run / "data.json").read_text())
     record["classes"][0], record["classes"][1] = record["classes"][1], record["classes"][0]
     (run / "data.json").write_text(json.dumps(record))
-    result = tool("tracin-eval", "--run", run, "--eval-dataset", "fashion-mnist", "--data-root", fashion_mnist_root)
+    root = fashion_mnist_root if data == "fashion-mnist" else cifar10_root
+    result = tool("tracin-eval", "--run", run, "--eval-dataset", *data.split(), "--data-root", root)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "the run's data set names them T-shirt/top, Trouser" in result.stderr
-    assert not (run / "eval_fashion-mnist.csv").exists()
+    first = "T-shirt/top, Trouser" if data == "fashion-mnist" else "airplane, automobile"
+    assert f"the run's data set names them {first}" in result.stderr
+    assert not list(run.glob("eval_*.csv"))

@@ -16,7 +16,7 @@ from tracin.config import split_model_name
 from tracin.errors import TracinError
 from tracin.results.figures import describe_variant, first_variant
 from tracin.results.markdown import role_models
-from tracin.results.runs import checked_data, open_trained_run, positions_in
+from tracin.results.runs import checked_data, open_trained_run, positions_in, scored_run_folder
 from tracin.results.statistics import overlap_at_k
 from tracin.results.store import ScoreFile
 from tracin.training.data import RunData
@@ -32,11 +32,7 @@ class Images:
 
 def load_images(store: ScoreFile, data_root: Optional[str] = None) -> Images:
     """The scored examples' images, loaded through torchvision from the run recorded in the file."""
-    run = store.run_path
-    if not (run / "run.json").is_file() and (store.path.parent / "run.json").is_file():
-        run = store.path.parent  # the default place of a score file is its run folder, wherever it moved
-    if not (run / "run.json").is_file():
-        raise TracinError(f"the run {run} recorded in {store.path} is gone; image grids need its data")
+    run = scored_run_folder(store)
     data = checked_data(open_trained_run(str(run), data_root or None))  # the images the run trained on
     train = positions_in(store.train_index, data.train.index.numpy())
     test = positions_in(store.test_index, data.test.index.numpy())

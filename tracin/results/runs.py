@@ -15,6 +15,7 @@ import numpy as np
 
 from tracin.config import (
     DATA_FOLDERS,
+    ENSEMBLE_SUFFIX,
     REPLICA_SEED_STRIDE,
     DataConfig,
     ModelConfig,
@@ -84,7 +85,8 @@ def load_role_checkpoints(run: TrainedRun, name: str, spec: str) -> tuple[list[C
     """The model's selected checkpoints, checked against the run (tracin.training.checkpoints)."""
     role = split_model_name(name)[0]
     if name not in run.record["models"]:  # a folder the run never trained (red-team S19)
-        raise CheckpointError(f"{run.paths.run_json} records no model {name}: its folder is not this run's")
+        known = ", ".join(run.record["models"])
+        raise CheckpointError(f"{run.paths.run_json} records no model {name} (it records {known}): not this run's")
     check_recorded_checkpoints(run, name)
     paths = select_checkpoints(run.paths.model_dir(name), role, spec)
     seed = run.record["config"].get("seed")
@@ -185,6 +187,23 @@ def check_scored_checkpoints(store: ScoreFile, run: TrainedRun, models: Sequence
                     f"{store.path} scored {name} from {scored}, which {run.paths.root} does not hold "
                     "(missing, or another file): give the score file of this run"
                 )
+
+
+def scored_run_folder(store: ScoreFile) -> Path:
+    """The run folder a score file was made from: the one recorded in it, or the file's own folder (its default
+    place, wherever the run moved), whichever holds the first checkpoint the file scored (round 17, M2-M4:
+    the recorded path, since holding another run, was taken over the moved run the file sits in). Without
+    such a checkpoint, the first of them that holds a run.json (its checks then name what differs)."""
+    folders = [path for path in dict.fromkeys((store.run_path, store.path.parent)) if (path / "run.json").is_file()]
+    if not folders:
+        raise TracinError(f"the run {store.run_path} recorded in {store.path} is gone; image grids need its data")
+    name = next((m for m in store.models if not m.endswith(ENSEMBLE_SUFFIX)), None)
+    for path, sha256 in store.model(name).checkpoint_files[:1] if name else []:
+        for folder in folders:
+            here = RunPaths(folder).model_dir(name) / Path(path).name
+            if here.is_file() and sha256_file(here) == sha256:
+                return folder
+    return folders[0]
 
 
 def positions_in(indices: np.ndarray, within: np.ndarray) -> np.ndarray:
