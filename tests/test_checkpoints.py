@@ -357,7 +357,9 @@ def test_each_saved_checkpoint_is_hashed_once_and_checked_against_run_json(tiny_
     record = json.loads((tiny_run / "run.json").read_text())
     for model in ("teacher", "student", "student_baseline"):
         paths = list_checkpoints(tiny_run / model)
-        assert record["models"][model]["sha256"] == {p.name: sha256_file(p) for p in paths}
+        assert record["models"][model]["sha256"] == {
+            p.name: sha256_file(p) for p in [tiny_run / model / "init.pt", *paths]
+        }
     known = {"epoch_002.pt": "0" * 64}  # a known digest is kept, not computed again
     assert saved_digests(tiny_run / "teacher", ["epoch_002.pt"], known) == known
     path = tmp_path / "epoch_002.pt"

@@ -165,10 +165,17 @@ def test_a_data_json_with_other_classes_than_the_models_outputs_is_refused(cifar
     (run / "data.json").write_text(json.dumps(record))
     root = write_cifar100(tmp_path / "data")
     (tmp_path / "map.json").write_text(json.dumps({"pickup_truck": "truck", "bus": "automobile"}))
-    result = tool(
-        "tracin-eval", "--run", run, "--eval-dataset", "cifar100", "--data-root", root, "--no-checksum",
-        "--class-map", tmp_path / "map.json",
-    )  # fmt: skip
+    args = ("--eval-dataset", "cifar100", "--data-root", root, "--no-checksum", "--class-map", tmp_path / "map.json")
+    result = tool("tracin-eval", "--run", run, *args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert (
+        "names the classes automobile, " in result.stderr and "the run's data set names them airplane" in result.stderr
+    )
+    assert len(result.stderr.strip().splitlines()) == 1 and not (run / "eval_cifar100.csv").exists()
+    record = json.loads((run / "run.json").read_text())  # a run from before the names were fingerprinted
+    del record["data_fingerprint"]["classes"]
+    (run / "run.json").write_text(json.dumps(record))
+    result = tool("tracin-eval", "--run", run, *args)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "names 9 classes" in result.stderr and "10 outputs" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (run / "eval_cifar100.csv").exists()
@@ -198,7 +205,6 @@ def test_a_data_json_whose_class_names_were_swapped_is_refused(
     (which name their own classes: run.json's data fingerprint records them)."""
     run = tmp_path / "run"
     shutil.copytree(tiny_run if data == "fashion-mnist" else cifar10_run, run)
-    (run / "eval_cifar10.csv").unlink(missing_ok=True)
     record = json.loads((run / "data.json").read_text())
     record["classes"][0], record["classes"][1] = record["classes"][1], record["classes"][0]
     (run / "data.json").write_text(json.dumps(record))
@@ -207,4 +213,4 @@ def test_a_data_json_whose_class_names_were_swapped_is_refused(
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     first = "T-shirt/top, Trouser" if data == "fashion-mnist" else "airplane, automobile"
     assert f"the run's data set names them {first}" in result.stderr
-    assert not list(run.glob("eval_*.csv"))
+    assert not (run / f"eval_{data.split()[0]}.csv").exists()

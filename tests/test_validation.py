@@ -244,6 +244,23 @@ def test_mistakes_are_one_line(tiny_run, full_scores, tmp_path):
         )
 
 
+def test_an_init_pt_edited_in_range_is_refused_before_any_retraining(tiny_run, full_scores, tmp_path):
+    """Round 18, C18: the student's init.pt, its weights edited in range, was retrained from without a word
+    (a validation of other numbers); run.json records init.pt's sha256 too."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.copy(full_scores, run / "tracin.h5")
+    payload = torch.load(run / "student" / "init.pt", weights_only=True)
+    name = next(key for key, value in payload["model"].items() if value.is_floating_point())
+    payload["model"][name] = payload["model"][name] * 1.0001
+    torch.save(payload, run / "student" / "init.pt")
+    result = run_tracin_validate(
+        ["--run", run, "--device", "cpu", "--quiet", "--subsets", "3", "--test-examples", "2", "--k", "3"]
+    )
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "init.pt is not the checkpoint tracin-train saved" in result.stderr and "retrained" not in result.stdout
+
+
 def test_a_report_planted_as_a_link_is_refused_before_any_retraining(tiny_run, full_scores, tmp_path):
     """Red-team borderline L10: the link at validation.md was refused only after the retraining."""
     out = tmp_path / "tracin.h5"

@@ -181,6 +181,7 @@ def check_own(paths: Iterable[Union[str, Path]], what: str = "a report") -> None
     its head: a colleague's file at a report's name, a folder or a FIFO; round 17, R2-R5: replaced without a
     word), so that a command refuses it before its work."""
     for path in paths:
+        refuse_link(path, what.capitalize())  # round 18, L19-L25: a link there was replaced by a file, unsaid
         if Path(path).exists() and not head_holds(path, OWN_MARK):
             raise TracinError(f"{path} exists and is not {what} tracin wrote; it is left as it is (move it away)")
 

@@ -40,8 +40,8 @@ _MODEL_ENTRY = {
         "best_epoch": _COUNT,
         "sha256": {
             "type": "object",
-            "description": "each checkpoint's sha256 when saved (runs from before it have none)",
-            "propertyNames": {"pattern": "^epoch_[0-9]{3,}\\.pt$"},
+            "description": "each checkpoint's sha256 when saved, init.pt's too (runs from before it have none)",
+            "propertyNames": {"pattern": "^(epoch_[0-9]{3,}|init)\\.pt$"},
             "additionalProperties": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
         },
     },

@@ -68,6 +68,7 @@ from tracin.results.validation import (
 from tracin.runtime import Runtime, machine, start_runtime
 from tracin.training.batches import split_to_device, steps_per_epoch
 from tracin.training.checkpoints import (
+    VERSION,
     check_recorded_architecture,
     check_trained_config,
     load_checkpoint,
@@ -76,6 +77,7 @@ from tracin.training.checkpoints import (
 )
 from tracin.training.data import RunData, Split
 from tracin.training.optimization import check_schedule
+from tracin.training.records import check_saved_digest
 from tracin.training.roles import replica_run
 from tracin.training.trainer import ModelJob, RunContext, freeze, logit_margins, retrain
 
@@ -212,6 +214,10 @@ def make_trainer(name: str, run: TrainedRun, data: RunData, runtime: Runtime, ep
             )
         context = replace(context, config=replace(context.config, epochs=epochs))
     init = load_checkpoint(run.paths.init(name), role=role)
+    field = f"{run.paths.run_json}'s models/{name}/sha256"  # round 18, C18: an init.pt edited in range was retrained
+    check_saved_digest(
+        run.paths.init(name), run.record["models"][name].get("sha256"), field, init.get("version", VERSION)
+    )
     check_trained_config(run.paths.init(name), init, trained)  # run.json's settings are what it trained with
     model_config = ModelConfig.from_dict(init["model_config"])
     check_recorded_architecture(run.paths.init(name), model_config, role, run.record["model_configs"].get(role))

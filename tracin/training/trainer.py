@@ -514,12 +514,13 @@ def set_status(run: RunContext, role: str, status: str, state: TrainState, **ext
     """Record a model's progress in run.json (rank 0 only)."""
     entry = run.record["models"][role]
     names = [row["checkpoint"] for row in state.history if row["checkpoint"]]
+    hashed = ["init.pt", *names] if run.paths.init(role).is_file() else names  # validate retrains from init.pt
     entry.update(
         status=status,
         epoch=state.epoch,
         epochs=run.config.epochs,
         checkpoints=names,
-        sha256=saved_digests(run.paths.model_dir(role), names, entry.get("sha256", {})),
+        sha256=saved_digests(run.paths.model_dir(role), hashed, entry.get("sha256", {})),
         metrics={name: state.history[-1][name] for name in METRICS} if state.history else {},
         **extra,
     )
