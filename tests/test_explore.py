@@ -295,6 +295,23 @@ def test_a_page_another_process_is_writing_is_refused(explore_run, tmp_path):
     assert result.returncode == 2 and "is in use by process" in result.stderr and not (tmp_path / "page.html").exists()
 
 
+def test_the_page_of_another_score_file_is_kept(explore_run, tiny_scores, tmp_path):
+    """Round 18, M3b: --out naming the page of another score file replaced it without a word; a page names the
+    file it shows by the file's identity, so the same file moved writes it again and another file is refused."""
+    page = tmp_path / "page.html"
+    assert explore_command("--run", explore_run, "--out", page).returncode == 0
+    moved = tmp_path / "moved.h5"
+    moved.write_bytes((explore_run / "tracin.h5").read_bytes())
+    assert explore_command("--scores", moved, "--out", page).returncode == 0  # the same file, moved
+    before = page.read_bytes()
+    result = explore_command("--scores", tiny_scores, "--out", page)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"tracin-explore: error: --out {page} is the page of another score file; it is left as it is (choose "
+        "another name)"
+    ]
+    assert page.read_bytes() == before
+
+
 def test_topk_table_refuses_more_than_the_file_holds(explore_run):
     with ScoreFile.open_read(explore_run / "tracin.h5") as store, pytest.raises(TracinError, match="top 8"):
         topk_table(store, store.models, 9)

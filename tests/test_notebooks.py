@@ -173,17 +173,22 @@ def test_a_mistyped_data_root_is_refused_not_filled(tiny_run, tiny_scores, tmp_p
     assert [p.name for p in typo.iterdir()] == ["cifar-10-batches-py"] and not (tmp_path / "pages").exists()
 
 
-def test_a_page_notebooks_did_not_write_or_wrote_of_another_file_is_kept(tiny_scores, tmp_path):
+def test_a_page_notebooks_did_not_write_or_wrote_of_another_file_is_kept(tiny_scores, clean_scores, tmp_path):
     """Round 13, Z3, M4: a colleague's overlap_tables.html in OUT_DIR, or the pages of another score file,
-    were replaced without a word; each page's head says it is tracin-notebooks' and of which file."""
+    were replaced without a word; each page's head says it is tracin-notebooks' and of which file. Round 18,
+    N8, N9: a file is known by its identity (its root's sha256), not its path: the same file moved writes its
+    pages again, another file is refused wherever it is."""
     command = Path(sys.executable).parent / "tracin-notebooks"
-    other = tmp_path / "other.h5"
-    other.write_bytes(tiny_scores.read_bytes())
+    moved = tmp_path / "moved" / "tracin.h5"
+    moved.parent.mkdir()
+    moved.write_bytes(tiny_scores.read_bytes())
     result = subprocess.run([str(command), str(tiny_scores), str(tmp_path / "nb")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     page = tmp_path / "nb" / "overlap_tables.html"
     assert f'<meta name="tracin-scores" content="{tiny_scores.resolve()}">' in page.read_text()[:4096]
-    result = subprocess.run([str(command), str(other), str(tmp_path / "nb")], capture_output=True, text=True)
+    result = subprocess.run([str(command), str(moved), str(tmp_path / "nb")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    result = subprocess.run([str(command), str(clean_scores), str(tmp_path / "nb")], capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         f"tracin-notebooks: error: {page.with_name('mislabel_detection.html')} holds the notebooks of another score "
         "file; choose another OUT_DIR"  # the pages are checked in order of name

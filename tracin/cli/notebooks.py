@@ -52,19 +52,24 @@ NEEDS = {
 MARK = '<meta name="generator" content="tracin-notebooks">'  # in every page's head: a file without it is kept
 
 
-def _marks(scores: Any) -> str:
-    """The head lines that say a page is tracin-notebooks' and of which score file."""
-    return f'{MARK}\n<meta name="tracin-scores" content="{html.escape(str(scores))}">\n'
+def _marks(scores: Any, identity: str) -> str:
+    """The head lines that say a page is tracin-notebooks' and of which score file: its path, for a reader,
+    and its identity (ScoreFile.identity), which a page is checked by (a file moved is the same file)."""
+    return (
+        f'{MARK}\n<meta name="tracin-scores" content="{html.escape(str(scores))}">\n'
+        f'<meta name="tracin-scores-sha256" content="{html.escape(identity)}">\n'
+    )
 
 
-def _check_page(page: Path, scores: Path) -> None:
+def _check_page(page: Path, identity: str) -> None:
     """Refuse to replace a page tracin-notebooks did not write, or wrote of another score file (round 13, Z3,
-    M4: a colleague's page, or the pages of another file, were replaced without a word)."""
+    M4: a colleague's page, or the pages of another file, were replaced without a word; round 18, N8, N9:
+    known by the file's identity, not its path)."""
     if not page.exists():  # a link there was refused before
         return
     if not head_holds(page, MARK):  # a folder or FIFO there too (round 17, N4, N5: replaced, or a traceback)
         raise TracinError(f"{page} exists and is not a page tracin-notebooks wrote; it is left as it is")
-    if not head_holds(page, _marks(scores)):
+    if not head_holds(page, f'<meta name="tracin-scores-sha256" content="{html.escape(identity)}">'):
         raise TracinError(f"{page} holds the notebooks of another score file; choose another OUT_DIR")
 
 
@@ -76,10 +81,15 @@ def _parameters_cell(notebook) -> Any:
 
 
 def execute_notebook(
-    path: str | Path, parameters: dict[str, Any], html: Optional[str | Path] = None, timeout: int = 600
+    path: str | Path,
+    parameters: dict[str, Any],
+    html: Optional[str | Path] = None,
+    timeout: int = 600,
+    identity: str = "",
 ):
     """Run the notebook at `path` with `parameters` (name -> Python literal value) in a fresh kernel;
-    write it as HTML to `html` if given. Returns the executed notebook (the file itself is untouched)."""
+    write it as HTML to `html` if given, its head naming the score file and its `identity`. Returns the
+    executed notebook (the file itself is untouched)."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -97,7 +107,7 @@ def execute_notebook(
         from nbconvert import HTMLExporter
 
         body, _ = HTMLExporter().from_notebook_node(notebook)
-        body = body.replace("<head>", "<head>\n" + _marks(parameters.get("SCORES")), 1)
+        body = body.replace("<head>", "<head>\n" + _marks(parameters.get("SCORES"), identity), 1)
         refuse_link(html, "the HTML file")
         write_atomic(html, lambda handle: handle.write(body.encode()))
     return notebook
@@ -148,13 +158,14 @@ def execute_all(scores: Path, out_dir: Path, data_root: Optional[str]) -> list[P
         if data_root is not None:
             check_moved_data_root(data_root, str(store.attributes.get("dataset", "")))
         skipped = {path: skip_reason(path, store) for path in sorted(notebook_folder().glob("*.ipynb"))}
+        identity = store.identity
     refuse_link(out_dir, "OUT_DIR")  # the notebooks would land in the link's target (red-team X18)
     if out_dir.exists() and not out_dir.is_dir():
         raise TracinError(f"OUT_DIR {out_dir} exists and is not a folder")  # X14
     pages = [out_dir / f"{notebook.stem}.html" for notebook, reason in skipped.items() if reason is None]
     refuse_links(pages, "the HTML file")  # every page before the first notebook runs (X16, X17)
     for page in pages:
-        _check_page(page, scores)
+        _check_page(page, identity)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, failed = [], []
     for notebook, reason in skipped.items():
@@ -163,7 +174,7 @@ def execute_all(scores: Path, out_dir: Path, data_root: Optional[str]) -> list[P
             continue
         html = out_dir / f"{notebook.stem}.html"
         try:
-            execute_notebook(notebook, {"SCORES": str(scores), "DATA_ROOT": data_root}, html)
+            execute_notebook(notebook, {"SCORES": str(scores), "DATA_ROOT": data_root}, html, identity=identity)
         except CellExecutionError as error:
             failed.append(f"{notebook.name} failed on {scores}: {error.ename}: {error.evalue}")  # F33: name the file
             continue

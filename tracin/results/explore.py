@@ -290,7 +290,7 @@ def write_page(
     {"page": path, "folder": path or None, "bytes": size of everything written, "images": images written,
     "depth": lists per model and test example}."""
     folder = out.with_name(f"{out.stem}_files")
-    _check_destinations(out, None)
+    _check_destinations(out, None, store.identity)
     refuse_link(folder, "the page's data folder")
     page = page_data(store, models, depth, run=run)
     encoded = {f"t{row}": png(images.test[row]) for row in page.test_rows}
@@ -312,7 +312,7 @@ def write_page(
         head = {**page.head, "inline": False, "folder": folder.name}
         written = _write_folder(folder, blocks, encoded)
         data = f"TRACIN.head = {_script_json(head)};\n"
-    text = template().replace("/*DATA*/", data)
+    text = template().replace("/*DATA*/", data).replace("<head>", f"<head>\n{_identity_meta(store.identity)}", 1)
     write_atomic(out, lambda handle: handle.write(text.encode()))
     return {
         "page": out,
@@ -476,8 +476,9 @@ def explore(options: ExploreOptions) -> list[str]:
     out = options.out or options.scores.parent / (
         "explore.html" if options.scores.name == "tracin.h5" else f"{options.scores.stem}.explore.html"
     )
-    _check_destinations(out, options.export)  # before any work
-    ScoreFile.open_read(options.scores).close()  # a tracin-score file, before a lock file is made beside it
+    with ScoreFile.open_read(options.scores) as store:  # a tracin-score file, before a lock file is made beside it
+        identity = store.identity
+    _check_destinations(out, options.export, identity)  # before any work
     with (
         exclusive_lock(options.scores, "the score file", shared=True),
         exclusive_lock(out, "the page"),
@@ -503,9 +504,15 @@ def explore(options: ExploreOptions) -> list[str]:
 MARK = "Written by tracin-explore"  # in every page's head: a file without it is never replaced
 
 
-def _check_destinations(out: Path, export: Optional[Path]) -> None:
+def _identity_meta(identity: str) -> str:
+    """The head line naming the score file a page shows, by its identity (ScoreFile.identity)."""
+    return f'<meta name="tracin-scores-sha256" content="{identity}">'
+
+
+def _check_destinations(out: Path, export: Optional[Path], identity: Optional[str] = None) -> None:
     """Refuse, before any work, to write through a link, onto a folder, or over a file that is not a page
-    tracin-explore wrote (a mistyped --out naming the score file must not destroy it)."""
+    tracin-explore wrote (a mistyped --out naming the score file must not destroy it), or, given the score
+    file's `identity`, a page of another score file (round 18, M3b: replaced without a word)."""
     refuse_link(out, "the page")
     if out.is_dir():
         raise TracinError(f"--out {out} is a folder: name the page's file (e.g. {out / 'explore.html'})")
@@ -513,6 +520,8 @@ def _check_destinations(out: Path, export: Optional[Path]) -> None:
         raise TracinError(
             f"--out {out} exists and is not a page tracin-explore wrote; it is left as it is (choose another name)"
         )
+    if out.exists() and identity is not None and not head_holds(out, _identity_meta(identity)):
+        raise TracinError(f"--out {out} is the page of another score file; it is left as it is (choose another name)")
     folder = out.with_name(f"{out.stem}_files")
     refuse_link(folder, "the page's data folder")
     if folder.exists() and not folder.is_dir():

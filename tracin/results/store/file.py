@@ -20,6 +20,7 @@ from tracin.errors import StoreError, TracinError
 from tracin.files import disk_full, fsync_file, not_a_file, refuse_link
 from tracin.results.store import tables
 from tracin.results.store.digests import (
+    ATTRS_DIGEST,
     MUTABLE_ATTRS,
     digest_problems,
     drop,
@@ -298,6 +299,12 @@ class ScoreFile:
         return dropped
 
     # --- header facts ----------------------------------------------------------------------------
+
+    @property
+    def identity(self) -> str:
+        """The sha256 of the root's attributes (its attrs_digest): the same wherever the file moves, another
+        for any other score file; the pages made of a file name it (round 18, N8, N9, M3b)."""
+        return str(attribute_value(self._h5.attrs.get(ATTRS_DIGEST, "")))
 
     @property
     def attributes(self) -> dict[str, Any]:
