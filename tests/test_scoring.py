@@ -414,6 +414,21 @@ def test_mismatched_data_and_missing_run_are_refused(tiny_run, tmp_path):
     assert_user_error(tracin_score(*score_args(tmp_path / "nothing", tmp_path / "b.h5")), "no run.json")
 
 
+def test_a_recorded_data_root_without_the_data_is_refused_not_filled(tiny_run, tmp_path):
+    """Round 18, D8: run.json's data root edited to an absent folder was made, and 55 MB of Fashion-MNIST
+    unpacked into it, by tracin-score."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    record = json.loads((run / "run.json").read_text())
+    record["data_config"]["data_root"] = str(tmp_path / "nowhere")
+    (run / "run.json").write_text(json.dumps(record))
+    assert_user_error(
+        tracin_score(*score_args(run, tmp_path / "a.h5")),
+        f"the data root {tmp_path / 'nowhere'} run.json records does not hold the run's data set, fashion-mnist",
+    )
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "a.h5").exists()
+
+
 def test_other_images_with_the_same_labels_are_refused(tiny_run, fashion_mnist_root, tmp_path):
     """Only indices and labels were fingerprinted once: other pixels under the same labels were scored."""
     raw = tmp_path / "data" / "FashionMNIST" / "raw"

@@ -47,15 +47,15 @@ class TrainedRun:
     data_config: DataConfig
 
 
-def check_moved_data_root(data_root: str, dataset: str) -> None:
-    """A TracinError unless `data_root`, given because a run's data moved, holds its `dataset`'s folder (round
-    17, D3, D4: a root of another data set was filled with a fresh copy of the run's)."""
+def check_moved_data_root(data_root: str, dataset: str, recorded: bool = False) -> None:
+    """A TracinError unless `data_root`, given because a run's data moved (or, `recorded`, the one run.json
+    records), holds its `dataset`'s folder (round 17, D3, D4: a root of another data set was filled with a
+    fresh copy of the run's; round 18, D8: so was a recorded root edited to an absent folder)."""
     folder = Path(data_root) / DATA_FOLDERS.get(dataset, dataset)
     if not folder.is_dir():
-        raise TracinError(
-            f"data root {data_root} does not hold the run's data set, {dataset} (no {folder}): give the folder the "
-            "data set is in now"
-        )
+        where = f"the data root {data_root} run.json records" if recorded else f"data root {data_root}"
+        hint = "give --data-root, the folder it is in now" if recorded else "give the folder the data set is in now"
+        raise TracinError(f"{where} does not hold the run's data set, {dataset} (no {folder}): {hint}")
 
 
 def open_trained_run(run_dir: str, data_root: Optional[str]) -> TrainedRun:
@@ -67,6 +67,8 @@ def open_trained_run(run_dir: str, data_root: Optional[str]) -> TrainedRun:
     if data_root is not None:
         check_moved_data_root(data_root, data_config["dataset"])
         data_config["data_root"] = data_root
+    elif isinstance(data_config.get("data_root"), str):  # typed by read_record; checked here before any read
+        check_moved_data_root(data_config["data_root"], data_config["dataset"], recorded=True)
     try:  # read_record typed every setting; the data root given here is checked too
         return TrainedRun(paths, record, DataConfig.from_dict(data_config))
     except TracinError as error:
