@@ -126,7 +126,8 @@ def checked_data(run: TrainedRun) -> RunData:
     if differences:
         raise DataError(
             f"the data under {run.data_config.data_root} differ from those {run.paths.root} was trained on "
-            f"({', '.join(differences)} differ); point --data-root at the run's data"
+            f"({', '.join(differences)} differ): run.json's data settings were edited, or point --data-root at the "
+            "run's data"
         )
     return data
 
