@@ -603,14 +603,22 @@ def test_a_sweep_folder_that_is_a_link_is_refused_before_anything(tmp_path, fash
     assert [p.name for p in victim.iterdir()] == ["results.csv"] and (victim / "results.csv").read_text() == "theirs\n"
 
 
-@pytest.mark.parametrize("name, plant", [("results.png", os.mkdir), ("results.md", os.mkfifo)])
+def _colleagues(path):
+    path.write_text("a colleague's notes\n")
+
+
+@pytest.mark.parametrize(
+    "name, plant",
+    [("results.png", os.mkdir), ("results.md", os.mkfifo), ("results.md", _colleagues), ("results.csv", _colleagues)],
+)
 def test_a_folder_or_fifo_at_a_sweep_output_is_refused_before_anything(tmp_path, fashion_mnist_root, name, plant):
     """Round 17, S6, S7: a folder at results.png was a traceback after results.csv and .md were rewritten; a
     FIFO at results.md was replaced without a word."""
     (tmp_path / "sw" / "s").mkdir(parents=True)
     plant(tmp_path / "sw" / "s" / name)
     args = ("--sweep", "s", "--vary", "temperature=1,2", "--out-root", "sw", "--data-root", fashion_mnist_root)
-    assert_one_line(run("tracin-sweep", *args, *SMALL_TRAIN, cwd=tmp_path), f"{name} exists and is not a file")
+    fragment = "exists and is not a file" if plant is not _colleagues else "exists and is not a"
+    assert_one_line(run("tracin-sweep", *args, *SMALL_TRAIN, cwd=tmp_path), f"{name} {fragment}")
     assert [p.name for p in (tmp_path / "sw" / "s").iterdir()] == [name]  # nothing trained
 
 

@@ -192,7 +192,7 @@ def test_an_eval_table_that_is_a_link_is_refused_before_the_evaluation(cifar10_r
     (run / "eval_cifar100.csv").symlink_to(colleague)
     result = tool("tracin-eval", "--run", run, "--eval-dataset", "cifar100", "--data-root", tmp_path / "absent")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "tracin-eval's table" in result.stderr and "symbolic link" in result.stderr
+    assert "eval_cifar100.csv is a symbolic link" in result.stderr
     assert colleague.read_text() == "a colleague's table\n"
 
 
@@ -214,3 +214,21 @@ def test_a_data_json_whose_class_names_were_swapped_is_refused(
     first = "T-shirt/top, Trouser" if data == "fashion-mnist" else "airplane, automobile"
     assert f"the run's data set names them {first}" in result.stderr
     assert not (run / f"eval_{data.split()[0]}.csv").exists()
+
+
+def test_a_colleagues_file_at_the_eval_tables_name_is_kept(tiny_run, tmp_path, fashion_mnist_root):
+    """Round 18, E1: a colleague's eval_fashion-mnist.csv in the run folder was replaced without a word; a
+    table tracin-eval wrote is known by its header."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "eval_fashion-mnist.csv").write_text("colleague's notes\n")
+    result = tool("tracin-eval", "--run", run, "--eval-dataset", "fashion-mnist", "--data-root", fashion_mnist_root)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"tracin-eval: error: {run / 'eval_fashion-mnist.csv'} exists and is not a table tracin wrote; it is left as "
+        "it is (move it away)"
+    ]
+    assert (run / "eval_fashion-mnist.csv").read_text() == "colleague's notes\n"
+    (run / "eval_fashion-mnist.csv").unlink()
+    for _ in range(2):  # its own table is replaced
+        result = tool("tracin-eval", "--run", run, "--eval-dataset", "fashion-mnist", "--data-root", fashion_mnist_root)
+        assert result.returncode == 0, result.stderr

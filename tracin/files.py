@@ -186,6 +186,20 @@ def check_own(paths: Iterable[Union[str, Path]], what: str = "a report") -> None
             raise TracinError(f"{path} exists and is not {what} tracin wrote; it is left as it is (move it away)")
 
 
+def check_own_table(path: Union[str, Path], columns: Sequence[str], what: str) -> None:
+    """A TracinError if something is at `path` that is not a CSV table whose header holds `columns` (how a
+    table tracin wrote is told from a colleague's file at its name: round 18, W15, E1; a CSV carries no mark)."""
+    refuse_link(path, what)
+    if not Path(path).exists():
+        return
+    header = ""
+    if Path(path).is_file():
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            header = handle.readline(4096)
+    if not set(columns) <= set(header.rstrip("\r\n").split(",")):
+        raise TracinError(f"{path} exists and is not {what} tracin wrote; it is left as it is (move it away)")
+
+
 def write_own_markdown(path: Union[str, Path], text: str) -> None:
     """`text` to the Markdown file `path` (check_own first), its first line an HTML comment carrying OWN_MARK
     (no renderer shows it)."""

@@ -13,7 +13,7 @@ from typing import Optional
 
 from tracin.config import ROLES, DataConfig, ModelConfig
 from tracin.errors import TracinError
-from tracin.files import command_locks, refuse_link, remove_stale_temporaries
+from tracin.files import check_own_table, command_locks, refuse_link, remove_stale_temporaries
 from tracin.options import EvalOptions
 from tracin.runtime import start_runtime
 from tracin.schemas import CLASS_MAP, DATA_JSON, load_json
@@ -36,7 +36,7 @@ def read_class_map(path: Optional[str]) -> Optional[dict[str, str]]:
 def check_destination(paths: RunPaths, out: Path) -> None:
     """Refuse a run folder, or an eval CSV in it, that is a link (nothing is written through one)."""
     refuse_link(paths.root, "the run folder tracin-eval writes into")
-    refuse_link(out, "tracin-eval's table")
+    check_own_table(out, ("model", "examples", "accuracy"), "a table")  # round 18, E1: a colleague's was replaced
 
 
 def eval_run(options: EvalOptions) -> Path:

@@ -31,7 +31,15 @@ from tracin.config import SWEEP_KEYS as KEYS
 from tracin.config import SWEEP_SHAPE_KEYS as SHAPE_KEYS
 from tracin.config import SWEEP_TEACHER_KEYS as TEACHER_KEYS
 from tracin.errors import StoreError, TracinError
-from tracin.files import check_replaceable, write_atomic, write_json_atomic
+from tracin.files import (
+    check_own,
+    check_own_table,
+    check_replaceable,
+    write_atomic,
+    write_json_atomic,
+    write_own_figure,
+    write_own_markdown,
+)
 from tracin.results import statistics
 from tracin.results.store import ScoreFile
 from tracin.runtime import machine
@@ -163,6 +171,8 @@ def check_grid(sweep: Sweep) -> None:
         return
     for name in OUTPUTS:  # a folder or FIFO at one is refused before any training (round 17, S6, S7)
         check_replaceable(sweep.root / name)
+    check_own([sweep.root / "results.md", sweep.root / "results.png"], "a result")  # round 18, W12, W16
+    check_own_table(sweep.root / "results.csv", ("run", "model", "test_acc"), "a table")  # W15
     record = sweep.root / "sweep.json"
     if record.exists():  # written when a sweep finishes: a killed one has none yet
         recorded = load_json(record, SWEEP_JSON).get("vary", {})
@@ -389,9 +399,7 @@ def write_results(sweep: Sweep) -> Path:
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(sweep.root / "results.csv", lambda handle: handle.write(text.getvalue().encode()))
-    write_atomic(
-        sweep.root / "results.md", lambda handle: handle.write(results_markdown(rows, result_fields(sweep)).encode())
-    )
+    write_own_markdown(sweep.root / "results.md", results_markdown(rows, result_fields(sweep)))
     plot_results(
         rows, sweep.keys[0], sweep.root / "results.png", f"{sweep.name}: test accuracy against {sweep.keys[0]}"
     )
@@ -431,7 +439,7 @@ def plot_results(rows: Sequence[dict], key: str, path: Path, title: str) -> None
     axes.legend(fontsize=7)
     axes.set_title(title, fontsize=9)
     FigureCanvasAgg(figure)
-    write_atomic(path, lambda handle: figure.savefig(handle, format="png", dpi=110, bbox_inches="tight"))
+    write_own_figure(path, figure, dpi=110, bbox_inches="tight")
 
 
 def final_epochs(base: Sequence[str], default: int) -> Optional[int]:
