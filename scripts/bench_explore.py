@@ -30,9 +30,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from tracin.commands.explore import explore  # noqa: E402
 from tracin.config import DataConfig  # noqa: E402
 from tracin.engine.topk import Ranking  # noqa: E402
-from tracin.results.explore import ExploreOptions, explore  # noqa: E402
+from tracin.options import ExploreOptions  # noqa: E402
 from tracin.results.store import DataArrays, ModelScores, ScoreFile  # noqa: E402
 from tracin.runtime import machine  # noqa: E402
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import collections
 import csv
+import json
 import re
 import shutil
 import subprocess
@@ -20,17 +21,8 @@ import pytest
 
 from tracin.errors import TracinError
 from tracin.results import statistics
-from tracin.results.explore import (
-    comparisons,
-    frames,
-    frequent_proponents,
-    overlap_counts,
-    page_data,
-    proponents,
-    topk_table,
-    write_page,
-    write_tables,
-)
+from tracin.results.explore import comparisons, frequent_proponents, overlap_counts, page_data, proponents, write_page
+from tracin.results.export import frames, topk_table, write_tables
 from tracin.results.grids import load_images
 from tracin.results.store import ScoreFile
 
@@ -306,10 +298,61 @@ def test_the_page_of_another_score_file_is_kept(explore_run, tiny_scores, tmp_pa
     before = page.read_bytes()
     result = explore_command("--scores", tiny_scores, "--out", page)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
-        f"tracin-explore: error: --out {page} is the page of another score file; it is left as it is (choose "
-        "another name)"
+        f"tracin-explore: error: {page} is the page of another score file; it is left as it is (move it away, or "
+        "choose another --out)"
     ]
     assert page.read_bytes() == before
+    moved.write_bytes(tiny_scores.read_bytes())  # round 19, E14: the file at the path scored again since
+    result = explore_command("--scores", moved, "--out", page)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"tracin-explore: error: {page} is the page of an earlier score file at the same path (scored again "
+        "since); it is left as it is (move it away, or choose another --out)"
+    ]
+    assert page.read_bytes() == before
+
+
+def test_an_export_of_another_score_file_is_kept(explore_run, tiny_scores, tmp_path):
+    """Round 19, E5: --export into a folder of another score file's tables replaced them without a word (they
+    were known by their columns only). tracin-export.json names the file they are of: the same file moved
+    exports again; another file, or tables with no record beside them, are refused before any page."""
+    export, moved = tmp_path / "export", tmp_path / "moved.h5"
+    moved.write_bytes((explore_run / "tracin.h5").read_bytes())
+    assert explore_command("--run", explore_run, "--out", tmp_path / "p.html", "--export", export).returncode == 0
+    record = json.loads((export / "tracin-export.json").read_text())
+    assert record["scores"] == str((explore_run / "tracin.h5").resolve()) and record["written_by"] == "tracin-explore"
+    assert explore_command("--scores", moved, "--out", tmp_path / "m.html", "--export", export).returncode == 0
+    before = {path.name: path.read_bytes() for path in export.iterdir()}
+    result = explore_command("--scores", tiny_scores, "--out", tmp_path / "q.html", "--export", export)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"tracin-explore: error: --export: {export} holds the tables of another score file; they are left as they "
+        "are (move them away, or choose another folder)"
+    ]
+    (export / "tracin-export.json").unlink()
+    result = explore_command("--scores", moved, "--out", tmp_path / "q.html", "--export", export)
+    assert result.returncode == 2 and "is not known to be a table of this score file" in result.stderr
+    assert {path.name: path.read_bytes() for path in export.iterdir() if path.name != "tracin-export.json"} == {
+        name: data for name, data in before.items() if name != "tracin-export.json"
+    }
+    assert not (tmp_path / "q.html").exists()
+
+
+def test_a_data_folder_explore_did_not_make_is_kept(explore_run, tmp_path):
+    """Round 19, E11: a colleague's block_0000.js in PAGE_files/ (no page yet) was replaced by the page's data;
+    a folder explore writes carries its mark, and one with files but no mark is refused before any work."""
+    folder = tmp_path / "page_files"
+    folder.mkdir()
+    (folder / "block_0000.js").write_text("theirs")
+    result = explore_command("--run", explore_run, "--out", tmp_path / "page.html", "--max-inline-mb", "0")
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"tracin-explore: error: {folder} holds files tracin-explore did not write, where the page's data would "
+        "go; they are left as they are (move the folder away, or choose another --out)"
+    ]
+    assert (folder / "block_0000.js").read_text() == "theirs" and not (tmp_path / "page.html").exists()
+    (folder / "block_0000.js").unlink()  # an empty folder is taken, and written again
+    for _ in range(2):
+        result = explore_command("--run", explore_run, "--out", tmp_path / "page.html", "--max-inline-mb", "0")
+        assert result.returncode == 0, result.stderr
+    assert (folder / "written-by-tracin-explore.txt").is_file() and (folder / "block_0000.js").is_file()
 
 
 def test_topk_table_refuses_more_than_the_file_holds(explore_run):

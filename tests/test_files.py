@@ -134,7 +134,8 @@ def test_a_file_is_known_as_ours_by_the_marks_in_its_head_and_a_fifo_is_never_op
     """head_holds, which explore and the notebooks ask before replacing a page: each mark must be in the head;
     a FIFO planted at a page's path is not read (reading it would wait for a writer that never comes)."""
     from tracin.files import head_holds
-    from tracin.results.explore import _check_destinations
+    from tracin.results.explore import check_page_destination
+    from tracin.results.export import check_export
 
     page = tmp_path / "page.html"
     page.write_text("<head>\n<meta a>\n<meta b>\n</head>" + "x" * 5000 + "<meta c>")
@@ -143,8 +144,8 @@ def test_a_file_is_known_as_ours_by_the_marks_in_its_head_and_a_fifo_is_never_op
     os.mkfifo(tmp_path / "fifo.html")
     assert not head_holds(tmp_path / "fifo.html", "<meta a>")
     with pytest.raises(TracinError, match="exists and is not a page tracin-explore wrote"):
-        _check_destinations(tmp_path / "fifo.html", None)
+        check_page_destination(tmp_path / "fifo.html")
     (tmp_path / "tables").mkdir()
     os.mkfifo(tmp_path / "tables" / "topk.csv")
     with pytest.raises(TracinError, match="is not a table tracin-explore wrote"):
-        _check_destinations(tmp_path / "page.new.html", tmp_path / "tables")
+        check_export(tmp_path / "tables", None, None)

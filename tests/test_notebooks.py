@@ -190,9 +190,12 @@ def test_a_page_notebooks_did_not_write_or_wrote_of_another_file_is_kept(tiny_sc
     assert result.returncode == 0, result.stderr
     result = subprocess.run([str(command), str(clean_scores), str(tmp_path / "nb")], capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
-        f"tracin-notebooks: error: {page.with_name('mislabel_detection.html')} holds the notebooks of another score "
-        "file; choose another OUT_DIR"  # the pages are checked in order of name
+        f"tracin-notebooks: error: {page.with_name('mislabel_detection.html')} is a notebook page of another score "
+        "file; it is left as it is (move the pages away, or choose another OUT_DIR)"  # checked in order of name
     ]
+    moved.write_bytes(clean_scores.read_bytes())  # round 19, N9: the file at the path was scored again since
+    result = subprocess.run([str(command), str(moved), str(tmp_path / "nb")], capture_output=True, text=True)
+    assert result.returncode == 2 and "of an earlier score file at the same path (scored again since)" in result.stderr
     page.write_text("<html>a colleague's page</html>")
     result = subprocess.run([str(command), str(tiny_scores), str(tmp_path / "nb")], capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [

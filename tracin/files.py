@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import glob
+import html
 import json
 import os
 import re
@@ -198,6 +199,34 @@ def check_own_table(path: Union[str, Path], columns: Sequence[str], what: str) -
             header = handle.readline(4096)
     if not set(columns) <= set(header.rstrip("\r\n").split(",")):
         raise TracinError(f"{path} exists and is not {what} tracin wrote; it is left as it is (move it away)")
+
+
+def made_of_marks(scores: Union[str, Path], identity: str) -> str:
+    """The head lines of a page made of a score file: its path (resolved), for a reader and for the message
+    when it is refused, and its `identity` (ScoreFile.identity), which the page is checked by (a file moved is
+    the same file; round 18, N8, N9, M3b)."""
+    return (
+        f'<meta name="tracin-scores" content="{html.escape(resolved(scores))}">\n'
+        f'<meta name="tracin-scores-sha256" content="{html.escape(identity)}">\n'
+    )
+
+
+def check_made_of(path: Union[str, Path], scores: Union[str, Path], identity: str, what: str, hint: str) -> None:
+    """A TracinError if the page at `path` (one the command wrote: its own mark checked first) was made of
+    another score file than the one of `identity` at `scores`: the message says whether that is an earlier
+    file at the same path (scored again since, round 19, N9, E14) and what to do (`hint`)."""
+    marks = made_of_marks(scores, identity).splitlines()
+    if not Path(path).exists() or head_holds(path, marks[1]):
+        return
+    whose = another_score_file(scores, resolved(scores) if head_holds(path, marks[0]) else "")
+    raise TracinError(f"{path} is {what} of {whose}; it is left as it is ({hint})")
+
+
+def another_score_file(scores: Union[str, Path], recorded: str) -> str:
+    """How a message names the score file an output was made of, when it is not the one at `scores`: the
+    path it `recorded` says whether that file was an earlier one at the same path (scored again since)."""
+    same_path = recorded == resolved(scores)
+    return "an earlier score file at the same path (scored again since)" if same_path else "another score file"
 
 
 def write_own_markdown(path: Union[str, Path], text: str) -> None:

@@ -9,7 +9,6 @@ Needs the `notebooks` extra (nbclient, nbformat, nbconvert, ipykernel).
 
 from __future__ import annotations
 
-import html
 import importlib.resources
 import os
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 from tracin.cli.boundary import arguments, run_command
 from tracin.cli.parsing import Parser, command_parser, options_from
 from tracin.errors import TracinError
-from tracin.files import head_holds, refuse_link, refuse_links, write_atomic
+from tracin.files import check_made_of, head_holds, made_of_marks, refuse_link, refuse_links, write_atomic
 from tracin.options import NotebooksOptions
 
 
@@ -52,16 +51,7 @@ NEEDS = {
 MARK = '<meta name="generator" content="tracin-notebooks">'  # in every page's head: a file without it is kept
 
 
-def _marks(scores: Any, identity: str) -> str:
-    """The head lines that say a page is tracin-notebooks' and of which score file: its path, for a reader,
-    and its identity (ScoreFile.identity), which a page is checked by (a file moved is the same file)."""
-    return (
-        f'{MARK}\n<meta name="tracin-scores" content="{html.escape(str(scores))}">\n'
-        f'<meta name="tracin-scores-sha256" content="{html.escape(identity)}">\n'
-    )
-
-
-def _check_page(page: Path, identity: str) -> None:
+def _check_page(page: Path, scores: Path, identity: str) -> None:
     """Refuse to replace a page tracin-notebooks did not write, or wrote of another score file (round 13, Z3,
     M4: a colleague's page, or the pages of another file, were replaced without a word; round 18, N8, N9:
     known by the file's identity, not its path)."""
@@ -69,8 +59,7 @@ def _check_page(page: Path, identity: str) -> None:
         return
     if not head_holds(page, MARK):  # a folder or FIFO there too (round 17, N4, N5: replaced, or a traceback)
         raise TracinError(f"{page} exists and is not a page tracin-notebooks wrote; it is left as it is")
-    if not head_holds(page, f'<meta name="tracin-scores-sha256" content="{html.escape(identity)}">'):
-        raise TracinError(f"{page} holds the notebooks of another score file; choose another OUT_DIR")
+    check_made_of(page, scores, identity, "a notebook page", "move the pages away, or choose another OUT_DIR")
 
 
 def _parameters_cell(notebook) -> Any:
@@ -107,7 +96,8 @@ def execute_notebook(
         from nbconvert import HTMLExporter
 
         body, _ = HTMLExporter().from_notebook_node(notebook)
-        body = body.replace("<head>", "<head>\n" + _marks(parameters.get("SCORES"), identity), 1)
+        marks = f"{MARK}\n{made_of_marks(parameters['SCORES'], identity)}"
+        body = body.replace("<head>", f"<head>\n{marks}", 1)
         refuse_link(html, "the HTML file")
         write_atomic(html, lambda handle: handle.write(body.encode()))
     return notebook
@@ -165,7 +155,7 @@ def execute_all(scores: Path, out_dir: Path, data_root: Optional[str]) -> list[P
     pages = [out_dir / f"{notebook.stem}.html" for notebook, reason in skipped.items() if reason is None]
     refuse_links(pages, "the HTML file")  # every page before the first notebook runs (X16, X17)
     for page in pages:
-        _check_page(page, identity)
+        _check_page(page, scores, identity)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, failed = [], []
     for notebook, reason in skipped.items():

@@ -20,17 +20,15 @@ What the page shows comes from the file's own tables; only overlaps and counts a
   those of highest self-influence;
 - the quality report's verdicts and table (tracin-report), when the file has one.
 
-The tables behind the page are also the export (TopK rows, overlap rows): topk_table/overlap_table as
-numpy columns, as pandas DataFrames (frames), and as CSV or Parquet (write_tables).
+The tables behind the page are also the export (tracin.results.export); the command is
+tracin.commands.explore.
 """
 
 from __future__ import annotations
 
 import base64
-import csv
 import io
 import json
-import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -38,16 +36,20 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tracin.config import ENSEMBLE_SUFFIX, replicas_by_role
+from tracin.config import replicas_by_role
 from tracin.errors import TracinError
-from tracin.files import exclusive_lock, head_holds, not_a_file, refuse_link, write_atomic, write_in_place
-from tracin.options import ExploreOptions
+from tracin.files import (
+    check_made_of,
+    head_holds,
+    made_of_marks,
+    refuse_link,
+    write_atomic,
+    write_in_place,
+)
 from tracin.results import sanity, statistics
 from tracin.results.agreement import select_agreement_pairs
-from tracin.results.grids import Images, load_images
+from tracin.results.grids import Images
 from tracin.results.markdown import report_verdicts
-from tracin.results.report_folder import check_finished
-from tracin.results.runs import check_scored_checkpoints, open_trained_run
 from tracin.results.store import ScoreFile
 from tracin.version import __version__
 
@@ -55,10 +57,6 @@ BLOCK = 250  # test examples per data file when the data do not fit inline
 DEPTH = 10  # proponents and opponents shown per model and test example, unless asked otherwise
 FREQUENT = 12  # train examples listed as most frequent proponents, and as highest self-influence
 FLOOR = "teacher-teacher'"  # the comparison whose run mean is the replica floor
-EXPORT_COLUMNS = {  # of --export's tables, in order
-    "topk": ("model", "variant", "test_index", "side", "rank", "train_index", "score", "flipped"),
-    "overlap": ("comparison", "variant", "test_index", "k", "overlap"),
-}
 
 
 def _b64(array: np.ndarray) -> str:
@@ -290,7 +288,7 @@ def write_page(
     {"page": path, "folder": path or None, "bytes": size of everything written, "images": images written,
     "depth": lists per model and test example}."""
     folder = out.with_name(f"{out.stem}_files")
-    _check_destinations(out, None, store.identity)
+    check_page_destination(out, store.path, store.identity)
     refuse_link(folder, "the page's data folder")
     page = page_data(store, models, depth, run=run)
     encoded = {f"t{row}": png(images.test[row]) for row in page.test_rows}
@@ -312,7 +310,11 @@ def write_page(
         head = {**page.head, "inline": False, "folder": folder.name}
         written = _write_folder(folder, blocks, encoded)
         data = f"TRACIN.head = {_script_json(head)};\n"
-    text = template().replace("/*DATA*/", data).replace("<head>", f"<head>\n{_identity_meta(store.identity)}", 1)
+    text = (
+        template()
+        .replace("/*DATA*/", data)
+        .replace("<head>", f"<head>\n{made_of_marks(store.path, store.identity)}", 1)
+    )
     write_atomic(out, lambda handle: handle.write(text.encode()))
     return {
         "page": out,
@@ -325,7 +327,12 @@ def write_page(
 
 def _write_folder(folder: Path, blocks: Sequence[str], images: dict[str, bytes]) -> int:
     """The data files of a page too large to hold them inline; returns the bytes written. Files of an
-    earlier page in the folder are replaced, none is followed through a link."""
+    earlier page in the folder are replaced, none is followed through a link. FOLDER_MARK, written first,
+    tells the folder from a colleague's of the same name (round 19, E11: their file there was replaced)."""
+    write_atomic(
+        folder / FOLDER_MARK,
+        lambda handle: handle.write(f"{MARK}: this folder holds the data of the page beside it\n".encode()),
+    )
     (folder / "img").mkdir(parents=True, exist_ok=True)
     refuse_link(folder / "img", "the page's image folder")
     written = 0
@@ -340,179 +347,15 @@ def _write_folder(folder: Path, blocks: Sequence[str], images: dict[str, bytes])
     return written
 
 
-# --- export -------------------------------------------------------------------------------------------------
-
-
-def topk_table(store: ScoreFile, models: Sequence[str], k: int, variant: Optional[str] = None) -> dict[str, np.ndarray]:
-    """Columns of the top-k lists, a row per (model, test example, side, rank): model, variant, test_index,
-    side ("proponent" | "opponent"), rank (1 = strongest), train_index, score (float32 as stored), flipped."""
-    columns: dict[str, list[np.ndarray]] = {name: [] for name in EXPORT_COLUMNS["topk"]}
-    for name in models:
-        scores = store.model(name)
-        chosen = variant or scores.variants[0]
-        if chosen not in scores.variants:
-            continue
-        ranking = scores.variant_rankings(chosen)[0]
-        if k > ranking.top_index.shape[1]:
-            raise TracinError(f"k = {k}: the file holds the top {ranking.top_index.shape[1]} of each test example")
-        for side, index, score in (
-            ("proponent", ranking.top_index, ranking.top_score),
-            ("opponent", ranking.bottom_index, ranking.bottom_score),
-        ):
-            rows = np.asarray(index[:, :k])
-            n = rows.size
-            columns["model"].append(np.full(n, name, dtype=object))
-            columns["variant"].append(np.full(n, chosen, dtype=object))
-            columns["test_index"].append(np.repeat(store.test_index, k))
-            columns["side"].append(np.full(n, side, dtype=object))
-            columns["rank"].append(np.tile(np.arange(1, k + 1), len(rows)))
-            columns["train_index"].append(store.train_index[rows.ravel()])
-            columns["score"].append(np.asarray(score[:, :k]).ravel().astype(np.float32))
-            columns["flipped"].append(store.noisy[rows.ravel()])
-    return {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in columns.items()}
-
-
-def overlap_table(
-    store: ScoreFile, models: Sequence[str], k: int, variant: Optional[str] = None
-) -> dict[str, np.ndarray]:
-    """Columns of the per-test-example overlaps, a row per (comparison, test example): comparison, variant,
-    test_index, k, overlap (shared top-k proponents / k, averaged over the comparison's model pairs)."""
-    chosen = variant or store.model(models[0]).variants[0]
-    columns: dict[str, list[np.ndarray]] = {name: [] for name in EXPORT_COLUMNS["overlap"]}
-    holders = [name for name in models if chosen in store.model(name).variants]
-    tops = proponents(store, holders, chosen)
-    for comparison, pairs in comparisons(holders).items():
-        values = overlap_counts(tops, pairs, k) / k
-        columns["comparison"].append(np.full(len(values), comparison, dtype=object))
-        columns["variant"].append(np.full(len(values), chosen, dtype=object))
-        columns["test_index"].append(store.test_index)
-        columns["k"].append(np.full(len(values), k))
-        columns["overlap"].append(values)
-    return {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in columns.items()}
-
-
-def frames(path: str | Path, k: int = 10, variant: Optional[str] = None, models: Optional[Sequence[str]] = None):
-    """(top-k lists, per-test overlaps) of a finished score file as pandas DataFrames (topk_table and
-    overlap_table's columns). Needs pandas."""
-    try:
-        import pandas
-    except ImportError:
-        raise TracinError("frames() needs pandas: pip install pandas") from None
-    with ScoreFile.open_read(Path(path)) as store:
-        check_finished(store)
-        chosen = shown_models(store, models)
-        return (
-            pandas.DataFrame(topk_table(store, chosen, k, variant)),
-            pandas.DataFrame(overlap_table(store, chosen, k, variant)),
-        )
-
-
-EXPORTS = ("topk.csv", "overlap.csv", "topk.parquet", "overlap.parquet")  # what --export writes
-
-
-def _exported(path: Path) -> bool:
-    """Whether the file at `path` is a table --export wrote: its columns (a CSV's header, a Parquet file's
-    schema) are those of EXPORT_COLUMNS (round 13, Z2: a colleague's topk.csv was replaced)."""
-    columns = list(EXPORT_COLUMNS[path.stem])
-    if not path.is_file():  # a FIFO is never opened (it would wait for a writer)
-        return False
-    try:
-        if path.suffix == ".csv":
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                return handle.readline().rstrip("\r\n") == ",".join(columns)
-        import pyarrow.parquet
-
-        return pyarrow.parquet.read_schema(path).names == columns
-    except Exception:  # unreadable, not Parquet, or no pyarrow to read it: not known to be ours
-        return False
-
-
-def write_tables(store: ScoreFile, models: Sequence[str], folder: Path, k: int) -> list[str]:
-    """topk.csv and overlap.csv in `folder` (and topk.parquet, overlap.parquet where pyarrow is installed);
-    returns one line per file written, and one saying why Parquet was not."""
-    folder.mkdir(parents=True, exist_ok=True)
-    said = []
-    tables = {"topk": topk_table(store, models, k), "overlap": overlap_table(store, models, k)}
-    for name, columns in tables.items():
-        path = folder / f"{name}.csv"
-        refuse_link(path, "the CSV file")
-        write_atomic(path, lambda handle, columns=columns: _csv(handle, columns))
-        said.append(f"explore: {path} ({len(next(iter(columns.values())))} rows)")
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError:
-        return said + ["explore: Parquet not written (pyarrow is not installed)"]
-    for name, columns in tables.items():
-        path = folder / f"{name}.parquet"
-        refuse_link(path, "the Parquet file")
-        table = pyarrow.table({c: list(v) if v.dtype == object else v for c, v in columns.items()})
-        write_atomic(path, lambda handle, table=table: pyarrow.parquet.write_table(table, handle))
-        said.append(f"explore: {path}")
-    return said
-
-
-def _csv(handle, columns: dict[str, np.ndarray]) -> None:
-    text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
-    writer = csv.writer(text)
-    writer.writerow(columns)
-    values = [v.tolist() for v in columns.values()]
-    writer.writerows(zip(*values))
-    text.flush()
-    text.detach()
-
-
-# --- the command --------------------------------------------------------------------------------------------
-
-
-def explore(options: ExploreOptions) -> list[str]:
-    """tracin-explore: the page of a finished score file (and the export where asked); lines to print. The
-    score file is read under a reader's lock (no tracin-score or tracin-report may write it meanwhile), the
-    page written under its own lock."""
-    if options.run is not None and not Path(options.run).is_dir():
-        raise TracinError(f"--run {options.run}: no such run folder")
-    if not options.scores.is_file():
-        raise TracinError(f"{not_a_file(options.scores)}: no score file there (tracin-score --run RUN makes it)")
-    out = options.out or options.scores.parent / (
-        "explore.html" if options.scores.name == "tracin.h5" else f"{options.scores.stem}.explore.html"
-    )
-    with ScoreFile.open_read(options.scores) as store:  # a tracin-score file, before a lock file is made beside it
-        identity = store.identity
-    _check_destinations(out, options.export, identity)  # before any work
-    with (
-        exclusive_lock(options.scores, "the score file", shared=True),
-        exclusive_lock(out, "the page"),
-        ScoreFile.open_read(options.scores) as store,
-    ):
-        check_finished(store)
-        models = shown_models(store, options.models)
-        if options.run is not None:  # the file must be this run's (round 11, P10; round 9, G4)
-            run = open_trained_run(options.run, options.data_root)
-            check_scored_checkpoints(store, run, [m for m in models if not m.endswith(ENSEMBLE_SUFFIX)])
-        images = load_images(store, options.data_root)
-        result = write_page(store, images, out, models, options.depth, options.max_inline_mb, options.run)
-        where = f" and {result['folder']}/" if result["folder"] else ""
-        lines = [
-            f"explore: {result['page']}{where} ({_size(result['bytes'])}, {result['images']} images, "
-            f"{len(models)} models, {store.n_test} test examples): open it in a browser"
-        ]
-        if options.export is not None:
-            lines += write_tables(store, models, options.export, result["depth"])
-    return lines
-
-
 MARK = "Written by tracin-explore"  # in every page's head: a file without it is never replaced
+FOLDER_MARK = "written-by-tracin-explore.txt"  # in a page's data folder: a folder without it is never written
 
 
-def _identity_meta(identity: str) -> str:
-    """The head line naming the score file a page shows, by its identity (ScoreFile.identity)."""
-    return f'<meta name="tracin-scores-sha256" content="{identity}">'
-
-
-def _check_destinations(out: Path, export: Optional[Path], identity: Optional[str] = None) -> None:
+def check_page_destination(out: Path, scores: Optional[Path] = None, identity: Optional[str] = None) -> None:
     """Refuse, before any work, to write through a link, onto a folder, or over a file that is not a page
     tracin-explore wrote (a mistyped --out naming the score file must not destroy it), or, given the score
-    file's `identity`, a page of another score file (round 18, M3b: replaced without a word)."""
+    file at `scores` and its `identity`, a page of another score file (round 18, M3b: replaced without a
+    word)."""
     refuse_link(out, "the page")
     if out.is_dir():
         raise TracinError(f"--out {out} is a folder: name the page's file (e.g. {out / 'explore.html'})")
@@ -520,38 +363,23 @@ def _check_destinations(out: Path, export: Optional[Path], identity: Optional[st
         raise TracinError(
             f"--out {out} exists and is not a page tracin-explore wrote; it is left as it is (choose another name)"
         )
-    if out.exists() and identity is not None and not head_holds(out, _identity_meta(identity)):
-        raise TracinError(f"--out {out} is the page of another score file; it is left as it is (choose another name)")
+    if identity is not None:
+        check_made_of(out, scores, identity, "the page", "move it away, or choose another --out")
     folder = out.with_name(f"{out.stem}_files")
     refuse_link(folder, "the page's data folder")
     if folder.exists() and not folder.is_dir():
         raise TracinError(f"{folder} exists and is not a folder: the page's data would go there (choose another --out)")
-    if export is not None:
-        refuse_link(export, "--export")  # its tables would land in the link's target (red-team find L20)
-        if export.exists() and not export.is_dir():
-            raise TracinError(f"--export {export} exists and is not a folder")
-        for name in EXPORTS:  # checked again as each is written; here so that no page is made first
-            refuse_link(export / name, "an exported table")
-            if (export / name).exists() and not _exported(export / name):
-                raise TracinError(
-                    f"--export: {export / name} exists and is not a table tracin-explore wrote; it is left as it "
-                    "is (choose another folder)"
-                )
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{math.ceil(n / 1024)} KB"
+    if folder.is_dir() and any(folder.iterdir()) and not head_holds(folder / FOLDER_MARK, MARK):
+        raise TracinError(
+            f"{folder} holds files tracin-explore did not write, where the page's data would go; they are left as "
+            "they are (move the folder away, or choose another --out)"
+        )
 
 
 __all__ = [
-    "ExploreOptions",
     "Page",
-    "explore",
-    "frames",
-    "overlap_table",
+    "check_page_destination",
     "page_data",
     "proponents",
-    "topk_table",
     "write_page",
-    "write_tables",
 ]
