@@ -120,8 +120,13 @@ def test_scoring_needs_the_users_consent_and_then_equals_the_reference(custom_ru
         "--quiet",
         "--allow-model",
         "models_for_tests:small_cnn",
+        "--allow-model",
+        "os:system",
     )
     assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1:] == [  # round 19, R8: the needless one was not told
+        "tracin-score: note: --allow-model os:system was not used: no model this command built is made by it"
+    ]
     data = load_data(DataConfig.from_dict(json.loads((custom_run / "run.json").read_text())["data_config"]))
     with ScoreFile.open_read(out) as store:
         scores = store.model("teacher").matrix()[()]

@@ -263,9 +263,19 @@ def _cifar_root_with(cifar10_root, tmp_path: Path, name: str, edit) -> Path:
 def test_a_crafted_cifar_batch_file_is_refused_without_running_it(cifar10_root, tmp_path, planted, checksum):
     marker = tmp_path / "marker"
     root = _cifar_root_with(cifar10_root, tmp_path, planted, lambda batch: {"data": _Payload(marker), "labels": [0]})
-    with pytest.raises(DataError):
+    with pytest.raises(DataError) as error:
         load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=checksum))
     assert not marker.exists()
+    assert checksum or f"({planted}: " in str(error.value)  # round 19, CF1: the line names the file
+
+
+def test_a_truncated_cifar_batch_is_one_error_naming_it(cifar10_root, tmp_path):
+    """Round 19, CF4: a batch cut short was refused without a word of which file it was."""
+    root = _cifar_root_with(cifar10_root, tmp_path, "test_batch", lambda batch: batch)
+    path = root / "cifar-10-batches-py" / "test_batch"
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(DataError, match=r"is not a CIFAR batch \(test_batch: "):
+        load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False))
 
 
 def test_debian_fashion_mnist_is_unpacked_once_not_on_every_load(tmp_path, capsys):

@@ -384,6 +384,8 @@ def test_corrupt_and_truncated_result_files_are_refused(scored, tiny_run, tmp_pa
     truncated = tmp_path / "truncated.h5"
     truncated.write_bytes(scored.read_bytes()[: scored.stat().st_size // 3])
     assert_user_error(tracin_score(*score_args(tiny_run, truncated)), "not a readable HDF5 file")
+    # round 19, T2: --overwrite cannot tell a damaged file from a colleague's either; the line says the way on
+    assert_user_error(tracin_score(*score_args(tiny_run, truncated), "--overwrite"), "move it away and score the run")
 
 
 def test_corrupt_and_wrong_checkpoints_are_refused(tiny_run, tmp_path):

@@ -272,6 +272,12 @@ def test_a_scored_sweep_adds_each_students_overlap_with_its_teacher(tmp_path, fa
     again = tracin_sweep(*command)  # round 10, S14: a finished file stopped the same command again
     assert again.returncode == 0 and again.stderr == "", again.stderr
     assert [f.read_bytes() for f in files] == before
+    files[1].replace(tmp_path / "swap.h5")  # round 19, SW7: the refusal advised an option tracin-sweep lacks
+    files[2].replace(files[1])
+    (tmp_path / "swap.h5").replace(files[2])
+    swapped = tracin_sweep(*command)
+    assert swapped.returncode == 2 and len(swapped.stderr.strip().splitlines()) == 1, swapped.stderr
+    assert "(tracin-sweep passes no --overwrite: run tracin-score --run " in swapped.stderr
 
 
 @pytest.mark.parametrize(

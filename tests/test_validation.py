@@ -122,6 +122,17 @@ def test_the_leave_out_ci_resamples_test_examples_not_their_seeds():
     assert as_pairs[6] - as_pairs[5] < 0.8 * (one_seed[6] - one_seed[5])  # what resampling pairs did
 
 
+def test_one_test_example_says_why_it_has_no_interval():
+    """Round 19, V16: validate --test-examples 1 printed '[+nan, +nan]  flipped   nan%'."""
+    from tracin.results.markdown import validation_markdown
+
+    wrong = validation.leave_out_row("m", "own", "raw", 5, np.array([0.2]), np.array([-1.0]), 0)  # 1 row, wrong before
+    table = np.array([wrong], dtype=validation.LEAVE_OUT_DTYPE)
+    text = validation.format_validation(table)
+    assert "[no CI: one test example]" in text and "flipped      -" in text and "nan" not in text
+    assert "nan" not in validation_markdown(table, np.zeros(0, dtype=validation.LDS_DTYPE))
+
+
 def test_lds_and_leave_out_equal_a_direct_computation(validated):
     path, _ = validated
     with ScoreFile.open_read(path) as store:

@@ -18,6 +18,7 @@ from tracin.results.agreement import AGREEMENT_DTYPE, DEPTH_COMPARISONS, agreeme
 from tracin.results.checks import check_verdicts
 from tracin.results.comparison import cells, title_of
 from tracin.results.store import ScoreFile
+from tracin.results.validation import LDS_TOO_FEW, ci_text, flipped_text
 
 
 def role_models(models: Sequence[str]) -> list[str]:
@@ -180,8 +181,8 @@ def validation_markdown(leave_out: np.ndarray, lds: np.ndarray) -> str:
                 r["variant"].decode() or "-",
                 r["k"],
                 f"{r['mean_change']:+.3f}",
-                f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
-                f"{r['flipped']:.1%}",
+                ci_text(r["ci_low"], r["ci_high"]),
+                flipped_text(r["flipped"]),
                 r["n_rows"],
             )
             for r in leave_out
@@ -199,7 +200,7 @@ def validation_markdown(leave_out: np.ndarray, lds: np.ndarray) -> str:
                 r["scores_of"].decode(),
                 r["variant"].decode(),
                 f"{r['lds']:+.3f}",
-                f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+                ci_text(r["ci_low"], r["ci_high"], LDS_TOO_FEW),
                 r["n_rows"],
             )
             for r in lds

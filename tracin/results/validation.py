@@ -179,6 +179,19 @@ def leave_out_row(
     return (model, condition, variant, k, float(np.mean(changes)), low, high, flipped, len(changes))
 
 
+LDS_TOO_FEW = "fewer than 3 subsets or 2 test examples"  # what an LDS interval needs
+
+
+def ci_text(low: float, high: float, why: str = "one test example") -> str:
+    """'[+a, +b]', or the reason there is no interval (`why`; round 19, V16: '[+nan, +nan]' was printed)."""
+    return f"[{low:+.3f}, {high:+.3f}]" if np.isfinite(low) and np.isfinite(high) else f"[no CI: {why}]"
+
+
+def flipped_text(share: float) -> str:
+    """The share flipped right -> wrong as a percentage; '-' where no pair was right with nothing removed."""
+    return f"{share:.1%}" if np.isfinite(share) else "-"
+
+
 def format_validation(leave_out: np.ndarray, lds: Optional[np.ndarray] = None) -> str:
     """The leave-top-k-out and LDS tables as text."""
     lines = []
@@ -191,8 +204,8 @@ def format_validation(leave_out: np.ndarray, lds: Optional[np.ndarray] = None) -
             by = f"by {row['variant'].decode()}" if row["variant"] else ""
             lines.append(
                 f"  {row['model'].decode():<20} remove {row['condition'].decode():<10} {by:<28} k={row['k']:<5} "
-                f"{row['mean_change']:+8.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]  "
-                f"flipped {row['flipped']:6.1%}  ({row['n_rows']} rows)"
+                f"{row['mean_change']:+8.3f} {ci_text(row['ci_low'], row['ci_high'])}  "
+                f"flipped {flipped_text(row['flipped']):>6}  ({row['n_rows']} rows)"
             )
     if lds is not None and len(lds):
         lines.append(
@@ -202,7 +215,7 @@ def format_validation(leave_out: np.ndarray, lds: Optional[np.ndarray] = None) -
         for row in lds:
             lines.append(
                 f"  {row['model'].decode():<20} scores of {row['scores_of'].decode():<26} {row['variant'].decode():<28} "
-                f"{row['lds']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+                f"{row['lds']:+.3f} {ci_text(row['ci_low'], row['ci_high'], LDS_TOO_FEW)}"
             )
     return "\n".join(lines)
 

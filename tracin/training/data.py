@@ -62,12 +62,15 @@ class _CifarPickle:
 
     @staticmethod
     def load(file, encoding: str = "ASCII", **_):
-        batch = _CifarUnpickler(file, encoding=encoding).load()
+        name = Path(getattr(file, "name", "a batch")).name
+        try:
+            batch = _CifarUnpickler(file, encoding=encoding).load()
+        except (pickle.UnpicklingError, EOFError) as error:  # round 19, CF1, CF4: say which file
+            raise pickle.UnpicklingError(f"{name}: {error or 'the file ends early'}") from None
         labels = batch.get("labels", batch.get("fine_labels")) if isinstance(batch, dict) else None
         images = np.asarray(batch.get("data")) if labels is not None else None
         if images is not None and images.ndim == 2 and len(images) != len(labels):
             # round 16, D12, D13: a label dropped shifted every later one onto the image before it, unseen
-            name = Path(getattr(file, "name", "a batch")).name
             raise ValueError(f"{name} holds {len(images)} images and {len(labels)} labels")
         return batch
 

@@ -121,6 +121,7 @@ def resnet18(config: ModelConfig) -> ResNet:
 
 
 ALLOWED_IMPORTS: set[str] = set()  # MODULE:FUNCTION factories this process's user allowed
+IMPORTED: set[str] = set()  # those of them a model was built by (an unused one is told: round 19, R8)
 
 
 IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")  # dotted.module:function
@@ -144,6 +145,7 @@ def _imported_factory(arch: str) -> Callable[[ModelConfig], nn.Module]:
             f"the model is built by {arch!r}, an import path, i.e. code: it is imported only when you "
             f"allow it (--allow-model {arch}, or --model/--student-model for tracin-train)"
         )
+    IMPORTED.add(arch)
     module_name, _, function_name = arch.partition(":")
     try:
         function = getattr(importlib.import_module(module_name), function_name)

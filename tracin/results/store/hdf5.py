@@ -33,7 +33,10 @@ def open_h5(path: Path, mode: str, locking: Optional[bool] = None) -> h5py.File:
                 f"{path} is in use: another process (tracin-score or tracin-validate?) has it open "
                 "for writing; wait for it to finish"
             ) from None
-        raise StoreError(f"{path} is not a readable HDF5 file (truncated or corrupt?): {reason}") from None
+        raise StoreError(  # round 19, T2: say the way on, which no option of tracin's takes for the user
+            f"{path} is not a readable HDF5 file (truncated or corrupt?): {reason}; it is left as it is: move it away "
+            "and score the run again"
+        ) from None
 
 
 def hdf5_open_for_writing() -> bool:
