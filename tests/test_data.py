@@ -269,6 +269,27 @@ def test_a_crafted_cifar_batch_file_is_refused_without_running_it(cifar10_root, 
     assert checksum or f"({planted}: " in str(error.value)  # round 19, CF1: the line names the file
 
 
+def test_a_cifar_batch_of_another_layout_or_missing_is_named(cifar10_root, tmp_path):
+    """Round 20, CF1, CF7, CF9: a batch with bytes keys or rows of 100 pixels was refused in numpy's words, a
+    missing batch with advice to pass the --no-checksum already given; each line names the file."""
+
+    def narrow(batch):
+        batch["data"] = batch["data"][:, :100]
+        return batch
+
+    root = _cifar_root_with(cifar10_root, tmp_path / "narrow", "data_batch_1", narrow)
+    with pytest.raises(DataError, match=r"\(ValueError: data_batch_1: its data are \(\d+, 100\), not one row of 3072"):
+        load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False))
+    root = _cifar_root_with(
+        cifar10_root, tmp_path / "keys", "data_batch_2", lambda b: {k.encode(): v for k, v in b.items()}
+    )
+    with pytest.raises(DataError, match=r"data_batch_2 holds no 'data' and 'labels'"):
+        load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False))
+    (root / "cifar-10-batches-py" / "data_batch_4").unlink()
+    with pytest.raises(DataError, match=r"cifar-10-batches-py lacks data_batch_4: put the data set's files there$"):
+        load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False))
+
+
 def test_a_truncated_cifar_batch_is_one_error_naming_it(cifar10_root, tmp_path):
     """Round 19, CF4: a batch cut short was refused without a word of which file it was."""
     root = _cifar_root_with(cifar10_root, tmp_path, "test_batch", lambda batch: batch)
@@ -332,7 +353,8 @@ def test_a_cifar_label_outside_its_classes_is_refused_whatever_the_subset(cifar1
 
     root = _cifar_root_with(cifar10_root, tmp_path, "data_batch_1", relabel)
     with pytest.raises(
-        DataError, match=rf"train split under .* holds 1 label\(s\) outside its 10 classes \(e.g. {label}\)"
+        DataError,
+        match=rf"train split under .* holds 1 label\(s\) outside the 10 classes batches.meta names \(e.g. {label}\)",
     ):
         load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False, train_subset=subset))
 

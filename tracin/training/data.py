@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -20,7 +19,6 @@ import numpy as np
 import torch
 from torch import Tensor
 from torchvision import datasets
-from torchvision.datasets import cifar as cifar_module
 from torchvision.datasets.utils import extract_archive
 
 from tracin.config import (  # noqa: F401 (re-exported)
@@ -33,75 +31,9 @@ from tracin.config import (  # noqa: F401 (re-exported)
 )
 from tracin.errors import DataError, TracinError
 from tracin.files import refuse_links
+from tracin.training.cifar_files import UncheckedCIFAR10, UncheckedCIFAR100, restricted_cifar_reads
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-class _CifarUnpickler(pickle.Unpickler):
-    """Unpickles only what CIFAR's batch files hold (dicts, lists, str, bytes, numbers, numpy arrays):
-    a batch file is data, and a crafted one must not run code when it is read."""
-
-    ALLOWED = {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("_codecs", "encode"),  # how protocol 2 writes bytes from Python 3: encode(str, "latin1")
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not something a CIFAR batch file holds")
-
-
-class _CifarPickle:
-    """Stands in for the pickle module inside torchvision.datasets.cifar while tracin reads CIFAR."""
-
-    UnpicklingError = pickle.UnpicklingError
-
-    @staticmethod
-    def load(file, encoding: str = "ASCII", **_):
-        name = Path(getattr(file, "name", "a batch")).name
-        try:
-            batch = _CifarUnpickler(file, encoding=encoding).load()
-        except (pickle.UnpicklingError, EOFError) as error:  # round 19, CF1, CF4: say which file
-            raise pickle.UnpicklingError(f"{name}: {error or 'the file ends early'}") from None
-        labels = batch.get("labels", batch.get("fine_labels")) if isinstance(batch, dict) else None
-        images = np.asarray(batch.get("data")) if labels is not None else None
-        if images is not None and images.ndim == 2 and len(images) != len(labels):
-            # round 16, D12, D13: a label dropped shifted every later one onto the image before it, unseen
-            raise ValueError(f"{name} holds {len(images)} images and {len(labels)} labels")
-        return batch
-
-
-@contextmanager
-def _restricted_cifar_reads():
-    """torchvision's CIFAR10 reads its batch files with pickle.load: route that through _CifarUnpickler
-    (checksummed official files and a user's own files alike), restoring torchvision's module after."""
-    saved = cifar_module.pickle
-    cifar_module.pickle = _CifarPickle
-    try:
-        yield
-    finally:
-        cifar_module.pickle = saved
-
-
-class _UncheckedCIFAR10(datasets.CIFAR10):
-    """torchvision's CIFAR10 loader without its checksums, for CIFAR-format files that are not the
-    published ones (a subset you wrote yourself). Reading is torchvision's own code."""
-
-    train_list = [[name, None] for name, _ in datasets.CIFAR10.train_list]
-    test_list = [[name, None] for name, _ in datasets.CIFAR10.test_list]
-    meta = {**datasets.CIFAR10.meta, "md5": None}
-
-
-class _UncheckedCIFAR100(datasets.CIFAR100):
-    """torchvision's CIFAR100 loader without its checksums (CIFAR-100-format files you wrote)."""
-
-    train_list = [[name, None] for name, _ in datasets.CIFAR100.train_list]
-    test_list = [[name, None] for name, _ in datasets.CIFAR100.test_list]
-    meta = {**datasets.CIFAR100.meta, "md5": None}
 
 
 @dataclass(frozen=True)
@@ -285,12 +217,12 @@ def _load_torchvision(config: DataConfig, train: bool):
     if root.exists() and not root.is_dir():
         raise DataError(f"the data root {root} is a file, not a folder: --data-root names the folder of the data sets")
     if config.dataset == "cifar10":
-        loader, folder = (datasets.CIFAR10 if config.checksum else _UncheckedCIFAR10), root / DATA_FOLDERS["cifar10"]
+        loader, folder = (datasets.CIFAR10 if config.checksum else UncheckedCIFAR10), root / DATA_FOLDERS["cifar10"]
     else:
         _link_debian_fashion_mnist(root)
         loader, folder = datasets.FashionMNIST, root / DATA_FOLDERS["fashion-mnist"]
     try:
-        with _restricted_cifar_reads():
+        with restricted_cifar_reads():
             return loader(str(root), train=train, download=False)
     except pickle.UnpicklingError as error:
         raise DataError(f"{folder} holds a file that is not a CIFAR batch ({error}); it was not loaded") from None
@@ -341,11 +273,16 @@ def _link_debian_fashion_mnist(root: Path) -> None:
 
 def _missing_message(config: DataConfig, error: Exception) -> str:
     first_line = _first_line(error)
+    folder = Path(config.data_root) / DATA_FOLDERS[config.dataset]
+    if config.dataset == "cifar10" and folder.is_dir():  # round 20, CF9: name what is missing
+        files = [name for name, _ in (*datasets.CIFAR10.train_list, *datasets.CIFAR10.test_list)]
+        missing = [name for name in (*files, datasets.CIFAR10.meta["filename"]) if not (folder / name).is_file()]
+        if missing:
+            return f"{folder} lacks {', '.join(missing)}: put the data set's files there"
     if config.dataset == "cifar10":
-        hint = (
-            f"put cifar-10-batches-py under {config.data_root} (or run once online so torchvision downloads "
-            "it); for CIFAR-format files that are not the published ones, turn checksums off (--no-checksum)"
-        )
+        hint = f"put cifar-10-batches-py under {config.data_root} (or run once online so torchvision downloads it)"
+        if config.checksum:
+            hint += "; for CIFAR-format files that are not the published ones, turn checksums off (--no-checksum)"
     else:
         hint = (
             f"install Debian's dataset-fashion-mnist (files in {DEBIAN_FASHION_MNIST}), put FashionMNIST/raw "
@@ -390,11 +327,11 @@ def load_eval_split(
         loaded = _load_torchvision(DataConfig(dataset="fashion-mnist", data_root=data_root), train=False)
     else:
         loader = {
-            "cifar10": (datasets.CIFAR10, _UncheckedCIFAR10),
-            "cifar100": (datasets.CIFAR100, _UncheckedCIFAR100),
+            "cifar10": (datasets.CIFAR10, UncheckedCIFAR10),
+            "cifar100": (datasets.CIFAR100, UncheckedCIFAR100),
         }[dataset]
         try:
-            with _restricted_cifar_reads():
+            with restricted_cifar_reads():
                 loaded = loader[0 if checksum else 1](str(root), train=False, download=False)
         except pickle.UnpicklingError as error:
             raise DataError(f"{root} holds a file that is not a CIFAR batch ({error}); it was not loaded") from None
@@ -544,9 +481,12 @@ def _check_labels(labels: Tensor, num_classes: int, config: DataConfig, train: b
     if len(bad):
         raise DataError(
             f"the {config.dataset} {'train' if train else 'test'} split under {config.data_root} holds {len(bad)} "
-            f"label(s) outside its {num_classes} classes (e.g. {int(bad[0])}): its files are damaged; replace them "
-            "with the published files"
+            f"label(s) outside the {num_classes} classes {NAMED_BY.get(config.dataset, 'it has')} (e.g. {int(bad[0])}): "
+            "its files are damaged; replace them with the published files"
         )
+
+
+NAMED_BY = {"cifar10": "batches.meta names"}  # where a data set's class names come from, for a message (CF8)
 
 
 def _make_split(config: DataConfig, train: bool) -> Split:
