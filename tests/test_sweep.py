@@ -238,7 +238,7 @@ def test_a_scored_sweep_adds_each_students_overlap_with_its_teacher(tmp_path, fa
     from tracin.results.statistics import bootstrap_ci, overlap_at_k
     from tracin.results.store import ScoreFile
 
-    score = "--variants raw --topk 3,8 --train-subset 64 --test-subset 16 --device cpu"
+    score = "--variants raw --topk 3,8 --train-subset 64 --test-subset 16 --device cpu --allow-model os:system"
     command = (
         "--sweep",
         "scored",
@@ -252,6 +252,10 @@ def test_a_scored_sweep_adds_each_students_overlap_with_its_teacher(tmp_path, fa
     command += (*TINY, "--score", score)
     result = tracin_sweep(*command)
     assert result.returncode == 0, result.stderr
+    assert (  # round 20, SW30: said by tracin-score alone, not inside a sweep
+        "tracin-sweep --score: note: --allow-model os:system was not used: no model this command built is made by it"
+        in result.stdout.splitlines()
+    )
     rows = {(r["run"], r["model"]): r for r in _rows(tmp_path / "scored" / "results.csv")}
     with ScoreFile.open_read(tmp_path / "scored" / "base" / "tracin.h5") as base:
         teacher = base.model("teacher").rankings()[0].top_index
@@ -277,7 +281,8 @@ def test_a_scored_sweep_adds_each_students_overlap_with_its_teacher(tmp_path, fa
     (tmp_path / "swap.h5").replace(files[2])
     swapped = tracin_sweep(*command)
     assert swapped.returncode == 2 and len(swapped.stderr.strip().splitlines()) == 1, swapped.stderr
-    assert "(tracin-sweep passes no --overwrite: run tracin-score --run " in swapped.stderr
+    assert "; tracin-sweep passes no --overwrite: run tracin-score --run " in swapped.stderr
+    assert "pass --overwrite" not in swapped.stderr  # round 20, SW6: the line advised it, then said it is not there
 
 
 @pytest.mark.parametrize(
@@ -287,6 +292,10 @@ def test_a_scored_sweep_adds_each_students_overlap_with_its_teacher(tmp_path, fa
         (["--vary", "teacher_epoch=1,2", "--save-every", "2"], "the shared teacher saves epochs 2"),
         (["--vary", "width=4,0"], "width must be positive"),
         (["--vary", "alpha=0.3,0.9", "--score", "--topk 5000"], "--score: k=5000 is larger than the set it ranks"),
+        (
+            ["--vary", "alpha=0.3,0.9", "--score", "--layers nosuch --topk 5"],
+            "--score: layer 'nosuch' selects no trainable",
+        ),
     ],
 )
 def test_a_bad_value_of_any_run_is_refused_before_anything_trains(tmp_path, fashion_mnist_root, args, message):

@@ -33,5 +33,15 @@ class StoreError(TracinError):
     """An HDF5 result file is missing, corrupt, finished already, or does not match the command."""
 
 
+class OverwriteNeeded(StoreError):
+    """A result file that only --overwrite may replace or repair (other settings, finished, edited, damaged
+    beyond salvage). `problem` is the message without its advice, for a caller with its own way out
+    (tracin-sweep has no --overwrite: round 20, SW6)."""
+
+    def __init__(self, problem: str, advice: str) -> None:
+        super().__init__(f"{problem}; {advice}")
+        self.problem = problem
+
+
 class NonFiniteError(TracinError):
     """A loss or gradient became NaN or infinite."""

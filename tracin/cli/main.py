@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 from tracin.cli.boundary import arguments, run_command
 from tracin.cli.parsing import Parser, command_parser, options_from
 from tracin.config import SWEEP_KEYS, DataConfig, TrainConfig
-from tracin.errors import TracinError
+from tracin.errors import OverwriteNeeded, TracinError
 from tracin.files import refuse_link, refuse_links_under
 from tracin.options import (
     EvalOptions,
@@ -252,6 +252,11 @@ def _score_argv(argv: list[str]) -> None:
     _allow(options.allow_model)
     try:
         _function(SPECS["score"].run)(options)
+    except OverwriteNeeded as error:  # round 19, SW7 and round 20, SW6: its advice named an option a sweep lacks
+        raise TracinError(
+            f"scoring {argv[1]}: {error.problem}; tracin-sweep passes no --overwrite: run tracin-score "
+            f"{shlex.join(argv[:-1])} --overwrite yourself, or move the file away, then run the same tracin-sweep again"
+        ) from None
     except TracinError as error:
         raise TracinError(f"scoring {argv[1]}: {error}; fix it and run the same tracin-sweep again") from None
 
@@ -314,10 +319,30 @@ def _check_sweep_runs(runs: Sequence[tuple[TrainConfig, DataConfig, str]], score
         by_data.setdefault(data_config, []).append((config, select_device(device)))
     for data_config, trained in by_data.items():
         data = load_data(data_config)  # one data set in memory at a time
-        if score is not None:
-            _check_score_topk(_sweep_score_options(["--run", "RUN", *score]), len(data.train), len(data.test))
+        scoring = None if score is None else _sweep_score_options(["--run", "RUN", *score])
+        if scoring is not None:
+            _check_score_topk(scoring, len(data.train), len(data.test))
         for config, device in trained:
             check_fits(model_configs(config, data).values(), device)
+            if scoring is not None:
+                _check_score_layers(scoring.layers, model_configs(config, data).values())
+
+
+def _check_score_layers(layers: Sequence[str], configs) -> None:
+    """--score's --layers against every model a run trains (round 20, SW29: a layer no model has was refused
+    only after the whole grid had trained). Built on the meta device, shapes only; a user's factory is not run."""
+    import torch
+
+    from tracin.engine.grads import select_targets
+    from tracin.training.models import build_model, is_import_path
+
+    for config in (c for c in configs if layers and not is_import_path(c.arch)):
+        with torch.device("meta"):
+            model = build_model(config)
+        try:
+            select_targets(model, layers)
+        except TracinError as error:
+            raise TracinError(f"--score: {error}") from None
 
 
 def _check_score_topk(score: ScoreOptions, n_train: int, n_test: int) -> None:
@@ -371,5 +396,7 @@ def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
                 "(--save-every and the last)"
             )
         print(f"results: {sweep_module.run_sweep(sweep, _sweep_train_argv, epochs, _score_argv)}", flush=True)
+        if sweep.score is not None:  # round 20, SW30: as tracin-score alone says it
+            _say_unused("tracin-sweep --score", _sweep_score_options(["--run", "RUN", *sweep.score]).allow_model)
 
     return run_command("tracin-sweep", work, SPECS["sweep"].how_to_continue)

@@ -19,7 +19,6 @@ import csv
 import io
 import itertools
 import json
-import shlex
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -248,16 +247,7 @@ def run_sweep(
         for name, _ in runs:
             models = _finished_models(sweep.root / name)
             print(f"tracin-sweep: scoring {name} ({', '.join(models)})", flush=True)
-            argv = ["--run", str(sweep.root / name), "--models", ",".join(models), *sweep.score, "--quiet"]
-            try:
-                score(argv)
-            except TracinError as error:  # round 19, SW7: tracin-score's advice names an option a sweep lacks
-                if "--overwrite" not in str(error):
-                    raise
-                raise TracinError(
-                    f"{error} (tracin-sweep passes no --overwrite: run tracin-score {shlex.join(argv[:-1])} "
-                    "--overwrite yourself, or move the file away, then run the sweep again)"
-                ) from None
+            score(["--run", str(sweep.root / name), "--models", ",".join(models), *sweep.score, "--quiet"])
     return write_results(sweep)
 
 

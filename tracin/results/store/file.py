@@ -16,7 +16,7 @@ import numpy as np
 
 from tracin import faults
 from tracin.config import ENSEMBLE_SUFFIX, ROLES, inherited_shortcut_class, split_model_name
-from tracin.errors import StoreError, TracinError
+from tracin.errors import OverwriteNeeded, StoreError, TracinError
 from tracin.files import disk_full, fsync_file, not_a_file, refuse_link
 from tracin.results.store import tables
 from tracin.results.store.digests import (
@@ -179,13 +179,15 @@ class ScoreFile:
         stored, status = cls._header(path)
         differences = setting_differences(stored, settings)  # named first, finished or not (round 13, S1)
         if differences:
-            raise StoreError(
-                f"{path} holds a result made with other settings: {'; '.join(differences)}. "
-                "Rerun with the original options, or pass --overwrite to start again"
+            raise OverwriteNeeded(
+                f"{path} holds a result made with other settings: {'; '.join(differences)}",
+                "rerun with the original options, or pass --overwrite to start again",
             )
         problems = find_damage(path)
         if status == "complete" and not problems and not finished_too:
-            raise StoreError(f"{path} is a finished result; pass --overwrite to replace it, or --scores elsewhere")
+            raise OverwriteNeeded(
+                f"{path} is a finished result", "pass --overwrite to replace it, or --scores elsewhere"
+            )
         salvaged = salvage(path, problems) if problems else None
         store = cls.open_read_write(path)
         store.salvaged = salvaged
@@ -193,8 +195,8 @@ class ScoreFile:
         changed = store.changed_since_written()  # a finished model's scores would be ranked and sealed again
         if changed:
             store.close()
-            raise StoreError(
-                f"{path}: {changed[0]}: the file was edited, or damaged on disk; pass --overwrite to score afresh"
+            raise OverwriteNeeded(
+                f"{path}: {changed[0]}: the file was edited, or damaged on disk", "pass --overwrite to score afresh"
             )
         return store
 

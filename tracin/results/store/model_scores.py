@@ -13,7 +13,7 @@ from torch import Tensor
 
 from tracin.config import split_variant
 from tracin.engine.topk import Ranking, StreamingRanking
-from tracin.errors import StoreError
+from tracin.errors import OverwriteNeeded, StoreError
 from tracin.results.store.digests import seal_group
 from tracin.results.store.hdf5 import early_dataset
 from tracin.results.store.layout import (
@@ -300,9 +300,10 @@ class ModelScores:
         stored = [s.decode() if isinstance(s, bytes) else s for s in self._group["checkpoints/sha256"][()]]
         current = [c.sha256 for c in checkpoints]
         if stored != current:
-            raise StoreError(
-                f"{path}: the checkpoints of {self.name} changed since this partial result was "
-                "written (sha256 differs); pass --overwrite to score them afresh"
+            raise OverwriteNeeded(
+                f"{path}: the checkpoints of {self.name} changed since this partial result was written (sha256 "
+                "differs)",
+                "pass --overwrite to score them afresh",
             )
 
     def write_block(

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import h5py
 
-from tracin.errors import StoreError
+from tracin.errors import OverwriteNeeded, StoreError
 from tracin.files import fsync_file
 from tracin.results.store.digests import listed_members, seal_members
 from tracin.results.store.hdf5 import HDF5_ERRORS, open_h5, temporary_beside
@@ -42,9 +42,9 @@ def _reason(error: BaseException) -> str:
 
 def beyond_salvage(path: Path, error: BaseException) -> StoreError:
     """The error for a file whose header does not read (error: what h5py raised reading it)."""
-    return StoreError(
-        f"{path} is damaged beyond salvage: its header does not read ({_reason(error)}); "
-        "pass --overwrite to score afresh"
+    return OverwriteNeeded(
+        f"{path} is damaged beyond salvage: its header does not read ({_reason(error)})",
+        "pass --overwrite to score afresh",
     )
 
 
