@@ -939,6 +939,13 @@ def test_report_checks_its_output_links_before_the_work(tiny_run, tiny_scores, t
     assert (tmp_path / "theirs.md").read_text() == "theirs"
 
 
+WRITES_BESIDE_SCORES = {  # the commands that write reports and figures beside a score file: tiny settings
+    "tracin-report": (),
+    "tracin-validate": ("--subsets", "3", "--test-examples", "2", "--epochs", "2"),
+    "tracin-score": ("--plots", "--overwrite", "--mode", "projected", "--proj-dim", "8", "--topk", "3"),
+}
+
+
 @pytest.mark.parametrize(
     "command, name",
     [
@@ -956,13 +963,22 @@ def test_a_colleagues_file_at_a_reports_name_is_kept(tiny_run, tiny_scores, tmp_
     (tmp_path / name).parent.mkdir(exist_ok=True)
     (tmp_path / name).write_text("a colleague's notes")
     before = digest(tmp_path)
-    args = {
-        "tracin-report": (),
-        "tracin-validate": ("--subsets", "3", "--test-examples", "2", "--epochs", "2"),
-        "tracin-score": ("--plots", "--overwrite", "--mode", "projected", "--proj-dim", "8", "--topk", "3"),
-    }[command]
+    args = WRITES_BESIDE_SCORES[command]
     result = run(command, "--run", tiny_run, "--scores", "tracin.h5", "--device", "cpu", "--quiet", *args, cwd=tmp_path)
     assert_one_line(result, f"{name} exists and is not a report tracin wrote; it is left as it is")
+    assert digest(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["tracin-report", "tracin-validate", "tracin-score"])
+def test_a_file_at_the_plots_folder_is_refused_before_the_work(tiny_run, tiny_scores, tmp_path, command):
+    """Round 20, RP4, SCP, VP: a file or FIFO where the plots folder goes was a FileExistsError traceback after
+    all the work."""
+    shutil.copy(tiny_scores, tmp_path / "tracin.h5")
+    os.mkfifo(tmp_path / "plots")
+    before = digest(tmp_path)
+    args = WRITES_BESIDE_SCORES[command]
+    result = run(command, "--run", tiny_run, "--scores", "tracin.h5", "--device", "cpu", "--quiet", *args, cwd=tmp_path)
+    assert_one_line(result, "plots exists and is not a folder, where a ")
     assert digest(tmp_path) == before
 
 

@@ -306,7 +306,7 @@ def test_the_page_of_another_score_file_is_kept(explore_run, tiny_scores, tmp_pa
     result = explore_command("--scores", moved, "--out", page)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         f"tracin-explore: error: {page} is the page of an earlier score file at the same path (scored again "
-        "since); it is left as it is (move it away, or choose another --out)"
+        "since, or this output was edited); it is left as it is (move it away, or choose another --out)"
     ]
     assert page.read_bytes() == before
 
@@ -336,6 +336,43 @@ def test_an_export_of_another_score_file_is_kept(explore_run, tiny_scores, tmp_p
     assert not (tmp_path / "q.html").exists()
 
 
+def test_a_run_folder_that_is_a_link_is_refused_as_tracin_score_refuses_it(explore_run, tmp_path):
+    """Round 20, PS2, PS6: tracin-score and tracin-report refuse a run folder that is a link; explore and the
+    notebooks wrote their pages and tables through it."""
+    link = tmp_path / "link"
+    link.symlink_to(explore_run, target_is_directory=True)
+    before = sorted(path.name for path in explore_run.iterdir())
+    for result in (
+        explore_command("--run", link, "--export", link / "exp"),
+        explore_command("--scores", link / "tracin.h5"),
+        subprocess.run(
+            [str(Path(sys.executable).with_name("tracin-notebooks")), str(link / "tracin.h5"), str(link / "nb")],
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
+        ),
+    ):
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert f"the run {link} is a symbolic link" in result.stderr
+    assert sorted(path.name for path in explore_run.iterdir()) == before
+
+
+def test_a_killed_explores_temporary_files_are_removed_by_the_next(explore_run, tmp_path):
+    """Round 20, XK3 (and round 19, G18, G22): a killed export left .tracin-export.json.*.tmp, a killed page
+    .PAGE.*.tmp, after the next explore had finished."""
+    export, folder = tmp_path / "export", tmp_path / "p_files"
+    export.mkdir()
+    folder.mkdir()
+    (folder / "written-by-tracin-explore.txt").write_text("Written by tracin-explore: ...")
+    stale = [export / ".tracin-export.json.x1.tmp", export / ".topk.csv.x2.tmp", tmp_path / ".p.html.x3.tmp"]
+    stale.append(folder / ".block_0000.js.x4.tmp")
+    for path in stale:
+        path.write_text("half")
+    result = explore_command("--run", explore_run, "--out", tmp_path / "p.html", "--export", export)
+    assert result.returncode == 0, result.stderr
+    assert not [path for path in stale if path.exists()]
+
+
 def test_a_data_folder_explore_did_not_make_is_kept(explore_run, tmp_path):
     """Round 19, E11: a colleague's block_0000.js in PAGE_files/ (no page yet) was replaced by the page's data;
     a folder explore writes carries its mark, and one with files but no mark is refused before any work."""
@@ -353,6 +390,13 @@ def test_a_data_folder_explore_did_not_make_is_kept(explore_run, tmp_path):
         result = explore_command("--run", explore_run, "--out", tmp_path / "page.html", "--max-inline-mb", "0")
         assert result.returncode == 0, result.stderr
     assert (folder / "written-by-tracin-explore.txt").is_file() and (folder / "block_0000.js").is_file()
+    colleague = tmp_path / "colleague.js"  # round 20, P7: a link at a block file was replaced without a word
+    colleague.write_text("theirs")
+    (folder / "block_0000.js").unlink()
+    (folder / "block_0000.js").symlink_to(colleague)
+    result = explore_command("--run", explore_run, "--out", tmp_path / "page.html", "--max-inline-mb", "0")
+    assert result.returncode == 2 and "in the page's data folder," in result.stderr and "symbolic link" in result.stderr
+    assert (folder / "block_0000.js").is_symlink() and colleague.read_text() == "theirs"
 
 
 def test_topk_table_refuses_more_than_the_file_holds(explore_run):

@@ -182,6 +182,9 @@ def check_own(paths: Iterable[Union[str, Path]], what: str = "a report") -> None
     its head: a colleague's file at a report's name, a folder or a FIFO; round 17, R2-R5: replaced without a
     word), so that a command refuses it before its work."""
     for path in paths:
+        folder = Path(path).parent  # round 20, RP4, SCP, VP: a file or FIFO at plots/ was a traceback after the work
+        if folder.exists() and not folder.is_dir():
+            raise TracinError(f"{folder} exists and is not a folder, where {what} would go; it is left as it is")
         refuse_link(path, what.capitalize())  # round 18, L19-L25: a link there was replaced by a file, unsaid
         if Path(path).exists() and not head_holds(path, OWN_MARK):
             raise TracinError(f"{path} exists and is not {what} tracin wrote; it is left as it is (move it away)")
@@ -226,7 +229,11 @@ def another_score_file(scores: Union[str, Path], recorded: str) -> str:
     """How a message names the score file an output was made of, when it is not the one at `scores`: the
     path it `recorded` says whether that file was an earlier one at the same path (scored again since)."""
     same_path = recorded == resolved(scores)
-    return "an earlier score file at the same path (scored again since)" if same_path else "another score file"
+    return (
+        "an earlier score file at the same path (scored again since, or this output was edited)"
+        if same_path
+        else "another score file"
+    )
 
 
 def write_own_markdown(path: Union[str, Path], text: str) -> None:

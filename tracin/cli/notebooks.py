@@ -128,6 +128,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(arguments(argv))
 
     def work() -> None:
+        from tracin.results.runs import refuse_linked_run
+
+        refuse_linked_run(Path(args.scores))  # as given: the options resolve it through links
         options = options_from(NotebooksOptions, args, "tracin-notebooks")
         execute_all(Path(options.scores), Path(options.out_dir), options.data_root)
 

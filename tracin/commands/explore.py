@@ -4,17 +4,19 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Optional
 
 from tracin.config import ENSEMBLE_SUFFIX
 from tracin.errors import TracinError
-from tracin.files import exclusive_lock, not_a_file
+from tracin.files import exclusive_lock, not_a_file, remove_stale_temporaries, remove_stale_temporaries_under
 from tracin.options import ExploreOptions
-from tracin.results.explore import check_page_destination, shown_models, write_page
-from tracin.results.export import check_export, write_tables
+from tracin.results.explore import FOLDER_MARK, check_page_destination, shown_models, write_page
+from tracin.results.export import EXPORT_RECORD, EXPORTS, check_export, write_tables
 from tracin.results.grids import load_images
 from tracin.results.report_folder import check_finished
-from tracin.results.runs import check_scored_checkpoints, open_trained_run
+from tracin.results.runs import check_scored_checkpoints, open_trained_run, refuse_linked_run
 from tracin.results.store import ScoreFile
 
 
@@ -32,6 +34,7 @@ def explore(options: ExploreOptions) -> list[str]:
         raise TracinError(f"--run {options.run}: no such run folder")
     if not options.scores.is_file():
         raise TracinError(f"{not_a_file(options.scores)}: no score file there (tracin-score --run RUN makes it)")
+    refuse_linked_run(options.scores, options.run)
     out = options.out or options.scores.parent / (
         "explore.html" if options.scores.name == "tracin.h5" else f"{options.scores.stem}.explore.html"
     )
@@ -43,8 +46,10 @@ def explore(options: ExploreOptions) -> list[str]:
     with (
         exclusive_lock(options.scores, "the score file", shared=True),
         exclusive_lock(out, "the page"),
+        exclusive_lock(options.export, "--export") if options.export is not None else nullcontext(),
         ScoreFile.open_read(options.scores) as store,
     ):
+        _remove_stale_temporaries(out, options.export)
         check_finished(store)
         models = shown_models(store, options.models)
         if options.run is not None:  # the file must be this run's (round 11, P10; round 9, G4)
@@ -60,6 +65,17 @@ def explore(options: ExploreOptions) -> list[str]:
         if options.export is not None:
             lines += write_tables(store, models, options.export, result["depth"])
     return lines
+
+
+def _remove_stale_temporaries(out: Path, export: Optional[Path]) -> None:
+    """The `.NAME.*.tmp` files a killed explore left beside its page, in the page's data folder and beside its
+    tables (round 20, XK3; round 19, G18, G22): called with their locks held, so no live writer owns them."""
+    remove_stale_temporaries(out)
+    folder = out.with_name(f"{out.stem}_files")
+    if (folder / FOLDER_MARK).is_file():  # a folder explore made (checked before: no link in it)
+        remove_stale_temporaries_under(folder)
+    for name in (*EXPORTS, EXPORT_RECORD) if export is not None else ():
+        remove_stale_temporaries(export / name)
 
 
 def _size(n: int) -> str:

@@ -43,6 +43,7 @@ from tracin.files import (
     head_holds,
     made_of_marks,
     refuse_link,
+    refuse_links_under,
     write_atomic,
     write_in_place,
 )
@@ -374,6 +375,8 @@ def check_page_destination(out: Path, scores: Optional[Path] = None, identity: O
             f"{folder} holds files tracin-explore did not write, where the page's data would go; they are left as "
             "they are (move the folder away, or choose another --out)"
         )
+    if folder.is_dir():  # round 20, P7: a link at a block file was replaced without a word (one at an image refused)
+        refuse_links_under(folder, "in the page's data folder,")
 
 
 __all__ = [

@@ -24,6 +24,7 @@ from tracin.config import (
     split_model_name,
 )
 from tracin.errors import CheckpointError, DataError, TracinError
+from tracin.files import refuse_link
 from tracin.options import ScoreOptions
 from tracin.results.store import Salvage, ScoreFile
 from tracin.training.checkpoints import (
@@ -45,6 +46,17 @@ class TrainedRun:
     paths: RunPaths
     record: dict
     data_config: DataConfig
+
+
+def refuse_linked_run(scores: Path, run: Optional[str] = None) -> None:
+    """tracin-score's rule for a run folder, for the commands that write pages beside a score file: the run
+    given, or the run folder the score file sits in, must not be a link (round 20, PS2, PS6: explore and the
+    notebooks wrote through one that tracin-score and tracin-report refuse)."""
+    folders = [Path(run)] if run is not None else []
+    if (Path(scores).parent / "run.json").is_file():
+        folders.append(Path(scores).parent)
+    for folder in folders:
+        refuse_link(folder, "the run")
 
 
 def check_moved_data_root(data_root: str, dataset: str, recorded: bool = False) -> None:
