@@ -25,6 +25,7 @@ from tracin.training.data import (
     augment,
     flip_labels,
     load_data,
+    load_eval_split,
     normalize,
     stratified_subset,
 )
@@ -288,6 +289,8 @@ def test_a_cifar_batch_of_another_layout_or_missing_is_named(cifar10_root, tmp_p
     (root / "cifar-10-batches-py" / "data_batch_4").unlink()
     with pytest.raises(DataError, match=r"cifar-10-batches-py lacks data_batch_4: put the data set's files there$"):
         load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False))
+    with pytest.raises(DataError, match=r"cifar-10-batches-py lacks data_batch_4$"):  # tracin-eval's reader too
+        load_eval_split("cifar10", str(root), SPECS["cifar10"], [str(c) for c in range(10)], None, False)
 
 
 def test_a_truncated_cifar_batch_is_one_error_naming_it(cifar10_root, tmp_path):
@@ -331,7 +334,6 @@ def test_fashion_mnist_is_not_unpacked_through_a_link(tmp_path):
 def test_a_cifar_batch_that_reads_but_is_malformed_is_one_data_error(cifar10_root, tmp_path, planted, content):
     """Red-team find X10: a batch file of plain data in the wrong shape (or without its keys) ended in
     torchvision's ValueError traceback, in tracin-train and tracin-eval alike."""
-    from tracin.training.data import load_eval_split
 
     root = _cifar_root_with(cifar10_root, tmp_path, planted, lambda batch: content)
     with pytest.raises(DataError, match="not laid out as the data set's"):

@@ -327,6 +327,9 @@ def test_an_export_of_another_score_file_is_kept(explore_run, tiny_scores, tmp_p
         f"tracin-explore: error: --export: {export} holds the tables of another score file; they are left as they "
         "are (move them away, or choose another folder)"
     ]
+    (export / "tracin-export.json").write_text('{"written_by": "someone"}')  # read through its schema
+    result = explore_command("--scores", moved, "--out", tmp_path / "q.html", "--export", export)
+    assert result.returncode == 2 and "is not a record tracin-explore wrote (" in result.stderr, result.stderr
     (export / "tracin-export.json").unlink()
     result = explore_command("--scores", moved, "--out", tmp_path / "q.html", "--export", export)
     assert result.returncode == 2 and "is not known to be a table of this score file" in result.stderr
@@ -334,6 +337,11 @@ def test_an_export_of_another_score_file_is_kept(explore_run, tiny_scores, tmp_p
         name: data for name, data in before.items() if name != "tracin-export.json"
     }
     assert not (tmp_path / "q.html").exists()
+    for table in export.glob("*.*"):  # a record with no table beside it (an export killed after it) is taken
+        table.unlink()
+    (export / "tracin-export.json").write_text(json.dumps(record))
+    result = explore_command("--scores", tiny_scores, "--out", tmp_path / "q.html", "--export", export)
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_run_folder_that_is_a_link_is_refused_as_tracin_score_refuses_it(explore_run, tmp_path):

@@ -221,19 +221,16 @@ def check_made_of(path: Union[str, Path], scores: Union[str, Path], identity: st
     marks = made_of_marks(scores, identity).splitlines()
     if not Path(path).exists() or head_holds(path, marks[1]):
         return
-    whose = another_score_file(scores, resolved(scores) if head_holds(path, marks[0]) else "")
+    whose = another_score_file(same_path=head_holds(path, marks[0]))
     raise TracinError(f"{path} is {what} of {whose}; it is left as it is ({hint})")
 
 
-def another_score_file(scores: Union[str, Path], recorded: str) -> str:
-    """How a message names the score file an output was made of, when it is not the one at `scores`: the
-    path it `recorded` says whether that file was an earlier one at the same path (scored again since)."""
-    same_path = recorded == resolved(scores)
-    return (
-        "an earlier score file at the same path (scored again since, or this output was edited)"
-        if same_path
-        else "another score file"
-    )
+def another_score_file(same_path: bool) -> str:
+    """How a message names the score file an output was made of, when it is not the one it is checked against:
+    `same_path`, its recorded path is that file's (an earlier file there, or the output edited)."""
+    if same_path:
+        return "an earlier score file at the same path (scored again since, or this output was edited)"
+    return "another score file"
 
 
 def write_own_markdown(path: Union[str, Path], text: str) -> None:

@@ -176,8 +176,22 @@ CHECKPOINT = {
     },
 }
 
+EXPORT_JSON = {
+    "title": "tracin-export.json",
+    "description": "Beside tracin-explore --export's tables: the score file they are of, by its resolved path and "
+    "its identity (the sha256 of its root's attributes, ScoreFile.identity). Tables of another file are not replaced.",
+    "type": "object",
+    "required": ["written_by", "scores", "scores_sha256"],
+    "properties": {
+        "written_by": {"const": "tracin-explore"},
+        "scores": {"type": "string", "minLength": 1},
+        "scores_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    },
+}
+
 SCHEMAS = {
-    schema["title"]: schema for schema in (RUN_JSON, DATA_JSON, SWEEP_JSON, SCORE_SETTINGS, CLASS_MAP, CHECKPOINT)
+    schema["title"]: schema
+    for schema in (RUN_JSON, DATA_JSON, SWEEP_JSON, SCORE_SETTINGS, CLASS_MAP, CHECKPOINT, EXPORT_JSON)
 }
 
 

@@ -12,11 +12,11 @@ import importlib
 import os
 import shlex
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from tracin.cli.boundary import arguments, run_command
 from tracin.cli.parsing import Parser, command_parser, options_from
-from tracin.config import SWEEP_KEYS, DataConfig, TrainConfig
+from tracin.config import SWEEP_KEYS, DataConfig, ModelConfig, TrainConfig
 from tracin.errors import OverwriteNeeded, TracinError
 from tracin.files import refuse_link, refuse_links_under
 from tracin.options import (
@@ -323,20 +323,23 @@ def _check_sweep_runs(runs: Sequence[tuple[TrainConfig, DataConfig, str]], score
         if scoring is not None:
             _check_score_topk(scoring, len(data.train), len(data.test))
         for config, device in trained:
-            check_fits(model_configs(config, data).values(), device)
+            configs = model_configs(config, data).values()
+            check_fits(configs, device)
             if scoring is not None:
-                _check_score_layers(scoring.layers, model_configs(config, data).values())
+                _check_score_layers(scoring.layers, configs)
 
 
-def _check_score_layers(layers: Sequence[str], configs) -> None:
+def _check_score_layers(layers: Sequence[str], configs: Iterable[ModelConfig]) -> None:
     """--score's --layers against every model a run trains (round 20, SW29: a layer no model has was refused
     only after the whole grid had trained). Built on the meta device, shapes only; a user's factory is not run."""
+    if not layers:
+        return
     import torch
 
     from tracin.engine.grads import select_targets
     from tracin.training.models import build_model, is_import_path
 
-    for config in (c for c in configs if layers and not is_import_path(c.arch)):
+    for config in (c for c in configs if not is_import_path(c.arch)):
         with torch.device("meta"):
             model = build_model(config)
         try:

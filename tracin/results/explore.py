@@ -8,6 +8,8 @@ train examples, 6 models) the page itself stays small and its data go to a folde
 - block_NNNN.js: the lists of one block of BLOCK test examples, each a script that a <script> tag loads when
   a test example of the block is picked (browsers allow that from disk; fetch() they do not);
 - img/tROW.png and img/rROW.png: each test image and each train image some list shows, loaded when shown.
+- written-by-tracin-explore.txt (FOLDER_MARK), written first: a folder without it is not explore's, and
+  is refused.
 
 What the page shows comes from the file's own tables; only overlaps and counts are computed here:
 - every test example: data-set index, label, stamp, and each model's prediction and confidence (filters);
@@ -364,13 +366,14 @@ def check_page_destination(out: Path, scores: Optional[Path] = None, identity: O
         raise TracinError(
             f"--out {out} exists and is not a page tracin-explore wrote; it is left as it is (choose another name)"
         )
-    if identity is not None:
+    if scores is not None and identity is not None:
         check_made_of(out, scores, identity, "the page", "move it away, or choose another --out")
     folder = out.with_name(f"{out.stem}_files")
     refuse_link(folder, "the page's data folder")
     if folder.exists() and not folder.is_dir():
         raise TracinError(f"{folder} exists and is not a folder: the page's data would go there (choose another --out)")
-    if folder.is_dir() and any(folder.iterdir()) and not head_holds(folder / FOLDER_MARK, MARK):
+    held = folder.is_dir() and any(not p.name.endswith(".tmp") for p in folder.iterdir())  # a killed write's: removed
+    if held and not head_holds(folder / FOLDER_MARK, MARK):
         raise TracinError(
             f"{folder} holds files tracin-explore did not write, where the page's data would go; they are left as "
             "they are (move the folder away, or choose another --out)"
@@ -380,9 +383,14 @@ def check_page_destination(out: Path, scores: Optional[Path] = None, identity: O
 
 
 __all__ = [
+    "FOLDER_MARK",
+    "MARK",
     "Page",
     "check_page_destination",
+    "comparisons",
+    "overlap_counts",
     "page_data",
     "proponents",
+    "shown_models",
     "write_page",
 ]

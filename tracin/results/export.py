@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -21,6 +20,7 @@ from tracin.files import another_score_file, refuse_link, resolved, write_atomic
 from tracin.results.explore import comparisons, overlap_counts, proponents, shown_models
 from tracin.results.report_folder import check_finished
 from tracin.results.store import ScoreFile
+from tracin.schemas import EXPORT_JSON, load_json
 
 EXPORT_COLUMNS = {  # of --export's tables, in order
     "topk": ("model", "variant", "test_index", "side", "rank", "train_index", "score", "flipped"),
@@ -112,8 +112,9 @@ def _exported(path: Path) -> bool:
 
 
 def write_tables(store: ScoreFile, models: Sequence[str], folder: Path, k: int) -> list[str]:
-    """topk.csv and overlap.csv in `folder` (and topk.parquet, overlap.parquet where pyarrow is installed);
-    returns one line per file written, and one saying why Parquet was not."""
+    """topk.csv and overlap.csv in `folder` (and topk.parquet, overlap.parquet where pyarrow is installed),
+    after EXPORT_RECORD naming the score file (the folder checked again first: check_export); returns one
+    line per file written, and one saying why Parquet was not."""
     check_export(folder, store.path, store.identity)
     folder.mkdir(parents=True, exist_ok=True)
     record = {"written_by": "tracin-explore", "scores": resolved(store.path), "scores_sha256": store.identity}
@@ -173,30 +174,28 @@ def check_export(export: Path, scores: Optional[Path], identity: Optional[str]) 
                 "it is left as it is (move it away, or choose another folder)"
             )
         return
-    written = _read_record(record)
-    if written.get("written_by") != "tracin-explore":
+    try:
+        written = load_json(record, EXPORT_JSON)
+    except TracinError as error:  # a colleague's file at the record's name, or one edited out of shape
         raise TracinError(
-            f"--export: {record} exists and is not a record tracin-explore wrote; it is left as it is (choose "
+            f"--export: {record} is not a record tracin-explore wrote ({error}); it is left as it is (choose "
             "another folder)"
-        )
-    if identity is not None and written.get("scores_sha256") != identity:
-        whose = another_score_file(scores, str(written.get("scores")))
+        ) from None
+    if tables and identity is not None and written["scores_sha256"] != identity:  # no table: nothing to keep
+        whose = another_score_file(same_path=written["scores"] == resolved(scores))
         raise TracinError(
             f"--export: {export} holds the tables of {whose}; they are left as they are (move them away, or "
             "choose another folder)"
         )
 
 
-def _read_record(path: Path) -> dict:
-    """EXPORT_RECORD's values; {} for what is not a small JSON object in a regular file (a FIFO is never opened)."""
-    if not path.is_file():
-        return {}
-    try:
-        with open(path, encoding="utf-8") as handle:
-            values = json.loads(handle.read(65536))
-    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        return {}
-    return values if isinstance(values, dict) else {}
-
-
-__all__ = ["EXPORT_COLUMNS", "check_export", "frames", "overlap_table", "topk_table", "write_tables"]
+__all__ = [
+    "EXPORTS",
+    "EXPORT_COLUMNS",
+    "EXPORT_RECORD",
+    "check_export",
+    "frames",
+    "overlap_table",
+    "topk_table",
+    "write_tables",
+]

@@ -42,7 +42,7 @@ class _CifarPickle:
         try:
             batch = _CifarUnpickler(file, encoding=encoding).load()
         except (pickle.UnpicklingError, EOFError) as error:  # round 19, CF1, CF4: say which file
-            raise pickle.UnpicklingError(f"{name}: {error or 'the file ends early'}") from None
+            raise pickle.UnpicklingError(f"{name}: {str(error) or 'the file ends early'}") from None
         _check_batch(name, batch)
         return batch
 
@@ -97,4 +97,15 @@ class UncheckedCIFAR100(datasets.CIFAR100):
     meta = {**datasets.CIFAR100.meta, "md5": None}
 
 
-__all__ = ["UncheckedCIFAR10", "UncheckedCIFAR100", "restricted_cifar_reads"]
+def missing_files(root: Path, loader: type) -> list[str]:
+    """The files of the CIFAR `loader` (torchvision's CIFAR10 or CIFAR100, or their unchecked forms) that
+    its folder under the data `root` lacks (round 20, CF9: a missing batch was not named); [] when the folder
+    itself is missing (the data set is then not there at all)."""
+    folder = Path(root) / loader.base_folder
+    if not folder.is_dir():
+        return []
+    names = [name for name, _ in (*loader.train_list, *loader.test_list)] + [loader.meta["filename"]]
+    return [name for name in names if not (folder / name).is_file()]
+
+
+__all__ = ["UncheckedCIFAR10", "UncheckedCIFAR100", "missing_files", "restricted_cifar_reads"]

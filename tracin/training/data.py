@@ -31,7 +31,7 @@ from tracin.config import (  # noqa: F401 (re-exported)
 )
 from tracin.errors import DataError, TracinError
 from tracin.files import refuse_links
-from tracin.training.cifar_files import UncheckedCIFAR10, UncheckedCIFAR100, restricted_cifar_reads
+from tracin.training.cifar_files import UncheckedCIFAR10, UncheckedCIFAR100, missing_files, restricted_cifar_reads
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -273,12 +273,9 @@ def _link_debian_fashion_mnist(root: Path) -> None:
 
 def _missing_message(config: DataConfig, error: Exception) -> str:
     first_line = _first_line(error)
-    folder = Path(config.data_root) / DATA_FOLDERS[config.dataset]
-    if config.dataset == "cifar10" and folder.is_dir():  # round 20, CF9: name what is missing
-        files = [name for name, _ in (*datasets.CIFAR10.train_list, *datasets.CIFAR10.test_list)]
-        missing = [name for name in (*files, datasets.CIFAR10.meta["filename"]) if not (folder / name).is_file()]
-        if missing:
-            return f"{folder} lacks {', '.join(missing)}: put the data set's files there"
+    missing = missing_files(Path(config.data_root), datasets.CIFAR10) if config.dataset == "cifar10" else []
+    if missing:  # round 20, CF9: name what is missing
+        return f"{Path(config.data_root) / DATA_FOLDERS['cifar10']} lacks {', '.join(missing)}: put the data set's files there"
     if config.dataset == "cifar10":
         hint = f"put cifar-10-batches-py under {config.data_root} (or run once online so torchvision downloads it)"
         if config.checksum:
@@ -338,9 +335,13 @@ def load_eval_split(
         except (ValueError, KeyError, TypeError, IndexError) as error:
             raise DataError(_malformed_message(root, error)) from None
         except RuntimeError as error:
+            missing = missing_files(root, loader[0])
+            if missing:
+                raise DataError(f"{root / loader[0].base_folder} lacks {', '.join(missing)}") from None
+            hint = ", or pass --no-checksum for files that are not the published ones" if checksum else ""
             raise DataError(
-                f"{dataset} could not be loaded from {root} ({str(error).strip().splitlines()[0]}); put its "
-                "python-format folder there, or pass --no-checksum for files that are not the published ones"
+                f"{dataset} could not be loaded from {root} ({_first_line(error)}); put its python-format folder "
+                f"there{hint}"
             ) from None
     images, own = _as_tensors(loaded)
     mapping = _class_mapping(list(loaded.classes), list(classes), class_map)
@@ -474,6 +475,9 @@ def _plant_shortcut(split: Split, config: DataConfig, train: bool) -> Split:
     )
 
 
+NAMED_BY = {"cifar10": "batches.meta names"}  # where a data set's class names come from, for a message (CF8)
+
+
 def _check_labels(labels: Tensor, num_classes: int, config: DataConfig, train: bool) -> None:
     """Every label of the data set's split (not only the subset drawn) names one of its classes: a damaged
     batch file is refused whichever examples a subset would pick (round 8: C4, C4b)."""
@@ -484,9 +488,6 @@ def _check_labels(labels: Tensor, num_classes: int, config: DataConfig, train: b
             f"label(s) outside the {num_classes} classes {NAMED_BY.get(config.dataset, 'it has')} (e.g. {int(bad[0])}): "
             "its files are damaged; replace them with the published files"
         )
-
-
-NAMED_BY = {"cifar10": "batches.meta names"}  # where a data set's class names come from, for a message (CF8)
 
 
 def _make_split(config: DataConfig, train: bool) -> Split:

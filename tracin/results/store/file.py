@@ -240,7 +240,7 @@ class ScoreFile:
             fmt = self._h5.attrs.get("format")
         except HDF5_ERRORS as error:
             self._h5.close()
-            raise beyond_salvage(self.path, error) from None
+            raise beyond_salvage(self.path, error, overwrite=False) from None  # read by --overwrite too
         if fmt != FORMAT:
             self._h5.close()
             raise StoreError(f"{self.path} is not a tracin-score result file")
@@ -251,10 +251,10 @@ class ScoreFile:
         self._h5.close()
         shown = version if known else repr(version)
         if known and 1 <= version < FORMAT_VERSION:  # round 16, F1: a file stripped of its digests read unchecked
-            raise StoreError(
+            raise OverwriteNeeded(
                 f"{self.path} has format version {shown}, whose values and attributes carry no digests to check "
-                f"them by; this tracin {__version__} reads version {FORMAT_VERSION}: score the run again "
-                "(tracin-score --overwrite)"
+                f"them by; this tracin {__version__} reads version {FORMAT_VERSION}",
+                "score the run again (tracin-score --overwrite)",
             )
         why = "a newer tracin wrote it?" if known else "not an integer: the file was edited"  # round 17, V2
         raise StoreError(

@@ -40,12 +40,14 @@ def _reason(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def beyond_salvage(path: Path, error: BaseException) -> StoreError:
-    """The error for a file whose header does not read (error: what h5py raised reading it)."""
-    return OverwriteNeeded(
-        f"{path} is damaged beyond salvage: its header does not read ({_reason(error)})",
-        "pass --overwrite to score afresh",
-    )
+def beyond_salvage(path: Path, error: BaseException, overwrite: bool = True) -> StoreError:
+    """The error for a file whose header does not read (error: what h5py raised reading it). `overwrite`:
+    tracin-score --overwrite replaces it; else (where the file is opened to be read, --overwrite too) the
+    user moves it away."""
+    problem = f"{path} is damaged beyond salvage: its header does not read ({_reason(error)})"
+    if not overwrite:
+        return StoreError(f"{problem}; it is left as it is: move it away and score the run again")
+    return OverwriteNeeded(problem, "pass --overwrite to score afresh")
 
 
 def find_damage(path: Path) -> list[str]:
