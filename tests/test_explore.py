@@ -398,6 +398,8 @@ def test_a_data_folder_explore_did_not_make_is_kept(explore_run, tmp_path):
         result = explore_command("--run", explore_run, "--out", tmp_path / "page.html", "--max-inline-mb", "0")
         assert result.returncode == 0, result.stderr
     assert (folder / "written-by-tracin-explore.txt").is_file() and (folder / "block_0000.js").is_file()
+    result = explore_command("--run", explore_run, "--out", tmp_path / "page.html")  # inline: round 21, XF5
+    assert result.returncode == 0 and f"explore: {folder}/ holds an earlier page's data" in result.stdout
     colleague = tmp_path / "colleague.js"  # round 20, P7: a link at a block file was replaced without a word
     colleague.write_text("theirs")
     (folder / "block_0000.js").unlink()

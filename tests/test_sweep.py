@@ -173,6 +173,7 @@ def test_teacher_quality_distils_from_the_chosen_checkpoint_and_teacher_settings
     [
         (["--vary", "foo=1"], "not a setting a sweep varies"),
         (["--vary", "temperature=1", "--run", "x"], "sets --run itself"),
+        (["--vary", "temperature=1", "--overwrite"], "takes no --overwrite: it keeps every finished run"),  # SO7
         ([], "names no setting"),
         (["--vary", "temperature"], "takes KEY=V1,V2"),
         (["--vary", "temperature=1", "--epochs", "0"], "epochs must be at least 1"),
@@ -296,6 +297,13 @@ def test_a_scored_sweep_adds_each_students_overlap_with_its_teacher(tmp_path, fa
             ["--vary", "alpha=0.3,0.9", "--score", "--layers nosuch --topk 5"],
             "--score: layer 'nosuch' selects no trainable",
         ),
+        # round 21, SO10-SO14: each refused by tracin-score only once the grid had trained
+        (["--vary", "alpha=0.3,0.9", "--score", "--variants cosine@nosuch --topk 5"], "have no layer group 'nosuch'"),
+        (["--vary", "alpha=0.3,0.9", "--score", "--checkpoints 70 --topk 5"], "no checkpoint for epoch(s) [70]"),
+        (["--vary", "alpha=0.3,0.9", "--score", "--group a=nosuch --topk 5"], "--group a=nosuch names no scored"),
+        (["--vary", "alpha=0.3,0.9", "--score", "--precision tf32 --device cpu --topk 5"], "'tf32' is a CUDA mode"),
+        (["--vary", "alpha=0.3,0.9", "--score", "--max-memory-gb 0.000001 --topk 5"], "cannot hold one test example"),
+        (["--vary", "alpha=0.3,0.9", "--score", "--examples 99999 --plots --topk 5"], "--score: --examples"),
     ],
 )
 def test_a_bad_value_of_any_run_is_refused_before_anything_trains(tmp_path, fashion_mnist_root, args, message):

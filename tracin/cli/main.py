@@ -12,11 +12,11 @@ import importlib
 import os
 import shlex
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from tracin.cli.boundary import arguments, run_command
 from tracin.cli.parsing import Parser, command_parser, options_from
-from tracin.config import SWEEP_KEYS, DataConfig, ModelConfig, TrainConfig
+from tracin.config import SWEEP_KEYS, DataConfig, TrainConfig
 from tracin.errors import OverwriteNeeded, TracinError
 from tracin.files import refuse_link, refuse_links_under
 from tracin.options import (
@@ -322,30 +322,48 @@ def _check_sweep_runs(runs: Sequence[tuple[TrainConfig, DataConfig, str]], score
         scoring = None if score is None else _sweep_score_options(["--run", "RUN", *score])
         if scoring is not None:
             _check_score_topk(scoring, len(data.train), len(data.test))
+            if scoring.examples:  # round 21, SO15: refused by tracin-score once the grid had trained
+                from tracin.results.grids import example_rows
+
+                try:
+                    example_rows(scoring.examples, data.test.index.cpu().numpy())
+                except TracinError as error:
+                    raise TracinError(f"--score: {error}") from None
         for config, device in trained:
-            configs = model_configs(config, data).values()
-            check_fits(configs, device)
+            check_fits(model_configs(config, data).values(), device)
             if scoring is not None:
-                _check_score_layers(scoring.layers, configs)
+                _check_score_engines(scoring, config, data)
 
 
-def _check_score_layers(layers: Sequence[str], configs: Iterable[ModelConfig]) -> None:
-    """--score's --layers against every model a run trains (round 20, SW29: a layer no model has was refused
-    only after the whole grid had trained). Built on the meta device, shapes only; a user's factory is not run."""
-    if not layers:
-        return
-    import torch
-
-    from tracin.engine.grads import select_targets
+def _check_score_engines(score: ScoreOptions, config: TrainConfig, data) -> None:
+    """What tracin-score checks once a run's checkpoints exist, on each model a run of `config` trains,
+    freshly initialised (round 20, SW29; round 21, SO10-SO14: a --score option no model takes was refused only
+    after the whole grid had trained): the checkpoints it selects among the epochs the run saves, and
+    tracin.engine.TracIn's own checks and memory plan (layers, variants' groups, precision on the device, the
+    memory budget), then --group against the models' groups. A user's factory is not run here."""
+    from tracin.engine.tracin import TracIn
+    from tracin.runtime import select_device
+    from tracin.training.checkpoints import select_epochs
     from tracin.training.models import build_model, is_import_path
+    from tracin.training.optimization import saved_epochs
+    from tracin.training.roles import model_configs
 
-    for config in (c for c in configs if not is_import_path(c.arch)):
-        with torch.device("meta"):
-            model = build_model(config)
+    device, groups = select_device(score.device), set()
+    for role, model_config in model_configs(config, data).items():
+        if is_import_path(model_config.arch):
+            return
         try:
-            select_targets(model, layers)
+            epochs = select_epochs(score.checkpoints, saved_epochs(config), role)
+            model = build_model(model_config)
+            checkpoints = [(model.state_dict(), 1.0)] * len(epochs)
+            tracin = TracIn(model, checkpoints, score.score, engine=score.engine, device=device)
+            tracin.memory_plan(data.train, data.test, score.per_checkpoint)
         except TracinError as error:
             raise TracinError(f"--score: {error}") from None
+        groups.update(tracin.group_names)
+    for group, prefixes in score.score.groups:  # as tracin-score.checked_models: over all the models
+        if group not in groups:
+            raise TracinError(f"--score: --group {group}={','.join(prefixes)} names no scored module of any model")
 
 
 def _check_score_topk(score: ScoreOptions, n_train: int, n_test: int) -> None:

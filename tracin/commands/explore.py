@@ -62,6 +62,9 @@ def explore(options: ExploreOptions) -> list[str]:
             f"explore: {result['page']}{where} ({_size(result['bytes'])}, {result['images']} images, "
             f"{len(models)} models, {store.n_test} test examples): open it in a browser"
         ]
+        unused = out.with_name(f"{out.stem}_files")
+        if result["folder"] is None and (unused / FOLDER_MARK).is_file():  # round 21, XF5: left without a word
+            lines.append(f"explore: {unused}/ holds an earlier page's data, which this page does not use (remove it)")
         if options.export is not None:
             lines += write_tables(store, models, options.export, result["depth"])
     return lines

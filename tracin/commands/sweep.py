@@ -111,6 +111,10 @@ class Sweep:
         varied = {flag: key for key in keys for flag in flags_of(key)}
         for word in self.base:
             flag = word.split("=", 1)[0]
+            if flag == "--overwrite":  # round 21, SO7: "sets it itself" said the opposite of the truth
+                raise TracinError(
+                    "tracin-sweep takes no --overwrite: it keeps every finished run (move one away to train it again)"
+                )
             if flag in shared:
                 raise TracinError(f"tracin-sweep sets {flag} itself; leave it out")
             if flag in varied:  # it would be overridden in every run, never read (red-team A16b, SW06)

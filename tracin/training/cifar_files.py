@@ -66,6 +66,11 @@ def _check_batch(name: str, batch) -> None:
         raise ValueError(f"{name}: its data are {images.shape}, not one row of {CIFAR_ROW} pixels per image")
     if len(images) != len(labels):  # round 16, D12, D13: a label dropped shifted every later one, unseen
         raise ValueError(f"{name} holds {len(images)} images and {len(labels)} labels")
+    if images.dtype != np.uint8:  # round 21, CF6: the message named the data root, not the file
+        raise ValueError(f"{name}: its images are {images.dtype}, not 8-bit pixels (uint8, 0..255)")
+    kind = np.asarray(labels).dtype
+    if len(labels) and not np.issubdtype(kind, np.integer):  # round 21, CF14: a label 1.5 was trained on as 1
+        raise ValueError(f"{name}: its labels are {kind}, not integers")
 
 
 @contextmanager
