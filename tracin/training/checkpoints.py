@@ -54,7 +54,7 @@ from tracin.errors import CheckpointError, TracinError
 from tracin.files import not_a_file, write_atomic
 from tracin.schemas import CHECKPOINT, check
 from tracin.training.models import build_model, count_parameters
-from tracin.training.optimization import checkpoint_lr
+from tracin.training.optimization import checkpoint_lr, select_epochs
 
 FORMAT = "tracin-checkpoint"
 VERSION = 3  # 3: `history`; 2: run.json records the file's sha256 (models/NAME/sha256), read too; 1: refused in runs
@@ -487,22 +487,6 @@ def select_checkpoints(model_dir: Union[str, Path], role: str, spec: str) -> lis
         raise CheckpointError(f"{model_dir} has no checkpoints; train {role} first (tracin-train)")
     by_epoch = {epoch_of(p): p for p in available}
     return [by_epoch[e] for e in select_epochs(spec, list(by_epoch), role)]
-
-
-def select_epochs(spec: str, saved: Sequence[int], role: str) -> list[int]:
-    """The epochs `spec` (`all`, `last`, or comma-separated epochs) selects among `saved` (ascending)."""
-    if spec in ("all", "last"):
-        return list(saved) if spec == "all" else list(saved)[-1:]
-    try:
-        wanted = [int(e) for e in spec.split(",")]
-    except ValueError:
-        raise TracinError(f"--checkpoints takes all, last or comma-separated epochs, got {spec!r}") from None
-    if len(set(wanted)) < len(wanted):  # a checkpoint counted twice would double its term of the sum
-        raise TracinError(f"--checkpoints names an epoch twice in {spec!r}; give each epoch once")
-    missing = [e for e in wanted if e not in saved]
-    if missing or not wanted:
-        raise CheckpointError(f"{role} has no checkpoint for epoch(s) {missing or spec}; saved: {sorted(saved)}")
-    return wanted
 
 
 def check_recorded_architecture(

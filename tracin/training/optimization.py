@@ -4,14 +4,14 @@ replay: the learning rate a checkpoint must record."""
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, LRScheduler, OneCycleLR, SequentialLR
 
 from tracin.config import TrainConfig
-from tracin.errors import TracinError
+from tracin.errors import CheckpointError, TracinError
 
 WARMUP_START_FACTOR = 1 / 25  # the cosine warm-up starts where OneCycleLR (div_factor 25) starts
 
@@ -74,6 +74,22 @@ def check_schedule(config: TrainConfig, steps: int) -> None:
 def saved_epochs(config: TrainConfig) -> list[int]:
     """Epochs that end with a checkpoint: every `save_every` epochs, and the last one."""
     return sorted(set(range(config.save_every, config.epochs + 1, config.save_every)) | {config.epochs})
+
+
+def select_epochs(spec: str, saved: Sequence[int], role: str) -> list[int]:
+    """The epochs `spec` (`all`, `last`, or comma-separated epochs) selects among `saved` (ascending)."""
+    if spec in ("all", "last"):
+        return list(saved) if spec == "all" else list(saved)[-1:]
+    try:
+        wanted = [int(e) for e in spec.split(",")]
+    except ValueError:
+        raise TracinError(f"--checkpoints takes all, last or comma-separated epochs, got {spec!r}") from None
+    if len(set(wanted)) < len(wanted):  # a checkpoint counted twice would double its term of the sum
+        raise TracinError(f"--checkpoints names an epoch twice in {spec!r}; give each epoch once")
+    missing = [e for e in wanted if e not in saved]
+    if missing or not wanted:
+        raise CheckpointError(f"{role} has no checkpoint for epoch(s) {missing or spec}; saved: {sorted(saved)}")
+    return wanted
 
 
 @functools.lru_cache(maxsize=8)
