@@ -291,6 +291,11 @@ def test_a_cifar_batch_of_another_layout_or_missing_is_named(cifar10_root, tmp_p
     )
     with pytest.raises(DataError, match=r"data_batch_3: its labels are float64, not integers"):  # round 21, CF14
         load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False))
+    root = _cifar_root_with(
+        cifar10_root, tmp_path / "bool", "data_batch_3", lambda b: {**b, "labels": [True, *b["labels"][1:]]}
+    )
+    with pytest.raises(DataError, match=r"data_batch_3: its labels hold True or False"):  # round 22, CF2
+        load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False))
     (root / "cifar-10-batches-py" / "data_batch_4").unlink()
     with pytest.raises(DataError, match=r"cifar-10-batches-py lacks data_batch_4: put the data set's files there$"):
         load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False))

@@ -304,6 +304,9 @@ def test_a_scored_sweep_adds_each_students_overlap_with_its_teacher(tmp_path, fa
         (["--vary", "alpha=0.3,0.9", "--score", "--precision tf32 --device cpu --topk 5"], "'tf32' is a CUDA mode"),
         (["--vary", "alpha=0.3,0.9", "--score", "--max-memory-gb 0.000001 --topk 5"], "cannot hold one test example"),
         (["--vary", "alpha=0.3,0.9", "--score", "--examples 99999 --plots --topk 5"], "--score: --examples"),
+        (["--vary", "alpha=0.3,0.9", "--score", "--replicas 3 --topk 5"], "each run of a sweep trains 1"),  # round 22
+        (["--vary", "alpha=0.3,0.9", "--score", "--train-subset 9999 --topk 5"], "--train-subset 9999 is larger"),
+        (["--vary", "alpha=0.3,0.9", "--score", "--test-subset 9999 --topk 5"], "--test-subset 9999 is larger"),
     ],
 )
 def test_a_bad_value_of_any_run_is_refused_before_anything_trains(tmp_path, fashion_mnist_root, args, message):

@@ -8,6 +8,7 @@ torch. The code that carries a command out is imported when it runs.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import shlex
@@ -321,18 +322,24 @@ def _check_sweep_runs(runs: Sequence[tuple[TrainConfig, DataConfig, str]], score
         data = load_data(data_config)  # one data set in memory at a time
         scoring = None if score is None else _sweep_score_options(["--run", "RUN", *score])
         if scoring is not None:
-            _check_score_topk(scoring, len(data.train), len(data.test))
+            from tracin.commands.score import scored_subsets
+
+            try:
+                scored = scored_subsets(data, scoring)  # round 22, S14, S27
+            except TracinError as error:
+                raise TracinError(f"--score: {error}") from None
+            _check_score_topk(scoring, min(len(scored.train), len(scored.test)))
             if scoring.examples:  # round 21, SO15: refused by tracin-score once the grid had trained
                 from tracin.results.grids import example_rows
 
                 try:
-                    example_rows(scoring.examples, data.test.index.cpu().numpy())
+                    example_rows(scoring.examples, scored.test.index.cpu().numpy())
                 except TracinError as error:
                     raise TracinError(f"--score: {error}") from None
         for config, device in trained:
             check_fits(model_configs(config, data).values(), device)
             if scoring is not None:
-                _check_score_engines(scoring, config, data)
+                _check_score_engines(scoring, config, scored)
 
 
 def _check_score_engines(score: ScoreOptions, config: TrainConfig, data) -> None:
@@ -343,11 +350,13 @@ def _check_score_engines(score: ScoreOptions, config: TrainConfig, data) -> None
     memory budget), then --group against the models' groups. A user's factory is not run here."""
     from tracin.engine.tracin import TracIn
     from tracin.runtime import select_device
-    from tracin.training.checkpoints import select_epochs
     from tracin.training.models import build_model, is_import_path
-    from tracin.training.optimization import saved_epochs
+    from tracin.training.optimization import saved_epochs, select_epochs
     from tracin.training.roles import model_configs
 
+    trained = next(f.default for f in dataclasses.fields(RunOptions) if f.name == "replicas")  # a sweep's runs'
+    if score.replicas is not None and score.replicas > trained:  # round 22, S11
+        raise TracinError(f"--score: --replicas {score.replicas}: each run of a sweep trains {trained} replica")
     device, groups = select_device(score.device), set()
     for role, model_config in model_configs(config, data).items():
         if is_import_path(model_config.arch):
@@ -366,12 +375,11 @@ def _check_score_engines(score: ScoreOptions, config: TrainConfig, data) -> None
             raise TracinError(f"--score: --group {group}={','.join(prefixes)} names no scored module of any model")
 
 
-def _check_score_topk(score: ScoreOptions, n_train: int, n_test: int) -> None:
-    """--score's --topk against the sets a run of n_train and n_test examples has scored (tracin-score
-    checks it once the run is trained: round 10, S9)."""
+def _check_score_topk(score: ScoreOptions, scored: int) -> None:
+    """--score's --topk against the smaller of the sets a run scores, `scored` examples (tracin-score checks
+    it once the run is trained: round 10, S9)."""
     from tracin.config import parse_topk
 
-    scored = min(min(score.train_subset or n_train, n_train), min(score.test_subset or n_test, n_test))
     try:
         parse_topk(score.topk, limit=scored, cap=score.cap_topk)
     except TracinError as error:

@@ -90,14 +90,21 @@ def model_names(run: TrainedRun, options: ScoreOptions) -> tuple[str, ...]:
 
 def scoring_data(run: TrainedRun, options: ScoreOptions) -> RunData:
     """The run's own train and test examples (fingerprint-checked), or seeded stratified subsets of them."""
-    data = checked_data(run)
+    return scored_subsets(checked_data(run), options)
+
+
+def scored_subsets(data: RunData, options: ScoreOptions) -> RunData:
+    """A copy of `data` cut to --train-subset and --test-subset (seeded, stratified; `data` is left as it
+    is); a subset larger than its set is refused (tracin-sweep asks this before any run trains: round 22,
+    S14, S27)."""
+    cut = {}
     for side, size in (("train", options.train_subset), ("test", options.test_subset)):
         split = getattr(data, side)
         if size is not None:
             if size > len(split):
                 raise DataError(f"--{side}-subset {size} is larger than the run's {side} set ({len(split)})")
-            setattr(data, side, split.subset(stratified_subset(split.labels, size, options.score.seed + 7)))
-    return data
+            cut[side] = split.subset(stratified_subset(split.labels, size, options.score.seed + 7))
+    return replace(data, **cut)
 
 
 def data_arrays(data: RunData) -> DataArrays:

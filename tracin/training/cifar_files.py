@@ -71,6 +71,8 @@ def _check_batch(name: str, batch) -> None:
     kind = np.asarray(labels).dtype
     if len(labels) and not np.issubdtype(kind, np.integer):  # round 21, CF14: a label 1.5 was trained on as 1
         raise ValueError(f"{name}: its labels are {kind}, not integers")
+    if any(isinstance(label, (bool, np.bool_)) for label in labels):  # round 22, CF2: True was taken as class 1
+        raise ValueError(f"{name}: its labels hold True or False, not class numbers")
 
 
 @contextmanager
