@@ -21,7 +21,7 @@ from tracin.engine.blocks import MemoryPlan, work_factor
 from tracin.errors import TracinError
 from tracin.files import refuse_link, report_path
 from tracin.results.store import ScoreFile
-from tracin.results.store.digests import seal, seal_attributes
+from tracin.results.store.digests import seal, seal_attributes, seal_group
 
 from conftest import subprocess_env
 
@@ -221,6 +221,26 @@ def test_two_score_files_in_one_folder_keep_their_own_reports(tmp_path):
     assert report_path(tmp_path / "kd.h5", "quality_report.md") == tmp_path / "kd.quality_report.md"
     assert report_path(tmp_path / "kd.h5", "validation.md") == tmp_path / "kd.validation.md"
     assert report_path(tmp_path / "kd.h5", "plots") == tmp_path / "kd.plots"
+
+
+def test_score_files_of_one_stem_in_one_folder_are_refused_before_their_reports_collide(
+    tiny_run, tiny_scores, tmp_path
+):
+    """Round 23, S1: a.h5, a.hdf5 and a all wrote a.quality_report.md, each replacing the other's."""
+    shutil.copy(tiny_scores, tmp_path / "a.h5")
+    (tmp_path / "a").write_text("a colleague's notes, not a score file")
+    assert report_path(tmp_path / "a.h5", "plots") == tmp_path / "a.plots"  # a file that is not HDF5 is no conflict
+    (tmp_path / "a").unlink()
+    for other in ("a.hdf5", "a"):
+        shutil.copy(tiny_scores, tmp_path / other)
+        before = digest(tmp_path)
+        result = run("tracin-report", "--run", tiny_run, "--scores", tmp_path / "a.h5", cwd=tmp_path)
+        assert_one_line(result, f"a.h5 and {other} beside it would write the same reports (a.")
+        assert digest(tmp_path) == before
+        (tmp_path / other).unlink()
+    scored = run("tracin-score", "--run", tiny_run, "--scores", tmp_path / "a.hdf5", "--device", "cpu", cwd=tmp_path)
+    assert_one_line(scored, "a.hdf5 and a.h5 beside it would write the same reports (a.plots)")
+    assert sorted(os.listdir(tmp_path)) == ["a.h5"]  # refused before the scoring, not even a lock left
 
 
 def test_a_bad_option_is_refused_before_any_scoring(tiny_run, tmp_path):
@@ -463,6 +483,23 @@ def _edited(name, change):
     return edit
 
 
+def _copied_from_another_file(name):
+    """Round 23, Q1, Q3: the table `name` as another score file holds it (the same values, sealed there: another
+    file's root attributes), copied in over this file's with its digests."""
+
+    def copy(h5):
+        import h5py
+
+        with h5py.File("other.h5", "w", driver="core", backing_store=False) as other:
+            other.attrs.update({**h5.attrs, "created": "2026-01-01T00:00:00+0000"})
+            h5.copy(h5[name], other, name)
+            seal(other[name]) if isinstance(other[name], h5py.Dataset) else seal_group(other[name])
+            del h5[name]
+            other.copy(other[name], h5, name)
+
+    return copy
+
+
 def _other_class(labels):
     labels[3] = (labels[3] + 1) % 10
     return labels
@@ -506,7 +543,10 @@ HAND_DAMAGE = [
     ("classes not JSON", _attr("classes", np.array([b"a"])), "is not a JSON list of class names"),
     ("a newer format", _attr("format_version", 999), "has format version 999"),
     ("stripped, labelled version 1", _relabelled(1), "has format version 1, whose values and attributes carry no"),
-    ("stripped, labelled version 2", _relabelled(2), "has format version 2, whose values and attributes carry no"),
+    ("stripped, labelled version 2", _relabelled(2), "has format version 2, whose attributes carry no digests"),
+    ("labelled version 3", _attr("format_version", 3), "has format version 3, whose digests are not bound to"),
+    ("a quality table of another file", _copied_from_another_file("quality"), "/quality was changed after it"),
+    ("a model's top-k of another file", _copied_from_another_file("teacher/topk"), "/teacher/topk/"),
     ("top-k tables of two widths", _cut_top_index, "the test_* tables differ in shape"),
     ("a NaN score", _set("teacher/scores", np.nan), "/teacher/scores holds non-finite values"),
     ("an infinite self-influence", _set("student/self_influence", np.inf), "/student/self_influence holds non-finite"),

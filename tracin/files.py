@@ -169,9 +169,36 @@ def existing_folder(path: Union[str, Path], what: str, hint: str, holds: Sequenc
 def report_path(score_file: Union[str, Path], name: str) -> Path:
     """Where a report of a score file goes: NAME beside the default tracin.h5 (quality_report.md, plots/), and
     STEM.NAME beside any other score file (other.quality_report.md, other.plots/), so that two score files in
-    one folder keep their own reports."""
+    one folder keep their own reports; a TracinError when another score file beside it has the same stem
+    (a.h5 beside a.hdf5 or a: round 23, S1, one's reports replaced the other's without a word)."""
     score_file = Path(score_file)
-    return score_file.parent / (name if score_file.name == "tracin.h5" else f"{score_file.stem}.{name}")
+    prefix = _report_prefix(score_file.name)
+    if prefix and score_file.parent.is_dir():
+        for other in os.scandir(score_file.parent):
+            if other.name != score_file.name and _report_prefix(other.name) == prefix and _is_hdf5(other.path):
+                raise TracinError(
+                    f"{score_file} and {other.name} beside it would write the same reports ({prefix}{name}): "
+                    "give one of them a name of its own"
+                )
+    return score_file.parent / f"{prefix}{name}"
+
+
+def _report_prefix(score_name: str) -> str:
+    return "" if score_name == "tracin.h5" else f"{Path(score_name).stem}."
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first bytes of an HDF5 file without a user block (what h5py writes)
+
+
+def _is_hdf5(path: str) -> bool:
+    """Whether `path` is a file (a link to one too) that starts as an HDF5 file; a FIFO is never opened."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+    except OSError:
+        return False
 
 
 OWN_MARK = "written by tracin"  # in the head of each report and figure written beside a score file

@@ -78,9 +78,9 @@ is read, since a file stripped of its digests would pass for one):
                             rank_correlation, ks, self_influence), columns as registered, "scope" first
 
 Every dataset but the resume masks (`done`) carries attr digests (JSON: the sha256 of each block of about
-16 MB of its values) and attr attrs_digest (the sha256 of its other attributes; the root, a complete model's
+16 MB of its values, bound to the file by the root's attributes as it was made: format version 4) and attr attrs_digest (the sha256 of its other attributes; the root, a complete model's
 group, /validation and each comparison's group carry one too, covering the names under them, status and
-scoring_seconds left out; format version 3) from when it was finished: the header arrays when the file is made, a model's datasets when it
+scoring_seconds left out) from when it was finished: the header arrays when the file is made, a model's datasets when it
 is complete, a table when written, /validation's when its tables are. Reports refuse a file whose values
 differ from them (tracin.results.store.digests).
 

@@ -57,18 +57,30 @@ def _blocks_of(dataset: h5py.Dataset) -> list[tuple]:
     return blocks(dataset.shape, dataset.dtype.itemsize)
 
 
-def _digest(name: str, values: np.ndarray) -> str:
-    """sha256 of the dataset's name (its path in the file: a dataset moved to another model's group, or two
-    models' groups swapped, no longer match: round 11, E1-E5) and an array of its values as h5py reads them:
-    raw bytes, or the text of its Python values when it holds objects (variable-length strings)."""
+def file_seed(h5: h5py.File) -> str:
+    """sha256 of the root's attributes as the file was made (all but MUTABLE_ATTRS and MEMBERS: its format,
+    creation time, command, run and settings), which every dataset's digests are bound to: a table copied from
+    another score file, even of the same run, no longer matches its digests (round 23, Q1, Q3)."""
+    kept = sorted(
+        (key, repr(attribute_value(h5.attrs[key]))) for key in h5.attrs if key not in (*MUTABLE_ATTRS, MEMBERS)
+    )
+    return hashlib.sha256(repr(kept).encode()).hexdigest()
+
+
+def _digest(seed: str, name: str, values: np.ndarray) -> str:
+    """sha256 of the file's `seed` (file_seed), the dataset's name (its path in the file: a dataset moved to
+    another model's group, or two models' groups swapped, no longer match: round 11, E1-E5) and an array of its
+    values as h5py reads them: raw bytes, or the text of its Python values when it holds objects
+    (variable-length strings)."""
     values = np.asarray(values)
     data = repr(values.tolist()).encode() if values.dtype.hasobject else np.ascontiguousarray(values).tobytes()
-    return hashlib.sha256(f"{name}\0{values.dtype}\0{values.shape}\0".encode() + data).hexdigest()
+    return hashlib.sha256(f"{seed}\0{name}\0{values.dtype}\0{values.shape}\0".encode() + data).hexdigest()
 
 
 def seal(dataset: h5py.Dataset) -> None:
     """Store the digests of `dataset`'s values and attributes as they are now."""
-    dataset.attrs[DIGESTS] = json.dumps([_digest(dataset.name, dataset[index]) for index in _blocks_of(dataset)])
+    seed = file_seed(dataset.file)
+    dataset.attrs[DIGESTS] = json.dumps([_digest(seed, dataset.name, dataset[i]) for i in _blocks_of(dataset)])
     seal_attributes(dataset)
 
 
@@ -132,7 +144,8 @@ def changed_blocks(dataset: h5py.Dataset, rng: np.random.Generator) -> list[int]
     chosen = range(len(index))
     if dataset.size * dataset.dtype.itemsize > FULL_CHECK_BYTES:
         chosen = sorted(rng.choice(len(index), size=min(SAMPLED_BLOCKS, len(index)), replace=False))
-    return [i for i in chosen if _digest(dataset.name, dataset[index[i]]) != stored[i]]
+    seed = file_seed(dataset.file)
+    return [i for i in chosen if _digest(seed, dataset.name, dataset[index[i]]) != stored[i]]
 
 
 def digest_problems(h5: h5py.File) -> list[str]:

@@ -252,8 +252,8 @@ class ScoreFile:
         shown = version if known else repr(version)
         if known and 1 <= version < FORMAT_VERSION:  # round 16, F1: a file stripped of its digests read unchecked
             raise OverwriteNeeded(
-                f"{self.path} has format version {shown}, whose values and attributes carry no digests to check "
-                f"them by; this tracin {__version__} reads version {FORMAT_VERSION}",
+                f"{self.path} has format version {shown}, {OLDER_FORMATS.get(int(version), OLDER_FORMATS[1])}; "
+                f"this tracin {__version__} reads version {FORMAT_VERSION}",
                 "score the run again (tracin-score --overwrite)",
             )
         why = "a newer tracin wrote it?" if known else "not an integer: the file was edited"  # round 17, V2
@@ -543,6 +543,11 @@ def salvage_own_damage(path: Path, owned: Sequence[str]) -> Optional[Salvage]:
     return salvaged
 
 
+OLDER_FORMATS = {  # why a file of each older format version is not read
+    1: "whose values and attributes carry no digests to check them by",
+    2: "whose attributes carry no digests to check them by",
+    3: "whose digests are not bound to their file (a table copied in from another score file read as its own)",
+}
 REMADE_BY_SCORE = ("quality", "detection", "agreement", "comparison")  # its tables, written again by every run
 
 
