@@ -357,7 +357,7 @@ def test_a_cifar_batch_that_reads_but_is_malformed_is_one_data_error(cifar10_roo
 @pytest.mark.parametrize("label, subset", [(57, None), (57, 20), (-1, 20)])
 def test_a_cifar_label_outside_its_classes_is_refused_whatever_the_subset(cifar10_root, tmp_path, label, subset):
     """Round 8, C4 and C4b: a label 57 in data_batch_1 ended in cross_entropy's IndexError traceback, or went
-    unnoticed when the subset left it out."""
+    unnoticed when the subset left it out; round 23, C9, C13: the line named the split, not the file."""
 
     def relabel(batch):
         batch["labels"][-1] = label
@@ -366,7 +366,7 @@ def test_a_cifar_label_outside_its_classes_is_refused_whatever_the_subset(cifar1
     root = _cifar_root_with(cifar10_root, tmp_path, "data_batch_1", relabel)
     with pytest.raises(
         DataError,
-        match=rf"train split under .* holds 1 label\(s\) outside the 10 classes batches.meta names \(e.g. {label}\)",
+        match=rf"data_batch_1: its labels hold {label}, outside CIFAR's classes 0..9",
     ):
         load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False, train_subset=subset))
 
@@ -446,5 +446,5 @@ def test_class_names_given_twice_are_refused(cifar10_root, tmp_path):
         return meta
 
     root = _cifar_root_with(cifar10_root, tmp_path, "batches.meta", rename)
-    with pytest.raises(DataError, match="its class names name 'airplane' twice"):
+    with pytest.raises(DataError, match="batches.meta names the class 'airplane' twice"):  # round 23, C11: the file
         load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False))

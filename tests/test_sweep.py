@@ -188,6 +188,7 @@ def test_teacher_quality_distils_from_the_chosen_checkpoint_and_teacher_settings
         (["--vary", "temperature=1,2", "--score", '--topk "5'], "No closing quotation"),
         (["--vary", "temperature=1,2", "--score", "--run other"], "sets --run itself"),
         (["--vary", "temperature=1,2", "--score", "--scores x.h5"], "sets --scores itself"),
+        (["--vary", "temperature=1,2", "--score", "--topk 5 --overwrite"], "passes no --overwrite"),  # round 23 SW18
         (["--vary", "temperature=1,2", "--score", "--mode nonsense"], "invalid choice"),
     ],
 )
@@ -239,7 +240,10 @@ def test_a_scored_sweep_adds_each_students_overlap_with_its_teacher(tmp_path, fa
     from tracin.results.statistics import bootstrap_ci, overlap_at_k
     from tracin.results.store import ScoreFile
 
-    score = "--variants raw --topk 3,8 --train-subset 64 --test-subset 16 --device cpu --allow-model os:system"
+    score = (
+        "--variants raw --topk 3,8 --train-subset 64 --test-subset 16 --device cpu --allow-model os:system "
+        "--max-memory-gb 1e6"
+    )
     command = (
         "--sweep",
         "scored",
@@ -253,6 +257,8 @@ def test_a_scored_sweep_adds_each_students_overlap_with_its_teacher(tmp_path, fa
     command += (*TINY, "--score", score)
     result = tracin_sweep(*command)
     assert result.returncode == 0, result.stderr
+    said = [line for line in result.stdout.splitlines() if not line.startswith("unpacking Fashion-MNIST")]
+    assert said[0].startswith("warning: --score: --max-memory-gb 1e+06 is more than the"), result.stdout  # SW31
     assert (  # round 20, SW30: said by tracin-score alone, not inside a sweep
         "tracin-sweep --score: note: --allow-model os:system was not used: no model this command built is made by it"
         in result.stdout.splitlines()

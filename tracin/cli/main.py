@@ -286,6 +286,11 @@ def sweep_score_arguments(text: Optional[str]) -> Optional[tuple[str, ...]]:
     except ValueError as error:
         raise TracinError(f"--score {text!r}: {error}") from None
     for word in words:
+        if word.split("=", 1)[0] == "--overwrite":  # round 23, SW18: every run's finished score file was replaced
+            raise TracinError(
+                "--score: tracin-sweep passes no --overwrite, it keeps every finished score file (run tracin-score "
+                "--overwrite on a run yourself, or move its file away)"
+            )
         if word.split("=", 1)[0] in SWEEP_SETS_FOR_SCORE:
             raise TracinError(f"--score: tracin-sweep sets {word.split('=', 1)[0]} itself; leave it out")
     _sweep_score_options(["--run", "RUN", *words])
@@ -316,6 +321,7 @@ def _check_sweep_runs(runs: Sequence[tuple[TrainConfig, DataConfig, str]], score
     from tracin.training.roles import model_configs
 
     by_data: dict = {}
+    warned: list[str] = []
     for config, data_config, device in runs:
         by_data.setdefault(data_config, []).append((config, select_device(device)))
     for data_config, trained in by_data.items():
@@ -339,15 +345,20 @@ def _check_sweep_runs(runs: Sequence[tuple[TrainConfig, DataConfig, str]], score
         for config, device in trained:
             check_fits(model_configs(config, data).values(), device)
             if scoring is not None:
-                _check_score_engines(scoring, config, scored)
+                warned += [w for w in _check_score_engines(scoring, config, scored) if w not in warned]
+    for warning in warned:  # round 23, SW25, SW31: said by each run's tracin-score only once it had trained
+        print(warning.replace("warning: ", "warning: --score: ", 1), flush=True)  # on stdout, as tracin-score
 
 
-def _check_score_engines(score: ScoreOptions, config: TrainConfig, data) -> None:
+def _check_score_engines(score: ScoreOptions, config: TrainConfig, data) -> list[str]:
     """What tracin-score checks once a run's checkpoints exist, on each model a run of `config` trains,
     freshly initialised (round 20, SW29; round 21, SO10-SO14: a --score option no model takes was refused only
     after the whole grid had trained): the checkpoints it selects among the epochs the run saves, and
     tracin.engine.TracIn's own checks and memory plan (layers, variants' groups, precision on the device, the
-    memory budget), then --group against the models' groups. A user's factory is not run here."""
+    memory budget), then --group against the models' groups. A user's factory is not run here. Returns
+    tracin-score's warnings of the memory plans (a budget so small that blocking multiplies the work, or more
+    than the device has free)."""
+    from tracin.commands.score import budget_warning, plan_warning
     from tracin.engine.tracin import TracIn
     from tracin.runtime import select_device
     from tracin.training.models import build_model, is_import_path
@@ -357,22 +368,25 @@ def _check_score_engines(score: ScoreOptions, config: TrainConfig, data) -> None
     trained = next(f.default for f in dataclasses.fields(RunOptions) if f.name == "replicas")  # a sweep's runs'
     if score.replicas is not None and score.replicas > trained:  # round 22, S11
         raise TracinError(f"--score: --replicas {score.replicas}: each run of a sweep trains {trained} replica")
-    device, groups = select_device(score.device), set()
+    device, groups, warnings = select_device(score.device), set(), []
     for role, model_config in model_configs(config, data).items():
         if is_import_path(model_config.arch):
-            return
+            return warnings
         try:
             epochs = select_epochs(score.checkpoints, saved_epochs(config), role)
             model = build_model(model_config)
             checkpoints = [(model.state_dict(), 1.0)] * len(epochs)
             tracin = TracIn(model, checkpoints, score.score, engine=score.engine, device=device)
-            tracin.memory_plan(data.train, data.test, score.per_checkpoint)
+            plan = tracin.memory_plan(data.train, data.test, score.per_checkpoint)
         except TracinError as error:
             raise TracinError(f"--score: {error}") from None
         groups.update(tracin.group_names)
+        sizes = (len(data.train), len(data.test), score.engine.batch_size)
+        warnings += [w for w in (plan_warning(role, plan, *sizes), budget_warning(plan, device)) if w]
     for group, prefixes in score.score.groups:  # as tracin-score.checked_models: over all the models
         if group not in groups:
             raise TracinError(f"--score: --group {group}={','.join(prefixes)} names no scored module of any model")
+    return warnings
 
 
 def _check_score_topk(score: ScoreOptions, scored: int) -> None:

@@ -48,6 +48,7 @@ class _CifarPickle:
 
 
 CIFAR_META_FILES = {datasets.CIFAR10.meta["filename"], datasets.CIFAR100.meta["filename"]}
+CIFAR_CLASSES = {"labels": 10, "fine_labels": 100}  # how many classes a batch's labels of each key can name
 CIFAR_ROW = 32 * 32 * 3  # pixels of one image in a batch's data array (channel-major rows)
 
 
@@ -57,6 +58,10 @@ def _check_batch(name: str, batch) -> None:
     if name in CIFAR_META_FILES:
         if not isinstance(batch, dict) or not {"label_names", "fine_label_names"} & set(batch):
             raise ValueError(f"{name} holds no label_names")
+        names = list(batch.get("label_names", batch.get("fine_label_names")) or [])
+        twice = [label for label in names if names.count(label) > 1]
+        if twice:  # round 23, C11: named the data root, not the file
+            raise ValueError(f"{name} names the class {twice[0]!r} twice")
         return
     labels = batch.get("labels", batch.get("fine_labels")) if isinstance(batch, dict) else None
     if labels is None or "data" not in batch:
@@ -73,6 +78,10 @@ def _check_batch(name: str, batch) -> None:
         raise ValueError(f"{name}: its labels are {kind}, not integers")
     if any(isinstance(label, (bool, np.bool_)) for label in labels):  # round 22, CF2: True was taken as class 1
         raise ValueError(f"{name}: its labels hold True or False, not class numbers")
+    classes = CIFAR_CLASSES["labels" if "labels" in batch else "fine_labels"]
+    outside = [int(label) for label in labels if not 0 <= label < classes]
+    if outside:  # round 23, C9, C13: named the split, not the file
+        raise ValueError(f"{name}: its labels hold {outside[0]}, outside CIFAR's classes 0..{classes - 1}")
 
 
 @contextmanager
