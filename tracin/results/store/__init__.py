@@ -78,11 +78,12 @@ is read, since a file stripped of its digests would pass for one):
                             rank_correlation, ks, self_influence), columns as registered, "scope" first
 
 Every dataset but the resume masks (`done`) carries attr digests (JSON: the sha256 of each block of about
-16 MB of its values, bound to the file by the root's attributes as it was made: format version 4) and attr attrs_digest (the sha256 of its other attributes; the root, a complete model's
-group, /validation and each comparison's group carry one too, covering the names under them, status and
-scoring_seconds left out) from when it was finished: the header arrays when the file is made, a model's datasets when it
-is complete, a table when written, /validation's when its tables are. Reports refuse a file whose values
-differ from them (tracin.results.store.digests).
+16 MB of its values, bound to the file by the root's attributes as it was made: format version 4) and attr
+attrs_digest (the sha256 of its other attributes; the root, a complete model's group, /validation and each
+comparison's group carry one too, covering the names under them, status and scoring_seconds left out) from
+when it was finished: the header arrays when the file is made, a model's datasets when it is complete, a
+table when written, /validation's when its tables are. Reports refuse a file whose values differ from them
+(tracin.results.store.digests).
 
 /quality, /agreement, /detection, /randomization and /quality_report are the named tables of
 tracin.results.store.tables (ScoreFile.write_table and read_table, their attributes registered with them).
