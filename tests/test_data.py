@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -301,6 +302,62 @@ def test_a_cifar_batch_of_another_layout_or_missing_is_named(cifar10_root, tmp_p
         load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False))
     with pytest.raises(DataError, match=r"cifar-10-batches-py lacks data_batch_4$"):  # tracin-eval's reader too
         load_eval_split("cifar10", str(root), SPECS["cifar10"], [str(c) for c in range(10)], None, False)
+
+
+def _renamed(names):
+    return lambda meta: {**meta, "label_names": names}
+
+
+@pytest.mark.parametrize(
+    "name, edit, message",
+    [
+        (
+            "data_batch_2",
+            lambda b: {**b, "labels": np.asarray(b["labels"])[:, None]},
+            r"data_batch_2: its labels are of",
+        ),
+        ("batches.meta", _renamed([*list(CIFAR10_CLASSES), "extra"]), r"batches.meta names 11 classes, not CIFAR's 10"),
+        (
+            "batches.meta",
+            _renamed([n.encode() for n in list(CIFAR10_CLASSES)]),
+            r"batches.meta: its label_names are not a",
+        ),
+        ("batches.meta", _renamed(list(range(10))), r"batches.meta: its label_names are not a list of class names"),
+        ("batches.meta", _renamed(None), r"batches.meta: its label_names are not a list of class names"),
+        (
+            "batches.meta",
+            _renamed(["", *list(CIFAR10_CLASSES)[1:]]),
+            r"batches.meta names a class '': empty, or holding",
+        ),
+        (
+            "batches.meta",
+            _renamed(["ca\nt", *list(CIFAR10_CLASSES)[1:]]),
+            r"batches.meta names a class 'ca\\nt': empty, or",
+        ),
+        (
+            "batches.meta",
+            _renamed(["Bird", *list(CIFAR10_CLASSES)[1:]]),
+            r"\(batches.meta\) names 'Bird' and 'bird', one class",
+        ),
+    ],
+)
+def test_a_cifar_file_breaking_its_format_is_refused_naming_it(cifar10_root, tmp_path, name, edit, message):
+    """Round 24, C3, C8-C13, C24: labels of shape (n, 1) and class names as bytes were tracebacks; 11 names
+    trained a class no image has; names '' or holding a newline, or 'Bird' beside 'bird', were taken."""
+    root = _cifar_root_with(cifar10_root, tmp_path, name, edit)
+    with pytest.raises(DataError, match=message):
+        load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False))
+
+
+def test_a_cifar_batch_pickled_with_protocol_5_is_read(cifar10_root, tmp_path):
+    """Round 24, C27: numpy's protocol-5 reconstruction was refused as something a batch file never holds."""
+    folder = tmp_path / "cifar-10-batches-py"
+    shutil.copytree(Path(cifar10_root) / "cifar-10-batches-py", folder)
+    batch = pickle.loads((folder / "data_batch_1").read_bytes())
+    (folder / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=5))
+    config = DataConfig(dataset="cifar10", data_root=str(tmp_path), checksum=False)
+    reference = DataConfig(dataset="cifar10", data_root=str(cifar10_root), checksum=False)
+    assert torch.equal(load_data(config).train.labels, load_data(reference).train.labels)
 
 
 def test_a_truncated_cifar_batch_is_one_error_naming_it(cifar10_root, tmp_path):

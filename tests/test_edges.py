@@ -241,6 +241,9 @@ def test_score_files_of_one_stem_in_one_folder_are_refused_before_their_reports_
     scored = run("tracin-score", "--run", tiny_run, "--scores", tmp_path / "a.hdf5", "--device", "cpu", cwd=tmp_path)
     assert_one_line(scored, "a.hdf5 and a.h5 beside it would write the same reports (a.plots)")
     assert sorted(os.listdir(tmp_path)) == ["a.h5"]  # refused before the scoring, not even a lock left
+    for side in ("x.replacing", "x.damaged", "x.damaged-2"):  # round 24, N8: tracin's own files beside x
+        shutil.copy(tiny_scores, tmp_path / side)
+    assert report_path(tmp_path / "x", "plots") == tmp_path / "x.plots"
 
 
 def test_a_bad_option_is_refused_before_any_scoring(tiny_run, tmp_path):

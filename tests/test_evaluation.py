@@ -123,12 +123,15 @@ def test_cifar100_with_a_class_map_equals_a_direct_evaluation(cifar10_run, tmp_p
     [
         ([], "no class of cifar100 maps to the run's classes"),
         (["--class-map", "MAP"], "not a class of the run"),
+        # round 24, E10: both keys are 'bus' to the map; the later one won, the other dropped unsaid
+        (["--class-map", "MAP2"], "--class-map names 'bus' and 'Bus ', one class name where case, spaces"),
     ],
 )
 def test_eval_refusals_are_one_line(cifar10_run, tmp_path, args, message):
     root = write_cifar100(tmp_path / "data")
     (tmp_path / "map.json").write_text(json.dumps({"bus": "tram"}))
-    args = [str(tmp_path / "map.json") if a == "MAP" else a for a in args]
+    (tmp_path / "MAP2").write_text(json.dumps({"bus": "truck", "Bus ": "automobile"}))
+    args = [str(tmp_path / "map.json") if a == "MAP" else str(tmp_path / a) if a == "MAP2" else a for a in args]
     written = cifar10_run / "eval_cifar100.csv"
     before = written.read_bytes() if written.exists() else None
     result = tool(

@@ -89,3 +89,28 @@ def test_a_model_epoch_that_disagrees_with_its_epochs_is_refused(tmp_path, statu
         read_record(paths)
     write_json_atomic({**RECORD, "models": {"teacher": {**entry, "epoch": 4}}}, paths.run_json)
     assert read_record(paths)["models"]["teacher"]["epoch"] == 4
+
+
+@pytest.mark.parametrize(
+    "status, checkpoints",
+    [
+        ("done", ["epoch_004.pt", "epoch_002.pt"]),
+        ("done", ["epoch_002.pt"]),
+        ("partial", ["epoch_004.pt", "epoch_002.pt"]),
+    ],
+)
+def test_checkpoints_out_of_order_or_not_ending_at_the_last_epoch_are_refused(tmp_path, status, checkpoints):
+    """Round 24, S2: run.json's checkpoints reordered (and its metrics set to epoch 2's) made a sweep table epoch
+    2's model as the final one; the list is in epoch order and a finished model's ends at its last epoch."""
+    paths = RunPaths(tmp_path)
+    entry = {"status": status, "epoch": 4, "epochs": 4, "checkpoints": checkpoints}
+    write_json_atomic({**RECORD, "models": {"teacher": entry}}, paths.run_json)
+    with pytest.raises(
+        TracinError,
+        match=r"run.json: models/teacher/checkpoints lists epochs \[.*\]; expected them in order.*run.json was edited",
+    ):
+        read_record(paths)
+    write_json_atomic(
+        {**RECORD, "models": {"teacher": {**entry, "checkpoints": sorted(checkpoints)[:1]}}}, paths.run_json
+    )
+    assert status == "done" or read_record(paths)["models"]["teacher"]["checkpoints"] == ["epoch_002.pt"]

@@ -170,17 +170,23 @@ def report_path(score_file: Union[str, Path], name: str) -> Path:
     """Where a report of a score file goes: NAME beside the default tracin.h5 (quality_report.md, plots/), and
     STEM.NAME beside any other score file (other.quality_report.md, other.plots/), so that two score files in
     one folder keep their own reports; a TracinError when another score file beside it has the same stem
-    (a.h5 beside a.hdf5 or a: round 23, S1, one's reports replaced the other's without a word)."""
+    (a.h5 beside a.hdf5 or a: round 23, S1, one's reports replaced the other's without a word); what tracin
+    keeps beside a score file (NAME.replacing, NAME.damaged) does not count."""
     score_file = Path(score_file)
     prefix = _report_prefix(score_file.name)
     if prefix and score_file.parent.is_dir():
         for other in os.scandir(score_file.parent):
-            if other.name != score_file.name and _report_prefix(other.name) == prefix and _is_hdf5(other.path):
+            if other.name == score_file.name or SIDE_FILES.fullmatch(other.name):
+                continue
+            if _report_prefix(other.name) == prefix and _is_hdf5(other.path):
                 raise TracinError(
                     f"{score_file} and {other.name} beside it would write the same reports ({prefix}{name}): "
                     "give one of them a name of its own"
                 )
     return score_file.parent / f"{prefix}{name}"
+
+
+SIDE_FILES = re.compile(r".+\.(replacing|damaged(-\d+)?)")  # what tracin keeps beside a score file (round 24, N8)
 
 
 def _report_prefix(score_name: str) -> str:

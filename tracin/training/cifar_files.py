@@ -23,6 +23,8 @@ class _CifarUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("_codecs", "encode"),  # how protocol 2 writes bytes from Python 3: encode(str, "latin1")
+        ("numpy.core.numeric", "_frombuffer"),  # how protocol 5 writes an array (round 24, C27: refused)
+        ("numpy._core.numeric", "_frombuffer"),
     }
 
     def find_class(self, module: str, name: str):
@@ -56,12 +58,7 @@ def _check_batch(name: str, batch) -> None:
     """A ValueError naming the file `name` unless `batch` is laid out as CIFAR's (round 20, CF1, CF7: a batch
     with other keys or rows of another width was refused by numpy's words, not naming the file)."""
     if name in CIFAR_META_FILES:
-        if not isinstance(batch, dict) or not {"label_names", "fine_label_names"} & set(batch):
-            raise ValueError(f"{name} holds no label_names")
-        names = list(batch.get("label_names", batch.get("fine_label_names")) or [])
-        twice = [label for label in names if names.count(label) > 1]
-        if twice:  # round 23, C11: named the data root, not the file
-            raise ValueError(f"{name} names the class {twice[0]!r} twice")
+        _check_names(name, batch)
         return
     labels = batch.get("labels", batch.get("fine_labels")) if isinstance(batch, dict) else None
     if labels is None or "data" not in batch:
@@ -73,6 +70,8 @@ def _check_batch(name: str, batch) -> None:
         raise ValueError(f"{name} holds {len(images)} images and {len(labels)} labels")
     if images.dtype != np.uint8:  # round 21, CF6: the message named the data root, not the file
         raise ValueError(f"{name}: its images are {images.dtype}, not 8-bit pixels (uint8, 0..255)")
+    if np.asarray(labels).ndim != 1:  # round 24, C3: labels of shape (n, 1) were a traceback
+        raise ValueError(f"{name}: its labels are of shape {np.asarray(labels).shape}, not one per image")
     kind = np.asarray(labels).dtype
     if len(labels) and not np.issubdtype(kind, np.integer):  # round 21, CF14: a label 1.5 was trained on as 1
         raise ValueError(f"{name}: its labels are {kind}, not integers")
@@ -82,6 +81,27 @@ def _check_batch(name: str, batch) -> None:
     outside = [int(label) for label in labels if not 0 <= label < classes]
     if outside:  # round 23, C9, C13: named the split, not the file
         raise ValueError(f"{name}: its labels hold {outside[0]}, outside CIFAR's classes 0..{classes - 1}")
+
+
+def _check_names(name: str, meta) -> None:
+    """A ValueError naming the meta file `name` unless it lists CIFAR's count of class names, each a distinct,
+    non-empty text without control characters (round 24, C8-C13, C24: a list of 11 names trained an 11th
+    class no image has; bytes or numbers were a traceback when data.json was written, or an unreadable file
+    after; a name '' or holding a newline was taken)."""
+    key = next((key for key in ("label_names", "fine_label_names") if isinstance(meta, dict) and key in meta), None)
+    if key is None:
+        raise ValueError(f"{name} holds no label_names")
+    names, count = meta[key], CIFAR_CLASSES[key.replace("_names", "s")]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(label, str) for label in names):
+        raise ValueError(f"{name}: its {key} are not a list of class names (text)")
+    if len(names) != count:
+        raise ValueError(f"{name} names {len(names)} classes, not CIFAR's {count}")
+    for label in names:
+        if not label.strip() or any(ord(c) < 32 or ord(c) == 127 for c in label):
+            raise ValueError(f"{name} names a class {label!r}: empty, or holding a control character")
+    twice = [label for label in names if names.count(label) > 1]
+    if twice:  # round 23, C11: named the data root, not the file
+        raise ValueError(f"{name} names the class {twice[0]!r} twice")
 
 
 @contextmanager

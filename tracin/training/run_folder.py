@@ -97,6 +97,14 @@ def read_record(paths: RunPaths) -> Optional[dict]:
         if epoch > epochs or (done and epoch != epochs):
             expected = f"{epochs}, its epochs, since it is done" if done else f"at most its epochs, {epochs}"
             raise TracinError(f"{paths.run_json}: models/{name}/epoch is {epoch}; expected {expected}")
+        saved = [int(checkpoint[len("epoch_") : -len(".pt")]) for checkpoint in entry["checkpoints"]]
+        if saved != sorted(saved) or (
+            done and saved and saved[-1] != epochs
+        ):  # round 24, S2: the last one is the final
+            raise TracinError(  # model (sweeps table its metrics, tracin-eval evaluates it)
+                f"{paths.run_json}: models/{name}/checkpoints lists epochs {saved}; expected them in order"
+                f"{f', ending at {epochs}, its last epoch, since it is done' if done else ''}: run.json was edited"
+            )
     return record
 
 
