@@ -302,6 +302,9 @@ def test_a_cifar_batch_of_another_layout_or_missing_is_named(cifar10_root, tmp_p
         load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False))
     with pytest.raises(DataError, match=r"cifar-10-batches-py lacks data_batch_4$"):  # tracin-eval's reader too
         load_eval_split("cifar10", str(root), SPECS["cifar10"], [str(c) for c in range(10)], None, False)
+    (root / "cifar-10-batches-py" / "data_batch_4").mkdir()  # round 25, F04: a folder there was called missing
+    with pytest.raises(DataError, match=r"lacks data_batch_4 \(a folder there, not the file\): put the data"):
+        load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False))
 
 
 def _renamed(names):
@@ -338,6 +341,14 @@ def _renamed(names):
             "batches.meta",
             _renamed(["Bird", *list(CIFAR10_CLASSES)[1:]]),
             r"\(batches.meta\) names 'Bird' and 'bird', one class",
+        ),
+        *(  # round 25, C13-C19: a C1 control, a line separator, an invisible zero-width space
+            ("batches.meta", _renamed([odd, *list(CIFAR10_CLASSES)[1:]]), r"batches.meta names a class '.*': empty, or")
+            for odd in ("a\x85b", "a\x9bb", "a\u2028b", "ca\u200bt")
+        ),
+        *(  # round 25, C16, M04: width and the separators inside a name do not count either
+            ("batches.meta", _renamed([*list(CIFAR10_CLASSES)[:-1], twin]), rf"names '{first}' and '{twin}', one class")
+            for first, twin in (("airplane", "Air-Plane"), ("airplane", "air plane"), ("dog", "\uff44\uff4f\uff47"))
         ),
     ],
 )

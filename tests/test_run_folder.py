@@ -87,30 +87,43 @@ def test_a_model_epoch_that_disagrees_with_its_epochs_is_refused(tmp_path, statu
     write_json_atomic({**RECORD, "models": {"teacher": entry}}, paths.run_json)
     with pytest.raises(TracinError, match=f"run.json: models/teacher/epoch is {epoch}; expected "):
         read_record(paths)
-    write_json_atomic({**RECORD, "models": {"teacher": {**entry, "epoch": 4}}}, paths.run_json)
+    saved = ["epoch_002.pt", "epoch_004.pt"]
+    write_json_atomic({**RECORD, "models": {"teacher": {**entry, "epoch": 4, "checkpoints": saved}}}, paths.run_json)
     assert read_record(paths)["models"]["teacher"]["epoch"] == 4
 
 
 @pytest.mark.parametrize(
-    "status, checkpoints",
+    "status, epoch, checkpoints",
     [
-        ("done", ["epoch_004.pt", "epoch_002.pt"]),
-        ("done", ["epoch_002.pt"]),
-        ("partial", ["epoch_004.pt", "epoch_002.pt"]),
+        ("done", 4, ["epoch_004.pt", "epoch_002.pt"]),
+        ("done", 4, ["epoch_002.pt"]),
+        ("partial", 4, ["epoch_004.pt", "epoch_002.pt"]),
+        ("done", 4, ["epoch_004.pt"]),
+        ("partial", 3, []),
+        ("partial", 3, ["epoch_001.pt", "epoch_002.pt"]),
+        ("done", 4, ["epoch_002.pt", "epoch_003.pt", "epoch_004.pt"]),
     ],
 )
-def test_checkpoints_out_of_order_or_not_ending_at_the_last_epoch_are_refused(tmp_path, status, checkpoints):
+def test_checkpoints_other_than_the_saved_epochs_are_refused(tmp_path, status, epoch, checkpoints):
     """Round 24, S2: run.json's checkpoints reordered (and its metrics set to epoch 2's) made a sweep table epoch
-    2's model as the final one; the list is in epoch order and a finished model's ends at its last epoch."""
+    2's model as the final one. Round 25, A6: a checkpoint dropped from the list (its file and sha256 deleted)
+    was scored as a sum a term short. The list is exactly the saved epochs up to the model's epoch."""
     paths = RunPaths(tmp_path)
-    entry = {"status": status, "epoch": 4, "epochs": 4, "checkpoints": checkpoints}
+    entry = {"status": status, "epoch": epoch, "epochs": 4, "checkpoints": checkpoints}
     write_json_atomic({**RECORD, "models": {"teacher": entry}}, paths.run_json)
     with pytest.raises(
         TracinError,
-        match=r"run.json: models/teacher/checkpoints lists epochs \[.*\]; expected them in order.*run.json was edited",
+        match=r"run.json: models/teacher/checkpoints is \[.*\]; expected \[.*\] \(every 2 epochs.*run.json was edited",
     ):
         read_record(paths)
-    write_json_atomic(
-        {**RECORD, "models": {"teacher": {**entry, "checkpoints": sorted(checkpoints)[:1]}}}, paths.run_json
-    )
-    assert status == "done" or read_record(paths)["models"]["teacher"]["checkpoints"] == ["epoch_002.pt"]
+    saved = [f"epoch_{e:03d}.pt" for e in (2, 4) if e <= epoch]
+    write_json_atomic({**RECORD, "models": {"teacher": {**entry, "checkpoints": saved}}}, paths.run_json)
+    assert read_record(paths)["models"]["teacher"]["checkpoints"] == saved
+
+
+def test_a_model_of_other_epochs_than_the_run_is_refused(tmp_path):
+    paths = RunPaths(tmp_path)
+    entry = {"status": "done", "epoch": 2, "epochs": 2, "checkpoints": ["epoch_002.pt"]}
+    write_json_atomic({**RECORD, "models": {"teacher": entry}}, paths.run_json)
+    with pytest.raises(TracinError, match=r"models/teacher/epochs is 2; expected 4, the run's config/epochs"):
+        read_record(paths)

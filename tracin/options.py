@@ -500,7 +500,8 @@ class EvalOptions:
     )
     class_map: Optional[str] = option(
         None,
-        help='{"its class": "run class", ...}; default: the classes both name alike (others are left out)',
+        help='{"its class": "run class", ...}; default: the classes both name alike, case, spaces, - and _ aside '
+        "(others are left out)",
         section="data",
         metavar="FILE.json",
     )

@@ -207,6 +207,9 @@ def _converted(field: dataclasses.Field, declared: Option, value: Any, prog: str
         return tuple(convert(v) for v in value)
     if isinstance(value, tuple):
         return tuple(convert(v) for v in value)
+    if isinstance(value, str) and not value.strip():  # round 25, M28: '' read as the path '.', "a folder"
+        name = flag_of(field, declared) if not declared.positional else field.name.upper()
+        raise TracinError(f"{name} is given an empty value")
     return convert(value) if value is not None else value
 
 

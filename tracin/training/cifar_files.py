@@ -4,6 +4,7 @@ without their checksums for CIFAR-format files that are not the published ones."
 
 from __future__ import annotations
 
+import os
 import pickle
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,16 +90,20 @@ def _check_names(name: str, meta) -> None:
     class no image has; bytes or numbers were a traceback when data.json was written, or an unreadable file
     after; a name '' or holding a newline was taken)."""
     key = next((key for key in ("label_names", "fine_label_names") if isinstance(meta, dict) and key in meta), None)
-    if key is None:
-        raise ValueError(f"{name} holds no label_names")
+    if key is None:  # round 25, H06: CIFAR-100's meta was said to lack CIFAR-10's key
+        cifar100 = datasets.CIFAR100.meta
+        raise ValueError(f"{name} holds no {cifar100['key'] if name == cifar100['filename'] else 'label_names'}")
     names, count = meta[key], CIFAR_CLASSES[key.replace("_names", "s")]
     if not isinstance(names, (list, tuple)) or not all(isinstance(label, str) for label in names):
         raise ValueError(f"{name}: its {key} are not a list of class names (text)")
     if len(names) != count:
         raise ValueError(f"{name} names {len(names)} classes, not CIFAR's {count}")
-    for label in names:
-        if not label.strip() or any(ord(c) < 32 or ord(c) == 127 for c in label):
-            raise ValueError(f"{name} names a class {label!r}: empty, or holding a control character")
+    for label in names:  # round 25, C13-C19: C1 controls, line separators and invisible characters too
+        if not label.strip() or not label.isprintable():
+            raise ValueError(
+                f"{name} names a class {label!r}: empty, or holding a character that does not print (a control, "
+                "format or line-separator character)"
+            )
     twice = [label for label in names if names.count(label) > 1]
     if twice:  # round 23, C11: named the data root, not the file
         raise ValueError(f"{name} names the class {twice[0]!r} twice")
@@ -141,7 +146,14 @@ def missing_files(root: Path, loader: type) -> list[str]:
     if not folder.is_dir():
         return []
     names = [name for name, _ in (*loader.train_list, *loader.test_list)] + [loader.meta["filename"]]
-    return [name for name in names if not (folder / name).is_file()]
+    return [_named(folder / name) for name in names if not (folder / name).is_file()]
+
+
+def _named(path: Path) -> str:
+    """A missing file's name, saying what stands in its place (round 25, F04: a folder was called missing)."""
+    if path.is_dir():
+        return f"{path.name} (a folder there, not the file)"
+    return f"{path.name} (not a regular file)" if os.path.lexists(path) else path.name
 
 
 __all__ = ["UncheckedCIFAR10", "UncheckedCIFAR100", "missing_files", "restricted_cifar_reads"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import unicodedata
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -315,8 +316,8 @@ def load_eval_split(
 ) -> tuple[Split, dict[str, int]]:
     """Another data set's test split, as a run's models see it: its images normalised with the run's
     `spec`, its labels mapped to the run's `classes` by `class_map` (its class name -> a run class name;
-    default: the classes both name alike, case and '_'/' ' aside). Examples of unmapped classes are left
-    out. Returns (the split, {run class: examples}); refuses images of another shape or no mapped class."""
+    default: the classes both name alike, case, width, spaces, '-' and '_' aside: class_key). Examples of
+    unmapped classes are left out. Returns (the split, {run class: examples}); refuses images of another shape or no mapped class."""
     if dataset not in EVAL_DATASETS:
         raise DataError(f"--eval-dataset must be one of {', '.join(EVAL_DATASETS)}, got {dataset!r}")
     root = Path(data_root)
@@ -368,9 +369,10 @@ SPEC_SIZES = {"cifar10": (32, 32), "fashion-mnist": (28, 28)}
 
 
 def class_key(name: str) -> str:
-    """How class names are matched between data sets and in a class map: case, '_', '-' and the spaces
-    around a name aside."""
-    return name.lower().replace("_", " ").replace("-", " ").strip()
+    """How class names are matched between data sets and in a class map: case, width (NFKC), spaces, '-' and
+    '_' aside, so 'Air-Plane', 'air plane', 'airplane' and 'ａｉｒｐｌａｎｅ' are one name (round 25, M04, C16)."""
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    return "".join(c for c in folded if not (c.isspace() or c in "-_"))
 
 
 def check_distinct_names(names: Sequence[str], what: str) -> None:
@@ -380,8 +382,8 @@ def check_distinct_names(names: Sequence[str], what: str) -> None:
     for name in names:
         if class_key(name) in seen:
             raise DataError(
-                f"{what} names {seen[class_key(name)]!r} and {name!r}, one class name where case, spaces, '-' and "
-                "'_' do not count"
+                f"{what} names {seen[class_key(name)]!r} and {name!r}, one class name where case, width, spaces, "
+                "'-' and '_' do not count"
             )
         seen[class_key(name)] = name
 

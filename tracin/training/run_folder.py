@@ -27,6 +27,7 @@ from tracin.errors import ConfigMismatchError, TracinError
 from tracin.options import check_run_name  # noqa: F401 (re-exported)
 from tracin.schemas import RUN_JSON, load_json
 from tracin.training.checkpoints import checkpoint_name
+from tracin.training.optimization import saved_epochs
 from tracin.version import __version__
 
 RUN_FORMAT = "tracin-run"
@@ -86,26 +87,36 @@ def read_record(paths: RunPaths) -> Optional[dict]:
         return None
     record = load_json(paths.run_json, RUN_JSON)
     try:  # every setting typed now, also those a command does not read (a width "4" edited in by hand)
-        TrainConfig.from_dict(record["config"])
+        config = TrainConfig.from_dict(record["config"])
         DataConfig.from_dict(record["data_config"])
-        for config in record["model_configs"].values():
-            ModelConfig.from_dict(config)
+        for model_config in record["model_configs"].values():
+            ModelConfig.from_dict(model_config)
     except TracinError as error:
         raise TracinError(f"{paths.run_json}: {error}") from None
-    for name, entry in record["models"].items():  # what the schema cannot say: the epoch counts agree
-        done, epoch, epochs = entry["status"] == "done", entry["epoch"], entry["epochs"]
-        if epoch > epochs or (done and epoch != epochs):
-            expected = f"{epochs}, its epochs, since it is done" if done else f"at most its epochs, {epochs}"
-            raise TracinError(f"{paths.run_json}: models/{name}/epoch is {epoch}; expected {expected}")
-        saved = [int(checkpoint[len("epoch_") : -len(".pt")]) for checkpoint in entry["checkpoints"]]
-        if saved != sorted(saved) or (
-            done and saved and saved[-1] != epochs
-        ):  # round 24, S2: the last one is the final
-            raise TracinError(  # model (sweeps table its metrics, tracin-eval evaluates it)
-                f"{paths.run_json}: models/{name}/checkpoints lists epochs {saved}; expected them in order"
-                f"{f', ending at {epochs}, its last epoch, since it is done' if done else ''}: run.json was edited"
-            )
+    for name, entry in record["models"].items():  # what the schema cannot say: the entry agrees with the config
+        check_entry(entry, config, f"{paths.run_json}: models/{name}")
     return record
+
+
+def check_entry(entry: dict, config: TrainConfig, field: str) -> None:
+    """A TracinError unless a model's run.json entry is one its training writes (trainer.set_status): its
+    epochs the run's, its epoch within them (all of them once done), and its checkpoints exactly the saved
+    epochs up to its epoch, in order. A checkpoint dropped from the list (and its file deleted) would leave
+    TracInCP's sum a term short, each later lr standing for a longer interval (red-team 25, A6)."""
+    epoch, epochs = entry["epoch"], entry["epochs"]
+    if epochs != config.epochs:
+        raise TracinError(f"{field}/epochs is {epochs}; expected {config.epochs}, the run's config/epochs")
+    if epoch > epochs or (entry["status"] == "done" and epoch != epochs):
+        done = entry["status"] == "done"
+        raise TracinError(
+            f"{field}/epoch is {epoch}; expected {f'{epochs}, its epochs, since it is done' if done else f'at most {epochs}, its epochs'}"
+        )
+    expected = [checkpoint_name(e) for e in saved_epochs(config) if e <= epoch]
+    if entry["checkpoints"] != expected:
+        raise TracinError(
+            f"{field}/checkpoints is {entry['checkpoints']}; expected {expected} (every {config.save_every} "
+            f"epochs and the last, up to its epoch {epoch}): run.json was edited"
+        )
 
 
 def _leftover(path: Path) -> bool:
