@@ -795,6 +795,21 @@ def test_the_checkpoints_scored_are_those_run_json_lists(tiny_run, tmp_path, cha
         load_role_checkpoints(open_trained_run(str(tmp_path / "run"), None), "teacher", "last")
 
 
+def test_a_model_not_finished_is_scored_with_a_note(tiny_run, tmp_path):
+    """Round 25, A9: a teacher whose training was cut before it was marked done was scored without a word."""
+    from tracin.commands.score import unfinished_note
+    from tracin.results.runs import open_trained_run
+
+    shutil.copytree(tiny_run, tmp_path / "run")
+    assert unfinished_note(open_trained_run(str(tmp_path / "run"), None), "teacher") is None
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    record["models"]["teacher"]["status"] = "partial"  # as a kill after its last epoch, before finish_model
+    (tmp_path / "run" / "run.json").write_text(json.dumps(record))
+    epochs = record["models"]["teacher"]["epochs"]
+    note = unfinished_note(open_trained_run(str(tmp_path / "run"), None), "teacher")
+    assert note.startswith(f"note: teacher has not finished training (partial, epoch {epochs} of {epochs})")
+
+
 def test_a_setting_given_fixed_and_varied_is_refused(tmp_path, fashion_mnist_root):
     """SW06, SW13 (A16b): the fixed --width was overridden in every run, never read."""
     for vary, fixed in (("width=4,8", "--width"), ("augment=on,off", "--no-augment")):

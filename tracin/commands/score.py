@@ -340,6 +340,18 @@ def _finished_as_asked(out: Path, settings: dict, ks: list[int], options: ScoreO
         )
 
 
+def unfinished_note(run: TrainedRun, name: str) -> Optional[str]:
+    """A note when `name` has not finished training (round 25, A9: a model killed before its last epoch, or
+    before it was marked done, was scored without a word): its saved checkpoints are scored as they are."""
+    entry = run.record["models"][name]
+    if entry["status"] == "done":
+        return None
+    return (
+        f"note: {name} has not finished training ({entry['status']}, epoch {entry['epoch']} of {entry['epochs']}): "
+        "its saved checkpoints are scored; tracin-train --resume finishes it"
+    )
+
+
 def checked_models(run: TrainedRun, options: ScoreOptions, data: RunData, runtime: Runtime) -> dict[str, str]:
     """{model: checkpoints_digest} of the models to score, each checked before the result file is touched:
     its checkpoints loaded and checked, its layers resolved, its blocks sized within the memory budget.
@@ -350,6 +362,7 @@ def checked_models(run: TrainedRun, options: ScoreOptions, data: RunData, runtim
         groups.update(tracin.group_names)
         plan = tracin.memory_plan(data.train, data.test, options.per_checkpoint)
         warnings = [
+            unfinished_note(run, name),
             plan_warning(name, plan, len(data.train), len(data.test), options.engine.batch_size),
             budget_warning(plan, runtime.device) if number == 0 else None,  # the budget's: once (round 8: O13)
         ]
