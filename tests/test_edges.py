@@ -246,6 +246,27 @@ def test_score_files_of_one_stem_in_one_folder_are_refused_before_their_reports_
     assert report_path(tmp_path / "x", "plots") == tmp_path / "x.plots"
 
 
+@pytest.mark.parametrize(
+    "command, args",
+    [
+        ("tracin-score", ("--run", "RUN", "--scores", "y.replacing")),
+        ("tracin-score", ("--run", "RUN", "--scores", "y.damaged")),
+        ("tracin-report", ("--run", "RUN", "--scores", "y.damaged-3")),
+        ("tracin-validate", ("--run", "RUN", "--scores", "y.damaged")),
+        ("tracin-explore", ("--scores", "y.replacing")),
+        ("tracin-notebooks", ("y.damaged", "out")),
+    ],
+)
+def test_the_names_tracin_score_keeps_for_itself_are_not_score_files(tiny_run, tiny_scores, tmp_path, command, args):
+    """Round 25, S04, S13: tracin-score --scores y.replacing made a file that a later --overwrite of y deleted
+    (or adopted, its settings and all); y.damaged's reports were replaced by y's."""
+    shutil.copy(tiny_scores, tmp_path / args[-1 if command != "tracin-notebooks" else 0])
+    before = digest(tmp_path)
+    result = run(command, *(str(tiny_run) if a == "RUN" else a for a in args), cwd=tmp_path)
+    assert_one_line(result, "tracin-score keeps NAME.replacing and NAME.damaged(-N) beside a score file NAME")
+    assert digest(tmp_path) == before
+
+
 def test_a_bad_option_is_refused_before_any_scoring(tiny_run, tmp_path):
     result = run(
         "tracin-score",

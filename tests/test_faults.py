@@ -138,6 +138,21 @@ def test_a_file_with_damaged_metadata_is_salvaged_by_the_same_command(tiny_run, 
     assert not list(tmp_path.glob(".tracin.h5.*.tmp"))
 
 
+@pytest.mark.parametrize("name", ["tracin-report", "tracin-validate"])
+def test_damage_only_tracin_score_repairs_is_refused_before_any_read(tiny_run, reference, tmp_path, name):
+    """Round 25, S05, S06: a model's dataset whose object header was damaged was a traceback in tracin-report and
+    tracin-validate (their own tables' digests were checked before the damage was looked for)."""
+    out = tmp_path / "tracin.h5"
+    shutil.copy(reference, out)
+    damage_object_headers(out, "teacher/self_influence")
+    damaged = hashes(out)
+    extra = ("--test-examples", "1", "--k", "5", "--subsets", "0") if name == "tracin-validate" else ()
+    result = command(name, "--run", tiny_run, "--scores", out, "--models", "teacher", *extra)
+    assert_one_line_error(result, "is damaged (/teacher/self_influence: ")
+    assert "run the tracin-score command that wrote it again" in result.stderr
+    assert hashes(out) == damaged
+
+
 def test_a_damaged_replacement_is_salvaged_and_published_by_the_same_overwrite(tiny_run, reference, tmp_path):
     out = tmp_path / "tracin.h5"
     shutil.copy(reference, out)

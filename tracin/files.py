@@ -189,6 +189,18 @@ def report_path(score_file: Union[str, Path], name: str) -> Path:
 SIDE_FILES = re.compile(r".+\.(replacing|damaged(-\d+)?)")  # what tracin keeps beside a score file (round 24, N8)
 
 
+def score_file_name(path: str) -> str:
+    """`path`, a score file's name given to a command, unless it is one of the names tracin-score keeps for
+    itself beside a score file NAME (round 25, S04, S13: --scores y.replacing was deleted or adopted by
+    --overwrite of y; y.damaged's reports replaced y's)."""
+    if SIDE_FILES.fullmatch(Path(path).name):
+        raise TracinError(
+            f"{path}: tracin-score keeps NAME.replacing and NAME.damaged(-N) beside a score file NAME for itself; "
+            "give the score file another name (copy a kept file to another name to read it)"
+        )
+    return path
+
+
 def _report_prefix(score_name: str) -> str:
     return "" if score_name == "tracin.h5" else f"{Path(score_name).stem}."
 

@@ -36,7 +36,7 @@ from tracin.config import (
     split_model_name,
 )
 from tracin.errors import TracinError
-from tracin.files import existing_folder, resolved
+from tracin.files import existing_folder, resolved, score_file_name
 from tracin.variants import SCORE_VARIANTS
 
 # --- option groups every command declares alike -----------------------------------------------------------
@@ -47,7 +47,7 @@ def run_folder(help: str = "the run folder (tracin-train's OUT_ROOT/RUN)") -> An
 
 
 def score_file(help: str, renamed: tuple[str, ...] = ()) -> Any:
-    return option(None, help=help, section="run", metavar="FILE.h5", renamed=renamed)
+    return option(None, help=help, section="run", metavar="FILE.h5", renamed=renamed, item=score_file_name)
 
 
 def models(default: tuple[str, ...], help: str) -> Any:
@@ -546,7 +546,12 @@ class ExploreOptions:
 
     run: Optional[Path] = option(None, help="the run folder (tracin-train's OUT_ROOT/RUN)", item=Path, section="run")
     scores: Optional[Path] = option(
-        None, help="the score file", default_text="RUN/tracin.h5", item=Path, section="run", metavar="FILE.h5"
+        None,
+        help="the score file",
+        default_text="RUN/tracin.h5",
+        item=lambda value: Path(score_file_name(value)),
+        section="run",
+        metavar="FILE.h5",
     )
     out: Optional[Path] = option(
         None,
@@ -593,6 +598,8 @@ class ExploreOptions:
 class NotebooksOptions:
     """What `tracin-notebooks` was asked to do: every notebook that applies, to HTML in out_dir."""
 
-    scores: str = option(help="the HDF5 file tracin-score wrote", positional=True, item=resolved)
+    scores: str = option(
+        help="the HDF5 file tracin-score wrote", positional=True, item=lambda value: resolved(score_file_name(value))
+    )
     out_dir: str = option(help="folder for the HTML files", positional=True)
     data_root: Optional[str] = moved_data_root(section=None, positional=True)

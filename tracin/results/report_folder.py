@@ -35,6 +35,7 @@ from tracin.results.markdown import (
 from tracin.results.store import ScoreFile, find_damage, layout_problems
 from tracin.results.store.digests import top_level
 from tracin.results.store.layout import VALIDATION
+from tracin.results.store.salvage import damaged
 from tracin.results.store.tables import QUALITY_REPORT, RANDOMIZATION
 
 
@@ -43,10 +44,7 @@ def check_finished(store: ScoreFile) -> None:
     saying so."""
     problems = find_damage(store.path)
     if problems:
-        raise StoreError(
-            f"{store.path} is damaged ({problems[0]}), as a full disk or a crash while writing leaves it: "
-            "run the tracin-score command that wrote it again, which salvages what reads"
-        )
+        raise damaged(store.path, problems)
     if store.status != "complete":
         raise TracinError(
             f"{store.path} is a partial result (tracin-score was interrupted): run the same tracin-score "

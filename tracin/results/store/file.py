@@ -46,7 +46,7 @@ from tracin.results.store.layout import (
     class_names,
 )
 from tracin.results.store.model_scores import ModelScores, create_model_group, write_ensemble
-from tracin.results.store.salvage import Salvage, beyond_salvage, find_damage, salvage
+from tracin.results.store.salvage import Salvage, beyond_salvage, damaged, find_damage, salvage
 from tracin.results.store.validation_record import ValidationRecord, prepare_validation
 from tracin.training.checkpoints import Checkpoint
 from tracin.version import __version__
@@ -531,11 +531,14 @@ def salvage_own_damage(path: Path, owned: Sequence[str]) -> Optional[Salvage]:
     quality_report; tracin-validate: validation): when all the damage a full disk or a crash left is inside
     them, the file is salvaged as tracin-score would (salvage: what reads is copied into a fresh file, the
     damaged one kept beside it) and keeps its status, since no model's scores were touched; the command then
-    makes its groups again. None when there is nothing to salvage, or damage it does not own (which
-    check_finished then names, pointing to tracin-score)."""
+    makes its groups again. None when there is nothing to salvage; a StoreError pointing to tracin-score for
+    damage it does not own, before anything reads the file (round 25, S05, S06: a damaged object header was
+    a traceback while the groups' digests were checked)."""
     problems = find_damage(path)
-    if not problems or not all(problem.lstrip("/").split("/")[0].split(":")[0] in owned for problem in problems):
+    if not problems:
         return None
+    if not all(problem.lstrip("/").split("/")[0].split(":")[0] in owned for problem in problems):
+        raise damaged(path, problems)
     _, status = ScoreFile._header(path)
     salvaged = salvage(path, problems)
     with open_h5(path, "r+") as handle:

@@ -50,6 +50,14 @@ def beyond_salvage(path: Path, error: BaseException, overwrite: bool = True) -> 
     return OverwriteNeeded(problem, "pass --overwrite to score afresh")
 
 
+def damaged(path: Path, problems: Sequence[str]) -> StoreError:
+    """The error for a file find_damage found `problems` in, which only tracin-score repairs."""
+    return StoreError(
+        f"{path} is damaged ({problems[0]}), as a full disk or a crash while writing leaves it: "
+        "run the tracin-score command that wrote it again, which salvages what reads"
+    )
+
+
 def find_damage(path: Path) -> list[str]:
     """What of the file HDF5 cannot read, as "OBJECT: reason" lines ("/: ..." for the root's own
     attributes): every group, attribute and dataset is opened, every chunk index walked and every
