@@ -50,10 +50,10 @@ from tracin.results.agreement import (
 )
 from tracin.results.detection import detection_summary, detection_table, mislabel_curves
 from tracin.results.markdown import groups_markdown, quality_report_markdown, report_verdicts, validation_markdown
-from tracin.results.report_folder import check_finished
 from tracin.results.sanity import INHERITED, MODEL_ROWS
 from tracin.results.statistics import overlap_at_k
 from tracin.results.store import ScoreFile, rankings_name
+from tracin.results.store.checks import check_finished
 
 START, END = "<!-- demo-figures:start -->", "<!-- demo-figures:end -->"
 VARIANTS_START, VARIANTS_END = "<!-- variants-figures:start -->", "<!-- variants-figures:end -->"

@@ -571,6 +571,7 @@ HAND_DAMAGE = [
     ("labelled version 3", _attr("format_version", 3), "has format version 3, whose digests are not bound to"),
     ("a quality table of another file", _copied_from_another_file("quality"), "/quality was changed after it"),
     ("a model's top-k of another file", _copied_from_another_file("teacher/topk"), "/teacher/topk/"),
+    ("a model of another file", _copied_from_another_file("teacher"), "/teacher/"),  # round 25, V22
     ("top-k tables of two widths", _cut_top_index, "the test_* tables differ in shape"),
     ("a NaN score", _set("teacher/scores", np.nan), "/teacher/scores holds non-finite values"),
     ("an infinite self-influence", _set("student/self_influence", np.inf), "/student/self_influence holds non-finite"),
@@ -614,7 +615,7 @@ HAND_DAMAGE = [
 def test_a_score_file_changed_by_hand_is_refused_in_one_line_by_every_reader(tiny_scores, tmp_path, change, fragment):
     import h5py
 
-    from tracin.results.report_folder import check_finished
+    from tracin.results.store.checks import check_finished
 
     out = tmp_path / "tracin.h5"
     shutil.copy(tiny_scores, out)
@@ -623,6 +624,8 @@ def test_a_score_file_changed_by_hand_is_refused_in_one_line_by_every_reader(tin
     with pytest.raises(TracinError, match=re.escape(fragment)):
         with ScoreFile.open_read(out) as store:
             check_finished(store)  # what tracin-report, tracin-explore, tracin-validate and the notebooks call first
+    with pytest.raises(TracinError, match=re.escape(fragment)):  # round 25, V22: and the Python reader
+        ScoreFile.open_checked(out)
 
 
 @pytest.mark.parametrize("command", ["tracin-report", "tracin-explore"])
@@ -1121,7 +1124,7 @@ def test_tables_a_command_makes_again_are_made_again_when_their_digests_differ(t
     tracin-score's (quality, detection, agreement, comparisons), tracin-report's and tracin-validate's."""
     import h5py
 
-    from tracin.results.report_folder import check_finished
+    from tracin.results.store.checks import check_finished
 
     out = tmp_path / "tracin.h5"
     shutil.copy(tiny_scores, out)

@@ -16,8 +16,8 @@ import torch
 
 from tracin.config import DataConfig, ModelConfig, TrainConfig
 from tracin.errors import CheckpointError, StoreError, TracinError
-from tracin.results.report_folder import check_finished
 from tracin.results.store import ScoreFile
+from tracin.results.store.checks import check_finished
 from tracin.schemas import markdown
 from tracin.training.checkpoints import list_checkpoints, load_checkpoint, load_run_checkpoints
 from tracin.training.run_folder import RunPaths, read_record

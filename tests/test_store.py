@@ -368,7 +368,7 @@ def test_a_noisy_mask_that_is_not_where_the_labels_were_flipped_is_refused(tiny_
     shutil.copy(tiny_scores, path)
     with h5py.File(path, "r+") as h5:
         h5["noisy"][0] = not h5["noisy"][0]
-    from tracin.results.report_folder import check_finished  # what every reader of a finished file runs first
+    from tracin.results.store.checks import check_finished  # what every reader of a finished file runs first
 
     with ScoreFile.open_read(path) as store, pytest.raises(TracinError, match="/noisy is not where /train_labels"):
         check_finished(store)

@@ -201,6 +201,11 @@ def score_file_name(path: str) -> str:
     return path
 
 
+def score_path(path: str) -> Path:
+    """score_file_name's Path."""
+    return Path(score_file_name(path))
+
+
 def _report_prefix(score_name: str) -> str:
     return "" if score_name == "tracin.h5" else f"{Path(score_name).stem}."
 

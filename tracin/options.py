@@ -36,7 +36,7 @@ from tracin.config import (
     split_model_name,
 )
 from tracin.errors import TracinError
-from tracin.files import existing_folder, resolved, score_file_name
+from tracin.files import existing_folder, resolved, score_file_name, score_path
 from tracin.variants import SCORE_VARIANTS
 
 # --- option groups every command declares alike -----------------------------------------------------------
@@ -546,12 +546,7 @@ class ExploreOptions:
 
     run: Optional[Path] = option(None, help="the run folder (tracin-train's OUT_ROOT/RUN)", item=Path, section="run")
     scores: Optional[Path] = option(
-        None,
-        help="the score file",
-        default_text="RUN/tracin.h5",
-        item=lambda value: Path(score_file_name(value)),
-        section="run",
-        metavar="FILE.h5",
+        None, help="the score file", default_text="RUN/tracin.h5", item=score_path, section="run", metavar="FILE.h5"
     )
     out: Optional[Path] = option(
         None,
@@ -599,7 +594,7 @@ class NotebooksOptions:
     """What `tracin-notebooks` was asked to do: every notebook that applies, to HTML in out_dir."""
 
     scores: str = option(
-        help="the HDF5 file tracin-score wrote", positional=True, item=lambda value: resolved(score_file_name(value))
+        help="the HDF5 file tracin-score wrote", positional=True, item=lambda v: resolved(score_path(v))
     )
     out_dir: str = option(help="folder for the HTML files", positional=True)
     data_root: Optional[str] = moved_data_root(section=None, positional=True)

@@ -142,9 +142,9 @@ def execute_all(scores: Path, out_dir: Path, data_root: Optional[str]) -> list[P
     opened here first, so that a wrong path or a damaged file is one line, not a failed kernel."""
     from nbclient.exceptions import CellExecutionError
 
-    from tracin.results.report_folder import check_finished
     from tracin.results.runs import check_moved_data_root
     from tracin.results.store import ScoreFile
+    from tracin.results.store.checks import check_finished
 
     with ScoreFile.open_read(scores) as store:
         check_finished(store)

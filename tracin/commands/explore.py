@@ -15,9 +15,9 @@ from tracin.options import ExploreOptions
 from tracin.results.explore import FOLDER_MARK, check_page_destination, shown_models, write_page
 from tracin.results.export import EXPORT_RECORD, EXPORTS, check_export, write_tables
 from tracin.results.grids import load_images
-from tracin.results.report_folder import check_finished
 from tracin.results.runs import check_scored_checkpoints, open_trained_run, refuse_linked_run
 from tracin.results.store import ScoreFile
+from tracin.results.store.checks import check_finished
 
 
 def explore_run(options: ExploreOptions) -> None:

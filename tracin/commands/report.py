@@ -47,7 +47,6 @@ from tracin.results.comparison import CompareOptions
 from tracin.results.figures import plot_quality_report
 from tracin.results.grids import check_labels
 from tracin.results.markdown import quality_report_markdown, report_verdicts
-from tracin.results.report_folder import check_finished
 from tracin.results.runs import (
     TrainedRun,
     check_scored_checkpoints,
@@ -60,6 +59,7 @@ from tracin.results.runs import (
     scoring_loss,
 )
 from tracin.results.store import QUALITY_REPORT, RANDOMIZATION, ScoreFile, salvage_own_damage
+from tracin.results.store.checks import check_finished
 from tracin.runtime import Runtime, machine, start_runtime
 from tracin.schemas import SCORE_SETTINGS, check
 from tracin.training.data import RunData, Split

@@ -44,7 +44,7 @@ from tracin.results.comparison import CompareOptions, compare_models, format_tab
 from tracin.results.detection import detection_rows, format_detection, mislabel_curves
 from tracin.results.grids import example_rows
 from tracin.results.quality import QUALITY_DTYPE, format_quality, quality_row
-from tracin.results.report_folder import check_finished, write_report
+from tracin.results.report_folder import write_report
 from tracin.results.runs import (
     TrainedRun,
     checked_data,
@@ -65,6 +65,7 @@ from tracin.results.store import (
     replacing_path,
     to_numpy,
 )
+from tracin.results.store.checks import check_finished
 from tracin.runtime import Runtime, start_runtime
 from tracin.training.checkpoints import Checkpoint
 from tracin.training.data import RunData, stratified_subset

@@ -44,7 +44,6 @@ from tracin.options import ValidateOptions
 from tracin.results import validation
 from tracin.results.figures import plot_validation
 from tracin.results.markdown import validation_markdown
-from tracin.results.report_folder import check_finished
 from tracin.results.runs import (
     TrainedRun,
     check_scored_checkpoints,
@@ -54,6 +53,7 @@ from tracin.results.runs import (
     positions_in,
 )
 from tracin.results.store import VALIDATION, ScoreFile, ValidationRecord, salvage_own_damage
+from tracin.results.store.checks import check_finished
 from tracin.results.validation import (
     BASELINE,
     LDS_CONDITION,

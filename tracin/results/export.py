@@ -18,8 +18,8 @@ import numpy as np
 from tracin.errors import TracinError
 from tracin.files import another_score_file, refuse_link, resolved, write_atomic, write_json_atomic
 from tracin.results.explore import comparisons, overlap_counts, proponents, shown_models
-from tracin.results.report_folder import check_finished
 from tracin.results.store import ScoreFile
+from tracin.results.store.checks import check_finished
 from tracin.schemas import EXPORT_JSON, load_json
 
 EXPORT_COLUMNS = {  # of --export's tables, in order

@@ -1,6 +1,5 @@
 """A score file's report as files: every figure as PNG and the tables as report.md, in plots/ beside the
-file (tracin-score --plots, scripts/figures.py); and the check that a file is whole and finished before
-anything is made of it.
+file (tracin-score --plots, scripts/figures.py), made of whole, finished files only (store.check_finished).
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from typing import Optional, Sequence
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from tracin.errors import StoreError, TracinError
+from tracin.errors import TracinError
 from tracin.files import check_own, report_path, write_own_figure, write_own_markdown
 from tracin.results.detection import GROUP_MARK, detection_table, mislabel_curves
 from tracin.results.figures import (
@@ -32,42 +31,7 @@ from tracin.results.markdown import (
     report_verdicts,
     validation_markdown,
 )
-from tracin.results.store import ScoreFile, find_damage, layout_problems
-from tracin.results.store.digests import top_level
-from tracin.results.store.layout import VALIDATION
-from tracin.results.store.salvage import damaged
-from tracin.results.store.tables import QUALITY_REPORT, RANDOMIZATION
-
-
-def check_finished(store: ScoreFile) -> None:
-    """Figures and tables are made of whole, finished files only: a damaged or partial one is refused,
-    saying so."""
-    problems = find_damage(store.path)
-    if problems:
-        raise damaged(store.path, problems)
-    if store.status != "complete":
-        raise TracinError(
-            f"{store.path} is a partial result (tracin-score was interrupted): run the same tracin-score "
-            "command again to finish it, then make the report"
-        )
-    wrong = layout_problems(store)
-    if wrong:
-        raise StoreError(
-            f"{store.path} is not laid out as tracin-score writes it: {wrong[0]}"
-            + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else "")
-        )
-    changed = store.changed_since_written()
-    if changed:
-        # round 13, F5a: a table tracin-report wrote, cut short by a full disk, is its to make again
-        remedy = REMEDIES.get(top_level(changed[0]), "make it again with tracin-score --overwrite")
-        raise StoreError(f"{store.path}: {changed[0]}: the file was edited, or damaged on disk; {remedy}")
-
-
-REMEDIES = {  # what makes a top-level group or table of a score file again, where not tracin-score --overwrite
-    RANDOMIZATION: "run tracin-report again, which makes its tables again",
-    QUALITY_REPORT: "run tracin-report again, which makes its tables again",
-    VALIDATION: "run tracin-validate again, which makes /validation again",
-}
+from tracin.results.store import ScoreFile, check_finished
 
 
 def quality_report_summary(store: ScoreFile) -> tuple[str, Optional[Figure]]:

@@ -5,11 +5,12 @@ readers and writers of ScoreFile (header facts, model pairs' comparison tables, 
 record) and ModelScores (one model's scores, bookkeeping and top-k tables), so a layout change is this package
 and tests/test_store.py. Its modules: file (ScoreFile: opening, creating, resuming, publishing), model_scores
 (ModelScores), tables (the named-table registry and the comparisons), validation_record (/validation), salvage
-(damage found and repaired), layout (the fixed names, and a file checked against this layout) and hdf5 (opening
-and allocating at the lowest level).
+(damage found and repaired), layout (the fixed names, and a file checked against this layout), checks (a
+finished file checked before anything reads it: check_finished) and hdf5 (opening and allocating at the lowest
+level).
 
-Layout (format "tracin-scores", version 3; version 2 had no attribute digests, version 1 no digests: neither
-is read, since a file stripped of its digests would pass for one):
+Layout (format "tracin-scores", version 4; version 3's digests were not bound to their file, version 2 had no
+attribute digests, version 1 no digests: none is read, since a file stripped of its digests would pass for one):
 
     /                       attrs: format, format_version, tracin_version, created, command, run, dataset,
                             mode, proj_dim, proj_seed, layers (JSON), loss (and test_label beside it when the
@@ -82,8 +83,8 @@ Every dataset but the resume masks (`done`) carries attr digests (JSON: the sha2
 attrs_digest (the sha256 of its other attributes; the root, a complete model's group, /validation and each
 comparison's group carry one too, covering the names under them, status and scoring_seconds left out) from
 when it was finished: the header arrays when the file is made, a model's datasets when it is complete, a
-table when written, /validation's when its tables are. Reports refuse a file whose values differ from them
-(tracin.results.store.digests).
+table when written, /validation's when its tables are. Every reader refuses a file whose values differ from them
+(check_finished; ScoreFile.open_checked in Python; tracin.results.store.digests).
 
 /quality, /agreement, /detection, /randomization and /quality_report are the named tables of
 tracin.results.store.tables (ScoreFile.write_table and read_table, their attributes registered with them).
@@ -93,6 +94,7 @@ a block is marked done only after its data are flushed. A `kill -9` therefore lo
 in flight, and the file stays readable.
 """
 
+from tracin.results.store.checks import check_finished
 from tracin.results.store.file import DataArrays, ScoreFile, replacing_path, salvage_own_damage
 from tracin.results.store.hdf5 import hdf5_open_for_writing
 from tracin.results.store.layout import SELF_INFLUENCES, VALIDATION, layout_problems
@@ -102,6 +104,7 @@ from tracin.results.store.tables import QUALITY_REPORT, RANDOMIZATION
 from tracin.results.store.validation_record import ValidationRecord
 
 __all__ = [
+    "check_finished",
     "DataArrays",
     "ModelScores",
     "QUALITY_REPORT",

@@ -226,13 +226,29 @@ class ScoreFile:
 
     @classmethod
     def open_read(cls, path: Path, locking: Optional[bool] = None, older: bool = False) -> "ScoreFile":
-        """The file, read only. locking=False reads a file another process is writing (to watch its
+        """The file, read only, unchecked (open_checked checks it). locking=False reads a file another process is writing (to watch its
         progress; a block in flight may read as not done). older: a file of an older format version is
         opened too (for --overwrite to replace; nothing of it is read)."""
         if not Path(path).is_file():
             raise StoreError(not_a_file(path))
         store = cls(open_h5(path, "r", locking), path)
         store._check_format(older)
+        return store
+
+    @classmethod
+    def open_checked(cls, path: Path) -> "ScoreFile":
+        """The finished file, read only, checked as every command checks it before reading anything
+        (checks.check_finished: whole, complete, laid out as written, every value equal to its digest); a
+        StoreError naming what is wrong otherwise (round 25, V22: open_read alone read a model's group copied
+        in from another file)."""
+        from tracin.results.store.checks import check_finished  # checks reads a ScoreFile: imported when used
+
+        store = cls.open_read(path)
+        try:
+            check_finished(store)
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def _check_format(self, older: bool = False) -> None:

@@ -1,0 +1,48 @@
+"""The check every reader of a finished score file makes before anything is read: the file is whole (HDF5
+reads every object), complete, laid out as tracin-score writes it, and every value and attribute equals the
+digest written with it (bound to this file)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tracin.errors import StoreError, TracinError
+from tracin.results.store.digests import top_level
+from tracin.results.store.layout import VALIDATION, layout_problems
+from tracin.results.store.salvage import damaged, find_damage
+from tracin.results.store.tables import QUALITY_REPORT, RANDOMIZATION
+
+if TYPE_CHECKING:
+    from tracin.results.store.file import ScoreFile
+
+
+def check_finished(store: ScoreFile) -> None:
+    """A StoreError (or TracinError for a partial file) unless `store` is whole, finished, laid out as
+    written and unchanged since (its digests): figures, tables and the Python reader (ScoreFile.open_checked)
+    read such files only, and name what is wrong with any other."""
+    problems = find_damage(store.path)
+    if problems:
+        raise damaged(store.path, problems)
+    if store.status != "complete":
+        raise TracinError(
+            f"{store.path} is a partial result (tracin-score was interrupted): run the same tracin-score "
+            "command again to finish it, then make the report"
+        )
+    wrong = layout_problems(store)
+    if wrong:
+        raise StoreError(
+            f"{store.path} is not laid out as tracin-score writes it: {wrong[0]}"
+            + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else "")
+        )
+    changed = store.changed_since_written()
+    if changed:
+        # round 13, F5a: a table tracin-report wrote, cut short by a full disk, is its to make again
+        remedy = REMEDIES.get(top_level(changed[0]), "make it again with tracin-score --overwrite")
+        raise StoreError(f"{store.path}: {changed[0]}: the file was edited, or damaged on disk; {remedy}")
+
+
+REMEDIES = {  # what makes a top-level group or table of a score file again, where not tracin-score --overwrite
+    RANDOMIZATION: "run tracin-report again, which makes its tables again",
+    QUALITY_REPORT: "run tracin-report again, which makes its tables again",
+    VALIDATION: "run tracin-validate again, which makes /validation again",
+}
