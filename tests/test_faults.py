@@ -164,6 +164,17 @@ def test_a_damaged_replacement_is_salvaged_and_published_by_the_same_overwrite(t
     assert_same_results(out, reference)
 
 
+def test_a_resume_keeping_a_smaller_budgets_blocks_says_so(tiny_run, reference, tmp_path):
+    """Round 25, W21: a run killed under a tiny --max-memory-gb was resumed with its thousands of blocks, unsaid."""
+    out = tmp_path / "tracin.h5"
+    killed = command("tracin-score", *score_args(tiny_run, out, *SCORE_ARGS), fault="score-block:2:kill")
+    assert killed.returncode == -signal.SIGKILL
+    result = command("tracin-score", *score_args(tiny_run, out))  # the default budget plans one block
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "note: teacher: the file being resumed keeps the blocks an earlier, smaller memory budget" in result.stdout
+    assert_same_results(out, reference)
+
+
 def test_a_partial_file_with_damaged_metadata_keeps_its_readable_finished_blocks(tiny_run, reference, tmp_path):
     out = tmp_path / "tracin.h5"
     args = score_args(tiny_run, out, *SCORE_ARGS)
