@@ -164,6 +164,24 @@ def test_a_damaged_replacement_is_salvaged_and_published_by_the_same_overwrite(t
     assert_same_results(out, reference)
 
 
+def test_a_file_size_limit_is_a_full_disk(tiny_run, reference, tmp_path):
+    """Round 25, Z01, Z02: under `ulimit -f` (EFBIG, "File too large") tracin-score ended in h5py's traceback and
+    left a file the same command could not continue; it is a full disk like ENOSPC."""
+    out = tmp_path / "tracin.h5"
+    args = [str(a) for a in score_args(tiny_run, out, *SCORE_ARGS)]
+    script = str(Path(sys.executable).with_name("tracin-score"))
+    limited = subprocess.run(
+        ["bash", "-c", 'ulimit -f 40; exec "$0" "$@"', script, *args],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+    )
+    assert_one_line_error(limited, "File too large; finished work is kept")
+    again = command("tracin-score", *args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_same_results(out, reference)
+
+
 def test_a_resume_keeping_a_smaller_budgets_blocks_says_so(tiny_run, reference, tmp_path):
     """Round 25, W21: a run killed under a tiny --max-memory-gb was resumed with its thousands of blocks, unsaid."""
     out = tmp_path / "tracin.h5"

@@ -27,7 +27,7 @@ from tracin.errors import TracinError
 
 # Faults of the machine a user fixes (a full disk, a read-only or foreign folder): the command says them in
 # one line (tracin.cli.boundary), never a traceback.
-USER_FIXABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+USER_FIXABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def default_mode() -> int:
@@ -479,11 +479,13 @@ def remove_stale_temporaries(target: Union[str, Path]) -> list[Path]:
 
 
 def disk_full(error: object) -> bool:
-    """Whether `error` is a full disk or quota, as the OS or h5py (often without an errno) reports it."""
-    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+    """Whether `error` is a full disk, quota or file-size limit (ulimit -f: round 25, Z01-Z03), as the OS or
+    h5py (often without an errno, in its message) reports it."""
+    if getattr(error, "errno", None) in FULL_DISK_ERRNOS:
         return True
     if error is not None and faults.disk_filled():  # TRACIN_FAULT's full disk, however h5py reported it
         return True
-    return isinstance(error, Exception) and any(
-        words in str(error) for words in ("No space left on device", "Disk quota exceeded")
-    )
+    return isinstance(error, Exception) and any(os.strerror(number) in str(error) for number in FULL_DISK_ERRNOS)
+
+
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # "No space left", "Disk quota exceeded", "File too large"

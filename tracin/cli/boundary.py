@@ -11,7 +11,7 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from tracin.errors import TracinError
-from tracin.files import USER_FIXABLE_ERRNOS, disk_full
+from tracin.files import FULL_DISK_ERRNOS, USER_FIXABLE_ERRNOS, disk_full
 
 
 def arguments(argv: Optional[Sequence[str]]) -> list[str]:
@@ -47,8 +47,8 @@ def _own_disk_fault(error: BaseException) -> Optional[str]:
         where = f" ({error.filename})" if getattr(error, "filename", None) else ""
         return f"{os.strerror(number)}{where}"
     text = str(error)
-    for words, number in (("No space left on device", errno.ENOSPC), ("Disk quota exceeded", errno.EDQUOT)):
-        if words in text:
+    for number in FULL_DISK_ERRNOS:
+        if os.strerror(number) in text:
             return os.strerror(number)
     if disk_full(error):  # TRACIN_FAULT's full disk, which h5py may report as another error (faults.disk_filled)
         return os.strerror(errno.ENOSPC)
