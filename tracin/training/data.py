@@ -317,7 +317,8 @@ def load_eval_split(
     """Another data set's test split, as a run's models see it: its images normalised with the run's
     `spec`, its labels mapped to the run's `classes` by `class_map` (its class name -> a run class name;
     default: the classes both name alike, case, width, spaces, '-' and '_' aside: class_key). Examples of
-    unmapped classes are left out. Returns (the split, {run class: examples}); refuses images of another shape or no mapped class."""
+    unmapped classes are left out. Returns (the split, {run class: examples}); refuses images of another
+    shape or no mapped class."""
     if dataset not in EVAL_DATASETS:
         raise DataError(f"--eval-dataset must be one of {', '.join(EVAL_DATASETS)}, got {dataset!r}")
     root = Path(data_root)

@@ -108,9 +108,8 @@ def check_entry(entry: dict, config: TrainConfig, field: str) -> None:
         raise TracinError(f"{field}/epochs is {epochs}; expected {config.epochs}, the run's config/epochs")
     if epoch > epochs or (entry["status"] == "done" and epoch != epochs):
         done = entry["status"] == "done"
-        raise TracinError(
-            f"{field}/epoch is {epoch}; expected {f'{epochs}, its epochs, since it is done' if done else f'at most {epochs}, its epochs'}"
-        )
+        expected = f"{epochs}, its epochs, since it is done" if done else f"at most {epochs}, its epochs"
+        raise TracinError(f"{field}/epoch is {epoch}; expected {expected}")
     expected = [checkpoint_name(e) for e in saved_epochs(config) if e <= epoch]
     if entry["checkpoints"] != expected:
         raise TracinError(

@@ -226,9 +226,9 @@ class ScoreFile:
 
     @classmethod
     def open_read(cls, path: Path, locking: Optional[bool] = None, older: bool = False) -> "ScoreFile":
-        """The file, read only, unchecked (open_checked checks it). locking=False reads a file another process is writing (to watch its
-        progress; a block in flight may read as not done). older: a file of an older format version is
-        opened too (for --overwrite to replace; nothing of it is read)."""
+        """The file, read only, unchecked (open_checked checks it). locking=False reads a file another
+        process is writing (to watch its progress; a block in flight may read as not done). older: a file of
+        an older format version is opened too (for --overwrite to replace; nothing of it is read)."""
         if not Path(path).is_file():
             raise StoreError(not_a_file(path))
         store = cls(open_h5(path, "r", locking), path)
