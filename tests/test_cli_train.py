@@ -252,7 +252,7 @@ def test_a_run_name_must_be_a_plain_name(cifar10_root, tmp_path, capsys, name):
     (tmp_path / "other_run").mkdir()
     (tmp_path / "other_run" / "keep.txt").write_text("mine")
     code, _, err = _cli(["--run", name, *_cifar(cifar10_root, tmp_path), "--overwrite"], capsys)
-    _assert_one_line_error(code, err, "--run must be a plain name")
+    _assert_one_line_error(code, err, "--run must be a plain name" if name else "--run is given an empty value")
     assert (tmp_path / "other_run" / "keep.txt").read_text() == "mine"
 
 

@@ -364,7 +364,8 @@ def test_finished_file_is_kept_without_overwrite(scored, tiny_run, tmp_path):
     "topk, message",
     [
         ("100", "larger than the set"),
-        ("", "at least one k"),
+        ("", "--topk is given an empty value"),
+        (" , ", "at least one k"),
         ("5,x", "comma-separated positive integers"),
         ("0", "positive"),
         ("5,5", "names a k twice"),
