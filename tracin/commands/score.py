@@ -234,13 +234,16 @@ def score_model(
                 f"{plan.block} and {plan.chunk})"
             )
             n_train, n_test = len(data.train_of(role)), len(data.test)
-            kept = block_count(n_train, n_test, scores.row_chunk, scores.test_block)
-            planned = block_count(n_train, n_test, plan.chunk, plan.block)
+            kept, planned = (
+                work_factor(n_train, n_test, chunk, block, options.engine.batch_size)
+                for chunk, block in ((scores.row_chunk, scores.test_block), (plan.chunk, plan.block))
+            )
             if kept > 2 * planned:  # round 25, W21: a killed run's tiny budget slowed every resume, unsaid
                 print(
                     f"note: {role}: the file being resumed keeps the blocks an earlier, smaller memory budget "
-                    f"planned: {kept} where this one plans {planned}; to plan them again, move the file away (or "
-                    "tracin-score --overwrite), losing its finished blocks",
+                    f"planned: {kept:.0f} times the gradient batches of one pass, where this one plans "
+                    f"{planned:.0f}; to plan them again, move the file away (or tracin-score --overwrite), losing "
+                    "its finished blocks",
                     flush=True,
                 )
         layout = (scores.row_chunk, scores.test_block, scores.done)
@@ -349,11 +352,6 @@ def _finished_as_asked(out: Path, settings: dict, ks: list[int], options: ScoreO
         return all(store.model(m).topk_width == max(ks) for m in store.models) and all(
             store.comparison_settings(a, b) == asked for a, b in pairs
         )
-
-
-def block_count(n_train: int, n_test: int, rows: int, columns: int) -> int:
-    """How many blocks of `rows` train by `columns` test examples cut the n_train x n_test scores."""
-    return -(-n_train // rows) * -(-n_test // columns)
 
 
 def unfinished_note(run: TrainedRun, name: str) -> Optional[str]:
