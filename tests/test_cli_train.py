@@ -189,7 +189,7 @@ def test_resume_with_another_configuration_names_the_fields(teacher_run, cifar10
     code, _, err = _cli(argv, capsys)
     _assert_one_line_error(code, err, "was started with another configuration")
     assert "config.lr (0.1 -> 0.2)" in err and "data_config.label_noise (0.0 -> 0.1)" in err
-    assert "data_fingerprint.digest" in err and "config.epochs" not in err
+    assert "config.epochs" not in err  # the data's fingerprint is compared after: these are refused before the load
 
 
 def test_resume_trains_a_student_from_the_runs_teacher_then_skips_it(teacher_run, tmp_path, cifar10_root, capsys):

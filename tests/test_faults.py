@@ -377,6 +377,35 @@ def test_a_kill_inside_a_checkpoint_write_is_resumed_and_its_temporary_file_remo
     assert (runs / "tiny" / "teacher" / "epoch_002.pt").is_file()
 
 
+@pytest.mark.parametrize("change", ["kept", "deleted", "replaced"])
+def test_a_resume_checks_the_checkpoint_a_kill_left_unrecorded(tmp_path, fashion_mnist_root, change):
+    """Killed after the last epoch's checkpoint and last.pt, before run.json records them (round 26, T1, T2):
+    the same command finishes; with that checkpoint deleted (a traceback) or another epoch's copied over it
+    (recorded as epoch 2's) it is refused, naming the file."""
+    runs, args = tmp_path / "runs", ("--models", "teacher", "--epochs", "2", "--save-every", "1")
+    killed = _train(runs, fashion_mnist_root, *args, fault="train-epoch:2:kill")
+    assert killed.returncode == -signal.SIGKILL
+    model = runs / "tiny" / "teacher"
+    if change == "deleted":
+        (model / "epoch_002.pt").unlink()
+    elif change == "replaced":
+        shutil.copyfile(model / "epoch_001.pt", model / "epoch_002.pt")
+    again = _train(runs, fashion_mnist_root, *args)
+    if change == "kept":
+        assert again.returncode == 0, again.stderr[-2000:]
+    else:
+        assert_one_line_error(again, f"{model / 'epoch_002.pt'}: missing" if change == "deleted" else "not epoch 2's")
+
+
+def test_a_resume_with_another_data_set_is_refused_before_its_data_load(tiny_run, tmp_path):
+    """Round 26, T3: `--resume` alone (the default data set, cifar10, not on disk) failed on loading it."""
+    shutil.copytree(tiny_run, tmp_path / "runs" / "tiny")
+    result = command(
+        "tracin-train", "--run", "tiny", "--out-root", tmp_path / "runs", "--resume", "--data-root", tmp_path
+    )
+    assert_one_line_error(result, "data_config.dataset ('fashion-mnist' -> 'cifar10')")
+
+
 # --- bad values for every option of every entry point ----------------------------------------------------------
 
 SCORE_MISTAKES = [

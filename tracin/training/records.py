@@ -14,7 +14,7 @@ from torch import Tensor
 
 from tracin.config import DataConfig
 from tracin.errors import CheckpointError
-from tracin.training.checkpoints import sha256_file
+from tracin.training.checkpoints import checkpoint_name, load_checkpoint, sha256_file
 from tracin.training.data import SHORTCUT_PATCH, RunData
 
 
@@ -89,6 +89,42 @@ def saved_digests(model_dir: Path, names: Sequence[str], known: dict) -> dict[st
     """{checkpoint file name: sha256} of the checkpoints `names` in `model_dir`, for run.json's
     models/NAME/sha256: those in `known` kept (a checkpoint is hashed once, when first recorded)."""
     return {name: known.get(name) or sha256_file(model_dir / name) for name in names}
+
+
+def check_resumed_checkpoints(last: Path, payload: dict, recorded: dict, field: str) -> None:
+    """A CheckpointError unless every checkpoint that last.pt's history (`payload`, checked by
+    trainer.check_resumable) names is on disk beside it as tracin-train saved it: the sha256 `recorded`
+    (run.json's `field`) names for it, or, for the one a kill left unrecorded (saved with last.pt, before
+    run.json was written), its epoch and the weights of last.pt. Round 26, T1, T2: one deleted crashed the
+    resume; another epoch's copied over it was recorded as that epoch's."""
+    for row in payload["resume"]["history"]:
+        name = row.get("checkpoint") if isinstance(row, dict) else None
+        if not name:
+            continue
+        path = last.parent / str(name)
+        if not path.is_file():
+            raise CheckpointError(
+                f"{path}: missing, though {last} records it as saved: put it back, or move {last.parent} away "
+                "to train this model again"
+            )
+        if name in recorded:
+            check_saved_digest(path, recorded, field, version=2)
+        elif name != checkpoint_name(payload["epoch"]) or not _same_weights(path, payload):
+            raise CheckpointError(
+                f"{path} is not the checkpoint tracin-train saved with {last} ({field} records no sha256 of it, "
+                f"and it is not epoch {payload['epoch']}'s weights): move {last.parent} away to train this model again"
+            )
+
+
+def _same_weights(path: Path, last: dict) -> bool:
+    """Whether the checkpoint at `path` holds last.pt's epoch and, tensor for tensor, its weights."""
+    saved = load_checkpoint(path, role=last.get("role"))
+    state, expected = saved["model"], last["model"]
+    return (
+        saved["epoch"] == last["epoch"]
+        and state.keys() == expected.keys()
+        and all(state[key].shape == value.shape and torch.equal(state[key], value) for key, value in expected.items())
+    )
 
 
 def check_saved_digest(
