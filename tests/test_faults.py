@@ -237,6 +237,32 @@ def test_a_finished_replacement_killed_before_its_rename_is_published_not_redone
     assert_same_results(out, reference)
 
 
+def test_a_replacement_of_other_settings_is_removed_with_a_word(tiny_run, reference, tmp_path):
+    """Round 26, N5: a NAME.replacing made with other settings (another run's result, planted) went unsaid."""
+    out = tmp_path / "tracin.h5"
+    shutil.copy(reference, out)
+    shutil.copy(reference, replacing_path(out))
+    args = [str(a) for a in score_args(tiny_run, out, *SCORE_ARGS, "--overwrite")]
+    args[args.index("--train-subset") + 1] = "90"
+    result = command("tracin-score", *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"removed {replacing_path(out)}, an unfinished replacement made with other settings (" in result.stdout
+    assert not replacing_path(out).exists()
+
+
+def test_an_edited_replacement_is_refused_with_a_way_on_that_is_not_overwrite(tiny_run, reference, tmp_path):
+    """Round 26, N6: an edited NAME.replacing was refused with "pass --overwrite", which had been passed."""
+    out, work = tmp_path / "tracin.h5", replacing_path(tmp_path / "tracin.h5")
+    shutil.copy(reference, out)
+    shutil.copy(reference, work)
+    with h5py.File(work, "r+") as h5:
+        h5["teacher/self_influence"][0] += 1.0
+    edited = hashes(tmp_path)
+    result = command("tracin-score", *score_args(tiny_run, out, *SCORE_ARGS, "--overwrite"))
+    assert_one_line_error(result, f"it is the unfinished replacement of {out}: remove it to start that again")
+    assert hashes(tmp_path) == edited
+
+
 @pytest.mark.parametrize("mistake", ["layer typo", "truncated checkpoint", "tiny memory budget", "foreign file"])
 def test_overwrite_with_a_mistake_leaves_the_finished_file_byte_identical(tiny_run, reference, tmp_path, mistake):
     run, out = tmp_path / "run", tmp_path / "tracin.h5"

@@ -465,6 +465,8 @@ def _open_store(out: Path, options: ScoreOptions, run: TrainedRun, data: RunData
     store, resumed = ScoreFile.create_or_resume(
         out, settings, file_attrs(options, run, data), data_arrays(data), options.overwrite
     )
+    if store.removed is not None:
+        print(store.removed, flush=True)
     if store.salvaged is not None:
         print(describe_salvage(store.path, store.salvaged), flush=True)
     if store.dropped:

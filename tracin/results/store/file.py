@@ -117,6 +117,7 @@ class ScoreFile:
         self._replaces: Optional[Path] = None  # the finished file this one replaces when complete
         self.salvaged: Optional[Salvage] = None  # what opening it salvaged from a damaged file
         self.dropped: list[str] = []  # its tables that differed from their digests, dropped to be made again
+        self.removed: Optional[str] = None  # a note: the replacement of other settings this one starts over
 
     # --- opening -------------------------------------------------------------------------------
 
@@ -135,18 +136,25 @@ class ScoreFile:
         if not overwrite:
             return cls._resume(path, settings), True
         cls.open_read(path, older=True).close()  # --overwrite replaces tracin-score results only, readable ones
-        work = replacing_path(path)
+        work, removed = replacing_path(path), None
         if work.exists():
-            stored, _ = cls._header(work)
-            if not setting_differences(stored, settings):
-                store = cls._resume(work, settings, finished_too=True)
-                store._replaces = path
-                if store.status == "complete":
-                    store.mark_complete()  # finished, killed before its rename: publish it, redo nothing
-                return store, True
-            work.unlink()  # our own replacement, made with other settings (or other checkpoints)
+            try:
+                stored, _ = cls._header(work)
+                differences = setting_differences(stored, settings)
+                if not differences:
+                    store = cls._resume(work, settings, finished_too=True)
+                    store._replaces = path
+                    if store.status == "complete":
+                        store.mark_complete()  # finished, killed before its rename: publish it, redo nothing
+                    return store, True
+            except OverwriteNeeded as error:  # its advice, --overwrite, was taken (round 26, N6)
+                raise StoreError(
+                    f"{error.problem}; it is the unfinished replacement of {path}: remove it to start that again"
+                ) from None
+            work.unlink()  # our own replacement, made with other settings (or other checkpoints): said (N5)
+            removed = f"removed {work}, an unfinished replacement made with other settings ({'; '.join(differences)})"
         store = cls._create(work, settings, attrs, data)
-        store._replaces = path
+        store._replaces, store.removed = path, removed
         return store, False
 
     @classmethod
