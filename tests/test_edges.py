@@ -821,8 +821,7 @@ def test_the_checkpoints_scored_are_those_run_json_lists(tiny_run, tmp_path, cha
 
 def test_a_model_not_finished_is_scored_with_a_note(tiny_run, tmp_path):
     """Round 25, A9: a teacher whose training was cut before it was marked done was scored without a word."""
-    from tracin.commands.score import unfinished_note
-    from tracin.results.runs import open_trained_run
+    from tracin.results.runs import open_trained_run, unfinished_note
 
     shutil.copytree(tiny_run, tmp_path / "run")
     assert unfinished_note(open_trained_run(str(tmp_path / "run"), None), "teacher") is None

@@ -9,6 +9,7 @@ and a full disk needs neither root nor a tmpfs.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -151,6 +152,23 @@ def test_damage_only_tracin_score_repairs_is_refused_before_any_read(tiny_run, r
     assert_one_line_error(result, "is damaged (/teacher/self_influence: ")
     assert "run the tracin-score command that wrote it again" in result.stderr
     assert hashes(out) == damaged
+
+
+@pytest.mark.parametrize("name", ["tracin-report", "tracin-explore"])
+def test_a_model_not_finished_is_named_where_its_scores_are_read(tiny_run, reference, tmp_path, name):
+    """Round 26, RJ12: tracin-score said a model had not finished training; the report and the page did not."""
+    run, out = tmp_path / "run", tmp_path / "tracin.h5"
+    shutil.copytree(tiny_run, run)
+    shutil.copy(reference, out)
+    record = json.loads((run / "run.json").read_text())
+    record["models"]["student"]["status"] = "partial"  # as a kill after its last epoch, before it was marked done
+    (run / "run.json").write_text(json.dumps(record))
+    result = command(name, "--run", run, "--scores", out, "--models", "teacher", "student")
+    assert result.returncode == 0, result.stderr[-2000:]
+    note = "note: student has not finished training (partial, epoch 4 of 4)"
+    assert note in result.stdout and "note: teacher" not in result.stdout
+    if name == "tracin-report":
+        assert note in out.with_name("quality_report.md").read_text()
 
 
 def test_a_damaged_replacement_is_salvaged_and_published_by_the_same_overwrite(tiny_run, reference, tmp_path):

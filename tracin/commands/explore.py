@@ -15,7 +15,7 @@ from tracin.options import ExploreOptions
 from tracin.results.explore import FOLDER_MARK, check_page_destination, shown_models, write_page
 from tracin.results.export import EXPORT_RECORD, EXPORTS, check_export, write_tables
 from tracin.results.grids import load_images
-from tracin.results.runs import check_scored_checkpoints, open_trained_run, refuse_linked_run
+from tracin.results.runs import check_scored_checkpoints, open_trained_run, refuse_linked_run, unfinished_notes
 from tracin.results.store import ScoreFile
 from tracin.results.store.checks import check_finished
 
@@ -51,16 +51,18 @@ def explore(options: ExploreOptions) -> list[str]:
     ):
         _remove_stale_temporaries(out, options.export)
         check_finished(store)
-        models = shown_models(store, options.models)
+        models, notes = shown_models(store, options.models), []
         if options.run is not None:  # the file must be this run's (round 11, P10; round 9, G4)
             run = open_trained_run(options.run, options.data_root)
             check_scored_checkpoints(store, run, [m for m in models if not m.endswith(ENSEMBLE_SUFFIX)])
+            notes = unfinished_notes(run, models)  # round 26, RJ12
         images = load_images(store, options.data_root)
         result = write_page(store, images, out, models, options.depth, options.max_inline_mb, options.run)
         where = f" and {result['folder']}/" if result["folder"] else ""
         lines = [
+            *notes,
             f"explore: {result['page']}{where} ({_size(result['bytes'])}, {result['images']} images, "
-            f"{len(models)} models, {store.n_test} test examples): open it in a browser"
+            f"{len(models)} models, {store.n_test} test examples): open it in a browser",
         ]
         unused = out.with_name(f"{out.stem}_files")
         if result["folder"] is None and (unused / FOLDER_MARK).is_file():  # round 21, XF5: left without a word

@@ -57,6 +57,7 @@ from tracin.results.runs import (
     own_teachers,
     positions_in,
     scoring_loss,
+    unfinished_notes,
 )
 from tracin.results.store import QUALITY_REPORT, RANDOMIZATION, ScoreFile, salvage_own_damage
 from tracin.results.store.checks import check_finished
@@ -123,7 +124,7 @@ def report_run(options: ReportOptions) -> Path:
                 "randomization_seconds": round(store.table_attrs(RANDOMIZATION)["seconds"], 1),
             }
             store.write_table(QUALITY_REPORT, table, provenance=provenance)
-            said = report_verdicts(store, table)
+            said = [*unfinished_notes(run, models), *report_verdicts(store, table)]  # round 26, RJ12
         print(sanity.format_quality_report(table, options.groups), flush=True)
         print("\n".join(said), flush=True)
         print(f"quality report: {path} (/quality_report), {write_quality_files(path, table, said)}", flush=True)

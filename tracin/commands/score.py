@@ -54,6 +54,7 @@ from tracin.results.runs import (
     own_teachers,
     scoring_loss,
     trained_replicas,
+    unfinished_note,
 )
 from tracin.results.store import (
     SELF_INFLUENCES,
@@ -352,18 +353,6 @@ def _finished_as_asked(out: Path, settings: dict, ks: list[int], options: ScoreO
         return all(store.model(m).topk_width == max(ks) for m in store.models) and all(
             store.comparison_settings(a, b) == asked for a, b in pairs
         )
-
-
-def unfinished_note(run: TrainedRun, name: str) -> Optional[str]:
-    """A note when `name` has not finished training (round 25, A9: a model killed before its last epoch, or
-    before it was marked done, was scored without a word): its saved checkpoints are scored as they are."""
-    entry = run.record["models"][name]
-    if entry["status"] == "done":
-        return None
-    return (
-        f"note: {name} has not finished training ({entry['status']}, epoch {entry['epoch']} of {entry['epochs']}): "
-        "its saved checkpoints are scored; tracin-train --resume finishes it"
-    )
 
 
 def checked_models(run: TrainedRun, options: ScoreOptions, data: RunData, runtime: Runtime) -> dict[str, str]:

@@ -204,6 +204,24 @@ def check_scored_checkpoints(store: ScoreFile, run: TrainedRun, models: Sequence
                 )
 
 
+def unfinished_note(run: TrainedRun, name: str) -> Optional[str]:
+    """A note when `name` has not finished training (round 25, A9: a model killed before its last epoch, or
+    before it was marked done, was scored without a word): its saved checkpoints are scored as they are."""
+    entry = run.record["models"][name]
+    if entry["status"] == "done":
+        return None
+    return (
+        f"note: {name} has not finished training ({entry['status']}, epoch {entry['epoch']} of {entry['epochs']}): "
+        "its saved checkpoints are scored; tracin-train --resume finishes it"
+    )
+
+
+def unfinished_notes(run: TrainedRun, models: Sequence[str]) -> list[str]:
+    """unfinished_note of each of `models` the run holds (round 26, RJ12: said where its scores are read too)."""
+    notes = (unfinished_note(run, m) for m in models if m in run.record["models"])
+    return [note for note in notes if note]
+
+
 def scored_run_folder(store: ScoreFile) -> Path:
     """The run folder a score file was made from: the one recorded in it, or the file's own folder (its default
     place, wherever the run moved), whichever holds the first checkpoint the file scored (round 17, M2-M4:
