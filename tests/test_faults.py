@@ -194,7 +194,8 @@ def test_a_file_size_limit_is_a_full_disk(tiny_run, reference, tmp_path):
         text=True,
         env=subprocess_env(),
     )
-    assert_one_line_error(limited, "File too large; finished work is kept")
+    assert_one_line_error(limited, f"File too large ({tmp_path}/")  # round 26, UL1: the file and the limit named
+    assert "a file-size limit (ulimit -f) or the file system's largest file); finished work is kept" in limited.stderr
     again = command("tracin-score", *args)
     assert again.returncode == 0, again.stderr[-2000:]
     assert_same_results(out, reference)

@@ -379,6 +379,23 @@ def test_random_argument_vectors(command, run_copy, tmp_path, fashion_mnist_root
         } == protected  # a page beside it at most
 
 
+def test_a_file_size_limit_names_the_file_and_the_limit(capsys):
+    """Round 26, UL1: h5py's EFBIG (its errno and file only in HDF5's message) was "File too large", nothing more."""
+
+    def write() -> None:
+        raise OSError(
+            27,
+            "Can't synchronously write data (file write failed: time = Sun Dec  6 03:10:20 2026\n, filename = "
+            "'/data/tracin.h5', file descriptor = 3, errno = 27, error message = 'File too large', offset = 40960)",
+        )
+
+    assert command_boundary("tracin-score", write, "run the same command again") == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "tracin-score: error: File too large (/data/tracin.h5; a file-size limit (ulimit -f) or the file system's "
+        "largest file); finished work is kept: fix it and run the same command again"
+    ]
+
+
 def test_a_full_disk_reported_while_handling_it_is_one_line(capsys):
     """Round 10, D2: torch.save's zip writer, closing after ENOSPC, raised a RuntimeError of its own, and the
     full disk ended in a traceback instead of its one line."""

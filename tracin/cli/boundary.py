@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -40,16 +41,21 @@ def _disk_fault(error: Exception) -> Optional[str]:
     return None
 
 
+LIMITS = {errno.EFBIG: "a file-size limit (ulimit -f) or the file system's largest file", errno.EDQUOT: "a quota"}
+HDF5_FILENAME = re.compile(r"filename = '([^']+)'")  # HDF5's message names the file it failed to write
+
+
 def _own_disk_fault(error: BaseException) -> Optional[str]:
-    """_disk_fault of one error. h5py and torch.save report a full disk without an errno, in their message."""
-    number = getattr(error, "errno", None)
-    if number in USER_FIXABLE_ERRNOS:
-        where = f" ({error.filename})" if getattr(error, "filename", None) else ""
-        return f"{os.strerror(number)}{where}"
-    text = str(error)
-    for number in FULL_DISK_ERRNOS:
-        if os.strerror(number) in text:
-            return os.strerror(number)
+    """_disk_fault of one error, naming the file and the limit where known (round 26, UL1). h5py and torch.save
+    report a full disk without an errno, in their message."""
+    text, number = str(error), getattr(error, "errno", None)
+    if number not in USER_FIXABLE_ERRNOS:
+        number = next((n for n in FULL_DISK_ERRNOS if os.strerror(n) in text), None)
+    if number is not None:
+        found = HDF5_FILENAME.search(text)
+        where = [getattr(error, "filename", None) or (found.group(1) if found else None), LIMITS.get(number)]
+        said = "; ".join(str(part) for part in where if part)
+        return f"{os.strerror(number)} ({said})" if said else os.strerror(number)
     if disk_full(error):  # TRACIN_FAULT's full disk, which h5py may report as another error (faults.disk_filled)
         return os.strerror(errno.ENOSPC)
     return None
