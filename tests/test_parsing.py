@@ -77,6 +77,14 @@ def test_tracin_trains_configurations_are_the_dataclasses_defaults(monkeypatch, 
     assert options_from(RunOptions, _parse("train", "--teacher", "t.pt"), "t").models == ("student", "student_baseline")
 
 
+@pytest.mark.parametrize("given", [["--score"], ["--score", ""], ["--score="]])
+def test_a_sweeps_score_may_be_given_bare(given):
+    """Round 26, SW5: --score's usage shows its value as optional, yet the bare form was refused as empty."""
+    from tracin.options import SweepOptions
+
+    assert options_from(SweepOptions, _parse("sweep", *given), "tracin-sweep").score == ""
+
+
 def test_every_default_is_shown_in_the_help():
     help_text = " ".join(build_parser("score").format_help().split())
     for field, option in declared_options(ScoreOptions):

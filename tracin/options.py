@@ -529,8 +529,8 @@ class SweepOptions:
     out_root: str = option("checkpoints", help="folder holding the sweep", section="run")
     score: Optional[str] = option(
         None,
-        help="score every run with tracin-score (these options, quoted, e.g. '--mode projected --proj-dim 256 "
-        "--topk 10,100') and add each student's overlap with its teacher's proponents, with its CI, as columns",
+        help="score every run with tracin-score (these options, quoted, e.g. '--mode projected --topk 10,100'; "
+        "alone: its defaults) and add each student's overlap with its teacher's proponents, with its CI, as columns",
         section="run",
         metavar="'TRACIN-SCORE OPTIONS'",
         optional_value="",

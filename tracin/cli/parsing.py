@@ -207,7 +207,8 @@ def _converted(field: dataclasses.Field, declared: Option, value: Any, prog: str
         return tuple(convert(v) for v in value)
     if isinstance(value, tuple):
         return tuple(convert(v) for v in value)
-    if isinstance(value, str) and not value.strip():  # round 25, M28: '' read as the path '.', "a folder"
+    blank = isinstance(value, str) and not value.strip()  # round 25, M28: '' read as the path '.', "a folder"
+    if blank and declared.optional_value != "":  # one whose value may be left out takes it (round 26, SW5: --score)
         name = flag_of(field, declared) if not declared.positional else field.name.upper()
         raise TracinError(f"{name} is given an empty value")
     return convert(value) if value is not None else value
