@@ -134,13 +134,9 @@ def train_run(config: TrainConfig, data_config: DataConfig, options: RunOptions)
         if runtime.is_main and paths.root.is_dir() and made_by_tracin(paths):
             for stale in remove_stale_temporaries_under(paths.root):
                 runtime.log(f"removed {stale}, left by an interrupted write")
-        # what needs no data is compared before the data load (round 26, T3: resuming with another data set
-        # failed on loading it, naming the data root rather than the mismatch)
-        known = {
-            key: value
-            for key, value in run_configs(config, data_config, options, {}).items()
-            if key != "data_fingerprint"
-        }
+        # the configuration is compared before the data load (round 26, T3: resuming with another data set
+        # failed on loading it, naming the data root rather than the mismatch); the data and teacher after it
+        known = {"config": config.to_dict(), "data_config": data_config.to_dict()}
         open_record(paths, options.resume, options.overwrite, known)
         data = load_data(data_config)
         faults.reach("data")
