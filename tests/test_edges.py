@@ -507,9 +507,10 @@ def _edited(name, change):
     return edit
 
 
-def _copied_from_another_file(name):
+def _copied_from_another_file(name, attributes_resealed=False):
     """Round 23, Q1, Q3: the table `name` as another score file holds it (the same values, sealed there: another
-    file's root attributes), copied in over this file's with its digests."""
+    file's root attributes), copied in over this file's with its digests; its attributes' digests (bound to
+    their file since round 26) sealed again here when `attributes_resealed`, so that the values' are checked."""
 
     def copy(h5):
         import h5py
@@ -520,6 +521,25 @@ def _copied_from_another_file(name):
             seal(other[name]) if isinstance(other[name], h5py.Dataset) else seal_group(other[name])
             del h5[name]
             other.copy(other[name], h5, name)
+        if attributes_resealed:
+            seal_attributes(h5[name])
+
+    return copy
+
+
+def _attributes_from_another_file(name, key, value):
+    """Round 26, F8: the attributes of `name` as another score file holds them, `key` set to `value` and sealed
+    there (another file's root attributes), copied in over this file's with their digest."""
+
+    def copy(h5):
+        import h5py
+
+        with h5py.File("other.h5", "w", driver="core", backing_store=False) as other:
+            other.attrs.update({**h5.attrs, "created": "2026-01-01T00:00:00+0000"})
+            h5.copy(h5[name], other, name)
+            other[name].attrs[key] = value
+            seal_attributes(other[name])
+            h5[name].attrs.update(dict(other[name].attrs))
 
     return copy
 
@@ -569,9 +589,16 @@ HAND_DAMAGE = [
     ("stripped, labelled version 1", _relabelled(1), "has format version 1, whose values and attributes carry no"),
     ("stripped, labelled version 2", _relabelled(2), "has format version 2, whose attributes carry no digests"),
     ("labelled version 3", _attr("format_version", 3), "has format version 3, whose digests are not bound to"),
-    ("a quality table of another file", _copied_from_another_file("quality"), "/quality was changed after it"),
-    ("a model's top-k of another file", _copied_from_another_file("teacher/topk"), "/teacher/topk/"),
-    ("a model of another file", _copied_from_another_file("teacher"), "/teacher/"),  # round 25, V22
+    ("labelled version 4", _attr("format_version", 4), "has format version 4, whose attributes' digests are not"),
+    ("a quality table of another file", _copied_from_another_file("quality"), "/quality has attributes changed"),
+    ("its values of another file", _copied_from_another_file("quality", True), "/quality was changed after it"),
+    ("a model's top-k of another file", _copied_from_another_file("teacher/topk"), "/teacher/topk has attributes"),
+    ("a model of another file", _copied_from_another_file("teacher"), "/teacher has attributes"),  # round 25, V22
+    (
+        "a comparison's attributes of another file",
+        _attributes_from_another_file("comparison/teacher__student", "max_rows", 500),
+        "/comparison/teacher__student has attributes",
+    ),
     ("top-k tables of two widths", _cut_top_index, "the test_* tables differ in shape"),
     ("a NaN score", _set("teacher/scores", np.nan), "/teacher/scores holds non-finite values"),
     ("an infinite self-influence", _set("student/self_influence", np.inf), "/student/self_influence holds non-finite"),

@@ -231,7 +231,7 @@ def test_every_named_table_is_in_the_documented_layout_with_its_rows_dtype():
 
 def test_layout_of_a_tracin_score_file_is_the_documented_one(tiny_scores, tiny_run):
     with h5py.File(tiny_scores, "r") as h5:
-        assert set(h5.attrs) == documented_attributes("/") and h5.attrs["format_version"] == 4
+        assert set(h5.attrs) == documented_attributes("/") and h5.attrs["format_version"] == 5
         n_train, n_test = len(h5["train_index"]), len(h5["test_index"])
         for name in ("train_index", "train_labels", "train_clean_labels", "test_index", "test_labels"):
             assert h5[name].dtype == np.int64 and h5[name].shape == ((n_train,) if "train" in name else (n_test,))

@@ -9,8 +9,9 @@ and tests/test_store.py. Its modules: file (ScoreFile: opening, creating, resumi
 finished file checked before anything reads it: check_finished) and hdf5 (opening and allocating at the lowest
 level).
 
-Layout (format "tracin-scores", version 4; version 3's digests were not bound to their file, version 2 had no
-attribute digests, version 1 no digests: none is read, since a file stripped of its digests would pass for one):
+Layout (format "tracin-scores", version 5; version 4's attribute digests and version 3's digests were not bound
+to their file, version 2 had no attribute digests, version 1 no digests: none is read, since a file stripped of
+its digests would pass for one):
 
     /                       attrs: format, format_version, tracin_version, created, command, run, dataset,
                             mode, proj_dim, proj_seed, layers (JSON), loss (and test_label beside it when the
@@ -81,7 +82,8 @@ attribute digests, version 1 no digests: none is read, since a file stripped of 
 Every dataset but the resume masks (`done`) carries attr digests (JSON: the sha256 of each block of about
 16 MB of its values, bound to the file by the root's attributes as it was made: format version 4) and attr
 attrs_digest (the sha256 of its other attributes; the root, a complete model's group, /validation and each
-comparison's group carry one too, covering the names under them, status and scoring_seconds left out) from
+comparison's group carry one too, covering the names under them, status and scoring_seconds left out; all
+but the root's bound to the file too: format version 5) from
 when it was finished: the header arrays when the file is made, a model's datasets when it is complete, a
 table when written, /validation's when its tables are. Every reader refuses a file whose values differ from them
 (check_finished; ScoreFile.open_checked in Python; tracin.results.store.digests).

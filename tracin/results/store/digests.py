@@ -11,8 +11,9 @@ up to FULL_CHECK_BYTES, and SAMPLED_BLOCKS blocks chosen at random of a larger o
 50,000 x 10,000 scores (2 GB: 120 blocks, 8 read at random, so an edit inside one block is found with
 probability 1/15 per read; every dataset of a CPU-size run is read whole).
 Every dataset must carry digests except the resume masks (`done`) and those of a group still partial, and
-every finished object's attributes (and a sealed group's member names) one too (ATTRS_DIGEST). Files of the
-older formats (version 1: no digests, 2: no attribute digests) are not read (ScoreFile refuses them), since a
+every finished object's attributes (and a sealed group's member names) one too (ATTRS_DIGEST); all of them but
+the root's are bound to their file (file_seed). Files of the older formats (version 1: no digests, 2: no
+attribute digests, 3 and 4: digests not bound to their file) are not read (ScoreFile refuses them), since a
 finished file stripped of its digests would read as one of them (round 16, F1).
 """
 
@@ -111,12 +112,14 @@ def drop(root: h5py.Group, name: str) -> None:
 def _attributes_digest(item: h5py.HLObject) -> str:
     """sha256 of the object's path, its attributes but MUTABLE_ATTRS, and, for a group other than the root
     (which later commands add to), the names of everything under it (round 13, H6, H9: a dataset deleted from
-    a finished model was passed over, or a traceback)."""
+    a finished model was passed over, or a traceback); but the root's, bound to their file as the values' are
+    (file_seed: round 26, F8, a table's attributes copied in from another score file read as its own)."""
     kept = sorted((key, repr(attribute_value(item.attrs[key]))) for key in item.attrs if key not in MUTABLE_ATTRS)
     members: list[str] = []
     if isinstance(item, h5py.Group) and item.name != "/":
         item.visit(members.append)
-    return hashlib.sha256(repr((item.name, kept, sorted(members))).encode()).hexdigest()
+    seed = file_seed(item.file) if item.name != "/" else ""
+    return hashlib.sha256(repr((seed, item.name, kept, sorted(members))).encode()).hexdigest()
 
 
 def seal_group(group: h5py.Group) -> None:
@@ -154,20 +157,20 @@ def digest_problems(h5: h5py.File) -> list[str]:
     finished dataset without them, "... no attribute digest" for an object without one, and "/NAME is
     missing, though it was written" for a top-level object the root lists."""
     rng, problems = np.random.default_rng(), _attribute_problems(h5, True)
-    values_checked = not problems  # their digests are bound to the root's attributes (file_seed): all would differ
-    if not problems:  # a member listed since it was sealed, deleted since
+    bound = not problems  # every other digest is bound to the root's attributes (file_seed): all would differ
+    if bound:  # a member listed since it was sealed, deleted since
         problems += [f"/{name} is missing, though it was written" for name in listed_members(h5) if name not in h5]
 
     def visit(name: str, item) -> None:
         if isinstance(item, h5py.Group) and _finished(h5, name):
-            problems.extend(_attribute_problems(item, _sealed_group(name, item)))
+            problems.extend(_attribute_problems(item, _sealed_group(name, item), bound))
         if not _sealable(name, item) or not _finished(h5, name):
             return
-        problems.extend(_attribute_problems(item, True))
+        problems.extend(_attribute_problems(item, True, bound))
         if DIGESTS not in item.attrs:
             problems.append(f"/{name} has no digests, as tracin writes every finished dataset with")
             return
-        changed = changed_blocks(item, rng) if values_checked else []
+        changed = changed_blocks(item, rng) if bound else []
         if changed:
             problems.append(
                 f"/{name} was changed after it was written (block {changed[0]} of {len(_blocks_of(item))} "
@@ -198,12 +201,12 @@ def _sealed_group(name: str, group: h5py.Group) -> bool:
     return ("/" not in name and "status" in group.attrs) or name.startswith("comparison/")
 
 
-def _attribute_problems(item: h5py.HLObject, required: bool) -> list[str]:
-    """ "NAME's attributes were changed ..." when they differ from their digest; "NAME has no attribute
-    digest" when `required` and there is none."""
+def _attribute_problems(item: h5py.HLObject, required: bool, compared: bool = True) -> list[str]:
+    """ "NAME's attributes were changed ..." when they differ from their digest (when `compared`); "NAME has no
+    attribute digest" when `required` and there is none."""
     if ATTRS_DIGEST not in item.attrs:
         return [f"{item.name} has no attribute digest, as tracin writes every finished object with"] if required else []
-    if item.attrs[ATTRS_DIGEST] != _attributes_digest(item):
+    if compared and item.attrs[ATTRS_DIGEST] != _attributes_digest(item):
         what = "attributes or members" if isinstance(item, h5py.Group) and item.name != "/" else "attributes"
         return [f"{item.name} has {what} changed after they were written (their sha256 differs)"]
     return []

@@ -574,6 +574,8 @@ OLDER_FORMATS = {  # why a file of each older format version is not read
     1: "whose values and attributes carry no digests to check them by",
     2: "whose attributes carry no digests to check them by",
     3: "whose digests are not bound to their file (a table copied in from another score file read as its own)",
+    4: "whose attributes' digests are not bound to their file (attributes copied in from another score file read "
+    "as its own)",
 }
 REMADE_BY_SCORE = ("quality", "detection", "agreement", "comparison")  # its tables, written again by every run
 

@@ -20,9 +20,9 @@ if TYPE_CHECKING:
     from tracin.results.store.file import ScoreFile
 
 FORMAT = "tracin-scores"
-# 4: digests are bound to their file (digests.file_seed); 3: attributes and member names are sealed too;
-# 2: datasets carry digests (store.digests)
-FORMAT_VERSION = 4
+# 5: attribute digests are bound to their file too; 4: values' digests are bound to their file
+# (digests.file_seed); 3: attributes and member names are sealed too; 2: datasets carry digests (store.digests)
+FORMAT_VERSION = 5
 HEADER_ARRAYS = (
     "train_index",
     "test_index",
