@@ -126,13 +126,18 @@ def test_cifar100_with_a_class_map_equals_a_direct_evaluation(cifar10_run, tmp_p
         (["--class-map", "MAP"], "not a class of the run"),
         # round 24, E10: both keys are 'bus' to the map; the later one won, the other dropped unsaid
         (["--class-map", "MAP2"], "--class-map names 'bus' and 'Bus ', one class name where case, width, spaces"),
+        # round 26, C9: refused as "not a class", not for what is wrong with them
+        (["--class-map", "MAP3"], "--class-map names 'tru\\u200bck': a class name is printable text, not empty"),
+        (["--class-map", "MAP4"], "--class-map names '  ': a class name is printable text, not empty or blank"),
     ],
 )
 def test_eval_refusals_are_one_line(cifar10_run, tmp_path, args, message):
     root = write_cifar100(tmp_path / "data")
     (tmp_path / "map.json").write_text(json.dumps({"bus": "tram"}))
     (tmp_path / "MAP2").write_text(json.dumps({"bus": "truck", "Bus ": "automobile"}))
-    args = [str(tmp_path / "map.json") if a == "MAP" else str(tmp_path / a) if a == "MAP2" else a for a in args]
+    (tmp_path / "MAP3").write_text(json.dumps({"pickup_truck": "tru\u200bck"}))
+    (tmp_path / "MAP4").write_text(json.dumps({"  ": "truck"}))
+    args = [str(tmp_path / "map.json") if a == "MAP" else str(tmp_path / a) if a.startswith("MAP") else a for a in args]
     written = cifar10_run / "eval_cifar100.csv"
     before = written.read_bytes() if written.exists() else None
     result = tool(

@@ -395,6 +395,9 @@ def _class_mapping(theirs: list[str], ours: list[str], class_map: Optional[dict[
     check_distinct_names(ours, "the run's classes")
     check_distinct_names(theirs, "the evaluation data set's classes")
     check_distinct_names(list(class_map or {}), "--class-map")
+    for name in (*class_map, *class_map.values()) if class_map else ():  # round 26, C9: "not a class", unsaid why
+        if not name.strip() or not name.isprintable():
+            raise DataError(f"--class-map names {name!r}: a class name is printable text, not empty or blank")
     ours_by_key = {key(name): i for i, name in enumerate(ours)}
     if class_map is None:
         return {i: ours_by_key[key(name)] for i, name in enumerate(theirs) if key(name) in ours_by_key}
