@@ -108,7 +108,7 @@ def check_resumed_checkpoints(last: Path, payload: dict, recorded: dict, field: 
                 "to train this model again"
             )
         if name in recorded:
-            check_saved_digest(path, recorded, field, version=2)
+            check_saved_digest(path, recorded, field)
         elif name != checkpoint_name(payload["epoch"]) or not _same_weights(path, payload):
             raise CheckpointError(
                 f"{path} is not the checkpoint tracin-train saved with {last} ({field} records no sha256 of it, "
@@ -128,13 +128,14 @@ def _same_weights(path: Path, last: dict) -> bool:
 
 
 def check_saved_digest(
-    path: Path, recorded: Optional[dict], field: str, version: int, digest: Optional[str] = None
+    path: Path, recorded: Optional[dict], field: str, version: Optional[int] = None, digest: Optional[str] = None
 ) -> None:
     """A CheckpointError unless the checkpoint at `path` (its sha256 `digest` when known) is, byte for byte,
     the one tracin-train saved: the sha256 `recorded` ({file name: sha256}, run.json's `field`) names for
     it (round 11, K4: the record deleted). A checkpoint of version 1 (its payload's), from before the
-    record, is refused: one relabelled so, its record deleted, was loaded unchecked (round 17, K1, K2)."""
-    if version < 2:
+    record, is refused: one relabelled so, its record deleted, was loaded unchecked (round 17, K1, K2).
+    `version` is None where the payload was not read (a resume's check of the bytes alone)."""
+    if version is not None and version < 2:
         raise CheckpointError(
             f"{path} is a checkpoint of version 1, from a tracin-train before run.json recorded each checkpoint's "
             "sha256, so it cannot be checked: train the run again with this tracin"
