@@ -514,5 +514,13 @@ def test_class_names_given_twice_are_refused(cifar10_root, tmp_path):
         return meta
 
     root = _cifar_root_with(cifar10_root, tmp_path, "batches.meta", rename)
-    with pytest.raises(DataError, match="batches.meta names the class 'airplane' twice"):  # round 23, C11: the file
+    with pytest.raises(DataError, match=r"\(batches.meta\) names the class 'airplane' twice"):  # round 23, C11
+        load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False))
+
+    def respell(meta):
+        meta["label_names"][1] = meta["label_names"][0].upper()
+        return meta
+
+    root = _cifar_root_with(cifar10_root, tmp_path / "respelt", "batches.meta", respell)
+    with pytest.raises(DataError, match=r"\(batches.meta\) names 'airplane' and 'AIRPLANE', one class name"):
         load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False))

@@ -85,8 +85,8 @@ def _check_batch(name: str, batch) -> None:
 
 
 def _check_names(name: str, meta) -> None:
-    """A ValueError naming the meta file `name` unless it lists CIFAR's count of class names, each a distinct,
-    non-empty text without control characters (round 24, C8-C13, C24: a list of 11 names trained an 11th
+    """A ValueError naming the meta file `name` unless it lists CIFAR's count of class names, each a
+    non-empty text without control characters (that they are distinct is data.check_distinct_names's) (round 24, C8-C13, C24: a list of 11 names trained an 11th
     class no image has; bytes or numbers were a traceback when data.json was written, or an unreadable file
     after; a name '' or holding a newline was taken)."""
     key = next((key for key in ("label_names", "fine_label_names") if isinstance(meta, dict) and key in meta), None)
@@ -104,9 +104,6 @@ def _check_names(name: str, meta) -> None:
                 f"{name} names a class {label!r}: empty, or holding a character that does not print (a control, "
                 "format or line-separator character)"
             )
-    twice = [label for label in names if names.count(label) > 1]
-    if twice:  # round 23, C11: named the data root, not the file
-        raise ValueError(f"{name} names the class {twice[0]!r} twice")
 
 
 @contextmanager

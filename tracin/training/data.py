@@ -381,6 +381,8 @@ def check_distinct_names(names: Sequence[str], what: str) -> None:
     beside 'Bird' mapped every bird to one class, a class-map key spelt twice lost one entry, unsaid)."""
     seen: dict[str, str] = {}
     for name in names:
+        if class_key(name) in seen and seen[class_key(name)] == name:  # round 23, C11: naming the file
+            raise DataError(f"{what} names the class {name!r} twice")
         if class_key(name) in seen:
             raise DataError(
                 f"{what} names {seen[class_key(name)]!r} and {name!r}, one class name where case, width, spaces, "
