@@ -12,9 +12,15 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from tracin.config import DataConfig
+from tracin.config import DataConfig, ModelConfig, TrainConfig
 from tracin.errors import CheckpointError
-from tracin.training.checkpoints import checkpoint_name, load_checkpoint, sha256_file
+from tracin.training.checkpoints import (
+    check_recorded_architecture,
+    check_trained_config,
+    checkpoint_name,
+    load_checkpoint,
+    sha256_file,
+)
 from tracin.training.data import SHORTCUT_PATCH, RunData
 
 
@@ -89,6 +95,29 @@ def saved_digests(model_dir: Path, names: Sequence[str], known: dict) -> dict[st
     """{checkpoint file name: sha256} of the checkpoints `names` in `model_dir`, for run.json's
     models/NAME/sha256: those in `known` kept (a checkpoint is hashed once, when first recorded)."""
     return {name: known.get(name) or sha256_file(model_dir / name) for name in names}
+
+
+def check_resumed_training(
+    last: Path, payload: dict, config: TrainConfig, data_digest: str, model: ModelConfig
+) -> None:
+    """A CheckpointError unless last.pt (`payload`) was trained as this model is: with the run's `config` (its
+    replica's seed), on the data of fingerprint `data_digest`, with the architecture `model`. Round 27,
+    T16-T18: the last.pt and checkpoint of a run killed alike with another seed or lr, copied in, were
+    trained on to "done", unsaid."""
+    check_trained_config(last, payload, config)
+    if payload.get("data_fingerprint", {}).get("digest") != data_digest:
+        raise CheckpointError(f"{last} was trained on other data than this run's: it is not this run's")
+    check_recorded_architecture(last, ModelConfig.from_dict(payload["model_config"]), payload["role"], model)
+
+
+def check_nothing_lost(last: Path, entry: dict, field: str) -> None:
+    """A CheckpointError when last.pt is missing but run.json (`entry`, its `field`) records epochs trained:
+    the model would be trained again from its start, over the checkpoints recorded (round 27, T08)."""
+    if int(entry.get("epoch") or 0) > 0:
+        raise CheckpointError(
+            f"{last}: missing, though {field} records epoch {entry['epoch']} trained: put it back, or start the "
+            "run again with --overwrite"
+        )
 
 
 def check_resumed_checkpoints(last: Path, payload: dict, recorded: dict, field: str) -> None:

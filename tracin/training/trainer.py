@@ -68,7 +68,12 @@ from tracin.training.data import RunData, Split
 from tracin.training.models import build_model
 from tracin.training.optimization import build_optimizer, build_scheduler, saved_epochs
 from tracin.training.plots import plot_confusion, plot_history
-from tracin.training.records import check_resumed_checkpoints, saved_digests
+from tracin.training.records import (
+    check_nothing_lost,
+    check_resumed_checkpoints,
+    check_resumed_training,
+    saved_digests,
+)
 from tracin.training.run_folder import RunPaths
 from tracin.training.tables import METRICS, confusion_matrix, per_class_rows, write_csv, write_history
 
@@ -274,10 +279,13 @@ def start_or_resume(job: ModelJob, run: RunContext) -> Trainee:
     (which is then saved as init.pt)."""
     last = run.paths.last(job.name)
     payload = load_checkpoint(last, role=job.role) if last.is_file() else None
-    if payload is not None:
+    entry, field = run.record["models"][job.name], f"{run.paths.run_json}'s models/{job.name}"
+    if payload is None:
+        check_nothing_lost(last, entry, field)
+    else:
         check_resumable(last, payload, run.config.epochs)  # before its weights are loaded
-        recorded = run.record["models"][job.name].get("sha256") or {}
-        check_resumed_checkpoints(last, payload, recorded, f"{run.paths.run_json}'s models/{job.name}/sha256")
+        check_resumed_training(last, payload, run.config, run.fingerprint["digest"], job.model_config)
+        check_resumed_checkpoints(last, payload, entry.get("sha256") or {}, f"{field}/sha256")
     source = str(last) if payload else f"the initial state of the {job.name}"
     trainee = new_trainee(job, run, payload["model"] if payload else job.initial_state, source)
     if payload is None:
