@@ -146,6 +146,33 @@ def test_resume_keeps_done_blocks_and_refuses_other_settings(tmp_path):
         ScoreFile.create_or_resume(path, SETTINGS, {}, data_arrays(), overwrite=False)
 
 
+def test_a_resume_scores_again_the_finished_blocks_that_changed(tmp_path):
+    """Round 27, R09, R10: a finished block of a partial file, edited to a finite value, was kept and sealed
+    into the finished file. Each block's sha256 is kept beside the done mask; a resume checks it."""
+    path = tmp_path / "scores.h5"
+    with create(path) as store:
+        scores = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
+        scores.write_block(0, 0, np.ones((4, 2), np.float32))
+        scores.write_block(4, 4, np.ones((4, 2), np.float32))
+    with h5py.File(path, "r+") as h5:
+        h5["teacher/scores"][5, 5] = 0.5  # in block (1, 2)
+    store, _ = ScoreFile.create_or_resume(path, SETTINGS, {}, data_arrays(), overwrite=False)
+    with store:
+        scores = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
+        assert scores.redone == 1 and np.argwhere(scores.done).tolist() == [[0, 0]]
+    with h5py.File(path, "r+") as h5:
+        del h5["teacher/block_digests"]  # as a tracin-score before them wrote it: no block can be checked
+    store, _ = ScoreFile.create_or_resume(path, SETTINGS, {}, data_arrays(), overwrite=False)
+    with store:
+        scores = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
+        assert scores.redone == 1 and not scores.done.any()
+        scores.write_block(0, 0, np.ones((4, 2), np.float32))
+    store, _ = ScoreFile.create_or_resume(path, SETTINGS, {}, data_arrays(), overwrite=False)
+    with store:
+        scores = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
+        assert scores.redone == 0 and np.argwhere(scores.done).tolist() == [[0, 0]]
+
+
 def one_line_store_error(call) -> str:
     with pytest.raises(StoreError) as caught:
         call()

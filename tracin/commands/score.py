@@ -226,6 +226,12 @@ def score_model(
             tracin.variants,
             tracin.group_names,
         )
+        if scores.redone:  # round 27, R09, R10: an edited block was kept and sealed into the finished file
+            print(
+                f"note: {store.path}: {scores.redone} finished block(s) of /{role} no longer hold what tracin-score "
+                "wrote (edited or damaged, or written before blocks carried digests): they are scored again",
+                flush=True,
+            )
         if (scores.row_chunk, scores.test_block) == (plan.chunk, plan.block):
             runtime.log(f"{role}: {plan.describe(len(data.test))}")
         else:  # a resumed file keeps the blocking it was started with

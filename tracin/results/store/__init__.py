@@ -48,6 +48,8 @@ its digests would pass for one):
         test_prediction     int64 [n_test]: the predicted class of each test example at the last checkpoint
         test_confidence     float32 [n_test]: its softmax probability (both absent in files from before them)
         done                bool [row chunks, test blocks]: blocks written (the resume mask)
+        block_digests       S64 [row chunks, test blocks]: the sha256 (hex) of each block written, checked by a
+                            resume, which scores again a block that differs (ModelScores.block_digest)
         topk/               K = largest --topk, positions into train/test arrays, values float32:
             test_top_index, test_top_score         [n_test, K]  proponents of each test example (index int32)
             test_bottom_index, test_bottom_score   [n_test, K]  opponents of each test example
@@ -79,7 +81,7 @@ its digests would pass for one):
         <table>             compound [rows], one per table of tracin.results.comparison.TABLES (overlap,
                             rank_correlation, ks, self_influence), columns as registered, "scope" first
 
-Every dataset but the resume masks (`done`) carries attr digests (JSON: the sha256 of each block of about
+Every dataset but the resume masks (`done`, `block_digests`) carries attr digests (JSON: the sha256 of each block of about
 16 MB of its values, bound to the file by the root's attributes as it was made: format version 4) and attr
 attrs_digest (the sha256 of its other attributes; the root, a complete model's group, /validation and each
 comparison's group carry one too, covering the names under them, status and scoring_seconds left out; all

@@ -353,6 +353,11 @@ class ScoreFile:
         return str(self._attribute("mode"))
 
     @property
+    def checkpoint_spec(self) -> str:
+        """The --checkpoints the models were scored with: all, last or comma-separated epochs."""
+        return str(json.loads(self._attribute("settings")).get("checkpoints", "all"))
+
+    @property
     def run_path(self) -> Path:
         """The tracin-train run folder the models came from, as it was when scored."""
         return Path(self._attribute("run"))
@@ -449,11 +454,12 @@ class ScoreFile:
         groups: Sequence[str] = (),
     ) -> ModelScores:
         """The model's group, created with all its datasets, or the existing one after checking that
-        it was made from the same checkpoints (sha256); its chunking is the file's (the caller uses it)."""
+        it was made from the same checkpoints (sha256), its finished blocks checked (`redone`: how many no
+        longer held what was written, now to be scored again); its chunking is the file's (the caller uses it)."""
         if name in self._h5:
             scores = ModelScores(self._h5[name])
             scores.check_checkpoints(checkpoints, self.path)
-            scores.redo_non_finite_blocks()
+            scores.redone = scores.redo_unsound_blocks()
             return scores
         return create_model_group(
             self._h5, name, checkpoints, parameters, row_chunk, test_block, per_checkpoint, variants, groups

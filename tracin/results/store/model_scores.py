@@ -3,6 +3,7 @@ bookkeeping), per-example arrays and top-k tables; making the group, and the ens
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Optional, Sequence
@@ -27,6 +28,9 @@ from tracin.results.store.layout import (
 )
 from tracin.training.checkpoints import Checkpoint
 from tracin.variants import SCORE_VARIANTS
+
+# [row chunks, test blocks]: the sha256 (hex digits) of each block written (ModelScores.block_digest)
+BLOCK_DIGESTS, BLOCK_DIGEST_TYPE = "block_digests", "S64"
 
 
 def rankings_name(epoch: Optional[int] = None, variant: Optional[str] = None) -> str:
@@ -88,6 +92,7 @@ def create_model_group(
     early_dataset(group, "last_loss", (n_train,), np.float32)
     grid = (-(-n_train // row_chunk), -(-n_test // test_block))
     early_dataset(group, "done", grid, np.bool_)
+    early_dataset(group, BLOCK_DIGESTS, grid, BLOCK_DIGEST_TYPE)
     h5.flush()
     return ModelScores(group)
 
@@ -145,6 +150,7 @@ class ModelScores:
 
     def __init__(self, group: h5py.Group):
         self._group = group
+        self.redone = 0  # finished blocks a resume found changed (ScoreFile.prepare_model)
         self.row_chunk = int(group.attrs["row_chunk"])
         self.test_block = int(group.attrs["test_block"])
 
@@ -334,23 +340,38 @@ class ModelScores:
             if values is not None and name in self._group:  # files from older versions lack some
                 self._group[name][..., rows] = values
         self._group.file.flush()
-        self._group["done"][row_start // self.row_chunk, col_start // self.test_block] = True
+        r, c = row_start // self.row_chunk, col_start // self.test_block
+        self._group[BLOCK_DIGESTS][r, c] = self.block_digest(r, c).encode()
+        self._group["done"][r, c] = True
         self._group.file.flush()
 
-    def redo_non_finite_blocks(self) -> int:
-        """On resume: blocks marked done whose values are not all finite (a damaged file) are marked not
-        done, so they are computed again. Returns how many. Reads each done block of every score dataset."""
-        done, redone = self.done, 0
+    def block_digest(self, r: int, c: int) -> str:
+        """The sha256 (hex) of block (r, c) as the file holds it: its group's name, its place and the
+        values of every dataset a block writes (write_block), read back."""
+        rows = slice(r * self.row_chunk, (r + 1) * self.row_chunk)
+        cols = slice(c * self.test_block, (c + 1) * self.test_block)
         names = ["scores", *(f"scores_{v}" for v in self.variants[1:])]
+        parts = [self._group[name][rows, cols] for name in names]
+        parts += [self._group["per_checkpoint"][:, rows, cols]] if self.has_per_checkpoint else []
+        parts += [self._group[name][..., rows] for name in SELF_INFLUENCES if c == 0 and name in self._group]
+        digest = hashlib.sha256(f"{self._group.name}\0{r}\0{c}\0".encode())
+        for part in parts:
+            digest.update(np.ascontiguousarray(part).tobytes())
+        return digest.hexdigest()
+
+    def redo_unsound_blocks(self) -> int:
+        """On resume: blocks marked done that no longer hold what write_block wrote (their sha256 differs
+        from block_digests': edited or damaged, round 27, R09, R10: an edited score was sealed into the
+        finished file) are marked not done, so they are computed again; every block of a group without
+        block_digests (written by a tracin-score before them) too. Returns how many. Reads each done block."""
+        done, redone = self.done, 0
+        stored = self._group[BLOCK_DIGESTS][()] if BLOCK_DIGESTS in self._group else None
         for r, c in zip(*np.nonzero(done)):
-            rows = slice(r * self.row_chunk, (r + 1) * self.row_chunk)
-            cols = slice(c * self.test_block, (c + 1) * self.test_block)
-            block = [self._group[name][rows, cols] for name in names]
-            block += [self._group["per_checkpoint"][:, rows, cols]] if self.has_per_checkpoint else []
-            block += [self._group[name][..., rows] for name in SELF_INFLUENCES if c == 0 and name in self._group]
-            if not all(np.isfinite(part).all() for part in block):
+            if stored is None or stored[r, c].decode(errors="replace") != self.block_digest(r, c):
                 self._group["done"][r, c] = False
                 redone += 1
+        if stored is None:
+            early_dataset(self._group, BLOCK_DIGESTS, done.shape, BLOCK_DIGEST_TYPE)
         self._group.file.flush()
         return redone
 
