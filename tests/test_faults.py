@@ -171,6 +171,30 @@ def test_a_model_not_finished_is_named_where_its_scores_are_read(tiny_run, refer
         assert note in out.with_name("quality_report.md").read_text()
 
 
+@pytest.mark.parametrize("name", ["tracin-report", "tracin-explore"])
+def test_a_file_that_scored_a_model_before_it_trained_on_is_refused(tiny_run, tmp_path, name):
+    """Round 27, U07: a file scored while the student was partial (epoch 2 of 4) was read without a word once
+    it had trained on, its TracInCP a term short."""
+    run, out, away = tmp_path / "run", tmp_path / "tracin.h5", tmp_path / "away"
+    shutil.copytree(tiny_run, run)
+    finished = (run / "run.json").read_text()
+    record = json.loads(finished)
+    entry = record["models"]["student"]
+    entry.update(status="partial", epoch=2, checkpoints=["epoch_002.pt"])  # as killed after its epoch 2
+    (run / "run.json").write_text(json.dumps(record))
+    away.mkdir()
+    for file in ("epoch_004.pt", "last.pt"):
+        shutil.move(run / "student" / file, away / file)
+    scored = command("tracin-score", *score_args(run, out, "--models", "student"))
+    assert scored.returncode == 0 and "note: student has not finished training" in scored.stdout, scored.stderr
+    for file in ("epoch_004.pt", "last.pt"):  # then trained on to its end
+        shutil.move(away / file, run / "student" / file)
+    (run / "run.json").write_text(finished)
+    result = command(name, "--run", run, "--scores", out, "--models", "student")
+    assert_one_line_error(result, "scored student's checkpoints of epochs [2] (--checkpoints all), and")
+    assert "now holds [2, 4]: trained on since" in result.stderr
+
+
 def test_a_damaged_replacement_is_salvaged_and_published_by_the_same_overwrite(tiny_run, reference, tmp_path):
     out = tmp_path / "tracin.h5"
     shutil.copy(reference, out)
@@ -209,6 +233,24 @@ def test_a_resume_keeping_a_smaller_budgets_blocks_says_so(tiny_run, reference, 
     result = command("tracin-score", *score_args(tiny_run, out))  # the default budget plans one block
     assert result.returncode == 0, result.stderr[-2000:]
     assert "note: teacher: the file being resumed keeps the blocks an earlier, smaller memory budget" in result.stdout
+    assert_same_results(out, reference)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_finished_block_edited_after_a_kill_is_scored_again(tiny_run, reference, tmp_path, overwrite):
+    """Round 27, R09, R10: a finished block of a partial file (or of the NAME.replacing an --overwrite
+    builds) edited to a finite value was kept, and sealed into the finished file."""
+    out = tmp_path / "tracin.h5"
+    if overwrite:
+        shutil.copy(reference, out)
+    args = score_args(tiny_run, out, *SCORE_ARGS, *(["--overwrite"] if overwrite else []))
+    killed = command("tracin-score", *args, fault="score-block:2:kill")
+    assert killed.returncode == -signal.SIGKILL
+    with h5py.File(replacing_path(out) if overwrite else out, "r+") as h5:
+        h5["teacher/scores"][0, 0] = 5.0
+    again = command("tracin-score", *args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "1 finished block(s) of /teacher no longer hold what tracin-score wrote" in again.stdout, again.stdout
     assert_same_results(out, reference)
 
 
@@ -422,11 +464,13 @@ def test_a_kill_inside_a_checkpoint_write_is_resumed_and_its_temporary_file_remo
     assert (runs / "tiny" / "teacher" / "epoch_002.pt").is_file()
 
 
-@pytest.mark.parametrize("change", ["kept", "deleted", "replaced"])
+@pytest.mark.parametrize("change", ["kept", "deleted", "replaced", "last.pt deleted", "another seed's"])
 def test_a_resume_checks_the_checkpoint_a_kill_left_unrecorded(tmp_path, fashion_mnist_root, change):
     """Killed after the last epoch's checkpoint and last.pt, before run.json records them (round 26, T1, T2):
     the same command finishes; with that checkpoint deleted (a traceback) or another epoch's copied over it
-    (recorded as epoch 2's) it is refused, naming the file."""
+    (recorded as epoch 2's) it is refused, naming the file. Round 27: with last.pt deleted the model was
+    trained again from its start (T08); with last.pt and that checkpoint from a run killed alike with
+    another seed, it was trained on from them to "done" (T16-T18)."""
     runs, args = tmp_path / "runs", ("--models", "teacher", "--epochs", "2", "--save-every", "1")
     killed = _train(runs, fashion_mnist_root, *args, fault="train-epoch:2:kill")
     assert killed.returncode == -signal.SIGKILL
@@ -435,11 +479,26 @@ def test_a_resume_checks_the_checkpoint_a_kill_left_unrecorded(tmp_path, fashion
         (model / "epoch_002.pt").unlink()
     elif change == "replaced":
         shutil.copyfile(model / "epoch_001.pt", model / "epoch_002.pt")
+    elif change == "last.pt deleted":
+        (model / "last.pt").unlink()
+    elif change == "another seed's":
+        other = tmp_path / "other"
+        _train(other, fashion_mnist_root, *args, "--seed", "3", fault="train-epoch:2:kill")
+        for name in ("last.pt", "epoch_002.pt"):
+            shutil.copyfile(other / "tiny" / "teacher" / name, model / name)
+    before = hashes(model)
     again = _train(runs, fashion_mnist_root, *args)
+    expected = {
+        "deleted": f"{model / 'epoch_002.pt'}: missing",
+        "replaced": "not epoch 2's",
+        "last.pt deleted": f"{model / 'last.pt'}: missing, though",
+        "another seed's": f"{model / 'last.pt'} was trained with seed 3, but run.json says 0",
+    }
     if change == "kept":
         assert again.returncode == 0, again.stderr[-2000:]
     else:
-        assert_one_line_error(again, f"{model / 'epoch_002.pt'}: missing" if change == "deleted" else "not epoch 2's")
+        assert_one_line_error(again, expected[change])
+        assert hashes(model) == before
 
 
 def test_a_resume_with_another_data_set_is_refused_before_its_data_load(tiny_run, tmp_path):

@@ -29,6 +29,7 @@ from tracin.options import ScoreOptions
 from tracin.results.store import Salvage, ScoreFile
 from tracin.training.checkpoints import (
     Checkpoint,
+    epoch_of,
     list_checkpoints,
     load_distillation_teacher,
     load_run_checkpoints,
@@ -37,6 +38,7 @@ from tracin.training.checkpoints import (
 )
 from tracin.training.data import RunData, load_data
 from tracin.training.losses import CrossEntropy, Distillation, Objective, PredictedCrossEntropy, TrainTest
+from tracin.training.optimization import select_epochs
 from tracin.training.records import check_saved_digest, fingerprint_differences
 from tracin.training.run_folder import RunPaths, read_record
 
@@ -193,7 +195,8 @@ def describe_salvage(path: Path, salvaged: Salvage) -> str:
 
 def check_scored_checkpoints(store: ScoreFile, run: TrainedRun, models: Sequence[str]) -> None:
     """The file must score this run's models: the checkpoints it replayed are in the run folder, same
-    sha256 (a moved folder is fine, another run is not)."""
+    sha256 (a moved folder is fine, another run is not), and, scored with --checkpoints all or last, those
+    the run now holds (not a model trained on since)."""
     for name in (m for m in models if m in store.models):
         for scored, sha256 in store.model(name).checkpoint_files:
             here = run.paths.model_dir(name) / Path(scored).name
@@ -202,6 +205,14 @@ def check_scored_checkpoints(store: ScoreFile, run: TrainedRun, models: Sequence
                     f"{store.path} scored {name} from {scored}, which {run.paths.root} does not hold "
                     "(missing, or another file): give the score file of this run"
                 )
+        spec, scored = store.checkpoint_spec, store.model(name).epochs
+        saved = [epoch_of(Path(file)) for file in run.record["models"].get(name, {}).get("checkpoints", [])]
+        if spec in ("all", "last") and saved and select_epochs(spec, saved, name) != scored:  # round 27, U07
+            raise TracinError(
+                f"{store.path} scored {name}'s checkpoints of epochs {scored} (--checkpoints {spec}), and "
+                f"{run.paths.root} now holds {saved}: trained on since, its TracInCP lacks their terms; score "
+                "the run again (tracin-score --overwrite)"
+            )
 
 
 def unfinished_note(run: TrainedRun, name: str) -> Optional[str]:
