@@ -312,16 +312,17 @@ def write_atomic(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, default_mode())
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        faults.reach("file-write")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with naming_full_disk(path):
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            faults.reach("file-write")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def write_json_atomic(values: Any, path: Union[str, Path]) -> None:
@@ -489,3 +490,25 @@ def disk_full(error: object) -> bool:
 
 
 FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # "No space left", "Disk quota exceeded", "File too large"
+
+
+@contextmanager
+def naming_full_disk(path: Union[str, Path]) -> Iterator[None]:
+    """A full disk, quota or file-size limit met within, reported without a file name (by write, flush,
+    torch.save or gzip), is raised again naming `path` (round 27, F03: tracin-train's named no file)."""
+    try:
+        yield
+    except BaseException as error:
+        number = full_disk_errno(error)
+        if number is not None and not getattr(error, "filename", None):
+            raise OSError(number, os.strerror(number), str(path)) from error
+        raise
+
+
+def full_disk_errno(error: BaseException) -> Union[int, None]:
+    """The errno of FULL_DISK_ERRNOS that `error` reports (torch.save and h5py often without an errno, in
+    its message), or None."""
+    number = getattr(error, "errno", None)
+    if number in FULL_DISK_ERRNOS:
+        return number
+    return next((n for n in FULL_DISK_ERRNOS if isinstance(error, Exception) and os.strerror(n) in str(error)), None)

@@ -31,7 +31,7 @@ from tracin.config import (  # noqa: F401 (re-exported)
     split_model_name,
 )
 from tracin.errors import DataError, TracinError
-from tracin.files import refuse_links
+from tracin.files import naming_full_disk, refuse_links
 from tracin.training.cifar_files import UncheckedCIFAR10, UncheckedCIFAR100, missing_files, restricted_cifar_reads
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -266,9 +266,9 @@ def _link_debian_fashion_mnist(root: Path) -> None:
     print(f"unpacking Fashion-MNIST from {DEBIAN_FASHION_MNIST} into {raw} (once per data root)", flush=True)
     raw.mkdir(parents=True, exist_ok=True)
     for archive in missing:
-        with tempfile.TemporaryDirectory(prefix=".unpacking.", dir=raw) as unpacking:
+        name = archive.name[: -len(".gz")]
+        with naming_full_disk(raw / name), tempfile.TemporaryDirectory(prefix=".unpacking.", dir=raw) as unpacking:
             extract_archive(str(archive), unpacking)
-            name = archive.name[: -len(".gz")]
             os.replace(Path(unpacking) / name, raw / name)
 
 
