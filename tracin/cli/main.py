@@ -269,7 +269,12 @@ def _sweep_score_parser() -> Parser:
 
 
 def _sweep_score_options(argv: Sequence[str]) -> ScoreOptions:
-    return options_from(ScoreOptions, _sweep_score_parser().parse_args(list(argv)), "tracin-sweep --score")
+    """--score's words as tracin-score's options; a value they refuse is said as --score's (round 27, W05)."""
+    parsed = _sweep_score_parser().parse_args(list(argv))
+    try:
+        return options_from(ScoreOptions, parsed, "tracin-sweep --score")
+    except TracinError as error:
+        raise TracinError(f"--score: {error}") from None
 
 
 SWEEP_SETS_FOR_SCORE = ("--run", "--models", "--scores", "--out")  # tracin-sweep scores every run into RUN/tracin.h5
