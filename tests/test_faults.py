@@ -282,6 +282,11 @@ def test_overwrite_killed_midway_keeps_the_old_file_and_the_same_command_finishe
     killed = command("tracin-score", *args, fault="score-block:2:kill")
     assert killed.returncode == -signal.SIGKILL
     assert hashes(out) == before and replacing_path(out).exists()
+    plain = command("tracin-score", *score_args(tiny_run, out, *SCORE_ARGS))  # round 27, R02: the leftover unsaid
+    assert plain.returncode == 0 and "tracin.h5.replacing is left from an interrupted tracin-score --overwrite" in (
+        plain.stdout
+    ), plain.stdout + plain.stderr[-2000:]
+    assert hashes(out) == before
     again = command("tracin-score", *args)
     assert again.returncode == 0 and "resuming" in again.stdout, again.stderr[-2000:]
     assert not replacing_path(out).exists()
@@ -499,6 +504,26 @@ def test_a_resume_checks_the_checkpoint_a_kill_left_unrecorded(tmp_path, fashion
     else:
         assert_one_line_error(again, expected[change])
         assert hashes(model) == before
+
+
+def test_a_file_size_limit_in_training_names_the_file_and_the_same_command_continues(tmp_path, fashion_mnist_root):
+    """Round 27, F03: tracin-train's full disk (ENOSPC, EFBIG) named no file; tracin-score's did. (Unpacking
+    Fashion-MNIST under the limit names the file it writes too; the data are unpacked first here.)"""
+    from tracin.training.data import DataConfig, load_data
+
+    load_data(DataConfig(dataset="fashion-mnist", data_root=str(fashion_mnist_root)))
+    runs, extra = tmp_path / "runs", ("--models", "teacher", "--epochs", "2", "--save-every", "1")
+    args = ["--run", "tiny", "--out-root", runs, "--data-root", fashion_mnist_root, *TINY_RUN_ARGS, *extra]
+    script = str(Path(sys.executable).with_name("tracin-train"))
+    limited = subprocess.run(
+        ["bash", "-c", 'ulimit -f 40; exec "$0" "$@"', script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+    )
+    assert_one_line_error(limited, f"File too large ({runs / 'tiny'}/")
+    again = _train(runs, fashion_mnist_root, *extra)
+    assert again.returncode == 0, again.stderr[-2000:]
 
 
 def test_a_resume_with_another_data_set_is_refused_before_its_data_load(tiny_run, tmp_path):

@@ -131,6 +131,9 @@ def test_one_test_example_says_why_it_has_no_interval():
     text = validation.format_validation(table)
     assert "[no CI: one test example]" in text and "flipped      -" in text and "nan" not in text
     assert "nan" not in validation_markdown(table, np.zeros(0, dtype=validation.LDS_DTYPE))
+    note = "note: student has not finished training (partial, epoch 2 of 4): ..."  # round 27, U05: unsaid in the file
+    noted = validation_markdown(table, np.zeros(0, dtype=validation.LDS_DTYPE), [note])
+    assert noted.split("\n\n")[1] == f"- {note}"
 
 
 def test_lds_and_leave_out_equal_a_direct_computation(validated):

@@ -337,6 +337,12 @@ def score_run(options: ScoreOptions) -> Path:
                 f"{out} is finished with these settings: {'drawing its figures' if options.plots else 'nothing to do'}",
                 flush=True,
             )
+            if replacing_path(out).exists():  # round 27, R02: left on disk without a word
+                print(
+                    f"note: {replacing_path(out)} is left from an interrupted tracin-score --overwrite: that command "
+                    "again continues it; or remove it",
+                    flush=True,
+                )
         else:
             out = _score_into(out, options, run, data, digests, settings, runtime, ks)
         if options.plots and runtime.is_main:

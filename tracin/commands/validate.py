@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -293,7 +293,8 @@ def validate_run(options: ValidateOptions) -> Path:
             if runtime.is_main:
                 tables = finish(store, work)
         if runtime.is_main:
-            print(f"validation: {path} (/validation), {write_validation_report(path, *tables)}", flush=True)
+            notes = unfinished_notes(run, options.models)  # in the record too (round 27, U05)
+            print(f"validation: {path} (/validation), {write_validation_report(path, *tables, notes)}", flush=True)
     return path
 
 
@@ -526,11 +527,12 @@ def lds_table(plan: Plan, record: ValidationRecord, store: ScoreFile) -> np.ndar
     return np.array(rows, dtype=validation.LDS_DTYPE)
 
 
-def write_validation_report(path: Path, leave_out: np.ndarray, lds: np.ndarray) -> Path:
-    """validation.md beside the score file and plots/validation.png; returns the Markdown's path."""
+def write_validation_report(path: Path, leave_out: np.ndarray, lds: np.ndarray, notes: Sequence[str] = ()) -> Path:
+    """validation.md (with `notes`, each a line said under its title) beside the score file and
+    plots/validation.png; returns the Markdown's path."""
     markdown = report_path(path, "validation.md")
     refuse_links((markdown, report_path(path, "plots"), report_path(path, "plots") / "validation.png"), "the report")
-    write_own_markdown(markdown, validation_markdown(leave_out, lds))
+    write_own_markdown(markdown, validation_markdown(leave_out, lds, notes))
     figure = plot_validation(leave_out, lds)
     plots = report_path(path, "plots")
     plots.mkdir(exist_ok=True)

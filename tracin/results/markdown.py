@@ -160,9 +160,12 @@ def _mean_ci(cell) -> str:
     return f"{cell['mean']:.3f} [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}]" if np.isfinite(cell["mean"]) else "-"
 
 
-def validation_markdown(leave_out: np.ndarray, lds: np.ndarray) -> str:
-    """tracin-validate's tables as Markdown: leave-top-k-out margin changes and the LDS."""
+def validation_markdown(leave_out: np.ndarray, lds: np.ndarray, notes: Sequence[str] = ()) -> str:
+    """tracin-validate's tables as Markdown: leave-top-k-out margin changes and the LDS, after `notes` (lines
+    said of the run: a model not finished training)."""
     parts = ["# Validation: do predictions move when the credited training data are removed?"]
+    if notes:
+        parts.append("\n".join(f"- {note}" for note in notes))
     if len(leave_out):
         header = (
             "model",
