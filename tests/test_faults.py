@@ -154,6 +154,19 @@ def test_damage_only_tracin_score_repairs_is_refused_before_any_read(tiny_run, r
     assert hashes(out) == damaged
 
 
+def test_damage_in_a_table_of_tracin_report_names_tracin_report_to_repair_it(tiny_run, reference, tmp_path):
+    """Round 27, K01: /randomization (tracin-report's) damaged by a full disk was said to be tracin-score's to
+    repair; tracin-report salvages it."""
+    out = tmp_path / "tracin.h5"
+    shutil.copy(reference, out)
+    reported = command("tracin-report", "--run", tiny_run, "--scores", out, "--models", "teacher")
+    assert reported.returncode == 0, reported.stderr[-2000:]
+    damage_object_headers(out, "randomization")
+    result = command("tracin-explore", "--scores", out, "--out", tmp_path / "page.html")
+    assert_one_line_error(result, "is damaged (/randomization")
+    assert "run tracin-report again" in result.stderr and "tracin-score" not in result.stderr
+
+
 @pytest.mark.parametrize("name", ["tracin-report", "tracin-explore"])
 def test_a_model_not_finished_is_named_where_its_scores_are_read(tiny_run, reference, tmp_path, name):
     """Round 26, RJ12: tracin-score said a model had not finished training; the report and the page did not."""

@@ -14,7 +14,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import h5py
 
@@ -50,12 +50,11 @@ def beyond_salvage(path: Path, error: BaseException, overwrite: bool = True) -> 
     return OverwriteNeeded(problem, "pass --overwrite to score afresh")
 
 
-def damaged(path: Path, problems: Sequence[str]) -> StoreError:
-    """The error for a file find_damage found `problems` in, which only tracin-score repairs."""
-    return StoreError(
-        f"{path} is damaged ({problems[0]}), as a full disk or a crash while writing leaves it: "
-        "run the tracin-score command that wrote it again, which salvages what reads"
-    )
+def damaged(path: Path, problems: Sequence[str], remedy: Optional[str] = None) -> StoreError:
+    """The error for a file find_damage found `problems` in; `remedy`: the command that repairs the first,
+    where not tracin-score (which repairs all)."""
+    remedy = remedy or "run the tracin-score command that wrote it again, which salvages what reads"
+    return StoreError(f"{path} is damaged ({problems[0]}), as a full disk or a crash while writing leaves it: {remedy}")
 
 
 def find_damage(path: Path) -> list[str]:
