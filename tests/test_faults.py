@@ -19,6 +19,7 @@ from pathlib import Path
 
 import h5py
 import pytest
+import torch
 from test_scoring import MANY_BLOCKS, assert_same_results, score_args
 
 from tracin.files import exclusive_lock
@@ -449,12 +450,15 @@ def test_overwrite_killed_in_training_keeps_the_old_run_until_the_new_one_finish
     runs = tmp_path / "runs"
     shutil.copytree(tiny_run, runs / "tiny")
     before = hashes(runs / "tiny")
-    killed = _train(runs, fashion_mnist_root, "--overwrite", "--models", "teacher", fault="train-epoch:1:kill")
+    killed = _train(runs, fashion_mnist_root, "--overwrite", "--models", "teacher", fault="train-epoch:2:kill")
     assert killed.returncode == -signal.SIGKILL
     kept = {name.replace(".tiny.replaced", "tiny", 1): h for name, h in hashes(runs / ".tiny.replaced").items()}
     assert kept == before
     refused = _train(runs, fashion_mnist_root, "--resume", "--models", "teacher")  # only --overwrite goes on
     assert_one_line_error(refused, "rerun with --overwrite to finish the replacement")
+    scored = command("tracin-score", "--run", runs / "tiny", "--models", "teacher", "--topk", "5")  # 27, X10
+    assert_one_line_error(scored, "epoch_002.pt is not in")
+    assert "run that tracin-train --overwrite command again to finish it" in scored.stderr
     again = _train(runs, fashion_mnist_root, "--overwrite", "--models", "teacher")
     assert again.returncode == 0, again.stderr[-2000:]
     assert not (runs / ".tiny.replaced").exists() and (runs / "tiny" / "teacher" / "epoch_004.pt").is_file()
@@ -482,7 +486,7 @@ def test_a_kill_inside_a_checkpoint_write_is_resumed_and_its_temporary_file_remo
     assert (runs / "tiny" / "teacher" / "epoch_002.pt").is_file()
 
 
-@pytest.mark.parametrize("change", ["kept", "deleted", "replaced", "last.pt deleted", "another seed's"])
+@pytest.mark.parametrize("change", ["kept", "deleted", "replaced", "last.pt deleted", "another seed's", "lr edited"])
 def test_a_resume_checks_the_checkpoint_a_kill_left_unrecorded(tmp_path, fashion_mnist_root, change):
     """Killed after the last epoch's checkpoint and last.pt, before run.json records them (round 26, T1, T2):
     the same command finishes; with that checkpoint deleted (a traceback) or another epoch's copied over it
@@ -499,6 +503,11 @@ def test_a_resume_checks_the_checkpoint_a_kill_left_unrecorded(tmp_path, fashion
         shutil.copyfile(model / "epoch_001.pt", model / "epoch_002.pt")
     elif change == "last.pt deleted":
         (model / "last.pt").unlink()
+    elif change == "lr edited":  # round 27, T36: in both, recorded as genuine
+        for name in ("last.pt", "epoch_002.pt"):
+            payload = torch.load(model / name, weights_only=True)
+            payload["lr"] *= 2
+            torch.save(payload, model / name)
     elif change == "another seed's":
         other = tmp_path / "other"
         _train(other, fashion_mnist_root, *args, "--seed", "3", fault="train-epoch:2:kill")
@@ -511,6 +520,7 @@ def test_a_resume_checks_the_checkpoint_a_kill_left_unrecorded(tmp_path, fashion
         "replaced": "not epoch 2's",
         "last.pt deleted": f"{model / 'last.pt'}: missing, though",
         "another seed's": f"{model / 'last.pt'} was trained with seed 3, but run.json says 0",
+        "lr edited": f"{model / 'epoch_002.pt'} records lr",
     }
     if change == "kept":
         assert again.returncode == 0, again.stderr[-2000:]
@@ -537,6 +547,14 @@ def test_a_file_size_limit_in_training_names_the_file_and_the_same_command_conti
     assert_one_line_error(limited, f"File too large ({runs / 'tiny'}/")
     again = _train(runs, fashion_mnist_root, *extra)
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_a_run_folder_of_someone_elses_files_is_not_offered_to_overwrite(tmp_path, fashion_mnist_root):
+    """Round 27, X08: 'holds files but no run.json; replace them with --overwrite', which then refused them."""
+    (tmp_path / "runs" / "tiny").mkdir(parents=True)
+    (tmp_path / "runs" / "tiny" / "notes.txt").write_text("a colleague's")
+    result = _train(tmp_path / "runs", fashion_mnist_root)
+    assert_one_line_error(result, "holds files but no run.json; move them away, or choose another --run")
 
 
 def test_a_resume_with_another_data_set_is_refused_before_its_data_load(tiny_run, tmp_path):

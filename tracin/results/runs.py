@@ -40,7 +40,7 @@ from tracin.training.data import RunData, load_data
 from tracin.training.losses import CrossEntropy, Distillation, Objective, PredictedCrossEntropy, TrainTest
 from tracin.training.optimization import select_epochs
 from tracin.training.records import check_saved_digest, fingerprint_differences
-from tracin.training.run_folder import RunPaths, read_record
+from tracin.training.run_folder import RunPaths, read_record, replaced_path
 
 
 @dataclass
@@ -127,9 +127,14 @@ def check_recorded_checkpoints(run: TrainedRun, name: str) -> None:
         raise CheckpointError(f"{field} lists {missing}, which {model_dir} lacks: deleted or moved?")
     if on_disk - listed:
         extra = sorted(on_disk - listed)[0]
+        way = (  # round 27, X10: a killed --overwrite is finished by that command, which --resume refuses
+            "run that tracin-train --overwrite command again to finish it"
+            if replaced_path(run.paths).exists()
+            else "resume that with tracin-train --resume"
+        )
         raise CheckpointError(
             f"{model_dir / extra} is not in {field}: a file copied in, or saved by a training killed before "
-            "it recorded it (resume that with tracin-train --resume)"
+            f"it recorded it ({way})"
         )
 
 

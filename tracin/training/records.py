@@ -15,6 +15,7 @@ from torch import Tensor
 from tracin.config import DataConfig, ModelConfig, TrainConfig
 from tracin.errors import CheckpointError
 from tracin.training.checkpoints import (
+    check_checkpoint_lr,
     check_recorded_architecture,
     check_trained_config,
     checkpoint_name,
@@ -120,12 +121,13 @@ def check_nothing_lost(last: Path, entry: dict, field: str) -> None:
         )
 
 
-def check_resumed_checkpoints(last: Path, payload: dict, recorded: dict, field: str) -> None:
+def check_resumed_checkpoints(last: Path, payload: dict, recorded: dict, field: str, schedule: TrainConfig) -> None:
     """A CheckpointError unless every checkpoint that last.pt's history (`payload`, checked by
     trainer.check_resumable) names is on disk beside it as tracin-train saved it: the sha256 `recorded`
     (run.json's `field`) names for it, or, for the one a kill left unrecorded (saved with last.pt, before
-    run.json was written), its epoch and the weights of last.pt. Round 26, T1, T2: one deleted crashed the
-    resume; another epoch's copied over it was recorded as that epoch's."""
+    run.json was written), its epoch, the weights of last.pt and the lr the run's `schedule` gives it.
+    Round 26, T1, T2: one deleted crashed the resume; another epoch's copied over it was recorded as that
+    epoch's."""
     for row in payload["resume"]["history"]:
         name = row.get("checkpoint") if isinstance(row, dict) else None
         if not name:
@@ -138,16 +140,18 @@ def check_resumed_checkpoints(last: Path, payload: dict, recorded: dict, field: 
             )
         if name in recorded:
             check_saved_digest(path, recorded, field)
-        elif name != checkpoint_name(payload["epoch"]) or not _same_weights(path, payload):
+            continue
+        saved = load_checkpoint(path, role=payload.get("role")) if name == checkpoint_name(payload["epoch"]) else None
+        if saved is None or not _same_weights(saved, payload):
             raise CheckpointError(
                 f"{path} is not the checkpoint tracin-train saved with {last} ({field} records no sha256 of it, "
                 f"and it is not epoch {payload['epoch']}'s weights): move {last.parent} away to train this model again"
             )
+        check_checkpoint_lr(path, saved, schedule)  # round 27, T36: its lr edited (and last.pt's) was recorded
 
 
-def _same_weights(path: Path, last: dict) -> bool:
-    """Whether the checkpoint at `path` holds last.pt's epoch and, tensor for tensor, its weights."""
-    saved = load_checkpoint(path, role=last.get("role"))
+def _same_weights(saved: dict, last: dict) -> bool:
+    """Whether the checkpoint `saved` holds last.pt's epoch and, tensor for tensor, its weights."""
     state, expected = saved["model"], last["model"]
     return (
         saved["epoch"] == last["epoch"]

@@ -285,7 +285,7 @@ def start_or_resume(job: ModelJob, run: RunContext) -> Trainee:
     else:
         check_resumable(last, payload, run.config.epochs)  # before its weights are loaded
         check_resumed_training(last, payload, run.config, run.fingerprint["digest"], job.model_config)
-        check_resumed_checkpoints(last, payload, entry.get("sha256") or {}, f"{field}/sha256")
+        check_resumed_checkpoints(last, payload, entry.get("sha256") or {}, f"{field}/sha256", run.config)
     source = str(last) if payload else f"the initial state of the {job.name}"
     trainee = new_trainee(job, run, payload["model"] if payload else job.initial_state, source)
     if payload is None:
