@@ -51,6 +51,11 @@ def hashes(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder.parent)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
+def hashes_by_name(folder: Path) -> dict[str, str]:
+    """sha256 of each file directly in `folder`, by name."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
@@ -164,6 +169,10 @@ def test_damage_in_a_table_of_tracin_report_names_tracin_report_to_repair_it(tin
     assert reported.returncode == 0, reported.stderr[-2000:]
     damage_object_headers(out, "randomization")
     result = command("tracin-explore", "--scores", out, "--out", tmp_path / "page.html")
+    assert_one_line_error(result, "is damaged (/randomization")
+    assert "run tracin-report again" in result.stderr and "tracin-score" not in result.stderr
+    extra = ("--test-examples", "1", "--k", "5", "--subsets", "0")  # tracin-validate repairs only /validation
+    result = command("tracin-validate", "--run", tiny_run, "--scores", out, "--models", "teacher", *extra)
     assert_one_line_error(result, "is damaged (/randomization")
     assert "run tracin-report again" in result.stderr and "tracin-score" not in result.stderr
 
@@ -486,7 +495,9 @@ def test_a_kill_inside_a_checkpoint_write_is_resumed_and_its_temporary_file_remo
     assert (runs / "tiny" / "teacher" / "epoch_002.pt").is_file()
 
 
-@pytest.mark.parametrize("change", ["kept", "deleted", "replaced", "last.pt deleted", "another seed's", "lr edited"])
+@pytest.mark.parametrize(
+    "change", ["kept", "deleted", "replaced", "last.pt deleted", "another seed's", "lr edited", "folder moved away"]
+)
 def test_a_resume_checks_the_checkpoint_a_kill_left_unrecorded(tmp_path, fashion_mnist_root, change):
     """Killed after the last epoch's checkpoint and last.pt, before run.json records them (round 26, T1, T2):
     the same command finishes; with that checkpoint deleted (a traceback) or another epoch's copied over it
@@ -503,6 +514,8 @@ def test_a_resume_checks_the_checkpoint_a_kill_left_unrecorded(tmp_path, fashion
         shutil.copyfile(model / "epoch_001.pt", model / "epoch_002.pt")
     elif change == "last.pt deleted":
         (model / "last.pt").unlink()
+    elif change == "folder moved away":  # what the refusals advise: the model is trained again, recorded afresh
+        shutil.move(model, tmp_path / "away")
     elif change == "lr edited":  # round 27, T36: in both, recorded as genuine
         for name in ("last.pt", "epoch_002.pt"):
             payload = torch.load(model / name, weights_only=True)
@@ -513,7 +526,7 @@ def test_a_resume_checks_the_checkpoint_a_kill_left_unrecorded(tmp_path, fashion
         _train(other, fashion_mnist_root, *args, "--seed", "3", fault="train-epoch:2:kill")
         for name in ("last.pt", "epoch_002.pt"):
             shutil.copyfile(other / "tiny" / "teacher" / name, model / name)
-    before = hashes(model)
+    before = hashes(model) if model.is_dir() else {}
     again = _train(runs, fashion_mnist_root, *args)
     expected = {
         "deleted": f"{model / 'epoch_002.pt'}: missing",
@@ -522,8 +535,11 @@ def test_a_resume_checks_the_checkpoint_a_kill_left_unrecorded(tmp_path, fashion
         "another seed's": f"{model / 'last.pt'} was trained with seed 3, but run.json says 0",
         "lr edited": f"{model / 'epoch_002.pt'} records lr",
     }
-    if change == "kept":
+    if change in ("kept", "folder moved away"):
         assert again.returncode == 0, again.stderr[-2000:]
+        recorded = json.loads((runs / "tiny" / "run.json").read_text())["models"]["teacher"]["sha256"]
+        assert recorded == {name: digest for name, digest in hashes_by_name(model).items() if name in recorded}
+        assert set(recorded) == {"init.pt", "epoch_001.pt", "epoch_002.pt"}
     else:
         assert_one_line_error(again, expected[change])
         assert hashes(model) == before
@@ -554,7 +570,7 @@ def test_a_run_folder_of_someone_elses_files_is_not_offered_to_overwrite(tmp_pat
     (tmp_path / "runs" / "tiny").mkdir(parents=True)
     (tmp_path / "runs" / "tiny" / "notes.txt").write_text("a colleague's")
     result = _train(tmp_path / "runs", fashion_mnist_root)
-    assert_one_line_error(result, "holds files but no run.json; move them away, or choose another --run")
+    assert_one_line_error(result, "holds files but no run.json (not a tracin-train run); move them away")
 
 
 def test_a_resume_with_another_data_set_is_refused_before_its_data_load(tiny_run, tmp_path):

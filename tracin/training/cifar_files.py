@@ -86,9 +86,9 @@ def _check_batch(name: str, batch) -> None:
 
 def _check_names(name: str, meta) -> None:
     """A ValueError naming the meta file `name` unless it lists CIFAR's count of class names, each a
-    non-empty text without control characters (that they are distinct is data.check_distinct_names's) (round 24, C8-C13, C24: a list of 11 names trained an 11th
+    non-empty text without control characters (round 24, C8-C13, C24: a list of 11 names trained an 11th
     class no image has; bytes or numbers were a traceback when data.json was written, or an unreadable file
-    after; a name '' or holding a newline was taken)."""
+    after; a name '' or holding a newline was taken). That they are distinct is data.check_distinct_names's."""
     key = next((key for key in ("label_names", "fine_label_names") if isinstance(meta, dict) and key in meta), None)
     if key is None:  # round 25, H06: CIFAR-100's meta was said to lack CIFAR-10's key
         cifar100 = datasets.CIFAR100.meta

@@ -381,14 +381,15 @@ def check_distinct_names(names: Sequence[str], what: str) -> None:
     beside 'Bird' mapped every bird to one class, a class-map key spelt twice lost one entry, unsaid)."""
     seen: dict[str, str] = {}
     for name in names:
-        if class_key(name) in seen and seen[class_key(name)] == name:  # round 23, C11: naming the file
+        key = class_key(name)
+        if seen.get(key) == name:  # round 23, C11: a CIFAR meta file's name spelt twice alike
             raise DataError(f"{what} names the class {name!r} twice")
-        if class_key(name) in seen:
+        if key in seen:
             raise DataError(
-                f"{what} names {seen[class_key(name)]!r} and {name!r}, one class name where case, width, spaces, "
-                "'-' and '_' do not count"
+                f"{what} names {seen[key]!r} and {name!r}, one class name where case, width, spaces, '-' and '_' "
+                "do not count"
             )
-        seen[class_key(name)] = name
+        seen[key] = name
 
 
 def _class_mapping(theirs: list[str], ours: list[str], class_map: Optional[dict[str, str]]) -> dict[int, int]:

@@ -112,12 +112,13 @@ def check_resumed_training(
 
 
 def check_nothing_lost(last: Path, entry: dict, field: str) -> None:
-    """A CheckpointError when last.pt is missing but run.json (`entry`, its `field`) records epochs trained:
-    the model would be trained again from its start, over the checkpoints recorded (round 27, T08)."""
+    """A CheckpointError when last.pt is missing from its model's folder but run.json (`entry`, its `field`)
+    records epochs trained: the model would be trained again from its start, over the checkpoints recorded
+    (round 27, T08). A model whose folder was moved away is trained again (trainer.start_or_resume)."""
     if int(entry.get("epoch") or 0) > 0:
         raise CheckpointError(
-            f"{last}: missing, though {field} records epoch {entry['epoch']} trained: put it back, or start the "
-            "run again with --overwrite"
+            f"{last}: missing, though {field} records epoch {entry['epoch']} trained: put it back, or move "
+            f"{last.parent} away to train this model again"
         )
 
 

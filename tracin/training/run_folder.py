@@ -214,8 +214,9 @@ def open_record(paths: RunPaths, resume: bool, overwrite: bool, configs: dict[st
         return None
     record = read_record(paths)
     if record is None:
-        way = "replace them with --overwrite" if made_by_tracin(paths) else "move them away, or choose another --run"
-        raise TracinError(f"{paths.root} holds files but no run.json; {way}")  # round 27, X08: --overwrite refused
+        raise TracinError(  # round 27, X08: "replace them with --overwrite", which refuses them
+            f"{paths.root} holds files but no run.json (not a tracin-train run); move them away, or choose another --run"
+        )
     differences = configuration_differences(record, configs)
     if differences and not resume:
         raise ConfigMismatchError(

@@ -74,7 +74,7 @@ from tracin.training.records import (
     check_resumed_training,
     saved_digests,
 )
-from tracin.training.run_folder import RunPaths
+from tracin.training.run_folder import RunPaths, pending_entry
 from tracin.training.tables import METRICS, confusion_matrix, per_class_rows, write_csv, write_history
 
 EVAL_BATCH_SIZE = 512
@@ -280,9 +280,11 @@ def start_or_resume(job: ModelJob, run: RunContext) -> Trainee:
     last = run.paths.last(job.name)
     payload = load_checkpoint(last, role=job.role) if last.is_file() else None
     entry, field = run.record["models"][job.name], f"{run.paths.run_json}'s models/{job.name}"
-    if payload is None:
+    if payload is None and run.paths.model_dir(job.name).is_dir():
         check_nothing_lost(last, entry, field)
-    else:
+    elif payload is None and entry.get("epoch"):  # its folder moved away: trained again, recorded afresh
+        entry.update(pending_entry(run.config.epochs), sha256={})
+    elif payload is not None:
         check_resumable(last, payload, run.config.epochs)  # before its weights are loaded
         check_resumed_training(last, payload, run.config, run.fingerprint["digest"], job.model_config)
         check_resumed_checkpoints(last, payload, entry.get("sha256") or {}, f"{field}/sha256", run.config)
