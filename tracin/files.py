@@ -20,7 +20,7 @@ import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence, Union
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 from tracin import faults
 from tracin.errors import TracinError
@@ -482,11 +482,9 @@ def remove_stale_temporaries(target: Union[str, Path]) -> list[Path]:
 def disk_full(error: object) -> bool:
     """Whether `error` is a full disk, quota or file-size limit (ulimit -f: round 25, Z01-Z03), as the OS or
     h5py (often without an errno, in its message) reports it."""
-    if getattr(error, "errno", None) in FULL_DISK_ERRNOS:
-        return True
     if error is not None and faults.disk_filled():  # TRACIN_FAULT's full disk, however h5py reported it
         return True
-    return isinstance(error, Exception) and any(os.strerror(number) in str(error) for number in FULL_DISK_ERRNOS)
+    return isinstance(error, BaseException) and full_disk_errno(error) is not None
 
 
 FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # "No space left", "Disk quota exceeded", "File too large"
@@ -505,7 +503,7 @@ def naming_full_disk(path: Union[str, Path]) -> Iterator[None]:
         raise
 
 
-def full_disk_errno(error: BaseException) -> Union[int, None]:
+def full_disk_errno(error: BaseException) -> Optional[int]:
     """The errno of FULL_DISK_ERRNOS that `error` reports (torch.save and h5py often without an errno, in
     its message), or None."""
     number = getattr(error, "errno", None)

@@ -81,8 +81,8 @@ its digests would pass for one):
         <table>             compound [rows], one per table of tracin.results.comparison.TABLES (overlap,
                             rank_correlation, ks, self_influence), columns as registered, "scope" first
 
-Every dataset but the resume masks (`done`, `block_digests`) carries attr digests (JSON: the sha256 of each block of about
-16 MB of its values, bound to the file by the root's attributes as it was made: format version 4) and attr
+Every dataset but the resume masks (`done`, `block_digests`) carries attr digests (JSON: the sha256 of each
+block of about 16 MB of its values, bound to the file by the root's attributes as it was made: format version 4) and attr
 attrs_digest (the sha256 of its other attributes; the root, a complete model's group, /validation and each
 comparison's group carry one too, covering the names under them, status and scoring_seconds left out; all
 but the root's bound to the file too: format version 5) from

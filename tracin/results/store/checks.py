@@ -21,9 +21,8 @@ def check_finished(store: ScoreFile) -> None:
     written and unchanged since (its digests): figures, tables and the Python reader (ScoreFile.open_checked)
     read such files only, and name what is wrong with any other."""
     problems = find_damage(store.path)
-    if problems:  # round 27, K01: tracin-report's own table, damaged, was said to be tracin-score's to repair
-        owner = problems[0].split(":", 1)[0].lstrip("/").split("/", 1)[0]
-        raise damaged(store.path, problems, REMEDIES.get(owner))
+    if problems:
+        raise damaged(store.path, problems, REMEDIES)
     if store.status != "complete":
         raise TracinError(
             f"{store.path} is a partial result (tracin-score was interrupted): run the same tracin-score "

@@ -36,7 +36,8 @@ BLOCK_BYTES = 2**24  # 16 MB: a dataset of a CPU-size run is one block
 MAX_BLOCKS = 256  # digests per dataset: the attribute stays under HDF5's 64 kB
 FULL_CHECK_BYTES = 2**27  # datasets (128 MB) up to which every block is checked
 SAMPLED_BLOCKS = 8  # blocks checked of a larger dataset
-UNSEALED = ("done", "block_digests")  # resume masks and their blocks' sha256: bookkeeping, rewritten by a resume
+BLOCK_DIGESTS = "block_digests"  # a model's [row chunks, test blocks] sha256 of each block written (hex digits)
+UNSEALED = ("done", BLOCK_DIGESTS)  # resume masks and their blocks' sha256: bookkeeping, rewritten by a resume
 
 
 def blocks(shape: tuple[int, ...], itemsize: int) -> list[tuple]:

@@ -19,6 +19,7 @@ from tracin.config import ENSEMBLE_SUFFIX, ROLES, inherited_shortcut_class, spli
 from tracin.errors import OverwriteNeeded, StoreError, TracinError
 from tracin.files import disk_full, fsync_file, not_a_file, refuse_link
 from tracin.results.store import tables
+from tracin.results.store.checks import REMEDIES
 from tracin.results.store.digests import (
     ATTRS_DIGEST,
     MUTABLE_ATTRS,
@@ -46,7 +47,7 @@ from tracin.results.store.layout import (
     class_names,
 )
 from tracin.results.store.model_scores import ModelScores, create_model_group, write_ensemble
-from tracin.results.store.salvage import Salvage, beyond_salvage, damaged, find_damage, salvage
+from tracin.results.store.salvage import Salvage, beyond_salvage, damage_owner, damaged, find_damage, salvage
 from tracin.results.store.validation_record import ValidationRecord, prepare_validation
 from tracin.training.checkpoints import Checkpoint
 from tracin.version import __version__
@@ -567,8 +568,8 @@ def salvage_own_damage(path: Path, owned: Sequence[str]) -> Optional[Salvage]:
     problems = find_damage(path)
     if not problems:
         return None
-    if not all(problem.lstrip("/").split("/")[0].split(":")[0] in owned for problem in problems):
-        raise damaged(path, problems)
+    if not all(damage_owner(problem) in owned for problem in problems):
+        raise damaged(path, problems, REMEDIES)
     _, status = ScoreFile._header(path)
     salvaged = salvage(path, problems)
     with open_h5(path, "r+") as handle:

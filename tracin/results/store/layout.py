@@ -12,6 +12,7 @@ import numpy as np
 
 from tracin.config import split_variant
 from tracin.errors import StoreError
+from tracin.results.store.digests import BLOCK_DIGESTS
 from tracin.results.store.hdf5 import attribute_value
 from tracin.training.checkpoints import EPOCH_FILE
 from tracin.variants import SCORE_VARIANTS
@@ -220,14 +221,14 @@ def _model_problems(group: h5py.Group, where: str, n_train: int, n_test: int) ->
         problems.append(f"{where}/done is not a 2-D boolean mask of the score blocks")
     elif done is not None and attribute_value(group.attrs.get("status")) == "complete" and not np.all(done[()]):
         problems.append(f"{where} is marked complete, but {where}/done has blocks not scored")  # red-team H10
-    digests = group.get("block_digests")
+    digests = group.get(BLOCK_DIGESTS)
     if digests is not None and not (
         isinstance(digests, h5py.Dataset)
         and digests.dtype.kind == "S"
         and isinstance(done, h5py.Dataset)
         and digests.shape == done.shape
     ):
-        problems.append(f"{where}/block_digests is not a table of text digests shaped as {where}/done")
+        problems.append(f"{where}/{BLOCK_DIGESTS} is not a table of text digests shaped as {where}/done")
     for name in _ranking_groups(group):
         problems += _ranking_problems(group[name], f"{where}/{name}", n_train, n_test)
     return problems + _checkpoint_problems(group.get("checkpoints"), f"{where}/checkpoints")

@@ -15,7 +15,7 @@ from torch import Tensor
 from tracin.config import split_variant
 from tracin.engine.topk import Ranking, StreamingRanking
 from tracin.errors import OverwriteNeeded, StoreError
-from tracin.results.store.digests import seal_group
+from tracin.results.store.digests import BLOCK_DIGESTS, seal_group
 from tracin.results.store.hdf5 import early_dataset
 from tracin.results.store.layout import (
     CHUNK_COLS,
@@ -29,8 +29,7 @@ from tracin.results.store.layout import (
 from tracin.training.checkpoints import Checkpoint
 from tracin.variants import SCORE_VARIANTS
 
-# [row chunks, test blocks]: the sha256 (hex digits) of each block written (ModelScores.block_digest)
-BLOCK_DIGESTS, BLOCK_DIGEST_TYPE = "block_digests", "S64"
+BLOCK_DIGEST_TYPE = "S64"  # BLOCK_DIGESTS' values: the sha256 of ModelScores.block_digest, hex digits
 
 
 def rankings_name(epoch: Optional[int] = None, variant: Optional[str] = None) -> str:

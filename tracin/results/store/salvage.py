@@ -14,7 +14,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import h5py
 
@@ -50,9 +50,17 @@ def beyond_salvage(path: Path, error: BaseException, overwrite: bool = True) -> 
     return OverwriteNeeded(problem, "pass --overwrite to score afresh")
 
 
-def damaged(path: Path, problems: Sequence[str], remedy: Optional[str] = None) -> StoreError:
-    """The error for a file find_damage found `problems` in; `remedy`: the command that repairs the first,
-    where not tracin-score (which repairs all)."""
+def damage_owner(problem: str) -> str:
+    """The top-level group or table a find_damage problem ("OBJECT: reason") is in ("" for the root)."""
+    return problem.split(":", 1)[0].lstrip("/").split("/", 1)[0]
+
+
+def damaged(path: Path, problems: Sequence[str], remedies: Optional[Mapping[str, str]] = None) -> StoreError:
+    """The error for a file find_damage found `problems` in. tracin-score repairs them all; where all are in
+    one top-level group that `remedies` ({group: what repairs it}) names, that is said (round 27, K01: a
+    table of tracin-report's was said to be tracin-score's to repair)."""
+    owners = {damage_owner(problem) for problem in problems}
+    remedy = (remedies or {}).get(owners.pop()) if len(owners) == 1 else None
     remedy = remedy or "run the tracin-score command that wrote it again, which salvages what reads"
     return StoreError(f"{path} is damaged ({problems[0]}), as a full disk or a crash while writing leaves it: {remedy}")
 
@@ -60,8 +68,8 @@ def damaged(path: Path, problems: Sequence[str], remedy: Optional[str] = None) -
 def find_damage(path: Path) -> list[str]:
     """What of the file HDF5 cannot read, as "OBJECT: reason" lines ("/: ..." for the root's own
     attributes): every group, attribute and dataset is opened, every chunk index walked and every
-    unchunked dataset read. Empty when the file is whole. Score chunks are not read (a resume reads the
-    finished ones for finite values), so this stays cheap on large files. A file that does not open at
+    unchunked dataset read. Empty when the file is whole. Score chunks are not read (a resume checks the
+    finished ones against their block digests), so this stays cheap on large files. A file that does not open at
     all is a StoreError (open_h5)."""
     with open_h5(path, "r") as handle:
         problems: list[str] = []
