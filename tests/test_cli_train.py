@@ -126,11 +126,11 @@ def test_every_registered_kd_loss_is_a_choice():
     [
         (["--student-stages", "5"], "student stages must be between 1 and 4, got 5"),
         (["--width", "0"], "width must be positive"),
-        (["--label-noise", "1.5"], "label_noise must be in [0, 1)"),
+        (["--label-noise", "1.5"], "--label-noise must be in [0, 1)"),
         (["--models", "student"], "the student needs a teacher"),
         (["--teacher", "no/such/teacher.pt"], "does not exist"),
         (["--lr", "1e38", "--train-subset", "64"], "non-finite"),
-        (["--epochs", "1"], "warmup_epochs must be in [0, epochs), got 1.0 with 1 epochs"),
+        (["--epochs", "1"], "--warmup-epochs must be in [0, epochs), got 1.0 with 1 epochs"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(extra, needle, tmp_path, cifar10_root, capsys):

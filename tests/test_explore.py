@@ -472,7 +472,8 @@ def severe(browser) -> list[str]:
 def test_the_browser_shows_the_stored_lists_and_flags(explore_run, browser, tmp_path, inline):
     with ScoreFile.open_read(explore_run / "tracin.h5") as store:
         page = tmp_path / "explore.html"
-        write_page(store, load_images(store), page, store.models, DEPTH, max_inline_mb=25 if inline else 0)
+        notes = ["note: student has not finished training (partial, epoch 2 of 4) <b>"] if inline else []
+        write_page(store, load_images(store), page, store.models, DEPTH, max_inline_mb=25 if inline else 0, notes=notes)
         row = int(np.flatnonzero(store.noisy[store.model("teacher").rankings()[0].top_index[:, :DEPTH]].any(axis=1))[0])
         open_page(browser, page, f"#test={int(store.test_index[row])}")
         assert browser.find_element("id", "title").text.startswith(f"test #{store.test_index[row]}: ")
@@ -499,6 +500,8 @@ def test_the_browser_shows_the_stored_lists_and_flags(explore_run, browser, tmp_
         predicted = store.model("student").predictions[0][row]
         cells = browser.find_elements("css selector", "#predictions tr[data-model='student'] td")
         assert cells[1].text == store.classes[predicted]
+        shown = browser.find_element("id", "notes")  # at the top, as text, and nothing where there is none
+        assert (shown.text if shown.is_displayed() else None) == ("\n".join(notes) or None)
         assert not severe(browser)
 
 

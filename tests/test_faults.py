@@ -192,6 +192,8 @@ def test_a_model_not_finished_is_named_where_its_scores_are_read(tiny_run, refer
     assert note in result.stdout and "note: teacher" not in result.stdout
     if name == "tracin-report":
         assert note in out.with_name("quality_report.md").read_text()
+    else:  # and on the page, for whoever opens it later
+        assert json.dumps(note)[1:-1] in out.with_name("explore.html").read_text()
 
 
 @pytest.mark.parametrize("name", ["tracin-report", "tracin-explore"])
@@ -585,8 +587,8 @@ def test_a_resume_with_another_data_set_is_refused_before_its_data_load(tiny_run
 # --- bad values for every option of every entry point ----------------------------------------------------------
 
 SCORE_MISTAKES = [
-    (["--batch-size", "0"], "batch_size must be positive"),
-    (["--batch-size", "-3"], "batch_size must be positive"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--batch-size", "-3"], "--batch-size must be positive"),
     (["--max-memory-gb", "nan"], "--max-memory-gb must be a positive number"),
     (["--max-memory-gb", "inf"], "--max-memory-gb must be a positive number"),
     (["--max-memory-gb", "0"], "--max-memory-gb must be a positive number"),
@@ -594,8 +596,8 @@ SCORE_MISTAKES = [
     (["--topk", "0"], "--topk values must be positive"),
     (["--topk", "x"], "--topk takes comma-separated positive integers"),
     (["--topk", "100000"], "larger than the set it ranks"),
-    (["--mode", "projected"], "projected mode needs a positive proj_dim"),
-    (["--mode", "projected", "--proj-dim", "0"], "proj_dim must be positive"),
+    (["--mode", "projected"], "projected mode needs a positive --proj-dim"),
+    (["--mode", "projected", "--proj-dim", "0"], "--proj-dim must be positive"),
     (["--train-subset", "100000"], "larger than the run's train set"),
     (["--checkpoints", "999"], "no checkpoint for epoch"),
     (["--checkpoints", "two"], "--checkpoints takes all, last or comma-separated epochs"),
@@ -632,17 +634,17 @@ TRAIN_MISTAKES = [
     (["--lr", "nan"], "lr must be positive"),
     (["--lr", "-1"], "lr must be positive"),
     (["--lr", "inf"], "lr must be positive and finite"),  # red-team O6: refused only after an epoch
-    (["--weight-decay", "inf"], "weight_decay must be 0 or more and finite"),  # red-team O35
+    (["--weight-decay", "inf"], "--weight-decay must be 0 or more and finite"),  # red-team O35
     (["--temperature", "inf"], "temperature must be positive and finite"),
-    (["--batch-size", "0"], "batch_size must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--width", "0"], "width must be positive"),
-    (["--label-noise", "1.5"], "label_noise must be in [0, 1)"),
+    (["--label-noise", "1.5"], "--label-noise must be in [0, 1)"),
     (["--temperature", "0"], "temperature must be positive"),
     (["--alpha", "2"], "alpha must be in [0, 1]"),
-    (["--warmup-epochs", "nan"], "warmup_epochs must be in [0, epochs)"),
+    (["--warmup-epochs", "nan"], "--warmup-epochs must be in [0, epochs)"),
     (["--student-stages", "9"], "student stages must be between 1 and 4"),
     (["--batch-size", "256", "--warmup-epochs", "1"], "OneCycleLR cannot divide"),
-    (["--train-subset", "0"], "train_subset must be a positive number"),
+    (["--train-subset", "0"], "--train-subset must be a positive number"),
     (["--train-subset", "5"], "a train subset of 5 cannot hold each of fashion-mnist's 10 classes"),  # round 13, V29
     (["--teacher", "/nonexistent/teacher.pt", "--models", "student"], "does not exist"),
     (["--arch", "vgg"], "invalid choice"),

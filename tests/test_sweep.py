@@ -190,7 +190,7 @@ def test_teacher_quality_distils_from_the_chosen_checkpoint_and_teacher_settings
         (["--vary", "temperature=1,2", "--score", "--scores x.h5"], "sets --scores itself"),
         (["--vary", "temperature=1,2", "--score", "--topk 5 --overwrite"], "passes no --overwrite"),  # round 23 SW18
         (["--vary", "temperature=1,2", "--score", "--mode nonsense"], "invalid choice"),
-        (["--vary", "temperature=1,2", "--score", "--proj-dim -1"], "--score: proj_dim must be positive"),  # 27 W05
+        (["--vary", "temperature=1,2", "--score", "--proj-dim -1"], "--score: --proj-dim must be positive"),  # 27 W05
     ],
 )
 def test_bad_sweeps_are_one_line(tmp_path, args, message):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import re
 import sys
 import typing
 from typing import Any, Optional, Sequence
@@ -186,7 +187,21 @@ def options_from(options: type, arguments: argparse.Namespace, prog: str, **fixe
         else:
             continue
         values[field.name] = _converted(field, declared, value, prog)
-    return options(**values, **fixed)
+    try:
+        return options(**values, **fixed)
+    except TracinError as error:  # a configuration names its fields; said as the options that set them (W05)
+        error.args = (_as_flags(str(error), options),)
+        raise
+
+
+def _as_flags(message: str, options: type) -> str:
+    """`message` with each field name of `options` it starts with, or holds as a Python name (proj_dim),
+    said as its flag: ScoreConfig's `proj_dim must be positive` comes from tracin-score's --proj-dim."""
+    for field, declared in declared_options(options):
+        if not declared.positional:
+            where = "(?<![\\w-])" if "_" in field.name else "^"
+            message = re.sub(rf"{where}{field.name}\b(?!-)", flag_of(field, declared), message)
+    return message
 
 
 def _converted(field: dataclasses.Field, declared: Option, value: Any, prog: str) -> Any:

@@ -57,7 +57,7 @@ def explore(options: ExploreOptions) -> list[str]:
             check_scored_checkpoints(store, run, [m for m in models if not m.endswith(ENSEMBLE_SUFFIX)])
             notes = unfinished_notes(run, models)  # round 26, RJ12
         images = load_images(store, options.data_root)
-        result = write_page(store, images, out, models, options.depth, options.max_inline_mb, options.run)
+        result = write_page(store, images, out, models, options.depth, options.max_inline_mb, options.run, notes)
         where = f" and {result['folder']}/" if result["folder"] else ""
         lines = [
             *notes,

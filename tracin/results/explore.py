@@ -20,7 +20,9 @@ What the page shows comes from the file's own tables; only overlaps and counts a
   run's mean with its bootstrap CI; the replicas' own (teacher-teacher') is the floor;
 - per variant and model: the train examples most often among the test examples' top-k proponents, and
   those of highest self-influence;
-- the quality report's verdicts and table (tracin-report), when the file has one.
+- the quality report's verdicts and table (tracin-report), when the file has one;
+- with --run, a note at the top for each model that has not finished training (its scores are of the
+  checkpoints it had).
 
 The tables behind the page are also the export (tracin.results.export); the command is
 tracin.commands.explore.
@@ -169,11 +171,17 @@ class Page:
 
 
 def page_data(
-    store: ScoreFile, models: Sequence[str], depth: Optional[int] = None, seed: int = 0, run: Optional[Path] = None
+    store: ScoreFile,
+    models: Sequence[str],
+    depth: Optional[int] = None,
+    seed: int = 0,
+    run: Optional[Path] = None,
+    notes: Sequence[str] = (),
 ) -> Page:
     """Everything the page shows, from a finished score file (see the module's docstring); `depth` lists
     per model and test example (None: DEPTH, or fewer where the file holds fewer); `run`: the run folder
-    named (default: the one the file records: a copied or moved run was named by its old folder)."""
+    named (default: the one the file records: a copied or moved run was named by its old folder); `notes`:
+    lines shown above everything (a model that has not finished training)."""
     rankings = {
         name: {v: store.model(name).variant_rankings(v)[0] for v in store.model(name).variants} for name in models
     }
@@ -201,6 +209,7 @@ def page_data(
         "variants": {name: store.model(name).variants for name in models},
         "variant_order": variants,
         "floor": FLOOR,
+        "notes": list(notes),
         "test": {
             "index": store.test_index.tolist(),
             "label": store.test_labels.tolist(),
@@ -286,14 +295,16 @@ def write_page(
     depth: Optional[int] = None,
     max_inline_mb: float = 25.0,
     run: Optional[Path] = None,
+    notes: Sequence[str] = (),
 ) -> dict:
-    """Write the page to `out` (and its folder beside it when the data are over max_inline_mb MB); returns
+    """Write the page to `out` (and its folder beside it when the data are over max_inline_mb MB), `notes`
+    shown at its top; returns
     {"page": path, "folder": path or None, "bytes": size of everything written, "images": images written,
     "depth": lists per model and test example}."""
     folder = out.with_name(f"{out.stem}_files")
     check_page_destination(out, store.path, store.identity)
     refuse_link(folder, "the page's data folder")
-    page = page_data(store, models, depth, run=run)
+    page = page_data(store, models, depth, run=run, notes=notes)
     encoded = {f"t{row}": png(images.test[row]) for row in page.test_rows}
     encoded.update({f"r{row}": png(images.train[row]) for row in page.train_rows})
     blocks = [_script_json(block) for block in page.blocks]
