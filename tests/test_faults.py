@@ -279,6 +279,21 @@ def test_a_finished_block_edited_after_a_kill_is_scored_again(tiny_run, referenc
     assert_same_results(out, reference)
 
 
+@pytest.mark.parametrize("dataset", ["done", "self_influence", "block_digests"])
+def test_a_dataset_deleted_from_a_partial_file_has_its_model_scored_again(tiny_run, reference, tmp_path, dataset):
+    """Round 28, A12, A14: a traceback on resume (and A16: a finished file without the dataset, unsaid)."""
+    out = tmp_path / "tracin.h5"
+    args = score_args(tiny_run, out, *SCORE_ARGS)
+    killed = command("tracin-score", *args, fault="score-block:2:kill")
+    assert killed.returncode == -signal.SIGKILL
+    with h5py.File(out, "r+") as h5:
+        del h5[f"teacher/{dataset}"]
+    again = command("tracin-score", *args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"/teacher/{dataset} is missing, not as tracin-score makes it" in again.stdout, again.stdout
+    assert_same_results(out, reference)
+
+
 def test_a_partial_file_with_damaged_metadata_keeps_its_readable_finished_blocks(tiny_run, reference, tmp_path):
     out = tmp_path / "tracin.h5"
     args = score_args(tiny_run, out, *SCORE_ARGS)
@@ -311,6 +326,8 @@ def test_overwrite_killed_midway_keeps_the_old_file_and_the_same_command_finishe
     assert plain.returncode == 0 and "tracin.h5.replacing is left from an interrupted tracin-score --overwrite" in (
         plain.stdout
     ), plain.stdout + plain.stderr[-2000:]
+    page = command("tracin-explore", "--run", tiny_run, "--scores", out)  # round 28, B3: a reader said nothing
+    assert page.returncode == 0 and "tracin.h5.replacing is left from an interrupted" in page.stdout, page.stderr
     assert hashes(out) == before
     again = command("tracin-score", *args)
     assert again.returncode == 0 and "resuming" in again.stdout, again.stderr[-2000:]
@@ -434,6 +451,17 @@ def test_a_run_being_trained_is_not_scored_and_a_run_being_scored_is_not_replace
 def _train(runs: Path, data_root: str, *extra, fault: str = "") -> subprocess.CompletedProcess:
     args = ["--run", "tiny", "--out-root", runs, "--data-root", data_root, *TINY_RUN_ARGS, *extra]
     return command("tracin-train", *args, fault=fault)
+
+
+def test_a_file_in_place_of_a_model_folder_is_refused_and_left(tiny_run, tmp_path, fashion_mnist_root):
+    """Round 28, C14: a traceback (FileExistsError) when the model's first file was written."""
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run, runs / "tiny")
+    shutil.rmtree(runs / "tiny" / "student")
+    (runs / "tiny" / "student").write_text("a colleague's notes")
+    result = _train(runs, fashion_mnist_root, "--resume")
+    assert_one_line_error(result, f"{runs / 'tiny' / 'student'} is not a folder: the student's checkpoints cannot")
+    assert (runs / "tiny" / "student").read_text() == "a colleague's notes"
 
 
 def test_overwrite_that_fails_in_training_puts_the_old_run_back(tiny_run, tmp_path, fashion_mnist_root):

@@ -49,7 +49,7 @@ def create(path: Path, settings: dict = SETTINGS) -> ScoreFile:
 
 def write_teacher(store: ScoreFile, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """A complete teacher, block by block; returns what was written."""
-    scores = store.prepare_model("teacher", CHECKPOINTS, ["w", "b"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=True)
+    scores, _ = store.prepare_model("teacher", CHECKPOINTS, ["w", "b"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=True)
     written = {
         "per_checkpoint": rng.normal(size=(2, N_TRAIN, N_TEST)).astype(np.float32),
         "self_influence": rng.random(N_TRAIN).astype(np.float32),
@@ -132,7 +132,7 @@ def test_a_comparison_written_before_the_registry_reads_as_tables(tmp_path):
 def test_resume_keeps_done_blocks_and_refuses_other_settings(tmp_path):
     path = tmp_path / "scores.h5"
     with create(path) as store:
-        scores = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
+        scores, _ = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
         scores.write_block(4, 4, np.ones((4, 2), np.float32))
     with pytest.raises(StoreError, match=r"seed \(0 in the file, 1 now\)"):
         ScoreFile.create_or_resume(path, {**SETTINGS, "seed": 1}, {}, data_arrays(), overwrite=False)
@@ -151,26 +151,65 @@ def test_a_resume_scores_again_the_finished_blocks_that_changed(tmp_path):
     into the finished file. Each block's sha256 is kept beside the done mask; a resume checks it."""
     path = tmp_path / "scores.h5"
     with create(path) as store:
-        scores = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
+        scores, _ = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
         scores.write_block(0, 0, np.ones((4, 2), np.float32))
         scores.write_block(4, 4, np.ones((4, 2), np.float32))
     with h5py.File(path, "r+") as h5:
         h5["teacher/scores"][5, 5] = 0.5  # in block (1, 2)
     store, _ = ScoreFile.create_or_resume(path, SETTINGS, {}, data_arrays(), overwrite=False)
     with store:
-        scores = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
-        assert scores.redone == 1 and np.argwhere(scores.done).tolist() == [[0, 0]]
+        scores, notes = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
+        assert "1 finished block(s) of /teacher no longer hold" in notes[0] and np.argwhere(scores.done).tolist() == [
+            [0, 0]
+        ]
     with h5py.File(path, "r+") as h5:
         del h5["teacher/block_digests"]  # as a tracin-score before them wrote it: no block can be checked
     store, _ = ScoreFile.create_or_resume(path, SETTINGS, {}, data_arrays(), overwrite=False)
     with store:
-        scores = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
-        assert scores.redone == 1 and not scores.done.any()
+        scores, notes = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
+        assert "/teacher/block_digests is missing, not as tracin-score makes it" in notes[0] and not scores.done.any()
         scores.write_block(0, 0, np.ones((4, 2), np.float32))
     store, _ = ScoreFile.create_or_resume(path, SETTINGS, {}, data_arrays(), overwrite=False)
     with store:
-        scores = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
-        assert scores.redone == 0 and np.argwhere(scores.done).tolist() == [[0, 0]]
+        scores, notes = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
+        assert notes == [] and np.argwhere(scores.done).tolist() == [[0, 0]]
+
+
+LAYOUT_EDITS = {  # round 28, A11-A16: each a traceback on resume, or (A16) a finished file without the dataset
+    "digests reshaped": lambda g: (g.__delitem__("block_digests"), g.create_dataset("block_digests", (3, 3), "S64")),
+    "digests retyped": lambda g: (g.__delitem__("block_digests"), g.create_dataset("block_digests", (3, 2), "i8")),
+    "done deleted": lambda g: g.__delitem__("done"),
+    "scores deleted": lambda g: g.__delitem__("scores"),
+    "self_influence deleted": lambda g: g.__delitem__("self_influence"),
+    "last_loss reshaped": lambda g: (g.__delitem__("last_loss"), g.create_dataset("last_loss", (3,), "f4")),
+    "group self-influence deleted": lambda g: g.__delitem__("self_influence_groups"),
+    "group self-influence of other groups": lambda g: g["self_influence_groups"].attrs.__setitem__("groups", '["x"]'),
+    "row_chunk zero": lambda g: g.attrs.__setitem__("row_chunk", 0),
+    "variants edited": lambda g: g.attrs.__setitem__("variants", '["raw", "cosine"]'),
+    "checkpoints table deleted": lambda g: g.__delitem__("checkpoints/sha256"),
+}
+
+
+@pytest.mark.parametrize("edit", LAYOUT_EDITS)
+def test_a_partial_model_group_not_laid_out_as_made_is_scored_again_from_its_start(tmp_path, edit):
+    path = tmp_path / "scores.h5"
+    prepare = ("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, False, ["raw"], ["g"])
+    with create(path) as store:
+        scores, _ = store.prepare_model(*prepare)
+        scores.write_block(0, 0, np.ones((4, 4), np.float32), self_influences={"self_influence": np.ones(4)})
+    with h5py.File(path, "r+") as h5:
+        LAYOUT_EDITS[edit](h5["teacher"])
+    store, _ = ScoreFile.create_or_resume(path, SETTINGS, {}, data_arrays(), overwrite=False)
+    with store:
+        scores, notes = store.prepare_model(*prepare)
+        assert (
+            len(notes) == 1 and "(edited, damaged, or written by an older tracin): /teacher is scored again" in notes[0]
+        )
+        assert not scores.done.any() and scores.done.shape == (3, 2)
+        scores.write_block(0, 0, np.ones((4, 4), np.float32))
+    store, _ = ScoreFile.create_or_resume(path, SETTINGS, {}, data_arrays(), overwrite=False)
+    with store:  # as made: resumed without a word
+        assert store.prepare_model(*prepare)[1] == [] and np.argwhere(store.model("teacher").done).tolist() == [[0, 0]]
 
 
 def one_line_store_error(call) -> str:
@@ -192,7 +231,7 @@ def test_mistakes_are_one_line_store_errors(tmp_path):
         lambda: ScoreFile.open_read(tmp_path / "foreign.h5")
     )
     with create(tmp_path / "scores.h5") as store:
-        scores = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
+        scores, _ = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
         assert "no scores for 'student' (it has: teacher)" in one_line_store_error(lambda: store.model("student"))
         assert "no comparison of teacher and student" in one_line_store_error(
             lambda: store.comparison("teacher", "student")

@@ -304,11 +304,19 @@ def check_replaceable(path: Union[str, Path]) -> None:
         raise TracinError(f"{path} exists and is not a file (a folder, pipe or device); it is left as it is")
 
 
+def check_folder(path: Union[str, Path], what: str) -> None:
+    """A TracinError if something that is not a folder is at `path`, where a command writes `what` (round
+    28, C14: a file in place of a model's folder was a traceback when its first file was written)."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise TracinError(f"{path} is not a folder: {what} cannot be written there; it is left as it is: move it away")
+
+
 def write_atomic(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> None:
     """write(handle) into a temporary file beside `path`, flush, fsync, then os.replace onto `path` (which
-    must be a file, or nothing: check_replaceable)."""
+    must be a file, or nothing: check_replaceable; in a folder, or nothing: check_folder)."""
     path = Path(path)
     check_replaceable(path)
+    check_folder(path.parent, path.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, default_mode())

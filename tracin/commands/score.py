@@ -66,7 +66,7 @@ from tracin.results.store import (
     replacing_path,
     to_numpy,
 )
-from tracin.results.store.checks import check_finished
+from tracin.results.store.checks import check_finished, replacement_note
 from tracin.runtime import Runtime, start_runtime
 from tracin.training.checkpoints import Checkpoint
 from tracin.training.data import RunData, stratified_subset
@@ -216,7 +216,7 @@ def score_model(
     layout = None
     if runtime.is_main:
         plan = tracin.memory_plan(data.train_of(role), data.test, options.per_checkpoint)
-        scores = store.prepare_model(
+        scores, notes = store.prepare_model(
             role,
             tracin.checkpoints,
             tracin.parameter_names,
@@ -226,12 +226,8 @@ def score_model(
             tracin.variants,
             tracin.group_names,
         )
-        if scores.redone:  # round 27, R09, R10: an edited block was kept and sealed into the finished file
-            print(
-                f"note: {store.path}: {scores.redone} finished block(s) of /{role} no longer hold what tracin-score "
-                "wrote (edited or damaged, or written before blocks carried digests): they are scored again",
-                flush=True,
-            )
+        for note in notes:  # round 27, R09, R10; round 28, A11-A16: what a resume found edited is scored again
+            print(note, flush=True)
         if (scores.row_chunk, scores.test_block) == (plan.chunk, plan.block):
             runtime.log(f"{role}: {plan.describe(len(data.test))}")
         else:  # a resumed file keeps the blocking it was started with
@@ -337,12 +333,8 @@ def score_run(options: ScoreOptions) -> Path:
                 f"{out} is finished with these settings: {'drawing its figures' if options.plots else 'nothing to do'}",
                 flush=True,
             )
-            if replacing_path(out).exists():  # round 27, R02: left on disk without a word
-                print(
-                    f"note: {replacing_path(out)} is left from an interrupted tracin-score --overwrite: that command "
-                    "again continues it; or remove it",
-                    flush=True,
-                )
+            if replacement_note(out):  # round 27, R02: left on disk without a word
+                print(replacement_note(out), flush=True)
         else:
             out = _score_into(out, options, run, data, digests, settings, runtime, ks)
         if options.plots and runtime.is_main:

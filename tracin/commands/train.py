@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Sequence
 
 from tracin import faults
-from tracin.config import ROLES, DataConfig, TrainConfig
+from tracin.config import ROLES, DataConfig, TrainConfig, model_name
 from tracin.errors import CheckpointError, TracinError
 from tracin.files import (
+    check_folder,
     command_locks,
     refuse_link,
     refuse_links_under,
@@ -131,6 +132,8 @@ def train_run(config: TrainConfig, data_config: DataConfig, options: RunOptions)
         check_replacement(paths, options)
         if paths.root.is_dir() and not options.overwrite:  # what a resume appends to or writes beside
             refuse_links_under(paths.root, "in the run folder,")
+            for name in (model_name(role, r) for r in range(options.replicas) for role in options.models):
+                check_folder(paths.model_dir(name), f"the {name}'s checkpoints")
         if runtime.is_main and paths.root.is_dir() and made_by_tracin(paths):
             for stale in remove_stale_temporaries_under(paths.root):
                 runtime.log(f"removed {stale}, left by an interrupted write")

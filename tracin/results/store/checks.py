@@ -4,7 +4,8 @@ digest written with it (bound to this file)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 from tracin.errors import StoreError, TracinError
 from tracin.results.store.digests import top_level
@@ -39,6 +40,21 @@ def check_finished(store: ScoreFile) -> None:
         # round 13, F5a: a table tracin-report wrote, cut short by a full disk, is its to make again
         remedy = REMEDIES.get(top_level(changed[0]), "make it again with tracin-score --overwrite")
         raise StoreError(f"{store.path}: {changed[0]}: the file was edited, or damaged on disk; {remedy}")
+
+
+def replacement_note(path: Path) -> Optional[str]:
+    """A note when the score file at `path` has an unfinished replacement beside it (NAME.replacing, left by
+    an interrupted tracin-score --overwrite), which that command continues and moves over it (round 27, R02;
+    round 28, B3: the readers of `path` said nothing of it)."""
+    from tracin.results.store.file import replacing_path  # file imports this module's check when used
+
+    work = replacing_path(Path(path))
+    if not work.exists():
+        return None
+    return (
+        f"note: {work} is left from an interrupted tracin-score --overwrite: that command again continues it "
+        f"and replaces {work.with_suffix('').name} with it; or remove it"
+    )
 
 
 REMEDIES = {  # what makes a top-level group or table of a score file again, where not tracin-score --overwrite

@@ -46,7 +46,7 @@ from tracin.results.store.layout import (
     VALIDATION,
     class_names,
 )
-from tracin.results.store.model_scores import ModelScores, create_model_group, write_ensemble
+from tracin.results.store.model_scores import ModelScores, create_model_group, resume_model_group, write_ensemble
 from tracin.results.store.salvage import Salvage, beyond_salvage, damage_owner, damaged, find_damage, salvage
 from tracin.results.store.validation_record import ValidationRecord, prepare_validation
 from tracin.training.checkpoints import Checkpoint
@@ -453,18 +453,14 @@ class ScoreFile:
         per_checkpoint: bool,
         variants: Sequence[str] = ("raw",),
         groups: Sequence[str] = (),
-    ) -> ModelScores:
-        """The model's group, created with all its datasets, or the existing one after checking that
-        it was made from the same checkpoints (sha256), its finished blocks checked (`redone`: how many no
-        longer held what was written, now to be scored again); its chunking is the file's (the caller uses it)."""
+    ) -> tuple[ModelScores, list[str]]:
+        """(group, notes): the model's group, created with all its datasets, or the existing one checked
+        (resume_model_group: its layout, its checkpoints, its finished blocks; the notes say what is scored
+        again); its chunking is the file's (the caller uses it)."""
+        arguments = (checkpoints, parameters, row_chunk, test_block, per_checkpoint, variants, groups)
         if name in self._h5:
-            scores = ModelScores(self._h5[name])
-            scores.check_checkpoints(checkpoints, self.path)
-            scores.redone = scores.redo_unsound_blocks()
-            return scores
-        return create_model_group(
-            self._h5, name, checkpoints, parameters, row_chunk, test_block, per_checkpoint, variants, groups
-        )
+            return resume_model_group(self._h5, name, self.path, *arguments)
+        return create_model_group(self._h5, name, *arguments), []
 
     def write_ensemble(self, name: str, members: Sequence[str], row_chunk: int = CHUNK_ROWS) -> ModelScores:
         """A model group `name` holding the mean of the members' scores (each variant they all hold),

@@ -16,14 +16,17 @@ from tracin.config import split_variant
 from tracin.engine.topk import Ranking, StreamingRanking
 from tracin.errors import OverwriteNeeded, StoreError
 from tracin.results.store.digests import BLOCK_DIGESTS, seal_group
-from tracin.results.store.hdf5 import early_dataset
+from tracin.results.store.hdf5 import attribute_value, early_dataset
 from tracin.results.store.layout import (
+    CHECKPOINT_FIELDS,
     CHUNK_COLS,
     CHUNK_ROWS,
     GROUP_NORMALISED_SELF,
     GROUP_SELF,
     NORMALISED_SELF,
     RANKING_FIELDS,
+    REMADE_EACH_RUN,
+    SELF,
     SELF_INFLUENCES,
 )
 from tracin.training.checkpoints import Checkpoint
@@ -50,6 +53,29 @@ def write_checkpoints(group: h5py.Group, checkpoints: Sequence[Checkpoint]) -> N
     group.create_dataset("lr", data=np.array([c.lr for c in checkpoints], dtype=np.float64))
 
 
+def model_datasets(
+    n_train: int,
+    n_test: int,
+    n_checkpoints: int,
+    row_chunk: int,
+    test_block: int,
+    per_checkpoint: bool,
+    variants: Sequence[str],
+    groups: Sequence[str],
+) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """name -> (shape, dtype) of every dataset a model group holds from its start (the layout's /<model>/,
+    its checkpoints table aside), for scores of [n_train, n_test] written in blocks of row_chunk x test_block."""
+    f32, matrix = np.dtype(np.float32), (n_train, n_test)
+    grid = (-(-n_train // row_chunk), -(-n_test // test_block))
+    layout = {"scores": (matrix, f32), **{f"scores_{variant}": (matrix, f32) for variant in variants[1:]}}
+    layout.update({"per_checkpoint": ((n_checkpoints, *matrix), f32)} if per_checkpoint else {})
+    layout.update({SELF: ((n_train,), f32), NORMALISED_SELF: ((n_train,), f32)})
+    layout.update({name: ((len(groups), n_train), f32) for name in (GROUP_SELF, GROUP_NORMALISED_SELF) if groups})
+    layout.update({"last_loss": ((n_train,), f32), "done": (grid, np.dtype(np.bool_))})
+    layout[BLOCK_DIGESTS] = (grid, np.dtype(BLOCK_DIGEST_TYPE))
+    return layout
+
+
 def create_model_group(
     h5: h5py.File,
     name: str,
@@ -61,7 +87,7 @@ def create_model_group(
     variants: Sequence[str],
     groups: Sequence[str],
 ) -> "ModelScores":
-    """A new model group `name` with all its datasets allocated (the layout's /<model>/), for scores of
+    """A new model group `name` with all its datasets allocated (model_datasets), for scores of
     [n_train, n_test] (the lengths of the file's header arrays) written in blocks of row_chunk x test_block."""
     (n_train,), (n_test,) = h5["train_index"].shape, h5["test_index"].shape
     group = h5.create_group(name)
@@ -79,21 +105,112 @@ def create_model_group(
     )
     write_checkpoints(group.create_group("checkpoints"), checkpoints)
     chunks = (min(row_chunk, n_train, CHUNK_ROWS), min(test_block, n_test, CHUNK_COLS))
-    early_dataset(group, "scores", (n_train, n_test), np.float32, chunks).attrs["variant"] = variants[0]
-    for variant in variants[1:]:
-        early_dataset(group, f"scores_{variant}", (n_train, n_test), np.float32, chunks).attrs["variant"] = variant
-    if per_checkpoint:
-        early_dataset(group, "per_checkpoint", (len(checkpoints), n_train, n_test), np.float32, (1, *chunks))
-    early_dataset(group, "self_influence", (n_train,), np.float32)
-    early_dataset(group, NORMALISED_SELF, (n_train,), np.float32)
+    layout = model_datasets(n_train, n_test, len(checkpoints), row_chunk, test_block, per_checkpoint, variants, groups)
+    for dataset, (shape, dtype) in layout.items():
+        blocked = dataset == "scores" or dataset.startswith("scores_")
+        early_dataset(
+            group, dataset, shape, dtype, (1, *chunks) if dataset == "per_checkpoint" else chunks if blocked else None
+        )
+    for variant in variants:
+        group["scores" if variant == variants[0] else f"scores_{variant}"].attrs["variant"] = variant
     for dataset in (GROUP_SELF, GROUP_NORMALISED_SELF) if groups else ():
-        early_dataset(group, dataset, (len(groups), n_train), np.float32).attrs["groups"] = json.dumps(list(groups))
-    early_dataset(group, "last_loss", (n_train,), np.float32)
-    grid = (-(-n_train // row_chunk), -(-n_test // test_block))
-    early_dataset(group, "done", grid, np.bool_)
-    early_dataset(group, BLOCK_DIGESTS, grid, BLOCK_DIGEST_TYPE)
+        group[dataset].attrs["groups"] = json.dumps(list(groups))
     h5.flush()
     return ModelScores(group)
+
+
+def resume_model_group(
+    h5: h5py.File,
+    name: str,
+    path: Path,
+    checkpoints: Sequence[Checkpoint],
+    parameters: Sequence[str],
+    row_chunk: int,
+    test_block: int,
+    per_checkpoint: bool,
+    variants: Sequence[str],
+    groups: Sequence[str],
+) -> tuple["ModelScores", list[str]]:
+    """(group, notes) of the model group `name` a resume continues. Scores of other checkpoints (sha256) are
+    refused. A group not laid out as create_model_group makes it for these settings, with the blocking it was
+    started with, is made again (row_chunk x test_block) and scored from its start (round 28, A11-A16: a
+    dataset deleted or replaced by hand ended in a traceback, or in a finished file without it). Then its
+    finished blocks are checked (redo_unsound_blocks). The notes say what is scored again."""
+    problem = _checkpoints_problem(h5[name], name)
+    if problem is None:
+        _check_same_checkpoints(h5[name], checkpoints, path)
+        problem = _layout_problem(h5[name], per_checkpoint, variants, parameters, groups)
+    if problem is not None:
+        del h5[name]
+        scores = create_model_group(
+            h5, name, checkpoints, parameters, row_chunk, test_block, per_checkpoint, variants, groups
+        )
+        return scores, [
+            f"note: {path}: {problem}, not as tracin-score makes it (edited, damaged, or written by an older "
+            f"tracin): /{name} is scored again from its start"
+        ]
+    scores = ModelScores(h5[name])
+    redone = scores.redo_unsound_blocks()
+    return scores, [
+        f"note: {path}: {redone} finished block(s) of /{name} no longer hold what tracin-score wrote (edited or "
+        "damaged, or written before blocks carried digests): they are scored again"
+    ][: bool(redone)]
+
+
+def _checkpoints_problem(group: h5py.Group | h5py.Dataset, name: str) -> Optional[str]:
+    """How the model group `name` is not a group with a table of the checkpoints it scored (one entry per
+    checkpoint in each of CHECKPOINT_FIELDS); None if it is."""
+    if not isinstance(group, h5py.Group):
+        return f"/{name} is not a group"
+    fields = [group.get(f"checkpoints/{field}") for field in CHECKPOINT_FIELDS]
+    if not all(isinstance(f, h5py.Dataset) and f.ndim == 1 and f.shape == fields[0].shape for f in fields):
+        return f"/{name}/checkpoints is not a table of {', '.join(CHECKPOINT_FIELDS)}"
+    return None
+
+
+def _check_same_checkpoints(group: h5py.Group, checkpoints: Sequence[Checkpoint], path: Path) -> None:
+    """An OverwriteNeeded unless the group's scores are of `checkpoints` (their sha256, in order)."""
+    stored = [s.decode() if isinstance(s, bytes) else s for s in group["checkpoints/sha256"][()]]
+    if stored != [c.sha256 for c in checkpoints]:
+        raise OverwriteNeeded(
+            f"{path}: the checkpoints of {group.name.strip('/')} changed since this partial result was written "
+            "(sha256 differs)",
+            "pass --overwrite to score them afresh",
+        )
+
+
+def _layout_problem(
+    group: h5py.Group, per_checkpoint: bool, variants: Sequence[str], parameters: Sequence[str], groups: Sequence[str]
+) -> Optional[str]:
+    """The first way a model group of the checkpoints it records differs from what create_model_group makes
+    for these settings (its blocking, variants, parameters and layer groups, its datasets' shapes and
+    types); None if none."""
+    where = group.name
+    attrs = {
+        key: attribute_value(group.attrs.get(key)) for key in ("row_chunk", "test_block", "variants", "parameters")
+    }
+    row_chunk, test_block = attrs["row_chunk"], attrs["test_block"]
+    if not all(type(n) is int and n >= 1 for n in (row_chunk, test_block)):
+        return f"{where}'s row_chunk and test_block are not positive integers"
+    for key, value in (("variants", variants), ("parameters", parameters)):
+        if attrs[key] != json.dumps(list(value)):
+            return f"{where}'s {key} are not the ones scored"
+    (n_train,), (n_test,) = group.file["train_index"].shape, group.file["test_index"].shape
+    n_checkpoints = group["checkpoints/sha256"].shape[0]
+    layout = model_datasets(n_train, n_test, n_checkpoints, row_chunk, test_block, per_checkpoint, variants, groups)
+    for name, (shape, dtype) in layout.items():
+        item = group.get(name)
+        if item is None and name in REMADE_EACH_RUN:  # left behind by a salvage: written again at the end
+            continue
+        if not isinstance(item, h5py.Dataset):
+            return f"{where}/{name} is missing"
+        if item.shape != shape or item.dtype != dtype:
+            return f"{where}/{name} holds {item.dtype} {item.shape}, not {dtype} {shape}"
+        if name in (GROUP_SELF, GROUP_NORMALISED_SELF) and attribute_value(item.attrs.get("groups")) != json.dumps(
+            list(groups)
+        ):
+            return f"{where}/{name} is not of the layer groups scored"
+    return None
 
 
 def write_ensemble(h5: h5py.File, name: str, models: Sequence["ModelScores"], row_chunk: int) -> "ModelScores":
@@ -149,7 +266,6 @@ class ModelScores:
 
     def __init__(self, group: h5py.Group):
         self._group = group
-        self.redone = 0  # finished blocks a resume found changed (ScoreFile.prepare_model)
         self.row_chunk = int(group.attrs["row_chunk"])
         self.test_block = int(group.attrs["test_block"])
 
@@ -301,16 +417,6 @@ class ModelScores:
         paths, hashes = (self._group[f"checkpoints/{field}"][()] for field in ("path", "sha256"))
         return [tuple(v.decode() if isinstance(v, bytes) else str(v) for v in pair) for pair in zip(paths, hashes)]
 
-    def check_checkpoints(self, checkpoints: Sequence[Checkpoint], path: Path) -> None:
-        stored = [s.decode() if isinstance(s, bytes) else s for s in self._group["checkpoints/sha256"][()]]
-        current = [c.sha256 for c in checkpoints]
-        if stored != current:
-            raise OverwriteNeeded(
-                f"{path}: the checkpoints of {self.name} changed since this partial result was written (sha256 "
-                "differs)",
-                "pass --overwrite to score them afresh",
-            )
-
     def write_block(
         self,
         row_start: int,
@@ -361,16 +467,13 @@ class ModelScores:
     def redo_unsound_blocks(self) -> int:
         """On resume: blocks marked done that no longer hold what write_block wrote (their sha256 differs
         from block_digests': edited or damaged, round 27, R09, R10: an edited score was sealed into the
-        finished file) are marked not done, so they are computed again; every block of a group without
-        block_digests (written by a tracin-score before them) too. Returns how many. Reads each done block."""
-        done, redone = self.done, 0
-        stored = self._group[BLOCK_DIGESTS][()] if BLOCK_DIGESTS in self._group else None
+        finished file) are marked not done, so they are computed again. Returns how many. Reads each done
+        block. (A group without block_digests is made again whole: resume_model_group.)"""
+        done, stored, redone = self.done, self._group[BLOCK_DIGESTS][()], 0
         for r, c in zip(*np.nonzero(done)):
-            if stored is None or stored[r, c].decode(errors="replace") != self.block_digest(r, c):
+            if stored[r, c].decode(errors="replace") != self.block_digest(r, c):
                 self._group["done"][r, c] = False
                 redone += 1
-        if stored is None:
-            early_dataset(self._group, BLOCK_DIGESTS, done.shape, BLOCK_DIGEST_TYPE)
         self._group.file.flush()
         return redone
 
