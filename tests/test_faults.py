@@ -177,6 +177,32 @@ def test_damage_in_a_table_of_tracin_report_names_tracin_report_to_repair_it(tin
     assert "run tracin-report again" in result.stderr and "tracin-score" not in result.stderr
 
 
+@pytest.mark.parametrize("scores_too", [False, True])
+def test_an_edit_is_said_to_be_tracin_reports_to_repair_only_when_all_edits_are_in_its_tables(
+    tiny_run, reference, tmp_path, scores_too
+):
+    """Round 28, F3, F7: with /randomization and /teacher/scores edited, the remedy said was tracin-report's,
+    which then refused the edited scores."""
+    out = tmp_path / "tracin.h5"
+    shutil.copy(reference, out)
+    reported = command("tracin-report", "--run", tiny_run, "--scores", out, "--models", "teacher")
+    assert reported.returncode == 0, reported.stderr[-2000:]
+    with h5py.File(out, "r+") as h5:
+        row = h5["randomization"][0]
+        field = next(name for name in row.dtype.names if row.dtype[name].kind == "f")
+        row[field] += 1
+        h5["randomization"][0] = row
+        if scores_too:
+            h5["teacher/scores"][0, 0] += 1
+    result = command("tracin-explore", "--scores", out, "--out", tmp_path / "page.html")
+    if scores_too:
+        assert_one_line_error(result, "/teacher/scores")
+        assert "tracin-score --overwrite" in result.stderr and "tracin-report" not in result.stderr
+    else:
+        assert_one_line_error(result, "/randomization")
+        assert "run tracin-report again" in result.stderr and "tracin-score" not in result.stderr
+
+
 @pytest.mark.parametrize("name", ["tracin-report", "tracin-explore"])
 def test_a_model_not_finished_is_named_where_its_scores_are_read(tiny_run, reference, tmp_path, name):
     """Round 26, RJ12: tracin-score said a model had not finished training; the report and the page did not."""
@@ -248,6 +274,32 @@ def test_a_file_size_limit_is_a_full_disk(tiny_run, reference, tmp_path):
     again = command("tracin-score", *args)
     assert again.returncode == 0, again.stderr[-2000:]
     assert_same_results(out, reference)
+
+
+def test_a_file_size_limit_in_training_names_the_checkpoint(tmp_path, fashion_mnist_root):
+    """Round 28, E7: torch.save's zip writer raised its own RuntimeError over the EFBIG: no file was named."""
+    runs = tmp_path / "runs"
+    args = [
+        "--run",
+        "tiny",
+        "--out-root",
+        runs,
+        "--data-root",
+        fashion_mnist_root,
+        *TINY_RUN_ARGS,
+        "--models",
+        "teacher",
+    ]
+    script = str(Path(sys.executable).with_name("tracin-train"))
+    limited = subprocess.run(
+        ["bash", "-c", 'ulimit -f 40; exec "$0" "$@"', script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+    )
+    assert_one_line_error(limited, f"File too large ({runs / 'tiny' / 'teacher' / 'init.pt'}; a file-size limit")
+    again = command("tracin-train", *args)
+    assert again.returncode == 0, again.stderr[-2000:]
 
 
 def test_a_resume_keeping_a_smaller_budgets_blocks_says_so(tiny_run, reference, tmp_path):

@@ -505,10 +505,20 @@ def naming_full_disk(path: Union[str, Path]) -> Iterator[None]:
     try:
         yield
     except BaseException as error:
-        number = full_disk_errno(error)
-        if number is not None and not getattr(error, "filename", None):
-            raise OSError(number, os.strerror(number), str(path)) from error
+        # torch.save's zip writer, closing after a file-size limit, raises a RuntimeError of its own (round 28, E7)
+        fault = next((e for e in error_chain(error) if full_disk_errno(e) is not None), None)
+        if fault is not None and not getattr(fault, "filename", None):
+            raise OSError(full_disk_errno(fault), os.strerror(full_disk_errno(fault)), str(path)) from error
         raise
+
+
+def error_chain(error: Optional[BaseException]) -> list[BaseException]:
+    """`error`, the error it was raised from or while handling, that one's, and so on (each once)."""
+    chain: list[BaseException] = []
+    while error is not None and all(error is not seen for seen in chain):
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
 
 
 def full_disk_errno(error: BaseException) -> Optional[int]:

@@ -12,7 +12,7 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from tracin.errors import TracinError
-from tracin.files import FULL_DISK_ERRNOS, USER_FIXABLE_ERRNOS, disk_full
+from tracin.files import FULL_DISK_ERRNOS, USER_FIXABLE_ERRNOS, disk_full, error_chain
 
 
 def arguments(argv: Optional[Sequence[str]]) -> list[str]:
@@ -31,14 +31,7 @@ def _disk_fault(error: Exception) -> Optional[str]:
     """The fault of a full, read-only or foreign disk in one line, or None for anything else: of `error`,
     or of the error it was raised from or while handling (torch.save's zip writer, closing after a full
     disk, raises a RuntimeError of its own: round 10, D2)."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        reason = _own_disk_fault(error)
-        if reason is not None:
-            return reason
-        error = error.__cause__ or error.__context__
-    return None
+    return next((reason for reason in map(_own_disk_fault, error_chain(error)) if reason is not None), None)
 
 
 LIMITS = {errno.EFBIG: "a file-size limit (ulimit -f) or the file system's largest file", errno.EDQUOT: "a quota"}

@@ -37,9 +37,13 @@ def check_finished(store: ScoreFile) -> None:
         )
     changed = store.changed_since_written()
     if changed:
-        # round 13, F5a: a table tracin-report wrote, cut short by a full disk, is its to make again
-        remedy = REMEDIES.get(top_level(changed[0]), "make it again with tracin-score --overwrite")
-        raise StoreError(f"{store.path}: {changed[0]}: the file was edited, or damaged on disk; {remedy}")
+        # round 13, F5a: a table tracin-report wrote, cut short by a full disk, is its to make again; only
+        # when all that changed is its (round 28, F3, F7: tracin-report then refused the scores edited too)
+        owners = {top_level(problem) for problem in changed}
+        remedy = REMEDIES.get(owners.pop()) if len(owners) == 1 else None
+        first = next((problem for problem in changed if top_level(problem) not in REMEDIES), changed[0])
+        remedy = remedy or "make it again with tracin-score --overwrite"
+        raise StoreError(f"{store.path}: {first}: the file was edited, or damaged on disk; {remedy}")
 
 
 def replacement_note(path: Path) -> Optional[str]:
