@@ -27,7 +27,7 @@ def check_finished(store: ScoreFile) -> None:
     if store.status != "complete":
         raise TracinError(
             f"{store.path} is a partial result (tracin-score was interrupted): run the same tracin-score "
-            "command again to finish it, then make the report"
+            "command again to finish it first"
         )
     wrong = layout_problems(store)
     if wrong:
