@@ -177,9 +177,11 @@ def test_damage_in_a_table_of_tracin_report_names_tracin_report_to_repair_it(tin
     assert "run tracin-report again" in result.stderr and "tracin-score" not in result.stderr
 
 
-@pytest.mark.parametrize("scores_too", [False, True])
+@pytest.mark.parametrize(
+    "edited", [("randomization",), ("randomization", "quality_report"), ("randomization", "scores")]
+)
 def test_an_edit_is_said_to_be_tracin_reports_to_repair_only_when_all_edits_are_in_its_tables(
-    tiny_run, reference, tmp_path, scores_too
+    tiny_run, reference, tmp_path, edited
 ):
     """Round 28, F3, F7: with /randomization and /teacher/scores edited, the remedy said was tracin-report's,
     which then refused the edited scores."""
@@ -188,18 +190,19 @@ def test_an_edit_is_said_to_be_tracin_reports_to_repair_only_when_all_edits_are_
     reported = command("tracin-report", "--run", tiny_run, "--scores", out, "--models", "teacher")
     assert reported.returncode == 0, reported.stderr[-2000:]
     with h5py.File(out, "r+") as h5:
-        row = h5["randomization"][0]
-        field = next(name for name in row.dtype.names if row.dtype[name].kind == "f")
-        row[field] += 1
-        h5["randomization"][0] = row
-        if scores_too:
+        for table in (name for name in edited if name != "scores"):
+            row = h5[table][0]
+            field = next(name for name in row.dtype.names if row.dtype[name].kind == "f")
+            row[field] += 1
+            h5[table][0] = row
+        if "scores" in edited:
             h5["teacher/scores"][0, 0] += 1
     result = command("tracin-explore", "--scores", out, "--out", tmp_path / "page.html")
-    if scores_too:
+    if "scores" in edited:
         assert_one_line_error(result, "/teacher/scores")
         assert "tracin-score --overwrite" in result.stderr and "tracin-report" not in result.stderr
-    else:
-        assert_one_line_error(result, "/randomization")
+    else:  # one table edited or both: tracin-report makes both again
+        assert_one_line_error(result, "was changed after it was written")
         assert "run tracin-report again" in result.stderr and "tracin-score" not in result.stderr
 
 
@@ -342,7 +345,7 @@ def test_a_dataset_deleted_from_a_partial_file_has_its_model_scored_again(tiny_r
         del h5[f"teacher/{dataset}"]
     again = command("tracin-score", *args)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert f"/teacher/{dataset} is missing, not as tracin-score makes it" in again.stdout, again.stdout
+    assert f"/teacher/{dataset} is missing: /teacher is not as tracin-score makes it" in again.stdout, again.stdout
     assert_same_results(out, reference)
 
 
@@ -512,7 +515,7 @@ def test_a_file_in_place_of_a_model_folder_is_refused_and_left(tiny_run, tmp_pat
     shutil.rmtree(runs / "tiny" / "student")
     (runs / "tiny" / "student").write_text("a colleague's notes")
     result = _train(runs, fashion_mnist_root, "--resume")
-    assert_one_line_error(result, f"{runs / 'tiny' / 'student'} is not a folder: the student's checkpoints cannot")
+    assert_one_line_error(result, f"{runs / 'tiny' / 'student'} is not a folder: the checkpoints of student cannot")
     assert (runs / "tiny" / "student").read_text() == "a colleague's notes"
 
 

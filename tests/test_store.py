@@ -167,7 +167,10 @@ def test_a_resume_scores_again_the_finished_blocks_that_changed(tmp_path):
     store, _ = ScoreFile.create_or_resume(path, SETTINGS, {}, data_arrays(), overwrite=False)
     with store:
         scores, notes = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
-        assert "/teacher/block_digests is missing, not as tracin-score makes it" in notes[0] and not scores.done.any()
+        assert (
+            "/teacher/block_digests is missing: /teacher is not as tracin-score makes it" in notes[0]
+            and not scores.done.any()
+        )
         scores.write_block(0, 0, np.ones((4, 2), np.float32))
     store, _ = ScoreFile.create_or_resume(path, SETTINGS, {}, data_arrays(), overwrite=False)
     with store:
@@ -185,7 +188,12 @@ LAYOUT_EDITS = {  # round 28, A11-A16: each a traceback on resume, or (A16) a fi
     "group self-influence deleted": lambda g: g.__delitem__("self_influence_groups"),
     "group self-influence of other groups": lambda g: g["self_influence_groups"].attrs.__setitem__("groups", '["x"]'),
     "row_chunk zero": lambda g: g.attrs.__setitem__("row_chunk", 0),
-    "variants edited": lambda g: g.attrs.__setitem__("variants", '["raw", "cosine"]'),
+    "variants edited": lambda g: g.attrs.__setitem__("variants", '["raw"]'),
+    "a variant's scores deleted": lambda g: g.__delitem__("scores_cosine"),
+    "per_checkpoint reshaped": lambda g: (
+        g.__delitem__("per_checkpoint"),
+        g.create_dataset("per_checkpoint", (1, 10, 6), "f4"),
+    ),
     "checkpoints table deleted": lambda g: g.__delitem__("checkpoints/sha256"),
 }
 
@@ -193,7 +201,7 @@ LAYOUT_EDITS = {  # round 28, A11-A16: each a traceback on resume, or (A16) a fi
 @pytest.mark.parametrize("edit", LAYOUT_EDITS)
 def test_a_partial_model_group_not_laid_out_as_made_is_scored_again_from_its_start(tmp_path, edit):
     path = tmp_path / "scores.h5"
-    prepare = ("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, False, ["raw"], ["g"])
+    prepare = ("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, True, ["raw", "cosine"], ["g"])
     with create(path) as store:
         scores, _ = store.prepare_model(*prepare)
         scores.write_block(0, 0, np.ones((4, 4), np.float32), self_influences={"self_influence": np.ones(4)})
@@ -202,14 +210,27 @@ def test_a_partial_model_group_not_laid_out_as_made_is_scored_again_from_its_sta
     store, _ = ScoreFile.create_or_resume(path, SETTINGS, {}, data_arrays(), overwrite=False)
     with store:
         scores, notes = store.prepare_model(*prepare)
-        assert (
-            len(notes) == 1 and "(edited, damaged, or written by an older tracin): /teacher is scored again" in notes[0]
-        )
+        assert len(notes) == 1 and "older tracin), so it is scored again from its start" in notes[0]
         assert not scores.done.any() and scores.done.shape == (3, 2)
         scores.write_block(0, 0, np.ones((4, 4), np.float32))
     store, _ = ScoreFile.create_or_resume(path, SETTINGS, {}, data_arrays(), overwrite=False)
     with store:  # as made: resumed without a word
         assert store.prepare_model(*prepare)[1] == [] and np.argwhere(store.model("teacher").done).tolist() == [[0, 0]]
+
+
+def test_a_partial_model_group_a_salvage_left_without_its_last_losses_keeps_its_blocks(tmp_path):
+    """last_loss is written again at the end of every run (REMADE_EACH_RUN): a salvage may leave it behind."""
+    path = tmp_path / "scores.h5"
+    with create(path) as store:
+        store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, False)[0].write_block(
+            0, 0, np.ones((4, 4), np.float32)
+        )
+    with h5py.File(path, "r+") as h5:
+        del h5["teacher/last_loss"]
+    store, _ = ScoreFile.create_or_resume(path, SETTINGS, {}, data_arrays(), overwrite=False)
+    with store:
+        scores, notes = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, False)
+        assert notes == [] and np.argwhere(scores.done).tolist() == [[0, 0]]
 
 
 def one_line_store_error(call) -> str:

@@ -505,8 +505,10 @@ def naming_full_disk(path: Union[str, Path]) -> Iterator[None]:
     try:
         yield
     except BaseException as error:
-        # torch.save's zip writer, closing after a file-size limit, raises a RuntimeError of its own (round 28, E7)
-        fault = next((e for e in error_chain(error) if full_disk_errno(e) is not None), None)
+        # torch.save's zip writer, closing after a file-size limit, raises a RuntimeError of its own (round 28, E7);
+        # nothing else (an interrupt, a bug) is taken for the full disk it was raised while handling
+        chain = error_chain(error) if isinstance(error, (OSError, RuntimeError)) else [error]
+        fault = next((e for e in chain if full_disk_errno(e) is not None), None)
         if fault is not None and not getattr(fault, "filename", None):
             raise OSError(full_disk_errno(fault), os.strerror(full_disk_errno(fault)), str(path)) from error
         raise

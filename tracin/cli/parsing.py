@@ -199,8 +199,8 @@ def _as_flags(message: str, options: type) -> str:
     said as its flag: ScoreConfig's `proj_dim must be positive` comes from tracin-score's --proj-dim."""
     for field, declared in declared_options(options):
         if not declared.positional:
-            where = "(?<![\\w-])" if "_" in field.name else "^"
-            message = re.sub(rf"{where}{field.name}\b(?!-)", flag_of(field, declared), message)
+            where = "(?<![\\w\\-'\"/@.=])" if "_" in field.name else "^"  # not inside a value quoted or a path
+            message = re.sub(rf"{where}{field.name}(?![\w\-'\"/@.=])", flag_of(field, declared), message)
     return message
 
 

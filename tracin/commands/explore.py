@@ -17,7 +17,7 @@ from tracin.results.export import EXPORT_RECORD, EXPORTS, check_export, write_ta
 from tracin.results.grids import load_images
 from tracin.results.runs import check_scored_checkpoints, open_trained_run, refuse_linked_run, unfinished_notes
 from tracin.results.store import ScoreFile
-from tracin.results.store.checks import check_finished, replacement_note
+from tracin.results.store.checks import check_finished, replacement_notes
 
 
 def explore_run(options: ExploreOptions) -> None:
@@ -61,7 +61,7 @@ def explore(options: ExploreOptions) -> list[str]:
         where = f" and {result['folder']}/" if result["folder"] else ""
         lines = [
             *notes,
-            *filter(None, [replacement_note(options.scores)]),  # round 28, B3
+            *replacement_notes(options.scores),  # round 28, B3
             f"explore: {result['page']}{where} ({_size(result['bytes'])}, {result['images']} images, "
             f"{len(models)} models, {store.n_test} test examples): open it in a browser",
         ]

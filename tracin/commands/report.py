@@ -60,7 +60,7 @@ from tracin.results.runs import (
     unfinished_notes,
 )
 from tracin.results.store import QUALITY_REPORT, RANDOMIZATION, ScoreFile, salvage_own_damage
-from tracin.results.store.checks import check_finished, replacement_note
+from tracin.results.store.checks import check_finished, replacement_notes
 from tracin.runtime import Runtime, machine, start_runtime
 from tracin.schemas import SCORE_SETTINGS, check
 from tracin.training.data import RunData, Split
@@ -97,8 +97,8 @@ def report_run(options: ReportOptions) -> Path:
                     f"{path} has none of the models {', '.join(options.models)} (it has {', '.join(store.models)})"
                 )
             check_scored_checkpoints(store, run, models)
-            if replacement_note(path):  # round 28, B3
-                print(replacement_note(path), flush=True)
+            for note in replacement_notes(path):  # round 28, B3
+                print(note, flush=True)
             if options.randomization_train > store.n_train or options.randomization_test > store.n_test:
                 print(  # said, not silent (red-team P14): the sample is what the file holds
                     f"model randomization: {min(options.randomization_train, store.n_train)} train x "

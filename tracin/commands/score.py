@@ -66,7 +66,7 @@ from tracin.results.store import (
     replacing_path,
     to_numpy,
 )
-from tracin.results.store.checks import check_finished, replacement_note
+from tracin.results.store.checks import check_finished, replacement_notes
 from tracin.runtime import Runtime, start_runtime
 from tracin.training.checkpoints import Checkpoint
 from tracin.training.data import RunData, stratified_subset
@@ -333,8 +333,8 @@ def score_run(options: ScoreOptions) -> Path:
                 f"{out} is finished with these settings: {'drawing its figures' if options.plots else 'nothing to do'}",
                 flush=True,
             )
-            if replacement_note(out):  # round 27, R02: left on disk without a word
-                print(replacement_note(out), flush=True)
+            for note in replacement_notes(out):  # round 27, R02: left on disk without a word
+                print(note, flush=True)
         else:
             out = _score_into(out, options, run, data, digests, settings, runtime, ks)
         if options.plots and runtime.is_main:

@@ -133,7 +133,7 @@ def train_run(config: TrainConfig, data_config: DataConfig, options: RunOptions)
         if paths.root.is_dir() and not options.overwrite:  # what a resume appends to or writes beside
             refuse_links_under(paths.root, "in the run folder,")
             for name in (model_name(role, r) for r in range(options.replicas) for role in options.models):
-                check_folder(paths.model_dir(name), f"the {name}'s checkpoints")
+                check_folder(paths.model_dir(name), f"the checkpoints of {name}")
         if runtime.is_main and paths.root.is_dir() and made_by_tracin(paths):
             for stale in remove_stale_temporaries_under(paths.root):
                 runtime.log(f"removed {stale}, left by an interrupted write")

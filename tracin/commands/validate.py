@@ -54,7 +54,7 @@ from tracin.results.runs import (
     unfinished_notes,
 )
 from tracin.results.store import VALIDATION, ScoreFile, ValidationRecord, salvage_own_damage
-from tracin.results.store.checks import check_finished, replacement_note
+from tracin.results.store.checks import check_finished, replacement_notes
 from tracin.results.validation import (
     BASELINE,
     LDS_CONDITION,
@@ -346,9 +346,8 @@ def plan_work(store: ScoreFile, options: ValidateOptions, run: TrainedRun, data:
         print(f"{store.path}: /validation changed since written (a full disk?): made again", flush=True)
     check_finished(store)
     check_scored_checkpoints(store, run, options.models)
-    for note in (*unfinished_notes(run, options.models), replacement_note(store.path)):  # round 26, RJ12; 28, B3
-        if note:
-            print(note, flush=True)
+    for note in (*unfinished_notes(run, options.models), *replacement_notes(store.path)):  # round 26, RJ12; 28, B3
+        print(note, flush=True)
     _check_whole_train_set(store, data)
     plan = make_plan(options, store)
     _check_retrainable(plan, run, data, runtime, options)

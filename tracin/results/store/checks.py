@@ -5,7 +5,7 @@ digest written with it (bound to this file)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from tracin.errors import StoreError, TracinError
 from tracin.results.store.digests import top_level
@@ -39,26 +39,26 @@ def check_finished(store: ScoreFile) -> None:
     if changed:
         # round 13, F5a: a table tracin-report wrote, cut short by a full disk, is its to make again; only
         # when all that changed is its (round 28, F3, F7: tracin-report then refused the scores edited too)
-        owners = {top_level(problem) for problem in changed}
-        remedy = REMEDIES.get(owners.pop()) if len(owners) == 1 else None
+        remedies = {REMEDIES.get(top_level(problem)) for problem in changed}
+        remedy = remedies.pop() if len(remedies) == 1 else None
         first = next((problem for problem in changed if top_level(problem) not in REMEDIES), changed[0])
         remedy = remedy or "make it again with tracin-score --overwrite"
         raise StoreError(f"{store.path}: {first}: the file was edited, or damaged on disk; {remedy}")
 
 
-def replacement_note(path: Path) -> Optional[str]:
-    """A note when the score file at `path` has an unfinished replacement beside it (NAME.replacing, left by
+def replacement_notes(path: Path) -> list[str]:
+    """[a note] when the score file at `path` has an unfinished replacement beside it (NAME.replacing, left by
     an interrupted tracin-score --overwrite), which that command continues and moves over it (round 27, R02;
     round 28, B3: the readers of `path` said nothing of it)."""
     from tracin.results.store.file import replacing_path  # file imports this module's check when used
 
     work = replacing_path(Path(path))
     if not work.exists():
-        return None
-    return (
+        return []
+    return [
         f"note: {work} is left from an interrupted tracin-score --overwrite: that command again continues it "
         f"and replaces {work.with_suffix('').name} with it; or remove it"
-    )
+    ]
 
 
 REMEDIES = {  # what makes a top-level group or table of a score file again, where not tracin-score --overwrite

@@ -146,8 +146,8 @@ def resume_model_group(
             h5, name, checkpoints, parameters, row_chunk, test_block, per_checkpoint, variants, groups
         )
         return scores, [
-            f"note: {path}: {problem}, not as tracin-score makes it (edited, damaged, or written by an older "
-            f"tracin): /{name} is scored again from its start"
+            f"note: {path}: {problem}: /{name} is not as tracin-score makes it (edited, damaged, or written by "
+            "an older tracin), so it is scored again from its start"
         ]
     scores = ModelScores(h5[name])
     redone = scores.redo_unsound_blocks()
