@@ -195,6 +195,16 @@ LAYOUT_EDITS = {  # round 28, A11-A16: each a traceback on resume, or (A16) a fi
         g.create_dataset("per_checkpoint", (1, 10, 6), "f4"),
     ),
     "checkpoints table deleted": lambda g: g.__delitem__("checkpoints/sha256"),
+    "digests replaced by a group": lambda g: (g.__delitem__("block_digests"), g.create_group("block_digests")),
+    "a checkpoint's lr edited": lambda g: g["checkpoints/lr"].__setitem__(0, 0.2),
+    "a checkpoint's epoch edited": lambda g: g["checkpoints/epoch"].__setitem__(1, 6),
+    "n_parameter_tensors edited": lambda g: g.attrs.__setitem__("n_parameter_tensors", 2),
+}
+SAID = {  # round 29: A3 said 'is missing'; A10, A11, A13 were sealed into the finished file without a word
+    "digests replaced by a group": "/teacher/block_digests is not a dataset: ",
+    "a checkpoint's lr edited": "/teacher/checkpoints/lr does not record the checkpoints' lr: ",
+    "a checkpoint's epoch edited": "/teacher/checkpoints/epoch does not record the checkpoints' epoch: ",
+    "n_parameter_tensors edited": "/teacher's n_parameter_tensors is not the number of parameters scored: ",
 }
 
 
@@ -211,6 +221,7 @@ def test_a_partial_model_group_not_laid_out_as_made_is_scored_again_from_its_sta
     with store:
         scores, notes = store.prepare_model(*prepare)
         assert len(notes) == 1 and "older tracin), so it is scored again from its start" in notes[0]
+        assert SAID.get(edit, "") in notes[0], notes[0]
         assert not scores.done.any() and scores.done.shape == (3, 2)
         scores.write_block(0, 0, np.ones((4, 4), np.float32))
     store, _ = ScoreFile.create_or_resume(path, SETTINGS, {}, data_arrays(), overwrite=False)

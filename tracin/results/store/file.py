@@ -46,7 +46,8 @@ from tracin.results.store.layout import (
     VALIDATION,
     class_names,
 )
-from tracin.results.store.model_scores import ModelScores, create_model_group, resume_model_group, write_ensemble
+from tracin.results.store.model_scores import ModelScores, create_model_group, write_ensemble
+from tracin.results.store.resume import resume_model_group
 from tracin.results.store.salvage import Salvage, beyond_salvage, damage_owner, damaged, find_damage, salvage
 from tracin.results.store.validation_record import ValidationRecord, prepare_validation
 from tracin.training.checkpoints import Checkpoint
