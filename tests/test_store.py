@@ -472,3 +472,16 @@ def test_a_noisy_mask_that_is_not_where_the_labels_were_flipped_is_refused(tiny_
         check_finished(store)
     with ScoreFile.open_read(tiny_scores) as store:
         check_finished(store)
+
+
+def test_a_remedy_names_each_owners_command_in_the_order_that_works():
+    """Round 29, M6: /validation and /quality_report both edited were sent to tracin-score --overwrite, which
+    discards the validation's retrainings; tracin-report refuses an edited /validation, so tracin-validate
+    comes first."""
+    from tracin.results.store.checks import owners_remedy
+
+    report = "run tracin-report again, which makes its tables again"
+    assert owners_remedy({"quality_report", "randomization"}) == report
+    validate = "run tracin-validate again, which makes /validation again"
+    assert owners_remedy({"quality_report", "validation"}) == f"{validate}, then {report}"
+    assert owners_remedy({"validation", "teacher"}) is None and owners_remedy({""}) is None

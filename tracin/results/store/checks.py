@@ -5,7 +5,7 @@ digest written with it (bound to this file)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from tracin.errors import StoreError, TracinError
 from tracin.results.store.digests import top_level
@@ -39,8 +39,7 @@ def check_finished(store: ScoreFile) -> None:
     if changed:
         # round 13, F5a: a table tracin-report wrote, cut short by a full disk, is its to make again; only
         # when all that changed is its (round 28, F3, F7: tracin-report then refused the scores edited too)
-        remedies = {REMEDIES.get(top_level(problem)) for problem in changed}
-        remedy = remedies.pop() if len(remedies) == 1 else None
+        remedy = owners_remedy({top_level(problem) for problem in changed})
         first = next((problem for problem in changed if top_level(problem) not in REMEDIES), changed[0])
         remedy = remedy or "make it again with tracin-score --overwrite"
         raise StoreError(f"{store.path}: {first}: the file was edited, or damaged on disk; {remedy}")
@@ -61,8 +60,19 @@ def replacement_notes(path: Path) -> list[str]:
     ]
 
 
-REMEDIES = {  # what makes a top-level group or table of a score file again, where not tracin-score --overwrite
+REMEDIES = {  # what makes a top-level group or table of a score file again, where not tracin-score --overwrite,
+    # in the order that works: tracin-report refuses an edited /validation, which tracin-validate makes again
+    VALIDATION: "run tracin-validate again, which makes /validation again",
     RANDOMIZATION: "run tracin-report again, which makes its tables again",
     QUALITY_REPORT: "run tracin-report again, which makes its tables again",
-    VALIDATION: "run tracin-validate again, which makes /validation again",
 }
+
+
+def owners_remedy(groups: set[str]) -> Optional[str]:
+    """What makes the changed top-level `groups` of a score file again when REMEDIES names each, their
+    commands in REMEDIES' order ("..., then ..."); None when one is tracin-score's (round 28, F3, F7: a remedy
+    that could not work; round 29, M6: /validation and a report table both edited were sent to tracin-score
+    --overwrite, which would discard the validation's retrainings)."""
+    if not groups <= REMEDIES.keys():
+        return None
+    return ", then ".join(dict.fromkeys(remedy for group, remedy in REMEDIES.items() if group in groups))
