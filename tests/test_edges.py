@@ -991,6 +991,16 @@ def test_a_memory_budget_beyond_the_free_memory_is_warned_about():
     assert warning.startswith("warning: --max-memory-gb") and "available RAM" in warning
 
 
+@pytest.mark.parametrize("value", ["1e300", "nan", "0", "-1", "many"])
+def test_a_memory_budget_no_byte_count_holds_is_refused(value):
+    """Round 29, Q12: --max-memory-gb 1e300 ended in an OverflowError's traceback."""
+    from tracin.options import memory_bytes
+
+    with pytest.raises(TracinError, match=f"--max-memory-gb must be a positive number or auto, got {value}$"):
+        memory_bytes(value)
+    assert memory_bytes("1e-12") == 1 and memory_bytes("auto") is None
+
+
 @pytest.mark.parametrize("teacher, fragment", [(None, "teacher: None is not the teacher record"), ("/etc/passwd", "")])
 def test_a_students_teacher_record_edited_by_hand_is_refused(tiny_run, tmp_path, teacher, fragment):
     """C17, C19: --loss kd-train scored a distilled student's train side with cross-entropy."""

@@ -181,7 +181,7 @@ def memory_bytes(value: str) -> Optional[int]:
         gigabytes = float(value)
     except ValueError:
         gigabytes = math.nan
-    if not math.isfinite(gigabytes) or gigabytes <= 0:
+    if not math.isfinite(gigabytes * 2**30) or gigabytes <= 0:  # round 29, Q12: 1e300 GB overflowed
         raise TracinError(f"--max-memory-gb must be a positive number or auto, got {value}")
     return max(1, int(gigabytes * 2**30))
 
