@@ -120,6 +120,8 @@ def check_recorded_checkpoints(run: TrainedRun, name: str) -> None:
     models/NAME/checkpoints lists: a checkpoint copied in is never scored, one deleted never passes unseen
     (red-team K01, J04, J15)."""
     model_dir, field = run.paths.model_dir(name), f"{run.paths.run_json}'s models/{name}/checkpoints"
+    if model_dir.exists() and not model_dir.is_dir():  # round 29, N1: a FIFO there was said to lack them
+        raise CheckpointError(f"{model_dir} is not a folder: {name}'s checkpoints, which {field} lists, are not there")
     listed = set(run.record["models"][name]["checkpoints"])
     on_disk = {path.name for path in list_checkpoints(model_dir)}
     if listed - on_disk:
