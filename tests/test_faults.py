@@ -384,6 +384,9 @@ def test_overwrite_killed_midway_keeps_the_old_file_and_the_same_command_finishe
     ), plain.stdout + plain.stderr[-2000:]
     page = command("tracin-explore", "--run", tiny_run, "--scores", out)  # round 28, B3: a reader said nothing
     assert page.returncode == 0 and "tracin.h5.replacing is left from an interrupted" in page.stdout, page.stderr
+    (tmp_path / "a file").touch()  # refused after the file is read: no notebook runs (round 29, R3: unsaid)
+    notebooks = command("tracin-notebooks", out, tmp_path / "a file")
+    assert "OUT_DIR" in notebooks.stderr and "tracin.h5.replacing is left from an interrupted" in notebooks.stdout
     assert hashes(out) == before
     again = command("tracin-score", *args)
     assert again.returncode == 0 and "resuming" in again.stdout, again.stderr[-2000:]
@@ -517,6 +520,8 @@ def test_a_file_in_place_of_a_model_folder_is_refused_and_left(tiny_run, tmp_pat
     (runs / "tiny" / "student").write_text("a colleague's notes")
     result = _train(runs, fashion_mnist_root, "--resume")
     assert_one_line_error(result, f"{runs / 'tiny' / 'student'} is not a folder: the checkpoints of student cannot")
+    scored = command("tracin-score", *score_args(runs / "tiny", tmp_path / "tracin.h5", *SCORE_ARGS))
+    assert_one_line_error(scored, f"{runs / 'tiny' / 'student'} is not a folder: student's checkpoints")  # round 29, N1
     assert (runs / "tiny" / "student").read_text() == "a colleague's notes"
 
 

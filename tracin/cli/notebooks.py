@@ -144,10 +144,12 @@ def execute_all(scores: Path, out_dir: Path, data_root: Optional[str]) -> list[P
 
     from tracin.results.runs import check_moved_data_root
     from tracin.results.store import ScoreFile
-    from tracin.results.store.checks import check_finished
+    from tracin.results.store.checks import check_finished, replacement_notes
 
     with ScoreFile.open_read(scores) as store:
         check_finished(store)
+        for note in replacement_notes(scores):  # round 29, R3: every other reader says it
+            print(note, flush=True)
         if data_root is not None:
             check_moved_data_root(data_root, str(store.attributes.get("dataset", "")))
         skipped = {path: skip_reason(path, store) for path in sorted(notebook_folder().glob("*.ipynb"))}
