@@ -241,3 +241,17 @@ def test_a_colleagues_file_at_the_eval_tables_name_is_kept(tiny_run, tmp_path, f
     for _ in range(2):  # its own table is replaced
         result = tool("tracin-eval", "--run", run, "--eval-dataset", "fashion-mnist", "--data-root", fashion_mnist_root)
         assert result.returncode == 0, result.stderr
+
+
+def test_a_run_json_whose_training_settings_were_edited_is_refused(tiny_run, tmp_path, fashion_mnist_root):
+    """Round 29, E8: run.json's config edited by hand (tracin-score and tracin-report refuse it) was evaluated
+    and its table written without a word."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    record = json.loads((run / "run.json").read_text())
+    record["config"]["lr"] *= 2
+    (run / "run.json").write_text(json.dumps(record))
+    result = tool("tracin-eval", "--run", run, "--eval-dataset", "fashion-mnist", "--data-root", fashion_mnist_root)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "was trained with lr" in result.stderr and "but run.json says" in result.stderr
+    assert not (run / "eval_fashion-mnist.csv").exists()

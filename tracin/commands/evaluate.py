@@ -8,17 +8,18 @@ mapped to the run's, as a reader checks how a distilled student transfers.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
-from tracin.config import ROLES, DataConfig, ModelConfig
+from tracin.config import REPLICA_SEED_STRIDE, ROLES, DataConfig, ModelConfig, TrainConfig, split_model_name
 from tracin.errors import TracinError
 from tracin.files import check_own_table, command_locks, refuse_link, remove_stale_temporaries
 from tracin.options import EvalOptions
 from tracin.runtime import start_runtime
 from tracin.schemas import CLASS_MAP, DATA_JSON, load_json
 from tracin.training.checkpoints import VERSION as CHECKPOINT_VERSION
-from tracin.training.checkpoints import check_recorded_architecture, load_model
+from tracin.training.checkpoints import check_recorded_architecture, check_trained_config, load_model
 from tracin.training.data import SPECS, load_eval_split, published_classes
 from tracin.training.records import check_saved_digest
 from tracin.training.run_folder import RunPaths, read_record
@@ -66,7 +67,7 @@ def eval_run(options: EvalOptions) -> Path:
             f"{', '.join(published)}: that data.json was edited or is not this run's"
         )
     split, counts = load_eval_split(options.dataset, options.data_root, spec, classes, class_map, options.checksum)
-    rows = []
+    rows, trained = [], TrainConfig.from_dict(record["config"])
     with start_runtime(options.device, quiet=True) as runtime, command_locks(paths.root):
         for name in sorted(finished, key=lambda n: (ROLES.index(n.split(".")[0]), n)):
             role, last = name.split(".")[0], paths.model_dir(name) / record["models"][name]["checkpoints"][-1]
@@ -75,6 +76,8 @@ def eval_run(options: EvalOptions) -> Path:
             check_saved_digest(
                 last, record["models"][name].get("sha256"), field, payload.get("version", CHECKPOINT_VERSION)
             )
+            seed = trained.seed + split_model_name(name)[1] * REPLICA_SEED_STRIDE  # round 29, E8: run.json's
+            check_trained_config(last, payload, dataclasses.replace(trained, seed=seed))  # config edited, unsaid
             recorded = record["model_configs"].get(role)
             architecture = ModelConfig.from_dict(payload["model_config"])
             check_recorded_architecture(last, architecture, role, recorded)
