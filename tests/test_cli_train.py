@@ -180,7 +180,7 @@ def test_the_same_command_continues_its_run_and_another_configuration_is_refused
     code, _, err = _cli(
         ["--run", "base", *_cifar(cifar10_root, tmp_path), "--models", "teacher", "--lr", "0.3"], capsys
     )
-    _assert_one_line_error(code, err, "already holds a run with another configuration (config.lr (0.1 -> 0.3))")
+    _assert_one_line_error(code, err, "already holds a run with another configuration (--lr (0.1 -> 0.3))")
 
 
 def test_resume_with_another_configuration_names_the_fields(teacher_run, cifar10_root, capsys):
@@ -188,8 +188,8 @@ def test_resume_with_another_configuration_names_the_fields(teacher_run, cifar10
     argv = ["--run", "base", *_cifar(cifar10_root, teacher_run.parent), "--resume", *changes]
     code, _, err = _cli(argv, capsys)
     _assert_one_line_error(code, err, "was started with another configuration")
-    assert "config.lr (0.1 -> 0.2)" in err and "data_config.label_noise (0.0 -> 0.1)" in err
-    assert "config.epochs" not in err  # the data's fingerprint is compared after: these are refused before the load
+    assert "--lr (0.1 -> 0.2)" in err and "--label-noise (0.0 -> 0.1)" in err
+    assert "--epochs" not in err  # the data's fingerprint is compared after: these are refused before the load
 
 
 def test_resume_trains_a_student_from_the_runs_teacher_then_skips_it(teacher_run, tmp_path, cifar10_root, capsys):

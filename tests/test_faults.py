@@ -664,7 +664,7 @@ def test_a_resume_with_another_data_set_is_refused_before_its_data_load(tiny_run
     result = command(
         "tracin-train", "--run", "tiny", "--out-root", tmp_path / "runs", "--resume", "--data-root", tmp_path
     )
-    assert_one_line_error(result, "data_config.dataset ('fashion-mnist' -> 'cifar10')")
+    assert_one_line_error(result, "--dataset ('fashion-mnist' -> 'cifar10')")
 
 
 # --- bad values for every option of every entry point ----------------------------------------------------------

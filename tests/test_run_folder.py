@@ -9,7 +9,15 @@ import pytest
 from tracin.config import DataConfig, TrainConfig
 from tracin.errors import ConfigMismatchError, TracinError
 from tracin.files import write_json_atomic
-from tracin.training.run_folder import RunPaths, check_same_run, differing_fields, new_record, open_record, read_record
+from tracin.training.run_folder import (
+    RunPaths,
+    check_same_run,
+    configuration_differences,
+    differing_fields,
+    new_record,
+    open_record,
+    read_record,
+)
 
 CONFIGS = {"config": {"lr": 0.1, "epochs": 4}, "data_config": {"data_root": "data", "label_noise": 0.0}}
 RECORD = new_record(
@@ -25,10 +33,18 @@ def test_differing_fields_names_nested_fields():
     assert differing_fields(CONFIGS, current) == ["config.lr (0.1 -> 0.2)", "data_config.new (None -> 1)"]
 
 
+def test_a_configuration_difference_is_said_as_the_option_that_sets_it():
+    """Round 29, SM6, SM7: 'config.width (4 -> 8)' named a field, not the option; the training's seed and the
+    data's (--seed, --data-seed) are told apart by where they are kept."""
+    seeds = {"config": {**CONFIGS["config"], "seed": 7}, "data_config": {**CONFIGS["data_config"], "seed": 9}}
+    said = configuration_differences(CONFIGS, {**seeds, "data_fingerprint": {"digest": "x"}})
+    assert [d.split(" ")[0] for d in said] == ["--seed", "--data-seed", "data_fingerprint.digest"], said
+
+
 def test_a_moved_data_folder_is_the_same_run(tmp_path):
     moved = {**CONFIGS, "data_config": {"data_root": "/elsewhere", "label_noise": 0.0}}
     check_same_run(CONFIGS, moved, tmp_path)
-    with pytest.raises(ConfigMismatchError, match=r"config\.epochs \(4 -> 5\)"):
+    with pytest.raises(ConfigMismatchError, match=r"--epochs \(4 -> 5\)"):
         check_same_run(CONFIGS, {**CONFIGS, "config": {"lr": 0.1, "epochs": 5}}, tmp_path)
 
 
@@ -51,7 +67,7 @@ def test_a_run_from_before_a_field_existed_resumes(tmp_path):
         "data_config": DataConfig().to_dict(),
     }
     check_same_run(old, {"config": TrainConfig().to_dict(), "data_config": DataConfig().to_dict()}, tmp_path)
-    with pytest.raises(ConfigMismatchError, match=r"config\.arch \('resnet34' -> 'resnet18'\)"):
+    with pytest.raises(ConfigMismatchError, match=r"--arch \('resnet34' -> 'resnet18'\)"):
         check_same_run(
             old, {"config": TrainConfig(arch="resnet18").to_dict(), "data_config": DataConfig().to_dict()}, tmp_path
         )
@@ -70,7 +86,7 @@ def test_open_record_refuses_to_mix_runs(tmp_path):
     assert open_record(paths, resume=False, overwrite=False, configs=CONFIGS) == json.loads(paths.run_json.read_text())
     assert open_record(paths, resume=True, overwrite=False, configs=CONFIGS) == json.loads(paths.run_json.read_text())
     other = {**CONFIGS, "config": {**CONFIGS["config"], "lr": 0.5}}
-    with pytest.raises(TracinError, match=r"already holds a run with another configuration \(config.lr"):
+    with pytest.raises(TracinError, match=r"already holds a run with another configuration \(--lr \(0.1 -> 0.5\)"):
         open_record(paths, resume=False, overwrite=False, configs=other)
     write_json_atomic(CONFIGS, paths.run_json)  # a run.json this tool did not write
     with pytest.raises(TracinError, match="is not a tracin-train run"):

@@ -286,7 +286,7 @@ def test_partial_file_with_other_settings_is_refused(killed_copy, tiny_run, tmp_
     shutil.copy(killed_copy, out)
     before = datasets_of(out)
     result = tracin_score(*score_args(tiny_run, out, *MANY_BLOCKS, "--mode", "last-layer"))
-    assert_user_error(result, "score.mode ('exact' in the file, 'last-layer' now)")
+    assert_user_error(result, "--mode ('exact' in the file, 'last-layer' now)")
     after = datasets_of(out)
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
@@ -313,6 +313,7 @@ def test_partial_file_with_changed_checkpoints_is_refused(killed_copy, tiny_run,
         )
     )
     assert_user_error(result, "teacher checkpoints sha256")
+    assert "checkpoints changed since (trained on, or replaced): pass --overwrite to score them" in result.stderr  # UF8
 
 
 def test_torchrun_two_processes_write_the_same_file(tiny_run, scored, tmp_path):

@@ -485,3 +485,22 @@ def test_a_remedy_names_each_owners_command_in_the_order_that_works():
     validate = "run tracin-validate again, which makes /validation again"
     assert owners_remedy({"quality_report", "validation"}) == f"{validate}, then {report}"
     assert owners_remedy({"validation", "teacher"}) is None and owners_remedy({""}) is None
+
+
+def test_settings_that_differ_are_said_as_the_options_that_set_them():
+    """Round 29, SM1-SM5, V3: refusals named fields (score.proj_dim, per_checkpoint) or printed a validation's
+    whole plan, not the options (--proj-dim, --per-checkpoint, --k) a user gives."""
+    from tracin.results.store.file import SCORE_SETTINGS
+    from tracin.results.store.hdf5 import setting_differences
+    from tracin.results.store.validation_record import VALIDATE_SETTINGS
+
+    stored = {"score.proj_dim": None, "per_checkpoint": False, "run_data": "a", "score.seed": 0}
+    now = {"score.proj_dim": 8, "per_checkpoint": True, "run_data": "b", "score.seed": 0}
+    assert setting_differences(stored, now, SCORE_SETTINGS) == [
+        "--per-checkpoint (False in the file, True now)",
+        "run_data ('a' in the file, 'b' now)",
+        "--proj-dim (None in the file, 8 now)",
+    ]
+    plan = {"k": 2, "test_rows": [0, 13], "seed": 0}
+    said = setting_differences({"plan": plan}, {"plan": {**plan, "k": 3}}, VALIDATE_SETTINGS)
+    assert said == ["--k (2 in the file, 3 now)"]

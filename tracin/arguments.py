@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,17 @@ def flag_of(field: dataclasses.Field, declared: Option) -> str:
     if declared.positional:
         return field.name
     return declared.flag or "--" + field.name.replace("_", "-")
+
+
+def said_as_option(key: str, options: Mapping[str, type]) -> str:
+    """A setting's key (config.width, score.proj_dim, per_checkpoint) as the flag that sets it: the field of
+    options[PREFIX] (PREFIX: what its key has before its last dot, "" for none) named as its last name (--width,
+    --proj-dim, --per-checkpoint); the key itself when no option sets it. Round 29, SM1-SM7: refusals of
+    another configuration named the fields, not the options to give."""
+    prefix, _, name = key.rpartition(".")
+    declared = declared_options(options[prefix]) if prefix in options else ()
+    flags = (flag_of(field, option) for field, option in declared if field.name == name)
+    return next((flag for flag in flags if flag.startswith("--")), key)
 
 
 def comma_separated(text: str) -> tuple[str, ...]:

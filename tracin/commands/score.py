@@ -67,6 +67,7 @@ from tracin.results.store import (
     to_numpy,
 )
 from tracin.results.store.checks import check_finished, replacement_notes
+from tracin.results.store.file import CHECKPOINTS_SETTING
 from tracin.runtime import Runtime, start_runtime
 from tracin.training.checkpoints import Checkpoint
 from tracin.training.data import RunData, stratified_subset
@@ -132,7 +133,7 @@ def settings_of(options: ScoreOptions, run: TrainedRun, data: RunData, digests: 
     included: resuming with anything else is refused (and an interrupted --overwrite with other
     checkpoints starts afresh)."""
     return {
-        **{f"{role} checkpoints sha256": digest for role, digest in digests.items()},
+        **{f"{role}{CHECKPOINTS_SETTING}": digest for role, digest in digests.items()},
         "run_data": run.record["data_fingerprint"]["digest"],
         "train_index": _digest(data.train.index.numpy()),
         "test_index": _digest(data.test.index.numpy()),

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from tracin.arguments import said_as_option
 from tracin.config import ROLES, DataConfig, ModelConfig, TrainConfig
 from tracin.errors import ConfigMismatchError, TracinError
 from tracin.options import check_run_name  # noqa: F401 (re-exported)
@@ -31,6 +32,7 @@ from tracin.training.optimization import saved_epochs
 from tracin.version import __version__
 
 RUN_FORMAT = "tracin-run"
+CONFIG_OPTIONS = {"config": TrainConfig, "data_config": DataConfig}  # the options that set run.json's configs
 # Where the data and an outside teacher were read from: the same data (by fingerprint) and the same teacher
 # (by sha256) under another spelling or in a moved folder continue the run.
 RESUME_IGNORED_FIELDS = ("data_config.data_root", "teacher_checkpoint.path")
@@ -182,7 +184,10 @@ def configuration_differences(record: dict, configs: dict[str, Any]) -> list[str
         old = {k: v for k, v in stored["data_fingerprint"].items() if k != "digest"}
         stored["data_fingerprint"] = old
         current["data_fingerprint"] = {k: v for k, v in current["data_fingerprint"].items() if k in old}
-    return [d for d in differing_fields(stored, current) if not d.startswith(RESUME_IGNORED_FIELDS)]
+    differences = [
+        d.split(" ", 1) for d in differing_fields(stored, current) if not d.startswith(RESUME_IGNORED_FIELDS)
+    ]
+    return [f"{said_as_option(name, CONFIG_OPTIONS)} {values}" for name, values in differences]
 
 
 def check_same_run(record: dict, configs: dict[str, Any], root: Path) -> None:

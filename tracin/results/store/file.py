@@ -18,6 +18,7 @@ from tracin import faults
 from tracin.config import ENSEMBLE_SUFFIX, ROLES, inherited_shortcut_class, split_model_name
 from tracin.errors import OverwriteNeeded, StoreError, TracinError
 from tracin.files import disk_full, fsync_file, not_a_file, refuse_link
+from tracin.options import ScoreOptions
 from tracin.results.store import tables
 from tracin.results.store.checks import REMEDIES
 from tracin.results.store.digests import (
@@ -52,6 +53,9 @@ from tracin.results.store.salvage import Salvage, beyond_salvage, damage_owner, 
 from tracin.results.store.validation_record import ValidationRecord, prepare_validation
 from tracin.training.checkpoints import Checkpoint
 from tracin.version import __version__
+
+SCORE_SETTINGS = {"": ScoreOptions, "score": ScoreOptions}  # the options that set a file's settings (settings_of)
+CHECKPOINTS_SETTING = " checkpoints sha256"  # the end of a setting no option sets: MODEL's checkpoints' digest
 
 
 @dataclass
@@ -142,7 +146,7 @@ class ScoreFile:
         if work.exists():
             try:
                 stored, _ = cls._header(work)
-                differences = setting_differences(stored, settings)
+                differences = setting_differences(stored, settings, SCORE_SETTINGS)
                 if not differences:
                     store = cls._resume(work, settings, finished_too=True)
                     store._replaces = path
@@ -187,11 +191,15 @@ class ScoreFile:
         """The file at `path` opened to continue: checked (header, settings, status) before anything
         changes, then salvaged if damaged. A finished whole file is refused unless finished_too."""
         stored, status = cls._header(path)
-        differences = setting_differences(stored, settings)  # named first, finished or not (round 13, S1)
+        differences = setting_differences(stored, settings, SCORE_SETTINGS)  # named first (round 13, S1)
         if differences:
-            raise OverwriteNeeded(
+            keys = {k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k)}
+            options = [k for k in keys if not k.endswith(CHECKPOINTS_SETTING)]
+            raise OverwriteNeeded(  # round 29, UF8: other checkpoints, which no option gives back
                 f"{path} holds a result made with other settings: {'; '.join(differences)}",
-                "rerun with the original options, or pass --overwrite to start again",
+                "rerun with the original options, or pass --overwrite to start again"
+                if options
+                else "its models' checkpoints changed since (trained on, or replaced): pass --overwrite to score them",
             )
         problems = find_damage(path)
         if status == "complete" and not problems and not finished_too:

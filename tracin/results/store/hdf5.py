@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from types import MappingProxyType
+from typing import Any, Mapping, Optional
 
 import h5py
 import numpy as np
 
 from tracin import faults
+from tracin.arguments import said_as_option
 from tracin.errors import StoreError
 from tracin.files import default_mode
 
@@ -74,12 +76,24 @@ def attribute_value(value: Any) -> Any:
     return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
 
 
-def setting_differences(stored: dict, current: dict) -> list[str]:
-    """For each setting that differs, "KEY (STORED in the file, CURRENT now)"; empty when they match."""
-    keys = sorted(set(stored) | set(current))
-    return [
-        f"{k} ({stored.get(k)!r} in the file, {current.get(k)!r} now)" for k in keys if stored.get(k) != current.get(k)
-    ]
+def setting_differences(stored: dict, current: dict, options: Mapping[str, type] = MappingProxyType({})) -> list[str]:
+    """For each setting that differs, "KEY (STORED in the file, CURRENT now)" (KEY dotted into nested
+    settings: plan.k), the KEY said as the flag that sets it where `options` have one
+    (arguments.said_as_option); empty when they match."""
+    stored, current = _flattened(stored), _flattened(current)
+    keys = [k for k in sorted(set(stored) | set(current)) if stored.get(k) != current.get(k)]
+    return [f"{said_as_option(k, options)} ({stored.get(k)!r} in the file, {current.get(k)!r} now)" for k in keys]
+
+
+def _flattened(settings: dict, prefix: str = "") -> dict:
+    """{dotted key: value} of nested settings (round 29, V3: a whole plan said to differ, not its k)."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flattened(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def temporary_beside(path: Path) -> str:

@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 
 from tracin.errors import StoreError
+from tracin.options import ValidateOptions
 from tracin.results.store.digests import seal_group
 from tracin.results.store.hdf5 import (
     HDF5_ERRORS,
@@ -20,6 +21,8 @@ from tracin.results.store.hdf5 import (
     setting_differences,
 )
 from tracin.results.store.layout import VALIDATION
+
+VALIDATE_SETTINGS = {"": ValidateOptions, "plan": ValidateOptions}  # the options that set tracin-validate's settings
 
 
 def prepare_validation(
@@ -34,7 +37,11 @@ def prepare_validation(
     kept = None
     if VALIDATION in h5:
         stored = _stored_settings(h5)
-        differences = setting_differences(stored, settings) if stored is not None else ["its settings do not read"]
+        differences = (
+            setting_differences(stored, settings, VALIDATE_SETTINGS)
+            if stored is not None
+            else ["its settings do not read"]
+        )
         if not differences:
             kept = _readable_units(h5[VALIDATION], units, n_test)
             if kept is None:  # as a full disk or a crash leaves it: every finished unit that reads is kept
