@@ -199,12 +199,17 @@ LAYOUT_EDITS = {  # round 28, A11-A16: each a traceback on resume, or (A16) a fi
     "a checkpoint's lr edited": lambda g: g["checkpoints/lr"].__setitem__(0, 0.2),
     "a checkpoint's epoch edited": lambda g: g["checkpoints/epoch"].__setitem__(1, 6),
     "n_parameter_tensors edited": lambda g: g.attrs.__setitem__("n_parameter_tensors", 2),
+    "epochs retyped": lambda g: (
+        g.__delitem__("checkpoints/epoch"),
+        g.create_dataset("checkpoints/epoch", data=np.array([2.0, 4.0])),  # equal as numbers: the review's
+    ),
 }
 SAID = {  # round 29: A3 said 'is missing'; A10, A11, A13 were sealed into the finished file without a word
     "digests replaced by a group": "/teacher/block_digests is not a dataset: ",
     "a checkpoint's lr edited": "/teacher/checkpoints/lr does not record the checkpoints' lr: ",
     "a checkpoint's epoch edited": "/teacher/checkpoints/epoch does not record the checkpoints' epoch: ",
     "n_parameter_tensors edited": "/teacher's n_parameter_tensors is not the number of parameters scored: ",
+    "epochs retyped": "/teacher/checkpoints/epoch does not record the checkpoints' epoch: ",
 }
 
 
@@ -502,5 +507,10 @@ def test_settings_that_differ_are_said_as_the_options_that_set_them():
         "--proj-dim (None in the file, 8 now)",
     ]
     plan = {"k": 2, "test_rows": [0, 13], "seed": 0}
-    said = setting_differences({"plan": plan}, {"plan": {**plan, "k": 3}}, VALIDATE_SETTINGS)
-    assert said == ["--k (2 in the file, 3 now)"]
+    said = setting_differences(
+        {"plan": plan, "scores": "a"}, {"plan": {**plan, "k": 3}, "scores": "b"}, VALIDATE_SETTINGS
+    )
+    assert said == [
+        "--k (2 in the file, 3 now)",
+        "scores ('a' in the file, 'b' now)",
+    ]  # the file's settings, not --scores

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import h5py
+import numpy as np
 
 from tracin.errors import OverwriteNeeded
 from tracin.results.store.hdf5 import attribute_value
@@ -83,8 +84,9 @@ def _recorded_problem(group: h5py.Group, checkpoints: Sequence[Checkpoint]) -> O
     """How the epochs and learning rates the group's checkpoints table records differ from those of the
     `checkpoints` (of the same sha256) it scored; None if they match. Round 29, A11, A13: an edited table
     was sealed into the finished file."""
-    for field in ("epoch", "lr"):
-        if group[f"checkpoints/{field}"][()].tolist() != [getattr(c, field) for c in checkpoints]:
+    for field, dtype in (("epoch", np.int64), ("lr", np.float64)):  # as write_checkpoints writes them
+        column = group[f"checkpoints/{field}"]
+        if column.dtype != dtype or column[()].tolist() != [getattr(c, field) for c in checkpoints]:
             return f"{group.name}/checkpoints/{field} does not record the checkpoints' {field}"
     return None
 

@@ -22,7 +22,7 @@ from tracin.results.store.hdf5 import (
 )
 from tracin.results.store.layout import VALIDATION
 
-VALIDATE_SETTINGS = {"": ValidateOptions, "plan": ValidateOptions}  # the options that set tracin-validate's settings
+VALIDATE_SETTINGS = {"plan": ValidateOptions}  # the options that set tracin-validate's settings
 
 
 def prepare_validation(
