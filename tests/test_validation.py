@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -522,3 +523,41 @@ def test_the_lds_interval_counts_the_subsets_that_every_test_example_shares():
     few = [validation.lds_interval(*_shared_subset_noise(rng, subsets=3, n_test=4)) for _ in range(50)]
     assert all(-1.0 <= low <= high <= 1.0 for low, high in few)  # round 8, S6: [-1.147, +1.084] with 3 subsets
     assert min(low for low, _ in few) == -1.0  # the normal interval did reach past -1: the clip was needed
+
+
+def _tool(name: str, *args) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).with_name(name)), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=subprocess_env())
+
+
+def test_the_remedy_for_a_validation_and_a_report_table_both_edited_works_when_followed(tiny_run, validated, tmp_path):
+    """Round 29, M6: with /validation and /quality_report both edited the remedy said was tracin-score
+    --overwrite (which discards the retrainings); now tracin-validate, then tracin-report: tracin-validate
+    leaves tracin-report's tables, which it does not read, to tracin-report (the review: it refused them, so
+    the remedy stalled with /validation deleted)."""
+    out = tmp_path / "tracin.h5"
+    shutil.copy(validated[0], out)
+    assert _tool("tracin-report", "--run", tiny_run, "--scores", out, "--models", "student").returncode == 0
+    with h5py.File(out, "r+") as h5:
+        row = h5["quality_report"][0]
+        field = next(name for name in row.dtype.names if row.dtype[name].kind == "f")
+        row[field] += 1
+        h5["quality_report"][0] = row
+        margins = next(d for d in _datasets(h5["validation"]) if d.dtype.kind == "f" and d.size)
+        margins[(0,) * margins.ndim] += 1
+    refused = _tool("tracin-explore", "--scores", out, "--out", tmp_path / "page.html")
+    assert refused.returncode == 2 and "then run tracin-report again" in refused.stderr, refused.stderr
+    assert "tracin-score" not in refused.stderr
+    validate = run_tracin_validate(["--run", tiny_run, "--scores", out, *VALIDATE])
+    assert validate.returncode == 0, validate.stderr
+    assert _tool("tracin-report", "--run", tiny_run, "--scores", out, "--models", "student").returncode == 0
+    page = _tool("tracin-explore", "--scores", out, "--out", tmp_path / "page.html")
+    assert page.returncode == 0, page.stderr
+    with ScoreFile.open_read(out) as store:
+        assert store.changed_since_written() == [] and "validation" in store._h5
+
+
+def _datasets(group) -> list:
+    found = []
+    group.visititems(lambda _, item: found.append(item) if isinstance(item, h5py.Dataset) else None)
+    return found

@@ -55,6 +55,7 @@ from tracin.results.runs import (
 )
 from tracin.results.store import VALIDATION, ScoreFile, ValidationRecord, salvage_own_damage
 from tracin.results.store.checks import check_finished, replacement_notes
+from tracin.results.store.tables import QUALITY_REPORT, RANDOMIZATION
 from tracin.results.validation import (
     BASELINE,
     LDS_CONDITION,
@@ -344,7 +345,7 @@ def plan_work(store: ScoreFile, options: ValidateOptions, run: TrainedRun, data:
     plan, a new one only now replacing it) and find what each unit removes."""
     if store.drop_changed((VALIDATION,)):  # a full disk while writing it (round 11, F3)
         print(f"{store.path}: /validation changed since written (a full disk?): made again", flush=True)
-    check_finished(store)
+    check_finished(store, unread=(RANDOMIZATION, QUALITY_REPORT))  # tracin-report's, made again by it after this
     check_scored_checkpoints(store, run, options.models)
     for note in (*unfinished_notes(run, options.models), *replacement_notes(store.path)):  # round 26, RJ12; 28, B3
         print(note, flush=True)

@@ -5,7 +5,7 @@ digest written with it (bound to this file)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from tracin.errors import StoreError, TracinError
 from tracin.results.store.digests import top_level
@@ -17,10 +17,11 @@ if TYPE_CHECKING:
     from tracin.results.store.file import ScoreFile
 
 
-def check_finished(store: ScoreFile) -> None:
+def check_finished(store: ScoreFile, unread: Sequence[str] = ()) -> None:
     """A StoreError (or TracinError for a partial file) unless `store` is whole, finished, laid out as
-    written and unchanged since (its digests): figures, tables and the Python reader (ScoreFile.open_checked)
-    read such files only, and name what is wrong with any other."""
+    written and unchanged since (its digests), the top-level groups and tables `unread` (which the caller
+    neither reads nor writes) aside: figures, tables and the Python reader (ScoreFile.open_checked) read such
+    files only, and name what is wrong with any other."""
     problems = find_damage(store.path)
     if problems:
         raise damaged(store.path, problems, REMEDIES)
@@ -35,7 +36,7 @@ def check_finished(store: ScoreFile) -> None:
             f"{store.path} is not laid out as tracin-score writes it: {wrong[0]}"
             + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else "")
         )
-    changed = store.changed_since_written()
+    changed = [problem for problem in store.changed_since_written() if top_level(problem) not in unread]
     if changed:
         # round 13, F5a: a table tracin-report wrote, cut short by a full disk, is its to make again; only
         # when all that changed is its (round 28, F3, F7: tracin-report then refused the scores edited too)
