@@ -531,3 +531,15 @@ def test_pairing_noise_ignores_teachers_and_students_that_agree_more_with_everyo
     assert pairing_noise(additive) == pytest.approx(0.0, abs=1e-9)
     noisy = additive + 0.3 * rng.standard_normal((size, size))
     assert 0.15 < pairing_noise(noisy) < 0.5
+
+
+def test_tracin_eval_checks_each_replica_against_its_own_seed(replica_run, fashion_mnist_root, tmp_path):
+    """tracin-eval checks a checkpoint against run.json's config with the replica's seed (round 29, E8): with
+    the run's own seed for replica 1 it would refuse every replica of a run it trained."""
+    run = tmp_path / "run"
+    shutil.copytree(replica_run, run)
+    command = [str(Path(sys.executable).with_name("tracin-eval")), "--run", str(run)]
+    args = ["--eval-dataset", "fashion-mnist", "--data-root", str(fashion_mnist_root)]
+    result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "teacher.r1" in result.stdout and "student_baseline.r1" in result.stdout

@@ -112,6 +112,11 @@ def inherited_shortcut_class(shortcut_class: int, name: str, num_classes: int) -
     return (shortcut_class + split_model_name(name)[1]) % num_classes
 
 
+def replica_seed(seed: int, replica: int) -> int:
+    """The seed replica `replica` of a run of `seed` trains with (initial weights, data order, augmentation)."""
+    return seed + replica * REPLICA_SEED_STRIDE
+
+
 def split_model_name(name: str) -> tuple[str, int]:
     """(role, replica) of a model name; a name that is neither a role nor `ROLE.rN` is refused."""
     match = re.fullmatch(r"([a-z_]+)(?:\.r([1-9][0-9]*))?", name, re.ASCII)

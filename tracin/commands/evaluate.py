@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Optional
 
-from tracin.config import REPLICA_SEED_STRIDE, ROLES, DataConfig, ModelConfig, TrainConfig, split_model_name
+from tracin.config import ROLES, DataConfig, ModelConfig, TrainConfig, replica_seed, split_model_name
 from tracin.errors import TracinError
 from tracin.files import check_own_table, command_locks, refuse_link, remove_stale_temporaries
 from tracin.options import EvalOptions
@@ -76,8 +76,8 @@ def eval_run(options: EvalOptions) -> Path:
             check_saved_digest(
                 last, record["models"][name].get("sha256"), field, payload.get("version", CHECKPOINT_VERSION)
             )
-            seed = trained.seed + split_model_name(name)[1] * REPLICA_SEED_STRIDE  # round 29, E8: run.json's
-            check_trained_config(last, payload, dataclasses.replace(trained, seed=seed))  # config edited, unsaid
+            seed = replica_seed(trained.seed, split_model_name(name)[1])  # round 29, E8: an edited run.json config
+            check_trained_config(last, payload, dataclasses.replace(trained, seed=seed))
             recorded = record["model_configs"].get(role)
             architecture = ModelConfig.from_dict(payload["model_config"])
             check_recorded_architecture(last, architecture, role, recorded)

@@ -16,11 +16,11 @@ import numpy as np
 from tracin.config import (
     DATA_FOLDERS,
     ENSEMBLE_SUFFIX,
-    REPLICA_SEED_STRIDE,
     DataConfig,
     ModelConfig,
     TrainConfig,
     model_name,
+    replica_seed,
     split_model_name,
 )
 from tracin.errors import CheckpointError, DataError, TracinError
@@ -106,9 +106,9 @@ def load_role_checkpoints(run: TrainedRun, name: str, spec: str) -> tuple[list[C
     check_recorded_checkpoints(run, name)
     paths = select_checkpoints(run.paths.model_dir(name), role, spec)
     seed = run.record["config"].get("seed")
-    replica_seed = seed + split_model_name(name)[1] * REPLICA_SEED_STRIDE if isinstance(seed, int) else None
+    seed = replica_seed(seed, split_model_name(name)[1]) if isinstance(seed, int) else None
     digest, schedule = run.record["data_fingerprint"]["digest"], TrainConfig.from_dict(run.record["config"])
-    loaded = load_run_checkpoints(paths, role, digest, run.record["model_configs"].get(role), replica_seed, schedule)
+    loaded = load_run_checkpoints(paths, role, digest, run.record["model_configs"].get(role), seed, schedule)
     recorded, field = run.record["models"][name].get("sha256"), f"{run.paths.run_json}'s models/{name}/sha256"
     for checkpoint in loaded[0]:  # weights edited in range would be scored (round 9: C6)
         check_saved_digest(Path(checkpoint.path), recorded, field, checkpoint.version, checkpoint.sha256)

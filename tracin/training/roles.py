@@ -14,7 +14,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from tracin.config import REPLICA_SEED_STRIDE, ModelConfig, TrainConfig, model_name
+from tracin.config import ModelConfig, TrainConfig, model_name, replica_seed
 from tracin.errors import CheckpointError
 from tracin.options import RunOptions
 from tracin.runtime import Runtime
@@ -90,7 +90,7 @@ def make_job(role: str, replica: int, run: RunContext, teacher: Optional[Teacher
 def replica_run(run: RunContext, replica: int) -> RunContext:
     """The run as replica `replica` trains it: the same data and configuration, with the seed (initial
     weights, data order, augmentation) moved by replica * REPLICA_SEED_STRIDE."""
-    return replace(run, config=replace(run.config, seed=run.config.seed + replica * REPLICA_SEED_STRIDE))
+    return replace(run, config=replace(run.config, seed=replica_seed(run.config.seed, replica)))
 
 
 def train_role(role: str, replica: int, run: RunContext, options: RunOptions) -> None:
