@@ -398,3 +398,33 @@ def test_a_checkpoint_whose_weights_were_edited_is_refused(tiny_run, tmp_path, c
     )  # fmt: skip
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"{path} is not the checkpoint tracin-train saved" in result.stderr
+
+
+@pytest.mark.parametrize("edit", ["deleted", "copied in", "a FIFO for the folder"])
+def test_tracin_eval_refuses_a_model_folder_other_than_run_json_lists(tiny_run, tmp_path, edit, fashion_mnist_root):
+    """Round 30, E8, E9, FF3: tracin-eval evaluated a run whose checkpoint was deleted or copied in, which
+    tracin-score refuses; a FIFO where the student's folder goes was said to lack its last checkpoint."""
+    import os
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    if edit == "deleted":
+        (run / "teacher" / "epoch_002.pt").unlink()
+    elif edit == "copied in":
+        shutil.copy(run / "teacher" / "epoch_004.pt", run / "teacher" / "epoch_009.pt")
+    else:
+        shutil.rmtree(run / "student")
+        os.mkfifo(run / "student")
+    args = ["--eval-dataset", "fashion-mnist", "--data-root", fashion_mnist_root, "--device", "cpu"]
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("tracin-eval")), "--run", run, *args],
+        capture_output=True, text=True, timeout=600, env=subprocess_env(),
+    )  # fmt: skip
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    said = {
+        "deleted": "models/teacher/checkpoints lists epoch_002.pt, which",
+        "copied in": "epoch_009.pt is not in",
+        "a FIFO for the folder": "student is not a folder",
+    }[edit]
+    assert said in result.stderr and not list(run.glob("eval_*.csv")), result.stderr

@@ -16,6 +16,7 @@ from tracin.config import ROLES, DataConfig, ModelConfig, TrainConfig, replica_s
 from tracin.errors import TracinError
 from tracin.files import check_own_table, command_locks, refuse_link, remove_stale_temporaries
 from tracin.options import EvalOptions
+from tracin.results.runs import TrainedRun, check_recorded_checkpoints
 from tracin.runtime import start_runtime
 from tracin.schemas import CLASS_MAP, DATA_JSON, load_json
 from tracin.training.checkpoints import VERSION as CHECKPOINT_VERSION
@@ -55,9 +56,12 @@ def eval_run(options: EvalOptions) -> Path:
     ]
     if not finished:
         raise TracinError(f"{options.run} has no finished model to evaluate")
+    run = TrainedRun(paths, record, DataConfig.from_dict(record["data_config"]))
+    for name in finished:  # round 30, E8, E9: a checkpoint deleted or copied in, as tracin-score refuses it
+        check_recorded_checkpoints(run, name)  # before the data loads; the last checkpoint's digest, under the lock
     spec = SPECS[record["data_config"]["dataset"]]
     classes = load_json(paths.data_json, DATA_JSON)["classes"]
-    published = published_classes(DataConfig.from_dict(record["data_config"]))
+    published = published_classes(run.data_config)
     if published is None:  # files read without checksums name their own, fingerprinted (round 17, J6)
         recorded = record.get("data_fingerprint", {}).get("classes")
         published = tuple(recorded) if isinstance(recorded, list) else None
