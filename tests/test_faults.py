@@ -414,6 +414,7 @@ def test_a_replacement_of_other_settings_is_removed_with_a_word(tiny_run, refere
     result = command("tracin-score", *args)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"removed {replacing_path(out)}, an unfinished replacement made with other settings (" in result.stdout
+    assert "(--train-subset ('" in result.stdout and "checkpoints sha256" not in result.stdout  # round 30, S4, S5
     assert not replacing_path(out).exists()
 
 
@@ -686,6 +687,7 @@ SCORE_MISTAKES = [
     (["--checkpoints", "two"], "--checkpoints takes all, last or comma-separated epochs"),
     (["--models", "teacher,nobody"], "--models takes"),
     (["--layers", "fcc"], "selects no trainable"),
+    (["--layers", "layer4,fc"], "student: layer 'layer4' selects no trainable"),  # round 29, SM3: which model
     (["--precision", "tf32"], "'tf32' is a CUDA mode"),
     (["--mode", "nonsense"], "invalid choice"),
     (["--seed", "x"], "invalid int value"),

@@ -139,7 +139,7 @@ def test_resume_keeps_done_blocks_and_refuses_other_settings(tmp_path):
     store, resumed = ScoreFile.create_or_resume(path, SETTINGS, {}, data_arrays(), overwrite=False)
     with store:
         assert resumed and np.argwhere(store.model("teacher").done).tolist() == [[1, 1]]
-        with pytest.raises(StoreError, match="sha256 differs"):
+        with pytest.raises(StoreError, match="checkpoints/sha256 records other checkpoints than the ones scored"):
             store.prepare_model("teacher", CHECKPOINTS[:1], ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
         store.mark_complete()
     with pytest.raises(StoreError, match="finished result"):
@@ -203,14 +203,45 @@ LAYOUT_EDITS = {  # round 28, A11-A16: each a traceback on resume, or (A16) a fi
         g.__delitem__("checkpoints/epoch"),
         g.create_dataset("checkpoints/epoch", data=np.array([2.0, 4.0])),  # equal as numbers: the review's
     ),
+    # round 30, CK8-CK29 and RP1-RP3: each sealed into the finished file without a word
+    "paths swapped": lambda g: g["checkpoints/path"].__setitem__(slice(None), g["checkpoints/path"][()][::-1]),
+    "a path edited": lambda g: g["checkpoints/path"].__setitem__(0, "hello"),
+    "a path not UTF-8": lambda g: g["checkpoints/path"].__setitem__(0, b"\xff\xfe"),  # the review: a traceback
+    "paths retyped": lambda g: retyped(g, "checkpoints/path", "S200"),
+    "sha256 retyped": lambda g: retyped(g, "checkpoints/sha256", "S65"),
+    "a column added": lambda g: g.create_dataset("checkpoints/extra", data=np.arange(2)),
+    "an attribute on a column": lambda g: g["checkpoints/lr"].attrs.__setitem__("unit", "x"),
+    "an attribute on the table": lambda g: g["checkpoints"].attrs.__setitem__("unit", "x"),
+    "n_parameter_tensors retyped": lambda g: g.attrs.__setitem__("n_parameter_tensors", 1.0),
+    "role edited": lambda g: g.attrs.__setitem__("role", "student"),
+    "an attribute added": lambda g: g.attrs.__setitem__("note", "mine"),
+    "scoring_seconds negative": lambda g: g.attrs.__setitem__("scoring_seconds", -5.0),
 }
 SAID = {  # round 29: A3 said 'is missing'; A10, A11, A13 were sealed into the finished file without a word
+    "paths swapped": "/teacher/checkpoints/path does not record the checkpoints' path: ",
+    "paths retyped": "/teacher/checkpoints/path does not record the checkpoints' path: ",
+    "sha256 retyped": "/teacher/checkpoints/sha256 does not record the checkpoints' sha256: ",
+    "a column added": "/teacher/checkpoints has columns or attributes tracin-score does not write: ",
+    "an attribute on the table": "/teacher/checkpoints has columns or attributes tracin-score does not write: ",
+    "a path not UTF-8": "/teacher/checkpoints/path does not record the checkpoints' path: ",
+    "an attribute on a column": "/teacher/checkpoints/lr does not record the checkpoints' lr: ",
+    "role edited": "/teacher's role is not the one scored: ",
+    "an attribute added": "/teacher has attributes tracin-score does not write (note): ",
+    "scoring_seconds negative": "/teacher's scoring_seconds is not a time: ",
     "digests replaced by a group": "/teacher/block_digests is not a dataset: ",
     "a checkpoint's lr edited": "/teacher/checkpoints/lr does not record the checkpoints' lr: ",
     "a checkpoint's epoch edited": "/teacher/checkpoints/epoch does not record the checkpoints' epoch: ",
-    "n_parameter_tensors edited": "/teacher's n_parameter_tensors is not the number of parameters scored: ",
+    "n_parameter_tensors edited": "/teacher's n_parameter_tensors is not the one scored: ",
+    "n_parameter_tensors retyped": "/teacher's n_parameter_tensors is not the one scored: ",
     "epochs retyped": "/teacher/checkpoints/epoch does not record the checkpoints' epoch: ",
 }
+
+
+def retyped(group: h5py.Group, name: str, dtype: str) -> None:
+    """The dataset `name` of `group` written again with its values as `dtype`."""
+    values = group[name][()]
+    del group[name]
+    group.create_dataset(name, data=np.array(values, dtype=dtype))
 
 
 @pytest.mark.parametrize("edit", LAYOUT_EDITS)
@@ -226,7 +257,7 @@ def test_a_partial_model_group_not_laid_out_as_made_is_scored_again_from_its_sta
     with store:
         scores, notes = store.prepare_model(*prepare)
         assert len(notes) == 1 and "older tracin), so it is scored again from its start" in notes[0]
-        assert SAID.get(edit, "") in notes[0], notes[0]
+        assert SAID.get(edit, "/teacher") in notes[0], notes[0]
         assert not scores.done.any() and scores.done.shape == (3, 2)
         scores.write_block(0, 0, np.ones((4, 4), np.float32))
     store, _ = ScoreFile.create_or_resume(path, SETTINGS, {}, data_arrays(), overwrite=False)
@@ -495,13 +526,13 @@ def test_a_remedy_names_each_owners_command_in_the_order_that_works():
 def test_settings_that_differ_are_said_as_the_options_that_set_them():
     """Round 29, SM1-SM5, V3: refusals named fields (score.proj_dim, per_checkpoint) or printed a validation's
     whole plan, not the options (--proj-dim, --per-checkpoint, --k) a user gives."""
-    from tracin.results.store.file import SCORE_SETTINGS
     from tracin.results.store.hdf5 import setting_differences
+    from tracin.results.store.score_settings import SETTING_OPTIONS
     from tracin.results.store.validation_record import VALIDATE_SETTINGS
 
     stored = {"score.proj_dim": None, "per_checkpoint": False, "run_data": "a", "score.seed": 0}
     now = {"score.proj_dim": 8, "per_checkpoint": True, "run_data": "b", "score.seed": 0}
-    assert setting_differences(stored, now, SCORE_SETTINGS) == [
+    assert setting_differences(stored, now, SETTING_OPTIONS) == [
         "--per-checkpoint (False in the file, True now)",
         "run_data ('a' in the file, 'b' now)",
         "--proj-dim (None in the file, 8 now)",
@@ -514,3 +545,43 @@ def test_settings_that_differ_are_said_as_the_options_that_set_them():
         "--k (2 in the file, 3 now)",
         "scores ('a' in the file, 'b' now)",
     ]  # the file's settings, not --scores
+
+
+def test_settings_an_option_derives_are_said_as_that_option():
+    """Round 30, S4-S6, T2, VV2, VV3: the examples' digests, a plan's conditions and test rows, and a run's
+    teacher checkpoint were said by their keys; a default the file leaves out as None; the checkpoints'
+    digests beside the --checkpoints they follow from."""
+    from tracin.results.store.hdf5 import setting_differences
+    from tracin.results.store.score_settings import score_differences
+    from tracin.results.store.validation_record import VALIDATE_SETTINGS
+    from tracin.training.run_folder import configuration_differences
+
+    stored = {"train_index": "a", "test_index": "b", "checkpoints": "all", "teacher checkpoints sha256": "c"}
+    now = {"train_index": "d", "test_index": "b", "score.test_label": "prediction"}
+    now.update({"checkpoints": "last", "teacher checkpoints sha256": "e"})
+    assert score_differences(stored, now) == (
+        [
+            "--checkpoints ('all' in the file, 'last' now)",
+            "--test-label ('label' in the file, 'prediction' now)",
+        ],  # the examples' digest said only where nothing else differs (the review: --seed changes it too)
+        True,
+    )
+    assert score_differences({"train_index": "a"}, {"train_index": "d"}) == (
+        ["--train-subset ('a' in the file, 'd' now)"],
+        True,
+    )
+    digests = {"teacher checkpoints sha256": "e"}
+    assert score_differences({**now, "teacher checkpoints sha256": "c"}, {**now, **digests}) == (
+        ["teacher checkpoints sha256 ('c' in the file, 'e' now)"],
+        False,
+    )
+    plan = {"conditions": {"student": ["own", "random"]}, "test_rows": [1, 34]}
+    said = setting_differences(
+        {"plan": plan}, {"plan": {"conditions": {"student": ["own"]}, "test_rows": [1, 21, 34]}}, VALIDATE_SETTINGS
+    )
+    assert said == [
+        "--conditions (['own', 'random'] in the file, ['own'] now)",
+        "--test-examples ([1, 34] in the file, [1, 21, 34] now)",
+    ]
+    record = {"teacher_checkpoint": {"sha256": None}}
+    assert configuration_differences(record, {"teacher_checkpoint": {"sha256": "f"}}) == ["--teacher (None -> 'f')"]

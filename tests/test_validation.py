@@ -251,6 +251,8 @@ def test_mistakes_are_one_line(tiny_run, full_scores, tmp_path):
         (["--epochs", "1", "--k", "3"], "--epochs 1 leaves no epoch after the run's warm-up (1 epochs"),  # round 8: S5
         (["--epochs", "99", "--k", "3"], "--epochs 99 is more than the run's 4: retraining shortens"),  # round 14: V11
         (["--scores", tmp_path / "missing.h5"], "does not exist"),
+        # round 30, V1: the remedy was tracin-train's (--batch-size, --warmup-epochs), which this command refuses
+        (["--subsets", "3", "--fraction", "0.1", "--k", "3"], "26 examples (its --batch-size 32 from the run); give"),
     ):
         result = run_tracin_validate(["--run", tiny_run, "--scores", out, "--device", "cpu", "--quiet", *args])
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (
@@ -548,6 +550,10 @@ def test_the_remedy_for_a_validation_and_a_report_table_both_edited_works_when_f
     refused = _tool("tracin-explore", "--scores", out, "--out", tmp_path / "page.html")
     assert refused.returncode == 2 and "then run tracin-report again" in refused.stderr, refused.stderr
     assert "tracin-score" not in refused.stderr
+    report = _tool("tracin-report", "--run", tiny_run, "--scores", out, "--models", "student")
+    assert report.returncode == 2 and "run tracin-validate again" in report.stderr, report.stderr
+    with h5py.File(out, "r") as h5:  # round 30, M6: the refusal deleted /quality_report
+        assert h5["quality_report"][0] == row
     validate = run_tracin_validate(["--run", tiny_run, "--scores", out, *VALIDATE])
     assert validate.returncode == 0, validate.stderr
     assert _tool("tracin-report", "--run", tiny_run, "--scores", out, "--models", "student").returncode == 0

@@ -74,15 +74,42 @@ def flag_of(field: dataclasses.Field, declared: Option) -> str:
     return declared.flag or "--" + field.name.replace("_", "-")
 
 
-def said_as_option(key: str, options: Mapping[str, type]) -> str:
-    """A setting's key (config.width, score.proj_dim, per_checkpoint) as the flag that sets it: the field of
-    options[PREFIX] (PREFIX: what its key has before its last dot, "" for none) named as its last name (--width,
-    --proj-dim, --per-checkpoint); the key itself when no option sets it. Round 29, SM1-SM7: refusals of
-    another configuration named the fields, not the options to give."""
+def option_field(key: str, options: Mapping[str, type | str]) -> Optional[tuple[dataclasses.Field, str]]:
+    """(field, flag) of the option that sets a setting's key (config.width, score.proj_dim, per_checkpoint):
+    the field of options[PREFIX] (PREFIX: what the key has before its last dot, "" for none) named as its last
+    name; None when no option sets it."""
     prefix, _, name = key.rpartition(".")
-    declared = declared_options(options[prefix]) if prefix in options else ()
-    flags = (flag_of(field, option) for field, option in declared if field.name == name)
-    return next((flag for flag in flags if flag.startswith("--")), key)
+    kind = options.get(prefix)
+    declared = declared_options(kind) if isinstance(kind, type) else ()
+    found = ((field, flag_of(field, option)) for field, option in declared if field.name == name)
+    return next((pair for pair in found if pair[1].startswith("--")), None)
+
+
+def said_as_option(key: str, options: Mapping[str, type | str]) -> str:
+    """A setting's key (config.width, score.proj_dim, per_checkpoint) as the flag that sets it (--width,
+    --proj-dim, --per-checkpoint: option_field); a key `options` maps to a flag, or one under it
+    (plan.conditions.student under plan.conditions: a setting the option derives), as that flag; the key
+    itself when no option sets it. Round 29, SM1-SM7 and round 30, S4, T2, VV2, VV3: refusals of another
+    configuration named the fields, not the options to give."""
+    found = option_field(key, options)
+    return derived_flag(key, options) or (found[1] if found else key)
+
+
+def derived_flag(key: str, options: Mapping[str, type | str]) -> Optional[str]:
+    """The flag `options` maps the key, or a key above it, to: a setting that option derives (with others,
+    such as --seed); None for any other key."""
+    parts = key.split(".")
+    derived = (options.get(".".join(parts[:n])) for n in range(len(parts), 0, -1))
+    return next((said for said in derived if isinstance(said, str)), None)
+
+
+def said_value(key: str, settings: Mapping[str, Any], options: Mapping[str, type | str]) -> Any:
+    """settings[key], or the default of the option that sets it where the settings leave it out (a default
+    some files omit, so that older files resume: round 30, S6 showed it as None)."""
+    if key in settings:
+        return settings[key]
+    found = option_field(key, options)
+    return found[0].default if found and found[0].default is not dataclasses.MISSING else None
 
 
 def comma_separated(text: str) -> tuple[str, ...]:

@@ -29,6 +29,11 @@ class ConfigMismatchError(TracinError):
         self.root, self.differences = root, tuple(differences)
 
 
+class SelectionError(TracinError):
+    """--layers or --group names no trainable parameter of a model (a caller that knows the model's name
+    says it: round 29, SM3)."""
+
+
 class StoreError(TracinError):
     """An HDF5 result file is missing, corrupt, finished already, or does not match the command."""
 

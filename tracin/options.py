@@ -119,9 +119,7 @@ def _check(*checks: tuple[bool, str]) -> None:
 @dataclass(frozen=True)
 class RunOptions:
     """How tracin-train runs, as opposed to what it trains (TrainConfig) and on which data (DataConfig).
-
-    command: the command line, recorded in run.json.
-    """
+    command: the command line, recorded in run.json."""
 
     run: str = option(help="name of the run; its files go to OUT_ROOT/RUN/", section="run")
     out_root: str = option("checkpoints", help="folder holding the runs", section="run")
@@ -181,8 +179,9 @@ def memory_bytes(value: str) -> Optional[int]:
         gigabytes = float(value)
     except ValueError:
         gigabytes = math.nan
-    if not math.isfinite(gigabytes * 2**30) or gigabytes <= 0:  # round 29, Q12: 1e300 GB overflowed
-        raise TracinError(f"--max-memory-gb must be a positive number or auto, got {value}")
+    if not 0 < gigabytes * 2**30 < math.inf:  # round 29, Q12: 1e300 GB overflowed; round 30, O3: said so
+        below = f" below {math.nextafter(math.inf, 0) / 2**30:.2g}" * (gigabytes > 0)
+        raise TracinError(f"--max-memory-gb must be a positive number{below} or auto, got {value}")
     return max(1, int(gigabytes * 2**30))
 
 

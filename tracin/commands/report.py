@@ -66,6 +66,8 @@ from tracin.schemas import SCORE_SETTINGS, check
 from tracin.training.data import RunData, Split
 from tracin.training.models import build_model
 
+OWN = (RANDOMIZATION, QUALITY_REPORT)  # the score file's tables tracin-report writes, and makes again
+
 
 def report_run(options: ReportOptions) -> Path:
     """Compute what is missing (randomization, predictions), write the quality report into the score file
@@ -78,7 +80,7 @@ def report_run(options: ReportOptions) -> Path:
     with start_runtime(options.device, options.quiet) as runtime, command_locks(run.paths.root, path):
         if runtime.distributed:
             raise TracinError("tracin-report runs in one process: start it without torchrun")
-        salvaged = salvage_own_damage(path, (RANDOMIZATION, QUALITY_REPORT))
+        salvaged = salvage_own_damage(path, OWN)
         if salvaged is not None:
             print(describe_salvage(path, salvaged), flush=True)
         refuse_links(quality_outputs(path), "the report")  # before the work, not after it (red-team L07, L08)
@@ -87,10 +89,10 @@ def report_run(options: ReportOptions) -> Path:
             for stale in remove_stale_temporaries(output):  # a killed report's; the score file's lock is held
                 print(f"removed {stale}, left by an interrupted write", flush=True)
         with ScoreFile.open_read_write(path) as store:
-            dropped = store.drop_changed((RANDOMIZATION, QUALITY_REPORT))  # a full disk while writing them (F3)
+            check_finished(store, unread=OWN)  # first: a refusal leaves its own tables as they are (round 30, M6)
+            dropped = store.drop_changed(OWN)  # a full disk while writing them (F3)
             if dropped:
                 print(f"{path}: {', '.join(dropped)} changed since written (a full disk?): made again", flush=True)
-            check_finished(store)
             models = [m for m in options.models if m in store.models]
             if not models:
                 raise TracinError(

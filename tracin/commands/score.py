@@ -36,7 +36,7 @@ from tracin.config import (
 )
 from tracin.engine.blocks import MemoryPlan, free_memory, work_factor
 from tracin.engine.tracin import ScoreBlock, TracIn
-from tracin.errors import CheckpointError, DataError, TracinError
+from tracin.errors import CheckpointError, DataError, SelectionError, TracinError
 from tracin.files import check_own, command_locks, refuse_link, remove_stale_temporaries, report_path
 from tracin.options import ScoreOptions
 from tracin.results.agreement import agreement_table, format_agreement, format_agreement_by_depth, of_layer_groups
@@ -67,7 +67,7 @@ from tracin.results.store import (
     to_numpy,
 )
 from tracin.results.store.checks import check_finished, replacement_notes
-from tracin.results.store.file import CHECKPOINTS_SETTING
+from tracin.results.store.score_settings import CHECKPOINTS_SETTING
 from tracin.runtime import Runtime, start_runtime
 from tracin.training.checkpoints import Checkpoint
 from tracin.training.data import RunData, stratified_subset
@@ -366,7 +366,10 @@ def checked_models(run: TrainedRun, options: ScoreOptions, data: RunData, runtim
     Each engine is dropped after its check, so that scoring holds one model's checkpoints at a time."""
     digests, groups = {}, set()
     for number, name in enumerate(model_names(run, options)):
-        tracin = build_engine(name, run, options, runtime)
+        try:
+            tracin = build_engine(name, run, options, runtime)
+        except SelectionError as error:  # round 29, SM3: which model lacks the layer
+            raise SelectionError(f"{name}: {error}") from None
         groups.update(tracin.group_names)
         plan = tracin.memory_plan(data.train, data.test, options.per_checkpoint)
         warnings = [

@@ -386,14 +386,17 @@ def _plan_everywhere(
 def _check_retrainable(plan: Plan, run: TrainedRun, data: RunData, runtime: Runtime, options: ValidateOptions) -> None:
     """Before the file changes: every model's init.pt and teacher load, and the schedule fits the
     smallest train set a unit keeps."""
-    smallest = min(
-        [len(data.train) - plan.k] * bool(plan.test_rows)
-        + [round(plan.fraction * len(data.train))] * bool(plan.subsets)
-    )
+    kept = [(len(data.train) - plan.k, "--k")] * bool(plan.test_rows)
+    kept += [(round(plan.fraction * len(data.train)), "--fraction")] * bool(plan.subsets)
+    smallest, option = min(kept)  # a plan retrains something (make_plan refuses one that does not)
     for name in plan.models:
         trainer = make_trainer(name, run, data, runtime, options.epochs)
         config = trainer.run.config
-        check_schedule(config, steps_per_epoch(smallest, config.batch_size))
+        remedy = (  # round 30, V1: in this command's options, not tracin-train's
+            f"{name} is retrained on {smallest} examples (its --batch-size {config.batch_size} from the run); "
+            f"give another {option}, so that a model keeps another number of examples"
+        )
+        check_schedule(config, steps_per_epoch(smallest, config.batch_size), remedy)
 
 
 def retrain_units(work: Work, run: TrainedRun, data: RunData, runtime: Runtime, options: ValidateOptions):

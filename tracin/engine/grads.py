@@ -42,7 +42,7 @@ from tracin.engine.layers import (
     kind_of,
 )
 from tracin.engine.projection import Projector
-from tracin.errors import NonFiniteError, TracinError
+from tracin.errors import NonFiniteError, SelectionError, TracinError
 from tracin.training.losses import CrossEntropy, Objective, as_objective
 
 UNKNOWN = -1  # a tensor whose shape changes with the batch size other than in one dimension
@@ -94,14 +94,14 @@ def _matches(name: str, prefix: str) -> bool:
 def select_targets(model: nn.Module, layers: Optional[Sequence[str]] = None) -> list[Target]:
     """Targets owning the trainable parameters whose names start with one of `layers` (module-name
     prefixes on dot boundaries: "layer1" selects "layer1.0.conv1.weight", not "layer10..."). None or
-    empty selects every trainable parameter. A prefix that selects nothing is a TracinError. Where each
+    empty selects every trainable parameter. A prefix that selects nothing is a SelectionError. Where each
     parameter is differentiated is settled by resolve_targets."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     prefixes = list(layers) if layers else [""]
     for prefix in prefixes:
         if not any(_matches(n, prefix) for n, _ in named):
             top = sorted({n.split(".")[0] for n, _ in named})
-            raise TracinError(f"layer {prefix!r} selects no trainable parameter; top-level names: {', '.join(top)}")
+            raise SelectionError(f"layer {prefix!r} selects no trainable parameter; top-level names: {', '.join(top)}")
     chosen = {n for n, _ in named if any(_matches(n, p) for p in prefixes)}
     targets = []
     for module_name, module in model.named_modules():

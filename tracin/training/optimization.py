@@ -58,16 +58,18 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps
     return SequentialLR(optimizer, [linear, after], milestones=[warmup])
 
 
-def check_schedule(config: TrainConfig, steps: int) -> None:
+TRAIN_REMEDY = "use a smaller --batch-size, more data, another --warmup-epochs, or --schedule cosine"
+
+
+def check_schedule(config: TrainConfig, steps: int, remedy: str = TRAIN_REMEDY) -> None:
     """Refuse, before anything is written, a schedule torch cannot build: OneCycleLR divides by the
     length of its warm-up phase, which is zero when pct_start * total_steps is exactly 1 (the same float
-    expression as torch's)."""
+    expression as torch's). `remedy` is said in the caller's options (tracin-validate has no --batch-size)."""
     pct_start = config.warmup_epochs / config.epochs
     if config.schedule == "onecycle" and float(pct_start * (config.epochs * steps)) - 1 == 0:
         raise TracinError(
             f"--schedule onecycle with {steps} optimizer step(s) per epoch and --warmup-epochs {config.warmup_epochs} "
-            "leaves a warm-up of one step, which OneCycleLR cannot divide; use a smaller --batch-size, more "
-            "data, another --warmup-epochs, or --schedule cosine"
+            f"leaves a warm-up of one step, which OneCycleLR cannot divide; {remedy}"
         )
 
 

@@ -32,7 +32,11 @@ from tracin.training.optimization import saved_epochs
 from tracin.version import __version__
 
 RUN_FORMAT = "tracin-run"
-CONFIG_OPTIONS = {"config": TrainConfig, "data_config": DataConfig}  # the options that set run.json's configs
+CONFIG_OPTIONS = {  # the options that set run.json's configs, and the teacher's checkpoint
+    "config": TrainConfig,
+    "data_config": DataConfig,
+    "teacher_checkpoint": "--teacher",
+}
 # Where the data and an outside teacher were read from: the same data (by fingerprint) and the same teacher
 # (by sha256) under another spelling or in a moved folder continue the run.
 RESUME_IGNORED_FIELDS = ("data_config.data_root", "teacher_checkpoint.path")

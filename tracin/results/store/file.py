@@ -18,7 +18,6 @@ from tracin import faults
 from tracin.config import ENSEMBLE_SUFFIX, ROLES, inherited_shortcut_class, split_model_name
 from tracin.errors import OverwriteNeeded, StoreError, TracinError
 from tracin.files import disk_full, fsync_file, not_a_file, refuse_link
-from tracin.options import ScoreOptions
 from tracin.results.store import tables
 from tracin.results.store.checks import REMEDIES
 from tracin.results.store.digests import (
@@ -50,12 +49,10 @@ from tracin.results.store.layout import (
 from tracin.results.store.model_scores import ModelScores, create_model_group, write_ensemble
 from tracin.results.store.resume import resume_model_group
 from tracin.results.store.salvage import Salvage, beyond_salvage, damage_owner, damaged, find_damage, salvage
+from tracin.results.store.score_settings import score_differences
 from tracin.results.store.validation_record import ValidationRecord, prepare_validation
 from tracin.training.checkpoints import Checkpoint
 from tracin.version import __version__
-
-SCORE_SETTINGS = {"": ScoreOptions, "score": ScoreOptions}  # the options that set a file's settings (settings_of)
-CHECKPOINTS_SETTING = " checkpoints sha256"  # the end of a setting no option sets: MODEL's checkpoints' digest
 
 
 @dataclass
@@ -146,7 +143,7 @@ class ScoreFile:
         if work.exists():
             try:
                 stored, _ = cls._header(work)
-                differences = setting_differences(stored, settings, SCORE_SETTINGS)
+                differences, _ = score_differences(stored, settings)
                 if not differences:
                     store = cls._resume(work, settings, finished_too=True)
                     store._replaces = path
@@ -191,10 +188,8 @@ class ScoreFile:
         """The file at `path` opened to continue: checked (header, settings, status) before anything
         changes, then salvaged if damaged. A finished whole file is refused unless finished_too."""
         stored, status = cls._header(path)
-        differences = setting_differences(stored, settings, SCORE_SETTINGS)  # named first (round 13, S1)
+        differences, options = score_differences(stored, settings)  # named first (round 13, S1)
         if differences:
-            keys = {k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k)}
-            options = [k for k in keys if not k.endswith(CHECKPOINTS_SETTING)]
             raise OverwriteNeeded(  # round 29, UF8: other checkpoints, which no option gives back
                 f"{path} holds a result made with other settings: {'; '.join(differences)}",
                 "rerun with the original options, or pass --overwrite to start again"

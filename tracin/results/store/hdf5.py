@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from tracin import faults
-from tracin.arguments import said_as_option
+from tracin.arguments import derived_flag, said_as_option, said_value
 from tracin.errors import StoreError
 from tracin.files import default_mode
 
@@ -76,13 +76,23 @@ def attribute_value(value: Any) -> Any:
     return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
 
 
-def setting_differences(stored: dict, current: dict, options: Mapping[str, type] = MappingProxyType({})) -> list[str]:
+def setting_differences(
+    stored: dict, current: dict, options: Mapping[str, type | str] = MappingProxyType({})
+) -> list[str]:
     """For each setting that differs, "KEY (STORED in the file, CURRENT now)" (KEY dotted into nested
-    settings: plan.k), the KEY said as the flag that sets it where `options` have one
-    (arguments.said_as_option); empty when they match."""
+    settings: plan.k), the KEY said as the flag that sets it where `options` have one and a value left out
+    as its option's default (arguments.said_as_option, said_value); empty when they match. A setting an
+    option derives with others (the examples' digest: --train-subset and --seed) is said only where nothing
+    else differs (the review: a --seed changed blamed --train-subset too)."""
     stored, current = _flattened(stored), _flattened(current)
     keys = [k for k in sorted(set(stored) | set(current)) if stored.get(k) != current.get(k)]
-    return [f"{said_as_option(k, options)} ({stored.get(k)!r} in the file, {current.get(k)!r} now)" for k in keys]
+    direct = [k for k in keys if derived_flag(k, options) is None]
+    keys = direct or keys
+    return [
+        f"{said_as_option(k, options)} ({said_value(k, stored, options)!r} in the file, "
+        f"{said_value(k, current, options)!r} now)"
+        for k in keys
+    ]
 
 
 def _flattened(settings: dict, prefix: str = "") -> dict:

@@ -42,12 +42,30 @@ def rankings_name(epoch: Optional[int] = None, variant: Optional[str] = None) ->
     return "topk" if epoch is None else f"topk_epoch/epoch_{epoch:03d}"
 
 
+def model_attributes(name: str, parameters: Sequence[str], variants: Sequence[str]) -> dict:
+    """The attributes of a model group that its settings fix (its blocking and bookkeeping aside)."""
+    return {
+        "role": name,
+        "parameters": json.dumps(list(parameters)),
+        "n_parameter_tensors": len(parameters),
+        "variants": json.dumps(list(variants)),
+    }
+
+
+def checkpoint_columns(checkpoints: Sequence[Checkpoint]) -> dict[str, np.ndarray]:
+    """CHECKPOINT_FIELDS -> the column a model group's checkpoints table holds for `checkpoints` (paths and
+    sha256 as variable-length UTF-8 text, epochs int64, learning rates float64)."""
+    return {
+        "path": np.array([c.path for c in checkpoints], dtype=object),
+        "sha256": np.array([c.sha256 for c in checkpoints], dtype=object),
+        "epoch": np.array([c.epoch for c in checkpoints], dtype=np.int64),
+        "lr": np.array([c.lr for c in checkpoints], dtype=np.float64),
+    }
+
+
 def write_checkpoints(group: h5py.Group, checkpoints: Sequence[Checkpoint]) -> None:
-    text = h5py.string_dtype()
-    group.create_dataset("path", data=np.array([c.path for c in checkpoints], dtype=object), dtype=text)
-    group.create_dataset("sha256", data=np.array([c.sha256 for c in checkpoints], dtype=object), dtype=text)
-    group.create_dataset("epoch", data=np.array([c.epoch for c in checkpoints], dtype=np.int64))
-    group.create_dataset("lr", data=np.array([c.lr for c in checkpoints], dtype=np.float64))
+    for field, column in checkpoint_columns(checkpoints).items():
+        group.create_dataset(field, data=column, dtype=h5py.string_dtype() if column.dtype.hasobject else None)
 
 
 def model_datasets(
@@ -90,13 +108,10 @@ def create_model_group(
     group = h5.create_group(name)
     group.attrs.update(
         {
-            "role": name,
-            "parameters": json.dumps(list(parameters)),
-            "n_parameter_tensors": len(parameters),
+            **model_attributes(name, parameters, variants),
             "row_chunk": row_chunk,
             "test_block": test_block,
             "status": "partial",
-            "variants": json.dumps(list(variants)),
             "scoring_seconds": 0.0,
         }
     )

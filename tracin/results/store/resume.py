@@ -1,20 +1,28 @@
-"""Continuing a partial model group: scores of other checkpoints are refused; a group not laid out as
-create_model_group makes it (a dataset deleted, reshaped or retyped, an attribute or the checkpoints table
-edited) is made again and scored from its start; then its finished blocks are checked against their digests."""
+"""Continuing a partial model group: a group not as create_model_group makes it for the checkpoints the file's
+settings record (a dataset deleted, reshaped or retyped, an attribute or the checkpoints table edited) is made
+again and scored from its start; then its finished blocks are checked against their digests. A table that
+records other checkpoints (sha256) is refused."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional, Sequence
 
 import h5py
-import numpy as np
 
 from tracin.errors import OverwriteNeeded
+from tracin.results.store.digests import MUTABLE_ATTRS
 from tracin.results.store.hdf5 import attribute_value
 from tracin.results.store.layout import CHECKPOINT_FIELDS, GROUP_NORMALISED_SELF, GROUP_SELF, REMADE_EACH_RUN
-from tracin.results.store.model_scores import ModelScores, create_model_group, model_datasets
+from tracin.results.store.model_scores import (
+    ModelScores,
+    checkpoint_columns,
+    create_model_group,
+    model_attributes,
+    model_datasets,
+)
 from tracin.training.checkpoints import Checkpoint
 
 
@@ -30,17 +38,20 @@ def resume_model_group(
     variants: Sequence[str],
     groups: Sequence[str],
 ) -> tuple["ModelScores", list[str]]:
-    """(group, notes) of the model group `name` a resume continues. Scores of other checkpoints (sha256) are
-    refused. A group not laid out as create_model_group makes it for these settings, with the blocking it was
-    started with, is made again (row_chunk x test_block) and scored from its start (round 28, A11-A16: a
-    dataset deleted or replaced by hand ended in a traceback, or in a finished file without it). Then its
-    finished blocks are checked (redo_unsound_blocks). The notes say what is scored again."""
+    """(group, notes) of the model group `name` a resume continues, of `checkpoints`: scores of others (sha256)
+    are refused. A group not as create_model_group makes it for these settings and checkpoints, with the
+    blocking it was started with, is made again (row_chunk x test_block) and scored from its start (round 28,
+    A11-A16: a dataset deleted or replaced by hand ended in a traceback, or in a finished file without it).
+    Then its finished blocks are checked (redo_unsound_blocks). The notes say what is scored again."""
     problem = _checkpoints_problem(h5[name], name)
     if problem is None:
         _check_same_checkpoints(h5[name], checkpoints, path)
-        problem = _recorded_problem(h5[name], checkpoints) or _layout_problem(
-            h5[name], per_checkpoint, variants, parameters, groups
-        )
+    problem = (
+        problem
+        or _recorded_problem(h5[name], checkpoints)
+        or _attributes_problem(h5[name], name, parameters, variants)
+        or _layout_problem(h5[name], per_checkpoint, variants, groups)
+    )
     if problem is not None:
         del h5[name]
         scores = create_model_group(
@@ -70,45 +81,77 @@ def _checkpoints_problem(group: h5py.Group | h5py.Dataset, name: str) -> Optiona
 
 
 def _check_same_checkpoints(group: h5py.Group, checkpoints: Sequence[Checkpoint], path: Path) -> None:
-    """An OverwriteNeeded unless the group's scores are of `checkpoints` (their sha256, in order)."""
-    stored = [s.decode() if isinstance(s, bytes) else s for s in group["checkpoints/sha256"][()]]
+    """An OverwriteNeeded unless the group's checkpoints table records `checkpoints` (their sha256, in order):
+    scores of other checkpoints, or a table edited (round 30, CK14: said as checkpoints that changed)."""
+    column = group["checkpoints/sha256"][()]
+    stored = [s.decode(errors="replace") if isinstance(s, bytes) else str(s) for s in column]
     if stored != [c.sha256 for c in checkpoints]:
         raise OverwriteNeeded(
-            f"{path}: the checkpoints of {group.name.strip('/')} changed since this partial result was written "
-            "(sha256 differs)",
+            f"{path}: {group.name}/checkpoints/sha256 records other checkpoints than the ones scored now (the "
+            "checkpoints changed since this partial result was written, or the table was edited)",
             "pass --overwrite to score them afresh",
         )
 
 
 def _recorded_problem(group: h5py.Group, checkpoints: Sequence[Checkpoint]) -> Optional[str]:
-    """How the epochs and learning rates the group's checkpoints table records differ from those of the
-    `checkpoints` (of the same sha256) it scored; None if they match. Round 29, A11, A13: an edited table
-    was sealed into the finished file."""
-    for field, dtype in (("epoch", np.int64), ("lr", np.float64)):  # as write_checkpoints writes them
-        column = group[f"checkpoints/{field}"]
-        if column.dtype != dtype or column[()].tolist() != [getattr(c, field) for c in checkpoints]:
-            return f"{group.name}/checkpoints/{field} does not record the checkpoints' {field}"
+    """How the group's checkpoints table differs from the one write_checkpoints writes for `checkpoints`
+    (of the same sha256): its columns, their types, attributes and values, a path by its file's name (a run
+    folder may move); None if none. Round 29, A11, A13 and round 30, CK8-CK19: an edited table was sealed
+    into the finished file."""
+    table = group["checkpoints"]
+    if set(table) != set(CHECKPOINT_FIELDS) or _written_attributes(table):
+        return f"{table.name} has columns or attributes tracin-score does not write"
+    for field, expected in checkpoint_columns(checkpoints).items():
+        column = table[field]
+        text = h5py.check_string_dtype(column.dtype)
+        if expected.dtype.hasobject:
+            right_type = text is not None and text.encoding == "utf-8" and text.length is None
+            values = column.asstr(errors="replace")[()].tolist() if right_type else None
+            if field == "path" and values is not None:
+                values, expected = [Path(v).name for v in values], [Path(v).name for v in expected]
+        else:
+            right_type = column.dtype == expected.dtype
+            values = column[()].tolist() if right_type else None
+        if not right_type or _written_attributes(column) or values != list(expected):
+            return f"{column.name} does not record the checkpoints' {field}"
+    return None
+
+
+def _written_attributes(item: h5py.HLObject) -> list[str]:
+    """The attributes of `item` other than the bookkeeping a resume changes (MUTABLE_ATTRS)."""
+    return [key for key in item.attrs if key not in MUTABLE_ATTRS]
+
+
+def _attributes_problem(
+    group: h5py.Group, name: str, parameters: Sequence[str], variants: Sequence[str]
+) -> Optional[str]:
+    """How the group's attributes differ from those create_model_group writes for model `name`: one
+    added, a value or its type changed (round 30, CK24, CK29: a role or a float count was sealed); its
+    blocking is checked by _layout_problem. None if none."""
+    expected = model_attributes(name, parameters, variants)
+    extra = sorted(set(_written_attributes(group)) - {*expected, "row_chunk", "test_block"})
+    if extra:
+        return f"{group.name} has attributes tracin-score does not write ({', '.join(extra)})"
+    for key, value in expected.items():
+        stored = attribute_value(group.attrs.get(key))
+        if type(stored) is not type(value) or stored != value:
+            return f"{group.name}'s {key} is not the one scored"
+    seconds = attribute_value(group.attrs.get("scoring_seconds"))
+    if type(seconds) is not float or not 0 <= seconds < math.inf:
+        return f"{group.name}'s scoring_seconds is not a time"
     return None
 
 
 def _layout_problem(
-    group: h5py.Group, per_checkpoint: bool, variants: Sequence[str], parameters: Sequence[str], groups: Sequence[str]
+    group: h5py.Group, per_checkpoint: bool, variants: Sequence[str], groups: Sequence[str]
 ) -> Optional[str]:
-    """The first way a model group of the checkpoints it records differs from what create_model_group makes
-    for these settings (its blocking, variants, parameters and layer groups, its datasets' shapes and
-    types); None if none."""
+    """The first way the datasets of a model group of the checkpoints and attributes it records differ from
+    what create_model_group makes for these settings (its blocking, variants and layer groups: their shapes
+    and types); None if none."""
     where = group.name
-    attrs = {
-        key: attribute_value(group.attrs.get(key)) for key in ("row_chunk", "test_block", "variants", "parameters")
-    }
-    row_chunk, test_block = attrs["row_chunk"], attrs["test_block"]
+    row_chunk, test_block = (attribute_value(group.attrs.get(key)) for key in ("row_chunk", "test_block"))
     if not all(type(n) is int and n >= 1 for n in (row_chunk, test_block)):
         return f"{where}'s row_chunk and test_block are not positive integers"
-    if attribute_value(group.attrs.get("n_parameter_tensors")) != len(parameters):
-        return f"{where}'s n_parameter_tensors is not the number of parameters scored"
-    for key, value in (("variants", variants), ("parameters", parameters)):
-        if attrs[key] != json.dumps(list(value)):
-            return f"{where}'s {key} are not the ones scored"
     (n_train,), (n_test,) = group.file["train_index"].shape, group.file["test_index"].shape
     n_checkpoints = group["checkpoints/sha256"].shape[0]
     layout = model_datasets(n_train, n_test, n_checkpoints, row_chunk, test_block, per_checkpoint, variants, groups)

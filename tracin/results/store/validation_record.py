@@ -22,7 +22,11 @@ from tracin.results.store.hdf5 import (
 )
 from tracin.results.store.layout import VALIDATION
 
-VALIDATE_SETTINGS = {"plan": ValidateOptions}  # the options that set tracin-validate's settings
+VALIDATE_SETTINGS = {  # the options that set tracin-validate's settings, and the ones a plan's fields follow from
+    "plan": ValidateOptions,
+    "plan.conditions": "--conditions",
+    "plan.test_rows": "--test-examples",
+}
 
 
 def prepare_validation(
