@@ -474,6 +474,23 @@ def test_class_names_renamed_after_training_differ_from_the_fingerprint(tmp_path
     assert fingerprint_differences(older, load_data(config), config) == []  # not recorded then: not compared
 
 
+def test_a_fingerprint_field_or_digest_edited_alone_differs(tmp_path):
+    """Round 30, E7: run.json's data_fingerprint n_test edited under an unchanged digest was accepted (only the
+    digests were compared), and a digest edited alone listed no difference, so was accepted too."""
+    from tracin.training.records import fingerprint_differences
+
+    from conftest import write_cifar10
+
+    root = write_cifar10(tmp_path, per_batch=20, test_size=20)
+    config = DataConfig(dataset="cifar10", data_root=str(root), checksum=False)
+    data = load_data(config)
+    recorded = fingerprint(data, config)
+    assert fingerprint_differences(recorded, data, config) == []
+    assert fingerprint_differences({**recorded, "n_test": recorded["n_test"] + 1}, data, config) == ["n_test"]
+    assert fingerprint_differences({**recorded, "seed": 7}, data, config) == ["seed"]
+    assert fingerprint_differences({**recorded, "digest": "0" * 16}, data, config) == ["digest"]
+
+
 @pytest.mark.parametrize("batch, cut", [("data_batch_5", "last"), ("data_batch_1", "first")])
 def test_a_cifar_batch_with_a_label_more_or_less_than_its_images_is_refused(cifar10_root, tmp_path, batch, cut):
     """Round 16, D12, D13: a batch of 40 images and 39 labels was trained on, and with its first label dropped

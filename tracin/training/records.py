@@ -65,12 +65,14 @@ def fingerprint(data: RunData, config: DataConfig, pixels: bool = True, classes:
 
 
 def fingerprint_differences(recorded: dict, data: RunData, config: DataConfig) -> list[str]:
-    """What differs between a run's recorded fingerprint and these data (empty: the same data); pixels
-    and class names are compared when the record has them."""
+    """What differs between a run's recorded fingerprint and these data (empty: the same data): each field,
+    not only the digest, so that a field edited under its digest is seen; pixels and class names are compared
+    when the record has them."""
     current = fingerprint(data, config, pixels="train_pixels_sha256" in recorded, classes="classes" in recorded)
-    if current["digest"] == recorded.get("digest"):
-        return []
-    return [key for key in current if key != "digest" and current[key] != recorded.get(key)]
+    differences = [key for key in current if key != "digest" and current[key] != recorded.get(key)]
+    if current["digest"] != recorded.get("digest") and not differences:
+        return ["digest"]  # the digest alone edited
+    return differences  # a field edited under its digest (round 30, E7: n_test) differs too
 
 
 def data_record(data: RunData) -> dict:
