@@ -216,6 +216,12 @@ LAYOUT_EDITS = {  # round 28, A11-A16: each a traceback on resume, or (A16) a fi
     "role edited": lambda g: g.attrs.__setitem__("role", "student"),
     "an attribute added": lambda g: g.attrs.__setitem__("note", "mine"),
     "scoring_seconds negative": lambda g: g.attrs.__setitem__("scoring_seconds", -5.0),
+    # round 31, PE7: a member added was sealed into the finished file
+    "a dataset added": lambda g: g.create_dataset("extra", data=np.arange(3)),
+    "a group added": lambda g: g.create_group("notes/mine"),
+    "an attribute on the scores": lambda g: g["scores"].attrs.__setitem__("unit", "x"),
+    "a variant's scores named as another": lambda g: g["scores_cosine"].attrs.__setitem__("variant", "raw"),
+    "role not UTF-8": lambda g: g.attrs.__setitem__("role", np.bytes_(b"\xfft")),  # a traceback where read
 }
 SAID = {  # round 29: A3 said 'is missing'; A10, A11, A13 were sealed into the finished file without a word
     "paths swapped": "/teacher/checkpoints/path does not record the checkpoints' path: ",
@@ -234,6 +240,11 @@ SAID = {  # round 29: A3 said 'is missing'; A10, A11, A13 were sealed into the f
     "n_parameter_tensors edited": "/teacher's n_parameter_tensors is not the one scored: ",
     "n_parameter_tensors retyped": "/teacher's n_parameter_tensors is not the one scored: ",
     "epochs retyped": "/teacher/checkpoints/epoch does not record the checkpoints' epoch: ",
+    "a dataset added": "/teacher holds extra, which tracin-score does not write: ",
+    "a group added": "/teacher holds notes, notes/mine, which tracin-score does not write: ",
+    "an attribute on the scores": "/teacher/scores's attributes are not those tracin-score writes: ",
+    "a variant's scores named as another": "/teacher/scores_cosine's attributes are not those tracin-score writes: ",
+    "role not UTF-8": "/teacher's role is not the one scored: ",
 }
 
 
@@ -278,6 +289,26 @@ def test_a_partial_model_group_a_salvage_left_without_its_last_losses_keeps_its_
     with store:
         scores, notes = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, False)
         assert notes == [] and np.argwhere(scores.done).tolist() == [[0, 0]]
+
+
+def test_a_partial_model_groups_top_k_tables_and_predictions_are_made_again_at_its_end(tmp_path):
+    """A run killed after writing a model's top-k tables or predictions leaves them in its partial group; they
+    are written whole at the end of every run, so a resume drops them: none left stale (round 31, PE7)."""
+    path = tmp_path / "scores.h5"
+    with create(path) as store:
+        store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, False)[0].write_block(
+            0, 0, np.ones((4, 4), np.float32)
+        )
+    with h5py.File(path, "r+") as h5:
+        h5["teacher"].create_dataset("topk_variant/stale/test_top_index", data=np.zeros((4, 1), np.int32))
+        h5["teacher"].create_dataset("test_prediction", data=np.zeros(7, np.int64))  # not the test set's length
+    store, _ = ScoreFile.create_or_resume(path, SETTINGS, {}, data_arrays(), overwrite=False)
+    with store:
+        scores, notes = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, False)
+        assert notes == [] and np.argwhere(scores.done).tolist() == [[0, 0]]
+        assert scores.predictions is None
+    with h5py.File(path, "r") as h5:
+        assert "topk_variant" not in h5["teacher"] and "test_prediction" not in h5["teacher"]
 
 
 def one_line_store_error(call) -> str:
@@ -567,7 +598,7 @@ def test_settings_an_option_derives_are_said_as_that_option():
         True,
     )
     assert score_differences({"train_index": "a"}, {"train_index": "d"}) == (
-        ["--train-subset ('a' in the file, 'd' now)"],
+        ["--train-subset (it selects other train examples than the file's)"],  # round 31, OS14: not digests
         True,
     )
     digests = {"teacher checkpoints sha256": "e"}
@@ -581,7 +612,7 @@ def test_settings_an_option_derives_are_said_as_that_option():
     )
     assert said == [
         "--conditions (['own', 'random'] in the file, ['own'] now)",
-        "--test-examples ([1, 34] in the file, [1, 21, 34] now)",
+        "--test-examples (it selects other test examples than the file's)",  # round 31, OS20: not rows
     ]
     record = {"teacher_checkpoint": {"sha256": None}}
     assert configuration_differences(record, {"teacher_checkpoint": {"sha256": "f"}}) == ["--teacher (None -> 'f')"]

@@ -55,6 +55,7 @@ SELF_INFLUENCES = (
     GROUP_NORMALISED_SELF,
 )  # the datasets a block's first test block writes
 REMADE_EACH_RUN = ("last_loss", "test_prediction", "test_confidence")  # written whole after the blocks, every run
+RANKING_GROUPS = ("topk", "topk_epoch", "topk_variant")  # a model's top-k tables, written whole at every run's end
 
 
 def layout_problems(store: "ScoreFile") -> list[str]:
@@ -307,7 +308,7 @@ def _float32_problems(dataset, where: str, shape: tuple, rows_per_read: int = 2*
 def _ranking_groups(group) -> list[str]:
     """The names of a model group's top-k tables: topk, topk_epoch/epoch_NNN, topk_variant/<variant>."""
     names = ["topk"] if "topk" in group else []
-    for parent in ("topk_epoch", "topk_variant"):
+    for parent in RANKING_GROUPS[1:]:
         if isinstance(group.get(parent), h5py.Group):
             names += [f"{parent}/{child}" for child in group[parent]]
     return names

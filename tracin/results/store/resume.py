@@ -15,7 +15,13 @@ import h5py
 from tracin.errors import OverwriteNeeded
 from tracin.results.store.digests import MUTABLE_ATTRS
 from tracin.results.store.hdf5 import attribute_value
-from tracin.results.store.layout import CHECKPOINT_FIELDS, GROUP_NORMALISED_SELF, GROUP_SELF, REMADE_EACH_RUN
+from tracin.results.store.layout import (
+    CHECKPOINT_FIELDS,
+    GROUP_NORMALISED_SELF,
+    GROUP_SELF,
+    RANKING_GROUPS,
+    REMADE_EACH_RUN,
+)
 from tracin.results.store.model_scores import (
     ModelScores,
     checkpoint_columns,
@@ -61,6 +67,9 @@ def resume_model_group(
             f"note: {path}: {problem}: /{name} is not as tracin-score makes it (edited, damaged, or written by "
             "an older tracin), so it is scored again from its start"
         ]
+    for remade in (*REMADE_EACH_RUN, *RANKING_GROUPS):  # written whole again at the end: none left stale
+        if remade in h5[name]:
+            del h5[name][remade]
     scores = ModelScores(h5[name])
     redone = scores.redo_unsound_blocks()
     return scores, [
@@ -146,8 +155,10 @@ def _layout_problem(
     group: h5py.Group, per_checkpoint: bool, variants: Sequence[str], groups: Sequence[str]
 ) -> Optional[str]:
     """The first way the datasets of a model group of the checkpoints and attributes it records differ from
-    what create_model_group makes for these settings (its blocking, variants and layer groups: their shapes
-    and types); None if none."""
+    what create_model_group makes for these settings (its blocking, variants and layer groups: their shapes,
+    types and attributes), or a member it does not write (round 31, PE7: a dataset added was sealed into the
+    finished file); None if none. Members written whole at the end of every run may be there (a run killed
+    after writing them)."""
     where = group.name
     row_chunk, test_block = (attribute_value(group.attrs.get(key)) for key in ("row_chunk", "test_block"))
     if not all(type(n) is int and n >= 1 for n in (row_chunk, test_block)):
@@ -165,8 +176,20 @@ def _layout_problem(
             return f"{where}/{name} is not a dataset"
         if item.shape != shape or item.dtype != dtype:
             return f"{where}/{name} holds {item.dtype} {item.shape}, not {dtype} {shape}"
-        if name in (GROUP_SELF, GROUP_NORMALISED_SELF) and attribute_value(item.attrs.get("groups")) != json.dumps(
-            list(groups)
-        ):
-            return f"{where}/{name} is not of the layer groups scored"
+        written = {key: attribute_value(item.attrs[key]) for key in _written_attributes(item)}
+        if written != _dataset_attributes(name, variants, groups):
+            return f"{where}/{name}'s attributes are not those tracin-score writes"
+    made = {*layout, *REMADE_EACH_RUN, "checkpoints", *(f"checkpoints/{field}" for field in CHECKPOINT_FIELDS)}
+    members: list[str] = []
+    group.visit(members.append)
+    extra = [m for m in members if m not in made and m.split("/")[0] not in RANKING_GROUPS]
+    if extra:
+        return f"{where} holds {', '.join(sorted(extra)[:3])}, which tracin-score does not write"
     return None
+
+
+def _dataset_attributes(name: str, variants: Sequence[str], groups: Sequence[str]) -> dict:
+    """The attributes create_model_group gives the dataset `name` (the bookkeeping in MUTABLE_ATTRS aside)."""
+    if name == "scores" or name.startswith("scores_"):
+        return {"variant": variants[0] if name == "scores" else name.removeprefix("scores_")}
+    return {"groups": json.dumps(list(groups))} if name in (GROUP_SELF, GROUP_NORMALISED_SELF) else {}
