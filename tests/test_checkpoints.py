@@ -400,6 +400,42 @@ def test_a_checkpoint_whose_weights_were_edited_is_refused(tiny_run, tmp_path, c
     assert f"{path} is not the checkpoint tracin-train saved" in result.stderr
 
 
+RUN_JSON_EDITS = {  # round 31, E1-E16: tracin-eval, which does not load the run's data, took each edit's word
+    "n_train under its digest": (lambda r: r["data_fingerprint"].update(n_train=257), "data_fingerprint.n_train"),
+    "the digest": (lambda r: r["data_fingerprint"].update(digest="0" * 16), "data_fingerprint.digest"),
+    "the train subset": (lambda r: r["data_config"].update(train_subset=300), "--train-subset (300 -> 256)"),
+    "the data seed": (lambda r: r["data_config"].update(seed=1), "--data-seed (1 -> 0)"),
+    "an outside teacher named": (lambda r: r.update(teacher_checkpoint="/etc/passwd"), "--teacher ('/etc/passwd' -> "),
+    "an outside teacher of another digest": (
+        lambda r: r.update(teacher_checkpoint={"path": "/x", "sha256": "a" * 64}),
+        "--teacher ('aaaa",
+    ),
+}
+
+
+@pytest.mark.parametrize("edit", RUN_JSON_EDITS)
+def test_tracin_eval_refuses_a_run_json_whose_data_or_teacher_its_checkpoints_were_not_trained_with(
+    tiny_run, tmp_path, edit, fashion_mnist_root
+):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    record = json.loads((run / "run.json").read_text())
+    change, said = RUN_JSON_EDITS[edit]
+    change(record)
+    (run / "run.json").write_text(json.dumps(record))
+    args = ["--eval-dataset", "fashion-mnist", "--data-root", fashion_mnist_root, "--device", "cpu"]
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("tracin-eval")), "--run", run, *args],
+        capture_output=True, text=True, timeout=600, env=subprocess_env(),
+    )  # fmt: skip
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "run.json records another configuration than" in result.stderr, result.stderr
+    assert said in result.stderr and not list(run.glob("eval_*.csv")), result.stderr
+
+
 @pytest.mark.parametrize("edit", ["deleted", "copied in", "a FIFO for the folder"])
 def test_tracin_eval_refuses_a_model_folder_other_than_run_json_lists(tiny_run, tmp_path, edit, fashion_mnist_root):
     """Round 30, E8, E9, FF3: tracin-eval evaluated a run whose checkpoint was deleted or copied in, which

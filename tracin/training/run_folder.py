@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tracin.arguments import said_as_option
-from tracin.config import ROLES, DataConfig, ModelConfig, TrainConfig
+from tracin.config import ROLES, DataConfig, ModelConfig, TrainConfig, model_name, split_model_name
 from tracin.errors import ConfigMismatchError, TracinError
 from tracin.options import check_run_name  # noqa: F401 (re-exported)
 from tracin.schemas import RUN_JSON, load_json
@@ -194,6 +194,21 @@ def configuration_differences(record: dict, configs: dict[str, Any]) -> list[str
     return [f"{said_as_option(name, CONFIG_OPTIONS)} {values}" for name, values in differences]
 
 
+def trained_differences(record: dict, payload: dict, name: str) -> list[str]:
+    """What run.json (`record`) says of the run's data (data_config, data_fingerprint) and outside teacher
+    otherwise than the checkpoint of model `name` (`payload`, sha256-checked) was trained with, said as
+    configuration_differences says it (stored in run.json -> in the checkpoint). For a command that takes
+    run.json's word without loading the run's data (tracin-eval; round 31, E1-E16: each edit was evaluated).
+    A distilled student's teacher is the run's own (one of its teacher's checkpoints) or the outside one."""
+    trained = {key: payload.get(key) for key in ("data_config", "data_fingerprint")}
+    teacher, outside = payload.get("teacher"), record.get("teacher_checkpoint")
+    if isinstance(teacher, dict):
+        own = record["models"].get(model_name("teacher", split_model_name(name)[1]), {}).get("sha256") or {}
+        if outside is not None or teacher.get("sha256") not in own.values():
+            trained["teacher_checkpoint"] = {key: teacher.get(key) for key in ("path", "sha256")}
+    return configuration_differences(record, trained)
+
+
 def check_same_run(record: dict, configs: dict[str, Any], root: Path) -> None:
     """Refuse to resume a run with another configuration; the message names each differing field."""
     differences = configuration_differences(record, configs)
@@ -241,11 +256,11 @@ def open_record(paths: RunPaths, resume: bool, overwrite: bool, configs: dict[st
 def made_by_tracin(paths: RunPaths) -> bool:
     """The folder holds this tool's run record (run.json with its format), or only the files a new run
     writes before its record (data.json and temporary files): the only folders --overwrite removes."""
-    try:
-        record = json.loads(paths.run_json.read_text())
+    try:  # a regular file only: a FIFO at run.json was waited on for ever (round 31, Q8)
+        record = json.loads(paths.run_json.read_text()) if paths.run_json.is_file() else None
         if isinstance(record, dict) and record.get("format") == RUN_FORMAT:
             return True
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes (round 31, J11)
         pass
     return all(_leftover(p) for p in paths.root.iterdir())
 
