@@ -113,6 +113,23 @@ def test_append_line_refuses_a_pipe_without_waiting_for_a_reader(tmp_path):
         append_line(tmp_path / "train.log", "epoch line")
 
 
+def test_tracin_train_refuses_a_run_json_that_is_a_pipe_without_waiting_for_a_writer(tiny_run, tmp_path):
+    """Round 31, Q8: run.json replaced by a FIFO, the same tracin-train command waited for ever (reading it to
+    see whether the folder is this tool's); it is refused in one line, with --overwrite too, and so is one
+    nested too deep to parse (J11: a RecursionError traceback)."""
+    shutil.copytree(tiny_run, tmp_path / "run")
+    (tmp_path / "run" / "run.json").unlink()
+    os.mkfifo(tmp_path / "run" / "run.json")
+    args = ("--run", "run", "--out-root", tmp_path, "--dataset", "fashion-mnist", "--width", "4", "--device", "cpu")
+    assert_one_line(run("tracin-train", *args, cwd=tmp_path), "run.json is not a regular file")
+    assert_one_line(run("tracin-train", *args, "--overwrite", cwd=tmp_path), "is not a tracin-train run")
+    assert (tmp_path / "run" / "run.json").is_fifo()
+    (tmp_path / "run" / "run.json").unlink()  # round 31, J11: nested deeper than the parser goes, a traceback
+    (tmp_path / "run" / "run.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert_one_line(run("tracin-train", *args, cwd=tmp_path), "run.json: not valid JSON")
+    assert_one_line(run("tracin-train", *args, "--overwrite", cwd=tmp_path), "is not a tracin-train run")
+
+
 def test_score_and_report_refuse_a_run_folder_that_is_a_link(tiny_run, tiny_scores, tmp_path):
     """A red-team find: `--run` naming a link to a colleague's run made tracin-score write its score file and
     lock there, and with --overwrite replace the colleague's finished score file; tracin-report rewrote the
@@ -399,7 +416,7 @@ def report_table(path: Path) -> bytes:
 def reported(tiny_run, tiny_scores, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reported") / "tracin.h5"
     shutil.copy(tiny_scores, out)
-    stale = out.parent / ".quality_report.md.x1y2.tmp"  # red-team K10b: a killed report's temporary stayed
+    stale = out.parent / ".quality_report.md.tracin-x1y2.tmp"  # red-team K10b: a killed report's temporary stayed
     stale.write_text("half a report")
     result = run("tracin-report", "--run", tiny_run, "--scores", out, *REPORT, cwd=out.parent)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -897,7 +914,7 @@ def test_a_checkpoint_of_another_format_version_is_refused(tiny_run, tmp_path):
 def test_tracin_eval_removes_the_temporary_a_killed_evaluation_left(tiny_run, tmp_path, fashion_mnist_root):
     """E09: a killed tracin-eval's .eval_fashion-mnist.csv.*.tmp stayed forever."""
     shutil.copytree(tiny_run, tmp_path / "run")
-    stale = tmp_path / "run" / ".eval_fashion-mnist.csv.x1.tmp"
+    stale = tmp_path / "run" / ".eval_fashion-mnist.csv.tracin-x1.tmp"
     stale.write_text("half a table")
     data = ("--data-root", fashion_mnist_root, "--device", "cpu")
     result = run("tracin-eval", "--run", "run", "--eval-dataset", "fashion-mnist", *data, cwd=tmp_path)

@@ -367,18 +367,21 @@ def test_a_run_folder_that_is_a_link_is_refused_as_tracin_score_refuses_it(explo
 
 def test_a_killed_explores_temporary_files_are_removed_by_the_next(explore_run, tmp_path):
     """Round 20, XK3 (and round 19, G18, G22): a killed export left .tracin-export.json.*.tmp, a killed page
-    .PAGE.*.tmp, after the next explore had finished."""
+    .PAGE.*.tmp, after the next explore had finished. Round 31, Q4: a user's own .topk.csv.mine.tmp in the
+    export folder was removed as one of them; only those named as this tool names its temporaries go."""
     export, folder = tmp_path / "export", tmp_path / "p_files"
     export.mkdir()
     folder.mkdir()
     (folder / "written-by-tracin-explore.txt").write_text("Written by tracin-explore: ...")
-    stale = [export / ".tracin-export.json.x1.tmp", export / ".topk.csv.x2.tmp", tmp_path / ".p.html.x3.tmp"]
-    stale.append(folder / ".block_0000.js.x4.tmp")
-    for path in stale:
+    stale = [export / ".tracin-export.json.tracin-x1.tmp", export / ".topk.csv.tracin-x2.tmp"]
+    stale += [tmp_path / ".p.html.tracin-x3.tmp", folder / ".block_0000.js.tracin-x4.tmp"]
+    mine = [export / ".topk.csv.mine.tmp", tmp_path / ".p.html.notes.tmp"]
+    for path in (*stale, *mine):
         path.write_text("half")
     result = explore_command("--run", explore_run, "--out", tmp_path / "p.html", "--export", export)
     assert result.returncode == 0, result.stderr
     assert not [path for path in stale if path.exists()]
+    assert [path.read_text() for path in mine] == ["half", "half"]
 
 
 def test_a_data_folder_explore_did_not_make_is_kept(explore_run, tmp_path):

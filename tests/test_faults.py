@@ -414,7 +414,10 @@ def test_a_replacement_of_other_settings_is_removed_with_a_word(tiny_run, refere
     result = command("tracin-score", *args)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"removed {replacing_path(out)}, an unfinished replacement made with other settings (" in result.stdout
-    assert "(--train-subset ('" in result.stdout and "checkpoints sha256" not in result.stdout  # round 30, S4, S5
+    assert (
+        "(--train-subset (it selects other train examples than the file's)" in result.stdout
+        and "checkpoints sha256" not in result.stdout
+    )  # round 30, S4, S5
     assert not replacing_path(out).exists()
 
 

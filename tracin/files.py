@@ -2,7 +2,7 @@
 
 `write_atomic` writes to a temporary file in the same folder, fsyncs it, then renames it over the target:
 the previous version stays whole until the new one is. A failed write removes its temporary file; a killed
-writer leaves it (`.NAME.*.tmp`), and `remove_stale_temporaries` clears those once the output's lock is held.
+writer leaves it (`.NAME.tracin-*.tmp`), and `remove_stale_temporaries` clears those once the output's lock is held.
 `exclusive_lock` is the advisory lock every command holds on the outputs it writes; its hidden lock file
 (`.NAME.lock`) goes when the command ends.
 """
@@ -311,6 +311,21 @@ def check_folder(path: Union[str, Path], what: str) -> None:
         raise TracinError(f"{path} is not a folder: {what} cannot be written there; it is left as it is: move it away")
 
 
+TEMPORARY_TAG = "tracin-"  # in every temporary's name, .NAME.tracin-XXXXXXXX.tmp: only those are removed as stale
+
+
+def temporary_prefix(path: Union[str, Path]) -> str:
+    """The start of the name of a temporary file this tool writes beside `path` (mkstemp adds 8 random
+    characters and .tmp): a user's own `.NAME.mine.tmp` there is never taken for one (round 31, Q4)."""
+    return f".{Path(path).name}.{TEMPORARY_TAG}"
+
+
+def is_temporary(path: Union[str, Path]) -> bool:
+    """Whether `path` is named as a temporary file this tool writes (temporary_prefix)."""
+    name = Path(path).name
+    return name.startswith(".") and f".{TEMPORARY_TAG}" in name and name.endswith(".tmp")
+
+
 def write_atomic(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> None:
     """write(handle) into a temporary file beside `path`, flush, fsync, then os.replace onto `path` (which
     must be a file, or nothing: check_replaceable; in a folder, or nothing: check_folder)."""
@@ -318,7 +333,7 @@ def write_atomic(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> N
     check_replaceable(path)
     check_folder(path.parent, path.name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
     os.fchmod(fd, default_mode())
     with naming_full_disk(path):
         try:
@@ -468,20 +483,21 @@ def _remove_made_folders(created: list[Path]) -> None:
 
 
 def remove_stale_temporaries_under(folder: Union[str, Path]) -> list[Path]:
-    """Remove every `.NAME.*.tmp` a killed write_atomic left anywhere under `folder` (call with the
-    folder's lock held, on a folder this tool made). Score files' temporaries (`.NAME.h5.*.tmp`) belong to
+    """Remove every `.NAME.tracin-*.tmp` a killed write_atomic left anywhere under `folder` (call with the
+    folder's lock held, on a folder this tool made). Score files' temporaries (`.NAME.h5.tracin-*.tmp`) belong to
     tracin-score's own lock and are left alone. Returns what was removed."""
-    stale = sorted(p for p in Path(folder).rglob(".*.tmp") if p.is_file() and ".h5." not in p.name)
+    found = Path(folder).rglob(f".*.{TEMPORARY_TAG}*.tmp")
+    stale = sorted(p for p in found if p.is_file() and ".h5." not in p.name)
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
 
 
 def remove_stale_temporaries(target: Union[str, Path]) -> list[Path]:
-    """Remove the `.NAME.*.tmp` files a killed writer left beside `target` (call with its lock held, so
-    no live writer owns them). Returns what was removed."""
+    """Remove the `.NAME.tracin-*.tmp` files a killed writer left beside `target` (call with its lock held, so
+    no live writer owns them; a user's own `.NAME.*.tmp` is left alone). Returns what was removed."""
     target = Path(target)
-    stale = sorted(target.parent.glob(f".{target.name}.*.tmp"))
+    stale = sorted(target.parent.glob(f"{temporary_prefix(target)}*.tmp"))
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

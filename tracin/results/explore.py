@@ -45,6 +45,7 @@ from tracin.errors import TracinError
 from tracin.files import (
     check_made_of,
     head_holds,
+    is_temporary,
     made_of_marks,
     refuse_link,
     refuse_links_under,
@@ -383,7 +384,7 @@ def check_page_destination(out: Path, scores: Optional[Path] = None, identity: O
     refuse_link(folder, "the page's data folder")
     if folder.exists() and not folder.is_dir():
         raise TracinError(f"{folder} exists and is not a folder: the page's data would go there (choose another --out)")
-    held = folder.is_dir() and any(not p.name.endswith(".tmp") for p in folder.iterdir())  # a killed write's: removed
+    held = folder.is_dir() and any(not is_temporary(p) for p in folder.iterdir())  # a killed write's: removed
     if held and not head_holds(folder / FOLDER_MARK, MARK):
         raise TracinError(
             f"{folder} holds files tracin-explore did not write, where the page's data would go; they are left as "

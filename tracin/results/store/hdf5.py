@@ -15,7 +15,7 @@ import numpy as np
 from tracin import faults
 from tracin.arguments import derived_flag, said_as_option, said_value
 from tracin.errors import StoreError
-from tracin.files import default_mode
+from tracin.files import default_mode, temporary_prefix
 
 HDF5_ERRORS = (KeyError, OSError, RuntimeError, ValueError)  # how h5py reports a damaged file
 
@@ -70,9 +70,10 @@ def replace_dataset(group: h5py.Group, name: str, rows: np.ndarray) -> h5py.Data
 
 
 def attribute_value(value: Any) -> Any:
-    """An attribute as a plain Python value (numpy scalars and arrays converted, bytes decoded)."""
+    """An attribute as a plain Python value (numpy scalars and arrays converted, bytes decoded: those that are
+    not UTF-8 with replacement characters, so that they differ from any value written)."""
     if isinstance(value, bytes):
-        return value.decode()
+        return value.decode(errors="replace")
     return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
 
 
@@ -88,11 +89,22 @@ def setting_differences(
     keys = [k for k in sorted(set(stored) | set(current)) if stored.get(k) != current.get(k)]
     direct = [k for k in keys if derived_flag(k, options) is None]
     keys = direct or keys
-    return [
-        f"{said_as_option(k, options)} ({said_value(k, stored, options)!r} in the file, "
-        f"{said_value(k, current, options)!r} now)"
-        for k in keys
-    ]
+    return [_said_difference(k, stored, current, options) for k in keys]
+
+
+SELECTIONS = ("_index", "_rows")  # settings that record the examples an option selects (their digest, or rows)
+
+
+def _said_difference(key: str, stored: dict, current: dict, options: Mapping[str, type | str]) -> str:
+    """One differing setting said as setting_differences says it; the examples an option selects said as
+    such, not as their digests or row numbers (round 31, OS1, OS14, OS20)."""
+    name = key.rpartition(".")[2]
+    if name.endswith(SELECTIONS) and derived_flag(key, options) is not None:
+        return f"{said_as_option(key, options)} (it selects other {name.split('_')[0]} examples than the file's)"
+    return (
+        f"{said_as_option(key, options)} ({said_value(key, stored, options)!r} in the file, "
+        f"{said_value(key, current, options)!r} now)"
+    )
 
 
 def _flattened(settings: dict, prefix: str = "") -> dict:
@@ -107,9 +119,9 @@ def _flattened(settings: dict, prefix: str = "") -> dict:
 
 
 def temporary_beside(path: Path) -> str:
-    """An empty `.NAME.*.tmp` beside `path` with the tool's file mode; a killed writer's are removed by
+    """An empty `.NAME.tracin-*.tmp` beside `path` with the tool's file mode; a killed writer's are removed by
     tracin.files.remove_stale_temporaries."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
     os.fchmod(fd, default_mode())
     os.close(fd)
     return tmp
