@@ -284,6 +284,9 @@ def test_a_scored_sweep_adds_each_students_overlap_with_its_teacher(tmp_path, fa
     again = tracin_sweep(*command)  # round 10, S14: a finished file stopped the same command again
     assert again.returncode == 0 and again.stderr == "", again.stderr
     assert [f.read_bytes() for f in files] == before
+    unscored = tracin_sweep(*command[:-2])  # round 30, SW6: a rerun without --score dropped the agreement columns
+    assert unscored.returncode == 0, unscored.stderr
+    assert _rows(tmp_path / "scored" / "results.csv") == list(rows.values())
     files[1].replace(tmp_path / "swap.h5")  # round 19, SW7: the refusal advised an option tracin-sweep lacks
     files[2].replace(files[1])
     (tmp_path / "swap.h5").replace(files[2])

@@ -369,13 +369,16 @@ def result_rows(sweep: Sweep) -> list[dict]:
         record = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {"models": {}}
         for model in ROLES:
             if record["models"].get(model, {}).get("status") == "done":
-                agreement = teacher_agreement(sweep, folder, model) if sweep.score is not None else {}
+                agreement = teacher_agreement(sweep, folder, model)  # with or without --score now (round 30, SW6)
                 rows.append({**combination, **model_result(folder, model), **agreement})
     return rows
 
 
-def result_fields(sweep: Sweep) -> list[str]:
-    return [*sweep.keys, *RESULT_FIELDS, *(AGREEMENT_FIELDS if sweep.score is not None else ())]
+def result_fields(sweep: Sweep, rows: Sequence[dict]) -> list[str]:
+    """The columns of results.csv: the agreement's with --score, or where a run holds score files from an
+    earlier run with --score (a rerun without it dropped their columns: round 30, SW6)."""
+    scored = sweep.score is not None or any(AGREEMENT_FIELDS[0] in row for row in rows)
+    return [*sweep.keys, *RESULT_FIELDS, *(AGREEMENT_FIELDS if scored else ())]
 
 
 def results_markdown(rows: Sequence[dict], fields: Sequence[str]) -> str:
@@ -399,11 +402,12 @@ def write_results(sweep: Sweep) -> Path:
     if not rows:
         raise TracinError(f"{sweep.root} holds no finished run yet")
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=result_fields(sweep))
+    fields = result_fields(sweep, rows)
+    writer = csv.DictWriter(text, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(sweep.root / "results.csv", lambda handle: handle.write(text.getvalue().encode()))
-    write_own_markdown(sweep.root / "results.md", results_markdown(rows, result_fields(sweep)))
+    write_own_markdown(sweep.root / "results.md", results_markdown(rows, fields))
     plot_results(
         rows, sweep.keys[0], sweep.root / "results.png", f"{sweep.name}: test accuracy against {sweep.keys[0]}"
     )
