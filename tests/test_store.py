@@ -541,6 +541,43 @@ def test_a_noisy_mask_that_is_not_where_the_labels_were_flipped_is_refused(tiny_
         check_finished(store)
 
 
+@pytest.mark.parametrize(
+    "edit, said",
+    [
+        (lambda h5: h5.attrs.__setitem__("status", 5), "records status '5', which tracin-score does not write"),
+        (lambda h5: h5.attrs.__delitem__("status"), "records no 'status': it was edited, or written by an older"),
+    ],
+)
+def test_a_status_tracin_score_does_not_write_is_said_as_an_edit_with_its_remedy(tiny_scores, tmp_path, edit, said):
+    """Round 31, R2, R3: a status edited to 5 was said to be a partial result (tracin-score interrupted), one
+    deleted was 'written by an older tracin-score?', with no remedy."""
+    import shutil
+
+    from tracin.results.store.checks import check_finished
+
+    path = tmp_path / "t.h5"
+    shutil.copy(tiny_scores, path)
+    with h5py.File(path, "r+") as h5:
+        edit(h5)
+    with ScoreFile.open_read(path) as store, pytest.raises(TracinError) as caught:
+        check_finished(store)
+    assert said in str(caught.value) and str(caught.value).endswith("make it again with tracin-score --overwrite")
+
+
+def test_a_reader_says_how_to_make_a_score_file_where_something_else_is(tmp_path):
+    """Round 31, F1: a FIFO at the score file's path was told to score the run first, which tracin-score
+    refuses too (the FIFO is in the way)."""
+    import os
+
+    from tracin.results.runs import check_score_file_there
+
+    with pytest.raises(TracinError, match="does not exist: score the run with tracin-score first"):
+        check_score_file_there(tmp_path / "tracin.h5")
+    os.mkfifo(tmp_path / "tracin.h5")
+    with pytest.raises(TracinError, match="is not a regular file .*: move it away and score the run with tracin"):
+        check_score_file_there(tmp_path / "tracin.h5")
+
+
 def test_a_remedy_names_each_owners_command_in_the_order_that_works():
     """Round 29, M6: /validation and /quality_report both edited were sent to tracin-score --overwrite, which
     discards the validation's retrainings; tracin-report refuses an edited /validation, so tracin-validate

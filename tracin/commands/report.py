@@ -32,7 +32,6 @@ from tracin.errors import TracinError
 from tracin.files import (
     check_own,
     command_locks,
-    not_a_file,
     refuse_links,
     remove_stale_temporaries,
     report_path,
@@ -49,6 +48,7 @@ from tracin.results.grids import check_labels
 from tracin.results.markdown import quality_report_markdown, report_verdicts
 from tracin.results.runs import (
     TrainedRun,
+    check_score_file_there,
     check_scored_checkpoints,
     checked_data,
     describe_salvage,
@@ -74,8 +74,7 @@ def report_run(options: ReportOptions) -> Path:
     and beside it; returns the score file."""
     run = open_trained_run(options.run, options.data_root)
     path = Path(options.scores) if options.scores else run.paths.root / "tracin.h5"
-    if not path.is_file():
-        raise TracinError(f"{not_a_file(path)}: score the run with tracin-score first (or name the file with --scores)")
+    check_score_file_there(path)
     started = time.monotonic()
     with start_runtime(options.device, options.quiet) as runtime, command_locks(run.paths.root, path):
         if runtime.distributed:

@@ -33,7 +33,6 @@ from tracin.errors import CheckpointError, TracinError
 from tracin.files import (
     check_own,
     command_locks,
-    not_a_file,
     refuse_links,
     remove_stale_temporaries,
     report_path,
@@ -46,6 +45,7 @@ from tracin.results.figures import plot_validation
 from tracin.results.markdown import validation_markdown
 from tracin.results.runs import (
     TrainedRun,
+    check_score_file_there,
     check_scored_checkpoints,
     checked_data,
     describe_salvage,
@@ -264,8 +264,7 @@ def validate_run(options: ValidateOptions) -> Path:
     ranks and rank 0 writes), then write the tables; returns the score file, which holds them."""
     run = open_trained_run(options.run, options.data_root)
     path = Path(options.scores) if options.scores else run.paths.root / "tracin.h5"
-    if not path.is_file():
-        raise TracinError(f"{not_a_file(path)}: score the run with tracin-score first (or name the file with --scores)")
+    check_score_file_there(path)
     with (
         start_runtime(options.device, options.quiet) as runtime,
         command_locks(run.paths.root, path, main=runtime.is_main),

@@ -24,7 +24,7 @@ from tracin.config import (
     split_model_name,
 )
 from tracin.errors import CheckpointError, DataError, TracinError
-from tracin.files import refuse_link
+from tracin.files import not_a_file, refuse_link
 from tracin.options import ScoreOptions
 from tracin.results.store import Salvage, ScoreFile
 from tracin.training.checkpoints import (
@@ -70,6 +70,20 @@ def check_moved_data_root(data_root: str, dataset: str, recorded: bool = False) 
         where = f"the data root {data_root} run.json records" if recorded else f"data root {data_root}"
         hint = "give --data-root, the folder it is in now" if recorded else "give the folder the data set is in now"
         raise TracinError(f"{where} does not hold the run's data set, {dataset} (no {folder}): {hint}")
+
+
+def check_score_file_there(path: Path) -> None:
+    """A TracinError unless a regular file is at `path`, the score file a reader of a run (tracin-report,
+    tracin-validate) takes, with the remedy that works: something else there (a folder, a FIFO) is moved away
+    first, since tracin-score refuses it too (round 31, F1)."""
+    if path.is_file():
+        return
+    if path.exists() or path.is_symlink():
+        raise TracinError(
+            f"{not_a_file(path)}: move it away and score the run with tracin-score, or name the score file with "
+            "--scores"
+        )
+    raise TracinError(f"{not_a_file(path)}: score the run with tracin-score first (or name the file with --scores)")
 
 
 def open_trained_run(run_dir: str, data_root: Optional[str]) -> TrainedRun:

@@ -25,6 +25,11 @@ def check_finished(store: ScoreFile, unread: Sequence[str] = ()) -> None:
     problems = find_damage(store.path)
     if problems:
         raise damaged(store.path, problems, REMEDIES)
+    if store.status not in ("partial", "complete"):  # round 31, R2: an edited status was said as interrupted
+        raise StoreError(
+            f"{store.path} records status {store.status!r}, which tracin-score does not write (partial or complete): "
+            "the file was edited, or damaged on disk; make it again with tracin-score --overwrite"
+        )
     if store.status != "complete":
         raise TracinError(
             f"{store.path} is a partial result (tracin-score was interrupted): run the same tracin-score "

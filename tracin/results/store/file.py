@@ -344,7 +344,10 @@ class ScoreFile:
 
     def _attribute(self, name: str) -> Any:
         if name not in self._h5.attrs:
-            raise StoreError(f"{self.path} records no {name!r} (written by an older tracin-score?)")
+            raise StoreError(  # round 31, R3: said without a remedy
+                f"{self.path} records no {name!r}: it was edited, or written by an older tracin-score; make it again "
+                "with tracin-score --overwrite"
+            )
         return attribute_value(self._h5.attrs[name])
 
     @property
