@@ -326,7 +326,7 @@ def test_a_run_json_setting_of_the_wrong_type_is_refused_by_every_reader(tiny_ru
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     record["config"]["width"] = str(record["config"]["width"])
     (tmp_path / "run" / "run.json").write_text(json.dumps(record))
-    with pytest.raises(TracinError, match=r"run\.json: TrainConfig field width: expected int"):
+    with pytest.raises(TracinError, match=r"run\.json: TrainConfig field width \(set by --width\): expected int"):
         open_trained_run(str(tmp_path / "run"), None)
 
 
@@ -796,7 +796,7 @@ def test_every_reader_of_run_json_types_its_settings(tiny_run, tmp_path):
         record = json.loads((tmp_path / "run" / "run.json").read_text())
         record[where][key] = value
         (tmp_path / "run" / "run.json").write_text(json.dumps(record))
-        with pytest.raises(TracinError, match=rf"run\.json: \w+Config field {key}: expected"):
+        with pytest.raises(TracinError, match=rf"run\.json: \w+Config field {key} \(set by --[\w-]+\): expected"):
             read_record(RunPaths(tmp_path / "run"))
 
 

@@ -59,9 +59,9 @@ def test_a_field_of_the_wrong_type_is_named(tiny_run, tmp_path):
 
 
 def test_configurations_check_each_fields_type():
-    with pytest.raises(TracinError, match="DataConfig field seed: expected int, got 'x'"):
+    with pytest.raises(TracinError, match=r"DataConfig field seed \(set by --data-seed\): expected int, got 'x'"):
         DataConfig.from_dict({"seed": "x"})
-    with pytest.raises(TracinError, match="TrainConfig field lr: expected float, got True"):
+    with pytest.raises(TracinError, match=r"TrainConfig field lr \(set by --lr\): expected float, got True"):
         TrainConfig.from_dict({"lr": True})
     assert DataConfig.from_dict(json.loads(json.dumps(DataConfig(train_subset=10).to_dict()))) == DataConfig(
         train_subset=10

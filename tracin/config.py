@@ -13,9 +13,9 @@ import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
-from tracin.arguments import option
+from tracin.arguments import declared_options, flag_of, option
 from tracin.errors import TracinError
 from tracin.variants import SCORE_VARIANTS
 
@@ -161,13 +161,21 @@ class _Serializable:
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = set(values) - names
         _check(not unknown, f"unknown {cls.__name__} fields: {', '.join(map(repr, sorted(unknown)))}")
-        hints = typing.get_type_hints(cls)
+        hints, flags = typing.get_type_hints(cls), dict(_flags(cls))
         for name, value in values.items():
+            said = f"{name} (set by {flags[name]})" if name in flags else name  # round 31, E14: the option too
             _check(
                 _fits(value, hints[name]),
-                f"{cls.__name__} field {name}: expected {_type_name(hints[name])}, got {value!r}",
+                f"{cls.__name__} field {said}: expected {_type_name(hints[name])}, got {value!r}",
             )
         return cls(**values)
+
+
+def _flags(cls: type) -> Iterator[tuple[str, str]]:
+    """(field name, the flag that sets it) of each of a configuration's fields an option sets."""
+    for field, declared in declared_options(cls):
+        if not declared.positional:
+            yield field.name, flag_of(field, declared)
 
 
 def _fits(value: Any, annotation: Any) -> bool:
