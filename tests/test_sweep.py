@@ -358,6 +358,20 @@ def test_a_sweep_json_of_another_grid_or_damaged_is_refused(tmp_path):
             check_grid(sweep)
 
 
+@pytest.mark.parametrize(
+    "value, said", [("abc", "invalid float value: 'abc'"), ("nan", "--temperature must be positive and finite")]
+)
+def test_a_bad_value_added_to_a_sweeps_grid_is_named_as_such(tmp_path, value, said):
+    """Round 31, SW10, SW23: --vary temperature=abc (or nan, 1e999, -1) on a sweep made with 1,2 was refused
+    as another grid, its value never named; the values are checked first, as on a new sweep."""
+    (tmp_path / "s").mkdir()
+    record = {"command": ["tracin-sweep"], "vary": {"temperature": ["1", "2"]}, "finished": "2026-12-05T04:00:00"}
+    (tmp_path / "s" / "sweep.json").write_text(json.dumps({**record, "machine": {}}))
+    result = tracin_sweep("--sweep", "s", "--out-root", tmp_path, "--vary", f"temperature={value}", *TINY)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert said in result.stderr and "was made with --vary" not in result.stderr, result.stderr
+
+
 def test_a_models_metrics_edited_in_run_json_are_not_tabled(tiny_run, tmp_path):
     """Round 11, S15: run.json's models/NAME/metrics edited to another value went into results.csv; the
     results read the last checkpoint's own metrics, and refuse a run.json that disagrees."""

@@ -428,13 +428,13 @@ def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
         refuse_link(sweep.root, "the sweep folder")  # its runs and results would land in the link's target
         if sweep.root.is_dir():
             refuse_links_under(sweep.root, "in the sweep folder,")
-        sweep_module.check_grid(sweep)
         epochs = sweep_module.final_epochs(base, TrainConfig().epochs)
         passed_on.prog = "tracin-sweep --vary"  # a varied value tracin-train would refuse (red-team S03)
         runs = [  # every run checked before any trains: its options, its data and its models' size
             passed_on.parse_args(run_argv) for _, run_argv in sweep_module.train_arguments(sweep, epochs)
         ]
         configs = [(*train_configs(run_args), run_options(run_args, ()).device) for run_args in runs]
+        sweep_module.check_grid(sweep)  # after the values: a bad one is named, not said to differ (round 31, SW10)
         _check_sweep_runs(configs, sweep.score)
         saved = saved_epochs(configs[0][0])  # with teacher_epoch the first run is the shared teacher's
         unsaved = [e for e in dict(sweep.vary).get("teacher_epoch", ()) if int(e) not in saved]
