@@ -436,6 +436,28 @@ def test_tracin_eval_refuses_a_run_json_whose_data_or_teacher_its_checkpoints_we
     assert said in result.stderr and not list(run.glob("eval_*.csv")), result.stderr
 
 
+def test_tracin_eval_checks_every_model_before_it_evaluates_any(tiny_run, tmp_path, fashion_mnist_root, monkeypatch):
+    """Round 31, Q6, F3: the student_baseline's refusal (here its run.json architecture edited) came after the
+    teacher and student had been evaluated; every model's last checkpoint is checked first."""
+    import json
+    import shutil
+
+    from tracin.commands import evaluate as evaluate_command
+    from tracin.options import EvalOptions
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    record = json.loads((run / "run.json").read_text())
+    record["model_configs"]["student_baseline"]["width"] *= 2
+    (run / "run.json").write_text(json.dumps(record))
+    evaluated = []
+    monkeypatch.setattr(evaluate_command, "evaluate", lambda model, *args: evaluated.append(model))
+    options = EvalOptions(run=str(run), dataset="fashion-mnist", data_root=str(fashion_mnist_root), device="cpu")
+    with pytest.raises(CheckpointError, match="not the architecture the run recorded for student_baseline"):
+        evaluate_command.eval_run(options)
+    assert evaluated == []
+
+
 @pytest.mark.parametrize("edit", ["deleted", "copied in", "a FIFO for the folder"])
 def test_tracin_eval_refuses_a_model_folder_other_than_run_json_lists(tiny_run, tmp_path, edit, fashion_mnist_root):
     """Round 30, E8, E9, FF3: tracin-eval evaluated a run whose checkpoint was deleted or copied in, which

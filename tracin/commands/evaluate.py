@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from tracin.config import ROLES, DataConfig, ModelConfig, TrainConfig, replica_seed, split_model_name
 from tracin.errors import CheckpointError, TracinError
@@ -27,6 +27,9 @@ from tracin.training.run_folder import RunPaths, read_record, trained_difference
 from tracin.training.tables import confusion_matrix, write_csv
 from tracin.training.trainer import evaluate
 
+if TYPE_CHECKING:
+    from torch import nn
+
 
 def read_class_map(path: Optional[str]) -> Optional[dict[str, str]]:
     """The --class-map file: a JSON object of class names (read as data)."""
@@ -39,6 +42,33 @@ def check_destination(paths: RunPaths, out: Path) -> None:
     """Refuse a run folder, or an eval CSV in it, that is a link (nothing is written through one)."""
     refuse_link(paths.root, "the run folder tracin-eval writes into")
     check_own_table(out, ("model", "examples", "accuracy"), "a table")  # round 18, E1: a colleague's was replaced
+
+
+def checked_last_model(paths: RunPaths, record: dict, name: str, n_classes: int) -> nn.Module:
+    """The last checkpoint of the finished model `name`, loaded (on the CPU) and checked against run.json:
+    its sha256, its training settings (its replica's seed), its data and teacher, its architecture, and its
+    outputs against data.json's `n_classes` classes."""
+    role, last = name.split(".")[0], paths.model_dir(name) / record["models"][name]["checkpoints"][-1]
+    model, payload = load_model(last, role)
+    field = f"{paths.run_json}'s models/{name}/sha256"
+    check_saved_digest(last, record["models"][name].get("sha256"), field, payload.get("version", CHECKPOINT_VERSION))
+    trained = TrainConfig.from_dict(record["config"])
+    seed = replica_seed(trained.seed, split_model_name(name)[1])  # round 29, E8: an edited run.json config
+    check_trained_config(last, payload, dataclasses.replace(trained, seed=seed))
+    differences = trained_differences(record, payload, name)  # round 31, E1-E16: its data and teacher
+    if differences:
+        raise CheckpointError(
+            f"{paths.run_json} records another configuration than {last} was trained with: "
+            f"{'; '.join(differences)}: run.json or the checkpoint was edited, or it is not this run's"
+        )
+    architecture = ModelConfig.from_dict(payload["model_config"])
+    check_recorded_architecture(last, architecture, role, record["model_configs"].get(role))
+    if architecture.num_classes != n_classes:  # a data.json edited or copied from another run
+        raise TracinError(
+            f"{paths.data_json} names {n_classes} classes, but {last} has {architecture.num_classes} outputs: that "
+            "data.json is not this run's"
+        )
+    return model
 
 
 def eval_run(options: EvalOptions) -> Path:
@@ -71,31 +101,11 @@ def eval_run(options: EvalOptions) -> Path:
             f"{', '.join(published)}: that data.json was edited or is not this run's"
         )
     split, counts = load_eval_split(options.dataset, options.data_root, spec, classes, class_map, options.checksum)
-    rows, trained = [], TrainConfig.from_dict(record["config"])
+    rows = []
     with start_runtime(options.device, quiet=True) as runtime, command_locks(paths.root):
-        for name in sorted(finished, key=lambda n: (ROLES.index(n.split(".")[0]), n)):
-            role, last = name.split(".")[0], paths.model_dir(name) / record["models"][name]["checkpoints"][-1]
-            model, payload = load_model(last, role)
-            field = f"{paths.run_json}'s models/{name}/sha256"
-            check_saved_digest(
-                last, record["models"][name].get("sha256"), field, payload.get("version", CHECKPOINT_VERSION)
-            )
-            seed = replica_seed(trained.seed, split_model_name(name)[1])  # round 29, E8: an edited run.json config
-            check_trained_config(last, payload, dataclasses.replace(trained, seed=seed))
-            differences = trained_differences(record, payload, name)  # round 31, E1-E16: its data and teacher
-            if differences:
-                raise CheckpointError(
-                    f"{paths.run_json} records another configuration than {last} was trained with: "
-                    f"{'; '.join(differences)}: run.json or the checkpoint was edited, or it is not this run's"
-                )
-            recorded = record["model_configs"].get(role)
-            architecture = ModelConfig.from_dict(payload["model_config"])
-            check_recorded_architecture(last, architecture, role, recorded)
-            if architecture.num_classes != len(classes):  # a data.json edited or copied from another run
-                raise TracinError(
-                    f"{paths.data_json} names {len(classes)} classes, but {last} has {architecture.num_classes} "
-                    "outputs: that data.json is not this run's"
-                )
+        ordered = sorted(finished, key=lambda n: (ROLES.index(n.split(".")[0]), n))
+        models = {name: checked_last_model(paths, record, name, len(classes)) for name in ordered}  # before any work
+        for name, model in models.items():  # round 31, Q6, F3: the last model's refusal came after the first's work
             result = evaluate(model.to(runtime.device), split, runtime)
             matrix = confusion_matrix(result.predictions, split.labels, len(classes))
             per_class = {c: float(matrix[i, i] / matrix[i].sum()) for i, c in enumerate(classes) if c in counts}
