@@ -458,6 +458,26 @@ def test_tracin_eval_checks_every_model_before_it_evaluates_any(tiny_run, tmp_pa
     assert evaluated == []
 
 
+def test_a_reader_says_a_model_folder_that_is_no_folder_is_not_there(tiny_run, tiny_scores, tmp_path):
+    """Round 31, F2b: a FIFO for the student's folder made tracin-report, -validate and -explore say the score
+    file was another run's ('give the score file of this run')."""
+    import os
+    import shutil
+
+    from tracin.errors import TracinError
+    from tracin.results.runs import check_scored_checkpoints, open_trained_run
+    from tracin.results.store import ScoreFile
+
+    shutil.copytree(tiny_run, tmp_path / "run")
+    run = open_trained_run(str(tmp_path / "run"), None)
+    with ScoreFile.open_read(tiny_scores) as store:
+        check_scored_checkpoints(store, run, ["teacher", "student"])  # the run's own, moved: accepted
+        shutil.rmtree(tmp_path / "run" / "student")
+        os.mkfifo(tmp_path / "run" / "student")
+        with pytest.raises(TracinError, match=r"run/student is not a folder: the checkpoints .* scored student from"):
+            check_scored_checkpoints(store, run, ["teacher", "student"])
+
+
 @pytest.mark.parametrize("edit", ["deleted", "copied in", "a FIFO for the folder"])
 def test_tracin_eval_refuses_a_model_folder_other_than_run_json_lists(tiny_run, tmp_path, edit, fashion_mnist_root):
     """Round 30, E8, E9, FF3: tracin-eval evaluated a run whose checkpoint was deleted or copied in, which

@@ -219,6 +219,11 @@ def check_scored_checkpoints(store: ScoreFile, run: TrainedRun, models: Sequence
     sha256 (a moved folder is fine, another run is not), and, scored with --checkpoints all or last, those
     the run now holds (not a model trained on since)."""
     for name in (m for m in models if m in store.models):
+        folder = run.paths.model_dir(name)
+        if folder.exists() and not folder.is_dir():  # round 31, F2b: said to be another run's score file
+            raise TracinError(
+                f"{folder} is not a folder: the checkpoints {store.path} scored {name} from are not there"
+            )
         for scored, sha256 in store.model(name).checkpoint_files:
             here = run.paths.model_dir(name) / Path(scored).name
             if not here.is_file() or sha256_file(here) != sha256:
