@@ -400,6 +400,17 @@ def test_a_checkpoint_whose_weights_were_edited_is_refused(tiny_run, tmp_path, c
     assert f"{path} is not the checkpoint tracin-train saved" in result.stderr
 
 
+def tracin_eval_refusal(run: Path, data_root) -> subprocess.CompletedProcess:
+    """`tracin-eval` of `run` on Fashion-MNIST, checked to be refused in one line (exit 2)."""
+    args = ["--eval-dataset", "fashion-mnist", "--data-root", data_root, "--device", "cpu"]
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("tracin-eval")), "--run", run, *args],
+        capture_output=True, text=True, timeout=600, env=subprocess_env(),
+    )  # fmt: skip
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    return result
+
+
 RUN_JSON_EDITS = {  # round 31, E1-E16: tracin-eval, which does not load the run's data, took each edit's word
     "n_train under its digest": (lambda r: r["data_fingerprint"].update(n_train=257), "data_fingerprint.n_train"),
     "the digest": (lambda r: r["data_fingerprint"].update(digest="0" * 16), "data_fingerprint.digest"),
@@ -426,12 +437,7 @@ def test_tracin_eval_refuses_a_run_json_whose_data_or_teacher_its_checkpoints_we
     change, said = RUN_JSON_EDITS[edit]
     change(record)
     (run / "run.json").write_text(json.dumps(record))
-    args = ["--eval-dataset", "fashion-mnist", "--data-root", fashion_mnist_root, "--device", "cpu"]
-    result = subprocess.run(
-        [str(Path(sys.executable).with_name("tracin-eval")), "--run", run, *args],
-        capture_output=True, text=True, timeout=600, env=subprocess_env(),
-    )  # fmt: skip
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    result = tracin_eval_refusal(run, fashion_mnist_root)
     assert "run.json records another configuration than" in result.stderr, result.stderr
     assert said in result.stderr and not list(run.glob("eval_*.csv")), result.stderr
 
@@ -494,12 +500,7 @@ def test_tracin_eval_refuses_a_model_folder_other_than_run_json_lists(tiny_run, 
     else:
         shutil.rmtree(run / "student")
         os.mkfifo(run / "student")
-    args = ["--eval-dataset", "fashion-mnist", "--data-root", fashion_mnist_root, "--device", "cpu"]
-    result = subprocess.run(
-        [str(Path(sys.executable).with_name("tracin-eval")), "--run", run, *args],
-        capture_output=True, text=True, timeout=600, env=subprocess_env(),
-    )  # fmt: skip
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    result = tracin_eval_refusal(run, fashion_mnist_root)
     said = {
         "deleted": "models/teacher/checkpoints lists epoch_002.pt, which",
         "copied in": "epoch_009.pt is not in",
