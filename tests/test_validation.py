@@ -567,3 +567,37 @@ def _datasets(group) -> list:
     found = []
     group.visititems(lambda _, item: found.append(item) if isinstance(item, h5py.Dataset) else None)
     return found
+
+
+@pytest.mark.parametrize("status", [None, 1, "done"])
+def test_a_validation_status_edited_or_deleted_is_refused_by_readers_and_made_again_by_tracin_validate(
+    tiny_run, validated, tmp_path, status
+):
+    """Round 32, B11: /validation's status deleted ended tracin-report in a KeyError, after it had written its
+    tables; a status is left out of the digests (a resume changes it), so each reader checks it first."""
+    import hashlib
+
+    out = tmp_path / "tracin.h5"
+    shutil.copy(validated[0], out)
+    with h5py.File(out, "r+") as h5:
+        if status is None:
+            del h5["validation"].attrs["status"]
+        else:
+            h5["validation"].attrs["status"] = status
+    before = hashlib.sha256(out.read_bytes()).hexdigest()
+    said = "no status" if status is None else f"status {status!r}"
+    for refused in (
+        _tool("tracin-report", "--run", tiny_run, "--scores", out, "--models", "student"),
+        _tool("tracin-explore", "--scores", out, "--out", tmp_path / "page.html"),
+    ):
+        lines = refused.stderr.strip().splitlines()
+        assert refused.returncode == 2 and len(lines) == 1, refused.stderr
+        assert f"/validation records {said}" in lines[0] and "run tracin-validate again" in lines[0]
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == before  # refused before anything was written
+    validate = run_tracin_validate(["--run", tiny_run, "--scores", out, *VALIDATE])
+    assert validate.returncode == 0 and "retrainings done already" in validate.stdout, validate.stderr
+    with ScoreFile.open_read(validated[0]) as store:
+        margins = store.validation().margins
+    with ScoreFile.open_read(out) as store:  # its finished retrainings kept, not made again
+        assert store.validation().status == "complete" and np.array_equal(store.validation().margins, margins)
+    assert _tool("tracin-report", "--run", tiny_run, "--scores", out, "--models", "student").returncode == 0

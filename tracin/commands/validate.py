@@ -344,7 +344,9 @@ def plan_work(store: ScoreFile, options: ValidateOptions, run: TrainedRun, data:
     plan, a new one only now replacing it) and find what each unit removes."""
     if store.drop_changed((VALIDATION,)):  # a full disk while writing it (round 11, F3)
         print(f"{store.path}: /validation changed since written (a full disk?): made again", flush=True)
-    check_finished(store, unread=(RANDOMIZATION, QUALITY_REPORT))  # tracin-report's, made again by it after this
+    # tracin-report's tables, made again by it after this, and /validation, which prepare_validation makes
+    # again (keeping its finished units) where it does not read as written (its status, say: round 32, B11)
+    check_finished(store, unread=(RANDOMIZATION, QUALITY_REPORT, VALIDATION))
     check_scored_checkpoints(store, run, options.models)
     for note in (*unfinished_notes(run, options.models), *replacement_notes(store.path)):  # round 26, RJ12; 28, B3
         print(note, flush=True)

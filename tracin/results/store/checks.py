@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from tracin.errors import StoreError, TracinError
 from tracin.results.store.digests import top_level
+from tracin.results.store.hdf5 import attribute_value
 from tracin.results.store.layout import VALIDATION, layout_problems
 from tracin.results.store.salvage import damaged, find_damage
 from tracin.results.store.tables import QUALITY_REPORT, RANDOMIZATION
@@ -35,6 +36,8 @@ def check_finished(store: ScoreFile, unread: Sequence[str] = ()) -> None:
             f"{store.path} is a partial result (tracin-score was interrupted): run the same tracin-score "
             "command again to finish it first"
         )
+    if VALIDATION not in unread:
+        _check_validation_status(store)
     wrong = layout_problems(store)
     if wrong:
         raise StoreError(
@@ -49,6 +52,22 @@ def check_finished(store: ScoreFile, unread: Sequence[str] = ()) -> None:
         first = next((problem for problem in changed if top_level(problem) not in REMEDIES), changed[0])
         remedy = remedy or "make it again with tracin-score --overwrite"
         raise StoreError(f"{store.path}: {first}: the file was edited, or damaged on disk; {remedy}")
+
+
+def _check_validation_status(store: ScoreFile) -> None:
+    """A StoreError when the file's /validation records a status tracin-validate does not write (partial or
+    complete): a status is left out of the digests, as a resume changes it (round 32, B11: a deleted one
+    ended tracin-report in a KeyError)."""
+    group = store._h5.get(VALIDATION)
+    if group is None or not hasattr(group, "attrs"):
+        return  # layout_problems says what a /validation that is no group is
+    status = attribute_value(group.attrs.get("status"))
+    if status not in ("partial", "complete"):
+        said = "no status" if status is None else f"status {status!r}"
+        raise StoreError(
+            f"{store.path}: /validation records {said}, which tracin-validate does not write (partial or "
+            f"complete): the file was edited, or damaged on disk; {REMEDIES[VALIDATION]}"
+        )
 
 
 def replacement_notes(path: Path) -> list[str]:

@@ -124,8 +124,9 @@ class ValidationRecord:
 
     @property
     def status(self) -> str:
-        """ "partial" until the tables are written, then "complete"."""
-        return attribute_value(self._group.attrs["status"])
+        """ "partial" until the tables are written, then "complete" (None where it has none: a damaged file,
+        which readers refuse first: checks.check_finished)."""
+        return attribute_value(self._group.attrs.get("status"))
 
     @property
     def units(self) -> np.ndarray:
