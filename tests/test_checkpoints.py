@@ -419,7 +419,7 @@ RUN_JSON_EDITS = {  # round 31, E1-E16: tracin-eval, which does not load the run
     "an outside teacher named": (lambda r: r.update(teacher_checkpoint="/etc/passwd"), "--teacher ('/etc/passwd' -> "),
     "an outside teacher of another digest": (
         lambda r: r.update(teacher_checkpoint={"path": "/x", "sha256": "a" * 64}),
-        "--teacher ('aaaa",
+        "--teacher ('/x' (sha256 aaaaaaaaaaaa) -> ",  # round 31, OS32: the path, not only the digest
     ),
 }
 

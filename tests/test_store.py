@@ -648,8 +648,33 @@ def test_settings_an_option_derives_are_said_as_that_option():
         {"plan": plan}, {"plan": {"conditions": {"student": ["own"]}, "test_rows": [1, 21, 34]}}, VALIDATE_SETTINGS
     )
     assert said == [
-        "--conditions (['own', 'random'] in the file, ['own'] now)",
+        "--conditions ('own,random' in the file, 'own' now)",  # round 31, OS4: as typed, not a Python list
         "--test-examples (it selects other test examples than the file's)",  # round 31, OS20: not rows
     ]
     record = {"teacher_checkpoint": {"sha256": None}}
-    assert configuration_differences(record, {"teacher_checkpoint": {"sha256": "f"}}) == ["--teacher (None -> 'f')"]
+    assert configuration_differences(record, {"teacher_checkpoint": {"sha256": "f"}}) == [
+        "--teacher (none -> sha256 f)"
+    ]
+    outside = {"teacher_checkpoint": {"path": "t.pt", "sha256": "0123456789abcdef"}}
+    assert configuration_differences({"teacher_checkpoint": None}, outside) == [
+        "--teacher (none -> 't.pt' (sha256 0123456789ab))"  # round 31, OS32: the path typed, not only a digest
+    ]
+
+
+def test_list_settings_that_differ_are_said_as_typed():
+    """Round 31, OS4, OS9, OS13: --variants, --layers and --group were said as Python reprs ([] for every
+    parameter, [('head', ('fc',))] for --group head=fc)."""
+    from tracin.results.store.hdf5 import setting_differences
+    from tracin.results.store.score_settings import SETTING_OPTIONS
+
+    stored = {"score.layers": [], "score.variants": ["train-normalised"], "score.groups": []}
+    now = {"score.layers": ("fc",), "score.variants": ("raw", "cosine"), "score.groups": (("head", ("fc", "bn")),)}
+    now["score.groups"] += (("stem", ("conv1",)),)
+    assert setting_differences(stored, now, SETTING_OPTIONS) == [
+        "--group (the ResNet stages stem, layer1, ..., head in the file, 'head=fc,bn stem=conv1' now)",
+        "--layers (every parameter in the file, 'fc' now)",
+        "--variants ('train-normalised' in the file, 'raw,cosine' now)",
+    ]
+    assert setting_differences({"score.layers": [1]}, {"score.layers": []}, SETTING_OPTIONS) == [
+        "--layers ([1] in the file, every parameter now)"  # a value no option gives: said as it is
+    ]

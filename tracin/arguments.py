@@ -112,6 +112,40 @@ def said_value(key: str, settings: Mapping[str, Any], options: Mapping[str, type
     return found[0].default if found and found[0].default is not dataclasses.MISSING else None
 
 
+def said_typed(key: str, settings: Mapping[str, Any], options: Mapping[str, type | str]) -> str:
+    """settings[key] (said_value) as a user types it, quoted: a list of values joined as its option takes them
+    ('raw,cosine'; --group's NAME=PREFIX,... uses apart: 'head=fc stem=conv1'); a value equal to the default of
+    an option whose help names that default in words, as those words (every parameter); any other as its
+    repr. Round 31, OS4, OS9, OS13: lists were said as Python reprs ([('head', ('fc',))], [] for every
+    parameter)."""
+    value = said_value(key, settings, options)
+    found = option_field(key, options)
+    declared = found[0].metadata["option"] if found else None
+    if declared is not None and declared.default_text and _as_lists(value) == _as_lists(found[0].default):
+        return declared.default_text
+    if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+        return repr(",".join(value))
+    if isinstance(value, (list, tuple)) and all(_is_group(item) for item in value):
+        return repr(" ".join(f"{name}={','.join(prefixes)}" for name, prefixes in value))
+    return repr(value)
+
+
+def _as_lists(value: Any) -> Any:
+    """Tuples as lists, nested (a setting read back from a file holds lists where the option holds tuples)."""
+    return [_as_lists(item) for item in value] if isinstance(value, (list, tuple)) else value
+
+
+def _is_group(item: Any) -> bool:
+    """Whether `item` is one --group value: (NAME, (PREFIX, ...))."""
+    return (
+        isinstance(item, (list, tuple))
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and isinstance(item[1], (list, tuple))
+        and all(isinstance(prefix, str) for prefix in item[1])
+    )
+
+
 def comma_separated(text: str) -> tuple[str, ...]:
     """ "a, b,,c" -> ("a", "b", "c"): the one list style of every command."""
     return tuple(part.strip() for part in text.split(",") if part.strip())

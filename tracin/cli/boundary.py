@@ -44,14 +44,26 @@ def _own_disk_fault(error: BaseException) -> Optional[str]:
     text, number = str(error), getattr(error, "errno", None)
     if number not in USER_FIXABLE_ERRNOS:
         number = next((n for n in FULL_DISK_ERRNOS if os.strerror(n) in text), None)
-    if number is not None:
-        found = HDF5_FILENAME.search(text)
-        where = [getattr(error, "filename", None) or (found.group(1) if found else None), LIMITS.get(number)]
-        said = "; ".join(str(part) for part in where if part)
-        return f"{os.strerror(number)} ({said})" if said else os.strerror(number)
-    if disk_full(error):  # TRACIN_FAULT's full disk, which h5py may report as another error (faults.disk_filled)
-        return os.strerror(errno.ENOSPC)
-    return None
+    if number is None and disk_full(error):  # TRACIN_FAULT's, which h5py may report as another error
+        number, text = errno.ENOSPC, ""
+    if number is None:
+        return None
+    found = HDF5_FILENAME.search(text)
+    where = [
+        getattr(error, "filename", None) or (found.group(1) if found else _hdf5_files_written()),
+        LIMITS.get(number),
+    ]
+    said = "; ".join(str(part) for part in where if part)
+    return f"{os.strerror(number)} ({said})" if said else os.strerror(number)
+
+
+def _hdf5_files_written() -> Optional[str]:
+    """The HDF5 files open for writing, where HDF5's message names none (round 31, K5); None for none."""
+    if "h5py" not in sys.modules:
+        return None
+    from tracin.results.store import hdf5_files_open_for_writing
+
+    return ", ".join(hdf5_files_open_for_writing()) or None
 
 
 def _exit_keeping_hdf5_files(code: int) -> int:

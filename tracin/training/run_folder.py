@@ -191,7 +191,22 @@ def configuration_differences(record: dict, configs: dict[str, Any]) -> list[str
     differences = [
         d.split(" ", 1) for d in differing_fields(stored, current) if not d.startswith(RESUME_IGNORED_FIELDS)
     ]
-    return [f"{said_as_option(name, CONFIG_OPTIONS)} {values}" for name, values in differences]
+    said = [f"{said_as_option(n, CONFIG_OPTIONS)} {v}" for n, v in differences if not n.startswith("teacher_")]
+    if len(said) < len(differences):  # the teacher said by the path typed, not its digest (round 31, OS32)
+        said.append(
+            f"--teacher ({_said_teacher(stored['teacher_checkpoint'])} -> {_said_teacher(current['teacher_checkpoint'])})"
+        )
+    return said
+
+
+def _said_teacher(checkpoint: Any) -> str:
+    """An outside teacher's record ({path, sha256}) as 'PATH (sha256 0123456789ab)'; 'none' for no teacher."""
+    if not isinstance(checkpoint, dict):
+        return "none" if checkpoint is None else repr(checkpoint)
+    path, digest = checkpoint.get("path"), checkpoint.get("sha256")
+    said = [repr(path)] if path is not None else []
+    said += [f"sha256 {str(digest)[:12]}"] if digest is not None else []
+    return " ".join(said[:1] + [f"({s})" for s in said[1:]]) or "none"
 
 
 def trained_differences(record: dict, payload: dict, name: str) -> list[str]:

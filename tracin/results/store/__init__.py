@@ -100,7 +100,7 @@ in flight, and the file stays readable.
 
 from tracin.results.store.checks import check_finished
 from tracin.results.store.file import DataArrays, ScoreFile, replacing_path, salvage_own_damage
-from tracin.results.store.hdf5 import hdf5_open_for_writing
+from tracin.results.store.hdf5 import hdf5_files_open_for_writing, hdf5_open_for_writing
 from tracin.results.store.layout import SELF_INFLUENCES, VALIDATION, layout_problems
 from tracin.results.store.model_scores import ModelScores, rank_matrix, rankings_name, to_numpy
 from tracin.results.store.salvage import Salvage, find_damage
@@ -119,6 +119,7 @@ __all__ = [
     "VALIDATION",
     "ValidationRecord",
     "find_damage",
+    "hdf5_files_open_for_writing",
     "hdf5_open_for_writing",
     "layout_problems",
     "rank_matrix",

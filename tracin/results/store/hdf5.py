@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from tracin import faults
-from tracin.arguments import derived_flag, said_as_option, said_value
+from tracin.arguments import derived_flag, said_as_option, said_typed
 from tracin.errors import StoreError
 from tracin.files import default_mode, temporary_prefix
 
@@ -45,7 +45,14 @@ def hdf5_open_for_writing() -> bool:
     """Whether this process has an HDF5 file open for writing. After a full disk such a file must not be
     closed: closing flushes half-written metadata over its last consistent state, and h5py may crash doing
     so. The caller exits at once instead (os._exit), as a kill would."""
-    return any(file_id.get_intent() & h5py.h5f.ACC_RDWR for file_id in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE))
+    return bool(hdf5_files_open_for_writing())
+
+
+def hdf5_files_open_for_writing() -> list[str]:
+    """The names of the HDF5 files this process has open for writing (where a full disk met inside HDF5, whose
+    message does not always name the file, was met: round 31, K5)."""
+    opened = h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)
+    return [file_id.name.decode(errors="replace") for file_id in opened if file_id.get_intent() & h5py.h5f.ACC_RDWR]
 
 
 def early_dataset(group: h5py.Group, name: str, shape, dtype, chunks=None) -> h5py.Dataset:
@@ -82,7 +89,7 @@ def setting_differences(
 ) -> list[str]:
     """For each setting that differs, "KEY (STORED in the file, CURRENT now)" (KEY dotted into nested
     settings: plan.k), the KEY said as the flag that sets it where `options` have one and a value left out
-    as its option's default (arguments.said_as_option, said_value); empty when they match. A setting an
+    as its option's default, a list as typed (arguments.said_as_option, said_typed); empty when they match. A setting an
     option derives with others (the examples' digest: --train-subset and --seed) is said only where nothing
     else differs (the review: a --seed changed blamed --train-subset too)."""
     stored, current = _flattened(stored), _flattened(current)
@@ -102,8 +109,8 @@ def _said_difference(key: str, stored: dict, current: dict, options: Mapping[str
     if name.endswith(SELECTIONS) and derived_flag(key, options) is not None:
         return f"{said_as_option(key, options)} (it selects other {name.split('_')[0]} examples than the file's)"
     return (
-        f"{said_as_option(key, options)} ({said_value(key, stored, options)!r} in the file, "
-        f"{said_value(key, current, options)!r} now)"
+        f"{said_as_option(key, options)} ({said_typed(key, stored, options)} in the file, "
+        f"{said_typed(key, current, options)} now)"
     )
 
 
