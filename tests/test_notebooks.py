@@ -213,3 +213,30 @@ def test_a_page_notebooks_did_not_write_or_wrote_of_another_file_is_kept(tiny_sc
         ]
         assert not page.is_file()
         (page.rmdir if page.is_dir() else page.unlink)()
+
+
+def test_a_moved_data_root_is_asked_for_once_as_tracin_notebooks_takes_it(tiny_run, tmp_path):
+    """Round 32, C12: with the data moved, each notebook failed on its own with 'give --data-root', an option
+    tracin-notebooks has not (it takes DATA_ROOT, its third argument)."""
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    scores = run / "tracin.h5"
+    score = [Path(sys.executable).parent / "tracin-score", "--run", run, "--scores", scores, "--models", "teacher"]
+    score += ["--train-subset", "32", "--test-subset", "8", "--topk", "3", "--device", "cpu", "--quiet"]
+    assert subprocess.run(list(map(str, score)), capture_output=True, text=True).returncode == 0
+    record = json.loads((run / "run.json").read_text())
+    data_root, record["data_config"]["data_root"] = record["data_config"]["data_root"], str(tmp_path / "moved")
+    (run / "run.json").write_text(json.dumps(record))
+    command = [str(Path(sys.executable).parent / "tracin-notebooks"), str(scores), str(tmp_path / "pages")]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"tracin-notebooks: error: the data root {tmp_path / 'moved'} run.json records does not hold the run's data "
+        f"set, fashion-mnist (no {tmp_path / 'moved' / 'FashionMNIST' / 'raw'}): give DATA_ROOT (tracin-notebooks "
+        "SCORES OUT_DIR DATA_ROOT), the folder it is in now"
+    ]
+    assert not (tmp_path / "pages").exists()
+    result = subprocess.run([*command, data_root], capture_output=True, text=True)  # the remedy, followed
+    assert result.returncode == 0 and (tmp_path / "pages" / "overlap_tables.html").is_file(), result.stderr

@@ -596,6 +596,7 @@ def test_a_validation_status_edited_or_deleted_is_refused_by_readers_and_made_ag
     assert hashlib.sha256(out.read_bytes()).hexdigest() == before  # refused before anything was written
     validate = run_tracin_validate(["--run", tiny_run, "--scores", out, *VALIDATE])
     assert validate.returncode == 0 and "retrainings done already" in validate.stdout, validate.stderr
+    assert f"note: {out}: /validation records {said}" in validate.stdout  # B04, B07, B10: said, not silent
     with ScoreFile.open_read(validated[0]) as store:
         margins = store.validation().margins
     with ScoreFile.open_read(out) as store:  # its finished retrainings kept, not made again

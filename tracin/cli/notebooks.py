@@ -142,7 +142,7 @@ def execute_all(scores: Path, out_dir: Path, data_root: Optional[str]) -> list[P
     opened here first, so that a wrong path or a damaged file is one line, not a failed kernel."""
     from nbclient.exceptions import CellExecutionError
 
-    from tracin.results.runs import check_moved_data_root
+    from tracin.results.runs import open_trained_run, scored_run_folder
     from tracin.results.store import ScoreFile
     from tracin.results.store.checks import check_finished, replacement_notes
 
@@ -150,8 +150,11 @@ def execute_all(scores: Path, out_dir: Path, data_root: Optional[str]) -> list[P
         check_finished(store)
         for note in replacement_notes(scores):  # round 29, R3: every other reader says it
             print(note, flush=True)
-        if data_root is not None:
-            check_moved_data_root(data_root, str(store.attributes.get("dataset", "")))
+        # every notebook shows images: the run's data checked once here, not one failed kernel per notebook,
+        # and a moved data root asked for as this command takes it (round 32, C12)
+        open_trained_run(
+            str(scored_run_folder(store)), data_root, flag="DATA_ROOT (tracin-notebooks SCORES OUT_DIR DATA_ROOT)"
+        )
         skipped = {path: skip_reason(path, store) for path in sorted(notebook_folder().glob("*.ipynb"))}
         identity = store.identity
     refuse_link(out_dir, "OUT_DIR")  # the notebooks would land in the link's target (red-team X18)

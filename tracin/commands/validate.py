@@ -54,7 +54,7 @@ from tracin.results.runs import (
     unfinished_notes,
 )
 from tracin.results.store import VALIDATION, ScoreFile, ValidationRecord, salvage_own_damage
-from tracin.results.store.checks import check_finished, replacement_notes
+from tracin.results.store.checks import check_finished, replacement_notes, validation_status_problem
 from tracin.results.store.tables import QUALITY_REPORT, RANDOMIZATION
 from tracin.results.validation import (
     BASELINE,
@@ -344,6 +344,9 @@ def plan_work(store: ScoreFile, options: ValidateOptions, run: TrainedRun, data:
     plan, a new one only now replacing it) and find what each unit removes."""
     if store.drop_changed((VALIDATION,)):  # a full disk while writing it (round 11, F3)
         print(f"{store.path}: /validation changed since written (a full disk?): made again", flush=True)
+    problem = validation_status_problem(store)
+    if problem is not None:  # prepare_validation makes it again (round 32, B04, B07, B10: without a word)
+        print(f"note: {problem}: made again, keeping its finished retrainings", flush=True)
     # tracin-report's tables, made again by it after this, and /validation, which prepare_validation makes
     # again (keeping its finished units) where it does not read as written (its status, say: round 32, B11)
     check_finished(store, unread=(RANDOMIZATION, QUALITY_REPORT, VALIDATION))

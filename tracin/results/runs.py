@@ -61,14 +61,15 @@ def refuse_linked_run(scores: Path, run: Optional[str] = None) -> None:
         refuse_link(folder, "the run")
 
 
-def check_moved_data_root(data_root: str, dataset: str, recorded: bool = False) -> None:
+def check_moved_data_root(data_root: str, dataset: str, recorded: bool = False, flag: str = "--data-root") -> None:
     """A TracinError unless `data_root`, given because a run's data moved (or, `recorded`, the one run.json
     records), holds its `dataset`'s folder (round 17, D3, D4: a root of another data set was filled with a
-    fresh copy of the run's; round 18, D8: so was a recorded root edited to an absent folder)."""
+    fresh copy of the run's; round 18, D8: so was a recorded root edited to an absent folder). `flag`: how the
+    command takes a data root (round 32, C12: tracin-notebooks was told to give --data-root, which it has not)."""
     folder = Path(data_root) / DATA_FOLDERS.get(dataset, dataset)
     if not folder.is_dir():
         where = f"the data root {data_root} run.json records" if recorded else f"data root {data_root}"
-        hint = "give --data-root, the folder it is in now" if recorded else "give the folder the data set is in now"
+        hint = f"give {flag}, the folder it is in now" if recorded else "give the folder the data set is in now"
         raise TracinError(f"{where} does not hold the run's data set, {dataset} (no {folder}): {hint}")
 
 
@@ -86,7 +87,9 @@ def check_score_file_there(path: Path) -> None:
     raise TracinError(f"{not_a_file(path)}: score the run with tracin-score first (or name the file with --scores)")
 
 
-def open_trained_run(run_dir: str, data_root: Optional[str]) -> TrainedRun:
+def open_trained_run(run_dir: str, data_root: Optional[str], flag: str = "--data-root") -> TrainedRun:
+    """The trained run in `run_dir`, its data read from `data_root` where given (`flag`: how the command takes
+    it), else from the root run.json records; both checked to hold the run's data set before any read."""
     paths = RunPaths(Path(run_dir))
     record = read_record(paths)
     if record is None:
@@ -96,7 +99,7 @@ def open_trained_run(run_dir: str, data_root: Optional[str]) -> TrainedRun:
         check_moved_data_root(data_root, data_config["dataset"])
         data_config["data_root"] = data_root
     elif isinstance(data_config.get("data_root"), str):  # typed by read_record; checked here before any read
-        check_moved_data_root(data_config["data_root"], data_config["dataset"], recorded=True)
+        check_moved_data_root(data_config["data_root"], data_config["dataset"], recorded=True, flag=flag)
     try:  # read_record typed every setting; the data root given here is checked too
         return TrainedRun(paths, record, DataConfig.from_dict(data_config))
     except TracinError as error:

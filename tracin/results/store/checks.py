@@ -36,8 +36,9 @@ def check_finished(store: ScoreFile, unread: Sequence[str] = ()) -> None:
             f"{store.path} is a partial result (tracin-score was interrupted): run the same tracin-score "
             "command again to finish it first"
         )
-    if VALIDATION not in unread:
-        _check_validation_status(store)
+    problem = validation_status_problem(store) if VALIDATION not in unread else None
+    if problem is not None:
+        raise StoreError(f"{problem}: the file was edited, or damaged on disk; {REMEDIES[VALIDATION]}")
     wrong = layout_problems(store)
     if wrong:
         raise StoreError(
@@ -54,20 +55,19 @@ def check_finished(store: ScoreFile, unread: Sequence[str] = ()) -> None:
         raise StoreError(f"{store.path}: {first}: the file was edited, or damaged on disk; {remedy}")
 
 
-def _check_validation_status(store: ScoreFile) -> None:
-    """A StoreError when the file's /validation records a status tracin-validate does not write (partial or
-    complete): a status is left out of the digests, as a resume changes it (round 32, B11: a deleted one
-    ended tracin-report in a KeyError)."""
+def validation_status_problem(store: ScoreFile) -> Optional[str]:
+    """What is wrong with the status the file's /validation records, where it is not one tracin-validate
+    writes (partial or complete); None otherwise. A status is left out of the digests, as a resume changes it
+    (round 32, B11: a deleted one ended tracin-report in a KeyError; B04, B07, B10: tracin-validate made it
+    again without a word)."""
     group = store._h5.get(VALIDATION)
     if group is None or not hasattr(group, "attrs"):
-        return  # layout_problems says what a /validation that is no group is
+        return None  # layout_problems says what a /validation that is no group is
     status = attribute_value(group.attrs.get("status"))
-    if status not in ("partial", "complete"):
-        said = "no status" if status is None else f"status {status!r}"
-        raise StoreError(
-            f"{store.path}: /validation records {said}, which tracin-validate does not write (partial or "
-            f"complete): the file was edited, or damaged on disk; {REMEDIES[VALIDATION]}"
-        )
+    if status in ("partial", "complete"):
+        return None
+    said = "no status" if status is None else f"status {status!r}"
+    return f"{store.path}: /validation records {said}, which tracin-validate does not write (partial or complete)"
 
 
 def replacement_notes(path: Path) -> list[str]:
