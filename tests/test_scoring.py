@@ -418,6 +418,31 @@ def test_mismatched_data_and_missing_run_are_refused(tiny_run, tmp_path):
     assert_user_error(tracin_score(*score_args(tmp_path / "nothing", tmp_path / "b.h5")), "no run.json")
 
 
+def test_a_checkpoint_trained_on_other_data_than_run_json_says_is_refused_though_its_digest_was_rewritten(
+    tiny_run, tmp_path
+):
+    """Round 32, H18, H28: a checkpoint's own data settings (or teacher) edited, and its sha256 rewritten in
+    run.json, were scored without a word; tracin-score compares them with run.json as tracin-eval does."""
+    import hashlib
+
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    record = json.loads((run / "run.json").read_text())
+    last = run / "student" / record["models"]["student"]["checkpoints"][-1]
+    payload = torch.load(last, weights_only=False)
+    payload["data_config"]["train_subset"] = int(payload["data_config"]["train_subset"]) // 2
+    torch.save(payload, last)
+    record["models"]["student"]["sha256"][last.name] = hashlib.sha256(last.read_bytes()).hexdigest()
+    (run / "run.json").write_text(json.dumps(record))
+    assert_user_error(
+        tracin_score(*score_args(run, tmp_path / "a.h5", "--models", "student")),
+        f"{run / 'run.json'} records another configuration than {last} was trained with: --train-subset",
+    )
+    assert not (tmp_path / "a.h5").exists()
+
+
 def test_a_recorded_data_root_without_the_data_is_refused_not_filled(tiny_run, tmp_path):
     """Round 18, D8: run.json's data root edited to an absent folder was made, and 55 MB of Fashion-MNIST
     unpacked into it, by tracin-score."""

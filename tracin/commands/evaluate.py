@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from tracin.config import ROLES, DataConfig, ModelConfig, TrainConfig, replica_seed, split_model_name
-from tracin.errors import CheckpointError, TracinError
+from tracin.errors import TracinError
 from tracin.files import check_own_table, command_locks, refuse_link, remove_stale_temporaries
 from tracin.options import EvalOptions
 from tracin.results.runs import TrainedRun, check_recorded_checkpoints
@@ -23,7 +23,7 @@ from tracin.training.checkpoints import VERSION as CHECKPOINT_VERSION
 from tracin.training.checkpoints import check_recorded_architecture, check_trained_config, load_model
 from tracin.training.data import SPECS, load_eval_split, published_classes
 from tracin.training.records import check_saved_digest
-from tracin.training.run_folder import RunPaths, read_record, trained_differences
+from tracin.training.run_folder import RunPaths, check_trained_as_recorded, read_record
 from tracin.training.tables import confusion_matrix, write_csv
 from tracin.training.trainer import evaluate
 
@@ -55,12 +55,7 @@ def checked_last_model(paths: RunPaths, record: dict, name: str, n_classes: int)
     trained = TrainConfig.from_dict(record["config"])
     seed = replica_seed(trained.seed, split_model_name(name)[1])  # round 29, E8: an edited run.json config
     check_trained_config(last, payload, dataclasses.replace(trained, seed=seed))
-    differences = trained_differences(record, payload, name)  # round 31, E1-E16: its data and teacher
-    if differences:
-        raise CheckpointError(
-            f"{paths.run_json} records another configuration than {last} was trained with: "
-            f"{'; '.join(differences)}: run.json or the checkpoint was edited, or it is not this run's"
-        )
+    check_trained_as_recorded(paths.run_json, record, payload, name, last)  # round 31, E1-E16
     architecture = ModelConfig.from_dict(payload["model_config"])
     check_recorded_architecture(last, architecture, role, record["model_configs"].get(role))
     if architecture.num_classes != n_classes:  # a data.json edited or copied from another run

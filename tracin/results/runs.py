@@ -40,7 +40,7 @@ from tracin.training.data import RunData, load_data
 from tracin.training.losses import CrossEntropy, Distillation, Objective, PredictedCrossEntropy, TrainTest
 from tracin.training.optimization import select_epochs
 from tracin.training.records import check_saved_digest, fingerprint_differences
-from tracin.training.run_folder import RunPaths, read_record, replaced_path
+from tracin.training.run_folder import RunPaths, check_trained_as_recorded, read_record, replaced_path
 
 
 @dataclass
@@ -129,6 +129,7 @@ def load_role_checkpoints(run: TrainedRun, name: str, spec: str) -> tuple[list[C
     recorded, field = run.record["models"][name].get("sha256"), f"{run.paths.run_json}'s models/{name}/sha256"
     for checkpoint in loaded[0]:  # weights edited in range would be scored (round 9: C6)
         check_saved_digest(Path(checkpoint.path), recorded, field, checkpoint.version, checkpoint.sha256)
+    check_trained_as_recorded(run.paths.run_json, run.record, loaded[2], name, Path(loaded[0][-1].path))
     return loaded
 
 

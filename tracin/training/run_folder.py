@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 from tracin.arguments import said_as_option
 from tracin.config import ROLES, DataConfig, ModelConfig, TrainConfig, model_name, split_model_name
-from tracin.errors import ConfigMismatchError, TracinError
+from tracin.errors import CheckpointError, ConfigMismatchError, TracinError
 from tracin.options import check_run_name  # noqa: F401 (re-exported)
 from tracin.schemas import RUN_JSON, load_json
 from tracin.training.checkpoints import checkpoint_name
@@ -222,6 +222,19 @@ def trained_differences(record: dict, payload: dict, name: str) -> list[str]:
         if outside is not None or teacher.get("sha256") not in own.values():
             trained["teacher_checkpoint"] = {key: teacher.get(key) for key in ("path", "sha256")}
     return configuration_differences(record, trained)
+
+
+def check_trained_as_recorded(run_json: Path, record: dict, payload: dict, name: str, checkpoint: Path) -> None:
+    """A CheckpointError unless run.json (`record`, at `run_json`) says of the run's data and outside teacher
+    what the checkpoint of model `name` (at `checkpoint`, its `payload` sha256-checked) was trained with
+    (trained_differences): for tracin-eval, which takes run.json's word without loading the data (round 31,
+    E1-E16), and the commands that score a model's checkpoints (round 32, H16, H18, H28)."""
+    differences = trained_differences(record, payload, name)
+    if differences:
+        raise CheckpointError(
+            f"{run_json} records another configuration than {checkpoint} was trained with: "
+            f"{'; '.join(differences)}: run.json or the checkpoint was edited, or it is not this run's"
+        )
 
 
 def check_same_run(record: dict, configs: dict[str, Any], root: Path) -> None:
