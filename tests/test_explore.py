@@ -412,6 +412,21 @@ def test_a_data_folder_explore_did_not_make_is_kept(explore_run, tmp_path):
     assert (folder / "block_0000.js").is_symlink() and colleague.read_text() == "theirs"
 
 
+def test_a_full_disk_while_a_page_image_is_written_names_the_file_and_the_same_command_finishes(explore_run, tmp_path):
+    """Round 33, FDX: a full disk met while a page's image was written said 'No space left on device' and no
+    file (written in place, outside write_atomic's naming)."""
+    out = tmp_path / "page.html"
+    command = [str(Path(sys.executable).with_name("tracin-explore")), "--run", str(explore_run), "--out", str(out)]
+    command += ["--max-inline-mb", "0"]
+    env = {**subprocess_env(), "TRACIN_FAULT": "file-in-place:2:enospc"}
+    failed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    lines = failed.stderr.strip().splitlines()
+    assert failed.returncode == 2 and len(lines) == 1, failed.stderr
+    assert f"No space left on device ({tmp_path / 'page_files' / 'img'}/" in lines[0], lines[0]
+    again = explore_command("--run", explore_run, "--out", out, "--max-inline-mb", "0")
+    assert again.returncode == 0 and out.is_file(), again.stderr
+
+
 def test_topk_table_refuses_more_than_the_file_holds(explore_run):
     with ScoreFile.open_read(explore_run / "tracin.h5") as store, pytest.raises(TracinError, match="top 8"):
         topk_table(store, store.models, 9)

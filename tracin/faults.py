@@ -28,6 +28,7 @@ from tracin.errors import TracinError
 POINTS = (
     "data",  # data loaded, before anything is written
     "file-write",  # inside an atomic write: temporary file written, not yet renamed
+    "file-in-place",  # a small file written in place (a page's image): opened, its bytes not yet written
     "train-epoch",  # an epoch's checkpoint and last.pt saved, run.json not yet updated
     "h5-header",  # a new score file created, its header half written
     "score-block",  # a block of scores written and marked done
