@@ -17,6 +17,8 @@ from tracin.results.store.tables import QUALITY_REPORT, RANDOMIZATION
 if TYPE_CHECKING:
     from tracin.results.store.file import ScoreFile
 
+STATUSES = ("partial", "complete")  # the statuses tracin writes: the file's (tracin-score), /validation's
+
 
 def check_finished(store: ScoreFile, unread: Sequence[str] = ()) -> None:
     """A StoreError (or TracinError for a partial file) unless `store` is whole, finished, laid out as
@@ -26,7 +28,7 @@ def check_finished(store: ScoreFile, unread: Sequence[str] = ()) -> None:
     problems = find_damage(store.path)
     if problems:
         raise damaged(store.path, problems, REMEDIES)
-    if store.status not in ("partial", "complete"):  # round 31, R2: an edited status was said as interrupted
+    if store.status not in STATUSES:  # round 31, R2: an edited status was said as interrupted
         raise StoreError(
             f"{store.path} records status {store.status!r}, which tracin-score does not write (partial or complete): "
             "the file was edited, or damaged on disk; make it again with tracin-score --overwrite"
@@ -64,7 +66,7 @@ def validation_status_problem(store: ScoreFile) -> Optional[str]:
     if group is None or not hasattr(group, "attrs"):
         return None  # layout_problems says what a /validation that is no group is
     status = attribute_value(group.attrs.get("status"))
-    if status in ("partial", "complete"):
+    if status in STATUSES:
         return None
     said = "no status" if status is None else f"status {status!r}"
     return f"{store.path}: /validation records {said}, which tracin-validate does not write (partial or complete)"
