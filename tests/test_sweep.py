@@ -352,6 +352,11 @@ def test_a_sweep_json_of_another_grid_or_damaged_is_refused(tmp_path):
     for damaged, field in (
         ('{"command": 1}', "required property"),
         (json.dumps({**record, "machine": {}})[:-1], "not valid"),
+        (json.dumps({**record, "vary": {}, "machine": {}}), "vary: {} should be non-empty"),  # round 33, SW03
+        (
+            json.dumps({**record, "finished": "yesterday", "machine": {}}),
+            "finished: 'yesterday' does not match",
+        ),  # SW15
     ):
         (sweep.root / "sweep.json").write_text(damaged)
         with pytest.raises(TracinError, match=f"sweep.json: .*{field}"):

@@ -123,9 +123,14 @@ SWEEP_JSON = {
         "vary": {
             "type": "object",
             "description": "the grid: each varied setting and its values",
+            "minProperties": 1,
             "additionalProperties": {"type": "array", "items": {"type": "string"}},
         },
-        "finished": {"type": "string", "format": "date-time"},
+        "finished": {
+            "type": "string",
+            "description": "local date and time, ISO 8601 to the second (as Python's datetime.isoformat writes it)",
+            "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}",
+        },
         "machine": {"type": "object"},
     },
 }
