@@ -170,6 +170,7 @@ def test_a_data_json_with_other_classes_than_the_models_outputs_is_refused(cifar
     shutil.copytree(cifar10_run, run)
     (run / "eval_cifar100.csv").unlink(missing_ok=True)  # an earlier test's result
     record = json.loads((run / "data.json").read_text())
+    classes = list(record["classes"])
     record["classes"] = record["classes"][1:]  # nine names, automobile and truck among them
     (run / "data.json").write_text(json.dumps(record))
     root = write_cifar100(tmp_path / "data")
@@ -181,6 +182,12 @@ def test_a_data_json_with_other_classes_than_the_models_outputs_is_refused(cifar
         "names the classes automobile, " in result.stderr and "the run's data set names them airplane" in result.stderr
     )
     assert len(result.stderr.strip().splitlines()) == 1 and not (run / "eval_cifar100.csv").exists()
+    (run / "data.json").write_text(json.dumps({**record, "classes": [classes[0] + "\u200b", *classes[1:]]}))
+    result = tool("tracin-eval", "--run", run, *args)  # round 33, DJ13: a name that looks the same is shown apart
+    assert (
+        result.returncode == 2 and r"(class 0 is 'airplane\u200b' there, 'airplane' in the data set)" in result.stderr
+    )
+    (run / "data.json").write_text(json.dumps(record))
     record = json.loads((run / "run.json").read_text())  # a run from before the names were fingerprinted
     del record["data_fingerprint"]["classes"]
     for name, entry in record["models"].items():  # in its checkpoints too: in run.json alone, an edit (round 31)

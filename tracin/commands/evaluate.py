@@ -91,9 +91,17 @@ def eval_run(options: EvalOptions) -> Path:
         recorded = record.get("data_fingerprint", {}).get("classes")
         published = tuple(recorded) if isinstance(recorded, list) else None
     if published is not None and tuple(classes) != published:  # its names label every row (round 8: J1)
+        first = next(
+            (i for i, (a, b) in enumerate(zip(classes, published)) if a != b), min(len(classes), len(published))
+        )
+        said = (  # as Python writes them: a character that prints as nothing shows (round 33, DJ13)
+            f"class {first} is {classes[first]!r} there, {published[first]!r} in the data set"
+            if first < min(len(classes), len(published))
+            else f"{len(classes)} classes there, {len(published)} in the data set"
+        )
         raise TracinError(
             f"{paths.data_json} names the classes {', '.join(classes)}; the run's data set names them "
-            f"{', '.join(published)}: that data.json was edited or is not this run's"
+            f"{', '.join(published)} ({said}): that data.json was edited or is not this run's"
         )
     split, counts = load_eval_split(options.dataset, options.data_root, spec, classes, class_map, options.checksum)
     rows = []
