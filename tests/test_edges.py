@@ -307,6 +307,7 @@ UNREAD_OPTIONS = [  # red-team round 3: each was accepted and then not read
     ("tracin-score", ("--allow-model", "mypackage.models"), "is MODULE:FUNCTION"),  # F6
     ("tracin-train", ("--shortcut-fraction", "0.5"), "without a class nothing is stamped"),  # F4
     ("tracin-train", ("--shortcut-patch", "5"), "without a class nothing is stamped"),
+    ("tracin-score", ("--group", "a=fc", "--group", "a=conv1"), "--group: layer group 'a' is given twice"),  # AB10
 ]
 
 

@@ -298,7 +298,7 @@ def test_a_variant_of_a_missing_layer_group_is_refused(setup):
     for bad, message in (
         (dict(variants=("raw@la yer",)), "a layer group is named by"),
         (dict(groups=(("other", ("fc",)),)), "'other' is taken"),
-        (dict(groups=(("a", ("fc",)), ("a", ("bn1",)))), "each layer group is named once"),
+        (dict(groups=(("a", ("fc",)), ("a", ("bn1",)))), "layer group 'a' is given twice; name each group once"),
         (dict(groups=(("a", ()),)), "names no module"),
     ):
         with pytest.raises(TracinError, match=message):

@@ -493,11 +493,12 @@ class ScoreConfig(_Serializable):
         for name, prefixes in self.groups:
             _check(
                 _GROUP_NAME.fullmatch(name) is not None and name != "other",
-                f"layer group {name!r}: name a group by up to 32 letters, digits, '_' and '-' ('other' is taken)",
+                f"groups: layer group {name!r}: name a group by up to 32 letters, digits, '_' and '-' ('other' is taken)",
             )
-            _check(len(prefixes) >= 1, f"layer group {name!r} names no module")
-        names = [name for name, _ in self.groups]
-        _check(len(set(names)) == len(names), f"each layer group is named once, got {', '.join(names)}")
+            _check(len(prefixes) >= 1, f"groups: layer group {name!r} names no module")
+        names = [name for name, _ in self.groups]  # "groups" leads: the command line says --group (round 33, AB10)
+        twice = sorted({name for name in names if names.count(name) > 1})
+        _check(not twice, f"groups: layer group {', '.join(map(repr, twice))} is given twice; name each group once")
         _check_choice("precision", self.precision, PRECISIONS)
         # the projector's name is checked against tracin.engine.projection's registry by the engine
         # (TracIn) and the command line: configuration sits below the engine
