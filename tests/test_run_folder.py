@@ -145,3 +145,27 @@ def test_a_model_of_other_epochs_than_the_run_is_refused(tmp_path):
     write_json_atomic({**RECORD, "models": {"teacher": entry}}, paths.run_json)
     with pytest.raises(TracinError, match=r"models/teacher/epochs is 2; expected 4, the run's config/epochs"):
         read_record(paths)
+
+
+def test_a_students_teacher_that_is_none_of_the_runs_is_not_said_as_an_outside_teacher():
+    """Round 34, S06: a student checkpoint whose teacher's sha256 is none of the run's teacher checkpoints, in a
+    run with no outside teacher, was said as '--teacher (none -> PATH)', the run's own teacher as an outside one."""
+    from tracin.training.run_folder import trained_differences
+
+    data = {
+        "data_config": {"dataset": "fashion-mnist"},
+        "data_fingerprint": {"digest": "d", "train_pixels_sha256": "p"},
+    }
+    record = {"models": {"teacher": {"sha256": {"epoch_002.pt": "c" * 64}}}, **data}
+    trained = {**data, "teacher": {"path": "/r/teacher/epoch_002.pt", "sha256": "ab" * 32}}
+    assert trained_differences(record, trained, "student") == [
+        "its teacher '/r/teacher/epoch_002.pt' (sha256 abababababab) is neither one of the run's teacher checkpoints "
+        "nor an outside --teacher"
+    ]
+    assert (
+        trained_differences(record, {**trained, "teacher": {"path": "/elsewhere", "sha256": "c" * 64}}, "student") == []
+    )
+    outside = {**record, "teacher_checkpoint": {"path": "/x", "sha256": "a" * 64}}
+    assert trained_differences(outside, trained, "student") == [
+        "--teacher ('/x' (sha256 aaaaaaaaaaaa) -> '/r/teacher/epoch_002.pt' (sha256 abababababab))"
+    ]

@@ -219,7 +219,13 @@ def trained_differences(record: dict, payload: dict, name: str) -> list[str]:
     teacher, outside = payload.get("teacher"), record.get("teacher_checkpoint")
     if isinstance(teacher, dict):
         own = record["models"].get(model_name("teacher", split_model_name(name)[1]), {}).get("sha256") or {}
-        if outside is not None or teacher.get("sha256") not in own.values():
+        if outside is None and teacher.get("sha256") not in own.values():  # round 34, S06: not "--teacher"
+            said = _said_teacher({key: teacher.get(key) for key in ("path", "sha256")})
+            return [
+                *configuration_differences(record, trained),
+                f"its teacher {said} is neither one of the run's teacher checkpoints nor an outside --teacher",
+            ]
+        if outside is not None:
             trained["teacher_checkpoint"] = {key: teacher.get(key) for key in ("path", "sha256")}
     return configuration_differences(record, trained)
 
