@@ -1165,7 +1165,7 @@ def test_the_same_tracin_score_again_on_a_finished_file_does_nothing(tiny_run, t
     assert f"{out} is finished with these settings: nothing to do" in again.stdout
     assert digest(tmp_path) == before
     other = run("tracin-score", *args[:-4], "--topk", "3,9", "--device", "cpu", cwd=tmp_path)
-    assert_one_line(other, "is a finished result; pass --overwrite")  # its top-k tables hold k = 8
+    assert_one_line(other, "tables and comparisons made with --topk 3,8; pass --overwrite")  # round 34, O1: named
     import h5py
 
     with h5py.File(out, "r+") as h5:  # round 11, E8: an edited file was "finished: nothing to do"

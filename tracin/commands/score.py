@@ -36,7 +36,7 @@ from tracin.config import (
 )
 from tracin.engine.blocks import MemoryPlan, free_memory, work_factor
 from tracin.engine.tracin import ScoreBlock, TracIn
-from tracin.errors import CheckpointError, DataError, SelectionError, TracinError
+from tracin.errors import CheckpointError, DataError, OverwriteNeeded, SelectionError, TracinError
 from tracin.files import check_own, command_locks, refuse_link, remove_stale_temporaries, report_path
 from tracin.options import ScoreOptions
 from tracin.results.agreement import agreement_table, format_agreement, format_agreement_by_depth, of_layer_groups
@@ -355,9 +355,17 @@ def _finished_as_asked(out: Path, settings: dict, ks: list[int], options: ScoreO
     with ScoreFile.open_read(out) as store:
         check_finished(store)
         pairs = store.comparison_pairs()
-        return all(store.model(m).topk_width == max(ks) for m in store.models) and all(
+        if all(store.model(m).topk_width == max(ks) for m in store.models) and all(
             store.comparison_settings(a, b) == asked for a, b in pairs
-        )
+        ):
+            return True
+        made = store.comparison_settings(*pairs[0]) if pairs else {"ks": [store.model(store.models[0]).topk_width]}
+    said = [f"--topk {','.join(map(str, made['ks']))}"]  # round 34, O1: which, not only "finished"
+    said += [f"--corr-rows {made['max_rows']}"] if made.get("max_rows", asked["max_rows"]) != asked["max_rows"] else []
+    raise OverwriteNeeded(
+        f"{out} is a finished result, its top-k tables and comparisons made with {' '.join(said)}",
+        "pass --overwrite to make it again with this call's, or give those",
+    )
 
 
 def checked_models(run: TrainedRun, options: ScoreOptions, data: RunData, runtime: Runtime) -> dict[str, str]:
