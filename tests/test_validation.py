@@ -237,6 +237,32 @@ def test_a_killed_validation_resumes_to_the_same_file(tiny_run, full_scores, val
             assert a.tobytes() == b.tobytes()
 
 
+def test_a_killed_validation_whose_finished_retrainings_were_edited_retrains_them(
+    tiny_run, full_scores, validated, tmp_path
+):
+    """Round 34, KVE1, KVE2: a partial /validation's done mask set for retrainings never made, or a finished
+    one's margin edited, was resumed and sealed into the tables without a word. Each retraining keeps its
+    sha256 (unit_digests); a resume retrains those that differ, with a note, to the uninterrupted file."""
+    out = tmp_path / "tracin.h5"
+    shutil.copy(full_scores, out)
+    killed = run_tracin_validate(["--run", tiny_run, "--scores", out, *VALIDATE], fault="validate-unit:3:kill")
+    assert killed.returncode == -9
+    with h5py.File(out, "r+") as h5:
+        n_units = len(h5["validation/done"])
+        h5["validation/done"][...] = True  # KVE1: units never retrained marked done
+        margins = h5["validation/margins"][()]
+        margins[0, 0] += 1.0  # KVE2: a finished one's margin edited
+        h5["validation/margins"][...] = margins
+    resumed = run_tracin_validate(["--run", tiny_run, "--scores", out, *VALIDATE])
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"/validation: {n_units - 2} finished retraining(s) no longer hold what" in resumed.stdout
+    assert "resuming: 2 of" in resumed.stdout
+    with ScoreFile.open_read(out) as mine, ScoreFile.open_read(validated[0]) as theirs:
+        assert np.array_equal(mine.validation().margins, theirs.validation().margins)
+        for a, b in zip(mine.validation().tables(), theirs.validation().tables()):
+            assert a.tobytes() == b.tobytes()
+
+
 def test_mistakes_are_one_line(tiny_run, full_scores, tmp_path):
     out = tmp_path / "tracin.h5"
     shutil.copy(full_scores, out)

@@ -358,6 +358,12 @@ def plan_work(store: ScoreFile, options: ValidateOptions, run: TrainedRun, data:
     _check_retrainable(plan, run, data, runtime, options)
     record = store.prepare_validation(plan.units(), _settings(options, plan, run, store, runtime), options.overwrite)
     units, done = record.units, record.done
+    if record.redone:  # round 34, KVE1, KVE2: sealed into the tables without a word
+        print(
+            f"note: {store.path}: /validation: {len(record.redone)} finished retraining(s) no longer hold what "
+            "tracin-validate wrote (the file was edited, or damaged on disk): made again",
+            flush=True,
+        )
     todo = [i for i in range(len(units)) if not done[i]]
     if len(todo) < len(units):
         print(f"resuming: {len(units) - len(todo)} of {len(units)} retrainings done already", flush=True)

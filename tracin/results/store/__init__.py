@@ -76,6 +76,8 @@ its digests would pass for one):
         margins             float32 [n_units, n_test]: logit margins of the scored test examples after it
         seconds             float64 [n_units]: each retraining's wall time
         done                bool [n_units]: retrainings finished (the resume mask)
+        unit_digests        S64 [n_units]: the sha256 (hex) of each retraining written, checked by a resume,
+                            which retrains a unit that differs (ValidationRecord.unit_digest)
         leave_out, lds      compound [rows]: the leave-top-k-out and LDS tables
     /comparison/<a>__<b>/   attrs: ks, max_rows, seed (the comparison's options), attrs_digest
         <table>             compound [rows], one per table of tracin.results.comparison.TABLES (overlap,

@@ -256,13 +256,14 @@ def _checkpoint_problems(table, where: str) -> list[str]:
 def _table_problems(h5, models: set[str]) -> list[str]:
     """The tables outside the models' groups (comparisons, agreement, quality, detection, the report, the
     validation's units and tables) are one-dimensional arrays of named fields; anything else there (but the
-    validation's margins, seconds and done mask, which prepare_validation checks) was not written by tracin."""
+    validation's margins, seconds, done mask and unit digests, which prepare_validation checks) was not written
+    by tracin."""
     problems: list[str] = []
     header = {
         *HEADER_ARRAYS,
         *HEADER_MASKS,
         "noisy",
-        *(f"{VALIDATION}/{name}" for name in ("margins", "seconds", "done")),
+        *(f"{VALIDATION}/{name}" for name in ("margins", "seconds", "done", "unit_digests")),
     }
 
     def visit(name: str, item) -> None:

@@ -3,6 +3,7 @@ scored test example, the resume mask, and the leave-top-k-out and LDS tables mad
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -12,7 +13,7 @@ import numpy as np
 
 from tracin.errors import StoreError
 from tracin.options import ValidateOptions
-from tracin.results.store.digests import seal_group
+from tracin.results.store.digests import file_seed, seal_group
 from tracin.results.store.hdf5 import (
     HDF5_ERRORS,
     attribute_value,
@@ -21,6 +22,8 @@ from tracin.results.store.hdf5 import (
     setting_differences,
 )
 from tracin.results.store.layout import VALIDATION
+
+UNIT_DIGESTS = "unit_digests"  # S64 [n_units]: the sha256 (hex) of each retraining as written (unit_digest)
 
 VALIDATE_SETTINGS = {  # the options that set tracin-validate's settings, and the ones a plan's fields follow from
     "plan": ValidateOptions,
@@ -38,7 +41,7 @@ def prepare_validation(
     scores stay)."""
     settings = json.loads(json.dumps(settings))
     n_test = h5["test_index"].shape[0]
-    kept = None
+    kept, unsound = None, []
     if VALIDATION in h5:
         stored = _stored_settings(h5)
         differences = (
@@ -49,7 +52,11 @@ def prepare_validation(
         if not differences:
             kept = _readable_units(h5[VALIDATION], units, n_test)
             if kept is None:  # as a full disk or a crash leaves it: every finished unit that reads is kept
-                return ValidationRecord(h5[VALIDATION])
+                record = ValidationRecord(h5[VALIDATION])
+                record.redone = record.redo_unsound_units()
+                return record
+            unsound = _unsound(h5[VALIDATION], kept[0])
+            kept[0][unsound] = False
         elif stored is not None and not overwrite:
             raise StoreError(
                 f"{path} holds a validation made with other settings: {'; '.join(differences)}. "
@@ -62,13 +69,17 @@ def prepare_validation(
     early_dataset(group, "margins", (len(units), n_test), np.float32)
     early_dataset(group, "seconds", (len(units),), np.float64)
     early_dataset(group, "done", (len(units),), np.bool_)
+    early_dataset(group, UNIT_DIGESTS, (len(units),), np.dtype("S64"))
+    record = ValidationRecord(group)
     if kept is not None:
         done, margins, seconds = kept
         group["margins"][done] = margins[done]
         group["seconds"][done] = seconds[done]
+        group[UNIT_DIGESTS][done] = [record.unit_digest(i).encode() for i in np.flatnonzero(done)]
         group["done"][...] = done
     h5.flush()
-    return ValidationRecord(group)
+    record.redone = unsound
+    return record
 
 
 def _stored_settings(h5: h5py.File) -> Optional[dict]:
@@ -81,11 +92,13 @@ def _stored_settings(h5: h5py.File) -> Optional[dict]:
 def _readable_units(
     group: h5py.Group, units: np.ndarray, n_test: int
 ) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """None when /validation is whole (its units, margins, seconds and done mask read, with the shapes the
+    """None when /validation is whole (its units, margins, seconds, done mask and unit digests read, with the shapes the
     units give, and a complete one has its tables); else (done, margins, seconds) of what reads: the
     finished units to keep when it is made again (nothing, where even those do not read)."""
     n = len(units)
     shapes = {"units": (n,), "margins": (n, n_test), "seconds": (n,), "done": (n,)}
+    if not _sealed_before_unit_digests(group):
+        shapes[UNIT_DIGESTS] = (n,)
     try:
         arrays = {name: group[name][()] for name in shapes}
         whole = all(arrays[name].shape == shape for name, shape in shapes.items())
@@ -111,12 +124,32 @@ def _readable_units(
     return np.zeros(n, bool), np.zeros((n, n_test), np.float32), np.zeros(n)
 
 
+def _unsound(group: h5py.Group, done: np.ndarray) -> list[int]:
+    """The units of `done` whose values in `group` differ from their unit_digests (all of them where those do
+    not read: a partial /validation from before them, or damaged)."""
+    if _sealed_before_unit_digests(group):
+        return []
+    record = ValidationRecord(group)
+    try:
+        stored = group[UNIT_DIGESTS][()]
+        return [int(i) for i in np.flatnonzero(done) if stored[i].decode(errors="replace") != record.unit_digest(i)]
+    except (*HDF5_ERRORS, KeyError, ValueError, TypeError, IndexError):
+        return [int(i) for i in np.flatnonzero(done)]
+
+
+def _sealed_before_unit_digests(group: h5py.Group) -> bool:
+    """A complete /validation made before unit digests: its values are sealed with its tables (drop_changed
+    makes one that differs again), so its finished retrainings are kept, not made again."""
+    return UNIT_DIGESTS not in group and attribute_value(group.attrs.get("status")) == "complete"
+
+
 class ValidationRecord:
     """/validation of a score file: tracin-validate's units (one retraining each), the margins each gave
     every scored test example, which are done, and the tables made from them."""
 
     def __init__(self, group: h5py.Group):
         self._group = group
+        self.redone: list[int] = []  # units marked done that did not hold what write_unit wrote: made again
 
     @property
     def settings(self) -> dict:
@@ -155,8 +188,27 @@ class ValidationRecord:
         self._group["margins"][index] = margins
         self._group["seconds"][index] = seconds
         self._group.file.flush()
+        self._group[UNIT_DIGESTS][index] = self.unit_digest(index).encode()
         self._group["done"][index] = True
         self._group.file.flush()
+
+    def unit_digest(self, index: int) -> str:
+        """The sha256 (hex) of unit `index` as the file holds it: the file (file_seed), the unit's place, its
+        record, margins and seconds, read back."""
+        digest = hashlib.sha256(f"{file_seed(self._group.file)}\0{self._group.name}\0{index}\0".encode())
+        for name in ("units", "margins", "seconds"):
+            digest.update(np.ascontiguousarray(self._group[name][index]).tobytes())
+        return digest.hexdigest()
+
+    def redo_unsound_units(self) -> list[int]:
+        """On resume: units marked done whose values differ from their unit_digests (edited or damaged: round
+        34, KVE1, KVE2, a partial /validation's done mask set or a margin edited was sealed into the tables)
+        are marked not done, so they are retrained. Returns them."""
+        unsound = _unsound(self._group, self.done)
+        if unsound:
+            self._group["done"][unsound] = False
+            self._group.file.flush()
+        return unsound
 
     def write_tables(self, leave_out: np.ndarray, lds: np.ndarray, provenance: Optional[dict] = None) -> None:
         """The leave-top-k-out and LDS tables (LEAVE_OUT_DTYPE, LDS_DTYPE rows) and where they were made
