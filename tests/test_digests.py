@@ -174,3 +174,39 @@ def test_a_top_level_object_deleted_after_sealing_is_found_and_an_edit_is_never_
         h5.attrs["classes"] = '["b", "a"]'  # an edit, then the file finished again: not sealed over
         digests.seal_members(h5)
         assert digest_problems(h5) == ["/ has attributes changed after they were written (their sha256 differs)"]
+
+
+@pytest.mark.parametrize("edit", ["set done", "a margin", "retyped", "reshaped", "deleted"])
+def test_a_partial_validations_retrainings_that_differ_from_their_digests_are_made_again(tmp_path, edit):
+    """Round 34, KVE1, KVE2 and round 35, KV04: a killed tracin-validate's /validation edited (its done mask set,
+    a margin changed, its unit_digests retyped, reshaped or deleted) was sealed as it was, or ended in a
+    traceback. The retrainings that no longer match their sha256 are marked not done, and written again."""
+    from tracin.results.store.validation_record import UNIT_DIGESTS, prepare_validation
+    from tracin.results.validation import UNIT_DTYPE
+
+    units = np.array([(b"student", b"own", row, -1, 0, b"raw") for row in range(4)], dtype=UNIT_DTYPE)
+    margins = np.arange(12, dtype=np.float32).reshape(4, 3)
+    with h5py.File(tmp_path / "f.h5", "w") as h5:
+        h5.attrs["format"] = "tracin-scores"
+        h5.create_dataset("test_index", data=np.arange(3))
+        record = prepare_validation(h5, tmp_path / "f.h5", units, {"k": 1}, overwrite=False)
+        for index in (0, 1):
+            record.write_unit(index, margins[index], 1.0)
+        group = h5["validation"]
+        if edit == "set done":
+            group["done"][...] = True
+        elif edit == "a margin":
+            group["margins"][1, 0] += 1.0
+        else:
+            del group[UNIT_DIGESTS]
+            if edit != "deleted":
+                shape = (4,) if edit == "retyped" else (2, 2)
+                group.create_dataset(UNIT_DIGESTS, data=np.zeros(shape, dtype=np.int64))
+        again = prepare_validation(h5, tmp_path / "f.h5", units, {"k": 1}, overwrite=False)
+        expected = {"set done": [2, 3], "a margin": [1]}.get(edit, [0, 1])
+        assert again.redone == expected and again.done.tolist() == [i not in expected and i < 2 for i in range(4)]
+        for index in range(4):
+            if not again.done[index]:
+                again.write_unit(index, margins[index], 1.0)
+        final = prepare_validation(h5, tmp_path / "f.h5", units, {"k": 1}, overwrite=False)
+        assert final.redone == [] and final.done.all() and np.array_equal(final.margins, margins)

@@ -24,6 +24,7 @@ from tracin.results.store.hdf5 import (
 from tracin.results.store.layout import VALIDATION
 
 UNIT_DIGESTS = "unit_digests"  # S64 [n_units]: the sha256 (hex) of each retraining as written (unit_digest)
+DIGEST_TYPE = np.dtype("S64")
 
 VALIDATE_SETTINGS = {  # the options that set tracin-validate's settings, and the ones a plan's fields follow from
     "plan": ValidateOptions,
@@ -69,7 +70,7 @@ def prepare_validation(
     early_dataset(group, "margins", (len(units), n_test), np.float32)
     early_dataset(group, "seconds", (len(units),), np.float64)
     early_dataset(group, "done", (len(units),), np.bool_)
-    early_dataset(group, UNIT_DIGESTS, (len(units),), np.dtype("S64"))
+    early_dataset(group, UNIT_DIGESTS, (len(units),), DIGEST_TYPE)
     record = ValidationRecord(group)
     if kept is not None:
         done, margins, seconds = kept
@@ -102,6 +103,7 @@ def _readable_units(
     try:
         arrays = {name: group[name][()] for name in shapes}
         whole = all(arrays[name].shape == shape for name, shape in shapes.items())
+        whole = whole and (UNIT_DIGESTS not in shapes or arrays[UNIT_DIGESTS].dtype == DIGEST_TYPE)  # round 35, KV04
         whole = whole and np.array_equal(arrays["units"], units)
         if whole and attribute_value(group.attrs["status"]) == "complete":
             whole = all(group[name].shape is not None for name in ("leave_out", "lds"))
@@ -129,12 +131,14 @@ def _unsound(group: h5py.Group, done: np.ndarray) -> list[int]:
     not read: a partial /validation from before them, or damaged)."""
     if _sealed_before_unit_digests(group):
         return []
-    record = ValidationRecord(group)
+    record, finished = ValidationRecord(group), [int(i) for i in np.flatnonzero(done)]
     try:
         stored = group[UNIT_DIGESTS][()]
-        return [int(i) for i in np.flatnonzero(done) if stored[i].decode(errors="replace") != record.unit_digest(i)]
-    except (*HDF5_ERRORS, KeyError, ValueError, TypeError, IndexError):
-        return [int(i) for i in np.flatnonzero(done)]
+        if stored.dtype != DIGEST_TYPE or stored.shape != done.shape:  # retyped or reshaped (round 35, KV04)
+            return finished
+        return [i for i in finished if bytes(stored[i]).decode(errors="replace") != record.unit_digest(i)]
+    except (*HDF5_ERRORS, KeyError, ValueError, TypeError, IndexError, AttributeError):
+        return finished
 
 
 def _sealed_before_unit_digests(group: h5py.Group) -> bool:
