@@ -255,6 +255,25 @@ def retyped(group: h5py.Group, name: str, dtype: str) -> None:
     group.create_dataset(name, data=np.array(values, dtype=dtype))
 
 
+def test_a_partial_group_copied_from_another_file_of_the_run_is_scored_again(tmp_path):
+    """Round 35, SC1: a killed file's partial /student replaced by the same group of another score file of the
+    run (scored with other settings: --test-label prediction) kept every block, which read as its own: a
+    block's sha256 named its group and place, not its file. It is bound to the file now (file_seed)."""
+    paths = {"own": tmp_path / "own.h5", "other": tmp_path / "other.h5"}
+    for name, settings in (("own", SETTINGS), ("other", {**SETTINGS, "score.test_label": "prediction"})):
+        with create(paths[name], settings) as store:
+            scores, _ = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
+            for row, col in ((0, 0), (4, 4)):
+                scores.write_block(row, col, np.full((4, 2), 1.0 if name == "own" else 2.0, np.float32))
+    with h5py.File(paths["own"], "r+") as own, h5py.File(paths["other"], "r") as other:
+        del own["teacher"]
+        other.copy(other["teacher"], own, "teacher")
+    store, _ = ScoreFile.create_or_resume(paths["own"], SETTINGS, {}, data_arrays(), overwrite=False)
+    with store:
+        scores, notes = store.prepare_model("teacher", CHECKPOINTS, ["w"], ROW_CHUNK, TEST_BLOCK, per_checkpoint=False)
+        assert "2 finished block(s) of /teacher no longer hold" in notes[0] and not scores.done.any()
+
+
 @pytest.mark.parametrize("edit", LAYOUT_EDITS)
 def test_a_partial_model_group_not_laid_out_as_made_is_scored_again_from_its_start(tmp_path, edit):
     path = tmp_path / "scores.h5"

@@ -14,7 +14,7 @@ from torch import Tensor
 from tracin.config import split_variant
 from tracin.engine.topk import Ranking, StreamingRanking
 from tracin.errors import StoreError
-from tracin.results.store.digests import BLOCK_DIGESTS, seal_group
+from tracin.results.store.digests import BLOCK_DIGESTS, file_seed, seal_group
 from tracin.results.store.hdf5 import early_dataset
 from tracin.results.store.layout import (
     CHUNK_COLS,
@@ -369,7 +369,8 @@ class ModelScores:
         self._group.file.flush()
 
     def block_digest(self, r: int, c: int) -> str:
-        """The sha256 (hex) of block (r, c) as the file holds it: its group's name, its place and the
+        """The sha256 (hex) of block (r, c) as the file holds it: the file (file_seed: round 35, SC1, a partial
+        group replaced by another file's of the same run kept its blocks), its group's name, its place and the
         values of every dataset a block writes (write_block), read back."""
         rows = slice(r * self.row_chunk, (r + 1) * self.row_chunk)
         cols = slice(c * self.test_block, (c + 1) * self.test_block)
@@ -377,7 +378,7 @@ class ModelScores:
         parts = [self._group[name][rows, cols] for name in names]
         parts += [self._group["per_checkpoint"][:, rows, cols]] if self.has_per_checkpoint else []
         parts += [self._group[name][..., rows] for name in SELF_INFLUENCES if c == 0 and name in self._group]
-        digest = hashlib.sha256(f"{self._group.name}\0{r}\0{c}\0".encode())
+        digest = hashlib.sha256(f"{file_seed(self._group.file)}\0{self._group.name}\0{r}\0{c}\0".encode())
         for part in parts:
             digest.update(np.ascontiguousarray(part).tobytes())
         return digest.hexdigest()
