@@ -149,3 +149,19 @@ def test_a_file_is_known_as_ours_by_the_marks_in_its_head_and_a_fifo_is_never_op
     os.mkfifo(tmp_path / "tables" / "topk.csv")
     with pytest.raises(TracinError, match="is not a table tracin-explore wrote"):
         check_export(tmp_path / "tables", None, None)
+
+
+def test_a_full_disk_met_while_a_lock_is_taken_names_the_lock_file(tmp_path, monkeypatch):
+    """Round 35, FD01, FD02: on a full disk tracin-eval and tracin-validate said "No space left on device"
+    without a file: the lock file, made empty, took no byte until its holder's pid was written."""
+    import errno
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(OSError) as raised:
+        with exclusive_lock(tmp_path / "run", "the run"):
+            pass
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path / ".run.lock")
+    assert not (tmp_path / ".run.lock").exists()  # let go of, as after any other failure

@@ -409,8 +409,9 @@ def exclusive_lock(target: Union[str, Path], what: str, shared: bool = False) ->
         yield  # a reader of a folder nobody may write in: no writer can change it, so no lock is needed
         return
     try:
-        os.ftruncate(fd, 0)  # the latest holder's pid, for the message a refused process gets
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        with naming_full_disk(lock):  # round 35, FD01, FD02: a full disk said without its file
+            os.ftruncate(fd, 0)  # the latest holder's pid, for the message a refused process gets
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
         _release(fd, lock)
