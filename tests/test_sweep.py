@@ -357,6 +357,7 @@ def test_a_sweep_json_of_another_grid_or_damaged_is_refused(tmp_path):
             json.dumps({**record, "finished": "yesterday", "machine": {}}),
             "finished: 'yesterday' does not match",
         ),  # SW15
+        (json.dumps({**record, "machine": {}, "_x": 1}), r"Additional properties are not allowed \('_x'"),  # SJ01
     ):
         (sweep.root / "sweep.json").write_text(damaged)
         with pytest.raises(TracinError, match=f"sweep.json: .*{field}"):

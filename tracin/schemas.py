@@ -118,6 +118,7 @@ SWEEP_JSON = {
     "and where.",
     "type": "object",
     "required": ["command", "finished", "machine"],
+    "additionalProperties": False,  # round 35, SJ01: a key tracin-sweep does not write was read without a word
     "properties": {
         "command": {"type": "array", "items": {"type": "string"}},
         "vary": {
