@@ -396,6 +396,21 @@ def test_a_file_size_limit_names_the_file_and_the_limit(capsys):
     ]
 
 
+def test_a_full_disk_met_through_a_file_object_names_its_path(capsys, tmp_path):
+    """Round 35, D01: h5py's file-object driver (a score file opened without following links) reports the
+    file object itself, said as "<_io.FileIO name=PosixPath('run1/full.h5') mode='rb+' closefd=True>"."""
+    with open(tmp_path / "full.h5", "wb", buffering=0) as handle:
+
+        def write() -> None:
+            raise OSError(28, "No space left on device", handle)
+
+        assert command_boundary("tracin-validate", write, "run the same command again") == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"tracin-validate: error: No space left on device ({tmp_path / 'full.h5'}); finished work is kept: fix it "
+        "and run the same command again"
+    ]
+
+
 def test_a_full_disk_reported_while_handling_it_is_one_line(capsys):
     """Round 10, D2: torch.save's zip writer, closing after ENOSPC, raised a RuntimeError of its own, and the
     full disk ended in a traceback instead of its one line."""

@@ -49,8 +49,10 @@ def _own_disk_fault(error: BaseException) -> Optional[str]:
     if number is None:
         return None
     found = HDF5_FILENAME.search(text)
+    filename = getattr(error, "filename", None)
+    filename = getattr(filename, "name", filename)  # h5py's file-object driver names the object (round 35, D01)
     where = [
-        getattr(error, "filename", None) or (found.group(1) if found else _hdf5_files_written()),
+        filename or (found.group(1) if found else _hdf5_files_written()),
         LIMITS.get(number),
     ]
     said = "; ".join(str(part) for part in where if part)
