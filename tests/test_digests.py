@@ -176,7 +176,9 @@ def test_a_top_level_object_deleted_after_sealing_is_found_and_an_edit_is_never_
         assert digest_problems(h5) == ["/ has attributes changed after they were written (their sha256 differs)"]
 
 
-@pytest.mark.parametrize("edit", ["set done", "a margin", "retyped", "reshaped", "deleted"])
+@pytest.mark.parametrize(
+    "edit", ["set done", "a margin", "retyped", "reshaped", "deleted", "units swapped", "margins reshaped"]
+)
 def test_a_partial_validations_retrainings_that_differ_from_their_digests_are_made_again(tmp_path, edit):
     """Round 34, KVE1, KVE2 and round 35, KV04: a killed tracin-validate's /validation edited (its done mask set,
     a margin changed, its unit_digests retyped, reshaped or deleted) was sealed as it was, or ended in a
@@ -197,14 +199,21 @@ def test_a_partial_validations_retrainings_that_differ_from_their_digests_are_ma
             group["done"][...] = True
         elif edit == "a margin":
             group["margins"][1, 0] += 1.0
+        elif edit == "units swapped":  # round 35, KV13: made again, now with a note (record.discarded)
+            group["units"][...] = units[[1, 0, 2, 3]]
+        elif edit == "margins reshaped":  # KV10
+            del group["margins"]
+            group.create_dataset("margins", data=np.zeros((4, 2), np.float32))
         else:
             del group[UNIT_DIGESTS]
             if edit != "deleted":
                 shape = (4,) if edit == "retyped" else (2, 2)
                 group.create_dataset(UNIT_DIGESTS, data=np.zeros(shape, dtype=np.int64))
         again = prepare_validation(h5, tmp_path / "f.h5", units, {"k": 1}, overwrite=False)
-        expected = {"set done": [2, 3], "a margin": [1]}.get(edit, [0, 1])
-        assert again.redone == expected and again.done.tolist() == [i not in expected and i < 2 for i in range(4)]
+        discarded = 2 if edit in ("units swapped", "margins reshaped") else 0
+        expected = {"set done": [2, 3], "a margin": [1]}.get(edit, [] if discarded else [0, 1])
+        assert again.redone == expected and again.discarded == discarded
+        assert again.done.tolist() == [i not in expected and i < 2 and not discarded for i in range(4)]
         for index in range(4):
             if not again.done[index]:
                 again.write_unit(index, margins[index], 1.0)

@@ -364,6 +364,12 @@ def plan_work(store: ScoreFile, options: ValidateOptions, run: TrainedRun, data:
             "tracin-validate wrote (the file was edited, or damaged on disk): made again",
             flush=True,
         )
+    if record.discarded:  # round 35, KV10, KV13: its units or a dataset edited, reshaped or retyped
+        print(
+            f"note: {store.path}: /validation was not as tracin-validate writes it (the file was edited, or damaged "
+            f"on disk): {record.discarded} finished retraining(s) in it could not be kept: made again",
+            flush=True,
+        )
     todo = [i for i in range(len(units)) if not done[i]]
     if len(todo) < len(units):
         print(f"resuming: {len(units) - len(todo)} of {len(units)} retrainings done already", flush=True)

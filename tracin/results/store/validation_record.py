@@ -42,7 +42,7 @@ def prepare_validation(
     scores stay)."""
     settings = json.loads(json.dumps(settings))
     n_test = h5["test_index"].shape[0]
-    kept, unsound = None, []
+    kept, unsound, discarded = None, [], 0
     if VALIDATION in h5:
         stored = _stored_settings(h5)
         differences = (
@@ -58,6 +58,7 @@ def prepare_validation(
                 return record
             unsound = _unsound(h5[VALIDATION], kept[0])
             kept[0][unsound] = False
+            discarded = _marked_done(h5[VALIDATION]) - int(kept[0].sum()) - len(unsound)
         elif stored is not None and not overwrite:
             raise StoreError(
                 f"{path} holds a validation made with other settings: {'; '.join(differences)}. "
@@ -79,8 +80,16 @@ def prepare_validation(
         group[UNIT_DIGESTS][done] = [record.unit_digest(i).encode() for i in np.flatnonzero(done)]
         group["done"][...] = done
     h5.flush()
-    record.redone = unsound
+    record.redone, record.discarded = unsound, max(0, discarded)
     return record
+
+
+def _marked_done(group: h5py.Group) -> int:
+    """How many units `group`'s done mask marks finished (0 where it does not read)."""
+    try:
+        return int(np.count_nonzero(np.asarray(group["done"][()], dtype=bool)))
+    except (*HDF5_ERRORS, KeyError, ValueError, TypeError):
+        return 0
 
 
 def _stored_settings(h5: h5py.File) -> Optional[dict]:
@@ -154,6 +163,7 @@ class ValidationRecord:
     def __init__(self, group: h5py.Group):
         self._group = group
         self.redone: list[int] = []  # units marked done that did not hold what write_unit wrote: made again
+        self.discarded = 0  # units marked done in a group not as made (units or a dataset edited): made again
 
     @property
     def settings(self) -> dict:
