@@ -397,8 +397,8 @@ def test_a_file_size_limit_names_the_file_and_the_limit(capsys):
 
 
 def test_a_full_disk_met_through_a_file_object_names_its_path(capsys, tmp_path):
-    """Round 35, D01: h5py's file-object driver (a score file opened without following links) reports the
-    file object itself, said as "<_io.FileIO name=PosixPath('run1/full.h5') mode='rb+' closefd=True>"."""
+    """Round 35, D01: h5py's file-object driver (TRACIN_FAULT's full disk writes through one: faults.FullDisk)
+    reports the file object itself, said as "<_io.FileIO name=PosixPath('run1/full.h5') mode='rb+' ...>"."""
     with open(tmp_path / "full.h5", "wb", buffering=0) as handle:
 
         def write() -> None:

@@ -498,7 +498,8 @@ class ScoreConfig(_Serializable):
             _check(len(prefixes) >= 1, f"groups: layer group {name!r} names no module")
         names = [name for name, _ in self.groups]  # "groups" leads: the command line says --group (round 33, AB10)
         twice = sorted({name for name in names if names.count(name) > 1})
-        _check(not twice, f"groups: layer group {', '.join(map(repr, twice))} is given twice; name each group once")
+        said = f"layer group {twice[0]!r} is" if len(twice) == 1 else f"layer groups {', '.join(map(repr, twice))} are"
+        _check(not twice, f"groups: {said} given twice; name each group once")
         _check_choice("precision", self.precision, PRECISIONS)
         # the projector's name is checked against tracin.engine.projection's registry by the engine
         # (TracIn) and the command line: configuration sits below the engine

@@ -117,7 +117,7 @@ SWEEP_JSON = {
     "description": "How a sweep was made, written by tracin-sweep: its command line, its grid, when it finished, "
     "and where.",
     "type": "object",
-    "required": ["command", "finished", "machine"],
+    "required": ["command", "vary", "finished", "machine"],
     "additionalProperties": False,  # round 35, SJ01: a key tracin-sweep does not write was read without a word
     "properties": {
         "command": {"type": "array", "items": {"type": "string"}},
@@ -130,7 +130,7 @@ SWEEP_JSON = {
         "finished": {
             "type": "string",
             "description": "local date and time, ISO 8601 to the second (as Python's datetime.isoformat writes it)",
-            "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}",
+            "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}$",
         },
         "machine": {"type": "object"},
     },

@@ -50,7 +50,8 @@ def _own_disk_fault(error: BaseException) -> Optional[str]:
         return None
     found = HDF5_FILENAME.search(text)
     filename = getattr(error, "filename", None)
-    filename = getattr(filename, "name", filename)  # h5py's file-object driver names the object (round 35, D01)
+    if isinstance(getattr(filename, "name", None), (str, os.PathLike)):  # h5py's file-object driver names the
+        filename = filename.name  # object (TRACIN_FAULT's full disk, faults.FullDisk: round 35, D01)
     where = [
         filename or (found.group(1) if found else _hdf5_files_written()),
         LIMITS.get(number),

@@ -347,8 +347,9 @@ def score_run(options: ScoreOptions) -> Path:
 
 def _finished_as_asked(out: Path, settings: dict, ks: list[int], options: ScoreOptions) -> bool:
     """Whether `out` is a finished file of these settings whose top-k tables and comparisons were made with
-    this --topk and --corr-rows (which a finished file's settings leave out: a resume makes them again). One
-    edited since is refused, saying what changed (check_finished), not called done (round 11, E8)."""
+    this --topk and --corr-rows (which a finished file's settings leave out); one made with others is refused,
+    naming them (OverwriteNeeded: round 34, O1). One edited since is refused, saying what changed
+    (check_finished), not called done (round 11, E8)."""
     if options.overwrite or not ScoreFile.finished_with(out, settings):
         return False
     asked = CompareOptions(tuple(ks), max_rows=options.corr_rows, seed=options.score.seed).settings()
@@ -364,7 +365,7 @@ def _finished_as_asked(out: Path, settings: dict, ks: list[int], options: ScoreO
     said += [f"--corr-rows {made['max_rows']}"] if made.get("max_rows", asked["max_rows"]) != asked["max_rows"] else []
     raise OverwriteNeeded(
         f"{out} is a finished result, its top-k tables and comparisons made with {' '.join(said)}",
-        "pass --overwrite to make it again with this call's, or give those",
+        f"pass --overwrite to score it again with --topk {','.join(map(str, ks))}, or give {' '.join(said)}",
     )
 
 

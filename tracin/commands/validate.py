@@ -361,7 +361,8 @@ def plan_work(store: ScoreFile, options: ValidateOptions, run: TrainedRun, data:
     if record.redone:  # round 34, KVE1, KVE2: sealed into the tables without a word
         print(
             f"note: {store.path}: /validation: {len(record.redone)} finished retraining(s) no longer hold what "
-            "tracin-validate wrote (the file was edited, or damaged on disk): made again",
+            "tracin-validate wrote (the file was edited or damaged on disk, or written by a tracin before "
+            "retrainings carried digests): made again",
             flush=True,
         )
     if record.discarded:  # round 35, KV10, KV13: its units or a dataset edited, reshaped or retyped
