@@ -66,6 +66,8 @@ def assert_same_results(a: Path, b: Path) -> None:
     for name in first:  # bitwise: NaN (an undefined CI or p-value) must be NaN in both
         mine, theirs = np.asarray(first[name]), np.asarray(second[name])
         same = np.array_equal(mine, theirs) if mine.dtype == object else mine.tobytes() == theirs.tobytes()
+        if name.endswith(("block_digests", "unit_digests")):  # sha256 bound to their own file (file_seed)
+            same = np.array_equal(mine != b"", theirs != b"")  # written for the same blocks or retrainings
         assert mine.dtype == theirs.dtype and mine.shape == theirs.shape and same, name
 
 
