@@ -1166,6 +1166,10 @@ def test_the_same_tracin_score_again_on_a_finished_file_does_nothing(tiny_run, t
     assert digest(tmp_path) == before
     other = run("tracin-score", *args[:-4], "--topk", "3,9", "--device", "cpu", cwd=tmp_path)
     assert_one_line(other, "tables and comparisons made with --topk 3,8; pass --overwrite")  # round 34, O1: named
+    rows = run("tracin-score", *args, "--corr-rows", "50", cwd=tmp_path)  # round 36, C102: the typed 50 unsaid
+    assert_one_line(
+        rows, "made with --topk 3,8 --corr-rows 1000; pass --overwrite to score it again with --topk 3,8 --corr-rows 50"
+    )
     import h5py
 
     with h5py.File(out, "r+") as h5:  # round 11, E8: an edited file was "finished: nothing to do"

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ from tracin.config import REPLICA_SEED_STRIDE, model_name, replicas_by_role, spl
 from tracin.errors import TracinError
 from tracin.results.agreement import (
     AGREEMENT_DTYPE,
+    OWN_VS_OTHER,
+    agreement_table,
     detectable_by_pairings,
     format_agreement,
     format_agreement_by_depth,
@@ -28,6 +31,7 @@ from tracin.results.agreement import (
     select_agreement_pairs,
     verdicts,
 )
+from tracin.results.comparison import CompareOptions
 from tracin.results.detection import detection_summary, format_detection_by_group, mislabel_curves
 from tracin.results.statistics import bootstrap_ci, normalised_agreement, overlap_at_k, sample_rows, spearman_rows
 from tracin.results.store import ScoreFile, rankings_name
@@ -524,6 +528,19 @@ def test_detectable_by_pairings_gives_the_effect_whose_simulated_power_is_80_per
     assert np.isnan(detectable_by_pairings(0.01, replicas=3))  # 3! = 6 assignments cannot give p < 0.05
 
 
+def test_a_role_with_fewer_replicas_than_another_is_compared_without_numpy_warnings(replica_scores):
+    """Teacher x2 against student x1 (a replica left out of --models, or of an edited run.json) printed numpy's
+    "Mean of empty slice" on stderr (round 36, C065): the pairing test and its noise need another replica of
+    both roles. The own - other teacher row stays (CI over test examples), without a p value."""
+    path, _ = replica_scores
+    with ScoreFile.open_read(path) as store, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = agreement_table(store, ["teacher", "teacher.r1", "student"], CompareOptions((8,)))
+    own = table[table["comparison"] == OWN_VS_OTHER.encode()]
+    assert len(own) and np.isfinite(own["mean"]).all()
+    assert np.isnan(own["p_value"]).all() and np.isnan(own["detectable"]).all() and (own["pairs"] == 1).all()
+
+
 def test_pairing_noise_ignores_teachers_and_students_that_agree_more_with_everyone():
     rng = np.random.default_rng(0)
     size = 6
@@ -543,3 +560,21 @@ def test_tracin_eval_checks_each_replica_against_its_own_seed(replica_run, fashi
     result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "teacher.r1" in result.stdout and "student_baseline.r1" in result.stdout
+
+
+def test_tracin_report_refuses_a_file_whose_unreported_replica_was_trained_again(replica_run, replica_scores, tmp_path):
+    """The report's verdicts read the agreement of every model the file holds, so every one of them must still
+    be the run's: teacher.r1's checkpoint replaced after scoring was reported on from its old scores, without a
+    word, under the default --models (round 36, C073; with --models teacher.r1 it was refused)."""
+    run, scores = tmp_path / "run", tmp_path / "tracin.h5"
+    shutil.copytree(replica_run, run)
+    shutil.copy(replica_scores[0], scores)
+    replaced = sorted((run / "teacher.r1").glob("epoch_*.pt"))[-1]
+    shutil.copy(run / "teacher" / replaced.name, replaced)
+    command = [str(Path(sys.executable).with_name("tracin-report")), "--run", str(run), "--scores", str(scores)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"scored teacher.r1 from {replica_run / 'teacher.r1' / replaced.name}, which {run} does not hold" in (
+        result.stderr
+    )
+    assert not (tmp_path / "tracin.quality_report.md").exists()

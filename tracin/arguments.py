@@ -123,6 +123,8 @@ def said_typed(key: str, settings: Mapping[str, Any], options: Mapping[str, type
     declared = found[0].metadata["option"] if found else None
     if declared is not None and declared.default_text and _as_lists(value) == _as_lists(found[0].default):
         return declared.default_text
+    if value is None:  # an option left unset (--proj-dim outside projected mode), not Python's None (round 36, C102)
+        return "unset"
     if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
         return repr(",".join(value))
     if isinstance(value, (list, tuple)) and all(_is_group(item) for item in value):

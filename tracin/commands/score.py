@@ -362,10 +362,12 @@ def _finished_as_asked(out: Path, settings: dict, ks: list[int], options: ScoreO
             return True
         made = store.comparison_settings(*pairs[0]) if pairs else {"ks": [store.model(store.models[0]).topk_width]}
     said = [f"--topk {','.join(map(str, made['ks']))}"]  # round 34, O1: which, not only "finished"
-    said += [f"--corr-rows {made['max_rows']}"] if made.get("max_rows", asked["max_rows"]) != asked["max_rows"] else []
+    now = [f"--topk {','.join(map(str, ks))}"]
+    if made.get("max_rows", asked["max_rows"]) != asked["max_rows"]:  # round 36, C102: the --corr-rows typed too
+        said, now = [*said, f"--corr-rows {made['max_rows']}"], [*now, f"--corr-rows {options.corr_rows}"]
     raise OverwriteNeeded(
         f"{out} is a finished result, its top-k tables and comparisons made with {' '.join(said)}",
-        f"pass --overwrite to score it again with --topk {','.join(map(str, ks))}, or give {' '.join(said)}",
+        f"pass --overwrite to score it again with {' '.join(now)}, or give {' '.join(said)}",
     )
 
 

@@ -161,9 +161,9 @@ def pairing_p_value(agreement: np.ndarray) -> float:
     over test examples); the statistic is mean(diagonal) - mean(off-diagonal), own teacher against the
     others. p = the share of the R! assignments of students to teachers whose statistic is at least the
     observed one (the observed assignment included): with R replicas p >= 1/R!."""
-    if not np.isfinite(agreement).all():  # a pairing without a defined agreement: no test
-        return np.nan
     size = len(agreement)
+    if size < 2 or not np.isfinite(agreement).all():  # one replica (no other teacher), or an undefined pairing
+        return np.nan
     off = ~np.eye(size, dtype=bool)
 
     def statistic(matrix: np.ndarray) -> float:
@@ -180,6 +180,8 @@ def pairing_noise(agreement: np.ndarray) -> float:
     residuals' standard deviation (degrees of freedom counted). A teacher or student that agrees more with
     everyone shifts a whole row or column, which the pairing test ignores, so only this part can mislead it."""
     size = len(agreement)
+    if size < 2:  # one replica: no off-diagonal cell (round 36, C065: numpy's warnings on stderr)
+        return np.nan
     cells = [(i, j) for i in range(size) for j in range(size) if i != j]
     design = np.zeros((len(cells), 2 * size))
     for n, (i, j) in enumerate(cells):
