@@ -621,6 +621,9 @@ def test_a_kd_scored_student_uses_its_own_objective_label_smoothing_included(tmp
     assert teacher_side.train == CrossEntropy(0.2) and teacher_side.test == CrossEntropy()
     with pytest.raises(TracinError, match="self-distilled"):
         scoring_loss("student", {**last, "teacher": "self"}, ScoreOptions(run="r", loss="kd-train"))
+    for record, how in ((None, "trained without a teacher"), ("self", "self-distilled")):  # round 37, O6: "None"
+        with pytest.raises(TracinError, match=rf"^--loss kd: student_baseline has no teacher checkpoint .*{how}"):
+            scoring_loss("student_baseline", {**last, "teacher": record}, ScoreOptions(run="r", loss="kd"))
 
 
 def test_score_variants_are_stored_ranked_and_compared(tiny_run, tmp_path):

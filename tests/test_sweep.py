@@ -180,6 +180,7 @@ def test_teacher_quality_distils_from_the_chosen_checkpoint_and_teacher_settings
         (["--vary", "teacher_epoch=1,2", "--vary", "width=4,8"], "cannot be combined"),
         # red-team finds: a value twice, and --score checked only after training (or a traceback)
         (["--vary", "temperature=1,2,1"], "gives 1: one value twice"),
+        (["--vary", "epochs=2", "--vary", "epochs=3"], "--vary names epochs twice; give each setting's values in one"),
         (["--vary", "temperature=1,1.0"], "gives 1 and 1.0: one value twice"),  # round 13, W4
         (["--vary", "teacher_epoch=2,02"], "gives 2 and 02: one value twice"),  # W16
         (["--vary", "lr=0.1,,0.2"], "has an empty entry"),

@@ -100,8 +100,11 @@ class Sweep:
             raise TracinError(
                 f"--vary teacher_epoch takes saved epochs of the shared teacher (1, 2, ...), got {', '.join(epochs)}"
             )
-        if len(set(keys)) != len(keys):
-            raise TracinError("--vary names a setting twice")
+        twice = [key for key in dict.fromkeys(keys) if keys.count(key) > 1]
+        if twice:  # round 37, S8: which one
+            raise TracinError(
+                f"--vary names {', '.join(twice)} twice; give each setting's values in one --vary ({twice[0]}=A,B)"
+            )
         if "teacher_epoch" in keys and set(keys) & set(TEACHER_KEYS):
             raise TracinError(
                 "--vary teacher_epoch picks checkpoints of one shared teacher: it cannot be combined with "

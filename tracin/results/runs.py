@@ -192,6 +192,12 @@ def scoring_loss(name: str, last: dict, options: ScoreOptions, teachers: Sequenc
         return CrossEntropy()
     config = TrainConfig.from_dict(last["config"])
     if options.loss == "kd":
+        if not isinstance(last.get("teacher"), dict):  # round 37, O6: "(it records None)", no option named
+            how = "it was self-distilled" if last.get("teacher") == "self" else "it was trained without a teacher"
+            raise TracinError(
+                f"--loss kd: {name} has no teacher checkpoint to distil from ({how}): score it with --loss ce or "
+                f"kd-train, or leave it out of --models"
+            )
         teacher = load_distillation_teacher(last, teachers)
         return Distillation(teacher, config.temperature, config.alpha, config.kd_loss, config.label_smoothing)
     # kd-train: every model's train side by its own training objective (a teacher's and a baseline's:
