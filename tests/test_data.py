@@ -73,6 +73,20 @@ def test_missing_data_offline_is_a_data_error(tmp_path, monkeypatch):
         load_data(DataConfig(dataset="cifar10", data_root=str(tmp_path), checksum=False))
 
 
+def test_a_refused_download_leaves_no_folder_it_made(tmp_path, monkeypatch):
+    """A mistyped --data-root for CIFAR-10 offline was refused, and left the empty folders torchvision's
+    download had made (round 37, T24). The download fails for real: through a proxy that refuses connections."""
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "kept").mkdir()
+    root = tmp_path / "kept" / "typo" / "data"
+    with pytest.raises(DataError, match="could not be loaded"):
+        load_data(DataConfig(dataset="cifar10", data_root=str(root), checksum=False))
+    assert sorted(tmp_path.rglob("*")) == [tmp_path / "kept"]
+
+
 def test_fashion_mnist_subsets_are_stratified_and_indexed(fashion_mnist_root):
     config = DataConfig(dataset="fashion-mnist", data_root=fashion_mnist_root, train_subset=500, test_subset=100)
     data = load_data(config)

@@ -232,9 +232,15 @@ def _load_torchvision(config: DataConfig, train: bool):
     except RuntimeError as error:
         if folder.exists():  # present but unreadable: never download over a user's files
             raise DataError(_missing_message(config, error)) from None
+    made = [folder for folder in (root, *root.parents) if not folder.exists()]  # deepest first: the download makes
     try:
         return loader(str(root), train=train, download=True)
     except (RuntimeError, OSError) as error:
+        for folder in made:  # a refused download leaves no empty folders behind (round 37, T24)
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (a partial download, another's files) or gone: kept
+                break
         raise DataError(_missing_message(config, error)) from None
 
 
