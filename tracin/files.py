@@ -392,7 +392,7 @@ def exclusive_lock(target: Union[str, Path], what: str, shared: bool = False) ->
     refuse_link(target, what)
     target = Path(target).resolve()  # one lock for every path (relative, through linked folders) to one output
     lock = target.with_name(f".{target.name}.lock")
-    created = [folder for folder in (lock.parent, *lock.parent.parents) if not folder.exists()]
+    created = missing_folders(lock.parent)
     try:
         try:
             lock.parent.mkdir(parents=True, exist_ok=True)
@@ -416,7 +416,7 @@ def exclusive_lock(target: Union[str, Path], what: str, shared: bool = False) ->
     finally:
         _release(fd, lock)
         if not shared and created and not target.exists():  # refused before writing: no folder left
-            _remove_made_folders(created)
+            remove_made_folders(created)
 
 
 def _locked(lock: Path, shared: bool, what: str, target: Path) -> int:
@@ -477,8 +477,14 @@ def _release(fd: int, lock: Path) -> None:
         os.close(fd)  # closing releases the lock
 
 
-def _remove_made_folders(created: list[Path]) -> None:
-    """Remove the folders made for a lock, innermost first, each only if empty."""
+def missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist, innermost first: what making it will make."""
+    return [path for path in (folder, *folder.parents) if not path.exists()]
+
+
+def remove_made_folders(created: list[Path]) -> None:
+    """Remove folders made for a write that did not happen (missing_folders), innermost first, each only if
+    empty: one holding files (another's, or a partial download) keeps itself and its parents."""
     for folder in created:
         try:
             folder.rmdir()

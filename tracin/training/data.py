@@ -31,7 +31,7 @@ from tracin.config import (  # noqa: F401 (re-exported)
     split_model_name,
 )
 from tracin.errors import DataError, TracinError
-from tracin.files import naming_full_disk, refuse_links
+from tracin.files import missing_folders, naming_full_disk, refuse_links, remove_made_folders
 from tracin.training.cifar_files import UncheckedCIFAR10, UncheckedCIFAR100, missing_files, restricted_cifar_reads
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -232,15 +232,11 @@ def _load_torchvision(config: DataConfig, train: bool):
     except RuntimeError as error:
         if folder.exists():  # present but unreadable: never download over a user's files
             raise DataError(_missing_message(config, error)) from None
-    made = [folder for folder in (root, *root.parents) if not folder.exists()]  # deepest first: the download makes
+    made = missing_folders(root)  # the download makes them
     try:
         return loader(str(root), train=train, download=True)
     except (RuntimeError, OSError) as error:
-        for folder in made:  # a refused download leaves no empty folders behind (round 37, T24)
-            try:
-                folder.rmdir()
-            except OSError:  # not empty (a partial download, another's files) or gone: kept
-                break
+        remove_made_folders(made)  # a refused download leaves no empty folder behind (round 37, T24)
         raise DataError(_missing_message(config, error)) from None
 
 
