@@ -477,11 +477,11 @@ def test_a_reader_says_a_model_folder_that_is_no_folder_is_not_there(tiny_run, t
     shutil.copytree(tiny_run, tmp_path / "run")
     run = open_trained_run(str(tmp_path / "run"), None)
     with ScoreFile.open_read(tiny_scores) as store:
-        check_scored_checkpoints(store, run, ["teacher", "student"])  # the run's own, moved: accepted
+        check_scored_checkpoints(store, run)  # the run's own, moved: accepted
         shutil.rmtree(tmp_path / "run" / "student")
         os.mkfifo(tmp_path / "run" / "student")
         with pytest.raises(TracinError, match=r"run/student is not a folder: the checkpoints .* scored student from"):
-            check_scored_checkpoints(store, run, ["teacher", "student"])
+            check_scored_checkpoints(store, run)
 
 
 @pytest.mark.parametrize("edit", ["deleted", "copied in", "a FIFO for the folder"])

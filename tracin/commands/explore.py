@@ -8,7 +8,6 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
-from tracin.config import ENSEMBLE_SUFFIX
 from tracin.errors import TracinError
 from tracin.files import exclusive_lock, not_a_file, remove_stale_temporaries, remove_stale_temporaries_under
 from tracin.options import ExploreOptions
@@ -54,7 +53,7 @@ def explore(options: ExploreOptions) -> list[str]:
         models, notes = shown_models(store, options.models), []
         if options.run is not None:  # the file must be this run's (round 11, P10; round 9, G4)
             run = open_trained_run(options.run, options.data_root)
-            check_scored_checkpoints(store, run, [m for m in models if not m.endswith(ENSEMBLE_SUFFIX)])
+            check_scored_checkpoints(store, run)
             notes = unfinished_notes(run, models)  # round 26, RJ12
         images = load_images(store, options.data_root)
         result = write_page(store, images, out, models, options.depth, options.max_inline_mb, options.run, notes)

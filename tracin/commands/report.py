@@ -97,7 +97,7 @@ def report_run(options: ReportOptions) -> Path:
                 raise TracinError(
                     f"{path} has none of the models {', '.join(options.models)} (it has {', '.join(store.models)})"
                 )
-            check_scored_checkpoints(store, run, models)  # and every other trained model the file holds
+            check_scored_checkpoints(store, run)
             for note in replacement_notes(path):  # round 28, B3
                 print(note, flush=True)
             if options.randomization_train > store.n_train or options.randomization_test > store.n_test:

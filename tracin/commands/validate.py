@@ -350,7 +350,7 @@ def plan_work(store: ScoreFile, options: ValidateOptions, run: TrainedRun, data:
     # tracin-report's tables, made again by it after this, and /validation, which prepare_validation makes
     # again (keeping its finished units) where it does not read as written (its status, say: round 32, B11)
     check_finished(store, unread=(RANDOMIZATION, QUALITY_REPORT, VALIDATION))
-    check_scored_checkpoints(store, run, options.models)
+    check_scored_checkpoints(store, run)
     for note in (*unfinished_notes(run, options.models), *replacement_notes(store.path)):  # round 26, RJ12; 28, B3
         print(note, flush=True)
     _check_whole_train_set(store, data)

@@ -225,16 +225,15 @@ def describe_salvage(path: Path, salvaged: Salvage) -> str:
     )
 
 
-def check_scored_checkpoints(store: ScoreFile, run: TrainedRun, models: Sequence[str]) -> None:
-    """The file must score this run's models: the checkpoints it replayed are in the run folder, same
-    sha256 (a moved folder is fine, another run is not), and, scored with --checkpoints all or last, those
-    the run now holds (not a model trained on since). Checked for `models` and every other trained model the
-    file holds, listed in run.json: the agreement verdicts, an ensemble's scores and the page read them all
-    (round 36, C073; round 37: a replica run.json no longer lists, or one replaced since, read without a word).
-    An ensemble is checked through its members."""
-    trained = [name for names in replicas_by_role(store.models).values() for name in names.values()]
-    for name in dict.fromkeys([*(m for m in models if m in store.models), *trained]):
-        if name in trained and name not in run.record["models"]:
+def check_scored_checkpoints(store: ScoreFile, run: TrainedRun) -> None:
+    """The file must score this run's models, every trained one it holds, not only those a command shows: the
+    agreement verdicts, an ensemble's scores (checked through its members) and the page read them all (round 36,
+    C073; round 37: a replica run.json no longer lists, or one replaced since, read without a word). Each is
+    listed in run.json, the checkpoints it replayed are in the run folder, same sha256 (a moved folder is fine,
+    another run is not), and, scored with --checkpoints all or last, those the run now holds (not a model
+    trained on since)."""
+    for name in (name for names in replicas_by_role(store.models).values() for name in names.values()):
+        if name not in run.record["models"]:
             raise TracinError(
                 f"{store.path} scored {name}, which {run.paths.root / 'run.json'} does not list: give the score "
                 "file of this run"
