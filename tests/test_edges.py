@@ -820,19 +820,27 @@ def test_write_in_place_never_writes_through_a_link_or_into_a_pipe(tmp_path, pla
     assert (tmp_path / "new.png").read_bytes() == b"png"
 
 
-def test_a_model_folder_run_json_does_not_record_is_not_loaded(tiny_run, tmp_path):
-    """S19: with the student taken out of run.json's models, tracin-report still loaded and used it."""
-    from tracin.results.runs import load_role_checkpoints, open_trained_run
-    from tracin.training.checkpoints import CheckpointError
+@pytest.mark.parametrize(
+    "edit, said",
+    [
+        (lambda r: r["models"].pop("student"), "models: 'student' is a required property"),
+        (lambda r: r["model_configs"].clear(), "model_configs: 'teacher' is a required property"),
+        (lambda r: r["param_counts"].pop("student_baseline"), "param_counts: 'student_baseline' is a required"),
+    ],
+    ids=["model unlisted", "model_configs emptied", "a parameter count deleted"],
+)
+def test_a_run_json_without_a_role_tracin_train_writes_is_refused(tiny_run, tmp_path, edit, said):
+    """S19: with the student taken out of run.json's models, tracin-report still loaded and used it; round 37,
+    J12, J22: tracin-eval skipped the model folder without a word, and with model_configs emptied it checked no
+    checkpoint's architecture against the run's. Every run lists every role (pending until trained)."""
+    from tracin.results.runs import open_trained_run
 
     shutil.copytree(tiny_run, tmp_path / "run")
     record = json.loads((tmp_path / "run" / "run.json").read_text())
-    del record["models"]["student"]
+    edit(record)
     (tmp_path / "run" / "run.json").write_text(json.dumps(record))
-    run_ = open_trained_run(str(tmp_path / "run"), None)
-    load_role_checkpoints(run_, "teacher", "last")
-    with pytest.raises(CheckpointError, match="records no model student"):
-        load_role_checkpoints(run_, "student", "last")
+    with pytest.raises(TracinError, match=f"run.json: {re.escape(said)}"):
+        open_trained_run(str(tmp_path / "run"), None)
 
 
 # --- red-team round 5 (held out) -----------------------------------------------------------------------------

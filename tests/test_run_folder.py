@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tracin.config import DataConfig, TrainConfig
+from tracin.config import ROLES, DataConfig, ModelConfig, TrainConfig
 from tracin.errors import ConfigMismatchError, TracinError
 from tracin.files import write_json_atomic
 from tracin.training.run_folder import (
@@ -23,9 +23,14 @@ CONFIGS = {"config": {"lr": 0.1, "epochs": 4}, "data_config": {"data_root": "dat
 RECORD = new_record(
     {"argv": ["tracin-train"]},
     {**CONFIGS, "data_fingerprint": {"digest": "d", "n_train": 8, "n_test": 4}, "teacher_checkpoint": None},
-    {},
-    {},
-)  # a whole run.json around CONFIGS
+    {role: ModelConfig().to_dict() for role in ROLES},
+    {role: 1 for role in ROLES},
+)  # a whole run.json around CONFIGS, every model pending
+
+
+def with_teacher(entry: dict) -> dict:
+    """RECORD with the teacher's entry `entry`."""
+    return {**RECORD, "models": {**RECORD["models"], "teacher": entry}}
 
 
 def test_differing_fields_names_nested_fields():
@@ -102,11 +107,11 @@ def test_a_model_epoch_that_disagrees_with_its_epochs_is_refused(tmp_path, statu
     """Red-team round 7 (J14): models/teacher/epoch 99 of 2 epochs, status done, was accepted."""
     paths = RunPaths(tmp_path)
     entry = {"status": status, "epoch": epoch, "epochs": 4, "checkpoints": []}
-    write_json_atomic({**RECORD, "models": {"teacher": entry}}, paths.run_json)
+    write_json_atomic(with_teacher(entry), paths.run_json)
     with pytest.raises(TracinError, match=f"run.json: models/teacher/epoch is {epoch}; expected "):
         read_record(paths)
     saved = ["epoch_002.pt", "epoch_004.pt"]
-    write_json_atomic({**RECORD, "models": {"teacher": {**entry, "epoch": 4, "checkpoints": saved}}}, paths.run_json)
+    write_json_atomic(with_teacher({**entry, "epoch": 4, "checkpoints": saved}), paths.run_json)
     assert read_record(paths)["models"]["teacher"]["epoch"] == 4
 
 
@@ -128,21 +133,21 @@ def test_checkpoints_other_than_the_saved_epochs_are_refused(tmp_path, status, e
     was scored as a sum a term short. The list is exactly the saved epochs up to the model's epoch."""
     paths = RunPaths(tmp_path)
     entry = {"status": status, "epoch": epoch, "epochs": 4, "checkpoints": checkpoints}
-    write_json_atomic({**RECORD, "models": {"teacher": entry}}, paths.run_json)
+    write_json_atomic(with_teacher(entry), paths.run_json)
     with pytest.raises(
         TracinError,
         match=r"run.json: models/teacher/checkpoints is \[.*\]; expected \[.*\] \(every 2 epochs.*run.json was edited",
     ):
         read_record(paths)
     saved = [f"epoch_{e:03d}.pt" for e in (2, 4) if e <= epoch]
-    write_json_atomic({**RECORD, "models": {"teacher": {**entry, "checkpoints": saved}}}, paths.run_json)
+    write_json_atomic(with_teacher({**entry, "checkpoints": saved}), paths.run_json)
     assert read_record(paths)["models"]["teacher"]["checkpoints"] == saved
 
 
 def test_a_model_of_other_epochs_than_the_run_is_refused(tmp_path):
     paths = RunPaths(tmp_path)
     entry = {"status": "done", "epoch": 2, "epochs": 2, "checkpoints": ["epoch_002.pt"]}
-    write_json_atomic({**RECORD, "models": {"teacher": entry}}, paths.run_json)
+    write_json_atomic(with_teacher(entry), paths.run_json)
     with pytest.raises(TracinError, match=r"models/teacher/epochs is 2; expected 4, the run's config/epochs"):
         read_record(paths)
 

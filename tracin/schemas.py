@@ -74,12 +74,23 @@ RUN_JSON = {
         "teacher_checkpoint": {"type": ["object", "string", "null"]},
         "models": {
             "type": "object",
-            "minProperties": 1,
+            "description": "every role's entry (pending until it trains), and each replica's once it starts",
+            "required": list(ROLES),
             "propertyNames": {"pattern": _MODEL_NAME},
             "additionalProperties": _MODEL_ENTRY,
         },
-        "model_configs": {"type": "object", "propertyNames": {"enum": list(ROLES)}, "additionalProperties": _SETTINGS},
-        "param_counts": {"type": "object", "propertyNames": {"enum": list(ROLES)}, "additionalProperties": _COUNT},
+        "model_configs": {
+            "type": "object",
+            "required": list(ROLES),
+            "propertyNames": {"enum": list(ROLES)},
+            "additionalProperties": _SETTINGS,
+        },
+        "param_counts": {
+            "type": "object",
+            "required": list(ROLES),
+            "propertyNames": {"enum": list(ROLES)},
+            "additionalProperties": _COUNT,
+        },
         "invocations": {
             "type": "array",
             "items": {
