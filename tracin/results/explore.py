@@ -373,10 +373,10 @@ def check_page_destination(out: Path, scores: Optional[Path] = None, identity: O
     word)."""
     refuse_link(out, "the page")
     if out.is_dir():
-        raise TracinError(f"--out {out} is a folder: name the page's file (e.g. {out / 'explore.html'})")
+        raise TracinError(f"the page {out} is a folder: name the page's file with --out (e.g. {out / 'explore.html'})")
     if out.exists() and not head_holds(out, MARK):
         raise TracinError(
-            f"--out {out} exists and is not a page tracin-explore wrote; it is left as it is (choose another name)"
+            f"the page {out} exists and is not a page tracin-explore wrote; it is left as it is (choose another --out)"
         )
     if scores is not None and identity is not None:
         check_made_of(out, scores, identity, "the page", "move it away, or choose another --out")
