@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -507,3 +509,34 @@ def test_tracin_eval_refuses_a_model_folder_other_than_run_json_lists(tiny_run, 
         "a FIFO for the folder": "student is not a folder",
     }[edit]
     assert said in result.stderr and not list(run.glob("eval_*.csv")), result.stderr
+
+
+@pytest.mark.parametrize(
+    "edit, said",
+    [
+        ("sha256 recorded", "is not the checkpoint tracin-train saved (its sha256 differs from"),
+        ("checkpoint copied in", "epoch_009.pt is not in"),
+    ],
+)
+def test_every_model_a_score_file_holds_is_checked_against_run_json_as_loading_checks_it(
+    tiny_run, tiny_scores, tmp_path, edit, said
+):
+    """Round 38, A-shaRec_s1, A2-shaRec_s, A-extra_s1: a model the file holds but a command did not ask for (a
+    replica, the student under --models teacher) was checked against the file's sha256 alone, so run.json's
+    sha256 record edited, or a checkpoint copied into its folder, passed where loading it refuses."""
+    import shutil
+
+    from tracin.errors import TracinError
+    from tracin.results.runs import check_scored_checkpoints, open_trained_run
+    from tracin.results.store import ScoreFile
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    if edit == "sha256 recorded":
+        record = json.loads((run / "run.json").read_text())
+        record["models"]["student"]["sha256"] = dict.fromkeys(record["models"]["student"]["sha256"], "0" * 64)
+        (run / "run.json").write_text(json.dumps(record))
+    else:
+        shutil.copy(sorted((run / "student").glob("epoch_*.pt"))[-1], run / "student" / "epoch_009.pt")
+    with ScoreFile.open_read(tiny_scores) as store, pytest.raises(TracinError, match=re.escape(said)):
+        check_scored_checkpoints(store, open_trained_run(str(run), None))

@@ -229,8 +229,8 @@ def check_scored_checkpoints(store: ScoreFile, run: TrainedRun) -> None:
     """The file must score this run's models, every trained one it holds, not only those a command shows: the
     agreement verdicts, an ensemble's scores (checked through its members) and the page read them all (round 36,
     C073; round 37: a replica run.json no longer lists, or one replaced since, read without a word). Each is
-    listed in run.json, the checkpoints it replayed are in the run folder, same sha256 (a moved folder is fine,
-    another run is not), and, scored with --checkpoints all or last, those the run now holds (not a model
+    listed in run.json, its folder holds the checkpoints run.json lists, those it replayed among them, same
+    sha256 as the file and run.json recorded (a moved folder is fine, another run is not), and, scored with --checkpoints all or last, those the run now holds (not a model
     trained on since)."""
     for name in (name for names in replicas_by_role(store.models).values() for name in names.values()):
         if name not in run.record["models"]:
@@ -243,13 +243,17 @@ def check_scored_checkpoints(store: ScoreFile, run: TrainedRun) -> None:
             raise TracinError(
                 f"{folder} is not a folder: the checkpoints {store.path} scored {name} from are not there"
             )
+        check_recorded_checkpoints(run, name)  # round 38: the folder and run.json as loading checks them
+        recorded, field = run.record["models"][name].get("sha256"), f"{run.paths.run_json}'s models/{name}/sha256"
         for scored, sha256 in store.model(name).checkpoint_files:
             here = run.paths.model_dir(name) / Path(scored).name
-            if not here.is_file() or sha256_file(here) != sha256:
+            digest = sha256_file(here) if here.is_file() else None
+            if digest != sha256:
                 raise TracinError(
                     f"{store.path} scored {name} from {scored}, which {run.paths.root} does not hold "
                     "(missing, or another file): give the score file of this run"
                 )
+            check_saved_digest(here, recorded, field, digest=digest)
         spec, scored = store.checkpoint_spec, store.model(name).epochs
         saved = [epoch_of(Path(file)) for file in run.record["models"].get(name, {}).get("checkpoints", [])]
         if spec in ("all", "last") and saved and select_epochs(spec, saved, name) != scored:  # round 27, U07
