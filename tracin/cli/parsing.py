@@ -29,14 +29,39 @@ class _Formatter(argparse.HelpFormatter):
         return super()._format_args(action, default_metavar)
 
 
+class _Assignments(argparse.Namespace):
+    """A namespace that keeps every value argparse sets on it, by destination, in `_values`."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.__dict__.setdefault("_values", {}).setdefault(name, []).append(value)
+        super().__setattr__(name, value)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one line on stderr and exit code 2, like every other user error.
-    Options are never abbreviated (`--overw` is not `--overwrite`), and every command has --version."""
+    Options are never abbreviated (`--overw` is not `--overwrite`), and every command has --version. An option
+    given by its old spelling and its new one, with two values (`--out X --scores Y`), is refused, not read as
+    the last (round 38, O77); one spelling given twice is read as the last, as argparse does (an alias with
+    `--device cpu`, overridden by `--device cuda`)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, allow_abbrev=False, formatter_class=_Formatter, **kwargs)
         self.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
         self.renamed: dict[str, str] = {}  # old spelling -> the option's flag
+
+    def parse_known_args(self, args: Optional[Sequence[str]] = None, namespace=None):
+        if namespace is not None or not self.renamed:
+            return super().parse_known_args(args, namespace)
+        args = list(sys.argv[1:] if args is None else args)
+        parsed, extras = super().parse_known_args(args, _Assignments())
+        values = parsed.__dict__.pop("_values", {})
+        for action in self._actions:
+            typed = _typed(action, args)
+            spellings = {word.split(" ", 1)[0].split("=", 1)[0] for word in typed}
+            old_and_new = len(spellings) > 1 and spellings & set(self.renamed)
+            if old_and_new and len({repr(v) for v in values.get(action.dest, ())}) > 1:
+                self.error(f"{' and '.join(typed)} give one option twice, by its old name and its new: give it once")
+        return argparse.Namespace(**vars(parsed)), extras
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -50,6 +75,16 @@ class Parser(argparse.ArgumentParser):
             # on stdout: stderr holds one line, a mistake's (red-team round 7, B00)
             print(f"{self.prog}: note: {old} is now {self.renamed[old]} (the old spelling still works)", flush=True)
         return super().parse_args(args, namespace)
+
+
+def _typed(action: argparse.Action, args: Sequence[str]) -> list[str]:
+    """Each time `args` give `action`'s option, as typed (`--lr 0.1`, `--lr=0.1`, `--no-augment`)."""
+    typed = []
+    for i, word in enumerate(args):
+        if word.split("=", 1)[0] in action.option_strings:
+            takes = "=" not in word and action.nargs != 0 and i + 1 < len(args)
+            typed.append(f"{word} {args[i + 1]}" if takes else word)
+    return typed
 
 
 class Registered:
