@@ -4,6 +4,7 @@ resume after SIGKILL, torchrun, and every bad input giving one line and exit cod
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -318,7 +319,9 @@ def test_partial_file_with_changed_checkpoints_is_refused(killed_copy, tiny_run,
     assert "checkpoints changed since (trained on, or replaced): pass --overwrite to score them" in result.stderr  # UF8
 
 
-def test_torchrun_two_processes_write_the_same_file(tiny_run, scored, tmp_path):
+def test_torchrun_two_processes_killed_and_resumed_write_the_same_file(tiny_run, scored, tmp_path):
+    """Rank 0 SIGKILLed after its first block: the other rank says so in one line, not gloo's traceback (round
+    38, T03-T05; torchrun's own report of the killed child stays), and the same command finishes the file."""
     out = tmp_path / "tracin.h5"
     script = Path(sys.executable).with_name("tracin-score")
     command = [
@@ -331,6 +334,12 @@ def test_torchrun_two_processes_write_the_same_file(tiny_run, scored, tmp_path):
         "--",
         *map(str, score_args(tiny_run, out, *MANY_BLOCKS)),
     ]
+    killed = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env=subprocess_env(TRACIN_FAULT="score-block:1:kill")
+    )
+    said = "tracin-score: error: another process of this torchrun ended while this one waited for it"
+    assert killed.returncode != 0 and said in killed.stderr, killed.stderr[-3000:]
+    assert not re.search(r"tracin/[\w/]+\.py\", line", killed.stderr), killed.stderr[-3000:]  # no frame of ours
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=subprocess_env())
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_results(out, scored)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
@@ -60,27 +61,38 @@ class Runtime:
 
     def barrier(self) -> None:
         if self.distributed:
-            dist.barrier()
+            with _peers():
+                dist.barrier()
 
     def all_reduce_sum(self, tensor: Tensor) -> Tensor:
         """The sum of `tensor` over ranks (the tensor itself on one process)."""
         if self.distributed:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            with _peers():
+                dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def all_reduce_max(self, tensor: Tensor) -> Tensor:
+        """The largest of `tensor` over ranks, elementwise (the tensor itself on one process)."""
+        if self.distributed:
+            with _peers():
+                dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return tensor
 
     def broadcast_buffers(self, model: nn.Module) -> None:
         """Give every rank rank 0's BatchNorm statistics, so all ranks evaluate and save the same model
         (each rank's last training step updated its statistics from its own slice)."""
         if self.distributed:
-            for buffer in model.buffers():
-                dist.broadcast(buffer, src=0)
+            with _peers():
+                for buffer in model.buffers():
+                    dist.broadcast(buffer, src=0)
 
     def broadcast_object(self, value: Any) -> Any:
         """Rank 0's `value` on every rank (picklable; the value itself on one process)."""
         if not self.distributed:
             return value
         holder = [value]
-        dist.broadcast_object_list(holder, src=0)
+        with _peers():
+            dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
     def gathered(self, items: Iterator[Any], n_steps: int) -> Iterator[Any]:
@@ -92,13 +104,32 @@ class Runtime:
                 yield mine
                 continue
             everyone = [None] * self.world_size if self.is_main else None
-            dist.gather_object(mine, everyone, dst=0)
+            with _peers():
+                dist.gather_object(mine, everyone, dst=0)
             yield from (everyone or [])
 
     def log(self, message: str) -> None:
         """A line on stdout from rank 0, unless quiet."""
         if self.is_main and not self.quiet:
             print(message, flush=True)
+
+
+PEER_GONE = re.compile(r"Connection (closed|reset) by peer|Broken pipe")  # gloo's words for a process gone
+
+
+@contextlib.contextmanager
+def _peers() -> Iterator[None]:
+    """A collective whose peer process ended (killed, or failed with its own line) is one line on this process
+    too, not gloo's traceback (round 38, T03-T05); any other error of a collective is a bug and keeps its own."""
+    try:
+        yield
+    except RuntimeError as error:
+        if not PEER_GONE.search(str(error)):
+            raise
+        raise TracinError(
+            "another process of this torchrun ended while this one waited for it (killed, or failed: see its "
+            "line); finished work is kept: run the same command again to continue"
+        ) from None
 
 
 def select_device(name: str, local_rank: int = 0) -> torch.device:

@@ -23,7 +23,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from tracin import faults
 from tracin.config import (
@@ -267,9 +266,7 @@ def score_model(
             )
         ]
     )
-    if runtime.distributed:
-        dist.all_reduce(todo, op=dist.ReduceOp.MAX)
-    n_steps = int(todo.item())
+    n_steps = int(runtime.all_reduce_max(todo).item())
     blocks = tracin.iter_blocks(
         data.train_of(role),
         data.test,
