@@ -441,7 +441,7 @@ def test_a_full_disk_inside_hdf5_during_report_is_salvaged_by_the_same_command(
         timeout=300,
         env=env_fault,
     )
-    assert_one_line(failed, "No space left on device")
+    assert_one_line(failed, f"No space left on device ({out})")  # the file, not its object (round 38, K03)
     again = run("tracin-report", "--run", tiny_run, "--scores", out, *REPORT, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert report_table(out) == report_table(reported)
