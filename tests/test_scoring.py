@@ -725,3 +725,29 @@ def test_plot_examples_outside_the_scored_test_set_are_refused_before_scoring(ti
     out = tmp_path / "t.h5"
     assert_user_error(tracin_score(*score_args(tiny_run, out), "--plots", "--examples", "999999"), "--examples 999999")
     assert not out.exists()
+
+
+def test_a_replica_left_out_of_scoring_is_noted():
+    """Round 38, P01: student.r1, killed in its training, was left out of --models teacher,student without a
+    word (a role's replicas are scored up to the first unfinished one); --replicas chooses without a note."""
+    from types import SimpleNamespace
+
+    from tracin.commands.score import left_out_notes, model_names
+    from tracin.options import ScoreOptions
+
+    entry = {"status": "done", "epoch": 2, "epochs": 2, "checkpoints": []}
+    partial = {**entry, "status": "partial", "epoch": 1}
+    names = ("teacher", "student", "student_baseline", "teacher.r1", "student.r1", "student.r2")
+    models = dict.fromkeys(names, entry) | {"student.r1": partial}
+    run = SimpleNamespace(record={"models": models})
+    options = ScoreOptions(run="r", models=("teacher", "student"))
+    scored = model_names(run, options)
+    assert scored == ("teacher", "student", "teacher.r1")
+    assert left_out_notes(run, options, scored) == [
+        f"note: {name} ({status}, epoch {epoch} of 2) is left out: a role's replicas are scored up to the first "
+        "that has not finished training; tracin-train --resume finishes it, or name it in --models to score its "
+        "saved checkpoints"
+        for name, status, epoch in (("student.r1", "partial", 1), ("student.r2", "done", 2))
+    ]
+    chosen = ScoreOptions(run="r", models=("teacher", "student"), replicas=1)
+    assert left_out_notes(run, chosen, model_names(run, chosen)) == []

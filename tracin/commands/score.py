@@ -32,6 +32,7 @@ from tracin.config import (
     model_name,
     parse_topk,
     replicas_by_role,
+    split_model_name,
 )
 from tracin.engine.blocks import MemoryPlan, free_memory, work_factor
 from tracin.engine.tracin import ScoreBlock, TracIn
@@ -88,6 +89,23 @@ def model_names(run: TrainedRun, options: ScoreOptions) -> tuple[str, ...]:
         counts = dict.fromkeys(roles, options.replicas)
     names = [model_name(role, r) for r in range(max(counts.values(), default=0)) for role in roles if r < counts[role]]
     return tuple(dict.fromkeys(names + [name for name in options.models if name not in ROLES]))
+
+
+def left_out_notes(run: TrainedRun, options: ScoreOptions, scored: Sequence[str]) -> list[str]:
+    """A note of each replica of a role in --models that run.json holds and model_names left out, where
+    --replicas did not choose them (round 38, P01: student.r1, killed in training, was left out silently)."""
+    roles = {name for name in options.models if name in ROLES}
+    left = [
+        (name, entry)
+        for name, entry in run.record["models"].items()
+        if name not in scored and split_model_name(name)[0] in roles and options.replicas is None
+    ]
+    return [
+        f"note: {name} ({entry['status']}, epoch {entry['epoch']} of {entry['epochs']}) is left out: a role's "
+        "replicas are scored up to the first that has not finished training; tracin-train --resume finishes "
+        "it, or name it in --models to score its saved checkpoints"
+        for name, entry in left
+    ]
 
 
 def scoring_data(run: TrainedRun, options: ScoreOptions) -> RunData:
@@ -372,8 +390,10 @@ def checked_models(run: TrainedRun, options: ScoreOptions, data: RunData, runtim
     """{model: checkpoints_digest} of the models to score, each checked before the result file is touched:
     its checkpoints loaded and checked, its layers resolved, its blocks sized within the memory budget.
     Each engine is dropped after its check, so that scoring holds one model's checkpoints at a time."""
-    digests, groups = {}, set()
-    for number, name in enumerate(model_names(run, options)):
+    digests, groups, names = {}, set(), model_names(run, options)
+    for note in left_out_notes(run, options, names) if runtime.is_main else ():
+        print(note, flush=True)
+    for number, name in enumerate(names):
         try:
             tracin = build_engine(name, run, options, runtime)
         except SelectionError as error:  # round 29, SM3: which model lacks the layer
