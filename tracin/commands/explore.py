@@ -54,7 +54,7 @@ def explore(options: ExploreOptions) -> list[str]:
         if options.run is not None:  # the file must be this run's (round 11, P10; round 9, G4)
             run = open_trained_run(options.run, options.data_root)
             check_scored_checkpoints(store, run)
-            notes = unfinished_notes(run, models)  # round 26, RJ12
+            notes = unfinished_notes(run, models, store)  # round 26, RJ12
         images = load_images(store, options.data_root)
         result = write_page(store, images, out, models, options.depth, options.max_inline_mb, options.run, notes)
         where = f" and {result['folder']}/" if result["folder"] else ""

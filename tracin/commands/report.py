@@ -127,7 +127,7 @@ def report_run(options: ReportOptions) -> Path:
                 "randomization_seconds": round(store.table_attrs(RANDOMIZATION)["seconds"], 1),
             }
             store.write_table(QUALITY_REPORT, table, provenance=provenance)
-            said = [*unfinished_notes(run, models), *report_verdicts(store, table)]  # round 26, RJ12
+            said = [*unfinished_notes(run, models, store), *report_verdicts(store, table)]  # round 26, RJ12
         print(sanity.format_quality_report(table, options.groups), flush=True)
         print("\n".join(said), flush=True)
         print(f"quality report: {path} (/quality_report), {write_quality_files(path, table, said)}", flush=True)

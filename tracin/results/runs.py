@@ -232,7 +232,7 @@ def check_scored_checkpoints(store: ScoreFile, run: TrainedRun) -> None:
     listed in run.json, its folder holds the checkpoints run.json lists, those it replayed among them, same
     sha256 as the file and run.json recorded (a moved folder is fine, another run is not), and, scored with --checkpoints all or last, those the run now holds (not a model
     trained on since)."""
-    for name in (name for names in replicas_by_role(store.models).values() for name in names.values()):
+    for name in trained_models_held(store):
         if name not in run.record["models"]:
             raise TracinError(
                 f"{store.path} scored {name}, which {run.paths.root / 'run.json'} does not list: give the score "
@@ -264,6 +264,11 @@ def check_scored_checkpoints(store: ScoreFile, run: TrainedRun) -> None:
             )
 
 
+def trained_models_held(store: ScoreFile) -> list[str]:
+    """Every trained model `store` scored (an ensemble's members, not the ensemble), replica by replica."""
+    return [name for names in replicas_by_role(store.models).values() for name in names.values()]
+
+
 def unfinished_note(run: TrainedRun, name: str) -> Optional[str]:
     """A note when `name` has not finished training (round 25, A9: a model killed before its last epoch, or
     before it was marked done, was scored without a word): its saved checkpoints are scored as they are."""
@@ -276,9 +281,12 @@ def unfinished_note(run: TrainedRun, name: str) -> Optional[str]:
     )
 
 
-def unfinished_notes(run: TrainedRun, models: Sequence[str]) -> list[str]:
-    """unfinished_note of each of `models` the run holds (round 26, RJ12: said where its scores are read too)."""
-    notes = (unfinished_note(run, m) for m in models if m in run.record["models"])
+def unfinished_notes(run: TrainedRun, models: Sequence[str], store: Optional[ScoreFile] = None) -> list[str]:
+    """unfinished_note of each of `models` the run holds (round 26, RJ12: said where its scores are read too),
+    then of each other trained model `store` holds, which the agreement verdicts and the page read as well
+    (round 38, A-partial_s1)."""
+    held = trained_models_held(store) if store is not None else []
+    notes = (unfinished_note(run, m) for m in dict.fromkeys([*models, *held]) if m in run.record["models"])
     return [note for note in notes if note]
 
 
