@@ -230,8 +230,8 @@ def check_scored_checkpoints(store: ScoreFile, run: TrainedRun) -> None:
     agreement verdicts, an ensemble's scores (checked through its members) and the page read them all (round 36,
     C073; round 37: a replica run.json no longer lists, or one replaced since, read without a word). Each is
     listed in run.json, its folder holds the checkpoints run.json lists, those it replayed among them, same
-    sha256 as the file and run.json recorded (a moved folder is fine, another run is not), and, scored with --checkpoints all or last, those the run now holds (not a model
-    trained on since)."""
+    sha256 as the file and run.json recorded (a moved folder is fine, another run is not), and, scored with
+    --checkpoints all or last, those the run now holds (not a model trained on since)."""
     for name in trained_models_held(store):
         if name not in run.record["models"]:
             raise TracinError(
