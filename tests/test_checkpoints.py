@@ -526,7 +526,6 @@ def test_every_model_a_score_file_holds_is_checked_against_run_json_as_loading_c
     sha256 record edited, or a checkpoint copied into its folder, passed where loading it refuses."""
     import shutil
 
-    from tracin.errors import TracinError
     from tracin.results.runs import check_scored_checkpoints, open_trained_run
     from tracin.results.store import ScoreFile
 

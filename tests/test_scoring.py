@@ -735,8 +735,8 @@ def test_a_replica_left_out_of_scoring_is_noted():
     from tracin.commands.score import left_out_notes, model_names
     from tracin.options import ScoreOptions
 
-    entry = {"status": "done", "epoch": 2, "epochs": 2, "checkpoints": []}
-    partial = {**entry, "status": "partial", "epoch": 1}
+    entry = {"status": "done", "epoch": 2, "epochs": 2, "checkpoints": ["epoch_002.pt"]}
+    partial = {**entry, "status": "partial", "epoch": 1, "checkpoints": []}
     names = ("teacher", "student", "student_baseline", "teacher.r1", "student.r1", "student.r2")
     models = dict.fromkeys(names, entry) | {"student.r1": partial}
     run = SimpleNamespace(record={"models": models})
@@ -744,10 +744,12 @@ def test_a_replica_left_out_of_scoring_is_noted():
     scored = model_names(run, options)
     assert scored == ("teacher", "student", "teacher.r1")
     assert left_out_notes(run, options, scored) == [
-        f"note: {name} ({status}, epoch {epoch} of 2) is left out: a role's replicas are scored up to the first "
-        "that has not finished training; tracin-train --resume finishes it, or name it in --models to score its "
-        "saved checkpoints"
-        for name, status, epoch in (("student.r1", "partial", 1), ("student.r2", "done", 2))
+        "note: student.r1 is left out of the replicas scored: it has not finished training (partial, epoch 1 of 2); "
+        "tracin-train --resume finishes it",
+        "note: student.r2 is left out of the replicas scored: a replica before it has not finished training; name "
+        "it in --models to score it",
     ]
+    run.record["models"]["student.r1"] = {**partial, "checkpoints": ["epoch_001.pt"]}
+    assert left_out_notes(run, options, scored)[0].endswith("or name it in --models to score its saved checkpoints")
     chosen = ScoreOptions(run="r", models=("teacher", "student"), replicas=1)
     assert left_out_notes(run, chosen, model_names(run, chosen)) == []

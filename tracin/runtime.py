@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from tracin.config import DEVICES
 from tracin.errors import TracinError
 
+PEER_GONE = re.compile(r"Connection (closed|reset) by peer|Broken pipe")  # gloo's words for a process gone (CPU)
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -61,20 +63,20 @@ class Runtime:
 
     def barrier(self) -> None:
         if self.distributed:
-            with _peers():
+            with _naming_lost_peers():
                 dist.barrier()
 
     def all_reduce_sum(self, tensor: Tensor) -> Tensor:
         """The sum of `tensor` over ranks (the tensor itself on one process)."""
         if self.distributed:
-            with _peers():
+            with _naming_lost_peers():
                 dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
     def all_reduce_max(self, tensor: Tensor) -> Tensor:
         """The largest of `tensor` over ranks, elementwise (the tensor itself on one process)."""
         if self.distributed:
-            with _peers():
+            with _naming_lost_peers():
                 dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return tensor
 
@@ -82,7 +84,7 @@ class Runtime:
         """Give every rank rank 0's BatchNorm statistics, so all ranks evaluate and save the same model
         (each rank's last training step updated its statistics from its own slice)."""
         if self.distributed:
-            with _peers():
+            with _naming_lost_peers():
                 for buffer in model.buffers():
                     dist.broadcast(buffer, src=0)
 
@@ -91,7 +93,7 @@ class Runtime:
         if not self.distributed:
             return value
         holder = [value]
-        with _peers():
+        with _naming_lost_peers():
             dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
@@ -104,7 +106,7 @@ class Runtime:
                 yield mine
                 continue
             everyone = [None] * self.world_size if self.is_main else None
-            with _peers():
+            with _naming_lost_peers():
                 dist.gather_object(mine, everyone, dst=0)
             yield from (everyone or [])
 
@@ -114,11 +116,8 @@ class Runtime:
             print(message, flush=True)
 
 
-PEER_GONE = re.compile(r"Connection (closed|reset) by peer|Broken pipe")  # gloo's words for a process gone
-
-
 @contextlib.contextmanager
-def _peers() -> Iterator[None]:
+def _naming_lost_peers() -> Iterator[None]:
     """A collective whose peer process ended (killed, or failed with its own line) is one line on this process
     too, not gloo's traceback (round 38, T03-T05); any other error of a collective is a bug and keeps its own."""
     try:

@@ -93,17 +93,24 @@ def model_names(run: TrainedRun, options: ScoreOptions) -> tuple[str, ...]:
 
 def left_out_notes(run: TrainedRun, options: ScoreOptions, scored: Sequence[str]) -> list[str]:
     """A note of each replica of a role in --models that run.json holds and model_names left out, where
-    --replicas did not choose them (round 38, P01: student.r1, killed in training, was left out silently)."""
+    --replicas did not choose them (round 38, P01: student.r1, killed in training, was left out silently):
+    a role's replicas are scored up to the first that has not finished training."""
     if options.replicas is not None:
         return []
     roles = {name for name in options.models if name in ROLES}
-    return [
-        f"note: {name} ({entry['status']}, epoch {entry['epoch']} of {entry['epochs']}) is left out: a role's "
-        "replicas are scored up to the first that has not finished training; tracin-train --resume finishes "
-        "it, or name it in --models to score its saved checkpoints"
-        for name, entry in run.record["models"].items()
-        if name not in scored and split_model_name(name)[0] in roles
-    ]
+    notes = []
+    for name, entry in run.record["models"].items():
+        if name in scored or split_model_name(name)[0] not in roles:
+            continue
+        if entry["status"] == "done":
+            how = "a replica before it has not finished training; name it in --models to score it"
+        else:
+            how = f"it has not finished training ({entry['status']}, epoch {entry['epoch']} of {entry['epochs']}); "
+            how += "tracin-train --resume finishes it" + (
+                ", or name it in --models to score its saved checkpoints" if entry["checkpoints"] else ""
+            )
+        notes.append(f"note: {name} is left out of the replicas scored: {how}")
+    return notes
 
 
 def scoring_data(run: TrainedRun, options: ScoreOptions) -> RunData:
