@@ -334,8 +334,9 @@ def test_torchrun_two_processes_killed_and_resumed_write_the_same_file(tiny_run,
         "--",
         *map(str, score_args(tiny_run, out, *MANY_BLOCKS)),
     ]
+    patient = [*command[:3], "--monitor-interval=20", *command[3:]]  # torchrun's SIGTERM would beat rank 1's line
     killed = subprocess.run(
-        command, capture_output=True, text=True, timeout=600, env=subprocess_env(TRACIN_FAULT="score-block:1:kill")
+        patient, capture_output=True, text=True, timeout=600, env=subprocess_env(TRACIN_FAULT="score-block:1:kill")
     )
     said = "tracin-score: error: another process of this torchrun ended while this one waited for it"
     assert killed.returncode != 0 and said in killed.stderr, killed.stderr[-3000:]
@@ -343,6 +344,19 @@ def test_torchrun_two_processes_killed_and_resumed_write_the_same_file(tiny_run,
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=subprocess_env())
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_results(out, scored)
+
+
+def test_a_lost_peer_is_one_line_and_any_other_collective_error_keeps_its_own():
+    """gloo's words for a peer gone (its RuntimeError) become the one line; a bug in a collective stays a bug."""
+    from tracin.runtime import _naming_lost_peers
+
+    gone = "[gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:19862: Connection reset by peer. This is ..."
+    with pytest.raises(TracinError, match="another process of this torchrun ended while this one waited for it"):
+        with _naming_lost_peers():
+            raise RuntimeError(gone)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        with _naming_lost_peers():
+            raise RuntimeError("size mismatch in all_reduce")
 
 
 def test_the_command_line_leads_with_train_normalised_and_the_api_with_raw():
