@@ -516,6 +516,7 @@ def test_tracin_eval_refuses_a_model_folder_other_than_run_json_lists(tiny_run, 
     [
         ("sha256 recorded", "is not the checkpoint tracin-train saved (its sha256 differs from"),
         ("checkpoint copied in", "epoch_009.pt is not in"),
+        ("architecture recorded", "is not the architecture the run recorded for student: stages"),  # round 39, A17
     ],
 )
 def test_every_model_a_score_file_holds_is_checked_against_run_json_as_loading_checks_it(
@@ -535,7 +536,31 @@ def test_every_model_a_score_file_holds_is_checked_against_run_json_as_loading_c
         record = json.loads((run / "run.json").read_text())
         record["models"]["student"]["sha256"] = dict.fromkeys(record["models"]["student"]["sha256"], "0" * 64)
         (run / "run.json").write_text(json.dumps(record))
+    elif edit == "architecture recorded":
+        record = json.loads((run / "run.json").read_text())
+        record["model_configs"]["student"]["stages"] += 1
+        (run / "run.json").write_text(json.dumps(record))
     else:
         shutil.copy(sorted((run / "student").glob("epoch_*.pt"))[-1], run / "student" / "epoch_009.pt")
     with ScoreFile.open_read(tiny_scores) as store, pytest.raises(TracinError, match=re.escape(said)):
         check_scored_checkpoints(store, open_trained_run(str(run), None))
+
+
+def test_a_teacher_given_from_a_run_must_be_the_checkpoint_that_run_saved(tiny_run, tmp_path):
+    """Round 39, T01, S05b: --teacher RUN/teacher/epoch_NNN.pt edited in place (its sha256 no longer run.json's)
+    trained a student, and a sweep's damaged shared teacher every student, without a word."""
+    import shutil
+
+    from tracin.commands.train import check_teacher_as_its_run_saved
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    teacher = sorted((run / "teacher").glob("epoch_*.pt"))[-1]
+    check_teacher_as_its_run_saved(teacher)  # as saved: accepted
+    shutil.copy(teacher, tmp_path / "kept.pt")
+    data = bytearray(teacher.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    teacher.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(teacher))} is not the checkpoint tracin-train saved"):
+        check_teacher_as_its_run_saved(teacher)
+    check_teacher_as_its_run_saved(tmp_path / "kept.pt")  # a copy kept outside a run: its own record

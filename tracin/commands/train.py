@@ -37,7 +37,7 @@ from tracin.training.losses import check_kd_loss
 from tracin.training.models import check_fits, count_parameters
 from tracin.training.optimization import check_schedule
 from tracin.training.plots import plot_overlaid_history, plot_per_class
-from tracin.training.records import data_record, fingerprint
+from tracin.training.records import check_saved_digest, data_record, fingerprint
 from tracin.training.roles import model_configs, needs_teacher, teacher_path, train_role
 from tracin.training.run_folder import (
     RunPaths,
@@ -58,6 +58,7 @@ def check_teacher_available(options: RunOptions, paths: RunPaths, config: TrainC
     """Fail before any work when a student needs a teacher that neither exists nor is trained now."""
     if options.teacher:
         load_checkpoint(options.teacher, role="teacher")
+        check_teacher_as_its_run_saved(Path(options.teacher))
         return
     if not any(needs_teacher(role, config) for role in options.models) or "teacher" in options.models:
         return
@@ -68,6 +69,19 @@ def check_teacher_available(options: RunOptions, paths: RunPaths, config: TrainC
                 f"the student needs a teacher and {final} does not exist: train the teacher in this run "
                 "(--models teacher ...) or give a teacher checkpoint with --teacher PATH"
             )
+
+
+def check_teacher_as_its_run_saved(path: Path) -> None:
+    """A --teacher that is a checkpoint of a tracin-train run (RUN/MODEL/epoch_NNN.pt, listed in RUN/run.json) must
+    be the one that run saved, its sha256 run.json's (round 39, T01: one edited in place trained a student, and a
+    sweep's shared teacher damaged trained every student, without a word). One kept elsewhere is its own record."""
+    path = path.resolve()
+    paths = RunPaths(path.parent.parent)
+    if not paths.run_json.is_file():
+        return
+    entry = read_record(paths)["models"].get(path.parent.name)
+    if entry is not None and path.name in entry["checkpoints"]:
+        check_saved_digest(path, entry.get("sha256"), f"{paths.run_json}'s models/{path.parent.name}/sha256")
 
 
 def run_configs(config: TrainConfig, data_config: DataConfig, options: RunOptions, data_fingerprint: dict) -> dict:

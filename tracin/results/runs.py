@@ -30,8 +30,10 @@ from tracin.options import ScoreOptions
 from tracin.results.store import Salvage, ScoreFile
 from tracin.training.checkpoints import (
     Checkpoint,
+    check_recorded_architecture,
     epoch_of,
     list_checkpoints,
+    load_checkpoint,
     load_distillation_teacher,
     load_run_checkpoints,
     select_checkpoints,
@@ -254,6 +256,11 @@ def check_scored_checkpoints(store: ScoreFile, run: TrainedRun) -> None:
                     "(missing, or another file): give the score file of this run"
                 )
             check_saved_digest(here, recorded, field, digest=digest)
+        if store.model(name).checkpoint_files:  # run.json's architecture edited (round 39, A17, L18)
+            last = run.paths.model_dir(name) / Path(store.model(name).checkpoint_files[-1][0]).name
+            role = split_model_name(name)[0]
+            this = ModelConfig.from_dict(load_checkpoint(last, role=role)["model_config"])
+            check_recorded_architecture(last, this, role, run.record["model_configs"].get(role))
         spec, scored = store.checkpoint_spec, store.model(name).epochs
         saved = [epoch_of(Path(file)) for file in run.record["models"].get(name, {}).get("checkpoints", [])]
         if spec in ("all", "last") and saved and select_epochs(spec, saved, name) != scored:  # round 27, U07
