@@ -40,17 +40,18 @@ class _Assignments(argparse.Namespace):
 class Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one line on stderr and exit code 2, like every other user error.
     Options are never abbreviated (`--overw` is not `--overwrite`), and every command has --version. An option
-    given by its old spelling and its new one, with two values (`--out X --scores Y`), is refused, not read as
-    the last (round 38, O77); one spelling given twice is read as the last, as argparse does (an alias with
+    given by two of its names (an old spelling, an alias) with two values (`--out X --scores Y`, `--arch A
+    --model B`) is refused, not read as the last (round 38, O77; round 39, O04); one spelling given twice is read as the last, as argparse does (an alias with
     `--device cpu`, overridden by `--device cuda`)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, allow_abbrev=False, formatter_class=_Formatter, **kwargs)
         self.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
         self.renamed: dict[str, str] = {}  # old spelling -> the option's flag
+        self.aliases: set[str] = set()  # every name of an option but its flag (old spellings, `also`)
 
     def parse_known_args(self, args: Optional[Sequence[str]] = None, namespace=None):
-        if namespace is not None or not self.renamed:
+        if namespace is not None or not self.aliases:
             return super().parse_known_args(args, namespace)
         args = list(sys.argv[1:] if args is None else args)
         parsed, extras = super().parse_known_args(args, _Assignments())
@@ -58,9 +59,9 @@ class Parser(argparse.ArgumentParser):
         for action in self._actions:
             typed = _typed(action, args)
             spellings = {word.split(" ", 1)[0].split("=", 1)[0] for word in typed}
-            old_and_new = len(spellings) > 1 and spellings & set(self.renamed)
-            if old_and_new and len({repr(v) for v in values.get(action.dest, ())}) > 1:
-                self.error(f"{' and '.join(typed)} give one option twice, by its old name and its new: give it once")
+            two_names = len(spellings) > 1 and spellings & self.aliases
+            if two_names and len({repr(v) for v in values.get(action.dest, ())}) > 1:
+                self.error(f"{' and '.join(typed)} give one option twice, by two of its names: give it once")
         return argparse.Namespace(**vars(parsed)), extras
 
     def error(self, message: str):
@@ -199,6 +200,7 @@ def add_options(parser: Parser, options: type) -> None:
             target = exclusive[declared.exclusive]
         target.add_argument(*names, **keywords)
         parser.renamed.update(dict.fromkeys(declared.renamed, names[0]))
+        parser.aliases.update(names[1:])
 
 
 def command_parser(prog: str, description: str, *options: type, epilog: Optional[str] = None) -> Parser:
