@@ -58,7 +58,6 @@ def check_teacher_available(options: RunOptions, paths: RunPaths, config: TrainC
     """Fail before any work when a student needs a teacher that neither exists nor is trained now."""
     if options.teacher:
         load_checkpoint(options.teacher, role="teacher")
-        check_teacher_as_its_run_saved(Path(options.teacher))
         return
     if not any(needs_teacher(role, config) for role in options.models) or "teacher" in options.models:
         return
@@ -77,7 +76,7 @@ def check_teacher_as_its_run_saved(path: Path) -> None:
     sweep's shared teacher damaged trained every student, without a word). One kept elsewhere is its own record."""
     path = path.resolve()
     paths = RunPaths(path.parent.parent)
-    if not paths.run_json.is_file():
+    if not path.is_file() or not paths.run_json.is_file():  # a missing one is named where it is loaded
         return
     entry = read_record(paths)["models"].get(path.parent.name)
     if entry is not None and path.name in entry["checkpoints"]:
@@ -153,6 +152,8 @@ def train_run(config: TrainConfig, data_config: DataConfig, options: RunOptions)
                 runtime.log(f"removed {stale}, left by an interrupted write")
         # the configuration is compared before the data load (round 26, T3: resuming with another data set
         # failed on loading it, naming the data root rather than the mismatch); the data and teacher after it
+        if options.teacher:  # before a resume's "other settings (--teacher ...)" (round 39, S05)
+            check_teacher_as_its_run_saved(Path(options.teacher))
         known = {"config": config.to_dict(), "data_config": data_config.to_dict()}
         open_record(paths, options.resume, options.overwrite, known)
         data = load_data(data_config)
