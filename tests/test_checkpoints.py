@@ -546,21 +546,44 @@ def test_every_model_a_score_file_holds_is_checked_against_run_json_as_loading_c
         check_scored_checkpoints(store, open_trained_run(str(run), None))
 
 
-def test_a_teacher_given_from_a_run_must_be_the_checkpoint_that_run_saved(tiny_run, tmp_path):
-    """Round 39, T01, S05b: --teacher RUN/teacher/epoch_NNN.pt edited in place (its sha256 no longer run.json's)
-    trained a student, and a sweep's damaged shared teacher every student, without a word."""
+@pytest.mark.parametrize(
+    "edit, said",
+    [
+        ("bytes", "{teacher} is not the checkpoint tracin-train saved"),  # round 39, T01
+        ("architecture recorded", "{teacher} is not the architecture the run recorded for teacher: width"),  # D12
+        ("last.pt", "--teacher {last} is teacher's last.pt, its resume state, which no record covers"),  # D16
+        ("copied in", "--teacher {copied} is in teacher's folder but not a checkpoint"),
+    ],
+)
+def test_a_teacher_given_from_a_run_must_be_the_checkpoint_that_run_saved(tiny_run, tmp_path, edit, said):
+    """Rounds 39-40, T01, S05b, D12, D16: --teacher RUN/teacher/epoch_NNN.pt edited in place (its sha256 no
+    longer run.json's), or its run's recorded architecture edited, or RUN/teacher/last.pt (no record covers it)
+    edited, trained a student, and a sweep's damaged shared teacher every student, without a word."""
     import shutil
 
     from tracin.commands.train import check_teacher_as_its_run_saved
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    teacher = sorted((run / "teacher").glob("epoch_*.pt"))[-1]
-    check_teacher_as_its_run_saved(teacher)  # as saved: accepted
+    teacher, last, copied = sorted((run / "teacher").glob("epoch_*.pt"))[-1], run / "teacher" / "last.pt", None
+    check_teacher_as_its_run_saved(teacher)  # as saved: accepted, and its init.pt
+    check_teacher_as_its_run_saved(run / "teacher" / "init.pt")
     shutil.copy(teacher, tmp_path / "kept.pt")
-    data = bytearray(teacher.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    teacher.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=f"{re.escape(str(teacher))} is not the checkpoint tracin-train saved"):
-        check_teacher_as_its_run_saved(teacher)
+    given = teacher
+    if edit == "bytes":
+        data = bytearray(teacher.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        teacher.write_bytes(bytes(data))
+    elif edit == "architecture recorded":
+        record = json.loads((run / "run.json").read_text())
+        record["model_configs"]["teacher"]["width"] *= 2
+        (run / "run.json").write_text(json.dumps(record))
+    elif edit == "last.pt":
+        given = last
+    else:
+        given = copied = run / "teacher" / "mine.pt"
+        shutil.copy(teacher, copied)
+    said = said.format(teacher=teacher.resolve(), last=last.resolve(), copied=copied and copied.resolve())
+    with pytest.raises(CheckpointError, match=re.escape(said)):
+        check_teacher_as_its_run_saved(given)
     check_teacher_as_its_run_saved(tmp_path / "kept.pt")  # a copy kept outside a run: its own record

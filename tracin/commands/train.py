@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tracin import faults
-from tracin.config import ROLES, DataConfig, TrainConfig, model_name
+from tracin.config import ROLES, DataConfig, ModelConfig, TrainConfig, model_name, split_model_name
 from tracin.errors import CheckpointError, TracinError
 from tracin.files import (
     check_folder,
@@ -31,7 +31,7 @@ from tracin.files import (
 from tracin.options import RunOptions
 from tracin.runtime import Runtime, start_runtime
 from tracin.training.batches import steps_per_epoch, to_device
-from tracin.training.checkpoints import load_checkpoint, sha256_file
+from tracin.training.checkpoints import check_recorded_architecture, load_checkpoint, sha256_file
 from tracin.training.data import RunData, load_data
 from tracin.training.losses import check_kd_loss
 from tracin.training.models import check_fits, count_parameters
@@ -71,16 +71,33 @@ def check_teacher_available(options: RunOptions, paths: RunPaths, config: TrainC
 
 
 def check_teacher_as_its_run_saved(path: Path) -> None:
-    """A --teacher that is a checkpoint of a tracin-train run (RUN/MODEL/epoch_NNN.pt, listed in RUN/run.json) must
-    be the one that run saved, its sha256 run.json's (round 39, T01: one edited in place trained a student, and a
-    sweep's shared teacher damaged trained every student, without a word). One kept elsewhere is its own record."""
+    """A --teacher in a model folder of a tracin-train run (RUN/MODEL/, MODEL listed in RUN/run.json) must be a
+    checkpoint that run lists (or its init.pt), the one it saved (sha256 run.json's), of the architecture its
+    model_configs record (rounds 39-40, T01, D12: one edited in place, or its run.json, trained a student, and a
+    sweep's shared teacher damaged every student, without a word); last.pt, which no record covers, is refused
+    (round 40, D16). One kept elsewhere is its own record."""
     path = path.resolve()
     paths = RunPaths(path.parent.parent)
     if not path.is_file() or not paths.run_json.is_file():  # a missing one is named where it is loaded
         return
-    entry = read_record(paths)["models"].get(path.parent.name)
-    if entry is not None and path.name in entry["checkpoints"]:
-        check_saved_digest(path, entry.get("sha256"), f"{paths.run_json}'s models/{path.parent.name}/sha256")
+    record, name = read_record(paths), path.parent.name
+    entry = record["models"].get(name)
+    if entry is None:
+        return
+    if path.name not in entry["checkpoints"] and path.name != "init.pt":
+        listed = ", ".join(entry["checkpoints"]) or "none yet"
+        what = (
+            f"{name}'s last.pt, its resume state, which no record covers"
+            if path.name == "last.pt"
+            else (f"in {name}'s folder but not a checkpoint {paths.run_json} lists (copied in?)")
+        )
+        raise CheckpointError(
+            f"--teacher {path} is {what}: give one of the checkpoints run.json lists of {name} ({listed})"
+        )
+    check_saved_digest(path, entry.get("sha256"), f"{paths.run_json}'s models/{name}/sha256")
+    role = split_model_name(name)[0]
+    this = ModelConfig.from_dict(load_checkpoint(path, role=role)["model_config"])
+    check_recorded_architecture(path, this, role, record["model_configs"].get(role))
 
 
 def run_configs(config: TrainConfig, data_config: DataConfig, options: RunOptions, data_fingerprint: dict) -> dict:
