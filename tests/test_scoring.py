@@ -746,8 +746,9 @@ def test_a_replica_left_out_of_scoring_is_noted():
     word (a role's replicas are scored up to the first unfinished one); --replicas chooses without a note."""
     from types import SimpleNamespace
 
-    from tracin.commands.score import left_out_notes, model_names
+    from tracin.commands.score import model_names
     from tracin.options import ScoreOptions
+    from tracin.results.runs import left_out_notes
 
     entry = {"status": "done", "epoch": 2, "epochs": 2, "checkpoints": ["epoch_002.pt"]}
     partial = {**entry, "status": "partial", "epoch": 1, "checkpoints": []}

@@ -32,7 +32,6 @@ from tracin.config import (
     model_name,
     parse_topk,
     replicas_by_role,
-    split_model_name,
 )
 from tracin.engine.blocks import MemoryPlan, free_memory, work_factor
 from tracin.engine.tracin import ScoreBlock, TracIn
@@ -49,6 +48,7 @@ from tracin.results.runs import (
     TrainedRun,
     checked_data,
     describe_salvage,
+    left_out_notes,
     load_role_checkpoints,
     open_trained_run,
     own_teachers,
@@ -89,28 +89,6 @@ def model_names(run: TrainedRun, options: ScoreOptions) -> tuple[str, ...]:
         counts = dict.fromkeys(roles, options.replicas)
     names = [model_name(role, r) for r in range(max(counts.values(), default=0)) for role in roles if r < counts[role]]
     return tuple(dict.fromkeys(names + [name for name in options.models if name not in ROLES]))
-
-
-def left_out_notes(run: TrainedRun, options: ScoreOptions, scored: Sequence[str]) -> list[str]:
-    """A note of each replica of a role in --models that run.json holds and model_names left out, where
-    --replicas did not choose them (round 38, P01: student.r1, killed in training, was left out silently):
-    a role's replicas are scored up to the first that has not finished training."""
-    if options.replicas is not None:
-        return []
-    roles = {name for name in options.models if name in ROLES}
-    notes = []
-    for name, entry in run.record["models"].items():
-        if name in scored or split_model_name(name)[0] not in roles:
-            continue
-        if entry["status"] == "done":
-            how = "a replica before it has not finished training; name it in --models to score it"
-        else:
-            how = f"it has not finished training ({entry['status']}, epoch {entry['epoch']} of {entry['epochs']}); "
-            how += "tracin-train --resume finishes it" + (
-                ", or name it in --models to score its saved checkpoints" if entry["checkpoints"] else ""
-            )
-        notes.append(f"note: {name} is left out of the replicas scored: {how}")
-    return notes
 
 
 def scoring_data(run: TrainedRun, options: ScoreOptions) -> RunData:

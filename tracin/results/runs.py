@@ -16,6 +16,7 @@ import numpy as np
 from tracin.config import (
     DATA_FOLDERS,
     ENSEMBLE_SUFFIX,
+    ROLES,
     DataConfig,
     ModelConfig,
     TrainConfig,
@@ -286,6 +287,28 @@ def unfinished_note(run: TrainedRun, name: str) -> Optional[str]:
         f"note: {name} has not finished training ({entry['status']}, epoch {entry['epoch']} of {entry['epochs']}): "
         "its saved checkpoints are scored; tracin-train --resume finishes it"
     )
+
+
+def left_out_notes(run: TrainedRun, options: ScoreOptions, scored: Sequence[str]) -> list[str]:
+    """A note of each replica of a role in --models that run.json holds and model_names left out, where
+    --replicas did not choose them (round 38, P01: student.r1, killed in training, was left out silently):
+    a role's replicas are scored up to the first that has not finished training."""
+    if options.replicas is not None:
+        return []
+    roles = {name for name in options.models if name in ROLES}
+    notes = []
+    for name, entry in run.record["models"].items():
+        if name in scored or split_model_name(name)[0] not in roles:
+            continue
+        if entry["status"] == "done":
+            how = "a replica before it has not finished training; name it in --models to score it"
+        else:
+            how = f"it has not finished training ({entry['status']}, epoch {entry['epoch']} of {entry['epochs']}); "
+            how += "tracin-train --resume finishes it" + (
+                ", or name it in --models to score its saved checkpoints" if entry["checkpoints"] else ""
+            )
+        notes.append(f"note: {name} is left out of the replicas scored: {how}")
+    return notes
 
 
 def unfinished_notes(run: TrainedRun, models: Sequence[str], store: Optional[ScoreFile] = None) -> list[str]:
