@@ -89,7 +89,8 @@ def check_teacher_as_its_run_saved(path: Path) -> None:
         what = (
             f"{name}'s last.pt, its resume state, which no record covers"
             if path.name == "last.pt"
-            else (f"in {name}'s folder but not a checkpoint {paths.run_json} lists (copied in?)")
+            else f"in {name}'s folder but not a checkpoint {paths.run_json} lists (copied in, or saved by a training "
+            "killed before it recorded it: tracin-train --resume finishes that run)"
         )
         raise CheckpointError(
             f"--teacher {path} is {what}: give one of the checkpoints run.json lists of {name} ({listed})"
