@@ -551,24 +551,28 @@ def test_every_model_a_score_file_holds_is_checked_against_run_json_as_loading_c
     [
         ("bytes", "{teacher} is not the checkpoint tracin-train saved"),  # round 39, T01
         ("architecture recorded", "{teacher} is not the architecture the run recorded for teacher: width"),  # D12
-        ("last.pt", "--teacher {last} is teacher's last.pt, its resume state, which no record covers"),  # D16
-        ("copied in", "--teacher {copied} is in teacher's folder but not a checkpoint"),
+        ("last.pt", "--teacher {last} is not a checkpoint {run_json} lists of teacher (its resume state"),  # D16
+        ("copied in", "--teacher {copied} is not a checkpoint {run_json} lists of teacher (copied in"),
+        ("link to an edited file", "{link} is not the checkpoint tracin-train saved"),  # review 58
+        ("folder copied in", "--teacher {folder}: {run_json} records no model teacher.r5"),  # review 58
     ],
 )
 def test_a_teacher_given_from_a_run_must_be_the_checkpoint_that_run_saved(tiny_run, tmp_path, edit, said):
     """Rounds 39-40, T01, S05b, D12, D16: --teacher RUN/teacher/epoch_NNN.pt edited in place (its sha256 no
     longer run.json's), or its run's recorded architecture edited, or RUN/teacher/last.pt (no record covers it)
-    edited, trained a student, and a sweep's damaged shared teacher every student, without a word."""
+    edited, trained a student, and a sweep's damaged shared teacher every student, without a word. A link in the
+    run's folder to an edited file, a model folder copied in (review 58): the same."""
     import shutil
 
-    from tracin.commands.train import check_teacher_as_its_run_saved
+    from tracin.training.run_folder import check_saved_by_its_run
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    teacher, last, copied = sorted((run / "teacher").glob("epoch_*.pt"))[-1], run / "teacher" / "last.pt", None
-    check_teacher_as_its_run_saved(teacher)  # as saved: accepted, and its init.pt
-    check_teacher_as_its_run_saved(run / "teacher" / "init.pt")
-    shutil.copy(teacher, tmp_path / "kept.pt")
+    teacher, last = sorted((run / "teacher").glob("epoch_*.pt"))[-1], run / "teacher" / "last.pt"
+    for saved in (teacher, run / "teacher" / "init.pt"):  # as saved: accepted
+        check_saved_by_its_run(saved, "--teacher")
+    kept = tmp_path / "kept.pt"
+    shutil.copy(teacher, kept)
     given = teacher
     if edit == "bytes":
         data = bytearray(teacher.read_bytes())
@@ -580,10 +584,22 @@ def test_a_teacher_given_from_a_run_must_be_the_checkpoint_that_run_saved(tiny_r
         (run / "run.json").write_text(json.dumps(record))
     elif edit == "last.pt":
         given = last
+    elif edit == "copied in":
+        given = run / "teacher" / "mine.pt"
+        shutil.copy(teacher, given)
+    elif edit == "link to an edited file":
+        edited = tmp_path / "edited.pt"
+        edited.write_bytes(teacher.read_bytes()[:-1] + bytes([teacher.read_bytes()[-1] ^ 1]))
+        teacher.unlink()
+        teacher.symlink_to(edited)
     else:
-        given = copied = run / "teacher" / "mine.pt"
-        shutil.copy(teacher, copied)
-    said = said.format(teacher=teacher.resolve(), last=last.resolve(), copied=copied and copied.resolve())
+        (run / "teacher.r5").mkdir()
+        given = run / "teacher.r5" / "last.pt"
+        shutil.copy(last, given)
+    said = said.format(teacher=teacher, last=last, copied=given, link=teacher, folder=given, run_json=run / "run.json")
     with pytest.raises(CheckpointError, match=re.escape(said)):
-        check_teacher_as_its_run_saved(given)
-    check_teacher_as_its_run_saved(tmp_path / "kept.pt")  # a copy kept outside a run: its own record
+        check_saved_by_its_run(given, "--teacher")
+    check_saved_by_its_run(kept, "--teacher")  # a copy kept outside a run: its own record
+    (run / "kept").mkdir()
+    shutil.copy(kept, run / "kept" / "best.pt")
+    check_saved_by_its_run(run / "kept" / "best.pt", "--teacher")  # a folder of the user's own in the run: the same

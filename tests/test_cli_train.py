@@ -13,7 +13,7 @@ from torchvision import datasets
 
 from tracin.cli.main import build_train_parser, train_main
 
-from conftest import one_thread, run_tracin_train
+from conftest import TINY_RUN_ARGS, one_thread, run_tracin_train
 
 OPTIONS = (
     "--run",
@@ -265,3 +265,18 @@ def test_overwrite_removes_only_folders_tracin_train_made(cifar10_root, tmp_path
     )
     _assert_one_line_error(code, err, "is not a tracin-train run")
     assert (folder / "thesis.tex").read_text() == "months of work"
+
+
+def test_a_students_own_teacher_edited_in_place_is_refused(tiny_run, tmp_path, fashion_mnist_root, capsys):
+    """Round 40 (review): `--models student` of a run whose teacher was done trained the student from the run's
+    teacher checkpoint edited in place (its sha256 no longer run.json's), without a word, as --teacher did (T01)."""
+    run = _copy(tiny_run, tmp_path)
+    final = sorted((run / "teacher").glob("epoch_*.pt"))[-1]
+    data = bytearray(final.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    final.write_bytes(bytes(data))
+    argv = ["--run", run.name, "--out-root", tmp_path, "--data-root", fashion_mnist_root, *TINY_RUN_ARGS]
+    before = (run / "run.json").read_bytes()
+    code, _, err = _cli([*argv, "--models", "student"], capsys)
+    _assert_one_line_error(code, err, f"{final} is not the checkpoint tracin-train saved")
+    assert (run / "run.json").read_bytes() == before  # refused before the run is touched

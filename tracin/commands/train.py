@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tracin import faults
-from tracin.config import ROLES, DataConfig, ModelConfig, TrainConfig, model_name, split_model_name
+from tracin.config import ROLES, DataConfig, TrainConfig, model_name
 from tracin.errors import CheckpointError, TracinError
 from tracin.files import (
     check_folder,
@@ -31,16 +31,17 @@ from tracin.files import (
 from tracin.options import RunOptions
 from tracin.runtime import Runtime, start_runtime
 from tracin.training.batches import steps_per_epoch, to_device
-from tracin.training.checkpoints import check_recorded_architecture, load_checkpoint, sha256_file
+from tracin.training.checkpoints import load_checkpoint, sha256_file
 from tracin.training.data import RunData, load_data
 from tracin.training.losses import check_kd_loss
 from tracin.training.models import check_fits, count_parameters
 from tracin.training.optimization import check_schedule
 from tracin.training.plots import plot_overlaid_history, plot_per_class
-from tracin.training.records import check_saved_digest, data_record, fingerprint
+from tracin.training.records import data_record, fingerprint
 from tracin.training.roles import model_configs, needs_teacher, teacher_path, train_role
 from tracin.training.run_folder import (
     RunPaths,
+    check_saved_by_its_run,
     clear_run,
     finish_replacement,
     made_by_tracin,
@@ -70,35 +71,21 @@ def check_teacher_available(options: RunOptions, paths: RunPaths, config: TrainC
             )
 
 
-def check_teacher_as_its_run_saved(path: Path) -> None:
-    """A --teacher in a model folder of a tracin-train run (RUN/MODEL/, MODEL listed in RUN/run.json) must be a
-    checkpoint that run lists (or its init.pt), the one it saved (sha256 run.json's), of the architecture its
-    model_configs record (rounds 39-40, T01, D12: one edited in place, or its run.json, trained a student, and a
-    sweep's shared teacher damaged every student, without a word); last.pt, which no record covers, is refused
-    (round 40, D16). One kept elsewhere is its own record."""
-    path = path.resolve()
-    paths = RunPaths(path.parent.parent)
-    if not path.is_file() or not paths.run_json.is_file():  # a missing one is named where it is loaded
+def check_teachers_as_saved(options: RunOptions, paths: RunPaths, config: TrainConfig) -> None:
+    """The teacher each student distils from, checked against its run's record before any work
+    (check_saved_by_its_run): --teacher, or the run's own teacher of each replica that was done before this
+    command (round 40: one edited in place trained `--models student` without a word); one this command trains
+    is its own, one killed before its record is finished by it."""
+    if options.teacher:
+        check_saved_by_its_run(Path(options.teacher), "--teacher")
         return
-    record, name = read_record(paths), path.parent.name
-    entry = record["models"].get(name)
-    if entry is None:
+    if options.overwrite or not paths.run_json.is_file() or not any(needs_teacher(r, config) for r in options.models):
         return
-    if path.name not in entry["checkpoints"] and path.name != "init.pt":
-        listed = ", ".join(entry["checkpoints"]) or "none yet"
-        what = (
-            f"{name}'s last.pt, its resume state, which no record covers"
-            if path.name == "last.pt"
-            else f"in {name}'s folder but not a checkpoint {paths.run_json} lists (copied in, or saved by a training "
-            "killed before it recorded it: tracin-train --resume finishes that run)"
-        )
-        raise CheckpointError(
-            f"--teacher {path} is {what}: give one of the checkpoints run.json lists of {name} ({listed})"
-        )
-    check_saved_digest(path, entry.get("sha256"), f"{paths.run_json}'s models/{name}/sha256")
-    role = split_model_name(name)[0]
-    this = ModelConfig.from_dict(load_checkpoint(path, role=role)["model_config"])
-    check_recorded_architecture(path, this, role, record["model_configs"].get(role))
+    record = read_record(paths)
+    for replica in range(options.replicas):
+        name = model_name("teacher", replica)
+        if record["models"].get(name, {}).get("status") == "done":
+            check_saved_by_its_run(teacher_path(options, paths, config, replica), f"{name}, the students' teacher,")
 
 
 def run_configs(config: TrainConfig, data_config: DataConfig, options: RunOptions, data_fingerprint: dict) -> dict:
@@ -170,8 +157,7 @@ def train_run(config: TrainConfig, data_config: DataConfig, options: RunOptions)
                 runtime.log(f"removed {stale}, left by an interrupted write")
         # the configuration is compared before the data load (round 26, T3: resuming with another data set
         # failed on loading it, naming the data root rather than the mismatch); the data and teacher after it
-        if options.teacher:  # before a resume's "other settings (--teacher ...)" (round 39, S05)
-            check_teacher_as_its_run_saved(Path(options.teacher))
+        check_teachers_as_saved(options, paths, config)  # before a resume's "other settings" (round 39, S05)
         known = {"config": config.to_dict(), "data_config": data_config.to_dict()}
         open_record(paths, options.resume, options.overwrite, known)
         data = load_data(data_config)

@@ -27,8 +27,9 @@ from tracin.config import ROLES, DataConfig, ModelConfig, TrainConfig, model_nam
 from tracin.errors import CheckpointError, ConfigMismatchError, TracinError
 from tracin.options import check_run_name  # noqa: F401 (re-exported)
 from tracin.schemas import RUN_JSON, load_json
-from tracin.training.checkpoints import checkpoint_name
+from tracin.training.checkpoints import check_recorded_architecture, checkpoint_name, load_checkpoint
 from tracin.training.optimization import saved_epochs
+from tracin.training.records import check_saved_digest
 from tracin.version import __version__
 
 RUN_FORMAT = "tracin-run"
@@ -351,3 +352,46 @@ def restore_replaced(paths: RunPaths) -> bool:
         _discard(paths.root)
     os.rename(replaced_path(paths), paths.root)
     return True
+
+
+def check_saved_by_its_run(path: Path, given_as: str) -> None:
+    """A CheckpointError unless a checkpoint in a model folder of a tracin-train run (RUN/MODEL/FILE, RUN found
+    from the path as given and as its links resolve, RUN holding this tool's run.json) is one that run saved: a
+    checkpoint run.json lists of a model it lists, or its init.pt, with run.json's sha256 and architecture (rounds
+    39-40, T01, D12, D16: a teacher edited in place, or its run's record, trained students without a word).
+    last.pt (the resume state, which no record covers), a file or a model folder copied in are refused; a file
+    in no run's model folder is its own record. `given_as` names the path in the message (--teacher ...)."""
+    for here in dict.fromkeys([Path(os.path.abspath(path)), Path(path).resolve()]):
+        paths = RunPaths(here.parent.parent)
+        if here.is_file() and paths.run_json.is_file() and made_by_tracin(paths):
+            _check_saved_in(here, paths, given_as)
+
+
+def _check_saved_in(path: Path, paths: RunPaths, given_as: str) -> None:
+    """check_saved_by_its_run of the file `path` in the run `paths`."""
+    record, name = read_record(paths), path.parent.name
+    entry = record["models"].get(name)
+    if entry is None:
+        try:
+            split_model_name(name)
+        except TracinError:  # a folder of the user's own in the run folder (RUN/kept/best.pt)
+            return
+        known = ", ".join(record["models"])
+        raise CheckpointError(
+            f"{given_as} {path}: {paths.run_json} records no model {name} (it records {known}): a folder copied in"
+        )
+    if path.name not in entry["checkpoints"] and path.name != "init.pt":
+        if path.name == "last.pt":
+            why = "its resume state, which no record covers"
+        else:
+            why = "copied in, or saved by a training killed or still running before it recorded it"
+        give = (
+            f"give one of those it lists ({', '.join(entry['checkpoints'])})"
+            if entry["checkpoints"]
+            else f"it lists none of {name} yet: finish training it (tracin-train --resume)"
+        )
+        raise CheckpointError(f"{given_as} {path} is not a checkpoint {paths.run_json} lists of {name} ({why}): {give}")
+    check_saved_digest(path, entry.get("sha256"), f"{paths.run_json}'s models/{name}/sha256")  # bytes, before loading
+    role = split_model_name(name)[0]
+    this = ModelConfig.from_dict(load_checkpoint(path, role=role)["model_config"])
+    check_recorded_architecture(path, this, role, record["model_configs"].get(role))
