@@ -555,6 +555,8 @@ def test_every_model_a_score_file_holds_is_checked_against_run_json_as_loading_c
         ("copied in", "--teacher {copied} is not a checkpoint {run_json} lists of teacher (copied in"),
         ("link to an edited file", "{link} is not the checkpoint tracin-train saved"),  # review 58
         ("folder copied in", "--teacher {folder}: {run_json} records no model teacher.r5"),  # review 58
+        ("lr recorded", "{teacher} was trained with lr 0.05, but run.json says 0.5"),  # round 41, T15-T19
+        ("data recorded", "{run_json} records another configuration than {teacher} was trained with"),  # T21
     ],
 )
 def test_a_teacher_given_from_a_run_must_be_the_checkpoint_that_run_saved(tiny_run, tmp_path, edit, said):
@@ -581,6 +583,13 @@ def test_a_teacher_given_from_a_run_must_be_the_checkpoint_that_run_saved(tiny_r
     elif edit == "architecture recorded":
         record = json.loads((run / "run.json").read_text())
         record["model_configs"]["teacher"]["width"] *= 2
+        (run / "run.json").write_text(json.dumps(record))
+    elif edit in ("lr recorded", "data recorded"):
+        record = json.loads((run / "run.json").read_text())
+        if edit == "lr recorded":
+            record["config"]["lr"] = 0.5
+        else:
+            record["data_config"]["train_subset"] += 1
         (run / "run.json").write_text(json.dumps(record))
     elif edit == "last.pt":
         given = last

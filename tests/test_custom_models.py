@@ -180,3 +180,32 @@ def test_a_factory_that_cannot_be_imported_is_one_line(tmp_path, fashion_mnist_r
         "models_for_tests:smaller_cnn",
     )
     assert result.returncode == 2 and "cannot be imported" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_teacher_built_by_code_not_allowed_is_refused_before_the_run_is_written(
+    custom_run, tmp_path, fashion_mnist_root
+):
+    """Round 41, X13: a --teacher whose factory the command did not allow was refused only after run.json and
+    data.json were written, so the command given again with another teacher met 'another configuration'."""
+    import shutil
+
+    teacher = tmp_path / "kept.pt"  # outside any run: its own record
+    shutil.copy(list_checkpoints(custom_run / "teacher")[-1], teacher)
+    out = tmp_path / "runs"
+    refused = run(
+        "tracin-train",
+        "--run",
+        "new",
+        "--out-root",
+        out,
+        "--data-root",
+        fashion_mnist_root,
+        *ARGS,
+        "--teacher",
+        teacher,
+        "--models",
+        "student",
+    )
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert "'models_for_tests:small_cnn', an import path" in refused.stderr, refused.stderr
+    assert not (out / "new" / "run.json").exists() and not (out / "new" / "data.json").exists()

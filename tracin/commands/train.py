@@ -31,7 +31,7 @@ from tracin.files import (
 from tracin.options import RunOptions
 from tracin.runtime import Runtime, start_runtime
 from tracin.training.batches import steps_per_epoch, to_device
-from tracin.training.checkpoints import load_checkpoint, sha256_file
+from tracin.training.checkpoints import load_model, sha256_file
 from tracin.training.data import RunData, load_data
 from tracin.training.losses import check_kd_loss
 from tracin.training.models import check_fits, count_parameters
@@ -57,8 +57,8 @@ from tracin.training.trainer import RunContext, blank_model
 
 def check_teacher_available(options: RunOptions, paths: RunPaths, config: TrainConfig) -> None:
     """Fail before any work when a student needs a teacher that neither exists nor is trained now."""
-    if options.teacher:
-        load_checkpoint(options.teacher, role="teacher")
+    if options.teacher:  # built, so that a factory not allowed is refused before run.json is written (round 41, X13)
+        load_model(options.teacher, role="teacher")
         return
     if not any(needs_teacher(role, config) for role in options.models) or "teacher" in options.models:
         return

@@ -23,11 +23,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tracin.arguments import said_as_option
-from tracin.config import ROLES, DataConfig, ModelConfig, TrainConfig, model_name, split_model_name
+from tracin.config import ROLES, DataConfig, ModelConfig, TrainConfig, model_name, replica_seed, split_model_name
 from tracin.errors import CheckpointError, ConfigMismatchError, TracinError
 from tracin.options import check_run_name  # noqa: F401 (re-exported)
 from tracin.schemas import RUN_JSON, load_json
-from tracin.training.checkpoints import check_recorded_architecture, checkpoint_name, load_checkpoint
+from tracin.training.checkpoints import (
+    check_recorded_architecture,
+    checkpoint_name,
+    load_checkpoint,
+    load_run_checkpoints,
+)
 from tracin.training.optimization import saved_epochs
 from tracin.training.records import check_saved_digest
 from tracin.version import __version__
@@ -357,10 +362,11 @@ def restore_replaced(paths: RunPaths) -> bool:
 def check_saved_by_its_run(path: Path, given_as: str) -> None:
     """A CheckpointError unless a checkpoint in a model folder of a tracin-train run (RUN/MODEL/FILE, RUN found
     from the path as given and as its links resolve, RUN holding this tool's run.json) is one that run saved: a
-    checkpoint run.json lists of a model it lists, or its init.pt, with run.json's sha256 and architecture (rounds
-    39-40, T01, D12, D16: a teacher edited in place, or its run's record, trained students without a word).
-    last.pt (the resume state, which no record covers), a file or a model folder copied in are refused; a file
-    in no run's model folder is its own record. `given_as` names the path in the message (--teacher ...)."""
+    checkpoint run.json lists of a model it lists (or its init.pt), with run.json's sha256, architecture,
+    settings and data, as scoring checks them (rounds 39-41, T01, D12, D16, T15: a teacher edited in place, or
+    its run's record, trained students without a word). last.pt (the resume state, which no record covers), a
+    file or a model folder copied in are refused; a file in no run's model folder is its own record. `given_as`
+    names the path in the message (--teacher ...)."""
     for here in dict.fromkeys([Path(os.path.abspath(path)), Path(path).resolve()]):
         paths = RunPaths(here.parent.parent)
         if here.is_file() and paths.run_json.is_file() and made_by_tracin(paths):
@@ -392,6 +398,13 @@ def _check_saved_in(path: Path, paths: RunPaths, given_as: str) -> None:
         )
         raise CheckpointError(f"{given_as} {path} is not a checkpoint {paths.run_json} lists of {name} ({why}): {give}")
     check_saved_digest(path, entry.get("sha256"), f"{paths.run_json}'s models/{name}/sha256")  # bytes, before loading
-    role = split_model_name(name)[0]
-    this = ModelConfig.from_dict(load_checkpoint(path, role=role)["model_config"])
-    check_recorded_architecture(path, this, role, record["model_configs"].get(role))
+    role, replica = split_model_name(name)
+    if path.name == "init.pt":  # the untrained weights: their architecture
+        this = ModelConfig.from_dict(load_checkpoint(path, role=role)["model_config"])
+        check_recorded_architecture(path, this, role, record["model_configs"].get(role))
+        return
+    # run.json's settings, data and architecture, as the commands that score it check them (round 41, T15-T21)
+    config, digest = TrainConfig.from_dict(record["config"]), record["data_fingerprint"]["digest"]
+    seed = replica_seed(config.seed, replica) if isinstance(config.seed, int) else None
+    payload = load_run_checkpoints([path], role, digest, record["model_configs"].get(role), seed, config)[2]
+    check_trained_as_recorded(paths.run_json, record, payload, name, path)
