@@ -280,3 +280,20 @@ def test_a_students_own_teacher_edited_in_place_is_refused(tiny_run, tmp_path, f
     code, _, err = _cli([*argv, "--models", "student"], capsys)
     _assert_one_line_error(code, err, f"{final} is not the checkpoint tracin-train saved")
     assert (run / "run.json").read_bytes() == before  # refused before the run is touched
+
+
+def test_a_teacher_from_a_run_not_finished_is_noted(tiny_run, tmp_path):
+    """Round 41, T20: --teacher RUN/teacher/epoch_NNN.pt of a teacher that has not finished training (killed
+    between epochs) trained a student without a word; tracin-score and tracin-report say so of a model."""
+    from tracin.training.run_folder import check_saved_by_its_run
+
+    run = _copy(tiny_run, tmp_path)
+    teacher = sorted((run / "teacher").glob("epoch_*.pt"))[-1]
+    assert check_saved_by_its_run(teacher, "--teacher") == []
+    record = json.loads((run / "run.json").read_text())
+    record["models"]["teacher"]["status"] = "partial"  # as a kill after its last epoch, before it was marked done
+    (run / "run.json").write_text(json.dumps(record))
+    assert check_saved_by_its_run(teacher, "--teacher") == [
+        f"note: --teacher {teacher} is a checkpoint of teacher of {run}, which has not finished training "
+        "(partial, epoch 4 of 4)"
+    ]

@@ -71,21 +71,21 @@ def check_teacher_available(options: RunOptions, paths: RunPaths, config: TrainC
             )
 
 
-def check_teachers_as_saved(options: RunOptions, paths: RunPaths, config: TrainConfig) -> None:
+def check_teachers_as_saved(options: RunOptions, paths: RunPaths, config: TrainConfig) -> list[str]:
     """The teacher each student distils from, checked against its run's record before any work
     (check_saved_by_its_run): --teacher, or the run's own teacher of each replica that was done before this
     command (round 40: one edited in place trained `--models student` without a word); one this command trains
-    is its own, one killed before its record is finished by it."""
+    is its own, one killed before its record is finished by it. Returns the notes of a --teacher not finished."""
     if options.teacher:
-        check_saved_by_its_run(Path(options.teacher), "--teacher")
-        return
+        return check_saved_by_its_run(Path(options.teacher), "--teacher")
     if options.overwrite or not paths.run_json.is_file() or not any(needs_teacher(r, config) for r in options.models):
-        return
+        return []
     record = read_record(paths)
     for replica in range(options.replicas):
         name = model_name("teacher", replica)
         if record["models"].get(name, {}).get("status") == "done":
             check_saved_by_its_run(teacher_path(options, paths, config, replica), f"{name}, the students' teacher,")
+    return []
 
 
 def run_configs(config: TrainConfig, data_config: DataConfig, options: RunOptions, data_fingerprint: dict) -> dict:
@@ -157,7 +157,9 @@ def train_run(config: TrainConfig, data_config: DataConfig, options: RunOptions)
                 runtime.log(f"removed {stale}, left by an interrupted write")
         # the configuration is compared before the data load (round 26, T3: resuming with another data set
         # failed on loading it, naming the data root rather than the mismatch); the data and teacher after it
-        check_teachers_as_saved(options, paths, config)  # before a resume's "other settings" (round 39, S05)
+        notes = check_teachers_as_saved(options, paths, config)  # before a resume's "other settings" (round 39, S05)
+        for note in notes if runtime.is_main else ():
+            print(note, flush=True)
         known = {"config": config.to_dict(), "data_config": data_config.to_dict()}
         open_record(paths, options.resume, options.overwrite, known)
         data = load_data(data_config)

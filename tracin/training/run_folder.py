@@ -359,22 +359,25 @@ def restore_replaced(paths: RunPaths) -> bool:
     return True
 
 
-def check_saved_by_its_run(path: Path, given_as: str) -> None:
+def check_saved_by_its_run(path: Path, given_as: str) -> list[str]:
     """A CheckpointError unless a checkpoint in a model folder of a tracin-train run (RUN/MODEL/FILE, RUN found
     from the path as given and as its links resolve, RUN holding this tool's run.json) is one that run saved: a
     checkpoint run.json lists of a model it lists (or its init.pt), with run.json's sha256, architecture,
     settings and data, as scoring checks them (rounds 39-41, T01, D12, D16, T15: a teacher edited in place, or
     its run's record, trained students without a word). last.pt (the resume state, which no record covers), a
     file or a model folder copied in are refused; a file in no run's model folder is its own record. `given_as`
-    names the path in the message (--teacher ...)."""
+    names the path in the message (--teacher ...). Returns a note where that model has not finished training
+    (round 41, T20)."""
+    notes = []
     for here in dict.fromkeys([Path(os.path.abspath(path)), Path(path).resolve()]):
         paths = RunPaths(here.parent.parent)
         if here.is_file() and paths.run_json.is_file() and made_by_tracin(paths):
-            _check_saved_in(here, paths, given_as)
+            notes += [note for note in [_check_saved_in(here, paths, given_as)] if note and note not in notes]
+    return notes
 
 
-def _check_saved_in(path: Path, paths: RunPaths, given_as: str) -> None:
-    """check_saved_by_its_run of the file `path` in the run `paths`."""
+def _check_saved_in(path: Path, paths: RunPaths, given_as: str) -> Optional[str]:
+    """check_saved_by_its_run of the file `path` in the run `paths`, and its note."""
     record, name = read_record(paths), path.parent.name
     entry = record["models"].get(name)
     if entry is None:
@@ -402,9 +405,15 @@ def _check_saved_in(path: Path, paths: RunPaths, given_as: str) -> None:
     if path.name == "init.pt":  # the untrained weights: their architecture
         this = ModelConfig.from_dict(load_checkpoint(path, role=role)["model_config"])
         check_recorded_architecture(path, this, role, record["model_configs"].get(role))
-        return
+        return None
     # run.json's settings, data and architecture, as the commands that score it check them (round 41, T15-T21)
     config, digest = TrainConfig.from_dict(record["config"]), record["data_fingerprint"]["digest"]
     seed = replica_seed(config.seed, replica) if isinstance(config.seed, int) else None
     payload = load_run_checkpoints([path], role, digest, record["model_configs"].get(role), seed, config)[2]
     check_trained_as_recorded(paths.run_json, record, payload, name, path)
+    if entry["status"] != "done":
+        return (
+            f"note: {given_as} {path} is a checkpoint of {name} of {paths.root}, which has not finished training "
+            f"({entry['status']}, epoch {entry['epoch']} of {entry['epochs']})"
+        )
+    return None
