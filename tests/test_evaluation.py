@@ -268,3 +268,20 @@ def test_a_run_json_whose_training_settings_were_edited_is_refused(tiny_run, tmp
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "was trained with lr" in result.stderr and "but run.json says" in result.stderr
     assert not (run / "eval_fashion-mnist.csv").exists()
+
+
+def test_a_model_not_finished_is_named_where_eval_leaves_it_out(tiny_run, tmp_path, fashion_mnist_root):
+    """Round 41, E09: a teacher killed after its last epoch, before it was marked done, was left out of the
+    table without a word."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    record = json.loads((run / "run.json").read_text())
+    record["models"]["teacher"]["status"] = "partial"
+    (run / "run.json").write_text(json.dumps(record))
+    result = tool("tracin-eval", "--run", run, "--eval-dataset", "fashion-mnist", "--data-root", fashion_mnist_root)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "note: teacher has not finished training (partial, epoch 4 of 4): left out of the evaluation" in result.stdout
+    )
+    rows = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")]
+    assert rows == ["student", "student_baseline"] and "note: student" not in result.stdout, result.stdout

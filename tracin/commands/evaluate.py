@@ -81,6 +81,13 @@ def eval_run(options: EvalOptions) -> Path:
     ]
     if not finished:
         raise TracinError(f"{options.run} has no finished model to evaluate")
+    for name, entry in record["models"].items():  # round 41, E09: a model killed in training was left out unsaid
+        if name not in finished and entry.get("epoch"):
+            print(
+                f"note: {name} has not finished training ({entry['status']}, epoch {entry['epoch']} of "
+                f"{entry['epochs']}): left out of the evaluation; tracin-train --resume finishes it",
+                flush=True,
+            )
     run = TrainedRun(paths, record, DataConfig.from_dict(record["data_config"]))
     for name in finished:  # round 30, E8, E9: a checkpoint deleted or copied in, as tracin-score refuses it
         check_recorded_checkpoints(run, name)  # before the data loads; the last checkpoint's digest, under the lock
