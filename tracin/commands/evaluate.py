@@ -16,7 +16,7 @@ from tracin.config import ROLES, DataConfig, ModelConfig, TrainConfig, replica_s
 from tracin.errors import TracinError
 from tracin.files import check_own_table, command_locks, refuse_link, remove_stale_temporaries
 from tracin.options import EvalOptions
-from tracin.results.runs import TrainedRun, check_recorded_checkpoints
+from tracin.results.runs import TrainedRun, check_recorded_checkpoints, unfinished_note
 from tracin.runtime import start_runtime
 from tracin.schemas import CLASS_MAP, DATA_JSON, load_json
 from tracin.training.checkpoints import VERSION as CHECKPOINT_VERSION
@@ -81,14 +81,10 @@ def eval_run(options: EvalOptions) -> Path:
     ]
     if not finished:
         raise TracinError(f"{options.run} has no finished model to evaluate")
-    for name, entry in record["models"].items():  # round 41, E09: a model killed in training was left out unsaid
-        if name not in finished and entry.get("epoch"):
-            print(
-                f"note: {name} has not finished training ({entry['status']}, epoch {entry['epoch']} of "
-                f"{entry['epochs']}): left out of the evaluation; tracin-train --resume finishes it",
-                flush=True,
-            )
     run = TrainedRun(paths, record, DataConfig.from_dict(record["data_config"]))
+    for name, entry in record["models"].items():  # round 41, E09: a model killed in training was left out unsaid
+        if name not in finished and entry["epoch"]:  # one never started (pending, epoch 0) is not news
+            print(unfinished_note(run, name, "left out of the evaluation"), flush=True)
     for name in finished:  # round 30, E8, E9: a checkpoint deleted or copied in, as tracin-score refuses it
         check_recorded_checkpoints(run, name)  # before the data loads; the last checkpoint's digest, under the lock
     spec = SPECS[record["data_config"]["dataset"]]

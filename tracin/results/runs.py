@@ -277,15 +277,15 @@ def trained_models_held(store: ScoreFile) -> list[str]:
     return [name for names in replicas_by_role(store.models).values() for name in names.values()]
 
 
-def unfinished_note(run: TrainedRun, name: str) -> Optional[str]:
+def unfinished_note(run: TrainedRun, name: str, outcome: str = "its saved checkpoints are scored") -> Optional[str]:
     """A note when `name` has not finished training (round 25, A9: a model killed before its last epoch, or
-    before it was marked done, was scored without a word): its saved checkpoints are scored as they are."""
+    before it was marked done, was scored without a word), saying the command's `outcome` for it."""
     entry = run.record["models"][name]
     if entry["status"] == "done":
         return None
     return (
         f"note: {name} has not finished training ({entry['status']}, epoch {entry['epoch']} of {entry['epochs']}): "
-        "its saved checkpoints are scored; tracin-train --resume finishes it"
+        f"{outcome}; tracin-train --resume finishes it"
     )
 
 

@@ -372,7 +372,9 @@ def check_saved_by_its_run(path: Path, given_as: str) -> list[str]:
     for here in dict.fromkeys([Path(os.path.abspath(path)), Path(path).resolve()]):
         paths = RunPaths(here.parent.parent)
         if here.is_file() and paths.run_json.is_file() and made_by_tracin(paths):
-            notes += [note for note in [_check_saved_in(here, paths, given_as)] if note and note not in notes]
+            note = _check_saved_in(here, paths, given_as)
+            if note and note not in notes:  # the path as typed and as resolved can name one file
+                notes.append(note)
     return notes
 
 
@@ -384,7 +386,7 @@ def _check_saved_in(path: Path, paths: RunPaths, given_as: str) -> Optional[str]
         try:
             split_model_name(name)
         except TracinError:  # a folder of the user's own in the run folder (RUN/kept/best.pt)
-            return
+            return None
         known = ", ".join(record["models"])
         raise CheckpointError(
             f"{given_as} {path}: {paths.run_json} records no model {name} (it records {known}): a folder copied in"
