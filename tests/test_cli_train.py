@@ -297,3 +297,21 @@ def test_a_teacher_from_a_run_not_finished_is_noted(tiny_run, tmp_path):
         f"note: --teacher {teacher} is a checkpoint of teacher of {run}, which has not finished training "
         "(partial, epoch 4 of 4)"
     ]
+
+
+def test_a_teacher_no_model_reads_is_noted():
+    """Round 41, Q01: --teacher beside --models teacher (refused: test_faults' TRAIN_MISTAKES) or for models that
+    neither distil nor start from it was left unused without a word; a sweep over --distill passes one to each."""
+    from tracin.commands.train import check_teacher_wanted
+    from tracin.config import TrainConfig
+    from tracin.options import RunOptions
+
+    def notes(models, **config):
+        return check_teacher_wanted(RunOptions(run="r", teacher="t.pt", models=models), TrainConfig(**config))
+
+    assert notes(("student", "student_baseline")) == []
+    assert notes(("student_baseline",), student_init="teacher") == []
+    unread = "note: --teacher t.pt is read by no model of --models"
+    assert notes(("student_baseline",))[0].startswith(f"{unread} student_baseline (a student distils from it")
+    assert notes(("student",), distill="none")[0].startswith(f"{unread} student (")
+    assert notes(("student", "student_baseline"), distill="self")[0].startswith(f"{unread} student,student_baseline (")

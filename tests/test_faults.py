@@ -740,6 +740,7 @@ TRAIN_MISTAKES = [
     (["--train-subset", "0"], "--train-subset must be a positive number"),
     (["--train-subset", "5"], "a train subset of 5 cannot hold each of fashion-mnist's 10 classes"),  # round 13, V29
     (["--teacher", "/nonexistent/teacher.pt", "--models", "student"], "does not exist"),
+    (["--teacher", "t.pt", "--models", "teacher,student"], "--teacher replaces the run's own teacher"),  # round 41, Q01
     (["--arch", "vgg"], "invalid choice"),
 ]
 

@@ -71,6 +71,26 @@ def check_teacher_available(options: RunOptions, paths: RunPaths, config: TrainC
             )
 
 
+def check_teacher_wanted(options: RunOptions, config: TrainConfig) -> list[str]:
+    """A --teacher beside --models teacher, which trains the run's own, is refused; one no model trained now
+    distils or starts from (a sweep's --distill none student) draws a note (round 41, Q01: both went without a
+    word). Returns the notes."""
+    if not options.teacher:
+        return []
+    models = ",".join(options.models)
+    if "teacher" in options.models:
+        raise TracinError(
+            f"--teacher replaces the run's own teacher, and --models {models} trains it: leave teacher out of "
+            "--models, or --teacher out to distil from the teacher this run trains"
+        )
+    if any(needs_teacher(role, config) for role in options.models):
+        return []
+    return [
+        f"note: --teacher {options.teacher} is read by no model of --models {models} (a student distils from it "
+        "with --distill teacher and starts from it with --student-init teacher); it is recorded, not used"
+    ]
+
+
 def check_teachers_as_saved(options: RunOptions, paths: RunPaths, config: TrainConfig) -> list[str]:
     """The teacher each student distils from, checked against its run's record before any work
     (check_saved_by_its_run): --teacher, or the run's own teacher of each replica that was done before this
@@ -140,6 +160,7 @@ def train_run(config: TrainConfig, data_config: DataConfig, options: RunOptions)
     unknown = set(options.models) - set(ROLES)
     if unknown:
         raise TracinError(f"unknown models {', '.join(sorted(unknown))}; choose from {', '.join(ROLES)}")
+    unused = check_teacher_wanted(options, config)
     paths = RunPaths(Path(options.out_root) / options.run)
     for path in (paths.root, replaced_path(paths)):  # --overwrite moves and removes these: never a link's target
         refuse_link(path, "the run folder")
@@ -157,7 +178,9 @@ def train_run(config: TrainConfig, data_config: DataConfig, options: RunOptions)
                 runtime.log(f"removed {stale}, left by an interrupted write")
         # the configuration is compared before the data load (round 26, T3: resuming with another data set
         # failed on loading it, naming the data root rather than the mismatch); the data and teacher after it
-        notes = check_teachers_as_saved(options, paths, config)  # before a resume's "other settings" (round 39, S05)
+        notes = unused + check_teachers_as_saved(
+            options, paths, config
+        )  # before a resume's "other settings" (round 39, S05)
         for note in notes if runtime.is_main else ():
             print(note, flush=True)
         known = {"config": config.to_dict(), "data_config": data_config.to_dict()}
