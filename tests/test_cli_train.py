@@ -315,3 +315,24 @@ def test_a_teacher_no_model_reads_is_noted():
     assert notes(("student_baseline",))[0].startswith(f"{unread} student_baseline (a student distils from it")
     assert notes(("student",), distill="none")[0].startswith(f"{unread} student (")
     assert notes(("student", "student_baseline"), distill="self")[0].startswith(f"{unread} student,student_baseline (")
+
+
+def test_a_teacher_killed_before_its_first_checkpoint_names_the_kill_not_an_edit(tiny_run, tmp_path):
+    """Round 41, T32: --teacher RUN/teacher/init.pt of a teacher killed in its first epoch (init.pt saved,
+    its sha256 recorded with the first checkpoint) was refused as 'run.json was edited', with no remedy."""
+    from tracin.errors import CheckpointError
+    from tracin.training.run_folder import check_saved_by_its_run
+
+    run = _copy(tiny_run, tmp_path)
+    record = json.loads((run / "run.json").read_text())
+    teacher = record["models"]["teacher"]
+    teacher.update(status="pending", epoch=0, checkpoints=[])  # run.json as a kill in epoch 1 leaves it
+    del teacher["sha256"]
+    (run / "run.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError) as refused:
+        check_saved_by_its_run(run / "teacher" / "init.pt", "--teacher")
+    assert str(refused.value) == (
+        f"--teacher {run / 'teacher' / 'init.pt'} is not a checkpoint {run / 'run.json'} lists of teacher (its "
+        "untrained weights, which run.json records with the first epoch's checkpoint): it lists none of teacher "
+        "yet: finish training it (tracin-train --resume)"
+    )

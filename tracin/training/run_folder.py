@@ -391,9 +391,15 @@ def _check_saved_in(path: Path, paths: RunPaths, given_as: str) -> Optional[str]
         raise CheckpointError(
             f"{given_as} {path}: {paths.run_json} records no model {name} (it records {known}): a folder copied in"
         )
-    if path.name not in entry["checkpoints"] and path.name != "init.pt":
+    # init.pt is recorded with the first epoch's checkpoint (round 41, T32: one killed before it was "edited")
+    unrecorded_init = (
+        path.name == "init.pt" and path.name not in (entry.get("sha256") or {}) and entry["status"] != "done"
+    )
+    if (path.name not in entry["checkpoints"] and path.name != "init.pt") or unrecorded_init:
         if path.name == "last.pt":
             why = "its resume state, which no record covers"
+        elif unrecorded_init:
+            why = "its untrained weights, which run.json records with the first epoch's checkpoint"
         else:
             why = "copied in, or saved by a training killed or still running before it recorded it"
         give = (
