@@ -4,6 +4,7 @@ overwrite rules, help text."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -267,10 +268,15 @@ def test_overwrite_removes_only_folders_tracin_train_made(cifar10_root, tmp_path
     assert (folder / "thesis.tex").read_text() == "months of work"
 
 
-def test_a_students_own_teacher_edited_in_place_is_refused(tiny_run, tmp_path, fashion_mnist_root, capsys):
+@pytest.mark.parametrize("status", ["done", "partial", "pending"])
+def test_a_students_own_teacher_edited_in_place_is_refused(tiny_run, tmp_path, fashion_mnist_root, capsys, status):
     """Round 40 (review): `--models student` of a run whose teacher was done trained the student from the run's
-    teacher checkpoint edited in place (its sha256 no longer run.json's), without a word, as --teacher did (T01)."""
+    teacher checkpoint edited in place (its sha256 no longer run.json's), without a word, as --teacher did (T01);
+    round 42, T09, T10: a teacher not done (its status edited, or killed after its last save) the same."""
     run = _copy(tiny_run, tmp_path)
+    record = json.loads((run / "run.json").read_text())
+    record["models"]["teacher"]["status"] = status
+    (run / "run.json").write_text(json.dumps(record))
     final = sorted((run / "teacher").glob("epoch_*.pt"))[-1]
     data = bytearray(final.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -336,3 +342,37 @@ def test_a_teacher_killed_before_its_first_checkpoint_names_the_kill_not_an_edit
         "untrained weights, which run.json records with the first epoch's checkpoint): it lists none of teacher "
         "yet: finish training it (tracin-train --resume)"
     )
+
+
+@pytest.mark.parametrize("edit", ["a link to a link", "run.json of another format", "run.json damaged", "no run.json"])
+def test_a_teacher_in_a_run_is_checked_however_it_is_reached(tiny_run, tmp_path, edit):
+    """Round 42, T01, T02, T05: --teacher given as a link to the run's epoch file, itself a link to an edited
+    copy, or in a run whose run.json was edited to another format, damaged or removed, trained a student from
+    the edited teacher without a word (the run was seen only where the path ends, or as no run at all)."""
+    from tracin.errors import TracinError
+    from tracin.training.run_folder import check_saved_by_its_run
+
+    run = _copy(tiny_run, tmp_path)
+    final = sorted((run / "teacher").glob("epoch_*.pt"))[-1]
+    edited = tmp_path / "edited.pt"
+    edited.write_bytes(final.read_bytes()[:-1] + bytes([final.read_bytes()[-1] ^ 1]))
+    given, said = final, f"{final} is not the checkpoint tracin-train saved"
+    if edit == "a link to a link":
+        final.unlink()
+        final.symlink_to(edited)
+        given = tmp_path / "mine.pt"
+        given.symlink_to(final)
+    else:
+        final.write_bytes(edited.read_bytes())
+    if edit == "run.json of another format":
+        record = json.loads((run / "run.json").read_text())
+        (run / "run.json").write_text(json.dumps({**record, "format": "tracin-run-x"}))
+        said = f"{run / 'run.json'}: format: 'tracin-run' was expected"
+    elif edit == "run.json damaged":
+        (run / "run.json").write_text((run / "run.json").read_text()[:40])
+        said = f"{run / 'run.json'}: not valid JSON"
+    elif edit == "no run.json":
+        (run / "run.json").unlink()
+        said = f"{final} is a checkpoint in the model folder teacher of {run}, which has no run.json to check it"
+    with pytest.raises(TracinError, match=re.escape(said)):
+        check_saved_by_its_run(given, "--teacher")

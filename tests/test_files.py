@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from pathlib import Path
 
 import pytest
 
@@ -165,3 +166,27 @@ def test_a_full_disk_met_while_a_lock_is_taken_names_the_lock_file(tmp_path, mon
             pass
     assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path / ".run.lock")
     assert not (tmp_path / ".run.lock").exists()  # let go of, as after any other failure
+
+
+def test_link_spellings_name_every_folder_a_path_passes_through(tmp_path, monkeypatch):
+    """Round 42, T01: a link to a link inside a run's model folder was seen only as given and at its end, so
+    the run it passes through went unchecked. Each spelling names the same file; '..' after a link is walked."""
+    from tracin.files import link_spellings
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run" / "teacher").mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    edited = tmp_path / "out" / "edited.pt"
+    edited.write_text("weights")
+    inside = tmp_path / "run" / "teacher" / "epoch_002.pt"
+    inside.symlink_to(edited)
+    Path("mine").symlink_to("run/teacher/epoch_002.pt")
+    assert link_spellings("mine") == [tmp_path / "mine", inside, edited]
+    Path("runs").symlink_to("run")  # a folder's link, then '..' walked from where it leads
+    assert link_spellings("runs/teacher/../teacher/epoch_002.pt") == [inside, edited]
+    assert link_spellings("out/../run/teacher/epoch_002.pt") == [inside, edited]
+    assert link_spellings(edited) == [edited]
+    Path("loop").symlink_to("loop")
+    assert link_spellings("loop") == [tmp_path / "loop"]  # its open meets the kernel's ELOOP
+    for spelling in link_spellings("mine"):
+        assert spelling.read_text() == "weights"

@@ -60,6 +60,31 @@ def refuse_link(path: Union[str, Path], what: str) -> None:
         raise TracinError(_hard_link_message(path, path.stat().st_nlink, what))
 
 
+def link_spellings(path: Union[str, Path]) -> list[Path]:
+    """Every absolute path that names `path` as its links are followed one at a time, as the kernel walks
+    them (os.path.realpath's walk): the path as given, then at each link met a real folder followed by the
+    link's target and the components still to walk, ending with the real path (round 42, T01: a link to a
+    link in a run's folder was seen only as given and at its end). Spellings with a '..' still to walk are
+    left out: their folders cannot be read from their words."""
+    pending, spellings, hops = list(Path(os.path.join(os.getcwd(), path)).parts), [], 0
+    walked = Path(pending.pop(0))
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            walked = walked.parent
+        elif part not in ("", "."):
+            here = walked / part
+            if not here.is_symlink() or hops > 40:  # a loop: the kernel's ELOOP, met by the caller's open
+                walked = here
+                continue
+            spellings.append(here.joinpath(*pending))
+            target, hops = Path(os.readlink(here)), hops + 1
+            pending = [*target.parts[target.is_absolute() :], *pending]
+            walked = Path(target.anchor) if target.is_absolute() else walked
+    spellings.append(walked)
+    return [spelling for spelling in dict.fromkeys(spellings) if ".." not in spelling.parts]
+
+
 def _kept_by_salvage(path: Path) -> bool:
     """The file's other name is the NAME.damaged copy a salvage of a damaged score file links before it
     replaces NAME (tracin.results.store.salvage), left by a salvage killed before its rename."""

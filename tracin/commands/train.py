@@ -93,19 +93,21 @@ def check_teacher_wanted(options: RunOptions, config: TrainConfig) -> list[str]:
 
 def check_teachers_as_saved(options: RunOptions, paths: RunPaths, config: TrainConfig) -> list[str]:
     """The teacher each student distils from, checked against its run's record before any work
-    (check_saved_by_its_run): --teacher, or the run's own teacher of each replica that was done before this
-    command (round 40: one edited in place trained `--models student` without a word); one this command trains
-    is its own, one killed before its record is finished by it. Returns the notes of a --teacher not finished."""
+    (check_saved_by_its_run): --teacher, or the run's own teacher of each replica that this command does not
+    train, done or left out of --models (rounds 40, 42: one edited in place trained `--models student` without
+    a word); one this command trains is its own. Returns the notes of a teacher not finished."""
     if options.teacher:
         return check_saved_by_its_run(Path(options.teacher), "--teacher")
     if options.overwrite or not paths.run_json.is_file() or not any(needs_teacher(r, config) for r in options.models):
         return []
-    record = read_record(paths)
+    record, notes = read_record(paths), []
     for replica in range(options.replicas):
         name = model_name("teacher", replica)
-        if record["models"].get(name, {}).get("status") == "done":
-            check_saved_by_its_run(teacher_path(options, paths, config, replica), f"{name}, the students' teacher,")
-    return []
+        trained_now = "teacher" in options.models and record["models"].get(name, {}).get("status") != "done"
+        if not trained_now:  # round 42, T09: one not done, left out of --models, was read unchecked
+            final = teacher_path(options, paths, config, replica)
+            notes += check_saved_by_its_run(final, f"{name}, the students' teacher,")
+    return notes
 
 
 def run_configs(config: TrainConfig, data_config: DataConfig, options: RunOptions, data_fingerprint: dict) -> dict:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any, Optional
 from tracin.arguments import said_as_option
 from tracin.config import ROLES, DataConfig, ModelConfig, TrainConfig, model_name, replica_seed, split_model_name
 from tracin.errors import CheckpointError, ConfigMismatchError, TracinError
+from tracin.files import link_spellings
 from tracin.options import check_run_name  # noqa: F401 (re-exported)
 from tracin.schemas import RUN_JSON, load_json
 from tracin.training.checkpoints import (
@@ -37,6 +39,7 @@ from tracin.training.optimization import saved_epochs
 from tracin.training.records import check_saved_digest
 from tracin.version import __version__
 
+CHECKPOINT_FILE = re.compile(r"init\.pt|last\.pt|epoch_[0-9]+\.pt")  # what tracin-train saves in a model's folder
 RUN_FORMAT = "tracin-run"
 CONFIG_OPTIONS = {  # the options that set run.json's configs, and the teacher's checkpoint
     "config": TrainConfig,
@@ -369,18 +372,37 @@ def check_saved_by_its_run(path: Path, given_as: str) -> list[str]:
     names the path in the message (--teacher ...). Returns a note where that model has not finished training
     (round 41, T20)."""
     notes = []
-    for here in dict.fromkeys([Path(os.path.abspath(path)), Path(path).resolve()]):
+    for here in link_spellings(path):
         paths = RunPaths(here.parent.parent)
-        if here.is_file() and paths.run_json.is_file() and made_by_tracin(paths):
+        if here.is_file() and _in_a_run(here, paths):
             note = _check_saved_in(here, paths, given_as)
             if note and note not in notes:  # the path as typed and as resolved can name one file
                 notes.append(note)
     return notes
 
 
+def _in_a_run(path: Path, paths: RunPaths) -> bool:
+    """`path` is in a model folder of the run `paths`: one holding this tool's run.json, or one laid out as a
+    run (a checkpoint's name in a model's folder beside a run.json or data.json) whose run.json is damaged,
+    edited or gone (round 42, T02, T05: such a run's edited teacher was taken as a file of the user's own)."""
+    if paths.run_json.is_file() and made_by_tracin(paths):
+        return True
+    try:
+        split_model_name(path.parent.name)
+    except TracinError:
+        return False
+    beside = (paths.run_json, paths.root / "data.json")
+    return bool(CHECKPOINT_FILE.fullmatch(path.name)) and any(p.exists() or p.is_symlink() for p in beside)
+
+
 def _check_saved_in(path: Path, paths: RunPaths, given_as: str) -> Optional[str]:
     """check_saved_by_its_run of the file `path` in the run `paths`, and its note."""
     record, name = read_record(paths), path.parent.name
+    if record is None:
+        raise CheckpointError(
+            f"{given_as} {path} is a checkpoint in the model folder {name} of {paths.root}, which has no run.json "
+            "to check it against (removed, or the run was killed before writing it): give a finished run's checkpoint"
+        )
     entry = record["models"].get(name)
     if entry is None:
         try:
