@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -174,3 +175,59 @@ def test_a_students_teacher_that_is_none_of_the_runs_is_not_said_as_an_outside_t
     assert trained_differences(outside, trained, "student") == [
         "--teacher ('/x' (sha256 aaaaaaaaaaaa) -> '/r/teacher/epoch_002.pt' (sha256 abababababab))"
     ]
+
+
+SCORED_RUN_EDITS = {  # round 42, X20-X28: tracin-explore --run checked a scored run's sha256 and architecture alone
+    "the seed": (lambda r: r["config"].update(seed=3), "was trained with seed 0, not this model's 3"),
+    "the lr": (lambda r: r["config"].update(lr=0.3), ", but run.json says 0.3: run.json or the checkpoint was edited"),
+    "the data digest": (
+        lambda r: r["data_fingerprint"].update(digest="0" * 16),
+        "was trained on other data than its run.json records",
+    ),
+    "the train subset": (lambda r: r["data_config"].update(train_subset=300), "--train-subset (300 -> 256)"),
+    "an outside teacher": (
+        lambda r: r.update(teacher_checkpoint={"path": "/x.pt", "sha256": "a" * 64}),
+        "--teacher ('/x.pt' (sha256 aaaaaaaaaaaa) -> ",
+    ),
+}
+
+
+@pytest.mark.parametrize("edit", SCORED_RUN_EDITS)
+def test_a_scored_run_is_checked_as_scoring_checks_it(tiny_run, tiny_scores, tmp_path, edit):
+    """The readers of a score file beside its run (report, validate, explore --run, notebooks) refuse a run.json
+    whose settings, data or teacher its checkpoints were not trained with, as tracin-score does."""
+    import shutil
+
+    from tracin.results.runs import check_scored_checkpoints, open_trained_run
+    from tracin.results.store import ScoreFile
+
+    shutil.copytree(tiny_run, tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    change, said = SCORED_RUN_EDITS[edit]
+    change(record)
+    (tmp_path / "run" / "run.json").write_text(json.dumps(record))
+    with ScoreFile.open_read(tiny_scores) as store, pytest.raises(TracinError, match=re.escape(said)):
+        check_scored_checkpoints(store, open_trained_run(str(tmp_path / "run"), None))
+
+
+def test_explore_refuses_a_run_whose_record_its_checkpoints_contradict(tiny_run, tiny_scores, tmp_path):
+    """Round 42, X20, through the command: the page was written from a run whose run.json seed was edited."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import subprocess_env
+
+    shutil.copytree(tiny_run, tmp_path / "run")
+    shutil.copy(tiny_scores, tmp_path / "tracin.h5")
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    record["config"]["seed"] = 3
+    (tmp_path / "run" / "run.json").write_text(json.dumps(record))
+    command = [Path(sys.executable).with_name("tracin-explore"), "--run", tmp_path / "run"]
+    result = subprocess.run(
+        [*map(str, command), "--scores", str(tmp_path / "tracin.h5"), "--out", str(tmp_path / "page.html")],
+        capture_output=True, text=True, timeout=300, env=subprocess_env(),
+    )  # fmt: skip
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "was trained with seed 0, not this model's 3" in result.stderr and not (tmp_path / "page.html").exists()

@@ -31,10 +31,8 @@ from tracin.options import ScoreOptions
 from tracin.results.store import Salvage, ScoreFile
 from tracin.training.checkpoints import (
     Checkpoint,
-    check_recorded_architecture,
     epoch_of,
     list_checkpoints,
-    load_checkpoint,
     load_distillation_teacher,
     load_run_checkpoints,
     select_checkpoints,
@@ -44,7 +42,13 @@ from tracin.training.data import RunData, load_data
 from tracin.training.losses import CrossEntropy, Distillation, Objective, PredictedCrossEntropy, TrainTest
 from tracin.training.optimization import select_epochs
 from tracin.training.records import check_saved_digest, fingerprint_differences
-from tracin.training.run_folder import RunPaths, check_trained_as_recorded, read_record, replaced_path
+from tracin.training.run_folder import (
+    RunPaths,
+    check_trained_as_recorded,
+    check_trained_by_run,
+    read_record,
+    replaced_path,
+)
 
 
 @dataclass
@@ -257,11 +261,10 @@ def check_scored_checkpoints(store: ScoreFile, run: TrainedRun) -> None:
                     "(missing, or another file): give the score file of this run"
                 )
             check_saved_digest(here, recorded, field, digest=digest)
-        if store.model(name).checkpoint_files:  # run.json's architecture edited (round 39, A17, L18)
+        # run.json's architecture (round 39, A17, L18), settings and data (round 42, X20-X28) as the file's own
+        if store.model(name).checkpoint_files:
             last = run.paths.model_dir(name) / Path(store.model(name).checkpoint_files[-1][0]).name
-            role = split_model_name(name)[0]
-            this = ModelConfig.from_dict(load_checkpoint(last, role=role)["model_config"])
-            check_recorded_architecture(last, this, role, run.record["model_configs"].get(role))
+            check_trained_by_run(last, run.record, run.paths.run_json, name)
         spec, scored = store.checkpoint_spec, store.model(name).epochs
         saved = [epoch_of(Path(file)) for file in run.record["models"].get(name, {}).get("checkpoints", [])]
         if spec in ("all", "last") and saved and select_epochs(spec, saved, name) != scored:  # round 27, U07

@@ -556,7 +556,7 @@ def load_run_checkpoints(
     for path in paths:
         payload = load_checkpoint(path, role=role)
         if payload.get("data_fingerprint", {}).get("digest") != data_digest:
-            raise CheckpointError(f"{path} was trained on other data than the run it is scored with")
+            raise CheckpointError(f"{path} was trained on other data than its run.json records (data_fingerprint)")
         this = ModelConfig.from_dict(payload["model_config"])  # fields added since it was written take defaults
         if config is not None and this != config:
             raise CheckpointError(f"{path} has another architecture than the other {role} checkpoints")

@@ -252,6 +252,20 @@ def check_trained_as_recorded(run_json: Path, record: dict, payload: dict, name:
         )
 
 
+def check_trained_by_run(path: Path, record: dict, run_json: Path, name: str) -> dict:
+    """A CheckpointError unless the checkpoint at `path` of model `name` was trained as its run's run.json
+    (`record`, at `run_json`) says: its data, architecture, replica seed, settings and learning rate
+    (load_run_checkpoints), data set and teacher (check_trained_as_recorded). The one check of a run's
+    checkpoint against its record, for --teacher and the commands that read a scored run (round 42, X20-X28:
+    tracin-explore --run checked its bytes and architecture alone). Returns its payload."""
+    role, replica = split_model_name(name)
+    config, digest = TrainConfig.from_dict(record["config"]), record["data_fingerprint"]["digest"]
+    seed = replica_seed(config.seed, replica) if isinstance(config.seed, int) else None
+    payload = load_run_checkpoints([path], role, digest, record["model_configs"].get(role), seed, config)[2]
+    check_trained_as_recorded(run_json, record, payload, name, path)
+    return payload
+
+
 def check_same_run(record: dict, configs: dict[str, Any], root: Path) -> None:
     """Refuse to resume a run with another configuration; the message names each differing field."""
     differences = configuration_differences(record, configs)
@@ -431,16 +445,12 @@ def _check_saved_in(path: Path, paths: RunPaths, given_as: str) -> Optional[str]
         )
         raise CheckpointError(f"{given_as} {path} is not a checkpoint {paths.run_json} lists of {name} ({why}): {give}")
     check_saved_digest(path, entry.get("sha256"), f"{paths.run_json}'s models/{name}/sha256")  # bytes, before loading
-    role, replica = split_model_name(name)
     if path.name == "init.pt":  # the untrained weights: their architecture
+        role = split_model_name(name)[0]
         this = ModelConfig.from_dict(load_checkpoint(path, role=role)["model_config"])
         check_recorded_architecture(path, this, role, record["model_configs"].get(role))
         return None
-    # run.json's settings, data and architecture, as the commands that score it check them (round 41, T15-T21)
-    config, digest = TrainConfig.from_dict(record["config"]), record["data_fingerprint"]["digest"]
-    seed = replica_seed(config.seed, replica) if isinstance(config.seed, int) else None
-    payload = load_run_checkpoints([path], role, digest, record["model_configs"].get(role), seed, config)[2]
-    check_trained_as_recorded(paths.run_json, record, payload, name, path)
+    check_trained_by_run(path, record, paths.run_json, name)  # as the commands that score it (round 41, T15-T21)
     if entry["status"] != "done":
         return (
             f"note: {given_as} {path} is a checkpoint of {name} of {paths.root}, which has not finished training "
