@@ -97,3 +97,19 @@ def test_no_option_is_taken_abbreviated(command, capsys):
     assert raised.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unrecognized arguments: --overw" in err and f"tracin-{command}: error:" in err, err
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_an_abbreviation_is_named_before_a_missing_required_argument(command, capsys):
+    """Round 42, N10, O16, O17: `tracin-notebooks --vers`, `tracin-eval --eval-d cifar10`, `tracin-sweep --sw x`
+    were refused for the argument they left out, not for the abbreviation typed; a value with a space (a sweep's
+    --score "--topk 5") is a value, as argparse reads it."""
+    with pytest.raises(SystemExit) as raised:
+        main([command, "--vers"])
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"tracin-{command}: error: unrecognized arguments: --vers (see --help)\n", err
+    if command == "sweep":
+        with pytest.raises(SystemExit):
+            main([command, "--vers", "--score", "--topk 5"])
+        assert capsys.readouterr().err == "tracin-sweep: error: unrecognized arguments: --vers (see --help)\n"

@@ -407,8 +407,9 @@ def _check_score_topk(score: ScoreOptions, scored: int) -> None:
 
 def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
     """`tracin-sweep`: exit code 0 when done, 2 for a user mistake (one line on stderr)."""
-    args, base = build_parser("sweep").parse_known_args(arguments(argv))
-    passed_on = build_train_parser()
+    parser, passed_on = build_parser("sweep"), build_train_parser()
+    parser.refuse_unknown_options(arguments(argv), passed_on)
+    args, base = parser.parse_known_args(arguments(argv))
     passed_on.prog = "tracin-sweep"  # what goes on to tracin-train is checked first, as the sweep's own usage error
     passed_on.parse_args(["--run", args.sweep, *base])
 

@@ -75,7 +75,20 @@ class Parser(argparse.ArgumentParser):
         for old in dict.fromkeys(a.split("=", 1)[0] for a in args if a.split("=", 1)[0] in self.renamed):
             # on stdout: stderr holds one line, a mistake's (red-team round 7, B00)
             print(f"{self.prog}: note: {old} is now {self.renamed[old]} (the old spelling still works)", flush=True)
+        self.refuse_unknown_options(args)
         return super().parse_args(args, namespace)
+
+    def refuse_unknown_options(self, args: Sequence[str], *others: Parser) -> None:
+        """An error naming each `--option` of `args` (before a `--`) that neither this parser nor `others` takes,
+        said before a missing required argument (round 42, N10, O16, O17: `--vers` was said to lack SCORES)."""
+        words = list(args)[: list(args).index("--")] if "--" in args else args
+        known = [self._option_string_actions, *(other._option_string_actions for other in others)]
+        options = [
+            w for w in words if w.startswith("--") and " " not in w
+        ]  # with a space: a value, as argparse reads it
+        unknown = [w for w in options if not any(w.split("=", 1)[0] in k for k in known)]
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
 
 
 def _typed(action: argparse.Action, args: Sequence[str]) -> list[str]:
