@@ -539,3 +539,37 @@ def test_soft_loss_recovers_the_soft_target_term_of_the_distillation_objective(k
         .item()
     )
     assert soft_loss(EpochResult(total, 0.0, [], hard), config) == pytest.approx(direct, rel=1e-6)
+
+
+def test_a_rank_ends_when_its_launcher_is_killed(tmp_path):
+    """Round 42, TR02: after kill -9 of torchrun's launcher its ranks slept for half an hour, waiting on it.
+    A launcher (a process) starts a rank that watches it; the launcher is killed and the rank ends too."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    watching = tmp_path / "watching"
+    rank = f"from tracin.runtime import end_with_launcher; import time; end_with_launcher(0.1); open({str(watching)!r}, 'w'); time.sleep(120)"
+    launcher = f"import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', {rank!r}]); print(p.pid, flush=True); p.wait()"
+    started = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True)
+    child = int(started.stdout.readline())
+    deadline = time.monotonic() + 60
+    while not watching.exists() and time.monotonic() < deadline:  # torch imported, the rank watching
+        time.sleep(0.2)
+    assert _alive(child) and watching.exists()
+    started.send_signal(signal.SIGKILL)
+    started.wait()
+    deadline = time.monotonic() + 30
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    """A process that runs (an ended one whose parent has not reaped it is a zombie: ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

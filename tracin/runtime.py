@@ -11,6 +11,9 @@ import contextlib
 import os
 import platform
 import re
+import signal
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
@@ -131,6 +134,20 @@ def _naming_lost_peers() -> Iterator[None]:
         ) from None
 
 
+def end_with_launcher(every_s: float = 2.0) -> None:
+    """End this process (SIGTERM, its default action: no handler is installed) when the process that started it
+    ends: a torchrun rank whose launcher was killed waited, sleeping in a collective or in the launcher's store,
+    for half an hour (round 42, TR02). A daemon thread polls the parent's pid every `every_s` seconds."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="tracin-end-with-launcher", daemon=True).start()
+
+
 def select_device(name: str, local_rank: int = 0) -> torch.device:
     """`auto` is CUDA when available, else CPU; asking for CUDA without one is a TracinError."""
     if name not in DEVICES:
@@ -163,6 +180,7 @@ def start_runtime(device_name: str = "auto", quiet: bool = False) -> Iterator[Ru
         torch.use_deterministic_algorithms(True)
     joined = world_size > 1 and not dist.is_initialized()
     if joined:
+        end_with_launcher()
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     try:
         yield Runtime(device, rank, world_size, quiet)
